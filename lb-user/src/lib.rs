@@ -1,0 +1,14 @@
+//! `lb`: the userspace side of the load balancer. The binary (`src/main.rs`)
+//! is a thin edge over these modules, which the tests use directly.
+#![deny(unsafe_code)]
+
+pub mod dataplane;
+pub mod maglev;
+pub mod neighbors;
+pub mod plan;
+pub mod policy;
+
+/// The XDP load balancer, built from `lb-ebpf` by `build.rs`.
+pub static EBPF_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+/// The MAC-swap baseline program (benchmarks only).
+pub static EBPF_MACSWAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/macswap"));

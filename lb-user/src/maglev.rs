@@ -1,0 +1,1 @@
+//! Weighted Maglev consistent-hash tables (pure).

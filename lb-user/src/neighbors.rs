@@ -1,0 +1,1 @@
+//! Interface facts and target MAC resolution over netlink.

@@ -1,0 +1,74 @@
+//! The map plan: everything the data plane maps should hold, computed purely
+//! from a policy and what was observed of the host (`policy::compile`), and
+//! written by `dataplane::apply`, the only writer of BPF maps.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// What the loader learned of the host; the compiler's only other input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// MAC of the interface `lb` is attached to (source MAC of forwarded frames).
+    pub iface_mac: Mac,
+    /// Prefixes configured on that interface: targets must be on one of them.
+    pub iface_nets: Vec<(IpAddr, u8)>,
+    /// Resolved neighbours of that interface (IP -> MAC).
+    pub neighbors: BTreeMap<IpAddr, Mac>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapPlan {
+    pub config: Config,
+    pub listeners: Vec<PlannedListener>,
+    /// Ordered by id; ids start at 1.
+    pub groups: Vec<PlannedGroup>,
+    /// Ordered by id; ids start at 1 (0 is the reserved "no target").
+    pub targets: Vec<PlannedTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedListener {
+    pub name: String,
+    pub key: ListenerKey,
+    pub info: ListenerInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedGroup {
+    pub id: u32,
+    pub name: String,
+    pub info: GroupInfo,
+    /// The consistent-hash table: `table.len()` is the group's table size and
+    /// every slot holds a target id (0 only when no target can take flows).
+    pub table: Vec<u32>,
+}
+
+/// Why a target of the policy takes no new flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// Weight 0.
+    ZeroWeight,
+    /// No `mac:` in the policy and no neighbour entry yet.
+    MacUnresolved,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTarget {
+    pub id: u32,
+    pub group: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Weight as written (0-256).
+    pub weight: u16,
+    /// SPEC.md: ceil(weight / 256 * 100).
+    pub converted_weight: u32,
+    /// converted weight / sum of converted weights of the group.
+    pub ratio: f64,
+    /// Slots of the group table that point at this target.
+    pub slots: u32,
+    pub excluded: Option<Exclusion>,
+    pub info: TargetInfo,
+}

@@ -1,0 +1,1 @@
+//! policy + observed host facts -> map plan. Pure: no I/O, no clock, no aya.

@@ -1,0 +1,6 @@
+//! The YAML policy: model, parsing with positions, validation, compilation.
+//! Everything here is pure: no I/O besides reading the file in `load`.
+pub mod compile;
+pub mod model;
+
+pub use model::*;

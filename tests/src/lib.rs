@@ -1,0 +1,1 @@
+//! Shared test support: the namespace lab (also used by `cargo xtask run`).
