@@ -12,3 +12,5 @@ pub mod policy;
 pub static EBPF_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 /// The MAC-swap baseline program (benchmarks only).
 pub static EBPF_MACSWAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/macswap"));
+/// XDP_PASS (the lab's bridge port facing the load balancer).
+pub static EBPF_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pass"));
