@@ -1,1 +1,339 @@
-//! The only writer of BPF maps.
+//! The only writer of BPF maps: loads the XDP program, attaches it, and makes
+//! the maps hold a [`MapPlan`].
+//!
+//! `apply` writes the difference against the plan applied before, in an order
+//! that never lets a packet see a half-built state: targets first, then each
+//! changed group table (built complete in a fresh inner map and swapped in
+//! with a single outer-map update), then listeners; removals last.
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use lb_common::{
+    BPF_F_INNER_MAP, Config, Counter, GroupInfo, ListenerInfo, ListenerKey, Stats, TargetInfo,
+    map_names as names,
+};
+
+use crate::plan::MapPlan;
+
+/// The XDP program's name in the object.
+pub const PROGRAM: &str = "lb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot load the XDP program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP program `{PROGRAM}` is missing from the object or not XDP")]
+    MissingProgram,
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("cannot attach to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
+    #[error("cannot load the XDP program into the kernel: {0}")]
+    Program(ProgramError),
+}
+
+/// How to attach: native (driver) mode, generic (skb) mode, or native with a
+/// fallback to generic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Capacity of the flow table (LRU).
+    pub flow_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_table_size: lb_common::DEFAULT_FLOW_TABLE_SIZE,
+        }
+    }
+}
+
+/// What an `apply` changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub targets_written: usize,
+    pub tables_swapped: usize,
+    pub listeners_written: usize,
+    pub listeners_removed: usize,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    applied: Option<MapPlan>,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+impl Dataplane {
+    /// Loads the program and creates its maps (empty). Not attached yet.
+    pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
+        Self::load_object(crate::EBPF_LB, options)
+    }
+
+    pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, options.flow_table_size)
+            .load(object)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram)?
+            .try_into()
+            .map_err(|_| DataplaneError::MissingProgram)?;
+        program.load().map_err(DataplaneError::Program)?;
+        Ok(Dataplane {
+            ebpf,
+            applied: None,
+        })
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN.
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load")
+    }
+
+    /// Attaches to `iface`; returns the mode it attached in. The program
+    /// detaches when `self` is dropped (the link is owned by the program).
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<&'static str, DataplaneError> {
+        let program = self.program_mut();
+        let attempt = |program: &mut Xdp, xdp_mode, label: &'static str| {
+            program
+                .attach(iface, xdp_mode)
+                .map(|_| label)
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: label,
+                    source,
+                })
+        };
+        match mode {
+            AttachMode::Native => attempt(program, XdpMode::Driver, "native"),
+            AttachMode::Generic => attempt(program, XdpMode::Skb, "generic"),
+            AttachMode::Auto => match attempt(program, XdpMode::Driver, "native") {
+                Ok(label) => Ok(label),
+                Err(err) => {
+                    tracing::warn!(%err, "native XDP not available, falling back to generic mode");
+                    attempt(program, XdpMode::Skb, "generic")
+                }
+            },
+        }
+    }
+
+    /// The plan the maps hold now.
+    pub fn applied(&self) -> Option<&MapPlan> {
+        self.applied.as_ref()
+    }
+
+    /// Makes the maps hold `plan`, writing only what differs from the plan
+    /// applied before.
+    pub fn apply(&mut self, plan: &MapPlan) -> Result<ApplyReport, DataplaneError> {
+        let previous = self.applied.take();
+        let result = self.write(plan, previous.as_ref());
+        // On failure the maps may hold a mix; forget the previous plan so the
+        // next apply rewrites everything.
+        self.applied = result.is_ok().then(|| plan.clone());
+        result
+    }
+
+    fn write(
+        &mut self,
+        plan: &MapPlan,
+        old: Option<&MapPlan>,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
+
+        let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
+        if old.map(|o| o.config) != Some(plan.config) {
+            config
+                .set(0, plan.config, 0)
+                .map_err(map_err(names::CONFIG))?;
+        }
+
+        // Targets first: a table slot may only point at a written target.
+        let old_targets: HashMap<u32, TargetInfo> = old
+            .map(|o| o.targets.iter().map(|t| (t.id, t.info)).collect())
+            .unwrap_or_default();
+        let mut targets: Array<_, TargetInfo> = self.map_array(names::TARGETS)?;
+        for t in &plan.targets {
+            if old_targets.get(&t.id) != Some(&t.info) {
+                targets
+                    .set(t.id, t.info, 0)
+                    .map_err(map_err(names::TARGETS))?;
+                report.targets_written += 1;
+            }
+        }
+
+        // Groups: settings, then a complete new table swapped in at once.
+        let old_groups: HashMap<u32, (&GroupInfo, &Vec<u32>)> = old
+            .map(|o| {
+                o.groups
+                    .iter()
+                    .map(|g| (g.id, (&g.info, &g.table)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for g in &plan.groups {
+            let same = old_groups.get(&g.id);
+            if same.map(|(info, _)| **info) != Some(g.info) {
+                let mut groups: Array<_, GroupInfo> = self.map_array(names::GROUPS)?;
+                groups
+                    .set(g.id, g.info, 0)
+                    .map_err(map_err(names::GROUPS))?;
+            }
+            if same.map(|(_, table)| *table) != Some(&g.table) {
+                let table = build_table(&g.table)?;
+                let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
+                    ArrayOfMaps::try_from(
+                        self.ebpf
+                            .map_mut(names::GROUP_TABLES)
+                            .ok_or(DataplaneError::MissingMap(names::GROUP_TABLES))?,
+                    )
+                    .map_err(map_err(names::GROUP_TABLES))?;
+                outer
+                    .set(g.id, &table, 0)
+                    .map_err(map_err(names::GROUP_TABLES))?;
+                report.tables_swapped += 1;
+            }
+        }
+
+        // Listeners: add and change, then remove.
+        let new_listeners: HashMap<ListenerKey, ListenerInfo> =
+            plan.listeners.iter().map(|l| (l.key, l.info)).collect();
+        let old_listeners: HashMap<ListenerKey, ListenerInfo> = old
+            .map(|o| o.listeners.iter().map(|l| (l.key, l.info)).collect())
+            .unwrap_or_default();
+        let mut listeners: BpfHashMap<_, ListenerKey, ListenerInfo> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::LISTENERS)
+                .ok_or(DataplaneError::MissingMap(names::LISTENERS))?,
+        )
+        .map_err(map_err(names::LISTENERS))?;
+        for (key, info) in &new_listeners {
+            if old_listeners.get(key) != Some(info) {
+                listeners
+                    .insert(key, info, 0)
+                    .map_err(map_err(names::LISTENERS))?;
+                report.listeners_written += 1;
+            }
+        }
+        for key in old_listeners
+            .keys()
+            .filter(|k| !new_listeners.contains_key(k))
+        {
+            listeners.remove(key).map_err(map_err(names::LISTENERS))?;
+            report.listeners_removed += 1;
+        }
+
+        // Targets that left the policy: no longer usable, so their flows are
+        // re-selected.
+        if let Some(old) = old {
+            let mut targets: Array<_, TargetInfo> = self.map_array(names::TARGETS)?;
+            for t in &old.targets {
+                if !plan.targets.iter().any(|n| n.id == t.id) {
+                    targets
+                        .set(t.id, TargetInfo::default(), 0)
+                        .map_err(map_err(names::TARGETS))?;
+                    report.targets_written += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn map_array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(map_err(name))
+    }
+
+    /// Global counters, summed over CPUs, indexed by `Counter`.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::COUNTERS)
+                .ok_or(DataplaneError::MissingMap(names::COUNTERS))?,
+        )
+        .map_err(map_err(names::COUNTERS))?;
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let values = map.get(&(c as u32), 0).map_err(map_err(names::COUNTERS))?;
+                Ok((c, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Per-listener statistics (by listener id), summed over CPUs.
+    pub fn listener_stats(&self, id: u32) -> Result<Stats, DataplaneError> {
+        self.stats(names::LISTENER_STATS, id)
+    }
+
+    /// Per-target statistics (by target id), summed over CPUs.
+    pub fn target_stats(&self, id: u32) -> Result<Stats, DataplaneError> {
+        self.stats(names::TARGET_STATS, id)
+    }
+
+    fn stats(&self, name: &'static str, id: u32) -> Result<Stats, DataplaneError> {
+        let map: PerCpuArray<&MapData, Stats> = PerCpuArray::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(map_err(name))?;
+        let values = map.get(&id, 0).map_err(map_err(name))?;
+        Ok(values.iter().fold(Stats::default(), |acc, s| Stats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+            new_flows: acc.new_flows + s.new_flows,
+        }))
+    }
+}
+
+/// A complete group table as a new inner map: element 0 holds the slot count,
+/// elements 1..=M the target ids.
+fn build_table(slots: &[u32]) -> Result<Array<MapData, u32>, DataplaneError> {
+    let name = names::GROUP_TABLES;
+    let mut table: Array<MapData, u32> =
+        Array::create(slots.len() as u32 + 1, BPF_F_INNER_MAP).map_err(map_err(name))?;
+    table.set(0, slots.len() as u32, 0).map_err(map_err(name))?;
+    for (i, &id) in slots.iter().enumerate() {
+        if id != 0 {
+            table.set(i as u32 + 1, id, 0).map_err(map_err(name))?;
+        }
+    }
+    Ok(table)
+}

@@ -1,1 +1,372 @@
 //! policy + observed host facts -> map plan. Pure: no I/O, no clock, no aya.
+//!
+//! The input policy must have passed validation; what validation guarantees is
+//! not checked again, but capacity limits of the maps are.
+//!
+//! Ids: groups and targets are numbered from 1 in policy order (0 is the
+//! reserved "none"), listeners likewise. A target takes new flows when its
+//! weight is positive and its MAC is known (static `mac:` first, else the
+//! neighbour table); it keeps receiving the packets of its existing flows as
+//! long as its MAC is known, whatever its weight.
+use std::net::IpAddr;
+
+use lb_common::{
+    Config, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
+    PROTO_TCP, PROTO_UDP, TargetInfo, hash_fields, target_flags,
+};
+
+use super::{Affinity, Algorithm, ListenerProtocol, Policy};
+use crate::{
+    maglev::{self, Identity, Member},
+    plan::{Exclusion, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget},
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("too many {what}: {count} (the data plane holds at most {max})")]
+    Capacity {
+        what: &'static str,
+        count: usize,
+        max: u32,
+    },
+    #[error("target group `{group}`: target {ip}: bad mac {mac:?}: {reason}")]
+    BadMac {
+        group: String,
+        ip: IpAddr,
+        mac: String,
+        reason: String,
+    },
+}
+
+/// SPEC.md: converted weight = ceil(weight / 256 * 100).
+pub fn converted_weight(weight: u16) -> u32 {
+    (weight as u32 * 100).div_ceil(256)
+}
+
+/// The hash fields of a group's algorithm and affinity.
+pub fn hash_fields_of(algorithm: Algorithm, affinity: Affinity) -> u8 {
+    match (algorithm, affinity) {
+        (Algorithm::SourceIp, _) => hash_fields::SOURCE_IP,
+        (Algorithm::Hash, Affinity::FiveTuple) => hash_fields::FIVE_TUPLE,
+        (Algorithm::Hash, Affinity::ThreeTuple) => hash_fields::THREE_TUPLE,
+        (Algorithm::Hash, Affinity::TwoTuple) => hash_fields::TWO_TUPLE,
+    }
+}
+
+/// Address words as the data plane stores them (wire order in memory).
+pub fn addr_words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
+        }
+    }
+}
+
+pub fn family_of(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        lb_common::FAMILY_V4
+    } else {
+        lb_common::FAMILY_V6
+    }
+}
+
+pub fn proto_of(protocol: ListenerProtocol) -> u8 {
+    match protocol {
+        ListenerProtocol::Tcp => PROTO_TCP,
+        ListenerProtocol::Udp => PROTO_UDP,
+    }
+}
+
+pub fn listener_key(vip: IpAddr, protocol: ListenerProtocol, port: u16) -> ListenerKey {
+    ListenerKey {
+        addr_be: addr_words(vip),
+        port_be: port.to_be(),
+        proto: proto_of(protocol),
+        family: family_of(vip),
+    }
+}
+
+pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileError> {
+    check_capacity("listeners", policy.listeners.len(), MAX_LISTENERS)?;
+    check_capacity("target groups", policy.target_groups.len(), MAX_GROUPS)?;
+    let target_count: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
+    check_capacity("targets", target_count, MAX_TARGETS)?;
+
+    let mut groups = Vec::with_capacity(policy.target_groups.len());
+    let mut targets = Vec::with_capacity(target_count);
+    for (gi, group) in policy.target_groups.iter().enumerate() {
+        let group_id = gi as u32 + 1;
+        // With DSR every target listens on the listener's port.
+        let port = policy
+            .listeners
+            .iter()
+            .find(|l| l.target_group == group.name)
+            .map(|l| l.port)
+            .unwrap_or(0);
+        let total: u32 = group
+            .targets
+            .iter()
+            .map(|t| converted_weight(t.weight))
+            .sum();
+        let first = targets.len();
+        for target in &group.targets {
+            let id = targets.len() as u32 + 1;
+            let mac = match &target.mac {
+                Some(text) => {
+                    Some(
+                        super::parse_mac(text).map_err(|reason| CompileError::BadMac {
+                            group: group.name.clone(),
+                            ip: target.ip,
+                            mac: text.clone(),
+                            reason,
+                        })?,
+                    )
+                }
+                None => observed.neighbors.get(&target.ip).copied(),
+            };
+            let excluded = match (mac, target.weight) {
+                (None, _) => Some(Exclusion::MacUnresolved),
+                (Some(_), 0) => Some(Exclusion::ZeroWeight),
+                _ => None,
+            };
+            let cw = converted_weight(target.weight);
+            targets.push(PlannedTarget {
+                id,
+                group: group.name.clone(),
+                ip: target.ip,
+                port,
+                weight: target.weight,
+                converted_weight: cw,
+                ratio: if total == 0 {
+                    0.0
+                } else {
+                    cw as f64 / total as f64
+                },
+                slots: 0,
+                excluded,
+                info: TargetInfo {
+                    mac: mac.unwrap_or_default(),
+                    flags: if mac.is_some() {
+                        target_flags::USABLE
+                    } else {
+                        0
+                    },
+                    group_id,
+                },
+            });
+        }
+        let members: Vec<Member> = targets[first..]
+            .iter()
+            .filter(|t| t.excluded.is_none())
+            .map(|t| Member {
+                identity: Identity {
+                    ip: t.ip,
+                    port: t.port,
+                },
+                weight: t.converted_weight,
+                id: t.id,
+            })
+            .collect();
+        let table = maglev::build(&members, group.table_size);
+        for &id in &table {
+            if id != 0 {
+                targets[id as usize - 1].slots += 1;
+            }
+        }
+        groups.push(PlannedGroup {
+            id: group_id,
+            name: group.name.clone(),
+            info: GroupInfo {
+                hash_fields: hash_fields_of(group.algorithm, group.affinity),
+                algorithm: 0,
+                _pad: [0; 2],
+                generation: 0,
+            },
+            table,
+        });
+    }
+
+    let listeners = policy
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let group = groups.iter().find(|g| g.name == l.target_group)?;
+            Some(PlannedListener {
+                name: l.name.clone(),
+                key: listener_key(l.vip, l.protocol, l.port),
+                info: ListenerInfo {
+                    listener_id: i as u32 + 1,
+                    group_id: group.id,
+                },
+            })
+        })
+        .collect();
+
+    Ok(MapPlan {
+        config: Config {
+            src_mac: observed.iface_mac,
+            _pad: [0; 2],
+            flags: 0,
+        },
+        listeners,
+        groups,
+        targets,
+    })
+}
+
+fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), CompileError> {
+    // Id 0 is reserved in every id space.
+    let max = max - 1;
+    if count > max as usize {
+        return Err(CompileError::Capacity { what, count, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::policy::{GroupProtocol, Listener, Target, TargetGroup};
+
+    fn policy(targets: &[(&str, u16, Option<&str>)]) -> Policy {
+        Policy {
+            interface: Some("eth0".into()),
+            listeners: vec![Listener {
+                name: "web".into(),
+                vip: "10.0.3.49".parse().unwrap(),
+                protocol: ListenerProtocol::Tcp,
+                port: 80,
+                target_group: "web".into(),
+            }],
+            target_groups: vec![TargetGroup {
+                name: "web".into(),
+                protocol: GroupProtocol::Tcp,
+                algorithm: Algorithm::Hash,
+                affinity: Affinity::FiveTuple,
+                table_size: 1021,
+                targets: targets
+                    .iter()
+                    .map(|(ip, w, mac)| Target {
+                        ip: ip.parse().unwrap(),
+                        weight: *w,
+                        port: None,
+                        mac: mac.map(String::from),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    fn observed(neighbors: &[(&str, u8)]) -> Observed {
+        Observed {
+            iface_mac: [2, 0, 0, 0, 0, 2],
+            iface_nets: vec![("10.0.3.0".parse().unwrap(), 24)],
+            neighbors: neighbors
+                .iter()
+                .map(|(ip, last)| (ip.parse().unwrap(), [2, 0, 0, 0, 0, *last]))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn converted_weights_follow_spec() {
+        assert_eq!(converted_weight(0), 0);
+        assert_eq!(converted_weight(1), 1);
+        assert_eq!(converted_weight(128), 50);
+        assert_eq!(converted_weight(255), 100);
+        assert_eq!(converted_weight(256), 100);
+    }
+
+    #[test]
+    fn plan_has_keys_ids_and_ratios() {
+        let p = policy(&[
+            ("10.0.3.11", 256, None),
+            ("10.0.3.12", 256, None),
+            ("10.0.3.13", 128, Some("02:00:00:00:00:13")),
+        ]);
+        let plan = compile(&p, &observed(&[("10.0.3.11", 0x11), ("10.0.3.12", 0x12)])).unwrap();
+        assert_eq!(plan.config.src_mac, [2, 0, 0, 0, 0, 2]);
+        let l = &plan.listeners[0];
+        assert_eq!(l.key.addr_be[0].to_ne_bytes(), [10, 0, 3, 49]);
+        assert_eq!(l.key.port_be.to_ne_bytes(), [0, 80]);
+        assert_eq!((l.key.proto, l.key.family), (PROTO_TCP, 4));
+        assert_eq!(
+            l.info,
+            ListenerInfo {
+                listener_id: 1,
+                group_id: 1
+            }
+        );
+        let ratios: Vec<f64> = plan.targets.iter().map(|t| t.ratio).collect();
+        assert_eq!(ratios, vec![0.4, 0.4, 0.2]);
+        assert_eq!(
+            plan.targets[2].info.mac,
+            [2, 0, 0, 0, 0, 0x13],
+            "static mac overrides"
+        );
+        let slots: Vec<u32> = plan.targets.iter().map(|t| t.slots).collect();
+        assert_eq!(slots.iter().sum::<u32>(), 1021);
+        assert!(
+            slots[0].abs_diff(409) <= 1
+                && slots[1].abs_diff(408) <= 1
+                && slots[2].abs_diff(204) <= 1,
+            "{slots:?}"
+        );
+    }
+
+    #[test]
+    fn unresolved_mac_is_never_selected() {
+        let p = policy(&[("10.0.3.11", 256, None), ("10.0.3.12", 256, None)]);
+        let plan = compile(&p, &observed(&[("10.0.3.12", 0x12)])).unwrap();
+        assert_eq!(plan.targets[0].excluded, Some(Exclusion::MacUnresolved));
+        assert_eq!(plan.targets[0].info.flags & target_flags::USABLE, 0);
+        assert!(plan.groups[0].table.iter().all(|&id| id == 2));
+    }
+
+    #[test]
+    fn no_usable_target_fails_closed() {
+        let p = policy(&[("10.0.3.11", 0, None), ("10.0.3.12", 256, None)]);
+        let plan = compile(&p, &observed(&[("10.0.3.11", 0x11)])).unwrap();
+        assert_eq!(plan.targets[0].excluded, Some(Exclusion::ZeroWeight));
+        assert_ne!(
+            plan.targets[0].info.flags & target_flags::USABLE,
+            0,
+            "weight 0 keeps its existing flows"
+        );
+        assert!(plan.groups[0].table.iter().all(|&id| id == 0));
+    }
+
+    #[test]
+    fn same_policy_same_plan() {
+        let p = policy(&[
+            ("10.0.3.11", 256, None),
+            ("10.0.3.12", 100, None),
+            ("10.0.3.13", 7, None),
+        ]);
+        let o = observed(&[
+            ("10.0.3.11", 0x11),
+            ("10.0.3.12", 0x12),
+            ("10.0.3.13", 0x13),
+        ]);
+        assert_eq!(compile(&p, &o).unwrap(), compile(&p, &o).unwrap());
+    }
+
+    #[test]
+    fn hash_fields_by_algorithm_and_affinity() {
+        assert_eq!(
+            hash_fields_of(Algorithm::SourceIp, Affinity::FiveTuple),
+            hash_fields::SRC_ADDR
+        );
+        assert_eq!(
+            hash_fields_of(Algorithm::Hash, Affinity::TwoTuple),
+            hash_fields::SRC_ADDR | hash_fields::DST_ADDR
+        );
+    }
+}

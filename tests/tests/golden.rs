@@ -1,0 +1,496 @@
+//! Golden packets through the real XDP program (BPF_PROG_TEST_RUN), with maps
+//! provisioned through the real compile -> apply path. Every case asserts the
+//! verdict, the exact output bytes and the counters, and is also run through
+//! the reference model (`lb_tests::model`), which must agree.
+//!
+//! Needs root (CAP_BPF). Each test loads its own program and maps.
+use std::collections::BTreeMap;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::Counter;
+use lb_tests::{
+    model::{Model, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
+    packets::{Frame, L4, LB_MAC, hex, tcp_flags::*},
+};
+use lb_user::{
+    dataplane::{Dataplane, LoadOptions},
+    plan::{MapPlan, Observed},
+    policy::{self, Policy},
+};
+
+/// Target MACs in these tests read like the address: 10.0.3.12 and
+/// fd00:3::12 have 02:00:00:00:00:12.
+fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
+    let last = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let d = v4.octets()[3] % 100;
+            (d / 10) << 4 | d % 10
+        }
+        std::net::IpAddr::V6(v6) => v6.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0, last]
+}
+
+struct Harness {
+    dp: Dataplane,
+    plan: MapPlan,
+    model: Model,
+}
+
+impl Harness {
+    fn new(yaml: &str) -> Harness {
+        let policy = parse_policy(yaml);
+        let plan = compile(&policy);
+        let mut dp = Dataplane::load(&LoadOptions {
+            flow_table_size: 4096,
+        })
+        .expect("load lb (are you root?)");
+        dp.apply(&plan).expect("apply");
+        Harness {
+            dp,
+            plan,
+            model: Model::default(),
+        }
+    }
+
+    fn reapply(&mut self, yaml: &str) {
+        self.plan = compile(&parse_policy(yaml));
+        self.dp.apply(&self.plan).expect("apply");
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .dp
+            .program_mut()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn counters(&self) -> BTreeMap<&'static str, u64> {
+        self.dp
+            .counters()
+            .expect("counters")
+            .into_iter()
+            .map(|(c, v)| (c.name(), v))
+            .collect()
+    }
+
+    /// Runs `frame` through the program and the model; asserts they agree on
+    /// verdict, bytes and counters, and returns the outcome.
+    fn check(&mut self, name: &str, frame: &[u8]) -> Outcome {
+        let before = self.counters();
+        let (action, output) = self.run(frame);
+        let after = self.counters();
+        let expected = self.model.process(&self.plan, frame);
+        assert_eq!(
+            (action, &output),
+            (expected.action, &expected.output),
+            "{name}: verdict/bytes differ from the model\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
+            hex(frame),
+            hex(&expected.output),
+            hex(&output)
+        );
+        let mut want = before.clone();
+        for c in &expected.counters {
+            *want.get_mut(c.name()).unwrap() += 1;
+        }
+        assert_eq!(after, want, "{name}: counters");
+        expected
+    }
+}
+
+fn parse_policy(yaml: &str) -> Policy {
+    policy::parse("golden.yaml", yaml).unwrap_or_else(|e| panic!("test policy: {e}"))
+}
+
+fn compile(policy: &Policy) -> MapPlan {
+    let targets = policy
+        .target_groups
+        .iter()
+        .flat_map(|g| g.targets.iter().map(|t| (t.ip, mac_of(&t.ip))));
+    let observed = Observed {
+        iface_mac: LB_MAC,
+        iface_nets: vec![],
+        neighbors: targets.collect(),
+    };
+    policy::compile::compile(policy, &observed).expect("compile")
+}
+
+const ONE_TARGET: &str = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+  - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
+target_groups:
+  - { name: web, protocol: tcp, table_size: 1021, targets: [ { ip: 10.0.3.11 } ] }
+  - { name: dns, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.12 } ] }
+  - { name: web6, protocol: tcp, table_size: 1021, targets: [ { ip: "fd00:3::13" } ] }
+"#;
+
+const T11: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const T12: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+const T13: [u8; 6] = [0x02, 0, 0, 0, 0, 0x13];
+
+/// The literal expectation: the same frame with only the MACs rewritten.
+fn rewritten(frame: &[u8], dst: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&dst);
+    out[6..12].copy_from_slice(&LB_MAC);
+    out
+}
+
+#[test]
+fn tcp_syn_and_ack_to_vip_are_forwarded_with_only_macs_rewritten() {
+    let mut h = Harness::new(ONE_TARGET);
+    let syn = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).build();
+    let o = h.check("syn", &syn);
+    assert_eq!(o.action, XDP_TX);
+    assert_eq!(o.output, rewritten(&syn, T11));
+    // Byte-level golden: destination MAC, source MAC, the rest untouched.
+    assert_eq!(
+        &o.output[..12],
+        &[0x02, 0, 0, 0, 0, 0x11, 0x02, 0, 0, 0, 0, 0x02]
+    );
+    assert_eq!(&o.output[12..], &syn[12..]);
+    assert!(o.counters.contains(&Counter::NewFlow));
+
+    let ack = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, ACK).build();
+    let o = h.check("ack", &ack);
+    assert_eq!((o.action, o.output), (XDP_TX, rewritten(&ack, T11)));
+    assert!(
+        o.counters.contains(&Counter::FlowHit),
+        "the ACK finds the SYN's flow"
+    );
+
+    let listener = h.dp.listener_stats(1).unwrap();
+    assert_eq!((listener.packets, listener.new_flows), (2, 1));
+    assert_eq!(listener.bytes, (syn.len() + ack.len()) as u64);
+    assert_eq!(h.dp.target_stats(1).unwrap().packets, 2);
+}
+
+#[test]
+fn udp_to_vip_is_forwarded() {
+    let mut h = Harness::new(ONE_TARGET);
+    let frame = Frame::udp("10.0.3.100", 5353, "10.0.3.49", 53, b"query").build();
+    let o = h.check("udp", &frame);
+    assert_eq!((o.action, o.output), (XDP_TX, rewritten(&frame, T12)));
+}
+
+#[test]
+fn vlan_tagged_frame_keeps_its_tag() {
+    let mut h = Harness::new(ONE_TARGET);
+    let frame = Frame::tcp("10.0.3.100", 40001, "10.0.3.49", 80, SYN)
+        .with_vlan(42)
+        .build();
+    assert_eq!(&frame[12..16], &[0x81, 0x00, 0x00, 42]);
+    let o = h.check("vlan", &frame);
+    assert_eq!((o.action, o.output), (XDP_TX, rewritten(&frame, T11)));
+}
+
+#[test]
+fn ipv4_options_are_skipped_by_ihl() {
+    let mut h = Harness::new(ONE_TARGET);
+    // Record route (7), length 11, pointer 4, two empty slots; padded to 12.
+    let frame = Frame::tcp("10.0.3.100", 40002, "10.0.3.49", 80, SYN)
+        .with_ip_options(&[7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0])
+        .build();
+    assert_eq!(frame[14], 0x48, "IHL 8");
+    let o = h.check("options", &frame);
+    assert_eq!((o.action, o.output), (XDP_TX, rewritten(&frame, T11)));
+
+    // The same ports behind options must not be mistaken: a frame whose
+    // option bytes look like port 80 but whose real ports differ passes.
+    let other = Frame::tcp("10.0.3.100", 80, "10.0.3.49", 8080, SYN)
+        .with_ip_options(&[1, 1, 0, 80])
+        .build();
+    let o = h.check("options, other port", &other);
+    assert_eq!(o.action, XDP_PASS);
+}
+
+#[test]
+fn ipv6_tcp_is_forwarded() {
+    let mut h = Harness::new(ONE_TARGET);
+    let frame = Frame::tcp("fd00:3::100", 40003, "fd00:3::49", 80, SYN).build();
+    let o = h.check("ipv6", &frame);
+    assert_eq!((o.action, o.output), (XDP_TX, rewritten(&frame, T13)));
+}
+
+#[test]
+fn non_listener_traffic_passes_untouched() {
+    let mut h = Harness::new(ONE_TARGET);
+    let cases = [
+        (
+            "other address",
+            Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 80, SYN),
+        ),
+        (
+            "vip, other port",
+            Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 81, SYN),
+        ),
+        (
+            "vip, udp to the tcp port",
+            Frame::udp("10.0.3.100", 40000, "10.0.3.49", 80, b"x"),
+        ),
+        (
+            "vip, tcp to the udp port",
+            Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 53, SYN),
+        ),
+        (
+            "vip, icmp",
+            Frame::new(
+                "10.0.3.100",
+                "10.0.3.49",
+                L4::Raw {
+                    proto: 1,
+                    payload: vec![8, 0, 0, 0, 0, 1, 0, 1],
+                },
+            ),
+        ),
+        (
+            "ipv6 other address",
+            Frame::tcp("fd00:3::100", 40000, "fd00:3::2", 80, SYN),
+        ),
+        (
+            "ipv6 extension header",
+            Frame::new(
+                "fd00:3::100",
+                "fd00:3::49",
+                L4::Raw {
+                    proto: 0,
+                    payload: vec![6, 0, 0, 0, 0, 0, 0, 0],
+                },
+            ),
+        ),
+    ];
+    for (name, frame) in cases {
+        let bytes = frame.build();
+        let o = h.check(name, &bytes);
+        assert_eq!((o.action, &o.output), (XDP_PASS, &bytes), "{name}");
+        assert_eq!(o.counters, vec![Counter::Passed], "{name}");
+    }
+    // ARP is not IP: passes.
+    let mut arp = Frame::tcp("10.0.3.100", 1, "10.0.3.49", 80, SYN).build();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(h.check("arp", &arp).action, XDP_PASS);
+}
+
+#[test]
+fn truncated_frames_pass_untouched_at_every_header_boundary() {
+    let mut h = Harness::new(ONE_TARGET);
+    let frames = [
+        Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN),
+        Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, b""),
+        Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).with_vlan(7),
+        Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN)
+            .with_ip_options(&[1, 1, 1, 1, 1, 1, 1, 1]),
+        Frame::tcp("fd00:3::100", 40000, "fd00:3::49", 80, SYN),
+    ];
+    let mut checked = 0;
+    for frame in &frames {
+        let full = frame.build();
+        // The kernel's test run needs a whole Ethernet header; every length
+        // from there up to one byte short is cut (all boundaries included).
+        for len in 14..full.len() {
+            let cut = &full[..len];
+            let o = h.check(&format!("{:?} cut at {len}", frame.l4), cut);
+            assert_eq!((o.action, o.output.as_slice()), (XDP_PASS, cut));
+            assert_eq!(o.counters, vec![Counter::Malformed], "cut at {len}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 200);
+}
+
+#[test]
+fn inconsistent_headers_pass_and_are_counted() {
+    let mut h = Harness::new(ONE_TARGET);
+    let good = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).build();
+    let mutate = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = good.clone();
+        f(&mut b);
+        b
+    };
+    let cases = [
+        ("ihl 4", mutate(&|b| b[14] = 0x44)),
+        ("ihl 0", mutate(&|b| b[14] = 0x40)),
+        ("version 6 in an ipv4 ethertype", mutate(&|b| b[14] = 0x65)),
+        (
+            "total length below header",
+            mutate(&|b| b[16..18].copy_from_slice(&10u16.to_be_bytes())),
+        ),
+        ("ihl beyond the frame", mutate(&|b| b[14] = 0x4f)),
+    ];
+    for (name, frame) in cases {
+        let o = h.check(name, &frame);
+        assert_eq!((o.action, &o.output), (XDP_PASS, &frame), "{name}");
+        assert_eq!(o.counters, vec![Counter::Malformed], "{name}");
+    }
+    let frag = Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, b"x")
+        .with_frag(0x2000)
+        .build();
+    let o = h.check("fragment", &frag);
+    assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Fragment]));
+}
+
+const THREE_TARGETS: &str = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+target_groups:
+  - name: web
+    protocol: tcp
+    table_size: 65537
+    targets:
+      - { ip: 10.0.3.11, weight: 256 }
+      - { ip: 10.0.3.12, weight: 256 }
+      - { ip: 10.0.3.13, weight: 128 }
+"#;
+
+#[test]
+fn many_flows_follow_the_model_and_the_weights() {
+    let mut h = Harness::new(THREE_TARGETS);
+    let mut per_target = BTreeMap::<u32, u32>::new();
+    for i in 0..2000u16 {
+        let frame = Frame::tcp("10.0.3.100", 10000 + i, "10.0.3.49", 80, SYN).build();
+        let o = h.check("flow", &frame);
+        assert_eq!(o.action, XDP_TX);
+        *per_target.entry(o.target.unwrap()).or_default() += 1;
+    }
+    // 2000 flows at 0.4/0.4/0.2: sd = sqrt(2000 * 0.4 * 0.6) ~ 21.9 and
+    // sqrt(2000 * 0.2 * 0.8) ~ 17.9; 5 sd bands.
+    let got: Vec<u32> = per_target.values().copied().collect();
+    assert!(
+        got[0].abs_diff(800) < 110 && got[1].abs_diff(800) < 110 && got[2].abs_diff(400) < 90,
+        "{got:?}"
+    );
+}
+
+#[test]
+fn flows_stay_pinned_across_policy_changes_until_their_target_goes() {
+    let mut h = Harness::new(THREE_TARGETS);
+    let frames: Vec<Vec<u8>> = (0..300u16)
+        .map(|i| Frame::tcp("10.0.3.100", 20000 + i, "10.0.3.49", 80, SYN).build())
+        .collect();
+    let first: Vec<u32> = frames
+        .iter()
+        .map(|f| h.check("first", f).target.unwrap())
+        .collect();
+    assert!(first.contains(&1) && first.contains(&2) && first.contains(&3));
+
+    // Re-weighting changes the table, not the pinned flows.
+    h.reapply(
+        &THREE_TARGETS
+            .replace("weight: 128", "weight: 1")
+            .replace("10.0.3.12, weight: 256", "10.0.3.12, weight: 10"),
+    );
+    for (f, &t) in frames.iter().zip(&first) {
+        let o = h.check("reweighted", f);
+        assert_eq!(o.target, Some(t), "a pinned flow moved");
+    }
+
+    // Removing target 3 re-selects only its flows.
+    h.reapply(&THREE_TARGETS.replace("      - { ip: 10.0.3.13, weight: 128 }\n", ""));
+    for (f, &t) in frames.iter().zip(&first) {
+        let o = h.check("removed", f);
+        assert_eq!(o.action, XDP_TX);
+        if t == 3 {
+            assert!(o.counters.contains(&Counter::FlowReselected));
+            assert_ne!(o.target, Some(3));
+        } else {
+            assert_eq!(o.target, Some(t));
+        }
+    }
+}
+
+#[test]
+fn weight_zero_takes_no_new_flows_but_keeps_its_own() {
+    let mut h = Harness::new(THREE_TARGETS);
+    let frames: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| Frame::tcp("10.0.3.100", 30000 + i, "10.0.3.49", 80, SYN).build())
+        .collect();
+    let first: Vec<u32> = frames
+        .iter()
+        .map(|f| h.check("first", f).target.unwrap())
+        .collect();
+    h.reapply(&THREE_TARGETS.replace("weight: 128", "weight: 0"));
+    for (f, &t) in frames.iter().zip(&first) {
+        assert_eq!(h.check("existing", f).target, Some(t));
+    }
+    for i in 0..300u16 {
+        let f = Frame::tcp("10.0.3.101", 30000 + i, "10.0.3.49", 80, SYN).build();
+        assert_ne!(h.check("new", &f).target, Some(3));
+    }
+}
+
+#[test]
+fn empty_group_fails_closed() {
+    let mut h = Harness::new(
+        "listeners: [ { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web } ]\n\
+         target_groups: [ { name: web, protocol: tcp, table_size: 1021, targets: [] } ]\n",
+    );
+    let frame = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).build();
+    let o = h.check("empty", &frame);
+    assert_eq!(
+        (o.action, o.counters),
+        (XDP_DROP, vec![Counter::NoTarget, Counter::Dropped])
+    );
+}
+
+#[test]
+fn affinity_modes_hash_the_right_fields() {
+    for (affinity, same_client_same_target) in [
+        ("five_tuple", false),
+        ("three_tuple", true),
+        ("two_tuple", true),
+        ("source_ip", true),
+    ] {
+        let algo = if affinity == "source_ip" {
+            "algorithm: source_ip"
+        } else {
+            "algorithm: hash"
+        };
+        let aff = if affinity == "source_ip" {
+            String::new()
+        } else {
+            format!("affinity: {affinity}")
+        };
+        let yaml = THREE_TARGETS.replace(
+            "protocol: tcp\n    table_size",
+            &format!("protocol: tcp\n    {algo}\n    {aff}\n    table_size"),
+        );
+        let mut h = Harness::new(&yaml);
+        let targets: std::collections::BTreeSet<u32> = (0..60u16)
+            .map(|i| {
+                h.check(
+                    affinity,
+                    &Frame::tcp("10.0.3.100", 40000 + i, "10.0.3.49", 80, SYN).build(),
+                )
+                .target
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            targets.len() == 1,
+            same_client_same_target,
+            "{affinity}: {targets:?}"
+        );
+        // Several clients spread.
+        let clients: std::collections::BTreeSet<u32> = (0..40u8)
+            .map(|i| {
+                h.check(
+                    affinity,
+                    &Frame::tcp(&format!("10.0.4.{i}"), 40000, "10.0.3.49", 80, SYN).build(),
+                )
+                .target
+                .unwrap()
+            })
+            .collect();
+        assert!(clients.len() > 1, "{affinity}: clients all on one target");
+    }
+}
