@@ -1,6 +1,8 @@
 //! The YAML policy: model, parsing with positions, validation, compilation.
 //! Everything here is pure: no I/O besides reading the file in `load`.
 pub mod compile;
+pub mod error;
 pub mod model;
+pub mod positions;
 
 pub use model::*;
