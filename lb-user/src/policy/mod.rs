@@ -3,6 +3,8 @@
 pub mod compile;
 pub mod error;
 pub mod model;
+pub mod parse;
 pub mod positions;
+pub mod validate;
 
 pub use model::*;
