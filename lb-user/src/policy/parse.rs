@@ -1,0 +1,360 @@
+//! Reading a policy: YAML text -> [`Policy`], every problem located.
+//!
+//! The API (errors are [`PolicyError`]: `FILE:LINE:COL: PATH: MESSAGE` lines):
+//! - [`load`]`(path)`: read the file, then [`parse`] it.
+//! - [`parse`]`(source_name, text)`: deserialize, then check every rule that
+//!   needs nothing but the text (`validate::validate`), reporting all issues.
+//! - `validate::validate_for_host(source_name, text, &policy, &HostFacts)`:
+//!   the rules that depend on the host (targets directly connected).
+//! - [`parse_mac`]: the `mac:` syntax, shared with the compiler.
+//!
+//! serde (serde_norway) errors stop at the first one, as serde does; they
+//! come out in the same format, with serde_norway's position.
+use std::path::Path;
+
+use super::{
+    error::{Issue, PolicyError},
+    model::Policy,
+    positions::Positions,
+    validate,
+};
+
+/// Reads and parses the policy at `path` (no host checks).
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PolicyError::new(vec![Issue {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!(
+                "cannot read the policy: {}",
+                lowercase_first(&e.to_string())
+            ),
+        }])
+    })?;
+    parse(&name, &text)
+}
+
+/// Parses `text` (named `source_name` in errors) and checks every
+/// host-independent rule. An empty document is an empty, valid policy.
+pub fn parse(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
+    let positions = Positions::index(text);
+    let policy = deserialize(source_name, text, &positions)?;
+    PolicyError::check(validate::validate(source_name, &policy, &positions))?;
+    Ok(policy)
+}
+
+/// `"02:00:00:00:00:13"` -> bytes: six hexadecimal octets (one or two digits
+/// each) separated by `:`. Only the syntax: `validate` also rejects multicast
+/// and all-zero addresses.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || {
+        format!(
+            "mac `{s}` is not a MAC address: expected 6 hex octets separated by ':' (like 02:00:00:00:00:13)"
+        )
+    };
+    let mut mac = [0u8; 6];
+    let mut octets = s.split(':');
+    for byte in &mut mac {
+        let octet = octets.next().ok_or_else(bad)?;
+        if octet.is_empty() || octet.len() > 2 || !octet.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(octet, 16).map_err(|_| bad())?;
+    }
+    if octets.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// YAML -> `Policy`, stopping at the first problem: duplicate keys (all of
+/// them), else a YAML syntax error, else a serde error.
+fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, PolicyError> {
+    let issue = |pos: (usize, usize), path: &str, message: String| Issue {
+        file: file.to_string(),
+        line: pos.0,
+        column: pos.1,
+        path: path.to_string(),
+        message,
+    };
+    let duplicates: Vec<Issue> = positions
+        .duplicate_keys()
+        .iter()
+        .map(|d| {
+            issue(
+                (d.pos.line, d.pos.column),
+                &d.path,
+                format!("duplicate key `{}` (first at line {})", d.key, d.first_line),
+            )
+        })
+        .collect();
+    PolicyError::check(duplicates)?;
+
+    // Syntax first: serde_norway deserializes as it parses, so a broken
+    // document could otherwise come out as a misleading "missing field".
+    match serde_norway::from_str::<serde_norway::Value>(text) {
+        Err(e) => {
+            let (pos, message) = strip_location(&e);
+            let message = format!("invalid yaml: {message}");
+            return Err(PolicyError::new(vec![issue(pos, "", message)]));
+        }
+        // Empty, only comments, or `~`: nothing to balance, which is valid.
+        Ok(serde_norway::Value::Null) => {
+            return Ok(Policy {
+                interface: None,
+                listeners: Vec::new(),
+                target_groups: Vec::new(),
+            });
+        }
+        Ok(_) => {}
+    }
+    serde_norway::from_str(text).map_err(|e| {
+        let (pos, text) = strip_location(&e);
+        let (path, message) = split_path(&text);
+        let (path, message) = reword(path, message, positions);
+        PolicyError::new(vec![issue(pos, &path, message)])
+    })
+}
+
+/// serde_norway's message without its " at line L column C", and that
+/// position (1:1 when it has none).
+fn strip_location(err: &serde_norway::Error) -> ((usize, usize), String) {
+    let pos = err
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    let mut text = err.to_string();
+    let at = format!(" at line {} column {}", pos.0, pos.1);
+    if let Some(i) = text.find(&at) {
+        text.replace_range(i..i + at.len(), "");
+    }
+    (pos, text)
+}
+
+/// serde_norway writes `path: message` (no path at the root).
+fn split_path(text: &str) -> (&str, &str) {
+    let is_path = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.[]?".contains(&b))
+    };
+    match text.split_once(": ") {
+        Some((path, message)) if is_path(path) => (path, message),
+        _ => ("", text),
+    }
+}
+
+/// The last field name of a path: `listeners[0].port` -> `port`.
+fn field(path: &str) -> &str {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    last.split('[').next().unwrap_or(last)
+}
+
+/// Rewords serde's messages for the common mistakes so that they name the
+/// value and what is allowed, like the validator's; returns the path to
+/// report (an unknown field's own path rather than its parent's).
+fn reword(path: &str, message: &str, positions: &Positions) -> (String, String) {
+    let field = field(path);
+    // "unknown field `vipp`, expected one of `name`, `vip`, ..."
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((key, _)) = rest.split_once('`')
+    {
+        let path = if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        };
+        return (path, message.to_string());
+    }
+    // "invalid value: integer `70000`, expected u16"
+    if let Some(rest) = message.strip_prefix("invalid value: integer `")
+        && let Some((value, _)) = rest.split_once('`')
+        && let Some(m) = validate::out_of_range(field, value)
+    {
+        return (path.to_string(), m);
+    }
+    // "invalid type: string \"eighty\", expected u16"
+    if let Some(rest) = message.strip_prefix("invalid type: ")
+        && let Some((found, _)) = rest.split_once(", expected u")
+        && let Some(range) = validate::range(field)
+    {
+        return (
+            path.to_string(),
+            format!("{field} must be an integer {range}, found {found}"),
+        );
+    }
+    if message == "invalid IP address syntax" {
+        let value = positions.scalar(path).unwrap_or("?");
+        return (
+            path.to_string(),
+            format!("{field} `{value}` is not an IP address (like 10.0.3.11 or fd00:3::11)"),
+        );
+    }
+    let message = message
+        .replace("expected struct Policy", "expected a policy mapping")
+        .replace("expected struct Listener", "expected a listener mapping")
+        .replace(
+            "expected struct TargetGroup",
+            "expected a target group mapping",
+        )
+        .replace("expected struct Target", "expected a target mapping");
+    (path.to_string(), message)
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy serde or the YAML parser rejects, and the issue it must give.
+    struct Case {
+        name: &'static str,
+        yaml: &'static str,
+        /// `FILE:LINE:COL: PATH: MESSAGE`, exactly.
+        expect: &'static str,
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "unknown field in a listener",
+            yaml: "listeners:\n  - name: web\n    vips: 10.0.3.49\n",
+            expect: "t.yaml:3:5: listeners[0].vips: unknown field `vips`, expected one of `name`, `vip`, `protocol`, `port`, `target_group`",
+        },
+        Case {
+            name: "unknown field at the top",
+            yaml: "interface: eth0\nlistener: []\n",
+            expect: "t.yaml:2:1: listener: unknown field `listener`, expected one of `interface`, `listeners`, `target_groups`",
+        },
+        Case {
+            name: "unknown field in a target",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    targets:\n      - { ip: 10.0.3.11, weigth: 3 }\n",
+            expect: "t.yaml:5:26: target_groups[0].targets[0].weigth: unknown field `weigth`, expected one of `ip`, `weight`, `port`, `mac`",
+        },
+        Case {
+            name: "bad protocol",
+            yaml: "listeners:\n  - name: web\n    vip: 10.0.3.49\n    protocol: sctp\n",
+            expect: "t.yaml:4:15: listeners[0].protocol: unknown variant `sctp`, expected `tcp` or `udp`",
+        },
+        Case {
+            name: "bad algorithm",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    algorithm: random\n",
+            expect: "t.yaml:4:16: target_groups[0].algorithm: unknown variant `random`, expected `hash` or `source_ip`",
+        },
+        Case {
+            name: "bad ip address",
+            yaml: "listeners:\n  - name: web\n    vip: 10.0.3.300\n",
+            expect: "t.yaml:3:10: listeners[0].vip: vip `10.0.3.300` is not an IP address (like 10.0.3.11 or fd00:3::11)",
+        },
+        Case {
+            name: "port too big for the type",
+            yaml: "listeners:\n  - name: web\n    vip: 10.0.3.49\n    protocol: tcp\n    port: 70000\n",
+            expect: "t.yaml:5:11: listeners[0].port: port 70000 is out of range 1-65535",
+        },
+        Case {
+            name: "weight too big for the type",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    targets: [ { ip: 10.0.3.11, weight: 65536 } ]\n",
+            expect: "t.yaml:4:41: target_groups[0].targets[0].weight: weight 65536 is out of range 0-256",
+        },
+        Case {
+            name: "port that is not a number",
+            yaml: "listeners:\n  - name: web\n    vip: 10.0.3.49\n    protocol: tcp\n    port: http\n",
+            expect: "t.yaml:5:11: listeners[0].port: port must be an integer 1-65535, found string \"http\"",
+        },
+        Case {
+            name: "missing field",
+            yaml: "listeners:\n  - name: web\n    protocol: tcp\n",
+            expect: "t.yaml:2:5: listeners[0]: missing field `vip`",
+        },
+        Case {
+            name: "list where a mapping belongs",
+            yaml: "target_groups:\n  - [web, tcp]\n",
+            expect: "t.yaml:2:5: target_groups[0]: invalid type: sequence, expected a target group mapping",
+        },
+        Case {
+            name: "not a mapping at all",
+            yaml: "- web\n",
+            expect: "t.yaml:1:1: invalid type: sequence, expected a policy mapping",
+        },
+        Case {
+            name: "yaml syntax error",
+            yaml: "listeners:\n  - name: web\n   vip: 10.0.3.49\n",
+            expect: "t.yaml:3:4: invalid yaml: did not find expected '-' indicator, while parsing a block collection at line 2 column 3",
+        },
+        Case {
+            name: "duplicate key",
+            yaml: "listeners:\n  - name: web\n    port: 80\n    port: 81\n",
+            expect: "t.yaml:4:5: listeners[0].port: duplicate key `port` (first at line 3)",
+        },
+    ];
+
+    #[test]
+    fn serde_and_yaml_errors_are_located() {
+        let mut failures = Vec::new();
+        for case in CASES {
+            match parse("t.yaml", case.yaml) {
+                Ok(_) => failures.push(format!("{}: accepted", case.name)),
+                Err(e) if e.to_string() != case.expect => failures.push(format!(
+                    "{}:\n  expected {}\n  got      {e}",
+                    case.name, case.expect
+                )),
+                Err(_) => {}
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn mac_syntax() {
+        assert_eq!(parse_mac("02:00:00:00:00:13"), Ok([2, 0, 0, 0, 0, 0x13]));
+        assert_eq!(parse_mac("2:a:B:0:0:ff"), Ok([2, 0xa, 0xb, 0, 0, 0xff]));
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:13:14",
+            "02-00-00-00-00-13",
+            "02:00:00:00:00:1g",
+            "02:00:00:00:00:123",
+            "02:00:00:00::13",
+            "+2:00:00:00:00:13",
+        ] {
+            let err = parse_mac(bad).unwrap_err();
+            assert!(err.contains("expected 6 hex octets"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_policy_is_valid() {
+        for text in [
+            "",
+            "# nothing yet\n",
+            "---\n",
+            "listeners: []\ntarget_groups: []\n",
+        ] {
+            let p = parse("e.yaml", text).unwrap();
+            assert!(
+                p.listeners.is_empty() && p.target_groups.is_empty(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let err = load(Path::new("/nonexistent/policy.yaml")).unwrap_err();
+        let s = err.to_string();
+        assert!(
+            s.starts_with("/nonexistent/policy.yaml: cannot read the policy: no such file"),
+            "{s}"
+        );
+    }
+}

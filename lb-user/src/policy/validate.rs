@@ -1,0 +1,1230 @@
+//! The rules of SPEC.md a policy must follow beyond its shape (serde checks
+//! the shape). Every rule names the path it is about; `Positions` turns the
+//! path into a line. All issues are reported, not just the first.
+//!
+//! - [`validate`] (called by `parse::parse`): rules that need only the text.
+//! - [`validate_for_host`]: rules that depend on the host, whose facts the
+//!   caller observes and passes in ([`HostFacts`]), so this stays pure.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use lb_common::{MAX_GROUPS, MAX_LISTENERS, MAX_TABLE_SIZE, MAX_TARGETS};
+
+use super::{
+    error::{Issue, PolicyError},
+    model::{DEFAULT_TABLE_SIZE, GroupProtocol, Listener, ListenerProtocol, Policy, TargetGroup},
+    parse::parse_mac,
+    positions::Positions,
+};
+
+/// Longest listener or target group name.
+pub const MAX_NAME_LEN: usize = 63;
+/// Largest target weight (SPEC.md: weights are 0-256).
+pub const MAX_WEIGHT: u16 = 256;
+/// Smallest consistent-hash table a group may have.
+pub const MIN_TABLE_SIZE: u32 = 1021;
+/// Longest Linux interface name (IFNAMSIZ - 1).
+const MAX_IFACE_LEN: usize = 15;
+
+/// Facts about the host the validator needs (kept pure: the caller observes
+/// them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// Prefixes configured on the lb interface; empty skips the
+    /// directly-connected check.
+    pub iface_nets: Vec<(IpAddr, u8)>,
+}
+
+/// Host-independent rules; `parse::parse` calls this after deserializing.
+pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue> {
+    let mut r = Report::new(file, positions);
+    if let Some(name) = &policy.interface {
+        interface_name(&mut r, name);
+    }
+    capacity(&mut r, policy);
+    let groups = group_index(&mut r, policy);
+    let attached = listeners(&mut r, policy, &groups);
+    for (g, group) in policy.target_groups.iter().enumerate() {
+        let listener = attached
+            .get(group.name.as_str())
+            .map(|&l| &policy.listeners[l]);
+        target_group(&mut r, policy, g, group, listener);
+    }
+    r.issues
+}
+
+/// The host-dependent rule: every target is on a subnet of the lb interface
+/// (DSR rewrites only the destination MAC). The interface is named after
+/// `policy.interface` (apply any `--iface` override to it first).
+pub fn validate_for_host(
+    source_name: &str,
+    text: &str,
+    policy: &Policy,
+    host: &HostFacts,
+) -> Result<(), PolicyError> {
+    if host.iface_nets.is_empty() {
+        return Ok(());
+    }
+    let positions = Positions::index(text);
+    let mut r = Report::new(source_name, &positions);
+    let iface = policy.interface.as_deref().unwrap_or("the lb interface");
+    let nets: Vec<String> = host
+        .iface_nets
+        .iter()
+        .map(|&(addr, len)| format!("{}/{len}", network(addr, len)))
+        .collect();
+    for (g, group) in policy.target_groups.iter().enumerate() {
+        for (t, target) in group.targets.iter().enumerate() {
+            let on_link = host
+                .iface_nets
+                .iter()
+                .any(|&(net, len)| network(net, len) == network(target.ip, len));
+            if !on_link {
+                r.issue(
+                    format!("target_groups[{g}].targets[{t}].ip"),
+                    format!(
+                        "target {} is not on a subnet directly connected to {iface} ({}): \
+                         DSR rewrites only the MAC, so targets must share the L2 segment",
+                        target.ip,
+                        nets.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    PolicyError::check(r.issues)
+}
+
+/// The allowed range of a numeric field, for messages.
+pub(crate) fn range(field: &str) -> Option<String> {
+    match field {
+        "port" => Some("1-65535".into()),
+        "weight" => Some(format!("0-{MAX_WEIGHT}")),
+        "table_size" => Some(format!("{MIN_TABLE_SIZE}-{MAX_TABLE_SIZE}")),
+        _ => None,
+    }
+}
+
+/// The message for a number out of its field's range, shared with the serde
+/// error rewording (a value too big for the integer type).
+pub(crate) fn out_of_range(field: &str, value: &str) -> Option<String> {
+    let range = range(field)?;
+    let hint = if field == "table_size" {
+        format!("; {DEFAULT_TABLE_SIZE} is a good default")
+    } else {
+        String::new()
+    };
+    Some(format!("{field} {value} is out of range {range}{hint}"))
+}
+
+struct Report<'a> {
+    file: &'a str,
+    positions: &'a Positions,
+    issues: Vec<Issue>,
+}
+
+impl<'a> Report<'a> {
+    fn new(file: &'a str, positions: &'a Positions) -> Self {
+        Report {
+            file,
+            positions,
+            issues: Vec::new(),
+        }
+    }
+
+    fn issue(&mut self, path: String, message: String) {
+        let pos = self.positions.locate(&path);
+        self.issues.push(Issue {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            path,
+            message,
+        });
+    }
+
+    fn line(&self, path: &str) -> usize {
+        self.positions.locate(path).line
+    }
+}
+
+fn interface_name(r: &mut Report, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFACE_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if !ok {
+        r.issue(
+            "interface".into(),
+            format!(
+                "interface name `{name}` is invalid: use 1-{MAX_IFACE_LEN} characters \
+                 without '/', ':' or whitespace"
+            ),
+        );
+    }
+}
+
+fn capacity(r: &mut Report, policy: &Policy) {
+    let limits = [
+        ("listeners", policy.listeners.len(), MAX_LISTENERS as usize),
+        // Group and target id 0 are reserved.
+        (
+            "target_groups",
+            policy.target_groups.len(),
+            MAX_GROUPS as usize - 1,
+        ),
+    ];
+    for (field, count, max) in limits {
+        if count > max {
+            r.issue(
+                field.into(),
+                format!("{count} {field} exceed the limit of {max}"),
+            );
+        }
+    }
+    let targets: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
+    let max = MAX_TARGETS as usize - 1;
+    if targets > max {
+        r.issue(
+            "target_groups".into(),
+            format!("{targets} targets in all exceed the limit of {max}"),
+        );
+    }
+}
+
+/// Checks group names; returns name -> index of the first group of each name.
+fn group_index<'p>(r: &mut Report, policy: &'p Policy) -> HashMap<&'p str, usize> {
+    let mut index = HashMap::new();
+    for (g, group) in policy.target_groups.iter().enumerate() {
+        let path = format!("target_groups[{g}].name");
+        name(r, &path, &group.name);
+        if let Some(&first) = index.get(group.name.as_str()) {
+            let line = r.line(&format!("target_groups[{first}].name"));
+            r.issue(
+                path,
+                format!(
+                    "target group name `{}` is already used by target_groups[{first}] (line {line})",
+                    group.name
+                ),
+            );
+        } else {
+            index.insert(group.name.as_str(), g);
+        }
+    }
+    index
+}
+
+/// Checks listeners; returns group name -> index of the listener it is
+/// attached to.
+fn listeners<'p>(
+    r: &mut Report,
+    policy: &'p Policy,
+    groups: &HashMap<&str, usize>,
+) -> HashMap<&'p str, usize> {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut keys: HashMap<(IpAddr, ListenerProtocol, u16), usize> = HashMap::new();
+    let mut attached: HashMap<&str, usize> = HashMap::new();
+    for (l, listener) in policy.listeners.iter().enumerate() {
+        let at = |field: &str| format!("listeners[{l}].{field}");
+        name(r, &at("name"), &listener.name);
+        if let Some(&first) = names.get(listener.name.as_str()) {
+            let line = r.line(&format!("listeners[{first}].name"));
+            r.issue(
+                at("name"),
+                format!(
+                    "listener name `{}` is already used by listeners[{first}] (line {line})",
+                    listener.name
+                ),
+            );
+        } else {
+            names.insert(&listener.name, l);
+        }
+
+        if let Some(what) = not_unicast(listener.vip) {
+            r.issue(
+                at("vip"),
+                format!(
+                    "vip {} is {what}; a vip must be a unicast address",
+                    listener.vip
+                ),
+            );
+        }
+        if listener.port == 0 {
+            r.issue(at("port"), out_of_range("port", "0").unwrap_or_default());
+        }
+        let key = (listener.vip, listener.protocol, listener.port);
+        if let Some(&first) = keys.get(&key) {
+            let line = r.line(&format!("listeners[{first}]"));
+            r.issue(
+                format!("listeners[{l}]"),
+                format!(
+                    "listener `{}` has the same vip, protocol and port ({} {} {}) as listener `{}` (line {line})",
+                    listener.name,
+                    listener.vip,
+                    protocol_name(listener.protocol),
+                    listener.port,
+                    policy.listeners[first].name,
+                ),
+            );
+        } else {
+            keys.insert(key, l);
+        }
+
+        let wanted = listener.target_group.as_str();
+        let Some(&g) = groups.get(wanted) else {
+            let defined: Vec<String> = policy
+                .target_groups
+                .iter()
+                .map(|g| format!("`{}`", g.name))
+                .collect();
+            let known = if defined.is_empty() {
+                "no target groups are defined".to_string()
+            } else {
+                format!("defined: {}", defined.join(", "))
+            };
+            r.issue(
+                at("target_group"),
+                format!("target group `{wanted}` does not exist ({known})"),
+            );
+            continue;
+        };
+        let group = &policy.target_groups[g];
+        if !protocols_match(listener.protocol, group.protocol) {
+            let needs = match listener.protocol {
+                ListenerProtocol::Tcp => "a tcp listener needs a tcp or http target group",
+                ListenerProtocol::Udp => "a udp listener needs a udp target group",
+            };
+            r.issue(
+                at("target_group"),
+                format!(
+                    "listener `{}` is {} but target group `{wanted}` is {}: {needs}",
+                    listener.name,
+                    protocol_name(listener.protocol),
+                    group_protocol_name(group.protocol),
+                ),
+            );
+        }
+        if let Some(&first) = attached.get(wanted) {
+            let line = r.line(&format!("listeners[{first}]"));
+            r.issue(
+                at("target_group"),
+                format!(
+                    "target group `{wanted}` is already attached to listener `{}` (line {line}): \
+                     with DSR a target group serves at most one listener",
+                    policy.listeners[first].name
+                ),
+            );
+        } else {
+            attached.insert(&group.name, l);
+        }
+    }
+    attached
+}
+
+fn target_group(
+    r: &mut Report,
+    policy: &Policy,
+    g: usize,
+    group: &TargetGroup,
+    listener: Option<&Listener>,
+) {
+    let at = |field: &str| format!("target_groups[{g}].{field}");
+    let size = group.table_size;
+    if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&size) {
+        r.issue(
+            at("table_size"),
+            out_of_range("table_size", &size.to_string()).unwrap_or_default(),
+        );
+    } else if !is_prime(size) {
+        r.issue(
+            at("table_size"),
+            format!(
+                "table_size {size} is not a prime (consistent hashing needs one); \
+                 {DEFAULT_TABLE_SIZE} is a good default"
+            ),
+        );
+    }
+    if group.targets.len() > size as usize {
+        r.issue(
+            at("targets"),
+            format!(
+                "{} targets do not fit a table_size of {size}: every target needs a slot",
+                group.targets.len()
+            ),
+        );
+    }
+
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    let vips: HashSet<IpAddr> = policy.listeners.iter().map(|l| l.vip).collect();
+    for (t, target) in group.targets.iter().enumerate() {
+        let at = |field: &str| format!("target_groups[{g}].targets[{t}].{field}");
+        let ip = target.ip;
+        if let Some(what) = not_unicast(ip) {
+            r.issue(
+                at("ip"),
+                format!("target {ip} is {what}; a target must be a unicast host address"),
+            );
+        }
+        if vips.contains(&ip) {
+            let owner = policy
+                .listeners
+                .iter()
+                .find(|l| l.vip == ip)
+                .map(|l| l.name.as_str())
+                .unwrap_or_default();
+            r.issue(
+                at("ip"),
+                format!("target {ip} is the vip of listener `{owner}`; a target cannot be a vip"),
+            );
+        }
+        if let Some(&first) = seen.get(&ip) {
+            let line = r.line(&format!("target_groups[{g}].targets[{first}]"));
+            r.issue(
+                at("ip"),
+                format!(
+                    "duplicate target {ip} in target group `{}` (first at targets[{first}], line {line})",
+                    group.name
+                ),
+            );
+        } else {
+            seen.insert(ip, t);
+        }
+        if let Some(l) = listener
+            && ip.is_ipv4() != l.vip.is_ipv4()
+        {
+            r.issue(
+                at("ip"),
+                format!(
+                    "target {ip} is {} but listener `{}` has the {} vip {}: \
+                     a target must have its vip's address family",
+                    family(ip),
+                    l.name,
+                    family(l.vip),
+                    l.vip
+                ),
+            );
+        }
+        if target.weight > MAX_WEIGHT {
+            r.issue(
+                at("weight"),
+                out_of_range("weight", &target.weight.to_string()).unwrap_or_default(),
+            );
+        }
+        match (target.port, listener) {
+            (Some(0), _) => r.issue(at("port"), out_of_range("port", "0").unwrap_or_default()),
+            (Some(port), Some(l)) if port != l.port => r.issue(
+                at("port"),
+                format!(
+                    "port {port} differs from listener `{}` port {}: \
+                     with DSR the target port is the listener port",
+                    l.name, l.port
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(mac) = &target.mac {
+            match parse_mac(mac) {
+                Err(message) => r.issue(at("mac"), message),
+                Ok([0, 0, 0, 0, 0, 0]) => r.issue(
+                    at("mac"),
+                    format!("mac {mac} is all zeros; a target needs a unicast MAC"),
+                ),
+                Ok(bytes) if bytes[0] & 1 == 1 => r.issue(
+                    at("mac"),
+                    format!("mac {mac} is a multicast address; a target needs a unicast MAC"),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// SPEC.md: 1-63 characters matching `[a-z]([-a-z0-9]*[a-z0-9])?`.
+fn name(r: &mut Report, path: &str, name: &str) {
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        r.issue(
+            path.to_string(),
+            format!("name `{name}` is {len} characters long; the limit is {MAX_NAME_LEN}"),
+        );
+        return;
+    }
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    if !ok {
+        r.issue(
+            path.to_string(),
+            format!(
+                "name `{name}` is invalid: use 1-{MAX_NAME_LEN} characters from a-z, 0-9 and '-', \
+                 starting with a letter and not ending with '-'"
+            ),
+        );
+    }
+}
+
+/// SPEC.md protocol table: tcp -> tcp or http, udp -> udp.
+fn protocols_match(listener: ListenerProtocol, group: GroupProtocol) -> bool {
+    matches!(
+        (listener, group),
+        (
+            ListenerProtocol::Tcp,
+            GroupProtocol::Tcp | GroupProtocol::Http
+        ) | (ListenerProtocol::Udp, GroupProtocol::Udp)
+    )
+}
+
+fn protocol_name(p: ListenerProtocol) -> &'static str {
+    match p {
+        ListenerProtocol::Tcp => "tcp",
+        ListenerProtocol::Udp => "udp",
+    }
+}
+
+fn group_protocol_name(p: GroupProtocol) -> &'static str {
+    match p {
+        GroupProtocol::Tcp => "tcp",
+        GroupProtocol::Http => "http",
+        GroupProtocol::Udp => "udp",
+    }
+}
+
+/// Why `ip` cannot be a vip or a target, if it cannot.
+fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        return Some("the unspecified address");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast address");
+    }
+    if ip.is_loopback() {
+        return Some("a loopback address");
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (write the IPv4 address)")
+        }
+        _ => None,
+    }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// `addr` with the bits past the first `len` cleared.
+fn network(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let len = u32::from(len.min(32));
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let len = u32::from(len.min(128));
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{model::Target, parse::parse};
+
+    /// A bad policy and the one issue it must produce.
+    struct Case {
+        name: &'static str,
+        /// One YAML line per entry, so line numbers can be read off.
+        yaml: &'static [&'static str],
+        expect_line: usize,
+        /// Must occur in `PATH: MESSAGE`.
+        expect: &'static str,
+    }
+
+    const L_WEB: &str =
+        "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }";
+    const G_WEB: &str = "  - { name: web, protocol: tcp, targets: [ { ip: 10.0.3.11 } ] }";
+
+    fn cases() -> Vec<Case> {
+        vec![
+            Case {
+                name: "listener name with an uppercase letter",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: Web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }",
+                    "target_groups:",
+                    G_WEB,
+                ],
+                expect_line: 2,
+                expect: "listeners[0].name: name `Web` is invalid: use 1-63 characters from a-z, 0-9 and '-', starting with a letter",
+            },
+            Case {
+                name: "group name starting with a digit",
+                yaml: &["target_groups:", "  - name: 1web", "    protocol: tcp"],
+                expect_line: 2,
+                expect: "target_groups[0].name: name `1web` is invalid",
+            },
+            Case {
+                name: "group name ending with '-'",
+                yaml: &["target_groups:", "  - name: web-", "    protocol: tcp"],
+                expect_line: 2,
+                expect: "target_groups[0].name: name `web-` is invalid",
+            },
+            Case {
+                name: "empty name",
+                yaml: &["target_groups:", "  - name: ''", "    protocol: tcp"],
+                expect_line: 2,
+                expect: "target_groups[0].name: name `` is invalid",
+            },
+            Case {
+                name: "name longer than 63",
+                yaml: &[
+                    "target_groups:",
+                    "  - protocol: tcp",
+                    "    name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                ],
+                expect_line: 3,
+                expect: "target_groups[0].name: name `aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa` is 64 characters long; the limit is 63",
+            },
+            Case {
+                name: "duplicate listener name",
+                yaml: &[
+                    "listeners:",
+                    L_WEB,
+                    "  - { name: web, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }",
+                    "target_groups:",
+                    G_WEB,
+                    "  - { name: dns, protocol: udp }",
+                ],
+                expect_line: 3,
+                expect: "listeners[1].name: listener name `web` is already used by listeners[0] (line 2)",
+            },
+            Case {
+                name: "duplicate target group name",
+                yaml: &[
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp }",
+                    "  - { name: web, protocol: http }",
+                ],
+                expect_line: 3,
+                expect: "target_groups[1].name: target group name `web` is already used by target_groups[0] (line 2)",
+            },
+            Case {
+                name: "udp listener to a tcp group",
+                yaml: &[
+                    "listeners:",
+                    "  - name: dns",
+                    "    vip: 10.0.3.49",
+                    "    protocol: udp",
+                    "    port: 53",
+                    "    target_group: web",
+                    "target_groups:",
+                    G_WEB,
+                ],
+                expect_line: 6,
+                expect: "listeners[0].target_group: listener `dns` is udp but target group `web` is tcp: a udp listener needs a udp target group",
+            },
+            Case {
+                name: "tcp listener to a udp group",
+                yaml: &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - { name: web, protocol: udp }",
+                ],
+                expect_line: 2,
+                expect: "listeners[0].target_group: listener `web` is tcp but target group `web` is udp: a tcp listener needs a tcp or http target group",
+            },
+            Case {
+                name: "listener to a group that does not exist",
+                yaml: &[
+                    "listeners:",
+                    "  - name: web",
+                    "    vip: 10.0.3.49",
+                    "    protocol: tcp",
+                    "    port: 80",
+                    "    target_group: wbe",
+                    "target_groups:",
+                    G_WEB,
+                ],
+                expect_line: 6,
+                expect: "listeners[0].target_group: target group `wbe` does not exist (defined: `web`)",
+            },
+            Case {
+                name: "group attached to two listeners",
+                yaml: &[
+                    "listeners:",
+                    L_WEB,
+                    "  - name: web-alt",
+                    "    vip: 10.0.3.49",
+                    "    protocol: tcp",
+                    "    port: 8080",
+                    "    target_group: web",
+                    "target_groups:",
+                    G_WEB,
+                ],
+                expect_line: 7,
+                expect: "listeners[1].target_group: target group `web` is already attached to listener `web` (line 2): with DSR a target group serves at most one listener",
+            },
+            Case {
+                name: "same vip, protocol and port twice",
+                yaml: &[
+                    "listeners:",
+                    L_WEB,
+                    "  - { name: web2, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web2 }",
+                    "target_groups:",
+                    G_WEB,
+                    "  - { name: web2, protocol: tcp }",
+                ],
+                expect_line: 3,
+                expect: "listeners[1]: listener `web2` has the same vip, protocol and port (10.0.3.49 tcp 80) as listener `web` (line 2)",
+            },
+            Case {
+                name: "listener port 0",
+                yaml: &[
+                    "listeners:",
+                    "  - name: web",
+                    "    vip: 10.0.3.49",
+                    "    protocol: tcp",
+                    "    port: 0",
+                    "    target_group: web",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp }",
+                ],
+                expect_line: 5,
+                expect: "listeners[0].port: port 0 is out of range 1-65535",
+            },
+            Case {
+                name: "unspecified vip",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 0.0.0.0, protocol: tcp, port: 80, target_group: web }",
+                    "target_groups:",
+                    G_WEB,
+                ],
+                expect_line: 2,
+                expect: "listeners[0].vip: vip 0.0.0.0 is the unspecified address; a vip must be a unicast address",
+            },
+            Case {
+                name: "multicast vip",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 'ff02::1', protocol: tcp, port: 80, target_group: web }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp }",
+                ],
+                expect_line: 2,
+                expect: "listeners[0].vip: vip ff02::1 is a multicast address",
+            },
+            Case {
+                name: "loopback vip",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 127.0.0.1, protocol: tcp, port: 80, target_group: web }",
+                    "target_groups:",
+                    G_WEB,
+                ],
+                expect_line: 2,
+                expect: "listeners[0].vip: vip 127.0.0.1 is a loopback address",
+            },
+            Case {
+                name: "weight above 256",
+                yaml: &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "      - ip: 10.0.3.12",
+                    "        weight: 300",
+                ],
+                expect_line: 9,
+                expect: "target_groups[0].targets[1].weight: weight 300 is out of range 0-256",
+            },
+            Case {
+                name: "table size not a prime",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    table_size: 65536",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].table_size: table_size 65536 is not a prime (consistent hashing needs one); 65537 is a good default",
+            },
+            Case {
+                name: "table size below the range",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    table_size: 1019",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].table_size: table_size 1019 is out of range 1021-1000003; 65537 is a good default",
+            },
+            Case {
+                name: "table size above the range",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    table_size: 1000033",
+                ],
+                expect_line: 4,
+                expect: "table_size 1000033 is out of range 1021-1000003",
+            },
+            Case {
+                name: "same target twice in a group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "      - ip: 10.0.3.12",
+                    "      - ip: 10.0.3.11",
+                ],
+                expect_line: 7,
+                expect: "target_groups[0].targets[2].ip: duplicate target 10.0.3.11 in target group `web` (first at targets[0], line 5)",
+            },
+            Case {
+                name: "IPv4 target behind an IPv6 vip",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web6, vip: 'fd00:3::49', protocol: tcp, port: 80, target_group: web6 }",
+                    "target_groups:",
+                    "  - name: web6",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: fd00:3::11",
+                    "      - ip: 10.0.3.12",
+                ],
+                expect_line: 8,
+                expect: "target_groups[0].targets[1].ip: target 10.0.3.12 is IPv4 but listener `web6` has the IPv6 vip fd00:3::49: a target must have its vip's address family",
+            },
+            Case {
+                name: "target port other than the listener port",
+                yaml: &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - { ip: 10.0.3.11, port: 8080 }",
+                ],
+                expect_line: 7,
+                expect: "target_groups[0].targets[0].port: port 8080 differs from listener `web` port 80: with DSR the target port is the listener port",
+            },
+            Case {
+                name: "target port 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - { ip: 10.0.3.11, port: 0 }",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].targets[0].port: port 0 is out of range 1-65535",
+            },
+            Case {
+                name: "mac with five octets",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "        mac: '02:00:00:00:13'",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].targets[0].mac: mac `02:00:00:00:13` is not a MAC address: expected 6 hex octets separated by ':' (like 02:00:00:00:00:13)",
+            },
+            Case {
+                name: "multicast mac",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "        mac: '01:00:5e:00:00:01'",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].targets[0].mac: mac 01:00:5e:00:00:01 is a multicast address; a target needs a unicast MAC",
+            },
+            Case {
+                name: "all-zero mac",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "        mac: 00:00:00:00:00:00",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].targets[0].mac: mac 00:00:00:00:00:00 is all zeros; a target needs a unicast MAC",
+            },
+            Case {
+                name: "loopback target",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets: [ { ip: 127.0.0.2 } ]",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].targets[0].ip: target 127.0.0.2 is a loopback address; a target must be a unicast host address",
+            },
+            Case {
+                name: "multicast target",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 224.0.0.1",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].targets[0].ip: target 224.0.0.1 is a multicast address",
+            },
+            Case {
+                name: "unspecified target",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: '::'",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].targets[0].ip: target :: is the unspecified address",
+            },
+            Case {
+                name: "target that is a vip",
+                yaml: &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.49",
+                ],
+                expect_line: 7,
+                expect: "target_groups[0].targets[0].ip: target 10.0.3.49 is the vip of listener `web`; a target cannot be a vip",
+            },
+            Case {
+                name: "bad interface name",
+                yaml: &["interface: eth0/1"],
+                expect_line: 1,
+                expect: "interface: interface name `eth0/1` is invalid: use 1-15 characters without '/', ':' or whitespace",
+            },
+        ]
+    }
+
+    fn text(lines: &[&str]) -> String {
+        lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    #[test]
+    fn each_rule_reports_its_message_and_line() {
+        let mut failures = Vec::new();
+        for case in cases() {
+            let yaml = text(case.yaml);
+            match parse("t.yaml", &yaml) {
+                Ok(_) => failures.push(format!("{}: accepted", case.name)),
+                Err(err) => {
+                    let one = err.issues.len() == 1;
+                    let issue = &err.issues[0];
+                    let said = format!("{}: {}", issue.path, issue.message);
+                    if !one || issue.line != case.expect_line || !said.contains(case.expect) {
+                        failures.push(format!(
+                            "{}: expected one issue at line {} containing\n    {}\n  got\n    {}",
+                            case.name,
+                            case.expect_line,
+                            case.expect,
+                            err.to_string().replace('\n', "\n    ")
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn all_issues_are_reported_in_file_order() {
+        let yaml = text(&[
+            "listeners:",
+            "  - { name: Web, vip: 10.0.3.49, protocol: udp, port: 0, target_group: web }",
+            "target_groups:",
+            "  - name: web",
+            "    protocol: tcp",
+            "    table_size: 100",
+            "    targets:",
+            "      - { ip: 10.0.3.11, weight: 257 }",
+            "      - { ip: 10.0.3.11, mac: 'ff:ff:ff:ff:ff:ff' }",
+        ]);
+        let err = parse("t.yaml", &yaml).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(str::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "t.yaml:2:13: listeners[0].name: name `Web` is invalid: use 1-63 characters from a-z, 0-9 and '-', starting with a letter and not ending with '-'",
+                "t.yaml:2:55: listeners[0].port: port 0 is out of range 1-65535",
+                "t.yaml:2:72: listeners[0].target_group: listener `Web` is udp but target group `web` is tcp: a udp listener needs a udp target group",
+                "t.yaml:6:17: target_groups[0].table_size: table_size 100 is out of range 1021-1000003; 65537 is a good default",
+                "t.yaml:8:34: target_groups[0].targets[0].weight: weight 257 is out of range 0-256",
+                "t.yaml:9:15: target_groups[0].targets[1].ip: duplicate target 10.0.3.11 in target group `web` (first at targets[0], line 8)",
+                "t.yaml:9:31: target_groups[0].targets[1].mac: mac ff:ff:ff:ff:ff:ff is a multicast address; a target needs a unicast MAC",
+            ]
+        );
+    }
+
+    #[test]
+    fn valid_policies() {
+        let valid: &[(&str, &[&str])] = &[
+            ("empty", &[""]),
+            (
+                "tcp listener to an http group",
+                &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - { name: web, protocol: http }",
+                ],
+            ),
+            (
+                "udp listener to a udp group",
+                &[
+                    "listeners:",
+                    "  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }",
+                    "target_groups:",
+                    "  - { name: dns, protocol: udp, targets: [ { ip: 10.0.3.11, port: 53 } ] }",
+                ],
+            ),
+            (
+                "group attached to no listener (unused)",
+                &["target_groups:", G_WEB],
+            ),
+            (
+                "group without targets",
+                &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, targets: [] }",
+                ],
+            ),
+            (
+                "weights 0 and 256, table size at both ends",
+                &[
+                    "target_groups:",
+                    "  - { name: a, protocol: tcp, table_size: 1021, targets: [ { ip: 10.0.3.11, weight: 0 } ] }",
+                    "  - { name: b, protocol: tcp, table_size: 1000003, targets: [ { ip: 10.0.3.11, weight: 256 } ] }",
+                ],
+            ),
+            (
+                "same target in two groups, one vip for tcp and udp",
+                &[
+                    "listeners:",
+                    L_WEB,
+                    "  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 80, target_group: dns }",
+                    "target_groups:",
+                    G_WEB,
+                    "  - { name: dns, protocol: udp, targets: [ { ip: 10.0.3.11 } ] }",
+                ],
+            ),
+            (
+                "unicast mac, target port equal to the listener's",
+                &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, targets: [ { ip: 10.0.3.11, port: 80, mac: '02:00:00:00:00:13' } ] }",
+                ],
+            ),
+            (
+                "names at the limits",
+                &[
+                    "target_groups:",
+                    "  - { name: a, protocol: tcp }",
+                    "  - { name: a-0, protocol: tcp }",
+                    "  - { name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, protocol: tcp }",
+                ],
+            ),
+        ];
+        for (name, lines) in valid {
+            if let Err(e) = parse("t.yaml", &text(lines)) {
+                panic!("{name}: rejected:\n{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn lab_example_parses_and_validates() {
+        let path =
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/lab.yaml"));
+        let policy = crate::policy::parse::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let host = HostFacts {
+            iface_nets: vec![
+                ("10.0.3.1".parse().unwrap(), 24),
+                ("fd00:3::1".parse().unwrap(), 64),
+            ],
+        };
+        validate_for_host("lab.yaml", &text, &policy, &host).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(policy.interface.as_deref(), Some("eth0"));
+        let summary: Vec<(&str, &str, usize)> = policy
+            .listeners
+            .iter()
+            .map(|l| {
+                let g = policy
+                    .target_groups
+                    .iter()
+                    .find(|g| g.name == l.target_group)
+                    .unwrap();
+                (l.name.as_str(), g.name.as_str(), g.targets.len())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [("web", "web", 3), ("dns", "dns", 3), ("web6", "web6", 3)]
+        );
+        let weights: Vec<u16> = policy.target_groups[2]
+            .targets
+            .iter()
+            .map(|t| t.weight)
+            .collect();
+        assert_eq!(weights, [256, 256, 128]);
+    }
+
+    #[test]
+    fn targets_must_be_directly_connected() {
+        let yaml = text(&[
+            "interface: eth0",
+            "target_groups:",
+            "  - name: web",
+            "    protocol: tcp",
+            "    targets:",
+            "      - ip: 10.0.3.11",
+            "      - ip: 10.9.9.9",
+            "      - ip: fd00:4::11",
+        ]);
+        let policy = parse("t.yaml", &yaml).unwrap();
+        let host = HostFacts {
+            iface_nets: vec![
+                ("10.0.3.1".parse().unwrap(), 24),
+                ("fd00:3::1".parse().unwrap(), 64),
+            ],
+        };
+        let err = validate_for_host("t.yaml", &yaml, &policy, &host).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:7:13: target_groups[0].targets[1].ip: target 10.9.9.9 is not on a subnet directly connected to eth0 (10.0.3.0/24, fd00:3::/64): DSR rewrites only the MAC, so targets must share the L2 segment\n\
+             t.yaml:8:13: target_groups[0].targets[2].ip: target fd00:4::11 is not on a subnet directly connected to eth0 (10.0.3.0/24, fd00:3::/64): DSR rewrites only the MAC, so targets must share the L2 segment"
+        );
+        // No facts: nothing to check.
+        validate_for_host("t.yaml", &yaml, &policy, &HostFacts::default()).unwrap();
+        // A /0 holds everything of its family; a /32 only itself.
+        let host = HostFacts {
+            iface_nets: vec![
+                ("0.0.0.0".parse().unwrap(), 0),
+                ("fd00:4::11".parse().unwrap(), 128),
+            ],
+        };
+        validate_for_host("t.yaml", &yaml, &policy, &host).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn more_targets_than_table_slots() {
+        let mut lines = vec![
+            "target_groups:".to_string(),
+            "  - name: web".into(),
+            "    protocol: tcp".into(),
+            "    table_size: 1021".into(),
+            "    targets:".into(),
+        ];
+        for i in 0..1022u32 {
+            lines.push(format!("      - ip: 10.1.{}.{}", i / 250, 1 + i % 250));
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let err = parse("t.yaml", &text(&refs)).unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{err}");
+        assert_eq!(err.issues[0].line, 6);
+        assert_eq!(
+            err.issues[0].message,
+            "1022 targets do not fit a table_size of 1021: every target needs a slot"
+        );
+    }
+
+    #[test]
+    fn capacity_limits() {
+        let target = |i: u32| Target {
+            ip: IpAddr::V4((0x0a00_0000 + i).into()),
+            weight: 1,
+            port: None,
+            mac: None,
+        };
+        let group = |n: u32, targets: u32| TargetGroup {
+            name: format!("g{n}"),
+            protocol: GroupProtocol::Tcp,
+            algorithm: Default::default(),
+            affinity: Default::default(),
+            table_size: MAX_TABLE_SIZE,
+            targets: (0..targets).map(|i| target(1 + n * 20_000 + i)).collect(),
+        };
+        let policy = Policy {
+            interface: None,
+            listeners: Vec::new(),
+            target_groups: (0..4).map(|n| group(n, 16_384)).collect(),
+        };
+        let issues = validate("t.yaml", &policy, &Positions::default());
+        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
+        assert_eq!(messages, ["65536 targets in all exceed the limit of 65535"]);
+        assert_eq!(issues[0].path, "target_groups");
+
+        let policy = Policy {
+            interface: None,
+            listeners: Vec::new(),
+            target_groups: (0..MAX_GROUPS).map(|n| group(n, 0)).collect(),
+        };
+        let issues = validate("t.yaml", &policy, &Positions::default());
+        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
+        assert_eq!(messages, ["4096 target_groups exceed the limit of 4095"]);
+    }
+
+    #[test]
+    fn primes() {
+        let primes: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(
+            is_prime(MIN_TABLE_SIZE) && is_prime(DEFAULT_TABLE_SIZE) && is_prime(MAX_TABLE_SIZE)
+        );
+        assert!(!is_prime(65536) && !is_prime(1_000_001));
+    }
+}
