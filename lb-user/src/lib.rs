@@ -2,6 +2,8 @@
 //! is a thin edge over these modules, which the tests use directly.
 #![deny(unsafe_code)]
 
+pub mod api;
+pub mod daemon;
 pub mod dataplane;
 pub mod maglev;
 pub mod neighbors;

@@ -1,0 +1,291 @@
+//! The local API of a running `lb`: a Unix stream socket (root-only, default
+//! `/run/lb/lb.sock`) speaking one request line and one JSON answer line, in
+//! the manner of HAProxy's runtime socket:
+//!
+//! ```text
+//! $ echo status | socat - UNIX-CONNECT:/run/lb/lb.sock
+//! {"interface":"eth0", ...}
+//! ```
+//!
+//! Requests: `status` (the whole [`StatusReport`]). The JSON shape is stable:
+//! fields are only ever added. It is documented in the README.
+use std::{
+    collections::BTreeMap,
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+/// Default path of the API socket.
+pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The interface the program is attached to.
+    pub interface: String,
+    /// `native` or `generic`.
+    pub xdp_mode: String,
+    /// The policy file being served.
+    pub policy: String,
+    /// Global data-plane counters (see `lb_common::Counter`), summed over CPUs.
+    pub counters: BTreeMap<String, u64>,
+    pub listeners: Vec<ListenerStatus>,
+    pub target_groups: Vec<GroupStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub vip: String,
+    pub protocol: String,
+    pub port: u16,
+    pub target_group: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub protocol: String,
+    pub algorithm: String,
+    pub affinity: String,
+    pub table_size: u32,
+    /// The listener it is attached to, if any.
+    pub listener: Option<String>,
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub ip: String,
+    pub port: u16,
+    pub weight: u16,
+    /// SPEC.md weight ratio: converted weight / sum of converted weights.
+    pub ratio: f64,
+    /// Slots of the group's consistent-hash table it holds.
+    pub slots: u32,
+    /// Resolved (or static) MAC, `null` while unresolved.
+    pub mac: Option<String>,
+    /// `active` (takes new flows), `mac_unresolved` (takes nothing),
+    /// `weight_zero` (no new flows; existing flows continue), or `unused`
+    /// (its group has no listener).
+    pub state: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Binds the API socket: creates the directory (0700) if needed, refuses to
+/// steal the socket of another running `lb`, removes a stale one, and makes
+/// the socket root-only (0600).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another lb is serving on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Reads one request line from `stream` and answers it with `answer`.
+pub async fn serve_one<F>(stream: UnixStream, answer: F) -> io::Result<()>
+where
+    F: FnOnce(&str) -> Result<String, String>,
+{
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read);
+    let limited = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let reply = match limited {
+        Ok(Ok(_)) => match answer(line.trim()) {
+            Ok(json) => json,
+            Err(message) => serde_json::json!({ "error": message }).to_string(),
+        },
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Ok(()),
+    };
+    write.write_all(reply.as_bytes()).await?;
+    write.write_all(b"\n").await?;
+    write.shutdown().await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach lb at {path}: {source} (is `lb run` running? is --socket right?)")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("lb at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("lb at {path} answered something that is not a status report: {source}")]
+    Decode { path: PathBuf, source: serde_json::Error },
+    #[error("lb at {path}: {message}")]
+    Remote { path: PathBuf, message: String },
+}
+
+/// Asks the `lb` serving at `path` for its status.
+pub async fn status(path: &Path) -> Result<StatusReport, ClientError> {
+    let line = request(path, "status").await?;
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&line) {
+        if let Some(serde_json::Value::String(message)) = map.get("error") {
+            return Err(ClientError::Remote { path: path.into(), message: message.clone() });
+        }
+    }
+    serde_json::from_str(&line).map_err(|source| ClientError::Decode { path: path.into(), source })
+}
+
+async fn request(path: &Path, what: &str) -> Result<String, ClientError> {
+    let io = |source| ClientError::Io { path: path.into(), source };
+    let mut stream =
+        UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.into(), source })?;
+    stream.write_all(format!("{what}\n").as_bytes()).await.map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).await.map_err(io)?;
+    Ok(line)
+}
+
+/// The human view of a status report: aligned tables.
+pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if only_group.is_none() {
+        let _ = writeln!(out, "interface {} ({} XDP), policy {}", report.interface, report.xdp_mode, report.policy);
+        let counters: Vec<String> = report.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "counters: {}\n", counters.join(" "));
+        let rows: Vec<Vec<String>> = report
+            .listeners
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    format!("{}:{}", bracket(&l.vip), l.port),
+                    l.protocol.clone(),
+                    l.target_group.clone(),
+                    l.packets.to_string(),
+                    l.bytes.to_string(),
+                    l.new_flows.to_string(),
+                ]
+            })
+            .collect();
+        out += &table(&["LISTENER", "VIP", "PROTO", "TARGET GROUP", "PACKETS", "BYTES", "NEW FLOWS"], &rows);
+        out.push('\n');
+    }
+    for g in report.target_groups.iter().filter(|g| only_group.is_none_or(|n| n == g.name)) {
+        let _ = writeln!(
+            out,
+            "target group {} ({}, {}{}, {} slots){}",
+            g.name,
+            g.protocol,
+            g.algorithm,
+            if g.algorithm == "hash" { format!(" {}", g.affinity) } else { String::new() },
+            g.table_size,
+            g.listener.as_ref().map(|l| format!(", listener {l}")).unwrap_or_else(|| ", no listener".into())
+        );
+        let rows: Vec<Vec<String>> = g
+            .targets
+            .iter()
+            .map(|t| {
+                vec![
+                    t.ip.clone(),
+                    t.port.to_string(),
+                    t.weight.to_string(),
+                    format!("{:.1}%", t.ratio * 100.0),
+                    t.state.clone(),
+                    t.mac.clone().unwrap_or_else(|| "-".into()),
+                    t.packets.to_string(),
+                    t.bytes.to_string(),
+                    t.new_flows.to_string(),
+                ]
+            })
+            .collect();
+        out += &table(&["TARGET", "PORT", "WEIGHT", "RATIO", "STATE", "MAC", "PACKETS", "BYTES", "NEW FLOWS"], &rows);
+        out.push('\n');
+    }
+    out
+}
+
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() }
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "LONGER"], &[vec!["xxxxx".into(), "1".into()], vec!["y".into(), "22".into()]]);
+        assert_eq!(t, "A      LONGER\nxxxxx  1\ny      22\n");
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let report = StatusReport {
+            interface: "eth0".into(),
+            target_groups: vec![GroupStatus { name: "web".into(), targets: vec![TargetStatus::default()], ..Default::default() }],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReport>(&json).unwrap(), report);
+    }
+
+    #[tokio::test]
+    async fn socket_serves_status_and_refuses_a_second_server() {
+        let dir = std::env::temp_dir().join(format!("lb-api-test-{}", std::process::id()));
+        let path = dir.join("lb.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let second = bind(&path).unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::AddrInUse, "{second}");
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve_one(stream, |req| {
+                assert_eq!(req, "status");
+                Ok(serde_json::to_string(&StatusReport { interface: "veth9".into(), ..Default::default() }).unwrap())
+            })
+            .await
+            .unwrap();
+        });
+        assert_eq!(status(&path).await.unwrap().interface, "veth9");
+        server.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
