@@ -52,6 +52,8 @@ mod entry;
 mod netlink;
 mod watch;
 
+#[cfg(test)]
+mod tests;
 
 use std::{io, net::IpAddr};
 
