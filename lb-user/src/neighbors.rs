@@ -1,1 +1,0 @@
-//! Interface facts and target MAC resolution over netlink.
