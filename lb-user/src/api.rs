@@ -115,7 +115,11 @@ where
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read);
-    let limited = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let limited = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        reader.read_line(&mut line),
+    )
+    .await;
     let reply = match limited {
         Ok(Ok(_)) => match answer(line.trim()) {
             Ok(json) => json,
@@ -136,7 +140,10 @@ pub enum ClientError {
     #[error("lb at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("lb at {path} answered something that is not a status report: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("lb at {path}: {message}")]
     Remote { path: PathBuf, message: String },
 }
@@ -146,19 +153,38 @@ pub async fn status(path: &Path) -> Result<StatusReport, ClientError> {
     let line = request(path, "status").await?;
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&line) {
         if let Some(serde_json::Value::String(message)) = map.get("error") {
-            return Err(ClientError::Remote { path: path.into(), message: message.clone() });
+            return Err(ClientError::Remote {
+                path: path.into(),
+                message: message.clone(),
+            });
         }
     }
-    serde_json::from_str(&line).map_err(|source| ClientError::Decode { path: path.into(), source })
+    serde_json::from_str(&line).map_err(|source| ClientError::Decode {
+        path: path.into(),
+        source,
+    })
 }
 
 async fn request(path: &Path, what: &str) -> Result<String, ClientError> {
-    let io = |source| ClientError::Io { path: path.into(), source };
-    let mut stream =
-        UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.into(), source })?;
-    stream.write_all(format!("{what}\n").as_bytes()).await.map_err(io)?;
+    let io = |source| ClientError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: path.into(),
+            source,
+        })?;
+    stream
+        .write_all(format!("{what}\n").as_bytes())
+        .await
+        .map_err(io)?;
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).await.map_err(io)?;
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .await
+        .map_err(io)?;
     Ok(line)
 }
 
@@ -167,8 +193,16 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     if only_group.is_none() {
-        let _ = writeln!(out, "interface {} ({} XDP), policy {}", report.interface, report.xdp_mode, report.policy);
-        let counters: Vec<String> = report.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "interface {} ({} XDP), policy {}",
+            report.interface, report.xdp_mode, report.policy
+        );
+        let counters: Vec<String> = report
+            .counters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let _ = writeln!(out, "counters: {}\n", counters.join(" "));
         let rows: Vec<Vec<String>> = report
             .listeners
@@ -185,19 +219,41 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                 ]
             })
             .collect();
-        out += &table(&["LISTENER", "VIP", "PROTO", "TARGET GROUP", "PACKETS", "BYTES", "NEW FLOWS"], &rows);
+        out += &table(
+            &[
+                "LISTENER",
+                "VIP",
+                "PROTO",
+                "TARGET GROUP",
+                "PACKETS",
+                "BYTES",
+                "NEW FLOWS",
+            ],
+            &rows,
+        );
         out.push('\n');
     }
-    for g in report.target_groups.iter().filter(|g| only_group.is_none_or(|n| n == g.name)) {
+    for g in report
+        .target_groups
+        .iter()
+        .filter(|g| only_group.is_none_or(|n| n == g.name))
+    {
         let _ = writeln!(
             out,
             "target group {} ({}, {}{}, {} slots){}",
             g.name,
             g.protocol,
             g.algorithm,
-            if g.algorithm == "hash" { format!(" {}", g.affinity) } else { String::new() },
+            if g.algorithm == "hash" {
+                format!(" {}", g.affinity)
+            } else {
+                String::new()
+            },
             g.table_size,
-            g.listener.as_ref().map(|l| format!(", listener {l}")).unwrap_or_else(|| ", no listener".into())
+            g.listener
+                .as_ref()
+                .map(|l| format!(", listener {l}"))
+                .unwrap_or_else(|| ", no listener".into())
         );
         let rows: Vec<Vec<String>> = g
             .targets
@@ -216,14 +272,31 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                 ]
             })
             .collect();
-        out += &table(&["TARGET", "PORT", "WEIGHT", "RATIO", "STATE", "MAC", "PACKETS", "BYTES", "NEW FLOWS"], &rows);
+        out += &table(
+            &[
+                "TARGET",
+                "PORT",
+                "WEIGHT",
+                "RATIO",
+                "STATE",
+                "MAC",
+                "PACKETS",
+                "BYTES",
+                "NEW FLOWS",
+            ],
+            &rows,
+        );
         out.push('\n');
     }
     out
 }
 
 fn bracket(ip: &str) -> String {
-    if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() }
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
 }
 
 /// Left-aligned columns separated by two spaces.
@@ -235,7 +308,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         padded.join("  ").trim_end().to_string() + "\n"
     };
     let mut out = line(header.to_vec());
@@ -251,7 +328,13 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&["A", "LONGER"], &[vec!["xxxxx".into(), "1".into()], vec!["y".into(), "22".into()]]);
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xxxxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
         assert_eq!(t, "A      LONGER\nxxxxx  1\ny      22\n");
     }
 
@@ -259,7 +342,11 @@ mod tests {
     fn json_round_trips() {
         let report = StatusReport {
             interface: "eth0".into(),
-            target_groups: vec![GroupStatus { name: "web".into(), targets: vec![TargetStatus::default()], ..Default::default() }],
+            target_groups: vec![GroupStatus {
+                name: "web".into(),
+                targets: vec![TargetStatus::default()],
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let json = serde_json::to_string(&report).unwrap();
@@ -279,7 +366,11 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             serve_one(stream, |req| {
                 assert_eq!(req, "status");
-                Ok(serde_json::to_string(&StatusReport { interface: "veth9".into(), ..Default::default() }).unwrap())
+                Ok(serde_json::to_string(&StatusReport {
+                    interface: "veth9".into(),
+                    ..Default::default()
+                })
+                .unwrap())
             })
             .await
             .unwrap();

@@ -42,24 +42,41 @@ struct Loaded {
 
 fn load_policy(path: &Path, iface: &InterfaceInfo) -> anyhow::Result<Loaded> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read the policy"))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read the policy"))?;
     let mut policy = policy::parse(&name, &text)?;
     policy.interface = Some(iface.name.clone());
-    policy::validate_for_host(&name, &text, &policy, &HostFacts { iface_nets: iface.nets.clone() })?;
+    policy::validate_for_host(
+        &name,
+        &text,
+        &policy,
+        &HostFacts {
+            iface_nets: iface.nets.clone(),
+        },
+    )?;
     Ok(Loaded { policy })
 }
 
 /// Targets whose MAC comes from the neighbour table (no static `mac:`).
 fn dynamic_targets(policy: &Policy) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> =
-        policy.target_groups.iter().flat_map(|g| g.targets.iter()).filter(|t| t.mac.is_none()).map(|t| t.ip).collect();
+    let mut ips: Vec<IpAddr> = policy
+        .target_groups
+        .iter()
+        .flat_map(|g| g.targets.iter())
+        .filter(|t| t.mac.is_none())
+        .map(|t| t.ip)
+        .collect();
     ips.sort();
     ips.dedup();
     ips
 }
 
 fn observed(iface: &InterfaceInfo, neighbors: &BTreeMap<IpAddr, Mac>) -> Observed {
-    Observed { iface_mac: iface.mac, iface_nets: iface.nets.clone(), neighbors: neighbors.clone() }
+    Observed {
+        iface_mac: iface.mac,
+        iface_nets: iface.nets.clone(),
+        neighbors: neighbors.clone(),
+    }
 }
 
 /// Which interface: `--iface`, else the policy's `interface:`.
@@ -68,9 +85,12 @@ fn interface_name(opts: &RunOptions) -> anyhow::Result<String> {
         return Ok(iface.clone());
     }
     let name = opts.config.display().to_string();
-    let text = std::fs::read_to_string(&opts.config).with_context(|| format!("{name}: cannot read the policy"))?;
+    let text = std::fs::read_to_string(&opts.config)
+        .with_context(|| format!("{name}: cannot read the policy"))?;
     let policy = policy::parse(&name, &text)?;
-    policy.interface.ok_or_else(|| anyhow!("{name}: no interface: give --iface or set `interface:` in the policy"))
+    policy.interface.ok_or_else(|| {
+        anyhow!("{name}: no interface: give --iface or set `interface:` in the policy")
+    })
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -82,11 +102,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     wait_for_macs(&mut macs, &dynamic_targets(&policy), opts.resolve_wait).await;
 
     let mut plan = compile(&policy, &observed(&iface, &macs.borrow()))?;
-    let mut dataplane = Dataplane::load(&LoadOptions { flow_table_size: opts.flow_table_size })?;
+    let mut dataplane = Dataplane::load(&LoadOptions {
+        flow_table_size: opts.flow_table_size,
+    })?;
     dataplane.apply(&plan)?;
     report_exclusions(&plan);
     let mode = dataplane.attach(&iface.name, opts.mode)?;
-    let api = api::bind(&opts.socket).with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
+    let api = api::bind(&opts.socket)
+        .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
 
     info!(
         iface = %iface.name,
@@ -161,7 +184,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     info!("stopping: detaching from {}", iface.name);
     drop(dataplane);
     let _ = std::fs::remove_file(&opts.socket);
-    watch.shutdown().await;
+    if let Err(err) = watch.shutdown().await {
+        warn!(%err, "removing the managed neighbour entries");
+    }
     Ok(())
 }
 
@@ -193,19 +218,22 @@ fn log_mac_changes(old: &MapPlan, new: &MapPlan) {
     for (o, n) in old.targets.iter().zip(&new.targets) {
         if o.info.mac != n.info.mac || o.excluded != n.excluded {
             match n.excluded {
-                Some(Exclusion::MacUnresolved) => warn!(group = %n.group, target = %n.ip, "target MAC lost: target taken out of selection"),
-                _ => info!(group = %n.group, target = %n.ip, mac = %format_mac(&n.info.mac), "target MAC resolved"),
+                Some(Exclusion::MacUnresolved) => {
+                    warn!(group = %n.group, target = %n.ip, "target MAC lost: target taken out of selection")
+                }
+                _ => {
+                    info!(group = %n.group, target = %n.ip, mac = %neighbors::fmt_mac(&n.info.mac), "target MAC resolved")
+                }
             }
         }
     }
 }
 
-pub fn format_mac(mac: &Mac) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 fn lower<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 fn status_report(
@@ -218,14 +246,20 @@ fn status_report(
 ) -> StatusReport {
     let counters = dataplane
         .counters()
-        .map(|c| c.into_iter().map(|(k, v)| (k.name().to_string(), v)).collect())
+        .map(|c| {
+            c.into_iter()
+                .map(|(k, v)| (k.name().to_string(), v))
+                .collect()
+        })
         .unwrap_or_default();
     let listeners = policy
         .listeners
         .iter()
         .zip(&plan.listeners)
         .map(|(l, p)| {
-            let stats = dataplane.listener_stats(p.info.listener_id).unwrap_or_default();
+            let stats = dataplane
+                .listener_stats(p.info.listener_id)
+                .unwrap_or_default();
             ListenerStatus {
                 name: l.name.clone(),
                 vip: l.vip.to_string(),
@@ -242,7 +276,11 @@ fn status_report(
         .target_groups
         .iter()
         .map(|g| {
-            let listener = policy.listeners.iter().find(|l| l.target_group == g.name).map(|l| l.name.clone());
+            let listener = policy
+                .listeners
+                .iter()
+                .find(|l| l.target_group == g.name)
+                .map(|l| l.name.clone());
             let targets = plan
                 .targets
                 .iter()
@@ -261,7 +299,8 @@ fn status_report(
                         weight: t.weight,
                         ratio: t.ratio,
                         slots: t.slots,
-                        mac: (t.excluded != Some(Exclusion::MacUnresolved)).then(|| format_mac(&t.info.mac)),
+                        mac: (t.excluded != Some(Exclusion::MacUnresolved))
+                            .then(|| neighbors::fmt_mac(&t.info.mac)),
                         state: state.into(),
                         packets: stats.packets,
                         bytes: stats.bytes,

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{api, daemon, dataplane::AttachMode, policy};
 
 #[derive(Parser)]
-#[command(name = "lb", version, about = "An XDP direct-server-return L4 load balancer")]
+#[command(
+    name = "lb",
+    version,
+    about = "An XDP direct-server-return L4 load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,9 +49,7 @@ enum Command {
         resolve_wait_s: f64,
     },
     /// Check a policy file and exit (nothing is attached).
-    Check {
-        config: PathBuf,
-    },
+    Check { config: PathBuf },
     /// Show the listeners, target groups and targets of the running lb.
     Status {
         /// Only this target group (like `gcloud compute target-pools get-health`).
@@ -69,7 +71,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(execute(cli.command)) {
         Ok(code) => code,
         Err(err) => {
@@ -81,7 +86,14 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, iface, xdp_mode, socket, flow_table_size, resolve_wait_s } => {
+        Command::Run {
+            config,
+            iface,
+            xdp_mode,
+            socket,
+            flow_table_size,
+            resolve_wait_s,
+        } => {
             let mode = match xdp_mode {
                 XdpMode::Native => AttachMode::Native,
                 XdpMode::Generic => AttachMode::Generic,
@@ -108,7 +120,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { target_group, json, socket } => {
+        Command::Status {
+            target_group,
+            json,
+            socket,
+        } => {
             let report = api::status(&socket).await?;
             if let Some(name) = &target_group {
                 if !report.target_groups.iter().any(|g| &g.name == name) {

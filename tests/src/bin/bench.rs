@@ -52,7 +52,11 @@ struct Args {
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { repeat: 1_000_000, runs: 5, new_flows: 20_000 };
+    let mut a = Args {
+        repeat: 1_000_000,
+        runs: 5,
+        new_flows: 20_000,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().context("missing value");
@@ -78,16 +82,27 @@ fn lb_dataplane() -> Result<Dataplane> {
         .iter()
         .flat_map(|g| g.targets.iter().map(|t| (t.ip, [2, 0, 0, 0, 0, 0x11])))
         .collect();
-    let observed = Observed { iface_mac: LB_MAC, iface_nets: vec![], neighbors };
+    let observed = Observed {
+        iface_mac: LB_MAC,
+        iface_nets: vec![],
+        neighbors,
+    };
     let plan = policy::compile::compile(&policy, &observed)?;
-    let mut dp = Dataplane::load(&LoadOptions { flow_table_size: 1 << 20 })?;
+    let mut dp = Dataplane::load(&LoadOptions {
+        flow_table_size: 1 << 20,
+    })?;
     dp.apply(&plan)?;
     Ok(dp)
 }
 
 fn run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
     let mut out = vec![0u8; frame.len() + 256];
-    let r = program.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })?;
+    let r = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    })?;
     Ok((r.return_value, r.duration))
 }
 
@@ -111,26 +126,56 @@ fn main() -> Result<()> {
     let args = args()?;
     let mut dp = lb_dataplane().context("loading lb (run as root)")?;
     let mut baseline = Ebpf::load(lb_user::EBPF_MACSWAP)?;
-    let base: &mut Xdp = baseline.program_mut("macswap").context("macswap program")?.try_into()?;
+    let base: &mut Xdp = baseline
+        .program_mut("macswap")
+        .context("macswap program")?
+        .try_into()?;
     base.load()?;
 
     let fixtures: Vec<(&str, Vec<u8>, bool)> = vec![
-        ("tcp4 established", Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, ACK).build(), true),
-        ("udp4 established", Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, b"query").build(), true),
-        ("tcp4 vlan established", Frame::tcp("10.0.3.100", 40001, "10.0.3.49", 80, ACK).with_vlan(42).build(), true),
         (
-            "tcp4 options established",
-            Frame::tcp("10.0.3.100", 40002, "10.0.3.49", 80, ACK).with_ip_options(&[1, 1, 1, 1, 1, 1, 1, 1]).build(),
+            "tcp4 established",
+            Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, ACK).build(),
             true,
         ),
-        ("tcp6 established", Frame::tcp("fd00:3::100", 40000, "fd00:3::49", 80, ACK).build(), true),
-        ("not a listener (pass)", Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 22, ACK).build(), false),
+        (
+            "udp4 established",
+            Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, b"query").build(),
+            true,
+        ),
+        (
+            "tcp4 vlan established",
+            Frame::tcp("10.0.3.100", 40001, "10.0.3.49", 80, ACK)
+                .with_vlan(42)
+                .build(),
+            true,
+        ),
+        (
+            "tcp4 options established",
+            Frame::tcp("10.0.3.100", 40002, "10.0.3.49", 80, ACK)
+                .with_ip_options(&[1, 1, 1, 1, 1, 1, 1, 1])
+                .build(),
+            true,
+        ),
+        (
+            "tcp6 established",
+            Frame::tcp("fd00:3::100", 40000, "fd00:3::49", 80, ACK).build(),
+            true,
+        ),
+        (
+            "not a listener (pass)",
+            Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 22, ACK).build(),
+            false,
+        ),
     ];
 
     let mut rows = Vec::new();
     for (name, frame, forwarded) in &fixtures {
         let (verdict, _) = run(dp.program_mut(), frame, 1)?; // create the flow
-        anyhow::ensure!((verdict == 3) == *forwarded, "{name}: unexpected verdict {verdict}");
+        anyhow::ensure!(
+            (verdict == 3) == *forwarded,
+            "{name}: unexpected verdict {verdict}"
+        );
         let (mut l, mut b) = (Vec::new(), Vec::new());
         for _ in 0..args.runs {
             l.push(ns(run(dp.program_mut(), frame, args.repeat)?.1));
@@ -150,7 +195,11 @@ fn main() -> Result<()> {
             let (mut lsum, mut bsum) = (0.0, 0.0);
             for i in 0..args.new_flows {
                 // A fresh client address per run keeps every frame a new flow.
-                let src = if v6 { format!("fd00:4::{run_index:x}") } else { format!("10.0.4.{run_index}") };
+                let src = if v6 {
+                    format!("fd00:4::{run_index:x}")
+                } else {
+                    format!("10.0.4.{run_index}")
+                };
                 let dst = if v6 { "fd00:3::49" } else { "10.0.3.49" };
                 let frame = Frame::tcp(&src, 1024 + i, dst, 80, SYN).build();
                 let (verdict, d) = run(dp.program_mut(), &frame, 1)?;
@@ -161,7 +210,12 @@ fn main() -> Result<()> {
             l.push(lsum / args.new_flows as f64);
             b.push(bsum / args.new_flows as f64);
         }
-        rows.push(Row { name: name.to_string(), lb: min_median(l), base: min_median(b), goal: Some(4.0) });
+        rows.push(Row {
+            name: name.to_string(),
+            lb: min_median(l),
+            base: min_median(b),
+            goal: Some(4.0),
+        });
     }
 
     println!(
