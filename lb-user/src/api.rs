@@ -87,11 +87,11 @@ pub struct TargetStatus {
 /// steal the socket of another running `lb`, removes a stale one, and makes
 /// the socket root-only (0600).
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -151,13 +151,13 @@ pub enum ClientError {
 /// Asks the `lb` serving at `path` for its status.
 pub async fn status(path: &Path) -> Result<StatusReport, ClientError> {
     let line = request(path, "status").await?;
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&line) {
-        if let Some(serde_json::Value::String(message)) = map.get("error") {
-            return Err(ClientError::Remote {
-                path: path.into(),
-                message: message.clone(),
-            });
-        }
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&line)
+        && let Some(serde_json::Value::String(message)) = map.get("error")
+    {
+        return Err(ClientError::Remote {
+            path: path.into(),
+            message: message.clone(),
+        });
     }
     serde_json::from_str(&line).map_err(|source| ClientError::Decode {
         path: path.into(),

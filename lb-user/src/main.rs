@@ -126,10 +126,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             socket,
         } => {
             let report = api::status(&socket).await?;
-            if let Some(name) = &target_group {
-                if !report.target_groups.iter().any(|g| &g.name == name) {
-                    anyhow::bail!("no target group named {name:?}");
-                }
+            if let Some(name) = &target_group
+                && !report.target_groups.iter().any(|g| &g.name == name)
+            {
+                anyhow::bail!("no target group named {name:?}");
             }
             if json {
                 let mut report = report;

@@ -24,7 +24,7 @@ fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
     let last = match ip {
         std::net::IpAddr::V4(v4) => {
             let d = v4.octets()[3] % 100;
-            (d / 10) << 4 | d % 10
+            ((d / 10) << 4) | (d % 10)
         }
         std::net::IpAddr::V6(v6) => v6.octets()[15],
     };
