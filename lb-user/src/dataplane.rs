@@ -26,8 +26,8 @@ pub const PROGRAM: &str = "lb";
 pub enum DataplaneError {
     #[error("cannot load the XDP program: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("the XDP program `{PROGRAM}` is missing from the object or not XDP")]
-    MissingProgram,
+    #[error("the XDP program `{0}` is missing from the object or not XDP")]
+    MissingProgram(&'static str),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -79,6 +79,7 @@ pub struct ApplyReport {
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    program: &'static str,
     applied: Option<MapPlan>,
 }
 
@@ -89,29 +90,27 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
 impl Dataplane {
     /// Loads the program and creates its maps (empty). Not attached yet.
     pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
-        Self::load_object(crate::EBPF_LB, options)
+        Self::load_object(crate::EBPF_LB, PROGRAM, options)
     }
 
-    pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Self, DataplaneError> {
+    /// Loads another build of the pipeline (the benchmark variant).
+    pub fn load_object(object: &[u8], program: &'static str, options: &LoadOptions) -> Result<Self, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, options.flow_table_size)
             .load(object)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DataplaneError::MissingProgram)?
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program)
+            .ok_or(DataplaneError::MissingProgram(program))?
             .try_into()
-            .map_err(|_| DataplaneError::MissingProgram)?;
-        program.load().map_err(DataplaneError::Program)?;
-        Ok(Dataplane {
-            ebpf,
-            applied: None,
-        })
+            .map_err(|_| DataplaneError::MissingProgram(program))?;
+        xdp.load().map_err(DataplaneError::Program)?;
+        Ok(Dataplane { ebpf, program, applied: None })
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
     pub fn program_mut(&mut self) -> &mut Xdp {
         self.ebpf
-            .program_mut(PROGRAM)
+            .program_mut(self.program)
             .and_then(|p| p.try_into().ok())
             .expect("checked in load")
     }

@@ -12,7 +12,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP};
 
-use crate::counters::count;
+use super::counters::count;
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;

@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, TargetInfo};
 
-use crate::{CONFIG, counters::count};
+use super::{CONFIG, counters::count};
 
 #[inline(always)]
 pub fn to_target(ctx: &XdpContext, target: &TargetInfo) -> Result<(), u32> {

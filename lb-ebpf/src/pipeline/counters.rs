@@ -2,7 +2,7 @@
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{Counter, Stats};
 
-use crate::COUNTERS;
+use super::COUNTERS;
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -2,7 +2,7 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{Counter, FlowKey, ListenerInfo, ListenerKey};
 
-use crate::{LISTENERS, counters::count};
+use super::{LISTENERS, counters::count};
 
 /// The listener of a flow's (VIP, protocol, port), or XDP_PASS: traffic that
 /// is not addressed to a listener belongs to the kernel.

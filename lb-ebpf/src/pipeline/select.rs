@@ -4,7 +4,7 @@ use lb_common::{
     Counter, FlowKey, FlowState, ListenerInfo, TargetInfo, hash::flow_hash, target_flags,
 };
 
-use crate::{FLOWS, GROUP_TABLES, GROUPS, TARGETS, counters::count};
+use super::{FLOWS, GROUP_TABLES, GROUPS, TARGETS, counters::count};
 
 pub struct Selected {
     pub id: u32,

@@ -1,0 +1,82 @@
+//! The load balancer's pipeline and maps, shared by the `lb` program and its
+//! benchmark variant (`bench_new_flow.rs`): parse the flow, find its listener,
+//! select a target, rewrite and transmit.
+
+mod counters;
+mod lookup;
+mod parse;
+mod rewrite;
+mod select;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+    programs::XdpContext,
+};
+use lb_common::{
+    BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, FlowKey,
+    FlowState, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats,
+    TargetInfo,
+};
+
+/// (VIP, protocol, port) -> listener id and group id.
+#[btf_map]
+pub(crate) static LISTENERS: HashMap<ListenerKey, ListenerInfo, { MAX_LISTENERS as usize }> = HashMap::new();
+
+/// Group id -> hash settings.
+#[btf_map]
+static GROUPS: Array<GroupInfo, { MAX_GROUPS as usize }> = Array::new();
+
+/// A group's consistent-hash table: element 0 holds the number of slots M,
+/// elements 1..=M hold target ids. Inner maps differ in size (BPF_F_INNER_MAP);
+/// the loader builds a new one and swaps it in with one outer update.
+type GroupTable = Array<u32, 2, { BPF_F_INNER_MAP as usize }>;
+
+/// Group id -> that group's table.
+#[btf_map]
+static GROUP_TABLES: ArrayOfMaps<GroupTable, { MAX_GROUPS as usize }> = ArrayOfMaps::new();
+
+/// Target id -> MAC and flags. Id 0 is never written (fails closed).
+#[btf_map]
+static TARGETS: Array<TargetInfo, { MAX_TARGETS as usize }> = Array::new();
+
+/// Flow -> target: every packet of a flow goes where its first one went.
+#[btf_map]
+static FLOWS: LruHashMap<
+    FlowKey,
+    FlowState,
+    { DEFAULT_FLOW_TABLE_SIZE as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+/// Global settings (element 0).
+#[btf_map]
+static CONFIG: Array<Config, 1> = Array::new();
+
+/// Global counters, indexed by `lb_common::Counter`.
+#[btf_map]
+static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+/// Per listener id.
+#[btf_map]
+static LISTENER_STATS: PerCpuArray<Stats, { MAX_LISTENERS as usize }> = PerCpuArray::new();
+
+/// Per target id.
+#[btf_map]
+static TARGET_STATS: PerCpuArray<Stats, { MAX_TARGETS as usize }> = PerCpuArray::new();
+
+/// The verdict for one frame.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
+    let flow = parse::flow(ctx)?;
+    let listener = lookup::listener(&flow)?;
+    let target = select::target(&flow, &listener)?;
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
+    counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);
+    rewrite::to_target(ctx, &target.info)?;
+    counters::count(Counter::Forwarded);
+    Ok(xdp_action::XDP_TX)
+}
+
