@@ -77,9 +77,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_policy_matches_the_model() {
+    fn default_policy_is_valid() {
         let yaml = LabPolicy::default().yaml();
-        let policy: lb_user::policy::model::Policy = serde_norway::from_str(&yaml).expect(&yaml);
+        let policy =
+            lb_user::policy::parse("lab.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(policy.interface.as_deref(), Some("eth0"));
         assert_eq!(policy.listeners.len(), 3);
         assert_eq!(
@@ -90,18 +91,30 @@ mod tests {
     }
 
     #[test]
-    fn source_ip_has_no_affinity_and_macs_are_optional() {
+    fn source_ip_and_static_macs_are_valid() {
         let yaml = LabPolicy {
             algorithm: "source_ip",
             static_macs: true,
             ..LabPolicy::default()
         }
         .yaml();
-        let policy: lb_user::policy::model::Policy = serde_norway::from_str(&yaml).expect(&yaml);
+        let policy =
+            lb_user::policy::parse("lab.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(
             policy.target_groups[0].targets[0].mac.as_deref(),
             Some("02:00:00:00:00:11")
         );
         assert!(!yaml.contains("affinity"));
     }
+}
+
+/// `examples/lab.yaml` and `LabPolicy::default()` describe the same listeners,
+/// groups and weights, so the tests measure what `cargo xtask run` shows.
+#[cfg(test)]
+#[test]
+fn default_policy_is_the_lab_example() {
+    let path = crate::lab::workspace_root().join("examples/lab.yaml");
+    let example = lb_user::policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let ours = lb_user::policy::parse("lab.yaml", &LabPolicy::default().yaml()).unwrap();
+    assert_eq!(example, ours);
 }

@@ -22,7 +22,7 @@ use lb_tests::{
     lb::LbProcess,
     stats, topo,
 };
-use lb_user::policy::{ListenerProtocol, Policy};
+use lb_user::policy::{Listener, ListenerProtocol, Policy};
 
 #[derive(Parser)]
 #[command(about = "Run lb in the namespace lab, drive a burst, show live counters")]
@@ -57,10 +57,7 @@ fn main() -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("install the Ctrl-C handler")?;
 
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("read {}", args.config.display()))?;
-    let policy: Policy = serde_norway::from_str(&text)
-        .with_context(|| format!("parse {}", args.config.display()))?;
+    let policy = lb_user::policy::load(&args.config)?;
 
     let options = LabOptions {
         prefix: "lbx".into(),
@@ -140,12 +137,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn burst_listener(
-    lab: &Lab,
-    policy: &Policy,
-    listener: &lb_user::policy::Listener,
-    args: &Args,
-) -> Result<()> {
+fn burst_listener(lab: &Lab, policy: &Policy, listener: &Listener, args: &Args) -> Result<()> {
     let (proto, count) = match listener.protocol {
         ListenerProtocol::Tcp => (Proto::Tcp, args.tcp),
         ListenerProtocol::Udp => (Proto::Udp, args.udp),
