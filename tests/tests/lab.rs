@@ -126,6 +126,7 @@ fn drive(
 /// Every request answered, and each target's count within `SIGMAS` standard
 /// deviations of its weight ratio.
 fn assert_weighted(tally: &Tally, n: usize, ratios: &[f64]) {
+    eprintln!("spread of {n} flows: {tally}, expected ratios {ratios:?}");
     assert_eq!(tally.ok(), n, "answers: {tally}");
     for (t, &p) in TARGETS.iter().zip(ratios) {
         let (lo, hi) = stats::band(n, p, SIGMAS);
@@ -186,6 +187,12 @@ fn assert_direct_replies(run: &Run, dst: SocketAddr) {
             );
         }
     }
+    eprintln!(
+        "direct return: {covered} of {} flows' replies captured, all from their target's MAC; \
+         lb kernel counter delta {}",
+        run.answers.len(),
+        run.lb_kernel_delta
+    );
     // The tap may lose frames when its buffer overflows; half is plenty.
     assert!(
         covered * 2 >= run.answers.len(),
