@@ -62,6 +62,8 @@ impl LbProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        // Plain log lines: they end up in test failure messages.
+        cmd.env("NO_COLOR", "1");
         let shown = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::null())

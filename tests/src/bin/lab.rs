@@ -105,18 +105,22 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let until = args.duration.map(Duration::from_secs);
     eprintln!("lab: live counters from `lb status` every second; Ctrl-C stops");
+    let (mut last, mut last_shown) = (String::new(), 0);
     while !stop.load(Ordering::SeqCst) && until.is_none_or(|d| started.elapsed() < d) {
         if !lb.running() {
             eprintln!("lab: lb exited on its own");
             break;
         }
-        match lb.status() {
-            Ok(status) => println!(
-                "[{:>4}s] {}",
-                started.elapsed().as_secs(),
-                summarize(&status)
-            ),
-            Err(e) => println!("[{:>4}s] lb status: {e}", started.elapsed().as_secs()),
+        // A line when something changed, and every 10 s anyway.
+        let line = match lb.status() {
+            Ok(status) => summarize(&status),
+            Err(e) => format!("lb status: {e}"),
+        };
+        let secs = started.elapsed().as_secs();
+        if line != last || secs >= last_shown + 10 {
+            println!("[{secs:>4}s] {line}");
+            last = line;
+            last_shown = secs;
         }
         for _ in 0..10 {
             if stop.load(Ordering::SeqCst) {
@@ -215,29 +219,32 @@ fn burst_listener(lab: &Lab, policy: &Policy, listener: &Listener, args: &Args) 
     Ok(())
 }
 
-/// One line: global counters, then packets and new flows per listener.
+/// One line: the main counters, any other counter that is not zero, then
+/// packets and new flows per listener.
 fn summarize(status: &serde_json::Value) -> String {
+    const MAIN: [&str; 5] = ["forwarded", "passed", "dropped", "malformed", "no_target"];
     let mut parts = Vec::new();
     if let Some(counters) = status.get("counters").and_then(|c| c.as_object()) {
-        parts.push(
-            counters
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        let main = MAIN.iter().map(|k| {
+            format!(
+                "{k}={}",
+                counters.get(*k).unwrap_or(&serde_json::Value::Null)
+            )
+        });
+        let others = counters
+            .iter()
+            .filter(|(k, v)| !MAIN.contains(&k.as_str()) && v.as_u64() != Some(0))
+            .map(|(k, v)| format!("{k}={v}"));
+        parts.push(main.chain(others).collect::<Vec<_>>().join(" "));
     }
-    for l in status
-        .get("listeners")
-        .and_then(|l| l.as_array())
-        .into_iter()
-        .flatten()
-    {
+    let listeners = status.get("listeners").and_then(|l| l.as_array());
+    for l in listeners.into_iter().flatten() {
+        let field = |k: &str| l.get(k).cloned().unwrap_or(serde_json::Value::Null);
         parts.push(format!(
-            "{}: {} pkts {} flows",
+            "{} {} pkts {} flows",
             l.get("name").and_then(|n| n.as_str()).unwrap_or("?"),
-            l.get("packets").unwrap_or(&serde_json::Value::Null),
-            l.get("new_flows").unwrap_or(&serde_json::Value::Null)
+            field("packets"),
+            field("new_flows")
         ));
     }
     parts.join(" | ")
