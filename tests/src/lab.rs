@@ -624,7 +624,8 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if std::env::var_os("LB_LAB_KEEP").is_some_and(|v| v == "1") {
             eprintln!(
-                "lab: LB_LAB_KEEP=1: leaving namespaces {}-* and their processes (remove with `ip netns del`)",
+                "lab: LB_LAB_KEEP=1: leaving namespaces {}-* (remove with `ip netns del`); \
+                 the XDP_PASS program on p-lb goes with this process",
                 self.id
             );
             return;

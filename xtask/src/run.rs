@@ -3,7 +3,11 @@
 //! `--iface` and `--config`, `lb run` on a real NIC in the foreground.
 //! Either way this process is replaced by the one it starts (exec), so
 //! Ctrl-C and the exit status are that process's own.
-use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Result, bail};
 
@@ -33,20 +37,9 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    crate::setup::setup()?;
-    let [(_, lb), (_, server)] = cmd::bin_env();
-    match (&args.iface, &args.config) {
-        (Some(iface), Some(config)) => {
-            cmd::build_bins()?;
-            let mut cmd = Command::new(&lb);
-            cmd.arg("run").arg("--config").arg(config).args([
-                "--iface",
-                iface,
-                "--xdp-mode",
-                &args.xdp_mode,
-            ]);
-            exec(cmd)
-        }
+    // Check the arguments before spending time on set-up and build.
+    let cmd = match (&args.iface, &args.config) {
+        (Some(iface), Some(config)) => lb_on_nic(&args, iface, config),
         (Some(_), None) => {
             bail!("--iface needs --config: `cargo xtask run -- --iface IF --config FILE`")
         }
@@ -55,27 +48,48 @@ pub fn run(args: RunArgs) -> Result<()> {
             if !config.exists() {
                 bail!("no policy at {}", config.display());
             }
-            cmd::build_bins()?;
-            let mut cmd = Command::new(cmd::target_dir().join("debug").join("lb-lab"));
-            cmd.arg("--config")
-                .arg(config)
-                .args(["--xdp-mode", &args.xdp_mode])
-                .args([
-                    "--tcp",
-                    &args.tcp.to_string(),
-                    "--udp",
-                    &args.udp.to_string(),
-                ])
-                .arg("--lb-bin")
-                .arg(lb)
-                .arg("--server-bin")
-                .arg(server);
-            if let Some(d) = args.duration {
-                cmd.args(["--duration", &d.to_string()]);
-            }
-            exec(cmd)
+            lab_demo(&args, &config)
         }
+    };
+    crate::setup::setup()?;
+    cmd::build_bins()?;
+    exec(cmd)
+}
+
+/// `lb run` on a real interface, in the foreground.
+fn lb_on_nic(args: &RunArgs, iface: &str, config: &Path) -> Command {
+    let [(_, lb), _] = cmd::bin_env();
+    let mut cmd = Command::new(lb);
+    cmd.arg("run").arg("--config").arg(config).args([
+        "--iface",
+        iface,
+        "--xdp-mode",
+        &args.xdp_mode,
+    ]);
+    cmd
+}
+
+/// `lb-lab`: the namespace lab with `lb` in it.
+fn lab_demo(args: &RunArgs, config: &Path) -> Command {
+    let [(_, lb), (_, server)] = cmd::bin_env();
+    let mut cmd = Command::new(cmd::target_dir().join("debug").join("lb-lab"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--xdp-mode", &args.xdp_mode])
+        .args([
+            "--tcp",
+            &args.tcp.to_string(),
+            "--udp",
+            &args.udp.to_string(),
+        ])
+        .arg("--lb-bin")
+        .arg(lb)
+        .arg("--server-bin")
+        .arg(server);
+    if let Some(d) = args.duration {
+        cmd.args(["--duration", &d.to_string()]);
     }
+    cmd
 }
 
 fn exec(mut cmd: Command) -> Result<()> {
