@@ -1,3 +1,21 @@
-//! Shared test support: the namespace lab (also used by `cargo xtask run`).
+//! Shared test support: the namespace lab, used by the end-to-end tests in
+//! `tests/tests/` and by `cargo xtask run` (through the `lb-lab` binary), and
+//! the packet builders and reference model of the golden packet tests.
+//!
+//! The lab needs root: it builds network namespaces, veths, a bridge and XDP
+//! attachments, and removes them when dropped.
+#![deny(unsafe_code)]
+
+pub mod capture;
+pub mod client;
+pub mod lab;
+pub mod lb;
 pub mod model;
+pub mod netns;
 pub mod packets;
+pub mod policy;
+pub mod stats;
+pub mod topo;
+
+pub use lab::{Lab, LabError, LabOptions};
+pub use topo::Node;

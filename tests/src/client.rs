@@ -1,0 +1,175 @@
+//! Client side of the lab: ask a lab server who it is, over TCP or UDP, from
+//! a chosen source address and port. Call these inside the client namespace
+//! (`Lab::run_in(Node::Client, ...)`).
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::{self, Read},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The transport of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+fn socket(src: SocketAddr, dst: SocketAddr, proto: Proto) -> io::Result<Socket> {
+    let (ty, p) = match proto {
+        Proto::Tcp => (Type::STREAM, Protocol::TCP),
+        Proto::Udp => (Type::DGRAM, Protocol::UDP),
+    };
+    let socket = Socket::new(Domain::for_address(dst), ty, Some(p))?;
+    // A fixed source port may be reused by a later lab run in the same
+    // namespace; the flows are distinct on the server side anyway.
+    socket.set_reuse_address(true)?;
+    socket.bind(&src.into())?;
+    Ok(socket)
+}
+
+/// Opens a TCP connection from `src` (port 0: any) to `dst` and returns what
+/// the server sends before it closes.
+pub fn tcp_ask(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let socket = socket(src, dst, Proto::Tcp)?;
+    socket.connect_timeout(&dst.into(), timeout)?;
+    let mut stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(timeout))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.trim_end().to_owned())
+}
+
+/// Sends one datagram from `src` (port 0: any) to `dst` and returns the first
+/// answer; sends again (same socket, so the same flow) up to `tries` times if
+/// none comes within `timeout`.
+pub fn udp_ask(
+    src: SocketAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+    tries: u32,
+) -> io::Result<String> {
+    let socket = UdpSocket::from(socket(src, dst, Proto::Udp)?);
+    socket.connect(dst)?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 512];
+    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
+    for _ in 0..tries.max(1) {
+        socket.send(b"who?\n")?;
+        match socket.recv(&mut buf) {
+            Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                last = e;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// One request: from where, and what came back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub src: SocketAddr,
+    pub result: Result<String, String>,
+}
+
+/// A bounded series of requests from `src_ip` to `dst`, one after the other,
+/// each from a new source port: `first_port`, `first_port + 1`, ... (fixed
+/// ports make the set of flows, hence a hash-based spread, the same on every
+/// run), or kernel-chosen ports when `first_port` is `None`. Stops early, with
+/// fewer answers, if `deadline` passes.
+pub fn burst(
+    proto: Proto,
+    src_ip: IpAddr,
+    first_port: Option<u16>,
+    dst: SocketAddr,
+    count: usize,
+    deadline: Instant,
+) -> Vec<Answer> {
+    let timeout = Duration::from_secs(2);
+    let mut answers = Vec::with_capacity(count);
+    for i in 0..count {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let port = first_port.map_or(0, |p| p + i as u16);
+        let src = SocketAddr::new(src_ip, port);
+        let result = match proto {
+            Proto::Tcp => tcp_ask(src, dst, timeout),
+            Proto::Udp => udp_ask(src, dst, Duration::from_millis(700), 3),
+        };
+        answers.push(Answer {
+            src,
+            result: result.map_err(|e| e.to_string()),
+        });
+    }
+    answers
+}
+
+/// Answers counted by who gave them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub by_name: BTreeMap<String, usize>,
+    pub failed: usize,
+    /// The first few errors, for messages.
+    pub errors: Vec<String>,
+}
+
+impl Tally {
+    pub fn of(answers: &[Answer]) -> Tally {
+        let mut tally = Tally::default();
+        for answer in answers {
+            match &answer.result {
+                Ok(name) => *tally.by_name.entry(name.clone()).or_default() += 1,
+                Err(e) => {
+                    tally.failed += 1;
+                    if tally.errors.len() < 5 {
+                        tally.errors.push(format!("{}: {e}", answer.src));
+                    }
+                }
+            }
+        }
+        tally
+    }
+
+    pub fn ok(&self) -> usize {
+        self.by_name.values().sum()
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.by_name.get(name).copied().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Tally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .by_name
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        write!(f, "{} (failed {}", parts.join(" "), self.failed)?;
+        if !self.errors.is_empty() {
+            write!(f, ", first errors: {}", self.errors.join("; "))?;
+        }
+        f.write_str(")")
+    }
+}

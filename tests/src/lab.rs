@@ -1,0 +1,647 @@
+//! The namespace lab: one L2 segment with a client, the load balancer and
+//! three DSR targets, each in its own network namespace, joined by a bridge
+//! in a "switch" namespace.
+//!
+//! ```text
+//!              switch namespace: bridge br0 (no IP)
+//!     p-cl        p-lb (XDP_PASS, tx off)   p-t1      p-t2      p-t3
+//!      |           |                         |         |         |
+//!     eth0        eth0                      eth0      eth0      eth0
+//!    client        lb                        t1        t2        t3
+//! ```
+//! See `docs/lab.md` for the addressing plan; [`crate::topo`] has it as
+//! constants. [`Lab`] builds all of it with iproute2 and removes it on drop,
+//! also when a test panics.
+use std::{
+    collections::HashMap,
+    fs, io,
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    client,
+    lb::LbProcess,
+    netns,
+    topo::{self, LB4, LB6, Node, TARGETS, VIP4, VIP6, fmt_mac},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab needs root (network namespaces, XDP); run `cargo xtask test` as root")]
+    NotRoot,
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: not ready within {secs} s{detail}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        detail: String,
+    },
+    #[error("XDP_PASS program on {port}: {reason}")]
+    Xdp { port: String, reason: String },
+    #[error("lb exited before it was ready ({status}); its log:\n{log}")]
+    LbExited { status: String, log: String },
+    #[error("lb status: {reason}")]
+    Status { reason: String },
+}
+
+impl LabError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
+        let context = context.into();
+        move |source| LabError::Io { context, source }
+    }
+}
+
+/// Runs `cmd` to completion; its stdout, or an error with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String, LabError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(LabError::io(format!("spawn {shown}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            cmd: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Feeds `lines` to `ip [-n NS] -batch -`: one process for many changes.
+fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), LabError> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let shown = format!("ip -n {} -batch: {}", ns.unwrap_or("-"), lines.join("; "));
+    let mut child = cmd.spawn().map_err(LabError::io("spawn ip"))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let text = lines.join("\n") + "\n";
+    stdin
+        .write_all(text.as_bytes())
+        .map_err(LabError::io("write to ip -batch"))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(LabError::io("wait for ip"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            cmd: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A binary of this workspace: `$ENV_VAR` if set, else
+/// `$CARGO_TARGET_DIR/debug/NAME` (default `<root>/target/debug/NAME`).
+/// `cargo xtask test` builds and sets both `LB_BIN` and `LB_LAB_SERVER_BIN`.
+pub fn workspace_bin(env_var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    let root = workspace_root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
+    target.join("debug").join(name)
+}
+
+/// How to build a [`Lab`].
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Namespace names are `<prefix><pid>x<n>-<role>`; labs of dead processes
+    /// with the same prefix are removed when a new one is made.
+    pub prefix: String,
+    /// The `lb-lab-server` binary (None: do not start target servers).
+    pub server_bin: Option<PathBuf>,
+    /// The `lb` binary, for [`Lab::start_lb`].
+    pub lb_bin: PathBuf,
+    /// Attach the XDP_PASS program to `p-lb` (needed by native XDP_TX).
+    pub attach_pass: bool,
+    /// How long to wait for servers and connectivity.
+    pub ready_timeout: Duration,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            prefix: "lbt".into(),
+            server_bin: Some(workspace_bin("LB_LAB_SERVER_BIN", "lb-lab-server")),
+            lb_bin: workspace_bin("LB_BIN", "lb"),
+            attach_pass: true,
+            ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A process the lab started; killed when the lab goes.
+struct Process {
+    what: String,
+    child: Child,
+    /// Closing it tells `lb-lab-server` to exit.
+    stdin: Option<ChildStdin>,
+}
+
+/// A running lab. Dropping it stops its processes and deletes its namespaces.
+pub struct Lab {
+    id: String,
+    dir: PathBuf,
+    options: LabOptions,
+    processes: Vec<Process>,
+    created: Vec<String>,
+    /// Keeps the XDP_PASS program on `p-lb` attached.
+    pass: Option<aya::Ebpf>,
+}
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+impl Lab {
+    /// A lab with the default options: all three target servers running.
+    pub fn new() -> Result<Lab, LabError> {
+        Lab::with(LabOptions::default())
+    }
+
+    pub fn with(options: LabOptions) -> Result<Lab, LabError> {
+        if !is_root() {
+            return Err(LabError::NotRoot);
+        }
+        remove_stale(&options.prefix);
+        let id = format!(
+            "{}{}x{}",
+            options.prefix,
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(LabError::io(format!("create {}", dir.display())))?;
+        let mut lab = Lab {
+            id,
+            dir,
+            options,
+            processes: Vec::new(),
+            created: Vec::new(),
+            pass: None,
+        };
+        // From here on, Drop removes whatever was made if a step fails.
+        lab.build_topology()?;
+        if lab.options.attach_pass {
+            lab.attach_pass()?;
+        }
+        if let Some(bin) = lab.options.server_bin.clone() {
+            for (i, t) in TARGETS.iter().enumerate() {
+                let args = [
+                    "--tcp".to_owned(),
+                    topo::TCP_PORT.to_string(),
+                    "--udp".to_owned(),
+                    SocketAddr::new(VIP4.into(), topo::UDP_PORT).to_string(),
+                    "--udp".to_owned(),
+                    SocketAddr::new(VIP6.into(), topo::UDP_PORT).to_string(),
+                ];
+                lab.spawn_server_bin(&bin, Node::Target(i), t.name, &args)?;
+            }
+            lab.wait_reachable()?;
+        }
+        Ok(lab)
+    }
+
+    /// The name of the namespace of `node`.
+    pub fn ns(&self, node: Node) -> String {
+        format!("{}-{}", self.id, node.suffix())
+    }
+
+    /// This lab's scratch directory (policies, lb's socket); removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &LabOptions {
+        &self.options
+    }
+
+    /// Writes `contents` to `name` in the lab's directory.
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// Runs `f` inside `node`'s namespace (on a thread of its own) and returns
+    /// its result. Panics in `f` propagate.
+    pub fn run_in<T: Send>(&self, node: Node, f: impl FnOnce() -> T + Send) -> T {
+        let ns = self.ns(node);
+        netns::run(&ns, f).unwrap_or_else(|e| panic!("enter {ns}: {e}"))
+    }
+
+    /// `nsenter --net=<node's namespace> PROGRAM`, to add arguments to.
+    pub fn command(&self, node: Node, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        netns::command(&self.ns(node), program)
+    }
+
+    /// Runs `args` in `node`'s namespace; its stdout, or an error.
+    pub fn exec(&self, node: Node, args: &[&str]) -> Result<String, LabError> {
+        let (program, rest) = args.split_first().expect("a command");
+        run(self.command(node, program).args(rest))
+    }
+
+    /// Absolute SNMP/netstat counters of `node`'s kernel (`nstat -asz`).
+    pub fn nstat(&self, node: Node) -> Result<HashMap<String, u64>, LabError> {
+        let out = self.exec(node, &["nstat", "-asz"])?;
+        Ok(out
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let name = words.next()?;
+                let value = words.next()?.parse().ok()?;
+                Some((name.to_owned(), value))
+            })
+            .collect())
+    }
+
+    /// Starts `lb-lab-server --name NAME ARGS...` in `node`'s namespace (for
+    /// example a server on the load balancer's own address) and waits until it
+    /// has bound its sockets. It stops with the lab.
+    pub fn spawn_server(
+        &mut self,
+        node: Node,
+        name: &str,
+        args: &[String],
+    ) -> Result<(), LabError> {
+        let bin = self
+            .options
+            .server_bin
+            .clone()
+            .unwrap_or_else(|| workspace_bin("LB_LAB_SERVER_BIN", "lb-lab-server"));
+        self.spawn_server_bin(&bin, node, name, args)
+    }
+
+    fn spawn_server_bin(
+        &mut self,
+        bin: &Path,
+        node: Node,
+        name: &str,
+        args: &[String],
+    ) -> Result<(), LabError> {
+        if !bin.exists() {
+            return Err(LabError::Io {
+                context: format!(
+                    "lab server {} (build it: cargo build -p lb-tests --bins)",
+                    bin.display()
+                ),
+                source: io::ErrorKind::NotFound.into(),
+            });
+        }
+        let what = format!("lb-lab-server {name} in {}", self.ns(node));
+        let mut child = self
+            .command(node, bin)
+            .args(["--name", name])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Out of the terminal's process group: Ctrl-C reaches only the
+            // process that owns the lab, which then stops everything in order.
+            .process_group(0)
+            .spawn()
+            .map_err(LabError::io(format!("spawn {what}")))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
+        self.processes.push(Process {
+            what: what.clone(),
+            child,
+            stdin,
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        let timeout = self.options.ready_timeout;
+        match rx.recv_timeout(timeout) {
+            Ok(Some(Ok(line))) if line.trim() == "ready" => Ok(()),
+            Ok(other) => Err(LabError::Timeout {
+                what,
+                secs: timeout.as_secs(),
+                detail: format!(" (it said {other:?} instead of `ready`; its stderr is above)"),
+            }),
+            Err(_) => Err(LabError::Timeout {
+                what,
+                secs: timeout.as_secs(),
+                detail: String::new(),
+            }),
+        }
+    }
+
+    /// Starts `lb run --config POLICY --socket <lab dir>/lb.sock EXTRA...` in
+    /// the load balancer's namespace and waits for its `lb ready` line.
+    pub fn start_lb(&self, policy: &Path, extra: &[&str]) -> Result<LbProcess, LabError> {
+        let socket = self.dir.join("lb.sock");
+        LbProcess::start(
+            &self.ns(Node::Lb),
+            &self.options.lb_bin,
+            policy,
+            &socket,
+            extra,
+            Duration::from_secs(60),
+            false,
+        )
+    }
+
+    fn build_topology(&mut self) -> Result<(), LabError> {
+        let sw = self.ns(Node::Switch);
+        for node in [Node::Switch].into_iter().chain(Node::hosts()) {
+            let ns = self.ns(node);
+            run(Command::new("ip").args(["netns", "add", &ns]))?;
+            self.created.push(ns);
+        }
+        // The switch: no IPv6 of its own (keeps the segment quiet), a bridge
+        // without multicast snooping (neighbour solicitations are flooded like
+        // ARP), one port per host.
+        set_sysctls(
+            &sw,
+            &[
+                ("net/ipv6/conf/all/disable_ipv6", "1"),
+                ("net/ipv6/conf/default/disable_ipv6", "1"),
+            ],
+        )?;
+        let mut batch = vec![
+            "link set lo up".to_owned(),
+            "link add br0 type bridge mcast_snooping 0".to_owned(),
+            "link set br0 up".to_owned(),
+        ];
+        for node in Node::hosts() {
+            let port = node.port();
+            batch.push(format!(
+                "link add {port} type veth peer name eth0 netns {}",
+                self.ns(node)
+            ));
+            batch.push(format!("link set {port} master br0"));
+            batch.push(format!("link set {port} up"));
+        }
+        ip_batch(Some(&sw), &batch)?;
+
+        for node in Node::hosts() {
+            let ns = self.ns(node);
+            let mut sysctls = vec![
+                // Addresses are usable at once (no duplicate address detection).
+                ("net/ipv6/conf/eth0/accept_dad", "0"),
+                ("net/ipv6/conf/eth0/router_solicitations", "0"),
+            ];
+            if let Node::Target(_) = node {
+                // DSR target (SPEC.md): never answer ARP for the VIP on lo, and
+                // never announce it as the source of our own ARP requests.
+                sysctls.push(("net/ipv4/conf/all/arp_ignore", "1"));
+                sysctls.push(("net/ipv4/conf/all/arp_announce", "2"));
+            }
+            set_sysctls(&ns, &sysctls)?;
+            let mac = fmt_mac(node.mac().expect("hosts have a MAC"));
+            let mut batch = vec![
+                "link set lo up".to_owned(),
+                format!("link set eth0 address {mac}"),
+                "link set eth0 up".to_owned(),
+            ];
+            let mut v4 = |a: String| batch.push(format!("addr add {a} dev eth0"));
+            match node {
+                Node::Client => {
+                    for i in 0..topo::CLIENT_ADDRS {
+                        v4(format!("{}/24", topo::client4(i)));
+                    }
+                    for i in 0..topo::CLIENT_ADDRS {
+                        v4(format!("{}/64 nodad", topo::client6(i)));
+                    }
+                }
+                Node::Lb => {
+                    v4(format!("{LB4}/24"));
+                    v4(format!("{LB6}/64 nodad"));
+                    // The lb owns the VIPs on its interface, so it (and only
+                    // it) answers ARP and neighbour solicitations for them.
+                    // The IPv6 VIP is deprecated (preferred_lft 0): still
+                    // answered for, never picked as a source; a /128 on the
+                    // outgoing interface would otherwise win source address
+                    // selection (longest match) for every neighbour on the
+                    // segment, and the targets' answers would stay on them.
+                    v4(format!("{VIP4}/32"));
+                    v4(format!("{VIP6}/128 nodad preferred_lft 0"));
+                }
+                Node::Target(i) => {
+                    v4(format!("{}/24", TARGETS[i].v4));
+                    v4(format!("{}/64 nodad", TARGETS[i].v6));
+                    batch.push(format!("addr add {VIP4}/32 dev lo"));
+                    batch.push(format!("addr add {VIP6}/128 dev lo"));
+                }
+                Node::Switch => unreachable!("not a host"),
+            }
+            ip_batch(Some(&ns), &batch)?;
+        }
+        // Native XDP_TX on the lb's veth hands frames to p-lb with unfinished
+        // checksums unless p-lb computes them itself (TOOLCHAIN.md).
+        run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
+        Ok(())
+    }
+
+    fn attach_pass(&mut self) -> Result<(), LabError> {
+        let err = |reason: String| LabError::Xdp {
+            port: "p-lb".into(),
+            reason,
+        };
+        if lb_user::EBPF_PASS.is_empty() {
+            return Err(err(
+                "lb-user was built with AYA_BUILD_SKIP=1, so it has no eBPF objects; rebuild without it".into(),
+            ));
+        }
+        let sw = self.ns(Node::Switch);
+        let ebpf = netns::run(&sw, || -> Result<aya::Ebpf, String> {
+            use aya::programs::{Xdp, XdpMode};
+            let mut ebpf = aya::Ebpf::load(lb_user::EBPF_PASS).map_err(|e| format!("load: {e}"))?;
+            let prog: &mut Xdp = ebpf
+                .program_mut("pass")
+                .ok_or("no program named `pass`")?
+                .try_into()
+                .map_err(|e| format!("not XDP: {e}"))?;
+            prog.load().map_err(|e| format!("verify: {e}"))?;
+            prog.attach("p-lb", XdpMode::Driver)
+                .map_err(|e| format!("attach (driver mode): {e}"))?;
+            Ok(ebpf)
+        })
+        .map_err(|e| err(format!("enter {sw}: {e}")))?
+        .map_err(err)?;
+        self.pass = Some(ebpf);
+        Ok(())
+    }
+
+    /// Waits until the client and the load balancer reach every target's own
+    /// addresses (IPv4 and IPv6) on the TCP port. This also fills the lb's
+    /// neighbour table with the targets' MACs, as on any live segment.
+    fn wait_reachable(&self) -> Result<(), LabError> {
+        let deadline = Instant::now() + self.options.ready_timeout;
+        for node in [Node::Client, Node::Lb] {
+            let ns = self.ns(node);
+            let result = netns::run(&ns, || -> Result<(), String> {
+                for t in &TARGETS {
+                    for v6 in [false, true] {
+                        let dst = SocketAddr::new(t.ip(v6), topo::TCP_PORT);
+                        let src = SocketAddr::new(
+                            if v6 {
+                                [0u16; 8].into()
+                            } else {
+                                [0u8; 4].into()
+                            },
+                            0,
+                        );
+                        loop {
+                            match client::tcp_ask(src, dst, Duration::from_secs(1)) {
+                                Ok(name) if name == t.name => break,
+                                Ok(name) => {
+                                    return Err(format!(
+                                        "{dst} answered {name:?}, expected {:?}",
+                                        t.name
+                                    ));
+                                }
+                                Err(e) if Instant::now() >= deadline => {
+                                    return Err(format!("{dst}: {e}"));
+                                }
+                                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(LabError::io(format!("enter {ns}")))?;
+            result.map_err(|detail| LabError::Timeout {
+                what: format!("targets from {ns}"),
+                secs: self.options.ready_timeout.as_secs(),
+                detail: format!(" ({detail})"),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn set_sysctls(ns: &str, values: &[(&str, &str)]) -> Result<(), LabError> {
+    netns::run(ns, || -> Result<(), LabError> {
+        for (key, value) in values {
+            let path = Path::new("/proc/sys").join(key);
+            fs::write(&path, value).map_err(LabError::io(format!(
+                "{ns}: write {value} to {}",
+                path.display()
+            )))?;
+        }
+        Ok(())
+    })
+    .map_err(LabError::io(format!("enter {ns}")))?
+}
+
+/// Stops every process in namespace `ns` and deletes it. Best effort.
+fn remove_namespace(ns: &str) {
+    if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", ns])) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    if let Err(e) = run(Command::new("ip").args(["netns", "del", ns])) {
+        eprintln!("lab: could not delete namespace {ns}: {e}");
+    }
+}
+
+/// Removes labs with this prefix whose creating process is gone.
+fn remove_stale(prefix: &str) {
+    let Ok(entries) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("lab: removing stale namespace {name}");
+            remove_namespace(&name);
+            let lab_dir = std::env::temp_dir()
+                .join(name.rsplit_once('-').map_or(name.as_str(), |(id, _)| id));
+            let _ = fs::remove_dir_all(lab_dir);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::env::var_os("LB_LAB_KEEP").is_some_and(|v| v == "1") {
+            eprintln!(
+                "lab: LB_LAB_KEEP=1: leaving namespaces {}-* (remove with `ip netns del`); \
+                 the XDP_PASS program on p-lb goes with this process",
+                self.id
+            );
+            return;
+        }
+        for mut p in self.processes.drain(..) {
+            drop(p.stdin.take());
+            let _ = p.child.kill();
+            if let Err(e) = p.child.wait() {
+                eprintln!("lab: wait for {}: {e}", p.what);
+            }
+        }
+        // Detach before the port goes away with its namespace.
+        drop(self.pass.take());
+        for ns in self.created.drain(..).rev() {
+            remove_namespace(&ns);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,204 @@
+//! A running `lb run` in the load balancer's namespace.
+//!
+//! It is started with `nsenter --net=/run/netns/NS` (not `ip netns exec`,
+//! which hides /sys/fs/bpf), its stderr is drained into a log kept for error
+//! messages, and it is stopped (SIGTERM, then SIGKILL) when dropped.
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{lab::LabError, netns};
+
+/// The line `lb run` logs once its maps are written and its program attached.
+pub const READY: &str = "lb ready";
+
+pub struct LbProcess {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    bin: PathBuf,
+    socket: PathBuf,
+}
+
+impl LbProcess {
+    /// Starts `BIN run --config CONFIG --socket SOCKET EXTRA...` in namespace
+    /// `ns` and waits up to `timeout` for its ready line. With `echo`, its log
+    /// lines are also copied to our stderr as they come.
+    pub fn start(
+        ns: &str,
+        bin: &Path,
+        config: &Path,
+        socket: &Path,
+        extra: &[&str],
+        timeout: Duration,
+        echo: bool,
+    ) -> Result<LbProcess, LabError> {
+        if !bin.exists() {
+            return Err(LabError::Io {
+                context: format!(
+                    "lb binary {} (build it: cargo build -p lb-user, or set LB_BIN)",
+                    bin.display()
+                ),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        let mut cmd = netns::command(ns, bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--socket")
+            .arg(socket)
+            .args(extra);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        // Plain log lines: they end up in test failure messages.
+        cmd.env("NO_COLOR", "1");
+        let shown = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            // Out of the terminal's process group: Ctrl-C goes to whoever owns
+            // the lab, which stops lb in order.
+            .process_group(0)
+            .spawn()
+            .map_err(LabError::io(format!("spawn {shown}")))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(format!("$ {shown}\n")));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = log.clone();
+        thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("lb| {line}");
+                }
+                if line.contains(READY)
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut lb = LbProcess {
+            child: Some(child),
+            log,
+            bin: bin.to_path_buf(),
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return Ok(lb);
+            }
+            let child = lb.child.as_mut().expect("running");
+            if let Ok(Some(status)) = child.try_wait() {
+                // Let the reader catch the last lines.
+                thread::sleep(Duration::from_millis(100));
+                lb.child = None;
+                return Err(LabError::LbExited {
+                    status: status.to_string(),
+                    log: lb.log(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: "lb".into(),
+                    secs: timeout.as_secs(),
+                    detail: format!(" (no `{READY}` line); its log:\n{}", lb.log()),
+                });
+            }
+        }
+    }
+
+    /// Everything lb wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The status socket it was started with.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `lb status --json --socket SOCKET`, parsed. For display only: tests
+    /// assert on what real sockets receive.
+    pub fn status(&self) -> Result<serde_json::Value, LabError> {
+        let out = crate::lab::run(
+            Command::new(&self.bin)
+                .args(["status", "--json", "--socket"])
+                .arg(&self.socket),
+        )?;
+        serde_json::from_str(&out).map_err(|e| LabError::Status {
+            reason: format!("not JSON ({e}): {out}"),
+        })
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops it with SIGTERM (SIGKILL after 10 s) and returns how it exited.
+    pub fn stop(mut self) -> Result<ExitStatus, LabError> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<ExitStatus, LabError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(LabError::Status {
+                reason: "lb is not running".into(),
+            });
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(status);
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let status = child.wait().map_err(LabError::io("wait for lb"))?;
+                    return Err(LabError::Status {
+                        reason: format!("lb ignored SIGTERM for 10 s and was killed ({status})"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LbProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+        if thread::panicking() {
+            eprintln!("--- lb log ---\n{}--- end of lb log ---", self.log());
+        }
+    }
+}

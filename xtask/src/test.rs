@@ -1,0 +1,112 @@
+//! `cargo xtask test`: set-up, build the binaries the lab needs, then one
+//! `cargo test` over the workspace (unit tests, golden packets, namespace
+//! lab). The lab tests run one lab at a time by themselves (a lock per test
+//! binary), so no thread limit is needed here.
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+pub fn test(extra: &[String]) -> Result<()> {
+    crate::setup::setup()?;
+    cmd::build_bins()?;
+
+    let mut test = cmd::cargo();
+    test.env_remove("AYA_BUILD_SKIP")
+        .envs(cmd::bin_env())
+        // lb-ebpf only builds for the BPF target.
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--no-fail-fast",
+        ]);
+    if !extra.is_empty() {
+        test.arg("--").args(extra);
+    }
+    let shown = cmd::show(&test);
+    eprintln!("xtask: $ {shown}");
+    // Copy cargo test's stdout through, adding up its `test result:` lines.
+    let mut child = test
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {shown}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("read cargo test output")?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    eprintln!("xtask: {} test binaries ran", totals.binaries);
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() || totals.failed > 0 {
+        bail!("cargo test failed ({status})");
+    }
+    if totals.binaries == 0 {
+        bail!("cargo test ran no test binary");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Totals {
+    binaries: u64,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        self.binaries += 1;
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            let (n, what) = match words.as_slice() {
+                [_, n, what] | [n, what] => (n.parse::<u64>().unwrap_or(0), *what),
+                _ => continue,
+            };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_up_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                binaries: 2,
+                passed: 5,
+                failed: 1,
+                ignored: 1
+            }
+        );
+    }
+}
