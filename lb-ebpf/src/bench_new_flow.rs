@@ -22,7 +22,8 @@ pub fn lb_new_flow(ctx: XdpContext) -> u32 {
         return action;
     }
     // SAFETY: byte 12 and 13 are inside the checked Ethernet header.
-    let ethertype = unsafe { u16::from_be_bytes([*((start + 12) as *const u8), *((start + 13) as *const u8)]) };
+    let ethertype =
+        unsafe { u16::from_be_bytes([*((start + 12) as *const u8), *((start + 13) as *const u8)]) };
     // Offsets of the source port and of the last 16 bits of the source address.
     let (sport, saddr_low) = match ethertype {
         0x0800 => (14 + 20, 14 + 12 + 2),

@@ -121,6 +121,7 @@ where
     )
     .await;
     let reply = match limited {
+        Ok(Ok(0)) => return Ok(()), // connected and left (a liveness probe)
         Ok(Ok(_)) => match answer(line.trim()) {
             Ok(json) => json,
             Err(message) => serde_json::json!({ "error": message }).to_string(),
@@ -363,17 +364,20 @@ mod tests {
         let second = bind(&path).unwrap_err();
         assert_eq!(second.kind(), io::ErrorKind::AddrInUse, "{second}");
         let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            serve_one(stream, |req| {
-                assert_eq!(req, "status");
-                Ok(serde_json::to_string(&StatusReport {
-                    interface: "veth9".into(),
-                    ..Default::default()
+            // The first connection is the second bind's liveness probe.
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().await.unwrap();
+                serve_one(stream, |req| {
+                    assert_eq!(req, "status");
+                    Ok(serde_json::to_string(&StatusReport {
+                        interface: "veth9".into(),
+                        ..Default::default()
+                    })
+                    .unwrap())
                 })
-                .unwrap())
-            })
-            .await
-            .unwrap();
+                .await
+                .unwrap();
+            }
         });
         assert_eq!(status(&path).await.unwrap().interface, "veth9");
         server.await.unwrap();

@@ -94,7 +94,11 @@ impl Dataplane {
     }
 
     /// Loads another build of the pipeline (the benchmark variant).
-    pub fn load_object(object: &[u8], program: &'static str, options: &LoadOptions) -> Result<Self, DataplaneError> {
+    pub fn load_object(
+        object: &[u8],
+        program: &'static str,
+        options: &LoadOptions,
+    ) -> Result<Self, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, options.flow_table_size)
             .load(object)?;
@@ -104,7 +108,11 @@ impl Dataplane {
             .try_into()
             .map_err(|_| DataplaneError::MissingProgram(program))?;
         xdp.load().map_err(DataplaneError::Program)?;
-        Ok(Dataplane { ebpf, program, applied: None })
+        Ok(Dataplane {
+            ebpf,
+            program,
+            applied: None,
+        })
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.

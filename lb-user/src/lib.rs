@@ -17,4 +17,5 @@ pub static EBPF_MACSWAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 /// XDP_PASS (the lab's bridge port facing the load balancer).
 pub static EBPF_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pass"));
 /// Benchmark variant of `lb` whose every test-run repetition is a new flow.
-pub static EBPF_LB_NEW_FLOW: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-new-flow"));
+pub static EBPF_LB_NEW_FLOW: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-new-flow"));

@@ -22,7 +22,8 @@ use lb_common::{
 
 /// (VIP, protocol, port) -> listener id and group id.
 #[btf_map]
-pub(crate) static LISTENERS: HashMap<ListenerKey, ListenerInfo, { MAX_LISTENERS as usize }> = HashMap::new();
+pub(crate) static LISTENERS: HashMap<ListenerKey, ListenerInfo, { MAX_LISTENERS as usize }> =
+    HashMap::new();
 
 /// Group id -> hash settings.
 #[btf_map]
@@ -79,4 +80,3 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     counters::count(Counter::Forwarded);
     Ok(xdp_action::XDP_TX)
 }
-

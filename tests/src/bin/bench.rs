@@ -85,13 +85,23 @@ fn lb_dataplane(object: &[u8], program: &'static str) -> Result<Dataplane> {
         neighbors,
     };
     let plan = policy::compile::compile(&policy, &observed)?;
-    let mut dp = Dataplane::load_object(object, program, &LoadOptions { flow_table_size: 1 << 20 })?;
+    let mut dp = Dataplane::load_object(
+        object,
+        program,
+        &LoadOptions {
+            flow_table_size: 1 << 20,
+        },
+    )?;
     dp.apply(&plan)?;
     Ok(dp)
 }
 
 fn new_flow_count(dp: &Dataplane) -> Result<u64> {
-    Ok(dp.counters()?.into_iter().find(|(c, _)| *c == lb_common::Counter::NewFlow).map_or(0, |(_, v)| v))
+    Ok(dp
+        .counters()?
+        .into_iter()
+        .find(|(c, _)| *c == lb_common::Counter::NewFlow)
+        .map_or(0, |(_, v)| v))
 }
 
 fn run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
@@ -189,16 +199,26 @@ fn main() -> Result<()> {
         });
     }
 
-    for (name, v6, udp) in [("tcp4 new flow", false, false), ("udp4 new flow", false, true), ("tcp6 new flow", true, false)] {
+    for (name, v6, udp) in [
+        ("tcp4 new flow", false, false),
+        ("udp4 new flow", false, true),
+        ("tcp6 new flow", true, false),
+    ] {
         let (mut l, mut b) = (Vec::new(), Vec::new());
         let before = new_flow_count(&new_flow)?;
         for run_index in 0..args.runs {
             // Each run starts from its own source prefix, so no run meets the
             // flows of an earlier one.
             let (src, dst) = if v6 {
-                (format!("fd00:4:{}:{run_index}::", 1 + udp as u8), "fd00:3::49")
+                (
+                    format!("fd00:4:{}:{run_index}::", 1 + udp as u8),
+                    "fd00:3::49",
+                )
             } else {
-                (format!("10.{}.{run_index}.0", 100 + udp as u8 + 2 * v6 as u8), "10.0.3.49")
+                (
+                    format!("10.{}.{run_index}.0", 100 + udp as u8 + 2 * v6 as u8),
+                    "10.0.3.49",
+                )
             };
             let frame = if udp {
                 Frame::udp(&src, 1, dst, 53, b"query").build()
@@ -212,8 +232,16 @@ fn main() -> Result<()> {
         }
         let new_flows = new_flow_count(&new_flow)? - before;
         let expected = args.repeat as u64 * args.runs as u64;
-        anyhow::ensure!(new_flows == expected, "{name}: {new_flows} new flows, expected {expected}");
-        rows.push(Row { name: name.to_string(), lb: min_median(l), base: min_median(b), goal: Some(4.0) });
+        anyhow::ensure!(
+            new_flows == expected,
+            "{name}: {new_flows} new flows, expected {expected}"
+        );
+        rows.push(Row {
+            name: name.to_string(),
+            lb: min_median(l),
+            base: min_median(b),
+            goal: Some(4.0),
+        });
     }
 
     println!(
