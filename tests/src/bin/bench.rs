@@ -15,6 +15,9 @@
 //!
 //! Each figure is measured `--runs` times, interleaving `lb` and the baseline;
 //! min and median are reported, and the ratio of the medians.
+//!
+//! Options: `--repeat N`, `--runs N`, `--quick`, and `--only TEXT` (only the
+//! fixtures whose name contains TEXT, e.g. under `perf record`).
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -49,12 +52,21 @@ target_groups:
 struct Args {
     repeat: u32,
     runs: usize,
+    /// Only the fixtures whose name contains this (for profiling one path).
+    only: Option<String>,
+}
+
+impl Args {
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| name.contains(only))
+    }
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         repeat: 1_000_000,
         runs: 5,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +74,7 @@ fn args() -> Result<Args> {
         match flag.as_str() {
             "--repeat" => a.repeat = value()?.parse()?,
             "--runs" => a.runs = value()?.parse()?,
+            "--only" => a.only = Some(value()?),
             "--quick" => {
                 a.repeat = 200_000;
                 a.runs = 3;
@@ -180,7 +193,7 @@ fn main() -> Result<()> {
     ];
 
     let mut rows = Vec::new();
-    for (name, frame, forwarded) in &fixtures {
+    for (name, frame, forwarded) in fixtures.iter().filter(|f| args.wants(f.0)) {
         let (verdict, _) = run(dp.program_mut(), frame, 1)?; // create the flow
         anyhow::ensure!(
             (verdict == 3) == *forwarded,
@@ -203,7 +216,10 @@ fn main() -> Result<()> {
         ("tcp4 new flow", false, false),
         ("udp4 new flow", false, true),
         ("tcp6 new flow", true, false),
-    ] {
+    ]
+    .into_iter()
+    .filter(|f| args.wants(f.0))
+    {
         let (mut l, mut b) = (Vec::new(), Vec::new());
         let before = new_flow_count(&new_flow)?;
         for run_index in 0..args.runs {
