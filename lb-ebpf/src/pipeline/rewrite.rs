@@ -5,6 +5,23 @@ use lb_common::{Counter, TargetInfo};
 
 use super::{CONFIG, counters::count};
 
+/// Writes a MAC address as one 4-byte and one 2-byte store (a `[u8; 6]` copy
+/// may become a call to a `memmove` subprogram).
+///
+/// # Safety
+/// `at..at + 6` must be inside the frame.
+#[inline(always)]
+unsafe fn write_mac(at: *mut u8, mac: &[u8; 6]) {
+    let head = u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let tail = u16::from_ne_bytes([mac[4], mac[5]]);
+    // SAFETY: the caller guarantees the 6 bytes are in the frame; unaligned
+    // stores of wire bytes.
+    unsafe {
+        (at as *mut u32).write_unaligned(head);
+        (at.add(4) as *mut u16).write_unaligned(tail);
+    }
+}
+
 #[inline(always)]
 pub fn to_target(ctx: &XdpContext, target: &TargetInfo) -> Result<(), u32> {
     let start = ctx.data();
@@ -17,11 +34,11 @@ pub fn to_target(ctx: &XdpContext, target: &TargetInfo) -> Result<(), u32> {
         count(Counter::Dropped);
         return Err(xdp_action::XDP_DROP);
     };
-    let eth = start as *mut [u8; 6];
+    let eth = start as *mut u8;
     // SAFETY: the 12 bytes of the two MAC addresses are inside the frame.
     unsafe {
-        eth.write_unaligned(target.mac);
-        eth.add(1).write_unaligned(config.src_mac);
+        write_mac(eth, &target.mac);
+        write_mac(eth.add(6), &config.src_mac);
     }
     Ok(())
 }
