@@ -146,12 +146,17 @@ pub struct Stats {
 }
 
 /// Global counters: one per-CPU slot each, indexed by the enum value.
+///
+/// `Forwarded` is derived, not stored: every forwarded packet is either a
+/// flow-table hit or a new flow, so the data plane counts only those two and
+/// readers report `forwarded = flow_hit + new_flow` (one counter update per
+/// forwarded packet instead of two). Its slot stays zero.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// Packets not addressed to a listener, passed to the kernel untouched.
     Passed = 0,
-    /// Packets forwarded to a target (XDP_TX).
+    /// Packets forwarded to a target (XDP_TX). Derived: `FlowHit + NewFlow`.
     Forwarded = 1,
     /// Packets dropped (no usable target for a listener's flow).
     Dropped = 2,
@@ -161,9 +166,9 @@ pub enum Counter {
     NoTarget = 4,
     /// IP fragments (passed to the kernel untouched for now).
     Fragment = 5,
-    /// New flows created in the flow table.
+    /// Packets of new flows forwarded (flow table miss or re-selection).
     NewFlow = 6,
-    /// Flows found in the flow table.
+    /// Packets forwarded to the target their flow-table entry names.
     FlowHit = 7,
     /// Flow table entries whose target was no longer usable (re-selected).
     FlowReselected = 8,
@@ -199,6 +204,13 @@ impl Counter {
             Counter::FlowReselected => "flow_reselected",
             Counter::FlowInsertFailed => "flow_insert_failed",
         }
+    }
+
+    /// Fills in the derived counters of `values` (indexed by the enum value)
+    /// from the stored ones.
+    pub fn derive(values: &mut [u64; Self::COUNT as usize]) {
+        values[Counter::Forwarded as usize] =
+            values[Counter::FlowHit as usize].wrapping_add(values[Counter::NewFlow as usize]);
     }
 }
 
@@ -240,3 +252,19 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 12);
     assert!(core::mem::size_of::<Stats>() == 24);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_is_hits_plus_new_flows() {
+        let mut values = [0u64; Counter::COUNT as usize];
+        values[Counter::FlowHit as usize] = 5;
+        values[Counter::NewFlow as usize] = 2;
+        values[Counter::Passed as usize] = 9;
+        Counter::derive(&mut values);
+        assert_eq!(values[Counter::Forwarded as usize], 7);
+        assert_eq!(values[Counter::Passed as usize], 9);
+    }
+}

@@ -287,7 +287,8 @@ impl Dataplane {
         .map_err(map_err(name))
     }
 
-    /// Global counters, summed over CPUs, indexed by `Counter`.
+    /// Global counters, summed over CPUs, indexed by `Counter` (derived ones
+    /// included).
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf
@@ -295,13 +296,16 @@ impl Dataplane {
                 .ok_or(DataplaneError::MissingMap(names::COUNTERS))?,
         )
         .map_err(map_err(names::COUNTERS))?;
-        Counter::ALL
+        let mut values = [0u64; Counter::COUNT as usize];
+        for c in Counter::ALL {
+            let per_cpu = map.get(&(c as u32), 0).map_err(map_err(names::COUNTERS))?;
+            values[c as usize] = per_cpu.iter().sum();
+        }
+        Counter::derive(&mut values);
+        Ok(Counter::ALL
             .iter()
-            .map(|&c| {
-                let values = map.get(&(c as u32), 0).map_err(map_err(names::COUNTERS))?;
-                Ok((c, values.iter().sum()))
-            })
-            .collect()
+            .map(|&c| (c, values[c as usize]))
+            .collect())
     }
 
     /// Per-listener statistics (by listener id), summed over CPUs.

@@ -77,6 +77,6 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);
     rewrite::to_target(ctx, &target.info)?;
-    counters::count(Counter::Forwarded);
+    // `Forwarded` is derived (FlowHit + NewFlow, counted by `select`).
     Ok(xdp_action::XDP_TX)
 }
