@@ -95,6 +95,47 @@ pub struct ListenerInfo {
     pub group_id: u32,
 }
 
+/// First stage of the listener lookup (array of one element): one bit per
+/// (protocol, destination port) that some listener uses. A packet whose bit is
+/// clear is not addressed to a listener, which settles most traffic that is
+/// not ours without a hash lookup. It may hold more bits than listeners (the
+/// loader sets bits before it adds listeners and clears them after it removes
+/// them), never fewer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerPorts {
+    /// Bit [`ListenerPorts::bit`] of the 2 x 65536.
+    pub words: [u64; 2048],
+}
+
+impl ListenerPorts {
+    pub const EMPTY: ListenerPorts = ListenerPorts { words: [0; 2048] };
+
+    /// The bit of (protocol, port): UDP ports after the TCP ones; the port is
+    /// taken as stored (`port_be`, wire order), so the data plane never swaps.
+    #[inline(always)]
+    pub const fn bit(proto: u8, port_be: u16) -> usize {
+        (((proto == PROTO_UDP) as usize) << 16) | port_be as usize
+    }
+
+    #[inline(always)]
+    pub const fn contains(&self, proto: u8, port_be: u16) -> bool {
+        let bit = Self::bit(proto, port_be);
+        self.words[bit >> 6] & (1 << (bit & 63)) != 0
+    }
+
+    pub fn insert(&mut self, proto: u8, port_be: u16) {
+        let bit = Self::bit(proto, port_be);
+        self.words[bit >> 6] |= 1 << (bit & 63);
+    }
+}
+
+impl Default for ListenerPorts {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
 /// Per target group settings the data plane needs (array indexed by group id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,6 +258,7 @@ impl Counter {
 /// Names of the maps, shared so the loader never spells them differently.
 pub mod map_names {
     pub const LISTENERS: &str = "LISTENERS";
+    pub const LISTENER_PORTS: &str = "LISTENER_PORTS";
     pub const GROUPS: &str = "GROUPS";
     pub const GROUP_TABLES: &str = "GROUP_TABLES";
     pub const TARGETS: &str = "TARGETS";
@@ -236,6 +278,7 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerInfo {}
+    unsafe impl aya::Pod for ListenerPorts {}
     unsafe impl aya::Pod for GroupInfo {}
     unsafe impl aya::Pod for TargetInfo {}
     unsafe impl aya::Pod for Config {}
@@ -247,6 +290,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowState>() == 16);
     assert!(core::mem::size_of::<ListenerKey>() == 20);
     assert!(core::mem::size_of::<ListenerInfo>() == 8);
+    assert!(core::mem::size_of::<ListenerPorts>() == 16384);
     assert!(core::mem::size_of::<GroupInfo>() == 8);
     assert!(core::mem::size_of::<TargetInfo>() == 12);
     assert!(core::mem::size_of::<Config>() == 12);
@@ -266,5 +310,19 @@ mod tests {
         Counter::derive(&mut values);
         assert_eq!(values[Counter::Forwarded as usize], 7);
         assert_eq!(values[Counter::Passed as usize], 9);
+    }
+
+    #[test]
+    fn listener_ports_keep_protocols_apart() {
+        let mut ports = ListenerPorts::EMPTY;
+        ports.insert(PROTO_TCP, 80u16.to_be());
+        ports.insert(PROTO_UDP, 53u16.to_be());
+        ports.insert(PROTO_UDP, u16::MAX);
+        assert!(ports.contains(PROTO_TCP, 80u16.to_be()));
+        assert!(!ports.contains(PROTO_UDP, 80u16.to_be()));
+        assert!(ports.contains(PROTO_UDP, 53u16.to_be()));
+        assert!(!ports.contains(PROTO_TCP, 53u16.to_be()));
+        assert!(ports.contains(PROTO_UDP, u16::MAX));
+        assert!(!ports.contains(PROTO_TCP, 81u16.to_be()));
     }
 }

@@ -13,8 +13,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use lb_common::{
-    BPF_F_INNER_MAP, Config, Counter, GroupInfo, ListenerInfo, ListenerKey, Stats, TargetInfo,
-    map_names as names,
+    BPF_F_INNER_MAP, Config, Counter, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, Stats,
+    TargetInfo, map_names as names,
 };
 
 use crate::plan::MapPlan;
@@ -231,12 +231,20 @@ impl Dataplane {
             }
         }
 
-        // Listeners: add and change, then remove.
+        // Listeners: add and change, then remove. The port filter covers the
+        // old and the new listeners while both may be in the map, then only
+        // the new ones.
         let new_listeners: HashMap<ListenerKey, ListenerInfo> =
             plan.listeners.iter().map(|l| (l.key, l.info)).collect();
         let old_listeners: HashMap<ListenerKey, ListenerInfo> = old
             .map(|o| o.listeners.iter().map(|l| (l.key, l.info)).collect())
             .unwrap_or_default();
+        let old_ports = listener_ports(old_listeners.keys());
+        let new_ports = listener_ports(new_listeners.keys());
+        let both_ports = listener_ports(old_listeners.keys().chain(new_listeners.keys()));
+        if old.is_none() || both_ports != old_ports {
+            self.set_listener_ports(&both_ports)?;
+        }
         let mut listeners: BpfHashMap<_, ListenerKey, ListenerInfo> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::LISTENERS)
@@ -258,6 +266,9 @@ impl Dataplane {
             listeners.remove(key).map_err(map_err(names::LISTENERS))?;
             report.listeners_removed += 1;
         }
+        if new_ports != both_ports {
+            self.set_listener_ports(&new_ports)?;
+        }
 
         // Targets that left the policy: no longer usable, so their flows are
         // re-selected.
@@ -273,6 +284,11 @@ impl Dataplane {
             }
         }
         Ok(report)
+    }
+
+    fn set_listener_ports(&mut self, ports: &ListenerPorts) -> Result<(), DataplaneError> {
+        let mut map: Array<_, ListenerPorts> = self.map_array(names::LISTENER_PORTS)?;
+        map.set(0, ports, 0).map_err(map_err(names::LISTENER_PORTS))
     }
 
     fn map_array<V: aya::Pod>(
@@ -332,6 +348,15 @@ impl Dataplane {
             new_flows: acc.new_flows + s.new_flows,
         }))
     }
+}
+
+/// The port filter that lets the packets of `listeners` through.
+fn listener_ports<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> ListenerPorts {
+    let mut ports = ListenerPorts::EMPTY;
+    for key in listeners {
+        ports.insert(key.proto, key.port_be);
+    }
+    ports
 }
 
 /// A complete group table as a new inner map: element 0 holds the slot count,

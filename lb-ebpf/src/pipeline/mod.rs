@@ -16,14 +16,18 @@ use aya_ebpf::{
 };
 use lb_common::{
     BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, FlowKey,
-    FlowState, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats,
-    TargetInfo,
+    FlowState, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, MAX_GROUPS, MAX_LISTENERS,
+    MAX_TARGETS, Stats, TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
 #[btf_map]
 pub(crate) static LISTENERS: HashMap<ListenerKey, ListenerInfo, { MAX_LISTENERS as usize }> =
     HashMap::new();
+
+/// Which (protocol, port) pairs have a listener: checked before `LISTENERS`.
+#[btf_map]
+pub(crate) static LISTENER_PORTS: Array<ListenerPorts, 1> = Array::new();
 
 /// Group id -> hash settings.
 #[btf_map]
