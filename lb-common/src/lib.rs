@@ -69,8 +69,12 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     pub target_id: u32,
+    /// The listener the flow was created under. While that listener id still
+    /// has the flow's (VIP, protocol, port) in `LISTENERS_BY_ID`, the flow's
+    /// packets need no `LISTENERS` hash lookup.
+    pub listener_id: u16,
     /// Flow flags (reserved for TCP state tracking; 0 today).
-    pub flags: u32,
+    pub flags: u16,
     /// `bpf_ktime_get_ns` of the packet that created the entry.
     pub created_ns: u64,
 }
@@ -92,6 +96,16 @@ pub struct ListenerInfo {
     /// Index into the per-listener counters.
     pub listener_id: u32,
     /// Index into `GROUPS` and `GROUP_TABLES`.
+    pub group_id: u32,
+}
+
+/// A listener by id (array indexed by listener id): the inverse of
+/// `LISTENERS`, which lets a flow-table hit confirm its listener without a
+/// hash lookup. An unused id is all zeros (family 0 matches no packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSlot {
+    pub key: ListenerKey,
     pub group_id: u32,
 }
 
@@ -259,6 +273,7 @@ impl Counter {
 pub mod map_names {
     pub const LISTENERS: &str = "LISTENERS";
     pub const LISTENER_PORTS: &str = "LISTENER_PORTS";
+    pub const LISTENERS_BY_ID: &str = "LISTENERS_BY_ID";
     pub const GROUPS: &str = "GROUPS";
     pub const GROUP_TABLES: &str = "GROUP_TABLES";
     pub const TARGETS: &str = "TARGETS";
@@ -279,6 +294,7 @@ mod pod {
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerInfo {}
     unsafe impl aya::Pod for ListenerPorts {}
+    unsafe impl aya::Pod for ListenerSlot {}
     unsafe impl aya::Pod for GroupInfo {}
     unsafe impl aya::Pod for TargetInfo {}
     unsafe impl aya::Pod for Config {}
@@ -291,6 +307,9 @@ const _: () = {
     assert!(core::mem::size_of::<ListenerKey>() == 20);
     assert!(core::mem::size_of::<ListenerInfo>() == 8);
     assert!(core::mem::size_of::<ListenerPorts>() == 16384);
+    assert!(core::mem::size_of::<ListenerSlot>() == 24);
+    // Listener ids fit FlowState::listener_id.
+    assert!(MAX_LISTENERS <= u16::MAX as u32 + 1);
     assert!(core::mem::size_of::<GroupInfo>() == 8);
     assert!(core::mem::size_of::<TargetInfo>() == 12);
     assert!(core::mem::size_of::<Config>() == 12);

@@ -13,8 +13,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use lb_common::{
-    BPF_F_INNER_MAP, Config, Counter, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, Stats,
-    TargetInfo, map_names as names,
+    BPF_F_INNER_MAP, Config, Counter, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts,
+    ListenerSlot, MAX_LISTENERS, Stats, TargetInfo, map_names as names,
 };
 
 use crate::plan::MapPlan;
@@ -245,6 +245,19 @@ impl Dataplane {
         if old.is_none() || both_ports != old_ports {
             self.set_listener_ports(&both_ports)?;
         }
+        // Listeners by id: a listener's slot holds its key before the key is
+        // added; slots of ids no listener has any more are cleared after the
+        // removals (all of them when the maps' content is unknown).
+        let new_slots = listener_slots(&new_listeners);
+        let old_slots = listener_slots(&old_listeners);
+        let mut by_id: Array<_, ListenerSlot> = self.map_array(names::LISTENERS_BY_ID)?;
+        for (&id, slot) in &new_slots {
+            if old_slots.get(&id) != Some(slot) {
+                by_id
+                    .set(id, slot, 0)
+                    .map_err(map_err(names::LISTENERS_BY_ID))?;
+            }
+        }
         let mut listeners: BpfHashMap<_, ListenerKey, ListenerInfo> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::LISTENERS)
@@ -268,6 +281,16 @@ impl Dataplane {
         }
         if new_ports != both_ports {
             self.set_listener_ports(&new_ports)?;
+        }
+        let stale: Vec<u32> = match old {
+            Some(_) => old_slots.into_keys().collect(),
+            None => (1..MAX_LISTENERS).collect(),
+        };
+        let mut by_id: Array<_, ListenerSlot> = self.map_array(names::LISTENERS_BY_ID)?;
+        for id in stale.into_iter().filter(|id| !new_slots.contains_key(id)) {
+            by_id
+                .set(id, ListenerSlot::default(), 0)
+                .map_err(map_err(names::LISTENERS_BY_ID))?;
         }
 
         // Targets that left the policy: no longer usable, so their flows are
@@ -348,6 +371,20 @@ impl Dataplane {
             new_flows: acc.new_flows + s.new_flows,
         }))
     }
+}
+
+/// Listener id -> its slot in `LISTENERS_BY_ID`.
+fn listener_slots(listeners: &HashMap<ListenerKey, ListenerInfo>) -> HashMap<u32, ListenerSlot> {
+    listeners
+        .iter()
+        .map(|(key, info)| {
+            let slot = ListenerSlot {
+                key: *key,
+                group_id: info.group_id,
+            };
+            (info.listener_id, slot)
+        })
+        .collect()
 }
 
 /// The port filter that lets the packets of `listeners` through.

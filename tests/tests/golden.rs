@@ -339,6 +339,57 @@ fn inconsistent_headers_pass_and_are_counted() {
     assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Fragment]));
 }
 
+#[test]
+fn listener_changes_reach_established_flows() {
+    let mut h = Harness::new(ONE_TARGET);
+    let web = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).build();
+    let dns = Frame::udp("10.0.3.100", 5353, "10.0.3.49", 53, b"query").build();
+    let web6 = Frame::tcp("fd00:3::100", 40003, "fd00:3::49", 80, SYN).build();
+    for (name, frame) in [("web", &web), ("dns", &dns), ("web6", &web6)] {
+        assert_eq!(h.check(name, frame).action, XDP_TX, "{name}");
+    }
+    let id1_before = h.dp.listener_stats(1).unwrap().packets;
+
+    // Without `web` the other listeners are renumbered (dns 2 -> 1, web6
+    // 3 -> 2): their flows keep their targets, web's flow is no longer ours,
+    // and a listener on a new port takes packets.
+    h.reapply(
+        &ONE_TARGET
+            .replace(
+                "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n",
+                "",
+            )
+            .replace(
+                "target_groups:",
+                "  - { name: alt, vip: 10.0.3.49, protocol: tcp, port: 8080, target_group: web }\ntarget_groups:",
+            ),
+    );
+    let dns_id = |h: &Harness| {
+        h.plan
+            .listeners
+            .iter()
+            .find(|l| l.name == "dns")
+            .unwrap()
+            .info
+    };
+    assert_eq!(dns_id(&h).listener_id, 1);
+    for _ in 0..2 {
+        let o = h.check("web, listener removed", &web);
+        assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+        let o = h.check("dns, renumbered", &dns);
+        assert_eq!((o.action, o.target), (XDP_TX, Some(2)));
+        assert!(o.counters.contains(&Counter::FlowHit));
+        let o = h.check("web6, renumbered", &web6);
+        assert_eq!((o.action, o.target), (XDP_TX, Some(3)));
+        assert!(o.counters.contains(&Counter::FlowHit));
+    }
+    // The renumbered listener's packets are counted under its new id.
+    assert_eq!(h.dp.listener_stats(1).unwrap().packets, id1_before + 2);
+    let alt = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 8080, SYN).build();
+    let o = h.check("new listener port", &alt);
+    assert_eq!((o.action, o.output), (XDP_TX, rewritten(&alt, T11)));
+}
+
 const THREE_TARGETS: &str = r#"
 listeners:
   - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }

@@ -1,6 +1,11 @@
 //! The load balancer's pipeline and maps, shared by the `lb` program and its
 //! benchmark variant (`bench_new_flow.rs`): parse the flow, find its listener,
 //! select a target, rewrite and transmit.
+//!
+//! The flow table is read before the listener is known: an entry names the
+//! listener its flow was created under, which `LISTENERS_BY_ID` confirms
+//! without a hash lookup. The verdict is the same as looking the listener up
+//! first (the model in tests/src/model.rs does it in that order).
 
 mod counters;
 mod lookup;
@@ -16,8 +21,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, FlowKey,
-    FlowState, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, MAX_GROUPS, MAX_LISTENERS,
-    MAX_TARGETS, Stats, TargetInfo,
+    FlowState, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS,
+    MAX_LISTENERS, MAX_TARGETS, Stats, TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -28,6 +33,11 @@ pub(crate) static LISTENERS: HashMap<ListenerKey, ListenerInfo, { MAX_LISTENERS 
 /// Which (protocol, port) pairs have a listener: checked before `LISTENERS`.
 #[btf_map]
 pub(crate) static LISTENER_PORTS: Array<ListenerPorts, 1> = Array::new();
+
+/// Listener id -> its (VIP, protocol, port) and group: confirms the listener
+/// a flow-table entry names without a hash lookup.
+#[btf_map]
+pub(crate) static LISTENERS_BY_ID: Array<ListenerSlot, { MAX_LISTENERS as usize }> = Array::new();
 
 /// Group id -> hash settings.
 #[btf_map]
@@ -75,8 +85,10 @@ static TARGET_STATS: PerCpuArray<Stats, { MAX_TARGETS as usize }> = PerCpuArray:
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let flow = parse::flow(ctx)?;
-    let listener = lookup::listener(&flow)?;
-    let target = select::target(&flow, &listener)?;
+    lookup::listener_port(&flow)?;
+    let entry = select::entry(&flow);
+    let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
+    let target = select::target(&flow, &listener, entry)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);

@@ -13,6 +13,41 @@ pub struct Selected {
     pub new_flow: bool,
 }
 
+/// A flow's entry in the flow table (it stays valid until the program ends).
+pub struct Entry(*mut FlowState);
+
+impl Entry {
+    #[inline(always)]
+    pub fn target_id(&self) -> u32 {
+        // SAFETY: a flow-table value stays allocated while the program runs
+        // (RCU); another CPU may rewrite it, field by field, which is why
+        // fields are read one at a time.
+        unsafe { (*self.0).target_id }
+    }
+
+    /// The listener id the flow was created under (a hint, see `lookup`).
+    #[inline(always)]
+    pub fn listener_hint(&self) -> u16 {
+        // SAFETY: as above.
+        unsafe { (*self.0).listener_id }
+    }
+
+    /// Points the hint at the flow's current listener (after the listeners
+    /// were renumbered), so its next packets skip the hash lookup again.
+    #[inline(always)]
+    pub fn set_listener_hint(&self, listener_id: u32) {
+        // SAFETY: as above; a 2-byte field written whole, and any value a
+        // reader may see is only a hint checked against LISTENERS_BY_ID.
+        unsafe { (*self.0).listener_id = listener_id as u16 }
+    }
+}
+
+/// The flow's flow-table entry, if it has one.
+#[inline(always)]
+pub fn entry(flow: &FlowKey) -> Option<Entry> {
+    FLOWS.get_ptr_mut(flow).map(Entry)
+}
+
 /// The target's data if it may take packets of `group_id`'s flows.
 #[inline(always)]
 fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
@@ -32,11 +67,20 @@ fn no_target() -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The target of a listener's flow: the one its flow-table `entry` names if
+/// still usable, else one chosen by the group's table (and remembered).
 #[inline(always)]
-pub fn target(flow: &FlowKey, listener: &ListenerInfo) -> Result<Selected, u32> {
-    // SAFETY: the target id is copied out before any other map operation.
-    if let Some(id) = unsafe { FLOWS.get(flow) }.map(|state| state.target_id) {
+pub fn target(
+    flow: &FlowKey,
+    listener: &ListenerInfo,
+    entry: Option<Entry>,
+) -> Result<Selected, u32> {
+    if let Some(entry) = entry {
+        let id = entry.target_id();
         if let Some(info) = usable(id, listener.group_id) {
+            if entry.listener_hint() as u32 != listener.listener_id {
+                entry.set_listener_hint(listener.listener_id);
+            }
             count(Counter::FlowHit);
             return Ok(Selected {
                 id,
@@ -60,11 +104,12 @@ pub fn target(flow: &FlowKey, listener: &ListenerInfo) -> Result<Selected, u32> 
 
     let state = FlowState {
         target_id: id,
+        listener_id: listener.listener_id as u16,
         flags: 0,
         // SAFETY: a plain helper call.
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if FLOWS.insert(flow, &state, 0).is_err() {
+    if FLOWS.insert(flow, state, 0).is_err() {
         count(Counter::FlowInsertFailed);
     }
     count(Counter::NewFlow);
