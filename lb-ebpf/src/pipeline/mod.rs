@@ -84,7 +84,8 @@ static TARGET_STATS: PerCpuArray<Stats, { MAX_TARGETS as usize }> = PerCpuArray:
 /// The verdict for one frame.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
-    let flow = parse::flow(ctx)?;
+    let mut flow = FlowKey::default();
+    parse::flow(ctx, &mut flow)?;
     lookup::listener_port(&flow)?;
     let entry = select::entry(&flow);
     let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;

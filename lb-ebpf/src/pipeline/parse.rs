@@ -68,9 +68,11 @@ fn raw_u16(p: *const u8, at: usize) -> u16 {
     unsafe { (p.add(at) as *const u16).read_unaligned() }
 }
 
-/// Parses the frame into the flow it belongs to.
+/// Parses the frame into `key`, the flow it belongs to. The key is filled in
+/// place (it is a map key on the stack) rather than returned: a returned key
+/// is assembled in registers, spilled, and copied again.
 #[inline(always)]
-pub fn flow(ctx: &XdpContext) -> Result<FlowKey, u32> {
+pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<(), u32> {
     let eth = bytes_at(ctx, 0, ETH_HLEN).ok_or_else(malformed)?;
     let mut ethertype = be16(eth, 12);
     let mut l3 = ETH_HLEN;
@@ -79,7 +81,6 @@ pub fn flow(ctx: &XdpContext) -> Result<FlowKey, u32> {
         ethertype = be16(tag, 2);
         l3 += VLAN_HLEN;
     }
-    let mut key = FlowKey::default();
     let l4 = match ethertype {
         ETH_P_IP => {
             let ip = bytes_at(ctx, l3, IPV4_MIN_HLEN).ok_or_else(malformed)?;
@@ -143,5 +144,5 @@ pub fn flow(ctx: &XdpContext) -> Result<FlowKey, u32> {
     let ports = bytes_at(ctx, l4, l4_len).ok_or_else(malformed)?;
     key.src_port_be = raw_u16(ports, 0);
     key.dst_port_be = raw_u16(ports, 2);
-    Ok(key)
+    Ok(())
 }
