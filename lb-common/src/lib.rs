@@ -23,7 +23,8 @@ pub const MAX_GROUPS: u32 = 4096;
 /// Capacity of the target maps; target id 0 is reserved so that a zeroed
 /// table slot fails closed (counted as `NoTarget`).
 pub const MAX_TARGETS: u32 = 65536;
-/// Default capacity of the flow table (LRU). The loader may override it.
+/// Default capacity of each flow table (LRU; one for IPv4, one for IPv6). The
+/// loader may override it.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Largest consistent-hash table a group may have (slots; the table map has
 /// one more element: slot 0 holds the table size).
@@ -62,6 +63,40 @@ pub struct FlowKey {
     pub proto: u8,
     pub family: u8,
     pub _pad: [u8; 2],
+}
+
+/// Key of the IPv4 flow table: the 5-tuple of an IPv4 [`FlowKey`] in 16
+/// bytes. The kernel hashes and compares whole keys, so a key this size makes
+/// a lookup cheaper than one of 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    // Padding in naturally aligned pieces: the eBPF build allows unaligned
+    // accesses, and a `[u8; 3]` here became an unaligned 2-byte stack store,
+    // which the verifier rejects.
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl FlowKeyV4 {
+    /// The IPv4 part of `key` (address word 0; the other words are zero).
+    #[inline(always)]
+    pub const fn new(key: &FlowKey) -> FlowKeyV4 {
+        FlowKeyV4 {
+            src_be: key.src_be[0],
+            dst_be: key.dst_be[0],
+            src_port_be: key.src_port_be,
+            dst_port_be: key.dst_port_be,
+            proto: key.proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
 }
 
 /// What the flow table remembers of a flow.
@@ -277,7 +312,8 @@ pub mod map_names {
     pub const GROUPS: &str = "GROUPS";
     pub const GROUP_TABLES: &str = "GROUP_TABLES";
     pub const TARGETS: &str = "TARGETS";
-    pub const FLOWS: &str = "FLOWS";
+    pub const FLOWS_V4: &str = "FLOWS_V4";
+    pub const FLOWS_V6: &str = "FLOWS_V6";
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
@@ -290,6 +326,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, and have no implicit padding
     // (checked by the size assertions below).
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKeyV4 {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerInfo {}
@@ -303,6 +340,7 @@ mod pod {
 
 const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowKeyV4>() == 16);
     assert!(core::mem::size_of::<FlowState>() == 16);
     assert!(core::mem::size_of::<ListenerKey>() == 20);
     assert!(core::mem::size_of::<ListenerInfo>() == 8);

@@ -56,7 +56,7 @@ pub enum AttachMode {
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Capacity of the flow table (LRU).
+    /// Capacity of each flow table (LRU; IPv4 and IPv6 flows have one each).
     pub flow_table_size: u32,
 }
 
@@ -100,7 +100,8 @@ impl Dataplane {
         options: &LoadOptions,
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::FLOWS, options.flow_table_size)
+            .map_max_entries(names::FLOWS_V4, options.flow_table_size)
+            .map_max_entries(names::FLOWS_V6, options.flow_table_size)
             .load(object)?;
         let xdp: &mut Xdp = ebpf
             .program_mut(program)

@@ -41,7 +41,7 @@ enum Command {
         /// The API socket `lb status` talks to.
         #[arg(long, default_value = api::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Capacity of the flow table (entries).
+        /// Capacity of each flow table, IPv4 and IPv6 (entries).
         #[arg(long, default_value_t = lb_common::DEFAULT_FLOW_TABLE_SIZE)]
         flow_table_size: u32,
         /// Seconds to wait at start for the targets' MACs before attaching.

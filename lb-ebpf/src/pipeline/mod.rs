@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, FlowKey,
-    FlowState, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS,
-    MAX_LISTENERS, MAX_TARGETS, Stats, TargetInfo,
+    FlowKeyV4, FlowState, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot,
+    MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -56,9 +56,20 @@ static GROUP_TABLES: ArrayOfMaps<GroupTable, { MAX_GROUPS as usize }> = ArrayOfM
 #[btf_map]
 static TARGETS: Array<TargetInfo, { MAX_TARGETS as usize }> = Array::new();
 
-/// Flow -> target: every packet of a flow goes where its first one went.
+/// IPv4 flow -> target: every packet of a flow goes where its first one went.
+/// IPv4 flows have a table of their own because a 16-byte key hashes and
+/// compares faster than the 40-byte `FlowKey`.
 #[btf_map]
-static FLOWS: LruHashMap<
+static FLOWS_V4: LruHashMap<
+    FlowKeyV4,
+    FlowState,
+    { DEFAULT_FLOW_TABLE_SIZE as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+/// IPv6 flow -> target.
+#[btf_map]
+static FLOWS_V6: LruHashMap<
     FlowKey,
     FlowState,
     { DEFAULT_FLOW_TABLE_SIZE as usize },

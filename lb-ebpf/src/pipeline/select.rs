@@ -1,10 +1,11 @@
 //! Flow -> target: the flow table first, else the group's consistent-hash table.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    Counter, FlowKey, FlowState, ListenerInfo, TargetInfo, hash::flow_hash, target_flags,
+    Counter, FAMILY_V4, FlowKey, FlowKeyV4, FlowState, ListenerInfo, TargetInfo, hash::flow_hash,
+    target_flags,
 };
 
-use super::{FLOWS, GROUP_TABLES, GROUPS, TARGETS, counters::count};
+use super::{FLOWS_V4, FLOWS_V6, GROUP_TABLES, GROUPS, TARGETS, counters::count};
 
 pub struct Selected {
     pub id: u32,
@@ -45,7 +46,24 @@ impl Entry {
 /// The flow's flow-table entry, if it has one.
 #[inline(always)]
 pub fn entry(flow: &FlowKey) -> Option<Entry> {
-    FLOWS.get_ptr_mut(flow).map(Entry)
+    if flow.family == FAMILY_V4 {
+        FLOWS_V4.get_ptr_mut(FlowKeyV4::new(flow)).map(Entry)
+    } else {
+        FLOWS_V6.get_ptr_mut(flow).map(Entry)
+    }
+}
+
+/// Remembers the flow's target (replacing any entry it had).
+#[inline(always)]
+fn remember(flow: &FlowKey, state: FlowState) {
+    let inserted = if flow.family == FAMILY_V4 {
+        FLOWS_V4.insert(FlowKeyV4::new(flow), state, 0)
+    } else {
+        FLOWS_V6.insert(flow, state, 0)
+    };
+    if inserted.is_err() {
+        count(Counter::FlowInsertFailed);
+    }
 }
 
 /// The target's data if it may take packets of `group_id`'s flows.
@@ -109,9 +127,7 @@ pub fn target(
         // SAFETY: a plain helper call.
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if FLOWS.insert(flow, state, 0).is_err() {
-        count(Counter::FlowInsertFailed);
-    }
+    remember(flow, state);
     count(Counter::NewFlow);
     Ok(Selected {
         id,
