@@ -19,9 +19,10 @@ use tracing::{error, info, warn};
 use crate::{
     api::{self, GroupStatus, ListenerStatus, StatusReport, TargetStatus},
     dataplane::{AttachMode, Dataplane, LoadOptions},
+    maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
     plan::{Exclusion, Mac, MapPlan, Observed},
-    policy::{self, HostFacts, Policy, compile::compile},
+    policy::{self, HostFacts, Policy, compile::compile_cached},
 };
 
 #[derive(Debug, Clone)]
@@ -101,7 +102,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic_targets(&policy)).await?;
     wait_for_macs(&mut macs, &dynamic_targets(&policy), opts.resolve_wait).await;
 
-    let mut plan = compile(&policy, &observed(&iface, &macs.borrow()))?;
+    let mut tables = TableCache::default();
+    let mut plan = compile_cached(&policy, &observed(&iface, &macs.borrow()), &mut tables)?;
     let mut dataplane = Dataplane::load(&LoadOptions {
         flow_table_size: opts.flow_table_size,
     })?;
@@ -130,7 +132,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 match load_policy(&opts.config, &iface)
                     .and_then(|loaded| {
-                        let new_plan = compile(&loaded.policy, &observed(&iface, &macs.borrow()))?;
+                        let new_plan = compile_cached(&loaded.policy, &observed(&iface, &macs.borrow()), &mut tables)?;
                         Ok((loaded, new_plan))
                     }) {
                     Ok((loaded, new_plan)) => {
@@ -155,7 +157,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if changed.is_err() {
                     return Err(anyhow!("the neighbour watcher stopped"));
                 }
-                let new_plan = compile(&policy, &observed(&iface, &macs.borrow_and_update()))?;
+                let new_plan = compile_cached(&policy, &observed(&iface, &macs.borrow_and_update()), &mut tables)?;
                 if new_plan != plan {
                     log_mac_changes(&plan, &new_plan);
                     dataplane.apply(&new_plan)?;

@@ -217,13 +217,12 @@ impl Dataplane {
             }
             if same.map(|(_, table)| *table) != Some(&g.table) {
                 let table = build_table(&g.table)?;
-                let mut outer: ArrayOfMaps<&mut MapData, MapData> =
-                    ArrayOfMaps::try_from(
-                        self.ebpf
-                            .map_mut(names::GROUP_TABLES)
-                            .ok_or(DataplaneError::MissingMap(names::GROUP_TABLES))?,
-                    )
-                    .map_err(map_err(names::GROUP_TABLES))?;
+                let mut outer: ArrayOfMaps<&mut MapData, MapData> = ArrayOfMaps::try_from(
+                    self.ebpf
+                        .map_mut(names::GROUP_TABLES)
+                        .ok_or(DataplaneError::MissingMap(names::GROUP_TABLES))?,
+                )
+                .map_err(map_err(names::GROUP_TABLES))?;
                 outer
                     .set(g.id, &table, 0)
                     .map_err(map_err(names::GROUP_TABLES))?;

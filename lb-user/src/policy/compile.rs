@@ -17,7 +17,7 @@ use lb_common::{
 
 use super::{Affinity, Algorithm, ListenerProtocol, Policy};
 use crate::{
-    maglev::{self, Identity, Member},
+    maglev::{Identity, Member, TableCache},
     plan::{Exclusion, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget},
 };
 
@@ -90,7 +90,28 @@ pub fn listener_key(vip: IpAddr, protocol: ListenerProtocol, port: u16) -> Liste
     }
 }
 
+/// Compiles with a fresh table cache (every table built).
 pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileError> {
+    compile_cached(policy, observed, &mut TableCache::default())
+}
+
+/// Compiles, reusing the tables of `cache` whose members and size are
+/// unchanged (the result is the same as [`compile`]'s).
+pub fn compile_cached(
+    policy: &Policy,
+    observed: &Observed,
+    cache: &mut TableCache,
+) -> Result<MapPlan, CompileError> {
+    let plan = compile_groups(policy, observed, cache);
+    cache.end_round();
+    plan
+}
+
+fn compile_groups(
+    policy: &Policy,
+    observed: &Observed,
+    cache: &mut TableCache,
+) -> Result<MapPlan, CompileError> {
     check_capacity("listeners", policy.listeners.len(), MAX_LISTENERS)?;
     check_capacity("target groups", policy.target_groups.len(), MAX_GROUPS)?;
     let target_count: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
@@ -171,7 +192,7 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
                 id: t.id,
             })
             .collect();
-        let table = maglev::build(&members, group.table_size);
+        let table = cache.get(&members, group.table_size);
         for &id in &table {
             if id != 0 {
                 targets[id as usize - 1].slots += 1;
