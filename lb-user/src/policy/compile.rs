@@ -272,12 +272,15 @@ mod tests {
                 algorithm: Algorithm::Hash,
                 affinity: Affinity::FiveTuple,
                 table_size: 1021,
+                health_check: None,
+                target_failover: Default::default(),
                 targets: targets
                     .iter()
                     .map(|(ip, w, mac)| Target {
                         ip: ip.parse().unwrap(),
                         weight: *w,
                         port: None,
+                        monitor_port: None,
                         mac: mac.map(String::from),
                     })
                     .collect(),
