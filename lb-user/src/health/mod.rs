@@ -3,8 +3,13 @@
 //!
 //! - [`codes`]: the expected-status-code expressions (`200,301-302`).
 //! - [`state`]: the pure state machine, `observe(now, result)`.
+//! - [`probe`]: the probers (TCP, HTTP, HTTPS, ICMP echo): I/O only.
 pub mod codes;
+pub mod probe;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 pub use codes::StatusCodes;
+pub use probe::{HttpProbe, ProbeSpec, Prober, probe};
 pub use state::{HealthState, ProbeResult, TargetHealth, Transition};
