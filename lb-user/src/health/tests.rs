@@ -1,8 +1,9 @@
-//! Probers against servers the tests start on the loopback
+//! Probers and the monitor against servers the tests start on the loopback
 //! (127.0.0.1 and ::1 only). ICMP needs root (raw socket) or a
 //! `net.ipv4.ping_group_range` that includes the test's group.
 //! Every wait is bounded by a deadline; no test sleeps as its assertion.
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -12,11 +13,18 @@ use hyper::{Method, Uri, Version};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
-    sync::mpsc,
+    sync::{mpsc, watch},
     time::Instant,
 };
 
-use super::{HttpProbe, ProbeResult, ProbeSpec, StatusCodes, probe};
+use super::{
+    HealthMonitor, HealthSnapshot, HealthState, HttpProbe, ProbeResult, ProbeSpec, StatusCodes,
+    TargetKey, checks, probe, probe_source,
+};
+use crate::policy::{
+    CheckType, GroupProtocol, HealthCheck, HttpMethod, Listener, ListenerProtocol, Policy, Target,
+    TargetGroup,
+};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -307,4 +315,277 @@ async fn one_prober_many_concurrent_pings() {
     for t in tasks {
         assert_ok(&t.await.unwrap(), "echo reply");
     }
+}
+
+#[test]
+fn probe_source_of_loopback() {
+    assert_eq!(probe_source(LOCAL), Some(LOCAL));
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    assert_eq!(probe_source(v6), Some(v6));
+}
+
+// ---- the monitor ----
+
+fn check(kind: CheckType, interval_s: u32, timeout_s: u32, thresholds: (u32, u32)) -> HealthCheck {
+    HealthCheck {
+        enabled: true,
+        kind: Some(kind),
+        port: None,
+        interval_s,
+        timeout_s,
+        healthy_threshold: thresholds.0,
+        unhealthy_threshold: thresholds.1,
+        method: None,
+        version: None,
+        path: None,
+        status_codes: None,
+    }
+}
+
+fn target(ip: IpAddr, monitor_port: Option<u16>) -> Target {
+    Target {
+        ip,
+        weight: 256,
+        port: None,
+        monitor_port,
+        mac: None,
+    }
+}
+
+fn group(name: &str, hc: Option<HealthCheck>, targets: Vec<Target>) -> TargetGroup {
+    TargetGroup {
+        name: name.into(),
+        protocol: GroupProtocol::Tcp,
+        algorithm: Default::default(),
+        affinity: Default::default(),
+        table_size: 1021,
+        health_check: hc,
+        target_failover: Default::default(),
+        targets,
+    }
+}
+
+fn policy(groups: Vec<TargetGroup>) -> Policy {
+    Policy {
+        interface: None,
+        listeners: vec![Listener {
+            name: "web".into(),
+            vip: "10.0.3.49".parse().unwrap(),
+            protocol: ListenerProtocol::Tcp,
+            port: 80,
+            target_group: "web".into(),
+        }],
+        target_groups: groups,
+    }
+}
+
+fn key(group: &str, ip: &str) -> TargetKey {
+    TargetKey {
+        group: group.into(),
+        ip: ip.parse().unwrap(),
+    }
+}
+
+#[test]
+fn checks_resolve_ports_and_skip_what_is_not_checked() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut web_check = check(CheckType::Tcp, 30, 5, (5, 2));
+    web_check.port = Some(8080);
+    let mut with_port = target(ip("10.0.3.13"), None);
+    with_port.port = Some(80);
+    let mut disabled = check(CheckType::Tcp, 30, 5, (5, 2));
+    disabled.enabled = false;
+    let p = policy(vec![
+        group(
+            "web",
+            Some(web_check),
+            vec![
+                target(ip("10.0.3.11"), None),
+                target(ip("10.0.3.12"), Some(9090)),
+            ],
+        ),
+        group(
+            "ping",
+            Some(check(CheckType::Ping, 30, 5, (5, 2))),
+            vec![target(ip("10.0.3.11"), None)],
+        ),
+        // No listener: checked only where a port is known.
+        group(
+            "spare",
+            Some(check(CheckType::Tcp, 30, 5, (5, 2))),
+            vec![target(ip("10.0.3.11"), None), with_port],
+        ),
+        group("off", Some(disabled), vec![target(ip("10.0.3.11"), None)]),
+        group("none", None, vec![target(ip("10.0.3.11"), None)]),
+    ]);
+    let c = checks(&p);
+    let ports: Vec<(&str, String, Option<u16>, &str)> = c
+        .iter()
+        .map(|(k, c)| (k.group.as_str(), k.ip.to_string(), c.port, c.spec.kind()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("ping", "10.0.3.11".into(), None, "ping"),
+            ("spare", "10.0.3.13".into(), Some(80), "tcp"),
+            ("web", "10.0.3.11".into(), Some(8080), "tcp"),
+            ("web", "10.0.3.12".into(), Some(9090), "tcp"),
+        ]
+    );
+    let web = &c[&key("web", "10.0.3.11")];
+    assert_eq!(web.interval, Duration::from_secs(30));
+    assert_eq!(web.timeout, Duration::from_secs(5));
+    assert_eq!((web.healthy_threshold, web.unhealthy_threshold), (5, 2));
+
+    // Without any port written, the listener's port.
+    let p = policy(vec![group(
+        "web",
+        Some(check(CheckType::Tcp, 30, 5, (5, 2))),
+        vec![target(ip("10.0.3.11"), None)],
+    )]);
+    assert_eq!(checks(&p)[&key("web", "10.0.3.11")].port, Some(80));
+}
+
+/// Waits until `pred` holds for the snapshot of `key`, or panics at the
+/// deadline with what was seen.
+async fn wait_for(
+    rx: &mut watch::Receiver<BTreeMap<TargetKey, HealthSnapshot>>,
+    key: &TargetKey,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&HealthSnapshot) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let deadline = start + within;
+    loop {
+        if rx.borrow_and_update().get(key).is_some_and(&pred) {
+            return start.elapsed();
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            panic!(
+                "{key:?} not {what} within {within:?}: {:?}",
+                rx.borrow().get(key)
+            );
+        }
+    }
+}
+
+/// A target turns healthy after `healthy_threshold` probes and unhealthy
+/// once its listener is gone, on schedule, while a target that accepts and
+/// never answers (HTTP) neither blocks it nor counts as healthy. A reload
+/// keeps unchanged targets' state and drops removed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_follows_targets_up_and_down() {
+    let listener = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let up_port = listener.local_addr().unwrap().port();
+    let hang_port = silent_server().await.port();
+    let (interval, timeout, threshold) = (2u32, 1u32, 2u32);
+    let web = group(
+        "web",
+        Some(check(
+            CheckType::Tcp,
+            interval,
+            timeout,
+            (threshold, threshold),
+        )),
+        vec![target(LOCAL, Some(up_port))],
+    );
+    let mut hang_check = check(CheckType::Http, interval, timeout, (threshold, threshold));
+    hang_check.method = Some(HttpMethod::Get);
+    let mut hang = group(
+        "hang",
+        Some(hang_check),
+        vec![target(LOCAL, Some(hang_port))],
+    );
+    hang.protocol = GroupProtocol::Http;
+    let p = policy(vec![web.clone(), hang.clone()]);
+
+    let (mut monitor, mut rx) = HealthMonitor::start(&p);
+    let up = key("web", "127.0.0.1");
+    let stuck = key("hang", "127.0.0.1");
+    {
+        let map = rx.borrow();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map[&up].state, HealthState::Initial);
+        assert_eq!(map[&up].kind, "tcp");
+        assert_eq!(map[&up].monitor_port, Some(up_port));
+        assert_eq!(map[&stuck].kind, "http");
+    }
+    // First probe within one interval (its offset), then threshold - 1 more.
+    let margin = Duration::from_secs(2);
+    let i = Duration::from_secs(interval.into());
+    let t = Duration::from_secs(timeout.into());
+    let to_healthy = i * threshold + margin;
+    wait_for(&mut rx, &up, to_healthy, "healthy", |s| {
+        s.state == HealthState::Healthy
+    })
+    .await;
+    {
+        let map = rx.borrow();
+        let s = &map[&up];
+        assert_eq!(s.consecutive_failures, 0);
+        assert!(s.consecutive_successes >= threshold, "{s:?}");
+        assert_eq!(s.last_result.as_deref(), Some("connected"));
+        assert_eq!(s.last_ok, Some(true));
+        assert!(s.last_latency.is_some());
+    }
+    // The silent HTTP target fails by timeout, on its own schedule.
+    wait_for(&mut rx, &stuck, to_healthy + t, "unhealthy", |s| {
+        s.state == HealthState::Unhealthy
+    })
+    .await;
+    assert!(
+        rx.borrow()[&stuck]
+            .last_result
+            .as_deref()
+            .unwrap()
+            .starts_with("timeout after 1s"),
+        "{:?}",
+        rx.borrow()[&stuck]
+    );
+
+    // A reload that adds a target keeps the others' state.
+    let mut web2 = web.clone();
+    web2.targets
+        .push(target(IpAddr::V6(Ipv6Addr::LOCALHOST), Some(up_port)));
+    monitor.update(&policy(vec![web2, hang.clone()]));
+    {
+        let map = rx.borrow();
+        assert_eq!(map[&up].state, HealthState::Healthy);
+        assert_eq!(map[&key("web", "::1")].state, HealthState::Initial);
+    }
+    // Removing a group drops its targets.
+    monitor.update(&policy(vec![web.clone()]));
+    assert!(!rx.borrow().contains_key(&stuck));
+    assert!(!rx.borrow().contains_key(&key("web", "::1")));
+    assert_eq!(rx.borrow()[&up].state, HealthState::Healthy);
+
+    // The listener goes away: unhealthy after `threshold` failed probes.
+    drop(listener);
+    let took = wait_for(&mut rx, &up, i * threshold + t + margin, "unhealthy", |s| {
+        s.state == HealthState::Unhealthy
+    })
+    .await;
+    let slack = Duration::from_millis(100);
+    assert!(took + slack >= i * (threshold - 1), "too soon: {took:?}");
+    assert_eq!(
+        rx.borrow()[&up].last_result.as_deref(),
+        Some("connection refused")
+    );
+
+    // A changed check starts over.
+    let mut changed = web.clone();
+    changed.health_check.as_mut().unwrap().healthy_threshold = 3;
+    monitor.update(&policy(vec![changed]));
+    assert_eq!(rx.borrow()[&up].state, HealthState::Initial);
+
+    rx.borrow_and_update();
+    monitor.shutdown().await;
+    assert!(
+        rx.changed().await.is_err(),
+        "the channel closes on shutdown"
+    );
 }
