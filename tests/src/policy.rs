@@ -133,11 +133,12 @@ impl Default for LabPolicy {
 
 impl LabPolicy {
     /// Exactly `examples/lab.yaml`: the default plus the TCP health check
-    /// on `web`.
+    /// and the (default) `no_rebalance` failover on `web`.
     pub fn example() -> LabPolicy {
         LabPolicy {
             health_check: Some(HealthCheck::tcp()),
             checked_groups: &["web"],
+            on_unhealthy: Some("no_rebalance"),
             ..LabPolicy::default()
         }
     }
