@@ -106,8 +106,9 @@ pub struct HealthCheckStatus {
     pub enabled: bool,
     #[serde(rename = "type")]
     pub kind: String,
-    /// The group's monitor port, `null` for the target port.
-    pub port: Option<u16>,
+    /// The group's monitor port: its `port:`, else the target (listener)
+    /// port. A target's own `monitor_port` overrides it (see the target).
+    pub port: u16,
     pub interval_s: u32,
     pub timeout_s: u32,
     pub healthy_threshold: u32,
@@ -312,7 +313,7 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
         if let Some(h) = g.health_check.as_ref().filter(|h| h.enabled) {
             let _ = writeln!(
                 out,
-                "health check {} every {}s, timeout {}s, healthy after {}, unhealthy after {}{}",
+                "health check {} every {}s, timeout {}s, up after {} successes, down after {} failures{}",
                 h.kind,
                 h.interval_s,
                 h.timeout_s,

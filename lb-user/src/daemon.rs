@@ -350,6 +350,11 @@ fn status_report(
                 .iter()
                 .find(|l| l.target_group == g.name)
                 .map(|l| l.name.clone());
+            let listener_port = policy
+                .listeners
+                .iter()
+                .find(|l| l.target_group == g.name)
+                .map(|l| l.port);
             let targets = plan
                 .targets
                 .iter()
@@ -412,7 +417,7 @@ fn status_report(
                     HealthCheckStatus {
                         enabled: h.enabled,
                         kind: lower(&kind),
-                        port: h.port,
+                        port: h.port.or(listener_port).unwrap_or(0),
                         interval_s: h.interval_s,
                         timeout_s: h.timeout_s,
                         healthy_threshold: h.healthy_threshold,

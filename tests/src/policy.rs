@@ -105,7 +105,7 @@ pub struct LabPolicy {
     /// `target_failover` (`no_rebalance` or `rebalance`, both keys the same)
     /// of the groups in `checked_groups`; None: not written (the default).
     pub on_unhealthy: Option<&'static str>,
-    /// `monitor_port:` of t1, t2, t3 in every group.
+    /// `monitor_port:` of t1, t2, t3 in every checked group.
     pub monitor_ports: [Option<u16>; 3],
     /// Add the listener `lines` (tcp 10.0.3.49:81) and its group, served by
     /// the targets' lines port (one answer per line, long-lived connections).
@@ -186,6 +186,7 @@ impl LabPolicy {
             if self.algorithm == "hash" {
                 let _ = writeln!(y, "    affinity: {}", self.affinity);
             }
+            let checked = self.checked_groups.contains(name) && self.health_check.is_some();
             if self.checked_groups.contains(name) {
                 if let Some(check) = &self.health_check {
                     check.yaml(&mut y);
@@ -209,7 +210,9 @@ impl LabPolicy {
                 if self.static_macs {
                     let _ = writeln!(y, "        mac: \"{}\"", fmt_mac(t.mac));
                 }
-                if let Some(port) = monitor_port {
+                // A monitor port means something only where a check runs
+                // (the validator rejects it elsewhere).
+                if let Some(port) = monitor_port.filter(|_| checked) {
                     let _ = writeln!(y, "        monitor_port: {port}");
                 }
             }
