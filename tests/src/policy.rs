@@ -105,7 +105,7 @@ pub struct LabPolicy {
     /// `target_failover` (`no_rebalance` or `rebalance`, both keys the same)
     /// of the groups in `checked_groups`; None: not written (the default).
     pub on_unhealthy: Option<&'static str>,
-    /// `monitor_port:` of t1, t2, t3 in every checked group.
+    /// `monitor_port:` of t1, t2, t3 in the groups that get `health_check`.
     pub monitor_ports: [Option<u16>; 3],
     /// Add the listener `lines` (tcp 10.0.3.49:81) and its group, served by
     /// the targets' lines port (one answer per line, long-lived connections).
@@ -186,8 +186,8 @@ impl LabPolicy {
             if self.algorithm == "hash" {
                 let _ = writeln!(y, "    affinity: {}", self.affinity);
             }
-            let checked = self.checked_groups.contains(name) && self.health_check.is_some();
-            if self.checked_groups.contains(name) {
+            let checked = self.checked_groups.contains(name);
+            if checked {
                 if let Some(check) = &self.health_check {
                     check.yaml(&mut y);
                 }
@@ -210,9 +210,10 @@ impl LabPolicy {
                 if self.static_macs {
                     let _ = writeln!(y, "        mac: \"{}\"", fmt_mac(t.mac));
                 }
-                // A monitor port means something only where a check runs
-                // (the validator rejects it elsewhere).
-                if let Some(port) = monitor_port.filter(|_| checked) {
+                // Only where a health check is written: elsewhere the
+                // policy refuses it.
+                if let Some(port) = monitor_port.filter(|_| checked && self.health_check.is_some())
+                {
                     let _ = writeln!(y, "        monitor_port: {port}");
                 }
             }
@@ -320,6 +321,7 @@ mod tests {
         );
         // Only `web` is checked; the others are not touched.
         assert_eq!(yaml.matches("health_check").count(), 1);
+        assert_eq!(yaml.matches("monitor_port").count(), 1);
         assert!(!HealthCheck::tcp().is_http());
     }
 
@@ -329,12 +331,14 @@ mod tests {
     fn health_policies_are_valid() {
         for kind in ["tcp", "http", "https", "ping"] {
             for on_unhealthy in [None, Some("no_rebalance"), Some("rebalance")] {
+                // Ping has no port: the policy refuses one.
+                let port = (kind != "ping").then_some(8080);
                 let yaml = LabPolicy {
                     on_unhealthy,
-                    monitor_ports: [Some(8080), None, None],
+                    monitor_ports: [port, None, None],
                     lines: true,
                     ..LabPolicy::checked(HealthCheck {
-                        port: Some(8080),
+                        port,
                         ..HealthCheck::of(kind)
                     })
                 }

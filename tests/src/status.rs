@@ -162,8 +162,16 @@ impl Status {
 #[derive(Debug)]
 pub struct Waited<T> {
     pub value: T,
-    /// When the report that satisfied the condition was fetched.
+    /// When the report that satisfied the condition arrived: what it shows
+    /// had happened by then (use this to start anything that must come
+    /// after it).
     pub at: Instant,
+    /// When that report was asked for.
+    pub asked: Instant,
+    /// When the last report that did not satisfy the condition was asked
+    /// for: what the condition describes had not all happened before then
+    /// (a lower bound for a transition). None if the first report did.
+    pub not_before: Option<Instant>,
     pub status: Status,
 }
 
@@ -180,6 +188,7 @@ pub fn wait_for<T>(
     let started = Instant::now();
     let deadline = started + timeout;
     let mut last;
+    let mut not_before = None;
     loop {
         let asked = Instant::now();
         match fetch(socket) {
@@ -187,10 +196,13 @@ pub fn wait_for<T>(
                 if let Some(value) = check(&status) {
                     return Ok(Waited {
                         value,
-                        at: asked,
+                        at: Instant::now(),
+                        asked,
+                        not_before,
                         status,
                     });
                 }
+                not_before = Some(asked);
                 last = status.show(None);
             }
             Err(e) => last = e.to_string(),

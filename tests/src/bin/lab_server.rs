@@ -174,7 +174,16 @@ fn listen(port: u16, kind: Kind, shared: &Arc<Shared>) -> io::Result<Running> {
                             Kind::Lines => answer_lines(stream, &shared.answer),
                             Kind::Http => answer_http(stream, peer, &shared),
                         };
-                        if let Err(e) = result {
+                        // A peer that leaves at once (a TCP health check
+                        // connects and closes) is no news.
+                        if let Err(e) = result
+                            && !matches!(
+                                e.kind(),
+                                io::ErrorKind::ConnectionReset
+                                    | io::ErrorKind::NotConnected
+                                    | io::ErrorKind::BrokenPipe
+                            )
+                        {
                             eprintln!("lb-lab-server: port {port} ({kind:?}), {peer}: {e}");
                         }
                     });
