@@ -122,6 +122,11 @@ fn interface_name(opts: &RunOptions) -> anyhow::Result<String> {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting (or right after
+    // `lb ready`) must take the orderly way out, never the default action.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let iface_name = interface_name(&opts)?;
     let iface = neighbors::interface(&iface_name).await?;
     let Loaded { mut policy } = load_policy(&opts.config, &iface)?;
@@ -155,9 +160,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "lb ready"
     );
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
