@@ -31,6 +31,11 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 pub const MAX_TABLE_SIZE: u32 = 1_000_003;
 /// The kernel's `BPF_F_INNER_MAP`: inner maps of one outer map may differ in size.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// The kernel's `BPF_F_MMAPABLE`: the loader fills a group table through a
+/// memory mapping instead of one syscall per slot.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Flags of every group table (the inner maps of `GROUP_TABLES`).
+pub const GROUP_TABLE_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 /// The kernel's `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists for the flow table.
 pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 

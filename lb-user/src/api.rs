@@ -33,6 +33,9 @@ pub struct StatusReport {
     pub xdp_mode: String,
     /// The policy file being served.
     pub policy: String,
+    /// Local addresses health probes come from (allow them in the targets'
+    /// firewalls).
+    pub probe_sources: Vec<String>,
     /// Global data-plane counters (see `lb_common::Counter`), summed over CPUs.
     pub counters: BTreeMap<String, u64>,
     pub listeners: Vec<ListenerStatus>,
@@ -60,6 +63,12 @@ pub struct GroupStatus {
     pub table_size: u32,
     /// The listener it is attached to, if any.
     pub listener: Option<String>,
+    /// The health check in effect (defaults applied), `null` when absent.
+    pub health_check: Option<HealthCheckStatus>,
+    /// `on_unhealthy` of `target_failover`: `no_rebalance` or `rebalance`.
+    pub on_unhealthy: String,
+    /// No target is healthy: every target takes new flows (last resort).
+    pub last_resort: bool,
     pub targets: Vec<TargetStatus>,
 }
 
@@ -72,15 +81,53 @@ pub struct TargetStatus {
     pub ratio: f64,
     /// Slots of the group's consistent-hash table it holds.
     pub slots: u32,
+    /// Where health probes go.
+    pub monitor_port: u16,
     /// Resolved (or static) MAC, `null` while unresolved.
     pub mac: Option<String>,
-    /// `active` (takes new flows), `mac_unresolved` (takes nothing),
-    /// `weight_zero` (no new flows; existing flows continue), or `unused`
+    /// Operating state: `initial` (no verdict yet), `healthy`, `unhealthy`,
+    /// `unchecked` (health checks disabled: counts as healthy), or `unused`
     /// (its group has no listener).
     pub state: String,
+    /// Takes new flows now.
+    pub selectable: bool,
+    /// Why it takes no new flows: `mac_unresolved`, `weight_zero`,
+    /// `unhealthy`, or `null`.
+    pub excluded: Option<String>,
+    /// The latest probes, `null` when unchecked.
+    pub health: Option<HealthStatus>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheckStatus {
+    pub enabled: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The group's monitor port: its `port:`, else the target (listener)
+    /// port. A target's own `monitor_port` overrides it (see the target).
+    pub port: u16,
+    pub interval_s: u32,
+    pub timeout_s: u32,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// HTTP(S) only: method, version, path, status codes.
+    pub method: Option<String>,
+    pub version: Option<String>,
+    pub path: Option<String>,
+    pub status_codes: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+    /// What the last probe saw (`connected`, `status 500`, `timeout after 1s`...).
+    pub last_result: Option<String>,
+    pub last_ok: Option<bool>,
+    pub last_latency_ms: Option<f64>,
 }
 
 /// Binds the API socket: creates the directory (0700) if needed, refuses to
@@ -199,6 +246,13 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
             "interface {} ({} XDP), policy {}",
             report.interface, report.xdp_mode, report.policy
         );
+        if !report.probe_sources.is_empty() {
+            let _ = writeln!(
+                out,
+                "health probes come from {}",
+                report.probe_sources.join(", ")
+            );
+        }
         let counters: Vec<String> = report
             .counters
             .iter()
@@ -256,6 +310,22 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                 .map(|l| format!(", listener {l}"))
                 .unwrap_or_else(|| ", no listener".into())
         );
+        if let Some(h) = g.health_check.as_ref().filter(|h| h.enabled) {
+            let _ = writeln!(
+                out,
+                "health check {} every {}s, timeout {}s, up after {} successes, down after {} failures{}",
+                h.kind,
+                h.interval_s,
+                h.timeout_s,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+                if g.last_resort {
+                    "; LAST RESORT: no healthy target, all targets take flows"
+                } else {
+                    ""
+                }
+            );
+        }
         let rows: Vec<Vec<String>> = g
             .targets
             .iter()
@@ -263,9 +333,28 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                 vec![
                     t.ip.clone(),
                     t.port.to_string(),
+                    t.monitor_port.to_string(),
                     t.weight.to_string(),
                     format!("{:.1}%", t.ratio * 100.0),
                     t.state.clone(),
+                    match &t.excluded {
+                        Some(why) => format!("no ({why})"),
+                        None => "yes".into(),
+                    },
+                    t.health
+                        .as_ref()
+                        .map(|h| {
+                            format!(
+                                "{} ({}ok/{}fail){}",
+                                h.last_result.as_deref().unwrap_or("-"),
+                                h.consecutive_successes,
+                                h.consecutive_failures,
+                                h.last_latency_ms
+                                    .map(|ms| format!(" {ms:.1}ms"))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .unwrap_or_else(|| "-".into()),
                     t.mac.clone().unwrap_or_else(|| "-".into()),
                     t.packets.to_string(),
                     t.bytes.to_string(),
@@ -277,9 +366,12 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
             &[
                 "TARGET",
                 "PORT",
+                "MONITOR",
                 "WEIGHT",
                 "RATIO",
                 "STATE",
+                "NEW FLOWS?",
+                "LAST PROBE",
                 "MAC",
                 "PACKETS",
                 "BYTES",

@@ -14,14 +14,19 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
-    api::{self, GroupStatus, ListenerStatus, StatusReport, TargetStatus},
+    api::{
+        self, GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus, StatusReport,
+        TargetStatus,
+    },
     dataplane::{AttachMode, Dataplane, LoadOptions},
+    health::{self, HealthMonitor, HealthSnapshot, HealthState, TargetKey},
+    maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
-    plan::{Exclusion, Mac, MapPlan, Observed},
-    policy::{self, HostFacts, Policy, compile::compile},
+    plan::{Exclusion, Health, Mac, MapPlan, Observed, TargetHealth},
+    policy::{self, HostFacts, Policy, compile::compile_cached},
 };
 
 #[derive(Debug, Clone)]
@@ -71,12 +76,35 @@ fn dynamic_targets(policy: &Policy) -> Vec<IpAddr> {
     ips
 }
 
-fn observed(iface: &InterfaceInfo, neighbors: &BTreeMap<IpAddr, Mac>) -> Observed {
+type Snapshots = BTreeMap<TargetKey, HealthSnapshot>;
+type Verdicts = BTreeMap<(String, IpAddr), Health>;
+
+fn observed(
+    iface: &InterfaceInfo,
+    neighbors: &BTreeMap<IpAddr, Mac>,
+    verdicts: &Verdicts,
+) -> Observed {
     Observed {
         iface_mac: iface.mac,
         iface_nets: iface.nets.clone(),
         neighbors: neighbors.clone(),
+        health: verdicts.clone(),
     }
+}
+
+/// The verdicts the compiler needs, from the monitor's snapshots.
+fn verdicts(snapshots: &Snapshots) -> Verdicts {
+    snapshots
+        .iter()
+        .map(|(key, snap)| {
+            let health = match snap.state {
+                HealthState::Initial => Health::Initial,
+                HealthState::Healthy => Health::Healthy,
+                HealthState::Unhealthy => Health::Unhealthy,
+            };
+            ((key.group.clone(), key.ip), health)
+        })
+        .collect()
 }
 
 /// Which interface: `--iface`, else the policy's `interface:`.
@@ -94,14 +122,26 @@ fn interface_name(opts: &RunOptions) -> anyhow::Result<String> {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting (or right after
+    // `lb ready`) must take the orderly way out, never the default action.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let iface_name = interface_name(&opts)?;
     let iface = neighbors::interface(&iface_name).await?;
     let Loaded { mut policy } = load_policy(&opts.config, &iface)?;
 
     let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic_targets(&policy)).await?;
     wait_for_macs(&mut macs, &dynamic_targets(&policy), opts.resolve_wait).await;
+    let (mut monitor, mut health) = HealthMonitor::start(&policy);
+    let mut verdicts_now = verdicts(&health.borrow_and_update());
 
-    let mut plan = compile(&policy, &observed(&iface, &macs.borrow()))?;
+    let mut tables = TableCache::default();
+    let mut plan = compile_cached(
+        &policy,
+        &observed(&iface, &macs.borrow(), &verdicts_now),
+        &mut tables,
+    )?;
     let mut dataplane = Dataplane::load(&LoadOptions {
         flow_table_size: opts.flow_table_size,
     })?;
@@ -120,34 +160,31 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "lb ready"
     );
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                match load_policy(&opts.config, &iface)
-                    .and_then(|loaded| {
-                        let new_plan = compile(&loaded.policy, &observed(&iface, &macs.borrow()))?;
-                        Ok((loaded, new_plan))
-                    }) {
-                    Ok((loaded, new_plan)) => {
-                        watch.set_targets(dynamic_targets(&loaded.policy)).await?;
-                        match dataplane.apply(&new_plan) {
-                            Ok(report) => {
-                                info!(?report, "policy reloaded");
-                                policy = loaded.policy;
-                                plan = new_plan;
-                                report_exclusions(&plan);
-                            }
-                            Err(err) => {
-                                error!(%err, "applying the reloaded policy failed; rewriting the last good one");
-                                dataplane.apply(&plan)?;
-                            }
+                let compiled = load_policy(&opts.config, &iface).and_then(|loaded| {
+                    let seen = observed(&iface, &macs.borrow(), &verdicts_now);
+                    let new_plan = compile_cached(&loaded.policy, &seen, &mut tables)?;
+                    Ok((loaded, new_plan))
+                });
+                match compiled {
+                    Ok((loaded, new_plan)) => match dataplane.apply(&new_plan) {
+                        Ok(report) => {
+                            info!(?report, "policy reloaded");
+                            watch.set_targets(dynamic_targets(&loaded.policy)).await?;
+                            monitor.update(&loaded.policy);
+                            policy = loaded.policy;
+                            plan = new_plan;
+                            report_exclusions(&plan);
                         }
-                    }
+                        Err(err) => {
+                            error!(%err, "applying the reloaded policy failed; rewriting the last good one");
+                            dataplane.apply(&plan)?;
+                        }
+                    },
                     Err(err) => error!("policy reload refused, still serving the last good policy:\n{err:#}"),
                 }
             }
@@ -155,17 +192,37 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if changed.is_err() {
                     return Err(anyhow!("the neighbour watcher stopped"));
                 }
-                let new_plan = compile(&policy, &observed(&iface, &macs.borrow_and_update()))?;
+                let seen = observed(&iface, &macs.borrow_and_update(), &verdicts_now);
+                let new_plan = compile_cached(&policy, &seen, &mut tables)?;
                 if new_plan != plan {
                     log_mac_changes(&plan, &new_plan);
                     dataplane.apply(&new_plan)?;
                     plan = new_plan;
                 }
             }
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return Err(anyhow!("the health monitor stopped"));
+                }
+                // Snapshots change with every probe; the maps only with a verdict.
+                let new_verdicts = verdicts(&health.borrow_and_update());
+                if new_verdicts != verdicts_now {
+                    verdicts_now = new_verdicts;
+                    let seen = observed(&iface, &macs.borrow(), &verdicts_now);
+                    let new_plan = compile_cached(&policy, &seen, &mut tables)?;
+                    if new_plan != plan {
+                        log_last_resort(&plan, &new_plan);
+                        let report = dataplane.apply(&new_plan)?;
+                        debug!(?report, "health verdicts applied");
+                        plan = new_plan;
+                    }
+                }
+            }
             accepted = api.accept() => {
                 match accepted {
                     Ok((stream, _)) => {
-                        let json = serde_json::to_string(&status_report(&policy, &plan, &dataplane, &iface.name, mode, &opts.config));
+                        let report = status_report(&policy, &plan, &dataplane, &health.borrow(), &iface.name, mode, &opts.config);
+                        let json = serde_json::to_string(&report);
                         tokio::spawn(async move {
                             let answer = move |request: &str| match request {
                                 "status" => json.map_err(|e| e.to_string()),
@@ -184,10 +241,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     info!("stopping: detaching from {}", iface.name);
     drop(dataplane);
     let _ = std::fs::remove_file(&opts.socket);
+    monitor.shutdown().await;
     if let Err(err) = watch.shutdown().await {
         warn!(%err, "removing the managed neighbour entries");
     }
     Ok(())
+}
+
+fn log_last_resort(old: &MapPlan, new: &MapPlan) {
+    for (o, n) in old.groups.iter().zip(&new.groups) {
+        match (o.last_resort, n.last_resort) {
+            (false, true) => {
+                warn!(group = %n.name, "no healthy target left: last resort, every target takes new flows")
+            }
+            (true, false) => info!(group = %n.name, "a target is healthy again: last resort over"),
+            _ => {}
+        }
+    }
 }
 
 async fn wait_for_macs(
@@ -240,6 +310,7 @@ fn status_report(
     policy: &Policy,
     plan: &MapPlan,
     dataplane: &Dataplane,
+    health: &Snapshots,
     iface: &str,
     mode: &str,
     config: &Path,
@@ -281,21 +352,48 @@ fn status_report(
                 .iter()
                 .find(|l| l.target_group == g.name)
                 .map(|l| l.name.clone());
+            let listener_port = policy
+                .listeners
+                .iter()
+                .find(|l| l.target_group == g.name)
+                .map(|l| l.port);
             let targets = plan
                 .targets
                 .iter()
                 .filter(|t| t.group == g.name)
                 .map(|t| {
                     let stats = dataplane.target_stats(t.id).unwrap_or_default();
-                    let state = match (&listener, t.excluded) {
+                    let state = match (&listener, t.health) {
                         (None, _) => "unused",
-                        (_, Some(Exclusion::MacUnresolved)) => "mac_unresolved",
-                        (_, Some(Exclusion::ZeroWeight)) => "weight_zero",
-                        (_, None) => "active",
+                        (_, TargetHealth::Unchecked) => "unchecked",
+                        (_, TargetHealth::Checked(Health::Initial)) => "initial",
+                        (_, TargetHealth::Checked(Health::Healthy)) => "healthy",
+                        (_, TargetHealth::Checked(Health::Unhealthy)) => "unhealthy",
                     };
+                    let snapshot = health.get(&TargetKey {
+                        group: g.name.clone(),
+                        ip: t.ip,
+                    });
                     TargetStatus {
                         ip: t.ip.to_string(),
                         port: t.port,
+                        monitor_port: t.monitor_port,
+                        selectable: listener.is_some() && t.excluded.is_none(),
+                        excluded: t.excluded.map(|e| {
+                            match e {
+                                Exclusion::MacUnresolved => "mac_unresolved",
+                                Exclusion::ZeroWeight => "weight_zero",
+                                Exclusion::Unhealthy => "unhealthy",
+                            }
+                            .to_string()
+                        }),
+                        health: snapshot.map(|h| HealthStatus {
+                            consecutive_successes: h.consecutive_successes,
+                            consecutive_failures: h.consecutive_failures,
+                            last_result: h.last_result.clone(),
+                            last_ok: h.last_ok,
+                            last_latency_ms: h.last_latency.map(|d| d.as_secs_f64() * 1e3),
+                        }),
                         weight: t.weight,
                         ratio: t.ratio,
                         slots: t.slots,
@@ -315,6 +413,28 @@ fn status_report(
                 affinity: lower(&g.affinity),
                 table_size: g.table_size,
                 listener,
+                health_check: g.health_check.as_ref().map(|h| {
+                    let kind = h.kind_for(g.protocol);
+                    let http = matches!(kind, policy::CheckType::Http | policy::CheckType::Https);
+                    HealthCheckStatus {
+                        enabled: h.enabled,
+                        kind: lower(&kind),
+                        port: h.port.or(listener_port).unwrap_or(0),
+                        interval_s: h.interval_s,
+                        timeout_s: h.timeout_s,
+                        healthy_threshold: h.healthy_threshold,
+                        unhealthy_threshold: h.unhealthy_threshold,
+                        method: http.then(|| lower(&h.method())),
+                        version: http.then(|| lower(&h.version())),
+                        path: http.then(|| h.path().to_string()),
+                        status_codes: http.then(|| h.status_codes().to_string()),
+                    }
+                }),
+                on_unhealthy: g.target_failover.on_unhealthy.as_str().to_string(),
+                last_resort: plan
+                    .groups
+                    .iter()
+                    .any(|p| p.name == g.name && p.last_resort),
                 targets,
             }
         })
@@ -323,8 +443,25 @@ fn status_report(
         interface: iface.to_string(),
         xdp_mode: mode.to_string(),
         policy: config.display().to_string(),
+        probe_sources: probe_sources(policy),
         counters,
         listeners,
         target_groups,
     }
+}
+
+/// The local addresses health probes leave from, one per address family used
+/// by checked targets.
+fn probe_sources(policy: &Policy) -> Vec<String> {
+    let mut sources: Vec<String> = policy
+        .target_groups
+        .iter()
+        .filter(|g| g.health_check.as_ref().is_some_and(|h| h.enabled))
+        .flat_map(|g| g.targets.iter())
+        .filter_map(|t| health::probe_source(t.ip))
+        .map(|ip| ip.to_string())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    sources
 }

@@ -5,7 +5,7 @@
 //! that never lets a packet see a half-built state: targets first, then each
 //! changed group table (built complete in a fresh inner map and swapped in
 //! with a single outer-map update), then listeners; removals last.
-use std::collections::HashMap;
+use std::{collections::HashMap, os::fd::AsFd as _};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -13,7 +13,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use lb_common::{
-    BPF_F_INNER_MAP, Config, Counter, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts,
+    Config, Counter, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts,
     ListenerSlot, MAX_LISTENERS, Stats, TargetInfo, map_names as names,
 };
 
@@ -218,13 +218,12 @@ impl Dataplane {
             }
             if same.map(|(_, table)| *table) != Some(&g.table) {
                 let table = build_table(&g.table)?;
-                let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
-                    ArrayOfMaps::try_from(
-                        self.ebpf
-                            .map_mut(names::GROUP_TABLES)
-                            .ok_or(DataplaneError::MissingMap(names::GROUP_TABLES))?,
-                    )
-                    .map_err(map_err(names::GROUP_TABLES))?;
+                let mut outer: ArrayOfMaps<&mut MapData, MapData> = ArrayOfMaps::try_from(
+                    self.ebpf
+                        .map_mut(names::GROUP_TABLES)
+                        .ok_or(DataplaneError::MissingMap(names::GROUP_TABLES))?,
+                )
+                .map_err(map_err(names::GROUP_TABLES))?;
                 outer
                     .set(g.id, &table, 0)
                     .map_err(map_err(names::GROUP_TABLES))?;
@@ -398,16 +397,88 @@ fn listener_ports<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> Liste
 }
 
 /// A complete group table as a new inner map: element 0 holds the slot count,
-/// elements 1..=M the target ids.
-fn build_table(slots: &[u32]) -> Result<Array<MapData, u32>, DataplaneError> {
+/// elements 1..=M the target ids. The map is created memory-mappable and
+/// filled through the mapping (one copy instead of one syscall per slot), and
+/// is not visible to the program until the caller swaps it in.
+fn build_table(slots: &[u32]) -> Result<MapData, DataplaneError> {
     let name = names::GROUP_TABLES;
-    let mut table: Array<MapData, u32> =
-        Array::create(slots.len() as u32 + 1, BPF_F_INNER_MAP).map_err(map_err(name))?;
-    table.set(0, slots.len() as u32, 0).map_err(map_err(name))?;
-    for (i, &id) in slots.iter().enumerate() {
-        if id != 0 {
-            table.set(i as u32 + 1, id, 0).map_err(map_err(name))?;
+    let entries = slots.len() as u32 + 1;
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        size_of::<u32>() as u32,
+        size_of::<u32>() as u32,
+        entries,
+        GROUP_TABLE_FLAGS,
+    );
+    let map = MapData::create(obj, "lb_group_table", None).map_err(map_err(name))?;
+    let mut mapping = mmap::Mapping::new(map.fd().as_fd(), entries as usize * ARRAY_ELEM_STRIDE)
+        .map_err(|e| DataplaneError::Map {
+            name,
+            source: MapError::IoError(e),
+        })?;
+    mapping.write_u32s(
+        ARRAY_ELEM_STRIDE,
+        std::iter::once(slots.len() as u32).chain(slots.iter().copied()),
+    );
+    Ok(map)
+}
+
+/// An array map stores each value in a slot rounded up to 8 bytes.
+const ARRAY_ELEM_STRIDE: usize = 8;
+
+/// The one place that needs `unsafe` in userspace: mapping a BPF array.
+#[allow(unsafe_code)]
+mod mmap {
+    use std::{
+        io,
+        os::fd::{AsRawFd as _, BorrowedFd},
+        ptr::NonNull,
+    };
+
+    pub struct Mapping {
+        ptr: NonNull<u8>,
+        len: usize,
+    }
+
+    impl Mapping {
+        /// Maps the first `len` bytes of the mmap-able BPF array `fd`.
+        pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+            // SAFETY: a fresh shared mapping of a map the kernel sized to at
+            // least `len` bytes (max_entries x 8); no other mapping exists.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let ptr =
+                NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+            Ok(Mapping { ptr, len })
+        }
+
+        /// Writes `values` at `stride`-byte intervals from the start.
+        pub fn write_u32s(&mut self, stride: usize, values: impl Iterator<Item = u32>) {
+            for (i, v) in values.enumerate() {
+                let at = i * stride;
+                assert!(at + 4 <= self.len, "write past the mapping");
+                // SAFETY: `at + 4 <= len` (checked), the mapping is writable
+                // and 8-byte aligned slots hold 4-byte aligned values.
+                unsafe { self.ptr.as_ptr().add(at).cast::<u32>().write(v) };
+            }
         }
     }
-    Ok(table)
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly what `new` mapped; nothing refers to it after.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod neighbors;
 pub mod plan;

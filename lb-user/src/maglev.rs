@@ -20,7 +20,7 @@ const OFFSET_SEED: u32 = 0x4d41_4701;
 const SKIP_SEED: u32 = 0x4d41_4702;
 
 /// A target as the table builder sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Member {
     /// What the target's permutation is derived from.
     pub identity: Identity,
@@ -71,6 +71,44 @@ impl Identity {
         let offset = murmur3_words(OFFSET_SEED, &words) as u64 % size as u64;
         let skip = murmur3_words(SKIP_SEED, &words) as u64 % (size as u64 - 1) + 1;
         (offset, skip)
+    }
+}
+
+/// Remembers built tables, so a recompile after a change to one group (a
+/// health transition, a MAC change) rebuilds only that group's table. A table
+/// depends only on its members and size, so a cached table is exactly the one
+/// `build` would return. Entries not used by the last compile are dropped.
+#[derive(Debug, Default)]
+pub struct TableCache {
+    tables: std::collections::HashMap<(Vec<Member>, u32), Vec<u32>>,
+    used: std::collections::HashSet<(Vec<Member>, u32)>,
+}
+
+impl TableCache {
+    /// `build(members, size)`, from the cache when possible.
+    pub fn get(&mut self, members: &[Member], size: u32) -> Vec<u32> {
+        let key = (members.to_vec(), size);
+        let table = self
+            .tables
+            .entry(key.clone())
+            .or_insert_with(|| build(members, size))
+            .clone();
+        self.used.insert(key);
+        table
+    }
+
+    /// Forgets the tables not asked for since the last call.
+    pub fn end_round(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.tables.retain(|key, _| used.contains(key));
+    }
+
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
     }
 }
 
@@ -241,6 +279,20 @@ mod tests {
     }
 
     const PINNED_DIGEST: u32 = 0x7ccc_b10b;
+
+    #[test]
+    fn cache_returns_what_build_returns_and_forgets_unused() {
+        let a: Vec<Member> = (0..5).map(|i| member(i, 10)).collect();
+        let b: Vec<Member> = (0..4).map(|i| member(i, 10)).collect();
+        let mut cache = TableCache::default();
+        assert_eq!(cache.get(&a, 1021), build(&a, 1021));
+        assert_eq!(cache.get(&b, 1021), build(&b, 1021));
+        cache.end_round();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(&a, 1021), build(&a, 1021));
+        cache.end_round();
+        assert_eq!(cache.len(), 1, "b was not used in the last round");
+    }
 
     #[test]
     fn ipv6_and_small_tables() {

@@ -17,6 +17,27 @@ pub struct Observed {
     pub iface_nets: Vec<(IpAddr, u8)>,
     /// Resolved neighbours of that interface (IP -> MAC).
     pub neighbors: BTreeMap<IpAddr, Mac>,
+    /// Health verdicts by (target group, target IP), for groups with health
+    /// checks enabled. A checked target missing here is `Initial`.
+    pub health: BTreeMap<(String, IpAddr), Health>,
+}
+
+/// The health verdict of a checked target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// No verdict yet: takes new flows until its first verdict (a restart of
+    /// `lb` must not send every new flow to whichever target answers first).
+    Initial,
+    Healthy,
+    Unhealthy,
+}
+
+/// A target's health as the plan uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetHealth {
+    /// Health checks disabled: counts as healthy.
+    Unchecked,
+    Checked(Health),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +65,9 @@ pub struct PlannedGroup {
     /// The consistent-hash table: `table.len()` is the group's table size and
     /// every slot holds a target id (0 only when no target can take flows).
     pub table: Vec<u32>,
+    /// No target is healthy, so every target with a known MAC and a weight
+    /// takes new flows (SPEC.md failover table: last resort).
+    pub last_resort: bool,
 }
 
 /// Why a target of the policy takes no new flows.
@@ -53,6 +77,8 @@ pub enum Exclusion {
     ZeroWeight,
     /// No `mac:` in the policy and no neighbour entry yet.
     MacUnresolved,
+    /// Failed its health checks (and the group is not in last resort).
+    Unhealthy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +95,10 @@ pub struct PlannedTarget {
     pub ratio: f64,
     /// Slots of the group table that point at this target.
     pub slots: u32,
+    /// Where health probes go: `monitor_port`, else the check's `port`,
+    /// else the target port.
+    pub monitor_port: u16,
+    pub health: TargetHealth,
     pub excluded: Option<Exclusion>,
     pub info: TargetInfo,
 }

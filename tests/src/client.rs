@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    io::{self, Read},
+    io::{self, BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
@@ -50,6 +50,62 @@ pub fn tcp_ask(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Resul
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     Ok(answer.trim_end().to_owned())
+}
+
+/// A long-lived TCP connection to a lab server's lines port
+/// (`lb-lab-server --lines`, [`crate::topo::LINES_PORT`]): each
+/// [`Held::ask`] sends a line and reads the name of whoever answers, so a
+/// test can see which target serves the connection now. Open it inside the
+/// client namespace; the socket stays there, so it may be used from any
+/// thread afterwards.
+pub struct Held {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    local: SocketAddr,
+}
+
+impl Held {
+    /// Connects from `src` (port 0: any) to `dst`; each answer must come
+    /// within `timeout`.
+    pub fn open(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Result<Held> {
+        let socket = socket(src, dst, Proto::Tcp)?;
+        socket.connect_timeout(&dst.into(), timeout)?;
+        let stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
+        Ok(Held {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+            local,
+        })
+    }
+
+    /// Its source address and port.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends one line and returns the answer: the serving target's name. A
+    /// connection that the other side reset, closed or stopped answering
+    /// gives an error (`ConnectionReset`, `UnexpectedEof`, `WouldBlock`...).
+    pub fn ask(&mut self) -> io::Result<String> {
+        self.writer.write_all(b"who?\n")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        Ok(line.trim_end().to_owned())
+    }
+}
+
+/// One question on a new connection to a lines port: connect from `src`,
+/// send a line, read the name, close.
+pub fn lines_ask(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Result<String> {
+    Held::open(src, dst, timeout)?.ask()
 }
 
 /// Sends one datagram from `src` (port 0: any) to `dst` and returns the first
@@ -104,7 +160,20 @@ pub fn burst(
     count: usize,
     deadline: Instant,
 ) -> Vec<Answer> {
-    let timeout = Duration::from_secs(2);
+    burst_by(src_ip, first_port, count, deadline, |src| match proto {
+        Proto::Tcp => tcp_ask(src, dst, Duration::from_secs(2)),
+        Proto::Udp => udp_ask(src, dst, Duration::from_millis(700), 3),
+    })
+}
+
+/// Like [`burst`], with `ask(src)` making each request (e.g. [`lines_ask`]).
+pub fn burst_by(
+    src_ip: IpAddr,
+    first_port: Option<u16>,
+    count: usize,
+    deadline: Instant,
+    mut ask: impl FnMut(SocketAddr) -> io::Result<String>,
+) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(count);
     for i in 0..count {
         if Instant::now() >= deadline {
@@ -112,13 +181,9 @@ pub fn burst(
         }
         let port = first_port.map_or(0, |p| p + i as u16);
         let src = SocketAddr::new(src_ip, port);
-        let result = match proto {
-            Proto::Tcp => tcp_ask(src, dst, timeout),
-            Proto::Udp => udp_ask(src, dst, Duration::from_millis(700), 3),
-        };
         answers.push(Answer {
             src,
-            result: result.map_err(|e| e.to_string()),
+            result: ask(src).map_err(|e| e.to_string()),
         });
     }
     answers

@@ -16,11 +16,12 @@ use std::{
     collections::HashMap,
     fs, io,
     io::{BufRead, BufReader, Write},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
+        Mutex,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
@@ -62,6 +63,12 @@ pub enum LabError {
     LbExited { status: String, log: String },
     #[error("lb status: {reason}")]
     Status { reason: String },
+    #[error("{what}: `{command}`: {reason}")]
+    Control {
+        what: String,
+        command: String,
+        reason: String,
+    },
 }
 
 impl LabError {
@@ -182,9 +189,34 @@ impl Default for LabOptions {
 /// A process the lab started; killed when the lab goes.
 struct Process {
     what: String,
+    node: Node,
     child: Child,
-    /// Closing it tells `lb-lab-server` to exit.
-    stdin: Option<ChildStdin>,
+    /// `lb-lab-server`'s command channel; closing its stdin tells it to exit.
+    control: Option<Mutex<Control>>,
+}
+
+/// Commands go to a lab server's stdin, one line each; it answers each with
+/// one line on stdout once the command has taken effect.
+struct Control {
+    stdin: ChildStdin,
+    replies: mpsc::Receiver<String>,
+}
+
+/// One HTTP request a lab server received (its `--record` file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Who sent it (IPv4-mapped addresses shown as IPv4).
+    pub peer: IpAddr,
+    pub method: String,
+    pub target: String,
+    pub version: String,
+}
+
+impl HttpRequest {
+    /// `HEAD /healthz HTTP/1.0`.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.method, self.target, self.version)
+    }
 }
 
 /// A running lab. Dropping it stops its processes and deletes its namespaces.
@@ -238,6 +270,10 @@ impl Lab {
                 let args = [
                     "--tcp".to_owned(),
                     topo::TCP_PORT.to_string(),
+                    "--lines".to_owned(),
+                    topo::LINES_PORT.to_string(),
+                    "--http".to_owned(),
+                    topo::HTTP_PORT.to_string(),
                     "--udp".to_owned(),
                     SocketAddr::new(VIP4.into(), topo::UDP_PORT).to_string(),
                     "--udp".to_owned(),
@@ -303,9 +339,11 @@ impl Lab {
             .collect())
     }
 
-    /// Starts `lb-lab-server --name NAME ARGS...` in `node`'s namespace (for
-    /// example a server on the load balancer's own address) and waits until it
-    /// has bound its sockets. It stops with the lab.
+    /// Starts `lb-lab-server --name NAME --record FILE ARGS...` in `node`'s
+    /// namespace (for example a server on the load balancer's own address) and
+    /// waits until it has bound its sockets. It stops with the lab. The
+    /// control methods ([`Lab::stop_port`]...) talk to the last server
+    /// started in a namespace; [`Lab::http_requests`] reads its FILE.
     pub fn spawn_server(
         &mut self,
         node: Node,
@@ -340,6 +378,8 @@ impl Lab {
         let mut child = self
             .command(node, bin)
             .args(["--name", name])
+            .arg("--record")
+            .arg(self.http_log(node))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -350,33 +390,142 @@ impl Lab {
             .spawn()
             .map_err(LabError::io(format!("spawn {what}")))?;
         let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take();
-        self.processes.push(Process {
-            what: what.clone(),
-            child,
-            stdin,
-        });
+        let stdin = child.stdin.take().expect("piped stdin");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            for _ in lines {}
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line.trim().to_owned()).is_err() {
+                    break;
+                }
+            }
         });
         let timeout = self.options.ready_timeout;
-        match rx.recv_timeout(timeout) {
-            Ok(Some(Ok(line))) if line.trim() == "ready" => Ok(()),
+        let first = rx.recv_timeout(timeout);
+        self.processes.push(Process {
+            what: what.clone(),
+            node,
+            child,
+            control: Some(Mutex::new(Control { stdin, replies: rx })),
+        });
+        match first {
+            Ok(line) if line == "ready" => Ok(()),
             Ok(other) => Err(LabError::Timeout {
                 what,
                 secs: timeout.as_secs(),
                 detail: format!(" (it said {other:?} instead of `ready`; its stderr is above)"),
             }),
-            Err(_) => Err(LabError::Timeout {
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(LabError::Timeout {
+                what,
+                secs: timeout.as_secs(),
+                detail: " (it exited; its stderr is above)".into(),
+            }),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(LabError::Timeout {
                 what,
                 secs: timeout.as_secs(),
                 detail: String::new(),
             }),
         }
+    }
+
+    /// Where the lab server of `node` records the HTTP requests it receives.
+    fn http_log(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("{}-http.log", node.suffix()))
+    }
+
+    /// Sends `command` to the last lab server started in `node` and waits
+    /// (at most 10 s) until it has taken effect.
+    pub fn control(&self, node: Node, command: &str) -> Result<(), LabError> {
+        let process = self
+            .processes
+            .iter()
+            .rev()
+            .find(|p| p.node == node && p.control.is_some())
+            .ok_or_else(|| LabError::Control {
+                what: self.ns(node),
+                command: command.into(),
+                reason: "no lab server runs there".into(),
+            })?;
+        let err = |reason: String| LabError::Control {
+            what: process.what.clone(),
+            command: command.into(),
+            reason,
+        };
+        let mut control = process
+            .control
+            .as_ref()
+            .expect("checked")
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // A reply left over from a command that timed out belongs to nobody.
+        while control.replies.try_recv().is_ok() {}
+        control
+            .stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .and_then(|()| control.stdin.flush())
+            .map_err(|e| err(format!("write: {e}")))?;
+        match control.replies.recv_timeout(Duration::from_secs(10)) {
+            Ok(reply) if reply == "ok" => Ok(()),
+            Ok(reply) => Err(err(reply)),
+            Err(e) => Err(err(format!("no answer: {e}"))),
+        }
+    }
+
+    /// Closes the TCP listener (tcp, lines or http) on `port` of `node`'s lab
+    /// server: new connections are refused, accepted ones go on.
+    pub fn stop_port(&self, node: Node, port: u16) -> Result<(), LabError> {
+        self.control(node, &format!("stop {port}"))
+    }
+
+    /// Opens the listener on `port` again, as it was.
+    pub fn start_port(&self, node: Node, port: u16) -> Result<(), LabError> {
+        self.control(node, &format!("start {port}"))
+    }
+
+    /// `node`'s HTTP servers answer `code` from now on (and stop hanging).
+    pub fn set_http_status(&self, node: Node, code: u16) -> Result<(), LabError> {
+        self.control(node, &format!("http-status {code}"))
+    }
+
+    /// `node`'s HTTP servers accept and read requests but never answer.
+    pub fn set_http_hang(&self, node: Node) -> Result<(), LabError> {
+        self.control(node, "http-hang")
+    }
+
+    /// Every HTTP request `node`'s lab server received so far, oldest first.
+    pub fn http_requests(&self, node: Node) -> Result<Vec<HttpRequest>, LabError> {
+        let path = self.http_log(node);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(LabError::io(format!("read {}", path.display()))(e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split(' ');
+                Some(HttpRequest {
+                    peer: words.next()?.parse().ok()?,
+                    method: words.next()?.to_owned(),
+                    target: words.next()?.to_owned(),
+                    version: words.next()?.to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    /// Makes `node`'s kernel ignore (or answer again) ICMP and ICMPv6 echo
+    /// requests: `net.ipv4.icmp_echo_ignore_all` and
+    /// `net.ipv6.icmp.echo_ignore_all`, both per namespace.
+    pub fn set_ping_ignored(&self, node: Node, ignored: bool) -> Result<(), LabError> {
+        let value = if ignored { "1" } else { "0" };
+        set_sysctls(
+            &self.ns(node),
+            &[
+                ("net/ipv4/icmp_echo_ignore_all", value),
+                ("net/ipv6/icmp/echo_ignore_all", value),
+            ],
+        )
     }
 
     /// Starts `lb run --config POLICY --socket <lab dir>/lb.sock EXTRA...` in
@@ -631,7 +780,7 @@ impl Drop for Lab {
             return;
         }
         for mut p in self.processes.drain(..) {
-            drop(p.stdin.take());
+            drop(p.control.take());
             let _ = p.child.kill();
             if let Err(e) = p.child.wait() {
                 eprintln!("lab: wait for {}: {e}", p.what);

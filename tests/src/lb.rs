@@ -18,7 +18,11 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{lab::LabError, netns};
+use crate::{
+    lab::LabError,
+    netns,
+    status::{self, Status, Waited},
+};
 
 /// The line `lb run` logs once its maps are written and its program attached.
 pub const READY: &str = "lb ready";
@@ -151,6 +155,36 @@ impl LbProcess {
         serde_json::from_str(&out).map_err(|e| LabError::Status {
             reason: format!("not JSON ({e}): {out}"),
         })
+    }
+
+    /// `lb status [GROUP] [--json] --socket SOCKET`: what the command line
+    /// prints.
+    pub fn status_command(&self, group: Option<&str>, json: bool) -> Result<String, LabError> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("status");
+        if let Some(group) = group {
+            cmd.arg(group);
+        }
+        if json {
+            cmd.arg("--json");
+        }
+        crate::lab::run(cmd.arg("--socket").arg(&self.socket))
+    }
+
+    /// The status report, straight from the API socket (cheap enough to poll).
+    pub fn report(&self) -> Result<Status, LabError> {
+        status::fetch(&self.socket)
+    }
+
+    /// Polls the status report until `check` returns `Some` or `timeout`
+    /// passes: see [`status::wait_for`].
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl FnMut(&Status) -> Option<T>,
+    ) -> Result<Waited<T>, LabError> {
+        status::wait_for(&self.socket, timeout, what, check)
     }
 
     /// Whether it is still running.

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod packets;
 pub mod policy;
 pub mod stats;
+pub mod status;
 pub mod topo;
 
 pub use lab::{Lab, LabError, LabOptions};

@@ -87,9 +87,15 @@ pub fn target_by_mac(mac: Mac) -> Option<&'static TargetSpec> {
 }
 
 /// Ports the targets' servers listen on: TCP on every address, UDP on the VIPs
-/// (a DSR UDP server must answer from the VIP, so it binds to it).
+/// (a DSR UDP server must answer from the VIP, so it binds to it). The name
+/// then close on `TCP_PORT`, UDP answers on `UDP_PORT`.
 pub const TCP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 53;
+/// The targets' long-lived-connection service: the name for every line
+/// received (`lb-lab-server --lines`).
+pub const LINES_PORT: u16 = 81;
+/// The targets' HTTP server (`lb-lab-server --http`), for HTTP health checks.
+pub const HTTP_PORT: u16 = 8080;
 
 /// `02:00:00:00:00:11`.
 pub fn fmt_mac(mac: Mac) -> String {

@@ -119,6 +119,7 @@ fn compile(policy: &Policy) -> MapPlan {
         iface_mac: LB_MAC,
         iface_nets: vec![],
         neighbors: targets.collect(),
+        health: Default::default(),
     };
     policy::compile::compile(policy, &observed).expect("compile")
 }

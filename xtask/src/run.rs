@@ -1,5 +1,6 @@
 //! `cargo xtask run`: set-up, build, then either the namespace lab demo
-//! (`lb-lab`: lab, lb, a burst, live counters until Ctrl-C) or, with both
+//! (`lb-lab`: lab, lb, a burst, live counters and health states with one
+//! target's service stopped for a while, until Ctrl-C) or, with both
 //! `--iface` and `--config`, `lb run` on a real NIC in the foreground.
 //! Either way this process is replaced by the one it starts (exec), so
 //! Ctrl-C and the exit status are that process's own.
@@ -34,6 +35,10 @@ pub struct RunArgs {
     /// Lab: stop after this many seconds of live counters instead of at Ctrl-C.
     #[arg(long)]
     duration: Option<u64>,
+    /// Lab: seconds to stop one health-checked target's service for, at the
+    /// start of the live view (0: none).
+    #[arg(long, default_value_t = 10)]
+    outage_s: u64,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -85,7 +90,8 @@ fn lab_demo(args: &RunArgs, config: &Path) -> Command {
         .arg("--lb-bin")
         .arg(lb)
         .arg("--server-bin")
-        .arg(server);
+        .arg(server)
+        .args(["--outage-s", &args.outage_s.to_string()]);
     if let Some(d) = args.duration {
         cmd.args(["--duration", &d.to_string()]);
     }

@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, FlowKey,
-    FlowKeyV4, FlowState, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot,
+    BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowKeyV4, FlowState,
+    GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot,
     MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, TargetInfo,
 };
 
@@ -46,7 +46,7 @@ static GROUPS: Array<GroupInfo, { MAX_GROUPS as usize }> = Array::new();
 /// A group's consistent-hash table: element 0 holds the number of slots M,
 /// elements 1..=M hold target ids. Inner maps differ in size (BPF_F_INNER_MAP);
 /// the loader builds a new one and swaps it in with one outer update.
-type GroupTable = Array<u32, 2, { BPF_F_INNER_MAP as usize }>;
+type GroupTable = Array<u32, 2, { GROUP_TABLE_FLAGS as usize }>;
 
 /// Group id -> that group's table.
 #[btf_map]

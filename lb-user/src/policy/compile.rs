@@ -15,10 +15,13 @@ use lb_common::{
     PROTO_TCP, PROTO_UDP, TargetInfo, hash_fields, target_flags,
 };
 
-use super::{Affinity, Algorithm, ListenerProtocol, Policy};
+use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
 use crate::{
-    maglev::{self, Identity, Member},
-    plan::{Exclusion, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget},
+    maglev::{Identity, Member, TableCache},
+    plan::{
+        Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget,
+        TargetHealth,
+    },
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -90,7 +93,28 @@ pub fn listener_key(vip: IpAddr, protocol: ListenerProtocol, port: u16) -> Liste
     }
 }
 
+/// Compiles with a fresh table cache (every table built).
 pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileError> {
+    compile_cached(policy, observed, &mut TableCache::default())
+}
+
+/// Compiles, reusing the tables of `cache` whose members and size are
+/// unchanged (the result is the same as [`compile`]'s).
+pub fn compile_cached(
+    policy: &Policy,
+    observed: &Observed,
+    cache: &mut TableCache,
+) -> Result<MapPlan, CompileError> {
+    let plan = compile_groups(policy, observed, cache);
+    cache.end_round();
+    plan
+}
+
+fn compile_groups(
+    policy: &Policy,
+    observed: &Observed,
+    cache: &mut TableCache,
+) -> Result<MapPlan, CompileError> {
     check_capacity("listeners", policy.listeners.len(), MAX_LISTENERS)?;
     check_capacity("target groups", policy.target_groups.len(), MAX_GROUPS)?;
     let target_count: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
@@ -113,6 +137,8 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
             .map(|t| converted_weight(t.weight))
             .sum();
         let first = targets.len();
+        let check = group.health_check.as_ref().filter(|h| h.enabled);
+        let rebalance = group.target_failover.on_unhealthy == FailoverMode::Rebalance;
         for target in &group.targets {
             let id = targets.len() as u32 + 1;
             let mac = match &target.mac {
@@ -128,9 +154,21 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
                 }
                 None => observed.neighbors.get(&target.ip).copied(),
             };
+            let health = match check {
+                None => TargetHealth::Unchecked,
+                Some(_) => TargetHealth::Checked(
+                    observed
+                        .health
+                        .get(&(group.name.clone(), target.ip))
+                        .copied()
+                        .unwrap_or(Health::Initial),
+                ),
+            };
+            let unhealthy = health == TargetHealth::Checked(Health::Unhealthy);
             let excluded = match (mac, target.weight) {
                 (None, _) => Some(Exclusion::MacUnresolved),
                 (Some(_), 0) => Some(Exclusion::ZeroWeight),
+                _ if unhealthy => Some(Exclusion::Unhealthy),
                 _ => None,
             };
             let cw = converted_weight(target.weight);
@@ -147,10 +185,17 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
                     cw as f64 / total as f64
                 },
                 slots: 0,
+                monitor_port: target
+                    .monitor_port
+                    .or(check.and_then(|c| c.port))
+                    .unwrap_or(port),
+                health,
                 excluded,
                 info: TargetInfo {
                     mac: mac.unwrap_or_default(),
-                    flags: if mac.is_some() {
+                    // Existing flows of an unhealthy target stay on it unless
+                    // the group rebalances (decided below, with last resort).
+                    flags: if mac.is_some() && !(unhealthy && rebalance) {
                         target_flags::USABLE
                     } else {
                         0
@@ -158,6 +203,22 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
                     group_id,
                 },
             });
+        }
+        // Last resort (SPEC.md failover table): when no target is healthy,
+        // every target with a MAC and a weight takes new flows.
+        let group_targets = &mut targets[first..];
+        let last_resort = !group_targets.iter().any(|t| t.excluded.is_none())
+            && group_targets
+                .iter()
+                .any(|t| t.excluded == Some(Exclusion::Unhealthy));
+        if last_resort {
+            for t in group_targets
+                .iter_mut()
+                .filter(|t| t.excluded == Some(Exclusion::Unhealthy))
+            {
+                t.excluded = None;
+                t.info.flags |= target_flags::USABLE;
+            }
         }
         let members: Vec<Member> = targets[first..]
             .iter()
@@ -171,7 +232,7 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
                 id: t.id,
             })
             .collect();
-        let table = maglev::build(&members, group.table_size);
+        let table = cache.get(&members, group.table_size);
         for &id in &table {
             if id != 0 {
                 targets[id as usize - 1].slots += 1;
@@ -187,6 +248,7 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
                 generation: 0,
             },
             table,
+            last_resort,
         });
     }
 
@@ -251,12 +313,15 @@ mod tests {
                 algorithm: Algorithm::Hash,
                 affinity: Affinity::FiveTuple,
                 table_size: 1021,
+                health_check: None,
+                target_failover: Default::default(),
                 targets: targets
                     .iter()
                     .map(|(ip, w, mac)| Target {
                         ip: ip.parse().unwrap(),
                         weight: *w,
                         port: None,
+                        monitor_port: None,
                         mac: mac.map(String::from),
                     })
                     .collect(),
@@ -272,7 +337,126 @@ mod tests {
                 .iter()
                 .map(|(ip, last)| (ip.parse().unwrap(), [2, 0, 0, 0, 0, *last]))
                 .collect::<BTreeMap<_, _>>(),
+            health: BTreeMap::new(),
         }
+    }
+
+    /// Three resolved targets with TCP checks, `rebalance` or not, and the
+    /// given verdicts for .11, .12, .13 (None: no verdict yet).
+    fn checked(rebalance: bool, verdicts: [Option<Health>; 3]) -> MapPlan {
+        let mut p = policy(&[
+            ("10.0.3.11", 256, None),
+            ("10.0.3.12", 256, None),
+            ("10.0.3.13", 256, None),
+        ]);
+        let yaml = "{ type: tcp, interval_s: 2, timeout_s: 1 }";
+        p.target_groups[0].health_check = Some(serde_norway::from_str(yaml).unwrap());
+        if rebalance {
+            p.target_groups[0].target_failover.on_unhealthy = FailoverMode::Rebalance;
+            p.target_groups[0].target_failover.on_deregistration = FailoverMode::Rebalance;
+        }
+        let mut o = observed(&[
+            ("10.0.3.11", 0x11),
+            ("10.0.3.12", 0x12),
+            ("10.0.3.13", 0x13),
+        ]);
+        for (ip, v) in ["10.0.3.11", "10.0.3.12", "10.0.3.13"].iter().zip(verdicts) {
+            if let Some(v) = v {
+                o.health.insert(("web".into(), ip.parse().unwrap()), v);
+            }
+        }
+        compile(&p, &o).unwrap()
+    }
+
+    fn table_ids(plan: &MapPlan) -> std::collections::BTreeSet<u32> {
+        plan.groups[0].table.iter().copied().collect()
+    }
+
+    #[test]
+    fn unchecked_and_initial_targets_take_new_flows() {
+        let p = policy(&[("10.0.3.11", 256, None)]);
+        let plan = compile(&p, &observed(&[("10.0.3.11", 0x11)])).unwrap();
+        assert_eq!(plan.targets[0].health, TargetHealth::Unchecked);
+        let plan = checked(false, [None, Some(Health::Healthy), None]);
+        assert_eq!(
+            plan.targets[0].health,
+            TargetHealth::Checked(Health::Initial)
+        );
+        assert_eq!(table_ids(&plan), [1, 2, 3].into());
+    }
+
+    #[test]
+    fn unhealthy_targets_leave_the_table_and_keep_flows_without_rebalance() {
+        let plan = checked(
+            false,
+            [
+                Some(Health::Healthy),
+                Some(Health::Unhealthy),
+                Some(Health::Healthy),
+            ],
+        );
+        assert_eq!(table_ids(&plan), [1, 3].into());
+        assert_eq!(plan.targets[1].excluded, Some(Exclusion::Unhealthy));
+        assert_ne!(
+            plan.targets[1].info.flags & target_flags::USABLE,
+            0,
+            "no_rebalance keeps its flows"
+        );
+        assert!(!plan.groups[0].last_resort);
+    }
+
+    #[test]
+    fn rebalance_takes_the_flows_of_unhealthy_targets_away() {
+        let plan = checked(
+            true,
+            [
+                Some(Health::Healthy),
+                Some(Health::Unhealthy),
+                Some(Health::Healthy),
+            ],
+        );
+        assert_eq!(table_ids(&plan), [1, 3].into());
+        assert_eq!(plan.targets[1].info.flags & target_flags::USABLE, 0);
+        assert_ne!(plan.targets[0].info.flags & target_flags::USABLE, 0);
+    }
+
+    #[test]
+    fn no_healthy_target_is_last_resort_for_all() {
+        for rebalance in [false, true] {
+            let plan = checked(rebalance, [Some(Health::Unhealthy); 3]);
+            assert!(plan.groups[0].last_resort);
+            assert_eq!(table_ids(&plan), [1, 2, 3].into());
+            assert!(
+                plan.targets
+                    .iter()
+                    .all(|t| t.excluded.is_none() && t.info.flags & target_flags::USABLE != 0)
+            );
+        }
+        // One healthy target ends last resort.
+        let plan = checked(
+            false,
+            [
+                Some(Health::Unhealthy),
+                Some(Health::Unhealthy),
+                Some(Health::Healthy),
+            ],
+        );
+        assert!(!plan.groups[0].last_resort);
+        assert_eq!(table_ids(&plan), [3].into());
+    }
+
+    #[test]
+    fn monitor_port_defaults_to_check_port_then_target_port() {
+        let plan = checked(false, [None; 3]);
+        assert_eq!(plan.targets[0].monitor_port, 80);
+        let mut p = policy(&[("10.0.3.11", 256, None), ("10.0.3.12", 256, None)]);
+        p.target_groups[0].health_check = Some(serde_norway::from_str("{ port: 8080 }").unwrap());
+        p.target_groups[0].targets[1].monitor_port = Some(9090);
+        let plan = compile(&p, &observed(&[])).unwrap();
+        assert_eq!(
+            (plan.targets[0].monitor_port, plan.targets[1].monitor_port),
+            (8080, 9090)
+        );
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub struct TargetGroup {
     pub affinity: Affinity,
     #[serde(default = "default_table_size")]
     pub table_size: u32,
+    /// Absent: no health checks (targets count as healthy, status says
+    /// `unchecked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub target_failover: TargetFailover,
     #[serde(default)]
     pub targets: Vec<Target>,
 }
@@ -93,6 +99,10 @@ pub struct Target {
     /// With DSR the target port is the listener port; if given it must match.
     #[serde(default)]
     pub port: Option<u16>,
+    /// The port health checks probe on this target; overrides the group's
+    /// `health_check.port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_port: Option<u16>,
     /// Static MAC ("02:00:00:00:00:13"); overrides the neighbour table.
     #[serde(default)]
     pub mac: Option<String>,
@@ -104,4 +114,350 @@ pub const DEFAULT_WEIGHT: u16 = 256;
 
 fn default_weight() -> u16 {
     DEFAULT_WEIGHT
+}
+
+/// Defaults of the health check, from the KakaoCloud DSR NLB target group
+/// documents (see docs/policy.md for each one's source).
+pub const DEFAULT_INTERVAL_S: u32 = 30;
+pub const DEFAULT_TIMEOUT_S: u32 = 5;
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 5;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+pub const DEFAULT_HTTP_PATH: &str = "/";
+/// The seeds give no default; this is the usual network load balancer one
+/// (any 2xx or 3xx answer: the server is up).
+pub const DEFAULT_STATUS_CODES: &str = "200-399";
+
+/// How a target group's targets are probed. Only what was written is
+/// stored; the accessors give the effective values (defaults applied).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `false` keeps the settings but stops checking.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Default: `http` for `http` groups, `tcp` otherwise.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CheckType>,
+    /// Monitor port of every target; default: the target (= listener) port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "default_interval_s")]
+    pub interval_s: u32,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u32,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// http/https only. Default GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// http/https only. Default 1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<HttpVersion>,
+    /// http/https only. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// http/https only: `200`, `201,202`, `200-399` or a mix. Default
+    /// [`DEFAULT_STATUS_CODES`]. A bare number in the YAML is accepted.
+    #[serde(
+        default,
+        deserialize_with = "string_or_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status_codes: Option<String>,
+}
+
+impl HealthCheck {
+    /// The check type in effect for a group of `protocol`.
+    pub fn kind_for(&self, protocol: GroupProtocol) -> CheckType {
+        self.kind.unwrap_or(match protocol {
+            GroupProtocol::Http => CheckType::Http,
+            GroupProtocol::Tcp | GroupProtocol::Udp => CheckType::Tcp,
+        })
+    }
+
+    pub fn method(&self) -> HttpMethod {
+        self.method.unwrap_or_default()
+    }
+
+    pub fn version(&self) -> HttpVersion {
+        self.version.unwrap_or_default()
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_HTTP_PATH)
+    }
+
+    pub fn status_codes(&self) -> &str {
+        self.status_codes.as_deref().unwrap_or(DEFAULT_STATUS_CODES)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_interval_s() -> u32 {
+    DEFAULT_INTERVAL_S
+}
+fn default_timeout_s() -> u32 {
+    DEFAULT_TIMEOUT_S
+}
+fn default_healthy_threshold() -> u32 {
+    DEFAULT_HEALTHY_THRESHOLD
+}
+fn default_unhealthy_threshold() -> u32 {
+    DEFAULT_UNHEALTHY_THRESHOLD
+}
+
+/// `status_codes: 200` is a YAML integer; take it as the text `200`.
+fn string_or_integer<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a status code, a comma list or a range, like \"200-399\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// What a health check probes with (SPEC.md "Health checks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    /// Connect to the monitor port.
+    Tcp,
+    /// A request to the monitor port; the status code must match.
+    Http,
+    /// HTTP over TLS, the certificate not verified.
+    Https,
+    /// ICMP echo.
+    Ping,
+}
+
+impl CheckType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckType::Tcp => "tcp",
+            CheckType::Http => "http",
+            CheckType::Https => "https",
+            CheckType::Ping => "ping",
+        }
+    }
+
+    /// http and https: the only types with method, version, path and status
+    /// codes.
+    pub fn is_http(self) -> bool {
+        matches!(self, CheckType::Http | CheckType::Https)
+    }
+
+    /// The types a group of `protocol` may use (SPEC.md).
+    pub fn allowed_for(protocol: GroupProtocol) -> &'static [CheckType] {
+        match protocol {
+            GroupProtocol::Http => &[CheckType::Http, CheckType::Https, CheckType::Ping],
+            GroupProtocol::Tcp => &[CheckType::Tcp, CheckType::Ping],
+            GroupProtocol::Udp => &[CheckType::Tcp, CheckType::Http, CheckType::Https],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Head,
+    Options,
+    Post,
+    Put,
+    Trace,
+    Patch,
+    Delete,
+    Connect,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Options => "OPTIONS",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Trace => "TRACE",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Connect => "CONNECT",
+        }
+    }
+}
+
+/// `"1.0"` or `"1.1"`; unquoted `1.0` and `1.1` (YAML numbers) work too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HttpVersion {
+    Http10,
+    #[default]
+    Http11,
+}
+
+impl HttpVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http10 => "1.0",
+            HttpVersion::Http11 => "1.1",
+        }
+    }
+}
+
+impl Serialize for HttpVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = HttpVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"1.0\" or \"1.1\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HttpVersion, E> {
+                match v {
+                    "1.0" => Ok(HttpVersion::Http10),
+                    "1.1" => Ok(HttpVersion::Http11),
+                    _ => Err(E::custom(format!(
+                        "version `{v}` is not supported: use \"1.0\" or \"1.1\""
+                    ))),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<HttpVersion, E> {
+                self.visit_str(&format!("{v:?}"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HttpVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HttpVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// What happens to a target's existing flows when it turns unhealthy or is
+/// deregistered (SPEC.md "Deregistration and failover of flows").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFailover {
+    #[serde(default)]
+    pub on_unhealthy: FailoverMode,
+    /// Must equal `on_unhealthy`.
+    #[serde(default)]
+    pub on_deregistration: FailoverMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    /// Existing flows keep going to the same target.
+    #[default]
+    NoRebalance,
+    /// Existing flows are re-hashed onto healthy targets.
+    Rebalance,
+}
+
+impl FailoverMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::NoRebalance => "no_rebalance",
+            FailoverMode::Rebalance => "rebalance",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(yaml: &str) -> Vec<TargetGroup> {
+        crate::policy::parse("t.yaml", yaml)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .target_groups
+    }
+
+    #[test]
+    fn health_check_defaults() {
+        let gs = groups(
+            "target_groups:\n\
+             - { name: web, protocol: http, health_check: {} }\n\
+             - { name: tcp, protocol: tcp, health_check: {} }\n\
+             - { name: udp, protocol: udp, health_check: {} }\n\
+             - { name: off, protocol: tcp }\n",
+        );
+        let hc = gs[0].health_check.as_ref().unwrap();
+        assert!(hc.enabled);
+        assert_eq!(hc.kind_for(GroupProtocol::Http), CheckType::Http);
+        assert_eq!(
+            (
+                hc.interval_s,
+                hc.timeout_s,
+                hc.healthy_threshold,
+                hc.unhealthy_threshold
+            ),
+            (30, 5, 5, 2)
+        );
+        assert_eq!(hc.port, None);
+        assert_eq!(hc.method(), HttpMethod::Get);
+        assert_eq!(hc.version(), HttpVersion::Http11);
+        assert_eq!(hc.path(), "/");
+        assert_eq!(hc.status_codes(), "200-399");
+        let kind = |g: &TargetGroup| g.health_check.as_ref().unwrap().kind_for(g.protocol);
+        assert_eq!(kind(&gs[1]), CheckType::Tcp);
+        assert_eq!(kind(&gs[2]), CheckType::Tcp);
+        assert_eq!(gs[3].health_check, None);
+        for g in &gs {
+            assert_eq!(g.target_failover, TargetFailover::default());
+            assert_eq!(g.target_failover.on_unhealthy, FailoverMode::NoRebalance);
+        }
+    }
+
+    #[test]
+    fn written_values_and_number_forms() {
+        let gs = groups(
+            "target_groups:\n\
+             - name: web\n  protocol: http\n  health_check:\n    enabled: false\n    type: https\n    method: HEAD\n    version: 1.0\n    status_codes: 204\n    path: /health\n  target_failover: { on_unhealthy: rebalance, on_deregistration: rebalance }\n  targets: [ { ip: 10.0.3.11, monitor_port: 8443 } ]\n",
+        );
+        let hc = gs[0].health_check.as_ref().unwrap();
+        assert!(!hc.enabled);
+        assert_eq!(hc.kind, Some(CheckType::Https));
+        assert_eq!(hc.method(), HttpMethod::Head);
+        assert_eq!(hc.version(), HttpVersion::Http10);
+        assert_eq!(hc.status_codes(), "204");
+        assert_eq!(hc.path(), "/health");
+        assert_eq!(gs[0].target_failover.on_unhealthy, FailoverMode::Rebalance);
+        assert_eq!(gs[0].targets[0].monitor_port, Some(8443));
+        // `1.1` unquoted is the YAML float 1.1.
+        let gs = groups(
+            "target_groups:\n- { name: web, protocol: http, health_check: { version: 1.1 } }\n",
+        );
+        assert_eq!(
+            gs[0].health_check.as_ref().unwrap().version,
+            Some(HttpVersion::Http11)
+        );
+    }
 }

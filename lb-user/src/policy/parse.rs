@@ -169,8 +169,11 @@ fn reword(path: &str, message: &str, positions: &Positions) -> (String, String) 
         };
         return (path, message.to_string());
     }
-    // "invalid value: integer `70000`, expected u16"
-    if let Some(rest) = message.strip_prefix("invalid value: integer `")
+    // "invalid value: integer `70000`, expected u16", and for a negative
+    // number "invalid type: integer `-1`, expected u32"
+    if let Some(rest) = message
+        .strip_prefix("invalid value: integer `")
+        .or_else(|| message.strip_prefix("invalid type: integer `"))
         && let Some((value, _)) = rest.split_once('`')
         && let Some(m) = validate::out_of_range(field, value)
     {
@@ -238,7 +241,7 @@ mod tests {
         Case {
             name: "unknown field in a target",
             yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    targets:\n      - { ip: 10.0.3.11, weigth: 3 }\n",
-            expect: "t.yaml:5:26: target_groups[0].targets[0].weigth: unknown field `weigth`, expected one of `ip`, `weight`, `port`, `mac`",
+            expect: "t.yaml:5:26: target_groups[0].targets[0].weigth: unknown field `weigth`, expected one of `ip`, `weight`, `port`, `monitor_port`, `mac`",
         },
         Case {
             name: "bad protocol",
@@ -289,6 +292,56 @@ mod tests {
             name: "yaml syntax error",
             yaml: "listeners:\n  - name: web\n   vip: 10.0.3.49\n",
             expect: "t.yaml:3:4: invalid yaml: did not find expected '-' indicator, while parsing a block collection at line 2 column 3",
+        },
+        Case {
+            name: "unknown field in a health check",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    health_check:\n      intervall_s: 5\n",
+            expect: "t.yaml:5:7: target_groups[0].health_check.intervall_s: unknown field `intervall_s`, expected one of `enabled`, `type`, `port`, `interval_s`, `timeout_s`, `healthy_threshold`, `unhealthy_threshold`, `method`, `version`, `path`, `status_codes`",
+        },
+        Case {
+            name: "bad health check type",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    health_check:\n      type: icmp\n",
+            expect: "t.yaml:5:13: target_groups[0].health_check.type: unknown variant `icmp`, expected one of `tcp`, `http`, `https`, `ping`",
+        },
+        Case {
+            name: "lowercase http method",
+            yaml: "target_groups:\n  - name: web\n    protocol: http\n    health_check:\n      method: get\n",
+            expect: "t.yaml:5:15: target_groups[0].health_check.method: unknown variant `get`, expected one of `GET`, `HEAD`, `OPTIONS`, `POST`, `PUT`, `TRACE`, `PATCH`, `DELETE`, `CONNECT`",
+        },
+        Case {
+            name: "http version 2",
+            yaml: "target_groups:\n  - name: web\n    protocol: http\n    health_check:\n      version: '2.0'\n",
+            expect: "t.yaml:5:16: target_groups[0].health_check.version: version `2.0` is not supported: use \"1.0\" or \"1.1\"",
+        },
+        Case {
+            name: "unquoted http version 1",
+            yaml: "target_groups:\n  - name: web\n    protocol: http\n    health_check:\n      version: 1\n",
+            expect: "t.yaml:5:16: target_groups[0].health_check.version: version `1` is not supported: use \"1.0\" or \"1.1\"",
+        },
+        Case {
+            name: "negative interval",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    health_check:\n      interval_s: -1\n",
+            expect: "t.yaml:5:19: target_groups[0].health_check.interval_s: interval_s -1 is out of range 1-3600",
+        },
+        Case {
+            name: "interval with a unit",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    health_check:\n      interval_s: 30s\n",
+            expect: "t.yaml:5:19: target_groups[0].health_check.interval_s: interval_s must be an integer 1-3600, found string \"30s\"",
+        },
+        Case {
+            name: "threshold too big for the type",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    health_check:\n      healthy_threshold: 5000000000\n",
+            expect: "t.yaml:5:26: target_groups[0].health_check.healthy_threshold: healthy_threshold 5000000000 is out of range 1-10",
+        },
+        Case {
+            name: "monitor port too big for the type",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    targets: [ { ip: 10.0.3.11, monitor_port: 70000 } ]\n",
+            expect: "t.yaml:4:47: target_groups[0].targets[0].monitor_port: monitor_port 70000 is out of range 1-65535",
+        },
+        Case {
+            name: "bad failover mode",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    target_failover:\n      on_unhealthy: failover\n",
+            expect: "t.yaml:5:21: target_groups[0].target_failover.on_unhealthy: unknown variant `failover`, expected `no_rebalance` or `rebalance`",
         },
         Case {
             name: "duplicate key",

@@ -14,7 +14,10 @@ use lb_common::{MAX_GROUPS, MAX_LISTENERS, MAX_TABLE_SIZE, MAX_TARGETS};
 
 use super::{
     error::{Issue, PolicyError},
-    model::{DEFAULT_TABLE_SIZE, GroupProtocol, Listener, ListenerProtocol, Policy, TargetGroup},
+    model::{
+        CheckType, DEFAULT_TABLE_SIZE, GroupProtocol, HealthCheck, Listener, ListenerProtocol,
+        Policy, TargetGroup,
+    },
     parse::parse_mac,
     positions::Positions,
 };
@@ -25,6 +28,10 @@ pub const MAX_NAME_LEN: usize = 63;
 pub const MAX_WEIGHT: u16 = 256;
 /// Smallest consistent-hash table a group may have.
 pub const MIN_TABLE_SIZE: u32 = 1021;
+/// Health check ranges (SPEC.md "Health checks").
+pub const INTERVAL_S: (u32, u32) = (1, 3600);
+pub const TIMEOUT_S: (u32, u32) = (1, 900);
+pub const THRESHOLD: (u32, u32) = (1, 10);
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const MAX_IFACE_LEN: usize = 15;
 
@@ -100,7 +107,12 @@ pub fn validate_for_host(
 /// The allowed range of a numeric field, for messages.
 pub(crate) fn range(field: &str) -> Option<String> {
     match field {
-        "port" => Some("1-65535".into()),
+        "port" | "monitor_port" => Some("1-65535".into()),
+        "interval_s" => Some(format!("{}-{}", INTERVAL_S.0, INTERVAL_S.1)),
+        "timeout_s" => Some(format!("{}-{}", TIMEOUT_S.0, TIMEOUT_S.1)),
+        "healthy_threshold" | "unhealthy_threshold" => {
+            Some(format!("{}-{}", THRESHOLD.0, THRESHOLD.1))
+        }
         "weight" => Some(format!("0-{MAX_WEIGHT}")),
         "table_size" => Some(format!("{MIN_TABLE_SIZE}-{MAX_TABLE_SIZE}")),
         _ => None,
@@ -147,6 +159,11 @@ impl<'a> Report<'a> {
 
     fn line(&self, path: &str) -> usize {
         self.positions.locate(path).line
+    }
+
+    /// Whether the text gives a scalar at `path` (rather than a default).
+    fn written(&self, path: &str) -> bool {
+        self.positions.scalar(path).is_some()
     }
 }
 
@@ -359,6 +376,9 @@ fn target_group(
         );
     }
 
+    health_check(r, g, group);
+    target_failover(r, g, group);
+
     let mut seen: HashMap<IpAddr, usize> = HashMap::new();
     let vips: HashSet<IpAddr> = policy.listeners.iter().map(|l| l.vip).collect();
     for (t, target) in group.targets.iter().enumerate() {
@@ -427,6 +447,9 @@ fn target_group(
             ),
             _ => {}
         }
+        if let Some(port) = target.monitor_port {
+            monitor_port(r, &at("monitor_port"), port, group);
+        }
         if let Some(mac) = &target.mac {
             match parse_mac(mac) {
                 Err(message) => r.issue(at("mac"), message),
@@ -441,6 +464,196 @@ fn target_group(
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// SPEC.md "Health checks": ranges, timeout < interval, types by group
+/// protocol, http-only fields only on http and https checks.
+fn health_check(r: &mut Report, g: usize, group: &TargetGroup) {
+    let Some(hc) = &group.health_check else {
+        return;
+    };
+    let at = |field: &str| format!("target_groups[{g}].health_check.{field}");
+    let kind = hc.kind_for(group.protocol);
+    let allowed = CheckType::allowed_for(group.protocol);
+    if !allowed.contains(&kind) {
+        let names: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
+        r.issue(
+            at("type"),
+            format!(
+                "health check type {} is not allowed for a {} target group: use {}",
+                kind.as_str(),
+                group_protocol_name(group.protocol),
+                names.join(", ")
+            ),
+        );
+    }
+    if hc.port == Some(0) {
+        r.issue(at("port"), out_of_range("port", "0").unwrap_or_default());
+    } else if hc.port.is_some() && kind == CheckType::Ping {
+        r.issue(
+            at("port"),
+            "port is not used by ping checks (ICMP has no port): remove it or use another type"
+                .into(),
+        );
+    }
+    let in_range = |r: &mut Report, field: &str, value: u32, (lo, hi): (u32, u32)| {
+        let ok = (lo..=hi).contains(&value);
+        if !ok {
+            r.issue(
+                at(field),
+                out_of_range(field, &value.to_string()).unwrap_or_default(),
+            );
+        }
+        ok
+    };
+    let interval_ok = in_range(r, "interval_s", hc.interval_s, INTERVAL_S);
+    let timeout_ok = in_range(r, "timeout_s", hc.timeout_s, TIMEOUT_S);
+    in_range(r, "healthy_threshold", hc.healthy_threshold, THRESHOLD);
+    in_range(r, "unhealthy_threshold", hc.unhealthy_threshold, THRESHOLD);
+    if interval_ok && timeout_ok && hc.timeout_s >= hc.interval_s {
+        let (timeout, interval) = (hc.timeout_s, hc.interval_s);
+        if r.written(&at("timeout_s")) || !r.written(&at("interval_s")) {
+            let default = if r.written(&at("interval_s")) {
+                ""
+            } else {
+                " (the default)"
+            };
+            r.issue(
+                at("timeout_s"),
+                format!("timeout_s {timeout} must be less than interval_s {interval}{default}"),
+            );
+        } else {
+            r.issue(
+                at("interval_s"),
+                format!(
+                    "interval_s {interval} must be greater than timeout_s {timeout} (the default): \
+                     set timeout_s too"
+                ),
+            );
+        }
+    }
+    let kind_text = if hc.kind.is_some() {
+        kind.as_str().to_string()
+    } else {
+        format!(
+            "{} (the default for a {} group)",
+            kind.as_str(),
+            group_protocol_name(group.protocol)
+        )
+    };
+    http_fields(r, g, hc, kind, &kind_text);
+}
+
+/// method, version, path and status_codes: only for http and https, and
+/// well formed.
+fn http_fields(r: &mut Report, g: usize, hc: &HealthCheck, kind: CheckType, kind_text: &str) {
+    let at = |field: &str| format!("target_groups[{g}].health_check.{field}");
+    if !kind.is_http() {
+        let given = [
+            ("method", hc.method.is_some()),
+            ("version", hc.version.is_some()),
+            ("path", hc.path.is_some()),
+            ("status_codes", hc.status_codes.is_some()),
+        ];
+        for (field, _) in given.iter().filter(|(_, given)| *given) {
+            r.issue(
+                at(field),
+                format!("{field} is only for http and https checks; this check is {kind_text}"),
+            );
+        }
+        return;
+    }
+    if let Some(path) = &hc.path
+        && let Err(why) = http_path(path)
+    {
+        r.issue(at("path"), format!("path `{path}` is invalid: {why}"));
+    }
+    if let Some(codes) = &hc.status_codes
+        && let Err(message) = crate::health::StatusCodes::parse(codes)
+    {
+        r.issue(at("status_codes"), message);
+    }
+}
+
+/// A URL path (and query) as it goes on the request line.
+fn http_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("it must start with '/'");
+    }
+    if let Some(c) = path.chars().find(|&c| !c.is_ascii_graphic()) {
+        return Err(if c == ' ' {
+            "it must not contain spaces (write %20)"
+        } else {
+            "use printable ASCII only (percent-encode the rest)"
+        });
+    }
+    if path.contains('#') {
+        return Err("a fragment ('#') is never sent to a server");
+    }
+    if path.parse::<hyper::Uri>().is_err() {
+        return Err("it is not a URL path");
+    }
+    Ok(())
+}
+
+/// A target's monitor port: in range, and only where a check uses a port.
+fn monitor_port(r: &mut Report, path: &str, port: u16, group: &TargetGroup) {
+    if port == 0 {
+        r.issue(
+            path.to_string(),
+            out_of_range("monitor_port", "0").unwrap_or_default(),
+        );
+        return;
+    }
+    match &group.health_check {
+        None => r.issue(
+            path.to_string(),
+            format!(
+                "monitor_port is set but target group `{}` has no health_check",
+                group.name
+            ),
+        ),
+        Some(hc) if hc.kind_for(group.protocol) == CheckType::Ping => r.issue(
+            path.to_string(),
+            format!(
+                "monitor_port is not used: target group `{}` checks with ping (ICMP has no port)",
+                group.name
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
+/// SPEC.md: on_deregistration and on_unhealthy must have the same value.
+fn target_failover(r: &mut Report, g: usize, group: &TargetGroup) {
+    let tf = group.target_failover;
+    if tf.on_deregistration == tf.on_unhealthy {
+        return;
+    }
+    let at = |field: &str| format!("target_groups[{g}].target_failover.{field}");
+    let (dereg, unhealthy) = (tf.on_deregistration.as_str(), tf.on_unhealthy.as_str());
+    if r.written(&at("on_deregistration")) {
+        let default = if r.written(&at("on_unhealthy")) {
+            ""
+        } else {
+            " (the default)"
+        };
+        r.issue(
+            at("on_deregistration"),
+            format!(
+                "on_deregistration {dereg} differs from on_unhealthy {unhealthy}{default}: \
+                 both must have the same value"
+            ),
+        );
+    } else {
+        r.issue(
+            at("on_unhealthy"),
+            format!(
+                "on_unhealthy {unhealthy} differs from on_deregistration {dereg} (the default): \
+                 both must have the same value; set on_deregistration: {unhealthy} too"
+            ),
+        );
     }
 }
 
@@ -943,6 +1156,468 @@ mod tests {
                 expect_line: 1,
                 expect: "interface: interface name `eth0/1` is invalid: use 1-15 characters without '/', ':' or whitespace",
             },
+            Case {
+                name: "http check on a tcp group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: http",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.type: health check type http is not allowed for a tcp target group: use tcp, ping",
+            },
+            Case {
+                name: "https check on a tcp group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: https",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.type: health check type https is not allowed for a tcp target group: use tcp, ping",
+            },
+            Case {
+                name: "tcp check on a http group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      type: tcp",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.type: health check type tcp is not allowed for a http target group: use http, https, ping",
+            },
+            Case {
+                name: "ping check on a udp group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: udp",
+                    "    health_check:",
+                    "      type: ping",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.type: health check type ping is not allowed for a udp target group: use tcp, http, https",
+            },
+            Case {
+                name: "interval_s 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      interval_s: 0",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.interval_s: interval_s 0 is out of range 1-3600",
+            },
+            Case {
+                name: "interval_s 3601",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      interval_s: 3601",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.interval_s: interval_s 3601 is out of range 1-3600",
+            },
+            Case {
+                name: "timeout_s 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      timeout_s: 0",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.timeout_s: timeout_s 0 is out of range 1-900",
+            },
+            Case {
+                name: "timeout_s 901",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      timeout_s: 901",
+                    "      interval_s: 3600",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.timeout_s: timeout_s 901 is out of range 1-900",
+            },
+            Case {
+                name: "healthy_threshold 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      healthy_threshold: 0",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.healthy_threshold: healthy_threshold 0 is out of range 1-10",
+            },
+            Case {
+                name: "healthy_threshold 11",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      healthy_threshold: 11",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.healthy_threshold: healthy_threshold 11 is out of range 1-10",
+            },
+            Case {
+                name: "unhealthy_threshold 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      unhealthy_threshold: 0",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.unhealthy_threshold: unhealthy_threshold 0 is out of range 1-10",
+            },
+            Case {
+                name: "unhealthy_threshold 11",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      unhealthy_threshold: 11",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.unhealthy_threshold: unhealthy_threshold 11 is out of range 1-10",
+            },
+            Case {
+                name: "health check port 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      port: 0",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.port: port 0 is out of range 1-65535",
+            },
+            Case {
+                name: "timeout equal to interval",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      interval_s: 5",
+                    "      timeout_s: 5",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.timeout_s: timeout_s 5 must be less than interval_s 5",
+            },
+            Case {
+                name: "timeout above the default interval",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      timeout_s: 30",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.timeout_s: timeout_s 30 must be less than interval_s 30 (the default)",
+            },
+            Case {
+                name: "interval below the default timeout",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      interval_s: 2",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.interval_s: interval_s 2 must be greater than timeout_s 5 (the default): set timeout_s too",
+            },
+            Case {
+                name: "method on a tcp check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: tcp",
+                    "      method: GET",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.method: method is only for http and https checks; this check is tcp",
+            },
+            Case {
+                name: "version on a tcp check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: tcp",
+                    "      version: '1.1'",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.version: version is only for http and https checks; this check is tcp",
+            },
+            Case {
+                name: "path on a tcp check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: tcp",
+                    "      path: /health",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.path: path is only for http and https checks; this check is tcp",
+            },
+            Case {
+                name: "status_codes on a tcp check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: tcp",
+                    "      status_codes: '200'",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.status_codes: status_codes is only for http and https checks; this check is tcp",
+            },
+            Case {
+                name: "method on a ping check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      type: ping",
+                    "      method: HEAD",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.method: method is only for http and https checks; this check is ping",
+            },
+            Case {
+                name: "path on a default (tcp) check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: udp",
+                    "    health_check:",
+                    "      path: /health",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.path: path is only for http and https checks; this check is tcp (the default for a udp group)",
+            },
+            Case {
+                name: "port on a ping check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: ping",
+                    "      port: 8080",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.port: port is not used by ping checks (ICMP has no port)",
+            },
+            Case {
+                name: "path without a leading slash",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      path: health",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.path: path `health` is invalid: it must start with '/'",
+            },
+            Case {
+                name: "path with a space",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      path: /my health",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.path: path `/my health` is invalid: it must not contain spaces (write %20)",
+            },
+            Case {
+                name: "path with a fragment",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      path: '/health#top'",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.path: path `/health#top` is invalid: a fragment ('#') is never sent to a server",
+            },
+            Case {
+                name: "path with a non-ascii character",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      path: /santé",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.path: path `/santé` is invalid: use printable ASCII only (percent-encode the rest)",
+            },
+            Case {
+                name: "status code out of range",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      status_codes: 600",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.status_codes: status code 600 is out of range 100-599",
+            },
+            Case {
+                name: "status code not a number",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      status_codes: 2xx",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].health_check.status_codes: status code `2xx` is not a number",
+            },
+            Case {
+                name: "reversed status code range",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      type: https",
+                    "      status_codes: 399-200",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.status_codes: status code range 399-200 is reversed: write 200-399",
+            },
+            Case {
+                name: "empty status code entry",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: udp",
+                    "    health_check:",
+                    "      type: http",
+                    "      status_codes: '200,,201'",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.status_codes: status_codes `200,,201` has an empty entry",
+            },
+            Case {
+                name: "monitor_port 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "        monitor_port: 0",
+                ],
+                expect_line: 8,
+                expect: "target_groups[0].targets[0].monitor_port: monitor_port 0 is out of range 1-65535",
+            },
+            Case {
+                name: "monitor_port without a health check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "        monitor_port: 8080",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].targets[0].monitor_port: monitor_port is set but target group `web` has no health_check",
+            },
+            Case {
+                name: "monitor_port with a ping check",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check:",
+                    "      type: ping",
+                    "    targets:",
+                    "      - ip: 10.0.3.11",
+                    "        monitor_port: 8080",
+                ],
+                expect_line: 8,
+                expect: "target_groups[0].targets[0].monitor_port: monitor_port is not used: target group `web` checks with ping (ICMP has no port)",
+            },
+            Case {
+                name: "failover modes differ",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    target_failover:",
+                    "      on_unhealthy: rebalance",
+                    "      on_deregistration: no_rebalance",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].target_failover.on_deregistration: on_deregistration no_rebalance differs from on_unhealthy rebalance: both must have the same value",
+            },
+            Case {
+                name: "only on_unhealthy set",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    target_failover:",
+                    "      on_unhealthy: rebalance",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].target_failover.on_unhealthy: on_unhealthy rebalance differs from on_deregistration no_rebalance (the default): both must have the same value; set on_deregistration: rebalance too",
+            },
+            Case {
+                name: "only on_deregistration set",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    target_failover:",
+                    "      on_deregistration: rebalance",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].target_failover.on_deregistration: on_deregistration rebalance differs from on_unhealthy no_rebalance (the default): both must have the same value",
+            },
         ]
     }
 
@@ -1077,6 +1752,70 @@ mod tests {
                     "  - { name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, protocol: tcp }",
                 ],
             ),
+            (
+                "every health check field, on an http group",
+                &[
+                    "listeners:",
+                    L_WEB,
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    health_check:",
+                    "      enabled: true",
+                    "      type: https",
+                    "      port: 8443",
+                    "      interval_s: 3600",
+                    "      timeout_s: 900",
+                    "      healthy_threshold: 10",
+                    "      unhealthy_threshold: 1",
+                    "      method: CONNECT",
+                    "      version: '1.0'",
+                    "      path: /health?full=1",
+                    "      status_codes: 200,301-302",
+                    "    target_failover:",
+                    "      on_unhealthy: rebalance",
+                    "      on_deregistration: rebalance",
+                    "    targets:",
+                    "      - { ip: 10.0.3.11, monitor_port: 9443 }",
+                ],
+            ),
+            (
+                "an empty health_check section: every default",
+                &[
+                    "target_groups:",
+                    "  - { name: web, protocol: http, health_check: {} }",
+                    "  - { name: tcp, protocol: tcp, health_check: {} }",
+                    "  - { name: udp, protocol: udp, health_check: {} }",
+                ],
+            ),
+            (
+                "unquoted version and status code, http check on a udp group",
+                &[
+                    "target_groups:",
+                    "  - name: dns",
+                    "    protocol: udp",
+                    "    health_check: { type: http, version: 1.0, status_codes: 204, port: 8080 }",
+                    "    targets: [ { ip: 10.0.3.11, monitor_port: 8081 } ]",
+                ],
+            ),
+            (
+                "ping on tcp and http groups, no port",
+                &[
+                    "target_groups:",
+                    "  - { name: a, protocol: tcp, health_check: { type: ping } }",
+                    "  - { name: b, protocol: http, health_check: { type: ping, interval_s: 2, timeout_s: 1 } }",
+                ],
+            ),
+            (
+                "disabled check keeps its settings and monitor ports",
+                &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    health_check: { enabled: false, port: 8080, interval_s: 2, timeout_s: 1 }",
+                    "    targets: [ { ip: 10.0.3.11, monitor_port: 8081 } ]",
+                ],
+            ),
         ];
         for (name, lines) in valid {
             if let Err(e) = parse("t.yaml", &text(lines)) {
@@ -1121,6 +1860,18 @@ mod tests {
             .map(|t| t.weight)
             .collect();
         assert_eq!(weights, [256, 256, 128]);
+        // The lab demo's health check: tcp every 2 s, 2 to turn either way.
+        let hc = policy.target_groups[0].health_check.as_ref().unwrap();
+        assert_eq!(
+            (
+                hc.kind,
+                hc.interval_s,
+                hc.timeout_s,
+                hc.healthy_threshold,
+                hc.unhealthy_threshold
+            ),
+            (Some(crate::policy::CheckType::Tcp), 2, 1, 2, 2)
+        );
     }
 
     #[test]
@@ -1188,6 +1939,7 @@ mod tests {
             ip: IpAddr::V4((0x0a00_0000 + i).into()),
             weight: 1,
             port: None,
+            monitor_port: None,
             mac: None,
         };
         let group = |n: u32, targets: u32| TargetGroup {
@@ -1196,6 +1948,8 @@ mod tests {
             algorithm: Default::default(),
             affinity: Default::default(),
             table_size: MAX_TABLE_SIZE,
+            health_check: None,
+            target_failover: Default::default(),
             targets: (0..targets).map(|i| target(1 + n * 20_000 + i)).collect(),
         };
         let policy = Policy {

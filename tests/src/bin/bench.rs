@@ -96,6 +96,7 @@ fn lb_dataplane(object: &[u8], program: &'static str) -> Result<Dataplane> {
         iface_mac: LB_MAC,
         iface_nets: vec![],
         neighbors,
+        health: Default::default(),
     };
     let plan = policy::compile::compile(&policy, &observed)?;
     let mut dp = Dataplane::load_object(

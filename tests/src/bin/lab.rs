@@ -1,8 +1,12 @@
 //! `lb-lab`: the lab demo behind `cargo xtask run`. Builds the namespace lab,
-//! starts `lb run` in the load balancer's namespace, sends a burst of
-//! requests to every listener of the policy from the client, prints what each
-//! target answered against its weight ratio, then shows `lb status` once a
-//! second until Ctrl-C (or `--duration`), and removes everything.
+//! starts `lb run` in the load balancer's namespace, waits for the first
+//! health verdicts, sends a burst of requests to every listener of the policy
+//! from the client, prints what each target answered against its weight
+//! ratio, then shows `lb status` once a second until Ctrl-C (or
+//! `--duration`), and removes everything. During the live view it stops one
+//! target's service for `--outage-s` seconds (a target of the first group
+//! with health checks), so the view shows it going unhealthy and coming back;
+//! the group's `lb status` table is printed at each health transition.
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -20,9 +24,12 @@ use lb_tests::{
     client::{self, Proto, Tally},
     lab::workspace_bin,
     lb::LbProcess,
-    stats, topo,
+    stats,
+    status::Status,
+    topo,
 };
 use lb_user::policy::{Listener, ListenerProtocol, Policy};
+use serde_json::Value;
 
 #[derive(Parser)]
 #[command(about = "Run lb in the namespace lab, drive a burst, show live counters")]
@@ -42,6 +49,10 @@ struct Args {
     /// Stop after this many seconds of live counters (default: at Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
+    /// Seconds to stop one checked target's service for, at the start of the
+    /// live view (0: no outage).
+    #[arg(long, default_value_t = 10)]
+    outage_s: u64,
     /// The `lb` binary (default: $LB_BIN, else target/debug/lb).
     #[arg(long)]
     lb_bin: Option<PathBuf>,
@@ -95,6 +106,8 @@ fn main() -> Result<()> {
     )
     .context("start lb")?;
 
+    wait_for_verdicts(&lb);
+
     for listener in &policy.listeners {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -104,24 +117,61 @@ fn main() -> Result<()> {
 
     let started = Instant::now();
     let until = args.duration.map(Duration::from_secs);
+    let mut outage = if args.outage_s > 0 && !stop.load(Ordering::SeqCst) {
+        start_outage(&lab, &lb, Duration::from_secs(args.outage_s))
+    } else {
+        None
+    };
     eprintln!("lab: live counters from `lb status` every second; Ctrl-C stops");
     let (mut last, mut last_shown) = (String::new(), 0);
+    let mut last_health: Vec<(String, String)> = Vec::new();
     while !stop.load(Ordering::SeqCst) && until.is_none_or(|d| started.elapsed() < d) {
         if !lb.running() {
             eprintln!("lab: lb exited on its own");
             break;
         }
-        // A line when something changed, and every 10 s anyway.
-        let line = match lb.status() {
-            Ok(status) => summarize(&status),
-            Err(e) => format!("lb status: {e}"),
+        if let Some(o) = outage.as_mut().filter(|o| Instant::now() >= o.ends) {
+            match lab.start_port(o.node, o.port) {
+                Ok(()) => println!(
+                    "lab: {}'s service (port {}) is back after {} s: watch it turn healthy",
+                    o.name, o.port, args.outage_s
+                ),
+                Err(e) => println!("lab: could not restart {}'s service: {e}", o.name),
+            }
+            outage = None;
+        }
+        // A line when something changed, and every 10 s anyway. The health
+        // probes' answers pass to lb's kernel all the time: `passed` alone
+        // moving is no change.
+        let (line, key, health) = match lb.report() {
+            Ok(status) => (
+                summarize(&status, &[]),
+                summarize(&status, &["passed"]),
+                health_states(&status),
+            ),
+            Err(e) => (
+                format!("lb status: {e}"),
+                String::new(),
+                last_health.clone(),
+            ),
         };
         let secs = started.elapsed().as_secs();
-        if line != last || secs >= last_shown + 10 {
+        if key != last || secs >= last_shown + 10 {
             println!("[{secs:>4}s] {line}");
-            last = line;
+            last = key;
             last_shown = secs;
         }
+        // The tables of the groups whose health changed.
+        for (group, states) in &health {
+            let before = last_health.iter().find(|(g, _)| g == group);
+            if before.is_some_and(|(_, b)| b != states) {
+                match lb.status_command(Some(group), false) {
+                    Ok(table) => print!("\n$ lb status {group}\n{table}"),
+                    Err(e) => println!("lb status {group}: {e}"),
+                }
+            }
+        }
+        last_health = health;
         for _ in 0..10 {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -219,13 +269,171 @@ fn burst_listener(lab: &Lab, policy: &Policy, listener: &Listener, args: &Args) 
     Ok(())
 }
 
-/// One line: the main counters, any other counter that is not zero, then
-/// packets and new flows per listener.
-fn summarize(status: &serde_json::Value) -> String {
+/// How long to wait for the first health verdicts before the burst: a
+/// check needs `healthy_threshold` probes an interval apart (2 x 2 s in
+/// examples/lab.yaml); this leaves room for slower policies.
+const VERDICTS_WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits (bounded) until no target is `initial`, so that the burst meets
+/// the targets' verdicts rather than the start-up.
+fn wait_for_verdicts(lb: &LbProcess) {
+    let initial = |st: &Status| -> Vec<String> {
+        st.0["target_groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| {
+                g["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["state"] == "initial")
+                    .map(|t| format!("{} {}", g["name"].as_str().unwrap_or("?"), name_of(t)))
+            })
+            .collect()
+    };
+    match lb.report() {
+        Ok(st) if initial(&st).is_empty() => return,
+        Ok(st) => eprintln!(
+            "lab: waiting for the first health verdicts ({} initial)",
+            initial(&st).join(", ")
+        ),
+        Err(e) => {
+            eprintln!("lab: lb status: {e}");
+            return;
+        }
+    }
+    match lb.wait_for(VERDICTS_WITHIN, "first health verdicts", |st| {
+        initial(st).is_empty().then_some(())
+    }) {
+        Ok(w) => {
+            for (group, states) in health_states(&w.status) {
+                eprintln!("lab: health of {group}: {states}");
+            }
+        }
+        Err(e) => eprintln!("lab: {e}"),
+    }
+}
+
+/// A target whose service the demo stopped.
+struct Outage {
+    node: Node,
+    name: &'static str,
+    port: u16,
+    ends: Instant,
+}
+
+/// Stops the service of one target of the first group with health checks
+/// and a listener (its second target, or its only one): the port its check
+/// watches, which for a TCP check on the listener port is the service.
+fn start_outage(lab: &Lab, lb: &LbProcess, length: Duration) -> Option<Outage> {
+    let status = lb.report().ok()?;
+    let groups = status.0["target_groups"].as_array()?;
+    let Some(group) = groups.iter().find(|g| {
+        g["health_check"].is_object()
+            && g["health_check"]["enabled"] != false
+            && g["listener"].is_string()
+    }) else {
+        println!("lab: no target group has health checks: no outage in this demo");
+        return None;
+    };
+    let targets = group["targets"].as_array()?;
+    let target = targets.get(1).or(targets.first())?;
+    let ip: std::net::IpAddr = target["ip"].as_str()?.parse().ok()?;
+    let index = topo::TARGETS
+        .iter()
+        .position(|t| t.v4 == ip || t.v6 == ip)?;
+    let spec = &topo::TARGETS[index];
+    let listener = group["listener"].as_str()?;
+    let listener_port = status.0["listeners"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == listener)?["port"]
+        .as_u64()?;
+    let port = u16::try_from(target["monitor_port"].as_u64().unwrap_or(listener_port)).ok()?;
+    let node = Node::Target(index);
+    match lab.stop_port(node, port) {
+        Ok(()) => {
+            println!(
+                "lab: stopping {}'s service (port {port}) for {} s: watch it turn unhealthy in group {}",
+                spec.name,
+                length.as_secs(),
+                group["name"].as_str().unwrap_or("?")
+            );
+            Some(Outage {
+                node,
+                name: spec.name,
+                port,
+                ends: Instant::now() + length,
+            })
+        }
+        Err(e) => {
+            println!("lab: could not stop {}'s port {port}: {e}", spec.name);
+            None
+        }
+    }
+}
+
+/// `t2` for a lab target, else its address.
+fn name_of(target: &Value) -> String {
+    let ip = target["ip"].as_str().unwrap_or("?");
+    ip.parse()
+        .ok()
+        .and_then(topo::target_by_ip)
+        .map_or_else(|| ip.to_owned(), |t| t.name.to_owned())
+}
+
+/// For every group with health checks: `t1=healthy t2=unhealthy ...`.
+fn health_states(status: &Status) -> Vec<(String, String)> {
+    status.0["target_groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["health_check"].is_object())
+        .map(|g| {
+            let states = g["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| format!("{}={}", name_of(t), t["state"].as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let resort = if g["last_resort"] == true {
+                " (last resort)"
+            } else {
+                ""
+            };
+            (
+                g["name"].as_str().unwrap_or("?").to_owned(),
+                format!("{states}{resort}"),
+            )
+        })
+        .collect()
+}
+
+/// One line: the main counters (but `skip`), any other counter that is not
+/// zero, packets and new flows per listener, then the health of checked
+/// groups.
+fn summarize(status: &Status, skip: &[&str]) -> String {
+    let health: Vec<String> = health_states(status)
+        .into_iter()
+        .map(|(g, s)| format!("{g}: {s}"))
+        .collect();
+    let mut line = counters_line(&status.0, skip);
+    if !health.is_empty() {
+        line.push_str(" | ");
+        line.push_str(&health.join(" | "));
+    }
+    line
+}
+
+/// The main counters, any other counter that is not zero, then packets and
+/// new flows per listener.
+fn counters_line(status: &serde_json::Value, skip: &[&str]) -> String {
     const MAIN: [&str; 5] = ["forwarded", "passed", "dropped", "malformed", "no_target"];
     let mut parts = Vec::new();
     if let Some(counters) = status.get("counters").and_then(|c| c.as_object()) {
-        let main = MAIN.iter().map(|k| {
+        let main = MAIN.iter().filter(|k| !skip.contains(k)).map(|k| {
             format!(
                 "{k}={}",
                 counters.get(*k).unwrap_or(&serde_json::Value::Null)

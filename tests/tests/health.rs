@@ -1,0 +1,1070 @@
+//! End-to-end tests of the health checks: `lb run` in the namespace lab,
+//! probing the targets' real services (lb-lab-server: TCP on 80, lines on
+//! 81, HTTP on 8080), which the tests stop, start, switch to other status
+//! codes or to hang mode, and whose namespaces they make ignore ping. Each
+//! test has its own lab and policy. Needs root and the `lb` binary.
+//!
+//! What decides a result: the state transitions in `lb status` (that is the
+//! feature under test), what the servers received (their request record),
+//! and what real client sockets get once a transition is seen: who answers
+//! new connections, and whether a long-lived connection is still served by
+//! its target.
+//!
+//! Timing. Every test uses a short check (interval 2 s, timeout 1 s,
+//! thresholds 2/2, see `HealthCheck::tcp`) and derives its bounds from it:
+//! a verdict that needs `n` consecutive results after a change comes within
+//! `n * interval` (the first probe after the change starts within one
+//! interval, the n-th within n) `+ timeout` (the last one may take that
+//! long) `+ interval` (a probe in flight at the change may still report the
+//! old result) `+ SLACK` (2 s of scheduling on a loaded 2-core machine).
+//! The clock starts at the change (or at `lb ready` for first verdicts).
+//! New flows must avoid an unhealthy target within `NEW_FLOWS_WITHIN` (the
+//! contract's 100 ms) of its transition, and a transition is seen at most
+//! one status poll after it happened, so traffic starts `NEW_FLOWS_WITHIN`
+//! after the report that shows it.
+use std::{
+    collections::BTreeSet,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    Lab, Node,
+    client::{self, Held, Proto, Tally},
+    lb::LbProcess,
+    policy::{HealthCheck, LabPolicy},
+    status::{Status, Waited},
+    topo::{self, HTTP_PORT, LB4, LB6, LINES_PORT, TARGETS, TCP_PORT, VIP4, VIP6},
+};
+use serde_json::Value;
+
+/// One lab at a time (see tests/tests/lab.rs).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Fields drop in order: lb, then the lab, then the lock.
+struct Setup {
+    lb: LbProcess,
+    lab: Lab,
+    /// When `lb` said it was ready.
+    ready: Instant,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// A lab whose servers `prepare` may set up (status codes, ping) before
+/// `lb` starts with `policy`.
+fn setup(policy: &LabPolicy, prepare: impl FnOnce(&Lab)) -> Setup {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
+    prepare(&lab);
+    let yaml = policy.yaml();
+    let path = lab.write_file("policy.yaml", &yaml);
+    let lb = lab
+        .start_lb(&path, &["--xdp-mode", "native"])
+        .unwrap_or_else(|e| panic!("start lb: {e}\npolicy:\n{yaml}"));
+    Setup {
+        lb,
+        lab,
+        ready: Instant::now(),
+        _serial: serial,
+    }
+}
+
+/// Scheduling slack on top of every derived bound.
+const SLACK: Duration = Duration::from_secs(2);
+/// The contract: an unhealthy target gets no new flows within 100 ms of its
+/// transition.
+const NEW_FLOWS_WITHIN: Duration = Duration::from_millis(100);
+/// With `rebalance`, how soon after its transition an unhealthy target's
+/// existing flows must have moved. The contract names no figure; this one
+/// is ten status polls, far above the 100 ms that new flows get.
+const REBALANCE_WITHIN: Duration = Duration::from_secs(1);
+/// Connections per traffic check: each target that should get flows has a
+/// share of at least 0.2 of them, so it gets none with probability at most
+/// 0.8^100 = 2e-10; and source ports are fixed, so the outcome of a given
+/// implementation does not change between runs.
+const FLOWS: usize = 100;
+
+fn secs(s: u32) -> Duration {
+    Duration::from_secs(u64::from(s))
+}
+
+/// The longest a verdict needing `threshold` consecutive results may take
+/// after a change (see the module comment).
+fn verdict_within(check: &HealthCheck, threshold: u32) -> Duration {
+    let interval = secs(check.interval_s);
+    interval * threshold + secs(check.timeout_s) + interval + SLACK
+}
+
+fn unhealthy_within(check: &HealthCheck) -> Duration {
+    verdict_within(check, check.unhealthy_threshold)
+}
+
+fn healthy_within(check: &HealthCheck) -> Duration {
+    verdict_within(check, check.healthy_threshold)
+}
+
+/// From `lb ready` to the first verdict on every target, whichever it is.
+fn first_verdicts_within(check: &HealthCheck) -> Duration {
+    verdict_within(
+        check,
+        check.healthy_threshold.max(check.unhealthy_threshold),
+    )
+}
+
+/// Target `i`'s address in `group` (`web6` is the IPv6 one).
+fn ip(group: &str, i: usize) -> IpAddr {
+    TARGETS[i].ip(group == "web6")
+}
+
+/// Every target of every group in `groups`, in `state`.
+fn all(groups: &[&'static str], state: &'static str) -> Vec<(&'static str, usize, &'static str)> {
+    groups
+        .iter()
+        .flat_map(|g| (0..TARGETS.len()).map(move |i| (*g, i, state)))
+        .collect()
+}
+
+/// Every target of `groups` in `state`, except target `odd`, in `odd_state`.
+fn all_but(
+    groups: &[&'static str],
+    state: &'static str,
+    odd: usize,
+    odd_state: &'static str,
+) -> Vec<(&'static str, usize, &'static str)> {
+    all(groups, state)
+        .into_iter()
+        .map(|(g, i, s)| {
+            if i == odd {
+                (g, i, odd_state)
+            } else {
+                (g, i, s)
+            }
+        })
+        .collect()
+}
+
+fn states_of(st: &Status, groups: &[&str]) -> String {
+    groups
+        .iter()
+        .map(|g| format!("{g}: {}", st.states(g)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Polls until every `(group, target, state)` of `want` holds, within
+/// `within`; panics with the last report otherwise.
+fn wait_states(
+    s: &Setup,
+    within: Duration,
+    what: &str,
+    want: &[(&str, usize, &str)],
+) -> Waited<()> {
+    let waited =
+        s.lb.wait_for(within, what, |st| {
+            want.iter()
+                .all(|(g, i, state)| st.state(g, ip(g, *i)) == Some(state))
+                .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let groups: BTreeSet<&str> = want.iter().map(|w| w.0).collect();
+    let groups: Vec<&str> = groups.into_iter().collect();
+    eprintln!(
+        "{what}: {} (that report took {:?})",
+        states_of(&waited.status, &groups),
+        waited.at - waited.asked
+    );
+    waited
+}
+
+/// Polls for `window`, and panics at the first report for which `check`
+/// says something is wrong: for "this does not change" assertions, which
+/// need time by nature.
+fn hold_for(
+    s: &Setup,
+    window: Duration,
+    what: &str,
+    mut check: impl FnMut(&Status) -> Result<(), String>,
+) {
+    let end = Instant::now() + window;
+    let mut reports = 0;
+    while Instant::now() < end {
+        let st = s.lb.report().unwrap_or_else(|e| panic!("{what}: {e}"));
+        if let Err(e) = check(&st) {
+            panic!("{what}: {e}\n{}", st.show(None));
+        }
+        reports += 1;
+        std::thread::sleep(lb_tests::status::POLL);
+    }
+    assert!(reports >= 2, "{what}: only {reports} reports in {window:?}");
+}
+
+/// A target with a verdict of `healthy`: state, selectable, and counters
+/// that justify it.
+fn assert_healthy(st: &Status, g: &str, i: usize, check: &HealthCheck) {
+    let ip = ip(g, i);
+    let t = st
+        .target(g, ip)
+        .unwrap_or_else(|| panic!("no target {ip} in {g}"));
+    let shown = || format!("{g} {ip}: {t}");
+    assert_eq!(st.state(g, ip), Some("healthy"), "{}", shown());
+    assert_eq!(st.selectable(g, ip), Some(true), "{}", shown());
+    let (ok, failed) = st
+        .consecutive(g, ip)
+        .unwrap_or_else(|| panic!("no counters: {}", shown()));
+    assert!(
+        ok >= u64::from(check.healthy_threshold) && failed == 0,
+        "healthy with {ok} successes and {failed} failures in a row: {}",
+        shown()
+    );
+    assert_eq!(
+        st.health(g, ip, "last_ok"),
+        Some(&Value::Bool(true)),
+        "{}",
+        shown()
+    );
+    assert!(
+        st.last_result(g, ip).is_some(),
+        "no last_result: {}",
+        shown()
+    );
+    assert!(
+        st.health(g, ip, "last_latency_ms")
+            .and_then(Value::as_f64)
+            .is_some_and(|ms| ms >= 0.0),
+        "no last_latency_ms: {}",
+        shown()
+    );
+}
+
+/// A target with a verdict of `unhealthy`. `selectable`: false, except in
+/// last resort.
+fn assert_unhealthy(st: &Status, g: &str, i: usize, check: &HealthCheck, selectable: bool) {
+    let ip = ip(g, i);
+    let t = st
+        .target(g, ip)
+        .unwrap_or_else(|| panic!("no target {ip} in {g}"));
+    let shown = || format!("{g} {ip}: {t}");
+    assert_eq!(st.state(g, ip), Some("unhealthy"), "{}", shown());
+    assert_eq!(st.selectable(g, ip), Some(selectable), "{}", shown());
+    let (ok, failed) = st
+        .consecutive(g, ip)
+        .unwrap_or_else(|| panic!("no counters: {}", shown()));
+    assert!(
+        failed >= u64::from(check.unhealthy_threshold) && ok == 0,
+        "unhealthy with {ok} successes and {failed} failures in a row: {}",
+        shown()
+    );
+    assert_eq!(
+        st.health(g, ip, "last_ok"),
+        Some(&Value::Bool(false)),
+        "{}",
+        shown()
+    );
+    assert!(
+        st.last_result(g, ip).is_some(),
+        "no last_result: {}",
+        shown()
+    );
+}
+
+/// The group's `health_check` object says what the policy says, with the
+/// effective monitor port `port` (None: not checked, as for ping, which has
+/// no port).
+fn assert_check_reported(st: &Status, g: &str, check: &HealthCheck, port: Option<u16>) {
+    let group = st.group(g).unwrap_or_else(|| panic!("no group {g}"));
+    let hc = &group["health_check"];
+    let shown = || format!("{g}: health_check {hc}");
+    assert_eq!(hc["enabled"], Value::Bool(true), "{}", shown());
+    assert_eq!(hc["type"], check.kind, "{}", shown());
+    if let Some(port) = port {
+        assert_eq!(hc["port"], port, "{}", shown());
+    }
+    assert_eq!(hc["interval_s"], check.interval_s, "{}", shown());
+    assert_eq!(hc["timeout_s"], check.timeout_s, "{}", shown());
+    assert_eq!(
+        hc["healthy_threshold"],
+        check.healthy_threshold,
+        "{}",
+        shown()
+    );
+    assert_eq!(
+        hc["unhealthy_threshold"],
+        check.unhealthy_threshold,
+        "{}",
+        shown()
+    );
+}
+
+fn monitor_port(st: &Status, g: &str, i: usize) -> Option<u64> {
+    st.target(g, ip(g, i))?.get("monitor_port")?.as_u64()
+}
+
+fn assert_probe_source(st: &Status) {
+    let sources = st.probe_sources();
+    assert!(
+        sources.iter().any(|s| s == &LB4.to_string()),
+        "probe_sources {sources:?} lacks the lb's address {LB4}"
+    );
+}
+
+/// `FLOWS` TCP connections to the `web` (or `web6`) listener from fixed
+/// source ports `first_port..`: who answered. Every test uses each port
+/// range once, so no flow is already in lb's flow table.
+fn connect(s: &Setup, v6: bool, first_port: u16) -> Tally {
+    let (src, dst): (IpAddr, SocketAddr) = if v6 {
+        (
+            topo::client6(0).into(),
+            SocketAddr::new(VIP6.into(), TCP_PORT),
+        )
+    } else {
+        (
+            topo::client4(0).into(),
+            SocketAddr::new(VIP4.into(), TCP_PORT),
+        )
+    };
+    let answers = s.lab.run_in(Node::Client, || {
+        client::burst(
+            Proto::Tcp,
+            src,
+            Some(first_port),
+            dst,
+            FLOWS,
+            Instant::now() + Duration::from_secs(60),
+        )
+    });
+    let tally = Tally::of(&answers);
+    eprintln!("{FLOWS} connections to {dst}: {tally}");
+    tally
+}
+
+/// Every connection answered, by the targets `to` (indexes) only, each of
+/// them at least once.
+fn assert_served_by(tally: &Tally, to: &[usize], what: &str) {
+    assert_eq!(tally.ok(), FLOWS, "{what}: {tally}");
+    for (i, t) in TARGETS.iter().enumerate() {
+        if to.contains(&i) {
+            assert!(
+                tally.count(t.name) > 0,
+                "{what}: {} got nothing: {tally}",
+                t.name
+            );
+        } else {
+            assert_eq!(
+                tally.count(t.name),
+                0,
+                "{what}: {} got flows: {tally}",
+                t.name
+            );
+        }
+    }
+}
+
+const TCP_GROUPS: [&str; 2] = ["web", "web6"];
+
+/// TCP checks: every target becomes healthy; a stopped service
+/// makes its target unhealthy within the derived bound, after which new
+/// connections avoid it and all succeed; started again, it becomes healthy
+/// and gets new connections again. The status report says so at each step.
+#[test]
+fn tcp_check_takes_a_stopped_service_out_and_back_in() {
+    let check = HealthCheck::tcp();
+    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let interval = secs(check.interval_s);
+
+    // No verdict yet: becoming healthy takes `healthy_threshold` probes an
+    // interval apart. Only meaningful if this report is that early.
+    let first = s.lb.report().unwrap_or_else(|e| panic!("{e}"));
+    if s.ready.elapsed() < interval {
+        for g in TCP_GROUPS {
+            for i in 0..TARGETS.len() {
+                assert_eq!(
+                    first.state(g, ip(g, i)),
+                    Some("initial"),
+                    "right after start: {}",
+                    states_of(&first, &TCP_GROUPS)
+                );
+            }
+        }
+    } else {
+        eprintln!(
+            "first report came {:?} after start: not checking `initial`",
+            s.ready.elapsed()
+        );
+    }
+    // Unchecked groups say so.
+    for i in 0..TARGETS.len() {
+        assert_eq!(first.state("dns", ip("dns", i)), Some("unchecked"));
+        assert_eq!(first.selectable("dns", ip("dns", i)), Some(true));
+    }
+    assert_eq!(
+        first.group("dns").map(|g| &g["health_check"]),
+        Some(&Value::Null)
+    );
+
+    let up = wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "every target healthy",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    eprintln!("all healthy {:?} after lb ready", up.at - s.ready);
+    let st = &up.status;
+    assert_probe_source(st);
+    for g in TCP_GROUPS {
+        assert_check_reported(st, g, &check, Some(TCP_PORT));
+        assert_eq!(st.last_resort(g), Some(false), "{g}");
+        for i in 0..TARGETS.len() {
+            assert_healthy(st, g, i, &check);
+            assert_eq!(monitor_port(st, g, i), Some(u64::from(TCP_PORT)));
+        }
+    }
+    // The command line shows the same, narrowed to one group.
+    let cli: Value = serde_json::from_str(
+        &s.lb
+            .status_command(Some("web"), true)
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("lb status web --json: {e}"));
+    let cli = Status(cli);
+    let names: Vec<&str> = cli.0["target_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web"], "lb status web --json");
+    assert_probe_source(&cli);
+    for i in 0..TARGETS.len() {
+        assert_healthy(&cli, "web", i, &check);
+    }
+    let table =
+        s.lb.status_command(Some("web"), false)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        table.contains("healthy") && !table.contains("unhealthy"),
+        "lb status web:\n{table}"
+    );
+
+    // Stop t2's service.
+    s.lab.stop_port(Node::Target(1), TCP_PORT).unwrap();
+    let stopped = Instant::now();
+    let mut seen = BTreeSet::new();
+    let down =
+        s.lb.wait_for(
+            unhealthy_within(&check),
+            "t2 unhealthy after its service stopped",
+            |st| {
+                for g in TCP_GROUPS {
+                    seen.insert(st.state(g, ip(g, 1)).unwrap_or("?").to_owned());
+                }
+                TCP_GROUPS
+                    .iter()
+                    .all(|g| st.state(g, ip(g, 1)) == Some("unhealthy"))
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The transition came after the last report that did not show it was
+    // asked for, and before the one that did arrived.
+    let took = down.at - stopped;
+    eprintln!(
+        "t2 unhealthy {:?}..{took:?} after the stop (bound {:?}); states seen: {seen:?}",
+        down.not_before
+            .map(|t| t.saturating_duration_since(stopped)),
+        unhealthy_within(&check)
+    );
+    assert!(
+        seen.iter().all(|s| s == "healthy" || s == "unhealthy"),
+        "t2 went through {seen:?}"
+    );
+    // Two failures are an interval apart: even with probes twice as
+    // frequent as configured, not sooner than this. (`took` is an upper
+    // estimate of the transition, so this fails only when it surely came
+    // too soon.)
+    let soonest = interval * (check.unhealthy_threshold - 1) / 2;
+    assert!(
+        took >= soonest,
+        "unhealthy after {took:?}, before {soonest:?}: threshold ignored?"
+    );
+    let st = &down.status;
+    for g in TCP_GROUPS {
+        assert_unhealthy(st, g, 1, &check, false);
+        assert_healthy(st, g, 0, &check);
+        assert_healthy(st, g, 2, &check);
+        assert_eq!(st.last_resort(g), Some(false), "{g}");
+    }
+
+    std::thread::sleep(NEW_FLOWS_WITHIN);
+    for v6 in [false, true] {
+        let tally = connect(&s, v6, 21000);
+        assert_served_by(&tally, &[0, 2], "t2 unhealthy");
+    }
+
+    // Start it again.
+    s.lab.start_port(Node::Target(1), TCP_PORT).unwrap();
+    let started = Instant::now();
+    let back = wait_states(
+        &s,
+        healthy_within(&check),
+        "t2 healthy again after its service started",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    eprintln!(
+        "t2 healthy within {:?} of the start (bound {:?})",
+        back.at - started,
+        healthy_within(&check)
+    );
+    for g in TCP_GROUPS {
+        assert_healthy(&back.status, g, 1, &check);
+    }
+    std::thread::sleep(NEW_FLOWS_WITHIN);
+    for v6 in [false, true] {
+        let tally = connect(&s, v6, 22000);
+        assert_served_by(&tally, &[0, 1, 2], "t2 healthy again");
+    }
+}
+
+fn http_check() -> HealthCheck {
+    HealthCheck {
+        port: Some(HTTP_PORT),
+        ..HealthCheck::of("http")
+    }
+}
+
+/// Every request line `node`'s HTTP server received, with who sent it.
+fn request_lines(s: &Setup, i: usize) -> Vec<(IpAddr, String)> {
+    s.lab
+        .http_requests(Node::Target(i))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|r| (r.peer, r.line()))
+        .collect()
+}
+
+/// The probes reached target `i` from the lb's addresses (IPv4 for `web`,
+/// IPv6 for `web6`) and every request line was `line`.
+fn assert_probed_with(s: &Setup, i: usize, line: &str) {
+    let seen = request_lines(s, i);
+    assert!(
+        !seen.is_empty(),
+        "{} received no HTTP request",
+        TARGETS[i].name
+    );
+    let peers: BTreeSet<IpAddr> = seen.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        peers,
+        BTreeSet::from([IpAddr::from(LB4), IpAddr::from(LB6)]),
+        "{} was probed from {peers:?}",
+        TARGETS[i].name
+    );
+    for (peer, got) in &seen {
+        assert_eq!(got, line, "{} got `{got}` from {peer}", TARGETS[i].name);
+    }
+}
+
+/// HTTP: a target answering 500 where 200-399 is expected is unhealthy,
+/// the others healthy; the request is `GET /healthz HTTP/1.1` from the lb's
+/// addresses. Then codes change: 500 -> 200 heals, 200 -> 404 fails, 399
+/// (the range's edge) stays healthy throughout.
+#[test]
+fn http_check_compares_status_codes() {
+    let check = http_check();
+    let s = setup(&LabPolicy::checked(check.clone()), |lab| {
+        lab.set_http_status(Node::Target(1), 500).unwrap();
+    });
+    let first = wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "t2 (500) unhealthy, t1 and t3 (200) healthy",
+        &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
+    );
+    let st = &first.status;
+    assert_probe_source(st);
+    for g in TCP_GROUPS {
+        assert_check_reported(st, g, &check, Some(HTTP_PORT));
+        assert_unhealthy(st, g, 1, &check, false);
+        assert_healthy(st, g, 0, &check);
+        assert_healthy(st, g, 2, &check);
+        let result = st.last_result(g, ip(g, 1)).unwrap();
+        assert!(result.contains("500"), "{g} t2 last_result {result:?}");
+        for i in 0..TARGETS.len() {
+            assert_eq!(monitor_port(st, g, i), Some(u64::from(HTTP_PORT)));
+        }
+    }
+    for i in 0..TARGETS.len() {
+        assert_probed_with(&s, i, "GET /healthz HTTP/1.1");
+    }
+
+    s.lab.set_http_status(Node::Target(0), 399).unwrap();
+    s.lab.set_http_status(Node::Target(1), 200).unwrap();
+    s.lab.set_http_status(Node::Target(2), 404).unwrap();
+    let changed = Instant::now();
+    let mut t1_states = BTreeSet::new();
+    let want: Vec<_> = TCP_GROUPS
+        .iter()
+        .flat_map(|g| [(*g, 1, "healthy"), (*g, 2, "unhealthy")])
+        .collect();
+    let after =
+        s.lb.wait_for(
+            healthy_within(&check).max(unhealthy_within(&check)),
+            "t2 (now 200) healthy and t3 (now 404) unhealthy",
+            |st| {
+                for g in TCP_GROUPS {
+                    t1_states.insert(st.state(g, ip(g, 0)).unwrap_or("?").to_owned());
+                }
+                want.iter()
+                    .all(|(g, i, state)| st.state(g, ip(g, *i)) == Some(state))
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "codes changed: after {:?}: {}",
+        after.at - changed,
+        states_of(&after.status, &TCP_GROUPS)
+    );
+    assert_eq!(
+        t1_states,
+        BTreeSet::from(["healthy".to_owned()]),
+        "t1 answering 399"
+    );
+    for g in TCP_GROUPS {
+        assert_healthy(&after.status, g, 0, &check);
+        assert_healthy(&after.status, g, 1, &check);
+        assert_unhealthy(&after.status, g, 2, &check, false);
+        let result = after.status.last_result(g, ip(g, 2)).unwrap();
+        assert!(result.contains("404"), "{g} t3 last_result {result:?}");
+    }
+}
+
+/// HTTP method and version as configured: the servers record
+/// `HEAD /healthz HTTP/1.0`, and answer it without a body, which the
+/// checker accepts.
+#[test]
+fn http_check_sends_head_and_http_1_0() {
+    let check = HealthCheck {
+        method: "HEAD",
+        version: "1.0",
+        ..http_check()
+    };
+    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let up = wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "every target healthy",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    for g in TCP_GROUPS {
+        let hc = &up.status.group(g).unwrap()["health_check"];
+        assert_eq!(hc["method"], "HEAD", "{g}: {hc}");
+        assert_eq!(hc["version"], "1.0", "{g}: {hc}");
+        assert_eq!(hc["path"], "/healthz", "{g}: {hc}");
+        for i in 0..TARGETS.len() {
+            assert_healthy(&up.status, g, i, &check);
+        }
+    }
+    for i in 0..TARGETS.len() {
+        assert_probed_with(&s, i, "HEAD /healthz HTTP/1.0");
+    }
+}
+
+/// A server that accepts and never answers: its target becomes
+/// unhealthy by timeout, and `last_result` says so.
+#[test]
+fn http_check_times_out_on_a_hung_server() {
+    let check = http_check();
+    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "every target healthy",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    let before = request_lines(&s, 1).len();
+    s.lab.set_http_hang(Node::Target(1)).unwrap();
+    let hung = Instant::now();
+    let down = wait_states(
+        &s,
+        unhealthy_within(&check),
+        "t2 (hanging) unhealthy",
+        &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
+    );
+    eprintln!("t2 unhealthy {:?} after it started hanging", down.at - hung);
+    for g in TCP_GROUPS {
+        assert_unhealthy(&down.status, g, 1, &check, false);
+        let result = down.status.last_result(g, ip(g, 1)).unwrap().to_lowercase();
+        assert!(
+            result.contains("timeout") || result.contains("timed out"),
+            "{g} t2 last_result {result:?}"
+        );
+    }
+    // The probes did reach it (it read them and never answered).
+    let after = request_lines(&s, 1).len();
+    assert!(
+        after >= before + 2,
+        "t2 received {} requests while hanging",
+        after - before
+    );
+}
+
+/// A target's `monitor_port` overrides the group's port: the group checks
+/// 8081 (nothing listens there), t3 is checked on 8080 (its HTTP server,
+/// which accepts TCP). Only t3 is healthy, and it takes every new flow.
+#[test]
+fn monitor_port_overrides_the_groups_port() {
+    let check = HealthCheck {
+        port: Some(8081),
+        ..HealthCheck::tcp()
+    };
+    let policy = LabPolicy {
+        monitor_ports: [None, None, Some(HTTP_PORT)],
+        ..LabPolicy::checked(check.clone())
+    };
+    let s = setup(&policy, |_| {});
+    let want: Vec<_> = TCP_GROUPS
+        .iter()
+        .flat_map(|g| {
+            [
+                (*g, 0, "unhealthy"),
+                (*g, 1, "unhealthy"),
+                (*g, 2, "healthy"),
+            ]
+        })
+        .collect();
+    let w = wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "t1, t2 unhealthy (8081 closed), t3 healthy (8080)",
+        &want,
+    );
+    for g in TCP_GROUPS {
+        assert_check_reported(&w.status, g, &check, Some(8081));
+        assert_eq!(monitor_port(&w.status, g, 0), Some(8081), "{g} t1");
+        assert_eq!(monitor_port(&w.status, g, 1), Some(8081), "{g} t2");
+        assert_eq!(
+            monitor_port(&w.status, g, 2),
+            Some(u64::from(HTTP_PORT)),
+            "{g} t3"
+        );
+        assert_unhealthy(&w.status, g, 0, &check, false);
+        assert_unhealthy(&w.status, g, 1, &check, false);
+        assert_healthy(&w.status, g, 2, &check);
+        assert_eq!(w.status.last_resort(g), Some(false), "{g}");
+    }
+    std::thread::sleep(NEW_FLOWS_WITHIN);
+    for v6 in [false, true] {
+        let tally = connect(&s, v6, 21000);
+        assert_served_by(&tally, &[2], "only t3 healthy");
+    }
+}
+
+/// PING: a target whose kernel ignores ICMP echo (IPv4 and IPv6) is
+/// unhealthy, the others healthy; answering again, it becomes healthy.
+#[test]
+fn ping_check_follows_icmp_echo() {
+    let check = HealthCheck::of("ping");
+    let s = setup(&LabPolicy::checked(check.clone()), |lab| {
+        lab.set_ping_ignored(Node::Target(1), true).unwrap();
+    });
+    let w = wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "t2 (ignores ping) unhealthy, t1 and t3 healthy",
+        &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
+    );
+    for g in TCP_GROUPS {
+        assert_check_reported(&w.status, g, &check, None);
+        assert_unhealthy(&w.status, g, 1, &check, false);
+        assert_healthy(&w.status, g, 0, &check);
+        assert_healthy(&w.status, g, 2, &check);
+        eprintln!(
+            "{g} t2 last_result: {:?}",
+            w.status.last_result(g, ip(g, 1))
+        );
+    }
+    s.lab.set_ping_ignored(Node::Target(1), false).unwrap();
+    let answered = Instant::now();
+    let back = wait_states(
+        &s,
+        healthy_within(&check),
+        "t2 healthy once it answers ping",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    eprintln!(
+        "t2 healthy {:?} after it answered ping again",
+        back.at - answered
+    );
+    for g in TCP_GROUPS {
+        assert_healthy(&back.status, g, 1, &check);
+    }
+}
+
+/// Last resort: the checks watch a port where nothing listens (8081),
+/// so every target is unhealthy while its service (80) works. The group
+/// says `last_resort`, every target stays selectable, and new connections
+/// reach all of them.
+#[test]
+fn every_target_unhealthy_means_last_resort() {
+    let check = HealthCheck {
+        port: Some(8081),
+        ..HealthCheck::tcp()
+    };
+    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let w =
+        s.lb.wait_for(
+            first_verdicts_within(&check),
+            "every target unhealthy and the groups in last resort",
+            |st| {
+                TCP_GROUPS
+                    .iter()
+                    .all(|g| {
+                        st.last_resort(g) == Some(true)
+                            && (0..TARGETS.len())
+                                .all(|i| st.state(g, ip(g, i)) == Some("unhealthy"))
+                    })
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("last resort: {}", states_of(&w.status, &TCP_GROUPS));
+    for g in TCP_GROUPS {
+        for i in 0..TARGETS.len() {
+            assert_unhealthy(&w.status, g, i, &check, true);
+        }
+    }
+    assert_eq!(w.status.last_resort("dns"), Some(false));
+    std::thread::sleep(NEW_FLOWS_WITHIN);
+    for v6 in [false, true] {
+        let tally = connect(&s, v6, 21000);
+        assert_served_by(&tally, &[0, 1, 2], "last resort");
+    }
+}
+
+/// How many long-lived connections the failover tests hold: with shares
+/// 0.4/0.4/0.2 all 12 land on one target with probability below 4e-5, and
+/// the source ports are fixed.
+const HELD: u16 = 12;
+
+/// Existing flows of a target that turns unhealthy. The `lines` group is
+/// checked on 8080; the target X that serves the first of `HELD` long-lived
+/// connections to the `lines` listener (81) has its 8080 closed, so it turns
+/// unhealthy while its service goes on.
+///
+/// - `no_rebalance`: every connection, X's included, keeps being answered
+///   by its own target for a whole interval after the transition.
+/// - `rebalance`: X's connections break: their next segment is sent to
+///   another target, whose kernel has no such connection and (DSR: it
+///   answers the client directly) resets it; so the client sees
+///   `ConnectionReset`, and X never answers again. This must happen within
+///   `REBALANCE_WITHIN` of the transition. The other connections stay on
+///   their targets (SPEC.md: an established flow stays on its target while
+///   that target is healthy).
+///
+/// Either way, new connections avoid X.
+fn failover(mode: &'static str) {
+    let check = HealthCheck {
+        port: Some(HTTP_PORT),
+        ..HealthCheck::tcp()
+    };
+    let policy = LabPolicy {
+        lines: true,
+        on_unhealthy: Some(mode),
+        ..LabPolicy::checked(check.clone())
+    };
+    let s = setup(&policy, |_| {});
+    wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "every target of lines healthy",
+        &all(&["lines"], "healthy"),
+    );
+    let dst = SocketAddr::new(VIP4.into(), LINES_PORT);
+    let mut held: Vec<(Held, String)> = s.lab.run_in(Node::Client, || {
+        (0..HELD)
+            .map(|n| {
+                let src = SocketAddr::new(topo::client4(0).into(), 30000 + n);
+                let mut h = Held::open(src, dst, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("{src}: {e}"));
+                let name = h.ask().unwrap_or_else(|e| panic!("{src}: {e}"));
+                (h, name)
+            })
+            .collect()
+    });
+    let x = held[0].1.clone();
+    let xi = TARGETS
+        .iter()
+        .position(|t| t.name == x)
+        .unwrap_or_else(|| panic!("answered by {x:?}"));
+    let on_x = held.iter().filter(|(_, n)| *n == x).count();
+    eprintln!(
+        "held connections: {:?}; X = {x}",
+        held.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>()
+    );
+    assert!(on_x < held.len(), "every held connection is on {x}");
+
+    s.lab.stop_port(Node::Target(xi), HTTP_PORT).unwrap();
+    let down = wait_states(
+        &s,
+        unhealthy_within(&check),
+        "X unhealthy (monitor port closed)",
+        &all_but(&["lines"], "healthy", xi, "unhealthy"),
+    );
+    assert_unhealthy(&down.status, "lines", xi, &check, false);
+    let transition = down.at;
+
+    match mode {
+        "no_rebalance" => {
+            let until = transition + secs(check.interval_s);
+            let mut rounds = 0;
+            while Instant::now() < until || rounds < 2 {
+                for (h, name) in &mut held {
+                    let got = h.ask();
+                    assert_eq!(
+                        got.as_deref().ok(),
+                        Some(name.as_str()),
+                        "no_rebalance: {} was served by {name}, now {got:?}",
+                        h.local()
+                    );
+                }
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!(
+                "no_rebalance: {rounds} rounds over every held connection, all on their target"
+            );
+        }
+        "rebalance" => {
+            let deadline = transition + REBALANCE_WITHIN;
+            for (h, name) in held.iter_mut().filter(|(_, n)| *n == x) {
+                let mut still = 0;
+                let error = loop {
+                    match h.ask() {
+                        Ok(got) if got == x && Instant::now() < deadline => {
+                            still += 1;
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Ok(got) => panic!(
+                            "rebalance: {} answered by {got} {:?} after X's transition",
+                            h.local(),
+                            Instant::now() - transition
+                        ),
+                        Err(e) => break e,
+                    }
+                };
+                eprintln!(
+                    "rebalance: {} (was {name}) broke {:?} after the transition was seen, \
+                     after {still} more answers from {x}: {error}",
+                    h.local(),
+                    Instant::now().saturating_duration_since(transition)
+                );
+                assert_eq!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionReset,
+                    "rebalance: {}: expected a reset from the new target, got {error}",
+                    h.local()
+                );
+            }
+            for (h, name) in held.iter_mut().filter(|(_, n)| *n != x) {
+                let got = h.ask();
+                assert_eq!(
+                    got.as_deref().ok(),
+                    Some(name.as_str()),
+                    "rebalance: {} on healthy {name} moved: {got:?}",
+                    h.local()
+                );
+            }
+        }
+        other => panic!("mode {other}"),
+    }
+
+    // New connections avoid X.
+    let answers = s.lab.run_in(Node::Client, || {
+        client::burst_by(
+            topo::client4(0).into(),
+            Some(31000),
+            FLOWS,
+            Instant::now() + Duration::from_secs(60),
+            |src| client::lines_ask(src, dst, Duration::from_secs(2)),
+        )
+    });
+    let tally = Tally::of(&answers);
+    eprintln!("{FLOWS} new connections to {dst}: {tally}");
+    let others: Vec<usize> = (0..TARGETS.len()).filter(|i| *i != xi).collect();
+    assert_served_by(&tally, &others, &format!("{mode}: X = {x} unhealthy"));
+}
+
+#[test]
+fn no_rebalance_keeps_existing_flows_on_an_unhealthy_target() {
+    failover("no_rebalance");
+}
+
+#[test]
+fn rebalance_moves_existing_flows_off_an_unhealthy_target() {
+    failover("rebalance");
+}
+
+/// Checks disabled (no section on `web`, `enabled: false` on `web6`):
+/// every target `unchecked` and selectable, no health record. A stopped
+/// service changes nothing: it stays selectable (for as long as a check
+/// would have needed to notice), and keeps getting its share of new
+/// connections, which its kernel refuses.
+#[test]
+fn disabled_checks_leave_every_target_unchecked() {
+    let reference = HealthCheck::tcp();
+    let policy = LabPolicy {
+        checked_groups: &["web6"],
+        ..LabPolicy::checked(HealthCheck {
+            enabled: false,
+            ..HealthCheck::tcp()
+        })
+    };
+    let s = setup(&policy, |_| {});
+    let groups = ["web", "web6", "dns"];
+    let unchecked = |st: &Status| -> Result<(), String> {
+        for g in groups {
+            if st.last_resort(g) != Some(false) {
+                return Err(format!("{g}: last_resort {:?}", st.last_resort(g)));
+            }
+            for i in 0..TARGETS.len() {
+                let ip = ip(g, i);
+                let health = st.target(g, ip).and_then(|t| t.get("health"));
+                if st.state(g, ip) != Some("unchecked")
+                    || st.selectable(g, ip) != Some(true)
+                    || !health.is_none_or(Value::is_null)
+                {
+                    return Err(format!("{g} {ip}: {:?}", st.target(g, ip)));
+                }
+            }
+        }
+        Ok(())
+    };
+    let st = s.lb.report().unwrap_or_else(|e| panic!("{e}"));
+    unchecked(&st).unwrap_or_else(|e| panic!("{e}\n{}", st.show(None)));
+    assert_eq!(
+        st.group("web").map(|g| &g["health_check"]),
+        Some(&Value::Null)
+    );
+    let web6 = &st.group("web6").unwrap()["health_check"];
+    assert!(
+        web6.is_null() || web6["enabled"] == Value::Bool(false),
+        "web6 health_check {web6}"
+    );
+
+    s.lab.stop_port(Node::Target(1), TCP_PORT).unwrap();
+    hold_for(
+        &s,
+        unhealthy_within(&reference),
+        "disabled checks, t2's service stopped",
+        unchecked,
+    );
+    let tally = connect(&s, false, 21000);
+    assert!(tally.failed > 0, "t2 got no new flows: {tally}");
+    assert_eq!(tally.count("t2"), 0, "{tally}");
+    assert_eq!(tally.ok() + tally.failed, FLOWS, "{tally}");
+    assert!(
+        tally.errors.iter().all(|e| e.contains("refused")),
+        "failures other than t2's refusals: {tally}"
+    );
+}
