@@ -113,11 +113,42 @@ pub struct FlowState {
     /// has the flow's (VIP, protocol, port) in `LISTENERS_BY_ID`, the flow's
     /// packets need no `LISTENERS` hash lookup.
     pub listener_id: u16,
-    /// Flow flags (reserved for TCP state tracking; 0 today).
+    /// [`flow_flags`] bits: what the client side has shown, and whether the
+    /// flow counts in `TARGET_ACTIVE`.
     pub flags: u16,
-    /// `bpf_ktime_get_ns` of the packet that created the entry.
+    /// Data-plane time ([`Config::time_offset_ns`] included) of the packet
+    /// that created the entry.
     pub created_ns: u64,
+    /// Data-plane time of the flow's last packet, refreshed at most once per
+    /// [`FLOW_TOUCH_NS`] so that an established flow does not write its
+    /// entry on every packet.
+    pub last_seen_ns: u64,
 }
+
+/// Bits of [`FlowState::flags`].
+pub mod flow_flags {
+    /// The client sent a SYN (the flow was seen from its start).
+    pub const SYN: u16 = 1 << 0;
+    /// The client sent a FIN: the flow ends after the group's FIN timeout
+    /// without packets.
+    pub const FIN: u16 = 1 << 1;
+    /// The client sent a RST: the flow has ended (the entry lingers so that
+    /// stray packets still follow it).
+    pub const RST: u16 = 1 << 2;
+    /// The flow is counted in its target's `TARGET_ACTIVE` slot (set when
+    /// counted, cleared when uncounted, so a flow is never counted twice).
+    pub const COUNTED: u16 = 1 << 3;
+}
+
+/// How stale [`FlowState::last_seen_ns`] may get before a packet refreshes it.
+pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
+
+/// Default idle timeouts (SPEC.md "Deregistration and failover of flows").
+pub const DEFAULT_TCP_IDLE_TIMEOUT_S: u32 = 350;
+pub const DEFAULT_UDP_IDLE_TIMEOUT_S: u32 = 120;
+/// Default time a TCP flow lingers after the client's FIN (or RST) without
+/// packets before it ends.
+pub const DEFAULT_FIN_TIMEOUT_S: u32 = 10;
 
 /// Key of the listener map: (VIP, protocol, port).
 #[repr(C)]
@@ -190,23 +221,54 @@ impl Default for ListenerPorts {
     }
 }
 
+/// Values of [`GroupInfo::algorithm`]: how a new flow picks its target.
+/// (`source_ip` is `HASH` with [`hash_fields::SOURCE_IP`].)
+pub mod algorithm {
+    /// A slot of the group's consistent-hash table by the flow hash.
+    pub const HASH: u8 = 0;
+    /// The group table holds the smooth weighted round-robin order; a shared
+    /// per-group counter (`GROUP_RR`) walks it.
+    pub const ROUND_ROBIN: u8 = 1;
+    /// The better (fewer `TARGET_ACTIVE` flows per weight) of two weighted
+    /// random candidates drawn from the group's consistent-hash table.
+    pub const LEAST_CONNECTIONS: u8 = 2;
+}
+
+/// Bits of [`GroupInfo::flags`].
+pub mod group_flags {
+    /// Source-IP sticky sessions (`STICKY` map) for new flows.
+    pub const STICKY: u8 = 1 << 0;
+}
+
 /// Per target group settings the data plane needs (array indexed by group id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupInfo {
     /// [`hash_fields`] bits.
     pub hash_fields: u8,
-    /// Reserved for the algorithm (round robin, least connections).
+    /// One of [`algorithm`].
     pub algorithm: u8,
-    pub _pad: [u8; 2],
-    /// Generation of the group, bumped by the loader on every change.
-    pub generation: u32,
+    /// [`group_flags`] bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// A flow without packets for this long has ended (TCP or UDP default
+    /// by the group's protocol).
+    pub idle_timeout_s: u32,
+    /// A TCP flow whose client sent FIN or RST ends after this long without
+    /// packets.
+    pub fin_timeout_s: u32,
+    /// Sticky sessions: how long a client stays on its first target.
+    pub sticky_duration_s: u32,
 }
 
 /// Bits of [`TargetInfo::flags`].
 pub mod target_flags {
     /// The target may receive packets (present in the policy with a known MAC).
     pub const USABLE: u16 = 1 << 0;
+    /// The target may take new flows (it is in the group's table: healthy or
+    /// last resort, weight above 0). Sticky sessions and least connections
+    /// check it.
+    pub const SELECTABLE: u16 = 1 << 1;
 }
 
 /// Per target data (array indexed by target id; id 0 is never written).
@@ -219,6 +281,10 @@ pub struct TargetInfo {
     /// The group the target belongs to; a flow whose listener points at another
     /// group is re-selected (the target id was reused).
     pub group_id: u32,
+    /// Converted weight (SPEC.md, 0-100): least connections compares
+    /// active flows / weight.
+    pub weight: u16,
+    pub _pad: u16,
 }
 
 /// Global settings (array of one element).
@@ -229,7 +295,32 @@ pub struct Config {
     pub src_mac: [u8; 6],
     pub _pad: [u8; 2],
     pub flags: u32,
+    pub _pad2: u32,
+    /// Added to the kernel clock to make the data-plane time of flows and
+    /// sticky sessions. 0 in production; tests set it to drive time.
+    pub time_offset_ns: u64,
 }
+
+/// Key of the sticky-session map: (group, client IP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StickyKey {
+    pub group_id: u32,
+    pub addr_be: [u32; 4],
+}
+
+/// A client's sticky target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StickyState {
+    pub target_id: u32,
+    pub _pad: u32,
+    /// Data-plane time after which the client is free again.
+    pub expires_ns: u64,
+}
+
+/// Capacity of the sticky-session map (LRU).
+pub const DEFAULT_STICKY_TABLE_SIZE: u32 = 1 << 18;
 
 /// Packet, byte and new-flow counts (per CPU) for a listener or a target.
 #[repr(C)]
@@ -323,6 +414,11 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const TARGET_STATS: &str = "TARGET_STATS";
+    /// Active flows per target id (`i64`, shared, atomic adds).
+    pub const TARGET_ACTIVE: &str = "TARGET_ACTIVE";
+    /// Round-robin position per group id (`u64`, shared, atomic adds).
+    pub const GROUP_RR: &str = "GROUP_RR";
+    pub const STICKY: &str = "STICKY";
 }
 
 #[cfg(feature = "user")]
@@ -341,21 +437,25 @@ mod pod {
     unsafe impl aya::Pod for TargetInfo {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Stats {}
+    unsafe impl aya::Pod for StickyKey {}
+    unsafe impl aya::Pod for StickyState {}
 }
 
 const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowKeyV4>() == 16);
-    assert!(core::mem::size_of::<FlowState>() == 16);
+    assert!(core::mem::size_of::<FlowState>() == 24);
     assert!(core::mem::size_of::<ListenerKey>() == 20);
     assert!(core::mem::size_of::<ListenerInfo>() == 8);
     assert!(core::mem::size_of::<ListenerPorts>() == 16384);
     assert!(core::mem::size_of::<ListenerSlot>() == 24);
     // Listener ids fit FlowState::listener_id.
     assert!(MAX_LISTENERS <= u16::MAX as u32 + 1);
-    assert!(core::mem::size_of::<GroupInfo>() == 8);
-    assert!(core::mem::size_of::<TargetInfo>() == 12);
-    assert!(core::mem::size_of::<Config>() == 12);
+    assert!(core::mem::size_of::<GroupInfo>() == 16);
+    assert!(core::mem::size_of::<TargetInfo>() == 16);
+    assert!(core::mem::size_of::<Config>() == 24);
+    assert!(core::mem::size_of::<StickyKey>() == 20);
+    assert!(core::mem::size_of::<StickyState>() == 16);
     assert!(core::mem::size_of::<Stats>() == 24);
 };
 

@@ -7,6 +7,7 @@
 //! without a hash lookup. The verdict is the same as looking the listener up
 //! first (the model in tests/src/model.rs does it in that order).
 
+mod choose;
 mod counters;
 mod lookup;
 mod parse;
@@ -20,9 +21,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowKeyV4, FlowState,
-    GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot,
-    MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, TargetInfo,
+    BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE,
+    FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey,
+    ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey,
+    StickyState, TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -91,6 +93,22 @@ static LISTENER_STATS: PerCpuArray<Stats, { MAX_LISTENERS as usize }> = PerCpuAr
 /// Per target id.
 #[btf_map]
 static TARGET_STATS: PerCpuArray<Stats, { MAX_TARGETS as usize }> = PerCpuArray::new();
+
+/// Active flows per target id: +1 when a flow starts, -1 when it ends (see
+/// `lb_common::flow_flags::COUNTED`). Shared by all CPUs: atomic adds. The
+/// loader recounts from the flow tables and corrects drift.
+#[btf_map]
+static TARGET_ACTIVE: Array<i64, { MAX_TARGETS as usize }> = Array::new();
+
+/// Round-robin position per group id (shared by all CPUs: atomic adds, so
+/// the weighted order holds across CPUs).
+#[btf_map]
+static GROUP_RR: Array<u64, { MAX_GROUPS as usize }> = Array::new();
+
+/// Sticky sessions: (group, client IP) -> target until a deadline.
+#[btf_map]
+static STICKY: LruHashMap<StickyKey, StickyState, { DEFAULT_STICKY_TABLE_SIZE as usize }> =
+    LruHashMap::new();
 
 /// The verdict for one frame.
 #[inline(always)]

@@ -1,11 +1,10 @@
 //! Flow -> target: the flow table first, else the group's consistent-hash table.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    Counter, FAMILY_V4, FlowKey, FlowKeyV4, FlowState, ListenerInfo, TargetInfo, hash::flow_hash,
-    target_flags,
+    Counter, FAMILY_V4, FlowKey, FlowKeyV4, FlowState, ListenerInfo, TargetInfo, target_flags,
 };
 
-use super::{FLOWS_V4, FLOWS_V6, GROUP_TABLES, GROUPS, TARGETS, counters::count};
+use super::{FLOWS_V4, FLOWS_V6, GROUPS, TARGETS, choose, counters::count};
 
 pub struct Selected {
     pub id: u32,
@@ -68,7 +67,7 @@ fn remember(flow: &FlowKey, state: FlowState) {
 
 /// The target's data if it may take packets of `group_id`'s flows.
 #[inline(always)]
-fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
+pub(super) fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
     let info = *TARGETS.get(id)?;
     if id != 0 && info.flags & target_flags::USABLE != 0 && info.group_id == group_id {
         Some(info)
@@ -111,13 +110,7 @@ pub fn target(
     }
 
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
-    let hash = flow_hash(flow, group.hash_fields);
-    let table = GROUP_TABLES.get(listener.group_id).ok_or_else(no_target)?;
-    let slots = *table.get(0).ok_or_else(no_target)?;
-    if slots == 0 {
-        return Err(no_target());
-    }
-    let id = *table.get(1 + hash % slots).ok_or_else(no_target)?;
+    let id = choose::new_flow(flow, listener.group_id, group).ok_or_else(no_target)?;
     let info = usable(id, listener.group_id).ok_or_else(no_target)?;
 
     let state = FlowState {
@@ -126,6 +119,7 @@ pub fn target(
         flags: 0,
         // SAFETY: a plain helper call.
         created_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: 0,
     };
     remember(flow, state);
     count(Counter::NewFlow);

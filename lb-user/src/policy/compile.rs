@@ -15,7 +15,7 @@ use lb_common::{
     PROTO_TCP, PROTO_UDP, TargetInfo, hash_fields, target_flags,
 };
 
-use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
+use super::{Affinity, Algorithm, FailoverMode, GroupProtocol, ListenerProtocol, Policy};
 use crate::{
     maglev::{Identity, Member, TableCache},
     plan::{
@@ -201,6 +201,8 @@ fn compile_groups(
                         0
                     },
                     group_id,
+                    weight: cw as u16,
+                    _pad: 0,
                 },
             });
         }
@@ -219,6 +221,9 @@ fn compile_groups(
                 t.excluded = None;
                 t.info.flags |= target_flags::USABLE;
             }
+        }
+        for t in targets[first..].iter_mut().filter(|t| t.excluded.is_none()) {
+            t.info.flags |= target_flags::SELECTABLE;
         }
         let members: Vec<Member> = targets[first..]
             .iter()
@@ -243,9 +248,17 @@ fn compile_groups(
             name: group.name.clone(),
             info: GroupInfo {
                 hash_fields: hash_fields_of(group.algorithm, group.affinity),
-                algorithm: 0,
-                _pad: [0; 2],
-                generation: 0,
+                algorithm: lb_common::algorithm::HASH,
+                flags: 0,
+                _pad: 0,
+                idle_timeout_s: match group.protocol {
+                    GroupProtocol::Udp => lb_common::DEFAULT_UDP_IDLE_TIMEOUT_S,
+                    GroupProtocol::Tcp | GroupProtocol::Http => {
+                        lb_common::DEFAULT_TCP_IDLE_TIMEOUT_S
+                    }
+                },
+                fin_timeout_s: lb_common::DEFAULT_FIN_TIMEOUT_S,
+                sticky_duration_s: 0,
             },
             table,
             last_resort,
@@ -274,6 +287,8 @@ fn compile_groups(
             src_mac: observed.iface_mac,
             _pad: [0; 2],
             flags: 0,
+            _pad2: 0,
+            time_offset_ns: 0,
         },
         listeners,
         groups,

@@ -1,0 +1,17 @@
+//! A new flow's target, by the group's algorithm.
+use lb_common::{FlowKey, GroupInfo, hash::flow_hash};
+
+use super::GROUP_TABLES;
+
+/// The target id a new flow of `group_id` goes to (`None`: no table, or an
+/// empty one). The caller checks the id is usable.
+#[inline(always)]
+pub fn new_flow(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32> {
+    let hash = flow_hash(flow, group.hash_fields);
+    let table = GROUP_TABLES.get(group_id)?;
+    let slots = *table.get(0)?;
+    if slots == 0 {
+        return None;
+    }
+    table.get(1 + hash % slots).copied()
+}
