@@ -8,6 +8,8 @@
 //!   key into one unaligned store, which the verifier rejects at load time
 //!   (golden tests catch it). Keep padding of key types in naturally aligned
 //!   fields (`_pad0: u8, _pad1: u16`, not `[u8; 3]`);
+//! - BPF ISA v3 (kernel >= 5.1; atomics with fetch need it, and its 32-bit
+//!   jumps and ALU make shorter code);
 //! - memset/memcpy/memmove of known small size expanded into loads and
 //!   stores, instead of bpf-to-bpf calls of byte-loop subprograms (by
 //!   default bpf-linker only expands memcpy, so that it stays in order for

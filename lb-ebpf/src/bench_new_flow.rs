@@ -6,6 +6,7 @@
 //! lookup, flow insert with LRU eviction) at full rate. Never attached to a NIC.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 #[path = "pipeline/mod.rs"]
 mod pipeline;

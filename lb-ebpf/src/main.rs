@@ -3,6 +3,7 @@
 //! kernel untouched.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod pipeline;
 

@@ -7,12 +7,14 @@
 //! without a hash lookup. The verdict is the same as looking the listener up
 //! first (the model in tests/src/model.rs does it in that order).
 
+mod atomic;
 mod choose;
 mod counters;
 mod lookup;
 mod parse;
 mod rewrite;
 mod select;
+mod time;
 
 use aya_ebpf::{
     bindings::xdp_action,

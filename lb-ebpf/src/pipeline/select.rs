@@ -1,10 +1,14 @@
 //! Flow -> target: the flow table first, else the group's consistent-hash table.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
+use aya_ebpf::bindings::xdp_action;
 use lb_common::{
-    Counter, FAMILY_V4, FlowKey, FlowKeyV4, FlowState, ListenerInfo, TargetInfo, target_flags,
+    Counter, FAMILY_V4, FlowKey, FlowKeyV4, FlowState, ListenerInfo, TargetInfo, flow_flags,
+    target_flags,
 };
 
-use super::{FLOWS_V4, FLOWS_V6, GROUPS, TARGETS, choose, counters::count};
+use super::{
+    CONFIG, FLOWS_V4, FLOWS_V6, GROUPS, TARGET_ACTIVE, TARGETS, atomic, choose, counters::count,
+    time,
+};
 
 pub struct Selected {
     pub id: u32,
@@ -52,9 +56,20 @@ pub fn entry(flow: &FlowKey) -> Option<Entry> {
     }
 }
 
-/// Remembers the flow's target (replacing any entry it had).
+/// Adds `delta` to the target's active-flow count (shared by all CPUs).
 #[inline(always)]
-fn remember(flow: &FlowKey, state: FlowState) {
+pub(super) fn active_add(target_id: u32, delta: i64) {
+    if let Some(slot) = TARGET_ACTIVE.get_ptr_mut(target_id) {
+        // SAFETY: an 8-byte aligned map value that stays allocated while the
+        // program runs; other CPUs only touch it with atomic operations too.
+        unsafe { atomic::fetch_add_i64(slot, delta) };
+    }
+}
+
+/// Remembers the flow's target (replacing any entry it had); false if the
+/// insert failed.
+#[inline(always)]
+fn remember(flow: &FlowKey, state: FlowState) -> bool {
     let inserted = if flow.family == FAMILY_V4 {
         FLOWS_V4.insert(FlowKeyV4::new(flow), state, 0)
     } else {
@@ -62,7 +77,9 @@ fn remember(flow: &FlowKey, state: FlowState) {
     };
     if inserted.is_err() {
         count(Counter::FlowInsertFailed);
+        return false;
     }
+    true
 }
 
 /// The target's data if it may take packets of `group_id`'s flows.
@@ -110,18 +127,21 @@ pub fn target(
     }
 
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
-    let id = choose::new_flow(flow, listener.group_id, group).ok_or_else(no_target)?;
+    let config = CONFIG.get(0).ok_or_else(no_target)?;
+    let now = time::now_ns(config);
+    let id = choose::new_flow(flow, listener.group_id, group, now).ok_or_else(no_target)?;
     let info = usable(id, listener.group_id).ok_or_else(no_target)?;
 
     let state = FlowState {
         target_id: id,
         listener_id: listener.listener_id as u16,
-        flags: 0,
-        // SAFETY: a plain helper call.
-        created_ns: unsafe { bpf_ktime_get_ns() },
-        last_seen_ns: 0,
+        flags: flow_flags::COUNTED,
+        created_ns: now,
+        last_seen_ns: now,
     };
-    remember(flow, state);
+    if remember(flow, state) {
+        active_add(id, 1);
+    }
     count(Counter::NewFlow);
     Ok(Selected {
         id,

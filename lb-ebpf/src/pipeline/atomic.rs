@@ -1,0 +1,36 @@
+//! Atomic adds on shared map values. `core::sync::atomic` offers no
+//! read-modify-write operations on the BPF target, and LLVM emits the
+//! fetching form only for `-mcpu=v3`, which the Rust BPF target does not let
+//! a build script choose; so the instruction is written out
+//! (`BPF_ATOMIC | BPF_ADD | BPF_FETCH`, kernel >= 5.12).
+use core::arch::asm;
+
+/// Adds `delta` to `*slot` and returns the old value.
+///
+/// # Safety
+/// `slot` points at an 8-byte aligned map value that stays allocated while
+/// the program runs, and every other writer uses atomic operations too.
+#[inline(always)]
+pub unsafe fn fetch_add_u64(slot: *mut u64, delta: u64) -> u64 {
+    let mut value = delta;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        asm!(
+            "{value} = atomic_fetch_add((u64 *)({slot} + 0), {value})",
+            slot = in(reg) slot,
+            value = inout(reg) value,
+            options(nostack),
+        );
+    }
+    value
+}
+
+/// Adds `delta` to `*slot` and returns the old value.
+///
+/// # Safety
+/// As for [`fetch_add_u64`].
+#[inline(always)]
+pub unsafe fn fetch_add_i64(slot: *mut i64, delta: i64) -> i64 {
+    // SAFETY: as the caller guarantees; two's complement makes the add the same.
+    unsafe { fetch_add_u64(slot as *mut u64, delta as u64) as i64 }
+}
