@@ -816,13 +816,13 @@ fn sends_head_and_http_1_0(kind: &str) {
         assert_eq!(hc["method"], "HEAD", "{g}: {hc}");
         assert_eq!(hc["version"], "1.0", "{g}: {hc}");
         assert_eq!(hc["path"], "/healthz", "{g}: {hc}");
-        for i in 0..TARGETS.len() {
+        for (i, t) in TARGETS.iter().enumerate() {
             assert_healthy(&up.status, g, i, &check);
             assert_eq!(
                 up.status.last_result(g, ip(g, i)),
                 Some("status 200"),
                 "{g} {}",
-                TARGETS[i].name
+                t.name
             );
         }
     }
