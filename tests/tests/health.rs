@@ -182,6 +182,23 @@ fn wait_states(
     waited
 }
 
+/// [`wait_states`] for the consequences of a change made at `since`; also
+/// prints how long they took, against the bound.
+fn wait_states_after(
+    s: &Setup,
+    since: Instant,
+    within: Duration,
+    what: &str,
+    want: &[(&str, usize, &str)],
+) -> Waited<()> {
+    let waited = wait_states(s, within, what, want);
+    eprintln!(
+        "{what}: {:?} after the change (bound {within:?})",
+        waited.at - since
+    );
+    waited
+}
+
 /// Polls for `window`, and panics at the first report for which `check`
 /// says something is wrong: for "this does not change" assertions, which
 /// need time by nature.
@@ -205,64 +222,53 @@ fn hold_for(
 }
 
 /// A target with a verdict of `healthy`: state, selectable, and counters
-/// that justify it.
+/// that justify it, with the latency of its last probe.
 fn assert_healthy(st: &Status, g: &str, i: usize, check: &HealthCheck) {
-    let ip = ip(g, i);
-    let t = st
-        .target(g, ip)
-        .unwrap_or_else(|| panic!("no target {ip} in {g}"));
-    let shown = || format!("{g} {ip}: {t}");
-    assert_eq!(st.state(g, ip), Some("healthy"), "{}", shown());
-    assert_eq!(st.selectable(g, ip), Some(true), "{}", shown());
-    let (ok, failed) = st
-        .consecutive(g, ip)
-        .unwrap_or_else(|| panic!("no counters: {}", shown()));
-    assert!(
-        ok >= u64::from(check.healthy_threshold) && failed == 0,
-        "healthy with {ok} successes and {failed} failures in a row: {}",
-        shown()
-    );
-    assert_eq!(
-        st.health(g, ip, "last_ok"),
-        Some(&Value::Bool(true)),
-        "{}",
-        shown()
-    );
-    assert!(
-        st.last_result(g, ip).is_some(),
-        "no last_result: {}",
-        shown()
-    );
-    assert!(
-        st.health(g, ip, "last_latency_ms")
-            .and_then(Value::as_f64)
-            .is_some_and(|ms| ms >= 0.0),
-        "no last_latency_ms: {}",
-        shown()
-    );
+    assert_verdict(st, g, i, check, true, true);
 }
 
 /// A target with a verdict of `unhealthy`. `selectable`: false, except in
 /// last resort.
 fn assert_unhealthy(st: &Status, g: &str, i: usize, check: &HealthCheck, selectable: bool) {
+    assert_verdict(st, g, i, check, false, selectable);
+}
+
+/// Target `i` of `g` has the verdict `healthy` (else `unhealthy`): its
+/// state, whether it is `selectable`, a run of consecutive results of that
+/// verdict's kind at least its threshold long and none of the other kind,
+/// `last_ok` agreeing, a `last_result`, and for `healthy` a latency.
+fn assert_verdict(
+    st: &Status,
+    g: &str,
+    i: usize,
+    check: &HealthCheck,
+    healthy: bool,
+    selectable: bool,
+) {
     let ip = ip(g, i);
     let t = st
         .target(g, ip)
         .unwrap_or_else(|| panic!("no target {ip} in {g}"));
     let shown = || format!("{g} {ip}: {t}");
-    assert_eq!(st.state(g, ip), Some("unhealthy"), "{}", shown());
+    let state = if healthy { "healthy" } else { "unhealthy" };
+    assert_eq!(st.state(g, ip), Some(state), "{}", shown());
     assert_eq!(st.selectable(g, ip), Some(selectable), "{}", shown());
     let (ok, failed) = st
         .consecutive(g, ip)
         .unwrap_or_else(|| panic!("no counters: {}", shown()));
+    let (run, other, threshold) = if healthy {
+        (ok, failed, check.healthy_threshold)
+    } else {
+        (failed, ok, check.unhealthy_threshold)
+    };
     assert!(
-        failed >= u64::from(check.unhealthy_threshold) && ok == 0,
-        "unhealthy with {ok} successes and {failed} failures in a row: {}",
+        run >= u64::from(threshold) && other == 0,
+        "{state} with {ok} successes and {failed} failures in a row: {}",
         shown()
     );
     assert_eq!(
         st.health(g, ip, "last_ok"),
-        Some(&Value::Bool(false)),
+        Some(&Value::Bool(healthy)),
         "{}",
         shown()
     );
@@ -271,6 +277,15 @@ fn assert_unhealthy(st: &Status, g: &str, i: usize, check: &HealthCheck, selecta
         "no last_result: {}",
         shown()
     );
+    if healthy {
+        assert!(
+            st.health(g, ip, "last_latency_ms")
+                .and_then(Value::as_f64)
+                .is_some_and(|ms| ms >= 0.0),
+            "no last_latency_ms: {}",
+            shown()
+        );
+    }
 }
 
 /// The group's `health_check` object says what the policy says, with the
@@ -543,6 +558,17 @@ fn tcp_check_takes_a_stopped_service_out_and_back_in() {
         "lb status web:\n{table}"
     );
     assert_human_table(&table, "web");
+    assert!(
+        !table.contains("target group web6") && !table.contains("LISTENER"),
+        "lb status web shows more than web:\n{table}"
+    );
+    let unknown = s.lb.status_command(Some("nosuch"), false);
+    assert!(
+        unknown
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no target group named \"nosuch\"")),
+        "lb status nosuch: {unknown:?}"
+    );
     let whole =
         s.lb.status_command(None, false)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -640,16 +666,12 @@ fn tcp_check_takes_a_stopped_service_out_and_back_in() {
     // Start it again.
     s.lab.start_port(Node::Target(1), TCP_PORT).unwrap();
     let started = Instant::now();
-    let back = wait_states(
+    let back = wait_states_after(
         &s,
+        started,
         healthy_within(&check),
         "t2 healthy again after its service started",
         &all(&TCP_GROUPS, "healthy"),
-    );
-    eprintln!(
-        "t2 healthy within {:?} of the start (bound {:?})",
-        back.at - started,
-        healthy_within(&check)
     );
     for g in TCP_GROUPS {
         assert_healthy(&back.status, g, 1, &check);
@@ -856,13 +878,13 @@ fn times_out_on_a_hung_server(kind: &str) {
     let before = requests(&s, 1).len();
     s.lab.set_http_hang(Node::Target(1)).unwrap();
     let hung = Instant::now();
-    let down = wait_states(
+    let down = wait_states_after(
         &s,
+        hung,
         unhealthy_within(&check),
         "t2 (hanging) unhealthy",
         &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
     );
-    eprintln!("t2 unhealthy {:?} after it started hanging", down.at - hung);
     for g in TCP_GROUPS {
         assert_unhealthy(&down.status, g, 1, &check, false);
         let result = down.status.last_result(g, ip(g, 1)).unwrap().to_lowercase();
@@ -929,16 +951,12 @@ fn https_check_on_self_signed_targets_follows_status_codes() {
 
     s.lab.set_http_status(Node::Target(1), 500).unwrap();
     let changed = Instant::now();
-    let down = wait_states(
+    let down = wait_states_after(
         &s,
+        changed,
         unhealthy_within(&check),
         "t2 (now 500 over tls) unhealthy",
         &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
-    );
-    eprintln!(
-        "t2 unhealthy {:?} after it started answering 500 (bound {:?})",
-        down.at - changed,
-        unhealthy_within(&check)
     );
     for g in TCP_GROUPS {
         assert_unhealthy(&down.status, g, 1, &check, false);
@@ -960,16 +978,12 @@ fn https_check_on_self_signed_targets_follows_status_codes() {
 
     s.lab.set_http_status(Node::Target(1), 200).unwrap();
     let changed = Instant::now();
-    let back = wait_states(
+    let back = wait_states_after(
         &s,
+        changed,
         healthy_within(&check),
         "t2 (200 again) healthy",
         &all(&TCP_GROUPS, "healthy"),
-    );
-    eprintln!(
-        "t2 healthy {:?} after it answered 200 again (bound {:?})",
-        back.at - changed,
-        healthy_within(&check)
     );
     for g in TCP_GROUPS {
         assert_healthy(&back.status, g, 1, &check);
@@ -1027,40 +1041,59 @@ fn monitor_port_overrides_the_groups_port() {
     }
 }
 
-/// PING: a target whose kernel ignores ICMP echo (IPv4 and IPv6) is
-/// unhealthy, the others healthy; answering again, it becomes healthy.
+/// PING: a target whose namespace stops answering ICMP echo (its kernel
+/// drops echo requests, IPv4 and IPv6) becomes unhealthy within the bound,
+/// its last probe a timeout, and new connections avoid it; answering
+/// again, it becomes healthy within the bound.
 #[test]
 fn ping_check_follows_icmp_echo() {
     let check = HealthCheck::of("ping");
-    let s = setup(&LabPolicy::checked(check.clone()), |lab| {
-        lab.set_ping_ignored(Node::Target(1), true).unwrap();
-    });
-    let w = wait_states(
+    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let up = wait_states(
         &s,
         first_verdicts_within(&check),
-        "t2 (ignores ping) unhealthy, t1 and t3 healthy",
+        "every target healthy (answering ping)",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    for g in TCP_GROUPS {
+        assert_check_reported(&up.status, g, &check, None);
+        for i in 0..TARGETS.len() {
+            assert_healthy(&up.status, g, i, &check);
+            assert_eq!(up.status.last_result(g, ip(g, i)), Some("echo reply"));
+        }
+    }
+
+    s.lab.set_ping_ignored(Node::Target(1), true).unwrap();
+    let dropped = Instant::now();
+    let down = wait_states_after(
+        &s,
+        dropped,
+        unhealthy_within(&check),
+        "t2 (drops echo requests) unhealthy, t1 and t3 healthy",
         &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
     );
     for g in TCP_GROUPS {
-        assert_check_reported(&w.status, g, &check, None);
-        assert_unhealthy(&w.status, g, 1, &check, false);
-        assert_healthy(&w.status, g, 0, &check);
-        assert_healthy(&w.status, g, 2, &check);
+        assert_unhealthy(&down.status, g, 1, &check, false);
+        assert_healthy(&down.status, g, 0, &check);
+        assert_healthy(&down.status, g, 2, &check);
         // No answer at all (not an error opening the ICMP socket).
-        let result = w.status.last_result(g, ip(g, 1)).unwrap();
+        let result = down.status.last_result(g, ip(g, 1)).unwrap();
         assert!(result.contains("timeout"), "{g} t2 last_result {result:?}");
     }
+    std::thread::sleep(NEW_FLOWS_WITHIN);
+    for v6 in [false, true] {
+        let tally = connect(&s, v6, 21000);
+        assert_served_by(&tally, &[0, 2], "t2 drops ping");
+    }
+
     s.lab.set_ping_ignored(Node::Target(1), false).unwrap();
     let answered = Instant::now();
-    let back = wait_states(
+    let back = wait_states_after(
         &s,
+        answered,
         healthy_within(&check),
         "t2 healthy once it answers ping",
         &all(&TCP_GROUPS, "healthy"),
-    );
-    eprintln!(
-        "t2 healthy {:?} after it answered ping again",
-        back.at - answered
     );
     for g in TCP_GROUPS {
         assert_healthy(&back.status, g, 1, &check);
@@ -1202,6 +1235,11 @@ fn failover(mode: &'static str) {
         &all_but(&["lines"], "healthy", xi, "unhealthy"),
     );
     assert_unhealthy(&down.status, "lines", xi, &check, false);
+    assert_eq!(
+        down.status.group("lines").map(|g| &g["on_unhealthy"]),
+        Some(&Value::from(mode)),
+        "lines: on_unhealthy"
+    );
     let transition = down.at;
 
     match mode {
