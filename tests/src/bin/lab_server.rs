@@ -2,7 +2,7 @@
 //! server's name, so a client can tell which target served it.
 //!
 //! ```text
-//! lb-lab-server --name t1 --tcp 80 --lines 81 --http 8080 \
+//! lb-lab-server --name t1 --tcp 80 --lines 81 --http 8080 --https 8443 \
 //!     --record /tmp/LAB/t1-http.log --udp 10.0.3.49:53 --udp [fd00:3::49]:53
 //! ```
 //! - `--tcp PORT`: a dual-stack listener on `[::]:PORT` (every local address,
