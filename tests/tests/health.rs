@@ -366,45 +366,54 @@ fn counter(st: &Status, g: &str, i: usize, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{g} {}: no {field}", TARGETS[i].name))
 }
 
-/// The human view of group `g` in `text` (`lb status`): a header line
-/// naming the group, then a table whose header and rows line up: every
-/// column starts at the same offset in every row (cells are never empty;
-/// columns are at least two spaces apart). One row per target, with its
-/// address and MAC.
-fn assert_human_table(text: &str, g: &str) {
+/// The rows of the table whose header line starts with `header` in
+/// `text` (`lb status`), searched from line `from`; checks that header and
+/// rows line up: every column starts at the same offset in every row
+/// (cells are never empty; columns are at least two spaces apart).
+fn aligned_table<'a>(text: &'a str, from: usize, header: &str, what: &str) -> Vec<&'a str> {
     let lines: Vec<&str> = text.lines().collect();
-    let title = format!("target group {g} (");
-    let at = lines
-        .iter()
-        .position(|l| l.starts_with(&title))
-        .unwrap_or_else(|| panic!("no `{title}` in lb status:\n{text}"));
-    let header = at
-        + lines[at..]
+    let at = from
+        + lines[from..]
             .iter()
-            .position(|l| l.starts_with("TARGET"))
-            .unwrap_or_else(|| panic!("no table header for {g}:\n{text}"));
-    let rows: Vec<&str> = lines[header + 1..]
+            .position(|l| l.starts_with(header))
+            .unwrap_or_else(|| panic!("{what}: no table header `{header}`:\n{text}"));
+    let head = lines[at].as_bytes();
+    let starts: Vec<usize> = (0..head.len())
+        .filter(|&p| head[p] != b' ' && (p == 0 || (p >= 2 && &head[p - 2..p] == b"  ")))
+        .collect();
+    let rows: Vec<&str> = lines[at + 1..]
         .iter()
         .take_while(|l| !l.is_empty())
         .copied()
         .collect();
-    let starts: Vec<usize> = (0..lines[header].len())
-        .filter(|&p| {
-            let b = lines[header].as_bytes();
-            b[p] != b' ' && (p == 0 || (p >= 2 && &b[p - 2..p] == b"  "))
-        })
-        .collect();
-    assert!(starts.len() >= 10, "{g}: header {:?}", lines[header]);
     for row in &rows {
         let b = row.as_bytes();
         for &p in &starts {
             assert!(
                 p < b.len() && b[p] != b' ' && (p == 0 || b[p - 1] == b' '),
-                "{g}: column at {p} not aligned:\n{}\n{row}",
-                lines[header]
+                "{what}: column at {p} not aligned:\n{}\n{row}",
+                lines[at]
             );
         }
     }
+    assert!(
+        starts.len() >= 7,
+        "{what}: header {:?}: too few columns",
+        lines[at]
+    );
+    rows
+}
+
+/// The human view of group `g` in `text` (`lb status`): a title line
+/// naming the group, then an aligned table (see [`aligned_table`]) with
+/// one row per target, with its address and MAC.
+fn assert_human_table(text: &str, g: &str) {
+    let title = format!("target group {g} (");
+    let at = text
+        .lines()
+        .position(|l| l.starts_with(&title))
+        .unwrap_or_else(|| panic!("no `{title}` in lb status:\n{text}"));
+    let rows = aligned_table(text, at, "TARGET ", g);
     assert_eq!(rows.len(), TARGETS.len(), "{g}:\n{text}");
     for (i, t) in TARGETS.iter().enumerate() {
         let ip = ip(g, i).to_string();
@@ -414,6 +423,21 @@ fn assert_human_table(text: &str, g: &str) {
                 .any(|r| r.starts_with(&format!("{ip} ")) && r.contains(&mac)),
             "{g}: no row for {ip} with {mac}:\n{text}"
         );
+    }
+}
+
+/// The whole human view (`lb status`): the listener table lines up and
+/// has a row per listener of the lab's policy, then every group's table.
+fn assert_human_status(text: &str, groups: &[&str]) {
+    let rows = aligned_table(text, 0, "LISTENER ", "listeners");
+    for l in ["web", "dns", "web6"] {
+        assert!(
+            rows.iter().any(|r| r.starts_with(&format!("{l} "))),
+            "no listener row {l}:\n{text}"
+        );
+    }
+    for g in groups {
+        assert_human_table(text, g);
     }
 }
 
@@ -576,9 +600,7 @@ fn tcp_check_takes_a_stopped_service_out_and_back_in() {
         whole.contains(&format!("health probes come from {LB4}")),
         "lb status:\n{whole}"
     );
-    for g in ["web", "web6", "dns"] {
-        assert_human_table(&whole, g);
-    }
+    assert_human_status(&whole, &["web", "web6", "dns"]);
 
     // Stop t2's service.
     s.lab.stop_port(Node::Target(1), TCP_PORT).unwrap();
@@ -1156,8 +1178,8 @@ fn every_target_unhealthy_means_last_resort() {
                 .any(|l| l.contains("LAST RESORT")),
             "{g}: no LAST RESORT in lb status:\n{human}"
         );
-        assert_human_table(&human, g);
     }
+    assert_human_status(&human, &TCP_GROUPS);
     std::thread::sleep(NEW_FLOWS_WITHIN);
     for v6 in [false, true] {
         let tally = connect(&s, v6, 21000);
