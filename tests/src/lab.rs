@@ -210,6 +210,8 @@ pub struct HttpRequest {
     pub method: String,
     pub target: String,
     pub version: String,
+    /// `http` or `https`: which of the server's listeners received it.
+    pub scheme: String,
 }
 
 impl HttpRequest {
@@ -274,6 +276,8 @@ impl Lab {
                     topo::LINES_PORT.to_string(),
                     "--http".to_owned(),
                     topo::HTTP_PORT.to_string(),
+                    "--https".to_owned(),
+                    topo::HTTPS_PORT.to_string(),
                     "--udp".to_owned(),
                     SocketAddr::new(VIP4.into(), topo::UDP_PORT).to_string(),
                     "--udp".to_owned(),
@@ -471,7 +475,7 @@ impl Lab {
         }
     }
 
-    /// Closes the TCP listener (tcp, lines or http) on `port` of `node`'s lab
+    /// Closes the TCP listener (tcp, lines, http or https) on `port` of `node`'s lab
     /// server: new connections are refused, accepted ones go on.
     pub fn stop_port(&self, node: Node, port: u16) -> Result<(), LabError> {
         self.control(node, &format!("stop {port}"))
@@ -482,12 +486,14 @@ impl Lab {
         self.control(node, &format!("start {port}"))
     }
 
-    /// `node`'s HTTP servers answer `code` from now on (and stop hanging).
+    /// `node`'s HTTP and HTTPS servers answer `code` from now on (and stop
+    /// hanging).
     pub fn set_http_status(&self, node: Node, code: u16) -> Result<(), LabError> {
         self.control(node, &format!("http-status {code}"))
     }
 
-    /// `node`'s HTTP servers accept and read requests but never answer.
+    /// `node`'s HTTP and HTTPS servers accept and read requests (HTTPS: after
+    /// the TLS handshake) but never answer.
     pub fn set_http_hang(&self, node: Node) -> Result<(), LabError> {
         self.control(node, "http-hang")
     }
@@ -509,6 +515,7 @@ impl Lab {
                     method: words.next()?.to_owned(),
                     target: words.next()?.to_owned(),
                     version: words.next()?.to_owned(),
+                    scheme: words.next().unwrap_or("http").to_owned(),
                 })
             })
             .collect())

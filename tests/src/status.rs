@@ -241,6 +241,144 @@ mod tests {
         }))
     }
 
+    /// `lb status --json` is stable and documented: every field named here
+    /// (README's table of the report) is in the report under that name, and
+    /// the README names it. Fields may be added; never remove or rename one
+    /// here.
+    #[test]
+    fn documented_fields_are_reported() {
+        use lb_user::api::{
+            GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus, StatusReport,
+            TargetStatus,
+        };
+        let report = StatusReport {
+            listeners: vec![ListenerStatus::default()],
+            target_groups: vec![GroupStatus {
+                health_check: Some(HealthCheckStatus::default()),
+                targets: vec![TargetStatus {
+                    health: Some(HealthStatus::default()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        let group = &json["target_groups"][0];
+        let target = &group["targets"][0];
+        let objects: [(&str, &Value, &[&str]); 6] = [
+            (
+                "report",
+                &json,
+                &[
+                    "interface",
+                    "xdp_mode",
+                    "policy",
+                    "probe_sources",
+                    "counters",
+                    "listeners",
+                    "target_groups",
+                ],
+            ),
+            (
+                "listeners[]",
+                &json["listeners"][0],
+                &[
+                    "name",
+                    "vip",
+                    "protocol",
+                    "port",
+                    "target_group",
+                    "packets",
+                    "bytes",
+                    "new_flows",
+                ],
+            ),
+            (
+                "target_groups[]",
+                group,
+                &[
+                    "name",
+                    "protocol",
+                    "algorithm",
+                    "affinity",
+                    "table_size",
+                    "listener",
+                    "health_check",
+                    "on_unhealthy",
+                    "last_resort",
+                    "targets",
+                ],
+            ),
+            (
+                "health_check",
+                &group["health_check"],
+                &[
+                    "enabled",
+                    "type",
+                    "port",
+                    "interval_s",
+                    "timeout_s",
+                    "healthy_threshold",
+                    "unhealthy_threshold",
+                    "method",
+                    "version",
+                    "path",
+                    "status_codes",
+                ],
+            ),
+            (
+                "targets[]",
+                target,
+                &[
+                    "ip",
+                    "port",
+                    "monitor_port",
+                    "weight",
+                    "ratio",
+                    "slots",
+                    "mac",
+                    "state",
+                    "selectable",
+                    "excluded",
+                    "health",
+                    "packets",
+                    "bytes",
+                    "new_flows",
+                ],
+            ),
+            (
+                "health",
+                &target["health"],
+                &[
+                    "consecutive_successes",
+                    "consecutive_failures",
+                    "last_result",
+                    "last_ok",
+                    "last_latency_ms",
+                ],
+            ),
+        ];
+        let readme_path = crate::lab::workspace_root().join("README.md");
+        let readme = std::fs::read_to_string(&readme_path).unwrap();
+        let status = &readme[readme
+            .find("## Status")
+            .expect("README has a Status section")..];
+        for (what, object, fields) in objects {
+            let object = object
+                .as_object()
+                .unwrap_or_else(|| panic!("{what} is not an object: {object}"));
+            for field in fields {
+                assert!(object.contains_key(*field), "{what} lacks `{field}`");
+                assert!(
+                    status.contains(&format!("`{field}`"))
+                        || status.contains(&format!("`{field}[]`")),
+                    "README's Status section does not name {what}'s `{field}`"
+                );
+            }
+        }
+    }
+
     #[test]
     fn accessors() {
         let s = report();

@@ -96,6 +96,9 @@ pub const UDP_PORT: u16 = 53;
 pub const LINES_PORT: u16 = 81;
 /// The targets' HTTP server (`lb-lab-server --http`), for HTTP health checks.
 pub const HTTP_PORT: u16 = 8080;
+/// The same HTTP server over TLS with a self-signed certificate
+/// (`lb-lab-server --https`), for HTTPS health checks.
+pub const HTTPS_PORT: u16 = 8443;
 
 /// `02:00:00:00:00:11`.
 pub fn fmt_mac(mac: Mac) -> String {

@@ -1,7 +1,8 @@
 //! End-to-end tests of the health checks: `lb run` in the namespace lab,
 //! probing the targets' real services (lb-lab-server: TCP on 80, lines on
-//! 81, HTTP on 8080), which the tests stop, start, switch to other status
-//! codes or to hang mode, and whose namespaces they make ignore ping. Each
+//! 81, HTTP on 8080, HTTPS with a self-signed certificate on 8443), which
+//! the tests stop, start, switch to other status codes or to hang mode, and
+//! whose namespaces they make drop ICMP echo requests. Each
 //! test has its own lab and policy. Needs root and the `lb` binary.
 //!
 //! What decides a result: the state transitions in `lb status` (that is the
@@ -33,10 +34,13 @@ use std::{
 use lb_tests::{
     Lab, Node,
     client::{self, Held, Proto, Tally},
+    lab::HttpRequest,
     lb::LbProcess,
     policy::{HealthCheck, LabPolicy},
     status::{Status, Waited},
-    topo::{self, HTTP_PORT, LB4, LB6, LINES_PORT, TARGETS, TCP_PORT, VIP4, VIP6},
+    topo::{
+        self, HTTP_PORT, HTTPS_PORT, LB4, LB6, LINES_PORT, TARGETS, TCP_PORT, VIP4, VIP6, fmt_mac,
+    },
 };
 use serde_json::Value;
 
@@ -178,6 +182,23 @@ fn wait_states(
     waited
 }
 
+/// [`wait_states`] for the consequences of a change made at `since`; also
+/// prints how long they took, against the bound.
+fn wait_states_after(
+    s: &Setup,
+    since: Instant,
+    within: Duration,
+    what: &str,
+    want: &[(&str, usize, &str)],
+) -> Waited<()> {
+    let waited = wait_states(s, within, what, want);
+    eprintln!(
+        "{what}: {:?} after the change (bound {within:?})",
+        waited.at - since
+    );
+    waited
+}
+
 /// Polls for `window`, and panics at the first report for which `check`
 /// says something is wrong: for "this does not change" assertions, which
 /// need time by nature.
@@ -201,64 +222,53 @@ fn hold_for(
 }
 
 /// A target with a verdict of `healthy`: state, selectable, and counters
-/// that justify it.
+/// that justify it, with the latency of its last probe.
 fn assert_healthy(st: &Status, g: &str, i: usize, check: &HealthCheck) {
-    let ip = ip(g, i);
-    let t = st
-        .target(g, ip)
-        .unwrap_or_else(|| panic!("no target {ip} in {g}"));
-    let shown = || format!("{g} {ip}: {t}");
-    assert_eq!(st.state(g, ip), Some("healthy"), "{}", shown());
-    assert_eq!(st.selectable(g, ip), Some(true), "{}", shown());
-    let (ok, failed) = st
-        .consecutive(g, ip)
-        .unwrap_or_else(|| panic!("no counters: {}", shown()));
-    assert!(
-        ok >= u64::from(check.healthy_threshold) && failed == 0,
-        "healthy with {ok} successes and {failed} failures in a row: {}",
-        shown()
-    );
-    assert_eq!(
-        st.health(g, ip, "last_ok"),
-        Some(&Value::Bool(true)),
-        "{}",
-        shown()
-    );
-    assert!(
-        st.last_result(g, ip).is_some(),
-        "no last_result: {}",
-        shown()
-    );
-    assert!(
-        st.health(g, ip, "last_latency_ms")
-            .and_then(Value::as_f64)
-            .is_some_and(|ms| ms >= 0.0),
-        "no last_latency_ms: {}",
-        shown()
-    );
+    assert_verdict(st, g, i, check, true, true);
 }
 
 /// A target with a verdict of `unhealthy`. `selectable`: false, except in
 /// last resort.
 fn assert_unhealthy(st: &Status, g: &str, i: usize, check: &HealthCheck, selectable: bool) {
+    assert_verdict(st, g, i, check, false, selectable);
+}
+
+/// Target `i` of `g` has the verdict `healthy` (else `unhealthy`): its
+/// state, whether it is `selectable`, a run of consecutive results of that
+/// verdict's kind at least its threshold long and none of the other kind,
+/// `last_ok` agreeing, a `last_result`, and for `healthy` a latency.
+fn assert_verdict(
+    st: &Status,
+    g: &str,
+    i: usize,
+    check: &HealthCheck,
+    healthy: bool,
+    selectable: bool,
+) {
     let ip = ip(g, i);
     let t = st
         .target(g, ip)
         .unwrap_or_else(|| panic!("no target {ip} in {g}"));
     let shown = || format!("{g} {ip}: {t}");
-    assert_eq!(st.state(g, ip), Some("unhealthy"), "{}", shown());
+    let state = if healthy { "healthy" } else { "unhealthy" };
+    assert_eq!(st.state(g, ip), Some(state), "{}", shown());
     assert_eq!(st.selectable(g, ip), Some(selectable), "{}", shown());
     let (ok, failed) = st
         .consecutive(g, ip)
         .unwrap_or_else(|| panic!("no counters: {}", shown()));
+    let (run, other, threshold) = if healthy {
+        (ok, failed, check.healthy_threshold)
+    } else {
+        (failed, ok, check.unhealthy_threshold)
+    };
     assert!(
-        failed >= u64::from(check.unhealthy_threshold) && ok == 0,
-        "unhealthy with {ok} successes and {failed} failures in a row: {}",
+        run >= u64::from(threshold) && other == 0,
+        "{state} with {ok} successes and {failed} failures in a row: {}",
         shown()
     );
     assert_eq!(
         st.health(g, ip, "last_ok"),
-        Some(&Value::Bool(false)),
+        Some(&Value::Bool(healthy)),
         "{}",
         shown()
     );
@@ -267,6 +277,15 @@ fn assert_unhealthy(st: &Status, g: &str, i: usize, check: &HealthCheck, selecta
         "no last_result: {}",
         shown()
     );
+    if healthy {
+        assert!(
+            st.health(g, ip, "last_latency_ms")
+                .and_then(Value::as_f64)
+                .is_some_and(|ms| ms >= 0.0),
+            "no last_latency_ms: {}",
+            shown()
+        );
+    }
 }
 
 /// The group's `health_check` object says what the policy says, with the
@@ -299,6 +318,127 @@ fn assert_check_reported(st: &Status, g: &str, check: &HealthCheck, port: Option
 
 fn monitor_port(st: &Status, g: &str, i: usize) -> Option<u64> {
     st.target(g, ip(g, i))?.get("monitor_port")?.as_u64()
+}
+
+/// `lb status [GROUP] --json`, the command, parsed.
+fn cli_json(s: &Setup, group: Option<&str>) -> Status {
+    let out =
+        s.lb.status_command(group, true)
+            .unwrap_or_else(|e| panic!("{e}"));
+    Status(
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("lb status {group:?} --json: {e}\n{out}")),
+    )
+}
+
+/// Weights of the lab's policy and their SPEC.md ratios: converted weights
+/// ceil(w / 256 * 100) = 100, 100, 50, over their sum 250.
+const WEIGHTS: [(u64, f64); 3] = [(256, 0.4), (256, 0.4), (128, 0.2)];
+
+/// Target `i`'s row of the status report, besides health: its address,
+/// `port`, weight, SPEC.md ratio, and the MAC lb resolved.
+fn assert_target_row(st: &Status, g: &str, i: usize, port: u16) {
+    let ip = ip(g, i);
+    let t = st
+        .target(g, ip)
+        .unwrap_or_else(|| panic!("no target {ip} in {g}"));
+    let (weight, ratio) = WEIGHTS[i];
+    assert_eq!(t["port"], port, "{g} {ip}: {t}");
+    assert_eq!(t["weight"], weight, "{g} {ip}: {t}");
+    assert!(
+        t["ratio"]
+            .as_f64()
+            .is_some_and(|r| (r - ratio).abs() < 1e-9),
+        "{g} {ip}: ratio, expected {ratio}: {t}"
+    );
+    assert_eq!(
+        t["mac"].as_str(),
+        Some(fmt_mac(TARGETS[i].mac).as_str()),
+        "{g} {ip}: {t}"
+    );
+}
+
+/// A per-target counter of the report (`packets`, `bytes`, `new_flows`).
+fn counter(st: &Status, g: &str, i: usize, field: &str) -> u64 {
+    st.target(g, ip(g, i))
+        .and_then(|t| t.get(field))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{g} {}: no {field}", TARGETS[i].name))
+}
+
+/// The rows of the table whose header line starts with `header` in
+/// `text` (`lb status`), searched from line `from`; checks that header and
+/// rows line up: every column starts at the same offset in every row
+/// (cells are never empty; columns are at least two spaces apart).
+fn aligned_table<'a>(text: &'a str, from: usize, header: &str, what: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = from
+        + lines[from..]
+            .iter()
+            .position(|l| l.starts_with(header))
+            .unwrap_or_else(|| panic!("{what}: no table header `{header}`:\n{text}"));
+    let head = lines[at].as_bytes();
+    let starts: Vec<usize> = (0..head.len())
+        .filter(|&p| head[p] != b' ' && (p == 0 || (p >= 2 && &head[p - 2..p] == b"  ")))
+        .collect();
+    let rows: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .copied()
+        .collect();
+    for row in &rows {
+        let b = row.as_bytes();
+        for &p in &starts {
+            assert!(
+                p < b.len() && b[p] != b' ' && (p == 0 || b[p - 1] == b' '),
+                "{what}: column at {p} not aligned:\n{}\n{row}",
+                lines[at]
+            );
+        }
+    }
+    assert!(
+        starts.len() >= 7,
+        "{what}: header {:?}: too few columns",
+        lines[at]
+    );
+    rows
+}
+
+/// The human view of group `g` in `text` (`lb status`): a title line
+/// naming the group, then an aligned table (see [`aligned_table`]) with
+/// one row per target, with its address and MAC.
+fn assert_human_table(text: &str, g: &str) {
+    let title = format!("target group {g} (");
+    let at = text
+        .lines()
+        .position(|l| l.starts_with(&title))
+        .unwrap_or_else(|| panic!("no `{title}` in lb status:\n{text}"));
+    let rows = aligned_table(text, at, "TARGET ", g);
+    assert_eq!(rows.len(), TARGETS.len(), "{g}:\n{text}");
+    for (i, t) in TARGETS.iter().enumerate() {
+        let ip = ip(g, i).to_string();
+        let mac = fmt_mac(t.mac);
+        assert!(
+            rows.iter()
+                .any(|r| r.starts_with(&format!("{ip} ")) && r.contains(&mac)),
+            "{g}: no row for {ip} with {mac}:\n{text}"
+        );
+    }
+}
+
+/// The whole human view (`lb status`): the listener table lines up and
+/// has a row per listener of the lab's policy, then every group's table.
+fn assert_human_status(text: &str, groups: &[&str]) {
+    let rows = aligned_table(text, 0, "LISTENER ", "listeners");
+    for l in ["web", "dns", "web6"] {
+        assert!(
+            rows.iter().any(|r| r.starts_with(&format!("{l} "))),
+            "no listener row {l}:\n{text}"
+        );
+    }
+    for g in groups {
+        assert_human_table(text, g);
+    }
 }
 
 fn assert_probe_source(st: &Status) {
@@ -421,13 +561,7 @@ fn tcp_check_takes_a_stopped_service_out_and_back_in() {
         }
     }
     // The command line shows the same, narrowed to one group.
-    let cli: Value = serde_json::from_str(
-        &s.lb
-            .status_command(Some("web"), true)
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("lb status web --json: {e}"));
-    let cli = Status(cli);
+    let cli = cli_json(&s, Some("web"));
     let names: Vec<&str> = cli.0["target_groups"]
         .as_array()
         .unwrap()
@@ -438,6 +572,7 @@ fn tcp_check_takes_a_stopped_service_out_and_back_in() {
     assert_probe_source(&cli);
     for i in 0..TARGETS.len() {
         assert_healthy(&cli, "web", i, &check);
+        assert_target_row(&cli, "web", i, TCP_PORT);
     }
     let table =
         s.lb.status_command(Some("web"), false)
@@ -446,6 +581,26 @@ fn tcp_check_takes_a_stopped_service_out_and_back_in() {
         table.contains("healthy") && !table.contains("unhealthy"),
         "lb status web:\n{table}"
     );
+    assert_human_table(&table, "web");
+    assert!(
+        !table.contains("target group web6") && !table.contains("LISTENER"),
+        "lb status web shows more than web:\n{table}"
+    );
+    let unknown = s.lb.status_command(Some("nosuch"), false);
+    assert!(
+        unknown
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no target group named \"nosuch\"")),
+        "lb status nosuch: {unknown:?}"
+    );
+    let whole =
+        s.lb.status_command(None, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        whole.contains(&format!("health probes come from {LB4}")),
+        "lb status:\n{whole}"
+    );
+    assert_human_status(&whole, &["web", "web6", "dns"]);
 
     // Stop t2's service.
     s.lab.stop_port(Node::Target(1), TCP_PORT).unwrap();
@@ -497,24 +652,48 @@ fn tcp_check_takes_a_stopped_service_out_and_back_in() {
     }
 
     std::thread::sleep(NEW_FLOWS_WITHIN);
+    let before = s.lb.report().unwrap_or_else(|e| panic!("{e}"));
+    let mut tallies = Vec::new();
     for v6 in [false, true] {
         let tally = connect(&s, v6, 21000);
         assert_served_by(&tally, &[0, 2], "t2 unhealthy");
+        tallies.push(tally);
+    }
+    // The per-target counters of the status report follow the traffic.
+    let after = s.lb.report().unwrap_or_else(|e| panic!("{e}"));
+    for (g, tally) in TCP_GROUPS.iter().zip(&tallies) {
+        for (i, t) in TARGETS.iter().enumerate() {
+            let grew = |field: &str| {
+                counter(&after, g, i, field).saturating_sub(counter(&before, g, i, field))
+            };
+            let (packets, bytes, new_flows) = (grew("packets"), grew("bytes"), grew("new_flows"));
+            if tally.count(t.name) == 0 {
+                assert_eq!(
+                    (packets, bytes, new_flows),
+                    (0, 0, 0),
+                    "{g} {}: counters grew without flows",
+                    t.name
+                );
+            } else {
+                assert!(
+                    new_flows >= tally.count(t.name) as u64 && packets >= new_flows && bytes > 0,
+                    "{g} {}: {} connections, but packets +{packets}, bytes +{bytes}, new_flows +{new_flows}",
+                    t.name,
+                    tally.count(t.name)
+                );
+            }
+        }
     }
 
     // Start it again.
     s.lab.start_port(Node::Target(1), TCP_PORT).unwrap();
     let started = Instant::now();
-    let back = wait_states(
+    let back = wait_states_after(
         &s,
+        started,
         healthy_within(&check),
         "t2 healthy again after its service started",
         &all(&TCP_GROUPS, "healthy"),
-    );
-    eprintln!(
-        "t2 healthy within {:?} of the start (bound {:?})",
-        back.at - started,
-        healthy_within(&check)
     );
     for g in TCP_GROUPS {
         assert_healthy(&back.status, g, 1, &check);
@@ -533,34 +712,53 @@ fn http_check() -> HealthCheck {
     }
 }
 
-/// Every request line `node`'s HTTP server received, with who sent it.
-fn request_lines(s: &Setup, i: usize) -> Vec<(IpAddr, String)> {
+/// HTTPS on the lab servers' TLS port, whose certificate is self-signed
+/// (made when the server started): the probes must not verify it.
+fn https_check() -> HealthCheck {
+    HealthCheck {
+        port: Some(HTTPS_PORT),
+        ..HealthCheck::of("https")
+    }
+}
+
+/// The check of `kind` (`http` or `https`) on the lab's port for it.
+fn check_of(kind: &str) -> HealthCheck {
+    match kind {
+        "http" => http_check(),
+        "https" => https_check(),
+        other => panic!("not an HTTP check type: {other}"),
+    }
+}
+
+/// Every HTTP(S) request target `i`'s server received, oldest first.
+fn requests(s: &Setup, i: usize) -> Vec<HttpRequest> {
     s.lab
         .http_requests(Node::Target(i))
         .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|r| (r.peer, r.line()))
-        .collect()
 }
 
 /// The probes reached target `i` from the lb's addresses (IPv4 for `web`,
-/// IPv6 for `web6`) and every request line was `line`.
-fn assert_probed_with(s: &Setup, i: usize, line: &str) {
-    let seen = request_lines(s, i);
-    assert!(
-        !seen.is_empty(),
-        "{} received no HTTP request",
-        TARGETS[i].name
-    );
-    let peers: BTreeSet<IpAddr> = seen.iter().map(|(p, _)| *p).collect();
+/// IPv6 for `web6`), on the listener of `scheme` (`http`: 8080, `https`:
+/// 8443, over TLS) only, and every request line was `line`.
+fn assert_probed_with(s: &Setup, i: usize, scheme: &str, line: &str) {
+    let seen = requests(s, i);
+    let name = TARGETS[i].name;
+    assert!(!seen.is_empty(), "{name} received no HTTP request");
+    let peers: BTreeSet<IpAddr> = seen.iter().map(|r| r.peer).collect();
     assert_eq!(
         peers,
         BTreeSet::from([IpAddr::from(LB4), IpAddr::from(LB6)]),
-        "{} was probed from {peers:?}",
-        TARGETS[i].name
+        "{name} was probed from {peers:?}"
     );
-    for (peer, got) in &seen {
-        assert_eq!(got, line, "{} got `{got}` from {peer}", TARGETS[i].name);
+    for r in &seen {
+        assert_eq!(
+            (r.scheme.as_str(), r.line().as_str()),
+            (scheme, line),
+            "{name} got `{}` over {} from {}",
+            r.line(),
+            r.scheme,
+            r.peer
+        );
     }
 }
 
@@ -594,7 +792,7 @@ fn http_check_compares_status_codes() {
         }
     }
     for i in 0..TARGETS.len() {
-        assert_probed_with(&s, i, "GET /healthz HTTP/1.1");
+        assert_probed_with(&s, i, "http", "GET /healthz HTTP/1.1");
     }
 
     s.lab.set_http_status(Node::Target(0), 399).unwrap();
@@ -639,15 +837,15 @@ fn http_check_compares_status_codes() {
     }
 }
 
-/// HTTP method and version as configured: the servers record
-/// `HEAD /healthz HTTP/1.0`, and answer it without a body, which the
-/// checker accepts.
-#[test]
-fn http_check_sends_head_and_http_1_0() {
+/// Method and version as configured, for `kind` (`http` or `https`): the
+/// servers record `HEAD /healthz HTTP/1.0` on the listener of that kind
+/// (over TLS for `https`), and answer it without a body, which the checker
+/// accepts.
+fn sends_head_and_http_1_0(kind: &str) {
     let check = HealthCheck {
         method: "HEAD",
         version: "1.0",
-        ..http_check()
+        ..check_of(kind)
     };
     let s = setup(&LabPolicy::checked(check.clone()), |_| {});
     let up = wait_states(
@@ -657,24 +855,41 @@ fn http_check_sends_head_and_http_1_0() {
         &all(&TCP_GROUPS, "healthy"),
     );
     for g in TCP_GROUPS {
+        assert_check_reported(&up.status, g, &check, check.port);
         let hc = &up.status.group(g).unwrap()["health_check"];
         assert_eq!(hc["method"], "HEAD", "{g}: {hc}");
         assert_eq!(hc["version"], "1.0", "{g}: {hc}");
         assert_eq!(hc["path"], "/healthz", "{g}: {hc}");
-        for i in 0..TARGETS.len() {
+        for (i, t) in TARGETS.iter().enumerate() {
             assert_healthy(&up.status, g, i, &check);
+            assert_eq!(
+                up.status.last_result(g, ip(g, i)),
+                Some("status 200"),
+                "{g} {}",
+                t.name
+            );
         }
     }
     for i in 0..TARGETS.len() {
-        assert_probed_with(&s, i, "HEAD /healthz HTTP/1.0");
+        assert_probed_with(&s, i, kind, "HEAD /healthz HTTP/1.0");
     }
 }
 
-/// A server that accepts and never answers: its target becomes
-/// unhealthy by timeout, and `last_result` says so.
 #[test]
-fn http_check_times_out_on_a_hung_server() {
-    let check = http_check();
+fn http_check_sends_head_and_http_1_0() {
+    sends_head_and_http_1_0("http");
+}
+
+#[test]
+fn https_check_sends_head_and_http_1_0_over_tls() {
+    sends_head_and_http_1_0("https");
+}
+
+/// A server of `kind` (`http` or `https`) that accepts (HTTPS: completes
+/// the handshake), reads the request and never answers: its target becomes
+/// unhealthy by timeout within the bound, and `last_result` says so.
+fn times_out_on_a_hung_server(kind: &str) {
+    let check = check_of(kind);
     let s = setup(&LabPolicy::checked(check.clone()), |_| {});
     wait_states(
         &s,
@@ -682,16 +897,16 @@ fn http_check_times_out_on_a_hung_server() {
         "every target healthy",
         &all(&TCP_GROUPS, "healthy"),
     );
-    let before = request_lines(&s, 1).len();
+    let before = requests(&s, 1).len();
     s.lab.set_http_hang(Node::Target(1)).unwrap();
     let hung = Instant::now();
-    let down = wait_states(
+    let down = wait_states_after(
         &s,
+        hung,
         unhealthy_within(&check),
         "t2 (hanging) unhealthy",
         &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
     );
-    eprintln!("t2 unhealthy {:?} after it started hanging", down.at - hung);
     for g in TCP_GROUPS {
         assert_unhealthy(&down.status, g, 1, &check, false);
         let result = down.status.last_result(g, ip(g, 1)).unwrap().to_lowercase();
@@ -700,13 +915,101 @@ fn http_check_times_out_on_a_hung_server() {
             "{g} t2 last_result {result:?}"
         );
     }
-    // The probes did reach it (it read them and never answered).
-    let after = request_lines(&s, 1).len();
+    // The probes did reach it (it read them and never answered), on the
+    // listener of `kind`.
+    let seen = requests(&s, 1);
+    let after = &seen[before..];
     assert!(
-        after >= before + 2,
+        after.len() >= 2,
         "t2 received {} requests while hanging",
-        after - before
+        after.len()
     );
+    assert!(
+        after.iter().all(|r| r.scheme == kind),
+        "t2 received {after:?}"
+    );
+}
+
+#[test]
+fn http_check_times_out_on_a_hung_server() {
+    times_out_on_a_hung_server("http");
+}
+
+#[test]
+fn https_check_times_out_on_a_hung_server() {
+    times_out_on_a_hung_server("https");
+}
+
+/// HTTPS against targets with self-signed certificates: every target
+/// becomes healthy (the certificate is not verified, as documented), the
+/// probes being `GET /healthz HTTP/1.1` over TLS from the lb's addresses.
+/// Then t2 answers 500 where 200-399 is expected: it is unhealthy within
+/// the bound, `last_result` names the 500, `lb status --json` shows it, and
+/// new connections avoid it. Answering 200 again, it is healthy again
+/// within the bound.
+#[test]
+fn https_check_on_self_signed_targets_follows_status_codes() {
+    let check = https_check();
+    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let up = wait_states(
+        &s,
+        first_verdicts_within(&check),
+        "every target healthy over https",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    let st = &up.status;
+    assert_probe_source(st);
+    for g in TCP_GROUPS {
+        assert_check_reported(st, g, &check, Some(HTTPS_PORT));
+        for i in 0..TARGETS.len() {
+            assert_healthy(st, g, i, &check);
+            assert_eq!(st.last_result(g, ip(g, i)), Some("status 200"), "{g}");
+            assert_eq!(monitor_port(st, g, i), Some(u64::from(HTTPS_PORT)));
+        }
+    }
+    for i in 0..TARGETS.len() {
+        assert_probed_with(&s, i, "https", "GET /healthz HTTP/1.1");
+    }
+
+    s.lab.set_http_status(Node::Target(1), 500).unwrap();
+    let changed = Instant::now();
+    let down = wait_states_after(
+        &s,
+        changed,
+        unhealthy_within(&check),
+        "t2 (now 500 over tls) unhealthy",
+        &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
+    );
+    for g in TCP_GROUPS {
+        assert_unhealthy(&down.status, g, 1, &check, false);
+        assert_healthy(&down.status, g, 0, &check);
+        assert_healthy(&down.status, g, 2, &check);
+        let result = down.status.last_result(g, ip(g, 1)).unwrap();
+        assert!(result.contains("500"), "{g} t2 last_result {result:?}");
+    }
+    // `lb status --json`, the command, says the same.
+    let cli = cli_json(&s, None);
+    for g in TCP_GROUPS {
+        assert_eq!(cli.group(g).unwrap()["health_check"]["type"], "https");
+        assert_unhealthy(&cli, g, 1, &check, false);
+        assert_eq!(cli.state(g, ip(g, 0)), Some("healthy"), "{}", cli.states(g));
+    }
+    std::thread::sleep(NEW_FLOWS_WITHIN);
+    let tally = connect(&s, false, 21000);
+    assert_served_by(&tally, &[0, 2], "t2 unhealthy over https");
+
+    s.lab.set_http_status(Node::Target(1), 200).unwrap();
+    let changed = Instant::now();
+    let back = wait_states_after(
+        &s,
+        changed,
+        healthy_within(&check),
+        "t2 (200 again) healthy",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    for g in TCP_GROUPS {
+        assert_healthy(&back.status, g, 1, &check);
+    }
 }
 
 /// A target's `monitor_port` overrides the group's port: the group checks
@@ -760,41 +1063,59 @@ fn monitor_port_overrides_the_groups_port() {
     }
 }
 
-/// PING: a target whose kernel ignores ICMP echo (IPv4 and IPv6) is
-/// unhealthy, the others healthy; answering again, it becomes healthy.
+/// PING: a target whose namespace stops answering ICMP echo (its kernel
+/// drops echo requests, IPv4 and IPv6) becomes unhealthy within the bound,
+/// its last probe a timeout, and new connections avoid it; answering
+/// again, it becomes healthy within the bound.
 #[test]
 fn ping_check_follows_icmp_echo() {
     let check = HealthCheck::of("ping");
-    let s = setup(&LabPolicy::checked(check.clone()), |lab| {
-        lab.set_ping_ignored(Node::Target(1), true).unwrap();
-    });
-    let w = wait_states(
+    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let up = wait_states(
         &s,
         first_verdicts_within(&check),
-        "t2 (ignores ping) unhealthy, t1 and t3 healthy",
+        "every target healthy (answering ping)",
+        &all(&TCP_GROUPS, "healthy"),
+    );
+    for g in TCP_GROUPS {
+        assert_check_reported(&up.status, g, &check, None);
+        for i in 0..TARGETS.len() {
+            assert_healthy(&up.status, g, i, &check);
+            assert_eq!(up.status.last_result(g, ip(g, i)), Some("echo reply"));
+        }
+    }
+
+    s.lab.set_ping_ignored(Node::Target(1), true).unwrap();
+    let dropped = Instant::now();
+    let down = wait_states_after(
+        &s,
+        dropped,
+        unhealthy_within(&check),
+        "t2 (drops echo requests) unhealthy, t1 and t3 healthy",
         &all_but(&TCP_GROUPS, "healthy", 1, "unhealthy"),
     );
     for g in TCP_GROUPS {
-        assert_check_reported(&w.status, g, &check, None);
-        assert_unhealthy(&w.status, g, 1, &check, false);
-        assert_healthy(&w.status, g, 0, &check);
-        assert_healthy(&w.status, g, 2, &check);
-        eprintln!(
-            "{g} t2 last_result: {:?}",
-            w.status.last_result(g, ip(g, 1))
-        );
+        assert_unhealthy(&down.status, g, 1, &check, false);
+        assert_healthy(&down.status, g, 0, &check);
+        assert_healthy(&down.status, g, 2, &check);
+        // No answer at all (not an error opening the ICMP socket).
+        let result = down.status.last_result(g, ip(g, 1)).unwrap();
+        assert!(result.contains("timeout"), "{g} t2 last_result {result:?}");
     }
+    std::thread::sleep(NEW_FLOWS_WITHIN);
+    for v6 in [false, true] {
+        let tally = connect(&s, v6, 21000);
+        assert_served_by(&tally, &[0, 2], "t2 drops ping");
+    }
+
     s.lab.set_ping_ignored(Node::Target(1), false).unwrap();
     let answered = Instant::now();
-    let back = wait_states(
+    let back = wait_states_after(
         &s,
+        answered,
         healthy_within(&check),
         "t2 healthy once it answers ping",
         &all(&TCP_GROUPS, "healthy"),
-    );
-    eprintln!(
-        "t2 healthy {:?} after it answered ping again",
-        back.at - answered
     );
     for g in TCP_GROUPS {
         assert_healthy(&back.status, g, 1, &check);
@@ -835,6 +1156,30 @@ fn every_target_unhealthy_means_last_resort() {
         }
     }
     assert_eq!(w.status.last_resort("dns"), Some(false));
+    // The command says so too, in JSON and in its tables.
+    let cli = cli_json(&s, None);
+    let human =
+        s.lb.status_command(None, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+    for g in TCP_GROUPS {
+        assert_eq!(cli.last_resort(g), Some(true), "{}", cli.show(Some(g)));
+        for i in 0..TARGETS.len() {
+            assert_unhealthy(&cli, g, i, &check, true);
+        }
+        let title = human
+            .lines()
+            .position(|l| l.starts_with(&format!("target group {g} (")))
+            .unwrap_or_else(|| panic!("no group {g}:\n{human}"));
+        assert!(
+            human
+                .lines()
+                .skip(title)
+                .take(3)
+                .any(|l| l.contains("LAST RESORT")),
+            "{g}: no LAST RESORT in lb status:\n{human}"
+        );
+    }
+    assert_human_status(&human, &TCP_GROUPS);
     std::thread::sleep(NEW_FLOWS_WITHIN);
     for v6 in [false, true] {
         let tally = connect(&s, v6, 21000);
@@ -912,6 +1257,11 @@ fn failover(mode: &'static str) {
         &all_but(&["lines"], "healthy", xi, "unhealthy"),
     );
     assert_unhealthy(&down.status, "lines", xi, &check, false);
+    assert_eq!(
+        down.status.group("lines").map(|g| &g["on_unhealthy"]),
+        Some(&Value::from(mode)),
+        "lines: on_unhealthy"
+    );
     let transition = down.at;
 
     match mode {

@@ -46,6 +46,15 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `ip -n NS ARGS` (ARGS split at white space).
+fn ip_in(ns: &str, args: &str) -> String {
+    ip(&[
+        &["-n", ns][..],
+        &args.split_whitespace().collect::<Vec<_>>(),
+    ]
+    .concat())
+}
+
 fn mac(last: u8) -> Mac {
     [0x02, 0, 0, 0, 0, last]
 }
@@ -84,20 +93,12 @@ impl Lab {
 
     /// `ip -n LOCAL ARGS`.
     fn local(&self, args: &str) -> String {
-        ip(&[
-            &["-n", &self.local][..],
-            &args.split_whitespace().collect::<Vec<_>>(),
-        ]
-        .concat())
+        ip_in(&self.local, args)
     }
 
     /// `ip -n PEER ARGS`.
     fn peer(&self, args: &str) -> String {
-        ip(&[
-            &["-n", &self.peer][..],
-            &args.split_whitespace().collect::<Vec<_>>(),
-        ]
-        .concat())
+        ip_in(&self.peer, args)
     }
 
     fn sysctl(ns: &str, settings: &[&str]) {
@@ -136,6 +137,26 @@ impl Lab {
             let entry = self.entry(*addr);
             assert!(entry.contains("managed"), "{addr} is not managed: {entry}");
         }
+    }
+
+    /// Asserts that no managed entry for `addrs` is left (the watch removes
+    /// its own when it goes).
+    fn assert_not_managed(&self, addrs: &[IpAddr]) {
+        for addr in addrs {
+            let entry = self.entry(*addr);
+            assert!(!entry.contains("managed"), "{addr} left behind: {entry}");
+        }
+    }
+
+    /// Starts a watch on `veth-a` (index `index`) for V4 and V6 and waits
+    /// until both resolve to the peer's MAC; what most tests start from.
+    async fn start_resolved(&self, index: u32) -> (NeighborWatch, watch::Receiver<Neighbors>) {
+        let (watch, mut rx) = NeighborWatch::start(index, vec![V4, V6]).await.unwrap();
+        self.wait(&mut rx, DEADLINE, "resolution of both targets", |m| {
+            *m == both(PEER_MAC)
+        })
+        .await;
+        (watch, rx)
     }
 
     /// Runs `f` to completion on a thread inside the local namespace, on its
@@ -263,20 +284,11 @@ fn watch_resolves_ipv4_and_ipv6_with_managed_entries_and_removes_them_on_shutdow
     let lab = Lab::new();
     let index = lab.ifindex();
     lab.run(|| async {
-        let (watch, mut rx) = NeighborWatch::start(index, vec![V4, V6]).await.unwrap();
-        lab.wait(&mut rx, DEADLINE, "resolution of both targets", |m| {
-            *m == both(PEER_MAC)
-        })
-        .await;
+        // `_rx` (not `_`): the receiver lives on, as it would in `lb`.
+        let (watch, _rx) = lab.start_resolved(index).await;
         lab.assert_managed(&[V4, V6]);
         watch.shutdown().await.unwrap();
-        for addr in [V4, V6] {
-            assert!(
-                !lab.entry(addr).contains("managed"),
-                "{addr} left behind: {}",
-                lab.entry(addr)
-            );
-        }
+        lab.assert_not_managed(&[V4, V6]);
     });
 }
 
@@ -285,19 +297,9 @@ fn dropping_the_watch_removes_its_managed_entries() {
     let lab = Lab::new();
     let index = lab.ifindex();
     lab.run(|| async {
-        let (watch, mut rx) = NeighborWatch::start(index, vec![V4, V6]).await.unwrap();
-        lab.wait(&mut rx, DEADLINE, "resolution of both targets", |m| {
-            *m == both(PEER_MAC)
-        })
-        .await;
+        let (watch, mut rx) = lab.start_resolved(index).await;
         drop(watch);
-        for addr in [V4, V6] {
-            assert!(
-                !lab.entry(addr).contains("managed"),
-                "{addr} left behind: {}",
-                lab.entry(addr)
-            );
-        }
+        lab.assert_not_managed(&[V4, V6]);
         let closed =
             tokio::time::timeout(DEADLINE, async { while rx.changed().await.is_ok() {} }).await;
         assert!(closed.is_ok(), "the channel closes with the watch");
@@ -309,11 +311,7 @@ fn watch_follows_an_announced_mac_change() {
     let lab = Lab::new();
     let index = lab.ifindex();
     lab.run(|| async {
-        let (watch, mut rx) = NeighborWatch::start(index, vec![V4, V6]).await.unwrap();
-        lab.wait(&mut rx, DEADLINE, "resolution of both targets", |m| {
-            *m == both(PEER_MAC)
-        })
-        .await;
+        let (watch, mut rx) = lab.start_resolved(index).await;
         // A replaced backend announces its new MAC (gratuitous ARP,
         // unsolicited neighbour advertisement).
         Lab::sysctl(
@@ -339,11 +337,7 @@ fn watch_follows_a_silent_mac_change_through_kernel_reprobes() {
     lab.fast_local_timers();
     let index = lab.ifindex();
     lab.run(|| async {
-        let (watch, mut rx) = NeighborWatch::start(index, vec![V4, V6]).await.unwrap();
-        lab.wait(&mut rx, DEADLINE, "resolution of both targets", |m| {
-            *m == both(PEER_MAC)
-        })
-        .await;
+        let (watch, mut rx) = lab.start_resolved(index).await;
         // No announcement: the managed entries' own re-probes must notice.
         lab.peer("link set veth-b address 02:00:00:00:00:23");
         lab.wait(&mut rx, SLOW_DEADLINE, "the new MAC", |m| {
@@ -361,11 +355,7 @@ fn watch_drops_a_target_that_goes_away_and_takes_it_back() {
     lab.fast_local_timers();
     let index = lab.ifindex();
     lab.run(|| async {
-        let (watch, mut rx) = NeighborWatch::start(index, vec![V4, V6]).await.unwrap();
-        lab.wait(&mut rx, DEADLINE, "resolution of both targets", |m| {
-            *m == both(PEER_MAC)
-        })
-        .await;
+        let (watch, mut rx) = lab.start_resolved(index).await;
 
         lab.peer("addr del 10.77.0.2/24 dev veth-b");
         lab.wait(&mut rx, SLOW_DEADLINE, "loss of the IPv4 target", |m| {

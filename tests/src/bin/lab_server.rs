@@ -2,7 +2,7 @@
 //! server's name, so a client can tell which target served it.
 //!
 //! ```text
-//! lb-lab-server --name t1 --tcp 80 --lines 81 --http 8080 \
+//! lb-lab-server --name t1 --tcp 80 --lines 81 --http 8080 --https 8443 \
 //!     --record /tmp/LAB/t1-http.log --udp 10.0.3.49:53 --udp [fd00:3::49]:53
 //! ```
 //! - `--tcp PORT`: a dual-stack listener on `[::]:PORT` (every local address,
@@ -18,8 +18,14 @@
 //!   start, `--http-status`) with the name as body (none for HEAD), in the
 //!   request's HTTP version, then closes. In hang mode it accepts and reads
 //!   but never answers, until the client goes.
+//! - `--https PORT`: the same HTTP server over TLS 1.2/1.3 (rustls on
+//!   ring), with a self-signed certificate for the server's name generated
+//!   at start (so each run has a new one). Status code, hang mode and the
+//!   request record are shared with `--http`.
 //! - `--record FILE`: append one line per HTTP request to FILE:
-//!   `PEER METHOD TARGET VERSION` (`10.0.3.2 GET /healthz HTTP/1.1`).
+//!   `PEER METHOD TARGET VERSION SCHEME`
+//!   (`10.0.3.2 GET /healthz HTTP/1.1 https`); the scheme is `http` or
+//!   `https`, by the listener that received it.
 //! - `--udp ADDR:PORT`: a socket bound to that address. A DSR UDP server must
 //!   bind to the VIP: one bound to 0.0.0.0 would answer from the target's own
 //!   address and the client would drop the reply.
@@ -27,11 +33,12 @@
 //! It prints `ready` on stdout once every socket is bound. Then it reads
 //! commands from stdin, one per line, and answers each with one line, `ok`
 //! or `error: REASON`, once it has taken effect:
-//! - `stop PORT`: close the TCP listener on PORT (tcp, lines or http): new
+//! - `stop PORT`: close the TCP listener on PORT (tcp, lines, http or https): new
 //!   connections are refused; connections already accepted go on.
 //! - `start PORT`: listen on PORT again, as before.
-//! - `http-status CODE`: the HTTP servers answer CODE from now on.
-//! - `http-hang`: the HTTP servers accept but never answer.
+//! - `http-status CODE`: the HTTP and HTTPS servers answer CODE from now on.
+//! - `http-hang`: the HTTP and HTTPS servers accept (HTTPS: complete the TLS
+//!   handshake) and read the request, but never answer.
 //!
 //! It exits when its stdin reaches end of file, i.e. when the process that
 //! started it goes away, however that happens.
@@ -52,6 +59,10 @@ use std::{
 };
 
 use nix::poll::{PollFd, PollFlags, poll};
+use rustls::{
+    ServerConfig, ServerConnection, StreamOwned,
+    pki_types::{CertificateDer, PrivateKeyDer},
+};
 
 /// What a TCP listener does with its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +73,8 @@ enum Kind {
     Lines,
     /// HTTP/1.x.
     Http,
+    /// HTTP/1.x over TLS.
+    Https,
 }
 
 struct Args {
@@ -85,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             "--tcp" => Some(Kind::Name),
             "--lines" => Some(Kind::Lines),
             "--http" => Some(Kind::Http),
+            "--https" => Some(Kind::Https),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -135,6 +149,27 @@ struct Shared {
     answer: Vec<u8>,
     http: Mutex<HttpMode>,
     record: Option<Mutex<File>>,
+    /// The HTTPS listeners' TLS configuration (None without `--https`).
+    tls: Option<Arc<ServerConfig>>,
+}
+
+/// A TLS server configuration with a new self-signed certificate for
+/// `name` (and `localhost`): ECDSA P-256, TLS 1.2 and 1.3, rustls on ring.
+/// Also the certificate, for clients that want to verify it.
+fn self_signed_tls(name: &str) -> Result<(Arc<ServerConfig>, CertificateDer<'static>), String> {
+    let key = rcgen::generate_simple_self_signed(vec![name.to_owned(), "localhost".to_owned()])
+        .map_err(|e| format!("self-signed certificate for {name}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+        )
+        .map_err(|e| format!("tls certificate: {e}"))?;
+    Ok((Arc::new(config), key.cert.der().clone()))
 }
 
 /// A running TCP listener: set `stop` and join to close it.
@@ -172,16 +207,19 @@ fn listen(port: u16, kind: Kind, shared: &Arc<Shared>) -> io::Result<Running> {
                         let result = match kind {
                             Kind::Name => answer_name(stream, &shared.answer),
                             Kind::Lines => answer_lines(stream, &shared.answer),
-                            Kind::Http => answer_http(stream, peer, &shared),
+                            Kind::Http => answer_http(stream, peer, &shared, false),
+                            Kind::Https => answer_http(stream, peer, &shared, true),
                         };
                         // A peer that leaves at once (a TCP health check
-                        // connects and closes) is no news.
+                        // connects and closes, also before a TLS
+                        // handshake) is no news.
                         if let Err(e) = result
                             && !matches!(
                                 e.kind(),
                                 io::ErrorKind::ConnectionReset
                                     | io::ErrorKind::NotConnected
                                     | io::ErrorKind::BrokenPipe
+                                    | io::ErrorKind::UnexpectedEof
                             )
                         {
                             eprintln!("lb-lab-server: port {port} ({kind:?}), {peer}: {e}");
@@ -225,8 +263,7 @@ fn answer_lines(stream: TcpStream, answer: &[u8]) -> io::Result<()> {
 }
 
 /// Reads up to the end of the request head (or 8 KiB, or end of file).
-fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+fn read_head(stream: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
@@ -256,8 +293,47 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn answer_http(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io::Result<()> {
-    let head = read_head(&mut stream)?;
+/// One HTTP exchange on a new connection, in clear or over TLS (the
+/// handshake happens on the first read), then a gentle close.
+fn answer_http(stream: TcpStream, peer: SocketAddr, shared: &Shared, tls: bool) -> io::Result<()> {
+    // The socket's timeout holds for both handles (they share the socket).
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let io = stream.try_clone()?;
+    let answered = if tls {
+        let config = shared
+            .tls
+            .clone()
+            .ok_or_else(|| io::Error::other("an https listener without a tls configuration"))?;
+        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        let mut tls = StreamOwned::new(conn, io);
+        let answered = exchange(&mut tls, &stream, peer, shared, "https")?;
+        if answered {
+            tls.conn.send_close_notify();
+            tls.flush()?;
+        }
+        answered
+    } else {
+        let mut io = io;
+        exchange(&mut io, &stream, peer, shared, "http")?
+    };
+    if answered {
+        close_gently(stream)
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads the request head from `io`, records it, and answers it (true), or
+/// in hang mode holds the connection until the client goes (false). `tcp`
+/// is the socket under `io`, for its timeout.
+fn exchange(
+    io: &mut (impl Read + Write),
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    scheme: &str,
+) -> io::Result<bool> {
+    let head = read_head(io)?;
     let head = String::from_utf8_lossy(&head);
     let request_line = head.lines().next().unwrap_or("");
     let mut words = request_line.split_whitespace();
@@ -268,7 +344,7 @@ fn answer_http(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io::
     );
     if let Some(record) = &shared.record {
         let peer = peer.ip().to_canonical();
-        let line = format!("{peer} {method} {target} {version}\n");
+        let line = format!("{peer} {method} {target} {version} {scheme}\n");
         let mut file = record.lock().unwrap_or_else(|e| e.into_inner());
         file.write_all(line.as_bytes())?;
     }
@@ -276,14 +352,14 @@ fn answer_http(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io::
     match mode {
         HttpMode::Hang => {
             // Never answer; hold the connection until the client goes.
-            stream.set_read_timeout(None)?;
+            tcp.set_read_timeout(None)?;
             let mut buf = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut buf) {
+            while let Ok(n) = io.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
             }
-            Ok(())
+            Ok(false)
         }
         HttpMode::Status(code) => {
             let version = if version == "HTTP/1.0" {
@@ -301,9 +377,10 @@ fn answer_http(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io::
                 reason(code),
                 shared.answer.len()
             );
-            stream.write_all(head.as_bytes())?;
-            stream.write_all(body)?;
-            close_gently(stream)
+            io.write_all(head.as_bytes())?;
+            io.write_all(body)?;
+            io.flush()?;
+            Ok(true)
         }
     }
 }
@@ -399,12 +476,24 @@ fn main() -> ExitCode {
             }
         },
     };
+    let tls = if args.listeners.iter().any(|(_, k)| *k == Kind::Https) {
+        match self_signed_tls(&args.name) {
+            Ok((config, _)) => Some(config),
+            Err(e) => {
+                eprintln!("lb-lab-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let answer = format!("{}\n", args.name).into_bytes();
     let mut server = Server {
         shared: Arc::new(Shared {
             answer: answer.clone(),
             http: Mutex::new(HttpMode::Status(args.http_status)),
             record,
+            tls,
         }),
         kinds: BTreeMap::new(),
         running: BTreeMap::new(),
@@ -461,5 +550,94 @@ mod tests {
         assert_eq!(parse_status("500"), Ok(500));
         assert!(parse_status("99").is_err());
         assert!(parse_status("x").is_err());
+    }
+
+    /// One request to `answer_http` on loopback, in clear or over TLS (the
+    /// client verifies the server's self-signed certificate for
+    /// `localhost`, so this is real TLS with the certificate the server
+    /// made): the answer's first line and the recorded request.
+    fn one_request(tls: bool, status: u16, request: &str) -> (String, String) {
+        let (config, cert) = self_signed_tls("t9").unwrap();
+        let record = std::env::temp_dir().join(format!(
+            "lb-lab-server-test-{}-{tls}.log",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&record);
+        let shared = Shared {
+            answer: b"t9\n".to_vec(),
+            http: Mutex::new(HttpMode::Status(status)),
+            record: Some(Mutex::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&record)
+                    .unwrap(),
+            )),
+            tls: Some(config),
+        };
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (stream, peer) = listener.accept().unwrap();
+            answer_http(stream, peer, &shared, tls).unwrap();
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        if tls {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let conn =
+                rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap())
+                    .unwrap();
+            let mut tls = StreamOwned::new(conn, stream);
+            tls.write_all(request.as_bytes()).unwrap();
+            tls.read_to_end(&mut answer).unwrap();
+        } else {
+            stream.write_all(request.as_bytes()).unwrap();
+            stream.read_to_end(&mut answer).unwrap();
+            // Closed, so the server's drain ends at once.
+            drop(stream);
+        }
+        server.join().unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let recorded = std::fs::read_to_string(&record).unwrap();
+        std::fs::remove_file(&record).unwrap();
+        (answer, recorded)
+    }
+
+    #[test]
+    fn http_and_https_answer_and_record() {
+        for tls in [false, true] {
+            let scheme = if tls { "https" } else { "http" };
+            let (answer, recorded) =
+                one_request(tls, 500, "HEAD /healthz HTTP/1.0\r\nHost: x\r\n\r\n");
+            assert!(
+                answer.starts_with("HTTP/1.0 500 Internal Server Error\r\n"),
+                "{scheme}: {answer:?}"
+            );
+            // HEAD: the length of the body it would have sent, and no body.
+            assert!(answer.ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n"));
+            assert_eq!(
+                recorded,
+                format!("127.0.0.1 HEAD /healthz HTTP/1.0 {scheme}\n")
+            );
+
+            let (answer, recorded) = one_request(tls, 200, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(
+                answer.starts_with("HTTP/1.1 200 OK\r\n"),
+                "{scheme}: {answer:?}"
+            );
+            assert!(answer.ends_with("\r\n\r\nt9\n"), "{scheme}: {answer:?}");
+            assert_eq!(recorded, format!("127.0.0.1 GET / HTTP/1.1 {scheme}\n"));
+        }
     }
 }
