@@ -116,11 +116,11 @@ static STICKY: LruHashMap<StickyKey, StickyState, { DEFAULT_STICKY_TABLE_SIZE as
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let mut flow = FlowKey::default();
-    parse::flow(ctx, &mut flow)?;
+    let tcp_flags = parse::flow(ctx, &mut flow)?;
     lookup::listener_port(&flow)?;
     let entry = select::entry(&flow);
     let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
-    let target = select::target(&flow, &listener, entry)?;
+    let target = select::target(&flow, tcp_flags, &listener, entry)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);
