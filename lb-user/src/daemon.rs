@@ -35,7 +35,6 @@ pub struct RunOptions {
     pub iface: Option<String>,
     pub mode: AttachMode,
     pub socket: PathBuf,
-    pub flow_table_size: u32,
     /// How long to wait at start for target MACs before attaching anyway.
     pub resolve_wait: Duration,
 }
@@ -142,8 +141,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &observed(&iface, &macs.borrow(), &verdicts_now),
         &mut tables,
     )?;
+    // The flow tables are sized once: a reload cannot resize them.
+    let max_flows = policy.max_flows();
     let mut dataplane = Dataplane::load(&LoadOptions {
-        flow_table_size: opts.flow_table_size,
+        flow_table_size: max_flows,
     })?;
     dataplane.apply(&plan)?;
     report_exclusions(&plan);
@@ -174,6 +175,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     Ok((loaded, new_plan)) => match dataplane.apply(&new_plan) {
                         Ok(report) => {
                             info!(?report, "policy reloaded");
+                            if loaded.policy.max_flows() != max_flows {
+                                warn!(
+                                    "flow_table.max_flows changed to {} but the flow tables keep {max_flows} entries: restart lb to resize them",
+                                    loaded.policy.max_flows()
+                                );
+                            }
                             watch.set_targets(dynamic_targets(&loaded.policy)).await?;
                             monitor.update(&loaded.policy);
                             policy = loaded.policy;
