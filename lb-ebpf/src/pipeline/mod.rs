@@ -23,10 +23,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE,
-    FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey,
-    ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey,
-    StickyState, TargetInfo,
+    BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE,
+    DEFAULT_STICKY_TABLE_SIZE, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo,
+    ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
+    Stats, StickyKey, StickyState, TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -98,9 +98,11 @@ static TARGET_STATS: PerCpuArray<Stats, { MAX_TARGETS as usize }> = PerCpuArray:
 
 /// Active flows per target id: +1 when a flow starts, -1 when it ends (see
 /// `lb_common::flow_flags::COUNTED`). Shared by all CPUs: atomic adds. The
-/// loader recounts from the flow tables and corrects drift.
+/// loader recounts from the flow tables and corrects drift with atomic stores
+/// through a memory mapping (hence mmap-able).
 #[btf_map]
-static TARGET_ACTIVE: Array<i64, { MAX_TARGETS as usize }> = Array::new();
+static TARGET_ACTIVE: Array<i64, { MAX_TARGETS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// Round-robin position per group id (shared by all CPUs: atomic adds, so
 /// the weighted order holds across CPUs).

@@ -493,8 +493,16 @@ fn target_group(
 fn flow_timeouts(r: &mut Report, g: usize, group: &TargetGroup) {
     let at = |field: &str| format!("target_groups[{g}].{field}");
     let fields = [
-        ("flow_idle_timeout_s", group.flow_idle_timeout_s, FLOW_IDLE_TIMEOUT_S),
-        ("flow_fin_timeout_s", group.flow_fin_timeout_s, FLOW_FIN_TIMEOUT_S),
+        (
+            "flow_idle_timeout_s",
+            group.flow_idle_timeout_s,
+            FLOW_IDLE_TIMEOUT_S,
+        ),
+        (
+            "flow_fin_timeout_s",
+            group.flow_fin_timeout_s,
+            FLOW_FIN_TIMEOUT_S,
+        ),
     ];
     for (field, value, (lo, hi)) in fields {
         if let Some(value) = value
