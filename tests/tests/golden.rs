@@ -724,13 +724,15 @@ fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
             let o = h.check("ack without entry", &ack);
             // The same target a SYN of this flow gets (the model computes
             // the table slot of the flow hash; check it independently too).
-            let mut flow = lb_common::FlowKey::default();
-            flow.family = lb_common::FAMILY_V4;
-            flow.proto = lb_common::PROTO_TCP;
-            flow.src_be[0] = u32::from_ne_bytes([10, 0, 3, 100]);
-            flow.dst_be[0] = u32::from_ne_bytes([10, 0, 3, 49]);
-            flow.src_port_be = (43000 + i).to_be();
-            flow.dst_port_be = 80u16.to_be();
+            let flow = lb_common::FlowKey {
+                family: lb_common::FAMILY_V4,
+                proto: lb_common::PROTO_TCP,
+                src_be: [u32::from_ne_bytes([10, 0, 3, 100]), 0, 0, 0],
+                dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
+                src_port_be: (43000 + i).to_be(),
+                dst_port_be: 80u16.to_be(),
+                ..Default::default()
+            };
             let hash = lb_common::hash::flow_hash(&flow, group.info.hash_fields);
             let want = group.table[(hash % group.table.len() as u32) as usize];
             assert_eq!(o.target, Some(want), "{algorithm}");
