@@ -801,6 +801,25 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
     )
     .expect("load");
     dp.apply(&plan).expect("apply");
+    // The memory the flow tables hold (the kernel's own figure).
+    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        if field("map_type:") == Some(9) && field("max_entries:") == Some(max as u64) {
+            eprintln!(
+                "flow table (key {} bytes): memlock {} bytes",
+                field("key_size:").unwrap_or(0),
+                field("memlock:").unwrap_or(0)
+            );
+        }
+    }
+    // Every flow from one CPU (as from a single-queue NIC).
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
     let syn = Frame::tcp("10.1.0.0", 1, "10.0.3.49", 80, SYN).build();
     let mut out = vec![0u8; syn.len() + 256];
     let r = dp
@@ -822,7 +841,9 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
         live.took.as_secs_f64() * 1e3,
         live.corrected
     );
-    assert!(live.entries >= max as u64 / 4, "{live:?}");
+    // One LRU list for all CPUs: one CPU can fill the whole table (with
+    // per-CPU lists it filled only max / nCPUs).
+    assert!(live.entries >= max as u64 * 99 / 100, "{live:?}");
     let mut later = plan.clone();
     later.config.time_offset_ns += 60 * S;
     dp.apply(&later).expect("apply");

@@ -23,10 +23,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE,
-    DEFAULT_STICKY_TABLE_SIZE, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo,
-    ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
-    Stats, StickyKey, StickyState, TargetInfo,
+    BPF_F_MMAPABLE, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE, FlowKey,
+    FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts,
+    ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState,
+    TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -62,23 +62,23 @@ static TARGETS: Array<TargetInfo, { MAX_TARGETS as usize }> = Array::new();
 
 /// IPv4 flow -> target: every packet of a flow goes where its first one went.
 /// IPv4 flows have a table of their own because a 16-byte key hashes and
-/// compares faster than the 40-byte `FlowKey`.
+/// compares faster than the 40-byte `FlowKey`. The loader sizes it from the
+/// policy (`flow_table.max_flows`).
+///
+/// One LRU list for all CPUs (no `BPF_F_NO_COMMON_LRU`): with per-CPU lists
+/// the kernel splits the entries evenly between the possible CPUs, so the
+/// flows one CPU sees (a single-queue NIC, an uneven RSS spread) could only
+/// fill max/nCPUs entries before evicting live ones. Measured here: 524,288
+/// of 1,048,576 entries filled from one CPU with the flag, all of them
+/// without, and the new-flow path no slower on one CPU (README "Flow table").
 #[btf_map]
-static FLOWS_V4: LruHashMap<
-    FlowKeyV4,
-    FlowState,
-    { DEFAULT_FLOW_TABLE_SIZE as usize },
-    { BPF_F_NO_COMMON_LRU as usize },
-> = LruHashMap::new();
+static FLOWS_V4: LruHashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
 
 /// IPv6 flow -> target.
 #[btf_map]
-static FLOWS_V6: LruHashMap<
-    FlowKey,
-    FlowState,
-    { DEFAULT_FLOW_TABLE_SIZE as usize },
-    { BPF_F_NO_COMMON_LRU as usize },
-> = LruHashMap::new();
+static FLOWS_V6: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
 
 /// Global settings (element 0).
 #[btf_map]
