@@ -185,3 +185,82 @@ fn hash_connections_survive_a_cleared_flow_table() {
 fn source_ip_connections_survive_a_cleared_flow_table() {
     survives_a_cleared_flow_table("source_ip");
 }
+
+/// `max_entries` of the LRU hash maps (the flow tables) lb holds open.
+fn flow_table_capacities(lb: &LbProcess) -> Vec<u64> {
+    let dir = format!("/proc/{}/fdinfo", lb.pid().expect("lb runs"));
+    let mut found: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            // BPF_MAP_TYPE_LRU_HASH; the sticky-session map is one too, at
+            // its own fixed size. A map may be open more than once.
+            (field("map_type:")? == 9).then(|| Some((field("map_id:")?, field("max_entries:")?)))?
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+#[test]
+fn flow_table_size_comes_from_the_policy_and_a_reload_keeps_it() {
+    let with_size = |n: u32| {
+        format!(
+            "{}flow_table:\n  max_flows: {n}\n",
+            LabPolicy {
+                lines: true,
+                ..Default::default()
+            }
+            .yaml()
+        )
+    };
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
+    let path = lab.write_file("policy.yaml", &with_size(4096));
+    let lb = lab
+        .start_lb(&path, &["--xdp-mode", "native"])
+        .unwrap_or_else(|e| panic!("start lb: {e}"));
+    let s = Setup {
+        lb,
+        lab,
+        _serial: serial,
+    };
+    let max = |st: &Status| st.0["flow_table"]["max_flows"].as_u64();
+    assert_eq!(max(&s.lb.report().unwrap()), Some(4096));
+    let tables = flow_table_capacities(&s.lb);
+    assert_eq!(
+        tables.iter().filter(|&&n| n == 4096).count(),
+        2,
+        "both flow tables hold 4096: {tables:?}"
+    );
+
+    // A reload that changes the size keeps the tables and says so.
+    s.lab.write_file("policy.yaml", &with_size(8192));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.lb.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + SETTLE;
+    while !s.lb.log().contains("restart lb to resize them") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restart warning after the reload:\n{}",
+            s.lb.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(max(&s.lb.report().unwrap()), Some(4096));
+    assert_eq!(flow_table_capacities(&s.lb), tables);
+    // And it still balances.
+    let held = open(&s, 3, 33000);
+    assert_eq!(held.len(), 3);
+}
