@@ -208,6 +208,37 @@ pub(super) fn timeout_ns(group: &GroupInfo, flags: u16) -> u64 {
     s as u64 * 1_000_000_000
 }
 
+/// Whether the entry's flow has ended before this packet: past its timeout
+/// (`age`: since its last packet), or a client SYN after its FIN or RST (the
+/// client reused the port).
+#[inline(always)]
+fn has_ended(entry: &Entry, tcp_flags: u8, age: u64, group_id: u32) -> bool {
+    let flags = entry.flags();
+    if is_syn(tcp_flags) && flags & (flow_flags::FIN | flow_flags::RST) != 0 {
+        return true;
+    }
+    age > FLOW_TOUCH_NS
+        && GROUPS
+            .get(group_id)
+            .is_none_or(|group| age > timeout_ns(group, flags))
+}
+
+/// A live flow's packet that is not quiet: records the client's FIN or RST
+/// (uncounting the flow once) and refreshes `last_seen_ns` when stale.
+#[inline(always)]
+fn on_packet(entry: &Entry, tcp_flags: u8, age: u64, now: u64) {
+    let seen = ending(tcp_flags);
+    if seen != 0 {
+        if entry.flags() & seen != seen {
+            entry.mark(seen);
+        }
+        entry.uncount();
+    }
+    if age > FLOW_TOUCH_NS {
+        entry.set_last_seen_ns(now);
+    }
+}
+
 /// The target of a listener's flow: the one its flow-table `entry` names if
 /// the flow goes on and the target is still usable, else one chosen for it
 /// (and remembered). `tcp_flags`: the packet's TCP flags (0 for UDP).
@@ -220,30 +251,16 @@ pub fn target(
 ) -> Result<Selected, u32> {
     let now = CONFIG.get(0).map_or(0, time::now_ns);
     if let Some(entry) = entry {
-        let flags = entry.flags();
         let age = now.saturating_sub(entry.last_seen_ns());
-        // No timeout is shorter than FLOW_TOUCH_NS, so a flow seen since
-        // then goes on without a look at its group's timeouts.
-        let expired = age > FLOW_TOUCH_NS
-            && GROUPS
-                .get(listener.group_id)
-                .is_none_or(|group| age > timeout_ns(group, flags));
-        let reused = is_syn(tcp_flags) && flags & (flow_flags::FIN | flow_flags::RST) != 0;
-        if expired || reused {
-            // The flow ended: this packet starts another.
-            entry.uncount();
-        } else {
+        // The common case, decided with one test: a packet of a flow seen
+        // within FLOW_TOUCH_NS (no timeout is shorter, so it goes on) that
+        // is no SYN, FIN or RST: nothing to check, nothing to write.
+        let quiet = age <= FLOW_TOUCH_NS && tcp_flags & (tcp::SYN | tcp::FIN | tcp::RST) == 0;
+        if quiet || !has_ended(&entry, tcp_flags, age, listener.group_id) {
             let id = entry.target_id();
             if let Some(info) = usable(id, listener.group_id) {
-                let seen = ending(tcp_flags);
-                if seen != 0 {
-                    if flags & seen != seen {
-                        entry.mark(seen);
-                    }
-                    entry.uncount();
-                }
-                if age > FLOW_TOUCH_NS {
-                    entry.set_last_seen_ns(now);
+                if !quiet {
+                    on_packet(&entry, tcp_flags, age, now);
                 }
                 if entry.listener_hint() as u32 != listener.listener_id {
                     entry.set_listener_hint(listener.listener_id);
@@ -258,8 +275,9 @@ pub fn target(
             // The target left (removed, MAC lost, id reused, or unhealthy
             // with `rebalance`): choose again.
             count(Counter::FlowReselected);
-            entry.uncount();
         }
+        // The flow ended (this packet starts another) or is re-selected.
+        entry.uncount();
     }
 
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
