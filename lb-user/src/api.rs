@@ -478,6 +478,42 @@ mod tests {
     }
 
     #[test]
+    fn render_shows_active_flows_and_flow_timeouts() {
+        let report = StatusReport {
+            flow_table: FlowTableStatus {
+                max_flows: 1024,
+                entries: Some(3),
+                last_sweep_ms: Some(0.25),
+            },
+            target_groups: vec![GroupStatus {
+                name: "web".into(),
+                protocol: "tcp".into(),
+                flow_idle_timeout_s: 350,
+                flow_fin_timeout_s: 10,
+                targets: vec![TargetStatus {
+                    active_flows: 7,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&report, None);
+        assert!(
+            text.contains("flow table: 3 entries of 1024 per address family, last sweep 0.2 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flows end after 350s idle, 10s after the client's FIN or RST"),
+            "{text}"
+        );
+        let header = text.lines().find(|l| l.starts_with("TARGET")).unwrap();
+        assert!(header.ends_with("NEW FLOWS  ACTIVE FLOWS"), "{header}");
+        let row = text.lines().skip_while(|l| !l.starts_with("TARGET")).nth(1);
+        assert!(row.unwrap().ends_with('7'), "{text}");
+    }
+
+    #[test]
     fn json_round_trips() {
         let report = StatusReport {
             interface: "eth0".into(),
