@@ -24,7 +24,7 @@ pub const MAX_GROUPS: u32 = 4096;
 /// table slot fails closed (counted as `NoTarget`).
 pub const MAX_TARGETS: u32 = 65536;
 /// Default capacity of each flow table (LRU; one for IPv4, one for IPv6). The
-/// loader may override it.
+/// loader sets the policy's `flow_table.max_flows`.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Largest consistent-hash table a group may have (slots; the table map has
 /// one more element: slot 0 holds the table size).
@@ -36,7 +36,8 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Flags of every group table (the inner maps of `GROUP_TABLES`).
 pub const GROUP_TABLE_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
-/// The kernel's `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists for the flow table.
+/// The kernel's `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. Not used by the flow
+/// tables: it splits their capacity between the CPUs (lb-ebpf `FLOWS_V4`).
 pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Bits of [`GroupInfo::hash_fields`]: which parts of a flow feed the hash

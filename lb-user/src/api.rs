@@ -38,8 +38,22 @@ pub struct StatusReport {
     pub probe_sources: Vec<String>,
     /// Global data-plane counters (see `lb_common::Counter`), summed over CPUs.
     pub counters: BTreeMap<String, u64>,
+    /// The flow tables.
+    #[serde(default)]
+    pub flow_table: FlowTableStatus,
     pub listeners: Vec<ListenerStatus>,
     pub target_groups: Vec<GroupStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowTableStatus {
+    /// Capacity of each flow table (IPv4 and IPv6), fixed at start.
+    pub max_flows: u32,
+    /// Entries in both tables at the last sweep (`null` before the first),
+    /// ended ones included until the sweep deletes them.
+    pub entries: Option<u64>,
+    /// How long the last sweep took.
+    pub last_sweep_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -69,6 +83,12 @@ pub struct GroupStatus {
     pub on_unhealthy: String,
     /// No target is healthy: every target takes new flows (last resort).
     pub last_resort: bool,
+    /// A flow without packets for this long has ended (seconds).
+    #[serde(default)]
+    pub flow_idle_timeout_s: u32,
+    /// A TCP flow ends this long after the client's FIN or RST (seconds).
+    #[serde(default)]
+    pub flow_fin_timeout_s: u32,
     pub targets: Vec<TargetStatus>,
 }
 
@@ -99,6 +119,11 @@ pub struct TargetStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Flows in progress: started and not yet ended by the client's FIN or
+    /// RST or by the idle timeout (counted by the data plane, corrected by
+    /// the flow sweeper every 2 s; never negative).
+    #[serde(default)]
+    pub active_flows: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -258,7 +283,17 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let _ = writeln!(out, "counters: {}\n", counters.join(" "));
+        let _ = writeln!(out, "counters: {}", counters.join(" "));
+        let t = &report.flow_table;
+        let _ = writeln!(
+            out,
+            "flow table: {} entries of {} per address family{}\n",
+            t.entries.map_or_else(|| "?".to_string(), |n| n.to_string()),
+            t.max_flows,
+            t.last_sweep_ms
+                .map(|ms| format!(", last sweep {ms:.1} ms"))
+                .unwrap_or_default()
+        );
         let rows: Vec<Vec<String>> = report
             .listeners
             .iter()
@@ -310,6 +345,15 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                 .map(|l| format!(", listener {l}"))
                 .unwrap_or_else(|| ", no listener".into())
         );
+        if g.protocol == "udp" {
+            let _ = writeln!(out, "flows end after {}s idle", g.flow_idle_timeout_s);
+        } else {
+            let _ = writeln!(
+                out,
+                "flows end after {}s idle, {}s after the client's FIN or RST",
+                g.flow_idle_timeout_s, g.flow_fin_timeout_s
+            );
+        }
         if let Some(h) = g.health_check.as_ref().filter(|h| h.enabled) {
             let _ = writeln!(
                 out,
@@ -359,6 +403,7 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                     t.packets.to_string(),
                     t.bytes.to_string(),
                     t.new_flows.to_string(),
+                    t.active_flows.to_string(),
                 ]
             })
             .collect();
@@ -376,6 +421,7 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                 "PACKETS",
                 "BYTES",
                 "NEW FLOWS",
+                "ACTIVE FLOWS",
             ],
             &rows,
         );
@@ -429,6 +475,42 @@ mod tests {
             ],
         );
         assert_eq!(t, "A      LONGER\nxxxxx  1\ny      22\n");
+    }
+
+    #[test]
+    fn render_shows_active_flows_and_flow_timeouts() {
+        let report = StatusReport {
+            flow_table: FlowTableStatus {
+                max_flows: 1024,
+                entries: Some(3),
+                last_sweep_ms: Some(0.25),
+            },
+            target_groups: vec![GroupStatus {
+                name: "web".into(),
+                protocol: "tcp".into(),
+                flow_idle_timeout_s: 350,
+                flow_fin_timeout_s: 10,
+                targets: vec![TargetStatus {
+                    active_flows: 7,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&report, None);
+        assert!(
+            text.contains("flow table: 3 entries of 1024 per address family, last sweep 0.2 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flows end after 350s idle, 10s after the client's FIN or RST"),
+            "{text}"
+        );
+        let header = text.lines().find(|l| l.starts_with("TARGET")).unwrap();
+        assert!(header.ends_with("NEW FLOWS  ACTIVE FLOWS"), "{header}");
+        let row = text.lines().skip_while(|l| !l.starts_with("TARGET")).nth(1);
+        assert!(row.unwrap().ends_with('7'), "{text}");
     }
 
     #[test]

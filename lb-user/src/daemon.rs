@@ -18,10 +18,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     api::{
-        self, GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus, StatusReport,
-        TargetStatus,
+        self, FlowTableStatus, GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus,
+        StatusReport, TargetStatus,
     },
-    dataplane::{AttachMode, Dataplane, LoadOptions},
+    dataplane::{
+        AttachMode, Dataplane, LoadOptions,
+        sweep::{SweepReport, SweeperHandle},
+    },
+    flows::{self, Rules},
     health::{self, HealthMonitor, HealthSnapshot, HealthState, TargetKey},
     maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
@@ -35,7 +39,6 @@ pub struct RunOptions {
     pub iface: Option<String>,
     pub mode: AttachMode,
     pub socket: PathBuf,
-    pub flow_table_size: u32,
     /// How long to wait at start for target MACs before attaching anyway.
     pub resolve_wait: Duration,
 }
@@ -142,10 +145,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &observed(&iface, &macs.borrow(), &verdicts_now),
         &mut tables,
     )?;
+    // The flow tables are sized once: a reload cannot resize them.
+    let max_flows = policy.max_flows();
     let mut dataplane = Dataplane::load(&LoadOptions {
-        flow_table_size: opts.flow_table_size,
+        flow_table_size: max_flows,
     })?;
     dataplane.apply(&plan)?;
+    let sweeper = dataplane
+        .flow_sweeper()?
+        .spawn(Rules::of(&plan), SWEEP_INTERVAL);
+    let mut rules = Rules::of(&plan);
     report_exclusions(&plan);
     let mode = dataplane.attach(&iface.name, opts.mode)?;
     let api = api::bind(&opts.socket)
@@ -174,10 +183,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     Ok((loaded, new_plan)) => match dataplane.apply(&new_plan) {
                         Ok(report) => {
                             info!(?report, "policy reloaded");
+                            if loaded.policy.max_flows() != max_flows {
+                                warn!(
+                                    "flow_table.max_flows changed to {} but the flow tables keep {max_flows} entries: restart lb to resize them",
+                                    loaded.policy.max_flows()
+                                );
+                            }
                             watch.set_targets(dynamic_targets(&loaded.policy)).await?;
                             monitor.update(&loaded.policy);
                             policy = loaded.policy;
                             plan = new_plan;
+                            update_rules(&sweeper, &mut rules, &plan);
                             report_exclusions(&plan);
                         }
                         Err(err) => {
@@ -198,6 +214,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     log_mac_changes(&plan, &new_plan);
                     dataplane.apply(&new_plan)?;
                     plan = new_plan;
+                    update_rules(&sweeper, &mut rules, &plan);
                 }
             }
             changed = health.changed() => {
@@ -215,13 +232,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         let report = dataplane.apply(&new_plan)?;
                         debug!(?report, "health verdicts applied");
                         plan = new_plan;
+                        update_rules(&sweeper, &mut rules, &plan);
                     }
                 }
             }
             accepted = api.accept() => {
                 match accepted {
                     Ok((stream, _)) => {
-                        let report = status_report(&policy, &plan, &dataplane, &health.borrow(), &iface.name, mode, &opts.config);
+                        let flow_table = FlowTable { max_flows, sweep: sweeper.last() };
+                        let report = status_report(&policy, &plan, &dataplane, &flow_table, &health.borrow(), &iface.name, mode, &opts.config);
                         let json = serde_json::to_string(&report);
                         tokio::spawn(async move {
                             let answer = move |request: &str| match request {
@@ -239,6 +258,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     info!("stopping: detaching from {}", iface.name);
+    sweeper.stop();
     drop(dataplane);
     let _ = std::fs::remove_file(&opts.socket);
     monitor.shutdown().await;
@@ -246,6 +266,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         warn!(%err, "removing the managed neighbour entries");
     }
     Ok(())
+}
+
+/// How often the flow tables are swept (ended entries deleted, active flow
+/// counts corrected).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+fn update_rules(sweeper: &SweeperHandle, rules: &mut Rules, plan: &MapPlan) {
+    let new = Rules::of(plan);
+    if new != *rules {
+        *rules = new.clone();
+        sweeper.update(new);
+    }
+}
+
+/// The flow tables' size and last sweep, for the status report.
+struct FlowTable {
+    max_flows: u32,
+    sweep: Option<SweepReport>,
 }
 
 fn log_last_resort(old: &MapPlan, new: &MapPlan) {
@@ -306,10 +344,13 @@ fn lower<T: serde::Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
+// Each argument is one independent source of the report.
+#[allow(clippy::too_many_arguments)]
 fn status_report(
     policy: &Policy,
     plan: &MapPlan,
     dataplane: &Dataplane,
+    flow_table: &FlowTable,
     health: &Snapshots,
     iface: &str,
     mode: &str,
@@ -403,6 +444,7 @@ fn status_report(
                         packets: stats.packets,
                         bytes: stats.bytes,
                         new_flows: stats.new_flows,
+                        active_flows: flows::shown(dataplane.active_flows(t.id)),
                     }
                 })
                 .collect();
@@ -431,6 +473,8 @@ fn status_report(
                     }
                 }),
                 on_unhealthy: g.target_failover.on_unhealthy.as_str().to_string(),
+                flow_idle_timeout_s: g.idle_timeout_s(),
+                flow_fin_timeout_s: g.fin_timeout_s(),
                 last_resort: plan
                     .groups
                     .iter()
@@ -445,6 +489,14 @@ fn status_report(
         policy: config.display().to_string(),
         probe_sources: probe_sources(policy),
         counters,
+        flow_table: FlowTableStatus {
+            max_flows: flow_table.max_flows,
+            entries: flow_table.sweep.as_ref().map(|s| s.entries),
+            last_sweep_ms: flow_table
+                .sweep
+                .as_ref()
+                .map(|s| s.took.as_secs_f64() * 1e3),
+        },
         listeners,
         target_groups,
     }

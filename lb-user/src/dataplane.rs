@@ -5,7 +5,10 @@
 //! that never lets a packet see a half-built state: targets first, then each
 //! changed group table (built complete in a fresh inner map and swapped in
 //! with a single outer-map update), then listeners; removals last.
-use std::{collections::HashMap, os::fd::AsFd as _};
+pub mod sweep;
+mod sys;
+
+use std::{collections::HashMap, os::fd::AsFd as _, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -18,6 +21,7 @@ use lb_common::{
 };
 
 use crate::plan::MapPlan;
+use sweep::{ActiveCounts, FlowSweeper};
 
 /// The XDP program's name in the object.
 pub const PROGRAM: &str = "lb";
@@ -81,6 +85,16 @@ pub struct Dataplane {
     ebpf: Ebpf,
     program: &'static str,
     applied: Option<MapPlan>,
+    active: Arc<ActiveCounts>,
+}
+
+/// The map behind an array or hash map of the object.
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) => Some(data),
+        _ => None,
+    }
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -109,11 +123,39 @@ impl Dataplane {
             .try_into()
             .map_err(|_| DataplaneError::MissingProgram(program))?;
         xdp.load().map_err(DataplaneError::Program)?;
+        let active = ActiveCounts::new(
+            ebpf.map(names::TARGET_ACTIVE)
+                .and_then(map_data)
+                .ok_or(DataplaneError::MissingMap(names::TARGET_ACTIVE))?,
+        )?;
         Ok(Dataplane {
             ebpf,
             program,
             applied: None,
+            active: Arc::new(active),
         })
+    }
+
+    /// Active flows of a target id as stored (see `flows::shown` for the
+    /// value to show).
+    pub fn active_flows(&self, id: u32) -> i64 {
+        self.active.get(id)
+    }
+
+    /// A sweeper with its own handles on the flow tables and the active
+    /// counts, to run on a thread of its own.
+    pub fn flow_sweeper(&self) -> Result<FlowSweeper, DataplaneError> {
+        let data = |name: &'static str| {
+            self.ebpf
+                .map(name)
+                .and_then(map_data)
+                .ok_or(DataplaneError::MissingMap(name))
+        };
+        FlowSweeper::new(
+            data(names::FLOWS_V4)?,
+            data(names::FLOWS_V6)?,
+            Arc::clone(&self.active),
+        )
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
@@ -440,6 +482,12 @@ mod mmap {
         len: usize,
     }
 
+    // SAFETY: the mapping is shared memory that lives until `drop`; all
+    // access after `new` goes through `write_u32s` (`&mut self`) or atomics.
+    unsafe impl Send for Mapping {}
+    // SAFETY: as above; `&self` only hands out atomics.
+    unsafe impl Sync for Mapping {}
+
     impl Mapping {
         /// Maps the first `len` bytes of the mmap-able BPF array `fd`.
         pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
@@ -472,6 +520,22 @@ mod mmap {
                 // and 8-byte aligned slots hold 4-byte aligned values.
                 unsafe { self.ptr.as_ptr().add(at).cast::<u32>().write(v) };
             }
+        }
+    }
+
+    impl Mapping {
+        /// The `index`th 8-byte element as an atomic (`None` past the end).
+        pub fn atomic_i64(&self, index: usize) -> Option<&std::sync::atomic::AtomicI64> {
+            let at = index.checked_mul(8)?;
+            if at + 8 > self.len {
+                return None;
+            }
+            // SAFETY: `at + 8 <= len` (checked), the mapping is page aligned
+            // so the element is 8-byte aligned, it lives as long as `self`,
+            // and every other writer (the data plane) uses atomic operations.
+            Some(unsafe {
+                std::sync::atomic::AtomicI64::from_ptr(self.ptr.as_ptr().add(at).cast::<i64>())
+            })
         }
     }
 

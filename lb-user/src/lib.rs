@@ -5,6 +5,7 @@
 pub mod api;
 pub mod daemon;
 pub mod dataplane;
+pub mod flows;
 pub mod health;
 pub mod maglev;
 pub mod neighbors;

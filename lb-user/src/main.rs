@@ -41,9 +41,6 @@ enum Command {
         /// The API socket `lb status` talks to.
         #[arg(long, default_value = api::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Capacity of each flow table, IPv4 and IPv6 (entries).
-        #[arg(long, default_value_t = lb_common::DEFAULT_FLOW_TABLE_SIZE)]
-        flow_table_size: u32,
         /// Seconds to wait at start for the targets' MACs before attaching.
         #[arg(long, default_value_t = 3.0)]
         resolve_wait_s: f64,
@@ -91,7 +88,6 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             iface,
             xdp_mode,
             socket,
-            flow_table_size,
             resolve_wait_s,
         } => {
             let mode = match xdp_mode {
@@ -104,7 +100,6 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 iface,
                 mode,
                 socket,
-                flow_table_size,
                 resolve_wait: Duration::from_secs_f64(resolve_wait_s.max(0.0)),
             })
             .await?;

@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use lb_common::{FlowKey, FlowKeyV4, FlowState};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -187,6 +189,74 @@ impl LbProcess {
         status::wait_for(&self.socket, timeout, what, check)
     }
 
+    /// Entries of this lb's flow tables (IPv4, IPv6), read from the kernel.
+    pub fn flow_table_len(&self) -> Result<(usize, usize), LabError> {
+        let (v4, v6) = self.flow_tables()?;
+        Ok((v4.keys().count(), v6.keys().count()))
+    }
+
+    /// Deletes every entry of this lb's flow tables, as a restart of `lb`
+    /// or a full table would lose them; returns how many there were. The
+    /// maps are found by name among the maps this process holds open (other
+    /// `lb`s on the machine have their own).
+    pub fn clear_flow_tables(&self) -> Result<usize, LabError> {
+        let (mut v4, mut v6) = self.flow_tables()?;
+        let mut cleared = 0;
+        let keys: Vec<_> = v4.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            v4.remove(&key)
+                .map_err(map_error("delete a FLOWS_V4 entry"))?;
+            cleared += 1;
+        }
+        let keys: Vec<_> = v6.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            v6.remove(&key)
+                .map_err(map_error("delete a FLOWS_V6 entry"))?;
+            cleared += 1;
+        }
+        Ok(cleared)
+    }
+
+    fn flow_tables(&self) -> Result<FlowTables, LabError> {
+        use lb_common::map_names::{FLOWS_V4, FLOWS_V6};
+        let pid = self.pid().ok_or_else(|| LabError::Status {
+            reason: "lb is not running".into(),
+        })?;
+        let dir = format!("/proc/{pid}/fdinfo");
+        let mut found: [Option<MapData>; 2] = [None, None];
+        for entry in std::fs::read_dir(&dir).map_err(LabError::io(dir.clone()))? {
+            let Ok(entry) = entry else { continue };
+            let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("map_id:")?.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(map) = aya::maps::MapInfo::from_id(id) else {
+                continue;
+            };
+            let slot = match map.name_as_str() {
+                Some(FLOWS_V4) => 0,
+                Some(FLOWS_V6) => 1,
+                _ => continue,
+            };
+            if found[slot].is_none() {
+                found[slot] = Some(MapData::from_id(id).map_err(map_error("open a flow table"))?);
+            }
+        }
+        let [Some(v4), Some(v6)] = found else {
+            return Err(LabError::Status {
+                reason: format!("no {FLOWS_V4}/{FLOWS_V6} maps held by lb (pid {pid})"),
+            });
+        };
+        let v4 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v4))
+            .map_err(map_error("open FLOWS_V4"))?;
+        let v6 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v6))
+            .map_err(map_error("open FLOWS_V6"))?;
+        Ok((v4, v6))
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         self.child
@@ -236,3 +306,15 @@ impl Drop for LbProcess {
         }
     }
 }
+
+fn map_error(what: &'static str) -> impl FnOnce(MapError) -> LabError {
+    move |e| LabError::Status {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// lb's flow tables (IPv4, IPv6), opened from the kernel.
+type FlowTables = (
+    BpfHashMap<MapData, FlowKeyV4, FlowState>,
+    BpfHashMap<MapData, FlowKey, FlowState>,
+);

@@ -4,8 +4,10 @@
 //! eBPF code.
 use std::collections::HashMap;
 
-use lb_common::{Counter, FlowKey, hash::flow_hash, target_flags};
+use lb_common::{Counter, FLOW_TOUCH_NS, FlowKey, GroupInfo, hash::flow_hash, target_flags};
 use lb_user::plan::MapPlan;
+
+use crate::packets::tcp_flags;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -21,14 +23,65 @@ pub struct Outcome {
     pub target: Option<u32>,
 }
 
-/// The model's state: the flow table.
+/// What the model remembers of a flow (the documented part of the data
+/// plane's `FlowState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub target: u32,
+    /// The client sent FIN or RST.
+    pub ending: bool,
+    /// The flow counts in its target's active flows.
+    pub counted: bool,
+    pub last_seen_ns: u64,
+}
+
+/// The model's state: the flow table, the active flows per target, and the
+/// time (data-plane time as the tests drive it).
 #[derive(Debug, Default, Clone)]
 pub struct Model {
-    pub flows: HashMap<FlowKey, u32>,
+    pub flows: HashMap<FlowKey, Flow>,
+    pub active: HashMap<u32, i64>,
+    pub now_ns: u64,
+}
+
+/// What a packet does to its flow's entry (README "Flow lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// No entry: a new flow (a TCP packet other than a SYN goes to the
+    /// group's hash target).
+    Miss,
+    /// The entry's flow has ended (timeout passed, or a client SYN after
+    /// FIN/RST): uncount it if counted, then as a miss.
+    Ended,
+    /// The flow goes on: `ending` if this packet is the client's FIN or RST
+    /// (uncount if counted), `touch` if `last_seen` is refreshed.
+    Hit { ending: bool, touch: bool },
+}
+
+/// The lifecycle transition of an entry for a packet with TCP flags
+/// `flags` (0 for UDP) at `now_ns`.
+pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, group: &GroupInfo) -> Step {
+    let Some(e) = entry else {
+        return Step::Miss;
+    };
+    let age = now_ns.saturating_sub(e.last_seen_ns);
+    let timeout_s = if e.ending {
+        group.fin_timeout_s
+    } else {
+        group.idle_timeout_s
+    };
+    let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    if age > timeout_s as u64 * 1_000_000_000 || (syn && e.ending) {
+        return Step::Ended;
+    }
+    Step::Hit {
+        ending: flags & (tcp_flags::FIN | tcp_flags::RST) != 0,
+        touch: age > FLOW_TOUCH_NS,
+    }
 }
 
 enum Parsed {
-    Flow(FlowKey),
+    Flow(FlowKey, u8),
     Pass(Counter),
 }
 
@@ -95,7 +148,12 @@ fn parse(frame: &[u8]) -> Parsed {
     };
     key.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
     key.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    Parsed::Flow(key)
+    let flags = if key.proto == lb_common::PROTO_TCP {
+        ports[13]
+    } else {
+        0
+    };
+    Parsed::Flow(key, flags)
 }
 
 impl Model {
@@ -106,8 +164,8 @@ impl Model {
             counters: vec![counter],
             target: None,
         };
-        let key = match parse(frame) {
-            Parsed::Flow(key) => key,
+        let (key, flags) = match parse(frame) {
+            Parsed::Flow(key, flags) => (key, flags),
             Parsed::Pass(counter) => return pass(counter),
         };
         let Some(listener) = plan.listeners.iter().find(|l| {
@@ -126,24 +184,40 @@ impl Model {
                     && t.info.group_id == group_id
             })
         };
-        let mut counters = Vec::new();
-        if let Some(&id) = self.flows.get(&key) {
-            if let Some(t) = usable(id) {
-                counters.extend([Counter::FlowHit, Counter::Forwarded]);
-                return Outcome {
-                    action: XDP_TX,
-                    output: rewrite(frame, t.info.mac, plan.config.src_mac),
-                    counters,
-                    target: Some(id),
-                };
-            }
-            counters.push(Counter::FlowReselected);
-        }
         let group = plan
             .groups
             .iter()
             .find(|g| g.id == group_id)
             .expect("listener's group");
+        let now = self.now_ns;
+        let mut counters = Vec::new();
+        match step(self.flows.get(&key), flags, now, &group.info) {
+            Step::Miss => {}
+            Step::Ended => self.uncount(&key),
+            Step::Hit { ending, touch } => {
+                let id = self.flows[&key].target;
+                if let Some(t) = usable(id) {
+                    if ending {
+                        self.flows.get_mut(&key).unwrap().ending = true;
+                        self.uncount(&key);
+                    }
+                    if touch {
+                        self.flows.get_mut(&key).unwrap().last_seen_ns = now;
+                    }
+                    counters.extend([Counter::FlowHit, Counter::Forwarded]);
+                    return Outcome {
+                        action: XDP_TX,
+                        output: rewrite(frame, t.info.mac, plan.config.src_mac),
+                        counters,
+                        target: Some(id),
+                    };
+                }
+                counters.push(Counter::FlowReselected);
+                self.uncount(&key);
+            }
+        }
+        // A new flow, or a TCP flow under way whose entry is missing: both
+        // go to the group's consistent-hash target (the only algorithm here).
         let slot = flow_hash(&key, group.info.hash_fields) % group.table.len() as u32;
         let id = group.table[slot as usize];
         let Some(t) = (id != 0).then(|| usable(id)).flatten() else {
@@ -155,7 +229,20 @@ impl Model {
                 target: None,
             };
         };
-        self.flows.insert(key, id);
+        // A flow first seen at its FIN or RST has already ended: not counted.
+        let ending = flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+        self.flows.insert(
+            key,
+            Flow {
+                target: id,
+                ending,
+                counted: !ending,
+                last_seen_ns: now,
+            },
+        );
+        if !ending {
+            *self.active.entry(id).or_default() += 1;
+        }
         counters.extend([Counter::NewFlow, Counter::Forwarded]);
         Outcome {
             action: XDP_TX,
@@ -164,6 +251,21 @@ impl Model {
             target: Some(id),
         }
     }
+
+    /// Takes a flow out of its target's active count, once.
+    fn uncount(&mut self, key: &FlowKey) {
+        if let Some(f) = self.flows.get_mut(key)
+            && f.counted
+        {
+            f.counted = false;
+            *self.active.entry(f.target).or_default() -= 1;
+        }
+    }
+
+    /// Active flows of a target.
+    pub fn active(&self, id: u32) -> i64 {
+        self.active.get(&id).copied().unwrap_or(0)
+    }
 }
 
 fn rewrite(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
@@ -171,4 +273,122 @@ fn rewrite(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     out[0..6].copy_from_slice(&dst);
     out[6..12].copy_from_slice(&src);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn group() -> GroupInfo {
+        GroupInfo {
+            idle_timeout_s: 350,
+            fin_timeout_s: 10,
+            ..Default::default()
+        }
+    }
+
+    fn flow(ending: bool, last_seen_s: u64) -> Flow {
+        Flow {
+            target: 1,
+            ending,
+            counted: !ending,
+            last_seen_ns: last_seen_s * S,
+        }
+    }
+
+    #[test]
+    fn lifecycle_transitions() {
+        use tcp_flags::*;
+        let g = group();
+        let now = 1000 * S;
+        let cases = [
+            // (entry, flags, step)
+            (None, SYN, Step::Miss),
+            (None, ACK, Step::Miss),
+            (None, 0, Step::Miss),
+            // Seen within FLOW_TOUCH_NS: no touch.
+            (
+                Some(flow(false, 1000)),
+                ACK,
+                Step::Hit {
+                    ending: false,
+                    touch: false,
+                },
+            ),
+            (
+                Some(flow(false, 998)),
+                ACK | PSH,
+                Step::Hit {
+                    ending: false,
+                    touch: true,
+                },
+            ),
+            // The client's FIN or RST: the flow is ending.
+            (
+                Some(flow(false, 999)),
+                FIN | ACK,
+                Step::Hit {
+                    ending: true,
+                    touch: false,
+                },
+            ),
+            (
+                Some(flow(false, 999)),
+                RST,
+                Step::Hit {
+                    ending: true,
+                    touch: false,
+                },
+            ),
+            // Idle timeout: up to 350 s goes on, past it ends.
+            (
+                Some(flow(false, 650)),
+                ACK,
+                Step::Hit {
+                    ending: false,
+                    touch: true,
+                },
+            ),
+            (Some(flow(false, 649)), ACK, Step::Ended),
+            // After FIN: the FIN timeout.
+            (
+                Some(flow(true, 990)),
+                ACK,
+                Step::Hit {
+                    ending: false,
+                    touch: true,
+                },
+            ),
+            (Some(flow(true, 989)), ACK, Step::Ended),
+            // A SYN after FIN/RST is a new flow (port reuse); a repeated SYN
+            // of a live flow is not.
+            (Some(flow(true, 1000)), SYN, Step::Ended),
+            (
+                Some(flow(false, 1000)),
+                SYN,
+                Step::Hit {
+                    ending: false,
+                    touch: false,
+                },
+            ),
+            // UDP: only the idle timeout.
+            (
+                Some(flow(false, 700)),
+                0,
+                Step::Hit {
+                    ending: false,
+                    touch: true,
+                },
+            ),
+        ];
+        for (entry, flags, want) in cases {
+            assert_eq!(
+                step(entry.as_ref(), flags, now, &g),
+                want,
+                "{entry:?} flags {flags:#x}"
+            );
+        }
+    }
 }

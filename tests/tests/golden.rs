@@ -54,8 +54,27 @@ impl Harness {
     }
 
     fn reapply(&mut self, yaml: &str) {
+        let offset = self.plan.config.time_offset_ns;
         self.plan = compile(&parse_policy(yaml));
+        self.plan.config.time_offset_ns = offset;
         self.dp.apply(&self.plan).expect("apply");
+    }
+
+    /// Moves data-plane time (and the model's) forward by `secs`, through
+    /// `Config::time_offset_ns`.
+    fn advance(&mut self, secs: u64) {
+        self.plan.config.time_offset_ns += secs * S;
+        self.model.now_ns += secs * S;
+        self.dp.apply(&self.plan).expect("apply");
+    }
+
+    /// Active flows per target id, as the data plane counts them.
+    fn active(&self) -> BTreeMap<u32, i64> {
+        self.plan
+            .targets
+            .iter()
+            .map(|t| (t.id, self.dp.active_flows(t.id)))
+            .collect()
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -102,9 +121,18 @@ impl Harness {
             *want.get_mut(c.name()).unwrap() += 1;
         }
         assert_eq!(after, want, "{name}: counters");
+        let model_active: BTreeMap<u32, i64> = self
+            .plan
+            .targets
+            .iter()
+            .map(|t| (t.id, self.model.active(t.id)))
+            .collect();
+        assert_eq!(self.active(), model_active, "{name}: active flows");
         expected
     }
 }
+
+const S: u64 = 1_000_000_000;
 
 fn parse_policy(yaml: &str) -> Policy {
     policy::parse("golden.yaml", yaml).unwrap_or_else(|e| panic!("test policy: {e}"))
@@ -545,4 +573,288 @@ fn affinity_modes_hash_the_right_fields() {
             .collect();
         assert!(clients.len() > 1, "{affinity}: clients all on one target");
     }
+}
+
+/// Short flow timeouts, so that tests can step over them.
+const SHORT_TIMEOUTS: &str = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+target_groups:
+  - name: web
+    protocol: tcp
+    table_size: 65537
+    flow_idle_timeout_s: 30
+    flow_fin_timeout_s: 5
+    targets:
+      - { ip: 10.0.3.11, weight: 256 }
+      - { ip: 10.0.3.12, weight: 256 }
+      - { ip: 10.0.3.13, weight: 128 }
+  - { name: dns, protocol: udp, table_size: 1021, flow_idle_timeout_s: 20, targets: [ { ip: 10.0.3.14 } ] }
+"#;
+
+fn total(active: &BTreeMap<u32, i64>) -> i64 {
+    active.values().sum()
+}
+
+#[test]
+fn syn_counts_a_flow_and_fin_or_rst_uncount_it_once() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let a = |flags| Frame::tcp("10.0.3.100", 41000, "10.0.3.49", 80, flags).build();
+    let b = |flags| Frame::tcp("10.0.3.100", 41001, "10.0.3.49", 80, flags).build();
+
+    let t = h.check("a syn", &a(SYN)).target.unwrap();
+    assert_eq!(h.active()[&t], 1);
+    h.check("a ack", &a(ACK));
+    h.check("a data", &a(ACK | PSH));
+    assert_eq!(total(&h.active()), 1);
+    let o = h.check("a fin", &a(FIN | ACK));
+    assert_eq!(o.target, Some(t), "the FIN follows the flow");
+    assert_eq!(total(&h.active()), 0, "uncounted at the FIN");
+    h.check("a fin again", &a(FIN | ACK));
+    h.check("a last ack", &a(ACK));
+    assert_eq!(total(&h.active()), 0, "uncounted once");
+
+    let tb = h.check("b syn", &b(SYN)).target.unwrap();
+    assert_eq!(h.active()[&tb], 1);
+    let o = h.check("b rst", &b(RST));
+    assert_eq!(o.target, Some(tb));
+    h.check("b rst again", &b(RST | ACK));
+    assert_eq!(total(&h.active()), 0, "uncounted once at the RST");
+
+    // The client reuses a's port: its SYN starts a new, counted flow.
+    let o = h.check("a reused", &a(SYN));
+    assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
+    assert_eq!(total(&h.active()), 1);
+    // A repeated SYN of a live flow is the same flow.
+    let o = h.check("a syn retransmitted", &a(SYN));
+    assert!(o.counters.contains(&Counter::FlowHit));
+    assert_eq!(total(&h.active()), 1);
+}
+
+#[test]
+fn flows_expire_after_their_idle_or_fin_timeout() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let frames: Vec<(Vec<u8>, Vec<u8>)> = (0..120u16)
+        .map(|i| {
+            let f = |flags| Frame::tcp("10.0.3.100", 42000 + i, "10.0.3.49", 80, flags).build();
+            (f(SYN), f(ACK))
+        })
+        .collect();
+    let first: Vec<u32> = frames
+        .iter()
+        .map(|(syn, _)| h.check("syn", syn).target.unwrap())
+        .collect();
+    assert!(first.contains(&3));
+    assert_eq!(total(&h.active()), 120);
+
+    // Target 3 takes no new flows; its flows stay while they go on.
+    h.reapply(&SHORT_TIMEOUTS.replace("weight: 128", "weight: 0"));
+    h.advance(25);
+    for ((_, ack), &t) in frames.iter().zip(&first) {
+        let o = h.check("ack at 25 s", ack);
+        assert_eq!(o.target, Some(t));
+        assert!(o.counters.contains(&Counter::FlowHit));
+    }
+    // 25 s after their last packet they are still alive (idle timeout 30 s):
+    // the ACKs above refreshed them.
+    h.advance(25);
+    for (_, ack) in &frames {
+        assert!(
+            h.check("ack at 50 s", ack)
+                .counters
+                .contains(&Counter::FlowHit)
+        );
+    }
+    // Silent for 35 s: ended. The next packet is a new flow, by hash, so
+    // never target 3 now.
+    h.advance(35);
+    for (_, ack) in &frames {
+        let o = h.check("ack after idle timeout", ack);
+        assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
+        assert_ne!(o.target, Some(3));
+    }
+    assert_eq!(h.active().get(&3), Some(&0));
+    assert_eq!(total(&h.active()), 120);
+
+    // After the client's FIN, the FIN timeout (5 s) applies.
+    let fin = |i: u16| Frame::tcp("10.0.3.100", 42000 + i, "10.0.3.49", 80, FIN | ACK).build();
+    h.check("fin 0", &fin(0));
+    h.check("fin 1", &fin(1));
+    assert_eq!(total(&h.active()), 118);
+    h.advance(3);
+    assert!(
+        h.check("ack 3 s after fin", &frames[0].1)
+            .counters
+            .contains(&Counter::FlowHit)
+    );
+    h.advance(8);
+    let o = h.check("ack 8 s after fin", &frames[1].1);
+    assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
+    assert_eq!(total(&h.active()), 119);
+
+    // UDP: its group's idle timeout (20 s).
+    let dns = Frame::udp("10.0.3.100", 5353, "10.0.3.49", 53, b"q").build();
+    h.check("udp", &dns);
+    h.advance(15);
+    assert!(
+        h.check("udp at 15 s", &dns)
+            .counters
+            .contains(&Counter::FlowHit)
+    );
+    h.advance(25);
+    assert!(
+        h.check("udp at 40 s", &dns)
+            .counters
+            .contains(&Counter::NewFlow)
+    );
+}
+
+#[test]
+fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
+    for algorithm in ["algorithm: hash", "algorithm: source_ip"] {
+        let yaml = SHORT_TIMEOUTS.replace(
+            "    protocol: tcp\n    table_size: 65537",
+            &format!("    protocol: tcp\n    {algorithm}\n    table_size: 65537"),
+        );
+        let mut h = Harness::new(&yaml);
+        let group = h.plan.groups[0].clone();
+        for i in 0..100u16 {
+            let ack = Frame::tcp("10.0.3.100", 43000 + i, "10.0.3.49", 80, ACK).build();
+            let o = h.check("ack without entry", &ack);
+            // The same target a SYN of this flow gets (the model computes
+            // the table slot of the flow hash; check it independently too).
+            let flow = lb_common::FlowKey {
+                family: lb_common::FAMILY_V4,
+                proto: lb_common::PROTO_TCP,
+                src_be: [u32::from_ne_bytes([10, 0, 3, 100]), 0, 0, 0],
+                dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
+                src_port_be: (43000 + i).to_be(),
+                dst_port_be: 80u16.to_be(),
+                ..Default::default()
+            };
+            let hash = lb_common::hash::flow_hash(&flow, group.info.hash_fields);
+            let want = group.table[(hash % group.table.len() as u32) as usize];
+            assert_eq!(o.target, Some(want), "{algorithm}");
+            assert!(o.counters.contains(&Counter::NewFlow));
+        }
+        // Remembered and counted like any flow.
+        assert_eq!(total(&h.active()), 100, "{algorithm}");
+    }
+}
+
+#[test]
+fn sweeper_deletes_ended_flows_and_recounts_active_flows() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
+    for i in 0..50u16 {
+        h.check(
+            "syn",
+            &Frame::tcp("10.0.3.100", 44000 + i, "10.0.3.49", 80, SYN).build(),
+        );
+    }
+    for i in 0..10u16 {
+        h.check(
+            "fin",
+            &Frame::tcp("10.0.3.100", 44000 + i, "10.0.3.49", 80, FIN | ACK).build(),
+        );
+    }
+    let rules = |h: &Harness| lb_user::flows::Rules::of(&h.plan);
+    let r = sweeper.sweep(&rules(&h)).unwrap();
+    assert_eq!(
+        (r.entries, r.ended, r.deleted, r.corrected),
+        (50, 0, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!(r.active.values().sum::<i64>(), 40);
+    assert_eq!(total(&h.active()), 40);
+
+    // Past the FIN timeout: the 10 finished flows go.
+    h.advance(10);
+    let r = sweeper.sweep(&rules(&h)).unwrap();
+    assert_eq!((r.entries, r.deleted, r.corrected), (50, 10, 0), "{r:?}");
+    // Past the idle timeout: the others end silently; only the sweeper
+    // takes them out of the counts.
+    h.advance(40);
+    assert_eq!(total(&h.active()), 40, "the data plane saw no packet");
+    let r = sweeper.sweep(&rules(&h)).unwrap();
+    assert_eq!((r.entries, r.deleted), (40, 40), "{r:?}");
+    assert!(r.corrected > 0);
+    assert_eq!(total(&h.active()), 0);
+    assert_eq!(sweeper.sweep(&rules(&h)).unwrap().entries, 0);
+}
+
+/// A full flow table (filled by the benchmark build of the pipeline, whose
+/// every test-run repetition is a new flow) is swept in bounded time. The
+/// figures are printed (`--nocapture`) for the README.
+#[test]
+fn sweeping_a_full_flow_table_takes_bounded_time() {
+    use lb_user::dataplane::LoadOptions;
+    let max = lb_common::DEFAULT_FLOW_TABLE_SIZE;
+    let plan = compile(&parse_policy(SHORT_TIMEOUTS));
+    let mut dp = Dataplane::load_object(
+        lb_user::EBPF_LB_NEW_FLOW,
+        "lb_new_flow",
+        &LoadOptions {
+            flow_table_size: max,
+        },
+    )
+    .expect("load");
+    dp.apply(&plan).expect("apply");
+    // The memory the flow tables hold (the kernel's own figure).
+    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        if field("map_type:") == Some(9) && field("max_entries:") == Some(max as u64) {
+            eprintln!(
+                "flow table (key {} bytes): memlock {} bytes",
+                field("key_size:").unwrap_or(0),
+                field("memlock:").unwrap_or(0)
+            );
+        }
+    }
+    // Every flow from one CPU (as from a single-queue NIC).
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+    let syn = Frame::tcp("10.1.0.0", 1, "10.0.3.49", 80, SYN).build();
+    let mut out = vec![0u8; syn.len() + 256];
+    let r = dp
+        .program_mut()
+        .test_run(TestRunOptions {
+            data_in: Some(&syn),
+            data_out: Some(&mut out),
+            repeat: max + max / 4,
+            ..Default::default()
+        })
+        .expect("test run");
+    assert_eq!(r.return_value, XDP_TX);
+    let mut sweeper = dp.flow_sweeper().expect("sweeper");
+    let rules = lb_user::flows::Rules::of(&plan);
+    let live = sweeper.sweep(&rules).unwrap();
+    eprintln!(
+        "full table: {} entries of max_flows {max} filled from one CPU; sweep {:.0} ms, {} counts corrected",
+        live.entries,
+        live.took.as_secs_f64() * 1e3,
+        live.corrected
+    );
+    // One LRU list for all CPUs: one CPU can fill the whole table (with
+    // per-CPU lists it filled only max / nCPUs).
+    assert!(live.entries >= max as u64 * 99 / 100, "{live:?}");
+    let mut later = plan.clone();
+    later.config.time_offset_ns += 60 * S;
+    dp.apply(&later).expect("apply");
+    let ended = sweeper.sweep(&lb_user::flows::Rules::of(&later)).unwrap();
+    eprintln!(
+        "all ended: {} deleted in {:.0} ms",
+        ended.deleted,
+        ended.took.as_secs_f64() * 1e3
+    );
+    assert_eq!(ended.deleted, live.entries);
+    assert!(plan.targets.iter().all(|t| dp.active_flows(t.id) == 0));
+    // Generous bounds for a loaded 2-core machine; the figures are printed.
+    assert!(live.took.as_secs() < 10 && ended.took.as_secs() < 30);
 }

@@ -34,3 +34,41 @@ pub unsafe fn fetch_add_i64(slot: *mut i64, delta: i64) -> i64 {
     // SAFETY: as the caller guarantees; two's complement makes the add the same.
     unsafe { fetch_add_u64(slot as *mut u64, delta as u64) as i64 }
 }
+
+/// Clears the bits of `mask` in `*slot` and returns the old value.
+///
+/// # Safety
+/// As for [`fetch_add_u64`].
+#[inline(always)]
+pub unsafe fn fetch_and_not_u64(slot: *mut u64, mask: u64) -> u64 {
+    let mut value = !mask;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        asm!(
+            "{value} = atomic_fetch_and((u64 *)({slot} + 0), {value})",
+            slot = in(reg) slot,
+            value = inout(reg) value,
+            options(nostack),
+        );
+    }
+    value
+}
+
+/// Sets the bits of `mask` in `*slot` and returns the old value.
+///
+/// # Safety
+/// As for [`fetch_add_u64`].
+#[inline(always)]
+pub unsafe fn fetch_or_u64(slot: *mut u64, mask: u64) -> u64 {
+    let mut value = mask;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        asm!(
+            "{value} = atomic_fetch_or((u64 *)({slot} + 0), {value})",
+            slot = in(reg) slot,
+            value = inout(reg) value,
+            options(nostack),
+        );
+    }
+    value
+}

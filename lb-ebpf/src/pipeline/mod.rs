@@ -23,10 +23,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_NO_COMMON_LRU, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE,
-    FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey,
-    ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey,
-    StickyState, TargetInfo,
+    BPF_F_MMAPABLE, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE, FlowKey,
+    FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts,
+    ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState,
+    TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -62,23 +62,23 @@ static TARGETS: Array<TargetInfo, { MAX_TARGETS as usize }> = Array::new();
 
 /// IPv4 flow -> target: every packet of a flow goes where its first one went.
 /// IPv4 flows have a table of their own because a 16-byte key hashes and
-/// compares faster than the 40-byte `FlowKey`.
+/// compares faster than the 40-byte `FlowKey`. The loader sizes it from the
+/// policy (`flow_table.max_flows`).
+///
+/// One LRU list for all CPUs (no `BPF_F_NO_COMMON_LRU`): with per-CPU lists
+/// the kernel splits the entries evenly between the possible CPUs, so the
+/// flows one CPU sees (a single-queue NIC, an uneven RSS spread) could only
+/// fill max/nCPUs entries before evicting live ones. Measured here: 524,288
+/// of 1,048,576 entries filled from one CPU with the flag, all of them
+/// without, and the new-flow path no slower on one CPU (README "Flow table").
 #[btf_map]
-static FLOWS_V4: LruHashMap<
-    FlowKeyV4,
-    FlowState,
-    { DEFAULT_FLOW_TABLE_SIZE as usize },
-    { BPF_F_NO_COMMON_LRU as usize },
-> = LruHashMap::new();
+static FLOWS_V4: LruHashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
 
 /// IPv6 flow -> target.
 #[btf_map]
-static FLOWS_V6: LruHashMap<
-    FlowKey,
-    FlowState,
-    { DEFAULT_FLOW_TABLE_SIZE as usize },
-    { BPF_F_NO_COMMON_LRU as usize },
-> = LruHashMap::new();
+static FLOWS_V6: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
 
 /// Global settings (element 0).
 #[btf_map]
@@ -98,9 +98,11 @@ static TARGET_STATS: PerCpuArray<Stats, { MAX_TARGETS as usize }> = PerCpuArray:
 
 /// Active flows per target id: +1 when a flow starts, -1 when it ends (see
 /// `lb_common::flow_flags::COUNTED`). Shared by all CPUs: atomic adds. The
-/// loader recounts from the flow tables and corrects drift.
+/// loader recounts from the flow tables and corrects drift with atomic stores
+/// through a memory mapping (hence mmap-able).
 #[btf_map]
-static TARGET_ACTIVE: Array<i64, { MAX_TARGETS as usize }> = Array::new();
+static TARGET_ACTIVE: Array<i64, { MAX_TARGETS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// Round-robin position per group id (shared by all CPUs: atomic adds, so
 /// the weighted order holds across CPUs).
@@ -116,11 +118,11 @@ static STICKY: LruHashMap<StickyKey, StickyState, { DEFAULT_STICKY_TABLE_SIZE as
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let mut flow = FlowKey::default();
-    parse::flow(ctx, &mut flow)?;
+    let tcp_flags = parse::flow(ctx, &mut flow)?;
     lookup::listener_port(&flow)?;
     let entry = select::entry(&flow);
     let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
-    let target = select::target(&flow, &listener, entry)?;
+    let target = select::target(&flow, tcp_flags, &listener, entry)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);

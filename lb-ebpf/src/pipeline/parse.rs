@@ -68,11 +68,21 @@ fn raw_u16(p: *const u8, at: usize) -> u16 {
     unsafe { (p.add(at) as *const u16).read_unaligned() }
 }
 
-/// Parses the frame into `key`, the flow it belongs to. The key is filled in
-/// place (it is a map key on the stack) rather than returned: a returned key
-/// is assembled in registers, spilled, and copied again.
+/// TCP header flag bits (byte 13 of the TCP header).
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Parses the frame into `key`, the flow it belongs to, and returns the TCP
+/// flags byte (0 for UDP). The key is filled in place (it is a map key on the
+/// stack) rather than returned: a returned key is assembled in registers,
+/// spilled, and copied again. The flags stay out of the key: the key is
+/// hashed and compared whole, and every packet of a flow must have the same.
 #[inline(always)]
-pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<(), u32> {
+pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<u8, u32> {
     let eth = bytes_at(ctx, 0, ETH_HLEN).ok_or_else(malformed)?;
     let mut ethertype = be16(eth, 12);
     let mut l3 = ETH_HLEN;
@@ -144,5 +154,10 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<(), u32> {
     let ports = bytes_at(ctx, l4, l4_len).ok_or_else(malformed)?;
     key.src_port_be = raw_u16(ports, 0);
     key.dst_port_be = raw_u16(ports, 2);
-    Ok(())
+    if key.proto == PROTO_TCP {
+        // SAFETY: `ports` covers TCP_MIN_HLEN (20) bytes; the flags are byte 13.
+        Ok(unsafe { *ports.add(13) })
+    } else {
+        Ok(0)
+    }
 }

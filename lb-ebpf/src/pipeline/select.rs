@@ -1,21 +1,47 @@
-//! Flow -> target: the flow table first, else the group's consistent-hash table.
+//! Flow -> target: the flow table first, else the group's algorithm; and the
+//! flow's lifecycle (README "Flow lifecycle").
+//!
+//! A hit costs one clock read and, at most once per `FLOW_TOUCH_NS`, one
+//! store of `last_seen_ns` (and then one `GROUPS` lookup to check the idle
+//! timeout: a flow seen within the last `FLOW_TOUCH_NS` cannot have expired,
+//! since no timeout is shorter). Client FIN and RST set their flag and take
+//! the flow out of `TARGET_ACTIVE` once (an atomic clear of `COUNTED`, so two
+//! CPUs never both uncount it). An entry past its timeout, or a client SYN on
+//! an entry that saw FIN or RST (the client reused the port), is a new flow.
+//!
+//! A miss: a TCP packet that is not a SYN belongs to a flow that started
+//! before its entry was lost (table full, entry expired, lb restarted), so it
+//! goes to the group's consistent-hash target (`choose::by_hash`), where
+//! `hash` and `source_ip` groups sent it in the first place; a SYN, or a UDP
+//! packet, starts a new flow (`choose::new_flow`, by the group's algorithm).
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{
-    Counter, FAMILY_V4, FlowKey, FlowKeyV4, FlowState, ListenerInfo, TargetInfo, flow_flags,
-    target_flags,
+    Counter, FAMILY_V4, FLOW_TOUCH_NS, FlowKey, FlowKeyV4, FlowState, GroupInfo, ListenerInfo,
+    PROTO_TCP, TargetInfo, flow_flags, target_flags,
 };
 
 use super::{
     CONFIG, FLOWS_V4, FLOWS_V6, GROUPS, TARGET_ACTIVE, TARGETS, atomic, choose, counters::count,
-    time,
+    parse::tcp, time,
 };
 
 pub struct Selected {
     pub id: u32,
     pub info: TargetInfo,
-    /// The flow was not in the flow table.
+    /// The flow was not in the flow table (or its entry had ended).
     pub new_flow: bool,
 }
+
+/// `FlowState::flags` is the top 16 bits of the 8-byte word at offset 0
+/// (target id, listener id, flags; little endian), which atomic operations
+/// update as a whole.
+const FLAGS_SHIFT: u64 = 48;
+const _: () = {
+    assert!(core::mem::offset_of!(FlowState, target_id) == 0);
+    assert!(core::mem::offset_of!(FlowState, listener_id) == 4);
+    assert!(core::mem::offset_of!(FlowState, flags) == 6);
+    assert!(core::mem::align_of::<FlowState>() == 8);
+};
 
 /// A flow's entry in the flow table (it stays valid until the program ends).
 pub struct Entry(*mut FlowState);
@@ -43,6 +69,56 @@ impl Entry {
         // SAFETY: as above; a 2-byte field written whole, and any value a
         // reader may see is only a hint checked against LISTENERS_BY_ID.
         unsafe { (*self.0).listener_id = listener_id as u16 }
+    }
+
+    #[inline(always)]
+    fn flags(&self) -> u16 {
+        // SAFETY: as above.
+        unsafe { (*self.0).flags }
+    }
+
+    #[inline(always)]
+    fn last_seen_ns(&self) -> u64 {
+        // SAFETY: as above; an aligned 8-byte load.
+        unsafe { (*self.0).last_seen_ns }
+    }
+
+    #[inline(always)]
+    fn set_last_seen_ns(&self, now: u64) {
+        // SAFETY: as above; an aligned 8-byte store (any CPU's recent time
+        // is as good as another's).
+        unsafe { (*self.0).last_seen_ns = now }
+    }
+
+    /// The first word (target id, listener id, flags) for atomic updates.
+    #[inline(always)]
+    fn word(&self) -> *mut u64 {
+        self.0 as *mut u64
+    }
+
+    /// Records client FIN/RST bits (`seen`, `flow_flags`) in the entry.
+    #[inline(always)]
+    fn mark(&self, seen: u16) {
+        // SAFETY: the entry is 8-byte aligned and stays allocated (above);
+        // the other bits are or-ed with zeros, so concurrent stores of the
+        // listener hint are not lost.
+        unsafe { atomic::fetch_or_u64(self.word(), (seen as u64) << FLAGS_SHIFT) };
+    }
+
+    /// Takes the flow out of its target's active count if it is counted;
+    /// exactly one caller (of any CPU) sees `COUNTED` and subtracts.
+    #[inline(always)]
+    fn uncount(&self) {
+        if self.flags() & flow_flags::COUNTED == 0 {
+            return;
+        }
+        // SAFETY: as in `mark`.
+        let old = unsafe {
+            atomic::fetch_and_not_u64(self.word(), (flow_flags::COUNTED as u64) << FLAGS_SHIFT)
+        };
+        if (old >> FLAGS_SHIFT) as u16 & flow_flags::COUNTED != 0 {
+            active_add(old as u32, -1);
+        }
     }
 }
 
@@ -101,45 +177,136 @@ fn no_target() -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The client FIN/RST bits of a TCP flags byte, as `flow_flags`.
+#[inline(always)]
+fn ending(tcp_flags: u8) -> u16 {
+    let mut seen = 0;
+    if tcp_flags & tcp::FIN != 0 {
+        seen |= flow_flags::FIN;
+    }
+    if tcp_flags & tcp::RST != 0 {
+        seen |= flow_flags::RST;
+    }
+    seen
+}
+
+/// A client's opening SYN (not the SYN-ACK of a server, which DSR never
+/// sends through the load balancer anyway).
+#[inline(always)]
+fn is_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+}
+
+/// How long an entry with `flags` may go without packets (ns).
+#[inline(always)]
+pub(super) fn timeout_ns(group: &GroupInfo, flags: u16) -> u64 {
+    let s = if flags & (flow_flags::FIN | flow_flags::RST) != 0 {
+        group.fin_timeout_s
+    } else {
+        group.idle_timeout_s
+    };
+    s as u64 * 1_000_000_000
+}
+
+/// Whether the entry's flow has ended before this packet: past its timeout
+/// (`age`: since its last packet), or a client SYN after its FIN or RST (the
+/// client reused the port).
+#[inline(always)]
+fn has_ended(entry: &Entry, tcp_flags: u8, age: u64, group_id: u32) -> bool {
+    let flags = entry.flags();
+    if is_syn(tcp_flags) && flags & (flow_flags::FIN | flow_flags::RST) != 0 {
+        return true;
+    }
+    age > FLOW_TOUCH_NS
+        && GROUPS
+            .get(group_id)
+            .is_none_or(|group| age > timeout_ns(group, flags))
+}
+
+/// A live flow's packet that is not quiet: records the client's FIN or RST
+/// (uncounting the flow once) and refreshes `last_seen_ns` when stale.
+#[inline(always)]
+fn on_packet(entry: &Entry, tcp_flags: u8, age: u64, now: u64) {
+    let seen = ending(tcp_flags);
+    if seen != 0 {
+        if entry.flags() & seen != seen {
+            entry.mark(seen);
+        }
+        entry.uncount();
+    }
+    if age > FLOW_TOUCH_NS {
+        entry.set_last_seen_ns(now);
+    }
+}
+
 /// The target of a listener's flow: the one its flow-table `entry` names if
-/// still usable, else one chosen by the group's table (and remembered).
+/// the flow goes on and the target is still usable, else one chosen for it
+/// (and remembered). `tcp_flags`: the packet's TCP flags (0 for UDP).
 #[inline(always)]
 pub fn target(
     flow: &FlowKey,
+    tcp_flags: u8,
     listener: &ListenerInfo,
     entry: Option<Entry>,
 ) -> Result<Selected, u32> {
+    let now = CONFIG.get(0).map_or(0, time::now_ns);
     if let Some(entry) = entry {
-        let id = entry.target_id();
-        if let Some(info) = usable(id, listener.group_id) {
-            if entry.listener_hint() as u32 != listener.listener_id {
-                entry.set_listener_hint(listener.listener_id);
+        let age = now.saturating_sub(entry.last_seen_ns());
+        // The common case, decided with one test: a packet of a flow seen
+        // within FLOW_TOUCH_NS (no timeout is shorter, so it goes on) that
+        // is no SYN, FIN or RST: nothing to check, nothing to write.
+        let quiet = age <= FLOW_TOUCH_NS && tcp_flags & (tcp::SYN | tcp::FIN | tcp::RST) == 0;
+        if quiet || !has_ended(&entry, tcp_flags, age, listener.group_id) {
+            let id = entry.target_id();
+            if let Some(info) = usable(id, listener.group_id) {
+                if !quiet {
+                    on_packet(&entry, tcp_flags, age, now);
+                }
+                if entry.listener_hint() as u32 != listener.listener_id {
+                    entry.set_listener_hint(listener.listener_id);
+                }
+                count(Counter::FlowHit);
+                return Ok(Selected {
+                    id,
+                    info,
+                    new_flow: false,
+                });
             }
-            count(Counter::FlowHit);
-            return Ok(Selected {
-                id,
-                info,
-                new_flow: false,
-            });
+            // The target left (removed, MAC lost, id reused, or unhealthy
+            // with `rebalance`): choose again.
+            count(Counter::FlowReselected);
         }
-        // The target left (removed, MAC lost, id reused): choose again.
-        count(Counter::FlowReselected);
+        // The flow ended (this packet starts another) or is re-selected.
+        entry.uncount();
     }
 
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
-    let config = CONFIG.get(0).ok_or_else(no_target)?;
-    let now = time::now_ns(config);
-    let id = choose::new_flow(flow, listener.group_id, group, now).ok_or_else(no_target)?;
+    let id = if flow.proto == PROTO_TCP && !is_syn(tcp_flags) {
+        // A TCP flow already under way: where the group's hash puts it.
+        choose::by_hash(flow, listener.group_id, group)
+    } else {
+        choose::new_flow(flow, listener.group_id, group, now)
+    }
+    .ok_or_else(no_target)?;
     let info = usable(id, listener.group_id).ok_or_else(no_target)?;
 
+    let mut flags = ending(tcp_flags);
+    if is_syn(tcp_flags) {
+        flags |= flow_flags::SYN;
+    }
+    // A flow first seen at its FIN or RST has already ended: not counted.
+    let counted = flags & (flow_flags::FIN | flow_flags::RST) == 0;
+    if counted {
+        flags |= flow_flags::COUNTED;
+    }
     let state = FlowState {
         target_id: id,
         listener_id: listener.listener_id as u16,
-        flags: flow_flags::COUNTED,
+        flags,
         created_ns: now,
         last_seen_ns: now,
     };
-    if remember(flow, state) {
+    if remember(flow, state) && counted {
         active_add(id, 1);
     }
     count(Counter::NewFlow);

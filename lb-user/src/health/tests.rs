@@ -361,6 +361,8 @@ fn group(name: &str, hc: Option<HealthCheck>, targets: Vec<Target>) -> TargetGro
         table_size: 1021,
         health_check: hc,
         target_failover: Default::default(),
+        flow_idle_timeout_s: None,
+        flow_fin_timeout_s: None,
         targets,
     }
 }
@@ -376,6 +378,7 @@ fn policy(groups: Vec<TargetGroup>) -> Policy {
             target_group: "web".into(),
         }],
         target_groups: groups,
+        flow_table: None,
     }
 }
 

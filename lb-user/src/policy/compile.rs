@@ -15,7 +15,7 @@ use lb_common::{
     PROTO_TCP, PROTO_UDP, TargetInfo, hash_fields, target_flags,
 };
 
-use super::{Affinity, Algorithm, FailoverMode, GroupProtocol, ListenerProtocol, Policy};
+use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
 use crate::{
     maglev::{Identity, Member, TableCache},
     plan::{
@@ -251,13 +251,8 @@ fn compile_groups(
                 algorithm: lb_common::algorithm::HASH,
                 flags: 0,
                 _pad: 0,
-                idle_timeout_s: match group.protocol {
-                    GroupProtocol::Udp => lb_common::DEFAULT_UDP_IDLE_TIMEOUT_S,
-                    GroupProtocol::Tcp | GroupProtocol::Http => {
-                        lb_common::DEFAULT_TCP_IDLE_TIMEOUT_S
-                    }
-                },
-                fin_timeout_s: lb_common::DEFAULT_FIN_TIMEOUT_S,
+                idle_timeout_s: group.idle_timeout_s(),
+                fin_timeout_s: group.fin_timeout_s(),
                 sticky_duration_s: 0,
             },
             table,
@@ -330,6 +325,8 @@ mod tests {
                 table_size: 1021,
                 health_check: None,
                 target_failover: Default::default(),
+                flow_idle_timeout_s: None,
+                flow_fin_timeout_s: None,
                 targets: targets
                     .iter()
                     .map(|(ip, w, mac)| Target {
@@ -341,7 +338,22 @@ mod tests {
                     })
                     .collect(),
             }],
+            flow_table: None,
         }
+    }
+
+    #[test]
+    fn flow_timeouts_default_by_protocol_and_follow_the_policy() {
+        let seen = observed(&[("10.0.3.11", 0x11)]);
+        let mut p = policy(&[("10.0.3.11", 256, None)]);
+        let info = |p: &Policy| compile(p, &seen).unwrap().groups[0].info;
+        assert_eq!((info(&p).idle_timeout_s, info(&p).fin_timeout_s), (350, 10));
+        p.target_groups[0].protocol = GroupProtocol::Udp;
+        assert_eq!(info(&p).idle_timeout_s, 120);
+        p.target_groups[0].protocol = GroupProtocol::Tcp;
+        p.target_groups[0].flow_idle_timeout_s = Some(30);
+        p.target_groups[0].flow_fin_timeout_s = Some(2);
+        assert_eq!((info(&p).idle_timeout_s, info(&p).fin_timeout_s), (30, 2));
     }
 
     fn observed(neighbors: &[(&str, u8)]) -> Observed {

@@ -18,6 +18,35 @@ pub struct Policy {
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub target_groups: Vec<TargetGroup>,
+    /// Flow table settings; absent: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_table: Option<FlowTable>,
+}
+
+impl Policy {
+    /// Capacity of each flow table (IPv4 and IPv6) in effect.
+    pub fn max_flows(&self) -> u32 {
+        self.flow_table
+            .as_ref()
+            .map_or(DEFAULT_MAX_FLOWS, |t| t.max_flows)
+    }
+}
+
+/// Default capacity of each flow table (IPv4 and IPv6 have one each).
+pub const DEFAULT_MAX_FLOWS: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
+
+/// The flow tables, sized when `lb run` starts (a reload that changes them
+/// keeps the old size until a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowTable {
+    /// Entries of each flow table (IPv4 and IPv6 have one each).
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
+}
+
+fn default_max_flows() -> u32 {
+    DEFAULT_MAX_FLOWS
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -54,8 +83,32 @@ pub struct TargetGroup {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub target_failover: TargetFailover,
+    /// A flow without packets for this long has ended. Default: 350 for
+    /// `tcp` and `http` groups, 120 for `udp` ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_idle_timeout_s: Option<u32>,
+    /// A TCP flow whose client sent FIN or RST ends after this long without
+    /// packets. Default 10; TCP groups only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_fin_timeout_s: Option<u32>,
     #[serde(default)]
     pub targets: Vec<Target>,
+}
+
+impl TargetGroup {
+    /// The idle timeout in effect (seconds).
+    pub fn idle_timeout_s(&self) -> u32 {
+        self.flow_idle_timeout_s.unwrap_or(match self.protocol {
+            GroupProtocol::Udp => lb_common::DEFAULT_UDP_IDLE_TIMEOUT_S,
+            GroupProtocol::Tcp | GroupProtocol::Http => lb_common::DEFAULT_TCP_IDLE_TIMEOUT_S,
+        })
+    }
+
+    /// The FIN timeout in effect (seconds).
+    pub fn fin_timeout_s(&self) -> u32 {
+        self.flow_fin_timeout_s
+            .unwrap_or(lb_common::DEFAULT_FIN_TIMEOUT_S)
+    }
 }
 
 fn default_table_size() -> u32 {

@@ -107,6 +107,7 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
                 interface: None,
                 listeners: Vec::new(),
                 target_groups: Vec::new(),
+                flow_table: None,
             });
         }
         Ok(_) => {}
@@ -236,7 +237,7 @@ mod tests {
         Case {
             name: "unknown field at the top",
             yaml: "interface: eth0\nlistener: []\n",
-            expect: "t.yaml:2:1: listener: unknown field `listener`, expected one of `interface`, `listeners`, `target_groups`",
+            expect: "t.yaml:2:1: listener: unknown field `listener`, expected one of `interface`, `listeners`, `target_groups`, `flow_table`",
         },
         Case {
             name: "unknown field in a target",

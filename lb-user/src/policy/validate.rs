@@ -32,6 +32,13 @@ pub const MIN_TABLE_SIZE: u32 = 1021;
 pub const INTERVAL_S: (u32, u32) = (1, 3600);
 pub const TIMEOUT_S: (u32, u32) = (1, 900);
 pub const THRESHOLD: (u32, u32) = (1, 10);
+/// Flow timeouts (seconds). Neither may be below 1 s: the data plane checks
+/// an entry's timeout only once it is `FLOW_TOUCH_NS` (1 s) stale.
+pub const FLOW_IDLE_TIMEOUT_S: (u32, u32) = (1, 86_400);
+pub const FLOW_FIN_TIMEOUT_S: (u32, u32) = (1, 3600);
+/// Entries of each flow table.
+pub const MAX_FLOWS: (u32, u32) = (1024, 1 << 25);
+const _: () = assert!(lb_common::FLOW_TOUCH_NS <= 1_000_000_000);
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const MAX_IFACE_LEN: usize = 15;
 
@@ -51,6 +58,14 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
         interface_name(&mut r, name);
     }
     capacity(&mut r, policy);
+    if let Some(table) = &policy.flow_table
+        && !(MAX_FLOWS.0..=MAX_FLOWS.1).contains(&table.max_flows)
+    {
+        r.issue(
+            "flow_table.max_flows".into(),
+            out_of_range("max_flows", &table.max_flows.to_string()).unwrap_or_default(),
+        );
+    }
     let groups = group_index(&mut r, policy);
     let attached = listeners(&mut r, policy, &groups);
     for (g, group) in policy.target_groups.iter().enumerate() {
@@ -115,6 +130,12 @@ pub(crate) fn range(field: &str) -> Option<String> {
         }
         "weight" => Some(format!("0-{MAX_WEIGHT}")),
         "table_size" => Some(format!("{MIN_TABLE_SIZE}-{MAX_TABLE_SIZE}")),
+        "flow_idle_timeout_s" => Some(format!(
+            "{}-{}",
+            FLOW_IDLE_TIMEOUT_S.0, FLOW_IDLE_TIMEOUT_S.1
+        )),
+        "flow_fin_timeout_s" => Some(format!("{}-{}", FLOW_FIN_TIMEOUT_S.0, FLOW_FIN_TIMEOUT_S.1)),
+        "max_flows" => Some(format!("{}-{}", MAX_FLOWS.0, MAX_FLOWS.1)),
         _ => None,
     }
 }
@@ -378,6 +399,7 @@ fn target_group(
 
     health_check(r, g, group);
     target_failover(r, g, group);
+    flow_timeouts(r, g, group);
 
     let mut seen: HashMap<IpAddr, usize> = HashMap::new();
     let vips: HashSet<IpAddr> = policy.listeners.iter().map(|l| l.vip).collect();
@@ -464,6 +486,41 @@ fn target_group(
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Flow timeout ranges; the FIN timeout only for TCP groups.
+fn flow_timeouts(r: &mut Report, g: usize, group: &TargetGroup) {
+    let at = |field: &str| format!("target_groups[{g}].{field}");
+    let fields = [
+        (
+            "flow_idle_timeout_s",
+            group.flow_idle_timeout_s,
+            FLOW_IDLE_TIMEOUT_S,
+        ),
+        (
+            "flow_fin_timeout_s",
+            group.flow_fin_timeout_s,
+            FLOW_FIN_TIMEOUT_S,
+        ),
+    ];
+    for (field, value, (lo, hi)) in fields {
+        if let Some(value) = value
+            && !(lo..=hi).contains(&value)
+        {
+            r.issue(
+                at(field),
+                out_of_range(field, &value.to_string()).unwrap_or_default(),
+            );
+        }
+    }
+    if group.protocol == GroupProtocol::Udp && group.flow_fin_timeout_s.is_some() {
+        r.issue(
+            at("flow_fin_timeout_s"),
+            "flow_fin_timeout_s applies to TCP flows only (UDP has no FIN): \
+             remove it from this udp target group"
+                .into(),
+        );
     }
 }
 
@@ -1618,6 +1675,68 @@ mod tests {
                 expect_line: 5,
                 expect: "target_groups[0].target_failover.on_deregistration: on_deregistration rebalance differs from on_unhealthy no_rebalance (the default): both must have the same value",
             },
+            Case {
+                name: "flow idle timeout 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    flow_idle_timeout_s: 0",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].flow_idle_timeout_s: flow_idle_timeout_s 0 is out of range 1-86400",
+            },
+            Case {
+                name: "flow fin timeout too long",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    flow_fin_timeout_s: 3601",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].flow_fin_timeout_s: flow_fin_timeout_s 3601 is out of range 1-3600",
+            },
+            Case {
+                name: "flow fin timeout on a udp group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: dns",
+                    "    protocol: udp",
+                    "    flow_fin_timeout_s: 5",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].flow_fin_timeout_s: flow_fin_timeout_s applies to TCP flows only",
+            },
+            Case {
+                name: "flow timeout not a number",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    flow_idle_timeout_s: forever",
+                ],
+                expect_line: 4,
+                expect: "flow_idle_timeout_s must be an integer 1-86400",
+            },
+            Case {
+                name: "max flows too small",
+                yaml: &["flow_table:", "  max_flows: 100"],
+                expect_line: 2,
+                expect: "flow_table.max_flows: max_flows 100 is out of range 1024-33554432",
+            },
+            Case {
+                name: "max flows too big for u32",
+                yaml: &["flow_table:", "  max_flows: 5000000000"],
+                expect_line: 2,
+                expect: "max_flows 5000000000 is out of range 1024-33554432",
+            },
+            Case {
+                name: "flow table unknown field",
+                yaml: &["flow_table:", "  max_flow: 100000"],
+                expect_line: 2,
+                expect: "unknown field `max_flow`",
+            },
         ]
     }
 
@@ -1950,12 +2069,15 @@ mod tests {
             table_size: MAX_TABLE_SIZE,
             health_check: None,
             target_failover: Default::default(),
+            flow_idle_timeout_s: None,
+            flow_fin_timeout_s: None,
             targets: (0..targets).map(|i| target(1 + n * 20_000 + i)).collect(),
         };
         let policy = Policy {
             interface: None,
             listeners: Vec::new(),
             target_groups: (0..4).map(|n| group(n, 16_384)).collect(),
+            flow_table: None,
         };
         let issues = validate("t.yaml", &policy, &Positions::default());
         let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
@@ -1966,6 +2088,7 @@ mod tests {
             interface: None,
             listeners: Vec::new(),
             target_groups: (0..MAX_GROUPS).map(|n| group(n, 0)).collect(),
+            flow_table: None,
         };
         let issues = validate("t.yaml", &policy, &Positions::default());
         let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();

@@ -1,0 +1,286 @@
+//! The flow-table sweeper: every couple of seconds it reads both flow tables
+//! (batched lookups), deletes the entries whose flow has ended (idle or FIN
+//! timeout passed, data-plane time), and makes `TARGET_ACTIVE` match the
+//! live counted entries per target. It runs on a thread of its own with its
+//! own handles on the maps, so a walk of a full table never holds up `lb`'s
+//! event loop; the rules (`flows::Rules`) come from the applied plan.
+//!
+//! Races, and why the counts converge:
+//! - The data plane keeps the counts itself (+1 per new flow, -1 at the
+//!   client's FIN or RST, at expiry on the next packet, at re-selection).
+//!   Flows that end silently (idle timeout, entry evicted or deleted) are
+//!   only taken out by the recount, which stores the number of live counted
+//!   entries each target has in the table.
+//! - A flow that starts or ends while a walk runs may or may not be in that
+//!   walk's count, so the stored value can be off by the flows that changed
+//!   during one walk (milliseconds to a fraction of a second). The next
+//!   sweep recounts from the table, so errors never accumulate: once the
+//!   table holds still for one sweep, every count is exact.
+//! - An ended entry is read again just before it is deleted; a packet that
+//!   refreshed it in between keeps it. One that arrives between that read
+//!   and the delete misses the table and is steered like any miss (README
+//!   "Flow lifecycle").
+//! - Counts are stored with atomic stores through a memory mapping of
+//!   `TARGET_ACTIVE`, so they never tear against the data plane's atomic adds.
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, OwnedFd},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
+use lb_common::{FlowKey, FlowKeyV4, FlowState, MAX_TARGETS, map_names as names};
+
+use super::{DataplaneError, map_err, mmap::Mapping, sys};
+use crate::flows::{Rules, Tally, corrections};
+
+/// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
+const CHUNK: u32 = 4096;
+
+/// Active flows per target id: the mapping of `TARGET_ACTIVE`.
+pub struct ActiveCounts {
+    mapping: Mapping,
+}
+
+impl ActiveCounts {
+    pub(super) fn new(map: &MapData) -> Result<ActiveCounts, DataplaneError> {
+        let mapping = Mapping::new(map.fd().as_fd(), MAX_TARGETS as usize * 8).map_err(|e| {
+            DataplaneError::Map {
+                name: names::TARGET_ACTIVE,
+                source: MapError::IoError(e),
+            }
+        })?;
+        Ok(ActiveCounts { mapping })
+    }
+
+    /// The count as stored (it may dip below 0 for a moment; see
+    /// `flows::shown`). Ids beyond the map read 0.
+    pub fn get(&self, id: u32) -> i64 {
+        self.mapping
+            .atomic_i64(id as usize)
+            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn store(&self, id: u32, value: i64) {
+        if let Some(a) = self.mapping.atomic_i64(id as usize) {
+            a.store(value, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Every id whose count is not 0.
+    fn nonzero(&self) -> BTreeMap<u32, i64> {
+        (0..MAX_TARGETS)
+            .filter_map(|id| {
+                let v = self.get(id);
+                (v != 0).then_some((id, v))
+            })
+            .collect()
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Entries in both flow tables.
+    pub entries: u64,
+    /// Entries found ended, and how many of them were deleted (the others
+    /// had a packet meanwhile, or were gone already).
+    pub ended: u64,
+    pub deleted: u64,
+    /// Active counts stored because they differed from the table.
+    pub corrected: usize,
+    /// Live counted flows per target id.
+    pub active: BTreeMap<u32, i64>,
+    pub took: Duration,
+}
+
+struct Table<K> {
+    fd: OwnedFd,
+    map: BpfHashMap<MapData, K, FlowState>,
+}
+
+impl<K: aya::Pod + Default> Table<K> {
+    fn open(data: &MapData, name: &'static str) -> Result<Table<K>, DataplaneError> {
+        let dup = || {
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DataplaneError::Map {
+                    name,
+                    source: MapError::IoError(e),
+                })
+        };
+        let fd = dup()?;
+        let own = MapData::from_fd(dup()?).map_err(map_err(name))?;
+        let map = BpfHashMap::try_from(Map::LruHashMap(own)).map_err(map_err(name))?;
+        Ok(Table { fd, map })
+    }
+
+    /// Reads every entry into `tally`; returns the keys of ended entries.
+    fn read(&self, rules: &Rules, tally: &mut Tally) -> std::io::Result<Vec<K>> {
+        let now = now_ns(rules);
+        let mut ended = Vec::new();
+        sys::lookup_all::<K, FlowState>(self.fd.as_fd(), CHUNK, |key, state| {
+            if tally.add(rules, state, now) {
+                ended.push(*key);
+            }
+        })?;
+        Ok(ended)
+    }
+
+    /// Deletes the entries of `keys` that are still ended; returns how many.
+    fn delete_ended(&mut self, rules: &Rules, keys: &[K]) -> u64 {
+        let now = now_ns(rules);
+        let mut deleted = 0;
+        for key in keys {
+            if let Ok(state) = self.map.get(key, 0)
+                && rules.ended(&state, now)
+                && self.map.remove(key).is_ok()
+            {
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+}
+
+/// Data-plane time: the kernel's coarse monotonic clock plus the plan's offset.
+fn now_ns(rules: &Rules) -> u64 {
+    sys::monotonic_coarse_ns().wrapping_add(rules.time_offset_ns)
+}
+
+/// Walks the flow tables and corrects the active counts (see the module
+/// documentation). `Send`: it runs on its own thread.
+pub struct FlowSweeper {
+    v4: Table<FlowKeyV4>,
+    v6: Table<FlowKey>,
+    active: Arc<ActiveCounts>,
+}
+
+impl FlowSweeper {
+    pub(super) fn new(
+        v4: &MapData,
+        v6: &MapData,
+        active: Arc<ActiveCounts>,
+    ) -> Result<FlowSweeper, DataplaneError> {
+        Ok(FlowSweeper {
+            v4: Table::open(v4, names::FLOWS_V4)?,
+            v6: Table::open(v6, names::FLOWS_V6)?,
+            active,
+        })
+    }
+
+    /// One sweep.
+    pub fn sweep(&mut self, rules: &Rules) -> Result<SweepReport, DataplaneError> {
+        let start = Instant::now();
+        let io = |name| {
+            move |e| DataplaneError::Map {
+                name,
+                source: MapError::IoError(e),
+            }
+        };
+        let mut tally = Tally::default();
+        let ended_v4 = self
+            .v4
+            .read(rules, &mut tally)
+            .map_err(io(names::FLOWS_V4))?;
+        let ended_v6 = self
+            .v6
+            .read(rules, &mut tally)
+            .map_err(io(names::FLOWS_V6))?;
+        let deleted =
+            self.v4.delete_ended(rules, &ended_v4) + self.v6.delete_ended(rules, &ended_v6);
+        let fixes = corrections(&tally, &self.active.nonzero());
+        for &(id, value) in &fixes {
+            self.active.store(id, value);
+        }
+        Ok(SweepReport {
+            entries: tally.entries,
+            ended: tally.ended,
+            deleted,
+            corrected: fixes.len(),
+            active: tally.active,
+            took: start.elapsed(),
+        })
+    }
+
+    /// Runs `sweep` every `interval` on a thread of its own until the handle
+    /// is stopped or dropped.
+    pub fn spawn(mut self, rules: Rules, interval: Duration) -> SweeperHandle {
+        let (tx, rx) = mpsc::channel::<Option<Rules>>();
+        let last = Arc::new(Mutex::new(None));
+        let report = Arc::clone(&last);
+        let thread = thread::Builder::new()
+            .name("lb-flow-sweeper".into())
+            .spawn(move || {
+                let mut rules = rules;
+                loop {
+                    match self.sweep(&rules) {
+                        Ok(r) => {
+                            if r.deleted > 0 || r.corrected > 0 {
+                                tracing::debug!(
+                                    entries = r.entries,
+                                    deleted = r.deleted,
+                                    corrected = r.corrected,
+                                    took_ms = r.took.as_secs_f64() * 1e3,
+                                    "flow sweep"
+                                );
+                            }
+                            *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                        }
+                        Err(err) => tracing::warn!(%err, "flow sweep failed"),
+                    }
+                    match rx.recv_timeout(interval) {
+                        Ok(Some(new)) => rules = new,
+                        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                }
+            })
+            .expect("spawn the flow sweeper thread");
+        SweeperHandle {
+            tx,
+            thread: Some(thread),
+            last,
+        }
+    }
+}
+
+/// The running sweeper.
+pub struct SweeperHandle {
+    tx: mpsc::Sender<Option<Rules>>,
+    thread: Option<thread::JoinHandle<()>>,
+    last: Arc<Mutex<Option<SweepReport>>>,
+}
+
+impl SweeperHandle {
+    /// New rules (after a plan change); they also trigger a sweep at once.
+    pub fn update(&self, rules: Rules) {
+        let _ = self.tx.send(Some(rules));
+    }
+
+    /// The last sweep's report.
+    pub fn last(&self) -> Option<SweepReport> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops the thread (after the sweep under way, if any).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.tx.send(None);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SweeperHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,126 @@
+//! The syscalls aya 0.14 does not wrap: `BPF_MAP_LOOKUP_BATCH` (a whole hash
+//! map in a few calls instead of two per entry) and the coarse monotonic
+//! clock the data plane reads (`bpf_ktime_get_coarse_ns`). The one other
+//! place in userspace with `unsafe` besides `mmap`.
+#![allow(unsafe_code)]
+
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
+
+use aya::Pod;
+use aya_obj::generated::{bpf_attr, bpf_cmd};
+
+/// The data plane's clock: `CLOCK_MONOTONIC_COARSE` (the kernel's
+/// `ktime_get_coarse_ns`), in ns.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer to a timespec; this clock always exists on
+    // Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads every entry of the hash map `fd` (keys `K`, values `V`, which must
+/// be the map's key and value sizes), `chunk` entries per syscall, and hands
+/// each to `each`. An entry that is added or removed during the walk may or
+/// may not be seen; every other entry is seen once.
+pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+    fd: BorrowedFd<'_>,
+    chunk: u32,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    let chunk = chunk.max(1);
+    let mut keys = vec![K::default(); chunk as usize];
+    let mut values = vec![V::default(); chunk as usize];
+    // The kernel's batch token for hash maps is a bucket index (u32); a u64
+    // leaves room. The first call passes none (start of the map).
+    let mut in_token = 0u64;
+    let mut out_token = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = zeroed_attr();
+        attr.batch.in_batch = if first {
+            0
+        } else {
+            &in_token as *const u64 as u64
+        };
+        attr.batch.out_batch = &mut out_token as *mut u64 as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = values.as_mut_ptr() as u64;
+        attr.batch.count = chunk;
+        attr.batch.map_fd = fd.as_raw_fd() as u32;
+        let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // SAFETY: the kernel wrote the count back into the same member.
+        let count = unsafe { attr.batch.count } as usize;
+        let done = match result {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        for (k, v) in keys.iter().zip(&values).take(count.min(chunk as usize)) {
+            each(k, v);
+        }
+        if done {
+            return Ok(());
+        }
+        in_token = out_token;
+        first = false;
+    }
+}
+
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a C union of plain integers; all zeros is the
+    // value the kernel expects for every field not set.
+    unsafe { std::mem::zeroed() }
+}
+
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size
+    // passed; the pointers in it point at buffers the caller keeps alive and
+    // sized for `count` keys and values.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coarse_clock_moves_forward_with_the_fine_one() {
+        let a = monotonic_coarse_ns();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let b = monotonic_coarse_ns();
+        // A coarse tick is at most 10 ms (HZ >= 100).
+        assert!(b > a && b - a >= 20_000_000, "{a} {b}");
+    }
+
+    #[test]
+    fn lookup_all_reports_a_bad_fd() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd as _;
+        let err = lookup_all::<u32, u64>(file.as_fd(), 16, |_, _| {}).unwrap_err();
+        // Not a BPF map (EINVAL), or no permission to call bpf (EPERM).
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EPERM)),
+            "{err}"
+        );
+    }
+}
