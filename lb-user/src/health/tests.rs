@@ -361,6 +361,7 @@ fn group(name: &str, hc: Option<HealthCheck>, targets: Vec<Target>) -> TargetGro
         table_size: 1021,
         health_check: hc,
         target_failover: Default::default(),
+        sticky_session: None,
         targets,
     }
 }

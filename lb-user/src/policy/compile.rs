@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use lb_common::{
     Config, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
-    PROTO_TCP, PROTO_UDP, TargetInfo, hash_fields, target_flags,
+    PROTO_TCP, PROTO_UDP, TargetInfo, group_flags, hash_fields, target_flags,
 };
 
 use super::{Affinity, Algorithm, FailoverMode, GroupProtocol, ListenerProtocol, Policy};
@@ -22,6 +22,7 @@ use crate::{
         Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget,
         TargetHealth,
     },
+    round_robin,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,13 +48,35 @@ pub fn converted_weight(weight: u16) -> u32 {
 }
 
 /// The hash fields of a group's algorithm and affinity.
+/// The hash fields of a group's algorithm and affinity. `round_robin` and
+/// `least_connections` do not hash new flows; their field set (five-tuple)
+/// serves only what the data plane hashes besides (a TCP packet that is not
+/// a SYN and misses the flow table).
 pub fn hash_fields_of(algorithm: Algorithm, affinity: Affinity) -> u8 {
     match (algorithm, affinity) {
         (Algorithm::SourceIp, _) => hash_fields::SOURCE_IP,
         (Algorithm::Hash, Affinity::FiveTuple) => hash_fields::FIVE_TUPLE,
         (Algorithm::Hash, Affinity::ThreeTuple) => hash_fields::THREE_TUPLE,
         (Algorithm::Hash, Affinity::TwoTuple) => hash_fields::TWO_TUPLE,
+        (Algorithm::RoundRobin | Algorithm::LeastConnections, _) => hash_fields::FIVE_TUPLE,
     }
+}
+
+/// The data plane's algorithm code (`source_ip` is `hash` over the client IP).
+pub fn algorithm_code(algorithm: Algorithm) -> u8 {
+    match algorithm {
+        Algorithm::Hash | Algorithm::SourceIp => lb_common::algorithm::HASH,
+        Algorithm::RoundRobin => lb_common::algorithm::ROUND_ROBIN,
+        Algorithm::LeastConnections => lb_common::algorithm::LEAST_CONNECTIONS,
+    }
+}
+
+/// Whether the group's sticky sessions are in effect: enabled, and not
+/// with `source_ip` (which keeps a client on one target by itself; the
+/// setting is ignored and `lb status` says so).
+pub fn sticky_in_effect(group: &super::TargetGroup) -> Option<u32> {
+    let sticky = group.sticky_session.filter(|s| s.enabled)?;
+    (group.algorithm != Algorithm::SourceIp).then_some(sticky.duration_s)
 }
 
 /// Address words as the data plane stores them (wire order in memory).
@@ -237,19 +260,30 @@ fn compile_groups(
                 id: t.id,
             })
             .collect();
-        let table = cache.get(&members, group.table_size);
+        // Round robin: the smooth weighted order; the others: the weighted
+        // consistent-hash table (least connections draws its candidates
+        // from it).
+        let table = match group.algorithm {
+            Algorithm::RoundRobin => round_robin::order(&members),
+            _ => cache.get(&members, group.table_size),
+        };
         for &id in &table {
             if id != 0 {
                 targets[id as usize - 1].slots += 1;
             }
         }
+        let sticky = sticky_in_effect(group);
         groups.push(PlannedGroup {
             id: group_id,
             name: group.name.clone(),
             info: GroupInfo {
                 hash_fields: hash_fields_of(group.algorithm, group.affinity),
-                algorithm: lb_common::algorithm::HASH,
-                flags: 0,
+                algorithm: algorithm_code(group.algorithm),
+                flags: if sticky.is_some() {
+                    group_flags::STICKY
+                } else {
+                    0
+                },
                 _pad: 0,
                 idle_timeout_s: match group.protocol {
                     GroupProtocol::Udp => lb_common::DEFAULT_UDP_IDLE_TIMEOUT_S,
@@ -258,7 +292,7 @@ fn compile_groups(
                     }
                 },
                 fin_timeout_s: lb_common::DEFAULT_FIN_TIMEOUT_S,
-                sticky_duration_s: 0,
+                sticky_duration_s: sticky.unwrap_or(0),
             },
             table,
             last_resort,
@@ -330,6 +364,7 @@ mod tests {
                 table_size: 1021,
                 health_check: None,
                 target_failover: Default::default(),
+                sticky_session: None,
                 targets: targets
                     .iter()
                     .map(|(ip, w, mac)| Target {

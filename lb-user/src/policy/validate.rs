@@ -15,8 +15,8 @@ use lb_common::{MAX_GROUPS, MAX_LISTENERS, MAX_TABLE_SIZE, MAX_TARGETS};
 use super::{
     error::{Issue, PolicyError},
     model::{
-        CheckType, DEFAULT_TABLE_SIZE, GroupProtocol, HealthCheck, Listener, ListenerProtocol,
-        Policy, TargetGroup,
+        Algorithm, CheckType, DEFAULT_TABLE_SIZE, GroupProtocol, HealthCheck, Listener,
+        ListenerProtocol, Policy, TargetGroup,
     },
     parse::parse_mac,
     positions::Positions,
@@ -32,6 +32,8 @@ pub const MIN_TABLE_SIZE: u32 = 1021;
 pub const INTERVAL_S: (u32, u32) = (1, 3600);
 pub const TIMEOUT_S: (u32, u32) = (1, 900);
 pub const THRESHOLD: (u32, u32) = (1, 10);
+/// Sticky-session duration range (SPEC.md "Sticky session").
+pub const STICKY_DURATION_S: (u32, u32) = (1, 604_800);
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const MAX_IFACE_LEN: usize = 15;
 
@@ -114,6 +116,7 @@ pub(crate) fn range(field: &str) -> Option<String> {
             Some(format!("{}-{}", THRESHOLD.0, THRESHOLD.1))
         }
         "weight" => Some(format!("0-{MAX_WEIGHT}")),
+        "duration_s" => Some(format!("{}-{}", STICKY_DURATION_S.0, STICKY_DURATION_S.1)),
         "table_size" => Some(format!("{MIN_TABLE_SIZE}-{MAX_TABLE_SIZE}")),
         _ => None,
     }
@@ -376,6 +379,8 @@ fn target_group(
         );
     }
 
+    algorithm(r, g, group);
+    sticky_session(r, g, group);
     health_check(r, g, group);
     target_failover(r, g, group);
 
@@ -464,6 +469,51 @@ fn target_group(
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// `affinity` is what `hash` hashes: written for another algorithm it would
+/// silently do nothing, so it is refused.
+fn algorithm(r: &mut Report, g: usize, group: &TargetGroup) {
+    let at = format!("target_groups[{g}].affinity");
+    if group.algorithm != Algorithm::Hash && r.written(&at) {
+        let what = match group.algorithm {
+            Algorithm::SourceIp => "source_ip hashes the client IP alone",
+            Algorithm::RoundRobin => "round_robin does not hash",
+            Algorithm::LeastConnections => "least_connections does not hash",
+            Algorithm::Hash => "",
+        };
+        r.issue(
+            at,
+            format!(
+                "affinity is only for algorithm hash; {what}: remove affinity or use algorithm hash"
+            ),
+        );
+    }
+}
+
+/// SPEC.md "Sticky session": tcp x tcp and udp x udp only, duration
+/// 1-604800 s. (With `source_ip` it is accepted and ignored: that algorithm
+/// is sticky by itself; `lb status` says so.)
+fn sticky_session(r: &mut Report, g: usize, group: &TargetGroup) {
+    let Some(sticky) = &group.sticky_session else {
+        return;
+    };
+    let at = |field: &str| format!("target_groups[{g}].sticky_session{field}");
+    if group.protocol == GroupProtocol::Http {
+        r.issue(
+            at(""),
+            "sticky_session is only for tcp and udp target groups (tcp listener to tcp group, \
+             udp to udp); this group is http: use protocol tcp or remove sticky_session"
+                .into(),
+        );
+    }
+    let (lo, hi) = STICKY_DURATION_S;
+    if !(lo..=hi).contains(&sticky.duration_s) {
+        r.issue(
+            at(".duration_s"),
+            out_of_range("duration_s", &sticky.duration_s.to_string()).unwrap_or_default(),
+        );
     }
 }
 
@@ -1950,6 +2000,7 @@ mod tests {
             table_size: MAX_TABLE_SIZE,
             health_check: None,
             target_failover: Default::default(),
+            sticky_session: None,
             targets: (0..targets).map(|i| target(1 + n * 20_000 + i)).collect(),
         };
         let policy = Policy {
