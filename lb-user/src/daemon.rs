@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     api::{
         self, GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus, StatusReport,
-        TargetStatus,
+        StickyStatus, TargetStatus,
     },
     dataplane::{AttachMode, Dataplane, LoadOptions},
     health::{self, HealthMonitor, HealthSnapshot, HealthState, TargetKey},
@@ -435,6 +435,17 @@ fn status_report(
                     .groups
                     .iter()
                     .any(|p| p.name == g.name && p.last_resort),
+                sticky_session: g.sticky_session.map(|s| StickyStatus {
+                    enabled: s.enabled,
+                    kind: lower(&s.kind),
+                    duration_s: s.duration_s,
+                    state: match (s.enabled, g.algorithm) {
+                        (false, _) => "off",
+                        (true, policy::Algorithm::SourceIp) => "ignored (source_ip algorithm)",
+                        (true, _) => "on",
+                    }
+                    .into(),
+                }),
                 targets,
             }
         })

@@ -172,7 +172,7 @@ mod tests {
                     .collect(),
             );
         }
-        let (prefix, window) = deviations(&sets, |m| order(m));
+        let (prefix, window) = deviations(&sets, order);
         assert!(prefix < 1.0, "prefix deviation {prefix}");
         assert!(window < 2.0, "window deviation {window}");
         // The order by weight class (large groups), forced on small ones.
@@ -216,8 +216,8 @@ mod tests {
                 for (k, &t) in twice.iter().enumerate() {
                     prefix[k + 1] = prefix[k] + (t == id) as u32;
                 }
-                for end in 1..=2 * len {
-                    let d = (prefix[end] as f64 - end as f64 * share).abs();
+                for (end, &count) in prefix.iter().enumerate() {
+                    let d = (count as f64 - end as f64 * share).abs();
                     worst_prefix = worst_prefix.max(d);
                 }
                 for start in 0..len {

@@ -593,6 +593,59 @@ mod tests {
     }
 
     #[test]
+    fn algorithms_and_sticky_sessions_reach_the_group() {
+        let mut p = policy(&[
+            ("10.0.3.11", 256, None),
+            ("10.0.3.12", 256, None),
+            ("10.0.3.13", 128, None),
+        ]);
+        let o = observed(&[
+            ("10.0.3.11", 0x11),
+            ("10.0.3.12", 0x12),
+            ("10.0.3.13", 0x13),
+        ]);
+        let g = &mut p.target_groups[0];
+        g.algorithm = Algorithm::RoundRobin;
+        g.sticky_session = Some(crate::policy::StickySession {
+            enabled: true,
+            kind: Default::default(),
+            duration_s: 60,
+        });
+        let plan = compile(&p, &o).unwrap();
+        let group = &plan.groups[0];
+        assert_eq!(group.table, vec![1, 2, 3, 1, 2], "smooth order, 2:2:1");
+        assert_eq!(group.info.algorithm, lb_common::algorithm::ROUND_ROBIN);
+        assert_eq!(
+            (group.info.flags, group.info.sticky_duration_s),
+            (group_flags::STICKY, 60)
+        );
+        let slots: Vec<u32> = plan.targets.iter().map(|t| t.slots).collect();
+        assert_eq!(slots, vec![2, 2, 1]);
+        // Unhealthy or weight 0: out of the order.
+        p.target_groups[0].targets[1].weight = 0;
+        assert_eq!(compile(&p, &o).unwrap().groups[0].table, vec![1, 3, 1]);
+
+        // source_ip ignores sticky sessions; disabled ones are off.
+        p.target_groups[0].algorithm = Algorithm::SourceIp;
+        let info = compile(&p, &o).unwrap().groups[0].info;
+        assert_eq!(
+            (info.flags, info.algorithm),
+            (0, lb_common::algorithm::HASH)
+        );
+        p.target_groups[0].algorithm = Algorithm::LeastConnections;
+        p.target_groups[0].sticky_session.as_mut().unwrap().enabled = false;
+        let plan = compile(&p, &o).unwrap();
+        assert_eq!(plan.groups[0].info.flags, 0);
+        assert_eq!(
+            plan.groups[0].info.algorithm,
+            lb_common::algorithm::LEAST_CONNECTIONS
+        );
+        assert_eq!(plan.groups[0].table.len(), 1021, "the weighted hash table");
+        assert_eq!(plan.targets[1].info.weight, 0);
+        assert_eq!(plan.targets[2].info.weight, 50);
+    }
+
+    #[test]
     fn hash_fields_by_algorithm_and_affinity() {
         assert_eq!(
             hash_fields_of(Algorithm::SourceIp, Affinity::FiveTuple),

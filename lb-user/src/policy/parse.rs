@@ -254,6 +254,11 @@ mod tests {
             expect: "t.yaml:4:16: target_groups[0].algorithm: unknown variant `random`, expected one of `hash`, `source_ip`, `round_robin`, `least_connections`",
         },
         Case {
+            name: "sticky session type other than source_ip",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    sticky_session: { type: cookie }\n",
+            expect: "t.yaml:4:29: target_groups[0].sticky_session.type: unknown variant `cookie`, expected `source_ip`",
+        },
+        Case {
             name: "bad ip address",
             yaml: "listeners:\n  - name: web\n    vip: 10.0.3.300\n",
             expect: "t.yaml:3:10: listeners[0].vip: vip `10.0.3.300` is not an IP address (like 10.0.3.11 or fd00:3::11)",

@@ -1657,6 +1657,62 @@ mod tests {
                 expect: "target_groups[0].target_failover.on_unhealthy: on_unhealthy rebalance differs from on_deregistration no_rebalance (the default): both must have the same value; set on_deregistration: rebalance too",
             },
             Case {
+                name: "affinity with round_robin",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    algorithm: round_robin",
+                    "    affinity: two_tuple",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].affinity: affinity is only for algorithm hash; round_robin does not hash: remove affinity or use algorithm hash",
+            },
+            Case {
+                name: "affinity with source_ip",
+                yaml: &[
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, algorithm: source_ip, affinity: five_tuple }",
+                ],
+                expect_line: 2,
+                expect: "affinity is only for algorithm hash; source_ip hashes the client IP alone",
+            },
+            Case {
+                name: "sticky session on an http group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    sticky_session:",
+                    "      duration_s: 60",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].sticky_session: sticky_session is only for tcp and udp target groups (tcp listener to tcp group, udp to udp); this group is http",
+            },
+            Case {
+                name: "sticky duration 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: dns",
+                    "    protocol: udp",
+                    "    sticky_session: { enabled: true, type: source_ip, duration_s: 0 }",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].sticky_session.duration_s: duration_s 0 is out of range 1-604800",
+            },
+            Case {
+                name: "sticky duration above a week",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    sticky_session:",
+                    "      duration_s: 604801",
+                ],
+                expect_line: 5,
+                expect: "duration_s 604801 is out of range 1-604800",
+            },
+            Case {
                 name: "only on_deregistration set",
                 yaml: &[
                     "target_groups:",
@@ -1782,6 +1838,19 @@ mod tests {
                     "target_groups:",
                     G_WEB,
                     "  - { name: dns, protocol: udp, targets: [ { ip: 10.0.3.11 } ] }",
+                ],
+            ),
+            (
+                "algorithms, sticky sessions on tcp and udp, ignored with source_ip",
+                &[
+                    "listeners:",
+                    L_WEB,
+                    "  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, algorithm: round_robin, sticky_session: { duration_s: 1 } }",
+                    "  - { name: dns, protocol: udp, algorithm: least_connections, sticky_session: { enabled: true, type: source_ip, duration_s: 604800 } }",
+                    "  - { name: src, protocol: tcp, algorithm: source_ip, sticky_session: {} }",
+                    "  - { name: off, protocol: http, algorithm: hash, affinity: two_tuple }",
                 ],
             ),
             (
