@@ -38,7 +38,7 @@ fn clamp(active: i64) -> u64 {
 /// another target than the first candidate (so that the two differ whenever
 /// the group has two targets, but for a chance of about
 /// `share_of_first ^ LEAST_CONNECTIONS_WALK`).
-pub const LEAST_CONNECTIONS_WALK: u32 = 8;
+pub const LEAST_CONNECTIONS_WALK: u32 = 16;
 
 /// A random slot index below `len`, from 32 random bits (multiply and shift:
 /// no division, and no bias worth the name for tables far below 2^32).

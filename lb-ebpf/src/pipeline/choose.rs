@@ -5,6 +5,8 @@
 //! caller checks the id is usable. The table holds only targets that may
 //! take new flows (healthy or last resort, weight above 0), so the
 //! algorithms honour weight, health and last resort through it.
+use core::ptr::write_volatile;
+
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_get_prandom_u32,
@@ -128,15 +130,30 @@ fn selectable(id: u32, group_id: u32) -> bool {
     }
 }
 
+/// The sticky-session key of the flow's client. Written one `u32` at a
+/// time: the address sits at offset 4, and the eBPF build (which allows
+/// unaligned accesses) would otherwise merge the copies into 8-byte stores
+/// at a stack offset the verifier rejects as misaligned.
+#[inline(always)]
+fn sticky_key(flow: &FlowKey, group_id: u32) -> StickyKey {
+    let mut key = StickyKey::default();
+    // SAFETY: plain stores into a local; volatile only keeps them 4 bytes wide.
+    unsafe {
+        write_volatile(&mut key.group_id, group_id);
+        write_volatile(&mut key.addr_be[0], flow.src_be[0]);
+        write_volatile(&mut key.addr_be[1], flow.src_be[1]);
+        write_volatile(&mut key.addr_be[2], flow.src_be[2]);
+        write_volatile(&mut key.addr_be[3], flow.src_be[3]);
+    }
+    key
+}
+
 /// Source-IP sticky sessions: the client's remembered target while the
 /// session lasts and the target may take new flows; otherwise the
 /// algorithm's choice, remembered for `sticky_duration_s` from now.
 #[inline(always)]
 fn sticky(flow: &FlowKey, group_id: u32, group: &GroupInfo, now_ns: u64) -> Option<u32> {
-    let key = StickyKey {
-        group_id,
-        addr_be: flow.src_be,
-    };
+    let key = sticky_key(flow, group_id);
     let mut known = false;
     // SAFETY: fields are copied out at once; a concurrent update of the
     // entry replaces it whole (map update), and any value read is checked.
