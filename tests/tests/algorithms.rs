@@ -176,6 +176,40 @@ fn round_robin_follows_the_smooth_weighted_order() {
     assert_eq!(got, [1, 2, 3, 1, 2, 1, 2, 3, 1, 2]);
 }
 
+/// BPF_PROG_TEST_RUN runs the program on the calling thread's CPU: new flows
+/// seen alternately on CPU 0 and CPU 1 still follow the one order (a counter
+/// per CPU would give 1, 1, 2, 2, 3, 3, ...).
+#[test]
+fn round_robin_order_is_shared_by_all_cpus() {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .take(2)
+        .collect();
+    if cpus.len() < 2 {
+        eprintln!("one CPU only: nothing to share");
+        return;
+    }
+    let pin = |cpu: usize| {
+        let mut set = CpuSet::new();
+        set.set(cpu).unwrap();
+        sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+    };
+    let mut h = Harness::new(&group("    algorithm: round_robin"));
+    let order = h.order();
+    let got: Vec<u32> = (0..20u16)
+        .map(|i| {
+            pin(cpus[i as usize % 2]);
+            h.syn("10.0.4.1", 40000 + i)
+        })
+        .collect();
+    sched_setaffinity(Pid::from_raw(0), &allowed).unwrap();
+    let want: Vec<u32> = order.iter().cycle().take(20).copied().collect();
+    assert_eq!(got, want, "CPUs {cpus:?}");
+}
+
 #[test]
 fn round_robin_honours_weight_zero_and_health() {
     let yaml = group("    algorithm: round_robin");
