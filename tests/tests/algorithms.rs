@@ -394,3 +394,32 @@ fn sticky_sessions_work_with_every_algorithm_and_not_with_source_ip() {
     ));
     assert_eq!(h.plan.groups[0].info.flags, 0);
 }
+
+#[test]
+fn sticky_sessions_key_the_whole_ipv6_address() {
+    let yaml = r#"
+listeners:
+  - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
+target_groups:
+  - name: web6
+    protocol: tcp
+    algorithm: round_robin
+    sticky_session: { duration_s: 60 }
+    targets: [ { ip: "fd00:3::11" }, { ip: "fd00:3::12" }, { ip: "fd00:3::13" } ]
+"#;
+    let mut h = Harness::new(yaml);
+    let mut syn6 = |client: &str, port: u16| {
+        let frame = Frame::tcp(client, port, "fd00:3::49", 80, SYN).build();
+        h.run(&frame).1.expect("forwarded")
+    };
+    // Clients that differ only in the last word, or only in the first, are
+    // different clients: each takes the next turn and then stays.
+    let clients = ["fd00:4::1", "fd00:4::2", "fd01:4::1"];
+    let first: Vec<u32> = clients.iter().map(|c| syn6(c, 30000)).collect();
+    assert_eq!(first, [1, 2, 3]);
+    for i in 1..20u16 {
+        for (c, &t) in clients.iter().zip(&first) {
+            assert_eq!(syn6(c, 30000 + i), t, "{c}");
+        }
+    }
+}
