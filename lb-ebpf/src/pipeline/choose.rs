@@ -151,6 +151,10 @@ fn sticky_key(flow: &FlowKey, group_id: u32) -> StickyKey {
 /// Source-IP sticky sessions: the client's remembered target while the
 /// session lasts and the target may take new flows; otherwise the
 /// algorithm's choice, remembered for `sticky_duration_s` from now.
+// The key and state are passed by reference on purpose: passed by value they
+// would be copied to another stack slot, and the copy of the key could again
+// become misaligned 8-byte stores (see `sticky_key`).
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn sticky(flow: &FlowKey, group_id: u32, group: &GroupInfo, now_ns: u64) -> Option<u32> {
     let key = sticky_key(flow, group_id);
