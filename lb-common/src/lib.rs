@@ -7,6 +7,7 @@
 //! address uses word 0 of an `[u32; 4]` address; words 1-3 are zero.
 #![no_std]
 
+pub mod choice;
 pub mod hash;
 
 /// Address families, as stored in [`FlowKey::family`] and [`ListenerKey::family`].

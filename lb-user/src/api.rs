@@ -89,7 +89,20 @@ pub struct GroupStatus {
     /// A TCP flow ends this long after the client's FIN or RST (seconds).
     #[serde(default)]
     pub flow_fin_timeout_s: u32,
+    /// The `sticky_session` setting, `null` when absent.
+    #[serde(default)]
+    pub sticky_session: Option<StickyStatus>,
     pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StickyStatus {
+    pub enabled: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub duration_s: u32,
+    /// `on`, `off` (`enabled: false`) or `ignored (source_ip algorithm)`.
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -328,9 +341,16 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
         .iter()
         .filter(|g| only_group.is_none_or(|n| n == g.name))
     {
+        // A round-robin group's table is its cycle: one place per turn.
+        let size = if g.algorithm == "round_robin" {
+            let cycle: u32 = g.targets.iter().map(|t| t.slots).sum();
+            format!("{cycle}-turn cycle")
+        } else {
+            format!("{} slots", g.table_size)
+        };
         let _ = writeln!(
             out,
-            "target group {} ({}, {}{}, {} slots){}",
+            "target group {} ({}, {}{}, {size}){}",
             g.name,
             g.protocol,
             g.algorithm,
@@ -339,7 +359,6 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
             } else {
                 String::new()
             },
-            g.table_size,
             g.listener
                 .as_ref()
                 .map(|l| format!(", listener {l}"))
@@ -353,6 +372,16 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
                 "flows end after {}s idle, {}s after the client's FIN or RST",
                 g.flow_idle_timeout_s, g.flow_fin_timeout_s
             );
+        }
+        if let Some(sticky) = &g.sticky_session {
+            let _ = match sticky.state.as_str() {
+                "on" => writeln!(
+                    out,
+                    "sticky sessions by {}, {}s from a client's first flow",
+                    sticky.kind, sticky.duration_s
+                ),
+                state => writeln!(out, "sticky sessions {state}"),
+            };
         }
         if let Some(h) = g.health_check.as_ref().filter(|h| h.enabled) {
             let _ = writeln!(
@@ -520,12 +549,59 @@ mod tests {
             target_groups: vec![GroupStatus {
                 name: "web".into(),
                 targets: vec![TargetStatus::default()],
+                sticky_session: Some(StickyStatus {
+                    enabled: true,
+                    kind: "source_ip".into(),
+                    duration_s: 360,
+                    state: "ignored (source_ip algorithm)".into(),
+                }),
                 ..Default::default()
             }],
             ..Default::default()
         };
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<StatusReport>(&json).unwrap(), report);
+        assert!(json.contains(r#""state":"ignored (source_ip algorithm)""#));
+        let text = render(&report, None);
+        assert!(
+            text.contains("sticky sessions ignored (source_ip algorithm)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn round_robin_groups_show_their_cycle() {
+        let report = StatusReport {
+            target_groups: vec![GroupStatus {
+                name: "web".into(),
+                protocol: "tcp".into(),
+                algorithm: "round_robin".into(),
+                table_size: 65537,
+                sticky_session: Some(StickyStatus {
+                    enabled: true,
+                    kind: "source_ip".into(),
+                    duration_s: 30,
+                    state: "on".into(),
+                }),
+                targets: [2, 2, 1]
+                    .iter()
+                    .map(|&slots| TargetStatus {
+                        slots,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&report, Some("web"));
+        assert!(
+            text.starts_with(
+                "target group web (tcp, round_robin, 5-turn cycle), no listener\n\
+                 sticky sessions by source_ip, 30s from a client's first flow\n"
+            ),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     api::{
         self, FlowTableStatus, GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus,
-        StatusReport, TargetStatus,
+        StatusReport, StickyStatus, TargetStatus,
     },
     dataplane::{
         AttachMode, Dataplane, LoadOptions,
@@ -344,6 +344,21 @@ fn lower<T: serde::Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
+/// A group's `sticky_session` as status shows it.
+fn sticky_status(group: &policy::TargetGroup) -> Option<StickyStatus> {
+    group.sticky_session.map(|s| StickyStatus {
+        enabled: s.enabled,
+        kind: lower(&s.kind),
+        duration_s: s.duration_s,
+        state: match (s.enabled, group.algorithm) {
+            (false, _) => "off",
+            (true, policy::Algorithm::SourceIp) => "ignored (source_ip algorithm)",
+            (true, _) => "on",
+        }
+        .into(),
+    })
+}
+
 // Each argument is one independent source of the report.
 #[allow(clippy::too_many_arguments)]
 fn status_report(
@@ -479,6 +494,7 @@ fn status_report(
                     .groups
                     .iter()
                     .any(|p| p.name == g.name && p.last_resort),
+                sticky_session: sticky_status(g),
                 targets,
             }
         })
@@ -516,4 +532,38 @@ fn probe_sources(policy: &Policy) -> Vec<String> {
     sources.sort();
     sources.dedup();
     sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_sessions_are_ignored_with_source_ip() {
+        let groups = policy::parse(
+            "t.yaml",
+            "target_groups:\n\
+             - { name: a, protocol: tcp, algorithm: source_ip, sticky_session: {} }\n\
+             - { name: b, protocol: udp, algorithm: round_robin, sticky_session: { duration_s: 5 } }\n\
+             - { name: c, protocol: tcp, sticky_session: { enabled: false } }\n\
+             - { name: d, protocol: tcp }\n",
+        )
+        .unwrap()
+        .target_groups;
+        let states: Vec<Option<(String, String, u32)>> = groups
+            .iter()
+            .map(|g| sticky_status(g).map(|s| (s.state, s.kind, s.duration_s)))
+            .collect();
+        let some =
+            |state: &str, duration| Some((state.to_string(), "source_ip".to_string(), duration));
+        assert_eq!(
+            states,
+            [
+                some("ignored (source_ip algorithm)", 360),
+                some("on", 5),
+                some("off", 360),
+                None
+            ]
+        );
+    }
 }

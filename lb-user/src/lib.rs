@@ -7,10 +7,12 @@ pub mod daemon;
 pub mod dataplane;
 pub mod flows;
 pub mod health;
+pub mod least_connections;
 pub mod maglev;
 pub mod neighbors;
 pub mod plan;
 pub mod policy;
+pub mod round_robin;
 
 /// The XDP load balancer, built from `lb-ebpf` by `build.rs`.
 pub static EBPF_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

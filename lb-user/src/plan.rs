@@ -62,8 +62,11 @@ pub struct PlannedGroup {
     pub id: u32,
     pub name: String,
     pub info: GroupInfo,
-    /// The consistent-hash table: `table.len()` is the group's table size and
+    /// The group's table. `hash`, `source_ip` and `least_connections`: the
+    /// consistent-hash table, `table.len()` is the group's table size and
     /// every slot holds a target id (0 only when no target can take flows).
+    /// `round_robin`: one cycle of the smooth weighted order (empty when no
+    /// target can take flows).
     pub table: Vec<u32>,
     /// No target is healthy, so every target with a known MAC and a weight
     /// takes new flows (SPEC.md failover table: last resort).

@@ -87,7 +87,7 @@ impl HealthCheck {
 /// settings, except the health check, which goes to `checked_groups` only.
 #[derive(Debug, Clone)]
 pub struct LabPolicy {
-    /// `hash` or `source_ip`.
+    /// `hash`, `source_ip`, `round_robin` or `least_connections`.
     pub algorithm: &'static str,
     /// `five_tuple`, `three_tuple` or `two_tuple` (ignored for `source_ip`).
     pub affinity: &'static str,
@@ -110,6 +110,10 @@ pub struct LabPolicy {
     /// Add the listener `lines` (tcp 10.0.3.49:81) and its group, served by
     /// the targets' lines port (one answer per line, long-lived connections).
     pub lines: bool,
+    /// `sticky_session: { enabled: true, type: source_ip, duration_s: N }`
+    /// in every group (tcp and udp groups only: the policy refuses it on
+    /// http ones).
+    pub sticky_duration_s: Option<u32>,
 }
 
 impl Default for LabPolicy {
@@ -127,6 +131,7 @@ impl Default for LabPolicy {
             on_unhealthy: None,
             monitor_ports: [None; 3],
             lines: false,
+            sticky_duration_s: None,
         }
     }
 }
@@ -185,6 +190,12 @@ impl LabPolicy {
             );
             if self.algorithm == "hash" {
                 let _ = writeln!(y, "    affinity: {}", self.affinity);
+            }
+            if let Some(duration) = self.sticky_duration_s {
+                let _ = writeln!(
+                    y,
+                    "    sticky_session: {{ enabled: true, type: source_ip, duration_s: {duration} }}"
+                );
             }
             let checked = self.checked_groups.contains(name);
             if checked {
@@ -255,6 +266,27 @@ mod tests {
             Some("02:00:00:00:00:11")
         );
         assert!(!yaml.contains("affinity"));
+    }
+
+    #[test]
+    fn algorithms_and_sticky_sessions_are_valid() {
+        for algorithm in ["hash", "source_ip", "round_robin", "least_connections"] {
+            let yaml = LabPolicy {
+                algorithm,
+                sticky_duration_s: Some(4),
+                lines: true,
+                ..LabPolicy::default()
+            }
+            .yaml();
+            let policy = lb_user::policy::parse("lab.yaml", &yaml)
+                .unwrap_or_else(|e| panic!("{algorithm}: {e}\n{yaml}"));
+            assert!(
+                policy
+                    .target_groups
+                    .iter()
+                    .all(|g| g.sticky_session.is_some_and(|s| s.duration_s == 4))
+            );
+        }
     }
 
     #[test]

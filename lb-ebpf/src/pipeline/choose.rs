@@ -1,7 +1,25 @@
-//! A new flow's target, by the group's algorithm.
-use lb_common::{FlowKey, GroupInfo, hash::flow_hash};
+//! A new flow's target, by the group's algorithm (and its sticky sessions).
+//!
+//! Every path returns a target id from the group's table (or a sticky
+//! session naming a target that is still `SELECTABLE` in this group); the
+//! caller checks the id is usable. The table holds only targets that may
+//! take new flows (healthy or last resort, weight above 0), so the
+//! algorithms honour weight, health and last resort through it.
+use core::ptr::write_volatile;
 
-use super::GROUP_TABLES;
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
+};
+use lb_common::{
+    FlowKey, GroupInfo, StickyKey, StickyState, algorithm,
+    choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight, scale},
+    group_flags,
+    hash::flow_hash,
+    target_flags,
+};
+
+use super::{GROUP_RR, GROUP_TABLES, STICKY, TARGET_ACTIVE, TARGETS, atomic};
 
 /// The slot of the group's table the flow hash picks: the consistent-hash
 /// target of `hash` and `source_ip` groups, and where a TCP packet that is
@@ -22,6 +40,155 @@ pub fn by_hash(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32> 
 /// (`now_ns`: data-plane time, for sticky sessions). The caller checks the id
 /// is usable.
 #[inline(always)]
-pub fn new_flow(flow: &FlowKey, group_id: u32, group: &GroupInfo, _now_ns: u64) -> Option<u32> {
-    by_hash(flow, group_id, group)
+pub fn new_flow(flow: &FlowKey, group_id: u32, group: &GroupInfo, now_ns: u64) -> Option<u32> {
+    if group.flags & group_flags::STICKY != 0 {
+        sticky(flow, group_id, group, now_ns)
+    } else {
+        by_algorithm(flow, group_id, group)
+    }
+}
+
+#[inline(always)]
+fn by_algorithm(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32> {
+    match group.algorithm {
+        algorithm::ROUND_ROBIN => round_robin(group_id),
+        algorithm::LEAST_CONNECTIONS => least_connections(group_id),
+        _ => by_hash(flow, group_id, group),
+    }
+}
+
+/// The next position of the group's smooth weighted round-robin order (the
+/// loader writes the order as the group's table). One counter per group,
+/// shared by all CPUs and advanced atomically, walks it: every new flow,
+/// whichever CPU sees it, takes the next position.
+#[inline(always)]
+fn round_robin(group_id: u32) -> Option<u32> {
+    let table = GROUP_TABLES.get(group_id)?;
+    let len = *table.get(0)?;
+    if len == 0 {
+        return None;
+    }
+    let counter = GROUP_RR.get_ptr_mut(group_id)?;
+    // SAFETY: an 8-byte aligned map value that stays allocated while the
+    // program runs; every writer (all CPUs) uses atomic adds.
+    let position = unsafe { atomic::fetch_add_u64(counter, 1) };
+    table.get(1 + (position % len as u64) as u32).copied()
+}
+
+/// The better (fewer active flows per weight) of two weighted random
+/// candidates: two random slots of the group's weighted consistent-hash
+/// table, the second moved on (at most `LEAST_CONNECTIONS_WALK` slots) until
+/// it names another target than the first.
+#[inline(always)]
+fn least_connections(group_id: u32) -> Option<u32> {
+    let table = GROUP_TABLES.get(group_id)?;
+    let len = *table.get(0)?;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: plain helper calls.
+    let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    let first = *table.get(1 + scale(r1, len))?;
+    let mut slot = scale(r2, len);
+    let mut second = first;
+    for _ in 0..LEAST_CONNECTIONS_WALK {
+        second = *table.get(1 + slot)?;
+        if second != first {
+            break;
+        }
+        slot += 1;
+        if slot == len {
+            slot = 0;
+        }
+    }
+    if second == first {
+        return Some(first);
+    }
+    let (a_active, a_weight) = load(first);
+    let (b_active, b_weight) = load(second);
+    if fewer_per_weight(b_active, b_weight, a_active, a_weight) {
+        Some(second)
+    } else {
+        Some(first)
+    }
+}
+
+/// A target's active flows and converted weight (0, 0 if unknown).
+#[inline(always)]
+fn load(id: u32) -> (i64, u16) {
+    let active = TARGET_ACTIVE.get(id).copied().unwrap_or(0);
+    let weight = TARGETS.get(id).map(|t| t.weight).unwrap_or(0);
+    (active, weight)
+}
+
+/// Whether `id` may still take new flows of `group_id`.
+#[inline(always)]
+fn selectable(id: u32, group_id: u32) -> bool {
+    match TARGETS.get(id) {
+        Some(t) => t.flags & target_flags::SELECTABLE != 0 && t.group_id == group_id && id != 0,
+        None => false,
+    }
+}
+
+/// The sticky-session key of the flow's client. Written one `u32` at a
+/// time: the address sits at offset 4, and the eBPF build (which allows
+/// unaligned accesses) would otherwise merge the copies into 8-byte stores
+/// at a stack offset the verifier rejects as misaligned.
+#[inline(always)]
+fn sticky_key(flow: &FlowKey, group_id: u32) -> StickyKey {
+    let mut key = StickyKey::default();
+    // SAFETY: plain stores into a local; volatile only keeps them 4 bytes wide.
+    unsafe {
+        write_volatile(&mut key.group_id, group_id);
+        write_volatile(&mut key.addr_be[0], flow.src_be[0]);
+        write_volatile(&mut key.addr_be[1], flow.src_be[1]);
+        write_volatile(&mut key.addr_be[2], flow.src_be[2]);
+        write_volatile(&mut key.addr_be[3], flow.src_be[3]);
+    }
+    key
+}
+
+/// Source-IP sticky sessions: the client's remembered target while the
+/// session lasts and the target may take new flows; otherwise the
+/// algorithm's choice, remembered for `sticky_duration_s` from now.
+// The key and state are passed by reference on purpose: passed by value they
+// would be copied to another stack slot, and the copy of the key could again
+// become misaligned 8-byte stores (see `sticky_key`).
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn sticky(flow: &FlowKey, group_id: u32, group: &GroupInfo, now_ns: u64) -> Option<u32> {
+    let key = sticky_key(flow, group_id);
+    let mut known = false;
+    // SAFETY: fields are copied out at once; a concurrent update of the
+    // entry replaces it whole (map update), and any value read is checked.
+    if let Some(state) = unsafe { STICKY.get(&key) } {
+        known = true;
+        let (id, expires) = (state.target_id, state.expires_ns);
+        if now_ns < expires && selectable(id, group_id) {
+            return Some(id);
+        }
+    }
+    let id = by_algorithm(flow, group_id, group)?;
+    if !selectable(id, group_id) {
+        // Nothing to remember (an empty table fails closed in the caller).
+        return Some(id);
+    }
+    let state = StickyState {
+        target_id: id,
+        _pad: 0,
+        expires_ns: now_ns.wrapping_add(group.sticky_duration_s as u64 * 1_000_000_000),
+    };
+    // A client seen for the first time: insert only if no other CPU just
+    // did, so that concurrent first flows of one client agree.
+    let flags = (if known { BPF_ANY } else { BPF_NOEXIST }) as u64;
+    if STICKY.insert(&key, &state, flags).is_err() && !known {
+        // SAFETY: as above.
+        if let Some(state) = unsafe { STICKY.get(&key) } {
+            let (other, expires) = (state.target_id, state.expires_ns);
+            if now_ns < expires && selectable(other, group_id) {
+                return Some(other);
+            }
+        }
+    }
+    Some(id)
 }

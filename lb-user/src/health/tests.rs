@@ -363,6 +363,7 @@ fn group(name: &str, hc: Option<HealthCheck>, targets: Vec<Target>) -> TargetGro
         target_failover: Default::default(),
         flow_idle_timeout_s: None,
         flow_fin_timeout_s: None,
+        sticky_session: None,
         targets,
     }
 }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use lb_common::{
     Config, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
-    PROTO_TCP, PROTO_UDP, TargetInfo, hash_fields, target_flags,
+    PROTO_TCP, PROTO_UDP, TargetInfo, group_flags, hash_fields, target_flags,
 };
 
 use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
@@ -22,6 +22,7 @@ use crate::{
         Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget,
         TargetHealth,
     },
+    round_robin,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,13 +48,35 @@ pub fn converted_weight(weight: u16) -> u32 {
 }
 
 /// The hash fields of a group's algorithm and affinity.
+/// The hash fields of a group's algorithm and affinity. `round_robin` and
+/// `least_connections` do not hash new flows; their field set (five-tuple)
+/// serves only what the data plane hashes besides (a TCP packet that is not
+/// a SYN and misses the flow table).
 pub fn hash_fields_of(algorithm: Algorithm, affinity: Affinity) -> u8 {
     match (algorithm, affinity) {
         (Algorithm::SourceIp, _) => hash_fields::SOURCE_IP,
         (Algorithm::Hash, Affinity::FiveTuple) => hash_fields::FIVE_TUPLE,
         (Algorithm::Hash, Affinity::ThreeTuple) => hash_fields::THREE_TUPLE,
         (Algorithm::Hash, Affinity::TwoTuple) => hash_fields::TWO_TUPLE,
+        (Algorithm::RoundRobin | Algorithm::LeastConnections, _) => hash_fields::FIVE_TUPLE,
     }
+}
+
+/// The data plane's algorithm code (`source_ip` is `hash` over the client IP).
+pub fn algorithm_code(algorithm: Algorithm) -> u8 {
+    match algorithm {
+        Algorithm::Hash | Algorithm::SourceIp => lb_common::algorithm::HASH,
+        Algorithm::RoundRobin => lb_common::algorithm::ROUND_ROBIN,
+        Algorithm::LeastConnections => lb_common::algorithm::LEAST_CONNECTIONS,
+    }
+}
+
+/// Whether the group's sticky sessions are in effect: enabled, and not
+/// with `source_ip` (which keeps a client on one target by itself; the
+/// setting is ignored and `lb status` says so).
+pub fn sticky_in_effect(group: &super::TargetGroup) -> Option<u32> {
+    let sticky = group.sticky_session.filter(|s| s.enabled)?;
+    (group.algorithm != Algorithm::SourceIp).then_some(sticky.duration_s)
 }
 
 /// Address words as the data plane stores them (wire order in memory).
@@ -237,23 +260,34 @@ fn compile_groups(
                 id: t.id,
             })
             .collect();
-        let table = cache.get(&members, group.table_size);
+        // Round robin: the smooth weighted order; the others: the weighted
+        // consistent-hash table (least connections draws its candidates
+        // from it).
+        let table = match group.algorithm {
+            Algorithm::RoundRobin => round_robin::order(&members),
+            _ => cache.get(&members, group.table_size),
+        };
         for &id in &table {
             if id != 0 {
                 targets[id as usize - 1].slots += 1;
             }
         }
+        let sticky = sticky_in_effect(group);
         groups.push(PlannedGroup {
             id: group_id,
             name: group.name.clone(),
             info: GroupInfo {
                 hash_fields: hash_fields_of(group.algorithm, group.affinity),
-                algorithm: lb_common::algorithm::HASH,
-                flags: 0,
+                algorithm: algorithm_code(group.algorithm),
+                flags: if sticky.is_some() {
+                    group_flags::STICKY
+                } else {
+                    0
+                },
                 _pad: 0,
                 idle_timeout_s: group.idle_timeout_s(),
                 fin_timeout_s: group.fin_timeout_s(),
-                sticky_duration_s: 0,
+                sticky_duration_s: sticky.unwrap_or(0),
             },
             table,
             last_resort,
@@ -327,6 +361,7 @@ mod tests {
                 target_failover: Default::default(),
                 flow_idle_timeout_s: None,
                 flow_fin_timeout_s: None,
+                sticky_session: None,
                 targets: targets
                     .iter()
                     .map(|(ip, w, mac)| Target {
@@ -567,6 +602,59 @@ mod tests {
             ("10.0.3.13", 0x13),
         ]);
         assert_eq!(compile(&p, &o).unwrap(), compile(&p, &o).unwrap());
+    }
+
+    #[test]
+    fn algorithms_and_sticky_sessions_reach_the_group() {
+        let mut p = policy(&[
+            ("10.0.3.11", 256, None),
+            ("10.0.3.12", 256, None),
+            ("10.0.3.13", 128, None),
+        ]);
+        let o = observed(&[
+            ("10.0.3.11", 0x11),
+            ("10.0.3.12", 0x12),
+            ("10.0.3.13", 0x13),
+        ]);
+        let g = &mut p.target_groups[0];
+        g.algorithm = Algorithm::RoundRobin;
+        g.sticky_session = Some(crate::policy::StickySession {
+            enabled: true,
+            kind: Default::default(),
+            duration_s: 60,
+        });
+        let plan = compile(&p, &o).unwrap();
+        let group = &plan.groups[0];
+        assert_eq!(group.table, vec![1, 2, 3, 1, 2], "smooth order, 2:2:1");
+        assert_eq!(group.info.algorithm, lb_common::algorithm::ROUND_ROBIN);
+        assert_eq!(
+            (group.info.flags, group.info.sticky_duration_s),
+            (group_flags::STICKY, 60)
+        );
+        let slots: Vec<u32> = plan.targets.iter().map(|t| t.slots).collect();
+        assert_eq!(slots, vec![2, 2, 1]);
+        // Unhealthy or weight 0: out of the order.
+        p.target_groups[0].targets[1].weight = 0;
+        assert_eq!(compile(&p, &o).unwrap().groups[0].table, vec![1, 3, 1]);
+
+        // source_ip ignores sticky sessions; disabled ones are off.
+        p.target_groups[0].algorithm = Algorithm::SourceIp;
+        let info = compile(&p, &o).unwrap().groups[0].info;
+        assert_eq!(
+            (info.flags, info.algorithm),
+            (0, lb_common::algorithm::HASH)
+        );
+        p.target_groups[0].algorithm = Algorithm::LeastConnections;
+        p.target_groups[0].sticky_session.as_mut().unwrap().enabled = false;
+        let plan = compile(&p, &o).unwrap();
+        assert_eq!(plan.groups[0].info.flags, 0);
+        assert_eq!(
+            plan.groups[0].info.algorithm,
+            lb_common::algorithm::LEAST_CONNECTIONS
+        );
+        assert_eq!(plan.groups[0].table.len(), 1021, "the weighted hash table");
+        assert_eq!(plan.targets[1].info.weight, 0);
+        assert_eq!(plan.targets[2].info.weight, 50);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct TargetGroup {
     /// packets. Default 10; TCP groups only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_fin_timeout_s: Option<u32>,
+    /// Absent: no sticky sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_session: Option<StickySession>,
     #[serde(default)]
     pub targets: Vec<Target>,
 }
@@ -131,6 +134,54 @@ pub enum Algorithm {
     Hash,
     /// Consistent hashing over the client IP only.
     SourceIp,
+    /// New flows go to the targets in turn, in proportion to weight (smooth
+    /// weighted round robin, one order shared by all CPUs).
+    RoundRobin,
+    /// New flows go to the target with the fewest active flows relative to
+    /// weight (the better of two weighted random candidates).
+    LeastConnections,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Hash => "hash",
+            Algorithm::SourceIp => "source_ip",
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastConnections => "least_connections",
+        }
+    }
+}
+
+/// Default sticky-session duration (SPEC.md "Sticky session").
+pub const DEFAULT_STICKY_DURATION_S: u32 = 360;
+
+/// Source-IP sticky sessions (SPEC.md): while a session lasts, every new flow
+/// of a client IP goes to the target its first flow went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySession {
+    /// `false` keeps the settings but turns sticky sessions off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(rename = "type", default)]
+    pub kind: StickyType,
+    /// 1-604800 s, counted from the client's assignment to its target.
+    #[serde(default = "default_sticky_duration_s")]
+    pub duration_s: u32,
+}
+
+/// What a sticky session is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StickyType {
+    /// The client's IP address.
+    #[default]
+    SourceIp,
+}
+
+fn default_sticky_duration_s() -> u32 {
+    DEFAULT_STICKY_DURATION_S
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]

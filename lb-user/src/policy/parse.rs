@@ -252,7 +252,12 @@ mod tests {
         Case {
             name: "bad algorithm",
             yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    algorithm: random\n",
-            expect: "t.yaml:4:16: target_groups[0].algorithm: unknown variant `random`, expected `hash` or `source_ip`",
+            expect: "t.yaml:4:16: target_groups[0].algorithm: unknown variant `random`, expected one of `hash`, `source_ip`, `round_robin`, `least_connections`",
+        },
+        Case {
+            name: "sticky session type other than source_ip",
+            yaml: "target_groups:\n  - name: web\n    protocol: tcp\n    sticky_session: { type: cookie }\n",
+            expect: "t.yaml:4:29: target_groups[0].sticky_session.type: unknown variant `cookie`, expected `source_ip`",
         },
         Case {
             name: "bad ip address",

@@ -15,8 +15,8 @@ use lb_common::{MAX_GROUPS, MAX_LISTENERS, MAX_TABLE_SIZE, MAX_TARGETS};
 use super::{
     error::{Issue, PolicyError},
     model::{
-        CheckType, DEFAULT_TABLE_SIZE, GroupProtocol, HealthCheck, Listener, ListenerProtocol,
-        Policy, TargetGroup,
+        Algorithm, CheckType, DEFAULT_TABLE_SIZE, GroupProtocol, HealthCheck, Listener,
+        ListenerProtocol, Policy, TargetGroup,
     },
     parse::parse_mac,
     positions::Positions,
@@ -39,6 +39,8 @@ pub const FLOW_FIN_TIMEOUT_S: (u32, u32) = (1, 3600);
 /// Entries of each flow table.
 pub const MAX_FLOWS: (u32, u32) = (1024, 1 << 25);
 const _: () = assert!(lb_common::FLOW_TOUCH_NS <= 1_000_000_000);
+/// Sticky-session duration range (SPEC.md "Sticky session").
+pub const STICKY_DURATION_S: (u32, u32) = (1, 604_800);
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const MAX_IFACE_LEN: usize = 15;
 
@@ -129,6 +131,7 @@ pub(crate) fn range(field: &str) -> Option<String> {
             Some(format!("{}-{}", THRESHOLD.0, THRESHOLD.1))
         }
         "weight" => Some(format!("0-{MAX_WEIGHT}")),
+        "duration_s" => Some(format!("{}-{}", STICKY_DURATION_S.0, STICKY_DURATION_S.1)),
         "table_size" => Some(format!("{MIN_TABLE_SIZE}-{MAX_TABLE_SIZE}")),
         "flow_idle_timeout_s" => Some(format!(
             "{}-{}",
@@ -397,6 +400,8 @@ fn target_group(
         );
     }
 
+    algorithm(r, g, group);
+    sticky_session(r, g, group);
     health_check(r, g, group);
     target_failover(r, g, group);
     flow_timeouts(r, g, group);
@@ -520,6 +525,51 @@ fn flow_timeouts(r: &mut Report, g: usize, group: &TargetGroup) {
             "flow_fin_timeout_s applies to TCP flows only (UDP has no FIN): \
              remove it from this udp target group"
                 .into(),
+        );
+    }
+}
+
+/// `affinity` is what `hash` hashes: written for another algorithm it would
+/// silently do nothing, so it is refused.
+fn algorithm(r: &mut Report, g: usize, group: &TargetGroup) {
+    let at = format!("target_groups[{g}].affinity");
+    if group.algorithm != Algorithm::Hash && r.written(&at) {
+        let what = match group.algorithm {
+            Algorithm::SourceIp => "source_ip hashes the client IP alone",
+            Algorithm::RoundRobin => "round_robin does not hash",
+            Algorithm::LeastConnections => "least_connections does not hash",
+            Algorithm::Hash => "",
+        };
+        r.issue(
+            at,
+            format!(
+                "affinity is only for algorithm hash; {what}: remove affinity or use algorithm hash"
+            ),
+        );
+    }
+}
+
+/// SPEC.md "Sticky session": tcp x tcp and udp x udp only, duration
+/// 1-604800 s. (With `source_ip` it is accepted and ignored: that algorithm
+/// is sticky by itself; `lb status` says so.)
+fn sticky_session(r: &mut Report, g: usize, group: &TargetGroup) {
+    let Some(sticky) = &group.sticky_session else {
+        return;
+    };
+    let at = |field: &str| format!("target_groups[{g}].sticky_session{field}");
+    if group.protocol == GroupProtocol::Http {
+        r.issue(
+            at(""),
+            "sticky_session is only for tcp and udp target groups (tcp listener to tcp group, \
+             udp to udp); this group is http: use protocol tcp or remove sticky_session"
+                .into(),
+        );
+    }
+    let (lo, hi) = STICKY_DURATION_S;
+    if !(lo..=hi).contains(&sticky.duration_s) {
+        r.issue(
+            at(".duration_s"),
+            out_of_range("duration_s", &sticky.duration_s.to_string()).unwrap_or_default(),
         );
     }
 }
@@ -1664,6 +1714,62 @@ mod tests {
                 expect: "target_groups[0].target_failover.on_unhealthy: on_unhealthy rebalance differs from on_deregistration no_rebalance (the default): both must have the same value; set on_deregistration: rebalance too",
             },
             Case {
+                name: "affinity with round_robin",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    algorithm: round_robin",
+                    "    affinity: two_tuple",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].affinity: affinity is only for algorithm hash; round_robin does not hash: remove affinity or use algorithm hash",
+            },
+            Case {
+                name: "affinity with source_ip",
+                yaml: &[
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, algorithm: source_ip, affinity: five_tuple }",
+                ],
+                expect_line: 2,
+                expect: "affinity is only for algorithm hash; source_ip hashes the client IP alone",
+            },
+            Case {
+                name: "sticky session on an http group",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: http",
+                    "    sticky_session:",
+                    "      duration_s: 60",
+                ],
+                expect_line: 5,
+                expect: "target_groups[0].sticky_session: sticky_session is only for tcp and udp target groups (tcp listener to tcp group, udp to udp); this group is http",
+            },
+            Case {
+                name: "sticky duration 0",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: dns",
+                    "    protocol: udp",
+                    "    sticky_session: { enabled: true, type: source_ip, duration_s: 0 }",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].sticky_session.duration_s: duration_s 0 is out of range 1-604800",
+            },
+            Case {
+                name: "sticky duration above a week",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    sticky_session:",
+                    "      duration_s: 604801",
+                ],
+                expect_line: 5,
+                expect: "duration_s 604801 is out of range 1-604800",
+            },
+            Case {
                 name: "only on_deregistration set",
                 yaml: &[
                     "target_groups:",
@@ -1851,6 +1957,19 @@ mod tests {
                     "target_groups:",
                     G_WEB,
                     "  - { name: dns, protocol: udp, targets: [ { ip: 10.0.3.11 } ] }",
+                ],
+            ),
+            (
+                "algorithms, sticky sessions on tcp and udp, ignored with source_ip",
+                &[
+                    "listeners:",
+                    L_WEB,
+                    "  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, algorithm: round_robin, sticky_session: { duration_s: 1 } }",
+                    "  - { name: dns, protocol: udp, algorithm: least_connections, sticky_session: { enabled: true, type: source_ip, duration_s: 604800 } }",
+                    "  - { name: src, protocol: tcp, algorithm: source_ip, sticky_session: {} }",
+                    "  - { name: off, protocol: http, algorithm: hash, affinity: two_tuple }",
                 ],
             ),
             (
@@ -2071,6 +2190,7 @@ mod tests {
             target_failover: Default::default(),
             flow_idle_timeout_s: None,
             flow_fin_timeout_s: None,
+            sticky_session: None,
             targets: (0..targets).map(|i| target(1 + n * 20_000 + i)).collect(),
         };
         let policy = Policy {

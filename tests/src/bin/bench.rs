@@ -37,6 +37,8 @@ listeners:
   - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
   - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
   - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
+  - { name: rr, vip: 10.0.3.49, protocol: tcp, port: 8080, target_group: rr }
+  - { name: lc, vip: 10.0.3.49, protocol: tcp, port: 8081, target_group: lc }
 target_groups:
   - name: web
     protocol: tcp
@@ -47,6 +49,14 @@ target_groups:
   - name: web6
     protocol: tcp
     targets: [ { ip: "fd00:3::11" }, { ip: "fd00:3::12" }, { ip: "fd00:3::13" } ]
+  - name: rr
+    protocol: tcp
+    algorithm: round_robin
+    targets: [ { ip: 10.0.3.11, weight: 256 }, { ip: 10.0.3.12, weight: 256 }, { ip: 10.0.3.13, weight: 128 } ]
+  - name: lc
+    protocol: tcp
+    algorithm: least_connections
+    targets: [ { ip: 10.0.3.11, weight: 256 }, { ip: 10.0.3.12, weight: 256 }, { ip: 10.0.3.13, weight: 128 } ]
 "#;
 
 struct Args {
@@ -187,6 +197,16 @@ fn main() -> Result<()> {
             true,
         ),
         (
+            "tcp4 rr established",
+            Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 8080, ACK).build(),
+            true,
+        ),
+        (
+            "tcp4 lc established",
+            Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 8081, ACK).build(),
+            true,
+        ),
+        (
             "not a listener (pass)",
             Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 22, ACK).build(),
             false,
@@ -213,10 +233,13 @@ fn main() -> Result<()> {
         });
     }
 
-    for (name, v6, udp) in [
-        ("tcp4 new flow", false, false),
-        ("udp4 new flow", false, true),
-        ("tcp6 new flow", true, false),
+    // (name, IPv6, UDP, destination port, IPv4 source prefix 10.X)
+    for (name, v6, udp, port, prefix) in [
+        ("tcp4 new flow", false, false, 80, 100),
+        ("udp4 new flow", false, true, 53, 101),
+        ("tcp6 new flow", true, false, 80, 102),
+        ("tcp4 rr new flow", false, false, 8080, 104),
+        ("tcp4 lc new flow", false, false, 8081, 105),
     ]
     .into_iter()
     .filter(|f| args.wants(f.0))
@@ -232,15 +255,12 @@ fn main() -> Result<()> {
                     "fd00:3::49",
                 )
             } else {
-                (
-                    format!("10.{}.{run_index}.0", 100 + udp as u8 + 2 * v6 as u8),
-                    "10.0.3.49",
-                )
+                (format!("10.{prefix}.{run_index}.0"), "10.0.3.49")
             };
             let frame = if udp {
                 Frame::udp(&src, 1, dst, 53, b"query").build()
             } else {
-                Frame::tcp(&src, 1, dst, 80, SYN).build()
+                Frame::tcp(&src, 1, dst, port, SYN).build()
             };
             let (verdict, d) = run(new_flow.program_mut(), &frame, args.repeat)?;
             anyhow::ensure!(verdict == 3, "{name}: verdict {verdict}");

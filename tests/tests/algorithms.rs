@@ -1,0 +1,425 @@
+//! Golden packets for the new-flow algorithms and sticky sessions, through
+//! the real XDP program (BPF_PROG_TEST_RUN) with maps written by the real
+//! compile -> apply path. A test run executes on one CPU, so the round-robin
+//! counter advances by exactly one per new flow and its order is checked
+//! exactly; time is driven through `Config::time_offset_ns`.
+//!
+//! Needs root (CAP_BPF). Each test loads its own program and maps.
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_tests::packets::{Frame, LB_MAC, tcp_flags::*};
+use lb_user::{
+    dataplane::{Dataplane, LoadOptions},
+    plan::{MapPlan, Observed},
+    policy,
+};
+
+const XDP_TX: u32 = 3;
+const XDP_DROP: u32 = 1;
+const SECOND: u64 = 1_000_000_000;
+
+/// Target 10.0.3.1N has MAC 02:00:00:00:00:1N.
+fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
+    let last = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let d = v4.octets()[3] % 100;
+            ((d / 10) << 4) | (d % 10)
+        }
+        std::net::IpAddr::V6(v6) => v6.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0, last]
+}
+
+struct Harness {
+    dp: Dataplane,
+    plan: MapPlan,
+}
+
+impl Harness {
+    fn new(yaml: &str) -> Harness {
+        let plan = compile(yaml);
+        let mut dp = Dataplane::load(&LoadOptions {
+            flow_table_size: 4096,
+        })
+        .expect("load lb (are you root?)");
+        dp.apply(&plan).expect("apply");
+        Harness { dp, plan }
+    }
+
+    /// Applies another policy, keeping the time offset.
+    fn reapply(&mut self, yaml: &str) {
+        let offset = self.plan.config.time_offset_ns;
+        self.plan = compile(yaml);
+        self.plan.config.time_offset_ns = offset;
+        self.dp.apply(&self.plan).expect("apply");
+    }
+
+    /// Moves data-plane time forward.
+    fn advance(&mut self, ns: u64) {
+        self.plan.config.time_offset_ns += ns;
+        self.dp.apply(&self.plan).expect("apply");
+    }
+
+    /// The verdict and the target id the frame went to (by its MAC).
+    fn run(&mut self, frame: &[u8]) -> (u32, Option<u32>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .dp
+            .program_mut()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        let target = (result.return_value == XDP_TX).then(|| {
+            assert_eq!(&out[6..12], &LB_MAC, "source MAC");
+            assert_eq!(&out[12..], &frame[12..], "only the MACs change");
+            self.plan
+                .targets
+                .iter()
+                .find(|t| t.info.mac == out[..6])
+                .map(|t| t.id)
+                .expect("a target's MAC")
+        });
+        (result.return_value, target)
+    }
+
+    /// A new TCP flow (SYN) from `client`:`port`; its target.
+    fn syn(&mut self, client: &str, port: u16) -> u32 {
+        let frame = Frame::tcp(client, port, "10.0.3.49", 80, SYN).build();
+        let (action, target) = self.run(&frame);
+        assert_eq!(action, XDP_TX, "{client}:{port}");
+        target.unwrap()
+    }
+
+    /// The group's round-robin order (target ids).
+    fn order(&self) -> Vec<u32> {
+        self.plan.groups[0].table.clone()
+    }
+}
+
+fn compile(yaml: &str) -> MapPlan {
+    let policy = policy::parse("algorithms.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+    let targets = policy
+        .target_groups
+        .iter()
+        .flat_map(|g| g.targets.iter().map(|t| (t.ip, mac_of(&t.ip))));
+    let observed = Observed {
+        iface_mac: LB_MAC,
+        iface_nets: vec![],
+        neighbors: targets.collect(),
+        health: Default::default(),
+    };
+    policy::compile::compile(&policy, &observed).expect("compile")
+}
+
+/// One tcp listener and its group of three targets (weights 256, 256, 128:
+/// converted 100, 100, 50) with `settings` added to the group.
+fn group(settings: &str) -> String {
+    format!(
+        "listeners:
+  - {{ name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }}
+target_groups:
+  - name: web
+    protocol: tcp
+    table_size: 1021
+{settings}
+    targets:
+      - {{ ip: 10.0.3.11, weight: 256 }}
+      - {{ ip: 10.0.3.12, weight: 256 }}
+      - {{ ip: 10.0.3.13, weight: 128 }}
+"
+    )
+}
+
+#[test]
+fn round_robin_follows_the_smooth_weighted_order() {
+    let mut h = Harness::new(&group("    algorithm: round_robin"));
+    let order = h.order();
+    assert_eq!(order, vec![1, 2, 3, 1, 2], "2:2:1, spread out");
+    // Four cycles of new flows, from one client and from many: exactly the
+    // order, whatever the flows' addresses.
+    let got: Vec<u32> = (0..20u16)
+        .map(|i| h.syn(&format!("10.0.4.{}", i % 7), 40000 + i))
+        .collect();
+    let want: Vec<u32> = order.iter().cycle().take(20).copied().collect();
+    assert_eq!(got, want);
+    // Established flows stay where they went (no turn taken).
+    for i in 0..20u16 {
+        let ack = Frame::tcp(
+            &format!("10.0.4.{}", i % 7),
+            40000 + i,
+            "10.0.3.49",
+            80,
+            ACK,
+        )
+        .build();
+        assert_eq!(h.run(&ack).1, Some(want[i as usize]), "flow {i}");
+    }
+    assert_eq!(h.syn("10.0.4.9", 50000), order[0], "the next turn");
+
+    // UDP takes turns too.
+    let mut h = Harness::new(
+        &group("    algorithm: round_robin")
+            .replace("protocol: tcp, port: 80", "protocol: udp, port: 53")
+            .replace("    protocol: tcp\n", "    protocol: udp\n"),
+    );
+    let got: Vec<u32> = (0..10u16)
+        .map(|i| {
+            let frame = Frame::udp("10.0.4.1", 5000 + i, "10.0.3.49", 53, b"q").build();
+            h.run(&frame).1.unwrap()
+        })
+        .collect();
+    assert_eq!(got, [1, 2, 3, 1, 2, 1, 2, 3, 1, 2]);
+}
+
+/// BPF_PROG_TEST_RUN runs the program on the calling thread's CPU: new flows
+/// seen alternately on CPU 0 and CPU 1 still follow the one order (a counter
+/// per CPU would give 1, 1, 2, 2, 3, 3, ...).
+#[test]
+fn round_robin_order_is_shared_by_all_cpus() {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .take(2)
+        .collect();
+    if cpus.len() < 2 {
+        eprintln!("one CPU only: nothing to share");
+        return;
+    }
+    let pin = |cpu: usize| {
+        let mut set = CpuSet::new();
+        set.set(cpu).unwrap();
+        sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+    };
+    let mut h = Harness::new(&group("    algorithm: round_robin"));
+    let order = h.order();
+    let got: Vec<u32> = (0..20u16)
+        .map(|i| {
+            pin(cpus[i as usize % 2]);
+            h.syn("10.0.4.1", 40000 + i)
+        })
+        .collect();
+    sched_setaffinity(Pid::from_raw(0), &allowed).unwrap();
+    let want: Vec<u32> = order.iter().cycle().take(20).copied().collect();
+    assert_eq!(got, want, "CPUs {cpus:?}");
+}
+
+#[test]
+fn round_robin_honours_weight_zero_and_health() {
+    let yaml = group("    algorithm: round_robin");
+    let mut h = Harness::new(&yaml.replace("10.0.3.12, weight: 256", "10.0.3.12, weight: 0"));
+    assert_eq!(h.order(), vec![1, 3, 1], "weight 0 has no turn");
+    let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.1", 40000 + i)).collect();
+    assert_eq!(got, [1, 3].into());
+
+    // An unhealthy target leaves the order; with none healthy, all are last
+    // resort.
+    let checked = yaml.replace(
+        "    algorithm: round_robin",
+        "    algorithm: round_robin\n    health_check: { type: tcp, interval_s: 2, timeout_s: 1 }",
+    );
+    let policy = policy::parse("a.yaml", &checked).unwrap();
+    let mut observed = Observed {
+        iface_mac: LB_MAC,
+        neighbors: policy.target_groups[0]
+            .targets
+            .iter()
+            .map(|t| (t.ip, mac_of(&t.ip)))
+            .collect(),
+        ..Default::default()
+    };
+    for (ip, health) in [
+        ("10.0.3.11", lb_user::plan::Health::Unhealthy),
+        ("10.0.3.12", lb_user::plan::Health::Healthy),
+        ("10.0.3.13", lb_user::plan::Health::Healthy),
+    ] {
+        observed
+            .health
+            .insert(("web".into(), ip.parse().unwrap()), health);
+    }
+    h.plan = policy::compile::compile(&policy, &observed).unwrap();
+    h.dp.apply(&h.plan).unwrap();
+    assert_eq!(h.order(), vec![2, 3, 2]);
+    let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.2", 40000 + i)).collect();
+    assert_eq!(got, [2, 3].into());
+    for ip in ["10.0.3.12", "10.0.3.13"] {
+        observed.health.insert(
+            ("web".into(), ip.parse().unwrap()),
+            lb_user::plan::Health::Unhealthy,
+        );
+    }
+    h.plan = policy::compile::compile(&policy, &observed).unwrap();
+    h.dp.apply(&h.plan).unwrap();
+    assert!(h.plan.groups[0].last_resort);
+    let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.3", 40000 + i)).collect();
+    assert_eq!(got, [1, 2, 3].into(), "last resort: every target");
+
+    // No target at all: fail closed.
+    let mut h = Harness::new(
+        &yaml
+            .replace("weight: 256", "weight: 0")
+            .replace("weight: 128", "weight: 0"),
+    );
+    assert!(h.order().is_empty());
+    let frame = Frame::tcp("10.0.4.1", 40000, "10.0.3.49", 80, SYN).build();
+    assert_eq!(h.run(&frame).0, XDP_DROP);
+}
+
+#[test]
+fn least_connections_sends_new_flows_away_from_a_loaded_target() {
+    let yaml = group("    algorithm: least_connections");
+    // Ten flows on target 1 while it is the only one with a weight.
+    let mut h = Harness::new(
+        &yaml
+            .replace("10.0.3.12, weight: 256", "10.0.3.12, weight: 0")
+            .replace("weight: 128", "weight: 0"),
+    );
+    for i in 0..10u16 {
+        assert_eq!(h.syn("10.0.4.1", 40000 + i), 1);
+    }
+    // All three equal now: the next 10 new flows go to 2 and 3 (neither can
+    // reach target 1's ten before the last of them, so 1 never wins a tie),
+    // then 1 takes its share.
+    h.reapply(&yaml.replace("weight: 128", "weight: 256"));
+    let mut per = BTreeMap::<u32, u32>::new();
+    for i in 0..10u16 {
+        *per.entry(h.syn("10.0.4.2", 40000 + i)).or_default() += 1;
+    }
+    assert_eq!(per.get(&1), None, "{per:?}");
+    assert_eq!(per.values().sum::<u32>(), 10);
+    // 68 more: every target ends within a few flows of 88 / 3.
+    for i in 0..68u16 {
+        *per.entry(h.syn("10.0.4.3", 40000 + i)).or_default() += 1;
+    }
+    let total = |id| per.get(&id).copied().unwrap_or(0) + if id == 1 { 10 } else { 0 };
+    for id in 1..=3 {
+        assert!(total(id).abs_diff(29) <= 6, "target {id}: {per:?}");
+    }
+}
+
+#[test]
+fn least_connections_follows_weight() {
+    // Converted weights 100, 100, 50: active flows grow 2:2:1.
+    let mut h = Harness::new(&group("    algorithm: least_connections"));
+    let mut per = BTreeMap::<u32, u32>::new();
+    for i in 0..500u16 {
+        *per.entry(h.syn("10.0.4.1", 30000 + i)).or_default() += 1;
+    }
+    // Two choices keep each within a few flows of its share (200, 200, 100).
+    let got: Vec<u32> = per.values().copied().collect();
+    assert!(
+        got[0].abs_diff(200) <= 6 && got[1].abs_diff(200) <= 6 && got[2].abs_diff(100) <= 6,
+        "{got:?}"
+    );
+}
+
+#[test]
+fn sticky_sessions_keep_a_client_on_its_first_target_until_they_expire() {
+    let sticky = "    algorithm: round_robin\n    sticky_session: { enabled: true, type: source_ip, duration_s: 10 }";
+    let yaml = group(sticky);
+    let mut h = Harness::new(&yaml);
+    let order = h.order();
+    let mut turn = 0usize;
+    let mut next_turn = || {
+        let t = order[turn % order.len()];
+        turn += 1;
+        t
+    };
+    // Client A's first flow takes the first turn, then sticks; client B's
+    // takes the second turn. Only first flows take turns.
+    let a = h.syn("10.0.4.1", 40000);
+    assert_eq!(a, next_turn());
+    let b = h.syn("10.0.4.2", 40000);
+    assert_eq!(b, next_turn());
+    assert_ne!(a, b);
+    for i in 1..30u16 {
+        assert_eq!(h.syn("10.0.4.1", 40000 + i), a, "A's flow {i}");
+        assert_eq!(h.syn("10.0.4.2", 40000 + i), b, "B's flow {i}");
+    }
+
+    // 9 s later A is still on its target; past 10 s from its first flow it
+    // is assigned again (the next turn) and stays there.
+    h.advance(9 * SECOND);
+    assert_eq!(h.syn("10.0.4.1", 41000), a);
+    h.advance(2 * SECOND);
+    let again = h.syn("10.0.4.1", 41001);
+    assert_eq!(again, next_turn());
+    for i in 2..10u16 {
+        assert_eq!(h.syn("10.0.4.1", 41000 + i), again);
+    }
+
+    // A target that may no longer take new flows (weight 0 here, or
+    // unhealthy, or removed) releases its clients at once.
+    let stuck = again;
+    let ip = format!("10.0.3.1{stuck}");
+    h.reapply(
+        &yaml
+            .replace(&format!("{ip}, weight: 256"), &format!("{ip}, weight: 0"))
+            .replace(&format!("{ip}, weight: 128"), &format!("{ip}, weight: 0")),
+    );
+    let moved = h.syn("10.0.4.1", 42000);
+    assert_ne!(moved, stuck);
+    for i in 1..10u16 {
+        assert_eq!(h.syn("10.0.4.1", 42000 + i), moved);
+    }
+}
+
+#[test]
+fn sticky_sessions_work_with_every_algorithm_and_not_with_source_ip() {
+    for algorithm in ["hash", "round_robin", "least_connections"] {
+        let mut h = Harness::new(&group(&format!(
+            "    algorithm: {algorithm}\n    sticky_session: {{ duration_s: 60 }}"
+        )));
+        for client in 1..=12u8 {
+            let src = format!("10.0.5.{client}");
+            let first = h.syn(&src, 30000);
+            for i in 1..15u16 {
+                assert_eq!(h.syn(&src, 30000 + i), first, "{algorithm}: {src}");
+            }
+        }
+        // Without sticky sessions the same ports spread.
+        let mut h = Harness::new(&group(&format!("    algorithm: {algorithm}")));
+        let spread: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.5.1", 30000 + i)).collect();
+        assert!(spread.len() > 1, "{algorithm}: {spread:?}");
+    }
+    // With source_ip the setting is ignored (the hash keeps clients anyway).
+    let h = Harness::new(&group(
+        "    algorithm: source_ip\n    sticky_session: { duration_s: 60 }",
+    ));
+    assert_eq!(h.plan.groups[0].info.flags, 0);
+}
+
+#[test]
+fn sticky_sessions_key_the_whole_ipv6_address() {
+    let yaml = r#"
+listeners:
+  - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
+target_groups:
+  - name: web6
+    protocol: tcp
+    algorithm: round_robin
+    sticky_session: { duration_s: 60 }
+    targets: [ { ip: "fd00:3::11" }, { ip: "fd00:3::12" }, { ip: "fd00:3::13" } ]
+"#;
+    let mut h = Harness::new(yaml);
+    let mut syn6 = |client: &str, port: u16| {
+        let frame = Frame::tcp(client, port, "fd00:3::49", 80, SYN).build();
+        h.run(&frame).1.expect("forwarded")
+    };
+    // Clients that differ only in the last word, or only in the first, are
+    // different clients: each takes the next turn and then stays.
+    let clients = ["fd00:4::1", "fd00:4::2", "fd01:4::1"];
+    let first: Vec<u32> = clients.iter().map(|c| syn6(c, 30000)).collect();
+    assert_eq!(first, [1, 2, 3]);
+    for i in 1..20u16 {
+        for (c, &t) in clients.iter().zip(&first) {
+            assert_eq!(syn6(c, 30000 + i), t, "{c}");
+        }
+    }
+}
