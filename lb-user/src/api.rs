@@ -583,6 +583,8 @@ mod tests {
                     duration_s: 30,
                     state: "on".into(),
                 }),
+                flow_idle_timeout_s: 350,
+                flow_fin_timeout_s: 10,
                 targets: [2, 2, 1]
                     .iter()
                     .map(|&slots| TargetStatus {
@@ -598,6 +600,7 @@ mod tests {
         assert!(
             text.starts_with(
                 "target group web (tcp, round_robin, 5-turn cycle), no listener\n\
+                 flows end after 350s idle, 10s after the client's FIN or RST\n\
                  sticky sessions by source_ip, 30s from a client's first flow\n"
             ),
             "{text}"
