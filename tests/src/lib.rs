@@ -14,9 +14,11 @@ pub mod model;
 pub mod netns;
 pub mod packets;
 pub mod policy;
+pub mod run;
 pub mod stats;
 pub mod status;
 pub mod topo;
 
 pub use lab::{Lab, LabError, LabOptions};
+pub use run::LabRun;
 pub use topo::Node;

@@ -4,79 +4,15 @@
 //! (`cargo xtask test` builds it and sets `LB_BIN`).
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    Lab, Node,
+    LabRun, Node,
     client::{self, Held, Proto, Tally},
-    lb::LbProcess,
     policy::LabPolicy,
     topo::{self, LINES_PORT, TARGETS, TCP_PORT, UDP_PORT, VIP4},
 };
-use nix::{sys::signal, unistd::Pid};
-
-/// One lab at a time (two cores).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Fields drop in order: lb, then the lab, then the lock.
-struct Setup {
-    lb: LbProcess,
-    lab: Lab,
-    policy: PathBuf,
-    _serial: MutexGuard<'static, ()>,
-}
-
-fn setup(policy: &LabPolicy) -> Setup {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
-    let path = lab.write_file("policy.yaml", &policy.yaml());
-    let lb = lab
-        .start_lb(&path, &["--xdp-mode", "native"])
-        .unwrap_or_else(|e| panic!("start lb: {e}"));
-    Setup {
-        lb,
-        lab,
-        policy: path,
-        _serial: serial,
-    }
-}
-
-impl Setup {
-    /// Rewrites the policy file and has `lb` reload it (SIGHUP); returns
-    /// once the status report shows `applied` true.
-    fn reload(
-        &self,
-        policy: &LabPolicy,
-        what: &str,
-        applied: impl Fn(&lb_tests::status::Status) -> bool,
-    ) {
-        std::fs::write(&self.policy, policy.yaml()).unwrap();
-        let pid = self.lb.pid().expect("lb running") as i32;
-        signal::kill(Pid::from_raw(pid), signal::Signal::SIGHUP).unwrap();
-        self.lb
-            .wait_for(Duration::from_secs(20), what, |s| applied(s).then_some(()))
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.lb.log()));
-    }
-
-    fn burst(
-        &self,
-        proto: Proto,
-        src: IpAddr,
-        first_port: Option<u16>,
-        port: u16,
-        n: usize,
-        deadline: Instant,
-    ) -> Tally {
-        let dst = SocketAddr::new(VIP4.into(), port);
-        let answers = self.lab.run_in(Node::Client, || {
-            client::burst(proto, src, first_port, dst, n, deadline)
-        });
-        Tally::of(&answers)
-    }
-}
 
 /// Round robin: 300 new connections (TCP, then 300 UDP flows) spread 2:2:1
 /// (converted weights 100, 100, 50) within 2 of 120, 120, 60 each. The
@@ -87,7 +23,7 @@ impl Setup {
 /// 8.5 flows (one sigma) per target here.
 #[test]
 fn round_robin_spreads_new_flows_by_weight() {
-    let s = setup(&LabPolicy {
+    let s = LabRun::start(&LabPolicy {
         algorithm: "round_robin",
         ..LabPolicy::default()
     });
@@ -127,7 +63,7 @@ fn least_connections_sends_new_connections_away_from_a_loaded_target() {
         weights: [256, 0, 0],
         ..LabPolicy::default()
     };
-    let s = setup(&policy);
+    let s = LabRun::start(&policy);
     let dst = SocketAddr::new(VIP4.into(), LINES_PORT);
     let mut held: Vec<Held> = s.lab.run_in(Node::Client, || {
         (0..10u16)
@@ -181,7 +117,7 @@ fn least_connections_sends_new_connections_away_from_a_loaded_target() {
 #[test]
 fn sticky_sessions_keep_a_client_on_one_target_and_release_it() {
     const DURATION: Duration = Duration::from_secs(4);
-    let s = setup(&LabPolicy {
+    let s = LabRun::start(&LabPolicy {
         algorithm: "round_robin",
         sticky_duration_s: Some(DURATION.as_secs() as u32),
         ..LabPolicy::default()

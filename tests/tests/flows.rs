@@ -9,45 +9,16 @@
 //!   which is where the connection lives.
 //!
 //! Needs root and the `lb` binary (`cargo xtask test` builds it).
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use lb_tests::{
-    Lab, Node,
+    LabRun, Node,
     client::Held,
     lb::LbProcess,
     policy::LabPolicy,
     status::Status,
     topo::{self, LINES_PORT, TARGETS, VIP4},
 };
-
-/// One lab at a time (two cores).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Fields drop in order: lb, then the lab, then the lock.
-struct Setup {
-    lb: LbProcess,
-    lab: Lab,
-    _serial: MutexGuard<'static, ()>,
-}
-
-fn setup(policy: &LabPolicy) -> Setup {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
-    let path = lab.write_file("policy.yaml", &policy.yaml());
-    let lb = lab
-        .start_lb(&path, &["--xdp-mode", "native"])
-        .unwrap_or_else(|e| panic!("start lb: {e}"));
-    Setup {
-        lb,
-        lab,
-        _serial: serial,
-    }
-}
 
 const T: Duration = Duration::from_secs(2);
 /// The client's FIN reaches the data plane within a round trip; the status
@@ -71,7 +42,7 @@ fn active(status: &Status) -> BTreeMap<&'static str, u64> {
 
 /// Opens `n` connections from client address 0, ports `first_port..`, and
 /// asks each once: (connection, target name).
-fn open(s: &Setup, n: u16, first_port: u16) -> Vec<(Held, String)> {
+fn open(s: &LabRun, n: u16, first_port: u16) -> Vec<(Held, String)> {
     let dst = SocketAddr::new(VIP4.into(), LINES_PORT);
     s.lab.run_in(Node::Client, || {
         (0..n)
@@ -99,7 +70,7 @@ fn per_target(held: &[(Held, String)]) -> BTreeMap<&'static str, u64> {
 
 #[test]
 fn active_flows_count_open_connections_and_return_to_zero() {
-    let s = setup(&LabPolicy {
+    let s = LabRun::start(&LabPolicy {
         lines: true,
         ..Default::default()
     });
@@ -144,7 +115,7 @@ fn active_flows_count_open_connections_and_return_to_zero() {
 /// A `hash` or `source_ip` group: held connections answer from the same
 /// target after the flow table was emptied.
 fn survives_a_cleared_flow_table(algorithm: &'static str) {
-    let s = setup(&LabPolicy {
+    let s = LabRun::start(&LabPolicy {
         lines: true,
         algorithm,
         ..Default::default()
@@ -222,17 +193,7 @@ fn flow_table_size_comes_from_the_policy_and_a_reload_keeps_it() {
             .yaml()
         )
     };
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
-    let path = lab.write_file("policy.yaml", &with_size(4096));
-    let lb = lab
-        .start_lb(&path, &["--xdp-mode", "native"])
-        .unwrap_or_else(|e| panic!("start lb: {e}"));
-    let s = Setup {
-        lb,
-        lab,
-        _serial: serial,
-    };
+    let s = LabRun::start_yaml(&with_size(4096), |_| {});
     let max = |st: &Status| st.0["flow_table"]["max_flows"].as_u64();
     assert_eq!(max(&s.lb.report().unwrap()), Some(4096));
     let tables = flow_table_capacities(&s.lb);

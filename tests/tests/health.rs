@@ -27,15 +27,13 @@ use std::{
     collections::BTreeSet,
     io,
     net::{IpAddr, SocketAddr},
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    Lab, Node,
+    LabRun, Node,
     client::{self, Held, Proto, Tally},
     lab::HttpRequest,
-    lb::LbProcess,
     policy::{HealthCheck, LabPolicy},
     status::{Status, Waited},
     topo::{
@@ -43,37 +41,6 @@ use lb_tests::{
     },
 };
 use serde_json::Value;
-
-/// One lab at a time (see tests/tests/lab.rs).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Fields drop in order: lb, then the lab, then the lock.
-struct Setup {
-    lb: LbProcess,
-    lab: Lab,
-    /// When `lb` said it was ready.
-    ready: Instant,
-    _serial: MutexGuard<'static, ()>,
-}
-
-/// A lab whose servers `prepare` may set up (status codes, ping) before
-/// `lb` starts with `policy`.
-fn setup(policy: &LabPolicy, prepare: impl FnOnce(&Lab)) -> Setup {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
-    prepare(&lab);
-    let yaml = policy.yaml();
-    let path = lab.write_file("policy.yaml", &yaml);
-    let lb = lab
-        .start_lb(&path, &["--xdp-mode", "native"])
-        .unwrap_or_else(|e| panic!("start lb: {e}\npolicy:\n{yaml}"));
-    Setup {
-        lb,
-        lab,
-        ready: Instant::now(),
-        _serial: serial,
-    }
-}
 
 /// Scheduling slack on top of every derived bound.
 const SLACK: Duration = Duration::from_secs(2);
@@ -160,7 +127,7 @@ fn states_of(st: &Status, groups: &[&str]) -> String {
 /// Polls until every `(group, target, state)` of `want` holds, within
 /// `within`; panics with the last report otherwise.
 fn wait_states(
-    s: &Setup,
+    s: &LabRun,
     within: Duration,
     what: &str,
     want: &[(&str, usize, &str)],
@@ -185,7 +152,7 @@ fn wait_states(
 /// [`wait_states`] for the consequences of a change made at `since`; also
 /// prints how long they took, against the bound.
 fn wait_states_after(
-    s: &Setup,
+    s: &LabRun,
     since: Instant,
     within: Duration,
     what: &str,
@@ -203,7 +170,7 @@ fn wait_states_after(
 /// says something is wrong: for "this does not change" assertions, which
 /// need time by nature.
 fn hold_for(
-    s: &Setup,
+    s: &LabRun,
     window: Duration,
     what: &str,
     mut check: impl FnMut(&Status) -> Result<(), String>,
@@ -321,7 +288,7 @@ fn monitor_port(st: &Status, g: &str, i: usize) -> Option<u64> {
 }
 
 /// `lb status [GROUP] --json`, the command, parsed.
-fn cli_json(s: &Setup, group: Option<&str>) -> Status {
+fn cli_json(s: &LabRun, group: Option<&str>) -> Status {
     let out =
         s.lb.status_command(group, true)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -452,7 +419,7 @@ fn assert_probe_source(st: &Status) {
 /// `FLOWS` TCP connections to the `web` (or `web6`) listener from fixed
 /// source ports `first_port..`: who answered. Every test uses each port
 /// range once, so no flow is already in lb's flow table.
-fn connect(s: &Setup, v6: bool, first_port: u16) -> Tally {
+fn connect(s: &LabRun, v6: bool, first_port: u16) -> Tally {
     let (src, dst): (IpAddr, SocketAddr) = if v6 {
         (
             topo::client6(0).into(),
@@ -510,7 +477,7 @@ const TCP_GROUPS: [&str; 2] = ["web", "web6"];
 #[test]
 fn tcp_check_takes_a_stopped_service_out_and_back_in() {
     let check = HealthCheck::tcp();
-    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let s = LabRun::start_with(&LabPolicy::checked(check.clone()), |_| {});
     let interval = secs(check.interval_s);
 
     // No verdict yet: becoming healthy takes `healthy_threshold` probes an
@@ -731,7 +698,7 @@ fn check_of(kind: &str) -> HealthCheck {
 }
 
 /// Every HTTP(S) request target `i`'s server received, oldest first.
-fn requests(s: &Setup, i: usize) -> Vec<HttpRequest> {
+fn requests(s: &LabRun, i: usize) -> Vec<HttpRequest> {
     s.lab
         .http_requests(Node::Target(i))
         .unwrap_or_else(|e| panic!("{e}"))
@@ -740,7 +707,7 @@ fn requests(s: &Setup, i: usize) -> Vec<HttpRequest> {
 /// The probes reached target `i` from the lb's addresses (IPv4 for `web`,
 /// IPv6 for `web6`), on the listener of `scheme` (`http`: 8080, `https`:
 /// 8443, over TLS) only, and every request line was `line`.
-fn assert_probed_with(s: &Setup, i: usize, scheme: &str, line: &str) {
+fn assert_probed_with(s: &LabRun, i: usize, scheme: &str, line: &str) {
     let seen = requests(s, i);
     let name = TARGETS[i].name;
     assert!(!seen.is_empty(), "{name} received no HTTP request");
@@ -769,7 +736,7 @@ fn assert_probed_with(s: &Setup, i: usize, scheme: &str, line: &str) {
 #[test]
 fn http_check_compares_status_codes() {
     let check = http_check();
-    let s = setup(&LabPolicy::checked(check.clone()), |lab| {
+    let s = LabRun::start_with(&LabPolicy::checked(check.clone()), |lab| {
         lab.set_http_status(Node::Target(1), 500).unwrap();
     });
     let first = wait_states(
@@ -847,7 +814,7 @@ fn sends_head_and_http_1_0(kind: &str) {
         version: "1.0",
         ..check_of(kind)
     };
-    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let s = LabRun::start_with(&LabPolicy::checked(check.clone()), |_| {});
     let up = wait_states(
         &s,
         first_verdicts_within(&check),
@@ -890,7 +857,7 @@ fn https_check_sends_head_and_http_1_0_over_tls() {
 /// unhealthy by timeout within the bound, and `last_result` says so.
 fn times_out_on_a_hung_server(kind: &str) {
     let check = check_of(kind);
-    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let s = LabRun::start_with(&LabPolicy::checked(check.clone()), |_| {});
     wait_states(
         &s,
         first_verdicts_within(&check),
@@ -950,7 +917,7 @@ fn https_check_times_out_on_a_hung_server() {
 #[test]
 fn https_check_on_self_signed_targets_follows_status_codes() {
     let check = https_check();
-    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let s = LabRun::start_with(&LabPolicy::checked(check.clone()), |_| {});
     let up = wait_states(
         &s,
         first_verdicts_within(&check),
@@ -1025,7 +992,7 @@ fn monitor_port_overrides_the_groups_port() {
         monitor_ports: [None, None, Some(HTTP_PORT)],
         ..LabPolicy::checked(check.clone())
     };
-    let s = setup(&policy, |_| {});
+    let s = LabRun::start_with(&policy, |_| {});
     let want: Vec<_> = TCP_GROUPS
         .iter()
         .flat_map(|g| {
@@ -1070,7 +1037,7 @@ fn monitor_port_overrides_the_groups_port() {
 #[test]
 fn ping_check_follows_icmp_echo() {
     let check = HealthCheck::of("ping");
-    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let s = LabRun::start_with(&LabPolicy::checked(check.clone()), |_| {});
     let up = wait_states(
         &s,
         first_verdicts_within(&check),
@@ -1132,7 +1099,7 @@ fn every_target_unhealthy_means_last_resort() {
         port: Some(8081),
         ..HealthCheck::tcp()
     };
-    let s = setup(&LabPolicy::checked(check.clone()), |_| {});
+    let s = LabRun::start_with(&LabPolicy::checked(check.clone()), |_| {});
     let w =
         s.lb.wait_for(
             first_verdicts_within(&check),
@@ -1218,7 +1185,7 @@ fn failover(mode: &'static str) {
         on_unhealthy: Some(mode),
         ..LabPolicy::checked(check.clone())
     };
-    let s = setup(&policy, |_| {});
+    let s = LabRun::start_with(&policy, |_| {});
     wait_states(
         &s,
         first_verdicts_within(&check),
@@ -1370,7 +1337,7 @@ fn disabled_checks_leave_every_target_unchecked() {
             ..HealthCheck::tcp()
         })
     };
-    let s = setup(&policy, |_| {});
+    let s = LabRun::start_with(&policy, |_| {});
     let groups = ["web", "web6", "dns"];
     let unchecked = |st: &Status| -> Result<(), String> {
         for g in groups {

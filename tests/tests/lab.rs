@@ -8,44 +8,17 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    Lab, Node,
+    LabRun, Node,
     capture::{Capture, Frame, Payload},
     client::{self, Answer, Proto, Tally},
-    lb::LbProcess,
     policy::LabPolicy,
     stats,
     topo::{self, LB_MAC, LB4, LB6, TARGETS, TCP_PORT, UDP_PORT, VIP4, VIP6, fmt_mac},
 };
-
-/// One lab at a time: two cores do not run several labs, their servers and
-/// their load without timeouts.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Fields drop in order: lb, then the lab, then the lock.
-struct Setup {
-    lb: LbProcess,
-    lab: Lab,
-    _serial: MutexGuard<'static, ()>,
-}
-
-fn setup(policy: &LabPolicy) -> Setup {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
-    let path = lab.write_file("policy.yaml", &policy.yaml());
-    let lb = lab
-        .start_lb(&path, &["--xdp-mode", "native"])
-        .unwrap_or_else(|e| panic!("start lb: {e}"));
-    Setup {
-        lb,
-        lab,
-        _serial: serial,
-    }
-}
 
 /// Flows per spread test. With 5-sigma bands, 300 flows cannot tell a 0.2
 /// share from an unweighted 1/3 (a broken weighting would pass about one run
@@ -75,7 +48,7 @@ struct Run {
 /// capturing in the client namespace and reading the lb kernel's counters of
 /// `proto` before and after.
 fn drive(
-    s: &Setup,
+    s: &LabRun,
     proto: Proto,
     src_ip: IpAddr,
     first_port: u16,
@@ -209,7 +182,7 @@ fn assert_direct_replies(run: &Run, dst: SocketAddr) {
 
 #[test]
 fn tcp_spread_follows_weights_and_replies_bypass_the_lb() {
-    let s = setup(&LabPolicy::default());
+    let s = LabRun::start(&LabPolicy::default());
     let dst = SocketAddr::new(VIP4.into(), TCP_PORT);
     let run = drive(
         &s,
@@ -225,7 +198,7 @@ fn tcp_spread_follows_weights_and_replies_bypass_the_lb() {
 
 #[test]
 fn udp_spread_follows_weights_and_replies_bypass_the_lb() {
-    let s = setup(&LabPolicy::default());
+    let s = LabRun::start(&LabPolicy::default());
     let dst = SocketAddr::new(VIP4.into(), UDP_PORT);
     let run = drive(
         &s,
@@ -241,7 +214,7 @@ fn udp_spread_follows_weights_and_replies_bypass_the_lb() {
 
 #[test]
 fn ipv6_tcp_spread_follows_weights_and_replies_bypass_the_lb() {
-    let s = setup(&LabPolicy::default());
+    let s = LabRun::start(&LabPolicy::default());
     let dst = SocketAddr::new(VIP6.into(), TCP_PORT);
     let run = drive(
         &s,
@@ -258,7 +231,7 @@ fn ipv6_tcp_spread_follows_weights_and_replies_bypass_the_lb() {
 /// Which targets served each client address: `per_client` TCP connections
 /// to web, UDP queries to dns and TCP connections to web6, from every client
 /// address, fixed source ports.
-fn targets_by_client(s: &Setup, per_client: usize) -> BTreeMap<String, BTreeSet<String>> {
+fn targets_by_client(s: &LabRun, per_client: usize) -> BTreeMap<String, BTreeSet<String>> {
     let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for i in 0..topo::CLIENT_ADDRS {
         let cases = [
@@ -305,7 +278,7 @@ fn targets_by_client(s: &Setup, per_client: usize) -> BTreeMap<String, BTreeSet<
 /// 2 * 0.4^8 + 0.2^8 < 0.14% per listener, and the set of addresses is fixed,
 /// so the outcome does not change between runs.
 fn assert_sticky(algorithm: &'static str, affinity: &'static str) {
-    let s = setup(&LabPolicy {
+    let s = LabRun::start(&LabPolicy {
         algorithm,
         affinity,
         ..LabPolicy::default()
@@ -335,7 +308,7 @@ fn assert_sticky(algorithm: &'static str, affinity: &'static str) {
 
 #[test]
 fn five_tuple_spreads_one_client_over_every_target() {
-    let s = setup(&LabPolicy::default());
+    let s = LabRun::start(&LabPolicy::default());
     // 100 connections from one address; each target's share is at least
     // 0.2, so missing one has probability 0.8^100 (2e-10) for a random hash.
     for (proto, src, dst) in [
@@ -392,7 +365,7 @@ fn source_ip_keeps_each_client_on_one_target() {
 /// covers targets whose MAC is not looked up.
 #[test]
 fn weight_zero_target_gets_no_new_flows() {
-    let s = setup(&LabPolicy {
+    let s = LabRun::start(&LabPolicy {
         weights: [256, 256, 0],
         static_macs: true,
         ..LabPolicy::default()
@@ -440,7 +413,7 @@ fn weight_zero_target_gets_no_new_flows() {
 /// the VIP on other ports or protocols, ICMP.
 #[test]
 fn traffic_that_is_not_a_listeners_reaches_the_lb_itself() {
-    let mut s = setup(&LabPolicy::default());
+    let mut s = LabRun::start(&LabPolicy::default());
     let args: Vec<String> = ["--tcp", "8080", "--tcp", "53", "--udp", "10.0.3.49:5353"]
         .iter()
         .map(|a| a.to_string())
@@ -499,7 +472,7 @@ fn traffic_that_is_not_a_listeners_reaches_the_lb_itself() {
 /// the VIP's port is the lb kernel's again (nothing listens there: refused).
 #[test]
 fn sigterm_detaches_and_exits_zero() {
-    let s = setup(&LabPolicy::default());
+    let s = LabRun::start(&LabPolicy::default());
     let dst = SocketAddr::new(VIP4.into(), TCP_PORT);
     let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
     let before = s.lab.run_in(Node::Client, || {
@@ -509,7 +482,7 @@ fn sigterm_detaches_and_exits_zero() {
         before.as_deref().is_ok_and(|n| n.starts_with('t')),
         "before: {before:?}"
     );
-    let Setup { lb, lab, _serial } = s;
+    let (lb, lab, _serial) = s.into_parts();
     let log = lb.log();
     let status = lb.stop().unwrap_or_else(|e| panic!("stop: {e}\n{log}"));
     assert!(status.success(), "lb exited with {status}; log:\n{log}");

@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{self, Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    sync::{Mutex, MutexGuard},
+    sync::MutexGuard,
     time::{Duration, Instant},
 };
 
@@ -18,11 +18,8 @@ use lb_tests::{
     topo::{self, HTTP_PORT, LB4, LB6, LINES_PORT, TARGETS, TCP_PORT, VIP4},
 };
 
-/// One lab at a time (see tests/tests/lab.rs).
-static SERIAL: Mutex<()> = Mutex::new(());
-
 fn lab() -> (MutexGuard<'static, ()>, Lab) {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = lb_tests::run::serial();
     let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
     (guard, lab)
 }
