@@ -65,11 +65,12 @@ impl Identity {
         ]
     }
 
-    /// (offset, skip) of this identity's permutation of `size` slots.
-    fn permutation(&self, size: u32) -> (u64, u64) {
+    /// (offset, skip) of this identity's permutation of `size` slots: its
+    /// k-th preferred slot is `(offset + k * skip) % size`.
+    fn permutation(&self, size: u32) -> (u32, u32) {
         let words = self.words();
-        let offset = murmur3_words(OFFSET_SEED, &words) as u64 % size as u64;
-        let skip = murmur3_words(SKIP_SEED, &words) as u64 % (size as u64 - 1) + 1;
+        let offset = murmur3_words(OFFSET_SEED, &words) % size;
+        let skip = murmur3_words(SKIP_SEED, &words) % (size - 1) + 1;
         (offset, skip)
     }
 }
@@ -114,6 +115,10 @@ impl TableCache {
 
 /// Builds a table of `size` slots. Slots hold member ids; every slot is 0
 /// only when no member has a positive weight.
+///
+/// Cost: the permutations walk about `size * ln(size)` candidate slots in all
+/// (the last free slots are the hardest to find); each step is an addition
+/// and a compare (no division), on 32-bit values.
 pub fn build(members: &[Member], size: u32) -> Vec<u32> {
     assert!(size >= 2, "table size must be at least 2");
     let mut members: Vec<Member> = members.iter().copied().filter(|m| m.weight > 0).collect();
@@ -123,32 +128,29 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
     }
     members.sort_by_key(|m| m.identity);
     let max_weight = members.iter().map(|m| m.weight).max().unwrap_or(1) as u64;
-    let perms: Vec<(u64, u64)> = members
+    // Per member: its next preferred slot (`offset + k * skip` modulo size,
+    // advanced by one `skip` per step) and its skip.
+    let mut cursor: Vec<(u32, u32)> = members
         .iter()
         .map(|m| m.identity.permutation(size))
         .collect();
-    let mut next = vec![0u64; members.len()];
     let mut credit = vec![0u64; members.len()];
     let mut taken = vec![false; size as usize];
-    let size64 = size as u64;
     let mut filled = 0u32;
     'rounds: loop {
         for (i, member) in members.iter().enumerate() {
             credit[i] += member.weight as u64;
             while credit[i] >= max_weight {
                 credit[i] -= max_weight;
-                let (offset, skip) = perms[i];
+                let (mut slot, skip) = cursor[i];
                 // Next preferred slot that is still free. `skip` < size and
                 // size is prime, so this visits every slot within `size` steps.
-                let slot = loop {
-                    let c = ((offset + next[i] % size64 * skip) % size64) as usize;
-                    next[i] += 1;
-                    if !taken[c] {
-                        break c;
-                    }
-                };
-                taken[slot] = true;
-                table[slot] = member.id;
+                while taken[slot as usize] {
+                    slot = step(slot, skip, size);
+                }
+                cursor[i].0 = step(slot, skip, size);
+                taken[slot as usize] = true;
+                table[slot as usize] = member.id;
                 filled += 1;
                 if filled == size {
                     break 'rounds;
@@ -157,6 +159,19 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
         }
     }
     table
+}
+
+/// `(slot + skip) % size` for `slot`, `skip` < `size`, without a division.
+#[inline(always)]
+fn step(slot: u32, skip: u32, size: u32) -> u32 {
+    // slot + skip < 2 * size <= 2^32 - 2 for any table size the policy allows
+    // (MAX_TABLE_SIZE); wrapping keeps the arithmetic total regardless.
+    let next = slot.wrapping_add(skip);
+    if next >= size || next < slot {
+        next.wrapping_sub(size)
+    } else {
+        next
+    }
 }
 
 #[cfg(test)]

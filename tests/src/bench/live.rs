@@ -1,0 +1,245 @@
+//! Live traffic through the lab: frames injected at the load balancer's
+//! interface with BPF_PROG_TEST_RUN in live-frames mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`): the kernel runs the program on each
+//! frame as if it had arrived on the lab lb's `eth0`, and an XDP_TX verdict
+//! really transmits the frame there, so it crosses the lab's bridge to a
+//! target (DSR: only the destination MAC changes). The same is done with the
+//! MAC-swap program, whose input frame carries the target's MAC as source so
+//! that its output takes the same path. Forwarded packets are counted where
+//! they arrive (the target's `eth0` receive counter); drops = injected -
+//! received.
+//!
+//! The rate is what one core can push through the program, the veth pair,
+//! the bridge and the target's receive path; the ratio `lb` / MAC-swap is the
+//! figure that carries over to other machines.
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+};
+use lb_common::Counter;
+
+use super::{
+    POLICY, Settings, XDP_TX, counter, load,
+    report::{Figure, Section, fmt_rate},
+    stats::median,
+    test_run,
+};
+use crate::{Lab, LabOptions, Node, packets::Frame, topo::TARGETS};
+
+/// Goal: `lb` forwards at least this share of the MAC-swap rate.
+pub const GOAL: f64 = 0.8;
+/// Frames per live-frames batch (the kernel's maximum is 256).
+const BATCH: u32 = 64;
+
+/// `ip -j -s link show eth0` in `node`: received packets.
+fn rx_packets(lab: &Lab, node: Node) -> Result<u64> {
+    let out = lab.exec(node, &["ip", "-j", "-s", "link", "show", "eth0"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no rx packets in {out}"))
+}
+
+fn ifindex(lab: &Lab, node: Node) -> Result<u32> {
+    let out = lab.exec(node, &["ip", "-j", "link", "show", "eth0"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["ifindex"]
+        .as_u64()
+        .map(|i| i as u32)
+        .ok_or_else(|| anyhow!("no ifindex in {out}"))
+}
+
+/// Waits until `node`'s receive counter stops moving (100 ms without
+/// change, at most 5 s); its last value.
+fn settled_rx(lab: &Lab, node: Node) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = rx_packets(lab, node)?;
+    loop {
+        thread::sleep(Duration::from_millis(100));
+        let now = rx_packets(lab, node)?;
+        if now == last || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// One live-frames run: `repeat` copies of `frame` injected at `ifindex`
+/// (in the lb's namespace). Wall-clock seconds.
+fn inject(lab: &Lab, program: &mut Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<f64> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_ne_bytes())
+        .collect();
+    lab.run_in(Node::Lb, || {
+        let started = Instant::now();
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("live frames test run: {e}"))?;
+        Ok(started.elapsed().as_secs_f64())
+    })
+}
+
+pub struct Live {
+    pub frames: u64,
+    pub lb_rates: Vec<f64>,
+    pub base_rates: Vec<f64>,
+    pub lb_received: u64,
+    pub base_received: u64,
+    pub lb_counted: u64,
+    pub target: &'static str,
+}
+
+pub fn measure(settings: &Settings) -> Result<Live> {
+    let (repeat, runs) = if settings.quick {
+        (300_000, 2)
+    } else {
+        (2_000_000, 3)
+    };
+    let lab = Lab::with(LabOptions {
+        prefix: "lbbench".into(),
+        server_bin: None,
+        ..LabOptions::default()
+    })?;
+    // The bridge learns where each target is (else it floods every frame).
+    for i in 0..TARGETS.len() {
+        let _ = lab.exec(Node::Target(i), &["ping", "-c", "1", "-W", "1", "10.0.3.2"]);
+    }
+    let ifindex = ifindex(&lab, Node::Lb)?;
+    let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20)?;
+    let mut baseline = Ebpf::load(lb_user::EBPF_MACSWAP)?;
+    let base: &mut Xdp = baseline
+        .program_mut("macswap")
+        .context("macswap program")?
+        .try_into()?;
+    base.load()?;
+
+    // One UDP flow (the targets have no UDP server on the VIP: each frame
+    // ends in their kernel, with rate-limited ICMP errors at most).
+    let frame = Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, &[0u8; 18]).build();
+    let (verdict, _, out) = test_run(dp.program_mut(), &frame, 1)?;
+    ensure!(verdict == XDP_TX, "lb verdict {verdict}");
+    let mac: [u8; 6] = out[..6].try_into()?;
+    let (index, spec) = TARGETS
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.mac == mac)
+        .ok_or_else(|| anyhow!("lb chose an unknown MAC {mac:x?}"))?;
+    let node = Node::Target(index);
+    let mut swap_frame = frame.clone();
+    swap_frame[6..12].copy_from_slice(&spec.mac);
+
+    let hits0 = counter(&dp, Counter::FlowHit)?;
+    let mut live = Live {
+        frames: repeat as u64 * runs as u64,
+        lb_rates: vec![],
+        base_rates: vec![],
+        lb_received: 0,
+        base_received: 0,
+        lb_counted: 0,
+        target: spec.name,
+    };
+    for _ in 0..runs {
+        let before = settled_rx(&lab, node)?;
+        let secs = inject(&lab, dp.program_mut(), &frame, ifindex, repeat)?;
+        live.lb_rates.push(repeat as f64 / secs);
+        live.lb_received += settled_rx(&lab, node)?.saturating_sub(before);
+
+        let before = settled_rx(&lab, node)?;
+        let secs = inject(&lab, base, &swap_frame, ifindex, repeat)?;
+        live.base_rates.push(repeat as f64 / secs);
+        live.base_received += settled_rx(&lab, node)?.saturating_sub(before);
+    }
+    live.lb_counted = counter(&dp, Counter::FlowHit)? - hits0;
+    Ok(live)
+}
+
+pub fn section(settings: &Settings) -> Result<Section> {
+    let m = measure(settings)?;
+    let mut s = Section::new("Data plane: live traffic through the lab");
+    let (lb, base) = (median(&m.lb_rates), median(&m.base_rates));
+    let drops = |received: u64| m.frames.saturating_sub(received);
+    let delivered = |received: u64| received.min(m.frames) as f64 / m.frames as f64;
+    s.line(format!(
+        "BPF_PROG_TEST_RUN with live frames ({BATCH} per batch) on the lab lb's eth0: {} frames per program in {} runs, `lb` and MAC-swap interleaved, one UDP flow to target {}. Rate = frames / wall-clock time of the run (injection and forwarding share one core); received = the target's eth0 receive counter.",
+        m.frames,
+        m.lb_rates.len(),
+        m.target
+    ));
+    s.table(
+        &[
+            "program",
+            "rate (median)",
+            "runs",
+            "received",
+            "dropped",
+            "delivered",
+        ],
+        &[
+            vec![
+                "lb".into(),
+                format!("{}pkt/s", fmt_rate(lb)),
+                m.lb_rates
+                    .iter()
+                    .map(|r| fmt_rate(*r))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.lb_received.to_string(),
+                drops(m.lb_received).to_string(),
+                format!("{:.2} %", delivered(m.lb_received) * 100.0),
+            ],
+            vec![
+                "MAC-swap".into(),
+                format!("{}pkt/s", fmt_rate(base)),
+                m.base_rates
+                    .iter()
+                    .map(|r| fmt_rate(*r))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.base_received.to_string(),
+                drops(m.base_received).to_string(),
+                format!("{:.2} %", delivered(m.base_received) * 100.0),
+            ],
+        ],
+    );
+    s.line(format!(
+        "`lb` counted {} flow-table hits for {} injected frames.",
+        m.lb_counted, m.frames
+    ));
+    // What counts is what arrived: the rate times the delivered share.
+    let ratio = (lb * delivered(m.lb_received)) / (base * delivered(m.base_received)).max(1.0);
+    s.figures.push(Figure::goal(
+        "live traffic: lb / MAC-swap forwarded packets/s",
+        format!(
+            "{ratio:.2} ({}pkt/s vs {}pkt/s)",
+            fmt_rate(lb * delivered(m.lb_received)),
+            fmt_rate(base * delivered(m.base_received))
+        ),
+        format!(">= {GOAL}"),
+        ratio >= GOAL,
+    ));
+    s.figures.push(Figure::info(
+        "live traffic: dropped (lb / MAC-swap)",
+        format!(
+            "{} / {} of {} each",
+            drops(m.lb_received),
+            drops(m.base_received),
+            m.frames
+        ),
+    ));
+    Ok(s)
+}
