@@ -115,6 +115,13 @@ pub fn measure(settings: &Settings) -> Result<Live> {
         server_bin: None,
         ..LabOptions::default()
     })?;
+    // The bridge must not learn from what the lb's port sends: a MAC-swap
+    // frame carries the target's MAC as its source (below), and learning it
+    // there would send the target's frames back to the lb.
+    lab.exec(
+        Node::Switch,
+        &["bridge", "link", "set", "dev", &Node::Lb.port(), "learning", "off"],
+    )?;
     // The bridge learns where each target is (else it floods every frame).
     for i in 0..TARGETS.len() {
         let _ = lab.exec(Node::Target(i), &["ping", "-c", "1", "-W", "1", "10.0.3.2"]);
@@ -140,7 +147,11 @@ pub fn measure(settings: &Settings) -> Result<Live> {
         .find(|(_, t)| t.mac == mac)
         .ok_or_else(|| anyhow!("lb chose an unknown MAC {mac:x?}"))?;
     let node = Node::Target(index);
+    // Live frames are recycled without being copied again, so a program
+    // sees its own output on later runs; a frame from the target's MAC to
+    // the target's MAC comes out of a swap the same every time.
     let mut swap_frame = frame.clone();
+    swap_frame[..6].copy_from_slice(&spec.mac);
     swap_frame[6..12].copy_from_slice(&spec.mac);
 
     let hits0 = counter(&dp, Counter::FlowHit)?;
@@ -157,12 +168,16 @@ pub fn measure(settings: &Settings) -> Result<Live> {
         let before = settled_rx(&lab, node)?;
         let secs = inject(&lab, dp.program_mut(), &frame, ifindex, repeat)?;
         live.lb_rates.push(repeat as f64 / secs);
-        live.lb_received += settled_rx(&lab, node)?.saturating_sub(before);
+        let got = settled_rx(&lab, node)?.saturating_sub(before);
+        eprintln!("live: lb {repeat} frames in {secs:.3} s, {got} received");
+        live.lb_received += got;
 
         let before = settled_rx(&lab, node)?;
         let secs = inject(&lab, base, &swap_frame, ifindex, repeat)?;
         live.base_rates.push(repeat as f64 / secs);
-        live.base_received += settled_rx(&lab, node)?.saturating_sub(before);
+        let got = settled_rx(&lab, node)?.saturating_sub(before);
+        eprintln!("live: MAC-swap {repeat} frames in {secs:.3} s, {got} received");
+        live.base_received += got;
     }
     live.lb_counted = counter(&dp, Counter::FlowHit)? - hits0;
     Ok(live)

@@ -93,9 +93,17 @@ target_groups:
 /// of its IPv4 listener in [`POLICY`]).
 pub const ALGORITHMS: &[(&str, u16)] = &[("hash", 80), ("source_ip", 8080)];
 
-/// The MAC of target `10.0.3.1N` / `fd00:3::1N` in [`POLICY`].
+/// The MAC of the target whose address ends in `last` (hexadecimal) in
+/// [`POLICY`]: 10.0.3.11 and fd00:3::11 have 02:00:00:00:00:11, the MAC of
+/// the lab's target t1 (see [`crate::topo::TARGETS`]).
 pub fn target_mac(last: u8) -> [u8; 6] {
     [2, 0, 0, 0, 0, last]
+}
+
+/// 11 -> 0x11: the last octet of an IPv4 target read as the hexadecimal
+/// digits of its IPv6 twin.
+fn decimal_as_hex(octet: u8) -> u8 {
+    ((octet / 10 % 10) << 4) | (octet % 10)
 }
 
 /// Loads `program` of `object` with a flow table of `flow_table_size` and
@@ -113,7 +121,7 @@ pub fn load(
         .flat_map(|g| g.targets.iter())
         .map(|t| {
             let last = match t.ip {
-                std::net::IpAddr::V4(v4) => v4.octets()[3],
+                std::net::IpAddr::V4(v4) => decimal_as_hex(v4.octets()[3]),
                 std::net::IpAddr::V6(v6) => v6.octets()[15],
             };
             (t.ip, target_mac(last))
