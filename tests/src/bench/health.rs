@@ -189,7 +189,7 @@ pub fn capacity(settings: &Settings, targets: usize) -> Result<Capacity> {
         let stop = Arc::new(AtomicBool::new(false));
         let (task, handle) = listener(PROBE_PORT, stop.clone())?;
         let yaml = format!(
-            "listeners: []\ntarget_groups:\n  - name: probed\n    protocol: tcp\n    health_check: {{ type: tcp, port: {PROBE_PORT}, interval_s: 2, timeout_s: 1, healthy_threshold: 1000000, unhealthy_threshold: 1000000 }}\n    targets: [ {{ ip: 10.0.0.1 }} ]\n"
+            "listeners: []\ntarget_groups:\n  - name: probed\n    protocol: tcp\n    health_check: {{ type: tcp, port: {PROBE_PORT}, interval_s: 2, timeout_s: 1, healthy_threshold: 2, unhealthy_threshold: 2 }}\n    targets: [ {{ ip: 10.0.0.1 }} ]\n"
         );
         let mut policy = policy::parse("probe.yaml", &yaml)?;
         let group = &mut policy.target_groups[0];

@@ -120,7 +120,15 @@ pub fn measure(settings: &Settings) -> Result<Live> {
     // there would send the target's frames back to the lb.
     lab.exec(
         Node::Switch,
-        &["bridge", "link", "set", "dev", &Node::Lb.port(), "learning", "off"],
+        &[
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            &Node::Lb.port(),
+            "learning",
+            "off",
+        ],
     )?;
     // The bridge learns where each target is (else it floods every frame).
     for i in 0..TARGETS.len() {

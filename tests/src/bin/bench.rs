@@ -66,11 +66,11 @@ fn main() -> Result<()> {
         let section = f().unwrap_or_else(|e| {
             eprintln!("bench: {title} failed: {e:#}");
             let mut s = Section::new(title);
-            s.line(format!("Not measured: {e:#}"));
-            s.figures.push(Figure::info(
-                format!("{title}: not measured"),
-                format!("{e:#}"),
-            ));
+            // One line, no table separators: it goes into a table cell.
+            let error = format!("{e:#}").replace('\n', "; ").replace('|', "/");
+            s.line(format!("Not measured: {error}"));
+            s.figures
+                .push(Figure::info(format!("{title}: not measured"), error));
             s
         });
         eprintln!("bench: {title}: {:.1} s", t.elapsed().as_secs_f64());
