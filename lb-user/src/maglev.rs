@@ -118,8 +118,9 @@ impl TableCache {
 ///
 /// Cost: walking the permutations visits about `size * ln(size)` candidate
 /// slots in all, most of them for the last free slots. So the walk looks at
-/// 8 candidates at a time (their addresses do not depend on each other, so
-/// their loads overlap), and once few slots are free ([`scan_below`]) a
+/// 4 candidates at a time (their addresses do not depend on each other, so
+/// their loads overlap; `taken` has a mirror half so that a candidate needs
+/// no reduction modulo size), and once few slots are free ([`scan_below`]) a
 /// member's claim scans the free slots instead, taking the one earliest in
 /// its permutation: the same slot the walk would reach, since every slot
 /// before a member's cursor is taken. No division on the walk; 32-bit
@@ -141,7 +142,8 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
     // Per member: its next preferred slot (`offset + k * skip` modulo size).
     let mut cursor: Vec<u32> = walks.iter().map(|w| w.offset).collect();
     let mut credit = vec![0u64; members.len()];
-    let mut taken = vec![false; size as usize];
+    // Slot s is taken iff `taken[s]` and `taken[s + size]` are.
+    let mut taken = vec![false; 2 * size as usize];
     let mut free: Vec<u32> = Vec::new();
     let endgame = size.saturating_sub(scan_below(size));
     let mut filled = 0u32;
@@ -154,6 +156,7 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
                     let slot = walks[i].next_free(&taken, cursor[i], size);
                     cursor[i] = add_mod(slot, walks[i].ahead[1], size);
                     taken[slot as usize] = true;
+                    taken[(slot + size) as usize] = true;
                     slot
                 } else {
                     if free.is_empty() {
@@ -180,7 +183,7 @@ fn scan_below(size: u32) -> u32 {
 }
 
 /// Candidates looked at together by a walk.
-const AHEAD: usize = 8;
+const AHEAD: usize = 4;
 
 /// A member's permutation: its k-th preferred slot is `offset + k * skip`
 /// modulo size.
@@ -210,21 +213,17 @@ impl Walk {
     /// prime, so the walk visits every slot within `size` steps, and a free
     /// one exists while the table is not full).
     #[inline(always)]
-    fn next_free(&self, taken: &[bool], slot: u32, size: u32) -> u32 {
-        if !taken[slot as usize] {
-            return slot;
-        }
-        let mut slot = add_mod(slot, self.ahead[1], size);
+    fn next_free(&self, taken: &[bool], mut slot: u32, size: u32) -> u32 {
         loop {
-            let mut candidates = [0u32; AHEAD];
+            // Candidates up to 2 * size: the mirror half of `taken` answers
+            // for those past the end.
             let mut mask = 0u32;
-            for (k, c) in candidates.iter_mut().enumerate() {
-                *c = add_mod(slot, self.ahead[k], size);
-                mask |= (taken[*c as usize] as u32) << k;
+            for k in 0..AHEAD {
+                mask |= (taken[(slot + self.ahead[k]) as usize] as u32) << k;
             }
             let first_free = (!mask).trailing_zeros() as usize;
             if first_free < AHEAD {
-                return candidates[first_free];
+                return add_mod(slot, self.ahead[first_free], size);
             }
             slot = add_mod(slot, self.ahead[AHEAD], size);
         }
@@ -263,6 +262,51 @@ fn inverse_mod(a: u32, m: u32) -> u32 {
         (r, new_r) = (new_r, r - q * new_r);
     }
     t.rem_euclid(m as i64) as u32
+}
+
+/// The same table as [`build`], computed the textbook way: one candidate
+/// at a time, a multiplication and a modulo per step. The reference of the
+/// tests and of the benchmark (`cargo xtask bench` reports `build` against
+/// it).
+pub fn build_textbook(members: &[Member], size: u32) -> Vec<u32> {
+    let mut members: Vec<Member> = members.iter().copied().filter(|m| m.weight > 0).collect();
+    let mut table = vec![0u32; size as usize];
+    if members.is_empty() {
+        return table;
+    }
+    members.sort_by_key(|m| m.identity);
+    let max_weight = members.iter().map(|m| m.weight).max().unwrap() as u64;
+    let perms: Vec<(u32, u32)> = members
+        .iter()
+        .map(|m| m.identity.permutation(size))
+        .collect();
+    let mut next = vec![0u64; members.len()];
+    let mut credit = vec![0u64; members.len()];
+    // Slot s is taken iff `taken[s]` and `taken[s + size]` are.
+    let mut taken = vec![false; 2 * size as usize];
+    let mut filled = 0;
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            credit[i] += m.weight as u64;
+            while credit[i] >= max_weight {
+                credit[i] -= max_weight;
+                let (offset, skip) = (perms[i].0 as u64, perms[i].1 as u64);
+                let slot = loop {
+                    let c = ((offset + next[i] * skip) % size as u64) as usize;
+                    next[i] += 1;
+                    if !taken[c] {
+                        break c;
+                    }
+                };
+                taken[slot] = true;
+                table[slot] = m.id;
+                filled += 1;
+                if filled == size {
+                    return table;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -386,47 +430,6 @@ mod tests {
 
     const PINNED_DIGEST: u32 = 0x7ccc_b10b;
 
-    /// The textbook walk: one candidate at a time, a modulo per step.
-    fn reference(members: &[Member], size: u32) -> Vec<u32> {
-        let mut members: Vec<Member> = members.iter().copied().filter(|m| m.weight > 0).collect();
-        let mut table = vec![0u32; size as usize];
-        if members.is_empty() {
-            return table;
-        }
-        members.sort_by_key(|m| m.identity);
-        let max_weight = members.iter().map(|m| m.weight).max().unwrap() as u64;
-        let perms: Vec<(u32, u32)> = members
-            .iter()
-            .map(|m| m.identity.permutation(size))
-            .collect();
-        let mut next = vec![0u64; members.len()];
-        let mut credit = vec![0u64; members.len()];
-        let mut taken = vec![false; size as usize];
-        let mut filled = 0;
-        loop {
-            for (i, m) in members.iter().enumerate() {
-                credit[i] += m.weight as u64;
-                while credit[i] >= max_weight {
-                    credit[i] -= max_weight;
-                    let (offset, skip) = (perms[i].0 as u64, perms[i].1 as u64);
-                    let slot = loop {
-                        let c = ((offset + next[i] * skip) % size as u64) as usize;
-                        next[i] += 1;
-                        if !taken[c] {
-                            break c;
-                        }
-                    };
-                    taken[slot] = true;
-                    table[slot] = m.id;
-                    filled += 1;
-                    if filled == size {
-                        return table;
-                    }
-                }
-            }
-        }
-    }
-
     #[test]
     fn same_table_as_the_textbook_walk() {
         for (n, size) in [
@@ -440,7 +443,7 @@ mod tests {
             let members: Vec<Member> = (0..n).map(|i| member(i, 1 + i % 5)).collect();
             assert_eq!(
                 build(&members, size),
-                reference(&members, size),
+                build_textbook(&members, size),
                 "n={n} size={size}"
             );
         }
