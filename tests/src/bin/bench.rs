@@ -109,7 +109,7 @@ fn main() -> Result<()> {
     let report = Report {
         machine: Machine::detect(),
         mode: format!(
-            "`cargo xtask bench{}`, {:.0} s",
+            "`cargo xtask bench{}`, {:.0} s of measurement",
             if args.quick { " --quick" } else { "" },
             started.elapsed().as_secs_f64()
         ),
