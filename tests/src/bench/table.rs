@@ -226,6 +226,7 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
             })
             .collect::<Vec<_>>(),
     );
+    s.line(format!("\nMaglev's disruption grows as the slots per target shrink: with 1,000 targets a {SLOTS}-slot table gives each about 65, and a change moves several times the ideal share. A larger `table_size` (about 100 x the targets) brings it back towards the ideal."));
     s.line("\nSpread: weights 1-100 over the targets; largest deviation of a target's slot count from its ideal share.");
     s.table(
         &[
