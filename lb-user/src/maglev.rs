@@ -135,26 +135,25 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
     }
     members.sort_by_key(|m| m.identity);
     let max_weight = members.iter().map(|m| m.weight).max().unwrap_or(1) as u64;
-    let walks: Vec<Walk> = members
+    // One record per member with everything a turn touches (fewer live
+    // pointers in the loop: measurably faster).
+    let mut walks: Vec<Walk> = members
         .iter()
-        .map(|m| Walk::new(m.identity.permutation(size), size))
+        .map(|m| Walk::new(m.identity.permutation(size), size, m.weight as u64, m.id))
         .collect();
-    // Per member: its next preferred slot (`offset + k * skip` modulo size).
-    let mut cursor: Vec<u32> = walks.iter().map(|w| w.offset).collect();
-    let mut credit = vec![0u64; members.len()];
     // Slot s is taken iff `taken[s]` and `taken[s + size]` are.
     let mut taken = vec![false; 2 * size as usize];
     let mut free: Vec<u32> = Vec::new();
     let endgame = size.saturating_sub(scan_below(size));
     let mut filled = 0u32;
     'rounds: loop {
-        for (i, member) in members.iter().enumerate() {
-            credit[i] += member.weight as u64;
-            while credit[i] >= max_weight {
-                credit[i] -= max_weight;
+        for w in walks.iter_mut() {
+            w.credit += w.weight;
+            while w.credit >= max_weight {
+                w.credit -= max_weight;
                 let slot = if filled < endgame {
-                    let slot = walks[i].next_free(&taken, cursor[i], size);
-                    cursor[i] = add_mod(slot, walks[i].ahead[1], size);
+                    let slot = w.next_free(&taken, w.cursor, size);
+                    w.cursor = add_mod(slot, w.ahead[1], size);
                     taken[slot as usize] = true;
                     taken[(slot + size) as usize] = true;
                     slot
@@ -162,9 +161,9 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
                     if free.is_empty() {
                         free = (0..size).filter(|&s| !taken[s as usize]).collect();
                     }
-                    walks[i].take_first(&mut free, size)
+                    w.take_first(&mut free, size)
                 };
-                table[slot as usize] = member.id;
+                table[slot as usize] = w.id;
                 filled += 1;
                 if filled == size {
                     break 'rounds;
@@ -185,9 +184,18 @@ fn scan_below(size: u32) -> u32 {
 /// Candidates looked at together by a walk.
 const AHEAD: usize = 4;
 
-/// A member's permutation: its k-th preferred slot is `offset + k * skip`
-/// modulo size.
+/// A member as the build sees it: its permutation (its k-th preferred slot
+/// is `offset + k * skip` modulo size), where its walk stands, and its
+/// weight credit.
 struct Walk {
+    /// Its next preferred slot: every slot before it in the permutation is
+    /// taken.
+    cursor: u32,
+    /// The value of its slots.
+    id: u32,
+    /// Turns earned: a turn costs the largest weight.
+    credit: u64,
+    weight: u64,
     offset: u32,
     /// The inverse of skip modulo size: slot s is at position
     /// `(s - offset) * inverse % size` of the permutation.
@@ -197,12 +205,16 @@ struct Walk {
 }
 
 impl Walk {
-    fn new((offset, skip): (u32, u32), size: u32) -> Walk {
+    fn new((offset, skip): (u32, u32), size: u32, weight: u64, id: u32) -> Walk {
         let mut ahead = [0u32; AHEAD + 1];
         for k in 1..=AHEAD {
             ahead[k] = add_mod(ahead[k - 1], skip, size);
         }
         Walk {
+            cursor: offset,
+            id,
+            credit: 0,
+            weight,
             offset,
             inverse: inverse_mod(skip, size),
             ahead,
