@@ -243,16 +243,42 @@ impl Walk {
 
     /// The free slot earliest in this permutation, removed from `free`.
     fn take_first(&self, free: &mut Vec<u32>, size: u32) -> u32 {
-        let (mut best, mut best_position) = (0, u64::MAX);
+        let modulo = Modulo::new(size);
+        let (mut best, mut best_position) = (0, u32::MAX);
         for (j, &s) in free.iter().enumerate() {
             let position =
-                add_mod(s, size - self.offset, size) as u64 * self.inverse as u64 % size as u64;
+                modulo.of(add_mod(s, size - self.offset, size) as u64 * self.inverse as u64);
             if position < best_position {
                 best_position = position;
                 best = j;
             }
         }
         free.swap_remove(best)
+    }
+}
+
+/// `x % size` by multiplications instead of a division (Barrett
+/// reduction), for x < 2^62: the scan computes one per free slot.
+struct Modulo {
+    size: u64,
+    /// floor(2^64 / size).
+    inverse: u64,
+}
+
+impl Modulo {
+    fn new(size: u32) -> Modulo {
+        Modulo {
+            size: size as u64,
+            inverse: (u128::from(u64::MAX) / u128::from(size)) as u64,
+        }
+    }
+
+    #[inline(always)]
+    fn of(&self, x: u64) -> u32 {
+        let q = ((x as u128 * self.inverse as u128) >> 64) as u64;
+        let r = x - q * self.size;
+        // q is at most 1 below the true quotient.
+        (if r >= self.size { r - self.size } else { r }) as u32
     }
 }
 
@@ -458,6 +484,25 @@ mod tests {
                 build_textbook(&members, size),
                 "n={n} size={size}"
             );
+        }
+    }
+
+    #[test]
+    fn modulo_by_multiplication() {
+        for size in [2u32, 7, 65537, 1_000_003] {
+            let m = Modulo::new(size);
+            let size64 = size as u64;
+            for x in [
+                0,
+                1,
+                size64 - 1,
+                size64,
+                size64 * size64 - 1,
+                (1 << 62) - 1,
+                123_456_789_012,
+            ] {
+                assert_eq!(m.of(x) as u64, x % size64, "{x} % {size}");
+            }
         }
     }
 
