@@ -22,8 +22,9 @@ pub const MAX_LISTENERS: u32 = 4096;
 /// Capacity of the group maps; group id 0 is never used.
 pub const MAX_GROUPS: u32 = 4096;
 /// Capacity of the target maps; target id 0 is reserved so that a zeroed
-/// table slot fails closed (counted as `NoTarget`).
-pub const MAX_TARGETS: u32 = 65536;
+/// table slot fails closed (counted as `NoTarget`). Room for 1,000 groups of
+/// 100 targets (the scale `cargo xtask bench` measures).
+pub const MAX_TARGETS: u32 = 1 << 17;
 /// Default capacity of each flow table (LRU; one for IPv4, one for IPv6). The
 /// loader sets the policy's `flow_table.max_flows`.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;

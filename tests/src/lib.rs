@@ -6,6 +6,7 @@
 //! attachments, and removes them when dropped.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod capture;
 pub mod client;
 pub mod lab;

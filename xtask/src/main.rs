@@ -32,11 +32,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: ns/packet of lb beside a MAC-swap XDP program, same run.
+    /// The performance report: data plane, control plane, health checks
+    /// (target/bench/report.md, SVG plots, summary table; docs/bench.md).
     Bench {
-        /// Fewer repetitions and runs (a smoke run, not a figure to quote).
+        /// Fewer repetitions and shorter windows (under 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Passed to lb-bench (--section NAME, --only TEXT, --repeat N,
+        /// --runs N, --out DIR).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -61,6 +66,6 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(),
         Task::Run(args) => run::run(args),
         Task::Test { args } => test::test(&args),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench { quick, args } => bench::bench(quick, &args),
     }
 }

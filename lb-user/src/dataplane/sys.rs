@@ -1,5 +1,7 @@
 //! The syscalls aya 0.14 does not wrap: `BPF_MAP_LOOKUP_BATCH` (a whole hash
-//! map in a few calls instead of two per entry) and the coarse monotonic
+//! map in a few calls instead of two per entry), `BPF_MAP_UPDATE_BATCH` (many
+//! group tables swapped in with one call: each single update of an array of
+//! maps waits for an RCU grace period) and the coarse monotonic
 //! clock the data plane reads (`bpf_ktime_get_coarse_ns`). The one other
 //! place in userspace with `unsafe` besides `mmap`.
 #![allow(unsafe_code)]
@@ -72,6 +74,27 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
         in_token = out_token;
         first = false;
     }
+}
+
+/// Sets `keys[i]` to `values[i]` in the map `fd`, whose keys and values are
+/// 4 bytes (an array of maps: the values are map fds), in one call.
+pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    let mut attr = zeroed_attr();
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.values = values.as_ptr() as u64;
+    attr.batch.count = keys.len() as u32;
+    attr.batch.map_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    // SAFETY: the kernel wrote the count of elements done into the same member.
+    let done = unsafe { attr.batch.count } as usize;
+    if done != keys.len() {
+        return Err(io::Error::other(format!(
+            "batch update stopped after {done} of {} elements",
+            keys.len()
+        )));
+    }
+    Ok(())
 }
 
 fn zeroed_attr() -> bpf_attr {

@@ -2196,12 +2196,18 @@ mod tests {
         let policy = Policy {
             interface: None,
             listeners: Vec::new(),
-            target_groups: (0..4).map(|n| group(n, 16_384)).collect(),
+            target_groups: (0..MAX_TARGETS / 16_384)
+                .map(|n| group(n, 16_384))
+                .collect(),
             flow_table: None,
         };
         let issues = validate("t.yaml", &policy, &Positions::default());
         let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
-        assert_eq!(messages, ["65536 targets in all exceed the limit of 65535"]);
+        let expect = format!(
+            "{MAX_TARGETS} targets in all exceed the limit of {}",
+            MAX_TARGETS - 1
+        );
+        assert_eq!(messages, [expect.as_str()]);
         assert_eq!(issues[0].path, "target_groups");
 
         let policy = Policy {

@@ -1,0 +1,277 @@
+//! Live traffic through the lab: frames injected at the load balancer's
+//! interface with BPF_PROG_TEST_RUN in live-frames mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`): the kernel runs the program on each
+//! frame as if it had arrived on the lab lb's `eth0`, and an XDP_TX verdict
+//! really transmits the frame there, so it crosses the lab's bridge to a
+//! target (DSR: only the destination MAC changes). The same is done with the
+//! MAC-swap program, whose input frame carries the target's MAC as source so
+//! that its output takes the same path. Forwarded packets are counted where
+//! they arrive (the target's `eth0` receive counter); drops = injected -
+//! received.
+//!
+//! The rate is what one core can push through the program, the veth pair,
+//! the bridge and the target's receive path; the ratio `lb` / MAC-swap is the
+//! figure that carries over to other machines.
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+};
+use lb_common::Counter;
+
+use super::{
+    POLICY, Settings, XDP_TX, counter, load,
+    report::{Figure, Section, fmt_rate},
+    stats::median,
+    test_run,
+};
+use crate::{Lab, LabOptions, Node, packets::Frame, topo::TARGETS};
+
+/// Goal: `lb` forwards at least this share of the MAC-swap rate.
+pub const GOAL: f64 = 0.8;
+/// Frames per live-frames batch (the kernel's maximum is 256).
+const BATCH: u32 = 64;
+
+/// `ip -j -s link show eth0` in `node`: received packets.
+fn rx_packets(lab: &Lab, node: Node) -> Result<u64> {
+    let out = lab.exec(node, &["ip", "-j", "-s", "link", "show", "eth0"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no rx packets in {out}"))
+}
+
+fn ifindex(lab: &Lab, node: Node) -> Result<u32> {
+    let out = lab.exec(node, &["ip", "-j", "link", "show", "eth0"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["ifindex"]
+        .as_u64()
+        .map(|i| i as u32)
+        .ok_or_else(|| anyhow!("no ifindex in {out}"))
+}
+
+/// Waits until `node`'s receive counter stops moving (100 ms without
+/// change, at most 5 s); its last value.
+fn settled_rx(lab: &Lab, node: Node) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = rx_packets(lab, node)?;
+    loop {
+        thread::sleep(Duration::from_millis(100));
+        let now = rx_packets(lab, node)?;
+        if now == last || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// One live-frames run: `repeat` copies of `frame` injected at `ifindex`
+/// (in the lb's namespace). Wall-clock seconds.
+fn inject(lab: &Lab, program: &mut Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<f64> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_ne_bytes())
+        .collect();
+    lab.run_in(Node::Lb, || {
+        let started = Instant::now();
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("live frames test run: {e}"))?;
+        Ok(started.elapsed().as_secs_f64())
+    })
+}
+
+/// One run of one program.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Wall-clock seconds of the injection.
+    pub secs: f64,
+    /// Frames that arrived at the target.
+    pub received: u64,
+}
+
+pub struct Live {
+    /// Frames injected per run.
+    pub repeat: u32,
+    pub lb: Vec<Run>,
+    pub base: Vec<Run>,
+    pub lb_counted: u64,
+    pub target: &'static str,
+}
+
+impl Live {
+    /// Injected frames per second, per run.
+    fn injected(&self, runs: &[Run]) -> Vec<f64> {
+        runs.iter().map(|r| self.repeat as f64 / r.secs).collect()
+    }
+
+    /// Forwarded (arrived) frames per second, per run.
+    fn forwarded(&self, runs: &[Run]) -> Vec<f64> {
+        runs.iter()
+            .map(|r| r.received.min(self.repeat as u64) as f64 / r.secs)
+            .collect()
+    }
+
+    fn dropped(&self, runs: &[Run]) -> u64 {
+        runs.iter()
+            .map(|r| (self.repeat as u64).saturating_sub(r.received))
+            .sum()
+    }
+}
+
+pub fn measure(settings: &Settings) -> Result<Live> {
+    let (repeat, runs) = if settings.quick {
+        (300_000, 2)
+    } else {
+        (2_000_000, 3)
+    };
+    let lab = Lab::with(LabOptions {
+        prefix: "lbbench".into(),
+        server_bin: None,
+        ..LabOptions::default()
+    })?;
+    // The bridge must not learn from what the lb's port sends: a MAC-swap
+    // frame carries the target's MAC as its source (below), and learning it
+    // there would send the target's frames back to the lb.
+    lab.exec(
+        Node::Switch,
+        &[
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            &Node::Lb.port(),
+            "learning",
+            "off",
+        ],
+    )?;
+    // The bridge learns where each target is (else it floods every frame).
+    for i in 0..TARGETS.len() {
+        let _ = lab.exec(Node::Target(i), &["ping", "-c", "1", "-W", "1", "10.0.3.2"]);
+    }
+    let ifindex = ifindex(&lab, Node::Lb)?;
+    let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20)?;
+    let mut baseline = Ebpf::load(lb_user::EBPF_MACSWAP)?;
+    let base: &mut Xdp = baseline
+        .program_mut("macswap")
+        .context("macswap program")?
+        .try_into()?;
+    base.load()?;
+
+    // One UDP flow (the targets have no UDP server on the VIP: each frame
+    // ends in their kernel, with rate-limited ICMP errors at most).
+    let frame = Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, &[0u8; 18]).build();
+    let (verdict, _, out) = test_run(dp.program_mut(), &frame, 1)?;
+    ensure!(verdict == XDP_TX, "lb verdict {verdict}");
+    let mac: [u8; 6] = out[..6].try_into()?;
+    let (index, spec) = TARGETS
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.mac == mac)
+        .ok_or_else(|| anyhow!("lb chose an unknown MAC {mac:x?}"))?;
+    let node = Node::Target(index);
+    // Live frames are recycled without being copied again, so a program
+    // sees its own output on later runs; a frame from the target's MAC to
+    // the target's MAC comes out of a swap the same every time.
+    let mut swap_frame = frame.clone();
+    swap_frame[..6].copy_from_slice(&spec.mac);
+    swap_frame[6..12].copy_from_slice(&spec.mac);
+
+    let hits0 = counter(&dp, Counter::FlowHit)?;
+    let mut live = Live {
+        repeat,
+        lb: vec![],
+        base: vec![],
+        lb_counted: 0,
+        target: spec.name,
+    };
+    for _ in 0..runs {
+        let before = settled_rx(&lab, node)?;
+        let secs = inject(&lab, dp.program_mut(), &frame, ifindex, repeat)?;
+        let received = settled_rx(&lab, node)?.saturating_sub(before);
+        live.lb.push(Run { secs, received });
+
+        let before = settled_rx(&lab, node)?;
+        let secs = inject(&lab, base, &swap_frame, ifindex, repeat)?;
+        let received = settled_rx(&lab, node)?.saturating_sub(before);
+        live.base.push(Run { secs, received });
+    }
+    live.lb_counted = counter(&dp, Counter::FlowHit)? - hits0;
+    Ok(live)
+}
+
+pub fn section(settings: &Settings) -> Result<Section> {
+    let m = measure(settings)?;
+    let mut s = Section::new("Data plane: live traffic through the lab");
+    let frames = m.repeat as u64 * m.lb.len() as u64;
+    s.line(format!(
+        "BPF_PROG_TEST_RUN with live frames ({BATCH} per batch) on the lab lb's eth0: {} frames per run, {} runs per program, `lb` and MAC-swap interleaved, one UDP flow to target {}. Injected = frames / wall-clock time of the call; forwarded = frames that arrived at the target's eth0 / the same time; dropped = injected - arrived. Injection and forwarding share the machine's cores, so the generator can outrun the path: drops then show what the path could not take.",
+        m.repeat,
+        m.lb.len(),
+        m.target
+    ));
+    let rates = |v: Vec<f64>| {
+        v.iter()
+            .map(|r| fmt_rate(*r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut rows = Vec::new();
+    for (name, runs) in [("lb", &m.lb), ("MAC-swap", &m.base)] {
+        rows.push(vec![
+            name.into(),
+            format!("{}pkt/s", fmt_rate(median(&m.forwarded(runs)))),
+            rates(m.forwarded(runs)),
+            rates(m.injected(runs)),
+            format!("{} of {frames}", m.dropped(runs)),
+        ]);
+    }
+    s.table(
+        &[
+            "program",
+            "forwarded (median)",
+            "forwarded per run",
+            "injected per run",
+            "dropped",
+        ],
+        &rows,
+    );
+    s.line(format!(
+        "`lb` counted {} flow-table hits for {frames} injected frames.",
+        m.lb_counted
+    ));
+    let (lb, base) = (median(&m.forwarded(&m.lb)), median(&m.forwarded(&m.base)));
+    let ratio = lb / base.max(1.0);
+    s.figures.push(Figure::goal(
+        "live traffic: lb / MAC-swap forwarded packets/s (median of runs)",
+        format!(
+            "{ratio:.2} ({}pkt/s vs {}pkt/s)",
+            fmt_rate(lb),
+            fmt_rate(base)
+        ),
+        format!(">= {GOAL}"),
+        ratio >= GOAL,
+    ));
+    s.figures.push(Figure::info(
+        "live traffic: dropped (lb / MAC-swap)",
+        format!(
+            "{} / {} of {frames} each",
+            m.dropped(&m.lb),
+            m.dropped(&m.base)
+        ),
+    ));
+    Ok(s)
+}

@@ -1,0 +1,183 @@
+//! The benchmarks of `cargo xtask bench` (binary `lb-bench`), one module per
+//! concern; each returns a report [`report::Section`]: its method and detail
+//! tables, its lines of the summary table and its plots. docs/bench.md
+//! describes the methods and how to read the figures.
+//!
+//! Data plane (BPF_PROG_TEST_RUN, no network needed): [`packet`] (ns/packet
+//! beside a MAC-swap program), [`flood`] (SYN flood against established
+//! flows). Through the lab's namespaces: [`live`] (live frames forwarded by
+//! DSR), [`health`] (failure-to-removal time) and the probe capacity.
+//! Control plane (pure or in-process): [`table`] (hash table build time and
+//! disruption), [`scale`] (1,000 groups x 100 targets).
+//!
+//! Adding a fixture: data-plane fixtures are listed in [`packet::fixtures`]
+//! (per algorithm: one listener of [`POLICY`] per algorithm, named in
+//! [`ALGORITHMS`]); the SYN flood runs for each entry of [`ALGORITHMS`] too.
+pub mod flood;
+pub mod health;
+pub mod live;
+pub mod packet;
+pub mod plot;
+pub mod report;
+pub mod scale;
+pub mod stats;
+pub mod table;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use lb_common::Counter;
+use lb_user::{
+    dataplane::{Dataplane, LoadOptions},
+    plan::Observed,
+    policy,
+};
+
+use crate::packets::LB_MAC;
+
+/// What the whole run was asked for.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    /// Repetitions of one BPF_PROG_TEST_RUN call (ns/packet).
+    pub repeat: u32,
+    /// Runs of each ns/packet figure (min and median are reported).
+    pub runs: usize,
+    /// Only the data-plane fixtures whose name contains this.
+    pub only: Option<String>,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Settings {
+        Settings {
+            quick,
+            repeat: if quick { 200_000 } else { 1_000_000 },
+            runs: if quick { 3 } else { 7 },
+            only: None,
+        }
+    }
+
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| name.contains(only))
+    }
+}
+
+/// The policy of the data-plane benchmarks (BPF_PROG_TEST_RUN): one TCP
+/// listener per algorithm on 10.0.3.49 (ports in [`ALGORITHMS`]), UDP and
+/// IPv6 listeners of the hash algorithm. Targets are 10.0.3.11-13 and
+/// fd00:3::11-13 with MACs 02:00:00:00:00:11-13.
+pub const POLICY: &str = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+  - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
+  - { name: src, vip: 10.0.3.49, protocol: tcp, port: 8080, target_group: src }
+  - { name: rr, vip: 10.0.3.49, protocol: tcp, port: 8081, target_group: rr }
+  - { name: lc, vip: 10.0.3.49, protocol: tcp, port: 8082, target_group: lc }
+target_groups:
+  - name: web
+    protocol: tcp
+    targets: [ { ip: 10.0.3.11, weight: 256 }, { ip: 10.0.3.12, weight: 256 }, { ip: 10.0.3.13, weight: 128 } ]
+  - name: dns
+    protocol: udp
+    targets: [ { ip: 10.0.3.11 }, { ip: 10.0.3.12 }, { ip: 10.0.3.13 } ]
+  - name: web6
+    protocol: tcp
+    targets: [ { ip: "fd00:3::11" }, { ip: "fd00:3::12" }, { ip: "fd00:3::13" } ]
+  - name: src
+    protocol: tcp
+    algorithm: source_ip
+    targets: [ { ip: 10.0.3.11 }, { ip: 10.0.3.12 }, { ip: 10.0.3.13 } ]
+  - name: rr
+    protocol: tcp
+    algorithm: round_robin
+    targets: [ { ip: 10.0.3.11, weight: 256 }, { ip: 10.0.3.12, weight: 256 }, { ip: 10.0.3.13, weight: 128 } ]
+  - name: lc
+    protocol: tcp
+    algorithm: least_connections
+    targets: [ { ip: 10.0.3.11, weight: 256 }, { ip: 10.0.3.12, weight: 256 }, { ip: 10.0.3.13, weight: 128 } ]
+"#;
+
+/// Algorithms the data-plane benchmarks cover: (name in the report, TCP port
+/// of its IPv4 listener in [`POLICY`]).
+pub const ALGORITHMS: &[(&str, u16)] = &[
+    ("hash", 80),
+    ("source_ip", 8080),
+    ("round_robin", 8081),
+    ("least_connections", 8082),
+];
+
+/// The MAC of the target whose address ends in `last` (hexadecimal) in
+/// [`POLICY`]: 10.0.3.11 and fd00:3::11 have 02:00:00:00:00:11, the MAC of
+/// the lab's target t1 (see [`crate::topo::TARGETS`]).
+pub fn target_mac(last: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 0, last]
+}
+
+/// 11 -> 0x11: the last octet of an IPv4 target read as the hexadecimal
+/// digits of its IPv6 twin.
+fn decimal_as_hex(octet: u8) -> u8 {
+    ((octet / 10 % 10) << 4) | (octet % 10)
+}
+
+/// Loads `program` of `object` with a flow table of `flow_table_size` and
+/// applies `yaml` (every target's MAC known, no health checks).
+pub fn load(
+    object: &[u8],
+    program: &'static str,
+    yaml: &str,
+    flow_table_size: u32,
+) -> Result<Dataplane> {
+    let policy = policy::parse("bench.yaml", yaml)?;
+    let neighbors = policy
+        .target_groups
+        .iter()
+        .flat_map(|g| g.targets.iter())
+        .map(|t| {
+            let last = match t.ip {
+                std::net::IpAddr::V4(v4) => decimal_as_hex(v4.octets()[3]),
+                std::net::IpAddr::V6(v6) => v6.octets()[15],
+            };
+            (t.ip, target_mac(last))
+        })
+        .collect();
+    let observed = Observed {
+        iface_mac: LB_MAC,
+        iface_nets: vec![],
+        neighbors,
+        health: Default::default(),
+    };
+    let plan = policy::compile::compile(&policy, &observed)?;
+    let mut dp = Dataplane::load_object(object, program, &LoadOptions { flow_table_size })?;
+    dp.apply(&plan)?;
+    Ok(dp)
+}
+
+/// One BPF_PROG_TEST_RUN of `frame` repeated `repeat` times: the verdict,
+/// the kernel's mean time per repetition and the output frame.
+pub fn test_run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, r.duration, out))
+}
+
+/// A global counter of `dp`.
+pub fn counter(dp: &Dataplane, which: Counter) -> Result<u64> {
+    Ok(dp
+        .counters()?
+        .into_iter()
+        .find(|(c, _)| *c == which)
+        .map_or(0, |(_, v)| v))
+}
+
+/// XDP verdicts.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;

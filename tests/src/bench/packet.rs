@@ -1,0 +1,327 @@
+//! ns/packet of the `lb` XDP program beside a minimal MAC-swap XDP_TX
+//! program, measured in the same run with BPF_PROG_TEST_RUN, so that the
+//! ratio means something on a shared, noisy machine.
+//!
+//! - Established flow: one frame repeated `repeat` times in one test run
+//!   (the flow is created before the timed runs, so every repetition finds
+//!   it); the kernel reports the mean time per repetition.
+//! - New flow: the benchmark build of the same pipeline (`lb_new_flow`),
+//!   which increments the frame's source port after each repetition, so
+//!   every repetition is a new flow (flow-table miss, choice of target,
+//!   insert; the 1M-entry flow table fills and then evicts). Each run starts
+//!   from a source address of its own. The baseline runs the same frame.
+//!
+//! Each figure is measured `runs` times, interleaving `lb` and the baseline;
+//! min and median are reported, and the ratio of the medians.
+use anyhow::{Context as _, Result, ensure};
+use aya::{Ebpf, programs::Xdp};
+use lb_common::Counter;
+
+use super::{
+    ALGORITHMS, POLICY, Settings, XDP_PASS, XDP_TX, counter, load,
+    plot::{self, Bars, Series},
+    report::{Figure, Section, fmt_ns},
+    stats::min_median,
+    test_run,
+};
+use crate::packets::{Frame, tcp_flags::*};
+
+/// Established-flow goal: at most this many times the MAC-swap program.
+pub const ESTABLISHED_GOAL: f64 = 2.0;
+/// New-flow goal.
+pub const NEW_FLOW_GOAL: f64 = 4.0;
+
+/// What a fixture measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Every repetition finds the flow (forwarded).
+    Established,
+    /// Every repetition is a new flow (forwarded; the `lb_new_flow` build).
+    NewFlow,
+    /// Not for a listener: passed to the kernel.
+    Passed,
+}
+
+/// One data-plane fixture.
+pub struct Fixture {
+    pub name: String,
+    /// The algorithm of the listener it hits (`-` when none).
+    pub algorithm: &'static str,
+    pub kind: Kind,
+    /// The frame of run `run` (new-flow fixtures: a source of its own per
+    /// run, so no run meets the flows of an earlier one).
+    pub frame: Box<dyn Fn(usize) -> Vec<u8>>,
+}
+
+fn fixed(frame: Vec<u8>) -> Box<dyn Fn(usize) -> Vec<u8>> {
+    Box::new(move |_| frame.clone())
+}
+
+/// Every fixture: each algorithm of [`ALGORITHMS`] with an established and a
+/// new TCP/IPv4 flow, then the protocol variants under `hash` and a packet
+/// for no listener.
+pub fn fixtures() -> Vec<Fixture> {
+    let mut f = Vec::new();
+    for (i, &(algorithm, port)) in ALGORITHMS.iter().enumerate() {
+        f.push(Fixture {
+            name: format!("tcp4 {algorithm} established"),
+            algorithm,
+            kind: Kind::Established,
+            frame: fixed(Frame::tcp("10.0.3.100", 40000, "10.0.3.49", port, ACK).build()),
+        });
+        f.push(Fixture {
+            name: format!("tcp4 {algorithm} new flow"),
+            algorithm,
+            kind: Kind::NewFlow,
+            frame: Box::new(move |run| {
+                Frame::tcp(
+                    &format!("10.{}.{run}.1", 100 + i),
+                    1,
+                    "10.0.3.49",
+                    port,
+                    SYN,
+                )
+                .build()
+            }),
+        });
+    }
+    f.extend([
+        Fixture {
+            name: "udp4 established".into(),
+            algorithm: "hash",
+            kind: Kind::Established,
+            frame: fixed(Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, b"query").build()),
+        },
+        Fixture {
+            name: "tcp4 vlan established".into(),
+            algorithm: "hash",
+            kind: Kind::Established,
+            frame: fixed(
+                Frame::tcp("10.0.3.100", 40001, "10.0.3.49", 80, ACK)
+                    .with_vlan(42)
+                    .build(),
+            ),
+        },
+        Fixture {
+            name: "tcp4 options established".into(),
+            algorithm: "hash",
+            kind: Kind::Established,
+            frame: fixed(
+                Frame::tcp("10.0.3.100", 40002, "10.0.3.49", 80, ACK)
+                    .with_ip_options(&[1, 1, 1, 1, 1, 1, 1, 1])
+                    .build(),
+            ),
+        },
+        Fixture {
+            name: "tcp6 established".into(),
+            algorithm: "hash",
+            kind: Kind::Established,
+            frame: fixed(Frame::tcp("fd00:3::100", 40000, "fd00:3::49", 80, ACK).build()),
+        },
+        Fixture {
+            name: "udp4 new flow".into(),
+            algorithm: "hash",
+            kind: Kind::NewFlow,
+            frame: Box::new(|run| {
+                Frame::udp(&format!("10.90.{run}.1"), 1, "10.0.3.49", 53, b"query").build()
+            }),
+        },
+        Fixture {
+            name: "tcp6 new flow".into(),
+            algorithm: "hash",
+            kind: Kind::NewFlow,
+            frame: Box::new(|run| {
+                Frame::tcp(&format!("fd00:4:{run}::1"), 1, "fd00:3::49", 80, SYN).build()
+            }),
+        },
+        Fixture {
+            name: "not a listener (pass)".into(),
+            algorithm: "-",
+            kind: Kind::Passed,
+            frame: fixed(Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 22, ACK).build()),
+        },
+    ]);
+    f
+}
+
+/// One measured fixture.
+pub struct Row {
+    pub name: String,
+    pub algorithm: &'static str,
+    pub kind: Kind,
+    pub lb: (f64, f64),
+    pub base: (f64, f64),
+}
+
+impl Row {
+    pub fn ratio(&self) -> f64 {
+        self.lb.1 / self.base.1
+    }
+
+    pub fn goal(&self) -> Option<f64> {
+        match self.kind {
+            Kind::Established => Some(ESTABLISHED_GOAL),
+            Kind::NewFlow => Some(NEW_FLOW_GOAL),
+            Kind::Passed => None,
+        }
+    }
+}
+
+fn ns(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+/// Runs every fixture `settings` wants.
+pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
+    let mut dp =
+        load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20).context("loading lb (run as root)")?;
+    let mut new_flow = load(lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow", POLICY, 1 << 20)?;
+    let mut baseline = Ebpf::load(lb_user::EBPF_MACSWAP)?;
+    let base: &mut Xdp = baseline
+        .program_mut("macswap")
+        .context("macswap program")?
+        .try_into()?;
+    base.load()?;
+
+    let mut rows = Vec::new();
+    for f in fixtures().into_iter().filter(|f| settings.wants(&f.name)) {
+        let (mut l, mut b) = (Vec::new(), Vec::new());
+        match f.kind {
+            Kind::Established | Kind::Passed => {
+                let frame = (f.frame)(0);
+                let (verdict, _, _) = test_run(dp.program_mut(), &frame, 1)?; // creates the flow
+                let expect = if f.kind == Kind::Passed {
+                    XDP_PASS
+                } else {
+                    XDP_TX
+                };
+                ensure!(
+                    verdict == expect,
+                    "{}: verdict {verdict}, expected {expect}",
+                    f.name
+                );
+                for _ in 0..settings.runs {
+                    l.push(ns(test_run(dp.program_mut(), &frame, settings.repeat)?.1));
+                    b.push(ns(test_run(base, &frame, settings.repeat)?.1));
+                }
+            }
+            Kind::NewFlow => {
+                let before = counter(&new_flow, Counter::NewFlow)?;
+                for run in 0..settings.runs {
+                    let frame = (f.frame)(run);
+                    let (verdict, d, _) =
+                        test_run(new_flow.program_mut(), &frame, settings.repeat)?;
+                    ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
+                    l.push(ns(d));
+                    b.push(ns(test_run(base, &frame, settings.repeat)?.1));
+                }
+                let new_flows = counter(&new_flow, Counter::NewFlow)? - before;
+                let expected = settings.repeat as u64 * settings.runs as u64;
+                ensure!(
+                    new_flows == expected,
+                    "{}: {new_flows} new flows, expected {expected}",
+                    f.name
+                );
+            }
+        }
+        rows.push(Row {
+            name: f.name,
+            algorithm: f.algorithm,
+            kind: f.kind,
+            lb: min_median(&l),
+            base: min_median(&b),
+        });
+    }
+    Ok(rows)
+}
+
+/// The worst (highest ratio) row of `kind`.
+fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
+    rows.iter()
+        .filter(|r| r.kind == kind)
+        .max_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+}
+
+/// The report section; writes `ns_per_packet.svg` into `dir`.
+pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
+    let mut s = Section::new("Data plane: ns/packet (BPF_PROG_TEST_RUN)");
+    s.line(format!(
+        "Each figure: {} repetitions per test run, {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = `lb` median / MAC-swap median. Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that fills and evicts).",
+        settings.repeat, settings.runs
+    ));
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let goal = r.goal();
+            vec![
+                r.name.clone(),
+                r.algorithm.into(),
+                fmt_ns(r.lb.0),
+                fmt_ns(r.lb.1),
+                fmt_ns(r.base.0),
+                fmt_ns(r.base.1),
+                format!("{:.2}x", r.ratio()),
+                goal.map_or_else(String::new, |g| format!("<= {g}x")),
+                goal.map_or_else(String::new, |g| {
+                    if r.ratio() <= g { "met" } else { "not met" }.into()
+                }),
+            ]
+        })
+        .collect();
+    s.table(
+        &[
+            "fixture",
+            "algorithm",
+            "lb min",
+            "lb median",
+            "MAC-swap min",
+            "MAC-swap median",
+            "ratio",
+            "goal",
+            "met?",
+        ],
+        &table,
+    );
+    for (kind, what, goal) in [
+        (Kind::Established, "established flow", ESTABLISHED_GOAL),
+        (Kind::NewFlow, "new flow", NEW_FLOW_GOAL),
+    ] {
+        if let Some(w) = worst(rows, kind) {
+            s.figures.push(Figure::goal(
+                format!("{what}: lb / MAC-swap ns/packet (worst: {})", w.name),
+                format!(
+                    "{:.2}x ({} vs {})",
+                    w.ratio(),
+                    fmt_ns(w.lb.1),
+                    fmt_ns(w.base.1)
+                ),
+                format!("<= {goal}x"),
+                w.ratio() <= goal,
+            ));
+        }
+    }
+    if !rows.is_empty() {
+        let name = "ns_per_packet.svg";
+        plot::bars(
+            &dir.join(name),
+            &Bars {
+                title: "ns/packet (median): lb vs MAC-swap, same run",
+                y_label: "ns/packet",
+                categories: rows.iter().map(|r| r.name.clone()).collect(),
+                series: vec![
+                    Series {
+                        name: "lb",
+                        values: rows.iter().map(|r| r.lb.1).collect(),
+                    },
+                    Series {
+                        name: "MAC-swap",
+                        values: rows.iter().map(|r| r.base.1).collect(),
+                    },
+                ],
+                references: vec![],
+            },
+        )?;
+        s.plots.push(name.into());
+    }
+    Ok(s)
+}
