@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod client;
+pub mod harness;
 pub mod lab;
 pub mod lb;
 pub mod model;
