@@ -415,6 +415,21 @@ impl Dataplane {
             .map_err(map_err(names::STICKY))
     }
 
+    /// A client's sticky session (`STICKY`), if it has one.
+    pub fn sticky_session(&self, key: &StickyKey) -> Result<Option<StickyState>, DataplaneError> {
+        let map: BpfHashMap<&MapData, StickyKey, StickyState> = BpfHashMap::try_from(
+            self.ebpf
+                .map(names::STICKY)
+                .ok_or(DataplaneError::MissingMap(names::STICKY))?,
+        )
+        .map_err(map_err(names::STICKY))?;
+        match map.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::STICKY)(e)),
+        }
+    }
+
     /// Every flow-table entry (both tables; IPv4 keys widened to `FlowKey`).
     /// One syscall per entry: for tests and small tables.
     pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
@@ -463,13 +478,15 @@ impl Dataplane {
             .map_err(map_err(names::FLOWS_V6))?;
             map.remove(key)
         };
+        let name = if key.family == lb_common::FAMILY_V4 {
+            names::FLOWS_V4
+        } else {
+            names::FLOWS_V6
+        };
         match removed {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(DataplaneError::Map {
-                name: names::FLOWS_V4,
-                source: e,
-            }),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 

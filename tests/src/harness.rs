@@ -75,6 +75,9 @@ pub struct Harness {
     target_stats: BTreeMap<u32, Stats>,
     /// The kernel clock when the harness started (sticky deadlines hold it).
     started_ns: u64,
+    /// Whether `compare` reads every sticky session after each frame (else
+    /// only the frame's client's; `compare_state` reads them all).
+    pub every_session_each_frame: bool,
 }
 
 impl Harness {
@@ -97,6 +100,7 @@ impl Harness {
             listener_stats: BTreeMap::new(),
             target_stats: BTreeMap::new(),
             started_ns,
+            every_session_each_frame: true,
         }
     }
 
@@ -186,8 +190,9 @@ impl Harness {
         let expected = self.model.process_observed(&self.plan, frame, observed_mac);
         if (action, &output) != (expected.action, &expected.output) {
             return Err(format!(
-                "verdict/bytes differ from the model: {} vs {}{}\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
+                "verdict/bytes differ: model {} (target {:?}), program {}{}\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
                 expected.action,
+                expected.target,
                 action,
                 match &expected.least_connections {
                     Some(c) => format!(" (least connections could pick {c:?})"),
@@ -210,7 +215,12 @@ impl Harness {
             ));
         }
         self.compare_stats(&expected, frame.len() as u64)?;
-        self.compare_state()?;
+        self.compare_counts()?;
+        if self.every_session_each_frame {
+            self.compare_sessions()?;
+        } else if let Some(client) = expected.sticky_key {
+            self.compare_session(client)?;
+        }
         Ok(expected)
     }
 
@@ -242,6 +252,37 @@ impl Harness {
     /// Active flows per target, round-robin positions and sticky sessions
     /// against the model.
     pub fn compare_state(&self) -> Result<(), String> {
+        self.compare_counts()?;
+        self.compare_sessions()
+    }
+
+    /// One client's sticky session against the model's.
+    fn compare_session(&self, (group_id, addr_be): (u32, [u32; 4])) -> Result<(), String> {
+        let key = lb_common::StickyKey { group_id, addr_be };
+        let real = self.dp.sticky_session(&key).expect("STICKY");
+        let model = self.model.sticky.get(&(group_id, addr_be));
+        let now = coarse_now_ns();
+        let same = match (real, model) {
+            (None, None) => true,
+            (Some(r), Some(m)) => {
+                r.target_id == m.target
+                    && (self.started_ns..=now).contains(&r.expires_ns.wrapping_sub(m.expires_ns))
+            }
+            _ => false,
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(format!(
+                "sticky session of {key:?}: expected {model:?}, got {real:?} \
+                 (program deadlines include its clock, {}..={now})",
+                self.started_ns
+            ))
+        }
+    }
+
+    /// Active flows per target and round-robin positions.
+    fn compare_counts(&self) -> Result<(), String> {
         let ids: BTreeSet<u32> = self
             .plan
             .targets
@@ -273,6 +314,11 @@ impl Harness {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Every sticky session.
+    fn compare_sessions(&self) -> Result<(), String> {
         let real: BTreeMap<(u32, [u32; 4]), (u32, u64)> = self
             .dp
             .sticky_sessions()

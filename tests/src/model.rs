@@ -44,6 +44,9 @@ pub struct Outcome {
     /// Least connections: the targets some pair of random draws leads to
     /// (the program's choice must be one of them).
     pub least_connections: Option<Vec<u32>>,
+    /// The (group id, client address) of the sticky session this frame may
+    /// have read or written (a listener frame of a sticky group).
+    pub sticky_key: Option<(u32, [u32; 4])>,
 }
 
 /// What the model remembers of a flow (the documented part of the data
@@ -77,6 +80,9 @@ pub struct Model {
     /// (group id, client address) -> session.
     pub sticky: HashMap<(u32, [u32; 4]), Session>,
     pub now_ns: u64,
+    /// Least connections: per group, the table and the (first, second)
+    /// candidate pairs its draws can give (they depend on the table only).
+    lc_pairs: HashMap<u32, (Vec<u32>, Vec<(u32, u32)>)>,
 }
 
 /// What a packet does to its flow's entry (README "Flow lifecycle").
@@ -224,6 +230,7 @@ impl Model {
             listener: None,
             new_flow: false,
             least_connections: None,
+            sticky_key: None,
         };
         let (key, flags) = match parse(frame) {
             Parsed::Flow(key, flags) => (key, flags),
@@ -239,6 +246,11 @@ impl Model {
         };
         let listener_id = listener.info.listener_id;
         let group_id = listener.info.group_id;
+        let sticky_key = plan
+            .groups
+            .iter()
+            .any(|g| g.id == group_id && g.info.flags & group_flags::STICKY != 0)
+            .then_some((group_id, key.src_be));
         let drop = |mut counters: Vec<Counter>, least_connections| {
             counters.extend([Counter::NoTarget, Counter::Dropped]);
             Outcome {
@@ -249,6 +261,7 @@ impl Model {
                 listener: None,
                 new_flow: false,
                 least_connections,
+                sticky_key,
             }
         };
         let Some(group) = plan.groups.iter().find(|g| g.id == group_id) else {
@@ -278,6 +291,7 @@ impl Model {
                         listener: Some(listener_id),
                         new_flow: false,
                         least_connections: None,
+                        sticky_key,
                     };
                 }
                 counters.push(Counter::FlowReselected);
@@ -325,6 +339,7 @@ impl Model {
             listener: Some(listener_id),
             new_flow: true,
             least_connections: choice.least_connections,
+            sticky_key,
         }
     }
 
@@ -391,8 +406,17 @@ impl Model {
                 }
             }
             algorithm::LEAST_CONNECTIONS => {
+                if self
+                    .lc_pairs
+                    .get(&group.id)
+                    .is_none_or(|(t, _)| *t != group.table)
+                {
+                    let pairs = least_connections_pairs(&group.table);
+                    self.lc_pairs.insert(group.id, (group.table.clone(), pairs));
+                }
+                let pairs = &self.lc_pairs[&group.id].1;
                 let candidates = least_connections_candidates(
-                    &group.table,
+                    pairs,
                     |id| self.active(id),
                     |id| target(plan, id).map_or(0, |t| t.info.weight),
                 );
@@ -463,35 +487,42 @@ fn selectable(plan: &MapPlan, id: u32, group_id: u32) -> bool {
     })
 }
 
-/// Least connections: every target some pair of random draws leads to
-/// (sorted). A draw is any slot of `table`; the second candidate is the first
-/// target other than the first candidate's within `LEAST_CONNECTIONS_WALK`
-/// slots from its slot (wrapping), else the first candidate itself; the
-/// second wins only with strictly fewer active flows per weight. Empty for an
-/// empty table.
-pub fn least_connections_candidates(
-    table: &[u32],
-    active: impl Fn(u32) -> i64,
-    weight: impl Fn(u32) -> u16,
-) -> Vec<u32> {
+/// Least connections: the (first, second) candidate pairs some pair of
+/// random draws gives. A draw is any slot of `table`; the second candidate is
+/// the first target other than the first candidate's within
+/// `LEAST_CONNECTIONS_WALK` slots from its slot (wrapping), else the first
+/// candidate itself. Empty for an empty table.
+pub fn least_connections_pairs(table: &[u32]) -> Vec<(u32, u32)> {
     let len = table.len();
     let firsts: BTreeSet<u32> = table.iter().copied().collect();
-    let mut out = BTreeSet::new();
+    let mut pairs = BTreeSet::new();
     for &first in &firsts {
-        let mut seconds = BTreeSet::new();
         for start in 0..len {
             let second = (0..LEAST_CONNECTIONS_WALK as usize)
                 .map(|i| table[(start + i) % len])
                 .find(|&id| id != first)
                 .unwrap_or(first);
-            seconds.insert(second);
-        }
-        for second in seconds {
-            let better = second != first
-                && fewer_per_weight(active(second), weight(second), active(first), weight(first));
-            out.insert(if better { second } else { first });
+            pairs.insert((first, second));
         }
     }
+    pairs.into_iter().collect()
+}
+
+/// Least connections: every target the candidate `pairs` lead to (sorted):
+/// the second wins only with strictly fewer active flows per weight.
+pub fn least_connections_candidates(
+    pairs: &[(u32, u32)],
+    active: impl Fn(u32) -> i64,
+    weight: impl Fn(u32) -> u16,
+) -> Vec<u32> {
+    let out: BTreeSet<u32> = pairs
+        .iter()
+        .map(|&(first, second)| {
+            let better = second != first
+                && fewer_per_weight(active(second), weight(second), active(first), weight(first));
+            if better { second } else { first }
+        })
+        .collect();
     out.into_iter().collect()
 }
 
