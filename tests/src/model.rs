@@ -61,6 +61,9 @@ pub struct Flow {
     pub last_seen_ns: u64,
 }
 
+/// A group table and the least-connections candidate pairs it gives.
+type PairsOf = (Vec<u32>, Vec<(u32, u32)>);
+
 /// A client's sticky session (`STICKY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -82,7 +85,7 @@ pub struct Model {
     pub now_ns: u64,
     /// Least connections: per group, the table and the (first, second)
     /// candidate pairs its draws can give (they depend on the table only).
-    lc_pairs: HashMap<u32, (Vec<u32>, Vec<(u32, u32)>)>,
+    lc_pairs: HashMap<u32, PairsOf>,
 }
 
 /// What a packet does to its flow's entry (README "Flow lifecycle").
@@ -648,5 +651,34 @@ mod tests {
                 "{entry:?} flags {flags:#x}"
             );
         }
+    }
+
+    #[test]
+    fn least_connections_may_pick_what_some_pair_of_draws_picks() {
+        let table = [1, 2, 3, 1, 2];
+        let pairs = least_connections_pairs(&table);
+        assert_eq!(pairs, [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)]);
+        let equal = |_| 100;
+        // Equal counts: a tie keeps the first draw, which may be any target.
+        assert_eq!(
+            least_connections_candidates(&pairs, |_| 0, equal),
+            [1, 2, 3]
+        );
+        // A target with more flows than every other is never picked.
+        let loaded = |id| if id == 1 { 10 } else { 0 };
+        assert_eq!(least_connections_candidates(&pairs, loaded, equal), [2, 3]);
+        // Per weight: 10 flows on weight 100 (0.1 per unit) beat 1 on
+        // weight 5 (0.2), which beats 2 on weight 5 (0.4): the last is never
+        // picked.
+        let weight = |id| if id == 1 { 100 } else { 5 };
+        let active = |id| [0, 10, 1, 2][id as usize];
+        assert_eq!(least_connections_candidates(&pairs, active, weight), [1, 2]);
+        // A run of one target longer than the walk: both draws may be it.
+        let mut long = vec![1; 20];
+        long.push(2);
+        let pairs = least_connections_pairs(&long);
+        assert_eq!(pairs, [(1, 1), (1, 2), (2, 1)]);
+        assert_eq!(least_connections_candidates(&pairs, loaded, equal), [1, 2]);
+        assert!(least_connections_pairs(&[]).is_empty());
     }
 }

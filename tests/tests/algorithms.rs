@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_tests::{
     harness::{self, mac_of},
-    model::{XDP_DROP, XDP_TX},
+    model::{Outcome, XDP_DROP, XDP_TX},
     packets::{Frame, LB_MAC, tcp_flags::*},
 };
 use lb_user::{
@@ -77,6 +77,23 @@ impl Harness {
         (o.action, target)
     }
 
+    /// A new TCP flow (SYN) from `client`:`port`: the model's outcome (the
+    /// program agreed with it).
+    fn syn_outcome(&mut self, client: &str, port: u16) -> Outcome {
+        let frame = Frame::tcp(client, port, "10.0.3.49", 80, SYN).build();
+        let o = self.h.check("syn", &frame);
+        assert_eq!(o.action, XDP_TX, "{client}:{port}");
+        o
+    }
+
+    /// The group's round-robin position as the data plane holds it.
+    fn position(&self) -> u64 {
+        self.h
+            .dp
+            .round_robin_position(self.plan.groups[0].id)
+            .unwrap()
+    }
+
     /// A new TCP flow (SYN) from `client`:`port`; its target.
     fn syn(&mut self, client: &str, port: u16) -> u32 {
         let frame = Frame::tcp(client, port, "10.0.3.49", 80, SYN).build();
@@ -127,6 +144,7 @@ fn round_robin_follows_the_smooth_weighted_order() {
         .collect();
     let want: Vec<u32> = order.iter().cycle().take(20).copied().collect();
     assert_eq!(got, want);
+    assert_eq!(h.position(), 20, "one turn per new flow");
     // Established flows stay where they went (no turn taken).
     for i in 0..20u16 {
         let ack = Frame::tcp(
@@ -139,6 +157,7 @@ fn round_robin_follows_the_smooth_weighted_order() {
         .build();
         assert_eq!(h.run(&ack).1, Some(want[i as usize]), "flow {i}");
     }
+    assert_eq!(h.position(), 20, "established flows take no turn");
     assert_eq!(h.syn("10.0.4.9", 50000), order[0], "the next turn");
 
     // UDP takes turns too.
@@ -267,7 +286,12 @@ fn least_connections_sends_new_flows_away_from_a_loaded_target() {
     h.reapply(&yaml.replace("weight: 128", "weight: 256"));
     let mut per = BTreeMap::<u32, u32>::new();
     for i in 0..10u16 {
-        *per.entry(h.syn("10.0.4.2", 40000 + i)).or_default() += 1;
+        let o = h.syn_outcome("10.0.4.2", 40000 + i);
+        // No pair of draws can pick the loaded target (the model's set of
+        // possible choices, which the program's choice was checked against).
+        let candidates = o.least_connections.expect("least connections");
+        assert!(!candidates.contains(&1), "{candidates:?}");
+        *per.entry(o.target.unwrap()).or_default() += 1;
     }
     assert_eq!(per.get(&1), None, "{per:?}");
     assert_eq!(per.values().sum::<u32>(), 10);
@@ -316,6 +340,12 @@ fn sticky_sessions_keep_a_client_on_its_first_target_until_they_expire() {
     let b = h.syn("10.0.4.2", 40000);
     assert_eq!(b, next_turn());
     assert_ne!(a, b);
+    let sessions = h.h.dp.sticky_sessions().unwrap();
+    let mut targets: Vec<u32> = sessions.iter().map(|(_, s)| s.target_id).collect();
+    targets.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(targets, want, "one session per client");
     for i in 1..30u16 {
         assert_eq!(h.syn("10.0.4.1", 40000 + i), a, "A's flow {i}");
         assert_eq!(h.syn("10.0.4.2", 40000 + i), b, "B's flow {i}");
