@@ -269,7 +269,21 @@ fn frame(rng: &mut Rng) -> (String, Vec<u8>) {
         82..88 => {
             let vid = 1 + rng.below(4000) as u16;
             let f = listener_frame(rng).with_vlan(vid);
-            (format!("{f:?}"), f.build())
+            let mut bytes = f.build();
+            let tag = match rng.below(6) {
+                // 802.1ad outer tag: parsed like 802.1Q.
+                0 | 1 => {
+                    bytes[12..14].copy_from_slice(&[0x88, 0xa8]);
+                    "802.1ad"
+                }
+                // Two tags: only one is parsed, so it is not IP (passed).
+                2 => {
+                    bytes.splice(16..16, [0x81, 0x00, 0x00, 0x05]);
+                    "two tags"
+                }
+                _ => "802.1Q",
+            };
+            (format!("{f:?} {tag}"), bytes)
         }
         88..93 => {
             // Not for a listener.
