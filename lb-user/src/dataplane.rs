@@ -485,7 +485,11 @@ impl Dataplane {
         };
         match removed {
             Ok(()) => Ok(true),
+            // A delete of a missing key fails with ENOENT.
             Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
             Err(e) => Err(map_err(name)(e)),
         }
     }

@@ -415,7 +415,9 @@ fn run_seed(seed: u64) -> Tally {
             let Some(key) = pick_flow(&h, &mut rng) else {
                 continue;
             };
-            h.evict(&key);
+            if let Err(mismatch) = h.evict(&key) {
+                fail(step, "evict", &history, mismatch);
+            }
             tally.evictions += 1;
             format!("evict {key:?}")
         } else {

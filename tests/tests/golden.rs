@@ -723,3 +723,27 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
     // Generous bounds for a loaded 2-core machine; the figures are printed.
     assert!(live.took.as_secs() < 10 && ended.took.as_secs() < 30);
 }
+
+/// An entry deleted behind the program's back (LRU eviction) is a miss: the
+/// next packet is a new flow (a TCP packet that is not a SYN by hash), and
+/// the lost entry stays counted until the sweeper recounts.
+#[test]
+fn an_evicted_flow_is_a_miss_and_stays_counted() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let frame = |flags| Frame::tcp("10.0.3.100", 45000, "10.0.3.49", 80, flags).build();
+    h.check("syn", &frame(SYN));
+    let key = lb_common::FlowKey {
+        family: lb_common::FAMILY_V4,
+        proto: lb_common::PROTO_TCP,
+        src_be: [u32::from_ne_bytes([10, 0, 3, 100]), 0, 0, 0],
+        dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
+        src_port_be: 45000u16.to_be(),
+        dst_port_be: 80u16.to_be(),
+        ..Default::default()
+    };
+    h.evict(&key).unwrap();
+    assert!(!h.dp.remove_flow(&key).unwrap(), "gone");
+    let o = h.check("ack after eviction", &frame(ACK));
+    assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
+    assert_eq!(total(&h.active()), 2, "the evicted flow is still counted");
+}
