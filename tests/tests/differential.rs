@@ -2,8 +2,9 @@
 //! IPv6, TCP with SYN/ACK/FIN/RST mixes, UDP, VLAN tags, frames not for a
 //! listener, truncated and inconsistent ones) interleaved with control events
 //! (time steps through `Config::time_offset_ns`, re-applied plans that set a
-//! target's weight to 0, lose its MAC or remove it, or remove and restore a
-//! listener so that the others are renumbered, and flow-table entries
+//! target's weight to 0, lose its MAC or remove it, remove and restore a
+//! listener so that the others are renumbered, or swap two listeners'
+//! groups, and flow-table entries
 //! deleted as an LRU eviction would), run through the real XDP program
 //! (BPF_PROG_TEST_RUN) and the reference model (`lb_tests::model`). After
 //! every step the two must agree on the verdict, the output bytes, the
@@ -136,10 +137,19 @@ fn targets() -> Vec<Target> {
     ]
 }
 
-/// The plan of the targets as the control events left them; without the
-/// `src` listener if `src_listener` is false (the listeners after it are
-/// renumbered, so flow-table entries name stale listener ids).
-fn plan(targets: &[Target], src_listener: bool) -> MapPlan {
+/// What the control events did to the listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listeners {
+    /// Without the `src` listener the listeners after it are renumbered, so
+    /// flow-table entries name stale listener ids.
+    src: bool,
+    /// The `hash` and `rr` listeners swap groups: their flows' targets are
+    /// in another group now (re-selected).
+    swapped: bool,
+}
+
+/// The plan of the targets and listeners as the control events left them.
+fn plan(targets: &[Target], listeners: Listeners) -> MapPlan {
     // Compiling (Maglev tables) is most of this test's time in a debug
     // build: plans seen before are reused.
     thread_local! {
@@ -147,22 +157,30 @@ fn plan(targets: &[Target], src_listener: bool) -> MapPlan {
             Default::default();
     }
     let states: Vec<State> = targets.iter().map(|t| t.state).collect();
-    let key = format!("{states:?} {src_listener}");
+    let key = format!("{states:?} {listeners:?}");
     if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
         return plan;
     }
-    let plan = compile_plan(targets, src_listener);
+    let plan = compile_plan(targets, listeners);
     PLANS.with(|p| p.borrow_mut().insert(key, plan.clone()));
     plan
 }
 
-fn compile_plan(targets: &[Target], src_listener: bool) -> MapPlan {
-    let listeners: String = LISTENERS
+fn compile_plan(targets: &[Target], listeners: Listeners) -> MapPlan {
+    let mut yaml: String = LISTENERS
         .lines()
-        .filter(|l| src_listener || !l.contains("name: src,"))
-        .map(|l| format!("{l}\n"))
+        .filter(|l| listeners.src || !l.contains("name: src,"))
+        .map(|l| {
+            if listeners.swapped && l.contains("name: hash,") {
+                format!("{}\n", l.replace("target_group: hash", "target_group: rr"))
+            } else if listeners.swapped && l.contains("name: rr,") {
+                format!("{}\n", l.replace("target_group: rr", "target_group: hash"))
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect();
-    let mut yaml = format!("{listeners}target_groups:\n");
+    yaml.push_str("target_groups:\n");
     for (name, protocol, settings) in GROUPS {
         let fin = if protocol == "tcp" {
             "\n    flow_fin_timeout_s: 50"
@@ -361,8 +379,11 @@ struct Tally {
 fn run_seed(seed: u64) -> Tally {
     let mut rng = Rng(seed);
     let mut targets = targets();
-    let mut src_listener = true;
-    let mut h = Harness::with_plan(plan(&targets, src_listener));
+    let mut listeners = Listeners {
+        src: true,
+        swapped: false,
+    };
+    let mut h = Harness::with_plan(plan(&targets, listeners));
     h.every_session_each_frame = false;
     let mut tally = Tally::default();
     let mut history: Vec<String> = Vec::new();
@@ -399,7 +420,7 @@ fn run_seed(seed: u64) -> Tally {
             {
                 t.1.state = state;
             }
-            h.apply_plan(plan(&targets, src_listener));
+            h.apply_plan(plan(&targets, listeners));
             tally.reapplies += 1;
             if whole {
                 format!("re-apply: group {group} {state:?}")
@@ -407,10 +428,14 @@ fn run_seed(seed: u64) -> Tally {
                 format!("re-apply: {} {state:?}", targets[i].ip)
             }
         } else if roll < 38 {
-            src_listener = !src_listener;
-            h.apply_plan(plan(&targets, src_listener));
+            if rng.below(2) == 0 {
+                listeners.src = !listeners.src;
+            } else {
+                listeners.swapped = !listeners.swapped;
+            }
+            h.apply_plan(plan(&targets, listeners));
             tally.reapplies += 1;
-            format!("re-apply: listener src present {src_listener}")
+            format!("re-apply: {listeners:?}")
         } else if roll < 53 {
             let Some(key) = pick_flow(&h, &mut rng) else {
                 continue;
