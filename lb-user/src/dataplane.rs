@@ -20,8 +20,9 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use lb_common::{
-    Config, Counter, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts,
-    ListenerSlot, MAX_LISTENERS, Stats, TargetInfo, map_names as names,
+    Config, Counter, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo,
+    ListenerKey, ListenerPorts, ListenerSlot, MAX_LISTENERS, Stats, StickyKey, StickyState,
+    TargetInfo, map_names as names,
 };
 
 use crate::plan::MapPlan;
@@ -421,6 +422,110 @@ impl Dataplane {
             .iter()
             .map(|&c| (c, values[c as usize]))
             .collect())
+    }
+
+    /// The round-robin position of a group (`GROUP_RR`: new flows the
+    /// group's order has handed out).
+    pub fn round_robin_position(&self, group_id: u32) -> Result<u64, DataplaneError> {
+        let map: Array<&MapData, u64> = Array::try_from(
+            self.ebpf
+                .map(names::GROUP_RR)
+                .ok_or(DataplaneError::MissingMap(names::GROUP_RR))?,
+        )
+        .map_err(map_err(names::GROUP_RR))?;
+        map.get(&group_id, 0).map_err(map_err(names::GROUP_RR))
+    }
+
+    /// Every sticky session (`STICKY`), in no particular order.
+    pub fn sticky_sessions(&self) -> Result<Vec<(StickyKey, StickyState)>, DataplaneError> {
+        let map: BpfHashMap<&MapData, StickyKey, StickyState> = BpfHashMap::try_from(
+            self.ebpf
+                .map(names::STICKY)
+                .ok_or(DataplaneError::MissingMap(names::STICKY))?,
+        )
+        .map_err(map_err(names::STICKY))?;
+        map.iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::STICKY))
+    }
+
+    /// A client's sticky session (`STICKY`), if it has one.
+    pub fn sticky_session(&self, key: &StickyKey) -> Result<Option<StickyState>, DataplaneError> {
+        let map: BpfHashMap<&MapData, StickyKey, StickyState> = BpfHashMap::try_from(
+            self.ebpf
+                .map(names::STICKY)
+                .ok_or(DataplaneError::MissingMap(names::STICKY))?,
+        )
+        .map_err(map_err(names::STICKY))?;
+        match map.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::STICKY)(e)),
+        }
+    }
+
+    /// Every flow-table entry (both tables; IPv4 keys widened to `FlowKey`).
+    /// One syscall per entry: for tests and small tables.
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
+        let open = |name: &'static str| self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name));
+        let v4: BpfHashMap<&MapData, FlowKeyV4, FlowState> =
+            BpfHashMap::try_from(open(names::FLOWS_V4)?).map_err(map_err(names::FLOWS_V4))?;
+        let v6: BpfHashMap<&MapData, FlowKey, FlowState> =
+            BpfHashMap::try_from(open(names::FLOWS_V6)?).map_err(map_err(names::FLOWS_V6))?;
+        let mut out = Vec::new();
+        for entry in v4.iter() {
+            let (k, state) = entry.map_err(map_err(names::FLOWS_V4))?;
+            let key = FlowKey {
+                src_be: [k.src_be, 0, 0, 0],
+                dst_be: [k.dst_be, 0, 0, 0],
+                src_port_be: k.src_port_be,
+                dst_port_be: k.dst_port_be,
+                proto: k.proto,
+                family: lb_common::FAMILY_V4,
+                _pad: [0; 2],
+            };
+            out.push((key, state));
+        }
+        for entry in v6.iter() {
+            out.push(entry.map_err(map_err(names::FLOWS_V6))?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a flow's entry, as an LRU eviction would (its active count is
+    /// left to the sweeper's recount). For tests; false if it had none.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
+        let removed = if key.family == lb_common::FAMILY_V4 {
+            let mut map: BpfHashMap<&mut MapData, FlowKeyV4, FlowState> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut(names::FLOWS_V4)
+                    .ok_or(DataplaneError::MissingMap(names::FLOWS_V4))?,
+            )
+            .map_err(map_err(names::FLOWS_V4))?;
+            map.remove(&FlowKeyV4::new(key))
+        } else {
+            let mut map: BpfHashMap<&mut MapData, FlowKey, FlowState> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut(names::FLOWS_V6)
+                    .ok_or(DataplaneError::MissingMap(names::FLOWS_V6))?,
+            )
+            .map_err(map_err(names::FLOWS_V6))?;
+            map.remove(key)
+        };
+        let name = if key.family == lb_common::FAMILY_V4 {
+            names::FLOWS_V4
+        } else {
+            names::FLOWS_V6
+        };
+        match removed {
+            Ok(()) => Ok(true),
+            // A delete of a missing key fails with ENOENT.
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err(name)(e)),
+        }
     }
 
     /// Per-listener statistics (by listener id), summed over CPUs.

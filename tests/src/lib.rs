@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod capture;
 pub mod client;
+pub mod harness;
 pub mod lab;
 pub mod lb;
 pub mod model;

@@ -1,11 +1,27 @@
 //! A reference model of the XDP program in plain Rust: what it must do with a
-//! frame, given the map plan and the flow table. Golden tests compare the real
-//! program against it; it is written from the documented rules, not from the
-//! eBPF code.
-use std::collections::HashMap;
+//! frame, given the map plan and the model's own copy of the program's state
+//! (flow table, active flows per target, round-robin positions, sticky
+//! sessions). Golden, algorithm and differential tests compare the real
+//! program against it; it is written from the documented rules (README
+//! "Algorithms", "Sticky sessions", "Flow lifecycle"), not from the eBPF code.
+//!
+//! Least connections draws two random slots (`bpf_get_prandom_u32`), which
+//! the model cannot know. It computes instead the set of targets that SOME
+//! pair of draws leads to under the comparison rule (every pair of slots is
+//! reachable: `choice::scale` maps the 32-bit draws onto every slot), and
+//! takes the program's choice if it is in that set (`Model::process_observed`).
+//! The check is exact: a choice outside the set is a bug, and every choice in
+//! it is one the program may make.
+use std::collections::{BTreeSet, HashMap};
 
-use lb_common::{Counter, FLOW_TOUCH_NS, FlowKey, GroupInfo, hash::flow_hash, target_flags};
-use lb_user::plan::MapPlan;
+use lb_common::{
+    Counter, FLOW_TOUCH_NS, FlowKey, GroupInfo, PROTO_TCP, algorithm,
+    choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight},
+    group_flags,
+    hash::flow_hash,
+    target_flags,
+};
+use lb_user::plan::{MapPlan, PlannedGroup, PlannedTarget};
 
 use crate::packets::tcp_flags;
 
@@ -21,6 +37,16 @@ pub struct Outcome {
     pub counters: Vec<Counter>,
     /// The target it went to.
     pub target: Option<u32>,
+    /// The listener it was counted under (forwarded frames only).
+    pub listener: Option<u32>,
+    /// Whether it was counted as a new flow (listener and target stats).
+    pub new_flow: bool,
+    /// Least connections: the targets some pair of random draws leads to
+    /// (the program's choice must be one of them).
+    pub least_connections: Option<Vec<u32>>,
+    /// The (group id, client address) of the sticky session this frame may
+    /// have read or written (a listener frame of a sticky group).
+    pub sticky_key: Option<(u32, [u32; 4])>,
 }
 
 /// What the model remembers of a flow (the documented part of the data
@@ -35,13 +61,31 @@ pub struct Flow {
     pub last_seen_ns: u64,
 }
 
-/// The model's state: the flow table, the active flows per target, and the
-/// time (data-plane time as the tests drive it).
+/// A group table and the least-connections candidate pairs it gives.
+type PairsOf = (Vec<u32>, Vec<(u32, u32)>);
+
+/// A client's sticky session (`STICKY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub target: u32,
+    pub expires_ns: u64,
+}
+
+/// The model's state: the flow table, the active flows per target, the
+/// round-robin position per group, the sticky sessions, and the time
+/// (data-plane time as the tests drive it: `Config::time_offset_ns`).
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     pub flows: HashMap<FlowKey, Flow>,
     pub active: HashMap<u32, i64>,
+    /// Group id -> round-robin position (`GROUP_RR`: new flows taken).
+    pub round_robin: HashMap<u32, u64>,
+    /// (group id, client address) -> session.
+    pub sticky: HashMap<(u32, [u32; 4]), Session>,
     pub now_ns: u64,
+    /// Least connections: per group, the table and the (first, second)
+    /// candidate pairs its draws can give (they depend on the table only).
+    lc_pairs: HashMap<u32, PairsOf>,
 }
 
 /// What a packet does to its flow's entry (README "Flow lifecycle").
@@ -156,13 +200,40 @@ fn parse(frame: &[u8]) -> Parsed {
     Parsed::Flow(key, flags)
 }
 
+/// Where a new flow's choice came from (for `Model::choose`).
+struct Choice {
+    id: Option<u32>,
+    least_connections: Option<Vec<u32>>,
+}
+
 impl Model {
+    /// The outcome of `frame`. Least connections takes the first target of
+    /// its candidate set; use [`Model::process_observed`] to follow the
+    /// program's random draws.
     pub fn process(&mut self, plan: &MapPlan, frame: &[u8]) -> Outcome {
+        self.process_observed(plan, frame, None)
+    }
+
+    /// The outcome of `frame`; `observed_mac` is the destination MAC the
+    /// program wrote (its output's first 6 bytes, if it forwarded the frame).
+    /// It is used only to resolve a least-connections choice: if one of the
+    /// targets some pair of draws leads to has that MAC, the model takes it;
+    /// otherwise it takes the first candidate and the outcomes differ.
+    pub fn process_observed(
+        &mut self,
+        plan: &MapPlan,
+        frame: &[u8],
+        observed_mac: Option<[u8; 6]>,
+    ) -> Outcome {
         let pass = |counter| Outcome {
             action: XDP_PASS,
             output: frame.to_vec(),
             counters: vec![counter],
             target: None,
+            listener: None,
+            new_flow: false,
+            least_connections: None,
+            sticky_key: None,
         };
         let (key, flags) = match parse(frame) {
             Parsed::Flow(key, flags) => (key, flags),
@@ -176,19 +247,29 @@ impl Model {
         }) else {
             return pass(Counter::Passed);
         };
+        let listener_id = listener.info.listener_id;
         let group_id = listener.info.group_id;
-        let usable = |id: u32| {
-            plan.targets.iter().find(|t| {
-                t.id == id
-                    && t.info.flags & target_flags::USABLE != 0
-                    && t.info.group_id == group_id
-            })
-        };
-        let group = plan
+        let sticky_key = plan
             .groups
             .iter()
-            .find(|g| g.id == group_id)
-            .expect("listener's group");
+            .any(|g| g.id == group_id && g.info.flags & group_flags::STICKY != 0)
+            .then_some((group_id, key.src_be));
+        let drop = |mut counters: Vec<Counter>, least_connections| {
+            counters.extend([Counter::NoTarget, Counter::Dropped]);
+            Outcome {
+                action: XDP_DROP,
+                output: frame.to_vec(),
+                counters,
+                target: None,
+                listener: None,
+                new_flow: false,
+                least_connections,
+                sticky_key,
+            }
+        };
+        let Some(group) = plan.groups.iter().find(|g| g.id == group_id) else {
+            return drop(Vec::new(), None);
+        };
         let now = self.now_ns;
         let mut counters = Vec::new();
         match step(self.flows.get(&key), flags, now, &group.info) {
@@ -196,7 +277,7 @@ impl Model {
             Step::Ended => self.uncount(&key),
             Step::Hit { ending, touch } => {
                 let id = self.flows[&key].target;
-                if let Some(t) = usable(id) {
+                if let Some(t) = usable(plan, id, group_id) {
                     if ending {
                         self.flows.get_mut(&key).unwrap().ending = true;
                         self.uncount(&key);
@@ -210,24 +291,33 @@ impl Model {
                         output: rewrite(frame, t.info.mac, plan.config.src_mac),
                         counters,
                         target: Some(id),
+                        listener: Some(listener_id),
+                        new_flow: false,
+                        least_connections: None,
+                        sticky_key,
                     };
                 }
                 counters.push(Counter::FlowReselected);
                 self.uncount(&key);
             }
         }
-        // A new flow, or a TCP flow under way whose entry is missing: both
-        // go to the group's consistent-hash target (the only algorithm here).
-        let slot = flow_hash(&key, group.info.hash_fields) % group.table.len() as u32;
-        let id = group.table[slot as usize];
-        let Some(t) = (id != 0).then(|| usable(id)).flatten() else {
-            counters.extend([Counter::NoTarget, Counter::Dropped]);
-            return Outcome {
-                action: XDP_DROP,
-                output: frame.to_vec(),
-                counters,
-                target: None,
-            };
+        // A TCP flow under way whose entry is missing goes to the group's
+        // hash slot whatever the algorithm; a SYN or a UDP packet starts a
+        // new flow (sticky session, else the algorithm).
+        let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        let choice = if key.proto == PROTO_TCP && !syn {
+            Choice {
+                id: by_hash(group, &key),
+                least_connections: None,
+            }
+        } else {
+            self.new_flow(plan, group, &key, observed_mac)
+        };
+        let Some((id, t)) = choice
+            .id
+            .and_then(|id| usable(plan, id, group_id).map(|t| (id, t)))
+        else {
+            return drop(counters, choice.least_connections);
         };
         // A flow first seen at its FIN or RST has already ended: not counted.
         let ending = flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
@@ -249,6 +339,103 @@ impl Model {
             output: rewrite(frame, t.info.mac, plan.config.src_mac),
             counters,
             target: Some(id),
+            listener: Some(listener_id),
+            new_flow: true,
+            least_connections: choice.least_connections,
+            sticky_key,
+        }
+    }
+
+    /// A new flow's target: the client's sticky session while it lasts and
+    /// its target may take new flows, else the algorithm's choice (which
+    /// starts a session when sticky sessions are on and the target may take
+    /// new flows).
+    fn new_flow(
+        &mut self,
+        plan: &MapPlan,
+        group: &PlannedGroup,
+        key: &FlowKey,
+        observed_mac: Option<[u8; 6]>,
+    ) -> Choice {
+        if group.info.flags & group_flags::STICKY == 0 {
+            return self.by_algorithm(plan, group, key, observed_mac);
+        }
+        let client = (group.id, key.src_be);
+        if let Some(s) = self.sticky.get(&client)
+            && self.now_ns < s.expires_ns
+            && selectable(plan, s.target, group.id)
+        {
+            return Choice {
+                id: Some(s.target),
+                least_connections: None,
+            };
+        }
+        let choice = self.by_algorithm(plan, group, key, observed_mac);
+        if let Some(id) = choice.id
+            && selectable(plan, id, group.id)
+        {
+            let duration = group.info.sticky_duration_s as u64 * 1_000_000_000;
+            self.sticky.insert(
+                client,
+                Session {
+                    target: id,
+                    expires_ns: self.now_ns.wrapping_add(duration),
+                },
+            );
+        }
+        choice
+    }
+
+    fn by_algorithm(
+        &mut self,
+        plan: &MapPlan,
+        group: &PlannedGroup,
+        key: &FlowKey,
+        observed_mac: Option<[u8; 6]>,
+    ) -> Choice {
+        match group.info.algorithm {
+            algorithm::ROUND_ROBIN => {
+                // One shared position per group, advanced by every new flow
+                // (nothing is taken from an empty order).
+                let id = (!group.table.is_empty()).then(|| {
+                    let position = self.round_robin.entry(group.id).or_default();
+                    let id = group.table[(*position % group.table.len() as u64) as usize];
+                    *position += 1;
+                    id
+                });
+                Choice {
+                    id,
+                    least_connections: None,
+                }
+            }
+            algorithm::LEAST_CONNECTIONS => {
+                if self
+                    .lc_pairs
+                    .get(&group.id)
+                    .is_none_or(|(t, _)| *t != group.table)
+                {
+                    let pairs = least_connections_pairs(&group.table);
+                    self.lc_pairs.insert(group.id, (group.table.clone(), pairs));
+                }
+                let pairs = &self.lc_pairs[&group.id].1;
+                let candidates = least_connections_candidates(
+                    pairs,
+                    |id| self.active(id),
+                    |id| target(plan, id).map_or(0, |t| t.info.weight),
+                );
+                let observed = candidates.iter().copied().find(|&id| {
+                    observed_mac.is_some()
+                        && usable(plan, id, group.id).map(|t| t.info.mac) == observed_mac
+                });
+                Choice {
+                    id: observed.or(candidates.first().copied()),
+                    least_connections: Some(candidates),
+                }
+            }
+            _ => Choice {
+                id: by_hash(group, key),
+                least_connections: None,
+            },
         }
     }
 
@@ -262,10 +449,84 @@ impl Model {
         }
     }
 
+    /// Forgets a flow's entry without uncounting it, as an LRU eviction (or
+    /// any deletion but the sweeper's) does.
+    pub fn evict(&mut self, key: &FlowKey) -> bool {
+        self.flows.remove(key).is_some()
+    }
+
     /// Active flows of a target.
     pub fn active(&self, id: u32) -> i64 {
         self.active.get(&id).copied().unwrap_or(0)
     }
+
+    /// The round-robin position of a group (new flows it has placed).
+    pub fn round_robin_position(&self, group_id: u32) -> u64 {
+        self.round_robin.get(&group_id).copied().unwrap_or(0)
+    }
+}
+
+/// The flow hash's slot of the group's table (`None`: an empty table).
+fn by_hash(group: &PlannedGroup, key: &FlowKey) -> Option<u32> {
+    let len = group.table.len() as u32;
+    (len > 0).then(|| group.table[(flow_hash(key, group.info.hash_fields) % len) as usize])
+}
+
+fn target(plan: &MapPlan, id: u32) -> Option<&PlannedTarget> {
+    plan.targets.iter().find(|t| t.id == id)
+}
+
+/// The target if it may take packets of `group_id`'s flows.
+fn usable(plan: &MapPlan, id: u32, group_id: u32) -> Option<&PlannedTarget> {
+    target(plan, id).filter(|t| {
+        id != 0 && t.info.flags & target_flags::USABLE != 0 && t.info.group_id == group_id
+    })
+}
+
+/// Whether the target may take new flows of `group_id` (sticky sessions).
+fn selectable(plan: &MapPlan, id: u32, group_id: u32) -> bool {
+    target(plan, id).is_some_and(|t| {
+        id != 0 && t.info.flags & target_flags::SELECTABLE != 0 && t.info.group_id == group_id
+    })
+}
+
+/// Least connections: the (first, second) candidate pairs some pair of
+/// random draws gives. A draw is any slot of `table`; the second candidate is
+/// the first target other than the first candidate's within
+/// `LEAST_CONNECTIONS_WALK` slots from its slot (wrapping), else the first
+/// candidate itself. Empty for an empty table.
+pub fn least_connections_pairs(table: &[u32]) -> Vec<(u32, u32)> {
+    let len = table.len();
+    let firsts: BTreeSet<u32> = table.iter().copied().collect();
+    let mut pairs = BTreeSet::new();
+    for &first in &firsts {
+        for start in 0..len {
+            let second = (0..LEAST_CONNECTIONS_WALK as usize)
+                .map(|i| table[(start + i) % len])
+                .find(|&id| id != first)
+                .unwrap_or(first);
+            pairs.insert((first, second));
+        }
+    }
+    pairs.into_iter().collect()
+}
+
+/// Least connections: every target the candidate `pairs` lead to (sorted):
+/// the second wins only with strictly fewer active flows per weight.
+pub fn least_connections_candidates(
+    pairs: &[(u32, u32)],
+    active: impl Fn(u32) -> i64,
+    weight: impl Fn(u32) -> u16,
+) -> Vec<u32> {
+    let out: BTreeSet<u32> = pairs
+        .iter()
+        .map(|&(first, second)| {
+            let better = second != first
+                && fewer_per_weight(active(second), weight(second), active(first), weight(first));
+            if better { second } else { first }
+        })
+        .collect();
+    out.into_iter().collect()
 }
 
 fn rewrite(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
@@ -390,5 +651,34 @@ mod tests {
                 "{entry:?} flags {flags:#x}"
             );
         }
+    }
+
+    #[test]
+    fn least_connections_may_pick_what_some_pair_of_draws_picks() {
+        let table = [1, 2, 3, 1, 2];
+        let pairs = least_connections_pairs(&table);
+        assert_eq!(pairs, [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)]);
+        let equal = |_| 100;
+        // Equal counts: a tie keeps the first draw, which may be any target.
+        assert_eq!(
+            least_connections_candidates(&pairs, |_| 0, equal),
+            [1, 2, 3]
+        );
+        // A target with more flows than every other is never picked.
+        let loaded = |id| if id == 1 { 10 } else { 0 };
+        assert_eq!(least_connections_candidates(&pairs, loaded, equal), [2, 3]);
+        // Per weight: 10 flows on weight 100 (0.1 per unit) beat 1 on
+        // weight 5 (0.2), which beats 2 on weight 5 (0.4): the last is never
+        // picked.
+        let weight = |id| if id == 1 { 100 } else { 5 };
+        let active = |id| [0, 10, 1, 2][id as usize];
+        assert_eq!(least_connections_candidates(&pairs, active, weight), [1, 2]);
+        // A run of one target longer than the walk: both draws may be it.
+        let mut long = vec![1; 20];
+        long.push(2);
+        let pairs = least_connections_pairs(&long);
+        assert_eq!(pairs, [(1, 1), (1, 2), (2, 1)]);
+        assert_eq!(least_connections_candidates(&pairs, loaded, equal), [1, 2]);
+        assert!(least_connections_pairs(&[]).is_empty());
     }
 }

@@ -2,89 +2,96 @@
 //! the real XDP program (BPF_PROG_TEST_RUN) with maps written by the real
 //! compile -> apply path. A test run executes on one CPU, so the round-robin
 //! counter advances by exactly one per new flow and its order is checked
-//! exactly; time is driven through `Config::time_offset_ns`.
+//! exactly; time is driven through `Config::time_offset_ns`. Every frame is
+//! also cross-checked against the reference model (`lb_tests::model`): the
+//! round-robin position, each least-connections choice (one of the targets
+//! some pair of random draws leads to), the sticky sessions and the active
+//! flows after every frame.
 //!
 //! Needs root (CAP_BPF). Each test loads its own program and maps.
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::programs::{TestRun as _, TestRunOptions};
-use lb_tests::packets::{Frame, LB_MAC, tcp_flags::*};
+use lb_tests::{
+    harness::{self, mac_of},
+    model::{Outcome, XDP_DROP, XDP_TX},
+    packets::{Frame, LB_MAC, tcp_flags::*},
+};
 use lb_user::{
-    dataplane::{Dataplane, LoadOptions},
     plan::{MapPlan, Observed},
     policy,
 };
 
-const XDP_TX: u32 = 3;
-const XDP_DROP: u32 = 1;
 const SECOND: u64 = 1_000_000_000;
 
-/// Target 10.0.3.1N has MAC 02:00:00:00:00:1N.
-fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
-    let last = match ip {
-        std::net::IpAddr::V4(v4) => {
-            let d = v4.octets()[3] % 100;
-            ((d / 10) << 4) | (d % 10)
-        }
-        std::net::IpAddr::V6(v6) => v6.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0, last]
-}
-
+/// The shared harness (every frame is also run through the reference model,
+/// which must agree on the verdict, the bytes, the counters, the active
+/// flows, the round-robin position and the sticky sessions), with the direct
+/// checks of these tests on top.
 struct Harness {
-    dp: Dataplane,
+    h: harness::Harness,
     plan: MapPlan,
 }
 
 impl Harness {
     fn new(yaml: &str) -> Harness {
-        let plan = compile(yaml);
-        let mut dp = Dataplane::load(&LoadOptions {
-            flow_table_size: 4096,
-        })
-        .expect("load lb (are you root?)");
-        dp.apply(&plan).expect("apply");
-        Harness { dp, plan }
+        let h = harness::Harness::with_plan(compile(yaml));
+        Harness {
+            plan: h.plan.clone(),
+            h,
+        }
     }
 
     /// Applies another policy, keeping the time offset.
     fn reapply(&mut self, yaml: &str) {
-        let offset = self.plan.config.time_offset_ns;
-        self.plan = compile(yaml);
-        self.plan.config.time_offset_ns = offset;
-        self.dp.apply(&self.plan).expect("apply");
+        self.apply_plan(compile(yaml));
+    }
+
+    fn apply_plan(&mut self, plan: MapPlan) {
+        self.h.apply_plan(plan);
+        self.plan = self.h.plan.clone();
     }
 
     /// Moves data-plane time forward.
     fn advance(&mut self, ns: u64) {
-        self.plan.config.time_offset_ns += ns;
-        self.dp.apply(&self.plan).expect("apply");
+        self.h.advance_ns(ns);
+        self.plan = self.h.plan.clone();
     }
 
     /// The verdict and the target id the frame went to (by its MAC).
     fn run(&mut self, frame: &[u8]) -> (u32, Option<u32>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = self
-            .dp
-            .program_mut()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        let target = (result.return_value == XDP_TX).then(|| {
+        let o = self.h.check("frame", frame);
+        let out = &o.output;
+        let target = (o.action == XDP_TX).then(|| {
             assert_eq!(&out[6..12], &LB_MAC, "source MAC");
             assert_eq!(&out[12..], &frame[12..], "only the MACs change");
-            self.plan
+            let id = self
+                .plan
                 .targets
                 .iter()
                 .find(|t| t.info.mac == out[..6])
                 .map(|t| t.id)
-                .expect("a target's MAC")
+                .expect("a target's MAC");
+            assert_eq!(o.target, Some(id), "the model's target");
+            id
         });
-        (result.return_value, target)
+        (o.action, target)
+    }
+
+    /// A new TCP flow (SYN) from `client`:`port`: the model's outcome (the
+    /// program agreed with it).
+    fn syn_outcome(&mut self, client: &str, port: u16) -> Outcome {
+        let frame = Frame::tcp(client, port, "10.0.3.49", 80, SYN).build();
+        let o = self.h.check("syn", &frame);
+        assert_eq!(o.action, XDP_TX, "{client}:{port}");
+        o
+    }
+
+    /// The group's round-robin position as the data plane holds it.
+    fn position(&self) -> u64 {
+        self.h
+            .dp
+            .round_robin_position(self.plan.groups[0].id)
+            .unwrap()
     }
 
     /// A new TCP flow (SYN) from `client`:`port`; its target.
@@ -103,17 +110,7 @@ impl Harness {
 
 fn compile(yaml: &str) -> MapPlan {
     let policy = policy::parse("algorithms.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
-    let targets = policy
-        .target_groups
-        .iter()
-        .flat_map(|g| g.targets.iter().map(|t| (t.ip, mac_of(&t.ip))));
-    let observed = Observed {
-        iface_mac: LB_MAC,
-        iface_nets: vec![],
-        neighbors: targets.collect(),
-        health: Default::default(),
-    };
-    policy::compile::compile(&policy, &observed).expect("compile")
+    harness::compile(&policy)
 }
 
 /// One tcp listener and its group of three targets (weights 256, 256, 128:
@@ -147,6 +144,7 @@ fn round_robin_follows_the_smooth_weighted_order() {
         .collect();
     let want: Vec<u32> = order.iter().cycle().take(20).copied().collect();
     assert_eq!(got, want);
+    assert_eq!(h.position(), 20, "one turn per new flow");
     // Established flows stay where they went (no turn taken).
     for i in 0..20u16 {
         let ack = Frame::tcp(
@@ -159,6 +157,7 @@ fn round_robin_follows_the_smooth_weighted_order() {
         .build();
         assert_eq!(h.run(&ack).1, Some(want[i as usize]), "flow {i}");
     }
+    assert_eq!(h.position(), 20, "established flows take no turn");
     assert_eq!(h.syn("10.0.4.9", 50000), order[0], "the next turn");
 
     // UDP takes turns too.
@@ -243,8 +242,7 @@ fn round_robin_honours_weight_zero_and_health() {
             .health
             .insert(("web".into(), ip.parse().unwrap()), health);
     }
-    h.plan = policy::compile::compile(&policy, &observed).unwrap();
-    h.dp.apply(&h.plan).unwrap();
+    h.apply_plan(policy::compile::compile(&policy, &observed).unwrap());
     assert_eq!(h.order(), vec![2, 3, 2]);
     let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.2", 40000 + i)).collect();
     assert_eq!(got, [2, 3].into());
@@ -254,8 +252,7 @@ fn round_robin_honours_weight_zero_and_health() {
             lb_user::plan::Health::Unhealthy,
         );
     }
-    h.plan = policy::compile::compile(&policy, &observed).unwrap();
-    h.dp.apply(&h.plan).unwrap();
+    h.apply_plan(policy::compile::compile(&policy, &observed).unwrap());
     assert!(h.plan.groups[0].last_resort);
     let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.3", 40000 + i)).collect();
     assert_eq!(got, [1, 2, 3].into(), "last resort: every target");
@@ -289,7 +286,12 @@ fn least_connections_sends_new_flows_away_from_a_loaded_target() {
     h.reapply(&yaml.replace("weight: 128", "weight: 256"));
     let mut per = BTreeMap::<u32, u32>::new();
     for i in 0..10u16 {
-        *per.entry(h.syn("10.0.4.2", 40000 + i)).or_default() += 1;
+        let o = h.syn_outcome("10.0.4.2", 40000 + i);
+        // No pair of draws can pick the loaded target (the model's set of
+        // possible choices, which the program's choice was checked against).
+        let candidates = o.least_connections.expect("least connections");
+        assert!(!candidates.contains(&1), "{candidates:?}");
+        *per.entry(o.target.unwrap()).or_default() += 1;
     }
     assert_eq!(per.get(&1), None, "{per:?}");
     assert_eq!(per.values().sum::<u32>(), 10);
@@ -338,6 +340,12 @@ fn sticky_sessions_keep_a_client_on_its_first_target_until_they_expire() {
     let b = h.syn("10.0.4.2", 40000);
     assert_eq!(b, next_turn());
     assert_ne!(a, b);
+    let sessions = h.h.dp.sticky_sessions().unwrap();
+    let mut targets: Vec<u32> = sessions.iter().map(|(_, s)| s.target_id).collect();
+    targets.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(targets, want, "one session per client");
     for i in 1..30u16 {
         assert_eq!(h.syn("10.0.4.1", 40000 + i), a, "A's flow {i}");
         assert_eq!(h.syn("10.0.4.2", 40000 + i), b, "B's flow {i}");

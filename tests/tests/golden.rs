@@ -1,7 +1,9 @@
 //! Golden packets through the real XDP program (BPF_PROG_TEST_RUN), with maps
 //! provisioned through the real compile -> apply path. Every case asserts the
 //! verdict, the exact output bytes and the counters, and is also run through
-//! the reference model (`lb_tests::model`), which must agree.
+//! the reference model (`lb_tests::model`), which must agree (the harness,
+//! `lb_tests::harness`, also compares statistics, active flows, round-robin
+//! positions and sticky sessions after every frame).
 //!
 //! Needs root (CAP_BPF). Each test loads its own program and maps.
 use std::collections::BTreeMap;
@@ -9,148 +11,11 @@ use std::collections::BTreeMap;
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::Counter;
 use lb_tests::{
-    model::{Model, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
-    packets::{Frame, L4, LB_MAC, hex, tcp_flags::*},
+    harness::{Harness, S, compile, parse_policy},
+    model::{XDP_DROP, XDP_PASS, XDP_TX},
+    packets::{Frame, L4, LB_MAC, tcp_flags::*},
 };
-use lb_user::{
-    dataplane::{Dataplane, LoadOptions},
-    plan::{MapPlan, Observed},
-    policy::{self, Policy},
-};
-
-/// Target MACs in these tests read like the address: 10.0.3.12 and
-/// fd00:3::12 have 02:00:00:00:00:12.
-fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
-    let last = match ip {
-        std::net::IpAddr::V4(v4) => {
-            let d = v4.octets()[3] % 100;
-            ((d / 10) << 4) | (d % 10)
-        }
-        std::net::IpAddr::V6(v6) => v6.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0, last]
-}
-
-struct Harness {
-    dp: Dataplane,
-    plan: MapPlan,
-    model: Model,
-}
-
-impl Harness {
-    fn new(yaml: &str) -> Harness {
-        let policy = parse_policy(yaml);
-        let plan = compile(&policy);
-        let mut dp = Dataplane::load(&LoadOptions {
-            flow_table_size: 4096,
-        })
-        .expect("load lb (are you root?)");
-        dp.apply(&plan).expect("apply");
-        Harness {
-            dp,
-            plan,
-            model: Model::default(),
-        }
-    }
-
-    fn reapply(&mut self, yaml: &str) {
-        let offset = self.plan.config.time_offset_ns;
-        self.plan = compile(&parse_policy(yaml));
-        self.plan.config.time_offset_ns = offset;
-        self.dp.apply(&self.plan).expect("apply");
-    }
-
-    /// Moves data-plane time (and the model's) forward by `secs`, through
-    /// `Config::time_offset_ns`.
-    fn advance(&mut self, secs: u64) {
-        self.plan.config.time_offset_ns += secs * S;
-        self.model.now_ns += secs * S;
-        self.dp.apply(&self.plan).expect("apply");
-    }
-
-    /// Active flows per target id, as the data plane counts them.
-    fn active(&self) -> BTreeMap<u32, i64> {
-        self.plan
-            .targets
-            .iter()
-            .map(|t| (t.id, self.dp.active_flows(t.id)))
-            .collect()
-    }
-
-    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = self
-            .dp
-            .program_mut()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn counters(&self) -> BTreeMap<&'static str, u64> {
-        self.dp
-            .counters()
-            .expect("counters")
-            .into_iter()
-            .map(|(c, v)| (c.name(), v))
-            .collect()
-    }
-
-    /// Runs `frame` through the program and the model; asserts they agree on
-    /// verdict, bytes and counters, and returns the outcome.
-    fn check(&mut self, name: &str, frame: &[u8]) -> Outcome {
-        let before = self.counters();
-        let (action, output) = self.run(frame);
-        let after = self.counters();
-        let expected = self.model.process(&self.plan, frame);
-        assert_eq!(
-            (action, &output),
-            (expected.action, &expected.output),
-            "{name}: verdict/bytes differ from the model\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
-            hex(frame),
-            hex(&expected.output),
-            hex(&output)
-        );
-        let mut want = before.clone();
-        for c in &expected.counters {
-            *want.get_mut(c.name()).unwrap() += 1;
-        }
-        assert_eq!(after, want, "{name}: counters");
-        let model_active: BTreeMap<u32, i64> = self
-            .plan
-            .targets
-            .iter()
-            .map(|t| (t.id, self.model.active(t.id)))
-            .collect();
-        assert_eq!(self.active(), model_active, "{name}: active flows");
-        expected
-    }
-}
-
-const S: u64 = 1_000_000_000;
-
-fn parse_policy(yaml: &str) -> Policy {
-    policy::parse("golden.yaml", yaml).unwrap_or_else(|e| panic!("test policy: {e}"))
-}
-
-fn compile(policy: &Policy) -> MapPlan {
-    let targets = policy
-        .target_groups
-        .iter()
-        .flat_map(|g| g.targets.iter().map(|t| (t.ip, mac_of(&t.ip))));
-    let observed = Observed {
-        iface_mac: LB_MAC,
-        iface_nets: vec![],
-        neighbors: targets.collect(),
-        health: Default::default(),
-    };
-    policy::compile::compile(policy, &observed).expect("compile")
-}
+use lb_user::dataplane::Dataplane;
 
 const ONE_TARGET: &str = r#"
 listeners:
@@ -857,4 +722,28 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
     assert!(plan.targets.iter().all(|t| dp.active_flows(t.id) == 0));
     // Generous bounds for a loaded 2-core machine; the figures are printed.
     assert!(live.took.as_secs() < 10 && ended.took.as_secs() < 30);
+}
+
+/// An entry deleted behind the program's back (LRU eviction) is a miss: the
+/// next packet is a new flow (a TCP packet that is not a SYN by hash), and
+/// the lost entry stays counted until the sweeper recounts.
+#[test]
+fn an_evicted_flow_is_a_miss_and_stays_counted() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let frame = |flags| Frame::tcp("10.0.3.100", 45000, "10.0.3.49", 80, flags).build();
+    h.check("syn", &frame(SYN));
+    let key = lb_common::FlowKey {
+        family: lb_common::FAMILY_V4,
+        proto: lb_common::PROTO_TCP,
+        src_be: [u32::from_ne_bytes([10, 0, 3, 100]), 0, 0, 0],
+        dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
+        src_port_be: 45000u16.to_be(),
+        dst_port_be: 80u16.to_be(),
+        ..Default::default()
+    };
+    h.evict(&key).unwrap();
+    assert!(!h.dp.remove_flow(&key).unwrap(), "gone");
+    let o = h.check("ack after eviction", &frame(ACK));
+    assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
+    assert_eq!(total(&h.active()), 2, "the evicted flow is still counted");
 }
