@@ -5,25 +5,45 @@
 //! (`BPF_ATOMIC | BPF_ADD | BPF_FETCH`, kernel >= 5.12).
 use core::arch::asm;
 
-/// Adds `delta` to `*slot` and returns the old value.
-///
-/// # Safety
-/// `slot` points at an 8-byte aligned map value that stays allocated while
-/// the program runs, and every other writer uses atomic operations too.
-#[inline(always)]
-pub unsafe fn fetch_add_u64(slot: *mut u64, delta: u64) -> u64 {
-    let mut value = delta;
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        asm!(
-            "{value} = atomic_fetch_add((u64 *)({slot} + 0), {value})",
-            slot = in(reg) slot,
-            value = inout(reg) value,
-            options(nostack),
-        );
-    }
-    value
+/// `pub unsafe fn $name(slot: *mut u64, operand: u64) -> u64`: the atomic
+/// `$insn` of `*slot` with `$operand(operand)`, returning the old value.
+macro_rules! fetch_op {
+    ($(#[$doc:meta])* $name:ident, $insn:literal, $operand:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// `slot` points at an 8-byte aligned map value that stays allocated
+        /// while the program runs, and every other writer uses atomic
+        /// operations too.
+        #[inline(always)]
+        pub unsafe fn $name(slot: *mut u64, operand: u64) -> u64 {
+            let mut value: u64 = $operand(operand);
+            // SAFETY: as the caller guarantees.
+            unsafe {
+                asm!(
+                    concat!("{value} = ", $insn, "((u64 *)({slot} + 0), {value})"),
+                    slot = in(reg) slot,
+                    value = inout(reg) value,
+                    options(nostack),
+                );
+            }
+            value
+        }
+    };
 }
+
+fetch_op!(
+    /// Adds `operand` to `*slot` and returns the old value.
+    fetch_add_u64, "atomic_fetch_add", |v: u64| v
+);
+fetch_op!(
+    /// Clears the bits of `operand` in `*slot` and returns the old value.
+    fetch_and_not_u64, "atomic_fetch_and", |v: u64| !v
+);
+fetch_op!(
+    /// Sets the bits of `operand` in `*slot` and returns the old value.
+    fetch_or_u64, "atomic_fetch_or", |v: u64| v
+);
 
 /// Adds `delta` to `*slot` and returns the old value.
 ///
@@ -33,42 +53,4 @@ pub unsafe fn fetch_add_u64(slot: *mut u64, delta: u64) -> u64 {
 pub unsafe fn fetch_add_i64(slot: *mut i64, delta: i64) -> i64 {
     // SAFETY: as the caller guarantees; two's complement makes the add the same.
     unsafe { fetch_add_u64(slot as *mut u64, delta as u64) as i64 }
-}
-
-/// Clears the bits of `mask` in `*slot` and returns the old value.
-///
-/// # Safety
-/// As for [`fetch_add_u64`].
-#[inline(always)]
-pub unsafe fn fetch_and_not_u64(slot: *mut u64, mask: u64) -> u64 {
-    let mut value = !mask;
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        asm!(
-            "{value} = atomic_fetch_and((u64 *)({slot} + 0), {value})",
-            slot = in(reg) slot,
-            value = inout(reg) value,
-            options(nostack),
-        );
-    }
-    value
-}
-
-/// Sets the bits of `mask` in `*slot` and returns the old value.
-///
-/// # Safety
-/// As for [`fetch_add_u64`].
-#[inline(always)]
-pub unsafe fn fetch_or_u64(slot: *mut u64, mask: u64) -> u64 {
-    let mut value = mask;
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        asm!(
-            "{value} = atomic_fetch_or((u64 *)({slot} + 0), {value})",
-            slot = in(reg) slot,
-            value = inout(reg) value,
-            options(nostack),
-        );
-    }
-    value
 }

@@ -19,7 +19,9 @@ use lb_common::{
     target_flags,
 };
 
-use super::{GROUP_RR, GROUP_TABLES, STICKY, TARGET_ACTIVE, TARGETS, atomic};
+use super::{
+    GROUP_RR, GROUP_TABLES, GroupTable, STICKY, TARGET_ACTIVE, TARGETS, atomic, select::target_with,
+};
 
 /// The slot of the group's table the flow hash picks: the consistent-hash
 /// target of `hash` and `source_ip` groups, and where a TCP packet that is
@@ -28,12 +30,20 @@ use super::{GROUP_RR, GROUP_TABLES, STICKY, TARGET_ACTIVE, TARGETS, atomic};
 #[inline(always)]
 pub fn by_hash(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32> {
     let hash = flow_hash(flow, group.hash_fields);
+    let (table, slots) = table(group_id)?;
+    table.get(1 + hash % slots).copied()
+}
+
+/// The group's table and its number of slots (`None`: no table, or an empty
+/// one). Slot `i` (0-based) is element `1 + i`.
+#[inline(always)]
+fn table(group_id: u32) -> Option<(&'static GroupTable, u32)> {
     let table = GROUP_TABLES.get(group_id)?;
     let slots = *table.get(0)?;
     if slots == 0 {
         return None;
     }
-    table.get(1 + hash % slots).copied()
+    Some((table, slots))
 }
 
 /// The target id a new flow of `group_id` goes to, by the group's algorithm
@@ -63,11 +73,7 @@ fn by_algorithm(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32>
 /// whichever CPU sees it, takes the next position.
 #[inline(always)]
 fn round_robin(group_id: u32) -> Option<u32> {
-    let table = GROUP_TABLES.get(group_id)?;
-    let len = *table.get(0)?;
-    if len == 0 {
-        return None;
-    }
+    let (table, len) = table(group_id)?;
     let counter = GROUP_RR.get_ptr_mut(group_id)?;
     // SAFETY: an 8-byte aligned map value that stays allocated while the
     // program runs; every writer (all CPUs) uses atomic adds.
@@ -81,11 +87,7 @@ fn round_robin(group_id: u32) -> Option<u32> {
 /// it names another target than the first.
 #[inline(always)]
 fn least_connections(group_id: u32) -> Option<u32> {
-    let table = GROUP_TABLES.get(group_id)?;
-    let len = *table.get(0)?;
-    if len == 0 {
-        return None;
-    }
+    let (table, len) = table(group_id)?;
     // SAFETY: plain helper calls.
     let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
     let first = *table.get(1 + scale(r1, len))?;
@@ -124,10 +126,7 @@ fn load(id: u32) -> (i64, u16) {
 /// Whether `id` may still take new flows of `group_id`.
 #[inline(always)]
 fn selectable(id: u32, group_id: u32) -> bool {
-    match TARGETS.get(id) {
-        Some(t) => t.flags & target_flags::SELECTABLE != 0 && t.group_id == group_id && id != 0,
-        None => false,
-    }
+    target_with(id, group_id, target_flags::SELECTABLE).is_some()
 }
 
 /// The sticky-session key of the flow's client. Written one `u32` at a

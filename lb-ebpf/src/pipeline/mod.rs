@@ -50,7 +50,7 @@ static GROUPS: Array<GroupInfo, { MAX_GROUPS as usize }> = Array::new();
 /// A group's consistent-hash table: element 0 holds the number of slots M,
 /// elements 1..=M hold target ids. Inner maps differ in size (BPF_F_INNER_MAP);
 /// the loader builds a new one and swaps it in with one outer update.
-type GroupTable = Array<u32, 2, { GROUP_TABLE_FLAGS as usize }>;
+pub(crate) type GroupTable = Array<u32, 2, { GROUP_TABLE_FLAGS as usize }>;
 
 /// Group id -> that group's table.
 #[btf_map]

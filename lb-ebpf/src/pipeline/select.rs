@@ -160,9 +160,17 @@ fn remember(flow: &FlowKey, state: FlowState) -> bool {
 
 /// The target's data if it may take packets of `group_id`'s flows.
 #[inline(always)]
-pub(super) fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
+fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
+    target_with(id, group_id, target_flags::USABLE)
+}
+
+/// The target's data if it belongs to `group_id` and has every bit of
+/// `flags` (`USABLE`: may take packets; `SELECTABLE`: may take new flows).
+/// Id 0 never qualifies (a zeroed slot fails closed).
+#[inline(always)]
+pub(super) fn target_with(id: u32, group_id: u32, flags: u16) -> Option<TargetInfo> {
     let info = *TARGETS.get(id)?;
-    if id != 0 && info.flags & target_flags::USABLE != 0 && info.group_id == group_id {
+    if id != 0 && info.flags & flags == flags && info.group_id == group_id {
         Some(info)
     } else {
         None

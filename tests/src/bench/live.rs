@@ -17,15 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, ensure};
-use aya::{
-    Ebpf,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
-};
+use anyhow::{Result, anyhow, ensure};
+use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use lb_common::Counter;
 
 use super::{
-    POLICY, Settings, XDP_TX, counter, load,
+    POLICY, Settings, XDP_TX, counter, load, load_macswap, macswap,
     report::{Figure, Section, fmt_rate},
     stats::median,
     test_run,
@@ -164,12 +161,8 @@ pub fn measure(settings: &Settings) -> Result<Live> {
     }
     let ifindex = ifindex(&lab, Node::Lb)?;
     let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20)?;
-    let mut baseline = Ebpf::load(lb_user::EBPF_MACSWAP)?;
-    let base: &mut Xdp = baseline
-        .program_mut("macswap")
-        .context("macswap program")?
-        .try_into()?;
-    base.load()?;
+    let mut baseline = load_macswap()?;
+    let base = macswap(&mut baseline);
 
     // One UDP flow (the targets have no UDP server on the VIP: each frame
     // ends in their kernel, with rate-limited ICMP errors at most).

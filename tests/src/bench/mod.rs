@@ -121,6 +121,24 @@ fn decimal_as_hex(octet: u8) -> u8 {
     ((octet / 10 % 10) << 4) | (octet % 10)
 }
 
+/// The MAC-swap baseline, loaded (not attached): the figure every `lb`
+/// figure is compared with. Keep the returned `Ebpf`; `macswap(&mut it)`
+/// gives the program.
+pub fn load_macswap() -> Result<aya::Ebpf> {
+    let mut baseline = aya::Ebpf::load(lb_user::EBPF_MACSWAP)?;
+    macswap(&mut baseline).load()?;
+    Ok(baseline)
+}
+
+/// The loaded MAC-swap program of [`load_macswap`].
+pub fn macswap(baseline: &mut aya::Ebpf) -> &mut Xdp {
+    baseline
+        .program_mut("macswap")
+        .expect("the MAC-swap object has its program")
+        .try_into()
+        .expect("macswap is an XDP program")
+}
+
 /// Loads `program` of `object` with a flow table of `flow_table_size` and
 /// applies `yaml` (every target's MAC known, no health checks).
 pub fn load(

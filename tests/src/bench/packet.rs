@@ -14,11 +14,10 @@
 //! Each figure is measured `runs` times, interleaving `lb` and the baseline;
 //! min and median are reported, and the ratio of the medians.
 use anyhow::{Context as _, Result, ensure};
-use aya::{Ebpf, programs::Xdp};
 use lb_common::Counter;
 
 use super::{
-    ALGORITHMS, POLICY, Settings, XDP_PASS, XDP_TX, counter, load,
+    ALGORITHMS, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, macswap,
     plot::{self, Bars, Series},
     report::{Figure, Section, fmt_ns},
     stats::min_median,
@@ -176,12 +175,8 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     let mut dp =
         load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20).context("loading lb (run as root)")?;
     let mut new_flow = load(lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow", POLICY, 1 << 20)?;
-    let mut baseline = Ebpf::load(lb_user::EBPF_MACSWAP)?;
-    let base: &mut Xdp = baseline
-        .program_mut("macswap")
-        .context("macswap program")?
-        .try_into()?;
-    base.load()?;
+    let mut baseline = load_macswap()?;
+    let base = macswap(&mut baseline);
 
     let mut rows = Vec::new();
     for f in fixtures().into_iter().filter(|f| settings.wants(&f.name)) {
