@@ -122,11 +122,17 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     lookup::listener_port(&flow)?;
     let entry = select::entry(&flow);
     let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
-    let target = select::target(&flow, tcp_flags, &listener, entry)?;
+    // Element 0 of an array map always exists; read once per packet (the
+    // clock offset for `select`, the source MAC for `rewrite`).
+    let Some(config) = CONFIG.get(0) else {
+        counters::count(Counter::Dropped);
+        return Err(xdp_action::XDP_DROP);
+    };
+    let target = select::target(&flow, tcp_flags, &listener, entry, config)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);
-    rewrite::to_target(ctx, &target.info)?;
+    rewrite::to_target(ctx, &target.info, config)?;
     // `Forwarded` is derived (FlowHit + NewFlow, counted by `select`).
     Ok(xdp_action::XDP_TX)
 }

@@ -16,12 +16,12 @@
 //! packet, starts a new flow (`choose::new_flow`, by the group's algorithm).
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{
-    Counter, FAMILY_V4, FLOW_TOUCH_NS, FlowKey, FlowKeyV4, FlowState, GroupInfo, ListenerInfo,
-    PROTO_TCP, TargetInfo, flow_flags, target_flags,
+    Config, Counter, FAMILY_V4, FLOW_TOUCH_NS, FlowKey, FlowKeyV4, FlowState, GroupInfo,
+    ListenerInfo, PROTO_TCP, TargetInfo, flow_flags, target_flags,
 };
 
 use super::{
-    CONFIG, FLOWS_V4, FLOWS_V6, GROUPS, TARGET_ACTIVE, TARGETS, atomic, choose, counters::count,
+    FLOWS_V4, FLOWS_V6, GROUPS, TARGET_ACTIVE, TARGETS, atomic, choose, counters::count,
     parse::tcp, time,
 };
 
@@ -256,8 +256,9 @@ pub fn target(
     tcp_flags: u8,
     listener: &ListenerInfo,
     entry: Option<Entry>,
+    config: &Config,
 ) -> Result<Selected, u32> {
-    let now = CONFIG.get(0).map_or(0, time::now_ns);
+    let now = time::now_ns(config);
     if let Some(entry) = entry {
         let age = now.saturating_sub(entry.last_seen_ns());
         // The common case, decided with one test: a packet of a flow seen
