@@ -302,6 +302,11 @@ pub struct Config {
     /// Added to the kernel clock to make the data-plane time of flows and
     /// sticky sessions. 0 in production; tests set it to drive time.
     pub time_offset_ns: u64,
+    /// Length of a kernel tick (jiffy) in ns: the data-plane clock is
+    /// `jiffies * ns_per_tick + time_offset_ns`. Written by the loader (which
+    /// measures the kernel's HZ), not by the policy compiler; 0 stops the
+    /// clock (flows and sticky sessions then never time out).
+    pub ns_per_tick: u64,
 }
 
 /// Key of the sticky-session map: (group, client IP).
@@ -456,7 +461,7 @@ const _: () = {
     assert!(MAX_LISTENERS <= u16::MAX as u32 + 1);
     assert!(core::mem::size_of::<GroupInfo>() == 16);
     assert!(core::mem::size_of::<TargetInfo>() == 16);
-    assert!(core::mem::size_of::<Config>() == 24);
+    assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<StickyKey>() == 20);
     assert!(core::mem::size_of::<StickyState>() == 16);
     assert!(core::mem::size_of::<Stats>() == 24);

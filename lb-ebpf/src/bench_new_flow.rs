@@ -50,6 +50,12 @@ pub fn lb_new_flow(ctx: XdpContext) -> u32 {
     action
 }
 
+/// The data plane's clock, read by the loader (`pipeline::clock`).
+#[xdp]
+pub fn lb_clock(ctx: XdpContext) -> u32 {
+    pipeline::clock(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -5,6 +5,7 @@
 //! that never lets a packet see a half-built state: targets first, then each
 //! changed group table (built complete in a fresh inner map and swapped in
 //! with a single outer-map update), then listeners; removals last.
+pub mod clock;
 pub mod sweep;
 mod sys;
 
@@ -26,10 +27,14 @@ use lb_common::{
 };
 
 use crate::plan::MapPlan;
+use clock::Clock;
 use sweep::{ActiveCounts, FlowSweeper};
 
 /// The XDP program's name in the object.
 pub const PROGRAM: &str = "lb";
+
+/// The object's clock program (`clock.rs`).
+pub const CLOCK_PROGRAM: &str = "lb_clock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -52,6 +57,8 @@ pub enum DataplaneError {
     },
     #[error("cannot load the XDP program into the kernel: {0}")]
     Program(ProgramError),
+    #[error("cannot read the data plane's clock: {0}")]
+    Clock(std::io::Error),
 }
 
 /// How to attach: native (driver) mode, generic (skb) mode, or native with a
@@ -91,6 +98,7 @@ pub struct Dataplane {
     program: &'static str,
     applied: Option<MapPlan>,
     active: Arc<ActiveCounts>,
+    clock: Clock,
 }
 
 /// The map behind an array or hash map of the object.
@@ -128,6 +136,19 @@ impl Dataplane {
             .try_into()
             .map_err(|_| DataplaneError::MissingProgram(program))?;
         xdp.load().map_err(DataplaneError::Program)?;
+        let clock: &mut Xdp = ebpf
+            .program_mut(CLOCK_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(CLOCK_PROGRAM))?
+            .try_into()
+            .map_err(|_| DataplaneError::MissingProgram(CLOCK_PROGRAM))?;
+        clock.load().map_err(DataplaneError::Program)?;
+        let clock_fd = clock
+            .fd()
+            .map_err(DataplaneError::Program)?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DataplaneError::Clock)?;
+        let clock = Clock::new(clock_fd).map_err(DataplaneError::Clock)?;
         let active = ActiveCounts::new(
             ebpf.map(names::TARGET_ACTIVE)
                 .and_then(map_data)
@@ -138,6 +159,7 @@ impl Dataplane {
             program,
             applied: None,
             active: Arc::new(active),
+            clock,
         })
     }
 
@@ -160,7 +182,14 @@ impl Dataplane {
             data(names::FLOWS_V4)?,
             data(names::FLOWS_V6)?,
             Arc::clone(&self.active),
+            self.clock.try_clone().map_err(DataplaneError::Clock)?,
         )
+    }
+
+    /// The data plane's clock (data-plane time is its reading plus the
+    /// plan's `Config::time_offset_ns`).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
@@ -225,11 +254,16 @@ impl Dataplane {
     ) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
 
+        // The tick length is the loader's to write (the plan does not know
+        // the kernel).
+        let ns_per_tick = self.clock.ns_per_tick();
         let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
         if old.map(|o| o.config) != Some(plan.config) {
-            config
-                .set(0, plan.config, 0)
-                .map_err(map_err(names::CONFIG))?;
+            let value = Config {
+                ns_per_tick,
+                ..plan.config
+            };
+            config.set(0, value, 0).map_err(map_err(names::CONFIG))?;
         }
 
         // Targets first: a table slot may only point at a written target.

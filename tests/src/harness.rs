@@ -16,7 +16,6 @@ use lb_user::{
     plan::{MapPlan, Observed},
     policy::{self, Policy},
 };
-use nix::time::{ClockId, clock_gettime};
 
 use crate::{
     model::{Model, Outcome, XDP_TX},
@@ -60,12 +59,6 @@ pub fn compile(policy: &Policy) -> MapPlan {
     policy::compile::compile(policy, &observed(policy)).expect("compile")
 }
 
-/// The kernel's coarse monotonic clock (the data plane's, without offset).
-fn coarse_now_ns() -> u64 {
-    let t = clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).expect("clock");
-    t.tv_sec() as u64 * S + t.tv_nsec() as u64
-}
-
 pub struct Harness {
     pub dp: Dataplane,
     pub plan: MapPlan,
@@ -87,11 +80,11 @@ impl Harness {
     }
 
     pub fn with_plan(plan: MapPlan) -> Harness {
-        let started_ns = coarse_now_ns();
         let mut dp = Dataplane::load(&LoadOptions {
             flow_table_size: 4096,
         })
         .expect("load lb (are you root?)");
+        let started_ns = dp.clock().now_ns().expect("clock");
         dp.apply(&plan).expect("apply");
         Harness {
             dp,
@@ -102,6 +95,11 @@ impl Harness {
             started_ns,
             every_session_each_frame: true,
         }
+    }
+
+    /// The data plane's clock, without the offset.
+    fn clock_ns(&self) -> u64 {
+        self.dp.clock().now_ns().expect("clock")
     }
 
     /// Applies another policy, keeping the time offset.
@@ -263,7 +261,7 @@ impl Harness {
         let key = lb_common::StickyKey { group_id, addr_be };
         let real = self.dp.sticky_session(&key).expect("STICKY");
         let model = self.model.sticky.get(&(group_id, addr_be));
-        let now = coarse_now_ns();
+        let now = self.clock_ns();
         let same = match (real, model) {
             (None, None) => true,
             (Some(r), Some(m)) => {
@@ -336,7 +334,7 @@ impl Harness {
             .collect();
         // The program's deadlines hold its clock at the session's start
         // (between the harness's start and now); the model's do not.
-        let now = coarse_now_ns();
+        let now = self.clock_ns();
         let same = real.len() == model.len()
             && real.iter().zip(&model).all(|((rk, r), (mk, m))| {
                 let clock = r.1.wrapping_sub(m.1);

@@ -747,3 +747,57 @@ fn an_evicted_flow_is_a_miss_and_stays_counted() {
     assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
     assert_eq!(total(&h.active()), 2, "the evicted flow is still counted");
 }
+
+/// The data plane and the loader (flow sweeper, `lb status`) tell time by
+/// the same clock: a new flow's entry is stamped between two readings of
+/// `Dataplane::clock` around its packet, and that clock keeps pace with
+/// `CLOCK_MONOTONIC` (to a tick at each end, plus scheduling).
+#[test]
+fn the_data_plane_and_the_loader_share_one_clock() {
+    let mut h = Harness::new(ONE_TARGET);
+    let clock = |h: &Harness| h.dp.clock().now_ns().expect("clock");
+    let tick = h.dp.clock().ns_per_tick();
+    assert!(
+        [1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&tick),
+        "tick length {tick} ns is not 1/HZ of a kernel rate"
+    );
+
+    let before = clock(&h);
+    h.check(
+        "syn",
+        &Frame::tcp("10.0.3.100", 45000, "10.0.3.49", 80, SYN).build(),
+    );
+    let after = clock(&h);
+    let entries = h.dp.flow_entries().expect("flow entries");
+    let [(_, state)] = entries.as_slice() else {
+        panic!("one flow expected: {entries:?}")
+    };
+    assert!(
+        (before..=after).contains(&state.created_ns) && state.last_seen_ns == state.created_ns,
+        "entry stamped {} / {}, clock read {before} and {after}",
+        state.created_ns,
+        state.last_seen_ns
+    );
+
+    // Against the monotonic clock over at least 300 ms. Each reading is
+    // bracketed by two instants (the thread may be preempted around it) and
+    // may be up to a tick late.
+    let read = |h: &Harness| {
+        let a = std::time::Instant::now();
+        let ns = clock(h);
+        (a, ns, std::time::Instant::now())
+    };
+    let (a0, c0, b0) = read(&h);
+    let deadline = a0 + std::time::Duration::from_secs(10);
+    while b0.elapsed() < std::time::Duration::from_millis(300) {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    let (a1, c1, b1) = read(&h);
+    let (shortest, longest) = ((a1 - b0).as_nanos() as u64, (b1 - a0).as_nanos() as u64);
+    let ticked = c1 - c0;
+    assert!(
+        ticked + 2 * tick >= shortest && ticked <= longest + 2 * tick,
+        "data-plane clock moved {ticked} ns while CLOCK_MONOTONIC moved {shortest}-{longest} ns"
+    );
+}

@@ -16,6 +16,8 @@ mod rewrite;
 mod select;
 mod time;
 
+pub use time::clock;
+
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},

@@ -33,7 +33,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
 use lb_common::{FlowKey, FlowKeyV4, FlowState, MAX_TARGETS, map_names as names};
 
-use super::{DataplaneError, map_err, mmap::Mapping, sys};
+use super::{DataplaneError, clock::Clock, map_err, mmap::Mapping, sys};
 use crate::flows::{Rules, Tally, corrections};
 
 /// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
@@ -118,9 +118,9 @@ impl<K: aya::Pod + Default> Table<K> {
         Ok(Table { fd, map })
     }
 
-    /// Reads every entry into `tally`; returns the keys of ended entries.
-    fn read(&self, rules: &Rules, tally: &mut Tally) -> std::io::Result<Vec<K>> {
-        let now = now_ns(rules);
+    /// Reads every entry into `tally` (`now`: data-plane time); returns the
+    /// keys of ended entries.
+    fn read(&self, rules: &Rules, now: u64, tally: &mut Tally) -> std::io::Result<Vec<K>> {
         let mut ended = Vec::new();
         sys::lookup_all::<K, FlowState>(self.fd.as_fd(), CHUNK, |key, state| {
             if tally.add(rules, state, now) {
@@ -130,9 +130,9 @@ impl<K: aya::Pod + Default> Table<K> {
         Ok(ended)
     }
 
-    /// Deletes the entries of `keys` that are still ended; returns how many.
-    fn delete_ended(&mut self, rules: &Rules, keys: &[K]) -> u64 {
-        let now = now_ns(rules);
+    /// Deletes the entries of `keys` that are still ended at `now`; returns
+    /// how many.
+    fn delete_ended(&mut self, rules: &Rules, now: u64, keys: &[K]) -> u64 {
         let mut deleted = 0;
         for key in keys {
             if let Ok(state) = self.map.get(key, 0)
@@ -146,17 +146,13 @@ impl<K: aya::Pod + Default> Table<K> {
     }
 }
 
-/// Data-plane time: the kernel's coarse monotonic clock plus the plan's offset.
-fn now_ns(rules: &Rules) -> u64 {
-    sys::monotonic_coarse_ns().wrapping_add(rules.time_offset_ns)
-}
-
 /// Walks the flow tables and corrects the active counts (see the module
 /// documentation). `Send`: it runs on its own thread.
 pub struct FlowSweeper {
     v4: Table<FlowKeyV4>,
     v6: Table<FlowKey>,
     active: Arc<ActiveCounts>,
+    clock: Clock,
 }
 
 impl FlowSweeper {
@@ -164,11 +160,13 @@ impl FlowSweeper {
         v4: &MapData,
         v6: &MapData,
         active: Arc<ActiveCounts>,
+        clock: Clock,
     ) -> Result<FlowSweeper, DataplaneError> {
         Ok(FlowSweeper {
             v4: Table::open(v4, names::FLOWS_V4)?,
             v6: Table::open(v6, names::FLOWS_V6)?,
             active,
+            clock,
         })
     }
 
@@ -181,17 +179,26 @@ impl FlowSweeper {
                 source: MapError::IoError(e),
             }
         };
+        // Data-plane time: the data plane's clock plus the plan's offset.
+        let now = || {
+            self.clock
+                .now_ns()
+                .map(|ns| ns.wrapping_add(rules.time_offset_ns))
+                .map_err(DataplaneError::Clock)
+        };
         let mut tally = Tally::default();
+        let read_at = now()?;
         let ended_v4 = self
             .v4
-            .read(rules, &mut tally)
+            .read(rules, read_at, &mut tally)
             .map_err(io(names::FLOWS_V4))?;
         let ended_v6 = self
             .v6
-            .read(rules, &mut tally)
+            .read(rules, read_at, &mut tally)
             .map_err(io(names::FLOWS_V6))?;
-        let deleted =
-            self.v4.delete_ended(rules, &ended_v4) + self.v6.delete_ended(rules, &ended_v6);
+        let delete_at = now()?;
+        let deleted = self.v4.delete_ended(rules, delete_at, &ended_v4)
+            + self.v6.delete_ended(rules, delete_at, &ended_v6);
         let fixes = corrections(&tally, &self.active.nonzero());
         for &(id, value) in &fixes {
             self.active.store(id, value);

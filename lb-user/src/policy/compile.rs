@@ -318,6 +318,8 @@ fn compile_groups(
             flags: 0,
             _pad2: 0,
             time_offset_ns: 0,
+            // The data plane's loader knows the kernel's tick.
+            ns_per_tick: 0,
         },
         listeners,
         groups,
