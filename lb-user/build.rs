@@ -2,6 +2,13 @@
 //! bpf-linker; the objects are embedded into `lb` (see `src/lib.rs`).
 //! `AYA_BUILD_SKIP=1` skips that build and embeds empty placeholders, for
 //! tools such as clippy that do not need the object.
+//!
+//! The eBPF build is the same whatever the host profile (aya-build always
+//! builds it in release), but aya-build keeps its cargo target directory
+//! under `OUT_DIR`, which differs per profile: the dev build (`cargo xtask
+//! test`) and the release build (`cargo xtask bench`) would each build it,
+//! `core` included, from scratch. So it runs in one directory shared by the
+//! profiles, `target/ebpf`, and the objects are copied into `OUT_DIR`.
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
@@ -16,10 +23,28 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // OUT_DIR is <target>/<profile>/build/lb-user-<hash>/out.
+    let shared = match out.ancestors().nth(4) {
+        Some(target) if !skip => target.join("ebpf"),
+        _ => out.clone(),
+    };
+    fs::create_dir_all(&shared)?;
+    // SAFETY: the build script is single-threaded here; aya-build reads
+    // OUT_DIR to know where to build and put the objects.
+    unsafe { env::set_var("OUT_DIR", &shared) };
     let package = aya_build::Package {
         name: "lb-ebpf",
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf"),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())?;
+    if shared != out {
+        for entry in fs::read_dir(&shared)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::copy(entry.path(), out.join(entry.file_name()))?;
+            }
+        }
+    }
+    Ok(())
 }
