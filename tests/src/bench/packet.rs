@@ -39,6 +39,23 @@ pub enum Kind {
     NewFlow,
     /// Not for a listener: passed to the kernel.
     Passed,
+    /// The `floor_flow` program (`lb-ebpf/src/floor.rs`): every repetition
+    /// finds the flow in a flow table like `lb`'s and rewrites the MACs.
+    FloorEstablished,
+    /// The `floor_new_flow` program: every repetition inserts a flow.
+    FloorNewFlow,
+}
+
+impl Kind {
+    /// The floor program measuring what the flow table alone costs for this
+    /// kind, and the `lb` kind it is the floor of.
+    fn floor_of(self) -> Option<Kind> {
+        match self {
+            Kind::FloorEstablished => Some(Kind::Established),
+            Kind::FloorNewFlow => Some(Kind::NewFlow),
+            _ => None,
+        }
+    }
 }
 
 /// One data-plane fixture.
@@ -139,6 +156,20 @@ pub fn fixtures() -> Vec<Fixture> {
             kind: Kind::Passed,
             frame: fixed(Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 22, ACK).build()),
         },
+        Fixture {
+            name: "floor: tcp4 flow-table lookup + MAC rewrite".into(),
+            algorithm: "-",
+            kind: Kind::FloorEstablished,
+            frame: fixed(Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, ACK).build()),
+        },
+        Fixture {
+            name: "floor: tcp4 flow-table insert + MAC rewrite".into(),
+            algorithm: "-",
+            kind: Kind::FloorNewFlow,
+            frame: Box::new(|run| {
+                Frame::tcp(&format!("10.99.{run}.1"), 1, "10.0.3.49", 80, SYN).build()
+            }),
+        },
     ]);
     f
 }
@@ -161,7 +192,7 @@ impl Row {
         match self.kind {
             Kind::Established => Some(ESTABLISHED_GOAL),
             Kind::NewFlow => Some(NEW_FLOW_GOAL),
-            Kind::Passed => None,
+            Kind::Passed | Kind::FloorEstablished | Kind::FloorNewFlow => None,
         }
     }
 }
@@ -177,6 +208,13 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     let mut new_flow = load(lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow", POLICY, 1 << 20)?;
     let mut baseline = load_macswap()?;
     let base = macswap(&mut baseline);
+    let mut floors = aya::EbpfLoader::new()
+        .map_max_entries("FLOOR_FLOWS", 1 << 20)
+        .load(lb_user::EBPF_FLOOR)
+        .context("loading the floor programs")?;
+    for name in ["floor_flow", "floor_new_flow"] {
+        floor_program(&mut floors, name).load()?;
+    }
 
     let mut rows = Vec::new();
     for f in fixtures().into_iter().filter(|f| settings.wants(&f.name)) {
@@ -197,6 +235,24 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
                 );
                 for _ in 0..settings.runs {
                     l.push(ns(test_run(dp.program_mut(), &frame, settings.repeat)?.1));
+                    b.push(ns(test_run(base, &frame, settings.repeat)?.1));
+                }
+            }
+            Kind::FloorEstablished | Kind::FloorNewFlow => {
+                let name = if f.kind == Kind::FloorEstablished {
+                    "floor_flow"
+                } else {
+                    "floor_new_flow"
+                };
+                for run in 0..settings.runs {
+                    let frame = (f.frame)(run);
+                    let floor = floor_program(&mut floors, name);
+                    if f.kind == Kind::FloorEstablished {
+                        test_run(floor, &frame, 1)?; // creates the flow
+                    }
+                    let (verdict, d, _) = test_run(floor, &frame, settings.repeat)?;
+                    ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
+                    l.push(ns(d));
                     b.push(ns(test_run(base, &frame, settings.repeat)?.1));
                 }
             }
@@ -230,6 +286,15 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A program of the floor object (`lb-ebpf/src/floor.rs`).
+fn floor_program<'a>(floors: &'a mut aya::Ebpf, name: &str) -> &'a mut aya::programs::Xdp {
+    floors
+        .program_mut(name)
+        .expect("the floor object has its programs")
+        .try_into()
+        .expect("floor programs are XDP programs")
+}
+
 /// The worst (highest ratio) row of `kind`.
 fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
     rows.iter()
@@ -241,7 +306,7 @@ fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
 pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
     let mut s = Section::new("Data plane: ns/packet (BPF_PROG_TEST_RUN)");
     s.line(format!(
-        "Each figure: {} repetitions per test run, {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = `lb` median / MAC-swap median. Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that fills and evicts).",
+        "Each figure: {} repetitions per test run, {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = `lb` median / MAC-swap median. Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that fills and evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. A goal below its floor cannot be met by any design that keeps flows in a kernel hash map.",
         settings.repeat, settings.runs
     ));
     let table: Vec<Vec<String>> = rows
@@ -294,6 +359,26 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
                 w.ratio() <= goal,
             ));
         }
+    }
+    // The floors: how far down a flow table alone lets `lb` go.
+    for floor in rows.iter().filter(|r| r.kind.floor_of().is_some()) {
+        let of = floor.kind.floor_of().expect("filtered");
+        let what = if of == Kind::Established {
+            "established flow floor (parse, one flow-table lookup, MAC rewrite)"
+        } else {
+            "new flow floor (parse, one insert into the 1M flow table, MAC rewrite)"
+        };
+        let mut value = format!(
+            "{:.2}x ({} vs {})",
+            floor.ratio(),
+            fmt_ns(floor.lb.1),
+            fmt_ns(floor.base.1)
+        );
+        if let Some(w) = worst(rows, of) {
+            value += &format!("; lb (worst) / floor {:.2}x", w.lb.1 / floor.lb.1);
+        }
+        s.figures
+            .push(Figure::info(format!("{what} / MAC-swap ns/packet"), value));
     }
     if !rows.is_empty() {
         let name = "ns_per_packet.svg";
