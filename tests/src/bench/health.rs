@@ -343,7 +343,7 @@ pub fn section(settings: &Settings) -> Result<Section> {
         );
         let name = format!("health: {} targets at 1 s on one core: probes/s", c.targets);
         s.figures.push(if c.targets == CAPACITY_GOAL {
-            Figure::goal(
+            Figure::cpu_goal(
                 name,
                 line,
                 format!(">= 95 % of {CAPACITY_GOAL}/s"),

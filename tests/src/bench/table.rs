@@ -248,7 +248,7 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
     for t in &times {
         let ms = t.median * 1e3;
         if t.n == 100 {
-            s.figures.push(Figure::goal(
+            s.figures.push(Figure::cpu_goal(
                 format!("hash table build, {SLOTS} slots, 100 targets (median)"),
                 format!(
                     "{} ({:.1}x faster than the textbook walk, {})",

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Parser;
 use lb_tests::bench::{
     Settings, flood, health, live, packet,
-    report::{Figure, Machine, Report, Section},
+    report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table,
 };
 
@@ -98,20 +98,23 @@ fn main() -> Result<()> {
     run("table", "Control plane: consistent-hash table", &mut || {
         table::section(&settings, &out)
     });
-    run(
-        "scale",
-        "Control plane: 1,000 target groups x 100 targets",
-        &mut || scale::section(&settings),
-    );
+    run("scale", &scale::title(&settings), &mut || {
+        scale::section(&settings)
+    });
     run("health", "Control plane: health checks", &mut || {
         health::section(&settings)
     });
     let report = Report {
         machine: Machine::detect(),
         mode: format!(
-            "`cargo xtask bench{}`, {:.0} s of measurement",
+            "`cargo xtask bench{}`, {:.0} s of measurement{}",
             if args.quick { " --quick" } else { "" },
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            if OPTIMIZED {
+                ""
+            } else {
+                ", dev build: goals on userspace time and CPU not judged"
+            }
         ),
         sections,
     };
