@@ -8,7 +8,7 @@
 //! - New flow: the benchmark build of the same pipeline (`lb_new_flow`),
 //!   which increments the frame's source port after each repetition, so
 //!   every repetition is a new flow (flow-table miss, choice of target,
-//!   insert; the 1M-entry flow table fills and then evicts). Each run starts
+//!   insert; the 1M-entry flow table is filled first, so every insert evicts: the steady state of a busy load balancer). Each run starts
 //!   from a source address of its own. The baseline runs the same frame.
 //!
 //! Each figure is measured `runs` times, interleaving `lb` and the baseline;
@@ -29,6 +29,8 @@ use crate::packets::{Frame, tcp_flags::*};
 pub const ESTABLISHED_GOAL: f64 = 2.0;
 /// New-flow goal.
 pub const NEW_FLOW_GOAL: f64 = 4.0;
+/// The flow tables of `lb` and of the floor (the default `max_flows`).
+const FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
 
 /// What a fixture measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,18 +205,37 @@ fn ns(d: std::time::Duration) -> f64 {
 
 /// Runs every fixture `settings` wants.
 pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
-    let mut dp =
-        load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20).context("loading lb (run as root)")?;
-    let mut new_flow = load(lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow", POLICY, 1 << 20)?;
+    let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, FLOW_TABLE_SIZE)
+        .context("loading lb (run as root)")?;
+    let mut new_flow = load(
+        lb_user::EBPF_LB_NEW_FLOW,
+        "lb_new_flow",
+        POLICY,
+        FLOW_TABLE_SIZE,
+    )?;
     let mut baseline = load_macswap()?;
     let base = macswap(&mut baseline);
-    let mut floors = aya::EbpfLoader::new()
-        .map_max_entries("FLOOR_FLOWS", 1 << 20)
-        .load(lb_user::EBPF_FLOOR)
-        .context("loading the floor programs")?;
-    for name in ["floor_flow", "floor_new_flow"] {
-        floor_program(&mut floors, name).load()?;
-    }
+    // One instance of the floor object per kind, so that each floor's table
+    // is in the state of the `lb` table it is compared with.
+    let load_floor = |name: &str| -> Result<aya::Ebpf> {
+        let mut floor = aya::EbpfLoader::new()
+            .map_max_entries("FLOOR_FLOWS", FLOW_TABLE_SIZE)
+            .load(lb_user::EBPF_FLOOR)
+            .context("loading the floor programs")?;
+        floor_program(&mut floor, name).load()?;
+        Ok(floor)
+    };
+    let mut floor_established = load_floor("floor_flow")?;
+    let mut floor_new_flow = load_floor("floor_new_flow")?;
+    // New flows are measured in the steady state of a busy load balancer:
+    // the flow table is full and every insert evicts. Fill both tables
+    // first (untimed), from sources no fixture uses.
+    let fill = |program: &mut aya::programs::Xdp| {
+        let frame = Frame::tcp("10.250.0.1", 1, "10.0.3.49", 80, SYN).build();
+        test_run(program, &frame, FLOW_TABLE_SIZE).map(|_| ())
+    };
+    fill(new_flow.program_mut())?;
+    fill(floor_program(&mut floor_new_flow, "floor_new_flow"))?;
 
     let mut rows = Vec::new();
     for f in fixtures().into_iter().filter(|f| settings.wants(&f.name)) {
@@ -239,14 +260,14 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
                 }
             }
             Kind::FloorEstablished | Kind::FloorNewFlow => {
-                let name = if f.kind == Kind::FloorEstablished {
-                    "floor_flow"
+                let (floors, name) = if f.kind == Kind::FloorEstablished {
+                    (&mut floor_established, "floor_flow")
                 } else {
-                    "floor_new_flow"
+                    (&mut floor_new_flow, "floor_new_flow")
                 };
                 for run in 0..settings.runs {
                     let frame = (f.frame)(run);
-                    let floor = floor_program(&mut floors, name);
+                    let floor = floor_program(floors, name);
                     if f.kind == Kind::FloorEstablished {
                         test_run(floor, &frame, 1)?; // creates the flow
                     }
@@ -306,7 +327,7 @@ fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
 pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
     let mut s = Section::new("Data plane: ns/packet (BPF_PROG_TEST_RUN)");
     s.line(format!(
-        "Each figure: {} repetitions per test run, {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = `lb` median / MAC-swap median. Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that fills and evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. A goal below its floor cannot be met by any design that keeps flows in a kernel hash map.",
+        "Each figure: {} repetitions per test run, {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = `lb` median / MAC-swap median. Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. A goal below its floor cannot be met by any design that keeps flows in a kernel hash map.",
         settings.repeat, settings.runs
     ));
     let table: Vec<Vec<String>> = rows
