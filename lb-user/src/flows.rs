@@ -98,16 +98,29 @@ pub fn ended(state: &FlowState, now_ns: u64, timeouts: &Timeouts) -> bool {
     now_ns.saturating_sub(state.last_seen_ns) > timeouts.for_flags(state.flags)
 }
 
-/// One sweep's tally: live counted flows per target, and the entries seen.
+/// One sweep's tally: live counted flows per target that started before the
+/// sweep's snapshot of the counts, and the entries seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
+    /// Data-plane time of the snapshot: entries created at or after it are
+    /// not counted (their +1 came after the snapshot; see [`corrections`]).
+    pub since_ns: u64,
     pub entries: u64,
     pub ended: u64,
-    /// Target id -> live entries with `COUNTED`.
+    /// Target id -> live entries with `COUNTED` created before `since_ns`.
     pub active: BTreeMap<u32, i64>,
 }
 
 impl Tally {
+    /// A tally against a snapshot of the counts taken at data-plane time
+    /// `since_ns` (the start of a tick).
+    pub fn since(since_ns: u64) -> Tally {
+        Tally {
+            since_ns,
+            ..Tally::default()
+        }
+    }
+
     /// Adds one entry; returns whether it has ended (the sweeper deletes it).
     pub fn add(&mut self, rules: &Rules, state: &FlowState, now_ns: u64) -> bool {
         self.entries += 1;
@@ -115,33 +128,42 @@ impl Tally {
             self.ended += 1;
             return true;
         }
-        if state.flags & flow_flags::COUNTED != 0 {
+        if state.flags & flow_flags::COUNTED != 0 && state.created_ns < self.since_ns {
             *self.active.entry(state.target_id).or_default() += 1;
         }
         false
     }
 }
 
-/// The corrections that make the active counts `current` (target id ->
-/// value in `TARGET_ACTIVE`) match a tally: every target whose value differs,
-/// including those the tally did not see (they have no live flow: 0).
-pub fn corrections(tally: &Tally, current: &BTreeMap<u32, i64>) -> Vec<(u32, i64)> {
-    let mut out: Vec<(u32, i64)> = current
-        .iter()
-        .filter_map(|(&id, &value)| {
-            let want = tally.active.get(&id).copied().unwrap_or(0);
-            (want != value).then_some((id, want))
-        })
+/// What to add to each target's active count (target id -> delta, only the
+/// ones not 0) after a sweep: the tally minus the `snapshot` of the counts
+/// taken when the walk began (target id -> value; ids not in it were 0).
+///
+/// Adding a delta, not storing the tally, keeps what the data plane counted
+/// while the walk ran: a flow that starts then is in neither the snapshot
+/// nor the tally (the tally skips entries created from the snapshot's tick
+/// on), so its +1 stands. What the delta takes out is what the snapshot
+/// held and the table does not: flows that ended silently (idle timeout,
+/// evicted entries). A flow that ends while the walk runs can still be
+/// taken out twice (by the data plane and by the delta, if the walk read it
+/// after its FIN), and one that started in the first microseconds of the
+/// snapshot's tick, before the snapshot, can be missed; the next sweep puts
+/// both right.
+pub fn corrections(tally: &Tally, snapshot: &BTreeMap<u32, i64>) -> Vec<(u32, i64)> {
+    let mut ids: Vec<u32> = snapshot
+        .keys()
+        .chain(tally.active.keys())
+        .copied()
         .collect();
-    out.extend(
-        tally
-            .active
-            .iter()
-            .filter(|(id, _)| !current.contains_key(id))
-            .map(|(&id, &want)| (id, want)),
-    );
-    out.sort_unstable();
-    out
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|id| {
+            let want = tally.active.get(&id).copied().unwrap_or(0);
+            let had = snapshot.get(&id).copied().unwrap_or(0);
+            (want != had).then_some((id, want - had))
+        })
+        .collect()
 }
 
 /// A count as shown to people: never negative (a count may dip below zero
@@ -234,7 +256,7 @@ mod tests {
     fn tally_counts_live_counted_entries_per_target() {
         let rules = Rules::of(&plan());
         let now = 1000 * S;
-        let mut tally = Tally::default();
+        let mut tally = Tally::since(1);
         let entries = [
             FlowState {
                 target_id: 3,
@@ -258,21 +280,58 @@ mod tests {
                 target_id: 5,
                 ..state(2, flow_flags::COUNTED, 999)
             },
+            // Created at or after the snapshot: its +1 is not in the
+            // snapshot, so it is not in the tally either.
+            FlowState {
+                target_id: 5,
+                created_ns: 1,
+                ..state(2, flow_flags::COUNTED, 999)
+            },
         ];
         let deleted: Vec<bool> = entries.iter().map(|e| tally.add(&rules, e, now)).collect();
-        assert_eq!(deleted, [false, false, false, true, false]);
-        assert_eq!((tally.entries, tally.ended), (5, 1));
+        assert_eq!(deleted, [false, false, false, true, false, false]);
+        assert_eq!((tally.entries, tally.ended), (6, 1));
         assert_eq!(tally.active, BTreeMap::from([(3, 2), (5, 1)]));
 
-        // Drifted values are corrected, targets without live flows go to 0,
-        // right values are left alone.
-        let current = BTreeMap::from([(3, 2), (4, 1), (5, -1), (6, 0)]);
-        assert_eq!(corrections(&tally, &current), [(4, 0), (5, 1)]);
+        // Drifted values are corrected by their difference (a target without
+        // live flows loses what the snapshot had), right values are left
+        // alone.
+        let snapshot = BTreeMap::from([(3, 2), (4, 1), (5, -1), (6, 0)]);
+        assert_eq!(corrections(&tally, &snapshot), [(4, -1), (5, 2)]);
         assert_eq!(
             corrections(&tally, &BTreeMap::new()),
             [(3, 2), (5, 1)],
-            "targets not read yet"
+            "targets not in the snapshot"
         );
+    }
+
+    /// The race the delta avoids: flows that start while the walk runs keep
+    /// their count, whether the walk reads their entries or not.
+    #[test]
+    fn flows_started_during_a_sweep_keep_their_count() {
+        let rules = Rules::of(&plan());
+        let (snapshot_at, now) = (500 * S, 501 * S);
+        // 10 flows on target 1 started before the snapshot, 10 on target 2
+        // after it; the walk reads all of them.
+        let mut table: Vec<FlowState> = (0..10)
+            .map(|_| FlowState {
+                target_id: 1,
+                created_ns: snapshot_at - S,
+                ..state(1, flow_flags::COUNTED, 500)
+            })
+            .collect();
+        let snapshot = BTreeMap::from([(1, 10)]);
+        table.extend((0..10).map(|_| FlowState {
+            target_id: 2,
+            created_ns: snapshot_at,
+            ..state(1, flow_flags::COUNTED, 500)
+        }));
+        let mut tally = Tally::since(snapshot_at);
+        for e in &table {
+            assert!(!tally.add(&rules, e, now));
+        }
+        // The data plane counted 10 and 10: nothing to correct.
+        assert_eq!(corrections(&tally, &snapshot), []);
     }
 
     #[test]

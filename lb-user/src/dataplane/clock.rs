@@ -74,6 +74,15 @@ impl Clock {
     pub fn now_ns(&self) -> io::Result<u64> {
         Ok(ticks(&self.program)?.wrapping_mul(self.ns_per_tick))
     }
+
+    /// Waits for the next tick and returns its time (as [`Clock::now_ns`])
+    /// right after it began: what the data plane stamps before it is
+    /// earlier, what it stamps from now on is not (at most one tick, 10 ms,
+    /// of waiting).
+    pub fn next_tick_ns(&self) -> io::Result<u64> {
+        let (tick, _) = next_edge(&|| ticks(&self.program))?;
+        Ok(tick.wrapping_mul(self.ns_per_tick))
+    }
 }
 
 /// The kernel's jiffies, read by running `lb_clock` once.

@@ -9,19 +9,27 @@
 //! - The data plane keeps the counts itself (+1 per new flow, -1 at the
 //!   client's FIN or RST, at expiry on the next packet, at re-selection).
 //!   Flows that end silently (idle timeout, entry evicted or deleted) are
-//!   only taken out by the recount, which stores the number of live counted
-//!   entries each target has in the table.
-//! - A flow that starts or ends while a walk runs may or may not be in that
-//!   walk's count, so the stored value can be off by the flows that changed
-//!   during one walk (milliseconds to a fraction of a second). The next
-//!   sweep recounts from the table, so errors never accumulate: once the
-//!   table holds still for one sweep, every count is exact.
+//!   only taken out by the recount.
+//! - The recount corrects by a difference, never by storing a value: it
+//!   snapshots the counts at the start of a clock tick, counts the live
+//!   counted entries created before that tick, and adds (that count - the
+//!   snapshot) to each target. A flow that starts while the walk runs is in
+//!   neither, so its +1 stands (storing the walk's count would erase it
+//!   whenever the walk missed its entry: with 2 x 1M buckets to walk, every
+//!   flow started in the last half second). What the difference removes is
+//!   what the snapshot held and the table no longer does.
+//! - What can still be off, by the flows that changed in a window of
+//!   microseconds to one walk: a flow that ends during the walk and whose
+//!   entry the walk reads after its FIN (taken out twice), and one started
+//!   in the microseconds between the tick's start and the snapshot (not
+//!   counted). The next sweep corrects both, so errors never accumulate:
+//!   once the table holds still for one sweep, every count is exact.
 //! - An ended entry is read again just before it is deleted; a packet that
 //!   refreshed it in between keeps it. One that arrives between that read
 //!   and the delete misses the table and is steered like any miss (README
 //!   "Flow lifecycle").
-//! - Counts are stored with atomic stores through a memory mapping of
-//!   `TARGET_ACTIVE`, so they never tear against the data plane's atomic adds.
+//! - Counts are changed with atomic adds through a memory mapping of
+//!   `TARGET_ACTIVE`, so they never tear against the data plane's.
 use std::{
     collections::BTreeMap,
     os::fd::{AsFd as _, OwnedFd},
@@ -63,9 +71,10 @@ impl ActiveCounts {
             .map_or(0, |a| a.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    fn store(&self, id: u32, value: i64) {
+    /// Adds `delta` atomically (the data plane adds to the same slots).
+    fn add(&self, id: u32, delta: i64) {
         if let Some(a) = self.mapping.atomic_i64(id as usize) {
-            a.store(value, std::sync::atomic::Ordering::Relaxed);
+            a.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -89,9 +98,9 @@ pub struct SweepReport {
     /// had a packet meanwhile, or were gone already).
     pub ended: u64,
     pub deleted: u64,
-    /// Active counts stored because they differed from the table.
+    /// Active counts corrected because they differed from the table.
     pub corrected: usize,
-    /// Live counted flows per target id.
+    /// Live counted flows per target id that started before the sweep.
     pub active: BTreeMap<u32, i64>,
     pub took: Duration,
 }
@@ -186,7 +195,16 @@ impl FlowSweeper {
                 .map(|ns| ns.wrapping_add(rules.time_offset_ns))
                 .map_err(DataplaneError::Clock)
         };
-        let mut tally = Tally::default();
+        // The snapshot of the counts, taken right at the start of a tick:
+        // flows created in earlier ticks are in it, later ones are not
+        // (`flows::corrections`).
+        let since = self
+            .clock
+            .next_tick_ns()
+            .map(|ns| ns.wrapping_add(rules.time_offset_ns))
+            .map_err(DataplaneError::Clock)?;
+        let snapshot = self.active.nonzero();
+        let mut tally = Tally::since(since);
         let read_at = now()?;
         let ended_v4 = self
             .v4
@@ -199,9 +217,9 @@ impl FlowSweeper {
         let delete_at = now()?;
         let deleted = self.v4.delete_ended(rules, delete_at, &ended_v4)
             + self.v6.delete_ended(rules, delete_at, &ended_v6);
-        let fixes = corrections(&tally, &self.active.nonzero());
-        for &(id, value) in &fixes {
-            self.active.store(id, value);
+        let fixes = corrections(&tally, &snapshot);
+        for &(id, delta) in &fixes {
+            self.active.add(id, delta);
         }
         Ok(SweepReport {
             entries: tally.entries,
