@@ -20,7 +20,8 @@
 //!   what the snapshot held and the table no longer does.
 //! - What can still be off, by the flows that changed in a window of
 //!   microseconds to one walk: a flow that ends during the walk and whose
-//!   entry the walk reads after its FIN (taken out twice), and one started
+//!   entry the walk reads after its FIN, or whose entry is replaced then (a
+//!   client port reused, a target chosen again), is taken out twice; one started
 //!   in the microseconds between the tick's start and the snapshot (not
 //!   counted). The next sweep corrects both, so errors never accumulate:
 //!   once the table holds still for one sweep, every count is exact.
