@@ -144,6 +144,20 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
         .iter()
         .map(|m| Walk::new(m.identity.permutation(size), size, m.weight as u64, m.id))
         .collect();
+    if walks.iter().all(|w| w.weight == max_weight) {
+        // Equal weights (the common case): one turn each per round, no
+        // credit to keep.
+        fill::<true>(&mut walks, &mut table, max_weight);
+    } else {
+        fill::<false>(&mut walks, &mut table, max_weight);
+    }
+    table
+}
+
+/// Fills `table` by the members' turns; `EQUAL` when every weight is
+/// `max_weight` (then every member takes exactly one turn per round).
+fn fill<const EQUAL: bool>(walks: &mut [Walk], table: &mut [u32], max_weight: u64) {
+    let size = table.len() as u32;
     // Slot s is taken iff `taken[s]` and `taken[s + size]` are.
     let mut taken = vec![false; 2 * size as usize];
     let mut free: Vec<u32> = Vec::new();
@@ -153,9 +167,13 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
     let mut filled = 0u32;
     'rounds: loop {
         for w in walks.iter_mut() {
-            w.credit += w.weight;
-            while w.credit >= max_weight {
-                w.credit -= max_weight;
+            if !EQUAL {
+                w.credit += w.weight;
+            }
+            while EQUAL || w.credit >= max_weight {
+                if !EQUAL {
+                    w.credit -= max_weight;
+                }
                 let slot = if filled < endgame {
                     let slot = if filled < wide {
                         w.next_free::<4>(&taken, w.cursor, size)
@@ -177,10 +195,12 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
                 if filled == size {
                     break 'rounds;
                 }
+                if EQUAL {
+                    break;
+                }
             }
         }
     }
-    table
 }
 
 /// How many free slots are left when claims switch from walking a
