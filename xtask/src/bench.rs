@@ -33,7 +33,7 @@ pub fn bench(quick: bool, args: &[String]) -> Result<()> {
             "--bin",
             "lb-lab-server",
         ]);
-        cmd::run(&mut build)?;
+        cmd::build_overlapping_ebpf(&mut build)?;
         "release"
     };
     let dir = cmd::target_dir().join(profile);
