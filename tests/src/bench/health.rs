@@ -189,7 +189,7 @@ fn probes_done(map: &BTreeMap<TargetKey, HealthSnapshot>) -> (u64, usize) {
 }
 
 pub fn capacity(settings: &Settings, targets: usize) -> Result<Capacity> {
-    let window = if settings.quick { 5.0 } else { 15.0 };
+    let window = if settings.quick { 3.0 } else { 15.0 };
     let ns = Namespace::new()?;
     netns::run(&ns.0, || -> Result<Capacity> {
         let stop = Arc::new(AtomicBool::new(false));

@@ -24,7 +24,7 @@ use crate::packets::LB_MAC;
 pub const GROUPS: usize = 1000;
 /// Groups in a dev build (`cargo xtask bench --quick`): its unoptimized
 /// compile of 1,000 tables alone takes about 20 s.
-pub const DEV_GROUPS: usize = 250;
+pub const DEV_GROUPS: usize = 100;
 pub const TARGETS: usize = 100;
 
 /// The groups this build measures.
