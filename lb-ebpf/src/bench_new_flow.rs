@@ -8,6 +8,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod next_source;
 #[path = "pipeline/mod.rs"]
 mod pipeline;
 
@@ -31,22 +32,7 @@ pub fn lb_new_flow(ctx: XdpContext) -> u32 {
         0x86dd => (14 + 40, 14 + 8 + 14),
         _ => return action,
     };
-    if start + sport + 2 > ctx.data_end() {
-        return action;
-    }
-    let bump = |at: usize| {
-        let p = (start + at) as *mut u16;
-        // SAFETY: `at + 2 <= sport + 2`, inside the frame (checked above).
-        unsafe {
-            let next = u16::from_be(p.read_unaligned()).wrapping_add(1);
-            p.write_unaligned(next.to_be());
-            next
-        }
-    };
-    // Source port, carrying into the address: 2^32 distinct flows.
-    if bump(sport) == 0 {
-        bump(saddr_low);
-    }
+    next_source::bump(&ctx, sport, saddr_low);
     action
 }
 

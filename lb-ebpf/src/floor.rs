@@ -17,6 +17,8 @@ use aya_ebpf::{
 };
 use lb_common::{DEFAULT_FLOW_TABLE_SIZE, FlowKeyV4, FlowState};
 
+mod next_source;
+
 #[btf_map]
 static FLOOR_FLOWS: LruHashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
     LruHashMap::new();
@@ -120,24 +122,8 @@ pub fn floor_new_flow(ctx: XdpContext) -> u32 {
         Ok(sport) => sport,
         Err(action) => return action,
     };
-    let start = ctx.data();
-    if start + sport + 2 > ctx.data_end() || start + ETH_HLEN + 16 > ctx.data_end() {
-        return xdp_action::XDP_TX;
-    }
-    let bump = |at: usize| {
-        let p = (start + at) as *mut u16;
-        // SAFETY: `at + 2` is inside the frame (checked above for both
-        // offsets used).
-        unsafe {
-            let next = u16::from_be(p.read_unaligned()).wrapping_add(1);
-            p.write_unaligned(next.to_be());
-            next
-        }
-    };
-    // Source port, carrying into the low half of the source address.
-    if bump(sport) == 0 {
-        bump(ETH_HLEN + 14);
-    }
+    // The source port, carrying into the low half of the source address.
+    next_source::bump(&ctx, sport, ETH_HLEN + 14);
     xdp_action::XDP_TX
 }
 

@@ -196,12 +196,8 @@ fn fill<const EQUAL: bool>(walks: &mut [Walk], table: &mut [u32], max_weight: u6
     let mut free: Vec<u32> = Vec::new();
     loop {
         for w in walks.iter_mut() {
-            if !EQUAL {
-                w.credit += w.weight;
-                if w.credit < max_weight {
-                    continue;
-                }
-                w.credit -= max_weight;
+            if !w.earns_turn::<EQUAL>(max_weight) {
+                continue;
             }
             let slot = if filled < endgame {
                 w.take_next::<AHEAD>(&mut taken, size)
@@ -231,12 +227,8 @@ fn walk_round<const EQUAL: bool, const B: usize>(
     let size = table.len() as u32;
     let mut turns = 0;
     for w in walks.iter_mut() {
-        if !EQUAL {
-            w.credit += w.weight;
-            if w.credit < max_weight {
-                continue;
-            }
-            w.credit -= max_weight;
+        if !w.earns_turn::<EQUAL>(max_weight) {
+            continue;
         }
         let slot = w.take_next::<B>(taken, size);
         table[slot as usize] = w.id;
@@ -314,6 +306,22 @@ impl Walk {
             }
             slot = add_mod(slot, self.ahead[B], size);
         }
+    }
+
+    /// Whether the member takes a turn this round: always with equal weights
+    /// (`EQUAL`), else when its credit, grown by its weight, reaches
+    /// `max_weight` (which the turn then costs).
+    #[inline(always)]
+    fn earns_turn<const EQUAL: bool>(&mut self, max_weight: u64) -> bool {
+        if EQUAL {
+            return true;
+        }
+        self.credit += self.weight;
+        if self.credit < max_weight {
+            return false;
+        }
+        self.credit -= max_weight;
+        true
     }
 
     /// Takes the first free slot from the cursor on (walking `B` candidates
