@@ -110,6 +110,17 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     }
 }
 
+/// Loads the XDP program `name` of the object into the kernel.
+fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let xdp: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
+        .try_into()
+        .map_err(|_| DataplaneError::MissingProgram(name))?;
+    xdp.load().map_err(DataplaneError::Program)?;
+    Ok(xdp)
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
@@ -130,19 +141,8 @@ impl Dataplane {
             .map_max_entries(names::FLOWS_V4, options.flow_table_size)
             .map_max_entries(names::FLOWS_V6, options.flow_table_size)
             .load(object)?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(program)
-            .ok_or(DataplaneError::MissingProgram(program))?
-            .try_into()
-            .map_err(|_| DataplaneError::MissingProgram(program))?;
-        xdp.load().map_err(DataplaneError::Program)?;
-        let clock: &mut Xdp = ebpf
-            .program_mut(CLOCK_PROGRAM)
-            .ok_or(DataplaneError::MissingProgram(CLOCK_PROGRAM))?
-            .try_into()
-            .map_err(|_| DataplaneError::MissingProgram(CLOCK_PROGRAM))?;
-        clock.load().map_err(DataplaneError::Program)?;
-        let clock_fd = clock
+        load_xdp(&mut ebpf, program)?;
+        let clock_fd = load_xdp(&mut ebpf, CLOCK_PROGRAM)?
             .fd()
             .map_err(DataplaneError::Program)?
             .as_fd()
