@@ -42,6 +42,9 @@ pub struct Settings {
     pub quick: bool,
     /// Repetitions of one BPF_PROG_TEST_RUN call (ns/packet).
     pub repeat: u32,
+    /// The same for new-flow fixtures (each repetition near a microsecond:
+    /// quick runs do fewer).
+    pub new_flow_repeat: u32,
     /// Runs of each ns/packet figure (min and median are reported).
     pub runs: usize,
     /// Only the data-plane fixtures whose name contains this.
@@ -53,6 +56,7 @@ impl Settings {
         Settings {
             quick,
             repeat: if quick { 200_000 } else { 1_000_000 },
+            new_flow_repeat: if quick { 50_000 } else { 1_000_000 },
             runs: if quick { 3 } else { 7 },
             only: None,
         }

@@ -274,10 +274,15 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
                     if f.kind == Kind::FloorEstablished {
                         test_run(floor, &frame, 1)?; // creates the flow
                     }
-                    let (verdict, d, _) = test_run(floor, &frame, settings.repeat)?;
+                    let repeat = if f.kind == Kind::FloorNewFlow {
+                        settings.new_flow_repeat
+                    } else {
+                        settings.repeat
+                    };
+                    let (verdict, d, _) = test_run(floor, &frame, repeat)?;
                     ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
                     l.push(ns(d));
-                    b.push(ns(test_run(base, &frame, settings.repeat)?.1));
+                    b.push(ns(test_run(base, &frame, repeat)?.1));
                 }
             }
             Kind::NewFlow => {
@@ -285,13 +290,13 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
                 for run in 0..settings.runs {
                     let frame = (f.frame)(run);
                     let (verdict, d, _) =
-                        test_run(new_flow.program_mut(), &frame, settings.repeat)?;
+                        test_run(new_flow.program_mut(), &frame, settings.new_flow_repeat)?;
                     ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
                     l.push(ns(d));
-                    b.push(ns(test_run(base, &frame, settings.repeat)?.1));
+                    b.push(ns(test_run(base, &frame, settings.new_flow_repeat)?.1));
                 }
                 let new_flows = counter(&new_flow, Counter::NewFlow)? - before;
-                let expected = settings.repeat as u64 * settings.runs as u64;
+                let expected = settings.new_flow_repeat as u64 * settings.runs as u64;
                 ensure!(
                     new_flows == expected,
                     "{}: {new_flows} new flows, expected {expected}",
@@ -340,8 +345,8 @@ fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
 pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
     let mut s = Section::new("Data plane: ns/packet (BPF_PROG_TEST_RUN)");
     s.line(format!(
-        "Each figure: {} repetitions per test run, {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. A goal below its floor cannot be met by any design that keeps flows in a kernel hash map.",
-        settings.repeat, settings.runs
+        "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. A goal below its floor cannot be met by any design that keeps flows in a kernel hash map.",
+        settings.repeat, settings.new_flow_repeat, settings.runs
     ));
     let table: Vec<Vec<String>> = rows
         .iter()

@@ -50,7 +50,10 @@ fn main() -> Result<()> {
         );
     }
     let mut settings = Settings::new(args.quick);
-    settings.repeat = args.repeat.unwrap_or(settings.repeat);
+    if let Some(repeat) = args.repeat {
+        settings.repeat = repeat;
+        settings.new_flow_repeat = repeat;
+    }
     settings.runs = args.runs.unwrap_or(settings.runs);
     settings.only = args.only.clone();
     std::fs::create_dir_all(&args.out)?;
