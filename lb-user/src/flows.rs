@@ -100,7 +100,7 @@ pub fn ended(state: &FlowState, now_ns: u64, timeouts: &Timeouts) -> bool {
 
 /// One sweep's tally: live counted flows per target that started before the
 /// sweep's snapshot of the counts, and the entries seen.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tally {
     /// Data-plane time of the snapshot: entries created at or after it are
     /// not counted (their +1 came after the snapshot; see [`corrections`]).
@@ -117,7 +117,9 @@ impl Tally {
     pub fn since(since_ns: u64) -> Tally {
         Tally {
             since_ns,
-            ..Tally::default()
+            entries: 0,
+            ended: 0,
+            active: BTreeMap::new(),
         }
     }
 

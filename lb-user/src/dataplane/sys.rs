@@ -1,9 +1,10 @@
-//! The syscalls aya 0.14 does not wrap: `BPF_MAP_LOOKUP_BATCH` (a whole hash
-//! map in a few calls instead of two per entry), `BPF_MAP_UPDATE_BATCH` (many
-//! group tables swapped in with one call: each single update of an array of
-//! maps waits for an RCU grace period) and `BPF_PROG_TEST_RUN` on a program
-//! fd (the data plane's clock, `clock.rs`). The one other place in userspace
-//! with `unsafe` besides `mmap`.
+//! The bpf(2) calls aya 0.14 does not offer: `BPF_MAP_LOOKUP_BATCH` (a whole
+//! hash map in a few calls instead of two per entry), `BPF_MAP_UPDATE_BATCH`
+//! (many group tables swapped in with one call: each single update of an
+//! array of maps waits for an RCU grace period) and `BPF_PROG_TEST_RUN` on a
+//! bare program fd (aya runs it only on the program object, which the flow
+//! sweeper's thread does not own; the data plane's clock, `clock.rs`). The
+//! one other place in userspace with `unsafe` besides `mmap`.
 #![allow(unsafe_code)]
 
 use std::{

@@ -24,7 +24,7 @@ use lb_common::Counter;
 use super::{
     POLICY, Settings, XDP_TX, counter, load, load_macswap, macswap,
     report::{Figure, Section, fmt_rate},
-    stats::median,
+    stats::{median, paired_ratio},
     test_run,
 };
 use crate::{Lab, LabOptions, Node, packets::Frame, topo::TARGETS};
@@ -250,12 +250,7 @@ pub fn section(settings: &Settings) -> Result<Section> {
     let (lb, base) = (median(&lb_rates), median(&base_rates));
     // Per pair of runs (interleaved, back to back: the VM's speed of the
     // moment is in both), then the median.
-    let pairs: Vec<f64> = lb_rates
-        .iter()
-        .zip(&base_rates)
-        .map(|(l, b)| l / b.max(1.0))
-        .collect();
-    let ratio = median(&pairs);
+    let ratio = paired_ratio(&lb_rates, &base_rates);
     s.figures.push(Figure::goal(
         "live traffic: lb / MAC-swap forwarded packets/s (median of paired runs)",
         format!(

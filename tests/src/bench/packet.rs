@@ -310,19 +310,10 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
             kind: f.kind,
             lb: min_median(&l),
             base: min_median(&b),
-            paired: paired_ratio(&l, &b),
+            paired: stats::paired_ratio(&l, &b),
         });
     }
     Ok(rows)
-}
-
-/// The median of the ratios of paired runs (`lb[i]` and `base[i]` ran back
-/// to back): on a VM whose speed changes from one second to the next, the
-/// ratio of each pair holds where the ratio of two medians taken from
-/// different moments does not.
-pub fn paired_ratio(lb: &[f64], base: &[f64]) -> f64 {
-    let ratios: Vec<f64> = lb.iter().zip(base).map(|(l, b)| l / b).collect();
-    stats::median(&ratios)
 }
 
 /// A program of the floor object (`lb-ebpf/src/floor.rs`).
@@ -445,18 +436,4 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
         s.plots.push(name.into());
     }
     Ok(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ratio_pairs_runs_that_ran_together() {
-        // The VM slowed down 2x for the second pair: each pair still says 5.
-        let (lb, base) = ([60.0, 120.0, 62.0], [12.0, 24.0, 12.0]);
-        assert_eq!(paired_ratio(&lb, &base), 5.0);
-        // The ratio of the medians mixes moments.
-        assert!((min_median(&lb).1 / min_median(&base).1 - 62.0 / 12.0).abs() < 1e-9);
-    }
 }

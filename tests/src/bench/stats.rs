@@ -14,6 +14,15 @@ pub fn median(v: &[f64]) -> f64 {
     min_median(v).1
 }
 
+/// The median of the ratios of paired runs (`a[i]` and `b[i]` ran back to
+/// back): on a VM whose speed changes from one second to the next, the ratio
+/// of each pair holds where the ratio of two medians taken from different
+/// moments does not. A `b[i]` of 0 counts as 1 (nothing measured).
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y.max(1.0)).collect();
+    median(&ratios)
+}
+
 /// Times `f` `runs` times (after one warm-up call); seconds of each run.
 pub fn time_runs<T>(runs: usize, mut f: impl FnMut() -> T) -> Vec<f64> {
     std::hint::black_box(f());
@@ -53,6 +62,15 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ratio_pairs_runs_that_ran_together() {
+        // The VM slowed down 2x for the second pair: each pair still says 5.
+        let (lb, base) = ([60.0, 120.0, 62.0], [12.0, 24.0, 12.0]);
+        assert_eq!(paired_ratio(&lb, &base), 5.0);
+        // The ratio of the medians mixes moments.
+        assert!((min_median(&lb).1 / min_median(&base).1 - 62.0 / 12.0).abs() < 1e-9);
+    }
 
     #[test]
     fn min_median_of_odd_and_even_samples() {
