@@ -3,6 +3,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{api, daemon, dataplane::AttachMode, policy};
+use tracing::Level;
+use tracing_subscriber::{
+    filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 #[derive(Parser)]
 #[command(
@@ -59,13 +63,27 @@ enum Command {
     },
 }
 
+/// The log filter: `RUST_LOG` as `target=level` directives separated by
+/// commas (a bare level sets the default, e.g. `debug` or
+/// `info,lb_user::health=debug`); `info` when unset or unreadable (said on
+/// stderr, since logging is not up yet).
+fn log_filter(rust_log: Option<&str>) -> Targets {
+    let default = Targets::new().with_default(Level::INFO);
+    match rust_log.map(str::parse::<Targets>) {
+        None => default,
+        Some(Ok(targets)) => targets,
+        Some(Err(e)) => {
+            eprintln!("lb: RUST_LOG: {e}; logging at info");
+            default
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+    let log_filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(log_filter)
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -137,5 +155,26 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_bad_values_fall_back_to_info() {
+        let unset = log_filter(None);
+        assert!(unset.would_enable("lb_user::daemon", &Level::INFO));
+        assert!(!unset.would_enable("lb_user::daemon", &Level::DEBUG));
+
+        let health = log_filter(Some("warn,lb_user::health=debug"));
+        assert!(health.would_enable("lb_user::health::monitor", &Level::DEBUG));
+        assert!(!health.would_enable("lb_user::daemon", &Level::INFO));
+        assert!(health.would_enable("lb_user::daemon", &Level::WARN));
+
+        let bad = log_filter(Some("lb_user=loud"));
+        assert!(bad.would_enable("lb_user::daemon", &Level::INFO));
+        assert!(!bad.would_enable("lb_user::daemon", &Level::DEBUG));
     }
 }

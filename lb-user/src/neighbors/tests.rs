@@ -170,7 +170,7 @@ impl Lab {
     {
         // Logs show with a failing test's output.
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("lb_user=debug")
+            .with_max_level(tracing::Level::DEBUG)
             .with_test_writer()
             .try_init();
         std::thread::scope(|scope| {
