@@ -98,6 +98,13 @@ pub fn build_overlapping_ebpf(cmd: &mut Command) -> Result<()> {
 fn ebpf_build() -> Command {
     let arch = std::env::consts::ARCH;
     let mut cmd = Command::new("rustup");
+    // The build script runs it with cargo's HOST, which the build scripts
+    // of aya-ebpf and its dependencies declare as an input
+    // (`rerun-if-env-changed=HOST`): without the same value here, the build
+    // script would find them stale and compile them again.
+    if let Some(host) = host_triple() {
+        cmd.env("HOST", host);
+    }
     cmd.current_dir(crate::root().join("lb-user"))
         .args(["run", "nightly", "cargo", "build", "--package", "lb-ebpf"])
         .args(["--bins", "--message-format=json", "--release"])
@@ -112,6 +119,16 @@ fn ebpf_build() -> Command {
         .arg("--target-dir")
         .arg(target_dir().join("ebpf/aya-build/target/lb-ebpf"));
     cmd
+}
+
+/// The host triple of the stable toolchain (`rustc -vV`), which cargo
+/// gives build scripts as HOST.
+fn host_triple() -> Option<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = probe(rustc, &["-vV"])?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_owned())
 }
 
 /// Paths of the built `lb` and `lb-lab-server`, as env vars for the tests.
