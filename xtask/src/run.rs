@@ -11,34 +11,100 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use clap::{Arg, ArgMatches, value_parser};
 
 use crate::cmd;
 
-#[derive(clap::Args)]
 pub struct RunArgs {
-    /// Run on this real interface (with --config), not in the lab.
-    #[arg(long)]
     iface: Option<String>,
-    /// The policy: with --iface, for the real NIC; alone, for the lab
-    /// (default examples/lab.yaml).
-    #[arg(long)]
     config: Option<PathBuf>,
-    /// XDP attach mode: native, generic or auto.
-    #[arg(long, default_value = "native")]
     xdp_mode: String,
-    /// Lab: TCP connections per TCP listener in the burst.
-    #[arg(long, default_value_t = 300)]
     tcp: usize,
-    /// Lab: UDP queries per UDP listener in the burst.
-    #[arg(long, default_value_t = 300)]
     udp: usize,
-    /// Lab: stop after this many seconds of live counters instead of at Ctrl-C.
-    #[arg(long)]
     duration: Option<u64>,
-    /// Lab: seconds to stop one health-checked target's service for, at the
-    /// start of the live view (0: none).
-    #[arg(long, default_value_t = 10)]
     outage_s: u64,
+}
+
+/// `cargo xtask run`'s options.
+pub fn command() -> clap::Command {
+    let opt = |name: &'static str, value: &'static str, help: &'static str| {
+        Arg::new(name).long(name).value_name(value).help(help)
+    };
+    clap::Command::new("run")
+        .about(
+            "Set up, build, and run lb in the namespace lab (or on a real NIC with \
+             both --iface and --config)",
+        )
+        .arg(opt(
+            "iface",
+            "IFACE",
+            "Run on this real interface (with --config), not in the lab",
+        ))
+        .arg(
+            opt(
+                "config",
+                "FILE",
+                "The policy: with --iface, for the real NIC; alone, for the lab \
+                 (default examples/lab.yaml)",
+            )
+            .value_parser(value_parser!(PathBuf)),
+        )
+        .arg(
+            opt(
+                "xdp-mode",
+                "MODE",
+                "XDP attach mode: native, generic or auto",
+            )
+            .default_value("native"),
+        )
+        .arg(
+            opt(
+                "tcp",
+                "N",
+                "Lab: TCP connections per TCP listener in the burst",
+            )
+            .value_parser(value_parser!(usize))
+            .default_value("300"),
+        )
+        .arg(
+            opt("udp", "N", "Lab: UDP queries per UDP listener in the burst")
+                .value_parser(value_parser!(usize))
+                .default_value("300"),
+        )
+        .arg(
+            opt(
+                "duration",
+                "SECONDS",
+                "Lab: stop after this many seconds of live counters instead of at Ctrl-C",
+            )
+            .value_parser(value_parser!(u64)),
+        )
+        .arg(
+            opt(
+                "outage-s",
+                "SECONDS",
+                "Lab: seconds to stop one health-checked target's service for, at the \
+                 start of the live view (0: none)",
+            )
+            .value_parser(value_parser!(u64))
+            .default_value("10"),
+        )
+}
+
+impl From<&ArgMatches> for RunArgs {
+    fn from(m: &ArgMatches) -> RunArgs {
+        // Every option with a default has a value; the others may be absent.
+        let count = |name| m.get_one::<usize>(name).copied().unwrap_or_default();
+        RunArgs {
+            iface: m.get_one::<String>("iface").cloned(),
+            config: m.get_one::<PathBuf>("config").cloned(),
+            xdp_mode: m.get_one::<String>("xdp-mode").cloned().unwrap_or_default(),
+            tcp: count("tcp"),
+            udp: count("udp"),
+            duration: m.get_one::<u64>("duration").copied(),
+            outage_s: m.get_one::<u64>("outage-s").copied().unwrap_or_default(),
+        }
+    }
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
