@@ -89,6 +89,7 @@ fn main() -> Result<()> {
         Some(("run", m)) => run::run(run::RunArgs::from(m)),
         Some(("test", m)) => test::test(&rest(m)),
         Some(("bench", m)) => bench::bench(m.get_flag("quick"), &rest(m)),
+        // `setup`, the only other subcommand (clap requires one).
         _ => setup::setup(),
     }
 }

@@ -17,6 +17,9 @@ use std::{
 };
 
 use tokio::sync::watch;
+use tracing_subscriber::{
+    filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use super::{NeighborWatch, NetError, entry::Mode, interface};
 use crate::plan::Mac;
@@ -169,9 +172,9 @@ impl Lab {
         T: Send,
     {
         // Logs show with a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_test_writer()
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_test_writer())
+            .with(Targets::new().with_target("lb_user", tracing::Level::DEBUG))
             .try_init();
         std::thread::scope(|scope| {
             let thread = scope.spawn(|| {
