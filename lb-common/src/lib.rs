@@ -28,9 +28,20 @@ pub const MAX_TARGETS: u32 = 1 << 17;
 /// Default capacity of each flow table (LRU; one for IPv4, one for IPv6). The
 /// loader sets the policy's `flow_table.max_flows`.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
-/// Largest consistent-hash table a group may have (slots; the table map has
-/// one more element: slot 0 holds the table size).
+/// Largest consistent-hash table a group may have (slots; the table holds one
+/// more word, the table size: see [`GroupTableElement`]).
 pub const MAX_TABLE_SIZE: u32 = 1_000_003;
+/// One element of a group table (an inner map of `GROUP_TABLES`): two 4-byte
+/// words. Word 0 of the table is its number of slots M, words 1..=M its slots
+/// (target ids); word `w` is half `w % 2` of element `w / 2`. Two words per
+/// element because an array map stores each value in 8 bytes: one 4-byte
+/// word per element would double the memory the kernel allocates and zeroes
+/// for every new table (and the time to apply 1,000 groups).
+pub type GroupTableElement = [u32; 2];
+/// Elements of a group table of `slots` slots (`slots + 1` words).
+pub const fn group_table_elements(slots: u32) -> u32 {
+    slots / 2 + 1
+}
 /// The kernel's `BPF_F_INNER_MAP`: inner maps of one outer map may differ in size.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// The kernel's `BPF_F_MMAPABLE`: the loader fills a group table through a
@@ -470,6 +481,16 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_table_has_room_for_its_words_and_no_more() {
+        for slots in (0..100).chain([65537, MAX_TABLE_SIZE]) {
+            let words = u64::from(slots) + 1;
+            let elements = u64::from(group_table_elements(slots));
+            assert!(elements * 2 >= words, "{slots} slots");
+            assert!((elements - 1) * 2 < words, "{slots} slots: a spare element");
+        }
+    }
 
     #[test]
     fn forwarded_is_hits_plus_new_flows() {

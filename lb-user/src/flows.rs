@@ -193,7 +193,7 @@ mod tests {
                 fin_timeout_s: fin,
                 ..Default::default()
             },
-            table: vec![],
+            table: Default::default(),
             last_resort: false,
         };
         let listener = |id, group_id| PlannedListener {

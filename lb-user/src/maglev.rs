@@ -14,6 +14,7 @@
 //! permutation); the policy validator enforces it.
 use std::net::IpAddr;
 
+use crate::plan::Table;
 use lb_common::hash::murmur3_words;
 
 const OFFSET_SEED: u32 = 0x4d41_4701;
@@ -81,18 +82,18 @@ impl Identity {
 /// `build` would return. Entries not used by the last compile are dropped.
 #[derive(Debug, Default)]
 pub struct TableCache {
-    tables: std::collections::HashMap<(Vec<Member>, u32), Vec<u32>>,
+    tables: std::collections::HashMap<(Vec<Member>, u32), Table>,
     used: std::collections::HashSet<(Vec<Member>, u32)>,
 }
 
 impl TableCache {
     /// `build(members, size)`, from the cache when possible.
-    pub fn get(&mut self, members: &[Member], size: u32) -> Vec<u32> {
+    pub fn get(&mut self, members: &[Member], size: u32) -> Table {
         let key = (members.to_vec(), size);
         let table = self
             .tables
             .entry(key.clone())
-            .or_insert_with(|| build(members, size))
+            .or_insert_with(|| build(members, size).into())
             .clone();
         self.used.insert(key);
         table
@@ -612,11 +613,11 @@ mod tests {
         let a: Vec<Member> = (0..5).map(|i| member(i, 10)).collect();
         let b: Vec<Member> = (0..4).map(|i| member(i, 10)).collect();
         let mut cache = TableCache::default();
-        assert_eq!(cache.get(&a, 1021), build(&a, 1021));
-        assert_eq!(cache.get(&b, 1021), build(&b, 1021));
+        assert_eq!(&cache.get(&a, 1021)[..], build(&a, 1021));
+        assert_eq!(&cache.get(&b, 1021)[..], build(&b, 1021));
         cache.end_round();
         assert_eq!(cache.len(), 2);
-        assert_eq!(cache.get(&a, 1021), build(&a, 1021));
+        assert_eq!(&cache.get(&a, 1021)[..], build(&a, 1021));
         cache.end_round();
         assert_eq!(cache.len(), 1, "b was not used in the last round");
     }

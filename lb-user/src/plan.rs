@@ -1,7 +1,7 @@
 //! The map plan: everything the data plane maps should hold, computed purely
 //! from a policy and what was observed of the host (`policy::compile`), and
 //! written by `dataplane::apply`, the only writer of BPF maps.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
 
@@ -57,6 +57,12 @@ pub struct PlannedListener {
     pub info: ListenerInfo,
 }
 
+/// A group's table, shared: the table cache, each plan compiled from it and
+/// the plan the data plane holds as applied all point at one copy (1,000
+/// tables of 65537 slots are 262 MB), and comparing two plans' tables is a
+/// pointer comparison when they are the same table.
+pub type Table = Arc<[u32]>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedGroup {
     pub id: u32,
@@ -67,7 +73,7 @@ pub struct PlannedGroup {
     /// every slot holds a target id (0 only when no target can take flows).
     /// `round_robin`: one cycle of the smooth weighted order (empty when no
     /// target can take flows).
-    pub table: Vec<u32>,
+    pub table: Table,
     /// No target is healthy, so every target with a known MAC and a weight
     /// takes new flows (SPEC.md failover table: last resort).
     pub last_resort: bool,

@@ -62,7 +62,7 @@ pub struct Flow {
 }
 
 /// A group table and the least-connections candidate pairs it gives.
-type PairsOf = (Vec<u32>, Vec<(u32, u32)>);
+type PairsOf = (lb_user::plan::Table, Vec<(u32, u32)>);
 
 /// A client's sticky session (`STICKY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,7 +104,7 @@ impl Harness {
 
     /// The group's round-robin order (target ids).
     fn order(&self) -> Vec<u32> {
-        self.plan.groups[0].table.clone()
+        self.plan.groups[0].table.to_vec()
     }
 }
 
@@ -173,6 +173,47 @@ fn round_robin_follows_the_smooth_weighted_order() {
         })
         .collect();
     assert_eq!(got, [1, 2, 3, 1, 2, 1, 2, 3, 1, 2]);
+}
+
+/// A group table stores two slots an 8-byte element (after the slot count):
+/// orders of odd and even lengths both reach their last slot, and every slot
+/// is read from the right half of its element.
+#[test]
+fn round_robin_walks_orders_of_odd_and_even_length() {
+    let mut lengths = BTreeSet::new();
+    for weights in [
+        [256, 0, 0],
+        [256, 256, 0],
+        [256, 128, 0],
+        [256, 128, 128],
+        [256, 256, 128],
+        [256, 256, 256],
+    ] {
+        let yaml = group("    algorithm: round_robin")
+            .replace(
+                "10.0.3.11, weight: 256",
+                &format!("10.0.3.11, weight: {}", weights[0]),
+            )
+            .replace(
+                "10.0.3.12, weight: 256",
+                &format!("10.0.3.12, weight: {}", weights[1]),
+            )
+            .replace(
+                "10.0.3.13, weight: 128",
+                &format!("10.0.3.13, weight: {}", weights[2]),
+            );
+        let mut h = Harness::new(&yaml);
+        let order = h.order();
+        lengths.insert(order.len());
+        let n = 2 * order.len() as u16;
+        let got: Vec<u32> = (0..n).map(|i| h.syn("10.0.4.1", 40000 + i)).collect();
+        let want: Vec<u32> = order.iter().cycle().take(n.into()).copied().collect();
+        assert_eq!(got, want, "weights {weights:?}");
+    }
+    assert!(
+        lengths.iter().any(|l| l % 2 == 0) && lengths.iter().any(|l| l % 2 == 1),
+        "orders of both parities: {lengths:?}"
+    );
 }
 
 /// BPF_PROG_TEST_RUN runs the program on the calling thread's CPU: new flows

@@ -30,20 +30,42 @@ use super::{
 #[inline(always)]
 pub fn by_hash(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32> {
     let hash = flow_hash(flow, group.hash_fields);
-    let (table, slots) = table(group_id)?;
-    table.get(1 + hash % slots).copied()
+    let table = table(group_id)?;
+    table.slot(hash % table.len)
 }
 
-/// The group's table and its number of slots (`None`: no table, or an empty
-/// one). Slot `i` (0-based) is element `1 + i`.
+/// A group's table, not empty.
+#[derive(Clone, Copy)]
+struct Table {
+    map: &'static GroupTable,
+    /// Its number of slots (M > 0).
+    len: u32,
+}
+
+impl Table {
+    /// Slot `i` (0-based; word `1 + i`).
+    #[inline(always)]
+    fn slot(self, i: u32) -> Option<u32> {
+        word(self.map, 1 + i)
+    }
+}
+
+/// Word `w` of a group table: half `w % 2` of element `w / 2`.
 #[inline(always)]
-fn table(group_id: u32) -> Option<(&'static GroupTable, u32)> {
-    let table = GROUP_TABLES.get(group_id)?;
-    let slots = *table.get(0)?;
-    if slots == 0 {
+fn word(map: &GroupTable, w: u32) -> Option<u32> {
+    let element = map.get(w >> 1)?;
+    Some(element[(w & 1) as usize])
+}
+
+/// The group's table (`None`: no table, or an empty one).
+#[inline(always)]
+fn table(group_id: u32) -> Option<Table> {
+    let map = GROUP_TABLES.get(group_id)?;
+    let len = word(map, 0)?;
+    if len == 0 {
         return None;
     }
-    Some((table, slots))
+    Some(Table { map, len })
 }
 
 /// The target id a new flow of `group_id` goes to, by the group's algorithm
@@ -73,12 +95,12 @@ fn by_algorithm(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32>
 /// whichever CPU sees it, takes the next position.
 #[inline(always)]
 fn round_robin(group_id: u32) -> Option<u32> {
-    let (table, len) = table(group_id)?;
+    let table = table(group_id)?;
     let counter = GROUP_RR.get_ptr_mut(group_id)?;
     // SAFETY: an 8-byte aligned map value that stays allocated while the
     // program runs; every writer (all CPUs) uses atomic adds.
     let position = unsafe { atomic::fetch_add_u64(counter, 1) };
-    table.get(1 + (position % len as u64) as u32).copied()
+    table.slot((position % table.len as u64) as u32)
 }
 
 /// The better (fewer active flows per weight) of two weighted random
@@ -87,14 +109,15 @@ fn round_robin(group_id: u32) -> Option<u32> {
 /// it names another target than the first.
 #[inline(always)]
 fn least_connections(group_id: u32) -> Option<u32> {
-    let (table, len) = table(group_id)?;
+    let table = table(group_id)?;
+    let len = table.len;
     // SAFETY: plain helper calls.
     let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    let first = *table.get(1 + scale(r1, len))?;
+    let first = table.slot(scale(r1, len))?;
     let mut slot = scale(r2, len);
     let mut second = first;
     for _ in 0..LEAST_CONNECTIONS_WALK {
-        second = *table.get(1 + slot)?;
+        second = table.slot(slot)?;
         if second != first {
             break;
         }

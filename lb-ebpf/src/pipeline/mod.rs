@@ -26,9 +26,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     BPF_F_MMAPABLE, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE, FlowKey,
-    FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts,
-    ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState,
-    TargetInfo,
+    FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, GroupTableElement, ListenerInfo,
+    ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats,
+    StickyKey, StickyState, TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -49,10 +49,11 @@ pub(crate) static LISTENERS_BY_ID: Array<ListenerSlot, { MAX_LISTENERS as usize 
 #[btf_map]
 static GROUPS: Array<GroupInfo, { MAX_GROUPS as usize }> = Array::new();
 
-/// A group's consistent-hash table: element 0 holds the number of slots M,
-/// elements 1..=M hold target ids. Inner maps differ in size (BPF_F_INNER_MAP);
-/// the loader builds a new one and swaps it in with one outer update.
-pub(crate) type GroupTable = Array<u32, 2, { GROUP_TABLE_FLAGS as usize }>;
+/// A group's table: word 0 holds the number of slots M, words 1..=M hold
+/// target ids, two words an element (`GroupTableElement`). Inner maps differ
+/// in size (BPF_F_INNER_MAP); the loader builds a new one and swaps it in
+/// with one outer update.
+pub(crate) type GroupTable = Array<GroupTableElement, 1, { GROUP_TABLE_FLAGS as usize }>;
 
 /// Group id -> that group's table.
 #[btf_map]

@@ -82,9 +82,9 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
     }
 }
 
-/// Sets `keys[i]` to `values[i]` in the map `fd`, whose keys and values are
-/// 4 bytes (an array of maps: the values are map fds), in one call.
-pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+/// Sets `keys[i]` to `values[i]` in the map `fd`, whose keys are 4 bytes
+/// and whose values are `V` (an array of maps: `u32` map fds), in one call.
+pub fn update_batch<V: Pod>(fd: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len());
     let mut attr = zeroed_attr();
     attr.batch.keys = keys.as_ptr() as u64;

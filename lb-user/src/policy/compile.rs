@@ -264,10 +264,10 @@ fn compile_groups(
         // consistent-hash table (least connections draws its candidates
         // from it).
         let table = match group.algorithm {
-            Algorithm::RoundRobin => round_robin::order(&members),
+            Algorithm::RoundRobin => round_robin::order(&members).into(),
             _ => cache.get(&members, group.table_size),
         };
-        for &id in &table {
+        for &id in table.iter() {
             if id != 0 {
                 targets[id as usize - 1].slots += 1;
             }
@@ -627,7 +627,7 @@ mod tests {
         });
         let plan = compile(&p, &o).unwrap();
         let group = &plan.groups[0];
-        assert_eq!(group.table, vec![1, 2, 3, 1, 2], "smooth order, 2:2:1");
+        assert_eq!(*group.table, [1, 2, 3, 1, 2], "smooth order, 2:2:1");
         assert_eq!(group.info.algorithm, lb_common::algorithm::ROUND_ROBIN);
         assert_eq!(
             (group.info.flags, group.info.sticky_duration_s),
@@ -637,7 +637,7 @@ mod tests {
         assert_eq!(slots, vec![2, 2, 1]);
         // Unhealthy or weight 0: out of the order.
         p.target_groups[0].targets[1].weight = 0;
-        assert_eq!(compile(&p, &o).unwrap().groups[0].table, vec![1, 3, 1]);
+        assert_eq!(compile(&p, &o).unwrap().groups[0].table[..], [1, 3, 1]);
 
         // source_ip ignores sticky sessions; disabled ones are off.
         p.target_groups[0].algorithm = Algorithm::SourceIp;

@@ -1,7 +1,8 @@
 //! Control plane at scale: a policy of 1,000 target groups x 100 targets
 //! (1,000 listeners): time to parse and validate, compile (every hash table
 //! built) and apply to freshly loaded maps; a re-apply after one target
-//! changes; memory of the maps (the kernel's `memlock` of each map) and the
+//! changes; memory of the maps (the kernel's `memlock` of each map, the
+//! group tables swapped into `GROUP_TABLES` included) and the
 //! resident memory of the process holding the plan, i.e. what `lb` itself
 //! holds for such a policy.
 use std::{fmt::Write as _, net::IpAddr, time::Instant};
@@ -86,22 +87,6 @@ fn target_ip(g: usize, t: usize) -> IpAddr {
     ))
 }
 
-/// Kernel memory charged to the BPF maps this process holds (sum of the
-/// `memlock:` lines of /proc/self/fdinfo for map descriptors).
-pub fn map_memory() -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
-        return 0;
-    };
-    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|info| info.contains("map_type:"))
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
 /// `VmRSS` and `VmHWM` of this process, bytes.
 pub fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -166,7 +151,7 @@ pub fn measure(groups: usize) -> Result<Scale> {
     let t = Instant::now();
     dp.apply(&plan2)?;
     let reapply = t.elapsed().as_secs_f64();
-    let maps = map_memory();
+    let maps = dp.map_memory()?;
     let (rss_after, _) = rss();
     drop(plan);
     Ok(Scale {
@@ -202,7 +187,10 @@ pub fn section(settings: &Settings) -> Result<Section> {
             vec!["apply (first)".into(), fmt_secs(m.apply)],
             vec!["recompile after one change".into(), fmt_secs(m.recompile)],
             vec!["re-apply after one change".into(), fmt_secs(m.reapply)],
-            vec!["map memory (kernel memlock)".into(), fmt_bytes(m.maps)],
+            vec![
+                "map memory (kernel memlock, group tables included)".into(),
+                fmt_bytes(m.maps),
+            ],
             vec![
                 "resident memory before / after".into(),
                 format!("{} / {}", fmt_bytes(m.rss_before), fmt_bytes(m.rss_after)),
