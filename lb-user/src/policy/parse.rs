@@ -93,31 +93,34 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
         .collect();
     PolicyError::check(duplicates)?;
 
+    let policy_err = match serde_norway::from_str::<Policy>(text) {
+        Ok(policy) => return Ok(policy),
+        Err(e) => e,
+    };
     // Syntax first: serde_norway deserializes as it parses, so a broken
     // document could otherwise come out as a misleading "missing field".
+    // (Parsed again only when the policy did not deserialize: a large valid
+    // policy is parsed once here.)
     match serde_norway::from_str::<serde_norway::Value>(text) {
         Err(e) => {
             let (pos, message) = strip_location(&e);
             let message = format!("invalid yaml: {message}");
-            return Err(PolicyError::new(vec![issue(pos, "", message)]));
+            Err(PolicyError::new(vec![issue(pos, "", message)]))
         }
         // Empty, only comments, or `~`: nothing to balance, which is valid.
-        Ok(serde_norway::Value::Null) => {
-            return Ok(Policy {
-                interface: None,
-                listeners: Vec::new(),
-                target_groups: Vec::new(),
-                flow_table: None,
-            });
+        Ok(serde_norway::Value::Null) => Ok(Policy {
+            interface: None,
+            listeners: Vec::new(),
+            target_groups: Vec::new(),
+            flow_table: None,
+        }),
+        Ok(_) => {
+            let (pos, text) = strip_location(&policy_err);
+            let (path, message) = split_path(&text);
+            let (path, message) = reword(path, message, positions);
+            Err(PolicyError::new(vec![issue(pos, &path, message)]))
         }
-        Ok(_) => {}
     }
-    serde_norway::from_str(text).map_err(|e| {
-        let (pos, text) = strip_location(&e);
-        let (path, message) = split_path(&text);
-        let (path, message) = reword(path, message, positions);
-        PolicyError::new(vec![issue(pos, &path, message)])
-    })
 }
 
 /// serde_norway's message without its " at line L column C", and that

@@ -91,6 +91,29 @@ pub fn validate_for_host(
     if host.iface_nets.is_empty() {
         return Ok(());
     }
+    let off_link: Vec<(usize, usize, IpAddr)> = policy
+        .target_groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, group)| {
+            group
+                .targets
+                .iter()
+                .enumerate()
+                .filter_map(move |(t, target)| {
+                    let on_link = host
+                        .iface_nets
+                        .iter()
+                        .any(|&(net, len)| network(net, len) == network(target.ip, len));
+                    (!on_link).then_some((g, t, target.ip))
+                })
+        })
+        .collect();
+    if off_link.is_empty() {
+        // Positions only for messages: indexing a large policy again (100,000
+        // targets) would take longer than all the checks.
+        return Ok(());
+    }
     let positions = Positions::index(text);
     let mut r = Report::new(source_name, &positions);
     let iface = policy.interface.as_deref().unwrap_or("the lb interface");
@@ -99,24 +122,15 @@ pub fn validate_for_host(
         .iter()
         .map(|&(addr, len)| format!("{}/{len}", network(addr, len)))
         .collect();
-    for (g, group) in policy.target_groups.iter().enumerate() {
-        for (t, target) in group.targets.iter().enumerate() {
-            let on_link = host
-                .iface_nets
-                .iter()
-                .any(|&(net, len)| network(net, len) == network(target.ip, len));
-            if !on_link {
-                r.issue(
-                    format!("target_groups[{g}].targets[{t}].ip"),
-                    format!(
-                        "target {} is not on a subnet directly connected to {iface} ({}): \
-                         DSR rewrites only the MAC, so targets must share the L2 segment",
-                        target.ip,
-                        nets.join(", ")
-                    ),
-                );
-            }
-        }
+    for (g, t, ip) in off_link {
+        r.issue(
+            format!("target_groups[{g}].targets[{t}].ip"),
+            format!(
+                "target {ip} is not on a subnet directly connected to {iface} ({}): \
+                 DSR rewrites only the MAC, so targets must share the L2 segment",
+                nets.join(", ")
+            ),
+        );
     }
     PolicyError::check(r.issues)
 }

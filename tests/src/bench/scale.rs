@@ -5,21 +5,29 @@
 //! group tables swapped into `GROUP_TABLES` included) and the
 //! resident memory of the process holding the plan, i.e. what `lb` itself
 //! holds for such a policy.
-use std::{fmt::Write as _, net::IpAddr, time::Instant};
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 use lb_user::{
     dataplane::{Dataplane, LoadOptions},
     maglev::TableCache,
     plan::Observed,
     policy::{self, compile::compile_cached},
 };
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 use super::{
     Settings,
     report::{Figure, OPTIMIZED, Section, fmt_bytes, fmt_secs},
 };
-use crate::packets::LB_MAC;
+use crate::{Lab, Node, packets::LB_MAC};
 
 /// Target groups of the policy (each with a listener of its own).
 pub const GROUPS: usize = 1000;
@@ -57,7 +65,25 @@ pub const APPLY_GOAL_S: f64 = 2.0;
 /// The policy text: listener `l<g>` on 10.200.<g/256>.<g%256>:80 to group
 /// `g<g>`, whose targets are 10.<1+g/256>.<g%256>.<1..=100>.
 pub fn policy_yaml(groups: usize, targets: usize) -> String {
-    let mut y = String::from("listeners:\n");
+    policy_text(groups, targets, &Run::default())
+}
+
+/// What the policy given to a real `lb run` adds to [`policy_yaml`].
+#[derive(Default)]
+struct Run {
+    /// `interface:` and a static `mac:` for every target (no neighbour
+    /// resolution, no traffic to the targets).
+    lab: bool,
+    /// This (group, target) has weight 128.
+    changed: Option<(usize, usize)>,
+}
+
+fn policy_text(groups: usize, targets: usize, run: &Run) -> String {
+    let mut y = String::new();
+    if run.lab {
+        y.push_str("interface: eth0\n");
+    }
+    y.push_str("listeners:\n");
     for g in 0..groups {
         let _ = writeln!(
             y,
@@ -71,12 +97,33 @@ pub fn policy_yaml(groups: usize, targets: usize) -> String {
         let _ = write!(y, "  - name: g{g}\n    protocol: tcp\n    targets: [");
         for t in 0..targets {
             let sep = if t == 0 { "" } else { ", " };
-            let _ = write!(y, "{sep}{{ ip: {} }}", target_ip(g, t));
+            let _ = write!(y, "{sep}{{ ip: {}", target_ip(g, t));
+            if run.lab {
+                let _ = write!(
+                    y,
+                    ", mac: \"{}\"",
+                    lb_user::neighbors::fmt_mac(&target_mac(g, t))
+                );
+            }
+            if run.changed == Some((g, t)) {
+                y.push_str(", weight: 128");
+            }
+            y.push_str(" }");
         }
         y.push_str("]\n");
     }
     y
 }
+
+/// The static MAC of target `t` of group `g`.
+fn target_mac(g: usize, t: usize) -> [u8; 6] {
+    [2, 0, g as u8, (g >> 8) as u8, 0, t as u8]
+}
+
+/// A prefix of the load balancer's interface in the lab that holds every
+/// target address (`lb` accepts only targets on a connected subnet). Nothing
+/// is sent to them: the policy has no health checks and static MACs.
+const TARGET_NET: &str = "10.7.255.254/13";
 
 fn target_ip(g: usize, t: usize) -> IpAddr {
     IpAddr::V4(std::net::Ipv4Addr::new(
@@ -89,7 +136,13 @@ fn target_ip(g: usize, t: usize) -> IpAddr {
 
 /// `VmRSS` and `VmHWM` of this process, bytes.
 pub fn rss() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_of("self")
+}
+
+/// `VmRSS` and `VmHWM` of process `pid` ("self" or a number), bytes (0 if
+/// unknown).
+fn rss_of(pid: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()
@@ -99,6 +152,81 @@ pub fn rss() -> (u64, u64) {
             .map_or(0, |kb| kb * 1024)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `lb run` itself, in a lab, with the same policy (static MACs, no health
+/// checks).
+pub struct LbRun {
+    /// From its start to its `lb ready` line: interface, parse and validate,
+    /// compile, load, apply, attach.
+    pub ready: f64,
+    /// Its steps as `lb` logged them (`policy:540ms,...`).
+    pub ready_steps: String,
+    /// From SIGHUP, after one target's weight changed in the file, to its
+    /// `policy reloaded` line: parse and validate, recompile, re-apply.
+    pub reload: f64,
+    /// The steps of that reload as `lb` logged them (`policy:540ms,...`).
+    pub reload_steps: String,
+    /// `VmRSS` after the reload, and the peak (`VmHWM`).
+    pub rss: u64,
+    pub hwm: u64,
+}
+
+/// The `took` field of the last log line that contains `message`: the
+/// steps of a start or a reload (`policy:540ms,compile:80ms,apply:50ms`).
+fn steps(log: &str, message: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| l.contains(message))
+        .and_then(|l| l.split("took=").nth(1))
+        .map(|rest| match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next().unwrap_or(quoted),
+            None => rest.split_whitespace().next().unwrap_or(rest),
+        })
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn lb_run(groups: usize) -> Result<LbRun> {
+    let lab = Lab::new()?;
+    lab.exec(Node::Lb, &["ip", "addr", "add", TARGET_NET, "dev", "eth0"])?;
+    let text = |changed| policy_text(groups, TARGETS, &Run { lab: true, changed });
+    let path = lab.write_file("scale.yaml", &text(None));
+    let t = Instant::now();
+    let lb = lab.start_lb(&path, &["--xdp-mode", "native"])?;
+    let ready = t.elapsed().as_secs_f64();
+    let pid = lb.pid().context("lb has exited")?;
+
+    std::fs::write(&path, text(Some((groups / 2, 0))))?;
+    let reloads = |log: &str| log.matches("policy reloaded").count();
+    let before = reloads(&lb.log());
+    let t = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGHUP)?;
+    let deadline = t + Duration::from_secs(60);
+    loop {
+        let log = lb.log();
+        if reloads(&log) > before {
+            break;
+        }
+        if log.contains("ERROR") || Instant::now() > deadline {
+            bail!("lb did not reload the changed policy:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reload = t.elapsed().as_secs_f64();
+    let log = lb.log();
+    let ready_steps = steps(&log, crate::lb::READY);
+    let reload_steps = steps(&log, "policy reloaded");
+    let (rss, hwm) = rss_of(&pid.to_string());
+    lb.stop()?;
+    Ok(LbRun {
+        ready,
+        ready_steps,
+        reload,
+        reload_steps,
+        rss,
+        hwm,
+    })
 }
 
 pub struct Scale {
@@ -128,9 +256,7 @@ pub fn measure(groups: usize) -> Result<Scale> {
     };
     for g in 0..groups {
         for t in 0..TARGETS {
-            observed
-                .neighbors
-                .insert(target_ip(g, t), [2, 0, g as u8, (g >> 8) as u8, 0, t as u8]);
+            observed.neighbors.insert(target_ip(g, t), target_mac(g, t));
         }
     }
     let mut cache = TableCache::default();
@@ -171,10 +297,11 @@ pub fn measure(groups: usize) -> Result<Scale> {
 pub fn section(settings: &Settings) -> Result<Section> {
     let groups = groups();
     let m = measure(groups)?;
+    let lb = lb_run(groups)?;
     let name = scale_name();
     let mut s = Section::new(title(settings));
     s.line(format!(
-        "A policy of {groups} listeners and {groups} groups of {TARGETS} targets ({} targets, {} of YAML), every MAC known, hash tables of 65537 slots. Times are wall-clock, one run each: parse + validate, compile (every table built), load of the program with empty maps, first apply; then one target's weight changes and the policy is recompiled (table cache: one table rebuilt) and re-applied (delta: one table swapped). Resident memory: this process's VmRSS, which holds what `lb run` holds (policy, plan, table cache, maps' user side).",
+        "A policy of {groups} listeners and {groups} groups of {TARGETS} targets ({} targets, {} of YAML), every MAC known, hash tables of 65537 slots. Times are wall-clock, one run each: parse + validate, compile (every table built), load of the program with empty maps, first apply; then one target's weight changes and the policy is recompiled (table cache: one table rebuilt) and re-applied (delta: one table swapped). Resident memory: this process's VmRSS. Then `lb run` itself, in a lab, with the same policy (a static MAC for each target, no health checks): from its start to its `lb ready` line (parse, validate, compile, load, apply, attach), a reload (SIGHUP) after one target's weight changed in the file, to its `policy reloaded` line, and its resident memory.",
         groups * TARGETS,
         fmt_bytes(m.yaml_bytes as u64)
     ));
@@ -195,6 +322,18 @@ pub fn section(settings: &Settings) -> Result<Section> {
                 "resident memory before / after".into(),
                 format!("{} / {}", fmt_bytes(m.rss_before), fmt_bytes(m.rss_after)),
             ],
+            vec![
+                "`lb run`: start to ready".into(),
+                format!("{} ({})", fmt_secs(lb.ready), lb.ready_steps),
+            ],
+            vec![
+                "`lb run`: reload after one change (SIGHUP to `policy reloaded`)".into(),
+                format!("{} ({})", fmt_secs(lb.reload), lb.reload_steps),
+            ],
+            vec![
+                "`lb run`: resident memory (peak)".into(),
+                format!("{} ({})", fmt_bytes(lb.rss), fmt_bytes(lb.hwm)),
+            ],
         ],
     );
     let total = m.parse + m.compile + m.apply;
@@ -212,11 +351,16 @@ pub fn section(settings: &Settings) -> Result<Section> {
     ));
     s.figures.push(Figure::info(
         format!("{name}: one change, recompile + re-apply"),
-        fmt_secs(m.recompile + m.reapply),
+        format!(
+            "{} (`lb run`: SIGHUP to reloaded {}; start to ready {})",
+            fmt_secs(m.recompile + m.reapply),
+            fmt_secs(lb.reload),
+            fmt_secs(lb.ready)
+        ),
     ));
     s.figures.push(Figure::info(
-        format!("{name}: map memory / resident memory"),
-        format!("{} / {}", fmt_bytes(m.maps), fmt_bytes(m.rss_after)),
+        format!("{name}: map memory / `lb run` resident memory"),
+        format!("{} / {}", fmt_bytes(m.maps), fmt_bytes(lb.rss)),
     ));
     Ok(s)
 }
@@ -224,6 +368,21 @@ pub fn section(settings: &Settings) -> Result<Section> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_come_from_the_last_matching_line() {
+        let log = "\
+2026-12-04T14:00:00Z  INFO lb_user::daemon: lb ready iface=eth0 took=policy:900ms,apply:700ms
+2026-12-04T14:00:01Z  INFO lb_user::daemon: policy reloaded report=ApplyReport { .. } took=policy:1ms,compile:2ms,apply:3ms
+2026-12-04T14:00:02Z  INFO lb_user::daemon: policy reloaded report=ApplyReport { .. } took=policy:4ms,compile:5ms,apply:6ms
+";
+        assert_eq!(steps(log, "lb ready"), "policy:900ms,apply:700ms");
+        assert_eq!(
+            steps(log, "policy reloaded"),
+            "policy:4ms,compile:5ms,apply:6ms"
+        );
+        assert_eq!(steps(log, "stopping"), "");
+    }
 
     #[test]
     fn scale_policy_parses() {
