@@ -99,6 +99,52 @@ impl TableCache {
         table
     }
 
+    /// `build(members, size)` for each of `wanted`, in order, from the cache
+    /// when possible. The tables not in the cache are built on all CPUs at
+    /// once (1,000 tables of 65537 slots: about 1 s on one core), and are the
+    /// same tables `build` gives one at a time.
+    pub fn get_all(&mut self, wanted: &[(&[Member], u32)]) -> Vec<Table> {
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<(Vec<Member>, u32)> = wanted
+            .iter()
+            .map(|&(members, size)| (members.to_vec(), size))
+            .filter(|key| !self.tables.contains_key(key) && seen.insert(key.clone()))
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(missing.len());
+        if threads > 1 {
+            let built: Vec<Vec<Table>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|k| {
+                        let missing = &missing;
+                        scope.spawn(move || {
+                            missing
+                                .iter()
+                                .skip(k)
+                                .step_by(threads)
+                                .map(|(members, size)| Table::from(build(members, *size)))
+                                .collect()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().expect("a table build panicked"))
+                    .collect()
+            });
+            for (k, tables) in built.into_iter().enumerate() {
+                for (i, table) in tables.into_iter().enumerate() {
+                    self.tables.insert(missing[k + i * threads].clone(), table);
+                }
+            }
+        }
+        wanted
+            .iter()
+            .map(|&(members, size)| self.get(members, size))
+            .collect()
+    }
+
     /// Forgets the tables not asked for since the last call.
     pub fn end_round(&mut self) {
         let used = std::mem::take(&mut self.used);
@@ -620,6 +666,36 @@ mod tests {
         assert_eq!(&cache.get(&a, 1021)[..], build(&a, 1021));
         cache.end_round();
         assert_eq!(cache.len(), 1, "b was not used in the last round");
+    }
+
+    #[test]
+    fn cache_builds_many_at_once_as_build_does() {
+        let sets: Vec<Vec<Member>> = (1..=9)
+            .map(|n| (0..n).map(|i| member(i, 10 + i)).collect())
+            .collect();
+        let mut cache = TableCache::default();
+        // One set cached before, one asked for twice, two sizes.
+        cache.get(&sets[0], 1021);
+        let mut wanted: Vec<(&[Member], u32)> = sets.iter().map(|s| (&s[..], 1021)).collect();
+        wanted.push((&sets[3], 1021));
+        wanted.push((&sets[3], 4099));
+        let tables = cache.get_all(&wanted);
+        assert_eq!(tables.len(), wanted.len());
+        for (table, &(members, size)) in tables.iter().zip(&wanted) {
+            assert_eq!(
+                table[..],
+                build(members, size),
+                "{} members, {size}",
+                members.len()
+            );
+        }
+        assert_eq!(cache.len(), 10, "9 sets at 1021 slots, one at 4099");
+        assert!(
+            std::sync::Arc::ptr_eq(&tables[3], &tables[9]),
+            "one table for one key"
+        );
+        cache.end_round();
+        assert_eq!(cache.len(), 10, "all of them were asked for");
     }
 
     #[test]

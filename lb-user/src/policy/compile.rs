@@ -19,7 +19,7 @@ use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
 use crate::{
     maglev::{Identity, Member, TableCache},
     plan::{
-        Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget,
+        Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget, Table,
         TargetHealth,
     },
     round_robin,
@@ -143,8 +143,11 @@ fn compile_groups(
     let target_count: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
     check_capacity("targets", target_count, MAX_TARGETS)?;
 
-    let mut groups = Vec::with_capacity(policy.target_groups.len());
+    let mut groups: Vec<PlannedGroup> = Vec::with_capacity(policy.target_groups.len());
     let mut targets = Vec::with_capacity(target_count);
+    // Groups whose consistent-hash table is still to come: (index in
+    // `groups`, members, table size); built together after the loop.
+    let mut hashed: Vec<(usize, Vec<Member>, u32)> = Vec::new();
     for (gi, group) in policy.target_groups.iter().enumerate() {
         let group_id = gi as u32 + 1;
         // With DSR every target listens on the listener's port.
@@ -262,16 +265,14 @@ fn compile_groups(
             .collect();
         // Round robin: the smooth weighted order; the others: the weighted
         // consistent-hash table (least connections draws its candidates
-        // from it).
+        // from it), filled in below.
         let table = match group.algorithm {
             Algorithm::RoundRobin => round_robin::order(&members).into(),
-            _ => cache.get(&members, group.table_size),
-        };
-        for &id in table.iter() {
-            if id != 0 {
-                targets[id as usize - 1].slots += 1;
+            _ => {
+                hashed.push((groups.len(), members, group.table_size));
+                Table::default()
             }
-        }
+        };
         let sticky = sticky_in_effect(group);
         groups.push(PlannedGroup {
             id: group_id,
@@ -292,6 +293,20 @@ fn compile_groups(
             table,
             last_resort,
         });
+    }
+    let wanted: Vec<(&[Member], u32)> = hashed
+        .iter()
+        .map(|(_, members, size)| (&members[..], *size))
+        .collect();
+    for ((g, _, _), table) in hashed.iter().zip(cache.get_all(&wanted)) {
+        groups[*g].table = table;
+    }
+    for group in &groups {
+        for &id in group.table.iter() {
+            if id != 0 {
+                targets[id as usize - 1].slots += 1;
+            }
+        }
     }
 
     let listeners = policy
