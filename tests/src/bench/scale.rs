@@ -26,6 +26,7 @@ use nix::{
 use super::{
     Settings,
     report::{Figure, OPTIMIZED, Section, fmt_bytes, fmt_secs},
+    stats::median,
 };
 use crate::{Lab, Node, packets::LB_MAC};
 
@@ -59,8 +60,10 @@ pub fn title(_settings: &Settings) -> String {
         scale_name().replace("groups", "target groups")
     )
 }
-/// Goal: apply under 2 s.
+/// Goal: apply under 2 s (the median of the trials).
 pub const APPLY_GOAL_S: f64 = 2.0;
+/// First applies measured, each to freshly loaded maps.
+const APPLY_TRIALS: usize = 3;
 
 /// The policy text: listener `l<g>` on 10.200.<g/256>.<g%256>:80 to group
 /// `g<g>`, whose targets are 10.<1+g/256>.<g%256>.<1..=100>.
@@ -234,7 +237,8 @@ pub struct Scale {
     pub parse: f64,
     pub compile: f64,
     pub load: f64,
-    pub apply: f64,
+    /// First applies to freshly loaded maps (`APPLY_TRIALS`).
+    pub applies: Vec<f64>,
     pub recompile: f64,
     pub reapply: f64,
     pub maps: u64,
@@ -279,13 +283,23 @@ pub fn measure(groups: usize) -> Result<Scale> {
     let reapply = t.elapsed().as_secs_f64();
     let maps = dp.map_memory()?;
     let (rss_after, _) = rss();
+    // More first applies, each to freshly loaded maps: the kernel's cost of
+    // fresh pages varies by 10x on a VM (a page the hypervisor took back is
+    // faulted in again on first use), so one apply is not a figure.
+    let mut applies = vec![apply];
+    for _ in 1..APPLY_TRIALS {
+        let mut fresh = Dataplane::load(&LoadOptions::default())?;
+        let t = Instant::now();
+        fresh.apply(&plan)?;
+        applies.push(t.elapsed().as_secs_f64());
+    }
     drop(plan);
     Ok(Scale {
         yaml_bytes: yaml.len(),
         parse,
         compile,
         load,
-        apply,
+        applies,
         recompile,
         reapply,
         maps,
@@ -297,11 +311,13 @@ pub fn measure(groups: usize) -> Result<Scale> {
 pub fn section(settings: &Settings) -> Result<Section> {
     let groups = groups();
     let m = measure(groups)?;
+    let apply = median(&m.applies);
+    let worst = m.applies.iter().copied().fold(0.0, f64::max);
     let lb = lb_run(groups)?;
     let name = scale_name();
     let mut s = Section::new(title(settings));
     s.line(format!(
-        "A policy of {groups} listeners and {groups} groups of {TARGETS} targets ({} targets, {} of YAML), every MAC known, hash tables of 65537 slots. Times are wall-clock, one run each: parse + validate, compile (every table built), load of the program with empty maps, first apply; then one target's weight changes and the policy is recompiled (table cache: one table rebuilt) and re-applied (delta: one table swapped). Resident memory: this process's VmRSS. Then `lb run` itself, in a lab, with the same policy (a static MAC for each target, no health checks): from its start to its `lb ready` line (parse, validate, compile, load, apply, attach), a reload (SIGHUP) after one target's weight changed in the file, to its `policy reloaded` line, and its resident memory.",
+        "A policy of {groups} listeners and {groups} groups of {TARGETS} targets ({} targets, {} of YAML), every MAC known, hash tables of 65537 slots. Times are wall-clock, one run each: parse + validate, compile (every table built), load of the program with empty maps, first apply (three times, each to freshly loaded maps: the kernel's fresh pages cost up to 10x more when the VM's hypervisor has taken them back; the goal is judged on the median, the worst is shown); then one target's weight changes and the policy is recompiled (table cache: one table rebuilt) and re-applied (delta: one table swapped). Resident memory: this process's VmRSS. Then `lb run` itself, in a lab, with the same policy (a static MAC for each target, no health checks): from its start to its `lb ready` line (parse, validate, compile, load, apply, attach), a reload (SIGHUP) after one target's weight changed in the file, to its `policy reloaded` line, and its resident memory.",
         groups * TARGETS,
         fmt_bytes(m.yaml_bytes as u64)
     ));
@@ -311,7 +327,14 @@ pub fn section(settings: &Settings) -> Result<Section> {
             vec!["parse + validate".into(), fmt_secs(m.parse)],
             vec!["compile".into(), fmt_secs(m.compile)],
             vec!["load program and maps".into(), fmt_secs(m.load)],
-            vec!["apply (first)".into(), fmt_secs(m.apply)],
+            vec![
+                format!("apply (first), {} trials", m.applies.len()),
+                m.applies
+                    .iter()
+                    .map(|&a| fmt_secs(a))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ],
             vec!["recompile after one change".into(), fmt_secs(m.recompile)],
             vec!["re-apply after one change".into(), fmt_secs(m.reapply)],
             vec![
@@ -336,18 +359,19 @@ pub fn section(settings: &Settings) -> Result<Section> {
             ],
         ],
     );
-    let total = m.parse + m.compile + m.apply;
+    let total = m.parse + m.compile + apply;
     s.figures.push(Figure::cpu_goal(
-        format!("{name}: apply"),
+        format!("{name}: apply (median of {})", m.applies.len()),
         format!(
-            "{} (validate {}, compile {}; total {})",
-            fmt_secs(m.apply),
+            "{} (worst {}; validate {}, compile {}; total {})",
+            fmt_secs(apply),
+            fmt_secs(worst),
             fmt_secs(m.parse),
             fmt_secs(m.compile),
             fmt_secs(total)
         ),
         "< 2 s",
-        m.apply < APPLY_GOAL_S,
+        apply < APPLY_GOAL_S,
     ));
     s.figures.push(Figure::info(
         format!("{name}: one change, recompile + re-apply"),
