@@ -114,29 +114,29 @@ impl TableCache {
             .map_or(1, usize::from)
             .min(missing.len());
         if threads > 1 {
-            let built: Vec<Vec<Table>> = std::thread::scope(|scope| {
+            // Worker `k` builds every `threads`-th missing table from `k` on.
+            let built: Vec<(usize, Table)> = std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..threads)
                     .map(|k| {
                         let missing = &missing;
                         scope.spawn(move || {
-                            missing
-                                .iter()
-                                .skip(k)
+                            (k..missing.len())
                                 .step_by(threads)
-                                .map(|(members, size)| Table::from(build(members, *size)))
-                                .collect()
+                                .map(|i| {
+                                    let (members, size) = &missing[i];
+                                    (i, Table::from(build(members, *size)))
+                                })
+                                .collect::<Vec<_>>()
                         })
                     })
                     .collect();
                 workers
                     .into_iter()
-                    .map(|w| w.join().expect("a table build panicked"))
+                    .flat_map(|w| w.join().expect("a table build panicked"))
                     .collect()
             });
-            for (k, tables) in built.into_iter().enumerate() {
-                for (i, table) in tables.into_iter().enumerate() {
-                    self.tables.insert(missing[k + i * threads].clone(), table);
-                }
+            for (i, table) in built {
+                self.tables.insert(missing[i].clone(), table);
             }
         }
         wanted

@@ -176,16 +176,14 @@ pub struct LbRun {
 }
 
 /// The `took` field of the last log line that contains `message`: the
-/// steps of a start or a reload (`policy:540ms,compile:80ms,apply:50ms`).
+/// steps of a start or a reload (`policy:540ms,compile:80ms,apply:50ms`,
+/// one token: `lb` writes it without spaces).
 fn steps(log: &str, message: &str) -> String {
     log.lines()
         .rev()
         .find(|l| l.contains(message))
         .and_then(|l| l.split("took=").nth(1))
-        .map(|rest| match rest.strip_prefix('"') {
-            Some(quoted) => quoted.split('"').next().unwrap_or(quoted),
-            None => rest.split_whitespace().next().unwrap_or(rest),
-        })
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_default()
         .to_owned()
 }
@@ -317,7 +315,7 @@ pub fn section(settings: &Settings) -> Result<Section> {
     let name = scale_name();
     let mut s = Section::new(title(settings));
     s.line(format!(
-        "A policy of {groups} listeners and {groups} groups of {TARGETS} targets ({} targets, {} of YAML), every MAC known, hash tables of 65537 slots. Times are wall-clock, one run each: parse + validate, compile (every table built), load of the program with empty maps, first apply (three times, each to freshly loaded maps: the kernel's fresh pages cost up to 10x more when the VM's hypervisor has taken them back; the goal is judged on the median, the worst is shown); then one target's weight changes and the policy is recompiled (table cache: one table rebuilt) and re-applied (delta: one table swapped). Resident memory: this process's VmRSS. Then `lb run` itself, in a lab, with the same policy (a static MAC for each target, no health checks): from its start to its `lb ready` line (parse, validate, compile, load, apply, attach), a reload (SIGHUP) after one target's weight changed in the file, to its `policy reloaded` line, and its resident memory.",
+        "A policy of {groups} listeners and {groups} groups of {TARGETS} targets ({} targets, {} of YAML), every MAC known, hash tables of 65537 slots. Times are wall-clock, one run each except the first apply: parse + validate, compile (every table built), load of the program with empty maps, first apply (three times, each to freshly loaded maps: the kernel's fresh pages cost up to 10x more when the VM's hypervisor has taken them back; the goal is judged on the median, the worst is shown); then one target's weight changes and the policy is recompiled (table cache: one table rebuilt) and re-applied (delta: one table swapped). Resident memory: this process's VmRSS. Then `lb run` itself, in a lab, with the same policy (a static MAC for each target, no health checks): from its start to its `lb ready` line (parse, validate, compile, load, apply, attach), a reload (SIGHUP) after one target's weight changed in the file, to its `policy reloaded` line, and its resident memory.",
         groups * TARGETS,
         fmt_bytes(m.yaml_bytes as u64)
     ));
