@@ -157,6 +157,57 @@ pub mod flow_flags {
 /// How stale [`FlowState::last_seen_ns`] may get before a packet refreshes it.
 pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 
+/// One slot of the flow cache (`FLOW_CACHE`): a copy of one flow's
+/// flow-table entry that a packet may use instead of the LRU hash lookup.
+/// Direct-mapped ([`flow_cache_slot`]), one cache line, shared by all CPUs.
+///
+/// The data plane writes a slot after every packet that went through the
+/// flow table and left an entry there, so a slot always repeats what the
+/// table said last; a packet uses it only while that is what the table would
+/// say again: no SYN, FIN or RST, data-plane time at most `until_ns` (the
+/// entry's `last_seen_ns` + [`FLOW_TOUCH_NS`], before which no entry can
+/// expire or needs a refresh), and `gen` equal to [`Config::flow_cache_gen`],
+/// which the loader bumps whenever it deletes a live entry itself.
+///
+/// Writers take the slot by moving `seq_gen`'s low half from even to odd
+/// with a compare-and-exchange (a writer that finds it odd skips: it is only
+/// a cache), fill it, and store the next even value with the generation in
+/// the high half. Readers check that `seq_gen` is even and unchanged around
+/// their reads (a sequence lock: sound where loads are not reordered with
+/// loads nor stores with stores, x86-64; the loader enables the cache there
+/// only).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    /// Low 32 bits: sequence (odd while a writer fills the slot); high 32
+    /// bits: the [`Config::flow_cache_gen`] the slot was written under.
+    pub seq_gen: u64,
+    pub target_id: u32,
+    pub listener_id: u16,
+    pub _pad: u16,
+    /// Data-plane time until which the slot may be used.
+    pub until_ns: u64,
+    pub key: FlowKey,
+}
+
+/// The flow cache's slot for `key`: `mask` is the slot count - 1 (a power of
+/// two). A multiply-xorshift of the 5-tuple with a per-run `seed` (a slot is
+/// only a cache, so unlike [`hash::flow_hash`] it need not agree across
+/// instances, and a random seed keeps clients from choosing their
+/// collisions). IPv6 addresses are folded to one word each first.
+#[inline(always)]
+pub const fn flow_cache_slot(key: &FlowKey, seed: u64, mask: u32) -> u32 {
+    let src = key.src_be[0] ^ key.src_be[1] ^ key.src_be[2] ^ key.src_be[3];
+    let dst = key.dst_be[0] ^ key.dst_be[1] ^ key.dst_be[2] ^ key.dst_be[3];
+    let ports = ((key.src_port_be as u64) << 16) | key.dst_port_be as u64;
+    let a = (((src as u64) << 32) | dst as u64) ^ seed;
+    let b = (ports << 16) | ((key.proto as u64) << 8) | key.family as u64;
+    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (h >> 32) as u32 & mask
+}
+
 /// Default idle timeouts (SPEC.md "Deregistration and failover of flows").
 pub const DEFAULT_TCP_IDLE_TIMEOUT_S: u32 = 350;
 pub const DEFAULT_UDP_IDLE_TIMEOUT_S: u32 = 120;
@@ -318,6 +369,13 @@ pub struct Config {
     /// measures the kernel's HZ), not by the policy compiler; 0 stops the
     /// clock (flows and sticky sessions then never time out).
     pub ns_per_tick: u64,
+    /// Slots of `FLOW_CACHE` - 1 (a power of two - 1); 0 turns the cache
+    /// off. Written by the loader, like the fields below.
+    pub flow_cache_mask: u32,
+    /// Generation of the valid cache slots ([`FlowCacheSlot`]).
+    pub flow_cache_gen: u32,
+    /// Seed of [`flow_cache_slot`], random per run.
+    pub flow_cache_seed: u64,
 }
 
 /// Key of the sticky-session map: (group, client IP).
@@ -438,6 +496,7 @@ pub mod map_names {
     /// Round-robin position per group id (`u64`, shared, atomic adds).
     pub const GROUP_RR: &str = "GROUP_RR";
     pub const STICKY: &str = "STICKY";
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
 }
 
 #[cfg(feature = "user")]
@@ -448,6 +507,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowKeyV4 {}
     unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for FlowCacheSlot {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerInfo {}
     unsafe impl aya::Pod for ListenerPorts {}
@@ -472,7 +532,8 @@ const _: () = {
     assert!(MAX_LISTENERS <= u16::MAX as u32 + 1);
     assert!(core::mem::size_of::<GroupInfo>() == 16);
     assert!(core::mem::size_of::<TargetInfo>() == 16);
-    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Config>() == 48);
+    assert!(core::mem::size_of::<FlowCacheSlot>() == 64);
     assert!(core::mem::size_of::<StickyKey>() == 20);
     assert!(core::mem::size_of::<StickyState>() == 16);
     assert!(core::mem::size_of::<Stats>() == 24);

@@ -99,6 +99,54 @@ pub struct Dataplane {
     applied: Option<MapPlan>,
     active: Arc<ActiveCounts>,
     clock: Clock,
+    cache: FlowCache,
+}
+
+/// The flow cache's settings, which the loader owns (README "Flow cache").
+#[derive(Clone, Copy, Debug)]
+struct FlowCache {
+    /// Slots - 1; 0 when the cache is off.
+    mask: u32,
+    seed: u64,
+}
+
+impl FlowCache {
+    /// Largest cache: 4 Mi slots of 64 bytes (256 MiB).
+    const MAX_SLOTS: u32 = 1 << 22;
+
+    /// One slot per flow-table entry (a power of two, at most `MAX_SLOTS`).
+    /// Off (one unused slot) where the data plane's sequence lock is not
+    /// sound: it relies on x86-64's ordering of loads and of stores
+    /// (`lb_common::FlowCacheSlot`).
+    fn for_table(flow_table_size: u32) -> FlowCache {
+        if !cfg!(target_arch = "x86_64") {
+            return FlowCache { mask: 0, seed: 0 };
+        }
+        let slots = flow_table_size
+            .clamp(2, Self::MAX_SLOTS)
+            .next_power_of_two();
+        FlowCache {
+            mask: slots - 1,
+            seed: random_u64(),
+        }
+    }
+
+    fn slots(&self) -> u32 {
+        self.mask + 1
+    }
+}
+
+/// A random 64-bit value (the flow cache's seed; a fixed one only costs
+/// spread under chosen collisions, so a failed read falls back to the time).
+fn random_u64() -> u64 {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        Ok(()) => u64::from_ne_bytes(bytes),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64),
+    }
 }
 
 /// The map behind a map of the object (the kinds it has).
@@ -150,9 +198,11 @@ impl Dataplane {
         program: &'static str,
         options: &LoadOptions,
     ) -> Result<Self, DataplaneError> {
+        let cache = FlowCache::for_table(options.flow_table_size);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS_V4, options.flow_table_size)
             .map_max_entries(names::FLOWS_V6, options.flow_table_size)
+            .map_max_entries(names::FLOW_CACHE, cache.slots())
             .load(object)?;
         load_xdp(&mut ebpf, program)?;
         let clock_fd = load_xdp(&mut ebpf, CLOCK_PROGRAM)?
@@ -173,7 +223,19 @@ impl Dataplane {
             applied: None,
             active: Arc::new(active),
             clock,
+            cache,
         })
+    }
+
+    /// Invalidates every flow-cache slot (a new generation): after the
+    /// loader deleted live flow-table entries, which the slots may repeat.
+    /// The generation is read from the map, so a bump by another process
+    /// (a test that empties the tables) is never undone.
+    fn invalidate_flow_cache(&mut self) -> Result<(), DataplaneError> {
+        let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
+        let mut value = config.get(&0, 0).map_err(map_err(names::CONFIG))?;
+        value.flow_cache_gen = value.flow_cache_gen.wrapping_add(1);
+        config.set(0, value, 0).map_err(map_err(names::CONFIG))
     }
 
     /// Active flows of a target id as stored (see `flows::shown` for the
@@ -270,10 +332,16 @@ impl Dataplane {
         // The tick length is the loader's to write (the plan does not know
         // the kernel).
         let ns_per_tick = self.clock.ns_per_tick();
+        let cache = self.cache;
         let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
         if old.map(|o| o.config) != Some(plan.config) {
+            // The generation stays: a new config invalidates no flow.
+            let current = config.get(&0, 0).map_err(map_err(names::CONFIG))?;
             let value = Config {
                 ns_per_tick,
+                flow_cache_mask: cache.mask,
+                flow_cache_gen: current.flow_cache_gen,
+                flow_cache_seed: cache.seed,
                 ..plan.config
             };
             config.set(0, value, 0).map_err(map_err(names::CONFIG))?;
@@ -589,7 +657,10 @@ impl Dataplane {
             names::FLOWS_V6
         };
         match removed {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.invalidate_flow_cache()?;
+                Ok(true)
+            }
             // A delete of a missing key fails with ENOENT.
             Err(MapError::KeyNotFound) => Ok(false),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {

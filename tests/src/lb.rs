@@ -196,9 +196,11 @@ impl LbProcess {
     }
 
     /// Deletes every entry of this lb's flow tables, as a restart of `lb`
-    /// or a full table would lose them; returns how many there were. The
-    /// maps are found by name among the maps this process holds open (other
-    /// `lb`s on the machine have their own).
+    /// or a full table would lose them; returns how many there were. Then
+    /// invalidates lb's flow cache as `lb` does after deleting live entries
+    /// itself (a bump of `Config::flow_cache_gen`), so the next packets see
+    /// the empty tables. The maps are found by name among the maps this
+    /// process holds open (other `lb`s on the machine have their own).
     pub fn clear_flow_tables(&self) -> Result<usize, LabError> {
         let (mut v4, mut v6) = self.flow_tables()?;
         let mut cleared = 0;
@@ -214,16 +216,33 @@ impl LbProcess {
                 .map_err(map_error("delete a FLOWS_V6 entry"))?;
             cleared += 1;
         }
+        let [config] = self.maps([lb_common::map_names::CONFIG])?;
+        let mut config: aya::maps::Array<MapData, lb_common::Config> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(config))
+                .map_err(map_error("open CONFIG"))?;
+        let mut value = config.get(&0, 0).map_err(map_error("read CONFIG"))?;
+        value.flow_cache_gen = value.flow_cache_gen.wrapping_add(1);
+        config.set(0, value, 0).map_err(map_error("write CONFIG"))?;
         Ok(cleared)
     }
 
     fn flow_tables(&self) -> Result<FlowTables, LabError> {
         use lb_common::map_names::{FLOWS_V4, FLOWS_V6};
+        let [v4, v6] = self.maps([FLOWS_V4, FLOWS_V6])?;
+        let v4 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v4))
+            .map_err(map_error("open FLOWS_V4"))?;
+        let v6 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v6))
+            .map_err(map_error("open FLOWS_V6"))?;
+        Ok((v4, v6))
+    }
+
+    /// The maps of these names among the maps this lb process holds open.
+    fn maps<const N: usize>(&self, names: [&str; N]) -> Result<[MapData; N], LabError> {
         let pid = self.pid().ok_or_else(|| LabError::Status {
             reason: "lb is not running".into(),
         })?;
         let dir = format!("/proc/{pid}/fdinfo");
-        let mut found: [Option<MapData>; 2] = [None, None];
+        let mut found: [Option<MapData>; N] = [const { None }; N];
         for entry in std::fs::read_dir(&dir).map_err(LabError::io(dir.clone()))? {
             let Ok(entry) = entry else { continue };
             let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
@@ -236,25 +255,25 @@ impl LbProcess {
             let Ok(map) = aya::maps::MapInfo::from_id(id) else {
                 continue;
             };
-            let slot = match map.name_as_str() {
-                Some(FLOWS_V4) => 0,
-                Some(FLOWS_V6) => 1,
-                _ => continue,
+            let Some(slot) = names.iter().position(|n| map.name_as_str() == Some(*n)) else {
+                continue;
             };
             if found[slot].is_none() {
-                found[slot] = Some(MapData::from_id(id).map_err(map_error("open a flow table"))?);
+                found[slot] = Some(MapData::from_id(id).map_err(map_error("open a map of lb"))?);
             }
         }
-        let [Some(v4), Some(v6)] = found else {
+        let missing: Vec<&str> = names
+            .iter()
+            .zip(&found)
+            .filter(|(_, m)| m.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        if !missing.is_empty() {
             return Err(LabError::Status {
-                reason: format!("no {FLOWS_V4}/{FLOWS_V6} maps held by lb (pid {pid})"),
+                reason: format!("no {} map held by lb (pid {pid})", missing.join("/")),
             });
-        };
-        let v4 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v4))
-            .map_err(map_error("open FLOWS_V4"))?;
-        let v6 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v6))
-            .map_err(map_error("open FLOWS_V6"))?;
-        Ok((v4, v6))
+        }
+        Ok(found.map(|m| m.expect("checked above")))
     }
 
     /// Whether it is still running.

@@ -23,27 +23,34 @@ pub fn listener_port(flow: &FlowKey) -> Result<(), u32> {
     }
 }
 
+/// The listener `id` if it still has the flow's (VIP, protocol, port).
+#[inline(always)]
+pub fn listener_by_id(flow: &FlowKey, id: u16) -> Option<ListenerInfo> {
+    let id = id as u32;
+    let slot = LISTENERS_BY_ID.get(id)?;
+    let key = &slot.key;
+    if key.addr_be == flow.dst_be
+        && key.port_be == flow.dst_port_be
+        && key.proto == flow.proto
+        && key.family == flow.family
+    {
+        Some(ListenerInfo {
+            listener_id: id,
+            group_id: slot.group_id,
+        })
+    } else {
+        None
+    }
+}
+
 /// The listener of a flow's (VIP, protocol, port), or XDP_PASS: traffic that
 /// is not addressed to a listener belongs to the kernel. `hint` is the
 /// listener id the flow's flow-table entry names: if that id still has this
 /// (VIP, protocol, port), the hash lookup is skipped.
 #[inline(always)]
 pub fn listener(flow: &FlowKey, hint: Option<u16>) -> Result<ListenerInfo, u32> {
-    if let Some(id) = hint {
-        let id = id as u32;
-        if let Some(slot) = LISTENERS_BY_ID.get(id) {
-            let key = &slot.key;
-            if key.addr_be == flow.dst_be
-                && key.port_be == flow.dst_port_be
-                && key.proto == flow.proto
-                && key.family == flow.family
-            {
-                return Ok(ListenerInfo {
-                    listener_id: id,
-                    group_id: slot.group_id,
-                });
-            }
-        }
+    if let Some(info) = hint.and_then(|id| listener_by_id(flow, id)) {
+        return Ok(info);
     }
     let key = ListenerKey {
         addr_be: flow.dst_be,

@@ -5,9 +5,12 @@
 //! The flow table is read before the listener is known: an entry names the
 //! listener its flow was created under, which `LISTENERS_BY_ID` confirms
 //! without a hash lookup. The verdict is the same as looking the listener up
-//! first (the model in tests/src/model.rs does it in that order).
+//! first (the model in tests/src/model.rs does it in that order). Before the
+//! flow table comes the flow cache (`cache`), which repeats the table's
+//! entries for packets that would only read them.
 
 mod atomic;
+mod cache;
 mod choose;
 mod counters;
 mod lookup;
@@ -25,10 +28,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_MMAPABLE, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE, FlowKey,
-    FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, GroupTableElement, ListenerInfo,
-    ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats,
-    StickyKey, StickyState, TargetInfo,
+    BPF_F_MMAPABLE, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE,
+    FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, GroupTableElement,
+    ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
+    Stats, StickyKey, StickyState, TargetInfo,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -83,6 +86,13 @@ static FLOWS_V4: LruHashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_TABLE_SIZE as u
 static FLOWS_V6: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
     LruHashMap::new();
 
+/// The flow cache (`cache`): slots of 64 bytes, a power of two of them; the
+/// loader sizes it (`Config::flow_cache_mask`). Memory-mappable only for its
+/// layout: the values of such an array start on a page, so every slot is one
+/// cache line.
+#[btf_map]
+static FLOW_CACHE: Array<FlowCacheSlot, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
+
 /// Global settings (element 0).
 #[btf_map]
 static CONFIG: Array<Config, 1> = Array::new();
@@ -123,19 +133,44 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let mut flow = FlowKey::default();
     let tcp_flags = parse::flow(ctx, &mut flow)?;
     lookup::listener_port(&flow)?;
-    let entry = select::entry(&flow);
-    let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
     // Element 0 of an array map always exists; read once per packet (the
-    // clock offset for `select`, the source MAC for `rewrite`).
+    // flow cache's settings, the clock offset, the source MAC).
     let Some(config) = CONFIG.get(0) else {
         counters::count(Counter::Dropped);
         return Err(xdp_action::XDP_DROP);
     };
-    let target = select::target(&flow, tcp_flags, &listener, entry, config)?;
+    let now = time::now_ns(config);
+    if select::may_use_cache(tcp_flags)
+        && let Some(hit) = cache::get(&flow, config, now)
+        && let Some(listener) = lookup::listener_by_id(&flow, hit.listener_id)
+        && let Some(info) = select::usable(hit.target_id, listener.group_id)
+    {
+        counters::count(Counter::FlowHit);
+        let target = select::Selected {
+            id: hit.target_id,
+            info,
+            new_flow: false,
+        };
+        return forward(ctx, &listener, &target, config);
+    }
+    let entry = select::entry(&flow);
+    let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
+    let target = select::target(&flow, tcp_flags, &listener, entry, config, now)?;
+    forward(ctx, &listener, &target, config)
+}
+
+/// Counts the packet and sends it to its target.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    listener: &ListenerInfo,
+    target: &select::Selected,
+    config: &Config,
+) -> Result<u32, u32> {
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);
     rewrite::to_target(ctx, &target.info, config)?;
-    // `Forwarded` is derived (FlowHit + NewFlow, counted by `select`).
+    // `Forwarded` is derived (FlowHit + NewFlow, counted by `select` and `run`).
     Ok(xdp_action::XDP_TX)
 }

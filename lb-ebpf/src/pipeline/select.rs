@@ -21,8 +21,8 @@ use lb_common::{
 };
 
 use super::{
-    FLOWS_V4, FLOWS_V6, GROUPS, TARGET_ACTIVE, TARGETS, atomic, choose, counters::count,
-    parse::tcp, time,
+    FLOWS_V4, FLOWS_V6, GROUPS, TARGET_ACTIVE, TARGETS, atomic, cache, choose, counters::count,
+    parse::tcp,
 };
 
 pub struct Selected {
@@ -160,7 +160,7 @@ fn remember(flow: &FlowKey, state: FlowState) -> bool {
 
 /// The target's data if it may take packets of `group_id`'s flows.
 #[inline(always)]
-fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
+pub fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
     target_with(id, group_id, target_flags::USABLE)
 }
 
@@ -196,6 +196,13 @@ fn ending(tcp_flags: u8) -> u16 {
         seen |= flow_flags::RST;
     }
     seen
+}
+
+/// Whether a packet with these TCP flags (0 for UDP) may be steered by the
+/// flow cache: no SYN, FIN or RST, whose lifecycle work needs the table.
+#[inline(always)]
+pub fn may_use_cache(tcp_flags: u8) -> bool {
+    tcp_flags & (tcp::SYN | tcp::FIN | tcp::RST) == 0
 }
 
 /// A client's opening SYN (not the SYN-ACK of a server, which DSR never
@@ -249,7 +256,8 @@ fn on_packet(entry: &Entry, tcp_flags: u8, age: u64, now: u64) {
 
 /// The target of a listener's flow: the one its flow-table `entry` names if
 /// the flow goes on and the target is still usable, else one chosen for it
-/// (and remembered). `tcp_flags`: the packet's TCP flags (0 for UDP).
+/// (and remembered). `tcp_flags`: the packet's TCP flags (0 for UDP); `now`:
+/// the data-plane time. Either way the flow cache gets the table's answer.
 #[inline(always)]
 pub fn target(
     flow: &FlowKey,
@@ -257,14 +265,16 @@ pub fn target(
     listener: &ListenerInfo,
     entry: Option<Entry>,
     config: &Config,
+    now: u64,
 ) -> Result<Selected, u32> {
-    let now = time::now_ns(config);
+    let cacheable = may_use_cache(tcp_flags);
     if let Some(entry) = entry {
-        let age = now.saturating_sub(entry.last_seen_ns());
+        let last_seen = entry.last_seen_ns();
+        let age = now.saturating_sub(last_seen);
         // The common case, decided with one test: a packet of a flow seen
         // within FLOW_TOUCH_NS (no timeout is shorter, so it goes on) that
         // is no SYN, FIN or RST: nothing to check, nothing to write.
-        let quiet = age <= FLOW_TOUCH_NS && tcp_flags & (tcp::SYN | tcp::FIN | tcp::RST) == 0;
+        let quiet = age <= FLOW_TOUCH_NS && cacheable;
         if quiet || !has_ended(&entry, tcp_flags, age, listener.group_id) {
             let id = entry.target_id();
             if let Some(info) = usable(id, listener.group_id) {
@@ -274,6 +284,17 @@ pub fn target(
                 if entry.listener_hint() as u32 != listener.listener_id {
                     entry.set_listener_hint(listener.listener_id);
                 }
+                // The entry's `last_seen_ns` now (`on_packet` refreshes a
+                // stale one): a packet is quiet until FLOW_TOUCH_NS after it.
+                let seen = if age > FLOW_TOUCH_NS { now } else { last_seen };
+                cache::put(
+                    flow,
+                    config,
+                    id,
+                    listener.listener_id as u16,
+                    seen.saturating_add(FLOW_TOUCH_NS),
+                    !cacheable,
+                );
                 count(Counter::FlowHit);
                 return Ok(Selected {
                     id,
@@ -315,8 +336,18 @@ pub fn target(
         created_ns: now,
         last_seen_ns: now,
     };
-    if remember(flow, state) && counted {
-        active_add(id, 1);
+    if remember(flow, state) {
+        if counted {
+            active_add(id, 1);
+        }
+        cache::put(
+            flow,
+            config,
+            id,
+            listener.listener_id as u16,
+            now.saturating_add(FLOW_TOUCH_NS),
+            !cacheable,
+        );
     }
     count(Counter::NewFlow);
     Ok(Selected {

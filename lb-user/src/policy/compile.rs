@@ -333,8 +333,12 @@ fn compile_groups(
             flags: 0,
             _pad2: 0,
             time_offset_ns: 0,
-            // The data plane's loader knows the kernel's tick.
+            // The data plane's loader knows the kernel's tick and sizes
+            // the flow cache.
             ns_per_tick: 0,
+            flow_cache_mask: 0,
+            flow_cache_gen: 0,
+            flow_cache_seed: 0,
         },
         listeners,
         groups,

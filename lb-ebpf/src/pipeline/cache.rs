@@ -1,0 +1,163 @@
+//! The flow cache: a direct-mapped copy of flow-table entries in an array
+//! (`FLOW_CACHE`, one `lb_common::FlowCacheSlot` per slot), so that most
+//! packets of an established flow skip the LRU hash lookup (the largest
+//! single cost of the established path: README "Flow cache").
+//!
+//! The flow table stays the truth; a slot only repeats it:
+//! - `select` writes the flow's slot after every packet that could have used
+//!   it (no SYN, FIN or RST) and left an entry in the table, and also after
+//!   any other packet of a flow whose slot it already holds (a FIN, or a SYN
+//!   that reused the client's port), so the slot never keeps a mapping the
+//!   table has replaced. A SYN of a flow that is not in the slot writes
+//!   nothing, so a SYN flood does not evict established flows from the
+//!   cache.
+//! - A packet uses a slot only if it carries no SYN, FIN or RST, the slot
+//!   holds its exact flow key, the data-plane time is at most the slot's
+//!   `until_ns` (the entry's `last_seen_ns` + `FLOW_TOUCH_NS`: before then
+//!   the entry cannot have timed out and needs no refresh, so the table
+//!   path would only read it), and the slot's generation is the current
+//!   one (the loader bumps it after deleting live entries itself). It still
+//!   confirms the listener (`LISTENERS_BY_ID`) and the target (`TARGETS`),
+//!   exactly as a flow-table hit does.
+//!
+//! What differs from the table: an entry the kernel's LRU evicts (a full
+//! table) is still served from its slot until `until_ns`, at most
+//! `FLOW_TOUCH_NS`; the flow keeps its target for that second where a miss
+//! might have moved it. And when packets of one 5-tuple run on two CPUs at
+//! once across a port reuse (not with RSS, which steers a 5-tuple to one
+//! queue), the old connection's last write may win for up to
+//! `FLOW_TOUCH_NS`.
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use lb_common::{Config, FlowCacheSlot, FlowKey, flow_cache_slot};
+
+use super::{FLOW_CACHE, atomic};
+
+/// A usable slot's mapping.
+pub struct Hit {
+    pub target_id: u32,
+    pub listener_id: u16,
+}
+
+#[inline(always)]
+fn slot(flow: &FlowKey, config: &Config) -> Option<*mut FlowCacheSlot> {
+    let mask = config.flow_cache_mask;
+    if mask == 0 {
+        return None;
+    }
+    FLOW_CACHE.get_ptr_mut(flow_cache_slot(flow, config.flow_cache_seed, mask))
+}
+
+/// The key's last two words (ports; protocol, family and padding) as they lie
+/// in memory.
+#[inline(always)]
+fn tail_words(flow: &FlowKey) -> (u32, u32) {
+    (
+        u32::from_ne_bytes(
+            // Field by field: `FlowKey` is only 4-byte aligned on the stack.
+            {
+                let s = flow.src_port_be.to_ne_bytes();
+                let d = flow.dst_port_be.to_ne_bytes();
+                [s[0], s[1], d[0], d[1]]
+            },
+        ),
+        u32::from_ne_bytes([flow.proto, flow.family, flow._pad[0], flow._pad[1]]),
+    )
+}
+
+/// Whether the slot's key (read word by word, volatile) is `flow`'s.
+///
+/// # Safety
+/// `slot` points at a `FLOW_CACHE` value.
+#[inline(always)]
+unsafe fn holds(slot: *const FlowCacheSlot, flow: &FlowKey) -> bool {
+    // SAFETY: as the caller guarantees; the key is 4-byte aligned in the
+    // 64-byte aligned slot.
+    unsafe {
+        let words = addr_of!((*slot).key) as *const u32;
+        let (ports, rest) = tail_words(flow);
+        let mut diff = 0;
+        let mut i = 0;
+        while i < 4 {
+            diff |= read_volatile(words.add(i)) ^ flow.src_be[i];
+            diff |= read_volatile(words.add(4 + i)) ^ flow.dst_be[i];
+            i += 1;
+        }
+        diff |= read_volatile(words.add(8)) ^ ports;
+        diff |= read_volatile(words.add(9)) ^ rest;
+        diff == 0
+    }
+}
+
+/// The flow's mapping, if its slot holds one that may be used at `now`.
+#[inline(always)]
+pub fn get(flow: &FlowKey, config: &Config, now: u64) -> Option<Hit> {
+    let slot = slot(flow, config)?;
+    // SAFETY: a map value that stays allocated while the program runs; other
+    // CPUs write it under the sequence protocol, so every read is volatile
+    // (kept in program order) and the result is used only if the sequence
+    // was even and unchanged around them.
+    unsafe {
+        let seq = read_volatile(addr_of!((*slot).seq_gen));
+        if seq & 1 != 0 || (seq >> 32) as u32 != config.flow_cache_gen {
+            return None;
+        }
+        let same = holds(slot, flow);
+        let until = read_volatile(addr_of!((*slot).until_ns));
+        let target_id = read_volatile(addr_of!((*slot).target_id));
+        let listener_id = read_volatile(addr_of!((*slot).listener_id));
+        if read_volatile(addr_of!((*slot).seq_gen)) != seq || !same || now > until {
+            return None;
+        }
+        Some(Hit {
+            target_id,
+            listener_id,
+        })
+    }
+}
+
+/// Writes the flow's mapping into its slot, valid until `until_ns`. With
+/// `only_if_held`, only if the slot holds the flow already (a packet that
+/// could not have used the slot updates it but does not claim it). Skipped
+/// if another CPU is writing the slot.
+#[inline(always)]
+pub fn put(
+    flow: &FlowKey,
+    config: &Config,
+    target_id: u32,
+    listener_id: u16,
+    until_ns: u64,
+    only_if_held: bool,
+) {
+    let Some(slot) = slot(flow, config) else {
+        return;
+    };
+    // SAFETY: as in `get`; the writer that moves the sequence from even to
+    // odd (compare-and-exchange) is the only one writing until it stores the
+    // next even value.
+    unsafe {
+        if only_if_held && !holds(slot, flow) {
+            return;
+        }
+        let seq_ptr = addr_of_mut!((*slot).seq_gen);
+        let seq = read_volatile(seq_ptr);
+        if seq & 1 != 0 || atomic::cmpxchg_u64(seq_ptr, seq, seq + 1) != seq {
+            return;
+        }
+        let words = addr_of_mut!((*slot).key) as *mut u32;
+        let (ports, rest) = tail_words(flow);
+        let mut i = 0;
+        while i < 4 {
+            write_volatile(words.add(i), flow.src_be[i]);
+            write_volatile(words.add(4 + i), flow.dst_be[i]);
+            i += 1;
+        }
+        write_volatile(words.add(8), ports);
+        write_volatile(words.add(9), rest);
+        write_volatile(addr_of_mut!((*slot).target_id), target_id);
+        write_volatile(addr_of_mut!((*slot).listener_id), listener_id);
+        write_volatile(addr_of_mut!((*slot).until_ns), until_ns);
+        let next = (seq as u32).wrapping_add(2) as u64;
+        write_volatile(seq_ptr, ((config.flow_cache_gen as u64) << 32) | next);
+    }
+}
