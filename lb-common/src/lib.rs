@@ -72,7 +72,8 @@ pub mod hash_fields {
 }
 
 /// A parsed flow: the key of the flow table and the input of the hash.
-#[repr(C)]
+/// 8-byte aligned so that the flow cache compares it as five 8-byte words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src_be: [u32; 4],
@@ -167,7 +168,8 @@ pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 /// say again: no SYN, FIN or RST, data-plane time at most `until_ns` (the
 /// entry's `last_seen_ns` + [`FLOW_TOUCH_NS`], before which no entry can
 /// expire or needs a refresh), and `gen` equal to [`Config::flow_cache_gen`],
-/// which the loader bumps whenever it deletes a live entry itself.
+/// which the loader bumps whenever it deletes a live entry itself or changes
+/// the listeners.
 ///
 /// Writers take the slot by moving `seq_gen`'s low half from even to odd
 /// with a compare-and-exchange (a writer that finds it odd skips: it is only
@@ -183,26 +185,37 @@ pub struct FlowCacheSlot {
     /// bits: the [`Config::flow_cache_gen`] the slot was written under.
     pub seq_gen: u64,
     pub target_id: u32,
+    /// The flow's listener and its group, as the listener maps said when
+    /// the slot was written (the loader bumps the generation whenever they
+    /// change).
     pub listener_id: u16,
-    pub _pad: u16,
+    pub group_id: u16,
     /// Data-plane time until which the slot may be used.
     pub until_ns: u64,
     pub key: FlowKey,
 }
 
 /// The flow cache's slot for `key`: `mask` is the slot count - 1 (a power of
-/// two). A multiply-xorshift of the 5-tuple with a per-run `seed` (a slot is
-/// only a cache, so unlike [`hash::flow_hash`] it need not agree across
-/// instances, and a random seed keeps clients from choosing their
-/// collisions). IPv6 addresses are folded to one word each first.
+/// two). The key's five 8-byte words (source address, destination address,
+/// ports with protocol and family), each half of an IPv6 address folded
+/// onto the other, multiplied by odd constants and mixed once: a handful of
+/// instructions, since every packet of an established flow pays for it. A
+/// slot is only a cache, so unlike [`hash::flow_hash`] it need not agree
+/// across instances: the per-run `seed` keeps clients from choosing their
+/// collisions.
 #[inline(always)]
 pub const fn flow_cache_slot(key: &FlowKey, seed: u64, mask: u32) -> u32 {
-    let src = key.src_be[0] ^ key.src_be[1] ^ key.src_be[2] ^ key.src_be[3];
-    let dst = key.dst_be[0] ^ key.dst_be[1] ^ key.dst_be[2] ^ key.dst_be[3];
-    let ports = ((key.src_port_be as u64) << 16) | key.dst_port_be as u64;
-    let a = (((src as u64) << 32) | dst as u64) ^ seed;
-    let b = (ports << 16) | ((key.proto as u64) << 8) | key.family as u64;
-    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let src = ((key.src_be[1] as u64) << 32 | key.src_be[0] as u64)
+        ^ ((key.src_be[3] as u64) << 32 | key.src_be[2] as u64);
+    let dst = ((key.dst_be[1] as u64) << 32 | key.dst_be[0] as u64)
+        ^ ((key.dst_be[3] as u64) << 32 | key.dst_be[2] as u64);
+    let rest = (key.src_port_be as u64)
+        | (key.dst_port_be as u64) << 16
+        | (key.proto as u64) << 32
+        | (key.family as u64) << 40;
+    let mut h = (src ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ dst.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ rest.wrapping_mul(0x1656_67b1_9e37_79f9);
     h ^= h >> 29;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     (h >> 32) as u32 & mask
@@ -522,6 +535,7 @@ mod pod {
 
 const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::align_of::<FlowKey>() == 8);
     assert!(core::mem::size_of::<FlowKeyV4>() == 16);
     assert!(core::mem::size_of::<FlowState>() == 24);
     assert!(core::mem::size_of::<ListenerKey>() == 20);
@@ -534,6 +548,8 @@ const _: () = {
     assert!(core::mem::size_of::<TargetInfo>() == 16);
     assert!(core::mem::size_of::<Config>() == 48);
     assert!(core::mem::size_of::<FlowCacheSlot>() == 64);
+    // Listener and group ids fit FlowCacheSlot's u16 fields.
+    assert!(MAX_LISTENERS <= 1 << 16 && MAX_GROUPS <= 1 << 16);
     assert!(core::mem::size_of::<StickyKey>() == 20);
     assert!(core::mem::size_of::<StickyState>() == 16);
     assert!(core::mem::size_of::<Stats>() == 24);

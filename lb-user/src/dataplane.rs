@@ -228,7 +228,8 @@ impl Dataplane {
     }
 
     /// Invalidates every flow-cache slot (a new generation): after the
-    /// loader deleted live flow-table entries, which the slots may repeat.
+    /// loader deleted live flow-table entries, which the slots may repeat,
+    /// or changed the listeners, which the slots name unchecked.
     /// The generation is read from the map, so a bump by another process
     /// (a test that empties the tables) is never undone.
     fn invalidate_flow_cache(&mut self) -> Result<(), DataplaneError> {
@@ -481,6 +482,12 @@ impl Dataplane {
             by_id
                 .set(id, ListenerSlot::default(), 0)
                 .map_err(map_err(names::LISTENERS_BY_ID))?;
+        }
+        // Flow-cache slots name a listener and its group without checking
+        // them: any change of the listeners invalidates them all, after the
+        // maps are written.
+        if old.is_none_or(|o| o.listeners != plan.listeners) {
+            self.invalidate_flow_cache()?;
         }
 
         // Targets that left the policy: no longer usable, so their flows are

@@ -16,9 +16,11 @@
 //!   `until_ns` (the entry's `last_seen_ns` + `FLOW_TOUCH_NS`: before then
 //!   the entry cannot have timed out and needs no refresh, so the table
 //!   path would only read it), and the slot's generation is the current
-//!   one (the loader bumps it after deleting live entries itself). It still
-//!   confirms the listener (`LISTENERS_BY_ID`) and the target (`TARGETS`),
-//!   exactly as a flow-table hit does.
+//!   one. The loader bumps the generation after deleting live entries
+//!   itself and after any change of the listeners, so the slot's listener
+//!   and group need no check; the target is still checked (`TARGETS`:
+//!   usable, same group) exactly as a flow-table hit checks it, so health
+//!   changes take effect at once.
 //!
 //! What differs from the table: an entry the kernel's LRU evicts (a full
 //! table) is still served from its slot until `until_ns`, at most
@@ -29,40 +31,57 @@
 //! `FLOW_TOUCH_NS`.
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use lb_common::{Config, FlowCacheSlot, FlowKey, flow_cache_slot};
+use lb_common::{Config, FlowCacheSlot, FlowKey, ListenerInfo, flow_cache_slot};
 
 use super::{FLOW_CACHE, atomic};
+
+/// The cache's settings for one packet, read once at its start: a packet
+/// that saw the generation the loader bumped after changing a map also sees
+/// the changed map, so it never writes an old answer under a new generation.
+#[derive(Clone, Copy)]
+pub struct Settings {
+    mask: u32,
+    generation: u32,
+    seed: u64,
+}
+
+impl Settings {
+    #[inline(always)]
+    pub fn read(config: &Config) -> Settings {
+        // SAFETY: reads of a map value that stays allocated; volatile so
+        // that they stay before the packet's map lookups.
+        unsafe {
+            Settings {
+                mask: read_volatile(addr_of!(config.flow_cache_mask)),
+                generation: read_volatile(addr_of!(config.flow_cache_gen)),
+                seed: read_volatile(addr_of!(config.flow_cache_seed)),
+            }
+        }
+    }
+}
 
 /// A usable slot's mapping.
 pub struct Hit {
     pub target_id: u32,
     pub listener_id: u16,
+    pub group_id: u16,
 }
 
 #[inline(always)]
-fn slot(flow: &FlowKey, config: &Config) -> Option<*mut FlowCacheSlot> {
-    let mask = config.flow_cache_mask;
-    if mask == 0 {
+fn slot(flow: &FlowKey, settings: &Settings) -> Option<*mut FlowCacheSlot> {
+    if settings.mask == 0 {
         return None;
     }
-    FLOW_CACHE.get_ptr_mut(flow_cache_slot(flow, config.flow_cache_seed, mask))
+    FLOW_CACHE.get_ptr_mut(flow_cache_slot(flow, settings.seed, settings.mask))
 }
 
-/// The key's last two words (ports; protocol, family and padding) as they lie
-/// in memory.
+/// The key as five 8-byte words.
 #[inline(always)]
-fn tail_words(flow: &FlowKey) -> (u32, u32) {
-    (
-        u32::from_ne_bytes(
-            // Field by field: `FlowKey` is only 4-byte aligned on the stack.
-            {
-                let s = flow.src_port_be.to_ne_bytes();
-                let d = flow.dst_port_be.to_ne_bytes();
-                [s[0], s[1], d[0], d[1]]
-            },
-        ),
-        u32::from_ne_bytes([flow.proto, flow.family, flow._pad[0], flow._pad[1]]),
-    )
+fn key_words(flow: &FlowKey) -> &[u64; 5] {
+    const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+    const _: () = assert!(core::mem::align_of::<FlowKey>() == 8);
+    // SAFETY: 40 bytes, 8-byte aligned, every bit pattern a valid u64.
+    unsafe { &*(flow as *const FlowKey as *const [u64; 5]) }
 }
 
 /// Whether the slot's key (read word by word, volatile) is `flow`'s.
@@ -71,47 +90,46 @@ fn tail_words(flow: &FlowKey) -> (u32, u32) {
 /// `slot` points at a `FLOW_CACHE` value.
 #[inline(always)]
 unsafe fn holds(slot: *const FlowCacheSlot, flow: &FlowKey) -> bool {
-    // SAFETY: as the caller guarantees; the key is 4-byte aligned in the
+    let want = key_words(flow);
+    // SAFETY: as the caller guarantees; the key is 8-byte aligned in the
     // 64-byte aligned slot.
     unsafe {
-        let words = addr_of!((*slot).key) as *const u32;
-        let (ports, rest) = tail_words(flow);
+        let words = addr_of!((*slot).key) as *const u64;
         let mut diff = 0;
         let mut i = 0;
-        while i < 4 {
-            diff |= read_volatile(words.add(i)) ^ flow.src_be[i];
-            diff |= read_volatile(words.add(4 + i)) ^ flow.dst_be[i];
+        while i < 5 {
+            diff |= read_volatile(words.add(i)) ^ want[i];
             i += 1;
         }
-        diff |= read_volatile(words.add(8)) ^ ports;
-        diff |= read_volatile(words.add(9)) ^ rest;
         diff == 0
     }
 }
 
 /// The flow's mapping, if its slot holds one that may be used at `now`.
 #[inline(always)]
-pub fn get(flow: &FlowKey, config: &Config, now: u64) -> Option<Hit> {
-    let slot = slot(flow, config)?;
+pub fn get(flow: &FlowKey, settings: &Settings, now: u64) -> Option<Hit> {
+    let slot = slot(flow, settings)?;
     // SAFETY: a map value that stays allocated while the program runs; other
     // CPUs write it under the sequence protocol, so every read is volatile
     // (kept in program order) and the result is used only if the sequence
     // was even and unchanged around them.
     unsafe {
         let seq = read_volatile(addr_of!((*slot).seq_gen));
-        if seq & 1 != 0 || (seq >> 32) as u32 != config.flow_cache_gen {
+        if seq & 1 != 0 || (seq >> 32) as u32 != settings.generation {
             return None;
         }
         let same = holds(slot, flow);
         let until = read_volatile(addr_of!((*slot).until_ns));
         let target_id = read_volatile(addr_of!((*slot).target_id));
         let listener_id = read_volatile(addr_of!((*slot).listener_id));
+        let group_id = read_volatile(addr_of!((*slot).group_id));
         if read_volatile(addr_of!((*slot).seq_gen)) != seq || !same || now > until {
             return None;
         }
         Some(Hit {
             target_id,
             listener_id,
+            group_id,
         })
     }
 }
@@ -123,13 +141,13 @@ pub fn get(flow: &FlowKey, config: &Config, now: u64) -> Option<Hit> {
 #[inline(always)]
 pub fn put(
     flow: &FlowKey,
-    config: &Config,
+    settings: &Settings,
     target_id: u32,
-    listener_id: u16,
+    listener: &ListenerInfo,
     until_ns: u64,
     only_if_held: bool,
 ) {
-    let Some(slot) = slot(flow, config) else {
+    let Some(slot) = slot(flow, settings) else {
         return;
     };
     // SAFETY: as in `get`; the writer that moves the sequence from even to
@@ -144,20 +162,21 @@ pub fn put(
         if seq & 1 != 0 || atomic::cmpxchg_u64(seq_ptr, seq, seq + 1) != seq {
             return;
         }
-        let words = addr_of_mut!((*slot).key) as *mut u32;
-        let (ports, rest) = tail_words(flow);
+        let words = addr_of_mut!((*slot).key) as *mut u64;
+        let key = key_words(flow);
         let mut i = 0;
-        while i < 4 {
-            write_volatile(words.add(i), flow.src_be[i]);
-            write_volatile(words.add(4 + i), flow.dst_be[i]);
+        while i < 5 {
+            write_volatile(words.add(i), key[i]);
             i += 1;
         }
-        write_volatile(words.add(8), ports);
-        write_volatile(words.add(9), rest);
         write_volatile(addr_of_mut!((*slot).target_id), target_id);
-        write_volatile(addr_of_mut!((*slot).listener_id), listener_id);
+        write_volatile(
+            addr_of_mut!((*slot).listener_id),
+            listener.listener_id as u16,
+        );
+        write_volatile(addr_of_mut!((*slot).group_id), listener.group_id as u16);
         write_volatile(addr_of_mut!((*slot).until_ns), until_ns);
         let next = (seq as u32).wrapping_add(2) as u64;
-        write_volatile(seq_ptr, ((config.flow_cache_gen as u64) << 32) | next);
+        write_volatile(seq_ptr, ((settings.generation as u64) << 32) | next);
     }
 }

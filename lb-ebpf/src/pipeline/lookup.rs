@@ -25,7 +25,7 @@ pub fn listener_port(flow: &FlowKey) -> Result<(), u32> {
 
 /// The listener `id` if it still has the flow's (VIP, protocol, port).
 #[inline(always)]
-pub fn listener_by_id(flow: &FlowKey, id: u16) -> Option<ListenerInfo> {
+fn listener_by_id(flow: &FlowKey, id: u16) -> Option<ListenerInfo> {
     let id = id as u32;
     let slot = LISTENERS_BY_ID.get(id)?;
     let key = &slot.key;

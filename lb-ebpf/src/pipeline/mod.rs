@@ -139,13 +139,17 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
         counters::count(Counter::Dropped);
         return Err(xdp_action::XDP_DROP);
     };
+    let cache = cache::Settings::read(config);
     let now = time::now_ns(config);
     if select::may_use_cache(tcp_flags)
-        && let Some(hit) = cache::get(&flow, config, now)
-        && let Some(listener) = lookup::listener_by_id(&flow, hit.listener_id)
-        && let Some(info) = select::usable(hit.target_id, listener.group_id)
+        && let Some(hit) = cache::get(&flow, &cache, now)
+        && let Some(info) = select::usable(hit.target_id, hit.group_id as u32)
     {
         counters::count(Counter::FlowHit);
+        let listener = ListenerInfo {
+            listener_id: hit.listener_id as u32,
+            group_id: hit.group_id as u32,
+        };
         let target = select::Selected {
             id: hit.target_id,
             info,
@@ -155,7 +159,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     }
     let entry = select::entry(&flow);
     let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
-    let target = select::target(&flow, tcp_flags, &listener, entry, config, now)?;
+    let target = select::target(&flow, tcp_flags, &listener, entry, &cache, now)?;
     forward(ctx, &listener, &target, config)
 }
 
@@ -170,7 +174,7 @@ fn forward(
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);
-    rewrite::to_target(ctx, &target.info, config)?;
+    rewrite::to_target(ctx, target.info, config)?;
     // `Forwarded` is derived (FlowHit + NewFlow, counted by `select` and `run`).
     Ok(xdp_action::XDP_TX)
 }

@@ -12,8 +12,15 @@ use super::counters::count;
 /// `at..at + 6` must be inside the frame.
 #[inline(always)]
 unsafe fn write_mac(at: *mut u8, mac: &[u8; 6]) {
-    let head = u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]);
-    let tail = u16::from_ne_bytes([mac[4], mac[5]]);
+    // SAFETY: 6 bytes of a map value, read as one 4-byte and one 2-byte
+    // load (byte loads would be six).
+    let (head, tail) = unsafe {
+        let p = mac.as_ptr();
+        (
+            (p as *const u32).read_unaligned(),
+            (p.add(4) as *const u16).read_unaligned(),
+        )
+    };
     // SAFETY: the caller guarantees the 6 bytes are in the frame; unaligned
     // stores of wire bytes.
     unsafe {

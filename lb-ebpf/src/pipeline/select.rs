@@ -16,8 +16,8 @@
 //! packet, starts a new flow (`choose::new_flow`, by the group's algorithm).
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{
-    Config, Counter, FAMILY_V4, FLOW_TOUCH_NS, FlowKey, FlowKeyV4, FlowState, GroupInfo,
-    ListenerInfo, PROTO_TCP, TargetInfo, flow_flags, target_flags,
+    Counter, FAMILY_V4, FLOW_TOUCH_NS, FlowKey, FlowKeyV4, FlowState, GroupInfo, ListenerInfo,
+    PROTO_TCP, TargetInfo, flow_flags, target_flags,
 };
 
 use super::{
@@ -27,7 +27,7 @@ use super::{
 
 pub struct Selected {
     pub id: u32,
-    pub info: TargetInfo,
+    pub info: &'static TargetInfo,
     /// The flow was not in the flow table (or its entry had ended).
     pub new_flow: bool,
 }
@@ -160,7 +160,7 @@ fn remember(flow: &FlowKey, state: FlowState) -> bool {
 
 /// The target's data if it may take packets of `group_id`'s flows.
 #[inline(always)]
-pub fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
+pub fn usable(id: u32, group_id: u32) -> Option<&'static TargetInfo> {
     target_with(id, group_id, target_flags::USABLE)
 }
 
@@ -168,8 +168,8 @@ pub fn usable(id: u32, group_id: u32) -> Option<TargetInfo> {
 /// `flags` (`USABLE`: may take packets; `SELECTABLE`: may take new flows).
 /// Id 0 never qualifies (a zeroed slot fails closed).
 #[inline(always)]
-pub(super) fn target_with(id: u32, group_id: u32, flags: u16) -> Option<TargetInfo> {
-    let info = *TARGETS.get(id)?;
+pub(super) fn target_with(id: u32, group_id: u32, flags: u16) -> Option<&'static TargetInfo> {
+    let info = TARGETS.get(id)?;
     if id != 0 && info.flags & flags == flags && info.group_id == group_id {
         Some(info)
     } else {
@@ -264,7 +264,7 @@ pub fn target(
     tcp_flags: u8,
     listener: &ListenerInfo,
     entry: Option<Entry>,
-    config: &Config,
+    cache: &cache::Settings,
     now: u64,
 ) -> Result<Selected, u32> {
     let cacheable = may_use_cache(tcp_flags);
@@ -289,9 +289,9 @@ pub fn target(
                 let seen = if age > FLOW_TOUCH_NS { now } else { last_seen };
                 cache::put(
                     flow,
-                    config,
+                    cache,
                     id,
-                    listener.listener_id as u16,
+                    listener,
                     seen.saturating_add(FLOW_TOUCH_NS),
                     !cacheable,
                 );
@@ -342,9 +342,9 @@ pub fn target(
         }
         cache::put(
             flow,
-            config,
+            cache,
             id,
-            listener.listener_id as u16,
+            listener,
             now.saturating_add(FLOW_TOUCH_NS),
             !cacheable,
         );
