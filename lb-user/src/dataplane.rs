@@ -21,7 +21,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use lb_common::{
-    Config, Counter, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo,
+    Config, Counter, FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo,
     GroupTableElement, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_LISTENERS,
     Stats, StickyKey, StickyState, TargetInfo, group_table_elements, map_names as names,
 };
@@ -639,8 +639,55 @@ impl Dataplane {
     }
 
     /// Deletes a flow's entry, as an LRU eviction would (its active count is
-    /// left to the sweeper's recount). For tests; false if it had none.
+    /// left to the sweeper's recount), and invalidates the flow cache, so the
+    /// next packet misses as the reference model expects. For tests; false
+    /// if it had none.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
+        let removed = self.remove_flow_entry(key)?;
+        if removed {
+            self.invalidate_flow_cache()?;
+        }
+        Ok(removed)
+    }
+
+    /// The flow cache's slot for `key` (its index and content, whichever
+    /// flow it holds), or `None` when the cache is off. For tests.
+    pub fn flow_cache_slot(
+        &self,
+        key: &FlowKey,
+    ) -> Result<Option<(u32, FlowCacheSlot)>, DataplaneError> {
+        if self.cache.mask == 0 {
+            return Ok(None);
+        }
+        let index = lb_common::flow_cache_slot(key, self.cache.seed, self.cache.mask);
+        let map: Array<&MapData, FlowCacheSlot> = Array::try_from(
+            self.ebpf
+                .map(names::FLOW_CACHE)
+                .ok_or(DataplaneError::MissingMap(names::FLOW_CACHE))?,
+        )
+        .map_err(map_err(names::FLOW_CACHE))?;
+        let slot = map.get(&index, 0).map_err(map_err(names::FLOW_CACHE))?;
+        Ok(Some((index, slot)))
+    }
+
+    /// The flow cache's current generation (`Config::flow_cache_gen`).
+    pub fn flow_cache_generation(&self) -> Result<u32, DataplaneError> {
+        let config: Array<&MapData, Config> = Array::try_from(
+            self.ebpf
+                .map(names::CONFIG)
+                .ok_or(DataplaneError::MissingMap(names::CONFIG))?,
+        )
+        .map_err(map_err(names::CONFIG))?;
+        Ok(config
+            .get(&0, 0)
+            .map_err(map_err(names::CONFIG))?
+            .flow_cache_gen)
+    }
+
+    /// Deletes a flow's entry and nothing else, exactly as the kernel's LRU
+    /// evicts one: the flow cache may still serve the flow for up to
+    /// `FLOW_TOUCH_NS` (README "Flow cache"). For tests; false if it had none.
+    pub fn remove_flow_entry(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
         let removed = if key.family == lb_common::FAMILY_V4 {
             let mut map: BpfHashMap<&mut MapData, FlowKeyV4, FlowState> = BpfHashMap::try_from(
                 self.ebpf
@@ -664,10 +711,7 @@ impl Dataplane {
             names::FLOWS_V6
         };
         match removed {
-            Ok(()) => {
-                self.invalidate_flow_cache()?;
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             // A delete of a missing key fails with ENOENT.
             Err(MapError::KeyNotFound) => Ok(false),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {

@@ -748,6 +748,172 @@ fn an_evicted_flow_is_a_miss_and_stays_counted() {
     assert_eq!(total(&h.active()), 2, "the evicted flow is still counted");
 }
 
+/// An IPv4 TCP flow from `src:port` to the SHORT_TIMEOUTS web listener.
+fn web_key(src: [u8; 4], port: u16) -> lb_common::FlowKey {
+    lb_common::FlowKey {
+        family: lb_common::FAMILY_V4,
+        proto: lb_common::PROTO_TCP,
+        src_be: [u32::from_ne_bytes(src), 0, 0, 0],
+        dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
+        src_port_be: port.to_be(),
+        dst_port_be: 80u16.to_be(),
+        ..Default::default()
+    }
+}
+
+/// What one frame did, seen from outside: verdict, destination MAC, and
+/// whether it counted as a flow-table hit or a new flow.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    action: u32,
+    mac: [u8; 6],
+    hit: bool,
+    new_flow: bool,
+}
+
+/// Runs `frame` through the program only (no model: these steps leave the
+/// model's world on purpose).
+fn run_raw(h: &mut Harness, frame: &[u8]) -> Seen {
+    let count = |h: &Harness, c: Counter| {
+        h.dp.counters()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| v)
+    };
+    let (hits, news) = (count(h, Counter::FlowHit), count(h, Counter::NewFlow));
+    let (action, out) = h.run(frame);
+    Seen {
+        action,
+        mac: out[..6].try_into().unwrap(),
+        hit: count(h, Counter::FlowHit) == hits + 1,
+        new_flow: count(h, Counter::NewFlow) == news + 1,
+    }
+}
+
+/// The flow cache's slot for `key`, if it holds that flow under the current
+/// generation and no writer is in it.
+fn cached(h: &Harness, key: &lb_common::FlowKey) -> Option<lb_common::FlowCacheSlot> {
+    let (_, slot) =
+        h.dp.flow_cache_slot(key)
+            .unwrap()
+            .expect("the flow cache is on (x86-64)");
+    let generation = h.dp.flow_cache_generation().unwrap();
+    (slot.key == *key && slot.seq_gen & 1 == 0 && (slot.seq_gen >> 32) as u32 == generation)
+        .then_some(slot)
+}
+
+/// The flow cache (README "Flow cache"), step by step through the real
+/// program: a SYN takes no slot and the flow's next packet does, with the
+/// entry's target and `last_seen_ns` + FLOW_TOUCH_NS; while the slot is good
+/// the flow's packets are hits even with the entry gone (an LRU eviction,
+/// which the cache does not see) and write nothing; past `until_ns` they go
+/// to the table again; a deletion by the loader or a change of listeners
+/// invalidates every slot; a SYN of another flow with the same slot leaves
+/// it alone, and that flow's next packet takes the slot over.
+#[test]
+fn established_packets_are_steered_by_the_flow_cache() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let client = [10, 0, 3, 100];
+    let frame = |port, flags| Frame::tcp("10.0.3.100", port, "10.0.3.49", 80, flags).build();
+    let key = web_key(client, 45000);
+
+    h.check("syn", &frame(45000, SYN));
+    assert!(cached(&h, &key).is_none(), "a SYN takes no slot");
+    let ack = frame(45000, ACK);
+    h.check("ack", &ack);
+    let entry = |h: &Harness| {
+        h.dp.flow_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, state)| state)
+    };
+    let state = entry(&h).expect("the flow has an entry");
+    let slot = cached(&h, &key).expect("the ACK wrote the flow's slot");
+    assert_eq!(slot.target_id, state.target_id);
+    assert_eq!(
+        slot.listener_id as u32,
+        h.plan.listeners[0].info.listener_id
+    );
+    assert_eq!(slot.until_ns, state.last_seen_ns + lb_common::FLOW_TOUCH_NS);
+    let target_mac = h
+        .plan
+        .targets
+        .iter()
+        .find(|t| t.id == state.target_id)
+        .unwrap()
+        .info
+        .mac;
+
+    // The entry goes behind the cache's back: the slot still steers.
+    assert!(h.dp.remove_flow_entry(&key).unwrap());
+    let hit = Seen {
+        action: XDP_TX,
+        mac: target_mac,
+        hit: true,
+        new_flow: false,
+    };
+    assert_eq!(run_raw(&mut h, &ack), hit, "served from the slot");
+    assert!(entry(&h).is_none(), "a cache hit writes no entry");
+
+    // Past until_ns the slot is not used: a miss (by hash for TCP), which
+    // writes the entry and the slot again.
+    h.advance_ns(lb_common::FLOW_TOUCH_NS + 1);
+    let miss = Seen {
+        action: XDP_TX,
+        mac: target_mac,
+        hit: false,
+        new_flow: true,
+    };
+    assert_eq!(run_raw(&mut h, &ack), miss, "the slot ran out");
+    assert!(entry(&h).is_some() && cached(&h, &key).is_some());
+    assert_eq!(run_raw(&mut h, &ack), hit);
+
+    // A deletion by the loader invalidates the cache: the next packet misses.
+    let generation = h.dp.flow_cache_generation().unwrap();
+    assert!(h.dp.remove_flow(&key).unwrap());
+    assert_eq!(h.dp.flow_cache_generation().unwrap(), generation + 1);
+    assert!(cached(&h, &key).is_none());
+    assert_eq!(run_raw(&mut h, &ack), miss, "after remove_flow");
+    assert!(cached(&h, &key).is_some());
+
+    // So does any change of listeners (slots name listener and group).
+    let generation = h.dp.flow_cache_generation().unwrap();
+    h.reapply(&SHORT_TIMEOUTS.replace("port: 53,", "port: 5353,"));
+    assert!(h.dp.flow_cache_generation().unwrap() != generation);
+    assert!(cached(&h, &key).is_none(), "listeners changed");
+    assert_eq!(run_raw(&mut h, &ack), hit, "a table hit");
+    assert!(cached(&h, &key).is_some());
+    h.reapply(SHORT_TIMEOUTS);
+
+    // Another flow that maps to the same slot.
+    let (index, _) = h.dp.flow_cache_slot(&key).unwrap().unwrap();
+    let other = (1024..=u16::MAX)
+        .filter(|&p| p != 45000)
+        .find(|&p| {
+            h.dp.flow_cache_slot(&web_key(client, p))
+                .unwrap()
+                .unwrap()
+                .0
+                == index
+        })
+        .expect("a client port that shares the slot (65,000 tries for 4,096 slots)");
+    let other_key = web_key(client, other);
+    assert_eq!(run_raw(&mut h, &ack), hit);
+    assert!(cached(&h, &key).is_some());
+    assert!(run_raw(&mut h, &frame(other, SYN)).new_flow);
+    assert!(cached(&h, &key).is_some(), "a SYN leaves the slot alone");
+    assert!(run_raw(&mut h, &frame(other, ACK)).hit);
+    assert!(
+        cached(&h, &other_key).is_some(),
+        "the other flow took the slot"
+    );
+    assert!(cached(&h, &key).is_none());
+    assert_eq!(run_raw(&mut h, &ack), hit, "a table hit takes it back");
+    assert!(cached(&h, &key).is_some());
+}
+
 /// The data plane and the loader (flow sweeper, `lb status`) tell time by
 /// the same clock: a new flow's entry is stamped between two readings of
 /// `Dataplane::clock` around its packet, and that clock keeps pace with
