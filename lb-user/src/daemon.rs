@@ -206,6 +206,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let max_flows = policy.max_flows();
     let mut dataplane = Dataplane::load(&LoadOptions {
         flow_table_size: max_flows,
+        ..Default::default()
     })?;
     timer.lap("load");
     dataplane.apply(&plan)?;

@@ -74,12 +74,16 @@ pub enum AttachMode {
 pub struct LoadOptions {
     /// Capacity of each flow table (LRU; IPv4 and IPv6 flows have one each).
     pub flow_table_size: u32,
+    /// Whether the flow cache is on (where it can be: x86-64). Off only to
+    /// measure what it saves.
+    pub flow_cache: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_table_size: lb_common::DEFAULT_FLOW_TABLE_SIZE,
+            flow_cache: true,
         }
     }
 }
@@ -118,8 +122,8 @@ impl FlowCache {
     /// Off (one unused slot) where the data plane's sequence lock is not
     /// sound: it relies on x86-64's ordering of loads and of stores
     /// (`lb_common::FlowCacheSlot`).
-    fn for_table(flow_table_size: u32) -> FlowCache {
-        if !cfg!(target_arch = "x86_64") {
+    fn for_table(flow_table_size: u32, enabled: bool) -> FlowCache {
+        if !enabled || !cfg!(target_arch = "x86_64") {
             return FlowCache { mask: 0, seed: 0 };
         }
         let slots = flow_table_size
@@ -198,7 +202,7 @@ impl Dataplane {
         program: &'static str,
         options: &LoadOptions,
     ) -> Result<Self, DataplaneError> {
-        let cache = FlowCache::for_table(options.flow_table_size);
+        let cache = FlowCache::for_table(options.flow_table_size, options.flow_cache);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS_V4, options.flow_table_size)
             .map_max_entries(names::FLOWS_V6, options.flow_table_size)

@@ -82,6 +82,7 @@ impl Harness {
     pub fn with_plan(plan: MapPlan) -> Harness {
         let mut dp = Dataplane::load(&LoadOptions {
             flow_table_size: 4096,
+            ..Default::default()
         })
         .expect("load lb (are you root?)");
         let started_ns = dp.clock().now_ns().expect("clock");

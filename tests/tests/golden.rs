@@ -662,6 +662,7 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
         "lb_new_flow",
         &LoadOptions {
             flow_table_size: max,
+            ..Default::default()
         },
     )
     .expect("load");

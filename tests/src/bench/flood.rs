@@ -94,7 +94,7 @@ pub fn run(settings: &Settings, algorithm: &'static str, port: u16) -> Result<Ou
 
 pub fn section(settings: &Settings) -> Result<Section> {
     let mut s = Section::new("Data plane: SYN flood against established flows");
-    s.line("K established TCP flows, then M SYNs from random sources (11.0.0.0/8, random ports) through the same program and maps, then one ACK of each established flow. kept = flow-table hits; evicted = the flow was a new flow again (its entry was pushed out of the LRU flow table); moved = the ACK went to another target than the flow's first packet.");
+    s.line("K established TCP flows, then M SYNs from random sources (11.0.0.0/8, random ports) through the same program and maps, then one ACK of each established flow. The established flows' packets are SYNs, which take no flow-cache slot, so the ACKs measure the flow table itself. kept = flow-table hits; evicted = the flow was a new flow again (its entry was pushed out of the LRU flow table); moved = the ACK went to another target than the flow's first packet.");
     let mut rows = Vec::new();
     for &(algorithm, port) in ALGORITHMS {
         let o = run(settings, algorithm, port)?;

@@ -151,6 +151,24 @@ pub fn load(
     yaml: &str,
     flow_table_size: u32,
 ) -> Result<Dataplane> {
+    load_with(
+        object,
+        program,
+        yaml,
+        &LoadOptions {
+            flow_table_size,
+            ..Default::default()
+        },
+    )
+}
+
+/// As [`load`], with all the load options.
+pub fn load_with(
+    object: &[u8],
+    program: &'static str,
+    yaml: &str,
+    options: &LoadOptions,
+) -> Result<Dataplane> {
     let policy = policy::parse("bench.yaml", yaml)?;
     let neighbors = policy
         .target_groups
@@ -171,7 +189,7 @@ pub fn load(
         health: Default::default(),
     };
     let plan = policy::compile::compile(&policy, &observed)?;
-    let mut dp = Dataplane::load_object(object, program, &LoadOptions { flow_table_size })?;
+    let mut dp = Dataplane::load_object(object, program, options)?;
     dp.apply(&plan)?;
     Ok(dp)
 }

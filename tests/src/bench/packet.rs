@@ -15,9 +15,11 @@
 //! min and median are reported, and the ratio of the medians.
 use anyhow::{Context as _, Result, ensure};
 use lb_common::Counter;
+use lb_user::dataplane::LoadOptions;
 
 use super::{
-    ALGORITHMS, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, macswap,
+    ALGORITHMS, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, load_with,
+    macswap,
     plot::{self, Bars, Series},
     report::{Figure, Section, fmt_ns},
     stats::{self, min_median},
@@ -35,8 +37,12 @@ const FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
 /// What a fixture measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Every repetition finds the flow (forwarded).
+    /// Every repetition finds the flow (forwarded), in the flow cache.
     Established,
+    /// As `Established` with the flow cache off: every repetition looks the
+    /// flow up in the flow table (what a packet whose slot another flow
+    /// holds costs). No goal: it shows what the cache saves.
+    EstablishedUncached,
     /// Every repetition is a new flow (forwarded; the `lb_new_flow` build).
     NewFlow,
     /// Not for a listener: passed to the kernel.
@@ -104,6 +110,12 @@ pub fn fixtures() -> Vec<Fixture> {
         });
     }
     f.extend([
+        Fixture {
+            name: "tcp4 hash established, flow cache off".into(),
+            algorithm: "hash",
+            kind: Kind::EstablishedUncached,
+            frame: fixed(Frame::tcp("10.0.3.100", 40003, "10.0.3.49", 80, ACK).build()),
+        },
         Fixture {
             name: "udp4 established".into(),
             algorithm: "hash",
@@ -197,7 +209,10 @@ impl Row {
         match self.kind {
             Kind::Established => Some(ESTABLISHED_GOAL),
             Kind::NewFlow => Some(NEW_FLOW_GOAL),
-            Kind::Passed | Kind::FloorEstablished | Kind::FloorNewFlow => None,
+            Kind::Passed
+            | Kind::EstablishedUncached
+            | Kind::FloorEstablished
+            | Kind::FloorNewFlow => None,
         }
     }
 }
@@ -215,6 +230,15 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
         "lb_new_flow",
         POLICY,
         FLOW_TABLE_SIZE,
+    )?;
+    let mut uncached = load_with(
+        lb_user::EBPF_LB,
+        "lb",
+        POLICY,
+        &LoadOptions {
+            flow_table_size: FLOW_TABLE_SIZE,
+            flow_cache: false,
+        },
     )?;
     let mut baseline = load_macswap()?;
     let base = macswap(&mut baseline);
@@ -244,7 +268,12 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     for f in fixtures().into_iter().filter(|f| settings.wants(&f.name)) {
         let (mut l, mut b) = (Vec::new(), Vec::new());
         match f.kind {
-            Kind::Established | Kind::Passed => {
+            Kind::Established | Kind::EstablishedUncached | Kind::Passed => {
+                let dp = if f.kind == Kind::EstablishedUncached {
+                    &mut uncached
+                } else {
+                    &mut dp
+                };
                 let frame = (f.frame)(0);
                 let (verdict, _, _) = test_run(dp.program_mut(), &frame, 1)?; // creates the flow
                 let expect = if f.kind == Kind::Passed {
@@ -336,7 +365,7 @@ fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
 pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
     let mut s = Section::new("Data plane: ns/packet (BPF_PROG_TEST_RUN)");
     s.line(format!(
-        "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs. New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. A goal below its floor cannot be met by any design that keeps flows in a kernel hash map.",
+        "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs (created by the fixture's packet, a non-SYN, so it is in the flow cache and every timed repetition is a cache hit: README \"Flow cache\"). New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. A goal below its floor cannot be met by any design that looks every packet up in a kernel hash map; `lb`'s established packets skip that lookup through the flow cache, so they can be below the lookup floor.",
         settings.repeat, settings.new_flow_repeat, settings.runs
     ));
     let table: Vec<Vec<String>> = rows
@@ -389,6 +418,19 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
                 w.ratio() <= goal,
             ));
         }
+    }
+    // What the flow cache saves: the same established packet through the
+    // flow table.
+    if let Some(r) = rows.iter().find(|r| r.kind == Kind::EstablishedUncached) {
+        s.figures.push(Figure::info(
+            "established flow, flow cache off: lb / MAC-swap ns/packet",
+            format!(
+                "{:.2}x ({} vs {})",
+                r.ratio(),
+                fmt_ns(r.lb.1),
+                fmt_ns(r.base.1)
+            ),
+        ));
     }
     // The floors: how far down a flow table alone lets `lb` go.
     for floor in rows.iter().filter(|r| r.kind.floor_of().is_some()) {
