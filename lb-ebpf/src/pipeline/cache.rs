@@ -6,11 +6,11 @@
 //! The flow table stays the truth; a slot only repeats it:
 //! - `select` writes the flow's slot after every packet that could have used
 //!   it (no SYN, FIN or RST) and left an entry in the table, and also after
-//!   any other packet of a flow whose slot it already holds (a FIN, or a SYN
-//!   that reused the client's port), so the slot never keeps a mapping the
-//!   table has replaced. A SYN of a flow that is not in the slot writes
-//!   nothing, so a SYN flood does not evict established flows from the
-//!   cache.
+//!   any other packet of a flow that had an entry, if its slot holds the
+//!   flow (a FIN, or a SYN that reused the client's port), so the slot never
+//!   keeps a mapping the table has replaced. A SYN of a flow that is not in
+//!   the table does not touch the cache: a SYN flood does not evict
+//!   established flows from it, and new TCP flows pay no cache miss for it.
 //! - A packet uses a slot only if it carries no SYN, FIN or RST, the slot
 //!   holds its exact flow key, the data-plane time is at most the slot's
 //!   `until_ns` (the entry's `last_seen_ns` + `FLOW_TOUCH_NS`: before then
@@ -25,9 +25,11 @@
 //! What differs from the table: an entry the kernel's LRU evicts (a full
 //! table) is still served from its slot until `until_ns`, at most
 //! `FLOW_TOUCH_NS`; the flow keeps its target for that second where a miss
-//! might have moved it. And when packets of one 5-tuple run on two CPUs at
-//! once across a port reuse (not with RSS, which steers a 5-tuple to one
-//! queue), the old connection's last write may win for up to
+//! might have moved it. If the client reuses that 5-tuple for a new
+//! connection within the same second, its packets after the SYN may follow
+//! the slot for the rest of it. And when packets of one 5-tuple run on two
+//! CPUs at once across a port reuse (not with RSS, which steers a 5-tuple to
+//! one queue), the old connection's last write may win for up to
 //! `FLOW_TOUCH_NS`.
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 

@@ -268,6 +268,7 @@ pub fn target(
     now: u64,
 ) -> Result<Selected, u32> {
     let cacheable = may_use_cache(tcp_flags);
+    let had_entry = entry.is_some();
     if let Some(entry) = entry {
         let last_seen = entry.last_seen_ns();
         let age = now.saturating_sub(last_seen);
@@ -340,14 +341,20 @@ pub fn target(
         if counted {
             active_add(id, 1);
         }
-        cache::put(
-            flow,
-            cache,
-            id,
-            listener,
-            now.saturating_add(FLOW_TOUCH_NS),
-            !cacheable,
-        );
+        // A SYN of a flow the table did not have leaves the cache alone: its
+        // slot can hold the flow only if the LRU evicted a flow of the same
+        // 5-tuple within the last FLOW_TOUCH_NS (README "Flow cache"), and
+        // reading the slot would cost every new flow a cache miss.
+        if cacheable || had_entry {
+            cache::put(
+                flow,
+                cache,
+                id,
+                listener,
+                now.saturating_add(FLOW_TOUCH_NS),
+                !cacheable,
+            );
+        }
     }
     count(Counter::NewFlow);
     Ok(Selected {
