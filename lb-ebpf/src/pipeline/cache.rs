@@ -33,7 +33,7 @@
 //! `FLOW_TOUCH_NS`.
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use lb_common::{Config, FlowCacheSlot, FlowKey, ListenerInfo, flow_cache_slot};
+use lb_common::{Config, FAMILY_V4, FlowCacheSlot, FlowKey, ListenerInfo, flow_cache_slot};
 
 use super::{FLOW_CACHE, atomic};
 
@@ -86,7 +86,9 @@ fn key_words(flow: &FlowKey) -> &[u64; 5] {
     unsafe { &*(flow as *const FlowKey as *const [u64; 5]) }
 }
 
-/// Whether the slot's key (read word by word, volatile) is `flow`'s.
+/// Whether the slot's key (read word by word, volatile) is `flow`'s. For an
+/// IPv4 flow three words decide: word 4 holds the family, and words 1 and 3
+/// (the upper address words) are zero in every IPv4 key.
 ///
 /// # Safety
 /// `slot` points at a `FLOW_CACHE` value.
@@ -97,11 +99,12 @@ unsafe fn holds(slot: *const FlowCacheSlot, flow: &FlowKey) -> bool {
     // 64-byte aligned slot.
     unsafe {
         let words = addr_of!((*slot).key) as *const u64;
-        let mut diff = 0;
-        let mut i = 0;
-        while i < 5 {
-            diff |= read_volatile(words.add(i)) ^ want[i];
-            i += 1;
+        let mut diff = (read_volatile(words) ^ want[0])
+            | (read_volatile(words.add(2)) ^ want[2])
+            | (read_volatile(words.add(4)) ^ want[4]);
+        if flow.family != FAMILY_V4 {
+            diff |=
+                (read_volatile(words.add(1)) ^ want[1]) | (read_volatile(words.add(3)) ^ want[3]);
         }
         diff == 0
     }
