@@ -88,7 +88,9 @@ fn key_words(flow: &FlowKey) -> &[u64; 5] {
 
 /// Whether the slot's key (read word by word, volatile) is `flow`'s. For an
 /// IPv4 flow three words decide: word 4 holds the family, and words 1 and 3
-/// (the upper address words) are zero in every IPv4 key.
+/// (the upper address words) are zero in every IPv4 key. Each word is
+/// compared as soon as it is read: a difference is a miss whatever a writer
+/// was doing, so only a match needs the sequence check that follows.
 ///
 /// # Safety
 /// `slot` points at a `FLOW_CACHE` value.
@@ -99,16 +101,24 @@ unsafe fn holds(slot: *const FlowCacheSlot, flow: &FlowKey) -> bool {
     // 64-byte aligned slot.
     unsafe {
         let words = addr_of!((*slot).key) as *const u64;
-        let mut diff = (read_volatile(words) ^ want[0])
-            | (read_volatile(words.add(2)) ^ want[2])
-            | (read_volatile(words.add(4)) ^ want[4]);
-        if flow.family != FAMILY_V4 {
-            diff |=
-                (read_volatile(words.add(1)) ^ want[1]) | (read_volatile(words.add(3)) ^ want[3]);
+        if read_volatile(words) != want[0]
+            || read_volatile(words.add(2)) != want[2]
+            || read_volatile(words.add(4)) != want[4]
+        {
+            return false;
         }
-        diff == 0
+        flow.family == FAMILY_V4
+            || (read_volatile(words.add(1)) == want[1] && read_volatile(words.add(3)) == want[3])
     }
 }
+
+// The slot's target, listener and group are one 8-byte word (little endian:
+// target id, then listener id, then group id), read and written whole.
+const _: () = {
+    assert!(core::mem::offset_of!(FlowCacheSlot, target_id) == 8);
+    assert!(core::mem::offset_of!(FlowCacheSlot, listener_id) == 12);
+    assert!(core::mem::offset_of!(FlowCacheSlot, group_id) == 14);
+};
 
 /// The flow's mapping, if its slot holds one that may be used at `now`.
 #[inline(always)]
@@ -116,25 +126,22 @@ pub fn get(flow: &FlowKey, settings: &Settings, now: u64) -> Option<Hit> {
     let slot = slot(flow, settings)?;
     // SAFETY: a map value that stays allocated while the program runs; other
     // CPUs write it under the sequence protocol, so every read is volatile
-    // (kept in program order) and the result is used only if the sequence
-    // was even and unchanged around them.
+    // (kept in program order) and what was read is used only if the
+    // sequence was even and unchanged around the reads.
     unsafe {
         let seq = read_volatile(addr_of!((*slot).seq_gen));
-        if seq & 1 != 0 || (seq >> 32) as u32 != settings.generation {
+        if seq & 1 != 0 || (seq >> 32) as u32 != settings.generation || !holds(slot, flow) {
             return None;
         }
-        let same = holds(slot, flow);
+        let ids = read_volatile(addr_of!((*slot).target_id) as *const u64);
         let until = read_volatile(addr_of!((*slot).until_ns));
-        let target_id = read_volatile(addr_of!((*slot).target_id));
-        let listener_id = read_volatile(addr_of!((*slot).listener_id));
-        let group_id = read_volatile(addr_of!((*slot).group_id));
-        if read_volatile(addr_of!((*slot).seq_gen)) != seq || !same || now > until {
+        if read_volatile(addr_of!((*slot).seq_gen)) != seq || now > until {
             return None;
         }
         Some(Hit {
-            target_id,
-            listener_id,
-            group_id,
+            target_id: ids as u32,
+            listener_id: (ids >> 32) as u16,
+            group_id: (ids >> 48) as u16,
         })
     }
 }
@@ -174,12 +181,10 @@ pub fn put(
             write_volatile(words.add(i), key[i]);
             i += 1;
         }
-        write_volatile(addr_of_mut!((*slot).target_id), target_id);
-        write_volatile(
-            addr_of_mut!((*slot).listener_id),
-            listener.listener_id as u16,
-        );
-        write_volatile(addr_of_mut!((*slot).group_id), listener.group_id as u16);
+        let ids = target_id as u64
+            | ((listener.listener_id as u16 as u64) << 32)
+            | ((listener.group_id as u16 as u64) << 48);
+        write_volatile(addr_of_mut!((*slot).target_id) as *mut u64, ids);
         write_volatile(addr_of_mut!((*slot).until_ns), until_ns);
         let next = (seq as u32).wrapping_add(2) as u64;
         write_volatile(seq_ptr, ((settings.generation as u64) << 32) | next);
