@@ -915,6 +915,106 @@ fn established_packets_are_steered_by_the_flow_cache() {
     assert!(cached(&h, &key).is_some());
 }
 
+/// Two CPUs fight over one flow-cache slot: each sends a flow of its own,
+/// the two flows share the slot and go to different targets, so every packet
+/// that finds the other flow there takes the table path and rewrites the
+/// slot while the other CPU reads it. Every packet must still reach its own
+/// flow's target: each target's packet count rises by exactly its flow's
+/// packets (a torn read of the slot would move some to the other). The
+/// slot's sequence shows that the CPUs did take it from each other.
+#[test]
+fn two_cpus_sharing_a_cache_slot_never_swap_targets() {
+    const CALLS: u32 = 200;
+    const REPEAT: u32 = 1000;
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let client = [10, 0, 3, 100];
+    let frame = |port, flags| Frame::tcp("10.0.3.100", port, "10.0.3.49", 80, flags).build();
+    let target_of = |h: &mut Harness, port| {
+        let o = h.check("syn", &frame(port, SYN));
+        let mac: [u8; 6] = o.output[..6].try_into().unwrap();
+        h.plan
+            .targets
+            .iter()
+            .find(|t| t.info.mac == mac)
+            .unwrap()
+            .id
+    };
+    let a = 45000;
+    let target_a = target_of(&mut h, a);
+    let (index, _) = h.dp.flow_cache_slot(&web_key(client, a)).unwrap().unwrap();
+    let mut b = None;
+    for p in (1024..=u16::MAX).filter(|&p| p != a) {
+        if h.dp
+            .flow_cache_slot(&web_key(client, p))
+            .unwrap()
+            .unwrap()
+            .0
+            == index
+        {
+            let target = target_of(&mut h, p);
+            if target != target_a {
+                b = Some((p, target));
+                break;
+            }
+        }
+    }
+    let (b, target_b) = b.expect("a port that shares the slot and goes to another target");
+    h.check("ack a", &frame(a, ACK));
+    h.check("ack b", &frame(b, ACK));
+    let packets = |h: &Harness, id| h.dp.target_stats(id).unwrap().packets;
+    let before = (packets(&h, target_a), packets(&h, target_b));
+    let seq_before =
+        h.dp.flow_cache_slot(&web_key(client, a))
+            .unwrap()
+            .unwrap()
+            .1
+            .seq_gen as u32;
+
+    let program: &aya::programs::Xdp = h.dp.program_mut();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for (i, port) in [a, b].into_iter().enumerate() {
+            let input = frame(port, ACK);
+            scope.spawn(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(i % cpus).unwrap();
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+                let mut out = vec![0u8; input.len() + 256];
+                for _ in 0..CALLS {
+                    let r = program
+                        .test_run(TestRunOptions {
+                            data_in: Some(&input),
+                            data_out: Some(&mut out),
+                            repeat: REPEAT,
+                            ..Default::default()
+                        })
+                        .expect("BPF_PROG_TEST_RUN");
+                    assert_eq!(r.return_value, XDP_TX);
+                }
+            });
+        }
+    });
+
+    let sent = u64::from(CALLS * REPEAT);
+    let after = (packets(&h, target_a), packets(&h, target_b));
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (sent, sent),
+        "packets per target (flow a to {target_a}, flow b to {target_b})"
+    );
+    let seq_after =
+        h.dp.flow_cache_slot(&web_key(client, a))
+            .unwrap()
+            .unwrap()
+            .1
+            .seq_gen as u32;
+    let writes = seq_after.wrapping_sub(seq_before) / 2;
+    eprintln!("{cpus} CPUs, {sent} packets each: the slot changed hands {writes} times");
+    if cpus > 1 {
+        assert!(writes >= 10, "the CPUs hardly met: {writes} writes");
+    }
+}
+
 /// The data plane and the loader (flow sweeper, `lb status`) tell time by
 /// the same clock: a new flow's entry is stamped between two readings of
 /// `Dataplane::clock` around its packet, and that clock keeps pace with
