@@ -256,9 +256,12 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     let base = macswap(&mut baseline);
     // One instance of the floor object per kind, so that each floor's table
     // is in the state of the `lb` table it is compared with.
+    // Each instance sizes only the table its program uses.
     let load_floor = |name: &str| -> Result<aya::Ebpf> {
+        let array = name == "floor_array_new_flow";
         let mut floor = aya::EbpfLoader::new()
-            .map_max_entries("FLOOR_FLOWS", FLOW_TABLE_SIZE)
+            .map_max_entries("FLOOR_FLOWS", if array { 1 } else { FLOW_TABLE_SIZE })
+            .map_max_entries("FLOOR_SLOTS", if array { FLOW_TABLE_SIZE } else { 1 })
             .load(lb_user::EBPF_FLOOR)
             .context("loading the floor programs")?;
         floor_program(&mut floor, name).load()?;
