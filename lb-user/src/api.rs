@@ -54,6 +54,10 @@ pub struct FlowTableStatus {
     pub entries: Option<u64>,
     /// How long the last sweep took.
     pub last_sweep_ms: Option<f64>,
+    /// Slots of the flow cache in front of the tables (README "Flow
+    /// cache"); 0 when it is off.
+    #[serde(default)]
+    pub cache_slots: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -300,12 +304,16 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
         let t = &report.flow_table;
         let _ = writeln!(
             out,
-            "flow table: {} entries of {} per address family{}\n",
+            "flow table: {} entries of {} per address family{}; {}\n",
             t.entries.map_or_else(|| "?".to_string(), |n| n.to_string()),
             t.max_flows,
             t.last_sweep_ms
                 .map(|ms| format!(", last sweep {ms:.1} ms"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            match t.cache_slots {
+                0 => "flow cache off".to_string(),
+                n => format!("flow cache {n} slots"),
+            }
         );
         let rows: Vec<Vec<String>> = report
             .listeners
@@ -513,6 +521,7 @@ mod tests {
                 max_flows: 1024,
                 entries: Some(3),
                 last_sweep_ms: Some(0.25),
+                cache_slots: 1024,
             },
             target_groups: vec![GroupStatus {
                 name: "web".into(),
@@ -529,7 +538,9 @@ mod tests {
         };
         let text = render(&report, None);
         assert!(
-            text.contains("flow table: 3 entries of 1024 per address family, last sweep 0.2 ms"),
+            text.contains(
+                "flow table: 3 entries of 1024 per address family, last sweep 0.2 ms; flow cache 1024 slots"
+            ),
             "{text}"
         );
         assert!(

@@ -578,6 +578,7 @@ fn status_report(
                 .sweep
                 .as_ref()
                 .map(|s| s.took.as_secs_f64() * 1e3),
+            cache_slots: dataplane.flow_cache_slots(),
         },
         listeners,
         target_groups,

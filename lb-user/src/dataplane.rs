@@ -674,6 +674,15 @@ impl Dataplane {
         Ok(Some((index, slot)))
     }
 
+    /// Slots of the flow cache; 0 when it is off.
+    pub fn flow_cache_slots(&self) -> u32 {
+        if self.cache.mask == 0 {
+            0
+        } else {
+            self.cache.slots()
+        }
+    }
+
     /// The flow cache's current generation (`Config::flow_cache_gen`).
     pub fn flow_cache_generation(&self) -> Result<u32, DataplaneError> {
         let config: Array<&MapData, Config> = Array::try_from(
