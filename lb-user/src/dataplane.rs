@@ -237,10 +237,21 @@ impl Dataplane {
     /// The generation is read from the map, so a bump by another process
     /// (a test that empties the tables) is never undone.
     fn invalidate_flow_cache(&mut self) -> Result<(), DataplaneError> {
-        let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
-        let mut value = config.get(&0, 0).map_err(map_err(names::CONFIG))?;
+        let mut value = self.config()?;
         value.flow_cache_gen = value.flow_cache_gen.wrapping_add(1);
+        let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
         config.set(0, value, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// The program's settings as the map holds them now.
+    fn config(&self) -> Result<Config, DataplaneError> {
+        let config: Array<&MapData, Config> = Array::try_from(
+            self.ebpf
+                .map(names::CONFIG)
+                .ok_or(DataplaneError::MissingMap(names::CONFIG))?,
+        )
+        .map_err(map_err(names::CONFIG))?;
+        config.get(&0, 0).map_err(map_err(names::CONFIG))
     }
 
     /// Active flows of a target id as stored (see `flows::shown` for the
@@ -337,18 +348,16 @@ impl Dataplane {
         // The tick length is the loader's to write (the plan does not know
         // the kernel).
         let ns_per_tick = self.clock.ns_per_tick();
-        let cache = self.cache;
-        let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
         if old.map(|o| o.config) != Some(plan.config) {
             // The generation stays: a new config invalidates no flow.
-            let current = config.get(&0, 0).map_err(map_err(names::CONFIG))?;
             let value = Config {
                 ns_per_tick,
-                flow_cache_mask: cache.mask,
-                flow_cache_gen: current.flow_cache_gen,
-                flow_cache_seed: cache.seed,
+                flow_cache_mask: self.cache.mask,
+                flow_cache_gen: self.config()?.flow_cache_gen,
+                flow_cache_seed: self.cache.seed,
                 ..plan.config
             };
+            let mut config: Array<_, Config> = self.map_array(names::CONFIG)?;
             config.set(0, value, 0).map_err(map_err(names::CONFIG))?;
         }
 
@@ -685,16 +694,7 @@ impl Dataplane {
 
     /// The flow cache's current generation (`Config::flow_cache_gen`).
     pub fn flow_cache_generation(&self) -> Result<u32, DataplaneError> {
-        let config: Array<&MapData, Config> = Array::try_from(
-            self.ebpf
-                .map(names::CONFIG)
-                .ok_or(DataplaneError::MissingMap(names::CONFIG))?,
-        )
-        .map_err(map_err(names::CONFIG))?;
-        Ok(config
-            .get(&0, 0)
-            .map_err(map_err(names::CONFIG))?
-            .flow_cache_gen)
+        Ok(self.config()?.flow_cache_gen)
     }
 
     /// Deletes a flow's entry and nothing else, exactly as the kernel's LRU

@@ -132,6 +132,10 @@ static STICKY: LruHashMap<StickyKey, StickyState, { DEFAULT_STICKY_TABLE_SIZE as
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let mut flow = FlowKey::default();
     let tcp_flags = parse::flow(ctx, &mut flow)?;
+    // Traffic for no listener port stops here, before the flow cache: the
+    // host's own packets never pay a probe of its array (a likely cache
+    // miss, since their slots are never filled).
+    lookup::listener_port(&flow)?;
     // Element 0 of an array map always exists; read once per packet (the
     // flow cache's settings, the clock offset, the source MAC).
     let Some(config) = CONFIG.get(0) else {
@@ -156,7 +160,6 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
         };
         return forward(ctx, &listener, &target, config);
     }
-    lookup::listener_port(&flow)?;
     let entry = select::entry(&flow);
     let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
     let target = select::target(&flow, tcp_flags, &listener, entry, &cache, now)?;
