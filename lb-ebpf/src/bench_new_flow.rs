@@ -12,6 +12,9 @@ mod next_source;
 #[path = "pipeline/mod.rs"]
 mod pipeline;
 
+/// This build keeps flow state as `lb` does (`pipeline::FLOW_STATE`).
+const FLOW_STATE: bool = true;
+
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
@@ -19,20 +22,7 @@ pub fn lb_new_flow(ctx: XdpContext) -> u32 {
     let action = match pipeline::run(&ctx) {
         Ok(action) | Err(action) => action,
     };
-    let start = ctx.data();
-    if start + 14 > ctx.data_end() {
-        return action;
-    }
-    // SAFETY: byte 12 and 13 are inside the checked Ethernet header.
-    let ethertype =
-        unsafe { u16::from_be_bytes([*((start + 12) as *const u8), *((start + 13) as *const u8)]) };
-    // Offsets of the source port and of the last 16 bits of the source address.
-    let (sport, saddr_low) = match ethertype {
-        0x0800 => (14 + 20, 14 + 12 + 2),
-        0x86dd => (14 + 40, 14 + 8 + 14),
-        _ => return action,
-    };
-    next_source::bump(&ctx, sport, saddr_low);
+    next_source::bump_frame(&ctx);
     action
 }
 

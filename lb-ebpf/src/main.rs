@@ -7,6 +7,9 @@
 
 mod pipeline;
 
+/// The pipeline keeps flow state (`pipeline::FLOW_STATE`).
+const FLOW_STATE: bool = true;
+
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]

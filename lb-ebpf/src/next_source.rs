@@ -1,4 +1,5 @@
-//! Shared by the benchmark programs `lb_new_flow` and `floor_new_flow`:
+//! Shared by the benchmark programs `lb_new_flow`, `lb_no_flow_state` and
+//! `floor_new_flow`:
 //! BPF_PROG_TEST_RUN does not restore the frame between repetitions, so
 //! changing the source after each one makes every repetition a new flow.
 
@@ -27,4 +28,28 @@ pub fn bump(ctx: &XdpContext, sport: usize, saddr_low: usize) {
     if add_one(sport) == 0 {
         add_one(saddr_low);
     }
+}
+
+/// `bump` for an untagged IPv4 or IPv6 frame without options or extension
+/// headers (the benchmark's frames); any other frame is left alone.
+#[allow(
+    dead_code,
+    reason = "the floor programs find the offsets as they parse"
+)]
+#[inline(always)]
+pub fn bump_frame(ctx: &XdpContext) {
+    let start = ctx.data();
+    if start + 14 > ctx.data_end() {
+        return;
+    }
+    // SAFETY: byte 12 and 13 are inside the checked Ethernet header.
+    let ethertype =
+        unsafe { u16::from_be_bytes([*((start + 12) as *const u8), *((start + 13) as *const u8)]) };
+    // Offsets of the source port and of the last 16 bits of the source address.
+    let (sport, saddr_low) = match ethertype {
+        0x0800 => (14 + 20, 14 + 12 + 2),
+        0x86dd => (14 + 40, 14 + 8 + 14),
+        _ => return,
+    };
+    bump(ctx, sport, saddr_low);
 }

@@ -25,3 +25,7 @@ pub static EBPF_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// Benchmark variant of `lb` whose every test-run repetition is a new flow.
 pub static EBPF_LB_NEW_FLOW: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-new-flow"));
+/// Benchmark variant of `lb_new_flow` that keeps no flow state: what a new
+/// flow costs besides pinning it.
+pub static EBPF_LB_NO_FLOW_STATE: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-no-flow-state"));

@@ -11,8 +11,14 @@
 //!   insert; the 1M-entry flow table is filled first, so every insert evicts: the steady state of a busy load balancer). Each run starts
 //!   from a source address of its own. The baseline runs the same frame.
 //!
+//! - New flow, no flow state: the same frames through `lb_no_flow_state`,
+//!   the new-flow build with the flow cache and flow table taken out: what
+//!   `lb`'s new-flow path costs besides pinning the flow.
+//!
 //! Each figure is measured `runs` times, interleaving `lb` and the baseline;
 //! min and median are reported, and the ratio of the medians.
+use std::rc::Rc;
+
 use anyhow::{Context as _, Result, ensure};
 use lb_common::Counter;
 use lb_user::dataplane::LoadOptions;
@@ -33,6 +39,8 @@ pub const ESTABLISHED_GOAL: f64 = 2.0;
 pub const NEW_FLOW_GOAL: f64 = 4.0;
 /// The flow tables of `lb` and of the floor (the default `max_flows`).
 const FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
+/// The (unused) flow tables of `lb_no_flow_state`.
+const NO_STATE_FLOW_TABLE_SIZE: u32 = 1024;
 
 /// What a fixture measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +53,9 @@ pub enum Kind {
     EstablishedUncached,
     /// Every repetition is a new flow (forwarded; the `lb_new_flow` build).
     NewFlow,
+    /// As `NewFlow` through the `lb_no_flow_state` build, which keeps no
+    /// flow state: the new-flow work besides pinning the flow. No goal.
+    NewFlowNoState,
     /// Not for a listener: passed to the kernel.
     Passed,
     /// The `floor_flow` program (`lb-ebpf/src/floor.rs`): every repetition
@@ -77,17 +88,33 @@ pub struct Fixture {
     pub kind: Kind,
     /// The frame of run `run` (new-flow fixtures: a source of its own per
     /// run, so no run meets the flows of an earlier one).
-    pub frame: Box<dyn Fn(usize) -> Vec<u8>>,
+    pub frame: Rc<dyn Fn(usize) -> Vec<u8>>,
 }
 
-fn fixed(frame: Vec<u8>) -> Box<dyn Fn(usize) -> Vec<u8>> {
-    Box::new(move |_| frame.clone())
+fn fixed(frame: Vec<u8>) -> Rc<dyn Fn(usize) -> Vec<u8>> {
+    Rc::new(move |_| frame.clone())
 }
 
 /// Every fixture: each algorithm of [`ALGORITHMS`] with an established and a
 /// new TCP/IPv4 flow, then the protocol variants under `hash` and a packet
-/// for no listener.
+/// for no listener; each new-flow fixture is followed by its twin without
+/// flow state.
 pub fn fixtures() -> Vec<Fixture> {
+    let mut all = Vec::new();
+    for f in listed() {
+        let twin = (f.kind == Kind::NewFlow).then(|| Fixture {
+            name: format!("{}, no flow state", f.name),
+            algorithm: f.algorithm,
+            kind: Kind::NewFlowNoState,
+            frame: f.frame.clone(),
+        });
+        all.push(f);
+        all.extend(twin);
+    }
+    all
+}
+
+fn listed() -> Vec<Fixture> {
     let mut f = Vec::new();
     for (i, &(algorithm, port)) in ALGORITHMS.iter().enumerate() {
         f.push(Fixture {
@@ -100,7 +127,7 @@ pub fn fixtures() -> Vec<Fixture> {
             name: format!("tcp4 {algorithm} new flow"),
             algorithm,
             kind: Kind::NewFlow,
-            frame: Box::new(move |run| {
+            frame: Rc::new(move |run| {
                 Frame::tcp(
                     &format!("10.{}.{run}.1", 100 + i),
                     1,
@@ -155,7 +182,7 @@ pub fn fixtures() -> Vec<Fixture> {
             name: "udp4 new flow".into(),
             algorithm: "hash",
             kind: Kind::NewFlow,
-            frame: Box::new(|run| {
+            frame: Rc::new(|run| {
                 Frame::udp(&format!("10.90.{run}.1"), 1, "10.0.3.49", 53, b"query").build()
             }),
         },
@@ -163,7 +190,7 @@ pub fn fixtures() -> Vec<Fixture> {
             name: "tcp6 new flow".into(),
             algorithm: "hash",
             kind: Kind::NewFlow,
-            frame: Box::new(|run| {
+            frame: Rc::new(|run| {
                 Frame::tcp(&format!("fd00:4:{run}::1"), 1, "fd00:3::49", 80, SYN).build()
             }),
         },
@@ -183,7 +210,7 @@ pub fn fixtures() -> Vec<Fixture> {
             name: "floor: tcp4 flow-table insert + MAC rewrite".into(),
             algorithm: "-",
             kind: Kind::FloorNewFlow,
-            frame: Box::new(|run| {
+            frame: Rc::new(|run| {
                 Frame::tcp(&format!("10.99.{run}.1"), 1, "10.0.3.49", 80, SYN).build()
             }),
         },
@@ -191,7 +218,7 @@ pub fn fixtures() -> Vec<Fixture> {
             name: "floor: tcp4 store into a 1M-slot array + MAC rewrite".into(),
             algorithm: "-",
             kind: Kind::FloorArrayNewFlow,
-            frame: Box::new(|run| {
+            frame: Rc::new(|run| {
                 Frame::tcp(&format!("10.98.{run}.1"), 1, "10.0.3.49", 80, SYN).build()
             }),
         },
@@ -220,7 +247,8 @@ impl Row {
         match self.kind {
             Kind::Established => Some(ESTABLISHED_GOAL),
             Kind::NewFlow => Some(NEW_FLOW_GOAL),
-            Kind::Passed
+            Kind::NewFlowNoState
+            | Kind::Passed
             | Kind::EstablishedUncached
             | Kind::FloorEstablished
             | Kind::FloorNewFlow
@@ -242,6 +270,13 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
         "lb_new_flow",
         POLICY,
         FLOW_TABLE_SIZE,
+    )?;
+    // Its flow tables are never used: the smallest the loader takes.
+    let mut no_state = load(
+        lb_user::EBPF_LB_NO_FLOW_STATE,
+        "lb_no_flow_state",
+        POLICY,
+        NO_STATE_FLOW_TABLE_SIZE,
     )?;
     let mut uncached = load_with(
         lb_user::EBPF_LB,
@@ -335,17 +370,22 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
                     b.push(ns(test_run(base, &frame, repeat)?.1));
                 }
             }
-            Kind::NewFlow => {
-                let before = counter(&new_flow, Counter::NewFlow)?;
+            Kind::NewFlow | Kind::NewFlowNoState => {
+                let dp = if f.kind == Kind::NewFlow {
+                    &mut new_flow
+                } else {
+                    &mut no_state
+                };
+                let before = counter(dp, Counter::NewFlow)?;
                 for run in 0..settings.runs {
                     let frame = (f.frame)(run);
                     let (verdict, d, _) =
-                        test_run(new_flow.program_mut(), &frame, settings.new_flow_repeat)?;
+                        test_run(dp.program_mut(), &frame, settings.new_flow_repeat)?;
                     ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
                     l.push(ns(d));
                     b.push(ns(test_run(base, &frame, settings.new_flow_repeat)?.1));
                 }
-                let new_flows = counter(&new_flow, Counter::NewFlow)? - before;
+                let new_flows = counter(dp, Counter::NewFlow)? - before;
                 let expected = settings.new_flow_repeat as u64 * settings.runs as u64;
                 ensure!(
                     new_flows == expected,
@@ -386,7 +426,7 @@ fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
 pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
     let mut s = Section::new("Data plane: ns/packet (BPF_PROG_TEST_RUN)");
     s.line(format!(
-        "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs (created by the fixture's packet, a non-SYN, so it is in the flow cache and every timed repetition is a cache hit: README \"Flow cache\"). New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. The array floor records each new flow with one store into a slot of a 1M-slot array (64 bytes a slot) instead: the least any design that keeps per-flow state in a table of that size does for a new flow, one slot seldom in the CPU's caches. A goal below its floor cannot be met by any design that looks every packet up in a kernel hash map; `lb`'s established packets skip that lookup through the flow cache, so they can be below the lookup floor.",
+        "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs (created by the fixture's packet, a non-SYN, so it is in the flow cache and every timed repetition is a cache hit: README \"Flow cache\"). New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). New flow, no flow state: the same frames through `lb_no_flow_state`, the new-flow build with the flow cache and the flow tables taken out at compile time (no probe, lookup, insert or cache write): the rest of a new flow's work (listener, choice of target, active-flow count, counters, rewrite), which no design of the flow table removes. Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. The array floor records each new flow with one store into a slot of a 1M-slot array (64 bytes a slot) instead: the least any design that keeps per-flow state in a table of that size does for a new flow, one slot seldom in the CPU's caches. A goal below its floor cannot be met by any design that looks every packet up in a kernel hash map; `lb`'s established packets skip that lookup through the flow cache, so they can be below the lookup floor.",
         settings.repeat, settings.new_flow_repeat, settings.runs
     ));
     let table: Vec<Vec<String>> = rows
@@ -451,6 +491,30 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
                 fmt_ns(r.lb.1),
                 fmt_ns(r.base.1)
             ),
+        ));
+    }
+    // What a new flow costs besides its flow state: the goal against the
+    // part of the new-flow path no flow table design changes.
+    if let Some(w) = worst(rows, Kind::NewFlowNoState) {
+        let mut value = format!(
+            "{:.2}x ({} vs {})",
+            w.ratio(),
+            fmt_ns(w.lb.1),
+            fmt_ns(w.base.1)
+        );
+        if let Some(best) = rows
+            .iter()
+            .filter(|r| r.kind == Kind::NewFlowNoState)
+            .min_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+        {
+            value += &format!("; best {:.2}x ({})", best.ratio(), best.name);
+        }
+        s.figures.push(Figure::info(
+            format!(
+                "new flow without flow state (no flow cache or table; choice, counters, rewrite): lb / MAC-swap ns/packet (worst: {})",
+                w.name
+            ),
+            value,
         ));
     }
     // The floors: how far down a flow table alone lets `lb` go.
