@@ -9,6 +9,7 @@
 
 pub mod choice;
 pub mod hash;
+pub mod table;
 
 /// Address families, as stored in [`FlowKey::family`] and [`ListenerKey::family`].
 pub const FAMILY_V4: u8 = 4;
@@ -28,20 +29,15 @@ pub const MAX_TARGETS: u32 = 1 << 17;
 /// Default capacity of each flow table (LRU; one for IPv4, one for IPv6). The
 /// loader sets the policy's `flow_table.max_flows`.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
-/// Largest consistent-hash table a group may have (slots; the table holds one
-/// more word, the table size: see [`GroupTableElement`]).
+/// Largest consistent-hash table a group may have (slots; see [`table`] for
+/// how a table is stored).
 pub const MAX_TABLE_SIZE: u32 = 1_000_003;
 /// One element of a group table (an inner map of `GROUP_TABLES`): two 4-byte
-/// words. Word 0 of the table is its number of slots M, words 1..=M its slots
-/// (target ids); word `w` is half `w % 2` of element `w / 2`. Two words per
-/// element because an array map stores each value in 8 bytes: one 4-byte
-/// word per element would double the memory the kernel allocates and zeroes
-/// for every new table (and the time to apply 1,000 groups).
+/// words, laid out as [`table`] describes. Two words per element because an
+/// array map stores each value in 8 bytes: one 4-byte word per element would
+/// double the memory the kernel allocates and zeroes for every new table
+/// (and the time to apply 1,000 groups).
 pub type GroupTableElement = [u32; 2];
-/// Elements of a group table of `slots` slots (`slots + 1` words).
-pub const fn group_table_elements(slots: u32) -> u32 {
-    slots / 2 + 1
-}
 /// The kernel's `BPF_F_INNER_MAP`: inner maps of one outer map may differ in size.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// The kernel's `BPF_F_MMAPABLE`: the loader fills a group table through a
@@ -609,16 +605,6 @@ mod tests {
                 assert!(used > 40_800, "{name}, seed {seed:#x}: {used} slots used");
                 assert!(max <= 12, "{name}, seed {seed:#x}: {max} flows in one slot");
             }
-        }
-    }
-
-    #[test]
-    fn a_group_table_has_room_for_its_words_and_no_more() {
-        for slots in (0..100).chain([65537, MAX_TABLE_SIZE]) {
-            let words = u64::from(slots) + 1;
-            let elements = u64::from(group_table_elements(slots));
-            assert!(elements * 2 >= words, "{slots} slots");
-            assert!((elements - 1) * 2 < words, "{slots} slots: a spare element");
         }
     }
 

@@ -23,10 +23,13 @@ use aya::{
 use lb_common::{
     Config, Counter, FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo,
     GroupTableElement, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_LISTENERS,
-    Stats, StickyKey, StickyState, TargetInfo, group_table_elements, map_names as names,
+    Stats, StickyKey, StickyState, TargetInfo, map_names as names,
 };
 
-use crate::plan::{MapPlan, Table};
+use crate::{
+    group_table,
+    plan::{MapPlan, Table},
+};
 use clock::Clock;
 use sweep::{ActiveCounts, FlowSweeper};
 
@@ -390,6 +393,7 @@ impl Dataplane {
         // makes the first apply of 1,000 groups take milliseconds, not
         // seconds.
         let mut swaps: Vec<(u32, MapData)> = Vec::new();
+        let mut numbers = None;
         for g in &plan.groups {
             let same = old_groups.get(&g.id);
             if same.map(|(info, _)| **info) != Some(g.info) {
@@ -399,7 +403,8 @@ impl Dataplane {
                     .map_err(map_err(names::GROUPS))?;
             }
             if same.map(|(_, table)| *table) != Some(&g.table) {
-                swaps.push((g.id, build_table(&g.table)?));
+                let numbers = numbers.get_or_insert_with(group_table::Numbers::default);
+                swaps.push((g.id, build_table(&g.table, numbers)?));
             }
         }
         if !swaps.is_empty() {
@@ -811,15 +816,18 @@ fn listener_ports<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> Liste
     ports
 }
 
-/// A complete group table as a new inner map: word 0 holds the slot count,
-/// words 1..=M the target ids, two words an element (`GroupTableElement`).
-/// The map is created memory-mappable and filled through the mapping (one
-/// copy instead of one syscall per slot), and is not visible to the program
-/// until the caller swaps it in.
-fn build_table(slots: &[u32]) -> Result<MapData, DataplaneError> {
+/// A complete group table as a new inner map, in the layout of
+/// `lb_common::table` (`group_table::encode`). The map is created
+/// memory-mappable and filled through the mapping (one copy instead of one
+/// syscall per element), and is not visible to the program until the caller
+/// swaps it in.
+fn build_table(
+    slots: &[u32],
+    numbers: &mut group_table::Numbers,
+) -> Result<MapData, DataplaneError> {
     let name = names::GROUP_TABLES;
-    let len = u32::try_from(slots.len()).expect("the compiler caps table sizes");
-    let entries = group_table_elements(len);
+    let words = group_table::encode(slots, numbers);
+    let entries = lb_common::table::elements(words[0], words[1]);
     let obj = aya_obj::Map::new_from_params(
         aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
         size_of::<u32>() as u32,
@@ -835,8 +843,7 @@ fn build_table(slots: &[u32]) -> Result<MapData, DataplaneError> {
             name,
             source: MapError::IoError(e),
         })?;
-    mapping.write_u32s(0, &[len]);
-    mapping.write_u32s(size_of::<u32>(), slots);
+    mapping.write_u32s(0, &words);
     Ok(map)
 }
 

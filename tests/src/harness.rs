@@ -25,16 +25,23 @@ use crate::{
 pub const S: u64 = 1_000_000_000;
 
 /// Target MACs in these tests read like the address: 10.0.3.12 and
-/// fd00:3::12 have 02:00:00:00:00:12.
+/// fd00:3::12 have 02:00:00:00:00:12. IPv4 addresses outside 10.0.0.0/16
+/// also carry their second and third octets (10.6.2.12 has
+/// 02:00:00:06:02:12), so that large groups there have a MAC per target.
 pub fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
-    let last = match ip {
+    match ip {
         std::net::IpAddr::V4(v4) => {
-            let d = v4.octets()[3] % 100;
-            ((d / 10) << 4) | (d % 10)
+            let o = v4.octets();
+            let d = o[3] % 100;
+            let last = ((d / 10) << 4) | (d % 10);
+            if o[1] == 0 {
+                [0x02, 0, 0, 0, 0, last]
+            } else {
+                [0x02, 0, 0, o[1], o[2], last]
+            }
         }
-        std::net::IpAddr::V6(v6) => v6.octets()[15],
-    };
-    [0x02, 0, 0, 0, 0, last]
+        std::net::IpAddr::V6(v6) => [0x02, 0, 0, 0, 0, v6.octets()[15]],
+    }
 }
 
 pub fn parse_policy(yaml: &str) -> Policy {

@@ -376,6 +376,72 @@ fn weight_zero_takes_no_new_flows_but_keeps_its_own() {
     }
 }
 
+/// Group tables are stored narrow (16-bit member numbers) when that is
+/// smaller, else wide (`lb_common::table`). A 1021-slot table of 3 targets
+/// is narrow, one of 600 targets wide; flows through either follow the
+/// model, which reads the compiler's table of target ids, slot for slot.
+#[test]
+fn narrow_and_wide_group_tables_choose_alike() {
+    use lb_common::table::WIDE;
+    let targets = |third: u8| {
+        (0..600u32)
+            // A MAC of its own for each (`harness::mac_of`).
+            .map(|i| format!("      - {{ ip: 10.{third}.{}.{} }}\n", i / 86, 1 + i % 86))
+            .collect::<String>()
+    };
+    let yaml = format!(
+        "listeners:
+  - {{ name: few, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: few }}
+  - {{ name: many, vip: 10.0.3.49, protocol: tcp, port: 81, target_group: many }}
+  - {{ name: many-lc, vip: 10.0.3.49, protocol: tcp, port: 82, target_group: many-lc }}
+target_groups:
+  - name: few
+    protocol: tcp
+    table_size: 1021
+    targets: [ {{ ip: 10.0.3.11 }}, {{ ip: 10.0.3.12 }}, {{ ip: 10.0.3.13, weight: 50 }} ]
+  - name: many
+    protocol: tcp
+    table_size: 1021
+    targets:
+{}  - name: many-lc
+    protocol: tcp
+    table_size: 1021
+    algorithm: least_connections
+    targets:
+{}",
+        targets(5),
+        targets(6)
+    );
+    let mut h = Harness::new(&yaml);
+    let mut numbers = lb_user::group_table::Numbers::default();
+    let headers: Vec<u32> = h
+        .plan
+        .groups
+        .iter()
+        .map(|g| lb_user::group_table::encode(&g.table, &mut numbers)[1])
+        .collect();
+    assert_eq!(headers, [3, WIDE, WIDE], "few: narrow; many: wide");
+    // Least connections: few flows, as the model's set of choices over 600
+    // targets takes it about 2 s a flow in a debug build.
+    for (port, flows) in [(80u16, 300u16), (81, 300), (82, 3)] {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..flows {
+            let syn = Frame::tcp("10.0.4.1", 20000 + i, "10.0.3.49", port, SYN).build();
+            let o = h.check(&format!("port {port}, flow {i}"), &syn);
+            assert_eq!(o.action, XDP_TX);
+            seen.insert(o.output[..6].to_vec());
+        }
+        // Hash: 300 flows over 600 equal targets reach about 236 of them;
+        // least connections gives each of its flows another target.
+        let least = match port {
+            80 => 3,
+            81 => 200,
+            _ => 3,
+        };
+        assert!(seen.len() >= least, "port {port}: {} targets", seen.len());
+    }
+}
+
 #[test]
 fn empty_group_fails_closed() {
     let mut h = Harness::new(

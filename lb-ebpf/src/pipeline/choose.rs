@@ -16,7 +16,7 @@ use lb_common::{
     choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight, scale},
     group_flags,
     hash::flow_hash,
-    target_flags,
+    table, target_flags,
 };
 
 use super::{
@@ -34,19 +34,22 @@ pub fn by_hash(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32> 
     table.slot(hash % table.len)
 }
 
-/// A group's table, not empty.
+/// A group's table, not empty (layout: `lb_common::table`).
 #[derive(Clone, Copy)]
 struct Table {
     map: &'static GroupTable,
     /// Its number of slots (M > 0).
     len: u32,
+    /// Word 1: the member count of a narrow table, or `table::WIDE`.
+    header: u32,
 }
 
 impl Table {
-    /// Slot `i` (0-based; word `1 + i`).
+    /// Slot `i`'s target id (0-based; a narrow table reads the slot's
+    /// member number, then the member).
     #[inline(always)]
     fn slot(self, i: u32) -> Option<u32> {
-        word(self.map, 1 + i)
+        table::slot(self.header, i, |w| word(self.map, w))
     }
 }
 
@@ -61,11 +64,13 @@ fn word(map: &GroupTable, w: u32) -> Option<u32> {
 #[inline(always)]
 fn table(group_id: u32) -> Option<Table> {
     let map = GROUP_TABLES.get(group_id)?;
-    let len = word(map, 0)?;
+    // Element 0: the slot count and the header.
+    let head = map.get(0)?;
+    let (len, header) = (head[0], head[1]);
     if len == 0 {
         return None;
     }
-    Some(Table { map, len })
+    Some(Table { map, len, header })
 }
 
 /// The target id a new flow of `group_id` goes to, by the group's algorithm
@@ -107,17 +112,32 @@ fn round_robin(group_id: u32) -> Option<u32> {
 /// candidates: two random slots of the group's weighted consistent-hash
 /// table, the second moved on (at most `LEAST_CONNECTIONS_WALK` slots) until
 /// it names another target than the first.
+///
+/// The walk reads up to 17 slots, so it is built twice, once per table
+/// layout: with one layout test per slot read, the verifier would follow
+/// every combination of outcomes and give up.
 #[inline(always)]
 fn least_connections(group_id: u32) -> Option<u32> {
-    let table = table(group_id)?;
-    let len = table.len;
+    let t = table(group_id)?;
+    if t.header & table::WIDE != 0 {
+        least_connections_in(t.len, |i| table::wide_slot(i, |w| word(t.map, w)))
+    } else {
+        least_connections_in(t.len, |i| {
+            table::narrow_slot(t.header, i, |w| word(t.map, w))
+        })
+    }
+}
+
+/// `least_connections` over a table of `len` slots read by `slot`.
+#[inline(always)]
+fn least_connections_in(len: u32, slot_at: impl Fn(u32) -> Option<u32>) -> Option<u32> {
     // SAFETY: plain helper calls.
     let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    let first = table.slot(scale(r1, len))?;
+    let first = slot_at(scale(r1, len))?;
     let mut slot = scale(r2, len);
     let mut second = first;
     for _ in 0..LEAST_CONNECTIONS_WALK {
-        second = table.slot(slot)?;
+        second = slot_at(slot)?;
         if second != first {
             break;
         }

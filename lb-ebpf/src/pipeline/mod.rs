@@ -58,10 +58,11 @@ pub(crate) static LISTENERS_BY_ID: Array<ListenerSlot, { MAX_LISTENERS as usize 
 #[btf_map]
 static GROUPS: Array<GroupInfo, { MAX_GROUPS as usize }> = Array::new();
 
-/// A group's table: word 0 holds the number of slots M, words 1..=M hold
-/// target ids, two words an element (`GroupTableElement`). Inner maps differ
-/// in size (BPF_F_INNER_MAP); the loader builds a new one and swaps it in
-/// with one outer update.
+/// A group's table, laid out as `lb_common::table` says (slot count,
+/// header, then its members and 16-bit slots, or its slots' target ids),
+/// two words an element (`GroupTableElement`). Inner maps differ in size
+/// (BPF_F_INNER_MAP); the loader builds a new one and swaps it in with one
+/// outer update.
 pub(crate) type GroupTable = Array<GroupTableElement, 1, { GROUP_TABLE_FLAGS as usize }>;
 
 /// Group id -> that group's table.

@@ -1,0 +1,141 @@
+//! Encodes a group's table (the compiler's target id per slot) into the
+//! words of its inner map, narrow or wide (`lb_common::table`).
+
+use lb_common::{
+    MAX_TARGETS,
+    table::{self, HEADER_WORDS, MAX_MEMBERS, WIDE},
+};
+
+/// Scratch space for [`encode`], kept across the tables of one apply: the
+/// member number of each target id (0: not a member of the table at hand).
+/// Every entry is 0 again after each table.
+pub struct Numbers(Vec<u16>);
+
+impl Default for Numbers {
+    fn default() -> Self {
+        Numbers(vec![0; MAX_TARGETS as usize])
+    }
+}
+
+/// The table's words: word 0 the slot count, word 1 the header, then the
+/// members and the 16-bit slots (narrow) or the target ids (wide). Target
+/// ids are below `MAX_TARGETS` (the compiler checks).
+pub fn encode(slots: &[u32], numbers: &mut Numbers) -> Vec<u32> {
+    let len = u32::try_from(slots.len()).expect("the compiler caps table sizes");
+    let index = &mut numbers.0;
+    let mut members: Vec<u32> = Vec::new();
+    for &id in slots {
+        if id == 0 || index[id as usize] != 0 {
+            continue;
+        }
+        if members.len() as u32 == MAX_MEMBERS {
+            // Too many for 16-bit numbers: stop counting, the table is wide.
+            members.push(id);
+            break;
+        }
+        members.push(id);
+        index[id as usize] = members.len() as u16;
+    }
+    let header = table::header(len, members.len() as u32);
+    let mut words = Vec::with_capacity(table::words(len, header) as usize);
+    words.extend([len, header]);
+    if header & WIDE != 0 {
+        words.extend_from_slice(slots);
+    } else {
+        // Member number 0 is target 0; numbers 1..=K the members.
+        words.push(0);
+        words.extend_from_slice(&members);
+        debug_assert_eq!(words.len() as u32, HEADER_WORDS + 1 + header);
+        let number = |id: u32| {
+            if id == 0 {
+                0
+            } else {
+                index[id as usize] as u32
+            }
+        };
+        words.extend(
+            slots
+                .chunks(2)
+                .map(|pair| number(pair[0]) | pair.get(1).map_or(0, |&id| number(id)) << 16),
+        );
+    }
+    for &id in &members {
+        index[id as usize] = 0;
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot read back through the data plane's decoder.
+    fn decoded(words: &[u32]) -> Vec<u32> {
+        let len = words[0];
+        (0..len)
+            .map(|i| {
+                table::slot(words[1], i, |w| words.get(w as usize).copied())
+                    .expect("every word the decoder reads is in the table")
+            })
+            .collect()
+    }
+
+    fn check(slots: &[u32], numbers: &mut Numbers) -> Vec<u32> {
+        let words = encode(slots, numbers);
+        assert_eq!(decoded(&words), slots);
+        assert_eq!(
+            words.len() as u64,
+            table::words(words[0], words[1]),
+            "exactly the words the map is sized for"
+        );
+        assert!(numbers.0.iter().all(|&n| n == 0), "scratch left clean");
+        words
+    }
+
+    #[test]
+    fn a_large_table_of_few_targets_is_narrow_and_half_the_size() {
+        let mut numbers = Numbers::default();
+        // 100 targets with ids 1001..=1100 over 65,537 slots, unevenly.
+        let slots: Vec<u32> = (0..65_537u32).map(|i| 1001 + (i * 7919 % 100)).collect();
+        let words = check(&slots, &mut numbers);
+        assert_eq!(words[1], 100, "narrow, 100 members");
+        assert_eq!(words.len(), 3 + 100 + 32_769);
+        assert!(words.len() * 2 < slots.len() + 2 + 300);
+    }
+
+    #[test]
+    fn empty_slots_odd_lengths_and_small_tables_round_trip() {
+        let mut numbers = Numbers::default();
+        for slots in [
+            vec![],
+            vec![5],
+            vec![0, 0, 0],
+            vec![7, 0, 7, 9, 0, 9, 7],
+            vec![7, 0, 7, 9, 0, 9, 7, 7, 9],
+            vec![3, 4, 3, 4, 3, 4, 3, 4, 3],
+            (1..=100).collect::<Vec<u32>>(), // round robin, equal weights
+            vec![MAX_TARGETS - 1; 11],
+        ] {
+            check(&slots, &mut numbers);
+        }
+        assert_eq!(
+            encode(&(1..=100).collect::<Vec<_>>(), &mut numbers)[1],
+            WIDE
+        );
+        assert_eq!(encode(&[7, 0, 7, 9, 0, 9, 7], &mut numbers)[1], WIDE);
+        assert_eq!(encode(&[7, 0, 7, 9, 0, 9, 7, 7, 9], &mut numbers)[1], 2);
+    }
+
+    #[test]
+    fn more_members_than_16_bits_number_make_a_wide_table() {
+        let mut numbers = Numbers::default();
+        let members = MAX_MEMBERS + 1;
+        // Four slots per member, so that narrow would be smaller.
+        let slots: Vec<u32> = (0..members * 4).map(|i| 1 + i % members).collect();
+        let words = check(&slots, &mut numbers);
+        assert_eq!(words[1], WIDE);
+        // One fewer member fits.
+        let slots: Vec<u32> = (0..MAX_MEMBERS * 4).map(|i| 1 + i % MAX_MEMBERS).collect();
+        assert_eq!(check(&slots, &mut numbers)[1], MAX_MEMBERS);
+    }
+}
