@@ -18,6 +18,10 @@ const FLOW_STATE: bool = true;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
+// The pipeline in the program's own function: the macro calls this one, and
+// left to itself LLVM may keep it a separate BPF function (a BPF-to-BPF call
+// per packet, measured at 7 ns).
+#[inline(always)]
 pub fn lb_new_flow(ctx: XdpContext) -> u32 {
     let action = match pipeline::run(&ctx) {
         Ok(action) | Err(action) => action,
