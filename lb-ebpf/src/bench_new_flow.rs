@@ -8,6 +8,10 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+#[macro_use]
+mod object;
+#[macro_use]
+mod bench_entry;
 mod next_source;
 #[path = "pipeline/mod.rs"]
 mod pipeline;
@@ -15,33 +19,4 @@ mod pipeline;
 /// This build keeps flow state as `lb` does (`pipeline::FLOW_STATE`).
 const FLOW_STATE: bool = true;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
-
-#[xdp]
-// The pipeline in the program's own function: the macro calls this one, and
-// left to itself LLVM may keep it a separate BPF function (a BPF-to-BPF call
-// per packet, measured at 7 ns).
-#[inline(always)]
-pub fn lb_new_flow(ctx: XdpContext) -> u32 {
-    let action = match pipeline::run(&ctx) {
-        Ok(action) | Err(action) => action,
-    };
-    next_source::bump_frame(&ctx);
-    action
-}
-
-/// The data plane's clock, read by the loader (`pipeline::clock`).
-#[xdp]
-pub fn lb_clock(ctx: XdpContext) -> u32 {
-    pipeline::clock(&ctx)
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+new_flow_programs!(lb_new_flow);

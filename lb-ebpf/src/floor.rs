@@ -17,6 +17,9 @@
 #![no_std]
 #![no_main]
 
+#[macro_use]
+mod object;
+
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, LruHashMap},
@@ -172,12 +175,4 @@ pub fn floor_array_new_flow(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+object_items!();

@@ -5,6 +5,9 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+#[macro_use]
+mod object;
+
 mod pipeline;
 
 /// The pipeline keeps flow state (`pipeline::FLOW_STATE`).
@@ -29,12 +32,4 @@ pub fn lb_clock(ctx: XdpContext) -> u32 {
     pipeline::clock(&ctx)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+object_items!();
