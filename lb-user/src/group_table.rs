@@ -19,18 +19,20 @@ impl Default for Numbers {
 
 /// The table's words: word 0 the slot count, word 1 the header, then the
 /// members and the 16-bit slots (narrow) or the target ids (wide). Target
-/// ids are below `MAX_TARGETS` (the compiler checks).
+/// ids are below `MAX_TARGETS` (the compiler checks; a table with any other
+/// is written wide).
 pub fn encode(slots: &[u32], numbers: &mut Numbers) -> Vec<u32> {
     let len = u32::try_from(slots.len()).expect("the compiler caps table sizes");
     let index = &mut numbers.0;
     let mut members: Vec<u32> = Vec::new();
     for &id in slots {
-        if id == 0 || index[id as usize] != 0 {
+        if id == 0 || index.get(id as usize).is_some_and(|&n| n != 0) {
             continue;
         }
-        if members.len() as u32 == MAX_MEMBERS {
-            // Too many for 16-bit numbers: stop counting, the table is wide.
-            members.push(id);
+        if members.len() as u32 == MAX_MEMBERS || id >= MAX_TARGETS {
+            // Too many for 16-bit numbers, or an id without a number: stop
+            // counting, the table is wide.
+            members.resize(MAX_MEMBERS as usize + 1, 0);
             break;
         }
         members.push(id);
@@ -60,7 +62,9 @@ pub fn encode(slots: &[u32], numbers: &mut Numbers) -> Vec<u32> {
         );
     }
     for &id in &members {
-        index[id as usize] = 0;
+        if let Some(n) = index.get_mut(id as usize) {
+            *n = 0;
+        }
     }
     words
 }
@@ -115,6 +119,7 @@ mod tests {
             vec![3, 4, 3, 4, 3, 4, 3, 4, 3],
             (1..=100).collect::<Vec<u32>>(), // round robin, equal weights
             vec![MAX_TARGETS - 1; 11],
+            vec![1, MAX_TARGETS, 1, 1, 1, 1, 1, 1, 1, 1], // not a target id: wide
         ] {
             check(&slots, &mut numbers);
         }
