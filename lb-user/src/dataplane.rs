@@ -26,10 +26,7 @@ use lb_common::{
     Stats, StickyKey, StickyState, TargetInfo, map_names as names,
 };
 
-use crate::{
-    group_table,
-    plan::{MapPlan, Table},
-};
+use crate::plan::{MapPlan, Table};
 use clock::Clock;
 use sweep::{ActiveCounts, FlowSweeper};
 
@@ -393,7 +390,6 @@ impl Dataplane {
         // makes the first apply of 1,000 groups take milliseconds, not
         // seconds.
         let mut swaps: Vec<(u32, MapData)> = Vec::new();
-        let mut numbers = None;
         for g in &plan.groups {
             let same = old_groups.get(&g.id);
             if same.map(|(info, _)| **info) != Some(g.info) {
@@ -403,8 +399,7 @@ impl Dataplane {
                     .map_err(map_err(names::GROUPS))?;
             }
             if same.map(|(_, table)| *table) != Some(&g.table) {
-                let numbers = numbers.get_or_insert_with(group_table::Numbers::default);
-                swaps.push((g.id, build_table(&g.table, numbers)?));
+                swaps.push((g.id, build_table(&g.table)?));
             }
         }
         if !swaps.is_empty() {
@@ -816,17 +811,14 @@ fn listener_ports<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> Liste
     ports
 }
 
-/// A complete group table as a new inner map, in the layout of
-/// `lb_common::table` (`group_table::encode`). The map is created
+/// A complete group table as a new inner map: the plan's table holds the
+/// words in the layout of `lb_common::table` already. The map is created
 /// memory-mappable and filled through the mapping (one copy instead of one
 /// syscall per element), and is not visible to the program until the caller
 /// swaps it in.
-fn build_table(
-    slots: &[u32],
-    numbers: &mut group_table::Numbers,
-) -> Result<MapData, DataplaneError> {
+fn build_table(table: &Table) -> Result<MapData, DataplaneError> {
     let name = names::GROUP_TABLES;
-    let words = group_table::encode(slots, numbers);
+    let words = table.words();
     let entries = lb_common::table::elements(words[0], words[1]);
     let obj = aya_obj::Map::new_from_params(
         aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
@@ -843,7 +835,7 @@ fn build_table(
             name,
             source: MapError::IoError(e),
         })?;
-    mapping.write_u32s(0, &words);
+    mapping.write_u32s(0, words);
     Ok(map)
 }
 

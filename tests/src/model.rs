@@ -399,7 +399,9 @@ impl Model {
                 // (nothing is taken from an empty order).
                 let id = (!group.table.is_empty()).then(|| {
                     let position = self.round_robin.entry(group.id).or_default();
-                    let id = group.table[(*position % group.table.len() as u64) as usize];
+                    let id = group
+                        .table
+                        .get((*position % group.table.len() as u64) as usize);
                     *position += 1;
                     id
                 });
@@ -414,7 +416,7 @@ impl Model {
                     .get(&group.id)
                     .is_none_or(|(t, _)| *t != group.table)
                 {
-                    let pairs = least_connections_pairs(&group.table);
+                    let pairs = least_connections_pairs(&group.table.to_vec());
                     self.lc_pairs.insert(group.id, (group.table.clone(), pairs));
                 }
                 let pairs = &self.lc_pairs[&group.id].1;
@@ -469,7 +471,11 @@ impl Model {
 /// The flow hash's slot of the group's table (`None`: an empty table).
 fn by_hash(group: &PlannedGroup, key: &FlowKey) -> Option<u32> {
     let len = group.table.len() as u32;
-    (len > 0).then(|| group.table[(flow_hash(key, group.info.hash_fields) % len) as usize])
+    (len > 0).then(|| {
+        group
+            .table
+            .get((flow_hash(key, group.info.hash_fields) % len) as usize)
+    })
 }
 
 fn target(plan: &MapPlan, id: u32) -> Option<&PlannedTarget> {

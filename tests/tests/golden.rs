@@ -413,13 +413,7 @@ target_groups:
         targets(6)
     );
     let mut h = Harness::new(&yaml);
-    let mut numbers = lb_user::group_table::Numbers::default();
-    let headers: Vec<u32> = h
-        .plan
-        .groups
-        .iter()
-        .map(|g| lb_user::group_table::encode(&g.table, &mut numbers)[1])
-        .collect();
+    let headers: Vec<u32> = h.plan.groups.iter().map(|g| g.table.words()[1]).collect();
     assert_eq!(headers, [3, WIDE, WIDE], "few: narrow; many: wide");
     // Least connections: few flows, as the model's set of choices over 600
     // targets takes it about 2 s a flow in a debug build.
@@ -668,7 +662,7 @@ fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
                 ..Default::default()
             };
             let hash = lb_common::hash::flow_hash(&flow, group.info.hash_fields);
-            let want = group.table[(hash % group.table.len() as u32) as usize];
+            let want = group.table.get((hash % group.table.len() as u32) as usize);
             assert_eq!(o.target, Some(want), "{algorithm}");
             assert!(o.counters.contains(&Counter::NewFlow));
         }

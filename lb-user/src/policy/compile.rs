@@ -302,9 +302,9 @@ fn compile_groups(
         groups[*g].table = table;
     }
     for group in &groups {
-        for &id in group.table.iter() {
+        for (id, n) in group.table.slot_counts() {
             if id != 0 {
-                targets[id as usize - 1].slots += 1;
+                targets[id as usize - 1].slots += n;
             }
         }
     }
@@ -452,7 +452,7 @@ mod tests {
     }
 
     fn table_ids(plan: &MapPlan) -> std::collections::BTreeSet<u32> {
-        plan.groups[0].table.iter().copied().collect()
+        plan.groups[0].table.iter().collect()
     }
 
     #[test]
@@ -594,7 +594,7 @@ mod tests {
         let plan = compile(&p, &observed(&[("10.0.3.12", 0x12)])).unwrap();
         assert_eq!(plan.targets[0].excluded, Some(Exclusion::MacUnresolved));
         assert_eq!(plan.targets[0].info.flags & target_flags::USABLE, 0);
-        assert!(plan.groups[0].table.iter().all(|&id| id == 2));
+        assert!(plan.groups[0].table.iter().all(|id| id == 2));
     }
 
     #[test]
@@ -607,7 +607,7 @@ mod tests {
             0,
             "weight 0 keeps its existing flows"
         );
-        assert!(plan.groups[0].table.iter().all(|&id| id == 0));
+        assert!(plan.groups[0].table.iter().all(|id| id == 0));
     }
 
     #[test]
@@ -646,7 +646,7 @@ mod tests {
         });
         let plan = compile(&p, &o).unwrap();
         let group = &plan.groups[0];
-        assert_eq!(*group.table, [1, 2, 3, 1, 2], "smooth order, 2:2:1");
+        assert_eq!(group.table.to_vec(), [1, 2, 3, 1, 2], "smooth order, 2:2:1");
         assert_eq!(group.info.algorithm, lb_common::algorithm::ROUND_ROBIN);
         assert_eq!(
             (group.info.flags, group.info.sticky_duration_s),
@@ -656,7 +656,7 @@ mod tests {
         assert_eq!(slots, vec![2, 2, 1]);
         // Unhealthy or weight 0: out of the order.
         p.target_groups[0].targets[1].weight = 0;
-        assert_eq!(compile(&p, &o).unwrap().groups[0].table[..], [1, 3, 1]);
+        assert_eq!(compile(&p, &o).unwrap().groups[0].table.to_vec(), [1, 3, 1]);
 
         // source_ip ignores sticky sessions; disabled ones are off.
         p.target_groups[0].algorithm = Algorithm::SourceIp;
