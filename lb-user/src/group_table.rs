@@ -1,14 +1,16 @@
 //! Encodes a group's table (the compiler's target id per slot) into the
-//! words of its inner map, narrow or wide (`lb_common::table`).
+//! words of its inner map, narrow or wide (`lb_common::table`). The
+//! compiler encodes each table once, as it builds it (`plan::Table`).
 
 use lb_common::{
     MAX_TARGETS,
     table::{self, HEADER_WORDS, MAX_MEMBERS, WIDE},
 };
 
-/// Scratch space for [`encode`], kept across the tables of one apply: the
-/// member number of each target id (0: not a member of the table at hand).
-/// Every entry is 0 again after each table.
+/// Scratch space for [`encode`], kept across tables (one per thread that
+/// builds them: `plan::Table::from_slots`): the member number of each
+/// target id (0: not a member of the table at hand). Every entry is 0
+/// again after each table.
 pub struct Numbers(Vec<u16>);
 
 impl Default for Numbers {
