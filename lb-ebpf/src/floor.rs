@@ -111,8 +111,18 @@ fn forward(ctx: &XdpContext) -> Result<usize, u32> {
             1
         }
     };
+    if target == 0 {
+        return Err(xdp_action::XDP_DROP);
+    }
+    rewrite_macs(ctx)?;
+    Ok(sport)
+}
+
+/// Sends the frame to the target: both MAC addresses rewritten.
+#[inline(always)]
+fn rewrite_macs(ctx: &XdpContext) -> Result<(), u32> {
     let start = ctx.data();
-    if target == 0 || start + 12 > ctx.data_end() {
+    if start + 12 > ctx.data_end() {
         return Err(xdp_action::XDP_DROP);
     }
     let eth = start as *mut [u8; 6];
@@ -121,7 +131,7 @@ fn forward(ctx: &XdpContext) -> Result<usize, u32> {
         eth.write_unaligned(TARGET_MAC);
         eth.add(1).write_unaligned(OWN_MAC);
     }
-    Ok(sport)
+    Ok(())
 }
 
 #[xdp]
@@ -161,15 +171,8 @@ pub fn floor_array_new_flow(ctx: XdpContext) -> u32 {
         (*slot)[1] = b;
         (*slot)[2] = 1;
     }
-    let start = ctx.data();
-    if start + 12 > ctx.data_end() {
-        return xdp_action::XDP_DROP;
-    }
-    let eth = start as *mut [u8; 6];
-    // SAFETY: both MAC addresses are inside the frame (checked above).
-    unsafe {
-        eth.write_unaligned(TARGET_MAC);
-        eth.add(1).write_unaligned(OWN_MAC);
+    if let Err(action) = rewrite_macs(&ctx) {
+        return action;
     }
     next_source::bump(&ctx, sport, ETH_HLEN + 14);
     xdp_action::XDP_TX

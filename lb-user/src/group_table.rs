@@ -11,7 +11,7 @@ use lb_common::{
 /// builds them: `plan::Table::from_slots`): the member number of each
 /// target id (0: not a member of the table at hand). Every entry is 0
 /// again after each table.
-pub struct Numbers(Vec<u16>);
+pub(crate) struct Numbers(Vec<u16>);
 
 impl Default for Numbers {
     fn default() -> Self {
@@ -23,7 +23,7 @@ impl Default for Numbers {
 /// members and the 16-bit slots (narrow) or the target ids (wide). Target
 /// ids are below `MAX_TARGETS` (the compiler checks; a table with any other
 /// is written wide).
-pub fn encode(slots: &[u32], numbers: &mut Numbers) -> Vec<u32> {
+pub(crate) fn encode(slots: &[u32], numbers: &mut Numbers) -> Vec<u32> {
     let len = u32::try_from(slots.len()).expect("the compiler caps table sizes");
     let index = &mut numbers.0;
     let mut members: Vec<u32> = Vec::new();

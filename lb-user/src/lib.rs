@@ -6,7 +6,7 @@ pub mod api;
 pub mod daemon;
 pub mod dataplane;
 pub mod flows;
-pub mod group_table;
+mod group_table;
 pub mod health;
 pub mod least_connections;
 pub mod maglev;
