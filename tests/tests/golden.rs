@@ -427,11 +427,7 @@ target_groups:
         }
         // Hash: 300 flows over 600 equal targets reach about 236 of them;
         // least connections gives each of its flows another target.
-        let least = match port {
-            80 => 3,
-            81 => 200,
-            _ => 3,
-        };
+        let least = if port == 81 { 200 } else { 3 };
         assert!(seen.len() >= least, "port {port}: {} targets", seen.len());
     }
 }
@@ -788,9 +784,6 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
     assert!(live.took.as_secs() < 10 && ended.took.as_secs() < 30);
 }
 
-/// An entry deleted behind the program's back (LRU eviction) is a miss: the
-/// next packet is a new flow (a TCP packet that is not a SYN by hash), and
-/// the lost entry stays counted until the sweeper recounts.
 /// The benchmark build without flow state (`lb_no_flow_state`, which `cargo
 /// xtask bench` times beside `lb_new_flow` to show what pinning a flow
 /// costs) chooses every new flow's target exactly as the build with it, and
@@ -880,6 +873,9 @@ fn the_benchmark_build_without_flow_state_chooses_alike_and_keeps_nothing() {
     assert_ne!(slot_key(&without), last_udp, "no slot without flow state");
 }
 
+/// An entry deleted behind the program's back (LRU eviction) is a miss: the
+/// next packet is a new flow (a TCP packet that is not a SYN by hash), and
+/// the lost entry stays counted until the sweeper recounts.
 #[test]
 fn an_evicted_flow_is_a_miss_and_stays_counted() {
     let mut h = Harness::new(SHORT_TIMEOUTS);
