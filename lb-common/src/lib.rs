@@ -383,8 +383,92 @@ pub struct Config {
     pub flow_cache_mask: u32,
     /// Generation of the valid cache slots ([`FlowCacheSlot`]).
     pub flow_cache_gen: u32,
-    /// Seed of [`flow_cache_slot`], random per run.
+    /// Seed of [`flow_cache_slot`], random per data plane.
     pub flow_cache_seed: u64,
+    /// [`LAYOUT_VERSION`] of the build that created the maps; 0 until the
+    /// loader first writes them. Only the loader reads it.
+    pub layout: u32,
+    pub _pad3: u32,
+    /// Random per data plane, chosen when its maps are created: the runtime
+    /// state the loader keeps on disk names the data plane it belongs to.
+    pub instance: u64,
+}
+
+/// Version of the maps' layout: their kinds, key and value types. A loader
+/// adopts a pinned data plane only if it was made with the same layout
+/// (lb-user `dataplane::pin`); bump it with any change to a map or to a type
+/// stored in one.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// What the loader records of a target id (`TARGET_IDS`, array indexed by
+/// id; the data plane never reads it): the target's identity, so that a
+/// loader that adopts a running data plane knows which target every id in
+/// its flow entries, sticky sessions and counts names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub addr_be: [u32; 4],
+    /// The target's group (its name is in `GROUP_NAMES`).
+    pub group_id: u32,
+    pub family: u8,
+    /// One of [`record_state`].
+    pub state: u8,
+    pub _pad: u16,
+}
+
+/// Values of [`TargetRecord::state`].
+pub mod record_state {
+    /// The id names nothing.
+    pub const FREE: u8 = 0;
+    /// The id is a target of the policy.
+    pub const ACTIVE: u8 = 1;
+    /// The target left the policy; the id is not reused while flow entries
+    /// or sticky sessions may still name it.
+    pub const RETIRED: u8 = 2;
+}
+
+/// Longest target group name (SPEC.md: 1-63 characters).
+pub const MAX_GROUP_NAME: usize = 63;
+
+/// A group id's name (`GROUP_NAMES`, array indexed by group id; the data
+/// plane never reads it): `len` bytes of `bytes`, 0 for a free id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupName {
+    pub len: u8,
+    pub bytes: [u8; MAX_GROUP_NAME],
+}
+
+impl GroupName {
+    pub const FREE: GroupName = GroupName {
+        len: 0,
+        bytes: [0; MAX_GROUP_NAME],
+    };
+
+    /// The record of `name` (None if it is longer than [`MAX_GROUP_NAME`]).
+    pub fn new(name: &str) -> Option<GroupName> {
+        let len = name.len();
+        if len > MAX_GROUP_NAME {
+            return None;
+        }
+        let mut bytes = [0; MAX_GROUP_NAME];
+        bytes[..len].copy_from_slice(name.as_bytes());
+        Some(GroupName {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    /// The name's bytes (empty for a free id).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..(self.len as usize).min(MAX_GROUP_NAME)]
+    }
+}
+
+impl Default for GroupName {
+    fn default() -> Self {
+        Self::FREE
+    }
 }
 
 /// Key of the sticky-session map: (group, client IP).
@@ -506,6 +590,10 @@ pub mod map_names {
     pub const GROUP_RR: &str = "GROUP_RR";
     pub const STICKY: &str = "STICKY";
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    /// Target id -> its identity (`TargetRecord`), for the loader only.
+    pub const TARGET_IDS: &str = "TARGET_IDS";
+    /// Group id -> its name (`GroupName`), for the loader only.
+    pub const GROUP_NAMES: &str = "GROUP_NAMES";
 }
 
 #[cfg(feature = "user")]
@@ -527,6 +615,8 @@ mod pod {
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for StickyKey {}
     unsafe impl aya::Pod for StickyState {}
+    unsafe impl aya::Pod for TargetRecord {}
+    unsafe impl aya::Pod for GroupName {}
 }
 
 const _: () = {
@@ -542,7 +632,9 @@ const _: () = {
     assert!(MAX_LISTENERS <= u16::MAX as u32 + 1);
     assert!(core::mem::size_of::<GroupInfo>() == 16);
     assert!(core::mem::size_of::<TargetInfo>() == 16);
-    assert!(core::mem::size_of::<Config>() == 48);
+    assert!(core::mem::size_of::<Config>() == 64);
+    assert!(core::mem::size_of::<TargetRecord>() == 24);
+    assert!(core::mem::size_of::<GroupName>() == 64);
     assert!(core::mem::size_of::<FlowCacheSlot>() == 64);
     // Listener and group ids fit FlowCacheSlot's u16 fields.
     assert!(MAX_LISTENERS <= 1 << 16 && MAX_GROUPS <= 1 << 16);

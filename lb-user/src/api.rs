@@ -41,8 +41,37 @@ pub struct StatusReport {
     /// The flow tables.
     #[serde(default)]
     pub flow_table: FlowTableStatus,
+    /// The pinned data plane.
+    #[serde(default)]
+    pub data_plane: DataPlaneStatus,
+    /// What is wrong now: a refused reload, maps not written, state not
+    /// saved (`null` each when fine).
+    #[serde(default)]
+    pub errors: ErrorStatus,
     pub listeners: Vec<ListenerStatus>,
     pub target_groups: Vec<GroupStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataPlaneStatus {
+    /// The bpffs directory of its pinned maps and link.
+    pub pin_dir: String,
+    /// Whether this `lb` adopted it from an earlier one (else it made it).
+    pub adopted: bool,
+    /// The runtime state file (health verdicts).
+    pub state_file: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorStatus {
+    /// Why the last reload was refused (the last good policy serves), until
+    /// a reload succeeds.
+    pub policy: Option<String>,
+    /// Why the maps could not be written (retried; the data plane forwards
+    /// with what it holds), until a write succeeds.
+    pub apply: Option<String>,
+    /// Why the runtime state could not be saved, until it is.
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -288,6 +317,28 @@ pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
             "interface {} ({} XDP), policy {}",
             report.interface, report.xdp_mode, report.policy
         );
+        let errors = &report.errors;
+        for (what, error) in [
+            ("policy reload refused", &errors.policy),
+            ("maps not written", &errors.apply),
+            ("state not saved", &errors.state),
+        ] {
+            if let Some(error) = error {
+                let _ = writeln!(out, "ERROR: {what}: {error}");
+            }
+        }
+        if !report.data_plane.pin_dir.is_empty() {
+            let _ = writeln!(
+                out,
+                "data plane pinned in {} ({})",
+                report.data_plane.pin_dir,
+                if report.data_plane.adopted {
+                    "adopted from an earlier lb"
+                } else {
+                    "made by this lb"
+                }
+            );
+        }
         if !report.probe_sources.is_empty() {
             let _ = writeln!(
                 out,

@@ -1,36 +1,46 @@
-//! `lb run`: load the policy, attach the program, keep the maps in step with
-//! the policy (SIGHUP reloads it) and with the targets' MACs, serve the API,
-//! detach on SIGINT/SIGTERM.
+//! `lb run`: load the policy, open the pinned data plane (adopting the one
+//! an earlier `lb` left, with all its flows), keep its maps in step with the
+//! policy (SIGHUP reloads it), the targets' MACs and their health, serve
+//! the API, and on SIGINT/SIGTERM leave with the data plane still
+//! forwarding (`lb detach` removes it).
 //!
-//! A policy that fails to load at start stops `lb` before anything is
-//! attached. A policy that fails on reload is reported and the last good one
-//! keeps serving.
+//! Every event goes through one step, [`Daemon::reconcile`]: compile the
+//! policy with what is observed now, and apply the plan if it changed. A
+//! policy that fails to load at start stops `lb` before anything changes. A
+//! reload that fails is refused (logged, shown in `lb status`) and the last
+//! good policy keeps serving. A failed write of the maps is logged, shown
+//! and retried; the data plane forwards with what it holds meanwhile.
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api::{
-        self, FlowTableStatus, GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus,
-        StatusReport, StickyStatus, TargetStatus,
-    },
+    api::{self, DataPlaneStatus, ErrorStatus},
     dataplane::{
-        AttachMode, Dataplane, LoadOptions,
+        AttachMode, Attached, Dataplane, LoadOptions,
+        pin::Instance,
         sweep::{SweepReport, SweeperHandle},
     },
-    flows::{self, Rules},
-    health::{self, HealthMonitor, HealthSnapshot, HealthState, TargetKey},
+    flows::Rules,
+    health::{HealthMonitor, HealthSnapshot, HealthState, TargetKey},
+    ids::Ids,
     maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
-    plan::{Exclusion, Health, Mac, MapPlan, Observed, TargetHealth},
+    plan::{Exclusion, Health, Mac, MapPlan, Observed},
     policy::{self, HostFacts, Policy, compile::compile_cached},
+    state::RuntimeState,
+    status,
 };
 
 #[derive(Debug, Clone)]
@@ -76,11 +86,6 @@ impl std::fmt::Display for Phases {
     }
 }
 
-/// A policy read, checked against the host and ready to compile.
-struct Loaded {
-    policy: Policy,
-}
-
 /// A policy file read and parsed (checked on its own, not yet against the
 /// host).
 struct Parsed {
@@ -94,10 +99,21 @@ fn parse_policy(path: &Path) -> anyhow::Result<Parsed> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read the policy"))?;
     let policy = policy::parse(&name, &text)?;
+    serves(&name, &policy)?;
     Ok(Parsed { name, text, policy })
 }
 
-fn check_for_host(parsed: Parsed, iface: &InterfaceInfo) -> anyhow::Result<Loaded> {
+/// A policy that balances nothing is refused for serving: an empty or
+/// truncated file must not delete every listener.
+fn serves(name: &str, policy: &Policy) -> anyhow::Result<()> {
+    if policy.listeners.is_empty() {
+        anyhow::bail!("{name}:1:1: listeners: no listeners: the policy balances nothing");
+    }
+    Ok(())
+}
+
+/// The policy checked against the host (targets on the interface's subnets).
+fn check_for_host(parsed: Parsed, iface: &InterfaceInfo) -> anyhow::Result<Policy> {
     let Parsed {
         name,
         text,
@@ -112,11 +128,7 @@ fn check_for_host(parsed: Parsed, iface: &InterfaceInfo) -> anyhow::Result<Loade
             iface_nets: iface.nets.clone(),
         },
     )?;
-    Ok(Loaded { policy })
-}
-
-fn load_policy(path: &Path, iface: &InterfaceInfo) -> anyhow::Result<Loaded> {
-    check_for_host(parse_policy(path)?, iface)
+    Ok(policy)
 }
 
 /// Targets whose MAC comes from the neighbour table (no static `mac:`).
@@ -135,19 +147,6 @@ fn dynamic_targets(policy: &Policy) -> Vec<IpAddr> {
 
 type Snapshots = BTreeMap<TargetKey, HealthSnapshot>;
 type Verdicts = BTreeMap<(String, IpAddr), Health>;
-
-fn observed(
-    iface: &InterfaceInfo,
-    neighbors: &BTreeMap<IpAddr, Mac>,
-    verdicts: &Verdicts,
-) -> Observed {
-    Observed {
-        iface_mac: iface.mac,
-        iface_nets: iface.nets.clone(),
-        neighbors: neighbors.clone(),
-        health: verdicts.clone(),
-    }
-}
 
 /// The verdicts the compiler needs, from the monitor's snapshots.
 fn verdicts(snapshots: &Snapshots) -> Verdicts {
@@ -177,195 +176,522 @@ fn interface_name(opts: &RunOptions, parsed: &Parsed) -> anyhow::Result<String> 
     })
 }
 
+/// How often the flow tables are swept (ended entries deleted, active flow
+/// counts corrected, retired ids released).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long MACs inherited from an adopted data plane stand in for
+/// targets the neighbour watch has not resolved (it asks the kernel for
+/// each at start, and re-reads the table this often anyway).
+const INHERIT_MACS: Duration = Duration::from_secs(30);
+
+/// Waits between retries of a failed write of the maps.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A running `lb`: what it serves, what it observes, and the data plane.
+struct Daemon {
+    opts: RunOptions,
+    iface: InterfaceInfo,
+    instance: Instance,
+    policy: Policy,
+    tables: TableCache,
+    verdicts: Verdicts,
+    macs: watch::Receiver<BTreeMap<IpAddr, Mac>>,
+    /// MACs the adopted data plane had, for targets the neighbour watch has
+    /// not reported yet: a restart must not take a target out for the
+    /// moment its MAC takes to show. Kept until `inherited_until`.
+    inherited_macs: BTreeMap<IpAddr, Mac>,
+    inherited_until: Option<tokio::time::Instant>,
+    dataplane: Dataplane,
+    /// The plan wanted: compiled from `policy` with what is observed.
+    plan: MapPlan,
+    /// The maps hold `plan`.
+    in_sync: bool,
+    retry_in: Duration,
+    retry_at: Option<tokio::time::Instant>,
+    sweeper: SweeperHandle,
+    rules: Rules,
+    state: RuntimeState,
+    errors: ErrorStatus,
+    mode: String,
+}
+
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting (or right after
     // `lb ready`) must take the orderly way out, never the default action.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    raise_open_files_limit();
     let mut timer = Phases::start();
     let parsed = parse_policy(&opts.config)?;
     let iface = neighbors::interface(&interface_name(&opts, &parsed)?).await?;
-    let Loaded { mut policy } = check_for_host(parsed, &iface)?;
+    let policy = check_for_host(parsed, &iface)?;
+    let instance = Instance::of_interface(&iface.name);
+    let _lock = instance.lock()?;
     timer.lap("policy");
 
     let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic_targets(&policy)).await?;
     wait_for_macs(&mut macs, &dynamic_targets(&policy), opts.resolve_wait).await;
     timer.lap("macs");
-    let (mut monitor, mut health) = HealthMonitor::start(&policy);
-    let mut verdicts_now = verdicts(&health.borrow_and_update());
-
-    let mut tables = TableCache::default();
-    let mut plan = compile_cached(
-        &policy,
-        &observed(&iface, &macs.borrow(), &verdicts_now),
-        &mut tables,
+    let dataplane = Dataplane::open_pinned(
+        &instance,
+        &LoadOptions {
+            flow_table_size: policy.max_flows(),
+            ..Default::default()
+        },
     )?;
-    timer.lap("compile");
-    // The flow tables are sized once: a reload cannot resize them.
-    let max_flows = policy.max_flows();
-    let mut dataplane = Dataplane::load(&LoadOptions {
-        flow_table_size: max_flows,
-        ..Default::default()
-    })?;
     timer.lap("load");
-    dataplane.apply(&plan)?;
+    let state = saved_state(&instance, &dataplane);
+    let (mut monitor, mut health) = HealthMonitor::start_with(&policy, state.verdicts());
+    let mut daemon = Daemon::new(
+        opts, iface, instance, policy, dataplane, macs, state, &health,
+    )?;
+    daemon.first_apply()?;
     timer.lap("apply");
-    let sweeper = dataplane
-        .flow_sweeper()?
-        .spawn(Rules::of(&plan), SWEEP_INTERVAL);
-    let mut rules = Rules::of(&plan);
-    report_exclusions(&plan);
-    let mode = dataplane.attach(&iface.name, opts.mode)?;
-    let api = api::bind(&opts.socket)
-        .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
+    daemon.attach()?;
+    let api = api::bind(&daemon.opts.socket)
+        .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
     timer.lap("attach");
+    daemon.ready(&timer);
 
-    info!(
-        iface = %iface.name,
-        mode,
-        listeners = plan.listeners.len(),
-        targets = plan.targets.len(),
-        socket = %opts.socket.display(),
-        took = %timer,
-        "lb ready"
-    );
-
+    let mut sweeps = daemon.sweeper.reports();
     loop {
+        let retry = daemon.retry_at;
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => {
-                let mut timer = Phases::start();
-                let compiled = load_policy(&opts.config, &iface).and_then(|loaded| {
-                    timer.lap("policy");
-                    let seen = observed(&iface, &macs.borrow(), &verdicts_now);
-                    let new_plan = compile_cached(&loaded.policy, &seen, &mut tables)?;
-                    timer.lap("compile");
-                    Ok((loaded, new_plan))
-                });
-                match compiled {
-                    Ok((loaded, new_plan)) => match dataplane.apply(&new_plan) {
-                        Ok(report) => {
-                            timer.lap("apply");
-                            info!(?report, took = %timer, "policy reloaded");
-                            if loaded.policy.max_flows() != max_flows {
-                                warn!(
-                                    "flow_table.max_flows changed to {} but the flow tables keep {max_flows} entries: restart lb to resize them",
-                                    loaded.policy.max_flows()
-                                );
-                            }
-                            watch.set_targets(dynamic_targets(&loaded.policy)).await?;
-                            monitor.update(&loaded.policy);
-                            policy = loaded.policy;
-                            plan = new_plan;
-                            update_rules(&sweeper, &mut rules, &plan);
-                            report_exclusions(&plan);
-                        }
-                        Err(err) => {
-                            error!(%err, "applying the reloaded policy failed; rewriting the last good one");
-                            dataplane.apply(&plan)?;
-                        }
-                    },
-                    Err(err) => error!("policy reload refused, still serving the last good policy:\n{err:#}"),
-                }
-            }
-            changed = macs.changed() => {
-                if changed.is_err() {
-                    return Err(anyhow!("the neighbour watcher stopped"));
-                }
-                let seen = observed(&iface, &macs.borrow_and_update(), &verdicts_now);
-                let new_plan = compile_cached(&policy, &seen, &mut tables)?;
-                if new_plan != plan {
-                    log_mac_changes(&plan, &new_plan);
-                    dataplane.apply(&new_plan)?;
-                    plan = new_plan;
-                    update_rules(&sweeper, &mut rules, &plan);
-                }
+            _ = sighup.recv() => daemon.reload(&watch, &mut monitor).await,
+            changed = daemon.macs.changed() => {
+                changed.map_err(|_| anyhow!("the neighbour watcher stopped"))?;
+                daemon.on_macs();
             }
             changed = health.changed() => {
-                if changed.is_err() {
-                    return Err(anyhow!("the health monitor stopped"));
-                }
-                // Snapshots change with every probe; the maps only with a verdict.
-                let new_verdicts = verdicts(&health.borrow_and_update());
-                if new_verdicts != verdicts_now {
-                    verdicts_now = new_verdicts;
-                    let seen = observed(&iface, &macs.borrow(), &verdicts_now);
-                    let new_plan = compile_cached(&policy, &seen, &mut tables)?;
-                    if new_plan != plan {
-                        log_last_resort(&plan, &new_plan);
-                        let report = dataplane.apply(&new_plan)?;
-                        debug!(?report, "health verdicts applied");
-                        plan = new_plan;
-                        update_rules(&sweeper, &mut rules, &plan);
-                    }
+                changed.map_err(|_| anyhow!("the health monitor stopped"))?;
+                daemon.on_health(&health.borrow_and_update());
+            }
+            changed = sweeps.changed() => {
+                if changed.is_ok() && let Some(report) = sweeps.borrow_and_update().clone() {
+                    daemon.on_sweep(&report);
                 }
             }
-            accepted = api.accept() => {
-                match accepted {
-                    Ok((stream, _)) => {
-                        let flow_table = FlowTable { max_flows, sweep: sweeper.last() };
-                        let report = status_report(&policy, &plan, &dataplane, &flow_table, &health.borrow(), &iface.name, mode, &opts.config);
-                        let json = serde_json::to_string(&report);
-                        tokio::spawn(async move {
-                            let answer = move |request: &str| match request {
-                                "status" => json.map_err(|e| e.to_string()),
-                                other => Err(format!("unknown request {other:?}: try `status`")),
-                            };
-                            if let Err(err) = api::serve_one(stream, answer).await {
-                                warn!(%err, "api client");
-                            }
-                        });
-                    }
-                    Err(err) => warn!(%err, "api accept"),
-                }
+            _ = sleep_until(retry), if retry.is_some() => daemon.retry(),
+            _ = sleep_until(daemon.inherited_until), if daemon.inherited_until.is_some() => {
+                daemon.forget_inherited_macs();
             }
+            accepted = api.accept() => match accepted {
+                Ok((stream, _)) => daemon.serve(stream, &health.borrow()),
+                Err(err) => warn!(%err, "api accept"),
+            },
         }
     }
-    info!("stopping: detaching from {}", iface.name);
-    sweeper.stop();
-    drop(dataplane);
-    let _ = std::fs::remove_file(&opts.socket);
-    monitor.shutdown().await;
-    if let Err(err) = watch.shutdown().await {
-        warn!(%err, "removing the managed neighbour entries");
-    }
+    daemon.leave(monitor, watch).await;
     Ok(())
 }
 
-/// How often the flow tables are swept (ended entries deleted, active flow
-/// counts corrected).
-const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
-
-fn update_rules(sweeper: &SweeperHandle, rules: &mut Rules, plan: &MapPlan) {
-    let new = Rules::of(plan);
-    if new != *rules {
-        *rules = new.clone();
-        sweeper.update(new);
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
-/// The flow tables' size and last sweep, for the status report.
-struct FlowTable {
-    max_flows: u32,
-    sweep: Option<SweepReport>,
+/// The runtime state saved for an adopted data plane (health verdicts), or
+/// a fresh one.
+fn saved_state(instance: &Instance, dataplane: &Dataplane) -> RuntimeState {
+    if dataplane.adopted() {
+        match RuntimeState::load(&instance.state_dir(), dataplane.instance()) {
+            Ok(Some(state)) => return state,
+            Ok(None) => warn!(
+                dir = %instance.state_dir().display(),
+                "no saved runtime state for the adopted data plane: every checked target starts initial"
+            ),
+            Err(err) => {
+                warn!(%err, "the saved runtime state is unreadable: every checked target starts initial")
+            }
+        }
+    }
+    RuntimeState::new(dataplane.instance())
 }
 
-fn log_last_resort(old: &MapPlan, new: &MapPlan) {
-    for (o, n) in old.groups.iter().zip(&new.groups) {
-        match (o.last_resort, n.last_resort) {
-            (false, true) => {
-                warn!(group = %n.name, "no healthy target left: last resort, every target takes new flows")
-            }
-            (true, false) => info!(group = %n.name, "a target is healthy again: last resort over"),
-            _ => {}
+impl Daemon {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        opts: RunOptions,
+        iface: InterfaceInfo,
+        instance: Instance,
+        policy: Policy,
+        dataplane: Dataplane,
+        macs: watch::Receiver<BTreeMap<IpAddr, Mac>>,
+        state: RuntimeState,
+        health: &watch::Receiver<Snapshots>,
+    ) -> anyhow::Result<Daemon> {
+        let inherited_macs = if dataplane.adopted() {
+            dataplane
+                .target_macs()?
+                .into_iter()
+                .map(|(key, mac)| (key.ip, mac))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let plan = MapPlan {
+            ids: Arc::new(dataplane.ids().clone()),
+            config: Default::default(),
+            listeners: Vec::new(),
+            groups: Vec::new(),
+            targets: Vec::new(),
+        };
+        let rules = Rules::of(&plan);
+        let sweeper = dataplane
+            .flow_sweeper()?
+            .spawn(rules.clone(), SWEEP_INTERVAL);
+        let verdicts = verdicts(&health.borrow());
+        let mode = state.xdp_mode.clone().unwrap_or_else(|| "unknown".into());
+        Ok(Daemon {
+            opts,
+            iface,
+            instance,
+            policy,
+            tables: TableCache::default(),
+            verdicts,
+            macs,
+            inherited_until: (!inherited_macs.is_empty())
+                .then(|| tokio::time::Instant::now() + INHERIT_MACS),
+            inherited_macs,
+            dataplane,
+            plan,
+            in_sync: false,
+            retry_in: RETRY_FIRST,
+            retry_at: None,
+            sweeper,
+            rules,
+            state,
+            errors: ErrorStatus::default(),
+            mode,
+        })
+    }
+
+    /// What is observed of the host now.
+    fn observed(&self) -> Observed {
+        let mut neighbors = self.inherited_macs.clone();
+        neighbors.extend(self.macs.borrow().iter().map(|(ip, mac)| (*ip, *mac)));
+        Observed {
+            iface_mac: self.iface.mac,
+            iface_nets: self.iface.nets.clone(),
+            neighbors,
+            health: self.verdicts.clone(),
         }
+    }
+
+    /// The plan of `policy` with what is observed now, its ids following
+    /// those of the plan wanted so far.
+    fn compile(&mut self, policy: &Policy) -> anyhow::Result<MapPlan> {
+        let ids = self.plan.ids.assign(policy, Instant::now())?;
+        let seen = self.observed();
+        Ok(compile_cached(
+            policy,
+            &seen,
+            &Arc::new(ids),
+            &mut self.tables,
+        )?)
+    }
+
+    /// The start's first plan, which must be written: a start that cannot
+    /// write its maps stops (an adopted data plane forwards on meanwhile).
+    fn first_apply(&mut self) -> anyhow::Result<()> {
+        let policy = self.policy.clone();
+        self.plan = self.compile(&policy)?;
+        self.dataplane.apply(&self.plan)?;
+        self.applied();
+        report_exclusions(&self.plan);
+        Ok(())
+    }
+
+    /// The one step every event goes through: compile, and apply the plan
+    /// if it changed (or the last write failed).
+    fn reconcile(&mut self) {
+        let policy = self.policy.clone();
+        match self.compile(&policy) {
+            Ok(plan) => {
+                if plan != self.plan || !self.in_sync {
+                    log_changes(&self.plan, &plan);
+                    self.plan = plan;
+                    self.apply();
+                }
+            }
+            Err(err) => error!("{err:#}"),
+        }
+    }
+
+    /// Writes the plan wanted; on failure, logs it, shows it in the status
+    /// and schedules a retry.
+    fn apply(&mut self) {
+        match self.dataplane.apply(&self.plan) {
+            Ok(report) => {
+                debug!(?report, "maps written");
+                self.applied();
+            }
+            Err(err) => {
+                let wait = self.retry_in;
+                error!(%err, retry_in_s = wait.as_secs(), "writing the maps failed; the data plane forwards with what it holds, retrying");
+                self.errors.apply = Some(err.to_string());
+                self.in_sync = false;
+                self.retry_at = Some(tokio::time::Instant::now() + wait);
+                self.retry_in = (wait * 2).min(RETRY_MAX);
+            }
+        }
+    }
+
+    /// The maps hold the plan wanted.
+    fn applied(&mut self) {
+        self.in_sync = true;
+        self.errors.apply = None;
+        self.retry_at = None;
+        self.retry_in = RETRY_FIRST;
+        let rules = Rules::of(&self.plan);
+        if rules != self.rules {
+            self.rules = rules.clone();
+            self.sweeper.update(rules);
+        }
+    }
+
+    fn retry(&mut self) {
+        self.retry_at = None;
+        info!("writing the maps again");
+        self.reconcile();
+    }
+
+    /// Attaches (a new link, or the adopted one given the new program) and
+    /// saves the runtime state with the mode.
+    fn attach(&mut self) -> anyhow::Result<()> {
+        match self.dataplane.attach(&self.iface.name, self.opts.mode)? {
+            Attached::New(mode) => self.mode = mode.to_string(),
+            Attached::Replaced => info!(
+                iface = %self.iface.name,
+                "the pinned XDP link runs this lb's program now (replaced in place: no packet went to the kernel meanwhile)"
+            ),
+        }
+        self.state.xdp_mode = Some(self.mode.clone());
+        self.save_state();
+        Ok(())
+    }
+
+    fn ready(&self, timer: &Phases) {
+        info!(
+            iface = %self.iface.name,
+            mode = %self.mode,
+            adopted = self.dataplane.adopted(),
+            pinned = %self.instance.pin_dir().display(),
+            listeners = self.plan.listeners.len(),
+            targets = self.plan.targets.len(),
+            socket = %self.opts.socket.display(),
+            took = %timer,
+            "lb ready"
+        );
+        if self.dataplane.flow_table_size() != self.policy.max_flows() {
+            warn_flow_table_size(&self.dataplane, &self.policy, &self.iface.name);
+        }
+    }
+
+    /// SIGHUP: reads the policy again; a policy that fails to load, to
+    /// compile or to balance anything is refused and the last good one
+    /// keeps serving.
+    async fn reload(&mut self, watch: &NeighborWatch, monitor: &mut HealthMonitor) {
+        let mut timer = Phases::start();
+        let loaded = parse_policy(&self.opts.config)
+            .and_then(|parsed| check_for_host(parsed, &self.iface))
+            .and_then(|policy| {
+                timer.lap("policy");
+                let plan = self.compile(&policy)?;
+                timer.lap("compile");
+                Ok((policy, plan))
+            });
+        let (policy, plan) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                error!("policy reload refused, still serving the last good policy:\n{err:#}");
+                self.errors.policy = Some(format!("{err:#}"));
+                return;
+            }
+        };
+        self.errors.policy = None;
+        if policy.max_flows() != self.policy.max_flows() {
+            warn_flow_table_size(&self.dataplane, &policy, &self.iface.name);
+        }
+        if let Err(err) = watch.set_targets(dynamic_targets(&policy)).await {
+            warn!(%err, "following the new targets' MACs");
+        }
+        monitor.update(&policy);
+        self.policy = policy;
+        self.plan = plan;
+        self.apply();
+        timer.lap("apply");
+        if self.in_sync {
+            info!(took = %timer, "policy reloaded");
+        }
+        report_exclusions(&self.plan);
+    }
+
+    fn on_macs(&mut self) {
+        // A MAC the watch reports replaces the inherited one for good: if
+        // the watch loses it later, the target is out.
+        let reported: Vec<IpAddr> = self.macs.borrow_and_update().keys().copied().collect();
+        for ip in reported {
+            self.inherited_macs.remove(&ip);
+        }
+        self.reconcile();
+    }
+
+    /// The inherited MACs have had their time: targets the watch has not
+    /// resolved since the start are out until it does.
+    fn forget_inherited_macs(&mut self) {
+        self.inherited_until = None;
+        if !self.inherited_macs.is_empty() {
+            let ips: Vec<String> = self
+                .inherited_macs
+                .keys()
+                .map(|ip| ip.to_string())
+                .collect();
+            warn!(targets = %ips.join(","), "MACs from before the restart not confirmed by the neighbour table: those targets are out until they resolve");
+            self.inherited_macs.clear();
+            self.reconcile();
+        }
+    }
+
+    fn on_health(&mut self, snapshots: &Snapshots) {
+        // Snapshots change with every probe; the maps only with a verdict.
+        let new = verdicts(snapshots);
+        if new == self.verdicts {
+            return;
+        }
+        self.verdicts = new;
+        self.state
+            .set_verdicts(snapshots.iter().map(|(key, snap)| (key, snap.state)));
+        self.save_state();
+        self.reconcile();
+    }
+
+    /// A sweep found which target ids flow entries and sticky sessions
+    /// still name: the retired ones nothing names are released.
+    fn on_sweep(&mut self, report: &SweepReport) {
+        if self.plan.ids.retired().next().is_none() {
+            return;
+        }
+        let mut ids: Ids = (*self.plan.ids).clone();
+        let released = ids.release(&report.named, report.started);
+        if released.is_empty() {
+            return;
+        }
+        debug!(?released, "target ids released");
+        self.plan = MapPlan {
+            ids: Arc::new(ids),
+            ..self.plan.clone()
+        };
+        self.apply();
+    }
+
+    fn save_state(&mut self) {
+        match self.state.save(&self.instance.state_dir()) {
+            Ok(()) => self.errors.state = None,
+            Err(err) => {
+                warn!(%err, "saving the runtime state");
+                self.errors.state = Some(err.to_string());
+            }
+        }
+    }
+
+    fn serve(&self, stream: tokio::net::UnixStream, health: &Snapshots) {
+        let sweep = self.sweeper.last();
+        let report = status::report(&status::Sources {
+            policy: &self.policy,
+            plan: &self.plan,
+            dataplane: &self.dataplane,
+            max_flows: self.dataplane.flow_table_size(),
+            sweep: sweep.as_deref(),
+            health,
+            iface: &self.iface.name,
+            mode: &self.mode,
+            config: &self.opts.config,
+            data_plane: DataPlaneStatus {
+                pin_dir: self.instance.pin_dir().display().to_string(),
+                adopted: self.dataplane.adopted(),
+                state_file: self
+                    .instance
+                    .state_dir()
+                    .join(crate::state::FILE)
+                    .display()
+                    .to_string(),
+            },
+            errors: self.errors.clone(),
+        });
+        let json = serde_json::to_string(&report);
+        tokio::spawn(async move {
+            let answer = move |request: &str| match request {
+                "status" => json.map_err(|e| e.to_string()),
+                other => Err(format!("unknown request {other:?}: try `status`")),
+            };
+            if let Err(err) = api::serve_one(stream, answer).await {
+                warn!(%err, "api client");
+            }
+        });
+    }
+
+    /// Leaves with the data plane forwarding: the sweeper stops, the state
+    /// is saved, probes stop, the managed neighbour entries stay for the
+    /// next `lb`.
+    async fn leave(mut self, monitor: HealthMonitor, watch: NeighborWatch) {
+        info!(
+            iface = %self.iface.name,
+            pinned = %self.instance.pin_dir().display(),
+            "stopping; the data plane keeps forwarding with the last state (nothing is probed until lb runs again; `lb detach --iface {}` removes it)",
+            self.iface.name
+        );
+        self.save_state();
+        let _ = std::fs::remove_file(&self.opts.socket);
+        monitor.shutdown().await;
+        watch.leave().await;
+        drop(self.sweeper);
+    }
+}
+
+fn warn_flow_table_size(dataplane: &Dataplane, policy: &Policy, iface: &str) {
+    warn!(
+        "flow_table.max_flows is {} but the flow tables keep their {} entries (they hold the live flows): `lb detach --iface {iface}` and a start resize them, and reset every connection",
+        policy.max_flows(),
+        dataplane.flow_table_size()
+    );
+}
+
+/// Raises the soft limit of open files to the hard one: every probe and
+/// every table swap holds a descriptor, and many targets add up.
+#[allow(unsafe_code)]
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            soft == limit.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        debug!(open_files = limit.rlim_cur, "open files limit");
+    } else {
+        warn!(
+            "cannot raise the open files limit: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
 async fn wait_for_macs(
-    macs: &mut tokio::sync::watch::Receiver<BTreeMap<IpAddr, Mac>>,
+    macs: &mut watch::Receiver<BTreeMap<IpAddr, Mac>>,
     targets: &[IpAddr],
     wait: Duration,
 ) {
@@ -388,217 +714,46 @@ fn report_exclusions(plan: &MapPlan) {
     }
 }
 
-fn log_mac_changes(old: &MapPlan, new: &MapPlan) {
-    for (o, n) in old.targets.iter().zip(&new.targets) {
-        if o.info.mac != n.info.mac || o.excluded != n.excluded {
-            match n.excluded {
-                Some(Exclusion::MacUnresolved) => {
-                    warn!(group = %n.group, target = %n.ip, "target MAC lost: target taken out of selection")
-                }
-                _ => {
-                    info!(group = %n.group, target = %n.ip, mac = %neighbors::fmt_mac(&n.info.mac), "target MAC resolved")
-                }
+/// Logs what changed between two plans of one policy: MACs resolved or
+/// lost, groups entering or leaving last resort.
+fn log_changes(old: &MapPlan, new: &MapPlan) {
+    let old_targets: BTreeMap<u32, _> = old.targets.iter().map(|t| (t.id, t)).collect();
+    for n in &new.targets {
+        let Some(o) = old_targets.get(&n.id) else {
+            continue;
+        };
+        if o.info.mac == n.info.mac && o.excluded == n.excluded {
+            continue;
+        }
+        match (o.excluded, n.excluded) {
+            (_, Some(Exclusion::MacUnresolved)) => {
+                warn!(group = %n.group, target = %n.ip, "target MAC lost: target taken out of selection")
             }
+            (Some(Exclusion::MacUnresolved), _) => {
+                info!(group = %n.group, target = %n.ip, mac = %neighbors::fmt_mac(&n.info.mac), "target MAC resolved")
+            }
+            _ if o.info.mac != n.info.mac => {
+                info!(group = %n.group, target = %n.ip, mac = %neighbors::fmt_mac(&n.info.mac), "target MAC changed")
+            }
+            _ => {}
         }
     }
-}
-
-fn lower<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
-}
-
-/// A group's `sticky_session` as status shows it.
-fn sticky_status(group: &policy::TargetGroup) -> Option<StickyStatus> {
-    group.sticky_session.map(|s| StickyStatus {
-        enabled: s.enabled,
-        kind: lower(&s.kind),
-        duration_s: s.duration_s,
-        state: match (s.enabled, group.algorithm) {
-            (false, _) => "off",
-            (true, policy::Algorithm::SourceIp) => "ignored (source_ip algorithm)",
-            (true, _) => "on",
+    let old_groups: BTreeMap<&str, bool> = old
+        .groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.last_resort))
+        .collect();
+    for n in &new.groups {
+        match (old_groups.get(n.name.as_str()), n.last_resort) {
+            (Some(false), true) => {
+                warn!(group = %n.name, "no healthy target left: last resort, every target takes new flows")
+            }
+            (Some(true), false) => {
+                info!(group = %n.name, "a target is healthy again: last resort over")
+            }
+            _ => {}
         }
-        .into(),
-    })
-}
-
-// Each argument is one independent source of the report.
-#[allow(clippy::too_many_arguments)]
-fn status_report(
-    policy: &Policy,
-    plan: &MapPlan,
-    dataplane: &Dataplane,
-    flow_table: &FlowTable,
-    health: &Snapshots,
-    iface: &str,
-    mode: &str,
-    config: &Path,
-) -> StatusReport {
-    let counters = dataplane
-        .counters()
-        .map(|c| {
-            c.into_iter()
-                .map(|(k, v)| (k.name().to_string(), v))
-                .collect()
-        })
-        .unwrap_or_default();
-    let listeners = policy
-        .listeners
-        .iter()
-        .zip(&plan.listeners)
-        .map(|(l, p)| {
-            let stats = dataplane
-                .listener_stats(p.info.listener_id)
-                .unwrap_or_default();
-            ListenerStatus {
-                name: l.name.clone(),
-                vip: l.vip.to_string(),
-                protocol: lower(&l.protocol),
-                port: l.port,
-                target_group: l.target_group.clone(),
-                packets: stats.packets,
-                bytes: stats.bytes,
-                new_flows: stats.new_flows,
-            }
-        })
-        .collect();
-    let target_groups = policy
-        .target_groups
-        .iter()
-        .map(|g| {
-            let listener = policy
-                .listeners
-                .iter()
-                .find(|l| l.target_group == g.name)
-                .map(|l| l.name.clone());
-            let listener_port = policy
-                .listeners
-                .iter()
-                .find(|l| l.target_group == g.name)
-                .map(|l| l.port);
-            let targets = plan
-                .targets
-                .iter()
-                .filter(|t| t.group == g.name)
-                .map(|t| {
-                    let stats = dataplane.target_stats(t.id).unwrap_or_default();
-                    let state = match (&listener, t.health) {
-                        (None, _) => "unused",
-                        (_, TargetHealth::Unchecked) => "unchecked",
-                        (_, TargetHealth::Checked(Health::Initial)) => "initial",
-                        (_, TargetHealth::Checked(Health::Healthy)) => "healthy",
-                        (_, TargetHealth::Checked(Health::Unhealthy)) => "unhealthy",
-                    };
-                    let snapshot = health.get(&TargetKey {
-                        group: g.name.clone(),
-                        ip: t.ip,
-                    });
-                    TargetStatus {
-                        ip: t.ip.to_string(),
-                        port: t.port,
-                        monitor_port: t.monitor_port,
-                        selectable: listener.is_some() && t.excluded.is_none(),
-                        excluded: t.excluded.map(|e| {
-                            match e {
-                                Exclusion::MacUnresolved => "mac_unresolved",
-                                Exclusion::ZeroWeight => "weight_zero",
-                                Exclusion::Unhealthy => "unhealthy",
-                            }
-                            .to_string()
-                        }),
-                        health: snapshot.map(|h| HealthStatus {
-                            consecutive_successes: h.consecutive_successes,
-                            consecutive_failures: h.consecutive_failures,
-                            last_result: h.last_result.clone(),
-                            last_ok: h.last_ok,
-                            last_latency_ms: h.last_latency.map(|d| d.as_secs_f64() * 1e3),
-                        }),
-                        weight: t.weight,
-                        ratio: t.ratio,
-                        slots: t.slots,
-                        mac: (t.excluded != Some(Exclusion::MacUnresolved))
-                            .then(|| neighbors::fmt_mac(&t.info.mac)),
-                        state: state.into(),
-                        packets: stats.packets,
-                        bytes: stats.bytes,
-                        new_flows: stats.new_flows,
-                        active_flows: flows::shown(dataplane.active_flows(t.id)),
-                    }
-                })
-                .collect();
-            GroupStatus {
-                name: g.name.clone(),
-                protocol: lower(&g.protocol),
-                algorithm: lower(&g.algorithm),
-                affinity: lower(&g.affinity),
-                table_size: g.table_size,
-                listener,
-                health_check: g.health_check.as_ref().map(|h| {
-                    let kind = h.kind_for(g.protocol);
-                    let http = matches!(kind, policy::CheckType::Http | policy::CheckType::Https);
-                    HealthCheckStatus {
-                        enabled: h.enabled,
-                        kind: lower(&kind),
-                        port: h.port.or(listener_port).unwrap_or(0),
-                        interval_s: h.interval_s,
-                        timeout_s: h.timeout_s,
-                        healthy_threshold: h.healthy_threshold,
-                        unhealthy_threshold: h.unhealthy_threshold,
-                        method: http.then(|| lower(&h.method())),
-                        version: http.then(|| lower(&h.version())),
-                        path: http.then(|| h.path().to_string()),
-                        status_codes: http.then(|| h.status_codes().to_string()),
-                    }
-                }),
-                on_unhealthy: g.target_failover.on_unhealthy.as_str().to_string(),
-                flow_idle_timeout_s: g.idle_timeout_s(),
-                flow_fin_timeout_s: g.fin_timeout_s(),
-                last_resort: plan
-                    .groups
-                    .iter()
-                    .any(|p| p.name == g.name && p.last_resort),
-                sticky_session: sticky_status(g),
-                targets,
-            }
-        })
-        .collect();
-    StatusReport {
-        interface: iface.to_string(),
-        xdp_mode: mode.to_string(),
-        policy: config.display().to_string(),
-        probe_sources: probe_sources(policy),
-        counters,
-        flow_table: FlowTableStatus {
-            max_flows: flow_table.max_flows,
-            entries: flow_table.sweep.as_ref().map(|s| s.entries),
-            last_sweep_ms: flow_table
-                .sweep
-                .as_ref()
-                .map(|s| s.took.as_secs_f64() * 1e3),
-            cache_slots: dataplane.flow_cache_slots(),
-        },
-        listeners,
-        target_groups,
     }
-}
-
-/// The local addresses health probes leave from, one per address family used
-/// by checked targets.
-fn probe_sources(policy: &Policy) -> Vec<String> {
-    let mut sources: Vec<String> = policy
-        .target_groups
-        .iter()
-        .filter(|g| g.health_check.as_ref().is_some_and(|h| h.enabled))
-        .flat_map(|g| g.targets.iter())
-        .filter_map(|t| health::probe_source(t.ip))
-        .map(|ip| ip.to_string())
-        .collect();
-    sources.sort();
-    sources.dedup();
-    sources
 }
 
 #[cfg(test)]
@@ -619,34 +774,5 @@ mod tests {
                 .starts_with("policy:540ms,apply:50ms,attach:")
         );
         assert!(!phases.to_string().contains(char::is_whitespace));
-    }
-
-    #[test]
-    fn sticky_sessions_are_ignored_with_source_ip() {
-        let groups = policy::parse(
-            "t.yaml",
-            "target_groups:\n\
-             - { name: a, protocol: tcp, algorithm: source_ip, sticky_session: {} }\n\
-             - { name: b, protocol: udp, algorithm: round_robin, sticky_session: { duration_s: 5 } }\n\
-             - { name: c, protocol: tcp, sticky_session: { enabled: false } }\n\
-             - { name: d, protocol: tcp }\n",
-        )
-        .unwrap()
-        .target_groups;
-        let states: Vec<Option<(String, String, u32)>> = groups
-            .iter()
-            .map(|g| sticky_status(g).map(|s| (s.state, s.kind, s.duration_s)))
-            .collect();
-        let some =
-            |state: &str, duration| Some((state.to_string(), "source_ip".to_string(), duration));
-        assert_eq!(
-            states,
-            [
-                some("ignored (source_ip algorithm)", 360),
-                some("on", 5),
-                some("off", 360),
-                None
-            ]
-        );
     }
 }

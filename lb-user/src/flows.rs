@@ -7,7 +7,7 @@
 //! group's FIN timeout once the client sent FIN or RST, else the group's idle
 //! timeout. Times are data-plane times: the kernel's monotonic clock plus
 //! `Config::time_offset_ns`.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{FlowState, GroupInfo, flow_flags};
 
@@ -41,7 +41,10 @@ impl Timeouts {
 }
 
 /// What the sweeper needs of a plan: the timeouts of each listener's group
-/// (an entry names the listener it was created under) and the time offset.
+/// (an entry names the listener it was created under), the time offset, and
+/// the retired target ids (`crate::ids`), whose flows are re-selected at
+/// their next packet anyway: their entries and sticky sessions are deleted,
+/// so that the ids can be released.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
     by_listener: HashMap<u16, Timeouts>,
@@ -51,6 +54,7 @@ pub struct Rules {
     fallback: Timeouts,
     /// `Config::time_offset_ns` of the plan.
     pub time_offset_ns: u64,
+    pub retired: BTreeSet<u32>,
 }
 
 impl Rules {
@@ -79,6 +83,18 @@ impl Rules {
             by_listener,
             fallback,
             time_offset_ns: plan.config.time_offset_ns,
+            retired: plan.ids.retired().map(|(_, a)| a.id).collect(),
+        }
+    }
+
+    /// What a sweep does with an entry at data-plane time `now_ns`.
+    pub fn verdict(&self, state: &FlowState, now_ns: u64) -> Verdict {
+        if self.ended(state, now_ns) {
+            Verdict::Ended
+        } else if self.retired.contains(&state.target_id) {
+            Verdict::Orphaned
+        } else {
+            Verdict::Live
         }
     }
 
@@ -90,6 +106,17 @@ impl Rules {
             .unwrap_or(&self.fallback);
         ended(state, now_ns, timeouts)
     }
+}
+
+/// What a sweep does with a flow-table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Live,
+    /// The flow has ended: delete it.
+    Ended,
+    /// It names a retired target (its next packet would choose again):
+    /// delete it, if the target is still not usable when deleting.
+    Orphaned,
 }
 
 /// Whether an entry has ended: its last packet is older than the timeout
@@ -109,6 +136,10 @@ pub struct Tally {
     pub ended: u64,
     /// Target id -> live entries with `COUNTED` created before `since_ns`.
     pub active: BTreeMap<u32, i64>,
+    /// Entries naming a retired target.
+    pub orphaned: u64,
+    /// Target ids that live entries name.
+    pub named: BTreeSet<u32>,
 }
 
 impl Tally {
@@ -120,20 +151,27 @@ impl Tally {
             entries: 0,
             ended: 0,
             active: BTreeMap::new(),
+            orphaned: 0,
+            named: BTreeSet::new(),
         }
     }
 
-    /// Adds one entry; returns whether it has ended (the sweeper deletes it).
-    pub fn add(&mut self, rules: &Rules, state: &FlowState, now_ns: u64) -> bool {
+    /// Adds one entry; returns what to do with it (the sweeper deletes the
+    /// ended and orphaned ones).
+    pub fn add(&mut self, rules: &Rules, state: &FlowState, now_ns: u64) -> Verdict {
         self.entries += 1;
-        if rules.ended(state, now_ns) {
-            self.ended += 1;
-            return true;
+        let verdict = rules.verdict(state, now_ns);
+        match verdict {
+            Verdict::Ended => self.ended += 1,
+            Verdict::Orphaned => self.orphaned += 1,
+            Verdict::Live => {
+                self.named.insert(state.target_id);
+                if state.flags & flow_flags::COUNTED != 0 && state.created_ns < self.since_ns {
+                    *self.active.entry(state.target_id).or_default() += 1;
+                }
+            }
         }
-        if state.flags & flow_flags::COUNTED != 0 && state.created_ns < self.since_ns {
-            *self.active.entry(state.target_id).or_default() += 1;
-        }
-        false
+        verdict
     }
 }
 
@@ -209,6 +247,7 @@ mod tests {
                 time_offset_ns: 7,
                 ..Default::default()
             },
+            ids: Default::default(),
             listeners: vec![listener(1, 1), listener(2, 2)],
             groups: vec![group(1, 350, 10), group(2, 120, 3)],
             targets: vec![],
@@ -290,10 +329,16 @@ mod tests {
                 ..state(2, flow_flags::COUNTED, 999)
             },
         ];
-        let deleted: Vec<bool> = entries.iter().map(|e| tally.add(&rules, e, now)).collect();
-        assert_eq!(deleted, [false, false, false, true, false, false]);
+        let verdicts: Vec<Verdict> = entries.iter().map(|e| tally.add(&rules, e, now)).collect();
+        use Verdict::{Ended, Live};
+        assert_eq!(verdicts, [Live, Live, Live, Ended, Live, Live]);
         assert_eq!((tally.entries, tally.ended), (6, 1));
         assert_eq!(tally.active, BTreeMap::from([(3, 2), (5, 1)]));
+        assert_eq!(
+            tally.named,
+            BTreeSet::from([3, 5]),
+            "the ended entry names nothing"
+        );
 
         // Drifted values are corrected by their difference (a target without
         // live flows loses what the snapshot had), right values are left
@@ -330,10 +375,43 @@ mod tests {
         }));
         let mut tally = Tally::since(snapshot_at);
         for e in &table {
-            assert!(!tally.add(&rules, e, now));
+            assert_eq!(tally.add(&rules, e, now), Verdict::Live);
         }
         // The data plane counted 10 and 10: nothing to correct.
         assert_eq!(corrections(&tally, &snapshot), []);
+    }
+
+    /// Entries of retired targets are deleted (their next packet would
+    /// choose again anyway), so that the ids can be released; the others
+    /// name their targets.
+    #[test]
+    fn entries_of_retired_targets_are_orphans() {
+        let mut rules = Rules::of(&plan());
+        rules.retired = BTreeSet::from([4]);
+        let now = 1000 * S;
+        let mut tally = Tally::since(1);
+        let live = FlowState {
+            target_id: 3,
+            ..state(1, flow_flags::COUNTED, 999)
+        };
+        let orphan = FlowState {
+            target_id: 4,
+            ..state(1, flow_flags::COUNTED, 999)
+        };
+        let ended_orphan = FlowState {
+            target_id: 4,
+            ..state(1, flow_flags::COUNTED, 1)
+        };
+        assert_eq!(tally.add(&rules, &live, now), Verdict::Live);
+        assert_eq!(tally.add(&rules, &orphan, now), Verdict::Orphaned);
+        assert_eq!(tally.add(&rules, &ended_orphan, now), Verdict::Ended);
+        assert_eq!((tally.orphaned, tally.ended), (1, 1));
+        assert_eq!(tally.named, BTreeSet::from([3]));
+        assert_eq!(
+            tally.active,
+            BTreeMap::from([(3, 1)]),
+            "orphans are not counted"
+        );
     }
 
     #[test]

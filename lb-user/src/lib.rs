@@ -8,12 +8,15 @@ pub mod dataplane;
 pub mod flows;
 mod group_table;
 pub mod health;
+pub mod ids;
 pub mod least_connections;
 pub mod maglev;
 pub mod neighbors;
 pub mod plan;
 pub mod policy;
 pub mod round_robin;
+pub mod state;
+mod status;
 
 /// The XDP load balancer, built from `lb-ebpf` by `build.rs`.
 pub static EBPF_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

@@ -31,8 +31,10 @@ enum XdpMode {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to a NIC and balance the policy's listeners until SIGINT/SIGTERM
-    /// (SIGHUP reloads the policy).
+    /// Attach to a NIC and balance the policy's listeners (SIGHUP reloads the
+    /// policy). The data plane is pinned: it keeps forwarding after lb
+    /// stops (SIGINT, SIGTERM, a crash), and the next `lb run` adopts it
+    /// with every flow; `lb detach` removes it.
     Run {
         /// The policy (YAML).
         #[arg(long, short)]
@@ -48,6 +50,15 @@ enum Command {
         /// Seconds to wait at start for the targets' MACs before attaching.
         #[arg(long, default_value_t = 3.0)]
         resolve_wait_s: f64,
+    },
+    /// Remove the data plane `lb run` left on a NIC: detach its XDP program
+    /// (traffic to the VIPs falls to the kernel, so connections through it
+    /// are reset), unpin its maps and remove its runtime state. Refused
+    /// while an `lb run` serves the NIC.
+    Detach {
+        /// The NIC.
+        #[arg(long, short)]
+        iface: String,
     },
     /// Check a policy file and exit (nothing is attached).
     Check { config: PathBuf },
@@ -121,6 +132,33 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 resolve_wait: Duration::from_secs_f64(resolve_wait_s.max(0.0)),
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { iface } => {
+            let instance = lb_user::dataplane::pin::Instance::of_interface(&iface);
+            let done = lb_user::dataplane::detach(&instance)?;
+            if !done.link && done.pins == 0 && !done.state {
+                println!(
+                    "{iface}: no data plane of lb ({} is empty)",
+                    instance.pin_dir().display()
+                );
+            } else {
+                println!(
+                    "{iface}: {}, {} pinned objects removed from {}{}",
+                    if done.link {
+                        "XDP program detached"
+                    } else {
+                        "no XDP link attached"
+                    },
+                    done.pins,
+                    instance.pin_dir().display(),
+                    if done.state {
+                        ", runtime state removed"
+                    } else {
+                        ""
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {

@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
 
+use crate::ids::Ids;
+
 /// A MAC address.
 pub type Mac = [u8; 6];
 
@@ -43,10 +45,14 @@ pub enum TargetHealth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MapPlan {
     pub config: Config,
+    /// The ids of the policy's objects and of retired targets (the loader
+    /// records them in the data plane, `TARGET_IDS` and `GROUP_NAMES`).
+    pub ids: Arc<Ids>,
+    /// In policy order (ids are stable, not positions: `crate::ids`).
     pub listeners: Vec<PlannedListener>,
-    /// Ordered by id; ids start at 1.
+    /// In policy order.
     pub groups: Vec<PlannedGroup>,
-    /// Ordered by id; ids start at 1 (0 is the reserved "no target").
+    /// In policy order, group by group (id 0 is the reserved "no target").
     pub targets: Vec<PlannedTarget>,
 }
 

@@ -35,9 +35,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     BPF_F_MMAPABLE, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE,
-    FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, GroupTableElement,
-    ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
-    Stats, StickyKey, StickyState, TargetInfo,
+    FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, GroupName,
+    GroupTableElement, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS,
+    MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState, TargetInfo, TargetRecord,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -133,6 +133,16 @@ static GROUP_RR: Array<u64, { MAX_GROUPS as usize }> = Array::new();
 #[btf_map]
 static STICKY: LruHashMap<StickyKey, StickyState, { DEFAULT_STICKY_TABLE_SIZE as usize }> =
     LruHashMap::new();
+
+/// Target id -> the target's identity, and group id -> the group's name:
+/// the loader's record of what the ids in the maps above name, kept with
+/// them so that a loader adopting this data plane knows it. The program never
+/// reads them.
+#[btf_map]
+static TARGET_IDS: Array<TargetRecord, { MAX_TARGETS as usize }> = Array::new();
+
+#[btf_map]
+static GROUP_NAMES: Array<GroupName, { MAX_GROUPS as usize }> = Array::new();
 
 /// The verdict for one frame.
 #[inline(always)]

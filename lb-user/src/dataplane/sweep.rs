@@ -31,19 +31,28 @@
 //!   "Flow lifecycle").
 //! - Counts are changed with atomic adds through a memory mapping of
 //!   `TARGET_ACTIVE`, so they never tear against the data plane's.
+//!
+//! Retired targets (`crate::ids`): entries and sticky sessions that name one
+//! are deleted, if the target is still not usable when the entry is read
+//! again (a packet of such a flow would choose again anyway), and each
+//! report lists the target ids that live entries and sessions still name,
+//! so that the registry releases the others.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd as _, OwnedFd},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
-use lb_common::{FlowKey, FlowKeyV4, FlowState, MAX_TARGETS, map_names as names};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
+use lb_common::{
+    FlowKey, FlowKeyV4, FlowState, MAX_TARGETS, StickyKey, StickyState, TargetInfo,
+    map_names as names, target_flags,
+};
 
 use super::{DataplaneError, clock::Clock, map_err, mmap::Mapping, sys};
-use crate::flows::{Rules, Tally, corrections};
+use crate::flows::{Rules, Tally, Verdict, corrections};
 
 /// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
 const CHUNK: u32 = 4096;
@@ -91,7 +100,7 @@ impl ActiveCounts {
 }
 
 /// What one sweep did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SweepReport {
     /// Entries in both flow tables.
     pub entries: u64,
@@ -103,7 +112,29 @@ pub struct SweepReport {
     pub corrected: usize,
     /// Live counted flows per target id that started before the sweep.
     pub active: BTreeMap<u32, i64>,
+    /// Entries and sticky sessions of retired targets deleted.
+    pub orphans_deleted: u64,
+    /// Target ids that flow entries or sticky sessions still name.
+    pub named: BTreeSet<u32>,
+    /// When the walk started.
+    pub started: Instant,
     pub took: Duration,
+}
+
+impl Default for SweepReport {
+    fn default() -> Self {
+        SweepReport {
+            entries: 0,
+            ended: 0,
+            deleted: 0,
+            corrected: 0,
+            active: BTreeMap::new(),
+            orphans_deleted: 0,
+            named: BTreeSet::new(),
+            started: Instant::now(),
+            took: Duration::ZERO,
+        }
+    }
 }
 
 struct Table<K> {
@@ -113,47 +144,89 @@ struct Table<K> {
 
 impl<K: aya::Pod + Default> Table<K> {
     fn open(data: &MapData, name: &'static str) -> Result<Table<K>, DataplaneError> {
-        let dup = || {
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| DataplaneError::Map {
-                    name,
-                    source: MapError::IoError(e),
-                })
-        };
-        let fd = dup()?;
-        let own = MapData::from_fd(dup()?).map_err(map_err(name))?;
+        let (fd, own) = dup(data, name)?;
         let map = BpfHashMap::try_from(Map::LruHashMap(own)).map_err(map_err(name))?;
         Ok(Table { fd, map })
     }
 
     /// Reads every entry into `tally` (`now`: data-plane time); returns the
-    /// keys of ended entries.
+    /// keys of ended and orphaned entries.
     fn read(&self, rules: &Rules, now: u64, tally: &mut Tally) -> std::io::Result<Vec<K>> {
-        let mut ended = Vec::new();
+        let mut stale = Vec::new();
         sys::lookup_all::<K, FlowState>(self.fd.as_fd(), CHUNK, |key, state| {
-            if tally.add(rules, state, now) {
-                ended.push(*key);
+            if tally.add(rules, state, now) != Verdict::Live {
+                stale.push(*key);
             }
         })?;
-        Ok(ended)
+        Ok(stale)
     }
 
-    /// Deletes the entries of `keys` that are still ended at `now`; returns
-    /// how many.
-    fn delete_ended(&mut self, rules: &Rules, now: u64, keys: &[K]) -> u64 {
-        let mut deleted = 0;
+    /// Deletes the entries of `keys` that are still ended, or still name a
+    /// retired target that is not usable, at `now`; returns how many of each
+    /// it deleted, and adds the targets of the others to `named`.
+    fn delete_stale(
+        &mut self,
+        rules: &Rules,
+        now: u64,
+        keys: &[K],
+        targets: &Targets,
+        named: &mut BTreeSet<u32>,
+    ) -> (u64, u64) {
+        let (mut ended, mut orphans) = (0, 0);
         for key in keys {
-            if let Ok(state) = self.map.get(key, 0)
-                && rules.ended(&state, now)
-                && self.map.remove(key).is_ok()
-            {
-                deleted += 1;
+            let Ok(state) = self.map.get(key, 0) else {
+                continue;
+            };
+            let verdict = rules.verdict(&state, now);
+            let delete = verdict == Verdict::Ended
+                || (verdict == Verdict::Orphaned && !targets.usable(state.target_id));
+            if delete && self.map.remove(key).is_ok() {
+                match verdict {
+                    Verdict::Ended => ended += 1,
+                    _ => orphans += 1,
+                }
+            } else {
+                named.insert(state.target_id);
             }
         }
-        deleted
+        (ended, orphans)
     }
+}
+
+/// The `TARGETS` map, read to check that a retired target is still not
+/// usable before its entries are deleted (a plan newer than the sweeper's
+/// rules may have brought it back).
+struct Targets(Array<MapData, TargetInfo>);
+
+impl Targets {
+    fn usable(&self, id: u32) -> bool {
+        // A read that fails counts as usable: nothing is deleted on a guess.
+        self.0
+            .get(&id, 0)
+            .map_or(true, |t| t.flags & target_flags::USABLE != 0)
+    }
+}
+
+/// Opens another handle on a map (the sweeper's own, for its thread).
+fn dup(data: &MapData, name: &'static str) -> Result<(OwnedFd, MapData), DataplaneError> {
+    let dup = || {
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| DataplaneError::Map {
+                name,
+                source: MapError::IoError(e),
+            })
+    };
+    Ok((dup()?, MapData::from_fd(dup()?).map_err(map_err(name))?))
+}
+
+/// The maps a sweeper reads, borrowed to make its own handles on them.
+pub(super) struct SweptMaps<'a> {
+    pub v4: &'a MapData,
+    pub v6: &'a MapData,
+    pub sticky: &'a MapData,
+    pub targets: &'a MapData,
 }
 
 /// Walks the flow tables and corrects the active counts (see the module
@@ -161,28 +234,66 @@ impl<K: aya::Pod + Default> Table<K> {
 pub struct FlowSweeper {
     v4: Table<FlowKeyV4>,
     v6: Table<FlowKey>,
+    sticky: (OwnedFd, BpfHashMap<MapData, StickyKey, StickyState>),
+    targets: Targets,
     active: Arc<ActiveCounts>,
     clock: Clock,
 }
 
 impl FlowSweeper {
     pub(super) fn new(
-        v4: &MapData,
-        v6: &MapData,
+        maps: SweptMaps<'_>,
         active: Arc<ActiveCounts>,
         clock: Clock,
     ) -> Result<FlowSweeper, DataplaneError> {
+        let (sticky_fd, sticky) = dup(maps.sticky, names::STICKY)?;
+        let sticky =
+            BpfHashMap::try_from(Map::LruHashMap(sticky)).map_err(map_err(names::STICKY))?;
+        let (_, targets) = dup(maps.targets, names::TARGETS)?;
+        let targets = Array::try_from(Map::Array(targets)).map_err(map_err(names::TARGETS))?;
         Ok(FlowSweeper {
-            v4: Table::open(v4, names::FLOWS_V4)?,
-            v6: Table::open(v6, names::FLOWS_V6)?,
+            v4: Table::open(maps.v4, names::FLOWS_V4)?,
+            v6: Table::open(maps.v6, names::FLOWS_V6)?,
+            sticky: (sticky_fd, sticky),
+            targets: Targets(targets),
             active,
             clock,
         })
     }
 
+    /// Reads every sticky session: the targets the live ones name go to
+    /// `named`; those of retired targets that are not usable are deleted
+    /// (a client's next flow would be placed afresh anyway). Returns how
+    /// many it deleted.
+    fn sweep_sticky(&mut self, rules: &Rules, named: &mut BTreeSet<u32>) -> std::io::Result<u64> {
+        let mut stale = Vec::new();
+        sys::lookup_all::<StickyKey, StickyState>(self.sticky.0.as_fd(), CHUNK, |key, s| {
+            if rules.retired.contains(&s.target_id) {
+                stale.push(*key);
+            } else {
+                named.insert(s.target_id);
+            }
+        })?;
+        let mut deleted = 0;
+        for key in &stale {
+            let Ok(s) = self.sticky.1.get(key, 0) else {
+                continue;
+            };
+            if rules.retired.contains(&s.target_id)
+                && !self.targets.usable(s.target_id)
+                && self.sticky.1.remove(key).is_ok()
+            {
+                deleted += 1;
+            } else {
+                named.insert(s.target_id);
+            }
+        }
+        Ok(deleted)
+    }
+
     /// One sweep.
     pub fn sweep(&mut self, rules: &Rules) -> Result<SweepReport, DataplaneError> {
-        let start = Instant::now();
+        let started = Instant::now();
         let io = |name| {
             move |e| DataplaneError::Map {
                 name,
@@ -207,17 +318,25 @@ impl FlowSweeper {
         let snapshot = self.active.nonzero();
         let mut tally = Tally::since(since);
         let read_at = now()?;
-        let ended_v4 = self
+        let stale_v4 = self
             .v4
             .read(rules, read_at, &mut tally)
             .map_err(io(names::FLOWS_V4))?;
-        let ended_v6 = self
+        let stale_v6 = self
             .v6
             .read(rules, read_at, &mut tally)
             .map_err(io(names::FLOWS_V6))?;
         let delete_at = now()?;
-        let deleted = self.v4.delete_ended(rules, delete_at, &ended_v4)
-            + self.v6.delete_ended(rules, delete_at, &ended_v6);
+        let mut named = std::mem::take(&mut tally.named);
+        let (ended_v4, orphans_v4) =
+            self.v4
+                .delete_stale(rules, delete_at, &stale_v4, &self.targets, &mut named);
+        let (ended_v6, orphans_v6) =
+            self.v6
+                .delete_stale(rules, delete_at, &stale_v6, &self.targets, &mut named);
+        let sticky = self
+            .sweep_sticky(rules, &mut named)
+            .map_err(io(names::STICKY))?;
         let fixes = corrections(&tally, &snapshot);
         for &(id, delta) in &fixes {
             self.active.add(id, delta);
@@ -225,10 +344,13 @@ impl FlowSweeper {
         Ok(SweepReport {
             entries: tally.entries,
             ended: tally.ended,
-            deleted,
+            deleted: ended_v4 + ended_v6,
             corrected: fixes.len(),
             active: tally.active,
-            took: start.elapsed(),
+            orphans_deleted: orphans_v4 + orphans_v6 + sticky,
+            named,
+            started,
+            took: started.elapsed(),
         })
     }
 
@@ -236,8 +358,8 @@ impl FlowSweeper {
     /// is stopped or dropped.
     pub fn spawn(mut self, rules: Rules, interval: Duration) -> SweeperHandle {
         let (tx, rx) = mpsc::channel::<Option<Rules>>();
-        let last = Arc::new(Mutex::new(None));
-        let report = Arc::clone(&last);
+        let (reports, _) = tokio::sync::watch::channel(None);
+        let report = reports.clone();
         let thread = thread::Builder::new()
             .name("lb-flow-sweeper".into())
             .spawn(move || {
@@ -245,16 +367,17 @@ impl FlowSweeper {
                 loop {
                     match self.sweep(&rules) {
                         Ok(r) => {
-                            if r.deleted > 0 || r.corrected > 0 {
+                            if r.deleted > 0 || r.corrected > 0 || r.orphans_deleted > 0 {
                                 tracing::debug!(
                                     entries = r.entries,
                                     deleted = r.deleted,
+                                    orphans_deleted = r.orphans_deleted,
                                     corrected = r.corrected,
                                     took_ms = r.took.as_secs_f64() * 1e3,
                                     "flow sweep"
                                 );
                             }
-                            *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                            report.send_replace(Some(Arc::new(r)));
                         }
                         Err(err) => tracing::warn!(%err, "flow sweep failed"),
                     }
@@ -269,7 +392,7 @@ impl FlowSweeper {
         SweeperHandle {
             tx,
             thread: Some(thread),
-            last,
+            reports,
         }
     }
 }
@@ -278,7 +401,7 @@ impl FlowSweeper {
 pub struct SweeperHandle {
     tx: mpsc::Sender<Option<Rules>>,
     thread: Option<thread::JoinHandle<()>>,
-    last: Arc<Mutex<Option<SweepReport>>>,
+    reports: tokio::sync::watch::Sender<Option<Arc<SweepReport>>>,
 }
 
 impl SweeperHandle {
@@ -288,8 +411,13 @@ impl SweeperHandle {
     }
 
     /// The last sweep's report.
-    pub fn last(&self) -> Option<SweepReport> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn last(&self) -> Option<Arc<SweepReport>> {
+        self.reports.borrow().clone()
+    }
+
+    /// Each sweep's report as it comes.
+    pub fn reports(&self) -> tokio::sync::watch::Receiver<Option<Arc<SweepReport>>> {
+        self.reports.subscribe()
     }
 
     /// Stops the thread (after the sweep under way, if any).

@@ -10,7 +10,7 @@
 use std::{
     io,
     mem::size_of,
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
 use aya::Pod;
@@ -103,6 +103,56 @@ pub fn update_batch<V: Pod>(fd: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> i
     Ok(())
 }
 
+/// Deletes element `key` of the map `fd` (an array of maps: clears it).
+pub fn delete(fd: BorrowedFd<'_>, key: u32) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = &key as *const u32 as u64;
+    bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr)
+}
+
+/// Opens the object pinned at `path` (BPF_OBJ_GET).
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    let fd = bpf_fd(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Detaches the link `fd` from its hook (BPF_LINK_DETACH), whoever else
+/// holds it: an XDP link leaves its interface at once.
+pub fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_detach.link_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr)
+}
+
+/// The interface index an XDP link is attached to; 0 once the interface is
+/// gone (the link is then defunct).
+pub fn xdp_link_ifindex(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    use aya_obj::generated::bpf_link_info;
+    // SAFETY: bpf_link_info is a C struct of plain integers and unions of
+    // them; all zeros is a valid value.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_link_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_link_info as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    if info.type_ != aya_obj::generated::bpf_link_type::BPF_LINK_TYPE_XDP as u32 {
+        return Err(io::Error::other(format!(
+            "link type {} is not XDP",
+            info.type_
+        )));
+    }
+    // SAFETY: for an XDP link the kernel filled the `xdp` member.
+    Ok(unsafe { info.__bindgen_anon_1.xdp.ifindex })
+}
+
 fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a C union of plain integers; all zeros is the
     // value the kernel expects for every field not set.
@@ -110,6 +160,12 @@ fn zeroed_attr() -> bpf_attr {
 }
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+    bpf_fd(cmd, attr).map(|_| ())
+}
+
+/// The bpf(2) call; its non-negative result (a new descriptor for the
+/// commands that make one).
+fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i32> {
     // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size
     // passed; the pointers in it point at buffers the caller keeps alive and
     // sized for `count` keys and values.
@@ -124,7 +180,7 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret as i32)
     }
 }
 

@@ -34,13 +34,9 @@ use super::{
 };
 use crate::policy::{CheckType, Policy};
 
-/// A checked target: the same IP in two groups is checked twice (each group
-/// has its own check).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TargetKey {
-    pub group: String,
-    pub ip: IpAddr,
-}
+/// A checked target is a target: the same IP in two groups is checked twice
+/// (each group has its own check).
+pub use crate::ids::TargetKey;
 
 /// What the monitor knows of one target, as of its last probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +144,9 @@ pub struct HealthMonitor {
     prober: Arc<Prober>,
     tx: watch::Sender<Snapshots>,
     running: BTreeMap<TargetKey, Running>,
+    /// Verdicts from before a restart, each taken by its target's first
+    /// probe loop.
+    restored: BTreeMap<TargetKey, HealthState>,
 }
 
 struct Running {
@@ -162,13 +161,25 @@ impl HealthMonitor {
     /// Starts checking every target `checks(policy)` lists. The receiver
     /// holds one entry per checked target, `initial` until its first verdict.
     pub fn start(policy: &Policy) -> (Self, watch::Receiver<Snapshots>) {
+        Self::start_with(policy, BTreeMap::new())
+    }
+
+    /// Starts like [`HealthMonitor::start`], but a target with a verdict in
+    /// `restored` (saved before `lb` restarted) starts with that verdict
+    /// instead of `initial`, and needs its threshold of probes to change it.
+    pub fn start_with(
+        policy: &Policy,
+        restored: BTreeMap<TargetKey, HealthState>,
+    ) -> (Self, watch::Receiver<Snapshots>) {
         let (tx, rx) = watch::channel(BTreeMap::new());
         let mut monitor = HealthMonitor {
             prober: Arc::new(Prober::new()),
             tx,
             running: BTreeMap::new(),
+            restored,
         };
         monitor.update(policy);
+        monitor.restored.clear();
         (monitor, rx)
     }
 
@@ -196,12 +207,14 @@ impl HealthMonitor {
         if stale.is_empty() && fresh.is_empty() {
             return;
         }
+        let restored = &self.restored;
+        let first = |key: &TargetKey| restored.get(key).copied().unwrap_or(HealthState::Initial);
         self.tx.send_modify(|map| {
             for key in &stale {
                 map.remove(key);
             }
             for (key, check) in &fresh {
-                map.insert(key.clone(), initial_snapshot(check));
+                map.insert(key.clone(), initial_snapshot(check, first(key)));
             }
         });
         for (key, check) in fresh {
@@ -209,6 +222,7 @@ impl HealthMonitor {
             let task = tokio::spawn(probe_loop(
                 key.clone(),
                 check.clone(),
+                first(&key),
                 self.prober.clone(),
                 self.tx.clone(),
                 alive.clone(),
@@ -248,13 +262,15 @@ const GRACE: Duration = Duration::from_millis(100);
 async fn probe_loop(
     key: TargetKey,
     check: TargetCheck,
+    first: HealthState,
     prober: Arc<Prober>,
     tx: watch::Sender<Snapshots>,
     alive: Arc<AtomicBool>,
 ) {
     let addr = SocketAddr::new(key.ip, check.port.unwrap_or(0));
     let mut health = TargetHealth::new(check.healthy_threshold, check.unhealthy_threshold)
-        .with_timeout(check.timeout);
+        .with_timeout(check.timeout)
+        .with_state(first);
     let first = Instant::now() + offset(&key, check.interval);
     let mut ticks = tokio::time::interval_at(first, check.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -304,9 +320,9 @@ async fn probe_loop(
     }
 }
 
-fn initial_snapshot(check: &TargetCheck) -> HealthSnapshot {
+fn initial_snapshot(check: &TargetCheck, state: HealthState) -> HealthSnapshot {
     HealthSnapshot {
-        state: HealthState::Initial,
+        state,
         consecutive_successes: 0,
         consecutive_failures: 0,
         last_result: None,

@@ -88,6 +88,13 @@ impl TargetHealth {
         }
     }
 
+    /// Starts from `state` (a verdict from before a restart) instead of
+    /// `initial`: the thresholds count from there.
+    pub fn with_state(mut self, state: HealthState) -> Self {
+        self.state = state;
+        self
+    }
+
     /// Also judges a result whose latency exceeds `timeout` a failure.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);

@@ -158,6 +158,20 @@ impl NeighborWatch {
         self.remove_owned()
     }
 
+    /// Stops the watch and leaves the managed entries it made in the
+    /// kernel, which keeps them resolved: for the `lb` that takes over the
+    /// data plane, which then finds every target's MAC at once.
+    pub async fn leave(mut self) {
+        if let Some(task) = self.task.take() {
+            let (done, done_rx) = oneshot::channel();
+            if self.commands.send(Command::Stop(done)).await.is_ok() {
+                let _ = done_rx.await;
+            }
+            let _ = task.await;
+        }
+        lock(&self.owned).addrs.clear();
+    }
+
     /// Removes the managed entries made by the task, which must be stopped
     /// or aborted, and makes it create no more.
     fn remove_owned(&self) -> Result<(), NetError> {

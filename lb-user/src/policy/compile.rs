@@ -1,22 +1,25 @@
-//! policy + observed host facts -> map plan. Pure: no I/O, no clock, no aya.
+//! policy + observed host facts + ids -> map plan. Pure: no I/O, no clock,
+//! no aya.
 //!
 //! The input policy must have passed validation; what validation guarantees is
-//! not checked again, but capacity limits of the maps are.
+//! not checked again.
 //!
-//! Ids: groups and targets are numbered from 1 in policy order (0 is the
-//! reserved "none"), listeners likewise. A target takes new flows when its
-//! weight is positive and its MAC is known (static `mac:` first, else the
-//! neighbour table); it keeps receiving the packets of its existing flows as
-//! long as its MAC is known, whatever its weight.
-use std::net::IpAddr;
+//! Ids come from [`Ids`] (`crate::ids`): listeners, groups and targets keep
+//! theirs whatever else changes in the policy (0 is the reserved "none"). A
+//! target takes new flows when its weight is positive and its MAC is known
+//! (static `mac:` first, else the neighbour table); it keeps receiving the
+//! packets of its existing flows as long as its MAC is known, whatever its
+//! weight.
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
 
 use lb_common::{
-    Config, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS,
-    PROTO_TCP, PROTO_UDP, TargetInfo, group_flags, hash_fields, target_flags,
+    Config, GroupInfo, ListenerInfo, ListenerKey, PROTO_TCP, PROTO_UDP, TargetInfo, group_flags,
+    hash_fields, target_flags,
 };
 
 use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
 use crate::{
+    ids::{Ids, IdsError, TargetKey},
     maglev::{Identity, Member, TableCache},
     plan::{
         Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget, Table,
@@ -27,12 +30,10 @@ use crate::{
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error("too many {what}: {count} (the data plane holds at most {max})")]
-    Capacity {
-        what: &'static str,
-        count: usize,
-        max: u32,
-    },
+    #[error(transparent)]
+    Ids(#[from] IdsError),
+    #[error("{what} `{name}` has no id (the ids were assigned for another policy)")]
+    NoId { what: &'static str, name: String },
     #[error("target group `{group}`: target {ip}: bad mac {mac:?}: {reason}")]
     BadMac {
         group: String,
@@ -92,6 +93,19 @@ pub fn addr_words(ip: IpAddr) -> [u32; 4] {
     }
 }
 
+/// The address stored as `words` ([`addr_words`]) of `family`.
+pub fn ip_of(words: [u32; 4], family: u8) -> IpAddr {
+    if family == lb_common::FAMILY_V4 {
+        IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut octets = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            octets[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(octets)
+    }
+}
+
 pub fn family_of(ip: IpAddr) -> u8 {
     if ip.is_ipv4() {
         lb_common::FAMILY_V4
@@ -116,40 +130,48 @@ pub fn listener_key(vip: IpAddr, protocol: ListenerProtocol, port: u16) -> Liste
     }
 }
 
-/// Compiles with a fresh table cache (every table built).
+/// Compiles with fresh ids (numbered in policy order) and a fresh table
+/// cache (every table built).
 pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileError> {
-    compile_cached(policy, observed, &mut TableCache::default())
+    let ids = Ids::default().assign(policy, Instant::now())?;
+    compile_cached(policy, observed, &Arc::new(ids), &mut TableCache::default())
 }
 
-/// Compiles, reusing the tables of `cache` whose members and size are
-/// unchanged (the result is the same as [`compile`]'s).
+/// Compiles with `ids` (assigned for this policy: [`Ids::assign`]), reusing
+/// the tables of `cache` whose members and size are unchanged (the result
+/// is the same as with a fresh cache).
 pub fn compile_cached(
     policy: &Policy,
     observed: &Observed,
+    ids: &Arc<Ids>,
     cache: &mut TableCache,
 ) -> Result<MapPlan, CompileError> {
-    let plan = compile_groups(policy, observed, cache);
+    let plan = compile_groups(policy, observed, ids, cache);
     cache.end_round();
     plan
+}
+
+fn group_id(ids: &Ids, name: &str) -> Result<u32, CompileError> {
+    ids.group(name).ok_or_else(|| CompileError::NoId {
+        what: "target group",
+        name: name.to_string(),
+    })
 }
 
 fn compile_groups(
     policy: &Policy,
     observed: &Observed,
+    ids: &Arc<Ids>,
     cache: &mut TableCache,
 ) -> Result<MapPlan, CompileError> {
-    check_capacity("listeners", policy.listeners.len(), MAX_LISTENERS)?;
-    check_capacity("target groups", policy.target_groups.len(), MAX_GROUPS)?;
     let target_count: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
-    check_capacity("targets", target_count, MAX_TARGETS)?;
-
     let mut groups: Vec<PlannedGroup> = Vec::with_capacity(policy.target_groups.len());
     let mut targets = Vec::with_capacity(target_count);
     // Groups whose consistent-hash table is still to come: (index in
     // `groups`, members, table size); built together after the loop.
     let mut hashed: Vec<(usize, Vec<Member>, u32)> = Vec::new();
-    for (gi, group) in policy.target_groups.iter().enumerate() {
-        let group_id = gi as u32 + 1;
+    for group in &policy.target_groups {
+        let group_id = group_id(ids, &group.name)?;
         // With DSR every target listens on the listener's port.
         let port = policy
             .listeners
@@ -166,7 +188,18 @@ fn compile_groups(
         let check = group.health_check.as_ref().filter(|h| h.enabled);
         let rebalance = group.target_failover.on_unhealthy == FailoverMode::Rebalance;
         for target in &group.targets {
-            let id = targets.len() as u32 + 1;
+            let key = TargetKey {
+                group: group.name.clone(),
+                ip: target.ip,
+            };
+            let id = ids
+                .target(&key)
+                .filter(|a| a.retired.is_none())
+                .ok_or_else(|| CompileError::NoId {
+                    what: "target",
+                    name: format!("{} in {}", target.ip, group.name),
+                })?
+                .id;
             let mac = match &target.mac {
                 Some(text) => {
                     Some(
@@ -301,58 +334,45 @@ fn compile_groups(
     for ((g, _, _), table) in hashed.iter().zip(cache.get_all(&wanted)) {
         groups[*g].table = table;
     }
+    let index: HashMap<u32, usize> = targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     for group in &groups {
         for (id, n) in group.table.slot_counts() {
-            if id != 0 {
-                targets[id as usize - 1].slots += n;
+            if let Some(&i) = index.get(&id) {
+                targets[i].slots += n;
             }
         }
     }
 
-    let listeners = policy
-        .listeners
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let group = groups.iter().find(|g| g.name == l.target_group)?;
-            Some(PlannedListener {
-                name: l.name.clone(),
-                key: listener_key(l.vip, l.protocol, l.port),
-                info: ListenerInfo {
-                    listener_id: i as u32 + 1,
-                    group_id: group.id,
-                },
-            })
-        })
-        .collect();
+    let mut listeners = Vec::with_capacity(policy.listeners.len());
+    for l in &policy.listeners {
+        let key = listener_key(l.vip, l.protocol, l.port);
+        let listener_id = ids.listener(&key).ok_or_else(|| CompileError::NoId {
+            what: "listener",
+            name: l.name.clone(),
+        })?;
+        listeners.push(PlannedListener {
+            name: l.name.clone(),
+            key,
+            info: ListenerInfo {
+                listener_id,
+                group_id: group_id(ids, &l.target_group)?,
+            },
+        });
+    }
 
     Ok(MapPlan {
+        // The data plane's loader knows the kernel's tick, sizes the flow
+        // cache and keeps the data plane's identity: the plan only has the
+        // source MAC to say.
         config: Config {
             src_mac: observed.iface_mac,
-            _pad: [0; 2],
-            flags: 0,
-            _pad2: 0,
-            time_offset_ns: 0,
-            // The data plane's loader knows the kernel's tick and sizes
-            // the flow cache.
-            ns_per_tick: 0,
-            flow_cache_mask: 0,
-            flow_cache_gen: 0,
-            flow_cache_seed: 0,
+            ..Config::default()
         },
+        ids: Arc::clone(ids),
         listeners,
         groups,
         targets,
     })
-}
-
-fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), CompileError> {
-    // Id 0 is reserved in every id space.
-    let max = max - 1;
-    if count > max as usize {
-        return Err(CompileError::Capacity { what, count, max });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -540,6 +560,14 @@ mod tests {
             (plan.targets[0].monitor_port, plan.targets[1].monitor_port),
             (8080, 9090)
         );
+    }
+
+    #[test]
+    fn stored_addresses_read_back() {
+        for ip in ["10.0.3.11", "fd00:3::11", "::ffff:10.0.3.11"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_of(addr_words(ip), family_of(ip)), ip);
+        }
     }
 
     #[test]

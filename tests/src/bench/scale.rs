@@ -8,12 +8,14 @@
 use std::{
     fmt::Write as _,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use lb_user::{
     dataplane::{Dataplane, LoadOptions},
+    ids::Ids,
     maglev::TableCache,
     plan::Observed,
     policy::{self, compile::compile_cached},
@@ -263,7 +265,9 @@ pub fn measure(groups: usize) -> Result<Scale> {
     }
     let mut cache = TableCache::default();
     let t = Instant::now();
-    let plan = compile_cached(&policy, &observed, &mut cache)?;
+    // As `lb run` compiles: the ids assigned first (a fresh data plane).
+    let ids = Arc::new(Ids::default().assign(&policy, Instant::now())?);
+    let plan = compile_cached(&policy, &observed, &ids, &mut cache)?;
     let compile = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut dp = Dataplane::load(&LoadOptions::default())?;
@@ -274,7 +278,8 @@ pub fn measure(groups: usize) -> Result<Scale> {
     // One target's weight changes: one table is rebuilt and swapped.
     policy.target_groups[groups / 2].targets[0].weight = 128;
     let t = Instant::now();
-    let plan2 = compile_cached(&policy, &observed, &mut cache)?;
+    let ids = Arc::new(plan.ids.assign(&policy, Instant::now())?);
+    let plan2 = compile_cached(&policy, &observed, &ids, &mut cache)?;
     let recompile = t.elapsed().as_secs_f64();
     let t = Instant::now();
     dp.apply(&plan2)?;

@@ -1,0 +1,508 @@
+//! What an apply must write: the difference between what the maps hold and
+//! a new plan, as a list of writes in a safe order. Pure (no kernel), so
+//! the difference is unit-tested; `Dataplane::apply` carries it out.
+//!
+//! The order never lets a packet see a half-built state:
+//! 1. records of new ids (`TARGET_IDS`, `GROUP_NAMES`), before anything
+//!    names them, so a loader that adopts the maps after a crash at any
+//!    point knows every id they hold;
+//! 2. targets, then group settings and complete new tables (a table slot
+//!    may only name a written target);
+//! 3. listeners: the port filter widened, slots by id, then the listener
+//!    keys added or changed, removed, the filter narrowed;
+//! 4. what left: targets' entries zeroed (their flows are chosen again),
+//!    groups' tables and settings, listeners' statistics; then ids released
+//!    by the registry (their records freed and statistics zeroed, so the
+//!    next object to take the id starts from nothing).
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lb_common::{
+    GroupInfo, GroupName, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS,
+    MAX_TARGETS, TargetInfo, TargetRecord, record_state,
+};
+
+use crate::{
+    ids::Ids,
+    plan::{MapPlan, Table},
+    policy::compile::{addr_words, family_of},
+};
+
+/// What the maps hold, as far as the loader knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// The records (`TARGET_IDS`, `GROUP_NAMES`) as ids.
+    pub ids: Ids,
+    pub listeners: HashMap<ListenerKey, ListenerInfo>,
+    /// Target entries by id; None when unknown (after adopting maps or a
+    /// failed apply): every target is written and every other id zeroed.
+    pub targets: Option<HashMap<u32, TargetInfo>>,
+    /// Group settings and tables by id; None when unknown: every group is
+    /// written and every other group id cleared.
+    pub groups: Option<HashMap<u32, (GroupInfo, Table)>>,
+}
+
+impl Held {
+    /// Fresh maps: nothing in them.
+    pub fn empty() -> Held {
+        Held {
+            targets: Some(HashMap::new()),
+            groups: Some(HashMap::new()),
+            ..Held::default()
+        }
+    }
+
+    /// What the maps hold after `plan` was applied.
+    pub fn of(plan: &MapPlan) -> Held {
+        Held {
+            ids: (*plan.ids).clone(),
+            listeners: plan.listeners.iter().map(|l| (l.key, l.info)).collect(),
+            targets: Some(plan.targets.iter().map(|t| (t.id, t.info)).collect()),
+            groups: Some(
+                plan.groups
+                    .iter()
+                    .map(|g| (g.id, (g.info, g.table.clone())))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The writes that make the maps hold a plan, in the order of the module
+/// documentation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub group_names: Vec<(u32, GroupName)>,
+    pub target_records: Vec<(u32, TargetRecord)>,
+    pub targets: Vec<(u32, TargetInfo)>,
+    pub group_infos: Vec<(u32, GroupInfo)>,
+    pub tables: Vec<(u32, Table)>,
+    /// The port filter while old and new listeners may both be in the map.
+    pub ports_during: Option<ListenerPorts>,
+    pub listener_slots: Vec<(u32, ListenerSlot)>,
+    pub listeners_written: Vec<(ListenerKey, ListenerInfo)>,
+    pub listeners_removed: Vec<ListenerKey>,
+    /// The port filter of the new listeners alone.
+    pub ports_after: Option<ListenerPorts>,
+    /// Listener ids no listener has any more: slot cleared.
+    pub listener_ids_gone: Vec<u32>,
+    /// Listener ids whose statistics start again: gone, or now another
+    /// listener's.
+    pub listener_stats_reset: Vec<u32>,
+    /// The listeners changed: the flow cache's slots, which name a listener
+    /// and its group unchecked, are invalidated.
+    pub listeners_changed: bool,
+    /// Target ids no target of the plan has: entries zeroed.
+    pub targets_gone: Vec<u32>,
+    /// Group ids no group of the plan has: table removed, settings cleared.
+    pub groups_gone: Vec<u32>,
+    /// Target ids released by the registry: records freed, statistics
+    /// zeroed, flow cache invalidated.
+    pub targets_released: Vec<u32>,
+    /// Group ids released by the registry: names freed, round-robin
+    /// positions zeroed.
+    pub groups_released: Vec<u32>,
+}
+
+impl Changes {
+    /// The writes that take the maps from `held` to `plan`.
+    pub fn between(held: &Held, plan: &MapPlan) -> Changes {
+        let mut changes = Changes::default();
+        changes.records(&held.ids, &plan.ids);
+        changes.targets(held, plan);
+        changes.groups(held, plan);
+        changes.listeners(held, plan);
+        changes
+    }
+
+    /// Whether nothing is to be written.
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+
+    fn records(&mut self, old: &Ids, new: &Ids) {
+        let old_groups: BTreeMap<u32, &str> = old.groups().map(|(n, id)| (id, n)).collect();
+        let new_groups: BTreeMap<u32, &str> = new.groups().map(|(n, id)| (id, n)).collect();
+        for (&id, name) in &new_groups {
+            if old_groups.get(&id) != Some(name) {
+                // Names are validated to fit (SPEC.md: 1-63 characters).
+                let record = GroupName::new(name).unwrap_or(GroupName::FREE);
+                self.group_names.push((id, record));
+            }
+        }
+        let record_of = |ids: &Ids| -> BTreeMap<u32, TargetRecord> {
+            ids.targets()
+                .map(|(key, a)| {
+                    let record = TargetRecord {
+                        addr_be: addr_words(key.ip),
+                        group_id: ids.group(&key.group).unwrap_or(0),
+                        family: family_of(key.ip),
+                        state: if a.retired.is_some() {
+                            record_state::RETIRED
+                        } else {
+                            record_state::ACTIVE
+                        },
+                        _pad: 0,
+                    };
+                    (a.id, record)
+                })
+                .collect()
+        };
+        let (old_records, new_records) = (record_of(old), record_of(new));
+        for (&id, record) in &new_records {
+            if old_records.get(&id) != Some(record) {
+                self.target_records.push((id, *record));
+            }
+        }
+        self.targets_released = old_records
+            .keys()
+            .filter(|id| !new_records.contains_key(id))
+            .copied()
+            .collect();
+        self.groups_released = old_groups
+            .keys()
+            .filter(|id| !new_groups.contains_key(id))
+            .copied()
+            .collect();
+    }
+
+    fn targets(&mut self, held: &Held, plan: &MapPlan) {
+        let new: BTreeMap<u32, TargetInfo> = plan.targets.iter().map(|t| (t.id, t.info)).collect();
+        self.targets = new
+            .iter()
+            .filter(|(id, info)| {
+                held.targets
+                    .as_ref()
+                    .is_none_or(|old| old.get(id) != Some(info))
+            })
+            .map(|(&id, &info)| (id, info))
+            .collect();
+        self.targets_gone = match &held.targets {
+            Some(old) => {
+                let mut gone: Vec<u32> = old
+                    .keys()
+                    .filter(|id| !new.contains_key(id))
+                    .copied()
+                    .collect();
+                gone.sort_unstable();
+                gone
+            }
+            None => (1..MAX_TARGETS)
+                .filter(|id| !new.contains_key(id))
+                .collect(),
+        };
+    }
+
+    fn groups(&mut self, held: &Held, plan: &MapPlan) {
+        let old = held.groups.as_ref();
+        for g in &plan.groups {
+            let same = old.and_then(|o| o.get(&g.id));
+            if same.map(|(info, _)| *info) != Some(g.info) {
+                self.group_infos.push((g.id, g.info));
+            }
+            if same.map(|(_, table)| table) != Some(&g.table) {
+                self.tables.push((g.id, g.table.clone()));
+            }
+        }
+        let ids: BTreeSet<u32> = plan.groups.iter().map(|g| g.id).collect();
+        self.groups_gone = match old {
+            Some(old) => {
+                let mut gone: Vec<u32> =
+                    old.keys().filter(|id| !ids.contains(id)).copied().collect();
+                gone.sort_unstable();
+                gone
+            }
+            None => (1..MAX_GROUPS).filter(|id| !ids.contains(id)).collect(),
+        };
+    }
+
+    fn listeners(&mut self, held: &Held, plan: &MapPlan) {
+        let new: HashMap<ListenerKey, ListenerInfo> =
+            plan.listeners.iter().map(|l| (l.key, l.info)).collect();
+        let old = &held.listeners;
+        let old_ports = ports(old.keys());
+        let new_ports = ports(new.keys());
+        let both = ports(old.keys().chain(new.keys()));
+        // When the targets are unknown the filter is too: write it.
+        let unknown = held.targets.is_none();
+        if unknown || both != old_ports {
+            self.ports_during = Some(both);
+        }
+        let old_slots = slots(old);
+        let new_slots = slots(&new);
+        self.listener_slots = sorted(
+            new_slots
+                .iter()
+                .filter(|(id, slot)| unknown || old_slots.get(id) != Some(slot))
+                .map(|(&id, &slot)| (id, slot)),
+        );
+        self.listeners_written = new
+            .iter()
+            .filter(|(key, info)| old.get(key) != Some(info))
+            .map(|(&k, &i)| (k, i))
+            .collect();
+        self.listeners_written
+            .sort_unstable_by_key(|(_, info)| info.listener_id);
+        self.listeners_removed = old
+            .keys()
+            .filter(|k| !new.contains_key(k))
+            .copied()
+            .collect();
+        self.listeners_removed
+            .sort_unstable_by_key(|k| old[k].listener_id);
+        if new_ports != both || (unknown && self.ports_during != Some(new_ports)) {
+            self.ports_after = Some(new_ports);
+        }
+        let mut gone: BTreeSet<u32> = old_slots
+            .keys()
+            .filter(|id| !new_slots.contains_key(id))
+            .copied()
+            .collect();
+        if unknown {
+            gone.extend((1..lb_common::MAX_LISTENERS).filter(|id| !new_slots.contains_key(id)));
+        }
+        let mut reset = gone.clone();
+        reset.extend(
+            new_slots
+                .iter()
+                .filter(|(id, slot)| old_slots.get(id).is_none_or(|o| o.key != slot.key))
+                .map(|(id, _)| *id),
+        );
+        self.listener_ids_gone = gone.into_iter().collect();
+        self.listener_stats_reset = reset.into_iter().collect();
+        self.listeners_changed = unknown || *old != new;
+    }
+}
+
+fn sorted<T: Ord + Copy, V>(items: impl Iterator<Item = (T, V)>) -> Vec<(T, V)> {
+    let mut v: Vec<(T, V)> = items.collect();
+    v.sort_unstable_by_key(|(k, _)| *k);
+    v
+}
+
+/// Listener id -> its slot in `LISTENERS_BY_ID`.
+fn slots(listeners: &HashMap<ListenerKey, ListenerInfo>) -> HashMap<u32, ListenerSlot> {
+    listeners
+        .iter()
+        .map(|(key, info)| {
+            let slot = ListenerSlot {
+                key: *key,
+                group_id: info.group_id,
+            };
+            (info.listener_id, slot)
+        })
+        .collect()
+}
+
+/// The port filter that lets the packets of `listeners` through.
+pub fn ports<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> ListenerPorts {
+    let mut ports = ListenerPorts::EMPTY;
+    for key in listeners {
+        ports.insert(key.proto, key.port_be);
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Instant};
+
+    use super::*;
+    use crate::{ids::TargetKey, plan::Observed, policy};
+
+    fn observed() -> Observed {
+        Observed {
+            iface_mac: [2, 0, 0, 0, 0, 2],
+            iface_nets: vec![("10.0.3.0".parse().unwrap(), 24)],
+            neighbors: (11..=40u8)
+                .map(|t| (std::net::IpAddr::from([10, 0, 3, t]), [2, 0, 0, 0, 0, t]))
+                .collect::<BTreeMap<_, _>>(),
+            health: BTreeMap::new(),
+        }
+    }
+
+    /// `groups`: (name, port, target last octets); each group has a listener
+    /// on its port.
+    fn policy(groups: &[(&str, u16, &[u8])]) -> policy::Policy {
+        let mut yaml = String::from("listeners:\n");
+        for (name, port, _) in groups {
+            yaml += &format!(
+                "  - {{ name: {name}, vip: 10.0.3.49, protocol: tcp, port: {port}, target_group: {name} }}\n"
+            );
+        }
+        yaml += "target_groups:\n";
+        for (name, _, targets) in groups {
+            yaml += &format!(
+                "  - name: {name}\n    protocol: tcp\n    table_size: 1021\n    targets:\n"
+            );
+            for t in *targets {
+                yaml += &format!("      - {{ ip: 10.0.3.{t} }}\n");
+            }
+        }
+        policy::parse("t.yaml", &yaml).unwrap()
+    }
+
+    /// Compiles `p` with the ids of `previous` (assigned at `now`).
+    fn plan(p: &policy::Policy, previous: &Ids, now: Instant) -> MapPlan {
+        let ids = std::sync::Arc::new(previous.assign(p, now).unwrap());
+        policy::compile::compile_cached(p, &observed(), &ids, &mut Default::default()).unwrap()
+    }
+
+    fn target_id(plan: &MapPlan, group: &str, last: u8) -> u32 {
+        plan.ids
+            .target(&TargetKey {
+                group: group.into(),
+                ip: [10, 0, 3, last].into(),
+            })
+            .unwrap()
+            .id
+    }
+
+    #[test]
+    fn a_first_apply_writes_everything_and_removes_nothing() {
+        let now = Instant::now();
+        let p = plan(
+            &policy(&[("web", 80, &[11, 12]), ("api", 81, &[21])]),
+            &Ids::default(),
+            now,
+        );
+        let c = Changes::between(&Held::empty(), &p);
+        assert_eq!(c.group_names.len(), 2);
+        assert_eq!(c.target_records.len(), 3);
+        assert_eq!(c.targets.len(), 3);
+        assert_eq!((c.group_infos.len(), c.tables.len()), (2, 2));
+        assert_eq!(c.listeners_written.len(), 2);
+        assert_eq!(c.listener_slots.len(), 2);
+        assert!(c.ports_during.is_some() && c.ports_after.is_none());
+        assert!(c.listeners_changed);
+        assert!(c.targets_gone.is_empty() && c.groups_gone.is_empty());
+        assert!(c.listeners_removed.is_empty() && c.listener_ids_gone.is_empty());
+        assert_eq!(c.listener_stats_reset, [1, 2], "fresh ids");
+        assert!(c.targets_released.is_empty() && c.groups_released.is_empty());
+        // Applied, the same plan again is nothing to do.
+        assert!(Changes::between(&Held::of(&p), &p).is_empty());
+    }
+
+    #[test]
+    fn removing_one_target_touches_only_its_group() {
+        let now = Instant::now();
+        let before = plan(
+            &policy(&[("web", 80, &[11, 12, 13]), ("api", 81, &[21, 22])]),
+            &Ids::default(),
+            now,
+        );
+        // The group is moved to the end of the file and loses .12.
+        let after = plan(
+            &policy(&[("api", 81, &[22, 21]), ("web", 80, &[11, 13])]),
+            &before.ids,
+            now,
+        );
+        let c = Changes::between(&Held::of(&before), &after);
+        let gone = target_id(&before, "web", 12);
+        assert_eq!(c.targets_gone, [gone], "the removed target, nothing else");
+        assert_eq!(
+            c.target_records,
+            [(
+                gone,
+                TargetRecord {
+                    addr_be: addr_words([10, 0, 3, 12].into()),
+                    group_id: before.ids.group("web").unwrap(),
+                    family: lb_common::FAMILY_V4,
+                    state: record_state::RETIRED,
+                    _pad: 0,
+                }
+            )]
+        );
+        assert!(
+            c.targets.is_empty(),
+            "the others are unchanged: {:?}",
+            c.targets
+        );
+        let web = after.ids.group("web").unwrap();
+        assert_eq!(
+            c.tables.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [web]
+        );
+        assert!(!c.listeners_changed && c.listeners_written.is_empty());
+        assert!(c.ports_during.is_none() && c.ports_after.is_none());
+        assert!(c.targets_released.is_empty(), "retired, not released");
+
+        // Released by a sweep: its record is freed, nothing else changes.
+        let mut ids = (*after.ids).clone();
+        assert_eq!(
+            ids.release(&BTreeSet::new(), now + crate::ids::RELEASE_GRACE),
+            [gone]
+        );
+        let released = MapPlan {
+            ids: std::sync::Arc::new(ids),
+            ..after.clone()
+        };
+        let c = Changes::between(&Held::of(&after), &released);
+        assert_eq!(c.targets_released, [gone]);
+        assert!(c.targets_gone.is_empty() && c.target_records.is_empty() && c.tables.is_empty());
+    }
+
+    #[test]
+    fn listeners_and_groups_that_leave_are_cleared_after_the_rest() {
+        let now = Instant::now();
+        let before = plan(
+            &policy(&[("web", 80, &[11]), ("api", 81, &[21])]),
+            &Ids::default(),
+            now,
+        );
+        let after = plan(
+            &policy(&[("new", 82, &[31]), ("web", 80, &[11])]),
+            &before.ids,
+            now,
+        );
+        let c = Changes::between(&Held::of(&before), &after);
+        let (api, new) = (
+            before.ids.group("api").unwrap(),
+            after.ids.group("new").unwrap(),
+        );
+        assert_ne!(api, new, "api's id is held by its retired target");
+        assert_eq!(c.groups_gone, [api]);
+        assert_eq!(c.group_names, [(new, GroupName::new("new").unwrap())]);
+        assert_eq!(c.listeners_removed.len(), 1);
+        assert_eq!(c.listeners_written.len(), 1);
+        assert!(
+            c.listener_ids_gone.is_empty(),
+            "api's id 2 goes to the new listener"
+        );
+        assert_eq!(c.listener_stats_reset, [2], "which starts counting from 0");
+        assert_eq!(c.listener_slots.len(), 1, "the new listener's slot");
+        assert!(c.listeners_changed);
+        let during = c
+            .ports_during
+            .expect("81 and 82 while both may be in the map");
+        assert!(during.contains(lb_common::PROTO_TCP, 81u16.to_be()));
+        assert!(during.contains(lb_common::PROTO_TCP, 82u16.to_be()));
+        let after_ports = c.ports_after.expect("81 goes");
+        assert!(!after_ports.contains(lb_common::PROTO_TCP, 81u16.to_be()));
+    }
+
+    #[test]
+    fn unknown_maps_are_written_whole() {
+        let now = Instant::now();
+        let p = plan(&policy(&[("web", 80, &[11, 12])]), &Ids::default(), now);
+        let held = Held {
+            ids: (*p.ids).clone(),
+            listeners: p.listeners.iter().map(|l| (l.key, l.info)).collect(),
+            targets: None,
+            groups: None,
+        };
+        let c = Changes::between(&held, &p);
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets_gone.len(), MAX_TARGETS as usize - 3);
+        assert_eq!(c.groups_gone.len(), MAX_GROUPS as usize - 2);
+        assert_eq!(
+            c.listener_ids_gone.len(),
+            lb_common::MAX_LISTENERS as usize - 2
+        );
+        assert!(
+            c.target_records.is_empty(),
+            "the records were read, not guessed"
+        );
+        assert!(c.listeners_written.is_empty() && c.listeners_changed);
+        assert!(c.ports_during.is_some());
+    }
+}

@@ -1,0 +1,1355 @@
+//! The only writer of BPF maps: loads the XDP program, attaches it, and makes
+//! the maps hold a [`MapPlan`].
+//!
+//! `apply` works out what differs between the maps and the plan
+//! (`changes`, pure) and writes it in an order that never lets a packet see
+//! a half-built state: records of new ids, targets, each changed group table
+//! (built complete in a fresh inner map and swapped in with a single
+//! outer-map update), listeners; what left last.
+//!
+//! `lb run` opens a pinned data plane (`pin`): created on its first start,
+//! adopted by every later one, with its flows, sticky sessions, round-robin
+//! positions and active counts, and its program replaced in place. Tests and
+//! benchmarks load private, unpinned ones.
+pub mod changes;
+pub mod clock;
+pub mod pin;
+pub mod sweep;
+mod sys;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+    sync::Arc,
+    time::Instant,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use lb_common::{
+    Config, Counter, FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo,
+    GroupName, GroupTableElement, LAYOUT_VERSION, ListenerInfo, ListenerKey, ListenerPorts,
+    ListenerSlot, Stats, StickyKey, StickyState, TargetInfo, TargetRecord, map_names as names,
+    record_state,
+};
+
+use crate::{
+    ids::{Ids, TargetKey},
+    plan::{MapPlan, Table},
+};
+use changes::{Changes, Held};
+use clock::Clock;
+use pin::{Instance, PinError};
+use sweep::{ActiveCounts, FlowSweeper};
+
+/// The XDP program's name in the object.
+pub const PROGRAM: &str = "lb";
+
+/// The object's clock program (`clock.rs`).
+pub const CLOCK_PROGRAM: &str = "lb_clock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot load the XDP program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP program `{0}` is missing from the object or not XDP")]
+    MissingProgram(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("cannot attach to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
+    #[error("the XDP link on {iface}: {reason}")]
+    Link { iface: String, reason: String },
+    #[error("cannot load the XDP program into the kernel: {0}")]
+    Program(ProgramError),
+    #[error("cannot read the data plane's clock: {0}")]
+    Clock(std::io::Error),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+}
+
+/// How to attach: native (driver) mode, generic (skb) mode, or native with a
+/// fallback to generic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Capacity of each flow table (LRU; IPv4 and IPv6 flows have one each).
+    pub flow_table_size: u32,
+    /// Whether the flow cache is on (where it can be: x86-64). Off only to
+    /// measure what it saves.
+    pub flow_cache: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_table_size: lb_common::DEFAULT_FLOW_TABLE_SIZE,
+            flow_cache: true,
+        }
+    }
+}
+
+/// What an `apply` changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub targets_written: usize,
+    pub targets_removed: usize,
+    pub tables_swapped: usize,
+    pub listeners_written: usize,
+    pub listeners_removed: usize,
+    pub ids_released: usize,
+}
+
+/// How an attach went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, in this mode.
+    New(&'static str),
+    /// The pinned link now runs this program: the interface was never
+    /// without one. Its mode is the one it was made with.
+    Replaced,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    program: &'static str,
+    /// What the maps hold, as far as known: the base of the next apply.
+    held: Held,
+    applied: Option<MapPlan>,
+    /// The plan's config as last written (the loader adds its own fields).
+    config_written: Option<Config>,
+    active: Arc<ActiveCounts>,
+    clock: Clock,
+    cache: FlowCache,
+    instance: u64,
+    flow_table_size: u32,
+    pins: Option<Pins>,
+}
+
+/// A pinned data plane's directory, and its link once attached.
+struct Pins {
+    dir: PathBuf,
+    adopted: bool,
+    link: Option<PinnedLink>,
+}
+
+/// The flow cache's settings, which the loader owns (README "Flow cache").
+#[derive(Clone, Copy, Debug)]
+struct FlowCache {
+    /// Slots - 1; 0 when the cache is off.
+    mask: u32,
+    seed: u64,
+}
+
+impl FlowCache {
+    /// Largest cache: 4 Mi slots of 64 bytes (256 MiB).
+    const MAX_SLOTS: u32 = 1 << 22;
+
+    /// One slot per flow-table entry (a power of two, at most `MAX_SLOTS`).
+    /// Off (one unused slot) where the data plane's sequence lock is not
+    /// sound: it relies on x86-64's ordering of loads and of stores
+    /// (`lb_common::FlowCacheSlot`).
+    fn for_table(flow_table_size: u32, enabled: bool) -> FlowCache {
+        if !enabled || !cfg!(target_arch = "x86_64") {
+            return FlowCache { mask: 0, seed: 0 };
+        }
+        let slots = flow_table_size
+            .clamp(2, Self::MAX_SLOTS)
+            .next_power_of_two();
+        FlowCache {
+            mask: slots - 1,
+            seed: random_u64(),
+        }
+    }
+
+    fn slots(&self) -> u32 {
+        self.mask + 1
+    }
+}
+
+/// A random 64-bit value (the flow cache's seed, a data plane's instance;
+/// a fixed one only costs spread under chosen collisions, so a failed read
+/// falls back to the time).
+fn random_u64() -> u64 {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        Ok(()) => u64::from_ne_bytes(bytes),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64),
+    }
+}
+
+/// A loader of the object with the options' map sizes.
+fn loader<'a>(options: &LoadOptions, cache: FlowCache) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::FLOWS_V4, options.flow_table_size)
+        .map_max_entries(names::FLOWS_V6, options.flow_table_size)
+        .map_max_entries(names::FLOW_CACHE, cache.slots());
+    loader
+}
+
+/// The maps of `object` that a pinned data plane pins: all of them but
+/// the sections of global data (none hold state).
+fn pinned_maps(object: &[u8]) -> Result<Vec<String>, DataplaneError> {
+    let obj = aya_obj::Object::parse(object)
+        .map_err(|e| DataplaneError::Load(aya::EbpfError::ParseError(e)))?;
+    let mut names: Vec<String> = obj
+        .maps
+        .into_keys()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The map `name` of `ebpf` as `M` (an aya map type over `&Map`).
+fn open<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, DataplaneError>
+where
+    M: TryFrom<&'a Map, Error = MapError>,
+{
+    let map = ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+    M::try_from(map).map_err(map_err(name))
+}
+
+fn read_config(ebpf: &Ebpf) -> Result<Config, DataplaneError> {
+    let config: Array<&MapData, Config> = open(ebpf, names::CONFIG)?;
+    config.get(&0, 0).map_err(map_err(names::CONFIG))
+}
+
+/// What the maps of `ebpf` hold that the next apply builds on: their
+/// listeners and their records of ids (targets and groups are rewritten).
+fn read_held(ebpf: &Ebpf) -> Result<Held, DataplaneError> {
+    let listeners: BpfHashMap<&MapData, ListenerKey, ListenerInfo> = open(ebpf, names::LISTENERS)?;
+    let listeners: HashMap<ListenerKey, ListenerInfo> = listeners
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(names::LISTENERS))?;
+    let fd_of = |name: &'static str| {
+        ebpf.map(name)
+            .and_then(map_data)
+            .ok_or(DataplaneError::MissingMap(name))
+    };
+    let io = |name: &'static str| {
+        move |e| DataplaneError::Map {
+            name,
+            source: MapError::IoError(e),
+        }
+    };
+    let mut groups: BTreeMap<u32, String> = BTreeMap::new();
+    sys::lookup_all::<u32, GroupName>(fd_of(names::GROUP_NAMES)?.fd().as_fd(), 4096, |id, name| {
+        if name.len > 0 {
+            groups.insert(*id, String::from_utf8_lossy(name.as_bytes()).into_owned());
+        }
+    })
+    .map_err(io(names::GROUP_NAMES))?;
+    let mut targets = Vec::new();
+    sys::lookup_all::<u32, TargetRecord>(fd_of(names::TARGET_IDS)?.fd().as_fd(), 4096, |id, r| {
+        if r.state == record_state::FREE {
+            return;
+        }
+        // A record whose group has no name (never written so) still holds
+        // its id: it is retired at the next assignment and released later.
+        let group = groups
+            .entry(r.group_id)
+            .or_insert_with(|| format!("#{}", r.group_id))
+            .clone();
+        let key = TargetKey {
+            group,
+            ip: crate::policy::compile::ip_of(r.addr_be, r.family),
+        };
+        targets.push((*id, key, r.state == record_state::RETIRED));
+    })
+    .map_err(io(names::TARGET_IDS))?;
+    let ids = Ids::from_records(
+        listeners.iter().map(|(k, i)| (*k, i.listener_id)),
+        groups,
+        targets,
+        Instant::now(),
+    );
+    Ok(Held {
+        ids,
+        listeners,
+        targets: None,
+        groups: None,
+    })
+}
+
+fn unzip<K: Copy, V: Copy>(pairs: &[(K, V)]) -> (Vec<K>, Vec<V>) {
+    pairs.iter().copied().unzip()
+}
+
+/// The index of interface `iface` in the caller's network namespace.
+fn neighbors_ifindex(iface: &str) -> std::io::Result<u32> {
+    let name = std::ffi::CString::new(iface)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    #[allow(unsafe_code)]
+    // SAFETY: a NUL-terminated name that lives for the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+/// What `detach` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Detached {
+    /// The XDP link was there and is detached.
+    pub link: bool,
+    /// Pinned objects removed (the link and the maps).
+    pub pins: usize,
+    /// The runtime state was there and is removed.
+    pub state: bool,
+}
+
+/// Removes the pinned data plane of `instance`: detaches its XDP link
+/// from the interface (traffic falls to the kernel), unpins its maps and
+/// removes its runtime state. Refused while an `lb` runs on it.
+pub fn detach(instance: &Instance) -> Result<Detached, DataplaneError> {
+    let lock = instance.lock()?;
+    let dir = instance.pin_dir();
+    let link_path = dir.join(pin::LINK);
+    let mut done = Detached::default();
+    if link_path.exists() {
+        let fd = sys::obj_get(&link_path).map_err(|e| DataplaneError::Link {
+            iface: instance.iface.clone(),
+            reason: format!("open {}: {e}", link_path.display()),
+        })?;
+        match sys::link_detach(fd.as_fd()) {
+            // A defunct link (its interface gone) has nothing to detach.
+            Ok(()) => done.link = true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
+            Err(e) => {
+                return Err(DataplaneError::Link {
+                    iface: instance.iface.clone(),
+                    reason: format!("detach: {e}"),
+                });
+            }
+        }
+    }
+    done.pins = pin::remove_pins(&dir)?;
+    let state = instance.state_dir();
+    done.state = state.join(crate::state::FILE).exists();
+    drop(lock);
+    match std::fs::remove_dir_all(&state) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(PinError::Io {
+                context: format!("remove {}", state.display()),
+                source,
+            }
+            .into());
+        }
+    }
+    if instance.netns.is_some()
+        && let Some(parent) = state.parent()
+    {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(done)
+}
+
+/// The map behind a map of the object (the kinds it has).
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::ArrayOfMaps(data) => Some(data),
+        _ => None,
+    }
+}
+
+/// Kernel memory charged to a map: the `memlock:` line of its fdinfo.
+fn memlock(map: &MapData) -> Option<u64> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Loads the XDP program `name` of the object into the kernel.
+fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let xdp: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
+        .try_into()
+        .map_err(|_| DataplaneError::MissingProgram(name))?;
+    xdp.load().map_err(DataplaneError::Program)?;
+    Ok(xdp)
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+impl Dataplane {
+    /// Loads the program and creates its maps (empty, not pinned). Not
+    /// attached yet.
+    pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
+        Self::load_object(crate::EBPF_LB, PROGRAM, options)
+    }
+
+    /// Loads another build of the pipeline (the benchmark variant), not
+    /// pinned.
+    pub fn load_object(
+        object: &[u8],
+        program: &'static str,
+        options: &LoadOptions,
+    ) -> Result<Self, DataplaneError> {
+        let cache = FlowCache::for_table(options.flow_table_size, options.flow_cache);
+        let ebpf = loader(options, cache).load(object)?;
+        Self::start(ebpf, program, Held::empty(), cache, random_u64(), None)
+    }
+
+    /// The pinned data plane of `instance`: adopted when one is pinned (its
+    /// maps must be this build's: `pin::check_maps`), else created and
+    /// pinned. Not attached yet (`attach` replaces an adopted program in
+    /// place).
+    pub fn open_pinned(instance: &Instance, options: &LoadOptions) -> Result<Self, DataplaneError> {
+        let dir = instance.pin_dir();
+        let object = crate::EBPF_LB;
+        let adopt = instance.is_pinned();
+        if adopt {
+            pin::check_maps(object, &dir, &instance.iface)?;
+        } else if pin::has_pins(&dir) {
+            // Maps of a start that never attached: nothing forwards with them.
+            pin::remove_pins(&dir)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
+            context: format!("create {}", dir.display()),
+            source,
+        })?;
+        let names = pinned_maps(object)?;
+        let mut cache = FlowCache::for_table(options.flow_table_size, options.flow_cache);
+        let mut loader = loader(options, cache);
+        for name in &names {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        let ebpf = loader.load(object)?;
+        let pins = Pins {
+            dir,
+            adopted: adopt,
+            link: None,
+        };
+        if !adopt {
+            return Self::start(
+                ebpf,
+                PROGRAM,
+                Held::empty(),
+                cache,
+                random_u64(),
+                Some(pins),
+            );
+        }
+        let config = read_config(&ebpf)?;
+        if config.layout != LAYOUT_VERSION {
+            return Err(PinError::Layout {
+                dir: pins.dir.display().to_string(),
+                iface: instance.iface.clone(),
+                detail: format!(
+                    "layout version {}, this build's {LAYOUT_VERSION}",
+                    config.layout
+                ),
+            }
+            .into());
+        }
+        cache = FlowCache {
+            mask: config.flow_cache_mask,
+            seed: config.flow_cache_seed,
+        };
+        let held = read_held(&ebpf)?;
+        Self::start(ebpf, PROGRAM, held, cache, config.instance, Some(pins))
+    }
+
+    fn start(
+        mut ebpf: Ebpf,
+        program: &'static str,
+        held: Held,
+        cache: FlowCache,
+        instance: u64,
+        pins: Option<Pins>,
+    ) -> Result<Self, DataplaneError> {
+        load_xdp(&mut ebpf, program)?;
+        let clock_fd = load_xdp(&mut ebpf, CLOCK_PROGRAM)?
+            .fd()
+            .map_err(DataplaneError::Program)?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DataplaneError::Clock)?;
+        let clock = Clock::new(clock_fd).map_err(DataplaneError::Clock)?;
+        let active = ActiveCounts::new(
+            ebpf.map(names::TARGET_ACTIVE)
+                .and_then(map_data)
+                .ok_or(DataplaneError::MissingMap(names::TARGET_ACTIVE))?,
+        )?;
+        let flow_table_size = aya::maps::MapInfo::from_id(
+            ebpf.map(names::FLOWS_V4)
+                .and_then(map_data)
+                .ok_or(DataplaneError::MissingMap(names::FLOWS_V4))?
+                .info()
+                .map_err(map_err(names::FLOWS_V4))?
+                .id(),
+        )
+        .map_err(map_err(names::FLOWS_V4))?
+        .max_entries();
+        Ok(Dataplane {
+            ebpf,
+            program,
+            held,
+            applied: None,
+            config_written: None,
+            active: Arc::new(active),
+            clock,
+            cache,
+            instance,
+            flow_table_size,
+            pins,
+        })
+    }
+
+    /// Whether this data plane was adopted from an earlier `lb` (pinned).
+    pub fn adopted(&self) -> bool {
+        self.pins.as_ref().is_some_and(|p| p.adopted)
+    }
+
+    /// The ids the maps record: the adopted data plane's, or those of the
+    /// last plan applied.
+    pub fn ids(&self) -> &Ids {
+        &self.held.ids
+    }
+
+    /// This data plane's random identity (`Config::instance`).
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Capacity of each flow table (an adopted data plane keeps its own).
+    pub fn flow_table_size(&self) -> u32 {
+        self.flow_table_size
+    }
+
+    /// The MAC each target id of the maps has (adopted data plane: what the
+    /// last `lb` resolved), by target identity.
+    pub fn target_macs(&self) -> Result<BTreeMap<TargetKey, [u8; 6]>, DataplaneError> {
+        let targets: Array<&MapData, TargetInfo> = self.open(names::TARGETS)?;
+        let mut out = BTreeMap::new();
+        for (key, assigned) in self.held.ids.targets() {
+            if let Ok(info) = targets.get(&assigned.id, 0)
+                && info.flags & lb_common::target_flags::USABLE != 0
+            {
+                out.insert(key.clone(), info.mac);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Invalidates every flow-cache slot (a new generation): after the
+    /// loader deleted live flow-table entries, which the slots may repeat,
+    /// changed the listeners, which the slots name unchecked, or released
+    /// target ids, which may be reused.
+    /// The generation is read from the map, so a bump by another process
+    /// (a test that empties the tables) is never undone.
+    fn invalidate_flow_cache(&mut self) -> Result<(), DataplaneError> {
+        let mut value = self.config()?;
+        value.flow_cache_gen = value.flow_cache_gen.wrapping_add(1);
+        let mut config: Array<_, Config> = self.open_mut(names::CONFIG)?;
+        config.set(0, value, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// The program's settings as the map holds them now.
+    fn config(&self) -> Result<Config, DataplaneError> {
+        read_config(&self.ebpf)
+    }
+
+    /// Active flows of a target id as stored (see `flows::shown` for the
+    /// value to show).
+    pub fn active_flows(&self, id: u32) -> i64 {
+        self.active.get(id)
+    }
+
+    /// A sweeper with its own handles on the flow tables, the sticky
+    /// sessions and the active counts, to run on a thread of its own.
+    pub fn flow_sweeper(&self) -> Result<FlowSweeper, DataplaneError> {
+        let data = |name: &'static str| {
+            self.ebpf
+                .map(name)
+                .and_then(map_data)
+                .ok_or(DataplaneError::MissingMap(name))
+        };
+        let maps = sweep::SweptMaps {
+            v4: data(names::FLOWS_V4)?,
+            v6: data(names::FLOWS_V6)?,
+            sticky: data(names::STICKY)?,
+            targets: data(names::TARGETS)?,
+        };
+        FlowSweeper::new(
+            maps,
+            Arc::clone(&self.active),
+            self.clock.try_clone().map_err(DataplaneError::Clock)?,
+        )
+    }
+
+    /// The data plane's clock (data-plane time is its reading plus the
+    /// plan's `Config::time_offset_ns`).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN.
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(self.program)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load")
+    }
+
+    /// Attaches to `iface`. A pinned data plane whose link is pinned and
+    /// still on `iface` gets its program replaced in that link (one atomic
+    /// update: no packet meets an interface without the program); else a
+    /// new link is made (and pinned, for a pinned data plane). An unpinned
+    /// data plane detaches when `self` is dropped.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, DataplaneError> {
+        let link_err = |reason: String| DataplaneError::Link {
+            iface: iface.to_string(),
+            reason,
+        };
+        let ifindex = neighbors_ifindex(iface).map_err(|e| link_err(e.to_string()))?;
+        if let Some(pins) = &self.pins {
+            let path = pins.dir.join(pin::LINK);
+            if path.exists() {
+                let on = sys::obj_get(&path)
+                    .and_then(|fd| sys::xdp_link_ifindex(fd.as_fd()))
+                    .map_err(|e| link_err(format!("reading the pinned link: {e}")))?;
+                if on == ifindex {
+                    let pinned =
+                        PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
+                    let fd_link: FdLink = pinned.into();
+                    let link = XdpLink::try_from(fd_link).map_err(|e| link_err(e.to_string()))?;
+                    self.program_mut()
+                        .attach_to_link(link)
+                        .map_err(|e| link_err(format!("replacing its program: {e}")))?;
+                    return Ok(Attached::Replaced);
+                }
+                // The interface it was made for is gone (or another one took
+                // its name): a new link replaces the pin.
+                tracing::warn!(
+                    iface,
+                    pinned_ifindex = on,
+                    ifindex,
+                    "the pinned XDP link is not on {iface} any more: attaching a new one"
+                );
+                std::fs::remove_file(&path).map_err(|e| link_err(format!("unpin: {e}")))?;
+            }
+        }
+        let program = self.program_mut();
+        let attempt = |program: &mut Xdp, xdp_mode, label: &'static str| {
+            program
+                .attach(iface, xdp_mode)
+                .map(|id| (id, label))
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: label,
+                    source,
+                })
+        };
+        let (id, label) = match mode {
+            AttachMode::Native => attempt(program, XdpMode::Driver, "native")?,
+            AttachMode::Generic => attempt(program, XdpMode::Skb, "generic")?,
+            AttachMode::Auto => match attempt(program, XdpMode::Driver, "native") {
+                Ok(attached) => attached,
+                Err(err) => {
+                    tracing::warn!(%err, "native XDP not available, falling back to generic mode");
+                    attempt(program, XdpMode::Skb, "generic")?
+                }
+            },
+        };
+        if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
+            let link = self
+                .program_mut()
+                .take_link(id)
+                .map_err(|e| link_err(e.to_string()))?;
+            let fd_link = FdLink::try_from(link)
+                .map_err(|e| link_err(format!("not a bpf_link (XDP links need Linux 5.9): {e}")))?;
+            let pinned = fd_link
+                .pin(dir.join(pin::LINK))
+                .map_err(|e| link_err(format!("pin: {e}")))?;
+            if let Some(pins) = &mut self.pins {
+                pins.link = Some(pinned);
+            }
+        }
+        Ok(Attached::New(label))
+    }
+
+    /// The plan the maps hold now.
+    pub fn applied(&self) -> Option<&MapPlan> {
+        self.applied.as_ref()
+    }
+
+    /// Makes the maps hold `plan`, writing only what differs from what they
+    /// hold. On failure the maps may hold a mix, which keeps forwarding
+    /// (every write is whole and in a safe order); the next apply rewrites
+    /// what is not known.
+    pub fn apply(&mut self, plan: &MapPlan) -> Result<ApplyReport, DataplaneError> {
+        let changes = Changes::between(&self.held, plan);
+        match self.execute(&changes, plan) {
+            Ok(report) => {
+                self.held = Held::of(plan);
+                self.applied = Some(plan.clone());
+                Ok(report)
+            }
+            Err(err) => {
+                self.applied = None;
+                self.config_written = None;
+                // Reread what can be read; the rest is rewritten next time.
+                self.held = match read_held(&self.ebpf) {
+                    Ok(held) => held,
+                    Err(_) => Held {
+                        ids: (*plan.ids).clone(),
+                        ..Held::default()
+                    },
+                };
+                Err(err)
+            }
+        }
+    }
+
+    /// Carries out `changes` (made for `plan`), in their order.
+    fn execute(&mut self, c: &Changes, plan: &MapPlan) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
+        self.write_config(&plan.config)?;
+        let (ids, values) = unzip(&c.group_names);
+        self.update_batch(names::GROUP_NAMES, &ids, &values)?;
+        let (ids, values) = unzip(&c.target_records);
+        self.update_batch(names::TARGET_IDS, &ids, &values)?;
+        let (ids, values) = unzip(&c.targets);
+        self.update_batch(names::TARGETS, &ids, &values)?;
+        report.targets_written = ids.len();
+        let (ids, values) = unzip(&c.group_infos);
+        self.update_batch(names::GROUPS, &ids, &values)?;
+        self.swap_tables(&c.tables)?;
+        report.tables_swapped = c.tables.len();
+
+        self.write_listeners(c)?;
+        report.listeners_written = c.listeners_written.len();
+        report.listeners_removed = c.listeners_removed.len();
+
+        self.update_batch(
+            names::TARGETS,
+            &c.targets_gone,
+            &vec![TargetInfo::default(); c.targets_gone.len()],
+        )?;
+        report.targets_removed = c.targets_gone.len();
+        self.remove_groups(&c.groups_gone)?;
+        self.release(c)?;
+        report.ids_released = c.targets_released.len();
+        Ok(report)
+    }
+
+    /// Writes `Config` when the plan's part of it changed: the loader adds
+    /// the tick length, the flow cache's settings and the data plane's
+    /// identity, and keeps the cache's generation as the map holds it.
+    fn write_config(&mut self, config: &Config) -> Result<(), DataplaneError> {
+        if self.config_written == Some(*config) {
+            return Ok(());
+        }
+        let value = Config {
+            ns_per_tick: self.clock.ns_per_tick(),
+            flow_cache_mask: self.cache.mask,
+            flow_cache_gen: self.config()?.flow_cache_gen,
+            flow_cache_seed: self.cache.seed,
+            layout: LAYOUT_VERSION,
+            instance: self.instance,
+            ..*config
+        };
+        let mut map: Array<_, Config> = self.open_mut(names::CONFIG)?;
+        map.set(0, value, 0).map_err(map_err(names::CONFIG))?;
+        self.config_written = Some(*config);
+        Ok(())
+    }
+
+    /// Builds each table complete in a new inner map and swaps them all in
+    /// with one batch update: the kernel waits for an RCU grace period
+    /// after each update of an array of maps (so that no program still
+    /// uses the old table when the call returns), and one wait per batch
+    /// instead of one per table makes the first apply of 1,000 groups take
+    /// milliseconds, not seconds.
+    fn swap_tables(&mut self, tables: &[(u32, Table)]) -> Result<(), DataplaneError> {
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let built: Vec<(u32, MapData)> = tables
+            .iter()
+            .map(|(id, table)| Ok((*id, build_table(table)?)))
+            .collect::<Result<_, DataplaneError>>()?;
+        let keys: Vec<u32> = built.iter().map(|(id, _)| *id).collect();
+        let fds: Vec<u32> = built
+            .iter()
+            .map(|(_, table)| table.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        let outer = self.map_data(names::GROUP_TABLES)?;
+        if let Err(e) = sys::update_batch(outer.fd().as_fd(), &keys, &fds) {
+            // Kernels without batch updates of arrays of maps: one at a time.
+            tracing::debug!(
+                "batch update of {}: {e}; one at a time",
+                names::GROUP_TABLES
+            );
+            let mut outer: ArrayOfMaps<&mut MapData, MapData> =
+                self.open_mut(names::GROUP_TABLES)?;
+            for (id, table) in &built {
+                outer
+                    .set(*id, table, 0)
+                    .map_err(map_err(names::GROUP_TABLES))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Listeners: the port filter widened to the old and new ones, slots
+    /// by id (a slot holds its key before the key is added), keys added or
+    /// changed, keys removed, the filter narrowed, slots of ids no listener
+    /// has cleared and their statistics zeroed; then the flow cache, whose
+    /// slots name a listener and group unchecked, invalidated.
+    fn write_listeners(&mut self, c: &Changes) -> Result<(), DataplaneError> {
+        if let Some(ports) = &c.ports_during {
+            self.set_listener_ports(ports)?;
+        }
+        let (ids, slots) = unzip(&c.listener_slots);
+        self.update_batch(names::LISTENERS_BY_ID, &ids, &slots)?;
+        let mut listeners: BpfHashMap<_, ListenerKey, ListenerInfo> =
+            self.open_mut(names::LISTENERS)?;
+        for (key, info) in &c.listeners_written {
+            listeners
+                .insert(key, info, 0)
+                .map_err(map_err(names::LISTENERS))?;
+        }
+        for key in &c.listeners_removed {
+            match listeners.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(names::LISTENERS)(e)),
+            }
+        }
+        if let Some(ports) = &c.ports_after {
+            self.set_listener_ports(ports)?;
+        }
+        self.update_batch(
+            names::LISTENERS_BY_ID,
+            &c.listener_ids_gone,
+            &vec![ListenerSlot::default(); c.listener_ids_gone.len()],
+        )?;
+        self.zero_stats(names::LISTENER_STATS, &c.listener_stats_reset)?;
+        if c.listeners_changed {
+            self.invalidate_flow_cache()?;
+        }
+        Ok(())
+    }
+
+    /// Groups no longer in the plan: their tables leave `GROUP_TABLES`
+    /// (only those present: each delete waits for an RCU grace period) and
+    /// their settings are cleared.
+    fn remove_groups(&mut self, gone: &[u32]) -> Result<(), DataplaneError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let outer: ArrayOfMaps<&MapData, MapData> = self.open(names::GROUP_TABLES)?;
+        let present: Vec<u32> = gone
+            .iter()
+            .copied()
+            .filter(|id| outer.get(id, 0).is_ok())
+            .collect();
+        let fd = self.map_data(names::GROUP_TABLES)?.fd().as_fd();
+        for id in present {
+            match sys::delete(fd, id) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(DataplaneError::Map {
+                        name: names::GROUP_TABLES,
+                        source: MapError::IoError(e),
+                    });
+                }
+            }
+        }
+        self.update_batch(names::GROUPS, gone, &vec![GroupInfo::default(); gone.len()])
+    }
+
+    /// Ids the registry released: records freed and statistics zeroed, so
+    /// the next object to take an id starts from nothing; the flow cache is
+    /// invalidated, since a slot may name a released target.
+    fn release(&mut self, c: &Changes) -> Result<(), DataplaneError> {
+        let free = TargetRecord {
+            state: record_state::FREE,
+            ..TargetRecord::default()
+        };
+        self.update_batch(
+            names::TARGET_IDS,
+            &c.targets_released,
+            &vec![free; c.targets_released.len()],
+        )?;
+        self.zero_stats(names::TARGET_STATS, &c.targets_released)?;
+        self.update_batch(
+            names::GROUP_NAMES,
+            &c.groups_released,
+            &vec![GroupName::FREE; c.groups_released.len()],
+        )?;
+        self.update_batch(
+            names::GROUP_RR,
+            &c.groups_released,
+            &vec![0u64; c.groups_released.len()],
+        )?;
+        if !c.targets_released.is_empty() {
+            self.invalidate_flow_cache()?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the per-CPU statistics of `ids` in `name`.
+    fn zero_stats(&mut self, name: &'static str, ids: &[u32]) -> Result<(), DataplaneError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
+            name,
+            source: MapError::IoError(e),
+        })?;
+        let mut map: PerCpuArray<&mut MapData, Stats> = self.open_mut(name)?;
+        for &id in ids {
+            let zeros =
+                aya::maps::PerCpuValues::try_from(vec![Stats::default(); cpus]).map_err(|e| {
+                    DataplaneError::Map {
+                        name,
+                        source: MapError::IoError(e),
+                    }
+                })?;
+            map.set(id, zeros, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Sets `keys[i]` to `values[i]` in the array `name`, in one call
+    /// (100,000 targets: milliseconds instead of a syscall each).
+    fn update_batch<V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[u32],
+        values: &[V],
+    ) -> Result<(), DataplaneError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let map = self.map_data(name)?;
+        sys::update_batch(map.fd().as_fd(), keys, values).map_err(|e| DataplaneError::Map {
+            name,
+            source: MapError::IoError(e),
+        })
+    }
+
+    fn set_listener_ports(&mut self, ports: &ListenerPorts) -> Result<(), DataplaneError> {
+        let mut map: Array<_, ListenerPorts> = self.open_mut(names::LISTENER_PORTS)?;
+        map.set(0, ports, 0).map_err(map_err(names::LISTENER_PORTS))
+    }
+
+    /// The map `name` of the object.
+    fn map_data(&self, name: &'static str) -> Result<&MapData, DataplaneError> {
+        self.ebpf
+            .map(name)
+            .and_then(map_data)
+            .ok_or(DataplaneError::MissingMap(name))
+    }
+
+    /// The map `name` as `M` (an aya map type over `&Map`).
+    fn open<'a, M>(&'a self, name: &'static str) -> Result<M, DataplaneError>
+    where
+        M: TryFrom<&'a Map, Error = MapError>,
+    {
+        open(&self.ebpf, name)
+    }
+
+    /// The map `name` as `M` (an aya map type over `&mut Map`).
+    fn open_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DataplaneError>
+    where
+        M: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        M::try_from(map).map_err(map_err(name))
+    }
+
+    /// Global counters, summed over CPUs, indexed by `Counter` (derived ones
+    /// included).
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::COUNTERS)
+                .ok_or(DataplaneError::MissingMap(names::COUNTERS))?,
+        )
+        .map_err(map_err(names::COUNTERS))?;
+        let mut values = [0u64; Counter::COUNT as usize];
+        for c in Counter::ALL {
+            let per_cpu = map.get(&(c as u32), 0).map_err(map_err(names::COUNTERS))?;
+            values[c as usize] = per_cpu.iter().sum();
+        }
+        Counter::derive(&mut values);
+        Ok(Counter::ALL
+            .iter()
+            .map(|&c| (c, values[c as usize]))
+            .collect())
+    }
+
+    /// The round-robin position of a group (`GROUP_RR`: new flows the
+    /// group's order has handed out).
+    pub fn round_robin_position(&self, group_id: u32) -> Result<u64, DataplaneError> {
+        let map: Array<&MapData, u64> = Array::try_from(
+            self.ebpf
+                .map(names::GROUP_RR)
+                .ok_or(DataplaneError::MissingMap(names::GROUP_RR))?,
+        )
+        .map_err(map_err(names::GROUP_RR))?;
+        map.get(&group_id, 0).map_err(map_err(names::GROUP_RR))
+    }
+
+    /// Every sticky session (`STICKY`), in no particular order.
+    pub fn sticky_sessions(&self) -> Result<Vec<(StickyKey, StickyState)>, DataplaneError> {
+        let map: BpfHashMap<&MapData, StickyKey, StickyState> = BpfHashMap::try_from(
+            self.ebpf
+                .map(names::STICKY)
+                .ok_or(DataplaneError::MissingMap(names::STICKY))?,
+        )
+        .map_err(map_err(names::STICKY))?;
+        map.iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::STICKY))
+    }
+
+    /// A client's sticky session (`STICKY`), if it has one.
+    pub fn sticky_session(&self, key: &StickyKey) -> Result<Option<StickyState>, DataplaneError> {
+        let map: BpfHashMap<&MapData, StickyKey, StickyState> = BpfHashMap::try_from(
+            self.ebpf
+                .map(names::STICKY)
+                .ok_or(DataplaneError::MissingMap(names::STICKY))?,
+        )
+        .map_err(map_err(names::STICKY))?;
+        match map.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::STICKY)(e)),
+        }
+    }
+
+    /// Every flow-table entry (both tables; IPv4 keys widened to `FlowKey`).
+    /// One syscall per entry: for tests and small tables.
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
+        let open = |name: &'static str| self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name));
+        let v4: BpfHashMap<&MapData, FlowKeyV4, FlowState> =
+            BpfHashMap::try_from(open(names::FLOWS_V4)?).map_err(map_err(names::FLOWS_V4))?;
+        let v6: BpfHashMap<&MapData, FlowKey, FlowState> =
+            BpfHashMap::try_from(open(names::FLOWS_V6)?).map_err(map_err(names::FLOWS_V6))?;
+        let mut out = Vec::new();
+        for entry in v4.iter() {
+            let (k, state) = entry.map_err(map_err(names::FLOWS_V4))?;
+            let key = FlowKey {
+                src_be: [k.src_be, 0, 0, 0],
+                dst_be: [k.dst_be, 0, 0, 0],
+                src_port_be: k.src_port_be,
+                dst_port_be: k.dst_port_be,
+                proto: k.proto,
+                family: lb_common::FAMILY_V4,
+                _pad: [0; 2],
+            };
+            out.push((key, state));
+        }
+        for entry in v6.iter() {
+            out.push(entry.map_err(map_err(names::FLOWS_V6))?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a flow's entry, as an LRU eviction would (its active count is
+    /// left to the sweeper's recount), and invalidates the flow cache, so the
+    /// next packet misses as the reference model expects. For tests; false
+    /// if it had none.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
+        let removed = self.remove_flow_entry(key)?;
+        if removed {
+            self.invalidate_flow_cache()?;
+        }
+        Ok(removed)
+    }
+
+    /// The flow cache's slot for `key` (its index and content, whichever
+    /// flow it holds), or `None` when the cache is off. For tests.
+    pub fn flow_cache_slot(
+        &self,
+        key: &FlowKey,
+    ) -> Result<Option<(u32, FlowCacheSlot)>, DataplaneError> {
+        if self.cache.mask == 0 {
+            return Ok(None);
+        }
+        let index = lb_common::flow_cache_slot(key, self.cache.seed, self.cache.mask);
+        let map: Array<&MapData, FlowCacheSlot> = Array::try_from(
+            self.ebpf
+                .map(names::FLOW_CACHE)
+                .ok_or(DataplaneError::MissingMap(names::FLOW_CACHE))?,
+        )
+        .map_err(map_err(names::FLOW_CACHE))?;
+        let slot = map.get(&index, 0).map_err(map_err(names::FLOW_CACHE))?;
+        Ok(Some((index, slot)))
+    }
+
+    /// Slots of the flow cache; 0 when it is off.
+    pub fn flow_cache_slots(&self) -> u32 {
+        if self.cache.mask == 0 {
+            0
+        } else {
+            self.cache.slots()
+        }
+    }
+
+    /// The flow cache's current generation (`Config::flow_cache_gen`).
+    pub fn flow_cache_generation(&self) -> Result<u32, DataplaneError> {
+        Ok(self.config()?.flow_cache_gen)
+    }
+
+    /// Deletes a flow's entry and nothing else, exactly as the kernel's LRU
+    /// evicts one: the flow cache may still serve the flow for up to
+    /// `FLOW_TOUCH_NS` (README "Flow cache"). For tests; false if it had none.
+    pub fn remove_flow_entry(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
+        let removed = if key.family == lb_common::FAMILY_V4 {
+            let mut map: BpfHashMap<&mut MapData, FlowKeyV4, FlowState> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut(names::FLOWS_V4)
+                    .ok_or(DataplaneError::MissingMap(names::FLOWS_V4))?,
+            )
+            .map_err(map_err(names::FLOWS_V4))?;
+            map.remove(&FlowKeyV4::new(key))
+        } else {
+            let mut map: BpfHashMap<&mut MapData, FlowKey, FlowState> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut(names::FLOWS_V6)
+                    .ok_or(DataplaneError::MissingMap(names::FLOWS_V6))?,
+            )
+            .map_err(map_err(names::FLOWS_V6))?;
+            map.remove(key)
+        };
+        let name = if key.family == lb_common::FAMILY_V4 {
+            names::FLOWS_V4
+        } else {
+            names::FLOWS_V6
+        };
+        match removed {
+            Ok(()) => Ok(true),
+            // A delete of a missing key fails with ENOENT.
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err(name)(e)),
+        }
+    }
+
+    /// Kernel memory charged to the data plane's maps, the group tables
+    /// swapped in (inner maps, held by `GROUP_TABLES`) included.
+    pub fn map_memory(&self) -> Result<u64, DataplaneError> {
+        let mut total = 0;
+        for (name, map) in self.ebpf.maps() {
+            if let Some(bytes) = map_data(map).and_then(memlock) {
+                total += bytes;
+            } else {
+                tracing::debug!("map {name}: no memlock figure");
+            }
+        }
+        let name = names::GROUP_TABLES;
+        let outer: ArrayOfMaps<&MapData, MapData> = ArrayOfMaps::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(map_err(name))?;
+        for group in self.applied.iter().flat_map(|plan| &plan.groups) {
+            match outer.get(&group.id, 0) {
+                Ok(table) => total += memlock(&table).unwrap_or(0),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Per-listener statistics (by listener id), summed over CPUs.
+    pub fn listener_stats(&self, id: u32) -> Result<Stats, DataplaneError> {
+        self.stats(names::LISTENER_STATS, id)
+    }
+
+    /// Per-target statistics (by target id), summed over CPUs.
+    pub fn target_stats(&self, id: u32) -> Result<Stats, DataplaneError> {
+        self.stats(names::TARGET_STATS, id)
+    }
+
+    fn stats(&self, name: &'static str, id: u32) -> Result<Stats, DataplaneError> {
+        let map: PerCpuArray<&MapData, Stats> = PerCpuArray::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(map_err(name))?;
+        let values = map.get(&id, 0).map_err(map_err(name))?;
+        Ok(values.iter().fold(Stats::default(), |acc, s| Stats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+            new_flows: acc.new_flows + s.new_flows,
+        }))
+    }
+}
+
+/// A complete group table as a new inner map: the plan's table holds the
+/// words in the layout of `lb_common::table` already. The map is created
+/// memory-mappable and filled through the mapping (one copy instead of one
+/// syscall per element), and is not visible to the program until the caller
+/// swaps it in.
+fn build_table(table: &Table) -> Result<MapData, DataplaneError> {
+    let name = names::GROUP_TABLES;
+    let words = table.words();
+    let entries = lb_common::table::elements(words[0], words[1]);
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        size_of::<u32>() as u32,
+        size_of::<GroupTableElement>() as u32,
+        entries,
+        GROUP_TABLE_FLAGS,
+    );
+    let map = MapData::create(obj, "lb_group_table", None).map_err(map_err(name))?;
+    // Elements of 8 bytes are stored back to back, so the words are too.
+    const _: () = assert!(size_of::<GroupTableElement>() == ARRAY_ELEM_STRIDE);
+    let mut mapping = mmap::Mapping::new(map.fd().as_fd(), entries as usize * ARRAY_ELEM_STRIDE)
+        .map_err(|e| DataplaneError::Map {
+            name,
+            source: MapError::IoError(e),
+        })?;
+    mapping.write_u32s(0, words);
+    Ok(map)
+}
+
+/// An array map stores each value in a slot rounded up to 8 bytes.
+const ARRAY_ELEM_STRIDE: usize = 8;
+
+/// The one place that needs `unsafe` in userspace: mapping a BPF array.
+#[allow(unsafe_code)]
+mod mmap {
+    use std::{
+        io,
+        os::fd::{AsRawFd as _, BorrowedFd},
+        ptr::NonNull,
+    };
+
+    pub struct Mapping {
+        ptr: NonNull<u8>,
+        len: usize,
+    }
+
+    // SAFETY: the mapping is shared memory that lives until `drop`; all
+    // access after `new` goes through `write_u32s` (`&mut self`) or atomics.
+    unsafe impl Send for Mapping {}
+    // SAFETY: as above; `&self` only hands out atomics.
+    unsafe impl Sync for Mapping {}
+
+    impl Mapping {
+        /// Maps the first `len` bytes of the mmap-able BPF array `fd`.
+        pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+            // SAFETY: a fresh shared mapping of a map the kernel sized to at
+            // least `len` bytes (max_entries x 8); no other mapping exists.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let ptr =
+                NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+            Ok(Mapping { ptr, len })
+        }
+
+        /// Writes `values` back to back from byte `at` (a multiple of 4).
+        pub fn write_u32s(&mut self, at: usize, values: &[u32]) {
+            assert!(at.is_multiple_of(4), "unaligned write");
+            let end = values.len().checked_mul(4).and_then(|n| n.checked_add(at));
+            assert!(
+                end.is_some_and(|end| end <= self.len),
+                "write past the mapping"
+            );
+            // SAFETY: `at + 4 * values.len() <= len` (checked), the mapping
+            // is writable and page aligned, so `at` is 4-byte aligned, and it
+            // does not overlap `values` (memory of this process's own).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    values.as_ptr(),
+                    self.ptr.as_ptr().add(at).cast::<u32>(),
+                    values.len(),
+                )
+            };
+        }
+    }
+
+    impl Mapping {
+        /// The `index`th 8-byte element as an atomic (`None` past the end).
+        pub fn atomic_i64(&self, index: usize) -> Option<&std::sync::atomic::AtomicI64> {
+            let at = index.checked_mul(8)?;
+            if at + 8 > self.len {
+                return None;
+            }
+            // SAFETY: `at + 8 <= len` (checked), the mapping is page aligned
+            // so the element is 8-byte aligned, it lives as long as `self`,
+            // and every other writer (the data plane) uses atomic operations.
+            Some(unsafe {
+                std::sync::atomic::AtomicI64::from_ptr(self.ptr.as_ptr().add(at).cast::<i64>())
+            })
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly what `new` mapped; nothing refers to it after.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}

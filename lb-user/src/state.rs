@@ -1,0 +1,194 @@
+//! The runtime state `lb` keeps on disk beside its pinned data plane: what a
+//! restart must not forget and the policy does not say, today the targets'
+//! health verdicts, so that a restarted `lb` sends no new flow to a target
+//! that was unhealthy.
+//!
+//! One JSON file per data plane (`/var/lib/lb/IFACE/state.json`,
+//! `dataplane::pin`), written whole to a temporary file, flushed and renamed
+//! over the old one: a crash leaves the old state or the new one. It names
+//! the data plane it belongs to (`Config::instance`), so the state of
+//! another data plane (one detached since) is never restored.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{self, Write as _},
+    net::IpAddr,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{health::HealthState, ids::TargetKey};
+
+/// The state file's name in its data plane's state directory.
+pub const FILE: &str = "state.json";
+
+/// Largest state file read (a verdict is about 60 bytes: 131,071 targets
+/// take 8 MB).
+const MAX_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{path}: not a state file of lb: {reason}")]
+    Format { path: String, reason: String },
+}
+
+/// What is saved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// The data plane it belongs to: `Config::instance`, in hexadecimal.
+    pub instance: String,
+    /// The XDP mode its link was made in (`native`, `generic`).
+    #[serde(default)]
+    pub xdp_mode: Option<String>,
+    /// Verdicts of checked targets (targets without one are `initial`).
+    #[serde(default)]
+    pub health: Vec<Verdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub group: String,
+    pub ip: IpAddr,
+    /// `healthy` or `unhealthy`.
+    pub state: String,
+}
+
+impl RuntimeState {
+    pub fn new(instance: u64) -> RuntimeState {
+        RuntimeState {
+            instance: format!("{instance:016x}"),
+            ..RuntimeState::default()
+        }
+    }
+
+    /// The state saved in `dir` for data plane `instance`: None if there is
+    /// none, or it is another data plane's.
+    pub fn load(dir: &Path, instance: u64) -> Result<Option<RuntimeState>, StateError> {
+        let path = dir.join(FILE);
+        let shown = path.display().to_string();
+        let io_err = |source| StateError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        };
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::Read::take(file, MAX_BYTES), &mut text)
+            .map_err(io_err)?;
+        let state: RuntimeState = serde_json::from_str(&text).map_err(|e| StateError::Format {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok((state.instance == RuntimeState::new(instance).instance).then_some(state))
+    }
+
+    /// Saves it in `dir` (created if needed), atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join(FILE);
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        let io_err = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| StateError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| StateError::Format {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        // The rename itself survives a crash once the directory is synced.
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    }
+
+    /// The verdicts, by target.
+    pub fn verdicts(&self) -> BTreeMap<TargetKey, HealthState> {
+        self.health
+            .iter()
+            .filter_map(|v| {
+                let state = match v.state.as_str() {
+                    "healthy" => HealthState::Healthy,
+                    "unhealthy" => HealthState::Unhealthy,
+                    _ => return None,
+                };
+                let key = TargetKey {
+                    group: v.group.clone(),
+                    ip: v.ip,
+                };
+                Some((key, state))
+            })
+            .collect()
+    }
+
+    /// Replaces the verdicts (`initial` ones are not kept).
+    pub fn set_verdicts<'a>(
+        &mut self,
+        verdicts: impl IntoIterator<Item = (&'a TargetKey, HealthState)>,
+    ) {
+        self.health = verdicts
+            .into_iter()
+            .filter(|(_, s)| *s != HealthState::Initial)
+            .map(|(key, state)| Verdict {
+                group: key.group.clone(),
+                ip: key.ip,
+                state: state.as_str().to_string(),
+            })
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_belongs_to_one_data_plane() {
+        let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(RuntimeState::load(&dir, 7).unwrap(), None, "none yet");
+        let key = |ip: [u8; 4]| TargetKey {
+            group: "web".into(),
+            ip: ip.into(),
+        };
+        let mut state = RuntimeState::new(7);
+        state.xdp_mode = Some("native".into());
+        let (a, b, c) = (
+            key([10, 0, 3, 11]),
+            key([10, 0, 3, 12]),
+            key([10, 0, 3, 13]),
+        );
+        state.set_verdicts([
+            (&a, HealthState::Healthy),
+            (&b, HealthState::Unhealthy),
+            (&c, HealthState::Initial),
+        ]);
+        state.save(&dir).unwrap();
+        let back = RuntimeState::load(&dir, 7).unwrap().expect("saved");
+        assert_eq!(back, state);
+        assert_eq!(
+            back.verdicts(),
+            BTreeMap::from([(a, HealthState::Healthy), (b, HealthState::Unhealthy)])
+        );
+        assert_eq!(
+            RuntimeState::load(&dir, 8).unwrap(),
+            None,
+            "another data plane's"
+        );
+        fs::write(dir.join(FILE), "{ not json").unwrap();
+        assert!(matches!(
+            RuntimeState::load(&dir, 7),
+            Err(StateError::Format { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
