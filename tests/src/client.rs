@@ -108,6 +108,14 @@ pub fn lines_ask(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Res
     Held::open(src, dst, timeout)?.ask()
 }
 
+/// A UDP socket bound to `src` and connected to `dst` (a flow of its own
+/// for as long as it lives). Make it inside the client namespace.
+pub fn udp_socket(src: SocketAddr, dst: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::from(socket(src, dst, Proto::Udp)?);
+    socket.connect(dst)?;
+    Ok(socket)
+}
+
 /// Sends one datagram from `src` (port 0: any) to `dst` and returns the first
 /// answer; sends again (same socket, so the same flow) up to `tries` times if
 /// none comes within `timeout`.

@@ -274,6 +274,10 @@ impl Lab {
                     topo::TCP_PORT.to_string(),
                     "--lines".to_owned(),
                     topo::LINES_PORT.to_string(),
+                    "--lines".to_owned(),
+                    topo::MORE_LINES_PORTS[0].to_string(),
+                    "--lines".to_owned(),
+                    topo::MORE_LINES_PORTS[1].to_string(),
                     "--http".to_owned(),
                     topo::HTTP_PORT.to_string(),
                     "--https".to_owned(),
@@ -539,15 +543,16 @@ impl Lab {
     /// the load balancer's namespace and waits for its `lb ready` line.
     pub fn start_lb(&self, policy: &Path, extra: &[&str]) -> Result<LbProcess, LabError> {
         let socket = self.dir.join("lb.sock");
-        LbProcess::start(
-            &self.ns(Node::Lb),
-            &self.options.lb_bin,
-            policy,
-            &socket,
+        LbProcess::start(&crate::lb::Start {
+            ns: &self.ns(Node::Lb),
+            bin: &self.options.lb_bin,
+            config: policy,
+            socket: &socket,
+            iface: "eth0",
             extra,
-            Duration::from_secs(60),
-            false,
-        )
+            timeout: Duration::from_secs(60),
+            echo: false,
+        })
     }
 
     fn build_topology(&mut self) -> Result<(), LabError> {
@@ -735,7 +740,8 @@ fn set_sysctls(ns: &str, values: &[(&str, &str)]) -> Result<(), LabError> {
     .map_err(LabError::io(format!("enter {ns}")))?
 }
 
-/// Stops every process in namespace `ns` and deletes it. Best effort.
+/// Stops every process in namespace `ns` and deletes it, and removes what
+/// an `lb` left pinned there. Best effort.
 fn remove_namespace(ns: &str) {
     if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", ns])) {
         for pid in pids
@@ -746,10 +752,37 @@ fn remove_namespace(ns: &str) {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            // Wait for it to go: a killed lb holds its data plane's lock
+            // until then.
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while proc.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
+    remove_pinned(ns);
     if let Err(e) = run(Command::new("ip").args(["netns", "del", ns])) {
         eprintln!("lab: could not delete namespace {ns}: {e}");
+    }
+}
+
+/// Removes what an `lb` in namespace `ns` left: `lb run` pins its data plane
+/// in /sys/fs/bpf/lb/NS/IFACE and keeps its state in /var/lib/lb/NS/IFACE
+/// (it names a namespace by its `ip netns` name). Unpinning the link
+/// detaches the program once nothing else holds it.
+fn remove_pinned(ns: &str) {
+    for root in [
+        lb_user::dataplane::pin::BPFFS_ROOT,
+        lb_user::dataplane::pin::STATE_ROOT,
+    ] {
+        let dir = Path::new(root).join(ns);
+        if dir.exists() {
+            eprintln!("lab: removing {} (left by an lb)", dir.display());
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                eprintln!("lab: could not remove {}: {e}", dir.display());
+            }
+        }
     }
 }
 
@@ -792,6 +825,18 @@ impl Drop for Lab {
             if let Err(e) = p.child.wait() {
                 eprintln!("lab: wait for {}: {e}", p.what);
             }
+        }
+        // An lb's data plane on the lab's interface, if a test left one:
+        // detached (its processes are gone above, lb's own were dropped
+        // before the lab).
+        let lb_ns = self.ns(Node::Lb);
+        if self.created.contains(&lb_ns)
+            && Path::new(lb_user::dataplane::pin::BPFFS_ROOT)
+                .join(&lb_ns)
+                .exists()
+            && let Err(e) = crate::lb::detach(&lb_ns, &self.options.lb_bin, "eth0")
+        {
+            eprintln!("lab: lb detach in {lb_ns}: {e}");
         }
         // Detach before the port goes away with its namespace.
         drop(self.pass.take());

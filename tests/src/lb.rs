@@ -2,7 +2,11 @@
 //!
 //! It is started with `nsenter --net=/run/netns/NS` (not `ip netns exec`,
 //! which hides /sys/fs/bpf), its stderr is drained into a log kept for error
-//! messages, and it is stopped (SIGTERM, then SIGKILL) when dropped.
+//! messages. `lb run` leaves its data plane pinned and forwarding when it
+//! stops; dropped, an `LbProcess` stops it (SIGTERM, then SIGKILL) and
+//! removes that data plane (`lb detach`), so a test leaves nothing behind.
+//! [`LbProcess::stop`] and [`LbProcess::kill`] leave it, for the next `lb`
+//! to adopt.
 use std::{
     io::{BufRead, BufReader},
     os::unix::process::CommandExt,
@@ -34,21 +38,42 @@ pub struct LbProcess {
     log: Arc<Mutex<String>>,
     bin: PathBuf,
     socket: PathBuf,
+    ns: String,
+    iface: String,
+}
+
+/// How to start `lb run`.
+#[derive(Debug, Clone)]
+pub struct Start<'a> {
+    /// The load balancer's namespace.
+    pub ns: &'a str,
+    pub bin: &'a Path,
+    pub config: &'a Path,
+    pub socket: &'a Path,
+    /// The interface (`--iface`).
+    pub iface: &'a str,
+    /// More arguments of `lb run`.
+    pub extra: &'a [&'a str],
+    /// How long to wait for the ready line.
+    pub timeout: Duration,
+    /// Copy its log lines to our stderr as they come.
+    pub echo: bool,
 }
 
 impl LbProcess {
-    /// Starts `BIN run --config CONFIG --socket SOCKET EXTRA...` in namespace
-    /// `ns` and waits up to `timeout` for its ready line. With `echo`, its log
-    /// lines are also copied to our stderr as they come.
-    pub fn start(
-        ns: &str,
-        bin: &Path,
-        config: &Path,
-        socket: &Path,
-        extra: &[&str],
-        timeout: Duration,
-        echo: bool,
-    ) -> Result<LbProcess, LabError> {
+    /// Starts `BIN run --config CONFIG --socket SOCKET --iface IFACE EXTRA...`
+    /// in namespace `ns` and waits up to `timeout` for its ready line.
+    pub fn start(start: &Start<'_>) -> Result<LbProcess, LabError> {
+        let &Start {
+            ns,
+            bin,
+            config,
+            socket,
+            iface,
+            extra,
+            timeout,
+            echo,
+        } = start;
         if !bin.exists() {
             return Err(LabError::Io {
                 context: format!(
@@ -64,6 +89,7 @@ impl LbProcess {
             .arg(config)
             .arg("--socket")
             .arg(socket)
+            .args(["--iface", iface])
             .args(extra);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -106,6 +132,8 @@ impl LbProcess {
             log,
             bin: bin.to_path_buf(),
             socket: socket.to_path_buf(),
+            ns: ns.to_string(),
+            iface: iface.to_string(),
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -284,8 +312,42 @@ impl LbProcess {
     }
 
     /// Stops it with SIGTERM (SIGKILL after 10 s) and returns how it exited.
+    /// Its data plane stays pinned and forwarding.
     pub fn stop(mut self) -> Result<ExitStatus, LabError> {
-        self.terminate()
+        let status = self.terminate();
+        self.forget();
+        status
+    }
+
+    /// Kills it (SIGKILL, as a crash or the OOM killer would) and returns
+    /// how it exited. Its data plane stays pinned and forwarding.
+    pub fn kill(mut self) -> Result<ExitStatus, LabError> {
+        let mut child = self.child.take().ok_or_else(|| LabError::Status {
+            reason: "lb is not running".into(),
+        })?;
+        let _ = child.kill();
+        let status = child.wait().map_err(LabError::io("wait for lb"));
+        self.forget();
+        status
+    }
+
+    /// Stops it with SIGTERM and removes its data plane (`lb detach`): how
+    /// it exited and what detach said.
+    pub fn detach_after_stop(mut self) -> Result<(ExitStatus, String), LabError> {
+        let status = self.terminate()?;
+        let said = self.detach()?;
+        self.forget();
+        Ok((status, said))
+    }
+
+    /// `lb detach --iface IFACE` in its namespace: its output, or an error.
+    pub fn detach(&self) -> Result<String, LabError> {
+        detach(&self.ns, &self.bin, &self.iface)
+    }
+
+    /// Leaves its data plane to whoever comes next (no detach on drop).
+    fn forget(&mut self) {
+        self.ns.clear();
     }
 
     fn terminate(&mut self) -> Result<ExitStatus, LabError> {
@@ -315,10 +377,21 @@ impl LbProcess {
     }
 }
 
+/// Runs `BIN detach --iface IFACE` in namespace `ns`: its output, or an
+/// error with its stderr.
+pub fn detach(ns: &str, bin: &Path, iface: &str) -> Result<String, LabError> {
+    crate::lab::run(netns::command(ns, bin).args(["detach", "--iface", iface]))
+}
+
 impl Drop for LbProcess {
     fn drop(&mut self) {
         if self.child.is_some() {
             let _ = self.terminate();
+        }
+        if !self.ns.is_empty()
+            && let Err(e) = self.detach()
+        {
+            eprintln!("lb: detach in {}: {e}", self.ns);
         }
         if thread::panicking() {
             eprintln!("--- lb log ---\n{}--- end of lb log ---", self.log());

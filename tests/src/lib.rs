@@ -19,6 +19,7 @@ pub mod policy;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod streams;
 pub mod topo;
 
 pub use lab::{Lab, LabError, LabOptions};

@@ -94,6 +94,9 @@ pub const UDP_PORT: u16 = 53;
 /// The targets' long-lived-connection service: the name for every line
 /// received (`lb-lab-server --lines`).
 pub const LINES_PORT: u16 = 81;
+/// More lines ports (`lb-lab-server --lines`), for tests with several
+/// groups of long-lived connections (a listener port is its targets' port).
+pub const MORE_LINES_PORTS: [u16; 2] = [82, 83];
 /// The targets' HTTP server (`lb-lab-server --http`), for HTTP health checks.
 pub const HTTP_PORT: u16 = 8080;
 /// The same HTTP server over TLS with a self-signed certificate

@@ -220,10 +220,14 @@ fn flow_table_size_comes_from_the_policy_and_a_reload_keeps_it() {
     )
     .unwrap();
     let deadline = std::time::Instant::now() + SETTLE;
-    while !s.lb.log().contains("restart lb to resize them") {
+    while !s
+        .lb
+        .log()
+        .contains("the flow tables keep their 4096 entries")
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "no restart warning after the reload:\n{}",
+            "no warning that the tables keep their size after the reload:\n{}",
             s.lb.log()
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -467,32 +467,3 @@ fn traffic_that_is_not_a_listeners_reaches_the_lb_itself() {
     let name = answer.as_deref().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(name.starts_with('t'), "{what}: answered by {name}");
 }
-
-/// SIGTERM: lb exits 0 and takes its program off the interface, after which
-/// the VIP's port is the lb kernel's again (nothing listens there: refused).
-#[test]
-fn sigterm_detaches_and_exits_zero() {
-    let s = LabRun::start(&LabPolicy::default());
-    let dst = SocketAddr::new(VIP4.into(), TCP_PORT);
-    let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
-    let before = s.lab.run_in(Node::Client, || {
-        client::tcp_ask(any4, dst, Duration::from_secs(3))
-    });
-    assert!(
-        before.as_deref().is_ok_and(|n| n.starts_with('t')),
-        "before: {before:?}"
-    );
-    let (lb, lab, _serial) = s.into_parts();
-    let log = lb.log();
-    let status = lb.stop().unwrap_or_else(|e| panic!("stop: {e}\n{log}"));
-    assert!(status.success(), "lb exited with {status}; log:\n{log}");
-    let links = lab.exec(Node::Lb, &["ip", "link", "show", "eth0"]).unwrap();
-    assert!(
-        !links.contains("xdp"),
-        "eth0 still has an XDP program: {links}"
-    );
-    let after = lab.run_in(Node::Client, || {
-        client::tcp_ask(any4, dst, Duration::from_secs(3))
-    });
-    assert!(after.is_err(), "after lb stopped, {dst} answered {after:?}");
-}

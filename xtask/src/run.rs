@@ -127,16 +127,26 @@ pub fn run(args: RunArgs) -> Result<()> {
     exec(cmd)
 }
 
-/// `lb run` on a real interface, in the foreground.
+/// `lb run` on a real interface, in the foreground, then `lb detach`: the
+/// pinned data plane `lb run` leaves when it stops (Ctrl-C) goes too, so a
+/// try-out leaves nothing on the NIC. A shell runs both: its trap (a no-op,
+/// not an ignore, which `lb` would inherit) keeps it alive through the
+/// Ctrl-C that stops `lb`.
 fn lb_on_nic(args: &RunArgs, iface: &str, config: &Path) -> Command {
     let [(_, lb), _] = cmd::bin_env();
-    let mut cmd = Command::new(lb);
-    cmd.arg("run").arg("--config").arg(config).args([
-        "--iface",
-        iface,
-        "--xdp-mode",
-        &args.xdp_mode,
-    ]);
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"trap true INT TERM
+"$0" run --config "$1" --iface "$2" --xdp-mode "$3"
+status=$?
+echo "xtask: lb stopped; removing its data plane from $2 (lb detach)" >&2
+"$0" detach --iface "$2"
+exit $status"#,
+    ])
+    .arg(lb)
+    .arg(config)
+    .args([iface, &args.xdp_mode]);
     cmd
 }
 

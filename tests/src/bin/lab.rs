@@ -95,15 +95,16 @@ fn main() -> Result<()> {
     eprintln!("lab: starting lb (xdp mode {})", args.xdp_mode);
     let socket = lab.dir().join("lb.sock");
     let config = std::fs::canonicalize(&args.config)?;
-    let mut lb = LbProcess::start(
-        &lab.ns(Node::Lb),
-        &lab.options().lb_bin,
-        &config,
-        &socket,
-        &["--iface", "eth0", "--xdp-mode", &args.xdp_mode],
-        Duration::from_secs(60),
-        true,
-    )
+    let mut lb = LbProcess::start(&lb_tests::lb::Start {
+        ns: &lab.ns(Node::Lb),
+        bin: &lab.options().lb_bin,
+        config: &config,
+        socket: &socket,
+        iface: "eth0",
+        extra: &["--xdp-mode", &args.xdp_mode],
+        timeout: Duration::from_secs(60),
+        echo: true,
+    })
     .context("start lb")?;
 
     wait_for_verdicts(&lb);
@@ -180,8 +181,12 @@ fn main() -> Result<()> {
         }
     }
 
-    eprintln!("lab: stopping lb");
-    let status = lb.stop();
+    eprintln!("lab: stopping lb and removing its data plane (lb detach)");
+    let detached = lb.detach_after_stop();
+    let status = detached.as_ref().map(|(status, _)| *status);
+    if let Ok((_, said)) = &detached {
+        eprint!("lab: {said}");
+    }
     drop(lab);
     eprintln!("lab: removed");
     match status {
