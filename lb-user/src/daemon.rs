@@ -248,8 +248,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut daemon = Daemon::new(
         opts, iface, instance, policy, dataplane, macs, state, &health,
     )?;
-    daemon.first_apply()?;
-    timer.lap("apply");
+    daemon.first_apply(&mut timer)?;
     daemon.attach()?;
     let api = api::bind(&daemon.opts.socket)
         .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
@@ -400,10 +399,12 @@ impl Daemon {
 
     /// The start's first plan, which must be written: a start that cannot
     /// write its maps stops (an adopted data plane forwards on meanwhile).
-    fn first_apply(&mut self) -> anyhow::Result<()> {
+    fn first_apply(&mut self, timer: &mut Phases) -> anyhow::Result<()> {
         let policy = self.policy.clone();
         self.plan = self.compile(&policy)?;
+        timer.lap("compile");
         self.dataplane.apply(&self.plan)?;
+        timer.lap("apply");
         self.applied();
         report_exclusions(&self.plan);
         Ok(())

@@ -148,7 +148,7 @@ fn try_lock(file: &fs::File) -> io::Result<bool> {
 /// The name of the caller's network namespace, None for the first one
 /// (that of process 1).
 fn netns_name() -> Option<String> {
-    let ours = fs::metadata("/proc/self/ns/net").ok()?;
+    let ours = fs::metadata("/proc/thread-self/ns/net").ok()?;
     let first = fs::metadata("/proc/1/ns/net").ok();
     if first.is_some_and(|f| f.ino() == ours.ino() && f.dev() == ours.dev()) {
         return None;
