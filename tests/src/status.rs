@@ -266,7 +266,7 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         let group = &json["target_groups"][0];
         let target = &group["targets"][0];
-        let objects: [(&str, &Value, &[&str]); 6] = [
+        let objects: [(&str, &Value, &[&str]); 8] = [
             (
                 "report",
                 &json,
@@ -276,10 +276,19 @@ mod tests {
                     "policy",
                     "probe_sources",
                     "counters",
+                    "flow_table",
+                    "data_plane",
+                    "errors",
                     "listeners",
                     "target_groups",
                 ],
             ),
+            (
+                "data_plane",
+                &json["data_plane"],
+                &["pin_dir", "adopted", "state_file"],
+            ),
+            ("errors", &json["errors"], &["policy", "apply", "state"]),
             (
                 "listeners[]",
                 &json["listeners"][0],
