@@ -71,7 +71,8 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 /// YAML -> `Policy`, stopping at the first problem: duplicate keys (all of
-/// them), else a YAML syntax error, else a serde error.
+/// them, as many as `positions` lists), else a YAML syntax error, else a
+/// serde error.
 fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, PolicyError> {
     let issue = |pos: (usize, usize), path: &str, message: String| Issue {
         file: file.to_string(),
@@ -80,7 +81,7 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
         path: path.to_string(),
         message,
     };
-    let duplicates: Vec<Issue> = positions
+    let mut duplicates: Vec<Issue> = positions
         .duplicate_keys()
         .iter()
         .map(|d| {
@@ -91,6 +92,14 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
             )
         })
         .collect();
+    if let (Some(last), n @ 1..) = (duplicates.last(), positions.unlisted_duplicate_keys()) {
+        let pos = (last.line, last.column);
+        duplicates.push(issue(
+            pos,
+            "",
+            format!("{n} more duplicate keys after this one"),
+        ));
+    }
     PolicyError::check(duplicates)?;
 
     let policy_err = match serde_norway::from_str::<Policy>(text) {
