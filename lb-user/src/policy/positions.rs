@@ -3,16 +3,19 @@
 //! yaml-rust2's marked events. The serde model carries no positions, so the
 //! validator names a path and this index turns it into a line.
 //!
-//! The pass over the events is a loop (no recursion, whatever the nesting),
-//! and the index is a tree (a node is found from its parent by its key or
-//! item number, and stores no path), so both cost time and memory in
-//! proportion to the text.
+//! The same pass over the events checks the document against the limits of
+//! `limits.rs`, so that `parse` can refuse it before serde sees it. The pass
+//! is a loop (no recursion, whatever the nesting), and the index is a tree
+//! (a node is found from its parent by its key or item number, and stores
+//! no path), so both cost time and memory in proportion to the text.
 use std::{collections::HashMap, fmt::Write as _};
 
 use yaml_rust2::{
     parser::{Event, Parser},
     scanner::Marker,
 };
+
+use super::limits::Budget;
 
 /// A 1-based position in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,23 @@ pub struct DuplicateKey {
     pub first_line: usize,
 }
 
+/// A document past one of the limits of `limits.rs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitExceeded {
+    /// Where the node that went past it is.
+    pub pos: Pos,
+    /// That node's path (empty for the document itself).
+    pub path: String,
+    pub message: String,
+}
+
+/// Where yaml-rust2 stopped on a text it could not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
 /// One indexed value.
 #[derive(Debug, Clone, Default)]
 struct Node {
@@ -85,6 +105,8 @@ pub struct Positions {
     items: HashMap<(u32, u32), u32>,
     duplicate_keys: Vec<DuplicateKey>,
     unlisted_duplicate_keys: usize,
+    limit_exceeded: Option<LimitExceeded>,
+    syntax_error: Option<SyntaxError>,
 }
 
 /// An empty index: every path is at 1:1.
@@ -96,24 +118,45 @@ impl Default for Positions {
             items: HashMap::new(),
             duplicate_keys: Vec::new(),
             unlisted_duplicate_keys: 0,
+            limit_exceeded: None,
+            syntax_error: None,
         }
     }
 }
 
 impl Positions {
-    /// Indexes the first document of `text`. A text the YAML scanner rejects
-    /// gives the part indexed before the error: syntax errors are
-    /// serde_norway's to report, with its own position.
+    /// Indexes the first document of `text`, stopping at the first limit it
+    /// goes past ([`Positions::limit_exceeded`]) or at a syntax error
+    /// ([`Positions::syntax_error`]): the part before is indexed.
     pub fn index(text: &str) -> Self {
         let mut builder = Builder::default();
+        let mut budget = Budget::default();
         let mut parser = Parser::new_from_str(text);
         loop {
             let (event, mark) = match parser.next_token() {
                 Ok((Event::StreamEnd, _)) => break,
                 Ok(next) => next,
-                Err(_) => break,
+                Err(e) => {
+                    builder.index.syntax_error = Some(SyntaxError {
+                        pos: Pos::of(*e.marker()),
+                        message: e.info().to_string(),
+                    });
+                    break;
+                }
             };
-            if builder.on_event(event, mark) {
+            let verdict = budget.admit(&event);
+            let alias = matches!(event, Event::Alias(_));
+            let done = builder.on_event(event, mark);
+            if let Err(exceeded) = verdict {
+                let name = alias.then(|| alias_name(text, mark));
+                builder.index.limit_exceeded = Some(LimitExceeded {
+                    pos: Pos::of(mark),
+                    path: builder.path(builder.last_depth),
+                    message: exceeded.message(name.as_deref()),
+                });
+                break;
+            }
+            if done {
                 break;
             }
         }
@@ -144,6 +187,16 @@ impl Positions {
     /// Repeated keys past those [`Positions::duplicate_keys`] lists.
     pub fn unlisted_duplicate_keys(&self) -> usize {
         self.unlisted_duplicate_keys
+    }
+
+    /// The first limit of `limits.rs` the document goes past, if any.
+    pub fn limit_exceeded(&self) -> Option<&LimitExceeded> {
+        self.limit_exceeded.as_ref()
+    }
+
+    /// Where yaml-rust2 found the text broken, if it did.
+    pub fn syntax_error(&self) -> Option<&SyntaxError> {
+        self.syntax_error.as_ref()
     }
 
     /// Follows `path` (`a.b[2].c`) down from the root, calling `visit` on
@@ -190,6 +243,19 @@ fn shown(key: &str) -> String {
     }
 }
 
+/// The name of the alias at `mark` (its text after `*`), cut like a key.
+fn alias_name(text: &str, mark: Marker) -> String {
+    // yaml-rust2 counts the index in characters.
+    let name: String = text
+        .chars()
+        .skip(mark.index())
+        .skip_while(|&c| c == '*')
+        .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
+        .take(MAX_KEY_SHOWN + 1)
+        .collect();
+    shown(&name)
+}
+
 #[derive(Debug)]
 enum Frame {
     Map {
@@ -219,6 +285,9 @@ struct Builder {
     index: Positions,
     /// The collections being read, outermost first.
     stack: Vec<Frame>,
+    /// The path of the node placed last (for messages) is that of the
+    /// first `last_depth` frames (a key stands for its mapping).
+    last_depth: usize,
 }
 
 /// A node's place: a mapping's value for a key, or a sequence's item.
@@ -249,7 +318,10 @@ impl Builder {
     fn place(&mut self, key_text: Option<&str>, mark: Marker) -> Option<u32> {
         let depth = self.stack.len();
         let child = match self.stack.last_mut() {
-            None => return Some(0),
+            None => {
+                self.last_depth = 0;
+                return Some(0);
+            }
             Some(Frame::Key) => return None,
             Some(Frame::Seq { id, len }) => {
                 *len += 1;
@@ -296,9 +368,11 @@ impl Builder {
                 if let Some(first_line) = first_line {
                     self.duplicate(depth - 1, k, mark, first_line);
                 }
+                self.last_depth = depth - 1;
                 return None;
             }
         };
+        self.last_depth = depth;
         Some(self.index.child(child))
     }
 
@@ -465,6 +539,31 @@ target_groups:
         // A long key is cut in paths.
         let shown = format!("{}...", "k".repeat(MAX_KEY_SHOWN));
         assert_eq!(p.duplicate_keys()[0].path, format!("{shown}.port"));
+    }
+
+    #[test]
+    fn a_limit_stops_the_index_and_names_the_node() {
+        let text = format!(
+            "listeners:\n  - name: web\n    vip: {}x{}\n",
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        let p = Positions::index(&text);
+        let limit = p.limit_exceeded().expect("past the depth limit");
+        // Level 65 is the 62nd `[` (3 levels above the first), at column 71.
+        assert_eq!(
+            limit.pos,
+            Pos {
+                line: 3,
+                column: 71
+            }
+        );
+        assert!(
+            limit.path.starts_with("listeners[0].vip[0][0]"),
+            "{}",
+            limit.path
+        );
+        assert_eq!(p.locate("listeners[0].name").line, 2);
     }
 
     #[test]
