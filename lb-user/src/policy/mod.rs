@@ -6,9 +6,11 @@ pub mod limits;
 pub mod model;
 pub mod parse;
 pub mod positions;
+pub mod serving;
 pub mod validate;
 
 pub use error::{Issue, PolicyError};
 pub use model::*;
 pub use parse::{load, parse, parse_mac, read};
+pub use serving::check_servable;
 pub use validate::{HostFacts, validate_for_host};

@@ -66,7 +66,8 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 }
 
 /// Parses `text` (named `source_name` in errors) and checks every
-/// host-independent rule. An empty document is an empty, valid policy.
+/// host-independent rule. An empty document is an empty, valid policy (see
+/// `serving::check_servable` for the daemon's view of it).
 pub fn parse(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(PolicyError::new(vec![Issue {
@@ -203,7 +204,7 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
 /// serde_norway's reading of `text` as YAML, without building it: None for
 /// a null document (empty, only comments, `~` or `null`). Aliases are not
 /// followed, so this costs no more than the text.
-fn document(text: &str) -> Result<Option<IgnoredAny>, serde_norway::Error> {
+pub(super) fn document(text: &str) -> Result<Option<IgnoredAny>, serde_norway::Error> {
     serde_norway::from_str::<Option<IgnoredAny>>(text)
 }
 
