@@ -162,7 +162,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
-            let policy = policy::load(&config)?;
+            // What `lb run` and a reload check, short of the host.
+            let name = config.display().to_string();
+            let text = policy::read(&config)?;
+            let policy = policy::parse(&name, &text)?;
+            policy::check_servable(&name, &text, &policy)?;
             println!(
                 "{}: ok ({} listeners, {} target groups)",
                 config.display(),

@@ -1,13 +1,16 @@
 //! The YAML policy: model, parsing with positions, validation, compilation.
-//! Everything here is pure: no I/O besides reading the file in `load`.
+//! Everything here is pure: no I/O besides reading the file in `read`.
 pub mod compile;
 pub mod error;
+pub mod limits;
 pub mod model;
 pub mod parse;
 pub mod positions;
+pub mod serving;
 pub mod validate;
 
 pub use error::{Issue, PolicyError};
 pub use model::*;
-pub use parse::{load, parse, parse_mac};
+pub use parse::{load, parse, parse_mac, read};
+pub use serving::check_servable;
 pub use validate::{HostFacts, validate_for_host};

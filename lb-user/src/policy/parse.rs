@@ -1,49 +1,95 @@
 //! Reading a policy: YAML text -> [`Policy`], every problem located.
 //!
 //! The API (errors are [`PolicyError`]: `FILE:LINE:COL: PATH: MESSAGE` lines):
-//! - [`load`]`(path)`: read the file, then [`parse`] it.
-//! - [`parse`]`(source_name, text)`: deserialize, then check every rule that
-//!   needs nothing but the text (`validate::validate`), reporting all issues.
+//! - [`read`]`(path)`: the file's text, refused past `MAX_POLICY_BYTES`.
+//! - [`load`]`(path)`: [`read`], then [`parse`].
+//! - [`parse`]`(source_name, text)`: check the limits of `limits.rs`,
+//!   deserialize, then check every rule that needs nothing but the text
+//!   (`validate::validate`), reporting all issues.
 //! - `validate::validate_for_host(source_name, text, &policy, &HostFacts)`:
 //!   the rules that depend on the host (targets directly connected).
 //! - [`parse_mac`]: the `mac:` syntax, shared with the compiler.
 //!
 //! serde (serde_norway) errors stop at the first one, as serde does; they
 //! come out in the same format, with serde_norway's position.
-use std::path::Path;
+use std::{io::Read as _, path::Path};
+
+use serde::de::IgnoredAny;
 
 use super::{
     error::{Issue, PolicyError},
+    limits::MAX_POLICY_BYTES,
     model::Policy,
     positions::Positions,
     validate,
 };
 
-/// Reads and parses the policy at `path` (no host checks).
-pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+/// Reads the policy file at `path`, refusing a file larger than
+/// `MAX_POLICY_BYTES` before reading it whole.
+pub fn read(path: &Path) -> Result<String, PolicyError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let refuse = |message: String| {
         PolicyError::new(vec![Issue {
             file: name.clone(),
             line: 0,
             column: 0,
             path: String::new(),
-            message: format!(
-                "cannot read the policy: {}",
-                lowercase_first(&e.to_string())
-            ),
+            message,
         }])
-    })?;
-    parse(&name, &text)
+    };
+    let cannot = |e: std::io::Error| {
+        refuse(format!(
+            "cannot read the policy: {}",
+            lowercase_first(&e.to_string())
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if file.metadata().map_err(cannot)?.len() > MAX_POLICY_BYTES as u64 {
+        return Err(refuse(too_large()));
+    }
+    // The size a file reports does not bound what a pipe, a device or a
+    // growing file gives: stop one byte past the limit.
+    let mut text = String::new();
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(refuse(too_large()));
+    }
+    Ok(text)
+}
+
+/// Reads and parses the policy at `path` (no host checks).
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = read(path)?;
+    parse(&path.display().to_string(), &text)
 }
 
 /// Parses `text` (named `source_name` in errors) and checks every
-/// host-independent rule. An empty document is an empty, valid policy.
+/// host-independent rule. An empty document is an empty, valid policy (see
+/// `serving::check_servable` for the daemon's view of it).
 pub fn parse(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::new(vec![Issue {
+            file: source_name.to_string(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: too_large(),
+        }]));
+    }
     let positions = Positions::index(text);
     let policy = deserialize(source_name, text, &positions)?;
     PolicyError::check(validate::validate(source_name, &policy, &positions))?;
     Ok(policy)
+}
+
+/// The message for a text past `MAX_POLICY_BYTES`.
+fn too_large() -> String {
+    format!(
+        "the policy is larger than the limit of {} MiB",
+        MAX_POLICY_BYTES >> 20
+    )
 }
 
 /// `"02:00:00:00:00:13"` -> bytes: six hexadecimal octets (one or two digits
@@ -70,8 +116,10 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-/// YAML -> `Policy`, stopping at the first problem: duplicate keys (all of
-/// them), else a YAML syntax error, else a serde error.
+/// YAML -> `Policy`, stopping at the first problem: a limit exceeded, else
+/// duplicate keys (all of them, as many as `positions` lists), else a YAML
+/// syntax error, else a serde error. serde only sees a document whose every
+/// event passed the limits.
 fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, PolicyError> {
     let issue = |pos: (usize, usize), path: &str, message: String| Issue {
         file: file.to_string(),
@@ -80,7 +128,15 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
         path: path.to_string(),
         message,
     };
-    let duplicates: Vec<Issue> = positions
+    if let Some(limit) = positions.limit_exceeded() {
+        let pos = (limit.pos.line, limit.pos.column);
+        return Err(PolicyError::new(vec![issue(
+            pos,
+            &limit.path,
+            limit.message.clone(),
+        )]));
+    }
+    let mut duplicates: Vec<Issue> = positions
         .duplicate_keys()
         .iter()
         .map(|d| {
@@ -91,7 +147,33 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
             )
         })
         .collect();
+    if let (Some(last), n @ 1..) = (duplicates.last(), positions.unlisted_duplicate_keys()) {
+        let pos = (last.line, last.column);
+        duplicates.push(issue(
+            pos,
+            "",
+            format!("{n} more duplicate keys after this one"),
+        ));
+    }
     PolicyError::check(duplicates)?;
+
+    let invalid_yaml = |e: &serde_norway::Error| {
+        let (pos, message) = strip_location(e);
+        PolicyError::new(vec![issue(pos, "", format!("invalid yaml: {message}"))])
+    };
+    if let Some(error) = positions.syntax_error() {
+        // The limits were checked up to the error only: serde must not
+        // deserialize the rest. serde_norway's message when it finds the
+        // error too (the usual case), else yaml-rust2's.
+        return Err(match document(text) {
+            Err(e) => invalid_yaml(&e),
+            Ok(_) => PolicyError::new(vec![issue(
+                (error.pos.line, error.pos.column),
+                "",
+                format!("invalid yaml: {}", error.message),
+            )]),
+        });
+    }
 
     let policy_err = match serde_norway::from_str::<Policy>(text) {
         Ok(policy) => return Ok(policy),
@@ -101,26 +183,29 @@ fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, 
     // document could otherwise come out as a misleading "missing field".
     // (Parsed again only when the policy did not deserialize: a large valid
     // policy is parsed once here.)
-    match serde_norway::from_str::<serde_norway::Value>(text) {
-        Err(e) => {
-            let (pos, message) = strip_location(&e);
-            let message = format!("invalid yaml: {message}");
-            Err(PolicyError::new(vec![issue(pos, "", message)]))
-        }
-        // Empty, only comments, or `~`: nothing to balance, which is valid.
-        Ok(serde_norway::Value::Null) => Ok(Policy {
+    match document(text) {
+        Err(e) => Err(invalid_yaml(&e)),
+        // Empty, only comments, or `~`: nothing to balance, which parses.
+        Ok(None) => Ok(Policy {
             interface: None,
             listeners: Vec::new(),
             target_groups: Vec::new(),
             flow_table: None,
         }),
-        Ok(_) => {
+        Ok(Some(_)) => {
             let (pos, text) = strip_location(&policy_err);
             let (path, message) = split_path(&text);
             let (path, message) = reword(path, message, positions);
             Err(PolicyError::new(vec![issue(pos, &path, message)]))
         }
     }
+}
+
+/// serde_norway's reading of `text` as YAML, without building it: None for
+/// a null document (empty, only comments, `~` or `null`). Aliases are not
+/// followed, so this costs no more than the text.
+pub(super) fn document(text: &str) -> Result<Option<IgnoredAny>, serde_norway::Error> {
+    serde_norway::from_str::<Option<IgnoredAny>>(text)
 }
 
 /// serde_norway's message without its " at line L column C", and that
@@ -221,7 +306,10 @@ fn lowercase_first(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        super::limits::{MAX_DEPTH, MAX_NODES},
+        *,
+    };
 
     /// A policy serde or the YAML parser rejects, and the issue it must give.
     struct Case {
@@ -408,6 +496,171 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    /// `levels` levels of nine aliases to the level below, over nine
+    /// scalars: 9^levels scalars once expanded.
+    fn laughs(levels: usize) -> String {
+        let mut text = "lol0: &lol0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n".to_string();
+        for n in 1..levels {
+            let item = format!("*lol{}", n - 1);
+            text += &format!("lol{n}: &lol{n} [{}]\n", vec![item; 9].join(", "));
+        }
+        text
+    }
+
+    #[test]
+    fn billion_laughs_is_refused_before_expanding() {
+        let err = parse("t.yaml", &laughs(10)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "t.yaml:7:28: lol6[2]: alias `*lol5` expands the document past {MAX_NODES} nodes: \
+                 aliases may share settings, not multiply the document"
+            )
+        );
+        // Below the limit the same shape is only a policy with unknown
+        // fields, refused by serde.
+        let err = parse("t.yaml", &laughs(3)).unwrap_err().to_string();
+        assert!(err.contains("unknown field `lol0`"), "{err}");
+    }
+
+    #[test]
+    fn an_alias_inside_its_anchor_is_refused() {
+        let err = parse("t.yaml", "listeners: &l [ *l ]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:1:17: listeners[0]: alias `*l` is inside the collection it names: it would expand forever"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_the_limit() {
+        // Block sequences nested 100,000 deep on one line: a recursive
+        // reader would overflow its stack.
+        let text = format!("listeners:\n  {}x\n", "- ".repeat(100_000));
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        let column = 3 + 2 * (MAX_DEPTH - 1);
+        let path = format!("listeners{}", "[0]".repeat(MAX_DEPTH - 1));
+        assert_eq!(
+            err,
+            format!(
+                "t.yaml:2:{column}: {path}: collections nested deeper than 64 levels: \
+                 no policy nests that deep"
+            )
+        );
+        // Flow collections too.
+        let text = format!("target_groups: {}{}\n", "[".repeat(70), "]".repeat(70));
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains("nested deeper than 64 levels"), "{err}");
+    }
+
+    #[test]
+    fn too_large_a_text_is_refused() {
+        let text = " ".repeat(MAX_POLICY_BYTES + 1);
+        assert_eq!(
+            parse("t.yaml", &text).unwrap_err().to_string(),
+            "t.yaml: the policy is larger than the limit of 64 MiB"
+        );
+    }
+
+    #[test]
+    fn too_large_a_file_is_refused_unread() {
+        // A sparse file: its size is known without writing it.
+        let path = std::env::temp_dir().join(format!("lb-large-{}.yaml", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_POLICY_BYTES as u64 + 1).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            err,
+            format!(
+                "{}: the policy is larger than the limit of 64 MiB",
+                path.display()
+            )
+        );
+        // A device says it holds nothing, and never ends.
+        let err = load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "/dev/zero: the policy is larger than the limit of 64 MiB"
+        );
+    }
+
+    #[test]
+    fn aliases_that_share_settings_parse() {
+        let text = "\
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: tls, vip: 10.0.3.49, protocol: tcp, port: 443, target_group: tls }
+target_groups:
+  - name: web
+    protocol: http
+    health_check: &check
+      type: http
+      path: /healthz
+      interval_s: 10
+    targets: &servers
+      - ip: 10.0.3.11
+      - ip: 10.0.3.12
+  - name: tls
+    protocol: http
+    health_check: *check
+    targets: *servers
+";
+        let p = parse("t.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.target_groups[1].health_check,
+            p.target_groups[0].health_check
+        );
+        assert_eq!(p.target_groups[1].targets, p.target_groups[0].targets);
+    }
+
+    /// The shape of `tests/src/bench/scale.rs`: `groups` listeners, each to
+    /// a group of `targets` targets with a static MAC (about 4.8 MB for
+    /// 1,000 x 100).
+    fn scale_policy(groups: usize, targets: usize) -> String {
+        use std::fmt::Write as _;
+        let mut y = "interface: eth0\nlisteners:\n".to_string();
+        for g in 0..groups {
+            let (hi, lo) = (g / 256, g % 256);
+            let _ = writeln!(
+                y,
+                "  - {{ name: l{g}, vip: 10.200.{hi}.{lo}, protocol: tcp, port: 80, target_group: g{g} }}"
+            );
+        }
+        y += "target_groups:\n";
+        for g in 0..groups {
+            let _ = write!(y, "  - name: g{g}\n    protocol: tcp\n    targets: [");
+            for t in 0..targets {
+                let sep = if t == 0 { "" } else { ", " };
+                let (hi, lo) = (1 + g / 256, g % 256);
+                let _ = write!(
+                    y,
+                    "{sep}{{ ip: 10.{hi}.{lo}.{}, mac: \"02:00:{lo:02x}:{:02x}:00:{t:02x}\" }}",
+                    1 + t,
+                    g >> 8
+                );
+            }
+            y += "]\n";
+        }
+        y
+    }
+
+    #[test]
+    fn the_limits_take_the_largest_realistic_policy() {
+        // The limits alone on 1,000 x 100 (a full parse of it takes seconds
+        // in a debug build); a full parse of a slice of it.
+        let text = scale_policy(1000, 100);
+        let positions = Positions::index(&text);
+        assert_eq!(positions.limit_exceeded(), None);
+        assert_eq!(positions.syntax_error(), None);
+        assert_eq!(
+            positions.scalar("target_groups[999].targets[99].ip"),
+            Some("10.4.231.100")
+        );
+        let p = parse("s.yaml", &scale_policy(20, 100)).unwrap();
+        assert_eq!(p.target_groups[19].targets.len(), 100);
     }
 
     #[test]

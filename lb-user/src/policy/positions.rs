@@ -2,12 +2,20 @@
 //! `target_groups[0].targets[2].weight` to line and column, built from
 //! yaml-rust2's marked events. The serde model carries no positions, so the
 //! validator names a path and this index turns it into a line.
-use std::collections::HashMap;
+//!
+//! The same pass over the events checks the document against the limits of
+//! `limits.rs`, so that `parse` can refuse it before serde sees it. The pass
+//! is a loop (no recursion, whatever the nesting), and the index is a tree
+//! (a node is found from its parent by its key or item number, and stores
+//! no path), so both cost time and memory in proportion to the text.
+use std::{collections::HashMap, fmt::Write as _};
 
 use yaml_rust2::{
-    parser::{Event, MarkedEventReceiver, Parser},
+    parser::{Event, Parser},
     scanner::Marker,
 };
+
+use super::limits::Budget;
 
 /// A 1-based position in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,12 +34,13 @@ impl Pos {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Node {
-    pos: Pos,
-    /// The text of a scalar value (None for collections and aliases).
-    scalar: Option<String>,
-}
+/// Most duplicate keys listed, each with its path (the others are counted):
+/// a path can be long, and a hostile text can repeat a key a million times.
+const MAX_DUPLICATES_LISTED: usize = 100;
+
+/// Longest key written out in a path or message; a longer one is cut, ending
+/// in `...` (no policy field comes close).
+const MAX_KEY_SHOWN: usize = 64;
 
 /// A key that appears twice in one mapping (YAML forbids it; serde_norway
 /// reports it without a position).
@@ -46,73 +55,215 @@ pub struct DuplicateKey {
     pub first_line: usize,
 }
 
+/// A document past one of the limits of `limits.rs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitExceeded {
+    /// Where the node that went past it is.
+    pub pos: Pos,
+    /// That node's path (empty for the document itself).
+    pub path: String,
+    pub message: String,
+}
+
+/// Where yaml-rust2 stopped on a text it could not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// One indexed value.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// 1-based; 0 until the node is placed (a mapping: at its first key or
+    /// at its end).
+    line: u32,
+    column: u32,
+    /// The text of a scalar value (None for collections and aliases).
+    scalar: Option<Box<str>>,
+}
+
+impl Node {
+    fn pos(&self) -> Option<Pos> {
+        (self.line != 0).then_some(Pos {
+            line: self.line as usize,
+            column: self.column as usize,
+        })
+    }
+}
+
 /// Path -> position of the value at that path (the item itself for sequence
 /// entries, the value, not the key, for mapping entries).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Positions {
-    nodes: HashMap<String, Node>,
+    /// The tree's nodes, the document's root first; the maps below give
+    /// each node's children.
+    nodes: Vec<Node>,
+    /// (mapping, key) -> the key's value.
+    keys: HashMap<(u32, Box<str>), u32>,
+    /// (sequence, item number) -> the item.
+    items: HashMap<(u32, u32), u32>,
     duplicate_keys: Vec<DuplicateKey>,
+    unlisted_duplicate_keys: usize,
+    limit_exceeded: Option<LimitExceeded>,
+    syntax_error: Option<SyntaxError>,
+}
+
+/// An empty index: every path is at 1:1.
+impl Default for Positions {
+    fn default() -> Self {
+        Positions {
+            nodes: vec![Node::default()],
+            keys: HashMap::new(),
+            items: HashMap::new(),
+            duplicate_keys: Vec::new(),
+            unlisted_duplicate_keys: 0,
+            limit_exceeded: None,
+            syntax_error: None,
+        }
+    }
 }
 
 impl Positions {
-    /// Indexes the first document of `text`. A text the YAML scanner rejects
-    /// gives the part indexed before the error: syntax errors are
-    /// serde_norway's to report, with its own position.
+    /// Indexes the first document of `text`, stopping at the first limit it
+    /// goes past ([`Positions::limit_exceeded`]) or at a syntax error
+    /// ([`Positions::syntax_error`]): the part before is indexed.
     pub fn index(text: &str) -> Self {
         let mut builder = Builder::default();
-        let _ = Parser::new_from_str(text).load(&mut builder, false);
-        Positions {
-            nodes: builder.nodes,
-            duplicate_keys: builder.duplicate_keys,
+        let mut budget = Budget::default();
+        let mut parser = Parser::new_from_str(text);
+        loop {
+            let (event, mark) = match parser.next_token() {
+                Ok((Event::StreamEnd, _)) => break,
+                Ok(next) => next,
+                Err(e) => {
+                    builder.index.syntax_error = Some(SyntaxError {
+                        pos: Pos::of(*e.marker()),
+                        message: e.info().to_string(),
+                    });
+                    break;
+                }
+            };
+            let verdict = budget.admit(&event);
+            let alias = matches!(event, Event::Alias(_));
+            let done = builder.on_event(event, mark);
+            if let Err(exceeded) = verdict {
+                let name = alias.then(|| alias_name(text, mark));
+                builder.index.limit_exceeded = Some(LimitExceeded {
+                    pos: Pos::of(mark),
+                    path: builder.path(builder.last_depth),
+                    message: exceeded.message(name.as_deref()),
+                });
+                break;
+            }
+            if done {
+                break;
+            }
         }
+        builder.index
     }
 
     /// Position of `path`, or of its nearest indexed ancestor when the value
     /// is absent (a missing field points at the item that lacks it); 1:1 when
     /// nothing is indexed.
     pub fn locate(&self, path: &str) -> Pos {
-        let mut path = path;
-        loop {
-            if let Some(node) = self.nodes.get(path) {
-                return node.pos;
-            }
-            if path.is_empty() {
-                return Pos { line: 1, column: 1 };
-            }
-            path = parent(path);
-        }
+        let mut found = self.nodes[0].pos();
+        self.walk(path, |node| found = node.pos().or(found));
+        found.unwrap_or(Pos { line: 1, column: 1 })
     }
 
     /// The scalar text at exactly `path`, if that value is a scalar.
     pub fn scalar(&self, path: &str) -> Option<&str> {
-        self.nodes.get(path)?.scalar.as_deref()
+        let id = self.walk(path, |_| {})?;
+        self.nodes[id as usize].scalar.as_deref()
     }
 
-    /// Keys repeated within one mapping, in file order.
+    /// Keys repeated within one mapping, in file order (the first
+    /// `MAX_DUPLICATES_LISTED`).
     pub fn duplicate_keys(&self) -> &[DuplicateKey] {
         &self.duplicate_keys
     }
+
+    /// Repeated keys past those [`Positions::duplicate_keys`] lists.
+    pub fn unlisted_duplicate_keys(&self) -> usize {
+        self.unlisted_duplicate_keys
+    }
+
+    /// The first limit of `limits.rs` the document goes past, if any.
+    pub fn limit_exceeded(&self) -> Option<&LimitExceeded> {
+        self.limit_exceeded.as_ref()
+    }
+
+    /// Where yaml-rust2 found the text broken, if it did.
+    pub fn syntax_error(&self) -> Option<&SyntaxError> {
+        self.syntax_error.as_ref()
+    }
+
+    /// Follows `path` (`a.b[2].c`) down from the root, calling `visit` on
+    /// each node on the way; the node at `path`, or None when the path
+    /// leaves the tree.
+    fn walk(&self, path: &str, mut visit: impl FnMut(&Node)) -> Option<u32> {
+        let mut id = 0;
+        let mut rest = path;
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix('[') {
+                let (number, r) = r.split_once(']')?;
+                id = *self.items.get(&(id, number.parse().ok()?))?;
+                rest = r;
+            } else {
+                let r = rest.strip_prefix('.').unwrap_or(rest);
+                let end = r.find(['.', '[']).unwrap_or(r.len());
+                id = *self.keys.get(&(id, r[..end].into()))?;
+                rest = &r[end..];
+            }
+            visit(&self.nodes[id as usize]);
+        }
+        Some(id)
+    }
+
+    /// Places the node at `mark`, unless placed already (the first
+    /// occurrence of a repeated key wins: it is reported anyway).
+    fn record(&mut self, id: u32, mark: Marker, scalar: Option<String>) {
+        let node = &mut self.nodes[id as usize];
+        if node.line == 0 {
+            let pos = Pos::of(mark);
+            // Saturated: no policy has lines or columns that long.
+            node.line = pos.line.try_into().unwrap_or(u32::MAX);
+            node.column = pos.column.try_into().unwrap_or(u32::MAX);
+            node.scalar = scalar.map(String::into_boxed_str);
+        }
+    }
 }
 
-/// `a.b[2]` -> `a.b`, `a.b` -> `a`, `a` -> ``.
-fn parent(path: &str) -> &str {
-    if path.ends_with(']')
-        && let Some(i) = path.rfind('[')
-    {
-        return &path[..i];
+/// `key`, cut to `MAX_KEY_SHOWN` characters.
+fn shown(key: &str) -> String {
+    match key.char_indices().nth(MAX_KEY_SHOWN) {
+        Some((end, _)) => format!("{}...", &key[..end]),
+        None => key.to_string(),
     }
-    match path.rfind('.') {
-        Some(i) => &path[..i],
-        None => "",
-    }
+}
+
+/// The name of the alias at `mark` (its text after `*`), cut like a key.
+fn alias_name(text: &str, mark: Marker) -> String {
+    // yaml-rust2 counts the index in characters.
+    let name: String = text
+        .chars()
+        .skip(mark.index())
+        .skip_while(|&c| c == '*')
+        .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
+        .take(MAX_KEY_SHOWN + 1)
+        .collect();
+    shown(&name)
 }
 
 #[derive(Debug)]
 enum Frame {
     Map {
-        path: String,
-        /// `None` while waiting for a key, else the key whose value is next.
-        key: Option<String>,
+        id: u32,
+        /// The last key seen: the key of the value being read, or of the
+        /// value next when `value_next`.
+        key: String,
+        value_next: bool,
         /// Keys seen so far -> line.
         seen: HashMap<String, usize>,
         /// Where the mapping starts, until its first key is seen (see
@@ -120,8 +271,9 @@ enum Frame {
         start: Option<Marker>,
     },
     Seq {
-        path: String,
-        next: usize,
+        id: u32,
+        /// Items so far.
+        len: u32,
     },
     /// A collection used as a mapping key (legal YAML, never a valid policy):
     /// nothing inside is indexed.
@@ -130,104 +282,160 @@ enum Frame {
 
 #[derive(Debug, Default)]
 struct Builder {
-    nodes: HashMap<String, Node>,
-    duplicate_keys: Vec<DuplicateKey>,
+    index: Positions,
+    /// The collections being read, outermost first.
     stack: Vec<Frame>,
-    done: bool,
+    /// The path of the node placed last (for messages) is that of the
+    /// first `last_depth` frames (a key stands for its mapping).
+    last_depth: usize,
+}
+
+/// A node's place: a mapping's value for a key, or a sequence's item.
+enum Child {
+    Value(u32, Box<str>),
+    Item(u32, u32),
+}
+
+impl Positions {
+    /// The node at `child`, added if new (a repeated key gives the first
+    /// occurrence's node).
+    fn child(&mut self, child: Child) -> u32 {
+        let next = self.nodes.len() as u32;
+        let id = match child {
+            Child::Value(map, key) => *self.keys.entry((map, key)).or_insert(next),
+            Child::Item(seq, n) => *self.items.entry((seq, n)).or_insert(next),
+        };
+        if id == next {
+            self.nodes.push(Node::default());
+        }
+        id
+    }
 }
 
 impl Builder {
     /// Decides what the node starting at `mark` is: a key (returns None) or
-    /// a value at the returned path.
-    fn place(&mut self, key_text: Option<&str>, mark: Marker) -> Option<String> {
-        match self.stack.last_mut() {
-            None => Some(String::new()),
-            Some(Frame::Key) => None,
-            Some(Frame::Seq { path, next }) => {
-                let p = format!("{path}[{next}]");
-                *next += 1;
-                Some(p)
+    /// the value of the returned node.
+    fn place(&mut self, key_text: Option<&str>, mark: Marker) -> Option<u32> {
+        let depth = self.stack.len();
+        let child = match self.stack.last_mut() {
+            None => {
+                self.last_depth = 0;
+                return Some(0);
+            }
+            Some(Frame::Key) => return None,
+            Some(Frame::Seq { id, len }) => {
+                *len += 1;
+                Child::Item(*id, *len - 1)
             }
             Some(Frame::Map {
-                path,
+                id,
                 key,
+                value_next: value_next @ true,
+                ..
+            }) => {
+                *value_next = false;
+                Child::Value(*id, key.as_str().into())
+            }
+            Some(Frame::Map {
+                id,
+                key,
+                value_next,
                 seen,
                 start,
-            }) => match key.take() {
-                None => {
-                    // This node is a key; a non-scalar key indexes as `?`.
-                    let k = key_text.unwrap_or("?").to_string();
-                    // A block mapping's start event is marked after its
-                    // first key; a flow mapping's at its `{`. The earlier
-                    // of the two is where the mapping starts.
-                    if let Some(start) = start.take() {
-                        let at = if start.index() < mark.index() {
-                            start
-                        } else {
-                            mark
-                        };
-                        self.nodes.insert(
-                            path.clone(),
-                            Node {
-                                pos: Pos::of(at),
-                                scalar: None,
-                            },
-                        );
-                    }
-                    let child = if path.is_empty() {
-                        k.clone()
+            }) => {
+                // This node is a key; a non-scalar key indexes as `?`.
+                let k = key_text.unwrap_or("?");
+                // A block mapping's start event is marked after its first
+                // key; a flow mapping's at its `{`. The earlier of the two
+                // is where the mapping starts.
+                let map_start = start.take().map(|start| {
+                    let at = if start.index() < mark.index() {
+                        start
                     } else {
-                        format!("{path}.{k}")
+                        mark
                     };
-                    if let Some(&first_line) = seen.get(&k) {
-                        self.duplicate_keys.push(DuplicateKey {
-                            path: child,
-                            key: k.clone(),
-                            pos: Pos::of(mark),
-                            first_line,
-                        });
-                    } else {
-                        seen.insert(k.clone(), mark.line());
-                    }
-                    *key = Some(k);
-                    None
+                    (*id, at)
+                });
+                let first_line = seen.get(k).copied();
+                if first_line.is_none() {
+                    seen.insert(k.to_string(), mark.line());
                 }
-                Some(k) if path.is_empty() => Some(k),
-                Some(k) => Some(format!("{path}.{k}")),
-            },
-        }
+                *key = k.to_string();
+                *value_next = true;
+                if let Some((id, at)) = map_start {
+                    self.index.record(id, at, None);
+                }
+                if let Some(first_line) = first_line {
+                    self.duplicate(depth - 1, k, mark, first_line);
+                }
+                self.last_depth = depth - 1;
+                return None;
+            }
+        };
+        self.last_depth = depth;
+        Some(self.index.child(child))
     }
 
-    fn record(&mut self, path: &str, mark: Marker, scalar: Option<String>) {
-        // The first occurrence wins (a duplicate key is reported anyway).
-        self.nodes.entry(path.to_string()).or_insert(Node {
-            pos: Pos::of(mark),
-            scalar,
-        });
-    }
-}
-
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        if self.done {
+    /// Notes key `key` at `mark`, seen before at `first_line` in the mapping
+    /// of the frame at `depth`.
+    fn duplicate(&mut self, depth: usize, key: &str, mark: Marker, first_line: usize) {
+        if self.index.duplicate_keys.len() == MAX_DUPLICATES_LISTED {
+            self.index.unlisted_duplicate_keys += 1;
             return;
         }
+        let key = shown(key);
+        let map = self.path(depth);
+        self.index.duplicate_keys.push(DuplicateKey {
+            path: if map.is_empty() {
+                key.clone()
+            } else {
+                format!("{map}.{key}")
+            },
+            key,
+            pos: Pos::of(mark),
+            first_line,
+        });
+    }
+
+    /// The path of the node the first `depth` frames lead to (long keys
+    /// cut; a collection used as a key ends it).
+    fn path(&self, depth: usize) -> String {
+        let mut path = String::new();
+        for frame in &self.stack[..depth] {
+            match frame {
+                Frame::Map { key, .. } => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&shown(key));
+                }
+                Frame::Seq { len, .. } => {
+                    let _ = write!(path, "[{}]", len.saturating_sub(1));
+                }
+                Frame::Key => break,
+            }
+        }
+        path
+    }
+
+    /// Takes one event; true once the document has ended.
+    fn on_event(&mut self, ev: Event, mark: Marker) -> bool {
         match ev {
             Event::Scalar(text, ..) => {
-                if let Some(path) = self.place(Some(&text), mark) {
-                    self.record(&path, mark, Some(text));
+                if let Some(id) = self.place(Some(&text), mark) {
+                    self.index.record(id, mark, Some(text));
                 }
             }
             Event::Alias(_) => {
-                if let Some(path) = self.place(None, mark) {
-                    self.record(&path, mark, None);
+                if let Some(id) = self.place(None, mark) {
+                    self.index.record(id, mark, None);
                 }
             }
             Event::SequenceStart(..) => {
                 let frame = match self.place(None, mark) {
-                    Some(path) => {
-                        self.record(&path, mark, None);
-                        Frame::Seq { path, next: 0 }
+                    Some(id) => {
+                        self.index.record(id, mark, None);
+                        Frame::Seq { id, len: 0 }
                     }
                     None => Frame::Key,
                 };
@@ -235,9 +443,10 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) => {
                 let frame = match self.place(None, mark) {
-                    Some(path) => Frame::Map {
-                        path,
-                        key: None,
+                    Some(id) => Frame::Map {
+                        id,
+                        key: String::new(),
+                        value_next: false,
                         seen: HashMap::new(),
                         start: Some(mark),
                     },
@@ -248,20 +457,21 @@ impl MarkedEventReceiver for Builder {
             Event::MappingEnd => {
                 // An empty mapping: only its start event says where it is.
                 if let Some(Frame::Map {
-                    path,
+                    id,
                     start: Some(start),
                     ..
                 }) = self.stack.pop()
                 {
-                    self.record(&path, start, None);
+                    self.index.record(id, start, None);
                 }
             }
             Event::SequenceEnd => {
                 self.stack.pop();
             }
-            Event::DocumentEnd => self.done = true,
+            Event::DocumentEnd => return true,
             _ => {}
         }
+        false
     }
 }
 
@@ -314,6 +524,46 @@ target_groups:
                 first_line: 3,
             }]
         );
+    }
+
+    #[test]
+    fn duplicate_keys_listed_are_bounded() {
+        let long = "k".repeat(1000);
+        let mut text = format!("{long}:\n");
+        for _ in 0..=MAX_DUPLICATES_LISTED + 5 {
+            text += "  port: 1\n";
+        }
+        let p = Positions::index(&text);
+        assert_eq!(p.duplicate_keys().len(), MAX_DUPLICATES_LISTED);
+        assert_eq!(p.unlisted_duplicate_keys(), 5);
+        // A long key is cut in paths.
+        let shown = format!("{}...", "k".repeat(MAX_KEY_SHOWN));
+        assert_eq!(p.duplicate_keys()[0].path, format!("{shown}.port"));
+    }
+
+    #[test]
+    fn a_limit_stops_the_index_and_names_the_node() {
+        let text = format!(
+            "listeners:\n  - name: web\n    vip: {}x{}\n",
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        let p = Positions::index(&text);
+        let limit = p.limit_exceeded().expect("past the depth limit");
+        // Level 65 is the 62nd `[` (3 levels above the first), at column 71.
+        assert_eq!(
+            limit.pos,
+            Pos {
+                line: 3,
+                column: 71
+            }
+        );
+        assert!(
+            limit.path.starts_with("listeners[0].vip[0][0]"),
+            "{}",
+            limit.path
+        );
+        assert_eq!(p.locate("listeners[0].name").line, 2);
     }
 
     #[test]
