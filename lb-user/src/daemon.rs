@@ -94,22 +94,15 @@ struct Parsed {
     policy: Policy,
 }
 
+/// Reads (in bounded time and memory: `policy::limits`) and parses the
+/// policy; one that balances nothing is refused for serving (an empty or
+/// truncated file must not delete every listener).
 fn parse_policy(path: &Path) -> anyhow::Result<Parsed> {
     let name = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read the policy"))?;
+    let text = policy::read(path)?;
     let policy = policy::parse(&name, &text)?;
-    serves(&name, &policy)?;
+    policy::check_servable(&name, &text, &policy)?;
     Ok(Parsed { name, text, policy })
-}
-
-/// A policy that balances nothing is refused for serving: an empty or
-/// truncated file must not delete every listener.
-fn serves(name: &str, policy: &Policy) -> anyhow::Result<()> {
-    if policy.listeners.is_empty() {
-        anyhow::bail!("{name}:1:1: listeners: no listeners: the policy balances nothing");
-    }
-    Ok(())
 }
 
 /// The policy checked against the host (targets on the interface's subnets).

@@ -269,8 +269,8 @@ fn reloads_elsewhere_break_no_connection() {
     assert_none_broken(&reports, &steps);
 }
 
-/// Empty, `null`, comments-only, listener-less and half-written files on
-/// reload are refused: lb keeps running with the last good policy, says why
+/// Hostile (nested aliases, deep nesting), empty, `null`, comments-only,
+/// listener-less and half-written files on reload are refused: lb keeps running with the last good policy, says why
 /// in its log and in `lb status`, and no connection breaks; the next good
 /// file is taken.
 #[test]
@@ -284,7 +284,22 @@ fn bad_reloads_are_refused_and_break_no_connection() {
     // leaves for a moment.
     let cut = good.rfind("{ ip: ").unwrap() + "{ ip: 10.0".len();
     let groups_only = good[good.find("target_groups:").unwrap()..].to_string();
+    // Hostile files: each is refused in bounded time and memory (a policy
+    // is read with limits: docs/policy.md).
+    let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (name, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        laughs += &format!(
+            "{name}: &{name} [{}]\n",
+            vec![format!("*{prev}"); 10].join(", ")
+        );
+    }
+    let deep = format!("{}x\n", "- ".repeat(1000));
     let bad = [
+        ("a billion laughs", laughs),
+        ("nesting 1,000 deep", deep),
         ("an empty file", String::new()),
         ("null", "null\n".to_string()),
         ("~", "~\n".to_string()),
