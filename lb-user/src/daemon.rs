@@ -213,9 +213,11 @@ struct Daemon {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting (or right after
     // `lb ready`) must take the orderly way out, never the default action.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+        hup: signal(SignalKind::hangup())?,
+    };
     raise_open_files_limit();
     let mut timer = Phases::start();
     let parsed = parse_policy(&opts.config)?;
@@ -237,7 +239,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )?;
     timer.lap("load");
     let state = saved_state(&instance, &dataplane);
-    let (mut monitor, mut health) = HealthMonitor::start_with(&policy, state.verdicts());
+    let (monitor, health) = HealthMonitor::start_with(&policy, state.verdicts());
     let mut daemon = Daemon::new(
         opts, iface, instance, policy, dataplane, macs, state, &health,
     )?;
@@ -247,39 +249,29 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
     timer.lap("attach");
     daemon.ready(&timer);
+    let services = Services {
+        monitor,
+        health,
+        watch,
+        api,
+    };
+    daemon.serve(signals, services).await
+}
 
-    let mut sweeps = daemon.sweeper.reports();
-    loop {
-        let retry = daemon.retry_at;
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => daemon.reload(&watch, &mut monitor).await,
-            changed = daemon.macs.changed() => {
-                changed.map_err(|_| anyhow!("the neighbour watcher stopped"))?;
-                daemon.on_macs();
-            }
-            changed = health.changed() => {
-                changed.map_err(|_| anyhow!("the health monitor stopped"))?;
-                daemon.on_health(&health.borrow_and_update());
-            }
-            changed = sweeps.changed() => {
-                if changed.is_ok() && let Some(report) = sweeps.borrow_and_update().clone() {
-                    daemon.on_sweep(&report);
-                }
-            }
-            _ = sleep_until(retry), if retry.is_some() => daemon.retry(),
-            _ = sleep_until(daemon.inherited_until), if daemon.inherited_until.is_some() => {
-                daemon.forget_inherited_macs();
-            }
-            accepted = api.accept() => match accepted {
-                Ok((stream, _)) => daemon.serve(stream, &health.borrow()),
-                Err(err) => warn!(%err, "api accept"),
-            },
-        }
-    }
-    daemon.leave(monitor, watch).await;
-    Ok(())
+/// The signals `lb run` acts on.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What runs beside the daemon's own state: the health monitor and its
+/// snapshots, the neighbour watch, the API socket.
+struct Services {
+    monitor: HealthMonitor,
+    health: watch::Receiver<Snapshots>,
+    watch: NeighborWatch,
+    api: tokio::net::UnixListener,
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -596,7 +588,8 @@ impl Daemon {
         }
     }
 
-    fn serve(&self, stream: tokio::net::UnixStream, health: &Snapshots) {
+    /// Answers one API client with the status report.
+    fn answer(&self, stream: tokio::net::UnixStream, health: &Snapshots) {
         let sweep = self.sweeper.last();
         let report = status::report(&status::Sources {
             policy: &self.policy,
@@ -630,6 +623,43 @@ impl Daemon {
                 warn!(%err, "api client");
             }
         });
+    }
+
+    /// The event loop, until SIGINT or SIGTERM: every event ends in
+    /// [`Daemon::reconcile`] (or a step that calls it).
+    async fn serve(mut self, mut signals: Signals, mut s: Services) -> anyhow::Result<()> {
+        let mut sweeps = self.sweeper.reports();
+        loop {
+            let retry = self.retry_at;
+            tokio::select! {
+                _ = signals.int.recv() => break,
+                _ = signals.term.recv() => break,
+                _ = signals.hup.recv() => self.reload(&s.watch, &mut s.monitor).await,
+                changed = self.macs.changed() => {
+                    changed.map_err(|_| anyhow!("the neighbour watcher stopped"))?;
+                    self.on_macs();
+                }
+                changed = s.health.changed() => {
+                    changed.map_err(|_| anyhow!("the health monitor stopped"))?;
+                    self.on_health(&s.health.borrow_and_update());
+                }
+                changed = sweeps.changed() => {
+                    if changed.is_ok() && let Some(report) = sweeps.borrow_and_update().clone() {
+                        self.on_sweep(&report);
+                    }
+                }
+                _ = sleep_until(retry), if retry.is_some() => self.retry(),
+                _ = sleep_until(self.inherited_until), if self.inherited_until.is_some() => {
+                    self.forget_inherited_macs();
+                }
+                accepted = s.api.accept() => match accepted {
+                    Ok((stream, _)) => self.answer(stream, &s.health.borrow()),
+                    Err(err) => warn!(%err, "api accept"),
+                },
+            }
+        }
+        self.leave(s.monitor, s.watch).await;
+        Ok(())
     }
 
     /// Leaves with the data plane forwarding: the sweeper stops, the state

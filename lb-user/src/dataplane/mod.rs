@@ -304,6 +304,13 @@ fn unzip<K: Copy, V: Copy>(pairs: &[(K, V)]) -> (Vec<K>, Vec<V>) {
     pairs.iter().copied().unzip()
 }
 
+fn link_err(iface: &str, reason: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Link {
+        iface: iface.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 /// The index of interface `iface` in the caller's network namespace.
 fn neighbors_ifindex(iface: &str) -> std::io::Result<u32> {
     let name = std::ffi::CString::new(iface)
@@ -640,38 +647,74 @@ impl Dataplane {
     /// new link is made (and pinned, for a pinned data plane). An unpinned
     /// data plane detaches when `self` is dropped.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, DataplaneError> {
-        let link_err = |reason: String| DataplaneError::Link {
-            iface: iface.to_string(),
-            reason,
-        };
-        let ifindex = neighbors_ifindex(iface).map_err(|e| link_err(e.to_string()))?;
-        if let Some(pins) = &self.pins {
-            let path = pins.dir.join(pin::LINK);
-            if path.exists() {
-                let on = sys::obj_get(&path)
-                    .and_then(|fd| sys::xdp_link_ifindex(fd.as_fd()))
-                    .map_err(|e| link_err(format!("reading the pinned link: {e}")))?;
-                if on == ifindex {
-                    let pinned =
-                        PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
-                    let fd_link: FdLink = pinned.into();
-                    let link = XdpLink::try_from(fd_link).map_err(|e| link_err(e.to_string()))?;
-                    self.program_mut()
-                        .attach_to_link(link)
-                        .map_err(|e| link_err(format!("replacing its program: {e}")))?;
-                    return Ok(Attached::Replaced);
-                }
-                // The interface it was made for is gone (or another one took
-                // its name): a new link replaces the pin.
-                tracing::warn!(
+        let ifindex = neighbors_ifindex(iface).map_err(|e| link_err(iface, e))?;
+        if self.replace_in_pinned_link(iface, ifindex)? {
+            return Ok(Attached::Replaced);
+        }
+        let (id, label) = self.attach_new(iface, mode)?;
+        if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
+            let link = self
+                .program_mut()
+                .take_link(id)
+                .map_err(|e| link_err(iface, e))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| {
+                link_err(
                     iface,
-                    pinned_ifindex = on,
-                    ifindex,
-                    "the pinned XDP link is not on {iface} any more: attaching a new one"
-                );
-                std::fs::remove_file(&path).map_err(|e| link_err(format!("unpin: {e}")))?;
+                    format!("not a bpf_link (XDP links need Linux 5.9): {e}"),
+                )
+            })?;
+            let pinned = fd_link
+                .pin(dir.join(pin::LINK))
+                .map_err(|e| link_err(iface, format!("pin: {e}")))?;
+            if let Some(pins) = &mut self.pins {
+                pins.link = Some(pinned);
             }
         }
+        Ok(Attached::New(label))
+    }
+
+    /// Gives the pinned link this program, if the data plane is pinned and
+    /// its link is on `ifindex`: true if it did. A link left by an interface
+    /// that is gone (or whose name another one took) is unpinned.
+    fn replace_in_pinned_link(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+    ) -> Result<bool, DataplaneError> {
+        let Some(path) = self.pins.as_ref().map(|p| p.dir.join(pin::LINK)) else {
+            return Ok(false);
+        };
+        if !path.exists() {
+            return Ok(false);
+        }
+        let on = sys::obj_get(&path)
+            .and_then(|fd| sys::xdp_link_ifindex(fd.as_fd()))
+            .map_err(|e| link_err(iface, format!("reading the pinned link: {e}")))?;
+        if on != ifindex {
+            tracing::warn!(
+                iface,
+                pinned_ifindex = on,
+                ifindex,
+                "the pinned XDP link is not on {iface} any more: attaching a new one"
+            );
+            std::fs::remove_file(&path).map_err(|e| link_err(iface, format!("unpin: {e}")))?;
+            return Ok(false);
+        }
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(iface, e))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(iface, e))?;
+        self.program_mut()
+            .attach_to_link(link)
+            .map_err(|e| link_err(iface, format!("replacing its program: {e}")))?;
+        Ok(true)
+    }
+
+    /// A new link of the program on `iface`, in `mode` (`Auto`: native,
+    /// else generic); its id and the mode's name.
+    fn attach_new(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(aya::programs::xdp::XdpLinkId, &'static str), DataplaneError> {
         let program = self.program_mut();
         let attempt = |program: &mut Xdp, xdp_mode, label: &'static str| {
             program
@@ -683,32 +726,14 @@ impl Dataplane {
                     source,
                 })
         };
-        let (id, label) = match mode {
-            AttachMode::Native => attempt(program, XdpMode::Driver, "native")?,
-            AttachMode::Generic => attempt(program, XdpMode::Skb, "generic")?,
-            AttachMode::Auto => match attempt(program, XdpMode::Driver, "native") {
-                Ok(attached) => attached,
-                Err(err) => {
-                    tracing::warn!(%err, "native XDP not available, falling back to generic mode");
-                    attempt(program, XdpMode::Skb, "generic")?
-                }
-            },
-        };
-        if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
-            let link = self
-                .program_mut()
-                .take_link(id)
-                .map_err(|e| link_err(e.to_string()))?;
-            let fd_link = FdLink::try_from(link)
-                .map_err(|e| link_err(format!("not a bpf_link (XDP links need Linux 5.9): {e}")))?;
-            let pinned = fd_link
-                .pin(dir.join(pin::LINK))
-                .map_err(|e| link_err(format!("pin: {e}")))?;
-            if let Some(pins) = &mut self.pins {
-                pins.link = Some(pinned);
-            }
+        match mode {
+            AttachMode::Native => attempt(program, XdpMode::Driver, "native"),
+            AttachMode::Generic => attempt(program, XdpMode::Skb, "generic"),
+            AttachMode::Auto => attempt(program, XdpMode::Driver, "native").or_else(|err| {
+                tracing::warn!(%err, "native XDP not available, falling back to generic mode");
+                attempt(program, XdpMode::Skb, "generic")
+            }),
         }
-        Ok(Attached::New(label))
     }
 
     /// The plan the maps hold now.
