@@ -539,3 +539,80 @@ fn detach_leaves_nothing_behind() {
         "after detach, {dst} is the kernel's (nothing listens)"
     );
 }
+
+/// Makes the pinned map `name` of the lab lb's data plane read-only for
+/// syscalls (BPF_MAP_FREEZE, for good): the next write of it by `lb` fails
+/// as a write of the maps may fail in production (out of memory, say).
+#[allow(unsafe_code)]
+fn freeze(lab: &Lab, name: &str) {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let pin = Path::new(lb_user::dataplane::pin::BPFFS_ROOT)
+        .join(lab.ns(Node::Lb))
+        .join("eth0")
+        .join(name);
+    let map =
+        aya::maps::MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    // SAFETY: bpf_attr is a C union of integers; zeros are its defaults.
+    let mut attr: aya_obj::generated::bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_2.map_fd = map.fd().as_fd().as_raw_fd() as u32;
+    // SAFETY: a valid bpf_attr of the size passed, for the freeze command.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_MAP_FREEZE as libc::c_int,
+            &mut attr as *mut _,
+            std::mem::size_of::<aya_obj::generated::bpf_attr>() as libc::c_uint,
+        )
+    };
+    assert_eq!(ret, 0, "freeze {name}: {}", std::io::Error::last_os_error());
+}
+
+/// A write of the maps that fails never ends lb: it is logged, shown in
+/// `lb status` and retried, the data plane forwards with what it holds, and
+/// the next write that works clears the error.
+#[test]
+fn a_failed_write_of_the_maps_is_retried_and_breaks_nothing() {
+    let s = LabRun::start_yaml(&Policy::default().yaml(), |_| {});
+    let streams = Streams::start(&s.lab, &specs());
+    let steps = streams::Steps::default();
+    streams.wait_answers(5, T);
+    // Removing a target writes its record first: with the records frozen,
+    // nothing of the new plan reaches the data plane.
+    freeze(&s.lab, lb_common::map_names::TARGET_IDS);
+    steps.push("t2 removed from web, the records frozen");
+    let without_t2 = Policy {
+        web: vec![0, 2],
+        ..Policy::default()
+    };
+    std::fs::write(&s.policy, without_t2.yaml()).unwrap();
+    signal::kill(
+        Pid::from_raw(s.lb.pid().unwrap() as i32),
+        signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let waited =
+        s.lb.wait_for(T, "the failed write in lb status", |st: &Status| {
+            st.0["errors"]["apply"].as_str().map(str::to_string)
+        })
+        .unwrap();
+    assert!(waited.value.contains("TARGET_IDS"), "{}", waited.value);
+    // Retried (1 s, then 2 s later), still failing; lb runs on.
+    let deadline = Instant::now() + T;
+    while lines(&s.lb.log(), "writing the maps again") < 2 {
+        assert!(Instant::now() < deadline, "no retries:\n{}", s.lb.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    streams.wait_answers(5, T);
+    // Back to a policy the frozen records already hold: written, error gone.
+    steps.push("the first policy again");
+    assert!(reload(&s.lb, &s.policy, &Policy::default().yaml()));
+    let status = s.lb.report().unwrap();
+    assert!(
+        status.0["errors"]["apply"].is_null(),
+        "{}",
+        status.0["errors"]
+    );
+    streams.wait_answers(5, T);
+    let reports = streams.stop();
+    assert_none_broken(&reports, &steps);
+}
