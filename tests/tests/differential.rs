@@ -3,9 +3,8 @@
 //! listener, truncated and inconsistent ones) interleaved with control events
 //! (time steps through `Config::time_offset_ns`, re-applied plans that set a
 //! target's weight to 0, lose its MAC or remove it, remove and restore a
-//! listener so that the others are renumbered, or swap two listeners'
-//! groups, and flow-table entries
-//! deleted as an LRU eviction would), run through the real XDP program
+//! listener, or swap two listeners' groups, and flow-table entries deleted
+//! as an LRU eviction would), run through the real XDP program
 //! (BPF_PROG_TEST_RUN) and the reference model (`lb_tests::model`). After
 //! every step the two must agree on the verdict, the output bytes, the
 //! global counters, the listener and target statistics, the active flows per
@@ -25,7 +24,10 @@ use lb_tests::{
     harness::{self, Harness},
     packets::{Frame, L4, tcp_flags::*},
 };
-use lb_user::{plan::MapPlan, policy};
+use lb_user::{
+    plan::Observed,
+    policy::{self, Policy},
+};
 
 const SEEDS: [u64; 3] = [0x5eed_0001, 0xdead_beef_cafe, 0x0123_4567_89ab_cdef];
 const STEPS: usize = 2000;
@@ -59,7 +61,7 @@ enum State {
     WeightZero,
     /// No MAC: takes nothing (its flows are re-selected).
     NoMac,
-    /// Not in the policy (the ids of the targets after it move).
+    /// Not in the policy (its id is retired: kept, not reused).
     Removed,
 }
 
@@ -140,33 +142,17 @@ fn targets() -> Vec<Target> {
 /// What the control events did to the listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Listeners {
-    /// Without the `src` listener the listeners after it are renumbered, so
-    /// flow-table entries name stale listener ids.
+    /// Without the `src` listener its id is free; its flows' entries still
+    /// name it.
     src: bool,
     /// The `hash` and `rr` listeners swap groups: their flows' targets are
     /// in another group now (re-selected).
     swapped: bool,
 }
 
-/// The plan of the targets and listeners as the control events left them.
-fn plan(targets: &[Target], listeners: Listeners) -> MapPlan {
-    // Compiling (Maglev tables) is most of this test's time in a debug
-    // build: plans seen before are reused.
-    thread_local! {
-        static PLANS: std::cell::RefCell<std::collections::HashMap<String, MapPlan>> =
-            Default::default();
-    }
-    let states: Vec<State> = targets.iter().map(|t| t.state).collect();
-    let key = format!("{states:?} {listeners:?}");
-    if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
-        return plan;
-    }
-    let plan = compile_plan(targets, listeners);
-    PLANS.with(|p| p.borrow_mut().insert(key, plan.clone()));
-    plan
-}
-
-fn compile_plan(targets: &[Target], listeners: Listeners) -> MapPlan {
+/// The policy of the targets and listeners as the control events left them,
+/// and what the host shows of it.
+fn policy(targets: &[Target], listeners: Listeners) -> (Policy, Observed) {
     let mut yaml: String = LISTENERS
         .lines()
         .filter(|l| listeners.src || !l.contains("name: src,"))
@@ -216,7 +202,7 @@ fn compile_plan(targets: &[Target], listeners: Listeners) -> MapPlan {
     for t in targets.iter().filter(|t| t.state == State::NoMac) {
         observed.neighbors.remove(&t.ip.parse().unwrap());
     }
-    policy::compile::compile(&policy, &observed).expect("compile")
+    (policy, observed)
 }
 
 const TCP_FLAGS: [u8; 20] = [
@@ -383,7 +369,8 @@ fn run_seed(seed: u64) -> Tally {
         src: true,
         swapped: false,
     };
-    let mut h = Harness::with_plan(plan(&targets, listeners));
+    let (p, observed) = policy(&targets, listeners);
+    let mut h = Harness::with_policy(&p, &observed);
     h.every_session_each_frame = false;
     let mut tally = Tally::default();
     let mut history: Vec<String> = Vec::new();
@@ -420,7 +407,8 @@ fn run_seed(seed: u64) -> Tally {
             {
                 t.1.state = state;
             }
-            h.apply_plan(plan(&targets, listeners));
+            let (p, observed) = policy(&targets, listeners);
+            h.apply_policy(&p, &observed);
             tally.reapplies += 1;
             if whole {
                 format!("re-apply: group {group} {state:?}")
@@ -433,7 +421,8 @@ fn run_seed(seed: u64) -> Tally {
             } else {
                 listeners.swapped = !listeners.swapped;
             }
-            h.apply_plan(plan(&targets, listeners));
+            let (p, observed) = policy(&targets, listeners);
+            h.apply_policy(&p, &observed);
             tally.reapplies += 1;
             format!("re-apply: {listeners:?}")
         } else if roll < 53 {
