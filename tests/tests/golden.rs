@@ -427,6 +427,99 @@ fn flows_stay_pinned_across_policy_changes_until_their_target_goes() {
     }
 }
 
+/// A target that leaves the policy is retired: it keeps its id (a new
+/// target takes another) and its statistics, and its flows are re-selected;
+/// back before its id is released, it counts on under the same id. Once a
+/// sweep finds nothing naming it, the id is released: its statistics are
+/// zeroed, and the next new target takes it, from zero.
+#[test]
+fn retired_targets_keep_their_ids_and_statistics_until_released() {
+    let mut h = Harness::new(THREE_TARGETS);
+    let t13 = target("web", "10.0.3.13");
+    let frames: Vec<Vec<u8>> = (0..60u16)
+        .map(|i| Frame::tcp("10.0.3.100", 21000 + i, "10.0.3.49", 80, SYN).build())
+        .collect();
+    let first: Vec<TargetKey> = frames
+        .iter()
+        .map(|f| h.check("first", f).target.unwrap())
+        .collect();
+    assert!(first.contains(&t13));
+    let stats_13 = h.dp.target_stats(3).unwrap();
+    assert!(stats_13.packets > 0);
+
+    // Removed: retired under id 3; a new target takes 4.
+    let without_13 = THREE_TARGETS.replace("      - { ip: 10.0.3.13, weight: 128 }\n", "");
+    let with_14 = "      - { ip: 10.0.3.14, weight: 128 }\n";
+    h.reapply(&format!("{without_13}{with_14}"));
+    assert_eq!(h.target_id(&t13), Some(3));
+    assert_eq!(h.target_id(&target("web", "10.0.3.14")), Some(4));
+    assert_eq!(
+        h.dp.target_stats(3).unwrap(),
+        stats_13,
+        "kept while retired"
+    );
+    // Its flows are chosen again; the others stay.
+    for (f, t) in frames.iter().zip(&first) {
+        let o = h.check("13 retired", f);
+        assert_eq!(o.counters.contains(&Counter::FlowReselected), *t == t13);
+        assert_eq!(o.target.as_ref() == Some(t), *t != t13);
+    }
+
+    // Back: the same id, and its statistics count on.
+    h.reapply(THREE_TARGETS);
+    assert_eq!(h.target_id(&t13), Some(3));
+    let new_13 = (0..400u16)
+        .map(|i| Frame::tcp("10.0.3.101", 21000 + i, "10.0.3.49", 80, SYN).build())
+        .find(|f| h.check("back", f).target.as_ref() == Some(&t13))
+        .expect("a new flow on 10.0.3.13");
+    assert_eq!(
+        h.dp.target_stats(3).unwrap().packets,
+        stats_13.packets + 1,
+        "counted on"
+    );
+
+    // Removed again; once no flow entry names it (its flow re-selected), a
+    // sweep releases it.
+    h.reapply(&without_13);
+    h.check("13 retired again", &new_13);
+    let named: std::collections::BTreeSet<u32> =
+        h.dp.flow_entries()
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| s.target_id)
+            .collect();
+    assert!(!named.contains(&3), "{named:?}");
+    let mut ids = (*h.plan.ids).clone();
+    let swept_from = std::time::Instant::now() + lb_user::ids::RELEASE_GRACE;
+    // 10.0.3.14, retired too, goes as well unless flows re-selected
+    // from 10.0.3.13 went to it.
+    let want: Vec<u32> = if named.contains(&4) {
+        vec![3]
+    } else {
+        vec![3, 4]
+    };
+    assert_eq!(ids.release(&named, swept_from), want);
+    let released = lb_user::plan::MapPlan {
+        ids: std::sync::Arc::new(ids),
+        ..h.plan.clone()
+    };
+    h.apply_plan(released);
+    assert_eq!(h.target_id(&t13), None);
+    assert_eq!(h.dp.target_stats(3).unwrap(), Default::default(), "zeroed");
+
+    // The next new target takes id 3, from zero (the harness compares its
+    // statistics, by identity, after every frame).
+    let t15 = target("web", "10.0.3.15");
+    h.reapply(&without_13.replace("10.0.3.12, weight: 256", "10.0.3.15, weight: 256"));
+    assert_eq!(h.target_id(&t15), Some(3));
+    let on_15 = (0..400u16)
+        .map(|i| Frame::tcp("10.0.3.102", 21000 + i, "10.0.3.49", 80, SYN).build())
+        .find(|f| h.check("15", f).target.as_ref() == Some(&t15))
+        .expect("a new flow on 10.0.3.15");
+    h.check("15 again", &on_15);
+    assert_eq!(h.dp.target_stats(3).unwrap().packets, 2);
+}
+
 #[test]
 fn weight_zero_takes_no_new_flows_but_keeps_its_own() {
     let mut h = Harness::new(THREE_TARGETS);
