@@ -490,11 +490,18 @@ impl Harness {
     }
 
     /// Active flows per target and round-robin positions per group, by
-    /// identity; a count under an id that names nothing is a mismatch.
+    /// identity.
     fn compare_counts(&self) -> Result<(), String> {
-        let (highest_target, highest_group) = self.highest;
+        self.compare_active()?;
+        self.compare_round_robin()
+    }
+
+    /// Active flows per target; a count under an id that names no target
+    /// (up to one past the highest given) is a mismatch, and so is one the
+    /// model has for a target without id.
+    fn compare_active(&self) -> Result<(), String> {
         let mut real = BTreeMap::new();
-        for id in 0..=highest_target + 1 {
+        for id in 0..=self.highest.0 + 1 {
             let n = self.dp.active_flows(id);
             match self.names.targets.get(&id) {
                 Some(key) => {
@@ -520,7 +527,14 @@ impl Harness {
         if real != model {
             return Err(format!("active flows: expected {model:?}, got {real:?}"));
         }
-        for id in 0..=highest_group + 1 {
+        Ok(())
+    }
+
+    /// Round-robin positions per group; a position under an id that names
+    /// no group is a mismatch, and so is one the model has for a group
+    /// without id.
+    fn compare_round_robin(&self) -> Result<(), String> {
+        for id in 0..=self.highest.1 + 1 {
             let real = self.dp.round_robin_position(id).expect("GROUP_RR");
             let Some(name) = self.names.groups.get(&id) else {
                 if real != 0 {
@@ -537,17 +551,17 @@ impl Harness {
                 ));
             }
         }
-        if let Some((name, n)) = self
+        match self
             .model
             .round_robin
             .iter()
             .find(|(name, n)| **n != 0 && self.plan.ids.group(name).is_none())
         {
-            return Err(format!(
+            Some((name, n)) => Err(format!(
                 "the model has round-robin position {n} for group {name}, which has no id"
-            ));
+            )),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Every sticky session.

@@ -321,118 +321,144 @@ impl World {
 
     /// A policy change; its description.
     fn change(&mut self, rng: &mut Rng, tally: &mut Tally) -> String {
-        let pick_group = |rng: &mut Rng| rng.below(GROUPS.len() as u64) as usize;
         self.touched = None;
         match rng.below(100) {
-            0..30 => {
-                let i = rng.below(self.targets.len() as u64) as usize;
-                let state = *rng.pick(&[
-                    State::Normal,
-                    State::Normal,
-                    State::WeightZero,
-                    State::NoMac,
-                    State::Removed,
-                ]);
-                // Now and then a whole group (none of its targets takes new
-                // flows: they are dropped, `no_target`).
-                let whole = state != State::Normal && rng.below(4) == 0;
-                let group = self.targets[i].group;
-                self.touched = Some(group);
-                for (_, t) in self
-                    .targets
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(j, t)| *j == i || (whole && t.group == group))
-                {
-                    t.state = state;
-                }
-                if whole {
-                    format!("group {group} {state:?}")
-                } else {
-                    format!("{} {state:?}", self.targets[i].key().ip)
-                }
-            }
+            0..30 => self.set_state(rng),
             30..42 => {
-                // A target added: back (its id again) or new (the lowest
-                // free id).
-                let removed: Vec<usize> = (0..self.targets.len())
-                    .filter(|&i| self.targets[i].state == State::Removed)
-                    .collect();
-                if removed.is_empty() {
-                    return "add a target: none to add".into();
-                }
-                let t = &mut self.targets[*rng.pick(&removed)];
-                t.state = State::Normal;
-                self.touched = Some(t.group);
                 tally.targets_added += 1;
-                format!("add {} to {}", t.ip, t.group)
+                self.add_target(rng)
             }
             42..57 => {
                 tally.reorders += 1;
-                match rng.below(3) {
-                    0 => {
-                        let g = GROUPS[pick_group(rng)].name;
-                        let at: Vec<usize> = (0..self.targets.len())
-                            .filter(|&i| self.targets[i].group == g)
-                            .collect();
-                        let mut moved: Vec<Target> =
-                            at.iter().map(|&i| self.targets[i].clone()).collect();
-                        rng.shuffle(&mut moved);
-                        for (i, t) in at.into_iter().zip(moved) {
-                            self.targets[i] = t;
-                        }
-                        self.touched = Some(g);
-                        format!("reorder the targets of {g}")
-                    }
-                    1 => {
-                        rng.shuffle(&mut self.groups);
-                        "reorder the groups".into()
-                    }
-                    _ => {
-                        rng.shuffle(&mut self.listeners);
-                        "reorder the listeners".into()
-                    }
-                }
+                self.reorder(rng)
             }
             57..69 => {
-                let g = GROUPS[pick_group(rng)].name;
-                for t in self.targets.iter_mut().filter(|t| t.group == g) {
-                    t.weight = *rng.pick(&[1, 32, 64, 128, 200, 256]);
-                }
-                self.touched = Some(g);
                 tally.reweighs += 1;
-                format!("reweigh {g}")
+                self.reweigh(rng)
             }
             69..81 => {
-                let g = pick_group(rng);
-                self.alternate[g] = !self.alternate[g];
-                self.touched = Some(GROUPS[g].name);
                 tally.algorithm_changes += 1;
-                let algorithm = GROUPS[g].algorithms[self.alternate[g] as usize];
-                format!("{} to {algorithm}", GROUPS[g].name)
+                self.switch_algorithm(rng)
             }
             _ => {
                 tally.listener_changes += 1;
-                match rng.below(3) {
-                    0 => self.src = !self.src,
-                    1 => self.swapped = !self.swapped,
-                    _ => {
-                        self.new = !self.new;
-                        if self.new {
-                            // At the top of the file.
-                            self.listeners.retain(|&l| l != NEW);
-                            self.listeners.insert(0, NEW);
-                            self.groups.retain(|&g| g != NEW);
-                            self.groups.insert(0, NEW);
-                        }
-                    }
-                }
-                format!(
-                    "listeners: src {}, swapped {}, new {}",
-                    self.src, self.swapped, self.new
-                )
+                self.change_listeners(rng)
             }
         }
+    }
+
+    /// A target's weight set to 0, its MAC lost or found, or the target
+    /// removed or back; now and then a whole group's.
+    fn set_state(&mut self, rng: &mut Rng) -> String {
+        let i = rng.below(self.targets.len() as u64) as usize;
+        let state = *rng.pick(&[
+            State::Normal,
+            State::Normal,
+            State::WeightZero,
+            State::NoMac,
+            State::Removed,
+        ]);
+        // A whole group: none of its targets takes new flows (they are
+        // dropped, `no_target`).
+        let whole = state != State::Normal && rng.below(4) == 0;
+        let group = self.targets[i].group;
+        self.touched = Some(group);
+        for (_, t) in self
+            .targets
+            .iter_mut()
+            .enumerate()
+            .filter(|(j, t)| *j == i || (whole && t.group == group))
+        {
+            t.state = state;
+        }
+        if whole {
+            format!("group {group} {state:?}")
+        } else {
+            format!("{} {state:?}", self.targets[i].ip)
+        }
+    }
+
+    /// A target added: back (its id again) or new (the lowest free id).
+    fn add_target(&mut self, rng: &mut Rng) -> String {
+        let removed: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| self.targets[i].state == State::Removed)
+            .collect();
+        if removed.is_empty() {
+            return "add a target: none to add".into();
+        }
+        let t = &mut self.targets[*rng.pick(&removed)];
+        t.state = State::Normal;
+        self.touched = Some(t.group);
+        format!("add {} to {}", t.ip, t.group)
+    }
+
+    /// The targets of a group, the groups or the listeners in another order.
+    fn reorder(&mut self, rng: &mut Rng) -> String {
+        match rng.below(3) {
+            0 => {
+                let g = GROUPS[rng.below(GROUPS.len() as u64) as usize].name;
+                let at: Vec<usize> = (0..self.targets.len())
+                    .filter(|&i| self.targets[i].group == g)
+                    .collect();
+                let mut moved: Vec<Target> = at.iter().map(|&i| self.targets[i].clone()).collect();
+                rng.shuffle(&mut moved);
+                for (i, t) in at.into_iter().zip(moved) {
+                    self.targets[i] = t;
+                }
+                self.touched = Some(g);
+                format!("reorder the targets of {g}")
+            }
+            1 => {
+                rng.shuffle(&mut self.groups);
+                "reorder the groups".into()
+            }
+            _ => {
+                rng.shuffle(&mut self.listeners);
+                "reorder the listeners".into()
+            }
+        }
+    }
+
+    /// New weights for a group's targets.
+    fn reweigh(&mut self, rng: &mut Rng) -> String {
+        let g = GROUPS[rng.below(GROUPS.len() as u64) as usize].name;
+        for t in self.targets.iter_mut().filter(|t| t.group == g) {
+            t.weight = *rng.pick(&[1, 32, 64, 128, 200, 256]);
+        }
+        self.touched = Some(g);
+        format!("reweigh {g}")
+    }
+
+    /// A group switches to its other algorithm.
+    fn switch_algorithm(&mut self, rng: &mut Rng) -> String {
+        let g = rng.below(GROUPS.len() as u64) as usize;
+        self.alternate[g] = !self.alternate[g];
+        self.touched = Some(GROUPS[g].name);
+        let algorithm = GROUPS[g].algorithms[self.alternate[g] as usize];
+        format!("{} to {algorithm}", GROUPS[g].name)
+    }
+
+    /// `src` removed or back, `hash` and `rr` swapping groups or back, or
+    /// the `new` listener and group added (at the top of the file) or
+    /// removed.
+    fn change_listeners(&mut self, rng: &mut Rng) -> String {
+        match rng.below(3) {
+            0 => self.src = !self.src,
+            1 => self.swapped = !self.swapped,
+            _ => {
+                self.new = !self.new;
+                if self.new {
+                    self.listeners.retain(|&l| l != NEW);
+                    self.listeners.insert(0, NEW);
+                    self.groups.retain(|&g| g != NEW);
+                    self.groups.insert(0, NEW);
+                }
+            }
+        }
+        format!(
+            "listeners: src {}, swapped {}, new {}",
+            self.src, self.swapped, self.new
+        )
     }
 }
 
