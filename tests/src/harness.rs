@@ -6,19 +6,37 @@
 //! the active flows per target, the round-robin positions and the sticky
 //! sessions.
 //!
+//! Policies are compiled as `lb run` compiles them: a harness's first plan
+//! numbers everything afresh (a new data plane), and every later policy
+//! takes its ids from the applied plan's (`Ids::assign`), with one table
+//! cache. The model names everything by identity (`crate::model`); the
+//! harness reads the program's maps by id and translates every id through
+//! the applied plan's ids (retired targets included) before it compares: an
+//! id that names nothing there is a mismatch in itself.
+//!
 //! Needs root (CAP_BPF). Each harness loads its own program and maps.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Instant,
+};
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use lb_common::{FlowKey, Stats, flow_flags};
+use lb_common::{FlowKey, ListenerKey, Stats, StickyKey, flow_flags};
 use lb_user::{
     dataplane::{Dataplane, LoadOptions},
+    ids::{Ids, TargetKey},
+    maglev::TableCache,
     plan::{MapPlan, Observed},
-    policy::{self, Policy},
+    policy::{
+        self, Policy,
+        compile::{compile_cached, ip_of},
+    },
 };
 
 use crate::{
-    model::{Model, Outcome, XDP_TX},
+    model::{Client, Model, Outcome, XDP_TX},
     packets::{LB_MAC, hex},
 };
 
@@ -28,9 +46,9 @@ pub const S: u64 = 1_000_000_000;
 /// fd00:3::12 have 02:00:00:00:00:12. IPv4 addresses outside 10.0.0.0/16
 /// also carry their second and third octets (10.6.2.12 has
 /// 02:00:00:06:02:12), so that large groups there have a MAC per target.
-pub fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
+pub fn mac_of(ip: &IpAddr) -> [u8; 6] {
     match ip {
-        std::net::IpAddr::V4(v4) => {
+        IpAddr::V4(v4) => {
             let o = v4.octets();
             let d = o[3] % 100;
             let last = ((d / 10) << 4) | (d % 10);
@@ -40,7 +58,7 @@ pub fn mac_of(ip: &std::net::IpAddr) -> [u8; 6] {
                 [0x02, 0, 0, o[1], o[2], last]
             }
         }
-        std::net::IpAddr::V6(v6) => [0x02, 0, 0, 0, 0, v6.octets()[15]],
+        IpAddr::V6(v6) => [0x02, 0, 0, 0, 0, v6.octets()[15]],
     }
 }
 
@@ -62,17 +80,101 @@ pub fn observed(policy: &Policy) -> Observed {
     }
 }
 
+/// The plan of `policy` for a new data plane (everything numbered afresh).
 pub fn compile(policy: &Policy) -> MapPlan {
     policy::compile::compile(policy, &observed(policy)).expect("compile")
 }
 
+/// The identity of target `ip` of `group`.
+pub fn target(group: &str, ip: &str) -> TargetKey {
+    TargetKey {
+        group: group.to_string(),
+        ip: ip.parse().expect("a target address"),
+    }
+}
+
+/// A listener key, readable: `10.0.3.49 tcp/80`.
+pub fn listener_name(key: &ListenerKey) -> String {
+    let proto = match key.proto {
+        lb_common::PROTO_TCP => "tcp",
+        lb_common::PROTO_UDP => "udp",
+        _ => "?",
+    };
+    let vip = ip_of(key.addr_be, key.family);
+    format!("{vip} {proto}/{}", u16::from_be(key.port_be))
+}
+
+/// The identities of the applied plan's ids, retired targets included: how
+/// the harness reads the program's maps, which name everything by id.
+#[derive(Debug, Default)]
+struct Names {
+    targets: HashMap<u32, TargetKey>,
+    groups: HashMap<u32, String>,
+}
+
+impl Names {
+    fn of(ids: &Ids) -> Names {
+        Names {
+            targets: ids.targets().map(|(k, a)| (a.id, k.clone())).collect(),
+            groups: ids.groups().map(|(n, id)| (id, n.to_string())).collect(),
+        }
+    }
+
+    fn target(&self, id: u32, what: &str) -> Result<&TargetKey, String> {
+        self.targets
+            .get(&id)
+            .ok_or_else(|| format!("{what} names target id {id}, which no target has"))
+    }
+
+    fn group(&self, id: u32, what: &str) -> Result<&str, String> {
+        self.groups
+            .get(&id)
+            .map(String::as_str)
+            .ok_or_else(|| format!("{what} names group id {id}, which no group has"))
+    }
+}
+
+/// Whether `new` keeps every id of `old` that it still has (what
+/// `Ids::assign` and `Ids::release` guarantee): else a plan was compiled
+/// against other ids than the applied ones.
+fn follows(old: &Ids, new: &Ids) -> Result<(), String> {
+    for (key, id) in old.listeners() {
+        if let Some(other) = new.listener(key).filter(|&n| n != id) {
+            return Err(format!(
+                "listener {} has id {other}, was {id}",
+                listener_name(key)
+            ));
+        }
+    }
+    for (name, id) in old.groups() {
+        if let Some(other) = new.group(name).filter(|&n| n != id) {
+            return Err(format!("group {name} has id {other}, was {id}"));
+        }
+    }
+    for (key, a) in old.targets() {
+        if let Some(other) = new.target(key).filter(|n| n.id != a.id) {
+            return Err(format!("target {key:?} has id {}, was {}", other.id, a.id));
+        }
+    }
+    Ok(())
+}
+
 pub struct Harness {
     pub dp: Dataplane,
+    /// The plan the maps hold.
     pub plan: MapPlan,
     pub model: Model,
-    /// Listener and target statistics the model expects (by id).
-    listener_stats: BTreeMap<u32, Stats>,
-    target_stats: BTreeMap<u32, Stats>,
+    /// The tables of the last compile, as `lb run` keeps them.
+    tables: TableCache,
+    /// The applied plan's ids by number.
+    names: Names,
+    /// The highest target and group ids any plan of this harness had: the
+    /// program's counts are read up to one past them, for counts that no
+    /// identity accounts for.
+    highest: (u32, u32),
+    /// Listener and target statistics the model expects (by identity).
+    listener_stats: HashMap<ListenerKey, Stats>,
+    target_stats: BTreeMap<TargetKey, Stats>,
     /// The kernel clock when the harness started (sticky deadlines hold it).
     started_ns: u64,
     /// Whether `compare` reads every sticky session after each frame (else
@@ -81,11 +183,22 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A new data plane holding `yaml` (every target's MAC known).
     pub fn new(yaml: &str) -> Harness {
-        let plan = compile(&parse_policy(yaml));
-        Harness::with_plan(plan)
+        let policy = parse_policy(yaml);
+        Harness::with_policy(&policy, &observed(&policy))
     }
 
+    /// A new data plane holding `policy` (numbered afresh).
+    pub fn with_policy(policy: &Policy, observed: &Observed) -> Harness {
+        let mut tables = TableCache::default();
+        let plan = compile_with(policy, observed, &Ids::default(), &mut tables);
+        let mut h = Harness::with_plan(plan);
+        h.tables = tables;
+        h
+    }
+
+    /// A new data plane holding `plan`.
     pub fn with_plan(plan: MapPlan) -> Harness {
         let mut dp = Dataplane::load(&LoadOptions {
             flow_table_size: 4096,
@@ -96,9 +209,12 @@ impl Harness {
         dp.apply(&plan).expect("apply");
         Harness {
             dp,
+            names: Names::of(&plan.ids),
+            highest: highest(&plan.ids, (0, 0)),
             plan,
             model: Model::default(),
-            listener_stats: BTreeMap::new(),
+            tables: TableCache::default(),
+            listener_stats: HashMap::new(),
             target_stats: BTreeMap::new(),
             started_ns,
             every_session_each_frame: true,
@@ -110,16 +226,46 @@ impl Harness {
         self.dp.clock().now_ns().expect("clock")
     }
 
-    /// Applies another policy, keeping the time offset.
+    /// Applies another policy (every target's MAC known), as `lb run` does.
     pub fn reapply(&mut self, yaml: &str) {
-        self.apply_plan(compile(&parse_policy(yaml)));
+        let policy = parse_policy(yaml);
+        self.apply_policy(&policy, &observed(&policy));
     }
 
-    /// Applies another plan, keeping the time offset.
+    /// Applies another policy as `lb run` does: compiled with ids assigned
+    /// from the applied plan's (`Harness::compile_next`).
+    pub fn apply_policy(&mut self, policy: &Policy, observed: &Observed) {
+        let plan = self.compile_next(policy, observed);
+        self.apply_plan(plan);
+    }
+
+    /// The plan of `policy` that follows the applied one: every listener,
+    /// group and target that stays keeps its id, those that leave are
+    /// retired, new ones take the lowest free ids.
+    pub fn compile_next(&mut self, policy: &Policy, observed: &Observed) -> MapPlan {
+        compile_with(policy, observed, &self.plan.ids, &mut self.tables)
+    }
+
+    /// Applies a plan whose ids follow the applied plan's (`compile_next`,
+    /// or a plan made from one, such as one with released ids), keeping the
+    /// time offset. What the data plane forgets, the expectations forget:
+    /// the statistics of listeners no longer in the plan (their ids' are
+    /// zeroed, or go to another listener, whose start from zero), of
+    /// released targets, and the round-robin positions of released groups.
     pub fn apply_plan(&mut self, mut plan: MapPlan) {
+        if let Err(e) = follows(&self.plan.ids, &plan.ids) {
+            panic!("a plan compiled against other ids than the applied plan's: {e}");
+        }
         plan.config.time_offset_ns = self.plan.config.time_offset_ns;
+        self.dp.apply(&plan).expect("apply");
+        self.listener_stats
+            .retain(|key, _| plan.ids.listener(key).is_some());
+        self.target_stats
+            .retain(|key, _| plan.ids.target(key).is_some());
+        self.model.forget_released(&plan);
+        self.names = Names::of(&plan.ids);
+        self.highest = highest(&plan.ids, self.highest);
         self.plan = plan;
-        self.dp.apply(&self.plan).expect("apply");
     }
 
     /// Moves data-plane time (and the model's) forward by `secs`, through
@@ -148,13 +294,19 @@ impl Harness {
         }
     }
 
-    /// Active flows per target id, as the data plane counts them.
-    pub fn active(&self) -> BTreeMap<u32, i64> {
+    /// Active flows per target (retired ones included), as the data plane
+    /// counts them.
+    pub fn active(&self) -> BTreeMap<TargetKey, i64> {
         self.plan
-            .targets
-            .iter()
-            .map(|t| (t.id, self.dp.active_flows(t.id)))
+            .ids
+            .targets()
+            .map(|(key, a)| (key.clone(), self.dp.active_flows(a.id)))
             .collect()
+    }
+
+    /// The program's id of target `key` (retired or not).
+    pub fn target_id(&self, key: &TargetKey) -> Option<u32> {
+        self.plan.ids.target(key).map(|a| a.id)
     }
 
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -226,55 +378,103 @@ impl Harness {
         self.compare_counts()?;
         if self.every_session_each_frame {
             self.compare_sessions()?;
-        } else if let Some(client) = expected.sticky_key {
+        } else if let Some(client) = &expected.sticky_key {
             self.compare_session(client)?;
         }
         Ok(expected)
     }
 
+    /// Counts a forwarded frame in the statistics the model expects of its
+    /// listener and target, and compares them with the program's, read by
+    /// the ids the applied plan gives them.
     fn compare_stats(&mut self, o: &Outcome, len: u64) -> Result<(), String> {
-        let (Some(listener), Some(target)) = (o.listener, o.target) else {
+        let (Some(listener), Some(target)) = (&o.listener, &o.target) else {
             return Ok(());
         };
-        for (what, map, id) in [
-            ("listener", &mut self.listener_stats, listener),
-            ("target", &mut self.target_stats, target),
-        ] {
-            let s = map.entry(id).or_default();
+        let add = |s: &mut Stats| {
             s.packets += 1;
             s.bytes += len;
             s.new_flows += o.new_flow as u64;
-            let got = if what == "listener" {
-                self.dp.listener_stats(id)
-            } else {
-                self.dp.target_stats(id)
-            }
-            .expect("stats");
-            if got != *s {
-                return Err(format!("{what} {id} stats: expected {s:?}, got {got:?}"));
-            }
+        };
+        add(self.listener_stats.entry(*listener).or_default());
+        add(self.target_stats.entry(target.clone()).or_default());
+        self.compare_listener_stats(listener)?;
+        self.compare_target_stats(target)
+    }
+
+    fn compare_listener_stats(&self, key: &ListenerKey) -> Result<(), String> {
+        let name = listener_name(key);
+        let id = self
+            .plan
+            .ids
+            .listener(key)
+            .ok_or_else(|| format!("listener {name} has no id"))?;
+        let want = self.listener_stats.get(key).copied().unwrap_or_default();
+        let got = self.dp.listener_stats(id).expect("stats");
+        if got != want {
+            return Err(format!(
+                "listener {name} (id {id}) stats: expected {want:?}, got {got:?}"
+            ));
         }
         Ok(())
     }
 
-    /// Active flows per target, round-robin positions and sticky sessions
-    /// against the model.
+    fn compare_target_stats(&self, key: &TargetKey) -> Result<(), String> {
+        let id = self
+            .target_id(key)
+            .ok_or_else(|| format!("target {key:?} has no id"))?;
+        let want = self.target_stats.get(key).copied().unwrap_or_default();
+        let got = self.dp.target_stats(id).expect("stats");
+        if got != want {
+            return Err(format!(
+                "target {key:?} (id {id}) stats: expected {want:?}, got {got:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The statistics of every listener of the plan and every target with
+    /// an id (retired ones included), active flows per target, round-robin
+    /// positions and sticky sessions against the model.
     pub fn compare_state(&self) -> Result<(), String> {
+        for l in &self.plan.listeners {
+            self.compare_listener_stats(&l.key)?;
+        }
+        for (key, _) in self.plan.ids.targets() {
+            self.compare_target_stats(key)?;
+        }
         self.compare_counts()?;
         self.compare_sessions()
     }
 
     /// One client's sticky session against the model's.
-    fn compare_session(&self, (group_id, addr_be): (u32, [u32; 4])) -> Result<(), String> {
-        let key = lb_common::StickyKey { group_id, addr_be };
-        let real = self.dp.sticky_session(&key).expect("STICKY");
-        let model = self.model.sticky.get(&(group_id, addr_be));
+    fn compare_session(&self, client: &Client) -> Result<(), String> {
+        let group_id = self
+            .plan
+            .ids
+            .group(&client.group)
+            .ok_or_else(|| format!("group {} has no id", client.group))?;
+        let key = StickyKey {
+            group_id,
+            addr_be: client.addr_be,
+        };
+        let real = match self.dp.sticky_session(&key).expect("STICKY") {
+            Some(s) => {
+                let target = self.names.target(s.target_id, "a sticky session")?;
+                Some((target.clone(), s.expires_ns))
+            }
+            None => None,
+        };
+        let model = self
+            .model
+            .sticky
+            .get(client)
+            .map(|s| (s.target.clone(), s.expires_ns));
         let now = self.clock_ns();
-        let same = match (real, model) {
+        let same = match (&real, &model) {
             (None, None) => true,
             (Some(r), Some(m)) => {
-                r.target_id == m.target
-                    && (self.started_ns..=now).contains(&r.expires_ns.wrapping_sub(m.expires_ns))
+                r.0 == m.0 && (self.started_ns..=now).contains(&r.1.wrapping_sub(m.1))
             }
             _ => false,
         };
@@ -282,63 +482,107 @@ impl Harness {
             Ok(())
         } else {
             Err(format!(
-                "sticky session of {key:?}: expected {model:?}, got {real:?} \
+                "sticky session of {client:?} (group id {group_id}): expected {model:?}, got {real:?} \
                  (program deadlines include its clock, {}..={now})",
                 self.started_ns
             ))
         }
     }
 
-    /// Active flows per target and round-robin positions.
+    /// Active flows per target and round-robin positions per group, by
+    /// identity.
     fn compare_counts(&self) -> Result<(), String> {
-        let ids: BTreeSet<u32> = self
-            .plan
-            .targets
-            .iter()
-            .map(|t| t.id)
-            .chain(self.model.active.keys().copied())
+        self.compare_active()?;
+        self.compare_round_robin()
+    }
+
+    /// Active flows per target; a count under an id that names no target
+    /// (up to one past the highest given) is a mismatch, and so is one the
+    /// model has for a target without id.
+    fn compare_active(&self) -> Result<(), String> {
+        let mut real = BTreeMap::new();
+        for id in 0..=self.highest.0 + 1 {
+            let n = self.dp.active_flows(id);
+            match self.names.targets.get(&id) {
+                Some(key) => {
+                    real.insert(key.clone(), n);
+                }
+                None if n != 0 => {
+                    return Err(format!(
+                        "active flows: {n} under target id {id}, which no target has"
+                    ));
+                }
+                None => {}
+            }
+        }
+        let mut model: BTreeMap<TargetKey, i64> = real
+            .keys()
+            .map(|k| (k.clone(), self.model.active(k)))
             .collect();
-        let model: BTreeMap<u32, i64> = ids.iter().map(|&id| (id, self.model.active(id))).collect();
-        let real: BTreeMap<u32, i64> = ids
-            .iter()
-            .map(|&id| (id, self.dp.active_flows(id)))
-            .collect();
+        for (key, &n) in &self.model.active {
+            if n != 0 && !model.contains_key(key) {
+                model.insert(key.clone(), n);
+            }
+        }
         if real != model {
             return Err(format!("active flows: expected {model:?}, got {real:?}"));
-        }
-        let groups: BTreeSet<u32> = self
-            .plan
-            .groups
-            .iter()
-            .map(|g| g.id)
-            .chain(self.model.round_robin.keys().copied())
-            .collect();
-        for g in groups {
-            let real = self.dp.round_robin_position(g).expect("GROUP_RR");
-            let model = self.model.round_robin_position(g);
-            if real != model {
-                return Err(format!(
-                    "group {g} round-robin position: expected {model}, got {real}"
-                ));
-            }
         }
         Ok(())
     }
 
+    /// Round-robin positions per group; a position under an id that names
+    /// no group is a mismatch, and so is one the model has for a group
+    /// without id.
+    fn compare_round_robin(&self) -> Result<(), String> {
+        for id in 0..=self.highest.1 + 1 {
+            let real = self.dp.round_robin_position(id).expect("GROUP_RR");
+            let Some(name) = self.names.groups.get(&id) else {
+                if real != 0 {
+                    return Err(format!(
+                        "round-robin position {real} under group id {id}, which no group has"
+                    ));
+                }
+                continue;
+            };
+            let model = self.model.round_robin_position(name);
+            if real != model {
+                return Err(format!(
+                    "group {name} (id {id}) round-robin position: expected {model}, got {real}"
+                ));
+            }
+        }
+        match self
+            .model
+            .round_robin
+            .iter()
+            .find(|(name, n)| **n != 0 && self.plan.ids.group(name).is_none())
+        {
+            Some((name, n)) => Err(format!(
+                "the model has round-robin position {n} for group {name}, which has no id"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Every sticky session.
     fn compare_sessions(&self) -> Result<(), String> {
-        let real: BTreeMap<(u32, [u32; 4]), (u32, u64)> = self
-            .dp
-            .sticky_sessions()
-            .expect("STICKY")
-            .into_iter()
-            .map(|(k, s)| ((k.group_id, k.addr_be), (s.target_id, s.expires_ns)))
-            .collect();
-        let model: BTreeMap<(u32, [u32; 4]), (u32, u64)> = self
+        let mut real = BTreeMap::new();
+        for (k, s) in self.dp.sticky_sessions().expect("STICKY") {
+            let client = Client {
+                group: self
+                    .names
+                    .group(k.group_id, "a sticky session")?
+                    .to_string(),
+                addr_be: k.addr_be,
+            };
+            let target = self.names.target(s.target_id, "a sticky session")?;
+            real.insert(client, (target.clone(), s.expires_ns));
+        }
+        let model: BTreeMap<Client, (TargetKey, u64)> = self
             .model
             .sticky
             .iter()
-            .map(|(&k, s)| (k, (s.target, s.expires_ns)))
+            .map(|(k, s)| (k.clone(), (s.target.clone(), s.expires_ns)))
             .collect();
         // The program's deadlines hold its clock at the session's start
         // (between the harness's start and now); the model's do not.
@@ -362,22 +606,19 @@ impl Harness {
     /// same target, ending (client FIN or RST seen) and counted state. One
     /// syscall per entry, so call it now and then.
     pub fn compare_flows(&self) -> Result<(), String> {
-        let real: BTreeMap<String, (u32, bool, bool)> = self
-            .dp
-            .flow_entries()
-            .expect("flow tables")
-            .into_iter()
-            .map(|(k, s)| {
-                let ending = s.flags & (flow_flags::FIN | flow_flags::RST) != 0;
-                let counted = s.flags & flow_flags::COUNTED != 0;
-                (format!("{k:?}"), (s.target_id, ending, counted))
-            })
-            .collect();
-        let model: BTreeMap<String, (u32, bool, bool)> = self
+        let mut real = BTreeMap::new();
+        for (k, s) in self.dp.flow_entries().expect("flow tables") {
+            let what = format!("the flow entry of {k:?}");
+            let target = self.names.target(s.target_id, &what)?.clone();
+            let ending = s.flags & (flow_flags::FIN | flow_flags::RST) != 0;
+            let counted = s.flags & flow_flags::COUNTED != 0;
+            real.insert(format!("{k:?}"), (target, ending, counted));
+        }
+        let model: BTreeMap<String, (TargetKey, bool, bool)> = self
             .model
             .flows
             .iter()
-            .map(|(k, f)| (format!("{k:?}"), (f.target, f.ending, f.counted)))
+            .map(|(k, f)| (format!("{k:?}"), (f.target.clone(), f.ending, f.counted)))
             .collect();
         if real != model {
             let only_real: Vec<_> = real
@@ -394,6 +635,24 @@ impl Harness {
         }
         Ok(())
     }
+}
+
+/// Compiles `policy` with ids assigned from `previous`, reusing `tables`.
+fn compile_with(
+    policy: &Policy,
+    observed: &Observed,
+    previous: &Ids,
+    tables: &mut TableCache,
+) -> MapPlan {
+    let ids = previous.assign(policy, Instant::now()).expect("ids");
+    compile_cached(policy, observed, &Arc::new(ids), tables).expect("compile")
+}
+
+/// The highest target and group ids of `ids` and `before`.
+fn highest(ids: &Ids, before: (u32, u32)) -> (u32, u32) {
+    let target = ids.targets().map(|(_, a)| a.id).max().unwrap_or(0);
+    let group = ids.groups().map(|(_, id)| id).max().unwrap_or(0);
+    (before.0.max(target), before.1.max(group))
 }
 
 /// The counters that differ, as `name: expected -> got`.

@@ -5,6 +5,15 @@
 //! program against it; it is written from the documented rules (README
 //! "Algorithms", "Sticky sessions", "Flow lifecycle"), not from the eBPF code.
 //!
+//! The model names objects by identity, never by the program's numbers: a
+//! target is a [`TargetKey`] (group name, address), a group its name, a
+//! listener its (VIP, protocol, port). What it reads of the plan by id (table
+//! slots, a listener's group) it translates at once through the plan's
+//! targets and groups. So its flows, active counts, round-robin positions
+//! and sessions mean the same whatever ids a later plan gives, and the
+//! harness, which reads the program's maps by id, must translate them to
+//! agree with it.
+//!
 //! Least connections draws two random slots (`bpf_get_prandom_u32`), which
 //! the model cannot know. It computes instead the set of targets that SOME
 //! pair of draws leads to under the comparison rule (every pair of slots is
@@ -15,12 +24,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
-    Counter, FLOW_TOUCH_NS, FlowKey, GroupInfo, PROTO_TCP, algorithm,
+    Counter, FLOW_TOUCH_NS, FlowKey, GroupInfo, ListenerKey, PROTO_TCP, algorithm,
     choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight},
     group_flags,
     hash::flow_hash,
     target_flags,
 };
+pub use lb_user::ids::TargetKey;
 use lb_user::plan::{MapPlan, PlannedGroup, PlannedTarget};
 
 use crate::packets::tcp_flags;
@@ -36,24 +46,31 @@ pub struct Outcome {
     /// The global counters this frame must bump.
     pub counters: Vec<Counter>,
     /// The target it went to.
-    pub target: Option<u32>,
+    pub target: Option<TargetKey>,
     /// The listener it was counted under (forwarded frames only).
-    pub listener: Option<u32>,
+    pub listener: Option<ListenerKey>,
     /// Whether it was counted as a new flow (listener and target stats).
     pub new_flow: bool,
     /// Least connections: the targets some pair of random draws leads to
-    /// (the program's choice must be one of them).
-    pub least_connections: Option<Vec<u32>>,
-    /// The (group id, client address) of the sticky session this frame may
-    /// have read or written (a listener frame of a sticky group).
-    pub sticky_key: Option<(u32, [u32; 4])>,
+    /// (the program's choice must be one of them), sorted.
+    pub least_connections: Option<Vec<TargetKey>>,
+    /// The sticky session this frame may have read or written (a listener
+    /// frame of a sticky group).
+    pub sticky_key: Option<Client>,
+}
+
+/// A client of a group: the key of a sticky session.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Client {
+    pub group: String,
+    pub addr_be: [u32; 4],
 }
 
 /// What the model remembers of a flow (the documented part of the data
 /// plane's `FlowState`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
-    pub target: u32,
+    pub target: TargetKey,
     /// The client sent FIN or RST.
     pub ending: bool,
     /// The flow counts in its target's active flows.
@@ -61,13 +78,14 @@ pub struct Flow {
     pub last_seen_ns: u64,
 }
 
-/// A group table and the least-connections candidate pairs it gives.
+/// A group table and the least-connections candidate pairs it gives (as
+/// the table's target ids: a pair is translated when it is used).
 type PairsOf = (lb_user::plan::Table, Vec<(u32, u32)>);
 
 /// A client's sticky session (`STICKY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    pub target: u32,
+    pub target: TargetKey,
     pub expires_ns: u64,
 }
 
@@ -77,15 +95,15 @@ pub struct Session {
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     pub flows: HashMap<FlowKey, Flow>,
-    pub active: HashMap<u32, i64>,
-    /// Group id -> round-robin position (`GROUP_RR`: new flows taken).
-    pub round_robin: HashMap<u32, u64>,
-    /// (group id, client address) -> session.
-    pub sticky: HashMap<(u32, [u32; 4]), Session>,
+    pub active: HashMap<TargetKey, i64>,
+    /// Group name -> round-robin position (`GROUP_RR`: new flows taken).
+    pub round_robin: HashMap<String, u64>,
+    pub sticky: HashMap<Client, Session>,
     pub now_ns: u64,
-    /// Least connections: per group, the table and the (first, second)
-    /// candidate pairs its draws can give (they depend on the table only).
-    lc_pairs: HashMap<u32, PairsOf>,
+    /// Least connections: per group name, the table and the (first,
+    /// second) candidate pairs its draws can give (they depend on the table
+    /// only).
+    lc_pairs: HashMap<String, PairsOf>,
 }
 
 /// What a packet does to its flow's entry (README "Flow lifecycle").
@@ -200,10 +218,19 @@ fn parse(frame: &[u8]) -> Parsed {
     Parsed::Flow(key, flags)
 }
 
-/// Where a new flow's choice came from (for `Model::choose`).
+/// Where a new flow's choice came from (for `Model::new_flow`).
 struct Choice {
-    id: Option<u32>,
-    least_connections: Option<Vec<u32>>,
+    target: Option<TargetKey>,
+    least_connections: Option<Vec<TargetKey>>,
+}
+
+impl Choice {
+    fn of(target: Option<TargetKey>) -> Choice {
+        Choice {
+            target,
+            least_connections: None,
+        }
+    }
 }
 
 impl Model {
@@ -247,14 +274,15 @@ impl Model {
         }) else {
             return pass(Counter::Passed);
         };
-        let listener_id = listener.info.listener_id;
-        let group_id = listener.info.group_id;
-        let sticky_key = plan
-            .groups
-            .iter()
-            .any(|g| g.id == group_id && g.info.flags & group_flags::STICKY != 0)
-            .then_some((group_id, key.src_be));
-        let drop = |mut counters: Vec<Counter>, least_connections| {
+        // The listener's group, by name from here on.
+        let group = plan.groups.iter().find(|g| g.id == listener.info.group_id);
+        let sticky_key = group
+            .filter(|g| g.info.flags & group_flags::STICKY != 0)
+            .map(|g| Client {
+                group: g.name.clone(),
+                addr_be: key.src_be,
+            });
+        let drop = |mut counters: Vec<Counter>, least_connections, sticky_key| {
             counters.extend([Counter::NoTarget, Counter::Dropped]);
             Outcome {
                 action: XDP_DROP,
@@ -267,8 +295,18 @@ impl Model {
                 sticky_key,
             }
         };
-        let Some(group) = plan.groups.iter().find(|g| g.id == group_id) else {
-            return drop(Vec::new(), None);
+        let Some(group) = group else {
+            return drop(Vec::new(), None, sticky_key);
+        };
+        let forward = |target: &PlannedTarget, counters, new_flow, least_connections| Outcome {
+            action: XDP_TX,
+            output: rewrite(frame, target.info.mac, plan.config.src_mac),
+            counters,
+            target: Some(key_of(target)),
+            listener: Some(listener.key),
+            new_flow,
+            least_connections,
+            sticky_key: sticky_key.clone(),
         };
         let now = self.now_ns;
         let mut counters = Vec::new();
@@ -276,26 +314,17 @@ impl Model {
             Step::Miss => {}
             Step::Ended => self.uncount(&key),
             Step::Hit { ending, touch } => {
-                let id = self.flows[&key].target;
-                if let Some(t) = usable(plan, id, group_id) {
+                if let Some(t) = usable(plan, &self.flows[&key].target, &group.name) {
+                    let flow = self.flows.get_mut(&key).unwrap();
+                    if touch {
+                        flow.last_seen_ns = now;
+                    }
                     if ending {
-                        self.flows.get_mut(&key).unwrap().ending = true;
+                        flow.ending = true;
                         self.uncount(&key);
                     }
-                    if touch {
-                        self.flows.get_mut(&key).unwrap().last_seen_ns = now;
-                    }
                     counters.extend([Counter::FlowHit, Counter::Forwarded]);
-                    return Outcome {
-                        action: XDP_TX,
-                        output: rewrite(frame, t.info.mac, plan.config.src_mac),
-                        counters,
-                        target: Some(id),
-                        listener: Some(listener_id),
-                        new_flow: false,
-                        least_connections: None,
-                        sticky_key,
-                    };
+                    return forward(t, counters, false, None);
                 }
                 counters.push(Counter::FlowReselected);
                 self.uncount(&key);
@@ -306,44 +335,33 @@ impl Model {
         // new flow (sticky session, else the algorithm).
         let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         let choice = if key.proto == PROTO_TCP && !syn {
-            Choice {
-                id: by_hash(group, &key),
-                least_connections: None,
-            }
+            Choice::of(by_hash(plan, group, &key))
         } else {
             self.new_flow(plan, group, &key, observed_mac)
         };
-        let Some((id, t)) = choice
-            .id
-            .and_then(|id| usable(plan, id, group_id).map(|t| (id, t)))
+        let Some(t) = choice
+            .target
+            .as_ref()
+            .and_then(|target| usable(plan, target, &group.name))
         else {
-            return drop(counters, choice.least_connections);
+            return drop(counters, choice.least_connections, sticky_key.clone());
         };
         // A flow first seen at its FIN or RST has already ended: not counted.
         let ending = flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
         self.flows.insert(
             key,
             Flow {
-                target: id,
+                target: key_of(t),
                 ending,
                 counted: !ending,
                 last_seen_ns: now,
             },
         );
         if !ending {
-            *self.active.entry(id).or_default() += 1;
+            *self.active.entry(key_of(t)).or_default() += 1;
         }
         counters.extend([Counter::NewFlow, Counter::Forwarded]);
-        Outcome {
-            action: XDP_TX,
-            output: rewrite(frame, t.info.mac, plan.config.src_mac),
-            counters,
-            target: Some(id),
-            listener: Some(listener_id),
-            new_flow: true,
-            least_connections: choice.least_connections,
-            sticky_key,
-        }
+        forward(t, counters, true, choice.least_connections)
     }
 
     /// A new flow's target: the client's sticky session while it lasts and
@@ -360,25 +378,25 @@ impl Model {
         if group.info.flags & group_flags::STICKY == 0 {
             return self.by_algorithm(plan, group, key, observed_mac);
         }
-        let client = (group.id, key.src_be);
+        let client = Client {
+            group: group.name.clone(),
+            addr_be: key.src_be,
+        };
         if let Some(s) = self.sticky.get(&client)
             && self.now_ns < s.expires_ns
-            && selectable(plan, s.target, group.id)
+            && selectable(plan, &s.target, &group.name)
         {
-            return Choice {
-                id: Some(s.target),
-                least_connections: None,
-            };
+            return Choice::of(Some(s.target.clone()));
         }
         let choice = self.by_algorithm(plan, group, key, observed_mac);
-        if let Some(id) = choice.id
-            && selectable(plan, id, group.id)
+        if let Some(target) = &choice.target
+            && selectable(plan, target, &group.name)
         {
             let duration = group.info.sticky_duration_s as u64 * 1_000_000_000;
             self.sticky.insert(
                 client,
                 Session {
-                    target: id,
+                    target: target.clone(),
                     expires_ns: self.now_ns.wrapping_add(duration),
                 },
             );
@@ -397,48 +415,63 @@ impl Model {
             algorithm::ROUND_ROBIN => {
                 // One shared position per group, advanced by every new flow
                 // (nothing is taken from an empty order).
-                let id = (!group.table.is_empty()).then(|| {
-                    let position = self.round_robin.entry(group.id).or_default();
-                    let id = group
-                        .table
-                        .get((*position % group.table.len() as u64) as usize);
-                    *position += 1;
-                    id
-                });
-                Choice {
-                    id,
-                    least_connections: None,
+                if group.table.is_empty() {
+                    return Choice::of(None);
                 }
+                let position = self.round_robin.entry(group.name.clone()).or_default();
+                let id = group
+                    .table
+                    .get((*position % group.table.len() as u64) as usize);
+                *position += 1;
+                Choice::of(identity(plan, id))
             }
             algorithm::LEAST_CONNECTIONS => {
-                if self
-                    .lc_pairs
-                    .get(&group.id)
-                    .is_none_or(|(t, _)| *t != group.table)
-                {
-                    let pairs = least_connections_pairs(&group.table.to_vec());
-                    self.lc_pairs.insert(group.id, (group.table.clone(), pairs));
-                }
-                let pairs = &self.lc_pairs[&group.id].1;
-                let candidates = least_connections_candidates(
-                    pairs,
-                    |id| self.active(id),
-                    |id| target(plan, id).map_or(0, |t| t.info.weight),
-                );
-                let observed = candidates.iter().copied().find(|&id| {
+                let candidates = self.least_connections(plan, group);
+                let observed = candidates.iter().find(|&target| {
                     observed_mac.is_some()
-                        && usable(plan, id, group.id).map(|t| t.info.mac) == observed_mac
+                        && usable(plan, target, &group.name).map(|t| t.info.mac) == observed_mac
                 });
                 Choice {
-                    id: observed.or(candidates.first().copied()),
+                    target: observed.or(candidates.first()).cloned(),
                     least_connections: Some(candidates),
                 }
             }
-            _ => Choice {
-                id: by_hash(group, key),
-                least_connections: None,
-            },
+            _ => Choice::of(by_hash(plan, group, key)),
         }
+    }
+
+    /// Least connections: every target some pair of draws from the group's
+    /// table leads to, given the active flows of its targets.
+    fn least_connections(&mut self, plan: &MapPlan, group: &PlannedGroup) -> Vec<TargetKey> {
+        if self
+            .lc_pairs
+            .get(&group.name)
+            .is_none_or(|(t, _)| *t != group.table)
+        {
+            let pairs = least_connections_pairs(&group.table.to_vec());
+            self.lc_pairs
+                .insert(group.name.clone(), (group.table.clone(), pairs));
+        }
+        // The table names targets by id: each id's active flows (by
+        // identity) and weight, looked up once.
+        let members: HashMap<u32, (i64, u16)> = plan
+            .targets
+            .iter()
+            .filter(|t| t.group == group.name)
+            .map(|t| (t.id, (self.active(&key_of(t)), t.info.weight)))
+            .collect();
+        let of = |id| members.get(&id).copied().unwrap_or((0, 0));
+        let ids = least_connections_candidates(
+            &self.lc_pairs[&group.name].1,
+            |id| of(id).0,
+            |id| of(id).1,
+        );
+        let mut targets: Vec<TargetKey> = ids
+            .into_iter()
+            .filter_map(|id| identity(plan, id))
+            .collect();
+        targets.sort();
+        targets
     }
 
     /// Takes a flow out of its target's active count, once.
@@ -447,7 +480,7 @@ impl Model {
             && f.counted
         {
             f.counted = false;
-            *self.active.entry(f.target).or_default() -= 1;
+            *self.active.entry(f.target.clone()).or_default() -= 1;
         }
     }
 
@@ -458,42 +491,74 @@ impl Model {
     }
 
     /// Active flows of a target.
-    pub fn active(&self, id: u32) -> i64 {
-        self.active.get(&id).copied().unwrap_or(0)
+    pub fn active(&self, target: &TargetKey) -> i64 {
+        self.active.get(target).copied().unwrap_or(0)
     }
 
     /// The round-robin position of a group (new flows it has placed).
-    pub fn round_robin_position(&self, group_id: u32) -> u64 {
-        self.round_robin.get(&group_id).copied().unwrap_or(0)
+    pub fn round_robin_position(&self, group: &str) -> u64 {
+        self.round_robin.get(group).copied().unwrap_or(0)
+    }
+
+    /// Forgets the round-robin positions of the groups that have no id in
+    /// `plan` any more: the loader zeroes a group id's position when the id
+    /// is released, so a group that comes back later starts again.
+    pub fn forget_released(&mut self, plan: &MapPlan) {
+        self.round_robin
+            .retain(|name, _| plan.ids.group(name).is_some());
+        self.lc_pairs
+            .retain(|name, _| plan.ids.group(name).is_some());
     }
 }
 
-/// The flow hash's slot of the group's table (`None`: an empty table).
-fn by_hash(group: &PlannedGroup, key: &FlowKey) -> Option<u32> {
+/// A target's identity.
+pub fn key_of(t: &PlannedTarget) -> TargetKey {
+    TargetKey {
+        group: t.group.clone(),
+        ip: t.ip,
+    }
+}
+
+/// The identity of the target a table slot names (`None`: slot 0, or an id
+/// no target of the plan has).
+fn identity(plan: &MapPlan, id: u32) -> Option<TargetKey> {
+    (id != 0)
+        .then(|| plan.targets.iter().find(|t| t.id == id))
+        .flatten()
+        .map(key_of)
+}
+
+/// The target of the flow hash's slot of the group's table (`None`: an
+/// empty table or an empty slot).
+fn by_hash(plan: &MapPlan, group: &PlannedGroup, key: &FlowKey) -> Option<TargetKey> {
     let len = group.table.len() as u32;
-    (len > 0).then(|| {
-        group
-            .table
-            .get((flow_hash(key, group.info.hash_fields) % len) as usize)
-    })
+    if len == 0 {
+        return None;
+    }
+    let slot = flow_hash(key, group.info.hash_fields) % len;
+    identity(plan, group.table.get(slot as usize))
 }
 
-fn target(plan: &MapPlan, id: u32) -> Option<&PlannedTarget> {
-    plan.targets.iter().find(|t| t.id == id)
+/// The plan's target `key`.
+pub fn planned<'a>(plan: &'a MapPlan, key: &TargetKey) -> Option<&'a PlannedTarget> {
+    plan.targets
+        .iter()
+        .find(|t| t.ip == key.ip && t.group == key.group)
 }
 
-/// The target if it may take packets of `group_id`'s flows.
-fn usable(plan: &MapPlan, id: u32, group_id: u32) -> Option<&PlannedTarget> {
-    target(plan, id).filter(|t| {
-        id != 0 && t.info.flags & target_flags::USABLE != 0 && t.info.group_id == group_id
-    })
+/// The target if it may take packets of `group`'s flows: it is in the plan,
+/// in that group, and usable.
+fn usable<'a>(plan: &'a MapPlan, target: &TargetKey, group: &str) -> Option<&'a PlannedTarget> {
+    (target.group == group)
+        .then(|| planned(plan, target))
+        .flatten()
+        .filter(|t| t.info.flags & target_flags::USABLE != 0)
 }
 
-/// Whether the target may take new flows of `group_id` (sticky sessions).
-fn selectable(plan: &MapPlan, id: u32, group_id: u32) -> bool {
-    target(plan, id).is_some_and(|t| {
-        id != 0 && t.info.flags & target_flags::SELECTABLE != 0 && t.info.group_id == group_id
-    })
+/// Whether the target may take new flows of `group` (sticky sessions).
+fn selectable(plan: &MapPlan, target: &TargetKey, group: &str) -> bool {
+    target.group == group
+        && planned(plan, target).is_some_and(|t| t.info.flags & target_flags::SELECTABLE != 0)
 }
 
 /// Least connections: the (first, second) candidate pairs some pair of
@@ -558,7 +623,10 @@ mod tests {
 
     fn flow(ending: bool, last_seen_s: u64) -> Flow {
         Flow {
-            target: 1,
+            target: TargetKey {
+                group: "web".into(),
+                ip: [10, 0, 3, 11].into(),
+            },
             ending,
             counted: !ending,
             last_seen_ns: last_seen_s * S,

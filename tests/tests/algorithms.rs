@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_tests::{
     harness::{self, mac_of},
-    model::{Outcome, XDP_DROP, XDP_TX},
+    model::{Outcome, TargetKey, XDP_DROP, XDP_TX, key_of},
     packets::{Frame, LB_MAC, tcp_flags::*},
 };
 use lb_user::{
@@ -34,20 +34,22 @@ struct Harness {
 
 impl Harness {
     fn new(yaml: &str) -> Harness {
-        let h = harness::Harness::with_plan(compile(yaml));
+        let h = harness::Harness::new(yaml);
         Harness {
             plan: h.plan.clone(),
             h,
         }
     }
 
-    /// Applies another policy, keeping the time offset.
+    /// Applies another policy (every target's MAC known), keeping the ids
+    /// and the time offset.
     fn reapply(&mut self, yaml: &str) {
-        self.apply_plan(compile(yaml));
+        self.h.reapply(yaml);
+        self.plan = self.h.plan.clone();
     }
 
-    fn apply_plan(&mut self, plan: MapPlan) {
-        self.h.apply_plan(plan);
+    fn apply_policy(&mut self, policy: &policy::Policy, observed: &Observed) {
+        self.h.apply_policy(policy, observed);
         self.plan = self.h.plan.clone();
     }
 
@@ -57,22 +59,22 @@ impl Harness {
         self.plan = self.h.plan.clone();
     }
 
-    /// The verdict and the target id the frame went to (by its MAC).
-    fn run(&mut self, frame: &[u8]) -> (u32, Option<u32>) {
+    /// The verdict and the target the frame went to (by its MAC).
+    fn run(&mut self, frame: &[u8]) -> (u32, Option<TargetKey>) {
         let o = self.h.check("frame", frame);
         let out = &o.output;
         let target = (o.action == XDP_TX).then(|| {
             assert_eq!(&out[6..12], &LB_MAC, "source MAC");
             assert_eq!(&out[12..], &frame[12..], "only the MACs change");
-            let id = self
+            let target = self
                 .plan
                 .targets
                 .iter()
                 .find(|t| t.info.mac == out[..6])
-                .map(|t| t.id)
+                .map(key_of)
                 .expect("a target's MAC");
-            assert_eq!(o.target, Some(id), "the model's target");
-            id
+            assert_eq!(o.target.as_ref(), Some(&target), "the model's target");
+            target
         });
         (o.action, target)
     }
@@ -95,22 +97,32 @@ impl Harness {
     }
 
     /// A new TCP flow (SYN) from `client`:`port`; its target.
-    fn syn(&mut self, client: &str, port: u16) -> u32 {
+    fn syn(&mut self, client: &str, port: u16) -> TargetKey {
         let frame = Frame::tcp(client, port, "10.0.3.49", 80, SYN).build();
         let (action, target) = self.run(&frame);
         assert_eq!(action, XDP_TX, "{client}:{port}");
         target.unwrap()
     }
 
-    /// The group's round-robin order (target ids).
-    fn order(&self) -> Vec<u32> {
-        self.plan.groups[0].table.to_vec()
+    /// The group's round-robin order (its table, translated).
+    fn order(&self) -> Vec<TargetKey> {
+        let group = &self.plan.groups[0];
+        group
+            .table
+            .iter()
+            .map(|id| key_of(self.plan.targets.iter().find(|t| t.id == id).unwrap()))
+            .collect()
     }
 }
 
-fn compile(yaml: &str) -> MapPlan {
-    let policy = policy::parse("algorithms.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
-    harness::compile(&policy)
+/// Target 10.0.3.`last` of the group `web` (`group`'s targets).
+fn t(last: u8) -> TargetKey {
+    harness::target("web", &format!("10.0.3.{last}"))
+}
+
+/// The targets `t(last)`.
+fn ts<const N: usize>(lasts: [u8; N]) -> Vec<TargetKey> {
+    lasts.iter().map(|&l| t(l)).collect()
 }
 
 /// One tcp listener and its group of three targets (weights 256, 256, 128:
@@ -136,13 +148,13 @@ target_groups:
 fn round_robin_follows_the_smooth_weighted_order() {
     let mut h = Harness::new(&group("    algorithm: round_robin"));
     let order = h.order();
-    assert_eq!(order, vec![1, 2, 3, 1, 2], "2:2:1, spread out");
+    assert_eq!(order, ts([11, 12, 13, 11, 12]), "2:2:1, spread out");
     // Four cycles of new flows, from one client and from many: exactly the
     // order, whatever the flows' addresses.
-    let got: Vec<u32> = (0..20u16)
+    let got: Vec<TargetKey> = (0..20u16)
         .map(|i| h.syn(&format!("10.0.4.{}", i % 7), 40000 + i))
         .collect();
-    let want: Vec<u32> = order.iter().cycle().take(20).copied().collect();
+    let want: Vec<TargetKey> = order.iter().cycle().take(20).cloned().collect();
     assert_eq!(got, want);
     assert_eq!(h.position(), 20, "one turn per new flow");
     // Established flows stay where they went (no turn taken).
@@ -155,7 +167,7 @@ fn round_robin_follows_the_smooth_weighted_order() {
             ACK,
         )
         .build();
-        assert_eq!(h.run(&ack).1, Some(want[i as usize]), "flow {i}");
+        assert_eq!(h.run(&ack).1.as_ref(), Some(&want[i as usize]), "flow {i}");
     }
     assert_eq!(h.position(), 20, "established flows take no turn");
     assert_eq!(h.syn("10.0.4.9", 50000), order[0], "the next turn");
@@ -166,13 +178,13 @@ fn round_robin_follows_the_smooth_weighted_order() {
             .replace("protocol: tcp, port: 80", "protocol: udp, port: 53")
             .replace("    protocol: tcp\n", "    protocol: udp\n"),
     );
-    let got: Vec<u32> = (0..10u16)
+    let got: Vec<TargetKey> = (0..10u16)
         .map(|i| {
             let frame = Frame::udp("10.0.4.1", 5000 + i, "10.0.3.49", 53, b"q").build();
             h.run(&frame).1.unwrap()
         })
         .collect();
-    assert_eq!(got, [1, 2, 3, 1, 2, 1, 2, 3, 1, 2]);
+    assert_eq!(got, ts([11, 12, 13, 11, 12, 11, 12, 13, 11, 12]));
 }
 
 /// A group table stores two slots an 8-byte element (after the slot count):
@@ -206,8 +218,8 @@ fn round_robin_walks_orders_of_odd_and_even_length() {
         let order = h.order();
         lengths.insert(order.len());
         let n = 2 * order.len() as u16;
-        let got: Vec<u32> = (0..n).map(|i| h.syn("10.0.4.1", 40000 + i)).collect();
-        let want: Vec<u32> = order.iter().cycle().take(n.into()).copied().collect();
+        let got: Vec<TargetKey> = (0..n).map(|i| h.syn("10.0.4.1", 40000 + i)).collect();
+        let want: Vec<TargetKey> = order.iter().cycle().take(n.into()).cloned().collect();
         assert_eq!(got, want, "weights {weights:?}");
     }
     assert!(
@@ -239,14 +251,14 @@ fn round_robin_order_is_shared_by_all_cpus() {
     };
     let mut h = Harness::new(&group("    algorithm: round_robin"));
     let order = h.order();
-    let got: Vec<u32> = (0..20u16)
+    let got: Vec<TargetKey> = (0..20u16)
         .map(|i| {
             pin(cpus[i as usize % 2]);
             h.syn("10.0.4.1", 40000 + i)
         })
         .collect();
     sched_setaffinity(Pid::from_raw(0), &allowed).unwrap();
-    let want: Vec<u32> = order.iter().cycle().take(20).copied().collect();
+    let want: Vec<TargetKey> = order.iter().cycle().take(20).cloned().collect();
     assert_eq!(got, want, "CPUs {cpus:?}");
 }
 
@@ -254,9 +266,9 @@ fn round_robin_order_is_shared_by_all_cpus() {
 fn round_robin_honours_weight_zero_and_health() {
     let yaml = group("    algorithm: round_robin");
     let mut h = Harness::new(&yaml.replace("10.0.3.12, weight: 256", "10.0.3.12, weight: 0"));
-    assert_eq!(h.order(), vec![1, 3, 1], "weight 0 has no turn");
-    let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.1", 40000 + i)).collect();
-    assert_eq!(got, [1, 3].into());
+    assert_eq!(h.order(), ts([11, 13, 11]), "weight 0 has no turn");
+    let got: BTreeSet<TargetKey> = (0..30u16).map(|i| h.syn("10.0.4.1", 40000 + i)).collect();
+    assert_eq!(got, ts([11, 13]).into_iter().collect());
 
     // An unhealthy target leaves the order; with none healthy, all are last
     // resort.
@@ -283,20 +295,24 @@ fn round_robin_honours_weight_zero_and_health() {
             .health
             .insert(("web".into(), ip.parse().unwrap()), health);
     }
-    h.apply_plan(policy::compile::compile(&policy, &observed).unwrap());
-    assert_eq!(h.order(), vec![2, 3, 2]);
-    let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.2", 40000 + i)).collect();
-    assert_eq!(got, [2, 3].into());
+    h.apply_policy(&policy, &observed);
+    assert_eq!(h.order(), ts([12, 13, 12]));
+    let got: BTreeSet<TargetKey> = (0..30u16).map(|i| h.syn("10.0.4.2", 40000 + i)).collect();
+    assert_eq!(got, ts([12, 13]).into_iter().collect());
     for ip in ["10.0.3.12", "10.0.3.13"] {
         observed.health.insert(
             ("web".into(), ip.parse().unwrap()),
             lb_user::plan::Health::Unhealthy,
         );
     }
-    h.apply_plan(policy::compile::compile(&policy, &observed).unwrap());
+    h.apply_policy(&policy, &observed);
     assert!(h.plan.groups[0].last_resort);
-    let got: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.4.3", 40000 + i)).collect();
-    assert_eq!(got, [1, 2, 3].into(), "last resort: every target");
+    let got: BTreeSet<TargetKey> = (0..30u16).map(|i| h.syn("10.0.4.3", 40000 + i)).collect();
+    assert_eq!(
+        got,
+        ts([11, 12, 13]).into_iter().collect(),
+        "last resort: every target"
+    );
 
     // No target at all: fail closed.
     let mut h = Harness::new(
@@ -312,37 +328,37 @@ fn round_robin_honours_weight_zero_and_health() {
 #[test]
 fn least_connections_sends_new_flows_away_from_a_loaded_target() {
     let yaml = group("    algorithm: least_connections");
-    // Ten flows on target 1 while it is the only one with a weight.
+    // Ten flows on 10.0.3.11 while it is the only one with a weight.
     let mut h = Harness::new(
         &yaml
             .replace("10.0.3.12, weight: 256", "10.0.3.12, weight: 0")
             .replace("weight: 128", "weight: 0"),
     );
     for i in 0..10u16 {
-        assert_eq!(h.syn("10.0.4.1", 40000 + i), 1);
+        assert_eq!(h.syn("10.0.4.1", 40000 + i), t(11));
     }
-    // All three equal now: the next 10 new flows go to 2 and 3 (neither can
-    // reach target 1's ten before the last of them, so 1 never wins a tie),
-    // then 1 takes its share.
+    // All three equal now: the next 10 new flows go to .12 and .13
+    // (neither can reach .11's ten before the last of them, so .11 never
+    // wins a tie), then .11 takes its share.
     h.reapply(&yaml.replace("weight: 128", "weight: 256"));
-    let mut per = BTreeMap::<u32, u32>::new();
+    let mut per = BTreeMap::<TargetKey, u32>::new();
     for i in 0..10u16 {
         let o = h.syn_outcome("10.0.4.2", 40000 + i);
         // No pair of draws can pick the loaded target (the model's set of
         // possible choices, which the program's choice was checked against).
         let candidates = o.least_connections.expect("least connections");
-        assert!(!candidates.contains(&1), "{candidates:?}");
+        assert!(!candidates.contains(&t(11)), "{candidates:?}");
         *per.entry(o.target.unwrap()).or_default() += 1;
     }
-    assert_eq!(per.get(&1), None, "{per:?}");
+    assert_eq!(per.get(&t(11)), None, "{per:?}");
     assert_eq!(per.values().sum::<u32>(), 10);
     // 68 more: every target ends within a few flows of 88 / 3.
     for i in 0..68u16 {
         *per.entry(h.syn("10.0.4.3", 40000 + i)).or_default() += 1;
     }
-    let total = |id| per.get(&id).copied().unwrap_or(0) + if id == 1 { 10 } else { 0 };
-    for id in 1..=3 {
-        assert!(total(id).abs_diff(29) <= 6, "target {id}: {per:?}");
+    let total = |last| per.get(&t(last)).copied().unwrap_or(0) + if last == 11 { 10 } else { 0 };
+    for last in 11..=13 {
+        assert!(total(last).abs_diff(29) <= 6, "target .{last}: {per:?}");
     }
 }
 
@@ -350,7 +366,7 @@ fn least_connections_sends_new_flows_away_from_a_loaded_target() {
 fn least_connections_follows_weight() {
     // Converted weights 100, 100, 50: active flows grow 2:2:1.
     let mut h = Harness::new(&group("    algorithm: least_connections"));
-    let mut per = BTreeMap::<u32, u32>::new();
+    let mut per = BTreeMap::<TargetKey, u32>::new();
     for i in 0..500u16 {
         *per.entry(h.syn("10.0.4.1", 30000 + i)).or_default() += 1;
     }
@@ -370,7 +386,7 @@ fn sticky_sessions_keep_a_client_on_its_first_target_until_they_expire() {
     let order = h.order();
     let mut turn = 0usize;
     let mut next_turn = || {
-        let t = order[turn % order.len()];
+        let t = order[turn % order.len()].clone();
         turn += 1;
         t
     };
@@ -384,7 +400,7 @@ fn sticky_sessions_keep_a_client_on_its_first_target_until_they_expire() {
     let sessions = h.h.dp.sticky_sessions().unwrap();
     let mut targets: Vec<u32> = sessions.iter().map(|(_, s)| s.target_id).collect();
     targets.sort();
-    let mut want = vec![a, b];
+    let mut want = vec![h.h.target_id(&a).unwrap(), h.h.target_id(&b).unwrap()];
     want.sort();
     assert_eq!(targets, want, "one session per client");
     for i in 1..30u16 {
@@ -406,7 +422,7 @@ fn sticky_sessions_keep_a_client_on_its_first_target_until_they_expire() {
     // A target that may no longer take new flows (weight 0 here, or
     // unhealthy, or removed) releases its clients at once.
     let stuck = again;
-    let ip = format!("10.0.3.1{stuck}");
+    let ip = stuck.ip.to_string();
     h.reapply(
         &yaml
             .replace(&format!("{ip}, weight: 256"), &format!("{ip}, weight: 0"))
@@ -434,7 +450,8 @@ fn sticky_sessions_work_with_every_algorithm_and_not_with_source_ip() {
         }
         // Without sticky sessions the same ports spread.
         let mut h = Harness::new(&group(&format!("    algorithm: {algorithm}")));
-        let spread: BTreeSet<u32> = (0..30u16).map(|i| h.syn("10.0.5.1", 30000 + i)).collect();
+        let spread: BTreeSet<TargetKey> =
+            (0..30u16).map(|i| h.syn("10.0.5.1", 30000 + i)).collect();
         assert!(spread.len() > 1, "{algorithm}: {spread:?}");
     }
     // With source_ip the setting is ignored (the hash keeps clients anyway).
@@ -464,11 +481,12 @@ target_groups:
     // Clients that differ only in the last word, or only in the first, are
     // different clients: each takes the next turn and then stays.
     let clients = ["fd00:4::1", "fd00:4::2", "fd01:4::1"];
-    let first: Vec<u32> = clients.iter().map(|c| syn6(c, 30000)).collect();
-    assert_eq!(first, [1, 2, 3]);
+    let first: Vec<TargetKey> = clients.iter().map(|c| syn6(c, 30000)).collect();
+    let want = ["fd00:3::11", "fd00:3::12", "fd00:3::13"].map(|ip| harness::target("web6", ip));
+    assert_eq!(first, want);
     for i in 1..20u16 {
-        for (c, &t) in clients.iter().zip(&first) {
-            assert_eq!(syn6(c, 30000 + i), t, "{c}");
+        for (c, t) in clients.iter().zip(&first) {
+            assert_eq!(&syn6(c, 30000 + i), t, "{c}");
         }
     }
 }

@@ -14,8 +14,8 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::Counter;
 use lb_tests::{
-    harness::{Harness, S, compile, parse_policy},
-    model::{XDP_DROP, XDP_PASS, XDP_TX},
+    harness::{Harness, S, compile, parse_policy, target},
+    model::{TargetKey, XDP_DROP, XDP_PASS, XDP_TX, key_of},
     packets::{Frame, L4, LB_MAC, tcp_flags::*},
 };
 use lb_user::dataplane::Dataplane;
@@ -236,55 +236,125 @@ fn inconsistent_headers_pass_and_are_counted() {
     assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Fragment]));
 }
 
+/// Listeners keep their ids whatever else changes (`lb_user::ids`). A
+/// listener that leaves frees its id, which the next new listener takes
+/// (the lowest free id), with statistics that start from zero; the flows of
+/// the others keep their targets. The flow entries of the listener that
+/// left still name its old id; when it comes back under another id, that
+/// stale hint names another listener (another port): its flows must find
+/// it by lookup and keep their targets.
 #[test]
 fn listener_changes_reach_established_flows() {
     let mut h = Harness::new(ONE_TARGET);
     let web = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).build();
+    let web_ack = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, ACK).build();
     let dns = Frame::udp("10.0.3.100", 5353, "10.0.3.49", 53, b"query").build();
     let web6 = Frame::tcp("fd00:3::100", 40003, "fd00:3::49", 80, SYN).build();
     for (name, frame) in [("web", &web), ("dns", &dns), ("web6", &web6)] {
         assert_eq!(h.check(name, frame).action, XDP_TX, "{name}");
     }
-    let id1_before = h.dp.listener_stats(1).unwrap().packets;
-
-    // Without `web` the other listeners are renumbered (dns 2 -> 1, web6
-    // 3 -> 2): their flows keep their targets, web's flow is no longer ours,
-    // and a listener on a new port takes packets.
-    h.reapply(
-        &ONE_TARGET
-            .replace(
-                "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n",
-                "",
-            )
-            .replace(
-                "target_groups:",
-                "  - { name: alt, vip: 10.0.3.49, protocol: tcp, port: 8080, target_group: web }\ntarget_groups:",
-            ),
-    );
-    let dns_id = |h: &Harness| {
+    let id = |h: &Harness, name: &str| {
         h.plan
             .listeners
             .iter()
-            .find(|l| l.name == "dns")
-            .unwrap()
-            .info
+            .find(|l| l.name == name)
+            .map(|l| l.info.listener_id)
     };
-    assert_eq!(dns_id(&h).listener_id, 1);
+    assert_eq!(
+        ["web", "dns", "web6"].map(|n| id(&h, n)),
+        [Some(1), Some(2), Some(3)]
+    );
+    let dns_before = h.dp.listener_stats(2).unwrap().packets;
+
+    // Without `web`, and with `alt`, a listener on a new port of web's
+    // group: alt takes web's id; dns and web6 keep theirs and their flows
+    // keep their targets; web's flow is no longer ours.
+    let alt_line =
+        "  - { name: alt, vip: 10.0.3.49, protocol: tcp, port: 8080, target_group: web }\n";
+    let web_line =
+        "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n";
+    h.reapply(
+        &ONE_TARGET
+            .replace(web_line, "")
+            .replace("target_groups:", &format!("{alt_line}target_groups:")),
+    );
+    assert_eq!(
+        ["web", "dns", "web6", "alt"].map(|n| id(&h, n)),
+        [None, Some(2), Some(3), Some(1)]
+    );
     for _ in 0..2 {
-        let o = h.check("web, listener removed", &web);
+        let o = h.check("web, listener removed", &web_ack);
         assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
-        let o = h.check("dns, renumbered", &dns);
-        assert_eq!((o.action, o.target), (XDP_TX, Some(2)));
+        let o = h.check("dns, same id", &dns);
+        assert_eq!(
+            (o.action, o.target),
+            (XDP_TX, Some(target("dns", "10.0.3.12")))
+        );
         assert!(o.counters.contains(&Counter::FlowHit));
-        let o = h.check("web6, renumbered", &web6);
-        assert_eq!((o.action, o.target), (XDP_TX, Some(3)));
+        let o = h.check("web6, same id", &web6);
+        assert_eq!(
+            (o.action, o.target),
+            (XDP_TX, Some(target("web6", "fd00:3::13")))
+        );
         assert!(o.counters.contains(&Counter::FlowHit));
     }
-    // The renumbered listener's packets are counted under its new id.
-    assert_eq!(h.dp.listener_stats(1).unwrap().packets, id1_before + 2);
+    assert_eq!(
+        h.dp.listener_stats(2).unwrap().packets,
+        dns_before + 2,
+        "dns counts on under its id"
+    );
     let alt = Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 8080, SYN).build();
     let o = h.check("new listener port", &alt);
     assert_eq!((o.action, o.output), (XDP_TX, rewritten(&alt, T11)));
+    assert_eq!(
+        h.dp.listener_stats(1).unwrap().packets,
+        1,
+        "web's id starts from zero under alt"
+    );
+
+    // `web` back (alt moves to a group of its own: a group serves one
+    // listener): web takes the next free id, 4. Its flow's entry still
+    // names id 1, now alt's, on another port: the flow finds web by lookup,
+    // keeps its target, is counted under 4, and its entry names 4 again.
+    let alt_own = alt_line.replace("target_group: web", "target_group: alt");
+    h.reapply(&format!(
+        "{}  - {{ name: alt, protocol: tcp, table_size: 1021, targets: [ {{ ip: 10.0.3.14 }} ] }}\n",
+        ONE_TARGET.replace("target_groups:", &format!("{alt_own}target_groups:"))
+    ));
+    assert_eq!(
+        ["web", "dns", "web6", "alt"].map(|n| id(&h, n)),
+        [Some(4), Some(2), Some(3), Some(1)]
+    );
+    let key = lb_common::FlowKey {
+        family: lb_common::FAMILY_V4,
+        proto: lb_common::PROTO_TCP,
+        src_be: [u32::from_ne_bytes([10, 0, 3, 100]), 0, 0, 0],
+        dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
+        src_port_be: 40000u16.to_be(),
+        dst_port_be: 80u16.to_be(),
+        ..Default::default()
+    };
+    let hint = |h: &Harness| {
+        h.dp.flow_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, state)| state.listener_id)
+    };
+    assert_eq!(hint(&h), Some(1), "a stale hint: alt's id");
+    let o = h.check("web back, stale hint", &web_ack);
+    assert_eq!(
+        (o.action, o.target),
+        (XDP_TX, Some(target("web", "10.0.3.11")))
+    );
+    assert!(o.counters.contains(&Counter::FlowHit), "{:?}", o.counters);
+    assert_eq!(hint(&h), Some(4), "the hint follows the listener");
+    assert_eq!(h.dp.listener_stats(4).unwrap().packets, 1);
+    assert_eq!(
+        h.dp.listener_stats(1).unwrap().packets,
+        1,
+        "alt's, kept with its id"
+    );
 }
 
 const THREE_TARGETS: &str = r#"
@@ -303,7 +373,7 @@ target_groups:
 #[test]
 fn many_flows_follow_the_model_and_the_weights() {
     let mut h = Harness::new(THREE_TARGETS);
-    let mut per_target = BTreeMap::<u32, u32>::new();
+    let mut per_target = BTreeMap::<TargetKey, u32>::new();
     for i in 0..2000u16 {
         let frame = Frame::tcp("10.0.3.100", 10000 + i, "10.0.3.49", 80, SYN).build();
         let o = h.check("flow", &frame);
@@ -325,11 +395,12 @@ fn flows_stay_pinned_across_policy_changes_until_their_target_goes() {
     let frames: Vec<Vec<u8>> = (0..300u16)
         .map(|i| Frame::tcp("10.0.3.100", 20000 + i, "10.0.3.49", 80, SYN).build())
         .collect();
-    let first: Vec<u32> = frames
+    let first: Vec<TargetKey> = frames
         .iter()
         .map(|f| h.check("first", f).target.unwrap())
         .collect();
-    assert!(first.contains(&1) && first.contains(&2) && first.contains(&3));
+    let [t11, t12, t13] = ["10.0.3.11", "10.0.3.12", "10.0.3.13"].map(|ip| target("web", ip));
+    assert!(first.contains(&t11) && first.contains(&t12) && first.contains(&t13));
 
     // Re-weighting changes the table, not the pinned flows.
     h.reapply(
@@ -337,23 +408,123 @@ fn flows_stay_pinned_across_policy_changes_until_their_target_goes() {
             .replace("weight: 128", "weight: 1")
             .replace("10.0.3.12, weight: 256", "10.0.3.12, weight: 10"),
     );
-    for (f, &t) in frames.iter().zip(&first) {
+    for (f, t) in frames.iter().zip(&first) {
         let o = h.check("reweighted", f);
-        assert_eq!(o.target, Some(t), "a pinned flow moved");
+        assert_eq!(o.target.as_ref(), Some(t), "a pinned flow moved");
     }
 
-    // Removing target 3 re-selects only its flows.
+    // Removing 10.0.3.13 re-selects only its flows.
     h.reapply(&THREE_TARGETS.replace("      - { ip: 10.0.3.13, weight: 128 }\n", ""));
-    for (f, &t) in frames.iter().zip(&first) {
+    for (f, t) in frames.iter().zip(&first) {
         let o = h.check("removed", f);
         assert_eq!(o.action, XDP_TX);
-        if t == 3 {
+        if *t == t13 {
             assert!(o.counters.contains(&Counter::FlowReselected));
-            assert_ne!(o.target, Some(3));
+            assert_ne!(o.target.as_ref(), Some(&t13));
         } else {
-            assert_eq!(o.target, Some(t));
+            assert_eq!(o.target.as_ref(), Some(t));
         }
     }
+}
+
+/// A target that leaves the policy is retired: it keeps its id (a new
+/// target takes another) and its statistics, and its flows are re-selected;
+/// back before its id is released, it counts on under the same id. Once a
+/// sweep finds nothing naming it, the id is released: its statistics are
+/// zeroed, and the next new target takes it, from zero.
+#[test]
+fn retired_targets_keep_their_ids_and_statistics_until_released() {
+    let mut h = Harness::new(THREE_TARGETS);
+    let t13 = target("web", "10.0.3.13");
+    let frames: Vec<Vec<u8>> = (0..60u16)
+        .map(|i| Frame::tcp("10.0.3.100", 21000 + i, "10.0.3.49", 80, SYN).build())
+        .collect();
+    let first: Vec<TargetKey> = frames
+        .iter()
+        .map(|f| h.check("first", f).target.unwrap())
+        .collect();
+    assert!(first.contains(&t13));
+    let stats_13 = h.dp.target_stats(3).unwrap();
+    assert!(stats_13.packets > 0);
+
+    // Removed: retired under id 3; a new target takes 4.
+    let without_13 = THREE_TARGETS.replace("      - { ip: 10.0.3.13, weight: 128 }\n", "");
+    let with_14 = "      - { ip: 10.0.3.14, weight: 128 }\n";
+    h.reapply(&format!("{without_13}{with_14}"));
+    assert_eq!(h.target_id(&t13), Some(3));
+    assert_eq!(h.target_id(&target("web", "10.0.3.14")), Some(4));
+    assert_eq!(
+        h.dp.target_stats(3).unwrap(),
+        stats_13,
+        "kept while retired"
+    );
+    // Its flows are chosen again; the others stay.
+    for (f, t) in frames.iter().zip(&first) {
+        let o = h.check("13 retired", f);
+        assert_eq!(o.counters.contains(&Counter::FlowReselected), *t == t13);
+        assert_eq!(o.target.as_ref() == Some(t), *t != t13);
+    }
+
+    // Back: the same id, and its statistics count on.
+    h.reapply(THREE_TARGETS);
+    assert_eq!(h.target_id(&t13), Some(3));
+    let new_13 = (0..400u16)
+        .map(|i| Frame::tcp("10.0.3.101", 21000 + i, "10.0.3.49", 80, SYN).build())
+        .find(|f| h.check("back", f).target.as_ref() == Some(&t13))
+        .expect("a new flow on 10.0.3.13");
+    assert_eq!(
+        h.dp.target_stats(3).unwrap().packets,
+        stats_13.packets + 1,
+        "counted on"
+    );
+
+    // Removed again; once no flow entry or sticky session names it (its
+    // flow re-selected), a sweep releases it. (The ids named are read here
+    // as `lb run`'s sweep reports them; the sweeper itself would also
+    // delete the entries of retired targets, which the model does not do.)
+    h.reapply(&without_13);
+    h.check("13 retired again", &new_13);
+    let flows =
+        h.dp.flow_entries()
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| s.target_id);
+    let sessions =
+        h.dp.sticky_sessions()
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| s.target_id);
+    let named: std::collections::BTreeSet<u32> = flows.chain(sessions).collect();
+    assert!(!named.contains(&3), "{named:?}");
+    let mut ids = (*h.plan.ids).clone();
+    let swept_from = std::time::Instant::now() + lb_user::ids::RELEASE_GRACE;
+    // 10.0.3.14, retired too, goes as well unless flows re-selected
+    // from 10.0.3.13 went to it.
+    let want: Vec<u32> = if named.contains(&4) {
+        vec![3]
+    } else {
+        vec![3, 4]
+    };
+    assert_eq!(ids.release(&named, swept_from), want);
+    let released = lb_user::plan::MapPlan {
+        ids: std::sync::Arc::new(ids),
+        ..h.plan.clone()
+    };
+    h.apply_plan(released);
+    assert_eq!(h.target_id(&t13), None);
+    assert_eq!(h.dp.target_stats(3).unwrap(), Default::default(), "zeroed");
+
+    // The next new target takes id 3, from zero (the harness compares its
+    // statistics, by identity, after every frame).
+    let t15 = target("web", "10.0.3.15");
+    h.reapply(&without_13.replace("10.0.3.12, weight: 256", "10.0.3.15, weight: 256"));
+    assert_eq!(h.target_id(&t15), Some(3));
+    let on_15 = (0..400u16)
+        .map(|i| Frame::tcp("10.0.3.102", 21000 + i, "10.0.3.49", 80, SYN).build())
+        .find(|f| h.check("15", f).target.as_ref() == Some(&t15))
+        .expect("a new flow on 10.0.3.15");
+    h.check("15 again", &on_15);
+    assert_eq!(h.dp.target_stats(3).unwrap().packets, 2);
 }
 
 #[test]
@@ -362,17 +533,19 @@ fn weight_zero_takes_no_new_flows_but_keeps_its_own() {
     let frames: Vec<Vec<u8>> = (0..200u16)
         .map(|i| Frame::tcp("10.0.3.100", 30000 + i, "10.0.3.49", 80, SYN).build())
         .collect();
-    let first: Vec<u32> = frames
+    let first: Vec<TargetKey> = frames
         .iter()
         .map(|f| h.check("first", f).target.unwrap())
         .collect();
+    let t13 = target("web", "10.0.3.13");
+    assert!(first.contains(&t13));
     h.reapply(&THREE_TARGETS.replace("weight: 128", "weight: 0"));
-    for (f, &t) in frames.iter().zip(&first) {
-        assert_eq!(h.check("existing", f).target, Some(t));
+    for (f, t) in frames.iter().zip(&first) {
+        assert_eq!(h.check("existing", f).target.as_ref(), Some(t));
     }
     for i in 0..300u16 {
         let f = Frame::tcp("10.0.3.101", 30000 + i, "10.0.3.49", 80, SYN).build();
-        assert_ne!(h.check("new", &f).target, Some(3));
+        assert_ne!(h.check("new", &f).target, Some(t13.clone()));
     }
 }
 
@@ -469,7 +642,7 @@ fn affinity_modes_hash_the_right_fields() {
             &format!("protocol: tcp\n    {algo}\n    {aff}\n    table_size"),
         );
         let mut h = Harness::new(&yaml);
-        let targets: std::collections::BTreeSet<u32> = (0..60u16)
+        let targets: std::collections::BTreeSet<TargetKey> = (0..60u16)
             .map(|i| {
                 h.check(
                     affinity,
@@ -485,7 +658,7 @@ fn affinity_modes_hash_the_right_fields() {
             "{affinity}: {targets:?}"
         );
         // Several clients spread.
-        let clients: std::collections::BTreeSet<u32> = (0..40u8)
+        let clients: std::collections::BTreeSet<TargetKey> = (0..40u8)
             .map(|i| {
                 h.check(
                     affinity,
@@ -517,7 +690,7 @@ target_groups:
   - { name: dns, protocol: udp, table_size: 1021, flow_idle_timeout_s: 20, targets: [ { ip: 10.0.3.14 } ] }
 "#;
 
-fn total(active: &BTreeMap<u32, i64>) -> i64 {
+fn total(active: &BTreeMap<TargetKey, i64>) -> i64 {
     active.values().sum()
 }
 
@@ -565,19 +738,20 @@ fn flows_expire_after_their_idle_or_fin_timeout() {
             (f(SYN), f(ACK))
         })
         .collect();
-    let first: Vec<u32> = frames
+    let first: Vec<TargetKey> = frames
         .iter()
         .map(|(syn, _)| h.check("syn", syn).target.unwrap())
         .collect();
-    assert!(first.contains(&3));
+    let t13 = target("web", "10.0.3.13");
+    assert!(first.contains(&t13));
     assert_eq!(total(&h.active()), 120);
 
-    // Target 3 takes no new flows; its flows stay while they go on.
+    // 10.0.3.13 takes no new flows; its flows stay while they go on.
     h.reapply(&SHORT_TIMEOUTS.replace("weight: 128", "weight: 0"));
     h.advance(25);
-    for ((_, ack), &t) in frames.iter().zip(&first) {
+    for ((_, ack), t) in frames.iter().zip(&first) {
         let o = h.check("ack at 25 s", ack);
-        assert_eq!(o.target, Some(t));
+        assert_eq!(o.target.as_ref(), Some(t));
         assert!(o.counters.contains(&Counter::FlowHit));
     }
     // 25 s after their last packet they are still alive (idle timeout 30 s):
@@ -591,14 +765,14 @@ fn flows_expire_after_their_idle_or_fin_timeout() {
         );
     }
     // Silent for 35 s: ended. The next packet is a new flow, by hash, so
-    // never target 3 now.
+    // never 10.0.3.13 now.
     h.advance(35);
     for (_, ack) in &frames {
         let o = h.check("ack after idle timeout", ack);
         assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
-        assert_ne!(o.target, Some(3));
+        assert_ne!(o.target.as_ref(), Some(&t13));
     }
-    assert_eq!(h.active().get(&3), Some(&0));
+    assert_eq!(h.active().get(&t13), Some(&0));
     assert_eq!(total(&h.active()), 120);
 
     // After the client's FIN, the FIN timeout (5 s) applies.
@@ -658,8 +832,9 @@ fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
                 ..Default::default()
             };
             let hash = lb_common::hash::flow_hash(&flow, group.info.hash_fields);
-            let want = group.table.get((hash % group.table.len() as u32) as usize);
-            assert_eq!(o.target, Some(want), "{algorithm}");
+            let id = group.table.get((hash % group.table.len() as u32) as usize);
+            let want = h.plan.targets.iter().find(|t| t.id == id).map(key_of);
+            assert_eq!(o.target, want, "{algorithm}");
             assert!(o.counters.contains(&Counter::NewFlow));
         }
         // Remembered and counted like any flow.
