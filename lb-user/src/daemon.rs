@@ -38,7 +38,7 @@ use crate::{
     maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
     plan::{Exclusion, Health, Mac, MapPlan, Observed},
-    policy::{self, HostFacts, Policy, compile::compile_cached},
+    policy::{self, HostFacts, Policy, compile::compile_next},
     state::RuntimeState,
     status,
 };
@@ -372,12 +372,12 @@ impl Daemon {
     /// The plan of `policy` with what is observed now, its ids following
     /// those of the plan wanted so far.
     fn compile(&mut self, policy: &Policy) -> anyhow::Result<MapPlan> {
-        let ids = self.plan.ids.assign(policy, Instant::now())?;
         let seen = self.observed();
-        Ok(compile_cached(
+        Ok(compile_next(
             policy,
             &seen,
-            &Arc::new(ids),
+            &self.plan.ids,
+            Instant::now(),
             &mut self.tables,
         )?)
     }

@@ -18,7 +18,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
-    sync::Arc,
     time::Instant,
 };
 
@@ -31,7 +30,7 @@ use lb_user::{
     plan::{MapPlan, Observed},
     policy::{
         self, Policy,
-        compile::{compile_cached, ip_of},
+        compile::{compile_next, ip_of},
     },
 };
 
@@ -637,15 +636,15 @@ impl Harness {
     }
 }
 
-/// Compiles `policy` with ids assigned from `previous`, reusing `tables`.
+/// Compiles `policy` as `lb run` does, following the plan whose ids are
+/// `previous`, reusing `tables`.
 fn compile_with(
     policy: &Policy,
     observed: &Observed,
     previous: &Ids,
     tables: &mut TableCache,
 ) -> MapPlan {
-    let ids = previous.assign(policy, Instant::now()).expect("ids");
-    compile_cached(policy, observed, &Arc::new(ids), tables).expect("compile")
+    compile_next(policy, observed, previous, Instant::now(), tables).expect("compile")
 }
 
 /// The highest target and group ids of `ids` and `before`.

@@ -4,7 +4,7 @@
 //! In a namespace of its own, on one end of a veth pair (generic XDP).
 //!
 //! Needs root (CAP_BPF, CAP_NET_ADMIN) and bpffs at /sys/fs/bpf.
-use std::{path::Path, process::Command, sync::Arc, time::Instant};
+use std::{path::Path, process::Command, time::Instant};
 
 use aya::{
     maps::{Array, Map, MapData},
@@ -23,7 +23,7 @@ use lb_user::{
     },
     ids::{Ids, TargetKey},
     plan::MapPlan,
-    policy::compile::compile_cached,
+    policy::compile::compile_next,
 };
 
 /// A network namespace with a veth pair `dummy0`-`peer0` up; deleted on drop, with anything an
@@ -90,8 +90,14 @@ target_groups:
 
 fn plan(yaml: &str, previous: &Ids) -> MapPlan {
     let policy = parse_policy(yaml);
-    let ids = Arc::new(previous.assign(&policy, Instant::now()).unwrap());
-    compile_cached(&policy, &observed(&policy), &ids, &mut Default::default()).unwrap()
+    compile_next(
+        &policy,
+        &observed(&policy),
+        previous,
+        Instant::now(),
+        &mut Default::default(),
+    )
+    .unwrap()
 }
 
 const OPTIONS: LoadOptions = LoadOptions {

@@ -137,6 +137,21 @@ pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileE
     compile_cached(policy, observed, &Arc::new(ids), &mut TableCache::default())
 }
 
+/// Compiles `policy` to follow the plan whose ids are `previous`, as `lb
+/// run` does for every change: every listener, group and target that stays
+/// keeps its id, those that leave are retired (since `now`), new ones take
+/// the lowest free ids; tables come from `cache` when unchanged.
+pub fn compile_next(
+    policy: &Policy,
+    observed: &Observed,
+    previous: &Ids,
+    now: Instant,
+    cache: &mut TableCache,
+) -> Result<MapPlan, CompileError> {
+    let ids = Arc::new(previous.assign(policy, now)?);
+    compile_cached(policy, observed, &ids, cache)
+}
+
 /// Compiles with `ids` (assigned for this policy: [`Ids::assign`]), reusing
 /// the tables of `cache` whose members and size are unchanged (the result
 /// is the same as with a fresh cache).
