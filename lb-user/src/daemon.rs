@@ -203,7 +203,9 @@ struct Daemon {
     in_sync: bool,
     retry_in: Duration,
     retry_at: Option<tokio::time::Instant>,
-    sweeper: SweeperHandle,
+    /// Started once the first plan is written: its rules (timeouts, retired
+    /// ids) come from the plan the maps hold, never from a guess.
+    sweeper: Option<SweeperHandle>,
     rules: Rules,
     state: RuntimeState,
     errors: ErrorStatus,
@@ -328,9 +330,6 @@ impl Daemon {
             targets: Vec::new(),
         };
         let rules = Rules::of(&plan);
-        let sweeper = dataplane
-            .flow_sweeper()?
-            .spawn(rules.clone(), SWEEP_INTERVAL);
         let verdicts = verdicts(&health.borrow());
         let mode = state.xdp_mode.clone().unwrap_or_else(|| "unknown".into());
         Ok(Daemon {
@@ -349,7 +348,7 @@ impl Daemon {
             in_sync: false,
             retry_in: RETRY_FIRST,
             retry_at: None,
-            sweeper,
+            sweeper: None,
             rules,
             state,
             errors: ErrorStatus::default(),
@@ -390,6 +389,12 @@ impl Daemon {
         timer.lap("compile");
         self.dataplane.apply(&self.plan)?;
         timer.lap("apply");
+        self.rules = Rules::of(&self.plan);
+        self.sweeper = Some(
+            self.dataplane
+                .flow_sweeper()?
+                .spawn(self.rules.clone(), SWEEP_INTERVAL),
+        );
         self.applied();
         report_exclusions(&self.plan);
         Ok(())
@@ -439,7 +444,9 @@ impl Daemon {
         let rules = Rules::of(&self.plan);
         if rules != self.rules {
             self.rules = rules.clone();
-            self.sweeper.update(rules);
+            if let Some(sweeper) = &self.sweeper {
+                sweeper.update(rules);
+            }
         }
     }
 
@@ -590,7 +597,7 @@ impl Daemon {
 
     /// Answers one API client with the status report.
     fn answer(&self, stream: tokio::net::UnixStream, health: &Snapshots) {
-        let sweep = self.sweeper.last();
+        let sweep = self.sweeper.as_ref().and_then(SweeperHandle::last);
         let report = status::report(&status::Sources {
             policy: &self.policy,
             plan: &self.plan,
@@ -628,7 +635,10 @@ impl Daemon {
     /// The event loop, until SIGINT or SIGTERM: every event ends in
     /// [`Daemon::reconcile`] (or a step that calls it).
     async fn serve(mut self, mut signals: Signals, mut s: Services) -> anyhow::Result<()> {
-        let mut sweeps = self.sweeper.reports();
+        let mut sweeps = match &self.sweeper {
+            Some(sweeper) => sweeper.reports(),
+            None => return Err(anyhow!("the flow sweeper was not started")),
+        };
         loop {
             let retry = self.retry_at;
             tokio::select! {
