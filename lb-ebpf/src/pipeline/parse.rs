@@ -1,5 +1,6 @@
-//! Bounds-checked header parsing: Ethernet (with at most one 802.1Q tag),
-//! IPv4 (any IHL: options are skipped), IPv6 (no extension headers), TCP, UDP.
+//! Bounds-checked header parsing over `network-types`' header structs:
+//! Ethernet (with at most one 802.1Q or 802.1ad tag), IPv4 (any IHL: options
+//! are skipped), IPv6 (no extension headers), TCP, UDP.
 //!
 //! The rule for what does not parse (documented in the README):
 //! - not IPv4/IPv6, not TCP/UDP, or IPv6 with an extension header first:
@@ -9,33 +10,37 @@
 //!   field not matching the EtherType, IHL < 5, IPv4 total length shorter than
 //!   its header): XDP_PASS untouched, counted `malformed`; the kernel's own
 //!   checks then drop it. Nothing is read past `data_end`.
+//!
+//! Every header is read through a pointer that `header` checked against
+//! `data_end`; the structs hold wire bytes (byte arrays, or a `u16` read
+//! unaligned), and addresses and ports stay in wire order, as the flow key
+//! wants them.
+use core::ptr::addr_of;
+
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
 
 use super::counters::count;
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPV4_MIN_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-/// IPv4 flags and fragment offset: MF bit and the 13-bit offset.
+/// IPv4 flags and fragment offset (`Ipv4Hdr::frags`): the MF bit and the
+/// 13-bit offset; DF does not matter.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
 
-/// A pointer to `len` bytes at `offset`, or `None` if the frame is shorter.
+/// A `T` header at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
-fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Option<*const u8> {
+fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + len > end {
+    if start + offset + size_of::<T>() > ctx.data_end() {
         return None;
     }
-    Some((start + offset) as *const u8)
+    Some((start + offset) as *const T)
 }
 
 #[inline(always)]
@@ -50,25 +55,7 @@ fn not_ours() -> u32 {
     xdp_action::XDP_PASS
 }
 
-#[inline(always)]
-fn be16(p: *const u8, at: usize) -> u16 {
-    // SAFETY: callers pass pointers checked by `bytes_at` to cover `at + 2`.
-    unsafe { u16::from_be_bytes([*p.add(at), *p.add(at + 1)]) }
-}
-
-#[inline(always)]
-fn raw_u32(p: *const u8, at: usize) -> u32 {
-    // SAFETY: as above, for `at + 4`; unaligned read of wire bytes.
-    unsafe { (p.add(at) as *const u32).read_unaligned() }
-}
-
-#[inline(always)]
-fn raw_u16(p: *const u8, at: usize) -> u16 {
-    // SAFETY: as above, for `at + 2`.
-    unsafe { (p.add(at) as *const u16).read_unaligned() }
-}
-
-/// TCP header flag bits (byte 13 of the TCP header).
+/// TCP header flag bits (the second byte of `TcpHdr`'s flags bitfield).
 pub mod tcp {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
@@ -83,81 +70,109 @@ pub mod tcp {
 /// hashed and compared whole, and every packet of a flow must have the same.
 #[inline(always)]
 pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<u8, u32> {
-    let eth = bytes_at(ctx, 0, ETH_HLEN).ok_or_else(malformed)?;
-    let mut ethertype = be16(eth, 12);
-    let mut l3 = ETH_HLEN;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag = bytes_at(ctx, ETH_HLEN, VLAN_HLEN).ok_or_else(malformed)?;
-        ethertype = be16(tag, 2);
-        l3 += VLAN_HLEN;
-    }
-    let l4 = match ethertype {
-        ETH_P_IP => {
-            let ip = bytes_at(ctx, l3, IPV4_MIN_HLEN).ok_or_else(malformed)?;
-            // SAFETY: `ip` covers IPV4_MIN_HLEN bytes.
-            let ver_ihl = unsafe { *ip };
-            if ver_ihl >> 4 != 4 {
-                return Err(malformed());
-            }
-            let hlen = ((ver_ihl & 0x0f) as usize) * 4;
-            if hlen < IPV4_MIN_HLEN {
-                return Err(malformed());
-            }
-            if (be16(ip, 2) as usize) < hlen {
-                return Err(malformed());
-            }
-            // The options (if any) must be in the frame.
-            bytes_at(ctx, l3, hlen).ok_or_else(malformed)?;
-            if be16(ip, 6) & IPV4_FRAG_MASK != 0 {
-                count(Counter::Fragment);
-                return Err(xdp_action::XDP_PASS);
-            }
-            // SAFETY: within the checked header.
-            key.proto = unsafe { *ip.add(9) };
-            key.family = FAMILY_V4;
-            key.src_be[0] = raw_u32(ip, 12);
-            key.dst_be[0] = raw_u32(ip, 16);
-            l3 + hlen
-        }
-        ETH_P_IPV6 => {
-            let ip = bytes_at(ctx, l3, IPV6_HLEN).ok_or_else(malformed)?;
-            // SAFETY: `ip` covers IPV6_HLEN bytes.
-            if unsafe { *ip } >> 4 != 6 {
-                return Err(malformed());
-            }
-            // Extension headers are not walked yet: such packets are not
-            // TCP/UDP at this point and pass below.
-            // SAFETY: within the checked header.
-            key.proto = unsafe { *ip.add(6) };
-            key.family = FAMILY_V6;
-            key.src_be = [
-                raw_u32(ip, 8),
-                raw_u32(ip, 12),
-                raw_u32(ip, 16),
-                raw_u32(ip, 20),
-            ];
-            key.dst_be = [
-                raw_u32(ip, 24),
-                raw_u32(ip, 28),
-                raw_u32(ip, 32),
-                raw_u32(ip, 36),
-            ];
-            l3 + IPV6_HLEN
-        }
-        _ => return Err(not_ours()),
-    };
-    let l4_len = match key.proto {
-        PROTO_TCP => TCP_MIN_HLEN,
-        PROTO_UDP => UDP_HLEN,
-        _ => return Err(not_ours()),
-    };
-    let ports = bytes_at(ctx, l4, l4_len).ok_or_else(malformed)?;
-    key.src_port_be = raw_u16(ports, 0);
-    key.dst_port_be = raw_u16(ports, 2);
-    if key.proto == PROTO_TCP {
-        // SAFETY: `ports` covers TCP_MIN_HLEN (20) bytes; the flags are byte 13.
-        Ok(unsafe { *ports.add(13) })
+    let (ethertype, l3) = ethernet(ctx)?;
+    let l4 = if ethertype == EtherType::Ipv4 as u16 {
+        ipv4(ctx, l3, key)?
+    } else if ethertype == EtherType::Ipv6 as u16 {
+        ipv6(ctx, l3, key)?
     } else {
-        Ok(0)
+        return Err(not_ours());
+    };
+    ports(ctx, l4, key)
+}
+
+/// The EtherType (wire order) and where the IP header starts, past at most
+/// one VLAN tag.
+#[inline(always)]
+fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), u32> {
+    let eth: *const EthHdr = header(ctx, 0).ok_or_else(malformed)?;
+    // SAFETY: `eth` covers an EthHdr; its u16 may be unaligned in the frame.
+    let ethertype = unsafe { addr_of!((*eth).ether_type).read_unaligned() };
+    if ethertype != EtherType::Ieee8021q as u16 && ethertype != EtherType::Ieee8021ad as u16 {
+        return Ok((ethertype, EthHdr::LEN));
+    }
+    let tag: *const VlanHdr = header(ctx, EthHdr::LEN).ok_or_else(malformed)?;
+    // SAFETY: `tag` covers a VlanHdr.
+    let inner = unsafe { addr_of!((*tag).ether_type).read_unaligned() };
+    Ok((inner, EthHdr::LEN + VlanHdr::LEN))
+}
+
+/// The IPv4 header at `l3` into `key`; where the transport header starts.
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, u32> {
+    let ip: *const Ipv4Hdr = header(ctx, l3).ok_or_else(malformed)?;
+    // SAFETY: `ip` covers an Ipv4Hdr (byte fields only: no alignment).
+    let ip = unsafe { &*ip };
+    if ip.version() != 4 {
+        return Err(malformed());
+    }
+    let hlen = ip.ihl() as usize;
+    if hlen < Ipv4Hdr::LEN || (u16::from_be_bytes(ip.tot_len) as usize) < hlen {
+        return Err(malformed());
+    }
+    // The options (if any) must be in the frame.
+    header::<u8>(ctx, l3 + hlen - 1).ok_or_else(malformed)?;
+    if u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0 {
+        count(Counter::Fragment);
+        return Err(xdp_action::XDP_PASS);
+    }
+    key.proto = ip.proto;
+    key.family = FAMILY_V4;
+    key.src_be[0] = u32::from_ne_bytes(ip.src_addr);
+    key.dst_be[0] = u32::from_ne_bytes(ip.dst_addr);
+    Ok(l3 + hlen)
+}
+
+/// The IPv6 header at `l3` into `key`; where the transport header starts.
+/// Extension headers are not walked yet: a packet with one has no TCP or
+/// UDP next header here, and passes.
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, u32> {
+    let ip: *const Ipv6Hdr = header(ctx, l3).ok_or_else(malformed)?;
+    // SAFETY: `ip` covers an Ipv6Hdr (byte fields only: no alignment).
+    let ip = unsafe { &*ip };
+    if ip.version() != 6 {
+        return Err(malformed());
+    }
+    key.proto = ip.next_hdr;
+    key.family = FAMILY_V6;
+    key.src_be = words(&ip.src_addr);
+    key.dst_be = words(&ip.dst_addr);
+    Ok(l3 + Ipv6Hdr::LEN)
+}
+
+/// An IPv6 address as four words of wire bytes.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// The ports of the TCP or UDP header at `l4` into `key`; the TCP flags
+/// (0 for UDP).
+#[inline(always)]
+fn ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, u32> {
+    match key.proto {
+        PROTO_TCP => {
+            let tcp: *const TcpHdr = header(ctx, l4).ok_or_else(malformed)?;
+            // SAFETY: `tcp` covers a TcpHdr (byte fields only).
+            let tcp = unsafe { &*tcp };
+            key.src_port_be = u16::from_ne_bytes(tcp.source);
+            key.dst_port_be = u16::from_ne_bytes(tcp.dest);
+            // The bitfield is data offset and reserved bits, then the flags
+            // byte: one load instead of a bit read per flag.
+            // SAFETY: a repr(C) wrapper of the header's two bytes.
+            let doff_flags: [u8; 2] = unsafe { core::mem::transmute(tcp._bitfield_1) };
+            Ok(doff_flags[1])
+        }
+        PROTO_UDP => {
+            let udp: *const UdpHdr = header(ctx, l4).ok_or_else(malformed)?;
+            // SAFETY: `udp` covers a UdpHdr (byte fields only).
+            let udp = unsafe { &*udp };
+            key.src_port_be = u16::from_ne_bytes(udp.src);
+            key.dst_port_be = u16::from_ne_bytes(udp.dst);
+            Ok(0)
+        }
+        _ => Err(not_ours()),
     }
 }
