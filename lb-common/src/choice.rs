@@ -1,5 +1,6 @@
-//! Pieces of the new-flow choice that the data plane and the loader's tests
-//! share, so that a simulation measures the code the data plane runs.
+//! The new-flow choice of least connections and its pieces, shared by the
+//! data plane and the loader's simulation, so that the simulation measures
+//! the code the data plane runs.
 
 /// Least connections: whether a target with `a_active` active flows and
 /// converted weight `a_weight` is a strictly better pick than one with
@@ -39,6 +40,47 @@ fn clamp(active: i64) -> u64 {
 /// the group has two targets, but for a chance of about
 /// `share_of_first ^ LEAST_CONNECTIONS_WALK`).
 pub const LEAST_CONNECTIONS_WALK: u32 = 16;
+
+/// Least connections' choice over a table of `len` slots (`slot_at(i)`: the
+/// target id in slot `i`; `None` ends the choice) with the random draws `r1`
+/// and `r2`: the first candidate is slot `r1` scaled, the second the first
+/// slot from `r2` scaled on (wrapping, at most [`LEAST_CONNECTIONS_WALK`])
+/// that names another target; the second wins only with strictly fewer
+/// active flows per weight (`load(id)`: active flows, converted weight).
+/// The data plane runs this with `bpf_get_prandom_u32` draws and its maps;
+/// the loader's simulation (lb-user `least_connections.rs`) with its own.
+#[inline(always)]
+pub fn least_connections(
+    len: u32,
+    r1: u32,
+    r2: u32,
+    slot_at: impl Fn(u32) -> Option<u32>,
+    load: impl Fn(u32) -> (i64, u16),
+) -> Option<u32> {
+    let first = slot_at(scale(r1, len))?;
+    let mut slot = scale(r2, len);
+    let mut second = first;
+    for _ in 0..LEAST_CONNECTIONS_WALK {
+        second = slot_at(slot)?;
+        if second != first {
+            break;
+        }
+        slot += 1;
+        if slot == len {
+            slot = 0;
+        }
+    }
+    if second == first {
+        return Some(first);
+    }
+    let (a_active, a_weight) = load(first);
+    let (b_active, b_weight) = load(second);
+    if fewer_per_weight(b_active, b_weight, a_active, a_weight) {
+        Some(second)
+    } else {
+        Some(first)
+    }
+}
 
 /// A random slot index below `len`, from 32 random bits (multiply and shift:
 /// no division, and no bias worth the name for tables far below 2^32).

@@ -1,6 +1,8 @@
-//! The least-connections choice of the data plane (`lb-ebpf`
-//! `pipeline/choose.rs`) in plain Rust, and a simulation that measures it
-//! against exact least connections.
+//! The least-connections choice of the data plane
+//! (`lb_common::choice::least_connections`, which `lb-ebpf`
+//! `pipeline/choose.rs` runs with its random draws and maps) over a plain
+//! table, and a simulation that measures it against exact least
+//! connections.
 //!
 //! The data plane does not scan every target per new flow: it draws two
 //! random slots of the group's weighted consistent-hash table (so a target is
@@ -9,7 +11,9 @@
 //! candidate with fewer active flows per weight. The simulation below runs
 //! both on the same churn workload and reports how far each strays from the
 //! weight-proportional share of the active flows.
-use lb_common::choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight, scale};
+use lb_common::choice;
+#[cfg(doc)]
+use lb_common::choice::LEAST_CONNECTIONS_WALK;
 
 /// The target a new flow goes to: `table` is the group's table (target ids),
 /// `active` and `weight` give a target's active flows and converted weight,
@@ -25,23 +29,8 @@ pub fn pick(
     if len == 0 {
         return None;
     }
-    let first = table[scale(r1, len) as usize];
-    let mut slot = scale(r2, len);
-    let mut second = first;
-    for _ in 0..LEAST_CONNECTIONS_WALK {
-        second = table[slot as usize];
-        if second != first {
-            break;
-        }
-        slot = (slot + 1) % len;
-    }
-    if second != first
-        && fewer_per_weight(active(second), weight(second), active(first), weight(first))
-    {
-        Some(second)
-    } else {
-        Some(first)
-    }
+    let slot_at = |i: u32| table.get(i as usize).copied();
+    choice::least_connections(len, r1, r2, slot_at, |id| (active(id), weight(id)))
 }
 
 #[cfg(test)]
@@ -89,7 +78,7 @@ mod tests {
     fn exact(weights: &[u16], active: &[i64]) -> u32 {
         let mut best = 0;
         for i in 1..weights.len() {
-            if fewer_per_weight(active[i], weights[i], active[best], weights[best]) {
+            if choice::fewer_per_weight(active[i], weights[i], active[best], weights[best]) {
                 best = i;
             }
         }
@@ -148,7 +137,9 @@ mod tests {
                     )
                     .unwrap()
                 }
-                Mode::WeightedRandom => table[scale(rng.u32(), table.len() as u32) as usize],
+                Mode::WeightedRandom => {
+                    table[choice::scale(rng.u32(), table.len() as u32) as usize]
+                }
             };
             active[id as usize - 1] += 1;
             flows.push(id);

@@ -820,8 +820,8 @@ fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
         for i in 0..100u16 {
             let ack = Frame::tcp("10.0.3.100", 43000 + i, "10.0.3.49", 80, ACK).build();
             let o = h.check("ack without entry", &ack);
-            // The same target a SYN of this flow gets (the model computes
-            // the table slot of the flow hash; check it independently too).
+            // The target of the group table's slot for the flow's hash,
+            // computed here from the plan's table as the model does.
             let flow = lb_common::FlowKey {
                 family: lb_common::FAMILY_V4,
                 proto: lb_common::PROTO_TCP,

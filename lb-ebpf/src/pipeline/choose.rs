@@ -12,10 +12,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
 };
 use lb_common::{
-    FlowKey, GroupInfo, StickyKey, StickyState, algorithm,
-    choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight, scale},
-    group_flags,
-    hash::flow_hash,
+    FlowKey, GroupInfo, StickyKey, StickyState, algorithm, choice, group_flags, hash::flow_hash,
     table, target_flags,
 };
 
@@ -128,34 +125,13 @@ fn least_connections(group_id: u32) -> Option<u32> {
     }
 }
 
-/// `least_connections` over a table of `len` slots read by `slot`.
+/// `least_connections` over a table of `len` slots read by `slot_at`, with
+/// two random draws (`lb_common::choice::least_connections`).
 #[inline(always)]
 fn least_connections_in(len: u32, slot_at: impl Fn(u32) -> Option<u32>) -> Option<u32> {
     // SAFETY: plain helper calls.
     let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    let first = slot_at(scale(r1, len))?;
-    let mut slot = scale(r2, len);
-    let mut second = first;
-    for _ in 0..LEAST_CONNECTIONS_WALK {
-        second = slot_at(slot)?;
-        if second != first {
-            break;
-        }
-        slot += 1;
-        if slot == len {
-            slot = 0;
-        }
-    }
-    if second == first {
-        return Some(first);
-    }
-    let (a_active, a_weight) = load(first);
-    let (b_active, b_weight) = load(second);
-    if fewer_per_weight(b_active, b_weight, a_active, a_weight) {
-        Some(second)
-    } else {
-        Some(first)
-    }
+    choice::least_connections(len, r1, r2, slot_at, load)
 }
 
 /// A target's active flows and converted weight (0, 0 if unknown).
