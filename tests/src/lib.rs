@@ -25,3 +25,22 @@ pub mod topo;
 pub use lab::{Lab, LabError, LabOptions};
 pub use run::LabRun;
 pub use topo::Node;
+
+/// Reports the calling test as skipped: it cannot do its work on this
+/// machine (say, it needs two CPUs and the process may use one), so it
+/// must not count as passed. Return right after calling it. `cargo xtask
+/// test` (which sets `LB_TEST_SKIPS` to a directory) counts every test that
+/// called it as skipped, not passed, and lists the reasons.
+pub fn skip(reason: &str) {
+    let name = std::thread::current()
+        .name()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("unnamed test of process {}", std::process::id()));
+    eprintln!("SKIPPED {name}: {reason}");
+    if let Some(dir) = std::env::var_os("LB_TEST_SKIPS") {
+        let file = std::path::Path::new(&dir).join(name.replace("::", "."));
+        if let Err(e) = std::fs::write(&file, reason) {
+            eprintln!("cannot record the skip in {}: {e}", file.display());
+        }
+    }
+}

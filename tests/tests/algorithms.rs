@@ -241,7 +241,7 @@ fn round_robin_order_is_shared_by_all_cpus() {
         .take(2)
         .collect();
     if cpus.len() < 2 {
-        eprintln!("one CPU only: nothing to share");
+        lb_tests::skip("the process may run on one CPU only: nothing to share");
         return;
     }
     let pin = |cpu: usize| {
