@@ -81,9 +81,8 @@ static TARGETS: Array<TargetInfo, { MAX_TARGETS as usize }> = Array::new();
 /// One LRU list for all CPUs (no `BPF_F_NO_COMMON_LRU`): with per-CPU lists
 /// the kernel splits the entries evenly between the possible CPUs, so the
 /// flows one CPU sees (a single-queue NIC, an uneven RSS spread) could only
-/// fill max/nCPUs entries before evicting live ones. Measured here: 524,288
-/// of 1,048,576 entries filled from one CPU with the flag, all of them
-/// without, and the new-flow path no slower on one CPU (README "Flow table").
+/// fill max/nCPUs entries before evicting live ones; with one list they
+/// fill all of them (golden `sweeping_a_full_flow_table_takes_bounded_time`).
 #[btf_map]
 static FLOWS_V4: LruHashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
     LruHashMap::new();

@@ -1,6 +1,6 @@
 //! Data-plane time: the kernel's tick counter (`jiffies`, which the verifier
-//! turns into a single load: about 1 ns here, against 7 ns for
-//! `bpf_ktime_get_coarse_ns`) in ns (`Config::ns_per_tick`, which the loader
+//! turns into a single load, where `bpf_ktime_get_coarse_ns` is a helper
+//! call) in ns (`Config::ns_per_tick`, which the loader
 //! measures), plus the loader's offset (`Config::time_offset_ns`, 0 in
 //! production), which lets tests drive flow and sticky-session expiry. A
 //! tick (1 to 10 ms) is precise enough for timeouts of seconds.

@@ -2,7 +2,7 @@
 //!
 //! The XDP program tells time by the kernel's tick counter (`jiffies`,
 //! `bpf_jiffies64`: one load once verified, where `bpf_ktime_get_coarse_ns`
-//! is a helper call of about 7 ns per packet) times the tick length
+//! is a helper call per packet) times the tick length
 //! (`Config::ns_per_tick`). User space has no system call for jiffies, so
 //! [`Clock`] runs the object's `lb_clock` program with BPF_PROG_TEST_RUN,
 //! which writes jiffies into its frame (about a microsecond). The flow
