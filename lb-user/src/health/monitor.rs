@@ -51,8 +51,7 @@ pub struct HealthSnapshot {
     pub last_latency: Option<Duration>,
     /// The port probed; None for ping (ICMP has no port).
     pub monitor_port: Option<u16>,
-    /// `tcp`, `http`, `https` or `ping`.
-    pub kind: &'static str,
+    pub kind: CheckType,
 }
 
 /// One target's check, resolved from the policy (defaults applied).
@@ -293,7 +292,7 @@ async fn probe_loop(
         let transition = health.observe(std::time::Instant::now(), &result);
         if let Some(t) = transition {
             let port = check.port.map(|p| format!(":{p}")).unwrap_or_default();
-            let kind = check.spec.kind();
+            let kind = check.spec.kind().as_str();
             let (group, ip, detail) = (&key.group, key.ip, &result.detail);
             if t.to == HealthState::Unhealthy {
                 warn!(%group, target = %ip, check = kind, from = %t.from, to = %t.to,

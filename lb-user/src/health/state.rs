@@ -29,6 +29,17 @@ pub enum HealthState {
 }
 
 impl HealthState {
+    pub const ALL: [HealthState; 3] = [
+        HealthState::Initial,
+        HealthState::Healthy,
+        HealthState::Unhealthy,
+    ];
+
+    /// The state named `name` ([`HealthState::as_str`]), if any.
+    pub fn from_name(name: &str) -> Option<HealthState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// `initial`, `healthy`, `unhealthy` (SPEC.md "Target states").
     pub fn as_str(self) -> &'static str {
         match self {

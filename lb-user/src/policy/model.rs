@@ -66,6 +66,16 @@ pub enum ListenerProtocol {
     Udp,
 }
 
+impl ListenerProtocol {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Udp => "udp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetGroup {
@@ -126,6 +136,17 @@ pub enum GroupProtocol {
     Udp,
 }
 
+impl GroupProtocol {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Tcp => "tcp",
+            GroupProtocol::Http => "http",
+            GroupProtocol::Udp => "udp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
@@ -143,6 +164,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Hash => "hash",
@@ -180,6 +202,15 @@ pub enum StickyType {
     SourceIp,
 }
 
+impl StickyType {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickyType::SourceIp => "source_ip",
+        }
+    }
+}
+
 fn default_sticky_duration_s() -> u32 {
     DEFAULT_STICKY_DURATION_S
 }
@@ -191,6 +222,17 @@ pub enum Affinity {
     FiveTuple,
     ThreeTuple,
     TwoTuple,
+}
+
+impl Affinity {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Affinity::FiveTuple => "five_tuple",
+            Affinity::ThreeTuple => "three_tuple",
+            Affinity::TwoTuple => "two_tuple",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -353,6 +395,7 @@ pub enum CheckType {
 }
 
 impl CheckType {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             CheckType::Tcp => "tcp",
@@ -394,6 +437,7 @@ pub enum HttpMethod {
 }
 
 impl HttpMethod {
+    /// Its name in the policy (upper case, as sent).
     pub fn as_str(self) -> &'static str {
         match self {
             HttpMethod::Get => "GET",
@@ -418,6 +462,7 @@ pub enum HttpVersion {
 }
 
 impl HttpVersion {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             HttpVersion::Http10 => "1.0",
@@ -486,6 +531,7 @@ pub enum FailoverMode {
 }
 
 impl FailoverMode {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             FailoverMode::NoRebalance => "no_rebalance",
@@ -502,6 +548,45 @@ mod tests {
         crate::policy::parse("t.yaml", yaml)
             .unwrap_or_else(|e| panic!("{e}"))
             .target_groups
+    }
+
+    /// `as_str` names each variant as the policy (serde) does.
+    #[test]
+    fn enums_name_themselves_as_the_policy_does() {
+        fn check<T: Serialize>(pairs: &[(T, &str)]) {
+            for (value, name) in pairs {
+                let json = serde_json::to_value(value).unwrap();
+                assert_eq!(json.as_str(), Some(*name));
+            }
+        }
+        use ListenerProtocol as L;
+        check(&[(L::Tcp, L::Tcp.as_str()), (L::Udp, L::Udp.as_str())]);
+        use GroupProtocol as G;
+        check(&[G::Tcp, G::Http, G::Udp].map(|v| (v, v.as_str())));
+        use Algorithm as A;
+        check(&[A::Hash, A::SourceIp, A::RoundRobin, A::LeastConnections].map(|v| (v, v.as_str())));
+        use Affinity as F;
+        check(&[F::FiveTuple, F::ThreeTuple, F::TwoTuple].map(|v| (v, v.as_str())));
+        check(&[(StickyType::SourceIp, StickyType::SourceIp.as_str())]);
+        use CheckType as C;
+        check(&[C::Tcp, C::Http, C::Https, C::Ping].map(|v| (v, v.as_str())));
+        use HttpMethod as M;
+        let methods = [
+            M::Get,
+            M::Head,
+            M::Options,
+            M::Post,
+            M::Put,
+            M::Trace,
+            M::Patch,
+            M::Delete,
+            M::Connect,
+        ];
+        check(&methods.map(|v| (v, v.as_str())));
+        use HttpVersion as V;
+        check(&[V::Http10, V::Http11].map(|v| (v, v.as_str())));
+        use FailoverMode as R;
+        check(&[R::NoRebalance, R::Rebalance].map(|v| (v, v.as_str())));
     }
 
     #[test]

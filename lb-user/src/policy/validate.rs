@@ -321,7 +321,7 @@ fn listeners<'p>(
                     "listener `{}` has the same vip, protocol and port ({} {} {}) as listener `{}` (line {line})",
                     listener.name,
                     listener.vip,
-                    protocol_name(listener.protocol),
+                    listener.protocol.as_str(),
                     listener.port,
                     policy.listeners[first].name,
                 ),
@@ -359,8 +359,8 @@ fn listeners<'p>(
                 format!(
                     "listener `{}` is {} but target group `{wanted}` is {}: {needs}",
                     listener.name,
-                    protocol_name(listener.protocol),
-                    group_protocol_name(group.protocol),
+                    listener.protocol.as_str(),
+                    group.protocol.as_str(),
                 ),
             );
         }
@@ -604,7 +604,7 @@ fn health_check(r: &mut Report, g: usize, group: &TargetGroup) {
             format!(
                 "health check type {} is not allowed for a {} target group: use {}",
                 kind.as_str(),
-                group_protocol_name(group.protocol),
+                group.protocol.as_str(),
                 names.join(", ")
             ),
         );
@@ -660,7 +660,7 @@ fn health_check(r: &mut Report, g: usize, group: &TargetGroup) {
         format!(
             "{} (the default for a {} group)",
             kind.as_str(),
-            group_protocol_name(group.protocol)
+            group.protocol.as_str()
         )
     };
     http_fields(r, g, hc, kind, &kind_text);
@@ -814,21 +814,6 @@ fn protocols_match(listener: ListenerProtocol, group: GroupProtocol) -> bool {
             GroupProtocol::Tcp | GroupProtocol::Http
         ) | (ListenerProtocol::Udp, GroupProtocol::Udp)
     )
-}
-
-fn protocol_name(p: ListenerProtocol) -> &'static str {
-    match p {
-        ListenerProtocol::Tcp => "tcp",
-        ListenerProtocol::Udp => "udp",
-    }
-}
-
-fn group_protocol_name(p: GroupProtocol) -> &'static str {
-    match p {
-        GroupProtocol::Tcp => "tcp",
-        GroupProtocol::Http => "http",
-        GroupProtocol::Udp => "udp",
-    }
 }
 
 /// Why `ip` cannot be a vip or a target, if it cannot.
