@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{FlowState, GroupInfo, flow_flags};
 
-use crate::plan::MapPlan;
+use crate::{
+    plan::MapPlan,
+    policy::limits::{DEFAULT_FIN_TIMEOUT_S, DEFAULT_TCP_IDLE_TIMEOUT_S},
+};
 
 const NS_PER_S: u64 = 1_000_000_000;
 
@@ -74,10 +77,8 @@ impl Rules {
             .collect();
         let longest = |f: fn(&Timeouts) -> u64| groups.values().map(f).max();
         let fallback = Timeouts {
-            idle_ns: longest(|t| t.idle_ns)
-                .unwrap_or(lb_common::DEFAULT_TCP_IDLE_TIMEOUT_S as u64 * NS_PER_S),
-            fin_ns: longest(|t| t.fin_ns)
-                .unwrap_or(lb_common::DEFAULT_FIN_TIMEOUT_S as u64 * NS_PER_S),
+            idle_ns: longest(|t| t.idle_ns).unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT_S as u64 * NS_PER_S),
+            fin_ns: longest(|t| t.fin_ns).unwrap_or(DEFAULT_FIN_TIMEOUT_S as u64 * NS_PER_S),
         };
         Rules {
             by_listener,

@@ -1,5 +1,6 @@
 //! The YAML policy: model, parsing with positions, validation, compilation.
 //! Everything here is pure: no I/O besides reading the file in `read`.
+pub mod budget;
 pub mod compile;
 pub mod error;
 pub mod limits;

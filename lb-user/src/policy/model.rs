@@ -5,8 +5,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// Default consistent-hash table size per group: a prime, as Maglev requires.
-pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+use super::limits::{
+    DEFAULT_FIN_TIMEOUT_S, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HTTP_PATH, DEFAULT_INTERVAL_S,
+    DEFAULT_MAX_FLOWS, DEFAULT_STATUS_CODES, DEFAULT_STICKY_DURATION_S, DEFAULT_TABLE_SIZE,
+    DEFAULT_TCP_IDLE_TIMEOUT_S, DEFAULT_TIMEOUT_S, DEFAULT_UDP_IDLE_TIMEOUT_S,
+    DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT,
+};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -31,9 +35,6 @@ impl Policy {
             .map_or(DEFAULT_MAX_FLOWS, |t| t.max_flows)
     }
 }
-
-/// Default capacity of each flow table (IPv4 and IPv6 have one each).
-pub const DEFAULT_MAX_FLOWS: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
 
 /// The flow tables, sized when `lb run` starts (a reload that changes them
 /// keeps the old size until a restart).
@@ -112,15 +113,14 @@ impl TargetGroup {
     /// The idle timeout in effect (seconds).
     pub fn idle_timeout_s(&self) -> u32 {
         self.flow_idle_timeout_s.unwrap_or(match self.protocol {
-            GroupProtocol::Udp => lb_common::DEFAULT_UDP_IDLE_TIMEOUT_S,
-            GroupProtocol::Tcp | GroupProtocol::Http => lb_common::DEFAULT_TCP_IDLE_TIMEOUT_S,
+            GroupProtocol::Udp => DEFAULT_UDP_IDLE_TIMEOUT_S,
+            GroupProtocol::Tcp | GroupProtocol::Http => DEFAULT_TCP_IDLE_TIMEOUT_S,
         })
     }
 
     /// The FIN timeout in effect (seconds).
     pub fn fin_timeout_s(&self) -> u32 {
-        self.flow_fin_timeout_s
-            .unwrap_or(lb_common::DEFAULT_FIN_TIMEOUT_S)
+        self.flow_fin_timeout_s.unwrap_or(DEFAULT_FIN_TIMEOUT_S)
     }
 }
 
@@ -174,9 +174,6 @@ impl Algorithm {
         }
     }
 }
-
-/// Default sticky-session duration (SPEC.md "Sticky session").
-pub const DEFAULT_STICKY_DURATION_S: u32 = 360;
 
 /// Source-IP sticky sessions (SPEC.md): while a session lasts, every new flow
 /// of a client IP goes to the target its first flow went to.
@@ -254,24 +251,9 @@ pub struct Target {
     pub mac: Option<String>,
 }
 
-/// Weight of a target that names none: the maximum, so that listing IPs alone
-/// gives an even spread.
-pub const DEFAULT_WEIGHT: u16 = 256;
-
 fn default_weight() -> u16 {
     DEFAULT_WEIGHT
 }
-
-/// Defaults of the health check, from the KakaoCloud DSR NLB target group
-/// documents (see docs/policy.md for each one's source).
-pub const DEFAULT_INTERVAL_S: u32 = 30;
-pub const DEFAULT_TIMEOUT_S: u32 = 5;
-pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 5;
-pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
-pub const DEFAULT_HTTP_PATH: &str = "/";
-/// The seeds give no default; this is the usual network load balancer one
-/// (any 2xx or 3xx answer: the server is up).
-pub const DEFAULT_STATUS_CODES: &str = "200-399";
 
 /// How a target group's targets are probed. Only what was written is
 /// stored; the accessors give the effective values (defaults applied).
@@ -305,7 +287,7 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// http/https only: `200`, `201,202`, `200-399` or a mix. Default
-    /// [`DEFAULT_STATUS_CODES`]. A bare number in the YAML is accepted.
+    /// `200-399`. A bare number in the YAML is accepted.
     #[serde(
         default,
         deserialize_with = "string_or_integer",

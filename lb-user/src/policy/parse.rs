@@ -18,7 +18,7 @@ use serde::de::IgnoredAny;
 
 use super::{
     error::{Issue, PolicyError},
-    limits::MAX_POLICY_BYTES,
+    limits::{self, MAX_POLICY_BYTES},
     model::Policy,
     positions::Positions,
     validate,
@@ -264,14 +264,14 @@ fn reword(path: &str, message: &str, positions: &Positions) -> (String, String) 
         .strip_prefix("invalid value: integer `")
         .or_else(|| message.strip_prefix("invalid type: integer `"))
         && let Some((value, _)) = rest.split_once('`')
-        && let Some(m) = validate::out_of_range(field, value)
+        && let Some(m) = limits::out_of_range(field, value)
     {
         return (path.to_string(), m);
     }
     // "invalid type: string \"eighty\", expected u16"
     if let Some(rest) = message.strip_prefix("invalid type: ")
         && let Some((found, _)) = rest.split_once(", expected u")
-        && let Some(range) = validate::range(field)
+        && let Some(range) = limits::range_of(field)
     {
         return (
             path.to_string(),

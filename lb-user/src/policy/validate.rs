@@ -10,39 +10,20 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{MAX_GROUPS, MAX_LISTENERS, MAX_TABLE_SIZE, MAX_TARGETS};
-
 use super::{
     error::{Issue, PolicyError},
+    limits::{
+        DEFAULT_TABLE_SIZE, FLOW_FIN_TIMEOUT_S, FLOW_IDLE_TIMEOUT_S, GROUP_LIMIT, IFACE_NAME_LEN,
+        INTERVAL_S, LISTENER_LIMIT, MAX_FLOWS, NAME_LEN, Range, STICKY_DURATION_S, TABLE_SIZE,
+        TARGET_LIMIT, THRESHOLD, TIMEOUT_S, WEIGHT, out_of_range,
+    },
     model::{
-        Algorithm, CheckType, DEFAULT_TABLE_SIZE, GroupProtocol, HealthCheck, Listener,
-        ListenerProtocol, Policy, TargetGroup,
+        Algorithm, CheckType, GroupProtocol, HealthCheck, Listener, ListenerProtocol, Policy,
+        TargetGroup,
     },
     parse::parse_mac,
     positions::Positions,
 };
-
-/// Longest listener or target group name.
-pub const MAX_NAME_LEN: usize = 63;
-/// Largest target weight (SPEC.md: weights are 0-256).
-pub const MAX_WEIGHT: u16 = 256;
-/// Smallest consistent-hash table a group may have.
-pub const MIN_TABLE_SIZE: u32 = 1021;
-/// Health check ranges (SPEC.md "Health checks").
-pub const INTERVAL_S: (u32, u32) = (1, 3600);
-pub const TIMEOUT_S: (u32, u32) = (1, 900);
-pub const THRESHOLD: (u32, u32) = (1, 10);
-/// Flow timeouts (seconds). Neither may be below 1 s: the data plane checks
-/// an entry's timeout only once it is `FLOW_TOUCH_NS` (1 s) stale.
-pub const FLOW_IDLE_TIMEOUT_S: (u32, u32) = (1, 86_400);
-pub const FLOW_FIN_TIMEOUT_S: (u32, u32) = (1, 3600);
-/// Entries of each flow table.
-pub const MAX_FLOWS: (u32, u32) = (1024, 1 << 25);
-const _: () = assert!(lb_common::FLOW_TOUCH_NS <= 1_000_000_000);
-/// Sticky-session duration range (SPEC.md "Sticky session").
-pub const STICKY_DURATION_S: (u32, u32) = (1, 604_800);
-/// Longest Linux interface name (IFNAMSIZ - 1).
-const MAX_IFACE_LEN: usize = 15;
 
 /// Facts about the host the validator needs (kept pure: the caller observes
 /// them).
@@ -61,7 +42,7 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
     }
     capacity(&mut r, policy);
     if let Some(table) = &policy.flow_table
-        && !(MAX_FLOWS.0..=MAX_FLOWS.1).contains(&table.max_flows)
+        && !MAX_FLOWS.contains(table.max_flows)
     {
         r.issue(
             "flow_table.max_flows".into(),
@@ -135,40 +116,6 @@ pub fn validate_for_host(
     PolicyError::check(r.issues)
 }
 
-/// The allowed range of a numeric field, for messages.
-pub(crate) fn range(field: &str) -> Option<String> {
-    match field {
-        "port" | "monitor_port" => Some("1-65535".into()),
-        "interval_s" => Some(format!("{}-{}", INTERVAL_S.0, INTERVAL_S.1)),
-        "timeout_s" => Some(format!("{}-{}", TIMEOUT_S.0, TIMEOUT_S.1)),
-        "healthy_threshold" | "unhealthy_threshold" => {
-            Some(format!("{}-{}", THRESHOLD.0, THRESHOLD.1))
-        }
-        "weight" => Some(format!("0-{MAX_WEIGHT}")),
-        "duration_s" => Some(format!("{}-{}", STICKY_DURATION_S.0, STICKY_DURATION_S.1)),
-        "table_size" => Some(format!("{MIN_TABLE_SIZE}-{MAX_TABLE_SIZE}")),
-        "flow_idle_timeout_s" => Some(format!(
-            "{}-{}",
-            FLOW_IDLE_TIMEOUT_S.0, FLOW_IDLE_TIMEOUT_S.1
-        )),
-        "flow_fin_timeout_s" => Some(format!("{}-{}", FLOW_FIN_TIMEOUT_S.0, FLOW_FIN_TIMEOUT_S.1)),
-        "max_flows" => Some(format!("{}-{}", MAX_FLOWS.0, MAX_FLOWS.1)),
-        _ => None,
-    }
-}
-
-/// The message for a number out of its field's range, shared with the serde
-/// error rewording (a value too big for the integer type).
-pub(crate) fn out_of_range(field: &str, value: &str) -> Option<String> {
-    let range = range(field)?;
-    let hint = if field == "table_size" {
-        format!("; {DEFAULT_TABLE_SIZE} is a good default")
-    } else {
-        String::new()
-    };
-    Some(format!("{field} {value} is out of range {range}{hint}"))
-}
-
 struct Report<'a> {
     file: &'a str,
     positions: &'a Positions,
@@ -207,7 +154,7 @@ impl<'a> Report<'a> {
 
 fn interface_name(r: &mut Report, name: &str) {
     let ok = !name.is_empty()
-        && name.len() <= MAX_IFACE_LEN
+        && IFACE_NAME_LEN.contains(name.len() as u64)
         && name != "."
         && name != ".."
         && !name
@@ -217,7 +164,7 @@ fn interface_name(r: &mut Report, name: &str) {
         r.issue(
             "interface".into(),
             format!(
-                "interface name `{name}` is invalid: use 1-{MAX_IFACE_LEN} characters \
+                "interface name `{name}` is invalid: use {IFACE_NAME_LEN} characters \
                  without '/', ':' or whitespace"
             ),
         );
@@ -226,12 +173,11 @@ fn interface_name(r: &mut Report, name: &str) {
 
 fn capacity(r: &mut Report, policy: &Policy) {
     let limits = [
-        ("listeners", policy.listeners.len(), MAX_LISTENERS as usize),
-        // Group and target id 0 are reserved.
+        ("listeners", policy.listeners.len(), LISTENER_LIMIT as usize),
         (
             "target_groups",
             policy.target_groups.len(),
-            MAX_GROUPS as usize - 1,
+            GROUP_LIMIT as usize,
         ),
     ];
     for (field, count, max) in limits {
@@ -243,7 +189,7 @@ fn capacity(r: &mut Report, policy: &Policy) {
         }
     }
     let targets: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
-    let max = MAX_TARGETS as usize - 1;
+    let max = TARGET_LIMIT as usize;
     if targets > max {
         r.issue(
             "target_groups".into(),
@@ -390,7 +336,7 @@ fn target_group(
 ) {
     let at = |field: &str| format!("target_groups[{g}].{field}");
     let size = group.table_size;
-    if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&size) {
+    if !TABLE_SIZE.contains(size) {
         r.issue(
             at("table_size"),
             out_of_range("table_size", &size.to_string()).unwrap_or_default(),
@@ -470,7 +416,7 @@ fn target_group(
                 ),
             );
         }
-        if target.weight > MAX_WEIGHT {
+        if !WEIGHT.contains(target.weight) {
             r.issue(
                 at("weight"),
                 out_of_range("weight", &target.weight.to_string()).unwrap_or_default(),
@@ -523,9 +469,9 @@ fn flow_timeouts(r: &mut Report, g: usize, group: &TargetGroup) {
             FLOW_FIN_TIMEOUT_S,
         ),
     ];
-    for (field, value, (lo, hi)) in fields {
+    for (field, value, range) in fields {
         if let Some(value) = value
-            && !(lo..=hi).contains(&value)
+            && !range.contains(value)
         {
             r.issue(
                 at(field),
@@ -579,8 +525,7 @@ fn sticky_session(r: &mut Report, g: usize, group: &TargetGroup) {
                 .into(),
         );
     }
-    let (lo, hi) = STICKY_DURATION_S;
-    if !(lo..=hi).contains(&sticky.duration_s) {
+    if !STICKY_DURATION_S.contains(sticky.duration_s) {
         r.issue(
             at(".duration_s"),
             out_of_range("duration_s", &sticky.duration_s.to_string()).unwrap_or_default(),
@@ -618,8 +563,8 @@ fn health_check(r: &mut Report, g: usize, group: &TargetGroup) {
                 .into(),
         );
     }
-    let in_range = |r: &mut Report, field: &str, value: u32, (lo, hi): (u32, u32)| {
-        let ok = (lo..=hi).contains(&value);
+    let in_range = |r: &mut Report, field: &str, value: u32, range: Range| {
+        let ok = range.contains(value);
         if !ok {
             r.issue(
                 at(field),
@@ -781,10 +726,11 @@ fn target_failover(r: &mut Report, g: usize, group: &TargetGroup) {
 /// SPEC.md: 1-63 characters matching `[a-z]([-a-z0-9]*[a-z0-9])?`.
 fn name(r: &mut Report, path: &str, name: &str) {
     let len = name.chars().count();
-    if len > MAX_NAME_LEN {
+    if len as u64 > NAME_LEN.max {
+        let max = NAME_LEN.max;
         r.issue(
             path.to_string(),
-            format!("name `{name}` is {len} characters long; the limit is {MAX_NAME_LEN}"),
+            format!("name `{name}` is {len} characters long; the limit is {max}"),
         );
         return;
     }
@@ -798,7 +744,7 @@ fn name(r: &mut Report, path: &str, name: &str) {
         r.issue(
             path.to_string(),
             format!(
-                "name `{name}` is invalid: use 1-{MAX_NAME_LEN} characters from a-z, 0-9 and '-', \
+                "name `{name}` is invalid: use {NAME_LEN} characters from a-z, 0-9 and '-', \
                  starting with a letter and not ending with '-'"
             ),
         );
@@ -2170,54 +2116,92 @@ mod tests {
         );
     }
 
-    #[test]
-    fn capacity_limits() {
-        let target = |i: u32| Target {
+    fn capacity_target(i: u32) -> Target {
+        Target {
             ip: IpAddr::V4((0x0a00_0000 + i).into()),
             weight: 1,
             port: None,
             monitor_port: None,
             mac: None,
-        };
-        let group = |n: u32, targets: u32| TargetGroup {
+        }
+    }
+
+    fn capacity_group(n: u32, targets: u32) -> TargetGroup {
+        TargetGroup {
             name: format!("g{n}"),
             protocol: GroupProtocol::Tcp,
             algorithm: Default::default(),
             affinity: Default::default(),
-            table_size: MAX_TABLE_SIZE,
+            table_size: TABLE_SIZE.max as u32,
             health_check: None,
             target_failover: Default::default(),
             flow_idle_timeout_s: None,
             flow_fin_timeout_s: None,
             sticky_session: None,
-            targets: (0..targets).map(|i| target(1 + n * 20_000 + i)).collect(),
-        };
+            targets: (0..targets)
+                .map(|i| capacity_target(1 + n * 20_000 + i))
+                .collect(),
+        }
+    }
+
+    /// `n` listeners, each to a group of its own without targets.
+    fn listeners_and_groups(n: u32) -> Policy {
+        Policy {
+            interface: None,
+            listeners: (0..n)
+                .map(|n| Listener {
+                    name: format!("l{n}"),
+                    vip: IpAddr::V4((0x0a01_0000 + n).into()),
+                    protocol: ListenerProtocol::Tcp,
+                    port: 80,
+                    target_group: format!("g{n}"),
+                })
+                .collect(),
+            target_groups: (0..n).map(|n| capacity_group(n, 0)).collect(),
+            flow_table: None,
+        }
+    }
+
+    fn messages(policy: &Policy) -> Vec<String> {
+        let issues = validate("t.yaml", policy, &Positions::default());
+        issues.into_iter().map(|i| i.message).collect()
+    }
+
+    #[test]
+    fn capacity_limits() {
         let policy = Policy {
             interface: None,
             listeners: Vec::new(),
-            target_groups: (0..MAX_TARGETS / 16_384)
-                .map(|n| group(n, 16_384))
+            target_groups: (0..(TARGET_LIMIT + 1) / 16_384)
+                .map(|n| capacity_group(n, 16_384))
                 .collect(),
             flow_table: None,
         };
         let issues = validate("t.yaml", &policy, &Positions::default());
-        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
-        let expect = format!(
-            "{MAX_TARGETS} targets in all exceed the limit of {}",
-            MAX_TARGETS - 1
+        assert_eq!(issues.len(), 1);
+        assert_eq!(
+            issues[0].message,
+            "131072 targets in all exceed the limit of 131071"
         );
-        assert_eq!(messages, [expect.as_str()]);
         assert_eq!(issues[0].path, "target_groups");
 
-        let policy = Policy {
-            interface: None,
-            listeners: Vec::new(),
-            target_groups: (0..MAX_GROUPS).map(|n| group(n, 0)).collect(),
-            flow_table: None,
-        };
-        let issues = validate("t.yaml", &policy, &Positions::default());
-        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
-        assert_eq!(messages, ["4096 target_groups exceed the limit of 4095"]);
+        assert_eq!(
+            messages(&listeners_and_groups(LISTENER_LIMIT + 1)),
+            [
+                "4096 listeners exceed the limit of 4095",
+                "4096 target_groups exceed the limit of 4095"
+            ]
+        );
+    }
+
+    /// What `lb check` accepts, `lb run` numbers: the largest policy gets
+    /// its ids.
+    #[test]
+    fn the_largest_valid_policy_gets_ids() {
+        let policy = listeners_and_groups(LISTENER_LIMIT.max(GROUP_LIMIT));
+        assert_eq!(messages(&policy), Vec::<String>::new());
+        let ids = crate::ids::Ids::default().assign(&policy, std::time::Instant::now());
+        assert!(ids.is_ok(), "{ids:?}");
     }
 
     #[test]
@@ -2225,7 +2209,9 @@ mod tests {
         let primes: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
         assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
         assert!(
-            is_prime(MIN_TABLE_SIZE) && is_prime(DEFAULT_TABLE_SIZE) && is_prime(MAX_TABLE_SIZE)
+            [TABLE_SIZE.min, DEFAULT_TABLE_SIZE.into(), TABLE_SIZE.max]
+                .iter()
+                .all(|&n| is_prime(n as u32))
         );
         assert!(!is_prime(65536) && !is_prime(1_000_001));
     }
