@@ -7,18 +7,16 @@ use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
 
 use crate::ids::Ids;
 
-/// A MAC address.
-pub type Mac = [u8; 6];
-
 /// What the loader learned of the host; the compiler's only other input.
+/// MACs are bytes, as the kernel gives them and the maps store them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     /// MAC of the interface `lb` is attached to (source MAC of forwarded frames).
-    pub iface_mac: Mac,
+    pub iface_mac: [u8; 6],
     /// Prefixes configured on that interface: targets must be on one of them.
     pub iface_nets: Vec<(IpAddr, u8)>,
     /// Resolved neighbours of that interface (IP -> MAC).
-    pub neighbors: BTreeMap<IpAddr, Mac>,
+    pub neighbors: BTreeMap<IpAddr, [u8; 6]>,
     /// Health verdicts by (target group, target IP), for groups with health
     /// checks enabled. A checked target missing here is `Initial`.
     pub health: BTreeMap<(String, IpAddr), Health>,

@@ -34,13 +34,6 @@ pub enum CompileError {
     Ids(#[from] IdsError),
     #[error("{what} `{name}` has no id (the ids were assigned for another policy)")]
     NoId { what: &'static str, name: String },
-    #[error("target group `{group}`: target {ip}: bad mac {mac:?}: {reason}")]
-    BadMac {
-        group: String,
-        ip: IpAddr,
-        mac: String,
-        reason: String,
-    },
 }
 
 /// SPEC.md: converted weight = ceil(weight / 256 * 100).
@@ -215,17 +208,8 @@ fn compile_groups(
                     name: format!("{} in {}", target.ip, group.name),
                 })?
                 .id;
-            let mac = match &target.mac {
-                Some(text) => {
-                    Some(
-                        super::parse_mac(text).map_err(|reason| CompileError::BadMac {
-                            group: group.name.clone(),
-                            ip: target.ip,
-                            mac: text.clone(),
-                            reason,
-                        })?,
-                    )
-                }
+            let mac = match target.mac {
+                Some(mac) => Some(mac.octets()),
                 None => observed.neighbors.get(&target.ip).copied(),
             };
             let health = match check {
@@ -425,7 +409,7 @@ mod tests {
                         weight: *w,
                         port: None,
                         monitor_port: None,
-                        mac: mac.map(String::from),
+                        mac: mac.map(|m| m.parse().unwrap()),
                     })
                     .collect(),
             }],

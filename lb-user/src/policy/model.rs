@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::Mac;
+
 use super::limits::{
     DEFAULT_FIN_TIMEOUT_S, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HTTP_PATH, DEFAULT_INTERVAL_S,
     DEFAULT_MAX_FLOWS, DEFAULT_STATUS_CODES, DEFAULT_STICKY_DURATION_S, DEFAULT_TABLE_SIZE,
@@ -248,7 +250,7 @@ pub struct Target {
     pub monitor_port: Option<u16>,
     /// Static MAC ("02:00:00:00:00:13"); overrides the neighbour table.
     #[serde(default)]
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
 }
 
 fn default_weight() -> u16 {

@@ -8,7 +8,6 @@
 //!   (`validate::validate`), reporting all issues.
 //! - `validate::validate_for_host(source_name, text, &policy, &HostFacts)`:
 //!   the rules that depend on the host (targets directly connected).
-//! - [`parse_mac`]: the `mac:` syntax, shared with the compiler.
 //!
 //! serde (serde_norway) errors stop at the first one, as serde does; they
 //! come out in the same format, with serde_norway's position.
@@ -90,30 +89,6 @@ fn too_large() -> String {
         "the policy is larger than the limit of {} MiB",
         MAX_POLICY_BYTES >> 20
     )
-}
-
-/// `"02:00:00:00:00:13"` -> bytes: six hexadecimal octets (one or two digits
-/// each) separated by `:`. Only the syntax: `validate` also rejects multicast
-/// and all-zero addresses.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad = || {
-        format!(
-            "mac `{s}` is not a MAC address: expected 6 hex octets separated by ':' (like 02:00:00:00:00:13)"
-        )
-    };
-    let mut mac = [0u8; 6];
-    let mut octets = s.split(':');
-    for byte in &mut mac {
-        let octet = octets.next().ok_or_else(bad)?;
-        if octet.is_empty() || octet.len() > 2 || !octet.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(octet, 16).map_err(|_| bad())?;
-    }
-    if octets.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
 }
 
 /// YAML -> `Policy`, stopping at the first problem: a limit exceeded, else
@@ -461,25 +436,6 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    }
-
-    #[test]
-    fn mac_syntax() {
-        assert_eq!(parse_mac("02:00:00:00:00:13"), Ok([2, 0, 0, 0, 0, 0x13]));
-        assert_eq!(parse_mac("2:a:B:0:0:ff"), Ok([2, 0xa, 0xb, 0, 0, 0xff]));
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:13:14",
-            "02-00-00-00-00-13",
-            "02:00:00:00:00:1g",
-            "02:00:00:00:00:123",
-            "02:00:00:00::13",
-            "+2:00:00:00:00:13",
-        ] {
-            let err = parse_mac(bad).unwrap_err();
-            assert!(err.contains("expected 6 hex octets"), "{bad}: {err}");
-        }
     }
 
     #[test]

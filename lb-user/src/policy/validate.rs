@@ -21,7 +21,6 @@ use super::{
         Algorithm, CheckType, GroupProtocol, HealthCheck, Listener, ListenerProtocol, Policy,
         TargetGroup,
     },
-    parse::parse_mac,
     positions::Positions,
 };
 
@@ -437,18 +436,17 @@ fn target_group(
         if let Some(port) = target.monitor_port {
             monitor_port(r, &at("monitor_port"), port, group);
         }
-        if let Some(mac) = &target.mac {
-            match parse_mac(mac) {
-                Err(message) => r.issue(at("mac"), message),
-                Ok([0, 0, 0, 0, 0, 0]) => r.issue(
-                    at("mac"),
-                    format!("mac {mac} is all zeros; a target needs a unicast MAC"),
-                ),
-                Ok(bytes) if bytes[0] & 1 == 1 => r.issue(
-                    at("mac"),
-                    format!("mac {mac} is a multicast address; a target needs a unicast MAC"),
-                ),
-                Ok(_) => {}
+        if let Some(mac) = target.mac {
+            let what = if mac.is_zero() {
+                "all zeros"
+            } else if mac.is_multicast() {
+                "a multicast address"
+            } else {
+                ""
+            };
+            if !what.is_empty() {
+                let message = format!("mac {mac} is {what}; a target needs a unicast MAC");
+                r.issue(at("mac"), message);
             }
         }
     }
