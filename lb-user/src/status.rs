@@ -89,16 +89,9 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
         .target_groups
         .iter()
         .map(|g| {
-            let listener = policy
-                .listeners
-                .iter()
-                .find(|l| l.target_group == g.name)
-                .map(|l| l.name.clone());
-            let listener_port = policy
-                .listeners
-                .iter()
-                .find(|l| l.target_group == g.name)
-                .map(|l| l.port);
+            let attached = policy.listener_of(&g.name);
+            let listener = attached.map(|l| l.name.clone());
+            let listener_port = attached.map(|l| l.port);
             let targets = plan
                 .targets
                 .iter()

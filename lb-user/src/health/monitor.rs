@@ -67,11 +67,10 @@ pub struct TargetCheck {
 }
 
 /// The checks a policy asks for: every target of every group whose
-/// `health_check` is present and enabled. The monitor port of a target is
-/// its `monitor_port`, else the group's `health_check.port`, else the
-/// target's port, else the port of the group's listener; a tcp or http(s)
-/// check whose port cannot be known (a group attached to no listener, with
-/// no port written) is left out. Pure.
+/// `health_check` is present and enabled, on its monitor port
+/// (`TargetGroup::monitor_port`); a tcp or http(s) check whose port cannot
+/// be known (a group attached to no listener, with no port written) is left
+/// out. Pure.
 pub fn checks(policy: &Policy) -> BTreeMap<TargetKey, TargetCheck> {
     let mut out = BTreeMap::new();
     for group in &policy.target_groups {
@@ -86,18 +85,10 @@ pub fn checks(policy: &Policy) -> BTreeMap<TargetKey, TargetCheck> {
                 continue;
             }
         };
-        let listener_port = policy
-            .listeners
-            .iter()
-            .find(|l| l.target_group == group.name)
-            .map(|l| l.port);
+        let listener = policy.listener_of(&group.name);
         let is_ping = hc.kind_for(group.protocol) == CheckType::Ping;
         for target in &group.targets {
-            let port = target
-                .monitor_port
-                .or(hc.port)
-                .or(target.port)
-                .or(listener_port);
+            let port = group.monitor_port(target, listener);
             if !is_ping && port.is_none() {
                 debug!(group = %group.name, target = %target.ip,
                     "not checked: no monitor port (the group has no listener)");

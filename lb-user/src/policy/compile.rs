@@ -181,12 +181,8 @@ fn compile_groups(
     for group in &policy.target_groups {
         let group_id = group_id(ids, &group.name)?;
         // With DSR every target listens on the listener's port.
-        let port = policy
-            .listeners
-            .iter()
-            .find(|l| l.target_group == group.name)
-            .map(|l| l.port)
-            .unwrap_or(0);
+        let listener = policy.listener_of(&group.name);
+        let port = listener.map_or(0, |l| l.port);
         let total: u32 = group
             .targets
             .iter()
@@ -243,10 +239,7 @@ fn compile_groups(
                     cw as f64 / total as f64
                 },
                 slots: 0,
-                monitor_port: target
-                    .monitor_port
-                    .or(check.and_then(|c| c.port))
-                    .unwrap_or(port),
+                monitor_port: group.monitor_port(target, listener).unwrap_or(0),
                 health,
                 excluded,
                 info: TargetInfo {

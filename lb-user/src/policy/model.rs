@@ -36,6 +36,12 @@ impl Policy {
             .as_ref()
             .map_or(DEFAULT_MAX_FLOWS, |t| t.max_flows)
     }
+
+    /// The listener `group` is attached to: the first that names it (a
+    /// valid policy has at most one).
+    pub fn listener_of(&self, group: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.target_group == group)
+    }
 }
 
 /// The flow tables, sized when `lb run` starts (a reload that changes them
@@ -123,6 +129,18 @@ impl TargetGroup {
     /// The FIN timeout in effect (seconds).
     pub fn fin_timeout_s(&self) -> u32 {
         self.flow_fin_timeout_s.unwrap_or(DEFAULT_FIN_TIMEOUT_S)
+    }
+
+    /// The port health checks probe on `target`, one of this group's: its
+    /// `monitor_port`, else the check's `port`, else the target's `port`,
+    /// else the port of `listener`, the group's ([`Policy::listener_of`]).
+    /// None when no port is written and the group has no listener.
+    pub fn monitor_port(&self, target: &Target, listener: Option<&Listener>) -> Option<u16> {
+        target
+            .monitor_port
+            .or(self.health_check.as_ref().and_then(|h| h.port))
+            .or(target.port)
+            .or(listener.map(|l| l.port))
     }
 }
 
@@ -607,6 +625,29 @@ mod tests {
             assert_eq!(g.target_failover, TargetFailover::default());
             assert_eq!(g.target_failover.on_unhealthy, FailoverMode::NoRebalance);
         }
+    }
+
+    #[test]
+    fn monitor_port_and_listener_of_a_group() {
+        let policy = crate::policy::parse(
+            "t.yaml",
+            "listeners:\n\
+             - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n\
+             target_groups:\n\
+             - name: web\n  protocol: tcp\n  health_check: { enabled: false, port: 8080 }\n  \
+               targets: [ { ip: 10.0.3.11, monitor_port: 9090 }, { ip: 10.0.3.12 } ]\n\
+             - name: lone\n  protocol: tcp\n  \
+               targets: [ { ip: 10.0.3.11, port: 81 }, { ip: 10.0.3.12 } ]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (web, lone) = (&policy.target_groups[0], &policy.target_groups[1]);
+        let listener = policy.listener_of("web");
+        assert_eq!(listener.map(|l| l.name.as_str()), Some("web"));
+        assert_eq!(policy.listener_of("lone"), None);
+        let ports = |g: &TargetGroup, l| g.targets.iter().map(|t| g.monitor_port(t, l)).collect();
+        let ports: [Vec<Option<u16>>; 2] = [ports(web, listener), ports(lone, None)];
+        // A disabled check keeps its port, as status shows it.
+        assert_eq!(ports, [vec![Some(9090), Some(8080)], vec![Some(81), None]]);
     }
 
     #[test]

@@ -49,12 +49,9 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
         );
     }
     let groups = group_index(&mut r, policy);
-    let attached = listeners(&mut r, policy, &groups);
+    listeners(&mut r, policy, &groups);
     for (g, group) in policy.target_groups.iter().enumerate() {
-        let listener = attached
-            .get(group.name.as_str())
-            .map(|&l| &policy.listeners[l]);
-        target_group(&mut r, policy, g, group, listener);
+        target_group(&mut r, policy, g, group, policy.listener_of(&group.name));
     }
     r.issues
 }
@@ -219,13 +216,8 @@ fn group_index<'p>(r: &mut Report, policy: &'p Policy) -> HashMap<&'p str, usize
     index
 }
 
-/// Checks listeners; returns group name -> index of the listener it is
-/// attached to.
-fn listeners<'p>(
-    r: &mut Report,
-    policy: &'p Policy,
-    groups: &HashMap<&str, usize>,
-) -> HashMap<&'p str, usize> {
+/// Checks listeners.
+fn listeners(r: &mut Report, policy: &Policy, groups: &HashMap<&str, usize>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut keys: HashMap<(IpAddr, ListenerProtocol, u16), usize> = HashMap::new();
     let mut attached: HashMap<&str, usize> = HashMap::new();
@@ -323,7 +315,6 @@ fn listeners<'p>(
             attached.insert(&group.name, l);
         }
     }
-    attached
 }
 
 fn target_group(
