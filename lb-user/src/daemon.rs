@@ -37,7 +37,7 @@ use crate::{
     ids::Ids,
     maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
-    plan::{Exclusion, Health, MapPlan, Observed},
+    plan::{Exclusion, MapPlan, Observed},
     policy::{self, HostFacts, Policy, compile::compile_next},
     state::RuntimeState,
     status,
@@ -139,20 +139,13 @@ fn dynamic_targets(policy: &Policy) -> Vec<IpAddr> {
 }
 
 type Snapshots = BTreeMap<TargetKey, HealthSnapshot>;
-type Verdicts = BTreeMap<(String, IpAddr), Health>;
+type Verdicts = BTreeMap<TargetKey, HealthState>;
 
 /// The verdicts the compiler needs, from the monitor's snapshots.
 fn verdicts(snapshots: &Snapshots) -> Verdicts {
     snapshots
         .iter()
-        .map(|(key, snap)| {
-            let health = match snap.state {
-                HealthState::Initial => Health::Initial,
-                HealthState::Healthy => Health::Healthy,
-                HealthState::Unhealthy => Health::Unhealthy,
-            };
-            ((key.group.clone(), key.ip), health)
-        })
+        .map(|(key, snap)| (key.clone(), snap.state))
         .collect()
 }
 

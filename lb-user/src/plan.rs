@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
 
-use crate::ids::Ids;
+use crate::{
+    health::HealthState,
+    ids::{Ids, TargetKey},
+};
 
 /// What the loader learned of the host; the compiler's only other input.
 /// MACs are bytes, as the kernel gives them and the maps store them.
@@ -17,27 +20,19 @@ pub struct Observed {
     pub iface_nets: Vec<(IpAddr, u8)>,
     /// Resolved neighbours of that interface (IP -> MAC).
     pub neighbors: BTreeMap<IpAddr, [u8; 6]>,
-    /// Health verdicts by (target group, target IP), for groups with health
-    /// checks enabled. A checked target missing here is `Initial`.
-    pub health: BTreeMap<(String, IpAddr), Health>,
-}
-
-/// The health verdict of a checked target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Health {
-    /// No verdict yet: takes new flows until its first verdict (a restart of
-    /// `lb` must not send every new flow to whichever target answers first).
-    Initial,
-    Healthy,
-    Unhealthy,
+    /// Health states of the targets of groups with health checks enabled.
+    /// A checked target missing here is `Initial`: it takes new flows until
+    /// its first verdict (a restart of `lb` must not send every new flow to
+    /// whichever target answers first).
+    pub health: BTreeMap<TargetKey, HealthState>,
 }
 
 /// A target's health as the plan uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TargetHealth {
+pub enum PlannedHealth {
     /// Health checks disabled: counts as healthy.
     Unchecked,
-    Checked(Health),
+    Checked(HealthState),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -222,7 +217,7 @@ pub struct PlannedTarget {
     /// Where health probes go: `monitor_port`, else the check's `port`,
     /// else the target port.
     pub monitor_port: u16,
-    pub health: TargetHealth,
+    pub health: PlannedHealth,
     pub excluded: Option<Exclusion>,
     pub info: TargetInfo,
 }

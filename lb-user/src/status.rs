@@ -11,7 +11,7 @@ use crate::{
     flows,
     health::{self, HealthSnapshot, TargetKey},
     neighbors,
-    plan::{Exclusion, Health, MapPlan, TargetHealth},
+    plan::{Exclusion, MapPlan, PlannedHealth},
     policy::{self, Policy},
 };
 
@@ -100,10 +100,8 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
                     let stats = dataplane.target_stats(t.id).unwrap_or_default();
                     let state = match (&listener, t.health) {
                         (None, _) => "unused",
-                        (_, TargetHealth::Unchecked) => "unchecked",
-                        (_, TargetHealth::Checked(Health::Initial)) => "initial",
-                        (_, TargetHealth::Checked(Health::Healthy)) => "healthy",
-                        (_, TargetHealth::Checked(Health::Unhealthy)) => "unhealthy",
+                        (_, PlannedHealth::Unchecked) => "unchecked",
+                        (_, PlannedHealth::Checked(state)) => state.as_str(),
                     };
                     let snapshot = health.get(&TargetKey {
                         group: g.name.clone(),

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     probe::{ProbeSpec, Prober},
-    state::{HealthState, ProbeResult, TargetHealth, fmt_duration},
+    state::{HealthState, HealthTracker, ProbeResult, fmt_duration},
 };
 use crate::policy::{CheckType, Policy};
 
@@ -258,7 +258,7 @@ async fn probe_loop(
     alive: Arc<AtomicBool>,
 ) {
     let addr = SocketAddr::new(key.ip, check.port.unwrap_or(0));
-    let mut health = TargetHealth::new(check.healthy_threshold, check.unhealthy_threshold)
+    let mut tracker = HealthTracker::new(check.healthy_threshold, check.unhealthy_threshold)
         .with_timeout(check.timeout)
         .with_state(first);
     let first = Instant::now() + offset(&key, check.interval);
@@ -280,7 +280,7 @@ async fn probe_loop(
                 detail: format!("timeout after {}", fmt_duration(check.timeout)),
             },
         };
-        let transition = health.observe(std::time::Instant::now(), &result);
+        let transition = tracker.observe(std::time::Instant::now(), &result);
         if let Some(t) = transition {
             let port = check.port.map(|p| format!(":{p}")).unwrap_or_default();
             let kind = check.spec.kind().as_str();
@@ -293,7 +293,7 @@ async fn probe_loop(
                     "target {ip}{port} of group {group} is {} (was {}): {kind} check: {detail}", t.to, t.from);
             }
         }
-        let snapshot = snapshot(&health, &check);
+        let snapshot = snapshot(&tracker, &check);
         tx.send_if_modified(|map| {
             if !alive.load(Ordering::Acquire) {
                 return false;
@@ -323,14 +323,14 @@ fn initial_snapshot(check: &TargetCheck, state: HealthState) -> HealthSnapshot {
     }
 }
 
-fn snapshot(health: &TargetHealth, check: &TargetCheck) -> HealthSnapshot {
+fn snapshot(tracker: &HealthTracker, check: &TargetCheck) -> HealthSnapshot {
     HealthSnapshot {
-        state: health.state(),
-        consecutive_successes: health.consecutive_successes(),
-        consecutive_failures: health.consecutive_failures(),
-        last_result: health.last_result().map(str::to_string),
-        last_ok: health.last_ok(),
-        last_latency: health.last_latency(),
+        state: tracker.state(),
+        consecutive_successes: tracker.consecutive_successes(),
+        consecutive_failures: tracker.consecutive_failures(),
+        last_result: tracker.last_result().map(str::to_string),
+        last_ok: tracker.last_ok(),
+        last_latency: tracker.last_latency(),
         monitor_port: check.port,
         kind: check.spec.kind(),
     }

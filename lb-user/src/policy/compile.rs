@@ -19,11 +19,12 @@ use lb_common::{
 
 use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
 use crate::{
+    health::HealthState,
     ids::{Ids, IdsError, TargetKey},
     maglev::{Identity, Member, TableCache},
     plan::{
-        Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget, Table,
-        TargetHealth,
+        Exclusion, MapPlan, Observed, PlannedGroup, PlannedHealth, PlannedListener, PlannedTarget,
+        Table,
     },
     round_robin,
 };
@@ -209,16 +210,16 @@ fn compile_groups(
                 None => observed.neighbors.get(&target.ip).copied(),
             };
             let health = match check {
-                None => TargetHealth::Unchecked,
-                Some(_) => TargetHealth::Checked(
+                None => PlannedHealth::Unchecked,
+                Some(_) => PlannedHealth::Checked(
                     observed
                         .health
-                        .get(&(group.name.clone(), target.ip))
+                        .get(&key)
                         .copied()
-                        .unwrap_or(Health::Initial),
+                        .unwrap_or(HealthState::Initial),
                 ),
             };
-            let unhealthy = health == TargetHealth::Checked(Health::Unhealthy);
+            let unhealthy = health == PlannedHealth::Checked(HealthState::Unhealthy);
             let excluded = match (mac, target.weight) {
                 (None, _) => Some(Exclusion::MacUnresolved),
                 (Some(_), 0) => Some(Exclusion::ZeroWeight),
@@ -438,7 +439,7 @@ mod tests {
 
     /// Three resolved targets with TCP checks, `rebalance` or not, and the
     /// given verdicts for .11, .12, .13 (None: no verdict yet).
-    fn checked(rebalance: bool, verdicts: [Option<Health>; 3]) -> MapPlan {
+    fn checked(rebalance: bool, verdicts: [Option<HealthState>; 3]) -> MapPlan {
         let mut p = policy(&[
             ("10.0.3.11", 256, None),
             ("10.0.3.12", 256, None),
@@ -457,7 +458,11 @@ mod tests {
         ]);
         for (ip, v) in ["10.0.3.11", "10.0.3.12", "10.0.3.13"].iter().zip(verdicts) {
             if let Some(v) = v {
-                o.health.insert(("web".into(), ip.parse().unwrap()), v);
+                let key = TargetKey {
+                    group: "web".into(),
+                    ip: ip.parse().unwrap(),
+                };
+                o.health.insert(key, v);
             }
         }
         compile(&p, &o).unwrap()
@@ -471,11 +476,11 @@ mod tests {
     fn unchecked_and_initial_targets_take_new_flows() {
         let p = policy(&[("10.0.3.11", 256, None)]);
         let plan = compile(&p, &observed(&[("10.0.3.11", 0x11)])).unwrap();
-        assert_eq!(plan.targets[0].health, TargetHealth::Unchecked);
-        let plan = checked(false, [None, Some(Health::Healthy), None]);
+        assert_eq!(plan.targets[0].health, PlannedHealth::Unchecked);
+        let plan = checked(false, [None, Some(HealthState::Healthy), None]);
         assert_eq!(
             plan.targets[0].health,
-            TargetHealth::Checked(Health::Initial)
+            PlannedHealth::Checked(HealthState::Initial)
         );
         assert_eq!(table_ids(&plan), [1, 2, 3].into());
     }
@@ -485,9 +490,9 @@ mod tests {
         let plan = checked(
             false,
             [
-                Some(Health::Healthy),
-                Some(Health::Unhealthy),
-                Some(Health::Healthy),
+                Some(HealthState::Healthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Healthy),
             ],
         );
         assert_eq!(table_ids(&plan), [1, 3].into());
@@ -505,9 +510,9 @@ mod tests {
         let plan = checked(
             true,
             [
-                Some(Health::Healthy),
-                Some(Health::Unhealthy),
-                Some(Health::Healthy),
+                Some(HealthState::Healthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Healthy),
             ],
         );
         assert_eq!(table_ids(&plan), [1, 3].into());
@@ -518,7 +523,7 @@ mod tests {
     #[test]
     fn no_healthy_target_is_last_resort_for_all() {
         for rebalance in [false, true] {
-            let plan = checked(rebalance, [Some(Health::Unhealthy); 3]);
+            let plan = checked(rebalance, [Some(HealthState::Unhealthy); 3]);
             assert!(plan.groups[0].last_resort);
             assert_eq!(table_ids(&plan), [1, 2, 3].into());
             assert!(
@@ -531,9 +536,9 @@ mod tests {
         let plan = checked(
             false,
             [
-                Some(Health::Unhealthy),
-                Some(Health::Unhealthy),
-                Some(Health::Healthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Healthy),
             ],
         );
         assert!(!plan.groups[0].last_resort);
