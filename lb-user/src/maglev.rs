@@ -14,7 +14,7 @@
 //! permutation); the policy validator enforces it.
 use std::net::IpAddr;
 
-use crate::plan::Table;
+use crate::plan::GroupTable;
 use lb_common::hash::murmur3_words;
 
 const OFFSET_SEED: u32 = 0x4d41_4701;
@@ -82,13 +82,13 @@ impl Identity {
 /// `build` would return. Entries not used by the last compile are dropped.
 #[derive(Debug, Default)]
 pub struct TableCache {
-    tables: std::collections::HashMap<(Vec<Member>, u32), Table>,
+    tables: std::collections::HashMap<(Vec<Member>, u32), GroupTable>,
     used: std::collections::HashSet<(Vec<Member>, u32)>,
 }
 
 impl TableCache {
     /// `build(members, size)`, from the cache when possible.
-    pub fn get(&mut self, members: &[Member], size: u32) -> Table {
+    pub fn get(&mut self, members: &[Member], size: u32) -> GroupTable {
         let key = (members.to_vec(), size);
         let table = self
             .tables
@@ -103,7 +103,7 @@ impl TableCache {
     /// when possible. The tables not in the cache are built on all CPUs at
     /// once (1,000 tables of 65537 slots: about 1 s on one core), and are the
     /// same tables `build` gives one at a time.
-    pub fn get_all(&mut self, wanted: &[(&[Member], u32)]) -> Vec<Table> {
+    pub fn get_all(&mut self, wanted: &[(&[Member], u32)]) -> Vec<GroupTable> {
         let mut seen = std::collections::HashSet::new();
         let missing: Vec<(Vec<Member>, u32)> = wanted
             .iter()
@@ -115,7 +115,7 @@ impl TableCache {
             .min(missing.len());
         if threads > 1 {
             // Worker `k` builds every `threads`-th missing table from `k` on.
-            let built: Vec<(usize, Table)> = std::thread::scope(|scope| {
+            let built: Vec<(usize, GroupTable)> = std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..threads)
                     .map(|k| {
                         let missing = &missing;
@@ -124,7 +124,7 @@ impl TableCache {
                                 .step_by(threads)
                                 .map(|i| {
                                     let (members, size) = &missing[i];
-                                    (i, Table::from(build(members, *size)))
+                                    (i, GroupTable::from(build(members, *size)))
                                 })
                                 .collect::<Vec<_>>()
                         })
@@ -691,7 +691,7 @@ mod tests {
         }
         assert_eq!(cache.len(), 10, "9 sets at 1021 slots, one at 4099");
         assert!(
-            Table::ptr_eq(&tables[3], &tables[9]),
+            GroupTable::ptr_eq(&tables[3], &tables[9]),
             "one table for one key"
         );
         cache.end_round();

@@ -137,16 +137,16 @@ impl Default for SweepReport {
     }
 }
 
-struct Table<K> {
+struct FlowTable<K> {
     fd: OwnedFd,
     map: BpfHashMap<MapData, K, FlowState>,
 }
 
-impl<K: aya::Pod + Default> Table<K> {
-    fn open(data: &MapData, name: &'static str) -> Result<Table<K>, DataplaneError> {
+impl<K: aya::Pod + Default> FlowTable<K> {
+    fn open(data: &MapData, name: &'static str) -> Result<FlowTable<K>, DataplaneError> {
         let (fd, own) = dup(data, name)?;
         let map = BpfHashMap::try_from(Map::LruHashMap(own)).map_err(map_err(name))?;
-        Ok(Table { fd, map })
+        Ok(FlowTable { fd, map })
     }
 
     /// Reads every entry into `tally` (`now`: data-plane time); returns the
@@ -232,8 +232,8 @@ pub(super) struct SweptMaps<'a> {
 /// Walks the flow tables and corrects the active counts (see the module
 /// documentation). `Send`: it runs on its own thread.
 pub struct FlowSweeper {
-    v4: Table<FlowKeyV4>,
-    v6: Table<FlowKey>,
+    v4: FlowTable<FlowKeyV4>,
+    v6: FlowTable<FlowKey>,
     sticky: (OwnedFd, BpfHashMap<MapData, StickyKey, StickyState>),
     targets: Targets,
     active: Arc<ActiveCounts>,
@@ -252,8 +252,8 @@ impl FlowSweeper {
         let (_, targets) = dup(maps.targets, names::TARGETS)?;
         let targets = Array::try_from(Map::Array(targets)).map_err(map_err(names::TARGETS))?;
         Ok(FlowSweeper {
-            v4: Table::open(maps.v4, names::FLOWS_V4)?,
-            v6: Table::open(maps.v6, names::FLOWS_V6)?,
+            v4: FlowTable::open(maps.v4, names::FLOWS_V4)?,
+            v6: FlowTable::open(maps.v6, names::FLOWS_V6)?,
             sticky: (sticky_fd, sticky),
             targets: Targets(targets),
             active,

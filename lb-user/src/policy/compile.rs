@@ -23,8 +23,8 @@ use crate::{
     ids::{Ids, IdsError, TargetKey},
     maglev::{Identity, Member, TableCache},
     plan::{
-        Exclusion, MapPlan, Observed, PlannedGroup, PlannedHealth, PlannedListener, PlannedTarget,
-        Table,
+        Exclusion, GroupTable, MapPlan, Observed, PlannedGroup, PlannedHealth, PlannedListener,
+        PlannedTarget,
     },
     round_robin,
 };
@@ -296,7 +296,7 @@ fn compile_groups(
             Algorithm::RoundRobin => round_robin::order(&members).into(),
             _ => {
                 hashed.push((groups.len(), members, group.table_size));
-                Table::default()
+                GroupTable::default()
             }
         };
         let sticky = sticky_in_effect(group);

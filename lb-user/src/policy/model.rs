@@ -26,7 +26,7 @@ pub struct Policy {
     pub target_groups: Vec<TargetGroup>,
     /// Flow table settings; absent: the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow_table: Option<FlowTable>,
+    pub flow_table: Option<FlowTableSettings>,
 }
 
 impl Policy {
@@ -44,11 +44,11 @@ impl Policy {
     }
 }
 
-/// The flow tables, sized when `lb run` starts (a reload that changes them
-/// keeps the old size until a restart).
+/// The `flow_table` section: the flow tables' size, set when `lb run`
+/// starts (a reload that changes it keeps the old size until a restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FlowTable {
+pub struct FlowTableSettings {
     /// Entries of each flow table (IPv4 and IPv6 have one each).
     #[serde(default = "default_max_flows")]
     pub max_flows: u32,

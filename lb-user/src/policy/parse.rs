@@ -260,15 +260,33 @@ fn reword(path: &str, message: &str, positions: &Positions) -> (String, String) 
             format!("{field} `{value}` is not an IP address (like 10.0.3.11 or fd00:3::11)"),
         );
     }
-    let message = message
-        .replace("expected struct Policy", "expected a policy mapping")
-        .replace("expected struct Listener", "expected a listener mapping")
-        .replace(
-            "expected struct TargetGroup",
-            "expected a target group mapping",
-        )
-        .replace("expected struct Target", "expected a target mapping");
-    (path.to_string(), message)
+    (path.to_string(), reword_struct(message))
+}
+
+/// serde names the model's structs (`expected struct TargetGroup`); say
+/// what the policy calls them.
+fn reword_struct(message: &str) -> String {
+    const SECTIONS: [(&str, &str); 8] = [
+        ("Policy", "a policy"),
+        ("Listener", "a listener"),
+        ("TargetGroup", "a target group"),
+        ("Target", "a target"),
+        ("HealthCheck", "a health_check"),
+        ("TargetFailover", "a target_failover"),
+        ("StickySession", "a sticky_session"),
+        ("FlowTableSettings", "a flow_table"),
+    ];
+    let Some((before, after)) = message.split_once("expected struct ") else {
+        return message.to_string();
+    };
+    let name_len = after
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(after.len());
+    let (name, rest) = after.split_at(name_len);
+    match SECTIONS.iter().find(|(s, _)| *s == name) {
+        Some((_, what)) => format!("{before}expected {what} mapping{rest}"),
+        None => message.to_string(),
+    }
 }
 
 fn lowercase_first(s: &str) -> String {
@@ -359,6 +377,11 @@ mod tests {
             name: "not a mapping at all",
             yaml: "- web\n",
             expect: "t.yaml:1:1: invalid type: sequence, expected a policy mapping",
+        },
+        Case {
+            name: "a number where a section belongs",
+            yaml: "flow_table: 5\n",
+            expect: "t.yaml:1:13: flow_table: invalid type: integer `5`, expected a flow_table mapping",
         },
         Case {
             name: "yaml syntax error",
