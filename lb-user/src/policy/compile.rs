@@ -17,7 +17,9 @@ use lb_common::{
     hash_fields, target_flags,
 };
 
-use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
+use super::{
+    Affinity, Algorithm, FailoverMode, Listener, ListenerProtocol, Mac, Policy, Target, TargetGroup,
+};
 use crate::{
     health::HealthState,
     ids::{Ids, IdsError, TargetKey},
@@ -42,7 +44,6 @@ pub fn converted_weight(weight: u16) -> u32 {
     (weight as u32 * 100).div_ceil(256)
 }
 
-/// The hash fields of a group's algorithm and affinity.
 /// The hash fields of a group's algorithm and affinity. `round_robin` and
 /// `least_connections` do not hash new flows; their field set (five-tuple)
 /// serves only what the data plane hashes besides (a TCP packet that is not
@@ -69,7 +70,7 @@ pub fn algorithm_code(algorithm: Algorithm) -> u8 {
 /// Whether the group's sticky sessions are in effect: enabled, and not
 /// with `source_ip` (which keeps a client on one target by itself; the
 /// setting is ignored and `lb status` says so).
-pub fn sticky_in_effect(group: &super::TargetGroup) -> Option<u32> {
+pub fn sticky_in_effect(group: &TargetGroup) -> Option<u32> {
     let sticky = group.sticky_session.filter(|s| s.enabled)?;
     (group.algorithm != Algorithm::SourceIp).then_some(sticky.duration_s)
 }
@@ -160,13 +161,6 @@ pub fn compile_cached(
     plan
 }
 
-fn group_id(ids: &Ids, name: &str) -> Result<u32, CompileError> {
-    ids.group(name).ok_or_else(|| CompileError::NoId {
-        what: "target group",
-        name: name.to_string(),
-    })
-}
-
 fn compile_groups(
     policy: &Policy,
     observed: &Observed,
@@ -181,114 +175,16 @@ fn compile_groups(
     let mut hashed: Vec<(usize, Vec<Member>, u32)> = Vec::new();
     for group in &policy.target_groups {
         let group_id = group_id(ids, &group.name)?;
-        // With DSR every target listens on the listener's port.
-        let listener = policy.listener_of(&group.name);
-        let port = listener.map_or(0, |l| l.port);
-        let total: u32 = group
-            .targets
-            .iter()
-            .map(|t| converted_weight(t.weight))
-            .sum();
         let first = targets.len();
-        let check = group.health_check.as_ref().filter(|h| h.enabled);
-        let rebalance = group.target_failover.on_unhealthy == FailoverMode::Rebalance;
+        let listener = policy.listener_of(&group.name);
         for target in &group.targets {
-            let key = TargetKey {
-                group: group.name.clone(),
-                ip: target.ip,
-            };
-            let id = ids
-                .target(&key)
-                .filter(|a| a.retired.is_none())
-                .ok_or_else(|| CompileError::NoId {
-                    what: "target",
-                    name: format!("{} in {}", target.ip, group.name),
-                })?
-                .id;
-            let mac = match target.mac {
-                Some(mac) => Some(mac.octets()),
-                None => observed.neighbors.get(&target.ip).copied(),
-            };
-            let health = match check {
-                None => PlannedHealth::Unchecked,
-                Some(_) => PlannedHealth::Checked(
-                    observed
-                        .health
-                        .get(&key)
-                        .copied()
-                        .unwrap_or(HealthState::Initial),
-                ),
-            };
-            let unhealthy = health == PlannedHealth::Checked(HealthState::Unhealthy);
-            let excluded = match (mac, target.weight) {
-                (None, _) => Some(Exclusion::MacUnresolved),
-                (Some(_), 0) => Some(Exclusion::ZeroWeight),
-                _ if unhealthy => Some(Exclusion::Unhealthy),
-                _ => None,
-            };
-            let cw = converted_weight(target.weight);
-            targets.push(PlannedTarget {
-                id,
-                group: group.name.clone(),
-                ip: target.ip,
-                port,
-                weight: target.weight,
-                converted_weight: cw,
-                ratio: if total == 0 {
-                    0.0
-                } else {
-                    cw as f64 / total as f64
-                },
-                slots: 0,
-                monitor_port: group.monitor_port(target, listener).unwrap_or(0),
-                health,
-                excluded,
-                info: TargetInfo {
-                    mac: mac.unwrap_or_default(),
-                    // Existing flows of an unhealthy target stay on it unless
-                    // the group rebalances (decided below, with last resort).
-                    flags: if mac.is_some() && !(unhealthy && rebalance) {
-                        target_flags::USABLE
-                    } else {
-                        0
-                    },
-                    group_id,
-                    weight: cw as u16,
-                    _pad: 0,
-                },
-            });
+            targets.push(plan_target(
+                group, group_id, target, listener, observed, ids,
+            )?);
         }
-        // Last resort (SPEC.md failover table): when no target is healthy,
-        // every target with a MAC and a weight takes new flows.
-        let group_targets = &mut targets[first..];
-        let last_resort = !group_targets.iter().any(|t| t.excluded.is_none())
-            && group_targets
-                .iter()
-                .any(|t| t.excluded == Some(Exclusion::Unhealthy));
-        if last_resort {
-            for t in group_targets
-                .iter_mut()
-                .filter(|t| t.excluded == Some(Exclusion::Unhealthy))
-            {
-                t.excluded = None;
-                t.info.flags |= target_flags::USABLE;
-            }
-        }
-        for t in targets[first..].iter_mut().filter(|t| t.excluded.is_none()) {
-            t.info.flags |= target_flags::SELECTABLE;
-        }
-        let members: Vec<Member> = targets[first..]
-            .iter()
-            .filter(|t| t.excluded.is_none())
-            .map(|t| Member {
-                identity: Identity {
-                    ip: t.ip,
-                    port: t.port,
-                },
-                weight: t.converted_weight,
-                id: t.id,
-            })
-            .collect();
+        set_ratios(&mut targets[first..]);
+        let last_resort = choose_selectable(&mut targets[first..]);
+        let members = members(&targets[first..]);
         // Round robin: the smooth weighted order; the others: the weighted
         // consistent-hash table (least connections draws its candidates
         // from it), filled in below.
@@ -299,60 +195,16 @@ fn compile_groups(
                 GroupTable::default()
             }
         };
-        let sticky = sticky_in_effect(group);
         groups.push(PlannedGroup {
             id: group_id,
             name: group.name.clone(),
-            info: GroupInfo {
-                hash_fields: hash_fields_of(group.algorithm, group.affinity),
-                algorithm: algorithm_code(group.algorithm),
-                flags: if sticky.is_some() {
-                    group_flags::STICKY
-                } else {
-                    0
-                },
-                _pad: 0,
-                idle_timeout_s: group.idle_timeout_s(),
-                fin_timeout_s: group.fin_timeout_s(),
-                sticky_duration_s: sticky.unwrap_or(0),
-            },
+            info: group_info(group),
             table,
             last_resort,
         });
     }
-    let wanted: Vec<(&[Member], u32)> = hashed
-        .iter()
-        .map(|(_, members, size)| (&members[..], *size))
-        .collect();
-    for ((g, _, _), table) in hashed.iter().zip(cache.get_all(&wanted)) {
-        groups[*g].table = table;
-    }
-    let index: HashMap<u32, usize> = targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-    for group in &groups {
-        for (id, n) in group.table.slot_counts() {
-            if let Some(&i) = index.get(&id) {
-                targets[i].slots += n;
-            }
-        }
-    }
-
-    let mut listeners = Vec::with_capacity(policy.listeners.len());
-    for l in &policy.listeners {
-        let key = listener_key(l.vip, l.protocol, l.port);
-        let listener_id = ids.listener(&key).ok_or_else(|| CompileError::NoId {
-            what: "listener",
-            name: l.name.clone(),
-        })?;
-        listeners.push(PlannedListener {
-            name: l.name.clone(),
-            key,
-            info: ListenerInfo {
-                listener_id,
-                group_id: group_id(ids, &l.target_group)?,
-            },
-        });
-    }
-
+    fill_hash_tables(&mut groups, &hashed, cache);
+    count_slots(&groups, &mut targets);
     Ok(MapPlan {
         // The data plane's loader knows the kernel's tick, sizes the flow
         // cache and keeps the data plane's identity: the plan only has the
@@ -362,10 +214,208 @@ fn compile_groups(
             ..Config::default()
         },
         ids: Arc::clone(ids),
-        listeners,
+        listeners: plan_listeners(policy, ids)?,
         groups,
         targets,
     })
+}
+
+fn group_id(ids: &Ids, name: &str) -> Result<u32, CompileError> {
+    ids.group(name).ok_or_else(|| CompileError::NoId {
+        what: "target group",
+        name: name.to_string(),
+    })
+}
+
+/// A target as the plan has it; `listener` is its group's. Its ratio, its
+/// slots and whether it takes new flows are worked out with the whole
+/// group ([`set_ratios`], [`choose_selectable`], [`count_slots`]).
+fn plan_target(
+    group: &TargetGroup,
+    group_id: u32,
+    target: &Target,
+    listener: Option<&Listener>,
+    observed: &Observed,
+    ids: &Ids,
+) -> Result<PlannedTarget, CompileError> {
+    let key = TargetKey {
+        group: group.name.clone(),
+        ip: target.ip,
+    };
+    let id = ids
+        .target(&key)
+        .filter(|a| a.retired.is_none())
+        .ok_or_else(|| CompileError::NoId {
+            what: "target",
+            name: format!("{} in {}", target.ip, group.name),
+        })?
+        .id;
+    let mac = target
+        .mac
+        .map(Mac::octets)
+        .or_else(|| observed.neighbors.get(&target.ip).copied());
+    let health = health_of(group, &key, observed);
+    let unhealthy = health == PlannedHealth::Checked(HealthState::Unhealthy);
+    let excluded = match (mac, target.weight) {
+        (None, _) => Some(Exclusion::MacUnresolved),
+        (Some(_), 0) => Some(Exclusion::ZeroWeight),
+        _ if unhealthy => Some(Exclusion::Unhealthy),
+        _ => None,
+    };
+    // Existing flows of an unhealthy target stay on it unless the group
+    // rebalances (last resort, decided with the whole group, keeps them too).
+    let rebalance = group.target_failover.on_unhealthy == FailoverMode::Rebalance;
+    let usable = mac.is_some() && !(unhealthy && rebalance);
+    let converted = converted_weight(target.weight);
+    Ok(PlannedTarget {
+        id,
+        group: group.name.clone(),
+        ip: target.ip,
+        // With DSR every target listens on the listener's port.
+        port: listener.map_or(0, |l| l.port),
+        weight: target.weight,
+        converted_weight: converted,
+        ratio: 0.0,
+        slots: 0,
+        monitor_port: group.monitor_port(target, listener).unwrap_or(0),
+        health,
+        excluded,
+        info: TargetInfo {
+            mac: mac.unwrap_or_default(),
+            flags: if usable { target_flags::USABLE } else { 0 },
+            group_id,
+            weight: converted as u16,
+            _pad: 0,
+        },
+    })
+}
+
+/// A target's health: unchecked, or its verdict (`initial` until it has
+/// one).
+fn health_of(group: &TargetGroup, key: &TargetKey, observed: &Observed) -> PlannedHealth {
+    if !group.health_check.as_ref().is_some_and(|h| h.enabled) {
+        return PlannedHealth::Unchecked;
+    }
+    let state = observed.health.get(key).copied();
+    PlannedHealth::Checked(state.unwrap_or(HealthState::Initial))
+}
+
+/// Sets the ratio of each target of one group: its converted weight over
+/// the group's sum (SPEC.md "Weights").
+fn set_ratios(targets: &mut [PlannedTarget]) {
+    let total: u32 = targets.iter().map(|t| t.converted_weight).sum();
+    for t in targets.iter_mut() {
+        t.ratio = if total == 0 {
+            0.0
+        } else {
+            t.converted_weight as f64 / total as f64
+        };
+    }
+}
+
+/// Marks the targets of one group that take new flows (`SELECTABLE`): those
+/// not excluded, or, when no target is healthy, every target with a MAC and
+/// a weight (SPEC.md failover table: last resort). Returns whether the group
+/// is in last resort.
+fn choose_selectable(targets: &mut [PlannedTarget]) -> bool {
+    let last_resort = !targets.iter().any(|t| t.excluded.is_none())
+        && targets
+            .iter()
+            .any(|t| t.excluded == Some(Exclusion::Unhealthy));
+    for t in targets.iter_mut() {
+        if last_resort && t.excluded == Some(Exclusion::Unhealthy) {
+            t.excluded = None;
+            t.info.flags |= target_flags::USABLE;
+        }
+        if t.excluded.is_none() {
+            t.info.flags |= target_flags::SELECTABLE;
+        }
+    }
+    last_resort
+}
+
+/// The targets that take new flows, as the table builders see them.
+fn members(targets: &[PlannedTarget]) -> Vec<Member> {
+    targets
+        .iter()
+        .filter(|t| t.excluded.is_none())
+        .map(|t| Member {
+            identity: Identity {
+                ip: t.ip,
+                port: t.port,
+            },
+            weight: t.converted_weight,
+            id: t.id,
+        })
+        .collect()
+}
+
+/// The settings of a group the data plane reads.
+fn group_info(group: &TargetGroup) -> GroupInfo {
+    let sticky = sticky_in_effect(group);
+    GroupInfo {
+        hash_fields: hash_fields_of(group.algorithm, group.affinity),
+        algorithm: algorithm_code(group.algorithm),
+        flags: if sticky.is_some() {
+            group_flags::STICKY
+        } else {
+            0
+        },
+        _pad: 0,
+        idle_timeout_s: group.idle_timeout_s(),
+        fin_timeout_s: group.fin_timeout_s(),
+        sticky_duration_s: sticky.unwrap_or(0),
+    }
+}
+
+/// Builds the consistent-hash tables of `hashed` (index in `groups`,
+/// members, size) all at once, from `cache` when unchanged.
+fn fill_hash_tables(
+    groups: &mut [PlannedGroup],
+    hashed: &[(usize, Vec<Member>, u32)],
+    cache: &mut TableCache,
+) {
+    let wanted: Vec<(&[Member], u32)> = hashed
+        .iter()
+        .map(|(_, members, size)| (&members[..], *size))
+        .collect();
+    for ((g, _, _), table) in hashed.iter().zip(cache.get_all(&wanted)) {
+        groups[*g].table = table;
+    }
+}
+
+/// Sets each target's count of the slots of its group's table.
+fn count_slots(groups: &[PlannedGroup], targets: &mut [PlannedTarget]) {
+    let index: HashMap<u32, usize> = targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+    for group in groups {
+        for (id, n) in group.table.slot_counts() {
+            if let Some(&i) = index.get(&id) {
+                targets[i].slots += n;
+            }
+        }
+    }
+}
+
+fn plan_listeners(policy: &Policy, ids: &Ids) -> Result<Vec<PlannedListener>, CompileError> {
+    policy
+        .listeners
+        .iter()
+        .map(|l| {
+            let key = listener_key(l.vip, l.protocol, l.port);
+            let listener_id = ids.listener(&key).ok_or_else(|| CompileError::NoId {
+                what: "listener",
+                name: l.name.clone(),
+            })?;
+            Ok(PlannedListener {
+                name: l.name.clone(),
+                key,
+                info: ListenerInfo {
+                    listener_id,
+                    group_id: group_id(ids, &l.target_group)?,
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
