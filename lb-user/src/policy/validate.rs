@@ -5,10 +5,7 @@
 //! - [`validate`] (called by `parse::parse`): rules that need only the text.
 //! - [`validate_for_host`]: rules that depend on the host, whose facts the
 //!   caller observes and passes in ([`HostFacts`]), so this stays pure.
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use super::{
     error::{Issue, PolicyError},
@@ -17,6 +14,7 @@ use super::{
         INTERVAL_S, LISTENER_LIMIT, MAX_FLOWS, NAME_LEN, Range, STICKY_DURATION_S, TABLE_SIZE,
         TARGET_LIMIT, THRESHOLD, TIMEOUT_S, WEIGHT, out_of_range,
     },
+    mac::Mac,
     model::{
         Algorithm, CheckType, GroupProtocol, HealthCheck, Listener, ListenerProtocol, Policy,
         TargetGroup,
@@ -50,8 +48,10 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
     }
     let groups = group_index(&mut r, policy);
     listeners(&mut r, policy, &groups);
+    let vips = vip_owners(policy);
     for (g, group) in policy.target_groups.iter().enumerate() {
-        target_group(&mut r, policy, g, group, policy.listener_of(&group.name));
+        let listener = policy.listener_of(&group.name);
+        target_group(&mut r, g, group, listener, &vips);
     }
     r.issues
 }
@@ -194,143 +194,210 @@ fn capacity(r: &mut Report, policy: &Policy) {
     }
 }
 
+/// Checks a listener or group name: the name rules, and unique among its
+/// kind (`list`: `listeners` or `target_groups`; `what`: how messages call
+/// the kind). `seen` maps each name to the first item with it.
+fn unique_name<'p>(
+    r: &mut Report,
+    (list, what): (&str, &str),
+    i: usize,
+    item_name: &'p str,
+    seen: &mut HashMap<&'p str, usize>,
+) {
+    let path = format!("{list}[{i}].name");
+    name(r, &path, item_name);
+    if let Some(&first) = seen.get(item_name) {
+        let line = r.line(&format!("{list}[{first}].name"));
+        let message =
+            format!("{what} name `{item_name}` is already used by {list}[{first}] (line {line})");
+        r.issue(path, message);
+    } else {
+        seen.insert(item_name, i);
+    }
+}
+
 /// Checks group names; returns name -> index of the first group of each name.
 fn group_index<'p>(r: &mut Report, policy: &'p Policy) -> HashMap<&'p str, usize> {
     let mut index = HashMap::new();
     for (g, group) in policy.target_groups.iter().enumerate() {
-        let path = format!("target_groups[{g}].name");
-        name(r, &path, &group.name);
-        if let Some(&first) = index.get(group.name.as_str()) {
-            let line = r.line(&format!("target_groups[{first}].name"));
-            r.issue(
-                path,
-                format!(
-                    "target group name `{}` is already used by target_groups[{first}] (line {line})",
-                    group.name
-                ),
-            );
-        } else {
-            index.insert(group.name.as_str(), g);
-        }
+        unique_name(
+            r,
+            ("target_groups", "target group"),
+            g,
+            &group.name,
+            &mut index,
+        );
     }
     index
 }
 
-/// Checks listeners.
+/// What the listeners checked so far hold, by the index of the first.
+#[derive(Default)]
+struct Listeners<'p> {
+    names: HashMap<&'p str, usize>,
+    keys: HashMap<(IpAddr, ListenerProtocol, u16), usize>,
+    /// Group name -> the listener it is attached to.
+    attached: HashMap<&'p str, usize>,
+}
+
+/// Checks listeners; `groups` is [`group_index`]'s.
 fn listeners(r: &mut Report, policy: &Policy, groups: &HashMap<&str, usize>) {
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut keys: HashMap<(IpAddr, ListenerProtocol, u16), usize> = HashMap::new();
-    let mut attached: HashMap<&str, usize> = HashMap::new();
+    let mut seen = Listeners::default();
     for (l, listener) in policy.listeners.iter().enumerate() {
-        let at = |field: &str| format!("listeners[{l}].{field}");
-        name(r, &at("name"), &listener.name);
-        if let Some(&first) = names.get(listener.name.as_str()) {
-            let line = r.line(&format!("listeners[{first}].name"));
-            r.issue(
-                at("name"),
-                format!(
-                    "listener name `{}` is already used by listeners[{first}] (line {line})",
-                    listener.name
-                ),
-            );
-        } else {
-            names.insert(&listener.name, l);
-        }
+        unique_name(
+            r,
+            ("listeners", "listener"),
+            l,
+            &listener.name,
+            &mut seen.names,
+        );
+        listener_address(r, policy, l, &mut seen.keys);
+        listener_group(r, policy, l, groups, &mut seen.attached);
+    }
+}
 
-        if let Some(what) = not_unicast(listener.vip) {
-            r.issue(
-                at("vip"),
-                format!(
-                    "vip {} is {what}; a vip must be a unicast address",
-                    listener.vip
-                ),
-            );
-        }
-        if listener.port == 0 {
-            r.issue(at("port"), out_of_range("port", "0").unwrap_or_default());
-        }
-        let key = (listener.vip, listener.protocol, listener.port);
-        if let Some(&first) = keys.get(&key) {
-            let line = r.line(&format!("listeners[{first}]"));
-            r.issue(
-                format!("listeners[{l}]"),
-                format!(
-                    "listener `{}` has the same vip, protocol and port ({} {} {}) as listener `{}` (line {line})",
-                    listener.name,
-                    listener.vip,
-                    listener.protocol.as_str(),
-                    listener.port,
-                    policy.listeners[first].name,
-                ),
-            );
-        } else {
-            keys.insert(key, l);
-        }
+/// The vip, the port, and (vip, protocol, port) unique among listeners.
+fn listener_address(
+    r: &mut Report,
+    policy: &Policy,
+    l: usize,
+    keys: &mut HashMap<(IpAddr, ListenerProtocol, u16), usize>,
+) {
+    let listener = &policy.listeners[l];
+    let at = |field: &str| format!("listeners[{l}].{field}");
+    let vip = listener.vip;
+    if let Some(what) = not_unicast(vip) {
+        let message = format!("vip {vip} is {what}; a vip must be a unicast address");
+        r.issue(at("vip"), message);
+    }
+    if listener.port == 0 {
+        r.issue(at("port"), out_of_range("port", "0").unwrap_or_default());
+    }
+    let key = (vip, listener.protocol, listener.port);
+    let Some(&first) = keys.get(&key) else {
+        keys.insert(key, l);
+        return;
+    };
+    let line = r.line(&format!("listeners[{first}]"));
+    r.issue(
+        format!("listeners[{l}]"),
+        format!(
+            "listener `{}` has the same vip, protocol and port ({vip} {} {}) as listener `{}` \
+             (line {line})",
+            listener.name,
+            listener.protocol.as_str(),
+            listener.port,
+            policy.listeners[first].name,
+        ),
+    );
+}
 
-        let wanted = listener.target_group.as_str();
-        let Some(&g) = groups.get(wanted) else {
-            let defined: Vec<String> = policy
-                .target_groups
-                .iter()
-                .map(|g| format!("`{}`", g.name))
-                .collect();
-            let known = if defined.is_empty() {
-                "no target groups are defined".to_string()
-            } else {
-                format!("defined: {}", defined.join(", "))
-            };
-            r.issue(
-                at("target_group"),
-                format!("target group `{wanted}` does not exist ({known})"),
-            );
-            continue;
+/// The listener's group: it exists, takes the listener's protocol, and
+/// serves no other listener. `attached` maps groups to their first listener.
+fn listener_group<'p>(
+    r: &mut Report,
+    policy: &'p Policy,
+    l: usize,
+    groups: &HashMap<&str, usize>,
+    attached: &mut HashMap<&'p str, usize>,
+) {
+    let listener = &policy.listeners[l];
+    let at = format!("listeners[{l}].target_group");
+    let wanted = listener.target_group.as_str();
+    let Some(&g) = groups.get(wanted) else {
+        let defined: Vec<String> = (policy.target_groups.iter())
+            .map(|g| format!("`{}`", g.name))
+            .collect();
+        let known = if defined.is_empty() {
+            "no target groups are defined".to_string()
+        } else {
+            format!("defined: {}", defined.join(", "))
         };
-        let group = &policy.target_groups[g];
-        if !protocols_match(listener.protocol, group.protocol) {
-            let needs = match listener.protocol {
-                ListenerProtocol::Tcp => "a tcp listener needs a tcp or http target group",
-                ListenerProtocol::Udp => "a udp listener needs a udp target group",
-            };
+        r.issue(
+            at,
+            format!("target group `{wanted}` does not exist ({known})"),
+        );
+        return;
+    };
+    let group = &policy.target_groups[g];
+    if !protocols_match(listener.protocol, group.protocol) {
+        let needs = match listener.protocol {
+            ListenerProtocol::Tcp => "a tcp listener needs a tcp or http target group",
+            ListenerProtocol::Udp => "a udp listener needs a udp target group",
+        };
+        let (name, protocol) = (&listener.name, listener.protocol.as_str());
+        let group_protocol = group.protocol.as_str();
+        let message = format!(
+            "listener `{name}` is {protocol} but target group `{wanted}` is {group_protocol}: {needs}"
+        );
+        r.issue(at.clone(), message);
+    }
+    if let Some(&first) = attached.get(wanted) {
+        let line = r.line(&format!("listeners[{first}]"));
+        r.issue(
+            at,
+            format!(
+                "target group `{wanted}` is already attached to listener `{}` (line {line}): \
+                 with DSR a target group serves at most one listener",
+                policy.listeners[first].name
+            ),
+        );
+    } else {
+        attached.insert(&group.name, l);
+    }
+}
+
+/// The first listener of each vip.
+fn vip_owners(policy: &Policy) -> HashMap<IpAddr, &str> {
+    let mut owners = HashMap::new();
+    for l in &policy.listeners {
+        owners.entry(l.vip).or_insert(l.name.as_str());
+    }
+    owners
+}
+
+/// A group's rules, then its targets'; `listener` is the group's.
+fn target_group(
+    r: &mut Report,
+    g: usize,
+    group: &TargetGroup,
+    listener: Option<&Listener>,
+    vips: &HashMap<IpAddr, &str>,
+) {
+    table_size(r, g, group);
+    algorithm(r, g, group);
+    sticky_session(r, g, group);
+    health_check(r, g, group);
+    target_failover(r, g, group);
+    flow_timeouts(r, g, group);
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    for (t, target) in group.targets.iter().enumerate() {
+        let at = |field: &str| format!("target_groups[{g}].targets[{t}].{field}");
+        target_ip(r, (g, t), group, listener, vips, &mut seen);
+        if !WEIGHT.contains(target.weight) {
+            let weight = target.weight.to_string();
             r.issue(
-                at("target_group"),
-                format!(
-                    "listener `{}` is {} but target group `{wanted}` is {}: {needs}",
-                    listener.name,
-                    listener.protocol.as_str(),
-                    group.protocol.as_str(),
-                ),
+                at("weight"),
+                out_of_range("weight", &weight).unwrap_or_default(),
             );
         }
-        if let Some(&first) = attached.get(wanted) {
-            let line = r.line(&format!("listeners[{first}]"));
-            r.issue(
-                at("target_group"),
-                format!(
-                    "target group `{wanted}` is already attached to listener `{}` (line {line}): \
-                     with DSR a target group serves at most one listener",
-                    policy.listeners[first].name
-                ),
-            );
-        } else {
-            attached.insert(&group.name, l);
+        target_port(r, &at("port"), target.port, listener);
+        if let Some(port) = target.monitor_port {
+            monitor_port(r, &at("monitor_port"), port, group);
+        }
+        if let Some(mac) = target.mac {
+            target_mac(r, &at("mac"), mac);
         }
     }
 }
 
-fn target_group(
-    r: &mut Report,
-    policy: &Policy,
-    g: usize,
-    group: &TargetGroup,
-    listener: Option<&Listener>,
-) {
+/// A prime size in range, with a slot for every target.
+fn table_size(r: &mut Report, g: usize, group: &TargetGroup) {
     let at = |field: &str| format!("target_groups[{g}].{field}");
     let size = group.table_size;
     if !TABLE_SIZE.contains(size) {
-        r.issue(
-            at("table_size"),
-            out_of_range("table_size", &size.to_string()).unwrap_or_default(),
-        );
+        let message = out_of_range("table_size", &size.to_string()).unwrap_or_default();
+        r.issue(at("table_size"), message);
     } else if !is_prime(size) {
         r.issue(
             at("table_size"),
@@ -340,107 +407,91 @@ fn target_group(
             ),
         );
     }
-    if group.targets.len() > size as usize {
-        r.issue(
-            at("targets"),
-            format!(
-                "{} targets do not fit a table_size of {size}: every target needs a slot",
-                group.targets.len()
-            ),
+    let targets = group.targets.len();
+    if targets > size as usize {
+        let message = format!(
+            "{targets} targets do not fit a table_size of {size}: every target needs a slot"
         );
+        r.issue(at("targets"), message);
     }
+}
 
-    algorithm(r, g, group);
-    sticky_session(r, g, group);
-    health_check(r, g, group);
-    target_failover(r, g, group);
-    flow_timeouts(r, g, group);
+/// Target `t` of group `g`'s address: a unicast host, not a vip, once in
+/// its group (`seen`: address -> first target), of its listener's family.
+fn target_ip(
+    r: &mut Report,
+    (g, t): (usize, usize),
+    group: &TargetGroup,
+    listener: Option<&Listener>,
+    vips: &HashMap<IpAddr, &str>,
+    seen: &mut HashMap<IpAddr, usize>,
+) {
+    let at = format!("target_groups[{g}].targets[{t}].ip");
+    let ip = group.targets[t].ip;
+    if let Some(what) = not_unicast(ip) {
+        let message = format!("target {ip} is {what}; a target must be a unicast host address");
+        r.issue(at.clone(), message);
+    }
+    if let Some(owner) = vips.get(&ip) {
+        let message =
+            format!("target {ip} is the vip of listener `{owner}`; a target cannot be a vip");
+        r.issue(at.clone(), message);
+    }
+    if let Some(&first) = seen.get(&ip) {
+        let line = r.line(&format!("target_groups[{g}].targets[{first}]"));
+        let message = format!(
+            "duplicate target {ip} in target group `{}` (first at targets[{first}], line {line})",
+            group.name
+        );
+        r.issue(at.clone(), message);
+    } else {
+        seen.insert(ip, t);
+    }
+    if let Some(l) = listener
+        && ip.is_ipv4() != l.vip.is_ipv4()
+    {
+        let (family, vip_family) = (family(ip), family(l.vip));
+        let message = format!(
+            "target {ip} is {family} but listener `{}` has the {vip_family} vip {}: \
+             a target must have its vip's address family",
+            l.name, l.vip
+        );
+        r.issue(at, message);
+    }
+}
 
-    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
-    let vips: HashSet<IpAddr> = policy.listeners.iter().map(|l| l.vip).collect();
-    for (t, target) in group.targets.iter().enumerate() {
-        let at = |field: &str| format!("target_groups[{g}].targets[{t}].{field}");
-        let ip = target.ip;
-        if let Some(what) = not_unicast(ip) {
+/// A target's port: in range, and with DSR the listener's.
+fn target_port(r: &mut Report, path: &str, port: Option<u16>, listener: Option<&Listener>) {
+    match (port, listener) {
+        (Some(0), _) => {
             r.issue(
-                at("ip"),
-                format!("target {ip} is {what}; a target must be a unicast host address"),
+                path.to_string(),
+                out_of_range("port", "0").unwrap_or_default(),
             );
         }
-        if vips.contains(&ip) {
-            let owner = policy
-                .listeners
-                .iter()
-                .find(|l| l.vip == ip)
-                .map(|l| l.name.as_str())
-                .unwrap_or_default();
-            r.issue(
-                at("ip"),
-                format!("target {ip} is the vip of listener `{owner}`; a target cannot be a vip"),
-            );
-        }
-        if let Some(&first) = seen.get(&ip) {
-            let line = r.line(&format!("target_groups[{g}].targets[{first}]"));
-            r.issue(
-                at("ip"),
-                format!(
-                    "duplicate target {ip} in target group `{}` (first at targets[{first}], line {line})",
-                    group.name
-                ),
-            );
-        } else {
-            seen.insert(ip, t);
-        }
-        if let Some(l) = listener
-            && ip.is_ipv4() != l.vip.is_ipv4()
-        {
-            r.issue(
-                at("ip"),
-                format!(
-                    "target {ip} is {} but listener `{}` has the {} vip {}: \
-                     a target must have its vip's address family",
-                    family(ip),
-                    l.name,
-                    family(l.vip),
-                    l.vip
-                ),
-            );
-        }
-        if !WEIGHT.contains(target.weight) {
-            r.issue(
-                at("weight"),
-                out_of_range("weight", &target.weight.to_string()).unwrap_or_default(),
-            );
-        }
-        match (target.port, listener) {
-            (Some(0), _) => r.issue(at("port"), out_of_range("port", "0").unwrap_or_default()),
-            (Some(port), Some(l)) if port != l.port => r.issue(
-                at("port"),
-                format!(
-                    "port {port} differs from listener `{}` port {}: \
-                     with DSR the target port is the listener port",
-                    l.name, l.port
-                ),
+        (Some(port), Some(l)) if port != l.port => r.issue(
+            path.to_string(),
+            format!(
+                "port {port} differs from listener `{}` port {}: \
+                 with DSR the target port is the listener port",
+                l.name, l.port
             ),
-            _ => {}
-        }
-        if let Some(port) = target.monitor_port {
-            monitor_port(r, &at("monitor_port"), port, group);
-        }
-        if let Some(mac) = target.mac {
-            let what = if mac.is_zero() {
-                "all zeros"
-            } else if mac.is_multicast() {
-                "a multicast address"
-            } else {
-                ""
-            };
-            if !what.is_empty() {
-                let message = format!("mac {mac} is {what}; a target needs a unicast MAC");
-                r.issue(at("mac"), message);
-            }
-        }
+        ),
+        _ => {}
     }
+}
+
+/// A static MAC: unicast and not all zeros (its syntax is serde's).
+fn target_mac(r: &mut Report, path: &str, mac: Mac) {
+    let what = if mac.is_zero() {
+        "all zeros"
+    } else if mac.is_multicast() {
+        "a multicast address"
+    } else {
+        return;
+    };
+    let message = format!("mac {mac} is {what}; a target needs a unicast MAC");
+    r.issue(path.to_string(), message);
 }
 
 /// Flow timeout ranges; the FIN timeout only for TCP groups.
@@ -552,52 +603,56 @@ fn health_check(r: &mut Report, g: usize, group: &TargetGroup) {
                 .into(),
         );
     }
-    let in_range = |r: &mut Report, field: &str, value: u32, range: Range| {
-        let ok = range.contains(value);
-        if !ok {
-            r.issue(
-                at(field),
-                out_of_range(field, &value.to_string()).unwrap_or_default(),
-            );
-        }
-        ok
-    };
-    let interval_ok = in_range(r, "interval_s", hc.interval_s, INTERVAL_S);
-    let timeout_ok = in_range(r, "timeout_s", hc.timeout_s, TIMEOUT_S);
-    in_range(r, "healthy_threshold", hc.healthy_threshold, THRESHOLD);
-    in_range(r, "unhealthy_threshold", hc.unhealthy_threshold, THRESHOLD);
-    if interval_ok && timeout_ok && hc.timeout_s >= hc.interval_s {
-        let (timeout, interval) = (hc.timeout_s, hc.interval_s);
-        if r.written(&at("timeout_s")) || !r.written(&at("interval_s")) {
-            let default = if r.written(&at("interval_s")) {
-                ""
-            } else {
-                " (the default)"
-            };
-            r.issue(
-                at("timeout_s"),
-                format!("timeout_s {timeout} must be less than interval_s {interval}{default}"),
-            );
-        } else {
-            r.issue(
-                at("interval_s"),
-                format!(
-                    "interval_s {interval} must be greater than timeout_s {timeout} (the default): \
-                     set timeout_s too"
-                ),
-            );
-        }
-    }
+    check_timing(r, g, hc);
     let kind_text = if hc.kind.is_some() {
         kind.as_str().to_string()
     } else {
-        format!(
-            "{} (the default for a {} group)",
-            kind.as_str(),
-            group.protocol.as_str()
-        )
+        let protocol = group.protocol.as_str();
+        format!("{} (the default for a {protocol} group)", kind.as_str())
     };
     http_fields(r, g, hc, kind, &kind_text);
+}
+
+/// The interval, timeout and thresholds in range, and the timeout below
+/// the interval (reported at the one written, when one is a default).
+fn check_timing(r: &mut Report, g: usize, hc: &HealthCheck) {
+    let at = |field: &str| format!("target_groups[{g}].health_check.{field}");
+    let mut in_range = |field: &str, value: u32, range: Range| {
+        let ok = range.contains(value);
+        if !ok {
+            let message = out_of_range(field, &value.to_string()).unwrap_or_default();
+            r.issue(at(field), message);
+        }
+        ok
+    };
+    let interval_ok = in_range("interval_s", hc.interval_s, INTERVAL_S);
+    let timeout_ok = in_range("timeout_s", hc.timeout_s, TIMEOUT_S);
+    in_range("healthy_threshold", hc.healthy_threshold, THRESHOLD);
+    in_range("unhealthy_threshold", hc.unhealthy_threshold, THRESHOLD);
+    if !(interval_ok && timeout_ok && hc.timeout_s >= hc.interval_s) {
+        return;
+    }
+    let (timeout, interval) = (hc.timeout_s, hc.interval_s);
+    let interval_written = r.written(&at("interval_s"));
+    if r.written(&at("timeout_s")) || !interval_written {
+        let default = if interval_written {
+            ""
+        } else {
+            " (the default)"
+        };
+        r.issue(
+            at("timeout_s"),
+            format!("timeout_s {timeout} must be less than interval_s {interval}{default}"),
+        );
+    } else {
+        r.issue(
+            at("interval_s"),
+            format!(
+                "interval_s {interval} must be greater than timeout_s {timeout} (the default): \
+                 set timeout_s too"
+            ),
+        );
+    }
 }
 
 /// method, version, path and status_codes: only for http and https, and
