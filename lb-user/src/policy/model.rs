@@ -14,7 +14,7 @@ use super::limits::{
     DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT,
 };
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// The NIC `lb` attaches to; `lb run --iface` overrides it.

@@ -19,7 +19,7 @@ use super::{
     error::{Issue, PolicyError},
     limits::{self, MAX_POLICY_BYTES},
     model::Policy,
-    positions::Positions,
+    positions::{Pos, Positions},
     validate,
 };
 
@@ -96,82 +96,94 @@ fn too_large() -> String {
 /// syntax error, else a serde error. serde only sees a document whose every
 /// event passed the limits.
 fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, PolicyError> {
-    let issue = |pos: (usize, usize), path: &str, message: String| Issue {
+    PolicyError::check(index_issues(file, text, positions))?;
+    match serde_norway::from_str::<Policy>(text) {
+        Ok(policy) => Ok(policy),
+        Err(e) => serde_failure(file, text, positions, &e),
+    }
+}
+
+fn issue(file: &str, pos: Pos, path: &str, message: String) -> Issue {
+    Issue {
         file: file.to_string(),
-        line: pos.0,
-        column: pos.1,
+        line: pos.line,
+        column: pos.column,
         path: path.to_string(),
         message,
-    };
+    }
+}
+
+/// What the position index found before serde may look: a limit exceeded,
+/// else duplicate keys, else a syntax error.
+fn index_issues(file: &str, text: &str, positions: &Positions) -> Vec<Issue> {
     if let Some(limit) = positions.limit_exceeded() {
-        let pos = (limit.pos.line, limit.pos.column);
-        return Err(PolicyError::new(vec![issue(
-            pos,
-            &limit.path,
-            limit.message.clone(),
-        )]));
+        return vec![issue(file, limit.pos, &limit.path, limit.message.clone())];
     }
     let mut duplicates: Vec<Issue> = positions
         .duplicate_keys()
         .iter()
         .map(|d| {
-            issue(
-                (d.pos.line, d.pos.column),
-                &d.path,
-                format!("duplicate key `{}` (first at line {})", d.key, d.first_line),
-            )
+            let message = format!("duplicate key `{}` (first at line {})", d.key, d.first_line);
+            issue(file, d.pos, &d.path, message)
         })
         .collect();
     if let (Some(last), n @ 1..) = (duplicates.last(), positions.unlisted_duplicate_keys()) {
-        let pos = (last.line, last.column);
+        let pos = Pos {
+            line: last.line,
+            column: last.column,
+        };
         duplicates.push(issue(
+            file,
             pos,
             "",
             format!("{n} more duplicate keys after this one"),
         ));
     }
-    PolicyError::check(duplicates)?;
-
-    let invalid_yaml = |e: &serde_norway::Error| {
-        let (pos, message) = strip_location(e);
-        PolicyError::new(vec![issue(pos, "", format!("invalid yaml: {message}"))])
-    };
-    if let Some(error) = positions.syntax_error() {
-        // The limits were checked up to the error only: serde must not
-        // deserialize the rest. serde_norway's message when it finds the
-        // error too (the usual case), else yaml-rust2's.
-        return Err(match document(text) {
-            Err(e) => invalid_yaml(&e),
-            Ok(_) => PolicyError::new(vec![issue(
-                (error.pos.line, error.pos.column),
-                "",
-                format!("invalid yaml: {}", error.message),
-            )]),
-        });
+    if !duplicates.is_empty() {
+        return duplicates;
     }
-
-    let policy_err = match serde_norway::from_str::<Policy>(text) {
-        Ok(policy) => return Ok(policy),
-        Err(e) => e,
+    let Some(error) = positions.syntax_error() else {
+        return Vec::new();
     };
-    // Syntax first: serde_norway deserializes as it parses, so a broken
-    // document could otherwise come out as a misleading "missing field".
-    // (Parsed again only when the policy did not deserialize: a large valid
-    // policy is parsed once here.)
+    // The limits were checked up to the error only: serde must not
+    // deserialize the rest. serde_norway's message when it finds the error
+    // too (the usual case), else yaml-rust2's.
+    vec![match document(text) {
+        Err(e) => invalid_yaml(file, &e),
+        Ok(_) => issue(
+            file,
+            error.pos,
+            "",
+            format!("invalid yaml: {}", error.message),
+        ),
+    }]
+}
+
+fn invalid_yaml(file: &str, e: &serde_norway::Error) -> Issue {
+    let (pos, message) = strip_location(e);
+    issue(file, pos, "", format!("invalid yaml: {message}"))
+}
+
+/// What to make of serde's error `err` on `text`. Syntax first:
+/// serde_norway deserializes as it parses, so a broken document could
+/// otherwise come out as a misleading "missing field". (Parsed again only
+/// when the policy did not deserialize: a large valid policy is parsed
+/// once.)
+fn serde_failure(
+    file: &str,
+    text: &str,
+    positions: &Positions,
+    err: &serde_norway::Error,
+) -> Result<Policy, PolicyError> {
     match document(text) {
-        Err(e) => Err(invalid_yaml(&e)),
+        Err(e) => Err(PolicyError::new(vec![invalid_yaml(file, &e)])),
         // Empty, only comments, or `~`: nothing to balance, which parses.
-        Ok(None) => Ok(Policy {
-            interface: None,
-            listeners: Vec::new(),
-            target_groups: Vec::new(),
-            flow_table: None,
-        }),
+        Ok(None) => Ok(Policy::default()),
         Ok(Some(_)) => {
-            let (pos, text) = strip_location(&policy_err);
+            let (pos, text) = strip_location(err);
             let (path, message) = split_path(&text);
             let (path, message) = reword(path, message, positions);
-            Err(PolicyError::new(vec![issue(pos, &path, message)]))
+            Err(PolicyError::new(vec![issue(file, pos, &path, message)]))
         }
     }
 }
@@ -185,13 +197,13 @@ pub(super) fn document(text: &str) -> Result<Option<IgnoredAny>, serde_norway::E
 
 /// serde_norway's message without its " at line L column C", and that
 /// position (1:1 when it has none).
-fn strip_location(err: &serde_norway::Error) -> ((usize, usize), String) {
-    let pos = err
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((1, 1));
+fn strip_location(err: &serde_norway::Error) -> (Pos, String) {
+    let pos = err.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
+        line: l.line(),
+        column: l.column(),
+    });
     let mut text = err.to_string();
-    let at = format!(" at line {} column {}", pos.0, pos.1);
+    let at = format!(" at line {} column {}", pos.line, pos.column);
     if let Some(i) = text.find(&at) {
         text.replace_range(i..i + at.len(), "");
     }
