@@ -9,8 +9,8 @@
 //! - After every probe the target's [`HealthSnapshot`] in the watch channel
 //!   is updated. Receivers are woken (`changed()`) only when a target's state
 //!   changes or targets come and go, so a reaction to a transition is
-//!   immediate while 10,000 probes a second wake nobody; `borrow()` always
-//!   shows the latest counters and results.
+//!   immediate while probes that change no state wake nobody; `borrow()`
+//!   always shows the latest counters and results.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, UdpSocket},

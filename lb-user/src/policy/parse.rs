@@ -608,8 +608,7 @@ target_groups:
     }
 
     /// The shape of `tests/src/bench/scale.rs`: `groups` listeners, each to
-    /// a group of `targets` targets with a static MAC (about 4.8 MB for
-    /// 1,000 x 100).
+    /// a group of `targets` targets with a static MAC.
     fn scale_policy(groups: usize, targets: usize) -> String {
         use std::fmt::Write as _;
         let mut y = "interface: eth0\nlisteners:\n".to_string();
@@ -640,7 +639,7 @@ target_groups:
 
     #[test]
     fn the_limits_take_the_largest_realistic_policy() {
-        // The limits alone on 1,000 x 100 (a full parse of it takes seconds
+        // The limits alone on 1,000 x 100 (a full parse of it is slow
         // in a debug build); a full parse of a slice of it.
         let text = scale_policy(1000, 100);
         let positions = Positions::index(&text);
