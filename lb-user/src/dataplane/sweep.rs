@@ -52,7 +52,7 @@ use lb_common::{
 };
 
 use super::{DataplaneError, clock::Clock, map_err, mmap::Mapping, sys};
-use crate::flows::{Rules, Tally, Verdict, corrections};
+use crate::flows::{Fate, Rules, Tally, corrections};
 
 /// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
 const CHUNK: u32 = 4096;
@@ -154,7 +154,7 @@ impl<K: aya::Pod + Default> FlowTable<K> {
     fn read(&self, rules: &Rules, now: u64, tally: &mut Tally) -> std::io::Result<Vec<K>> {
         let mut stale = Vec::new();
         sys::lookup_all::<K, FlowState>(self.fd.as_fd(), CHUNK, |key, state| {
-            if tally.add(rules, state, now) != Verdict::Live {
+            if tally.add(rules, state, now) != Fate::Live {
                 stale.push(*key);
             }
         })?;
@@ -177,12 +177,12 @@ impl<K: aya::Pod + Default> FlowTable<K> {
             let Ok(state) = self.map.get(key, 0) else {
                 continue;
             };
-            let verdict = rules.verdict(&state, now);
-            let delete = verdict == Verdict::Ended
-                || (verdict == Verdict::Orphaned && !targets.usable(state.target_id));
+            let fate = rules.fate(&state, now);
+            let delete =
+                fate == Fate::Ended || (fate == Fate::Orphaned && !targets.usable(state.target_id));
             if delete && self.map.remove(key).is_ok() {
-                match verdict {
-                    Verdict::Ended => ended += 1,
+                match fate {
+                    Fate::Ended => ended += 1,
                     _ => orphans += 1,
                 }
             } else {
