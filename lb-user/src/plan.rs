@@ -98,8 +98,8 @@ pub struct PlannedTarget {
     pub ratio: f64,
     /// Slots of the group table that point at this target.
     pub slots: u32,
-    /// Where health probes go: `monitor_port`, else the check's `port`,
-    /// else the target port.
+    /// Where health probes go (`TargetGroup::monitor_port`; 0 when no port
+    /// is known).
     pub monitor_port: u16,
     pub health: PlannedHealth,
     pub excluded: Option<Exclusion>,

@@ -1,6 +1,7 @@
 //! The policy as written in YAML. Parsing (with line numbers) lives in
-//! `parse.rs`, the rules of SPEC.md in `validate.rs`; this file is only shape
-//! and defaults.
+//! `parse.rs`, the rules of SPEC.md in `validate.rs`, the limits and
+//! defaults in `limits.rs`; this file is only shape, and the values in
+//! effect where a field is optional.
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
