@@ -305,18 +305,7 @@ fn listener_group<'p>(
     let at = format!("listeners[{l}].target_group");
     let wanted = listener.target_group.as_str();
     let Some(&g) = groups.get(wanted) else {
-        let defined: Vec<String> = (policy.target_groups.iter())
-            .map(|g| format!("`{}`", g.name))
-            .collect();
-        let known = if defined.is_empty() {
-            "no target groups are defined".to_string()
-        } else {
-            format!("defined: {}", defined.join(", "))
-        };
-        r.issue(
-            at,
-            format!("target group `{wanted}` does not exist ({known})"),
-        );
+        r.issue(at, no_such_group(policy, wanted));
         return;
     };
     let group = &policy.target_groups[g];
@@ -345,6 +334,22 @@ fn listener_group<'p>(
     } else {
         attached.insert(&group.name, l);
     }
+}
+
+/// The message for a listener's group that does not exist, naming those
+/// that do.
+fn no_such_group(policy: &Policy, wanted: &str) -> String {
+    let defined: Vec<String> = policy
+        .target_groups
+        .iter()
+        .map(|g| format!("`{}`", g.name))
+        .collect();
+    let known = if defined.is_empty() {
+        "no target groups are defined".to_string()
+    } else {
+        format!("defined: {}", defined.join(", "))
+    };
+    format!("target group `{wanted}` does not exist ({known})")
 }
 
 /// The first listener of each vip.
