@@ -217,13 +217,6 @@ pub const fn flow_cache_slot(key: &FlowKey, seed: u64, mask: u32) -> u32 {
     (h >> 32) as u32 & mask
 }
 
-/// Default idle timeouts (SPEC.md "Deregistration and failover of flows").
-pub const DEFAULT_TCP_IDLE_TIMEOUT_S: u32 = 350;
-pub const DEFAULT_UDP_IDLE_TIMEOUT_S: u32 = 120;
-/// Default time a TCP flow lingers after the client's FIN (or RST) without
-/// packets before it ends.
-pub const DEFAULT_FIN_TIMEOUT_S: u32 = 10;
-
 /// Key of the listener map: (VIP, protocol, port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -427,7 +420,8 @@ pub mod record_state {
     pub const RETIRED: u8 = 2;
 }
 
-/// Longest target group name (SPEC.md: 1-63 characters).
+/// Longest target group name (SPEC.md: 1-63 characters); the policy's
+/// name rules read it.
 pub const MAX_GROUP_NAME: usize = 63;
 
 /// A group id's name (`GROUP_NAMES`, array indexed by group id; the data

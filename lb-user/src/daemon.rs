@@ -37,7 +37,7 @@ use crate::{
     ids::Ids,
     maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
-    plan::{Exclusion, Health, Mac, MapPlan, Observed},
+    plan::{Exclusion, MapPlan, Observed},
     policy::{self, HostFacts, Policy, compile::compile_next},
     state::RuntimeState,
     status,
@@ -139,20 +139,13 @@ fn dynamic_targets(policy: &Policy) -> Vec<IpAddr> {
 }
 
 type Snapshots = BTreeMap<TargetKey, HealthSnapshot>;
-type Verdicts = BTreeMap<(String, IpAddr), Health>;
+type Verdicts = BTreeMap<TargetKey, HealthState>;
 
 /// The verdicts the compiler needs, from the monitor's snapshots.
 fn verdicts(snapshots: &Snapshots) -> Verdicts {
     snapshots
         .iter()
-        .map(|(key, snap)| {
-            let health = match snap.state {
-                HealthState::Initial => Health::Initial,
-                HealthState::Healthy => Health::Healthy,
-                HealthState::Unhealthy => Health::Unhealthy,
-            };
-            ((key.group.clone(), key.ip), health)
-        })
+        .map(|(key, snap)| (key.clone(), snap.state))
         .collect()
 }
 
@@ -190,11 +183,11 @@ struct Daemon {
     policy: Policy,
     tables: TableCache,
     verdicts: Verdicts,
-    macs: watch::Receiver<BTreeMap<IpAddr, Mac>>,
+    macs: watch::Receiver<BTreeMap<IpAddr, [u8; 6]>>,
     /// MACs the adopted data plane had, for targets the neighbour watch has
     /// not reported yet: a restart must not take a target out for the
     /// moment its MAC takes to show. Kept until `inherited_until`.
-    inherited_macs: BTreeMap<IpAddr, Mac>,
+    inherited_macs: BTreeMap<IpAddr, [u8; 6]>,
     inherited_until: Option<tokio::time::Instant>,
     dataplane: Dataplane,
     /// The plan wanted: compiled from `policy` with what is observed.
@@ -309,7 +302,7 @@ impl Daemon {
         instance: Instance,
         policy: Policy,
         dataplane: Dataplane,
-        macs: watch::Receiver<BTreeMap<IpAddr, Mac>>,
+        macs: watch::Receiver<BTreeMap<IpAddr, [u8; 6]>>,
         state: RuntimeState,
         health: &watch::Receiver<Snapshots>,
     ) -> anyhow::Result<Daemon> {
@@ -725,11 +718,11 @@ fn raise_open_files_limit() {
 }
 
 async fn wait_for_macs(
-    macs: &mut watch::Receiver<BTreeMap<IpAddr, Mac>>,
+    macs: &mut watch::Receiver<BTreeMap<IpAddr, [u8; 6]>>,
     targets: &[IpAddr],
     wait: Duration,
 ) {
-    let all_known = |m: &BTreeMap<IpAddr, Mac>| targets.iter().all(|ip| m.contains_key(ip));
+    let all_known = |m: &BTreeMap<IpAddr, [u8; 6]>| targets.iter().all(|ip| m.contains_key(ip));
     let _ = tokio::time::timeout(wait, async {
         while !all_known(&macs.borrow_and_update()) {
             if macs.changed().await.is_err() {

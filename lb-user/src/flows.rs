@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{FlowState, GroupInfo, flow_flags};
 
-use crate::plan::MapPlan;
+use crate::{
+    plan::MapPlan,
+    policy::limits::{DEFAULT_FIN_TIMEOUT_S, DEFAULT_TCP_IDLE_TIMEOUT_S},
+};
 
 const NS_PER_S: u64 = 1_000_000_000;
 
@@ -74,10 +77,8 @@ impl Rules {
             .collect();
         let longest = |f: fn(&Timeouts) -> u64| groups.values().map(f).max();
         let fallback = Timeouts {
-            idle_ns: longest(|t| t.idle_ns)
-                .unwrap_or(lb_common::DEFAULT_TCP_IDLE_TIMEOUT_S as u64 * NS_PER_S),
-            fin_ns: longest(|t| t.fin_ns)
-                .unwrap_or(lb_common::DEFAULT_FIN_TIMEOUT_S as u64 * NS_PER_S),
+            idle_ns: longest(|t| t.idle_ns).unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT_S as u64 * NS_PER_S),
+            fin_ns: longest(|t| t.fin_ns).unwrap_or(DEFAULT_FIN_TIMEOUT_S as u64 * NS_PER_S),
         };
         Rules {
             by_listener,
@@ -88,13 +89,13 @@ impl Rules {
     }
 
     /// What a sweep does with an entry at data-plane time `now_ns`.
-    pub fn verdict(&self, state: &FlowState, now_ns: u64) -> Verdict {
+    pub fn fate(&self, state: &FlowState, now_ns: u64) -> Fate {
         if self.ended(state, now_ns) {
-            Verdict::Ended
+            Fate::Ended
         } else if self.retired.contains(&state.target_id) {
-            Verdict::Orphaned
+            Fate::Orphaned
         } else {
-            Verdict::Live
+            Fate::Live
         }
     }
 
@@ -110,7 +111,7 @@ impl Rules {
 
 /// What a sweep does with a flow-table entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Fate {
     Live,
     /// The flow has ended: delete it.
     Ended,
@@ -158,20 +159,20 @@ impl Tally {
 
     /// Adds one entry; returns what to do with it (the sweeper deletes the
     /// ended and orphaned ones).
-    pub fn add(&mut self, rules: &Rules, state: &FlowState, now_ns: u64) -> Verdict {
+    pub fn add(&mut self, rules: &Rules, state: &FlowState, now_ns: u64) -> Fate {
         self.entries += 1;
-        let verdict = rules.verdict(state, now_ns);
-        match verdict {
-            Verdict::Ended => self.ended += 1,
-            Verdict::Orphaned => self.orphaned += 1,
-            Verdict::Live => {
+        let fate = rules.fate(state, now_ns);
+        match fate {
+            Fate::Ended => self.ended += 1,
+            Fate::Orphaned => self.orphaned += 1,
+            Fate::Live => {
                 self.named.insert(state.target_id);
                 if state.flags & flow_flags::COUNTED != 0 && state.created_ns < self.since_ns {
                     *self.active.entry(state.target_id).or_default() += 1;
                 }
             }
         }
-        verdict
+        fate
     }
 }
 
@@ -329,9 +330,9 @@ mod tests {
                 ..state(2, flow_flags::COUNTED, 999)
             },
         ];
-        let verdicts: Vec<Verdict> = entries.iter().map(|e| tally.add(&rules, e, now)).collect();
-        use Verdict::{Ended, Live};
-        assert_eq!(verdicts, [Live, Live, Live, Ended, Live, Live]);
+        let fates: Vec<Fate> = entries.iter().map(|e| tally.add(&rules, e, now)).collect();
+        use Fate::{Ended, Live};
+        assert_eq!(fates, [Live, Live, Live, Ended, Live, Live]);
         assert_eq!((tally.entries, tally.ended), (6, 1));
         assert_eq!(tally.active, BTreeMap::from([(3, 2), (5, 1)]));
         assert_eq!(
@@ -375,7 +376,7 @@ mod tests {
         }));
         let mut tally = Tally::since(snapshot_at);
         for e in &table {
-            assert_eq!(tally.add(&rules, e, now), Verdict::Live);
+            assert_eq!(tally.add(&rules, e, now), Fate::Live);
         }
         // The data plane counted 10 and 10: nothing to correct.
         assert_eq!(corrections(&tally, &snapshot), []);
@@ -402,9 +403,9 @@ mod tests {
             target_id: 4,
             ..state(1, flow_flags::COUNTED, 1)
         };
-        assert_eq!(tally.add(&rules, &live, now), Verdict::Live);
-        assert_eq!(tally.add(&rules, &orphan, now), Verdict::Orphaned);
-        assert_eq!(tally.add(&rules, &ended_orphan, now), Verdict::Ended);
+        assert_eq!(tally.add(&rules, &live, now), Fate::Live);
+        assert_eq!(tally.add(&rules, &orphan, now), Fate::Orphaned);
+        assert_eq!(tally.add(&rules, &ended_orphan, now), Fate::Ended);
         assert_eq!((tally.orphaned, tally.ended), (1, 1));
         assert_eq!(tally.named, BTreeSet::from([3]));
         assert_eq!(

@@ -1,14 +1,131 @@
-//! Encodes a group's table (the compiler's target id per slot) into the
-//! words of its inner map, narrow or wide (`lb_common::table`). The
-//! compiler encodes each table once, as it builds it (`plan::Table`).
+//! A group's table: the target id of each slot, encoded into the words of
+//! its inner map of `GROUP_TABLES`, narrow or wide (`lb_common::table`).
+//! The compiler encodes each table once, as it builds it.
+use std::sync::Arc;
 
 use lb_common::{
     MAX_TARGETS,
     table::{self, HEADER_WORDS, MAX_MEMBERS, WIDE},
 };
 
+/// A group's table (a consistent-hash table, or a round-robin order), kept
+/// as the words the data plane reads, so that applying it copies them as
+/// they are. Shared: the table cache, each plan compiled from it and the
+/// plan the data plane holds as applied all point at one copy (tables of
+/// many groups take hundreds of MB), and comparing two plans' tables is a
+/// pointer comparison when they are the same table.
+#[derive(Clone)]
+pub struct GroupTable(Arc<[u32]>);
+
+impl GroupTable {
+    /// The table whose slot `i` names target `slots[i]`.
+    pub fn from_slots(slots: &[u32]) -> GroupTable {
+        thread_local! {
+            static NUMBERS: std::cell::RefCell<Numbers> =
+                std::cell::RefCell::default();
+        }
+        NUMBERS.with_borrow_mut(|numbers| GroupTable(encode(slots, numbers).into()))
+    }
+
+    /// The words of its map.
+    pub fn words(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// Its number of slots.
+    pub fn len(&self) -> usize {
+        self.0[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The target id in slot `i` (`i < len`).
+    pub fn get(&self, i: usize) -> u32 {
+        let words = self.words();
+        lb_common::table::slot(words[1], i as u32, |w| words.get(w as usize).copied())
+            .expect("a slot of the table")
+    }
+
+    /// The target id of every slot, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+
+    /// How many slots each target id has (id 0, an empty slot, included),
+    /// in one pass over the slots' words.
+    pub fn slot_counts(&self) -> Vec<(u32, u32)> {
+        let words = self.words();
+        let (len, header) = (words[0] as usize, words[1]);
+        if header & lb_common::table::WIDE != 0 {
+            let mut counts = std::collections::BTreeMap::<u32, u32>::new();
+            for &id in &words[lb_common::table::HEADER_WORDS as usize..] {
+                *counts.entry(id).or_default() += 1;
+            }
+            return counts.into_iter().collect();
+        }
+        // Member number n is word 2 + n; the slots follow the members.
+        let numbers = &words[lb_common::table::HEADER_WORDS as usize..];
+        let (members, slots) = numbers.split_at(1 + header as usize);
+        let mut counts = vec![0u32; members.len()];
+        for (i, &pair) in slots.iter().enumerate() {
+            counts[(pair & 0xffff) as usize] += 1;
+            if 2 * i + 1 < len {
+                counts[(pair >> 16) as usize] += 1;
+            }
+        }
+        members
+            .iter()
+            .zip(counts)
+            .filter(|&(_, n)| n > 0)
+            .map(|(&id, n)| (id, n))
+            .collect()
+    }
+
+    /// Whether both are the one shared copy.
+    pub fn ptr_eq(a: &GroupTable, b: &GroupTable) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl From<Vec<u32>> for GroupTable {
+    fn from(slots: Vec<u32>) -> GroupTable {
+        GroupTable::from_slots(&slots)
+    }
+}
+
+impl Default for GroupTable {
+    /// The empty table.
+    fn default() -> GroupTable {
+        GroupTable::from_slots(&[])
+    }
+}
+
+impl PartialEq for GroupTable {
+    fn eq(&self, other: &GroupTable) -> bool {
+        GroupTable::ptr_eq(self, other) || self.0 == other.0
+    }
+}
+
+impl Eq for GroupTable {}
+
+impl std::fmt::Debug for GroupTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupTable")
+            .field("slots", &self.len())
+            .field("header", &self.0[1])
+            .field("words", &self.0.len())
+            .finish()
+    }
+}
+
 /// Scratch space for [`encode`], kept across tables (one per thread that
-/// builds them: `plan::Table::from_slots`): the member number of each
+/// builds them: [`GroupTable::from_slots`]): the member number of each
 /// target id (0: not a member of the table at hand). Every entry is 0
 /// again after each table.
 pub(crate) struct Numbers(Vec<u16>);
@@ -144,5 +261,29 @@ mod tests {
         // One fewer member fits.
         let slots: Vec<u32> = (0..MAX_MEMBERS * 4).map(|i| 1 + i % MAX_MEMBERS).collect();
         assert_eq!(check(&slots, &mut numbers)[1], MAX_MEMBERS);
+    }
+
+    #[test]
+    fn a_table_reads_back_its_slots_and_counts_them() {
+        let narrow: Vec<u32> = (0..1021u32).map(|i| 11 + i * 7 % 3).collect();
+        let with_empty: Vec<u32> = (0..1021u32).map(|i| [0, 5, 6][(i % 3) as usize]).collect();
+        let wide: Vec<u32> = (1..=100).collect();
+        for slots in [narrow, with_empty, wide, vec![], vec![9; 7]] {
+            let table = GroupTable::from_slots(&slots);
+            assert_eq!(table.len(), slots.len());
+            assert_eq!(table.to_vec(), slots);
+            let mut want = std::collections::BTreeMap::<u32, u32>::new();
+            for &id in &slots {
+                *want.entry(id).or_default() += 1;
+            }
+            let got: std::collections::BTreeMap<u32, u32> =
+                table.slot_counts().into_iter().collect();
+            assert_eq!(got, want, "{table:?}");
+        }
+        assert_ne!(
+            GroupTable::from_slots(&[1, 2]),
+            GroupTable::from_slots(&[2, 1])
+        );
+        assert_eq!(GroupTable::default(), GroupTable::from_slots(&[]));
     }
 }

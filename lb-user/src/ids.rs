@@ -23,9 +23,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{ListenerKey, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS};
+use lb_common::ListenerKey;
 
-use crate::policy::{Policy, compile::listener_key};
+use crate::policy::{
+    Policy,
+    compile::listener_key,
+    limits::{GROUP_LIMIT, LISTENER_LIMIT, TARGET_LIMIT},
+};
 
 /// A target's identity: its group and address (every target of a group
 /// shares the group's port).
@@ -135,11 +139,11 @@ impl Ids {
             }
         }
         let retired = out.values().filter(|a| a.retired.is_some()).count();
-        let mut free = FreeIds::new(out.values().map(|a| a.id), MAX_TARGETS);
+        let mut free = FreeIds::new(out.values().map(|a| a.id), TARGET_LIMIT);
         for key in fresh {
             let id = free.next().ok_or(IdsError::Exhausted {
                 what: "targets",
-                max: MAX_TARGETS - 1,
+                max: TARGET_LIMIT,
                 retired,
             })?;
             out.insert(key, Assigned { id, retired: None });
@@ -172,14 +176,14 @@ impl Ids {
         for (name, g) in out.iter_mut() {
             g.in_policy = in_policy.contains(name.as_str());
         }
-        let mut free = FreeIds::new(out.values().map(|g| g.id), MAX_GROUPS);
+        let mut free = FreeIds::new(out.values().map(|g| g.id), GROUP_LIMIT);
         for group in &policy.target_groups {
             if out.contains_key(&group.name) {
                 continue;
             }
             let id = free.next().ok_or(IdsError::Exhausted {
                 what: "target groups",
-                max: MAX_GROUPS - 1,
+                max: GROUP_LIMIT,
                 retired: 0,
             })?;
             let group_entry = Group {
@@ -201,14 +205,14 @@ impl Ids {
             .iter()
             .filter_map(|k| Some((*k, *self.listeners.get(k)?)))
             .collect();
-        let mut free = FreeIds::new(out.values().copied(), MAX_LISTENERS);
+        let mut free = FreeIds::new(out.values().copied(), LISTENER_LIMIT);
         for key in keys {
             if out.contains_key(&key) {
                 continue;
             }
             let id = free.next().ok_or(IdsError::Exhausted {
                 what: "listeners",
-                max: MAX_LISTENERS - 1,
+                max: LISTENER_LIMIT,
                 retired: 0,
             })?;
             out.insert(key, id);
@@ -308,7 +312,7 @@ impl Ids {
     }
 }
 
-/// The lowest ids in 1..max that are not taken, in order.
+/// The lowest ids in 1..=max that are not taken, in order.
 struct FreeIds {
     taken: Vec<u32>,
     at: usize,
@@ -334,7 +338,7 @@ impl Iterator for FreeIds {
     type Item = u32;
 
     fn next(&mut self) -> Option<u32> {
-        while self.next < self.max {
+        while self.next <= self.max {
             let id = self.next;
             self.next += 1;
             while self.taken.get(self.at).is_some_and(|&t| t < id) {
@@ -481,7 +485,7 @@ mod tests {
 
     #[test]
     fn exhausted_ids_are_an_error_that_counts_the_retired() {
-        let mut free = FreeIds::new([1, 2, 4], 6);
+        let mut free = FreeIds::new([1, 2, 4], 5);
         assert_eq!(free.by_ref().collect::<Vec<_>>(), [3, 5]);
         assert_eq!(free.next(), None);
         let err = IdsError::Exhausted {

@@ -14,7 +14,7 @@
 //! permutation); the policy validator enforces it.
 use std::net::IpAddr;
 
-use crate::plan::Table;
+use crate::plan::GroupTable;
 use lb_common::hash::murmur3_words;
 
 const OFFSET_SEED: u32 = 0x4d41_4701;
@@ -82,13 +82,13 @@ impl Identity {
 /// `build` would return. Entries not used by the last compile are dropped.
 #[derive(Debug, Default)]
 pub struct TableCache {
-    tables: std::collections::HashMap<(Vec<Member>, u32), Table>,
+    tables: std::collections::HashMap<(Vec<Member>, u32), GroupTable>,
     used: std::collections::HashSet<(Vec<Member>, u32)>,
 }
 
 impl TableCache {
     /// `build(members, size)`, from the cache when possible.
-    pub fn get(&mut self, members: &[Member], size: u32) -> Table {
+    pub fn get(&mut self, members: &[Member], size: u32) -> GroupTable {
         let key = (members.to_vec(), size);
         let table = self
             .tables
@@ -101,9 +101,9 @@ impl TableCache {
 
     /// `build(members, size)` for each of `wanted`, in order, from the cache
     /// when possible. The tables not in the cache are built on all CPUs at
-    /// once (1,000 tables of 65537 slots: about 1 s on one core), and are the
+    /// once (a start or a change to many groups builds many), and are the
     /// same tables `build` gives one at a time.
-    pub fn get_all(&mut self, wanted: &[(&[Member], u32)]) -> Vec<Table> {
+    pub fn get_all(&mut self, wanted: &[(&[Member], u32)]) -> Vec<GroupTable> {
         let mut seen = std::collections::HashSet::new();
         let missing: Vec<(Vec<Member>, u32)> = wanted
             .iter()
@@ -115,7 +115,7 @@ impl TableCache {
             .min(missing.len());
         if threads > 1 {
             // Worker `k` builds every `threads`-th missing table from `k` on.
-            let built: Vec<(usize, Table)> = std::thread::scope(|scope| {
+            let built: Vec<(usize, GroupTable)> = std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..threads)
                     .map(|k| {
                         let missing = &missing;
@@ -124,7 +124,7 @@ impl TableCache {
                                 .step_by(threads)
                                 .map(|i| {
                                     let (members, size) = &missing[i];
-                                    (i, Table::from(build(members, *size)))
+                                    (i, GroupTable::from(build(members, *size)))
                                 })
                                 .collect::<Vec<_>>()
                         })
@@ -164,22 +164,19 @@ impl TableCache {
 /// only when no member has a positive weight.
 ///
 /// Cost: walking the permutations visits about `size * ln(size)` candidate
-/// slots in all, most of them for the last free slots, and the whole build
-/// is bound by the instructions per claim and per candidate more than by
-/// memory (a claim in a 65537-slot table costs only about 20 % more than in
-/// a 4093-slot one, whose arrays fit in L1). So:
+/// slots in all, most of them for the last free slots, and the build is
+/// bound by the instructions per claim and per candidate more than by
+/// memory. So:
 /// - the walk looks at a block of candidates at a time (their addresses do
 ///   not depend on each other, so their loads overlap, and one branch ends
-///   the block): 2 while under 30 % of the slots are taken, 4 up to 60 %,
-///   then 8 (the fewer candidates a claim needs, the smaller the block that
-///   pays; each size measured fastest in its range);
+///   the block), larger as the table fills (the fewer candidates a claim
+///   needs, the smaller the block that pays);
 /// - `taken` has a mirror half, so that a candidate needs no reduction
 ///   modulo size, and the first candidate of a block is the block's slot
 ///   itself (no addition);
 /// - turns go by whole rounds (at most one turn per member) with no check
 ///   per turn until a round could reach the endgame, and with equal weights
-///   (the usual case) with no credit bookkeeping either (measured: 12 % of
-///   the build);
+///   (the usual case) with no credit bookkeeping either;
 /// - once few slots are free ([`scan_below`]) a member's claim scans the free
 ///   slots instead, taking the one earliest in its permutation: the same slot
 ///   the walk would reach, since every slot before a member's cursor is
@@ -197,7 +194,7 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
     members.sort_by_key(|m| m.identity);
     let max_weight = members.iter().map(|m| m.weight).max().unwrap_or(1) as u64;
     // One record per member with everything a turn touches (fewer live
-    // pointers in the loop: measurably faster).
+    // pointers in the loop).
     let mut walks: Vec<Walk> = members
         .iter()
         .map(|m| Walk::new(m.identity.permutation(size), size, m.weight as u64, m.id))
@@ -287,8 +284,7 @@ fn walk_round<const EQUAL: bool, const B: usize>(
 /// How many free slots are left when claims switch from walking a
 /// permutation (about size / free candidates per claim) to scanning the free
 /// slots (free candidates per claim, each a multiplication and a modulo).
-/// The two costs per claim meet near sqrt(0.3 * size) free slots: 140 of
-/// 65537 (measured at 100 targets: 0.15 as fast, 0.6 and 0.7 1-2 % slower).
+/// The two costs per claim meet near sqrt(0.3 * size) free slots.
 fn scan_below(size: u32) -> u32 {
     ((size as f64 * 0.3).sqrt() as u32).max(1)
 }
@@ -565,11 +561,9 @@ mod tests {
     }
 
     /// Removing one of N targets moves its own 1/N of the slots plus a small
-    /// share of the others'. Measured with 65537 slots (worst over 20 removed
-    /// targets): 1.005/N at N=5, 1.02/N at N=10, 1.08/N at N=20, 1.6/N at
-    /// N=100, 7.3/N at N=1000 (only 65 slots per target: use a larger table).
-    /// Asserted: the removed target's slots all move, and at most 2/N in all
-    /// for N <= 100.
+    /// share of the others', which grows with N (few slots per target: use
+    /// a larger table). Asserted: the removed target's slots all move, and
+    /// at most 2/N in all for N <= 100.
     #[test]
     fn removing_one_of_n_moves_about_one_nth() {
         for n in [5u32, 10, 20, 100] {
@@ -691,7 +685,7 @@ mod tests {
         }
         assert_eq!(cache.len(), 10, "9 sets at 1021 slots, one at 4099");
         assert!(
-            Table::ptr_eq(&tables[3], &tables[9]),
+            GroupTable::ptr_eq(&tables[3], &tables[9]),
             "one table for one key"
         );
         cache.end_round();

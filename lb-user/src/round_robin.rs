@@ -20,8 +20,8 @@ use crate::maglev::Member;
 /// Longest order: the largest group table the data plane is built for.
 pub const MAX_ORDER_LEN: u32 = MAX_TABLE_SIZE;
 
-/// Steps x members the exact order may cost (about 50 ms); larger groups
-/// take the order by weight class (below).
+/// Steps x members the exact order may cost; larger groups take the order
+/// by weight class (below).
 const EXACT_BUDGET: u64 = 1 << 26;
 
 /// The smooth weighted round-robin order of `members` (target ids; members

@@ -116,11 +116,8 @@ impl RuntimeState {
         self.health
             .iter()
             .filter_map(|v| {
-                let state = match v.state.as_str() {
-                    "healthy" => HealthState::Healthy,
-                    "unhealthy" => HealthState::Unhealthy,
-                    _ => return None,
-                };
+                let state =
+                    HealthState::from_name(&v.state).filter(|s| *s != HealthState::Initial)?;
                 let key = TargetKey {
                     group: v.group.clone(),
                     ip: v.ip,

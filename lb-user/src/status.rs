@@ -11,22 +11,15 @@ use crate::{
     flows,
     health::{self, HealthSnapshot, TargetKey},
     neighbors,
-    plan::{Exclusion, Health, MapPlan, TargetHealth},
+    plan::{Exclusion, MapPlan, PlannedHealth},
     policy::{self, Policy},
 };
-
-fn lower<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
-}
 
 /// A group's `sticky_session` as status shows it.
 fn sticky_status(group: &policy::TargetGroup) -> Option<StickyStatus> {
     group.sticky_session.map(|s| StickyStatus {
         enabled: s.enabled,
-        kind: lower(&s.kind),
+        kind: s.kind.as_str().to_string(),
         duration_s: s.duration_s,
         state: match (s.enabled, group.algorithm) {
             (false, _) => "off",
@@ -83,7 +76,7 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
             ListenerStatus {
                 name: l.name.clone(),
                 vip: l.vip.to_string(),
-                protocol: lower(&l.protocol),
+                protocol: l.protocol.as_str().to_string(),
                 port: l.port,
                 target_group: l.target_group.clone(),
                 packets: stats.packets,
@@ -96,16 +89,9 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
         .target_groups
         .iter()
         .map(|g| {
-            let listener = policy
-                .listeners
-                .iter()
-                .find(|l| l.target_group == g.name)
-                .map(|l| l.name.clone());
-            let listener_port = policy
-                .listeners
-                .iter()
-                .find(|l| l.target_group == g.name)
-                .map(|l| l.port);
+            let attached = policy.listener_of(&g.name);
+            let listener = attached.map(|l| l.name.clone());
+            let listener_port = attached.map(|l| l.port);
             let targets = plan
                 .targets
                 .iter()
@@ -114,10 +100,8 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
                     let stats = dataplane.target_stats(t.id).unwrap_or_default();
                     let state = match (&listener, t.health) {
                         (None, _) => "unused",
-                        (_, TargetHealth::Unchecked) => "unchecked",
-                        (_, TargetHealth::Checked(Health::Initial)) => "initial",
-                        (_, TargetHealth::Checked(Health::Healthy)) => "healthy",
-                        (_, TargetHealth::Checked(Health::Unhealthy)) => "unhealthy",
+                        (_, PlannedHealth::Unchecked) => "unchecked",
+                        (_, PlannedHealth::Checked(state)) => state.as_str(),
                     };
                     let snapshot = health.get(&TargetKey {
                         group: g.name.clone(),
@@ -158,9 +142,9 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
                 .collect();
             GroupStatus {
                 name: g.name.clone(),
-                protocol: lower(&g.protocol),
-                algorithm: lower(&g.algorithm),
-                affinity: lower(&g.affinity),
+                protocol: g.protocol.as_str().to_string(),
+                algorithm: g.algorithm.as_str().to_string(),
+                affinity: g.affinity.as_str().to_string(),
                 table_size: g.table_size,
                 listener,
                 health_check: g.health_check.as_ref().map(|h| {
@@ -168,14 +152,14 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
                     let http = matches!(kind, policy::CheckType::Http | policy::CheckType::Https);
                     HealthCheckStatus {
                         enabled: h.enabled,
-                        kind: lower(&kind),
+                        kind: kind.as_str().to_string(),
                         port: h.port.or(listener_port).unwrap_or(0),
                         interval_s: h.interval_s,
                         timeout_s: h.timeout_s,
                         healthy_threshold: h.healthy_threshold,
                         unhealthy_threshold: h.unhealthy_threshold,
-                        method: http.then(|| lower(&h.method())),
-                        version: http.then(|| lower(&h.version())),
+                        method: http.then(|| h.method().as_str().to_string()),
+                        version: http.then(|| h.version().as_str().to_string()),
                         path: http.then(|| h.path().to_string()),
                         status_codes: http.then(|| h.status_codes().to_string()),
                     }

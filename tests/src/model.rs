@@ -80,7 +80,7 @@ pub struct Flow {
 
 /// A group table and the least-connections candidate pairs it gives (as
 /// the table's target ids: a pair is translated when it is used).
-type PairsOf = (lb_user::plan::Table, Vec<(u32, u32)>);
+type PairsOf = (lb_user::plan::GroupTable, Vec<(u32, u32)>);
 
 /// A client's sticky session (`STICKY`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -262,8 +262,10 @@ mod tests {
         let policy =
             lb_user::policy::parse("lab.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(
-            policy.target_groups[0].targets[0].mac.as_deref(),
-            Some("02:00:00:00:00:11")
+            policy.target_groups[0].targets[0]
+                .mac
+                .map(|m| m.to_string()),
+            Some("02:00:00:00:00:11".to_string())
         );
         assert!(!yaml.contains("affinity"));
     }

@@ -17,6 +17,7 @@ use lb_tests::{
     packets::{Frame, LB_MAC, tcp_flags::*},
 };
 use lb_user::{
+    health::HealthState,
     plan::{MapPlan, Observed},
     policy,
 };
@@ -277,6 +278,10 @@ fn round_robin_honours_weight_zero_and_health() {
         "    algorithm: round_robin\n    health_check: { type: tcp, interval_s: 2, timeout_s: 1 }",
     );
     let policy = policy::parse("a.yaml", &checked).unwrap();
+    let web = |ip: &str| lb_user::ids::TargetKey {
+        group: "web".into(),
+        ip: ip.parse().unwrap(),
+    };
     let mut observed = Observed {
         iface_mac: LB_MAC,
         neighbors: policy.target_groups[0]
@@ -287,23 +292,18 @@ fn round_robin_honours_weight_zero_and_health() {
         ..Default::default()
     };
     for (ip, health) in [
-        ("10.0.3.11", lb_user::plan::Health::Unhealthy),
-        ("10.0.3.12", lb_user::plan::Health::Healthy),
-        ("10.0.3.13", lb_user::plan::Health::Healthy),
+        ("10.0.3.11", HealthState::Unhealthy),
+        ("10.0.3.12", HealthState::Healthy),
+        ("10.0.3.13", HealthState::Healthy),
     ] {
-        observed
-            .health
-            .insert(("web".into(), ip.parse().unwrap()), health);
+        observed.health.insert(web(ip), health);
     }
     h.apply_policy(&policy, &observed);
     assert_eq!(h.order(), ts([12, 13, 12]));
     let got: BTreeSet<TargetKey> = (0..30u16).map(|i| h.syn("10.0.4.2", 40000 + i)).collect();
     assert_eq!(got, ts([12, 13]).into_iter().collect());
     for ip in ["10.0.3.12", "10.0.3.13"] {
-        observed.health.insert(
-            ("web".into(), ip.parse().unwrap()),
-            lb_user::plan::Health::Unhealthy,
-        );
+        observed.health.insert(web(ip), HealthState::Unhealthy);
     }
     h.apply_policy(&policy, &observed);
     assert!(h.plan.groups[0].last_resort);

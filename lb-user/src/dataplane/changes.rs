@@ -23,7 +23,7 @@ use lb_common::{
 
 use crate::{
     ids::Ids,
-    plan::{MapPlan, Table},
+    plan::{GroupTable, MapPlan},
     policy::compile::{addr_words, family_of},
 };
 
@@ -38,7 +38,7 @@ pub struct Held {
     pub targets: Option<HashMap<u32, TargetInfo>>,
     /// Group settings and tables by id; None when unknown: every group is
     /// written and every other group id cleared.
-    pub groups: Option<HashMap<u32, (GroupInfo, Table)>>,
+    pub groups: Option<HashMap<u32, (GroupInfo, GroupTable)>>,
 }
 
 impl Held {
@@ -75,7 +75,7 @@ pub struct Changes {
     pub target_records: Vec<(u32, TargetRecord)>,
     pub targets: Vec<(u32, TargetInfo)>,
     pub group_infos: Vec<(u32, GroupInfo)>,
-    pub tables: Vec<(u32, Table)>,
+    pub tables: Vec<(u32, GroupTable)>,
     /// The port filter while old and new listeners may both be in the map.
     pub ports_during: Option<ListenerPorts>,
     pub listener_slots: Vec<(u32, ListenerSlot)>,

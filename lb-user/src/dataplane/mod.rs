@@ -43,7 +43,7 @@ use lb_common::{
 
 use crate::{
     ids::{Ids, TargetKey},
-    plan::{MapPlan, Table},
+    plan::{GroupTable, MapPlan},
 };
 use changes::{Changes, Held};
 use clock::Clock;
@@ -829,7 +829,7 @@ impl Dataplane {
     /// uses the old table when the call returns), and one wait per batch
     /// instead of one per table makes the first apply of 1,000 groups take
     /// milliseconds, not seconds.
-    fn swap_tables(&mut self, tables: &[(u32, Table)]) -> Result<(), DataplaneError> {
+    fn swap_tables(&mut self, tables: &[(u32, GroupTable)]) -> Result<(), DataplaneError> {
         if tables.is_empty() {
             return Ok(());
         }
@@ -1265,7 +1265,7 @@ impl Dataplane {
 /// memory-mappable and filled through the mapping (one copy instead of one
 /// syscall per element), and is not visible to the program until the caller
 /// swaps it in.
-fn build_table(table: &Table) -> Result<MapData, DataplaneError> {
+fn build_table(table: &GroupTable) -> Result<MapData, DataplaneError> {
     let name = names::GROUP_TABLES;
     let words = table.words();
     let entries = lb_common::table::elements(words[0], words[1]);

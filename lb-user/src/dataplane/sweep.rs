@@ -52,7 +52,7 @@ use lb_common::{
 };
 
 use super::{DataplaneError, clock::Clock, map_err, mmap::Mapping, sys};
-use crate::flows::{Rules, Tally, Verdict, corrections};
+use crate::flows::{Fate, Rules, Tally, corrections};
 
 /// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
 const CHUNK: u32 = 4096;
@@ -137,16 +137,16 @@ impl Default for SweepReport {
     }
 }
 
-struct Table<K> {
+struct FlowTable<K> {
     fd: OwnedFd,
     map: BpfHashMap<MapData, K, FlowState>,
 }
 
-impl<K: aya::Pod + Default> Table<K> {
-    fn open(data: &MapData, name: &'static str) -> Result<Table<K>, DataplaneError> {
+impl<K: aya::Pod + Default> FlowTable<K> {
+    fn open(data: &MapData, name: &'static str) -> Result<FlowTable<K>, DataplaneError> {
         let (fd, own) = dup(data, name)?;
         let map = BpfHashMap::try_from(Map::LruHashMap(own)).map_err(map_err(name))?;
-        Ok(Table { fd, map })
+        Ok(FlowTable { fd, map })
     }
 
     /// Reads every entry into `tally` (`now`: data-plane time); returns the
@@ -154,7 +154,7 @@ impl<K: aya::Pod + Default> Table<K> {
     fn read(&self, rules: &Rules, now: u64, tally: &mut Tally) -> std::io::Result<Vec<K>> {
         let mut stale = Vec::new();
         sys::lookup_all::<K, FlowState>(self.fd.as_fd(), CHUNK, |key, state| {
-            if tally.add(rules, state, now) != Verdict::Live {
+            if tally.add(rules, state, now) != Fate::Live {
                 stale.push(*key);
             }
         })?;
@@ -177,12 +177,12 @@ impl<K: aya::Pod + Default> Table<K> {
             let Ok(state) = self.map.get(key, 0) else {
                 continue;
             };
-            let verdict = rules.verdict(&state, now);
-            let delete = verdict == Verdict::Ended
-                || (verdict == Verdict::Orphaned && !targets.usable(state.target_id));
+            let fate = rules.fate(&state, now);
+            let delete =
+                fate == Fate::Ended || (fate == Fate::Orphaned && !targets.usable(state.target_id));
             if delete && self.map.remove(key).is_ok() {
-                match verdict {
-                    Verdict::Ended => ended += 1,
+                match fate {
+                    Fate::Ended => ended += 1,
                     _ => orphans += 1,
                 }
             } else {
@@ -232,8 +232,8 @@ pub(super) struct SweptMaps<'a> {
 /// Walks the flow tables and corrects the active counts (see the module
 /// documentation). `Send`: it runs on its own thread.
 pub struct FlowSweeper {
-    v4: Table<FlowKeyV4>,
-    v6: Table<FlowKey>,
+    v4: FlowTable<FlowKeyV4>,
+    v6: FlowTable<FlowKey>,
     sticky: (OwnedFd, BpfHashMap<MapData, StickyKey, StickyState>),
     targets: Targets,
     active: Arc<ActiveCounts>,
@@ -252,8 +252,8 @@ impl FlowSweeper {
         let (_, targets) = dup(maps.targets, names::TARGETS)?;
         let targets = Array::try_from(Map::Array(targets)).map_err(map_err(names::TARGETS))?;
         Ok(FlowSweeper {
-            v4: Table::open(maps.v4, names::FLOWS_V4)?,
-            v6: Table::open(maps.v6, names::FLOWS_V6)?,
+            v4: FlowTable::open(maps.v4, names::FLOWS_V4)?,
+            v6: FlowTable::open(maps.v6, names::FLOWS_V6)?,
             sticky: (sticky_fd, sticky),
             targets: Targets(targets),
             active,

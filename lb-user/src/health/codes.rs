@@ -3,9 +3,7 @@
 //! and the dash are allowed (`201, 202`, as the seed documents write it).
 use std::fmt;
 
-/// Lowest and highest status code a check may expect.
-pub const MIN_CODE: u16 = 100;
-pub const MAX_CODE: u16 = 599;
+use crate::policy::limits::STATUS_CODE;
 
 /// A parsed status-code expression: a list of inclusive ranges, in the order
 /// written (a single code is a range of one).
@@ -62,7 +60,7 @@ impl StatusCodes {
 }
 
 impl Default for StatusCodes {
-    /// 200-399 (`policy::DEFAULT_STATUS_CODES`).
+    /// 200-399 (`policy::limits::DEFAULT_STATUS_CODES`).
     fn default() -> Self {
         StatusCodes {
             ranges: vec![(200, 399)],
@@ -95,10 +93,8 @@ fn code(text: &str) -> Result<u16, String> {
         ));
     }
     match text.parse::<u16>() {
-        Ok(c) if (MIN_CODE..=MAX_CODE).contains(&c) => Ok(c),
-        _ => Err(format!(
-            "status code {text} is out of range {MIN_CODE}-{MAX_CODE}"
-        )),
+        Ok(c) if STATUS_CODE.contains(c) => Ok(c),
+        _ => Err(format!("status code {text} is out of range {STATUS_CODE}")),
     }
 }
 
@@ -178,7 +174,7 @@ mod tests {
     fn default_is_200_to_399() {
         assert_eq!(
             StatusCodes::default(),
-            StatusCodes::parse(crate::policy::DEFAULT_STATUS_CODES).unwrap()
+            StatusCodes::parse(crate::policy::limits::DEFAULT_STATUS_CODES).unwrap()
         );
     }
 }

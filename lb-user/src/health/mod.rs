@@ -16,4 +16,4 @@ mod tests;
 pub use codes::StatusCodes;
 pub use monitor::{HealthMonitor, HealthSnapshot, TargetCheck, TargetKey, checks, probe_source};
 pub use probe::{HttpProbe, ProbeSpec, Prober, probe};
-pub use state::{HealthState, ProbeResult, TargetHealth, Transition};
+pub use state::{HealthState, HealthTracker, ProbeResult, Transition};

@@ -9,8 +9,8 @@
 //! - After every probe the target's [`HealthSnapshot`] in the watch channel
 //!   is updated. Receivers are woken (`changed()`) only when a target's state
 //!   changes or targets come and go, so a reaction to a transition is
-//!   immediate while 10,000 probes a second wake nobody; `borrow()` always
-//!   shows the latest counters and results.
+//!   immediate while probes that change no state wake nobody; `borrow()`
+//!   always shows the latest counters and results.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     probe::{ProbeSpec, Prober},
-    state::{HealthState, ProbeResult, TargetHealth, fmt_duration},
+    state::{HealthState, HealthTracker, ProbeResult, fmt_duration},
 };
 use crate::policy::{CheckType, Policy};
 
@@ -51,8 +51,7 @@ pub struct HealthSnapshot {
     pub last_latency: Option<Duration>,
     /// The port probed; None for ping (ICMP has no port).
     pub monitor_port: Option<u16>,
-    /// `tcp`, `http`, `https` or `ping`.
-    pub kind: &'static str,
+    pub kind: CheckType,
 }
 
 /// One target's check, resolved from the policy (defaults applied).
@@ -68,11 +67,10 @@ pub struct TargetCheck {
 }
 
 /// The checks a policy asks for: every target of every group whose
-/// `health_check` is present and enabled. The monitor port of a target is
-/// its `monitor_port`, else the group's `health_check.port`, else the
-/// target's port, else the port of the group's listener; a tcp or http(s)
-/// check whose port cannot be known (a group attached to no listener, with
-/// no port written) is left out. Pure.
+/// `health_check` is present and enabled, on its monitor port
+/// (`TargetGroup::monitor_port`); a tcp or http(s) check whose port cannot
+/// be known (a group attached to no listener, with no port written) is left
+/// out. Pure.
 pub fn checks(policy: &Policy) -> BTreeMap<TargetKey, TargetCheck> {
     let mut out = BTreeMap::new();
     for group in &policy.target_groups {
@@ -87,18 +85,10 @@ pub fn checks(policy: &Policy) -> BTreeMap<TargetKey, TargetCheck> {
                 continue;
             }
         };
-        let listener_port = policy
-            .listeners
-            .iter()
-            .find(|l| l.target_group == group.name)
-            .map(|l| l.port);
+        let listener = policy.listener_of(&group.name);
         let is_ping = hc.kind_for(group.protocol) == CheckType::Ping;
         for target in &group.targets {
-            let port = target
-                .monitor_port
-                .or(hc.port)
-                .or(target.port)
-                .or(listener_port);
+            let port = group.monitor_port(target, listener);
             if !is_ping && port.is_none() {
                 debug!(group = %group.name, target = %target.ip,
                     "not checked: no monitor port (the group has no listener)");
@@ -268,7 +258,7 @@ async fn probe_loop(
     alive: Arc<AtomicBool>,
 ) {
     let addr = SocketAddr::new(key.ip, check.port.unwrap_or(0));
-    let mut health = TargetHealth::new(check.healthy_threshold, check.unhealthy_threshold)
+    let mut tracker = HealthTracker::new(check.healthy_threshold, check.unhealthy_threshold)
         .with_timeout(check.timeout)
         .with_state(first);
     let first = Instant::now() + offset(&key, check.interval);
@@ -290,10 +280,10 @@ async fn probe_loop(
                 detail: format!("timeout after {}", fmt_duration(check.timeout)),
             },
         };
-        let transition = health.observe(std::time::Instant::now(), &result);
+        let transition = tracker.observe(std::time::Instant::now(), &result);
         if let Some(t) = transition {
             let port = check.port.map(|p| format!(":{p}")).unwrap_or_default();
-            let kind = check.spec.kind();
+            let kind = check.spec.kind().as_str();
             let (group, ip, detail) = (&key.group, key.ip, &result.detail);
             if t.to == HealthState::Unhealthy {
                 warn!(%group, target = %ip, check = kind, from = %t.from, to = %t.to,
@@ -303,7 +293,7 @@ async fn probe_loop(
                     "target {ip}{port} of group {group} is {} (was {}): {kind} check: {detail}", t.to, t.from);
             }
         }
-        let snapshot = snapshot(&health, &check);
+        let snapshot = snapshot(&tracker, &check);
         tx.send_if_modified(|map| {
             if !alive.load(Ordering::Acquire) {
                 return false;
@@ -333,14 +323,14 @@ fn initial_snapshot(check: &TargetCheck, state: HealthState) -> HealthSnapshot {
     }
 }
 
-fn snapshot(health: &TargetHealth, check: &TargetCheck) -> HealthSnapshot {
+fn snapshot(tracker: &HealthTracker, check: &TargetCheck) -> HealthSnapshot {
     HealthSnapshot {
-        state: health.state(),
-        consecutive_successes: health.consecutive_successes(),
-        consecutive_failures: health.consecutive_failures(),
-        last_result: health.last_result().map(str::to_string),
-        last_ok: health.last_ok(),
-        last_latency: health.last_latency(),
+        state: tracker.state(),
+        consecutive_successes: tracker.consecutive_successes(),
+        consecutive_failures: tracker.consecutive_failures(),
+        last_result: tracker.last_result().map(str::to_string),
+        last_ok: tracker.last_ok(),
+        last_latency: tracker.last_latency(),
         monitor_port: check.port,
         kind: check.spec.kind(),
     }

@@ -100,13 +100,13 @@ impl ProbeSpec {
         })
     }
 
-    /// `tcp`, `http`, `https` or `ping`.
-    pub fn kind(&self) -> &'static str {
+    /// The check type it probes for.
+    pub fn kind(&self) -> CheckType {
         match self {
-            ProbeSpec::Tcp => "tcp",
-            ProbeSpec::Http(h) if h.tls => "https",
-            ProbeSpec::Http(_) => "http",
-            ProbeSpec::Ping => "ping",
+            ProbeSpec::Tcp => CheckType::Tcp,
+            ProbeSpec::Http(h) if h.tls => CheckType::Https,
+            ProbeSpec::Http(_) => CheckType::Http,
+            ProbeSpec::Ping => CheckType::Ping,
         }
     }
 }

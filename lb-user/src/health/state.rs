@@ -8,7 +8,7 @@
 //! its state.
 use std::time::{Duration, Instant};
 
-/// What one probe found. Probers build these; [`TargetHealth::observe`]
+/// What one probe found. Probers build these; [`HealthTracker::observe`]
 /// judges them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -20,6 +20,8 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
+/// A target's health: the state machine's state, the verdict the compiler
+/// takes, the state the runtime state file keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HealthState {
     /// Registered, no verdict yet.
@@ -29,6 +31,17 @@ pub enum HealthState {
 }
 
 impl HealthState {
+    pub const ALL: [HealthState; 3] = [
+        HealthState::Initial,
+        HealthState::Healthy,
+        HealthState::Unhealthy,
+    ];
+
+    /// The state named `name` ([`HealthState::as_str`]), if any.
+    pub fn from_name(name: &str) -> Option<HealthState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// `initial`, `healthy`, `unhealthy` (SPEC.md "Target states").
     pub fn as_str(self) -> &'static str {
         match self {
@@ -61,8 +74,10 @@ pub struct Observation {
     pub detail: String,
 }
 
+/// One target's health state machine: counts consecutive probe results
+/// against the thresholds.
 #[derive(Debug, Clone)]
-pub struct TargetHealth {
+pub struct HealthTracker {
     healthy_threshold: u32,
     unhealthy_threshold: u32,
     /// Answers slower than this are failures; None: no limit here (the
@@ -74,10 +89,10 @@ pub struct TargetHealth {
     last: Option<Observation>,
 }
 
-impl TargetHealth {
+impl HealthTracker {
     /// A target with no verdict yet. Thresholds below 1 count as 1.
     pub fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
-        TargetHealth {
+        HealthTracker {
             healthy_threshold: healthy_threshold.max(1),
             unhealthy_threshold: unhealthy_threshold.max(1),
             timeout: None,
@@ -211,7 +226,7 @@ mod tests {
     /// Feeds `results` one second apart; returns the state after each, and
     /// the transitions with the step (0-based) that caused them.
     fn drive(
-        h: &mut TargetHealth,
+        h: &mut HealthTracker,
         results: &[ProbeResult],
     ) -> (Vec<HealthState>, Vec<(usize, Transition)>) {
         let t0 = Instant::now();
@@ -234,7 +249,7 @@ mod tests {
 
     #[test]
     fn initial_to_healthy_after_healthy_threshold_successes() {
-        let mut h = TargetHealth::new(3, 2);
+        let mut h = HealthTracker::new(3, 2);
         assert_eq!(h.state(), Initial);
         assert_eq!(h.last_result(), None);
         let (states, transitions) = drive(&mut h, &[ok(), ok(), ok(), ok()]);
@@ -249,7 +264,7 @@ mod tests {
 
     #[test]
     fn initial_to_unhealthy_after_unhealthy_threshold_failures() {
-        let mut h = TargetHealth::new(5, 2);
+        let mut h = HealthTracker::new(5, 2);
         let (states, transitions) = drive(&mut h, &[fail(), fail(), fail()]);
         assert_eq!(states, [Initial, Unhealthy, Unhealthy]);
         assert_eq!(transitions, [(1, tr(Initial, Unhealthy))]);
@@ -260,7 +275,7 @@ mod tests {
 
     #[test]
     fn healthy_to_unhealthy_and_back() {
-        let mut h = TargetHealth::new(2, 3);
+        let mut h = HealthTracker::new(2, 3);
         let seq = [ok(), ok(), fail(), fail(), fail(), ok(), ok()];
         let (states, transitions) = drive(&mut h, &seq);
         assert_eq!(
@@ -283,7 +298,7 @@ mod tests {
     fn flapping_keeps_the_state() {
         // A success resets the failure count and vice versa: alternating
         // results never reach a threshold of 2.
-        let mut h = TargetHealth::new(2, 2);
+        let mut h = HealthTracker::new(2, 2);
         drive(&mut h, &[ok(), ok()]);
         assert_eq!(h.state(), Healthy);
         let (states, transitions) = drive(&mut h, &[fail(), ok(), fail(), ok(), fail()]);
@@ -292,21 +307,21 @@ mod tests {
         assert_eq!(h.consecutive_failures(), 1);
         assert_eq!(h.consecutive_successes(), 0);
 
-        let mut h = TargetHealth::new(2, 2);
+        let mut h = HealthTracker::new(2, 2);
         drive(&mut h, &[fail(), fail()]);
         let (states, transitions) = drive(&mut h, &[ok(), fail(), ok(), fail()]);
         assert_eq!(states, [Unhealthy; 4]);
         assert!(transitions.is_empty());
 
         // From initial: no verdict while flapping.
-        let mut h = TargetHealth::new(2, 2);
+        let mut h = HealthTracker::new(2, 2);
         let (states, _) = drive(&mut h, &[ok(), fail(), ok(), fail()]);
         assert_eq!(states, [Initial; 4]);
     }
 
     #[test]
     fn thresholds_of_one() {
-        let mut h = TargetHealth::new(1, 1);
+        let mut h = HealthTracker::new(1, 1);
         let (states, transitions) = drive(&mut h, &[ok(), fail(), ok()]);
         assert_eq!(states, [Healthy, Unhealthy, Healthy]);
         assert_eq!(
@@ -318,7 +333,7 @@ mod tests {
             ]
         );
         // Zero is taken as one rather than "healthy before any probe".
-        let mut h = TargetHealth::new(0, 0);
+        let mut h = HealthTracker::new(0, 0);
         assert_eq!(h.state(), Initial);
         drive(&mut h, &[fail()]);
         assert_eq!(h.state(), Unhealthy);
@@ -326,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_late_success_is_a_failure() {
-        let mut h = TargetHealth::new(1, 1).with_timeout(Duration::from_secs(1));
+        let mut h = HealthTracker::new(1, 1).with_timeout(Duration::from_secs(1));
         let late = ProbeResult {
             ok: true,
             latency: Duration::from_millis(1500),

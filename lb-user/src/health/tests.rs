@@ -425,7 +425,14 @@ fn checks_resolve_ports_and_skip_what_is_not_checked() {
     let c = checks(&p);
     let ports: Vec<(&str, String, Option<u16>, &str)> = c
         .iter()
-        .map(|(k, c)| (k.group.as_str(), k.ip.to_string(), c.port, c.spec.kind()))
+        .map(|(k, c)| {
+            (
+                k.group.as_str(),
+                k.ip.to_string(),
+                c.port,
+                c.spec.kind().as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         ports,
@@ -514,9 +521,9 @@ async fn monitor_follows_targets_up_and_down() {
         let map = rx.borrow();
         assert_eq!(map.len(), 2);
         assert_eq!(map[&up].state, HealthState::Initial);
-        assert_eq!(map[&up].kind, "tcp");
+        assert_eq!(map[&up].kind, CheckType::Tcp);
         assert_eq!(map[&up].monitor_port, Some(up_port));
-        assert_eq!(map[&stuck].kind, "http");
+        assert_eq!(map[&stuck].kind, CheckType::Http);
     }
     // First probe within one interval (its offset), then threshold - 1 more.
     let margin = Duration::from_secs(2);

@@ -11,8 +11,6 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
 };
 
-use crate::plan::Mac;
-
 // NUD_* state bits of include/uapi/linux/neighbour.h.
 pub(crate) const NUD_INCOMPLETE: u16 = 0x01;
 pub(crate) const NUD_REACHABLE: u16 = 0x02;
@@ -35,7 +33,7 @@ pub(crate) struct Entry {
     /// Raw `NUD_*` bits.
     pub state: u16,
     /// The link-layer address if it is 6 bytes long.
-    pub lladdr: Option<Mac>,
+    pub lladdr: Option<[u8; 6]>,
     /// `NTF_EXT_MANAGED`: the kernel keeps it resolved by itself.
     pub managed: bool,
     /// `NTF_EXT_LEARNED`: put there by a control plane (EVPN, a NIC driver).
@@ -61,7 +59,7 @@ impl Entry {
                     ip = Some(IpAddr::V6(*a))
                 }
                 NeighbourAttribute::LinkLayerAddress(bytes) => {
-                    lladdr = Mac::try_from(bytes.as_slice()).ok()
+                    lladdr = <[u8; 6]>::try_from(bytes.as_slice()).ok()
                 }
                 NeighbourAttribute::ExtFlags(flags) => ext = *flags,
                 _ => {}
@@ -79,7 +77,7 @@ impl Entry {
 
     /// The MAC to forward to, if this entry has a usable one. Never the zero
     /// MAC: a frame sent there would be lost.
-    pub fn mac(&self) -> Option<Mac> {
+    pub fn mac(&self) -> Option<[u8; 6]> {
         let mac = self.lladdr?;
         (self.state & NUD_VALID != 0 && mac != [0; 6]).then_some(mac)
     }
@@ -220,7 +218,7 @@ mod tests {
 
     use super::*;
 
-    const MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
     const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2));
 
     fn message(state: u16, lladdr: Option<&[u8]>) -> NeighbourMessage {

@@ -64,7 +64,6 @@ use netlink_packet_route::{
 };
 
 pub use self::watch::NeighborWatch;
-use crate::plan::Mac;
 
 /// Errors of this module. Messages name the interface or address concerned;
 /// the cause, where there is one, is the error's `source()`.
@@ -112,7 +111,7 @@ pub struct InterfaceInfo {
     pub name: String,
     pub index: u32,
     /// The interface's own MAC (source MAC of forwarded frames).
-    pub mac: Mac,
+    pub mac: [u8; 6],
     /// Addresses configured on the interface with their prefix length, as
     /// `ip addr` shows them (e.g. `10.77.0.1/24`, `fe80::1/64`), IPv4 first.
     pub nets: Vec<(IpAddr, u8)>,
@@ -153,7 +152,7 @@ pub async fn interface(name: &str) -> Result<InterfaceInfo, NetError> {
         .attributes
         .iter()
         .find_map(|a| match a {
-            LinkAttribute::Address(bytes) => Mac::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
             _ => None,
         })
         .filter(|mac| *mac != [0; 6])
@@ -212,8 +211,7 @@ fn check_target(addr: IpAddr) -> Result<(), NetError> {
     }
 }
 
-/// `02:00:00:00:00:21`.
-pub fn fmt_mac(mac: &Mac) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+/// `02:00:00:00:00:21`, as the policy writes a MAC.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    crate::policy::Mac::new(*mac).to_string()
 }

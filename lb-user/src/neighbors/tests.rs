@@ -22,18 +22,17 @@ use tracing_subscriber::{
 };
 
 use super::{NeighborWatch, NetError, entry::Mode, interface};
-use crate::plan::Mac;
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2));
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2));
-const LOCAL_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
-const PEER_MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
+const LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 /// For anything that needs one ARP/NDP exchange (or a notification).
 const DEADLINE: Duration = Duration::from_secs(30);
 /// For what needs the kernel's own timers to run (with the fast timers below).
 const SLOW_DEADLINE: Duration = Duration::from_secs(90);
 
-type Neighbors = BTreeMap<IpAddr, Mac>;
+type Neighbors = BTreeMap<IpAddr, [u8; 6]>;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -58,7 +57,7 @@ fn ip_in(ns: &str, args: &str) -> String {
     .concat())
 }
 
-fn mac(last: u8) -> Mac {
+fn mac(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, last]
 }
 
@@ -231,7 +230,7 @@ fn enter_netns(name: &str) {
     assert_eq!(rc, 0, "setns {name}: {}", io::Error::last_os_error());
 }
 
-fn both(mac: Mac) -> Neighbors {
+fn both(mac: [u8; 6]) -> Neighbors {
     [(V4, mac), (V6, mac)].into()
 }
 

@@ -27,7 +27,6 @@ use super::{
     fmt_mac,
     netlink::{self, BlockingSocket, Events, Failure},
 };
-use crate::plan::Mac;
 
 /// Full re-read of the neighbour table, in case a notification was lost
 /// (the kernel drops them when the socket's buffer is full).
@@ -74,7 +73,7 @@ impl NeighborWatch {
     pub async fn start(
         ifindex: u32,
         targets: Vec<IpAddr>,
-    ) -> Result<(Self, watch::Receiver<BTreeMap<IpAddr, Mac>>), NetError> {
+    ) -> Result<(Self, watch::Receiver<BTreeMap<IpAddr, [u8; 6]>>), NetError> {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let mode = if kernel_supports_managed(&release) {
             Mode::Managed
@@ -88,7 +87,7 @@ impl NeighborWatch {
         ifindex: u32,
         targets: Vec<IpAddr>,
         mode: Mode,
-    ) -> Result<(Self, watch::Receiver<BTreeMap<IpAddr, Mac>>), NetError> {
+    ) -> Result<(Self, watch::Receiver<BTreeMap<IpAddr, [u8; 6]>>), NetError> {
         targets.iter().try_for_each(|t| check_target(*t))?;
         let handle = netlink::connect()?;
         let iface = netlink::link_name(&handle, ifindex).await?;
@@ -226,7 +225,7 @@ struct Watcher {
     owned: Arc<Mutex<Owned>>,
     /// Read the whole table before the next steps.
     reread: bool,
-    published: watch::Sender<BTreeMap<IpAddr, Mac>>,
+    published: watch::Sender<BTreeMap<IpAddr, [u8; 6]>>,
 }
 
 async fn next_event(events: &mut Option<Events>) -> Option<NetlinkMessage<RouteNetlinkMessage>> {
@@ -458,7 +457,7 @@ impl Watcher {
     }
 
     fn publish(&mut self) {
-        let now: BTreeMap<IpAddr, Mac> = self
+        let now: BTreeMap<IpAddr, [u8; 6]> = self
             .targets
             .iter()
             .filter_map(|ip| Some((*ip, self.entries.get(ip)?.mac()?)))

@@ -17,13 +17,16 @@ use lb_common::{
     hash_fields, target_flags,
 };
 
-use super::{Affinity, Algorithm, FailoverMode, ListenerProtocol, Policy};
+use super::{
+    Affinity, Algorithm, FailoverMode, Listener, ListenerProtocol, Mac, Policy, Target, TargetGroup,
+};
 use crate::{
+    health::HealthState,
     ids::{Ids, IdsError, TargetKey},
     maglev::{Identity, Member, TableCache},
     plan::{
-        Exclusion, Health, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget, Table,
-        TargetHealth,
+        Exclusion, GroupTable, MapPlan, Observed, PlannedGroup, PlannedHealth, PlannedListener,
+        PlannedTarget,
     },
     round_robin,
 };
@@ -34,13 +37,6 @@ pub enum CompileError {
     Ids(#[from] IdsError),
     #[error("{what} `{name}` has no id (the ids were assigned for another policy)")]
     NoId { what: &'static str, name: String },
-    #[error("target group `{group}`: target {ip}: bad mac {mac:?}: {reason}")]
-    BadMac {
-        group: String,
-        ip: IpAddr,
-        mac: String,
-        reason: String,
-    },
 }
 
 /// SPEC.md: converted weight = ceil(weight / 256 * 100).
@@ -48,7 +44,6 @@ pub fn converted_weight(weight: u16) -> u32 {
     (weight as u32 * 100).div_ceil(256)
 }
 
-/// The hash fields of a group's algorithm and affinity.
 /// The hash fields of a group's algorithm and affinity. `round_robin` and
 /// `least_connections` do not hash new flows; their field set (five-tuple)
 /// serves only what the data plane hashes besides (a TCP packet that is not
@@ -75,7 +70,7 @@ pub fn algorithm_code(algorithm: Algorithm) -> u8 {
 /// Whether the group's sticky sessions are in effect: enabled, and not
 /// with `source_ip` (which keeps a client on one target by itself; the
 /// setting is ignored and `lb status` says so).
-pub fn sticky_in_effect(group: &super::TargetGroup) -> Option<u32> {
+pub fn sticky_in_effect(group: &TargetGroup) -> Option<u32> {
     let sticky = group.sticky_session.filter(|s| s.enabled)?;
     (group.algorithm != Algorithm::SourceIp).then_some(sticky.duration_s)
 }
@@ -166,13 +161,6 @@ pub fn compile_cached(
     plan
 }
 
-fn group_id(ids: &Ids, name: &str) -> Result<u32, CompileError> {
-    ids.group(name).ok_or_else(|| CompileError::NoId {
-        what: "target group",
-        name: name.to_string(),
-    })
-}
-
 fn compile_groups(
     policy: &Policy,
     observed: &Observed,
@@ -187,130 +175,16 @@ fn compile_groups(
     let mut hashed: Vec<(usize, Vec<Member>, u32)> = Vec::new();
     for group in &policy.target_groups {
         let group_id = group_id(ids, &group.name)?;
-        // With DSR every target listens on the listener's port.
-        let port = policy
-            .listeners
-            .iter()
-            .find(|l| l.target_group == group.name)
-            .map(|l| l.port)
-            .unwrap_or(0);
-        let total: u32 = group
-            .targets
-            .iter()
-            .map(|t| converted_weight(t.weight))
-            .sum();
         let first = targets.len();
-        let check = group.health_check.as_ref().filter(|h| h.enabled);
-        let rebalance = group.target_failover.on_unhealthy == FailoverMode::Rebalance;
+        let listener = policy.listener_of(&group.name);
         for target in &group.targets {
-            let key = TargetKey {
-                group: group.name.clone(),
-                ip: target.ip,
-            };
-            let id = ids
-                .target(&key)
-                .filter(|a| a.retired.is_none())
-                .ok_or_else(|| CompileError::NoId {
-                    what: "target",
-                    name: format!("{} in {}", target.ip, group.name),
-                })?
-                .id;
-            let mac = match &target.mac {
-                Some(text) => {
-                    Some(
-                        super::parse_mac(text).map_err(|reason| CompileError::BadMac {
-                            group: group.name.clone(),
-                            ip: target.ip,
-                            mac: text.clone(),
-                            reason,
-                        })?,
-                    )
-                }
-                None => observed.neighbors.get(&target.ip).copied(),
-            };
-            let health = match check {
-                None => TargetHealth::Unchecked,
-                Some(_) => TargetHealth::Checked(
-                    observed
-                        .health
-                        .get(&(group.name.clone(), target.ip))
-                        .copied()
-                        .unwrap_or(Health::Initial),
-                ),
-            };
-            let unhealthy = health == TargetHealth::Checked(Health::Unhealthy);
-            let excluded = match (mac, target.weight) {
-                (None, _) => Some(Exclusion::MacUnresolved),
-                (Some(_), 0) => Some(Exclusion::ZeroWeight),
-                _ if unhealthy => Some(Exclusion::Unhealthy),
-                _ => None,
-            };
-            let cw = converted_weight(target.weight);
-            targets.push(PlannedTarget {
-                id,
-                group: group.name.clone(),
-                ip: target.ip,
-                port,
-                weight: target.weight,
-                converted_weight: cw,
-                ratio: if total == 0 {
-                    0.0
-                } else {
-                    cw as f64 / total as f64
-                },
-                slots: 0,
-                monitor_port: target
-                    .monitor_port
-                    .or(check.and_then(|c| c.port))
-                    .unwrap_or(port),
-                health,
-                excluded,
-                info: TargetInfo {
-                    mac: mac.unwrap_or_default(),
-                    // Existing flows of an unhealthy target stay on it unless
-                    // the group rebalances (decided below, with last resort).
-                    flags: if mac.is_some() && !(unhealthy && rebalance) {
-                        target_flags::USABLE
-                    } else {
-                        0
-                    },
-                    group_id,
-                    weight: cw as u16,
-                    _pad: 0,
-                },
-            });
+            targets.push(plan_target(
+                group, group_id, target, listener, observed, ids,
+            )?);
         }
-        // Last resort (SPEC.md failover table): when no target is healthy,
-        // every target with a MAC and a weight takes new flows.
-        let group_targets = &mut targets[first..];
-        let last_resort = !group_targets.iter().any(|t| t.excluded.is_none())
-            && group_targets
-                .iter()
-                .any(|t| t.excluded == Some(Exclusion::Unhealthy));
-        if last_resort {
-            for t in group_targets
-                .iter_mut()
-                .filter(|t| t.excluded == Some(Exclusion::Unhealthy))
-            {
-                t.excluded = None;
-                t.info.flags |= target_flags::USABLE;
-            }
-        }
-        for t in targets[first..].iter_mut().filter(|t| t.excluded.is_none()) {
-            t.info.flags |= target_flags::SELECTABLE;
-        }
-        let members: Vec<Member> = targets[first..]
-            .iter()
-            .filter(|t| t.excluded.is_none())
-            .map(|t| Member {
-                identity: Identity {
-                    ip: t.ip,
-                    port: t.port,
-                },
-                weight: t.converted_weight,
-                id: t.id,
-            })
-            .collect();
+        set_ratios(&mut targets[first..]);
+        let last_resort = choose_selectable(&mut targets[first..]);
+        let members = members(&targets[first..]);
         // Round robin: the smooth weighted order; the others: the weighted
         // consistent-hash table (least connections draws its candidates
         // from it), filled in below.
@@ -318,63 +192,19 @@ fn compile_groups(
             Algorithm::RoundRobin => round_robin::order(&members).into(),
             _ => {
                 hashed.push((groups.len(), members, group.table_size));
-                Table::default()
+                GroupTable::default()
             }
         };
-        let sticky = sticky_in_effect(group);
         groups.push(PlannedGroup {
             id: group_id,
             name: group.name.clone(),
-            info: GroupInfo {
-                hash_fields: hash_fields_of(group.algorithm, group.affinity),
-                algorithm: algorithm_code(group.algorithm),
-                flags: if sticky.is_some() {
-                    group_flags::STICKY
-                } else {
-                    0
-                },
-                _pad: 0,
-                idle_timeout_s: group.idle_timeout_s(),
-                fin_timeout_s: group.fin_timeout_s(),
-                sticky_duration_s: sticky.unwrap_or(0),
-            },
+            info: group_info(group),
             table,
             last_resort,
         });
     }
-    let wanted: Vec<(&[Member], u32)> = hashed
-        .iter()
-        .map(|(_, members, size)| (&members[..], *size))
-        .collect();
-    for ((g, _, _), table) in hashed.iter().zip(cache.get_all(&wanted)) {
-        groups[*g].table = table;
-    }
-    let index: HashMap<u32, usize> = targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-    for group in &groups {
-        for (id, n) in group.table.slot_counts() {
-            if let Some(&i) = index.get(&id) {
-                targets[i].slots += n;
-            }
-        }
-    }
-
-    let mut listeners = Vec::with_capacity(policy.listeners.len());
-    for l in &policy.listeners {
-        let key = listener_key(l.vip, l.protocol, l.port);
-        let listener_id = ids.listener(&key).ok_or_else(|| CompileError::NoId {
-            what: "listener",
-            name: l.name.clone(),
-        })?;
-        listeners.push(PlannedListener {
-            name: l.name.clone(),
-            key,
-            info: ListenerInfo {
-                listener_id,
-                group_id: group_id(ids, &l.target_group)?,
-            },
-        });
-    }
-
+    fill_hash_tables(&mut groups, &hashed, cache);
+    count_slots(&groups, &mut targets);
     Ok(MapPlan {
         // The data plane's loader knows the kernel's tick, sizes the flow
         // cache and keeps the data plane's identity: the plan only has the
@@ -384,10 +214,208 @@ fn compile_groups(
             ..Config::default()
         },
         ids: Arc::clone(ids),
-        listeners,
+        listeners: plan_listeners(policy, ids)?,
         groups,
         targets,
     })
+}
+
+fn group_id(ids: &Ids, name: &str) -> Result<u32, CompileError> {
+    ids.group(name).ok_or_else(|| CompileError::NoId {
+        what: "target group",
+        name: name.to_string(),
+    })
+}
+
+/// A target as the plan has it; `listener` is its group's. Its ratio, its
+/// slots and whether it takes new flows are worked out with the whole
+/// group ([`set_ratios`], [`choose_selectable`], [`count_slots`]).
+fn plan_target(
+    group: &TargetGroup,
+    group_id: u32,
+    target: &Target,
+    listener: Option<&Listener>,
+    observed: &Observed,
+    ids: &Ids,
+) -> Result<PlannedTarget, CompileError> {
+    let key = TargetKey {
+        group: group.name.clone(),
+        ip: target.ip,
+    };
+    let id = ids
+        .target(&key)
+        .filter(|a| a.retired.is_none())
+        .ok_or_else(|| CompileError::NoId {
+            what: "target",
+            name: format!("{} in {}", target.ip, group.name),
+        })?
+        .id;
+    let mac = target
+        .mac
+        .map(Mac::octets)
+        .or_else(|| observed.neighbors.get(&target.ip).copied());
+    let health = health_of(group, &key, observed);
+    let unhealthy = health == PlannedHealth::Checked(HealthState::Unhealthy);
+    let excluded = match (mac, target.weight) {
+        (None, _) => Some(Exclusion::MacUnresolved),
+        (Some(_), 0) => Some(Exclusion::ZeroWeight),
+        _ if unhealthy => Some(Exclusion::Unhealthy),
+        _ => None,
+    };
+    // Existing flows of an unhealthy target stay on it unless the group
+    // rebalances (last resort, decided with the whole group, keeps them too).
+    let rebalance = group.target_failover.on_unhealthy == FailoverMode::Rebalance;
+    let usable = mac.is_some() && !(unhealthy && rebalance);
+    let converted = converted_weight(target.weight);
+    Ok(PlannedTarget {
+        id,
+        group: group.name.clone(),
+        ip: target.ip,
+        // With DSR every target listens on the listener's port.
+        port: listener.map_or(0, |l| l.port),
+        weight: target.weight,
+        converted_weight: converted,
+        ratio: 0.0,
+        slots: 0,
+        monitor_port: group.monitor_port(target, listener).unwrap_or(0),
+        health,
+        excluded,
+        info: TargetInfo {
+            mac: mac.unwrap_or_default(),
+            flags: if usable { target_flags::USABLE } else { 0 },
+            group_id,
+            weight: converted as u16,
+            _pad: 0,
+        },
+    })
+}
+
+/// A target's health: unchecked, or its verdict (`initial` until it has
+/// one).
+fn health_of(group: &TargetGroup, key: &TargetKey, observed: &Observed) -> PlannedHealth {
+    if !group.health_check.as_ref().is_some_and(|h| h.enabled) {
+        return PlannedHealth::Unchecked;
+    }
+    let state = observed.health.get(key).copied();
+    PlannedHealth::Checked(state.unwrap_or(HealthState::Initial))
+}
+
+/// Sets the ratio of each target of one group: its converted weight over
+/// the group's sum (SPEC.md "Weights").
+fn set_ratios(targets: &mut [PlannedTarget]) {
+    let total: u32 = targets.iter().map(|t| t.converted_weight).sum();
+    for t in targets.iter_mut() {
+        t.ratio = if total == 0 {
+            0.0
+        } else {
+            t.converted_weight as f64 / total as f64
+        };
+    }
+}
+
+/// Marks the targets of one group that take new flows (`SELECTABLE`): those
+/// not excluded, or, when no target is healthy, every target with a MAC and
+/// a weight (SPEC.md failover table: last resort). Returns whether the group
+/// is in last resort.
+fn choose_selectable(targets: &mut [PlannedTarget]) -> bool {
+    let last_resort = !targets.iter().any(|t| t.excluded.is_none())
+        && targets
+            .iter()
+            .any(|t| t.excluded == Some(Exclusion::Unhealthy));
+    for t in targets.iter_mut() {
+        if last_resort && t.excluded == Some(Exclusion::Unhealthy) {
+            t.excluded = None;
+            t.info.flags |= target_flags::USABLE;
+        }
+        if t.excluded.is_none() {
+            t.info.flags |= target_flags::SELECTABLE;
+        }
+    }
+    last_resort
+}
+
+/// The targets that take new flows, as the table builders see them.
+fn members(targets: &[PlannedTarget]) -> Vec<Member> {
+    targets
+        .iter()
+        .filter(|t| t.excluded.is_none())
+        .map(|t| Member {
+            identity: Identity {
+                ip: t.ip,
+                port: t.port,
+            },
+            weight: t.converted_weight,
+            id: t.id,
+        })
+        .collect()
+}
+
+/// The settings of a group the data plane reads.
+fn group_info(group: &TargetGroup) -> GroupInfo {
+    let sticky = sticky_in_effect(group);
+    GroupInfo {
+        hash_fields: hash_fields_of(group.algorithm, group.affinity),
+        algorithm: algorithm_code(group.algorithm),
+        flags: if sticky.is_some() {
+            group_flags::STICKY
+        } else {
+            0
+        },
+        _pad: 0,
+        idle_timeout_s: group.idle_timeout_s(),
+        fin_timeout_s: group.fin_timeout_s(),
+        sticky_duration_s: sticky.unwrap_or(0),
+    }
+}
+
+/// Builds the consistent-hash tables of `hashed` (index in `groups`,
+/// members, size) all at once, from `cache` when unchanged.
+fn fill_hash_tables(
+    groups: &mut [PlannedGroup],
+    hashed: &[(usize, Vec<Member>, u32)],
+    cache: &mut TableCache,
+) {
+    let wanted: Vec<(&[Member], u32)> = hashed
+        .iter()
+        .map(|(_, members, size)| (&members[..], *size))
+        .collect();
+    for ((g, _, _), table) in hashed.iter().zip(cache.get_all(&wanted)) {
+        groups[*g].table = table;
+    }
+}
+
+/// Sets each target's count of the slots of its group's table.
+fn count_slots(groups: &[PlannedGroup], targets: &mut [PlannedTarget]) {
+    let index: HashMap<u32, usize> = targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+    for group in groups {
+        for (id, n) in group.table.slot_counts() {
+            if let Some(&i) = index.get(&id) {
+                targets[i].slots += n;
+            }
+        }
+    }
+}
+
+fn plan_listeners(policy: &Policy, ids: &Ids) -> Result<Vec<PlannedListener>, CompileError> {
+    policy
+        .listeners
+        .iter()
+        .map(|l| {
+            let key = listener_key(l.vip, l.protocol, l.port);
+            let listener_id = ids.listener(&key).ok_or_else(|| CompileError::NoId {
+                what: "listener",
+                name: l.name.clone(),
+            })?;
+            Ok(PlannedListener {
+                name: l.name.clone(),
+                key,
+                info: ListenerInfo {
+                    listener_id,
+                    group_id: group_id(ids, &l.target_group)?,
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -425,7 +453,7 @@ mod tests {
                         weight: *w,
                         port: None,
                         monitor_port: None,
-                        mac: mac.map(String::from),
+                        mac: mac.map(|m| m.parse().unwrap()),
                     })
                     .collect(),
             }],
@@ -461,7 +489,7 @@ mod tests {
 
     /// Three resolved targets with TCP checks, `rebalance` or not, and the
     /// given verdicts for .11, .12, .13 (None: no verdict yet).
-    fn checked(rebalance: bool, verdicts: [Option<Health>; 3]) -> MapPlan {
+    fn checked(rebalance: bool, verdicts: [Option<HealthState>; 3]) -> MapPlan {
         let mut p = policy(&[
             ("10.0.3.11", 256, None),
             ("10.0.3.12", 256, None),
@@ -480,7 +508,11 @@ mod tests {
         ]);
         for (ip, v) in ["10.0.3.11", "10.0.3.12", "10.0.3.13"].iter().zip(verdicts) {
             if let Some(v) = v {
-                o.health.insert(("web".into(), ip.parse().unwrap()), v);
+                let key = TargetKey {
+                    group: "web".into(),
+                    ip: ip.parse().unwrap(),
+                };
+                o.health.insert(key, v);
             }
         }
         compile(&p, &o).unwrap()
@@ -494,11 +526,11 @@ mod tests {
     fn unchecked_and_initial_targets_take_new_flows() {
         let p = policy(&[("10.0.3.11", 256, None)]);
         let plan = compile(&p, &observed(&[("10.0.3.11", 0x11)])).unwrap();
-        assert_eq!(plan.targets[0].health, TargetHealth::Unchecked);
-        let plan = checked(false, [None, Some(Health::Healthy), None]);
+        assert_eq!(plan.targets[0].health, PlannedHealth::Unchecked);
+        let plan = checked(false, [None, Some(HealthState::Healthy), None]);
         assert_eq!(
             plan.targets[0].health,
-            TargetHealth::Checked(Health::Initial)
+            PlannedHealth::Checked(HealthState::Initial)
         );
         assert_eq!(table_ids(&plan), [1, 2, 3].into());
     }
@@ -508,9 +540,9 @@ mod tests {
         let plan = checked(
             false,
             [
-                Some(Health::Healthy),
-                Some(Health::Unhealthy),
-                Some(Health::Healthy),
+                Some(HealthState::Healthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Healthy),
             ],
         );
         assert_eq!(table_ids(&plan), [1, 3].into());
@@ -528,9 +560,9 @@ mod tests {
         let plan = checked(
             true,
             [
-                Some(Health::Healthy),
-                Some(Health::Unhealthy),
-                Some(Health::Healthy),
+                Some(HealthState::Healthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Healthy),
             ],
         );
         assert_eq!(table_ids(&plan), [1, 3].into());
@@ -541,7 +573,7 @@ mod tests {
     #[test]
     fn no_healthy_target_is_last_resort_for_all() {
         for rebalance in [false, true] {
-            let plan = checked(rebalance, [Some(Health::Unhealthy); 3]);
+            let plan = checked(rebalance, [Some(HealthState::Unhealthy); 3]);
             assert!(plan.groups[0].last_resort);
             assert_eq!(table_ids(&plan), [1, 2, 3].into());
             assert!(
@@ -554,9 +586,9 @@ mod tests {
         let plan = checked(
             false,
             [
-                Some(Health::Unhealthy),
-                Some(Health::Unhealthy),
-                Some(Health::Healthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Unhealthy),
+                Some(HealthState::Healthy),
             ],
         );
         assert!(!plan.groups[0].last_resort);

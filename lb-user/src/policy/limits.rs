@@ -1,27 +1,140 @@
-//! How large a policy document may be, so that any input, however hostile,
-//! is accepted or refused in bounded time and memory: the daemon reads a new
-//! policy on SIGHUP while it serves, and must survive a bad one.
+//! Every limit, range and default of a policy, in one place: the model's
+//! defaults, validation, the compiler, the ids registry, error messages and
+//! docs/policy.md (a test below reads it) all take them from here.
 //!
-//! The limits are checked in one pass over yaml-rust2's events (the position
-//! index makes that pass, see `positions.rs`) before serde sees the document.
-//! Aliases are counted as the nodes they stand for, so a "billion laughs"
-//! (aliases of aliases, each multiplying the document) is refused without
-//! being expanded.
-use std::collections::HashMap;
+//! The data plane's map capacities are lb-common's (`MAX_LISTENERS`, ...);
+//! id 0 is reserved in each map (a zeroed entry names nothing), so a policy
+//! holds one object fewer than each map has entries.
+use std::fmt;
 
-use yaml_rust2::parser::Event;
+/// An inclusive range of a numeric field, written `min-max` in messages and
+/// docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub min: u64,
+    pub max: u64,
+}
 
-/// Largest policy file or text, in bytes. A target with every field written
-/// takes about 100 bytes of YAML, so the largest policy the data plane can
-/// hold (`lb_common::MAX_TARGETS` targets) takes about 13 MiB: this leaves
-/// room for comments and spacing. A larger file is refused before it is
-/// read whole.
+impl Range {
+    pub const fn new(min: u64, max: u64) -> Range {
+        Range { min, max }
+    }
+
+    pub fn contains(self, value: impl Into<u64>) -> bool {
+        (self.min..=self.max).contains(&value.into())
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// Most listeners a policy may have: listener ids are 1..=this.
+pub const LISTENER_LIMIT: u32 = lb_common::MAX_LISTENERS - 1;
+/// Most target groups a policy may have: group ids are 1..=this.
+pub const GROUP_LIMIT: u32 = lb_common::MAX_GROUPS - 1;
+/// Most targets a policy may have, all groups together: target ids are
+/// 1..=this (retired targets hold theirs too, `crate::ids`).
+pub const TARGET_LIMIT: u32 = lb_common::MAX_TARGETS - 1;
+
+/// Characters of a listener or target group name (SPEC.md "Names"); the
+/// data plane records group names of at most this length.
+pub const NAME_LEN: Range = Range::new(1, lb_common::MAX_GROUP_NAME as u64);
+/// Characters of an interface name (Linux: IFNAMSIZ - 1).
+pub const IFACE_NAME_LEN: Range = Range::new(1, 15);
+
+pub const PORT: Range = Range::new(1, 65535);
+/// SPEC.md "Weights".
+pub const WEIGHT: Range = Range::new(0, 256);
+/// Slots of a consistent-hash table; the size must also be a prime.
+pub const TABLE_SIZE: Range = Range::new(1021, lb_common::MAX_TABLE_SIZE as u64);
+/// SPEC.md "Health checks".
+pub const INTERVAL_S: Range = Range::new(1, 3600);
+pub const TIMEOUT_S: Range = Range::new(1, 900);
+pub const THRESHOLD: Range = Range::new(1, 10);
+/// The status codes a check may expect.
+pub const STATUS_CODE: Range = Range::new(100, 599);
+/// Flow timeouts. Neither may be below 1 s: the data plane checks an
+/// entry's timeout only once it is `FLOW_TOUCH_NS` stale.
+pub const FLOW_IDLE_TIMEOUT_S: Range = Range::new(1, 86_400);
+pub const FLOW_FIN_TIMEOUT_S: Range = Range::new(1, 3600);
+const _: () = assert!(lb_common::FLOW_TOUCH_NS <= 1_000_000_000);
+/// Entries of each flow table.
+pub const MAX_FLOWS: Range = Range::new(1024, 1 << 25);
+/// SPEC.md "Sticky session".
+pub const STICKY_DURATION_S: Range = Range::new(1, 604_800);
+
+/// The range of each numeric field, by its name (a name means the same
+/// field wherever it appears).
+pub fn range_of(field: &str) -> Option<Range> {
+    Some(match field {
+        "port" | "monitor_port" => PORT,
+        "weight" => WEIGHT,
+        "table_size" => TABLE_SIZE,
+        "interval_s" => INTERVAL_S,
+        "timeout_s" => TIMEOUT_S,
+        "healthy_threshold" | "unhealthy_threshold" => THRESHOLD,
+        "flow_idle_timeout_s" => FLOW_IDLE_TIMEOUT_S,
+        "flow_fin_timeout_s" => FLOW_FIN_TIMEOUT_S,
+        "max_flows" => MAX_FLOWS,
+        "duration_s" => STICKY_DURATION_S,
+        _ => return None,
+    })
+}
+
+/// The message for a number out of its field's range, shared by the
+/// validator and the rewording of serde's errors (a number too big for its
+/// integer type).
+pub fn out_of_range(field: &str, value: &str) -> Option<String> {
+    let range = range_of(field)?;
+    let hint = if field == "table_size" {
+        format!("; {DEFAULT_TABLE_SIZE} is a good default")
+    } else {
+        String::new()
+    };
+    Some(format!("{field} {value} is out of range {range}{hint}"))
+}
+
+/// Consistent-hash table size of a group that names none: a prime, as
+/// Maglev requires.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Weight of a target that names none: the maximum, so that listing IPs
+/// alone gives an even spread.
+pub const DEFAULT_WEIGHT: u16 = WEIGHT.max as u16;
+/// Entries of each flow table (IPv4 and IPv6 have one each).
+pub const DEFAULT_MAX_FLOWS: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
+/// SPEC.md "Sticky session".
+pub const DEFAULT_STICKY_DURATION_S: u32 = 360;
+/// Idle timeouts by group protocol (SPEC.md "Deregistration and failover of
+/// flows").
+pub const DEFAULT_TCP_IDLE_TIMEOUT_S: u32 = 350;
+pub const DEFAULT_UDP_IDLE_TIMEOUT_S: u32 = 120;
+/// How long a TCP flow lingers without packets after the client's FIN or
+/// RST.
+pub const DEFAULT_FIN_TIMEOUT_S: u32 = 10;
+
+/// Health check defaults, from the KakaoCloud DSR NLB target group
+/// documents (docs/policy.md says where each one comes from).
+pub const DEFAULT_INTERVAL_S: u32 = 30;
+pub const DEFAULT_TIMEOUT_S: u32 = 5;
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 5;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+pub const DEFAULT_HTTP_PATH: &str = "/";
+/// The seeds give no default; this is the usual network load balancer one
+/// (any 2xx or 3xx answer: the server is up).
+pub const DEFAULT_STATUS_CODES: &str = "200-399";
+
+/// Largest policy file or text, in bytes: room for the largest policy the
+/// data plane can hold (a target with every field written takes about 100
+/// bytes of YAML), comments and spacing. A larger file is refused before it
+/// is read whole.
 pub const MAX_POLICY_BYTES: usize = 64 << 20;
 
 /// Deepest nesting of collections (the document's top mapping is level 1).
-/// A policy nests 5 levels (`target_groups`, a group, its `health_check`,
-/// ...); serde_norway gives up at 128, and deep nesting costs the parsers
-/// stack and memory for nothing.
+/// A policy nests 5 levels; deep nesting costs the parsers stack and memory
+/// for nothing (serde_norway gives up at 128).
 pub const MAX_DEPTH: usize = 64;
 
 /// Most nodes (scalars, sequences and mappings; keys count) a document may
@@ -37,243 +150,115 @@ pub const MAX_NODES: u64 = 1 << 21;
 // besides its targets.
 const _: () = assert!(
     MAX_NODES
-        >= 11 * lb_common::MAX_TARGETS as u64
-            + 64 * lb_common::MAX_GROUPS as u64
-            + 11 * lb_common::MAX_LISTENERS as u64
-            + 16
+        >= 11 * TARGET_LIMIT as u64 + 64 * GROUP_LIMIT as u64 + 11 * LISTENER_LIMIT as u64 + 16
 );
-
-/// A limit the document goes past.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exceeded {
-    /// Collections nested deeper than [`MAX_DEPTH`]; `alias` when an alias
-    /// brings in the depth.
-    Depth { alias: bool },
-    /// More than [`MAX_NODES`] nodes; `alias` when an alias crosses it.
-    Nodes { alias: bool },
-    /// More than [`MAX_POLICY_BYTES`] of scalar text; `alias` when an alias
-    /// crosses it (the text itself is checked before).
-    Text { alias: bool },
-    /// An alias inside the collection its anchor names: it would expand
-    /// forever.
-    Cycle,
-}
-
-impl Exceeded {
-    /// The message, naming the alias (`*name`) when there is one.
-    pub fn message(self, alias: Option<&str>) -> String {
-        let alias = alias.unwrap_or("?");
-        match self {
-            Exceeded::Depth { alias: false } => {
-                format!(
-                    "collections nested deeper than {MAX_DEPTH} levels: no policy nests that deep"
-                )
-            }
-            Exceeded::Depth { alias: true } => {
-                format!("alias `*{alias}` nests collections deeper than {MAX_DEPTH} levels")
-            }
-            Exceeded::Nodes { alias: false } => format!(
-                "more than {MAX_NODES} nodes (keys, values and items): \
-                 more than any policy the data plane can hold"
-            ),
-            Exceeded::Nodes { alias: true } => format!(
-                "alias `*{alias}` expands the document past {MAX_NODES} nodes: \
-                 aliases may share settings, not multiply the document"
-            ),
-            Exceeded::Text { alias: false } => {
-                format!("more than {} MiB of text", MAX_POLICY_BYTES >> 20)
-            }
-            Exceeded::Text { alias: true } => format!(
-                "alias `*{alias}` expands the document past {} MiB of text: \
-                 aliases may share settings, not multiply the document",
-                MAX_POLICY_BYTES >> 20
-            ),
-            Exceeded::Cycle => {
-                format!(
-                    "alias `*{alias}` is inside the collection it names: it would expand forever"
-                )
-            }
-        }
-    }
-}
-
-/// What a node costs once expanded.
-#[derive(Debug, Clone, Copy, Default)]
-struct Size {
-    nodes: u64,
-    /// Bytes of scalar text.
-    bytes: u64,
-    /// Collection levels: 0 for a scalar, 1 + the deepest child's for a
-    /// collection.
-    height: usize,
-}
-
-/// A collection being read.
-#[derive(Debug)]
-struct Open {
-    /// Its anchor id (0: none).
-    anchor: usize,
-    /// The document's expanded size before it.
-    before: Size,
-    /// The largest height among its children so far.
-    height: usize,
-}
-
-/// Counts one document's events against the limits, aliases expanded.
-#[derive(Debug, Default)]
-pub struct Budget {
-    /// The document so far, every alias counted as the node it stands for.
-    total: Size,
-    open: Vec<Open>,
-    /// Anchor id -> the expanded size of the node it names, once complete.
-    anchors: HashMap<usize, Size>,
-}
-
-impl Budget {
-    /// Counts `event`; the first limit it goes past, if any.
-    pub fn admit(&mut self, event: &Event) -> Result<(), Exceeded> {
-        match event {
-            Event::Scalar(text, _, anchor, _) => {
-                let size = Size {
-                    nodes: 1,
-                    bytes: text.len() as u64,
-                    height: 0,
-                };
-                if *anchor != 0 {
-                    self.anchors.insert(*anchor, size);
-                }
-                self.add(size, false)
-            }
-            Event::Alias(anchor) => {
-                let size = *self.anchors.get(anchor).ok_or(Exceeded::Cycle)?;
-                if self.open.len() + size.height > MAX_DEPTH {
-                    return Err(Exceeded::Depth { alias: true });
-                }
-                self.add(size, true)
-            }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                let before = self.total;
-                self.add(
-                    Size {
-                        nodes: 1,
-                        ..Size::default()
-                    },
-                    false,
-                )?;
-                self.open.push(Open {
-                    anchor: *anchor,
-                    before,
-                    height: 0,
-                });
-                if self.open.len() > MAX_DEPTH {
-                    return Err(Exceeded::Depth { alias: false });
-                }
-                Ok(())
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some(open) = self.open.pop() {
-                    let size = Size {
-                        nodes: self.total.nodes - open.before.nodes,
-                        bytes: self.total.bytes - open.before.bytes,
-                        height: open.height + 1,
-                    };
-                    if open.anchor != 0 {
-                        self.anchors.insert(open.anchor, size);
-                    }
-                    self.grow_parent(size.height);
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Adds a node of `size` (a scalar, an alias's expansion, or the count
-    /// of a collection's own node) to the document.
-    fn add(&mut self, size: Size, alias: bool) -> Result<(), Exceeded> {
-        self.total.nodes = self.total.nodes.saturating_add(size.nodes);
-        self.total.bytes = self.total.bytes.saturating_add(size.bytes);
-        self.grow_parent(size.height);
-        if self.total.nodes > MAX_NODES {
-            return Err(Exceeded::Nodes { alias });
-        }
-        if self.total.bytes > MAX_POLICY_BYTES as u64 {
-            return Err(Exceeded::Text { alias });
-        }
-        Ok(())
-    }
-
-    fn grow_parent(&mut self, height: usize) {
-        if let Some(parent) = self.open.last_mut() {
-            parent.height = parent.height.max(height);
-        }
-    }
-}
+const _: () = assert!(MAX_POLICY_BYTES as u64 >= 100 * TARGET_LIMIT as u64);
 
 #[cfg(test)]
 mod tests {
-    use yaml_rust2::parser::Parser;
-
     use super::*;
+    use crate::policy::{Affinity, Algorithm, HttpMethod, HttpVersion};
 
-    /// The budget's verdict on the first document of `text`.
-    fn admit(text: &str) -> Result<(), Exceeded> {
-        let mut budget = Budget::default();
-        let mut parser = Parser::new_from_str(text);
-        loop {
-            match parser.next_token().expect("valid yaml") {
-                (Event::StreamEnd | Event::DocumentEnd, _) => return Ok(()),
-                (event, _) => budget.admit(&event)?,
+    const DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md"));
+
+    /// The cells of the row of `field` in the table of section `## section`.
+    fn row(section: &str, field: &str) -> Vec<&'static str> {
+        let heading = format!("\n## {section}\n");
+        let start = DOC
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no {heading:?}"));
+        let body = &DOC[start + heading.len()..];
+        let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+        let prefix = format!("| `{field}` |");
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{section}: no row for `{field}`"));
+        line.trim_matches('|').split(" | ").map(str::trim).collect()
+    }
+
+    /// docs/policy.md states every range and default as the constants here
+    /// say: a change to one without the other fails.
+    #[test]
+    fn the_policy_document_states_the_limits() {
+        let int = |r: Range| format!("integer {r}");
+        let code = |v: &dyn fmt::Display| format!("`{v}`");
+        let text = |v: &str| v.to_string();
+        let (top, tg, target, hc) = ("Top level", "Target group", "Target", "Health check");
+        let idle = format!(
+            "`{DEFAULT_TCP_IDLE_TIMEOUT_S}` for `tcp` and `http` groups, \
+             `{DEFAULT_UDP_IDLE_TIMEOUT_S}` for `udp`"
+        );
+        // (section, field, in the type cell, the default cell)
+        #[rustfmt::skip]
+        let rows: Vec<(&str, &str, String, String)> = vec![
+            (top, "flow_table", text("flow table"), format!("`max_flows: {DEFAULT_MAX_FLOWS}`")),
+            ("Listener", "port", int(PORT), text("required")),
+            (tg, "algorithm", text("`hash`"), code(&Algorithm::default().as_str())),
+            (tg, "affinity", text("`five_tuple`"), code(&Affinity::default().as_str())),
+            (tg, "table_size", format!("prime {}", int(TABLE_SIZE)), code(&DEFAULT_TABLE_SIZE)),
+            (tg, "flow_idle_timeout_s", int(FLOW_IDLE_TIMEOUT_S), idle),
+            (tg, "flow_fin_timeout_s", int(FLOW_FIN_TIMEOUT_S), code(&DEFAULT_FIN_TIMEOUT_S)),
+            (target, "weight", int(WEIGHT), code(&DEFAULT_WEIGHT)),
+            (target, "port", int(PORT), text("the listener's port")),
+            (target, "monitor_port", int(PORT), text("the group's `health_check.port`")),
+            (hc, "port", int(PORT), text("the target port (= the listener port)")),
+            (hc, "interval_s", int(INTERVAL_S), code(&DEFAULT_INTERVAL_S)),
+            (hc, "timeout_s", int(TIMEOUT_S), code(&DEFAULT_TIMEOUT_S)),
+            (hc, "healthy_threshold", int(THRESHOLD), code(&DEFAULT_HEALTHY_THRESHOLD)),
+            (hc, "unhealthy_threshold", int(THRESHOLD), code(&DEFAULT_UNHEALTHY_THRESHOLD)),
+            (hc, "method", text("`GET`"), code(&HttpMethod::default().as_str())),
+            (hc, "version", text("`\"1.1\"`"), format!("`\"{}\"`", HttpVersion::default().as_str())),
+            (hc, "path", text("URL path"), code(&DEFAULT_HTTP_PATH)),
+            (hc, "status_codes", text("string"), format!("`\"{DEFAULT_STATUS_CODES}\"`")),
+            ("Flow table", "max_flows", int(MAX_FLOWS), code(&DEFAULT_MAX_FLOWS)),
+            ("Sticky session", "duration_s", int(STICKY_DURATION_S), code(&DEFAULT_STICKY_DURATION_S)),
+        ];
+        let mut wrong = Vec::new();
+        for (section, field, kind, default) in &rows {
+            let cells = row(section, field);
+            if !cells[1].contains(kind.as_str()) || cells[2] != default {
+                wrong.push(format!(
+                    "{section} `{field}`: want `{kind}` and {default}, doc says {cells:?}"
+                ));
             }
         }
-    }
-
-    /// `levels` levels of `width` aliases to the level below, over a
-    /// sequence of `width` scalars.
-    fn laughs(levels: usize, width: usize) -> String {
-        let mut text = format!("l0: &l0 [{}]\n", vec!["lol"; width].join(", "));
-        for level in 1..levels {
-            let item = format!("*l{}", level - 1);
-            text += &format!("l{level}: &l{level} [{}]\n", vec![item; width].join(", "));
+        // Limits and ranges stated in prose.
+        let sentences = [
+            format!(
+                "Limits: at most {LISTENER_LIMIT} listeners, {GROUP_LIMIT} target groups and \
+                 {TARGET_LIMIT} targets in all"
+            ),
+            format!(
+                "{}-{} characters, no `/`",
+                IFACE_NAME_LEN.min, IFACE_NAME_LEN.max
+            ),
+            format!("names are {}-{} characters", NAME_LEN.min, NAME_LEN.max),
+            format!("each code {STATUS_CODE}"),
+            format!("max_flows: {DEFAULT_MAX_FLOWS}\n"),
+            format!("| file size | {} MiB |", MAX_POLICY_BYTES >> 20),
+            format!("| nesting | {MAX_DEPTH} levels |"),
+            format!("| nodes | {MAX_NODES} |"),
+        ];
+        for sentence in &sentences {
+            if !DOC.contains(sentence.as_str()) {
+                wrong.push(format!("not in the document: {sentence:?}"));
+            }
         }
-        text
+        assert!(wrong.is_empty(), "docs/policy.md:\n{}", wrong.join("\n"));
     }
 
     #[test]
-    fn aliases_count_as_what_they_stand_for() {
-        // 4 levels of 9: 9^4 = 6561 scalars once expanded, well within.
-        assert_eq!(admit(&laughs(4, 9)), Ok(()));
-        // 8 levels: 9^8 = 43 million scalars.
-        assert_eq!(admit(&laughs(8, 9)), Err(Exceeded::Nodes { alias: true }));
-        // Few nodes, long text: 2^17 copies of a 1000-byte scalar.
-        let mut text = format!("s0: &s0 {}\n", "x".repeat(1000));
-        for level in 1..=17 {
-            text += &format!("s{level}: &s{level} [*s{0}, *s{0}]\n", level - 1);
-        }
-        assert_eq!(admit(&text), Err(Exceeded::Text { alias: true }));
-    }
-
-    #[test]
-    fn an_alias_inside_its_own_anchor_is_a_cycle() {
-        assert_eq!(admit("a: &a [1, *a]\n"), Err(Exceeded::Cycle));
-    }
-
-    #[test]
-    fn depth_counts_collections_and_aliases() {
-        let nested = |depth: usize| format!("{}x{}", "[".repeat(depth), "]".repeat(depth));
-        assert_eq!(admit(&nested(MAX_DEPTH)), Ok(()));
+    fn every_range_field_has_its_message() {
         assert_eq!(
-            admit(&nested(MAX_DEPTH + 1)),
-            Err(Exceeded::Depth { alias: false })
+            out_of_range("table_size", "7").as_deref(),
+            Some("table_size 7 is out of range 1021-1000003; 65537 is a good default")
         );
-        // Each half within the limit, together past it.
-        let half = MAX_DEPTH / 2 + 1;
-        let text = format!(
-            "a: &a {}\nb: {}*a{}\n",
-            nested(half),
-            "[".repeat(half),
-            "]".repeat(half)
+        assert_eq!(
+            out_of_range("port", "0").as_deref(),
+            Some("port 0 is out of range 1-65535")
         );
-        assert_eq!(admit(&text), Err(Exceeded::Depth { alias: true }));
+        assert_eq!(out_of_range("name", "x"), None);
+        assert!(WEIGHT.contains(0u16) && WEIGHT.contains(256u16) && !WEIGHT.contains(257u16));
     }
 }

@@ -1,8 +1,10 @@
 //! The YAML policy: model, parsing with positions, validation, compilation.
 //! Everything here is pure: no I/O besides reading the file in `read`.
+pub mod budget;
 pub mod compile;
 pub mod error;
 pub mod limits;
+pub mod mac;
 pub mod model;
 pub mod parse;
 pub mod positions;
@@ -10,7 +12,8 @@ pub mod serving;
 pub mod validate;
 
 pub use error::{Issue, PolicyError};
+pub use mac::Mac;
 pub use model::*;
-pub use parse::{load, parse, parse_mac, read};
+pub use parse::{load, parse, read};
 pub use serving::check_servable;
 pub use validate::{HostFacts, validate_for_host};

@@ -1,14 +1,21 @@
 //! The policy as written in YAML. Parsing (with line numbers) lives in
-//! `parse.rs`, the rules of SPEC.md in `validate.rs`; this file is only shape
-//! and defaults.
+//! `parse.rs`, the rules of SPEC.md in `validate.rs`, the limits and
+//! defaults in `limits.rs`; this file is only shape, and the values in
+//! effect where a field is optional.
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// Default consistent-hash table size per group: a prime, as Maglev requires.
-pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+use super::Mac;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+use super::limits::{
+    DEFAULT_FIN_TIMEOUT_S, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HTTP_PATH, DEFAULT_INTERVAL_S,
+    DEFAULT_MAX_FLOWS, DEFAULT_STATUS_CODES, DEFAULT_STICKY_DURATION_S, DEFAULT_TABLE_SIZE,
+    DEFAULT_TCP_IDLE_TIMEOUT_S, DEFAULT_TIMEOUT_S, DEFAULT_UDP_IDLE_TIMEOUT_S,
+    DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT,
+};
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// The NIC `lb` attaches to; `lb run --iface` overrides it.
@@ -20,7 +27,7 @@ pub struct Policy {
     pub target_groups: Vec<TargetGroup>,
     /// Flow table settings; absent: the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow_table: Option<FlowTable>,
+    pub flow_table: Option<FlowTableSettings>,
 }
 
 impl Policy {
@@ -30,16 +37,19 @@ impl Policy {
             .as_ref()
             .map_or(DEFAULT_MAX_FLOWS, |t| t.max_flows)
     }
+
+    /// The listener `group` is attached to: the first that names it (a
+    /// valid policy has at most one).
+    pub fn listener_of(&self, group: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.target_group == group)
+    }
 }
 
-/// Default capacity of each flow table (IPv4 and IPv6 have one each).
-pub const DEFAULT_MAX_FLOWS: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
-
-/// The flow tables, sized when `lb run` starts (a reload that changes them
-/// keeps the old size until a restart).
+/// The `flow_table` section: the flow tables' size, set when `lb run`
+/// starts (a reload that changes it keeps the old size until a restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FlowTable {
+pub struct FlowTableSettings {
     /// Entries of each flow table (IPv4 and IPv6 have one each).
     #[serde(default = "default_max_flows")]
     pub max_flows: u32,
@@ -64,6 +74,16 @@ pub struct Listener {
 pub enum ListenerProtocol {
     Tcp,
     Udp,
+}
+
+impl ListenerProtocol {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -102,15 +122,26 @@ impl TargetGroup {
     /// The idle timeout in effect (seconds).
     pub fn idle_timeout_s(&self) -> u32 {
         self.flow_idle_timeout_s.unwrap_or(match self.protocol {
-            GroupProtocol::Udp => lb_common::DEFAULT_UDP_IDLE_TIMEOUT_S,
-            GroupProtocol::Tcp | GroupProtocol::Http => lb_common::DEFAULT_TCP_IDLE_TIMEOUT_S,
+            GroupProtocol::Udp => DEFAULT_UDP_IDLE_TIMEOUT_S,
+            GroupProtocol::Tcp | GroupProtocol::Http => DEFAULT_TCP_IDLE_TIMEOUT_S,
         })
     }
 
     /// The FIN timeout in effect (seconds).
     pub fn fin_timeout_s(&self) -> u32 {
-        self.flow_fin_timeout_s
-            .unwrap_or(lb_common::DEFAULT_FIN_TIMEOUT_S)
+        self.flow_fin_timeout_s.unwrap_or(DEFAULT_FIN_TIMEOUT_S)
+    }
+
+    /// The port health checks probe on `target`, one of this group's: its
+    /// `monitor_port`, else the check's `port`, else the target's `port`,
+    /// else the port of `listener`, the group's ([`Policy::listener_of`]).
+    /// None when no port is written and the group has no listener.
+    pub fn monitor_port(&self, target: &Target, listener: Option<&Listener>) -> Option<u16> {
+        target
+            .monitor_port
+            .or(self.health_check.as_ref().and_then(|h| h.port))
+            .or(target.port)
+            .or(listener.map(|l| l.port))
     }
 }
 
@@ -124,6 +155,17 @@ pub enum GroupProtocol {
     Tcp,
     Http,
     Udp,
+}
+
+impl GroupProtocol {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Tcp => "tcp",
+            GroupProtocol::Http => "http",
+            GroupProtocol::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
@@ -143,6 +185,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Hash => "hash",
@@ -152,9 +195,6 @@ impl Algorithm {
         }
     }
 }
-
-/// Default sticky-session duration (SPEC.md "Sticky session").
-pub const DEFAULT_STICKY_DURATION_S: u32 = 360;
 
 /// Source-IP sticky sessions (SPEC.md): while a session lasts, every new flow
 /// of a client IP goes to the target its first flow went to.
@@ -180,6 +220,15 @@ pub enum StickyType {
     SourceIp,
 }
 
+impl StickyType {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickyType::SourceIp => "source_ip",
+        }
+    }
+}
+
 fn default_sticky_duration_s() -> u32 {
     DEFAULT_STICKY_DURATION_S
 }
@@ -191,6 +240,17 @@ pub enum Affinity {
     FiveTuple,
     ThreeTuple,
     TwoTuple,
+}
+
+impl Affinity {
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Affinity::FiveTuple => "five_tuple",
+            Affinity::ThreeTuple => "three_tuple",
+            Affinity::TwoTuple => "two_tuple",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -209,27 +269,12 @@ pub struct Target {
     pub monitor_port: Option<u16>,
     /// Static MAC ("02:00:00:00:00:13"); overrides the neighbour table.
     #[serde(default)]
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
 }
-
-/// Weight of a target that names none: the maximum, so that listing IPs alone
-/// gives an even spread.
-pub const DEFAULT_WEIGHT: u16 = 256;
 
 fn default_weight() -> u16 {
     DEFAULT_WEIGHT
 }
-
-/// Defaults of the health check, from the KakaoCloud DSR NLB target group
-/// documents (see docs/policy.md for each one's source).
-pub const DEFAULT_INTERVAL_S: u32 = 30;
-pub const DEFAULT_TIMEOUT_S: u32 = 5;
-pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 5;
-pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
-pub const DEFAULT_HTTP_PATH: &str = "/";
-/// The seeds give no default; this is the usual network load balancer one
-/// (any 2xx or 3xx answer: the server is up).
-pub const DEFAULT_STATUS_CODES: &str = "200-399";
 
 /// How a target group's targets are probed. Only what was written is
 /// stored; the accessors give the effective values (defaults applied).
@@ -263,7 +308,7 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// http/https only: `200`, `201,202`, `200-399` or a mix. Default
-    /// [`DEFAULT_STATUS_CODES`]. A bare number in the YAML is accepted.
+    /// `200-399`. A bare number in the YAML is accepted.
     #[serde(
         default,
         deserialize_with = "string_or_integer",
@@ -353,6 +398,7 @@ pub enum CheckType {
 }
 
 impl CheckType {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             CheckType::Tcp => "tcp",
@@ -394,6 +440,7 @@ pub enum HttpMethod {
 }
 
 impl HttpMethod {
+    /// Its name in the policy (upper case, as sent).
     pub fn as_str(self) -> &'static str {
         match self {
             HttpMethod::Get => "GET",
@@ -418,6 +465,7 @@ pub enum HttpVersion {
 }
 
 impl HttpVersion {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             HttpVersion::Http10 => "1.0",
@@ -486,6 +534,7 @@ pub enum FailoverMode {
 }
 
 impl FailoverMode {
+    /// Its name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
             FailoverMode::NoRebalance => "no_rebalance",
@@ -502,6 +551,45 @@ mod tests {
         crate::policy::parse("t.yaml", yaml)
             .unwrap_or_else(|e| panic!("{e}"))
             .target_groups
+    }
+
+    /// `as_str` names each variant as the policy (serde) does.
+    #[test]
+    fn enums_name_themselves_as_the_policy_does() {
+        fn check<T: Serialize>(pairs: &[(T, &str)]) {
+            for (value, name) in pairs {
+                let json = serde_json::to_value(value).unwrap();
+                assert_eq!(json.as_str(), Some(*name));
+            }
+        }
+        use ListenerProtocol as L;
+        check(&[(L::Tcp, L::Tcp.as_str()), (L::Udp, L::Udp.as_str())]);
+        use GroupProtocol as G;
+        check(&[G::Tcp, G::Http, G::Udp].map(|v| (v, v.as_str())));
+        use Algorithm as A;
+        check(&[A::Hash, A::SourceIp, A::RoundRobin, A::LeastConnections].map(|v| (v, v.as_str())));
+        use Affinity as F;
+        check(&[F::FiveTuple, F::ThreeTuple, F::TwoTuple].map(|v| (v, v.as_str())));
+        check(&[(StickyType::SourceIp, StickyType::SourceIp.as_str())]);
+        use CheckType as C;
+        check(&[C::Tcp, C::Http, C::Https, C::Ping].map(|v| (v, v.as_str())));
+        use HttpMethod as M;
+        let methods = [
+            M::Get,
+            M::Head,
+            M::Options,
+            M::Post,
+            M::Put,
+            M::Trace,
+            M::Patch,
+            M::Delete,
+            M::Connect,
+        ];
+        check(&methods.map(|v| (v, v.as_str())));
+        use HttpVersion as V;
+        check(&[V::Http10, V::Http11].map(|v| (v, v.as_str())));
+        use FailoverMode as R;
+        check(&[R::NoRebalance, R::Rebalance].map(|v| (v, v.as_str())));
     }
 
     #[test]
@@ -538,6 +626,29 @@ mod tests {
             assert_eq!(g.target_failover, TargetFailover::default());
             assert_eq!(g.target_failover.on_unhealthy, FailoverMode::NoRebalance);
         }
+    }
+
+    #[test]
+    fn monitor_port_and_listener_of_a_group() {
+        let policy = crate::policy::parse(
+            "t.yaml",
+            "listeners:\n\
+             - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n\
+             target_groups:\n\
+             - name: web\n  protocol: tcp\n  health_check: { enabled: false, port: 8080 }\n  \
+               targets: [ { ip: 10.0.3.11, monitor_port: 9090 }, { ip: 10.0.3.12 } ]\n\
+             - name: lone\n  protocol: tcp\n  \
+               targets: [ { ip: 10.0.3.11, port: 81 }, { ip: 10.0.3.12 } ]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (web, lone) = (&policy.target_groups[0], &policy.target_groups[1]);
+        let listener = policy.listener_of("web");
+        assert_eq!(listener.map(|l| l.name.as_str()), Some("web"));
+        assert_eq!(policy.listener_of("lone"), None);
+        let ports = |g: &TargetGroup, l| g.targets.iter().map(|t| g.monitor_port(t, l)).collect();
+        let ports: [Vec<Option<u16>>; 2] = [ports(web, listener), ports(lone, None)];
+        // A disabled check keeps its port, as status shows it.
+        assert_eq!(ports, [vec![Some(9090), Some(8080)], vec![Some(81), None]]);
     }
 
     #[test]

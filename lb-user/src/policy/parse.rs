@@ -8,7 +8,6 @@
 //!   (`validate::validate`), reporting all issues.
 //! - `validate::validate_for_host(source_name, text, &policy, &HostFacts)`:
 //!   the rules that depend on the host (targets directly connected).
-//! - [`parse_mac`]: the `mac:` syntax, shared with the compiler.
 //!
 //! serde (serde_norway) errors stop at the first one, as serde does; they
 //! come out in the same format, with serde_norway's position.
@@ -18,9 +17,9 @@ use serde::de::IgnoredAny;
 
 use super::{
     error::{Issue, PolicyError},
-    limits::MAX_POLICY_BYTES,
+    limits::{self, MAX_POLICY_BYTES},
     model::Policy,
-    positions::Positions,
+    positions::{Pos, Positions},
     validate,
 };
 
@@ -92,111 +91,99 @@ fn too_large() -> String {
     )
 }
 
-/// `"02:00:00:00:00:13"` -> bytes: six hexadecimal octets (one or two digits
-/// each) separated by `:`. Only the syntax: `validate` also rejects multicast
-/// and all-zero addresses.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad = || {
-        format!(
-            "mac `{s}` is not a MAC address: expected 6 hex octets separated by ':' (like 02:00:00:00:00:13)"
-        )
-    };
-    let mut mac = [0u8; 6];
-    let mut octets = s.split(':');
-    for byte in &mut mac {
-        let octet = octets.next().ok_or_else(bad)?;
-        if octet.is_empty() || octet.len() > 2 || !octet.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(octet, 16).map_err(|_| bad())?;
-    }
-    if octets.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
-}
-
 /// YAML -> `Policy`, stopping at the first problem: a limit exceeded, else
 /// duplicate keys (all of them, as many as `positions` lists), else a YAML
 /// syntax error, else a serde error. serde only sees a document whose every
 /// event passed the limits.
 fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, PolicyError> {
-    let issue = |pos: (usize, usize), path: &str, message: String| Issue {
+    PolicyError::check(index_issues(file, text, positions))?;
+    match serde_norway::from_str::<Policy>(text) {
+        Ok(policy) => Ok(policy),
+        Err(e) => serde_failure(file, text, positions, &e),
+    }
+}
+
+fn issue(file: &str, pos: Pos, path: &str, message: String) -> Issue {
+    Issue {
         file: file.to_string(),
-        line: pos.0,
-        column: pos.1,
+        line: pos.line,
+        column: pos.column,
         path: path.to_string(),
         message,
-    };
+    }
+}
+
+/// What the position index found before serde may look: a limit exceeded,
+/// else duplicate keys, else a syntax error.
+fn index_issues(file: &str, text: &str, positions: &Positions) -> Vec<Issue> {
     if let Some(limit) = positions.limit_exceeded() {
-        let pos = (limit.pos.line, limit.pos.column);
-        return Err(PolicyError::new(vec![issue(
-            pos,
-            &limit.path,
-            limit.message.clone(),
-        )]));
+        return vec![issue(file, limit.pos, &limit.path, limit.message.clone())];
     }
     let mut duplicates: Vec<Issue> = positions
         .duplicate_keys()
         .iter()
         .map(|d| {
-            issue(
-                (d.pos.line, d.pos.column),
-                &d.path,
-                format!("duplicate key `{}` (first at line {})", d.key, d.first_line),
-            )
+            let message = format!("duplicate key `{}` (first at line {})", d.key, d.first_line);
+            issue(file, d.pos, &d.path, message)
         })
         .collect();
     if let (Some(last), n @ 1..) = (duplicates.last(), positions.unlisted_duplicate_keys()) {
-        let pos = (last.line, last.column);
+        let pos = Pos {
+            line: last.line,
+            column: last.column,
+        };
         duplicates.push(issue(
+            file,
             pos,
             "",
             format!("{n} more duplicate keys after this one"),
         ));
     }
-    PolicyError::check(duplicates)?;
-
-    let invalid_yaml = |e: &serde_norway::Error| {
-        let (pos, message) = strip_location(e);
-        PolicyError::new(vec![issue(pos, "", format!("invalid yaml: {message}"))])
-    };
-    if let Some(error) = positions.syntax_error() {
-        // The limits were checked up to the error only: serde must not
-        // deserialize the rest. serde_norway's message when it finds the
-        // error too (the usual case), else yaml-rust2's.
-        return Err(match document(text) {
-            Err(e) => invalid_yaml(&e),
-            Ok(_) => PolicyError::new(vec![issue(
-                (error.pos.line, error.pos.column),
-                "",
-                format!("invalid yaml: {}", error.message),
-            )]),
-        });
+    if !duplicates.is_empty() {
+        return duplicates;
     }
-
-    let policy_err = match serde_norway::from_str::<Policy>(text) {
-        Ok(policy) => return Ok(policy),
-        Err(e) => e,
+    let Some(error) = positions.syntax_error() else {
+        return Vec::new();
     };
-    // Syntax first: serde_norway deserializes as it parses, so a broken
-    // document could otherwise come out as a misleading "missing field".
-    // (Parsed again only when the policy did not deserialize: a large valid
-    // policy is parsed once here.)
+    // The limits were checked up to the error only: serde must not
+    // deserialize the rest. serde_norway's message when it finds the error
+    // too (the usual case), else yaml-rust2's.
+    vec![match document(text) {
+        Err(e) => invalid_yaml(file, &e),
+        Ok(_) => issue(
+            file,
+            error.pos,
+            "",
+            format!("invalid yaml: {}", error.message),
+        ),
+    }]
+}
+
+fn invalid_yaml(file: &str, e: &serde_norway::Error) -> Issue {
+    let (pos, message) = strip_location(e);
+    issue(file, pos, "", format!("invalid yaml: {message}"))
+}
+
+/// What to make of serde's error `err` on `text`. Syntax first:
+/// serde_norway deserializes as it parses, so a broken document could
+/// otherwise come out as a misleading "missing field". (Parsed again only
+/// when the policy did not deserialize: a large valid policy is parsed
+/// once.)
+fn serde_failure(
+    file: &str,
+    text: &str,
+    positions: &Positions,
+    err: &serde_norway::Error,
+) -> Result<Policy, PolicyError> {
     match document(text) {
-        Err(e) => Err(invalid_yaml(&e)),
+        Err(e) => Err(PolicyError::new(vec![invalid_yaml(file, &e)])),
         // Empty, only comments, or `~`: nothing to balance, which parses.
-        Ok(None) => Ok(Policy {
-            interface: None,
-            listeners: Vec::new(),
-            target_groups: Vec::new(),
-            flow_table: None,
-        }),
+        Ok(None) => Ok(Policy::default()),
         Ok(Some(_)) => {
-            let (pos, text) = strip_location(&policy_err);
+            let (pos, text) = strip_location(err);
             let (path, message) = split_path(&text);
             let (path, message) = reword(path, message, positions);
-            Err(PolicyError::new(vec![issue(pos, &path, message)]))
+            Err(PolicyError::new(vec![issue(file, pos, &path, message)]))
         }
     }
 }
@@ -210,13 +197,13 @@ pub(super) fn document(text: &str) -> Result<Option<IgnoredAny>, serde_norway::E
 
 /// serde_norway's message without its " at line L column C", and that
 /// position (1:1 when it has none).
-fn strip_location(err: &serde_norway::Error) -> ((usize, usize), String) {
-    let pos = err
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((1, 1));
+fn strip_location(err: &serde_norway::Error) -> (Pos, String) {
+    let pos = err.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
+        line: l.line(),
+        column: l.column(),
+    });
     let mut text = err.to_string();
-    let at = format!(" at line {} column {}", pos.0, pos.1);
+    let at = format!(" at line {} column {}", pos.line, pos.column);
     if let Some(i) = text.find(&at) {
         text.replace_range(i..i + at.len(), "");
     }
@@ -264,14 +251,14 @@ fn reword(path: &str, message: &str, positions: &Positions) -> (String, String) 
         .strip_prefix("invalid value: integer `")
         .or_else(|| message.strip_prefix("invalid type: integer `"))
         && let Some((value, _)) = rest.split_once('`')
-        && let Some(m) = validate::out_of_range(field, value)
+        && let Some(m) = limits::out_of_range(field, value)
     {
         return (path.to_string(), m);
     }
     // "invalid type: string \"eighty\", expected u16"
     if let Some(rest) = message.strip_prefix("invalid type: ")
         && let Some((found, _)) = rest.split_once(", expected u")
-        && let Some(range) = validate::range(field)
+        && let Some(range) = limits::range_of(field)
     {
         return (
             path.to_string(),
@@ -285,15 +272,33 @@ fn reword(path: &str, message: &str, positions: &Positions) -> (String, String) 
             format!("{field} `{value}` is not an IP address (like 10.0.3.11 or fd00:3::11)"),
         );
     }
-    let message = message
-        .replace("expected struct Policy", "expected a policy mapping")
-        .replace("expected struct Listener", "expected a listener mapping")
-        .replace(
-            "expected struct TargetGroup",
-            "expected a target group mapping",
-        )
-        .replace("expected struct Target", "expected a target mapping");
-    (path.to_string(), message)
+    (path.to_string(), reword_struct(message))
+}
+
+/// serde names the model's structs (`expected struct TargetGroup`); say
+/// what the policy calls them.
+fn reword_struct(message: &str) -> String {
+    const SECTIONS: [(&str, &str); 8] = [
+        ("Policy", "a policy"),
+        ("Listener", "a listener"),
+        ("TargetGroup", "a target group"),
+        ("Target", "a target"),
+        ("HealthCheck", "a health_check"),
+        ("TargetFailover", "a target_failover"),
+        ("StickySession", "a sticky_session"),
+        ("FlowTableSettings", "a flow_table"),
+    ];
+    let Some((before, after)) = message.split_once("expected struct ") else {
+        return message.to_string();
+    };
+    let name_len = after
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(after.len());
+    let (name, rest) = after.split_at(name_len);
+    match SECTIONS.iter().find(|(s, _)| *s == name) {
+        Some((_, what)) => format!("{before}expected {what} mapping{rest}"),
+        None => message.to_string(),
+    }
 }
 
 fn lowercase_first(s: &str) -> String {
@@ -386,6 +391,11 @@ mod tests {
             expect: "t.yaml:1:1: invalid type: sequence, expected a policy mapping",
         },
         Case {
+            name: "a number where a section belongs",
+            yaml: "flow_table: 5\n",
+            expect: "t.yaml:1:13: flow_table: invalid type: integer `5`, expected a flow_table mapping",
+        },
+        Case {
             name: "yaml syntax error",
             yaml: "listeners:\n  - name: web\n   vip: 10.0.3.49\n",
             expect: "t.yaml:3:4: invalid yaml: did not find expected '-' indicator, while parsing a block collection at line 2 column 3",
@@ -461,25 +471,6 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    }
-
-    #[test]
-    fn mac_syntax() {
-        assert_eq!(parse_mac("02:00:00:00:00:13"), Ok([2, 0, 0, 0, 0, 0x13]));
-        assert_eq!(parse_mac("2:a:B:0:0:ff"), Ok([2, 0xa, 0xb, 0, 0, 0xff]));
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:13:14",
-            "02-00-00-00-00-13",
-            "02:00:00:00:00:1g",
-            "02:00:00:00:00:123",
-            "02:00:00:00::13",
-            "+2:00:00:00:00:13",
-        ] {
-            let err = parse_mac(bad).unwrap_err();
-            assert!(err.contains("expected 6 hex octets"), "{bad}: {err}");
-        }
     }
 
     #[test]
@@ -617,8 +608,7 @@ target_groups:
     }
 
     /// The shape of `tests/src/bench/scale.rs`: `groups` listeners, each to
-    /// a group of `targets` targets with a static MAC (about 4.8 MB for
-    /// 1,000 x 100).
+    /// a group of `targets` targets with a static MAC.
     fn scale_policy(groups: usize, targets: usize) -> String {
         use std::fmt::Write as _;
         let mut y = "interface: eth0\nlisteners:\n".to_string();
@@ -649,7 +639,7 @@ target_groups:
 
     #[test]
     fn the_limits_take_the_largest_realistic_policy() {
-        // The limits alone on 1,000 x 100 (a full parse of it takes seconds
+        // The limits alone on 1,000 x 100 (a full parse of it is slow
         // in a debug build); a full parse of a slice of it.
         let text = scale_policy(1000, 100);
         let positions = Positions::index(&text);

@@ -15,7 +15,7 @@ use yaml_rust2::{
     scanner::Marker,
 };
 
-use super::limits::Budget;
+use super::budget::Budget;
 
 /// A 1-based position in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,44 +5,22 @@
 //! - [`validate`] (called by `parse::parse`): rules that need only the text.
 //! - [`validate_for_host`]: rules that depend on the host, whose facts the
 //!   caller observes and passes in ([`HostFacts`]), so this stays pure.
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
-
-use lb_common::{MAX_GROUPS, MAX_LISTENERS, MAX_TABLE_SIZE, MAX_TARGETS};
+use std::{collections::HashMap, net::IpAddr};
 
 use super::{
     error::{Issue, PolicyError},
-    model::{
-        Algorithm, CheckType, DEFAULT_TABLE_SIZE, GroupProtocol, HealthCheck, Listener,
-        ListenerProtocol, Policy, TargetGroup,
+    limits::{
+        DEFAULT_TABLE_SIZE, FLOW_FIN_TIMEOUT_S, FLOW_IDLE_TIMEOUT_S, GROUP_LIMIT, IFACE_NAME_LEN,
+        INTERVAL_S, LISTENER_LIMIT, MAX_FLOWS, NAME_LEN, Range, STICKY_DURATION_S, TABLE_SIZE,
+        TARGET_LIMIT, THRESHOLD, TIMEOUT_S, WEIGHT, out_of_range,
     },
-    parse::parse_mac,
+    mac::Mac,
+    model::{
+        Algorithm, CheckType, GroupProtocol, HealthCheck, Listener, ListenerProtocol, Policy,
+        TargetGroup,
+    },
     positions::Positions,
 };
-
-/// Longest listener or target group name.
-pub const MAX_NAME_LEN: usize = 63;
-/// Largest target weight (SPEC.md: weights are 0-256).
-pub const MAX_WEIGHT: u16 = 256;
-/// Smallest consistent-hash table a group may have.
-pub const MIN_TABLE_SIZE: u32 = 1021;
-/// Health check ranges (SPEC.md "Health checks").
-pub const INTERVAL_S: (u32, u32) = (1, 3600);
-pub const TIMEOUT_S: (u32, u32) = (1, 900);
-pub const THRESHOLD: (u32, u32) = (1, 10);
-/// Flow timeouts (seconds). Neither may be below 1 s: the data plane checks
-/// an entry's timeout only once it is `FLOW_TOUCH_NS` (1 s) stale.
-pub const FLOW_IDLE_TIMEOUT_S: (u32, u32) = (1, 86_400);
-pub const FLOW_FIN_TIMEOUT_S: (u32, u32) = (1, 3600);
-/// Entries of each flow table.
-pub const MAX_FLOWS: (u32, u32) = (1024, 1 << 25);
-const _: () = assert!(lb_common::FLOW_TOUCH_NS <= 1_000_000_000);
-/// Sticky-session duration range (SPEC.md "Sticky session").
-pub const STICKY_DURATION_S: (u32, u32) = (1, 604_800);
-/// Longest Linux interface name (IFNAMSIZ - 1).
-const MAX_IFACE_LEN: usize = 15;
 
 /// Facts about the host the validator needs (kept pure: the caller observes
 /// them).
@@ -61,7 +39,7 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
     }
     capacity(&mut r, policy);
     if let Some(table) = &policy.flow_table
-        && !(MAX_FLOWS.0..=MAX_FLOWS.1).contains(&table.max_flows)
+        && !MAX_FLOWS.contains(table.max_flows)
     {
         r.issue(
             "flow_table.max_flows".into(),
@@ -69,12 +47,11 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
         );
     }
     let groups = group_index(&mut r, policy);
-    let attached = listeners(&mut r, policy, &groups);
+    listeners(&mut r, policy, &groups);
+    let vips = vip_owners(policy);
     for (g, group) in policy.target_groups.iter().enumerate() {
-        let listener = attached
-            .get(group.name.as_str())
-            .map(|&l| &policy.listeners[l]);
-        target_group(&mut r, policy, g, group, listener);
+        let listener = policy.listener_of(&group.name);
+        target_group(&mut r, g, group, listener, &vips);
     }
     r.issues
 }
@@ -135,40 +112,6 @@ pub fn validate_for_host(
     PolicyError::check(r.issues)
 }
 
-/// The allowed range of a numeric field, for messages.
-pub(crate) fn range(field: &str) -> Option<String> {
-    match field {
-        "port" | "monitor_port" => Some("1-65535".into()),
-        "interval_s" => Some(format!("{}-{}", INTERVAL_S.0, INTERVAL_S.1)),
-        "timeout_s" => Some(format!("{}-{}", TIMEOUT_S.0, TIMEOUT_S.1)),
-        "healthy_threshold" | "unhealthy_threshold" => {
-            Some(format!("{}-{}", THRESHOLD.0, THRESHOLD.1))
-        }
-        "weight" => Some(format!("0-{MAX_WEIGHT}")),
-        "duration_s" => Some(format!("{}-{}", STICKY_DURATION_S.0, STICKY_DURATION_S.1)),
-        "table_size" => Some(format!("{MIN_TABLE_SIZE}-{MAX_TABLE_SIZE}")),
-        "flow_idle_timeout_s" => Some(format!(
-            "{}-{}",
-            FLOW_IDLE_TIMEOUT_S.0, FLOW_IDLE_TIMEOUT_S.1
-        )),
-        "flow_fin_timeout_s" => Some(format!("{}-{}", FLOW_FIN_TIMEOUT_S.0, FLOW_FIN_TIMEOUT_S.1)),
-        "max_flows" => Some(format!("{}-{}", MAX_FLOWS.0, MAX_FLOWS.1)),
-        _ => None,
-    }
-}
-
-/// The message for a number out of its field's range, shared with the serde
-/// error rewording (a value too big for the integer type).
-pub(crate) fn out_of_range(field: &str, value: &str) -> Option<String> {
-    let range = range(field)?;
-    let hint = if field == "table_size" {
-        format!("; {DEFAULT_TABLE_SIZE} is a good default")
-    } else {
-        String::new()
-    };
-    Some(format!("{field} {value} is out of range {range}{hint}"))
-}
-
 struct Report<'a> {
     file: &'a str,
     positions: &'a Positions,
@@ -207,7 +150,7 @@ impl<'a> Report<'a> {
 
 fn interface_name(r: &mut Report, name: &str) {
     let ok = !name.is_empty()
-        && name.len() <= MAX_IFACE_LEN
+        && IFACE_NAME_LEN.contains(name.len() as u64)
         && name != "."
         && name != ".."
         && !name
@@ -217,7 +160,7 @@ fn interface_name(r: &mut Report, name: &str) {
         r.issue(
             "interface".into(),
             format!(
-                "interface name `{name}` is invalid: use 1-{MAX_IFACE_LEN} characters \
+                "interface name `{name}` is invalid: use {IFACE_NAME_LEN} characters \
                  without '/', ':' or whitespace"
             ),
         );
@@ -226,12 +169,11 @@ fn interface_name(r: &mut Report, name: &str) {
 
 fn capacity(r: &mut Report, policy: &Policy) {
     let limits = [
-        ("listeners", policy.listeners.len(), MAX_LISTENERS as usize),
-        // Group and target id 0 are reserved.
+        ("listeners", policy.listeners.len(), LISTENER_LIMIT as usize),
         (
             "target_groups",
             policy.target_groups.len(),
-            MAX_GROUPS as usize - 1,
+            GROUP_LIMIT as usize,
         ),
     ];
     for (field, count, max) in limits {
@@ -243,7 +185,7 @@ fn capacity(r: &mut Report, policy: &Policy) {
         }
     }
     let targets: usize = policy.target_groups.iter().map(|g| g.targets.len()).sum();
-    let max = MAX_TARGETS as usize - 1;
+    let max = TARGET_LIMIT as usize;
     if targets > max {
         r.issue(
             "target_groups".into(),
@@ -252,149 +194,215 @@ fn capacity(r: &mut Report, policy: &Policy) {
     }
 }
 
+/// Checks a listener or group name: the name rules, and unique among its
+/// kind (`list`: `listeners` or `target_groups`; `what`: how messages call
+/// the kind). `seen` maps each name to the first item with it.
+fn unique_name<'p>(
+    r: &mut Report,
+    (list, what): (&str, &str),
+    i: usize,
+    item_name: &'p str,
+    seen: &mut HashMap<&'p str, usize>,
+) {
+    let path = format!("{list}[{i}].name");
+    name(r, &path, item_name);
+    if let Some(&first) = seen.get(item_name) {
+        let line = r.line(&format!("{list}[{first}].name"));
+        let message =
+            format!("{what} name `{item_name}` is already used by {list}[{first}] (line {line})");
+        r.issue(path, message);
+    } else {
+        seen.insert(item_name, i);
+    }
+}
+
 /// Checks group names; returns name -> index of the first group of each name.
 fn group_index<'p>(r: &mut Report, policy: &'p Policy) -> HashMap<&'p str, usize> {
     let mut index = HashMap::new();
     for (g, group) in policy.target_groups.iter().enumerate() {
-        let path = format!("target_groups[{g}].name");
-        name(r, &path, &group.name);
-        if let Some(&first) = index.get(group.name.as_str()) {
-            let line = r.line(&format!("target_groups[{first}].name"));
-            r.issue(
-                path,
-                format!(
-                    "target group name `{}` is already used by target_groups[{first}] (line {line})",
-                    group.name
-                ),
-            );
-        } else {
-            index.insert(group.name.as_str(), g);
-        }
+        unique_name(
+            r,
+            ("target_groups", "target group"),
+            g,
+            &group.name,
+            &mut index,
+        );
     }
     index
 }
 
-/// Checks listeners; returns group name -> index of the listener it is
-/// attached to.
-fn listeners<'p>(
-    r: &mut Report,
-    policy: &'p Policy,
-    groups: &HashMap<&str, usize>,
-) -> HashMap<&'p str, usize> {
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut keys: HashMap<(IpAddr, ListenerProtocol, u16), usize> = HashMap::new();
-    let mut attached: HashMap<&str, usize> = HashMap::new();
-    for (l, listener) in policy.listeners.iter().enumerate() {
-        let at = |field: &str| format!("listeners[{l}].{field}");
-        name(r, &at("name"), &listener.name);
-        if let Some(&first) = names.get(listener.name.as_str()) {
-            let line = r.line(&format!("listeners[{first}].name"));
-            r.issue(
-                at("name"),
-                format!(
-                    "listener name `{}` is already used by listeners[{first}] (line {line})",
-                    listener.name
-                ),
-            );
-        } else {
-            names.insert(&listener.name, l);
-        }
-
-        if let Some(what) = not_unicast(listener.vip) {
-            r.issue(
-                at("vip"),
-                format!(
-                    "vip {} is {what}; a vip must be a unicast address",
-                    listener.vip
-                ),
-            );
-        }
-        if listener.port == 0 {
-            r.issue(at("port"), out_of_range("port", "0").unwrap_or_default());
-        }
-        let key = (listener.vip, listener.protocol, listener.port);
-        if let Some(&first) = keys.get(&key) {
-            let line = r.line(&format!("listeners[{first}]"));
-            r.issue(
-                format!("listeners[{l}]"),
-                format!(
-                    "listener `{}` has the same vip, protocol and port ({} {} {}) as listener `{}` (line {line})",
-                    listener.name,
-                    listener.vip,
-                    protocol_name(listener.protocol),
-                    listener.port,
-                    policy.listeners[first].name,
-                ),
-            );
-        } else {
-            keys.insert(key, l);
-        }
-
-        let wanted = listener.target_group.as_str();
-        let Some(&g) = groups.get(wanted) else {
-            let defined: Vec<String> = policy
-                .target_groups
-                .iter()
-                .map(|g| format!("`{}`", g.name))
-                .collect();
-            let known = if defined.is_empty() {
-                "no target groups are defined".to_string()
-            } else {
-                format!("defined: {}", defined.join(", "))
-            };
-            r.issue(
-                at("target_group"),
-                format!("target group `{wanted}` does not exist ({known})"),
-            );
-            continue;
-        };
-        let group = &policy.target_groups[g];
-        if !protocols_match(listener.protocol, group.protocol) {
-            let needs = match listener.protocol {
-                ListenerProtocol::Tcp => "a tcp listener needs a tcp or http target group",
-                ListenerProtocol::Udp => "a udp listener needs a udp target group",
-            };
-            r.issue(
-                at("target_group"),
-                format!(
-                    "listener `{}` is {} but target group `{wanted}` is {}: {needs}",
-                    listener.name,
-                    protocol_name(listener.protocol),
-                    group_protocol_name(group.protocol),
-                ),
-            );
-        }
-        if let Some(&first) = attached.get(wanted) {
-            let line = r.line(&format!("listeners[{first}]"));
-            r.issue(
-                at("target_group"),
-                format!(
-                    "target group `{wanted}` is already attached to listener `{}` (line {line}): \
-                     with DSR a target group serves at most one listener",
-                    policy.listeners[first].name
-                ),
-            );
-        } else {
-            attached.insert(&group.name, l);
-        }
-    }
-    attached
+/// What the listeners checked so far hold, by the index of the first.
+#[derive(Default)]
+struct Listeners<'p> {
+    names: HashMap<&'p str, usize>,
+    keys: HashMap<(IpAddr, ListenerProtocol, u16), usize>,
+    /// Group name -> the listener it is attached to.
+    attached: HashMap<&'p str, usize>,
 }
 
-fn target_group(
+/// Checks listeners; `groups` is [`group_index`]'s.
+fn listeners(r: &mut Report, policy: &Policy, groups: &HashMap<&str, usize>) {
+    let mut seen = Listeners::default();
+    for (l, listener) in policy.listeners.iter().enumerate() {
+        unique_name(
+            r,
+            ("listeners", "listener"),
+            l,
+            &listener.name,
+            &mut seen.names,
+        );
+        listener_address(r, policy, l, &mut seen.keys);
+        listener_group(r, policy, l, groups, &mut seen.attached);
+    }
+}
+
+/// The vip, the port, and (vip, protocol, port) unique among listeners.
+fn listener_address(
     r: &mut Report,
     policy: &Policy,
+    l: usize,
+    keys: &mut HashMap<(IpAddr, ListenerProtocol, u16), usize>,
+) {
+    let listener = &policy.listeners[l];
+    let at = |field: &str| format!("listeners[{l}].{field}");
+    let vip = listener.vip;
+    if let Some(what) = not_unicast(vip) {
+        let message = format!("vip {vip} is {what}; a vip must be a unicast address");
+        r.issue(at("vip"), message);
+    }
+    if listener.port == 0 {
+        r.issue(at("port"), out_of_range("port", "0").unwrap_or_default());
+    }
+    let key = (vip, listener.protocol, listener.port);
+    let Some(&first) = keys.get(&key) else {
+        keys.insert(key, l);
+        return;
+    };
+    let line = r.line(&format!("listeners[{first}]"));
+    r.issue(
+        format!("listeners[{l}]"),
+        format!(
+            "listener `{}` has the same vip, protocol and port ({vip} {} {}) as listener `{}` \
+             (line {line})",
+            listener.name,
+            listener.protocol.as_str(),
+            listener.port,
+            policy.listeners[first].name,
+        ),
+    );
+}
+
+/// The listener's group: it exists, takes the listener's protocol, and
+/// serves no other listener. `attached` maps groups to their first listener.
+fn listener_group<'p>(
+    r: &mut Report,
+    policy: &'p Policy,
+    l: usize,
+    groups: &HashMap<&str, usize>,
+    attached: &mut HashMap<&'p str, usize>,
+) {
+    let listener = &policy.listeners[l];
+    let at = format!("listeners[{l}].target_group");
+    let wanted = listener.target_group.as_str();
+    let Some(&g) = groups.get(wanted) else {
+        r.issue(at, no_such_group(policy, wanted));
+        return;
+    };
+    let group = &policy.target_groups[g];
+    if !protocols_match(listener.protocol, group.protocol) {
+        let needs = match listener.protocol {
+            ListenerProtocol::Tcp => "a tcp listener needs a tcp or http target group",
+            ListenerProtocol::Udp => "a udp listener needs a udp target group",
+        };
+        let (name, protocol) = (&listener.name, listener.protocol.as_str());
+        let group_protocol = group.protocol.as_str();
+        let message = format!(
+            "listener `{name}` is {protocol} but target group `{wanted}` is {group_protocol}: {needs}"
+        );
+        r.issue(at.clone(), message);
+    }
+    if let Some(&first) = attached.get(wanted) {
+        let line = r.line(&format!("listeners[{first}]"));
+        r.issue(
+            at,
+            format!(
+                "target group `{wanted}` is already attached to listener `{}` (line {line}): \
+                 with DSR a target group serves at most one listener",
+                policy.listeners[first].name
+            ),
+        );
+    } else {
+        attached.insert(&group.name, l);
+    }
+}
+
+/// The message for a listener's group that does not exist, naming those
+/// that do.
+fn no_such_group(policy: &Policy, wanted: &str) -> String {
+    let defined: Vec<String> = policy
+        .target_groups
+        .iter()
+        .map(|g| format!("`{}`", g.name))
+        .collect();
+    let known = if defined.is_empty() {
+        "no target groups are defined".to_string()
+    } else {
+        format!("defined: {}", defined.join(", "))
+    };
+    format!("target group `{wanted}` does not exist ({known})")
+}
+
+/// The first listener of each vip.
+fn vip_owners(policy: &Policy) -> HashMap<IpAddr, &str> {
+    let mut owners = HashMap::new();
+    for l in &policy.listeners {
+        owners.entry(l.vip).or_insert(l.name.as_str());
+    }
+    owners
+}
+
+/// A group's rules, then its targets'; `listener` is the group's.
+fn target_group(
+    r: &mut Report,
     g: usize,
     group: &TargetGroup,
     listener: Option<&Listener>,
+    vips: &HashMap<IpAddr, &str>,
 ) {
+    table_size(r, g, group);
+    algorithm(r, g, group);
+    sticky_session(r, g, group);
+    health_check(r, g, group);
+    target_failover(r, g, group);
+    flow_timeouts(r, g, group);
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    for (t, target) in group.targets.iter().enumerate() {
+        let at = |field: &str| format!("target_groups[{g}].targets[{t}].{field}");
+        target_ip(r, (g, t), group, listener, vips, &mut seen);
+        if !WEIGHT.contains(target.weight) {
+            let weight = target.weight.to_string();
+            r.issue(
+                at("weight"),
+                out_of_range("weight", &weight).unwrap_or_default(),
+            );
+        }
+        target_port(r, &at("port"), target.port, listener);
+        if let Some(port) = target.monitor_port {
+            monitor_port(r, &at("monitor_port"), port, group);
+        }
+        if let Some(mac) = target.mac {
+            target_mac(r, &at("mac"), mac);
+        }
+    }
+}
+
+/// A prime size in range, with a slot for every target.
+fn table_size(r: &mut Report, g: usize, group: &TargetGroup) {
     let at = |field: &str| format!("target_groups[{g}].{field}");
     let size = group.table_size;
-    if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&size) {
-        r.issue(
-            at("table_size"),
-            out_of_range("table_size", &size.to_string()).unwrap_or_default(),
-        );
+    if !TABLE_SIZE.contains(size) {
+        let message = out_of_range("table_size", &size.to_string()).unwrap_or_default();
+        r.issue(at("table_size"), message);
     } else if !is_prime(size) {
         r.issue(
             at("table_size"),
@@ -404,108 +412,91 @@ fn target_group(
             ),
         );
     }
-    if group.targets.len() > size as usize {
-        r.issue(
-            at("targets"),
-            format!(
-                "{} targets do not fit a table_size of {size}: every target needs a slot",
-                group.targets.len()
-            ),
+    let targets = group.targets.len();
+    if targets > size as usize {
+        let message = format!(
+            "{targets} targets do not fit a table_size of {size}: every target needs a slot"
         );
+        r.issue(at("targets"), message);
     }
+}
 
-    algorithm(r, g, group);
-    sticky_session(r, g, group);
-    health_check(r, g, group);
-    target_failover(r, g, group);
-    flow_timeouts(r, g, group);
+/// Target `t` of group `g`'s address: a unicast host, not a vip, once in
+/// its group (`seen`: address -> first target), of its listener's family.
+fn target_ip(
+    r: &mut Report,
+    (g, t): (usize, usize),
+    group: &TargetGroup,
+    listener: Option<&Listener>,
+    vips: &HashMap<IpAddr, &str>,
+    seen: &mut HashMap<IpAddr, usize>,
+) {
+    let at = format!("target_groups[{g}].targets[{t}].ip");
+    let ip = group.targets[t].ip;
+    if let Some(what) = not_unicast(ip) {
+        let message = format!("target {ip} is {what}; a target must be a unicast host address");
+        r.issue(at.clone(), message);
+    }
+    if let Some(owner) = vips.get(&ip) {
+        let message =
+            format!("target {ip} is the vip of listener `{owner}`; a target cannot be a vip");
+        r.issue(at.clone(), message);
+    }
+    if let Some(&first) = seen.get(&ip) {
+        let line = r.line(&format!("target_groups[{g}].targets[{first}]"));
+        let message = format!(
+            "duplicate target {ip} in target group `{}` (first at targets[{first}], line {line})",
+            group.name
+        );
+        r.issue(at.clone(), message);
+    } else {
+        seen.insert(ip, t);
+    }
+    if let Some(l) = listener
+        && ip.is_ipv4() != l.vip.is_ipv4()
+    {
+        let (family, vip_family) = (family(ip), family(l.vip));
+        let message = format!(
+            "target {ip} is {family} but listener `{}` has the {vip_family} vip {}: \
+             a target must have its vip's address family",
+            l.name, l.vip
+        );
+        r.issue(at, message);
+    }
+}
 
-    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
-    let vips: HashSet<IpAddr> = policy.listeners.iter().map(|l| l.vip).collect();
-    for (t, target) in group.targets.iter().enumerate() {
-        let at = |field: &str| format!("target_groups[{g}].targets[{t}].{field}");
-        let ip = target.ip;
-        if let Some(what) = not_unicast(ip) {
+/// A target's port: in range, and with DSR the listener's.
+fn target_port(r: &mut Report, path: &str, port: Option<u16>, listener: Option<&Listener>) {
+    match (port, listener) {
+        (Some(0), _) => {
             r.issue(
-                at("ip"),
-                format!("target {ip} is {what}; a target must be a unicast host address"),
+                path.to_string(),
+                out_of_range("port", "0").unwrap_or_default(),
             );
         }
-        if vips.contains(&ip) {
-            let owner = policy
-                .listeners
-                .iter()
-                .find(|l| l.vip == ip)
-                .map(|l| l.name.as_str())
-                .unwrap_or_default();
-            r.issue(
-                at("ip"),
-                format!("target {ip} is the vip of listener `{owner}`; a target cannot be a vip"),
-            );
-        }
-        if let Some(&first) = seen.get(&ip) {
-            let line = r.line(&format!("target_groups[{g}].targets[{first}]"));
-            r.issue(
-                at("ip"),
-                format!(
-                    "duplicate target {ip} in target group `{}` (first at targets[{first}], line {line})",
-                    group.name
-                ),
-            );
-        } else {
-            seen.insert(ip, t);
-        }
-        if let Some(l) = listener
-            && ip.is_ipv4() != l.vip.is_ipv4()
-        {
-            r.issue(
-                at("ip"),
-                format!(
-                    "target {ip} is {} but listener `{}` has the {} vip {}: \
-                     a target must have its vip's address family",
-                    family(ip),
-                    l.name,
-                    family(l.vip),
-                    l.vip
-                ),
-            );
-        }
-        if target.weight > MAX_WEIGHT {
-            r.issue(
-                at("weight"),
-                out_of_range("weight", &target.weight.to_string()).unwrap_or_default(),
-            );
-        }
-        match (target.port, listener) {
-            (Some(0), _) => r.issue(at("port"), out_of_range("port", "0").unwrap_or_default()),
-            (Some(port), Some(l)) if port != l.port => r.issue(
-                at("port"),
-                format!(
-                    "port {port} differs from listener `{}` port {}: \
-                     with DSR the target port is the listener port",
-                    l.name, l.port
-                ),
+        (Some(port), Some(l)) if port != l.port => r.issue(
+            path.to_string(),
+            format!(
+                "port {port} differs from listener `{}` port {}: \
+                 with DSR the target port is the listener port",
+                l.name, l.port
             ),
-            _ => {}
-        }
-        if let Some(port) = target.monitor_port {
-            monitor_port(r, &at("monitor_port"), port, group);
-        }
-        if let Some(mac) = &target.mac {
-            match parse_mac(mac) {
-                Err(message) => r.issue(at("mac"), message),
-                Ok([0, 0, 0, 0, 0, 0]) => r.issue(
-                    at("mac"),
-                    format!("mac {mac} is all zeros; a target needs a unicast MAC"),
-                ),
-                Ok(bytes) if bytes[0] & 1 == 1 => r.issue(
-                    at("mac"),
-                    format!("mac {mac} is a multicast address; a target needs a unicast MAC"),
-                ),
-                Ok(_) => {}
-            }
-        }
+        ),
+        _ => {}
     }
+}
+
+/// A static MAC: unicast and not all zeros (its syntax is serde's).
+fn target_mac(r: &mut Report, path: &str, mac: Mac) {
+    let what = if mac.is_zero() {
+        "all zeros"
+    } else if mac.is_multicast() {
+        "a multicast address"
+    } else {
+        return;
+    };
+    let message = format!("mac {mac} is {what}; a target needs a unicast MAC");
+    r.issue(path.to_string(), message);
 }
 
 /// Flow timeout ranges; the FIN timeout only for TCP groups.
@@ -523,9 +514,9 @@ fn flow_timeouts(r: &mut Report, g: usize, group: &TargetGroup) {
             FLOW_FIN_TIMEOUT_S,
         ),
     ];
-    for (field, value, (lo, hi)) in fields {
+    for (field, value, range) in fields {
         if let Some(value) = value
-            && !(lo..=hi).contains(&value)
+            && !range.contains(value)
         {
             r.issue(
                 at(field),
@@ -579,8 +570,7 @@ fn sticky_session(r: &mut Report, g: usize, group: &TargetGroup) {
                 .into(),
         );
     }
-    let (lo, hi) = STICKY_DURATION_S;
-    if !(lo..=hi).contains(&sticky.duration_s) {
+    if !STICKY_DURATION_S.contains(sticky.duration_s) {
         r.issue(
             at(".duration_s"),
             out_of_range("duration_s", &sticky.duration_s.to_string()).unwrap_or_default(),
@@ -604,7 +594,7 @@ fn health_check(r: &mut Report, g: usize, group: &TargetGroup) {
             format!(
                 "health check type {} is not allowed for a {} target group: use {}",
                 kind.as_str(),
-                group_protocol_name(group.protocol),
+                group.protocol.as_str(),
                 names.join(", ")
             ),
         );
@@ -618,52 +608,56 @@ fn health_check(r: &mut Report, g: usize, group: &TargetGroup) {
                 .into(),
         );
     }
-    let in_range = |r: &mut Report, field: &str, value: u32, (lo, hi): (u32, u32)| {
-        let ok = (lo..=hi).contains(&value);
-        if !ok {
-            r.issue(
-                at(field),
-                out_of_range(field, &value.to_string()).unwrap_or_default(),
-            );
-        }
-        ok
-    };
-    let interval_ok = in_range(r, "interval_s", hc.interval_s, INTERVAL_S);
-    let timeout_ok = in_range(r, "timeout_s", hc.timeout_s, TIMEOUT_S);
-    in_range(r, "healthy_threshold", hc.healthy_threshold, THRESHOLD);
-    in_range(r, "unhealthy_threshold", hc.unhealthy_threshold, THRESHOLD);
-    if interval_ok && timeout_ok && hc.timeout_s >= hc.interval_s {
-        let (timeout, interval) = (hc.timeout_s, hc.interval_s);
-        if r.written(&at("timeout_s")) || !r.written(&at("interval_s")) {
-            let default = if r.written(&at("interval_s")) {
-                ""
-            } else {
-                " (the default)"
-            };
-            r.issue(
-                at("timeout_s"),
-                format!("timeout_s {timeout} must be less than interval_s {interval}{default}"),
-            );
-        } else {
-            r.issue(
-                at("interval_s"),
-                format!(
-                    "interval_s {interval} must be greater than timeout_s {timeout} (the default): \
-                     set timeout_s too"
-                ),
-            );
-        }
-    }
+    check_timing(r, g, hc);
     let kind_text = if hc.kind.is_some() {
         kind.as_str().to_string()
     } else {
-        format!(
-            "{} (the default for a {} group)",
-            kind.as_str(),
-            group_protocol_name(group.protocol)
-        )
+        let protocol = group.protocol.as_str();
+        format!("{} (the default for a {protocol} group)", kind.as_str())
     };
     http_fields(r, g, hc, kind, &kind_text);
+}
+
+/// The interval, timeout and thresholds in range, and the timeout below
+/// the interval (reported at the one written, when one is a default).
+fn check_timing(r: &mut Report, g: usize, hc: &HealthCheck) {
+    let at = |field: &str| format!("target_groups[{g}].health_check.{field}");
+    let mut in_range = |field: &str, value: u32, range: Range| {
+        let ok = range.contains(value);
+        if !ok {
+            let message = out_of_range(field, &value.to_string()).unwrap_or_default();
+            r.issue(at(field), message);
+        }
+        ok
+    };
+    let interval_ok = in_range("interval_s", hc.interval_s, INTERVAL_S);
+    let timeout_ok = in_range("timeout_s", hc.timeout_s, TIMEOUT_S);
+    in_range("healthy_threshold", hc.healthy_threshold, THRESHOLD);
+    in_range("unhealthy_threshold", hc.unhealthy_threshold, THRESHOLD);
+    if !(interval_ok && timeout_ok && hc.timeout_s >= hc.interval_s) {
+        return;
+    }
+    let (timeout, interval) = (hc.timeout_s, hc.interval_s);
+    let interval_written = r.written(&at("interval_s"));
+    if r.written(&at("timeout_s")) || !interval_written {
+        let default = if interval_written {
+            ""
+        } else {
+            " (the default)"
+        };
+        r.issue(
+            at("timeout_s"),
+            format!("timeout_s {timeout} must be less than interval_s {interval}{default}"),
+        );
+    } else {
+        r.issue(
+            at("interval_s"),
+            format!(
+                "interval_s {interval} must be greater than timeout_s {timeout} (the default): \
+                 set timeout_s too"
+            ),
+        );
+    }
 }
 
 /// method, version, path and status_codes: only for http and https, and
@@ -781,10 +775,11 @@ fn target_failover(r: &mut Report, g: usize, group: &TargetGroup) {
 /// SPEC.md: 1-63 characters matching `[a-z]([-a-z0-9]*[a-z0-9])?`.
 fn name(r: &mut Report, path: &str, name: &str) {
     let len = name.chars().count();
-    if len > MAX_NAME_LEN {
+    if len as u64 > NAME_LEN.max {
+        let max = NAME_LEN.max;
         r.issue(
             path.to_string(),
-            format!("name `{name}` is {len} characters long; the limit is {MAX_NAME_LEN}"),
+            format!("name `{name}` is {len} characters long; the limit is {max}"),
         );
         return;
     }
@@ -798,7 +793,7 @@ fn name(r: &mut Report, path: &str, name: &str) {
         r.issue(
             path.to_string(),
             format!(
-                "name `{name}` is invalid: use 1-{MAX_NAME_LEN} characters from a-z, 0-9 and '-', \
+                "name `{name}` is invalid: use {NAME_LEN} characters from a-z, 0-9 and '-', \
                  starting with a letter and not ending with '-'"
             ),
         );
@@ -814,21 +809,6 @@ fn protocols_match(listener: ListenerProtocol, group: GroupProtocol) -> bool {
             GroupProtocol::Tcp | GroupProtocol::Http
         ) | (ListenerProtocol::Udp, GroupProtocol::Udp)
     )
-}
-
-fn protocol_name(p: ListenerProtocol) -> &'static str {
-    match p {
-        ListenerProtocol::Tcp => "tcp",
-        ListenerProtocol::Udp => "udp",
-    }
-}
-
-fn group_protocol_name(p: GroupProtocol) -> &'static str {
-    match p {
-        GroupProtocol::Tcp => "tcp",
-        GroupProtocol::Http => "http",
-        GroupProtocol::Udp => "udp",
-    }
 }
 
 /// Why `ip` cannot be a vip or a target, if it cannot.
@@ -2185,54 +2165,92 @@ mod tests {
         );
     }
 
-    #[test]
-    fn capacity_limits() {
-        let target = |i: u32| Target {
+    fn capacity_target(i: u32) -> Target {
+        Target {
             ip: IpAddr::V4((0x0a00_0000 + i).into()),
             weight: 1,
             port: None,
             monitor_port: None,
             mac: None,
-        };
-        let group = |n: u32, targets: u32| TargetGroup {
+        }
+    }
+
+    fn capacity_group(n: u32, targets: u32) -> TargetGroup {
+        TargetGroup {
             name: format!("g{n}"),
             protocol: GroupProtocol::Tcp,
             algorithm: Default::default(),
             affinity: Default::default(),
-            table_size: MAX_TABLE_SIZE,
+            table_size: TABLE_SIZE.max as u32,
             health_check: None,
             target_failover: Default::default(),
             flow_idle_timeout_s: None,
             flow_fin_timeout_s: None,
             sticky_session: None,
-            targets: (0..targets).map(|i| target(1 + n * 20_000 + i)).collect(),
-        };
+            targets: (0..targets)
+                .map(|i| capacity_target(1 + n * 20_000 + i))
+                .collect(),
+        }
+    }
+
+    /// `n` listeners, each to a group of its own without targets.
+    fn listeners_and_groups(n: u32) -> Policy {
+        Policy {
+            interface: None,
+            listeners: (0..n)
+                .map(|n| Listener {
+                    name: format!("l{n}"),
+                    vip: IpAddr::V4((0x0a01_0000 + n).into()),
+                    protocol: ListenerProtocol::Tcp,
+                    port: 80,
+                    target_group: format!("g{n}"),
+                })
+                .collect(),
+            target_groups: (0..n).map(|n| capacity_group(n, 0)).collect(),
+            flow_table: None,
+        }
+    }
+
+    fn messages(policy: &Policy) -> Vec<String> {
+        let issues = validate("t.yaml", policy, &Positions::default());
+        issues.into_iter().map(|i| i.message).collect()
+    }
+
+    #[test]
+    fn capacity_limits() {
         let policy = Policy {
             interface: None,
             listeners: Vec::new(),
-            target_groups: (0..MAX_TARGETS / 16_384)
-                .map(|n| group(n, 16_384))
+            target_groups: (0..(TARGET_LIMIT + 1) / 16_384)
+                .map(|n| capacity_group(n, 16_384))
                 .collect(),
             flow_table: None,
         };
         let issues = validate("t.yaml", &policy, &Positions::default());
-        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
-        let expect = format!(
-            "{MAX_TARGETS} targets in all exceed the limit of {}",
-            MAX_TARGETS - 1
+        assert_eq!(issues.len(), 1);
+        assert_eq!(
+            issues[0].message,
+            "131072 targets in all exceed the limit of 131071"
         );
-        assert_eq!(messages, [expect.as_str()]);
         assert_eq!(issues[0].path, "target_groups");
 
-        let policy = Policy {
-            interface: None,
-            listeners: Vec::new(),
-            target_groups: (0..MAX_GROUPS).map(|n| group(n, 0)).collect(),
-            flow_table: None,
-        };
-        let issues = validate("t.yaml", &policy, &Positions::default());
-        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
-        assert_eq!(messages, ["4096 target_groups exceed the limit of 4095"]);
+        assert_eq!(
+            messages(&listeners_and_groups(LISTENER_LIMIT + 1)),
+            [
+                "4096 listeners exceed the limit of 4095",
+                "4096 target_groups exceed the limit of 4095"
+            ]
+        );
+    }
+
+    /// What `lb check` accepts, `lb run` numbers: the largest policy gets
+    /// its ids.
+    #[test]
+    fn the_largest_valid_policy_gets_ids() {
+        let policy = listeners_and_groups(LISTENER_LIMIT.max(GROUP_LIMIT));
+        assert_eq!(messages(&policy), Vec::<String>::new());
+        let ids = crate::ids::Ids::default().assign(&policy, std::time::Instant::now());
+        assert!(ids.is_ok(), "{ids:?}");
     }
 
     #[test]
@@ -2240,7 +2258,9 @@ mod tests {
         let primes: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
         assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
         assert!(
-            is_prime(MIN_TABLE_SIZE) && is_prime(DEFAULT_TABLE_SIZE) && is_prime(MAX_TABLE_SIZE)
+            [TABLE_SIZE.min, DEFAULT_TABLE_SIZE.into(), TABLE_SIZE.max]
+                .iter()
+                .all(|&n| is_prime(n as u32))
         );
         assert!(!is_prime(65536) && !is_prime(1_000_001));
     }
