@@ -364,6 +364,9 @@ fn group(name: &str, hc: Option<HealthCheck>, targets: Vec<Target>) -> TargetGro
         flow_idle_timeout_s: None,
         flow_fin_timeout_s: None,
         sticky_session: None,
+        deregistration_delay_s: None,
+        backup: None,
+        failover_ratio: None,
         targets,
     }
 }

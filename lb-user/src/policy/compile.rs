@@ -446,6 +446,9 @@ mod tests {
                 flow_idle_timeout_s: None,
                 flow_fin_timeout_s: None,
                 sticky_session: None,
+                deregistration_delay_s: None,
+                backup: None,
+                failover_ratio: None,
                 targets: targets
                     .iter()
                     .map(|(ip, w, mac)| Target {

@@ -65,6 +65,12 @@ const _: () = assert!(lb_common::FLOW_TOUCH_NS <= 1_000_000_000);
 pub const MAX_FLOWS: Range = Range::new(1024, 1 << 25);
 /// SPEC.md "Sticky session".
 pub const STICKY_DURATION_S: Range = Range::new(1, 604_800);
+/// SPEC.md "Deregistration and failover of flows": how long a target that
+/// leaves keeps its flows (draining).
+pub const DEREGISTRATION_DELAY_S: Range = Range::new(0, 3600);
+/// SPEC.md "Backup group and failover ratio": the healthy share of a group's
+/// targets below which its new flows go to its backup group.
+pub const FAILOVER_RATIO: (f64, f64) = (0.0, 1.0);
 
 /// The range of each numeric field, by its name (a name means the same
 /// field wherever it appears).
@@ -80,6 +86,7 @@ pub fn range_of(field: &str) -> Option<Range> {
         "flow_fin_timeout_s" => FLOW_FIN_TIMEOUT_S,
         "max_flows" => MAX_FLOWS,
         "duration_s" => STICKY_DURATION_S,
+        "deregistration_delay_s" => DEREGISTRATION_DELAY_S,
         _ => return None,
     })
 }
@@ -114,6 +121,8 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT_S: u32 = 120;
 /// How long a TCP flow lingers without packets after the client's FIN or
 /// RST.
 pub const DEFAULT_FIN_TIMEOUT_S: u32 = 10;
+/// SPEC.md "Deregistration and failover of flows".
+pub const DEFAULT_DEREGISTRATION_DELAY_S: u32 = 300;
 
 /// Health check defaults, from the KakaoCloud DSR NLB target group
 /// documents (docs/policy.md says where each one comes from).
@@ -199,6 +208,8 @@ mod tests {
             (tg, "table_size", format!("prime {}", int(TABLE_SIZE)), code(&DEFAULT_TABLE_SIZE)),
             (tg, "flow_idle_timeout_s", int(FLOW_IDLE_TIMEOUT_S), idle),
             (tg, "flow_fin_timeout_s", int(FLOW_FIN_TIMEOUT_S), code(&DEFAULT_FIN_TIMEOUT_S)),
+            (tg, "deregistration_delay_s", int(DEREGISTRATION_DELAY_S), code(&DEFAULT_DEREGISTRATION_DELAY_S)),
+            (tg, "failover_ratio", format!("number {:.1}-{:.1}", FAILOVER_RATIO.0, FAILOVER_RATIO.1), text("required with `backup`")),
             (target, "weight", int(WEIGHT), code(&DEFAULT_WEIGHT)),
             (target, "port", int(PORT), text("the listener's port")),
             (target, "monitor_port", int(PORT), text("the group's `health_check.port`")),

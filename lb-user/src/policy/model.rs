@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::Mac;
 
 use super::limits::{
-    DEFAULT_FIN_TIMEOUT_S, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HTTP_PATH, DEFAULT_INTERVAL_S,
-    DEFAULT_MAX_FLOWS, DEFAULT_STATUS_CODES, DEFAULT_STICKY_DURATION_S, DEFAULT_TABLE_SIZE,
-    DEFAULT_TCP_IDLE_TIMEOUT_S, DEFAULT_TIMEOUT_S, DEFAULT_UDP_IDLE_TIMEOUT_S,
-    DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT,
+    DEFAULT_DEREGISTRATION_DELAY_S, DEFAULT_FIN_TIMEOUT_S, DEFAULT_HEALTHY_THRESHOLD,
+    DEFAULT_HTTP_PATH, DEFAULT_INTERVAL_S, DEFAULT_MAX_FLOWS, DEFAULT_STATUS_CODES,
+    DEFAULT_STICKY_DURATION_S, DEFAULT_TABLE_SIZE, DEFAULT_TCP_IDLE_TIMEOUT_S, DEFAULT_TIMEOUT_S,
+    DEFAULT_UDP_IDLE_TIMEOUT_S, DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -114,6 +114,18 @@ pub struct TargetGroup {
     /// Absent: no sticky sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_session: Option<StickySession>,
+    /// How long a target that leaves (removed from the policy, or `lb
+    /// drain`) keeps its flows before it is `unused`. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregistration_delay_s: Option<u32>,
+    /// The group that takes this one's new flows when too few of its
+    /// targets are healthy (SPEC.md "Backup group and failover ratio").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// With `backup`: the healthy share of this group's targets below which
+    /// new flows go to the backup (0.0: only when none is healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_ratio: Option<f64>,
     #[serde(default)]
     pub targets: Vec<Target>,
 }
@@ -130,6 +142,12 @@ impl TargetGroup {
     /// The FIN timeout in effect (seconds).
     pub fn fin_timeout_s(&self) -> u32 {
         self.flow_fin_timeout_s.unwrap_or(DEFAULT_FIN_TIMEOUT_S)
+    }
+
+    /// The deregistration delay in effect (seconds).
+    pub fn deregistration_delay_s(&self) -> u32 {
+        self.deregistration_delay_s
+            .unwrap_or(DEFAULT_DEREGISTRATION_DELAY_S)
     }
 
     /// The port health checks probe on `target`, one of this group's: its

@@ -10,9 +10,10 @@ use std::{collections::HashMap, net::IpAddr};
 use super::{
     error::{Issue, PolicyError},
     limits::{
-        DEFAULT_TABLE_SIZE, FLOW_FIN_TIMEOUT_S, FLOW_IDLE_TIMEOUT_S, GROUP_LIMIT, IFACE_NAME_LEN,
-        INTERVAL_S, LISTENER_LIMIT, MAX_FLOWS, NAME_LEN, Range, STICKY_DURATION_S, TABLE_SIZE,
-        TARGET_LIMIT, THRESHOLD, TIMEOUT_S, WEIGHT, out_of_range,
+        DEFAULT_TABLE_SIZE, DEREGISTRATION_DELAY_S, FAILOVER_RATIO, FLOW_FIN_TIMEOUT_S,
+        FLOW_IDLE_TIMEOUT_S, GROUP_LIMIT, IFACE_NAME_LEN, INTERVAL_S, LISTENER_LIMIT, MAX_FLOWS,
+        NAME_LEN, Range, STICKY_DURATION_S, TABLE_SIZE, TARGET_LIMIT, THRESHOLD, TIMEOUT_S, WEIGHT,
+        out_of_range,
     },
     mac::Mac,
     model::{
@@ -52,6 +53,7 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
     for (g, group) in policy.target_groups.iter().enumerate() {
         let listener = policy.listener_of(&group.name);
         target_group(&mut r, g, group, listener, &vips);
+        backup(&mut r, policy, g, &groups);
     }
     r.issues
 }
@@ -336,6 +338,81 @@ fn listener_group<'p>(
     }
 }
 
+/// A group's `backup` and `failover_ratio` (SPEC.md "Backup group and
+/// failover ratio"): the backup is another group that exists; the ratio is
+/// written with a backup, and only then, within 0.0-1.0; and the backup's
+/// targets can take this group's flows: the same transport, and (DSR keeps
+/// the listener's port) the port of this group's listener.
+fn backup(r: &mut Report, policy: &Policy, g: usize, groups: &HashMap<&str, usize>) {
+    let group = &policy.target_groups[g];
+    let at = |field: &str| format!("target_groups[{g}].{field}");
+    let (lo, hi) = FAILOVER_RATIO;
+    match (&group.backup, group.failover_ratio) {
+        (None, None) => return,
+        (None, Some(_)) => {
+ let message = "failover_ratio needs a backup: it says when the backup group takes this group's new flows";
+            r.issue(at("failover_ratio"), message.into());
+            return;
+        }
+        (Some(_), None) => r.issue(
+            at("backup"),
+            format!(
+ "a backup needs failover_ratio ({lo:.1}-{hi:.1}): the healthy share of this group's targets below which new flows go to the backup (0.0: only when none is)"
+            ),
+        ),
+        (Some(_), Some(ratio)) if !(lo..=hi).contains(&ratio) => r.issue(
+            at("failover_ratio"),
+            format!("failover_ratio {ratio} is out of range {lo:.1}-{hi:.1}"),
+        ),
+        _ => {}
+    }
+    let Some(name) = group.backup.as_deref() else {
+        return;
+    };
+    if name == group.name {
+        let message = format!("target group `{name}` cannot be its own backup");
+        r.issue(at("backup"), message);
+        return;
+    }
+    let Some(&b) = groups.get(name) else {
+        r.issue(at("backup"), no_such_group(policy, name));
+        return;
+    };
+    backup_fits(r, policy, g, b);
+}
+
+/// Whether backup group `b` can take the flows of group `g`: the same
+/// transport, and its targets on the port of `g`'s listener.
+fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
+    let (group, backup) = (&policy.target_groups[g], &policy.target_groups[b]);
+    let at = format!("target_groups[{g}].backup");
+    let udp = |p: GroupProtocol| p == GroupProtocol::Udp;
+    if udp(group.protocol) != udp(backup.protocol) {
+        let message = format!(
+            "backup `{}` is {} but target group `{}` is {}: a backup must carry the same transport (udp with udp; tcp or http with tcp or http)",
+            backup.name,
+            backup.protocol.as_str(),
+            group.name,
+            group.protocol.as_str()
+        );
+        r.issue(at.clone(), message);
+    }
+    let Some(listener) = policy.listener_of(&group.name) else {
+        return;
+    };
+    let port = policy
+        .listener_of(&backup.name)
+        .map(|l| l.port)
+        .or_else(|| backup.targets.iter().find_map(|t| t.port));
+    if let Some(port) = port.filter(|&p| p != listener.port) {
+        let message = format!(
+            "backup `{}` serves port {port} but listener `{}` of target group `{}` is on port {}: with DSR the backup's targets receive the listener's port, so they must listen on it",
+            backup.name, listener.name, group.name, listener.port
+        );
+        r.issue(at, message);
+    }
+}
+
 /// The message for a listener's group that does not exist, naming those
 /// that do.
 fn no_such_group(policy: &Policy, wanted: &str) -> String {
@@ -375,6 +452,14 @@ fn target_group(
     health_check(r, g, group);
     target_failover(r, g, group);
     flow_timeouts(r, g, group);
+    if let Some(delay) = group.deregistration_delay_s
+        && !DEREGISTRATION_DELAY_S.contains(delay)
+    {
+        r.issue(
+            format!("target_groups[{g}].deregistration_delay_s"),
+            out_of_range("deregistration_delay_s", &delay.to_string()).unwrap_or_default(),
+        );
+    }
     let mut seen: HashMap<IpAddr, usize> = HashMap::new();
     for (t, target) in group.targets.iter().enumerate() {
         let at = |field: &str| format!("target_groups[{g}].targets[{t}].{field}");
@@ -1708,6 +1793,95 @@ mod tests {
                 expect: "target_groups[0].target_failover.on_unhealthy: on_unhealthy rebalance differs from on_deregistration no_rebalance (the default): both must have the same value; set on_deregistration: rebalance too",
             },
             Case {
+                name: "deregistration delay out of range",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    deregistration_delay_s: 3601",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].deregistration_delay_s: deregistration_delay_s 3601 is out of range 0-3600",
+            },
+            Case {
+                name: "backup without failover_ratio",
+                yaml: &[
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: spare }",
+                    "  - { name: spare, protocol: tcp }",
+                ],
+                expect_line: 2,
+                expect: "target_groups[0].backup: a backup needs failover_ratio (0.0-1.0)",
+            },
+            Case {
+                name: "failover_ratio without backup",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    failover_ratio: 0.5",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].failover_ratio: failover_ratio needs a backup",
+            },
+            Case {
+                name: "failover_ratio out of range",
+                yaml: &[
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: spare, failover_ratio: 1.5 }",
+                    "  - { name: spare, protocol: tcp }",
+                ],
+                expect_line: 2,
+                expect: "target_groups[0].failover_ratio: failover_ratio 1.5 is out of range 0.0-1.0",
+            },
+            Case {
+                name: "backup that does not exist",
+                yaml: &[
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    backup: spare",
+                    "    failover_ratio: 0.5",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].backup: target group `spare` does not exist (defined: `web`)",
+            },
+            Case {
+                name: "a group its own backup",
+                yaml: &[
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: web, failover_ratio: 0.0 }",
+                ],
+                expect_line: 2,
+                expect: "target group `web` cannot be its own backup",
+            },
+            Case {
+                name: "backup of another transport",
+                yaml: &[
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: dns, failover_ratio: 0.0 }",
+                    "  - { name: dns, protocol: udp }",
+                ],
+                expect_line: 2,
+                expect: "backup `dns` is udp but target group `web` is tcp: a backup must carry the same transport",
+            },
+            Case {
+                name: "backup on another port",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }",
+                    "  - { name: alt, vip: 10.0.3.49, protocol: tcp, port: 8080, target_group: spare }",
+                    "target_groups:",
+                    "  - name: web",
+                    "    protocol: tcp",
+                    "    backup: spare",
+                    "    failover_ratio: 0.5",
+                    "  - { name: spare, protocol: tcp }",
+                ],
+                expect_line: 7,
+                expect: "backup `spare` serves port 8080 but listener `web` of target group `web` is on port 80",
+            },
+            Case {
                 name: "affinity with round_robin",
                 yaml: &[
                     "target_groups:",
@@ -2187,6 +2361,9 @@ mod tests {
             flow_idle_timeout_s: None,
             flow_fin_timeout_s: None,
             sticky_session: None,
+            deregistration_delay_s: None,
+            backup: None,
+            failover_ratio: None,
             targets: (0..targets)
                 .map(|i| capacity_target(1 + n * 20_000 + i))
                 .collect(),
