@@ -406,7 +406,9 @@ pub struct TargetRecord {
     pub family: u8,
     /// One of [`record_state`].
     pub state: u8,
-    pub _pad: u16,
+    /// For a target of `group_id`'s backup group that takes `group_id`'s
+    /// flows: that backup group's id (0: a target of its own group).
+    pub via_group: u16,
 }
 
 /// Values of [`TargetRecord::state`].

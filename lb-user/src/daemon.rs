@@ -358,6 +358,7 @@ impl Daemon {
             iface_nets: self.iface.nets.clone(),
             neighbors,
             health: self.verdicts.clone(),
+            ..Observed::default()
         }
     }
 

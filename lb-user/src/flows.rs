@@ -234,6 +234,9 @@ mod tests {
             },
             table: Default::default(),
             last_resort: false,
+            serving: crate::failover::Serving::Primary,
+            primary: Default::default(),
+            backup: None,
         };
         let listener = |id, group_id| PlannedListener {
             name: format!("l{id}"),

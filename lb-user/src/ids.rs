@@ -25,6 +25,7 @@ use std::{
 
 use lb_common::ListenerKey;
 
+use crate::drains::{self, Drains};
 use crate::policy::{
     Policy,
     compile::listener_key,
@@ -32,11 +33,47 @@ use crate::policy::{
 };
 
 /// A target's identity: its group and address (every target of a group
-/// shares the group's port).
+/// shares the group's port); for a target of the group's backup group that
+/// takes the group's flows, also that backup group (`crate::failover`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TargetKey {
     pub group: String,
     pub ip: IpAddr,
+    /// The backup group whose target this is (None: one of `group`'s own).
+    pub via: Option<String>,
+}
+
+impl TargetKey {
+    /// Target `ip` of `group`.
+    pub fn new(group: impl Into<String>, ip: IpAddr) -> TargetKey {
+        TargetKey {
+            group: group.into(),
+            ip,
+            via: None,
+        }
+    }
+
+    /// Target `ip` of `backup`, taking the flows of `group`.
+    pub fn via_backup(
+        group: impl Into<String>,
+        backup: impl Into<String>,
+        ip: IpAddr,
+    ) -> TargetKey {
+        TargetKey {
+            group: group.into(),
+            ip,
+            via: Some(backup.into()),
+        }
+    }
+
+    /// The key of the target itself in its own group (a backup's target
+    /// for one taken via a backup): whose health and MAC it has.
+    pub fn own(&self) -> TargetKey {
+        TargetKey::new(
+            self.via.clone().unwrap_or_else(|| self.group.clone()),
+            self.ip,
+        )
+    }
 }
 
 /// How long after its retirement a target id may be released at the
@@ -98,7 +135,23 @@ impl Ids {
     /// is active again), targets that left are retired (since `now`), and
     /// new objects take the lowest free ids, in policy order.
     pub fn assign(&self, policy: &Policy, now: Instant) -> Result<Ids, IdsError> {
-        let targets = self.assign_targets(policy, now)?;
+        self.assign_with(policy, &Drains::default(), now)
+    }
+
+    /// [`Ids::assign`], where the targets `drains` keeps after they left the
+    /// policy (draining, or lingering) keep their ids too, and every target
+    /// of a group's backup taking the group's flows has one of its own
+    /// (`drains::wanted`).
+    pub fn assign_with(
+        &self,
+        policy: &Policy,
+        drains: &Drains,
+        now: Instant,
+    ) -> Result<Ids, IdsError> {
+        let mut wanted: Vec<TargetKey> =
+            drains::wanted(policy).into_iter().map(|(k, _)| k).collect();
+        wanted.extend(drains.left_the_policy().map(|d| d.key()));
+        let targets = self.assign_targets(&wanted, now)?;
         let groups = self.assign_groups(policy, &targets)?;
         let listeners = self.assign_listeners(policy)?;
         Ok(Ids {
@@ -110,19 +163,9 @@ impl Ids {
 
     fn assign_targets(
         &self,
-        policy: &Policy,
+        wanted: &[TargetKey],
         now: Instant,
     ) -> Result<BTreeMap<TargetKey, Assigned>, IdsError> {
-        let wanted: Vec<TargetKey> = policy
-            .target_groups
-            .iter()
-            .flat_map(|g| {
-                g.targets.iter().map(|t| TargetKey {
-                    group: g.name.clone(),
-                    ip: t.ip,
-                })
-            })
-            .collect();
         let mut out: BTreeMap<TargetKey, Assigned> = self
             .targets
             .iter()
@@ -133,9 +176,9 @@ impl Ids {
             .collect();
         let mut fresh = Vec::new();
         for key in wanted {
-            match out.get_mut(&key) {
+            match out.get_mut(key) {
                 Some(a) => a.retired = None,
-                None => fresh.push(key),
+                None => fresh.push(key.clone()),
             }
         }
         let retired = out.values().filter(|a| a.retired.is_some()).count();
@@ -161,11 +204,16 @@ impl Ids {
             .iter()
             .map(|g| g.name.as_str())
             .collect();
-        // Groups that stay: in the policy, or named by a retired target.
+        // Groups that stay: in the policy, or named by a target that has
+        // an id (as its group, or the backup it is taken through).
         let mut out: BTreeMap<String, Group> = BTreeMap::new();
-        for key in targets.keys() {
-            if let Some(g) = self.groups.get(&key.group) {
-                out.insert(key.group.clone(), *g);
+        for name in targets
+            .keys()
+            .flat_map(|k| [Some(&k.group), k.via.as_ref()])
+            .flatten()
+        {
+            if let Some(g) = self.groups.get(name) {
+                out.insert(name.clone(), *g);
             }
         }
         for name in &in_policy {
@@ -237,7 +285,12 @@ impl Ids {
             !done
         });
         if !released.is_empty() {
-            let held: BTreeSet<&str> = self.targets.keys().map(|k| k.group.as_str()).collect();
+            let held: BTreeSet<&str> = self
+                .targets
+                .keys()
+                .flat_map(|k| [Some(k.group.as_str()), k.via.as_deref()])
+                .flatten()
+                .collect();
             self.groups
                 .retain(|name, g| g.in_policy || held.contains(name.as_str()));
         }
@@ -377,10 +430,7 @@ mod tests {
     }
 
     fn key(group: &str, last: u8) -> TargetKey {
-        TargetKey {
-            group: group.into(),
-            ip: IpAddr::from([10, 0, 3, last]),
-        }
+        TargetKey::new(group, IpAddr::from([10, 0, 3, last]))
     }
 
     fn id(ids: &Ids, group: &str, last: u8) -> u32 {

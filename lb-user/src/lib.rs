@@ -5,6 +5,8 @@
 pub mod api;
 pub mod daemon;
 pub mod dataplane;
+pub mod drains;
+pub mod failover;
 pub mod flows;
 mod group_table;
 pub mod health;

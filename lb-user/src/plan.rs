@@ -7,6 +7,8 @@ use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
 
 pub use crate::group_table::GroupTable;
 use crate::{
+    drains::{Drains, Flows, Phase},
+    failover::{Serving, Side},
     health::HealthState,
     ids::{Ids, TargetKey},
 };
@@ -26,6 +28,12 @@ pub struct Observed {
     /// its first verdict (a restart of `lb` must not send every new flow to
     /// whichever target answers first).
     pub health: BTreeMap<TargetKey, HealthState>,
+    /// Targets leaving (`crate::drains`), and which targets flows still
+    /// name (the flow sweeper's last walk).
+    pub drains: Drains,
+    pub flows: Flows,
+    /// The time (Unix seconds) drains are judged at.
+    pub now_unix: u64,
 }
 
 /// A target's health as the plan uses it.
@@ -57,7 +65,7 @@ pub struct PlannedListener {
     pub info: ListenerInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlannedGroup {
     pub id: u32,
     pub name: String,
@@ -71,6 +79,12 @@ pub struct PlannedGroup {
     /// No target is healthy, so every target with a known MAC and a weight
     /// takes new flows (SPEC.md failover table: last resort).
     pub last_resort: bool,
+    /// Who takes its new flows (SPEC.md "Backup group and failover ratio").
+    pub serving: Serving,
+    /// Its own registered targets, and how many are healthy.
+    pub primary: Side,
+    /// Its backup group: name, its targets as above, the failover ratio.
+    pub backup: Option<(String, Side, f64)>,
 }
 
 /// Why a target of the policy takes no new flows.
@@ -82,6 +96,29 @@ pub enum Exclusion {
     MacUnresolved,
     /// Failed its health checks (and the group is not in last resort).
     Unhealthy,
+    /// Leaving, inside its deregistration delay: its flows go on.
+    Draining,
+    /// Left: its delay is over (or its flows ended).
+    Unused,
+    /// One of the group's own, while the backup takes the new flows.
+    FailedOver,
+    /// One of the backup's, while the group takes its own new flows.
+    Standby,
+}
+
+impl Exclusion {
+    /// Its name in `lb status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exclusion::ZeroWeight => "weight_zero",
+            Exclusion::MacUnresolved => "mac_unresolved",
+            Exclusion::Unhealthy => "unhealthy",
+            Exclusion::Draining => "draining",
+            Exclusion::Unused => "unused",
+            Exclusion::FailedOver => "failed_over",
+            Exclusion::Standby => "backup_standby",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +126,10 @@ pub struct PlannedTarget {
     pub id: u32,
     pub group: String,
     pub ip: IpAddr,
+    /// For a target of the group's backup group: that group.
+    pub via: Option<String>,
+    /// Leaving (draining or unused), or None.
+    pub phase: Option<Phase>,
     pub port: u16,
     /// Weight as written (0-256).
     pub weight: u16,

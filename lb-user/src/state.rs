@@ -118,10 +118,7 @@ impl RuntimeState {
             .filter_map(|v| {
                 let state =
                     HealthState::from_name(&v.state).filter(|s| *s != HealthState::Initial)?;
-                let key = TargetKey {
-                    group: v.group.clone(),
-                    ip: v.ip,
-                };
+                let key = TargetKey::new(v.group.clone(), v.ip);
                 Some((key, state))
             })
             .collect()
@@ -153,10 +150,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         assert_eq!(RuntimeState::load(&dir, 7).unwrap(), None, "none yet");
-        let key = |ip: [u8; 4]| TargetKey {
-            group: "web".into(),
-            ip: ip.into(),
-        };
+        let key = |ip: [u8; 4]| TargetKey::new("web", ip.into());
         let mut state = RuntimeState::new(7);
         state.xdp_mode = Some("native".into());
         let (a, b, c) = (

@@ -103,23 +103,13 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
                         (_, PlannedHealth::Unchecked) => "unchecked",
                         (_, PlannedHealth::Checked(state)) => state.as_str(),
                     };
-                    let snapshot = health.get(&TargetKey {
-                        group: g.name.clone(),
-                        ip: t.ip,
-                    });
+                    let snapshot = health.get(&TargetKey::new(g.name.clone(), t.ip));
                     TargetStatus {
                         ip: t.ip.to_string(),
                         port: t.port,
                         monitor_port: t.monitor_port,
                         selectable: listener.is_some() && t.excluded.is_none(),
-                        excluded: t.excluded.map(|e| {
-                            match e {
-                                Exclusion::MacUnresolved => "mac_unresolved",
-                                Exclusion::ZeroWeight => "weight_zero",
-                                Exclusion::Unhealthy => "unhealthy",
-                            }
-                            .to_string()
-                        }),
+                        excluded: t.excluded.map(|e| e.as_str().to_string()),
                         health: snapshot.map(|h| HealthStatus {
                             consecutive_successes: h.consecutive_successes,
                             consecutive_failures: h.consecutive_failures,

@@ -76,6 +76,7 @@ pub fn observed(policy: &Policy) -> Observed {
         iface_nets: vec![],
         neighbors: targets.collect(),
         health: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -86,10 +87,7 @@ pub fn compile(policy: &Policy) -> MapPlan {
 
 /// The identity of target `ip` of `group`.
 pub fn target(group: &str, ip: &str) -> TargetKey {
-    TargetKey {
-        group: group.to_string(),
-        ip: ip.parse().expect("a target address"),
-    }
+    TargetKey::new(group.to_string(), ip.parse().expect("a target address"))
 }
 
 /// A listener key, readable: `10.0.3.49 tcp/80`.

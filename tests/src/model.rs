@@ -516,6 +516,7 @@ pub fn key_of(t: &PlannedTarget) -> TargetKey {
     TargetKey {
         group: t.group.clone(),
         ip: t.ip,
+        via: t.via.clone(),
     }
 }
 
@@ -623,10 +624,7 @@ mod tests {
 
     fn flow(ending: bool, last_seen_s: u64) -> Flow {
         Flow {
-            target: TargetKey {
-                group: "web".into(),
-                ip: [10, 0, 3, 11].into(),
-            },
+            target: TargetKey::new("web", [10, 0, 3, 11].into()),
             ending,
             counted: !ending,
             last_seen_ns: last_seen_s * S,

@@ -278,10 +278,7 @@ fn round_robin_honours_weight_zero_and_health() {
         "    algorithm: round_robin\n    health_check: { type: tcp, interval_s: 2, timeout_s: 1 }",
     );
     let policy = policy::parse("a.yaml", &checked).unwrap();
-    let web = |ip: &str| lb_user::ids::TargetKey {
-        group: "web".into(),
-        ip: ip.parse().unwrap(),
-    };
+    let web = |ip: &str| lb_user::ids::TargetKey::new("web", ip.parse().unwrap());
     let mut observed = Observed {
         iface_mac: LB_MAC,
         neighbors: policy.target_groups[0]

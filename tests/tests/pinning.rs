@@ -181,10 +181,7 @@ fn a_pinned_data_plane_is_adopted_with_its_ids_and_flows_or_refused() {
         assert_eq!(again, flows);
         let reordered = plan(REORDERED, dp.ids());
         for t in &first.targets {
-            let key = TargetKey {
-                group: t.group.clone(),
-                ip: t.ip,
-            };
+            let key = TargetKey::new(t.group.clone(), t.ip);
             assert_eq!(reordered.ids.target(&key).map(|a| a.id), Some(t.id));
         }
         dp.apply(&reordered).unwrap();

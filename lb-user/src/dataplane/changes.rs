@@ -141,7 +141,8 @@ impl Changes {
                         } else {
                             record_state::ACTIVE
                         },
-                        _pad: 0,
+                        via_group: key.via.as_deref().and_then(|b| ids.group(b)).unwrap_or(0)
+                            as u16,
                     };
                     (a.id, record)
                 })
@@ -317,6 +318,7 @@ mod tests {
                 .map(|t| (std::net::IpAddr::from([10, 0, 3, t]), [2, 0, 0, 0, 0, t]))
                 .collect::<BTreeMap<_, _>>(),
             health: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -349,10 +351,7 @@ mod tests {
 
     fn target_id(plan: &MapPlan, group: &str, last: u8) -> u32 {
         plan.ids
-            .target(&TargetKey {
-                group: group.into(),
-                ip: [10, 0, 3, last].into(),
-            })
+            .target(&TargetKey::new(group, [10, 0, 3, last].into()))
             .unwrap()
             .id
     }
@@ -408,7 +407,7 @@ mod tests {
                     group_id: before.ids.group("web").unwrap(),
                     family: lb_common::FAMILY_V4,
                     state: record_state::RETIRED,
-                    _pad: 0,
+                    via_group: 0,
                 }
             )]
         );

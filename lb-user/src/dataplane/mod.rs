@@ -279,9 +279,16 @@ fn read_held(ebpf: &Ebpf) -> Result<Held, DataplaneError> {
             .entry(r.group_id)
             .or_insert_with(|| format!("#{}", r.group_id))
             .clone();
-        let key = TargetKey {
-            group,
-            ip: crate::policy::compile::ip_of(r.addr_be, r.family),
+        let ip = crate::policy::compile::ip_of(r.addr_be, r.family);
+        let key = match r.via_group {
+            0 => TargetKey::new(group, ip),
+            via => {
+                let backup = groups
+                    .entry(u32::from(via))
+                    .or_insert_with(|| format!("#{via}"))
+                    .clone();
+                TargetKey::via_backup(group, backup, ip)
+            }
         };
         targets.push((*id, key, r.state == record_state::RETIRED));
     })

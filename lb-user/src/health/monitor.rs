@@ -95,10 +95,7 @@ pub fn checks(policy: &Policy) -> BTreeMap<TargetKey, TargetCheck> {
                 continue;
             }
             out.insert(
-                TargetKey {
-                    group: group.name.clone(),
-                    ip: target.ip,
-                },
+                TargetKey::new(group.name.clone(), target.ip),
                 TargetCheck {
                     spec: spec.clone(),
                     port: if is_ping { None } else { port },
@@ -366,10 +363,7 @@ mod tests {
     fn offsets_are_stable_and_spread_over_the_interval() {
         let interval = Duration::from_secs(1);
         let keys: Vec<TargetKey> = (0..10_000u32)
-            .map(|n| TargetKey {
-                group: format!("g{}", n % 7),
-                ip: IpAddr::V4((0x0a00_0000 + n).into()),
-            })
+            .map(|n| TargetKey::new(format!("g{}", n % 7), IpAddr::V4((0x0a00_0000 + n).into())))
             .collect();
         let mut buckets = [0u32; 10];
         for key in &keys {
@@ -385,10 +379,7 @@ mod tests {
         }
         // Pinned (FNV-1a, not std's hasher): a restart or another build
         // keeps every target's phase.
-        let key = TargetKey {
-            group: "web".into(),
-            ip: "10.0.3.11".parse().unwrap(),
-        };
+        let key = TargetKey::new("web", "10.0.3.11".parse().unwrap());
         assert_eq!(
             offset(&key, Duration::from_secs(30)),
             Duration::from_millis(4502)

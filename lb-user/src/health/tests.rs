@@ -387,10 +387,7 @@ fn policy(groups: Vec<TargetGroup>) -> Policy {
 }
 
 fn key(group: &str, ip: &str) -> TargetKey {
-    TargetKey {
-        group: group.into(),
-        ip: ip.parse().unwrap(),
-    }
+    TargetKey::new(group, ip.parse().unwrap())
 }
 
 #[test]

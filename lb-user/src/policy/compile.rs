@@ -13,21 +13,14 @@
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
 
 use lb_common::{
-    Config, GroupInfo, ListenerInfo, ListenerKey, PROTO_TCP, PROTO_UDP, TargetInfo, group_flags,
-    hash_fields, target_flags,
+    Config, GroupInfo, ListenerInfo, ListenerKey, PROTO_TCP, PROTO_UDP, group_flags, hash_fields,
 };
 
-use super::{
-    Affinity, Algorithm, FailoverMode, Listener, ListenerProtocol, Mac, Policy, Target, TargetGroup,
-};
+use super::{Affinity, Algorithm, ListenerProtocol, Policy, TargetGroup, seats};
 use crate::{
-    health::HealthState,
-    ids::{Ids, IdsError, TargetKey},
+    ids::{Ids, IdsError},
     maglev::{Identity, Member, TableCache},
-    plan::{
-        Exclusion, GroupTable, MapPlan, Observed, PlannedGroup, PlannedHealth, PlannedListener,
-        PlannedTarget,
-    },
+    plan::{GroupTable, MapPlan, Observed, PlannedGroup, PlannedListener, PlannedTarget},
     round_robin,
 };
 
@@ -143,7 +136,7 @@ pub fn compile_next(
     now: Instant,
     cache: &mut TableCache,
 ) -> Result<MapPlan, CompileError> {
-    let ids = Arc::new(previous.assign(policy, now)?);
+    let ids = Arc::new(previous.assign_with(policy, &observed.drains, now)?);
     compile_cached(policy, observed, &ids, cache)
 }
 
@@ -177,13 +170,15 @@ fn compile_groups(
         let group_id = group_id(ids, &group.name)?;
         let first = targets.len();
         let listener = policy.listener_of(&group.name);
-        for target in &group.targets {
-            targets.push(plan_target(
-                group, group_id, target, listener, observed, ids,
-            )?);
+        for seat in seats::seats(policy, group, observed) {
+            let planned = seats::plan(&seat, group, group_id, listener, observed, ids);
+            targets.push(planned.ok_or_else(|| CompileError::NoId {
+                what: "target",
+                name: format!("{} in {}", seat.key.ip, group.name),
+            })?);
         }
-        set_ratios(&mut targets[first..]);
-        let last_resort = choose_selectable(&mut targets[first..]);
+        seats::set_ratios(&mut targets[first..]);
+        let (serving, primary, backup) = seats::serve(group, &mut targets[first..]);
         let members = members(&targets[first..]);
         // Round robin: the smooth weighted order; the others: the weighted
         // consistent-hash table (least connections draws its candidates
@@ -200,7 +195,13 @@ fn compile_groups(
             name: group.name.clone(),
             info: group_info(group),
             table,
-            last_resort,
+            last_resort: serving.last_resort(),
+            serving,
+            primary,
+            backup: group
+                .backup
+                .clone()
+                .map(|name| (name, backup, group.failover_ratio.unwrap_or(0.0))),
         });
     }
     fill_hash_tables(&mut groups, &hashed, cache);
@@ -225,113 +226,6 @@ fn group_id(ids: &Ids, name: &str) -> Result<u32, CompileError> {
         what: "target group",
         name: name.to_string(),
     })
-}
-
-/// A target as the plan has it; `listener` is its group's. Its ratio, its
-/// slots and whether it takes new flows are worked out with the whole
-/// group ([`set_ratios`], [`choose_selectable`], [`count_slots`]).
-fn plan_target(
-    group: &TargetGroup,
-    group_id: u32,
-    target: &Target,
-    listener: Option<&Listener>,
-    observed: &Observed,
-    ids: &Ids,
-) -> Result<PlannedTarget, CompileError> {
-    let key = TargetKey {
-        group: group.name.clone(),
-        ip: target.ip,
-    };
-    let id = ids
-        .target(&key)
-        .filter(|a| a.retired.is_none())
-        .ok_or_else(|| CompileError::NoId {
-            what: "target",
-            name: format!("{} in {}", target.ip, group.name),
-        })?
-        .id;
-    let mac = target
-        .mac
-        .map(Mac::octets)
-        .or_else(|| observed.neighbors.get(&target.ip).copied());
-    let health = health_of(group, &key, observed);
-    let unhealthy = health == PlannedHealth::Checked(HealthState::Unhealthy);
-    let excluded = match (mac, target.weight) {
-        (None, _) => Some(Exclusion::MacUnresolved),
-        (Some(_), 0) => Some(Exclusion::ZeroWeight),
-        _ if unhealthy => Some(Exclusion::Unhealthy),
-        _ => None,
-    };
-    // Existing flows of an unhealthy target stay on it unless the group
-    // rebalances (last resort, decided with the whole group, keeps them too).
-    let rebalance = group.target_failover.on_unhealthy == FailoverMode::Rebalance;
-    let usable = mac.is_some() && !(unhealthy && rebalance);
-    let converted = converted_weight(target.weight);
-    Ok(PlannedTarget {
-        id,
-        group: group.name.clone(),
-        ip: target.ip,
-        // With DSR every target listens on the listener's port.
-        port: listener.map_or(0, |l| l.port),
-        weight: target.weight,
-        converted_weight: converted,
-        ratio: 0.0,
-        slots: 0,
-        monitor_port: group.monitor_port(target, listener).unwrap_or(0),
-        health,
-        excluded,
-        info: TargetInfo {
-            mac: mac.unwrap_or_default(),
-            flags: if usable { target_flags::USABLE } else { 0 },
-            group_id,
-            weight: converted as u16,
-            _pad: 0,
-        },
-    })
-}
-
-/// A target's health: unchecked, or its verdict (`initial` until it has
-/// one).
-fn health_of(group: &TargetGroup, key: &TargetKey, observed: &Observed) -> PlannedHealth {
-    if !group.health_check.as_ref().is_some_and(|h| h.enabled) {
-        return PlannedHealth::Unchecked;
-    }
-    let state = observed.health.get(key).copied();
-    PlannedHealth::Checked(state.unwrap_or(HealthState::Initial))
-}
-
-/// Sets the ratio of each target of one group: its converted weight over
-/// the group's sum (SPEC.md "Weights").
-fn set_ratios(targets: &mut [PlannedTarget]) {
-    let total: u32 = targets.iter().map(|t| t.converted_weight).sum();
-    for t in targets.iter_mut() {
-        t.ratio = if total == 0 {
-            0.0
-        } else {
-            t.converted_weight as f64 / total as f64
-        };
-    }
-}
-
-/// Marks the targets of one group that take new flows (`SELECTABLE`): those
-/// not excluded, or, when no target is healthy, every target with a MAC and
-/// a weight (SPEC.md failover table: last resort). Returns whether the group
-/// is in last resort.
-fn choose_selectable(targets: &mut [PlannedTarget]) -> bool {
-    let last_resort = !targets.iter().any(|t| t.excluded.is_none())
-        && targets
-            .iter()
-            .any(|t| t.excluded == Some(Exclusion::Unhealthy));
-    for t in targets.iter_mut() {
-        if last_resort && t.excluded == Some(Exclusion::Unhealthy) {
-            t.excluded = None;
-            t.info.flags |= target_flags::USABLE;
-        }
-        if t.excluded.is_none() {
-            t.info.flags |= target_flags::SELECTABLE;
-        }
-    }
-    last_resort
 }
 
 /// The targets that take new flows, as the table builders see them.
@@ -423,7 +317,13 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::policy::{GroupProtocol, Listener, Target, TargetGroup};
+    use crate::{
+        health::HealthState,
+        ids::TargetKey,
+        plan::{Exclusion, PlannedHealth},
+        policy::{FailoverMode, GroupProtocol, Listener, Target},
+    };
+    use lb_common::target_flags;
 
     fn policy(targets: &[(&str, u16, Option<&str>)]) -> Policy {
         Policy {
@@ -487,6 +387,7 @@ mod tests {
                 .map(|(ip, last)| (ip.parse().unwrap(), [2, 0, 0, 0, 0, *last]))
                 .collect::<BTreeMap<_, _>>(),
             health: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -511,10 +412,7 @@ mod tests {
         ]);
         for (ip, v) in ["10.0.3.11", "10.0.3.12", "10.0.3.13"].iter().zip(verdicts) {
             if let Some(v) = v {
-                let key = TargetKey {
-                    group: "web".into(),
-                    ip: ip.parse().unwrap(),
-                };
+                let key = TargetKey::new("web", ip.parse().unwrap());
                 o.health.insert(key, v);
             }
         }

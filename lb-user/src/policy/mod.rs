@@ -8,6 +8,7 @@ pub mod mac;
 pub mod model;
 pub mod parse;
 pub mod positions;
+pub mod seats;
 pub mod serving;
 pub mod validate;
 

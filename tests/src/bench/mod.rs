@@ -187,6 +187,7 @@ pub fn load_with(
         iface_nets: vec![],
         neighbors,
         health: Default::default(),
+        ..Default::default()
     };
     let plan = policy::compile::compile(&policy, &observed)?;
     let mut dp = Dataplane::load_object(object, program, options)?;

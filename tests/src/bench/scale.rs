@@ -257,6 +257,7 @@ pub fn measure(groups: usize) -> Result<Scale> {
         iface_nets: vec![],
         neighbors: Default::default(),
         health: Default::default(),
+        ..Default::default()
     };
     for g in 0..groups {
         for t in 0..TARGETS {
