@@ -121,7 +121,7 @@ pub fn listener_key(vip: IpAddr, protocol: ListenerProtocol, port: u16) -> Liste
 /// Compiles with fresh ids (numbered in policy order) and a fresh table
 /// cache (every table built).
 pub fn compile(policy: &Policy, observed: &Observed) -> Result<MapPlan, CompileError> {
-    let ids = Ids::default().assign(policy, Instant::now())?;
+    let ids = Ids::default().assign_with(policy, &observed.drains, Instant::now())?;
     compile_cached(policy, observed, &Arc::new(ids), &mut TableCache::default())
 }
 

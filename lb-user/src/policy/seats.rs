@@ -237,3 +237,173 @@ pub fn set_ratios(targets: &mut [PlannedTarget]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::IpAddr};
+
+    use super::*;
+    use crate::{
+        drains::{Drains, Flows},
+        plan::MapPlan,
+        policy::{self, compile::compile},
+    };
+
+    fn ip(t: u8) -> IpAddr {
+        IpAddr::from([10, 0, 3, t])
+    }
+
+    fn observed(drains: Drains, flows: Flows, now: u64) -> Observed {
+        Observed {
+            iface_mac: [2, 0, 0, 0, 0, 2],
+            neighbors: (11..=40u8).map(|t| (ip(t), [2, 0, 0, 0, 0, t])).collect(),
+            drains,
+            flows,
+            now_unix: now,
+            ..Observed::default()
+        }
+    }
+
+    fn target<'a>(plan: &'a MapPlan, key: &TargetKey) -> &'a PlannedTarget {
+        plan.targets
+            .iter()
+            .find(|t| t.group == key.group && t.ip == key.ip && t.via == key.via)
+            .unwrap_or_else(|| panic!("{key:?} not in the plan"))
+    }
+
+    fn in_table(plan: &MapPlan, id: u32) -> bool {
+        plan.groups.iter().any(|g| g.table.iter().any(|s| s == id))
+    }
+
+    const FLAGS: u16 = target_flags::USABLE | target_flags::SELECTABLE;
+
+    fn web(targets: &[u8], rebalance: bool) -> policy::Policy {
+        let mode = if rebalance {
+            "rebalance"
+        } else {
+            "no_rebalance"
+        };
+        let mut yaml = format!(
+            "listeners:\n  - {{ name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }}\n\
+             target_groups:\n  - name: web\n    protocol: tcp\n    table_size: 1021\n    \
+             deregistration_delay_s: 100\n    \
+             target_failover: {{ on_unhealthy: {mode}, on_deregistration: {mode} }}\n    targets:\n"
+        );
+        for t in targets {
+            yaml += &format!("      - {{ ip: 10.0.3.{t} }}\n");
+        }
+        policy::parse("t.yaml", &yaml).unwrap()
+    }
+
+    /// A removed target drains (its flows go on, no new ones), then is
+    /// unused: it lingers for its flows with no_rebalance, not with
+    /// rebalance; with no flow left it leaves the plan.
+    #[test]
+    fn a_removed_target_drains_then_leaves() {
+        for rebalance in [false, true] {
+            let (before, after) = (web(&[11, 12], rebalance), web(&[11], rebalance));
+            let mut drains = Drains::default();
+            drains.follow(&before, &after, 1000);
+            let key = TargetKey::new("web", ip(12));
+            let flows = |named: bool, at: u64| Flows {
+                named: if named {
+                    [key.clone()].into()
+                } else {
+                    Default::default()
+                },
+                swept_at: Some(at),
+            };
+            let plan = |now, f| compile(&after, &observed(drains.clone(), f, now)).unwrap();
+            let draining = plan(1050, flows(true, 1040));
+            let t = target(&draining, &key);
+            assert_eq!(t.phase, Some(Phase::Draining { until: 1100 }));
+            assert_eq!(
+                (t.excluded, t.info.flags & FLAGS),
+                (Some(Exclusion::Draining), target_flags::USABLE)
+            );
+            assert!(!in_table(&draining, t.id), "no new flows");
+            let ended = plan(1100, flows(true, 1099));
+            let t = target(&ended, &key);
+            assert_eq!(t.excluded, Some(Exclusion::Unused));
+            let lingering = if rebalance { 0 } else { target_flags::USABLE };
+            assert_eq!(t.info.flags & FLAGS, lingering, "rebalance {rebalance}");
+            assert_eq!(t.id, target(&draining, &key).id, "the same id throughout");
+            // No flow left: it leaves.
+            let mut settled = drains.clone();
+            assert_eq!(
+                settled.settle(1101, &flows(false, 1101), &after),
+                vec![key.clone()]
+            );
+            let gone = compile(&after, &observed(settled, flows(false, 1101), 1101)).unwrap();
+            assert!(gone.targets.iter().all(|t| t.ip != ip(12)));
+        }
+    }
+
+    fn with_backup(ratio: f64, check: bool) -> policy::Policy {
+        let hc = if check {
+            "    health_check: { type: tcp, interval_s: 2, timeout_s: 1 }\n"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "listeners:\n  - {{ name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }}\n\
+             target_groups:\n  - name: web\n    protocol: tcp\n    table_size: 1021\n    \
+             backup: spare\n    failover_ratio: {ratio}\n{hc}    targets:\n      - {{ ip: 10.0.3.11 }}\n      \
+             - {{ ip: 10.0.3.12 }}\n      - {{ ip: 10.0.3.13 }}\n  - name: spare\n    protocol: tcp\n    \
+             table_size: 1021\n    targets:\n      - {{ ip: 10.0.3.21 }}\n      - {{ ip: 10.0.3.22 }}\n"
+        );
+        policy::parse("t.yaml", &yaml).unwrap()
+    }
+
+    /// Below the failover ratio the group's table holds its backup's
+    /// targets (ids of their own, usable for the group's flows); its own
+    /// keep their flows. Back above it, the backup's keep theirs.
+    #[test]
+    fn below_the_ratio_the_backup_takes_new_flows() {
+        let p = with_backup(0.5, true);
+        let unhealthy = |ts: &[u8]| -> BTreeMap<TargetKey, HealthState> {
+            ts.iter()
+                .map(|&t| (TargetKey::new("web", ip(t)), HealthState::Unhealthy))
+                .collect()
+        };
+        let plan = |down: &[u8]| {
+            let mut o = observed(Drains::default(), Flows::default(), 0);
+            o.health = unhealthy(down);
+            compile(&p, &o).unwrap()
+        };
+        let web_id = plan(&[]).ids.group("web").unwrap();
+        let via = TargetKey::via_backup("web", "spare", ip(21));
+        let own = TargetKey::new("web", ip(11));
+
+        let failed = plan(&[12, 13]);
+        let group = failed.groups.iter().find(|g| g.name == "web").unwrap();
+        assert_eq!(group.serving, Serving::Backup);
+        let v = target(&failed, &via);
+        assert_eq!((v.info.flags & FLAGS, v.info.group_id), (FLAGS, web_id));
+        assert!(group.table.iter().all(|id| {
+            failed
+                .targets
+                .iter()
+                .any(|t| t.id == id && t.via.as_deref() == Some("spare"))
+        }));
+        let o = target(&failed, &own);
+        assert_eq!(
+            (o.excluded, o.info.flags & FLAGS),
+            (Some(Exclusion::FailedOver), target_flags::USABLE)
+        );
+        // The backup group serves its own listener-less self as before.
+        let spare = target(&failed, &TargetKey::new("spare", ip(21)));
+        assert_ne!(spare.id, v.id);
+
+        let back = plan(&[13]);
+        let group = back.groups.iter().find(|g| g.name == "web").unwrap();
+        assert_eq!(group.serving, Serving::Primary, "2 of 3 >= 0.5");
+        let v = target(&back, &via);
+        assert_eq!(
+            (v.excluded, v.info.flags & FLAGS),
+            (Some(Exclusion::Standby), target_flags::USABLE)
+        );
+        assert_eq!(v.id, target(&failed, &via).id);
+        assert!(!in_table(&back, v.id));
+    }
+}
