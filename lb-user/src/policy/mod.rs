@@ -2,6 +2,7 @@
 //! Everything here is pure: no I/O besides reading the file in `read`.
 pub mod budget;
 pub mod compile;
+pub mod diff;
 pub mod error;
 pub mod limits;
 pub mod mac;

@@ -1,0 +1,443 @@
+//! What a new policy changes against the one in effect: the plan `lb
+//! apply` prints before anything changes (and `lb run` logs on a reload).
+//! Pure: the daemon adds what only it knows (active flows, when a removed
+//! target will be gone) through [`Removal`].
+use std::{fmt, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{HealthCheck, Listener, Policy, Target, TargetGroup};
+
+/// One change, for people ([`fmt::Display`]) and scripts (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    ListenerAdded {
+        name: String,
+        vip: IpAddr,
+        protocol: String,
+        port: u16,
+        target_group: String,
+    },
+    ListenerRemoved {
+        name: String,
+        vip: IpAddr,
+        protocol: String,
+        port: u16,
+    },
+    ListenerChanged {
+        name: String,
+        field: String,
+        from: String,
+        to: String,
+    },
+    GroupAdded {
+        name: String,
+        targets: usize,
+    },
+    GroupRemoved {
+        name: String,
+        targets: usize,
+    },
+    GroupChanged {
+        name: String,
+        field: String,
+        from: String,
+        to: String,
+    },
+    TargetAdded {
+        group: String,
+        ip: IpAddr,
+        weight: u16,
+    },
+    /// A target leaving its group (it drains, unless its group leaves too).
+    TargetRemoved {
+        group: String,
+        ip: IpAddr,
+        #[serde(flatten)]
+        removal: Removal,
+    },
+    TargetChanged {
+        group: String,
+        ip: IpAddr,
+        field: String,
+        from: String,
+        to: String,
+    },
+}
+
+/// What happens to a removed target's flows: filled in by the daemon.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Its flows in progress now.
+    pub active_flows: Option<u64>,
+    /// Its group's deregistration delay (None: the group leaves too, and
+    /// the target with it, at once).
+    pub deregistration_delay_s: Option<u32>,
+    /// When it will be `unused` at the latest (Unix seconds).
+    pub unused_by: Option<u64>,
+}
+
+/// The changes from `old` to `new`, in a stable order: listeners, groups,
+/// then targets group by group.
+pub fn changes(old: &Policy, new: &Policy) -> Vec<Change> {
+    let mut out = Vec::new();
+    listeners(old, new, &mut out);
+    for g in &old.target_groups {
+        if !new.target_groups.iter().any(|n| n.name == g.name) {
+            out.push(Change::GroupRemoved {
+                name: g.name.clone(),
+                targets: g.targets.len(),
+            });
+        }
+    }
+    for g in &new.target_groups {
+        match old.target_groups.iter().find(|o| o.name == g.name) {
+            None => out.push(Change::GroupAdded {
+                name: g.name.clone(),
+                targets: g.targets.len(),
+            }),
+            Some(o) => {
+                group_fields(o, g, &mut out);
+                targets(o, g, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn listeners(old: &Policy, new: &Policy, out: &mut Vec<Change>) {
+    for l in &old.listeners {
+        if !new.listeners.iter().any(|n| n.name == l.name) {
+            out.push(Change::ListenerRemoved {
+                name: l.name.clone(),
+                vip: l.vip,
+                protocol: l.protocol.as_str().into(),
+                port: l.port,
+            });
+        }
+    }
+    for l in &new.listeners {
+        match old.listeners.iter().find(|o| o.name == l.name) {
+            None => out.push(Change::ListenerAdded {
+                name: l.name.clone(),
+                vip: l.vip,
+                protocol: l.protocol.as_str().into(),
+                port: l.port,
+                target_group: l.target_group.clone(),
+            }),
+            Some(o) => {
+                for (field, from, to) in listener_fields(o, l) {
+                    out.push(Change::ListenerChanged {
+                        name: l.name.clone(),
+                        field: field.into(),
+                        from,
+                        to,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn listener_fields(o: &Listener, n: &Listener) -> Vec<(&'static str, String, String)> {
+    let fields = [
+        ("vip", o.vip.to_string(), n.vip.to_string()),
+        (
+            "protocol",
+            o.protocol.as_str().into(),
+            n.protocol.as_str().into(),
+        ),
+        ("port", o.port.to_string(), n.port.to_string()),
+        (
+            "target_group",
+            o.target_group.clone(),
+            n.target_group.clone(),
+        ),
+    ];
+    fields.into_iter().filter(|(_, a, b)| a != b).collect()
+}
+
+/// A group's settings, each as written or in effect.
+fn settings(g: &TargetGroup) -> Vec<(&'static str, String)> {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    vec![
+        ("protocol", g.protocol.as_str().into()),
+        ("algorithm", g.algorithm.as_str().into()),
+        ("affinity", g.affinity.as_str().into()),
+        ("table_size", g.table_size.to_string()),
+        (
+            "health_check",
+            opt(g.health_check.as_ref().map(health_check)),
+        ),
+        (
+            "target_failover",
+            g.target_failover.on_unhealthy.as_str().to_string(),
+        ),
+        ("flow_idle_timeout_s", g.idle_timeout_s().to_string()),
+        ("flow_fin_timeout_s", g.fin_timeout_s().to_string()),
+        (
+            "sticky_session",
+            opt(g
+                .sticky_session
+                .filter(|s| s.enabled)
+                .map(|s| format!("source_ip {}s", s.duration_s))),
+        ),
+        (
+            "deregistration_delay_s",
+            g.deregistration_delay_s().to_string(),
+        ),
+        (
+            "backup",
+            opt(g
+                .backup
+                .as_ref()
+                .map(|b| format!("{b} (failover ratio {})", g.failover_ratio.unwrap_or(0.0)))),
+        ),
+    ]
+}
+
+/// A health check in one line.
+fn health_check(h: &HealthCheck) -> String {
+    if !h.enabled {
+        return "disabled".into();
+    }
+    let kind = h.kind.map_or("default", |k| k.as_str());
+    let port = h.port.map(|p| format!(" port {p}")).unwrap_or_default();
+    format!(
+        "{kind}{port} every {}s, timeout {}s, up after {}, down after {}",
+        h.interval_s, h.timeout_s, h.healthy_threshold, h.unhealthy_threshold
+    )
+}
+
+fn group_fields(o: &TargetGroup, n: &TargetGroup, out: &mut Vec<Change>) {
+    for ((field, from), (_, to)) in settings(o).into_iter().zip(settings(n)) {
+        if from != to {
+            out.push(Change::GroupChanged {
+                name: n.name.clone(),
+                field: field.into(),
+                from,
+                to,
+            });
+        }
+    }
+}
+
+fn targets(o: &TargetGroup, n: &TargetGroup, out: &mut Vec<Change>) {
+    for t in &o.targets {
+        if !n.targets.iter().any(|x| x.ip == t.ip) {
+            out.push(Change::TargetRemoved {
+                group: n.name.clone(),
+                ip: t.ip,
+                removal: Removal {
+                    deregistration_delay_s: Some(n.deregistration_delay_s()),
+                    ..Removal::default()
+                },
+            });
+        }
+    }
+    for t in &n.targets {
+        match o.targets.iter().find(|x| x.ip == t.ip) {
+            None => out.push(Change::TargetAdded {
+                group: n.name.clone(),
+                ip: t.ip,
+                weight: t.weight,
+            }),
+            Some(was) => {
+                for (field, from, to) in target_fields(was, t) {
+                    out.push(Change::TargetChanged {
+                        group: n.name.clone(),
+                        ip: t.ip,
+                        field: field.into(),
+                        from,
+                        to,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn target_fields(o: &Target, n: &Target) -> Vec<(&'static str, String, String)> {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    let fields = [
+        ("weight", o.weight.to_string(), n.weight.to_string()),
+        (
+            "mac",
+            opt(o.mac.map(|m| m.to_string())),
+            opt(n.mac.map(|m| m.to_string())),
+        ),
+        (
+            "monitor_port",
+            opt(o.monitor_port.map(|p| p.to_string())),
+            opt(n.monitor_port.map(|p| p.to_string())),
+        ),
+        (
+            "port",
+            opt(o.port.map(|p| p.to_string())),
+            opt(n.port.map(|p| p.to_string())),
+        ),
+    ];
+    fields.into_iter().filter(|(_, a, b)| a != b).collect()
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::ListenerAdded {
+                name,
+                vip,
+                protocol,
+                port,
+                target_group,
+            } => write!(
+                f,
+                "+ listener {name} {vip} {protocol} {port} -> {target_group}"
+            ),
+            Change::ListenerRemoved {
+                name,
+                vip,
+                protocol,
+                port,
+            } => write!(
+                f,
+                "- listener {name} {vip} {protocol} {port} (its traffic passes to this host)"
+            ),
+            Change::ListenerChanged {
+                name,
+                field,
+                from,
+                to,
+            } => write!(f, "~ listener {name}: {field} {from} -> {to}"),
+            Change::GroupAdded { name, targets } => {
+                write!(f, "+ target group {name} ({targets} targets)")
+            }
+            Change::GroupRemoved { name, targets } => {
+                write!(
+                    f,
+                    "- target group {name} ({targets} targets, removed at once)"
+                )
+            }
+            Change::GroupChanged {
+                name,
+                field,
+                from,
+                to,
+            } => write!(f, "~ target group {name}: {field} {from} -> {to}"),
+            Change::TargetAdded { group, ip, weight } => {
+                write!(f, "+ target {ip} in {group} (weight {weight})")
+            }
+            Change::TargetRemoved { group, ip, removal } => {
+                write!(f, "- target {ip} in {group}: {removal}")
+            }
+            Change::TargetChanged {
+                group,
+                ip,
+                field,
+                from,
+                to,
+            } => write!(f, "~ target {ip} in {group}: {field} {from} -> {to}"),
+        }
+    }
+}
+
+impl fmt::Display for Removal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flows = self
+            .active_flows
+            .map(|n| format!("{n} active flows, "))
+            .unwrap_or_default();
+        match self.deregistration_delay_s {
+            None => write!(f, "{flows}gone at once"),
+            Some(0) => write!(f, "{flows}unused at once (deregistration_delay_s 0)"),
+            Some(delay) => write!(
+                f,
+                "draining: {flows}unused in {delay} s{} or when its flows end",
+                self.unused_by
+                    .map(|at| format!(" (at {})", clock(at)))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// A Unix time as `HH:MM:SS UTC`.
+fn clock(unix: u64) -> String {
+    let day = unix % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", day / 3600, day / 60 % 60, day % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy;
+
+    const BEFORE: &str = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: old, vip: 10.0.3.49, protocol: tcp, port: 82, target_group: old }
+target_groups:
+  - name: web
+    protocol: tcp
+    targets: [{ ip: 10.0.3.11 }, { ip: 10.0.3.12 }, { ip: 10.0.3.13, weight: 256 }]
+  - { name: old, protocol: tcp, targets: [{ ip: 10.0.3.31 }] }
+"#;
+
+    const AFTER: &str = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: api, vip: 10.0.3.50, protocol: tcp, port: 80, target_group: api }
+target_groups:
+  - name: web
+    protocol: tcp
+    algorithm: round_robin
+    deregistration_delay_s: 60
+    backup: api
+    failover_ratio: 0.5
+    targets: [{ ip: 10.0.3.11 }, { ip: 10.0.3.13, weight: 128 }, { ip: 10.0.3.14 }]
+  - { name: api, protocol: tcp, targets: [{ ip: 10.0.3.21 }] }
+"#;
+
+    /// Every kind of change of a sample edit, named.
+    #[test]
+    fn a_sample_edit_names_every_change() {
+        let (old, new) = (
+            policy::parse("a.yaml", BEFORE).unwrap(),
+            policy::parse("b.yaml", AFTER).unwrap(),
+        );
+        let lines: Vec<String> = changes(&old, &new).iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "- listener old 10.0.3.49 tcp 82 (its traffic passes to this host)",
+                "+ listener api 10.0.3.50 tcp 80 -> api",
+                "- target group old (1 targets, removed at once)",
+                "~ target group web: algorithm hash -> round_robin",
+                "~ target group web: deregistration_delay_s 300 -> 60",
+                "~ target group web: backup none -> api (failover ratio 0.5)",
+                "- target 10.0.3.12 in web: draining: unused in 60 s or when its flows end",
+                "~ target 10.0.3.13 in web: weight 256 -> 128",
+                "+ target 10.0.3.14 in web (weight 256)",
+                "+ target group api (1 targets)",
+            ]
+        );
+        assert!(changes(&new, &new).is_empty(), "no change, no plan");
+        // JSON for scripts: tagged, flat.
+        let json = serde_json::to_value(&changes(&old, &new)[6]).unwrap();
+        assert_eq!(json["change"], "target_removed");
+        assert_eq!(json["deregistration_delay_s"], 60);
+    }
+
+    #[test]
+    fn a_removal_says_when_the_target_goes() {
+        let r = Removal {
+            active_flows: Some(5),
+            deregistration_delay_s: Some(300),
+            unused_by: Some(86_400 + 3600 + 60 + 5),
+        };
+        assert_eq!(
+            r.to_string(),
+            "draining: 5 active flows, unused in 300 s (at 01:01:05 UTC) or when its flows end"
+        );
+    }
+}
