@@ -21,6 +21,7 @@ pub mod stats;
 pub mod status;
 pub mod streams;
 pub mod topo;
+pub mod xdp;
 
 pub use lab::{Lab, LabError, LabOptions};
 pub use run::LabRun;
