@@ -16,14 +16,7 @@ fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
-        for name in [
-            "lb",
-            "lb-new-flow",
-            "lb-no-flow-state",
-            "macswap",
-            "pass",
-            "floor",
-        ] {
+        for name in ["lb", "lb-new-flow", "macswap", "pass"] {
             let path = out.join(name);
             if !path.exists() {
                 fs::write(path, [])?;

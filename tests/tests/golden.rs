@@ -1007,95 +1007,6 @@ fn memlock(map: &MapData) -> Option<u64> {
         .find_map(|l| l.strip_prefix("memlock:")?.trim().parse().ok())
 }
 
-/// The benchmark build without flow state (`lb_no_flow_state`, which `cargo
-/// xtask bench` times beside `lb_new_flow` to show what pinning a flow
-/// costs) chooses every new flow's target exactly as the build with it, and
-/// keeps nothing: no flow-table entry, no flow-cache slot. Both builds bump
-/// the source after each repetition, so one test run of each sees the same
-/// sequence of new flows.
-#[test]
-fn the_benchmark_build_without_flow_state_chooses_alike_and_keeps_nothing() {
-    use lb_user::dataplane::LoadOptions;
-    let plan = compile(&parse_policy(SHORT_TIMEOUTS));
-    let load = |object: &[u8], program: &'static str| {
-        let mut dp = Dataplane::load_object(
-            object,
-            program,
-            &LoadOptions {
-                flow_table_size: 4096,
-                ..Default::default()
-            },
-        )
-        .expect("load");
-        dp.apply(&plan).expect("apply");
-        dp
-    };
-    let mut with = load(lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow");
-    let mut without = load(lb_user::EBPF_LB_NO_FLOW_STATE, "lb_no_flow_state");
-    const TCP_FLOWS: u32 = 600;
-    const UDP_FLOWS: u32 = 400;
-    let syn = Frame::tcp("10.77.0.1", 1, "10.0.3.49", 80, SYN).build();
-    let udp = Frame::udp("10.78.0.1", 1, "10.0.3.49", 53, b"query").build();
-    for dp in [&mut with, &mut without] {
-        for (frame, repeat) in [(&syn, TCP_FLOWS), (&udp, UDP_FLOWS)] {
-            let mut out = vec![0u8; frame.len() + 256];
-            let r = dp
-                .program_mut()
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    repeat,
-                    ..Default::default()
-                })
-                .expect("test run");
-            assert_eq!(r.return_value, XDP_TX);
-        }
-    }
-    let new_flows = |dp: &Dataplane| {
-        dp.counters()
-            .unwrap()
-            .into_iter()
-            .find(|(c, _)| *c == Counter::NewFlow)
-            .map_or(0, |(_, v)| v)
-    };
-    let total = (TCP_FLOWS + UDP_FLOWS) as u64;
-    assert_eq!(new_flows(&with), total);
-    assert_eq!(new_flows(&without), total);
-    // Targets 1-3 are the web group's (weights 256:256:128), 4 the dns one.
-    let per_target = |dp: &Dataplane| -> Vec<u64> {
-        (1..=4)
-            .map(|id| dp.target_stats(id).unwrap().new_flows)
-            .collect()
-    };
-    let chosen = per_target(&with);
-    assert_eq!(chosen.iter().sum::<u64>(), total);
-    assert!(chosen[..3].iter().all(|&n| n > 0), "{chosen:?}");
-    assert_eq!(per_target(&without), chosen, "the same choices");
-    // Pinned with flow state, not without.
-    assert_eq!(with.flow_entries().unwrap().len() as u64, total);
-    assert!(without.flow_entries().unwrap().is_empty());
-    // The last UDP flow (source port UDP_FLOWS: the port goes up by one
-    // after each repetition): no later flow can have taken its slot.
-    let last_udp = lb_common::FlowKey {
-        family: lb_common::FAMILY_V4,
-        proto: lb_common::PROTO_UDP,
-        src_be: [u32::from_ne_bytes([10, 78, 0, 1]), 0, 0, 0],
-        dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
-        src_port_be: (UDP_FLOWS as u16).to_be(),
-        dst_port_be: 53u16.to_be(),
-        ..Default::default()
-    };
-    let slot_key = |dp: &Dataplane| {
-        dp.flow_cache_slot(&last_udp)
-            .unwrap()
-            .expect("the flow cache is on (x86-64)")
-            .1
-            .key
-    };
-    assert_eq!(slot_key(&with), last_udp, "a new UDP flow takes its slot");
-    assert_ne!(slot_key(&without), last_udp, "no slot without flow state");
-}
-
 /// An entry deleted behind the program's back (LRU eviction) is a miss: the
 /// next packet is a new flow (a TCP packet that is not a SYN by hash), and
 /// the lost entry stays counted until the sweeper recounts.
@@ -1471,7 +1382,6 @@ fn each_data_plane_program_is_one_bpf_function() {
     for (object, name) in [
         (lb_user::EBPF_LB, "lb"),
         (lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow"),
-        (lb_user::EBPF_LB_NO_FLOW_STATE, "lb_no_flow_state"),
     ] {
         let obj = aya_obj::Object::parse(object).expect("parse the object");
         let program = &obj.programs[name];
