@@ -146,6 +146,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The workspace's cargo target directory: `$CARGO_TARGET_DIR` (relative to
+/// the root), default `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t))
+}
+
 /// A binary of this workspace: `$ENV_VAR` if set, else
 /// `$CARGO_TARGET_DIR/debug/NAME` (default `<root>/target/debug/NAME`).
 /// `cargo xtask test` builds and sets both `LB_BIN` and `LB_LAB_SERVER_BIN`.
@@ -153,10 +160,7 @@ pub fn workspace_bin(env_var: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env_var) {
         return PathBuf::from(path);
     }
-    let root = workspace_root();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
-    target.join("debug").join(name)
+    target_dir().join("debug").join(name)
 }
 
 /// How to build a [`Lab`].

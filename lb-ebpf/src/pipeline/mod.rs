@@ -1,6 +1,7 @@
 //! The load balancer's pipeline and maps, shared by the `lb` program and its
-//! benchmark variant (`bench_new_flow.rs`): parse the flow, find its listener,
-//! select a target, rewrite and transmit.
+//! benchmark build (`lb_new_flow`, tests/bench/ebpf/src/new_flow.rs, which
+//! includes these sources by path): parse the flow, find its listener, select
+//! a target, rewrite and transmit.
 //!
 //! The flow table is read before the listener is known: an entry names the
 //! listener its flow was created under, which `LISTENERS_BY_ID` confirms

@@ -18,17 +18,17 @@ use std::rc::Rc;
 
 use anyhow::{Context as _, Result, ensure};
 use lb_common::Counter;
+use lb_tests::packets::{Frame, tcp_flags::*};
 use lb_user::dataplane::LoadOptions;
 
-use super::{
-    ALGORITHMS, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, load_with,
+use crate::{
+    ALGORITHMS, Object, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, load_with,
     macswap,
     plot::{self, Bars, Series},
     report::{Figure, Section, fmt_ns},
     stats::{self, min_median},
     test_run,
 };
-use crate::packets::{Frame, tcp_flags::*};
 
 /// Established-flow goal: at most this many times the MAC-swap program.
 pub const ESTABLISHED_GOAL: f64 = 2.0;
@@ -195,7 +195,7 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, FLOW_TABLE_SIZE)
         .context("loading lb (run as root)")?;
     let mut new_flow = load(
-        lb_user::EBPF_LB_NEW_FLOW,
+        Object::read(Object::LB_NEW_FLOW)?.bytes(),
         "lb_new_flow",
         POLICY,
         FLOW_TABLE_SIZE,

@@ -9,16 +9,19 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+// lb's sources, by path: this is the pipeline `lb` runs.
 #[macro_use]
+#[path = "../../../../lb-ebpf/src/object.rs"]
 mod object;
-mod next_source;
-#[path = "pipeline/mod.rs"]
+#[path = "../../../../lb-ebpf/src/pipeline/mod.rs"]
 mod pipeline;
+
+mod next_source;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
-// The pipeline in the program's own function (see `main.rs`).
+// The pipeline in the program's own function (see lb-ebpf's `main.rs`).
 #[inline(always)]
 pub fn lb_new_flow(ctx: XdpContext) -> u32 {
     let action = match pipeline::run(&ctx) {
