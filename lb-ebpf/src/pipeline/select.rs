@@ -337,7 +337,7 @@ pub fn target(
         created_ns: now,
         last_seen_ns: now,
     };
-    if !super::FLOW_STATE || remember(flow, state) {
+    if remember(flow, state) {
         if counted {
             active_add(id, 1);
         }
@@ -345,7 +345,7 @@ pub fn target(
         // slot can hold the flow only if the LRU evicted a flow of the same
         // 5-tuple within the last FLOW_TOUCH_NS (README "Flow cache"), and
         // reading the slot would cost every new flow a cache miss.
-        if super::FLOW_STATE && (cacheable || had_entry) {
+        if cacheable || had_entry {
             cache::put(
                 flow,
                 cache,
