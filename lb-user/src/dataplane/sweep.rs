@@ -51,7 +51,7 @@ use lb_common::{
     map_names as names, target_flags,
 };
 
-use super::{DataplaneError, clock::Clock, map_err, mmap::Mapping, sys};
+use super::{DataplaneError, clock::Clock, maps::map_err, mmap::Mapping, sys};
 use crate::flows::{Fate, Rules, Tally, corrections};
 
 /// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
