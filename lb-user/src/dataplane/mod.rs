@@ -10,7 +10,8 @@
 //! `lb run` opens a pinned data plane (`pin`): created on its first start,
 //! adopted by every later one, with its flows, sticky sessions, round-robin
 //! positions and active counts, and its program replaced in place. Tests and
-//! benchmarks load private, unpinned ones and look inside them (`testing`).
+//! benchmarks load private, unpinned ones and look inside them (`testing`,
+//! behind the feature of that name).
 //!
 //! Every map is reached one way (`maps`); what `lb run` reads back is in
 //! `read`.
@@ -21,6 +22,7 @@ pub mod pin;
 mod read;
 pub mod sweep;
 mod sys;
+#[cfg(feature = "testing")]
 mod testing;
 
 use std::{

@@ -1,7 +1,8 @@
 //! What tests and benchmarks reach into a data plane for and `lb run` never
 //! does: private unpinned data planes, the program for BPF_PROG_TEST_RUN,
 //! the clock, the state the program keeps (flows, sticky sessions,
-//! round-robin positions, the flow cache), evictions, memory.
+//! round-robin positions, the flow cache), evictions, memory. Compiled only
+//! with the `testing` feature, so that `lb` has none of it.
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::{
