@@ -26,7 +26,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api::{self, DataPlaneStatus, ErrorStatus},
+    api,
     dataplane::{
         AttachMode, Attached, Dataplane, LoadOptions,
         pin::Instance,
@@ -40,7 +40,7 @@ use crate::{
     plan::{Exclusion, MapPlan, Observed},
     policy::{self, HostFacts, Policy, compile::compile_next},
     state::RuntimeState,
-    status,
+    status::{self, DataPlaneStatus, ErrorStatus},
 };
 
 #[derive(Debug, Clone)]

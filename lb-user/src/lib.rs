@@ -16,7 +16,7 @@ pub mod plan;
 pub mod policy;
 pub mod round_robin;
 pub mod state;
-mod status;
+pub mod status;
 
 /// The XDP load balancer, built from `lb-ebpf` by `build.rs`.
 pub static EBPF_LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_user::{api, daemon, dataplane::AttachMode, policy};
+use lb_user::{api, daemon, dataplane::AttachMode, policy, status};
 use tracing::Level;
 use tracing_subscriber::{
     filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
@@ -193,7 +193,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", api::render(&report, target_group.as_deref()));
+                print!("{}", status::render(&report, target_group.as_deref()));
             }
             Ok(ExitCode::SUCCESS)
         }
