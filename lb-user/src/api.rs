@@ -7,9 +7,13 @@
 //! {"interface":"eth0", ...}
 //! ```
 //!
-//! Requests: `status` (the whole [`StatusReport`]). The JSON shape is stable:
-//! fields are only ever added. It is documented in the README. The report
-//! is made and shown by `crate::status`.
+//! Requests: `status` (the whole [`StatusReport`], whose JSON is stable and
+//! documented in the README). A request this `lb` does not know, or an
+//! answer it cannot make, is answered `{"error": "..."}`.
+//!
+//! This module speaks the protocol only: [`bind`] and [`serve_one`] for the
+//! daemon, [`status`] for the client. The report is made and shown by
+//! `crate::status`.
 use std::{
     io,
     os::unix::fs::PermissionsExt as _,
@@ -25,6 +29,30 @@ use crate::status::StatusReport;
 
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
+
+/// A request, read from its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// The whole status report.
+    Status,
+}
+
+impl Request {
+    /// Its line on the socket.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Request::Status => "status",
+        }
+    }
+
+    /// The request `line` names, or the error to answer it with.
+    fn parse(line: &str) -> Result<Request, String> {
+        match line {
+            "status" => Ok(Request::Status),
+            other => Err(format!("unknown request {other:?}: try `status`")),
+        }
+    }
+}
 
 /// Binds the API socket: creates the directory (0700) if needed, refuses to
 /// steal the socket of another running `lb`, removes a stale one, and makes
@@ -50,10 +78,11 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Reads one request line from `stream` and answers it with `answer`.
+/// Reads one request line from `stream` and answers it with the report
+/// `answer` makes for it.
 pub async fn serve_one<F>(stream: UnixStream, answer: F) -> io::Result<()>
 where
-    F: FnOnce(&str) -> Result<String, String>,
+    F: FnOnce(Request) -> StatusReport,
 {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -65,10 +94,9 @@ where
     .await;
     let reply = match limited {
         Ok(Ok(0)) => return Ok(()), // connected and left (a liveness probe)
-        Ok(Ok(_)) => match answer(line.trim()) {
-            Ok(json) => json,
-            Err(message) => serde_json::json!({ "error": message }).to_string(),
-        },
+        Ok(Ok(_)) => Request::parse(line.trim())
+            .and_then(|request| serde_json::to_string(&answer(request)).map_err(|e| e.to_string()))
+            .unwrap_or_else(|message| serde_json::json!({ "error": message }).to_string()),
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
@@ -94,7 +122,7 @@ pub enum ClientError {
 
 /// Asks the `lb` serving at `path` for its status.
 pub async fn status(path: &Path) -> Result<StatusReport, ClientError> {
-    let line = request(path, "status").await?;
+    let line = request(path, Request::Status).await?;
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&line)
         && let Some(serde_json::Value::String(message)) = map.get("error")
     {
@@ -109,7 +137,7 @@ pub async fn status(path: &Path) -> Result<StatusReport, ClientError> {
     })
 }
 
-async fn request(path: &Path, what: &str) -> Result<String, ClientError> {
+async fn request(path: &Path, what: Request) -> Result<String, ClientError> {
     let io = |source| ClientError::Io {
         path: path.into(),
         source,
@@ -121,7 +149,7 @@ async fn request(path: &Path, what: &str) -> Result<String, ClientError> {
             source,
         })?;
     stream
-        .write_all(format!("{what}\n").as_bytes())
+        .write_all(format!("{}\n", what.as_str()).as_bytes())
         .await
         .map_err(io)?;
     let mut line = String::new();
@@ -135,6 +163,18 @@ async fn request(path: &Path, what: &str) -> Result<String, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_read_from_their_line() {
+        assert_eq!(
+            Request::parse(Request::Status.as_str()),
+            Ok(Request::Status)
+        );
+        assert_eq!(
+            Request::parse("stats"),
+            Err("unknown request \"stats\": try `status`".to_string())
+        );
+    }
 
     #[tokio::test]
     async fn socket_serves_status_and_refuses_a_second_server() {
@@ -150,12 +190,11 @@ mod tests {
             for _ in 0..2 {
                 let (stream, _) = listener.accept().await.unwrap();
                 serve_one(stream, |req| {
-                    assert_eq!(req, "status");
-                    Ok(serde_json::to_string(&StatusReport {
+                    assert_eq!(req, Request::Status);
+                    StatusReport {
                         interface: "veth9".into(),
                         ..Default::default()
-                    })
-                    .unwrap())
+                    }
                 })
                 .await
                 .unwrap();
