@@ -250,38 +250,32 @@ fn read_held(ebpf: &Ebpf) -> Result<Held, DataplaneError> {
         .iter()
         .collect::<Result<_, _>>()
         .map_err(map_err(names::LISTENERS))?;
+    let group_names = maps::data(ebpf, names::GROUP_NAMES)?.fd().as_fd();
     let mut groups: BTreeMap<u32, String> = BTreeMap::new();
-    sys::lookup_all::<u32, GroupName>(
-        maps::data(ebpf, names::GROUP_NAMES)?.fd().as_fd(),
-        4096,
-        |id, name| {
-            if name.len > 0 {
-                groups.insert(*id, String::from_utf8_lossy(name.as_bytes()).into_owned());
-            }
-        },
-    )
+    sys::lookup_all::<u32, GroupName>(group_names, 4096, |id, name| {
+        if name.len > 0 {
+            groups.insert(*id, String::from_utf8_lossy(name.as_bytes()).into_owned());
+        }
+    })
     .map_err(io_err(names::GROUP_NAMES))?;
+    let target_ids = maps::data(ebpf, names::TARGET_IDS)?.fd().as_fd();
     let mut targets = Vec::new();
-    sys::lookup_all::<u32, TargetRecord>(
-        maps::data(ebpf, names::TARGET_IDS)?.fd().as_fd(),
-        4096,
-        |id, r| {
-            if r.state == record_state::FREE {
-                return;
-            }
-            // A record whose group has no name (never written so) still holds
-            // its id: it is retired at the next assignment and released later.
-            let group = groups
-                .entry(r.group_id)
-                .or_insert_with(|| format!("#{}", r.group_id))
-                .clone();
-            let key = TargetKey {
-                group,
-                ip: crate::policy::compile::ip_of(r.addr_be, r.family),
-            };
-            targets.push((*id, key, r.state == record_state::RETIRED));
-        },
-    )
+    sys::lookup_all::<u32, TargetRecord>(target_ids, 4096, |id, r| {
+        if r.state == record_state::FREE {
+            return;
+        }
+        // A record whose group has no name (never written so) still holds
+        // its id: it is retired at the next assignment and released later.
+        let group = groups
+            .entry(r.group_id)
+            .or_insert_with(|| format!("#{}", r.group_id))
+            .clone();
+        let key = TargetKey {
+            group,
+            ip: crate::policy::compile::ip_of(r.addr_be, r.family),
+        };
+        targets.push((*id, key, r.state == record_state::RETIRED));
+    })
     .map_err(io_err(names::TARGET_IDS))?;
     let ids = Ids::from_records(
         listeners.iter().map(|(k, i)| (*k, i.listener_id)),
