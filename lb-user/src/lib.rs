@@ -16,7 +16,7 @@ pub mod plan;
 pub mod policy;
 pub mod round_robin;
 pub mod state;
-mod status;
+pub mod status;
 
 /// The XDP load balancer (`lb` and `lb_clock`), built from `lb-ebpf` by
 /// `build.rs`.

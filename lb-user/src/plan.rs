@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
+use serde::{Deserialize, Serialize};
 
 pub use crate::group_table::GroupTable;
 use crate::{
@@ -73,15 +74,35 @@ pub struct PlannedGroup {
     pub last_resort: bool,
 }
 
-/// Why a target of the policy takes no new flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a target of the policy takes no new flows (named as `lb status`
+/// shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exclusion {
     /// Weight 0.
+    #[serde(rename = "weight_zero")]
     ZeroWeight,
     /// No `mac:` in the policy and no neighbour entry yet.
     MacUnresolved,
     /// Failed its health checks (and the group is not in last resort).
     Unhealthy,
+}
+
+impl Exclusion {
+    pub const ALL: [Exclusion; 3] = [
+        Exclusion::ZeroWeight,
+        Exclusion::MacUnresolved,
+        Exclusion::Unhealthy,
+    ];
+
+    /// Its name in `lb status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exclusion::ZeroWeight => "weight_zero",
+            Exclusion::MacUnresolved => "mac_unresolved",
+            Exclusion::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
