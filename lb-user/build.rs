@@ -1,6 +1,6 @@
-//! Builds the XDP programs of `lb-ebpf` with the nightly toolchain and
-//! bpf-linker; the objects are embedded into `lb` (see `src/lib.rs`).
-//! `AYA_BUILD_SKIP=1` skips that build and embeds empty placeholders, for
+//! Builds the XDP program of `lb-ebpf` with the nightly toolchain and
+//! bpf-linker; the object is embedded into `lb` (see `src/lib.rs`).
+//! `AYA_BUILD_SKIP=1` skips that build and embeds an empty placeholder, for
 //! tools such as clippy that do not need the object.
 //!
 //! The eBPF build is the same whatever the host profile (aya-build always
@@ -8,27 +8,18 @@
 //! under `OUT_DIR`, which differs per profile: the dev build (`cargo xtask
 //! test`) and the release build (`cargo xtask bench`) would each build it,
 //! `core` included, from scratch. So it runs in one directory shared by the
-//! profiles, `target/ebpf`, and the objects are copied into `OUT_DIR`.
+//! profiles, `target/ebpf`, and the object is copied into `OUT_DIR`.
 use std::{env, fs, path::PathBuf};
+
+/// The object `src/lib.rs` embeds (lb-ebpf's one binary).
+const OBJECT: &str = "lb";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=../lb-common/src");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    if skip {
-        for name in [
-            "lb",
-            "lb-new-flow",
-            "lb-no-flow-state",
-            "macswap",
-            "pass",
-            "floor",
-        ] {
-            let path = out.join(name);
-            if !path.exists() {
-                fs::write(path, [])?;
-            }
-        }
+    if skip && !out.join(OBJECT).exists() {
+        fs::write(out.join(OBJECT), [])?;
     }
     // OUT_DIR is <target>/<profile>/build/lb-user-<hash>/out.
     let shared = match out.ancestors().nth(4) {
@@ -46,12 +37,7 @@ fn main() -> anyhow::Result<()> {
     };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())?;
     if shared != out {
-        for entry in fs::read_dir(&shared)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                fs::copy(entry.path(), out.join(entry.file_name()))?;
-            }
-        }
+        fs::copy(shared.join(OBJECT), out.join(OBJECT))?;
     }
     Ok(())
 }

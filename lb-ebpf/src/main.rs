@@ -10,9 +10,6 @@ mod object;
 
 mod pipeline;
 
-/// The pipeline keeps flow state (`pipeline::FLOW_STATE`).
-const FLOW_STATE: bool = true;
-
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]

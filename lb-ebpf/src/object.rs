@@ -1,4 +1,5 @@
-//! What every eBPF object of this crate has besides its programs.
+//! What every eBPF object has besides its programs: `lb`'s, and the
+//! benchmark's (tests/bench/ebpf, which includes this file).
 
 /// The panic handler a `no_std` binary needs (nothing in the programs can
 /// panic: the verifier would reject a path that reaches it) and the license

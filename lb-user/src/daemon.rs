@@ -26,7 +26,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api::{self, DataPlaneStatus, ErrorStatus},
+    api,
     dataplane::{
         AttachMode, Attached, Dataplane, LoadOptions,
         pin::Instance,
@@ -40,7 +40,7 @@ use crate::{
     plan::{Exclusion, MapPlan, Observed},
     policy::{self, HostFacts, Policy, compile::compile_next},
     state::RuntimeState,
-    status,
+    status::{self, DataPlaneStatus, ErrorStatus},
 };
 
 #[derive(Debug, Clone)]
@@ -614,11 +614,9 @@ impl Daemon {
             },
             errors: self.errors.clone(),
         });
-        let json = serde_json::to_string(&report);
         tokio::spawn(async move {
-            let answer = move |request: &str| match request {
-                "status" => json.map_err(|e| e.to_string()),
-                other => Err(format!("unknown request {other:?}: try `status`")),
+            let answer = move |request| match request {
+                api::Request::Status => report,
             };
             if let Err(err) = api::serve_one(stream, answer).await {
                 warn!(%err, "api client");

@@ -1,8 +1,16 @@
 //! `lb`: the command line. Everything of substance lives in the library.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_user::{api, daemon, dataplane::AttachMode, policy};
+use lb_user::{
+    api, daemon,
+    dataplane::{self, AttachMode, pin::Instance},
+    policy, status,
+};
 use tracing::Level;
 use tracing_subscriber::{
     filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
@@ -102,7 +110,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     match runtime.block_on(execute(cli.command)) {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("lb: {err:#}");
             ExitCode::FAILURE
@@ -110,7 +118,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run {
             config,
@@ -119,85 +127,95 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             socket,
             resolve_wait_s,
         } => {
-            let mode = match xdp_mode {
-                XdpMode::Native => AttachMode::Native,
-                XdpMode::Generic => AttachMode::Generic,
-                XdpMode::Auto => AttachMode::Auto,
-            };
             daemon::run(daemon::RunOptions {
                 config,
                 iface,
-                mode,
+                mode: xdp_mode.into(),
                 socket,
                 resolve_wait: Duration::from_secs_f64(resolve_wait_s.max(0.0)),
             })
-            .await?;
-            Ok(ExitCode::SUCCESS)
+            .await
         }
-        Command::Detach { iface } => {
-            let instance = lb_user::dataplane::pin::Instance::of_interface(&iface);
-            let done = lb_user::dataplane::detach(&instance)?;
-            if !done.link && done.pins == 0 && !done.state {
-                println!(
-                    "{iface}: no data plane of lb ({} is empty)",
-                    instance.pin_dir().display()
-                );
-            } else {
-                println!(
-                    "{iface}: {}, {} pinned objects removed from {}{}",
-                    if done.link {
-                        "XDP program detached"
-                    } else {
-                        "no XDP link attached"
-                    },
-                    done.pins,
-                    instance.pin_dir().display(),
-                    if done.state {
-                        ", runtime state removed"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Check { config } => {
-            // What `lb run` and a reload check, short of the host.
-            let name = config.display().to_string();
-            let text = policy::read(&config)?;
-            let policy = policy::parse(&name, &text)?;
-            policy::check_servable(&name, &text, &policy)?;
-            println!(
-                "{}: ok ({} listeners, {} target groups)",
-                config.display(),
-                policy.listeners.len(),
-                policy.target_groups.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Detach { iface } => detach(&iface),
+        Command::Check { config } => check(&config),
         Command::Status {
             target_group,
             json,
             socket,
-        } => {
-            let report = api::status(&socket).await?;
-            if let Some(name) = &target_group
-                && !report.target_groups.iter().any(|g| &g.name == name)
-            {
-                anyhow::bail!("no target group named {name:?}");
-            }
-            if json {
-                let mut report = report;
-                if let Some(name) = &target_group {
-                    report.target_groups.retain(|g| &g.name == name);
-                }
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", api::render(&report, target_group.as_deref()));
-            }
-            Ok(ExitCode::SUCCESS)
+        } => show_status(&socket, target_group.as_deref(), json).await,
+    }
+}
+
+impl From<XdpMode> for AttachMode {
+    fn from(mode: XdpMode) -> AttachMode {
+        match mode {
+            XdpMode::Native => AttachMode::Native,
+            XdpMode::Generic => AttachMode::Generic,
+            XdpMode::Auto => AttachMode::Auto,
         }
     }
+}
+
+/// `lb detach`: removes the data plane and says what there was.
+fn detach(iface: &str) -> anyhow::Result<()> {
+    let instance = Instance::of_interface(iface);
+    let done = dataplane::detach(&instance)?;
+    let dir = instance.pin_dir();
+    if !done.link && done.pins == 0 && !done.state {
+        println!("{iface}: no data plane of lb ({} is empty)", dir.display());
+        return Ok(());
+    }
+    println!(
+        "{iface}: {}, {} pinned objects removed from {}{}",
+        if done.link {
+            "XDP program detached"
+        } else {
+            "no XDP link attached"
+        },
+        done.pins,
+        dir.display(),
+        if done.state {
+            ", runtime state removed"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// `lb check`: what `lb run` and a reload check, short of the host.
+fn check(config: &Path) -> anyhow::Result<()> {
+    let name = config.display().to_string();
+    let text = policy::read(config)?;
+    let policy = policy::parse(&name, &text)?;
+    policy::check_servable(&name, &text, &policy)?;
+    println!(
+        "{}: ok ({} listeners, {} target groups)",
+        config.display(),
+        policy.listeners.len(),
+        policy.target_groups.len()
+    );
+    Ok(())
+}
+
+/// `lb status`: the report of the `lb` at `socket`, or of one of its
+/// groups, as JSON or as tables.
+async fn show_status(socket: &Path, only_group: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let mut report = api::status(socket).await?;
+    if let Some(name) = only_group
+        && !report.target_groups.iter().any(|g| g.name == name)
+    {
+        anyhow::bail!("no target group named {name:?}");
+    }
+    if json {
+        if let Some(name) = only_group {
+            report.target_groups.retain(|g| g.name == name);
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status::render(&report, only_group));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
+use serde::{Deserialize, Serialize};
 
 pub use crate::group_table::GroupTable;
 use crate::{
@@ -87,10 +88,13 @@ pub struct PlannedGroup {
     pub backup: Option<(String, Side, f64)>,
 }
 
-/// Why a target of the policy takes no new flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a target of the policy takes no new flows (named as `lb status`
+/// shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exclusion {
     /// Weight 0.
+    #[serde(rename = "weight_zero")]
     ZeroWeight,
     /// No `mac:` in the policy and no neighbour entry yet.
     MacUnresolved,
@@ -103,10 +107,21 @@ pub enum Exclusion {
     /// One of the group's own, while the backup takes the new flows.
     FailedOver,
     /// One of the backup's, while the group takes its own new flows.
+    #[serde(rename = "backup_standby")]
     Standby,
 }
 
 impl Exclusion {
+    pub const ALL: [Exclusion; 7] = [
+        Exclusion::ZeroWeight,
+        Exclusion::MacUnresolved,
+        Exclusion::Unhealthy,
+        Exclusion::Draining,
+        Exclusion::Unused,
+        Exclusion::FailedOver,
+        Exclusion::Standby,
+    ];
+
     /// Its name in `lb status`.
     pub fn as_str(self) -> &'static str {
         match self {

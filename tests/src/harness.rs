@@ -85,6 +85,28 @@ pub fn compile(policy: &Policy) -> MapPlan {
     policy::compile::compile(policy, &observed(policy)).expect("compile")
 }
 
+/// Asserts that XDP program `program` of `object` is one BPF function: the
+/// pipeline inlined into the entry point, with no BPF-to-BPF call (not even
+/// to `memcpy`), since such a call costs every packet. The golden tests
+/// check `lb`; the benchmark checks its build of the pipeline.
+pub fn assert_one_bpf_function(object: &[u8], program: &str) {
+    const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+    const PSEUDO_CALL: u8 = 1; // src_reg of a call to a BPF function
+    let obj = aya_obj::Object::parse(object).expect("parse the object");
+    let function = &obj.functions[&obj.programs[program].function_key()];
+    let calls = function
+        .instructions
+        .iter()
+        .filter(|i| i.code == CALL && i.src_reg() == PSEUDO_CALL)
+        .count();
+    assert_eq!(calls, 0, "{program}: {calls} BPF-to-BPF calls");
+    assert!(
+        function.instructions.len() > 1000,
+        "{program}: the whole pipeline ({} instructions)",
+        function.instructions.len()
+    );
+}
+
 /// The identity of target `ip` of `group`.
 pub fn target(group: &str, ip: &str) -> TargetKey {
     TargetKey::new(group.to_string(), ip.parse().expect("a target address"))

@@ -33,6 +33,7 @@ use crate::{
     lb::LbProcess,
     netns,
     topo::{self, LB4, LB6, Node, TARGETS, VIP4, VIP6, fmt_mac},
+    xdp,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The workspace's cargo target directory: `$CARGO_TARGET_DIR` (relative to
+/// the root), default `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t))
+}
+
 /// A binary of this workspace: `$ENV_VAR` if set, else
 /// `$CARGO_TARGET_DIR/debug/NAME` (default `<root>/target/debug/NAME`).
 /// `cargo xtask test` builds and sets both `LB_BIN` and `LB_LAB_SERVER_BIN`.
@@ -152,10 +160,7 @@ pub fn workspace_bin(env_var: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env_var) {
         return PathBuf::from(path);
     }
-    let root = workspace_root();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
-    target.join("debug").join(name)
+    target_dir().join("debug").join(name)
 }
 
 /// How to build a [`Lab`].
@@ -229,7 +234,7 @@ pub struct Lab {
     processes: Vec<Process>,
     created: Vec<String>,
     /// Keeps the XDP_PASS program on `p-lb` attached.
-    pass: Option<aya::Ebpf>,
+    pass: Option<xdp::Attached>,
 }
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
@@ -652,28 +657,11 @@ impl Lab {
             port: "p-lb".into(),
             reason,
         };
-        if lb_user::EBPF_PASS.is_empty() {
-            return Err(err(
-                "lb-user was built with AYA_BUILD_SKIP=1, so it has no eBPF objects; rebuild without it".into(),
-            ));
-        }
         let sw = self.ns(Node::Switch);
-        let ebpf = netns::run(&sw, || -> Result<aya::Ebpf, String> {
-            use aya::programs::{Xdp, XdpMode};
-            let mut ebpf = aya::Ebpf::load(lb_user::EBPF_PASS).map_err(|e| format!("load: {e}"))?;
-            let prog: &mut Xdp = ebpf
-                .program_mut("pass")
-                .ok_or("no program named `pass`")?
-                .try_into()
-                .map_err(|e| format!("not XDP: {e}"))?;
-            prog.load().map_err(|e| format!("verify: {e}"))?;
-            prog.attach("p-lb", XdpMode::Driver)
-                .map_err(|e| format!("attach (driver mode): {e}"))?;
-            Ok(ebpf)
-        })
-        .map_err(|e| err(format!("enter {sw}: {e}")))?
-        .map_err(err)?;
-        self.pass = Some(ebpf);
+        let attached = netns::run(&sw, || xdp::attach_native(&xdp::PASS, "p-lb"))
+            .map_err(|e| err(format!("enter {sw}: {e}")))?
+            .map_err(|e| err(e.to_string()))?;
+        self.pass = Some(attached);
         Ok(())
     }
 

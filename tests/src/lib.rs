@@ -1,12 +1,12 @@
 //! Shared test support: the namespace lab, used by the end-to-end tests in
-//! `tests/tests/` and by `cargo xtask run` (through the `lb-lab` binary), and
-//! the packet builders and reference model of the golden packet tests.
+//! `tests/tests/`, by `cargo xtask run` (through the `lb-lab` binary) and by
+//! the benchmark (`tests/bench`), and the packet builders and reference model
+//! of the golden packet tests.
 //!
 //! The lab needs root: it builds network namespaces, veths, a bridge and XDP
 //! attachments, and removes them when dropped.
 #![deny(unsafe_code)]
 
-pub mod bench;
 pub mod capture;
 pub mod client;
 pub mod harness;
@@ -21,6 +21,7 @@ pub mod stats;
 pub mod status;
 pub mod streams;
 pub mod topo;
+pub mod xdp;
 
 pub use lab::{Lab, LabError, LabOptions};
 pub use run::LabRun;

@@ -4,7 +4,7 @@
 //! waits for a condition with a deadline.
 //!
 //! The fields read here are the stable JSON of `lb status --json`
-//! (`lb-user/src/api.rs`): top-level `probe_sources`; per group
+//! (`lb-user/src/status/report.rs`): top-level `probe_sources`; per group
 //! `health_check` and `last_resort`; per target `state`, `selectable`,
 //! `monitor_port` and `health`.
 use std::{
@@ -247,22 +247,8 @@ mod tests {
     /// here.
     #[test]
     fn documented_fields_are_reported() {
-        use lb_user::api::{
-            GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus, StatusReport,
-            TargetStatus,
-        };
-        let report = StatusReport {
-            listeners: vec![ListenerStatus::default()],
-            target_groups: vec![GroupStatus {
-                health_check: Some(HealthCheckStatus::default()),
-                targets: vec![TargetStatus {
-                    health: Some(HealthStatus::default()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        // One of every object, every optional part present.
+        let report = lb_user::status::example();
         let json = serde_json::to_value(&report).unwrap();
         let group = &json["target_groups"][0];
         let target = &group["targets"][0];

@@ -11,10 +11,13 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
-use lb_common::Counter;
+use aya::{
+    maps::MapData,
+    programs::{TestRun as _, TestRunOptions},
+};
+use lb_common::{Counter, FlowKeyV4};
 use lb_tests::{
-    harness::{Harness, S, compile, parse_policy, target},
+    harness::{Harness, S, assert_one_bpf_function, compile, parse_policy, target},
     model::{TargetKey, XDP_DROP, XDP_PASS, XDP_TX, key_of},
     packets::{Frame, L4, LB_MAC, tcp_flags::*},
 };
@@ -883,55 +886,50 @@ fn sweeper_deletes_ended_flows_and_recounts_active_flows() {
     assert_eq!(sweeper.sweep(&rules(&h)).unwrap().entries, 0);
 }
 
-/// A full flow table (filled by the benchmark build of the pipeline, whose
-/// every test-run repetition is a new flow) is swept in bounded time. The
-/// figures are printed (`--nocapture`) for the README.
+/// A full flow table is swept in bounded time. The table is filled from user
+/// space on one CPU (as one CPU of a single-queue NIC would fill it), with
+/// 1.25 times its size of flows, so that the LRU evicts: copies of the
+/// entries that SYNs through the program made (their listener, targets and
+/// flags), under other sources. The figures are printed (`--nocapture`) for
+/// the README.
 #[test]
 fn sweeping_a_full_flow_table_takes_bounded_time() {
     use lb_user::dataplane::LoadOptions;
     let max = lb_common::DEFAULT_FLOW_TABLE_SIZE;
     let plan = compile(&parse_policy(SHORT_TIMEOUTS));
-    let mut dp = Dataplane::load_object(
-        lb_user::EBPF_LB_NEW_FLOW,
-        "lb_new_flow",
-        &LoadOptions {
-            flow_table_size: max,
-            ..Default::default()
-        },
-    )
+    let mut dp = Dataplane::load(&LoadOptions {
+        flow_table_size: max,
+        ..Default::default()
+    })
     .expect("load");
     dp.apply(&plan).expect("apply");
-    // The memory the flow tables hold (the kernel's own figure).
-    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
-        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-        };
-        if field("map_type:") == Some(9) && field("max_entries:") == Some(max as u64) {
-            eprintln!(
-                "flow table (key {} bytes): memlock {} bytes",
-                field("key_size:").unwrap_or(0),
-                field("memlock:").unwrap_or(0)
-            );
-        }
-    }
+    let made = entries_of_syns(&mut dp, 16);
+    let map = flows_v4(&mut dp);
+    eprintln!(
+        "flow table (key {} bytes): memlock {} bytes",
+        size_of::<FlowKeyV4>(),
+        memlock(&map).unwrap_or(0)
+    );
+    let mut table: aya::maps::HashMap<_, FlowKeyV4, lb_common::FlowState> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("an LRU hash map");
     // Every flow from one CPU (as from a single-queue NIC).
     let mut one = nix::sched::CpuSet::new();
     one.set(0).unwrap();
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
-    let syn = Frame::tcp("10.1.0.0", 1, "10.0.3.49", 80, SYN).build();
-    let mut out = vec![0u8; syn.len() + 256];
-    let r = dp
-        .program_mut()
-        .test_run(TestRunOptions {
-            data_in: Some(&syn),
-            data_out: Some(&mut out),
-            repeat: max + max / 4,
+    let vip_be = u32::from(std::net::Ipv4Addr::new(10, 0, 3, 49)).to_be();
+    for i in 0..max + max / 4 {
+        let key = FlowKeyV4 {
+            src_be: (0x0a02_0000 + (i >> 16)).to_be(),
+            dst_be: vip_be,
+            src_port_be: (i as u16).to_be(),
+            dst_port_be: 80u16.to_be(),
+            proto: 6,
             ..Default::default()
-        })
-        .expect("test run");
-    assert_eq!(r.return_value, XDP_TX);
+        };
+        table
+            .insert(key, made[i as usize % made.len()], 0)
+            .expect("insert a flow");
+    }
     let mut sweeper = dp.flow_sweeper().expect("sweeper");
     let rules = lb_user::flows::Rules::of(&plan);
     let live = sweeper.sweep(&rules).unwrap();
@@ -959,93 +957,54 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
     assert!(live.took.as_secs() < 10 && ended.took.as_secs() < 30);
 }
 
-/// The benchmark build without flow state (`lb_no_flow_state`, which `cargo
-/// xtask bench` times beside `lb_new_flow` to show what pinning a flow
-/// costs) chooses every new flow's target exactly as the build with it, and
-/// keeps nothing: no flow-table entry, no flow-cache slot. Both builds bump
-/// the source after each repetition, so one test run of each sees the same
-/// sequence of new flows.
-#[test]
-fn the_benchmark_build_without_flow_state_chooses_alike_and_keeps_nothing() {
-    use lb_user::dataplane::LoadOptions;
-    let plan = compile(&parse_policy(SHORT_TIMEOUTS));
-    let load = |object: &[u8], program: &'static str| {
-        let mut dp = Dataplane::load_object(
-            object,
-            program,
-            &LoadOptions {
-                flow_table_size: 4096,
+/// The flow-table entries that `n` SYNs of new TCP flows to 10.0.3.49:80
+/// make, sent through the program.
+fn entries_of_syns(dp: &mut Dataplane, n: u16) -> Vec<lb_common::FlowState> {
+    for port in 1..=n {
+        let syn = Frame::tcp("10.1.0.0", port, "10.0.3.49", 80, SYN).build();
+        let mut out = vec![0u8; syn.len() + 256];
+        let r = dp
+            .program_mut()
+            .test_run(TestRunOptions {
+                data_in: Some(&syn),
+                data_out: Some(&mut out),
                 ..Default::default()
-            },
-        )
-        .expect("load");
-        dp.apply(&plan).expect("apply");
-        dp
-    };
-    let mut with = load(lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow");
-    let mut without = load(lb_user::EBPF_LB_NO_FLOW_STATE, "lb_no_flow_state");
-    const TCP_FLOWS: u32 = 600;
-    const UDP_FLOWS: u32 = 400;
-    let syn = Frame::tcp("10.77.0.1", 1, "10.0.3.49", 80, SYN).build();
-    let udp = Frame::udp("10.78.0.1", 1, "10.0.3.49", 53, b"query").build();
-    for dp in [&mut with, &mut without] {
-        for (frame, repeat) in [(&syn, TCP_FLOWS), (&udp, UDP_FLOWS)] {
-            let mut out = vec![0u8; frame.len() + 256];
-            let r = dp
-                .program_mut()
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    repeat,
-                    ..Default::default()
-                })
-                .expect("test run");
-            assert_eq!(r.return_value, XDP_TX);
-        }
+            })
+            .expect("test run");
+        assert_eq!(r.return_value, XDP_TX);
     }
-    let new_flows = |dp: &Dataplane| {
-        dp.counters()
-            .unwrap()
-            .into_iter()
-            .find(|(c, _)| *c == Counter::NewFlow)
-            .map_or(0, |(_, v)| v)
-    };
-    let total = (TCP_FLOWS + UDP_FLOWS) as u64;
-    assert_eq!(new_flows(&with), total);
-    assert_eq!(new_flows(&without), total);
-    // Targets 1-3 are the web group's (weights 256:256:128), 4 the dns one.
-    let per_target = |dp: &Dataplane| -> Vec<u64> {
-        (1..=4)
-            .map(|id| dp.target_stats(id).unwrap().new_flows)
-            .collect()
-    };
-    let chosen = per_target(&with);
-    assert_eq!(chosen.iter().sum::<u64>(), total);
-    assert!(chosen[..3].iter().all(|&n| n > 0), "{chosen:?}");
-    assert_eq!(per_target(&without), chosen, "the same choices");
-    // Pinned with flow state, not without.
-    assert_eq!(with.flow_entries().unwrap().len() as u64, total);
-    assert!(without.flow_entries().unwrap().is_empty());
-    // The last UDP flow (source port UDP_FLOWS: the port goes up by one
-    // after each repetition): no later flow can have taken its slot.
-    let last_udp = lb_common::FlowKey {
-        family: lb_common::FAMILY_V4,
-        proto: lb_common::PROTO_UDP,
-        src_be: [u32::from_ne_bytes([10, 78, 0, 1]), 0, 0, 0],
-        dst_be: [u32::from_ne_bytes([10, 0, 3, 49]), 0, 0, 0],
-        src_port_be: (UDP_FLOWS as u16).to_be(),
-        dst_port_be: 53u16.to_be(),
-        ..Default::default()
-    };
-    let slot_key = |dp: &Dataplane| {
-        dp.flow_cache_slot(&last_udp)
-            .unwrap()
-            .expect("the flow cache is on (x86-64)")
-            .1
-            .key
-    };
-    assert_eq!(slot_key(&with), last_udp, "a new UDP flow takes its slot");
-    assert_ne!(slot_key(&without), last_udp, "no slot without flow state");
+    let made: Vec<_> = dp
+        .flow_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(made.len(), n as usize);
+    made
+}
+
+/// The IPv4 flow table of `dp`, found among the maps its program uses.
+fn flows_v4(dp: &mut Dataplane) -> MapData {
+    let ids = dp.program_mut().info().unwrap().map_ids().unwrap();
+    let id = ids
+        .into_iter()
+        .flatten()
+        .find(|&id| {
+            aya::maps::MapInfo::from_id(id)
+                .is_ok_and(|m| m.name_as_str() == Some(lb_common::map_names::FLOWS_V4))
+        })
+        .expect("the program uses FLOWS_V4");
+    MapData::from_id(id).expect("open FLOWS_V4")
+}
+
+/// The kernel memory charged to `map` (`memlock` in its fdinfo).
+fn memlock(map: &MapData) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = map.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:")?.trim().parse().ok())
 }
 
 /// An entry deleted behind the program's back (LRU eviction) is a miss: the
@@ -1415,33 +1374,13 @@ fn the_data_plane_and_the_loader_share_one_clock() {
     );
 }
 
-/// Each data-plane program is one BPF function: its body is inlined into its
+/// The data-plane program is one BPF function: its body is inlined into its
 /// XDP entry point, with no BPF-to-BPF call (not even to `memcpy`). When
 /// LLVM once left the body out of line, that call cost every packet 7 ns
 /// (a packet for no listener went from 28 to 35 ns). The benchmark measures
-/// the time; this checks the structure, which needs no timing.
+/// the time, and checks its own build of the pipeline the same way; this
+/// checks the structure, which needs no timing.
 #[test]
-fn each_data_plane_program_is_one_bpf_function() {
-    const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
-    const PSEUDO_CALL: u8 = 1; // src_reg of a call to a BPF function
-    for (object, name) in [
-        (lb_user::EBPF_LB, "lb"),
-        (lb_user::EBPF_LB_NEW_FLOW, "lb_new_flow"),
-        (lb_user::EBPF_LB_NO_FLOW_STATE, "lb_no_flow_state"),
-    ] {
-        let obj = aya_obj::Object::parse(object).expect("parse the object");
-        let program = &obj.programs[name];
-        let function = &obj.functions[&program.function_key()];
-        let calls = function
-            .instructions
-            .iter()
-            .filter(|i| i.code == CALL && i.src_reg() == PSEUDO_CALL)
-            .count();
-        assert_eq!(calls, 0, "{name}: {calls} BPF-to-BPF calls");
-        assert!(
-            function.instructions.len() > 1000,
-            "{name}: the whole pipeline ({} instructions)",
-            function.instructions.len()
-        );
-    }
+fn the_data_plane_program_is_one_bpf_function() {
+    assert_one_bpf_function(lb_user::EBPF_LB, lb_user::dataplane::PROGRAM);
 }

@@ -11,6 +11,7 @@ use lb_tests::{
     Lab, Node,
     capture::{Capture, Frame, Payload},
     topo::{self, CLIENT_MAC, LB_MAC, LB4, TARGETS, VIP4, VIP6, fmt_mac},
+    xdp,
 };
 
 /// One lab at a time: they are independent, but two cores are not enough to
@@ -152,12 +153,12 @@ fn targets_do_not_announce_the_vip() {
     }
 }
 
-/// Native XDP_TX out of the lb's veth reaches the segment: the benchmark's
-/// MAC-swap program on the lb's eth0 reflects the client's datagrams back to
-/// it. This is what needs the XDP_PASS program and `tx off` on `p-lb`.
+/// Native XDP_TX out of the lb's veth reaches the segment: the lab's
+/// reflect program (`lb_tests::xdp::REFLECT`, a MAC swap) on the lb's eth0
+/// sends the client's datagrams back to it. This is what needs the XDP_PASS
+/// program and `tx off` on `p-lb`.
 #[test]
 fn native_xdp_tx_from_the_lb_reaches_the_client() {
-    use aya::programs::{Xdp, XdpMode};
     let (_serial, lab) = lab();
     // The reflected ARP request would carry a broadcast source MAC, which the
     // bridge drops: give the client the lb's MAC.
@@ -177,13 +178,8 @@ fn native_xdp_tx_from_the_lb_reaches_the_client() {
         ],
     )
     .unwrap();
-    let _macswap = lab.run_in(Node::Lb, || {
-        let mut ebpf = aya::Ebpf::load(lb_user::EBPF_MACSWAP).expect("load macswap");
-        let prog: &mut Xdp = ebpf.program_mut("macswap").unwrap().try_into().unwrap();
-        prog.load().expect("verify macswap");
-        prog.attach("eth0", XdpMode::Driver)
-            .expect("attach macswap in driver mode");
-        ebpf
+    let _reflect = lab.run_in(Node::Lb, || {
+        xdp::attach_native(&xdp::REFLECT, "eth0").unwrap_or_else(|e| panic!("{e}"))
     });
     let cap = capture(&lab, Node::Client);
     let sent = 50;

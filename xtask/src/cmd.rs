@@ -81,7 +81,8 @@ pub fn build_bins() -> Result<()> {
 /// locks the directory, so the two never build at once). If the commands
 /// ever differ, the build script simply builds again: slower, never wrong.
 pub fn build_overlapping_ebpf(cmd: &mut Command) -> Result<()> {
-    let ebpf = ebpf_build()
+    let ebpf = ebpf_build("lb-ebpf")
+        .arg("--message-format=json")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -93,9 +94,19 @@ pub fn build_overlapping_ebpf(cmd: &mut Command) -> Result<()> {
     result
 }
 
-/// aya-build 0.2's eBPF build of `lb-ebpf` (`aya_build::build_ebpf`), for
-/// the shared target directory of `lb-user/build.rs`.
-fn ebpf_build() -> Command {
+/// Builds the benchmark's eBPF programs (`tests/bench/ebpf`) in the target
+/// directory of `lb-ebpf`'s build, where `core` and the dependencies they
+/// share with `lb` are built already; returns the directory of the
+/// objects, which `lb-bench` reads at run time (`LB_BENCH_EBPF_DIR`).
+pub fn build_bench_ebpf() -> Result<PathBuf> {
+    run(&mut ebpf_build("lb-bench-ebpf"))?;
+    Ok(ebpf_target_dir().join("bpfel-unknown-none/release"))
+}
+
+/// aya-build 0.2's eBPF build (`aya_build::build_ebpf`) of `package`, in
+/// the shared target directory of `lb-user/build.rs` (the one aya-build
+/// uses there for `lb-ebpf`; `--message-format=json` aside).
+fn ebpf_build(package: &str) -> Command {
     let arch = std::env::consts::ARCH;
     let mut cmd = Command::new("rustup");
     // The build script runs it with cargo's HOST, which the build scripts
@@ -106,8 +117,8 @@ fn ebpf_build() -> Command {
         cmd.env("HOST", host);
     }
     cmd.current_dir(crate::root().join("lb-user"))
-        .args(["run", "nightly", "cargo", "build", "--package", "lb-ebpf"])
-        .args(["--bins", "--message-format=json", "--release"])
+        .args(["run", "nightly", "cargo", "build", "--package", package])
+        .args(["--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--features", ""])
         .env(
@@ -117,8 +128,14 @@ fn ebpf_build() -> Command {
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .arg("--target-dir")
-        .arg(target_dir().join("ebpf/aya-build/target/lb-ebpf"));
+        .arg(ebpf_target_dir());
     cmd
+}
+
+/// aya-build's target directory for `lb-ebpf` under the shared `OUT_DIR`
+/// of `lb-user/build.rs` (`target/ebpf`).
+fn ebpf_target_dir() -> PathBuf {
+    target_dir().join("ebpf/aya-build/target/lb-ebpf")
 }
 
 /// The host triple of the stable toolchain (`rustc -vV`), which cargo

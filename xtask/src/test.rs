@@ -24,14 +24,11 @@ pub fn test(extra: &[String]) -> Result<()> {
     test.env_remove("AYA_BUILD_SKIP")
         .env("LB_TEST_SKIPS", &skips)
         .envs(cmd::bin_env())
-        // lb-ebpf only builds for the BPF target.
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "lb-ebpf",
-            "--no-fail-fast",
-        ]);
+        // The eBPF crates only build for the BPF target; the benchmark is
+        // built and tested by `cargo xtask bench` alone.
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(["--exclude", "lb-ebpf", "--exclude", "lb-bench-ebpf"])
+        .args(["--exclude", "lb-bench"]);
     if !extra.is_empty() {
         test.arg("--").args(extra);
     }

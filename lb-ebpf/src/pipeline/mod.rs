@@ -1,6 +1,7 @@
 //! The load balancer's pipeline and maps, shared by the `lb` program and its
-//! benchmark variant (`bench_new_flow.rs`): parse the flow, find its listener,
-//! select a target, rewrite and transmit.
+//! benchmark build (`lb_new_flow`, tests/bench/ebpf/src/new_flow.rs, which
+//! includes these sources by path): parse the flow, find its listener, select
+//! a target, rewrite and transmit.
 //!
 //! The flow table is read before the listener is known: an entry names the
 //! listener its flow was created under, which `LISTENERS_BY_ID` confirms
@@ -20,12 +21,6 @@ mod select;
 mod time;
 
 pub use time::clock;
-
-/// Whether this build keeps flow state (the flow cache and the flow tables).
-/// Set by the program's crate root: true for `lb` and `lb_new_flow`; false
-/// only for the benchmark variant `lb_no_flow_state`, which measures what a
-/// new flow costs without it. A constant, so `lb` carries no test of it.
-use crate::FLOW_STATE;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -160,8 +155,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     };
     let cache = cache::Settings::read(config);
     let now = time::now_ns(config);
-    if FLOW_STATE
-        && select::may_use_cache(tcp_flags)
+    if select::may_use_cache(tcp_flags)
         && let Some(hit) = cache::get(&flow, &cache, now)
         && let Some(info) = select::usable(hit.target_id, hit.group_id as u32)
     {
@@ -177,11 +171,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
         };
         return forward(ctx, &listener, &target, config);
     }
-    let entry = if FLOW_STATE {
-        select::entry(&flow)
-    } else {
-        None
-    };
+    let entry = select::entry(&flow);
     let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
     let target = select::target(&flow, tcp_flags, &listener, entry, &cache, now)?;
     forward(ctx, &listener, &target, config)

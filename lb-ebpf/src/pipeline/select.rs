@@ -267,93 +267,100 @@ pub fn target(
     cache: &cache::Settings,
     now: u64,
 ) -> Result<Selected, u32> {
-    let cacheable = may_use_cache(tcp_flags);
     let had_entry = entry.is_some();
     if let Some(entry) = entry {
-        let last_seen = entry.last_seen_ns();
-        let age = now.saturating_sub(last_seen);
-        // The common case, decided with one test: a packet of a flow seen
-        // within FLOW_TOUCH_NS (no timeout is shorter, so it goes on) that
-        // is no SYN, FIN or RST: nothing to check, nothing to write.
-        let quiet = age <= FLOW_TOUCH_NS && cacheable;
-        if quiet || !has_ended(&entry, tcp_flags, age, listener.group_id) {
-            let id = entry.target_id();
-            if let Some(info) = usable(id, listener.group_id) {
-                if !quiet {
-                    on_packet(&entry, tcp_flags, age, now);
-                }
-                if entry.listener_hint() as u32 != listener.listener_id {
-                    entry.set_listener_hint(listener.listener_id);
-                }
-                // The entry's `last_seen_ns` now (`on_packet` refreshes a
-                // stale one): a packet is quiet until FLOW_TOUCH_NS after it.
-                let seen = if age > FLOW_TOUCH_NS { now } else { last_seen };
-                cache::put(
-                    flow,
-                    cache,
-                    id,
-                    listener,
-                    seen.saturating_add(FLOW_TOUCH_NS),
-                    !cacheable,
-                );
-                count(Counter::FlowHit);
-                return Ok(Selected {
-                    id,
-                    info,
-                    new_flow: false,
-                });
-            }
-            // The target left (removed, MAC lost, id reused, or unhealthy
-            // with `rebalance`): choose again.
-            count(Counter::FlowReselected);
+        if let Some(hit) = existing(flow, tcp_flags, listener, &entry, cache, now) {
+            return Ok(hit);
         }
         // The flow ended (this packet starts another) or is re-selected.
         entry.uncount();
     }
+    new_flow(flow, tcp_flags, listener, cache, now, had_entry)
+}
 
+/// The target the flow's `entry` names, if the flow goes on and the target
+/// is still usable (the packet's FIN or RST recorded, a stale last-seen
+/// time refreshed, the cache written); None if the flow has ended or must
+/// choose again.
+#[inline(always)]
+fn existing(
+    flow: &FlowKey,
+    tcp_flags: u8,
+    listener: &ListenerInfo,
+    entry: &Entry,
+    cache: &cache::Settings,
+    now: u64,
+) -> Option<Selected> {
+    let cacheable = may_use_cache(tcp_flags);
+    let last_seen = entry.last_seen_ns();
+    let age = now.saturating_sub(last_seen);
+    // The common case, decided with one test: a packet of a flow seen
+    // within FLOW_TOUCH_NS (no timeout is shorter, so it goes on) that is no
+    // SYN, FIN or RST: nothing to check, nothing to write.
+    let quiet = age <= FLOW_TOUCH_NS && cacheable;
+    if !quiet && has_ended(entry, tcp_flags, age, listener.group_id) {
+        return None;
+    }
+    let id = entry.target_id();
+    let Some(info) = usable(id, listener.group_id) else {
+        // The target left (removed, MAC lost, or unhealthy with
+        // `rebalance`): choose again.
+        count(Counter::FlowReselected);
+        return None;
+    };
+    if !quiet {
+        on_packet(entry, tcp_flags, age, now);
+    }
+    if entry.listener_hint() as u32 != listener.listener_id {
+        entry.set_listener_hint(listener.listener_id);
+    }
+    // The entry's `last_seen_ns` now (`on_packet` refreshes a stale one): a
+    // packet is quiet until FLOW_TOUCH_NS after it.
+    let seen = if age > FLOW_TOUCH_NS { now } else { last_seen };
+    let until = seen.saturating_add(FLOW_TOUCH_NS);
+    cache::put(flow, cache, id, listener, until, !cacheable);
+    count(Counter::FlowHit);
+    Some(Selected {
+        id,
+        info,
+        new_flow: false,
+    })
+}
+
+/// A new flow: its target chosen (a TCP packet that is not a SYN goes where
+/// the group's hash puts it: a flow already under way), remembered,
+/// counted, and its cache slot written (`had_entry`: the flow table had an
+/// entry for its 5-tuple, now replaced).
+#[inline(always)]
+fn new_flow(
+    flow: &FlowKey,
+    tcp_flags: u8,
+    listener: &ListenerInfo,
+    cache: &cache::Settings,
+    now: u64,
+    had_entry: bool,
+) -> Result<Selected, u32> {
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
     let id = if flow.proto == PROTO_TCP && !is_syn(tcp_flags) {
-        // A TCP flow already under way: where the group's hash puts it.
         choose::by_hash(flow, listener.group_id, group)
     } else {
         choose::new_flow(flow, listener.group_id, group, now)
     }
     .ok_or_else(no_target)?;
     let info = usable(id, listener.group_id).ok_or_else(no_target)?;
-
-    let mut flags = ending(tcp_flags);
-    if is_syn(tcp_flags) {
-        flags |= flow_flags::SYN;
-    }
-    // A flow first seen at its FIN or RST has already ended: not counted.
-    let counted = flags & (flow_flags::FIN | flow_flags::RST) == 0;
-    if counted {
-        flags |= flow_flags::COUNTED;
-    }
-    let state = FlowState {
-        target_id: id,
-        listener_id: listener.listener_id as u16,
-        flags,
-        created_ns: now,
-        last_seen_ns: now,
-    };
-    if !super::FLOW_STATE || remember(flow, state) {
-        if counted {
+    let state = new_state(tcp_flags, id, listener, now);
+    if remember(flow, state) {
+        if state.flags & flow_flags::COUNTED != 0 {
             active_add(id, 1);
         }
         // A SYN of a flow the table did not have leaves the cache alone: its
         // slot can hold the flow only if the LRU evicted a flow of the same
-        // 5-tuple within the last FLOW_TOUCH_NS (README "Flow cache"), and
-        // reading the slot would cost every new flow a cache miss.
-        if super::FLOW_STATE && (cacheable || had_entry) {
-            cache::put(
-                flow,
-                cache,
-                id,
-                listener,
-                now.saturating_add(FLOW_TOUCH_NS),
-                !cacheable,
-            );
+        // 5-tuple within the last FLOW_TOUCH_NS, and reading the slot would
+        // cost every new flow a cache miss.
+        let cacheable = may_use_cache(tcp_flags);
+        if cacheable || had_entry {
+            let until = now.saturating_add(FLOW_TOUCH_NS);
+            cache::put(flow, cache, id, listener, until, !cacheable);
         }
     }
     count(Counter::NewFlow);
@@ -362,4 +369,25 @@ pub fn target(
         info,
         new_flow: true,
     })
+}
+
+/// The flow-table entry of a new flow to `id`: what the client has shown,
+/// and `COUNTED` unless it was first seen at its FIN or RST (it has ended
+/// already).
+#[inline(always)]
+fn new_state(tcp_flags: u8, id: u32, listener: &ListenerInfo, now: u64) -> FlowState {
+    let mut flags = ending(tcp_flags);
+    if is_syn(tcp_flags) {
+        flags |= flow_flags::SYN;
+    }
+    if flags & (flow_flags::FIN | flow_flags::RST) == 0 {
+        flags |= flow_flags::COUNTED;
+    }
+    FlowState {
+        target_id: id,
+        listener_id: listener.listener_id as u16,
+        flags,
+        created_ns: now,
+        last_seen_ns: now,
+    }
 }

@@ -10,12 +10,20 @@
 //! `lb run` opens a pinned data plane (`pin`): created on its first start,
 //! adopted by every later one, with its flows, sticky sessions, round-robin
 //! positions and active counts, and its program replaced in place. Tests and
-//! benchmarks load private, unpinned ones.
+//! benchmarks load private, unpinned ones and look inside them (`testing`,
+//! behind the feature of that name).
+//!
+//! Every map is reached one way (`maps`); what `lb run` reads back is in
+//! `read`.
 pub mod changes;
 pub mod clock;
+mod maps;
 pub mod pin;
+mod read;
 pub mod sweep;
 mod sys;
+#[cfg(feature = "testing")]
+mod testing;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,7 +35,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -35,10 +43,9 @@ use aya::{
     },
 };
 use lb_common::{
-    Config, Counter, FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo,
-    GroupName, GroupTableElement, LAYOUT_VERSION, ListenerInfo, ListenerKey, ListenerPorts,
-    ListenerSlot, Stats, StickyKey, StickyState, TargetInfo, TargetRecord, map_names as names,
-    record_state,
+    Config, GROUP_TABLE_FLAGS, GroupInfo, GroupName, GroupTableElement, LAYOUT_VERSION,
+    ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, Stats, TargetInfo, TargetRecord,
+    map_names as names, record_state,
 };
 
 use crate::{
@@ -47,6 +54,7 @@ use crate::{
 };
 use changes::{Changes, Held};
 use clock::Clock;
+use maps::{io_err, map_err};
 use pin::{Instance, PinError};
 use sweep::{ActiveCounts, FlowSweeper};
 
@@ -228,48 +236,31 @@ fn pinned_maps(object: &[u8]) -> Result<Vec<String>, DataplaneError> {
     Ok(names)
 }
 
-/// The map `name` of `ebpf` as `M` (an aya map type over `&Map`).
-fn open<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, DataplaneError>
-where
-    M: TryFrom<&'a Map, Error = MapError>,
-{
-    let map = ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
-    M::try_from(map).map_err(map_err(name))
-}
-
 fn read_config(ebpf: &Ebpf) -> Result<Config, DataplaneError> {
-    let config: Array<&MapData, Config> = open(ebpf, names::CONFIG)?;
+    let config: Array<&MapData, Config> = maps::open(ebpf, names::CONFIG)?;
     config.get(&0, 0).map_err(map_err(names::CONFIG))
 }
 
 /// What the maps of `ebpf` hold that the next apply builds on: their
 /// listeners and their records of ids (targets and groups are rewritten).
 fn read_held(ebpf: &Ebpf) -> Result<Held, DataplaneError> {
-    let listeners: BpfHashMap<&MapData, ListenerKey, ListenerInfo> = open(ebpf, names::LISTENERS)?;
+    let listeners: BpfHashMap<&MapData, ListenerKey, ListenerInfo> =
+        maps::open(ebpf, names::LISTENERS)?;
     let listeners: HashMap<ListenerKey, ListenerInfo> = listeners
         .iter()
         .collect::<Result<_, _>>()
         .map_err(map_err(names::LISTENERS))?;
-    let fd_of = |name: &'static str| {
-        ebpf.map(name)
-            .and_then(map_data)
-            .ok_or(DataplaneError::MissingMap(name))
-    };
-    let io = |name: &'static str| {
-        move |e| DataplaneError::Map {
-            name,
-            source: MapError::IoError(e),
-        }
-    };
+    let group_names = maps::data(ebpf, names::GROUP_NAMES)?.fd().as_fd();
     let mut groups: BTreeMap<u32, String> = BTreeMap::new();
-    sys::lookup_all::<u32, GroupName>(fd_of(names::GROUP_NAMES)?.fd().as_fd(), 4096, |id, name| {
+    sys::lookup_all::<u32, GroupName>(group_names, 4096, |id, name| {
         if name.len > 0 {
             groups.insert(*id, String::from_utf8_lossy(name.as_bytes()).into_owned());
         }
     })
-    .map_err(io(names::GROUP_NAMES))?;
+    .map_err(io_err(names::GROUP_NAMES))?;
+    let target_ids = maps::data(ebpf, names::TARGET_IDS)?.fd().as_fd();
     let mut targets = Vec::new();
-    sys::lookup_all::<u32, TargetRecord>(fd_of(names::TARGET_IDS)?.fd().as_fd(), 4096, |id, r| {
+    sys::lookup_all::<u32, TargetRecord>(target_ids, 4096, |id, r| {
         if r.state == record_state::FREE {
             return;
         }
@@ -292,7 +283,7 @@ fn read_held(ebpf: &Ebpf) -> Result<Held, DataplaneError> {
         };
         targets.push((*id, key, r.state == record_state::RETIRED));
     })
-    .map_err(io(names::TARGET_IDS))?;
+    .map_err(io_err(names::TARGET_IDS))?;
     let ids = Ids::from_records(
         listeners.iter().map(|(k, i)| (*k, i.listener_id)),
         groups,
@@ -390,28 +381,6 @@ pub fn detach(instance: &Instance) -> Result<Detached, DataplaneError> {
     Ok(done)
 }
 
-/// The map behind a map of the object (the kinds it has).
-fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
-    use aya::maps::Map;
-    match map {
-        Map::Array(data)
-        | Map::HashMap(data)
-        | Map::LruHashMap(data)
-        | Map::PerCpuArray(data)
-        | Map::ArrayOfMaps(data) => Some(data),
-        _ => None,
-    }
-}
-
-/// Kernel memory charged to a map: the `memlock:` line of its fdinfo.
-fn memlock(map: &MapData) -> Option<u64> {
-    let fd = map.fd().as_fd().as_raw_fd();
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Loads the XDP program `name` of the object into the kernel.
 fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
     let xdp: &mut Xdp = ebpf
@@ -423,29 +392,7 @@ fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, D
     Ok(xdp)
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
-}
-
 impl Dataplane {
-    /// Loads the program and creates its maps (empty, not pinned). Not
-    /// attached yet.
-    pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
-        Self::load_object(crate::EBPF_LB, PROGRAM, options)
-    }
-
-    /// Loads another build of the pipeline (the benchmark variant), not
-    /// pinned.
-    pub fn load_object(
-        object: &[u8],
-        program: &'static str,
-        options: &LoadOptions,
-    ) -> Result<Self, DataplaneError> {
-        let cache = FlowCache::for_table(options.flow_table_size, options.flow_cache);
-        let ebpf = loader(options, cache).load(object)?;
-        Self::start(ebpf, program, Held::empty(), cache, random_u64(), None)
-    }
-
     /// The pinned data plane of `instance`: adopted when one is pinned (its
     /// maps must be this build's: `pin::check_maps`), else created and
     /// pinned. Not attached yet (`attach` replaces an adopted program in
@@ -522,15 +469,9 @@ impl Dataplane {
             .try_clone_to_owned()
             .map_err(DataplaneError::Clock)?;
         let clock = Clock::new(clock_fd).map_err(DataplaneError::Clock)?;
-        let active = ActiveCounts::new(
-            ebpf.map(names::TARGET_ACTIVE)
-                .and_then(map_data)
-                .ok_or(DataplaneError::MissingMap(names::TARGET_ACTIVE))?,
-        )?;
+        let active = ActiveCounts::new(maps::data(&ebpf, names::TARGET_ACTIVE)?)?;
         let flow_table_size = aya::maps::MapInfo::from_id(
-            ebpf.map(names::FLOWS_V4)
-                .and_then(map_data)
-                .ok_or(DataplaneError::MissingMap(names::FLOWS_V4))?
+            maps::data(&ebpf, names::FLOWS_V4)?
                 .info()
                 .map_err(map_err(names::FLOWS_V4))?
                 .id(),
@@ -573,21 +514,6 @@ impl Dataplane {
         self.flow_table_size
     }
 
-    /// The MAC each target id of the maps has (adopted data plane: what the
-    /// last `lb` resolved), by target identity.
-    pub fn target_macs(&self) -> Result<BTreeMap<TargetKey, [u8; 6]>, DataplaneError> {
-        let targets: Array<&MapData, TargetInfo> = self.open(names::TARGETS)?;
-        let mut out = BTreeMap::new();
-        for (key, assigned) in self.held.ids.targets() {
-            if let Ok(info) = targets.get(&assigned.id, 0)
-                && info.flags & lb_common::target_flags::USABLE != 0
-            {
-                out.insert(key.clone(), info.mac);
-            }
-        }
-        Ok(out)
-    }
-
     /// Invalidates every flow-cache slot (a new generation): after the
     /// loader deleted live flow-table entries, which the slots may repeat,
     /// changed the listeners, which the slots name unchecked, or released
@@ -606,26 +532,14 @@ impl Dataplane {
         read_config(&self.ebpf)
     }
 
-    /// Active flows of a target id as stored (see `flows::shown` for the
-    /// value to show).
-    pub fn active_flows(&self, id: u32) -> i64 {
-        self.active.get(id)
-    }
-
     /// A sweeper with its own handles on the flow tables, the sticky
     /// sessions and the active counts, to run on a thread of its own.
     pub fn flow_sweeper(&self) -> Result<FlowSweeper, DataplaneError> {
-        let data = |name: &'static str| {
-            self.ebpf
-                .map(name)
-                .and_then(map_data)
-                .ok_or(DataplaneError::MissingMap(name))
-        };
         let maps = sweep::SweptMaps {
-            v4: data(names::FLOWS_V4)?,
-            v6: data(names::FLOWS_V6)?,
-            sticky: data(names::STICKY)?,
-            targets: data(names::TARGETS)?,
+            v4: self.map_data(names::FLOWS_V4)?,
+            v6: self.map_data(names::FLOWS_V6)?,
+            sticky: self.map_data(names::STICKY)?,
+            targets: self.map_data(names::TARGETS)?,
         };
         FlowSweeper::new(
             maps,
@@ -634,14 +548,8 @@ impl Dataplane {
         )
     }
 
-    /// The data plane's clock (data-plane time is its reading plus the
-    /// plan's `Config::time_offset_ns`).
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    /// The loaded program, for BPF_PROG_TEST_RUN.
-    pub fn program_mut(&mut self) -> &mut Xdp {
+    /// The loaded XDP program.
+    fn xdp_mut(&mut self) -> &mut Xdp {
         self.ebpf
             .program_mut(self.program)
             .and_then(|p| p.try_into().ok())
@@ -661,7 +569,7 @@ impl Dataplane {
         let (id, label) = self.attach_new(iface, mode)?;
         if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
             let link = self
-                .program_mut()
+                .xdp_mut()
                 .take_link(id)
                 .map_err(|e| link_err(iface, e))?;
             let fd_link = FdLink::try_from(link).map_err(|e| {
@@ -709,7 +617,7 @@ impl Dataplane {
         }
         let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(iface, e))?;
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(iface, e))?;
-        self.program_mut()
+        self.xdp_mut()
             .attach_to_link(link)
             .map_err(|e| link_err(iface, format!("replacing its program: {e}")))?;
         Ok(true)
@@ -722,7 +630,7 @@ impl Dataplane {
         iface: &str,
         mode: AttachMode,
     ) -> Result<(aya::programs::xdp::XdpLinkId, &'static str), DataplaneError> {
-        let program = self.program_mut();
+        let program = self.xdp_mut();
         let attempt = |program: &mut Xdp, xdp_mode, label: &'static str| {
             program
                 .attach(iface, xdp_mode)
@@ -886,12 +794,7 @@ impl Dataplane {
                 .map_err(map_err(names::LISTENERS))?;
         }
         for key in &c.listeners_removed {
-            match listeners.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(map_err(names::LISTENERS)(e)),
-            }
+            maps::removed(listeners.remove(key)).map_err(map_err(names::LISTENERS))?;
         }
         if let Some(ports) = &c.ports_after {
             self.set_listener_ports(ports)?;
@@ -926,12 +829,7 @@ impl Dataplane {
             match sys::delete(fd, id) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    return Err(DataplaneError::Map {
-                        name: names::GROUP_TABLES,
-                        source: MapError::IoError(e),
-                    });
-                }
+                Err(e) => return Err(io_err(names::GROUP_TABLES)(e)),
             }
         }
         self.update_batch(names::GROUPS, gone, &vec![GroupInfo::default(); gone.len()])
@@ -972,19 +870,11 @@ impl Dataplane {
         if ids.is_empty() {
             return Ok(());
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
-            name,
-            source: MapError::IoError(e),
-        })?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_err(name)(e))?;
         let mut map: PerCpuArray<&mut MapData, Stats> = self.open_mut(name)?;
         for &id in ids {
-            let zeros =
-                aya::maps::PerCpuValues::try_from(vec![Stats::default(); cpus]).map_err(|e| {
-                    DataplaneError::Map {
-                        name,
-                        source: MapError::IoError(e),
-                    }
-                })?;
+            let zeros = aya::maps::PerCpuValues::try_from(vec![Stats::default(); cpus])
+                .map_err(io_err(name))?;
             map.set(id, zeros, 0).map_err(map_err(name))?;
         }
         Ok(())
@@ -1002,268 +892,12 @@ impl Dataplane {
             return Ok(());
         }
         let map = self.map_data(name)?;
-        sys::update_batch(map.fd().as_fd(), keys, values).map_err(|e| DataplaneError::Map {
-            name,
-            source: MapError::IoError(e),
-        })
+        sys::update_batch(map.fd().as_fd(), keys, values).map_err(io_err(name))
     }
 
     fn set_listener_ports(&mut self, ports: &ListenerPorts) -> Result<(), DataplaneError> {
         let mut map: Array<_, ListenerPorts> = self.open_mut(names::LISTENER_PORTS)?;
         map.set(0, ports, 0).map_err(map_err(names::LISTENER_PORTS))
-    }
-
-    /// The map `name` of the object.
-    fn map_data(&self, name: &'static str) -> Result<&MapData, DataplaneError> {
-        self.ebpf
-            .map(name)
-            .and_then(map_data)
-            .ok_or(DataplaneError::MissingMap(name))
-    }
-
-    /// The map `name` as `M` (an aya map type over `&Map`).
-    fn open<'a, M>(&'a self, name: &'static str) -> Result<M, DataplaneError>
-    where
-        M: TryFrom<&'a Map, Error = MapError>,
-    {
-        open(&self.ebpf, name)
-    }
-
-    /// The map `name` as `M` (an aya map type over `&mut Map`).
-    fn open_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DataplaneError>
-    where
-        M: TryFrom<&'a mut Map, Error = MapError>,
-    {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        M::try_from(map).map_err(map_err(name))
-    }
-
-    /// Global counters, summed over CPUs, indexed by `Counter` (derived ones
-    /// included).
-    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(names::COUNTERS)
-                .ok_or(DataplaneError::MissingMap(names::COUNTERS))?,
-        )
-        .map_err(map_err(names::COUNTERS))?;
-        let mut values = [0u64; Counter::COUNT as usize];
-        for c in Counter::ALL {
-            let per_cpu = map.get(&(c as u32), 0).map_err(map_err(names::COUNTERS))?;
-            values[c as usize] = per_cpu.iter().sum();
-        }
-        Counter::derive(&mut values);
-        Ok(Counter::ALL
-            .iter()
-            .map(|&c| (c, values[c as usize]))
-            .collect())
-    }
-
-    /// The round-robin position of a group (`GROUP_RR`: new flows the
-    /// group's order has handed out).
-    pub fn round_robin_position(&self, group_id: u32) -> Result<u64, DataplaneError> {
-        let map: Array<&MapData, u64> = Array::try_from(
-            self.ebpf
-                .map(names::GROUP_RR)
-                .ok_or(DataplaneError::MissingMap(names::GROUP_RR))?,
-        )
-        .map_err(map_err(names::GROUP_RR))?;
-        map.get(&group_id, 0).map_err(map_err(names::GROUP_RR))
-    }
-
-    /// Every sticky session (`STICKY`), in no particular order.
-    pub fn sticky_sessions(&self) -> Result<Vec<(StickyKey, StickyState)>, DataplaneError> {
-        let map: BpfHashMap<&MapData, StickyKey, StickyState> = BpfHashMap::try_from(
-            self.ebpf
-                .map(names::STICKY)
-                .ok_or(DataplaneError::MissingMap(names::STICKY))?,
-        )
-        .map_err(map_err(names::STICKY))?;
-        map.iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(names::STICKY))
-    }
-
-    /// A client's sticky session (`STICKY`), if it has one.
-    pub fn sticky_session(&self, key: &StickyKey) -> Result<Option<StickyState>, DataplaneError> {
-        let map: BpfHashMap<&MapData, StickyKey, StickyState> = BpfHashMap::try_from(
-            self.ebpf
-                .map(names::STICKY)
-                .ok_or(DataplaneError::MissingMap(names::STICKY))?,
-        )
-        .map_err(map_err(names::STICKY))?;
-        match map.get(key, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::STICKY)(e)),
-        }
-    }
-
-    /// Every flow-table entry (both tables; IPv4 keys widened to `FlowKey`).
-    /// One syscall per entry: for tests and small tables.
-    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
-        let open = |name: &'static str| self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name));
-        let v4: BpfHashMap<&MapData, FlowKeyV4, FlowState> =
-            BpfHashMap::try_from(open(names::FLOWS_V4)?).map_err(map_err(names::FLOWS_V4))?;
-        let v6: BpfHashMap<&MapData, FlowKey, FlowState> =
-            BpfHashMap::try_from(open(names::FLOWS_V6)?).map_err(map_err(names::FLOWS_V6))?;
-        let mut out = Vec::new();
-        for entry in v4.iter() {
-            let (k, state) = entry.map_err(map_err(names::FLOWS_V4))?;
-            let key = FlowKey {
-                src_be: [k.src_be, 0, 0, 0],
-                dst_be: [k.dst_be, 0, 0, 0],
-                src_port_be: k.src_port_be,
-                dst_port_be: k.dst_port_be,
-                proto: k.proto,
-                family: lb_common::FAMILY_V4,
-                _pad: [0; 2],
-            };
-            out.push((key, state));
-        }
-        for entry in v6.iter() {
-            out.push(entry.map_err(map_err(names::FLOWS_V6))?);
-        }
-        Ok(out)
-    }
-
-    /// Deletes a flow's entry, as an LRU eviction would (its active count is
-    /// left to the sweeper's recount), and invalidates the flow cache, so the
-    /// next packet misses as the reference model expects. For tests; false
-    /// if it had none.
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
-        let removed = self.remove_flow_entry(key)?;
-        if removed {
-            self.invalidate_flow_cache()?;
-        }
-        Ok(removed)
-    }
-
-    /// The flow cache's slot for `key` (its index and content, whichever
-    /// flow it holds), or `None` when the cache is off. For tests.
-    pub fn flow_cache_slot(
-        &self,
-        key: &FlowKey,
-    ) -> Result<Option<(u32, FlowCacheSlot)>, DataplaneError> {
-        if self.cache.mask == 0 {
-            return Ok(None);
-        }
-        let index = lb_common::flow_cache_slot(key, self.cache.seed, self.cache.mask);
-        let map: Array<&MapData, FlowCacheSlot> = Array::try_from(
-            self.ebpf
-                .map(names::FLOW_CACHE)
-                .ok_or(DataplaneError::MissingMap(names::FLOW_CACHE))?,
-        )
-        .map_err(map_err(names::FLOW_CACHE))?;
-        let slot = map.get(&index, 0).map_err(map_err(names::FLOW_CACHE))?;
-        Ok(Some((index, slot)))
-    }
-
-    /// Slots of the flow cache; 0 when it is off.
-    pub fn flow_cache_slots(&self) -> u32 {
-        if self.cache.mask == 0 {
-            0
-        } else {
-            self.cache.slots()
-        }
-    }
-
-    /// The flow cache's current generation (`Config::flow_cache_gen`).
-    pub fn flow_cache_generation(&self) -> Result<u32, DataplaneError> {
-        Ok(self.config()?.flow_cache_gen)
-    }
-
-    /// Deletes a flow's entry and nothing else, exactly as the kernel's LRU
-    /// evicts one: the flow cache may still serve the flow for up to
-    /// `FLOW_TOUCH_NS` (README "Flow cache"). For tests; false if it had none.
-    pub fn remove_flow_entry(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
-        let removed = if key.family == lb_common::FAMILY_V4 {
-            let mut map: BpfHashMap<&mut MapData, FlowKeyV4, FlowState> = BpfHashMap::try_from(
-                self.ebpf
-                    .map_mut(names::FLOWS_V4)
-                    .ok_or(DataplaneError::MissingMap(names::FLOWS_V4))?,
-            )
-            .map_err(map_err(names::FLOWS_V4))?;
-            map.remove(&FlowKeyV4::new(key))
-        } else {
-            let mut map: BpfHashMap<&mut MapData, FlowKey, FlowState> = BpfHashMap::try_from(
-                self.ebpf
-                    .map_mut(names::FLOWS_V6)
-                    .ok_or(DataplaneError::MissingMap(names::FLOWS_V6))?,
-            )
-            .map_err(map_err(names::FLOWS_V6))?;
-            map.remove(key)
-        };
-        let name = if key.family == lb_common::FAMILY_V4 {
-            names::FLOWS_V4
-        } else {
-            names::FLOWS_V6
-        };
-        match removed {
-            Ok(()) => Ok(true),
-            // A delete of a missing key fails with ENOENT.
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(false)
-            }
-            Err(e) => Err(map_err(name)(e)),
-        }
-    }
-
-    /// Kernel memory charged to the data plane's maps, the group tables
-    /// swapped in (inner maps, held by `GROUP_TABLES`) included.
-    pub fn map_memory(&self) -> Result<u64, DataplaneError> {
-        let mut total = 0;
-        for (name, map) in self.ebpf.maps() {
-            if let Some(bytes) = map_data(map).and_then(memlock) {
-                total += bytes;
-            } else {
-                tracing::debug!("map {name}: no memlock figure");
-            }
-        }
-        let name = names::GROUP_TABLES;
-        let outer: ArrayOfMaps<&MapData, MapData> = ArrayOfMaps::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(map_err(name))?;
-        for group in self.applied.iter().flat_map(|plan| &plan.groups) {
-            match outer.get(&group.id, 0) {
-                Ok(table) => total += memlock(&table).unwrap_or(0),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name)(e)),
-            }
-        }
-        Ok(total)
-    }
-
-    /// Per-listener statistics (by listener id), summed over CPUs.
-    pub fn listener_stats(&self, id: u32) -> Result<Stats, DataplaneError> {
-        self.stats(names::LISTENER_STATS, id)
-    }
-
-    /// Per-target statistics (by target id), summed over CPUs.
-    pub fn target_stats(&self, id: u32) -> Result<Stats, DataplaneError> {
-        self.stats(names::TARGET_STATS, id)
-    }
-
-    fn stats(&self, name: &'static str, id: u32) -> Result<Stats, DataplaneError> {
-        let map: PerCpuArray<&MapData, Stats> = PerCpuArray::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(map_err(name))?;
-        let values = map.get(&id, 0).map_err(map_err(name))?;
-        Ok(values.iter().fold(Stats::default(), |acc, s| Stats {
-            packets: acc.packets + s.packets,
-            bytes: acc.bytes + s.bytes,
-            new_flows: acc.new_flows + s.new_flows,
-        }))
     }
 }
 
@@ -1287,10 +921,7 @@ fn build_table(table: &GroupTable) -> Result<MapData, DataplaneError> {
     // Elements of 8 bytes are stored back to back, so the words are too.
     const _: () = assert!(size_of::<GroupTableElement>() == ARRAY_ELEM_STRIDE);
     let mut mapping = mmap::Mapping::new(map.fd().as_fd(), entries as usize * ARRAY_ELEM_STRIDE)
-        .map_err(|e| DataplaneError::Map {
-            name,
-            source: MapError::IoError(e),
-        })?;
+        .map_err(io_err(name))?;
     mapping.write_u32s(0, words);
     Ok(map)
 }

@@ -45,13 +45,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
     FlowKey, FlowKeyV4, FlowState, MAX_TARGETS, StickyKey, StickyState, TargetInfo,
     map_names as names, target_flags,
 };
 
-use super::{DataplaneError, clock::Clock, map_err, mmap::Mapping, sys};
+use super::{
+    DataplaneError,
+    clock::Clock,
+    maps::{io_err, map_err},
+    mmap::Mapping,
+    sys,
+};
 use crate::flows::{Fate, Rules, Tally, corrections};
 
 /// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
@@ -64,12 +70,8 @@ pub struct ActiveCounts {
 
 impl ActiveCounts {
     pub(super) fn new(map: &MapData) -> Result<ActiveCounts, DataplaneError> {
-        let mapping = Mapping::new(map.fd().as_fd(), MAX_TARGETS as usize * 8).map_err(|e| {
-            DataplaneError::Map {
-                name: names::TARGET_ACTIVE,
-                source: MapError::IoError(e),
-            }
-        })?;
+        let mapping = Mapping::new(map.fd().as_fd(), MAX_TARGETS as usize * 8)
+            .map_err(io_err(names::TARGET_ACTIVE))?;
         Ok(ActiveCounts { mapping })
     }
 
@@ -209,15 +211,7 @@ impl Targets {
 
 /// Opens another handle on a map (the sweeper's own, for its thread).
 fn dup(data: &MapData, name: &'static str) -> Result<(OwnedFd, MapData), DataplaneError> {
-    let dup = || {
-        data.fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| DataplaneError::Map {
-                name,
-                source: MapError::IoError(e),
-            })
-    };
+    let dup = || data.fd().as_fd().try_clone_to_owned().map_err(io_err(name));
     Ok((dup()?, MapData::from_fd(dup()?).map_err(map_err(name))?))
 }
 
@@ -294,39 +288,22 @@ impl FlowSweeper {
     /// One sweep.
     pub fn sweep(&mut self, rules: &Rules) -> Result<SweepReport, DataplaneError> {
         let started = Instant::now();
-        let io = |name| {
-            move |e| DataplaneError::Map {
-                name,
-                source: MapError::IoError(e),
-            }
-        };
-        // Data-plane time: the data plane's clock plus the plan's offset.
-        let now = || {
-            self.clock
-                .now_ns()
-                .map(|ns| ns.wrapping_add(rules.time_offset_ns))
-                .map_err(DataplaneError::Clock)
-        };
         // The snapshot of the counts, taken right at the start of a tick:
         // flows created in earlier ticks are in it, later ones are not
         // (`flows::corrections`).
-        let since = self
-            .clock
-            .next_tick_ns()
-            .map(|ns| ns.wrapping_add(rules.time_offset_ns))
-            .map_err(DataplaneError::Clock)?;
+        let since = data_plane_time(rules, self.clock.next_tick_ns())?;
         let snapshot = self.active.nonzero();
         let mut tally = Tally::since(since);
-        let read_at = now()?;
+        let read_at = data_plane_time(rules, self.clock.now_ns())?;
         let stale_v4 = self
             .v4
             .read(rules, read_at, &mut tally)
-            .map_err(io(names::FLOWS_V4))?;
+            .map_err(io_err(names::FLOWS_V4))?;
         let stale_v6 = self
             .v6
             .read(rules, read_at, &mut tally)
-            .map_err(io(names::FLOWS_V6))?;
-        let delete_at = now()?;
+            .map_err(io_err(names::FLOWS_V6))?;
+        let delete_at = data_plane_time(rules, self.clock.now_ns())?;
         let mut named = std::mem::take(&mut tally.named);
         let (ended_v4, orphans_v4) =
             self.v4
@@ -336,7 +313,7 @@ impl FlowSweeper {
                 .delete_stale(rules, delete_at, &stale_v6, &self.targets, &mut named);
         let sticky = self
             .sweep_sticky(rules, &mut named)
-            .map_err(io(names::STICKY))?;
+            .map_err(io_err(names::STICKY))?;
         let fixes = corrections(&tally, &snapshot);
         for &(id, delta) in &fixes {
             self.active.add(id, delta);
@@ -395,6 +372,14 @@ impl FlowSweeper {
             reports,
         }
     }
+}
+
+/// Data-plane time: a reading of the data plane's clock plus the plan's
+/// offset.
+fn data_plane_time(rules: &Rules, clock_ns: std::io::Result<u64>) -> Result<u64, DataplaneError> {
+    clock_ns
+        .map(|ns| ns.wrapping_add(rules.time_offset_ns))
+        .map_err(DataplaneError::Clock)
 }
 
 /// The running sweeper.

@@ -59,9 +59,10 @@ use std::{io, net::IpAddr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::{
-    address::AddressAttribute,
-    link::{LinkAttribute, LinkLayerType},
+    address::{AddressAttribute, AddressMessage},
+    link::{LinkAttribute, LinkLayerType, LinkMessage},
 };
+use rtnetlink::Handle;
 
 pub use self::watch::NeighborWatch;
 
@@ -119,14 +120,31 @@ pub struct InterfaceInfo {
 
 /// Looks up an Ethernet interface by name in the current network namespace.
 pub async fn interface(name: &str) -> Result<InterfaceInfo, NetError> {
-    let no_such = || NetError::NoSuchInterface {
-        name: name.to_string(),
-    };
     // Linux names are 1 to 15 bytes without '/' or whitespace.
     if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n']) {
-        return Err(no_such());
+        return Err(no_such_interface(name));
     }
     let handle = netlink::connect()?;
+    let link = link(&handle, name).await?;
+    let index = link.header.index;
+    let mac = ethernet_mac(name, &link)?;
+    let nets = nets(&handle, name, index).await?;
+    Ok(InterfaceInfo {
+        name: name.to_string(),
+        index,
+        mac,
+        nets,
+    })
+}
+
+fn no_such_interface(name: &str) -> NetError {
+    NetError::NoSuchInterface {
+        name: name.to_string(),
+    }
+}
+
+/// The link named `name`.
+async fn link(handle: &Handle, name: &str) -> Result<LinkMessage, NetError> {
     let links = netlink::timed(name, "read link", async {
         handle
             .link()
@@ -136,20 +154,25 @@ pub async fn interface(name: &str) -> Result<InterfaceInfo, NetError> {
             .try_collect::<Vec<_>>()
             .await
     });
-    let link = match links.await {
-        Ok(links) => links.into_iter().next().ok_or_else(no_such)?,
-        Err(e) if e.is_errno(libc::ENODEV) => return Err(no_such()),
-        Err(e) => return Err(e.into_net_error()),
-    };
-    let index = link.header.index;
+    match links.await {
+        Ok(links) => links
+            .into_iter()
+            .next()
+            .ok_or_else(|| no_such_interface(name)),
+        Err(e) if e.is_errno(libc::ENODEV) => Err(no_such_interface(name)),
+        Err(e) => Err(e.into_net_error()),
+    }
+}
+
+/// The MAC of link `name`, which must be an Ethernet link with one.
+fn ethernet_mac(name: &str, link: &LinkMessage) -> Result<[u8; 6], NetError> {
     if link.header.link_layer_type != LinkLayerType::Ether {
         return Err(NetError::NotEthernet {
             name: name.to_string(),
             link_type: format!("{:?}", link.header.link_layer_type).to_lowercase(),
         });
     }
-    let mac = link
-        .attributes
+    link.attributes
         .iter()
         .find_map(|a| match a {
             LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
@@ -158,8 +181,12 @@ pub async fn interface(name: &str) -> Result<InterfaceInfo, NetError> {
         .filter(|mac| *mac != [0; 6])
         .ok_or_else(|| NetError::NoMac {
             name: name.to_string(),
-        })?;
+        })
+}
 
+/// The addresses of link `index` (called `name`) with their prefix
+/// lengths, IPv4 first.
+async fn nets(handle: &Handle, name: &str, index: u32) -> Result<Vec<(IpAddr, u8)>, NetError> {
     let addrs = netlink::timed(name, "read addresses", async {
         handle
             .address()
@@ -174,28 +201,26 @@ pub async fn interface(name: &str) -> Result<InterfaceInfo, NetError> {
     let mut nets: Vec<(IpAddr, u8)> = addrs
         .iter()
         .filter(|a| a.header.index == index)
-        .filter_map(|a| {
-            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
-            // peer's on point-to-point links and the same otherwise.
-            let local = a.attributes.iter().find_map(|at| match at {
-                AddressAttribute::Local(ip) => Some(*ip),
-                _ => None,
-            });
-            let address = a.attributes.iter().find_map(|at| match at {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            Some((local.or(address)?, a.header.prefix_len))
-        })
+        .filter_map(own_address)
         .collect();
     nets.sort_by_key(|(ip, len)| (ip.is_ipv6(), *ip, *len));
     nets.dedup();
-    Ok(InterfaceInfo {
-        name: name.to_string(),
-        index,
-        mac,
-        nets,
-    })
+    Ok(nets)
+}
+
+/// The interface's own address in `a`, with its prefix length.
+fn own_address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's
+    // on point-to-point links and the same otherwise.
+    let local = a.attributes.iter().find_map(|at| match at {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let address = a.attributes.iter().find_map(|at| match at {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    Some((local.or(address)?, a.header.prefix_len))
 }
 
 /// Targets must be unicast addresses a neighbour entry can exist for.

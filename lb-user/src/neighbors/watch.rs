@@ -391,61 +391,17 @@ impl Watcher {
         }
     }
 
+    /// Takes step `s` for `ip`; a failure is a warning the first time in a
+    /// row, a debug line after.
     async fn take_step(&mut self, s: Step, ip: IpAddr) {
-        let (iface, ifindex) = (self.iface.as_str(), self.ifindex);
         let result = match s {
             Step::CreateManaged | Step::MakeManaged => {
-                {
-                    let mut owned = lock(&self.owned);
-                    if owned.closed {
-                        return;
-                    }
-                    owned.addrs.insert(ip);
+                if !self.own(ip) {
+                    return;
                 }
-                let create = s == Step::CreateManaged;
-                match netlink::make_managed(&self.handle, iface, ifindex, ip, create).await {
-                    Ok(()) => {
-                        // The kernel announces a conversion but not a new
-                        // entry that is still unresolved: record both here.
-                        let new = Entry {
-                            ifindex,
-                            ip,
-                            state: 0,
-                            lladdr: None,
-                            managed: true,
-                            ext_learned: false,
-                        };
-                        self.entries.entry(ip).or_insert(new).managed = true;
-                        debug!(iface, %ip, "made neighbour entry managed");
-                        Ok(())
-                    }
-                    Err(e) => {
-                        lock(&self.owned).addrs.remove(&ip);
-                        if e.is_errno(libc::EEXIST) || e.is_errno(libc::ENOENT) {
-                            debug!(iface, "{e}: the entry changed meanwhile, reading again");
-                            self.reread = true;
-                            Ok(())
-                        } else {
-                            // Still get it resolved, as an ordinary entry.
-                            let kicked =
-                                netlink::kick(&self.handle, iface, ifindex, ip, false, true).await;
-                            Err(kicked.err().unwrap_or(e))
-                        }
-                    }
-                }
+                self.make_managed(ip, s == Step::CreateManaged).await
             }
-            Step::Kick => {
-                let managed = self.entries.get(&ip).is_some_and(|e| e.managed);
-                let create = self.mode == Mode::Use;
-                match netlink::kick(&self.handle, iface, ifindex, ip, managed, create).await {
-                    Err(e) if e.is_errno(libc::ENOENT) => {
-                        debug!(iface, "{e}: the entry is gone, reading again");
-                        self.reread = true;
-                        Ok(())
-                    }
-                    other => other,
-                }
-            }
+            Step::Kick => self.kick(ip).await,
         };
         match result {
             Ok(()) => {
@@ -453,6 +409,67 @@ impl Watcher {
             }
             Err(e) if self.failing.insert(ip) => warn!(iface = self.iface, "{e}"),
             Err(e) => debug!(iface = self.iface, "{e}"),
+        }
+    }
+
+    /// Records `ip` as an entry of ours, before it is made managed; false
+    /// once the watch is closed (it makes no more then).
+    fn own(&self, ip: IpAddr) -> bool {
+        let mut owned = lock(&self.owned);
+        if owned.closed {
+            return false;
+        }
+        owned.addrs.insert(ip);
+        true
+    }
+
+    /// Makes the entry of `ip` managed (`create`: a new one); `ip` must be
+    /// [`own`](Self::own)ed already, and is disowned if that fails.
+    async fn make_managed(&mut self, ip: IpAddr, create: bool) -> Result<(), Failure> {
+        let (iface, ifindex) = (self.iface.as_str(), self.ifindex);
+        match netlink::make_managed(&self.handle, iface, ifindex, ip, create).await {
+            Ok(()) => {
+                // The kernel announces a conversion but not a new entry that
+                // is still unresolved: record both here.
+                let new = Entry {
+                    ifindex,
+                    ip,
+                    state: 0,
+                    lladdr: None,
+                    managed: true,
+                    ext_learned: false,
+                };
+                self.entries.entry(ip).or_insert(new).managed = true;
+                debug!(iface, %ip, "made neighbour entry managed");
+                Ok(())
+            }
+            Err(e) => {
+                lock(&self.owned).addrs.remove(&ip);
+                if e.is_errno(libc::EEXIST) || e.is_errno(libc::ENOENT) {
+                    debug!(iface, "{e}: the entry changed meanwhile, reading again");
+                    self.reread = true;
+                    Ok(())
+                } else {
+                    // Still get it resolved, as an ordinary entry.
+                    let kicked = netlink::kick(&self.handle, iface, ifindex, ip, false, true).await;
+                    Err(kicked.err().unwrap_or(e))
+                }
+            }
+        }
+    }
+
+    /// Asks the kernel to resolve `ip` now.
+    async fn kick(&mut self, ip: IpAddr) -> Result<(), Failure> {
+        let (iface, ifindex) = (self.iface.as_str(), self.ifindex);
+        let managed = self.entries.get(&ip).is_some_and(|e| e.managed);
+        let create = self.mode == Mode::Use;
+        match netlink::kick(&self.handle, iface, ifindex, ip, managed, create).await {
+            Err(e) if e.is_errno(libc::ENOENT) => {
+                debug!(iface, "{e}: the entry is gone, reading again");
+                self.reread = true;
+                Ok(())
+            }
+            other => other,
         }
     }
 

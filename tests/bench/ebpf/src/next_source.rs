@@ -1,7 +1,6 @@
-//! Shared by the benchmark programs `lb_new_flow`, `lb_no_flow_state` and
-//! `floor_new_flow`:
-//! BPF_PROG_TEST_RUN does not restore the frame between repetitions, so
-//! changing the source after each one makes every repetition a new flow.
+//! The source of `lb_new_flow`'s next frame: BPF_PROG_TEST_RUN does not
+//! restore the frame between repetitions, so changing the source after each
+//! one makes every repetition a new flow.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -9,7 +8,7 @@ use aya_ebpf::programs::XdpContext;
 /// into the 16 bits at `saddr_low` (the low half of the source address):
 /// 2^32 distinct flows. Does nothing if either is outside the frame.
 #[inline(always)]
-pub fn bump(ctx: &XdpContext, sport: usize, saddr_low: usize) {
+fn bump(ctx: &XdpContext, sport: usize, saddr_low: usize) {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + sport + 2 > end || start + saddr_low + 2 > end {
@@ -32,10 +31,6 @@ pub fn bump(ctx: &XdpContext, sport: usize, saddr_low: usize) {
 
 /// `bump` for an untagged IPv4 or IPv6 frame without options or extension
 /// headers (the benchmark's frames); any other frame is left alone.
-#[allow(
-    dead_code,
-    reason = "the floor programs find the offsets as they parse"
-)]
 #[inline(always)]
 pub fn bump_frame(ctx: &XdpContext) {
     let start = ctx.data();

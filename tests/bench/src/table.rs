@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::Result;
 use lb_user::maglev::{Identity, Member, build, build_textbook};
 
-use super::{
+use crate::{
     Settings,
     plot::{self, Bars, Reference, Series},
     report::{Figure, Section, fmt_secs},

@@ -20,14 +20,14 @@ use std::{
 use anyhow::{Result, anyhow, ensure};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use lb_common::Counter;
+use lb_tests::{Lab, LabOptions, Node, packets::Frame, topo::TARGETS};
 
-use super::{
+use crate::{
     POLICY, Settings, XDP_TX, counter, load, load_macswap, macswap,
     report::{Figure, Section, fmt_rate},
     stats::{median, paired_ratio},
     test_run,
 };
-use crate::{Lab, LabOptions, Node, packets::Frame, topo::TARGETS};
 
 /// Goal: `lb` forwards at least this share of the MAC-swap rate.
 pub const GOAL: f64 = 0.8;

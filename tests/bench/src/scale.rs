@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use lb_tests::{Lab, Node, packets::LB_MAC};
 use lb_user::{
     dataplane::{Dataplane, LoadOptions},
     ids::Ids,
@@ -25,12 +26,11 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{
+use crate::{
     Settings,
     report::{Figure, OPTIMIZED, Section, fmt_bytes, fmt_secs},
     stats::median,
 };
-use crate::{Lab, Node, packets::LB_MAC};
 
 /// Target groups of the policy (each with a listener of its own).
 pub const GROUPS: usize = 1000;
@@ -218,7 +218,7 @@ pub fn lb_run(groups: usize) -> Result<LbRun> {
     }
     let reload = t.elapsed().as_secs_f64();
     let log = lb.log();
-    let ready_steps = steps(&log, crate::lb::READY);
+    let ready_steps = steps(&log, lb_tests::lb::READY);
     let reload_steps = steps(&log, "policy reloaded");
     let (rss, hwm) = rss_of(&pid.to_string());
     lb.stop()?;

@@ -8,12 +8,9 @@
 //! - New flow: the benchmark build of the same pipeline (`lb_new_flow`),
 //!   which increments the frame's source port after each repetition, so
 //!   every repetition is a new flow (flow-table miss, choice of target,
-//!   insert; the 1M-entry flow table is filled first, so every insert evicts: the steady state of a busy load balancer). Each run starts
+//!   insert; the 1M-entry flow table is filled first, so every insert
+//!   evicts: the steady state of a busy load balancer). Each run starts
 //!   from a source address of its own. The baseline runs the same frame.
-//!
-//! - New flow, no flow state: the same frames through `lb_no_flow_state`,
-//!   the new-flow build with the flow cache and flow table taken out: what
-//!   `lb`'s new-flow path costs besides pinning the flow.
 //!
 //! Each figure is measured `runs` times, interleaving `lb` and the baseline;
 //! min and median are reported, and the ratio of the medians.
@@ -21,26 +18,24 @@ use std::rc::Rc;
 
 use anyhow::{Context as _, Result, ensure};
 use lb_common::Counter;
+use lb_tests::packets::{Frame, tcp_flags::*};
 use lb_user::dataplane::LoadOptions;
 
-use super::{
-    ALGORITHMS, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, load_with,
+use crate::{
+    ALGORITHMS, Object, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, load_with,
     macswap,
     plot::{self, Bars, Series},
     report::{Figure, Section, fmt_ns},
     stats::{self, min_median},
     test_run,
 };
-use crate::packets::{Frame, tcp_flags::*};
 
 /// Established-flow goal: at most this many times the MAC-swap program.
 pub const ESTABLISHED_GOAL: f64 = 2.0;
 /// New-flow goal.
 pub const NEW_FLOW_GOAL: f64 = 4.0;
-/// The flow tables of `lb` and of the floor (the default `max_flows`).
+/// The flow tables of `lb` (the default `max_flows`).
 const FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
-/// The (unused) flow tables of `lb_no_flow_state`.
-const NO_STATE_FLOW_TABLE_SIZE: u32 = 1024;
 
 /// What a fixture measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,31 +48,8 @@ pub enum Kind {
     EstablishedUncached,
     /// Every repetition is a new flow (forwarded; the `lb_new_flow` build).
     NewFlow,
-    /// As `NewFlow` through the `lb_no_flow_state` build, which keeps no
-    /// flow state: the new-flow work besides pinning the flow. No goal.
-    NewFlowNoState,
     /// Not for a listener: passed to the kernel.
     Passed,
-    /// The `floor_flow` program (`lb-ebpf/src/floor.rs`): every repetition
-    /// finds the flow in a flow table like `lb`'s and rewrites the MACs.
-    FloorEstablished,
-    /// The `floor_new_flow` program: every repetition inserts a flow.
-    FloorNewFlow,
-    /// The `floor_array_new_flow` program: every repetition records a flow
-    /// with one store into a 1M-slot array instead.
-    FloorArrayNewFlow,
-}
-
-impl Kind {
-    /// The floor program measuring what the flow table alone costs for this
-    /// kind, and the `lb` kind it is the floor of.
-    fn floor_of(self) -> Option<Kind> {
-        match self {
-            Kind::FloorEstablished => Some(Kind::Established),
-            Kind::FloorNewFlow | Kind::FloorArrayNewFlow => Some(Kind::NewFlow),
-            _ => None,
-        }
-    }
 }
 
 /// One data-plane fixture.
@@ -97,24 +69,8 @@ fn fixed(frame: Vec<u8>) -> Rc<dyn Fn(usize) -> Vec<u8>> {
 
 /// Every fixture: each algorithm of [`ALGORITHMS`] with an established and a
 /// new TCP/IPv4 flow, then the protocol variants under `hash` and a packet
-/// for no listener; each new-flow fixture is followed by its twin without
-/// flow state.
+/// for no listener.
 pub fn fixtures() -> Vec<Fixture> {
-    let mut all = Vec::new();
-    for f in listed() {
-        let twin = (f.kind == Kind::NewFlow).then(|| Fixture {
-            name: format!("{}, no flow state", f.name),
-            algorithm: f.algorithm,
-            kind: Kind::NewFlowNoState,
-            frame: f.frame.clone(),
-        });
-        all.push(f);
-        all.extend(twin);
-    }
-    all
-}
-
-fn listed() -> Vec<Fixture> {
     let mut f = Vec::new();
     for (i, &(algorithm, port)) in ALGORITHMS.iter().enumerate() {
         f.push(Fixture {
@@ -200,28 +156,6 @@ fn listed() -> Vec<Fixture> {
             kind: Kind::Passed,
             frame: fixed(Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 22, ACK).build()),
         },
-        Fixture {
-            name: "floor: tcp4 flow-table lookup + MAC rewrite".into(),
-            algorithm: "-",
-            kind: Kind::FloorEstablished,
-            frame: fixed(Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, ACK).build()),
-        },
-        Fixture {
-            name: "floor: tcp4 flow-table insert + MAC rewrite".into(),
-            algorithm: "-",
-            kind: Kind::FloorNewFlow,
-            frame: Rc::new(|run| {
-                Frame::tcp(&format!("10.99.{run}.1"), 1, "10.0.3.49", 80, SYN).build()
-            }),
-        },
-        Fixture {
-            name: "floor: tcp4 store into a 1M-slot array + MAC rewrite".into(),
-            algorithm: "-",
-            kind: Kind::FloorArrayNewFlow,
-            frame: Rc::new(|run| {
-                Frame::tcp(&format!("10.98.{run}.1"), 1, "10.0.3.49", 80, SYN).build()
-            }),
-        },
     ]);
     f
 }
@@ -247,12 +181,7 @@ impl Row {
         match self.kind {
             Kind::Established => Some(ESTABLISHED_GOAL),
             Kind::NewFlow => Some(NEW_FLOW_GOAL),
-            Kind::NewFlowNoState
-            | Kind::Passed
-            | Kind::EstablishedUncached
-            | Kind::FloorEstablished
-            | Kind::FloorNewFlow
-            | Kind::FloorArrayNewFlow => None,
+            Kind::Passed | Kind::EstablishedUncached => None,
         }
     }
 }
@@ -266,17 +195,10 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, FLOW_TABLE_SIZE)
         .context("loading lb (run as root)")?;
     let mut new_flow = load(
-        lb_user::EBPF_LB_NEW_FLOW,
+        Object::read(Object::LB_NEW_FLOW)?.bytes(),
         "lb_new_flow",
         POLICY,
         FLOW_TABLE_SIZE,
-    )?;
-    // Its flow tables are never used: the smallest the loader takes.
-    let mut no_state = load(
-        lb_user::EBPF_LB_NO_FLOW_STATE,
-        "lb_no_flow_state",
-        POLICY,
-        NO_STATE_FLOW_TABLE_SIZE,
     )?;
     let mut uncached = load_with(
         lb_user::EBPF_LB,
@@ -289,31 +211,11 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     )?;
     let mut baseline = load_macswap()?;
     let base = macswap(&mut baseline);
-    // One instance of the floor object per kind, so that each floor's table
-    // is in the state of the `lb` table it is compared with.
-    // Each instance sizes only the table its program uses.
-    let load_floor = |name: &str| -> Result<aya::Ebpf> {
-        let array = name == "floor_array_new_flow";
-        let mut floor = aya::EbpfLoader::new()
-            .map_max_entries("FLOOR_FLOWS", if array { 1 } else { FLOW_TABLE_SIZE })
-            .map_max_entries("FLOOR_SLOTS", if array { FLOW_TABLE_SIZE } else { 1 })
-            .load(lb_user::EBPF_FLOOR)
-            .context("loading the floor programs")?;
-        floor_program(&mut floor, name).load()?;
-        Ok(floor)
-    };
-    let mut floor_established = load_floor("floor_flow")?;
-    let mut floor_new_flow = load_floor("floor_new_flow")?;
-    let mut floor_array = load_floor("floor_array_new_flow")?;
     // New flows are measured in the steady state of a busy load balancer:
-    // the flow table is full and every insert evicts. Fill both tables
-    // first (untimed), from sources no fixture uses.
-    let fill = |program: &mut aya::programs::Xdp| {
-        let frame = Frame::tcp("10.250.0.1", 1, "10.0.3.49", 80, SYN).build();
-        test_run(program, &frame, FLOW_TABLE_SIZE).map(|_| ())
-    };
-    fill(new_flow.program_mut())?;
-    fill(floor_program(&mut floor_new_flow, "floor_new_flow"))?;
+    // the flow table is full and every insert evicts. Fill it first
+    // (untimed), from sources no fixture uses.
+    let fill = Frame::tcp("10.250.0.1", 1, "10.0.3.49", 80, SYN).build();
+    test_run(new_flow.program_mut(), &fill, FLOW_TABLE_SIZE)?;
 
     let mut rows = Vec::new();
     for f in fixtures().into_iter().filter(|f| settings.wants(&f.name)) {
@@ -347,45 +249,17 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
                     b.push(ns(test_run(base, &frame, settings.repeat)?.1));
                 }
             }
-            Kind::FloorEstablished | Kind::FloorNewFlow | Kind::FloorArrayNewFlow => {
-                let (floors, name) = match f.kind {
-                    Kind::FloorEstablished => (&mut floor_established, "floor_flow"),
-                    Kind::FloorNewFlow => (&mut floor_new_flow, "floor_new_flow"),
-                    _ => (&mut floor_array, "floor_array_new_flow"),
-                };
-                for run in 0..settings.runs {
-                    let frame = (f.frame)(run);
-                    let floor = floor_program(floors, name);
-                    if f.kind == Kind::FloorEstablished {
-                        test_run(floor, &frame, 1)?; // creates the flow
-                    }
-                    let repeat = if f.kind == Kind::FloorEstablished {
-                        settings.repeat
-                    } else {
-                        settings.new_flow_repeat
-                    };
-                    let (verdict, d, _) = test_run(floor, &frame, repeat)?;
-                    ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
-                    l.push(ns(d));
-                    b.push(ns(test_run(base, &frame, repeat)?.1));
-                }
-            }
-            Kind::NewFlow | Kind::NewFlowNoState => {
-                let dp = if f.kind == Kind::NewFlow {
-                    &mut new_flow
-                } else {
-                    &mut no_state
-                };
-                let before = counter(dp, Counter::NewFlow)?;
+            Kind::NewFlow => {
+                let before = counter(&new_flow, Counter::NewFlow)?;
                 for run in 0..settings.runs {
                     let frame = (f.frame)(run);
                     let (verdict, d, _) =
-                        test_run(dp.program_mut(), &frame, settings.new_flow_repeat)?;
+                        test_run(new_flow.program_mut(), &frame, settings.new_flow_repeat)?;
                     ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
                     l.push(ns(d));
                     b.push(ns(test_run(base, &frame, settings.new_flow_repeat)?.1));
                 }
-                let new_flows = counter(dp, Counter::NewFlow)? - before;
+                let new_flows = counter(&new_flow, Counter::NewFlow)? - before;
                 let expected = settings.new_flow_repeat as u64 * settings.runs as u64;
                 ensure!(
                     new_flows == expected,
@@ -406,15 +280,6 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// A program of the floor object (`lb-ebpf/src/floor.rs`).
-fn floor_program<'a>(floors: &'a mut aya::Ebpf, name: &str) -> &'a mut aya::programs::Xdp {
-    floors
-        .program_mut(name)
-        .expect("the floor object has its programs")
-        .try_into()
-        .expect("floor programs are XDP programs")
-}
-
 /// The worst (highest ratio) row of `kind`.
 fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
     rows.iter()
@@ -426,7 +291,7 @@ fn worst(rows: &[Row], kind: Kind) -> Option<&Row> {
 pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
     let mut s = Section::new("Data plane: ns/packet (BPF_PROG_TEST_RUN)");
     s.line(format!(
-        "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs (created by the fixture's packet, a non-SYN, so it is in the flow cache and every timed repetition is a cache hit: README \"Flow cache\"). New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). New flow, no flow state: the same frames through `lb_no_flow_state`, the new-flow build with the flow cache and the flow tables taken out at compile time (no probe, lookup, insert or cache write): the rest of a new flow's work (listener, choice of target, active-flow count, counters, rewrite), which no design of the flow table removes. Floors (`lb-ebpf/src/floor.rs`): the least any load balancer that pins flows in a kernel hash map does, timed the same way: parse, one lookup in (or insert into) an LRU map built like `lb`'s IPv4 flow table, MAC rewrite; no listener, no choice, no lifecycle, no counters. The array floor records each new flow with one store into a slot of a 1M-slot array (64 bytes a slot) instead: the least any design that keeps per-flow state in a table of that size does for a new flow, one slot seldom in the CPU's caches. A goal below its floor cannot be met by any design that looks every packet up in a kernel hash map; `lb`'s established packets skip that lookup through the flow cache, so they can be below the lookup floor.",
+        "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs (created by the fixture's packet, a non-SYN, so it is in the flow cache and every timed repetition is a cache hit: README \"Flow cache\"). New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Established flow, flow cache off: the same kind of packet through a second `lb` loaded with the flow cache off, so every repetition looks the flow up in the flow table.",
         settings.repeat, settings.new_flow_repeat, settings.runs
     ));
     let table: Vec<Vec<String>> = rows
@@ -492,56 +357,6 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
                 fmt_ns(r.base.1)
             ),
         ));
-    }
-    // What a new flow costs besides its flow state: the goal against the
-    // part of the new-flow path no flow table design changes.
-    if let Some(w) = worst(rows, Kind::NewFlowNoState) {
-        let mut value = format!(
-            "{:.2}x ({} vs {})",
-            w.ratio(),
-            fmt_ns(w.lb.1),
-            fmt_ns(w.base.1)
-        );
-        if let Some(best) = rows
-            .iter()
-            .filter(|r| r.kind == Kind::NewFlowNoState)
-            .min_by(|a, b| a.ratio().total_cmp(&b.ratio()))
-        {
-            value += &format!("; best {:.2}x ({})", best.ratio(), best.name);
-        }
-        s.figures.push(Figure::info(
-            format!(
-                "new flow without flow state (no flow cache or table; choice, counters, rewrite): lb / MAC-swap ns/packet (worst: {})",
-                w.name
-            ),
-            value,
-        ));
-    }
-    // The floors: how far down a flow table alone lets `lb` go.
-    for floor in rows.iter().filter(|r| r.kind.floor_of().is_some()) {
-        let of = floor.kind.floor_of().expect("filtered");
-        let what = match floor.kind {
-            Kind::FloorEstablished => {
-                "established flow floor (parse, one flow-table lookup, MAC rewrite)"
-            }
-            Kind::FloorNewFlow => {
-                "new flow floor (parse, one insert into the 1M flow table, MAC rewrite)"
-            }
-            _ => "new flow floor, any table (parse, one store into a 1M-slot array, MAC rewrite)",
-        };
-        let mut value = format!(
-            "{:.2}x ({} vs {})",
-            floor.ratio(),
-            fmt_ns(floor.lb.1),
-            fmt_ns(floor.base.1)
-        );
-        if let Some(w) = worst(rows, of) {
-            // Each against the MAC-swap runs beside it: the two fixtures ran
-            // at different moments.
-            value += &format!("; lb (worst) / floor {:.2}x", w.ratio() / floor.ratio());
-        }
-        s.figures
-            .push(Figure::info(format!("{what} / MAC-swap ns/packet"), value));
     }
     if !rows.is_empty() {
         let name = "ns_per_packet.svg";

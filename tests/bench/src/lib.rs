@@ -10,6 +10,10 @@
 //! Control plane (pure or in-process): [`table`] (hash table build time and
 //! disruption), [`scale`] (1,000 groups x 100 targets).
 //!
+//! The benchmark's own eBPF programs (`ebpf/`: the MAC-swap baseline and
+//! `lb_new_flow`) are built by `cargo xtask bench` and read at run time
+//! ([`Object`]); `lb` is the one `lb` embeds (`lb_user::EBPF_LB`).
+//!
 //! Adding a fixture: data-plane fixtures are listed in [`packet::fixtures`]
 //! (per algorithm: one listener of [`POLICY`] per algorithm, named in
 //! [`ALGORITHMS`]); the SYN flood runs for each entry of [`ALGORITHMS`] too.
@@ -25,16 +29,15 @@ pub mod table;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::Counter;
+use lb_tests::packets::LB_MAC;
 use lb_user::{
     dataplane::{Dataplane, LoadOptions},
     plan::Observed,
     policy,
 };
-
-use crate::packets::LB_MAC;
 
 /// What the whole run was asked for.
 #[derive(Debug, Clone)]
@@ -114,7 +117,7 @@ pub const ALGORITHMS: &[(&str, u16)] = &[
 
 /// The MAC of the target whose address ends in `last` (hexadecimal) in
 /// [`POLICY`]: 10.0.3.11 and fd00:3::11 have 02:00:00:00:00:11, the MAC of
-/// the lab's target t1 (see [`crate::topo::TARGETS`]).
+/// the lab's target t1 (see [`lb_tests::topo::TARGETS`]).
 pub fn target_mac(last: u8) -> [u8; 6] {
     [2, 0, 0, 0, 0, last]
 }
@@ -125,11 +128,47 @@ fn decimal_as_hex(octet: u8) -> u8 {
     ((octet / 10 % 10) << 4) | (octet % 10)
 }
 
+/// An eBPF object of the benchmark (`ebpf/`), read from
+/// `$LB_BENCH_EBPF_DIR`, where `cargo xtask bench` builds them; held 8-byte
+/// aligned, as the ELF parser wants it.
+pub struct Object {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Object {
+    /// The MAC-swap baseline (program `macswap`).
+    pub const MACSWAP: &str = "macswap";
+    /// `lb`'s pipeline with a new source after each frame (program
+    /// `lb_new_flow`).
+    pub const LB_NEW_FLOW: &str = "lb-new-flow";
+
+    pub fn read(name: &str) -> Result<Object> {
+        let dir = std::env::var_os("LB_BENCH_EBPF_DIR")
+            .context("LB_BENCH_EBPF_DIR is not set: `cargo xtask bench` builds the benchmark's eBPF programs and sets it")?;
+        let path = std::path::Path::new(&dir).join(name);
+        let data = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut buf = vec![0u8; data.len() + 7];
+        let start = buf.as_ptr().align_offset(8);
+        buf[start..start + data.len()].copy_from_slice(&data);
+        Ok(Object {
+            buf,
+            start,
+            len: data.len(),
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
 /// The MAC-swap baseline, loaded (not attached): the figure every `lb`
 /// figure is compared with. Keep the returned `Ebpf`; `macswap(&mut it)`
 /// gives the program.
 pub fn load_macswap() -> Result<aya::Ebpf> {
-    let mut baseline = aya::Ebpf::load(lb_user::EBPF_MACSWAP)?;
+    let mut baseline = aya::Ebpf::load(Object::read(Object::MACSWAP)?.bytes())?;
     macswap(&mut baseline).load()?;
     Ok(baseline)
 }
@@ -222,3 +261,17 @@ pub fn counter(dp: &Dataplane, which: Counter) -> Result<u64> {
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lb_new_flow` is one BPF function, as the golden tests check of `lb`
+    /// (`the_data_plane_program_is_one_bpf_function`): a BPF-to-BPF call
+    /// would cost each of its packets, and its figures would not be `lb`'s.
+    #[test]
+    fn the_new_flow_build_is_one_bpf_function() {
+        let object = Object::read(Object::LB_NEW_FLOW).unwrap();
+        lb_tests::harness::assert_one_bpf_function(object.bytes(), "lb_new_flow");
+    }
+}

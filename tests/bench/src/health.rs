@@ -28,21 +28,21 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use lb_tests::{
+    Lab, Node, netns,
+    policy::{HealthCheck, LabPolicy},
+    topo::{TARGETS, TCP_PORT},
+};
 use lb_user::{
     health::monitor::{HealthMonitor, HealthSnapshot, TargetKey},
     policy::{self, Target},
 };
 use socket2::{Domain, Socket, Type};
 
-use super::{
+use crate::{
     Settings,
     report::{Figure, Section, fmt_secs},
     stats::median,
-};
-use crate::{
-    Lab, Node, netns,
-    policy::{HealthCheck, LabPolicy},
-    topo::{TARGETS, TCP_PORT},
 };
 
 /// Probe capacity goal: targets at a 1 s interval on one core.
@@ -72,7 +72,7 @@ pub fn removal(settings: &Settings) -> Result<Removal> {
             + check.timeout_s
             + 5,
     ));
-    let all_in = |st: &crate::status::Status| {
+    let all_in = |st: &lb_tests::status::Status| {
         (0..TARGETS.len())
             .all(|i| {
                 st.state("web", ip(i)) == Some("healthy")
@@ -115,9 +115,9 @@ impl Namespace {
             .args(["netns", "del", &name])
             .stderr(std::process::Stdio::null())
             .status();
-        crate::lab::run(Command::new("ip").args(["netns", "add", &name]))?;
+        lb_tests::lab::run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Namespace(name);
-        crate::lab::run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
+        lb_tests::lab::run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
         Ok(ns)
     }
 }

@@ -1,5 +1,5 @@
 //! `lb-bench`: the performance report of `cargo xtask bench` (run as root).
-//! Runs the benchmarks of `lb_tests::bench` (data plane, control plane,
+//! Runs the benchmarks of `lb_bench` (data plane, control plane,
 //! health checks), writes `report.md` and SVG plots into the output directory
 //! (default `target/bench/`) and prints the summary table. docs/bench.md
 //! describes the methods.
@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use lb_tests::bench::{
+use lb_bench::{
     Settings, flood, health, live, packet,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table,
@@ -36,7 +36,7 @@ struct Args {
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
     /// Where report.md and the plots go.
-    #[arg(long, default_value_os_t = lb_tests::lab::workspace_root().join("target").join("bench"))]
+    #[arg(long, default_value_os_t = lb_tests::lab::target_dir().join("bench"))]
     out: PathBuf,
 }
 

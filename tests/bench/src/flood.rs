@@ -9,14 +9,14 @@
 //! table is unchanged, so moves stay 0 even when evictions do not.
 use anyhow::{Result, ensure};
 use lb_common::Counter;
+use lb_tests::packets::{Frame, tcp_flags::*};
 
-use super::{
+use crate::{
     ALGORITHMS, POLICY, Settings, XDP_TX, counter, load,
     report::{Figure, Section},
     stats::Rng,
     test_run,
 };
-use crate::packets::{Frame, tcp_flags::*};
 
 pub struct Outcome {
     pub algorithm: &'static str,

@@ -4,6 +4,7 @@
 #![no_main]
 
 #[macro_use]
+#[path = "../../../../lb-ebpf/src/object.rs"]
 mod object;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -1,0 +1,248 @@
+//! Builds the status report from the policy, the plan, the data plane's
+//! counters and the health monitor's snapshots.
+use std::{collections::BTreeMap, path::Path};
+
+use super::report::{
+    DataPlaneStatus, ErrorStatus, FlowTableStatus, GroupStatus, HealthCheckStatus, HealthStatus,
+    ListenerStatus, StatusReport, Stickiness, StickyStatus, TargetState, TargetStatus,
+};
+use crate::{
+    dataplane::{Dataplane, sweep::SweepReport},
+    flows,
+    health::{self, HealthSnapshot, TargetKey},
+    plan::{Exclusion, MapPlan, PlannedHealth, PlannedListener, PlannedTarget},
+    policy::{self, Policy},
+};
+
+/// Everything a status report is built from.
+pub struct Sources<'a> {
+    pub policy: &'a Policy,
+    pub plan: &'a MapPlan,
+    pub dataplane: &'a Dataplane,
+    pub max_flows: u32,
+    pub sweep: Option<&'a SweepReport>,
+    pub health: &'a BTreeMap<TargetKey, HealthSnapshot>,
+    pub iface: &'a str,
+    pub mode: &'a str,
+    pub config: &'a Path,
+    pub data_plane: DataPlaneStatus,
+    pub errors: ErrorStatus,
+}
+
+/// The status report (`lb status`).
+pub fn report(src: &Sources<'_>) -> StatusReport {
+    let listeners = src.policy.listeners.iter().zip(&src.plan.listeners);
+    StatusReport {
+        interface: src.iface.to_string(),
+        xdp_mode: src.mode.to_string(),
+        policy: src.config.display().to_string(),
+        probe_sources: probe_sources(src.policy),
+        counters: counters(src.dataplane),
+        flow_table: FlowTableStatus {
+            max_flows: src.max_flows,
+            entries: src.sweep.map(|s| s.entries),
+            last_sweep_ms: src.sweep.map(|s| s.took.as_secs_f64() * 1e3),
+            cache_slots: src.dataplane.flow_cache_slots(),
+        },
+        data_plane: src.data_plane.clone(),
+        errors: src.errors.clone(),
+        listeners: listeners
+            .map(|(l, p)| listener(l, p, src.dataplane))
+            .collect(),
+        target_groups: src
+            .policy
+            .target_groups
+            .iter()
+            .map(|g| group(src, g))
+            .collect(),
+    }
+}
+
+/// The global counters by name (none if the map cannot be read).
+fn counters(dataplane: &Dataplane) -> BTreeMap<String, u64> {
+    dataplane
+        .counters()
+        .map(|c| {
+            c.into_iter()
+                .map(|(k, v)| (k.name().to_string(), v))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn listener(l: &policy::Listener, p: &PlannedListener, dataplane: &Dataplane) -> ListenerStatus {
+    let stats = dataplane
+        .listener_stats(p.info.listener_id)
+        .unwrap_or_default();
+    ListenerStatus {
+        name: l.name.clone(),
+        vip: l.vip,
+        protocol: l.protocol,
+        port: l.port,
+        target_group: l.target_group.clone(),
+        packets: stats.packets,
+        bytes: stats.bytes,
+        new_flows: stats.new_flows,
+    }
+}
+
+fn group(src: &Sources<'_>, g: &policy::TargetGroup) -> GroupStatus {
+    let attached = src.policy.listener_of(&g.name);
+    let targets = src.plan.targets.iter().filter(|t| t.group == g.name);
+    GroupStatus {
+        name: g.name.clone(),
+        protocol: g.protocol,
+        algorithm: g.algorithm,
+        affinity: g.affinity,
+        table_size: g.table_size,
+        listener: attached.map(|l| l.name.clone()),
+        health_check: g
+            .health_check
+            .as_ref()
+            .map(|h| health_check(g, h, attached.map(|l| l.port))),
+        on_unhealthy: g.target_failover.on_unhealthy,
+        flow_idle_timeout_s: g.idle_timeout_s(),
+        flow_fin_timeout_s: g.fin_timeout_s(),
+        last_resort: src
+            .plan
+            .groups
+            .iter()
+            .any(|p| p.name == g.name && p.last_resort),
+        sticky_session: sticky_status(g),
+        targets: targets
+            .map(|t| target(src, t, attached.is_some()))
+            .collect(),
+    }
+}
+
+/// A target of the plan; `attached`: its group has a listener.
+fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus {
+    let stats = src.dataplane.target_stats(t.id).unwrap_or_default();
+    // A backup's target is probed as its own group's.
+    let own = TargetKey {
+        group: t.group.clone(),
+        ip: t.ip,
+        via: t.via.clone(),
+    }
+    .own();
+    let snapshot = src.health.get(&own);
+    TargetStatus {
+        ip: t.ip,
+        port: t.port,
+        monitor_port: t.monitor_port,
+        selectable: attached && t.excluded.is_none(),
+        excluded: t.excluded,
+        health: snapshot.map(health),
+        weight: t.weight,
+        ratio: t.ratio,
+        slots: t.slots,
+        mac: (t.excluded != Some(Exclusion::MacUnresolved)).then(|| t.info.mac.into()),
+        state: match (attached, t.health) {
+            (false, _) => TargetState::Unused,
+            (true, PlannedHealth::Unchecked) => TargetState::Unchecked,
+            (true, PlannedHealth::Checked(state)) => state.into(),
+        },
+        packets: stats.packets,
+        bytes: stats.bytes,
+        new_flows: stats.new_flows,
+        active_flows: flows::shown(src.dataplane.active_flows(t.id)),
+    }
+}
+
+/// The latest probes of a checked target.
+fn health(h: &HealthSnapshot) -> HealthStatus {
+    HealthStatus {
+        consecutive_successes: h.consecutive_successes,
+        consecutive_failures: h.consecutive_failures,
+        last_result: h.last_result.clone(),
+        last_ok: h.last_ok,
+        last_latency_ms: h.last_latency.map(|d| d.as_secs_f64() * 1e3),
+    }
+}
+
+/// A group's health check with its defaults applied; `listener_port`: the
+/// port of the group's listener, if it has one.
+fn health_check(
+    g: &policy::TargetGroup,
+    h: &policy::HealthCheck,
+    listener_port: Option<u16>,
+) -> HealthCheckStatus {
+    let kind = h.kind_for(g.protocol);
+    let http = kind.is_http();
+    HealthCheckStatus {
+        enabled: h.enabled,
+        kind,
+        port: h.port.or(listener_port).unwrap_or(0),
+        interval_s: h.interval_s,
+        timeout_s: h.timeout_s,
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
+        method: http.then(|| h.method()),
+        version: http.then(|| h.version()),
+        path: http.then(|| h.path().to_string()),
+        status_codes: http.then(|| h.status_codes().to_string()),
+    }
+}
+
+/// A group's `sticky_session` as status shows it.
+fn sticky_status(group: &policy::TargetGroup) -> Option<StickyStatus> {
+    group.sticky_session.map(|s| StickyStatus {
+        enabled: s.enabled,
+        kind: s.kind,
+        duration_s: s.duration_s,
+        state: match (s.enabled, group.algorithm) {
+            (false, _) => Stickiness::Off,
+            (true, policy::Algorithm::SourceIp) => Stickiness::Ignored,
+            (true, _) => Stickiness::On,
+        },
+    })
+}
+
+/// The local addresses health probes leave from, one per address family used
+/// by checked targets.
+fn probe_sources(policy: &Policy) -> Vec<String> {
+    let mut sources: Vec<String> = policy
+        .target_groups
+        .iter()
+        .filter(|g| g.health_check.as_ref().is_some_and(|h| h.enabled))
+        .flat_map(|g| g.targets.iter())
+        .filter_map(|t| health::probe_source(t.ip))
+        .map(|ip| ip.to_string())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_sessions_are_ignored_with_source_ip() {
+        let groups = policy::parse(
+            "t.yaml",
+            "target_groups:\n\
+             - { name: a, protocol: tcp, algorithm: source_ip, sticky_session: {} }\n\
+             - { name: b, protocol: udp, algorithm: round_robin, sticky_session: { duration_s: 5 } }\n\
+             - { name: c, protocol: tcp, sticky_session: { enabled: false } }\n\
+             - { name: d, protocol: tcp }\n",
+        )
+        .unwrap()
+        .target_groups;
+        let states: Vec<Option<(Stickiness, policy::StickyType, u32)>> = groups
+            .iter()
+            .map(|g| sticky_status(g).map(|s| (s.state, s.kind, s.duration_s)))
+            .collect();
+        let some = |state, duration| Some((state, policy::StickyType::SourceIp, duration));
+        assert_eq!(
+            states,
+            [
+                some(Stickiness::Ignored, 360),
+                some(Stickiness::On, 5),
+                some(Stickiness::Off, 360),
+                None
+            ]
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! The human view of a status report (`lb status`): a few lines about the
+//! data plane, then aligned tables of the listeners and of each target
+//! group's targets.
+use std::{fmt::Write as _, net::SocketAddr};
+
+use super::report::{
+    FlowTableStatus, GroupStatus, HealthStatus, ListenerStatus, StatusReport, Stickiness,
+    TargetStatus,
+};
+use crate::policy::{Algorithm, GroupProtocol};
+
+/// The whole report, or only the group named `only_group`.
+pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
+    let mut out = String::new();
+    if only_group.is_none() {
+        out += &overview(report);
+        out += &listeners(&report.listeners);
+        out.push('\n');
+    }
+    for g in report
+        .target_groups
+        .iter()
+        .filter(|g| only_group.is_none_or(|n| n == g.name))
+    {
+        out += &group(g);
+        out.push('\n');
+    }
+    out
+}
+
+/// What `lb` serves, what is wrong, the data plane, the probes' source,
+/// the counters and the flow table.
+fn overview(report: &StatusReport) -> String {
+    let mut out = format!(
+        "interface {} ({} XDP), policy {}\n",
+        report.interface, report.xdp_mode, report.policy
+    );
+    let errors = &report.errors;
+    for (what, error) in [
+        ("policy reload refused", &errors.policy),
+        ("maps not written", &errors.apply),
+        ("state not saved", &errors.state),
+    ] {
+        if let Some(error) = error {
+            let _ = writeln!(out, "ERROR: {what}: {error}");
+        }
+    }
+    let data_plane = &report.data_plane;
+    if !data_plane.pin_dir.is_empty() {
+        let origin = if data_plane.adopted {
+            "adopted from an earlier lb"
+        } else {
+            "made by this lb"
+        };
+        let _ = writeln!(
+            out,
+            "data plane pinned in {} ({origin})",
+            data_plane.pin_dir
+        );
+    }
+    if !report.probe_sources.is_empty() {
+        let sources = report.probe_sources.join(", ");
+        let _ = writeln!(out, "health probes come from {sources}");
+    }
+    let counters: Vec<String> = report
+        .counters
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(out, "counters: {}", counters.join(" "));
+    let _ = writeln!(out, "{}\n", flow_table(&report.flow_table));
+    out
+}
+
+fn flow_table(t: &FlowTableStatus) -> String {
+    format!(
+        "flow table: {} entries of {} per address family{}; {}",
+        t.entries.map_or_else(|| "?".to_string(), |n| n.to_string()),
+        t.max_flows,
+        t.last_sweep_ms
+            .map(|ms| format!(", last sweep {ms:.1} ms"))
+            .unwrap_or_default(),
+        match t.cache_slots {
+            0 => "flow cache off".to_string(),
+            n => format!("flow cache {n} slots"),
+        }
+    )
+}
+
+fn listeners(listeners: &[ListenerStatus]) -> String {
+    let rows: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                SocketAddr::new(l.vip, l.port).to_string(),
+                l.protocol.as_str().to_string(),
+                l.target_group.clone(),
+                l.packets.to_string(),
+                l.bytes.to_string(),
+                l.new_flows.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "LISTENER",
+            "VIP",
+            "PROTO",
+            "TARGET GROUP",
+            "PACKETS",
+            "BYTES",
+            "NEW FLOWS",
+        ],
+        &rows,
+    )
+}
+
+/// A group: its settings, a line each, then its targets.
+fn group(g: &GroupStatus) -> String {
+    let mut out = heading(g);
+    let _ = match g.protocol {
+        GroupProtocol::Udp => writeln!(out, "flows end after {}s idle", g.flow_idle_timeout_s),
+        GroupProtocol::Tcp | GroupProtocol::Http => writeln!(
+            out,
+            "flows end after {}s idle, {}s after the client's FIN or RST",
+            g.flow_idle_timeout_s, g.flow_fin_timeout_s
+        ),
+    };
+    if let Some(sticky) = &g.sticky_session {
+        let _ = match sticky.state {
+            Stickiness::On => writeln!(
+                out,
+                "sticky sessions by {}, {}s from a client's first flow",
+                sticky.kind.as_str(),
+                sticky.duration_s
+            ),
+            state => writeln!(out, "sticky sessions {}", state.as_str()),
+        };
+    }
+    if let Some(h) = g.health_check.as_ref().filter(|h| h.enabled) {
+        let _ = writeln!(
+            out,
+            "health check {} every {}s, timeout {}s, up after {} successes, down after {} failures{}",
+            h.kind.as_str(),
+            h.interval_s,
+            h.timeout_s,
+            h.healthy_threshold,
+            h.unhealthy_threshold,
+            if g.last_resort {
+                "; LAST RESORT: no healthy target, all targets take flows"
+            } else {
+                ""
+            }
+        );
+    }
+    out + &targets(&g.targets)
+}
+
+/// `target group NAME (PROTOCOL, ALGORITHM, SIZE), listener NAME`.
+fn heading(g: &GroupStatus) -> String {
+    // A round-robin group's table is its cycle: one place per turn.
+    let size = match g.algorithm {
+        Algorithm::RoundRobin => {
+            let cycle: u32 = g.targets.iter().map(|t| t.slots).sum();
+            format!("{cycle}-turn cycle")
+        }
+        _ => format!("{} slots", g.table_size),
+    };
+    let affinity = match g.algorithm {
+        Algorithm::Hash => format!(" {}", g.affinity.as_str()),
+        _ => String::new(),
+    };
+    let listener = match &g.listener {
+        Some(l) => format!(", listener {l}"),
+        None => ", no listener".into(),
+    };
+    format!(
+        "target group {} ({}, {}{affinity}, {size}){listener}\n",
+        g.name,
+        g.protocol.as_str(),
+        g.algorithm.as_str(),
+    )
+}
+
+fn targets(targets: &[TargetStatus]) -> String {
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.ip.to_string(),
+                t.port.to_string(),
+                t.monitor_port.to_string(),
+                t.weight.to_string(),
+                format!("{:.1}%", t.ratio * 100.0),
+                t.state.as_str().to_string(),
+                match t.excluded {
+                    Some(why) => format!("no ({})", why.as_str()),
+                    None => "yes".into(),
+                },
+                t.health.as_ref().map_or_else(|| "-".into(), last_probe),
+                t.mac.map_or_else(|| "-".into(), |mac| mac.to_string()),
+                t.packets.to_string(),
+                t.bytes.to_string(),
+                t.new_flows.to_string(),
+                t.active_flows.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TARGET",
+            "PORT",
+            "MONITOR",
+            "WEIGHT",
+            "RATIO",
+            "STATE",
+            "NEW FLOWS?",
+            "LAST PROBE",
+            "MAC",
+            "PACKETS",
+            "BYTES",
+            "NEW FLOWS",
+            "ACTIVE FLOWS",
+        ],
+        &rows,
+    )
+}
+
+/// `connected (2ok/0fail) 0.4ms`.
+fn last_probe(h: &HealthStatus) -> String {
+    format!(
+        "{} ({}ok/{}fail){}",
+        h.last_result.as_deref().unwrap_or("-"),
+        h.consecutive_successes,
+        h.consecutive_failures,
+        h.last_latency_ms
+            .map(|ms| format!(" {ms:.1}ms"))
+            .unwrap_or_default()
+    )
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::report::example;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xxxxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A      LONGER\nxxxxx  1\ny      22\n");
+    }
+
+    #[test]
+    fn render_shows_active_flows_and_flow_timeouts() {
+        let mut report = example();
+        report.target_groups[0].targets[0].active_flows = 7;
+        let text = render(&report, None);
+        assert!(
+            text.contains(
+                "flow table: 3 entries of 1024 per address family, last sweep 0.2 ms; flow cache 1024 slots"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("flows end after 350s idle, 10s after the client's FIN or RST"),
+            "{text}"
+        );
+        let header = text.lines().find(|l| l.starts_with("TARGET")).unwrap();
+        assert!(header.ends_with("NEW FLOWS  ACTIVE FLOWS"), "{header}");
+        let row = text.lines().skip_while(|l| !l.starts_with("TARGET")).nth(1);
+        assert!(row.unwrap().ends_with('7'), "{text}");
+    }
+
+    #[test]
+    fn ignored_sticky_sessions_say_why() {
+        let mut report = example();
+        let sticky = report.target_groups[0].sticky_session.as_mut().unwrap();
+        sticky.state = Stickiness::Ignored;
+        let text = render(&report, None);
+        assert!(
+            text.contains("sticky sessions ignored (source_ip algorithm)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn round_robin_groups_show_their_cycle() {
+        let mut report = example();
+        let group = &mut report.target_groups[0];
+        group.algorithm = Algorithm::RoundRobin;
+        group.listener = None;
+        group.sticky_session.as_mut().unwrap().duration_s = 30;
+        let target = group.targets[0].clone();
+        group.targets = [2, 2, 1]
+            .iter()
+            .map(|&slots| TargetStatus {
+                slots,
+                ..target.clone()
+            })
+            .collect();
+        let text = render(&report, Some("web"));
+        assert!(
+            text.starts_with(
+                "target group web (tcp, round_robin, 5-turn cycle), no listener\n\
+                 flows end after 350s idle, 10s after the client's FIN or RST\n\
+                 sticky sessions by source_ip, 30s from a client's first flow\n"
+            ),
+            "{text}"
+        );
+    }
+
+    /// The whole view of a report, as `lb status` prints it (README
+    /// "Status").
+    #[test]
+    fn the_whole_view() {
+        let mut report = example();
+        report.errors.apply = Some("map lb_targets: EPERM".into());
+        let target = &mut report.target_groups[0].targets[0];
+        target.selectable = false;
+        target.excluded = Some(crate::plan::Exclusion::ZeroWeight);
+        target.ip = "fd00:3::11".parse().unwrap();
+        report.listeners[0].vip = "fd00::1".parse().unwrap();
+        assert_eq!(
+            render(&report, None),
+            "interface eth0 (native XDP), policy lb.yaml\n\
+             ERROR: maps not written: map lb_targets: EPERM\n\
+             data plane pinned in /sys/fs/bpf/lb/eth0 (made by this lb)\n\
+             health probes come from 10.0.3.2\n\
+             counters: xdp_tx=2\n\
+             flow table: 3 entries of 1024 per address family, last sweep 0.2 ms; flow cache 1024 slots\n\
+             \n\
+             LISTENER  VIP           PROTO  TARGET GROUP  PACKETS  BYTES  NEW FLOWS\n\
+             web       [fd00::1]:80  tcp    web           2        120    1\n\
+             \n\
+             target group web (tcp, hash five_tuple, 65537 slots), listener web\n\
+             flows end after 350s idle, 10s after the client's FIN or RST\n\
+             sticky sessions by source_ip, 360s from a client's first flow\n\
+             health check http every 2s, timeout 1s, up after 2 successes, down after 2 failures\n\
+             TARGET      PORT  MONITOR  WEIGHT  RATIO   STATE    NEW FLOWS?        LAST PROBE                    MAC                PACKETS  BYTES  NEW FLOWS  ACTIVE FLOWS\n\
+             fd00:3::11  80    80       256     100.0%  healthy  no (weight_zero)  status 200 (2ok/0fail) 0.4ms  02:00:00:00:00:11  2        120    1          1\n\
+             \n"
+        );
+    }
+}
