@@ -107,6 +107,10 @@ impl Drains {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     pub fn list(&self) -> impl Iterator<Item = &Drain> {
         self.by_key.values()
     }
@@ -120,7 +124,13 @@ impl Drains {
     /// group's delay (those of a group that left go at once: nothing routes
     /// to them); those back stop draining, unless drained by command.
     pub fn follow(&mut self, old: &Policy, new: &Policy, now: u64) {
-        let before = wanted(old);
+        self.follow_from(wanted(old), new, now);
+    }
+
+    /// As [`Drains::follow`], from the targets `before` held (with their
+    /// MACs): at a start, those of the adopted data plane, so that a target
+    /// taken out of the policy while `lb` was stopped drains too.
+    pub fn follow_from(&mut self, before: Vec<(TargetKey, Option<Mac>)>, new: &Policy, now: u64) {
         let after: BTreeMap<TargetKey, Option<Mac>> = wanted(new).into_iter().collect();
         for (key, mac) in &before {
             if after.contains_key(key) || self.by_key.contains_key(key) {

@@ -7,6 +7,8 @@
 //! its healthy targets over all its registered ones (draining ones are not
 //! registered).
 
+use serde::{Deserialize, Serialize};
+
 /// How many targets one side has, and how many of them are healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Side {
@@ -25,10 +27,12 @@ impl Side {
     }
 }
 
-/// Who takes a group's new flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who takes a group's new flows (named as `lb status` shows it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Serving {
     /// Its own healthy targets.
+    #[default]
     Primary,
     /// Its own healthy targets, though their share is below the failover
     /// ratio: the backup has no healthy target.
@@ -46,6 +50,27 @@ pub enum Serving {
 }
 
 impl Serving {
+    pub const ALL: [Serving; 6] = [
+        Serving::Primary,
+        Serving::PrimaryBelowRatio,
+        Serving::Backup,
+        Serving::PrimaryLastResort,
+        Serving::BackupLastResort,
+        Serving::Nobody,
+    ];
+
+    /// Its name in `lb status` and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Serving::Primary => "primary",
+            Serving::PrimaryBelowRatio => "primary_below_ratio",
+            Serving::Backup => "backup",
+            Serving::PrimaryLastResort => "primary_last_resort",
+            Serving::BackupLastResort => "backup_last_resort",
+            Serving::Nobody => "nobody",
+        }
+    }
+
     /// Whether the backup's targets take the new flows.
     pub fn backup(self) -> bool {
         matches!(self, Serving::Backup | Serving::BackupLastResort)

@@ -1,5 +1,6 @@
 //! `lb`: the command line. Everything of substance lives in the library.
 use std::{
+    net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -70,6 +71,42 @@ enum Command {
     },
     /// Check a policy file and exit (nothing is attached).
     Check { config: PathBuf },
+    /// Send a policy to the running lb: it prints the plan (what is added,
+    /// removed, drained or changed) and takes the policy whole, or with
+    /// --dry-run changes nothing. The policy becomes lb's policy file (what
+    /// SIGHUP and the next start read). Exit 0: applied (or valid with
+    /// --dry-run); 1: refused (the policy's errors are printed); 2: lb not
+    /// reached, or the file not read.
+    Apply {
+        /// The policy (YAML).
+        file: PathBuf,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Take a target out gently: it gets no new flow, its flows go on until
+    /// they end or its group's deregistration_delay_s passes. It stays
+    /// drained (a restart too) until `lb undrain`. Exit 1 if refused, 2 if
+    /// lb is not reached.
+    Drain {
+        target_group: String,
+        target: IpAddr,
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Put a drained target back: it takes new flows again, its flows as
+    /// they are.
+    Undrain {
+        target_group: String,
+        target: IpAddr,
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Show the listeners, target groups and targets of the running lb.
     Status {
         /// Only this target group (like `gcloud compute target-pools get-health`).
@@ -110,7 +147,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     match runtime.block_on(execute(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("lb: {err:#}");
             ExitCode::FAILURE
@@ -118,15 +155,37 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(command: Command) -> anyhow::Result<()> {
+/// Exit codes of the commands that talk to a running `lb`: it said no, or
+/// it could not be asked.
+const REFUSED: u8 = 1;
+const UNREACHED: u8 = 2;
+
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match command {
+        Command::Apply {
+            file,
+            dry_run,
+            json,
+            socket,
+        } => Ok(apply(&socket, &file, dry_run, json).await),
+        Command::Drain {
+            target_group,
+            target,
+            socket,
+        } => Ok(drain(&socket, target_group, target, true).await),
+        Command::Undrain {
+            target_group,
+            target,
+            socket,
+        } => Ok(drain(&socket, target_group, target, false).await),
         Command::Run {
             config,
             iface,
             xdp_mode,
             socket,
             resolve_wait_s,
-        } => {
+        } => done(
             daemon::run(daemon::RunOptions {
                 config,
                 iface,
@@ -134,15 +193,15 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 socket,
                 resolve_wait: Duration::from_secs_f64(resolve_wait_s.max(0.0)),
             })
-            .await
-        }
-        Command::Detach { iface } => detach(&iface),
-        Command::Check { config } => check(&config),
+            .await,
+        ),
+        Command::Detach { iface } => done(detach(&iface)),
+        Command::Check { config } => done(check(&config)),
         Command::Status {
             target_group,
             json,
             socket,
-        } => show_status(&socket, target_group.as_deref(), json).await,
+        } => done(show_status(&socket, target_group.as_deref(), json).await),
     }
 }
 
@@ -216,6 +275,80 @@ async fn show_status(socket: &Path, only_group: Option<&str>, json: bool) -> any
         print!("{}", status::render(&report, only_group));
     }
     Ok(())
+}
+
+/// `lb apply`: sends the policy, prints the plan and what was done.
+async fn apply(socket: &Path, file: &Path, dry_run: bool, json: bool) -> ExitCode {
+    let text = match policy::read(file) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("lb: {err}");
+            return ExitCode::from(UNREACHED);
+        }
+    };
+    let request = api::Request::Apply(api::Apply {
+        source: file.display().to_string(),
+        text,
+        dry_run,
+    });
+    let reply = match api::call(socket, &request).await {
+        Ok(api::Reply::Apply(reply)) => reply,
+        Ok(other) => {
+            eprintln!("lb: lb answered {other:?} to `apply`");
+            return ExitCode::from(UNREACHED);
+        }
+        Err(err) => {
+            eprintln!("lb: {err}");
+            return ExitCode::from(UNREACHED);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).expect("a reply serializes")
+        );
+    } else {
+        print!("{}", reply.render());
+    }
+    if reply.refused.is_some() {
+        ExitCode::from(REFUSED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `lb drain` (`drain`) or `lb undrain`.
+async fn drain(socket: &Path, group: String, ip: IpAddr, drain: bool) -> ExitCode {
+    let target = api::TargetRef { group, ip };
+    let request = if drain {
+        api::Request::Drain(target)
+    } else {
+        api::Request::Undrain(target)
+    };
+    match api::call(socket, &request).await {
+        Ok(api::Reply::Drain(reply)) => {
+            println!("{}", reply.render(now_unix()));
+            ExitCode::SUCCESS
+        }
+        Ok(other) => {
+            eprintln!("lb: lb answered {other:?}");
+            ExitCode::from(UNREACHED)
+        }
+        Err(err @ api::ClientError::Remote { .. }) => {
+            eprintln!("lb: {err}");
+            ExitCode::from(REFUSED)
+        }
+        Err(err) => {
+            eprintln!("lb: {err}");
+            ExitCode::from(UNREACHED)
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

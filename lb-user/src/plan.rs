@@ -161,3 +161,14 @@ pub struct PlannedTarget {
     pub excluded: Option<Exclusion>,
     pub info: TargetInfo,
 }
+
+impl PlannedTarget {
+    /// Who it is: its group, address, and the backup it comes from.
+    pub fn key(&self) -> TargetKey {
+        TargetKey {
+            group: self.group.clone(),
+            ip: self.ip,
+            via: self.via.clone(),
+        }
+    }
+}

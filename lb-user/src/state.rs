@@ -1,7 +1,8 @@
 //! The runtime state `lb` keeps on disk beside its pinned data plane: what a
-//! restart must not forget and the policy does not say, today the targets'
-//! health verdicts, so that a restarted `lb` sends no new flow to a target
-//! that was unhealthy.
+//! restart must not forget and the policy does not say: the targets' health
+//! verdicts, so that a restarted `lb` sends no new flow to a target that
+//! was unhealthy, and the targets draining (`crate::drains`), so that their
+//! delays run on.
 //!
 //! One JSON file per data plane (`/var/lib/lb/IFACE/state.json`,
 //! `dataplane::pin`), written whole to a temporary file, flushed and renamed
@@ -18,7 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{health::HealthState, ids::TargetKey};
+use crate::{drains::Drain, health::HealthState, ids::TargetKey};
 
 /// The state file's name in its data plane's state directory.
 pub const FILE: &str = "state.json";
@@ -46,6 +47,9 @@ pub struct RuntimeState {
     /// Verdicts of checked targets (targets without one are `initial`).
     #[serde(default)]
     pub health: Vec<Verdict>,
+    /// Targets draining, or drained by `lb drain`.
+    #[serde(default)]
+    pub drains: Vec<Drain>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +157,15 @@ mod tests {
         let key = |ip: [u8; 4]| TargetKey::new("web", ip.into());
         let mut state = RuntimeState::new(7);
         state.xdp_mode = Some("native".into());
+        state.drains.push(Drain {
+            group: "web".into(),
+            ip: [10, 0, 3, 14].into(),
+            via: None,
+            since: 1000,
+            until: 1300,
+            by_command: true,
+            mac: None,
+        });
         let (a, b, c) = (
             key([10, 0, 3, 11]),
             key([10, 0, 3, 12]),

@@ -252,7 +252,7 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         let group = &json["target_groups"][0];
         let target = &group["targets"][0];
-        let objects: [(&str, &Value, &[&str]); 8] = [
+        let objects: [(&str, &Value, &[&str]); 10] = [
             (
                 "report",
                 &json,
@@ -301,9 +301,24 @@ mod tests {
                     "listener",
                     "health_check",
                     "on_unhealthy",
+                    "on_deregistration",
+                    "deregistration_delay_s",
+                    "backup",
+                    "serving",
+                    "serving_reason",
                     "last_resort",
                     "targets",
                 ],
+            ),
+            (
+                "backup",
+                &group["backup"],
+                &["target_group", "failover_ratio"],
+            ),
+            (
+                "drain",
+                &target["drain"],
+                &["by_command", "since", "until", "remaining_s"],
             ),
             (
                 "health_check",
@@ -327,6 +342,7 @@ mod tests {
                 target,
                 &[
                     "ip",
+                    "via",
                     "port",
                     "monitor_port",
                     "weight",
@@ -334,6 +350,8 @@ mod tests {
                     "slots",
                     "mac",
                     "state",
+                    "provisioning",
+                    "drain",
                     "selectable",
                     "excluded",
                     "health",

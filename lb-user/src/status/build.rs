@@ -2,15 +2,19 @@
 //! counters and the health monitor's snapshots.
 use std::{collections::BTreeMap, path::Path};
 
+use lb_common::TargetInfo;
+
 use super::report::{
-    DataPlaneStatus, ErrorStatus, FlowTableStatus, GroupStatus, HealthCheckStatus, HealthStatus,
-    ListenerStatus, StatusReport, Stickiness, StickyStatus, TargetState, TargetStatus,
+    BackupStatus, DataPlaneStatus, DrainStatus, ErrorStatus, FlowTableStatus, GroupStatus,
+    HealthCheckStatus, HealthStatus, ListenerStatus, Provisioning, StatusReport, Stickiness,
+    StickyStatus, TargetState, TargetStatus,
 };
 use crate::{
     dataplane::{Dataplane, sweep::SweepReport},
+    drains::{Drains, Phase},
     flows,
     health::{self, HealthSnapshot, TargetKey},
-    plan::{Exclusion, MapPlan, PlannedHealth, PlannedListener, PlannedTarget},
+    plan::{Exclusion, MapPlan, PlannedGroup, PlannedHealth, PlannedListener, PlannedTarget},
     policy::{self, Policy},
 };
 
@@ -22,6 +26,10 @@ pub struct Sources<'a> {
     pub max_flows: u32,
     pub sweep: Option<&'a SweepReport>,
     pub health: &'a BTreeMap<TargetKey, HealthSnapshot>,
+    /// The targets leaving, and each target's entry as the maps hold it.
+    pub drains: &'a Drains,
+    pub written: &'a BTreeMap<TargetKey, TargetInfo>,
+    pub now_unix: u64,
     pub iface: &'a str,
     pub mode: &'a str,
     pub config: &'a Path,
@@ -89,6 +97,7 @@ fn listener(l: &policy::Listener, p: &PlannedListener, dataplane: &Dataplane) ->
 fn group(src: &Sources<'_>, g: &policy::TargetGroup) -> GroupStatus {
     let attached = src.policy.listener_of(&g.name);
     let targets = src.plan.targets.iter().filter(|t| t.group == g.name);
+    let planned = src.plan.groups.iter().find(|p| p.name == g.name);
     GroupStatus {
         name: g.name.clone(),
         protocol: g.protocol,
@@ -101,13 +110,17 @@ fn group(src: &Sources<'_>, g: &policy::TargetGroup) -> GroupStatus {
             .as_ref()
             .map(|h| health_check(g, h, attached.map(|l| l.port))),
         on_unhealthy: g.target_failover.on_unhealthy,
+        on_deregistration: g.target_failover.on_deregistration,
+        deregistration_delay_s: g.deregistration_delay_s(),
+        backup: g.backup.as_ref().map(|b| BackupStatus {
+            target_group: b.clone(),
+            failover_ratio: g.failover_ratio.unwrap_or(0.0),
+        }),
+        serving: planned.map(|p| p.serving).unwrap_or_default(),
+        serving_reason: planned.map(serving_reason).unwrap_or_default(),
         flow_idle_timeout_s: g.idle_timeout_s(),
         flow_fin_timeout_s: g.fin_timeout_s(),
-        last_resort: src
-            .plan
-            .groups
-            .iter()
-            .any(|p| p.name == g.name && p.last_resort),
+        last_resort: planned.is_some_and(|p| p.last_resort),
         sticky_session: sticky_status(g),
         targets: targets
             .map(|t| target(src, t, attached.is_some()))
@@ -115,19 +128,33 @@ fn group(src: &Sources<'_>, g: &policy::TargetGroup) -> GroupStatus {
     }
 }
 
+/// Why a group's new flows go where they go.
+fn serving_reason(p: &PlannedGroup) -> String {
+    let backup = p.backup.as_ref().map(|(_, side, ratio)| (*side, *ratio));
+    p.serving.reason(p.primary, backup)
+}
+
 /// A target of the plan; `attached`: its group has a listener.
 fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus {
     let stats = src.dataplane.target_stats(t.id).unwrap_or_default();
+    let key = t.key();
     // A backup's target is probed as its own group's.
-    let own = TargetKey {
-        group: t.group.clone(),
-        ip: t.ip,
-        via: t.via.clone(),
-    }
-    .own();
-    let snapshot = src.health.get(&own);
+    let snapshot = src.health.get(&key.own());
+    let drain = src.drains.get(&key);
     TargetStatus {
         ip: t.ip,
+        via: t.via.clone(),
+        provisioning: match drain {
+            Some(d) if !d.by_command => Provisioning::BeingRemoved,
+            _ if src.written.get(&key) != Some(&t.info) => Provisioning::BeingChanged,
+            _ => Provisioning::Applied,
+        },
+        drain: drain.map(|d| DrainStatus {
+            by_command: d.by_command,
+            since: d.since,
+            until: d.until,
+            remaining_s: d.until.saturating_sub(src.now_unix),
+        }),
         port: t.port,
         monitor_port: t.monitor_port,
         selectable: attached && t.excluded.is_none(),
@@ -137,10 +164,11 @@ fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus 
         ratio: t.ratio,
         slots: t.slots,
         mac: (t.excluded != Some(Exclusion::MacUnresolved)).then(|| t.info.mac.into()),
-        state: match (attached, t.health) {
-            (false, _) => TargetState::Unused,
-            (true, PlannedHealth::Unchecked) => TargetState::Unchecked,
-            (true, PlannedHealth::Checked(state)) => state.into(),
+        state: match (attached, t.phase, t.health) {
+            (_, Some(Phase::Draining { .. }), _) => TargetState::Draining,
+            (false, ..) | (_, Some(Phase::Unused { .. }), _) => TargetState::Unused,
+            (true, None, PlannedHealth::Unchecked) => TargetState::Unchecked,
+            (true, None, PlannedHealth::Checked(state)) => state.into(),
         },
         packets: stats.packets,
         bytes: stats.bytes,

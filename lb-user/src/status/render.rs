@@ -5,9 +5,12 @@ use std::{fmt::Write as _, net::SocketAddr};
 
 use super::report::{
     FlowTableStatus, GroupStatus, HealthStatus, ListenerStatus, StatusReport, Stickiness,
-    TargetStatus,
+    TargetState, TargetStatus,
 };
-use crate::policy::{Algorithm, GroupProtocol};
+use crate::{
+    failover::Serving,
+    policy::{Algorithm, FailoverMode, GroupProtocol},
+};
 
 /// The whole report, or only the group named `only_group`.
 pub fn render(report: &StatusReport, only_group: Option<&str>) -> String {
@@ -154,7 +157,39 @@ fn group(g: &GroupStatus) -> String {
             }
         );
     }
+    out += &lifecycle(g);
     out + &targets(&g.targets)
+}
+
+/// How targets leave the group, and who takes its new flows when that is
+/// not simply its own healthy targets.
+fn lifecycle(g: &GroupStatus) -> String {
+    let mut out = format!(
+        "deregistration delay {}s, then {}\n",
+        g.deregistration_delay_s,
+        match g.on_deregistration {
+            FailoverMode::Rebalance => "flows still on the target move (rebalance)",
+            FailoverMode::NoRebalance =>
+                "flows still on the target stay until they end (no_rebalance)",
+        }
+    );
+    if let Some(b) = &g.backup {
+        let _ = writeln!(
+            out,
+            "backup group {} below a healthy share of {}: new flows go to {} ({})",
+            b.target_group,
+            b.failover_ratio,
+            match g.serving {
+                Serving::Primary | Serving::PrimaryBelowRatio => "its own targets",
+                Serving::Backup => "the BACKUP's targets",
+                Serving::PrimaryLastResort => "all its own targets (LAST RESORT)",
+                Serving::BackupLastResort => "all the backup's targets (LAST RESORT)",
+                Serving::Nobody => "nobody (dropped)",
+            },
+            g.serving_reason
+        );
+    }
+    out
 }
 
 /// `target group NAME (PROTOCOL, ALGORITHM, SIZE), listener NAME`.
@@ -188,12 +223,20 @@ fn targets(targets: &[TargetStatus]) -> String {
         .iter()
         .map(|t| {
             vec![
-                t.ip.to_string(),
+                match &t.via {
+                    Some(backup) => format!("{} (via {backup})", t.ip),
+                    None => t.ip.to_string(),
+                },
                 t.port.to_string(),
                 t.monitor_port.to_string(),
                 t.weight.to_string(),
                 format!("{:.1}%", t.ratio * 100.0),
-                t.state.as_str().to_string(),
+                match (&t.drain, t.state) {
+                    (Some(d), TargetState::Draining) => format!("draining {}s", d.remaining_s),
+                    (Some(d), state) if d.by_command => format!("{} (drained)", state.as_str()),
+                    (_, state) => state.as_str().to_string(),
+                },
+                t.provisioning.as_str().to_string(),
                 match t.excluded {
                     Some(why) => format!("no ({})", why.as_str()),
                     None => "yes".into(),
@@ -215,6 +258,7 @@ fn targets(targets: &[TargetStatus]) -> String {
             "WEIGHT",
             "RATIO",
             "STATE",
+            "PROVISIONING",
             "NEW FLOWS?",
             "LAST PROBE",
             "MAC",
@@ -339,6 +383,44 @@ mod tests {
         );
     }
 
+    /// A draining target shows its delay left; a backup's, where it comes
+    /// from; a group failed over, to whom its new flows go and why.
+    #[test]
+    fn drains_and_failover_are_shown() {
+        let mut report = example();
+        let group = &mut report.target_groups[0];
+        group.serving = Serving::Backup;
+        group.serving_reason =
+            "0 of 1 targets healthy, failover ratio 0.5; backup: 1 of 1 targets healthy".into();
+        let mut spare = group.targets[0].clone();
+        let own = &mut group.targets[0];
+        own.state = TargetState::Draining;
+        own.provisioning = super::super::report::Provisioning::BeingRemoved;
+        spare.via = Some("spare".into());
+        spare.drain = None;
+        spare.ip = "10.0.3.21".parse().unwrap();
+        group.targets.push(spare);
+        let text = render(&report, Some("web"));
+        assert!(
+            text.contains(
+                "backup group spare below a healthy share of 0.5: new flows go to the BACKUP's targets \
+                 (0 of 1 targets healthy, failover ratio 0.5; backup: 1 of 1 targets healthy)\n"
+            ),
+            "{text}"
+        );
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("TARGET"))
+            .collect();
+        assert!(rows[1].starts_with("10.0.3.11"), "{text}");
+        assert!(
+            rows[1].contains("  draining 120s  being_removed  "),
+            "{text}"
+        );
+        assert!(rows[2].starts_with("10.0.3.21 (via spare)  "), "{text}");
+        assert!(rows[2].contains("  healthy        applied  "), "{text}");
+    }
+
     /// The whole view of a report, as `lb status` prints it (README
     /// "Status").
     #[test]
@@ -349,6 +431,7 @@ mod tests {
         target.selectable = false;
         target.excluded = Some(crate::plan::Exclusion::ZeroWeight);
         target.ip = "fd00:3::11".parse().unwrap();
+        target.drain = None;
         report.listeners[0].vip = "fd00::1".parse().unwrap();
         assert_eq!(
             render(&report, None),
@@ -366,8 +449,10 @@ mod tests {
              flows end after 350s idle, 10s after the client's FIN or RST\n\
              sticky sessions by source_ip, 360s from a client's first flow\n\
              health check http every 2s, timeout 1s, up after 2 successes, down after 2 failures\n\
-             TARGET      PORT  MONITOR  WEIGHT  RATIO   STATE    NEW FLOWS?        LAST PROBE                    MAC                PACKETS  BYTES  NEW FLOWS  ACTIVE FLOWS\n\
-             fd00:3::11  80    80       256     100.0%  healthy  no (weight_zero)  status 200 (2ok/0fail) 0.4ms  02:00:00:00:00:11  2        120    1          1\n\
+             deregistration delay 300s, then flows still on the target stay until they end (no_rebalance)\n\
+             backup group spare below a healthy share of 0.5: new flows go to its own targets (1 of 1 targets healthy, failover ratio 0.5)\n\
+             TARGET      PORT  MONITOR  WEIGHT  RATIO   STATE    PROVISIONING  NEW FLOWS?        LAST PROBE                    MAC                PACKETS  BYTES  NEW FLOWS  ACTIVE FLOWS\n\
+             fd00:3::11  80    80       256     100.0%  healthy  applied       no (weight_zero)  status 200 (2ok/0fail) 0.4ms  02:00:00:00:00:11  2        120    1          1\n\
              \n"
         );
     }

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    failover::Serving,
     health::HealthState,
     plan::Exclusion,
     policy::{
@@ -104,6 +105,21 @@ pub struct GroupStatus {
     pub health_check: Option<HealthCheckStatus>,
     /// `on_unhealthy` of `target_failover`.
     pub on_unhealthy: FailoverMode,
+    /// `on_deregistration` of `target_failover`: whether flows still on a
+    /// deregistered target move when its delay ends.
+    #[serde(default)]
+    pub on_deregistration: FailoverMode,
+    /// How long a deregistered target keeps its flows (seconds).
+    #[serde(default)]
+    pub deregistration_delay_s: u32,
+    /// Its backup group, `null` when it has none.
+    #[serde(default)]
+    pub backup: Option<BackupStatus>,
+    /// Who takes its new flows now, and why.
+    #[serde(default)]
+    pub serving: Serving,
+    #[serde(default)]
+    pub serving_reason: String,
     /// No target is healthy: every target takes new flows (last resort).
     pub last_resort: bool,
     /// A flow without packets for this long has ended (seconds).
@@ -116,6 +132,12 @@ pub struct GroupStatus {
     #[serde(default)]
     pub sticky_session: Option<StickyStatus>,
     pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    pub target_group: String,
+    pub failover_ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +178,10 @@ impl Stickiness {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub ip: IpAddr,
+    /// For a target of the group's backup group (taking the group's flows
+    /// when it fails over): that group; `null` for the group's own.
+    #[serde(default)]
+    pub via: Option<String>,
     pub port: u16,
     pub weight: u16,
     /// SPEC.md weight ratio: converted weight / sum of converted weights.
@@ -167,6 +193,12 @@ pub struct TargetStatus {
     /// Resolved (or static) MAC, `null` while unresolved.
     pub mac: Option<Mac>,
     pub state: TargetState,
+    /// Whether the maps hold what the policy says of it.
+    #[serde(default)]
+    pub provisioning: Provisioning,
+    /// Its drain, `null` unless it is leaving.
+    #[serde(default)]
+    pub drain: Option<DrainStatus>,
     /// Takes new flows now.
     pub selectable: bool,
     /// Why it takes no new flows, `null` when it does.
@@ -183,7 +215,19 @@ pub struct TargetStatus {
     pub active_flows: u64,
 }
 
-/// A target's operating state.
+/// A leaving target's drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    /// Drained by `lb drain` (else it left the policy).
+    pub by_command: bool,
+    /// When it began, and when its delay ends (Unix seconds).
+    pub since: u64,
+    pub until: u64,
+    /// Seconds of its delay left (0 once over).
+    pub remaining_s: u64,
+}
+
+/// A target's operating state (SPEC.md "Target states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetState {
@@ -193,16 +237,19 @@ pub enum TargetState {
     Unhealthy,
     /// Health checks disabled: counts as healthy.
     Unchecked,
-    /// Its group has no listener.
+    /// Deregistered, inside its deregistration delay: its flows go on.
+    Draining,
+    /// Its group has no listener, or its drain is over.
     Unused,
 }
 
 impl TargetState {
-    pub const ALL: [TargetState; 5] = [
+    pub const ALL: [TargetState; 6] = [
         TargetState::Initial,
         TargetState::Healthy,
         TargetState::Unhealthy,
         TargetState::Unchecked,
+        TargetState::Draining,
         TargetState::Unused,
     ];
 
@@ -213,7 +260,37 @@ impl TargetState {
             TargetState::Healthy => "healthy",
             TargetState::Unhealthy => "unhealthy",
             TargetState::Unchecked => "unchecked",
+            TargetState::Draining => "draining",
             TargetState::Unused => "unused",
+        }
+    }
+}
+
+/// A target's provisioning state, apart from its operating state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provisioning {
+    /// The maps hold what the policy says of it.
+    #[default]
+    Applied,
+    /// The maps do not hold it yet (a write failed and is retried).
+    BeingChanged,
+    /// It left the policy and drains: the maps keep it for its flows.
+    BeingRemoved,
+}
+
+impl Provisioning {
+    pub const ALL: [Provisioning; 3] = [
+        Provisioning::Applied,
+        Provisioning::BeingChanged,
+        Provisioning::BeingRemoved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provisioning::Applied => "applied",
+            Provisioning::BeingChanged => "being_changed",
+            Provisioning::BeingRemoved => "being_removed",
         }
     }
 }
@@ -316,6 +393,14 @@ fn example_group() -> GroupStatus {
             status_codes: Some("200-399".into()),
         }),
         on_unhealthy: FailoverMode::NoRebalance,
+        on_deregistration: FailoverMode::NoRebalance,
+        deregistration_delay_s: 300,
+        backup: Some(BackupStatus {
+            target_group: "spare".into(),
+            failover_ratio: 0.5,
+        }),
+        serving: Serving::Primary,
+        serving_reason: "1 of 1 targets healthy, failover ratio 0.5".into(),
         last_resort: false,
         flow_idle_timeout_s: 350,
         flow_fin_timeout_s: 10,
@@ -327,6 +412,7 @@ fn example_group() -> GroupStatus {
         }),
         targets: vec![TargetStatus {
             ip: IpAddr::from([10, 0, 3, 11]),
+            via: None,
             port: 80,
             weight: 256,
             ratio: 1.0,
@@ -334,6 +420,13 @@ fn example_group() -> GroupStatus {
             monitor_port: 80,
             mac: Some(Mac::new([2, 0, 0, 0, 0, 0x11])),
             state: TargetState::Healthy,
+            provisioning: Provisioning::Applied,
+            drain: Some(DrainStatus {
+                by_command: true,
+                since: 1000,
+                until: 1300,
+                remaining_s: 120,
+            }),
             selectable: true,
             excluded: None,
             health: Some(HealthStatus {
@@ -368,8 +461,36 @@ mod tests {
         let stickiness = Stickiness::ALL.map(json);
         assert_eq!(
             states,
-            ["initial", "healthy", "unhealthy", "unchecked", "unused"]
+            [
+                "initial",
+                "healthy",
+                "unhealthy",
+                "unchecked",
+                "draining",
+                "unused"
+            ]
         );
+        assert_eq!(
+            Provisioning::ALL.map(json),
+            ["applied", "being_changed", "being_removed"]
+        );
+        assert_eq!(
+            Serving::ALL.map(json),
+            [
+                "primary",
+                "primary_below_ratio",
+                "backup",
+                "primary_last_resort",
+                "backup_last_resort",
+                "nobody"
+            ]
+        );
+        for p in Provisioning::ALL {
+            assert_eq!(json(p), p.as_str());
+        }
+        for s in Serving::ALL {
+            assert_eq!(json(s), s.as_str());
+        }
         assert_eq!(
             exclusions,
             [

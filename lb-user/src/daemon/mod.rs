@@ -1,46 +1,51 @@
 //! `lb run`: load the policy, open the pinned data plane (adopting the one
 //! an earlier `lb` left, with all its flows), keep its maps in step with the
-//! policy (SIGHUP reloads it), the targets' MACs and their health, serve
-//! the API, and on SIGINT/SIGTERM leave with the data plane still
-//! forwarding (`lb detach` removes it).
+//! policy (SIGHUP or `lb apply` changes it), the targets' MACs, their
+//! health and their drains, serve the API, and on SIGINT/SIGTERM leave with
+//! the data plane still forwarding (`lb detach` removes it).
 //!
 //! Every event goes through one step, [`Daemon::reconcile`]: compile the
 //! policy with what is observed now, and apply the plan if it changed. A
 //! policy that fails to load at start stops `lb` before anything changes. A
-//! reload that fails is refused (logged, shown in `lb status`) and the last
-//! good policy keeps serving. A failed write of the maps is logged, shown
-//! and retried; the data plane forwards with what it holds meanwhile.
+//! new policy that fails is refused (logged, shown in `lb status`, told to
+//! `lb apply`) and the last good policy keeps serving. A failed write of
+//! the maps is logged, shown and retried; the data plane forwards with what
+//! it holds meanwhile.
+mod draining;
+mod load;
+mod log;
+mod requests;
+
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
+use lb_common::TargetInfo;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 use tracing::{debug, error, info, warn};
 
 use crate::{
     api,
     dataplane::{
-        AttachMode, Attached, Dataplane, LoadOptions,
-        pin::Instance,
-        sweep::{SweepReport, SweeperHandle},
+        AttachMode, Attached, Dataplane, LoadOptions, pin::Instance, sweep::SweeperHandle,
     },
+    drains::{Drains, Flows},
     flows::Rules,
     health::{HealthMonitor, HealthSnapshot, HealthState, TargetKey},
-    ids::Ids,
     maglev::TableCache,
     neighbors::{self, InterfaceInfo, NeighborWatch},
-    plan::{Exclusion, MapPlan, Observed},
-    policy::{self, HostFacts, Policy, compile::compile_next},
+    plan::{MapPlan, Observed},
+    policy::{Mac, Policy, compile::compile_next},
     state::RuntimeState,
-    status::{self, DataPlaneStatus, ErrorStatus},
+    status::ErrorStatus,
 };
 
 #[derive(Debug, Clone)]
@@ -86,58 +91,6 @@ impl std::fmt::Display for Phases {
     }
 }
 
-/// A policy file read and parsed (checked on its own, not yet against the
-/// host).
-struct Parsed {
-    name: String,
-    text: String,
-    policy: Policy,
-}
-
-/// Reads (in bounded time and memory: `policy::limits`) and parses the
-/// policy; one that balances nothing is refused for serving (an empty or
-/// truncated file must not delete every listener).
-fn parse_policy(path: &Path) -> anyhow::Result<Parsed> {
-    let name = path.display().to_string();
-    let text = policy::read(path)?;
-    let policy = policy::parse(&name, &text)?;
-    policy::check_servable(&name, &text, &policy)?;
-    Ok(Parsed { name, text, policy })
-}
-
-/// The policy checked against the host (targets on the interface's subnets).
-fn check_for_host(parsed: Parsed, iface: &InterfaceInfo) -> anyhow::Result<Policy> {
-    let Parsed {
-        name,
-        text,
-        mut policy,
-    } = parsed;
-    policy.interface = Some(iface.name.clone());
-    policy::validate_for_host(
-        &name,
-        &text,
-        &policy,
-        &HostFacts {
-            iface_nets: iface.nets.clone(),
-        },
-    )?;
-    Ok(policy)
-}
-
-/// Targets whose MAC comes from the neighbour table (no static `mac:`).
-fn dynamic_targets(policy: &Policy) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = policy
-        .target_groups
-        .iter()
-        .flat_map(|g| g.targets.iter())
-        .filter(|t| t.mac.is_none())
-        .map(|t| t.ip)
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips
-}
-
 type Snapshots = BTreeMap<TargetKey, HealthSnapshot>;
 type Verdicts = BTreeMap<TargetKey, HealthState>;
 
@@ -149,21 +102,15 @@ fn verdicts(snapshots: &Snapshots) -> Verdicts {
         .collect()
 }
 
-/// Which interface: `--iface`, else the policy's `interface:`.
-fn interface_name(opts: &RunOptions, parsed: &Parsed) -> anyhow::Result<String> {
-    if let Some(iface) = &opts.iface {
-        return Ok(iface.clone());
-    }
-    parsed.policy.interface.clone().ok_or_else(|| {
-        anyhow!(
-            "{}: no interface: give --iface or set `interface:` in the policy",
-            parsed.name
-        )
-    })
+/// Now, in Unix seconds (what drains are timed in: they survive restarts).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How often the flow tables are swept (ended entries deleted, active flow
-/// counts corrected, retired ids released).
+/// counts corrected, retired ids released, drains settled).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long MACs inherited from an adopted data plane stand in for
@@ -174,6 +121,9 @@ const INHERIT_MACS: Duration = Duration::from_secs(30);
 /// Waits between retries of a failed write of the maps.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// API requests waiting for the event loop.
+const REQUEST_QUEUE: usize = 64;
 
 /// A running `lb`: what it serves, what it observes, and the data plane.
 struct Daemon {
@@ -189,11 +139,19 @@ struct Daemon {
     /// moment its MAC takes to show. Kept until `inherited_until`.
     inherited_macs: BTreeMap<IpAddr, [u8; 6]>,
     inherited_until: Option<tokio::time::Instant>,
+    /// Targets leaving (`crate::drains`), which targets flows still name
+    /// (the last sweep), and when the next drain's delay ends.
+    drains: Drains,
+    flows: Flows,
+    drain_at: Option<tokio::time::Instant>,
     dataplane: Dataplane,
     /// The plan wanted: compiled from `policy` with what is observed.
     plan: MapPlan,
     /// The maps hold `plan`.
     in_sync: bool,
+    /// Each target's entry as the maps hold it (`lb status`: a target whose
+    /// planned entry is not written yet is `being_changed`).
+    written: BTreeMap<TargetKey, TargetInfo>,
     retry_in: Duration,
     retry_at: Option<tokio::time::Instant>,
     /// Started once the first plan is written: its rules (timeouts, retired
@@ -215,16 +173,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     raise_open_files_limit();
     let mut timer = Phases::start();
-    let parsed = parse_policy(&opts.config)?;
-    let iface = neighbors::interface(&interface_name(&opts, &parsed)?).await?;
-    let policy = check_for_host(parsed, &iface)?;
+    let parsed = load::parse_file(&opts.config)?;
+    let iface = neighbors::interface(&load::interface_name(&opts, &parsed)?).await?;
+    let policy = load::check_for_host(&parsed, &iface)?;
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
     timer.lap("policy");
 
-    let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic_targets(&policy)).await?;
-    wait_for_macs(&mut macs, &dynamic_targets(&policy), opts.resolve_wait).await;
-    timer.lap("macs");
     let dataplane = Dataplane::open_pinned(
         &instance,
         &LoadOptions {
@@ -234,21 +189,30 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )?;
     timer.lap("load");
     let state = saved_state(&instance, &dataplane);
+    let drains = restored_drains(&state, &dataplane, &policy)?;
+    let dynamic = load::dynamic_targets(&policy, &drains);
+    let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic.clone()).await?;
+    wait_for_macs(&mut macs, &dynamic, opts.resolve_wait).await;
+    timer.lap("macs");
     let (monitor, health) = HealthMonitor::start_with(&policy, state.verdicts());
     let mut daemon = Daemon::new(
         opts, iface, instance, policy, dataplane, macs, state, &health,
     )?;
+    daemon.drains = drains;
     daemon.first_apply(&mut timer)?;
     daemon.attach()?;
     let api = api::bind(&daemon.opts.socket)
         .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
     timer.lap("attach");
     daemon.ready(&timer);
+    let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
     let services = Services {
         monitor,
         health,
         watch,
         api,
+        requests,
+        requests_tx,
     };
     daemon.serve(signals, services).await
 }
@@ -261,12 +225,33 @@ struct Signals {
 }
 
 /// What runs beside the daemon's own state: the health monitor and its
-/// snapshots, the neighbour watch, the API socket.
+/// snapshots, the neighbour watch, the API socket and the requests read
+/// from it (each connection is read by a task of its own, and its request
+/// answered in the event loop).
 struct Services {
     monitor: HealthMonitor,
     health: watch::Receiver<Snapshots>,
     watch: NeighborWatch,
     api: tokio::net::UnixListener,
+    requests: mpsc::Receiver<(api::Request, api::Responder)>,
+    requests_tx: mpsc::Sender<(api::Request, api::Responder)>,
+}
+
+impl Services {
+    /// Reads a client's request on a task of its own (a slow client holds
+    /// up nobody) and queues it for the event loop.
+    fn receive(&self, stream: tokio::net::UnixStream) {
+        let queue = self.requests_tx.clone();
+        tokio::spawn(async move {
+            match api::receive(stream).await {
+                Ok(Some(request)) => {
+                    let _ = queue.send(request).await;
+                }
+                Ok(None) => {}
+                Err(err) => debug!(%err, "api client"),
+            }
+        });
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -276,8 +261,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// The runtime state saved for an adopted data plane (health verdicts), or
-/// a fresh one.
+/// The runtime state saved for an adopted data plane (health verdicts,
+/// drains), or a fresh one.
 fn saved_state(instance: &Instance, dataplane: &Dataplane) -> RuntimeState {
     if dataplane.adopted() {
         match RuntimeState::load(&instance.state_dir(), dataplane.instance()) {
@@ -292,6 +277,29 @@ fn saved_state(instance: &Instance, dataplane: &Dataplane) -> RuntimeState {
         }
     }
     RuntimeState::new(dataplane.instance())
+}
+
+/// The drains saved with the state, and, for an adopted data plane, those
+/// of the targets it holds that the policy no longer has (taken out while
+/// `lb` was stopped): they drain from now.
+fn restored_drains(
+    state: &RuntimeState,
+    dataplane: &Dataplane,
+    policy: &Policy,
+) -> anyhow::Result<Drains> {
+    let mut drains = Drains::from_list(state.drains.iter().cloned());
+    if dataplane.adopted() {
+        let held = dataplane
+            .target_macs()?
+            .into_iter()
+            .map(|(key, mac)| (key, Some(Mac::new(mac))))
+            .collect();
+        drains.follow_from(held, policy, unix_now());
+    }
+    for d in drains.list() {
+        info!(group = %d.group, target = %d.ip, until = d.until, by_command = d.by_command, "draining");
+    }
+    Ok(drains)
 }
 
 impl Daemon {
@@ -336,9 +344,13 @@ impl Daemon {
             inherited_until: (!inherited_macs.is_empty())
                 .then(|| tokio::time::Instant::now() + INHERIT_MACS),
             inherited_macs,
+            drains: Drains::default(),
+            flows: Flows::default(),
+            drain_at: None,
             dataplane,
             plan,
             in_sync: false,
+            written: BTreeMap::new(),
             retry_in: RETRY_FIRST,
             retry_at: None,
             sweeper: None,
@@ -349,8 +361,8 @@ impl Daemon {
         })
     }
 
-    /// What is observed of the host now.
-    fn observed(&self) -> Observed {
+    /// What is observed of the host now, with `drains`.
+    fn observed(&self, drains: &Drains) -> Observed {
         let mut neighbors = self.inherited_macs.clone();
         neighbors.extend(self.macs.borrow().iter().map(|(ip, mac)| (*ip, *mac)));
         Observed {
@@ -358,14 +370,16 @@ impl Daemon {
             iface_nets: self.iface.nets.clone(),
             neighbors,
             health: self.verdicts.clone(),
-            ..Observed::default()
+            drains: drains.clone(),
+            flows: self.flows.clone(),
+            now_unix: unix_now(),
         }
     }
 
-    /// The plan of `policy` with what is observed now, its ids following
-    /// those of the plan wanted so far.
-    fn compile(&mut self, policy: &Policy) -> anyhow::Result<MapPlan> {
-        let seen = self.observed();
+    /// The plan of `policy` with `drains` and what is observed now, its ids
+    /// following those of the plan wanted so far.
+    fn compile(&mut self, policy: &Policy, drains: &Drains) -> anyhow::Result<MapPlan> {
+        let seen = self.observed(drains);
         Ok(compile_next(
             policy,
             &seen,
@@ -378,8 +392,8 @@ impl Daemon {
     /// The start's first plan, which must be written: a start that cannot
     /// write its maps stops (an adopted data plane forwards on meanwhile).
     fn first_apply(&mut self, timer: &mut Phases) -> anyhow::Result<()> {
-        let policy = self.policy.clone();
-        self.plan = self.compile(&policy)?;
+        let (policy, drains) = (self.policy.clone(), self.drains.clone());
+        self.plan = self.compile(&policy, &drains)?;
         timer.lap("compile");
         self.dataplane.apply(&self.plan)?;
         timer.lap("apply");
@@ -390,18 +404,19 @@ impl Daemon {
                 .spawn(self.rules.clone(), SWEEP_INTERVAL),
         );
         self.applied();
-        report_exclusions(&self.plan);
+        self.schedule_drains();
+        log::report_exclusions(&self.plan);
         Ok(())
     }
 
     /// The one step every event goes through: compile, and apply the plan
     /// if it changed (or the last write failed).
     fn reconcile(&mut self) {
-        let policy = self.policy.clone();
-        match self.compile(&policy) {
+        let (policy, drains) = (self.policy.clone(), self.drains.clone());
+        match self.compile(&policy, &drains) {
             Ok(plan) => {
                 if plan != self.plan || !self.in_sync {
-                    log_changes(&self.plan, &plan);
+                    log::log_changes(&self.plan, &plan);
                     self.plan = plan;
                     self.apply();
                 }
@@ -435,6 +450,12 @@ impl Daemon {
         self.errors.apply = None;
         self.retry_at = None;
         self.retry_in = RETRY_FIRST;
+        self.written = self
+            .plan
+            .targets
+            .iter()
+            .map(|t| (t.key(), t.info))
+            .collect();
         let rules = Rules::of(&self.plan);
         if rules != self.rules {
             self.rules = rules.clone();
@@ -473,6 +494,7 @@ impl Daemon {
             pinned = %self.instance.pin_dir().display(),
             listeners = self.plan.listeners.len(),
             targets = self.plan.targets.len(),
+            draining = self.drains.list().count(),
             socket = %self.opts.socket.display(),
             took = %timer,
             "lb ready"
@@ -480,45 +502,6 @@ impl Daemon {
         if self.dataplane.flow_table_size() != self.policy.max_flows() {
             warn_flow_table_size(&self.dataplane, &self.policy, &self.iface.name);
         }
-    }
-
-    /// SIGHUP: reads the policy again; a policy that fails to load, to
-    /// compile or to balance anything is refused and the last good one
-    /// keeps serving.
-    async fn reload(&mut self, watch: &NeighborWatch, monitor: &mut HealthMonitor) {
-        let mut timer = Phases::start();
-        let loaded = parse_policy(&self.opts.config)
-            .and_then(|parsed| check_for_host(parsed, &self.iface))
-            .and_then(|policy| {
-                timer.lap("policy");
-                let plan = self.compile(&policy)?;
-                timer.lap("compile");
-                Ok((policy, plan))
-            });
-        let (policy, plan) = match loaded {
-            Ok(loaded) => loaded,
-            Err(err) => {
-                error!("policy reload refused, still serving the last good policy:\n{err:#}");
-                self.errors.policy = Some(format!("{err:#}"));
-                return;
-            }
-        };
-        self.errors.policy = None;
-        if policy.max_flows() != self.policy.max_flows() {
-            warn_flow_table_size(&self.dataplane, &policy, &self.iface.name);
-        }
-        if let Err(err) = watch.set_targets(dynamic_targets(&policy)).await {
-            warn!(%err, "following the new targets' MACs");
-        }
-        monitor.update(&policy);
-        self.policy = policy;
-        self.plan = plan;
-        self.apply();
-        timer.lap("apply");
-        if self.in_sync {
-            info!(took = %timer, "policy reloaded");
-        }
-        report_exclusions(&self.plan);
     }
 
     fn on_macs(&mut self) {
@@ -560,26 +543,10 @@ impl Daemon {
         self.reconcile();
     }
 
-    /// A sweep found which target ids flow entries and sticky sessions
-    /// still name: the retired ones nothing names are released.
-    fn on_sweep(&mut self, report: &SweepReport) {
-        if self.plan.ids.retired().next().is_none() {
-            return;
-        }
-        let mut ids: Ids = (*self.plan.ids).clone();
-        let released = ids.release(&report.named, report.started);
-        if released.is_empty() {
-            return;
-        }
-        debug!(?released, "target ids released");
-        self.plan = MapPlan {
-            ids: Arc::new(ids),
-            ..self.plan.clone()
-        };
-        self.apply();
-    }
-
+    /// Saves the runtime state: the verdicts (kept as they change), the
+    /// mode, and the drains as they are now.
     fn save_state(&mut self) {
+        self.state.drains = self.drains.list().cloned().collect();
         match self.state.save(&self.instance.state_dir()) {
             Ok(()) => self.errors.state = None,
             Err(err) => {
@@ -587,41 +554,6 @@ impl Daemon {
                 self.errors.state = Some(err.to_string());
             }
         }
-    }
-
-    /// Answers one API client with the status report.
-    fn answer(&self, stream: tokio::net::UnixStream, health: &Snapshots) {
-        let sweep = self.sweeper.as_ref().and_then(SweeperHandle::last);
-        let report = status::report(&status::Sources {
-            policy: &self.policy,
-            plan: &self.plan,
-            dataplane: &self.dataplane,
-            max_flows: self.dataplane.flow_table_size(),
-            sweep: sweep.as_deref(),
-            health,
-            iface: &self.iface.name,
-            mode: &self.mode,
-            config: &self.opts.config,
-            data_plane: DataPlaneStatus {
-                pin_dir: self.instance.pin_dir().display().to_string(),
-                adopted: self.dataplane.adopted(),
-                state_file: self
-                    .instance
-                    .state_dir()
-                    .join(crate::state::FILE)
-                    .display()
-                    .to_string(),
-            },
-            errors: self.errors.clone(),
-        });
-        tokio::spawn(async move {
-            let answer = move |request| match request {
-                api::Request::Status => report,
-            };
-            if let Err(err) = api::serve_one(stream, answer).await {
-                warn!(%err, "api client");
-            }
-        });
     }
 
     /// The event loop, until SIGINT or SIGTERM: every event ends in
@@ -636,7 +568,7 @@ impl Daemon {
             tokio::select! {
                 _ = signals.int.recv() => break,
                 _ = signals.term.recv() => break,
-                _ = signals.hup.recv() => self.reload(&s.watch, &mut s.monitor).await,
+                _ = signals.hup.recv() => self.reload(&mut s).await,
                 changed = self.macs.changed() => {
                     changed.map_err(|_| anyhow!("the neighbour watcher stopped"))?;
                     self.on_macs();
@@ -647,17 +579,28 @@ impl Daemon {
                 }
                 changed = sweeps.changed() => {
                     if changed.is_ok() && let Some(report) = sweeps.borrow_and_update().clone() {
-                        self.on_sweep(&report);
+                        self.on_sweep(&report, &s.watch).await;
                     }
                 }
                 _ = sleep_until(retry), if retry.is_some() => self.retry(),
                 _ = sleep_until(self.inherited_until), if self.inherited_until.is_some() => {
                     self.forget_inherited_macs();
                 }
+                _ = sleep_until(self.drain_at), if self.drain_at.is_some() => {
+                    self.on_drain_deadline(&s.watch).await;
+                }
                 accepted = s.api.accept() => match accepted {
-                    Ok((stream, _)) => self.answer(stream, &s.health.borrow()),
+                    Ok((stream, _)) => s.receive(stream),
                     Err(err) => warn!(%err, "api accept"),
                 },
+                Some((request, responder)) = s.requests.recv() => {
+                    let reply = self.handle(request, &mut s).await;
+                    tokio::spawn(async move {
+                        if let Err(err) = responder.send(&reply).await {
+                            debug!(%err, "api client left before its answer");
+                        }
+                    });
+                }
             }
         }
         self.leave(s.monitor, s.watch).await;
@@ -730,56 +673,6 @@ async fn wait_for_macs(
         }
     })
     .await;
-}
-
-fn report_exclusions(plan: &MapPlan) {
-    for t in &plan.targets {
-        if t.excluded == Some(Exclusion::MacUnresolved) {
-            warn!(group = %t.group, target = %t.ip, "target MAC unresolved: it takes no traffic until it resolves");
-        }
-    }
-}
-
-/// Logs what changed between two plans of one policy: MACs resolved or
-/// lost, groups entering or leaving last resort.
-fn log_changes(old: &MapPlan, new: &MapPlan) {
-    let old_targets: BTreeMap<u32, _> = old.targets.iter().map(|t| (t.id, t)).collect();
-    for n in &new.targets {
-        let Some(o) = old_targets.get(&n.id) else {
-            continue;
-        };
-        if o.info.mac == n.info.mac && o.excluded == n.excluded {
-            continue;
-        }
-        match (o.excluded, n.excluded) {
-            (_, Some(Exclusion::MacUnresolved)) => {
-                warn!(group = %n.group, target = %n.ip, "target MAC lost: target taken out of selection")
-            }
-            (Some(Exclusion::MacUnresolved), _) => {
-                info!(group = %n.group, target = %n.ip, mac = %neighbors::fmt_mac(&n.info.mac), "target MAC resolved")
-            }
-            _ if o.info.mac != n.info.mac => {
-                info!(group = %n.group, target = %n.ip, mac = %neighbors::fmt_mac(&n.info.mac), "target MAC changed")
-            }
-            _ => {}
-        }
-    }
-    let old_groups: BTreeMap<&str, bool> = old
-        .groups
-        .iter()
-        .map(|g| (g.name.as_str(), g.last_resort))
-        .collect();
-    for n in &new.groups {
-        match (old_groups.get(n.name.as_str()), n.last_resort) {
-            (Some(false), true) => {
-                warn!(group = %n.name, "no healthy target left: last resort, every target takes new flows")
-            }
-            (Some(true), false) => {
-                info!(group = %n.name, "a target is healthy again: last resort over")
-            }
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]

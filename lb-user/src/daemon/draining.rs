@@ -1,0 +1,107 @@
+//! The daemon's side of drains (`crate::drains`): which targets the flows
+//! still name, from each sweep; drains settled when their delay ends or
+//! their flows do; and the timer of the next delay's end.
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use tracing::{debug, info, warn};
+
+use super::{Daemon, load, unix_now};
+use crate::{
+    dataplane::sweep::SweepReport, drains::Flows, ids::TargetKey, neighbors::NeighborWatch,
+    plan::MapPlan,
+};
+
+/// A delay's end is acted on this long after its second begins (drains are
+/// timed in whole Unix seconds).
+const DEADLINE_SLACK: Duration = Duration::from_millis(200);
+
+impl Daemon {
+    /// A sweep found which target ids flow entries and sticky sessions
+    /// still name: drains whose flows ended settle, and retired ids that
+    /// nothing names are released.
+    pub(super) async fn on_sweep(&mut self, report: &SweepReport, watch: &NeighborWatch) {
+        self.flows = self.flows_of(report);
+        let released = self.release(report);
+        if released {
+            // The maps must drop the released ids' records.
+            self.in_sync = false;
+        }
+        if !self.drains.is_empty() {
+            self.settle(watch).await;
+            self.reconcile();
+            self.schedule_drains();
+        } else if released {
+            self.apply();
+        }
+    }
+
+    /// The delay of a drain ended: its target is unused now.
+    pub(super) async fn on_drain_deadline(&mut self, watch: &NeighborWatch) {
+        self.drain_at = None;
+        self.settle(watch).await;
+        self.reconcile();
+        self.schedule_drains();
+    }
+
+    /// The keys of the targets `report` found named, and when it started.
+    fn flows_of(&self, report: &SweepReport) -> Flows {
+        let by_id: BTreeMap<u32, &TargetKey> = self
+            .plan
+            .ids
+            .targets()
+            .map(|(key, a)| (a.id, key))
+            .collect();
+        Flows {
+            named: report
+                .named
+                .iter()
+                .filter_map(|id| by_id.get(id).map(|k| (*k).clone()))
+                .collect(),
+            swept_at: Some(unix_now().saturating_sub(report.started.elapsed().as_secs())),
+        }
+    }
+
+    /// Releases the retired target ids nothing names any more; true if
+    /// some were.
+    fn release(&mut self, report: &SweepReport) -> bool {
+        if self.plan.ids.retired().next().is_none() {
+            return false;
+        }
+        let mut ids = (*self.plan.ids).clone();
+        let released = ids.release(&report.named, report.started);
+        if released.is_empty() {
+            return false;
+        }
+        debug!(?released, "target ids released");
+        self.plan = MapPlan {
+            ids: Arc::new(ids),
+            ..self.plan.clone()
+        };
+        true
+    }
+
+    /// Forgets the drains that are done (their targets leave the plan),
+    /// saves the state, and stops following the MACs of those gone.
+    async fn settle(&mut self, watch: &NeighborWatch) {
+        let done = self.drains.settle(unix_now(), &self.flows, &self.policy);
+        if done.is_empty() {
+            return;
+        }
+        for key in &done {
+            info!(group = %key.group, target = %key.ip, via = key.via.as_deref().unwrap_or(""), "drained: the target left");
+        }
+        self.save_state();
+        let dynamic = load::dynamic_targets(&self.policy, &self.drains);
+        if let Err(err) = watch.set_targets(dynamic).await {
+            warn!(%err, "following the targets' MACs");
+        }
+    }
+
+    /// Wakes the event loop when the next drain's delay ends.
+    pub(super) fn schedule_drains(&mut self) {
+        let now = unix_now();
+        self.drain_at = self.drains.next_deadline(now).map(|until| {
+            tokio::time::Instant::now() + Duration::from_secs(until - now) + DEADLINE_SLACK
+        });
+    }
+}

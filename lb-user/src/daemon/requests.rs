@@ -1,0 +1,225 @@
+//! What changes a running `lb` on request: a new policy (SIGHUP reads its
+//! file, `lb apply` sends a text; both take the same path: checked,
+//! compiled, its changes named, then taken whole or not at all), `lb drain`
+//! and `lb undrain`; and the status report.
+use tracing::{error, info, warn};
+
+use super::{Daemon, Phases, Services, load, log, unix_now, warn_flow_table_size};
+use crate::{
+    api::{self, ApplyReply, DrainReply, Reply, Request, TargetRef},
+    drains::Drains,
+    flows,
+    ids::TargetKey,
+    plan::MapPlan,
+    policy::{
+        Policy,
+        diff::{self, Change},
+    },
+    status::{self, DataPlaneStatus},
+};
+
+/// A new policy, checked and compiled, not yet taken.
+struct Proposal {
+    text: String,
+    policy: Policy,
+    drains: Drains,
+    plan: MapPlan,
+    changes: Vec<Change>,
+}
+
+impl Daemon {
+    /// Answers one API request.
+    pub(super) async fn handle(&mut self, request: Request, s: &mut Services) -> Reply {
+        match request {
+            Request::Status => Reply::Status(Box::new(self.status(s))),
+            Request::Apply(apply) => Reply::Apply(self.on_apply(apply, s).await),
+            Request::Drain(target) => self.on_drain(target, true),
+            Request::Undrain(target) => self.on_drain(target, false),
+        }
+    }
+
+    fn status(&self, s: &Services) -> status::StatusReport {
+        let sweep = self
+            .sweeper
+            .as_ref()
+            .and_then(crate::dataplane::sweep::SweeperHandle::last);
+        status::report(&status::Sources {
+            policy: &self.policy,
+            plan: &self.plan,
+            dataplane: &self.dataplane,
+            max_flows: self.dataplane.flow_table_size(),
+            sweep: sweep.as_deref(),
+            health: &s.health.borrow(),
+            drains: &self.drains,
+            written: &self.written,
+            now_unix: unix_now(),
+            iface: &self.iface.name,
+            mode: &self.mode,
+            config: &self.opts.config,
+            data_plane: DataPlaneStatus {
+                pin_dir: self.instance.pin_dir().display().to_string(),
+                adopted: self.dataplane.adopted(),
+                state_file: self
+                    .instance
+                    .state_dir()
+                    .join(crate::state::FILE)
+                    .display()
+                    .to_string(),
+            },
+            errors: self.errors.clone(),
+        })
+    }
+
+    /// Checks `parsed` against the host and compiles it with the drains it
+    /// starts: nothing changes yet.
+    fn propose(&mut self, parsed: load::Parsed) -> anyhow::Result<Proposal> {
+        let policy = load::check_for_host(&parsed, &self.iface)?;
+        let mut drains = self.drains.clone();
+        drains.follow(&self.policy, &policy, unix_now());
+        let plan = self.compile(&policy, &drains)?;
+        let mut changes = diff::changes(&self.policy, &policy);
+        for change in &mut changes {
+            if let Change::TargetRemoved { group, ip, removal } = change {
+                let key = TargetKey::new(group.as_str(), *ip);
+                removal.active_flows = Some(self.active_flows(&key));
+                removal.unused_by = drains.get(&key).map(|d| d.until);
+            }
+        }
+        Ok(Proposal {
+            text: parsed.text,
+            policy,
+            drains,
+            plan,
+            changes,
+        })
+    }
+
+    /// Flows in progress on `key`'s target now (0 if it has no id).
+    fn active_flows(&self, key: &TargetKey) -> u64 {
+        self.plan
+            .ids
+            .target(key)
+            .map_or(0, |a| flows::shown(self.dataplane.active_flows(a.id)))
+    }
+
+    /// Takes a proposal: the policy, its drains and its plan, written.
+    async fn take(&mut self, p: Proposal, s: &mut Services) {
+        if p.policy.max_flows() != self.policy.max_flows() {
+            warn_flow_table_size(&self.dataplane, &p.policy, &self.iface.name);
+        }
+        for change in &p.changes {
+            info!(%change, "policy change");
+        }
+        let dynamic = load::dynamic_targets(&p.policy, &p.drains);
+        if let Err(err) = s.watch.set_targets(dynamic).await {
+            warn!(%err, "following the new targets' MACs");
+        }
+        s.monitor.update(&p.policy);
+        self.errors.policy = None;
+        self.policy = p.policy;
+        self.drains = p.drains;
+        self.save_state();
+        log::log_changes(&self.plan, &p.plan);
+        self.plan = p.plan;
+        self.apply();
+        self.schedule_drains();
+        log::report_exclusions(&self.plan);
+    }
+
+    /// SIGHUP: reads the policy file again and takes it; one that fails to
+    /// load, to compile or to balance anything is refused and the last
+    /// good one keeps serving.
+    pub(super) async fn reload(&mut self, s: &mut Services) {
+        let mut timer = Phases::start();
+        let proposal = load::parse_file(&self.opts.config).and_then(|parsed| {
+            timer.lap("policy");
+            self.propose(parsed)
+        });
+        match proposal {
+            Ok(p) => {
+                timer.lap("compile");
+                let changes = p.changes.len();
+                self.take(p, s).await;
+                timer.lap("apply");
+                if self.in_sync {
+                    info!(took = %timer, changes, "policy reloaded");
+                }
+            }
+            Err(err) => self.refused(&err),
+        }
+    }
+
+    fn refused(&mut self, err: &anyhow::Error) {
+        error!("policy refused, still serving the last good policy:\n{err:#}");
+        self.errors.policy = Some(format!("{err:#}"));
+    }
+
+    /// `lb apply`: the plan of the policy sent, and unless a dry run, the
+    /// policy taken and made the policy file (a SIGHUP or a restart serves
+    /// it too).
+    async fn on_apply(&mut self, apply: api::Apply, s: &mut Services) -> ApplyReply {
+        let mut reply = ApplyReply {
+            source: apply.source.clone(),
+            dry_run: apply.dry_run,
+            applied: false,
+            refused: None,
+            apply_error: None,
+            changes: Vec::new(),
+        };
+        let proposal = load::parse_text(apply.source, apply.text).and_then(|p| self.propose(p));
+        let p = match proposal {
+            Ok(p) => p,
+            Err(err) => {
+                if !apply.dry_run {
+                    self.refused(&err);
+                }
+                reply.refused = Some(format!("{err:#}"));
+                return reply;
+            }
+        };
+        reply.changes = p.changes.clone();
+        if apply.dry_run {
+            return reply;
+        }
+        if let Err(err) = load::save_policy(&self.opts.config, &p.text) {
+            self.refused(&err);
+            reply.refused = Some(format!("{err:#}"));
+            return reply;
+        }
+        info!(source = %reply.source, changes = p.changes.len(), "lb apply");
+        self.take(p, s).await;
+        reply.applied = true;
+        reply.apply_error = self.errors.apply.clone();
+        reply
+    }
+
+    /// `lb drain` (`drain`) or `lb undrain`.
+    fn on_drain(&mut self, target: TargetRef, drain: bool) -> Reply {
+        let done = if drain {
+            self.drains
+                .drain(&self.policy, &target.group, target.ip, unix_now())
+        } else {
+            self.drains.undrain(&target.group, target.ip)
+        };
+        let d = match done {
+            Ok(d) => d,
+            Err(err) => return Reply::Error(err.to_string()),
+        };
+        let active_flows = self.active_flows(&d.key());
+        if drain {
+            info!(group = %d.group, target = %d.ip, active_flows, delay_s = d.until - d.since, "lb drain: draining");
+        } else {
+            info!(group = %d.group, target = %d.ip, active_flows, "lb undrain: active again");
+        }
+        self.save_state();
+        self.reconcile();
+        self.schedule_drains();
+        Reply::Drain(DrainReply {
+            group: target.group,
+            ip: target.ip,
+            draining: drain,
+            active_flows,
+            until: drain.then_some(d.until),
+        })
+    }
+}
