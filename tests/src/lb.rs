@@ -42,6 +42,30 @@ pub struct LbProcess {
     iface: String,
 }
 
+/// What a client command of `lb` did.
+#[derive(Debug, Clone)]
+pub struct ClientRun {
+    /// None if a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ClientRun {
+    /// Runs `cmd` to its end.
+    pub fn of(cmd: &mut Command) -> Result<ClientRun, LabError> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(LabError::io(format!("spawn {cmd:?}")))?;
+        Ok(ClientRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
 /// How to start `lb run`.
 #[derive(Debug, Clone)]
 pub struct Start<'a> {
@@ -199,6 +223,17 @@ impl LbProcess {
             cmd.arg("--json");
         }
         crate::lab::run(cmd.arg("--socket").arg(&self.socket))
+    }
+
+    /// Runs `lb ARGS... --socket SOCKET`, a command that talks to this
+    /// `lb` (`apply`, `drain`, `undrain`): what it printed and its exit code.
+    pub fn client(&self, args: &[&str]) -> Result<ClientRun, LabError> {
+        ClientRun::of(
+            Command::new(&self.bin)
+                .args(args)
+                .arg("--socket")
+                .arg(&self.socket),
+        )
     }
 
     /// The status report, straight from the API socket (cheap enough to poll).

@@ -73,6 +73,9 @@ struct Progress {
 }
 
 pub struct Streams {
+    started: Instant,
+    /// The target each stream was on when it opened.
+    targets: Vec<String>,
     stop: Arc<AtomicBool>,
     progress: Vec<Arc<Progress>>,
     threads: Vec<JoinHandle<Report>>,
@@ -99,6 +102,7 @@ impl Streams {
         let started = Instant::now();
         let mut progress = Vec::new();
         let mut threads = Vec::new();
+        let targets = opened.iter().map(|(_, t)| t.clone()).collect();
         for (spec, (stream, target)) in specs.iter().zip(opened) {
             let p = Arc::new(Progress::default());
             progress.push(p.clone());
@@ -110,6 +114,8 @@ impl Streams {
             threads.push(thread);
         }
         Streams {
+            started,
+            targets,
             stop,
             progress,
             threads,
@@ -142,6 +148,16 @@ impl Streams {
             );
             thread::sleep(INTERVAL / 2);
         }
+    }
+
+    /// When the streams started: [`Report::broken`] times count from it.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// How many streams opened on each target, by name.
+    pub fn on(&self, target: &str) -> usize {
+        self.targets.iter().filter(|t| *t == target).count()
     }
 
     /// Exchanges answered so far, per stream.
