@@ -122,7 +122,9 @@ impl Drains {
     /// Follows a change of the policy from `old` to `new` at `now`: the
     /// targets that left a group that stays start draining with that
     /// group's delay (those of a group that left go at once: nothing routes
-    /// to them); those back stop draining, unless drained by command.
+    /// to them); those back stop draining, unless drained by command; and
+    /// every drain's delay becomes its group's new one, counted from when
+    /// it began.
     pub fn follow(&mut self, old: &Policy, new: &Policy, now: u64) {
         self.follow_from(wanted(old), new, now);
     }
@@ -150,6 +152,11 @@ impl Drains {
         });
         for d in self.by_key.values_mut() {
             d.by_command &= after.contains_key(&d.key());
+            // The delay is the group's as the policy says it now: lowered,
+            // it ends drains in progress sooner (0: at once).
+            if let Some(g) = new.target_groups.iter().find(|g| g.name == d.group) {
+                d.until = d.since + u64::from(g.deregistration_delay_s());
+            }
         }
     }
 
@@ -396,6 +403,21 @@ mod tests {
         assert!(d.settle(1300, &flows(&[12], 1299), &new).is_empty());
         assert_eq!(d.settle(1400, &flows(&[], 1399), &new), vec![key(12)]);
         assert!(d.get(&key(12)).is_none());
+    }
+
+    #[test]
+    fn a_new_delay_applies_to_drains_in_progress() {
+        let (old, new) = (policy(&[11, 12], 300, false), policy(&[11], 300, false));
+        let mut d = Drains::default();
+        d.follow(&old, &new, 1000);
+        d.follow(&new, &policy(&[11], 60, false), 1010);
+        assert_eq!(d.get(&key(12)).unwrap().until, 1060);
+        d.follow(&new, &policy(&[11], 0, true), 1020);
+        let unknown = Flows::default();
+        assert_eq!(
+            d.phase(&key(12), 1020, &unknown, FailoverMode::Rebalance),
+            Some(Phase::Unused { lingering: false })
+        );
     }
 
     #[test]

@@ -297,6 +297,10 @@ async fn apply(socket: &Path, file: &Path, dry_run: bool, json: bool) -> ExitCod
             eprintln!("lb: lb answered {other:?} to `apply`");
             return ExitCode::from(UNREACHED);
         }
+        Err(err @ api::ClientError::Remote { .. }) => {
+            eprintln!("lb: {err}");
+            return ExitCode::from(REFUSED);
+        }
         Err(err) => {
             eprintln!("lb: {err}");
             return ExitCode::from(UNREACHED);

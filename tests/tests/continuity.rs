@@ -50,6 +50,9 @@ struct Policy {
     streamed: Vec<usize>,
     /// A TCP health check on the `rr` group.
     rr_checked: bool,
+    /// The streamed groups' `deregistration_delay_s` and whether they
+    /// rebalance (else the defaults: 300 s, no_rebalance).
+    streamed_leave: Option<(u32, bool)>,
 }
 
 impl Default for Policy {
@@ -62,6 +65,7 @@ impl Default for Policy {
             reversed: false,
             streamed: vec![0, 1, 2],
             rr_checked: false,
+            streamed_leave: None,
         }
     }
 }
@@ -97,6 +101,16 @@ impl Policy {
     fn group(&self, name: &str, algorithm: &str, proto: &str, targets: &[usize]) -> String {
         let mut y =
             format!("  - name: {name}\n    protocol: {proto}\n    algorithm: {algorithm}\n");
+        if let (Some((delay, rebalance)), false) = (self.streamed_leave, name == "web") {
+            let mode = if rebalance {
+                "rebalance"
+            } else {
+                "no_rebalance"
+            };
+            y += &format!(
+                "    deregistration_delay_s: {delay}\n    target_failover: {{ on_unhealthy: {mode}, on_deregistration: {mode} }}\n"
+            );
+        }
         if name == "rr" && self.rr_checked {
             y += "    health_check: { type: tcp, interval_s: 2, timeout_s: 1, healthy_threshold: 2, unhealthy_threshold: 2 }\n";
         }
@@ -406,10 +420,12 @@ fn a_killed_or_stopped_lb_breaks_no_connection_and_is_adopted() {
 }
 
 /// A start with a changed policy: t2 was removed from every streamed group
-/// while lb was down. Only t2's flows move (and so break); every other
-/// stream goes on.
+/// while lb was down. It drains from the start, as if a reload had removed
+/// it: its flows go on, and no other flow notices. A reload with
+/// `deregistration_delay_s: 0` and `rebalance` then moves its flows (and
+/// so breaks them), and only them.
 #[test]
-fn a_start_with_a_target_removed_moves_only_its_flows() {
+fn a_start_with_a_target_removed_drains_it() {
     let s = LabRun::start_yaml(&Policy::default().yaml(), |_| {});
     let streams = Streams::start(&s.lab, &specs());
     let steps = streams::Steps::default();
@@ -426,28 +442,41 @@ fn a_start_with_a_target_removed_moves_only_its_flows() {
     let lb = lab
         .start_lb(&policy, &["--xdp-mode", "native"])
         .unwrap_or_else(|e| panic!("restart: {e}"));
-    // Every stream has exchanged since (a t2 stream breaks at its first).
-    std::thread::sleep(streams::INTERVAL * 5);
+    let t2: IpAddr = TARGETS[1].v4.into();
+    let status = lb.report().unwrap();
+    for (group, ..) in STREAMED {
+        let target = status
+            .target(group, t2)
+            .unwrap_or_else(|| panic!("{group}: t2 gone at once\n{}", status.show(Some(group))));
+        assert_eq!(target["state"], "draining", "{group}: {target}");
+        assert_eq!(target["provisioning"], "being_removed", "{group}");
+    }
+    streams.wait_answers(5, T);
+    assert_eq!(streams.broken_now(), 0, "a stream broke while t2 drains");
+    steps.push("reload: deregistration_delay_s 0, rebalance");
+    let moved = Policy {
+        streamed_leave: Some((0, true)),
+        ..without_t2
+    };
+    assert!(reload(&lb, &policy, &moved.yaml()), "{}", lb.log());
+    let on_t2 = streams.on("t2");
+    let deadline = Instant::now() + T;
+    while streams.broken_now() < on_t2 {
+        assert!(
+            Instant::now() < deadline,
+            "t2's streams did not move:\n{}",
+            steps.show()
+        );
+        std::thread::sleep(streams::INTERVAL);
+    }
     streams.wait_answers(5, T);
     let reports = streams.stop();
-    let on_t2: Vec<&Report> = reports.iter().filter(|r| r.target == "t2").collect();
-    let others: Vec<Report> = reports
-        .iter()
-        .filter(|r| r.target != "t2")
-        .cloned()
-        .collect();
+    let (on_t2, others): (Vec<Report>, Vec<Report>) =
+        reports.into_iter().partition(|r| r.target == "t2");
     assert!(
-        !on_t2.is_empty(),
-        "no stream on t2: {:?}",
-        streams::by_target(&reports)
+        !on_t2.is_empty() && on_t2.iter().all(|r| r.broken.is_some()),
+        "{on_t2:?}"
     );
-    for r in &on_t2 {
-        assert!(
-            r.broken.is_some(),
-            "{} stayed on the removed t2: {r:?}",
-            r.name
-        );
-    }
     assert_none_broken(&others, &steps);
     drop(lb);
 }

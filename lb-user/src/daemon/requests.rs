@@ -145,12 +145,14 @@ impl Daemon {
                     info!(took = %timer, changes, "policy reloaded");
                 }
             }
-            Err(err) => self.refused(&err),
+            Err(err) => self.refused("policy reload", &err),
         }
     }
 
-    fn refused(&mut self, err: &anyhow::Error) {
-        error!("policy refused, still serving the last good policy:\n{err:#}");
+    /// A new policy refused (`how` it came): logged, and shown in the
+    /// status until one is taken.
+    fn refused(&mut self, how: &str, err: &anyhow::Error) {
+        error!("{how} refused, still serving the last good policy:\n{err:#}");
         self.errors.policy = Some(format!("{err:#}"));
     }
 
@@ -171,7 +173,7 @@ impl Daemon {
             Ok(p) => p,
             Err(err) => {
                 if !apply.dry_run {
-                    self.refused(&err);
+                    self.refused("lb apply", &err);
                 }
                 reply.refused = Some(format!("{err:#}"));
                 return reply;
@@ -182,7 +184,7 @@ impl Daemon {
             return reply;
         }
         if let Err(err) = load::save_policy(&self.opts.config, &p.text) {
-            self.refused(&err);
+            self.refused("lb apply", &err);
             reply.refused = Some(format!("{err:#}"));
             return reply;
         }
