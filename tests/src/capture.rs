@@ -99,65 +99,77 @@ pub fn decode(frame: &[u8]) -> Option<Frame> {
     let ethertype = be16(frame, 12)?;
     let l3 = frame.get(14..)?;
     let payload = match ethertype {
-        ETHERTYPE_IPV4 => {
-            let ihl = usize::from(l3.first()? & 0x0f) * 4;
-            let proto = *l3.get(9)?;
-            let fragment_offset = be16(l3, 6)? & 0x1fff;
-            let (sport, dport) = if fragment_offset == 0 {
-                ports(l3.get(ihl..)?, proto)
-            } else {
-                (0, 0)
-            };
-            Payload::Ip {
-                src: v4(l3, 12)?.into(),
-                dst: v4(l3, 16)?.into(),
-                proto,
-                sport,
-                dport,
-            }
-        }
-        ETHERTYPE_IPV6 => {
-            let next = *l3.get(6)?;
-            let src = v6(l3, 8)?;
-            let l4 = l3.get(40..)?;
-            match (next, l4.first()) {
-                (IPPROTO_ICMPV6, Some(136)) => Payload::NeighborAdvert {
-                    src,
-                    target: v6(l4, 8)?,
-                },
-                (IPPROTO_ICMPV6, Some(135)) => Payload::NeighborSolicit {
-                    src,
-                    target: v6(l4, 8)?,
-                },
-                _ => {
-                    let (sport, dport) = ports(l4, next);
-                    Payload::Ip {
-                        src: src.into(),
-                        dst: v6(l3, 24)?.into(),
-                        proto: next,
-                        sport,
-                        dport,
-                    }
-                }
-            }
-        }
-        ETHERTYPE_ARP => match be16(l3, 6)? {
-            1 => Payload::ArpRequest {
-                sender_ip: v4(l3, 14)?,
-                target_ip: v4(l3, 24)?,
-            },
-            2 => Payload::ArpReply {
-                sender_mac: mac(l3, 8)?,
-                sender_ip: v4(l3, 14)?,
-            },
-            _ => Payload::Other,
-        },
+        ETHERTYPE_IPV4 => ipv4(l3)?,
+        ETHERTYPE_IPV6 => ipv6(l3)?,
+        ETHERTYPE_ARP => arp(l3)?,
         _ => Payload::Other,
     };
     Some(Frame {
         dst_mac,
         src_mac,
         payload,
+    })
+}
+
+/// An IPv4 packet (no ports for a fragment other than the first).
+fn ipv4(l3: &[u8]) -> Option<Payload> {
+    let ihl = usize::from(l3.first()? & 0x0f) * 4;
+    let proto = *l3.get(9)?;
+    let fragment_offset = be16(l3, 6)? & 0x1fff;
+    let (sport, dport) = if fragment_offset == 0 {
+        ports(l3.get(ihl..)?, proto)
+    } else {
+        (0, 0)
+    };
+    Some(Payload::Ip {
+        src: v4(l3, 12)?.into(),
+        dst: v4(l3, 16)?.into(),
+        proto,
+        sport,
+        dport,
+    })
+}
+
+/// An IPv6 packet: a neighbour advertisement or solicitation, else its
+/// addresses and ports.
+fn ipv6(l3: &[u8]) -> Option<Payload> {
+    let next = *l3.get(6)?;
+    let src = v6(l3, 8)?;
+    let l4 = l3.get(40..)?;
+    Some(match (next, l4.first()) {
+        (IPPROTO_ICMPV6, Some(136)) => Payload::NeighborAdvert {
+            src,
+            target: v6(l4, 8)?,
+        },
+        (IPPROTO_ICMPV6, Some(135)) => Payload::NeighborSolicit {
+            src,
+            target: v6(l4, 8)?,
+        },
+        _ => {
+            let (sport, dport) = ports(l4, next);
+            Payload::Ip {
+                src: src.into(),
+                dst: v6(l3, 24)?.into(),
+                proto: next,
+                sport,
+                dport,
+            }
+        }
+    })
+}
+
+/// An ARP request or reply.
+fn arp(l3: &[u8]) -> Option<Payload> {
+    Some(match be16(l3, 6)? {
+        1 => Payload::ArpRequest {
+            sender_ip: v4(l3, 14)?,
+            target_ip: v4(l3, 24)?,
+        },
+        2 => Payload::ArpReply {
+            sender_mac: mac(l3, 8)?,
+            sender_ip: v4(l3, 14)?,
+        },
+        _ => Payload::Other,
     })
 }
 

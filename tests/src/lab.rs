@@ -404,15 +404,7 @@ impl Lab {
             .map_err(LabError::io(format!("spawn {what}")))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take().expect("piped stdin");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line.trim().to_owned()).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = reply_lines(stdout);
         let timeout = self.options.ready_timeout;
         let first = rx.recv_timeout(timeout);
         self.processes.push(Process {
@@ -421,24 +413,7 @@ impl Lab {
             child,
             control: Some(Mutex::new(Control { stdin, replies: rx })),
         });
-        match first {
-            Ok(line) if line == "ready" => Ok(()),
-            Ok(other) => Err(LabError::Timeout {
-                what,
-                secs: timeout.as_secs(),
-                detail: format!(" (it said {other:?} instead of `ready`; its stderr is above)"),
-            }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(LabError::Timeout {
-                what,
-                secs: timeout.as_secs(),
-                detail: " (it exited; its stderr is above)".into(),
-            }),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(LabError::Timeout {
-                what,
-                secs: timeout.as_secs(),
-                detail: String::new(),
-            }),
-        }
+        ready(what, timeout, first)
     }
 
     /// Where the lab server of `node` records the HTTP requests it receives.
@@ -561,17 +536,30 @@ impl Lab {
     }
 
     fn build_topology(&mut self) -> Result<(), LabError> {
-        let sw = self.ns(Node::Switch);
         for node in [Node::Switch].into_iter().chain(Node::hosts()) {
             let ns = self.ns(node);
             run(Command::new("ip").args(["netns", "add", &ns]))?;
             self.created.push(ns);
         }
-        // The switch: no IPv6 of its own (keeps the segment quiet), a bridge
-        // without multicast snooping (neighbour solicitations are flooded like
-        // ARP), one port per host.
+        let sw = self.ns(Node::Switch);
+        self.build_switch(&sw)?;
+        for node in Node::hosts() {
+            let ns = self.ns(node);
+            set_sysctls(&ns, &host_sysctls(node))?;
+            ip_batch(Some(&ns), &host_links(node))?;
+        }
+        // Native XDP_TX on the lb's veth hands frames to p-lb with unfinished
+        // checksums unless p-lb computes them itself (TOOLCHAIN.md).
+        run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
+        Ok(())
+    }
+
+    /// The switch: no IPv6 of its own (keeps the segment quiet), a bridge
+    /// without multicast snooping (neighbour solicitations are flooded like
+    /// ARP), one port per host.
+    fn build_switch(&self, sw: &str) -> Result<(), LabError> {
         set_sysctls(
-            &sw,
+            sw,
             &[
                 ("net/ipv6/conf/all/disable_ipv6", "1"),
                 ("net/ipv6/conf/default/disable_ipv6", "1"),
@@ -591,65 +579,7 @@ impl Lab {
             batch.push(format!("link set {port} master br0"));
             batch.push(format!("link set {port} up"));
         }
-        ip_batch(Some(&sw), &batch)?;
-
-        for node in Node::hosts() {
-            let ns = self.ns(node);
-            let mut sysctls = vec![
-                // Addresses are usable at once (no duplicate address detection).
-                ("net/ipv6/conf/eth0/accept_dad", "0"),
-                ("net/ipv6/conf/eth0/router_solicitations", "0"),
-            ];
-            if let Node::Target(_) = node {
-                // DSR target (SPEC.md): never answer ARP for the VIP on lo, and
-                // never announce it as the source of our own ARP requests.
-                sysctls.push(("net/ipv4/conf/all/arp_ignore", "1"));
-                sysctls.push(("net/ipv4/conf/all/arp_announce", "2"));
-            }
-            set_sysctls(&ns, &sysctls)?;
-            let mac = fmt_mac(node.mac().expect("hosts have a MAC"));
-            let mut batch = vec![
-                "link set lo up".to_owned(),
-                format!("link set eth0 address {mac}"),
-                "link set eth0 up".to_owned(),
-            ];
-            let mut v4 = |a: String| batch.push(format!("addr add {a} dev eth0"));
-            match node {
-                Node::Client => {
-                    for i in 0..topo::CLIENT_ADDRS {
-                        v4(format!("{}/24", topo::client4(i)));
-                    }
-                    for i in 0..topo::CLIENT_ADDRS {
-                        v4(format!("{}/64 nodad", topo::client6(i)));
-                    }
-                }
-                Node::Lb => {
-                    v4(format!("{LB4}/24"));
-                    v4(format!("{LB6}/64 nodad"));
-                    // The lb owns the VIPs on its interface, so it (and only
-                    // it) answers ARP and neighbour solicitations for them.
-                    // The IPv6 VIP is deprecated (preferred_lft 0): still
-                    // answered for, never picked as a source; a /128 on the
-                    // outgoing interface would otherwise win source address
-                    // selection (longest match) for every neighbour on the
-                    // segment, and the targets' answers would stay on them.
-                    v4(format!("{VIP4}/32"));
-                    v4(format!("{VIP6}/128 nodad preferred_lft 0"));
-                }
-                Node::Target(i) => {
-                    v4(format!("{}/24", TARGETS[i].v4));
-                    v4(format!("{}/64 nodad", TARGETS[i].v6));
-                    batch.push(format!("addr add {VIP4}/32 dev lo"));
-                    batch.push(format!("addr add {VIP6}/128 dev lo"));
-                }
-                Node::Switch => unreachable!("not a host"),
-            }
-            ip_batch(Some(&ns), &batch)?;
-        }
-        // Native XDP_TX on the lb's veth hands frames to p-lb with unfinished
-        // checksums unless p-lb computes them itself (TOOLCHAIN.md).
-        run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
-        Ok(())
+        ip_batch(Some(sw), &batch)
     }
 
     fn attach_pass(&mut self) -> Result<(), LabError> {
@@ -711,6 +641,106 @@ impl Lab {
             })?;
         }
         Ok(())
+    }
+}
+
+/// The sysctls of a host's namespace.
+fn host_sysctls(node: Node) -> Vec<(&'static str, &'static str)> {
+    let mut sysctls = vec![
+        // Addresses are usable at once (no duplicate address detection).
+        ("net/ipv6/conf/eth0/accept_dad", "0"),
+        ("net/ipv6/conf/eth0/router_solicitations", "0"),
+    ];
+    if let Node::Target(_) = node {
+        // DSR target (SPEC.md): never answer ARP for the VIP on lo, and
+        // never announce it as the source of our own ARP requests.
+        sysctls.push(("net/ipv4/conf/all/arp_ignore", "1"));
+        sysctls.push(("net/ipv4/conf/all/arp_announce", "2"));
+    }
+    sysctls
+}
+
+/// The `ip -batch` lines that bring a host's interfaces up with its MAC and
+/// addresses.
+fn host_links(node: Node) -> Vec<String> {
+    let mac = fmt_mac(node.mac().expect("hosts have a MAC"));
+    let mut batch = vec![
+        "link set lo up".to_owned(),
+        format!("link set eth0 address {mac}"),
+        "link set eth0 up".to_owned(),
+    ];
+    let mut v4 = |a: String| batch.push(format!("addr add {a} dev eth0"));
+    match node {
+        Node::Client => {
+            for i in 0..topo::CLIENT_ADDRS {
+                v4(format!("{}/24", topo::client4(i)));
+            }
+            for i in 0..topo::CLIENT_ADDRS {
+                v4(format!("{}/64 nodad", topo::client6(i)));
+            }
+        }
+        Node::Lb => {
+            v4(format!("{LB4}/24"));
+            v4(format!("{LB6}/64 nodad"));
+            // The lb owns the VIPs on its interface, so it (and only
+            // it) answers ARP and neighbour solicitations for them.
+            // The IPv6 VIP is deprecated (preferred_lft 0): still
+            // answered for, never picked as a source; a /128 on the
+            // outgoing interface would otherwise win source address
+            // selection (longest match) for every neighbour on the
+            // segment, and the targets' answers would stay on them.
+            v4(format!("{VIP4}/32"));
+            v4(format!("{VIP6}/128 nodad preferred_lft 0"));
+        }
+        Node::Target(i) => {
+            v4(format!("{}/24", TARGETS[i].v4));
+            v4(format!("{}/64 nodad", TARGETS[i].v6));
+            batch.push(format!("addr add {VIP4}/32 dev lo"));
+            batch.push(format!("addr add {VIP6}/128 dev lo"));
+        }
+        Node::Switch => unreachable!("not a host"),
+    }
+    batch
+}
+
+/// A lab server's stdout, line by line (trimmed), read on a thread of its
+/// own.
+fn reply_lines(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line.trim().to_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Whether a lab server's first line, waited for `timeout`, says it is ready.
+fn ready(
+    what: String,
+    timeout: Duration,
+    first: Result<String, mpsc::RecvTimeoutError>,
+) -> Result<(), LabError> {
+    match first {
+        Ok(line) if line == "ready" => Ok(()),
+        Ok(other) => Err(LabError::Timeout {
+            what,
+            secs: timeout.as_secs(),
+            detail: format!(" (it said {other:?} instead of `ready`; its stderr is above)"),
+        }),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(LabError::Timeout {
+            what,
+            secs: timeout.as_secs(),
+            detail: " (it exited; its stderr is above)".into(),
+        }),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(LabError::Timeout {
+            what,
+            secs: timeout.as_secs(),
+            detail: String::new(),
+        }),
     }
 }
 

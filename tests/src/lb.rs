@@ -88,38 +88,16 @@ impl LbProcess {
     /// Starts `BIN run --config CONFIG --socket SOCKET --iface IFACE EXTRA...`
     /// in namespace `ns` and waits up to `timeout` for its ready line.
     pub fn start(start: &Start<'_>) -> Result<LbProcess, LabError> {
-        let &Start {
-            ns,
-            bin,
-            config,
-            socket,
-            iface,
-            extra,
-            timeout,
-            echo,
-        } = start;
-        if !bin.exists() {
+        if !start.bin.exists() {
             return Err(LabError::Io {
                 context: format!(
                     "lb binary {} (build it: cargo build -p lb-user, or set LB_BIN)",
-                    bin.display()
+                    start.bin.display()
                 ),
                 source: std::io::ErrorKind::NotFound.into(),
             });
         }
-        let mut cmd = netns::command(ns, bin);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(config)
-            .arg("--socket")
-            .arg(socket)
-            .args(["--iface", iface])
-            .args(extra);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        // Plain log lines: they end up in test failure messages.
-        cmd.env("NO_COLOR", "1");
+        let mut cmd = run_command(start);
         let shown = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::null())
@@ -132,53 +110,44 @@ impl LbProcess {
             .map_err(LabError::io(format!("spawn {shown}")))?;
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(format!("$ {shown}\n")));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let sink = log.clone();
-        thread::spawn(move || {
-            let mut ready_tx = Some(ready_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("lb| {line}");
-                }
-                if line.contains(READY)
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(());
-                }
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut lb = LbProcess {
+        let ready = drain_log(stderr, log.clone(), start.echo);
+        let lb = LbProcess {
             child: Some(child),
             log,
-            bin: bin.to_path_buf(),
-            socket: socket.to_path_buf(),
-            ns: ns.to_string(),
-            iface: iface.to_string(),
+            bin: start.bin.to_path_buf(),
+            socket: start.socket.to_path_buf(),
+            ns: start.ns.to_string(),
+            iface: start.iface.to_string(),
         };
+        lb.wait_ready(&ready, start.timeout)
+    }
+
+    /// Waits up to `timeout` for the ready line: fails if lb exits first.
+    fn wait_ready(
+        mut self,
+        ready: &mpsc::Receiver<()>,
+        timeout: Duration,
+    ) -> Result<Self, LabError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if ready_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-                return Ok(lb);
+            if ready.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return Ok(self);
             }
-            let child = lb.child.as_mut().expect("running");
+            let child = self.child.as_mut().expect("running");
             if let Ok(Some(status)) = child.try_wait() {
                 // Let the reader catch the last lines.
                 thread::sleep(Duration::from_millis(100));
-                lb.child = None;
+                self.child = None;
                 return Err(LabError::LbExited {
                     status: status.to_string(),
-                    log: lb.log(),
+                    log: self.log(),
                 });
             }
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout {
                     what: "lb".into(),
                     secs: timeout.as_secs(),
-                    detail: format!(" (no `{READY}` line); its log:\n{}", lb.log()),
+                    detail: format!(" (no `{READY}` line); its log:\n{}", self.log()),
                 });
             }
         }
@@ -416,6 +385,54 @@ impl LbProcess {
 /// error with its stderr.
 pub fn detach(ns: &str, bin: &Path, iface: &str) -> Result<String, LabError> {
     crate::lab::run(netns::command(ns, bin).args(["detach", "--iface", iface]))
+}
+
+/// `BIN run --config CONFIG --socket SOCKET --iface IFACE EXTRA...` in
+/// namespace `ns`, logging plain lines at info unless `RUST_LOG` says
+/// otherwise.
+fn run_command(start: &Start<'_>) -> Command {
+    let mut cmd = netns::command(start.ns, start.bin);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(start.config)
+        .arg("--socket")
+        .arg(start.socket)
+        .args(["--iface", start.iface])
+        .args(start.extra);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    // Plain log lines: they end up in test failure messages.
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// Appends lb's stderr to `log` line by line on a thread of its own (echoed
+/// to ours if `echo`); the receiver gets one message at the ready line.
+fn drain_log(
+    stderr: std::process::ChildStderr,
+    log: Arc<Mutex<String>>,
+    echo: bool,
+) -> mpsc::Receiver<()> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut ready_tx = Some(ready_tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                eprintln!("lb| {line}");
+            }
+            if line.contains(READY)
+                && let Some(tx) = ready_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    ready_rx
 }
 
 impl Drop for LbProcess {

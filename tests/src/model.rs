@@ -142,80 +142,88 @@ pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, group: &GroupInfo) -> 
     }
 }
 
-enum Parsed {
-    Flow(FlowKey, u8),
-    Pass(Counter),
+/// A frame's flow key and TCP flags (0 for UDP), or the counter of a frame
+/// the program passes.
+fn parse(frame: &[u8]) -> Result<(FlowKey, u8), Counter> {
+    let (ethertype, l3) = ethernet(frame)?;
+    let mut key = FlowKey::default();
+    let l4 = match ethertype {
+        0x0800 => ipv4(frame, l3, &mut key)?,
+        0x86dd => ipv6(frame, l3, &mut key)?,
+        _ => return Err(Counter::Passed),
+    };
+    let flags = ports(frame, l4, &mut key)?;
+    Ok((key, flags))
 }
 
-fn parse(frame: &[u8]) -> Parsed {
-    let get = |at: usize, len: usize| frame.get(at..at + len);
-    let Some(eth) = get(0, 14) else {
-        return Parsed::Pass(Counter::Malformed);
-    };
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    let mut l3 = 14;
+/// `len` bytes of `frame` from `at`; a frame too short is malformed.
+fn bytes(frame: &[u8], at: usize, len: usize) -> Result<&[u8], Counter> {
+    frame.get(at..at + len).ok_or(Counter::Malformed)
+}
+
+/// The 4 bytes of `b` from `at`, as the program reads them (host order).
+fn word(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The ethertype and where the IP header starts (after one VLAN tag, if any).
+fn ethernet(frame: &[u8]) -> Result<(u16, usize), Counter> {
+    let eth = bytes(frame, 0, 14)?;
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     if ethertype == 0x8100 || ethertype == 0x88a8 {
-        let Some(tag) = get(14, 4) else {
-            return Parsed::Pass(Counter::Malformed);
-        };
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 = 18;
+        let tag = bytes(frame, 14, 4)?;
+        return Ok((u16::from_be_bytes([tag[2], tag[3]]), 18));
     }
-    let mut key = FlowKey::default();
-    let word = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let l4 = match ethertype {
-        0x0800 => {
-            let Some(ip) = get(l3, 20) else {
-                return Parsed::Pass(Counter::Malformed);
-            };
-            let hlen = (ip[0] & 0x0f) as usize * 4;
-            if ip[0] >> 4 != 4 || hlen < 20 || (u16::from_be_bytes([ip[2], ip[3]]) as usize) < hlen
-            {
-                return Parsed::Pass(Counter::Malformed);
-            }
-            if get(l3, hlen).is_none() {
-                return Parsed::Pass(Counter::Malformed);
-            }
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-                return Parsed::Pass(Counter::Fragment);
-            }
-            key.proto = ip[9];
-            key.family = lb_common::FAMILY_V4;
-            key.src_be[0] = word(ip, 12);
-            key.dst_be[0] = word(ip, 16);
-            l3 + hlen
-        }
-        0x86dd => {
-            let Some(ip) = get(l3, 40) else {
-                return Parsed::Pass(Counter::Malformed);
-            };
-            if ip[0] >> 4 != 6 {
-                return Parsed::Pass(Counter::Malformed);
-            }
-            key.proto = ip[6];
-            key.family = lb_common::FAMILY_V6;
-            key.src_be = std::array::from_fn(|i| word(ip, 8 + 4 * i));
-            key.dst_be = std::array::from_fn(|i| word(ip, 24 + 4 * i));
-            l3 + 40
-        }
-        _ => return Parsed::Pass(Counter::Passed),
-    };
+    Ok((ethertype, 14))
+}
+
+/// Fills the IPv4 part of `key`: where the L4 header starts (after the
+/// options the IHL counts).
+fn ipv4(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<usize, Counter> {
+    let ip = bytes(frame, l3, 20)?;
+    let hlen = (ip[0] & 0x0f) as usize * 4;
+    if ip[0] >> 4 != 4 || hlen < 20 || (u16::from_be_bytes([ip[2], ip[3]]) as usize) < hlen {
+        return Err(Counter::Malformed);
+    }
+    bytes(frame, l3, hlen)?;
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        return Err(Counter::Fragment);
+    }
+    key.proto = ip[9];
+    key.family = lb_common::FAMILY_V4;
+    key.src_be[0] = word(ip, 12);
+    key.dst_be[0] = word(ip, 16);
+    Ok(l3 + hlen)
+}
+
+/// Fills the IPv6 part of `key`: where the L4 header starts.
+fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<usize, Counter> {
+    let ip = bytes(frame, l3, 40)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Counter::Malformed);
+    }
+    key.proto = ip[6];
+    key.family = lb_common::FAMILY_V6;
+    key.src_be = std::array::from_fn(|i| word(ip, 8 + 4 * i));
+    key.dst_be = std::array::from_fn(|i| word(ip, 24 + 4 * i));
+    Ok(l3 + 40)
+}
+
+/// Fills the ports of `key`: the TCP flags (0 for UDP).
+fn ports(frame: &[u8], l4: usize, key: &mut FlowKey) -> Result<u8, Counter> {
     let need = match key.proto {
         lb_common::PROTO_TCP => 20,
         lb_common::PROTO_UDP => 8,
-        _ => return Parsed::Pass(Counter::Passed),
+        _ => return Err(Counter::Passed),
     };
-    let Some(ports) = get(l4, need) else {
-        return Parsed::Pass(Counter::Malformed);
-    };
+    let ports = bytes(frame, l4, need)?;
     key.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
     key.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    let flags = if key.proto == lb_common::PROTO_TCP {
+    Ok(if key.proto == lb_common::PROTO_TCP {
         ports[13]
     } else {
         0
-    };
-    Parsed::Flow(key, flags)
+    })
 }
 
 /// Where a new flow's choice came from (for `Model::new_flow`).
@@ -229,6 +237,67 @@ impl Choice {
         Choice {
             target,
             least_connections: None,
+        }
+    }
+}
+
+/// A frame the program passes untouched.
+fn passed(frame: &[u8], counter: Counter) -> Outcome {
+    Outcome {
+        action: XDP_PASS,
+        output: frame.to_vec(),
+        counters: vec![counter],
+        target: None,
+        listener: None,
+        new_flow: false,
+        least_connections: None,
+        sticky_key: None,
+    }
+}
+
+/// The outcomes of a frame to a listener.
+struct Verdicts<'a> {
+    frame: &'a [u8],
+    plan: &'a MapPlan,
+    listener: ListenerKey,
+    sticky_key: Option<Client>,
+}
+
+impl Verdicts<'_> {
+    fn dropped(
+        &self,
+        mut counters: Vec<Counter>,
+        least_connections: Option<Vec<TargetKey>>,
+    ) -> Outcome {
+        counters.extend([Counter::NoTarget, Counter::Dropped]);
+        Outcome {
+            action: XDP_DROP,
+            output: self.frame.to_vec(),
+            counters,
+            target: None,
+            listener: None,
+            new_flow: false,
+            least_connections,
+            sticky_key: self.sticky_key.clone(),
+        }
+    }
+
+    fn forwarded(
+        &self,
+        target: &PlannedTarget,
+        counters: Vec<Counter>,
+        new_flow: bool,
+        least_connections: Option<Vec<TargetKey>>,
+    ) -> Outcome {
+        Outcome {
+            action: XDP_TX,
+            output: rewrite(self.frame, target.info.mac, self.plan.config.src_mac),
+            counters,
+            target: Some(key_of(target)),
+            listener: Some(self.listener),
+            new_flow,
+            least_connections,
+            sticky_key: self.sticky_key.clone(),
         }
     }
 }
@@ -252,19 +321,9 @@ impl Model {
         frame: &[u8],
         observed_mac: Option<[u8; 6]>,
     ) -> Outcome {
-        let pass = |counter| Outcome {
-            action: XDP_PASS,
-            output: frame.to_vec(),
-            counters: vec![counter],
-            target: None,
-            listener: None,
-            new_flow: false,
-            least_connections: None,
-            sticky_key: None,
-        };
         let (key, flags) = match parse(frame) {
-            Parsed::Flow(key, flags) => (key, flags),
-            Parsed::Pass(counter) => return pass(counter),
+            Ok(flow) => flow,
+            Err(counter) => return passed(frame, counter),
         };
         let Some(listener) = plan.listeners.iter().find(|l| {
             l.key.addr_be == key.dst_be
@@ -272,96 +331,112 @@ impl Model {
                 && l.key.proto == key.proto
                 && l.key.family == key.family
         }) else {
-            return pass(Counter::Passed);
+            return passed(frame, Counter::Passed);
         };
         // The listener's group, by name from here on.
         let group = plan.groups.iter().find(|g| g.id == listener.info.group_id);
-        let sticky_key = group
-            .filter(|g| g.info.flags & group_flags::STICKY != 0)
-            .map(|g| Client {
-                group: g.name.clone(),
-                addr_be: key.src_be,
-            });
-        let drop = |mut counters: Vec<Counter>, least_connections, sticky_key| {
-            counters.extend([Counter::NoTarget, Counter::Dropped]);
-            Outcome {
-                action: XDP_DROP,
-                output: frame.to_vec(),
-                counters,
-                target: None,
-                listener: None,
-                new_flow: false,
-                least_connections,
-                sticky_key,
-            }
+        let verdicts = Verdicts {
+            frame,
+            plan,
+            listener: listener.key,
+            sticky_key: group
+                .filter(|g| g.info.flags & group_flags::STICKY != 0)
+                .map(|g| Client {
+                    group: g.name.clone(),
+                    addr_be: key.src_be,
+                }),
         };
         let Some(group) = group else {
-            return drop(Vec::new(), None, sticky_key);
+            return verdicts.dropped(Vec::new(), None);
         };
-        let forward = |target: &PlannedTarget, counters, new_flow, least_connections| Outcome {
-            action: XDP_TX,
-            output: rewrite(frame, target.info.mac, plan.config.src_mac),
-            counters,
-            target: Some(key_of(target)),
-            listener: Some(listener.key),
-            new_flow,
-            least_connections,
-            sticky_key: sticky_key.clone(),
-        };
-        let now = self.now_ns;
         let mut counters = Vec::new();
-        match step(self.flows.get(&key), flags, now, &group.info) {
-            Step::Miss => {}
-            Step::Ended => self.uncount(&key),
-            Step::Hit { ending, touch } => {
-                if let Some(t) = usable(plan, &self.flows[&key].target, &group.name) {
-                    let flow = self.flows.get_mut(&key).unwrap();
-                    if touch {
-                        flow.last_seen_ns = now;
-                    }
-                    if ending {
-                        flow.ending = true;
-                        self.uncount(&key);
-                    }
-                    counters.extend([Counter::FlowHit, Counter::Forwarded]);
-                    return forward(t, counters, false, None);
-                }
-                counters.push(Counter::FlowReselected);
-                self.uncount(&key);
-            }
+        if let Some(t) = self.follow(plan, group, &key, flags, &mut counters) {
+            counters.extend([Counter::FlowHit, Counter::Forwarded]);
+            return verdicts.forwarded(t, counters, false, None);
         }
-        // A TCP flow under way whose entry is missing goes to the group's
-        // hash slot whatever the algorithm; a SYN or a UDP packet starts a
-        // new flow (sticky session, else the algorithm).
-        let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-        let choice = if key.proto == PROTO_TCP && !syn {
-            Choice::of(by_hash(plan, group, &key))
-        } else {
-            self.new_flow(plan, group, &key, observed_mac)
-        };
+        let choice = self.first_choice(plan, group, &key, flags, observed_mac);
         let Some(t) = choice
             .target
             .as_ref()
             .and_then(|target| usable(plan, target, &group.name))
         else {
-            return drop(counters, choice.least_connections, sticky_key.clone());
+            return verdicts.dropped(counters, choice.least_connections);
         };
+        self.start_flow(key, key_of(t), flags);
+        counters.extend([Counter::NewFlow, Counter::Forwarded]);
+        verdicts.forwarded(t, counters, true, choice.least_connections)
+    }
+
+    /// Follows the frame's flow entry (README "Flow lifecycle"): the target
+    /// the flow goes on to, or `None` when the frame starts a new flow
+    /// (`counters` then holds what reselecting counted).
+    fn follow<'p>(
+        &mut self,
+        plan: &'p MapPlan,
+        group: &PlannedGroup,
+        key: &FlowKey,
+        flags: u8,
+        counters: &mut Vec<Counter>,
+    ) -> Option<&'p PlannedTarget> {
+        let now = self.now_ns;
+        match step(self.flows.get(key), flags, now, &group.info) {
+            Step::Miss => {}
+            Step::Ended => self.uncount(key),
+            Step::Hit { ending, touch } => {
+                if let Some(t) = usable(plan, &self.flows[key].target, &group.name) {
+                    let flow = self.flows.get_mut(key).unwrap();
+                    if touch {
+                        flow.last_seen_ns = now;
+                    }
+                    if ending {
+                        flow.ending = true;
+                        self.uncount(key);
+                    }
+                    return Some(t);
+                }
+                counters.push(Counter::FlowReselected);
+                self.uncount(key);
+            }
+        }
+        None
+    }
+
+    /// The target of a frame without a live flow entry.
+    fn first_choice(
+        &mut self,
+        plan: &MapPlan,
+        group: &PlannedGroup,
+        key: &FlowKey,
+        flags: u8,
+        observed_mac: Option<[u8; 6]>,
+    ) -> Choice {
+        // A TCP flow under way whose entry is missing goes to the group's
+        // hash slot whatever the algorithm; a SYN or a UDP packet starts a
+        // new flow (sticky session, else the algorithm).
+        let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        if key.proto == PROTO_TCP && !syn {
+            Choice::of(by_hash(plan, group, key))
+        } else {
+            self.new_flow(plan, group, key, observed_mac)
+        }
+    }
+
+    /// Records a new flow's entry to `target` and counts it active.
+    fn start_flow(&mut self, key: FlowKey, target: TargetKey, flags: u8) {
         // A flow first seen at its FIN or RST has already ended: not counted.
         let ending = flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+        if !ending {
+            *self.active.entry(target.clone()).or_default() += 1;
+        }
         self.flows.insert(
             key,
             Flow {
-                target: key_of(t),
+                target,
                 ending,
                 counted: !ending,
-                last_seen_ns: now,
+                last_seen_ns: self.now_ns,
             },
         );
-        if !ending {
-            *self.active.entry(key_of(t)).or_default() += 1;
-        }
-        counters.extend([Counter::NewFlow, Counter::Forwarded]);
-        forward(t, counters, true, choice.least_connections)
     }
 
     /// A new flow's target: the client's sticky session while it lasts and

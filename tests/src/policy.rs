@@ -178,58 +178,67 @@ impl LabPolicy {
         }
         y.push_str("target_groups:\n");
         for (name, _, proto, _, v6) in &listeners {
-            let group_proto = if *proto == "tcp" {
-                self.tcp_group_protocol
-            } else {
-                proto
-            };
-            let _ = write!(
-                y,
-                "  - name: {name}\n    protocol: {group_proto}\n    algorithm: {}\n",
-                self.algorithm
-            );
-            if self.algorithm == "hash" {
-                let _ = writeln!(y, "    affinity: {}", self.affinity);
-            }
-            if let Some(duration) = self.sticky_duration_s {
-                let _ = writeln!(
-                    y,
-                    "    sticky_session: {{ enabled: true, type: source_ip, duration_s: {duration} }}"
-                );
-            }
-            let checked = self.checked_groups.contains(name);
-            if checked {
-                if let Some(check) = &self.health_check {
-                    check.yaml(&mut y);
-                }
-                if let Some(mode) = self.on_unhealthy {
-                    let _ = write!(
-                        y,
-                        "    target_failover:\n      on_unhealthy: {mode}\n      on_deregistration: {mode}\n"
-                    );
-                }
-            }
-            y.push_str("    targets:\n");
-            for ((t, weight), monitor_port) in
-                TARGETS.iter().zip(self.weights).zip(self.monitor_ports)
-            {
-                let _ = write!(
-                    y,
-                    "      - ip: \"{}\"\n        weight: {weight}\n",
-                    t.ip(*v6)
-                );
-                if self.static_macs {
-                    let _ = writeln!(y, "        mac: \"{}\"", fmt_mac(t.mac));
-                }
-                // Only where a health check is written: elsewhere the
-                // policy refuses it.
-                if let Some(port) = monitor_port.filter(|_| checked && self.health_check.is_some())
-                {
-                    let _ = writeln!(y, "        monitor_port: {port}");
-                }
-            }
+            self.group_yaml(&mut y, name, proto, *v6);
         }
         y
+    }
+
+    /// The group `name` of a listener of protocol `proto` (`v6`: its
+    /// targets' IPv6 addresses).
+    fn group_yaml(&self, y: &mut String, name: &str, proto: &str, v6: bool) {
+        let group_proto = if proto == "tcp" {
+            self.tcp_group_protocol
+        } else {
+            proto
+        };
+        let _ = write!(
+            y,
+            "  - name: {name}\n    protocol: {group_proto}\n    algorithm: {}\n",
+            self.algorithm
+        );
+        if self.algorithm == "hash" {
+            let _ = writeln!(y, "    affinity: {}", self.affinity);
+        }
+        if let Some(duration) = self.sticky_duration_s {
+            let _ = writeln!(
+                y,
+                "    sticky_session: {{ enabled: true, type: source_ip, duration_s: {duration} }}"
+            );
+        }
+        let checked = self.checked_groups.contains(&name);
+        if checked {
+            if let Some(check) = &self.health_check {
+                check.yaml(y);
+            }
+            if let Some(mode) = self.on_unhealthy {
+                let _ = write!(
+                    y,
+                    "    target_failover:\n      on_unhealthy: {mode}\n      on_deregistration: {mode}\n"
+                );
+            }
+        }
+        self.targets_yaml(y, v6, checked);
+    }
+
+    /// A group's `targets:` (`checked`: the group has a health check).
+    fn targets_yaml(&self, y: &mut String, v6: bool, checked: bool) {
+        y.push_str("    targets:\n");
+        for ((t, weight), monitor_port) in TARGETS.iter().zip(self.weights).zip(self.monitor_ports)
+        {
+            let _ = write!(
+                y,
+                "      - ip: \"{}\"\n        weight: {weight}\n",
+                t.ip(v6)
+            );
+            if self.static_macs {
+                let _ = writeln!(y, "        mac: \"{}\"", fmt_mac(t.mac));
+            }
+            // Only where a health check is written: elsewhere the
+            // policy refuses it.
+            if let Some(port) = monitor_port.filter(|_| checked && self.health_check.is_some()) {
+                let _ = writeln!(y, "        monitor_port: {port}");
+            }
+        }
     }
 }
 

@@ -73,13 +73,13 @@ pub fn build_bins() -> Result<()> {
 ///
 /// `lb-user`'s build script builds the eBPF objects (aya-build), but cargo
 /// runs it only once its build dependencies are compiled, and then it runs
-/// alone on one core for about a minute (it compiles `core` for the BPF
-/// target): a third of a clean build spent with one core idle. Started
-/// here, with the very command aya-build 0.2 runs in the directory the
-/// build script uses (`target/ebpf`, see `lb-user/build.rs`), it overlaps
-/// the host dependencies; the build script then finds it up to date (cargo
-/// locks the directory, so the two never build at once). If the commands
-/// ever differ, the build script simply builds again: slower, never wrong.
+/// alone on one core (it compiles `core` for the BPF target) while the
+/// others idle. Started here, with the very command aya-build 0.2 runs in
+/// the directory the build script uses (`target/ebpf`, see
+/// `lb-user/build.rs`), it overlaps the host dependencies; the build script
+/// then finds it up to date (cargo locks the directory, so the two never
+/// build at once). If the commands ever differ, the build script simply
+/// builds again: slower, never wrong.
 pub fn build_overlapping_ebpf(cmd: &mut Command) -> Result<()> {
     let ebpf = ebpf_build("lb-ebpf")
         .arg("--message-format=json")

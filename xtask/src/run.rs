@@ -27,68 +27,72 @@ pub struct RunArgs {
 
 /// `cargo xtask run`'s options.
 pub fn command() -> clap::Command {
-    let opt = |name: &'static str, value: &'static str, help: &'static str| {
-        Arg::new(name).long(name).value_name(value).help(help)
-    };
     clap::Command::new("run")
         .about(
             "Set up, build, and run lb in the namespace lab (or on a real NIC with \
              both --iface and --config)",
         )
-        .arg(opt(
+        .args(where_args())
+        .args(lab_args())
+}
+
+/// Where lb runs: a real NIC or the lab, with which policy and XDP mode.
+fn where_args() -> [Arg; 3] {
+    [
+        opt(
             "iface",
             "IFACE",
             "Run on this real interface (with --config), not in the lab",
-        ))
-        .arg(
-            opt(
-                "config",
-                "FILE",
-                "The policy: with --iface, for the real NIC; alone, for the lab \
-                 (default examples/lab.yaml)",
-            )
-            .value_parser(value_parser!(PathBuf)),
+        ),
+        opt(
+            "config",
+            "FILE",
+            "The policy: with --iface, for the real NIC; alone, for the lab \
+             (default examples/lab.yaml)",
         )
-        .arg(
-            opt(
-                "xdp-mode",
-                "MODE",
-                "XDP attach mode: native, generic or auto",
-            )
-            .default_value("native"),
+        .value_parser(value_parser!(PathBuf)),
+        opt(
+            "xdp-mode",
+            "MODE",
+            "XDP attach mode: native, generic or auto",
         )
-        .arg(
-            opt(
-                "tcp",
-                "N",
-                "Lab: TCP connections per TCP listener in the burst",
-            )
+        .default_value("native"),
+    ]
+}
+
+/// The lab demo's burst and live view.
+fn lab_args() -> [Arg; 4] {
+    [
+        opt(
+            "tcp",
+            "N",
+            "Lab: TCP connections per TCP listener in the burst",
+        )
+        .value_parser(value_parser!(usize))
+        .default_value("300"),
+        opt("udp", "N", "Lab: UDP queries per UDP listener in the burst")
             .value_parser(value_parser!(usize))
             .default_value("300"),
+        opt(
+            "duration",
+            "SECONDS",
+            "Lab: stop after this many seconds of live counters instead of at Ctrl-C",
         )
-        .arg(
-            opt("udp", "N", "Lab: UDP queries per UDP listener in the burst")
-                .value_parser(value_parser!(usize))
-                .default_value("300"),
+        .value_parser(value_parser!(u64)),
+        opt(
+            "outage-s",
+            "SECONDS",
+            "Lab: seconds to stop one health-checked target's service for, at the \
+             start of the live view (0: none)",
         )
-        .arg(
-            opt(
-                "duration",
-                "SECONDS",
-                "Lab: stop after this many seconds of live counters instead of at Ctrl-C",
-            )
-            .value_parser(value_parser!(u64)),
-        )
-        .arg(
-            opt(
-                "outage-s",
-                "SECONDS",
-                "Lab: seconds to stop one health-checked target's service for, at the \
-                 start of the live view (0: none)",
-            )
-            .value_parser(value_parser!(u64))
-            .default_value("10"),
-        )
+        .value_parser(value_parser!(u64))
+        .default_value("10"),
+    ]
+}
+
+/// `--NAME VALUE`.
+fn opt(name: &'static str, value: &'static str, help: &'static str) -> Arg {
+    Arg::new(name).long(name).value_name(value).help(help)
 }
 
 impl From<&ArgMatches> for RunArgs {

@@ -196,50 +196,11 @@ pub fn capacity(settings: &Settings, targets: usize) -> Result<Capacity> {
     netns::run(&ns.0, || -> Result<Capacity> {
         let stop = Arc::new(AtomicBool::new(false));
         let (task, handle) = listener(PROBE_PORT, stop.clone())?;
-        let yaml = format!(
-            "listeners: []\ntarget_groups:\n  - name: probed\n    protocol: tcp\n    health_check: {{ type: tcp, port: {PROBE_PORT}, interval_s: 2, timeout_s: 1, healthy_threshold: 2, unhealthy_threshold: 2 }}\n    targets: [ {{ ip: 10.0.0.1 }} ]\n"
-        );
-        let mut policy = policy::parse("probe.yaml", &yaml)?;
-        let group = &mut policy.target_groups[0];
-        let hc = group.health_check.as_mut().context("health check")?;
-        // Below what the policy rules allow (interval >= 2 s): see the module
-        // comment.
-        hc.interval_s = 1;
-        let template = group.targets[0].clone();
-        group.targets = (0..targets)
-            .map(|i| Target {
-                ip: IpAddr::V4(Ipv4Addr::new(
-                    127,
-                    1 + (i >> 16) as u8,
-                    (i >> 8) as u8,
-                    i as u8,
-                )),
-                ..template.clone()
-            })
-            .collect();
+        let policy = probe_policy(targets)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let result = runtime.block_on(async {
-            let (monitor, rx) = HealthMonitor::start(&policy);
-            // Every target has been probed at least once after 1 interval;
-            // one more to reach the steady state.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let (done0, _) = probes_done(&rx.borrow());
-            let (cpu0, listener0, t0) = (process_cpu(), task_cpu(&task), Instant::now());
-            tokio::time::sleep(Duration::from_secs_f64(window)).await;
-            let (done1, failed) = probes_done(&rx.borrow());
-            let (cpu1, listener1) = (process_cpu(), task_cpu(&task));
-            let elapsed = t0.elapsed().as_secs_f64();
-            monitor.shutdown().await;
-            Capacity {
-                targets,
-                window: elapsed,
-                probes_per_s: done1.saturating_sub(done0) as f64 / elapsed,
-                failed_targets: failed,
-                cpu: ((cpu1 - cpu0) - (listener1 - listener0)).max(0.0) / elapsed,
-            }
-        });
+        let result = runtime.block_on(monitor(&policy, &task, window));
         stop.store(true, Ordering::Relaxed);
         let _ = TcpStream::connect_timeout(
             &SocketAddr::from((Ipv4Addr::LOCALHOST, PROBE_PORT)),
@@ -252,8 +213,76 @@ pub fn capacity(settings: &Settings, targets: usize) -> Result<Capacity> {
     })?
 }
 
+/// One group of `targets` TCP targets at 127.x.y.z, checked on
+/// `PROBE_PORT` every second.
+fn probe_policy(targets: usize) -> Result<policy::Policy> {
+    let yaml = format!(
+        "listeners: []\ntarget_groups:\n  - name: probed\n    protocol: tcp\n    health_check: {{ type: tcp, port: {PROBE_PORT}, interval_s: 2, timeout_s: 1, healthy_threshold: 2, unhealthy_threshold: 2 }}\n    targets: [ {{ ip: 10.0.0.1 }} ]\n"
+    );
+    let mut policy = policy::parse("probe.yaml", &yaml)?;
+    let group = &mut policy.target_groups[0];
+    let hc = group.health_check.as_mut().context("health check")?;
+    // Below what the policy rules allow (interval >= 2 s): see the module
+    // comment.
+    hc.interval_s = 1;
+    let template = group.targets[0].clone();
+    group.targets = (0..targets)
+        .map(|i| Target {
+            ip: IpAddr::V4(Ipv4Addr::new(
+                127,
+                1 + (i >> 16) as u8,
+                (i >> 8) as u8,
+                i as u8,
+            )),
+            ..template.clone()
+        })
+        .collect();
+    Ok(policy)
+}
+
+/// Runs the health monitor on `policy` and counts its probes and CPU time
+/// over `window` seconds, after a warm-up (`task`: the listener thread,
+/// whose CPU time is not the monitor's).
+async fn monitor(policy: &policy::Policy, task: &str, window: f64) -> Capacity {
+    let (monitor, rx) = HealthMonitor::start(policy);
+    // Every target has been probed at least once after 1 interval;
+    // one more to reach the steady state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (done0, _) = probes_done(&rx.borrow());
+    let (cpu0, listener0, t0) = (process_cpu(), task_cpu(task), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(window)).await;
+    let (done1, failed) = probes_done(&rx.borrow());
+    let (cpu1, listener1) = (process_cpu(), task_cpu(task));
+    let elapsed = t0.elapsed().as_secs_f64();
+    monitor.shutdown().await;
+    Capacity {
+        targets: policy.target_groups[0].targets.len(),
+        window: elapsed,
+        probes_per_s: done1.saturating_sub(done0) as f64 / elapsed,
+        failed_targets: failed,
+        cpu: ((cpu1 - cpu0) - (listener1 - listener0)).max(0.0) / elapsed,
+    }
+}
+
 pub fn section(settings: &Settings) -> Result<Section> {
     let mut s = Section::new("Control plane: health checks");
+    removal_section(&mut s, settings)?;
+    // The goal, and in the full run a larger count to show the headroom.
+    let counts: &[usize] = if settings.quick {
+        &[CAPACITY_GOAL]
+    } else {
+        &[CAPACITY_GOAL, HEADROOM]
+    };
+    let mut results = Vec::new();
+    for &n in counts {
+        results.push(capacity(settings, n)?);
+    }
+    capacity_section(&mut s, &results);
+    Ok(s)
+}
+
+/// Failure to removal: the table and its goal.
+fn removal_section(s: &mut Section, settings: &Settings) -> Result<()> {
     s.line("Failure to removal: lab, `lb run` with the lab's TCP check; a target's service stops; time until `lb status` (polled every 100 ms) shows the target with no slot. Bound: interval x unhealthy_threshold (a failure just after a successful probe waits that long for the last failed probe).");
     let r = removal(settings)?;
     let bound = f64::from(r.interval_s * r.threshold);
@@ -291,40 +320,22 @@ pub fn section(settings: &Settings) -> Result<Section> {
         format!("<= {bound} s + 0.2 s (status polling)"),
         worst <= bound + 0.2,
     ));
+    Ok(())
+}
 
-    // The goal, and in the full run a larger count to show the headroom.
-    let counts: &[usize] = if settings.quick {
-        &[CAPACITY_GOAL]
-    } else {
-        &[CAPACITY_GOAL, HEADROOM]
-    };
-    let mut results = Vec::new();
-    for &n in counts {
-        results.push(capacity(settings, n)?);
-    }
+/// The share of the expected probes that completed.
+fn sustained(c: &Capacity) -> f64 {
+    c.probes_per_s / c.targets as f64
+}
+
+/// Probe capacity: the table of every count, a figure per count (the goal's
+/// judged).
+fn capacity_section(s: &mut Section, results: &[Capacity]) {
     s.line(format!(
         "\nProbe capacity: TCP targets at a 1 s interval on a single-threaded runtime; probes counted over {:.1} s after a 2 s warm-up. Estimate = probes/s / CPU share.",
         results[0].window
     ));
-    let sustained = |c: &Capacity| c.probes_per_s / c.targets as f64;
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|c| {
-            let estimate = if c.cpu > 0.0 {
-                c.probes_per_s / c.cpu
-            } else {
-                0.0
-            };
-            vec![
-                c.targets.to_string(),
-                format!("{:.0}", c.probes_per_s),
-                format!("{:.1} %", sustained(c) * 100.0),
-                c.failed_targets.to_string(),
-                format!("{:.1} %", c.cpu * 100.0),
-                format!("{estimate:.0}"),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = results.iter().map(capacity_row).collect();
     s.table(
         &[
             "targets",
@@ -336,7 +347,7 @@ pub fn section(settings: &Settings) -> Result<Section> {
         ],
         &rows,
     );
-    for c in &results {
+    for c in results {
         let line = format!(
             "{:.0} ({:.1} % of expected, CPU {:.0} % of a core)",
             c.probes_per_s,
@@ -355,5 +366,20 @@ pub fn section(settings: &Settings) -> Result<Section> {
             Figure::info(name, line)
         });
     }
-    Ok(s)
+}
+
+fn capacity_row(c: &Capacity) -> Vec<String> {
+    let estimate = if c.cpu > 0.0 {
+        c.probes_per_s / c.cpu
+    } else {
+        0.0
+    };
+    vec![
+        c.targets.to_string(),
+        format!("{:.0}", c.probes_per_s),
+        format!("{:.1} %", sustained(c) * 100.0),
+        c.failed_targets.to_string(),
+        format!("{:.1} %", c.cpu * 100.0),
+        format!("{estimate:.0}"),
+    ]
 }

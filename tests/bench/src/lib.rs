@@ -45,8 +45,8 @@ pub struct Settings {
     pub quick: bool,
     /// Repetitions of one BPF_PROG_TEST_RUN call (ns/packet).
     pub repeat: u32,
-    /// The same for new-flow fixtures (each repetition near a microsecond:
-    /// quick runs do fewer).
+    /// The same for new-flow fixtures (each repetition costs many times an
+    /// established one: quick runs do fewer).
     pub new_flow_repeat: u32,
     /// Runs of each ns/packet figure (min and median are reported).
     pub runs: usize,

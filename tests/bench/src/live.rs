@@ -20,7 +20,11 @@ use std::{
 use anyhow::{Result, anyhow, ensure};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use lb_common::Counter;
-use lb_tests::{Lab, LabOptions, Node, packets::Frame, topo::TARGETS};
+use lb_tests::{
+    Lab, LabOptions, Node,
+    packets::Frame,
+    topo::{TARGETS, TargetSpec},
+};
 
 use crate::{
     POLICY, Settings, XDP_TX, counter, load, load_macswap, macswap,
@@ -135,30 +139,7 @@ pub fn measure(settings: &Settings) -> Result<Live> {
     } else {
         (2_000_000, 3)
     };
-    let lab = Lab::with(LabOptions {
-        prefix: "lbbench".into(),
-        server_bin: None,
-        ..LabOptions::default()
-    })?;
-    // The bridge must not learn from what the lb's port sends: a MAC-swap
-    // frame carries the target's MAC as its source (below), and learning it
-    // there would send the target's frames back to the lb.
-    lab.exec(
-        Node::Switch,
-        &[
-            "bridge",
-            "link",
-            "set",
-            "dev",
-            &Node::Lb.port(),
-            "learning",
-            "off",
-        ],
-    )?;
-    // The bridge learns where each target is (else it floods every frame).
-    for i in 0..TARGETS.len() {
-        let _ = lab.exec(Node::Target(i), &["ping", "-c", "1", "-W", "1", "10.0.3.2"]);
-    }
+    let lab = lab()?;
     let ifindex = ifindex(&lab, Node::Lb)?;
     let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20)?;
     let mut baseline = load_macswap()?;
@@ -167,14 +148,7 @@ pub fn measure(settings: &Settings) -> Result<Live> {
     // One UDP flow (the targets have no UDP server on the VIP: each frame
     // ends in their kernel, with rate-limited ICMP errors at most).
     let frame = Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, &[0u8; 18]).build();
-    let (verdict, _, out) = test_run(dp.program_mut(), &frame, 1)?;
-    ensure!(verdict == XDP_TX, "lb verdict {verdict}");
-    let mac: [u8; 6] = out[..6].try_into()?;
-    let (index, spec) = TARGETS
-        .iter()
-        .enumerate()
-        .find(|(_, t)| t.mac == mac)
-        .ok_or_else(|| anyhow!("lb chose an unknown MAC {mac:x?}"))?;
+    let (index, spec) = chosen_target(dp.program_mut(), &frame)?;
     let node = Node::Target(index);
     // Live frames are recycled without being copied again, so a program
     // sees its own output on later runs; a frame from the target's MAC to
@@ -192,18 +166,76 @@ pub fn measure(settings: &Settings) -> Result<Live> {
         target: spec.name,
     };
     for _ in 0..runs {
-        let before = settled_rx(&lab, node)?;
-        let secs = inject(&lab, dp.program_mut(), &frame, ifindex, repeat)?;
-        let received = settled_rx(&lab, node)?.saturating_sub(before);
-        live.lb.push(Run { secs, received });
-
-        let before = settled_rx(&lab, node)?;
-        let secs = inject(&lab, base, &swap_frame, ifindex, repeat)?;
-        let received = settled_rx(&lab, node)?.saturating_sub(before);
-        live.base.push(Run { secs, received });
+        live.lb.push(one_run(
+            &lab,
+            node,
+            dp.program_mut(),
+            &frame,
+            ifindex,
+            repeat,
+        )?);
+        live.base
+            .push(one_run(&lab, node, base, &swap_frame, ifindex, repeat)?);
     }
     live.lb_counted = counter(&dp, Counter::FlowHit)? - hits0;
     Ok(live)
+}
+
+/// A lab without target servers, its bridge set for injected frames.
+fn lab() -> Result<Lab> {
+    let lab = Lab::with(LabOptions {
+        prefix: "lbbench".into(),
+        server_bin: None,
+        ..LabOptions::default()
+    })?;
+    // The bridge must not learn from what the lb's port sends: a MAC-swap
+    // frame carries the target's MAC as its source (see `measure`), and
+    // learning it there would send the target's frames back to the lb.
+    lab.exec(
+        Node::Switch,
+        &[
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            &Node::Lb.port(),
+            "learning",
+            "off",
+        ],
+    )?;
+    // The bridge learns where each target is (else it floods every frame).
+    for i in 0..TARGETS.len() {
+        let _ = lab.exec(Node::Target(i), &["ping", "-c", "1", "-W", "1", "10.0.3.2"]);
+    }
+    Ok(lab)
+}
+
+/// The lab target `lb` forwards `frame` to (by the destination MAC it writes).
+fn chosen_target(lb: &mut Xdp, frame: &[u8]) -> Result<(usize, &'static TargetSpec)> {
+    let (verdict, _, out) = test_run(lb, frame, 1)?;
+    ensure!(verdict == XDP_TX, "lb verdict {verdict}");
+    let mac: [u8; 6] = out[..6].try_into()?;
+    TARGETS
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.mac == mac)
+        .ok_or_else(|| anyhow!("lb chose an unknown MAC {mac:x?}"))
+}
+
+/// One run of `program`: `repeat` copies of `frame` injected, and what
+/// arrived at `node` once its receive counter settled.
+fn one_run(
+    lab: &Lab,
+    node: Node,
+    program: &mut Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<Run> {
+    let before = settled_rx(lab, node)?;
+    let secs = inject(lab, program, frame, ifindex, repeat)?;
+    let received = settled_rx(lab, node)?.saturating_sub(before);
+    Ok(Run { secs, received })
 }
 
 pub fn section(settings: &Settings) -> Result<Section> {
@@ -216,6 +248,26 @@ pub fn section(settings: &Settings) -> Result<Section> {
         m.lb.len(),
         m.target
     ));
+    s.table(
+        &[
+            "program",
+            "forwarded (median)",
+            "forwarded per run",
+            "injected per run",
+            "dropped",
+        ],
+        &rows(&m, frames),
+    );
+    s.line(format!(
+        "`lb` counted {} flow-table hits for {frames} injected frames.",
+        m.lb_counted
+    ));
+    figures(&mut s, &m, frames);
+    Ok(s)
+}
+
+/// The table: a row per program.
+fn rows(m: &Live, frames: u64) -> Vec<Vec<String>> {
     let rates = |v: Vec<f64>| {
         v.iter()
             .map(|r| fmt_rate(*r))
@@ -232,20 +284,11 @@ pub fn section(settings: &Settings) -> Result<Section> {
             format!("{} of {frames}", m.dropped(runs)),
         ]);
     }
-    s.table(
-        &[
-            "program",
-            "forwarded (median)",
-            "forwarded per run",
-            "injected per run",
-            "dropped",
-        ],
-        &rows,
-    );
-    s.line(format!(
-        "`lb` counted {} flow-table hits for {frames} injected frames.",
-        m.lb_counted
-    ));
+    rows
+}
+
+/// The summary's figures: the forwarding ratio against its goal, the drops.
+fn figures(s: &mut Section, m: &Live, frames: u64) {
     let (lb_rates, base_rates) = (m.forwarded(&m.lb), m.forwarded(&m.base));
     let (lb, base) = (median(&lb_rates), median(&base_rates));
     // Per pair of runs (interleaved, back to back: the VM's speed of the
@@ -269,5 +312,4 @@ pub fn section(settings: &Settings) -> Result<Section> {
             m.dropped(&m.base)
         ),
     ));
-    Ok(s)
 }

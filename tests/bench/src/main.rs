@@ -42,71 +42,10 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    for s in &args.sections {
-        anyhow::ensure!(
-            SECTIONS.contains(&s.as_str()),
-            "unknown section {s}: one of {}",
-            SECTIONS.join(", ")
-        );
-    }
-    let mut settings = Settings::new(args.quick);
-    if let Some(repeat) = args.repeat {
-        settings.repeat = repeat;
-        settings.new_flow_repeat = repeat;
-    }
-    settings.runs = args.runs.unwrap_or(settings.runs);
-    settings.only = args.only.clone();
+    let settings = settings(&args)?;
     std::fs::create_dir_all(&args.out)?;
-    let wants = |name: &str| args.sections.is_empty() || args.sections.iter().any(|s| s == name);
     let started = Instant::now();
-    let mut sections = Vec::new();
-    let mut run = |name: &str, title: &str, f: &mut dyn FnMut() -> Result<Section>| {
-        if !wants(name) {
-            return;
-        }
-        eprintln!("bench: {title}...");
-        let t = Instant::now();
-        let section = f().unwrap_or_else(|e| {
-            eprintln!("bench: {title} failed: {e:#}");
-            let mut s = Section::new(title);
-            // One line, no table separators: it goes into a table cell.
-            let error = format!("{e:#}").replace('\n', "; ").replace('|', "/");
-            s.line(format!("Not measured: {error}"));
-            s.figures
-                .push(Figure::info(format!("{title}: not measured"), error));
-            s
-        });
-        eprintln!("bench: {title}: {:.1} s", t.elapsed().as_secs_f64());
-        sections.push(section);
-    };
-    let out = args.out.clone();
-    run(
-        "packet",
-        "Data plane: ns/packet (BPF_PROG_TEST_RUN)",
-        &mut || {
-            let rows = packet::measure(&settings)?;
-            packet::section(&settings, &rows, &out)
-        },
-    );
-    run(
-        "flood",
-        "Data plane: SYN flood against established flows",
-        &mut || flood::section(&settings),
-    );
-    run(
-        "live",
-        "Data plane: live traffic through the lab",
-        &mut || live::section(&settings),
-    );
-    run("table", "Control plane: consistent-hash table", &mut || {
-        table::section(&settings, &out)
-    });
-    run("scale", &scale::title(&settings), &mut || {
-        scale::section(&settings)
-    });
-    run("health", "Control plane: health checks", &mut || {
-        health::section(&settings)
-    });
+    let sections = sections(&args, &settings);
     let report = Report {
         machine: Machine::detect(),
         mode: format!(
@@ -126,4 +65,82 @@ fn main() -> Result<()> {
     println!("{}", report.summary_text());
     println!("report: {}", args.out.join("report.md").display());
     Ok(())
+}
+
+/// The settings the command line asks for (its sections checked).
+fn settings(args: &Args) -> Result<Settings> {
+    for s in &args.sections {
+        anyhow::ensure!(
+            SECTIONS.contains(&s.as_str()),
+            "unknown section {s}: one of {}",
+            SECTIONS.join(", ")
+        );
+    }
+    let mut settings = Settings::new(args.quick);
+    if let Some(repeat) = args.repeat {
+        settings.repeat = repeat;
+        settings.new_flow_repeat = repeat;
+    }
+    settings.runs = args.runs.unwrap_or(settings.runs);
+    settings.only = args.only.clone();
+    Ok(settings)
+}
+
+/// The sections the command line asks for, measured in the report's order.
+fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
+    let wants = |name: &str| args.sections.is_empty() || args.sections.iter().any(|s| s == name);
+    let mut sections = Vec::new();
+    let mut run = |name: &str, title: &str, f: &mut dyn FnMut() -> Result<Section>| {
+        if wants(name) {
+            sections.push(measured(title, f));
+        }
+    };
+    let out = &args.out;
+    run(
+        "packet",
+        "Data plane: ns/packet (BPF_PROG_TEST_RUN)",
+        &mut || {
+            let rows = packet::measure(settings)?;
+            packet::section(settings, &rows, out)
+        },
+    );
+    run(
+        "flood",
+        "Data plane: SYN flood against established flows",
+        &mut || flood::section(settings),
+    );
+    run(
+        "live",
+        "Data plane: live traffic through the lab",
+        &mut || live::section(settings),
+    );
+    run("table", "Control plane: consistent-hash table", &mut || {
+        table::section(settings, out)
+    });
+    run("scale", &scale::title(settings), &mut || {
+        scale::section(settings)
+    });
+    run("health", "Control plane: health checks", &mut || {
+        health::section(settings)
+    });
+    sections
+}
+
+/// The section `f` measures, or in its place one that says why it could
+/// not be measured.
+fn measured(title: &str, f: &mut dyn FnMut() -> Result<Section>) -> Section {
+    eprintln!("bench: {title}...");
+    let t = Instant::now();
+    let section = f().unwrap_or_else(|e| {
+        eprintln!("bench: {title} failed: {e:#}");
+        let mut s = Section::new(title);
+        // One line, no table separators: it goes into a table cell.
+        let error = format!("{e:#}").replace('\n', "; ").replace('|', "/");
+        s.line(format!("Not measured: {error}"));
+        s.figures
+            .push(Figure::info(format!("{title}: not measured"), error));
+        s
+    });
+    eprintln!("bench: {title}: {:.1} s", t.elapsed().as_secs_f64());
+    section
 }

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use anyhow::{Context as _, Result, ensure};
 use lb_common::Counter;
 use lb_tests::packets::{Frame, tcp_flags::*};
-use lb_user::dataplane::LoadOptions;
+use lb_user::dataplane::{Dataplane, LoadOptions};
 
 use crate::{
     ALGORITHMS, Object, POLICY, Settings, XDP_PASS, XDP_TX, counter, load, load_macswap, load_with,
@@ -71,6 +71,13 @@ fn fixed(frame: Vec<u8>) -> Rc<dyn Fn(usize) -> Vec<u8>> {
 /// new TCP/IPv4 flow, then the protocol variants under `hash` and a packet
 /// for no listener.
 pub fn fixtures() -> Vec<Fixture> {
+    let mut f = per_algorithm();
+    f.extend(variants());
+    f
+}
+
+/// An established and a new TCP/IPv4 flow for each algorithm.
+fn per_algorithm() -> Vec<Fixture> {
     let mut f = Vec::new();
     for (i, &(algorithm, port)) in ALGORITHMS.iter().enumerate() {
         f.push(Fixture {
@@ -95,7 +102,13 @@ pub fn fixtures() -> Vec<Fixture> {
             }),
         });
     }
-    f.extend([
+    f
+}
+
+/// The protocol variants under `hash`, the flow cache off, and a packet for
+/// no listener.
+fn variants() -> [Fixture; 8] {
+    [
         Fixture {
             name: "tcp4 hash established, flow cache off".into(),
             algorithm: "hash",
@@ -156,8 +169,7 @@ pub fn fixtures() -> Vec<Fixture> {
             kind: Kind::Passed,
             frame: fixed(Frame::tcp("10.0.3.100", 40000, "10.0.3.2", 22, ACK).build()),
         },
-    ]);
-    f
+    ]
 }
 
 /// One measured fixture.
@@ -192,82 +204,15 @@ fn ns(d: std::time::Duration) -> f64 {
 
 /// Runs every fixture `settings` wants.
 pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
-    let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, FLOW_TABLE_SIZE)
-        .context("loading lb (run as root)")?;
-    let mut new_flow = load(
-        Object::read(Object::LB_NEW_FLOW)?.bytes(),
-        "lb_new_flow",
-        POLICY,
-        FLOW_TABLE_SIZE,
-    )?;
-    let mut uncached = load_with(
-        lb_user::EBPF_LB,
-        "lb",
-        POLICY,
-        &LoadOptions {
-            flow_table_size: FLOW_TABLE_SIZE,
-            flow_cache: false,
-        },
-    )?;
-    let mut baseline = load_macswap()?;
-    let base = macswap(&mut baseline);
-    // New flows are measured in the steady state of a busy load balancer:
-    // the flow table is full and every insert evicts. Fill it first
-    // (untimed), from sources no fixture uses.
-    let fill = Frame::tcp("10.250.0.1", 1, "10.0.3.49", 80, SYN).build();
-    test_run(new_flow.program_mut(), &fill, FLOW_TABLE_SIZE)?;
-
+    let mut programs = Programs::load()?;
     let mut rows = Vec::new();
     for f in fixtures().into_iter().filter(|f| settings.wants(&f.name)) {
-        let (mut l, mut b) = (Vec::new(), Vec::new());
-        match f.kind {
+        let (l, b) = match f.kind {
             Kind::Established | Kind::EstablishedUncached | Kind::Passed => {
-                let dp = if f.kind == Kind::EstablishedUncached {
-                    &mut uncached
-                } else {
-                    &mut dp
-                };
-                let frame = (f.frame)(0);
-                let (verdict, _, _) = test_run(dp.program_mut(), &frame, 1)?; // creates the flow
-                let expect = if f.kind == Kind::Passed {
-                    XDP_PASS
-                } else {
-                    XDP_TX
-                };
-                ensure!(
-                    verdict == expect,
-                    "{}: verdict {verdict}, expected {expect}",
-                    f.name
-                );
-                // One untimed pair first: the fill of the new-flow tables
-                // just before leaves the caches and TLB cold for the first
-                // fixture, which read slower without it (53 ns against 42).
-                test_run(dp.program_mut(), &frame, settings.repeat)?;
-                test_run(base, &frame, settings.repeat)?;
-                for _ in 0..settings.runs {
-                    l.push(ns(test_run(dp.program_mut(), &frame, settings.repeat)?.1));
-                    b.push(ns(test_run(base, &frame, settings.repeat)?.1));
-                }
+                programs.established(&f, settings)?
             }
-            Kind::NewFlow => {
-                let before = counter(&new_flow, Counter::NewFlow)?;
-                for run in 0..settings.runs {
-                    let frame = (f.frame)(run);
-                    let (verdict, d, _) =
-                        test_run(new_flow.program_mut(), &frame, settings.new_flow_repeat)?;
-                    ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
-                    l.push(ns(d));
-                    b.push(ns(test_run(base, &frame, settings.new_flow_repeat)?.1));
-                }
-                let new_flows = counter(&new_flow, Counter::NewFlow)? - before;
-                let expected = settings.new_flow_repeat as u64 * settings.runs as u64;
-                ensure!(
-                    new_flows == expected,
-                    "{}: {new_flows} new flows, expected {expected}",
-                    f.name
-                );
-            }
-        }
+            Kind::NewFlow => programs.new_flows(&f, settings)?,
+        };
         rows.push(Row {
             name: f.name,
             algorithm: f.algorithm,
@@ -278,6 +223,110 @@ pub fn measure(settings: &Settings) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// The programs the fixtures run: `lb`, its new-flow build, `lb` with the
+/// flow cache off, and the MAC-swap baseline.
+struct Programs {
+    lb: Dataplane,
+    new_flow: Dataplane,
+    uncached: Dataplane,
+    baseline: aya::Ebpf,
+}
+
+impl Programs {
+    fn load() -> Result<Programs> {
+        let lb = load(lb_user::EBPF_LB, "lb", POLICY, FLOW_TABLE_SIZE)
+            .context("loading lb (run as root)")?;
+        let mut new_flow = load(
+            Object::read(Object::LB_NEW_FLOW)?.bytes(),
+            "lb_new_flow",
+            POLICY,
+            FLOW_TABLE_SIZE,
+        )?;
+        let uncached = load_with(
+            lb_user::EBPF_LB,
+            "lb",
+            POLICY,
+            &LoadOptions {
+                flow_table_size: FLOW_TABLE_SIZE,
+                flow_cache: false,
+            },
+        )?;
+        let baseline = load_macswap()?;
+        // New flows are measured in the steady state of a busy load balancer:
+        // the flow table is full and every insert evicts. Fill it first
+        // (untimed), from sources no fixture uses.
+        let fill = Frame::tcp("10.250.0.1", 1, "10.0.3.49", 80, SYN).build();
+        test_run(new_flow.program_mut(), &fill, FLOW_TABLE_SIZE)?;
+        Ok(Programs {
+            lb,
+            new_flow,
+            uncached,
+            baseline,
+        })
+    }
+
+    /// An established (or passed) fixture: ns/packet of `lb` and of the
+    /// baseline in each run.
+    fn established(&mut self, f: &Fixture, settings: &Settings) -> Result<(Vec<f64>, Vec<f64>)> {
+        let dp = if f.kind == Kind::EstablishedUncached {
+            &mut self.uncached
+        } else {
+            &mut self.lb
+        };
+        let base = macswap(&mut self.baseline);
+        let frame = (f.frame)(0);
+        let (verdict, _, _) = test_run(dp.program_mut(), &frame, 1)?; // creates the flow
+        let expect = if f.kind == Kind::Passed {
+            XDP_PASS
+        } else {
+            XDP_TX
+        };
+        ensure!(
+            verdict == expect,
+            "{}: verdict {verdict}, expected {expect}",
+            f.name
+        );
+        // One untimed pair first: the fill of the new-flow tables just
+        // before leaves the caches and TLB cold for the first fixture, which
+        // would read slower.
+        test_run(dp.program_mut(), &frame, settings.repeat)?;
+        test_run(base, &frame, settings.repeat)?;
+        let (mut l, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..settings.runs {
+            l.push(ns(test_run(dp.program_mut(), &frame, settings.repeat)?.1));
+            b.push(ns(test_run(base, &frame, settings.repeat)?.1));
+        }
+        Ok((l, b))
+    }
+
+    /// A new-flow fixture: ns/packet of the new-flow build and of the
+    /// baseline in each run; every repetition must have been a new flow.
+    fn new_flows(&mut self, f: &Fixture, settings: &Settings) -> Result<(Vec<f64>, Vec<f64>)> {
+        let base = macswap(&mut self.baseline);
+        let before = counter(&self.new_flow, Counter::NewFlow)?;
+        let (mut l, mut b) = (Vec::new(), Vec::new());
+        for run in 0..settings.runs {
+            let frame = (f.frame)(run);
+            let (verdict, d, _) = test_run(
+                self.new_flow.program_mut(),
+                &frame,
+                settings.new_flow_repeat,
+            )?;
+            ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
+            l.push(ns(d));
+            b.push(ns(test_run(base, &frame, settings.new_flow_repeat)?.1));
+        }
+        let new_flows = counter(&self.new_flow, Counter::NewFlow)? - before;
+        let expected = settings.new_flow_repeat as u64 * settings.runs as u64;
+        ensure!(
+            new_flows == expected,
+            "{}: {new_flows} new flows, expected {expected}",
+            f.name
+        );
+        Ok((l, b))
+    }
 }
 
 /// The worst (highest ratio) row of `kind`.
@@ -294,25 +343,7 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
         "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb` and the MAC-swap XDP_TX program interleaved; min and median of the kernel's mean time per repetition; ratio = the median over the runs of `lb` / MAC-swap in the same run (each pair runs back to back, at the same speed of the VM). Established flow: the flow exists before the timed runs (created by the fixture's packet, a non-SYN, so it is in the flow cache and every timed repetition is a cache hit: README \"Flow cache\"). New flow: the `lb_new_flow` build, whose source port changes every repetition (flow-table miss, choice, insert into a 1M-entry table that was filled before the timed runs, so every insert evicts). Established flow, flow cache off: the same kind of packet through a second `lb` loaded with the flow cache off, so every repetition looks the flow up in the flow table.",
         settings.repeat, settings.new_flow_repeat, settings.runs
     ));
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let goal = r.goal();
-            vec![
-                r.name.clone(),
-                r.algorithm.into(),
-                fmt_ns(r.lb.0),
-                fmt_ns(r.lb.1),
-                fmt_ns(r.base.0),
-                fmt_ns(r.base.1),
-                format!("{:.2}x", r.ratio()),
-                goal.map_or_else(String::new, |g| format!("<= {g}x")),
-                goal.map_or_else(String::new, |g| {
-                    if r.ratio() <= g { "met" } else { "not met" }.into()
-                }),
-            ]
-        })
-        .collect();
+    let table: Vec<Vec<String>> = rows.iter().map(table_row).collect();
     s.table(
         &[
             "fixture",
@@ -327,6 +358,36 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
         ],
         &table,
     );
+    figures(&mut s, rows);
+    if !rows.is_empty() {
+        let name = "ns_per_packet.svg";
+        plot_medians(&dir.join(name), rows)?;
+        s.plots.push(name.into());
+    }
+    Ok(s)
+}
+
+/// A fixture's row of the table.
+fn table_row(r: &Row) -> Vec<String> {
+    let goal = r.goal();
+    vec![
+        r.name.clone(),
+        r.algorithm.into(),
+        fmt_ns(r.lb.0),
+        fmt_ns(r.lb.1),
+        fmt_ns(r.base.0),
+        fmt_ns(r.base.1),
+        format!("{:.2}x", r.ratio()),
+        goal.map_or_else(String::new, |g| format!("<= {g}x")),
+        goal.map_or_else(String::new, |g| {
+            if r.ratio() <= g { "met" } else { "not met" }.into()
+        }),
+    ]
+}
+
+/// The summary's figures: the worst established and new flow against
+/// their goals, and the flow cache off.
+fn figures(s: &mut Section, rows: &[Row]) {
     for (kind, what, goal) in [
         (Kind::Established, "established flow", ESTABLISHED_GOAL),
         (Kind::NewFlow, "new flow", NEW_FLOW_GOAL),
@@ -358,28 +419,27 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
             ),
         ));
     }
-    if !rows.is_empty() {
-        let name = "ns_per_packet.svg";
-        plot::bars(
-            &dir.join(name),
-            &Bars {
-                title: "ns/packet (median): lb vs MAC-swap, same run",
-                y_label: "ns/packet",
-                categories: rows.iter().map(|r| r.name.clone()).collect(),
-                series: vec![
-                    Series {
-                        name: "lb",
-                        values: rows.iter().map(|r| r.lb.1).collect(),
-                    },
-                    Series {
-                        name: "MAC-swap",
-                        values: rows.iter().map(|r| r.base.1).collect(),
-                    },
-                ],
-                references: vec![],
-            },
-        )?;
-        s.plots.push(name.into());
-    }
-    Ok(s)
+}
+
+/// The medians of `lb` and of the baseline, fixture by fixture.
+fn plot_medians(path: &std::path::Path, rows: &[Row]) -> Result<()> {
+    plot::bars(
+        path,
+        &Bars {
+            title: "ns/packet (median): lb vs MAC-swap, same run",
+            y_label: "ns/packet",
+            categories: rows.iter().map(|r| r.name.clone()).collect(),
+            series: vec![
+                Series {
+                    name: "lb",
+                    values: rows.iter().map(|r| r.lb.1).collect(),
+                },
+                Series {
+                    name: "MAC-swap",
+                    values: rows.iter().map(|r| r.base.1).collect(),
+                },
+            ],
+            references: vec![],
+        },
+    )
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::{
+    coord::{Shift, types::RangedCoordf64},
     prelude::*,
     style::text_anchor::{HPos, Pos, VPos},
 };
@@ -41,28 +42,25 @@ const REFERENCE_COLORS: [RGBColor; 3] = [
     RGBColor(0x8c, 0x56, 0x4b),
 ];
 
+/// The chart the bars are drawn on: categories along x, values along y.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+/// A drawing error of the SVG backend.
+type DrawError = DrawingAreaErrorKind<std::io::Error>;
+
 /// Draws grouped bars (one group per category, one bar per series) and the
 /// reference lines into an SVG file at `path`.
 pub fn bars(path: &Path, b: &Bars) -> Result<()> {
     let n = b.categories.len().max(1);
     let width = (140 * n as u32 + 160).max(640);
-    let top = b
-        .series
-        .iter()
-        .flat_map(|s| s.values.iter().copied())
-        .chain(b.references.iter().map(|r| r.value))
-        .fold(0.0f64, f64::max)
-        .max(f64::MIN_POSITIVE)
-        * 1.15;
     let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
-    let err = |e: DrawingAreaErrorKind<_>| anyhow!("plot {}: {e}", path.display());
+    let err = |e: DrawError| anyhow!("plot {}: {e}", path.display());
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(b.title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..n as f64, 0.0..top)
+        .build_cartesian_2d(0.0..n as f64, 0.0..top(b))
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -71,37 +69,9 @@ pub fn bars(path: &Path, b: &Bars) -> Result<()> {
         .y_desc(b.y_label)
         .draw()
         .map_err(err)?;
-    // Category names under the bars, centred on each group.
-    let label = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Center, VPos::Top));
-    for (i, name) in b.categories.iter().enumerate() {
-        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-        root.draw(&Text::new(name.clone(), (x, y + 8), label.clone()))
-            .map_err(err)?;
-    }
-    let k = b.series.len().max(1);
-    let w = 0.8 / k as f64;
-    for (j, s) in b.series.iter().enumerate() {
-        let color = COLORS[j % COLORS.len()];
-        chart
-            .draw_series(s.values.iter().enumerate().map(|(i, &v)| {
-                let x0 = i as f64 + 0.1 + j as f64 * w;
-                Rectangle::new([(x0, 0.0), (x0 + w * 0.95, v)], color.filled())
-            }))
-            .map_err(err)?
-            .label(s.name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    for (j, r) in b.references.iter().enumerate() {
-        let color = REFERENCE_COLORS[j % REFERENCE_COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, r.value), (n as f64, r.value)],
-                color.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label(format!("{} ({})", r.name, short(r.value)))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
-    }
+    categories(&root, &chart, b).map_err(err)?;
+    series(&mut chart, b).map_err(err)?;
+    references(&mut chart, b, n).map_err(err)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -111,6 +81,64 @@ pub fn bars(path: &Path, b: &Bars) -> Result<()> {
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
+    Ok(())
+}
+
+/// The top of the y axis: the highest bar or reference line, with room
+/// above it.
+fn top(b: &Bars) -> f64 {
+    b.series
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .chain(b.references.iter().map(|r| r.value))
+        .fold(0.0f64, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.15
+}
+
+/// Category names under the bars, centred on each group.
+fn categories(
+    root: &DrawingArea<SVGBackend, Shift>,
+    chart: &Chart,
+    b: &Bars,
+) -> Result<(), DrawError> {
+    let label = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, name) in b.categories.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+        root.draw(&Text::new(name.clone(), (x, y + 8), label.clone()))?;
+    }
+    Ok(())
+}
+
+/// A bar per series in each category's group, side by side.
+fn series(chart: &mut Chart, b: &Bars) -> Result<(), DrawError> {
+    let k = b.series.len().max(1);
+    let w = 0.8 / k as f64;
+    for (j, s) in b.series.iter().enumerate() {
+        let color = COLORS[j % COLORS.len()];
+        chart
+            .draw_series(s.values.iter().enumerate().map(|(i, &v)| {
+                let x0 = i as f64 + 0.1 + j as f64 * w;
+                Rectangle::new([(x0, 0.0), (x0 + w * 0.95, v)], color.filled())
+            }))?
+            .label(s.name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    Ok(())
+}
+
+/// The reference lines across the `n` categories.
+fn references(chart: &mut Chart, b: &Bars, n: usize) -> Result<(), DrawError> {
+    for (j, r) in b.references.iter().enumerate() {
+        let color = REFERENCE_COLORS[j % REFERENCE_COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, r.value), (n as f64, r.value)],
+                color.stroke_width(2),
+            ))?
+            .label(format!("{} ({})", r.name, short(r.value)))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
+    }
     Ok(())
 }
 

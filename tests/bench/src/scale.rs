@@ -18,7 +18,7 @@ use lb_user::{
     dataplane::{Dataplane, LoadOptions},
     ids::Ids,
     maglev::TableCache,
-    plan::Observed,
+    plan::{MapPlan, Observed},
     policy::{self, compile::compile_cached},
 };
 use nix::{
@@ -35,7 +35,7 @@ use crate::{
 /// Target groups of the policy (each with a listener of its own).
 pub const GROUPS: usize = 1000;
 /// Groups in a dev build (`cargo xtask bench --quick`): its unoptimized
-/// compile of 1,000 tables alone takes about 20 s.
+/// compile of 1,000 tables alone would take most of a quick run.
 pub const DEV_GROUPS: usize = 100;
 pub const TARGETS: usize = 100;
 
@@ -278,25 +278,11 @@ pub fn measure(groups: usize) -> Result<Scale> {
     let apply = t.elapsed().as_secs_f64();
     // One target's weight changes: one table is rebuilt and swapped.
     policy.target_groups[groups / 2].targets[0].weight = 128;
-    let t = Instant::now();
-    let ids = Arc::new(plan.ids.assign(&policy, Instant::now())?);
-    let plan2 = compile_cached(&policy, &observed, &ids, &mut cache)?;
-    let recompile = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    dp.apply(&plan2)?;
-    let reapply = t.elapsed().as_secs_f64();
+    // The new plan stays until the end: the resident memory after counts it.
+    let (_changed, recompile, reapply) = change(&policy, &observed, &plan, &mut cache, &mut dp)?;
     let maps = dp.map_memory()?;
     let (rss_after, _) = rss();
-    // More first applies, each to freshly loaded maps: the kernel's cost of
-    // fresh pages varies by 10x on a VM (a page the hypervisor took back is
-    // faulted in again on first use), so one apply is not a figure.
-    let mut applies = vec![apply];
-    for _ in 1..APPLY_TRIALS {
-        let mut fresh = Dataplane::load(&LoadOptions::default())?;
-        let t = Instant::now();
-        fresh.apply(&plan)?;
-        applies.push(t.elapsed().as_secs_f64());
-    }
+    let applies = first_applies(&plan, apply)?;
     drop(plan);
     Ok(Scale {
         yaml_bytes: yaml.len(),
@@ -312,57 +298,99 @@ pub fn measure(groups: usize) -> Result<Scale> {
     })
 }
 
+/// Recompiles the changed `policy` over `plan` and applies the result to
+/// `dp`: the new plan and the seconds each step took.
+fn change(
+    policy: &policy::Policy,
+    observed: &Observed,
+    plan: &MapPlan,
+    cache: &mut TableCache,
+    dp: &mut Dataplane,
+) -> Result<(MapPlan, f64, f64)> {
+    let t = Instant::now();
+    let ids = Arc::new(plan.ids.assign(policy, Instant::now())?);
+    let plan2 = compile_cached(policy, observed, &ids, cache)?;
+    let recompile = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    dp.apply(&plan2)?;
+    let reapply = t.elapsed().as_secs_f64();
+    Ok((plan2, recompile, reapply))
+}
+
+/// `first` and more first applies of `plan`, each to freshly loaded maps:
+/// the kernel's cost of fresh pages varies on a VM (a page the hypervisor
+/// took back is faulted in again on first use), so one apply is not a
+/// figure.
+fn first_applies(plan: &MapPlan, first: f64) -> Result<Vec<f64>> {
+    let mut applies = vec![first];
+    for _ in 1..APPLY_TRIALS {
+        let mut fresh = Dataplane::load(&LoadOptions::default())?;
+        let t = Instant::now();
+        fresh.apply(plan)?;
+        applies.push(t.elapsed().as_secs_f64());
+    }
+    Ok(applies)
+}
+
 pub fn section(settings: &Settings) -> Result<Section> {
     let groups = groups();
     let m = measure(groups)?;
-    let apply = median(&m.applies);
-    let worst = m.applies.iter().copied().fold(0.0, f64::max);
     let lb = lb_run(groups)?;
-    let name = scale_name();
     let mut s = Section::new(title(settings));
     s.line(format!(
         "A policy of {groups} listeners and {groups} groups of {TARGETS} targets ({} targets, {} of YAML), every MAC known, hash tables of 65537 slots. Times are wall-clock, one run each except the first apply: parse + validate, compile (every table built), load of the program with empty maps, first apply (three times, each to freshly loaded maps: the kernel's fresh pages cost up to 10x more when the VM's hypervisor has taken them back; the goal is judged on the median, the worst is shown); then one target's weight changes and the policy is recompiled (table cache: one table rebuilt) and re-applied (delta: one table swapped). Resident memory: this process's VmRSS. Then `lb run` itself, in a lab, with the same policy (a static MAC for each target, no health checks): from its start to its `lb ready` line (parse, validate, compile, load, apply, attach), a reload (SIGHUP) after one target's weight changed in the file, to its `policy reloaded` line, and its resident memory.",
         groups * TARGETS,
         fmt_bytes(m.yaml_bytes as u64)
     ));
-    s.table(
-        &["step", "value"],
-        &[
-            vec!["parse + validate".into(), fmt_secs(m.parse)],
-            vec!["compile".into(), fmt_secs(m.compile)],
-            vec!["load program and maps".into(), fmt_secs(m.load)],
-            vec![
-                format!("apply (first), {} trials", m.applies.len()),
-                m.applies
-                    .iter()
-                    .map(|&a| fmt_secs(a))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ],
-            vec!["recompile after one change".into(), fmt_secs(m.recompile)],
-            vec!["re-apply after one change".into(), fmt_secs(m.reapply)],
-            vec![
-                "map memory (kernel memlock, group tables included)".into(),
-                fmt_bytes(m.maps),
-            ],
-            vec![
-                "resident memory before / after".into(),
-                format!("{} / {}", fmt_bytes(m.rss_before), fmt_bytes(m.rss_after)),
-            ],
-            vec![
-                "`lb run`: start to ready".into(),
-                format!("{} ({})", fmt_secs(lb.ready), lb.ready_steps),
-            ],
-            vec![
-                "`lb run`: reload after one change (SIGHUP to `policy reloaded`)".into(),
-                format!("{} ({})", fmt_secs(lb.reload), lb.reload_steps),
-            ],
-            vec![
-                "`lb run`: resident memory (peak)".into(),
-                format!("{} ({})", fmt_bytes(lb.rss), fmt_bytes(lb.hwm)),
-            ],
+    s.table(&["step", "value"], &rows(&m, &lb));
+    figures(&mut s, &m, &lb);
+    Ok(s)
+}
+
+/// The table: a row per step, the measured value.
+fn rows(m: &Scale, lb: &LbRun) -> Vec<Vec<String>> {
+    vec![
+        vec!["parse + validate".into(), fmt_secs(m.parse)],
+        vec!["compile".into(), fmt_secs(m.compile)],
+        vec!["load program and maps".into(), fmt_secs(m.load)],
+        vec![
+            format!("apply (first), {} trials", m.applies.len()),
+            m.applies
+                .iter()
+                .map(|&a| fmt_secs(a))
+                .collect::<Vec<_>>()
+                .join(", "),
         ],
-    );
+        vec!["recompile after one change".into(), fmt_secs(m.recompile)],
+        vec!["re-apply after one change".into(), fmt_secs(m.reapply)],
+        vec![
+            "map memory (kernel memlock, group tables included)".into(),
+            fmt_bytes(m.maps),
+        ],
+        vec![
+            "resident memory before / after".into(),
+            format!("{} / {}", fmt_bytes(m.rss_before), fmt_bytes(m.rss_after)),
+        ],
+        vec![
+            "`lb run`: start to ready".into(),
+            format!("{} ({})", fmt_secs(lb.ready), lb.ready_steps),
+        ],
+        vec![
+            "`lb run`: reload after one change (SIGHUP to `policy reloaded`)".into(),
+            format!("{} ({})", fmt_secs(lb.reload), lb.reload_steps),
+        ],
+        vec![
+            "`lb run`: resident memory (peak)".into(),
+            format!("{} ({})", fmt_bytes(lb.rss), fmt_bytes(lb.hwm)),
+        ],
+    ]
+}
+
+/// The summary's figures: apply against its goal, one change, memory.
+fn figures(s: &mut Section, m: &Scale, lb: &LbRun) {
+    let name = scale_name();
+    let apply = median(&m.applies);
+    let worst = m.applies.iter().copied().fold(0.0, f64::max);
     let total = m.parse + m.compile + apply;
     s.figures.push(Figure::cpu_goal(
         format!("{name}: apply (median of {})", m.applies.len()),
@@ -390,7 +418,6 @@ pub fn section(settings: &Settings) -> Result<Section> {
         format!("{name}: map memory / `lb run` resident memory"),
         format!("{} / {}", fmt_bytes(m.maps), fmt_bytes(lb.rss)),
     ));
-    Ok(s)
 }
 
 #[cfg(test)]

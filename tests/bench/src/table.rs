@@ -182,6 +182,39 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
     s.line(format!(
         "Build time of a {SLOTS}-slot table (`lb_user::maglev::build`, equal weights), min and median over repeated builds in this process. Anchor: {PAPER_MS} ms for 65537 slots in the Maglev paper (NSDI 2016). The textbook walk (one candidate at a time, a modulo per step: `maglev::build_textbook`, which builds the same table) is timed in the same run, so the speed-up is a ratio that holds on any machine. Disruption: share of the slots whose target changes; each figure is the mean (and max) over 3 changed targets; ideal = the changed target's share of the table."
     ));
+    build_table(&mut s, &times);
+    disruption_table(&mut s, &disruptions);
+    spread_table(&mut s, &spreads);
+    build_figures(&mut s, &times);
+    for d in disruptions.iter().filter(|d| d.n == 100) {
+        s.figures.push(Figure::info(
+            format!("slots moved, {} of 100 targets", d.what),
+            format!(
+                "{:.2} % (ideal {:.2} %, {:.2}x)",
+                d.mean * 100.0,
+                d.ideal * 100.0,
+                d.mean / d.ideal
+            ),
+        ));
+    }
+    if let Some(sp) = spreads.iter().find(|sp| sp.n == 100) {
+        s.figures.push(Figure::info(
+            "slots vs weight, 100 targets: max deviation",
+            format!(
+                "{:.2} slots ({:.3} %)",
+                sp.max_slots,
+                sp.max_relative * 100.0
+            ),
+        ));
+    }
+    plot_build_times(&dir.join("table_build.svg"), &times)?;
+    plot_disruption(&dir.join("disruption.svg"), &disruptions)?;
+    s.plots.push("table_build.svg".into());
+    s.plots.push("disruption.svg".into());
+    Ok(s)
+}
+
+fn build_table(s: &mut Section, times: &[BuildTimes]) {
     s.table(
         &[
             "targets",
@@ -203,6 +236,10 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
             })
             .collect::<Vec<_>>(),
     );
+}
+
+/// The disruption table, and what it shows.
+fn disruption_table(s: &mut Section, disruptions: &[Disruption]) {
     s.table(
         &[
             "change",
@@ -227,6 +264,10 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
             .collect::<Vec<_>>(),
     );
     s.line(format!("\nMaglev's disruption grows as the slots per target shrink: with 1,000 targets a {SLOTS}-slot table gives each about 65, and a change moves several times the ideal share. A larger `table_size` (about 100 x the targets) brings it back towards the ideal."));
+}
+
+/// What the spread measures, and its table.
+fn spread_table(s: &mut Section, spreads: &[Spread]) {
     s.line("\nSpread: weights 1-100 over the targets; largest deviation of a target's slot count from its ideal share.");
     s.table(
         &[
@@ -245,7 +286,11 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
             })
             .collect::<Vec<_>>(),
     );
-    for t in &times {
+}
+
+/// A figure per size; the goal's (100 targets) judged.
+fn build_figures(s: &mut Section, times: &[BuildTimes]) {
+    for t in times {
         let ms = t.median * 1e3;
         if t.n == 100 {
             s.figures.push(Figure::cpu_goal(
@@ -266,30 +311,11 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
             ));
         }
     }
-    for d in disruptions.iter().filter(|d| d.n == 100) {
-        s.figures.push(Figure::info(
-            format!("slots moved, {} of 100 targets", d.what),
-            format!(
-                "{:.2} % (ideal {:.2} %, {:.2}x)",
-                d.mean * 100.0,
-                d.ideal * 100.0,
-                d.mean / d.ideal
-            ),
-        ));
-    }
-    if let Some(sp) = spreads.iter().find(|sp| sp.n == 100) {
-        s.figures.push(Figure::info(
-            "slots vs weight, 100 targets: max deviation",
-            format!(
-                "{:.2} slots ({:.3} %)",
-                sp.max_slots,
-                sp.max_relative * 100.0
-            ),
-        ));
-    }
+}
 
+fn plot_build_times(path: &std::path::Path, times: &[BuildTimes]) -> Result<()> {
     plot::bars(
-        &dir.join("table_build.svg"),
+        path,
         &Bars {
             title: "Hash table build time, 65537 slots (median)",
             y_label: "ms",
@@ -315,9 +341,12 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
                 },
             ],
         },
-    )?;
+    )
+}
+
+fn plot_disruption(path: &std::path::Path, disruptions: &[Disruption]) -> Result<()> {
     plot::bars(
-        &dir.join("disruption.svg"),
+        path,
         &Bars {
             title: "Slots moved by one change, relative to the ideal (1 of N targets)",
             y_label: "moved / ideal",
@@ -334,10 +363,7 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
                 value: 1.0,
             }],
         },
-    )?;
-    s.plots.push("table_build.svg".into());
-    s.plots.push("disruption.svg".into());
-    Ok(s)
+    )
 }
 
 #[cfg(test)]

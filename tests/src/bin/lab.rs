@@ -28,7 +28,7 @@ use lb_tests::{
     status::Status,
     topo,
 };
-use lb_user::policy::{Listener, ListenerProtocol, Policy};
+use lb_user::policy::{Listener, ListenerProtocol, Policy, TargetGroup};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -69,7 +69,24 @@ fn main() -> Result<()> {
         .context("install the Ctrl-C handler")?;
 
     let policy = lb_user::policy::load(&args.config)?;
+    let lab = start_lab(&args)?;
+    let mut lb = start_lb(&lab, &args)?;
 
+    wait_for_verdicts(&lb);
+
+    for listener in &policy.listeners {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        burst_listener(&lab, &policy, listener, &args)?;
+    }
+
+    live_view(&lab, &mut lb, &args, &stop);
+    finish(lab, lb)
+}
+
+/// Builds the lab with its target servers.
+fn start_lab(args: &Args) -> Result<Lab> {
     let options = LabOptions {
         prefix: "lbx".into(),
         lb_bin: args
@@ -91,11 +108,15 @@ fn main() -> Result<()> {
         lab.ns(Node::Target(2)),
         lab.ns(Node::Lb)
     );
+    Ok(lab)
+}
 
+/// Starts `lb run` in the lab, its log echoed.
+fn start_lb(lab: &Lab, args: &Args) -> Result<LbProcess> {
     eprintln!("lab: starting lb (xdp mode {})", args.xdp_mode);
     let socket = lab.dir().join("lb.sock");
     let config = std::fs::canonicalize(&args.config)?;
-    let mut lb = LbProcess::start(&lb_tests::lb::Start {
+    LbProcess::start(&lb_tests::lb::Start {
         ns: &lab.ns(Node::Lb),
         bin: &lab.options().lb_bin,
         config: &config,
@@ -105,74 +126,30 @@ fn main() -> Result<()> {
         timeout: Duration::from_secs(60),
         echo: true,
     })
-    .context("start lb")?;
+    .context("start lb")
+}
 
-    wait_for_verdicts(&lb);
-
-    for listener in &policy.listeners {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        burst_listener(&lab, &policy, listener, &args)?;
-    }
-
+/// Shows `lb status` once a second until Ctrl-C, `--duration` or lb's exit,
+/// and stops one checked target's service for `--outage-s` at the start.
+fn live_view(lab: &Lab, lb: &mut LbProcess, args: &Args, stop: &AtomicBool) {
     let started = Instant::now();
     let until = args.duration.map(Duration::from_secs);
     let mut outage = if args.outage_s > 0 && !stop.load(Ordering::SeqCst) {
-        start_outage(&lab, &lb, Duration::from_secs(args.outage_s))
+        start_outage(lab, lb, Duration::from_secs(args.outage_s))
     } else {
         None
     };
     eprintln!("lab: live counters from `lb status` every second; Ctrl-C stops");
-    let (mut last, mut last_shown) = (String::new(), 0);
-    let mut last_health: Vec<(String, String)> = Vec::new();
+    let mut view = View::default();
     while !stop.load(Ordering::SeqCst) && until.is_none_or(|d| started.elapsed() < d) {
         if !lb.running() {
             eprintln!("lab: lb exited on its own");
             break;
         }
-        if let Some(o) = outage.as_mut().filter(|o| Instant::now() >= o.ends) {
-            match lab.start_port(o.node, o.port) {
-                Ok(()) => println!(
-                    "lab: {}'s service (port {}) is back after {} s: watch it turn healthy",
-                    o.name, o.port, args.outage_s
-                ),
-                Err(e) => println!("lab: could not restart {}'s service: {e}", o.name),
-            }
-            outage = None;
+        if let Some(o) = outage.take_if(|o| Instant::now() >= o.ends) {
+            end_outage(lab, &o, args.outage_s);
         }
-        // A line when something changed, and every 10 s anyway. The health
-        // probes' answers pass to lb's kernel all the time: `passed` alone
-        // moving is no change.
-        let (line, key, health) = match lb.report() {
-            Ok(status) => (
-                summarize(&status, &[]),
-                summarize(&status, &["passed"]),
-                health_states(&status),
-            ),
-            Err(e) => (
-                format!("lb status: {e}"),
-                String::new(),
-                last_health.clone(),
-            ),
-        };
-        let secs = started.elapsed().as_secs();
-        if key != last || secs >= last_shown + 10 {
-            println!("[{secs:>4}s] {line}");
-            last = key;
-            last_shown = secs;
-        }
-        // The tables of the groups whose health changed.
-        for (group, states) in &health {
-            let before = last_health.iter().find(|(g, _)| g == group);
-            if before.is_some_and(|(_, b)| b != states) {
-                match lb.status_command(Some(group), false) {
-                    Ok(table) => print!("\n$ lb status {group}\n{table}"),
-                    Err(e) => println!("lb status {group}: {e}"),
-                }
-            }
-        }
-        last_health = health;
+        view.show(lb, started);
         for _ in 0..10 {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -180,7 +157,10 @@ fn main() -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
 
+/// Stops lb, removes its data plane and the lab: lb's exit decides ours.
+fn finish(lab: Lab, lb: LbProcess) -> Result<()> {
     eprintln!("lab: stopping lb and removing its data plane (lb detach)");
     let detached = lb.detach_after_stop();
     let status = detached.as_ref().map(|(status, _)| *status);
@@ -193,6 +173,52 @@ fn main() -> Result<()> {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => bail!("lb exited with {s}"),
         Err(e) => bail!("stopping lb: {e}"),
+    }
+}
+
+/// What the live view showed last.
+#[derive(Default)]
+struct View {
+    /// The counters of the last line, `passed` aside.
+    last: String,
+    last_shown: u64,
+    last_health: Vec<(String, String)>,
+}
+
+impl View {
+    /// A line when something changed, and every 10 s anyway; the tables of
+    /// the groups whose health changed.
+    fn show(&mut self, lb: &LbProcess, started: Instant) {
+        // The health probes' answers pass to lb's kernel all the time:
+        // `passed` alone moving is no change.
+        let (line, key, health) = match lb.report() {
+            Ok(status) => (
+                summarize(&status, &[]),
+                summarize(&status, &["passed"]),
+                health_states(&status),
+            ),
+            Err(e) => (
+                format!("lb status: {e}"),
+                String::new(),
+                self.last_health.clone(),
+            ),
+        };
+        let secs = started.elapsed().as_secs();
+        if key != self.last || secs >= self.last_shown + 10 {
+            println!("[{secs:>4}s] {line}");
+            self.last = key;
+            self.last_shown = secs;
+        }
+        for (group, states) in &health {
+            let before = self.last_health.iter().find(|(g, _)| g == group);
+            if before.is_some_and(|(_, b)| b != states) {
+                match lb.status_command(Some(group), false) {
+                    Ok(table) => print!("\n$ lb status {group}\n{table}"),
+                    Err(e) => println!("lb status {group}: {e}"),
+                }
+            }
+        }
+        self.last_health = health;
     }
 }
 
@@ -237,6 +263,14 @@ fn burst_listener(lab: &Lab, policy: &Policy, listener: &Listener, args: &Args) 
         println!("  (no target group {})", listener.target_group);
         return Ok(());
     };
+    print_shares(group, &tally);
+    println!();
+    Ok(())
+}
+
+/// What each target of the group received against its weight ratio, and
+/// any answer from outside the group.
+fn print_shares(group: &TargetGroup, tally: &Tally) {
     let weights: Vec<u16> = group.targets.iter().map(|t| t.weight).collect();
     let ratios = stats::ratios(&weights);
     println!(
@@ -270,8 +304,6 @@ fn burst_listener(lab: &Lab, policy: &Policy, listener: &Listener, args: &Args) 
     if !strangers.is_empty() {
         println!("  answers from outside the group: {strangers:?}");
     }
-    println!();
-    Ok(())
 }
 
 /// How long to wait for the first health verdicts before the burst: a
@@ -376,6 +408,17 @@ fn start_outage(lab: &Lab, lb: &LbProcess, length: Duration) -> Option<Outage> {
             println!("lab: could not stop {}'s port {port}: {e}", spec.name);
             None
         }
+    }
+}
+
+/// Starts the stopped service again.
+fn end_outage(lab: &Lab, o: &Outage, outage_s: u64) {
+    match lab.start_port(o.node, o.port) {
+        Ok(()) => println!(
+            "lab: {}'s service (port {}) is back after {} s: watch it turn healthy",
+            o.name, o.port, outage_s
+        ),
+        Err(e) => println!("lab: could not restart {}'s service: {e}", o.name),
     }
 }
 

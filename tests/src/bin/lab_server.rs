@@ -407,6 +407,17 @@ struct Server {
 }
 
 impl Server {
+    /// Listens on `port` for the first time.
+    fn add(&mut self, port: u16, kind: Kind) -> Result<(), Fatal> {
+        if self.kinds.insert(port, kind).is_some() {
+            return Err((ExitCode::from(2), format!("port {port} given twice")));
+        }
+        let running = listen(port, kind, &self.shared)
+            .map_err(|e| (ExitCode::FAILURE, format!("bind tcp [::]:{port}: {e}")))?;
+        self.running.insert(port, running);
+        Ok(())
+    }
+
     fn command(&mut self, line: &str) -> Result<(), String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let port = |v: &str| -> Result<u16, String> {
@@ -459,31 +470,50 @@ impl Server {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
+    let mut server = match start() {
+        Ok(server) => server,
+        Err((code, e)) => {
             eprintln!("lb-lab-server: {e}");
-            return ExitCode::from(2);
+            return code;
         }
     };
+    let mut stdout = io::stdout();
+    let _ = writeln!(stdout, "ready");
+    let _ = stdout.flush();
+    // Commands until whoever started us closes our stdin (or dies).
+    for line in io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let reply = match server.command(line.trim()) {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("error: {e}"),
+        };
+        let _ = writeln!(stdout, "{reply}");
+        let _ = stdout.flush();
+    }
+    ExitCode::SUCCESS
+}
+
+/// Why the server could not start: its exit code (2 for a wrong command
+/// line) and the message.
+type Fatal = (ExitCode, String);
+
+/// Opens the record file and every socket the command line asks for, each
+/// served on threads of its own.
+fn start() -> Result<Server, Fatal> {
+    let args = parse_args().map_err(|e| (ExitCode::from(2), e))?;
+    let failed = |e: String| (ExitCode::FAILURE, e);
     let record = match &args.record {
         None => None,
-        Some(path) => match OpenOptions::new().create(true).append(true).open(path) {
-            Ok(file) => Some(Mutex::new(file)),
-            Err(e) => {
-                eprintln!("lb-lab-server: open {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(path) => Some(Mutex::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| failed(format!("open {}: {e}", path.display())))?,
+        )),
     };
     let tls = if args.listeners.iter().any(|(_, k)| *k == Kind::Https) {
-        match self_signed_tls(&args.name) {
-            Ok((config, _)) => Some(config),
-            Err(e) => {
-                eprintln!("lb-lab-server: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        Some(self_signed_tls(&args.name).map_err(failed)?.0)
     } else {
         None
     };
@@ -499,46 +529,14 @@ fn main() -> ExitCode {
         running: BTreeMap::new(),
     };
     for &(port, kind) in &args.listeners {
-        if server.kinds.insert(port, kind).is_some() {
-            eprintln!("lb-lab-server: port {port} given twice");
-            return ExitCode::from(2);
-        }
-        match listen(port, kind, &server.shared) {
-            Ok(running) => {
-                server.running.insert(port, running);
-            }
-            Err(e) => {
-                eprintln!("lb-lab-server: bind tcp [::]:{port}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        server.add(port, kind)?;
     }
     for addr in args.udp {
-        match UdpSocket::bind(addr) {
-            Ok(socket) => {
-                let answer = answer.clone();
-                thread::spawn(move || serve_udp(socket, answer));
-            }
-            Err(e) => {
-                eprintln!("lb-lab-server: bind udp {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        let socket = UdpSocket::bind(addr).map_err(|e| failed(format!("bind udp {addr}: {e}")))?;
+        let answer = answer.clone();
+        thread::spawn(move || serve_udp(socket, answer));
     }
-    let mut stdout = io::stdout();
-    let _ = writeln!(stdout, "ready");
-    let _ = stdout.flush();
-    // Commands until whoever started us closes our stdin (or dies).
-    for line in io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
-        let reply = match server.command(line.trim()) {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => format!("error: {e}"),
-        };
-        let _ = writeln!(stdout, "{reply}");
-        let _ = stdout.flush();
-    }
-    ExitCode::SUCCESS
+    Ok(server)
 }
 
 #[cfg(test)]
