@@ -169,14 +169,7 @@ fn compile_groups(
     for group in &policy.target_groups {
         let group_id = group_id(ids, &group.name)?;
         let first = targets.len();
-        let listener = policy.listener_of(&group.name);
-        for seat in seats::seats(policy, group, observed) {
-            let planned = seats::plan(&seat, group, group_id, listener, observed, ids);
-            targets.push(planned.ok_or_else(|| CompileError::NoId {
-                what: "target",
-                name: format!("{} in {}", seat.key.ip, group.name),
-            })?);
-        }
+        targets.extend(plan_targets(policy, group, group_id, observed, ids)?);
         seats::set_ratios(&mut targets[first..]);
         let (serving, primary, backup) = seats::serve(group, &mut targets[first..]);
         let members = members(&targets[first..]);
@@ -219,6 +212,29 @@ fn compile_groups(
         groups,
         targets,
     })
+}
+
+/// The targets of `group`'s plan, one per seat (`seats::seats`), before
+/// their ratios and which of them serve are worked out.
+fn plan_targets(
+    policy: &Policy,
+    group: &TargetGroup,
+    group_id: u32,
+    observed: &Observed,
+    ids: &Ids,
+) -> Result<Vec<PlannedTarget>, CompileError> {
+    let listener = policy.listener_of(&group.name);
+    seats::seats(policy, group, observed)
+        .iter()
+        .map(|seat| {
+            seats::plan(seat, group, group_id, listener, observed, ids).ok_or_else(|| {
+                CompileError::NoId {
+                    what: "target",
+                    name: format!("{} in {}", seat.key.ip, group.name),
+                }
+            })
+        })
+        .collect()
 }
 
 fn group_id(ids: &Ids, name: &str) -> Result<u32, CompileError> {

@@ -410,37 +410,42 @@ fn example_group() -> GroupStatus {
             duration_s: 360,
             state: Stickiness::On,
         }),
-        targets: vec![TargetStatus {
-            ip: IpAddr::from([10, 0, 3, 11]),
-            via: None,
-            port: 80,
-            weight: 256,
-            ratio: 1.0,
-            slots: 65537,
-            monitor_port: 80,
-            mac: Some(Mac::new([2, 0, 0, 0, 0, 0x11])),
-            state: TargetState::Healthy,
-            provisioning: Provisioning::Applied,
-            drain: Some(DrainStatus {
-                by_command: true,
-                since: 1000,
-                until: 1300,
-                remaining_s: 120,
-            }),
-            selectable: true,
-            excluded: None,
-            health: Some(HealthStatus {
-                consecutive_successes: 2,
-                consecutive_failures: 0,
-                last_result: Some("status 200".into()),
-                last_ok: Some(true),
-                last_latency_ms: Some(0.4),
-            }),
-            packets: 2,
-            bytes: 120,
-            new_flows: 1,
-            active_flows: 1,
-        }],
+        targets: vec![example_target()],
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+fn example_target() -> TargetStatus {
+    TargetStatus {
+        ip: IpAddr::from([10, 0, 3, 11]),
+        via: None,
+        port: 80,
+        weight: 256,
+        ratio: 1.0,
+        slots: 65537,
+        monitor_port: 80,
+        mac: Some(Mac::new([2, 0, 0, 0, 0, 0x11])),
+        state: TargetState::Healthy,
+        provisioning: Provisioning::Applied,
+        drain: Some(DrainStatus {
+            by_command: true,
+            since: 1000,
+            until: 1300,
+            remaining_s: 120,
+        }),
+        selectable: true,
+        excluded: None,
+        health: Some(HealthStatus {
+            consecutive_successes: 2,
+            consecutive_failures: 0,
+            last_result: Some("status 200".into()),
+            last_ok: Some(true),
+            last_latency_ms: Some(0.4),
+        }),
+        packets: 2,
+        bytes: 120,
+        new_flows: 1,
+        active_flows: 1,
     }
 }
 
