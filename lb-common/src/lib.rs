@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod choice;
+pub mod flow_table;
 pub mod hash;
 pub mod table;
 

@@ -1,0 +1,479 @@
+//! The flow table: `lb`'s own, in place of the kernel's LRU hash maps. Both
+//! sides use this module: the data plane to find, insert and evict entries,
+//! the loader to size, sweep and read the table, the tests' reference model
+//! to predict every eviction.
+//!
+//! The table is an array of [`Bucket`]s, one cache line each, in one map of
+//! both address families. A flow has two candidate buckets ([`Place`]),
+//! both derived from one 64-bit keyed hash of its 5-tuple: a lookup reads
+//! both lines (the two loads are independent, so their misses overlap), and
+//! a new flow goes to the emptier one. With two choices and the loader's
+//! sizing (twice as many entries as `max_flows`, [`buckets_for`]) about
+//! one new flow in 10,000 finds both buckets full at `max_flows`.
+//!
+//! An entry is identified by a 39-bit tag of the hash, not by the key
+//! (with the bucket's own bits a fingerprint of 48 bits or more). A new
+//! flow meets a live flow's tag among its eight candidates about once in
+//! 2^36 lookups (at a million new flows a second, about once a day); it
+//! then shares that flow's entry: it follows its target if the target is
+//! one of its own group's, else chooses again for both.
+//!
+//! A bucket: a header word (the insert lock), four entry words ([`Word`]:
+//! tag, target, flags; changed only whole, with compare-and-exchange, so
+//! the tag, the target and whether the flow is counted always go together)
+//! and each entry's last-seen time and listener hint (hints only: a reader
+//! that meets them half-written acts on another flow's recent time or
+//! listener hint, which it checks).
+//!
+//! Victims ([`victim`]): a new flow takes an empty entry of its two
+//! buckets, else the entry least worth keeping: one the client ended (FIN
+//! or RST), then one seen only once, then the one seen least recently. It
+//! never evicts an established flow seen within [`PROTECT_UNITS`]: when
+//! both buckets hold only such flows, the new flow goes unremembered
+//! (counted). A flood of one-packet flows thus evicts its own entries and
+//! idle ones, never a flow that is sending.
+
+use crate::{FAMILY_V4, FlowKey};
+
+/// Entries a bucket holds.
+pub const WAYS: usize = 4;
+
+/// One cache line of the table.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// [`header`] bits.
+    pub header: u64,
+    /// The entries' [`Word`]s (0: empty).
+    pub words: [u64; WAYS],
+    /// What each entry keeps beside its word, hints written without
+    /// atomics: the data-plane time of the flow's last packet in
+    /// [`TIME_UNIT_NS`] units, wrapping, refreshed at most once per
+    /// [`TOUCH_UNITS`];
+    pub seen: [u32; WAYS],
+    /// and the listener the flow was created under (checked against
+    /// `LISTENERS_BY_ID`; it saves the listener hash lookup).
+    pub listener_id: [u16; WAYS],
+}
+
+const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
+
+/// Bits of [`Bucket::header`].
+pub mod header {
+    /// A CPU is inserting a flow whose first bucket this is: a second CPU
+    /// inserting the same flow waits, and then finds it (so both agree on
+    /// its target).
+    pub const LOCKED: u64 = 1;
+}
+
+/// Time unit of [`Bucket::seen`]: 2^20 ns (about 1.05 ms); a u32 of them
+/// wraps after 52 days, far beyond the longest idle timeout (a day), and
+/// the sweeper deletes entries long before.
+pub const TIME_SHIFT: u32 = 20;
+pub const TIME_UNIT_NS: u64 = 1 << TIME_SHIFT;
+/// An entry's `seen` is refreshed when older than this (about 1.07 s): no
+/// timeout is shorter than a second, so a flow seen within it has not
+/// ended and its packets write nothing.
+pub const TOUCH_UNITS: u32 = 1 << (30 - TIME_SHIFT);
+
+/// Data-plane time in [`TIME_UNIT_NS`] units, as [`Bucket::seen`] holds it.
+#[inline(always)]
+pub const fn time_units(now_ns: u64) -> u32 {
+    (now_ns >> TIME_SHIFT) as u32
+}
+
+/// How long ago `seen` was, in ns, at `now_ns`.
+#[inline(always)]
+pub const fn age_ns(seen: u32, now_ns: u64) -> u64 {
+    (time_units(now_ns).wrapping_sub(seen) as u64) << TIME_SHIFT
+}
+
+/// Bits of an entry word's flags.
+pub mod flags {
+    /// The client sent a SYN (the flow was seen from its start).
+    pub const SYN: u8 = 1 << 0;
+    /// The client sent a FIN: the flow ends after its group's FIN timeout
+    /// without packets.
+    pub const FIN: u8 = 1 << 1;
+    /// The client sent a RST.
+    pub const RST: u8 = 1 << 2;
+    /// The flow counts in its target's active flows (cleared, with one
+    /// compare-and-exchange, by whoever uncounts it).
+    pub const COUNTED: u8 = 1 << 3;
+    /// A packet came after the first: the flow is established, not one
+    /// packet of a flood.
+    pub const AGAIN: u8 = 1 << 4;
+}
+
+/// An entry's word: the tag (bits 24-63), [`flags`] (bits 17-23) and the
+/// target id (bits 0-16). Never 0 when in use: a tag has its lowest bit set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Word(pub u64);
+
+const TARGET_BITS: u32 = 17;
+const TARGET_MASK: u64 = (1 << TARGET_BITS) - 1;
+const FLAGS_SHIFT: u32 = TARGET_BITS;
+const FLAGS_MASK: u64 = 0x7f;
+const TAG_SHIFT: u32 = 24;
+/// The tag's bits in a word.
+pub const TAG_MASK: u64 = !((1 << TAG_SHIFT) - 1);
+
+const _: () = assert!(crate::MAX_TARGETS as u64 <= 1 << TARGET_BITS);
+
+impl Word {
+    pub const EMPTY: Word = Word(0);
+
+    #[inline(always)]
+    pub const fn new(tag: u64, target_id: u32, flags: u8) -> Word {
+        Word(
+            (tag & TAG_MASK)
+                | (flags as u64 & FLAGS_MASK) << FLAGS_SHIFT
+                | (target_id as u64 & TARGET_MASK),
+        )
+    }
+
+    #[inline(always)]
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    #[inline(always)]
+    pub const fn tag(self) -> u64 {
+        self.0 & TAG_MASK
+    }
+
+    #[inline(always)]
+    pub const fn target_id(self) -> u32 {
+        (self.0 & TARGET_MASK) as u32
+    }
+
+    #[inline(always)]
+    pub const fn flags(self) -> u8 {
+        ((self.0 >> FLAGS_SHIFT) & FLAGS_MASK) as u8
+    }
+
+    #[inline(always)]
+    pub const fn with_flags(self, flags: u8) -> Word {
+        Word(self.0 & !(FLAGS_MASK << FLAGS_SHIFT) | (flags as u64 & FLAGS_MASK) << FLAGS_SHIFT)
+    }
+
+    #[inline(always)]
+    pub const fn with_target(self, target_id: u32, flags: u8) -> Word {
+        Word::new(self.0, target_id, flags)
+    }
+}
+
+/// Where a flow may be: its two buckets and its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub first: u32,
+    pub second: u32,
+    /// In a word's tag bits, lowest tag bit set.
+    pub tag: u64,
+}
+
+/// The flow's place in a table of `mask + 1` buckets (a power of two, at
+/// least 2), with the table's random `seed`.
+#[inline(always)]
+pub const fn place(key: &FlowKey, seed: u64, mask: u32) -> Place {
+    let h = hash(key, seed);
+    let first = h as u32 & mask;
+    let tag = (h & TAG_MASK) | 1 << TAG_SHIFT;
+    // The second bucket from the tag (so either bucket and the tag give the
+    // other: partial-key cuckoo hashing), never the first.
+    let mut second = (first ^ (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32) & mask;
+    if second == first {
+        second = first ^ 1;
+    }
+    Place { first, second, tag }
+}
+
+/// A 64-bit keyed hash of the 5-tuple and family. Every word of the key
+/// goes in (an IPv4 key's upper address words are zero and skipped).
+#[inline(always)]
+pub const fn hash(key: &FlowKey, seed: u64) -> u64 {
+    let ports = key.src_port_be as u64
+        | (key.dst_port_be as u64) << 16
+        | (key.proto as u64) << 32
+        | (key.family as u64) << 40;
+    let mut h = mix(seed ^ ports, (key.src_be[0] as u64) << 32 | key.dst_be[0] as u64);
+    if key.family != FAMILY_V4 {
+        h = mix(h, (key.src_be[1] as u64) << 32 | key.src_be[2] as u64);
+        h = mix(h, (key.src_be[3] as u64) << 32 | key.dst_be[1] as u64);
+        h = mix(h, (key.dst_be[2] as u64) << 32 | key.dst_be[3] as u64);
+    }
+    // Final avalanche (splitmix64's).
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[inline(always)]
+const fn mix(h: u64, w: u64) -> u64 {
+    let x = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 32)
+}
+
+/// Which of the flow's eight candidate entries (the first bucket's four,
+/// then the second's) holds its tag, if one does: the first in that order.
+#[inline(always)]
+pub fn find(words: &[u64; 2 * WAYS], tag: u64) -> Option<usize> {
+    let mut i = 0;
+    while i < 2 * WAYS {
+        if words[i] & TAG_MASK == tag && words[i] != 0 {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+const ESTABLISHED: u8 = 3;
+
+/// How much an entry is worth keeping, lowest first: empty, ended by the
+/// client, seen once, established; then, within a class, the least
+/// recently seen.
+#[inline(always)]
+fn rank(word: u64, seen: u32, now: u32) -> (u8, u32) {
+    let w = Word(word);
+    let class = if w.is_empty() {
+        0
+    } else if w.flags() & (flags::FIN | flags::RST) != 0 {
+        1
+    } else if w.flags() & flags::AGAIN == 0 {
+        2
+    } else {
+        ESTABLISHED
+    };
+    // Older is lower: the complement of its age.
+    (class, u32::MAX - now.wrapping_sub(seen))
+}
+
+/// A new flow does not evict an established flow seen within this long
+/// (about 8.6 s): when both its buckets hold only such flows, it goes
+/// unremembered (counted) rather than break one of them. A flood of
+/// one-packet flows thus never evicts a flow that is sending.
+pub const PROTECT_UNITS: u32 = 1 << (33 - TIME_SHIFT);
+
+/// The entry a new flow takes among its eight candidates (`words` and
+/// `seen` in [`find`]'s order) at time `now` ([`time_units`]): the one
+/// least worth keeping, on a tie an entry of the emptier bucket, then the
+/// first; None when that is an established flow seen within
+/// [`PROTECT_UNITS`].
+#[inline(always)]
+pub fn victim(words: &[u64; 2 * WAYS], seen: &[u32; 2 * WAYS], now: u32) -> Option<usize> {
+    let used = |b: usize| {
+        let mut n = 0;
+        let mut i = 0;
+        while i < WAYS {
+            n += (words[b * WAYS + i] != 0) as u32;
+            i += 1;
+        }
+        n
+    };
+    // The emptier bucket is looked at first, so it wins ties.
+    let order = if used(1) < used(0) { WAYS } else { 0 };
+    let mut best = order;
+    let mut best_rank = rank(words[best], seen[best], now);
+    let mut k = 1;
+    while k < 2 * WAYS {
+        let i = (order + k) % (2 * WAYS);
+        let r = rank(words[i], seen[i], now);
+        if r.0 < best_rank.0 || (r.0 == best_rank.0 && r.1 < best_rank.1) {
+            best = i;
+            best_rank = r;
+        }
+        k += 1;
+    }
+    let protected = best_rank.0 == ESTABLISHED && now.wrapping_sub(seen[best]) < PROTECT_UNITS;
+    if protected { None } else { Some(best) }
+}
+
+/// Buckets of a table that is to hold `max_flows` flows: a power of two,
+/// with at least twice as many entries (at half load about one new flow in
+/// 10,000 finds both its buckets full; fuller, more do).
+pub const fn buckets_for(max_flows: u32) -> u32 {
+    let buckets = (max_flows as u64).div_ceil(WAYS as u64 / 2);
+    let mut n = 2;
+    while (n as u64) < buckets {
+        n *= 2;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    fn key(i: u32, family: u8) -> FlowKey {
+        let mut k = FlowKey {
+            src_be: [0x0a00_0000 | i, 0, 0, 0],
+            dst_be: [0x0a00_0331, 0, 0, 0],
+            src_port_be: (i % 60_000) as u16,
+            dst_port_be: 80,
+            proto: 6,
+            family,
+            _pad: [0; 2],
+        };
+        if family != FAMILY_V4 {
+            k.src_be = [0xfd00_0000, 0, i, 1];
+            k.dst_be = [0xfd00_0000, 0, 0, 0x49];
+        }
+        k
+    }
+
+    #[test]
+    fn words_keep_their_parts() {
+        let p = place(&key(7, FAMILY_V4), 1, 1023);
+        let w = Word::new(p.tag, 131_071, flags::COUNTED | flags::SYN);
+        assert_eq!(w.tag(), p.tag);
+        assert_eq!(w.target_id(), 131_071);
+        assert_eq!(w.flags(), flags::COUNTED | flags::SYN);
+        assert!(!w.is_empty());
+        let w2 = w.with_flags(flags::FIN);
+        assert_eq!((w2.tag(), w2.target_id(), w2.flags()), (p.tag, 131_071, flags::FIN));
+        assert_eq!(Word::new(p.tag, 5, 0).with_target(9, 1).target_id(), 9);
+    }
+
+    #[test]
+    fn places_differ_by_family_seed_and_key() {
+        let a = place(&key(1, FAMILY_V4), 1, (1 << 16) - 1);
+        assert_ne!(a.first, a.second);
+        assert_ne!(a, place(&key(1, crate::FAMILY_V6), 1, (1 << 16) - 1));
+        assert_ne!(a, place(&key(1, FAMILY_V4), 2, (1 << 16) - 1));
+        assert_ne!(a, place(&key(2, FAMILY_V4), 1, (1 << 16) - 1));
+    }
+
+    #[test]
+    fn sizes_leave_room() {
+        assert_eq!(buckets_for(1024), 512);
+        assert_eq!(buckets_for(1 << 20), 1 << 19);
+        assert_eq!(buckets_for(33_554_432), 1 << 24);
+        for n in [1024u32, 5000, 1 << 20, 3_000_000] {
+            assert!(buckets_for(n) as u64 * WAYS as u64 >= 2 * n as u64);
+        }
+    }
+
+    /// A table in memory, filled as the data plane fills it (victims as
+    /// [`victim`] picks them), for the simulations below.
+    struct Sim {
+        buckets: Vec<Bucket>,
+        mask: u32,
+        evicted_live: u64,
+        refused: u64,
+    }
+
+    impl Sim {
+        fn new(buckets: u32) -> Sim {
+            Sim {
+                buckets: std::vec![Bucket::default(); buckets as usize],
+                mask: buckets - 1,
+                evicted_live: 0,
+                refused: 0,
+            }
+        }
+
+        fn candidates(&self, p: &Place) -> ([u64; 8], [u32; 8]) {
+            let (a, b) = (&self.buckets[p.first as usize], &self.buckets[p.second as usize]);
+            let mut words = [0; 8];
+            let mut seen = [0; 8];
+            for i in 0..WAYS {
+                words[i] = a.words[i];
+                words[WAYS + i] = b.words[i];
+                seen[i] = a.seen[i];
+                seen[WAYS + i] = b.seen[i];
+            }
+            (words, seen)
+        }
+
+        /// One packet of flow `k` at `now`; `again`: it is not the first.
+        fn packet(&mut self, k: &FlowKey, now: u32) {
+            let p = place(k, 42, self.mask);
+            let (words, seen) = self.candidates(&p);
+            let at = |i: usize| {
+                let b = if i < WAYS { p.first } else { p.second };
+                (b as usize, i % WAYS)
+            };
+            if let Some(i) = find(&words, p.tag) {
+                let (b, w) = at(i);
+                let word = Word(self.buckets[b].words[w]);
+                self.buckets[b].words[w] = word.with_flags(word.flags() | flags::AGAIN).0;
+                self.buckets[b].seen[w] = now;
+                return;
+            }
+            let Some(i) = victim(&words, &seen, now) else {
+                self.refused += 1;
+                return;
+            };
+            if Word(words[i]).flags() & flags::AGAIN != 0 {
+                self.evicted_live += 1;
+            }
+            let (b, w) = at(i);
+            self.buckets[b].words[w] = Word::new(p.tag, 1, flags::COUNTED).0;
+            self.buckets[b].seen[w] = now;
+        }
+
+        fn holds(&self, k: &FlowKey) -> bool {
+            let p = place(k, 42, self.mask);
+            find(&self.candidates(&p).0, p.tag).is_some()
+        }
+    }
+
+    /// Established flows (two packets each, a thousand a unit of time)
+    /// fill a table to `load` of its entries: how many could not be held.
+    fn fill(load: f64) -> (u64, u64) {
+        let buckets = 1 << 14;
+        let mut sim = Sim::new(buckets);
+        let n = (buckets as f64 * WAYS as f64 * load) as u32;
+        for i in 0..n {
+            let k = key(i, FAMILY_V4);
+            sim.packet(&k, i / 1000);
+            sim.packet(&k, i / 1000);
+        }
+        (sim.evicted_live + sim.refused, n as u64)
+    }
+
+    /// At the loader's sizing (at most half the entries used) about one
+    /// flow in 10,000 finds both its buckets full of established flows and
+    /// goes unremembered; fuller tables lose more.
+    #[test]
+    fn two_choices_hold_nearly_every_flow_at_half_load() {
+        let (lost, n) = fill(0.5);
+        assert!(lost * 5000 <= n, "{lost} of {n} at 50 %");
+        let (lost, n) = fill(0.75);
+        assert!(lost * 50 <= n, "{lost} of {n} at 75 %");
+    }
+
+    /// A flood of one-packet flows, 16 times the table, does not evict
+    /// established flows that keep sending (the table half full of them).
+    #[test]
+    fn a_flood_of_one_packet_flows_leaves_established_flows() {
+        let buckets = 1 << 12;
+        let mut sim = Sim::new(buckets);
+        let live: Vec<FlowKey> = (0..buckets * 2).map(|i| key(i, FAMILY_V4)).collect();
+        let mut now = 0;
+        for k in &live {
+            sim.packet(k, now);
+            sim.packet(k, now);
+        }
+        for j in 0..buckets * WAYS as u32 * 16 {
+            // About a million packets a second.
+            now = j / 1024;
+            sim.packet(&key(1_000_000 + j, crate::FAMILY_V6), now);
+            // Every established flow sends now and then.
+            if j % 64 == 0 {
+                let k = &live[(j / 64) as usize % live.len()];
+                sim.packet(k, now);
+            }
+        }
+        std::println!("refused: {}", sim.refused);
+        let kept = live.iter().filter(|k| sim.holds(k)).count();
+        assert_eq!(kept, live.len(), "{} evicted", live.len() - kept);
+        assert_eq!(sim.evicted_live, 0);
+    }
+}
