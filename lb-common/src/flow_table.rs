@@ -71,10 +71,10 @@ pub mod header {
 /// the sweeper deletes entries long before.
 pub const TIME_SHIFT: u32 = 20;
 pub const TIME_UNIT_NS: u64 = 1 << TIME_SHIFT;
-/// An entry's `seen` is refreshed when older than this (about 1.07 s): no
-/// timeout is shorter than a second, so a flow seen within it has not
-/// ended and its packets write nothing.
-pub const TOUCH_UNITS: u32 = 1 << (30 - TIME_SHIFT);
+/// An entry's `seen` is refreshed when older than this (just under a
+/// second): no timeout is shorter than a second, so a flow seen within it
+/// has not ended and its packets write nothing.
+pub const TOUCH_UNITS: u32 = (1_000_000_000 >> TIME_SHIFT) as u32;
 
 /// Data-plane time in [`TIME_UNIT_NS`] units, as [`Bucket::seen`] holds it.
 #[inline(always)]

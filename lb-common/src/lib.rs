@@ -27,8 +27,8 @@ pub const MAX_GROUPS: u32 = 4096;
 /// table slot fails closed (counted as `NoTarget`). Room for 1,000 groups of
 /// 100 targets (the scale `cargo xtask bench` measures).
 pub const MAX_TARGETS: u32 = 1 << 17;
-/// Default capacity of each flow table (LRU; one for IPv4, one for IPv6). The
-/// loader sets the policy's `flow_table.max_flows`.
+/// Default `flow_table.max_flows`: flows of both address families the flow
+/// table holds (`flow_table::buckets_for` sizes it).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Largest consistent-hash table a group may have (slots; see [`table`] for
 /// how a table is stored).
@@ -46,9 +46,6 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Flags of every group table (the inner maps of `GROUP_TABLES`).
 pub const GROUP_TABLE_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
-/// The kernel's `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. Not used by the flow
-/// tables: it splits their capacity between the CPUs (lb-ebpf `FLOWS_V4`).
-pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Bits of [`GroupInfo::hash_fields`]: which parts of a flow feed the hash
 /// that picks a slot of the group's consistent-hash table.
@@ -80,142 +77,6 @@ pub struct FlowKey {
     pub proto: u8,
     pub family: u8,
     pub _pad: [u8; 2],
-}
-
-/// Key of the IPv4 flow table: the 5-tuple of an IPv4 [`FlowKey`] in 16
-/// bytes. The kernel hashes and compares whole keys, so a key this size makes
-/// a lookup cheaper than one of 40 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKeyV4 {
-    pub src_be: u32,
-    pub dst_be: u32,
-    pub src_port_be: u16,
-    pub dst_port_be: u16,
-    pub proto: u8,
-    // Padding in naturally aligned pieces: the eBPF build allows unaligned
-    // accesses, and a `[u8; 3]` here became an unaligned 2-byte stack store,
-    // which the verifier rejects.
-    pub _pad0: u8,
-    pub _pad1: u16,
-}
-
-impl FlowKeyV4 {
-    /// The IPv4 part of `key` (address word 0; the other words are zero).
-    #[inline(always)]
-    pub const fn new(key: &FlowKey) -> FlowKeyV4 {
-        FlowKeyV4 {
-            src_be: key.src_be[0],
-            dst_be: key.dst_be[0],
-            src_port_be: key.src_port_be,
-            dst_port_be: key.dst_port_be,
-            proto: key.proto,
-            _pad0: 0,
-            _pad1: 0,
-        }
-    }
-}
-
-/// What the flow table remembers of a flow.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowState {
-    pub target_id: u32,
-    /// The listener the flow was created under. While that listener id still
-    /// has the flow's (VIP, protocol, port) in `LISTENERS_BY_ID`, the flow's
-    /// packets need no `LISTENERS` hash lookup.
-    pub listener_id: u16,
-    /// [`flow_flags`] bits: what the client side has shown, and whether the
-    /// flow counts in `TARGET_ACTIVE`.
-    pub flags: u16,
-    /// Data-plane time ([`Config::time_offset_ns`] included) of the packet
-    /// that created the entry.
-    pub created_ns: u64,
-    /// Data-plane time of the flow's last packet, refreshed at most once per
-    /// [`FLOW_TOUCH_NS`] so that an established flow does not write its
-    /// entry on every packet.
-    pub last_seen_ns: u64,
-}
-
-/// Bits of [`FlowState::flags`].
-pub mod flow_flags {
-    /// The client sent a SYN (the flow was seen from its start).
-    pub const SYN: u16 = 1 << 0;
-    /// The client sent a FIN: the flow ends after the group's FIN timeout
-    /// without packets.
-    pub const FIN: u16 = 1 << 1;
-    /// The client sent a RST: the flow has ended (the entry lingers so that
-    /// stray packets still follow it).
-    pub const RST: u16 = 1 << 2;
-    /// The flow is counted in its target's `TARGET_ACTIVE` slot (set when
-    /// counted, cleared when uncounted, so a flow is never counted twice).
-    pub const COUNTED: u16 = 1 << 3;
-}
-
-/// How stale [`FlowState::last_seen_ns`] may get before a packet refreshes it.
-pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
-
-/// One slot of the flow cache (`FLOW_CACHE`): a copy of one flow's
-/// flow-table entry that a packet may use instead of the LRU hash lookup.
-/// Direct-mapped ([`flow_cache_slot`]), one cache line, shared by all CPUs.
-///
-/// The data plane writes a slot after every packet that went through the
-/// flow table and left an entry there, so a slot always repeats what the
-/// table said last; a packet uses it only while that is what the table would
-/// say again: no SYN, FIN or RST, data-plane time at most `until_ns` (the
-/// entry's `last_seen_ns` + [`FLOW_TOUCH_NS`], before which no entry can
-/// expire or needs a refresh), and `gen` equal to [`Config::flow_cache_gen`],
-/// which the loader bumps whenever it deletes a live entry itself or changes
-/// the listeners.
-///
-/// Writers take the slot by moving `seq_gen`'s low half from even to odd
-/// with a compare-and-exchange (a writer that finds it odd skips: it is only
-/// a cache), fill it, and store the next even value with the generation in
-/// the high half. Readers check that `seq_gen` is even and unchanged around
-/// their reads (a sequence lock: sound where loads are not reordered with
-/// loads nor stores with stores, x86-64; the loader enables the cache there
-/// only).
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCacheSlot {
-    /// Low 32 bits: sequence (odd while a writer fills the slot); high 32
-    /// bits: the [`Config::flow_cache_gen`] the slot was written under.
-    pub seq_gen: u64,
-    pub target_id: u32,
-    /// The flow's listener and its group, as the listener maps said when
-    /// the slot was written (the loader bumps the generation whenever they
-    /// change).
-    pub listener_id: u16,
-    pub group_id: u16,
-    /// Data-plane time until which the slot may be used.
-    pub until_ns: u64,
-    pub key: FlowKey,
-}
-
-/// The flow cache's slot for `key`: `mask` is the slot count - 1 (a power of
-/// two). The key's five 8-byte words (source address, destination address,
-/// ports with protocol and family), each half of an IPv6 address folded
-/// onto the other, multiplied by odd constants and mixed once: a handful of
-/// instructions, since every packet of an established flow pays for it. A
-/// slot is only a cache, so unlike [`hash::flow_hash`] it need not agree
-/// across instances: the per-run `seed` keeps clients from choosing their
-/// collisions.
-#[inline(always)]
-pub const fn flow_cache_slot(key: &FlowKey, seed: u64, mask: u32) -> u32 {
-    let src = ((key.src_be[1] as u64) << 32 | key.src_be[0] as u64)
-        ^ ((key.src_be[3] as u64) << 32 | key.src_be[2] as u64);
-    let dst = ((key.dst_be[1] as u64) << 32 | key.dst_be[0] as u64)
-        ^ ((key.dst_be[3] as u64) << 32 | key.dst_be[2] as u64);
-    let rest = (key.src_port_be as u64)
-        | (key.dst_port_be as u64) << 16
-        | (key.proto as u64) << 32
-        | (key.family as u64) << 40;
-    let mut h = (src ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ dst.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-        ^ rest.wrapping_mul(0x1656_67b1_9e37_79f9);
-    h ^= h >> 32;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    (h >> 32) as u32 & mask
 }
 
 /// Key of the listener map: (VIP, protocol, port).
@@ -372,13 +233,14 @@ pub struct Config {
     /// measures the kernel's HZ), not by the policy compiler; 0 stops the
     /// clock (flows and sticky sessions then never time out).
     pub ns_per_tick: u64,
-    /// Slots of `FLOW_CACHE` - 1 (a power of two - 1); 0 turns the cache
-    /// off. Written by the loader, like the fields below.
-    pub flow_cache_mask: u32,
-    /// Generation of the valid cache slots ([`FlowCacheSlot`]).
-    pub flow_cache_gen: u32,
-    /// Seed of [`flow_cache_slot`], random per data plane.
-    pub flow_cache_seed: u64,
+    /// Buckets of `FLOW_TABLE` - 1 (a power of two - 1); 0 turns the table
+    /// off (nothing is remembered). Written by the loader, like the fields
+    /// below.
+    pub flow_table_mask: u32,
+    pub _pad4: u32,
+    /// Seed of the flow table's hash ([`flow_table::place`]), random per
+    /// data plane.
+    pub flow_table_seed: u64,
     /// [`LAYOUT_VERSION`] of the build that created the maps; 0 until the
     /// loader first writes them. Only the loader reads it.
     pub layout: u32,
@@ -392,7 +254,7 @@ pub struct Config {
 /// adopts a pinned data plane only if it was made with the same layout
 /// (lb-user `dataplane::pin`); bump it with any change to a map or to a type
 /// stored in one.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// What the loader records of a target id (`TARGET_IDS`, array indexed by
 /// id; the data plane never reads it): the target's identity, so that a
@@ -525,12 +387,16 @@ pub enum Counter {
     FlowHit = 7,
     /// Flow table entries whose target was no longer usable (re-selected).
     FlowReselected = 8,
-    /// Flow table inserts that failed.
+    /// New flows forwarded but not remembered: both their buckets held
+    /// only established flows in use, or stayed locked.
     FlowInsertFailed = 9,
+    /// Flow-table entries taken by a new flow from another (idle, ended or
+    /// seen once, rarely in use): that flow's next packet is a new flow.
+    FlowEvicted = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
         Counter::Forwarded,
@@ -542,6 +408,7 @@ impl Counter {
         Counter::FlowHit,
         Counter::FlowReselected,
         Counter::FlowInsertFailed,
+        Counter::FlowEvicted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -556,6 +423,7 @@ impl Counter {
             Counter::FlowHit => "flow_hit",
             Counter::FlowReselected => "flow_reselected",
             Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::FlowEvicted => "flow_evicted",
         }
     }
 
@@ -575,8 +443,8 @@ pub mod map_names {
     pub const GROUPS: &str = "GROUPS";
     pub const GROUP_TABLES: &str = "GROUP_TABLES";
     pub const TARGETS: &str = "TARGETS";
-    pub const FLOWS_V4: &str = "FLOWS_V4";
-    pub const FLOWS_V6: &str = "FLOWS_V6";
+    /// The flow table (`flow_table::Bucket`s, memory-mappable).
+    pub const FLOW_TABLE: &str = "FLOW_TABLE";
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
@@ -586,7 +454,6 @@ pub mod map_names {
     /// Round-robin position per group id (`u64`, shared, atomic adds).
     pub const GROUP_RR: &str = "GROUP_RR";
     pub const STICKY: &str = "STICKY";
-    pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// Target id -> its identity (`TargetRecord`), for the loader only.
     pub const TARGET_IDS: &str = "TARGET_IDS";
     /// Group id -> its name (`GroupName`), for the loader only.
@@ -599,9 +466,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, and have no implicit padding
     // (checked by the size assertions below).
     unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowKeyV4 {}
-    unsafe impl aya::Pod for FlowState {}
-    unsafe impl aya::Pod for FlowCacheSlot {}
+    unsafe impl aya::Pod for flow_table::Bucket {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerInfo {}
     unsafe impl aya::Pod for ListenerPorts {}
@@ -619,22 +484,17 @@ mod pod {
 const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::align_of::<FlowKey>() == 8);
-    assert!(core::mem::size_of::<FlowKeyV4>() == 16);
-    assert!(core::mem::size_of::<FlowState>() == 24);
     assert!(core::mem::size_of::<ListenerKey>() == 20);
     assert!(core::mem::size_of::<ListenerInfo>() == 8);
     assert!(core::mem::size_of::<ListenerPorts>() == 16384);
     assert!(core::mem::size_of::<ListenerSlot>() == 24);
-    // Listener ids fit FlowState::listener_id.
+    // Listener ids fit a flow-table entry's listener hint.
     assert!(MAX_LISTENERS <= u16::MAX as u32 + 1);
     assert!(core::mem::size_of::<GroupInfo>() == 16);
     assert!(core::mem::size_of::<TargetInfo>() == 16);
     assert!(core::mem::size_of::<Config>() == 64);
     assert!(core::mem::size_of::<TargetRecord>() == 24);
     assert!(core::mem::size_of::<GroupName>() == 64);
-    assert!(core::mem::size_of::<FlowCacheSlot>() == 64);
-    // Listener and group ids fit FlowCacheSlot's u16 fields.
-    assert!(MAX_LISTENERS <= 1 << 16 && MAX_GROUPS <= 1 << 16);
     assert!(core::mem::size_of::<StickyKey>() == 20);
     assert!(core::mem::size_of::<StickyState>() == 16);
     assert!(core::mem::size_of::<Stats>() == 24);
@@ -645,12 +505,12 @@ mod tests {
     use super::*;
 
     /// Flows that differ in one field only (client port, client address,
-    /// IPv6 address words) spread over the cache's slots like random
-    /// placement: with n flows in m slots the busiest slot holds a few, and
-    /// about m * (1 - e^(-n/m)) slots are used. Checked for 2^16 flows in
-    /// 2^16 slots (random placement: about 41,427 used, max about 8).
+    /// IPv6 address words) spread over the flow table's buckets like random
+    /// placement: with n flows in m buckets the busiest holds a few, and
+    /// about m * (1 - e^(-n/m)) are used. Checked for 2^16 flows' first
+    /// buckets among 2^16 (random placement: about 41,427 used, max about 8).
     #[test]
-    fn the_flow_cache_spreads_flows_over_its_slots() {
+    fn the_flow_table_spreads_flows_over_its_buckets() {
         const M: u32 = 1 << 16;
         type Family = (&'static str, fn(u32) -> FlowKey);
         let families: [Family; 3] = [
@@ -683,13 +543,13 @@ mod tests {
             for (name, key) in families {
                 let mut load = [0u8; M as usize];
                 for i in 0..M {
-                    let slot = flow_cache_slot(&key(i), seed, M - 1);
+                    let slot = flow_table::place(&key(i), seed, M - 1).first;
                     load[slot as usize] = load[slot as usize].saturating_add(1);
                 }
                 let used = load.iter().filter(|&&n| n > 0).count();
                 let max = *load.iter().max().unwrap();
                 extern crate std;
-                std::eprintln!("{name}, seed {seed:#x}: {used} slots used, at most {max}");
+                std::eprintln!("{name}, seed {seed:#x}: {used} buckets used, at most {max}");
                 // Random placement: 41,427 +- about 110 (sd); max 8 or 9.
                 assert!(used > 40_800, "{name}, seed {seed:#x}: {used} slots used");
                 assert!(max <= 12, "{name}, seed {seed:#x}: {max} flows in one slot");

@@ -1,15 +1,20 @@
 //! Flow-table upkeep, the pure part: when a flow-table entry has ended, and
-//! the recount of active flows per target. The sweeper that walks the maps
+//! what a sweep found. The sweeper that walks the table
 //! (`dataplane::sweep`) applies these rules; they are the data plane's own
 //! (lb-ebpf `pipeline/select.rs`), restated here for the user side.
 //!
 //! A flow has ended when its last packet is older than its timeout: the
 //! group's FIN timeout once the client sent FIN or RST, else the group's idle
-//! timeout. Times are data-plane times: the kernel's monotonic clock plus
+//! timeout. Times are data-plane times: the kernel's tick counter in ns plus
 //! `Config::time_offset_ns`.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use lb_common::{FlowState, GroupInfo, flow_flags};
+use lb_common::{
+    GroupInfo,
+    flow_table::{age_ns, flags},
+};
+
+use crate::dataplane::table::EntryView;
 
 use crate::{
     plan::MapPlan,
@@ -33,9 +38,9 @@ impl Timeouts {
         }
     }
 
-    /// How long an entry with `flags` may go without packets.
-    pub fn for_flags(&self, flags: u16) -> u64 {
-        if flags & (flow_flags::FIN | flow_flags::RST) != 0 {
+    /// How long an entry with `entry_flags` may go without packets.
+    pub fn for_flags(&self, entry_flags: u8) -> u64 {
+        if entry_flags & (flags::FIN | flags::RST) != 0 {
             self.fin_ns
         } else {
             self.idle_ns
@@ -89,23 +94,23 @@ impl Rules {
     }
 
     /// What a sweep does with an entry at data-plane time `now_ns`.
-    pub fn fate(&self, state: &FlowState, now_ns: u64) -> Fate {
-        if self.ended(state, now_ns) {
+    pub fn fate(&self, entry: &EntryView, now_ns: u64) -> Fate {
+        if self.ended(entry, now_ns) {
             Fate::Ended
-        } else if self.retired.contains(&state.target_id) {
+        } else if self.retired.contains(&entry.word.target_id()) {
             Fate::Orphaned
         } else {
             Fate::Live
         }
     }
 
-    /// Whether `state` has ended at data-plane time `now_ns`.
-    pub fn ended(&self, state: &FlowState, now_ns: u64) -> bool {
+    /// Whether `entry`'s flow has ended at data-plane time `now_ns`.
+    pub fn ended(&self, entry: &EntryView, now_ns: u64) -> bool {
         let timeouts = self
             .by_listener
-            .get(&state.listener_id)
+            .get(&entry.listener_id)
             .unwrap_or(&self.fallback);
-        ended(state, now_ns, timeouts)
+        age_ns(entry.seen, now_ns) > timeouts.for_flags(entry.word.flags())
     }
 }
 
@@ -120,22 +125,12 @@ pub enum Fate {
     Orphaned,
 }
 
-/// Whether an entry has ended: its last packet is older than the timeout
-/// its flags call for (the data plane's rule).
-pub fn ended(state: &FlowState, now_ns: u64, timeouts: &Timeouts) -> bool {
-    now_ns.saturating_sub(state.last_seen_ns) > timeouts.for_flags(state.flags)
-}
-
-/// One sweep's tally: live counted flows per target that started before the
-/// sweep's snapshot of the counts, and the entries seen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One sweep's tally.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Data-plane time of the snapshot: entries created at or after it are
-    /// not counted (their +1 came after the snapshot; see [`corrections`]).
-    pub since_ns: u64,
     pub entries: u64,
     pub ended: u64,
-    /// Target id -> live entries with `COUNTED` created before `since_ns`.
+    /// Target id -> live entries counted in its active flows.
     pub active: BTreeMap<u32, i64>,
     /// Entries naming a retired target.
     pub orphaned: u64,
@@ -144,31 +139,19 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// A tally against a snapshot of the counts taken at data-plane time
-    /// `since_ns` (the start of a tick).
-    pub fn since(since_ns: u64) -> Tally {
-        Tally {
-            since_ns,
-            entries: 0,
-            ended: 0,
-            active: BTreeMap::new(),
-            orphaned: 0,
-            named: BTreeSet::new(),
-        }
-    }
-
     /// Adds one entry; returns what to do with it (the sweeper deletes the
     /// ended and orphaned ones).
-    pub fn add(&mut self, rules: &Rules, state: &FlowState, now_ns: u64) -> Fate {
+    pub fn add(&mut self, rules: &Rules, entry: &EntryView, now_ns: u64) -> Fate {
         self.entries += 1;
-        let fate = rules.fate(state, now_ns);
+        let fate = rules.fate(entry, now_ns);
         match fate {
             Fate::Ended => self.ended += 1,
             Fate::Orphaned => self.orphaned += 1,
             Fate::Live => {
-                self.named.insert(state.target_id);
-                if state.flags & flow_flags::COUNTED != 0 && state.created_ns < self.since_ns {
-                    *self.active.entry(state.target_id).or_default() += 1;
+                let id = entry.word.target_id();
+                self.named.insert(id);
+                if entry.word.flags() & flags::COUNTED != 0 {
+                    *self.active.entry(id).or_default() += 1;
                 }
             }
         }
@@ -176,40 +159,9 @@ impl Tally {
     }
 }
 
-/// What to add to each target's active count (target id -> delta, only the
-/// ones not 0) after a sweep: the tally minus the `snapshot` of the counts
-/// taken when the walk began (target id -> value; ids not in it were 0).
-///
-/// Adding a delta, not storing the tally, keeps what the data plane counted
-/// while the walk ran: a flow that starts then is in neither the snapshot
-/// nor the tally (the tally skips entries created from the snapshot's tick
-/// on), so its +1 stands. What the delta takes out is what the snapshot
-/// held and the table does not: flows that ended silently (idle timeout,
-/// evicted entries). A flow that ends while the walk runs can still be
-/// taken out twice (by the data plane and by the delta, if the walk read it
-/// after its FIN), and one that started in the first microseconds of the
-/// snapshot's tick, before the snapshot, can be missed; the next sweep puts
-/// both right.
-pub fn corrections(tally: &Tally, snapshot: &BTreeMap<u32, i64>) -> Vec<(u32, i64)> {
-    let mut ids: Vec<u32> = snapshot
-        .keys()
-        .chain(tally.active.keys())
-        .copied()
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.into_iter()
-        .filter_map(|id| {
-            let want = tally.active.get(&id).copied().unwrap_or(0);
-            let had = snapshot.get(&id).copied().unwrap_or(0);
-            (want != had).then_some((id, want - had))
-        })
-        .collect()
-}
-
-/// A count as shown to people: never negative (a count may dip below zero
-/// for a moment when a flow ends twice, e.g. at its RST and in a sweep, until
-/// the next sweep corrects it).
+/// A count as shown to people: never negative (the data plane and the
+/// sweeper add and take out exactly once per flow, but a count read while
+/// a flow's -1 lands before its +1 may show -1 for a moment).
 pub fn shown(value: i64) -> u64 {
     value.max(0) as u64
 }
@@ -258,13 +210,17 @@ mod tests {
         }
     }
 
-    fn state(listener_id: u16, flags: u16, last_seen_s: u64) -> FlowState {
-        FlowState {
-            target_id: 1,
+    use lb_common::flow_table::{Word, time_units};
+
+    /// An entry of target `target_id` under `listener_id` with `f` flags,
+    /// last seen at `last_seen_s`.
+    fn entry(target_id: u32, listener_id: u16, f: u8, last_seen_s: u64) -> EntryView {
+        EntryView {
+            bucket: 0,
+            way: 0,
+            word: Word::new(1 << 24, target_id, f),
+            seen: time_units(last_seen_s * S),
             listener_id,
-            flags,
-            created_ns: 0,
-            last_seen_ns: last_seen_s * S,
         }
     }
 
@@ -273,27 +229,26 @@ mod tests {
         let rules = Rules::of(&plan());
         assert_eq!(rules.time_offset_ns, 7);
         let now = 1000 * S;
+        // Entry times are in units of about a millisecond: a second more
+        // than the timeout is over it, a second less is not.
         let cases = [
             // (listener, flags, last seen, ended)
-            (1, flow_flags::COUNTED, 1000 - 350, false),
-            (1, flow_flags::COUNTED, 1000 - 351, true),
-            (1, flow_flags::FIN, 1000 - 10, false),
-            (1, flow_flags::FIN, 1000 - 11, true),
-            (1, flow_flags::RST, 1000 - 11, true),
-            (2, flow_flags::COUNTED, 1000 - 121, true),
-            (2, flow_flags::FIN, 1000 - 3, false),
-            (2, flow_flags::FIN | flow_flags::SYN, 1000 - 4, true),
+            (1, flags::COUNTED, 1000 - 349, false),
+            (1, flags::COUNTED, 1000 - 351, true),
+            (1, flags::FIN, 1000 - 9, false),
+            (1, flags::FIN, 1000 - 11, true),
+            (1, flags::RST, 1000 - 11, true),
+            (2, flags::COUNTED, 1000 - 121, true),
+            (2, flags::FIN, 1000 - 2, false),
+            (2, flags::FIN | flags::SYN, 1000 - 4, true),
             // Unknown listener: the longest timeouts of any group.
-            (9, flow_flags::COUNTED, 1000 - 300, false),
-            (9, flow_flags::FIN, 1000 - 10, false),
-            (9, flow_flags::FIN, 1000 - 11, true),
-            // A last packet "after" now (another CPU's clock, or the test
-            // offset moved back) is not ended.
-            (1, 0, 2000, false),
+            (9, flags::COUNTED, 1000 - 300, false),
+            (9, flags::FIN, 1000 - 9, false),
+            (9, flags::FIN, 1000 - 11, true),
         ];
-        for (listener, flags, seen, want) in cases {
-            let s = state(listener, flags, seen);
-            assert_eq!(rules.ended(&s, now), want, "{listener} {flags:#x} {seen}");
+        for (listener, f, seen, want) in cases {
+            let e = entry(1, listener, f, seen);
+            assert_eq!(rules.ended(&e, now), want, "{listener} {f:#x} {seen}");
         }
     }
 
@@ -301,88 +256,26 @@ mod tests {
     fn tally_counts_live_counted_entries_per_target() {
         let rules = Rules::of(&plan());
         let now = 1000 * S;
-        let mut tally = Tally::since(1);
+        let mut tally = Tally::default();
         let entries = [
-            FlowState {
-                target_id: 3,
-                ..state(1, flow_flags::COUNTED | flow_flags::SYN, 999)
-            },
-            FlowState {
-                target_id: 3,
-                ..state(1, flow_flags::COUNTED, 999)
-            },
+            entry(3, 1, flags::COUNTED | flags::SYN, 999),
+            entry(3, 1, flags::COUNTED, 999),
             // Uncounted at its FIN, still lingering.
-            FlowState {
-                target_id: 3,
-                ..state(1, flow_flags::FIN, 999)
-            },
+            entry(3, 1, flags::FIN, 999),
             // Ended: deleted, not counted.
-            FlowState {
-                target_id: 4,
-                ..state(1, flow_flags::COUNTED, 1)
-            },
-            FlowState {
-                target_id: 5,
-                ..state(2, flow_flags::COUNTED, 999)
-            },
-            // Created at or after the snapshot: its +1 is not in the
-            // snapshot, so it is not in the tally either.
-            FlowState {
-                target_id: 5,
-                created_ns: 1,
-                ..state(2, flow_flags::COUNTED, 999)
-            },
+            entry(4, 1, flags::COUNTED, 1),
+            entry(5, 2, flags::COUNTED, 999),
         ];
         let fates: Vec<Fate> = entries.iter().map(|e| tally.add(&rules, e, now)).collect();
         use Fate::{Ended, Live};
-        assert_eq!(fates, [Live, Live, Live, Ended, Live, Live]);
-        assert_eq!((tally.entries, tally.ended), (6, 1));
+        assert_eq!(fates, [Live, Live, Live, Ended, Live]);
+        assert_eq!((tally.entries, tally.ended), (5, 1));
         assert_eq!(tally.active, BTreeMap::from([(3, 2), (5, 1)]));
         assert_eq!(
             tally.named,
             BTreeSet::from([3, 5]),
             "the ended entry names nothing"
         );
-
-        // Drifted values are corrected by their difference (a target without
-        // live flows loses what the snapshot had), right values are left
-        // alone.
-        let snapshot = BTreeMap::from([(3, 2), (4, 1), (5, -1), (6, 0)]);
-        assert_eq!(corrections(&tally, &snapshot), [(4, -1), (5, 2)]);
-        assert_eq!(
-            corrections(&tally, &BTreeMap::new()),
-            [(3, 2), (5, 1)],
-            "targets not in the snapshot"
-        );
-    }
-
-    /// The race the delta avoids: flows that start while the walk runs keep
-    /// their count, whether the walk reads their entries or not.
-    #[test]
-    fn flows_started_during_a_sweep_keep_their_count() {
-        let rules = Rules::of(&plan());
-        let (snapshot_at, now) = (500 * S, 501 * S);
-        // 10 flows on target 1 started before the snapshot, 10 on target 2
-        // after it; the walk reads all of them.
-        let mut table: Vec<FlowState> = (0..10)
-            .map(|_| FlowState {
-                target_id: 1,
-                created_ns: snapshot_at - S,
-                ..state(1, flow_flags::COUNTED, 500)
-            })
-            .collect();
-        let snapshot = BTreeMap::from([(1, 10)]);
-        table.extend((0..10).map(|_| FlowState {
-            target_id: 2,
-            created_ns: snapshot_at,
-            ..state(1, flow_flags::COUNTED, 500)
-        }));
-        let mut tally = Tally::since(snapshot_at);
-        for e in &table {
-            assert_eq!(tally.add(&rules, e, now), Fate::Live);
-        }
-        // The data plane counted 10 and 10: nothing to correct.
-        assert_eq!(corrections(&tally, &snapshot), []);
     }
 
     /// Entries of retired targets are deleted (their next packet would
@@ -393,22 +286,10 @@ mod tests {
         let mut rules = Rules::of(&plan());
         rules.retired = BTreeSet::from([4]);
         let now = 1000 * S;
-        let mut tally = Tally::since(1);
-        let live = FlowState {
-            target_id: 3,
-            ..state(1, flow_flags::COUNTED, 999)
-        };
-        let orphan = FlowState {
-            target_id: 4,
-            ..state(1, flow_flags::COUNTED, 999)
-        };
-        let ended_orphan = FlowState {
-            target_id: 4,
-            ..state(1, flow_flags::COUNTED, 1)
-        };
-        assert_eq!(tally.add(&rules, &live, now), Fate::Live);
-        assert_eq!(tally.add(&rules, &orphan, now), Fate::Orphaned);
-        assert_eq!(tally.add(&rules, &ended_orphan, now), Fate::Ended);
+        let mut tally = Tally::default();
+        assert_eq!(tally.add(&rules, &entry(3, 1, flags::COUNTED, 999), now), Fate::Live);
+        assert_eq!(tally.add(&rules, &entry(4, 1, flags::COUNTED, 999), now), Fate::Orphaned);
+        assert_eq!(tally.add(&rules, &entry(4, 1, flags::COUNTED, 1), now), Fate::Ended);
         assert_eq!((tally.orphaned, tally.ended), (1, 1));
         assert_eq!(tally.named, BTreeSet::from([3]));
         assert_eq!(

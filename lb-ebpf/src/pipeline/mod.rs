@@ -6,14 +6,12 @@
 //! The flow table is read before the listener is known: an entry names the
 //! listener its flow was created under, which `LISTENERS_BY_ID` confirms
 //! without a hash lookup. The verdict is the same as looking the listener up
-//! first (the model in tests/src/model.rs does it in that order). Before the
-//! flow table comes the flow cache (`cache`), which repeats the table's
-//! entries for packets that would only read them.
+//! first (the model in tests/src/model.rs does it in that order).
 
 mod atomic;
-mod cache;
 mod choose;
 mod counters;
+mod flows;
 mod lookup;
 mod parse;
 mod rewrite;
@@ -29,10 +27,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_MMAPABLE, Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_STICKY_TABLE_SIZE,
-    FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, GROUP_TABLE_FLAGS, GroupInfo, GroupName,
-    GroupTableElement, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS,
-    MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState, TargetInfo, TargetRecord,
+    BPF_F_MMAPABLE, Config, Counter, DEFAULT_STICKY_TABLE_SIZE, FlowKey, GROUP_TABLE_FLAGS,
+    GroupInfo, GroupName, GroupTableElement, ListenerInfo, ListenerKey, ListenerPorts,
+    ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState,
+    TargetInfo, TargetRecord, flow_table::Bucket,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -68,31 +66,12 @@ static GROUP_TABLES: ArrayOfMaps<GroupTable, { MAX_GROUPS as usize }> = ArrayOfM
 #[btf_map]
 static TARGETS: Array<TargetInfo, { MAX_TARGETS as usize }> = Array::new();
 
-/// IPv4 flow -> target: every packet of a flow goes where its first one went.
-/// IPv4 flows have a table of their own because a 16-byte key hashes and
-/// compares faster than the 40-byte `FlowKey`. The loader sizes it from the
-/// policy (`flow_table.max_flows`).
-///
-/// One LRU list for all CPUs (no `BPF_F_NO_COMMON_LRU`): with per-CPU lists
-/// the kernel splits the entries evenly between the possible CPUs, so the
-/// flows one CPU sees (a single-queue NIC, an uneven RSS spread) could only
-/// fill max/nCPUs entries before evicting live ones; with one list they
-/// fill all of them (golden `sweeping_a_full_flow_table_takes_bounded_time`).
+/// The flow table (`flows`, `lb_common::flow_table`): every packet of a
+/// flow goes where its first one went. One-cache-line buckets, both
+/// address families; the loader sizes it from the policy
+/// (`flow_table.max_flows`) and sweeps it through a memory mapping.
 #[btf_map]
-static FLOWS_V4: LruHashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
-    LruHashMap::new();
-
-/// IPv6 flow -> target.
-#[btf_map]
-static FLOWS_V6: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
-    LruHashMap::new();
-
-/// The flow cache (`cache`): slots of 64 bytes, a power of two of them; the
-/// loader sizes it (`Config::flow_cache_mask`). Memory-mappable only for its
-/// layout: the values of such an array start on a page, so every slot is one
-/// cache line.
-#[btf_map]
-static FLOW_CACHE: Array<FlowCacheSlot, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
+static FLOW_TABLE: Array<Bucket, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// Global settings (element 0).
 #[btf_map]
@@ -143,37 +122,20 @@ static GROUP_NAMES: Array<GroupName, { MAX_GROUPS as usize }> = Array::new();
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let mut flow = FlowKey::default();
     let tcp_flags = parse::flow(ctx, &mut flow)?;
-    // Traffic for no listener port stops here, before the flow cache: the
-    // host's own packets never pay a probe of its array (a likely cache
-    // miss, since their slots are never filled).
+    // Traffic for no listener port stops here, before the flow table: the
+    // host's own packets never pay a read of its buckets.
     lookup::listener_port(&flow)?;
     // Element 0 of an array map always exists; read once per packet (the
-    // flow cache's settings, the clock offset, the source MAC).
+    // flow table's settings, the clock offset, the source MAC).
     let Some(config) = CONFIG.get(0) else {
         counters::count(Counter::Dropped);
         return Err(xdp_action::XDP_DROP);
     };
-    let cache = cache::Settings::read(config);
     let now = time::now_ns(config);
-    if select::may_use_cache(tcp_flags)
-        && let Some(hit) = cache::get(&flow, &cache, now)
-        && let Some(info) = select::usable(hit.target_id, hit.group_id as u32)
-    {
-        counters::count(Counter::FlowHit);
-        let listener = ListenerInfo {
-            listener_id: hit.listener_id as u32,
-            group_id: hit.group_id as u32,
-        };
-        let target = select::Selected {
-            id: hit.target_id,
-            info,
-            new_flow: false,
-        };
-        return forward(ctx, &listener, &target, config);
-    }
-    let entry = select::entry(&flow);
-    let listener = lookup::listener(&flow, entry.as_ref().map(|e| e.listener_hint()))?;
-    let target = select::target(&flow, tcp_flags, &listener, entry, &cache, now)?;
+    let probe = flows::Probe::read(&flow, &flows::Settings::read(config));
+    let entry = probe.as_ref().and_then(flows::Probe::entry);
+    let listener = lookup::listener(&flow, entry.as_ref().map(flows::Entry::listener_hint))?;
+    let target = select::target(&flow, tcp_flags, &listener, probe, entry, now)?;
     forward(ctx, &listener, &target, config)
 }
 

@@ -499,7 +499,7 @@ impl Daemon {
             took = %timer,
             "lb ready"
         );
-        if self.dataplane.flow_table_size() != self.policy.max_flows() {
+        if !self.dataplane.flow_table_fits(self.policy.max_flows()) {
             warn_flow_table_size(&self.dataplane, &self.policy, &self.iface.name);
         }
     }
@@ -627,7 +627,7 @@ impl Daemon {
 
 fn warn_flow_table_size(dataplane: &Dataplane, policy: &Policy, iface: &str) {
     warn!(
-        "flow_table.max_flows is {} but the flow tables keep their {} entries (they hold the live flows): `lb detach --iface {iface}` and a start resize them, and reset every connection",
+        "flow_table.max_flows is {} but the flow table keeps its size, made for {} flows (it holds the live flows): `lb detach --iface {iface}` and a start resize it, and reset every connection",
         policy.max_flows(),
         dataplane.flow_table_size()
     );

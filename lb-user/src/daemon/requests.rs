@@ -104,7 +104,9 @@ impl Daemon {
 
     /// Takes a proposal: the policy, its drains and its plan, written.
     async fn take(&mut self, p: Proposal, s: &mut Services) {
-        if p.policy.max_flows() != self.policy.max_flows() {
+        if p.policy.max_flows() != self.policy.max_flows()
+            && !self.dataplane.flow_table_fits(p.policy.max_flows())
+        {
             warn_flow_table_size(&self.dataplane, &p.policy, &self.iface.name);
         }
         for change in &p.changes {

@@ -22,6 +22,7 @@ pub mod pin;
 mod read;
 pub mod sweep;
 mod sys;
+pub mod table;
 #[cfg(feature = "testing")]
 mod testing;
 
@@ -104,18 +105,15 @@ pub enum AttachMode {
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Capacity of each flow table (LRU; IPv4 and IPv6 flows have one each).
+    /// Flows the flow table is to hold (`flow_table.max_flows`, both
+    /// address families; `flow_table::buckets_for` sizes it).
     pub flow_table_size: u32,
-    /// Whether the flow cache is on (where it can be: x86-64). Off only to
-    /// measure what it saves.
-    pub flow_cache: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_table_size: lb_common::DEFAULT_FLOW_TABLE_SIZE,
-            flow_cache: true,
         }
     }
 }
@@ -151,9 +149,8 @@ pub struct Dataplane {
     config_written: Option<Config>,
     active: Arc<ActiveCounts>,
     clock: Clock,
-    cache: FlowCache,
+    table: TableSettings,
     instance: u64,
-    flow_table_size: u32,
     pins: Option<Pins>,
 }
 
@@ -164,41 +161,23 @@ struct Pins {
     link: Option<PinnedLink>,
 }
 
-/// The flow cache's settings, which the loader owns (README "Flow cache").
-#[derive(Clone, Copy, Debug)]
-struct FlowCache {
-    /// Slots - 1; 0 when the cache is off.
-    mask: u32,
+/// The flow table's size and hash seed, which the loader owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TableSettings {
+    buckets: u32,
     seed: u64,
 }
 
-impl FlowCache {
-    /// Largest cache: 4 Mi slots of 64 bytes (256 MiB).
-    const MAX_SLOTS: u32 = 1 << 22;
-
-    /// One slot per flow-table entry (a power of two, at most `MAX_SLOTS`).
-    /// Off (one unused slot) where the data plane's sequence lock is not
-    /// sound: it relies on x86-64's ordering of loads and of stores
-    /// (`lb_common::FlowCacheSlot`).
-    fn for_table(flow_table_size: u32, enabled: bool) -> FlowCache {
-        if !enabled || !cfg!(target_arch = "x86_64") {
-            return FlowCache { mask: 0, seed: 0 };
-        }
-        let slots = flow_table_size
-            .clamp(2, Self::MAX_SLOTS)
-            .next_power_of_two();
-        FlowCache {
-            mask: slots - 1,
+impl TableSettings {
+    fn for_flows(max_flows: u32) -> TableSettings {
+        TableSettings {
+            buckets: lb_common::flow_table::buckets_for(max_flows),
             seed: random_u64(),
         }
     }
-
-    fn slots(&self) -> u32 {
-        self.mask + 1
-    }
 }
 
-/// A random 64-bit value (the flow cache's seed, a data plane's instance;
+/// A random 64-bit value (the flow table's seed, a data plane's instance;
 /// a fixed one only costs spread under chosen collisions, so a failed read
 /// falls back to the time).
 fn random_u64() -> u64 {
@@ -212,13 +191,10 @@ fn random_u64() -> u64 {
     }
 }
 
-/// A loader of the object with the options' map sizes.
-fn loader<'a>(options: &LoadOptions, cache: FlowCache) -> EbpfLoader<'a> {
+/// A loader of the object with the flow table's size.
+fn loader<'a>(table: TableSettings) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries(names::FLOWS_V4, options.flow_table_size)
-        .map_max_entries(names::FLOWS_V6, options.flow_table_size)
-        .map_max_entries(names::FLOW_CACHE, cache.slots());
+    loader.map_max_entries(names::FLOW_TABLE, table.buckets);
     loader
 }
 
@@ -412,8 +388,8 @@ impl Dataplane {
             source,
         })?;
         let names = pinned_maps(object)?;
-        let mut cache = FlowCache::for_table(options.flow_table_size, options.flow_cache);
-        let mut loader = loader(options, cache);
+        let mut table = TableSettings::for_flows(options.flow_table_size);
+        let mut loader = loader(table);
         for name in &names {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -428,7 +404,7 @@ impl Dataplane {
                 ebpf,
                 PROGRAM,
                 Held::empty(),
-                cache,
+                table,
                 random_u64(),
                 Some(pins),
             );
@@ -445,19 +421,19 @@ impl Dataplane {
             }
             .into());
         }
-        cache = FlowCache {
-            mask: config.flow_cache_mask,
-            seed: config.flow_cache_seed,
+        table = TableSettings {
+            buckets: config.flow_table_mask + 1,
+            seed: config.flow_table_seed,
         };
         let held = read_held(&ebpf)?;
-        Self::start(ebpf, PROGRAM, held, cache, config.instance, Some(pins))
+        Self::start(ebpf, PROGRAM, held, table, config.instance, Some(pins))
     }
 
     fn start(
         mut ebpf: Ebpf,
         program: &'static str,
         held: Held,
-        cache: FlowCache,
+        table: TableSettings,
         instance: u64,
         pins: Option<Pins>,
     ) -> Result<Self, DataplaneError> {
@@ -470,14 +446,13 @@ impl Dataplane {
             .map_err(DataplaneError::Clock)?;
         let clock = Clock::new(clock_fd).map_err(DataplaneError::Clock)?;
         let active = ActiveCounts::new(maps::data(&ebpf, names::TARGET_ACTIVE)?)?;
-        let flow_table_size = aya::maps::MapInfo::from_id(
-            maps::data(&ebpf, names::FLOWS_V4)?
-                .info()
-                .map_err(map_err(names::FLOWS_V4))?
-                .id(),
-        )
-        .map_err(map_err(names::FLOWS_V4))?
-        .max_entries();
+        // The map's own size (an adopted table keeps the one it was made
+        // with).
+        let buckets = maps::data(&ebpf, names::FLOW_TABLE)?
+            .info()
+            .map_err(map_err(names::FLOW_TABLE))?
+            .max_entries();
+        let table = TableSettings { buckets, ..table };
         Ok(Dataplane {
             ebpf,
             program,
@@ -486,9 +461,8 @@ impl Dataplane {
             config_written: None,
             active: Arc::new(active),
             clock,
-            cache,
+            table,
             instance,
-            flow_table_size,
             pins,
         })
     }
@@ -509,35 +483,29 @@ impl Dataplane {
         self.instance
     }
 
-    /// Capacity of each flow table (an adopted data plane keeps its own).
+    /// Flows the flow table is sized for (`flow_table::buckets_for`; an
+    /// adopted data plane keeps its own): half its entries.
     pub fn flow_table_size(&self) -> u32 {
-        self.flow_table_size
+        (self.table.buckets as u64 * lb_common::flow_table::WAYS as u64 / 2).min(u32::MAX as u64)
+            as u32
     }
 
-    /// Invalidates every flow-cache slot (a new generation): after the
-    /// loader deleted live flow-table entries, which the slots may repeat,
-    /// changed the listeners, which the slots name unchecked, or released
-    /// target ids, which may be reused.
-    /// The generation is read from the map, so a bump by another process
-    /// (a test that empties the tables) is never undone.
-    fn invalidate_flow_cache(&mut self) -> Result<(), DataplaneError> {
-        let mut value = self.config()?;
-        value.flow_cache_gen = value.flow_cache_gen.wrapping_add(1);
-        let mut config: Array<_, Config> = self.open_mut(names::CONFIG)?;
-        config.set(0, value, 0).map_err(map_err(names::CONFIG))
+    /// Whether a table for `max_flows` flows would have this one's size.
+    pub fn flow_table_fits(&self, max_flows: u32) -> bool {
+        lb_common::flow_table::buckets_for(max_flows) == self.table.buckets
     }
 
-    /// The program's settings as the map holds them now.
-    fn config(&self) -> Result<Config, DataplaneError> {
-        read_config(&self.ebpf)
+    /// The flow table's buckets and seed.
+    pub fn flow_table_layout(&self) -> (u32, u64) {
+        (self.table.buckets, self.table.seed)
     }
 
     /// A sweeper with its own handles on the flow tables, the sticky
     /// sessions and the active counts, to run on a thread of its own.
     pub fn flow_sweeper(&self) -> Result<FlowSweeper, DataplaneError> {
         let maps = sweep::SweptMaps {
-            v4: self.map_data(names::FLOWS_V4)?,
-            v6: self.map_data(names::FLOWS_V6)?,
+            table: self.map_data(names::FLOW_TABLE)?,
+            buckets: self.table.buckets,
             sticky: self.map_data(names::STICKY)?,
             targets: self.map_data(names::TARGETS)?,
         };
@@ -717,17 +685,16 @@ impl Dataplane {
     }
 
     /// Writes `Config` when the plan's part of it changed: the loader adds
-    /// the tick length, the flow cache's settings and the data plane's
-    /// identity, and keeps the cache's generation as the map holds it.
+    /// the tick length, the flow table's settings and the data plane's
+    /// identity.
     fn write_config(&mut self, config: &Config) -> Result<(), DataplaneError> {
         if self.config_written == Some(*config) {
             return Ok(());
         }
         let value = Config {
             ns_per_tick: self.clock.ns_per_tick(),
-            flow_cache_mask: self.cache.mask,
-            flow_cache_gen: self.config()?.flow_cache_gen,
-            flow_cache_seed: self.cache.seed,
+            flow_table_mask: self.table.buckets - 1,
+            flow_table_seed: self.table.seed,
             layout: LAYOUT_VERSION,
             instance: self.instance,
             ..*config
@@ -778,8 +745,7 @@ impl Dataplane {
     /// Listeners: the port filter widened to the old and new ones, slots
     /// by id (a slot holds its key before the key is added), keys added or
     /// changed, keys removed, the filter narrowed, slots of ids no listener
-    /// has cleared and their statistics zeroed; then the flow cache, whose
-    /// slots name a listener and group unchecked, invalidated.
+    /// has cleared and their statistics zeroed.
     fn write_listeners(&mut self, c: &Changes) -> Result<(), DataplaneError> {
         if let Some(ports) = &c.ports_during {
             self.set_listener_ports(ports)?;
@@ -804,11 +770,7 @@ impl Dataplane {
             &c.listener_ids_gone,
             &vec![ListenerSlot::default(); c.listener_ids_gone.len()],
         )?;
-        self.zero_stats(names::LISTENER_STATS, &c.listener_stats_reset)?;
-        if c.listeners_changed {
-            self.invalidate_flow_cache()?;
-        }
-        Ok(())
+        self.zero_stats(names::LISTENER_STATS, &c.listener_stats_reset)
     }
 
     /// Groups no longer in the plan: their tables leave `GROUP_TABLES`
@@ -836,8 +798,7 @@ impl Dataplane {
     }
 
     /// Ids the registry released: records freed and statistics zeroed, so
-    /// the next object to take an id starts from nothing; the flow cache is
-    /// invalidated, since a slot may name a released target.
+    /// the next object to take an id starts from nothing.
     fn release(&mut self, c: &Changes) -> Result<(), DataplaneError> {
         let free = TargetRecord {
             state: record_state::FREE,
@@ -858,11 +819,7 @@ impl Dataplane {
             names::GROUP_RR,
             &c.groups_released,
             &vec![0u64; c.groups_released.len()],
-        )?;
-        if !c.targets_released.is_empty() {
-            self.invalidate_flow_cache()?;
-        }
-        Ok(())
+        )
     }
 
     /// Zeroes the per-CPU statistics of `ids` in `name`.
@@ -994,6 +951,34 @@ mod mmap {
     }
 
     impl Mapping {
+        /// A pointer to the `T` at byte `at`, if it lies inside the mapping
+        /// and is aligned.
+        fn at<T>(&self, at: usize) -> Option<*mut T> {
+            let end = at.checked_add(std::mem::size_of::<T>())?;
+            if end > self.len || !at.is_multiple_of(std::mem::align_of::<T>()) {
+                return None;
+            }
+            // SAFETY: inside the mapping (checked), which is page aligned.
+            Some(unsafe { self.ptr.as_ptr().add(at).cast::<T>() })
+        }
+
+        /// The 8-byte word at byte `at` as an atomic (`None` outside).
+        pub fn atomic_u64_at(&self, at: usize) -> Option<&std::sync::atomic::AtomicU64> {
+            // SAFETY: aligned and inside the mapping (`at`), which lives as
+            // long as `self`; every other writer of such words (the data
+            // plane) uses atomic operations.
+            self.at::<u64>(at)
+                .map(|p| unsafe { std::sync::atomic::AtomicU64::from_ptr(p) })
+        }
+
+        /// The `T` at byte `at`, read once (a value other writers store
+        /// plainly: a torn read is the caller's to tolerate).
+        pub fn read_at<T: Copy>(&self, at: usize) -> Option<T> {
+            // SAFETY: aligned and inside the mapping (`at`); volatile, since
+            // the data plane writes it concurrently.
+            self.at::<T>(at).map(|p| unsafe { std::ptr::read_volatile(p) })
+        }
+
         /// The `index`th 8-byte element as an atomic (`None` past the end).
         pub fn atomic_i64(&self, index: usize) -> Option<&std::sync::atomic::AtomicI64> {
             let at = index.checked_mul(8)?;

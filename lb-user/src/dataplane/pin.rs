@@ -33,7 +33,7 @@ pub const LINK: &str = "link";
 
 /// Maps whose size the loader chooses (from the policy): an adopted data
 /// plane keeps the size it was made with.
-const SIZED_BY_LOADER: [&str; 3] = [names::FLOWS_V4, names::FLOWS_V6, names::FLOW_CACHE];
+const SIZED_BY_LOADER: [&str; 1] = [names::FLOW_TABLE];
 
 /// One data plane's names: its interface and network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,14 +52,6 @@ impl Dataplane {
         self.active.get(id)
     }
 
-    /// Slots of the flow cache; 0 when it is off.
-    pub fn flow_cache_slots(&self) -> u32 {
-        if self.cache.mask == 0 {
-            0
-        } else {
-            self.cache.slots()
-        }
-    }
 
     /// The MAC each target id of the maps has (adopted data plane: what the
     /// last `lb` resolved), by target identity.

@@ -1,36 +1,17 @@
-//! The flow-table sweeper: every couple of seconds it reads both flow tables
-//! (batched lookups), deletes the entries whose flow has ended (idle or FIN
-//! timeout passed, data-plane time), and makes `TARGET_ACTIVE` match the
-//! live counted entries per target. It runs on a thread of its own with its
-//! own handles on the maps, so a walk of a full table never holds up `lb`'s
-//! event loop; the rules (`flows::Rules`) come from the applied plan.
+//! The flow-table sweeper: every couple of seconds it walks the flow table
+//! through its memory mapping (`table`), deletes the entries whose flow has
+//! ended (idle or FIN timeout passed, data-plane time) and those that name
+//! a retired target, and reports what it found. It runs on a thread of its
+//! own, so a walk of a full table never holds up `lb`'s event loop; the
+//! rules (`flows::Rules`) come from the applied plan.
 //!
-//! Races, and why the counts converge:
-//! - The data plane keeps the counts itself (+1 per new flow, -1 at the
-//!   client's FIN or RST, at expiry on the next packet, at re-selection).
-//!   Flows that end silently (idle timeout, entry evicted or deleted) are
-//!   only taken out by the recount.
-//! - The recount corrects by a difference, never by storing a value: it
-//!   snapshots the counts at the start of a clock tick, counts the live
-//!   counted entries created before that tick, and adds (that count - the
-//!   snapshot) to each target. A flow that starts while the walk runs is in
-//!   neither, so its +1 stands (storing the walk's count would erase it
-//!   whenever the walk missed its entry: with 2 x 1M buckets to walk, every
-//!   flow started in the last half second). What the difference removes is
-//!   what the snapshot held and the table no longer does.
-//! - What can still be off, by the flows that changed in a window of
-//!   microseconds to one walk: a flow that ends during the walk and whose
-//!   entry the walk reads after its FIN, or whose entry is replaced then (a
-//!   client port reused, a target chosen again), is taken out twice; one started
-//!   in the microseconds between the tick's start and the snapshot (not
-//!   counted). The next sweep corrects both, so errors never accumulate:
-//!   once the table holds still for one sweep, every count is exact.
-//! - An ended entry is read again just before it is deleted; a packet that
-//!   refreshed it in between keeps it. One that arrives between that read
-//!   and the delete misses the table and is steered like any miss (README
-//!   "Flow lifecycle").
-//! - Counts are changed with atomic adds through a memory mapping of
-//!   `TARGET_ACTIVE`, so they never tear against the data plane's.
+//! Counts stay exact without a recount: an entry is deleted by clearing its
+//! word with a compare-and-exchange against the word read, and whoever
+//! clears a counted flow's word (this sweeper, or the data plane at a FIN,
+//! a re-selection or an eviction) takes it out of its target's count; a
+//! word the data plane changed since the read is left for the next sweep.
+//! The tally of counted entries per target is reported beside the counts,
+//! which match it whenever the table holds still.
 //!
 //! Retired targets (`crate::ids`): entries and sticky sessions that name one
 //! are deleted, if the target is still not usable when the entry is read
@@ -47,8 +28,8 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
-    FlowKey, FlowKeyV4, FlowState, MAX_TARGETS, StickyKey, StickyState, TargetInfo,
-    map_names as names, target_flags,
+    MAX_TARGETS, StickyKey, StickyState, TargetInfo, flow_table::flags, map_names as names,
+    target_flags,
 };
 
 use super::{
@@ -57,10 +38,11 @@ use super::{
     maps::{io_err, map_err},
     mmap::Mapping,
     sys,
+    table::{EntryView, FlowTable},
 };
-use crate::flows::{Fate, Rules, Tally, corrections};
+use crate::flows::{Fate, Rules, Tally};
 
-/// Entries per batched lookup: 40 x 4096 bytes of keys and values at most.
+/// Sticky sessions per batched lookup.
 const CHUNK: u32 = 4096;
 
 /// Active flows per target id: the mapping of `TARGET_ACTIVE`.
@@ -84,35 +66,23 @@ impl ActiveCounts {
     }
 
     /// Adds `delta` atomically (the data plane adds to the same slots).
-    fn add(&self, id: u32, delta: i64) {
+    pub(super) fn add(&self, id: u32, delta: i64) {
         if let Some(a) = self.mapping.atomic_i64(id as usize) {
             a.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         }
-    }
-
-    /// Every id whose count is not 0.
-    fn nonzero(&self) -> BTreeMap<u32, i64> {
-        (0..MAX_TARGETS)
-            .filter_map(|id| {
-                let v = self.get(id);
-                (v != 0).then_some((id, v))
-            })
-            .collect()
     }
 }
 
 /// What one sweep did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Entries in both flow tables.
+    /// Entries in the flow table.
     pub entries: u64,
     /// Entries found ended, and how many of them were deleted (the others
     /// had a packet meanwhile, or were gone already).
     pub ended: u64,
     pub deleted: u64,
-    /// Active counts corrected because they differed from the table.
-    pub corrected: usize,
-    /// Live counted flows per target id that started before the sweep.
+    /// Live counted flows per target id, as the walk found them.
     pub active: BTreeMap<u32, i64>,
     /// Entries and sticky sessions of retired targets deleted.
     pub orphans_deleted: u64,
@@ -129,69 +99,12 @@ impl Default for SweepReport {
             entries: 0,
             ended: 0,
             deleted: 0,
-            corrected: 0,
             active: BTreeMap::new(),
             orphans_deleted: 0,
             named: BTreeSet::new(),
             started: Instant::now(),
             took: Duration::ZERO,
         }
-    }
-}
-
-struct FlowTable<K> {
-    fd: OwnedFd,
-    map: BpfHashMap<MapData, K, FlowState>,
-}
-
-impl<K: aya::Pod + Default> FlowTable<K> {
-    fn open(data: &MapData, name: &'static str) -> Result<FlowTable<K>, DataplaneError> {
-        let (fd, own) = dup(data, name)?;
-        let map = BpfHashMap::try_from(Map::LruHashMap(own)).map_err(map_err(name))?;
-        Ok(FlowTable { fd, map })
-    }
-
-    /// Reads every entry into `tally` (`now`: data-plane time); returns the
-    /// keys of ended and orphaned entries.
-    fn read(&self, rules: &Rules, now: u64, tally: &mut Tally) -> std::io::Result<Vec<K>> {
-        let mut stale = Vec::new();
-        sys::lookup_all::<K, FlowState>(self.fd.as_fd(), CHUNK, |key, state| {
-            if tally.add(rules, state, now) != Fate::Live {
-                stale.push(*key);
-            }
-        })?;
-        Ok(stale)
-    }
-
-    /// Deletes the entries of `keys` that are still ended, or still name a
-    /// retired target that is not usable, at `now`; returns how many of each
-    /// it deleted, and adds the targets of the others to `named`.
-    fn delete_stale(
-        &mut self,
-        rules: &Rules,
-        now: u64,
-        keys: &[K],
-        targets: &Targets,
-        named: &mut BTreeSet<u32>,
-    ) -> (u64, u64) {
-        let (mut ended, mut orphans) = (0, 0);
-        for key in keys {
-            let Ok(state) = self.map.get(key, 0) else {
-                continue;
-            };
-            let fate = rules.fate(&state, now);
-            let delete =
-                fate == Fate::Ended || (fate == Fate::Orphaned && !targets.usable(state.target_id));
-            if delete && self.map.remove(key).is_ok() {
-                match fate {
-                    Fate::Ended => ended += 1,
-                    _ => orphans += 1,
-                }
-            } else {
-                named.insert(state.target_id);
-            }
-        }
-        (ended, orphans)
     }
 }
 
@@ -217,17 +130,16 @@ fn dup(data: &MapData, name: &'static str) -> Result<(OwnedFd, MapData), Datapla
 
 /// The maps a sweeper reads, borrowed to make its own handles on them.
 pub(super) struct SweptMaps<'a> {
-    pub v4: &'a MapData,
-    pub v6: &'a MapData,
+    pub table: &'a MapData,
+    pub buckets: u32,
     pub sticky: &'a MapData,
     pub targets: &'a MapData,
 }
 
-/// Walks the flow tables and corrects the active counts (see the module
-/// documentation). `Send`: it runs on its own thread.
+/// Walks the flow table (see the module documentation). `Send`: it runs on
+/// its own thread.
 pub struct FlowSweeper {
-    v4: FlowTable<FlowKeyV4>,
-    v6: FlowTable<FlowKey>,
+    table: FlowTable,
     sticky: (OwnedFd, BpfHashMap<MapData, StickyKey, StickyState>),
     targets: Targets,
     active: Arc<ActiveCounts>,
@@ -246,8 +158,7 @@ impl FlowSweeper {
         let (_, targets) = dup(maps.targets, names::TARGETS)?;
         let targets = Array::try_from(Map::Array(targets)).map_err(map_err(names::TARGETS))?;
         Ok(FlowSweeper {
-            v4: FlowTable::open(maps.v4, names::FLOWS_V4)?,
-            v6: FlowTable::open(maps.v6, names::FLOWS_V6)?,
+            table: FlowTable::new(maps.table, maps.buckets)?,
             sticky: (sticky_fd, sticky),
             targets: Targets(targets),
             active,
@@ -285,46 +196,45 @@ impl FlowSweeper {
         Ok(deleted)
     }
 
+    /// Deletes `entry` if it is as read; its flow leaves its target's
+    /// count if it was counted. True if deleted.
+    fn delete(&self, entry: &EntryView) -> bool {
+        if !self.table.clear(entry) {
+            return false;
+        }
+        if entry.word.flags() & flags::COUNTED != 0 {
+            self.active.add(entry.word.target_id(), -1);
+        }
+        true
+    }
+
     /// One sweep.
     pub fn sweep(&mut self, rules: &Rules) -> Result<SweepReport, DataplaneError> {
         let started = Instant::now();
-        // The snapshot of the counts, taken right at the start of a tick:
-        // flows created in earlier ticks are in it, later ones are not
-        // (`flows::corrections`).
-        let since = data_plane_time(rules, self.clock.next_tick_ns())?;
-        let snapshot = self.active.nonzero();
-        let mut tally = Tally::since(since);
-        let read_at = data_plane_time(rules, self.clock.now_ns())?;
-        let stale_v4 = self
-            .v4
-            .read(rules, read_at, &mut tally)
-            .map_err(io_err(names::FLOWS_V4))?;
-        let stale_v6 = self
-            .v6
-            .read(rules, read_at, &mut tally)
-            .map_err(io_err(names::FLOWS_V6))?;
-        let delete_at = data_plane_time(rules, self.clock.now_ns())?;
+        let now = data_plane_time(rules, self.clock.now_ns())?;
+        let mut tally = Tally::default();
+        let (mut deleted, mut orphans) = (0, 0);
+        for entry in self.table.entries() {
+            let id = entry.word.target_id();
+            match tally.add(rules, &entry, now) {
+                Fate::Live => {}
+                Fate::Ended if self.delete(&entry) => deleted += 1,
+                Fate::Orphaned if !self.targets.usable(id) && self.delete(&entry) => orphans += 1,
+                _ => {
+                    tally.named.insert(id);
+                }
+            }
+        }
         let mut named = std::mem::take(&mut tally.named);
-        let (ended_v4, orphans_v4) =
-            self.v4
-                .delete_stale(rules, delete_at, &stale_v4, &self.targets, &mut named);
-        let (ended_v6, orphans_v6) =
-            self.v6
-                .delete_stale(rules, delete_at, &stale_v6, &self.targets, &mut named);
         let sticky = self
             .sweep_sticky(rules, &mut named)
             .map_err(io_err(names::STICKY))?;
-        let fixes = corrections(&tally, &snapshot);
-        for &(id, delta) in &fixes {
-            self.active.add(id, delta);
-        }
         Ok(SweepReport {
             entries: tally.entries,
             ended: tally.ended,
-            deleted: ended_v4 + ended_v6,
-            corrected: fixes.len(),
+            deleted,
             active: tally.active,
-            orphans_deleted: orphans_v4 + orphans_v6 + sticky,
+            orphans_deleted: orphans + sticky,
             named,
             started,
             took: started.elapsed(),
@@ -344,12 +254,11 @@ impl FlowSweeper {
                 loop {
                     match self.sweep(&rules) {
                         Ok(r) => {
-                            if r.deleted > 0 || r.corrected > 0 || r.orphans_deleted > 0 {
+                            if r.deleted > 0 || r.orphans_deleted > 0 {
                                 tracing::debug!(
                                     entries = r.entries,
                                     deleted = r.deleted,
                                     orphans_deleted = r.orphans_deleted,
-                                    corrected = r.corrected,
                                     took_ms = r.took.as_secs_f64() * 1e3,
                                     "flow sweep"
                                 );

@@ -1,7 +1,7 @@
 //! What tests and benchmarks reach into a data plane for and `lb run` never
 //! does: private unpinned data planes, the program for BPF_PROG_TEST_RUN,
 //! the clock, the state the program keeps (flows, sticky sessions,
-//! round-robin positions, the flow cache), evictions, memory. Compiled only
+//! round-robin positions), evictions, memory. Compiled only
 //! with the `testing` feature, so that `lb` has none of it.
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -9,16 +9,15 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError},
     programs::Xdp,
 };
-use lb_common::{
-    FlowCacheSlot, FlowKey, FlowKeyV4, FlowState, StickyKey, StickyState, map_names as names,
-};
+use lb_common::{FlowKey, StickyKey, StickyState, flow_table::flags, map_names as names};
 
 use super::{
-    Dataplane, DataplaneError, FlowCache, Held, LoadOptions, PROGRAM,
+    Dataplane, DataplaneError, Held, LoadOptions, PROGRAM, TableSettings,
     clock::Clock,
     loader,
-    maps::{as_data, map_err, removed},
+    maps::{as_data, map_err},
     random_u64,
+    table::{EntryView, FlowTable},
 };
 
 impl Dataplane {
@@ -35,9 +34,9 @@ impl Dataplane {
         program: &'static str,
         options: &LoadOptions,
     ) -> Result<Self, DataplaneError> {
-        let cache = FlowCache::for_table(options.flow_table_size, options.flow_cache);
-        let ebpf = loader(options, cache).load(object)?;
-        Self::start(ebpf, program, Held::empty(), cache, random_u64(), None)
+        let table = TableSettings::for_flows(options.flow_table_size);
+        let ebpf = loader(table).load(object)?;
+        Self::start(ebpf, program, Held::empty(), table, random_u64(), None)
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
@@ -72,76 +71,35 @@ impl Dataplane {
         found(map.get(key, 0)).map_err(map_err(names::STICKY))
     }
 
-    /// Every flow-table entry (both tables; IPv4 keys widened to `FlowKey`).
-    /// One syscall per entry: for small tables.
-    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
-        let v4: BpfHashMap<&MapData, FlowKeyV4, FlowState> = self.open(names::FLOWS_V4)?;
-        let v6: BpfHashMap<&MapData, FlowKey, FlowState> = self.open(names::FLOWS_V6)?;
-        let mut out = Vec::new();
-        for entry in v4.iter() {
-            let (k, state) = entry.map_err(map_err(names::FLOWS_V4))?;
-            let key = FlowKey {
-                src_be: [k.src_be, 0, 0, 0],
-                dst_be: [k.dst_be, 0, 0, 0],
-                src_port_be: k.src_port_be,
-                dst_port_be: k.dst_port_be,
-                proto: k.proto,
-                family: lb_common::FAMILY_V4,
-                _pad: [0; 2],
-            };
-            out.push((key, state));
-        }
-        for entry in v6.iter() {
-            out.push(entry.map_err(map_err(names::FLOWS_V6))?);
-        }
-        Ok(out)
+    /// The flow table, mapped.
+    pub fn flow_table(&self) -> Result<FlowTable, DataplaneError> {
+        FlowTable::new(self.map_data(names::FLOW_TABLE)?, self.table.buckets)
     }
 
-    /// Deletes a flow's entry, as an LRU eviction would (its active count is
-    /// left to the sweeper's recount), and invalidates the flow cache, so the
-    /// next packet misses as the reference model expects. False if it had
-    /// none.
+    /// Every flow-table entry in use, bucket by bucket.
+    pub fn flow_entries(&self) -> Result<Vec<EntryView>, DataplaneError> {
+        Ok(self.flow_table()?.entries().collect())
+    }
+
+    /// The entry of flow `key`, if it has one.
+    pub fn flow_entry(&self, key: &FlowKey) -> Result<Option<EntryView>, DataplaneError> {
+        Ok(self.flow_table()?.find(key, self.table.seed))
+    }
+
+    /// Deletes a flow's entry as the sweeper deletes one (its flow leaves
+    /// its target's count if counted). False if it had none.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
-        let removed = self.remove_flow_entry(key)?;
-        if removed {
-            self.invalidate_flow_cache()?;
+        let table = self.flow_table()?;
+        let Some(entry) = table.find(key, self.table.seed) else {
+            return Ok(false);
+        };
+        if !table.clear(&entry) {
+            return Ok(false);
         }
-        Ok(removed)
-    }
-
-    /// Deletes a flow's entry and nothing else, exactly as the kernel's LRU
-    /// evicts one: the flow cache may still serve the flow for up to
-    /// `FLOW_TOUCH_NS` (README "Flow cache"). False if it had none.
-    pub fn remove_flow_entry(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
-        if key.family == lb_common::FAMILY_V4 {
-            let mut map: BpfHashMap<&mut MapData, FlowKeyV4, FlowState> =
-                self.open_mut(names::FLOWS_V4)?;
-            removed(map.remove(&FlowKeyV4::new(key))).map_err(map_err(names::FLOWS_V4))
-        } else {
-            let mut map: BpfHashMap<&mut MapData, FlowKey, FlowState> =
-                self.open_mut(names::FLOWS_V6)?;
-            removed(map.remove(key)).map_err(map_err(names::FLOWS_V6))
+        if entry.word.flags() & flags::COUNTED != 0 {
+            self.active.add(entry.word.target_id(), -1);
         }
-    }
-
-    /// The flow cache's slot for `key` (its index and content, whichever
-    /// flow it holds), or `None` when the cache is off.
-    pub fn flow_cache_slot(
-        &self,
-        key: &FlowKey,
-    ) -> Result<Option<(u32, FlowCacheSlot)>, DataplaneError> {
-        if self.cache.mask == 0 {
-            return Ok(None);
-        }
-        let index = lb_common::flow_cache_slot(key, self.cache.seed, self.cache.mask);
-        let map: Array<&MapData, FlowCacheSlot> = self.open(names::FLOW_CACHE)?;
-        let slot = map.get(&index, 0).map_err(map_err(names::FLOW_CACHE))?;
-        Ok(Some((index, slot)))
-    }
-
-    /// The flow cache's current generation (`Config::flow_cache_gen`).
-    pub fn flow_cache_generation(&self) -> Result<u32, DataplaneError> {
-        Ok(self.config()?.flow_cache_gen)
+        Ok(true)
     }
 
     /// Kernel memory charged to the data plane's maps, the group tables

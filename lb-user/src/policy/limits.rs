@@ -57,11 +57,14 @@ pub const THRESHOLD: Range = Range::new(1, 10);
 /// The status codes a check may expect.
 pub const STATUS_CODE: Range = Range::new(100, 599);
 /// Flow timeouts. Neither may be below 1 s: the data plane checks an
-/// entry's timeout only once it is `FLOW_TOUCH_NS` stale.
+/// entry's timeout only once it is `flow_table::TOUCH_UNITS` stale.
 pub const FLOW_IDLE_TIMEOUT_S: Range = Range::new(1, 86_400);
 pub const FLOW_FIN_TIMEOUT_S: Range = Range::new(1, 3600);
-const _: () = assert!(lb_common::FLOW_TOUCH_NS <= 1_000_000_000);
-/// Entries of each flow table.
+const _: () = assert!(
+    (lb_common::flow_table::TOUCH_UNITS as u64) << lb_common::flow_table::TIME_SHIFT
+        <= 1_000_000_000
+);
+/// Flows the flow table holds (both address families).
 pub const MAX_FLOWS: Range = Range::new(1024, 1 << 25);
 /// SPEC.md "Sticky session".
 pub const STICKY_DURATION_S: Range = Range::new(1, 604_800);

@@ -77,16 +77,13 @@ fn overview(report: &StatusReport) -> String {
 
 fn flow_table(t: &FlowTableStatus) -> String {
     format!(
-        "flow table: {} entries of {} per address family{}; {}",
+        "flow table: {} entries, sized for {} flows ({} buckets){}",
         t.entries.map_or_else(|| "?".to_string(), |n| n.to_string()),
         t.max_flows,
+        t.buckets,
         t.last_sweep_ms
             .map(|ms| format!(", last sweep {ms:.1} ms"))
             .unwrap_or_default(),
-        match t.cache_slots {
-            0 => "flow cache off".to_string(),
-            n => format!("flow cache {n} slots"),
-        }
     )
 }
 

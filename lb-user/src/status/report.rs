@@ -67,17 +67,21 @@ pub struct ErrorStatus {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FlowTableStatus {
-    /// Capacity of each flow table (IPv4 and IPv6), fixed at start.
+    /// Flows the table is sized for (both address families; it has twice
+    /// as many entries), fixed when the data plane is made.
     pub max_flows: u32,
-    /// Entries in both tables at the last sweep (`null` before the first),
-    /// ended ones included until the sweep deletes them.
+    /// Entries in use at the last sweep (`null` before the first), ended
+    /// ones included until the sweep deletes them.
     pub entries: Option<u64>,
     /// How long the last sweep took.
     pub last_sweep_ms: Option<f64>,
-    /// Slots of the flow cache in front of the tables (README "Flow
-    /// cache"); 0 when it is off.
+    /// Slots of the flow cache that stood in front of the kernel's tables;
+    /// always 0 (the flow table has none). Kept for scripts that read it.
     #[serde(default)]
     pub cache_slots: u32,
+    /// Buckets of the table (four entries each, one cache line).
+    #[serde(default)]
+    pub buckets: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,7 +352,8 @@ pub fn example() -> StatusReport {
             max_flows: 1024,
             entries: Some(3),
             last_sweep_ms: Some(0.25),
-            cache_slots: 1024,
+            cache_slots: 0,
+            buckets: 512,
         },
         data_plane: DataPlaneStatus {
             pin_dir: "/sys/fs/bpf/lb/eth0".into(),
