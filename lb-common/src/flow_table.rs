@@ -196,7 +196,10 @@ pub const fn hash(key: &FlowKey, seed: u64) -> u64 {
         | (key.dst_port_be as u64) << 16
         | (key.proto as u64) << 32
         | (key.family as u64) << 40;
-    let mut h = mix(seed ^ ports, (key.src_be[0] as u64) << 32 | key.dst_be[0] as u64);
+    let mut h = mix(
+        seed ^ ports,
+        (key.src_be[0] as u64) << 32 | key.dst_be[0] as u64,
+    );
     if key.family != FAMILY_V4 {
         h = mix(h, (key.src_be[1] as u64) << 32 | key.src_be[2] as u64);
         h = mix(h, (key.src_be[3] as u64) << 32 | key.dst_be[1] as u64);
@@ -216,40 +219,74 @@ const fn mix(h: u64, w: u64) -> u64 {
     x ^ (x >> 32)
 }
 
-/// Which of the flow's eight candidate entries (the first bucket's four,
-/// then the second's) holds its tag, if one does: the first in that order.
+// The candidate scans below have no branch: the verifier would otherwise
+// follow each of the eight outcomes through the rest of the program, and an
+// index found by a branch is a constant it cannot merge. Comparisons are
+// arithmetic on values below 2^63.
+
+/// 1 if `x` is 0, else 0.
 #[inline(always)]
-pub fn find(words: &[u64; 2 * WAYS], tag: u64) -> Option<usize> {
+const fn is_zero(x: u64) -> u64 {
+    ((x | x.wrapping_neg()) >> 63) ^ 1
+}
+
+/// 1 if `a < b`, else 0 (both below 2^63).
+#[inline(always)]
+const fn less(a: u64, b: u64) -> u64 {
+    a.wrapping_sub(b) >> 63
+}
+
+/// `a` if `pick` is 1, `b` if it is 0.
+#[inline(always)]
+const fn select(pick: u64, a: u64, b: u64) -> u64 {
+    b ^ ((a ^ b) & pick.wrapping_neg())
+}
+
+/// Which of the flow's eight candidate entries (the first bucket's four,
+/// then the second's) hold its tag: bit i for candidate i.
+#[inline(always)]
+pub fn matches(words: &[u64; 2 * WAYS], tag: u64) -> u64 {
+    let mut m = 0;
     let mut i = 0;
     while i < 2 * WAYS {
-        if words[i] & TAG_MASK == tag && words[i] != 0 {
-            return Some(i);
-        }
+        // An empty word's tag is 0, never a flow's.
+        m |= is_zero((words[i] & TAG_MASK) ^ tag) << i;
         i += 1;
     }
-    None
+    m
 }
 
-const ESTABLISHED: u8 = 3;
-
-/// How much an entry is worth keeping, lowest first: empty, ended by the
-/// client, seen once, established; then, within a class, the least
-/// recently seen.
+/// The lowest set bit's index of `m` (1-255).
 #[inline(always)]
-fn rank(word: u64, seen: u32, now: u32) -> (u8, u32) {
-    let w = Word(word);
-    let class = if w.is_empty() {
-        0
-    } else if w.flags() & (flags::FIN | flags::RST) != 0 {
-        1
-    } else if w.flags() & flags::AGAIN == 0 {
-        2
-    } else {
-        ESTABLISHED
-    };
-    // Older is lower: the complement of its age.
-    (class, u32::MAX - now.wrapping_sub(seen))
+pub fn lowest(m: u64) -> usize {
+    let low = m & m.wrapping_neg();
+    let nz = |x: u64| 1 - is_zero(x);
+    (nz(low & 0xaa) + 2 * nz(low & 0xcc) + 4 * nz(low & 0xf0)) as usize
 }
+
+/// Which of the flow's eight candidate entries holds its tag, if one does:
+/// the first in order.
+#[inline(always)]
+pub fn find(words: &[u64; 2 * WAYS], tag: u64) -> Option<usize> {
+    let m = matches(words, tag);
+    if m == 0 { None } else { Some(lowest(m)) }
+}
+
+/// How much candidate `i` is worth keeping, lowest first, as one number:
+/// its class (empty, ended by the client, seen once, established), then
+/// how recently it was seen, then `order` (its place in the scan).
+#[inline(always)]
+fn rank(word: u64, seen: u32, now: u32, order: u64) -> u64 {
+    let f = Word(word).flags() as u64;
+    let full = 1 - is_zero(word);
+    let ended = 1 - is_zero(f & (flags::FIN | flags::RST) as u64);
+    let again = 1 - is_zero(f & flags::AGAIN as u64);
+    let class = full * (1 + (1 - ended) * (1 + again));
+    let recent = (u32::MAX - now.wrapping_sub(seen)) as u64 * full;
+    class << 40 | recent << 4 | order
+}
+
+const ESTABLISHED: u64 = 3;
 
 /// A new flow does not evict an established flow seen within this long
 /// (about 8.6 s): when both its buckets hold only such flows, it goes
@@ -257,38 +294,36 @@ fn rank(word: u64, seen: u32, now: u32) -> (u8, u32) {
 /// one-packet flows thus never evicts a flow that is sending.
 pub const PROTECT_UNITS: u32 = 1 << (33 - TIME_SHIFT);
 
-/// The entry a new flow takes among its eight candidates (`words` and
-/// `seen` in [`find`]'s order) at time `now` ([`time_units`]): the one
+/// The entry a new flow takes among its eight candidates (`word(i)` and
+/// `seen(i)` in [`find`]'s order) at time `now` ([`time_units`]): the one
 /// least worth keeping, on a tie an entry of the emptier bucket, then the
 /// first; None when that is an established flow seen within
 /// [`PROTECT_UNITS`].
 #[inline(always)]
-pub fn victim(words: &[u64; 2 * WAYS], seen: &[u32; 2 * WAYS], now: u32) -> Option<usize> {
-    let used = |b: usize| {
-        let mut n = 0;
-        let mut i = 0;
-        while i < WAYS {
-            n += (words[b * WAYS + i] != 0) as u32;
-            i += 1;
-        }
-        n
-    };
-    // The emptier bucket is looked at first, so it wins ties.
-    let order = if used(1) < used(0) { WAYS } else { 0 };
-    let mut best = order;
-    let mut best_rank = rank(words[best], seen[best], now);
-    let mut k = 1;
-    while k < 2 * WAYS {
-        let i = (order + k) % (2 * WAYS);
-        let r = rank(words[i], seen[i], now);
-        if r.0 < best_rank.0 || (r.0 == best_rank.0 && r.1 < best_rank.1) {
-            best = i;
-            best_rank = r;
-        }
-        k += 1;
+pub fn victim(word: impl Fn(usize) -> u64, seen: impl Fn(usize) -> u32, now: u32) -> Option<usize> {
+    let (mut first, mut second) = (0, 0);
+    let mut i = 0;
+    while i < WAYS {
+        first += 1 - is_zero(word(i));
+        second += 1 - is_zero(word(WAYS + i));
+        i += 1;
     }
-    let protected = best_rank.0 == ESTABLISHED && now.wrapping_sub(seen[best]) < PROTECT_UNITS;
-    if protected { None } else { Some(best) }
+    // The emptier bucket comes first in the order, so it wins ties.
+    let start = less(second, first) * WAYS as u64;
+    let mut best = u64::MAX >> 1;
+    let mut best_i = 0;
+    let mut i = 0;
+    while i < 2 * WAYS {
+        let order = (i as u64 + 2 * WAYS as u64 - start) % (2 * WAYS) as u64;
+        let r = rank(word(i), seen(i), now, order);
+        let better = less(r, best);
+        best = select(better, r, best);
+        best_i = select(better, i as u64, best_i);
+        i += 1;
+    }
+    let i = best_i as usize & (2 * WAYS - 1);
+    let protected = best >> 40 == ESTABLISHED && now.wrapping_sub(seen(i)) < PROTECT_UNITS;
+    if protected { None } else { Some(i) }
 }
 
 /// Buckets of a table that is to hold `max_flows` flows: a power of two,
@@ -336,7 +371,10 @@ mod tests {
         assert_eq!(w.flags(), flags::COUNTED | flags::SYN);
         assert!(!w.is_empty());
         let w2 = w.with_flags(flags::FIN);
-        assert_eq!((w2.tag(), w2.target_id(), w2.flags()), (p.tag, 131_071, flags::FIN));
+        assert_eq!(
+            (w2.tag(), w2.target_id(), w2.flags()),
+            (p.tag, 131_071, flags::FIN)
+        );
         assert_eq!(Word::new(p.tag, 5, 0).with_target(9, 1).target_id(), 9);
     }
 
@@ -379,7 +417,10 @@ mod tests {
         }
 
         fn candidates(&self, p: &Place) -> ([u64; 8], [u32; 8]) {
-            let (a, b) = (&self.buckets[p.first as usize], &self.buckets[p.second as usize]);
+            let (a, b) = (
+                &self.buckets[p.first as usize],
+                &self.buckets[p.second as usize],
+            );
             let mut words = [0; 8];
             let mut seen = [0; 8];
             for i in 0..WAYS {
@@ -406,7 +447,7 @@ mod tests {
                 self.buckets[b].seen[w] = now;
                 return;
             }
-            let Some(i) = victim(&words, &seen, now) else {
+            let Some(i) = victim(|i| words[i], |i| seen[i], now) else {
                 self.refused += 1;
                 return;
             };

@@ -287,9 +287,18 @@ mod tests {
         rules.retired = BTreeSet::from([4]);
         let now = 1000 * S;
         let mut tally = Tally::default();
-        assert_eq!(tally.add(&rules, &entry(3, 1, flags::COUNTED, 999), now), Fate::Live);
-        assert_eq!(tally.add(&rules, &entry(4, 1, flags::COUNTED, 999), now), Fate::Orphaned);
-        assert_eq!(tally.add(&rules, &entry(4, 1, flags::COUNTED, 1), now), Fate::Ended);
+        assert_eq!(
+            tally.add(&rules, &entry(3, 1, flags::COUNTED, 999), now),
+            Fate::Live
+        );
+        assert_eq!(
+            tally.add(&rules, &entry(4, 1, flags::COUNTED, 999), now),
+            Fate::Orphaned
+        );
+        assert_eq!(
+            tally.add(&rules, &entry(4, 1, flags::COUNTED, 1), now),
+            Fate::Ended
+        );
         assert_eq!((tally.orphaned, tally.ended), (1, 1));
         assert_eq!(tally.named, BTreeSet::from([3]));
         assert_eq!(

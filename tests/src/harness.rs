@@ -22,7 +22,7 @@ use std::{
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use lb_common::{FlowKey, ListenerKey, Stats, StickyKey, flow_flags};
+use lb_common::{FlowKey, ListenerKey, Stats, StickyKey, flow_table::flags};
 use lb_user::{
     dataplane::{Dataplane, LoadOptions},
     ids::{Ids, TargetKey},
@@ -217,13 +217,30 @@ impl Harness {
         h
     }
 
+    /// A new data plane holding `yaml`'s policy, loaded with `options`.
+    pub fn with_options(yaml: &str, options: &LoadOptions) -> Harness {
+        let policy = parse_policy(yaml);
+        let plan = compile_with(
+            &policy,
+            &observed(&policy),
+            &Ids::default(),
+            &mut TableCache::default(),
+        );
+        Harness::with_plan_options(plan, options)
+    }
+
     /// A new data plane holding `plan`.
     pub fn with_plan(plan: MapPlan) -> Harness {
-        let mut dp = Dataplane::load(&LoadOptions {
-            flow_table_size: 4096,
-            ..Default::default()
-        })
-        .expect("load lb (are you root?)");
+        Harness::with_plan_options(
+            plan,
+            &LoadOptions {
+                flow_table_size: 4096,
+            },
+        )
+    }
+
+    fn with_plan_options(plan: MapPlan, options: &LoadOptions) -> Harness {
+        let mut dp = Dataplane::load(options).expect("load lb (are you root?)");
         let started_ns = dp.clock().now_ns().expect("clock");
         dp.apply(&plan).expect("apply");
         Harness {
@@ -621,38 +638,39 @@ impl Harness {
         Ok(())
     }
 
-    /// The flow tables against the model's: the same flows, each with the
-    /// same target, ending (client FIN or RST seen) and counted state. One
-    /// syscall per entry, so call it now and then.
+    /// The flow table against the model's: each of the model's flows has
+    /// an entry with the same target, ending (client FIN or RST seen) and
+    /// counted state, and the table has no other entry. An entry holds a
+    /// tag, not the key: the model's keys are looked up.
     pub fn compare_flows(&self) -> Result<(), String> {
-        let mut real = BTreeMap::new();
-        for (k, s) in self.dp.flow_entries().expect("flow tables") {
+        let mut differ = Vec::new();
+        for (k, f) in &self.model.flows {
+            let Some(e) = self.dp.flow_entry(k).expect("flow table") else {
+                differ.push(format!("{k:?}: no entry, model {f:?}"));
+                continue;
+            };
             let what = format!("the flow entry of {k:?}");
-            let target = self.names.target(s.target_id, &what)?.clone();
-            let ending = s.flags & (flow_flags::FIN | flow_flags::RST) != 0;
-            let counted = s.flags & flow_flags::COUNTED != 0;
-            real.insert(format!("{k:?}"), (target, ending, counted));
+            let target = self.names.target(e.word.target_id(), &what)?.clone();
+            let ending = e.word.flags() & (flags::FIN | flags::RST) != 0;
+            let counted = e.word.flags() & flags::COUNTED != 0;
+            if (&target, ending, counted) != (&f.target, f.ending, f.counted) {
+                differ.push(format!(
+                    "{k:?}: program ({target:?}, ending {ending}, counted {counted}), model {f:?}"
+                ));
+            }
         }
-        let model: BTreeMap<String, (TargetKey, bool, bool)> = self
-            .model
-            .flows
-            .iter()
-            .map(|(k, f)| (format!("{k:?}"), (f.target.clone(), f.ending, f.counted)))
-            .collect();
-        if real != model {
-            let only_real: Vec<_> = real
-                .iter()
-                .filter(|(k, v)| model.get(*k) != Some(v))
-                .collect();
-            let only_model: Vec<_> = model
-                .iter()
-                .filter(|(k, v)| real.get(*k) != Some(v))
-                .collect();
-            return Err(format!(
-                "flow tables differ: program only/different {only_real:?}, model only/different {only_model:?}"
+        let entries = self.dp.flow_entries().expect("flow table").len();
+        if entries != self.model.flows.len() {
+            differ.push(format!(
+                "{entries} entries in the program's table, {} flows in the model's",
+                self.model.flows.len()
             ));
         }
-        Ok(())
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("flow tables differ:\n{}", differ.join("\n")))
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
-use lb_common::{FlowKey, FlowKeyV4, FlowState};
+use aya::maps::{MapData, MapError};
+use lb_user::dataplane::{sweep::ActiveCounts, table::FlowTable};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -221,51 +221,32 @@ impl LbProcess {
         status::wait_for(&self.socket, timeout, what, check)
     }
 
-    /// Entries of this lb's flow tables (IPv4, IPv6), read from the kernel.
-    pub fn flow_table_len(&self) -> Result<(usize, usize), LabError> {
-        let (v4, v6) = self.flow_tables()?;
-        Ok((v4.keys().count(), v6.keys().count()))
+    /// Entries in use in this lb's flow table, read through a mapping of
+    /// it (the map is found among the maps this process holds open; other
+    /// `lb`s on the machine have their own).
+    pub fn flow_table_len(&self) -> Result<usize, LabError> {
+        Ok(self.flow_table()?.0.entries().count())
     }
 
-    /// Deletes every entry of this lb's flow tables, as a restart of `lb`
-    /// or a full table would lose them; returns how many there were. Then
-    /// invalidates lb's flow cache as `lb` does after deleting live entries
-    /// itself (a bump of `Config::flow_cache_gen`), so the next packets see
-    /// the empty tables. The maps are found by name among the maps this
-    /// process holds open (other `lb`s on the machine have their own).
+    /// Deletes every entry of this lb's flow table, as a detach of its
+    /// data plane would lose them (each flow leaves its target's count, as
+    /// `lb` takes out a flow it deletes); returns how many there were.
     pub fn clear_flow_tables(&self) -> Result<usize, LabError> {
-        let (mut v4, mut v6) = self.flow_tables()?;
-        let mut cleared = 0;
-        let keys: Vec<_> = v4.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            v4.remove(&key)
-                .map_err(map_error("delete a FLOWS_V4 entry"))?;
-            cleared += 1;
-        }
-        let keys: Vec<_> = v6.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            v6.remove(&key)
-                .map_err(map_error("delete a FLOWS_V6 entry"))?;
-            cleared += 1;
-        }
-        let [config] = self.maps([lb_common::map_names::CONFIG])?;
-        let mut config: aya::maps::Array<MapData, lb_common::Config> =
-            aya::maps::Array::try_from(aya::maps::Map::Array(config))
-                .map_err(map_error("open CONFIG"))?;
-        let mut value = config.get(&0, 0).map_err(map_error("read CONFIG"))?;
-        value.flow_cache_gen = value.flow_cache_gen.wrapping_add(1);
-        config.set(0, value, 0).map_err(map_error("write CONFIG"))?;
-        Ok(cleared)
+        let (table, active) = self.flow_table()?;
+        let entries: Vec<_> = table.entries().collect();
+        Ok(entries.iter().filter(|e| table.delete(e, &active)).count())
     }
 
-    fn flow_tables(&self) -> Result<FlowTables, LabError> {
-        use lb_common::map_names::{FLOWS_V4, FLOWS_V6};
-        let [v4, v6] = self.maps([FLOWS_V4, FLOWS_V6])?;
-        let v4 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v4))
-            .map_err(map_error("open FLOWS_V4"))?;
-        let v6 = BpfHashMap::try_from(aya::maps::Map::LruHashMap(v6))
-            .map_err(map_error("open FLOWS_V6"))?;
-        Ok((v4, v6))
+    fn flow_table(&self) -> Result<(FlowTable, ActiveCounts), LabError> {
+        use lb_common::map_names::{FLOW_TABLE, TARGET_ACTIVE};
+        let [table, active] = self.maps([FLOW_TABLE, TARGET_ACTIVE])?;
+        let status = |e: lb_user::dataplane::DataplaneError| LabError::Status {
+            reason: format!("map lb's flow table: {e}"),
+        };
+        Ok((
+            FlowTable::open(&table).map_err(status)?,
+            ActiveCounts::new(&active).map_err(status)?,
+        ))
     }
 
     /// The maps of these names among the maps this lb process holds open.
@@ -456,9 +437,3 @@ fn map_error(what: &'static str) -> impl FnOnce(MapError) -> LabError {
         reason: format!("{what}: {e}"),
     }
 }
-
-/// lb's flow tables (IPv4, IPv6), opened from the kernel.
-type FlowTables = (
-    BpfHashMap<MapData, FlowKeyV4, FlowState>,
-    BpfHashMap<MapData, FlowKey, FlowState>,
-);

@@ -24,8 +24,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
-    Counter, FLOW_TOUCH_NS, FlowKey, GroupInfo, ListenerKey, PROTO_TCP, algorithm,
+    Counter, FlowKey, GroupInfo, ListenerKey, PROTO_TCP, algorithm,
     choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight},
+    flow_table::{TIME_SHIFT, TOUCH_UNITS, age_ns, time_units},
     group_flags,
     hash::flow_hash,
     target_flags,
@@ -66,8 +67,8 @@ pub struct Client {
     pub addr_be: [u32; 4],
 }
 
-/// What the model remembers of a flow (the documented part of the data
-/// plane's `FlowState`).
+/// What the model remembers of a flow (the documented part of a flow-table
+/// entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
     pub target: TargetKey,
@@ -75,7 +76,9 @@ pub struct Flow {
     pub ending: bool,
     /// The flow counts in its target's active flows.
     pub counted: bool,
-    pub last_seen_ns: u64,
+    /// When its last packet came, in the table's time units (about 1 ms:
+    /// `flow_table::time_units`), as the entry keeps it.
+    pub seen: u32,
 }
 
 /// A group table and the least-connections candidate pairs it gives (as
@@ -126,7 +129,7 @@ pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, group: &GroupInfo) -> 
     let Some(e) = entry else {
         return Step::Miss;
     };
-    let age = now_ns.saturating_sub(e.last_seen_ns);
+    let age = age_ns(e.seen, now_ns);
     let timeout_s = if e.ending {
         group.fin_timeout_s
     } else {
@@ -138,7 +141,7 @@ pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, group: &GroupInfo) -> 
     }
     Step::Hit {
         ending: flags & (tcp_flags::FIN | tcp_flags::RST) != 0,
-        touch: age > FLOW_TOUCH_NS,
+        touch: age > (TOUCH_UNITS as u64) << TIME_SHIFT,
     }
 }
 
@@ -386,7 +389,7 @@ impl Model {
                 if let Some(t) = usable(plan, &self.flows[key].target, &group.name) {
                     let flow = self.flows.get_mut(key).unwrap();
                     if touch {
-                        flow.last_seen_ns = now;
+                        flow.seen = time_units(now);
                     }
                     if ending {
                         flow.ending = true;
@@ -434,7 +437,7 @@ impl Model {
                 target,
                 ending,
                 counted: !ending,
-                last_seen_ns: self.now_ns,
+                seen: time_units(self.now_ns),
             },
         );
     }
@@ -559,9 +562,10 @@ impl Model {
         }
     }
 
-    /// Forgets a flow's entry without uncounting it, as an LRU eviction (or
-    /// any deletion but the sweeper's) does.
+    /// Forgets a flow's entry, taking it out of its target's count if it
+    /// was counted, as every deletion of an entry does.
     pub fn evict(&mut self, key: &FlowKey) -> bool {
+        self.uncount(key);
         self.flows.remove(key).is_some()
     }
 
@@ -702,7 +706,7 @@ mod tests {
             target: TargetKey::new("web", [10, 0, 3, 11].into()),
             ending,
             counted: !ending,
-            last_seen_ns: last_seen_s * S,
+            seen: time_units(last_seen_s * S),
         }
     }
 
@@ -716,7 +720,7 @@ mod tests {
             (None, SYN, Step::Miss),
             (None, ACK, Step::Miss),
             (None, 0, Step::Miss),
-            // Seen within FLOW_TOUCH_NS: no touch.
+            // Seen within the touch interval: no touch.
             (
                 Some(flow(false, 1000)),
                 ACK,
@@ -735,7 +739,7 @@ mod tests {
             ),
             // The client's FIN or RST: the flow is ending.
             (
-                Some(flow(false, 999)),
+                Some(flow(false, 1000)),
                 FIN | ACK,
                 Step::Hit {
                     ending: true,
@@ -743,16 +747,17 @@ mod tests {
                 },
             ),
             (
-                Some(flow(false, 999)),
+                Some(flow(false, 1000)),
                 RST,
                 Step::Hit {
                     ending: true,
                     touch: false,
                 },
             ),
-            // Idle timeout: up to 350 s goes on, past it ends.
+            // Idle timeout: under 350 s goes on, past it ends (entry times
+            // are in units of about a millisecond).
             (
-                Some(flow(false, 650)),
+                Some(flow(false, 651)),
                 ACK,
                 Step::Hit {
                     ending: false,
@@ -762,7 +767,7 @@ mod tests {
             (Some(flow(false, 649)), ACK, Step::Ended),
             // After FIN: the FIN timeout.
             (
-                Some(flow(true, 990)),
+                Some(flow(true, 991)),
                 ACK,
                 Step::Hit {
                     ending: false,

@@ -121,12 +121,12 @@ fn survives_a_cleared_flow_table(algorithm: &'static str) {
         ..Default::default()
     });
     let mut held = open(&s, 12, 32000);
-    let (v4, _) = s.lb.flow_table_len().unwrap();
-    assert!(v4 >= 12, "{v4} entries for 12 connections");
+    let entries = s.lb.flow_table_len().unwrap();
+    assert!(entries >= 12, "{entries} entries for 12 connections");
 
     let cleared = s.lb.clear_flow_tables().unwrap();
     assert!(cleared >= 12, "cleared {cleared}");
-    assert_eq!(s.lb.flow_table_len().unwrap().0, 0, "the table is empty");
+    assert_eq!(s.lb.flow_table_len().unwrap(), 0, "the table is empty");
 
     for (h, name) in &mut held {
         for _ in 0..3 {
@@ -136,9 +136,9 @@ fn survives_a_cleared_flow_table(algorithm: &'static str) {
             assert_eq!(&got, name, "{algorithm}: {} moved", h.local());
         }
     }
-    // The misses were remembered again; the sweeper brings the counts back
-    // to the open connections (the lost entries were never uncounted).
-    assert!(s.lb.flow_table_len().unwrap().0 >= 12);
+    // The misses were remembered again, and counted again (the deletion
+    // took each lost flow out of its target's count).
+    assert!(s.lb.flow_table_len().unwrap() >= 12);
     let want = per_target(&held);
     s.lb.wait_for(SETTLE, "active flows = open connections again", |st| {
         (active(st) == want).then_some(())
@@ -157,10 +157,10 @@ fn source_ip_connections_survive_a_cleared_flow_table() {
     survives_a_cleared_flow_table("source_ip");
 }
 
-/// `max_entries` of the LRU hash maps (the flow tables) lb holds open.
-fn flow_table_capacities(lb: &LbProcess) -> Vec<u64> {
+/// `max_entries` of the flow table lb holds open (buckets).
+fn flow_table_buckets(lb: &LbProcess) -> Vec<u64> {
     let dir = format!("/proc/{}/fdinfo", lb.pid().expect("lb runs"));
-    let mut found: Vec<u64> = std::fs::read_dir(&dir)
+    std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
         .filter_map(|e| {
@@ -169,16 +169,15 @@ fn flow_table_capacities(lb: &LbProcess) -> Vec<u64> {
                 info.lines()
                     .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
             };
-            // BPF_MAP_TYPE_LRU_HASH; the sticky-session map is one too, at
-            // its own fixed size. A map may be open more than once.
-            (field("map_type:")? == 9).then(|| Some((field("map_id:")?, field("max_entries:")?)))?
+            let id = field("map_id:")?;
+            let map = aya::maps::MapInfo::from_id(id as u32).ok()?;
+            (map.name_as_str() == Some(lb_common::map_names::FLOW_TABLE))
+                .then(|| Some((id, field("max_entries:")?)))?
         })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .map(|(_, n)| n)
-        .collect();
-    found.sort_unstable();
-    found
+        .collect()
 }
 
 #[test]
@@ -196,23 +195,13 @@ fn flow_table_size_comes_from_the_policy_and_a_reload_keeps_it() {
     let s = LabRun::start_yaml(&with_size(4096), |_| {});
     let max = |st: &Status| st.0["flow_table"]["max_flows"].as_u64();
     assert_eq!(max(&s.lb.report().unwrap()), Some(4096));
-    // The flow cache has a slot per entry (a power of two); off where its
-    // sequence lock is not sound (README "Flow cache").
-    let cache_slots = s.lb.report().unwrap().0["flow_table"]["cache_slots"].as_u64();
-    let expected = if cfg!(target_arch = "x86_64") {
-        4096
-    } else {
-        0
-    };
-    assert_eq!(cache_slots, Some(expected));
-    let tables = flow_table_capacities(&s.lb);
-    assert_eq!(
-        tables.iter().filter(|&&n| n == 4096).count(),
-        2,
-        "both flow tables hold 4096: {tables:?}"
-    );
+    // Twice as many entries as flows, four to a bucket (a power of two).
+    let buckets = s.lb.report().unwrap().0["flow_table"]["buckets"].as_u64();
+    assert_eq!(buckets, Some(2048));
+    let tables = flow_table_buckets(&s.lb);
+    assert_eq!(tables, [2048], "the flow table's buckets");
 
-    // A reload that changes the size keeps the tables and says so.
+    // A reload that changes the size keeps the table and says so.
     s.lab.write_file("policy.yaml", &with_size(8192));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(s.lb.pid().unwrap() as i32),
@@ -223,17 +212,17 @@ fn flow_table_size_comes_from_the_policy_and_a_reload_keeps_it() {
     while !s
         .lb
         .log()
-        .contains("the flow tables keep their 4096 entries")
+        .contains("the flow table keeps its size, made for 4096 flows")
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "no warning that the tables keep their size after the reload:\n{}",
+            "no warning that the table keeps its size after the reload:\n{}",
             s.lb.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(max(&s.lb.report().unwrap()), Some(4096));
-    assert_eq!(flow_table_capacities(&s.lb), tables);
+    assert_eq!(flow_table_buckets(&s.lb), tables);
     // And it still balances.
     let held = open(&s, 3, 33000);
     assert_eq!(held.len(), 3);

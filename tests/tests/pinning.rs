@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, Map, MapData},
     programs::{TestRun as _, TestRunOptions},
 };
-use lb_common::{Config, FlowKey, map_names as names};
+use lb_common::{Config, map_names as names};
 use lb_tests::{
     harness::{observed, parse_policy},
     lab, netns,
@@ -20,6 +20,7 @@ use lb_user::{
     dataplane::{
         self, AttachMode, Attached, Dataplane, DataplaneError, LoadOptions,
         pin::{self, Instance},
+        table::EntryView,
     },
     ids::{Ids, TargetKey},
     plan::MapPlan,
@@ -102,7 +103,6 @@ fn plan(yaml: &str, previous: &Ids) -> MapPlan {
 
 const OPTIONS: LoadOptions = LoadOptions {
     flow_table_size: 4096,
-    flow_cache: true,
 };
 
 fn xdp_on_dummy(ns: &str) -> bool {
@@ -155,11 +155,11 @@ fn a_pinned_data_plane_is_adopted_with_its_ids_and_flows_or_refused() {
             .unwrap()
             .return_value;
         assert_eq!(verdict, lb_tests::model::XDP_TX);
-        let flows: Vec<(FlowKey, u32)> = dp
+        let flows: Vec<(EntryView, u32)> = dp
             .flow_entries()
             .unwrap()
             .into_iter()
-            .map(|(k, s)| (k, s.target_id))
+            .map(|e| (e, e.word.target_id()))
             .collect();
         assert_eq!(flows.len(), 1);
         let instance_id = dp.instance();
@@ -172,11 +172,11 @@ fn a_pinned_data_plane_is_adopted_with_its_ids_and_flows_or_refused() {
         assert!(dp.adopted());
         assert_eq!(dp.instance(), instance_id);
         assert_eq!(dp.ids(), &*first.ids);
-        let again: Vec<(FlowKey, u32)> = dp
+        let again: Vec<(EntryView, u32)> = dp
             .flow_entries()
             .unwrap()
             .into_iter()
-            .map(|(k, s)| (k, s.target_id))
+            .map(|e| (e, e.word.target_id()))
             .collect();
         assert_eq!(again, flows);
         let reordered = plan(REORDERED, dp.ids());

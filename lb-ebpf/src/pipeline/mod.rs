@@ -132,10 +132,15 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(xdp_action::XDP_DROP);
     };
     let now = time::now_ns(config);
-    let probe = flows::Probe::read(&flow, &flows::Settings::read(config));
-    let entry = probe.as_ref().and_then(flows::Probe::entry);
+    // A table that is off (before the loader's first write) or out of
+    // reach: the kernel's, as if `lb` were not there.
+    let Some(mut probe) = flows::Probe::read(&flow, &flows::Settings::read(config)) else {
+        counters::count(Counter::Passed);
+        return Err(xdp_action::XDP_PASS);
+    };
+    let entry = probe.entry();
     let listener = lookup::listener(&flow, entry.as_ref().map(flows::Entry::listener_hint))?;
-    let target = select::target(&flow, tcp_flags, &listener, probe, entry, now)?;
+    let target = select::target(&flow, tcp_flags, &listener, &mut probe, entry, now)?;
     forward(ctx, &listener, &target, config)
 }
 

@@ -135,22 +135,24 @@ const fn touch_ns() -> u64 {
 /// The target of a listener's flow: the one its flow-table `entry` names if
 /// the flow goes on and the target is still usable, else one chosen for it
 /// (and remembered, in place of its entry if it had one). `probe`: the
-/// flow's buckets (None when the table is off); `now`: the data-plane time.
+/// flow's buckets; `now`: the data-plane time.
 #[inline(always)]
 pub fn target(
     flow: &FlowKey,
     tcp_flags: u8,
     listener: &ListenerInfo,
-    probe: Option<Probe>,
+    probe: &mut Probe,
     entry: Option<Entry>,
     now: u64,
 ) -> Result<Selected, u32> {
-    if let Some(mut e) = entry
-        && let Some(hit) = existing(tcp_flags, listener, &mut e, now)
-    {
-        return Ok(hit);
+    let mut seen_word = 0;
+    if let Some(mut e) = entry {
+        if let Some(hit) = existing(tcp_flags, listener, &mut e, now) {
+            return Ok(hit);
+        }
+        seen_word = e.word;
     }
-    new_flow(flow, tcp_flags, listener, probe, entry, now)
+    new_flow(flow, tcp_flags, listener, probe, seen_word, now)
 }
 
 /// The target the flow's `entry` names, if the flow goes on and the target
@@ -158,7 +160,12 @@ pub fn target(
 /// time refreshed, the flow marked established); None if the flow has ended
 /// or must choose again.
 #[inline(always)]
-fn existing(tcp_flags: u8, listener: &ListenerInfo, entry: &mut Entry, now: u64) -> Option<Selected> {
+fn existing(
+    tcp_flags: u8,
+    listener: &ListenerInfo,
+    entry: &mut Entry,
+    now: u64,
+) -> Option<Selected> {
     let seen = entry.seen();
     let age = age_ns(seen, now);
     // The common case, decided with one test: a packet of a flow seen
@@ -194,57 +201,46 @@ fn existing(tcp_flags: u8, listener: &ListenerInfo, entry: &mut Entry, now: u64)
     })
 }
 
-/// A new flow (or one whose entry ended or must choose again): its target
-/// chosen under its bucket's lock (a TCP packet that is not a SYN goes
-/// where the group's hash puts it: a flow already under way), remembered
-/// in place of `replacing` or of the entry least worth keeping, counted.
-/// Another CPU that inserted the flow meanwhile decided for both.
+/// A new flow (or one whose entry ended or must choose again: its word was
+/// `seen_word`): its target chosen (a TCP packet that is not a SYN goes
+/// where the group's hash puts it: a flow already under way), then, under
+/// its first bucket's lock, remembered in place of its entry or of the
+/// entry least worth keeping, and counted. Another CPU that inserted or
+/// re-chose the flow meanwhile decided for both (this CPU's choice is
+/// dropped: it is made before the lock so that the verifier follows the
+/// algorithms once, not once per way through the lock).
 #[inline(always)]
 fn new_flow(
     flow: &FlowKey,
     tcp_flags: u8,
     listener: &ListenerInfo,
-    probe: Option<Probe>,
-    replacing: Option<Entry>,
+    probe: &mut Probe,
+    seen_word: u64,
     now: u64,
 ) -> Result<Selected, u32> {
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
-    let mut probe = probe;
-    let mut replacing = replacing;
-    let locked = probe.as_mut().is_some_and(Probe::lock);
-    if locked
-        && let Some(p) = probe.as_ref()
-        && let Some(mut theirs) = p.entry()
-        && replacing.is_none_or(|r| r.word != theirs.word)
-    {
-        if let Some(hit) = existing(tcp_flags, listener, &mut theirs, now) {
-            p.unlock();
+    let (id, info) = choose_for(flow, tcp_flags, listener, group, now).map_err(|()| no_target())?;
+    let lock = probe.lock();
+    let at = probe.position();
+    if at < 2 * lb_common::flow_table::WAYS {
+        let mut theirs = probe.entry_at(at);
+        if theirs.word != seen_word
+            && let Some(hit) = existing(tcp_flags, listener, &mut theirs, now)
+        {
+            probe.unlock(lock);
             return Ok(hit);
         }
-        replacing = Some(theirs);
     }
-    let chosen = choose_for(flow, tcp_flags, listener, group, now);
-    let Ok((id, info)) = chosen else {
-        if locked && let Some(p) = probe.as_ref() {
-            p.unlock();
-        }
-        return Err(no_target());
-    };
     let entry_flags = new_flags(tcp_flags);
-    match probe.as_mut() {
-        Some(p) if locked => {
-            let word = Word::new(p.tag(), id, entry_flags).0;
-            let put = p.put(replacing, word, listener.listener_id as u16, time_units(now));
-            if put.is_some() && entry_flags & flags::COUNTED != 0 {
-                active_add(id, 1);
-            }
-            if put.is_none() {
-                count(Counter::FlowInsertFailed);
-            }
-            p.unlock();
+    let word = Word::new(probe.tag(), id, entry_flags).0;
+    if probe.put(at, word, listener.listener_id as u16, time_units(now)) {
+        if entry_flags & flags::COUNTED != 0 {
+            active_add(id, 1);
         }
-        _ => count(Counter::FlowInsertFailed),
+    } else {
+        count(Counter::FlowInsertFailed);
     }
+    probe.unlock(lock);
     count(Counter::NewFlow);
     Ok(Selected {
         id,

@@ -976,7 +976,22 @@ mod mmap {
         pub fn read_at<T: Copy>(&self, at: usize) -> Option<T> {
             // SAFETY: aligned and inside the mapping (`at`); volatile, since
             // the data plane writes it concurrently.
-            self.at::<T>(at).map(|p| unsafe { std::ptr::read_volatile(p) })
+            self.at::<T>(at)
+                .map(|p| unsafe { std::ptr::read_volatile(p) })
+        }
+
+        /// Stores `value` at byte `at` (a test writing what the data plane
+        /// would). False if outside the mapping.
+        #[cfg(feature = "testing")]
+        pub fn write_at<T: Copy>(&self, at: usize, value: T) -> bool {
+            match self.at::<T>(at) {
+                Some(p) => {
+                    // SAFETY: aligned and inside the mapping (`at`).
+                    unsafe { std::ptr::write_volatile(p, value) };
+                    true
+                }
+                None => false,
+            }
         }
 
         /// The `index`th 8-byte element as an atomic (`None` past the end).

@@ -52,7 +52,6 @@ impl Dataplane {
         self.active.get(id)
     }
 
-
     /// The MAC each target id of the maps has (adopted data plane: what the
     /// last `lb` resolved), by target identity.
     pub fn target_macs(&self) -> Result<BTreeMap<TargetKey, [u8; 6]>, DataplaneError> {

@@ -28,8 +28,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
-    MAX_TARGETS, StickyKey, StickyState, TargetInfo, flow_table::flags, map_names as names,
-    target_flags,
+    MAX_TARGETS, StickyKey, StickyState, TargetInfo, map_names as names, target_flags,
 };
 
 use super::{
@@ -51,7 +50,8 @@ pub struct ActiveCounts {
 }
 
 impl ActiveCounts {
-    pub(super) fn new(map: &MapData) -> Result<ActiveCounts, DataplaneError> {
+    /// Maps `TARGET_ACTIVE` (this process's, or another's found by id).
+    pub fn new(map: &MapData) -> Result<ActiveCounts, DataplaneError> {
         let mapping = Mapping::new(map.fd().as_fd(), MAX_TARGETS as usize * 8)
             .map_err(io_err(names::TARGET_ACTIVE))?;
         Ok(ActiveCounts { mapping })
@@ -66,7 +66,7 @@ impl ActiveCounts {
     }
 
     /// Adds `delta` atomically (the data plane adds to the same slots).
-    pub(super) fn add(&self, id: u32, delta: i64) {
+    pub(crate) fn add(&self, id: u32, delta: i64) {
         if let Some(a) = self.mapping.atomic_i64(id as usize) {
             a.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         }
@@ -196,16 +196,8 @@ impl FlowSweeper {
         Ok(deleted)
     }
 
-    /// Deletes `entry` if it is as read; its flow leaves its target's
-    /// count if it was counted. True if deleted.
     fn delete(&self, entry: &EntryView) -> bool {
-        if !self.table.clear(entry) {
-            return false;
-        }
-        if entry.word.flags() & flags::COUNTED != 0 {
-            self.active.add(entry.word.target_id(), -1);
-        }
-        true
+        self.table.delete(entry, &self.active)
     }
 
     /// One sweep.

@@ -16,7 +16,12 @@ use lb_common::{
     map_names as names,
 };
 
-use super::{DataplaneError, maps::io_err, mmap::Mapping};
+use super::{
+    DataplaneError,
+    maps::{io_err, map_err},
+    mmap::Mapping,
+    sweep::ActiveCounts,
+};
 
 const BUCKET: usize = std::mem::size_of::<Bucket>();
 
@@ -43,6 +48,16 @@ impl FlowTable {
         let mapping = Mapping::new(map.fd().as_fd(), buckets as usize * BUCKET)
             .map_err(io_err(names::FLOW_TABLE))?;
         Ok(FlowTable { mapping, buckets })
+    }
+
+    /// Maps a table held elsewhere (another process's, found by id): its
+    /// size is the map's.
+    pub fn open(map: &MapData) -> Result<FlowTable, DataplaneError> {
+        let buckets = map
+            .info()
+            .map_err(map_err(names::FLOW_TABLE))?
+            .max_entries();
+        FlowTable::new(map, buckets)
     }
 
     pub fn buckets(&self) -> u32 {
@@ -85,6 +100,32 @@ impl FlowTable {
         self.word(entry.bucket, entry.way)
             .compare_exchange(entry.word.0, 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Deletes `entry` if it is as read; its flow leaves its target's count
+    /// (`active`) if it was counted. True if this call deleted it.
+    pub fn delete(&self, entry: &EntryView, active: &ActiveCounts) -> bool {
+        if !self.clear(entry) {
+            return false;
+        }
+        if entry.word.flags() & lb_common::flow_table::flags::COUNTED != 0 {
+            active.add(entry.word.target_id(), -1);
+        }
+        true
+    }
+
+    /// Writes an entry as the data plane would have made it (a test
+    /// filling buckets), whatever was there.
+    #[cfg(feature = "testing")]
+    pub fn put(&self, bucket: u32, way: usize, word: Word, seen: u32, listener_id: u16) {
+        let base = bucket as usize * BUCKET;
+        self.mapping
+            .write_at(base + std::mem::offset_of!(Bucket, seen) + way * 4, seen);
+        self.mapping.write_at(
+            base + std::mem::offset_of!(Bucket, listener_id) + way * 2,
+            listener_id,
+        );
+        self.word(bucket, way).store(word.0, Ordering::Release);
     }
 
     /// The entry of the flow `key`, with the table's `seed`, if it has one.

@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError},
     programs::Xdp,
 };
-use lb_common::{FlowKey, StickyKey, StickyState, flow_table::flags, map_names as names};
+use lb_common::{FlowKey, StickyKey, StickyState, map_names as names};
 
 use super::{
     Dataplane, DataplaneError, Held, LoadOptions, PROGRAM, TableSettings,
@@ -86,20 +86,36 @@ impl Dataplane {
         Ok(self.flow_table()?.find(key, self.table.seed))
     }
 
+    /// Where flow `key` may be in the flow table: its two buckets and tag.
+    pub fn flow_place(&self, key: &FlowKey) -> lb_common::flow_table::Place {
+        lb_common::flow_table::place(key, self.table.seed, self.table.buckets - 1)
+    }
+
+    /// Writes entries into the flow table as the data plane would have made
+    /// them (a test filling buckets): (bucket, way, word, last seen in
+    /// `flow_table::time_units`, listener id). A counted one counts in its
+    /// target's active flows; whatever was there is overwritten, uncounted.
+    pub fn put_flow_entries(
+        &self,
+        entries: impl IntoIterator<Item = (u32, usize, lb_common::flow_table::Word, u32, u16)>,
+    ) -> Result<(), DataplaneError> {
+        let table = self.flow_table()?;
+        for (bucket, way, word, seen, listener_id) in entries {
+            table.put(bucket, way, word, seen, listener_id);
+            if word.flags() & lb_common::flow_table::flags::COUNTED != 0 {
+                self.active.add(word.target_id(), 1);
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a flow's entry as the sweeper deletes one (its flow leaves
     /// its target's count if counted). False if it had none.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
         let table = self.flow_table()?;
-        let Some(entry) = table.find(key, self.table.seed) else {
-            return Ok(false);
-        };
-        if !table.clear(&entry) {
-            return Ok(false);
-        }
-        if entry.word.flags() & flags::COUNTED != 0 {
-            self.active.add(entry.word.target_id(), -1);
-        }
-        Ok(true)
+        Ok(table
+            .find(key, self.table.seed)
+            .is_some_and(|entry| table.delete(&entry, &self.active)))
     }
 
     /// Kernel memory charged to the data plane's maps, the group tables
