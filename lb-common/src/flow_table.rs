@@ -18,7 +18,7 @@
 //! then shares that flow's entry: it follows its target if the target is
 //! one of its own group's, else chooses again for both.
 //!
-//! A bucket: a header word (the insert lock), four entry words ([`Word`]:
+//! A bucket: a header word (its commit count), four entry words ([`Word`]:
 //! tag, target, flags; changed only whole, with compare-and-exchange, so
 //! the tag, the target and whether the flow is counted always go together)
 //! and each entry's last-seen time and listener hint (hints only: a reader
@@ -42,7 +42,7 @@ pub const WAYS: usize = 4;
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
-    /// [`header`] bits.
+    /// The commit count ([`header`]).
     pub header: u64,
     /// The entries' [`Word`]s (0: empty).
     pub words: [u64; WAYS],
@@ -58,12 +58,17 @@ pub struct Bucket {
 
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 
-/// Bits of [`Bucket::header`].
+/// [`Bucket::header`]: a count of the new flows committed in this bucket
+/// as their first. A CPU that inserts a flow reads it (atomically), looks
+/// for the flow, puts it, and commits by advancing it with one
+/// compare-and-exchange: if another insert committed meanwhile, it looks
+/// again, and if it finds the flow's tag in a second entry, it takes that
+/// one's target and removes its own. Two CPUs inserting one flow thus agree
+/// on its target whatever their timing: whichever commits second read the
+/// count after the first committed, and so sees its entry.
 pub mod header {
-    /// A CPU is inserting a flow whose first bucket this is: a second CPU
-    /// inserting the same flow waits, and then finds it (so both agree on
-    /// its target).
-    pub const LOCKED: u64 = 1;
+    /// How much one commit advances the header.
+    pub const COMMIT: u64 = 1;
 }
 
 /// Time unit of [`Bucket::seen`]: 2^20 ns (about 1.05 ms); a u32 of them
@@ -224,22 +229,42 @@ const fn mix(h: u64, w: u64) -> u64 {
 // index found by a branch is a constant it cannot merge. Comparisons are
 // arithmetic on values below 2^63.
 
+/// `x`, as a value the compiler cannot reason about. In the eBPF build the
+/// compiler would otherwise see through the arithmetic below, turn it back
+/// into comparisons and selects, and emit those as branches: the verifier
+/// then follows every combination of outcomes (2^8 per scan of a flow's
+/// candidates) where the arithmetic gives it one path.
+#[inline(always)]
+pub fn opaque(x: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut x = x;
+        // SAFETY: an empty instruction sequence that keeps `x` in a register.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack)) };
+        x
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        x
+    }
+}
+
 /// 1 if `x` is 0, else 0.
 #[inline(always)]
-const fn is_zero(x: u64) -> u64 {
-    ((x | x.wrapping_neg()) >> 63) ^ 1
+pub fn is_zero(x: u64) -> u64 {
+    (opaque(x | x.wrapping_neg()) >> 63) ^ 1
 }
 
 /// 1 if `a < b`, else 0 (both below 2^63).
 #[inline(always)]
-const fn less(a: u64, b: u64) -> u64 {
-    a.wrapping_sub(b) >> 63
+pub fn less(a: u64, b: u64) -> u64 {
+    opaque(a.wrapping_sub(b)) >> 63
 }
 
 /// `a` if `pick` is 1, `b` if it is 0.
 #[inline(always)]
-const fn select(pick: u64, a: u64, b: u64) -> u64 {
-    b ^ ((a ^ b) & pick.wrapping_neg())
+pub fn select(pick: u64, a: u64, b: u64) -> u64 {
+    b ^ ((a ^ b) & opaque(pick).wrapping_neg())
 }
 
 /// Which of the flow's eight candidate entries (the first bucket's four,

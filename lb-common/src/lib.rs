@@ -6,6 +6,7 @@
 //! wire (network order), loaded into native integers without swapping. An IPv4
 //! address uses word 0 of an `[u32; 4]` address; words 1-3 are zero.
 #![no_std]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod choice;
 pub mod flow_table;

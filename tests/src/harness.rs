@@ -383,10 +383,12 @@ impl Harness {
         let after = self.counters();
         let observed_mac = (action == XDP_TX && output.len() >= 6)
             .then(|| <[u8; 6]>::try_from(&output[..6]).unwrap());
+        let key = crate::model::parse(frame).ok().map(|(k, _)| k);
+        let model_before = key.and_then(|k| self.model.flows.get(&k).cloned());
         let expected = self.model.process_observed(&self.plan, frame, observed_mac);
         if (action, &output) != (expected.action, &expected.output) {
             return Err(format!(
-                "verdict/bytes differ: model {} (target {:?}), program {}{}\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
+                "verdict/bytes differ: model {} (target {:?}), program {}{}\nthe flow's entry in the program's table after it: {:?}, in the model's before it: {:?}\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
                 expected.action,
                 expected.target,
                 action,
@@ -394,6 +396,8 @@ impl Harness {
                     Some(c) => format!(" (least connections could pick {c:?})"),
                     None => String::new(),
                 },
+                key.map(|k| self.dp.flow_entry(&k)),
+                model_before,
                 hex(frame),
                 hex(&expected.output),
                 hex(&output)

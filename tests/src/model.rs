@@ -147,7 +147,7 @@ pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, group: &GroupInfo) -> 
 
 /// A frame's flow key and TCP flags (0 for UDP), or the counter of a frame
 /// the program passes.
-fn parse(frame: &[u8]) -> Result<(FlowKey, u8), Counter> {
+pub fn parse(frame: &[u8]) -> Result<(FlowKey, u8), Counter> {
     let (ethertype, l3) = ethernet(frame)?;
     let mut key = FlowKey::default();
     let l4 = match ethertype {

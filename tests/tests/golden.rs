@@ -1184,13 +1184,18 @@ target_groups:
 
 /// Two CPUs that see the first packet of one flow at once insert it once
 /// and agree on its target, though each would choose another (round robin
-/// hands consecutive new flows to different targets): the second waits on
-/// the flow's bucket lock and then finds the first one's entry. Checked
-/// for many flows, each sent by both CPUs at the same moment.
+/// hands consecutive new flows to different targets): whichever commits
+/// second finds the other's entry, takes its target and removes its own.
+/// Checked for many flows, each sent by both CPUs at the same moment.
 #[test]
 fn two_cpus_inserting_one_flow_agree_on_its_target() {
-    const FLOWS: usize = 3000;
-    let mut h = Harness::new(ROUND_ROBIN);
+    const FLOWS: usize = 20_000;
+    let mut h = Harness::with_options(
+        ROUND_ROBIN,
+        &lb_user::dataplane::LoadOptions {
+            flow_table_size: 65_536,
+        },
+    );
     let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
     let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
         .filter(|&c| allowed.is_set(c).unwrap_or(false))

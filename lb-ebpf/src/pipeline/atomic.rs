@@ -37,10 +37,6 @@ fetch_op!(
     fetch_add_u64, "atomic_fetch_add", |v: u64| v
 );
 fetch_op!(
-    /// Clears the bits of `operand` in `*slot` and returns the old value.
-    fetch_and_not_u64, "atomic_fetch_and", |v: u64| !v
-);
-fetch_op!(
     /// Sets the bits of `operand` in `*slot` and returns the old value.
     fetch_or_u64, "atomic_fetch_or", |v: u64| v
 );

@@ -1,9 +1,9 @@
 //! The flow table (`FLOW_TABLE`, `lb_common::flow_table`): a flow's two
 //! buckets read, its entry found by tag, entries changed with
-//! compare-and-exchange, new flows inserted under their first bucket's lock.
+//! compare-and-exchange, new flows committed in their first bucket.
 //!
 //! Concurrency, on every CPU kind (no ordering is assumed of plain loads
-//! and stores):
+//! and stores; atomic operations are fully ordered):
 //! - An entry's word (tag, target, flags) changes only by atomic operations:
 //!   compare-and-exchange against the word read, so a change meant for one
 //!   flow never lands on another that took its entry meanwhile; the
@@ -14,15 +14,13 @@
 //! - `seen` and the listener hint are hints, stored plainly after the word:
 //!   a reader may pair a word with another flow's, which costs at most a
 //!   listener hash lookup or a refresh.
-//! - A CPU inserting a flow holds the lock bit of the flow's first bucket,
-//!   and looks for the flow again once it holds it: two CPUs that miss the
-//!   same flow at once (a flow on two queues) insert it once and agree on
-//!   its target. Waiting is bounded; a CPU that waits in vain goes on
-//!   without the lock.
+//! - A new flow is committed in its first bucket's header
+//!   (`lb_common::flow_table::header`): two CPUs that miss the same flow
+//!   at once (a flow on two queues) agree on its target without waiting
+//!   for each other, whatever the timing.
 //!
-//! Entries are held by bucket index and way, never by pointer: the bucket
-//! is looked up again where it is used (an array lookup the verifier
-//! inlines), so the program's paths carry scalars the verifier can merge.
+//! An entry is held as a pointer to its bucket and a way; the two bucket
+//! pointers are looked up once per packet.
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use lb_common::{
@@ -31,10 +29,6 @@ use lb_common::{
 };
 
 use super::{FLOW_TABLE, atomic, counters::count, select::active_add};
-
-/// How many times a CPU looks at a locked bucket before it goes on without
-/// the lock (an insert holds it for well under a microsecond).
-const LOCK_SPINS: u32 = 16;
 
 /// The table's settings, read once per packet.
 #[derive(Clone, Copy)]
@@ -56,23 +50,22 @@ impl Settings {
     }
 }
 
-/// A flow's place and what its two buckets' words held when read.
+/// A flow's place, its two buckets, and what their words and last-seen
+/// times held when read.
 pub struct Probe {
     place: Place,
+    first: *mut Bucket,
+    second: *mut Bucket,
     words: [u64; 2 * WAYS],
+    seen: [u32; 2 * WAYS],
 }
 
-/// One entry, by bucket and way, and its word as last read.
+/// One entry: its bucket, way, and its word as last read.
 #[derive(Clone, Copy)]
 pub struct Entry {
-    bucket: u32,
+    bucket: *mut Bucket,
     way: usize,
     pub word: u64,
-}
-
-#[inline(always)]
-fn bucket(index: u32) -> Option<*mut Bucket> {
-    FLOW_TABLE.get_ptr_mut(index)
 }
 
 /// 1 if `x` is not 0, without a branch.
@@ -89,36 +82,33 @@ impl Probe {
         if settings.mask == 0 {
             return None;
         }
+        let place = flow_table::place(flow, settings.seed, settings.mask);
         let mut probe = Probe {
-            place: flow_table::place(flow, settings.seed, settings.mask),
+            first: FLOW_TABLE.get_ptr_mut(place.first)?,
+            second: FLOW_TABLE.get_ptr_mut(place.second)?,
+            place,
             words: [0; 2 * WAYS],
+            seen: [0; 2 * WAYS],
         };
-        probe.reread()?;
+        probe.reread();
         Some(probe)
     }
 
     #[inline(always)]
-    fn reread(&mut self) -> Option<()> {
-        let first = bucket(self.place.first)?;
-        let second = bucket(self.place.second)?;
+    fn reread(&mut self) {
+        let (first, second) = (self.first, self.second);
         let mut i = 0;
         while i < WAYS {
-            // SAFETY: 8-byte aligned words of map values that stay allocated
-            // while the program runs; volatile, since other CPUs change them.
+            // SAFETY: aligned fields of map values that stay allocated while
+            // the program runs; volatile, since other CPUs change them.
             unsafe {
                 self.words[i] = read_volatile(addr_of!((*first).words[i]));
                 self.words[WAYS + i] = read_volatile(addr_of!((*second).words[i]));
+                self.seen[i] = read_volatile(addr_of!((*first).seen[i]));
+                self.seen[WAYS + i] = read_volatile(addr_of!((*second).seen[i]));
             }
             i += 1;
         }
-        Some(())
-    }
-
-    /// The bucket of candidate `i` (0-7), without a branch.
-    #[inline(always)]
-    fn bucket_of(&self, i: usize) -> u32 {
-        let second = nonzero(i as u64 & WAYS as u64).wrapping_neg() as u32;
-        self.place.first ^ ((self.place.first ^ self.place.second) & second)
     }
 
     /// The flow's entry, if it has one.
@@ -129,6 +119,14 @@ impl Probe {
             return None;
         }
         Some(self.entry_at(flow_table::lowest(m)))
+    }
+
+    /// Which candidates other than `mine` (any value above 7: none is
+    /// mine) hold the flow's tag: bit i for candidate i.
+    #[inline(always)]
+    pub fn others(&self, mine: usize) -> u64 {
+        let m = flow_table::matches(&self.words, self.place.tag);
+        m & !(1u64 << (mine & 63))
     }
 
     /// Which candidate holds the flow's tag, or `2 * WAYS` if none (no
@@ -145,7 +143,7 @@ impl Probe {
     pub fn entry_at(&self, i: usize) -> Entry {
         let i = i & (2 * WAYS - 1);
         Entry {
-            bucket: self.bucket_of(i),
+            bucket: if i < WAYS { self.first } else { self.second },
             way: i & (WAYS - 1),
             word: self.words[i],
         }
@@ -156,90 +154,96 @@ impl Probe {
         self.place.tag
     }
 
-    /// Takes the lock of the flow's first bucket, waiting a bounded time,
-    /// then reads the words again (what the last holder wrote). Returns the
-    /// mask [`Probe::unlock`] takes: all ones if the lock was taken, else 0
-    /// (the CPU goes on without it: only a flow on two CPUs at that moment
-    /// could then get two entries).
+    /// The commit count of the flow's first bucket ([`header`]), read with
+    /// a fully ordered atomic operation: every read of the words after it
+    /// sees the entries of the commits it counts, on every CPU kind.
     #[inline(always)]
-    pub fn lock(&mut self) -> u64 {
-        let mut taken = 0;
-        if let Some(b) = bucket(self.place.first) {
-            // SAFETY: the header is an 8-byte aligned word of a map value
-            // that stays allocated; every writer uses atomic operations.
-            let header = unsafe { addr_of_mut!((*b).header) };
-            let mut spins = 0;
-            while spins < LOCK_SPINS {
-                spins += 1;
-                // SAFETY: as above.
-                if unsafe { read_volatile(header) } & header::LOCKED != 0 {
-                    continue;
-                }
-                // SAFETY: as above.
-                let old = unsafe { atomic::fetch_or_u64(header, header::LOCKED) };
-                if old & header::LOCKED == 0 {
-                    taken = u64::MAX;
-                    break;
-                }
+    pub fn commits(&mut self) -> u64 {
+        // SAFETY: the header is an 8-byte aligned word of a map value that
+        // stays allocated; every writer uses atomic operations.
+        let commits = unsafe { atomic::fetch_add_u64(addr_of_mut!((*self.first).header), 0) };
+        self.reread();
+        commits
+    }
+
+    /// Commits an insert made after [`Probe::commits`] returned `seen`:
+    /// true if no other insert committed in the bucket since.
+    #[inline(always)]
+    pub fn commit(&self, seen: u64) -> bool {
+        // SAFETY: as in `commits`.
+        let was = unsafe {
+            atomic::cmpxchg_u64(
+                addr_of_mut!((*self.first).header),
+                seen,
+                seen.wrapping_add(header::COMMIT),
+            )
+        };
+        was == seen
+    }
+
+    /// Removes candidate `i` (none if above 7) if it still holds the flow
+    /// (its tag), taking it out of its target's count if it was counted.
+    #[inline(always)]
+    pub fn remove(&mut self, i: usize) {
+        if i >= 2 * WAYS {
+            return;
+        }
+        let mut entry = self.entry_at(i);
+        let mut tries = 0;
+        while tries < 2 {
+            if Word(entry.word).tag() != self.place.tag {
+                return;
             }
+            match entry.exchange(0) {
+                Some(was) => {
+                    uncount_word(was);
+                    return;
+                }
+                // SAFETY: as in `Entry::exchange`.
+                None => entry.word = unsafe { read_volatile(entry.word_ptr()) },
+            }
+            tries += 1;
         }
-        let _ = self.reread();
-        taken
-    }
-
-    /// Releases the lock if `mask` (from [`Probe::lock`]) says it was taken;
-    /// without a branch, so that both ways share what follows.
-    #[inline(always)]
-    pub fn unlock(&self, mask: u64) {
-        if let Some(b) = bucket(self.place.first) {
-            // SAFETY: as in `lock`; only the holder clears the bit.
-            unsafe { atomic::fetch_and_not_u64(addr_of_mut!((*b).header), header::LOCKED & mask) };
-        }
-    }
-
-    /// The `seen` time of candidate `i`.
-    #[inline(always)]
-    fn seen(&self, i: usize) -> u32 {
-        self.entry_at(i).seen()
     }
 
     /// Puts `word` (the flow's, new) in candidate `at` (its own entry, as
     /// [`Probe::position`] found it) or, when `at` is `2 * WAYS`, in the
     /// entry least worth keeping; the evicted flow, if counted, leaves its
-    /// target's count. Call with the lock held. False if every candidate is
-    /// an established flow in use (the flow goes unremembered) or others
-    /// kept changing them.
+    /// target's count. The candidate taken, or [`Put::Full`] if every
+    /// candidate is an established flow in use (the flow goes
+    /// unremembered), or [`Put::Changed`] if the entry changed since it was
+    /// read (another insert, the client's FIN on the flow it held, the
+    /// sweeper).
     #[inline(always)]
-    pub fn put(&mut self, at: usize, word: u64, listener_id: u16, now: u32) -> bool {
-        let mut at = at;
-        let mut tries = 0;
-        while tries < 2 {
-            let i = if at < 2 * WAYS {
-                at
-            } else {
-                match flow_table::victim(|i| self.words[i], |i| self.seen(i), now) {
-                    Some(i) => i,
-                    None => return false,
-                }
-            };
-            let entry = self.entry_at(i);
-            if let Some(was) = entry.exchange(word) {
-                if was != 0 && Word(was).tag() != Word(word).tag() {
-                    count(Counter::FlowEvicted);
-                }
-                uncount_word(was);
-                entry.touch(now);
-                entry.set_listener_hint(listener_id);
-                return true;
+    pub fn put(&mut self, at: usize, word: u64, listener_id: u16, now: u32) -> Put {
+        let i = if at < 2 * WAYS {
+            at
+        } else {
+            match flow_table::victim(|i| self.words[i], |i| self.seen[i], now) {
+                Some(i) => i,
+                None => return Put::Full,
             }
-            // Changed meanwhile (a FIN, the sweeper, another bucket's
-            // insert): the flow's entry as it is now, if it still has one.
-            let _ = self.reread();
-            at = self.position();
-            tries += 1;
+        };
+        let entry = self.entry_at(i);
+        let Some(was) = entry.exchange(word) else {
+            return Put::Changed;
+        };
+        if was != 0 && Word(was).tag() != Word(word).tag() {
+            count(Counter::FlowEvicted);
         }
-        false
+        uncount_word(was);
+        entry.touch(now);
+        entry.set_listener_hint(listener_id);
+        Put::At(i)
     }
+}
+
+/// What [`Probe::put`] did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    At(usize),
+    Full,
+    Changed,
 }
 
 /// Takes a word's flow out of its target's count if the word had it counted
@@ -267,61 +271,78 @@ impl Entry {
     /// word replaced, or None if it had changed.
     #[inline(always)]
     fn exchange(&self, new: u64) -> Option<u64> {
-        let b = bucket(self.bucket)?;
         // SAFETY: an 8-byte aligned word of a map value that stays
         // allocated; atomic against every other writer.
-        let was = unsafe { atomic::cmpxchg_u64(addr_of_mut!((*b).words[self.way]), self.word, new) };
+        let was = unsafe { atomic::cmpxchg_u64(self.word_ptr(), self.word, new) };
         (was == self.word).then_some(was)
+    }
+
+    /// The entry's word in its bucket.
+    #[inline(always)]
+    fn word_ptr(&self) -> *mut u64 {
+        // SAFETY: the bucket is a map value that stays allocated while the
+        // program runs; `way` is below `WAYS`.
+        unsafe { addr_of_mut!((*self.bucket).words[self.way & (WAYS - 1)]) }
     }
 
     /// When the flow was last seen ([`flow_table::time_units`]).
     #[inline(always)]
     pub fn seen(&self) -> u32 {
-        match bucket(self.bucket) {
-            // SAFETY: a field of a map value that stays allocated (a hint).
-            Some(b) => unsafe { read_volatile(addr_of!((*b).seen[self.way])) },
-            None => 0,
-        }
+        // SAFETY: a field of a map value that stays allocated (a hint).
+        unsafe { read_volatile(addr_of!((*self.bucket).seen[self.way & (WAYS - 1)])) }
     }
 
     #[inline(always)]
     pub fn listener_hint(&self) -> u16 {
-        match bucket(self.bucket) {
-            // SAFETY: as in `seen`.
-            Some(b) => unsafe { read_volatile(addr_of!((*b).listener_id[self.way])) },
-            None => 0,
-        }
+        // SAFETY: as in `seen`.
+        unsafe { read_volatile(addr_of!((*self.bucket).listener_id[self.way & (WAYS - 1)])) }
     }
 
     #[inline(always)]
     pub fn set_listener_hint(&self, listener_id: u16) {
-        if let Some(b) = bucket(self.bucket) {
-            // SAFETY: as in `seen`; a hint, stored whole.
-            unsafe { write_volatile(addr_of_mut!((*b).listener_id[self.way]), listener_id) }
+        // SAFETY: as in `seen`; a hint, stored whole.
+        unsafe {
+            write_volatile(
+                addr_of_mut!((*self.bucket).listener_id[self.way & (WAYS - 1)]),
+                listener_id,
+            )
         }
     }
 
     #[inline(always)]
     pub fn touch(&self, now: u32) {
-        if let Some(b) = bucket(self.bucket) {
-            // SAFETY: as in `seen`; any CPU's recent time is as good.
-            unsafe { write_volatile(addr_of_mut!((*b).seen[self.way]), now) }
+        // SAFETY: as in `seen`; any CPU's recent time is as good.
+        unsafe {
+            write_volatile(
+                addr_of_mut!((*self.bucket).seen[self.way & (WAYS - 1)]),
+                now,
+            )
         }
     }
 
     /// Marks the flow established (a packet after its first).
     #[inline(always)]
     pub fn again(&self) {
-        if self.flags() & flags::AGAIN == 0
-            && let Some(b) = bucket(self.bucket)
-        {
+        if self.flags() & flags::AGAIN == 0 {
             // SAFETY: as in `exchange`.
-            unsafe {
-                atomic::fetch_or_u64(
-                    addr_of_mut!((*b).words[self.way]),
-                    Word::new(0, 0, flags::AGAIN).0,
-                );
-            }
+            unsafe { atomic::fetch_or_u64(self.word_ptr(), Word::new(0, 0, flags::AGAIN).0) };
+        }
+    }
+
+    /// Takes the flow out of its target's count, if it is counted and the
+    /// entry is still as read (one attempt: if it changed, whoever replaces
+    /// or ends it uncounts it).
+    #[inline(always)]
+    pub fn uncount(self) {
+        let old = Word(self.word);
+        if old.flags() & flags::COUNTED == 0 {
+            return;
+        }
+        if self
+            .exchange(old.with_flags(old.flags() & !flags::COUNTED).0)
+            .is_some()
+        {
+            active_add(old.target_id(), -1);
         }
     }
 
@@ -330,13 +351,9 @@ impl Entry {
     /// another flow now.
     #[inline(always)]
     pub fn end(&mut self, ended: u8) -> bool {
-        let Some(b) = bucket(self.bucket) else {
-            return false;
-        };
-        // SAFETY: as in `exchange`.
-        let word = unsafe { addr_of_mut!((*b).words[self.way]) };
+        let word = self.word_ptr();
         let mut tries = 0;
-        while tries < 4 {
+        while tries < 2 {
             let old = Word(self.word);
             let new = old.with_flags((old.flags() | ended) & !flags::COUNTED);
             if new == old {

@@ -26,7 +26,7 @@ use lb_common::{
 use super::{
     GROUPS, TARGET_ACTIVE, TARGETS, atomic, choose,
     counters::count,
-    flows::{Entry, Probe},
+    flows::{Entry, Probe, Put},
     parse::tcp,
 };
 
@@ -150,7 +150,11 @@ pub fn target(
         if let Some(hit) = existing(tcp_flags, listener, &mut e, now) {
             return Ok(hit);
         }
+        // The flow ended (this packet starts another) or must choose
+        // again: out of its target's count before the choice, which least
+        // connections makes by the counts.
         seen_word = e.word;
+        e.uncount();
     }
     new_flow(flow, tcp_flags, listener, probe, seen_word, now)
 }
@@ -203,12 +207,10 @@ fn existing(
 
 /// A new flow (or one whose entry ended or must choose again: its word was
 /// `seen_word`): its target chosen (a TCP packet that is not a SYN goes
-/// where the group's hash puts it: a flow already under way), then, under
-/// its first bucket's lock, remembered in place of its entry or of the
-/// entry least worth keeping, and counted. Another CPU that inserted or
-/// re-chose the flow meanwhile decided for both (this CPU's choice is
-/// dropped: it is made before the lock so that the verifier follows the
-/// algorithms once, not once per way through the lock).
+/// where the group's hash puts it: a flow already under way), remembered
+/// in place of its entry or of the entry least worth keeping, counted, and
+/// committed (`flows`): another CPU that inserted or re-chose the flow
+/// meanwhile decided for both, and this CPU's entry is removed.
 #[inline(always)]
 fn new_flow(
     flow: &FlowKey,
@@ -220,27 +222,74 @@ fn new_flow(
 ) -> Result<Selected, u32> {
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
     let (id, info) = choose_for(flow, tcp_flags, listener, group, now).map_err(|()| no_target())?;
-    let lock = probe.lock();
-    let at = probe.position();
-    if at < 2 * lb_common::flow_table::WAYS {
-        let mut theirs = probe.entry_at(at);
-        if theirs.word != seen_word
-            && let Some(hit) = existing(tcp_flags, listener, &mut theirs, now)
-        {
-            probe.unlock(lock);
-            return Ok(hit);
-        }
-    }
     let entry_flags = new_flags(tcp_flags);
     let word = Word::new(probe.tag(), id, entry_flags).0;
-    if probe.put(at, word, listener.listener_id as u16, time_units(now)) {
-        if entry_flags & flags::COUNTED != 0 {
-            active_add(id, 1);
+    const NONE: usize = 2 * lb_common::flow_table::WAYS;
+    // This CPU's entry for the flow once put; the entry whose target the
+    // packet takes instead (another CPU's for the flow), if any.
+    let (mut mine, mut adopt) = (NONE, NONE);
+    let mut commits = probe.commits();
+    let mut tries = 0;
+    while tries < 3 {
+        tries += 1;
+        let others = probe.others(mine);
+        if others != 0 {
+            let first = lb_common::flow_table::lowest(others);
+            // (Not the flow's own entry as this CPU read it, which it
+            // may have uncounted since.)
+            let counted = Word::new(0, 0, flags::COUNTED).0;
+            if mine != NONE || (probe.entry_at(first).word ^ seen_word) & !counted != 0 {
+                adopt = first;
+                break;
+            }
         }
-    } else {
+        if mine == NONE {
+            if tries > 1 {
+                // The entry changed under the first put and no other CPU
+                // has put the flow: it goes unremembered.
+                break;
+            }
+            match probe.put(
+                probe.position(),
+                word,
+                listener.listener_id as u16,
+                time_units(now),
+            ) {
+                Put::At(i) => {
+                    mine = i;
+                    if entry_flags & flags::COUNTED != 0 {
+                        active_add(id, 1);
+                    }
+                }
+                Put::Full => break,
+                // Another insert, the client's FIN, the sweeper: look
+                // again (the other insert may be this flow's).
+                Put::Changed => {
+                    commits = probe.commits();
+                    continue;
+                }
+            }
+        }
+        if probe.commit(commits) {
+            break;
+        }
+        commits = probe.commits();
+    }
+    if adopt != NONE {
+        probe.remove(mine);
+        let theirs = probe.entry_at(adopt);
+        if let Some(info) = usable(theirs.target_id(), listener.group_id) {
+            count(Counter::FlowHit);
+            return Ok(Selected {
+                id: theirs.target_id(),
+                info,
+                new_flow: false,
+            });
+        }
+    }
+    if mine == NONE {
         count(Counter::FlowInsertFailed);
     }
-    probe.unlock(lock);
     count(Counter::NewFlow);
     Ok(Selected {
         id,
