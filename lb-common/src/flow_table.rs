@@ -87,10 +87,24 @@ pub const fn time_units(now_ns: u64) -> u32 {
     (now_ns >> TIME_SHIFT) as u32
 }
 
-/// How long ago `seen` was, in ns, at `now_ns`.
+/// How long ago `seen` was at `now`, in time units; 0 if `seen` is later.
+/// CPUs read the clock at different moments: another CPU may store a
+/// `seen` a little later than this CPU's `now`, and the sweeper reads the
+/// clock once per walk. Read as unsigned, such a difference would be an
+/// age of 52 days: the flow would look ended, or be evicted. Half the
+/// range (26 days) reads as the past, far beyond any timeout.
 #[inline(always)]
-pub const fn age_ns(seen: u32, now_ns: u64) -> u64 {
-    (time_units(now_ns).wrapping_sub(seen) as u64) << TIME_SHIFT
+pub fn elapsed(seen: u32, now: u32) -> u32 {
+    let d = now.wrapping_sub(seen);
+    // All ones if `d` is below 2^31, else 0 (without a branch).
+    let keep = (opaque(u64::from(d >> 31)) as u32).wrapping_sub(1);
+    d & keep
+}
+
+/// How long ago `seen` was, in ns, at `now_ns` ([`elapsed`]).
+#[inline(always)]
+pub fn age_ns(seen: u32, now_ns: u64) -> u64 {
+    u64::from(elapsed(seen, time_units(now_ns))) << TIME_SHIFT
 }
 
 /// Bits of an entry word's flags.
@@ -307,7 +321,7 @@ fn rank(word: u64, seen: u32, now: u32, order: u64) -> u64 {
     let ended = 1 - is_zero(f & (flags::FIN | flags::RST) as u64);
     let again = 1 - is_zero(f & flags::AGAIN as u64);
     let class = full * (1 + (1 - ended) * (1 + again));
-    let recent = (u32::MAX - now.wrapping_sub(seen)) as u64 * full;
+    let recent = (u32::MAX - elapsed(seen, now)) as u64 * full;
     class << 40 | recent << 4 | order
 }
 
@@ -347,7 +361,7 @@ pub fn victim(word: impl Fn(usize) -> u64, seen: impl Fn(usize) -> u32, now: u32
         i += 1;
     }
     let i = best_i as usize & (2 * WAYS - 1);
-    let protected = best >> 40 == ESTABLISHED && now.wrapping_sub(seen(i)) < PROTECT_UNITS;
+    let protected = best >> 40 == ESTABLISHED && elapsed(seen(i), now) < PROTECT_UNITS;
     if protected { None } else { Some(i) }
 }
 
@@ -385,6 +399,16 @@ mod tests {
             k.dst_be = [0xfd00_0000, 0, 0, 0x49];
         }
         k
+    }
+
+    #[test]
+    fn a_seen_time_later_than_now_is_no_age() {
+        assert_eq!(elapsed(100, 250), 150);
+        assert_eq!(elapsed(u32::MAX - 9, 5), 15, "across the wrap");
+        assert_eq!(elapsed(101, 100), 0, "another CPU's later clock read");
+        assert_eq!(elapsed(100, 100 + (1 << 31) - 1), (1 << 31) - 1);
+        assert_eq!(age_ns(time_units(2_000_000_000), 1_000_000_000), 0);
+        assert!(age_ns(0, 3_000_000_000) > 2_900_000_000);
     }
 
     #[test]

@@ -875,6 +875,69 @@ fn sweeper_deletes_ended_flows_and_counts_stay_exact() {
     assert_eq!(sweeper.sweep(&rules(&h)).unwrap().entries, 0);
 }
 
+/// CPUs read the clock at different moments, so an entry's last-seen time
+/// may be a little later than the `now` of the CPU (or sweep) that reads
+/// it. Such a flow is young, not 52 days old: its next packet hits it, the
+/// sweeper keeps it, and a new flow does not evict it as if it were idle.
+#[test]
+fn a_last_seen_time_later_than_now_is_a_young_flow() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
+    let (listener, target) = web_ids(&h);
+    let port = 45500;
+    let key = web_key([10, 0, 3, 100], port);
+    let place = h.dp.flow_place(&key);
+    let slots = candidates(&place);
+    let later = now_units(&h).wrapping_add(3);
+    let established = flags::COUNTED | flags::AGAIN;
+    // The flow in its first candidate; established flows seen "later" in
+    // the seven others.
+    h.dp.put_flow_entries(slots.iter().enumerate().map(|(k, &(b, w))| {
+        let t = if k == 0 {
+            place.tag
+        } else {
+            tag(2000 + k as u64)
+        };
+        (b, w, Word::new(t, target, established), later, listener)
+    }))
+    .unwrap();
+    let seen = run_raw(
+        &mut h,
+        &Frame::tcp("10.0.3.100", port, "10.0.3.49", 80, ACK).build(),
+    );
+    assert_eq!(seen.action, XDP_TX);
+    assert!(seen.rose.contains(&Counter::FlowHit), "{:?}", seen.rose);
+    let r = sweeper.sweep(&lb_user::flows::Rules::of(&h.plan)).unwrap();
+    assert_eq!((r.entries, r.ended, r.deleted), (8, 0, 0), "{r:?}");
+    // A new flow whose candidates all hold established flows seen "later"
+    // finds only flows in use: it evicts none.
+    let p = 45600;
+    let newcomer = h.dp.flow_place(&web_key([10, 0, 3, 101], p));
+    let slots = candidates(&newcomer);
+    h.dp.put_flow_entries(slots.iter().enumerate().map(|(k, &(b, w))| {
+        (
+            b,
+            w,
+            Word::new(tag(3000 + k as u64), target, established),
+            later,
+            listener,
+        )
+    }))
+    .unwrap();
+    let before = words(&h, &slots);
+    let seen = run_raw(
+        &mut h,
+        &Frame::tcp("10.0.3.101", p, "10.0.3.49", 80, SYN).build(),
+    );
+    assert_eq!(seen.action, XDP_TX);
+    assert!(
+        seen.rose.contains(&Counter::FlowInsertFailed),
+        "{:?}",
+        seen.rose
+    );
+    assert_eq!(words(&h, &slots), before, "no flow in use evicted");
+}
+
 /// The web listener's id and its first target's, in `h`'s plan.
 fn web_ids(h: &Harness) -> (u16, u32) {
     let listener = h.plan.listeners[0].info.listener_id as u16;
