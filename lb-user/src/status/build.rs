@@ -50,6 +50,7 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
             max_flows: src.max_flows,
             entries: src.sweep.map(|s| s.entries),
             last_sweep_ms: src.sweep.map(|s| s.took.as_secs_f64() * 1e3),
+            cache_slots: 0,
             buckets: src.dataplane.flow_table_layout().0,
         },
         data_plane: src.data_plane.clone(),

@@ -75,6 +75,10 @@ pub struct FlowTableStatus {
     pub entries: Option<u64>,
     /// How long the last sweep took.
     pub last_sweep_ms: Option<f64>,
+    /// Slots of the flow cache that stood in front of the kernel's tables;
+    /// always 0 (the flow table has none). Kept for scripts that read it.
+    #[serde(default)]
+    pub cache_slots: u32,
     /// Buckets of the table (four entries each, one cache line).
     #[serde(default)]
     pub buckets: u32,
@@ -348,6 +352,7 @@ pub fn example() -> StatusReport {
             max_flows: 1024,
             entries: Some(3),
             last_sweep_ms: Some(0.25),
+            cache_slots: 0,
             buckets: 512,
         },
         data_plane: DataPlaneStatus {
