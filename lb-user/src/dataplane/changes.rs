@@ -88,15 +88,12 @@ pub struct Changes {
     /// Listener ids whose statistics start again: gone, or now another
     /// listener's.
     pub listener_stats_reset: Vec<u32>,
-    /// The listeners changed: the flow cache's slots, which name a listener
-    /// and its group unchecked, are invalidated.
-    pub listeners_changed: bool,
     /// Target ids no target of the plan has: entries zeroed.
     pub targets_gone: Vec<u32>,
     /// Group ids no group of the plan has: table removed, settings cleared.
     pub groups_gone: Vec<u32>,
     /// Target ids released by the registry: records freed, statistics
-    /// zeroed, flow cache invalidated.
+    /// zeroed.
     pub targets_released: Vec<u32>,
     /// Group ids released by the registry: names freed, round-robin
     /// positions zeroed.
@@ -270,7 +267,6 @@ impl Changes {
         );
         self.listener_ids_gone = gone.into_iter().collect();
         self.listener_stats_reset = reset.into_iter().collect();
-        self.listeners_changed = unknown || *old != new;
     }
 }
 
@@ -372,7 +368,6 @@ mod tests {
         assert_eq!(c.listeners_written.len(), 2);
         assert_eq!(c.listener_slots.len(), 2);
         assert!(c.filter_during.is_some() && c.filter_after.is_none());
-        assert!(c.listeners_changed);
         assert!(c.targets_gone.is_empty() && c.groups_gone.is_empty());
         assert!(c.listeners_removed.is_empty() && c.listener_ids_gone.is_empty());
         assert_eq!(c.listener_stats_reset, [1, 2], "fresh ids");
@@ -421,7 +416,7 @@ mod tests {
             c.tables.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             [web]
         );
-        assert!(!c.listeners_changed && c.listeners_written.is_empty());
+        assert!(c.listeners_written.is_empty());
         assert!(c.filter_during.is_none() && c.filter_after.is_none());
         assert!(c.targets_released.is_empty(), "retired, not released");
 
@@ -469,7 +464,6 @@ mod tests {
         );
         assert_eq!(c.listener_stats_reset, [2], "which starts counting from 0");
         assert_eq!(c.listener_slots.len(), 1, "the new listener's slot");
-        assert!(c.listeners_changed);
         let during = c
             .filter_during
             .expect("81 and 82 while both may be in the map");
@@ -507,7 +501,7 @@ mod tests {
             c.target_records.is_empty(),
             "the records were read, not guessed"
         );
-        assert!(c.listeners_written.is_empty() && c.listeners_changed);
+        assert!(c.listeners_written.is_empty());
         assert!(c.filter_during.is_some());
     }
 }
