@@ -1408,7 +1408,7 @@ fn established_flows_hold_while_another_cpu_floods_the_table() {
             let i = i % (4 * FLOOD);
             let src = format!("10.{}.{}.{}", 6 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
             let port = 1024 + (i % 7) as u16;
-            let flags = if i % 5 == 0 { RST } else { SYN };
+            let flags = if i.is_multiple_of(5) { RST } else { SYN };
             run(&Frame::tcp(&src, port, "10.0.3.49", 80, flags).build());
         }
         flooding.store(false, Ordering::SeqCst);
