@@ -1254,14 +1254,7 @@ target_groups:
 #[test]
 fn two_cpus_inserting_one_flow_agree_on_its_target() {
     const FLOWS: usize = 20_000;
-    let mut h = Harness::with_options(
-        ROUND_ROBIN,
-        &lb_user::dataplane::LoadOptions {
-            flow_table_size: 65_536,
-        },
-    );
-    let Some(cpus) = two_cpus() else {
-        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+    let Some((mut h, cpus)) = racing(65_536) else {
         return;
     };
     let syn = |i: usize| {
@@ -1295,17 +1288,7 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
                             );
                             std::hint::spin_loop();
                         }
-                        let input = syn(i);
-                        let mut data = vec![0u8; input.len() + 256];
-                        let r = program
-                            .test_run(TestRunOptions {
-                                data_in: Some(&input),
-                                data_out: Some(&mut data),
-                                ..Default::default()
-                            })
-                            .expect("BPF_PROG_TEST_RUN");
-                        assert_eq!(r.return_value, XDP_TX);
-                        out.push(data[..6].try_into().unwrap());
+                        out.push(transmitted_to(program, &syn(i)));
                     }
                     out
                 })
@@ -1337,14 +1320,7 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
 fn established_flows_hold_while_another_cpu_floods_the_table() {
     const LIVE: u16 = 1200;
     const FLOOD: u32 = 60_000;
-    let mut h = Harness::with_options(
-        ROUND_ROBIN,
-        &lb_user::dataplane::LoadOptions {
-            flow_table_size: 1024,
-        },
-    );
-    let Some(cpus) = two_cpus() else {
-        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+    let Some((mut h, cpus)) = racing(1024) else {
         return;
     };
     let live = |p: u16, f: u8| Frame::tcp("10.0.5.1", 20000 + p, "10.0.3.49", 80, f).build();
@@ -1366,18 +1342,7 @@ fn established_flows_hold_while_another_cpu_floods_the_table() {
         targets.len()
     );
     let program: &aya::programs::Xdp = h.dp.program_mut();
-    let run = |frame: &[u8]| -> [u8; 6] {
-        let mut data = vec![0u8; frame.len() + 256];
-        let r = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut data),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        assert_eq!(r.return_value, XDP_TX);
-        data[..6].try_into().unwrap()
-    };
+    let run = |frame: &[u8]| transmitted_to(program, frame);
     let flooding = std::sync::atomic::AtomicBool::new(true);
     let done_rounds = AtomicU32::new(0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -1454,6 +1419,34 @@ fn established_flows_hold_while_another_cpu_floods_the_table() {
             t.id
         );
     }
+}
+
+/// A round-robin data plane with a table for `flows`, and two CPUs to race
+/// on; None (the test skipped) if the process may use one CPU only.
+fn racing(flows: u32) -> Option<(Harness, [usize; 2])> {
+    let Some(cpus) = two_cpus() else {
+        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+        return None;
+    };
+    let options = lb_user::dataplane::LoadOptions {
+        flow_table_size: flows,
+    };
+    Some((Harness::with_options(ROUND_ROBIN, &options), cpus))
+}
+
+/// Runs `frame` through `program` (from any thread): the destination MAC
+/// of the frame it transmits.
+fn transmitted_to(program: &aya::programs::Xdp, frame: &[u8]) -> [u8; 6] {
+    let mut data = vec![0u8; frame.len() + 256];
+    let r = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(r.return_value, XDP_TX);
+    data[..6].try_into().unwrap()
 }
 
 /// Two CPUs this process may run on, if it may use two.
