@@ -316,16 +316,16 @@ impl Harness {
         self.dp.apply(&self.plan).expect("apply");
     }
 
-    /// Deletes a flow's entry from the flow table and the model (an LRU
-    /// eviction); an error if only one of them had it.
-    pub fn evict(&mut self, key: &FlowKey) -> Result<(), String> {
+    /// Deletes a flow's entry from the flow table and the model (as the
+    /// sweeper deletes one); an error if only one of them had it.
+    pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), String> {
         let real = self.dp.remove_flow(key).expect("remove flow");
-        let model = self.model.evict(key);
+        let model = self.model.delete(key);
         if real == model {
             Ok(())
         } else {
             Err(format!(
-                "evict {key:?}: the program had an entry: {real}, the model: {model}"
+                "delete {key:?}: the program had an entry: {real}, the model: {model}"
             ))
         }
     }

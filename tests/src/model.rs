@@ -564,7 +564,7 @@ impl Model {
 
     /// Forgets a flow's entry, taking it out of its target's count if it
     /// was counted, as every deletion of an entry does.
-    pub fn evict(&mut self, key: &FlowKey) -> bool {
+    pub fn delete(&mut self, key: &FlowKey) -> bool {
         self.uncount(key);
         self.flows.remove(key).is_some()
     }

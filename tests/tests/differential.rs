@@ -4,7 +4,7 @@
 //! run through the real XDP program (BPF_PROG_TEST_RUN) and the reference
 //! model (`lb_tests::model`). The control events:
 //! - time steps through `Config::time_offset_ns`;
-//! - flow-table entries deleted as an LRU eviction would;
+//! - flow-table entries deleted as the sweeper deletes them;
 //! - policy changes, each compiled as `lb run` compiles (ids assigned from the
 //!   applied plan's) and applied: a target's weight set to 0, its MAC lost,
 //!   the target removed (its id retired) or added back (its id again), or a
@@ -725,7 +725,7 @@ struct Tally {
     sticky_sessions: usize,
     advances: u32,
     reapplies: u32,
-    evictions: u32,
+    deletions: u32,
     targets_added: u32,
     reorders: u32,
     reweighs: u32,
@@ -791,11 +791,11 @@ fn run_seed(seed: u64) -> Tally {
             let Some(key) = pick_flow(&h, &mut rng) else {
                 continue;
             };
-            if let Err(mismatch) = h.evict(&key) {
-                fail(step, "evict", &history, &yaml, differ(mismatch));
+            if let Err(mismatch) = h.delete_flow(&key) {
+                fail(step, "delete", &history, &yaml, differ(mismatch));
             }
-            tally.evictions += 1;
-            format!("evict {key:?}")
+            tally.deletions += 1;
+            format!("delete {key:?}")
         } else {
             let (what, bytes) = frame(&mut rng);
             match h.compare(&bytes) {
@@ -862,7 +862,7 @@ fn program_and_model_agree_on_seeded_sequences() {
             "{t:?}"
         );
         assert!(
-            t.advances > 10 && t.reapplies > 20 && t.evictions > 5,
+            t.advances > 10 && t.reapplies > 20 && t.deletions > 5,
             "{t:?}"
         );
         assert!(t.pinned > 40, "{t:?}");
