@@ -210,36 +210,43 @@ impl Harness {
 
     /// A new data plane holding `policy` (numbered afresh).
     pub fn with_policy(policy: &Policy, observed: &Observed) -> Harness {
-        Harness::with_policy_options(policy, observed, &default_options())
+        Harness::with_policy_options(policy, observed, &default_options(), None)
     }
 
     /// A new data plane holding `yaml`'s policy, loaded with `options`.
     pub fn with_options(yaml: &str, options: &LoadOptions) -> Harness {
         let policy = parse_policy(yaml);
-        Harness::with_policy_options(&policy, &observed(&policy), options)
+        Harness::with_policy_options(&policy, &observed(&policy), options, None)
     }
 
     /// A new data plane holding `policy` (numbered afresh), loaded with
-    /// `options`.
+    /// `options`, and with the flow table's hash seed `table_seed` if one
+    /// is given (flows then meet in the same buckets every run).
     pub fn with_policy_options(
         policy: &Policy,
         observed: &Observed,
         options: &LoadOptions,
+        table_seed: Option<u64>,
     ) -> Harness {
         let mut tables = TableCache::default();
         let plan = compile_with(policy, observed, &Ids::default(), &mut tables);
-        let mut h = Harness::with_plan_options(plan, options);
+        let dp = match table_seed {
+            Some(seed) => Dataplane::load_seeded(options, seed),
+            None => Dataplane::load(options),
+        };
+        let mut h = Harness::with_dataplane(dp.expect("load lb (are you root?)"), plan);
         h.tables = tables;
         h
     }
 
     /// A new data plane holding `plan`.
     pub fn with_plan(plan: MapPlan) -> Harness {
-        Harness::with_plan_options(plan, &default_options())
+        let dp = Dataplane::load(&default_options()).expect("load lb (are you root?)");
+        Harness::with_dataplane(dp, plan)
     }
 
-    fn with_plan_options(plan: MapPlan, options: &LoadOptions) -> Harness {
-        let mut dp = Dataplane::load(options).expect("load lb (are you root?)");
+    /// `dp`, a new data plane, holding `plan`.
+    fn with_dataplane(mut dp: Dataplane, plan: MapPlan) -> Harness {
         let started_ns = dp.clock().now_ns().expect("clock");
         dp.apply(&plan).expect("apply");
         let (buckets, seed) = dp.flow_table_layout();
@@ -422,7 +429,7 @@ impl Harness {
                  the model's before the frame: {model_before:?}\n{}",
                 run.entry,
                 match &expected.insert {
-                    Some(insert) => format!("a new flow {}", insert.describe(run.clock)),
+                    Some(insert) => format!("a new flow {}", insert.describe()),
                     None => "(no new entry chosen)".into(),
                 }
             ));

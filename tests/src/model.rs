@@ -39,7 +39,7 @@ use lb_common::{
 };
 pub use lb_user::ids::TargetKey;
 use lb_user::plan::{MapPlan, PlannedGroup, PlannedTarget};
-pub use table::{Class, Insert, Span, Table};
+pub use table::{Candidate, Class, Insert, Span, Table};
 
 use crate::packets::tcp_flags;
 

@@ -120,6 +120,8 @@ pub struct Insert {
     /// The candidate it took (None: unremembered): the program's choice if
     /// the rules allow it, else the model's first.
     pub took: Option<usize>,
+    /// When (the program's clock).
+    pub now: Span,
 }
 
 impl Insert {
@@ -140,8 +142,8 @@ impl Insert {
     }
 
     /// The candidates and what the rules allow, for a mismatch.
-    pub fn describe(&self, now: Span) -> String {
-        let mut s = format!("at {:?} (time units), its candidates:\n", now.units());
+    pub fn describe(&self) -> String {
+        let mut s = format!("at {:?} (time units), its candidates:\n", self.now.units());
         for (i, c) in self.candidates.iter().enumerate() {
             let mark = if self.allowed.contains(&i) {
                 "allowed"
@@ -239,6 +241,7 @@ impl Table {
             allowed,
             unremembered,
             took,
+            now,
         }
     }
 
