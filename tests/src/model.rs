@@ -357,8 +357,9 @@ impl Model {
     }
 
     /// The outcome of `frame`, the program's clock taken as the model's.
-    /// Least connections takes the first target of its candidate set, a
-    /// new flow the first entry the rules allow; use
+    /// Least connections takes the first target of its candidate set; a
+    /// new flow whose entry the rules leave open goes unremembered if they
+    /// allow it, else takes the first entry they allow. Use
     /// [`Model::process_observed`] to follow the program's choices.
     pub fn process(&mut self, plan: &MapPlan, frame: &[u8]) -> Outcome {
         let run = ProgramRun {

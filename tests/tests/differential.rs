@@ -23,8 +23,9 @@
 //! frame's flow; the whole flow tables are compared every
 //! `Sequence::flows_every` steps. After each policy change, flows whose
 //! target stays in its listener's group are sent a packet: each must keep
-//! its target (the model's outcome, which the program's must equal). A mismatch names the
-//! seed, the step, the last steps, the policy and both results.
+//! its target (the model's outcome, which the program's must equal). A
+//! mismatch names the seed, the step, the last steps, the policy and both
+//! results.
 //!
 //! Time moves in steps of `Q` (100 s) and every timeout is an odd multiple of
 //! Q / 2, so the few seconds of real time the test takes (the program's clock
@@ -38,14 +39,16 @@
 //! (`lb_tests::model::table`): the entry each new flow takes, the flow it
 //! evicts (`flow_evicted`, uncounted) or that it goes unremembered
 //! (`flow_insert_failed`), and every later packet of an evicted flow (a
-//! miss). There, a share of the frames are packets of flows just sent, so
-//! that many flows are established; time also moves in small steps (4 s,
-//! up to 12 s into a `Q`, then the rest of it), so that the protection both
-//! holds and expires while no age comes within 38 s of a timeout; and the
-//! flow table's hash seed is the sequence's, so that its flows meet in the
-//! same buckets every run. The model knows the program's last-seen stamps within the
-//! clock readings around each frame: where two candidates' ages are that
-//! close, it takes the program's choice and checks that the rules allow it.
+//! miss). There, most frames are packets of flows just sent, so that many
+//! flows are established; time also moves in small steps (4 s, up to 12 s
+//! into a `Q`, then the rest of it), so that the protection both holds and
+//! expires while no age comes within 38 s of a timeout. The model knows
+//! the program's last-seen stamps within the clock readings around each
+//! frame; where the clock ticked during a frame and two candidates' stamps
+//! may be in either order, it takes the program's choice and checks that
+//! the rules allow it. The flow table's hash seed is the sequence's, so
+//! its flows meet in the same buckets every run (which entries they evict
+//! still depends on when the clock ticks).
 //!
 //! Needs root (CAP_BPF).
 use std::{
@@ -84,7 +87,7 @@ struct Sequence {
     again: u64,
     /// Steps (per mille) that move time.
     time_steps: u64,
-    /// Time also moves in small steps (`SMALL_STEPS`), which an established
+    /// Time also moves in small steps (`SMALL`), which an established
     /// flow's protection outlasts or not.
     small_steps: bool,
     /// The flow tables are compared every this many steps.
@@ -575,12 +578,11 @@ impl Traffic {
     /// A frame for a listener (or close to one), remembered as recent.
     fn listener_frame(&mut self, rng: &mut Rng) -> Frame {
         let again = self.sequence.again;
-        let f = match self.recent.front() {
-            Some(_) if again > 0 && rng.below(100) < again => {
-                let key = self.recent[rng.below(self.recent.len() as u64) as usize];
-                packet_of(&key, *rng.pick(&AGAIN_FLAGS))
-            }
-            _ => listener_frame(rng, &self.sequence.ports),
+        let f = if again > 0 && !self.recent.is_empty() && rng.below(100) < again {
+            let key = self.recent[rng.below(self.recent.len() as u64) as usize];
+            packet_of(&key, *rng.pick(&AGAIN_FLAGS))
+        } else {
+            listener_frame(rng, &self.sequence.ports)
         };
         if again > 0
             && let Ok((key, _)) = lb_tests::model::parse(&f.build())
@@ -871,14 +873,14 @@ struct Tally {
     /// New flows that took another flow's entry, by that flow's class:
     /// ended by its client, seen once, established.
     evicted: [u32; 3],
-    /// New flows that went unremembered (every candidate an established
-    /// flow within its protection).
-    unremembered: u32,
     /// Of those, established flows evicted under `Q` after their last
     /// packet (after a small step: their protection had expired).
     protection_expired: u32,
-    /// Of the new flows unremembered, those whose candidates had been last
-    /// seen before a small step (their protection still held).
+    /// New flows that went unremembered (every candidate an established
+    /// flow within its protection).
+    unremembered: u32,
+    /// Of those, the ones with a candidate last seen more than 2 s before
+    /// (before a small step: its protection still held).
     protection_held: u32,
     /// New flows whose entry the rules left to the program (ages closer
     /// than the model can tell, or the protection either way: the clock

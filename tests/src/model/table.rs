@@ -7,13 +7,15 @@
 //! The program stamps an entry's last-seen time with its own clock, which
 //! runs in real time between the test's steps (the model's moves only when
 //! the test advances it). The harness reads that clock just before and just
-//! after each frame, so the model knows each stamp within a [`Span`]. Where
-//! two candidates' stamps may be in either order (read within one time unit
-//! of each other), the rules allow either to be the one seen least
-//! recently, and where a stamp may be on either side of the protection, an
-//! established flow may be evicted or protected: the model then takes what
-//! the program did (the entry its flow holds after the frame), as it takes
-//! least connections' random draws, and checks that the rules allow it.
+//! after each frame, so the model knows each stamp within a [`Span`] (most
+//! often exactly: the clock ticks every few milliseconds, a frame takes
+//! microseconds). Where two candidates' stamps may be in either order (the
+//! clock ticked during a frame), the rules allow either to be the one seen
+//! least recently, and where a stamp may be on either side of the
+//! protection, an established flow may be evicted or protected: the model
+//! then takes what the program did (the entry its flow holds after the
+//! frame), as it takes least connections' random draws, and checks that
+//! the rules allow it. An empty entry is taken exactly as the rules say.
 use std::collections::HashMap;
 
 use lb_common::{
