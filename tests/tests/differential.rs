@@ -972,11 +972,11 @@ fn time_step(rng: &mut Rng, sequence: &Sequence, now_ns: u64) -> u64 {
     let into = now_ns % Q;
     if sequence.small_steps {
         let roll = rng.below(10);
-        if into == 0 && roll < 5 {
-            return if roll < 3 { SMALL } else { SMALLS };
+        if into == 0 && roll < 7 {
+            return if roll < 4 { SMALL } else { SMALLS };
         }
         if into != 0 {
-            return if into + SMALL <= SMALLS && roll < 5 {
+            return if into + SMALL <= SMALLS && roll < 7 {
                 SMALL
             } else {
                 Q - into

@@ -512,6 +512,43 @@ mod tests {
         }
     }
 
+    /// Where the rules allow several outcomes, the program's is taken; one
+    /// they do not allow is not (the model's first is, and the harness
+    /// reports that the entries differ).
+    #[test]
+    fn the_program_settles_what_the_rules_leave_open() {
+        let mut table = Table::new(64, 7);
+        let p = place(&key(0), table.seed, table.mask);
+        let mut flows = HashMap::new();
+        // Two flows seen once whose stamps may be in either order, then
+        // established ones within the protection.
+        for (i, (b, w)) in [p.first, p.second]
+            .into_iter()
+            .flat_map(|b| (0..WAYS).map(move |w| (b, w)))
+            .enumerate()
+        {
+            let (class, units) = match i {
+                0 => (Class::Once, (400, 402)),
+                1 => (Class::Once, (401, 401)),
+                _ => (Class::Established, (500, 500)),
+            };
+            table.put((b, w), key(1 + i as u32));
+            let f = flow(class, units, (b, w));
+            flows.insert(key(1 + i as u32), f);
+        }
+        let now = Span::at(600 * UNIT);
+        let insert = |observed| table.insert(&key(0), &flows, now, Some(observed));
+        let (first, second) = ((p.first, 0), (p.first, 1));
+        for taken in [first, second] {
+            let i = insert(taken);
+            assert!(i.tie());
+            assert_eq!(i.entry(), Some(taken));
+            assert_eq!(i.evicted().map(|e| e.1), Some(Class::Once));
+        }
+        let i = insert((p.second, 3));
+        assert_eq!(i.entry(), Some(first), "not allowed: the model's first");
+    }
+
     #[test]
     fn a_stamp_older_than_the_touch_interval_is_renewed() {
         let t = TOUCH_UNITS as u64;
