@@ -2,9 +2,9 @@
 //! program loaded with maps written by the real compile -> apply path, frames
 //! run through it with BPF_PROG_TEST_RUN, and every frame also run through
 //! the reference model (`crate::model`), which must agree on the verdict, the
-//! output bytes, the global counters, the listener and target statistics,
-//! the active flows per target, the round-robin positions and the sticky
-//! sessions.
+//! output bytes, the global counters, the flow-table entry of the frame's
+//! flow, the listener and target statistics, the active flows per target,
+//! the round-robin positions and the sticky sessions.
 //!
 //! Policies are compiled as `lb run` compiles them: a harness's first plan
 //! numbers everything afresh (a new data plane), and every later policy
@@ -35,7 +35,7 @@ use lb_user::{
 };
 
 use crate::{
-    model::{Client, Model, Outcome, XDP_TX},
+    model::{Client, Model, Outcome, ProgramRun, Span, Table, XDP_TX},
     packets::{LB_MAC, hex},
 };
 
@@ -210,45 +210,52 @@ impl Harness {
 
     /// A new data plane holding `policy` (numbered afresh).
     pub fn with_policy(policy: &Policy, observed: &Observed) -> Harness {
-        let mut tables = TableCache::default();
-        let plan = compile_with(policy, observed, &Ids::default(), &mut tables);
-        let mut h = Harness::with_plan(plan);
-        h.tables = tables;
-        h
+        Harness::with_policy_options(policy, observed, &default_options(), None)
     }
 
     /// A new data plane holding `yaml`'s policy, loaded with `options`.
     pub fn with_options(yaml: &str, options: &LoadOptions) -> Harness {
         let policy = parse_policy(yaml);
-        let plan = compile_with(
-            &policy,
-            &observed(&policy),
-            &Ids::default(),
-            &mut TableCache::default(),
-        );
-        Harness::with_plan_options(plan, options)
+        Harness::with_policy_options(&policy, &observed(&policy), options, None)
+    }
+
+    /// A new data plane holding `policy` (numbered afresh), loaded with
+    /// `options`, and with the flow table's hash seed `table_seed` if one
+    /// is given (flows then meet in the same buckets every run).
+    pub fn with_policy_options(
+        policy: &Policy,
+        observed: &Observed,
+        options: &LoadOptions,
+        table_seed: Option<u64>,
+    ) -> Harness {
+        let mut tables = TableCache::default();
+        let plan = compile_with(policy, observed, &Ids::default(), &mut tables);
+        let dp = match table_seed {
+            Some(seed) => Dataplane::load_seeded(options, seed),
+            None => Dataplane::load(options),
+        };
+        let mut h = Harness::with_dataplane(dp.expect("load lb (are you root?)"), plan);
+        h.tables = tables;
+        h
     }
 
     /// A new data plane holding `plan`.
     pub fn with_plan(plan: MapPlan) -> Harness {
-        Harness::with_plan_options(
-            plan,
-            &LoadOptions {
-                flow_table_size: 4096,
-            },
-        )
+        let dp = Dataplane::load(&default_options()).expect("load lb (are you root?)");
+        Harness::with_dataplane(dp, plan)
     }
 
-    fn with_plan_options(plan: MapPlan, options: &LoadOptions) -> Harness {
-        let mut dp = Dataplane::load(options).expect("load lb (are you root?)");
+    /// `dp`, a new data plane, holding `plan`.
+    fn with_dataplane(mut dp: Dataplane, plan: MapPlan) -> Harness {
         let started_ns = dp.clock().now_ns().expect("clock");
         dp.apply(&plan).expect("apply");
+        let (buckets, seed) = dp.flow_table_layout();
         Harness {
             dp,
             names: Names::of(&plan.ids),
             highest: highest(&plan.ids, (0, 0)),
             plan,
-            model: Model::default(),
+            model: Model::new(Table::new(buckets, seed)),
             tables: TableCache::default(),
             listener_stats: HashMap::new(),
             target_stats: BTreeMap::new(),
@@ -316,16 +323,16 @@ impl Harness {
         self.dp.apply(&self.plan).expect("apply");
     }
 
-    /// Deletes a flow's entry from the flow table and the model (an LRU
-    /// eviction); an error if only one of them had it.
-    pub fn evict(&mut self, key: &FlowKey) -> Result<(), String> {
+    /// Deletes a flow's entry from the flow table and the model (as the
+    /// sweeper deletes one); an error if only one of them had it.
+    pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), String> {
         let real = self.dp.remove_flow(key).expect("remove flow");
-        let model = self.model.evict(key);
+        let model = self.model.delete(key);
         if real == model {
             Ok(())
         } else {
             Err(format!(
-                "evict {key:?}: the program had an entry: {real}, the model: {model}"
+                "delete {key:?}: the program had an entry: {real}, the model: {model}"
             ))
         }
     }
@@ -379,13 +386,25 @@ impl Harness {
     /// As `check`, but a disagreement is returned, described.
     pub fn compare(&mut self, frame: &[u8]) -> Result<Outcome, String> {
         let before = self.counters();
+        let clock_before = self.clock_ns();
         let (action, output) = self.run(frame);
+        let clock_after = self.clock_ns();
         let after = self.counters();
-        let observed_mac = (action == XDP_TX && output.len() >= 6)
-            .then(|| <[u8; 6]>::try_from(&output[..6]).unwrap());
         let key = crate::model::parse(frame).ok().map(|(k, _)| k);
+        let offset = self.plan.config.time_offset_ns;
+        let run = ProgramRun {
+            mac: (action == XDP_TX && output.len() >= 6)
+                .then(|| <[u8; 6]>::try_from(&output[..6]).unwrap()),
+            entry: key
+                .and_then(|k| self.dp.flow_entry(&k).expect("flow table"))
+                .map(|e| (e.bucket, e.way)),
+            clock: Span {
+                from: clock_before + offset,
+                to: clock_after + offset,
+            },
+        };
         let model_before = key.and_then(|k| self.model.flows.get(&k).cloned());
-        let expected = self.model.process_observed(&self.plan, frame, observed_mac);
+        let expected = self.model.process_observed(&self.plan, frame, &run);
         if (action, &output) != (expected.action, &expected.output) {
             return Err(format!(
                 "verdict/bytes differ: model {} (target {:?}), program {}{}\nthe flow's entry in the program's table after it: {:?}, in the model's before it: {:?}\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
@@ -401,6 +420,18 @@ impl Harness {
                 hex(frame),
                 hex(&expected.output),
                 hex(&output)
+            ));
+        }
+        let model_entry = key.and_then(|k| self.model.flows.get(&k)).map(|f| f.entry);
+        if run.entry != model_entry {
+            return Err(format!(
+                "the flow's entry (bucket, way): program {:?}, model {model_entry:?}; \
+                 the model's before the frame: {model_before:?}\n{}",
+                run.entry,
+                match &expected.insert {
+                    Some(insert) => format!("a new flow {}", insert.describe()),
+                    None => "(no new entry chosen)".into(),
+                }
             ));
         }
         let mut want = before.clone();
@@ -643,9 +674,11 @@ impl Harness {
     }
 
     /// The flow table against the model's: each of the model's flows has
-    /// an entry with the same target, ending (client FIN or RST seen) and
-    /// counted state, and the table has no other entry. An entry holds a
-    /// tag, not the key: the model's keys are looked up.
+    /// an entry, where the model has it, with the same target, ending
+    /// (client FIN or RST seen), established and counted state and a
+    /// last-seen time within the model's stamp, and the table has no other
+    /// entry. An entry holds a tag, not the key: the
+    /// model's keys are looked up.
     pub fn compare_flows(&self) -> Result<(), String> {
         let mut differ = Vec::new();
         for (k, f) in &self.model.flows {
@@ -657,9 +690,18 @@ impl Harness {
             let target = self.names.target(e.word.target_id(), &what)?.clone();
             let ending = e.word.flags() & (flags::FIN | flags::RST) != 0;
             let counted = e.word.flags() & flags::COUNTED != 0;
-            if (&target, ending, counted) != (&f.target, f.ending, f.counted) {
+            let again = e.word.flags() & flags::AGAIN != 0;
+            let entry = (e.bucket, e.way);
+            if (&target, ending, counted, again, entry)
+                != (&f.target, f.ending, f.counted, f.again, f.entry)
+                || !f.stamped.holds(e.seen)
+            {
                 differ.push(format!(
-                    "{k:?}: program ({target:?}, ending {ending}, counted {counted}), model {f:?}"
+                    "{k:?}: program ({target:?}, ending {ending}, counted {counted}, \
+                     again {again}, entry {entry:?}, seen {}), model {f:?} \
+                     (stamped in time units: {:?})",
+                    e.seen,
+                    f.stamped.units()
                 ));
             }
         }
@@ -675,6 +717,14 @@ impl Harness {
         } else {
             Err(format!("flow tables differ:\n{}", differ.join("\n")))
         }
+    }
+}
+
+/// The harness's data plane unless a test says otherwise: a flow table
+/// that these tests' flows never fill.
+fn default_options() -> LoadOptions {
+    LoadOptions {
+        flow_table_size: 4096,
     }
 }
 

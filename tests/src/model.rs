@@ -21,6 +21,12 @@
 //! takes the program's choice if it is in that set (`Model::process_observed`).
 //! The check is exact: a choice outside the set is a bug, and every choice in
 //! it is one the program may make.
+//!
+//! The model keeps the flow table's occupancy too ([`table`]): which flow
+//! holds each entry, where a new flow goes, which flow it evicts, and when
+//! it goes unremembered. Where the program's clock decides between entries
+//! closer in age than the model can know, it follows the program's choice
+//! in the same way, checking it against the rules.
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
@@ -33,8 +39,11 @@ use lb_common::{
 };
 pub use lb_user::ids::TargetKey;
 use lb_user::plan::{MapPlan, PlannedGroup, PlannedTarget};
+pub use table::{Candidate, Class, Insert, Span, Table};
 
 use crate::packets::tcp_flags;
+
+pub mod table;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -58,6 +67,22 @@ pub struct Outcome {
     /// The sticky session this frame may have read or written (a listener
     /// frame of a sticky group).
     pub sticky_key: Option<Client>,
+    /// How the entry of a new flow without one was chosen.
+    pub insert: Option<Insert>,
+}
+
+/// What the harness saw of the program's run of a frame: what settles the
+/// choices the model cannot make alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramRun {
+    /// The destination MAC it wrote (a forwarded frame's first 6 bytes):
+    /// least connections' random draws.
+    pub mac: Option<[u8; 6]>,
+    /// The flow-table entry (bucket, way) of the frame's flow after it:
+    /// among entries a new flow may take by the rules, the one it took.
+    pub entry: Option<(u32, usize)>,
+    /// The program's clock during the run: its last-seen stamps.
+    pub clock: Span,
 }
 
 /// A client of a group: the key of a sticky session.
@@ -77,8 +102,15 @@ pub struct Flow {
     /// The flow counts in its target's active flows.
     pub counted: bool,
     /// When its last packet came, in the table's time units (about 1 ms:
-    /// `flow_table::time_units`), as the entry keeps it.
+    /// `flow_table::time_units`), on the model's clock: its lifecycle.
     pub seen: u32,
+    /// A packet came after the first (it is established).
+    pub again: bool,
+    /// The flow-table entry it holds (bucket, way).
+    pub entry: (u32, usize),
+    /// When the program stamped its entry's last-seen time, on the
+    /// program's clock: which entry a new flow evicts.
+    pub stamped: Span,
 }
 
 /// A group table and the least-connections candidate pairs it gives (as
@@ -92,12 +124,14 @@ pub struct Session {
     pub expires_ns: u64,
 }
 
-/// The model's state: the flow table, the active flows per target, the
-/// round-robin position per group, the sticky sessions, and the time
-/// (data-plane time as the tests drive it: `Config::time_offset_ns`).
-#[derive(Debug, Default, Clone)]
+/// The model's state: the flows and the flow table's entries they hold,
+/// the active flows per target, the round-robin position per group, the
+/// sticky sessions, and the time (data-plane time as the tests drive it:
+/// `Config::time_offset_ns`).
+#[derive(Debug, Clone)]
 pub struct Model {
     pub flows: HashMap<FlowKey, Flow>,
+    pub table: Table,
     pub active: HashMap<TargetKey, i64>,
     /// Group name -> round-robin position (`GROUP_RR`: new flows taken).
     pub round_robin: HashMap<String, u64>,
@@ -255,6 +289,7 @@ fn passed(frame: &[u8], counter: Counter) -> Outcome {
         new_flow: false,
         least_connections: None,
         sticky_key: None,
+        insert: None,
     }
 }
 
@@ -282,6 +317,7 @@ impl Verdicts<'_> {
             new_flow: false,
             least_connections,
             sticky_key: self.sticky_key.clone(),
+            insert: None,
         }
     }
 
@@ -301,29 +337,46 @@ impl Verdicts<'_> {
             new_flow,
             least_connections,
             sticky_key: self.sticky_key.clone(),
+            insert: None,
         }
     }
 }
 
 impl Model {
-    /// The outcome of `frame`. Least connections takes the first target of
-    /// its candidate set; use [`Model::process_observed`] to follow the
-    /// program's random draws.
-    pub fn process(&mut self, plan: &MapPlan, frame: &[u8]) -> Outcome {
-        self.process_observed(plan, frame, None)
+    /// A model of a new data plane whose flow table is `table` (empty).
+    pub fn new(table: Table) -> Model {
+        Model {
+            flows: HashMap::new(),
+            table,
+            active: HashMap::new(),
+            round_robin: HashMap::new(),
+            sticky: HashMap::new(),
+            now_ns: 0,
+            lc_pairs: HashMap::new(),
+        }
     }
 
-    /// The outcome of `frame`; `observed_mac` is the destination MAC the
-    /// program wrote (its output's first 6 bytes, if it forwarded the frame).
-    /// It is used only to resolve a least-connections choice: if one of the
-    /// targets some pair of draws leads to has that MAC, the model takes it;
-    /// otherwise it takes the first candidate and the outcomes differ.
-    pub fn process_observed(
-        &mut self,
-        plan: &MapPlan,
-        frame: &[u8],
-        observed_mac: Option<[u8; 6]>,
-    ) -> Outcome {
+    /// The outcome of `frame`, the program's clock taken as the model's.
+    /// Least connections takes the first target of its candidate set; a
+    /// new flow whose entry the rules leave open goes unremembered if they
+    /// allow it, else takes the first entry they allow. Use
+    /// [`Model::process_observed`] to follow the program's choices.
+    pub fn process(&mut self, plan: &MapPlan, frame: &[u8]) -> Outcome {
+        let run = ProgramRun {
+            mac: None,
+            entry: None,
+            clock: Span::at(self.now_ns),
+        };
+        self.process_observed(plan, frame, &run)
+    }
+
+    /// The outcome of `frame`; `run` is what the program did with it, used
+    /// only to settle the choices the model cannot make alone: if one of
+    /// the targets some pair of least connections' draws leads to has the
+    /// MAC it wrote, the model takes it; if the rules allow the entry its
+    /// new flow took (or its going unremembered), the model takes that;
+    /// otherwise it takes its own first and the outcomes differ.
+    pub fn process_observed(&mut self, plan: &MapPlan, frame: &[u8], run: &ProgramRun) -> Outcome {
         let (key, flags) = match parse(frame) {
             Ok(flow) => flow,
             Err(counter) => return passed(frame, counter),
@@ -353,11 +406,11 @@ impl Model {
             return verdicts.dropped(Vec::new(), None);
         };
         let mut counters = Vec::new();
-        if let Some(t) = self.follow(plan, group, &key, flags, &mut counters) {
+        if let Some(t) = self.follow(plan, group, &key, flags, run.clock, &mut counters) {
             counters.extend([Counter::FlowHit, Counter::Forwarded]);
             return verdicts.forwarded(t, counters, false, None);
         }
-        let choice = self.first_choice(plan, group, &key, flags, observed_mac);
+        let choice = self.first_choice(plan, group, &key, flags, run.mac);
         let Some(t) = choice
             .target
             .as_ref()
@@ -365,20 +418,24 @@ impl Model {
         else {
             return verdicts.dropped(counters, choice.least_connections);
         };
-        self.start_flow(key, key_of(t), flags);
+        let insert = self.start_flow(key, key_of(t), flags, run, &mut counters);
         counters.extend([Counter::NewFlow, Counter::Forwarded]);
-        verdicts.forwarded(t, counters, true, choice.least_connections)
+        let mut outcome = verdicts.forwarded(t, counters, true, choice.least_connections);
+        outcome.insert = insert;
+        outcome
     }
 
     /// Follows the frame's flow entry (README "Flow lifecycle"): the target
     /// the flow goes on to, or `None` when the frame starts a new flow
-    /// (`counters` then holds what reselecting counted).
+    /// (`counters` then holds what reselecting counted). `clock`: the
+    /// program's, which stamps the entry.
     fn follow<'p>(
         &mut self,
         plan: &'p MapPlan,
         group: &PlannedGroup,
         key: &FlowKey,
         flags: u8,
+        clock: Span,
         counters: &mut Vec<Counter>,
     ) -> Option<&'p PlannedTarget> {
         let now = self.now_ns;
@@ -391,6 +448,8 @@ impl Model {
                     if touch {
                         flow.seen = time_units(now);
                     }
+                    flow.stamped = flow.stamped.after_packet(clock);
+                    flow.again = true;
                     if ending {
                         flow.ending = true;
                         self.uncount(key);
@@ -424,13 +483,40 @@ impl Model {
         }
     }
 
-    /// Records a new flow's entry to `target` and counts it active.
-    fn start_flow(&mut self, key: FlowKey, target: TargetKey, flags: u8) {
+    /// Records a new flow's entry to `target` and counts it active: in
+    /// place of its own entry if it has one, else in the entry the table's
+    /// rules give it (its flow evicted), or nowhere (the flow goes
+    /// unremembered, uncounted). What that counts goes to `counters`; how
+    /// the entry was chosen is returned.
+    fn start_flow(
+        &mut self,
+        key: FlowKey,
+        target: TargetKey,
+        flags: u8,
+        run: &ProgramRun,
+        counters: &mut Vec<Counter>,
+    ) -> Option<Insert> {
+        let (entry, insert) = match self.flows.get(&key) {
+            Some(own) => (Some(own.entry), None),
+            None => {
+                let insert = self.table.insert(&key, &self.flows, run.clock, run.entry);
+                (insert.entry(), Some(insert))
+            }
+        };
+        if let Some((evicted, _)) = insert.as_ref().and_then(Insert::evicted) {
+            counters.push(Counter::FlowEvicted);
+            self.delete(&evicted);
+        }
+        let Some(entry) = entry else {
+            counters.push(Counter::FlowInsertFailed);
+            return insert;
+        };
         // A flow first seen at its FIN or RST has already ended: not counted.
         let ending = flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
         if !ending {
             *self.active.entry(target.clone()).or_default() += 1;
         }
+        self.table.put(entry, key);
         self.flows.insert(
             key,
             Flow {
@@ -438,8 +524,12 @@ impl Model {
                 ending,
                 counted: !ending,
                 seen: time_units(self.now_ns),
+                again: false,
+                entry,
+                stamped: run.clock,
             },
         );
+        insert
     }
 
     /// A new flow's target: the client's sticky session while it lasts and
@@ -564,9 +654,13 @@ impl Model {
 
     /// Forgets a flow's entry, taking it out of its target's count if it
     /// was counted, as every deletion of an entry does.
-    pub fn evict(&mut self, key: &FlowKey) -> bool {
+    pub fn delete(&mut self, key: &FlowKey) -> bool {
         self.uncount(key);
-        self.flows.remove(key).is_some()
+        let Some(flow) = self.flows.remove(key) else {
+            return false;
+        };
+        self.table.free(flow.entry);
+        true
     }
 
     /// Active flows of a target.
@@ -707,6 +801,9 @@ mod tests {
             ending,
             counted: !ending,
             seen: time_units(last_seen_s * S),
+            again: false,
+            entry: (0, 0),
+            stamped: Span::at(last_seen_s * S),
         }
     }
 

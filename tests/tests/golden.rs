@@ -1001,15 +1001,15 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
 /// a new flow (a TCP packet that is not a SYN by hash); the deletion took
 /// the lost flow out of its target's count.
 #[test]
-fn an_evicted_flow_is_a_miss_and_leaves_the_count() {
+fn a_deleted_flow_is_a_miss_and_leaves_the_count() {
     let mut h = Harness::new(SHORT_TIMEOUTS);
     let frame = |flags| Frame::tcp("10.0.3.100", 45000, "10.0.3.49", 80, flags).build();
     h.check("syn", &frame(SYN));
     let key = web_key([10, 0, 3, 100], 45000);
-    h.evict(&key).unwrap();
+    h.delete_flow(&key).unwrap();
     assert!(!h.dp.remove_flow(&key).unwrap(), "gone");
     assert_eq!(total(&h.active()), 0);
-    let o = h.check("ack after eviction", &frame(ACK));
+    let o = h.check("ack after deletion", &frame(ACK));
     assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
     assert_eq!(total(&h.active()), 1);
 }

@@ -27,6 +27,18 @@ impl Dataplane {
         Self::load_object(crate::EBPF_LB, PROGRAM, options)
     }
 
+    /// As [`Dataplane::load`], with the flow table's hash seed given
+    /// instead of drawn: a test whose flows must meet in the same buckets
+    /// every run.
+    pub fn load_seeded(options: &LoadOptions, seed: u64) -> Result<Self, DataplaneError> {
+        let table = TableSettings {
+            seed,
+            ..TableSettings::for_flows(options.flow_table_size)
+        };
+        let ebpf = loader(table).load(crate::EBPF_LB)?;
+        Self::start(ebpf, PROGRAM, Held::empty(), table, random_u64(), None)
+    }
+
     /// Loads another build of the pipeline (the benchmark variant), not
     /// pinned.
     pub fn load_object(
