@@ -8,12 +8,14 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::Result;
 use clap::Parser;
 use lb_bench::{
-    Settings, flood, health, live, packet,
+    Settings, flood, flows, health, live, packet,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table,
 };
 
-const SECTIONS: [&str; 6] = ["packet", "flood", "live", "table", "scale", "health"];
+const SECTIONS: [&str; 7] = [
+    "packet", "flows", "flood", "live", "table", "scale", "health",
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "lb's performance report (run as root)")]
@@ -31,8 +33,8 @@ struct Args {
     /// `perf record`).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
-    /// Only these sections (repeatable): packet, flood, live, table, scale,
-    /// health.
+    /// Only these sections (repeatable): packet, flows, flood, live, table,
+    /// scale, health.
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
     /// Where report.md and the plots go.
@@ -104,6 +106,7 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
             packet::section(settings, &rows, out)
         },
     );
+    run("flows", flows::TITLE, &mut || flows::section(settings, out));
     run(
         "flood",
         "Data plane: SYN flood against established flows",
