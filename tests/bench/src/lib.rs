@@ -5,8 +5,8 @@
 //!
 //! Data plane (BPF_PROG_TEST_RUN, no network needed): [`packet`] (ns/packet
 //! beside a MAC-swap program), [`flows`] (established flows at scale, in a
-//! scrambled order, on one CPU and on two at once), [`flood`] (SYN flood
-//! against established flows). Through the lab's namespaces: [`live`]
+//! scrambled order, on one CPU and on two at once), [`flood`] (SYN and
+//! spoofed-ACK floods against established flows). Through the lab's namespaces: [`live`]
 //! (live frames forwarded by DSR), [`health`] (failure-to-removal time)
 //! and the probe capacity.
 //! Control plane (pure or in-process): [`table`] (hash table build time and
@@ -19,7 +19,7 @@
 //!
 //! Adding a fixture: data-plane fixtures are listed in [`packet::fixtures`]
 //! (per algorithm: one listener of [`POLICY`] per algorithm, named in
-//! [`ALGORITHMS`]); the SYN flood runs for each entry of [`ALGORITHMS`] too.
+//! [`ALGORITHMS`]); the floods run for each entry of [`ALGORITHMS`] too.
 pub mod cpus;
 pub mod flood;
 pub mod flow_cache;

@@ -107,11 +107,7 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
         },
     );
     run("flows", flows::TITLE, &mut || flows::section(settings, out));
-    run(
-        "flood",
-        "Data plane: SYN flood against established flows",
-        &mut || flood::section(settings),
-    );
+    run("flood", flood::TITLE, &mut || flood::section(settings));
     run(
         "live",
         "Data plane: live traffic through the lab",
