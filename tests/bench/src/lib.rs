@@ -6,8 +6,9 @@
 //! Data plane (BPF_PROG_TEST_RUN, no network needed): [`packet`] (ns/packet
 //! beside a MAC-swap program), [`flows`] (established flows at scale, in a
 //! scrambled order, on one CPU and on two at once), [`flood`] (SYN and
-//! spoofed-ACK floods against established flows). Through the lab's namespaces: [`live`]
-//! (live frames forwarded by DSR), [`health`] (failure-to-removal time)
+//! spoofed-ACK floods against established flows). Through the lab's
+//! namespaces: [`live`] (live frames forwarded by DSR, and frames from a
+//! traffic generator: [`generator`]), [`health`] (failure-to-removal time)
 //! and the probe capacity.
 //! Control plane (pure or in-process): [`table`] (hash table build time and
 //! disruption), [`scale`] (1,000 groups x 100 targets).
@@ -24,6 +25,7 @@ pub mod cpus;
 pub mod flood;
 pub mod flow_cache;
 pub mod flows;
+pub mod generator;
 pub mod health;
 pub mod live;
 pub mod packet;
@@ -263,6 +265,25 @@ pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Durati
     Ok((r.return_value, r.duration, out))
 }
 
+/// `e`'s message, followed by the errno of the system call under it when
+/// one is in its chain of sources, by name and number (`` `bpf_prog_test_run`
+/// failed: EPERM (1): Operation not permitted ``): aya's messages name only
+/// the call.
+pub fn errno_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(code) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            let errno = nix::errno::Errno::from_raw(code);
+            return format!("{e}: {errno:?} ({code}): {}", errno.desc());
+        }
+        source = s.source();
+    }
+    e.to_string()
+}
+
 /// A global counter of `dp`.
 pub fn counter(dp: &Dataplane, which: Counter) -> Result<u64> {
     Ok(dp
@@ -280,6 +301,20 @@ pub const XDP_TX: u32 = 3;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_their_errno() {
+        let refused = aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_prog_test_run",
+            io_error: std::io::Error::from_raw_os_error(1),
+        });
+        assert_eq!(
+            errno_text(&refused),
+            "`bpf_prog_test_run` failed: EPERM (1): Operation not permitted"
+        );
+        let plain = std::io::Error::other("no errno");
+        assert_eq!(errno_text(&plain), "no errno");
+    }
 
     /// `lb_new_flow` and `lb_scrambled` are one BPF function each, as the
     /// golden tests check of `lb` (`the_data_plane_program_is_one_bpf_function`):

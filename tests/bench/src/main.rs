@@ -108,11 +108,7 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
     );
     run("flows", flows::TITLE, &mut || flows::section(settings, out));
     run("flood", flood::TITLE, &mut || flood::section(settings));
-    run(
-        "live",
-        "Data plane: live traffic through the lab",
-        &mut || live::section(settings),
-    );
+    run("live", live::TITLE, &mut || live::section(settings));
     run("table", "Control plane: consistent-hash table", &mut || {
         table::section(settings, out)
     });
