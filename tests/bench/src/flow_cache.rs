@@ -11,26 +11,11 @@ use std::{
     ptr::NonNull,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
-use aya::{
-    maps::{MapData, MapInfo},
-    programs::Xdp,
-};
+use anyhow::{Context as _, Result, ensure};
+use aya::programs::Xdp;
 use lb_common::{FlowCacheSlot, map_names};
 
-/// The map `name` among the maps `program` uses.
-pub fn program_map(program: &Xdp, name: &str) -> Result<MapData> {
-    let ids = program
-        .info()?
-        .map_ids()?
-        .context("the kernel lists no maps for the program")?;
-    for id in ids {
-        if MapInfo::from_id(id).is_ok_and(|m| m.name_as_str() == Some(name)) {
-            return MapData::from_id(id).with_context(|| format!("open map {name}"));
-        }
-    }
-    bail!("the program uses no map {name}")
-}
+use crate::maps::program_map;
 
 /// A read-only mapping of the flow cache's slots.
 pub struct FlowCacheView {

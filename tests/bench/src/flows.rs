@@ -238,19 +238,25 @@ fn measure_fixture(
     })
 }
 
-/// Creates the fixture's N flows (untimed): one test run of N SYNs in the
-/// fill order, each of which must be a new flow. The new-flow counter
-/// after it.
-fn fill(dp: &mut Dataplane, f: &Fixture) -> Result<u64> {
-    let before = counter(dp, Counter::NewFlow)?;
+/// The untimed test run that creates the fixture's N flows: N SYNs in the
+/// fill order, forwarded, the prologue run once per repetition.
+pub fn run_fill(program: &Xdp, f: &Fixture) -> Result<()> {
     let frame = f.frame(SYN, FILL_KEY, 0);
-    let (verdict, _, out) = test_run(dp.program_mut(), &frame, f.flows())?;
+    let (verdict, _, out) = test_run(program, &frame, f.flows())?;
     ensure!(verdict == XDP_TX, "{}: fill verdict {verdict}", f.name);
     ensure!(
         visit_next(&out) == Some(f.flows()),
         "{}: the prologue did not run once per repetition",
         f.name
     );
+    Ok(())
+}
+
+/// Creates the fixture's N flows (`run_fill`), each of which must be a new
+/// flow. The new-flow counter after it.
+fn fill(dp: &mut Dataplane, f: &Fixture) -> Result<u64> {
+    let before = counter(dp, Counter::NewFlow)?;
+    run_fill(dp.program_mut(), f)?;
     let after = counter(dp, Counter::NewFlow)?;
     ensure!(
         after - before == u64::from(f.flows()),

@@ -11,7 +11,9 @@
 //! traffic generator: [`generator`]), [`health`] (failure-to-removal time)
 //! and the probe capacity.
 //! Control plane (pure or in-process): [`table`] (hash table build time and
-//! disruption), [`scale`] (1,000 groups x 100 targets).
+//! disruption), [`scale`] (1,000 groups x 100 targets); in a lab,
+//! [`million`] (`lb run` with 1,048,576 live flows: memory, status, sweep,
+//! restart).
 //!
 //! The benchmark's own eBPF programs (`ebpf/`: the MAC-swap baseline,
 //! `lb_new_flow`, `lb_scrambled` and its baseline) are built by `cargo
@@ -28,6 +30,8 @@ pub mod flows;
 pub mod generator;
 pub mod health;
 pub mod live;
+pub mod maps;
+pub mod million;
 pub mod packet;
 pub mod plot;
 pub mod report;

@@ -8,13 +8,13 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::Result;
 use clap::Parser;
 use lb_bench::{
-    Settings, flood, flows, health, live, packet,
+    Settings, flood, flows, health, live, million, packet,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table,
 };
 
-const SECTIONS: [&str; 7] = [
-    "packet", "flows", "flood", "live", "table", "scale", "health",
+const SECTIONS: [&str; 8] = [
+    "packet", "flows", "flood", "live", "table", "scale", "million", "health",
 ];
 
 #[derive(Parser, Debug)]
@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
     /// Only these sections (repeatable): packet, flows, flood, live, table,
-    /// scale, health.
+    /// scale, million, health.
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
     /// Where report.md and the plots go.
@@ -114,6 +114,9 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
     });
     run("scale", &scale::title(settings), &mut || {
         scale::section(settings)
+    });
+    run("million", million::TITLE, &mut || {
+        million::section(settings)
     });
     run("health", "Control plane: health checks", &mut || {
         health::section(settings)
