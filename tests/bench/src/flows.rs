@@ -80,15 +80,26 @@ impl Fixture {
         1 << self.bits
     }
 
-    /// A frame to the `hash` listener with `flags` that carries `visit`
-    /// from position `next` in the order of `key`.
-    fn frame(&self, flags: u8, key: u32, next: u32) -> Vec<u8> {
+    /// A frame to the `hash` listener with `flags` that carries `visit`.
+    fn frame(&self, flags: u8, visit: &Visit) -> Vec<u8> {
         let frame = if self.v6 {
             Frame::tcp("fd00:5::", 0x8000, "fd00:3::49", 80, flags)
         } else {
             Frame::tcp("10.128.0.0", 0x8000, "10.0.3.49", 80, flags)
         };
-        with_visit(frame.build(), &Visit::new(self.bits, key, next))
+        with_visit(frame.build(), visit)
+    }
+
+    /// The visit of all N flows in the order of `key`, from position
+    /// `next`.
+    fn visit(&self, key: u32, next: u32) -> Visit {
+        Visit::new(self.bits, key, next)
+    }
+
+    /// The timed visit of half `half` (0 or 1) of the flows, from position
+    /// `next`.
+    fn half(&self, half: u32, next: u32) -> Visit {
+        Visit::new(self.bits - 1, TIMED_KEY, next).from_flow(half << (self.bits - 1))
     }
 }
 
@@ -97,7 +108,7 @@ impl Fixture {
 pub fn with_visit(mut frame: Vec<u8>, visit: &Visit) -> Vec<u8> {
     assert!(frame.len() <= VISIT_AT, "the headers overlap the visit");
     frame.resize(FRAME_LEN, 0);
-    let words = [visit.next, visit.mask, visit.key, visit.shift];
+    let words = [visit.next, visit.mask, visit.key, visit.shift, visit.first];
     for (i, w) in words.iter().enumerate() {
         frame[VISIT_AT + 4 * i..][..4].copy_from_slice(&w.to_le_bytes());
     }
@@ -241,7 +252,7 @@ fn measure_fixture(
 /// The untimed test run that creates the fixture's N flows: N SYNs in the
 /// fill order, forwarded, the prologue run once per repetition.
 pub fn run_fill(program: &Xdp, f: &Fixture) -> Result<()> {
-    let frame = f.frame(SYN, FILL_KEY, 0);
+    let frame = f.frame(SYN, &f.visit(FILL_KEY, 0));
     let (verdict, _, out) = test_run(program, &frame, f.flows())?;
     ensure!(verdict == XDP_TX, "{}: fill verdict {verdict}", f.name);
     ensure!(
@@ -282,7 +293,7 @@ fn no_new_flows(dp: &Dataplane, f: &Fixture, created: u64) -> Result<()> {
 
 /// The fixture's ACK frame at position `next` of the timed order.
 fn timed_frame(f: &Fixture, next: u32) -> Vec<u8> {
-    f.frame(ACK, TIMED_KEY, next)
+    f.frame(ACK, &f.visit(TIMED_KEY, next))
 }
 
 /// One untimed pair, then `runs` pairs of test runs of `repeat`
@@ -311,30 +322,38 @@ fn timed(
     Ok((l, b))
 }
 
-/// One pass of `program` on each of `cpus` at once, each CPU from its own
-/// position (a share of the flows apart): ns/packet per CPU.
-fn pass(program: &Xdp, f: &Fixture, repeat: u32, cpus: &[usize], next: u32) -> Result<Vec<f64>> {
-    let apart = f.flows() / cpus.len() as u32;
-    cpus::on_cpus(cpus, |k| {
-        let frame = timed_frame(f, next.wrapping_add(k as u32 * apart));
+/// One pass of `program` on each CPU of `on` at once, each visiting its
+/// half of the flows (`(cpu, half)`): ns/packet per CPU.
+fn pass(
+    program: &Xdp,
+    f: &Fixture,
+    repeat: u32,
+    on: &[(usize, u32)],
+    next: u32,
+) -> Result<Vec<f64>> {
+    let cpus: Vec<usize> = on.iter().map(|&(cpu, _)| cpu).collect();
+    cpus::on_cpus(&cpus, |k| {
+        let frame = f.frame(ACK, &f.half(on[k].1, next));
         let (verdict, time, _) = test_run(program, &frame, repeat)?;
         ensure!(verdict == XDP_TX, "{}: verdict {verdict}", f.name);
         Ok(ns(time))
     })
 }
 
-/// `program` on each of `cpus` alone, then on both at once.
+/// `program` on each of `cpus` alone, then on both at once, the first CPU
+/// visiting one half of the flows and the second the other, as RSS gives
+/// each flow to one queue.
 fn alone_and_both(
     program: &Xdp,
     f: &Fixture,
     repeat: u32,
-    cpus: [usize; 2],
+    [a, b]: [usize; 2],
     next: u32,
 ) -> Result<([f64; 2], [f64; 2])> {
-    let a = pass(program, f, repeat, &cpus[..1], next)?[0];
-    let b = pass(program, f, repeat, &cpus[1..], next)?[0];
-    let both = pass(program, f, repeat, &cpus, next)?;
-    Ok(([a, b], [both[0], both[1]]))
+    let alone_a = pass(program, f, repeat, &[(a, 0)], next)?[0];
+    let alone_b = pass(program, f, repeat, &[(b, 1)], next)?[0];
+    let both = pass(program, f, repeat, &[(a, 0), (b, 1)], next)?;
+    Ok(([alone_a, alone_b], [both[0], both[1]]))
 }
 
 /// `runs` rounds of `alone_and_both`, for `lb` then for the baseline.
@@ -430,7 +449,7 @@ fn scaling_table(s: &mut Section, rows: &[Row], cpus: &Result<[usize; 2], String
         }
     };
     s.line(format!(
-        "\nBoth CPUs at once: the same fixtures, a thread pinned to CPU {a} and one to CPU {b} (sched_setaffinity), each running a test run of the same program and maps at the same time, N/2 flows apart in the order; each round runs CPU {a} alone, CPU {b} alone, then both, for `lb` and for the baseline; {} rounds. Ratio = the median over the rounds of the CPUs' mean of (ns/packet with both running) / (ns/packet of that CPU alone in the same round): 1.00 means that sharing the tables costs nothing; the baseline's ratio is what the machine itself adds (two vCPUs of a VM).",
+        "\nBoth CPUs at once: the same fixtures, a thread pinned to CPU {a} and one to CPU {b} (sched_setaffinity), each running a test run of the same program and maps at the same time; CPU {a} visits one half of the N flows and CPU {b} the other (in a scrambled order, as above), as RSS gives each flow to one queue. Each round runs CPU {a} alone on its half, CPU {b} alone on its half, then both at once, for `lb` and for the baseline; {} rounds, of max(N, repeat) repetitions per CPU. Ratio = the median over the rounds of the CPUs' mean of (ns/packet with both running) / (ns/packet of that CPU alone in the same round): 1.00 means that sharing the tables costs nothing; the baseline's ratio is what the machine itself adds (two vCPUs of a VM).",
         rows.iter().find_map(|r| r.scaling.as_ref()).map_or(0, |sc| sc.lb_both.len())
     ));
     let pair = |v: [f64; 2]| format!("{} / {}", fmt_ns(v[0]), fmt_ns(v[1]));
@@ -584,13 +603,32 @@ mod tests {
 
     #[test]
     fn the_frame_carries_its_visit() {
-        let frame = FIXTURES[3].frame(ACK, 7, 5);
+        let f = &FIXTURES[3];
+        let frame = f.frame(ACK, &f.visit(7, 5));
         assert_eq!(frame.len(), FRAME_LEN);
         assert_eq!(visit_next(&frame), Some(5));
-        let words: Vec<u32> = frame[VISIT_AT..]
-            .chunks(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        assert_eq!(words, [5, (1 << 20) - 1, 7, 10]);
+        let words = |frame: &[u8]| -> Vec<u32> {
+            frame[VISIT_AT..]
+                .chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(words(&frame), [5, (1 << 20) - 1, 7, 10, 0]);
+        let second_half = f.frame(ACK, &f.half(1, 3));
+        assert_eq!(words(&second_half)[..2], [3, (1 << 19) - 1]);
+        assert_eq!(words(&second_half)[4], 1 << 19);
+    }
+
+    /// The two halves of the timed visit are the two halves of the flows.
+    #[test]
+    fn each_half_visits_its_own_flows() {
+        let f = &FIXTURES[0];
+        for half in [0, 1] {
+            let v = f.half(half, 0);
+            let mut seen: Vec<u32> = (0..f.flows() / 2).map(|i| flow(i, &v)).collect();
+            seen.sort();
+            let start = half * f.flows() / 2;
+            assert_eq!(seen, (start..start + f.flows() / 2).collect::<Vec<_>>());
+        }
     }
 }

@@ -3,9 +3,10 @@
 //! the benchmark (`lb-bench`) includes this file too, to write the frames'
 //! [`Visit`] and to check that the order is a permutation.
 //!
-//! Repetition `i` of a test run belongs to flow `flow(i mod N)`, where
-//! `flow(x) = mix(mix(x) ^ key)` and `mix` is a bijection of 0..N (multiply
-//! by an odd constant, xor-shift, twice). Two keys give two orders that are
+//! Repetition `i` of a test run belongs to flow `first + flow(i mod N)`,
+//! where `flow(x) = mix(mix(x) ^ key)` and `mix` is a bijection of 0..N
+//! (multiply by an odd constant, xor-shift, twice): a visit covers the N
+//! flows from `first` on. Two keys give two orders that are
 //! not shifts or strides of each other: the flows are filled in one order
 //! and timed in another, so the entries the fill allocated one after the
 //! other are not read one after the other (which a hardware prefetcher
@@ -27,11 +28,14 @@ pub struct Visit {
     pub key: u32,
     /// The xor-shift of `mix`: half the bits of N, rounded up, at least 1.
     pub shift: u32,
+    /// The first flow visited.
+    pub first: u32,
 }
 
 /// Where the frame carries its [`Visit`]: after the headers of the largest
 /// frame the benchmark visits with (IPv6 + TCP, 74 bytes), in the Ethernet
-/// padding beyond the IP packet, which no program reads.
+/// padding beyond the IP packet, which no program reads (the verifier
+/// wants a constant offset).
 pub const VISIT_AT: usize = 80;
 /// The length of a frame with a [`Visit`].
 pub const FRAME_LEN: usize = VISIT_AT + core::mem::size_of::<Visit>();
@@ -52,7 +56,14 @@ impl Visit {
             mask,
             key: key & mask,
             shift: if half == 0 { 1 } else { half },
+            first: 0,
         }
+    }
+
+    /// The same visit of the N flows from `first` on.
+    #[allow(dead_code)]
+    pub const fn from_flow(self, first: u32) -> Visit {
+        Visit { first, ..self }
     }
 }
 
@@ -69,7 +80,7 @@ pub const fn mix(x: u32, v: &Visit) -> u32 {
 /// The flow of position `i`.
 #[inline(always)]
 pub const fn flow(i: u32, v: &Visit) -> u32 {
-    mix(mix(i & v.mask, v) ^ v.key, v)
+    v.first.wrapping_add(mix(mix(i & v.mask, v) ^ v.key, v))
 }
 
 /// Flow `f`'s source: the low 16 bits of its address (`f >> 15`) and its
