@@ -4,26 +4,41 @@
 //! describes the methods and how to read the figures.
 //!
 //! Data plane (BPF_PROG_TEST_RUN, no network needed): [`packet`] (ns/packet
-//! beside a MAC-swap program), [`flood`] (SYN flood against established
-//! flows). Through the lab's namespaces: [`live`] (live frames forwarded by
-//! DSR), [`health`] (failure-to-removal time) and the probe capacity.
+//! beside a MAC-swap program), [`flows`] (established flows at scale, in a
+//! scrambled order, on one CPU and on two at once), [`flood`] (SYN and
+//! spoofed-ACK floods against established flows). Through the lab's
+//! namespaces: [`live`] (live frames forwarded by DSR, and frames from a
+//! traffic generator: [`generator`]), [`health`] (failure-to-removal time)
+//! and the probe capacity.
 //! Control plane (pure or in-process): [`table`] (hash table build time and
-//! disruption), [`scale`] (1,000 groups x 100 targets).
+//! disruption), [`scale`] (1,000 groups x 100 targets); in a lab,
+//! [`million`] (`lb run` with 1,048,576 live flows: memory, status, sweep,
+//! restart).
 //!
-//! The benchmark's own eBPF programs (`ebpf/`: the MAC-swap baseline and
-//! `lb_new_flow`) are built by `cargo xtask bench` and read at run time
-//! ([`Object`]); `lb` is the one `lb` embeds (`lb_user::EBPF_LB`).
+//! The benchmark's own eBPF programs (`ebpf/`: the MAC-swap baseline,
+//! `lb_new_flow`, `lb_scrambled` and its baseline) are built by `cargo
+//! xtask bench` and read at run time ([`Object`]); `lb` is the one `lb`
+//! embeds (`lb_user::EBPF_LB`).
 //!
 //! Adding a fixture: data-plane fixtures are listed in [`packet::fixtures`]
 //! (per algorithm: one listener of [`POLICY`] per algorithm, named in
-//! [`ALGORITHMS`]); the SYN flood runs for each entry of [`ALGORITHMS`] too.
+//! [`ALGORITHMS`]); the floods run for each entry of [`ALGORITHMS`] too.
+pub mod cpus;
 pub mod flood;
+pub mod flow_cache;
+pub mod flows;
+pub mod generator;
 pub mod health;
 pub mod live;
+pub mod maps;
+pub mod million;
 pub mod packet;
 pub mod plot;
 pub mod report;
 pub mod scale;
+// The order and the sources of the scrambled builds, shared with them.
+#[path = "../ebpf/src/scramble.rs"]
+pub mod scramble;
 pub mod stats;
 pub mod table;
 
@@ -143,6 +158,12 @@ impl Object {
     /// `lb`'s pipeline with a new source after each frame (program
     /// `lb_new_flow`).
     pub const LB_NEW_FLOW: &str = "lb-new-flow";
+    /// `lb`'s pipeline behind the prologue that visits N flows in a
+    /// scrambled order (program `lb_scrambled`, see [`scramble`]).
+    pub const LB_SCRAMBLED: &str = "lb-scrambled";
+    /// Its baseline: the same prologue, then the MAC swap (program
+    /// `macswap_scrambled`).
+    pub const MACSWAP_SCRAMBLED: &str = "macswap-scrambled";
 
     pub fn read(name: &str) -> Result<Object> {
         let dir = std::env::var_os("LB_BENCH_EBPF_DIR")
@@ -236,7 +257,7 @@ pub fn load_with(
 
 /// One BPF_PROG_TEST_RUN of `frame` repeated `repeat` times: the verdict,
 /// the kernel's mean time per repetition and the output frame.
-pub fn test_run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u8>)> {
+pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
     let r = program.test_run(TestRunOptions {
         data_in: Some(frame),
@@ -246,6 +267,25 @@ pub fn test_run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Du
     })?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, r.duration, out))
+}
+
+/// `e`'s message, followed by the errno of the system call under it when
+/// one is in its chain of sources, by name and number (`` `bpf_prog_test_run`
+/// failed: EPERM (1): Operation not permitted ``): aya's messages name only
+/// the call.
+pub fn errno_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(code) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            let errno = nix::errno::Errno::from_raw(code);
+            return format!("{e}: {errno:?} ({code}): {}", errno.desc());
+        }
+        source = s.source();
+    }
+    e.to_string()
 }
 
 /// A global counter of `dp`.
@@ -266,12 +306,32 @@ pub const XDP_TX: u32 = 3;
 mod tests {
     use super::*;
 
-    /// `lb_new_flow` is one BPF function, as the golden tests check of `lb`
-    /// (`the_data_plane_program_is_one_bpf_function`): a BPF-to-BPF call
-    /// would cost each of its packets, and its figures would not be `lb`'s.
     #[test]
-    fn the_new_flow_build_is_one_bpf_function() {
-        let object = Object::read(Object::LB_NEW_FLOW).unwrap();
-        lb_tests::harness::assert_one_bpf_function(object.bytes(), "lb_new_flow");
+    fn errors_name_their_errno() {
+        let refused = aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_prog_test_run",
+            io_error: std::io::Error::from_raw_os_error(1),
+        });
+        assert_eq!(
+            errno_text(&refused),
+            "`bpf_prog_test_run` failed: EPERM (1): Operation not permitted"
+        );
+        let plain = std::io::Error::other("no errno");
+        assert_eq!(errno_text(&plain), "no errno");
+    }
+
+    /// `lb_new_flow` and `lb_scrambled` are one BPF function each, as the
+    /// golden tests check of `lb` (`the_data_plane_program_is_one_bpf_function`):
+    /// a BPF-to-BPF call would cost each of their packets, and their
+    /// figures would not be `lb`'s.
+    #[test]
+    fn the_benchmark_builds_of_lb_are_one_bpf_function() {
+        for (object, program) in [
+            (Object::LB_NEW_FLOW, "lb_new_flow"),
+            (Object::LB_SCRAMBLED, "lb_scrambled"),
+        ] {
+            let object = Object::read(object).unwrap();
+            lb_tests::harness::assert_one_bpf_function(object.bytes(), program);
+        }
     }
 }
