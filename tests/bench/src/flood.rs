@@ -1,30 +1,35 @@
 //! Floods against established flows (BPF_PROG_TEST_RUN on the real `lb`
-//! program): for each algorithm of [`ALGORITHMS`] and each kind of flood
-//! (SYNs, or spoofed ACKs: TCP packets without SYN from random sources,
-//! which a miss sends where the group's hash puts them and remembers like
-//! any flow), 2K flows are established (their targets recorded from the
-//! output frames); then M flood packets, more than the flow table holds,
-//! in rounds, after each of which the K live flows send one ACK each (the
-//! K idle ones stay silent). At the end, once every flow-cache slot has
-//! expired, every flow sends one ACK. Per flow: evicted (one of its packets
-//! was a new flow again: its entry had been pushed out of the LRU flow
-//! table) and moved (one of its packets went to another target than its
-//! first).
+//! program, and on the floor: main's design with kernel LRU flow maps and
+//! the flow cache, `floor`): for each design, each algorithm of
+//! [`ALGORITHMS`] and each kind of flood (SYNs, or spoofed ACKs: TCP
+//! packets without SYN from random sources, which a miss sends where the
+//! group's hash puts them and remembers like any flow), 2K flows are
+//! established (their targets recorded from the output frames); then M
+//! flood packets, more than the flow table holds, in rounds, after each of
+//! which the K live flows send one ACK each (the K idle ones stay silent).
+//! At the end, once every flow-cache slot of the floor has expired, every
+//! flow sends one ACK. Per flow: evicted (one of its packets was a new flow
+//! again: its entry had been taken) and moved (one of its packets went to
+//! another target than its first). `lb` also counts what its table did:
+//! entries taken from other flows (`FlowEvicted`) and new flows it could
+//! not remember (`FlowInsertFailed`: both buckets held only established
+//! flows in use).
 //!
 //! For hash groups an evicted flow is hashed again to the same target
 //! while the table is unchanged, so evictions do not move flows; round
 //! robin and least connections place a flow where the hash does not, so
-//! an eviction moves it.
+//! an eviction moves it. `lb`'s table never evicts an established flow in
+//! use, so no live flow may move whatever the algorithm.
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use lb_common::{Counter, FLOW_TOUCH_NS};
+use lb_common::Counter;
 use lb_tests::packets::{Frame, tcp_flags::*};
-use lb_user::dataplane::{Dataplane, LoadOptions};
 
 use crate::{
-    ALGORITHMS, POLICY, Settings, XDP_TX, counter, load_with,
-    report::{Figure, Section},
+    ALGORITHMS, Build, Design, POLICY, Settings, Subject, XDP_TX,
+    floor::common::FLOW_TOUCH_NS,
+    report::{Figure, Section, fmt_count},
     stats::Rng,
     test_run,
 };
@@ -65,11 +70,13 @@ impl Flood {
 /// The sizes of every flood of a run.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
-    /// Flow table entries (IPv4).
+    /// `max_flows` of both designs' tables (the floor: an LRU map of as
+    /// many entries per family; `lb`: twice as many entries).
     pub table: u32,
     /// Live flows, and as many idle ones.
     pub flows: usize,
-    /// Flood packets: four times the table, so the LRU evicts.
+    /// Flood packets: four times the table, so that both designs must
+    /// evict.
     pub packets: usize,
     /// The flood comes in this many rounds, each followed by one packet of
     /// every live flow.
@@ -104,10 +111,15 @@ pub struct Fate {
 }
 
 pub struct Outcome {
+    pub design: Design,
     pub algorithm: &'static str,
     pub flood: Flood,
     pub live: Fate,
     pub idle: Fate,
+    /// `lb`'s `FlowEvicted` and `FlowInsertFailed` over the whole run
+    /// (None for the floor, which has no `FlowEvicted`).
+    pub evicted_entries: Option<u64>,
+    pub insert_failed: u64,
 }
 
 /// One established flow: its ACK, its first target, what happened to it.
@@ -126,14 +138,14 @@ fn dst_mac(frame: &[u8]) -> [u8; 6] {
 
 /// Flows `range` of the clients 10.1.x.y to `port`, each established by
 /// its SYN.
-fn establish(dp: &mut Dataplane, port: u16, range: std::ops::Range<usize>) -> Result<Vec<Flow>> {
+fn establish(s: &mut Subject, port: u16, range: std::ops::Range<usize>) -> Result<Vec<Flow>> {
     let frame = |i: usize, flags| {
         let src = format!("10.1.{}.{}", (i >> 8) & 0xff, i & 0xff);
         Frame::tcp(&src, 10_000 + (i % 50_000) as u16, "10.0.3.49", port, flags).build()
     };
     range
         .map(|i| {
-            let (verdict, _, out) = test_run(dp.program_mut(), &frame(i, SYN), 1)?;
+            let (verdict, _, out) = test_run(s.program_mut(), &frame(i, SYN), 1)?;
             ensure!(verdict == XDP_TX, "flow {i}: verdict {verdict}");
             Ok(Flow {
                 ack: frame(i, ACK),
@@ -147,24 +159,24 @@ fn establish(dp: &mut Dataplane, port: u16, range: std::ops::Range<usize>) -> Re
 
 /// `packets` flood packets with `flags` from random sources in 11.0.0.0/8
 /// and random ports.
-fn flood(dp: &mut Dataplane, rng: &mut Rng, flags: u8, port: u16, packets: usize) -> Result<()> {
+fn flood(s: &mut Subject, rng: &mut Rng, flags: u8, port: u16, packets: usize) -> Result<()> {
     for _ in 0..packets {
         let src = std::net::Ipv4Addr::from(0x0b00_0000 | (rng.next_u32() & 0x00ff_ffff));
         let sport = (rng.next_u32() % 60_000) as u16 + 1024;
         let frame = Frame::tcp(&src.to_string(), sport, "10.0.3.49", port, flags).build();
-        test_run(dp.program_mut(), &frame, 1)?;
+        test_run(s.program_mut(), &frame, 1)?;
     }
     Ok(())
 }
 
 /// One ACK of each of `flows`, noting which were new flows again and which
 /// went to another target.
-fn replay(dp: &mut Dataplane, flows: &mut [Flow]) -> Result<()> {
-    let mut new_flows = counter(dp, Counter::NewFlow)?;
+fn replay(s: &mut Subject, flows: &mut [Flow]) -> Result<()> {
+    let mut new_flows = s.new_flows()?;
     for (i, flow) in flows.iter_mut().enumerate() {
-        let (verdict, _, out) = test_run(dp.program_mut(), &flow.ack, 1)?;
+        let (verdict, _, out) = test_run(s.program_mut(), &flow.ack, 1)?;
         ensure!(verdict == XDP_TX, "replay {i}: verdict {verdict}");
-        let now = counter(dp, Counter::NewFlow)?;
+        let now = s.new_flows()?;
         flow.evicted |= now != new_flows;
         flow.moved |= dst_mac(&out) != flow.target;
         new_flows = now;
@@ -185,63 +197,66 @@ fn fate(flows: &[Flow]) -> Fate {
 pub struct Flooded {
     algorithm: &'static str,
     kind: Flood,
-    dp: Dataplane,
+    subject: Subject,
     live: Vec<Flow>,
     idle: Vec<Flow>,
 }
 
-/// One flood against the flows of `algorithm`'s listener (`port`), its
-/// rounds of live packets included.
+/// One flood against the flows of `algorithm`'s listener (`port`) in a
+/// data plane of `design`, its rounds of live packets included.
 pub fn flood_rounds(
     sizes: &Sizes,
+    design: Design,
     algorithm: &'static str,
     port: u16,
     kind: Flood,
 ) -> Result<Flooded> {
-    let options = LoadOptions {
-        flow_table_size: sizes.table,
-        ..Default::default()
-    };
-    let mut dp = load_with(lb_user::EBPF_LB, "lb", POLICY, &options)?;
-    let mut live = establish(&mut dp, port, 0..sizes.flows)?;
-    let idle = establish(&mut dp, port, sizes.flows..2 * sizes.flows)?;
+    let mut s = design.load(Build::Plain, POLICY, sizes.table)?;
+    let mut live = establish(&mut s, port, 0..sizes.flows)?;
+    let idle = establish(&mut s, port, sizes.flows..2 * sizes.flows)?;
     let mut rng = Rng::new(0x5eed);
     for _ in 0..sizes.rounds {
         let packets = sizes.packets / sizes.rounds;
-        flood(&mut dp, &mut rng, kind.flags(), port, packets)?;
-        replay(&mut dp, &mut live)?;
+        flood(&mut s, &mut rng, kind.flags(), port, packets)?;
+        replay(&mut s, &mut live)?;
     }
     Ok(Flooded {
         algorithm,
         kind,
-        dp,
+        subject: s,
         live,
         idle,
     })
 }
 
-/// The floods of every algorithm of [`ALGORITHMS`], then the last packet
-/// of every flow once the flow cache can no longer answer for a lost
-/// entry: it answers a flow for up to FLOW_TOUCH_NS after its entry was
-/// last refreshed, even if the table lost the entry meanwhile.
+/// The floods of every algorithm of [`ALGORITHMS`] in both designs, then
+/// the last packet of every flow once the floor's flow cache can no longer
+/// answer for a lost entry: it answers a flow for up to FLOW_TOUCH_NS
+/// after its entry was last refreshed, even if the LRU map lost the entry
+/// meanwhile.
 pub fn run(sizes: &Sizes) -> Result<Vec<Outcome>> {
     let mut flooded = Vec::new();
     for kind in Flood::ALL {
         for &(algorithm, port) in ALGORITHMS {
-            flooded.push(flood_rounds(sizes, algorithm, port, kind)?);
+            for design in Design::BOTH {
+                flooded.push(flood_rounds(sizes, design, algorithm, port, kind)?);
+            }
         }
     }
     std::thread::sleep(Duration::from_nanos(FLOW_TOUCH_NS) + Duration::from_millis(100));
     flooded
         .into_iter()
         .map(|mut f| {
-            replay(&mut f.dp, &mut f.live)?;
-            replay(&mut f.dp, &mut f.idle)?;
+            replay(&mut f.subject, &mut f.live)?;
+            replay(&mut f.subject, &mut f.idle)?;
             Ok(Outcome {
+                design: f.subject.design(),
                 algorithm: f.algorithm,
                 flood: f.kind,
                 live: fate(&f.live),
                 idle: fate(&f.idle),
+                evicted_entries: f.subject.counter(Counter::FlowEvicted)?,
+                insert_failed: f.subject.counter(Counter::FlowInsertFailed)?.unwrap_or(0),
             })
         })
         .collect()
@@ -253,9 +268,13 @@ pub fn section(settings: &Settings) -> Result<Section> {
     let sizes = Sizes::new(settings);
     let mut s = Section::new(TITLE);
     s.line(format!(
-        "For each algorithm and each flood: {k} live and {k} idle established TCP flows (one SYN each) in a flow table of {t} entries, then {m} flood packets from random sources (11.0.0.0/8, random ports): SYNs, or spoofed ACKs (TCP without SYN: a miss goes to the group's hash target and is remembered like any flow). The flood comes in {r} rounds; after each, every live flow sends one ACK, the idle ones nothing. Then, once the flow cache can no longer answer for a lost entry (FLOW_TOUCH_NS after the last refresh), every flow sends one ACK. kept = none of its packets was a new flow; evicted = one was (its entry had been pushed out of the LRU table); moved = one went to another target than its first packet. Same program and maps as `lb run`, flow cache on.",
+        "For each design (`lb`: its flow table; the floor: main's kernel LRU flow maps and flow cache), each algorithm and each flood: {k} live and {k} idle established TCP flows (one SYN each) in a data plane with `max_flows` {t} (`lb`: {e} entries; the floor: an LRU map of {t} entries and as many flow-cache slots), then {m} flood packets from random sources (11.0.0.0/8, random ports): SYNs, or spoofed ACKs (TCP without SYN: a miss goes to the group's hash target and is remembered like any flow). The flood comes in {r} rounds; after each, every live flow sends one ACK, the idle ones nothing. Then, once the floor's flow cache can no longer answer for a lost entry (FLOW_TOUCH_NS after the last refresh), every flow sends one ACK. kept = none of its packets was a new flow; evicted = one was (its entry had been taken by another flow); moved = one went to another target than its first packet. `lb`'s own counts over the run: entries it took from other flows (FlowEvicted) and new flows it forwarded without remembering them (FlowInsertFailed: both buckets held only established flows in use). The programs are `lb`'s and the floor's as they run (`lb`, `lru`).",
         k = sizes.flows,
         t = sizes.table,
+        e = fmt_count(
+            u64::from(lb_common::flow_table::buckets_for(sizes.table))
+                * lb_common::flow_table::WAYS as u64
+        ),
         m = sizes.packets,
         r = sizes.rounds,
     ));
@@ -264,12 +283,15 @@ pub fn section(settings: &Settings) -> Result<Section> {
         &[
             "flood",
             "algorithm",
+            "design",
             "live: kept",
             "live: evicted",
             "live: moved",
             "idle: kept",
             "idle: evicted",
             "idle: moved",
+            "FlowEvicted",
+            "FlowInsertFailed",
         ],
         &outcomes.iter().map(table_row).collect::<Vec<_>>(),
     );
@@ -281,52 +303,85 @@ fn table_row(o: &Outcome) -> Vec<String> {
     vec![
         o.flood.name().into(),
         o.algorithm.into(),
+        o.design.name().into(),
         o.live.kept.to_string(),
         o.live.evicted.to_string(),
         o.live.moved.to_string(),
         o.idle.kept.to_string(),
         o.idle.evicted.to_string(),
         o.idle.moved.to_string(),
+        o.evicted_entries
+            .map_or_else(|| "-".into(), |n| n.to_string()),
+        o.insert_failed.to_string(),
     ]
 }
 
-/// The summary's figures: per flood, the moves of the hash-placed
-/// algorithms against the goal of none, and those of the others.
+/// The summary's figures, per flood: `lb`'s live flows (none may be
+/// evicted or moved, whatever the algorithm) beside the floor's; the
+/// moves of the hash-placed algorithms against the goal of none; the
+/// idle flows of the others.
 fn figures(s: &mut Section, sizes: &Sizes, outcomes: &[Outcome]) {
+    let of = |kind, design, name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.flood == kind && o.design == design && o.algorithm == name)
+    };
     for kind in Flood::ALL {
+        let what = format!(
+            "{} ({} {}, max_flows {})",
+            kind.name(),
+            sizes.packets,
+            kind.packets(),
+            sizes.table
+        );
+        let sum = |design, f: fn(&Outcome) -> usize| -> usize {
+            outcomes
+                .iter()
+                .filter(|o| o.flood == kind && o.design == design)
+                .map(f)
+                .sum()
+        };
+        let runs = outcomes
+            .iter()
+            .filter(|o| o.flood == kind && o.design == Design::Lb)
+            .count();
+        let (moved, evicted) = (
+            sum(Design::Lb, |o| o.live.moved),
+            sum(Design::Lb, |o| o.live.evicted),
+        );
+        s.figures.push(Figure::goal(
+            format!("{what}: live flows evicted / moved, lb, every algorithm"),
+            format!(
+                "{evicted} / {moved} of {runs} x {} (floor: {} / {}; lb FlowEvicted {}, FlowInsertFailed {})",
+                sizes.flows,
+                sum(Design::Floor, |o| o.live.evicted),
+                sum(Design::Floor, |o| o.live.moved),
+                sum(Design::Lb, |o| o.evicted_entries.unwrap_or(0) as usize),
+                sum(Design::Lb, |o| o.insert_failed as usize),
+            ),
+            "0 / 0",
+            moved == 0 && evicted == 0,
+        ));
         // A miss goes to the consistent-hash target: where hash and
         // source_ip flows live, but not where round robin or least
-        // connections put them (README "Flow lifecycle"), so only the first
-        // two can promise no moves.
+        // connections put them (README "Flow lifecycle"), so only the
+        // first two can promise no moves of idle flows.
         for pair in [["hash", "source_ip"], ["round_robin", "least_connections"]] {
-            let of = |name| {
-                outcomes
-                    .iter()
-                    .find(|o| o.flood == kind && o.algorithm == name)
-            };
-            let (Some(a), Some(b)) = (of(pair[0]), of(pair[1])) else {
+            let (Some(a), Some(b)) = (of(kind, Design::Lb, pair[0]), of(kind, Design::Lb, pair[1]))
+            else {
                 continue;
             };
-            let name = format!(
-                "{} ({} {}, table {}): established flows moved, {} / {}",
-                kind.name(),
-                sizes.packets,
-                kind.packets(),
-                sizes.table,
-                pair[0],
-                pair[1]
-            );
+            let floor = |name| of(kind, Design::Floor, name).map_or(0, |o| o.idle.moved);
+            let name = format!("{what}: idle flows moved, lb, {} / {}", pair[0], pair[1]);
             let value = format!(
-                "live {} / {}, idle {} / {} of {} each (evicted: live {} / {}, idle {} / {})",
-                a.live.moved,
-                b.live.moved,
+                "{} / {} of {} each (evicted {} / {}; floor moved {} / {})",
                 a.idle.moved,
                 b.idle.moved,
                 sizes.flows,
-                a.live.evicted,
-                b.live.evicted,
                 a.idle.evicted,
-                b.idle.evicted
+                b.idle.evicted,
+                floor(pair[0]),
+                floor(pair[1]),
             );
             let moved = a.live.moved + b.live.moved + a.idle.moved + b.idle.moved;
             s.figures.push(if pair[0] == "hash" {

@@ -1,9 +1,9 @@
-//! The flow cache of a loaded data plane (`FLOW_CACHE`), read through a
-//! memory mapping: how often its slots were written. A writer moves a
+//! The flow cache of the floor (`FLOW_CACHE`, main's design: see
+//! `floor`), read through a memory mapping: how often its slots were written. A writer moves a
 //! slot's sequence from even to odd and on to the next even value, so the
 //! sequences' growth over a test run, halved, is the number of writes; the
 //! data plane writes a flow's slot after every packet that was not answered
-//! by the cache and went to the flow table (`lb-ebpf/src/pipeline/cache.rs`),
+//! by the cache and went to the flow table (`ebpf/src/lru/cache.rs`),
 //! so for packets that are neither SYN, FIN nor RST, writes are the cache's
 //! misses.
 use std::{
@@ -12,10 +12,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use aya::programs::Xdp;
-use lb_common::{FlowCacheSlot, map_names};
+use aya::maps::MapData;
 
-use crate::maps::program_map;
+use crate::floor::common::FlowCacheSlot;
 
 /// A read-only mapping of the flow cache's slots.
 pub struct FlowCacheView {
@@ -24,11 +23,9 @@ pub struct FlowCacheView {
 }
 
 impl FlowCacheView {
-    /// The flow cache of `program` (`slots` of them: the data plane's
-    /// `flow_cache_slots`).
-    pub fn of(program: &Xdp, slots: u32) -> Result<FlowCacheView> {
+    /// The flow cache `map` of `slots` slots (`Floor::flow_cache`).
+    pub fn of(map: &MapData, slots: u32) -> Result<FlowCacheView> {
         ensure!(slots > 0, "the flow cache is off");
-        let map = program_map(program, map_names::FLOW_CACHE)?;
         let len = slots as usize * size_of::<FlowCacheSlot>();
         // SAFETY: a new shared, read-only mapping of an mmap-able array of
         // `slots` values of 64 bytes (the values of such an array start
