@@ -472,12 +472,10 @@ mod tests {
             );
             let mut words = [0; 8];
             let mut seen = [0; 8];
-            for i in 0..WAYS {
-                words[i] = a.words[i];
-                words[WAYS + i] = b.words[i];
-                seen[i] = a.seen[i];
-                seen[WAYS + i] = b.seen[i];
-            }
+            words[..WAYS].copy_from_slice(&a.words);
+            words[WAYS..].copy_from_slice(&b.words);
+            seen[..WAYS].copy_from_slice(&a.seen);
+            seen[WAYS..].copy_from_slice(&b.seen);
             (words, seen)
         }
 

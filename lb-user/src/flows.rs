@@ -58,7 +58,7 @@ pub struct Rules {
     by_listener: HashMap<u16, Timeouts>,
     /// For entries whose listener is gone or was renumbered: the longest
     /// timeouts of any group, so that no entry ends early (the data plane
-    /// re-selects such flows anyway, and the LRU evicts what is left).
+    /// re-selects such flows anyway, and new flows evict what is left).
     fallback: Timeouts,
     /// `Config::time_offset_ns` of the plan.
     pub time_offset_ns: u64,

@@ -1081,7 +1081,8 @@ fn words(h: &Harness, slots: &[(u32, usize)]) -> Vec<u64> {
 fn a_new_flow_takes_the_entry_least_worth_keeping() {
     let established = flags::COUNTED | flags::AGAIN;
     // (what, flags of the eight entries, idle seconds of each, which is taken)
-    let cases: [(&str, [u8; 8], [u32; 8], Option<usize>); 4] = [
+    type Case = (&'static str, [u8; 8], [u32; 8], Option<usize>);
+    let cases: [Case; 4] = [
         (
             "a flow seen once",
             [

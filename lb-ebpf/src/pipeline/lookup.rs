@@ -1,10 +1,11 @@
-//! Flow -> listener: a bitmap of listener ports first (most traffic that is
-//! not ours stops there), then the listener itself, from the flow-table
-//! entry's hint when it still holds, else by (VIP, protocol, port) hash lookup.
+//! Flow -> listener: a filter of the listeners' (VIP, protocol, port) keys
+//! first (traffic that is not ours stops there, whatever its port), then
+//! the listener itself, from the flow-table entry's hint when it still
+//! holds, else by (VIP, protocol, port) hash lookup.
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{Counter, FlowKey, ListenerInfo, ListenerKey};
 
-use super::{LISTENER_PORTS, LISTENERS, LISTENERS_BY_ID, counters::count};
+use super::{LISTENER_FILTER, LISTENERS, LISTENERS_BY_ID, counters::count};
 
 #[inline(always)]
 fn not_ours() -> u32 {
@@ -12,11 +13,12 @@ fn not_ours() -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// XDP_PASS unless some listener uses the flow's (protocol, destination port).
+/// XDP_PASS unless the flow's (VIP, protocol, port) may be a listener's
+/// (its bit in the filter is set).
 #[inline(always)]
-pub fn listener_port(flow: &FlowKey) -> Result<(), u32> {
-    let ports = LISTENER_PORTS.get(0).ok_or_else(not_ours)?;
-    if ports.contains(flow.proto, flow.dst_port_be) {
+pub fn listener_filter(flow: &FlowKey) -> Result<(), u32> {
+    let filter = LISTENER_FILTER.get(0).ok_or_else(not_ours)?;
+    if filter.contains(flow.family, &flow.dst_be, flow.proto, flow.dst_port_be) {
         Ok(())
     } else {
         Err(not_ours())

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BPF_F_MMAPABLE, Config, Counter, DEFAULT_STICKY_TABLE_SIZE, FlowKey, GROUP_TABLE_FLAGS,
-    GroupInfo, GroupName, GroupTableElement, ListenerInfo, ListenerKey, ListenerPorts,
+    GroupInfo, GroupName, GroupTableElement, ListenerFilter, ListenerInfo, ListenerKey,
     ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState,
     TargetInfo, TargetRecord, flow_table::Bucket,
 };
@@ -38,9 +38,10 @@ use lb_common::{
 pub(crate) static LISTENERS: HashMap<ListenerKey, ListenerInfo, { MAX_LISTENERS as usize }> =
     HashMap::new();
 
-/// Which (protocol, port) pairs have a listener: checked before `LISTENERS`.
+/// Which (VIP, protocol, port) keys may be a listener's: checked before
+/// anything else (`lb_common::ListenerFilter`).
 #[btf_map]
-pub(crate) static LISTENER_PORTS: Array<ListenerPorts, 1> = Array::new();
+pub(crate) static LISTENER_FILTER: Array<ListenerFilter, 1> = Array::new();
 
 /// Listener id -> its (VIP, protocol, port) and group: confirms the listener
 /// a flow-table entry names without a hash lookup.
@@ -122,9 +123,10 @@ static GROUP_NAMES: Array<GroupName, { MAX_GROUPS as usize }> = Array::new();
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let mut flow = FlowKey::default();
     let tcp_flags = parse::flow(ctx, &mut flow)?;
-    // Traffic for no listener port stops here, before the flow table: the
-    // host's own packets never pay a read of its buckets.
-    lookup::listener_port(&flow)?;
+    // Traffic for no listener stops here, before the flow table: the
+    // host's own packets never pay a read of its buckets, whatever their
+    // port.
+    lookup::listener_filter(&flow)?;
     // Element 0 of an array map always exists; read once per packet (the
     // flow table's settings, the clock offset, the source MAC).
     let Some(config) = CONFIG.get(0) else {

@@ -184,7 +184,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &instance,
         &LoadOptions {
             flow_table_size: policy.max_flows(),
-            ..Default::default()
         },
     )?;
     timer.lap("load");

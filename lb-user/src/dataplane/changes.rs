@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    GroupInfo, GroupName, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS,
+    GroupInfo, GroupName, ListenerFilter, ListenerInfo, ListenerKey, ListenerSlot, MAX_GROUPS,
     MAX_TARGETS, TargetInfo, TargetRecord, record_state,
 };
 
@@ -76,27 +76,24 @@ pub struct Changes {
     pub targets: Vec<(u32, TargetInfo)>,
     pub group_infos: Vec<(u32, GroupInfo)>,
     pub tables: Vec<(u32, GroupTable)>,
-    /// The port filter while old and new listeners may both be in the map.
-    pub ports_during: Option<ListenerPorts>,
+    /// The listener filter while old and new listeners may both be in the map.
+    pub filter_during: Option<ListenerFilter>,
     pub listener_slots: Vec<(u32, ListenerSlot)>,
     pub listeners_written: Vec<(ListenerKey, ListenerInfo)>,
     pub listeners_removed: Vec<ListenerKey>,
-    /// The port filter of the new listeners alone.
-    pub ports_after: Option<ListenerPorts>,
+    /// The listener filter of the new listeners alone.
+    pub filter_after: Option<ListenerFilter>,
     /// Listener ids no listener has any more: slot cleared.
     pub listener_ids_gone: Vec<u32>,
     /// Listener ids whose statistics start again: gone, or now another
     /// listener's.
     pub listener_stats_reset: Vec<u32>,
-    /// The listeners changed: the flow cache's slots, which name a listener
-    /// and its group unchecked, are invalidated.
-    pub listeners_changed: bool,
     /// Target ids no target of the plan has: entries zeroed.
     pub targets_gone: Vec<u32>,
     /// Group ids no group of the plan has: table removed, settings cleared.
     pub groups_gone: Vec<u32>,
     /// Target ids released by the registry: records freed, statistics
-    /// zeroed, flow cache invalidated.
+    /// zeroed.
     pub targets_released: Vec<u32>,
     /// Group ids released by the registry: names freed, round-robin
     /// positions zeroed.
@@ -220,13 +217,13 @@ impl Changes {
         let new: HashMap<ListenerKey, ListenerInfo> =
             plan.listeners.iter().map(|l| (l.key, l.info)).collect();
         let old = &held.listeners;
-        let old_ports = ports(old.keys());
-        let new_ports = ports(new.keys());
-        let both = ports(old.keys().chain(new.keys()));
+        let old_filter = filter(old.keys());
+        let new_filter = filter(new.keys());
+        let both = filter(old.keys().chain(new.keys()));
         // When the targets are unknown the filter is too: write it.
         let unknown = held.targets.is_none();
-        if unknown || both != old_ports {
-            self.ports_during = Some(both);
+        if unknown || both != old_filter {
+            self.filter_during = Some(both);
         }
         let old_slots = slots(old);
         let new_slots = slots(&new);
@@ -250,8 +247,8 @@ impl Changes {
             .collect();
         self.listeners_removed
             .sort_unstable_by_key(|k| old[k].listener_id);
-        if new_ports != both || (unknown && self.ports_during != Some(new_ports)) {
-            self.ports_after = Some(new_ports);
+        if new_filter != both || (unknown && self.filter_during != Some(new_filter)) {
+            self.filter_after = Some(new_filter);
         }
         let mut gone: BTreeSet<u32> = old_slots
             .keys()
@@ -270,7 +267,6 @@ impl Changes {
         );
         self.listener_ids_gone = gone.into_iter().collect();
         self.listener_stats_reset = reset.into_iter().collect();
-        self.listeners_changed = unknown || *old != new;
     }
 }
 
@@ -294,13 +290,13 @@ fn slots(listeners: &HashMap<ListenerKey, ListenerInfo>) -> HashMap<u32, Listene
         .collect()
 }
 
-/// The port filter that lets the packets of `listeners` through.
-pub fn ports<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> ListenerPorts {
-    let mut ports = ListenerPorts::EMPTY;
+/// The listener filter that lets the packets of `listeners` through.
+pub fn filter<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> ListenerFilter {
+    let mut filter = ListenerFilter::EMPTY;
     for key in listeners {
-        ports.insert(key.proto, key.port_be);
+        filter.insert(key);
     }
-    ports
+    filter
 }
 
 #[cfg(test)]
@@ -371,8 +367,7 @@ mod tests {
         assert_eq!((c.group_infos.len(), c.tables.len()), (2, 2));
         assert_eq!(c.listeners_written.len(), 2);
         assert_eq!(c.listener_slots.len(), 2);
-        assert!(c.ports_during.is_some() && c.ports_after.is_none());
-        assert!(c.listeners_changed);
+        assert!(c.filter_during.is_some() && c.filter_after.is_none());
         assert!(c.targets_gone.is_empty() && c.groups_gone.is_empty());
         assert!(c.listeners_removed.is_empty() && c.listener_ids_gone.is_empty());
         assert_eq!(c.listener_stats_reset, [1, 2], "fresh ids");
@@ -421,8 +416,8 @@ mod tests {
             c.tables.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             [web]
         );
-        assert!(!c.listeners_changed && c.listeners_written.is_empty());
-        assert!(c.ports_during.is_none() && c.ports_after.is_none());
+        assert!(c.listeners_written.is_empty());
+        assert!(c.filter_during.is_none() && c.filter_after.is_none());
         assert!(c.targets_released.is_empty(), "retired, not released");
 
         // Released by a sweep: its record is freed, nothing else changes.
@@ -469,14 +464,19 @@ mod tests {
         );
         assert_eq!(c.listener_stats_reset, [2], "which starts counting from 0");
         assert_eq!(c.listener_slots.len(), 1, "the new listener's slot");
-        assert!(c.listeners_changed);
         let during = c
-            .ports_during
+            .filter_during
             .expect("81 and 82 while both may be in the map");
-        assert!(during.contains(lb_common::PROTO_TCP, 81u16.to_be()));
-        assert!(during.contains(lb_common::PROTO_TCP, 82u16.to_be()));
-        let after_ports = c.ports_after.expect("81 goes");
-        assert!(!after_ports.contains(lb_common::PROTO_TCP, 81u16.to_be()));
+        let key = |port: u16| {
+            let mut key = after.listeners[0].key;
+            key.port_be = port.to_be();
+            key
+        };
+        assert!(during.has(&key(81)));
+        assert!(during.has(&key(82)));
+        let after_filter = c.filter_after.expect("81 goes");
+        assert!(!after_filter.has(&key(81)));
+        assert!(after_filter.has(&key(82)));
     }
 
     #[test]
@@ -501,7 +501,7 @@ mod tests {
             c.target_records.is_empty(),
             "the records were read, not guessed"
         );
-        assert!(c.listeners_written.is_empty() && c.listeners_changed);
-        assert!(c.ports_during.is_some());
+        assert!(c.listeners_written.is_empty());
+        assert!(c.filter_during.is_some());
     }
 }

@@ -45,7 +45,7 @@ use aya::{
 };
 use lb_common::{
     Config, GROUP_TABLE_FLAGS, GroupInfo, GroupName, GroupTableElement, LAYOUT_VERSION,
-    ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, Stats, TargetInfo, TargetRecord,
+    ListenerFilter, ListenerInfo, ListenerKey, ListenerSlot, Stats, TargetInfo, TargetRecord,
     map_names as names, record_state,
 };
 
@@ -742,13 +742,13 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Listeners: the port filter widened to the old and new ones, slots
+    /// Listeners: the listener filter widened to the old and new ones, slots
     /// by id (a slot holds its key before the key is added), keys added or
     /// changed, keys removed, the filter narrowed, slots of ids no listener
     /// has cleared and their statistics zeroed.
     fn write_listeners(&mut self, c: &Changes) -> Result<(), DataplaneError> {
-        if let Some(ports) = &c.ports_during {
-            self.set_listener_ports(ports)?;
+        if let Some(filter) = &c.filter_during {
+            self.set_listener_filter(filter)?;
         }
         let (ids, slots) = unzip(&c.listener_slots);
         self.update_batch(names::LISTENERS_BY_ID, &ids, &slots)?;
@@ -762,8 +762,8 @@ impl Dataplane {
         for key in &c.listeners_removed {
             maps::removed(listeners.remove(key)).map_err(map_err(names::LISTENERS))?;
         }
-        if let Some(ports) = &c.ports_after {
-            self.set_listener_ports(ports)?;
+        if let Some(filter) = &c.filter_after {
+            self.set_listener_filter(filter)?;
         }
         self.update_batch(
             names::LISTENERS_BY_ID,
@@ -852,9 +852,10 @@ impl Dataplane {
         sys::update_batch(map.fd().as_fd(), keys, values).map_err(io_err(name))
     }
 
-    fn set_listener_ports(&mut self, ports: &ListenerPorts) -> Result<(), DataplaneError> {
-        let mut map: Array<_, ListenerPorts> = self.open_mut(names::LISTENER_PORTS)?;
-        map.set(0, ports, 0).map_err(map_err(names::LISTENER_PORTS))
+    fn set_listener_filter(&mut self, filter: &ListenerFilter) -> Result<(), DataplaneError> {
+        let mut map: Array<_, ListenerFilter> = self.open_mut(names::LISTENER_FILTER)?;
+        map.set(0, filter, 0)
+            .map_err(map_err(names::LISTENER_FILTER))
     }
 }
 

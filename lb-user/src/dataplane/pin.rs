@@ -14,7 +14,7 @@
 //!
 //! A pinned data plane is adopted only when every map it pins has the kind,
 //! key, value and flags of this build's maps (sizes too, but for the flow
-//! tables and the flow cache, which keep the size they were made with) and
+//! table, which keeps the size it was made with) and
 //! its `Config::layout` is this build's [`lb_common::LAYOUT_VERSION`].
 use std::{
     fs, io,

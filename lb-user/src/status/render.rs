@@ -328,7 +328,7 @@ mod tests {
         let text = render(&report, None);
         assert!(
             text.contains(
-                "flow table: 3 entries of 1024 per address family, last sweep 0.2 ms; flow cache 1024 slots"
+                "flow table: 3 entries, sized for 1024 flows (512 buckets), last sweep 0.2 ms"
             ),
             "{text}"
         );
@@ -437,7 +437,7 @@ mod tests {
              data plane pinned in /sys/fs/bpf/lb/eth0 (made by this lb)\n\
              health probes come from 10.0.3.2\n\
              counters: xdp_tx=2\n\
-             flow table: 3 entries of 1024 per address family, last sweep 0.2 ms; flow cache 1024 slots\n\
+             flow table: 3 entries, sized for 1024 flows (512 buckets), last sweep 0.2 ms\n\
              \n\
              LISTENER  VIP           PROTO  TARGET GROUP  PACKETS  BYTES  NEW FLOWS\n\
              web       [fd00::1]:80  tcp    web           2        120    1\n\
