@@ -13,8 +13,10 @@
 //! floor has its own flow maps, sized as main's loader sized them for the
 //! same `max_flows` (each LRU map `max_flows` entries, the flow cache
 //! `max_flows` slots rounded up to a power of two, at most 4 Mi), its own
-//! counters, and its own `CONFIG`, written here from `lb`'s with the flow
-//! cache's fields where `lb` now keeps the flow table's.
+//! counters, its own `CONFIG`, written here from `lb`'s with the flow
+//! cache's fields where `lb` now keeps the flow table's, and its own
+//! `LISTENER_PORTS` (main's bitmap of listener ports, where `lb` now has a
+//! filter of listener keys), written here from the listeners `lb` holds.
 use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
@@ -37,16 +39,16 @@ pub mod common;
 
 use common::floor_map_names;
 
-// SAFETY: repr(C), Copy, no implicit padding (64 bytes, asserted in the
-// file).
+// SAFETY: repr(C), Copy, no implicit padding (sizes asserted in the file).
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for common::Config {}
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for common::ListenerPorts {}
 
 /// `lb`'s maps the floor uses as they are: the policy and the state the
 /// pipeline keeps beside flows.
-const SHARED: [&str; 10] = [
+const SHARED: [&str; 9] = [
     names::LISTENERS,
-    names::LISTENER_PORTS,
     names::LISTENERS_BY_ID,
     names::GROUPS,
     names::GROUP_TABLES,
@@ -129,6 +131,11 @@ impl Floor {
                 .context("the floor has no CONFIG")?,
         )?;
         config.set(0, floor_config(&lb_config, cache_slots), 0)?;
+        let mut ports: Array<_, common::ListenerPorts> = Array::try_from(
+            ebpf.map_mut(floor_map_names::LISTENER_PORTS)
+                .context("the floor has no LISTENER_PORTS")?,
+        )?;
+        ports.set(0, listener_ports(&policy)?, 0)?;
         Ok(Floor {
             _policy: policy,
             ebpf,
@@ -224,6 +231,16 @@ fn ensure_shared(ebpf: &Ebpf, pins: &Path) -> Result<()> {
         ensure!(ours == pinned, "the floor's {name} is not lb's");
     }
     Ok(())
+}
+
+/// main's bitmap of the ports of the listeners `lb` holds.
+fn listener_ports(lb: &Dataplane) -> Result<common::ListenerPorts> {
+    let plan = lb.applied().context("lb holds no plan")?;
+    let mut ports = common::ListenerPorts::EMPTY;
+    for l in &plan.listeners {
+        ports.insert(l.key.proto, l.key.port_be);
+    }
+    Ok(ports)
 }
 
 /// `lb`'s `CONFIG` as its loader wrote it.

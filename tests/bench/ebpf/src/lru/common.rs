@@ -4,9 +4,10 @@
 //! re-exported unchanged (listeners, groups, tables, targets, hashes: the
 //! policy maps have the same layout in both designs); what the flow table
 //! removed or changed is copied here as it was: the flow maps' key and
-//! value, the flow cache's slot and its hash, `Config` (same size and
-//! offsets, the flow cache's fields where the flow table's are now) and
-//! `Counter` (ten counters: no `FlowEvicted`).
+//! value, the flow cache's slot and its hash, the listener port bitmap
+//! (`ListenerPorts`: lb now has a filter of listener keys in its place),
+//! `Config` (same size and offsets, the flow cache's fields where the flow
+//! table's are now) and `Counter` (ten counters: no `FlowEvicted`).
 //!
 //! Benchmark-only code: do not fix or improve it, it is the floor `lb`'s
 //! flow table is measured against. The benchmark (`lb-bench`) includes this
@@ -151,6 +152,47 @@ pub const fn flow_cache_slot(key: &FlowKey, seed: u64, mask: u32) -> u32 {
     (h >> 32) as u32 & mask
 }
 
+/// First stage of the listener lookup (array of one element): one bit per
+/// (protocol, destination port) that some listener uses. A packet whose bit is
+/// clear is not addressed to a listener, which settles most traffic that is
+/// not ours without a hash lookup. It may hold more bits than listeners (the
+/// loader sets bits before it adds listeners and clears them after it removes
+/// them), never fewer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerPorts {
+    /// Bit [`ListenerPorts::bit`] of the 2 x 65536.
+    pub words: [u64; 2048],
+}
+
+impl ListenerPorts {
+    pub const EMPTY: ListenerPorts = ListenerPorts { words: [0; 2048] };
+
+    /// The bit of (protocol, port): UDP ports after the TCP ones; the port is
+    /// taken as stored (`port_be`, wire order), so the data plane never swaps.
+    #[inline(always)]
+    pub const fn bit(proto: u8, port_be: u16) -> usize {
+        (((proto == PROTO_UDP) as usize) << 16) | port_be as usize
+    }
+
+    #[inline(always)]
+    pub const fn contains(&self, proto: u8, port_be: u16) -> bool {
+        let bit = Self::bit(proto, port_be);
+        self.words[bit >> 6] & (1 << (bit & 63)) != 0
+    }
+
+    pub fn insert(&mut self, proto: u8, port_be: u16) {
+        let bit = Self::bit(proto, port_be);
+        self.words[bit >> 6] |= 1 << (bit & 63);
+    }
+}
+
+impl Default for ListenerPorts {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
 /// Global settings (array of one element).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -255,6 +297,7 @@ impl Counter {
 
 /// Names of the maps only the floor has.
 pub mod floor_map_names {
+    pub const LISTENER_PORTS: &str = "LISTENER_PORTS";
     pub const FLOWS_V4: &str = "FLOWS_V4";
     pub const FLOWS_V6: &str = "FLOWS_V6";
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
@@ -264,6 +307,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKeyV4>() == 16);
     assert!(core::mem::size_of::<FlowState>() == 24);
     assert!(core::mem::size_of::<FlowCacheSlot>() == 64);
+    assert!(core::mem::size_of::<ListenerPorts>() == 16384);
     // The same size as lb's `Config`: one CONFIG layout for both designs.
     assert!(core::mem::size_of::<Config>() == core::mem::size_of::<lb_common::Config>());
     assert!(core::mem::size_of::<Config>() == 64);
