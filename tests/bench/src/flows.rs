@@ -139,7 +139,7 @@ pub struct Row {
     /// `lb`'s flow table after the fill.
     pub table: TableFill,
     /// New flows among the timed packets (flows the table did not keep at
-    /// the fill): `lb`, the floor (always 0, checked).
+    /// the fill): `lb`, the floor.
     pub misses: [u64; 2],
     /// The share of the floor's timed packets its flow cache answered.
     pub cache_hits: f64,
@@ -363,12 +363,12 @@ fn fill(s: &mut Subject, f: &Fixture) -> Result<u64> {
 
 /// New flows among the `packets` timed packets since the fill (the
 /// new-flow counter was `created`, the hit counter `hits`): every packet
-/// was a hit or a new flow. The floor's LRU map of N entries must have
-/// kept all N flows (else the section fails rather than time misses);
-/// `lb`'s table may lose a few flows at the fill (a later flow of the fill
-/// takes the entry of one seen once: `FlowEvicted`, or one goes
-/// unremembered: `FlowInsertFailed`; reported), whose next packets are new
-/// flows again.
+/// was a hit or a new flow. Both designs may lose a few flows at the fill,
+/// whose next packets are new flows again (reported): `lb`'s table when a
+/// later flow of the fill takes the entry of one seen once (`FlowEvicted`)
+/// or one goes unremembered (`FlowInsertFailed`); the floor's kernel LRU
+/// map, which evicts before it is full (its free entries are spread over
+/// per-CPU lists).
 fn timed_misses(s: &Subject, f: &Fixture, created: u64, hits: u64, packets: u64) -> Result<u64> {
     let new = s.new_flows()? - created;
     let hits = hit_count(s)? - hits;
@@ -378,13 +378,6 @@ fn timed_misses(s: &Subject, f: &Fixture, created: u64, hits: u64, packets: u64)
         f.name,
         s.design().name()
     );
-    if s.design() == Design::Floor {
-        ensure!(
-            new == 0,
-            "{} (floor): {new} new flows among established ones: the LRU map lost flows",
-            f.name
-        );
-    }
     Ok(new)
 }
 
@@ -501,7 +494,7 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
     let rows = measure(settings, &cpus)?;
     let mut s = Section::new(TITLE);
     s.line(format!(
-        "N established TCP flows to the `hash` listener, each timed packet of another flow than the last, in a scrambled order that covers all N in every run: `lb_scrambled` (`lb`'s flow table) and `lru_scrambled` (the floor: main's kernel LRU flow maps and flow cache, frozen in tests/bench/ebpf/src/lru/), whose prologue gives repetition i of a test run the source of flow scramble(i mod N) (docs/bench.md), beside `macswap_scrambled`, the same prologue and a MAC swap. Both designs get a table for 1,048,576 flows (`max_flows`, the default: `lb` 524,288 buckets of 4 entries; the floor an LRU map of 1,048,576 entries per family and as many flow-cache slots). The N flows are created first (untimed: one test run of N SYNs, in another order), then {} rounds of max(N, {}) repetitions (ACKs), `lb`, the floor and the baseline interleaved, after one untimed round; ratios = the median over the rounds of the ratio within each round; gain = floor / `lb`. Checked: each fill made N new flows (the new-flow counter); in the timed runs every packet was a flow hit or a new flow, the floor's all hits; `lb`'s new flows there are flows its table did not keep at the fill, shown: evicted (FlowEvicted: a later flow of the fill found both its buckets full and took the entry of a flow seen once) or never remembered (FlowInsertFailed). `lb`'s table after the fill: entries in use and buckets by entries. The floor's flow cache: the share of its timed packets the cache answered (1 - slot writes / packets).",
+        "N established TCP flows to the `hash` listener, each timed packet of another flow than the last, in a scrambled order that covers all N in every run: `lb_scrambled` (`lb`'s flow table) and `lru_scrambled` (the floor: main's kernel LRU flow maps and flow cache, frozen in tests/bench/ebpf/src/lru/), whose prologue gives repetition i of a test run the source of flow scramble(i mod N) (docs/bench.md), beside `macswap_scrambled`, the same prologue and a MAC swap. Both designs get a table for 1,048,576 flows (`max_flows`, the default: `lb` 524,288 buckets of 4 entries; the floor an LRU map of 1,048,576 entries per family and as many flow-cache slots). The N flows are created first (untimed: one test run of N SYNs, in another order), then {} rounds of max(N, {}) repetitions (ACKs), `lb`, the floor and the baseline interleaved, after one untimed round; ratios = the median over the rounds of the ratio within each round; gain = floor / `lb`. Checked: each fill made N new flows (the new-flow counter); in the timed runs every packet was a flow hit or a new flow. New flows there are flows a table did not keep at the fill, shown: `lb`'s evicted (FlowEvicted: a later flow of the fill found both its buckets full and took the entry of a flow seen once) or never remembered (FlowInsertFailed); the floor's evicted by its kernel LRU map, which evicts before it is full (its free entries are spread over per-CPU lists). `lb`'s table after the fill: entries in use and buckets by entries. The floor's flow cache: the share of its timed packets the cache answered (1 - slot writes / packets).",
         settings.runs, settings.repeat
     ));
     s.table(
@@ -524,6 +517,7 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
             "lb: buckets with 0 / 1 / 2 / 3 / 4 entries",
             "lb: unremembered at the fill / evicted",
             "lb: timed new flows",
+            "floor: timed new flows",
             "floor: flow cache answered",
         ],
         &rows.iter().map(table_detail_row).collect::<Vec<_>>(),
@@ -575,6 +569,7 @@ fn table_detail_row(r: &Row) -> Vec<String> {
         per_bucket.join(" / "),
         format!("{} / {}", fmt_count(t.unremembered), fmt_count(t.evicted)),
         fmt_count(r.misses[0]),
+        fmt_count(r.misses[1]),
         percent(r.cache_hits),
     ]
 }
