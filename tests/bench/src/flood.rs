@@ -321,11 +321,6 @@ fn table_row(o: &Outcome) -> Vec<String> {
 /// moves of the hash-placed algorithms against the goal of none; the
 /// idle flows of the others.
 fn figures(s: &mut Section, sizes: &Sizes, outcomes: &[Outcome]) {
-    let of = |kind, design, name: &str| {
-        outcomes
-            .iter()
-            .find(|o| o.flood == kind && o.design == design && o.algorithm == name)
-    };
     for kind in Flood::ALL {
         let what = format!(
             "{} ({} {}, max_flows {})",
@@ -334,61 +329,79 @@ fn figures(s: &mut Section, sizes: &Sizes, outcomes: &[Outcome]) {
             kind.packets(),
             sizes.table
         );
-        let sum = |design, f: fn(&Outcome) -> usize| -> usize {
-            outcomes
-                .iter()
-                .filter(|o| o.flood == kind && o.design == design)
-                .map(f)
-                .sum()
-        };
-        let runs = outcomes
-            .iter()
-            .filter(|o| o.flood == kind && o.design == Design::Lb)
-            .count();
-        let (moved, evicted) = (
-            sum(Design::Lb, |o| o.live.moved),
-            sum(Design::Lb, |o| o.live.evicted),
-        );
-        s.figures.push(Figure::goal(
-            format!("{what}: live flows evicted / moved, lb, every algorithm"),
-            format!(
-                "{evicted} / {moved} of {runs} x {} (floor: {} / {}; lb FlowEvicted {}, FlowInsertFailed {})",
-                sizes.flows,
-                sum(Design::Floor, |o| o.live.evicted),
-                sum(Design::Floor, |o| o.live.moved),
-                sum(Design::Lb, |o| o.evicted_entries.unwrap_or(0) as usize),
-                sum(Design::Lb, |o| o.insert_failed as usize),
-            ),
-            "0 / 0",
-            moved == 0 && evicted == 0,
-        ));
+        let of_kind: Vec<&Outcome> = outcomes.iter().filter(|o| o.flood == kind).collect();
+        s.figures.push(live_figure(&what, sizes, &of_kind));
         // A miss goes to the consistent-hash target: where hash and
         // source_ip flows live, but not where round robin or least
         // connections put them (README "Flow lifecycle"), so only the
         // first two can promise no moves of idle flows.
         for pair in [["hash", "source_ip"], ["round_robin", "least_connections"]] {
-            let (Some(a), Some(b)) = (of(kind, Design::Lb, pair[0]), of(kind, Design::Lb, pair[1]))
-            else {
-                continue;
-            };
-            let floor = |name| of(kind, Design::Floor, name).map_or(0, |o| o.idle.moved);
-            let name = format!("{what}: idle flows moved, lb, {} / {}", pair[0], pair[1]);
-            let value = format!(
-                "{} / {} of {} each (evicted {} / {}; floor moved {} / {})",
-                a.idle.moved,
-                b.idle.moved,
-                sizes.flows,
-                a.idle.evicted,
-                b.idle.evicted,
-                floor(pair[0]),
-                floor(pair[1]),
-            );
-            let moved = a.live.moved + b.live.moved + a.idle.moved + b.idle.moved;
-            s.figures.push(if pair[0] == "hash" {
-                Figure::goal(name, value, "0 moved", moved == 0)
-            } else {
-                Figure::info(name, value)
-            });
+            s.figures.extend(idle_figure(&what, sizes, &of_kind, pair));
         }
     }
+}
+
+/// The live flows of every algorithm, `lb` against the goal of none
+/// evicted or moved, the floor beside it (`outcomes` of one flood).
+fn live_figure(what: &str, sizes: &Sizes, outcomes: &[&Outcome]) -> Figure {
+    let sum = |design, f: fn(&Outcome) -> usize| -> usize {
+        outcomes
+            .iter()
+            .filter(|o| o.design == design)
+            .map(|o| f(o))
+            .sum()
+    };
+    let runs = outcomes.iter().filter(|o| o.design == Design::Lb).count();
+    let (moved, evicted) = (
+        sum(Design::Lb, |o| o.live.moved),
+        sum(Design::Lb, |o| o.live.evicted),
+    );
+    Figure::goal(
+        format!("{what}: live flows evicted / moved, lb, every algorithm"),
+        format!(
+            "{evicted} / {moved} of {runs} x {} (floor: {} / {}; lb FlowEvicted {}, FlowInsertFailed {})",
+            sizes.flows,
+            sum(Design::Floor, |o| o.live.evicted),
+            sum(Design::Floor, |o| o.live.moved),
+            sum(Design::Lb, |o| o.evicted_entries.unwrap_or(0) as usize),
+            sum(Design::Lb, |o| o.insert_failed as usize),
+        ),
+        "0 / 0",
+        moved == 0 && evicted == 0,
+    )
+}
+
+/// The idle flows of the two algorithms of `pair` (`outcomes` of one
+/// flood): moves of `lb`'s against the goal of none for hash and
+/// source_ip, the floor's beside them.
+fn idle_figure(
+    what: &str,
+    sizes: &Sizes,
+    outcomes: &[&Outcome],
+    pair: [&str; 2],
+) -> Option<Figure> {
+    let of = |design, name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.design == design && o.algorithm == name)
+    };
+    let (a, b) = (of(Design::Lb, pair[0])?, of(Design::Lb, pair[1])?);
+    let floor = |name| of(Design::Floor, name).map_or(0, |o| o.idle.moved);
+    let name = format!("{what}: idle flows moved, lb, {} / {}", pair[0], pair[1]);
+    let value = format!(
+        "{} / {} of {} each (evicted {} / {}; floor moved {} / {})",
+        a.idle.moved,
+        b.idle.moved,
+        sizes.flows,
+        a.idle.evicted,
+        b.idle.evicted,
+        floor(pair[0]),
+        floor(pair[1]),
+    );
+    let moved = a.live.moved + b.live.moved + a.idle.moved + b.idle.moved;
+    Some(if pair[0] == "hash" {
+        Figure::goal(name, value, "0 moved", moved == 0)
+    } else {
+        Figure::info(name, value)
+    })
 }

@@ -280,3 +280,60 @@ fn seed() -> u64 {
         Err(_) => 0x9e37_79b9_7f4a_7c15,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// main's loader: one slot per entry, a power of two, at most 4 Mi.
+    #[test]
+    fn the_flow_cache_is_sized_as_main_sized_it() {
+        assert_eq!(cache_slots(1 << 20), 1 << 20);
+        assert_eq!(cache_slots(16_384), 16_384);
+        assert_eq!(cache_slots(100_000), 131_072);
+        assert_eq!(cache_slots(1), 2);
+        assert_eq!(cache_slots(u32::MAX), 1 << 22);
+    }
+
+    /// The bytes of the floor's `CONFIG` are lb's but for the flow cache's
+    /// fields (where lb keeps the flow table's) and the layout version: the
+    /// two `Config`s share their layout, so the floor reads lb's policy
+    /// fields where lb wrote them.
+    #[test]
+    fn the_floor_config_is_lbs_with_the_cache_fields() {
+        let lb = lb_common::Config {
+            src_mac: [2, 0, 0, 0, 0, 9],
+            time_offset_ns: 7,
+            ns_per_tick: 4_000_000,
+            flow_table_mask: 0xffff,
+            flow_table_seed: 0x1234,
+            layout: lb_common::LAYOUT_VERSION,
+            instance: 99,
+            ..Default::default()
+        };
+        let floor = floor_config(&lb, 1 << 20);
+        let bytes = |p: *const u8| {
+            // SAFETY: both Configs are 64 bytes of plain integers (asserted
+            // in common.rs), read whole.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::slice::from_raw_parts(p, 64).to_vec()
+            }
+        };
+        let (lb_bytes, floor_bytes) = (
+            bytes((&lb as *const lb_common::Config).cast()),
+            bytes((&floor as *const common::Config).cast()),
+        );
+        let cache = std::mem::offset_of!(common::Config, flow_cache_mask);
+        let layout = std::mem::offset_of!(common::Config, layout);
+        assert_eq!(
+            cache,
+            std::mem::offset_of!(lb_common::Config, flow_table_mask)
+        );
+        assert_eq!(lb_bytes[..cache], floor_bytes[..cache]);
+        assert_eq!(lb_bytes[layout + 8..], floor_bytes[layout + 8..]);
+        assert_eq!(floor.flow_cache_mask, (1 << 20) - 1);
+        assert_eq!(floor.flow_cache_gen, 0);
+        assert_eq!(floor.layout, 1);
+    }
+}
