@@ -1254,20 +1254,9 @@ target_groups:
 #[test]
 fn two_cpus_inserting_one_flow_agree_on_its_target() {
     const FLOWS: usize = 20_000;
-    let mut h = Harness::with_options(
-        ROUND_ROBIN,
-        &lb_user::dataplane::LoadOptions {
-            flow_table_size: 65_536,
-        },
-    );
-    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&c| allowed.is_set(c).unwrap_or(false))
-        .collect();
-    if cpus.len() < 2 {
-        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+    let Some((mut h, cpus)) = racing(65_536) else {
         return;
-    }
+    };
     let syn = |i: usize| {
         Frame::tcp(
             &format!("10.7.{}.{}", i / 250, i % 250 + 1),
@@ -1288,9 +1277,7 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
             .map(|t| {
                 let (reached, cpu) = (&reached, cpus[t]);
                 scope.spawn(move || {
-                    let mut set = nix::sched::CpuSet::new();
-                    set.set(cpu).unwrap();
-                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+                    pin_to(cpu);
                     let mut out = Vec::with_capacity(FLOWS);
                     for i in 0..FLOWS {
                         reached[t].store(i as u32 + 1, Ordering::SeqCst);
@@ -1301,17 +1288,7 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
                             );
                             std::hint::spin_loop();
                         }
-                        let input = syn(i);
-                        let mut data = vec![0u8; input.len() + 256];
-                        let r = program
-                            .test_run(TestRunOptions {
-                                data_in: Some(&input),
-                                data_out: Some(&mut data),
-                                ..Default::default()
-                            })
-                            .expect("BPF_PROG_TEST_RUN");
-                        assert_eq!(r.return_value, XDP_TX);
-                        out.push(data[..6].try_into().unwrap());
+                        out.push(transmitted_to(program, &syn(i)));
                     }
                     out
                 })
@@ -1330,6 +1307,162 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
     assert_eq!(entries.len(), FLOWS, "one entry per flow");
     let counted: i64 = h.plan.targets.iter().map(|t| h.dp.active_flows(t.id)).sum();
     assert_eq!(counted, FLOWS as i64, "each flow counted once");
+}
+
+/// One CPU sends the packets of established flows while the other floods
+/// the same small table with new flows (one-packet SYNs, and flows that end
+/// with a RST): every packet of an established flow goes to the target its
+/// first packet went to (a reader never meets a torn or foreign entry, and
+/// no flow in use is evicted), evictions happen, and at the end the active
+/// counts equal the counted entries exactly (the data plane saw every
+/// eviction, on both CPUs).
+#[test]
+fn established_flows_hold_while_another_cpu_floods_the_table() {
+    const LIVE: u16 = 1200;
+    const FLOOD: u32 = 60_000;
+    let Some((mut h, cpus)) = racing(1024) else {
+        return;
+    };
+    let live = |p: u16, f: u8| Frame::tcp("10.0.5.1", 20000 + p, "10.0.3.49", 80, f).build();
+    // SYN, then an ACK: established (AGAIN), protected while it sends. The
+    // live flows fill most of the table, so that the flood often finds
+    // both its buckets full of them.
+    let mut targets = Vec::new();
+    for p in 0..LIVE {
+        h.run(&live(p, SYN));
+        let (_, out) = h.run(&live(p, ACK));
+        let key = lb_tests::model::parse(&live(p, ACK)).unwrap().0;
+        if h.dp.flow_entry(&key).unwrap().is_some() {
+            targets.push((p, <[u8; 6]>::try_from(&out[..6]).unwrap()));
+        }
+    }
+    assert!(
+        targets.len() > LIVE as usize * 9 / 10,
+        "{} live flows",
+        targets.len()
+    );
+    let program: &aya::programs::Xdp = h.dp.program_mut();
+    let run = |frame: &[u8]| transmitted_to(program, frame);
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let done_rounds = AtomicU32::new(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let (moved, rounds) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            pin_to(cpus[0]);
+            let (mut moved, mut rounds) = (Vec::new(), 0u32);
+            while flooding.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                for &(p, mac) in &targets {
+                    if run(&live(p, ACK | PSH)) != mac {
+                        moved.push(p);
+                    }
+                }
+                rounds += 1;
+                done_rounds.store(rounds, Ordering::SeqCst);
+            }
+            (moved, rounds)
+        });
+        pin_to(cpus[1]);
+        // The whole flood, and on until the reader has gone over the live
+        // flows a few times meanwhile (bounded by the deadline).
+        for i in 0u32.. {
+            if i >= FLOOD
+                && (done_rounds.load(Ordering::SeqCst) >= 3 || std::time::Instant::now() > deadline)
+            {
+                break;
+            }
+            let i = i % (4 * FLOOD);
+            let src = format!("10.{}.{}.{}", 6 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+            let port = 1024 + (i % 7) as u16;
+            let flags = if i.is_multiple_of(5) { RST } else { SYN };
+            run(&Frame::tcp(&src, port, "10.0.3.49", 80, flags).build());
+        }
+        flooding.store(false, Ordering::SeqCst);
+        reader.join().unwrap()
+    });
+    assert!(
+        rounds >= 3,
+        "the reader ran {rounds} rounds during the flood"
+    );
+    let moved: std::collections::BTreeSet<u16> = moved.into_iter().collect();
+    assert!(
+        moved.is_empty(),
+        "{} established flows moved, e.g. {:?}",
+        moved.len(),
+        moved.iter().take(10).collect::<Vec<_>>()
+    );
+    let counters = h.dp.counters().unwrap();
+    let evicted = counters
+        .iter()
+        .find(|(c, _)| *c == Counter::FlowEvicted)
+        .map_or(0, |(_, v)| *v);
+    let unremembered = counters
+        .iter()
+        .find(|(c, _)| *c == Counter::FlowInsertFailed)
+        .map_or(0, |(_, v)| *v);
+    assert!(evicted > 0, "the flood evicted nothing: {counters:?}");
+    assert!(
+        unremembered > 0,
+        "the flood never met buckets full of flows in use: {counters:?}"
+    );
+    let entries = h.dp.flow_entries().unwrap();
+    let mut counted: BTreeMap<u32, i64> = BTreeMap::new();
+    for e in &entries {
+        if e.word.flags() & flags::COUNTED != 0 {
+            *counted.entry(e.word.target_id()).or_default() += 1;
+        }
+    }
+    for t in &h.plan.targets {
+        assert_eq!(
+            h.dp.active_flows(t.id),
+            counted.get(&t.id).copied().unwrap_or(0),
+            "target {} counts its counted entries exactly",
+            t.id
+        );
+    }
+}
+
+/// A round-robin data plane with a table for `flows`, and two CPUs to race
+/// on; None (the test skipped) if the process may use one CPU only.
+fn racing(flows: u32) -> Option<(Harness, [usize; 2])> {
+    let Some(cpus) = two_cpus() else {
+        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+        return None;
+    };
+    let options = lb_user::dataplane::LoadOptions {
+        flow_table_size: flows,
+    };
+    Some((Harness::with_options(ROUND_ROBIN, &options), cpus))
+}
+
+/// Runs `frame` through `program` (from any thread): the destination MAC
+/// of the frame it transmits.
+fn transmitted_to(program: &aya::programs::Xdp, frame: &[u8]) -> [u8; 6] {
+    let mut data = vec![0u8; frame.len() + 256];
+    let r = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(r.return_value, XDP_TX);
+    data[..6].try_into().unwrap()
+}
+
+/// Two CPUs this process may run on, if it may use two.
+fn two_cpus() -> Option<[usize; 2]> {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    (cpus.len() >= 2).then(|| [cpus[0], cpus[1]])
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
 }
 
 /// The data plane and the loader (flow sweeper, `lb status`) tell time by

@@ -224,10 +224,50 @@ fn new_flow(
     let (id, info) = choose_for(flow, tcp_flags, listener, group, now).map_err(|()| no_target())?;
     let entry_flags = new_flags(tcp_flags);
     let word = Word::new(probe.tag(), id, entry_flags).0;
-    const NONE: usize = 2 * lb_common::flow_table::WAYS;
+    let (mine, adopt) = remember(probe, word, seen_word, listener.listener_id as u16, now);
+    if adopt != NO_ENTRY {
+        probe.remove(mine);
+        let theirs = probe.entry_at(adopt);
+        if let Some(info) = usable(theirs.target_id(), listener.group_id) {
+            count(Counter::FlowHit);
+            return Ok(Selected {
+                id: theirs.target_id(),
+                info,
+                new_flow: false,
+            });
+        }
+    }
+    if mine == NO_ENTRY {
+        count(Counter::FlowInsertFailed);
+    }
+    count(Counter::NewFlow);
+    Ok(Selected {
+        id,
+        info,
+        new_flow: true,
+    })
+}
+
+/// A candidate index that names no entry.
+const NO_ENTRY: usize = 2 * lb_common::flow_table::WAYS;
+
+/// Puts a new flow's `word` in the table and commits it (`flows`), counted
+/// if its flags say so. Returns the candidate this CPU's entry is in (or
+/// [`NO_ENTRY`]: the flow goes unremembered) and the candidate whose target
+/// the packet takes instead ([`NO_ENTRY`] if none): another CPU's entry for
+/// the flow, made since this CPU read `seen_word` (the flow's own entry, if
+/// it had one).
+#[inline(always)]
+fn remember(
+    probe: &mut Probe,
+    word: u64,
+    seen_word: u64,
+    listener_id: u16,
+    now: u64,
+) -> (usize, usize) {
     // This CPU's entry for the flow once put; the entry whose target the
     // packet takes instead (another CPU's for the flow), if any.
-    let (mut mine, mut adopt) = (NONE, NONE);
+    let (mut mine, mut adopt) = (NO_ENTRY, NO_ENTRY);
     let mut commits = probe.commits();
     let mut tries = 0;
     while tries < 3 {
@@ -238,27 +278,22 @@ fn new_flow(
             // (Not the flow's own entry as this CPU read it, which it
             // may have uncounted since.)
             let counted = Word::new(0, 0, flags::COUNTED).0;
-            if mine != NONE || (probe.entry_at(first).word ^ seen_word) & !counted != 0 {
+            if mine != NO_ENTRY || (probe.entry_at(first).word ^ seen_word) & !counted != 0 {
                 adopt = first;
                 break;
             }
         }
-        if mine == NONE {
+        if mine == NO_ENTRY {
             if tries > 1 {
                 // The entry changed under the first put and no other CPU
                 // has put the flow: it goes unremembered.
                 break;
             }
-            match probe.put(
-                probe.position(),
-                word,
-                listener.listener_id as u16,
-                time_units(now),
-            ) {
+            match probe.put(probe.position(), word, listener_id, time_units(now)) {
                 Put::At(i) => {
                     mine = i;
-                    if entry_flags & flags::COUNTED != 0 {
-                        active_add(id, 1);
+                    if Word(word).flags() & flags::COUNTED != 0 {
+                        active_add(Word(word).target_id(), 1);
                     }
                 }
                 Put::Full => break,
@@ -275,27 +310,7 @@ fn new_flow(
         }
         commits = probe.commits();
     }
-    if adopt != NONE {
-        probe.remove(mine);
-        let theirs = probe.entry_at(adopt);
-        if let Some(info) = usable(theirs.target_id(), listener.group_id) {
-            count(Counter::FlowHit);
-            return Ok(Selected {
-                id: theirs.target_id(),
-                info,
-                new_flow: false,
-            });
-        }
-    }
-    if mine == NONE {
-        count(Counter::FlowInsertFailed);
-    }
-    count(Counter::NewFlow);
-    Ok(Selected {
-        id,
-        info,
-        new_flow: true,
-    })
+    (mine, adopt)
 }
 
 /// A new flow's target and its data.
