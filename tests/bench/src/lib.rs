@@ -4,26 +4,48 @@
 //! describes the methods and how to read the figures.
 //!
 //! Data plane (BPF_PROG_TEST_RUN, no network needed): [`packet`] (ns/packet
-//! beside a MAC-swap program), [`flood`] (SYN flood against established
-//! flows). Through the lab's namespaces: [`live`] (live frames forwarded by
-//! DSR), [`health`] (failure-to-removal time) and the probe capacity.
+//! beside a MAC-swap program), [`flows`] (established flows at scale, in a
+//! scrambled order, on one CPU and on two at once), [`flood`] (SYN and
+//! spoofed-ACK floods against established flows). Through the lab's
+//! namespaces: [`live`] (live frames forwarded by DSR, and frames from a
+//! traffic generator: [`generator`]), [`health`] (failure-to-removal time)
+//! and the probe capacity.
 //! Control plane (pure or in-process): [`table`] (hash table build time and
-//! disruption), [`scale`] (1,000 groups x 100 targets).
+//! disruption), [`scale`] (1,000 groups x 100 targets); in a lab,
+//! [`million`] (`lb run` with 1,048,576 live flows: memory, status, sweep,
+//! restart).
 //!
-//! The benchmark's own eBPF programs (`ebpf/`: the MAC-swap baseline and
-//! `lb_new_flow`) are built by `cargo xtask bench` and read at run time
-//! ([`Object`]); `lb` is the one `lb` embeds (`lb_user::EBPF_LB`).
+//! The benchmark's own eBPF programs (`ebpf/`: the MAC-swap baseline,
+//! `lb_new_flow`, `lb_scrambled` and its baseline, and the frozen floor's
+//! `lru`, `lru_new_flow`, `lru_scrambled`) are built by `cargo xtask bench`
+//! and read at run time ([`Object`]); `lb` is the one `lb` embeds
+//! (`lb_user::EBPF_LB`).
+//!
+//! The floor ([`floor`]): every data-plane figure of `lb` (its own flow
+//! table) is measured beside main's design before it (kernel LRU flow maps
+//! and the flow cache, frozen in `ebpf/src/lru/`), with the same policy and
+//! fixtures, in the same run ([`Design`], [`Subject`]).
 //!
 //! Adding a fixture: data-plane fixtures are listed in [`packet::fixtures`]
 //! (per algorithm: one listener of [`POLICY`] per algorithm, named in
-//! [`ALGORITHMS`]); the SYN flood runs for each entry of [`ALGORITHMS`] too.
+//! [`ALGORITHMS`]); the floods run for each entry of [`ALGORITHMS`] too.
+pub mod cpus;
 pub mod flood;
+pub mod floor;
+pub mod flow_cache;
+pub mod flows;
+pub mod generator;
 pub mod health;
 pub mod live;
+pub mod maps;
+pub mod million;
 pub mod packet;
 pub mod plot;
 pub mod report;
 pub mod scale;
+// The order and the sources of the scrambled builds, shared with them.
+#[path = "../ebpf/src/scramble.rs"]
+pub mod scramble;
 pub mod stats;
 pub mod table;
 
@@ -143,6 +165,18 @@ impl Object {
     /// `lb`'s pipeline with a new source after each frame (program
     /// `lb_new_flow`).
     pub const LB_NEW_FLOW: &str = "lb-new-flow";
+    /// `lb`'s pipeline behind the prologue that visits N flows in a
+    /// scrambled order (program `lb_scrambled`, see [`scramble`]).
+    pub const LB_SCRAMBLED: &str = "lb-scrambled";
+    /// Its baseline: the same prologue, then the MAC swap (program
+    /// `macswap_scrambled`).
+    pub const MACSWAP_SCRAMBLED: &str = "macswap-scrambled";
+    /// The frozen floor ([`floor`]): main's `lb` (program `lru`), its
+    /// new-flow build (`lru_new_flow`) and its scrambled build
+    /// (`lru_scrambled`).
+    pub const LRU: &str = "lru";
+    pub const LRU_NEW_FLOW: &str = "lru-new-flow";
+    pub const LRU_SCRAMBLED: &str = "lru-scrambled";
 
     pub fn read(name: &str) -> Result<Object> {
         let dir = std::env::var_os("LB_BENCH_EBPF_DIR")
@@ -182,31 +216,118 @@ pub fn macswap(baseline: &mut aya::Ebpf) -> &mut Xdp {
         .expect("macswap is an XDP program")
 }
 
-/// Loads `program` of `object` with a flow table of `flow_table_size` and
-/// applies `yaml` (every target's MAC known, no health checks).
+/// The two designs every data-plane figure compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Design {
+    /// `lb`: its own flow table (`lb_common::flow_table`).
+    Lb,
+    /// The floor: main's kernel LRU flow maps and flow cache ([`floor`]).
+    Floor,
+}
+
+/// Which build of a design's pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// As `lb run` runs it.
+    Plain,
+    /// A new source after every repetition (`new_flow.rs`).
+    NewFlow,
+    /// Behind the prologue that visits N flows in a scrambled order
+    /// (`visit.rs`).
+    Scrambled,
+}
+
+impl Design {
+    pub const BOTH: [Design; 2] = [Design::Lb, Design::Floor];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Design::Lb => "lb",
+            Design::Floor => "floor",
+        }
+    }
+
+    /// Loads `build` of this design with a flow table for `max_flows` and
+    /// the policy `yaml`.
+    pub fn load(self, build: Build, yaml: &str, max_flows: u32) -> Result<Subject> {
+        Ok(match (self, build) {
+            (Design::Lb, Build::Plain) => {
+                Subject::Lb(load(lb_user::EBPF_LB, "lb", yaml, max_flows)?)
+            }
+            (Design::Lb, Build::NewFlow) => Subject::Lb(load(
+                Object::read(Object::LB_NEW_FLOW)?.bytes(),
+                "lb_new_flow",
+                yaml,
+                max_flows,
+            )?),
+            (Design::Lb, Build::Scrambled) => Subject::Lb(load(
+                Object::read(Object::LB_SCRAMBLED)?.bytes(),
+                "lb_scrambled",
+                yaml,
+                max_flows,
+            )?),
+            (Design::Floor, build) => {
+                let (object, program) = match build {
+                    Build::Plain => (Object::LRU, "lru"),
+                    Build::NewFlow => (Object::LRU_NEW_FLOW, "lru_new_flow"),
+                    Build::Scrambled => (Object::LRU_SCRAMBLED, "lru_scrambled"),
+                };
+                let object = Object::read(object)?;
+                Subject::Floor(floor::Floor::load(
+                    object.bytes(),
+                    program,
+                    yaml,
+                    max_flows,
+                )?)
+            }
+        })
+    }
+}
+
+/// A loaded data plane of either design.
+pub enum Subject {
+    Lb(Dataplane),
+    Floor(floor::Floor),
+}
+
+impl Subject {
+    pub fn design(&self) -> Design {
+        match self {
+            Subject::Lb(_) => Design::Lb,
+            Subject::Floor(_) => Design::Floor,
+        }
+    }
+
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        match self {
+            Subject::Lb(dp) => dp.program_mut(),
+            Subject::Floor(f) => f.program_mut(),
+        }
+    }
+
+    /// A global counter; None if this design has no such counter (the
+    /// floor has no `FlowEvicted`: its LRU maps evict silently).
+    pub fn counter(&self, which: Counter) -> Result<Option<u64>> {
+        match self {
+            Subject::Lb(dp) => counter(dp, which).map(Some),
+            Subject::Floor(f) => f.counter(which.name()),
+        }
+    }
+
+    /// The new flows counted (both designs count them).
+    pub fn new_flows(&self) -> Result<u64> {
+        self.counter(Counter::NewFlow)?
+            .context("no new_flow counter")
+    }
+}
+
+/// Loads `program` of `object` with a flow table for `flow_table_size`
+/// flows and applies `yaml` (every target's MAC known, no health checks).
 pub fn load(
     object: &[u8],
     program: &'static str,
     yaml: &str,
     flow_table_size: u32,
-) -> Result<Dataplane> {
-    load_with(
-        object,
-        program,
-        yaml,
-        &LoadOptions {
-            flow_table_size,
-            ..Default::default()
-        },
-    )
-}
-
-/// As [`load`], with all the load options.
-pub fn load_with(
-    object: &[u8],
-    program: &'static str,
-    yaml: &str,
-    options: &LoadOptions,
 ) -> Result<Dataplane> {
     let policy = policy::parse("bench.yaml", yaml)?;
     let neighbors = policy
@@ -229,14 +350,14 @@ pub fn load_with(
         ..Default::default()
     };
     let plan = policy::compile::compile(&policy, &observed)?;
-    let mut dp = Dataplane::load_object(object, program, options)?;
+    let mut dp = Dataplane::load_object(object, program, &LoadOptions { flow_table_size })?;
     dp.apply(&plan)?;
     Ok(dp)
 }
 
 /// One BPF_PROG_TEST_RUN of `frame` repeated `repeat` times: the verdict,
 /// the kernel's mean time per repetition and the output frame.
-pub fn test_run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u8>)> {
+pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
     let r = program.test_run(TestRunOptions {
         data_in: Some(frame),
@@ -246,6 +367,25 @@ pub fn test_run(program: &mut Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Du
     })?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, r.duration, out))
+}
+
+/// `e`'s message, followed by the errno of the system call under it when
+/// one is in its chain of sources, by name and number (`` `bpf_prog_test_run`
+/// failed: EPERM (1): Operation not permitted ``): aya's messages name only
+/// the call.
+pub fn errno_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(code) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            let errno = nix::errno::Errno::from_raw(code);
+            return format!("{e}: {errno:?} ({code}): {}", errno.desc());
+        }
+        source = s.source();
+    }
+    e.to_string()
 }
 
 /// A global counter of `dp`.
@@ -266,12 +406,36 @@ pub const XDP_TX: u32 = 3;
 mod tests {
     use super::*;
 
-    /// `lb_new_flow` is one BPF function, as the golden tests check of `lb`
-    /// (`the_data_plane_program_is_one_bpf_function`): a BPF-to-BPF call
-    /// would cost each of its packets, and its figures would not be `lb`'s.
     #[test]
-    fn the_new_flow_build_is_one_bpf_function() {
-        let object = Object::read(Object::LB_NEW_FLOW).unwrap();
-        lb_tests::harness::assert_one_bpf_function(object.bytes(), "lb_new_flow");
+    fn errors_name_their_errno() {
+        let refused = aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_prog_test_run",
+            io_error: std::io::Error::from_raw_os_error(1),
+        });
+        assert_eq!(
+            errno_text(&refused),
+            "`bpf_prog_test_run` failed: EPERM (1): Operation not permitted"
+        );
+        let plain = std::io::Error::other("no errno");
+        assert_eq!(errno_text(&plain), "no errno");
+    }
+
+    /// `lb_new_flow` and `lb_scrambled`, and the floor's three programs,
+    /// are one BPF function each, as the golden tests check of `lb`
+    /// (`the_data_plane_program_is_one_bpf_function`): a BPF-to-BPF call
+    /// would cost each of their packets, and their figures would not be
+    /// those of the design they stand for.
+    #[test]
+    fn the_benchmark_builds_are_one_bpf_function() {
+        for (object, program) in [
+            (Object::LB_NEW_FLOW, "lb_new_flow"),
+            (Object::LB_SCRAMBLED, "lb_scrambled"),
+            (Object::LRU, "lru"),
+            (Object::LRU_NEW_FLOW, "lru_new_flow"),
+            (Object::LRU_SCRAMBLED, "lru_scrambled"),
+        ] {
+            let object = Object::read(object).unwrap();
+            lb_tests::harness::assert_one_bpf_function(object.bytes(), program);
+        }
     }
 }

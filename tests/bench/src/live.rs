@@ -23,11 +23,13 @@ use lb_common::Counter;
 use lb_tests::{
     Lab, LabOptions, Node,
     packets::Frame,
-    topo::{TARGETS, TargetSpec},
+    topo::{CLIENT_MAC, LB_MAC, TARGETS, TargetSpec, fmt_mac},
 };
 
 use crate::{
-    POLICY, Settings, XDP_TX, counter, load, load_macswap, macswap,
+    POLICY, Settings, XDP_TX, counter, errno_text,
+    generator::{self, Generated},
+    load, load_macswap, macswap,
     report::{Figure, Section, fmt_rate},
     stats::{median, paired_ratio},
     test_run,
@@ -47,7 +49,8 @@ fn rx_packets(lab: &Lab, node: Node) -> Result<u64> {
         .ok_or_else(|| anyhow!("no rx packets in {out}"))
 }
 
-fn ifindex(lab: &Lab, node: Node) -> Result<u32> {
+/// The index of `node`'s `eth0`.
+pub fn ifindex(lab: &Lab, node: Node) -> Result<u32> {
     let out = lab.exec(node, &["ip", "-j", "link", "show", "eth0"])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     v[0]["ifindex"]
@@ -58,7 +61,7 @@ fn ifindex(lab: &Lab, node: Node) -> Result<u32> {
 
 /// Waits until `node`'s receive counter stops moving (100 ms without
 /// change, at most 5 s); its last value.
-fn settled_rx(lab: &Lab, node: Node) -> Result<u64> {
+pub fn settled_rx(lab: &Lab, node: Node) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut last = rx_packets(lab, node)?;
     loop {
@@ -90,7 +93,12 @@ fn inject(lab: &Lab, program: &mut Xdp, frame: &[u8], ifindex: u32, repeat: u32)
                 attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
                 ..Default::default()
             })
-            .map_err(|e| anyhow!("live frames test run: {e}"))?;
+            .map_err(|e| {
+                anyhow!(
+                    "BPF_PROG_TEST_RUN with live frames (BPF_F_TEST_XDP_LIVE_FRAMES) refused: {}",
+                    errno_text(&e)
+                )
+            })?;
         Ok(started.elapsed().as_secs_f64())
     })
 }
@@ -133,14 +141,15 @@ impl Live {
     }
 }
 
-pub fn measure(settings: &Settings) -> Result<Live> {
+/// The live-frames runs of both programs, interleaved, in `lab` (made by
+/// [`lab`]).
+pub fn measure(settings: &Settings, lab: &Lab) -> Result<Live> {
     let (repeat, runs) = if settings.quick {
         (300_000, 2)
     } else {
         (2_000_000, 3)
     };
-    let lab = lab()?;
-    let ifindex = ifindex(&lab, Node::Lb)?;
+    let ifindex = ifindex(lab, Node::Lb)?;
     let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20)?;
     let mut baseline = load_macswap()?;
     let base = macswap(&mut baseline);
@@ -167,7 +176,7 @@ pub fn measure(settings: &Settings) -> Result<Live> {
     };
     for _ in 0..runs {
         live.lb.push(one_run(
-            &lab,
+            lab,
             node,
             dp.program_mut(),
             &frame,
@@ -175,14 +184,15 @@ pub fn measure(settings: &Settings) -> Result<Live> {
             repeat,
         )?);
         live.base
-            .push(one_run(&lab, node, base, &swap_frame, ifindex, repeat)?);
+            .push(one_run(lab, node, base, &swap_frame, ifindex, repeat)?);
     }
     live.lb_counted = counter(&dp, Counter::FlowHit)? - hits0;
     Ok(live)
 }
 
-/// A lab without target servers, its bridge set for injected frames.
-fn lab() -> Result<Lab> {
+/// A lab without target servers, its bridge set for injected frames and for
+/// the traffic generator (`generator`).
+pub fn lab() -> Result<Lab> {
     let lab = Lab::with(LabOptions {
         prefix: "lbbench".into(),
         server_bin: None,
@@ -207,11 +217,29 @@ fn lab() -> Result<Lab> {
     for i in 0..TARGETS.len() {
         let _ = lab.exec(Node::Target(i), &["ping", "-c", "1", "-W", "1", "10.0.3.2"]);
     }
+    // The generator (`generator`) writes frames from the client's port to
+    // the lb's MAC, which the bridge cannot learn from the lb's port; and
+    // for the MAC-swap program, frames with a target's MAC as source,
+    // which it must not learn there.
+    for (node, mac) in [(Node::Lb, LB_MAC), (Node::Client, CLIENT_MAC)] {
+        let port = node.port();
+        let mac = fmt_mac(mac);
+        lab.exec(
+            Node::Switch,
+            &["bridge", "link", "set", "dev", &port, "learning", "off"],
+        )?;
+        lab.exec(
+            Node::Switch,
+            &[
+                "bridge", "fdb", "replace", &mac, "dev", &port, "master", "static",
+            ],
+        )?;
+    }
     Ok(lab)
 }
 
 /// The lab target `lb` forwards `frame` to (by the destination MAC it writes).
-fn chosen_target(lb: &mut Xdp, frame: &[u8]) -> Result<(usize, &'static TargetSpec)> {
+pub fn chosen_target(lb: &mut Xdp, frame: &[u8]) -> Result<(usize, &'static TargetSpec)> {
     let (verdict, _, out) = test_run(lb, frame, 1)?;
     ensure!(verdict == XDP_TX, "lb verdict {verdict}");
     let mac: [u8; 6] = out[..6].try_into()?;
@@ -238,12 +266,37 @@ fn one_run(
     Ok(Run { secs, received })
 }
 
+pub const TITLE: &str = "Data plane: live traffic through the lab";
+
+/// Both methods in one lab: live frames, and the traffic generator (the
+/// way that needs no live frames); each one that cannot run says why.
 pub fn section(settings: &Settings) -> Result<Section> {
-    let m = measure(settings)?;
-    let mut s = Section::new("Data plane: live traffic through the lab");
+    let lab = lab()?;
+    let mut s = Section::new(TITLE);
+    match measure(settings, &lab) {
+        Ok(m) => frames_part(&mut s, &m),
+        Err(e) => not_measured(&mut s, "live traffic (live frames)", &e),
+    }
+    match generator::measure(settings, &lab) {
+        Ok(g) => generator_part(&mut s, &g),
+        Err(e) => not_measured(&mut s, "live traffic (traffic generator)", &e),
+    }
+    Ok(s)
+}
+
+/// A method that could not run: a line and a summary figure with the reason.
+fn not_measured(s: &mut Section, what: &str, e: &anyhow::Error) {
+    // One line, no table separators: it goes into a table cell.
+    let why = format!("{e:#}").replace('\n', "; ").replace('|', "/");
+    s.line(format!("\n{what}: not measured: {why}."));
+    s.figures
+        .push(Figure::info(format!("{what}: not measured"), why));
+}
+
+fn frames_part(s: &mut Section, m: &Live) {
     let frames = m.repeat as u64 * m.lb.len() as u64;
     s.line(format!(
-        "BPF_PROG_TEST_RUN with live frames ({BATCH} per batch) on the lab lb's eth0: {} frames per run, {} runs per program, `lb` and MAC-swap interleaved, one UDP flow to target {}. Injected = frames / wall-clock time of the call; forwarded = frames that arrived at the target's eth0 / the same time; dropped = injected - arrived. Injection and forwarding share the machine's cores, so the generator can outrun the path: drops then show what the path could not take.",
+        "Live frames: BPF_PROG_TEST_RUN with live frames ({BATCH} per batch) on the lab lb's eth0: {} frames per run, {} runs per program, `lb` and MAC-swap interleaved, one UDP flow to target {}. Injected = frames / wall-clock time of the call; forwarded = frames that arrived at the target's eth0 / the same time; dropped = injected - arrived. Injection and forwarding share the machine's cores, so the generator can outrun the path: drops then show what the path could not take.",
         m.repeat,
         m.lb.len(),
         m.target
@@ -256,31 +309,84 @@ pub fn section(settings: &Settings) -> Result<Section> {
             "injected per run",
             "dropped",
         ],
-        &rows(&m, frames),
+        &rows(m, frames),
     );
     s.line(format!(
         "`lb` counted {} flow-table hits for {frames} injected frames.",
         m.lb_counted
     ));
-    figures(&mut s, &m, frames);
-    Ok(s)
+    figures(s, m, frames);
+}
+
+fn rates(v: &[f64]) -> String {
+    v.iter()
+        .map(|r| fmt_rate(*r))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn generator_part(s: &mut Section, g: &Generated) {
+    s.line(format!(
+        "\nTraffic generator (needs no live frames): a packet socket in the lab client's namespace writes one UDP frame to the VIP's port 53 up to {} times per run (at most {} s), as fast as one thread can, through the client's veth and the bridge to the lab lb's eth0, where the program runs in native XDP mode and transmits it to target {}: `lb` by its choice for the flow, MAC-swap because the frame it gets carries that target's MAC as source. {} runs per program, interleaved. Offered = frames sent / sending time; forwarded = frames that arrived at the target's eth0 / the same time. On a veth the receiving side's XDP runs on the sending CPU, so the generator, the veths, the bridge, the program and the target's receive path share one CPU: the ratio is that of the whole path (no goal).",
+        g.count,
+        g.limit.as_secs(),
+        g.target,
+        g.lb.len()
+    ));
+    let dropped = |runs: &[generator::Run]| -> (u64, u64) {
+        let sent = runs.iter().map(|r| r.sent).sum::<u64>();
+        let received = runs.iter().map(|r| r.received.min(r.sent)).sum::<u64>();
+        (sent - received, sent)
+    };
+    let mut rows = Vec::new();
+    for (name, runs) in [("lb", &g.lb), ("MAC-swap", &g.base)] {
+        let forwarded: Vec<f64> = runs.iter().map(generator::Run::forwarded).collect();
+        let offered: Vec<f64> = runs.iter().map(generator::Run::offered).collect();
+        let (lost, sent) = dropped(runs);
+        rows.push(vec![
+            name.into(),
+            format!("{}pkt/s", fmt_rate(median(&forwarded))),
+            rates(&forwarded),
+            rates(&offered),
+            format!("{lost} of {sent}"),
+        ]);
+    }
+    s.table(
+        &[
+            "program",
+            "forwarded (median)",
+            "forwarded per run",
+            "offered per run",
+            "dropped",
+        ],
+        &rows,
+    );
+    let rate = |runs: &[generator::Run]| -> Vec<f64> {
+        runs.iter().map(generator::Run::forwarded).collect()
+    };
+    let (lb, base) = (rate(&g.lb), rate(&g.base));
+    s.figures.push(Figure::info(
+        "live traffic from a generator in the client namespace: lb / MAC-swap forwarded packets/s",
+        format!(
+            "{:.2} ({}pkt/s vs {}pkt/s; dropped {} / {})",
+            paired_ratio(&lb, &base),
+            fmt_rate(median(&lb)),
+            fmt_rate(median(&base)),
+            dropped(&g.lb).0,
+            dropped(&g.base).0
+        ),
+    ));
 }
 
 /// The table: a row per program.
 fn rows(m: &Live, frames: u64) -> Vec<Vec<String>> {
-    let rates = |v: Vec<f64>| {
-        v.iter()
-            .map(|r| fmt_rate(*r))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let mut rows = Vec::new();
     for (name, runs) in [("lb", &m.lb), ("MAC-swap", &m.base)] {
         rows.push(vec![
             name.into(),
             format!("{}pkt/s", fmt_rate(median(&m.forwarded(runs)))),
-            rates(m.forwarded(runs)),
-            rates(m.injected(runs)),
+            rates(&m.forwarded(runs)),
+            rates(&m.injected(runs)),
             format!("{} of {frames}", m.dropped(runs)),
         ]);
     }

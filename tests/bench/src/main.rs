@@ -8,12 +8,14 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::Result;
 use clap::Parser;
 use lb_bench::{
-    Settings, flood, health, live, packet,
+    Settings, flood, flows, health, live, million, packet,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table,
 };
 
-const SECTIONS: [&str; 6] = ["packet", "flood", "live", "table", "scale", "health"];
+const SECTIONS: [&str; 8] = [
+    "packet", "flows", "flood", "live", "table", "scale", "million", "health",
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "lb's performance report (run as root)")]
@@ -31,8 +33,8 @@ struct Args {
     /// `perf record`).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
-    /// Only these sections (repeatable): packet, flood, live, table, scale,
-    /// health.
+    /// Only these sections (repeatable): packet, flows, flood, live, table,
+    /// scale, million, health.
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
     /// Where report.md and the plots go.
@@ -104,21 +106,17 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
             packet::section(settings, &rows, out)
         },
     );
-    run(
-        "flood",
-        "Data plane: SYN flood against established flows",
-        &mut || flood::section(settings),
-    );
-    run(
-        "live",
-        "Data plane: live traffic through the lab",
-        &mut || live::section(settings),
-    );
+    run("flows", flows::TITLE, &mut || flows::section(settings, out));
+    run("flood", flood::TITLE, &mut || flood::section(settings));
+    run("live", live::TITLE, &mut || live::section(settings));
     run("table", "Control plane: consistent-hash table", &mut || {
         table::section(settings, out)
     });
     run("scale", &scale::title(settings), &mut || {
         scale::section(settings)
+    });
+    run("million", million::TITLE, &mut || {
+        million::section(settings)
     });
     run("health", "Control plane: health checks", &mut || {
         health::section(settings)

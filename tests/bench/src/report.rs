@@ -258,6 +258,19 @@ pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A count with thousands separators (`1,048,576`).
+pub fn fmt_count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Nanoseconds with one decimal.
 pub fn fmt_ns(ns: f64) -> String {
     format!("{ns:.1} ns")
@@ -369,5 +382,9 @@ mod tests {
         assert_eq!(fmt_bytes(3 * 1048576), "3.0 MiB");
         assert_eq!(fmt_rate(1_234_567.0), "1.23 M");
         assert_eq!(fmt_rate(9_500.0), "9.5 k");
+        assert_eq!(fmt_count(1_048_576), "1,048,576");
+        assert_eq!(fmt_count(65_536), "65,536");
+        assert_eq!(fmt_count(999), "999");
+        assert_eq!(fmt_count(0), "0");
     }
 }

@@ -180,7 +180,7 @@ pub struct LbRun {
 /// The `took` field of the last log line that contains `message`: the
 /// steps of a start or a reload (`policy:540ms,compile:80ms,apply:50ms`,
 /// one token: `lb` writes it without spaces).
-fn steps(log: &str, message: &str) -> String {
+pub fn steps(log: &str, message: &str) -> String {
     log.lines()
         .rev()
         .find(|l| l.contains(message))

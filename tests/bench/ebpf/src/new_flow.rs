@@ -16,6 +16,7 @@ mod object;
 #[path = "../../../../lb-ebpf/src/pipeline/mod.rs"]
 mod pipeline;
 
+mod frame;
 mod next_source;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

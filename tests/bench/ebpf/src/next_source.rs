@@ -4,47 +4,37 @@
 
 use aya_ebpf::programs::XdpContext;
 
-/// Increments the big-endian 16-bit source port at offset `sport`, carrying
-/// into the 16 bits at `saddr_low` (the low half of the source address):
-/// 2^32 distinct flows. Does nothing if either is outside the frame.
+use crate::frame;
+
+/// Increments the big-endian 16-bit field `p` and returns its new value.
+///
+/// # Safety
+/// `p` points at two bytes inside the frame (`frame::be16`).
 #[inline(always)]
-fn bump(ctx: &XdpContext, sport: usize, saddr_low: usize) {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + sport + 2 > end || start + saddr_low + 2 > end {
-        return;
-    }
-    let add_one = |at: usize| {
-        let p = (start + at) as *mut u16;
-        // SAFETY: `at + 2` is inside the frame for both offsets used
-        // (checked above).
-        unsafe {
-            let next = u16::from_be(p.read_unaligned()).wrapping_add(1);
-            p.write_unaligned(next.to_be());
-            next
-        }
-    };
-    if add_one(sport) == 0 {
-        add_one(saddr_low);
+unsafe fn add_one(p: *mut u16) -> u16 {
+    // SAFETY: as the caller guarantees; unaligned wire bytes.
+    unsafe {
+        let next = u16::from_be(p.read_unaligned()).wrapping_add(1);
+        p.write_unaligned(next.to_be());
+        next
     }
 }
 
-/// `bump` for an untagged IPv4 or IPv6 frame without options or extension
-/// headers (the benchmark's frames); any other frame is left alone.
+/// Increments the source port, carrying into the low half of the source
+/// address: 2^32 distinct flows. Any other frame (`frame::source_offsets`)
+/// is left alone.
 #[inline(always)]
 pub fn bump_frame(ctx: &XdpContext) {
-    let start = ctx.data();
-    if start + 14 > ctx.data_end() {
+    let Some((sport, saddr_low)) = frame::source_offsets(ctx) else {
         return;
-    }
-    // SAFETY: byte 12 and 13 are inside the checked Ethernet header.
-    let ethertype =
-        unsafe { u16::from_be_bytes([*((start + 12) as *const u8), *((start + 13) as *const u8)]) };
-    // Offsets of the source port and of the last 16 bits of the source address.
-    let (sport, saddr_low) = match ethertype {
-        0x0800 => (14 + 20, 14 + 12 + 2),
-        0x86dd => (14 + 40, 14 + 8 + 14),
-        _ => return,
     };
-    bump(ctx, sport, saddr_low);
+    let (Some(port), Some(addr)) = (frame::be16(ctx, sport), frame::be16(ctx, saddr_low)) else {
+        return;
+    };
+    // SAFETY: both fields are inside the frame (`be16` checked them).
+    unsafe {
+        if add_one(port) == 0 {
+            add_one(addr);
+        }
+    }
 }
