@@ -50,8 +50,9 @@ impl Settings {
     }
 }
 
-/// A flow's place, its two buckets, and what their words and last-seen
-/// times held when read.
+/// A flow's place, its two buckets, and what their words held when read
+/// (and their last-seen times, read only by a new flow's
+/// [`Probe::commits`]: a hit needs its own alone).
 pub struct Probe {
     place: Place,
     first: *mut Bucket,
@@ -104,11 +105,26 @@ impl Probe {
             unsafe {
                 self.words[i] = read_volatile(addr_of!((*first).words[i]));
                 self.words[WAYS + i] = read_volatile(addr_of!((*second).words[i]));
-                self.seen[i] = read_volatile(addr_of!((*first).seen[i]));
-                self.seen[WAYS + i] = read_volatile(addr_of!((*second).seen[i]));
             }
             i += 1;
         }
+    }
+
+    /// The candidates' last-seen times.
+    #[inline(always)]
+    fn read_seen(&self) -> [u32; 2 * WAYS] {
+        let mut seen = [0; 2 * WAYS];
+        let (first, second) = (self.first, self.second);
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: as in `reread`.
+            unsafe {
+                seen[i] = read_volatile(addr_of!((*first).seen[i]));
+                seen[WAYS + i] = read_volatile(addr_of!((*second).seen[i]));
+            }
+            i += 1;
+        }
+        seen
     }
 
     /// The flow's entry, if it has one.
@@ -163,6 +179,7 @@ impl Probe {
         // stays allocated; every writer uses atomic operations.
         let commits = unsafe { atomic::fetch_add_u64(addr_of_mut!((*self.first).header), 0) };
         self.reread();
+        self.seen = self.read_seen();
         commits
     }
 
