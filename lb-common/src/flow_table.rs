@@ -288,8 +288,11 @@ pub fn matches(words: &[u64; 2 * WAYS], tag: u64) -> u64 {
     let mut m = 0;
     let mut i = 0;
     while i < 2 * WAYS {
-        // An empty word's tag is 0, never a flow's.
-        m |= is_zero((words[i] & TAG_MASK) ^ tag) << i;
+        // An empty word's tag is 0, never a flow's. The tags differ in
+        // their 40 bits unless the shifted difference is 0, that is unless
+        // 1 less than it is negative.
+        let differ = (words[i] ^ tag) >> TAG_SHIFT;
+        m |= (opaque(differ.wrapping_sub(1)) >> 63) << i;
         i += 1;
     }
     m
