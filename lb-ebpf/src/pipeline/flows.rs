@@ -145,11 +145,10 @@ impl Probe {
         m & !(1u64 << (mine & 63))
     }
 
-    /// Which candidate holds the flow's tag, or `2 * WAYS` if none (no
-    /// branch).
+    /// The first candidate of the mask `m` ([`Probe::others`]), or
+    /// `2 * WAYS` if it is empty (no branch).
     #[inline(always)]
-    pub fn position(&self) -> usize {
-        let m = flow_table::matches(&self.words, self.place.tag);
+    pub fn position_in(m: u64) -> usize {
         let none = 1 - nonzero(m) as usize;
         none * 2 * WAYS + (1 - none) * flow_table::lowest(m)
     }
@@ -235,6 +234,10 @@ impl Probe {
     pub fn put(&mut self, at: usize, word: u64, listener_id: u16, now: u32) -> Put {
         let i = if at < 2 * WAYS {
             at
+        } else if let Some(i) = flow_table::first_empty(|i| self.words[i]) {
+            // What `victim` would choose, with less work: a table at its
+            // size has empty entries in most pairs of buckets.
+            i
         } else {
             match flow_table::victim(|i| self.words[i], |i| self.seen[i], now) {
                 Some(i) => i,

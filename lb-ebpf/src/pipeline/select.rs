@@ -289,7 +289,9 @@ fn remember(
                 // has put the flow: it goes unremembered.
                 break;
             }
-            match probe.put(probe.position(), word, listener_id, time_units(now)) {
+            // (`others` is every candidate with the flow's tag here: this
+            // CPU has no entry yet.)
+            match probe.put(Probe::position_in(others), word, listener_id, time_units(now)) {
                 Put::At(i) => {
                     mine = i;
                     if Word(word).flags() & flags::COUNTED != 0 {
