@@ -178,7 +178,6 @@ impl Probe {
         // stays allocated; every writer uses atomic operations.
         let commits = unsafe { atomic::fetch_add_u64(addr_of_mut!((*self.first).header), 0) };
         self.reread();
-        self.seen = self.read_seen();
         commits
     }
 
@@ -239,6 +238,7 @@ impl Probe {
             // size has empty entries in most pairs of buckets.
             i
         } else {
+            self.seen = self.read_seen();
             match flow_table::victim(|i| self.words[i], |i| self.seen[i], now) {
                 Some(i) => i,
                 None => return Put::Full,
