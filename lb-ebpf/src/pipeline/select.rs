@@ -291,7 +291,12 @@ fn remember(
             }
             // (`others` is every candidate with the flow's tag here: this
             // CPU has no entry yet.)
-            match probe.put(Probe::position_in(others), word, listener_id, time_units(now)) {
+            match probe.put(
+                Probe::position_in(others),
+                word,
+                listener_id,
+                time_units(now),
+            ) {
                 Put::At(i) => {
                     mine = i;
                     if Word(word).flags() & flags::COUNTED != 0 {

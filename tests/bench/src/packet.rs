@@ -41,9 +41,9 @@ pub const NEW_FLOW_GOAL: f64 = 4.0;
 /// of a shared VM: 1 ns of 40 is 2.5 %).
 pub const HOT_GOAL: f64 = 0.95;
 /// A new flow into a full 1M table: floor / lb at least this. Issue 18's
-/// goal is 230 ns on an Intel Xeon 2 vCPU machine, where main's full run
-/// measured 1,093 ns (README): 1,093 / 230 = 4.75.
-pub const NEW_FLOW_GAIN_GOAL: f64 = 4.75;
+/// goal is about 230 ns on the Intel Xeon 2 vCPU machine where main's
+/// design measured 898-917 ns in the same runs: 898 / 230 = 3.9.
+pub const NEW_FLOW_GAIN_GOAL: f64 = 3.9;
 /// Host traffic on a listener's port costs no more than on another port:
 /// (lb / MAC-swap there) / (lb / MAC-swap on another port) at most this
 /// (1.0 plus the noise of two fixtures measured a few seconds apart).
@@ -534,7 +534,7 @@ fn figures(s: &mut Section, rows: &[Row]) {
             ),
             format!("{:.2}x ({})", w.gain(), three(w)),
             format!(
-                ">= {NEW_FLOW_GAIN_GOAL}x (issue 18: <= 230 ns on an Intel Xeon 2 vCPU, main 1,093 ns)"
+                ">= {NEW_FLOW_GAIN_GOAL}x (issue 18: <= 230 ns on an Intel Xeon 2 vCPU, main 898-917 ns there)"
             ),
             w.gain() >= NEW_FLOW_GAIN_GOAL,
         ));
