@@ -281,13 +281,13 @@ pub fn select(pick: u64, a: u64, b: u64) -> u64 {
     b ^ ((a ^ b) & opaque(pick).wrapping_neg())
 }
 
-/// Which of the flow's eight candidate entries (the first bucket's four,
-/// then the second's) hold its tag: bit i for candidate i.
+/// Which of `N` words hold `tag`: bit i for word i (the flow's eight
+/// candidates, or one bucket's four).
 #[inline(always)]
-pub fn matches(words: &[u64; 2 * WAYS], tag: u64) -> u64 {
+pub fn matches<const N: usize>(words: &[u64; N], tag: u64) -> u64 {
     let mut m = 0;
     let mut i = 0;
-    while i < 2 * WAYS {
+    while i < N {
         // An empty word's tag is 0, never a flow's. The tags differ in
         // their 40 bits unless the shifted difference is 0, that is unless
         // 1 less than it is negative.

@@ -76,23 +76,36 @@ const fn nonzero(x: u64) -> u64 {
 }
 
 impl Probe {
-    /// Reads the flow's two buckets; None if the table is off (before the
-    /// loader's first write) or a bucket cannot be had.
+    /// The flow's two buckets; None if the table is off (before the
+    /// loader's first write) or a bucket cannot be had. Their words are
+    /// read by [`Probe::entry`] (a packet of a known flow) and
+    /// [`Probe::commits`] (a new flow).
     #[inline(always)]
     pub fn read(flow: &FlowKey, settings: &Settings) -> Option<Probe> {
         if settings.mask == 0 {
             return None;
         }
         let place = flow_table::place(flow, settings.seed, settings.mask);
-        let mut probe = Probe {
+        Some(Probe {
             first: FLOW_TABLE.get_ptr_mut(place.first)?,
             second: FLOW_TABLE.get_ptr_mut(place.second)?,
             place,
             words: [0; 2 * WAYS],
             seen: [0; 2 * WAYS],
-        };
-        probe.reread();
-        Some(probe)
+        })
+    }
+
+    /// The words of `bucket`.
+    #[inline(always)]
+    fn words_of(bucket: *mut Bucket) -> [u64; WAYS] {
+        let mut words = [0; WAYS];
+        let mut i = 0;
+        while i < WAYS {
+            // SAFETY: as in `reread`.
+            words[i] = unsafe { read_volatile(addr_of!((*bucket).words[i])) };
+            i += 1;
+        }
+        words
     }
 
     #[inline(always)]
@@ -127,14 +140,38 @@ impl Probe {
         seen
     }
 
-    /// The flow's entry, if it has one.
+    /// The flow's entry, if it has one: its first bucket is looked at
+    /// first, and the second only if the first does not hold the flow (a
+    /// new flow goes to its first bucket unless the second is emptier, so
+    /// most flows are found with one cache line; the second line's load is
+    /// started at once all the same, so that a flow in its second bucket
+    /// does not wait for two misses one after the other).
     #[inline(always)]
     pub fn entry(&self) -> Option<Entry> {
-        let m = flow_table::matches(&self.words, self.place.tag);
-        if m == 0 {
-            return None;
+        // SAFETY: as in `reread`; the value only starts the line's load.
+        let _ = unsafe { read_volatile(addr_of!((*self.second).words[0])) };
+        let tag = self.place.tag;
+        let words = Self::words_of(self.first);
+        let m = flow_table::matches(&words, tag);
+        if m != 0 {
+            let way = flow_table::lowest(m) & (WAYS - 1);
+            return Some(Entry {
+                bucket: self.first,
+                way,
+                word: words[way],
+            });
         }
-        Some(self.entry_at(flow_table::lowest(m)))
+        let words = Self::words_of(self.second);
+        let m = flow_table::matches(&words, tag);
+        if m != 0 {
+            let way = flow_table::lowest(m) & (WAYS - 1);
+            return Some(Entry {
+                bucket: self.second,
+                way,
+                word: words[way],
+            });
+        }
+        None
     }
 
     /// Which candidates other than `mine` (any value above 7: none is
