@@ -172,10 +172,24 @@ fn existing(
 ) -> Option<Selected> {
     let seen = entry.seen();
     let age = age_ns(seen, now);
-    // The common case, decided with one test: a packet of a flow seen
-    // within the touch interval (no timeout is shorter, so it goes on) that
-    // is no SYN, FIN or RST: nothing to check, nothing to write.
+    // A packet of a flow seen within the touch interval (no timeout is
+    // shorter, so it goes on) that is no SYN, FIN or RST: nothing to check
+    // but its target.
     let quiet = age <= touch_ns() && plain(tcp_flags);
+    // The common case: such a packet of an established flow whose entry
+    // names the listener it was found under: nothing to write either.
+    if quiet
+        && entry.flags() & flags::AGAIN != 0
+        && entry.listener_hint() as u32 == listener.listener_id
+        && let Some(info) = usable(entry.target_id(), listener.group_id)
+    {
+        count(Counter::FlowHit);
+        return Some(Selected {
+            id: entry.target_id(),
+            info,
+            new_flow: false,
+        });
+    }
     if !quiet && has_ended(entry, tcp_flags, age, listener.group_id) {
         return None;
     }
