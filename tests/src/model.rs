@@ -389,6 +389,10 @@ impl Model {
         }) else {
             return passed(frame, Counter::Passed);
         };
+        // Only frames addressed to the interface's own MAC are balanced.
+        if frame[..6] != plan.config.src_mac {
+            return passed(frame, Counter::Passed);
+        }
         // The listener's group, by name from here on.
         let group = plan.groups.iter().find(|g| g.id == listener.info.group_id);
         let verdicts = Verdicts {

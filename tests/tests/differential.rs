@@ -674,12 +674,22 @@ fn frame(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
             (format!("{f:?} {tag}"), bytes)
         }
         88..93 => {
-            // Not for a listener.
-            let f = match rng.below(5) {
+            // Not for a listener: another address, port or protocol, or a
+            // listener's frame addressed to another host's MAC (a switch
+            // flooding an unknown unicast, a mirror port) or to everyone.
+            let f = match rng.below(7) {
                 0 => Frame::tcp("10.0.4.1", 40000, "10.0.3.49", 8080, SYN),
                 1 => Frame::tcp("10.0.4.1", 40000, "10.0.3.2", 80, SYN),
                 2 => Frame::udp("10.0.4.1", 5000, "10.0.3.49", 54, b"x"),
                 3 => Frame::tcp("fd00:4::1", 40000, "fd00:3::2", 80, ACK),
+                5 => Frame {
+                    dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+                    ..Frame::tcp("10.0.4.1", 40000, "10.0.3.49", 80, SYN)
+                },
+                6 => Frame {
+                    dst_mac: [0xff; 6],
+                    ..Frame::udp("10.0.4.1", 5000, "10.0.3.49", 53, b"x")
+                },
                 _ => Frame::new(
                     "10.0.4.1",
                     "10.0.3.49",

@@ -157,6 +157,27 @@ fn non_listener_traffic_passes_untouched() {
             Frame::tcp("fd00:3::100", 40000, "fd00:3::2", 80, SYN),
         ),
         (
+            "a listener's frame for another host's MAC",
+            Frame {
+                dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+                ..Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN)
+            },
+        ),
+        (
+            "a listener's frame to the broadcast MAC",
+            Frame {
+                dst_mac: [0xff; 6],
+                ..Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN)
+            },
+        ),
+        (
+            "a listener's frame to a multicast MAC, tagged",
+            Frame {
+                dst_mac: [0x01, 0x00, 0x5e, 0, 0, 0x49],
+                ..Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).with_vlan(7)
+            },
+        ),
+        (
             "ipv6 extension header",
             Frame::new(
                 "fd00:3::100",

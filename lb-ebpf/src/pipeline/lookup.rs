@@ -2,8 +2,8 @@
 //! first (traffic that is not ours stops there, whatever its port), then
 //! the listener itself, from the flow-table entry's hint when it still
 //! holds, else by (VIP, protocol, port) hash lookup.
-use aya_ebpf::bindings::xdp_action;
-use lb_common::{Counter, FlowKey, ListenerInfo, ListenerKey};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{Config, Counter, FlowKey, ListenerInfo, ListenerKey};
 
 use super::{LISTENER_FILTER, LISTENERS, LISTENERS_BY_ID, counters::count};
 
@@ -11,6 +11,41 @@ use super::{LISTENER_FILTER, LISTENERS, LISTENERS_BY_ID, counters::count};
 fn not_ours() -> u32 {
     count(Counter::Passed);
     xdp_action::XDP_PASS
+}
+
+/// XDP_PASS unless the frame is addressed to the interface's own MAC
+/// (`Config::src_mac`, which the loader sets from the interface; a VLAN
+/// interface on it has the same). A frame for another host (a switch
+/// flooding an unknown unicast, a promiscuous port, a mirror) or for a
+/// group (broadcast, multicast) is not the load balancer's to forward,
+/// whatever its IP destination.
+#[inline(always)]
+pub fn to_us(ctx: &XdpContext, config: &Config) -> Result<(), u32> {
+    let start = ctx.data();
+    if start + 6 > ctx.data_end() {
+        return Err(not_ours());
+    }
+    // SAFETY: the 6 bytes are inside the frame (checked above) and in the
+    // map value; unaligned 4- and 2-byte loads.
+    let (frame, ours) = unsafe {
+        let dst = start as *const u8;
+        let mac = config.src_mac.as_ptr();
+        (
+            (
+                (dst as *const u32).read_unaligned(),
+                (dst.add(4) as *const u16).read_unaligned(),
+            ),
+            (
+                (mac as *const u32).read_unaligned(),
+                (mac.add(4) as *const u16).read_unaligned(),
+            ),
+        )
+    };
+    if frame == ours {
+        Ok(())
+    } else {
+        Err(not_ours())
+    }
 }
 
 /// XDP_PASS unless the flow's (VIP, protocol, port) may be a listener's

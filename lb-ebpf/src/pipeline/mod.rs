@@ -133,6 +133,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
         counters::count(Counter::Dropped);
         return Err(xdp_action::XDP_DROP);
     };
+    lookup::to_us(ctx, config)?;
     let now = time::now_ns(config);
     // A table that is off (before the loader's first write) or out of
     // reach: the kernel's, as if `lb` were not there.
