@@ -1542,13 +1542,12 @@ fn the_data_plane_program_is_one_bpf_function() {
 fn the_verifier_follows_the_program_well_within_its_limit() {
     const BUDGET: u32 = 500_000;
     let mut h = Harness::new(ONE_TARGET);
-    let count = h
-        .dp
-        .program_mut()
-        .info()
-        .expect("program info")
-        .verified_instruction_count()
-        .expect("the kernel reports the verified instruction count");
+    let count =
+        h.dp.program_mut()
+            .info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("the kernel reports the verified instruction count");
     eprintln!("the verifier processed {count} instructions");
     assert!(
         count < BUDGET,
