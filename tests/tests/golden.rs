@@ -1553,3 +1553,25 @@ fn the_data_plane_and_the_loader_share_one_clock() {
 fn the_data_plane_program_is_one_bpf_function() {
     assert_one_bpf_function(lb_user::EBPF_LB, lb_user::dataplane::PROGRAM);
 }
+
+/// The verifier walks the program's paths up to 1,000,000 instructions and
+/// refuses it beyond: a change that multiplies the paths (a branch inside
+/// a scan over the flow's candidates, which LLVM makes of innocent
+/// arithmetic: `flow_table::opaque`) can take it there at once. The count
+/// is about 225,000; this fails well before the limit, with the figure.
+#[test]
+fn the_verifier_follows_the_program_well_within_its_limit() {
+    const BUDGET: u32 = 500_000;
+    let mut h = Harness::new(ONE_TARGET);
+    let count =
+        h.dp.program_mut()
+            .info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("the kernel reports the verified instruction count");
+    eprintln!("the verifier processed {count} instructions");
+    assert!(
+        count < BUDGET,
+        "the verifier processed {count} instructions (budget {BUDGET}, limit 1,000,000)"
+    );
+}
