@@ -162,6 +162,10 @@ pub struct Object {
 impl Object {
     /// The MAC-swap baseline (program `macswap`).
     pub const MACSWAP: &str = "macswap";
+    /// `lb`'s pipeline behind the write that addresses the frame to the
+    /// load balancer again (program `lb_plain`): fixtures that repeat one
+    /// frame.
+    pub const LB_PLAIN: &str = "lb-plain";
     /// `lb`'s pipeline with a new source after each frame (program
     /// `lb_new_flow`).
     pub const LB_NEW_FLOW: &str = "lb-new-flow";
@@ -228,7 +232,8 @@ pub enum Design {
 /// Which build of a design's pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Build {
-    /// As `lb run` runs it.
+    /// As `lb run` runs it, behind the write that addresses a repeated
+    /// frame to the load balancer again (`frame::to_lb`).
     Plain,
     /// A new source after every repetition (`new_flow.rs`).
     NewFlow,
@@ -251,9 +256,12 @@ impl Design {
     /// the policy `yaml`.
     pub fn load(self, build: Build, yaml: &str, max_flows: u32) -> Result<Subject> {
         Ok(match (self, build) {
-            (Design::Lb, Build::Plain) => {
-                Subject::Lb(load(lb_user::EBPF_LB, "lb", yaml, max_flows)?)
-            }
+            (Design::Lb, Build::Plain) => Subject::Lb(load(
+                Object::read(Object::LB_PLAIN)?.bytes(),
+                "lb_plain",
+                yaml,
+                max_flows,
+            )?),
             (Design::Lb, Build::NewFlow) => Subject::Lb(load(
                 Object::read(Object::LB_NEW_FLOW)?.bytes(),
                 "lb_new_flow",
@@ -420,7 +428,7 @@ mod tests {
         assert_eq!(errno_text(&plain), "no errno");
     }
 
-    /// `lb_new_flow` and `lb_scrambled`, and the floor's three programs,
+    /// `lb_plain`, `lb_new_flow` and `lb_scrambled`, and the floor's three programs,
     /// are one BPF function each, as the golden tests check of `lb`
     /// (`the_data_plane_program_is_one_bpf_function`): a BPF-to-BPF call
     /// would cost each of their packets, and their figures would not be
@@ -428,6 +436,7 @@ mod tests {
     #[test]
     fn the_benchmark_builds_are_one_bpf_function() {
         for (object, program) in [
+            (Object::LB_PLAIN, "lb_plain"),
             (Object::LB_NEW_FLOW, "lb_new_flow"),
             (Object::LB_SCRAMBLED, "lb_scrambled"),
             (Object::LRU, "lru"),

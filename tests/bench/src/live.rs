@@ -150,7 +150,12 @@ pub fn measure(settings: &Settings, lab: &Lab) -> Result<Live> {
         (2_000_000, 3)
     };
     let ifindex = ifindex(lab, Node::Lb)?;
-    let mut dp = load(lb_user::EBPF_LB, "lb", POLICY, 1 << 20)?;
+    // `lb_plain`: live frames are recycled without being copied again (see
+    // below), so `lb` would see its own output, addressed to a target,
+    // which it passes; this build addresses each frame to the load
+    // balancer again first.
+    let object = crate::Object::read(crate::Object::LB_PLAIN)?;
+    let mut dp = load(object.bytes(), "lb_plain", POLICY, 1 << 20)?;
     let mut baseline = load_macswap()?;
     let base = macswap(&mut baseline);
 

@@ -33,3 +33,31 @@ pub fn be16(ctx: &XdpContext, at: usize) -> Option<*mut u16> {
     }
     Some((start + at) as *mut u16)
 }
+
+/// The load balancer's own MAC, which the benchmark's frames are addressed
+/// to (`lb_tests::packets::LB_MAC`): `lb` balances only frames for it.
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// Addresses the frame to the load balancer again. BPF_PROG_TEST_RUN does
+/// not restore the frame between repetitions, and the previous repetition
+/// rewrote its destination to a target's MAC (`lb`, the floor) or swapped
+/// the addresses (MAC-swap); every build writes it first, so that each
+/// repetition is a frame the load balancer receives, at the same cost for
+/// every program compared.
+#[inline(always)]
+pub fn to_lb(ctx: &XdpContext) {
+    let start = ctx.data();
+    if start + 6 > ctx.data_end() {
+        return;
+    }
+    let (head, tail) = (
+        u32::from_ne_bytes([LB_MAC[0], LB_MAC[1], LB_MAC[2], LB_MAC[3]]),
+        u16::from_ne_bytes([LB_MAC[4], LB_MAC[5]]),
+    );
+    // SAFETY: the 6 bytes are inside the frame (checked above); unaligned
+    // stores of wire bytes.
+    unsafe {
+        (start as *mut u32).write_unaligned(head);
+        ((start + 4) as *mut u16).write_unaligned(tail);
+    }
+}

@@ -11,12 +11,15 @@ mod object;
 #[path = "lru/mod.rs"]
 mod pipeline;
 
+mod frame;
+
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 // The pipeline in the program's own function, as main's `lb` had it.
 #[inline(always)]
 pub fn lru(ctx: XdpContext) -> u32 {
+    frame::to_lb(&ctx);
     match pipeline::run(&ctx) {
         Ok(action) | Err(action) => action,
     }

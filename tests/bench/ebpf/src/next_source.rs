@@ -25,6 +25,7 @@ unsafe fn add_one(p: *mut u16) -> u16 {
 /// is left alone.
 #[inline(always)]
 pub fn bump_frame(ctx: &XdpContext) {
+    frame::to_lb(ctx);
     let Some((sport, saddr_low)) = frame::source_offsets(ctx) else {
         return;
     };

@@ -4,10 +4,10 @@
 //! visit N flows in a scrambled order, each packet of another flow than the
 //! last.
 //!
-//! Nothing needs restoring between repetitions: `lb` rewrites only the
-//! Ethernet addresses (DSR), and the MAC-swap baseline swaps them; neither
-//! is read by the other program or by this prologue, and the flags of the
-//! TCP header are never written.
+//! The frame is addressed to the load balancer again first
+//! (`frame::to_lb`): `lb` rewrites only the Ethernet addresses (DSR) and
+//! the MAC-swap baseline swaps them; nothing else needs restoring (the
+//! flags of the TCP header are never written).
 
 use aya_ebpf::programs::XdpContext;
 
@@ -21,6 +21,7 @@ use crate::{
 /// kind (`frame::source_offsets`), is left alone.
 #[inline(always)]
 pub fn next_flow(ctx: &XdpContext) {
+    frame::to_lb(ctx);
     let start = ctx.data();
     if start + FRAME_LEN > ctx.data_end() {
         return;
