@@ -406,20 +406,15 @@ impl Harness {
         let model_before = key.and_then(|k| self.model.flows.get(&k).cloned());
         let expected = self.model.process_observed(&self.plan, frame, &run);
         if (action, &output) != (expected.action, &expected.output) {
-            return Err(format!(
-                "verdict/bytes differ: model {} (target {:?}), program {}{}\nthe flow's entry in the program's table after it: {:?}, in the model's before it: {:?}\ninput:\n{}\nexpected:\n{}\nactual:\n{}",
-                expected.action,
-                expected.target,
-                action,
-                match &expected.least_connections {
-                    Some(c) => format!(" (least connections could pick {c:?})"),
-                    None => String::new(),
-                },
-                key.map(|k| self.dp.flow_entry(&k)),
-                model_before,
-                hex(frame),
-                hex(&expected.output),
-                hex(&output)
+            let program_entry = key.map(|k| self.dp.flow_entry(&k));
+            return Err(verdicts_differ(
+                frame,
+                &expected,
+                (action, &output),
+                format!(
+                    "the flow's entry in the program's table after it: {program_entry:?}, \
+                     in the model's before it: {model_before:?}"
+                ),
             ));
         }
         let model_entry = key.and_then(|k| self.model.flows.get(&k)).map(|f| f.entry);
@@ -434,25 +429,39 @@ impl Harness {
                 }
             ));
         }
-        let mut want = before.clone();
+        self.compare_after(&expected, frame.len() as u64, before, &after)?;
+        Ok(expected)
+    }
+
+    /// After a frame both sides agree on: the counters (`before` and
+    /// `after` it), the statistics, the active counts and round-robin
+    /// positions, and the sticky sessions.
+    fn compare_after(
+        &mut self,
+        expected: &Outcome,
+        len: u64,
+        mut want: BTreeMap<&'static str, u64>,
+        after: &BTreeMap<&'static str, u64>,
+    ) -> Result<(), String> {
         for c in &expected.counters {
             *want.get_mut(c.name()).unwrap() += 1;
         }
-        if after != want {
+        if *after != want {
             return Err(format!(
                 "counters: expected {:?}, got {}",
                 expected.counters,
-                diff(&want, &after)
+                diff(&want, after)
             ));
         }
-        self.compare_stats(&expected, frame.len() as u64)?;
+        self.compare_stats(expected, len)?;
         self.compare_counts()?;
         if self.every_session_each_frame {
-            self.compare_sessions()?;
+            self.compare_sessions()
         } else if let Some(client) = &expected.sticky_key {
-            self.compare_session(client)?;
+            self.compare_session(client)
+        } else {
+            Ok(())
         }
-        Ok(expected)
     }
 
     /// Counts a forwarded frame in the statistics the model expects of its
@@ -726,6 +735,30 @@ fn default_options() -> LoadOptions {
     LoadOptions {
         flow_table_size: 4096,
     }
+}
+
+/// The description of a frame whose verdict or bytes differ: what each
+/// side did with it, `entries` (the flow's entry on each side), and the
+/// frame, the model's output and the program's.
+fn verdicts_differ(
+    frame: &[u8],
+    expected: &Outcome,
+    (action, output): (u32, &[u8]),
+    entries: String,
+) -> String {
+    let choices = match &expected.least_connections {
+        Some(c) => format!(" (least connections could pick {c:?})"),
+        None => String::new(),
+    };
+    format!(
+        "verdict/bytes differ: model {} (target {:?}), program {action}{choices}\n{entries}\n\
+         input:\n{}\nexpected:\n{}\nactual:\n{}",
+        expected.action,
+        expected.target,
+        hex(frame),
+        hex(&expected.output),
+        hex(output)
+    )
 }
 
 /// Compiles `policy` as `lb run` does, following the plan whose ids are

@@ -287,15 +287,9 @@ fn remember(
     while tries < 3 {
         tries += 1;
         let others = probe.others(mine);
-        if others != 0 {
-            let first = lb_common::flow_table::lowest(others);
-            // (Not the flow's own entry as this CPU read it, which it
-            // may have uncounted since.)
-            let counted = Word::new(0, 0, flags::COUNTED).0;
-            if mine != NO_ENTRY || (probe.entry_at(first).word ^ seen_word) & !counted != 0 {
-                adopt = first;
-                break;
-            }
+        adopt = theirs(probe, others, mine, seen_word);
+        if adopt != NO_ENTRY {
+            break;
         }
         if mine == NO_ENTRY {
             if tries > 1 {
@@ -332,6 +326,25 @@ fn remember(
         commits = probe.commits();
     }
     (mine, adopt)
+}
+
+/// The first of `others` (candidates other than `mine` with the flow's
+/// tag) if it is another CPU's entry for the flow: any, once this CPU has
+/// put its own; before, one other than the flow's own entry as this CPU
+/// read it (`seen_word`, which it may have uncounted since). Else
+/// [`NO_ENTRY`].
+#[inline(always)]
+fn theirs(probe: &Probe, others: u64, mine: usize, seen_word: u64) -> usize {
+    if others == 0 {
+        return NO_ENTRY;
+    }
+    let first = lb_common::flow_table::lowest(others);
+    let counted = Word::new(0, 0, flags::COUNTED).0;
+    if mine != NO_ENTRY || (probe.entry_at(first).word ^ seen_word) & !counted != 0 {
+        first
+    } else {
+        NO_ENTRY
+    }
 }
 
 /// A new flow's target and its data.
