@@ -140,8 +140,6 @@ pub const TAG_MASK: u64 = !((1 << TAG_SHIFT) - 1);
 const _: () = assert!(crate::MAX_TARGETS as u64 <= 1 << TARGET_BITS);
 
 impl Word {
-    pub const EMPTY: Word = Word(0);
-
     #[inline(always)]
     pub const fn new(tag: u64, target_id: u32, flags: u8) -> Word {
         Word(
@@ -174,11 +172,6 @@ impl Word {
     #[inline(always)]
     pub const fn with_flags(self, flags: u8) -> Word {
         Word(self.0 & !(FLAGS_MASK << FLAGS_SHIFT) | (flags as u64 & FLAGS_MASK) << FLAGS_SHIFT)
-    }
-
-    #[inline(always)]
-    pub const fn with_target(self, target_id: u32, flags: u8) -> Word {
-        Word::new(self.0, target_id, flags)
     }
 }
 
@@ -465,7 +458,6 @@ mod tests {
             (w2.tag(), w2.target_id(), w2.flags()),
             (p.tag, 131_071, flags::FIN)
         );
-        assert_eq!(Word::new(p.tag, 5, 0).with_target(9, 1).target_id(), 9);
     }
 
     #[test]

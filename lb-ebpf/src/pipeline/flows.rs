@@ -69,12 +69,6 @@ pub struct Entry {
     pub word: u64,
 }
 
-/// 1 if `x` is not 0, without a branch.
-#[inline(always)]
-const fn nonzero(x: u64) -> u64 {
-    (x | x.wrapping_neg()) >> 63
-}
-
 impl Probe {
     /// The flow's two buckets; None if the table is off (before the
     /// loader's first write) or a bucket cannot be had. Their words are
@@ -186,7 +180,7 @@ impl Probe {
     /// `2 * WAYS` if it is empty (no branch).
     #[inline(always)]
     pub fn position_in(m: u64) -> usize {
-        let none = 1 - nonzero(m) as usize;
+        let none = flow_table::is_zero(m) as usize;
         none * 2 * WAYS + (1 - none) * flow_table::lowest(m)
     }
 
