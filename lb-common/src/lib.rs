@@ -100,6 +100,57 @@ pub struct ListenerInfo {
     pub group_id: u32,
 }
 
+impl FlowKey {
+    /// Makes this key (a fragment's flow) the key of its datagram `id`
+    /// (the IPv4 identification, or the IPv6 fragment identification) in
+    /// the fragment table (`FRAGMENTS`): addresses, protocol and the id in
+    /// place of the ports, which only a datagram's first fragment has. In
+    /// place, not a new key: the data plane's stack is small.
+    #[inline(always)]
+    pub fn to_datagram(&mut self, id: u32) {
+        self.src_port_be = (id >> 16) as u16;
+        self.dst_port_be = id as u16;
+        self._pad = [0; 2];
+    }
+
+    /// Marks the key's packet as the first fragment of a datagram (`mark`:
+    /// 1) or not (0). The mark rides in the key's padding, which no hash
+    /// and no comparison of flows reads: the data plane keeps it there
+    /// rather than in a variable because the verifier follows every later
+    /// path once per value of a variable it sees tested, and a byte in the
+    /// key on the stack is one it does not track.
+    #[inline(always)]
+    pub fn mark_first_fragment(&mut self, mark: u8) {
+        self._pad[0] = mark;
+    }
+
+    /// Whether the key's packet is the first fragment of a datagram.
+    #[inline(always)]
+    pub fn is_first_fragment(&self) -> bool {
+        self._pad[0] != 0
+    }
+}
+
+/// Value of the fragment table: where a datagram's first fragment went,
+/// and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentEntry {
+    pub target_id: u32,
+    pub listener_id: u32,
+    /// Data-plane time of the first fragment (ns).
+    pub seen_ns: u64,
+}
+
+/// Capacity of the fragment table (an LRU map shared by all CPUs): the
+/// datagrams whose later fragments may still be on their way.
+pub const FRAGMENT_TABLE_SIZE: u32 = 16384;
+
+/// How long after its first fragment a datagram's later fragments follow
+/// it (ns): the kernel's own reassembly timeout (`ipfrag_time`, 30 s).
+/// Later than that, they go as if the first had not been seen.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+
 /// A listener by id (array indexed by listener id): the inverse of
 /// `LISTENERS`, which lets a flow-table hit confirm its listener without a
 /// hash lookup. An unused id is all zeros (family 0 matches no packet).
@@ -270,7 +321,7 @@ pub struct Config {
 /// adopts a pinned data plane only if it was made with the same layout
 /// (lb-user `dataplane::pin`); bump it with any change to a map or to a type
 /// stored in one.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// What the loader records of a target id (`TARGET_IDS`, array indexed by
 /// id; the data plane never reads it): the target's identity, so that a
@@ -378,10 +429,11 @@ pub struct Stats {
 
 /// Global counters: one per-CPU slot each, indexed by the enum value.
 ///
-/// `Forwarded` is derived, not stored: every forwarded packet is either a
-/// flow-table hit or a new flow, so the data plane counts only those two and
-/// readers report `forwarded = flow_hit + new_flow` (one counter update per
-/// forwarded packet instead of two). Its slot stays zero.
+/// `Forwarded` is derived, not stored: every forwarded packet counts in
+/// exactly one of [`Counter::FORWARDING`] (a flow-table hit, a new flow, a
+/// TCP miss by hash, a fragment, an ICMP error), and readers report their
+/// sum (one counter update per forwarded packet instead of two). Its slot
+/// stays zero.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -395,7 +447,8 @@ pub enum Counter {
     Malformed = 3,
     /// Listener packets whose table slot held no usable target (dropped).
     NoTarget = 4,
-    /// IP fragments (passed to the kernel untouched for now).
+    /// Later fragments (not the first of their datagram) forwarded to the
+    /// target their datagram's first fragment went to (`FRAGMENTS`).
     Fragment = 5,
     /// Packets of new flows forwarded (flow table miss or re-selection).
     NewFlow = 6,
@@ -409,10 +462,28 @@ pub enum Counter {
     /// Flow-table entries taken by a new flow from another (idle, ended or
     /// seen once, rarely in use): that flow's next packet is a new flow.
     FlowEvicted = 10,
+    /// Later fragments whose first fragment was not seen (or came more
+    /// than `FRAGMENT_TIMEOUT_NS` before), forwarded by the hash of the
+    /// client address, VIP and protocol.
+    FragmentUnmatched = 11,
+    /// ICMP errors about a flow (destination unreachable, fragmentation
+    /// needed or packet too big, time exceeded) forwarded to the target
+    /// the flow's entry names.
+    IcmpError = 12,
+    /// ICMP errors about a flow the table does not hold, forwarded to the
+    /// target the group's hash gives the flow.
+    IcmpErrorUnmatched = 13,
+    /// TCP packets, not SYN, of flows the table does not hold, forwarded to
+    /// the group's consistent-hash target and not remembered.
+    FlowMissByHash = 14,
+    /// IPv6 packets passed for an extension header the program does not
+    /// walk (authentication, mobility, HIP, shim6, experimental), a routing
+    /// header with segments left, or a chain longer than it walks.
+    ExtensionHeader = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
         Counter::Forwarded,
@@ -425,6 +496,11 @@ impl Counter {
         Counter::FlowReselected,
         Counter::FlowInsertFailed,
         Counter::FlowEvicted,
+        Counter::FragmentUnmatched,
+        Counter::IcmpError,
+        Counter::IcmpErrorUnmatched,
+        Counter::FlowMissByHash,
+        Counter::ExtensionHeader,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -440,15 +516,33 @@ impl Counter {
             Counter::FlowReselected => "flow_reselected",
             Counter::FlowInsertFailed => "flow_insert_failed",
             Counter::FlowEvicted => "flow_evicted",
+            Counter::FragmentUnmatched => "fragment_unmatched",
+            Counter::IcmpError => "icmp_error",
+            Counter::IcmpErrorUnmatched => "icmp_error_unmatched",
+            Counter::FlowMissByHash => "flow_miss_by_hash",
+            Counter::ExtensionHeader => "extension_header",
         }
     }
 
     /// Fills in the derived counters of `values` (indexed by the enum value)
     /// from the stored ones.
     pub fn derive(values: &mut [u64; Self::COUNT as usize]) {
-        values[Counter::Forwarded as usize] =
-            values[Counter::FlowHit as usize].wrapping_add(values[Counter::NewFlow as usize]);
+        values[Counter::Forwarded as usize] = Self::FORWARDING
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(values[*c as usize]));
     }
+
+    /// The counters of forwarded packets: each forwarded packet counts in
+    /// exactly one, and `Forwarded` is their sum.
+    pub const FORWARDING: [Counter; 7] = [
+        Counter::FlowHit,
+        Counter::NewFlow,
+        Counter::FlowMissByHash,
+        Counter::Fragment,
+        Counter::FragmentUnmatched,
+        Counter::IcmpError,
+        Counter::IcmpErrorUnmatched,
+    ];
 }
 
 /// Names of the maps, shared so the loader never spells them differently.
@@ -470,6 +564,12 @@ pub mod map_names {
     /// Round-robin position per group id (`u64`, shared, atomic adds).
     pub const GROUP_RR: &str = "GROUP_RR";
     pub const STICKY: &str = "STICKY";
+    /// Datagram -> where its first fragment went (`FragmentEntry`).
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// (VIP, protocol, port 0) -> the one listener of that VIP and
+    /// protocol: where later fragments of a datagram whose first was not
+    /// seen go (no entry when the VIP has several listeners of the protocol).
+    pub const FRAGMENT_LISTENERS: &str = "FRAGMENT_LISTENERS";
     /// Target id -> its identity (`TargetRecord`), for the loader only.
     pub const TARGET_IDS: &str = "TARGET_IDS";
     /// Group id -> its name (`GroupName`), for the loader only.
@@ -495,6 +595,7 @@ mod pod {
     unsafe impl aya::Pod for StickyState {}
     unsafe impl aya::Pod for TargetRecord {}
     unsafe impl aya::Pod for GroupName {}
+    unsafe impl aya::Pod for FragmentEntry {}
 }
 
 const _: () = {
@@ -514,6 +615,7 @@ const _: () = {
     assert!(core::mem::size_of::<StickyKey>() == 20);
     assert!(core::mem::size_of::<StickyState>() == 16);
     assert!(core::mem::size_of::<Stats>() == 24);
+    assert!(core::mem::size_of::<FragmentEntry>() == 16);
 };
 
 #[cfg(test)]
@@ -574,13 +676,20 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_hits_plus_new_flows() {
+    fn forwarded_is_the_sum_of_the_forwarding_counters() {
         let mut values = [0u64; Counter::COUNT as usize];
         values[Counter::FlowHit as usize] = 5;
         values[Counter::NewFlow as usize] = 2;
+        values[Counter::FlowMissByHash as usize] = 40;
+        values[Counter::Fragment as usize] = 300;
+        values[Counter::FragmentUnmatched as usize] = 1000;
+        values[Counter::IcmpError as usize] = 20_000;
+        values[Counter::IcmpErrorUnmatched as usize] = 500_000;
         values[Counter::Passed as usize] = 9;
+        values[Counter::ExtensionHeader as usize] = 8;
+        values[Counter::Malformed as usize] = 7;
         Counter::derive(&mut values);
-        assert_eq!(values[Counter::Forwarded as usize], 7);
+        assert_eq!(values[Counter::Forwarded as usize], 521_347);
         assert_eq!(values[Counter::Passed as usize], 9);
     }
 

@@ -29,6 +29,7 @@
 //! in the same way, checking it against the rules.
 use std::collections::{BTreeSet, HashMap};
 
+pub use fragments::Datagram;
 use lb_common::{
     Counter, FlowKey, GroupInfo, ListenerKey, PROTO_TCP, algorithm,
     choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight},
@@ -39,10 +40,13 @@ use lb_common::{
 };
 pub use lb_user::ids::TargetKey;
 use lb_user::plan::{MapPlan, PlannedGroup, PlannedTarget};
+pub use parse::{Kind, Packet, packet, parse};
 pub use table::{Candidate, Class, Insert, Span, Table};
 
 use crate::packets::tcp_flags;
 
+mod fragments;
+pub mod parse;
 pub mod table;
 
 pub const XDP_DROP: u32 = 1;
@@ -136,6 +140,9 @@ pub struct Model {
     /// Group name -> round-robin position (`GROUP_RR`: new flows taken).
     pub round_robin: HashMap<String, u64>,
     pub sticky: HashMap<Client, Session>,
+    /// The datagrams whose first fragment was forwarded, by the key the
+    /// fragments share (`FlowKey::to_datagram`).
+    pub fragments: HashMap<FlowKey, Datagram>,
     pub now_ns: u64,
     /// Least connections: per group name, the table and the (first,
     /// second) candidate pairs its draws can give (they depend on the table
@@ -179,90 +186,6 @@ pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, group: &GroupInfo) -> 
     }
 }
 
-/// A frame's flow key and TCP flags (0 for UDP), or the counter of a frame
-/// the program passes.
-pub fn parse(frame: &[u8]) -> Result<(FlowKey, u8), Counter> {
-    let (ethertype, l3) = ethernet(frame)?;
-    let mut key = FlowKey::default();
-    let l4 = match ethertype {
-        0x0800 => ipv4(frame, l3, &mut key)?,
-        0x86dd => ipv6(frame, l3, &mut key)?,
-        _ => return Err(Counter::Passed),
-    };
-    let flags = ports(frame, l4, &mut key)?;
-    Ok((key, flags))
-}
-
-/// `len` bytes of `frame` from `at`; a frame too short is malformed.
-fn bytes(frame: &[u8], at: usize, len: usize) -> Result<&[u8], Counter> {
-    frame.get(at..at + len).ok_or(Counter::Malformed)
-}
-
-/// The 4 bytes of `b` from `at`, as the program reads them (host order).
-fn word(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// The ethertype and where the IP header starts (after one VLAN tag, if any).
-fn ethernet(frame: &[u8]) -> Result<(u16, usize), Counter> {
-    let eth = bytes(frame, 0, 14)?;
-    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    if ethertype == 0x8100 || ethertype == 0x88a8 {
-        let tag = bytes(frame, 14, 4)?;
-        return Ok((u16::from_be_bytes([tag[2], tag[3]]), 18));
-    }
-    Ok((ethertype, 14))
-}
-
-/// Fills the IPv4 part of `key`: where the L4 header starts (after the
-/// options the IHL counts).
-fn ipv4(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<usize, Counter> {
-    let ip = bytes(frame, l3, 20)?;
-    let hlen = (ip[0] & 0x0f) as usize * 4;
-    if ip[0] >> 4 != 4 || hlen < 20 || (u16::from_be_bytes([ip[2], ip[3]]) as usize) < hlen {
-        return Err(Counter::Malformed);
-    }
-    bytes(frame, l3, hlen)?;
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-        return Err(Counter::Fragment);
-    }
-    key.proto = ip[9];
-    key.family = lb_common::FAMILY_V4;
-    key.src_be[0] = word(ip, 12);
-    key.dst_be[0] = word(ip, 16);
-    Ok(l3 + hlen)
-}
-
-/// Fills the IPv6 part of `key`: where the L4 header starts.
-fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<usize, Counter> {
-    let ip = bytes(frame, l3, 40)?;
-    if ip[0] >> 4 != 6 {
-        return Err(Counter::Malformed);
-    }
-    key.proto = ip[6];
-    key.family = lb_common::FAMILY_V6;
-    key.src_be = std::array::from_fn(|i| word(ip, 8 + 4 * i));
-    key.dst_be = std::array::from_fn(|i| word(ip, 24 + 4 * i));
-    Ok(l3 + 40)
-}
-
-/// Fills the ports of `key`: the TCP flags (0 for UDP).
-fn ports(frame: &[u8], l4: usize, key: &mut FlowKey) -> Result<u8, Counter> {
-    let need = match key.proto {
-        lb_common::PROTO_TCP => 20,
-        lb_common::PROTO_UDP => 8,
-        _ => return Err(Counter::Passed),
-    };
-    let ports = bytes(frame, l4, need)?;
-    key.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
-    key.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    Ok(if key.proto == lb_common::PROTO_TCP {
-        ports[13]
-    } else {
-        0
-    })
-}
-
 /// Where a new flow's choice came from (for `Model::new_flow`).
 struct Choice {
     target: Option<TargetKey>,
@@ -301,7 +224,17 @@ struct Verdicts<'a> {
     sticky_key: Option<Client>,
 }
 
-impl Verdicts<'_> {
+impl<'a> Verdicts<'a> {
+    /// The outcomes of `frame` under `listener` (no sticky session read).
+    fn of(frame: &'a [u8], plan: &'a MapPlan, listener: ListenerKey) -> Verdicts<'a> {
+        Verdicts {
+            frame,
+            plan,
+            listener,
+            sticky_key: None,
+        }
+    }
+
     fn dropped(
         &self,
         mut counters: Vec<Counter>,
@@ -351,6 +284,7 @@ impl Model {
             active: HashMap::new(),
             round_robin: HashMap::new(),
             sticky: HashMap::new(),
+            fragments: HashMap::new(),
             now_ns: 0,
             lc_pairs: HashMap::new(),
         }
@@ -377,8 +311,13 @@ impl Model {
     /// new flow took (or its going unremembered), the model takes that;
     /// otherwise it takes its own first and the outcomes differ.
     pub fn process_observed(&mut self, plan: &MapPlan, frame: &[u8], run: &ProgramRun) -> Outcome {
-        let (key, flags) = match parse(frame) {
-            Ok(flow) => flow,
+        let (key, flags, kind) = match packet(frame) {
+            Ok(Packet {
+                key,
+                kind: Kind::Later(datagram),
+                ..
+            }) => return self.later_fragment(plan, frame, key, datagram, run.clock),
+            Ok(p) => (p.key, p.flags, p.kind),
             Err(counter) => return passed(frame, counter),
         };
         let Some(listener) = plan.listeners.iter().find(|l| {
@@ -409,10 +348,46 @@ impl Model {
         let Some(group) = group else {
             return verdicts.dropped(Vec::new(), None);
         };
+        if kind == Kind::IcmpError {
+            return self.icmp_error(plan, &verdicts, group, &key);
+        }
+        let outcome = self.flow_packet(plan, &verdicts, group, &key, flags, run);
+        if let (Kind::First(datagram), Some(target)) = (kind, &outcome.target) {
+            self.record_fragment(&key, datagram, listener.info.listener_id, target, run.clock);
+        }
+        outcome
+    }
+
+    /// The outcome of a packet of a listener's flow (a whole packet or a
+    /// first fragment).
+    fn flow_packet(
+        &mut self,
+        plan: &MapPlan,
+        verdicts: &Verdicts,
+        group: &PlannedGroup,
+        key: &FlowKey,
+        flags: u8,
+        run: &ProgramRun,
+    ) -> Outcome {
+        let key = *key;
         let mut counters = Vec::new();
         if let Some(t) = self.follow(plan, group, &key, flags, run.clock, &mut counters) {
             counters.extend([Counter::FlowHit, Counter::Forwarded]);
             return verdicts.forwarded(t, counters, false, None);
+        }
+        let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        if key.proto == PROTO_TCP && !syn && !self.flows.contains_key(&key) {
+            // A TCP packet, not a SYN, of a flow the table does not hold:
+            // the group's hash target, nothing remembered.
+            return match by_hash(plan, group, &key).and_then(|t| usable(plan, &t, &group.name)) {
+                Some(t) => verdicts.forwarded(
+                    t,
+                    vec![Counter::FlowMissByHash, Counter::Forwarded],
+                    false,
+                    None,
+                ),
+                None => verdicts.dropped(counters, None),
+            };
         }
         let choice = self.first_choice(plan, group, &key, flags, run.mac);
         let Some(t) = choice
@@ -709,11 +684,22 @@ fn identity(plan: &MapPlan, id: u32) -> Option<TargetKey> {
 /// The target of the flow hash's slot of the group's table (`None`: an
 /// empty table or an empty slot).
 fn by_hash(plan: &MapPlan, group: &PlannedGroup, key: &FlowKey) -> Option<TargetKey> {
+    by_hash_fields(plan, group, key, group.info.hash_fields)
+}
+
+/// The target of the slot the hash of the flow's `fields` (`hash_fields`
+/// bits) picks in the group's table.
+fn by_hash_fields(
+    plan: &MapPlan,
+    group: &PlannedGroup,
+    key: &FlowKey,
+    fields: u8,
+) -> Option<TargetKey> {
     let len = group.table.len() as u32;
     if len == 0 {
         return None;
     }
-    let slot = flow_hash(key, group.info.hash_fields) % len;
+    let slot = flow_hash(key, fields) % len;
     identity(plan, group.table.get(slot as usize))
 }
 

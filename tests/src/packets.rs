@@ -47,7 +47,59 @@ pub struct Frame {
     pub ip_options: Vec<u8>,
     /// IPv4 flags+fragment offset field (host order), e.g. 0x2000 for MF.
     pub frag: u16,
+    /// IPv4 identification.
+    pub ip_id: u16,
+    /// IPv6 extension headers, in order, before the transport header.
+    pub ext_headers: Vec<ExtHeader>,
     pub l4: L4,
+}
+
+/// An IPv6 extension header: its type (next-header value) and the bytes
+/// after its next-header and length bytes (`build` pads the header to a
+/// multiple of 8 bytes and fills both in). A fragment header's length
+/// byte is reserved: its body is 6 bytes and its length 0, as `build`
+/// computes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtHeader {
+    pub kind: u8,
+    pub body: Vec<u8>,
+}
+
+impl ExtHeader {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTHENTICATION: u8 = 51;
+    pub const DESTINATION_OPTIONS: u8 = 60;
+
+    /// Hop-by-hop or destination options of `len` 8-byte units (PadN).
+    pub fn options(kind: u8, units: usize) -> ExtHeader {
+        let mut body = vec![1, (units * 8 - 4) as u8];
+        body.resize(units * 8 - 2, 0);
+        ExtHeader { kind, body }
+    }
+
+    /// A type-4 routing header with `segments_left`.
+    pub fn routing(segments_left: u8) -> ExtHeader {
+        let mut body = vec![4, segments_left];
+        body.resize(6, 0);
+        ExtHeader {
+            kind: Self::ROUTING,
+            body,
+        }
+    }
+
+    /// A fragment header: `offset` in 8-byte units, more fragments or not,
+    /// identification `id`.
+    pub fn fragment(offset: u16, more: bool, id: u32) -> ExtHeader {
+        let word = (offset << 3) | more as u16;
+        let mut body = word.to_be_bytes().to_vec();
+        body.extend(id.to_be_bytes());
+        ExtHeader {
+            kind: Self::FRAGMENT,
+            body,
+        }
+    }
 }
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
@@ -87,8 +139,68 @@ impl Frame {
             dst: dst.parse().expect("dst ip"),
             ip_options: Vec::new(),
             frag: 0,
+            ip_id: 0x1234,
+            ext_headers: Vec::new(),
             l4,
         }
+    }
+
+    /// An ICMP (IPv4) or ICMPv6 error of `icmp_type` and `code` from
+    /// `from` to `to`, quoting `quoted` (an IP packet: a frame's bytes
+    /// after its Ethernet header); `mtu` goes in the second word (the next
+    /// hop's MTU of fragmentation needed, the MTU of packet too big).
+    pub fn icmp_error(
+        from: &str,
+        to: &str,
+        icmp_type: u8,
+        code: u8,
+        mtu: u32,
+        quoted: &[u8],
+    ) -> Frame {
+        let v4 = from.parse::<IpAddr>().expect("from").is_ipv4();
+        let mut payload = vec![icmp_type, code, 0, 0];
+        payload.extend(mtu.to_be_bytes());
+        payload.extend(quoted);
+        let proto = if v4 { 1 } else { 58 };
+        Frame::new(from, to, L4::Raw { proto, payload })
+    }
+
+    pub fn with_ip_id(mut self, id: u16) -> Frame {
+        self.ip_id = id;
+        self
+    }
+
+    pub fn with_ext_header(mut self, header: ExtHeader) -> Frame {
+        self.ext_headers.push(header);
+        self
+    }
+
+    /// The frame's IP datagram cut into fragments that carry at most
+    /// `size` bytes of it each (a multiple of 8): IPv4 with the frame's ID,
+    /// IPv6 with a fragment header of identification `id` after the
+    /// frame's other extension headers. In order; the first has the
+    /// transport header.
+    pub fn fragments(&self, size: usize, id: u32) -> Vec<Vec<u8>> {
+        assert!(size.is_multiple_of(8) && size > 0);
+        let (proto, l4) = self.l4_bytes();
+        let chunks: Vec<&[u8]> = l4.chunks(size).collect();
+        let last = chunks.len() - 1;
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let offset = (i * size / 8) as u16;
+                let more = i < last;
+                let mut f = self.clone();
+                if self.src.is_ipv4() {
+                    f.ip_id = id as u16;
+                    f.frag = offset | if more { 0x2000 } else { 0 };
+                } else {
+                    f.ext_headers.push(ExtHeader::fragment(offset, more, id));
+                }
+                f.build_with(proto, chunk.to_vec())
+            })
+            .collect()
     }
 
     pub fn with_vlan(mut self, vid: u16) -> Frame {
@@ -150,6 +262,12 @@ impl Frame {
     }
 
     pub fn build(&self) -> Vec<u8> {
+        let (proto, l4) = self.l4_bytes();
+        self.build_with(proto, l4)
+    }
+
+    /// The frame with `l4` (protocol `proto`) after its IP header(s).
+    fn build_with(&self, proto: u8, l4: Vec<u8>) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         out.extend(self.dst_mac);
         out.extend(self.src_mac);
@@ -163,7 +281,6 @@ impl Frame {
             out.extend((vid & 0x0fff).to_be_bytes());
         }
         out.extend(ethertype.to_be_bytes());
-        let (proto, l4) = self.l4_bytes();
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let mut options = self.ip_options.clone();
@@ -175,7 +292,7 @@ impl Frame {
                 ip.push(0x40 | (hlen / 4) as u8);
                 ip.push(0);
                 ip.extend(((hlen + l4.len()) as u16).to_be_bytes());
-                ip.extend(0x1234u16.to_be_bytes()); // id
+                ip.extend(self.ip_id.to_be_bytes());
                 ip.extend(self.frag.to_be_bytes());
                 ip.push(64);
                 ip.push(proto);
@@ -188,16 +305,38 @@ impl Frame {
                 out.extend(ip);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let headers = self.ext_header_bytes(proto);
+                let first = self.ext_headers.first().map_or(proto, |h| h.kind);
                 out.extend([0x60, 0, 0, 0]);
-                out.extend((l4.len() as u16).to_be_bytes());
-                out.push(proto);
+                out.extend(((headers.len() + l4.len()) as u16).to_be_bytes());
+                out.push(first);
                 out.push(64);
                 out.extend(s.octets());
                 out.extend(d.octets());
+                out.extend(headers);
             }
             _ => panic!("mixed address families"),
         }
         out.extend(l4);
+        out
+    }
+}
+
+impl Frame {
+    /// The IPv6 extension headers' bytes, the last one's next header
+    /// `proto`.
+    fn ext_header_bytes(&self, proto: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, h) in self.ext_headers.iter().enumerate() {
+            let next = self.ext_headers.get(i + 1).map_or(proto, |n| n.kind);
+            let mut body = h.body.clone();
+            while !(body.len() + 2).is_multiple_of(8) {
+                body.push(0);
+            }
+            out.push(next);
+            out.push(((body.len() + 2) / 8 - 1) as u8);
+            out.extend(body);
+        }
         out
     }
 }

@@ -26,7 +26,14 @@ use super::{
 /// one). The caller checks the id is usable.
 #[inline(always)]
 pub fn by_hash(flow: &FlowKey, group_id: u32, group: &GroupInfo) -> Option<u32> {
-    let hash = flow_hash(flow, group.hash_fields);
+    by_hash_of(flow, group_id, group.hash_fields)
+}
+
+/// The slot of the group's table the hash of the flow's `fields`
+/// (`hash_fields` bits) picks.
+#[inline(always)]
+pub fn by_hash_of(flow: &FlowKey, group_id: u32, fields: u8) -> Option<u32> {
+    let hash = flow_hash(flow, fields);
     let table = table(group_id)?;
     table.slot(hash % table.len)
 }

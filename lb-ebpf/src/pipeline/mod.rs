@@ -12,6 +12,8 @@ mod atomic;
 mod choose;
 mod counters;
 mod flows;
+mod fragments;
+mod icmp;
 mod lookup;
 mod parse;
 mod rewrite;
@@ -27,10 +29,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BPF_F_MMAPABLE, Config, Counter, DEFAULT_STICKY_TABLE_SIZE, FlowKey, GROUP_TABLE_FLAGS,
-    GroupInfo, GroupName, GroupTableElement, ListenerFilter, ListenerInfo, ListenerKey,
-    ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats, StickyKey, StickyState,
-    TargetInfo, TargetRecord, flow_table::Bucket,
+    BPF_F_MMAPABLE, Config, Counter, DEFAULT_STICKY_TABLE_SIZE, FRAGMENT_TABLE_SIZE, FlowKey,
+    FragmentEntry, GROUP_TABLE_FLAGS, GroupInfo, GroupName, GroupTableElement, ListenerFilter,
+    ListenerInfo, ListenerKey, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats,
+    StickyKey, StickyState, TargetInfo, TargetRecord, flow_table::Bucket,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -108,6 +110,18 @@ static GROUP_RR: Array<u64, { MAX_GROUPS as usize }> = Array::new();
 static STICKY: LruHashMap<StickyKey, StickyState, { DEFAULT_STICKY_TABLE_SIZE as usize }> =
     LruHashMap::new();
 
+/// Datagram -> the target and listener its first fragment went to
+/// (`fragments`).
+#[btf_map]
+static FRAGMENTS: LruHashMap<FlowKey, FragmentEntry, { FRAGMENT_TABLE_SIZE as usize }> =
+    LruHashMap::new();
+
+/// (VIP, protocol, port 0) -> the one listener of that VIP and protocol:
+/// where a later fragment whose first was not seen goes (`fragments`).
+#[btf_map]
+static FRAGMENT_LISTENERS: HashMap<ListenerKey, ListenerInfo, { MAX_LISTENERS as usize }> =
+    HashMap::new();
+
 /// Target id -> the target's identity, and group id -> the group's name:
 /// the loader's record of what the ids in the maps above name, kept with
 /// them so that a loader adopting this data plane knows it. The program never
@@ -122,7 +136,10 @@ static GROUP_NAMES: Array<GroupName, { MAX_GROUPS as usize }> = Array::new();
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     let mut flow = FlowKey::default();
-    let tcp_flags = parse::flow(ctx, &mut flow)?;
+    let packet = parse::flow(ctx, &mut flow)?;
+    if packet.kind == parse::kind::LATER_FRAGMENT {
+        return fragments::later(ctx, &mut flow, packet.datagram);
+    }
     // Traffic for no listener stops here, before the flow table: the
     // host's own packets never pay a read of its buckets, whatever their
     // port.
@@ -143,8 +160,16 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     };
     let entry = probe.entry();
     let listener = lookup::listener(&flow, entry.as_ref().map(flows::Entry::listener_hint))?;
-    let target = select::target(&flow, tcp_flags, &listener, &mut probe, entry, now)?;
-    forward(ctx, &listener, &target, config)
+    if packet.kind == parse::kind::ICMP_ERROR {
+        return icmp::error(ctx, &flow, &listener, entry, config);
+    }
+    let target = select::target(&flow, packet.tcp_flags, &listener, &mut probe, entry, now)?;
+    let verdict = forward(ctx, &listener, &target, config);
+    // Last, so that only this is followed twice by the verifier.
+    if flow.is_first_fragment() {
+        fragments::record(&mut flow, packet.datagram, &listener, &target, now);
+    }
+    verdict
 }
 
 /// Counts the packet and sends it to its target.
@@ -159,6 +184,6 @@ fn forward(
     counters::add_stats(&LISTENER_STATS, listener.listener_id, len, target.new_flow);
     counters::add_stats(&TARGET_STATS, target.id, len, target.new_flow);
     rewrite::to_target(ctx, target.info, config)?;
-    // `Forwarded` is derived (FlowHit + NewFlow, counted by `select` and `run`).
+    // `Forwarded` is derived (`Counter::FORWARDING`, counted by the callers).
     Ok(xdp_action::XDP_TX)
 }

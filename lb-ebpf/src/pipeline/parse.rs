@@ -1,15 +1,37 @@
 //! Bounds-checked header parsing over `network-types`' header structs:
 //! Ethernet (with at most one 802.1Q or 802.1ad tag), IPv4 (any IHL: options
-//! are skipped), IPv6 (no extension headers), TCP, UDP.
+//! are skipped), IPv6 with its extension headers (walked: hop-by-hop,
+//! destination options, routing with no segments left, fragment; at most
+//! [`EXTENSION_HEADERS`]), TCP, UDP, and the ICMP errors that quote a flow.
+//!
+//! What a frame is ([`Parsed::kind`]):
+//! - [`kind::WHOLE`]: a TCP or UDP packet (or an atomic fragment: offset 0,
+//!   no more fragments);
+//! - the first fragment of a datagram ([`kind::WHOLE`], the key marked
+//!   `FlowKey::is_first_fragment`), which has its ports: it goes as a
+//!   whole packet would, and its datagram's later fragments follow it;
+//! - [`kind::LATER_FRAGMENT`]: a TCP or UDP fragment at a nonzero offset:
+//!   no ports (the key's are 0), only addresses, protocol and datagram id;
+//! - [`kind::ICMP_ERROR`]: an ICMP destination unreachable (fragmentation
+//!   needed included) or time exceeded, or an ICMPv6 destination
+//!   unreachable, packet too big or time exceeded, quoting a TCP or UDP
+//!   packet the VIP sent (a target's reply): the key is the flow it belongs
+//!   to, the quoted packet's addresses and ports swapped.
 //!
 //! The rule for what does not parse (documented in the README):
-//! - not IPv4/IPv6, not TCP/UDP, or IPv6 with an extension header first:
-//!   XDP_PASS, counted `passed` (not ours);
-//! - IPv4 fragments: XDP_PASS, counted `fragment` (fragment steering is later work);
+//! - not IPv4/IPv6, not TCP/UDP/ICMP; ICMP that is no error (echo
+//!   requests included) or quotes no TCP/UDP packet from the address it is
+//!   sent to; later fragments of other protocols: XDP_PASS, counted
+//!   `passed` (not ours);
+//! - IPv6 with an extension header the walk does not take (authentication,
+//!   mobility, HIP, shim6, experimental), a routing header with segments
+//!   left, or more than [`EXTENSION_HEADERS`] of them: XDP_PASS, counted
+//!   `extension_header`;
 //! - truncated or inconsistent headers (frame shorter than a header, IP version
 //!   field not matching the EtherType, IHL < 5, IPv4 total length shorter than
-//!   its header): XDP_PASS untouched, counted `malformed`; the kernel's own
-//!   checks then drop it. Nothing is read past `data_end`.
+//!   its header, a quoted header cut short): XDP_PASS untouched, counted
+//!   `malformed`; the kernel's own checks then drop it. Nothing is read past
+//!   `data_end`.
 //!
 //! Every header is read through a pointer that `header` checked against
 //! `data_end`; the structs hold wire bytes (byte arrays, or a `u16` read
@@ -29,9 +51,52 @@ use network_types::{
 
 use super::counters::count;
 
-/// IPv4 flags and fragment offset (`Ipv4Hdr::frags`): the MF bit and the
-/// 13-bit offset; DF does not matter.
-const IPV4_FRAG_MASK: u16 = 0x3fff;
+/// The IPv4 "more fragments" bit (`Ipv4Hdr::frags`; DF does not matter).
+const IPV4_MORE: u16 = 0x2000;
+/// The 13-bit fragment offset of IPv4 (in the flags word) and IPv6 (in
+/// the fragment header's offset word, above 3 bits of flags).
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+const IPV6_OFFSET_MASK: u16 = 0xfff8;
+/// The IPv6 fragment header's "more fragments" bit.
+const IPV6_MORE: u16 = 0x0001;
+
+/// The most IPv6 extension headers walked before the transport header.
+pub const EXTENSION_HEADERS: usize = 6;
+
+/// IP protocol numbers (IPv6 next-header values) the parser tells apart.
+mod ip_proto {
+    pub const ICMP: u8 = 1;
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTHENTICATION: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const DESTINATION_OPTIONS: u8 = 60;
+    pub const MOBILITY: u8 = 135;
+    pub const HIP: u8 = 139;
+    pub const SHIM6: u8 = 140;
+    pub const EXPERIMENT_1: u8 = 253;
+    pub const EXPERIMENT_2: u8 = 254;
+}
+
+/// What a frame is (module documentation). A first fragment is
+/// [`kind::WHOLE`], its key marked (`FlowKey::mark_first_fragment`).
+pub mod kind {
+    pub const WHOLE: u8 = 0;
+    pub const LATER_FRAGMENT: u8 = 2;
+    pub const ICMP_ERROR: u8 = 3;
+}
+
+/// What the parser found besides the flow key.
+#[derive(Clone, Copy)]
+pub struct Parsed {
+    /// The TCP flags byte (0 for UDP, fragments after the first, ICMP).
+    pub tcp_flags: u8,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// A fragment's datagram: the IPv4 ID or the IPv6 identification.
+    pub datagram: u32,
+}
 
 /// A `T` header at `offset`, or `None` if the frame is shorter.
 #[inline(always)]
@@ -41,6 +106,15 @@ fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
         return None;
     }
     Some((start + offset) as *const T)
+}
+
+/// The `N` bytes at `offset` (copied), or `None` if the frame is shorter.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+    let at: *const [u8; N] = header(ctx, offset)?;
+    // SAFETY: `header` checked the N bytes are inside the frame (a byte
+    // array: no alignment).
+    Some(unsafe { *at })
 }
 
 #[inline(always)]
@@ -55,6 +129,12 @@ fn not_ours() -> u32 {
     xdp_action::XDP_PASS
 }
 
+#[inline(always)]
+fn extension_header() -> u32 {
+    count(Counter::ExtensionHeader);
+    xdp_action::XDP_PASS
+}
+
 /// TCP header flag bits (the second byte of `TcpHdr`'s flags bitfield).
 pub mod tcp {
     pub const FIN: u8 = 0x01;
@@ -63,13 +143,26 @@ pub mod tcp {
     pub const ACK: u8 = 0x10;
 }
 
-/// Parses the frame into `key`, the flow it belongs to, and returns the TCP
-/// flags byte (0 for UDP). The key is filled in place (it is a map key on the
+/// Where the transport header starts, and the fragment it is part of.
+#[derive(Clone, Copy)]
+struct Transport {
+    offset: usize,
+    kind: u8,
+    /// 1 for a datagram's first fragment, else 0: from the header's bits,
+    /// never by a branch (a constant per path here would make the verifier
+    /// follow every later path once per value).
+    first_fragment: u8,
+    datagram: u32,
+}
+
+/// Parses the frame into `key`, the flow it belongs to (module
+/// documentation). The key is filled in place (it is a map key on the
 /// stack) rather than returned: a returned key is assembled in registers,
-/// spilled, and copied again. The flags stay out of the key: the key is
-/// hashed and compared whole, and every packet of a flow must have the same.
+/// spilled, and copied again. The TCP flags stay out of the key: the key
+/// is hashed and compared whole, and every packet of a flow must have the
+/// same.
 #[inline(always)]
-pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<u8, u32> {
+pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, u32> {
     let (ethertype, l3) = ethernet(ctx)?;
     let l4 = if ethertype == EtherType::Ipv4 as u16 {
         ipv4(ctx, l3, key)?
@@ -78,7 +171,33 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<u8, u32> {
     } else {
         return Err(not_ours());
     };
-    ports(ctx, l4, key)
+    let (kind, datagram) = (l4.kind, l4.datagram);
+    if kind == kind::LATER_FRAGMENT {
+        // No transport header: addresses, protocol and datagram only.
+        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+            return Err(not_ours());
+        }
+        return Ok(Parsed {
+            tcp_flags: 0,
+            kind,
+            datagram,
+        });
+    }
+    if key.proto == ip_proto::ICMP || key.proto == ip_proto::ICMPV6 {
+        icmp_error(ctx, l4.offset, key)?;
+        return Ok(Parsed {
+            tcp_flags: 0,
+            kind: kind::ICMP_ERROR,
+            datagram: 0,
+        });
+    }
+    let tcp_flags = ports(ctx, l4.offset, key)?;
+    key.mark_first_fragment(l4.first_fragment);
+    Ok(Parsed {
+        tcp_flags,
+        kind,
+        datagram,
+    })
 }
 
 /// The EtherType (wire order) and where the IP header starts, past at most
@@ -99,7 +218,7 @@ fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), u32> {
 
 /// The IPv4 header at `l3` into `key`; where the transport header starts.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, u32> {
+fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32> {
     let ip: *const Ipv4Hdr = header(ctx, l3).ok_or_else(malformed)?;
     // SAFETY: `ip` covers an Ipv4Hdr (byte fields only: no alignment).
     let ip = unsafe { &*ip };
@@ -112,33 +231,116 @@ fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, u32> {
     }
     // The options (if any) must be in the frame.
     header::<u8>(ctx, l3 + hlen - 1).ok_or_else(malformed)?;
-    if u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0 {
-        count(Counter::Fragment);
-        return Err(xdp_action::XDP_PASS);
-    }
     key.proto = ip.proto;
     key.family = FAMILY_V4;
     key.src_be[0] = u32::from_ne_bytes(ip.src_addr);
     key.dst_be[0] = u32::from_ne_bytes(ip.dst_addr);
-    Ok(l3 + hlen)
+    let frags = u16::from_be_bytes(ip.frags);
+    let kind = if frags & IPV4_OFFSET_MASK != 0 {
+        kind::LATER_FRAGMENT
+    } else {
+        kind::WHOLE
+    };
+    Ok(Transport {
+        offset: l3 + hlen,
+        kind,
+        // At offset 0, the MF bit.
+        first_fragment: ((frags & IPV4_MORE) >> 13) as u8,
+        datagram: u16::from_be_bytes(ip.id) as u32,
+    })
 }
 
-/// The IPv6 header at `l3` into `key`; where the transport header starts.
-/// Extension headers are not walked yet: a packet with one has no TCP or
-/// UDP next header here, and passes.
+/// The IPv6 header at `l3` and its extension headers into `key`; where the
+/// transport header starts.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, u32> {
+fn ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32> {
     let ip: *const Ipv6Hdr = header(ctx, l3).ok_or_else(malformed)?;
     // SAFETY: `ip` covers an Ipv6Hdr (byte fields only: no alignment).
     let ip = unsafe { &*ip };
     if ip.version() != 6 {
         return Err(malformed());
     }
-    key.proto = ip.next_hdr;
     key.family = FAMILY_V6;
     key.src_be = words(&ip.src_addr);
     key.dst_be = words(&ip.dst_addr);
-    Ok(l3 + Ipv6Hdr::LEN)
+    let next = ip.next_hdr;
+    let offset = l3 + Ipv6Hdr::LEN;
+    if next == PROTO_TCP || next == PROTO_UDP {
+        // The common case: no extension header.
+        key.proto = next;
+        return Ok(Transport {
+            offset,
+            kind: kind::WHOLE,
+            first_fragment: 0,
+            datagram: 0,
+        });
+    }
+    extension_headers(ctx, next, offset, key)
+}
+
+/// Walks the extension headers starting with `next` at `offset` (at most
+/// [`EXTENSION_HEADERS`]) to the transport header, into `key.proto`.
+#[inline(always)]
+fn extension_headers(
+    ctx: &XdpContext,
+    mut next: u8,
+    mut offset: usize,
+    key: &mut FlowKey,
+) -> Result<Transport, u32> {
+    let mut first_fragment = 0;
+    let mut datagram = 0;
+    for _ in 0..EXTENSION_HEADERS {
+        match next {
+            PROTO_TCP | PROTO_UDP | ip_proto::ICMPV6 => break,
+            ip_proto::HOP_BY_HOP | ip_proto::DESTINATION_OPTIONS | ip_proto::ROUTING => {
+                // Next header, length in 8-byte units beyond the first 8,
+                // then (routing) type and segments left.
+                let h: [u8; 4] = bytes(ctx, offset).ok_or_else(malformed)?;
+                if next == ip_proto::ROUTING && h[3] != 0 {
+                    // Not the final destination yet.
+                    return Err(extension_header());
+                }
+                next = h[0];
+                offset += (h[1] as usize + 1) * 8;
+            }
+            ip_proto::FRAGMENT => {
+                // Next header, reserved, offset and flags, identification.
+                let h: [u8; 8] = bytes(ctx, offset).ok_or_else(malformed)?;
+                let word = u16::from_be_bytes([h[2], h[3]]);
+                datagram = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                next = h[0];
+                offset += 8;
+                if word & IPV6_OFFSET_MASK != 0 {
+                    key.proto = next;
+                    return Ok(Transport {
+                        offset,
+                        kind: kind::LATER_FRAGMENT,
+                        first_fragment: 0,
+                        datagram,
+                    });
+                }
+                first_fragment = (word & IPV6_MORE) as u8;
+            }
+            ip_proto::AUTHENTICATION
+            | ip_proto::MOBILITY
+            | ip_proto::HIP
+            | ip_proto::SHIM6
+            | ip_proto::EXPERIMENT_1
+            | ip_proto::EXPERIMENT_2 => return Err(extension_header()),
+            _ => return Err(not_ours()),
+        }
+    }
+    if next != PROTO_TCP && next != PROTO_UDP && next != ip_proto::ICMPV6 {
+        // More extension headers than the walk takes.
+        return Err(extension_header());
+    }
+    key.proto = next;
+    Ok(Transport {
+        offset,
+        kind: kind::WHOLE,
+        first_fragment,
+        datagram,
+    })
 }
 
 /// An IPv6 address as four words of wire bytes.
@@ -175,4 +377,88 @@ fn ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, u32> {
         }
         _ => Err(not_ours()),
     }
+}
+
+/// An ICMP error at `l4` (ICMP after IPv4, ICMPv6 after IPv6) about a TCP
+/// or UDP packet the VIP sent: `key` becomes that packet's flow (the
+/// client's side first). Anything else ICMP is the host's.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<(), u32> {
+    // Type, code, checksum, then 4 bytes (unused, next-hop MTU or the
+    // packet-too-big MTU) before the quoted packet.
+    // (Read as a whole: a 1-byte read's bounds check compiles to one the
+    // verifier does not take.)
+    let h: [u8; 8] = bytes(ctx, l4).ok_or_else(malformed)?;
+    let quoted = l4 + 8;
+    if key.family == FAMILY_V4 {
+        // Destination unreachable (fragmentation needed included), time
+        // exceeded.
+        if key.proto != ip_proto::ICMP || (h[0] != 3 && h[0] != 11) {
+            return Err(not_ours());
+        }
+        quoted_ipv4(ctx, quoted, key)
+    } else {
+        // Destination unreachable, packet too big, time exceeded.
+        if key.proto != ip_proto::ICMPV6 || h[0] == 0 || h[0] > 3 {
+            return Err(not_ours());
+        }
+        quoted_ipv6(ctx, quoted, key)
+    }
+}
+
+/// The IPv4 packet quoted at `l3` by an ICMP error sent to `key.dst_be`:
+/// its flow, swapped, into `key`.
+#[inline(always)]
+fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32> {
+    let ip: *const Ipv4Hdr = header(ctx, l3).ok_or_else(malformed)?;
+    // SAFETY: `ip` covers an Ipv4Hdr (byte fields only).
+    let ip = unsafe { &*ip };
+    let hlen = ip.ihl() as usize;
+    if ip.version() != 4 || hlen < Ipv4Hdr::LEN {
+        return Err(malformed());
+    }
+    let from = u32::from_ne_bytes(ip.src_addr);
+    if from != key.dst_be[0]
+        || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP)
+        || u16::from_be_bytes(ip.frags) & IPV4_OFFSET_MASK != 0
+    {
+        return Err(not_ours());
+    }
+    let ports: [u8; 4] = bytes(ctx, l3 + hlen).ok_or_else(malformed)?;
+    key.proto = ip.proto;
+    key.src_be[0] = u32::from_ne_bytes(ip.dst_addr);
+    key.dst_be[0] = from;
+    swap_ports(key, ports);
+    Ok(())
+}
+
+/// The IPv6 packet quoted at `l3` by an ICMPv6 error sent to `key.dst_be`
+/// (no extension headers: a target's TCP or UDP reply has none): its flow,
+/// swapped, into `key`.
+#[inline(always)]
+fn quoted_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32> {
+    let ip: *const Ipv6Hdr = header(ctx, l3).ok_or_else(malformed)?;
+    // SAFETY: `ip` covers an Ipv6Hdr (byte fields only).
+    let ip = unsafe { &*ip };
+    if ip.version() != 6 {
+        return Err(malformed());
+    }
+    let from = words(&ip.src_addr);
+    if from != key.dst_be || (ip.next_hdr != PROTO_TCP && ip.next_hdr != PROTO_UDP) {
+        return Err(not_ours());
+    }
+    let ports: [u8; 4] = bytes(ctx, l3 + Ipv6Hdr::LEN).ok_or_else(malformed)?;
+    key.proto = ip.next_hdr;
+    key.src_be = words(&ip.dst_addr);
+    key.dst_be = from;
+    swap_ports(key, ports);
+    Ok(())
+}
+
+/// The quoted packet's source and destination ports (wire bytes), as the
+/// flow's destination and source port.
+#[inline(always)]
+fn swap_ports(key: &mut FlowKey, ports: [u8; 4]) {
+    key.dst_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    key.src_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
 }

@@ -12,10 +12,14 @@
 //! flow.
 //!
 //! A miss: a TCP packet that is not a SYN belongs to a flow that started
-//! before its entry was lost (evicted, expired, lb detached), so it goes to
-//! the group's consistent-hash target (`choose::by_hash`), where `hash` and
-//! `source_ip` groups sent it in the first place; a SYN, or a UDP packet,
-//! starts a new flow (`choose::new_flow`, by the group's algorithm).
+//! before its entry was lost (evicted, lb detached) or to no flow at all
+//! (a spoofed ACK), so it goes to the group's consistent-hash target
+//! (`choose::by_hash`), where `hash` and `source_ip` groups sent it in the
+//! first place, and nothing is written: no entry, no count. A flood of
+//! such packets leaves the table and least connections as they were. A
+//! SYN, or a UDP packet, starts a new flow (`choose::new_flow`, by the
+//! group's algorithm). An entry that ended or whose target left is chosen
+//! again in place (a TCP packet that is not a SYN then by the hash too).
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{
     Counter, FlowKey, GroupInfo, ListenerInfo, PROTO_TCP, TargetInfo,
@@ -145,18 +149,38 @@ pub fn target(
     entry: Option<Entry>,
     now: u64,
 ) -> Result<Selected, u32> {
-    let mut seen_word = 0;
-    if let Some(mut e) = entry {
-        if let Some(hit) = existing(tcp_flags, listener, &mut e, now) {
-            return Ok(hit);
+    let seen_word = match entry {
+        Some(mut e) => {
+            if let Some(hit) = existing(tcp_flags, listener, &mut e, now) {
+                return Ok(hit);
+            }
+            // The flow ended (this packet starts another) or must choose
+            // again: out of its target's count before the choice, which
+            // least connections makes by the counts.
+            e.uncount();
+            e.word
         }
-        // The flow ended (this packet starts another) or must choose
-        // again: out of its target's count before the choice, which least
-        // connections makes by the counts.
-        seen_word = e.word;
-        e.uncount();
-    }
+        None if flow.proto == PROTO_TCP && !is_syn(tcp_flags) => {
+            return miss_by_hash(flow, listener);
+        }
+        None => 0,
+    };
     new_flow(flow, tcp_flags, listener, probe, seen_word, now)
+}
+
+/// A TCP packet, not a SYN, of a flow the table does not hold: to the
+/// group's consistent-hash target, remembering nothing.
+#[inline(always)]
+fn miss_by_hash(flow: &FlowKey, listener: &ListenerInfo) -> Result<Selected, u32> {
+    let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
+    let id = choose::by_hash(flow, listener.group_id, group).ok_or_else(no_target)?;
+    let info = usable(id, listener.group_id).ok_or_else(no_target)?;
+    count(Counter::FlowMissByHash);
+    Ok(Selected {
+        id,
+        info,
+        new_flow: false,
+    })
 }
 
 /// The target the flow's `entry` names, if the flow goes on and the target

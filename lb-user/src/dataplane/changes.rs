@@ -83,6 +83,10 @@ pub struct Changes {
     pub listeners_removed: Vec<ListenerKey>,
     /// The listener filter of the new listeners alone.
     pub filter_after: Option<ListenerFilter>,
+    /// Every (VIP, protocol, port 0) key of `FRAGMENT_LISTENERS` and its
+    /// listener ([`fragment_listeners`]), when they change (or are
+    /// unknown): the map is made to hold exactly these.
+    pub fragment_listeners: Option<Vec<(ListenerKey, ListenerInfo)>>,
     /// Listener ids no listener has any more: slot cleared.
     pub listener_ids_gone: Vec<u32>,
     /// Listener ids whose statistics start again: gone, or now another
@@ -250,6 +254,10 @@ impl Changes {
         if new_filter != both || (unknown && self.filter_during != Some(new_filter)) {
             self.filter_after = Some(new_filter);
         }
+        let fragments = fragment_listeners(&new);
+        if unknown || fragment_listeners(old) != fragments {
+            self.fragment_listeners = Some(fragments);
+        }
         let mut gone: BTreeSet<u32> = old_slots
             .keys()
             .filter(|id| !new_slots.contains_key(id))
@@ -288,6 +296,29 @@ fn slots(listeners: &HashMap<ListenerKey, ListenerInfo>) -> HashMap<u32, Listene
             (info.listener_id, slot)
         })
         .collect()
+}
+
+/// The keys of `FRAGMENT_LISTENERS`: for each VIP and protocol with
+/// exactly one listener, (VIP, protocol, port 0) and that listener, where
+/// a later fragment whose first was not seen goes (it has no port to tell
+/// listeners apart). Sorted by listener id.
+pub fn fragment_listeners(
+    listeners: &HashMap<ListenerKey, ListenerInfo>,
+) -> Vec<(ListenerKey, ListenerInfo)> {
+    let mut of_vip: HashMap<ListenerKey, Option<ListenerInfo>> = HashMap::new();
+    for (key, info) in listeners {
+        let vip = ListenerKey { port_be: 0, ..*key };
+        of_vip
+            .entry(vip)
+            .and_modify(|one| *one = None)
+            .or_insert(Some(*info));
+    }
+    let mut out: Vec<(ListenerKey, ListenerInfo)> = of_vip
+        .into_iter()
+        .filter_map(|(key, one)| one.map(|info| (key, info)))
+        .collect();
+    out.sort_unstable_by_key(|(_, info)| info.listener_id);
+    out
 }
 
 /// The listener filter that lets the packets of `listeners` through.

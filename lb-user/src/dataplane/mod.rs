@@ -765,6 +765,9 @@ impl Dataplane {
         if let Some(filter) = &c.filter_after {
             self.set_listener_filter(filter)?;
         }
+        if let Some(fragments) = &c.fragment_listeners {
+            self.set_fragment_listeners(fragments)?;
+        }
         self.update_batch(
             names::LISTENERS_BY_ID,
             &c.listener_ids_gone,
@@ -850,6 +853,28 @@ impl Dataplane {
         }
         let map = self.map_data(name)?;
         sys::update_batch(map.fd().as_fd(), keys, values).map_err(io_err(name))
+    }
+
+    /// Makes `FRAGMENT_LISTENERS` hold exactly `want`: the keys it holds
+    /// and `want` has not removed, the others written.
+    fn set_fragment_listeners(
+        &mut self,
+        want: &[(ListenerKey, ListenerInfo)],
+    ) -> Result<(), DataplaneError> {
+        let mut map: BpfHashMap<_, ListenerKey, ListenerInfo> =
+            self.open_mut(names::FRAGMENT_LISTENERS)?;
+        let held: Vec<ListenerKey> = map
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::FRAGMENT_LISTENERS))?;
+        for key in held.iter().filter(|k| !want.iter().any(|(w, _)| w == *k)) {
+            maps::removed(map.remove(key)).map_err(map_err(names::FRAGMENT_LISTENERS))?;
+        }
+        for (key, info) in want {
+            map.insert(key, info, 0)
+                .map_err(map_err(names::FRAGMENT_LISTENERS))?;
+        }
+        Ok(())
     }
 
     fn set_listener_filter(&mut self, filter: &ListenerFilter) -> Result<(), DataplaneError> {
