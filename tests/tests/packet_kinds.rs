@@ -1,0 +1,388 @@
+//! Golden packets for the frames that are not plain TCP or UDP packets:
+//! IP fragments (IPv4 and IPv6, in every order), ICMP errors about a flow
+//! (IPv4 destination unreachable and time exceeded, ICMPv6 packet too big),
+//! and IPv6 extension headers. Each frame runs through the real program
+//! and the reference model, which must agree (`Harness::check`); the tests
+//! assert the outcome besides.
+//!
+//! Needs root (CAP_BPF). Each test loads its own program and maps.
+use std::collections::BTreeSet;
+
+use lb_common::Counter;
+use lb_tests::{
+    harness::{Harness, target},
+    model::{TargetKey, XDP_PASS, XDP_TX},
+    packets::{ExtHeader, Frame, tcp_flags::*},
+};
+
+/// Four targets per group, so that a choice that does not follow the
+/// first fragment shows. `rr` counts rounds: its targets by turn, not by
+/// hash; `three` hashes client and VIP only.
+const POLICY: &str = r#"
+listeners:
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+  - { name: sip, vip: 10.0.3.50, protocol: udp, port: 5060, target_group: rr }
+  - { name: three, vip: 10.0.3.51, protocol: udp, port: 53, target_group: three }
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: dns6, vip: "fd00:3::49", protocol: udp, port: 53, target_group: dns6 }
+  - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
+  - { name: two-a, vip: 10.0.3.52, protocol: udp, port: 53, target_group: two-a }
+  - { name: two-b, vip: 10.0.3.52, protocol: udp, port: 54, target_group: two-b }
+target_groups:
+  - name: dns
+    protocol: udp
+    table_size: 1021
+    targets: [ { ip: 10.0.3.11 }, { ip: 10.0.3.12 }, { ip: 10.0.3.13 }, { ip: 10.0.3.14 } ]
+  - name: rr
+    protocol: udp
+    algorithm: round_robin
+    table_size: 1021
+    targets: [ { ip: 10.0.3.21 }, { ip: 10.0.3.22 }, { ip: 10.0.3.23 }, { ip: 10.0.3.24 } ]
+  - name: three
+    protocol: udp
+    affinity: three_tuple
+    table_size: 1021
+    targets: [ { ip: 10.0.3.31 }, { ip: 10.0.3.32 }, { ip: 10.0.3.33 }, { ip: 10.0.3.34 } ]
+  - name: web
+    protocol: tcp
+    algorithm: round_robin
+    table_size: 1021
+    targets: [ { ip: 10.0.3.41 }, { ip: 10.0.3.42 }, { ip: 10.0.3.43 }, { ip: 10.0.3.44 } ]
+  - name: dns6
+    protocol: udp
+    table_size: 1021
+    targets: [ { ip: "fd00:3::11" }, { ip: "fd00:3::12" }, { ip: "fd00:3::13" }, { ip: "fd00:3::14" } ]
+  - name: web6
+    protocol: tcp
+    algorithm: round_robin
+    table_size: 1021
+    targets: [ { ip: "fd00:3::41" }, { ip: "fd00:3::42" }, { ip: "fd00:3::43" }, { ip: "fd00:3::44" } ]
+  - { name: two-a, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.61 } ] }
+  - { name: two-b, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.62 } ] }
+"#;
+
+/// A UDP datagram of `len` payload bytes from `client:port` to `vip:vport`.
+fn datagram(client: &str, port: u16, vip: &str, vport: u16, len: usize) -> Frame {
+    let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    Frame::udp(client, port, vip, vport, &payload)
+}
+
+/// Runs `frames` in order; the target of each (None if not forwarded) and
+/// the counters of each.
+fn run_all(
+    h: &mut Harness,
+    name: &str,
+    frames: &[Vec<u8>],
+) -> Vec<(Option<TargetKey>, Vec<Counter>)> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let o = h.check(&format!("{name}, fragment {i}"), f);
+            if o.action == XDP_TX {
+                assert_eq!(&o.output[12..], &f[12..], "{name}: only the MACs change");
+            }
+            (o.target, o.counters)
+        })
+        .collect()
+}
+
+#[test]
+fn later_fragments_follow_their_first_over_ipv4_and_ipv6() {
+    let mut h = Harness::new(POLICY);
+    let cases = [
+        ("10.0.3.100", "10.0.3.49", 53, "dns"),
+        ("10.0.3.100", "10.0.3.50", 5060, "rr"),
+        ("fd00:3::100", "fd00:3::49", 53, "dns6"),
+    ];
+    for (client, vip, vport, group) in cases {
+        let mut targets = BTreeSet::new();
+        for i in 0..24u16 {
+            let frames =
+                datagram(client, 20000 + i, vip, vport, 3000).fragments(1232, 7000 + i as u32);
+            assert_eq!(frames.len(), 3);
+            let got = run_all(&mut h, group, &frames);
+            let first = got[0].0.clone().expect("the first fragment is forwarded");
+            assert_eq!(first.group, group);
+            assert!(
+                got[0].1.contains(&Counter::NewFlow),
+                "{group}: {:?}",
+                got[0].1
+            );
+            for (t, counters) in &got[1..] {
+                assert_eq!(t.as_ref(), Some(&first), "{group}: a later fragment strays");
+                assert_eq!(counters, &[Counter::Fragment, Counter::Forwarded]);
+            }
+            // The flow's next datagram, whole, goes where its first went.
+            let whole = datagram(client, 20000 + i, vip, vport, 100).build();
+            assert_eq!(h.check("whole", &whole).target, Some(first.clone()));
+            targets.insert(first);
+        }
+        assert!(targets.len() >= 2, "{group}: datagrams spread: {targets:?}");
+    }
+}
+
+#[test]
+fn fragments_in_every_order_and_without_their_first() {
+    let mut h = Harness::new(POLICY);
+    // Reversed: the later fragments come first and go by the hash of
+    // client, VIP and protocol (counted); then the first decides for the
+    // flow, and fragments after it follow it.
+    for (client, vip, group) in [
+        ("10.0.3.100", "10.0.3.49", "dns"),
+        ("fd00:3::100", "fd00:3::49", "dns6"),
+    ] {
+        for i in 0..8u16 {
+            let frames = datagram(client, 30000 + i, vip, 53, 4000).fragments(1024, 900 + i as u32);
+            assert_eq!(frames.len(), 4);
+            let mut order: Vec<Vec<u8>> = frames[1..].iter().rev().cloned().collect();
+            order.push(frames[0].clone());
+            order.push(frames[2].clone());
+            let got = run_all(&mut h, group, &order);
+            let by_addresses = got[0].0.clone().expect("forwarded");
+            for (t, counters) in &got[..3] {
+                assert_eq!(t.as_ref(), Some(&by_addresses), "{group}");
+                assert_eq!(counters, &[Counter::FragmentUnmatched, Counter::Forwarded]);
+            }
+            let first = got[3].0.clone().expect("forwarded");
+            assert_eq!(
+                got[4],
+                (Some(first), vec![Counter::Fragment, Counter::Forwarded])
+            );
+        }
+    }
+}
+
+#[test]
+fn three_tuple_groups_send_every_fragment_where_the_flow_goes() {
+    let mut h = Harness::new(POLICY);
+    for i in 0..16u16 {
+        let client = format!("10.0.3.{}", 100 + i);
+        let frames = datagram(&client, 40000, "10.0.3.51", 53, 3000).fragments(1232, 77);
+        // Later fragments alone, then the whole flow: the same target.
+        let alone = run_all(&mut h, "three", &frames[1..]);
+        let whole = h.check(
+            "whole",
+            &datagram(&client, 40000, "10.0.3.51", 53, 10).build(),
+        );
+        for (t, counters) in alone {
+            assert_eq!(t, whole.target);
+            assert_eq!(counters, [Counter::FragmentUnmatched, Counter::Forwarded]);
+        }
+    }
+}
+
+#[test]
+fn unmatched_fragments_of_a_vip_with_several_listeners_pass_to_the_host() {
+    let mut h = Harness::new(POLICY);
+    let frames = datagram("10.0.3.100", 40000, "10.0.3.52", 53, 3000).fragments(1232, 5);
+    // Without the first, the port is unknown: two listeners share the VIP.
+    let o = h.check("later alone", &frames[1]);
+    assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+    // With it, the datagram's listener is known.
+    let got = run_all(&mut h, "two-a", &frames);
+    assert_eq!(got[0].0, Some(target("two-a", "10.0.3.61")));
+    assert_eq!(
+        got[1],
+        (
+            Some(target("two-a", "10.0.3.61")),
+            vec![Counter::Fragment, Counter::Forwarded]
+        )
+    );
+    // Not to the load balancer's MAC, or to no VIP: passed.
+    let mut other_mac = frames[1].clone();
+    other_mac[5] ^= 0x40;
+    assert_eq!(h.check("other mac", &other_mac).counters, [Counter::Passed]);
+    let elsewhere = datagram("10.0.3.100", 40000, "10.0.3.99", 53, 3000).fragments(1232, 5);
+    assert_eq!(h.check("no vip", &elsewhere[1]).counters, [Counter::Passed]);
+    // Fragments of other protocols are the host's.
+    let mut icmp = frames[1].clone();
+    icmp[14 + 9] = 1;
+    assert_eq!(h.check("icmp fragment", &icmp).counters, [Counter::Passed]);
+}
+
+#[test]
+fn a_first_fragment_is_followed_for_30_seconds() {
+    let mut h = Harness::new(POLICY);
+    let mut strays = 0;
+    for i in 0..16u16 {
+        let frames = datagram("10.0.3.100", 41000 + i, "10.0.3.50", 5060, 3000)
+            .fragments(1232, 60 + i as u32);
+        let first = h.check("first", &frames[0]).target;
+        h.advance(29);
+        assert_eq!(h.check("within", &frames[1]).target, first);
+        h.advance(2);
+        let late = h.check("after", &frames[2]);
+        assert_eq!(
+            late.counters,
+            [Counter::FragmentUnmatched, Counter::Forwarded]
+        );
+        strays += usize::from(late.target != first);
+    }
+    // Round robin and the hash agree for about a quarter of datagrams.
+    assert!(strays >= 4, "{strays} of 16 went elsewhere");
+}
+
+/// A target's reply from `vip:vport` to `client:port` (the IP packet an
+/// ICMP error quotes: the frame without its Ethernet header).
+fn reply(vip: &str, vport: u16, client: &str, port: u16) -> Vec<u8> {
+    Frame::tcp(vip, vport, client, port, ACK | PSH).build()[14..].to_vec()
+}
+
+#[test]
+fn icmp_errors_about_a_flow_go_to_its_target() {
+    let mut h = Harness::new(POLICY);
+    for (router, client, vip, group, too_big) in [
+        ("10.0.9.1", "10.0.3.100", "10.0.3.49", "web", (3, 4)),
+        ("fd00:9::1", "fd00:3::100", "fd00:3::49", "web6", (2, 0)),
+    ] {
+        let mut owners = BTreeSet::new();
+        for i in 0..12u16 {
+            let port = 50000 + i;
+            let syn = Frame::tcp(client, port, vip, 80, SYN).build();
+            let owner = h.check("syn", &syn).target.expect("forwarded");
+            let quoted = reply(vip, 80, client, port);
+            let (t, code) = too_big;
+            let error = Frame::icmp_error(router, vip, t, code, 1400, &quoted).build();
+            let o = h.check("too big", &error);
+            assert_eq!(
+                (o.action, &o.target),
+                (XDP_TX, &Some(owner.clone())),
+                "{group}"
+            );
+            assert_eq!(o.counters, [Counter::IcmpError, Counter::Forwarded]);
+            assert_eq!(&o.output[12..], &error[12..]);
+            // Time exceeded, too.
+            let exceeded = if vip.contains(':') { 3 } else { 11 };
+            let error = Frame::icmp_error(router, vip, exceeded, 0, 0, &quoted).build();
+            assert_eq!(h.check("time exceeded", &error).target, Some(owner.clone()));
+            // The flow is untouched: its next packet is a hit.
+            let ack = Frame::tcp(client, port, vip, 80, ACK).build();
+            assert_eq!(
+                h.check("ack", &ack).counters,
+                [Counter::FlowHit, Counter::Forwarded]
+            );
+            owners.insert(owner);
+        }
+        assert!(owners.len() >= 2, "{group}: {owners:?}");
+        // A flow the table does not hold: the group's hash target.
+        let quoted = reply(vip, 80, client, 1);
+        let error = Frame::icmp_error(router, vip, too_big.0, too_big.1, 1400, &quoted).build();
+        let o = h.check("unknown flow", &error);
+        assert_eq!(
+            o.counters,
+            [Counter::IcmpErrorUnmatched, Counter::Forwarded]
+        );
+    }
+}
+
+#[test]
+fn icmp_that_is_no_error_about_a_vip_flow_passes() {
+    let mut h = Harness::new(POLICY);
+    let quoted = reply("10.0.3.49", 80, "10.0.3.100", 50000);
+    let echo = Frame::icmp_error("10.0.3.100", "10.0.3.49", 8, 0, 0, b"ping").build();
+    let cases = [
+        ("echo request", echo, Counter::Passed),
+        (
+            "error sent to another address than the quoted source",
+            Frame::icmp_error("10.0.9.1", "10.0.3.50", 3, 4, 1400, &quoted).build(),
+            Counter::Passed,
+        ),
+        (
+            "error about a packet to no listener",
+            Frame::icmp_error(
+                "10.0.9.1",
+                "10.0.3.49",
+                3,
+                4,
+                1400,
+                &reply("10.0.3.49", 81, "10.0.3.100", 1),
+            )
+            .build(),
+            Counter::Passed,
+        ),
+        (
+            "redirect",
+            Frame::icmp_error("10.0.9.1", "10.0.3.49", 5, 1, 0, &quoted).build(),
+            Counter::Passed,
+        ),
+        (
+            "echo request over IPv6",
+            Frame::icmp_error("fd00:3::100", "fd00:3::49", 128, 0, 0, b"ping").build(),
+            Counter::Passed,
+        ),
+    ];
+    for (name, frame, counter) in cases {
+        let o = h.check(name, &frame);
+        assert_eq!((o.action, &o.output), (XDP_PASS, &frame), "{name}");
+        assert_eq!(o.counters, [counter], "{name}");
+    }
+    // Cut anywhere in the quoted headers: malformed, passed.
+    let full = Frame::icmp_error("10.0.9.1", "10.0.3.49", 3, 4, 1400, &quoted).build();
+    for len in 34..(14 + 20 + 8 + 20 + 4) {
+        let o = h.check(&format!("cut at {len}"), &full[..len]);
+        assert_eq!(
+            (o.action, o.counters),
+            (XDP_PASS, vec![Counter::Malformed]),
+            "cut at {len}"
+        );
+    }
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let mut h = Harness::new(POLICY);
+    let syn = |port| Frame::tcp("fd00:3::100", port, "fd00:3::49", 80, SYN);
+    let options = |kind, units| ExtHeader::options(kind, units);
+    let walked = [
+        syn(1).with_ext_header(options(ExtHeader::HOP_BY_HOP, 1)),
+        syn(2)
+            .with_ext_header(options(ExtHeader::HOP_BY_HOP, 2))
+            .with_ext_header(options(ExtHeader::DESTINATION_OPTIONS, 1))
+            .with_ext_header(ExtHeader::routing(0)),
+        syn(3)
+            .with_ext_header(ExtHeader::fragment(0, false, 9))
+            .with_ext_header(options(ExtHeader::DESTINATION_OPTIONS, 3)),
+        (0..6).fold(syn(4), |f, _| {
+            f.with_ext_header(options(ExtHeader::DESTINATION_OPTIONS, 1))
+        }),
+    ];
+    for frame in walked {
+        let bytes = frame.build();
+        let o = h.check("walked", &bytes);
+        assert_eq!(o.action, XDP_TX, "{:?}", frame.ext_headers);
+        assert!(o.counters.contains(&Counter::NewFlow));
+        assert_eq!(&o.output[12..], &bytes[12..]);
+    }
+    let passed = [
+        syn(5).with_ext_header(ExtHeader::routing(1)),
+        syn(6).with_ext_header(ExtHeader {
+            kind: ExtHeader::AUTHENTICATION,
+            body: vec![0; 14],
+        }),
+        (0..7).fold(syn(7), |f, _| {
+            f.with_ext_header(options(ExtHeader::DESTINATION_OPTIONS, 1))
+        }),
+    ];
+    for frame in passed {
+        let bytes = frame.build();
+        let o = h.check("passed", &bytes);
+        assert_eq!(
+            (o.action, o.counters),
+            (XDP_PASS, vec![Counter::ExtensionHeader])
+        );
+    }
+    // Cut inside the chain: malformed.
+    let full = syn(8)
+        .with_ext_header(options(ExtHeader::HOP_BY_HOP, 1))
+        .with_ext_header(ExtHeader::fragment(0, true, 3))
+        .build();
+    for len in 54..(54 + 16 + 20) {
+        let o = h.check(&format!("cut at {len}"), &full[..len]);
+        assert_eq!(
+            (o.action, o.counters),
+            (XDP_PASS, vec![Counter::Malformed]),
+            "cut at {len}"
+        );
+    }
+}
