@@ -370,6 +370,53 @@ mod tests {
         policy::parse("t.yaml", &yaml).unwrap()
     }
 
+    #[test]
+    fn fragment_listeners_are_the_vips_with_one_listener_of_a_protocol() {
+        let key = |vip: u8, proto, port: u16| ListenerKey {
+            addr_be: [u32::from_ne_bytes([10, 0, 3, vip]), 0, 0, 0],
+            port_be: port.to_be(),
+            proto,
+            family: lb_common::FAMILY_V4,
+        };
+        let info = |id| ListenerInfo {
+            listener_id: id,
+            group_id: id + 100,
+        };
+        let (tcp, udp) = (lb_common::PROTO_TCP, lb_common::PROTO_UDP);
+        let listeners: HashMap<ListenerKey, ListenerInfo> = [
+            // VIP 49: one TCP and one UDP listener; VIP 50: two UDP ones.
+            (key(49, tcp, 80), info(1)),
+            (key(49, udp, 53), info(2)),
+            (key(50, udp, 53), info(3)),
+            (key(50, udp, 54), info(4)),
+        ]
+        .into();
+        assert_eq!(
+            fragment_listeners(&listeners),
+            [(key(49, tcp, 0), info(1)), (key(49, udp, 0), info(2))]
+        );
+        assert!(fragment_listeners(&HashMap::new()).is_empty());
+        // Written when they change, not otherwise.
+        let p = policy(&[("web", 80, &[11])]);
+        let now = Instant::now();
+        let first = plan(&p, &Ids::default(), now);
+        let changes = Changes::between(&Held::empty(), &first);
+        assert_eq!(changes.fragment_listeners.as_ref().map(Vec::len), Some(1));
+        let held = Held {
+            listeners: first.listeners.iter().map(|l| (l.key, l.info)).collect(),
+            ..Held::empty()
+        };
+        let again = plan(&p, &first.ids, now);
+        assert_eq!(Changes::between(&held, &again).fragment_listeners, None);
+        let two = policy(&[("web", 80, &[11]), ("api", 81, &[12])]);
+        let both = plan(&two, &first.ids, now);
+        assert_eq!(
+            Changes::between(&held, &both).fragment_listeners,
+            Some(Vec::new()),
+            "a second listener on the VIP: no fragment listener"
+        );
+    }
+
     /// Compiles `p` with the ids of `previous` (assigned at `now`).
     fn plan(p: &policy::Policy, previous: &Ids, now: Instant) -> MapPlan {
         let ids = std::sync::Arc::new(previous.assign(p, now).unwrap());
