@@ -6,7 +6,8 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use lb_user::{
     api, daemon,
     dataplane::{self, AttachMode, pin::Instance},
@@ -24,8 +25,28 @@ use tracing_subscriber::{
     about = "An XDP direct-server-return L4 load balancer"
 )]
 struct Cli {
+    /// Log lines as text (under systemd without a time: the journal stamps
+    /// each line) or as one JSON object a line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "LB_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// The lowest level logged (error, warn, info, debug, trace); RUST_LOG
+    /// (`target=level` directives) refines it per module.
+    #[arg(long, global = true, env = "LB_LOG_LEVEL")]
+    log_level: Option<Level>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -107,6 +128,15 @@ enum Command {
         #[arg(long, default_value = api::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Print the completion script of `lb` for a shell (e.g. `lb
+    /// completions bash > /etc/bash_completion.d/lb`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of `lb` and of each command (lb.1, lb-run.1,
+    /// ...) into a directory.
+    Man { dir: PathBuf },
     /// Show the listeners, target groups and targets of the running lb.
     Status {
         /// Only this target group (like `gcloud compute target-pools get-health`).
@@ -121,27 +151,42 @@ enum Command {
 
 /// The log filter: `RUST_LOG` as `target=level` directives separated by
 /// commas (a bare level sets the default, e.g. `debug` or
-/// `info,lb_user::health=debug`); `info` when unset or unreadable (said on
-/// stderr, since logging is not up yet).
-fn log_filter(rust_log: Option<&str>) -> Targets {
+/// `info,lb_user::health=debug`); `level` (`--log-level`) sets the default
+/// level over it; `info` when neither is set or RUST_LOG is unreadable
+/// (said on stderr, since logging is not up yet).
+fn log_filter(rust_log: Option<&str>, level: Option<Level>) -> Targets {
     let default = Targets::new().with_default(Level::INFO);
-    match rust_log.map(str::parse::<Targets>) {
+    let targets = match rust_log.map(str::parse::<Targets>) {
         None => default,
         Some(Ok(targets)) => targets,
         Some(Err(e)) => {
             eprintln!("lb: RUST_LOG: {e}; logging at info");
             default
         }
+    };
+    match level {
+        Some(level) => targets.with_default(level),
+        None => targets,
+    }
+}
+
+/// Logging to stderr, one line per event: text (no time under systemd,
+/// whose journal stamps each line: `JOURNAL_STREAM` is set) or JSON.
+fn init_logging(cli: &Cli) {
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), cli.log_level);
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match (cli.log_format, journal) {
+        (LogFormat::Json, _) => registry.with(fmt.json().flatten_event(true)).init(),
+        (LogFormat::Text, true) => registry.with(fmt.without_time().with_ansi(false)).init(),
+        (LogFormat::Text, false) => registry.with(fmt).init(),
     }
 }
 
 fn main() -> ExitCode {
-    let log_filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(log_filter)
-        .init();
     let cli = Cli::parse();
+    init_logging(&cli);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,6 +241,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             .await,
         ),
         Command::Detach { iface } => done(detach(&iface)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => done(man_pages(&dir)),
         Command::Check { config } => done(check(&config)),
         Command::Status {
             target_group,
@@ -239,6 +289,16 @@ fn detach(iface: &str) -> anyhow::Result<()> {
             ""
         }
     );
+    Ok(())
+}
+
+/// `lb man DIR`: the man pages of `lb` and of each command, written into
+/// `dir` (made if missing).
+fn man_pages(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+    println!("man pages written to {}", dir.display());
     Ok(())
 }
 
@@ -361,17 +421,29 @@ mod tests {
 
     #[test]
     fn rust_log_sets_levels_per_target_and_bad_values_fall_back_to_info() {
-        let unset = log_filter(None);
+        let unset = log_filter(None, None);
         assert!(unset.would_enable("lb_user::daemon", &Level::INFO));
         assert!(!unset.would_enable("lb_user::daemon", &Level::DEBUG));
 
-        let health = log_filter(Some("warn,lb_user::health=debug"));
+        let health = log_filter(Some("warn,lb_user::health=debug"), None);
         assert!(health.would_enable("lb_user::health::monitor", &Level::DEBUG));
         assert!(!health.would_enable("lb_user::daemon", &Level::INFO));
         assert!(health.would_enable("lb_user::daemon", &Level::WARN));
 
-        let bad = log_filter(Some("lb_user=loud"));
+        let bad = log_filter(Some("lb_user=loud"), None);
         assert!(bad.would_enable("lb_user::daemon", &Level::INFO));
         assert!(!bad.would_enable("lb_user::daemon", &Level::DEBUG));
+
+        // --log-level sets the default; RUST_LOG's per-module levels stay.
+        let flag = log_filter(Some("lb_user::health=trace"), Some(Level::WARN));
+        assert!(!flag.would_enable("lb_user::daemon", &Level::INFO));
+        assert!(flag.would_enable("lb_user::health", &Level::TRACE));
+        let debug = log_filter(None, Some(Level::DEBUG));
+        assert!(debug.would_enable("lb_user::daemon", &Level::DEBUG));
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, probe};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the lab's tools.
+/// Debian packages: LLVM 22 for bpf-linker, the lab's tools, and what the
+/// tests check the service file and man pages with (`systemd-analyze`,
+/// `man`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "iputils-ping",
     "tcpdump",
+    "systemd",
+    "man-db",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -216,6 +216,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     daemon.serve(signals, services).await
 }
 
+/// Tells systemd (a `Type=notify` unit: dist/lb.service) where `lb run`
+/// stands; nothing when not run by systemd (`NOTIFY_SOCKET` unset).
+pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("cannot notify systemd: {e}");
+    }
+}
+
 /// The signals `lb run` acts on.
 struct Signals {
     int: tokio::signal::unix::Signal,
@@ -501,6 +509,7 @@ impl Daemon {
         if !self.dataplane.flow_table_fits(self.policy.max_flows()) {
             warn_flow_table_size(&self.dataplane, &self.policy, &self.iface.name);
         }
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
     }
 
     fn on_macs(&mut self) {
@@ -610,6 +619,7 @@ impl Daemon {
     /// is saved, probes stop, the managed neighbour entries stay for the
     /// next `lb`.
     async fn leave(mut self, monitor: HealthMonitor, watch: NeighborWatch) {
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         info!(
             iface = %self.iface.name,
             pinned = %self.instance.pin_dir().display(),

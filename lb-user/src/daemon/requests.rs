@@ -132,6 +132,16 @@ impl Daemon {
     /// load, to compile or to balance anything is refused and the last
     /// good one keeps serving.
     pub(super) async fn reload(&mut self, s: &mut Services) {
+        // `systemctl reload` waits for READY=1 after RELOADING=1 (the
+        // unit's ExecReload sends SIGHUP).
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            super::notify_systemd(&[sd_notify::NotifyState::Reloading, now]);
+        }
+        self.reload_file(s).await;
+        super::notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+
+    async fn reload_file(&mut self, s: &mut Services) {
         let mut timer = Phases::start();
         let proposal = load::parse_file(&self.opts.config).and_then(|parsed| {
             timer.lap("policy");
