@@ -3,7 +3,8 @@
 //! It is MurmurHash3 (x86, 32-bit) over the 32-bit words of the flow fields
 //! that a group's affinity selects, with a fixed seed. It is fixed forever:
 //! several `lb` instances behind ECMP, or one `lb` after a restart, must map a
-//! flow to the same slot, so it takes no random key.
+//! flow to the same slot, so it takes no random key. The exact rules, which
+//! the tests' reference model implements again: docs/algorithms.md.
 
 use crate::{FlowKey, hash_fields};
 

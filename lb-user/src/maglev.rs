@@ -11,7 +11,8 @@
 //! policy changes nothing.
 //!
 //! The table size must be prime (then every `skip` in 1..M generates a full
-//! permutation); the policy validator enforces it.
+//! permutation); the policy validator enforces it. The exact rules, which the
+//! tests' reference model implements again: docs/algorithms.md.
 use std::net::IpAddr;
 
 use crate::plan::GroupTable;

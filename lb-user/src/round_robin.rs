@@ -13,6 +13,8 @@
 //! Length: the sum of the reduced weights, at most 100 per target. Past
 //! [`MAX_ORDER_LEN`] (possible only with more than 10,000 targets of
 //! unequal weight) the weights are scaled down to fit, each kept at least 1.
+//! The exact rules, which the tests' reference model implements again:
+//! docs/algorithms.md.
 use lb_common::MAX_TABLE_SIZE;
 
 use crate::maglev::Member;

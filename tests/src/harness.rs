@@ -234,19 +234,7 @@ impl Harness {
             Some(seed) => Dataplane::load_seeded(options, seed),
             None => Dataplane::load(options),
         };
-        let mut h = Harness::with_dataplane(dp.expect("load lb (are you root?)"), plan);
-        h.tables = tables;
-        h
-    }
-
-    /// A new data plane holding `plan`.
-    pub fn with_plan(plan: MapPlan) -> Harness {
-        let dp = Dataplane::load(&default_options()).expect("load lb (are you root?)");
-        Harness::with_dataplane(dp, plan)
-    }
-
-    /// `dp`, a new data plane, holding `plan`.
-    fn with_dataplane(mut dp: Dataplane, plan: MapPlan) -> Harness {
+        let mut dp = dp.expect("load lb (are you root?)");
         let started_ns = dp.clock().now_ns().expect("clock");
         dp.apply(&plan).expect("apply");
         let (buckets, seed) = dp.flow_table_layout();
@@ -255,8 +243,8 @@ impl Harness {
             names: Names::of(&plan.ids),
             highest: highest(&plan.ids, (0, 0)),
             plan,
-            model: Model::new(Table::new(buckets, seed)),
-            tables: TableCache::default(),
+            model: Model::new(Table::new(buckets, seed), policy, observed),
+            tables,
             listener_stats: HashMap::new(),
             target_stats: BTreeMap::new(),
             started_ns,
@@ -276,9 +264,11 @@ impl Harness {
     }
 
     /// Applies another policy as `lb run` does: compiled with ids assigned
-    /// from the applied plan's (`Harness::compile_next`).
+    /// from the applied plan's (`Harness::compile_next`). The model takes
+    /// the policy itself.
     pub fn apply_policy(&mut self, policy: &Policy, observed: &Observed) {
         let plan = self.compile_next(policy, observed);
+        self.model.set_policy(policy, observed);
         self.apply_plan(plan);
     }
 
@@ -291,7 +281,8 @@ impl Harness {
 
     /// Applies a plan whose ids follow the applied plan's (`compile_next`,
     /// or a plan made from one, such as one with released ids), keeping the
-    /// time offset. What the data plane forgets, the expectations forget:
+    /// time offset. The model's policy stays: a plan of another policy goes
+    /// through `apply_policy`. What the data plane forgets, the expectations forget:
     /// the statistics of listeners no longer in the plan (their ids' are
     /// zeroed, or go to another listener, whose start from zero), of
     /// released targets, and the round-robin positions of released groups.
@@ -305,7 +296,8 @@ impl Harness {
             .retain(|key, _| plan.ids.listener(key).is_some());
         self.target_stats
             .retain(|key, _| plan.ids.target(key).is_some());
-        self.model.forget_released(&plan);
+        self.model
+            .forget_groups(|name| plan.ids.group(name).is_some());
         self.names = Names::of(&plan.ids);
         self.highest = highest(&plan.ids, self.highest);
         self.plan = plan;
@@ -404,7 +396,7 @@ impl Harness {
             },
         };
         let model_before = key.and_then(|k| self.model.flows.get(&k).cloned());
-        let expected = self.model.process_observed(&self.plan, frame, &run);
+        let expected = self.model.process_observed(frame, &run);
         if (action, &output) != (expected.action, &expected.output) {
             let program_entry = key.map(|k| self.dp.flow_entry(&k));
             return Err(verdicts_differ(

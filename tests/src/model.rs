@@ -1,53 +1,58 @@
 //! A reference model of the XDP program in plain Rust: what it must do with a
-//! frame, given the map plan and the model's own copy of the program's state
-//! (flow table, active flows per target, round-robin positions, sticky
-//! sessions). Golden, algorithm and differential tests compare the real
-//! program against it; it is written from the documented rules (README
-//! "Algorithms", "Sticky sessions", "Flow lifecycle"), not from the eBPF code.
+//! frame, given the policy, the host's MACs and health verdicts, and the
+//! model's own copy of the program's state (flow table, active flows per
+//! target, round-robin positions, sticky sessions). Golden, algorithm and
+//! differential tests compare the real program against it; it is written
+//! from the documented rules (README "Algorithms", "Sticky sessions", "Flow
+//! lifecycle"; docs/algorithms.md), not from the eBPF code, and it shares
+//! nothing with the product but the parsed policy: its flow hash
+//! ([`hash`]), Maglev tables and round-robin orders ([`maglev`]), least
+//! connections ([`least_connections`]) and which targets take new flows
+//! ([`view`]) are its own, written from docs/algorithms.md.
 //!
 //! The model names objects by identity, never by the program's numbers: a
 //! target is a [`TargetKey`] (group name, address), a group its name, a
-//! listener its (VIP, protocol, port). What it reads of the plan by id (table
-//! slots, a listener's group) it translates at once through the plan's
-//! targets and groups. So its flows, active counts, round-robin positions
-//! and sessions mean the same whatever ids a later plan gives, and the
-//! harness, which reads the program's maps by id, must translate them to
-//! agree with it.
+//! listener its (VIP, protocol, port); its tables hold targets, not ids. So
+//! its flows, active counts, round-robin positions and sessions mean the
+//! same whatever ids a plan gives, and the harness, which reads the
+//! program's maps by id, translates them to agree with it.
 //!
-//! Least connections draws two random slots (`bpf_get_prandom_u32`), which
-//! the model cannot know. It computes instead the set of targets that SOME
-//! pair of draws leads to under the comparison rule (every pair of slots is
-//! reachable: `choice::scale` maps the 32-bit draws onto every slot), and
-//! takes the program's choice if it is in that set (`Model::process_observed`).
-//! The check is exact: a choice outside the set is a bug, and every choice in
-//! it is one the program may make.
+//! Least connections draws two random slots, which the model cannot know:
+//! it computes the set of targets that SOME pair of draws leads to
+//! ([`least_connections`]) and takes the program's choice if it is in that
+//! set (`Model::process_observed`). The check is exact: a choice outside
+//! the set is a bug, and every choice in it is one the program may make.
 //!
 //! The model keeps the flow table's occupancy too ([`table`]): which flow
 //! holds each entry, where a new flow goes, which flow it evicts, and when
 //! it goes unremembered. Where the program's clock decides between entries
 //! closer in age than the model can know, it follows the program's choice
 //! in the same way, checking it against the rules.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 pub use fragments::Datagram;
 use lb_common::{
-    Counter, FlowKey, GroupInfo, ListenerKey, PROTO_TCP, algorithm,
-    choice::{LEAST_CONNECTIONS_WALK, fewer_per_weight},
+    Counter, FlowKey, ListenerKey, PROTO_TCP,
     flow_table::{TIME_SHIFT, TOUCH_UNITS, age_ns, time_units},
-    group_flags,
-    hash::flow_hash,
-    target_flags,
 };
 pub use lb_user::ids::TargetKey;
-use lb_user::plan::{MapPlan, PlannedGroup, PlannedTarget};
+use lb_user::{
+    plan::Observed,
+    policy::{Algorithm, Policy},
+};
 pub use parse::{Kind, Packet, packet, parse};
 pub use table::{Candidate, Class, Insert, Span, Table};
+pub use view::{Group, Tables, Timeouts, View};
 
 use crate::packets::tcp_flags;
 
 mod fragments;
+pub mod hash;
+pub mod least_connections;
+pub mod maglev;
 pub mod parse;
 pub mod table;
+pub mod view;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -117,10 +122,6 @@ pub struct Flow {
     pub stamped: Span,
 }
 
-/// A group table and the least-connections candidate pairs it gives (as
-/// the table's target ids: a pair is translated when it is used).
-type PairsOf = (lb_user::plan::GroupTable, Vec<(u32, u32)>);
-
 /// A client's sticky session (`STICKY`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -128,10 +129,10 @@ pub struct Session {
     pub expires_ns: u64,
 }
 
-/// The model's state: the flows and the flow table's entries they hold,
-/// the active flows per target, the round-robin position per group, the
-/// sticky sessions, and the time (data-plane time as the tests drive it:
-/// `Config::time_offset_ns`).
+/// The model's state: what it knows of the policy and the host, the flows
+/// and the flow table's entries they hold, the active flows per target, the
+/// round-robin position per group, the sticky sessions, and the time
+/// (data-plane time as the tests drive it: `Config::time_offset_ns`).
 #[derive(Debug, Clone)]
 pub struct Model {
     pub flows: HashMap<FlowKey, Flow>,
@@ -144,10 +145,10 @@ pub struct Model {
     /// fragments share (`FlowKey::to_datagram`).
     pub fragments: HashMap<FlowKey, Datagram>,
     pub now_ns: u64,
-    /// Least connections: per group name, the table and the (first,
-    /// second) candidate pairs its draws can give (they depend on the table
-    /// only).
-    lc_pairs: HashMap<String, PairsOf>,
+    /// The policy and the host as the model reads them.
+    pub view: View,
+    /// The tables of the last views.
+    tables: Tables,
 }
 
 /// What a packet does to its flow's entry (README "Flow lifecycle").
@@ -165,16 +166,16 @@ pub enum Step {
 }
 
 /// The lifecycle transition of an entry for a packet with TCP flags
-/// `flags` (0 for UDP) at `now_ns`.
-pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, group: &GroupInfo) -> Step {
+/// `flags` (0 for UDP) at `now_ns`, in a group with `timeouts`.
+pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, timeouts: Timeouts) -> Step {
     let Some(e) = entry else {
         return Step::Miss;
     };
     let age = age_ns(e.seen, now_ns);
     let timeout_s = if e.ending {
-        group.fin_timeout_s
+        timeouts.fin_s
     } else {
-        group.idle_timeout_s
+        timeouts.idle_s
     };
     let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     if age > timeout_s as u64 * 1_000_000_000 || (syn && e.ending) {
@@ -219,17 +220,17 @@ fn passed(frame: &[u8], counter: Counter) -> Outcome {
 /// The outcomes of a frame to a listener.
 struct Verdicts<'a> {
     frame: &'a [u8],
-    plan: &'a MapPlan,
+    own_mac: [u8; 6],
     listener: ListenerKey,
     sticky_key: Option<Client>,
 }
 
 impl<'a> Verdicts<'a> {
     /// The outcomes of `frame` under `listener` (no sticky session read).
-    fn of(frame: &'a [u8], plan: &'a MapPlan, listener: ListenerKey) -> Verdicts<'a> {
+    fn of(frame: &'a [u8], own_mac: [u8; 6], listener: ListenerKey) -> Verdicts<'a> {
         Verdicts {
             frame,
-            plan,
+            own_mac,
             listener,
             sticky_key: None,
         }
@@ -254,18 +255,19 @@ impl<'a> Verdicts<'a> {
         }
     }
 
+    /// Forwarded to `target`, whose MAC is `mac`.
     fn forwarded(
         &self,
-        target: &PlannedTarget,
+        (target, mac): (TargetKey, [u8; 6]),
         counters: Vec<Counter>,
         new_flow: bool,
         least_connections: Option<Vec<TargetKey>>,
     ) -> Outcome {
         Outcome {
             action: XDP_TX,
-            output: rewrite(self.frame, target.info.mac, self.plan.config.src_mac),
+            output: rewrite(self.frame, mac, self.own_mac),
             counters,
-            target: Some(key_of(target)),
+            target: Some(target),
             listener: Some(self.listener),
             new_flow,
             least_connections,
@@ -275,9 +277,17 @@ impl<'a> Verdicts<'a> {
     }
 }
 
+/// Target `key` of `group` and its MAC, if it takes its flows' packets.
+fn usable(group: &Group, key: &TargetKey) -> Option<(TargetKey, [u8; 6])> {
+    let t = group.usable(key)?;
+    Some((t.key.clone(), t.mac?))
+}
+
 impl Model {
-    /// A model of a new data plane whose flow table is `table` (empty).
-    pub fn new(table: Table) -> Model {
+    /// A model of a new data plane whose flow table is `table` (empty),
+    /// holding `policy` on a host with `host`'s MACs and health verdicts.
+    pub fn new(table: Table, policy: &Policy, host: &Observed) -> Model {
+        let mut tables = Tables::default();
         Model {
             flows: HashMap::new(),
             table,
@@ -286,22 +296,14 @@ impl Model {
             sticky: HashMap::new(),
             fragments: HashMap::new(),
             now_ns: 0,
-            lc_pairs: HashMap::new(),
+            view: View::new(policy, host, &mut tables),
+            tables,
         }
     }
 
-    /// The outcome of `frame`, the program's clock taken as the model's.
-    /// Least connections takes the first target of its candidate set; a
-    /// new flow whose entry the rules leave open goes unremembered if they
-    /// allow it, else takes the first entry they allow. Use
-    /// [`Model::process_observed`] to follow the program's choices.
-    pub fn process(&mut self, plan: &MapPlan, frame: &[u8]) -> Outcome {
-        let run = ProgramRun {
-            mac: None,
-            entry: None,
-            clock: Span::at(self.now_ns),
-        };
-        self.process_observed(plan, frame, &run)
+    /// Takes another policy (or other MACs or verdicts): the state stays.
+    pub fn set_policy(&mut self, policy: &Policy, host: &Observed) {
+        self.view = View::new(policy, host, &mut self.tables);
     }
 
     /// The outcome of `frame`; `run` is what the program did with it, used
@@ -310,50 +312,44 @@ impl Model {
     /// MAC it wrote, the model takes it; if the rules allow the entry its
     /// new flow took (or its going unremembered), the model takes that;
     /// otherwise it takes its own first and the outcomes differ.
-    pub fn process_observed(&mut self, plan: &MapPlan, frame: &[u8], run: &ProgramRun) -> Outcome {
+    pub fn process_observed(&mut self, frame: &[u8], run: &ProgramRun) -> Outcome {
         let (key, flags, kind) = match packet(frame) {
             Ok(Packet {
                 key,
                 kind: Kind::Later(datagram),
                 ..
-            }) => return self.later_fragment(plan, frame, key, datagram, run.clock),
+            }) => return self.later_fragment(frame, key, datagram, run.clock),
             Ok(p) => (p.key, p.flags, p.kind),
             Err(counter) => return passed(frame, counter),
         };
-        let Some(listener) = plan.listeners.iter().find(|l| {
-            l.key.addr_be == key.dst_be
-                && l.key.port_be == key.dst_port_be
-                && l.key.proto == key.proto
-                && l.key.family == key.family
-        }) else {
+        let listener = ListenerKey {
+            addr_be: key.dst_be,
+            port_be: key.dst_port_be,
+            proto: key.proto,
+            family: key.family,
+        };
+        let Some(group) = self.view.listener(&listener).cloned() else {
             return passed(frame, Counter::Passed);
         };
         // Only frames addressed to the interface's own MAC are balanced.
-        if frame[..6] != plan.config.src_mac {
+        if frame[..6] != self.view.own_mac {
             return passed(frame, Counter::Passed);
         }
-        // The listener's group, by name from here on.
-        let group = plan.groups.iter().find(|g| g.id == listener.info.group_id);
         let verdicts = Verdicts {
             frame,
-            plan,
-            listener: listener.key,
-            sticky_key: group
-                .filter(|g| g.info.flags & group_flags::STICKY != 0)
-                .map(|g| Client {
-                    group: g.name.clone(),
-                    addr_be: key.src_be,
-                }),
-        };
-        let Some(group) = group else {
-            return verdicts.dropped(Vec::new(), None);
+            own_mac: self.view.own_mac,
+            listener,
+            sticky_key: group.sticky_s.map(|_| Client {
+                group: group.name.clone(),
+                addr_be: key.src_be,
+            }),
         };
         if kind == Kind::IcmpError {
-            return self.icmp_error(plan, &verdicts, group, &key);
+            return self.icmp_error(&verdicts, &group, &key);
         }
-        let outcome = self.flow_packet(plan, &verdicts, group, &key, flags, run);
+        let outcome = self.flow_packet(&verdicts, &group, &key, flags, run);
         if let (Kind::First(datagram), Some(target)) = (kind, &outcome.target) {
-            self.record_fragment(&key, datagram, listener.info.listener_id, target, run.clock);
+            self.record_fragment(&key, datagram, listener, target, run.clock);
         }
         outcome
     }
@@ -362,16 +358,15 @@ impl Model {
     /// first fragment).
     fn flow_packet(
         &mut self,
-        plan: &MapPlan,
         verdicts: &Verdicts,
-        group: &PlannedGroup,
+        group: &Group,
         key: &FlowKey,
         flags: u8,
         run: &ProgramRun,
     ) -> Outcome {
         let key = *key;
         let mut counters = Vec::new();
-        if let Some(t) = self.follow(plan, group, &key, flags, run.clock, &mut counters) {
+        if let Some(t) = self.follow(group, &key, flags, run.clock, &mut counters) {
             counters.extend([Counter::FlowHit, Counter::Forwarded]);
             return verdicts.forwarded(t, counters, false, None);
         }
@@ -379,7 +374,7 @@ impl Model {
         if key.proto == PROTO_TCP && !syn && !self.flows.contains_key(&key) {
             // A TCP packet, not a SYN, of a flow the table does not hold:
             // the group's hash target, nothing remembered.
-            return match by_hash(plan, group, &key).and_then(|t| usable(plan, &t, &group.name)) {
+            return match by_hash(group, &key).and_then(|t| usable(group, &t)) {
                 Some(t) => verdicts.forwarded(
                     t,
                     vec![Counter::FlowMissByHash, Counter::Forwarded],
@@ -389,15 +384,11 @@ impl Model {
                 None => verdicts.dropped(counters, None),
             };
         }
-        let choice = self.first_choice(plan, group, &key, flags, run.mac);
-        let Some(t) = choice
-            .target
-            .as_ref()
-            .and_then(|target| usable(plan, target, &group.name))
-        else {
+        let choice = self.first_choice(group, &key, flags, run.mac);
+        let Some(t) = choice.target.as_ref().and_then(|t| usable(group, t)) else {
             return verdicts.dropped(counters, choice.least_connections);
         };
-        let insert = self.start_flow(key, key_of(t), flags, run, &mut counters);
+        let insert = self.start_flow(key, t.0.clone(), flags, run, &mut counters);
         counters.extend([Counter::NewFlow, Counter::Forwarded]);
         let mut outcome = verdicts.forwarded(t, counters, true, choice.least_connections);
         outcome.insert = insert;
@@ -408,21 +399,20 @@ impl Model {
     /// the flow goes on to, or `None` when the frame starts a new flow
     /// (`counters` then holds what reselecting counted). `clock`: the
     /// program's, which stamps the entry.
-    fn follow<'p>(
+    fn follow(
         &mut self,
-        plan: &'p MapPlan,
-        group: &PlannedGroup,
+        group: &Group,
         key: &FlowKey,
         flags: u8,
         clock: Span,
         counters: &mut Vec<Counter>,
-    ) -> Option<&'p PlannedTarget> {
+    ) -> Option<(TargetKey, [u8; 6])> {
         let now = self.now_ns;
-        match step(self.flows.get(key), flags, now, &group.info) {
+        match step(self.flows.get(key), flags, now, group.timeouts) {
             Step::Miss => {}
             Step::Ended => self.uncount(key),
             Step::Hit { ending, touch } => {
-                if let Some(t) = usable(plan, &self.flows[key].target, &group.name) {
+                if let Some(t) = usable(group, &self.flows[key].target) {
                     let flow = self.flows.get_mut(key).unwrap();
                     if touch {
                         flow.seen = time_units(now);
@@ -445,8 +435,7 @@ impl Model {
     /// The target of a frame without a live flow entry.
     fn first_choice(
         &mut self,
-        plan: &MapPlan,
-        group: &PlannedGroup,
+        group: &Group,
         key: &FlowKey,
         flags: u8,
         observed_mac: Option<[u8; 6]>,
@@ -456,9 +445,9 @@ impl Model {
         // new flow (sticky session, else the algorithm).
         let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         if key.proto == PROTO_TCP && !syn {
-            Choice::of(by_hash(plan, group, key))
+            Choice::of(by_hash(group, key))
         } else {
-            self.new_flow(plan, group, key, observed_mac)
+            self.new_flow(group, key, observed_mac)
         }
     }
 
@@ -515,31 +504,25 @@ impl Model {
     /// its target may take new flows, else the algorithm's choice (which
     /// starts a session when sticky sessions are on and the target may take
     /// new flows).
-    fn new_flow(
-        &mut self,
-        plan: &MapPlan,
-        group: &PlannedGroup,
-        key: &FlowKey,
-        observed_mac: Option<[u8; 6]>,
-    ) -> Choice {
-        if group.info.flags & group_flags::STICKY == 0 {
-            return self.by_algorithm(plan, group, key, observed_mac);
-        }
+    fn new_flow(&mut self, group: &Group, key: &FlowKey, observed_mac: Option<[u8; 6]>) -> Choice {
+        let Some(duration_s) = group.sticky_s else {
+            return self.by_algorithm(group, key, observed_mac);
+        };
         let client = Client {
             group: group.name.clone(),
             addr_be: key.src_be,
         };
         if let Some(s) = self.sticky.get(&client)
             && self.now_ns < s.expires_ns
-            && selectable(plan, &s.target, &group.name)
+            && group.selectable(&s.target)
         {
             return Choice::of(Some(s.target.clone()));
         }
-        let choice = self.by_algorithm(plan, group, key, observed_mac);
+        let choice = self.by_algorithm(group, key, observed_mac);
         if let Some(target) = &choice.target
-            && selectable(plan, target, &group.name)
+            && group.selectable(target)
         {
-            let duration = group.info.sticky_duration_s as u64 * 1_000_000_000;
+            let duration = duration_s as u64 * 1_000_000_000;
             self.sticky.insert(
                 client,
                 Session {
@@ -553,72 +536,38 @@ impl Model {
 
     fn by_algorithm(
         &mut self,
-        plan: &MapPlan,
-        group: &PlannedGroup,
+        group: &Group,
         key: &FlowKey,
         observed_mac: Option<[u8; 6]>,
     ) -> Choice {
-        match group.info.algorithm {
-            algorithm::ROUND_ROBIN => {
+        match group.algorithm {
+            Algorithm::RoundRobin => {
                 // One shared position per group, advanced by every new flow
                 // (nothing is taken from an empty order).
-                if group.table.is_empty() {
+                let slots = &group.table.slots;
+                if slots.is_empty() {
                     return Choice::of(None);
                 }
                 let position = self.round_robin.entry(group.name.clone()).or_default();
-                let id = group
-                    .table
-                    .get((*position % group.table.len() as u64) as usize);
+                let target = slots[(*position % slots.len() as u64) as usize].as_deref();
                 *position += 1;
-                Choice::of(identity(plan, id))
+                Choice::of(target.cloned())
             }
-            algorithm::LEAST_CONNECTIONS => {
-                let candidates = self.least_connections(plan, group);
+            Algorithm::LeastConnections => {
+                let candidates = group
+                    .table
+                    .draws()
+                    .winners(|t| (self.active(t), group.weight(t)));
                 let observed = candidates.iter().find(|&target| {
-                    observed_mac.is_some()
-                        && usable(plan, target, &group.name).map(|t| t.info.mac) == observed_mac
+                    observed_mac.is_some() && usable(group, target).map(|t| t.1) == observed_mac
                 });
                 Choice {
                     target: observed.or(candidates.first()).cloned(),
                     least_connections: Some(candidates),
                 }
             }
-            _ => Choice::of(by_hash(plan, group, key)),
+            Algorithm::Hash | Algorithm::SourceIp => Choice::of(by_hash(group, key)),
         }
-    }
-
-    /// Least connections: every target some pair of draws from the group's
-    /// table leads to, given the active flows of its targets.
-    fn least_connections(&mut self, plan: &MapPlan, group: &PlannedGroup) -> Vec<TargetKey> {
-        if self
-            .lc_pairs
-            .get(&group.name)
-            .is_none_or(|(t, _)| *t != group.table)
-        {
-            let pairs = least_connections_pairs(&group.table.to_vec());
-            self.lc_pairs
-                .insert(group.name.clone(), (group.table.clone(), pairs));
-        }
-        // The table names targets by id: each id's active flows (by
-        // identity) and weight, looked up once.
-        let members: HashMap<u32, (i64, u16)> = plan
-            .targets
-            .iter()
-            .filter(|t| t.group == group.name)
-            .map(|t| (t.id, (self.active(&key_of(t)), t.info.weight)))
-            .collect();
-        let of = |id| members.get(&id).copied().unwrap_or((0, 0));
-        let ids = least_connections_candidates(
-            &self.lc_pairs[&group.name].1,
-            |id| of(id).0,
-            |id| of(id).1,
-        );
-        let mut targets: Vec<TargetKey> = ids
-            .into_iter()
-            .filter_map(|id| identity(plan, id))
-            .collect();
-        targets.sort();
-        targets
     }
 
     /// Takes a flow out of its target's active count, once.
@@ -652,116 +601,36 @@ impl Model {
         self.round_robin.get(group).copied().unwrap_or(0)
     }
 
-    /// Forgets the round-robin positions of the groups that have no id in
-    /// `plan` any more: the loader zeroes a group id's position when the id
-    /// is released, so a group that comes back later starts again.
-    pub fn forget_released(&mut self, plan: &MapPlan) {
-        self.round_robin
-            .retain(|name, _| plan.ids.group(name).is_some());
-        self.lc_pairs
-            .retain(|name, _| plan.ids.group(name).is_some());
+    /// Forgets the round-robin positions of the groups `numbered` says have
+    /// no number any more: the loader zeroes a group number's position when
+    /// it releases the number, so a group that comes back later starts
+    /// again. (Which groups have numbers is the harness's to say.)
+    pub fn forget_groups(&mut self, numbered: impl Fn(&str) -> bool) {
+        self.round_robin.retain(|name, _| numbered(name));
     }
-}
 
-/// A target's identity.
-pub fn key_of(t: &PlannedTarget) -> TargetKey {
-    TargetKey {
-        group: t.group.clone(),
-        ip: t.ip,
-        via: t.via.clone(),
+    /// The target of the flow hash's slot of `group`'s table (`None`: an
+    /// empty table or an empty slot).
+    pub fn hash_target(&self, group: &str, key: &FlowKey) -> Option<TargetKey> {
+        by_hash(self.view.groups.get(group)?, key)
     }
-}
-
-/// The identity of the target a table slot names (`None`: slot 0, or an id
-/// no target of the plan has).
-fn identity(plan: &MapPlan, id: u32) -> Option<TargetKey> {
-    (id != 0)
-        .then(|| plan.targets.iter().find(|t| t.id == id))
-        .flatten()
-        .map(key_of)
 }
 
 /// The target of the flow hash's slot of the group's table (`None`: an
 /// empty table or an empty slot).
-fn by_hash(plan: &MapPlan, group: &PlannedGroup, key: &FlowKey) -> Option<TargetKey> {
-    by_hash_fields(plan, group, key, group.info.hash_fields)
+fn by_hash(group: &Group, key: &FlowKey) -> Option<TargetKey> {
+    by_hash_fields(group, key, group.fields)
 }
 
-/// The target of the slot the hash of the flow's `fields` (`hash_fields`
-/// bits) picks in the group's table.
-fn by_hash_fields(
-    plan: &MapPlan,
-    group: &PlannedGroup,
-    key: &FlowKey,
-    fields: u8,
-) -> Option<TargetKey> {
-    let len = group.table.len() as u32;
-    if len == 0 {
+/// The target of the slot the hash of the flow's `fields` picks in the
+/// group's table.
+fn by_hash_fields(group: &Group, key: &FlowKey, fields: hash::Fields) -> Option<TargetKey> {
+    let slots = &group.table.slots;
+    if slots.is_empty() {
         return None;
     }
-    let slot = flow_hash(key, fields) % len;
-    identity(plan, group.table.get(slot as usize))
-}
-
-/// The plan's target `key`.
-pub fn planned<'a>(plan: &'a MapPlan, key: &TargetKey) -> Option<&'a PlannedTarget> {
-    plan.targets
-        .iter()
-        .find(|t| t.ip == key.ip && t.group == key.group)
-}
-
-/// The target if it may take packets of `group`'s flows: it is in the plan,
-/// in that group, and usable.
-fn usable<'a>(plan: &'a MapPlan, target: &TargetKey, group: &str) -> Option<&'a PlannedTarget> {
-    (target.group == group)
-        .then(|| planned(plan, target))
-        .flatten()
-        .filter(|t| t.info.flags & target_flags::USABLE != 0)
-}
-
-/// Whether the target may take new flows of `group` (sticky sessions).
-fn selectable(plan: &MapPlan, target: &TargetKey, group: &str) -> bool {
-    target.group == group
-        && planned(plan, target).is_some_and(|t| t.info.flags & target_flags::SELECTABLE != 0)
-}
-
-/// Least connections: the (first, second) candidate pairs some pair of
-/// random draws gives. A draw is any slot of `table`; the second candidate is
-/// the first target other than the first candidate's within
-/// `LEAST_CONNECTIONS_WALK` slots from its slot (wrapping), else the first
-/// candidate itself. Empty for an empty table.
-pub fn least_connections_pairs(table: &[u32]) -> Vec<(u32, u32)> {
-    let len = table.len();
-    let firsts: BTreeSet<u32> = table.iter().copied().collect();
-    let mut pairs = BTreeSet::new();
-    for &first in &firsts {
-        for start in 0..len {
-            let second = (0..LEAST_CONNECTIONS_WALK as usize)
-                .map(|i| table[(start + i) % len])
-                .find(|&id| id != first)
-                .unwrap_or(first);
-            pairs.insert((first, second));
-        }
-    }
-    pairs.into_iter().collect()
-}
-
-/// Least connections: every target the candidate `pairs` lead to (sorted):
-/// the second wins only with strictly fewer active flows per weight.
-pub fn least_connections_candidates(
-    pairs: &[(u32, u32)],
-    active: impl Fn(u32) -> i64,
-    weight: impl Fn(u32) -> u16,
-) -> Vec<u32> {
-    let out: BTreeSet<u32> = pairs
-        .iter()
-        .map(|&(first, second)| {
-            let better = second != first
-                && fewer_per_weight(active(second), weight(second), active(first), weight(first));
-            if better { second } else { first }
-        })
-        .collect();
-    out.into_iter().collect()
+    let slot = hash::flow_hash(key, fields) as usize % slots.len();
+    slots[slot].as_ref().map(|t| TargetKey::clone(t))
 }
 
 fn rewrite(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
@@ -777,11 +646,10 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    fn group() -> GroupInfo {
-        GroupInfo {
-            idle_timeout_s: 350,
-            fin_timeout_s: 10,
-            ..Default::default()
+    fn group() -> Timeouts {
+        Timeouts {
+            idle_s: 350,
+            fin_s: 10,
         }
     }
 
@@ -885,39 +753,10 @@ mod tests {
         ];
         for (entry, flags, want) in cases {
             assert_eq!(
-                step(entry.as_ref(), flags, now, &g),
+                step(entry.as_ref(), flags, now, g),
                 want,
                 "{entry:?} flags {flags:#x}"
             );
         }
-    }
-
-    #[test]
-    fn least_connections_may_pick_what_some_pair_of_draws_picks() {
-        let table = [1, 2, 3, 1, 2];
-        let pairs = least_connections_pairs(&table);
-        assert_eq!(pairs, [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)]);
-        let equal = |_| 100;
-        // Equal counts: a tie keeps the first draw, which may be any target.
-        assert_eq!(
-            least_connections_candidates(&pairs, |_| 0, equal),
-            [1, 2, 3]
-        );
-        // A target with more flows than every other is never picked.
-        let loaded = |id| if id == 1 { 10 } else { 0 };
-        assert_eq!(least_connections_candidates(&pairs, loaded, equal), [2, 3]);
-        // Per weight: 10 flows on weight 100 (0.1 per unit) beat 1 on
-        // weight 5 (0.2), which beats 2 on weight 5 (0.4): the last is never
-        // picked.
-        let weight = |id| if id == 1 { 100 } else { 5 };
-        let active = |id| [0, 10, 1, 2][id as usize];
-        assert_eq!(least_connections_candidates(&pairs, active, weight), [1, 2]);
-        // A run of one target longer than the walk: both draws may be it.
-        let mut long = vec![1; 20];
-        long.push(2);
-        let pairs = least_connections_pairs(&long);
-        assert_eq!(pairs, [(1, 1), (1, 2), (2, 1)]);
-        assert_eq!(least_connections_candidates(&pairs, loaded, equal), [1, 2]);
-        assert!(least_connections_pairs(&[]).is_empty());
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_tests::{
     harness::{self, mac_of},
-    model::{Outcome, TargetKey, XDP_DROP, XDP_TX, key_of},
+    model::{Outcome, TargetKey, XDP_DROP, XDP_TX},
     packets::{Frame, LB_MAC, tcp_flags::*},
 };
 use lb_user::{
@@ -72,7 +72,7 @@ impl Harness {
                 .targets
                 .iter()
                 .find(|t| t.info.mac == out[..6])
-                .map(key_of)
+                .map(|t| t.key())
                 .expect("a target's MAC");
             assert_eq!(o.target.as_ref(), Some(&target), "the model's target");
             target
@@ -111,7 +111,7 @@ impl Harness {
         group
             .table
             .iter()
-            .map(|id| key_of(self.plan.targets.iter().find(|t| t.id == id).unwrap()))
+            .map(|id| self.plan.targets.iter().find(|t| t.id == id).unwrap().key())
             .collect()
     }
 }

@@ -777,24 +777,20 @@ fn live_flows(h: &Harness, world: &World) -> Vec<(FlowKey, TargetKey, bool)> {
         .into_iter()
         .filter_map(|key| {
             let flow = &h.model.flows[&key];
-            let listener = h.plan.listeners.iter().find(|l| {
-                l.key.addr_be == key.dst_be
-                    && l.key.port_be == key.dst_port_be
-                    && l.key.proto == key.proto
-                    && l.key.family == key.family
-            })?;
-            let group = h
-                .plan
-                .groups
-                .iter()
-                .find(|g| g.id == listener.info.group_id)?;
+            let listener = lb_common::ListenerKey {
+                addr_be: key.dst_be,
+                port_be: key.dst_port_be,
+                proto: key.proto,
+                family: key.family,
+            };
+            let group = h.model.view.listener(&listener)?;
             let flags = if key.proto == lb_common::PROTO_TCP {
                 ACK
             } else {
                 0
             };
             let alive = matches!(
-                step(Some(flow), flags, h.model.now_ns, &group.info),
+                step(Some(flow), flags, h.model.now_ns, group.timeouts),
                 Step::Hit { .. }
             );
             let keeps = flow.target.group == group.name && world.keeps_flows(&flow.target);
