@@ -113,8 +113,8 @@ impl FlowKey {
         self._pad = [0; 2];
     }
 
-    /// Marks the key's packet as the first fragment of a datagram (`mark`:
-    /// 1) or not (0). The mark rides in the key's padding, which no hash
+    /// Marks the key's packet as the first fragment of a datagram, or not
+    /// (`mark` 1 or 0). The mark rides in the key's padding, which no hash
     /// and no comparison of flows reads: the data plane keeps it there
     /// rather than in a variable because the verifier follows every later
     /// path once per value of a variable it sees tested, and a byte in the
