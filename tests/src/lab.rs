@@ -287,6 +287,8 @@ impl Lab {
                     topo::HTTP_PORT.to_string(),
                     "--https".to_owned(),
                     topo::HTTPS_PORT.to_string(),
+                    "--bulk".to_owned(),
+                    topo::BULK_PORT.to_string(),
                     "--udp".to_owned(),
                     SocketAddr::new(VIP4.into(), topo::UDP_PORT).to_string(),
                     "--udp".to_owned(),

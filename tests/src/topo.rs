@@ -103,6 +103,10 @@ pub const HTTP_PORT: u16 = 8080;
 /// (`lb-lab-server --https`), for HTTPS health checks.
 pub const HTTPS_PORT: u16 = 8443;
 
+/// The targets' download service (`lb-lab-server --bulk`): a byte count
+/// in, the name and that many bytes out.
+pub const BULK_PORT: u16 = 85;
+
 /// `02:00:00:00:00:11`.
 pub fn fmt_mac(mac: Mac) -> String {
     mac.iter()
