@@ -138,15 +138,19 @@ pub fn digest(bytes: &[u8]) -> u64 {
 
 /// Sends `payload` on `socket` (bound and connected: one flow) and returns
 /// the first answer, trimmed; sends again, up to `tries` times, if none
-/// comes within `timeout`.
+/// comes within `timeout`. Answers still queued from earlier exchanges (a
+/// late one to a datagram sent again) are dropped first.
 pub fn udp_exchange(
     socket: &UdpSocket,
     payload: &[u8],
     timeout: Duration,
     tries: u32,
 ) -> io::Result<String> {
-    socket.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 512];
+    socket.set_nonblocking(true)?;
+    while socket.recv(&mut buf).is_ok() {}
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(timeout))?;
     let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
     for _ in 0..tries.max(1) {
         socket.send(payload)?;
