@@ -125,13 +125,35 @@ pub fn udp_ask(
     timeout: Duration,
     tries: u32,
 ) -> io::Result<String> {
-    let socket = UdpSocket::from(socket(src, dst, Proto::Udp)?);
-    socket.connect(dst)?;
-    socket.set_read_timeout(Some(timeout))?;
+    udp_exchange(&udp_socket(src, dst)?, b"who?\n", timeout, tries)
+}
+
+/// FNV-1a (64 bits) of `bytes`: what `lb-lab-server` answers for a `sum `
+/// datagram, so a client can tell that all of it arrived.
+pub fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Sends `payload` on `socket` (bound and connected: one flow) and returns
+/// the first answer, trimmed; sends again, up to `tries` times, if none
+/// comes within `timeout`. Answers still queued from earlier exchanges (a
+/// late one to a datagram sent again) are dropped first.
+pub fn udp_exchange(
+    socket: &UdpSocket,
+    payload: &[u8],
+    timeout: Duration,
+    tries: u32,
+) -> io::Result<String> {
     let mut buf = [0u8; 512];
+    socket.set_nonblocking(true)?;
+    while socket.recv(&mut buf).is_ok() {}
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(timeout))?;
     let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
     for _ in 0..tries.max(1) {
-        socket.send(b"who?\n")?;
+        socket.send(payload)?;
         match socket.recv(&mut buf) {
             Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()),
             Err(e)
@@ -146,6 +168,93 @@ pub fn udp_ask(
         }
     }
     Err(last)
+}
+
+/// A datagram of `len` bytes (at least 4) for a lab server's `sum` answer:
+/// `sum ` and then bytes that vary with `seed` and their position.
+pub fn sum_datagram(len: usize, seed: u64) -> Vec<u8> {
+    let mut d = b"sum ".to_vec();
+    d.extend((4..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) >> 2) as u8));
+    d
+}
+
+/// Sends the `sum ` datagram `payload` on `socket` (see [`udp_exchange`])
+/// and checks the answer: the name of the server that received all of it
+/// (length and digest as sent), or an error saying what came back.
+pub fn udp_sum_ask(
+    socket: &UdpSocket,
+    payload: &[u8],
+    timeout: Duration,
+    tries: u32,
+) -> io::Result<String> {
+    let answer = udp_exchange(socket, payload, timeout, tries)?;
+    let want = format!("{} {:016x}", payload.len(), digest(payload));
+    match answer.split_once(' ') {
+        Some((name, rest)) if rest == want => Ok(name.to_owned()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("answer {answer:?} to a datagram of {want} (length, digest)"),
+        )),
+    }
+}
+
+/// The byte at offset `offset` of a `lb-lab-server --bulk` download, for
+/// `buf.len()` bytes from there.
+pub fn bulk_fill(offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = ((offset + i as u64) % 251) as u8;
+    }
+}
+
+/// Downloads `n` bytes from a lab server's bulk port (`lb-lab-server
+/// --bulk`) over a new connection from `src`: the name of the server, once
+/// all `n` bytes came in order with the right content and the server
+/// closed. Fails if a read waits longer than `stall` or the whole takes
+/// longer than `limit`.
+pub fn bulk_get(
+    src: SocketAddr,
+    dst: SocketAddr,
+    n: u64,
+    stall: Duration,
+    limit: Duration,
+) -> io::Result<String> {
+    let deadline = Instant::now() + limit;
+    let socket = socket(src, dst, Proto::Tcp)?;
+    socket.connect_timeout(&dst.into(), stall)?;
+    let mut stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(stall))?;
+    stream.write_all(format!("{n}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut name = String::new();
+    reader.read_line(&mut name)?;
+    let (mut got, mut buf, mut want) = (0u64, vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        if Instant::now() >= deadline {
+            let e = format!("{got} of {n} bytes within {limit:?}");
+            return Err(io::Error::new(io::ErrorKind::TimedOut, e));
+        }
+        let k = reader.read(&mut buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("stalled: nothing for {stall:?} after {got} of {n} bytes"),
+            ),
+            _ => io::Error::new(e.kind(), format!("after {got} of {n} bytes: {e}")),
+        })?;
+        if k == 0 {
+            break;
+        }
+        bulk_fill(got, &mut want[..k]);
+        if buf[..k] != want[..k] || got + k as u64 > n {
+            let e = format!("wrong bytes at {got}..{} of {n}", got + k as u64);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        got += k as u64;
+    }
+    if got != n {
+        let e = format!("{got} of {n} bytes, then end of file");
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, e));
+    }
+    Ok(name.trim_end().to_owned())
 }
 
 /// One request: from where, and what came back.

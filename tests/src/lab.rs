@@ -9,6 +9,10 @@
 //!     eth0        eth0                      eth0      eth0      eth0
 //!    client        lb                        t1        t2        t3
 //! ```
+//! With [`LabOptions::router`], a router on the bridge (`p-rt`) leads to a
+//! remote client's network through a link of a smaller MTU, and the lb and
+//! the targets route that network through it (path MTU tests).
+//!
 //! See `docs/lab.md` for the addressing plan; [`crate::topo`] has it as
 //! constants. [`Lab`] builds all of it with iproute2 and removes it on drop,
 //! also when a test panics.
@@ -177,6 +181,11 @@ pub struct LabOptions {
     pub attach_pass: bool,
     /// How long to wait for servers and connectivity.
     pub ready_timeout: Duration,
+    /// Add a router on the bridge (`Node::Router`, 10.0.3.1, fd00:3::1) and a
+    /// remote client behind it (`Node::Remote`, 10.0.4.100, fd00:4::100),
+    /// the router's side of that link with MTU [`topo::ROUTER_MTU`]; the lb
+    /// and the targets route 10.0.4.0/24 and fd00:4::/64 via the router.
+    pub router: bool,
 }
 
 impl Default for LabOptions {
@@ -187,6 +196,7 @@ impl Default for LabOptions {
             lb_bin: workspace_bin("LB_BIN", "lb"),
             attach_pass: true,
             ready_timeout: Duration::from_secs(20),
+            router: false,
         }
     }
 }
@@ -287,6 +297,8 @@ impl Lab {
                     topo::HTTP_PORT.to_string(),
                     "--https".to_owned(),
                     topo::HTTPS_PORT.to_string(),
+                    "--bulk".to_owned(),
+                    topo::BULK_PORT.to_string(),
                     "--udp".to_owned(),
                     SocketAddr::new(VIP4.into(), topo::UDP_PORT).to_string(),
                     "--udp".to_owned(),
@@ -535,18 +547,41 @@ impl Lab {
         })
     }
 
+    /// Every namespace but the switch's, in creation order: the hosts,
+    /// and with `router` the router and the remote client.
+    fn nodes(&self) -> Vec<Node> {
+        let mut nodes = Node::hosts().to_vec();
+        if self.options.router {
+            nodes.extend(Node::routed());
+        }
+        nodes
+    }
+
     fn build_topology(&mut self) -> Result<(), LabError> {
-        for node in [Node::Switch].into_iter().chain(Node::hosts()) {
+        let nodes = self.nodes();
+        for &node in [Node::Switch].iter().chain(&nodes) {
             let ns = self.ns(node);
             run(Command::new("ip").args(["netns", "add", &ns]))?;
             self.created.push(ns);
         }
         let sw = self.ns(Node::Switch);
         self.build_switch(&sw)?;
-        for node in Node::hosts() {
+        if self.options.router {
+            // The router's second link: its eth1, the remote client's eth0.
+            let link = format!(
+                "link add eth1 type veth peer name eth0 netns {}",
+                self.ns(Node::Remote)
+            );
+            ip_batch(Some(&self.ns(Node::Router)), &[link])?;
+        }
+        for node in nodes {
             let ns = self.ns(node);
             set_sysctls(&ns, &host_sysctls(node))?;
-            ip_batch(Some(&ns), &host_links(node))?;
+            let mut batch = host_links(node);
+            if self.options.router {
+                batch.extend(routes_to_remote(node));
+            }
+            ip_batch(Some(&ns), &batch)?;
         }
         // Native XDP_TX on the lb's veth hands frames to p-lb with unfinished
         // checksums unless p-lb computes them itself (TOOLCHAIN.md).
@@ -570,7 +605,7 @@ impl Lab {
             "link add br0 type bridge mcast_snooping 0".to_owned(),
             "link set br0 up".to_owned(),
         ];
-        for node in Node::hosts() {
+        for node in self.nodes().into_iter().filter(|&n| n != Node::Remote) {
             let port = node.port();
             batch.push(format!(
                 "link add {port} type veth peer name eth0 netns {}",
@@ -600,7 +635,13 @@ impl Lab {
     /// neighbour table with the targets' MACs, as on any live segment.
     fn wait_reachable(&self) -> Result<(), LabError> {
         let deadline = Instant::now() + self.options.ready_timeout;
-        for node in [Node::Client, Node::Lb] {
+        let mut from = vec![Node::Client, Node::Lb];
+        if self.options.router {
+            // Through the router, both ways: its forwarding and the
+            // targets' routes back.
+            from.push(Node::Remote);
+        }
+        for node in from {
             let ns = self.ns(node);
             let result = netns::run(&ns, || -> Result<(), String> {
                 for t in &TARGETS {
@@ -657,6 +698,11 @@ fn host_sysctls(node: Node) -> Vec<(&'static str, &'static str)> {
         sysctls.push(("net/ipv4/conf/all/arp_ignore", "1"));
         sysctls.push(("net/ipv4/conf/all/arp_announce", "2"));
     }
+    if node == Node::Router {
+        sysctls.push(("net/ipv6/conf/eth1/accept_dad", "0"));
+        sysctls.push(("net/ipv4/ip_forward", "1"));
+        sysctls.push(("net/ipv6/conf/all/forwarding", "1"));
+    }
     sysctls
 }
 
@@ -698,9 +744,46 @@ fn host_links(node: Node) -> Vec<String> {
             batch.push(format!("addr add {VIP4}/32 dev lo"));
             batch.push(format!("addr add {VIP6}/128 dev lo"));
         }
+        Node::Router | Node::Remote => batch.extend(routed_links(node)),
         Node::Switch => unreachable!("not a host"),
     }
     batch
+}
+
+/// The addresses, second link and routes of the router and the remote
+/// client (after their eth0 is up).
+fn routed_links(node: Node) -> Vec<String> {
+    if node == Node::Remote {
+        return vec![
+            format!("addr add {}/24 dev eth0", topo::REMOTE4),
+            format!("addr add {}/64 dev eth0 nodad", topo::REMOTE6),
+            format!("route add 0.0.0.0/0 via {}", topo::ROUTER_REMOTE4),
+            format!("route add ::/0 via {}", topo::ROUTER_REMOTE6),
+        ];
+    }
+    vec![
+        format!("addr add {}/24 dev eth0", topo::ROUTER4),
+        format!("addr add {}/64 dev eth0 nodad", topo::ROUTER6),
+        // Toward the remote client: the smaller MTU on this side only.
+        format!("link set eth1 address {}", fmt_mac(topo::ROUTER_REMOTE_MAC)),
+        format!("link set eth1 mtu {}", topo::ROUTER_MTU),
+        "link set eth1 up".to_owned(),
+        format!("addr add {}/24 dev eth1", topo::ROUTER_REMOTE4),
+        format!("addr add {}/64 dev eth1 nodad", topo::ROUTER_REMOTE6),
+    ]
+}
+
+/// With a router: the routes of the lb and the targets to the remote
+/// client's networks, via the router (a target's replies to the remote
+/// client go there directly, never through the lb).
+fn routes_to_remote(node: Node) -> Vec<String> {
+    match node {
+        Node::Lb | Node::Target(_) => vec![
+            format!("route add {} via {}", topo::REMOTE_NET4, topo::ROUTER4),
+            format!("route add {} via {}", topo::REMOTE_NET6, topo::ROUTER6),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// A lab server's stdout, line by line (trimmed), read on a thread of its

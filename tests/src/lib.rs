@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod client;
+pub mod flood;
 pub mod harness;
 pub mod lab;
 pub mod lb;

@@ -1,9 +1,58 @@
 //! Policy files for lab tests: the shape of `examples/lab.yaml` with the
 //! knobs the tests turn (algorithm, affinity, weights, static MACs, health
 //! checks, target failover, monitor ports, the `lines` listener).
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::IpAddr};
 
 use crate::topo::{LINES_PORT, TARGETS, TCP_PORT, UDP_PORT, VIP4, VIP6, fmt_mac};
+
+/// A listener of [`listeners_yaml`], with a group of its own of the same
+/// name: t1, t2 and t3 (their addresses of the VIP's family), by the
+/// group's algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub name: &'static str,
+    pub vip: IpAddr,
+    /// `tcp` or `udp` (also the group's protocol).
+    pub proto: &'static str,
+    pub port: u16,
+    /// `hash`, `source_ip`, `round_robin` or `least_connections`.
+    pub algorithm: &'static str,
+    /// `five_tuple`, `three_tuple` or `two_tuple` (written for `hash` only).
+    pub affinity: &'static str,
+}
+
+/// A policy of `listeners`, each with its group; every target has weight
+/// 256 (so round robin and least connections treat them alike).
+pub fn listeners_yaml(listeners: &[Listener]) -> String {
+    let mut y = String::from("interface: eth0\nlisteners:\n");
+    for l in listeners {
+        let _ = write!(
+            y,
+            "  - name: {}\n    vip: \"{}\"\n    protocol: {}\n    port: {}\n    target_group: {}\n",
+            l.name, l.vip, l.proto, l.port, l.name
+        );
+    }
+    y.push_str("target_groups:\n");
+    for l in listeners {
+        let _ = write!(
+            y,
+            "  - name: {}\n    protocol: {}\n    algorithm: {}\n",
+            l.name, l.proto, l.algorithm
+        );
+        if l.algorithm == "hash" {
+            let _ = writeln!(y, "    affinity: {}", l.affinity);
+        }
+        y.push_str("    targets:\n");
+        for t in &TARGETS {
+            let _ = write!(
+                y,
+                "      - ip: \"{}\"\n        weight: 256\n",
+                t.ip(l.vip.is_ipv6())
+            );
+        }
+    }
+    y
+}
 
 /// A group's `health_check:` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +347,35 @@ mod tests {
                     .all(|g| g.sticky_session.is_some_and(|s| s.duration_s == 4))
             );
         }
+    }
+
+    #[test]
+    fn listeners_of_their_own_are_valid() {
+        let mut listeners = Vec::new();
+        for (i, algorithm) in ["hash", "source_ip", "round_robin", "least_connections"]
+            .into_iter()
+            .enumerate()
+        {
+            for (vip, proto) in [(IpAddr::from(VIP4), "tcp"), (VIP6.into(), "udp")] {
+                listeners.push(Listener {
+                    name: ["a", "b", "c", "d", "e", "f", "g", "h"][listeners.len()],
+                    vip,
+                    proto,
+                    port: 81 + i as u16,
+                    algorithm,
+                    affinity: "three_tuple",
+                });
+            }
+        }
+        let yaml = listeners_yaml(&listeners);
+        let policy =
+            lb_user::policy::parse("lab.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(policy.listeners.len(), 8);
+        assert_eq!(
+            policy.target_groups[1].targets[2].ip.to_string(),
+            "fd00:3::13"
+        );
+        assert_eq!(yaml.matches("affinity: three_tuple").count(), 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 use nix::{sys::signal, unistd::Pid};
 
 use crate::{
-    Lab, Node,
+    Lab, LabOptions, Node,
     client::{self, Proto, Tally},
     lb::LbProcess,
     policy::LabPolicy,
@@ -56,8 +56,14 @@ impl LabRun {
     /// A new lab whose servers `prepare` may set up (status codes, ping)
     /// before `lb` starts with the policy `yaml`.
     pub fn start_yaml(yaml: &str, prepare: impl FnOnce(&Lab)) -> LabRun {
+        LabRun::start_in(LabOptions::default(), yaml, prepare)
+    }
+
+    /// Like [`LabRun::start_yaml`], in a lab made with `options` (its
+    /// router, for one).
+    pub fn start_in(options: LabOptions, yaml: &str, prepare: impl FnOnce(&Lab)) -> LabRun {
         let serial = serial();
-        let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
+        let lab = Lab::with(options).unwrap_or_else(|e| panic!("lab: {e}"));
         prepare(&lab);
         let path = lab.write_file("policy.yaml", yaml);
         let lb = lab

@@ -103,6 +103,31 @@ pub const HTTP_PORT: u16 = 8080;
 /// (`lb-lab-server --https`), for HTTPS health checks.
 pub const HTTPS_PORT: u16 = 8443;
 
+/// The targets' download service (`lb-lab-server --bulk`): a byte count
+/// in, the name and that many bytes out.
+pub const BULK_PORT: u16 = 85;
+
+/// The router of a lab built with `LabOptions::router`: its `eth0` on the
+/// segment, its `eth1` toward the remote client's network (10.0.4.0/24,
+/// fd00:4::/64) with the smaller MTU [`ROUTER_MTU`].
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 1);
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 1);
+pub const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+pub const ROUTER_REMOTE4: Ipv4Addr = Ipv4Addr::new(10, 0, 4, 1);
+pub const ROUTER_REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 4, 0, 0, 0, 0, 0, 1);
+pub const ROUTER_REMOTE_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
+/// The MTU of the router's `eth1` only (the remote client's own interface
+/// keeps 1500, so its MSS stays 1460): the IPv6 minimum, 1280, for both
+/// families.
+pub const ROUTER_MTU: u32 = 1280;
+/// The remote client, behind the router.
+pub const REMOTE4: Ipv4Addr = Ipv4Addr::new(10, 0, 4, 100);
+pub const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 4, 0, 0, 0, 0, 0, 0x100);
+pub const REMOTE_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x64];
+/// The remote client's networks.
+pub const REMOTE_NET4: &str = "10.0.4.0/24";
+pub const REMOTE_NET6: &str = "fd00:4::/64";
+
 /// `02:00:00:00:00:11`.
 pub fn fmt_mac(mac: Mac) -> String {
     mac.iter()
@@ -120,10 +145,16 @@ pub enum Node {
     Lb,
     /// Index into [`TARGETS`].
     Target(usize),
+    /// The router between the segment and the remote client
+    /// (`LabOptions::router` only); on the bridge as `p-rt`.
+    Router,
+    /// The client behind the router (`LabOptions::router` only).
+    Remote,
 }
 
 impl Node {
-    /// Every node except the switch, in creation order.
+    /// Every node except the switch, in creation order (the router's two
+    /// are not among them: see [`Node::routed`]).
     pub fn hosts() -> [Node; 5] {
         [
             Node::Client,
@@ -132,6 +163,12 @@ impl Node {
             Node::Target(1),
             Node::Target(2),
         ]
+    }
+
+    /// The nodes `LabOptions::router` adds: the router (on the bridge) and
+    /// the remote client (behind it).
+    pub fn routed() -> [Node; 2] {
+        [Node::Router, Node::Remote]
     }
 
     /// Suffix of its namespace name, and of its bridge port name (`p-<suffix>`).
@@ -144,10 +181,13 @@ impl Node {
             Node::Target(1) => "t2",
             Node::Target(2) => "t3",
             Node::Target(i) => panic!("the lab has {} targets, not {}", TARGETS.len(), i + 1),
+            Node::Router => "rt",
+            Node::Remote => "rc",
         }
     }
 
-    /// The bridge port in the switch namespace that faces this node.
+    /// The bridge port in the switch namespace that faces this node (the
+    /// remote client has none: it hangs off the router).
     pub fn port(self) -> String {
         format!("p-{}", self.suffix())
     }
@@ -159,6 +199,8 @@ impl Node {
             Node::Client => Some(CLIENT_MAC),
             Node::Lb => Some(LB_MAC),
             Node::Target(i) => Some(TARGETS[i].mac),
+            Node::Router => Some(ROUTER_MAC),
+            Node::Remote => Some(REMOTE_MAC),
         }
     }
 }
@@ -170,6 +212,9 @@ mod tests {
     #[test]
     fn names_and_addresses() {
         assert_eq!(Node::Target(2).port(), "p-t3");
+        assert_eq!(Node::Router.port(), "p-rt");
+        assert_eq!(Node::Remote.suffix(), "rc");
+        assert_eq!(fmt_mac(Node::Remote.mac().unwrap()), "02:00:00:00:01:64");
         assert_eq!(fmt_mac(TARGETS[0].mac), "02:00:00:00:00:11");
         assert_eq!(client4(7), Ipv4Addr::new(10, 0, 3, 107));
         assert_eq!(client6(1).to_string(), "fd00:3::101");

@@ -2,7 +2,7 @@
 //! server's name, so a client can tell which target served it.
 //!
 //! ```text
-//! lb-lab-server --name t1 --tcp 80 --lines 81 --http 8080 --https 8443 \
+//! lb-lab-server --name t1 --tcp 80 --lines 81 --http 8080 --https 8443 --bulk 85 \
 //!     --record /tmp/LAB/t1-http.log --udp 10.0.3.49:53 --udp [fd00:3::49]:53
 //! ```
 //! - `--tcp PORT`: a dual-stack listener on `[::]:PORT` (every local address,
@@ -26,15 +26,24 @@
 //!   `PEER METHOD TARGET VERSION SCHEME`
 //!   (`10.0.3.2 GET /healthz HTTP/1.1 https`); the scheme is `http` or
 //!   `https`, by the listener that received it.
+//! - `--bulk PORT`: a dual-stack listener for downloads: it reads one line
+//!   holding a byte count N, answers the name, then N bytes of
+//!   `lb_tests::client::bulk_fill`'s pattern, and closes. Large enough N
+//!   needs full-size segments (path MTU tests).
 //! - `--udp ADDR:PORT`: a socket bound to that address. A DSR UDP server must
 //!   bind to the VIP: one bound to 0.0.0.0 would answer from the target's own
-//!   address and the client would drop the reply.
+//!   address and the client would drop the reply. It answers every datagram
+//!   with the name, except one that starts with `sum `: that one gets
+//!   `NAME LEN DIGEST` (the datagram's length in bytes and
+//!   `lb_tests::client::digest` of all of it, 16 hex digits), so a client
+//!   can tell that a large (fragmented) datagram arrived whole. Datagrams
+//!   of up to 64 KiB are read whole.
 //!
 //! It prints `ready` on stdout once every socket is bound. Then it reads
 //! commands from stdin, one per line, and answers each with one line, `ok`
 //! or `error: REASON`, once it has taken effect:
-//! - `stop PORT`: close the TCP listener on PORT (tcp, lines, http or https): new
-//!   connections are refused; connections already accepted go on.
+//! - `stop PORT`: close the TCP listener on PORT (tcp, lines, http, https or
+//!   bulk): new connections are refused; connections already accepted go on.
 //! - `start PORT`: listen on PORT again, as before.
 //! - `http-status CODE`: the HTTP and HTTPS servers answer CODE from now on.
 //! - `http-hang`: the HTTP and HTTPS servers accept (HTTPS: complete the TLS
@@ -75,6 +84,8 @@ enum Kind {
     Http,
     /// HTTP/1.x over TLS.
     Https,
+    /// A byte count, then the name and that many bytes.
+    Bulk,
 }
 
 struct Args {
@@ -99,6 +110,7 @@ fn parse_args() -> Result<Args, String> {
             "--lines" => Some(Kind::Lines),
             "--http" => Some(Kind::Http),
             "--https" => Some(Kind::Https),
+            "--bulk" => Some(Kind::Bulk),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -209,6 +221,7 @@ fn listen(port: u16, kind: Kind, shared: &Arc<Shared>) -> io::Result<Running> {
                             Kind::Lines => answer_lines(stream, &shared.answer),
                             Kind::Http => answer_http(stream, peer, &shared, false),
                             Kind::Https => answer_http(stream, peer, &shared, true),
+                            Kind::Bulk => answer_bulk(stream, &shared.answer),
                         };
                         // A peer that leaves at once (a TCP health check
                         // connects and closes, also before a TLS
@@ -260,6 +273,36 @@ fn answer_lines(stream: TcpStream, answer: &[u8]) -> io::Result<()> {
         writer.write_all(answer)?;
     }
     Ok(())
+}
+
+/// The largest download `--bulk` serves.
+const BULK_MAX: u64 = 1 << 30;
+
+/// Reads a byte count N (one line), sends the name and N bytes of the
+/// download pattern, then closes gently.
+fn answer_bulk(stream: TcpStream, answer: &[u8]) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?)
+        .take(32)
+        .read_line(&mut line)?;
+    let n: u64 = line
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n <= BULK_MAX)
+        .ok_or_else(|| io::Error::other(format!("bulk: a byte count, got {line:?}")))?;
+    let mut writer = stream.try_clone()?;
+    writer.write_all(answer)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < n {
+        let len = (n - sent).min(buf.len() as u64) as usize;
+        lb_tests::client::bulk_fill(sent, &mut buf[..len]);
+        writer.write_all(&buf[..len])?;
+        sent += len as u64;
+    }
+    close_gently(stream)
 }
 
 /// Reads up to the end of the request head (or 8 KiB, or end of file).
@@ -386,17 +429,29 @@ fn exchange(
 }
 
 fn serve_udp(socket: UdpSocket, answer: Vec<u8>) {
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         match socket.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                if let Err(e) = socket.send_to(&answer, peer) {
+            Ok((n, peer)) => {
+                let reply = udp_answer(&answer, &buf[..n]);
+                if let Err(e) = socket.send_to(&reply, peer) {
                     eprintln!("lb-lab-server: udp send to {peer}: {e}");
                 }
             }
             Err(e) => eprintln!("lb-lab-server: udp recv: {e}"),
         }
     }
+}
+
+/// The answer to `datagram`: the name (`answer`, `NAME\n`), or for a
+/// datagram that starts with `sum `, `NAME LEN DIGEST\n`.
+fn udp_answer(answer: &[u8], datagram: &[u8]) -> Vec<u8> {
+    if !datagram.starts_with(b"sum ") {
+        return answer.to_vec();
+    }
+    let name = String::from_utf8_lossy(answer);
+    let digest = lb_tests::client::digest(datagram);
+    format!("{} {} {digest:016x}\n", name.trim_end(), datagram.len()).into_bytes()
 }
 
 /// The listeners by port, and how to open each again.
@@ -542,6 +597,14 @@ fn start() -> Result<Server, Fatal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_answers() {
+        assert_eq!(udp_answer(b"t9\n", b"who?\n"), b"t9\n");
+        let big = [b"sum ".as_slice(), &[7u8; 3996]].concat();
+        let want = format!("t9 4000 {:016x}\n", lb_tests::client::digest(&big));
+        assert_eq!(String::from_utf8(udp_answer(b"t9\n", &big)).unwrap(), want);
+    }
 
     #[test]
     fn status_codes() {
