@@ -321,12 +321,7 @@ fn extension_headers(
                 }
                 first_fragment = (word & IPV6_MORE) as u8;
             }
-            ip_proto::AUTHENTICATION
-            | ip_proto::MOBILITY
-            | ip_proto::HIP
-            | ip_proto::SHIM6
-            | ip_proto::EXPERIMENT_1
-            | ip_proto::EXPERIMENT_2 => return Err(extension_header()),
+            other if unwalked(other) => return Err(extension_header()),
             _ => return Err(not_ours()),
         }
     }
@@ -341,6 +336,21 @@ fn extension_headers(
         first_fragment,
         datagram,
     })
+}
+
+/// Whether `next` is an IPv6 extension header the walk does not take
+/// (counted `extension_header`, where another protocol is not ours).
+#[inline(always)]
+fn unwalked(next: u8) -> bool {
+    matches!(
+        next,
+        ip_proto::AUTHENTICATION
+            | ip_proto::MOBILITY
+            | ip_proto::HIP
+            | ip_proto::SHIM6
+            | ip_proto::EXPERIMENT_1
+            | ip_proto::EXPERIMENT_2
+    )
 }
 
 /// An IPv6 address as four words of wire bytes.
