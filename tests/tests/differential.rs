@@ -77,6 +77,7 @@ use lb_tests::{
 };
 use lb_user::{
     dataplane::LoadOptions,
+    health::HealthState,
     plan::Observed,
     policy::{self, Policy, compile::ip_of},
 };
@@ -186,6 +187,8 @@ struct Target {
     ip: &'static str,
     weight: u16,
     state: State,
+    /// Its last health verdict is `unhealthy` (groups with a health check).
+    unhealthy: bool,
 }
 
 impl Target {
@@ -195,21 +198,23 @@ impl Target {
 }
 
 /// A group: name, protocol, the two algorithms the control events switch
-/// between, whether its sessions are sticky, and its table size. Timeouts
-/// as the module says.
+/// between, whether its sessions are sticky, its table size, and whether
+/// it has a health check, with which `on_unhealthy`. Timeouts as the module
+/// says.
 struct Group {
     name: &'static str,
     protocol: &'static str,
     algorithms: [&'static str; 2],
     sticky: bool,
     table_size: u32,
+    checked: Option<&'static str>,
 }
 
 const fn group(
     name: &'static str,
     protocol: &'static str,
     algorithms: [&'static str; 2],
-    (sticky, table_size): (bool, u32),
+    (sticky, table_size, checked): (bool, u32, Option<&'static str>),
 ) -> Group {
     Group {
         name,
@@ -217,43 +222,62 @@ const fn group(
         algorithms,
         sticky,
         table_size,
+        checked,
     }
 }
+
+const REBALANCE: Option<&str> = Some("rebalance");
+const NO_REBALANCE: Option<&str> = Some("no_rebalance");
 
 /// `NEW` is in the policy only while the `new` listener is.
 /// Table sizes: the default (65537) for `hash`, smaller primes for the
 /// others (every policy change rebuilds a table or two, on both sides).
 const GROUPS: [Group; 8] = [
-    group("new", "tcp", ["round_robin", "hash"], (true, 1021)),
-    group("hash", "tcp", ["hash", "least_connections"], (true, 65537)),
+    group("new", "tcp", ["round_robin", "hash"], (true, 1021, None)),
+    group(
+        "hash",
+        "tcp",
+        ["hash", "least_connections"],
+        (true, 65537, NO_REBALANCE),
+    ),
     group(
         "rr",
         "tcp",
         ["round_robin", "least_connections"],
-        (true, 1031),
+        (true, 1031, REBALANCE),
     ),
     group(
         "lc",
         "tcp",
         ["least_connections", "round_robin"],
-        (false, 4099),
+        (false, 4099, REBALANCE),
     ),
-    group("src", "tcp", ["source_ip", "hash"], (false, 2039)),
+    group("src", "tcp", ["source_ip", "hash"], (false, 2039, None)),
     group(
         "dns",
         "udp",
         ["round_robin", "least_connections"],
-        (false, 1021),
+        (false, 1021, NO_REBALANCE),
     ),
     group(
         "lc6",
         "tcp",
         ["least_connections", "round_robin"],
-        (true, 8191),
+        (true, 8191, None),
     ),
-    group("dns6", "udp", ["least_connections", "hash"], (true, 1033)),
+    group(
+        "dns6",
+        "udp",
+        ["least_connections", "hash"],
+        (true, 1033, REBALANCE),
+    ),
 ];
 const NEW: usize = 0;
+
+/// The group named `name`.
+fn group_of(name: &str) -> &'static Group {
+    GROUPS.iter().find(|g| g.name == name).expect("a group")
+}
 
 /// (name, VIP, protocol, port, group) of each listener.
 const LISTENERS: [(&str, &str, &str, u16, &str); 8] = [
@@ -275,6 +299,7 @@ fn targets() -> Vec<Target> {
         ip,
         weight,
         state: State::Normal,
+        unhealthy: false,
     };
     let spare = |group, ip, weight| Target {
         state: State::Removed,
@@ -359,14 +384,29 @@ impl World {
         }
     }
 
-    /// Whether `target` is in the policy and may take its flows' packets.
+    /// Whether `target` is in the policy and may take its flows' packets:
+    /// its MAC known, and not unhealthy in a group that rebalances, unless
+    /// the group is in last resort and gives it new flows (its weight is
+    /// not 0) (docs/algorithms.md, "Which targets take new flows").
     fn keeps_flows(&self, target: &TargetKey) -> bool {
         let group_in = target.group != GROUPS[NEW].name || self.new;
-        group_in
-            && self
-                .targets
-                .iter()
-                .any(|t| t.key() == *target && matches!(t.state, State::Normal | State::WeightZero))
+        let Some(t) = self.targets.iter().find(|t| t.key() == *target) else {
+            return false;
+        };
+        let moves = t.unhealthy && group_of(t.group).checked == REBALANCE;
+        let last_resort = self.last_resort(t.group) && t.state == State::Normal;
+        group_in && matches!(t.state, State::Normal | State::WeightZero) && (!moves || last_resort)
+    }
+
+    /// Whether `group` has targets and none could take new flows (in the
+    /// policy with a MAC and a weight, and not unhealthy).
+    fn last_resort(&self, group: &str) -> bool {
+        let mut targets = self
+            .targets
+            .iter()
+            .filter(|t| t.group == group && t.state != State::Removed)
+            .peekable();
+        targets.peek().is_some() && targets.all(|t| t.state != State::Normal || t.unhealthy)
     }
 
     fn yaml(&self) -> String {
@@ -388,6 +428,7 @@ impl World {
                 algorithms,
                 sticky,
                 table_size,
+                checked,
             } = GROUPS[g];
             let algorithm = algorithms[self.alternate[g] as usize];
             write!(
@@ -398,6 +439,14 @@ impl World {
             .unwrap();
             if sticky {
                 yaml.push_str("    sticky_session: { duration_s: 150 }\n");
+            }
+            if let Some(mode) = checked {
+                writeln!(
+                    yaml,
+                    "    health_check: {{ type: tcp, interval_s: 5, timeout_s: 1 }}\n    \
+                     target_failover: {{ on_unhealthy: {mode}, on_deregistration: {mode} }}"
+                )
+                .unwrap();
             }
             if protocol == "tcp" {
                 yaml.push_str("    flow_fin_timeout_s: 50\n");
@@ -433,6 +482,14 @@ impl World {
         for t in self.targets.iter().filter(|t| t.state == State::NoMac) {
             observed.neighbors.remove(&t.ip.parse().unwrap());
         }
+        for t in &self.targets {
+            let verdict = if t.unhealthy {
+                HealthState::Unhealthy
+            } else {
+                HealthState::Healthy
+            };
+            observed.health.insert(t.key(), verdict);
+        }
         (yaml, policy, observed)
     }
 
@@ -440,20 +497,24 @@ impl World {
     fn change(&mut self, rng: &mut Rng, tally: &mut Tally) -> String {
         self.touched = None;
         match rng.below(100) {
-            0..30 => self.set_state(rng),
-            30..42 => {
+            0..26 => self.set_state(rng),
+            26..36 => {
+                tally.health_changes += 1;
+                self.set_health(rng)
+            }
+            36..46 => {
                 tally.targets_added += 1;
                 self.add_target(rng)
             }
-            42..57 => {
+            46..59 => {
                 tally.reorders += 1;
                 self.reorder(rng)
             }
-            57..69 => {
+            59..70 => {
                 tally.reweighs += 1;
                 self.reweigh(rng)
             }
-            69..81 => {
+            70..81 => {
                 tally.algorithm_changes += 1;
                 self.switch_algorithm(rng)
             }
@@ -492,6 +553,31 @@ impl World {
             format!("group {group} {state:?}")
         } else {
             format!("{} {state:?}", self.targets[i].ip)
+        }
+    }
+
+    /// A health verdict changed: a target of a group with a health check
+    /// turned unhealthy or healthy; now and then a whole group's (last
+    /// resort).
+    fn set_health(&mut self, rng: &mut Rng) -> String {
+        let checked: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| group_of(self.targets[i].group).checked.is_some())
+            .collect();
+        let i = *rng.pick(&checked);
+        let unhealthy = rng.below(2) == 0;
+        let whole = rng.below(4) == 0;
+        let group = self.targets[i].group;
+        self.touched = Some(group);
+        for (j, t) in self.targets.iter_mut().enumerate() {
+            if j == i || (whole && t.group == group) {
+                t.unhealthy = unhealthy;
+            }
+        }
+        let what = if unhealthy { "unhealthy" } else { "healthy" };
+        if whole {
+            format!("group {group} {what}")
+        } else {
+            format!("{} {what}", self.targets[i].ip)
         }
     }
 
@@ -673,6 +759,7 @@ struct Tally {
     reweighs: u32,
     algorithm_changes: u32,
     listener_changes: u32,
+    health_changes: u32,
     /// Listener ids that a new listener took from one that left (the
     /// flow entries of the one that left name another listener now).
     listener_ids_taken_over: u32,
@@ -759,6 +846,7 @@ impl Tally {
             (&mut self.reweighs, t.reweighs),
             (&mut self.algorithm_changes, t.algorithm_changes),
             (&mut self.listener_changes, t.listener_changes),
+            (&mut self.health_changes, t.health_changes),
             (&mut self.listener_ids_taken_over, t.listener_ids_taken_over),
             (&mut self.pinned, t.pinned),
             (&mut self.moved, t.moved),
@@ -1178,6 +1266,7 @@ fn program_and_model_agree_on_seeded_sequences() {
             && all.reweighs > 5
             && all.algorithm_changes > 5
             && all.listener_changes > 5
+            && all.health_changes > 5
             && all.listener_ids_taken_over > 0,
         "{all:?}"
     );
