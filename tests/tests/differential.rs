@@ -10,7 +10,9 @@
 //! - policy changes, each compiled as `lb run` compiles (ids assigned from the
 //!   applied plan's) and applied: a target's weight set to 0, its MAC lost,
 //!   the target removed (its id retired) or added back (its id again), or a
-//!   new target added to a group; the targets of a group, the groups or the
+//!   new target added to a group; a target's health verdict changed (or a
+//!   whole group's: last resort), in groups that rebalance and groups that
+//!   do not; the targets of a group, the groups or the
 //!   listeners reordered in the file; another group's weights changed;
 //!   another group's algorithm changed (round robin, least connections, hash
 //!   and back); a listener removed and restored (its id free meanwhile), two
