@@ -453,26 +453,31 @@ impl World {
             if protocol == "tcp" {
                 yaml.push_str("    flow_fin_timeout_s: 50\n");
             }
-            let targets: Vec<&Target> = self
-                .targets
-                .iter()
-                .filter(|t| t.group == name && t.state != State::Removed)
-                .collect();
-            if targets.is_empty() {
-                yaml.push_str("    targets: []\n");
-                continue;
-            }
-            yaml.push_str("    targets:\n");
-            for t in targets {
-                let weight = if t.state == State::WeightZero {
-                    0
-                } else {
-                    t.weight
-                };
-                writeln!(yaml, "      - {{ ip: \"{}\", weight: {weight} }}", t.ip).unwrap();
-            }
+            self.targets_yaml(name, &mut yaml);
         }
         yaml
+    }
+
+    /// The targets of group `name` in the policy.
+    fn targets_yaml(&self, name: &str, yaml: &mut String) {
+        let targets: Vec<&Target> = self
+            .targets
+            .iter()
+            .filter(|t| t.group == name && t.state != State::Removed)
+            .collect();
+        if targets.is_empty() {
+            yaml.push_str("    targets: []\n");
+            return;
+        }
+        yaml.push_str("    targets:\n");
+        for t in targets {
+            let weight = if t.state == State::WeightZero {
+                0
+            } else {
+                t.weight
+            };
+            writeln!(yaml, "      - {{ ip: \"{}\", weight: {weight} }}", t.ip).unwrap();
+        }
     }
 
     /// The policy and what the host shows of it.
