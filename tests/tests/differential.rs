@@ -1238,8 +1238,11 @@ fn run_seeds(test: &'static str, sequence: &'static Sequence) -> Option<Tally> {
 }
 
 /// Asserts that a sequence covered the common paths (in proportion to its
-/// frames).
+/// frames; a sequence of under 500 frames is too short to say).
 fn assert_covered(t: &Tally, run: Run) {
+    if t.frames < 500 {
+        return;
+    }
     let seed = run.seed;
     assert!(
         t.new_flows > t.per(300) && t.forwarded > t.per(800) && t.passed > t.per(50),
