@@ -4,11 +4,12 @@
 //! target, round-robin positions, sticky sessions). Golden, algorithm and
 //! differential tests compare the real program against it; it is written
 //! from the documented rules (README "Algorithms", "Sticky sessions", "Flow
-//! lifecycle"; docs/algorithms.md), not from the eBPF code, and it shares
-//! nothing with the product but the parsed policy: its flow hash
-//! ([`hash`]), Maglev tables and round-robin orders ([`maglev`]), least
+//! lifecycle"; docs/algorithms.md), not from the eBPF code. It shares with
+//! the product only the parsed policy, the map types of `lb_common` and the
+//! flow table's placement and time units (`lb_common::flow_table`): its flow
+//! hash ([`hash`]), Maglev tables and round-robin orders ([`maglev`]), least
 //! connections ([`least_connections`]) and which targets take new flows
-//! ([`view`]) are its own, written from docs/algorithms.md.
+//! ([`view`]) are its own, written from docs/algorithms.md (docs/testing.md).
 //!
 //! The model names objects by identity, never by the program's numbers: a
 //! target is a [`TargetKey`] (group name, address), a group its name, a

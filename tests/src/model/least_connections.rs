@@ -7,7 +7,10 @@
 //! every ordered pair of two different members, and (a member, itself)
 //! where 16 consecutive slots name it. The program's choice must be one of
 //! them, and every one of them is a choice it may make.
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
 
 use super::TargetKey;
 
@@ -27,22 +30,28 @@ impl Draws {
     /// fails, which only a table with no member has).
     pub fn of(table: &[Option<Arc<TargetKey>>]) -> Draws {
         let len = table.len();
-        let members: BTreeSet<Arc<TargetKey>> = table.iter().flatten().cloned().collect();
+        // A table's slots share its members' `Arc`s: compared by address
+        // first, by value only when the addresses differ.
+        let same = |a: &Arc<TargetKey>, b: &Arc<TargetKey>| Arc::ptr_eq(a, b) || a == b;
+        let mut seen = HashSet::new();
+        let mut members = Vec::new();
         let mut twice = BTreeSet::new();
         for start in 0..len {
             let Some(first) = &table[start] else { continue };
+            if seen.insert(Arc::as_ptr(first)) {
+                members.push(Arc::clone(first));
+            }
             if twice.contains(first) {
                 continue;
             }
-            let run = (1..WALK).all(|i| table[(start + i) % len].as_ref() == Some(first));
-            if run {
+            let slot = |i: usize| table[(start + i) % len].as_ref();
+            if (1..WALK).all(|i| slot(i).is_some_and(|t| same(t, first))) {
                 twice.insert(Arc::clone(first));
             }
         }
-        Draws {
-            members: members.into_iter().collect(),
-            twice,
-        }
+        members.sort();
+        members.dedup();
+        Draws { members, twice }
     }
 
     /// Every target some pair of draws leads to (sorted), given each

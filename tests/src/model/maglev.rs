@@ -72,8 +72,9 @@ pub fn maglev(members: &[Member], size: u32) -> Vec<Option<Arc<TargetKey>>> {
     let Some(most) = members.iter().map(|m| m.weight).max() else {
         return table;
     };
-    let permutations: Vec<(u64, u64)> = members.iter().map(|m| m.permutation(size)).collect();
-    let mut position = vec![0u64; members.len()];
+    // Each member's next preferred slot, and its skip: the k-th preferred
+    // slot is (offset + k × skip) mod size, one step of skip after another.
+    let mut walks: Vec<(u64, u64)> = members.iter().map(|m| m.permutation(size)).collect();
     let mut credit = vec![0u32; members.len()];
     let mut taken = 0;
     loop {
@@ -83,10 +84,13 @@ pub fn maglev(members: &[Member], size: u32) -> Vec<Option<Arc<TargetKey>>> {
                 continue;
             }
             credit[i] -= most;
-            let (offset, skip) = permutations[i];
+            let (next, skip) = &mut walks[i];
             let slot = loop {
-                let slot = ((offset + position[i] * skip) % size) as usize;
-                position[i] += 1;
+                let slot = *next as usize;
+                *next += *skip;
+                if *next >= size {
+                    *next -= size;
+                }
                 if table[slot].is_none() {
                     break slot;
                 }
