@@ -49,6 +49,40 @@ enum LogFormat {
     Json,
 }
 
+/// `lb target-setup`'s arguments.
+#[derive(clap::Args)]
+struct TargetSetupArgs {
+    /// A VIP this target serves (IPv4 or IPv6; repeat for several).
+    #[arg(long = "vip", required = true, value_name = "VIP")]
+    vips: Vec<IpAddr>,
+    /// How UDP replies leave from the VIP: the server binds it, or
+    /// stateful DNAT (iptables), or a stateless source rewrite
+    /// (nftables).
+    #[arg(long, value_enum, default_value = "bind")]
+    udp: UdpMethod,
+    /// A UDP listener port (repeat for several; needed by iptables and
+    /// nftables).
+    #[arg(long = "udp-port", value_name = "PORT")]
+    udp_ports: Vec<u16>,
+    /// This target's own address that the UDP rules use, one per
+    /// family (default: the host's only address of that family).
+    #[arg(long = "target-ip", value_name = "IP")]
+    target_ips: Vec<IpAddr>,
+    /// Set what is missing.
+    #[arg(long, conflicts_with = "check")]
+    apply: bool,
+    /// Write the files that set it at every boot (a sysctl.d file, a
+    /// script and a systemd unit, enabled).
+    #[arg(long, conflicts_with = "check")]
+    persist: bool,
+    /// With --persist: write the files under DIR (an image being built).
+    #[arg(long, value_name = "DIR", requires = "persist")]
+    root: Option<PathBuf>,
+    /// Report each item ok, missing or wrong, with its fix.
+    #[arg(long)]
+    check: bool,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum UdpMethod {
     /// The UDP server binds the VIP (nothing to set; --check looks for it).
@@ -152,37 +186,7 @@ enum Command {
     /// in place and what is missing (exit 0 when everything is, 1 if not),
     /// --apply sets what is missing (twice changes nothing), --persist
     /// writes the files that set it again at every boot.
-    TargetSetup {
-        /// A VIP this target serves (IPv4 or IPv6; repeat for several).
-        #[arg(long = "vip", required = true, value_name = "VIP")]
-        vips: Vec<IpAddr>,
-        /// How UDP replies leave from the VIP: the server binds it, or
-        /// stateful DNAT (iptables), or a stateless source rewrite
-        /// (nftables).
-        #[arg(long, value_enum, default_value = "bind")]
-        udp: UdpMethod,
-        /// A UDP listener port (repeat for several; needed by iptables and
-        /// nftables).
-        #[arg(long = "udp-port", value_name = "PORT")]
-        udp_ports: Vec<u16>,
-        /// This target's own address that the UDP rules use, one per
-        /// family (default: the host's only address of that family).
-        #[arg(long = "target-ip", value_name = "IP")]
-        target_ips: Vec<IpAddr>,
-        /// Set what is missing.
-        #[arg(long, conflicts_with = "check")]
-        apply: bool,
-        /// Write the files that set it at every boot (a sysctl.d file, a
-        /// script and a systemd unit, enabled).
-        #[arg(long, conflicts_with = "check")]
-        persist: bool,
-        /// With --persist: write the files under DIR (an image being built).
-        #[arg(long, value_name = "DIR", requires = "persist")]
-        root: Option<PathBuf>,
-        /// Report each item ok, missing or wrong, with its fix.
-        #[arg(long)]
-        check: bool,
-    },
+    TargetSetup(TargetSetupArgs),
     /// Show the listeners, target groups and targets of the running lb.
     Status {
         /// Only this target group (like `gcloud compute target-pools get-health`).
@@ -293,36 +297,36 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Man { dir } => done(man_pages(&dir)),
         Command::Check { config } => done(check(&config)),
-        Command::TargetSetup {
-            vips,
-            udp,
-            udp_ports,
-            target_ips,
-            apply,
-            persist,
-            root,
-            check,
-        } => {
-            let options = target_setup::Options {
-                request: target_setup::Request {
-                    vips,
-                    udp: udp.into(),
-                    ports: udp_ports,
-                    target_ips,
-                },
-                apply,
-                persist: persist.then(|| root.unwrap_or_else(|| PathBuf::from("/"))),
-                check,
-            };
-            let ok = target_setup::run(&options).await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(REFUSED) })
-        }
+        Command::TargetSetup(args) => target_setup(args).await,
         Command::Status {
             target_group,
             json,
             socket,
         } => done(show_status(&socket, target_group.as_deref(), json).await),
     }
+}
+
+/// `lb target-setup`: exit 0, or 1 when a check found something missing.
+async fn target_setup(args: TargetSetupArgs) -> anyhow::Result<ExitCode> {
+    let options = target_setup::Options {
+        request: target_setup::Request {
+            vips: args.vips,
+            udp: args.udp.into(),
+            ports: args.udp_ports,
+            target_ips: args.target_ips,
+        },
+        apply: args.apply,
+        persist: args
+            .persist
+            .then(|| args.root.unwrap_or_else(|| PathBuf::from("/"))),
+        check: args.check,
+    };
+    let ok = target_setup::run(&options).await?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(REFUSED)
+    })
 }
 
 impl From<UdpMethod> for target_setup::UdpMethod {

@@ -68,7 +68,12 @@ fn refuse_vip_elsewhere(items: &[Item], seen: &Seen) -> anyhow::Result<()> {
 }
 
 /// Sets one item; what was done, or None for what cannot be set here.
-async fn set(handle: &Handle, lo: u32, item: &Item, state: &State) -> anyhow::Result<Option<String>> {
+async fn set(
+    handle: &Handle,
+    lo: u32,
+    item: &Item,
+    state: &State,
+) -> anyhow::Result<Option<String>> {
     let line = match item {
         Item::LoUp => {
             handle
@@ -96,9 +101,14 @@ async fn set(handle: &Handle, lo: u32, item: &Item, state: &State) -> anyhow::Re
         }
         Item::NftChain => {
             if let State::Wrong(what) = state {
-                bail!("nftables chain {NFT_TABLE} {NFT_CHAIN} is there but not a `{NFT_HOOK}` chain ({what}): delete it (nft delete chain {NFT_TABLE} {NFT_CHAIN}) or set it so");
+                bail!(
+                    "nftables chain {NFT_TABLE} {NFT_CHAIN} is there but not a `{NFT_HOOK}` chain ({what}): empty and delete it (nft flush chain {NFT_TABLE} {NFT_CHAIN}; nft delete chain {NFT_TABLE} {NFT_CHAIN}) and apply again"
+                );
             }
-            tool(&nft(&["add", "chain"], &[NFT_CHAIN, &format!("{{ {NFT_HOOK} }}")]))?;
+            tool(&nft(
+                &["add", "chain"],
+                &[NFT_CHAIN, &format!("{{ {NFT_HOOK} }}")],
+            ))?;
             format!("added nftables chain {NFT_TABLE} {NFT_CHAIN}")
         }
         Item::NftRule(rule) => {

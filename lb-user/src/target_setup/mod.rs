@@ -161,7 +161,11 @@ impl Request {
 
     /// The target's own address of each family the rewrite needs: given,
     /// else the host's only one of that family.
-    fn target_ips(&self, setup: &mut Setup, host: &[(String, IpAddr, u8)]) -> Result<(), SetupError> {
+    fn target_ips(
+        &self,
+        setup: &mut Setup,
+        host: &[(String, IpAddr, u8)],
+    ) -> Result<(), SetupError> {
         for &ip in &self.target_ips {
             let taken = match ip {
                 IpAddr::V4(a) => setup.target_v4.replace(a).map(IpAddr::V4),
@@ -174,7 +178,10 @@ impl Request {
                 ));
             }
             if setup.vips.contains(&ip) {
-                return Err(SetupError::BadTargetIp(ip, "the target's own address, not a VIP".into()));
+                return Err(SetupError::BadTargetIp(
+                    ip,
+                    "the target's own address, not a VIP".into(),
+                ));
             }
             if vip_problem(ip).is_some() {
                 return Err(SetupError::BadTargetIp(ip, "not a unicast address".into()));
@@ -322,7 +329,12 @@ pub fn items(setup: &Setup) -> Vec<Item> {
     match setup.udp {
         UdpMethod::Bind => {
             for &vip in &setup.vips {
-                items.extend(setup.ports.iter().map(|&p| Item::UdpBound(SocketAddr::new(vip, p))));
+                items.extend(
+                    setup
+                        .ports
+                        .iter()
+                        .map(|&p| Item::UdpBound(SocketAddr::new(vip, p))),
+                );
             }
         }
         UdpMethod::Iptables => items.extend(iptables_rules(setup).into_iter().map(Item::Iptables)),
@@ -380,7 +392,9 @@ fn nft_rules(setup: &Setup) -> Vec<String> {
         };
         let ip = if vip.is_ipv6() { "ip6" } else { "ip" };
         for port in &setup.ports {
-            rules.push(format!("{ip} saddr {target} udp sport {port} {ip} saddr set {vip}"));
+            rules.push(format!(
+                "{ip} saddr {target} udp sport {port} {ip} saddr set {vip}"
+            ));
         }
     }
     rules
@@ -420,7 +434,11 @@ impl Item {
             Item::VipOnLo(vip) => format!("{vip}/{} on lo", host_len(*vip)),
             Item::VipOnlyOnLo(vip) => format!("{vip} on no interface but lo"),
             Item::Sysctl(key, value) => format!("{key} = {value}"),
-            Item::Iptables(rule) => format!("{} nat rule: {}", rule.tool(), rule.argv("-A")[3..].join(" ")),
+            Item::Iptables(rule) => format!(
+                "{} nat rule: {}",
+                rule.tool(),
+                rule.argv("-A")[3..].join(" ")
+            ),
             Item::NftTable => format!("nftables table {NFT_TABLE}"),
             Item::NftChain => format!("nftables chain {NFT_TABLE} {NFT_CHAIN} ({NFT_HOOK})"),
             Item::NftRule(rule) => format!("nftables rule in {NFT_TABLE} {NFT_CHAIN}: {rule}"),
@@ -462,7 +480,10 @@ impl Item {
             Item::LoUp => vec!["ip link set dev lo up".into()],
             Item::VipOnLo(vip) => {
                 let v6 = if vip.is_ipv6() { "-6 " } else { "" };
-                vec![format!("ip {v6}addr replace {vip}/{} dev lo", host_len(*vip))]
+                vec![format!(
+                    "ip {v6}addr replace {vip}/{} dev lo",
+                    host_len(*vip)
+                )]
             }
             Item::VipOnlyOnLo(vip) => seen
                 .map(|seen| {
@@ -483,7 +504,16 @@ impl Item {
                 rule.argv("-A").join(" ")
             )],
             Item::NftTable => vec![format!("nft add table {NFT_TABLE}")],
-            Item::NftChain => vec![format!("nft add chain {NFT_TABLE} {NFT_CHAIN} '{{ {NFT_HOOK} }}'")],
+            Item::NftChain if seen.is_some_and(|s| matches!(self.state(s), State::Wrong(_))) => {
+                vec![
+                    format!("nft flush chain {NFT_TABLE} {NFT_CHAIN}"),
+                    format!("nft delete chain {NFT_TABLE} {NFT_CHAIN}"),
+                    format!("nft add chain {NFT_TABLE} {NFT_CHAIN} '{{ {NFT_HOOK} }}'"),
+                ]
+            }
+            Item::NftChain => vec![format!(
+                "nft add chain {NFT_TABLE} {NFT_CHAIN} '{{ {NFT_HOOK} }}'"
+            )],
             Item::NftRule(rule) if seen.is_some() => {
                 vec![format!("nft add rule {NFT_TABLE} {NFT_CHAIN} {rule}")]
             }
@@ -527,7 +557,9 @@ fn vip_on_lo(seen: &Seen, vip: IpAddr) -> State {
     if on_lo.contains(&host_len(vip)) {
         State::Ok
     } else if let Some(len) = on_lo.first() {
-        State::Wrong(format!("{vip}/{len} on lo: the whole prefix would be the host's"))
+        State::Wrong(format!(
+            "{vip}/{len} on lo: the whole prefix would be the host's"
+        ))
     } else {
         State::Missing
     }
@@ -658,7 +690,10 @@ impl Setup {
         for port in &self.ports {
             line += &format!(" --udp-port {port}");
         }
-        let targets = [self.target_v4.map(IpAddr::V4), self.target_v6.map(IpAddr::V6)];
+        let targets = [
+            self.target_v4.map(IpAddr::V4),
+            self.target_v6.map(IpAddr::V6),
+        ];
         for ip in targets.into_iter().flatten() {
             line += &format!(" --target-ip {ip}");
         }

@@ -129,7 +129,11 @@ pub fn run_tool(argv: &[String]) -> anyhow::Result<Output> {
         .map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => anyhow!(
                 "{program} is not installed (Debian: apt-get install {})",
-                if program == "nft" { "nftables" } else { "iptables" }
+                if program == "nft" {
+                    "nftables"
+                } else {
+                    "iptables"
+                }
             ),
             _ => anyhow!("cannot run {program}: {e}"),
         })
@@ -145,7 +149,12 @@ fn iptables_has(argv: &[String]) -> anyhow::Result<bool> {
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
-        _ => bail!("`{}` failed ({}): {}", argv.join(" "), out.status, stderr_of(&out)),
+        _ => bail!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            stderr_of(&out)
+        ),
     }
 }
 

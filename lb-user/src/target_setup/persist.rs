@@ -84,8 +84,7 @@ fn write(root: &Path, rel: &str, text: &str, mode: u32) -> anyhow::Result<Persis
         std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(Persisted {
         path,
