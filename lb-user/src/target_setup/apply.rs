@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
 use futures::TryStreamExt as _;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::{
@@ -173,11 +173,13 @@ async fn vip_on_lo(handle: &Handle, lo: u32, vip: IpAddr) -> anyhow::Result<Stri
                 .with_context(|| format!("cannot remove {vip} from lo"))?;
         }
     }
-    handle
-        .address()
-        .add(lo, vip, len)
-        .replace()
-        .execute()
+    let mut add = handle.address().add(lo, vip, len).replace();
+    if vip.is_ipv6() {
+        // Usable at once: no duplicate address detection (the VIP is the
+        // load balancer's on the segment anyway).
+        add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+    }
+    add.execute()
         .await
         .with_context(|| format!("cannot add {vip}/{len} to lo"))?;
     Ok(format!("{line}added {vip}/{len} to lo"))

@@ -479,11 +479,12 @@ impl Item {
         match self {
             Item::LoUp => vec!["ip link set dev lo up".into()],
             Item::VipOnLo(vip) => {
-                let v6 = if vip.is_ipv6() { "-6 " } else { "" };
-                vec![format!(
-                    "ip {v6}addr replace {vip}/{} dev lo",
-                    host_len(*vip)
-                )]
+                let len = host_len(*vip);
+                vec![if vip.is_ipv6() {
+                    format!("ip -6 addr replace {vip}/{len} dev lo nodad")
+                } else {
+                    format!("ip addr replace {vip}/{len} dev lo")
+                }]
             }
             Item::VipOnlyOnLo(vip) => seen
                 .map(|seen| {

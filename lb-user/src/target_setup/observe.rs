@@ -95,10 +95,8 @@ pub async fn observe(setup: &Setup) -> anyhow::Result<Seen> {
     let items = items(setup);
     for item in &items {
         match item {
-            Item::Iptables(rule) => {
-                if iptables_has(&rule.argv("-C"))? {
-                    seen.iptables.insert(rule.clone());
-                }
+            Item::Iptables(rule) if iptables_has(&rule.argv("-C"))? => {
+                seen.iptables.insert(rule.clone());
             }
             Item::NftTable => seen.nft_table = nft_table()?,
             Item::UdpBound(_) if seen.udp_sockets.is_empty() => seen.udp_sockets = udp_sockets(),

@@ -139,7 +139,7 @@ fn the_script_is_the_spec_setup_with_the_clouds_rules() {
 set -eu
 ip link set dev lo up
 ip addr replace 10.0.3.49/32 dev lo
-ip -6 addr replace fd00:3::49/128 dev lo
+ip -6 addr replace fd00:3::49/128 dev lo nodad
 sysctl -w net.ipv4.conf.all.arp_ignore=1
 sysctl -w net.ipv4.conf.all.arp_announce=2
 nft add table inet lb_dsr
@@ -263,7 +263,7 @@ fn a_complete_host_checks_ok_and_each_lack_is_named() {
     assert_eq!(got, want);
     let report = Report::of(&items(&s), &seen).to_string();
     assert!(report.contains("wrong    fd00:3::49 on no interface but lo (fd00:3::49/64 on eth0)\n         fix: ip addr del fd00:3::49/64 dev eth0\n"), "{report}");
-    assert!(report.contains("missing  fd00:3::49/128 on lo\n         fix: ip -6 addr replace fd00:3::49/128 dev lo\n"), "{report}");
+    assert!(report.contains("missing  fd00:3::49/128 on lo\n         fix: ip -6 addr replace fd00:3::49/128 dev lo nodad\n"), "{report}");
     assert!(report.contains("fix: nft add rule inet lb_dsr postrouting ip6 saddr fd00:3::11 udp sport 53 ip6 saddr set fd00:3::49\n"), "{report}");
     assert!(report.ends_with("3 of 11 in place"), "{report}");
 }
