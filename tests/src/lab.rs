@@ -547,11 +547,22 @@ impl Lab {
             let ns = self.ns(node);
             set_sysctls(&ns, &host_sysctls(node))?;
             ip_batch(Some(&ns), &host_links(node))?;
+            if let Node::Target(_) = node {
+                self.target_setup(node)?;
+            }
         }
         // Native XDP_TX on the lb's veth hands frames to p-lb with unfinished
         // checksums unless p-lb computes them itself (TOOLCHAIN.md).
         run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
         Ok(())
+    }
+
+    /// A DSR target's set-up (SPEC.md: the VIPs on lo, the ARP sysctls),
+    /// made as on a real target: `lb target-setup --vip ... --apply`.
+    fn target_setup(&self, node: Node) -> Result<(), LabError> {
+        let (v4, v6) = (VIP4.to_string(), VIP6.to_string());
+        let args = ["target-setup", "--vip", &v4, "--vip", &v6, "--apply"];
+        run(self.command(node, &self.options.lb_bin).args(args)).map(drop)
     }
 
     /// The switch: no IPv6 of its own (keeps the segment quiet), a bridge
@@ -644,20 +655,14 @@ impl Lab {
     }
 }
 
-/// The sysctls of a host's namespace.
-fn host_sysctls(node: Node) -> Vec<(&'static str, &'static str)> {
-    let mut sysctls = vec![
+/// The sysctls of a host's namespace (a target's DSR ones are `lb
+/// target-setup`'s: [`Lab::target_setup`]).
+fn host_sysctls(_node: Node) -> Vec<(&'static str, &'static str)> {
+    vec![
         // Addresses are usable at once (no duplicate address detection).
         ("net/ipv6/conf/eth0/accept_dad", "0"),
         ("net/ipv6/conf/eth0/router_solicitations", "0"),
-    ];
-    if let Node::Target(_) = node {
-        // DSR target (SPEC.md): never answer ARP for the VIP on lo, and
-        // never announce it as the source of our own ARP requests.
-        sysctls.push(("net/ipv4/conf/all/arp_ignore", "1"));
-        sysctls.push(("net/ipv4/conf/all/arp_announce", "2"));
-    }
-    sysctls
+    ]
 }
 
 /// The `ip -batch` lines that bring a host's interfaces up with its MAC and
@@ -695,8 +700,7 @@ fn host_links(node: Node) -> Vec<String> {
         Node::Target(i) => {
             v4(format!("{}/24", TARGETS[i].v4));
             v4(format!("{}/64 nodad", TARGETS[i].v6));
-            batch.push(format!("addr add {VIP4}/32 dev lo"));
-            batch.push(format!("addr add {VIP6}/128 dev lo"));
+            // The VIPs on lo: `lb target-setup` (Lab::target_setup).
         }
         Node::Switch => unreachable!("not a host"),
     }
