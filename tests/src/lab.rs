@@ -557,6 +557,31 @@ impl Lab {
         Ok(())
     }
 
+    /// Deletes the load balancer's `eth0` (its bridge port `p-lb` goes with
+    /// it) and makes both again as the lab first made them, with new
+    /// interface indexes: what a driver reset or a re-created VF does to
+    /// `lb`'s NIC.
+    pub fn remake_lb_interface(&mut self) -> Result<(), LabError> {
+        let (lb, sw) = (self.ns(Node::Lb), self.ns(Node::Switch));
+        drop(self.pass.take());
+        run(Command::new("ip").args(["-n", &lb, "link", "del", "eth0"]))?;
+        ip_batch(
+            Some(&sw),
+            &[
+                format!("link add p-lb type veth peer name eth0 netns {lb}"),
+                "link set p-lb master br0".to_owned(),
+                "link set p-lb up".to_owned(),
+            ],
+        )?;
+        set_sysctls(&lb, &host_sysctls(Node::Lb))?;
+        ip_batch(Some(&lb), &host_links(Node::Lb))?;
+        run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
+        if self.options.attach_pass {
+            self.attach_pass()?;
+        }
+        Ok(())
+    }
+
     /// A DSR target's set-up (SPEC.md: the VIPs on lo, the ARP sysctls),
     /// made as on a real target: `lb target-setup --vip ... --apply`.
     fn target_setup(&self, node: Node) -> Result<(), LabError> {

@@ -12,6 +12,7 @@
 //! the maps is logged, shown and retried; the data plane forwards with what
 //! it holds meanwhile.
 mod draining;
+mod follow;
 mod load;
 mod log;
 mod requests;
@@ -161,6 +162,10 @@ struct Daemon {
     state: RuntimeState,
     errors: ErrorStatus,
     mode: String,
+    /// The interface index the program is attached to (`follow`).
+    attached_to: Option<u32>,
+    /// The interface is gone, and that was logged.
+    iface_gone: bool,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -365,6 +370,8 @@ impl Daemon {
             state,
             errors: ErrorStatus::default(),
             mode,
+            attached_to: None,
+            iface_gone: false,
         })
     }
 
@@ -488,6 +495,7 @@ impl Daemon {
                 "the pinned XDP link runs this lb's program now (replaced in place: no packet went to the kernel meanwhile)"
             ),
         }
+        self.attached_to = Some(self.iface.index);
         self.state.xdp_mode = Some(self.mode.clone());
         self.save_state();
         Ok(())
@@ -571,6 +579,8 @@ impl Daemon {
             Some(sweeper) => sweeper.reports(),
             None => return Err(anyhow!("the flow sweeper was not started")),
         };
+        let mut follow = tokio::time::interval(follow::FOLLOW_INTERVAL);
+        follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = self.retry_at;
             tokio::select! {
@@ -591,6 +601,7 @@ impl Daemon {
                     }
                 }
                 _ = sleep_until(retry), if retry.is_some() => self.retry(),
+                _ = follow.tick() => self.follow_interface(&mut s).await,
                 _ = sleep_until(self.inherited_until), if self.inherited_until.is_some() => {
                     self.forget_inherited_macs();
                 }
