@@ -116,6 +116,7 @@ impl Daemon {
             Ok(attached) => {
                 if let Attached::New(mode) = attached {
                     self.mode = mode.to_string();
+                    self.say_generic();
                 }
                 self.attached_to = Some(self.iface.index);
                 self.state.xdp_mode = Some(self.mode.clone());

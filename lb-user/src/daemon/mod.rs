@@ -11,6 +11,7 @@
 //! `lb apply`) and the last good policy keeps serving. A failed write of
 //! the maps is logged, shown and retried; the data plane forwards with what
 //! it holds meanwhile.
+mod checks;
 mod draining;
 mod follow;
 mod load;
@@ -180,9 +181,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut timer = Phases::start();
     let parsed = load::parse_file(&opts.config)?;
     let iface = neighbors::interface(&load::interface_name(&opts, &parsed)?).await?;
+    checks::addresses(&iface);
     let policy = load::check_for_host(&parsed, &iface)?;
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
+    checks::memory(&instance, &policy)?;
     timer.lap("policy");
 
     let dataplane = Dataplane::open_pinned(
@@ -209,6 +212,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
     timer.lap("attach");
     daemon.ready(&timer);
+    daemon.check_host().await;
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
     let services = Services {
         monitor,
@@ -489,7 +493,10 @@ impl Daemon {
     /// saves the runtime state with the mode.
     fn attach(&mut self) -> anyhow::Result<()> {
         match self.dataplane.attach(&self.iface.name, self.opts.mode)? {
-            Attached::New(mode) => self.mode = mode.to_string(),
+            Attached::New(mode) => {
+                self.mode = mode.to_string();
+                self.say_generic();
+            }
             Attached::Replaced => info!(
                 iface = %self.iface.name,
                 "the pinned XDP link runs this lb's program now (replaced in place: no packet went to the kernel meanwhile)"
@@ -518,6 +525,27 @@ impl Daemon {
             warn_flow_table_size(&self.dataplane, &self.policy, &self.iface.name);
         }
         notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// A new link in generic mode: say what it costs.
+    fn say_generic(&self) {
+        if self.mode == "generic" {
+            checks::generic_mode(&self.iface.name, self.opts.mode == AttachMode::Generic);
+        }
+    }
+
+    /// The host checks that need the data plane running: reverse-path
+    /// filtering against the targets, and who else answers for the VIPs.
+    async fn check_host(&self) {
+        checks::rp_filter_targets(&self.iface, &self.policy).await;
+        let targets = self
+            .plan
+            .targets
+            .iter()
+            .filter(|t| t.info.mac != [0; 6])
+            .map(|t| (t.info.mac, t.ip))
+            .collect();
+        checks::vip_claims(&self.iface, &self.policy, targets);
     }
 
     fn on_macs(&mut self) {
