@@ -14,6 +14,7 @@ use std::{
     path::PathBuf,
     process::Command,
     sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
 };
 
 use lb_tests::{
@@ -293,4 +294,102 @@ fn a_vip_on_an_external_interface_is_refused_and_nothing_changes() {
     let (code, out) = t.setup(&["--vip", "10.0.3.49", "--check"]);
     assert_eq!(code, 1);
     assert!(out.contains("wrong    10.0.3.49 on no interface but lo (10.0.3.49/24 on eth0)\n         fix: ip addr del 10.0.3.49/24 dev eth0\n"), "{out}");
+}
+
+/// The UDP methods work: behind `lb`, targets whose server is bound to the
+/// wildcard address (so it answers from the target's own address, which
+/// the client drops) answer from the VIP once `lb target-setup --udp
+/// METHOD --apply` has set their rules: every query is answered, by every
+/// target.
+fn udp_answers_from_the_vip(method: &str) {
+    use lb_tests::{
+        Lab, Node, client,
+        topo::{TARGETS, VIP4, client4},
+    };
+    let _serial = lb_tests::run::serial();
+    let mut lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
+    for (i, t) in TARGETS.iter().enumerate() {
+        let args = ["--udp".to_string(), "0.0.0.0:5353".to_string()];
+        lab.spawn_server(Node::Target(i), t.name, &args)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut yaml = String::from(
+        "interface: eth0\nlisteners:\n  - { name: q, vip: 10.0.3.49, protocol: udp, port: 5353, target_group: q }\n",
+    );
+    yaml += "target_groups:\n  - name: q\n    protocol: udp\n    targets:\n";
+    for t in &TARGETS {
+        yaml += &format!("      - {{ ip: {} }}\n", t.v4);
+    }
+    let policy = lab.write_file("q.yaml", &yaml);
+    let running = lab
+        .start_lb(&policy, &["--xdp-mode", "native"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ask = |first: u16| -> Vec<Result<String, String>> {
+        lab.run_in(Node::Client, || {
+            (0..12u16)
+                .map(|i| {
+                    let src = SocketAddr::new(client4(1).into(), first + i);
+                    let dst = SocketAddr::new(VIP4.into(), 5353);
+                    client::udp_ask(src, dst, Duration::from_millis(300), 2)
+                        .map_err(|e| e.to_string())
+                })
+                .collect()
+        })
+    };
+    let without = ask(30000);
+    assert!(
+        without.iter().all(Result::is_err),
+        "answered without the rules: {without:?}"
+    );
+    for i in 0..TARGETS.len() {
+        let out = lab
+            .exec(
+                Node::Target(i),
+                &[
+                    lb().to_str().unwrap(),
+                    "target-setup",
+                    "--vip",
+                    "10.0.3.49",
+                    "--udp",
+                    method,
+                    "--udp-port",
+                    "5353",
+                    "--apply",
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.contains("added"), "{out}");
+    }
+    let with = ask(31000);
+    let names: Vec<&str> = with
+        .iter()
+        .map(|r| {
+            r.as_deref()
+                .unwrap_or_else(|e| panic!("{method}: unanswered: {e}\n{with:?}\n{}", running.log()))
+        })
+        .collect();
+    for t in &TARGETS {
+        assert!(
+            names.contains(&t.name),
+            "{method}: {} never answered: {names:?}",
+            t.name
+        );
+    }
+    drop(running);
+}
+
+#[test]
+fn udp_from_the_wildcard_answers_from_the_vip_with_iptables() {
+    if !has("iptables") || !is_root() {
+        return lb_tests::skip("needs root and iptables (cargo xtask setup installs it)");
+    }
+    udp_answers_from_the_vip("iptables");
+}
+
+#[test]
+fn udp_from_the_wildcard_answers_from_the_vip_with_nftables() {
+    if !has("nft") || !is_root() {
+        return lb_tests::skip("needs root and nft (cargo xtask setup installs nftables)");
+    }
+    udp_answers_from_the_vip("nftables");
 }
