@@ -364,8 +364,9 @@ fn udp_answers_from_the_vip(method: &str) {
     let names: Vec<&str> = with
         .iter()
         .map(|r| {
-            r.as_deref()
-                .unwrap_or_else(|e| panic!("{method}: unanswered: {e}\n{with:?}\n{}", running.log()))
+            r.as_deref().unwrap_or_else(|e| {
+                panic!("{method}: unanswered: {e}\n{with:?}\n{}", running.log())
+            })
         })
         .collect();
     for t in &TARGETS {
