@@ -19,6 +19,7 @@ pub mod policy;
 pub mod round_robin;
 pub mod state;
 pub mod status;
+pub mod target_setup;
 
 /// The XDP load balancer (`lb` and `lb_clock`), built from `lb-ebpf` by
 /// `build.rs`.

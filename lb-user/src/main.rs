@@ -11,7 +11,7 @@ use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use lb_user::{
     api, daemon,
     dataplane::{self, AttachMode, pin::Instance},
-    policy, status,
+    policy, status, target_setup,
 };
 use tracing::Level;
 use tracing_subscriber::{
@@ -47,6 +47,50 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// `lb target-setup`'s arguments.
+#[derive(clap::Args)]
+struct TargetSetupArgs {
+    /// A VIP this target serves (IPv4 or IPv6; repeat for several).
+    #[arg(long = "vip", required = true, value_name = "VIP")]
+    vips: Vec<IpAddr>,
+    /// How UDP replies leave from the VIP: the server binds it, or
+    /// stateful DNAT (iptables), or a stateless source rewrite
+    /// (nftables).
+    #[arg(long, value_enum, default_value = "bind")]
+    udp: UdpMethod,
+    /// A UDP listener port (repeat for several; needed by iptables and
+    /// nftables).
+    #[arg(long = "udp-port", value_name = "PORT")]
+    udp_ports: Vec<u16>,
+    /// This target's own address that the UDP rules use, one per
+    /// family (default: the host's only address of that family).
+    #[arg(long = "target-ip", value_name = "IP")]
+    target_ips: Vec<IpAddr>,
+    /// Set what is missing.
+    #[arg(long, conflicts_with = "check")]
+    apply: bool,
+    /// Write the files that set it at every boot (a sysctl.d file, a
+    /// script and a systemd unit, enabled).
+    #[arg(long, conflicts_with = "check")]
+    persist: bool,
+    /// With --persist: write the files under DIR (an image being built).
+    #[arg(long, value_name = "DIR", requires = "persist")]
+    root: Option<PathBuf>,
+    /// Report each item ok, missing or wrong, with its fix.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UdpMethod {
+    /// The UDP server binds the VIP (nothing to set; --check looks for it).
+    Bind,
+    /// iptables/ip6tables DNAT of the VIP to the target's own address.
+    Iptables,
+    /// nftables rewrite of the replies' source to the VIP.
+    Nftables,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -137,6 +181,12 @@ enum Command {
     /// Write the man pages of `lb` and of each command (lb.1, lb-run.1,
     /// ...) into a directory.
     Man { dir: PathBuf },
+    /// Run on a DSR target: its set-up (SPEC.md) for the load balancer's
+    /// VIPs. Prints it as a shell script by default; --check says what is
+    /// in place and what is missing (exit 0 when everything is, 1 if not),
+    /// --apply sets what is missing (twice changes nothing), --persist
+    /// writes the files that set it again at every boot.
+    TargetSetup(TargetSetupArgs),
     /// Show the listeners, target groups and targets of the running lb.
     Status {
         /// Only this target group (like `gcloud compute target-pools get-health`).
@@ -247,11 +297,45 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Man { dir } => done(man_pages(&dir)),
         Command::Check { config } => done(check(&config)),
+        Command::TargetSetup(args) => target_setup(args).await,
         Command::Status {
             target_group,
             json,
             socket,
         } => done(show_status(&socket, target_group.as_deref(), json).await),
+    }
+}
+
+/// `lb target-setup`: exit 0, or 1 when a check found something missing.
+async fn target_setup(args: TargetSetupArgs) -> anyhow::Result<ExitCode> {
+    let options = target_setup::Options {
+        request: target_setup::Request {
+            vips: args.vips,
+            udp: args.udp.into(),
+            ports: args.udp_ports,
+            target_ips: args.target_ips,
+        },
+        apply: args.apply,
+        persist: args
+            .persist
+            .then(|| args.root.unwrap_or_else(|| PathBuf::from("/"))),
+        check: args.check,
+    };
+    let ok = target_setup::run(&options).await?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(REFUSED)
+    })
+}
+
+impl From<UdpMethod> for target_setup::UdpMethod {
+    fn from(method: UdpMethod) -> target_setup::UdpMethod {
+        match method {
+            UdpMethod::Bind => target_setup::UdpMethod::Bind,
+            UdpMethod::Iptables => target_setup::UdpMethod::Iptables,
+            UdpMethod::Nftables => target_setup::UdpMethod::Nftables,
+        }
     }
 }
 

@@ -582,11 +582,47 @@ impl Lab {
                 batch.extend(routes_to_remote(node));
             }
             ip_batch(Some(&ns), &batch)?;
+            if let Node::Target(_) = node {
+                self.target_setup(node)?;
+            }
         }
         // Native XDP_TX on the lb's veth hands frames to p-lb with unfinished
         // checksums unless p-lb computes them itself (TOOLCHAIN.md).
         run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
         Ok(())
+    }
+
+    /// Deletes the load balancer's `eth0` (its bridge port `p-lb` goes with
+    /// it) and makes both again as the lab first made them, with new
+    /// interface indexes: what a driver reset or a re-created VF does to
+    /// `lb`'s NIC.
+    pub fn remake_lb_interface(&mut self) -> Result<(), LabError> {
+        let (lb, sw) = (self.ns(Node::Lb), self.ns(Node::Switch));
+        drop(self.pass.take());
+        run(Command::new("ip").args(["-n", &lb, "link", "del", "eth0"]))?;
+        ip_batch(
+            Some(&sw),
+            &[
+                format!("link add p-lb type veth peer name eth0 netns {lb}"),
+                "link set p-lb master br0".to_owned(),
+                "link set p-lb up".to_owned(),
+            ],
+        )?;
+        set_sysctls(&lb, &host_sysctls(Node::Lb))?;
+        ip_batch(Some(&lb), &host_links(Node::Lb))?;
+        run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
+        if self.options.attach_pass {
+            self.attach_pass()?;
+        }
+        Ok(())
+    }
+
+    /// A DSR target's set-up (SPEC.md: the VIPs on lo, the ARP sysctls),
+    /// made as on a real target: `lb target-setup --vip ... --apply`.
+    fn target_setup(&self, node: Node) -> Result<(), LabError> {
+        let (v4, v6) = (VIP4.to_string(), VIP6.to_string());
+        let args = ["target-setup", "--vip", &v4, "--vip", &v6, "--apply"];
+        run(self.command(node, &self.options.lb_bin).args(args)).map(drop)
     }
 
     /// The switch: no IPv6 of its own (keeps the segment quiet), a bridge
@@ -685,19 +721,14 @@ impl Lab {
     }
 }
 
-/// The sysctls of a host's namespace.
+/// The sysctls of a host's namespace (a target's DSR ones are `lb
+/// target-setup`'s: [`Lab::target_setup`]).
 fn host_sysctls(node: Node) -> Vec<(&'static str, &'static str)> {
     let mut sysctls = vec![
         // Addresses are usable at once (no duplicate address detection).
         ("net/ipv6/conf/eth0/accept_dad", "0"),
         ("net/ipv6/conf/eth0/router_solicitations", "0"),
     ];
-    if let Node::Target(_) = node {
-        // DSR target (SPEC.md): never answer ARP for the VIP on lo, and
-        // never announce it as the source of our own ARP requests.
-        sysctls.push(("net/ipv4/conf/all/arp_ignore", "1"));
-        sysctls.push(("net/ipv4/conf/all/arp_announce", "2"));
-    }
     if node == Node::Router {
         sysctls.push(("net/ipv6/conf/eth1/accept_dad", "0"));
         sysctls.push(("net/ipv4/ip_forward", "1"));
@@ -741,8 +772,7 @@ fn host_links(node: Node) -> Vec<String> {
         Node::Target(i) => {
             v4(format!("{}/24", TARGETS[i].v4));
             v4(format!("{}/64 nodad", TARGETS[i].v6));
-            batch.push(format!("addr add {VIP4}/32 dev lo"));
-            batch.push(format!("addr add {VIP6}/128 dev lo"));
+            // The VIPs on lo: `lb target-setup` (Lab::target_setup).
         }
         Node::Router | Node::Remote => batch.extend(routed_links(node)),
         Node::Switch => unreachable!("not a host"),

@@ -84,6 +84,7 @@ fn man_pages_cover_every_command() {
         "lb-drain",
         "lb-detach",
         "lb-check",
+        "lb-target-setup",
     ] {
         let file = dir.0.join(format!("{page}.1"));
         let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));

@@ -11,7 +11,9 @@
 //! `lb apply`) and the last good policy keeps serving. A failed write of
 //! the maps is logged, shown and retried; the data plane forwards with what
 //! it holds meanwhile.
+mod checks;
 mod draining;
+mod follow;
 mod load;
 mod log;
 mod requests;
@@ -161,6 +163,10 @@ struct Daemon {
     state: RuntimeState,
     errors: ErrorStatus,
     mode: String,
+    /// The interface index the program is attached to (`follow`).
+    attached_to: Option<u32>,
+    /// The interface is gone, and that was logged.
+    iface_gone: bool,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -175,9 +181,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut timer = Phases::start();
     let parsed = load::parse_file(&opts.config)?;
     let iface = neighbors::interface(&load::interface_name(&opts, &parsed)?).await?;
+    checks::addresses(&iface);
     let policy = load::check_for_host(&parsed, &iface)?;
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
+    checks::memory(&instance, &policy)?;
     timer.lap("policy");
 
     let dataplane = Dataplane::open_pinned(
@@ -204,6 +212,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
     timer.lap("attach");
     daemon.ready(&timer);
+    daemon.check_host().await;
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
     let services = Services {
         monitor,
@@ -365,6 +374,8 @@ impl Daemon {
             state,
             errors: ErrorStatus::default(),
             mode,
+            attached_to: None,
+            iface_gone: false,
         })
     }
 
@@ -482,12 +493,16 @@ impl Daemon {
     /// saves the runtime state with the mode.
     fn attach(&mut self) -> anyhow::Result<()> {
         match self.dataplane.attach(&self.iface.name, self.opts.mode)? {
-            Attached::New(mode) => self.mode = mode.to_string(),
+            Attached::New(mode) => {
+                self.mode = mode.to_string();
+                self.say_generic();
+            }
             Attached::Replaced => info!(
                 iface = %self.iface.name,
                 "the pinned XDP link runs this lb's program now (replaced in place: no packet went to the kernel meanwhile)"
             ),
         }
+        self.attached_to = Some(self.iface.index);
         self.state.xdp_mode = Some(self.mode.clone());
         self.save_state();
         Ok(())
@@ -510,6 +525,27 @@ impl Daemon {
             warn_flow_table_size(&self.dataplane, &self.policy, &self.iface.name);
         }
         notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// A new link in generic mode: say what it costs.
+    fn say_generic(&self) {
+        if self.mode == "generic" {
+            checks::generic_mode(&self.iface.name, self.opts.mode == AttachMode::Generic);
+        }
+    }
+
+    /// The host checks that need the data plane running: reverse-path
+    /// filtering against the targets, and who else answers for the VIPs.
+    async fn check_host(&self) {
+        checks::rp_filter_targets(&self.iface, &self.policy).await;
+        let targets = self
+            .plan
+            .targets
+            .iter()
+            .filter(|t| t.info.mac != [0; 6])
+            .map(|t| (t.info.mac, t.ip))
+            .collect();
+        checks::vip_claims(&self.iface, &self.policy, targets);
     }
 
     fn on_macs(&mut self) {
@@ -571,6 +607,8 @@ impl Daemon {
             Some(sweeper) => sweeper.reports(),
             None => return Err(anyhow!("the flow sweeper was not started")),
         };
+        let mut follow = tokio::time::interval(follow::FOLLOW_INTERVAL);
+        follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = self.retry_at;
             tokio::select! {
@@ -591,6 +629,7 @@ impl Daemon {
                     }
                 }
                 _ = sleep_until(retry), if retry.is_some() => self.retry(),
+                _ = follow.tick() => self.follow_interface(&mut s).await,
                 _ = sleep_until(self.inherited_until), if self.inherited_until.is_some() => {
                     self.forget_inherited_macs();
                 }

@@ -18,6 +18,7 @@
 pub mod changes;
 pub mod clock;
 mod maps;
+pub mod memory;
 pub mod pin;
 mod read;
 pub mod sweep;

@@ -50,6 +50,7 @@
 //! Everything here must be called within a tokio runtime.
 mod entry;
 mod netlink;
+pub mod vip_probe;
 mod watch;
 
 #[cfg(test)]
