@@ -114,6 +114,9 @@ struct Sequence {
     small_steps: bool,
     /// The flow tables are compared every this many steps.
     flows_every: usize,
+    /// Per cent of new TCP flows that open with a SYN (the others open with
+    /// any flags: a TCP packet that is not a SYN and misses makes no entry).
+    syn_first: u64,
 }
 
 /// A flow table these flows never fill.
@@ -124,6 +127,7 @@ const ROOMY: Sequence = Sequence {
     time_steps: 25,
     small_steps: false,
     flows_every: 250,
+    syn_first: 0,
 };
 
 /// A flow table of 8 buckets (32 entries) and many more flows, some
@@ -136,6 +140,8 @@ const CROWDED: Sequence = Sequence {
     time_steps: 15,
     small_steps: true,
     flows_every: 10,
+    // Most open with a SYN, so that new flows keep taking entries.
+    syn_first: 80,
 };
 
 /// Small time steps (`Sequence::small_steps`): steps of `SMALL` from the
@@ -1245,7 +1251,7 @@ fn assert_covered(t: &Tally, run: Run) {
     }
     let seed = run.seed;
     assert!(
-        t.new_flows > t.per(300) && t.forwarded > t.per(800) && t.passed > t.per(50),
+        t.new_flows > t.per(200) && t.forwarded > t.per(800) && t.passed > t.per(50),
         "seed {seed:#x}: {t:?}"
     );
     assert!(
@@ -1297,9 +1303,11 @@ fn program_and_model_agree_when_new_flows_evict() {
     let Some(all) = run_seeds(test, &CROWDED) else {
         return;
     };
+    // (Ended entries are fewer than the others: a client's FIN or RST
+    // that misses makes no entry, as no TCP packet but a SYN does.)
     let [ended, once, established] = all.evicted;
     assert!(
-        ended > 200 && once > 400 && established > 150,
+        ended > 60 && once > 400 && established > 150,
         "evictions by class: {all:?}"
     );
     assert!(

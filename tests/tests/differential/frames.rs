@@ -1,8 +1,7 @@
 //! The frames of the differential test's sequences: one function per kind
 //! of frame, and the table of kinds with their shares ([`KINDS`]).
 //!
-//! To add a kind (fragments, ICMP errors, IPv6 extension headers, ...):
-//! write its function, a [`Kind`], give it a row of `KINDS` (the shares add
+//! To add a kind: write its function, a [`Kind`], give it a row of `KINDS` (the shares add
 //! up to 1000), and, if the test must assert that every variant of it was
 //! sent, a [`Covers`] variant listed by [`every_cover`]. Variants that must
 //! all be sent take turns ([`Traffic::turn`]) rather than being drawn, so a
@@ -24,11 +23,18 @@
 //!   beyond the frame, total length below the header, beyond the frame or
 //!   short of it, version not 4; IPv6 payload length 0, beyond the frame or
 //!   short of it, version not 6;
-//! - IPv4 fragments (more fragments set).
+//! - IPv4 fragments (more fragments set);
+//! - datagrams cut into fragments (IPv4 and IPv6, TCP and UDP), their
+//!   fragments sent in every order ([`Order`]) between other frames;
+//! - ICMP and ICMPv6 errors quoting recent flows and unknown ones, errors
+//!   that are not about a VIP flow, echo requests, quotes cut short
+//!   ([`Icmp`]);
+//! - IPv6 extension header chains: walked, not walked, too long, cut
+//!   ([`Chain`]).
 use std::collections::{BTreeSet, VecDeque};
 
 use lb_common::FlowKey;
-use lb_tests::packets::{Frame, L4, tcp_flags::*};
+use lb_tests::packets::{ExtHeader, Frame, L4, tcp_flags::*};
 
 use super::{Rng, Sequence};
 
@@ -38,13 +44,16 @@ pub type Kind = fn(&mut Rng, &mut Traffic) -> (String, Vec<u8>);
 
 /// The kinds of frame the sequences send, with their shares (per mille of
 /// the frames).
-pub const KINDS: [(u64, Kind); 6] = [
-    (732, for_a_listener),
+pub const KINDS: [(u64, Kind); 9] = [
+    (632, for_a_listener),
     (60, tagged),
     (50, not_for_a_listener),
     (100, truncated),
     (48, bogus_length),
     (10, fragment),
+    (40, fragmented),
+    (30, icmp_error),
+    (30, extension_headers),
 ];
 
 /// A frame of a sequence, of a kind drawn by the shares of `KINDS`.
@@ -142,7 +151,88 @@ pub enum Covers {
     Tag(Tag),
     /// IPv4 options of this many 4-byte words.
     Options(usize),
+    Order(Order),
+    Icmp(Icmp),
+    Chain(Chain),
 }
+
+/// The order a datagram's fragments are sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Order {
+    InOrder,
+    Reversed,
+    /// The first last.
+    FirstLast,
+    /// The first never sent.
+    FirstLost,
+    /// The first sent twice, a later one twice.
+    Repeated,
+}
+
+const ORDERS: [Order; 5] = [
+    Order::InOrder,
+    Order::Reversed,
+    Order::FirstLast,
+    Order::FirstLost,
+    Order::Repeated,
+];
+
+/// An ICMP frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Icmp {
+    /// An error quoting a flow sent recently (IPv4: fragmentation needed or
+    /// time exceeded; IPv6: packet too big, unreachable, time exceeded).
+    RecentFlow,
+    /// An error quoting a flow never sent.
+    UnknownFlow,
+    /// An error sent to another address than the quoted packet's source.
+    NotFromTheVip,
+    /// An error quoting a packet to no listener's port.
+    NoListener,
+    /// An echo request to the VIP.
+    Echo,
+    /// An error whose quoted headers are cut short.
+    QuoteCut,
+}
+
+const ICMPS: [Icmp; 6] = [
+    Icmp::RecentFlow,
+    Icmp::UnknownFlow,
+    Icmp::NotFromTheVip,
+    Icmp::NoListener,
+    Icmp::Echo,
+    Icmp::QuoteCut,
+];
+
+/// An IPv6 extension header chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Chain {
+    HopByHop,
+    /// Hop-by-hop, destination options, routing with no segments left.
+    Three,
+    /// An atomic fragment header (offset 0, no more fragments).
+    Atomic,
+    /// Six destination options headers: as many as the walk takes.
+    Six,
+    /// Seven: one too many.
+    Seven,
+    /// A routing header with segments left.
+    SegmentsLeft,
+    Authentication,
+    /// Cut inside the chain.
+    Cut,
+}
+
+const CHAINS: [Chain; 8] = [
+    Chain::HopByHop,
+    Chain::Three,
+    Chain::Atomic,
+    Chain::Six,
+    Chain::Seven,
+    Chain::SegmentsLeft,
+    Chain::Authentication,
+    Chain::Cut,
+];
 
 /// Everything the frames cover.
 pub fn every_cover() -> Vec<Covers> {
@@ -152,6 +242,9 @@ pub fn every_cover() -> Vec<Covers> {
     cuts.chain(BOGUS.map(Covers::Bogus))
         .chain(TAGS.map(Covers::Tag))
         .chain((1..=10).map(Covers::Options))
+        .chain(ORDERS.map(Covers::Order))
+        .chain(ICMPS.map(Covers::Icmp))
+        .chain(CHAINS.map(Covers::Chain))
         .collect()
 }
 
@@ -162,6 +255,9 @@ enum Turn {
     Bogus,
     Tag,
     Options,
+    Order,
+    Icmp,
+    Chain,
 }
 
 /// A listener's flow: address family and protocol.
@@ -178,7 +274,11 @@ enum Flow {
 pub struct Traffic {
     sequence: &'static Sequence,
     recent: VecDeque<FlowKey>,
-    turns: [usize; 4],
+    turns: [usize; 7],
+    /// Fragments of datagrams cut, still to send (each with what it is).
+    fragments: VecDeque<(String, Vec<u8>)>,
+    /// The next datagram's identification.
+    datagram: u32,
     pub covered: BTreeSet<Covers>,
 }
 
@@ -190,7 +290,9 @@ impl Traffic {
         Traffic {
             sequence,
             recent: VecDeque::new(),
-            turns: [0; 4],
+            turns: [0; 7],
+            fragments: VecDeque::new(),
+            datagram: 0,
             covered: BTreeSet::new(),
         }
     }
@@ -240,12 +342,12 @@ impl Traffic {
             Flow::Tcp4 => {
                 let (client, port) = (v4(rng), *rng.pick(&[80, 81, 82, 83, 84]));
                 let sport = 40000 + rng.below(ports[0]) as u16;
-                Frame::tcp(&client, sport, "10.0.3.49", port, *rng.pick(&TCP_FLAGS))
+                Frame::tcp(&client, sport, "10.0.3.49", port, self.opening(rng))
             }
             Flow::Tcp6 => {
                 let client = v6(rng);
                 let sport = 40000 + rng.below(ports[1]) as u16;
-                Frame::tcp(&client, sport, "fd00:3::49", 80, *rng.pick(&TCP_FLAGS))
+                Frame::tcp(&client, sport, "fd00:3::49", 80, self.opening(rng))
             }
             Flow::Udp4 => {
                 let client = v4(rng);
@@ -263,6 +365,16 @@ impl Traffic {
             f.with_ip_options(&self.options(words))
         } else {
             f
+        }
+    }
+
+    /// The TCP flags of a new flow's frame: a SYN for the sequence's
+    /// `syn_first` per cent, else any.
+    fn opening(&self, rng: &mut Rng) -> u8 {
+        if rng.below(100) < self.sequence.syn_first {
+            SYN
+        } else {
+            *rng.pick(&TCP_FLAGS)
         }
     }
 
@@ -509,4 +621,188 @@ fn fragment(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
     let flow = *rng.pick(&[Flow::Tcp4, Flow::Udp4]);
     let f = traffic.flow_frame(rng, flow, true).with_frag(0x2000);
     (format!("{f:?} (more fragments)"), f.build())
+}
+
+/// The next fragment of a datagram cut before, else a datagram for a
+/// listener cut into 2 to 4 fragments, queued in an order that takes
+/// turns ([`ORDERS`]), and its first fragment to send.
+fn fragmented(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
+    if let Some(next) = traffic.fragments.pop_front() {
+        return next;
+    }
+    let flow = *rng.pick(&[Flow::Tcp4, Flow::Udp4, Flow::Tcp6, Flow::Udp6]);
+    let mut f = traffic.flow_frame(rng, flow, true);
+    // A payload that makes 2-4 fragments of 64 bytes (with its 8- or
+    // 20-byte transport header).
+    let len = 72 + rng.below(160) as usize;
+    if let L4::Udp { payload, .. } = &mut f.l4 {
+        *payload = (0..len).map(|i| i as u8).collect();
+    }
+    if matches!(f.l4, L4::Tcp { .. }) {
+        // A TCP segment's data, as raw bytes after its header.
+        let header = f.build();
+        let (_, l4) = offsets(&header);
+        let mut segment = header[l4..].to_vec();
+        segment.extend((0..len).map(|i| i as u8));
+        f.l4 = L4::Raw {
+            proto: lb_common::PROTO_TCP,
+            payload: segment,
+        };
+    }
+    if rng.below(4) == 0 {
+        f = f.with_vlan(1 + rng.below(4000) as u16);
+    }
+    traffic.datagram += 1;
+    let id = traffic.datagram;
+    let parts = f.fragments(64, id);
+    let order = ORDERS[traffic.turn(Turn::Order, ORDERS.len())];
+    traffic.covered.insert(Covers::Order(order));
+    let mut queued: Vec<usize> = (0..parts.len()).collect();
+    match order {
+        Order::InOrder => {}
+        Order::Reversed => queued.reverse(),
+        Order::FirstLast => queued.rotate_left(1),
+        Order::FirstLost => {
+            queued.remove(0);
+        }
+        Order::Repeated => {
+            queued.insert(1, 0);
+            queued.push(parts.len() - 1);
+        }
+    }
+    for i in queued {
+        let what = format!(
+            "{f:?} datagram {id}, fragment {i} of {} ({order:?})",
+            parts.len()
+        );
+        traffic.fragments.push_back((what, parts[i].clone()));
+    }
+    traffic
+        .fragments
+        .pop_front()
+        .expect("a datagram has fragments")
+}
+
+/// An ICMP frame, each kind in turn ([`ICMPS`]).
+fn icmp_error(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
+    let icmp = ICMPS[traffic.turn(Turn::Icmp, ICMPS.len())];
+    traffic.covered.insert(Covers::Icmp(icmp));
+    let recent = (!traffic.recent.is_empty())
+        .then(|| traffic.recent[rng.below(traffic.recent.len() as u64) as usize]);
+    let flow = match (icmp, recent) {
+        (Icmp::RecentFlow | Icmp::QuoteCut, Some(key)) => super::packet_of(&key, ACK),
+        _ => {
+            let flow = *rng.pick(&[Flow::Tcp4, Flow::Udp4, Flow::Tcp6, Flow::Udp6]);
+            traffic.flow_frame(rng, flow, false)
+        }
+    };
+    let v4 = flow.src.is_ipv4();
+    let (router, vip) = if v4 {
+        ("10.0.9.1", flow.dst.to_string())
+    } else {
+        ("fd00:9::1", flow.dst.to_string())
+    };
+    // The reply the error is about: from the VIP to the client.
+    let mut reply = flow.clone();
+    std::mem::swap(&mut reply.src, &mut reply.dst);
+    reply.l4 = match reply.l4 {
+        L4::Tcp { sport, dport, .. } => L4::Tcp {
+            sport: if icmp == Icmp::NoListener {
+                8080
+            } else {
+                dport
+            },
+            dport: sport,
+            flags: ACK | PSH,
+        },
+        L4::Udp { sport, dport, .. } => L4::Udp {
+            sport: if icmp == Icmp::NoListener {
+                5353
+            } else {
+                dport
+            },
+            dport: sport,
+            payload: b"answer".to_vec(),
+        },
+        raw => raw,
+    };
+    let mut quoted = reply.build()[14..].to_vec();
+    let (kind, code) = match (v4, rng.below(2)) {
+        (true, 0) => (3, 4),
+        (true, _) => (11, 0),
+        (false, 0) => (2, 0),
+        (false, _) => (*rng.pick(&[1u8, 3]), 0),
+    };
+    let (kind, to) = match icmp {
+        Icmp::Echo => (if v4 { 8 } else { 128 }, vip.clone()),
+        Icmp::NotFromTheVip => (
+            kind,
+            if v4 {
+                "10.0.3.2".into()
+            } else {
+                "fd00:3::2".into()
+            },
+        ),
+        _ => (kind, vip.clone()),
+    };
+    if icmp == Icmp::QuoteCut {
+        let ihl = if v4 {
+            4 * (quoted[0] & 0x0f) as usize
+        } else {
+            40
+        };
+        quoted.truncate(rng.below(ihl as u64 + 4) as usize);
+    }
+    let f = Frame::icmp_error(router, &to, kind, code, 1280, &quoted);
+    (
+        format!("ICMP {kind}/{code} {icmp:?} about {reply:?}"),
+        f.build(),
+    )
+}
+
+/// An IPv6 frame for a listener with an extension header chain, each in
+/// turn ([`CHAINS`]).
+fn extension_headers(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
+    let chain = CHAINS[traffic.turn(Turn::Chain, CHAINS.len())];
+    traffic.covered.insert(Covers::Chain(chain));
+    let flow = *rng.pick(&[Flow::Tcp6, Flow::Udp6]);
+    let mut f = traffic.flow_frame(rng, flow, false);
+    let options = |kind, rng: &mut Rng| ExtHeader::options(kind, 1 + rng.below(3) as usize);
+    let headers: Vec<ExtHeader> = match chain {
+        Chain::HopByHop => vec![options(ExtHeader::HOP_BY_HOP, rng)],
+        Chain::Three | Chain::Cut => vec![
+            options(ExtHeader::HOP_BY_HOP, rng),
+            options(ExtHeader::DESTINATION_OPTIONS, rng),
+            ExtHeader::routing(0),
+        ],
+        Chain::Atomic => vec![ExtHeader::fragment(0, false, rng.below(1 << 32) as u32)],
+        Chain::Six => (0..6)
+            .map(|_| options(ExtHeader::DESTINATION_OPTIONS, rng))
+            .collect(),
+        Chain::Seven => (0..7)
+            .map(|_| options(ExtHeader::DESTINATION_OPTIONS, rng))
+            .collect(),
+        Chain::SegmentsLeft => vec![ExtHeader::routing(1 + rng.below(3) as u8)],
+        Chain::Authentication => vec![ExtHeader {
+            kind: ExtHeader::AUTHENTICATION,
+            body: vec![0; 14],
+        }],
+    };
+    for h in headers {
+        f = f.with_ext_header(h);
+    }
+    if rng.below(4) == 0 {
+        f = f.with_vlan(1 + rng.below(4000) as u16);
+    }
+    let mut bytes = f.build();
+    if chain == Chain::Cut {
+        let l3 = if bytes[12..14] == [0x81, 0x00] {
+            18
+        } else {
+            14
+        };
+        let chain_len: usize = f.ext_headers.iter().map(|h| h.body.len() + 2).sum();
+        bytes.truncate(l3 + 40 + rng.below(chain_len as u64) as usize);
+    }
+    (format!("{f:?} {chain:?}"), bytes)
 }
