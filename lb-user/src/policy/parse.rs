@@ -92,8 +92,8 @@ fn too_large() -> String {
 }
 
 /// YAML -> `Policy`, stopping at the first problem: a limit exceeded, else
-/// duplicate keys (all of them, as many as `positions` lists), else a YAML
-/// syntax error, else a serde error. serde only sees a document whose every
+/// duplicate keys (all of them, as many as `positions` lists), else a second
+/// document, else a YAML syntax error, else a serde error. serde only sees a document whose every
 /// event passed the limits.
 fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, PolicyError> {
     PolicyError::check(index_issues(file, text, positions))?;
@@ -114,7 +114,7 @@ fn issue(file: &str, pos: Pos, path: &str, message: String) -> Issue {
 }
 
 /// What the position index found before serde may look: a limit exceeded,
-/// else duplicate keys, else a syntax error.
+/// else duplicate keys, else a second document, else a syntax error.
 fn index_issues(file: &str, text: &str, positions: &Positions) -> Vec<Issue> {
     if let Some(limit) = positions.limit_exceeded() {
         return vec![issue(file, limit.pos, &limit.path, limit.message.clone())];
@@ -141,6 +141,10 @@ fn index_issues(file: &str, text: &str, positions: &Positions) -> Vec<Issue> {
     }
     if !duplicates.is_empty() {
         return duplicates;
+    }
+    if let Some(pos) = positions.second_document() {
+        let message = "a second yaml document starts here: a policy file is one document";
+        return vec![issue(file, pos, "", message.to_string())];
     }
     let Some(error) = positions.syntax_error() else {
         return Vec::new();
@@ -311,10 +315,17 @@ fn lowercase_first(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::{
         super::limits::{MAX_DEPTH, MAX_NODES},
         *,
     };
+
+    /// What "refused quickly" means for a hostile text of a few hundred
+    /// kilobytes, in a debug build on a busy machine (each takes about a
+    /// millisecond; before the limits, seconds).
+    const QUICK: Duration = Duration::from_secs(2);
 
     /// A policy serde or the YAML parser rejects, and the issue it must give.
     struct Case {
@@ -544,6 +555,35 @@ mod tests {
         let text = format!("target_groups: {}{}\n", "[".repeat(70), "]".repeat(70));
         let err = parse("t.yaml", &text).unwrap_err().to_string();
         assert!(err.contains("nested deeper than 64 levels"), "{err}");
+    }
+
+    /// Flow mappings nested `depth` deep.
+    fn nested_flow_maps(depth: usize) -> String {
+        format!("{}x{}\n", "{a: ".repeat(depth), "}".repeat(depth))
+    }
+
+    #[test]
+    fn a_second_document_is_refused_unread() {
+        // serde_norway reads a second document whole before refusing it,
+        // and libyaml's time on nested flow collections grows with the
+        // square of their depth: this took 39 s (debug build). The index
+        // refuses it at its start.
+        let text = format!("listeners: []\n---\n{}", nested_flow_maps(50_000));
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.yaml:2:1: a second yaml document starts here: a policy file is one document"
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+        // After an end marker, without `---`.
+        let err = parse("t.yaml", "listeners: []\n...\ntarget_groups: []\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:3:1: a second yaml document starts here: a policy file is one document"
+        );
+        // One document between its markers is a policy.
+        parse("t.yaml", "---\nlisteners: []\n...\n# the end\n").unwrap();
     }
 
     #[test]

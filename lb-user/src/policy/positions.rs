@@ -4,7 +4,10 @@
 //! validator names a path and this index turns it into a line.
 //!
 //! The same pass over the events checks the document against the limits of
-//! `limits.rs`, so that `parse` can refuse it before serde sees it. The pass
+//! `limits.rs`, so that `parse` can refuse it before serde sees it; it reads
+//! on to the end of the text, so that serde sees no text the limits did not
+//! cover (serde_norway reads a second document whole, only to refuse it),
+//! and stops at the start of a second document. The pass
 //! is a loop (no recursion, whatever the nesting), and the index is a tree
 //! (a node is found from its parent by its key or item number, and stores
 //! no path), so both cost time and memory in proportion to the text.
@@ -106,6 +109,8 @@ pub struct Positions {
     duplicate_keys: Vec<DuplicateKey>,
     unlisted_duplicate_keys: usize,
     limit_exceeded: Option<LimitExceeded>,
+    /// Where a second document starts.
+    second_document: Option<Pos>,
     syntax_error: Option<SyntaxError>,
 }
 
@@ -119,6 +124,7 @@ impl Default for Positions {
             duplicate_keys: Vec::new(),
             unlisted_duplicate_keys: 0,
             limit_exceeded: None,
+            second_document: None,
             syntax_error: None,
         }
     }
@@ -126,7 +132,8 @@ impl Default for Positions {
 
 impl Positions {
     /// Indexes the first document of `text`, stopping at the first limit it
-    /// goes past ([`Positions::limit_exceeded`]) or at a syntax error
+    /// goes past ([`Positions::limit_exceeded`]), at the start of a second
+    /// document ([`Positions::second_document`]) or at a syntax error
     /// ([`Positions::syntax_error`]): the part before is indexed.
     pub fn index(text: &str) -> Self {
         let mut builder = Builder::default();
@@ -192,6 +199,12 @@ impl Positions {
     /// The first limit of `limits.rs` the document goes past, if any.
     pub fn limit_exceeded(&self) -> Option<&LimitExceeded> {
         self.limit_exceeded.as_ref()
+    }
+
+    /// Where a second document starts, if the text has one (a policy is one
+    /// document).
+    pub fn second_document(&self) -> Option<Pos> {
+        self.second_document
     }
 
     /// Where yaml-rust2 found the text broken, if it did.
@@ -288,6 +301,8 @@ struct Builder {
     /// The path of the node placed last (for messages) is that of the
     /// first `last_depth` frames (a key stands for its mapping).
     last_depth: usize,
+    /// Documents started so far.
+    documents: usize,
 }
 
 /// A node's place: a mapping's value for a key, or a sequence's item.
@@ -418,7 +433,7 @@ impl Builder {
         path
     }
 
-    /// Takes one event; true once the document has ended.
+    /// Takes one event; true at the start of a second document.
     fn on_event(&mut self, ev: Event, mark: Marker) -> bool {
         match ev {
             Event::Scalar(text, ..) => {
@@ -468,7 +483,19 @@ impl Builder {
             Event::SequenceEnd => {
                 self.stack.pop();
             }
-            Event::DocumentEnd => return true,
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    // The line of its `---`, or of its first node when it
+                    // has none (then marked after a block mapping's first
+                    // key): a document starts at a line's start.
+                    self.index.second_document = Some(Pos {
+                        line: mark.line(),
+                        column: 1,
+                    });
+                    return true;
+                }
+            }
             _ => {}
         }
         false
