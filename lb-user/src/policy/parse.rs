@@ -149,18 +149,62 @@ fn index_issues(file: &str, text: &str, positions: &Positions) -> Vec<Issue> {
     let Some(error) = positions.syntax_error() else {
         return Vec::new();
     };
-    // The limits were checked up to the error only: serde must not
-    // deserialize the rest. serde_norway's message when it finds the error
-    // too (the usual case), else yaml-rust2's.
-    vec![match document(text) {
-        Err(e) => invalid_yaml(file, &e),
-        Ok(_) => issue(
+    // serde_norway's message when it finds the error too (the usual case),
+    // else yaml-rust2's. The limits were checked up to the error only: serde
+    // must not deserialize the rest, and serde_norway reads no more of it
+    // than the end of the error's line, `MAX_TAIL` bytes at most (libyaml,
+    // on a text whose nesting no limit checked, takes time that grows with
+    // the square of the nesting).
+    let head = head_of(text, error.index);
+    vec![match document(head) {
+        Err(e) if head.len() == text.len() || !at_end(&e, head) => invalid_yaml(file, &e),
+        _ => issue(
             file,
             error.pos,
             "",
             format!("invalid yaml: {}", error.message),
         ),
     }]
+}
+
+/// Bytes of text past a syntax error that serde_norway may read to find it.
+const MAX_TAIL: usize = 1024;
+
+/// `text` to the end of the line holding its character `index`, or
+/// `MAX_TAIL` bytes past that character when the line goes on longer.
+fn head_of(text: &str, index: usize) -> &str {
+    let at = text
+        .char_indices()
+        .nth(index)
+        .map_or(text.len(), |(i, _)| i);
+    let rest = &text[at..];
+    let mut end = rest.find(['\n', '\r']).map_or(rest.len(), |i| i + 1);
+    if end > MAX_TAIL {
+        end = MAX_TAIL;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+    }
+    &text[..at + end]
+}
+
+/// Whether serde_norway's error on `head` (a text cut short) is at its end
+/// (or nowhere): an artifact of the cut, not the error of the whole text.
+fn at_end(err: &serde_norway::Error, head: &str) -> bool {
+    let Some(location) = err.location() else {
+        return true;
+    };
+    // The position just past `head`, lines broken at LF, CRLF or CR.
+    let (mut line, mut column) = (1, 1);
+    let mut chars = head.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || (c == '\r' && chars.peek() != Some(&'\n')) {
+            (line, column) = (line + 1, 1);
+        } else if c != '\r' {
+            column += 1;
+        }
+    }
+    (location.line(), location.column()) == (line, column)
 }
 
 fn invalid_yaml(file: &str, e: &serde_norway::Error) -> Issue {
@@ -584,6 +628,69 @@ mod tests {
         );
         // One document between its markers is a policy.
         parse("t.yaml", "---\nlisteners: []\n...\n# the end\n").unwrap();
+    }
+
+    #[test]
+    fn flow_nesting_yaml_rust2_gives_up_on_is_too_deep() {
+        // yaml-rust2 gives up on flow collections nested past 255 levels
+        // while it reads ahead, before the budget counts the 65th level.
+        // The whole text then went to serde_norway for a message, and
+        // libyaml took 71 s on the sequences, 40 s on the mappings (debug
+        // build).
+        let sequences = format!(
+            "listeners: {}x{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let cases = [
+            (sequences, "1:267: listeners:"),
+            (nested_flow_maps(50_000), "1:1021:"),
+        ];
+        for (text, place) in cases {
+            let start = Instant::now();
+            let err = parse("t.yaml", &text).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "t.yaml:{place} collections nested deeper than 64 levels: \
+                     no policy nests that deep"
+                )
+            );
+            assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+        }
+    }
+
+    #[test]
+    fn serde_norway_reads_no_further_than_the_syntax_error_line() {
+        // yaml-rust2 refuses a quoted scalar's next line at the key's
+        // indentation; libyaml takes it, and read on to the end of the text,
+        // through nesting no limit checked: this took 6 s (debug build;
+        // twice the nesting, 29 s).
+        let text = format!(
+            "a: 'x\ny'\nc: {}x{}\n",
+            "[".repeat(25_000),
+            "]".repeat(25_000)
+        );
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.yaml:1:4: invalid yaml: invalid indentation in quoted scalar"
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+        // serde_norway's message when it finds the error before the end of
+        // what it reads; yaml-rust2's when the cut is what it finds.
+        let err = parse("t.yaml", "listeners: {a: 1\nb: 2\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:2:2: invalid yaml: did not find expected ',' or '}', \
+             while parsing a flow mapping at line 1 column 12"
+        );
+        let err = parse("t.yaml", "a: 'open\nb: 1\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:1:4: invalid yaml: invalid indentation in quoted scalar"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use yaml_rust2::{
     scanner::Marker,
 };
 
-use super::budget::Budget;
+use super::budget::{Budget, Exceeded};
 
 /// A 1-based position in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +72,15 @@ pub struct LimitExceeded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
     pub pos: Pos,
+    /// The same place, in characters from the start of the text.
+    pub index: usize,
     pub message: String,
 }
+
+/// yaml-rust2's error for flow collections (`[`, `{`) nested past 255
+/// levels. It can come before the budget sees the 65th level: the scanner
+/// reads a flow collection ahead to know whether it is a mapping key.
+const FLOW_NESTING_ERROR: &str = "recursion limit exceeded";
 
 /// One indexed value.
 #[derive(Debug, Clone, Default)]
@@ -143,9 +150,18 @@ impl Positions {
             let (event, mark) = match parser.next_token() {
                 Ok((Event::StreamEnd, _)) => break,
                 Ok(next) => next,
+                Err(e) if e.info() == FLOW_NESTING_ERROR => {
+                    builder.index.limit_exceeded = Some(LimitExceeded {
+                        pos: Pos::of(*e.marker()),
+                        path: builder.path(builder.last_depth),
+                        message: Exceeded::Depth { alias: false }.message(None),
+                    });
+                    break;
+                }
                 Err(e) => {
                     builder.index.syntax_error = Some(SyntaxError {
                         pos: Pos::of(*e.marker()),
+                        index: e.marker().index(),
                         message: e.info().to_string(),
                     });
                     break;
