@@ -24,7 +24,8 @@ use super::{
 };
 
 /// Reads the policy file at `path`, refusing a file larger than
-/// `MAX_POLICY_BYTES` before reading it whole.
+/// `MAX_POLICY_BYTES` before reading it whole; without its byte order mark,
+/// if it has one.
 pub fn read(path: &Path) -> Result<String, PolicyError> {
     let name = path.display().to_string();
     let refuse = |message: String| {
@@ -55,8 +56,16 @@ pub fn read(path: &Path) -> Result<String, PolicyError> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(refuse(too_large()));
     }
+    if text.starts_with(BOM) {
+        text.drain(..BOM.len_utf8());
+    }
     Ok(text)
 }
+
+/// The byte order mark some editors write at the start of a UTF-8 file.
+/// YAML allows it and editors do not show it, but serde_norway reads it
+/// as text: it refused such a policy ("more than one document").
+const BOM: char = '\u{feff}';
 
 /// Reads and parses the policy at `path` (no host checks).
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
@@ -68,6 +77,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 /// host-independent rule. An empty document is an empty, valid policy (see
 /// `serving::check_servable` for the daemon's view of it).
 pub fn parse(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
+    let text = text.strip_prefix(BOM).unwrap_or(text);
     if text.len() > MAX_POLICY_BYTES {
         return Err(PolicyError::new(vec![Issue {
             file: source_name.to_string(),
@@ -691,6 +701,24 @@ mod tests {
             err.to_string(),
             "t.yaml:1:4: invalid yaml: invalid indentation in quoted scalar"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_text() {
+        // serde_norway took it for text: "more than one document".
+        let policy = "\u{feff}listeners: []\ntarget_groups: []\n";
+        parse("t.yaml", policy).unwrap();
+        // Columns as an editor shows them.
+        let err = parse("t.yaml", "\u{feff}listeners: 5\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:1:12: listeners: invalid type: integer `5`, expected a sequence"
+        );
+        let path = std::env::temp_dir().join(format!("lb-bom-{}.yaml", std::process::id()));
+        std::fs::write(&path, policy).unwrap();
+        let text = read(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(text.unwrap(), &policy[3..]);
     }
 
     #[test]
