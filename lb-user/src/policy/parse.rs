@@ -721,6 +721,91 @@ mod tests {
         assert_eq!(text.unwrap(), &policy[3..]);
     }
 
+    /// `listeners:` and block sequences nested `depth` deep in it, each on
+    /// a line of its own, indented under the one before (`depth + 1`
+    /// levels, `depth + 1` lines of about `depth` columns).
+    fn nested_block_sequences(depth: usize) -> String {
+        let mut text = "listeners:\n".to_string();
+        for level in 1..=depth {
+            text += &" ".repeat(2 * level);
+            text += "-\n";
+        }
+        text += &" ".repeat(2 * depth + 2);
+        text += "x\n";
+        text
+    }
+
+    #[test]
+    fn nested_block_sequences_of_200_kb_are_refused_quickly() {
+        let text = nested_block_sequences(450);
+        assert!(text.len() > 200_000, "{}", text.len());
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        // Level MAX_DEPTH + 1 is the `-` of line MAX_DEPTH + 1.
+        let path = format!("listeners{}", "[0]".repeat(MAX_DEPTH - 1));
+        assert_eq!(
+            err,
+            format!(
+                "t.yaml:{}:{}: {path}: collections nested deeper than 64 levels: \
+                 no policy nests that deep",
+                MAX_DEPTH + 1,
+                2 * MAX_DEPTH + 1
+            )
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn nesting_at_the_limit_is_read() {
+        // MAX_DEPTH levels: within the limit, refused by serde for what it is.
+        let err = parse("t.yaml", &nested_block_sequences(MAX_DEPTH - 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:3:5: listeners[0]: invalid type: sequence, expected a listener mapping"
+        );
+        let err = parse("t.yaml", &nested_block_sequences(MAX_DEPTH)).unwrap_err();
+        assert!(
+            err.to_string().contains("nested deeper than 64 levels"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_at_the_size_limit_is_read() {
+        // A sparse file of MAX_POLICY_BYTES zero bytes: read whole, then
+        // refused for what it holds.
+        let path = std::env::temp_dir().join(format!("lb-limit-{}.yaml", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_POLICY_BYTES as u64).unwrap();
+        let text = read(&path);
+        std::fs::remove_file(&path).unwrap();
+        let text = text.unwrap();
+        assert_eq!(text.len(), MAX_POLICY_BYTES);
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.yaml:1:1: invalid yaml: control characters are not allowed"
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+    }
+
+    /// 64 MiB through both YAML parsers: 0.5 s in a release build, 20 s in
+    /// a debug one (`cargo test --release` runs it).
+    #[test]
+    #[cfg_attr(debug_assertions, ignore = "slow in a debug build")]
+    fn a_policy_at_the_size_limit_parses() {
+        // A valid policy, padded with comments to the byte.
+        let mut text = "listeners: []\ntarget_groups: []\n".to_string();
+        let line = format!("#{}\n", "x".repeat(1022));
+        while text.len() + line.len() <= MAX_POLICY_BYTES {
+            text += &line;
+        }
+        text += &"#".repeat(MAX_POLICY_BYTES - text.len());
+        assert_eq!(text.len(), MAX_POLICY_BYTES);
+        parse("t.yaml", &text).unwrap();
+    }
+
     #[test]
     fn too_large_a_text_is_refused() {
         let text = " ".repeat(MAX_POLICY_BYTES + 1);
