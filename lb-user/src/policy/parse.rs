@@ -539,6 +539,24 @@ mod tests {
     }
 
     #[test]
+    fn lines_end_at_lf_crlf_or_cr() {
+        // As YAML and editors count them (the fuzz target checks that no
+        // error points past the text, counting so).
+        for end in ["\n", "\r\n", "\r"] {
+            let text = ["listeners:", "  - name: web", "    vips: 10.0.3.49", ""].join(end);
+            let err = parse("t.yaml", &text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("t.yaml:3:5: listeners[0].vips: unknown field"),
+                "{err}"
+            );
+        }
+        // The end of a text whose last line has no break is at the start of
+        // the line after it, for yaml-rust2 and libyaml alike.
+        let err = parse("t.yaml", "listeners: [").unwrap_err().to_string();
+        assert!(err.starts_with("t.yaml:2:1: invalid yaml"), "{err}");
+    }
+
+    #[test]
     fn empty_policy_is_valid() {
         for text in [
             "",
