@@ -128,7 +128,7 @@ mod tests {
             (
                 deep,
                 format!(
-                    "{name}:1:267: listeners: collections nested deeper than 64 levels: \
+                    "{name}:1:267: listeners[0]: collections nested deeper than 64 levels: \
                      no policy nests that deep"
                 ),
             ),

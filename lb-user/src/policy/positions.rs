@@ -153,7 +153,7 @@ impl Positions {
                 Err(e) if e.info() == FLOW_NESTING_ERROR => {
                     builder.index.limit_exceeded = Some(LimitExceeded {
                         pos: Pos::of(*e.marker()),
-                        path: builder.path(builder.last_depth),
+                        path: builder.next_path(),
                         message: Exceeded::Depth { alias: false }.message(None),
                     });
                     break;
@@ -429,10 +429,11 @@ impl Builder {
     }
 
     /// The path of the node the first `depth` frames lead to (long keys
-    /// cut; a collection used as a key ends it).
+    /// cut; a collection used as a key ends it), or all the frames when
+    /// fewer are open (`last_depth` outlives the frames that end).
     fn path(&self, depth: usize) -> String {
         let mut path = String::new();
-        for frame in &self.stack[..depth] {
+        for frame in self.stack.iter().take(depth) {
             match frame {
                 Frame::Map { key, .. } => {
                     if !path.is_empty() {
@@ -445,6 +446,22 @@ impl Builder {
                 }
                 Frame::Key => break,
             }
+        }
+        path
+    }
+
+    /// The path of the node the parser reads next: in the innermost open
+    /// collection, the value of its last key, or its next item.
+    fn next_path(&self) -> String {
+        let mut path = self.path(self.stack.len());
+        if let Some(Frame::Seq {
+            len: next @ 1.., ..
+        }) = self.stack.last()
+        {
+            // `path` names the last item read.
+            let last = format!("[{}]", next - 1);
+            path.truncate(path.len() - last.len());
+            let _ = write!(path, "[{next}]");
         }
         path
     }
