@@ -453,15 +453,14 @@ impl Builder {
     /// The path of the node the parser reads next: in the innermost open
     /// collection, the value of its last key, or its next item.
     fn next_path(&self) -> String {
-        let mut path = self.path(self.stack.len());
+        let path = self.path(self.stack.len());
+        // `path` names a sequence's last item read.
         if let Some(Frame::Seq {
             len: next @ 1.., ..
         }) = self.stack.last()
+            && let Some(parent) = path.strip_suffix(&format!("[{}]", next - 1))
         {
-            // `path` names the last item read.
-            let last = format!("[{}]", next - 1);
-            path.truncate(path.len() - last.len());
-            let _ = write!(path, "[{next}]");
+            return format!("{parent}[{next}]");
         }
         path
     }
