@@ -115,6 +115,46 @@ pub fn save_policy(path: &Path, text: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A reload reads the file with `parse_file`; an error there is refused
+    /// like any other (`Lb::reload`: the last good policy keeps serving).
+    #[test]
+    fn hostile_files_are_refused_by_parse_file() {
+        let dir = std::env::temp_dir().join(format!("lb-hostile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lb.yaml");
+        let name = path.display();
+        let deep = format!("listeners: {}x{}\n", "[".repeat(1000), "]".repeat(1000));
+        let cases = [
+            (
+                deep,
+                format!(
+                    "{name}:1:267: listeners[0]: collections nested deeper than 64 levels: \
+                     no policy nests that deep"
+                ),
+            ),
+            (
+                "listeners: []\n---\n[[[]]]\n".to_string(),
+                format!(
+                    "{name}:2:1: a second yaml document starts here: a policy file is one document"
+                ),
+            ),
+        ];
+        for (text, expect) in cases {
+            std::fs::write(&path, text).unwrap();
+            let err = parse_file(&path).err().expect("refused");
+            assert_eq!(format!("{err:#}"), expect);
+        }
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(policy::limits::MAX_POLICY_BYTES as u64 + 1)
+            .unwrap();
+        let err = parse_file(&path).err().expect("refused");
+        assert_eq!(
+            format!("{err:#}"),
+            format!("{name}: the policy is larger than the limit of 64 MiB")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_saved_policy_replaces_the_file_whole() {
         let dir = std::env::temp_dir().join(format!("lb-save-policy-{}", std::process::id()));

@@ -37,11 +37,34 @@ pub struct PolicyError {
     pub issues: Vec<Issue>,
 }
 
+/// Longest message or path of an issue, in characters. Messages quote the
+/// values they are about, and a value can be as long as the file (64 MiB):
+/// the middle of a longer one is cut, keeping the start (the value) and
+/// the end (what is allowed). No message of a real mistake comes close.
+const MAX_SHOWN: usize = 1000;
+
+/// `text`, its middle cut to keep it within `MAX_SHOWN` characters.
+fn shown(text: String) -> String {
+    let chars = text.chars().count();
+    if chars <= MAX_SHOWN {
+        return text;
+    }
+    let keep = (MAX_SHOWN - 40) / 2;
+    let cut = chars - 2 * keep;
+    let head: String = text.chars().take(keep).collect();
+    let tail: String = text.chars().skip(chars - keep).collect();
+    format!("{head}...({cut} characters cut)...{tail}")
+}
+
 impl PolicyError {
     /// Sorts the issues into file order (stable: same position keeps the
-    /// order of discovery).
+    /// order of discovery), long messages and paths cut.
     pub fn new(mut issues: Vec<Issue>) -> Self {
         issues.sort_by_key(|i| (i.line, i.column));
+        for issue in &mut issues {
+            issue.message = shown(std::mem::take(&mut issue.message));
+            issue.path = shown(std::mem::take(&mut issue.path));
+        }
         PolicyError { issues }
     }
 
@@ -92,6 +115,22 @@ mod tests {
             "p.yaml:2:3: yaml syntax error\n\
              p.yaml:9:3: listeners[1].port: port 0 is out of range 1-65535"
         );
+    }
+
+    #[test]
+    fn a_long_value_is_cut_in_the_middle() {
+        let long = format!("interface name `{}` is invalid", "x".repeat(100_000));
+        let err = PolicyError::new(vec![issue(1, "interface", &long)]);
+        let message = &err.issues[0].message;
+        assert!(message.chars().count() <= MAX_SHOWN, "{message}");
+        assert!(message.starts_with("interface name `xxx"), "{message}");
+        assert!(
+            message.contains("xxx...(99068 characters cut)...xxx"),
+            "{message}"
+        );
+        assert!(message.ends_with("xxx` is invalid"), "{message}");
+        let short = issue(1, "interface", "interface name `eth0/1` is invalid");
+        assert_eq!(PolicyError::new(vec![short.clone()]).issues, [short]);
     }
 
     #[test]

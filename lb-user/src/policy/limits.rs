@@ -140,13 +140,16 @@ pub const DEFAULT_STATUS_CODES: &str = "200-399";
 
 /// Largest policy file or text, in bytes: room for the largest policy the
 /// data plane can hold (a target with every field written takes about 100
-/// bytes of YAML), comments and spacing. A larger file is refused before it
-/// is read whole.
+/// bytes of YAML: about 20 MiB in all), three times over for comments and
+/// spacing. A larger file is refused before it is read whole. Bytes alone
+/// are cheap (64 MiB of comments: 0.5 s in a release build); what they
+/// hold is bounded by `MAX_NODES` and `MAX_DEPTH`.
 pub const MAX_POLICY_BYTES: usize = 64 << 20;
 
 /// Deepest nesting of collections (the document's top mapping is level 1).
 /// A policy nests 5 levels; deep nesting costs the parsers stack and memory
-/// for nothing (serde_norway gives up at 128).
+/// for nothing (serde_norway gives up at 128), and libyaml time that grows
+/// with the square of the nesting, so no text nested deeper reaches it.
 pub const MAX_DEPTH: usize = 64;
 
 /// Most nodes (scalars, sequences and mappings; keys count) a document may

@@ -24,7 +24,8 @@ use super::{
 };
 
 /// Reads the policy file at `path`, refusing a file larger than
-/// `MAX_POLICY_BYTES` before reading it whole.
+/// `MAX_POLICY_BYTES` before reading it whole; without its byte order mark,
+/// if it has one.
 pub fn read(path: &Path) -> Result<String, PolicyError> {
     let name = path.display().to_string();
     let refuse = |message: String| {
@@ -55,8 +56,16 @@ pub fn read(path: &Path) -> Result<String, PolicyError> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(refuse(too_large()));
     }
+    if text.starts_with(BOM) {
+        text.drain(..BOM.len_utf8());
+    }
     Ok(text)
 }
+
+/// The byte order mark some editors write at the start of a UTF-8 file.
+/// YAML allows it and editors do not show it, but serde_norway reads it
+/// as text: it refused such a policy ("more than one document").
+const BOM: char = '\u{feff}';
 
 /// Reads and parses the policy at `path` (no host checks).
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
@@ -68,6 +77,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 /// host-independent rule. An empty document is an empty, valid policy (see
 /// `serving::check_servable` for the daemon's view of it).
 pub fn parse(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
+    let text = text.strip_prefix(BOM).unwrap_or(text);
     if text.len() > MAX_POLICY_BYTES {
         return Err(PolicyError::new(vec![Issue {
             file: source_name.to_string(),
@@ -92,8 +102,8 @@ fn too_large() -> String {
 }
 
 /// YAML -> `Policy`, stopping at the first problem: a limit exceeded, else
-/// duplicate keys (all of them, as many as `positions` lists), else a YAML
-/// syntax error, else a serde error. serde only sees a document whose every
+/// duplicate keys (all of them, as many as `positions` lists), else a second
+/// document, else a YAML syntax error, else a serde error. serde only sees a document whose every
 /// event passed the limits.
 fn deserialize(file: &str, text: &str, positions: &Positions) -> Result<Policy, PolicyError> {
     PolicyError::check(index_issues(file, text, positions))?;
@@ -114,7 +124,7 @@ fn issue(file: &str, pos: Pos, path: &str, message: String) -> Issue {
 }
 
 /// What the position index found before serde may look: a limit exceeded,
-/// else duplicate keys, else a syntax error.
+/// else duplicate keys, else a second document, else a syntax error.
 fn index_issues(file: &str, text: &str, positions: &Positions) -> Vec<Issue> {
     if let Some(limit) = positions.limit_exceeded() {
         return vec![issue(file, limit.pos, &limit.path, limit.message.clone())];
@@ -142,21 +152,69 @@ fn index_issues(file: &str, text: &str, positions: &Positions) -> Vec<Issue> {
     if !duplicates.is_empty() {
         return duplicates;
     }
+    if let Some(pos) = positions.second_document() {
+        let message = "a second yaml document starts here: a policy file is one document";
+        return vec![issue(file, pos, "", message.to_string())];
+    }
     let Some(error) = positions.syntax_error() else {
         return Vec::new();
     };
-    // The limits were checked up to the error only: serde must not
-    // deserialize the rest. serde_norway's message when it finds the error
-    // too (the usual case), else yaml-rust2's.
-    vec![match document(text) {
-        Err(e) => invalid_yaml(file, &e),
-        Ok(_) => issue(
+    // serde_norway's message when it finds the error too (the usual case),
+    // else yaml-rust2's. The limits were checked up to the error only: serde
+    // must not deserialize the rest, and serde_norway reads no more of it
+    // than the end of the error's line, `MAX_TAIL` bytes at most (libyaml,
+    // on a text whose nesting no limit checked, takes time that grows with
+    // the square of the nesting).
+    let head = head_of(text, error.index);
+    vec![match document(head) {
+        Err(e) if head.len() == text.len() || !at_end(&e, head) => invalid_yaml(file, &e),
+        _ => issue(
             file,
             error.pos,
             "",
             format!("invalid yaml: {}", error.message),
         ),
     }]
+}
+
+/// Bytes of text past a syntax error that serde_norway may read to find it.
+const MAX_TAIL: usize = 1024;
+
+/// `text` to the end of the line holding its character `index`, or
+/// `MAX_TAIL` bytes past that character when the line goes on longer.
+fn head_of(text: &str, index: usize) -> &str {
+    let at = text
+        .char_indices()
+        .nth(index)
+        .map_or(text.len(), |(i, _)| i);
+    let rest = &text[at..];
+    let mut end = rest.find(['\n', '\r']).map_or(rest.len(), |i| i + 1);
+    if end > MAX_TAIL {
+        end = MAX_TAIL;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+    }
+    &text[..at + end]
+}
+
+/// Whether serde_norway's error on `head` (a text cut short) is at its end
+/// (or nowhere): an artifact of the cut, not the error of the whole text.
+fn at_end(err: &serde_norway::Error, head: &str) -> bool {
+    let Some(location) = err.location() else {
+        return true;
+    };
+    // The position just past `head`, lines broken at LF, CRLF or CR.
+    let (mut line, mut column) = (1, 1);
+    let mut chars = head.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || (c == '\r' && chars.peek() != Some(&'\n')) {
+            (line, column) = (line + 1, 1);
+        } else if c != '\r' {
+            column += 1;
+        }
+    }
+    (location.line(), location.column()) == (line, column)
 }
 
 fn invalid_yaml(file: &str, e: &serde_norway::Error) -> Issue {
@@ -311,10 +369,17 @@ fn lowercase_first(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::{
         super::limits::{MAX_DEPTH, MAX_NODES},
         *,
     };
+
+    /// What "refused quickly" means for a hostile text of a few hundred
+    /// kilobytes, in a debug build on a busy machine (each takes about a
+    /// millisecond; before the limits, seconds).
+    const QUICK: Duration = Duration::from_secs(2);
 
     /// A policy serde or the YAML parser rejects, and the issue it must give.
     struct Case {
@@ -474,6 +539,24 @@ mod tests {
     }
 
     #[test]
+    fn lines_end_at_lf_crlf_or_cr() {
+        // As YAML and editors count them (the fuzz target checks that no
+        // error points past the text, counting so).
+        for end in ["\n", "\r\n", "\r"] {
+            let text = ["listeners:", "  - name: web", "    vips: 10.0.3.49", ""].join(end);
+            let err = parse("t.yaml", &text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("t.yaml:3:5: listeners[0].vips: unknown field"),
+                "{err}"
+            );
+        }
+        // The end of a text whose last line has no break is at the start of
+        // the line after it, for yaml-rust2 and libyaml alike.
+        let err = parse("t.yaml", "listeners: [").unwrap_err().to_string();
+        assert!(err.starts_with("t.yaml:2:1: invalid yaml"), "{err}");
+    }
+
+    #[test]
     fn empty_policy_is_valid() {
         for text in [
             "",
@@ -544,6 +627,215 @@ mod tests {
         let text = format!("target_groups: {}{}\n", "[".repeat(70), "]".repeat(70));
         let err = parse("t.yaml", &text).unwrap_err().to_string();
         assert!(err.contains("nested deeper than 64 levels"), "{err}");
+    }
+
+    /// Flow mappings nested `depth` deep.
+    fn nested_flow_maps(depth: usize) -> String {
+        format!("{}x{}\n", "{a: ".repeat(depth), "}".repeat(depth))
+    }
+
+    #[test]
+    fn a_second_document_is_refused_unread() {
+        // serde_norway reads a second document whole before refusing it,
+        // and libyaml's time on nested flow collections grows with the
+        // square of their depth: this took 39 s (debug build). The index
+        // refuses it at its start.
+        let text = format!("listeners: []\n---\n{}", nested_flow_maps(50_000));
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.yaml:2:1: a second yaml document starts here: a policy file is one document"
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+        // After an end marker, without `---`.
+        let err = parse("t.yaml", "listeners: []\n...\ntarget_groups: []\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:3:1: a second yaml document starts here: a policy file is one document"
+        );
+        // One document between its markers is a policy.
+        parse("t.yaml", "---\nlisteners: []\n...\n# the end\n").unwrap();
+    }
+
+    #[test]
+    fn flow_nesting_yaml_rust2_gives_up_on_is_too_deep() {
+        // yaml-rust2 gives up on flow collections nested past 255 levels
+        // while it reads ahead, before the budget counts the 65th level.
+        // The whole text then went to serde_norway for a message, and
+        // libyaml took 71 s on the sequences, 40 s on the mappings (debug
+        // build).
+        let sequences = format!(
+            "listeners: {}x{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let cases = [
+            (sequences, "1:267: listeners[0]:"),
+            (nested_flow_maps(50_000), "1:1021:"),
+        ];
+        for (text, place) in cases {
+            let start = Instant::now();
+            let err = parse("t.yaml", &text).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "t.yaml:{place} collections nested deeper than 64 levels: \
+                     no policy nests that deep"
+                )
+            );
+            assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+        }
+    }
+
+    #[test]
+    fn flow_nesting_yaml_rust2_gives_up_on_after_collections_end() {
+        // Found by the fuzzer (3 KB, cut down by hand): the error's path
+        // was that of the node read last, deeper than the collections still
+        // open once its own had ended: a slice indexed past them, a panic.
+        let text = format!("a:\n- {{b: {{c: 1}}}}\n- {}\n", "{".repeat(300));
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.yaml:3:258: a[1]: collections nested deeper than 64 levels: \
+             no policy nests that deep"
+        );
+    }
+
+    #[test]
+    fn serde_norway_reads_no_further_than_the_syntax_error_line() {
+        // yaml-rust2 refuses a quoted scalar's next line at the key's
+        // indentation; libyaml takes it, and read on to the end of the text,
+        // through nesting no limit checked: this took 6 s (debug build;
+        // twice the nesting, 29 s).
+        let text = format!(
+            "a: 'x\ny'\nc: {}x{}\n",
+            "[".repeat(25_000),
+            "]".repeat(25_000)
+        );
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.yaml:1:4: invalid yaml: invalid indentation in quoted scalar"
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+        // serde_norway's message when it finds the error before the end of
+        // what it reads; yaml-rust2's when the cut is what it finds.
+        let err = parse("t.yaml", "listeners: {a: 1\nb: 2\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:2:2: invalid yaml: did not find expected ',' or '}', \
+             while parsing a flow mapping at line 1 column 12"
+        );
+        let err = parse("t.yaml", "a: 'open\nb: 1\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:1:4: invalid yaml: invalid indentation in quoted scalar"
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_text() {
+        // serde_norway took it for text: "more than one document".
+        let policy = "\u{feff}listeners: []\ntarget_groups: []\n";
+        parse("t.yaml", policy).unwrap();
+        // Columns as an editor shows them.
+        let err = parse("t.yaml", "\u{feff}listeners: 5\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:1:12: listeners: invalid type: integer `5`, expected a sequence"
+        );
+        let path = std::env::temp_dir().join(format!("lb-bom-{}.yaml", std::process::id()));
+        std::fs::write(&path, policy).unwrap();
+        let text = read(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(text.unwrap(), &policy[3..]);
+    }
+
+    /// `listeners:` and block sequences nested `depth` deep in it, each on
+    /// a line of its own, indented under the one before (`depth + 1`
+    /// levels, `depth + 1` lines of about `depth` columns).
+    fn nested_block_sequences(depth: usize) -> String {
+        let mut text = "listeners:\n".to_string();
+        for level in 1..=depth {
+            text += &" ".repeat(2 * level);
+            text += "-\n";
+        }
+        text += &" ".repeat(2 * depth + 2);
+        text += "x\n";
+        text
+    }
+
+    #[test]
+    fn nested_block_sequences_of_200_kb_are_refused_quickly() {
+        let text = nested_block_sequences(450);
+        assert!(text.len() > 200_000, "{}", text.len());
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        // Level MAX_DEPTH + 1 is the `-` of line MAX_DEPTH + 1.
+        let path = format!("listeners{}", "[0]".repeat(MAX_DEPTH - 1));
+        assert_eq!(
+            err,
+            format!(
+                "t.yaml:{}:{}: {path}: collections nested deeper than 64 levels: \
+                 no policy nests that deep",
+                MAX_DEPTH + 1,
+                2 * MAX_DEPTH + 1
+            )
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn nesting_at_the_limit_is_read() {
+        // MAX_DEPTH levels: within the limit, refused by serde for what it is.
+        let err = parse("t.yaml", &nested_block_sequences(MAX_DEPTH - 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:3:5: listeners[0]: invalid type: sequence, expected a listener mapping"
+        );
+        let err = parse("t.yaml", &nested_block_sequences(MAX_DEPTH)).unwrap_err();
+        assert!(
+            err.to_string().contains("nested deeper than 64 levels"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_at_the_size_limit_is_read() {
+        // A sparse file of MAX_POLICY_BYTES zero bytes: read whole, then
+        // refused for what it holds.
+        let path = std::env::temp_dir().join(format!("lb-limit-{}.yaml", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_POLICY_BYTES as u64).unwrap();
+        let text = read(&path);
+        std::fs::remove_file(&path).unwrap();
+        let text = text.unwrap();
+        assert_eq!(text.len(), MAX_POLICY_BYTES);
+        let start = Instant::now();
+        let err = parse("t.yaml", &text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.yaml:1:1: invalid yaml: control characters are not allowed"
+        );
+        assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+    }
+
+    /// 64 MiB through both YAML parsers: 0.5 s in a release build, 20 s in
+    /// a debug one (`cargo test --release` runs it).
+    #[test]
+    #[cfg_attr(debug_assertions, ignore = "slow in a debug build")]
+    fn a_policy_at_the_size_limit_parses() {
+        // A valid policy, padded with comments to the byte.
+        let mut text = "listeners: []\ntarget_groups: []\n".to_string();
+        let line = format!("#{}\n", "x".repeat(1022));
+        while text.len() + line.len() <= MAX_POLICY_BYTES {
+            text += &line;
+        }
+        text += &"#".repeat(MAX_POLICY_BYTES - text.len());
+        assert_eq!(text.len(), MAX_POLICY_BYTES);
+        parse("t.yaml", &text).unwrap();
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! validator names a path and this index turns it into a line.
 //!
 //! The same pass over the events checks the document against the limits of
-//! `limits.rs`, so that `parse` can refuse it before serde sees it. The pass
+//! `limits.rs`, so that `parse` can refuse it before serde sees it; it reads
+//! on to the end of the text, so that serde sees no text the limits did not
+//! cover (serde_norway reads a second document whole, only to refuse it),
+//! and stops at the start of a second document. The pass
 //! is a loop (no recursion, whatever the nesting), and the index is a tree
 //! (a node is found from its parent by its key or item number, and stores
 //! no path), so both cost time and memory in proportion to the text.
@@ -15,7 +18,7 @@ use yaml_rust2::{
     scanner::Marker,
 };
 
-use super::budget::Budget;
+use super::budget::{Budget, Exceeded};
 
 /// A 1-based position in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +72,15 @@ pub struct LimitExceeded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
     pub pos: Pos,
+    /// The same place, in characters from the start of the text.
+    pub index: usize,
     pub message: String,
 }
+
+/// yaml-rust2's error for flow collections (`[`, `{`) nested past 255
+/// levels. It can come before the budget sees the 65th level: the scanner
+/// reads a flow collection ahead to know whether it is a mapping key.
+const FLOW_NESTING_ERROR: &str = "recursion limit exceeded";
 
 /// One indexed value.
 #[derive(Debug, Clone, Default)]
@@ -106,6 +116,8 @@ pub struct Positions {
     duplicate_keys: Vec<DuplicateKey>,
     unlisted_duplicate_keys: usize,
     limit_exceeded: Option<LimitExceeded>,
+    /// Where a second document starts.
+    second_document: Option<Pos>,
     syntax_error: Option<SyntaxError>,
 }
 
@@ -119,6 +131,7 @@ impl Default for Positions {
             duplicate_keys: Vec::new(),
             unlisted_duplicate_keys: 0,
             limit_exceeded: None,
+            second_document: None,
             syntax_error: None,
         }
     }
@@ -126,7 +139,8 @@ impl Default for Positions {
 
 impl Positions {
     /// Indexes the first document of `text`, stopping at the first limit it
-    /// goes past ([`Positions::limit_exceeded`]) or at a syntax error
+    /// goes past ([`Positions::limit_exceeded`]), at the start of a second
+    /// document ([`Positions::second_document`]) or at a syntax error
     /// ([`Positions::syntax_error`]): the part before is indexed.
     pub fn index(text: &str) -> Self {
         let mut builder = Builder::default();
@@ -136,9 +150,18 @@ impl Positions {
             let (event, mark) = match parser.next_token() {
                 Ok((Event::StreamEnd, _)) => break,
                 Ok(next) => next,
+                Err(e) if e.info() == FLOW_NESTING_ERROR => {
+                    builder.index.limit_exceeded = Some(LimitExceeded {
+                        pos: Pos::of(*e.marker()),
+                        path: builder.next_path(),
+                        message: Exceeded::Depth { alias: false }.message(None),
+                    });
+                    break;
+                }
                 Err(e) => {
                     builder.index.syntax_error = Some(SyntaxError {
                         pos: Pos::of(*e.marker()),
+                        index: e.marker().index(),
                         message: e.info().to_string(),
                     });
                     break;
@@ -192,6 +215,12 @@ impl Positions {
     /// The first limit of `limits.rs` the document goes past, if any.
     pub fn limit_exceeded(&self) -> Option<&LimitExceeded> {
         self.limit_exceeded.as_ref()
+    }
+
+    /// Where a second document starts, if the text has one (a policy is one
+    /// document).
+    pub fn second_document(&self) -> Option<Pos> {
+        self.second_document
     }
 
     /// Where yaml-rust2 found the text broken, if it did.
@@ -288,6 +317,8 @@ struct Builder {
     /// The path of the node placed last (for messages) is that of the
     /// first `last_depth` frames (a key stands for its mapping).
     last_depth: usize,
+    /// Documents started so far.
+    documents: usize,
 }
 
 /// A node's place: a mapping's value for a key, or a sequence's item.
@@ -398,10 +429,11 @@ impl Builder {
     }
 
     /// The path of the node the first `depth` frames lead to (long keys
-    /// cut; a collection used as a key ends it).
+    /// cut; a collection used as a key ends it), or all the frames when
+    /// fewer are open (`last_depth` outlives the frames that end).
     fn path(&self, depth: usize) -> String {
         let mut path = String::new();
-        for frame in &self.stack[..depth] {
+        for frame in self.stack.iter().take(depth) {
             match frame {
                 Frame::Map { key, .. } => {
                     if !path.is_empty() {
@@ -418,7 +450,22 @@ impl Builder {
         path
     }
 
-    /// Takes one event; true once the document has ended.
+    /// The path of the node the parser reads next: in the innermost open
+    /// collection, the value of its last key, or its next item.
+    fn next_path(&self) -> String {
+        let path = self.path(self.stack.len());
+        // `path` names a sequence's last item read.
+        if let Some(Frame::Seq {
+            len: next @ 1.., ..
+        }) = self.stack.last()
+            && let Some(parent) = path.strip_suffix(&format!("[{}]", next - 1))
+        {
+            return format!("{parent}[{next}]");
+        }
+        path
+    }
+
+    /// Takes one event; true at the start of a second document.
     fn on_event(&mut self, ev: Event, mark: Marker) -> bool {
         match ev {
             Event::Scalar(text, ..) => {
@@ -468,7 +515,19 @@ impl Builder {
             Event::SequenceEnd => {
                 self.stack.pop();
             }
-            Event::DocumentEnd => return true,
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    // The line of its `---`, or of its first node when it
+                    // has none (then marked after a block mapping's first
+                    // key): a document starts at a line's start.
+                    self.index.second_document = Some(Pos {
+                        line: mark.line(),
+                        column: 1,
+                    });
+                    return true;
+                }
+            }
             _ => {}
         }
         false
