@@ -465,6 +465,26 @@ impl Builder {
         path
     }
 
+    /// A sequence (`seq`) or a mapping starting at `mark`: its frame on
+    /// the stack (a key's frame when it is a mapping's key).
+    fn open(&mut self, mark: Marker, seq: bool) {
+        let frame = match self.place(None, mark) {
+            Some(id) if seq => {
+                self.index.record(id, mark, None);
+                Frame::Seq { id, len: 0 }
+            }
+            Some(id) => Frame::Map {
+                id,
+                key: String::new(),
+                value_next: false,
+                seen: HashMap::new(),
+                start: Some(mark),
+            },
+            None => Frame::Key,
+        };
+        self.stack.push(frame);
+    }
+
     /// Takes one event; true at the start of a second document.
     fn on_event(&mut self, ev: Event, mark: Marker) -> bool {
         match ev {
@@ -478,29 +498,8 @@ impl Builder {
                     self.index.record(id, mark, None);
                 }
             }
-            Event::SequenceStart(..) => {
-                let frame = match self.place(None, mark) {
-                    Some(id) => {
-                        self.index.record(id, mark, None);
-                        Frame::Seq { id, len: 0 }
-                    }
-                    None => Frame::Key,
-                };
-                self.stack.push(frame);
-            }
-            Event::MappingStart(..) => {
-                let frame = match self.place(None, mark) {
-                    Some(id) => Frame::Map {
-                        id,
-                        key: String::new(),
-                        value_next: false,
-                        seen: HashMap::new(),
-                        start: Some(mark),
-                    },
-                    None => Frame::Key,
-                };
-                self.stack.push(frame);
-            }
+            Event::SequenceStart(..) => self.open(mark, true),
+            Event::MappingStart(..) => self.open(mark, false),
             Event::MappingEnd => {
                 // An empty mapping: only its start event says where it is.
                 if let Some(Frame::Map {

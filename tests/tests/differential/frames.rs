@@ -159,7 +159,7 @@ pub enum Covers {
 /// The order a datagram's fragments are sent in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Order {
-    InOrder,
+    Sequential,
     Reversed,
     /// The first last.
     FirstLast,
@@ -170,7 +170,7 @@ pub enum Order {
 }
 
 const ORDERS: [Order; 5] = [
-    Order::InOrder,
+    Order::Sequential,
     Order::Reversed,
     Order::FirstLast,
     Order::FirstLost,
@@ -659,7 +659,7 @@ fn fragmented(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
     traffic.covered.insert(Covers::Order(order));
     let mut queued: Vec<usize> = (0..parts.len()).collect();
     match order {
-        Order::InOrder => {}
+        Order::Sequential => {}
         Order::Reversed => queued.reverse(),
         Order::FirstLast => queued.rotate_left(1),
         Order::FirstLost => {
