@@ -80,6 +80,11 @@ enum Command {
         /// Seconds to wait at start for the targets' MACs before attaching.
         #[arg(long, default_value_t = 3.0)]
         resolve_wait_s: f64,
+        /// Serve Prometheus metrics over HTTP at ADDR (/metrics); without a
+        /// value, on the loopback: 127.0.0.1:9650. Off by default.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1,
+              default_missing_value = lb_user::metrics::DEFAULT_ADDR)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Remove the data plane `lb run` left on a NIC: detach its XDP program
     /// (traffic to the VIPs falls to the kernel, so connections through it
@@ -230,6 +235,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             xdp_mode,
             socket,
             resolve_wait_s,
+            metrics,
         } => done(
             daemon::run(daemon::RunOptions {
                 config,
@@ -237,6 +243,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 mode: xdp_mode.into(),
                 socket,
                 resolve_wait: Duration::from_secs_f64(resolve_wait_s.max(0.0)),
+                metrics,
             })
             .await,
         ),

@@ -12,6 +12,7 @@ pub mod client;
 pub mod harness;
 pub mod lab;
 pub mod lb;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod packets;

@@ -41,11 +41,13 @@ use crate::{
     flows::Rules,
     health::{HealthMonitor, HealthSnapshot, HealthState, TargetKey},
     maglev::TableCache,
+    metrics::{self, Instruments},
     neighbors::{self, InterfaceInfo, NeighborWatch},
     plan::{MapPlan, Observed},
     policy::{Mac, Policy, compile::compile_next},
     state::RuntimeState,
     status::ErrorStatus,
+    view::{self, View},
 };
 
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub struct RunOptions {
     pub socket: PathBuf,
     /// How long to wait at start for target MACs before attaching anyway.
     pub resolve_wait: Duration,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Wall-clock time of the steps of a start or a reload, for its log line:
@@ -161,6 +165,11 @@ struct Daemon {
     state: RuntimeState,
     errors: ErrorStatus,
     mode: String,
+    /// What readers off the event loop name the maps' ids with (metrics,
+    /// `lb stats`), published when the maps hold a new plan.
+    view: view::Publisher,
+    /// What `lb` counts as it goes (metrics).
+    instruments: Instruments,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -193,15 +202,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic.clone()).await?;
     wait_for_macs(&mut macs, &dynamic, opts.resolve_wait).await;
     timer.lap("macs");
-    let (monitor, health) = HealthMonitor::start_with(&policy, state.verdicts());
+    let instruments = Instruments::default();
+    let (monitor, health) =
+        HealthMonitor::start_observed(&policy, state.verdicts(), Some(instruments.clone()));
     let mut daemon = Daemon::new(
         opts, iface, instance, policy, dataplane, macs, state, &health,
     )?;
+    daemon.instruments = instruments;
     daemon.drains = drains;
     daemon.first_apply(&mut timer)?;
     daemon.attach()?;
     let api = api::bind(&daemon.opts.socket)
         .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
+    let _metrics = daemon.serve_metrics()?;
     timer.lap("attach");
     daemon.ready(&timer);
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
@@ -365,7 +378,30 @@ impl Daemon {
             state,
             errors: ErrorStatus::default(),
             mode,
+            view: view::Publisher::new(),
+            instruments: Instruments::default(),
         })
+    }
+
+    /// Starts the metrics endpoint (`--metrics`) on a thread of its own;
+    /// it stops when dropped.
+    fn serve_metrics(&self) -> anyhow::Result<Option<metrics::Server>> {
+        let Some(addr) = self.opts.metrics else {
+            return Ok(None);
+        };
+        let sweeps = match &self.sweeper {
+            Some(sweeper) => sweeper.reports(),
+            None => return Err(anyhow!("the flow sweeper was not started")),
+        };
+        let sources = metrics::Sources {
+            view: self.view.subscribe(),
+            reader: Arc::new(self.dataplane.reader()?),
+            sweeps,
+        };
+        let server = metrics::Server::start(addr, sources, &self.instruments)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!(addr = %server.addr(), "metrics at http://{}/metrics", server.addr());
+        Ok(Some(server))
     }
 
     /// What is observed of the host now, with `drains`.
@@ -402,7 +438,10 @@ impl Daemon {
         let (policy, drains) = (self.policy.clone(), self.drains.clone());
         self.plan = self.compile(&policy, &drains)?;
         timer.lap("compile");
-        self.dataplane.apply(&self.plan)?;
+        let started = Instant::now();
+        let written = self.dataplane.apply(&self.plan);
+        self.instruments.applied(started.elapsed(), written.is_ok());
+        written?;
         timer.lap("apply");
         self.rules = Rules::of(&self.plan);
         self.sweeper = Some(
@@ -435,7 +474,10 @@ impl Daemon {
     /// Writes the plan wanted; on failure, logs it, shows it in the status
     /// and schedules a retry.
     fn apply(&mut self) {
-        match self.dataplane.apply(&self.plan) {
+        let started = Instant::now();
+        let written = self.dataplane.apply(&self.plan);
+        self.instruments.applied(started.elapsed(), written.is_ok());
+        match written {
             Ok(report) => {
                 debug!(?report, "maps written");
                 self.applied();
@@ -463,6 +505,12 @@ impl Daemon {
             .iter()
             .map(|t| (t.key(), t.info))
             .collect();
+        self.view.publish(View::of(
+            &self.policy,
+            &self.plan,
+            self.dataplane.flow_table_size(),
+            self.dataplane.flow_table_layout().0,
+        ));
         let rules = Rules::of(&self.plan);
         if rules != self.rules {
             self.rules = rules.clone();

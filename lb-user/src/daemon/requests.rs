@@ -165,6 +165,7 @@ impl Daemon {
     /// status until one is taken.
     fn refused(&mut self, how: &str, err: &anyhow::Error) {
         error!("{how} refused, still serving the last good policy:\n{err:#}");
+        self.instruments.policy_refusals.inc();
         self.errors.policy = Some(format!("{err:#}"));
     }
 

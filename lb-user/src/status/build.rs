@@ -165,16 +165,22 @@ fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus 
         ratio: t.ratio,
         slots: t.slots,
         mac: (t.excluded != Some(Exclusion::MacUnresolved)).then(|| t.info.mac.into()),
-        state: match (attached, t.phase, t.health) {
-            (_, Some(Phase::Draining { .. }), _) => TargetState::Draining,
-            (false, ..) | (_, Some(Phase::Unused { .. }), _) => TargetState::Unused,
-            (true, None, PlannedHealth::Unchecked) => TargetState::Unchecked,
-            (true, None, PlannedHealth::Checked(state)) => state.into(),
-        },
+        state: target_state(t, attached),
         packets: stats.packets,
         bytes: stats.bytes,
         new_flows: stats.new_flows,
         active_flows: flows::shown(src.dataplane.active_flows(t.id)),
+    }
+}
+
+/// A planned target's operating state; `attached`: its group has a
+/// listener.
+pub fn target_state(t: &PlannedTarget, attached: bool) -> TargetState {
+    match (attached, t.phase, t.health) {
+        (_, Some(Phase::Draining { .. }), _) => TargetState::Draining,
+        (false, ..) | (_, Some(Phase::Unused { .. }), _) => TargetState::Unused,
+        (true, None, PlannedHealth::Unchecked) => TargetState::Unchecked,
+        (true, None, PlannedHealth::Checked(state)) => state.into(),
     }
 }
 
