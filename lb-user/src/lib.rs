@@ -19,6 +19,7 @@ pub mod plan;
 pub mod policy;
 pub mod round_robin;
 pub mod state;
+pub mod stats;
 pub mod status;
 pub mod view;
 

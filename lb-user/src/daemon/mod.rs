@@ -35,7 +35,8 @@ use tracing::{debug, error, info, warn};
 use crate::{
     api,
     dataplane::{
-        AttachMode, Attached, Dataplane, LoadOptions, pin::Instance, sweep::SweeperHandle,
+        AttachMode, Attached, Dataplane, LoadOptions, pin::Instance, reader::Reader,
+        sweep::SweeperHandle,
     },
     drains::{Drains, Flows},
     flows::Rules,
@@ -46,7 +47,7 @@ use crate::{
     plan::{MapPlan, Observed},
     policy::{Mac, Policy, compile::compile_next},
     state::RuntimeState,
-    status::ErrorStatus,
+    status::{ErrorStatus, ProbeSources},
     view::{self, View},
 };
 
@@ -170,16 +171,16 @@ struct Daemon {
     view: view::Publisher,
     /// What `lb` counts as it goes (metrics).
     instruments: Instruments,
+    /// Reads the data plane's statistics in batches, on any thread.
+    reader: Arc<Reader>,
+    /// Where health probes come from, found once per target address.
+    probe_sources: ProbeSources,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting (or right after
     // `lb ready`) must take the orderly way out, never the default action.
-    let signals = Signals {
-        int: signal(SignalKind::interrupt())?,
-        term: signal(SignalKind::terminate())?,
-        hup: signal(SignalKind::hangup())?,
-    };
+    let signals = Signals::new()?;
     raise_open_files_limit();
     let mut timer = Phases::start();
     let parsed = load::parse_file(&opts.config)?;
@@ -187,6 +188,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let policy = load::check_for_host(&parsed, &iface)?;
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
+    // Before anything changes: a path that is taken stops lb here.
+    let api = api::bind(&opts.socket)
+        .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
     timer.lap("policy");
 
     let dataplane = Dataplane::open_pinned(
@@ -212,20 +216,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     daemon.drains = drains;
     daemon.first_apply(&mut timer)?;
     daemon.attach()?;
-    let api = api::bind(&daemon.opts.socket)
-        .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
     let _metrics = daemon.serve_metrics()?;
     timer.lap("attach");
     daemon.ready(&timer);
-    let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
-    let services = Services {
-        monitor,
-        health,
-        watch,
-        api,
-        requests,
-        requests_tx,
+    let answers = Answers {
+        gate: api::Gate::default(),
+        view: daemon.view.subscribe(),
+        reader: daemon.reader.clone(),
     };
+    let services = Services::new(monitor, health, watch, api, answers);
     daemon.serve(signals, services).await
 }
 
@@ -247,23 +246,76 @@ struct Signals {
 /// What runs beside the daemon's own state: the health monitor and its
 /// snapshots, the neighbour watch, the API socket and the requests read
 /// from it (each connection is read by a task of its own, and its request
-/// answered in the event loop).
+/// answered in the event loop, but `stats`, answered by the task).
 struct Services {
     monitor: HealthMonitor,
     health: watch::Receiver<Snapshots>,
     watch: NeighborWatch,
-    api: tokio::net::UnixListener,
+    api: api::Bound,
+    answers: Answers,
     requests: mpsc::Receiver<(api::Request, api::Responder)>,
     requests_tx: mpsc::Sender<(api::Request, api::Responder)>,
 }
 
+/// What a connection's task needs: the admission of clients, and for
+/// `stats` the latest view and a reader of the maps.
+#[derive(Clone)]
+struct Answers {
+    gate: api::Gate,
+    view: view::Latest,
+    reader: Arc<Reader>,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 impl Services {
-    /// Reads a client's request on a task of its own (a slow client holds
-    /// up nobody) and queues it for the event loop.
+    fn new(
+        monitor: HealthMonitor,
+        health: watch::Receiver<Snapshots>,
+        watch: NeighborWatch,
+        api: api::Bound,
+        answers: Answers,
+    ) -> Services {
+        let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
+        Services {
+            monitor,
+            health,
+            watch,
+            api,
+            answers,
+            requests,
+            requests_tx,
+        }
+    }
+
+    /// Admits a client (one over the limit is told `busy` and closed),
+    /// reads its request on a task of its own (a slow client holds up
+    /// nobody), answers `stats` there (on a blocking thread: the event
+    /// loop never reads counters for it) and queues the rest for the
+    /// event loop.
     fn receive(&self, stream: tokio::net::UnixStream) {
+        let Some(turn) = self.answers.gate.admit() else {
+            tokio::spawn(api::refuse(stream));
+            return;
+        };
         let queue = self.requests_tx.clone();
+        let answers = self.answers.clone();
         tokio::spawn(async move {
-            match api::receive(stream).await {
+            match api::receive(stream, &answers.gate, Some(turn)).await {
+                Ok(Some((api::Request::Stats { group }, responder))) => {
+                    let reply = answers.stats(group).await;
+                    if let Err(err) = responder.send(reply).await {
+                        debug!(%err, "api client left before its answer");
+                    }
+                }
                 Ok(Some(request)) => {
                     let _ = queue.send(request).await;
                 }
@@ -271,6 +323,27 @@ impl Services {
                 Err(err) => debug!(%err, "api client"),
             }
         });
+    }
+}
+
+impl Answers {
+    /// The counters of every listener and target (or of `group`'s).
+    async fn stats(self, group: Option<String>) -> api::Reply {
+        let view = self.view.latest();
+        if let Some(g) = &group
+            && !view.groups.iter().any(|v| &v.name == g)
+        {
+            return api::Reply::Error(format!("no target group named {g:?}"));
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            crate::stats::sample(&view, &self.reader, group.as_deref())
+        })
+        .await;
+        match read {
+            Ok(Ok(sample)) => api::Reply::Stats(Box::new(sample)),
+            Ok(Err(err)) => api::Reply::Error(format!("cannot read the counters: {err}")),
+            Err(err) => api::Reply::Error(format!("cannot read the counters: {err}")),
+        }
     }
 }
 
@@ -334,15 +407,7 @@ impl Daemon {
         state: RuntimeState,
         health: &watch::Receiver<Snapshots>,
     ) -> anyhow::Result<Daemon> {
-        let inherited_macs = if dataplane.adopted() {
-            dataplane
-                .target_macs()?
-                .into_iter()
-                .map(|(key, mac)| (key.ip, mac))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
+        let inherited_macs = inherited_macs(&dataplane)?;
         let plan = MapPlan {
             ids: Arc::new(dataplane.ids().clone()),
             config: Default::default(),
@@ -353,6 +418,8 @@ impl Daemon {
         let rules = Rules::of(&plan);
         let verdicts = verdicts(&health.borrow());
         let mode = state.xdp_mode.clone().unwrap_or_else(|| "unknown".into());
+        let reader = Arc::new(dataplane.reader()?);
+        let probe_sources = ProbeSources::of(&policy);
         Ok(Daemon {
             opts,
             iface,
@@ -380,6 +447,8 @@ impl Daemon {
             mode,
             view: view::Publisher::new(),
             instruments: Instruments::default(),
+            reader,
+            probe_sources,
         })
     }
 
@@ -395,7 +464,7 @@ impl Daemon {
         };
         let sources = metrics::Sources {
             view: self.view.subscribe(),
-            reader: Arc::new(self.dataplane.reader()?),
+            reader: self.reader.clone(),
             sweeps,
         };
         let server = metrics::Server::start(addr, sources, &self.instruments)
@@ -645,28 +714,28 @@ impl Daemon {
                 _ = sleep_until(self.drain_at), if self.drain_at.is_some() => {
                     self.on_drain_deadline(&s.watch).await;
                 }
-                accepted = s.api.accept() => match accepted {
+                accepted = s.api.listener.accept() => match accepted {
                     Ok((stream, _)) => s.receive(stream),
                     Err(err) => warn!(%err, "api accept"),
                 },
                 Some((request, responder)) = s.requests.recv() => {
                     let reply = self.handle(request, &mut s).await;
                     tokio::spawn(async move {
-                        if let Err(err) = responder.send(&reply).await {
+                        if let Err(err) = responder.send(reply).await {
                             debug!(%err, "api client left before its answer");
                         }
                     });
                 }
             }
         }
-        self.leave(s.monitor, s.watch).await;
+        self.leave(s.monitor, s.watch, &s.api).await;
         Ok(())
     }
 
     /// Leaves with the data plane forwarding: the sweeper stops, the state
     /// is saved, probes stop, the managed neighbour entries stay for the
     /// next `lb`.
-    async fn leave(mut self, monitor: HealthMonitor, watch: NeighborWatch) {
+    async fn leave(mut self, monitor: HealthMonitor, watch: NeighborWatch, api: &api::Bound) {
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         info!(
             iface = %self.iface.name,
@@ -675,11 +744,23 @@ impl Daemon {
             self.iface.name
         );
         self.save_state();
-        let _ = std::fs::remove_file(&self.opts.socket);
+        api.remove();
         monitor.shutdown().await;
         watch.leave().await;
         drop(self.sweeper);
     }
+}
+
+/// The MACs an adopted data plane has for its targets (none for a new one).
+fn inherited_macs(dataplane: &Dataplane) -> anyhow::Result<BTreeMap<IpAddr, [u8; 6]>> {
+    if !dataplane.adopted() {
+        return Ok(BTreeMap::new());
+    }
+    Ok(dataplane
+        .target_macs()?
+        .into_iter()
+        .map(|(key, mac)| (key.ip, mac))
+        .collect())
 }
 
 fn warn_flow_table_size(dataplane: &Dataplane, policy: &Policy, iface: &str) {

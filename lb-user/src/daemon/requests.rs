@@ -31,19 +31,40 @@ impl Daemon {
     /// Answers one API request.
     pub(super) async fn handle(&mut self, request: Request, s: &mut Services) -> Reply {
         match request {
-            Request::Status => Reply::Status(Box::new(self.status(s))),
+            Request::Status { group } => self.status(s, group.as_deref()),
+            // Answered by the connection's task (`Services::receive`).
+            Request::Stats { .. } => Reply::Error("stats is answered elsewhere".into()),
             Request::Apply(apply) => Reply::Apply(self.on_apply(apply, s).await),
             Request::Drain(target) => self.on_drain(target, true),
             Request::Undrain(target) => self.on_drain(target, false),
         }
     }
 
-    fn status(&self, s: &Services) -> status::StatusReport {
+    /// The status report, or `group`'s: the counters and statistics read
+    /// in three batched lookups.
+    fn status(&self, s: &Services, group: Option<&str>) -> Reply {
+        if let Some(g) = group
+            && !self.policy.target_groups.iter().any(|t| t.name == g)
+        {
+            return Reply::Error(format!("no target group named {g:?}"));
+        }
+        let ids = (
+            self.plan
+                .listeners
+                .iter()
+                .map(|l| l.info.listener_id + 1)
+                .max(),
+            self.plan.targets.iter().map(|t| t.id + 1).max(),
+        );
+        let stats = self
+            .reader
+            .stats(ids.0.unwrap_or(0), ids.1.unwrap_or(0))
+            .unwrap_or_default();
         let sweep = self
             .sweeper
             .as_ref()
             .and_then(crate::dataplane::sweep::SweeperHandle::last);
-        status::report(&status::Sources {
+        let report = status::report(&status::Sources {
             policy: &self.policy,
             plan: &self.plan,
             dataplane: &self.dataplane,
@@ -67,7 +88,12 @@ impl Daemon {
                     .to_string(),
             },
             errors: self.errors.clone(),
-        })
+            counters: status::counter_names(self.reader.counters().ok()),
+            stats: &stats,
+            probe_sources: self.probe_sources.list().to_vec(),
+            only_group: group,
+        });
+        Reply::Status(Box::new(report))
     }
 
     /// Checks `parsed` against the host and compiles it with the drains it
@@ -117,6 +143,7 @@ impl Daemon {
             warn!(%err, "following the new targets' MACs");
         }
         s.monitor.update(&p.policy);
+        self.probe_sources.follow(&p.policy);
         self.errors.policy = None;
         self.policy = p.policy;
         self.drains = p.drains;

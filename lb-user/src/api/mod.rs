@@ -19,40 +19,34 @@
 //! This module speaks the protocol only: [`bind`] and [`receive`] for the
 //! daemon, which answers each request in its event loop, and [`call`] for
 //! the clients (`lb status`, `lb apply`, `lb drain`).
-use std::{
-    io,
-    net::IpAddr,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+mod client;
+mod server;
+
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+
+pub use client::{ClientError, DEFAULT_TIMEOUT, call, stats, status};
+pub use server::{
+    Bound, Gate, MAX_CLIENTS, MAX_LINE_BYTES, MAX_REQUEST_BYTES, READ_TIMEOUT, Responder,
+    WRITE_TIMEOUT, bind, receive, refuse,
 };
 
-use crate::{
-    policy::{diff::Change, limits::MAX_POLICY_BYTES},
-    status::StatusReport,
-};
+use crate::{policy::diff::Change, stats::StatsSample, status::StatusReport};
 
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
-
-/// Longest request line: a policy at its largest, escaped as a JSON string.
-const MAX_REQUEST_BYTES: u64 = 2 * MAX_POLICY_BYTES as u64 + 4096;
-
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request, as the daemon handles it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
-    /// The whole status report.
-    Status,
+    /// The status report: whole, or of one target group (`status GROUP`).
+    Status { group: Option<String> },
+    /// The counters of the listeners and targets, whole or of one group
+    /// (`stats [GROUP]`), for `lb stats`'s rates: answered off the event
+    /// loop.
+    Stats { group: Option<String> },
     /// A new policy (`lb apply`): its plan, and unless `dry_run`, applied.
     Apply(Apply),
     /// `lb drain GROUP TARGET`.
@@ -78,27 +72,42 @@ pub struct TargetRef {
 impl Request {
     /// Whether it changes something (root only).
     fn changes(&self) -> bool {
-        !matches!(self, Request::Status)
+        !matches!(self, Request::Status { .. } | Request::Stats { .. })
     }
 
     /// The request on `line`, or the error to answer it with.
     fn parse(line: &str) -> Result<Request, String> {
-        if line == "status" {
-            return Ok(Request::Status);
+        let mut words = line.split_whitespace();
+        let (first, group, more) = (words.next(), words.next(), words.next());
+        match (first, more) {
+            (Some("status"), None) => {
+                let group = group.map(str::to_string);
+                return Ok(Request::Status { group });
+            }
+            (Some("stats"), None) => {
+                let group = group.map(str::to_string);
+                return Ok(Request::Stats { group });
+            }
+            _ => {}
         }
         if line.starts_with('{') {
             return serde_json::from_str(line).map_err(|e| format!("bad request: {e}"));
         }
         let shown: String = line.chars().take(40).collect();
         Err(format!(
-            "unknown request {shown:?}: try `status`, or a JSON object {{\"apply\": ...}}, {{\"drain\": ...}}, {{\"undrain\": ...}}"
+            "unknown request {shown:?}: try `status [GROUP]`, `stats [GROUP]`, or a JSON object {{\"apply\": ...}}, {{\"drain\": ...}}, {{\"undrain\": ...}}"
         ))
     }
 
     /// Its line on the socket.
     fn line(&self) -> String {
+        let with = |what: &str, group: &Option<String>| match group {
+            Some(g) => format!("{what} {g}"),
+            None => what.to_string(),
+        };
         match self {
-            Request::Status => "status".into(),
+            Request::Status { group } => with("status", group),
+            Request::Stats { group } => with("stats", group),
             other => serde_json::to_string(other).expect("a request serializes"),
         }
     }
@@ -109,6 +118,7 @@ impl Request {
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Status(Box<StatusReport>),
+    Stats(Box<StatsSample>),
     Apply(ApplyReply),
     Drain(DrainReply),
     Error(String),
@@ -192,6 +202,7 @@ impl Reply {
     fn line(&self) -> String {
         let json = match self {
             Reply::Status(report) => serde_json::to_string(report),
+            Reply::Stats(sample) => serde_json::to_string(sample),
             Reply::Error(message) => Ok(serde_json::json!({ "error": message }).to_string()),
             other => serde_json::to_string(other),
         };
@@ -205,143 +216,19 @@ impl Reply {
             return Ok(Reply::Error(message.to_string()));
         }
         match what {
-            Request::Status => Ok(Reply::Status(serde_json::from_value(value)?)),
+            Request::Status { .. } => Ok(Reply::Status(serde_json::from_value(value)?)),
+            Request::Stats { .. } => Ok(Reply::Stats(serde_json::from_value(value)?)),
             _ => serde_json::from_value(value),
         }
     }
 }
 
-/// Binds the API socket: creates the directory (0700) if needed, refuses to
-/// steal the socket of another running `lb`, removes a stale one, and makes
-/// the socket root-only (0600).
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("another lb is serving on {}", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// Where a request's answer goes.
-pub struct Responder {
-    write: OwnedWriteHalf,
-}
-
-impl Responder {
-    /// Writes `reply` and closes the connection.
-    pub async fn send(mut self, reply: &Reply) -> io::Result<()> {
-        self.write.write_all(reply.line().as_bytes()).await?;
-        self.write.write_all(b"\n").await?;
-        self.write.shutdown().await
-    }
-}
-
-/// Reads one request from `stream` (bounded in size and time). A request
-/// that cannot be taken (unknown, malformed, or changing and not from root)
-/// is answered here with an error, and None returned; so is a client that
-/// connects and leaves (a liveness probe).
-pub async fn receive(stream: UnixStream) -> io::Result<Option<(Request, Responder)>> {
-    let uid = stream.peer_cred().map(|c| c.uid()).ok();
-    let (read, write) = stream.into_split();
-    let responder = Responder { write };
-    let mut line = String::new();
-    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES));
-    match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(0)) | Err(_) => return Ok(None),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(e),
-    }
-    let request = Request::parse(line.trim()).and_then(|r| {
-        if r.changes() && uid != Some(0) {
-            Err("only root may change a running lb".to_string())
-        } else {
-            Ok(r)
-        }
-    });
-    match request {
-        Ok(request) => Ok(Some((request, responder))),
-        Err(message) => {
-            responder.send(&Reply::Error(message)).await?;
-            Ok(None)
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot reach lb at {path}: {source} (is `lb run` running? is --socket right?)")]
-    Connect { path: PathBuf, source: io::Error },
-    #[error("lb at {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("lb at {path} answered something this lb cannot read: {source}")]
-    Decode {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("lb at {path}: {message}")]
-    Remote { path: PathBuf, message: String },
-}
-
-/// Sends `request` to the `lb` serving at `path` and reads its reply (an
-/// error reply is a [`ClientError::Remote`]).
-pub async fn call(path: &Path, request: &Request) -> Result<Reply, ClientError> {
-    let io = |source| ClientError::Io {
-        path: path.into(),
-        source,
-    };
-    let mut stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| ClientError::Connect {
-            path: path.into(),
-            source,
-        })?;
-    stream
-        .write_all(format!("{}\n", request.line()).as_bytes())
-        .await
-        .map_err(io)?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .await
-        .map_err(io)?;
-    match Reply::parse(&line, request).map_err(|source| ClientError::Decode {
-        path: path.into(),
-        source,
-    })? {
-        Reply::Error(message) => Err(ClientError::Remote {
-            path: path.into(),
-            message,
-        }),
-        reply => Ok(reply),
-    }
-}
-
-/// Asks the `lb` serving at `path` for its status.
-pub async fn status(path: &Path) -> Result<StatusReport, ClientError> {
-    match call(path, &Request::Status).await? {
-        Reply::Status(report) => Ok(*report),
-        other => Err(ClientError::Remote {
-            path: path.into(),
-            message: format!("answered {other:?} to `status`"),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use tokio::net::UnixStream;
+
     use super::*;
 
     #[test]
@@ -382,7 +269,16 @@ mod tests {
 
     #[test]
     fn requests_are_read_from_their_line() {
-        assert_eq!(Request::parse("status"), Ok(Request::Status));
+        assert_eq!(
+            Request::parse("status"),
+            Ok(Request::Status { group: None })
+        );
+        let web = Request::Stats {
+            group: Some("web".into()),
+        };
+        assert_eq!(web.line(), "stats web");
+        assert_eq!(Request::parse(&web.line()), Ok(web));
+        assert!(Request::parse("status a b").is_err());
         let drain = Request::Drain(TargetRef {
             group: "web".into(),
             ip: "10.0.3.12".parse().unwrap(),
@@ -399,9 +295,9 @@ mod tests {
         });
         assert_eq!(Request::parse(&apply.line()), Ok(apply));
         assert!(
-            Request::parse("stats")
+            Request::parse("stat")
                 .unwrap_err()
-                .starts_with("unknown request \"stats\"")
+                .starts_with("unknown request \"stat\"")
         );
         assert!(
             Request::parse("{\"nope\": 1}")
@@ -410,42 +306,84 @@ mod tests {
         );
     }
 
+    /// A scratch directory for sockets, removed when dropped.
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!("lb-api-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Serves `n` admitted requests with canned answers (and refuses the
+    /// clients over `gate`'s limit).
+    fn serve(
+        listener: tokio::net::UnixListener,
+        gate: Gate,
+        n: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut served = 0;
+            while served < n {
+                let (stream, _) = listener.accept().await.unwrap();
+                let Some(turn) = gate.admit() else {
+                    tokio::spawn(refuse(stream));
+                    continue;
+                };
+                let gate = gate.clone();
+                served += 1;
+                tokio::spawn(async move {
+                    let Ok(Some((request, responder))) = receive(stream, &gate, Some(turn)).await
+                    else {
+                        return;
+                    };
+                    let reply = match request {
+                        Request::Status { .. } => Reply::Status(Box::new(crate::status::example())),
+                        Request::Drain(t) => Reply::Drain(DrainReply {
+                            group: t.group,
+                            ip: t.ip,
+                            draining: true,
+                            active_flows: 3,
+                            until: Some(1300),
+                        }),
+                        _ => Reply::Error("not here".into()),
+                    };
+                    let _ = responder.send(reply).await;
+                });
+            }
+        })
+    }
+
+    const T: std::time::Duration = std::time::Duration::from_secs(5);
+
     #[tokio::test]
     async fn socket_serves_requests_and_refuses_a_second_server() {
-        let dir = std::env::temp_dir().join(format!("lb-api-test-{}", std::process::id()));
-        let path = dir.join("lb.sock");
-        let listener = bind(&path).unwrap();
+        let dir = Dir::new("serve");
+        let path = dir.0.join("lb.sock");
+        let bound = bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let second = bind(&path).unwrap_err();
-        assert_eq!(second.kind(), io::ErrorKind::AddrInUse, "{second}");
-        let server = tokio::spawn(async move {
-            // The first connection is the second bind's liveness probe.
-            for _ in 0..4 {
-                let (stream, _) = listener.accept().await.unwrap();
-                let Some((request, responder)) = receive(stream).await.unwrap() else {
-                    continue;
-                };
-                let reply = match request {
-                    Request::Status => Reply::Status(Box::new(crate::status::example())),
-                    Request::Drain(t) => Reply::Drain(DrainReply {
-                        group: t.group,
-                        ip: t.ip,
-                        draining: true,
-                        active_flows: 3,
-                        until: Some(1300),
-                    }),
-                    _ => Reply::Error("not here".into()),
-                };
-                responder.send(&reply).await.unwrap();
-            }
-        });
-        assert_eq!(status(&path).await.unwrap(), crate::status::example());
+        assert_eq!(second.kind(), std::io::ErrorKind::AddrInUse, "{second}");
+        // The first connection is the second bind's liveness probe.
+        let server = serve(bound.listener, Gate::default(), 4);
+        assert_eq!(
+            status(&path, None, T).await.unwrap(),
+            crate::status::example()
+        );
         let drain = Request::Drain(TargetRef {
             group: "web".into(),
             ip: "10.0.3.12".parse().unwrap(),
         });
-        let Reply::Drain(d) = call(&path, &drain).await.unwrap() else {
+        let Reply::Drain(d) = call(&path, &drain, T).await.unwrap() else {
             panic!("not a drain reply")
         };
         assert_eq!((d.active_flows, d.until), (3, Some(1300)));
@@ -453,9 +391,59 @@ mod tests {
             group: "web".into(),
             ip: "10.0.3.12".parse().unwrap(),
         });
-        let err = call(&path, &undrain).await.unwrap_err().to_string();
+        let err = call(&path, &undrain, T).await.unwrap_err().to_string();
         assert!(err.ends_with("not here"), "{err}");
         server.await.unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_stale_socket_at_the_path_is_left_alone() {
+        let dir = Dir::new("file");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("policy.yaml");
+        std::fs::write(&path, "listeners: []\n").unwrap();
+        let err = bind(&path).expect_err("bound over a file").to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("not a socket"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "listeners: []\n");
+        // A stale socket (nobody listening) is replaced; the one bound is
+        // removed at the end, and only while it is still there.
+        let stale = dir.0.join("lb.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let bound = bind(&stale).unwrap();
+        std::fs::remove_file(&stale).unwrap();
+        std::fs::write(&stale, "someone else's").unwrap();
+        bound.remove();
+        assert_eq!(std::fs::read_to_string(&stale).unwrap(), "someone else's");
+    }
+
+    #[tokio::test]
+    async fn clients_over_the_limit_are_told_busy_and_long_lines_refused() {
+        let dir = Dir::new("busy");
+        let path = dir.0.join("lb.sock");
+        let bound = bind(&path).unwrap();
+        let server = serve(bound.listener, Gate::new(2), 3);
+        // Two clients that send nothing hold both turns.
+        let idle1 = UnixStream::connect(&path).await.unwrap();
+        let idle2 = UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let err = status(&path, None, T).await.unwrap_err().to_string();
+        assert!(err.contains("busy: 16 clients"), "{err}");
+        drop((idle1, idle2));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // A line too long for anything but an apply is refused, read no
+        // further than its limit.
+        // (Exactly the limit, which the server reads whole: a peer that
+        // closes with unread data resets the connection.)
+        let long = format!("status {}", "x".repeat(MAX_LINE_BYTES - 7));
+        let mut stream = UnixStream::connect(&path).await.unwrap();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = stream.write_all(long.as_bytes()).await;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("longer than 65536 bytes"), "{answer}");
+        server.await.unwrap();
     }
 }
