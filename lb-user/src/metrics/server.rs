@@ -1,9 +1,11 @@
 //! The metrics endpoint: a hyper HTTP/1 server on a thread of its own, with
 //! its own tokio runtime, serving `GET /metrics`. Each scrape reads the maps
-//! and encodes on a blocking thread of that runtime; at most
-//! [`MAX_SCRAPES`] at once (others wait their turn), at most
+//! and encodes on a blocking thread of that runtime; one at a time (others
+//! wait their turn), so scrapes never take more than one CPU; at most
 //! [`MAX_CONNECTIONS`] connections (more are closed at once), and a client
-//! must send its request head within [`HEADER_TIMEOUT`].
+//! must send its request head within [`HEADER_TIMEOUT`]. Every thread of
+//! the endpoint runs at nice [`NICE`]: when the CPUs are busy, the event
+//! loop (probes, reloads) goes first.
 use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, thread, time::Duration};
 
 use http_body_util::Full;
@@ -21,7 +23,9 @@ use super::{Instruments, Scrape, Sources};
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9650";
 
 /// Scrapes read and encoded at once; more wait for a turn.
-pub const MAX_SCRAPES: usize = 2;
+pub const MAX_SCRAPES: usize = 1;
+/// The endpoint threads' nice value (the rest of `lb` runs at 0).
+pub const NICE: i32 = 10;
 /// Open connections; more are closed as they come.
 pub const MAX_CONNECTIONS: usize = 32;
 /// How long a client has to send its request head.
@@ -67,10 +71,13 @@ impl Server {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .max_blocking_threads(MAX_SCRAPES)
+            .thread_name("lb-metrics")
+            .on_thread_start(lower_priority)
             .build()?;
         let thread = thread::Builder::new()
             .name("lb-metrics".into())
             .spawn(move || {
+                lower_priority();
                 if let Err(err) = runtime.block_on(serve(listener, state, stopped)) {
                     warn!(%err, "metrics endpoint stopped");
                 }
@@ -96,6 +103,23 @@ impl Drop for Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Sets the calling thread's nice value to [`NICE`] (Linux: a thread's
+/// own, by its id). A failure costs only the priority.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers.
+    let failed = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE) != 0
+    };
+    if failed {
+        debug!(
+            "metrics: cannot lower the thread's priority: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
