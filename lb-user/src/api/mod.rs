@@ -446,4 +446,27 @@ mod tests {
         assert!(answer.contains("longer than 65536 bytes"), "{answer}");
         server.await.unwrap();
     }
+
+    #[tokio::test]
+    async fn clients_give_up_after_their_timeout() {
+        let dir = Dir::new("timeout");
+        let path = dir.0.join("lb.sock");
+        let bound = bind(&path).unwrap();
+        // A server that takes the connection and never answers.
+        let server = tokio::spawn(async move {
+            let (stream, _) = bound.listener.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            drop(stream);
+        });
+        let started = std::time::Instant::now();
+        let limit = std::time::Duration::from_millis(300);
+        let err = status(&path, None, limit).await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(
+            err.to_string().contains("did not answer within 300ms"),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        server.abort();
+    }
 }

@@ -235,28 +235,32 @@ impl Scrape {
             (
                 "lb_flow_table_entries",
                 "Entries in use in the flow table at the last sweep",
-                self.sweep.as_ref().map_or(0, |s| s.entries) as f64,
+                self.sweep.as_ref().map_or(0, |s| s.entries),
             ),
             (
                 "lb_flow_table_max_flows",
                 "Flows the flow table is sized for (flow_table.max_flows as made)",
-                f64::from(v.max_flows),
+                u64::from(v.max_flows),
             ),
             (
                 "lb_flow_table_slots",
                 "Entries the flow table has (buckets of four)",
-                f64::from(v.buckets) * 4.0,
-            ),
-            (
-                "lb_flow_table_sweep_duration_seconds",
-                "How long the last sweep of the flow table took",
-                self.sweep.as_ref().map_or(0.0, |s| s.took.as_secs_f64()),
+                u64::from(v.buckets) * 4,
             ),
         ];
         for (name, help, value) in gauges {
             family(enc, (name, help, GAUGE), [(none(), value)])?;
         }
-        Ok(())
+        let took = self.sweep.as_ref().map_or(0.0, |s| s.took.as_secs_f64());
+        family(
+            enc,
+            (
+                "lb_flow_table_sweep_duration_seconds",
+                "How long the last sweep of the flow table took",
+                GAUGE,
+            ),
+            [(none(), took)],
+        )
     }
 
     fn encode_listeners(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
@@ -500,4 +504,104 @@ fn state_index(state: TargetState) -> usize {
         .iter()
         .position(|s| *s == state)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        failover::Serving,
+        view::{GroupView, ListenerView, TargetView},
+    };
+
+    fn target(id: u32, ip: &str, via: Option<&str>, state: TargetState) -> TargetView {
+        TargetView {
+            id,
+            group: "web".into(),
+            ip: ip.parse().unwrap(),
+            port: 80,
+            via: via.map(str::to_string),
+            state,
+            selectable: true,
+        }
+    }
+
+    #[test]
+    fn series_are_named_and_summed_as_documented() {
+        let view = View {
+            listeners: vec![ListenerView {
+                id: 1,
+                name: "web".into(),
+                vip: "10.0.3.49".parse().unwrap(),
+                protocol: "tcp",
+                port: 80,
+                group: "web".into(),
+            }],
+            groups: vec![GroupView {
+                name: "web".into(),
+                listener: Some("web".into()),
+                serving: Serving::Backup,
+                last_resort: false,
+            }],
+            targets: vec![
+                target(1, "10.0.3.11", None, TargetState::Healthy),
+                target(2, "10.0.3.12", None, TargetState::Unhealthy),
+                // A backup's target: counted in its own group only.
+                target(3, "10.0.3.21", Some("spare"), TargetState::Healthy),
+            ],
+            listener_ids: 2,
+            target_ids: 4,
+            max_flows: 1024,
+            buckets: 512,
+        };
+        let stats = |p: u64| Stats {
+            packets: p,
+            bytes: p * 100,
+            new_flows: p / 10,
+        };
+        let mut counters = [0u64; Counter::COUNT as usize];
+        counters[Counter::NewFlow as usize] = 3;
+        counters[Counter::FlowHit as usize] = 27;
+        counters[Counter::Dropped as usize] = 2;
+        counters[Counter::NoTarget as usize] = 2;
+        Counter::derive(&mut counters);
+        let scrape = Scrape {
+            view: Arc::new(view),
+            counters,
+            listeners: vec![stats(0), stats(30)],
+            targets: vec![stats(0), stats(20), stats(10), stats(7)],
+            active: vec![4, 1, 9],
+            sweep: None,
+        };
+        let text = scrape.render(&Registry::default()).unwrap();
+        for line in [
+            "# TYPE lb_listener_packets_total counter",
+            "lb_listener_packets_total{listener=\"web\",vip=\"10.0.3.49\",protocol=\"tcp\",port=\"80\",group=\"web\"} 30",
+            "lb_listener_bytes_total{listener=\"web\",vip=\"10.0.3.49\",protocol=\"tcp\",port=\"80\",group=\"web\"} 3000",
+            "lb_forwarded_packets_total{reason=\"new_flow\"} 3",
+            "lb_forwarded_packets_total{reason=\"flow_hit\"} 27",
+            "lb_dropped_packets_total{reason=\"no_target\"} 2",
+            "lb_dropped_packets_total{reason=\"no_config\"} 0",
+            "lb_target_packets_total{group=\"web\",target=\"10.0.3.11\"} 20",
+            "lb_target_active_flows{group=\"web\",target=\"10.0.3.12\"} 1",
+            "lb_target_state{group=\"web\",target=\"10.0.3.12\",state=\"unhealthy\"} 1",
+            "lb_group_packets_total{group=\"web\"} 30",
+            "lb_group_active_flows{group=\"web\"} 5",
+            "lb_group_targets{group=\"web\",state=\"healthy\"} 1",
+            "lb_group_targets{group=\"web\",state=\"draining\"} 0",
+            "lb_group_serving{group=\"web\",serving=\"backup\"} 1",
+            "lb_group_backup_active{group=\"web\"} 1",
+            "lb_group_last_resort{group=\"web\"} 0",
+            "lb_flow_table_slots 2048",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("10.0.3.21"),
+            "a backup's target shown:\n{text}"
+        );
+    }
 }
