@@ -7,8 +7,10 @@
 //! {"interface":"eth0", ...}
 //! ```
 //!
-//! Requests: `status` (the whole [`StatusReport`], whose JSON is stable and
-//! documented in the README), and, as one JSON object on the line, the
+//! Requests: `status [GROUP]` (the [`StatusReport`], whole or of one
+//! group, whose JSON is stable and documented in the README), `stats
+//! [GROUP]` (the counters `lb stats` makes rates of: [`StatsSample`]), and,
+//! as one JSON object on the line, the
 //! requests that change something: `{"apply": {...}}` (a new policy, or its
 //! plan with `dry_run`), `{"drain": {...}}` and `{"undrain": {...}}` (a
 //! target). Only root may change something: the socket is root's (0600),
@@ -16,9 +18,11 @@
 //! does not know, or an answer it cannot make, is answered
 //! `{"error": "..."}`.
 //!
-//! This module speaks the protocol only: [`bind`] and [`receive`] for the
-//! daemon, which answers each request in its event loop, and [`call`] for
-//! the clients (`lb status`, `lb apply`, `lb drain`).
+//! This module speaks the protocol only: the daemon's side (`server`:
+//! [`bind`], [`Gate`], [`receive`], [`Responder`], each bounded in clients,
+//! bytes and time), whose requests the daemon answers in its event loop
+//! (`stats` off it), and the clients' side (`client`: [`call`], within a
+//! timeout) for `lb status`, `lb stats`, `lb apply` and `lb drain`.
 mod client;
 mod server;
 
