@@ -158,6 +158,11 @@ impl Publisher {
         });
     }
 
+    /// The last view published.
+    pub fn last(&self) -> Arc<View> {
+        self.tx.borrow().clone()
+    }
+
     /// A reader's handle: `latest()` from any thread.
     pub fn subscribe(&self) -> Latest {
         Latest(self.tx.subscribe())

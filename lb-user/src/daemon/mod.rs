@@ -574,12 +574,14 @@ impl Daemon {
             .iter()
             .map(|t| (t.key(), t.info))
             .collect();
-        self.view.publish(View::of(
+        let view = View::of(
             &self.policy,
             &self.plan,
             self.dataplane.flow_table_size(),
             self.dataplane.flow_table_layout().0,
-        ));
+        );
+        self.instruments.activations(&self.view.last(), &view);
+        self.view.publish(view);
         let rules = Rules::of(&self.plan);
         if rules != self.rules {
             self.rules = rules.clone();

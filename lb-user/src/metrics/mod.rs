@@ -21,7 +21,10 @@
 mod scrape;
 mod server;
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use prometheus_client::{
     metrics::{
@@ -33,6 +36,8 @@ use prometheus_client::{
 };
 
 pub use scrape::{Scrape, Sources};
+
+use crate::view::{GroupView, View};
 pub use server::{DEFAULT_ADDR, Server};
 
 /// A group's label set (`group="web"`).
@@ -56,6 +61,9 @@ pub struct Instruments {
     pub apply_duration: Histogram,
     pub policy_refusals: Counter,
     pub probe_durations: ProbeDurations,
+    /// Times each group went into last resort, and to its backup.
+    pub last_resort_activations: Family<GroupLabel, Counter>,
+    pub backup_activations: Family<GroupLabel, Counter>,
 }
 
 impl Default for Instruments {
@@ -68,6 +76,8 @@ impl Default for Instruments {
             apply_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             policy_refusals: Counter::default(),
             probe_durations: Family::new_with_constructor(probe_histogram),
+            last_resort_activations: Family::default(),
+            backup_activations: Family::default(),
         }
     }
 }
@@ -87,6 +97,30 @@ impl Instruments {
         self.probe_durations
             .get_or_create(&[("group", group.to_string())])
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts the groups of `new` that went into last resort, or to their
+    /// backup, since `old` (a group new in `new` counts if it starts so),
+    /// and forgets the groups `new` no longer has.
+    pub fn activations(&self, old: &View, new: &View) {
+        let before: BTreeMap<&str, &GroupView> =
+            old.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        for g in &new.groups {
+            let was = before.get(g.name.as_str());
+            let label = [("group", g.name.clone())];
+            if g.last_resort && !was.is_some_and(|w| w.last_resort) {
+                self.last_resort_activations.get_or_create(&label).inc();
+            }
+            if g.backup_active() && !was.is_some_and(|w| w.backup_active()) {
+                self.backup_activations.get_or_create(&label).inc();
+            }
+        }
+        let now: BTreeSet<&str> = new.groups.iter().map(|g| g.name.as_str()).collect();
+        for gone in before.keys().filter(|g| !now.contains(*g)) {
+            let label = [("group", gone.to_string())];
+            self.last_resort_activations.remove(&label);
+            self.backup_activations.remove(&label);
+        }
     }
 
     /// Forgets group `group`'s probe durations (its checks stopped).
@@ -117,9 +151,72 @@ impl Instruments {
             self.policy_refusals.clone(),
         );
         registry.register(
+            "lb_group_last_resort_activations",
+            "Times the group went into last resort (no healthy target on the side serving it)",
+            self.last_resort_activations.clone(),
+        );
+        registry.register(
+            "lb_group_backup_activations",
+            "Times the group's new flows went over to its backup group",
+            self.backup_activations.clone(),
+        );
+        registry.register(
             "lb_health_probe_duration_seconds",
             "Health probe durations by target group (a probe that times out counts its timeout)",
             self.probe_durations.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::Serving;
+
+    fn view(groups: &[(&str, bool, Serving)]) -> View {
+        View {
+            groups: groups
+                .iter()
+                .map(|(name, last_resort, serving)| GroupView {
+                    name: name.to_string(),
+                    listener: None,
+                    serving: *serving,
+                    last_resort: *last_resort,
+                })
+                .collect(),
+            ..View::default()
+        }
+    }
+
+    #[test]
+    fn activations_count_each_change_into_last_resort_and_backup() {
+        let m = Instruments::default();
+        let count = |f: &Family<GroupLabel, Counter>, g: &str| {
+            f.get(&[("group", g.to_string())]).map_or(0, |c| c.get())
+        };
+        let normal = view(&[
+            ("web", false, Serving::Primary),
+            ("dns", false, Serving::Primary),
+        ]);
+        let down = view(&[
+            ("web", true, Serving::PrimaryLastResort),
+            ("dns", false, Serving::Backup),
+        ]);
+        m.activations(&View::default(), &normal);
+        m.activations(&normal, &down);
+        // Staying there is no new activation.
+        m.activations(&down, &down);
+        m.activations(&down, &normal);
+        m.activations(&normal, &down);
+        assert_eq!(count(&m.last_resort_activations, "web"), 2);
+        assert_eq!(count(&m.backup_activations, "dns"), 2);
+        assert_eq!(count(&m.backup_activations, "web"), 0);
+        // A group that leaves the policy leaves the metrics.
+        m.activations(&down, &view(&[("dns", false, Serving::Primary)]));
+        assert!(
+            m.last_resort_activations
+                .get(&[("group", "web".into())])
+                .is_none()
         );
     }
 }
