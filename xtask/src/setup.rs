@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, probe};
 
-/// Debian packages: LLVM 22 for bpf-linker, the lab's tools, and what the
+/// Debian packages: LLVM 22 for bpf-linker, the lab's tools, what the
 /// tests check the service file and man pages with (`systemd-analyze`,
-/// `man`).
+/// `man`), and what the metrics tests and benchmark scrape with (`curl`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "systemd",
     "man-db",
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
