@@ -7,6 +7,7 @@ use tracing::{error, info, warn};
 use super::{Daemon, Phases, Services, load, log, unix_now, warn_flow_table_size};
 use crate::{
     api::{self, ApplyReply, DrainReply, Reply, Request, TargetRef},
+    dataplane::reader::StatsRead,
     drains::Drains,
     flows,
     ids::TargetKey,
@@ -40,26 +41,15 @@ impl Daemon {
         }
     }
 
-    /// The status report, or `group`'s: the counters and statistics read
-    /// in three batched lookups.
+    /// The status report, or `group`'s: the counters and the statistics of
+    /// what is shown read in a few lookups (`Reader::stats_of`).
     fn status(&self, s: &Services, group: Option<&str>) -> Reply {
         if let Some(g) = group
             && !self.policy.target_groups.iter().any(|t| t.name == g)
         {
             return Reply::Error(format!("no target group named {g:?}"));
         }
-        let ids = (
-            self.plan
-                .listeners
-                .iter()
-                .map(|l| l.info.listener_id + 1)
-                .max(),
-            self.plan.targets.iter().map(|t| t.id + 1).max(),
-        );
-        let stats = self
-            .reader
-            .stats(ids.0.unwrap_or(0), ids.1.unwrap_or(0))
-            .unwrap_or_default();
+        let stats = self.stats_of(group);
         let sweep = self
             .sweeper
             .as_ref()
@@ -94,6 +84,29 @@ impl Daemon {
             only_group: group,
         });
         Reply::Status(Box::new(report))
+    }
+
+    /// The statistics of the listeners and targets of `group`, or of all.
+    fn stats_of(&self, group: Option<&str>) -> StatsRead {
+        let wanted = |g: &str| group.is_none_or(|only| only == g);
+        let listeners: Vec<u32> = self
+            .policy
+            .listeners
+            .iter()
+            .zip(&self.plan.listeners)
+            .filter(|(l, _)| wanted(&l.target_group))
+            .map(|(_, p)| p.info.listener_id)
+            .collect();
+        let targets: Vec<u32> = self
+            .plan
+            .targets
+            .iter()
+            .filter(|t| wanted(&t.group))
+            .map(|t| t.id)
+            .collect();
+        self.reader
+            .stats_of(&listeners, &targets)
+            .unwrap_or_default()
     }
 
     /// Checks `parsed` against the host and compiles it with the drains it

@@ -17,6 +17,10 @@ use super::{Dataplane, DataplaneError, maps::io_err, sweep::ActiveCounts, sys};
 /// Keys per batched lookup: 4,096 targets of 2 CPUs are 192 KiB.
 const CHUNK: u32 = 4096;
 
+/// Up to this many ids are read one syscall each rather than in batches
+/// of every id up to the largest.
+const FEW: usize = 256;
+
 /// Reads the counters, the listener and target statistics and the active
 /// flows of one data plane.
 pub struct Reader {
@@ -87,6 +91,50 @@ impl Reader {
             targets,
             at,
         })
+    }
+
+    /// Statistics of the listener and target ids named (the others read as
+    /// zero): one syscall per id when they are few, else the batched
+    /// lookups of [`Reader::stats`] up to the largest. What a status
+    /// request about one group costs is that group's.
+    pub fn stats_of(&self, listeners: &[u32], targets: &[u32]) -> io::Result<StatsRead> {
+        let end = |ids: &[u32]| ids.iter().map(|id| id + 1).max().unwrap_or(0);
+        if listeners.len() + targets.len() > FEW {
+            return self.stats(end(listeners), end(targets));
+        }
+        let listeners = self.read_ids(&self.listener_stats, listeners)?;
+        let at = monotonic_now();
+        let targets = self.read_ids(&self.target_stats, targets)?;
+        Ok(StatsRead {
+            listeners,
+            targets,
+            at,
+        })
+    }
+
+    /// Ids `ids` of a statistics map, one lookup each, in a vector indexed
+    /// by id.
+    fn read_ids(&self, fd: &OwnedFd, ids: &[u32]) -> io::Result<Vec<Stats>> {
+        let end = ids.iter().map(|id| id + 1).max().unwrap_or(0) as usize;
+        let mut out = vec![Stats::default(); end];
+        let mut value = vec![0u8; size_of::<Stats>() * self.cpus];
+        for &id in ids {
+            sys::lookup_elem(fd.as_fd(), id, &mut value)?;
+            out[id as usize] = value
+                .chunks_exact(size_of::<Stats>())
+                .map(|b| {
+                    let word = |i: usize| {
+                        u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+                    };
+                    (word(0), word(1), word(2))
+                })
+                .fold(Stats::default(), |a, (p, b, n)| Stats {
+                    packets: a.packets.wrapping_add(p),
+                    bytes: a.bytes.wrapping_add(b),
+                    new_flows: a.new_flows.wrapping_add(n),
+                });
+        }
+        Ok(out)
     }
 
     /// Active flows of target `id` as stored (see `flows::shown`).

@@ -124,6 +124,16 @@ pub fn lookup_array(fd: BorrowedFd<'_>, n: u32, stride: usize, chunk: u32) -> io
     Ok(out)
 }
 
+/// Reads element `key` of the array map `fd` into `value` (a per-CPU
+/// array's: every CPU's value, each rounded up to 8 bytes).
+pub fn lookup_elem(fd: BorrowedFd<'_>, key: u32, value: &mut [u8]) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = &key as *const u32 as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)
+}
+
 /// Sets `keys[i]` to `values[i]` in the map `fd`, whose keys are 4 bytes
 /// and whose values are `V` (an array of maps: `u32` map fds), in one call.
 pub fn update_batch<V: Pod>(fd: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> io::Result<()> {

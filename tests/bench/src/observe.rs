@@ -17,7 +17,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -149,9 +149,28 @@ fn slots(st: &lb_tests::status::Status, i: usize) -> Option<u64> {
         .and_then(|t| t["slots"].as_u64())
 }
 
+/// Seconds from `since` to the time of the last line of `log` that
+/// contains `needle` (`lb` stamps each line in UTC, microseconds; same
+/// day assumed).
+fn logged_after(log: &str, needle: &str, since: SystemTime) -> Option<f64> {
+    let line = log.lines().rev().find(|l| l.contains(needle))?;
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let time = time.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    let at = h * 3600.0 + m * 60.0 + s;
+    let from = since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64() % 86_400.0;
+    Some(at - from)
+}
+
 /// A probed target's service stops: seconds until status shows it with no
-/// slot; then it is started again and healthy once more.
-fn verdict(lab: &Lab, lb: &LbProcess, i: usize) -> Result<f64> {
+/// slot, and until `lb` logged its verdict; then it is started again and
+/// healthy once more.
+fn verdict(lab: &Lab, lb: &LbProcess, i: usize) -> Result<(f64, f64)> {
     let socket = lb.socket().to_path_buf();
     let poll = |what: &str, f: &dyn Fn(&lb_tests::status::Status) -> bool| {
         lb_tests::status::wait_for(&socket, Duration::from_secs(30), what, |st| {
@@ -161,11 +180,16 @@ fn verdict(lab: &Lab, lb: &LbProcess, i: usize) -> Result<f64> {
     let all_in = |st: &lb_tests::status::Status| (0..TARGETS.len()).all(|i| slots(st, i) > Some(0));
     poll("every probed target in", &all_in)?;
     lab.stop_port(Node::Target(i), TCP_PORT)?;
-    let stopped = Instant::now();
+    let (stopped, wall) = (Instant::now(), SystemTime::now());
     let gone = poll("the stopped target out", &|st| slots(st, i) == Some(0))?;
+    let needle = format!(
+        "target {}:{TCP_PORT} of group probed is unhealthy",
+        TARGETS[i].v4
+    );
+    let logged = logged_after(&lb.log(), &needle, wall).unwrap_or(f64::NAN);
     lab.start_port(Node::Target(i), TCP_PORT)?;
     poll("every probed target in again", &all_in)?;
-    Ok((gone.at - stopped).as_secs_f64())
+    Ok(((gone.at - stopped).as_secs_f64(), logged))
 }
 
 /// CPU seconds (utime + stime) of `pid`'s threads: those named
@@ -209,6 +233,10 @@ pub struct Observed {
     pub reload_steps: [String; 2],
     pub verdicts: Vec<f64>,
     pub verdicts_scraped: Vec<f64>,
+    /// When `lb` logged each of those verdicts (its probe loop's), seconds
+    /// after the stop.
+    pub logged: Vec<f64>,
+    pub logged_scraped: Vec<f64>,
     /// Scrapes the concurrent clients completed.
     pub concurrent: usize,
     /// CPU seconds of lb's metrics threads and of its other threads while
@@ -247,6 +275,8 @@ pub fn measure(settings: &Settings) -> Result<Observed> {
         reload_steps: Default::default(),
         verdicts: Vec::new(),
         verdicts_scraped: Vec::new(),
+        logged: Vec::new(),
+        logged_scraped: Vec::new(),
         concurrent: 0,
         cpu_metrics: 0.0,
         cpu_rest: 0.0,
@@ -257,7 +287,9 @@ pub fn measure(settings: &Settings) -> Result<Observed> {
         let (took, steps) = reload(&lb, &path, &text(n))?;
         m.reloads.push(took);
         m.reload_steps[0] = steps;
-        m.verdicts.push(verdict(&lab, &lb, n % TARGETS.len())?);
+        let (gone, logged) = verdict(&lab, &lb, n % TARGETS.len())?;
+        m.verdicts.push(gone);
+        m.logged.push(logged);
     }
     let pid = lb.pid().context("lb exited")?;
     let (cpu0, since) = (lb_cpu(pid), Instant::now());
@@ -266,8 +298,9 @@ pub fn measure(settings: &Settings) -> Result<Observed> {
         let (took, steps) = reload(&lb, &path, &text(trials + n))?;
         m.reloads_scraped.push(took);
         m.reload_steps[1] = steps;
-        m.verdicts_scraped
-            .push(verdict(&lab, &lb, n % TARGETS.len())?);
+        let (gone, logged) = verdict(&lab, &lb, n % TARGETS.len())?;
+        m.verdicts_scraped.push(gone);
+        m.logged_scraped.push(logged);
     }
     m.concurrent = scrapers.finish();
     let cpu1 = lb_cpu(pid);
@@ -307,10 +340,17 @@ pub fn section(settings: &Settings) -> Result<Section> {
                 "reload, 2 clients scraping".into(),
                 format!("{} ({})", secs_list(&m.reloads_scraped), m.reload_steps[1]),
             ],
-            vec!["verdict, no scrapes".into(), secs_list(&m.verdicts)],
             vec![
-                "verdict, 2 clients scraping".into(),
-                secs_list(&m.verdicts_scraped),
+                "verdict, no scrapes (logged by the probe loop after)".into(),
+                format!("{} ({})", secs_list(&m.verdicts), secs_list(&m.logged)),
+            ],
+            vec![
+                "verdict, 2 clients scraping (logged after)".into(),
+                format!(
+                    "{} ({})",
+                    secs_list(&m.verdicts_scraped),
+                    secs_list(&m.logged_scraped)
+                ),
             ],
             vec![
                 "scrapes completed meanwhile".into(),
