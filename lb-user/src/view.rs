@@ -4,7 +4,7 @@
 //! per-CPU counters themselves (`dataplane::reader`) and name them with
 //! the view they hold. A view is immutable and shared (`Arc`): publishing
 //! one costs the event loop a walk of the plan, a read costs it nothing.
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use tokio::sync::watch;
 
@@ -97,12 +97,19 @@ impl View {
                 group: l.target_group.clone(),
             })
             .collect();
+        // Each group's listener, found once (a lookup per target would be
+        // listeners x targets comparisons).
+        let listener_of: HashMap<&str, &str> = policy
+            .listeners
+            .iter()
+            .map(|l| (l.target_group.as_str(), l.name.as_str()))
+            .collect();
         let groups = plan
             .groups
             .iter()
             .map(|g| GroupView {
                 name: g.name.clone(),
-                listener: policy.listener_of(&g.name).map(|l| l.name.clone()),
+                listener: listener_of.get(g.name.as_str()).map(|l| l.to_string()),
                 serving: g.serving,
                 last_resort: g.last_resort,
             })
@@ -111,7 +118,7 @@ impl View {
             .targets
             .iter()
             .map(|t| {
-                let attached = policy.listener_of(&t.group).is_some();
+                let attached = listener_of.contains_key(t.group.as_str());
                 TargetView {
                     id: t.id,
                     group: t.group.clone(),
