@@ -173,7 +173,7 @@ fn logged_after(log: &str, needle: &str, since: SystemTime) -> Option<f64> {
 fn verdict(lab: &Lab, lb: &LbProcess, i: usize) -> Result<(f64, f64)> {
     let socket = lb.socket().to_path_buf();
     let poll = |what: &str, f: &dyn Fn(&lb_tests::status::Status) -> bool| {
-        lb_tests::status::wait_for(&socket, Duration::from_secs(30), what, |st| {
+        lb_tests::status::wait_for_group(&socket, "probed", Duration::from_secs(30), what, |st| {
             f(st).then_some(())
         })
     };
@@ -237,6 +237,10 @@ pub struct Observed {
     /// after the stop.
     pub logged: Vec<f64>,
     pub logged_scraped: Vec<f64>,
+    /// A whole status report (`lb status --json`'s request) and one
+    /// group's (`lb status probed`), seconds from request to last byte.
+    pub status_all: Vec<f64>,
+    pub status_group: Vec<f64>,
     /// Scrapes the concurrent clients completed.
     pub concurrent: usize,
     /// CPU seconds of lb's metrics threads and of its other threads while
@@ -278,10 +282,21 @@ pub fn measure(settings: &Settings) -> Result<Observed> {
         logged: Vec::new(),
         logged_scraped: Vec::new(),
         concurrent: 0,
+        status_all: Vec::new(),
+        status_group: Vec::new(),
         cpu_metrics: 0.0,
         cpu_rest: 0.0,
         scraped_for: 0.0,
     };
+    let socket = lb.socket().to_path_buf();
+    for _ in 0..3 {
+        let t = Instant::now();
+        lb_tests::status::fetch(&socket)?;
+        m.status_all.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        lb_tests::status::fetch_group(&socket, "probed")?;
+        m.status_group.push(t.elapsed().as_secs_f64());
+    }
     let text = |n: usize| policy(groups, Some((n % groups, n % PER_GROUP)));
     for n in 0..trials {
         let (took, steps) = reload(&lb, &path, &text(n))?;
@@ -353,6 +368,14 @@ pub fn section(settings: &Settings) -> Result<Section> {
                 ),
             ],
             vec![
+                "status: whole report / one group (3 each)".into(),
+                format!(
+                    "{} / {}",
+                    secs_list(&m.status_all),
+                    secs_list(&m.status_group)
+                ),
+            ],
+            vec![
                 "scrapes completed meanwhile".into(),
                 fmt_count(m.concurrent as u64),
             ],
@@ -389,6 +412,14 @@ fn figures(s: &mut Section, m: &Observed) {
             "{} / {}",
             fmt_secs(median(&m.reloads)),
             fmt_secs(median(&m.reloads_scraped))
+        ),
+    ));
+    s.figures.push(Figure::info(
+        format!("{name}: status request, whole report / one group (median)"),
+        format!(
+            "{} / {}",
+            fmt_secs(median(&m.status_all)),
+            fmt_secs(median(&m.status_group))
         ),
     ));
     let worst = m.verdicts_scraped.iter().copied().fold(0.0, f64::max);
