@@ -13,13 +13,16 @@ pub mod health;
 pub mod ids;
 pub mod least_connections;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbors;
 pub mod plan;
 pub mod policy;
 pub mod round_robin;
 pub mod state;
+pub mod stats;
 pub mod status;
 pub mod target_setup;
+pub mod view;
 
 /// The XDP load balancer (`lb` and `lb_clock`), built from `lb-ebpf` by
 /// `build.rs`.

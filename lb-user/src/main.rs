@@ -124,6 +124,11 @@ enum Command {
         /// Seconds to wait at start for the targets' MACs before attaching.
         #[arg(long, default_value_t = 3.0)]
         resolve_wait_s: f64,
+        /// Serve Prometheus metrics over HTTP at ADDR (/metrics); without a
+        /// value, on the loopback: 127.0.0.1:9650. Off by default.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1,
+              default_missing_value = lb_user::metrics::DEFAULT_ADDR)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Remove the data plane `lb run` left on a NIC: detach its XDP program
     /// (traffic to the VIPs falls to the kernel, so connections through it
@@ -151,8 +156,8 @@ enum Command {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = api::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        client: Client,
     },
     /// Take a target out gently: it gets no new flow, its flows go on until
     /// they end or its group's deregistration_delay_s passes. It stays
@@ -161,16 +166,16 @@ enum Command {
     Drain {
         target_group: String,
         target: IpAddr,
-        #[arg(long, default_value = api::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        client: Client,
     },
     /// Put a drained target back: it takes new flows again, its flows as
     /// they are.
     Undrain {
         target_group: String,
         target: IpAddr,
-        #[arg(long, default_value = api::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        client: Client,
     },
     /// Print the completion script of `lb` for a shell (e.g. `lb
     /// completions bash > /etc/bash_completion.d/lb`).
@@ -194,9 +199,46 @@ enum Command {
         /// Print the stable JSON report instead of tables.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = api::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        client: Client,
     },
+    /// Show packets/s, bits/s and new flows/s per listener and per target
+    /// (like `ipvsadm -Ln --rate`), from the data plane's counters read
+    /// twice, --interval seconds apart; with --watch, again every interval
+    /// until Ctrl-C.
+    Stats {
+        /// Only this target group and its listener.
+        target_group: Option<String>,
+        /// Refresh every interval until Ctrl-C.
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between the two reads of each rate (0.1-3600).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// One JSON object a line (each interval's counts and rates, and
+        /// the CLOCK_MONOTONIC times of its two reads).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: Client,
+    },
+}
+
+/// How a command reaches the running lb.
+#[derive(clap::Args, Clone)]
+struct Client {
+    /// The API socket of the running lb.
+    #[arg(long, default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Seconds to wait for lb's answer.
+    #[arg(long, default_value_t = api::DEFAULT_TIMEOUT.as_secs_f64())]
+    timeout: f64,
+}
+
+impl Client {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout.clamp(0.001, 86_400.0))
+    }
 }
 
 /// The log filter: `RUST_LOG` as `target=level` directives separated by
@@ -262,24 +304,25 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             file,
             dry_run,
             json,
-            socket,
-        } => Ok(apply(&socket, &file, dry_run, json).await),
+            client,
+        } => Ok(apply(&client, &file, dry_run, json).await),
         Command::Drain {
             target_group,
             target,
-            socket,
-        } => Ok(drain(&socket, target_group, target, true).await),
+            client,
+        } => Ok(drain(&client, target_group, target, true).await),
         Command::Undrain {
             target_group,
             target,
-            socket,
-        } => Ok(drain(&socket, target_group, target, false).await),
+            client,
+        } => Ok(drain(&client, target_group, target, false).await),
         Command::Run {
             config,
             iface,
             xdp_mode,
             socket,
             resolve_wait_s,
+            metrics,
         } => done(
             daemon::run(daemon::RunOptions {
                 config,
@@ -287,6 +330,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 mode: xdp_mode.into(),
                 socket,
                 resolve_wait: Duration::from_secs_f64(resolve_wait_s.max(0.0)),
+                metrics,
             })
             .await,
         ),
@@ -301,8 +345,15 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status {
             target_group,
             json,
-            socket,
-        } => done(show_status(&socket, target_group.as_deref(), json).await),
+            client,
+        } => done(show_status(&client, target_group.as_deref(), json).await),
+        Command::Stats {
+            target_group,
+            watch,
+            interval,
+            json,
+            client,
+        } => done(show_stats(&client, target_group.as_deref(), watch, interval, json).await),
     }
 }
 
@@ -403,17 +454,9 @@ fn check(config: &Path) -> anyhow::Result<()> {
 
 /// `lb status`: the report of the `lb` at `socket`, or of one of its
 /// groups, as JSON or as tables.
-async fn show_status(socket: &Path, only_group: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let mut report = api::status(socket).await?;
-    if let Some(name) = only_group
-        && !report.target_groups.iter().any(|g| g.name == name)
-    {
-        anyhow::bail!("no target group named {name:?}");
-    }
+async fn show_status(client: &Client, only_group: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let report = api::status(&client.socket, only_group, client.timeout()).await?;
     if json {
-        if let Some(name) = only_group {
-            report.target_groups.retain(|g| g.name == name);
-        }
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", status::render(&report, only_group));
@@ -422,7 +465,7 @@ async fn show_status(socket: &Path, only_group: Option<&str>, json: bool) -> any
 }
 
 /// `lb apply`: sends the policy, prints the plan and what was done.
-async fn apply(socket: &Path, file: &Path, dry_run: bool, json: bool) -> ExitCode {
+async fn apply(client: &Client, file: &Path, dry_run: bool, json: bool) -> ExitCode {
     let text = match policy::read(file) {
         Ok(text) => text,
         Err(err) => {
@@ -435,7 +478,7 @@ async fn apply(socket: &Path, file: &Path, dry_run: bool, json: bool) -> ExitCod
         text,
         dry_run,
     });
-    let reply = match api::call(socket, &request).await {
+    let reply = match api::call(&client.socket, &request, client.timeout()).await {
         Ok(api::Reply::Apply(reply)) => reply,
         Ok(other) => {
             eprintln!("lb: lb answered {other:?} to `apply`");
@@ -466,14 +509,14 @@ async fn apply(socket: &Path, file: &Path, dry_run: bool, json: bool) -> ExitCod
 }
 
 /// `lb drain` (`drain`) or `lb undrain`.
-async fn drain(socket: &Path, group: String, ip: IpAddr, drain: bool) -> ExitCode {
+async fn drain(client: &Client, group: String, ip: IpAddr, drain: bool) -> ExitCode {
     let target = api::TargetRef { group, ip };
     let request = if drain {
         api::Request::Drain(target)
     } else {
         api::Request::Undrain(target)
     };
-    match api::call(socket, &request).await {
+    match api::call(&client.socket, &request, client.timeout()).await {
         Ok(api::Reply::Drain(reply)) => {
             println!("{}", reply.render(now_unix()));
             ExitCode::SUCCESS
@@ -490,6 +533,45 @@ async fn drain(socket: &Path, group: String, ip: IpAddr, drain: bool) -> ExitCod
             eprintln!("lb: {err}");
             ExitCode::from(UNREACHED)
         }
+    }
+}
+
+/// `lb stats`: two samples `interval` apart, and their rates; with
+/// `watch`, one more every interval until Ctrl-C.
+async fn show_stats(
+    client: &Client,
+    group: Option<&str>,
+    watch: bool,
+    interval: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !(0.1..=3600.0).contains(&interval) {
+        anyhow::bail!("--interval {interval}: use 0.1 to 3600 seconds");
+    }
+    let interval = Duration::from_secs_f64(interval);
+    let read = || api::stats(&client.socket, group, client.timeout());
+    let mut before = read().await?;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let after = read().await?;
+        let rates = lb_user::stats::rates(&before, &after);
+        if json {
+            println!("{}", serde_json::to_string(&rates)?);
+        } else {
+            if watch {
+                println!();
+            }
+            print!("{}", lb_user::stats::render(&rates));
+        }
+        if !watch {
+            return Ok(());
+        }
+        before = after;
     }
 }
 

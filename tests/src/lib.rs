@@ -13,6 +13,7 @@ pub mod flood;
 pub mod harness;
 pub mod lab;
 pub mod lb;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod packets;

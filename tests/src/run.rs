@@ -56,18 +56,36 @@ impl LabRun {
     /// A new lab whose servers `prepare` may set up (status codes, ping)
     /// before `lb` starts with the policy `yaml`.
     pub fn start_yaml(yaml: &str, prepare: impl FnOnce(&Lab)) -> LabRun {
-        LabRun::start_in(LabOptions::default(), yaml, prepare)
+        LabRun::start_in(LabOptions::default(), yaml, &[], prepare)
     }
 
-    /// Like [`LabRun::start_yaml`], in a lab made with `options` (its
+    /// A new lab running `policy` with more arguments of `lb run`
+    /// (`--metrics ADDR`, say).
+    pub fn start_args(policy: &LabPolicy, args: &[&str]) -> LabRun {
+        LabRun::start_in(LabOptions::default(), &policy.yaml(), args, |_| {})
+    }
+
+    /// Like [`LabRun::start_yaml`], with more arguments of `lb run`.
+    pub fn start_yaml_args(yaml: &str, args: &[&str], prepare: impl FnOnce(&Lab)) -> LabRun {
+        LabRun::start_in(LabOptions::default(), yaml, args, prepare)
+    }
+
+    /// Like [`LabRun::start_yaml_args`], in a lab made with `options` (its
     /// router, for one).
-    pub fn start_in(options: LabOptions, yaml: &str, prepare: impl FnOnce(&Lab)) -> LabRun {
+    pub fn start_in(
+        options: LabOptions,
+        yaml: &str,
+        args: &[&str],
+        prepare: impl FnOnce(&Lab),
+    ) -> LabRun {
         let serial = serial();
         let lab = Lab::with(options).unwrap_or_else(|e| panic!("lab: {e}"));
         prepare(&lab);
         let path = lab.write_file("policy.yaml", yaml);
+        let mut all = vec!["--xdp-mode", "native"];
+        all.extend_from_slice(args);
         let lb = lab
-            .start_lb(&path, &["--xdp-mode", "native"])
+            .start_lb(&path, &all)
             .unwrap_or_else(|e| panic!("start lb: {e}\npolicy:\n{yaml}"));
         LabRun {
             lb,

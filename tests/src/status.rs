@@ -26,6 +26,15 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// Asks the `lb` serving at `socket` for its status (the raw JSON the daemon
 /// sends; `lb status --json` prints the same report).
 pub fn fetch(socket: &Path) -> Result<Status, LabError> {
+    fetch_line(socket, "status")
+}
+
+/// The status of one group (`status GROUP`: `lb` builds only that group's).
+pub fn fetch_group(socket: &Path, group: &str) -> Result<Status, LabError> {
+    fetch_line(socket, &format!("status {group}"))
+}
+
+fn fetch_line(socket: &Path, request: &str) -> Result<Status, LabError> {
     let err = |reason: String| LabError::Status {
         reason: format!("{}: {reason}", socket.display()),
     };
@@ -34,7 +43,7 @@ pub fn fetch(socket: &Path) -> Result<Status, LabError> {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| err(e.to_string()))?;
     stream
-        .write_all(b"status\n")
+        .write_all(format!("{request}\n").as_bytes())
         .map_err(|e| err(format!("write: {e}")))?;
     let mut line = String::new();
     BufReader::new(stream)
@@ -183,6 +192,26 @@ pub fn wait_for<T>(
     socket: &Path,
     timeout: Duration,
     what: &str,
+    check: impl FnMut(&Status) -> Option<T>,
+) -> Result<Waited<T>, LabError> {
+    wait_for_with(|| fetch(socket), timeout, what, check)
+}
+
+/// [`wait_for`] on the status of group `group` only.
+pub fn wait_for_group<T>(
+    socket: &Path,
+    group: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl FnMut(&Status) -> Option<T>,
+) -> Result<Waited<T>, LabError> {
+    wait_for_with(|| fetch_group(socket, group), timeout, what, check)
+}
+
+fn wait_for_with<T>(
+    fetch: impl Fn() -> Result<Status, LabError>,
+    timeout: Duration,
+    what: &str,
     mut check: impl FnMut(&Status) -> Option<T>,
 ) -> Result<Waited<T>, LabError> {
     let started = Instant::now();
@@ -191,7 +220,7 @@ pub fn wait_for<T>(
     let mut not_before = None;
     loop {
         let asked = Instant::now();
-        match fetch(socket) {
+        match fetch() {
             Ok(status) => {
                 if let Some(value) = check(&status) {
                     return Ok(Waited {

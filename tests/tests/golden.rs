@@ -72,6 +72,24 @@ fn tcp_syn_and_ack_to_vip_are_forwarded_with_only_macs_rewritten() {
     assert_eq!((listener.packets, listener.new_flows), (2, 1));
     assert_eq!(listener.bytes, (syn.len() + ack.len()) as u64);
     assert_eq!(h.dp.target_stats(1).unwrap().packets, 2);
+    // The batched reader (metrics, lb stats, lb status) reads the same,
+    // every CPU summed, and the global counters.
+    let reader = h.dp.reader().unwrap();
+    let read = reader.stats(4, 4).unwrap();
+    assert_eq!(read.listeners.len(), 4);
+    assert_eq!(read.listener(1), listener);
+    assert_eq!(read.target(1), h.dp.target_stats(1).unwrap());
+    assert_eq!(read.target(2), h.dp.target_stats(2).unwrap());
+    // A few ids are read one by one, with the same sums.
+    let few = reader.stats_of(&[1], &[1, 2]).unwrap();
+    assert_eq!(few.listener(1), listener);
+    assert_eq!(few.target(1), read.target(1));
+    assert_eq!(few.target(2), read.target(2));
+    let counters = reader.counters().unwrap();
+    for (c, v) in h.dp.counters().unwrap() {
+        assert_eq!(counters[c as usize], v, "{}", c.name());
+    }
+    assert_eq!(counters[Counter::NewFlow as usize], 1);
 }
 
 #[test]

@@ -280,7 +280,7 @@ fn path_mtu_discovery_through_lb() {
         router: true,
         ..LabOptions::default()
     };
-    let s = LabRun::start_in(options, &yaml, |_| {});
+    let s = LabRun::start_in(options, &yaml, &[], |_| {});
     for v6 in [false, true] {
         let (sent, taken) = icmp_counters(v6);
         let router_before = nstat(&s.lab, Node::Router, sent);

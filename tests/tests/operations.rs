@@ -81,6 +81,7 @@ fn man_pages_cover_every_command() {
         "lb-run",
         "lb-apply",
         "lb-status",
+        "lb-stats",
         "lb-drain",
         "lb-detach",
         "lb-check",
@@ -101,7 +102,7 @@ fn man_pages_cover_every_command() {
     }
     let run_page = fs::read_to_string(dir.0.join("lb-run.1")).unwrap();
     assert!(
-        run_page.contains("config") && run_page.contains("xdp"),
+        run_page.contains("config") && run_page.contains("xdp") && run_page.contains("metrics"),
         "{run_page}"
     );
 }
@@ -112,7 +113,7 @@ fn completions_name_every_command() {
         let (ok, out) = run(Command::new(lb()).args(["completions", shell]));
         assert!(ok, "{shell}: {out}");
         for command in [
-            "run", "apply", "status", "drain", "undrain", "detach", "check",
+            "run", "apply", "status", "stats", "drain", "undrain", "detach", "check",
         ] {
             assert!(out.contains(command), "{shell}: no {command}");
         }

@@ -9,8 +9,8 @@ use crate::cmd::{self, probe};
 
 /// Debian packages: LLVM 22 for bpf-linker, the lab's tools, what the
 /// tests check the service file and man pages with (`systemd-analyze`,
-/// `man`), and the firewall tools `lb target-setup` drives (`iptables`,
-/// `nft`).
+/// `man`), the firewall tools `lb target-setup` drives (`iptables`,
+/// `nft`), and what the metrics tests and benchmark scrape with (`curl`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "man-db",
     "iptables",
     "nftables",
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

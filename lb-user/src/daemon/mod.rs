@@ -37,17 +37,20 @@ use tracing::{debug, error, info, warn};
 use crate::{
     api,
     dataplane::{
-        AttachMode, Attached, Dataplane, LoadOptions, pin::Instance, sweep::SweeperHandle,
+        AttachMode, Attached, Dataplane, LoadOptions, pin::Instance, reader::Reader,
+        sweep::SweeperHandle,
     },
     drains::{Drains, Flows},
     flows::Rules,
     health::{HealthMonitor, HealthSnapshot, HealthState, TargetKey},
     maglev::TableCache,
+    metrics::{self, Instruments},
     neighbors::{self, InterfaceInfo, NeighborWatch},
     plan::{MapPlan, Observed},
     policy::{Mac, Policy, compile::compile_next},
     state::RuntimeState,
-    status::ErrorStatus,
+    status::{ErrorStatus, ProbeSources},
+    view::{self, View},
 };
 
 #[derive(Debug, Clone)]
@@ -58,6 +61,8 @@ pub struct RunOptions {
     pub socket: PathBuf,
     /// How long to wait at start for target MACs before attaching anyway.
     pub resolve_wait: Duration,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Wall-clock time of the steps of a start or a reload, for its log line:
@@ -167,16 +172,21 @@ struct Daemon {
     attached_to: Option<u32>,
     /// The interface is gone, and that was logged.
     iface_gone: bool,
+    /// What readers off the event loop name the maps' ids with (metrics,
+    /// `lb stats`), published when the maps hold a new plan.
+    view: view::Publisher,
+    /// What `lb` counts as it goes (metrics).
+    instruments: Instruments,
+    /// Reads the data plane's statistics in batches, on any thread.
+    reader: Arc<Reader>,
+    /// Where health probes come from, found once per target address.
+    probe_sources: ProbeSources,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting (or right after
     // `lb ready`) must take the orderly way out, never the default action.
-    let signals = Signals {
-        int: signal(SignalKind::interrupt())?,
-        term: signal(SignalKind::terminate())?,
-        hup: signal(SignalKind::hangup())?,
-    };
+    let signals = Signals::new()?;
     raise_open_files_limit();
     let mut timer = Phases::start();
     let parsed = load::parse_file(&opts.config)?;
@@ -186,6 +196,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
     checks::memory(&instance, &policy)?;
+    // Before anything changes: a path that is taken stops lb here.
+    let api = api::bind(&opts.socket)
+        .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
     timer.lap("policy");
 
     let dataplane = Dataplane::open_pinned(
@@ -201,27 +214,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic.clone()).await?;
     wait_for_macs(&mut macs, &dynamic, opts.resolve_wait).await;
     timer.lap("macs");
-    let (monitor, health) = HealthMonitor::start_with(&policy, state.verdicts());
+    let instruments = Instruments::default();
+    let (monitor, health) =
+        HealthMonitor::start_observed(&policy, state.verdicts(), Some(instruments.clone()));
     let mut daemon = Daemon::new(
         opts, iface, instance, policy, dataplane, macs, state, &health,
     )?;
+    daemon.instruments = instruments;
     daemon.drains = drains;
     daemon.first_apply(&mut timer)?;
     daemon.attach()?;
-    let api = api::bind(&daemon.opts.socket)
-        .with_context(|| format!("cannot serve the API on {}", daemon.opts.socket.display()))?;
+    let _metrics = daemon.serve_metrics()?;
     timer.lap("attach");
     daemon.ready(&timer);
     daemon.check_host().await;
-    let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
-    let services = Services {
-        monitor,
-        health,
-        watch,
-        api,
-        requests,
-        requests_tx,
+    let answers = Answers {
+        gate: api::Gate::default(),
+        view: daemon.view.subscribe(),
+        reader: daemon.reader.clone(),
     };
+    let services = Services::new(monitor, health, watch, api, answers);
     daemon.serve(signals, services).await
 }
 
@@ -243,23 +255,76 @@ struct Signals {
 /// What runs beside the daemon's own state: the health monitor and its
 /// snapshots, the neighbour watch, the API socket and the requests read
 /// from it (each connection is read by a task of its own, and its request
-/// answered in the event loop).
+/// answered in the event loop, but `stats`, answered by the task).
 struct Services {
     monitor: HealthMonitor,
     health: watch::Receiver<Snapshots>,
     watch: NeighborWatch,
-    api: tokio::net::UnixListener,
+    api: api::Bound,
+    answers: Answers,
     requests: mpsc::Receiver<(api::Request, api::Responder)>,
     requests_tx: mpsc::Sender<(api::Request, api::Responder)>,
 }
 
+/// What a connection's task needs: the admission of clients, and for
+/// `stats` the latest view and a reader of the maps.
+#[derive(Clone)]
+struct Answers {
+    gate: api::Gate,
+    view: view::Latest,
+    reader: Arc<Reader>,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 impl Services {
-    /// Reads a client's request on a task of its own (a slow client holds
-    /// up nobody) and queues it for the event loop.
+    fn new(
+        monitor: HealthMonitor,
+        health: watch::Receiver<Snapshots>,
+        watch: NeighborWatch,
+        api: api::Bound,
+        answers: Answers,
+    ) -> Services {
+        let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
+        Services {
+            monitor,
+            health,
+            watch,
+            api,
+            answers,
+            requests,
+            requests_tx,
+        }
+    }
+
+    /// Admits a client (one over the limit is told `busy` and closed),
+    /// reads its request on a task of its own (a slow client holds up
+    /// nobody), answers `stats` there (on a blocking thread: the event
+    /// loop never reads counters for it) and queues the rest for the
+    /// event loop.
     fn receive(&self, stream: tokio::net::UnixStream) {
+        let Some(turn) = self.answers.gate.admit() else {
+            tokio::spawn(api::refuse(stream));
+            return;
+        };
         let queue = self.requests_tx.clone();
+        let answers = self.answers.clone();
         tokio::spawn(async move {
-            match api::receive(stream).await {
+            match api::receive(stream, &answers.gate, Some(turn)).await {
+                Ok(Some((api::Request::Stats { group }, responder))) => {
+                    let reply = answers.stats(group).await;
+                    if let Err(err) = responder.send(reply).await {
+                        debug!(%err, "api client left before its answer");
+                    }
+                }
                 Ok(Some(request)) => {
                     let _ = queue.send(request).await;
                 }
@@ -267,6 +332,27 @@ impl Services {
                 Err(err) => debug!(%err, "api client"),
             }
         });
+    }
+}
+
+impl Answers {
+    /// The counters of every listener and target (or of `group`'s).
+    async fn stats(self, group: Option<String>) -> api::Reply {
+        let view = self.view.latest();
+        if let Some(g) = &group
+            && !view.groups.iter().any(|v| &v.name == g)
+        {
+            return api::Reply::Error(format!("no target group named {g:?}"));
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            crate::stats::sample(&view, &self.reader, group.as_deref())
+        })
+        .await;
+        match read {
+            Ok(Ok(sample)) => api::Reply::Stats(Box::new(sample)),
+            Ok(Err(err)) => api::Reply::Error(format!("cannot read the counters: {err}")),
+            Err(err) => api::Reply::Error(format!("cannot read the counters: {err}")),
+        }
     }
 }
 
@@ -330,15 +416,7 @@ impl Daemon {
         state: RuntimeState,
         health: &watch::Receiver<Snapshots>,
     ) -> anyhow::Result<Daemon> {
-        let inherited_macs = if dataplane.adopted() {
-            dataplane
-                .target_macs()?
-                .into_iter()
-                .map(|(key, mac)| (key.ip, mac))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
+        let inherited_macs = inherited_macs(&dataplane)?;
         let plan = MapPlan {
             ids: Arc::new(dataplane.ids().clone()),
             config: Default::default(),
@@ -349,6 +427,8 @@ impl Daemon {
         let rules = Rules::of(&plan);
         let verdicts = verdicts(&health.borrow());
         let mode = state.xdp_mode.clone().unwrap_or_else(|| "unknown".into());
+        let reader = Arc::new(dataplane.reader()?);
+        let probe_sources = ProbeSources::of(&policy);
         Ok(Daemon {
             opts,
             iface,
@@ -376,7 +456,32 @@ impl Daemon {
             mode,
             attached_to: None,
             iface_gone: false,
+            view: view::Publisher::new(),
+            instruments: Instruments::default(),
+            reader,
+            probe_sources,
         })
+    }
+
+    /// Starts the metrics endpoint (`--metrics`) on a thread of its own;
+    /// it stops when dropped.
+    fn serve_metrics(&self) -> anyhow::Result<Option<metrics::Server>> {
+        let Some(addr) = self.opts.metrics else {
+            return Ok(None);
+        };
+        let sweeps = match &self.sweeper {
+            Some(sweeper) => sweeper.reports(),
+            None => return Err(anyhow!("the flow sweeper was not started")),
+        };
+        let sources = metrics::Sources {
+            view: self.view.subscribe(),
+            reader: self.reader.clone(),
+            sweeps,
+        };
+        let server = metrics::Server::start(addr, sources, &self.instruments)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!(addr = %server.addr(), "metrics at http://{}/metrics", server.addr());
+        Ok(Some(server))
     }
 
     /// What is observed of the host now, with `drains`.
@@ -413,7 +518,10 @@ impl Daemon {
         let (policy, drains) = (self.policy.clone(), self.drains.clone());
         self.plan = self.compile(&policy, &drains)?;
         timer.lap("compile");
-        self.dataplane.apply(&self.plan)?;
+        let started = Instant::now();
+        let written = self.dataplane.apply(&self.plan);
+        self.instruments.applied(started.elapsed(), written.is_ok());
+        written?;
         timer.lap("apply");
         self.rules = Rules::of(&self.plan);
         self.sweeper = Some(
@@ -446,7 +554,10 @@ impl Daemon {
     /// Writes the plan wanted; on failure, logs it, shows it in the status
     /// and schedules a retry.
     fn apply(&mut self) {
-        match self.dataplane.apply(&self.plan) {
+        let started = Instant::now();
+        let written = self.dataplane.apply(&self.plan);
+        self.instruments.applied(started.elapsed(), written.is_ok());
+        match written {
             Ok(report) => {
                 debug!(?report, "maps written");
                 self.applied();
@@ -474,6 +585,14 @@ impl Daemon {
             .iter()
             .map(|t| (t.key(), t.info))
             .collect();
+        let view = View::of(
+            &self.policy,
+            &self.plan,
+            self.dataplane.flow_table_size(),
+            self.dataplane.flow_table_layout().0,
+        );
+        self.instruments.activations(&self.view.last(), &view);
+        self.view.publish(view);
         let rules = Rules::of(&self.plan);
         if rules != self.rules {
             self.rules = rules.clone();
@@ -636,28 +755,28 @@ impl Daemon {
                 _ = sleep_until(self.drain_at), if self.drain_at.is_some() => {
                     self.on_drain_deadline(&s.watch).await;
                 }
-                accepted = s.api.accept() => match accepted {
+                accepted = s.api.listener.accept() => match accepted {
                     Ok((stream, _)) => s.receive(stream),
                     Err(err) => warn!(%err, "api accept"),
                 },
                 Some((request, responder)) = s.requests.recv() => {
                     let reply = self.handle(request, &mut s).await;
                     tokio::spawn(async move {
-                        if let Err(err) = responder.send(&reply).await {
+                        if let Err(err) = responder.send(reply).await {
                             debug!(%err, "api client left before its answer");
                         }
                     });
                 }
             }
         }
-        self.leave(s.monitor, s.watch).await;
+        self.leave(s.monitor, s.watch, &s.api).await;
         Ok(())
     }
 
     /// Leaves with the data plane forwarding: the sweeper stops, the state
     /// is saved, probes stop, the managed neighbour entries stay for the
     /// next `lb`.
-    async fn leave(mut self, monitor: HealthMonitor, watch: NeighborWatch) {
+    async fn leave(mut self, monitor: HealthMonitor, watch: NeighborWatch, api: &api::Bound) {
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         info!(
             iface = %self.iface.name,
@@ -666,11 +785,23 @@ impl Daemon {
             self.iface.name
         );
         self.save_state();
-        let _ = std::fs::remove_file(&self.opts.socket);
+        api.remove();
         monitor.shutdown().await;
         watch.leave().await;
         drop(self.sweeper);
     }
+}
+
+/// The MACs an adopted data plane has for its targets (none for a new one).
+fn inherited_macs(dataplane: &Dataplane) -> anyhow::Result<BTreeMap<IpAddr, [u8; 6]>> {
+    if !dataplane.adopted() {
+        return Ok(BTreeMap::new());
+    }
+    Ok(dataplane
+        .target_macs()?
+        .into_iter()
+        .map(|(key, mac)| (key.ip, mac))
+        .collect())
 }
 
 fn warn_flow_table_size(dataplane: &Dataplane, policy: &Policy, iface: &str) {

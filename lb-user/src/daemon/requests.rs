@@ -7,6 +7,7 @@ use tracing::{error, info, warn};
 use super::{Daemon, Phases, Services, load, log, unix_now, warn_flow_table_size};
 use crate::{
     api::{self, ApplyReply, DrainReply, Reply, Request, TargetRef},
+    dataplane::reader::StatsRead,
     drains::Drains,
     flows,
     ids::TargetKey,
@@ -31,19 +32,29 @@ impl Daemon {
     /// Answers one API request.
     pub(super) async fn handle(&mut self, request: Request, s: &mut Services) -> Reply {
         match request {
-            Request::Status => Reply::Status(Box::new(self.status(s))),
+            Request::Status { group } => self.status(s, group.as_deref()),
+            // Answered by the connection's task (`Services::receive`).
+            Request::Stats { .. } => Reply::Error("stats is answered elsewhere".into()),
             Request::Apply(apply) => Reply::Apply(self.on_apply(apply, s).await),
             Request::Drain(target) => self.on_drain(target, true),
             Request::Undrain(target) => self.on_drain(target, false),
         }
     }
 
-    fn status(&self, s: &Services) -> status::StatusReport {
+    /// The status report, or `group`'s: the counters and the statistics of
+    /// what is shown read in a few lookups (`Reader::stats_of`).
+    fn status(&self, s: &Services, group: Option<&str>) -> Reply {
+        if let Some(g) = group
+            && !self.policy.target_groups.iter().any(|t| t.name == g)
+        {
+            return Reply::Error(format!("no target group named {g:?}"));
+        }
+        let stats = self.stats_of(group);
         let sweep = self
             .sweeper
             .as_ref()
             .and_then(crate::dataplane::sweep::SweeperHandle::last);
-        status::report(&status::Sources {
+        let report = status::report(&status::Sources {
             policy: &self.policy,
             plan: &self.plan,
             dataplane: &self.dataplane,
@@ -67,7 +78,35 @@ impl Daemon {
                     .to_string(),
             },
             errors: self.errors.clone(),
-        })
+            counters: status::counter_names(self.reader.counters().ok()),
+            stats: &stats,
+            probe_sources: self.probe_sources.list().to_vec(),
+            only_group: group,
+        });
+        Reply::Status(Box::new(report))
+    }
+
+    /// The statistics of the listeners and targets of `group`, or of all.
+    fn stats_of(&self, group: Option<&str>) -> StatsRead {
+        let wanted = |g: &str| group.is_none_or(|only| only == g);
+        let listeners: Vec<u32> = self
+            .policy
+            .listeners
+            .iter()
+            .zip(&self.plan.listeners)
+            .filter(|(l, _)| wanted(&l.target_group))
+            .map(|(_, p)| p.info.listener_id)
+            .collect();
+        let targets: Vec<u32> = self
+            .plan
+            .targets
+            .iter()
+            .filter(|t| wanted(&t.group))
+            .map(|t| t.id)
+            .collect();
+        self.reader
+            .stats_of(&listeners, &targets)
+            .unwrap_or_default()
     }
 
     /// Checks `parsed` against the host and compiles it with the drains it
@@ -117,6 +156,7 @@ impl Daemon {
             warn!(%err, "following the new targets' MACs");
         }
         s.monitor.update(&p.policy);
+        self.probe_sources.follow(&p.policy);
         self.errors.policy = None;
         self.policy = p.policy;
         self.drains = p.drains;
@@ -165,6 +205,7 @@ impl Daemon {
     /// status until one is taken.
     fn refused(&mut self, how: &str, err: &anyhow::Error) {
         error!("{how} refused, still serving the last good policy:\n{err:#}");
+        self.instruments.policy_refusals.inc();
         self.errors.policy = Some(format!("{err:#}"));
     }
 

@@ -14,13 +14,14 @@
 //! behind the feature of that name).
 //!
 //! Every map is reached one way (`maps`); what `lb run` reads back is in
-//! `read`.
+//! `read`, and its statistics, in batches, in `reader`.
 pub mod changes;
 pub mod clock;
 mod maps;
 pub mod memory;
 pub mod pin;
 mod read;
+pub mod reader;
 pub mod sweep;
 mod sys;
 pub mod table;

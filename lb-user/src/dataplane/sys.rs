@@ -82,6 +82,58 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
     }
 }
 
+/// Reads the values of keys `0..n` of the array map `fd` (per-CPU or not)
+/// with `BPF_MAP_LOOKUP_BATCH`, at most `chunk` keys per call, in key
+/// order: `stride` bytes per key (a per-CPU array's value, rounded up to 8
+/// bytes, times the possible CPUs). Keys past the map's end are not read.
+pub fn lookup_array(fd: BorrowedFd<'_>, n: u32, stride: usize, chunk: u32) -> io::Result<Vec<u8>> {
+    let chunk = chunk.max(1);
+    let mut out = vec![0u8; n as usize * stride];
+    let mut keys = vec![0u32; chunk as usize];
+    // An array's batch token is a key (u32).
+    let mut in_token = 0u32;
+    let mut out_token = 0u32;
+    let mut done = 0usize;
+    while done < n as usize {
+        let want = (n as usize - done).min(chunk as usize);
+        let mut attr = zeroed_attr();
+        attr.batch.in_batch = if done == 0 {
+            0
+        } else {
+            &in_token as *const u32 as u64
+        };
+        attr.batch.out_batch = &mut out_token as *mut u32 as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = out[done * stride..].as_mut_ptr() as u64;
+        attr.batch.count = want as u32;
+        attr.batch.map_fd = fd.as_raw_fd() as u32;
+        let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // SAFETY: the kernel wrote the count back into the same member.
+        let count = (unsafe { attr.batch.count } as usize).min(want);
+        done += count;
+        match result {
+            Ok(()) if count > 0 => {}
+            // The end of the map (ENOENT), or nothing more to read.
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        in_token = out_token;
+    }
+    out.truncate(done * stride);
+    Ok(out)
+}
+
+/// Reads element `key` of the array map `fd` into `value` (a per-CPU
+/// array's: every CPU's value, each rounded up to 8 bytes).
+pub fn lookup_elem(fd: BorrowedFd<'_>, key: u32, value: &mut [u8]) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = &key as *const u32 as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)
+}
+
 /// Sets `keys[i]` to `values[i]` in the map `fd`, whose keys are 4 bytes
 /// and whose values are `V` (an array of maps: `u32` map fds), in one call.
 pub fn update_batch<V: Pod>(fd: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> io::Result<()> {

@@ -30,9 +30,12 @@ use tracing::{debug, info, warn};
 
 use super::{
     probe::{ProbeSpec, Prober},
-    state::{HealthState, HealthTracker, ProbeResult, fmt_duration},
+    state::{HealthState, HealthTracker, ProbeResult, Transition, fmt_duration},
 };
-use crate::policy::{CheckType, Policy};
+use crate::{
+    metrics::Instruments,
+    policy::{CheckType, Policy},
+};
 
 /// A checked target is a target: the same IP in two groups is checked twice
 /// (each group has its own check).
@@ -134,6 +137,8 @@ pub struct HealthMonitor {
     /// Verdicts from before a restart, each taken by its target's first
     /// probe loop.
     restored: BTreeMap<TargetKey, HealthState>,
+    /// Where each probe's duration is counted (`lb run`'s metrics).
+    instruments: Option<Instruments>,
 }
 
 struct Running {
@@ -158,12 +163,23 @@ impl HealthMonitor {
         policy: &Policy,
         restored: BTreeMap<TargetKey, HealthState>,
     ) -> (Self, watch::Receiver<Snapshots>) {
+        Self::start_observed(policy, restored, None)
+    }
+
+    /// Starts like [`HealthMonitor::start_with`], and counts each probe's
+    /// duration in `instruments`.
+    pub fn start_observed(
+        policy: &Policy,
+        restored: BTreeMap<TargetKey, HealthState>,
+        instruments: Option<Instruments>,
+    ) -> (Self, watch::Receiver<Snapshots>) {
         let (tx, rx) = watch::channel(BTreeMap::new());
         let mut monitor = HealthMonitor {
             prober: Arc::new(Prober::new()),
             tx,
             running: BTreeMap::new(),
             restored,
+            instruments,
         };
         monitor.update(policy);
         monitor.restored.clear();
@@ -185,6 +201,15 @@ impl HealthMonitor {
             if let Some(r) = self.running.remove(key) {
                 r.alive.store(false, Ordering::Release);
                 r.task.abort();
+            }
+        }
+        if let Some(instruments) = &self.instruments {
+            let checked: std::collections::BTreeSet<&str> =
+                wanted.keys().map(|k| k.group.as_str()).collect();
+            for key in &stale {
+                if !checked.contains(key.group.as_str()) {
+                    instruments.forget_probe_group(&key.group);
+                }
             }
         }
         let fresh: Vec<(TargetKey, TargetCheck)> = wanted
@@ -211,8 +236,11 @@ impl HealthMonitor {
                 check.clone(),
                 first(&key),
                 self.prober.clone(),
-                self.tx.clone(),
-                alive.clone(),
+                Report {
+                    tx: self.tx.clone(),
+                    alive: alive.clone(),
+                    instruments: self.instruments.clone(),
+                },
             ));
             self.running.insert(key, Running { check, alive, task });
         }
@@ -246,14 +274,26 @@ impl Drop for HealthMonitor {
 /// schedule against a prober that would not).
 const GRACE: Duration = Duration::from_millis(100);
 
+/// Where a probe loop reports: the snapshots (while `alive`), and each
+/// probe's duration.
+struct Report {
+    tx: watch::Sender<Snapshots>,
+    alive: Arc<AtomicBool>,
+    instruments: Option<Instruments>,
+}
+
 async fn probe_loop(
     key: TargetKey,
     check: TargetCheck,
     first: HealthState,
     prober: Arc<Prober>,
-    tx: watch::Sender<Snapshots>,
-    alive: Arc<AtomicBool>,
+    report: Report,
 ) {
+    let Report {
+        tx,
+        alive,
+        instruments,
+    } = report;
     let addr = SocketAddr::new(key.ip, check.port.unwrap_or(0));
     let mut tracker = HealthTracker::new(check.healthy_threshold, check.unhealthy_threshold)
         .with_timeout(check.timeout)
@@ -277,18 +317,11 @@ async fn probe_loop(
                 detail: format!("timeout after {}", fmt_duration(check.timeout)),
             },
         };
-        let transition = tracker.observe(std::time::Instant::now(), &result);
-        if let Some(t) = transition {
-            let port = check.port.map(|p| format!(":{p}")).unwrap_or_default();
-            let kind = check.spec.kind().as_str();
-            let (group, ip, detail) = (&key.group, key.ip, &result.detail);
-            if t.to == HealthState::Unhealthy {
-                warn!(%group, target = %ip, check = kind, from = %t.from, to = %t.to,
-                    "target {ip}{port} of group {group} is unhealthy (was {}): {kind} check: {detail}", t.from);
-            } else {
-                info!(%group, target = %ip, check = kind, from = %t.from, to = %t.to,
-                    "target {ip}{port} of group {group} is {} (was {}): {kind} check: {detail}", t.to, t.from);
-            }
+        if let Some(instruments) = &instruments {
+            instruments.probed(&key.group, result.latency);
+        }
+        if let Some(t) = tracker.observe(std::time::Instant::now(), &result) {
+            log_transition(&key, &check, &t, &result.detail);
         }
         let snapshot = snapshot(&tracker, &check);
         tx.send_if_modified(|map| {
@@ -304,6 +337,20 @@ async fn probe_loop(
                 None => false,
             }
         });
+    }
+}
+
+/// Logs a target's change of state (`detail`: the probe that made it).
+fn log_transition(key: &TargetKey, check: &TargetCheck, t: &Transition, detail: &str) {
+    let port = check.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let kind = check.spec.kind().as_str();
+    let (group, ip) = (&key.group, key.ip);
+    if t.to == HealthState::Unhealthy {
+        warn!(%group, target = %ip, check = kind, from = %t.from, to = %t.to,
+            "target {ip}{port} of group {group} is unhealthy (was {}): {kind} check: {detail}", t.from);
+    } else {
+        info!(%group, target = %ip, check = kind, from = %t.from, to = %t.to,
+            "target {ip}{port} of group {group} is {} (was {}): {kind} check: {detail}", t.to, t.from);
     }
 }
 

@@ -1,8 +1,12 @@
 //! Builds the status report from the policy, the plan, the data plane's
 //! counters and the health monitor's snapshots.
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
 
-use lb_common::TargetInfo;
+use lb_common::{Counter, TargetInfo};
 
 use super::report::{
     BackupStatus, DataPlaneStatus, DrainStatus, ErrorStatus, FlowTableStatus, GroupStatus,
@@ -10,7 +14,7 @@ use super::report::{
     StickyStatus, TargetState, TargetStatus,
 };
 use crate::{
-    dataplane::{Dataplane, sweep::SweepReport},
+    dataplane::{Dataplane, reader::StatsRead, sweep::SweepReport},
     drains::{Drains, Phase},
     flows,
     health::{self, HealthSnapshot, TargetKey},
@@ -35,6 +39,14 @@ pub struct Sources<'a> {
     pub config: &'a Path,
     pub data_plane: DataPlaneStatus,
     pub errors: ErrorStatus,
+    /// The global counters by name, and the listener and target
+    /// statistics, read in batches (`dataplane::reader`).
+    pub counters: BTreeMap<String, u64>,
+    pub stats: &'a StatsRead,
+    /// Where health probes come from (cached: `ProbeSources`).
+    pub probe_sources: Vec<String>,
+    /// Only this target group (`status GROUP`), if given.
+    pub only_group: Option<&'a str>,
 }
 
 /// The status report (`lb status`).
@@ -44,8 +56,8 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
         interface: src.iface.to_string(),
         xdp_mode: src.mode.to_string(),
         policy: src.config.display().to_string(),
-        probe_sources: probe_sources(src.policy),
-        counters: counters(src.dataplane),
+        probe_sources: src.probe_sources.clone(),
+        counters: src.counters.clone(),
         flow_table: FlowTableStatus {
             max_flows: src.max_flows,
             entries: src.sweep.map(|s| s.entries),
@@ -55,34 +67,30 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
         },
         data_plane: src.data_plane.clone(),
         errors: src.errors.clone(),
-        listeners: listeners
-            .map(|(l, p)| listener(l, p, src.dataplane))
-            .collect(),
+        listeners: listeners.map(|(l, p)| listener(l, p, src.stats)).collect(),
         target_groups: src
             .policy
             .target_groups
             .iter()
+            .filter(|g| src.only_group.is_none_or(|only| only == g.name))
             .map(|g| group(src, g))
             .collect(),
     }
 }
 
-/// The global counters by name (none if the map cannot be read).
-fn counters(dataplane: &Dataplane) -> BTreeMap<String, u64> {
-    dataplane
-        .counters()
-        .map(|c| {
-            c.into_iter()
-                .map(|(k, v)| (k.name().to_string(), v))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The global counters by name, from a read of them (none if it failed).
+pub fn counter_names(read: Option<[u64; Counter::COUNT as usize]>) -> BTreeMap<String, u64> {
+    read.map(|values| {
+        Counter::ALL
+            .iter()
+            .map(|&c| (c.name().to_string(), values[c as usize]))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
-fn listener(l: &policy::Listener, p: &PlannedListener, dataplane: &Dataplane) -> ListenerStatus {
-    let stats = dataplane
-        .listener_stats(p.info.listener_id)
-        .unwrap_or_default();
+fn listener(l: &policy::Listener, p: &PlannedListener, stats: &StatsRead) -> ListenerStatus {
+    let stats = stats.listener(p.info.listener_id);
     ListenerStatus {
         name: l.name.clone(),
         vip: l.vip,
@@ -137,7 +145,7 @@ fn serving_reason(p: &PlannedGroup) -> String {
 
 /// A target of the plan; `attached`: its group has a listener.
 fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus {
-    let stats = src.dataplane.target_stats(t.id).unwrap_or_default();
+    let stats = src.stats.target(t.id);
     let key = t.key();
     // A backup's target is probed as its own group's.
     let snapshot = src.health.get(&key.own());
@@ -165,16 +173,22 @@ fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus 
         ratio: t.ratio,
         slots: t.slots,
         mac: (t.excluded != Some(Exclusion::MacUnresolved)).then(|| t.info.mac.into()),
-        state: match (attached, t.phase, t.health) {
-            (_, Some(Phase::Draining { .. }), _) => TargetState::Draining,
-            (false, ..) | (_, Some(Phase::Unused { .. }), _) => TargetState::Unused,
-            (true, None, PlannedHealth::Unchecked) => TargetState::Unchecked,
-            (true, None, PlannedHealth::Checked(state)) => state.into(),
-        },
+        state: target_state(t, attached),
         packets: stats.packets,
         bytes: stats.bytes,
         new_flows: stats.new_flows,
         active_flows: flows::shown(src.dataplane.active_flows(t.id)),
+    }
+}
+
+/// A planned target's operating state; `attached`: its group has a
+/// listener.
+pub fn target_state(t: &PlannedTarget, attached: bool) -> TargetState {
+    match (attached, t.phase, t.health) {
+        (_, Some(Phase::Draining { .. }), _) => TargetState::Draining,
+        (false, ..) | (_, Some(Phase::Unused { .. }), _) => TargetState::Unused,
+        (true, None, PlannedHealth::Unchecked) => TargetState::Unchecked,
+        (true, None, PlannedHealth::Checked(state)) => state.into(),
     }
 }
 
@@ -227,20 +241,51 @@ fn sticky_status(group: &policy::TargetGroup) -> Option<StickyStatus> {
     })
 }
 
-/// The local addresses health probes leave from, one per address family used
-/// by checked targets.
-fn probe_sources(policy: &Policy) -> Vec<String> {
-    let mut sources: Vec<String> = policy
-        .target_groups
-        .iter()
-        .filter(|g| g.health_check.as_ref().is_some_and(|h| h.enabled))
-        .flat_map(|g| g.targets.iter())
-        .filter_map(|t| health::probe_source(t.ip))
-        .map(|ip| ip.to_string())
-        .collect();
-    sources.sort();
-    sources.dedup();
-    sources
+/// The local addresses health probes leave from, one per address family
+/// used by checked targets, found once per target address (a UDP socket
+/// connected to each, which sends nothing) and kept while the address is
+/// in the policy: a status request costs no socket.
+#[derive(Debug, Default)]
+pub struct ProbeSources {
+    by_target: BTreeMap<IpAddr, Option<IpAddr>>,
+    sources: Vec<String>,
+}
+
+impl ProbeSources {
+    /// The sources of `policy`'s checked targets.
+    pub fn of(policy: &Policy) -> ProbeSources {
+        let mut sources = ProbeSources::default();
+        sources.follow(policy);
+        sources
+    }
+
+    /// Follows `policy`: finds the sources of its new checked targets'
+    /// addresses and forgets those it no longer has.
+    pub fn follow(&mut self, policy: &Policy) {
+        let checked: BTreeSet<IpAddr> = policy
+            .target_groups
+            .iter()
+            .filter(|g| g.health_check.as_ref().is_some_and(|h| h.enabled))
+            .flat_map(|g| g.targets.iter().map(|t| t.ip))
+            .collect();
+        self.by_target.retain(|ip, _| checked.contains(ip));
+        for ip in checked {
+            self.by_target
+                .entry(ip)
+                .or_insert_with(|| health::probe_source(ip));
+        }
+        let sources: BTreeSet<String> = self
+            .by_target
+            .values()
+            .flatten()
+            .map(|ip| ip.to_string())
+            .collect();
+        self.sources = sources.into_iter().collect();
+    }
+
+    pub fn list(&self) -> &[String] {
+        &self.sources
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ mod build;
 mod render;
 mod report;
 
-pub use build::{Sources, report};
+pub use build::{ProbeSources, Sources, counter_names, report, target_state};
 pub use render::render;
 #[cfg(any(test, feature = "testing"))]
 pub use report::example;

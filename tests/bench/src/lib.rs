@@ -13,7 +13,8 @@
 //! Control plane (pure or in-process): [`table`] (hash table build time and
 //! disruption), [`scale`] (1,000 groups x 100 targets); in a lab,
 //! [`million`] (`lb run` with 1,048,576 live flows: memory, status, sweep,
-//! restart).
+//! restart), [`observe`] (metrics scrapes at that scale, and reloads and
+//! health verdicts while scrapes run).
 //!
 //! The benchmark's own eBPF programs (`ebpf/`: the MAC-swap baseline,
 //! `lb_new_flow`, `lb_scrambled` and its baseline, and the frozen floor's
@@ -39,6 +40,7 @@ pub mod health;
 pub mod live;
 pub mod maps;
 pub mod million;
+pub mod observe;
 pub mod packet;
 pub mod plot;
 pub mod report;

@@ -8,13 +8,13 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::Result;
 use clap::Parser;
 use lb_bench::{
-    Settings, flood, flows, health, live, million, packet,
+    Settings, flood, flows, health, live, million, observe, packet,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table,
 };
 
-const SECTIONS: [&str; 8] = [
-    "packet", "flows", "flood", "live", "table", "scale", "million", "health",
+const SECTIONS: [&str; 9] = [
+    "packet", "flows", "flood", "live", "table", "scale", "million", "health", "observe",
 ];
 
 #[derive(Parser, Debug)]
@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
     /// Only these sections (repeatable): packet, flows, flood, live, table,
-    /// scale, million, health.
+    /// scale, million, health, observe.
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
     /// Where report.md and the plots go.
@@ -120,6 +120,9 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
     });
     run("health", "Control plane: health checks", &mut || {
         health::section(settings)
+    });
+    run("observe", observe::TITLE, &mut || {
+        observe::section(settings)
     });
     sections
 }

@@ -45,7 +45,7 @@ pub fn groups() -> usize {
 }
 
 /// "1,000 groups x 100 targets" (the section's and the figures' name).
-fn scale_name() -> String {
+pub fn scale_name() -> String {
     let g = groups();
     let groups = if g >= 1000 {
         format!("{},{:03}", g / 1000, g % 1000)
@@ -120,6 +120,13 @@ fn policy_text(groups: usize, targets: usize, run: &Run) -> String {
     y
 }
 
+/// The policy a real `lb run` in a lab serves: [`policy_yaml`] with the
+/// lab's interface and a static MAC for every target, and weight 128 for
+/// target `changed` (group, target) if given.
+pub fn lab_policy(groups: usize, targets: usize, changed: Option<(usize, usize)>) -> String {
+    policy_text(groups, targets, &Run { lab: true, changed })
+}
+
 /// The static MAC of target `t` of group `g`.
 fn target_mac(g: usize, t: usize) -> [u8; 6] {
     [2, 0, g as u8, (g >> 8) as u8, 0, t as u8]
@@ -128,7 +135,7 @@ fn target_mac(g: usize, t: usize) -> [u8; 6] {
 /// A prefix of the load balancer's interface in the lab that holds every
 /// target address (`lb` accepts only targets on a connected subnet). Nothing
 /// is sent to them: the policy has no health checks and static MACs.
-const TARGET_NET: &str = "10.7.255.254/13";
+pub const TARGET_NET: &str = "10.7.255.254/13";
 
 fn target_ip(g: usize, t: usize) -> IpAddr {
     IpAddr::V4(std::net::Ipv4Addr::new(
@@ -146,7 +153,7 @@ pub fn rss() -> (u64, u64) {
 
 /// `VmRSS` and `VmHWM` of process `pid` ("self" or a number), bytes (0 if
 /// unknown).
-fn rss_of(pid: &str) -> (u64, u64) {
+pub fn rss_of(pid: &str) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status

@@ -1,0 +1,194 @@
+//! What the maps' ids stand for, for readers off the event loop: the daemon
+//! publishes a [`View`] after each change of its plan (a policy, a health
+//! verdict, a MAC, a drain), and metrics scrapes and `lb stats` read the
+//! per-CPU counters themselves (`dataplane::reader`) and name them with
+//! the view they hold. A view is immutable and shared (`Arc`): publishing
+//! one costs the event loop a walk of the plan, a read costs it nothing.
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use tokio::sync::watch;
+
+use crate::{
+    failover::Serving,
+    plan::MapPlan,
+    policy::Policy,
+    status::{TargetState, target_state},
+};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    pub listeners: Vec<ListenerView>,
+    pub groups: Vec<GroupView>,
+    /// A group's own targets, then its backup's (`via`), then those leaving,
+    /// group after group (the plan's order).
+    pub targets: Vec<TargetView>,
+    /// Ids to read: one past the largest listener and target id named.
+    pub listener_ids: u32,
+    pub target_ids: u32,
+    /// The flow table: flows it is sized for, and buckets.
+    pub max_flows: u32,
+    pub buckets: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerView {
+    pub id: u32,
+    pub name: String,
+    pub vip: IpAddr,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    pub port: u16,
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub name: String,
+    pub listener: Option<String>,
+    pub serving: Serving,
+    /// Every target takes new flows: none is healthy.
+    pub last_resort: bool,
+}
+
+impl GroupView {
+    /// Its new flows go to its backup group's targets.
+    pub fn backup_active(&self) -> bool {
+        matches!(self.serving, Serving::Backup | Serving::BackupLastResort)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetView {
+    pub id: u32,
+    pub group: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// The backup group it comes from, for a backup's target.
+    pub via: Option<String>,
+    pub state: TargetState,
+    /// Takes new flows now.
+    pub selectable: bool,
+}
+
+impl TargetView {
+    /// One of the group's own targets (not its backup's): its counters
+    /// are its own group's.
+    pub fn own(&self) -> bool {
+        self.via.is_none()
+    }
+}
+
+impl View {
+    /// The view of `plan`, compiled from `policy`.
+    pub fn of(policy: &Policy, plan: &MapPlan, max_flows: u32, buckets: u32) -> View {
+        let listeners: Vec<ListenerView> = policy
+            .listeners
+            .iter()
+            .zip(&plan.listeners)
+            .map(|(l, p)| ListenerView {
+                id: p.info.listener_id,
+                name: l.name.clone(),
+                vip: l.vip,
+                protocol: match l.protocol {
+                    crate::policy::ListenerProtocol::Tcp => "tcp",
+                    crate::policy::ListenerProtocol::Udp => "udp",
+                },
+                port: l.port,
+                group: l.target_group.clone(),
+            })
+            .collect();
+        // Each group's listener, found once (a lookup per target would be
+        // listeners x targets comparisons).
+        let listener_of: HashMap<&str, &str> = policy
+            .listeners
+            .iter()
+            .map(|l| (l.target_group.as_str(), l.name.as_str()))
+            .collect();
+        let groups = plan
+            .groups
+            .iter()
+            .map(|g| GroupView {
+                name: g.name.clone(),
+                listener: listener_of.get(g.name.as_str()).map(|l| l.to_string()),
+                serving: g.serving,
+                last_resort: g.last_resort,
+            })
+            .collect();
+        let targets: Vec<TargetView> = plan
+            .targets
+            .iter()
+            .map(|t| {
+                let attached = listener_of.contains_key(t.group.as_str());
+                TargetView {
+                    id: t.id,
+                    group: t.group.clone(),
+                    ip: t.ip,
+                    port: t.port,
+                    via: t.via.clone(),
+                    state: target_state(t, attached),
+                    selectable: attached && t.excluded.is_none(),
+                }
+            })
+            .collect();
+        View {
+            listener_ids: listeners.iter().map(|l| l.id + 1).max().unwrap_or(0),
+            target_ids: targets.iter().map(|t| t.id + 1).max().unwrap_or(0),
+            listeners,
+            groups,
+            targets,
+            max_flows,
+            buckets,
+        }
+    }
+}
+
+/// The daemon's side: publishes each new view.
+pub struct Publisher {
+    tx: watch::Sender<Arc<View>>,
+}
+
+impl Publisher {
+    pub fn new() -> Publisher {
+        Publisher {
+            tx: watch::Sender::new(Arc::new(View::default())),
+        }
+    }
+
+    /// Publishes `view` if it differs from the last one.
+    pub fn publish(&self, view: View) {
+        self.tx.send_if_modified(|last| {
+            if **last == view {
+                return false;
+            }
+            *last = Arc::new(view);
+            true
+        });
+    }
+
+    /// The last view published.
+    pub fn last(&self) -> Arc<View> {
+        self.tx.borrow().clone()
+    }
+
+    /// A reader's handle: `latest()` from any thread.
+    pub fn subscribe(&self) -> Latest {
+        Latest(self.tx.subscribe())
+    }
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Publisher::new()
+    }
+}
+
+/// A reader's handle on the latest view.
+#[derive(Clone)]
+pub struct Latest(watch::Receiver<Arc<View>>);
+
+impl Latest {
+    /// The latest view (an `Arc` clone: the lock is held for no longer).
+    pub fn latest(&self) -> Arc<View> {
+        self.0.borrow().clone()
+    }
+}
