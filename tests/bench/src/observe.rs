@@ -250,6 +250,31 @@ pub struct Observed {
     pub scraped_for: f64,
 }
 
+/// Five scrapes in a row: their times, and the last one's size.
+fn scrapes(lab: &Lab) -> Result<(Vec<f64>, u64)> {
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let (t, bytes) = scrape(lab)?;
+        times.push(t);
+        size = bytes;
+    }
+    Ok((times, size))
+}
+
+/// Three requests for the whole status report and three for one group's.
+fn status_times(socket: &std::path::Path, m: &mut Observed) -> Result<()> {
+    for _ in 0..3 {
+        let t = Instant::now();
+        lb_tests::status::fetch(socket)?;
+        m.status_all.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        lb_tests::status::fetch_group(socket, "probed")?;
+        m.status_group.push(t.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
 pub fn measure(settings: &Settings) -> Result<Observed> {
     let groups = scale::groups();
     let trials = if settings.quick { 1 } else { 3 };
@@ -262,13 +287,7 @@ pub fn measure(settings: &Settings) -> Result<Observed> {
     let lb = lab.start_lb(&path, &["--xdp-mode", "native", "--metrics", ADDR])?;
     let body = lb_tests::metrics::fetch(&lab, ADDR)?;
     let series = body.lines().filter(|l| !l.starts_with('#')).count();
-    let mut scrapes = Vec::new();
-    let mut size = 0;
-    for _ in 0..5 {
-        let (t, bytes) = scrape(&lab)?;
-        scrapes.push(t);
-        size = bytes;
-    }
+    let (scrapes, size) = scrapes(&lab)?;
     let mut m = Observed {
         groups,
         scrapes,
@@ -288,15 +307,7 @@ pub fn measure(settings: &Settings) -> Result<Observed> {
         cpu_rest: 0.0,
         scraped_for: 0.0,
     };
-    let socket = lb.socket().to_path_buf();
-    for _ in 0..3 {
-        let t = Instant::now();
-        lb_tests::status::fetch(&socket)?;
-        m.status_all.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        lb_tests::status::fetch_group(&socket, "probed")?;
-        m.status_group.push(t.elapsed().as_secs_f64());
-    }
+    status_times(lb.socket(), &mut m)?;
     let text = |n: usize| policy(groups, Some((n % groups, n % PER_GROUP)));
     for n in 0..trials {
         let (took, steps) = reload(&lb, &path, &text(n))?;
@@ -339,60 +350,62 @@ pub fn section(settings: &Settings) -> Result<Section> {
         "`lb run --metrics` in a lab with the `scale` policy ({} groups x {PER_GROUP} targets, static MACs) and one group `probed` of the lab's 3 targets with a TCP check (interval 2 s, timeout 1 s, 2 failures). A scrape: curl in the load balancer's namespace, its own time (connect to last byte), 5 in a row. Reload: SIGHUP after one target's weight changed, to `policy reloaded`. Verdict: a probed target's service stops; time until `lb status probed` (polled every 100 ms) shows it with no slot (bound: interval x threshold = {VERDICT_BOUND_S} s). Each without scrapes, then while 2 clients scrape back to back.",
         m.groups
     ));
-    s.table(
-        &["measure", "value"],
-        &[
-            vec!["scrape time (5 in a row)".into(), secs_list(&m.scrapes)],
-            vec![
-                "scrape size / series".into(),
-                format!("{} / {}", fmt_bytes(m.size), fmt_count(m.series as u64)),
-            ],
-            vec![
-                "reload, no scrapes".into(),
-                format!("{} ({})", secs_list(&m.reloads), m.reload_steps[0]),
-            ],
-            vec![
-                "reload, 2 clients scraping".into(),
-                format!("{} ({})", secs_list(&m.reloads_scraped), m.reload_steps[1]),
-            ],
-            vec![
-                "verdict, no scrapes (logged by the probe loop after)".into(),
-                format!("{} ({})", secs_list(&m.verdicts), secs_list(&m.logged)),
-            ],
-            vec![
-                "verdict, 2 clients scraping (logged after)".into(),
-                format!(
-                    "{} ({})",
-                    secs_list(&m.verdicts_scraped),
-                    secs_list(&m.logged_scraped)
-                ),
-            ],
-            vec![
-                "status: whole report / one group (3 each)".into(),
-                format!(
-                    "{} / {}",
-                    secs_list(&m.status_all),
-                    secs_list(&m.status_group)
-                ),
-            ],
-            vec![
-                "scrapes completed meanwhile".into(),
-                fmt_count(m.concurrent as u64),
-            ],
-            vec![
-                "lb's CPU meanwhile: metrics threads / the rest".into(),
-                format!(
-                    "{:.0} % / {:.0} % of a CPU over {} ({} CPU per scrape)",
-                    m.cpu_metrics / m.scraped_for * 100.0,
-                    m.cpu_rest / m.scraped_for * 100.0,
-                    fmt_secs(m.scraped_for),
-                    fmt_secs(m.cpu_metrics / m.concurrent.max(1) as f64)
-                ),
-            ],
-        ],
-    );
+    s.table(&["measure", "value"], &rows(&m));
     figures(&mut s, &m);
     Ok(s)
+}
+
+/// The section's table: one row per measure.
+fn rows(m: &Observed) -> Vec<Vec<String>> {
+    vec![
+        vec!["scrape time (5 in a row)".into(), secs_list(&m.scrapes)],
+        vec![
+            "scrape size / series".into(),
+            format!("{} / {}", fmt_bytes(m.size), fmt_count(m.series as u64)),
+        ],
+        vec![
+            "reload, no scrapes".into(),
+            format!("{} ({})", secs_list(&m.reloads), m.reload_steps[0]),
+        ],
+        vec![
+            "reload, 2 clients scraping".into(),
+            format!("{} ({})", secs_list(&m.reloads_scraped), m.reload_steps[1]),
+        ],
+        vec![
+            "verdict, no scrapes (logged by the probe loop after)".into(),
+            format!("{} ({})", secs_list(&m.verdicts), secs_list(&m.logged)),
+        ],
+        vec![
+            "verdict, 2 clients scraping (logged after)".into(),
+            format!(
+                "{} ({})",
+                secs_list(&m.verdicts_scraped),
+                secs_list(&m.logged_scraped)
+            ),
+        ],
+        vec![
+            "status: whole report / one group (3 each)".into(),
+            format!(
+                "{} / {}",
+                secs_list(&m.status_all),
+                secs_list(&m.status_group)
+            ),
+        ],
+        vec![
+            "scrapes completed meanwhile".into(),
+            fmt_count(m.concurrent as u64),
+        ],
+        vec![
+            "lb's CPU meanwhile: metrics threads / the rest".into(),
+            format!(
+                "{:.0} % / {:.0} % of a CPU over {} ({} CPU per scrape)",
+                m.cpu_metrics / m.scraped_for * 100.0,
+                m.cpu_rest / m.scraped_for * 100.0,
+                fmt_secs(m.scraped_for),
+                fmt_secs(m.cpu_metrics / m.concurrent.max(1) as f64)
+            ),
+        ],
+    ]
 }
 
 fn figures(s: &mut Section, m: &Observed) {
