@@ -144,3 +144,44 @@ fn logs_are_text_or_json_at_the_level_asked() {
         .env("LB_LOG_LEVEL", "loud"));
     assert!(!ok && out.contains("loud"), "{out}");
 }
+
+/// `lb run --log-format json` in the lab: every line it logs is one JSON
+/// object with a level and a message, the ready line's fields among them;
+/// a reload's line too.
+#[test]
+fn lb_run_logs_json_lines() {
+    use lb_tests::{LabRun, policy::LabPolicy};
+    let policy = LabPolicy::default();
+    let s = LabRun::start_yaml_args(&policy.yaml(), &["--log-format", "json"], |_| {});
+    s.reload(&policy, "answering", |_| true);
+    // The reload's own line comes when it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !s.lb.log().contains("policy reloaded") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = s.lb.log();
+    assert!(log.contains("policy reloaded"), "no reload line in:\n{log}");
+    // (The harness puts the command line first, as `$ ...`.)
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("$ "))
+        .collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    let mut ready = false;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("message").is_some(),
+            "{line}"
+        );
+        if v["message"] == "lb ready" {
+            ready = true;
+            assert!(
+                v.get("iface").is_some() && v.get("took").is_some(),
+                "{line}"
+            );
+        }
+    }
+    assert!(ready, "no ready line in:\n{log}");
+}
