@@ -13,10 +13,10 @@ use lb_common::{
 };
 
 use super::{
-    CONFIG, FRAGMENT_LISTENERS, FRAGMENTS, GROUPS, LISTENERS_BY_ID, choose,
+    CONFIG, FRAGMENT_LISTENERS, FRAGMENTS, LISTENERS_BY_ID,
     counters::count,
     forward, lookup,
-    select::{Selected, usable},
+    select::{self, Selected, usable},
     time,
 };
 
@@ -70,7 +70,13 @@ pub fn later(ctx: &XdpContext, flow: &mut FlowKey, datagram: u32) -> Result<u32,
         count(Counter::Passed);
         return Err(xdp_action::XDP_PASS);
     };
-    let target = by_addresses(flow, &listener)?;
+    // The group's hash of the addresses and protocol: not the ports, which
+    // the fragment lacks.
+    let target = select::by_hash(
+        flow,
+        &listener,
+        hash_fields::SRC_PORT | hash_fields::DST_PORT,
+    )?;
     count(Counter::FragmentUnmatched);
     forward(ctx, &listener, &target, config)
 }
@@ -105,24 +111,4 @@ fn followed(datagram: &FlowKey, config: &Config) -> Option<(ListenerInfo, Select
             new_flow: false,
         },
     ))
-}
-
-/// The target the group's hash of the flow's addresses and protocol (not
-/// its ports, which the fragment lacks) gives.
-#[inline(always)]
-fn by_addresses(flow: &FlowKey, listener: &ListenerInfo) -> Result<Selected, u32> {
-    let no_target = || {
-        count(Counter::NoTarget);
-        count(Counter::Dropped);
-        xdp_action::XDP_DROP
-    };
-    let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
-    let fields = group.hash_fields & !(hash_fields::SRC_PORT | hash_fields::DST_PORT);
-    let id = choose::by_hash_of(flow, listener.group_id, fields).ok_or_else(no_target)?;
-    let info = usable(id, listener.group_id).ok_or_else(no_target)?;
-    Ok(Selected {
-        id,
-        info,
-        new_flow: false,
-    })
 }

@@ -5,15 +5,14 @@
 //! the one the flow's entry names, else the one the group's hash gives the
 //! flow (where its packets go when the table does not hold it). It changes
 //! no entry.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{Config, Counter, FlowKey, ListenerInfo};
 
 use super::{
-    GROUPS, choose,
     counters::count,
     flows::Entry,
     forward,
-    select::{Selected, usable},
+    select::{self, Selected, usable},
 };
 
 /// Forwards an ICMP error about `flow` (its `entry`, if the table holds
@@ -37,19 +36,7 @@ pub fn error(
         };
         return forward(ctx, listener, &target, config);
     }
-    let no_target = || {
-        count(Counter::NoTarget);
-        count(Counter::Dropped);
-        xdp_action::XDP_DROP
-    };
-    let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
-    let id = choose::by_hash(flow, listener.group_id, group).ok_or_else(no_target)?;
-    let info = usable(id, listener.group_id).ok_or_else(no_target)?;
+    let target = select::by_hash(flow, listener, select::NO_EXCEPTION)?;
     count(Counter::IcmpErrorUnmatched);
-    let target = Selected {
-        id,
-        info,
-        new_flow: false,
-    };
     forward(ctx, listener, &target, config)
 }

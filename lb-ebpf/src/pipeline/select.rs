@@ -172,10 +172,24 @@ pub fn target(
 /// group's consistent-hash target, remembering nothing.
 #[inline(always)]
 fn miss_by_hash(flow: &FlowKey, listener: &ListenerInfo) -> Result<Selected, u32> {
-    let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
-    let id = choose::by_hash(flow, listener.group_id, group).ok_or_else(no_target)?;
-    let info = usable(id, listener.group_id).ok_or_else(no_target)?;
+    let target = by_hash(flow, listener, NO_EXCEPTION)?;
     count(Counter::FlowMissByHash);
+    Ok(target)
+}
+
+/// [`by_hash`] with every hash field of the group: none excepted.
+pub const NO_EXCEPTION: u8 = 0;
+
+/// The target the group's hash of the flow gives (its hash fields but
+/// those of `except`, `hash_fields` bits), for a packet that starts no flow
+/// (a TCP miss, a fragment, an ICMP error); dropped and counted if there
+/// is none.
+#[inline(always)]
+pub fn by_hash(flow: &FlowKey, listener: &ListenerInfo, except: u8) -> Result<Selected, u32> {
+    let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
+    let fields = group.hash_fields & !except;
+    let id = choose::by_hash_of(flow, listener.group_id, fields).ok_or_else(no_target)?;
+    let info = usable(id, listener.group_id).ok_or_else(no_target)?;
     Ok(Selected {
         id,
         info,
