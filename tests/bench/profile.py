@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Where a data-plane program spends its time, instruction by instruction.
+
+Runs a command (a benchmark) under `perf record -a` and, while it runs,
+saves the JIT image of every loaded BPF program whose name matches
+`--prog` (BPF_OBJ_GET_INFO_BY_FD). Then it maps the samples that fell in
+those programs onto their x86 code (objdump) and prints the hottest
+instructions with their neighbours, and the share of each stretch of code.
+
+    python3 tests/bench/profile.py --prog lb_plain -- \
+        cargo xtask bench --quick -- --section packet
+
+Needs root, perf and binutils' objdump. Without a hardware PMU (a VM) perf
+samples on a timer: a sample lands a few instructions after the one that
+waited, so read stretches, not single instructions. docs/bench.md
+("Profiling") says how to read the output.
+"""
+
+import argparse
+import collections
+import ctypes
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SYS_BPF = 321  # x86-64
+BPF_PROG_GET_NEXT_ID = 11
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
+INFO_SIZE = 256  # enough for the fields read here (struct bpf_prog_info)
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(attr, 128)
+    return libc.syscall(SYS_BPF, cmd, buf, 128), buf
+
+
+def prog_info(fd, jited=None):
+    """(name, tag, jited length) of the program, its JIT image into `jited`."""
+    info = ctypes.create_string_buffer(INFO_SIZE)
+    if jited is not None:
+        struct.pack_into("<I", info, 16, len(jited))
+        struct.pack_into("<Q", info, 24, ctypes.addressof(jited))
+    r, _ = bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, INFO_SIZE, ctypes.addressof(info)))
+    if r < 0:
+        return None
+    name = info.raw[64:80].split(b"\0")[0].decode()
+    tag = info.raw[8:16].hex()
+    return name, tag, struct.unpack_from("<I", info.raw, 16)[0]
+
+
+def dump_images(pattern, out, stop):
+    """Saves the JIT images of matching programs until `stop` is set."""
+    seen = set()
+    while not stop.is_set():
+        prog_id = 0
+        while True:
+            r, buf = bpf(BPF_PROG_GET_NEXT_ID, struct.pack("<III", prog_id, 0, 0))
+            if r < 0:
+                break
+            prog_id = struct.unpack_from("<I", buf, 4)[0]
+            if prog_id in seen:
+                continue
+            fd, _ = bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("<III", prog_id, 0, 0))
+            if fd < 0:
+                continue
+            try:
+                head = prog_info(fd)
+                if head and pattern.search(head[0]) and head[2]:
+                    image = ctypes.create_string_buffer(head[2])
+                    if prog_info(fd, image):
+                        path = os.path.join(out, f"bpf_prog_{head[1]}_{head[0]}.bin")
+                        with open(path, "wb") as f:
+                            f.write(image.raw)
+                        seen.add(prog_id)
+            finally:
+                os.close(fd)
+        time.sleep(0.05)
+
+
+def disassemble(image):
+    out = subprocess.run(
+        ["objdump", "-D", "-b", "binary", "-mi386:x86-64", image],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    lines = []
+    for line in out.splitlines():
+        m = re.match(r"\s+([0-9a-f]+):\t(?:[0-9a-f]{2} )+\s*\t(.*)", line)
+        if m:
+            lines.append((int(m.group(1), 16), m.group(2).strip()))
+    return lines
+
+
+def samples(perf_data):
+    """Sample counts by (symbol, offset) for BPF programs."""
+    out = subprocess.run(
+        ["perf", "script", "-i", perf_data, "-F", "ip,sym,symoff"],
+        capture_output=True, text=True,
+    ).stdout
+    counts = collections.Counter()
+    for line in out.splitlines():
+        sym = line.split()[-1] if line.split() else ""
+        if sym.startswith("bpf_prog_") and "+0x" in sym:
+            name, off = sym.split("+0x")
+            counts[(name, int(off, 16))] += 1
+    return counts
+
+
+def report(symbol, lines, counts, top, stretch):
+    mine = {off: n for (s, off), n in counts.items() if s == symbol}
+    total = sum(mine.values())
+    print(f"\n## {symbol}: {total} samples, {len(lines)} instructions")
+    if not total:
+        return
+    print(f"\nby stretch of {stretch:#x} bytes (>= 1 %):")
+    bins = collections.Counter()
+    for off, n in mine.items():
+        bins[off // stretch] += n
+    for b in sorted(bins):
+        if bins[b] * 100 >= total:
+            print(f"  {b * stretch:6x}-{(b + 1) * stretch:6x} {bins[b]:7d} {100 * bins[b] / total:5.1f} %")
+    print(f"\nhottest {top} instructions, with the two before each:")
+    index = {off: i for i, (off, _) in enumerate(lines)}
+    for off, n in sorted(mine.items(), key=lambda kv: -kv[1])[:top]:
+        i = index.get(off)
+        if i is None:
+            continue
+        for j in range(max(0, i - 2), i + 1):
+            o, text = lines[j]
+            mark = f"{mine.get(o, 0):7d}" if j == i else "       "
+            print(f"  {mark} {o:6x}  {text}")
+        print()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prog", required=True, help="regex of the program names to profile")
+    ap.add_argument("--top", type=int, default=25, help="hottest instructions to show")
+    ap.add_argument("--stretch", type=lambda s: int(s, 0), default=0x200)
+    ap.add_argument("--freq", default="25000", help="perf sampling frequency (Hz)")
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("a command to run is needed (after --)")
+    work = tempfile.mkdtemp(prefix="lb-profile-")
+    perf_data = os.path.join(work, "perf.data")
+    stop = threading.Event()
+    dumper = threading.Thread(target=dump_images, args=(re.compile(args.prog), work, stop))
+    dumper.start()
+    perf = subprocess.Popen(
+        ["perf", "record", "-a", "-F", args.freq, "-o", perf_data],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        status = subprocess.run(command).returncode
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+        stop.set()
+        dumper.join()
+    counts = samples(perf_data)
+    images = sorted(f for f in os.listdir(work) if f.endswith(".bin"))
+    if not images:
+        print(f"no program matching {args.prog!r} was loaded while the command ran")
+    for image in images:
+        report(image[:-4], disassemble(os.path.join(work, image)), counts, args.top, args.stretch)
+    print(f"\nfiles: {work}")
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
