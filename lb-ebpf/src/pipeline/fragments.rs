@@ -13,7 +13,7 @@ use lb_common::{
 };
 
 use super::{
-    CONFIG, FRAGMENT_LISTENERS, FRAGMENTS, LISTENERS_BY_ID,
+    CONFIG, FRAGMENT_LISTENERS, FRAGMENTS,
     counters::count,
     forward, lookup,
     select::{self, Selected, usable},
@@ -91,18 +91,8 @@ fn followed(datagram: &FlowKey, config: &Config) -> Option<(ListenerInfo, Select
     if age as i64 > FRAGMENT_TIMEOUT_NS as i64 {
         return None;
     }
-    let slot = LISTENERS_BY_ID.get(entry.listener_id)?;
-    if slot.key.addr_be != datagram.dst_be
-        || slot.key.proto != datagram.proto
-        || slot.key.family != datagram.family
-    {
-        return None;
-    }
-    let info = usable(entry.target_id, slot.group_id)?;
-    let listener = ListenerInfo {
-        listener_id: entry.listener_id,
-        group_id: slot.group_id,
-    };
+    let listener = lookup::listener_by_id(datagram, entry.listener_id, lookup::ANY_PORT)?;
+    let info = usable(entry.target_id, listener.group_id)?;
     Some((
         listener,
         Selected {

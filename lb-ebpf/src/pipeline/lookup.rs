@@ -60,14 +60,18 @@ pub fn listener_filter(flow: &FlowKey) -> Result<(), u32> {
     }
 }
 
-/// The listener `id` if it still has the flow's (VIP, protocol, port).
+/// Whether a datagram's fragment after its first, which has no ports, may
+/// be the listener's: its VIP and protocol suffice ([`listener_by_id`]).
+pub const ANY_PORT: bool = true;
+
+/// The listener `id` if it still has the flow's (VIP, protocol, port), or
+/// with `any_port` ([`ANY_PORT`]) its VIP and protocol.
 #[inline(always)]
-fn listener_by_id(flow: &FlowKey, id: u16) -> Option<ListenerInfo> {
-    let id = id as u32;
+pub fn listener_by_id(flow: &FlowKey, id: u32, any_port: bool) -> Option<ListenerInfo> {
     let slot = LISTENERS_BY_ID.get(id)?;
     let key = &slot.key;
     if key.addr_be == flow.dst_be
-        && key.port_be == flow.dst_port_be
+        && (any_port || key.port_be == flow.dst_port_be)
         && key.proto == flow.proto
         && key.family == flow.family
     {
@@ -86,7 +90,7 @@ fn listener_by_id(flow: &FlowKey, id: u16) -> Option<ListenerInfo> {
 /// (VIP, protocol, port), the hash lookup is skipped.
 #[inline(always)]
 pub fn listener(flow: &FlowKey, hint: Option<u16>) -> Result<ListenerInfo, u32> {
-    if let Some(info) = hint.and_then(|id| listener_by_id(flow, id)) {
+    if let Some(info) = hint.and_then(|id| listener_by_id(flow, id as u32, !ANY_PORT)) {
         return Ok(info);
     }
     let key = ListenerKey {
