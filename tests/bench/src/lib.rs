@@ -50,6 +50,7 @@ pub mod scale;
 pub mod scramble;
 pub mod stats;
 pub mod table;
+pub mod versus;
 
 use std::time::Duration;
 
@@ -183,6 +184,9 @@ impl Object {
     pub const LRU: &str = "lru";
     pub const LRU_NEW_FLOW: &str = "lru-new-flow";
     pub const LRU_SCRAMBLED: &str = "lru-scrambled";
+    /// The wrapper of the `versus` section: the scrambled prologue, then a
+    /// tail call into the program under test (program `versus`).
+    pub const VERSUS: &str = "versus";
 
     pub fn read(name: &str) -> Result<Object> {
         let dir = std::env::var_os("LB_BENCH_EBPF_DIR")

@@ -10,11 +10,11 @@ use clap::Parser;
 use lb_bench::{
     Settings, flood, flows, health, live, million, observe, packet,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
-    scale, table,
+    scale, table, versus,
 };
 
-const SECTIONS: [&str; 9] = [
-    "packet", "flows", "flood", "live", "table", "scale", "million", "health", "observe",
+const SECTIONS: [&str; 10] = [
+    "packet", "flows", "flood", "live", "table", "scale", "million", "health", "observe", "versus",
 ];
 
 #[derive(Parser, Debug)]
@@ -34,9 +34,22 @@ struct Args {
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
     /// Only these sections (repeatable): packet, flows, flood, live, table,
-    /// scale, million, health, observe.
+    /// scale, million, health, observe, versus.
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
+    /// Another XDP program to time beside lb (section `versus`, measured
+    /// only when this is given or the section is asked for): the path its
+    /// loader pins it at, configured for the benchmark's listeners
+    /// (docs/bench.md).
+    #[arg(long, value_name = "PATH")]
+    versus_pin: Option<PathBuf>,
+    /// A shell command that loads, configures and pins that program afresh;
+    /// run before each fixture of `versus`.
+    #[arg(long, value_name = "CMD", requires = "versus_pin")]
+    versus_load: Option<String>,
+    /// Its name in the report (default: the pin's file name).
+    #[arg(long, value_name = "NAME", requires = "versus_pin")]
+    versus_name: Option<String>,
     /// Where report.md and the plots go.
     #[arg(long, default_value_os_t = lb_tests::lab::target_dir().join("bench"))]
     out: PathBuf,
@@ -90,7 +103,14 @@ fn settings(args: &Args) -> Result<Settings> {
 
 /// The sections the command line asks for, measured in the report's order.
 fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
-    let wants = |name: &str| args.sections.is_empty() || args.sections.iter().any(|s| s == name);
+    let asked = |name: &str| args.sections.iter().any(|s| s == name);
+    // `versus` needs a program of another project: measured when one is
+    // given or the section is asked for by name (then it says what is
+    // missing).
+    let wants = |name: &str| match name {
+        "versus" => args.versus_pin.is_some() || asked(name),
+        _ => args.sections.is_empty() || asked(name),
+    };
     let mut sections = Vec::new();
     let mut run = |name: &str, title: &str, f: &mut dyn FnMut() -> Result<Section>| {
         if wants(name) {
@@ -123,6 +143,17 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
     });
     run("observe", observe::TITLE, &mut || {
         observe::section(settings)
+    });
+    let other = args.versus_pin.as_ref().map(|pin| versus::Other {
+        pin: pin.clone(),
+        load: args.versus_load.clone(),
+        name: args.versus_name.clone().unwrap_or_else(|| {
+            pin.file_name()
+                .map_or("other".into(), |n| n.to_string_lossy().into_owned())
+        }),
+    });
+    run("versus", versus::TITLE, &mut || {
+        versus::section(settings, other.as_ref())
     });
     sections
 }
