@@ -391,7 +391,14 @@ pub fn section(settings: &Settings, other: Option<&Other>) -> Result<Section> {
     ];
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     s.table(&header, &rows.iter().map(table_row).collect::<Vec<_>>());
-    for r in &rows {
+    figures(&mut s, &rows, other);
+    Ok(s)
+}
+
+/// The summary's figures: the other program's time / `lb`'s for each
+/// fixture, judged where issue 18 set a goal.
+fn figures(s: &mut Section, rows: &[Row], other: &Other) {
+    for r in rows {
         let name = format!("{} / lb ns/packet: {}", other.name, r.fixture.name);
         let ratio = stats::paired_ratio(&r.ns[3], &r.ns[1]);
         let value = format!("{ratio:.2}x");
@@ -405,7 +412,6 @@ pub fn section(settings: &Settings, other: Option<&Other>) -> Result<Section> {
             None => Figure::info(name, value),
         });
     }
-    Ok(s)
 }
 
 fn table_row(r: &Row) -> Vec<String> {
