@@ -31,8 +31,8 @@ use crate::{
 
 /// The order in which the flows are created, and the one they are timed
 /// in (`scramble`: two keys, two unrelated orders).
-const FILL_KEY: u32 = 0x5eed_f111;
-const TIMED_KEY: u32 = 0x0bad_cafe;
+pub const FILL_KEY: u32 = 0x5eed_f111;
+pub const TIMED_KEY: u32 = 0x0bad_cafe;
 
 /// An established packet at 1,048,576 flows: floor / lb at least this.
 /// Issue 18's goal is about 200 ns on the Intel Xeon 2 vCPU machine where

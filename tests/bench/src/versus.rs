@@ -28,7 +28,7 @@ use lb_tests::packets::{Frame, tcp_flags::*};
 
 use crate::{
     Build, Design, Object, POLICY, Settings, Subject, XDP_PASS, XDP_TX, cpus,
-    flows::with_visit,
+    flows::{FILL_KEY, TIMED_KEY, with_visit},
     report::{Figure, Section, fmt_count, fmt_ns},
     scramble::Visit,
     stats::{self, min_median},
@@ -49,11 +49,6 @@ pub struct Other {
     /// Its name in the report.
     pub name: String,
 }
-
-/// The order in which the fill creates the flows, and the one they are
-/// timed in (as in `flows`).
-const FILL_KEY: u32 = 0x5eed_f111;
-const TIMED_KEY: u32 = 0x0bad_cafe;
 
 /// One fixture: 2^`bits` flows (one: a hot flow) to the `web` or `web6`
 /// listener, or to the load balancer's own address on the same port
