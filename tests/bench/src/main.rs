@@ -37,9 +37,9 @@ struct Args {
     /// scale, million, health, observe, versus.
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
-    /// Another XDP program to time beside lb (section `versus`, measured
-    /// only when this is given or the section is asked for): the path its
-    /// loader pins it at, configured for the benchmark's listeners
+    /// Another XDP program to time beside lb (section `versus`, which runs
+    /// with all sections only when this is given): the path its loader
+    /// pins it at, configured for the benchmark's listeners
     /// (docs/bench.md).
     #[arg(long, value_name = "PATH")]
     versus_pin: Option<PathBuf>,
@@ -104,11 +104,11 @@ fn settings(args: &Args) -> Result<Settings> {
 /// The sections the command line asks for, measured in the report's order.
 fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
     let asked = |name: &str| args.sections.iter().any(|s| s == name);
-    // `versus` needs a program of another project: measured when one is
-    // given or the section is asked for by name (then it says what is
-    // missing).
+    // `versus` needs a program of another project: among all sections
+    // only when one is given; asked for by name without one, it says what
+    // is missing.
     let wants = |name: &str| match name {
-        "versus" => args.versus_pin.is_some() || asked(name),
+        "versus" => asked(name) || (args.sections.is_empty() && args.versus_pin.is_some()),
         _ => args.sections.is_empty() || asked(name),
     };
     let mut sections = Vec::new();
