@@ -299,6 +299,17 @@ pub fn lowest(m: u64) -> usize {
     (nz(low & 0xaa) + 2 * nz(low & 0xcc) + 4 * nz(low & 0xf0)) as usize
 }
 
+/// The lowest set bit's index of one bucket's mask `m` (1-15, [`matches`]
+/// of its four words): the way a hit is in. Four operations where
+/// [`lowest`] takes a dozen, on the path of every packet of a known flow:
+/// the lowest bit alone, 1, 2, 4 or 8, gives 0, 1, 2, 3 as half of it
+/// less an eighth of it.
+#[inline(always)]
+pub fn lowest_way(m: u64) -> usize {
+    let low = m & m.wrapping_neg();
+    ((low >> 1) - (low >> 3)) as usize
+}
+
 /// Which of the flow's eight candidate entries holds its tag, if one does:
 /// the first in order.
 #[inline(always)]
@@ -432,6 +443,14 @@ mod tests {
                 victim(|i| words[i], |i| seen[i], 10)
             };
             assert_eq!(first_empty(|i| words[i]), expect, "empties {pattern:08b}");
+        }
+    }
+
+    #[test]
+    fn lowest_way_is_the_lowest_set_bit() {
+        for m in 1u64..16 {
+            assert_eq!(lowest_way(m), m.trailing_zeros() as usize, "{m:04b}");
+            assert_eq!(lowest_way(m), lowest(m), "{m:04b}");
         }
     }
 

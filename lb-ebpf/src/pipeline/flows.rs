@@ -148,7 +148,7 @@ impl Probe {
         let words = Self::words_of(self.first);
         let m = flow_table::matches(&words, tag);
         if m != 0 {
-            let way = flow_table::lowest(m) & (WAYS - 1);
+            let way = flow_table::lowest_way(m) & (WAYS - 1);
             return Some(Entry {
                 bucket: self.first,
                 way,
@@ -158,7 +158,7 @@ impl Probe {
         let words = Self::words_of(self.second);
         let m = flow_table::matches(&words, tag);
         if m != 0 {
-            let way = flow_table::lowest(m) & (WAYS - 1);
+            let way = flow_table::lowest_way(m) & (WAYS - 1);
             return Some(Entry {
                 bucket: self.second,
                 way,
