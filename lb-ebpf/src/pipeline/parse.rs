@@ -261,8 +261,8 @@ fn ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32
         return Err(malformed());
     }
     key.family = FAMILY_V6;
-    set_v6(&mut key.src_be, words(&ip.src_addr));
-    set_v6(&mut key.dst_be, words(&ip.dst_addr));
+    set_v6(&mut key.src_be, &ip.src_addr);
+    set_v6(&mut key.dst_be, &ip.dst_addr);
     let next = ip.next_hdr;
     let offset = l3 + Ipv6Hdr::LEN;
     if next == PROTO_TCP || next == PROTO_UDP {
@@ -366,15 +366,19 @@ fn set_v4(words: &mut [u32; 4], addr: [u8; 4]) {
     unsafe { (words.as_mut_ptr() as *mut u64).write(u32::from_ne_bytes(addr) as u64) };
 }
 
-/// An IPv6 address (four words, [`words`]) into a key's address words as
-/// two 8-byte stores, for the reason [`set_v4`] gives.
+/// An IPv6 address (wire bytes) into a key's address words as two 8-byte
+/// stores, for the reason [`set_v4`] gives, from two 8-byte loads (byte
+/// by byte, the compiler builds some addresses from sixteen loads).
 #[inline(always)]
-fn set_v6(words: &mut [u32; 4], addr: [u32; 4]) {
-    let p = words.as_mut_ptr() as *mut u64;
-    // SAFETY: as in `set_v4`; word 2 starts the second 8 bytes.
+fn set_v6(words: &mut [u32; 4], addr: &[u8; 16]) {
+    let from = addr.as_ptr() as *const u64;
+    let to = words.as_mut_ptr() as *mut u64;
+    // SAFETY: 16 bytes on both sides; unaligned loads of wire bytes (the
+    // verifier allows them where the CPU does); `words` as in `set_v4`.
+    // Little-endian: the first four bytes are word 0, the low half.
     unsafe {
-        p.write(addr[0] as u64 | (addr[1] as u64) << 32);
-        p.add(1).write(addr[2] as u64 | (addr[3] as u64) << 32);
+        to.write(from.read_unaligned());
+        to.add(1).write(from.add(1).read_unaligned());
     }
 }
 
@@ -492,8 +496,8 @@ fn quoted_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32
     }
     let ports: [u8; 4] = bytes(ctx, l3 + Ipv6Hdr::LEN).ok_or_else(malformed)?;
     key.proto = ip.next_hdr;
-    set_v6(&mut key.src_be, words(&ip.dst_addr));
-    set_v6(&mut key.dst_be, from);
+    set_v6(&mut key.src_be, &ip.dst_addr);
+    set_v6(&mut key.dst_be, &ip.src_addr);
     swap_ports(key, ports);
     Ok(())
 }
