@@ -3,9 +3,11 @@
 
 Runs a command (a benchmark) under `perf record -a` and, while it runs,
 saves the JIT image of every loaded BPF program whose name matches
-`--prog` (BPF_OBJ_GET_INFO_BY_FD). Then it maps the samples that fell in
-those programs onto their x86 code (objdump) and prints the hottest
-instructions with their neighbours, and the share of each stretch of code.
+`--prog` (BPF_OBJ_GET_INFO_BY_FD), with its line info (the source line of
+each stretch of JIT code, from the program's BTF). Then it maps the
+samples that fell in those programs onto their source lines and their x86
+code (objdump) and prints the hottest lines, the hottest instructions with
+their neighbours, and the share of each stretch of code.
 
     python3 tests/bench/profile.py --prog lb_plain -- \
         cargo xtask bench --quick -- --section packet
@@ -17,7 +19,9 @@ waited, so read stretches, not single instructions. docs/bench.md
 """
 
 import argparse
+import bisect
 import collections
+import json
 import ctypes
 import os
 import re
@@ -33,7 +37,9 @@ SYS_BPF = 321  # x86-64
 BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_BTF_GET_FD_BY_ID = 19
 INFO_SIZE = 256  # enough for the fields read here (struct bpf_prog_info)
+BTF_INFO_SIZE = 32  # struct bpf_btf_info
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -55,6 +61,75 @@ def prog_info(fd, jited=None):
     name = info.raw[64:80].split(b"\0")[0].decode()
     tag = info.raw[8:16].hex()
     return name, tag, struct.unpack_from("<I", info.raw, 16)[0]
+
+
+def get_info(fd, size, fields):
+    """The info of the object `fd` (BPF_OBJ_GET_INFO_BY_FD) into a buffer of
+    `size` bytes with `fields` ({offset: (format, value)}) set first."""
+    info = ctypes.create_string_buffer(size)
+    for offset, (fmt, value) in fields.items():
+        struct.pack_into(fmt, info, offset, value)
+    r, _ = bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, size, ctypes.addressof(info)))
+    return info.raw if r >= 0 else None
+
+
+def btf_strings(btf_id):
+    """The string section of BTF object `btf_id`."""
+    fd, _ = bpf(BPF_BTF_GET_FD_BY_ID, struct.pack("<III", btf_id, 0, 0))
+    if fd < 0:
+        return b""
+    try:
+        head = get_info(fd, BTF_INFO_SIZE, {})
+        if head is None:
+            return b""
+        data = ctypes.create_string_buffer(struct.unpack_from("<I", head, 8)[0])
+        if get_info(fd, BTF_INFO_SIZE, {0: ("<Q", ctypes.addressof(data)), 8: ("<I", len(data))}) is None:
+            return b""
+        # struct btf_header: magic, version, flags, hdr_len, type_off,
+        # type_len, str_off, str_len.
+        hdr_len, _, _, str_off, str_len = struct.unpack_from("<IIIII", data.raw, 4)
+        start = hdr_len + str_off
+        return data.raw[start:start + str_len]
+    finally:
+        os.close(fd)
+
+
+def line_table(fd, length):
+    """[(JIT offset, "file:line", source text)] of the program's line info,
+    sorted by offset (offsets of its main function's image only)."""
+    head = get_info(fd, INFO_SIZE, {})
+    if head is None:
+        return []
+    nr_ksyms, btf_id = struct.unpack_from("<I", head, 104)[0], struct.unpack_from("<I", head, 128)[0]
+    nr_lines, nr_jited = struct.unpack_from("<I", head, 148)[0], struct.unpack_from("<I", head, 168)[0]
+    rec_size = struct.unpack_from("<I", head, 172)[0]
+    if not (nr_ksyms and btf_id and nr_lines and nr_jited == nr_lines and rec_size >= 16):
+        return []
+    ksyms = (ctypes.c_uint64 * nr_ksyms)()
+    lines = ctypes.create_string_buffer(nr_lines * rec_size)
+    jited = (ctypes.c_uint64 * nr_jited)()
+    info = get_info(fd, INFO_SIZE, {
+        104: ("<I", nr_ksyms), 112: ("<Q", ctypes.addressof(ksyms)),
+        148: ("<I", nr_lines), 152: ("<Q", ctypes.addressof(lines)),
+        160: ("<Q", ctypes.addressof(jited)), 168: ("<I", nr_jited),
+        172: ("<I", rec_size), 176: ("<I", 8),
+    })
+    if info is None:
+        return []
+    strings = btf_strings(btf_id)
+
+    def string(offset):
+        return strings[offset:strings.find(b"\0", offset)].decode(errors="replace")
+
+    table = []
+    for i in range(nr_lines):
+        # struct bpf_line_info: insn_off, file_name_off, line_off, line_col.
+        _, file_off, text_off, line_col = struct.unpack_from("<IIII", lines.raw, i * rec_size)
+        offset = jited[i] - ksyms[0]
+        if 0 <= offset < length:
+            path = "/".join(string(file_off).split("/")[-2:])
+            table.append((offset, f"{path}:{line_col >> 10}", string(text_off).strip()))
+    return sorted(table)
 
 
 def dump_images(pattern, out, stop):
@@ -80,6 +155,8 @@ def dump_images(pattern, out, stop):
                         path = os.path.join(out, f"bpf_prog_{head[1]}_{head[0]}.bin")
                         with open(path, "wb") as f:
                             f.write(image.raw)
+                        with open(path[:-4] + ".lines.json", "w") as f:
+                            json.dump(line_table(fd, head[2]), f)
                         seen.add(prog_id)
             finally:
                 os.close(fd)
@@ -114,12 +191,31 @@ def samples(perf_data):
     return counts
 
 
-def report(symbol, lines, counts, top, stretch):
+def by_source_line(mine, table, total, top):
+    """The samples of `mine` ({offset: count}) by the source line whose code
+    holds them (`table`, [`line_table`])."""
+    if not table:
+        print("\n(no line info: the program has no BTF)")
+        return
+    starts = [row[0] for row in table]
+    lines = collections.Counter()
+    for off, n in mine.items():
+        i = bisect.bisect_right(starts, off) - 1
+        lines[tuple(table[i][1:]) if i >= 0 else ("?", "")] += n
+    print(f"\nhottest {top} source lines (share, cumulative):")
+    acc = 0
+    for (where, text), n in lines.most_common(top):
+        acc += n
+        print(f"  {100 * n / total:5.1f} % {100 * acc / total:5.1f} %  {where:40s} {text[:80]}")
+
+
+def report(symbol, lines, table, counts, top, stretch):
     mine = {off: n for (s, off), n in counts.items() if s == symbol}
     total = sum(mine.values())
     print(f"\n## {symbol}: {total} samples, {len(lines)} instructions")
     if not total:
         return
+    by_source_line(mine, table, total, top)
     print(f"\nby stretch of {stretch:#x} bytes (>= 1 %):")
     bins = collections.Counter()
     for off, n in mine.items():
@@ -172,7 +268,10 @@ def main():
     if not images:
         print(f"no program matching {args.prog!r} was loaded while the command ran")
     for image in images:
-        report(image[:-4], disassemble(os.path.join(work, image)), counts, args.top, args.stretch)
+        path = os.path.join(work, image)
+        with open(path[:-4] + ".lines.json") as f:
+            table = [tuple(row) for row in json.load(f)]
+        report(image[:-4], disassemble(path), table, counts, args.top, args.stretch)
     print(f"\nfiles: {work}")
     sys.exit(status)
 
