@@ -353,6 +353,12 @@ fn unwalked(next: u8) -> bool {
     )
 }
 
+// `set_v4`, `set_v6` and `set_ports` write a key's words in pairs, the
+// first word as the low half: little-endian only (bpfel, the only target
+// the loader builds).
+#[cfg(target_endian = "big")]
+compile_error!("parse writes the flow key's words in little-endian pairs");
+
 /// An IPv4 address into a key's address words: word 0, and word 1 zeroed
 /// by the same 8-byte store. Later reads of the key load 8 bytes at a time
 /// (the hashes, the listener's address compared): the CPU forwards such a
