@@ -601,8 +601,8 @@ mod pod {
 const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::align_of::<FlowKey>() == 8);
-    // The data plane stores an IPv4 address with its zero word as 8 bytes,
-    // and both ports as 4 (lb-ebpf's parse).
+    // The data plane stores addresses 8 bytes at a time (an IPv4 address
+    // with its zero word) and both ports as 4 (lb-ebpf's parse).
     assert!(core::mem::offset_of!(FlowKey, src_be) % 8 == 0);
     assert!(core::mem::offset_of!(FlowKey, dst_be) % 8 == 0);
     assert!(core::mem::offset_of!(FlowKey, src_port_be) % 4 == 0);

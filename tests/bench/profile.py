@@ -21,8 +21,8 @@ waited, so read stretches, not single instructions. docs/bench.md
 import argparse
 import bisect
 import collections
-import json
 import ctypes
+import json
 import os
 import re
 import signal
@@ -49,20 +49,6 @@ def bpf(cmd, attr):
     return libc.syscall(SYS_BPF, cmd, buf, 128), buf
 
 
-def prog_info(fd, jited=None):
-    """(name, tag, jited length) of the program, its JIT image into `jited`."""
-    info = ctypes.create_string_buffer(INFO_SIZE)
-    if jited is not None:
-        struct.pack_into("<I", info, 16, len(jited))
-        struct.pack_into("<Q", info, 24, ctypes.addressof(jited))
-    r, _ = bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, INFO_SIZE, ctypes.addressof(info)))
-    if r < 0:
-        return None
-    name = info.raw[64:80].split(b"\0")[0].decode()
-    tag = info.raw[8:16].hex()
-    return name, tag, struct.unpack_from("<I", info.raw, 16)[0]
-
-
 def get_info(fd, size, fields):
     """The info of the object `fd` (BPF_OBJ_GET_INFO_BY_FD) into a buffer of
     `size` bytes with `fields` ({offset: (format, value)}) set first."""
@@ -71,6 +57,18 @@ def get_info(fd, size, fields):
         struct.pack_into(fmt, info, offset, value)
     r, _ = bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, size, ctypes.addressof(info)))
     return info.raw if r >= 0 else None
+
+
+def prog_info(fd, jited=None):
+    """(name, tag, jited length) of the program, its JIT image into `jited`."""
+    fields = {}
+    if jited is not None:
+        fields = {16: ("<I", len(jited)), 24: ("<Q", ctypes.addressof(jited))}
+    info = get_info(fd, INFO_SIZE, fields)
+    if info is None:
+        return None
+    name = info[64:80].split(b"\0")[0].decode()
+    return name, info[8:16].hex(), struct.unpack_from("<I", info, 16)[0]
 
 
 def btf_strings(btf_id):
