@@ -22,6 +22,7 @@ use lb_tests::packets::{Frame, tcp_flags::*};
 use crate::{
     Build, Design, Object, POLICY, Settings, Subject, XDP_TX, cpus,
     flow_cache::FlowCacheView,
+    memory::{self, Latency},
     plot::{self, Bars, Series},
     report::{Figure, Section, fmt_count, fmt_ns},
     scramble::{FRAME_LEN, VISIT_AT, Visit},
@@ -495,6 +496,7 @@ pub const TITLE: &str = "Data plane: established flows at scale (scrambled order
 pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
     let cpus = cpus::pair();
     let rows = measure(settings, &cpus)?;
+    let memory = memory::measure(settings)?;
     let mut s = Section::new(TITLE);
     s.line(format!(
         "N established TCP flows to the `hash` listener, each timed packet of another flow than the last, in a scrambled order that covers all N in every run: `lb_scrambled` (`lb`'s flow table) and `lru_scrambled` (the floor: main's kernel LRU flow maps and flow cache, frozen in tests/bench/ebpf/src/lru/), whose prologue gives repetition i of a test run the source of flow scramble(i mod N) (docs/bench.md), beside `macswap_scrambled`, the same prologue and a MAC swap. Both designs get a table for 1,048,576 flows (`max_flows`, the default: `lb` 524,288 buckets of 4 entries; the floor an LRU map of 1,048,576 entries per family and as many flow-cache slots). The N flows are created first (untimed: one test run of N SYNs, in another order), then {} rounds of max(N, {}) repetitions (ACKs), `lb`, the floor and the baseline interleaved, after one untimed round; ratios = the median over the rounds of the ratio within each round; gain = floor / `lb`. Checked: each fill made N new flows (the new-flow counter); in the timed runs every packet was a flow hit or a new flow. New flows there are flows a table did not keep at the fill, shown: `lb`'s evicted (FlowEvicted: a later flow of the fill found both its buckets full and took the entry of a flow seen once) or never remembered (FlowInsertFailed); the floor's evicted by its kernel LRU map, which evicts before it is full (its free entries are spread over per-CPU lists). `lb`'s table after the fill: entries in use and buckets by entries. The floor's flow cache: the share of its timed packets the cache answered (1 - slot writes / packets).",
@@ -526,7 +528,14 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
         &rows.iter().map(table_detail_row).collect::<Vec<_>>(),
     );
     scaling_table(&mut s, &rows, &cpus);
+    s.line(format!(
+        "\nOne read from memory, timed after the fixtures ({} runs of each page size): {}. {}",
+        memory.small.len(),
+        memory.describe(),
+        memory::METHOD
+    ));
     figures(&mut s, &rows);
+    memory_figures(&mut s, &rows, &memory);
     if !rows.is_empty() {
         plot_medians(&dir.join("flows.svg"), &rows)?;
         s.plots.push("flows.svg".into());
@@ -673,6 +682,27 @@ fn figures(s: &mut Section, rows: &[Row]) {
                 fmt_ns(alone_b),
                 sc.of(1),
                 sc.of(2)
+            ),
+        ));
+    }
+}
+
+/// The million-flow fixtures in reads from memory (issue 18: an
+/// established packet at 1M flows costs at most one miss plus the work of a
+/// hot flow).
+fn memory_figures(s: &mut Section, rows: &[Row], memory: &Latency) {
+    for r in rows.iter().filter(|r| r.fixture.bits == 20) {
+        let lb = stats::median(&r.lb);
+        s.figures.push(Figure::info(
+            format!(
+                "established flows at scale, {}, in reads from memory: lb / one read",
+                r.fixture.name
+            ),
+            format!(
+                "{:.2} (lb {}; one read {})",
+                lb / memory.read(),
+                fmt_ns(lb),
+                memory.describe()
             ),
         ));
     }

@@ -6,7 +6,9 @@
 //! Data plane (BPF_PROG_TEST_RUN, no network needed): [`packet`] (ns/packet
 //! beside a MAC-swap program), [`flows`] (established flows at scale, in a
 //! scrambled order, on one CPU and on two at once), [`flood`] (SYN and
-//! spoofed-ACK floods against established flows). Through the lab's
+//! spoofed-ACK floods against established flows); `packet` and `flows`
+//! also time [`memory`] (one read from memory, the unit of issue 18's
+//! goals). Through the lab's
 //! namespaces: [`live`] (live frames forwarded by DSR, and frames from a
 //! traffic generator: [`generator`]), [`health`] (failure-to-removal time)
 //! and the probe capacity.
@@ -39,6 +41,7 @@ pub mod generator;
 pub mod health;
 pub mod live;
 pub mod maps;
+pub mod memory;
 pub mod million;
 pub mod observe;
 pub mod packet;
