@@ -528,12 +528,7 @@ pub fn section(settings: &Settings, dir: &std::path::Path) -> Result<Section> {
         &rows.iter().map(table_detail_row).collect::<Vec<_>>(),
     );
     scaling_table(&mut s, &rows, &cpus);
-    s.line(format!(
-        "\nOne read from memory, timed after the fixtures ({} runs of each page size): {}. {}",
-        memory.small.len(),
-        memory.describe(),
-        memory::METHOD
-    ));
+    s.line(memory.line());
     figures(&mut s, &rows);
     memory_figures(&mut s, &rows, &memory);
     if !rows.is_empty() {

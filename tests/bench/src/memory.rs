@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// How the read is timed, for the report.
-pub const METHOD: &str = "Timed in user space: a chase of dependent reads through one random cycle over the lines of a buffer the size of the benchmark's flow table, so that each read waits for the one before and misses every cache (docs/bench.md).";
+const METHOD: &str = "Timed in user space: a chase of dependent reads through one random cycle over the lines of a buffer the size of the benchmark's flow table, so that each read waits for the one before and misses every cache (docs/bench.md).";
 
 /// One cache line.
 const LINE: usize = 64;
@@ -51,6 +51,15 @@ impl Latency {
     /// One read, 4 KiB pages (median over the runs).
     pub fn read(&self) -> f64 {
         median(&self.small)
+    }
+
+    /// The report's line on it: the figure, the runs and the method.
+    pub fn line(&self) -> String {
+        format!(
+            "\nOne read from memory, timed after the fixtures ({} runs of each page size): {}. {METHOD}",
+            self.small.len(),
+            self.describe()
+        )
     }
 
     /// "R ns (2 MiB pages: H ns)", naming the buffer.

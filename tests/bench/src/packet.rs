@@ -26,7 +26,7 @@ use lb_tests::packets::{Frame, tcp_flags::*};
 
 use crate::{
     ALGORITHMS, Build, Design, POLICY, Settings, Subject, XDP_PASS, XDP_TX, load_macswap, macswap,
-    memory::{self, Latency},
+    memory::Latency,
     plot::{self, Bars, Series},
     report::{Figure, Section, fmt_ns},
     stats::{self, min_median},
@@ -476,12 +476,7 @@ pub fn section(
         ],
         &table,
     );
-    s.line(format!(
-        "\nOne read from memory, timed after the fixtures ({} runs of each page size): {}. {}",
-        memory.small.len(),
-        memory.describe(),
-        memory::METHOD
-    ));
+    s.line(memory.line());
     figures(&mut s, rows);
     memory_figure(&mut s, rows, memory);
     if !rows.is_empty() {
