@@ -62,7 +62,8 @@ impl Latency {
         )
     }
 
-    /// "R ns (2 MiB pages: H ns)", naming the buffer.
+    /// "R ns (a random line of N MiB, 4 KiB pages ...; H ns with 2 MiB
+    /// pages)".
     pub fn describe(&self) -> String {
         let huge = if self.huge_share > 0.5 {
             format!("{} with 2 MiB pages", fmt_ns(median(&self.huge)))
@@ -85,7 +86,8 @@ pub fn measure(settings: &Settings) -> Result<Latency> {
     let mut huge = Chase::new(bytes, true)?;
     let huge_share = huge.huge_share();
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    // One untimed pass each: the first touches are page faults.
+    // One untimed pass each: the caches and the TLB in the state the
+    // chase keeps them in.
     small.ns_per_read(steps);
     huge.ns_per_read(steps);
     for _ in 0..settings.runs.max(1) {
