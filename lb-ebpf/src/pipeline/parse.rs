@@ -480,7 +480,7 @@ fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32
     let ports: [u8; 4] = bytes(ctx, l3 + hlen).ok_or_else(malformed)?;
     key.proto = ip.proto;
     set_v4(&mut key.src_be, ip.dst_addr);
-    set_v4(&mut key.dst_be, from.to_ne_bytes());
+    set_v4(&mut key.dst_be, ip.src_addr);
     swap_ports(key, ports);
     Ok(())
 }
