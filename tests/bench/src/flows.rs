@@ -693,12 +693,7 @@ fn memory_figures(s: &mut Section, rows: &[Row], memory: &Latency) {
                 "established flows at scale, {}, in reads from memory: lb / one read",
                 r.fixture.name
             ),
-            format!(
-                "{:.2} (lb {}; one read {})",
-                lb / memory.read(),
-                fmt_ns(lb),
-                memory.describe()
-            ),
+            memory.in_reads(lb),
         ));
     }
 }

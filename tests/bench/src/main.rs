@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::Result;
 use clap::Parser;
 use lb_bench::{
-    Settings, flood, flows, health, live, memory, million, observe, packet,
+    Settings, flood, flows, health, live, million, observe, packet,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table, versus,
 };
@@ -123,8 +123,7 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
         "Data plane: ns/packet (BPF_PROG_TEST_RUN)",
         &mut || {
             let rows = packet::measure(settings)?;
-            let memory = memory::measure(settings)?;
-            packet::section(settings, &rows, &memory, out)
+            packet::section(settings, &rows, out)
         },
     );
     run("flows", flows::TITLE, &mut || flows::section(settings, out));

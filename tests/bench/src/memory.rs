@@ -62,6 +62,16 @@ impl Latency {
         )
     }
 
+    /// `ns` in reads: "X (lb ns; one read ...)", a figure's value.
+    pub fn in_reads(&self, ns: f64) -> String {
+        format!(
+            "{:.2} (lb {}; one read {})",
+            ns / self.read(),
+            fmt_ns(ns),
+            self.describe()
+        )
+    }
+
     /// "R ns (a random line of N MiB, 4 KiB pages ...; H ns with 2 MiB
     /// pages)".
     pub fn describe(&self) -> String {

@@ -26,7 +26,7 @@ use lb_tests::packets::{Frame, tcp_flags::*};
 
 use crate::{
     ALGORITHMS, Build, Design, POLICY, Settings, Subject, XDP_PASS, XDP_TX, load_macswap, macswap,
-    memory::Latency,
+    memory::{self, Latency},
     plot::{self, Bars, Series},
     report::{Figure, Section, fmt_ns},
     stats::{self, min_median},
@@ -447,14 +447,10 @@ fn least_gain(rows: &[Row], kind: Kind) -> Option<&Row> {
 /// The section's title.
 pub const TITLE: &str = "Data plane: ns/packet (BPF_PROG_TEST_RUN)";
 
-/// The report section; writes `ns_per_packet.svg` into `dir`.
-/// `memory`: one read from memory, timed after the fixtures.
-pub fn section(
-    settings: &Settings,
-    rows: &[Row],
-    memory: &Latency,
-    dir: &std::path::Path,
-) -> Result<Section> {
+/// The report section, with one read from memory timed after the
+/// fixtures; writes `ns_per_packet.svg` into `dir`.
+pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Result<Section> {
+    let memory = memory::measure(settings)?;
     let mut s = Section::new(TITLE);
     s.line(format!(
         "Each figure: {} repetitions per test run ({} for new flows), {} runs, `lb`, the floor (main's design before the flow table: kernel LRU flow maps and the flow cache, frozen in tests/bench/ebpf/src/lru/, same policy) and the MAC-swap XDP_TX program interleaved; min / median of the kernel's mean time per repetition; ratios = the median over the runs of the ratio within each run (the calls of a run are back to back, at the same speed of the VM); gain = floor / `lb`. Established flow: the flow exists before the timed runs (created by the fixture's packet, a non-SYN; the floor answers it from its flow cache). New flow: the `lb_new_flow` / `lru_new_flow` builds, whose source port changes every repetition (flow-table miss, choice, insert into a table for 1,048,576 flows filled before the timed runs: `lb`'s with 1,048,576 IPv4 flows, each of the floor's LRU maps, one per family, with 1,048,576 flows of its family, so that the floor evicts on every insert). Host: packets for the load balancer's own address (not a VIP), on a port the `web` listener uses and on one no listener uses, passed to the kernel.",
@@ -478,7 +474,7 @@ pub fn section(
     );
     s.line(memory.line());
     figures(&mut s, rows);
-    memory_figure(&mut s, rows, memory);
+    memory_figure(&mut s, rows, &memory);
     if !rows.is_empty() {
         let name = "ns_per_packet.svg";
         plot_medians(&dir.join(name), rows)?;
@@ -585,12 +581,7 @@ fn memory_figure(s: &mut Section, rows: &[Row], memory: &Latency) {
             "new flow into a full 1M table, in reads from memory: lb / one read (slowest: {})",
             w.name
         ),
-        format!(
-            "{:.2} (lb {}; one read {})",
-            lb / memory.read(),
-            fmt_ns(lb),
-            memory.describe()
-        ),
+        memory.in_reads(lb),
     ));
 }
 
