@@ -90,6 +90,79 @@ pub struct ListenerKey {
     pub family: u8,
 }
 
+/// Data of a key of the port-range map (`PORT_RANGES`, an LPM trie whose
+/// keys are this after a 32-bit prefix length): the listener's VIP,
+/// protocol and family, matched whole ([`PortRangeKey::FIXED_BITS`]), then
+/// the port (wire order, so the first bits are the high ones) matched to the
+/// prefix length. A listener of ports `first-last` holds the few prefixes
+/// that cover exactly its range ([`port_prefixes`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRangeKey {
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    pub addr_be: [u32; 4],
+    pub port_be: u16,
+    pub _pad2: [u8; 2],
+}
+
+impl PortRangeKey {
+    /// The prefix bits of family, protocol, padding and address.
+    pub const FIXED_BITS: u32 = 160;
+    /// The prefix length of a packet's key: every bit of its port.
+    pub const PACKET_BITS: u32 = Self::FIXED_BITS + 16;
+}
+
+/// Capacity of `PORT_RANGES`: every listener a range of the most prefixes
+/// one takes (30, for 1-65534).
+pub const MAX_PORT_PREFIXES: u32 = MAX_LISTENERS * 30;
+
+/// The prefixes (first port, port bits matched) that cover `first..=last`
+/// exactly, fewest first-to-last: at most 30 for a range of 16-bit ports.
+pub fn port_prefixes(first: u16, last: u16) -> impl Iterator<Item = (u16, u32)> {
+    let mut next = first as u32;
+    let end = last as u32 + 1;
+    core::iter::from_fn(move || {
+        if next >= end || next > u16::MAX as u32 {
+            return None;
+        }
+        // The largest aligned block that starts at `next` and ends by `end`.
+        let mut size = if next == 0 {
+            1 << 16
+        } else {
+            1 << next.trailing_zeros().min(16)
+        };
+        while next + size > end {
+            size >>= 1;
+        }
+        let prefix = (next as u16, 16 - size.trailing_zeros());
+        next += size;
+        Some(prefix)
+    })
+}
+
+/// A listener's ports (array indexed by listener id, `LISTENER_PORTS`;
+/// host order): `first..=last` for a listener of a range, whose key in
+/// `LISTENERS` and `LISTENERS_BY_ID` holds its first port; zeros for a
+/// listener of one port. A flow-table entry's listener is confirmed by its
+/// slot's port and, when that differs, by this.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerPorts {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl ListenerPorts {
+    /// Whether `port_be` (wire order) is one of a range's ports.
+    #[inline(always)]
+    pub fn contains(&self, port_be: u16) -> bool {
+        let port = u16::from_be(port_be);
+        self.first <= port && port <= self.last && self.first != self.last
+    }
+}
+
 /// Value of the listener map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,6 +276,27 @@ impl ListenerFilter {
     pub fn insert(&mut self, key: &ListenerKey) {
         let bit = Self::bit(key.family, &key.addr_be, key.proto, key.port_be);
         self.words[bit >> 6] |= 1 << (bit & 63);
+    }
+
+    /// Lets through every port of `key`'s VIP and protocol (`key`'s port
+    /// is not read) to the port-range lookup: sets the bit of port 0, which
+    /// no listener has, and [`ListenerFilter::RANGES`].
+    pub fn insert_ranges(&mut self, key: &ListenerKey) {
+        self.insert(&ListenerKey { port_be: 0, ..*key });
+        self.words[0] |= Self::RANGES;
+    }
+
+    /// Bit 0 of word 0: set when some listener has a port range (and
+    /// perhaps by a key's own bit, which costs only a second test). Clear,
+    /// a packet whose key's bit is clear is not ours without a second hash.
+    pub const RANGES: u64 = 1;
+
+    /// Whether a packet to (VIP, protocol, port) may be a listener's: its
+    /// key's bit, or the bit of its VIP and protocol's port ranges.
+    #[inline(always)]
+    pub const fn admits(&self, family: u8, addr_be: &[u32; 4], proto: u8, port_be: u16) -> bool {
+        self.contains(family, addr_be, proto, port_be)
+            || (self.words[0] & Self::RANGES != 0 && self.contains(family, addr_be, proto, 0))
     }
 
     /// Whether `key`'s bit is set.
@@ -320,7 +414,9 @@ pub struct Config {
 /// Version of the maps' layout: their kinds, key and value types. A loader
 /// adopts a pinned data plane only if it was made with the same layout
 /// (lb-user `dataplane::pin`); bump it with any change to a map or to a type
-/// stored in one.
+/// stored in one. A map added without a change to the others
+/// ([`map_names::ADDED`]) keeps the version: a loader creates it when it
+/// adopts a data plane pinned without it.
 pub const LAYOUT_VERSION: u32 = 3;
 
 /// What the loader records of a target id (`TARGET_IDS`, array indexed by
@@ -570,6 +666,15 @@ pub mod map_names {
     /// protocol: where later fragments of a datagram whose first was not
     /// seen go (no entry when the VIP has several listeners of the protocol).
     pub const FRAGMENT_LISTENERS: &str = "FRAGMENT_LISTENERS";
+    /// (VIP, protocol, port prefix) -> the listener whose port range it is
+    /// part of (`PortRangeKey`, LPM trie).
+    pub const PORT_RANGES: &str = "PORT_RANGES";
+    /// Listener id -> its port range (`ListenerPorts`).
+    pub const LISTENER_PORTS: &str = "LISTENER_PORTS";
+    /// Maps added in layout 3's lifetime: a data plane pinned before them
+    /// lacks them, and one that lacks them had no port-range listeners, so
+    /// a loader that adopts it creates them empty.
+    pub const ADDED: [&str; 2] = [PORT_RANGES, LISTENER_PORTS];
     /// Target id -> its identity (`TargetRecord`), for the loader only.
     pub const TARGET_IDS: &str = "TARGET_IDS";
     /// Group id -> its name (`GroupName`), for the loader only.
@@ -596,6 +701,8 @@ mod pod {
     unsafe impl aya::Pod for TargetRecord {}
     unsafe impl aya::Pod for GroupName {}
     unsafe impl aya::Pod for FragmentEntry {}
+    unsafe impl aya::Pod for PortRangeKey {}
+    unsafe impl aya::Pod for ListenerPorts {}
 }
 
 const _: () = {
@@ -614,6 +721,9 @@ const _: () = {
     assert!(core::mem::size_of::<ListenerInfo>() == 8);
     assert!(core::mem::size_of::<ListenerFilter>() == 16384);
     assert!(core::mem::size_of::<ListenerSlot>() == 24);
+    assert!(core::mem::size_of::<PortRangeKey>() == 24);
+    assert!(core::mem::offset_of!(PortRangeKey, port_be) * 8 == PortRangeKey::FIXED_BITS as usize);
+    assert!(core::mem::size_of::<ListenerPorts>() == 4);
     // Listener ids fit a flow-table entry's listener hint.
     assert!(MAX_LISTENERS <= u16::MAX as u32 + 1);
     assert!(core::mem::size_of::<GroupInfo>() == 16);
@@ -629,6 +739,9 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
     use super::*;
 
     /// Flows that differ in one field only (client port, client address,
@@ -700,6 +813,93 @@ mod tests {
         Counter::derive(&mut values);
         assert_eq!(values[Counter::Forwarded as usize], 521_347);
         assert_eq!(values[Counter::Passed as usize], 9);
+    }
+
+    #[test]
+    fn port_prefixes_cover_a_range_exactly() {
+        let mut ranges = vec![
+            (1, 65535),
+            (0, 65535),
+            (2, 65534),
+            (1, 1),
+            (80, 80),
+            (65535, 65535),
+        ];
+        ranges.extend([
+            (1000, 2000),
+            (1024, 2047),
+            (1023, 2048),
+            (5060, 5061),
+            (10000, 20000),
+        ]);
+        // A deterministic spread of others.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, b) = (x as u16, (x >> 16) as u16);
+            ranges.push((a.min(b), a.max(b)));
+        }
+        for (first, last) in ranges {
+            let prefixes: Vec<(u16, u32)> = port_prefixes(first, last).collect();
+            assert!(prefixes.len() <= 30, "{first}-{last}: {prefixes:?}");
+            let mut next = first as u32;
+            for &(start, bits) in &prefixes {
+                assert_eq!(start as u32, next, "{first}-{last}: {prefixes:?}");
+                let size = 1u32 << (16 - bits);
+                assert_eq!(start as u32 % size, 0, "unaligned {start}/{bits}");
+                next += size;
+            }
+            assert_eq!(next, last as u32 + 1, "{first}-{last}: {prefixes:?}");
+        }
+        assert_eq!(port_prefixes(1, 65534).count(), 30);
+        assert_eq!(port_prefixes(0, 65535).collect::<Vec<_>>(), [(0, 0)]);
+    }
+
+    #[test]
+    fn listener_ports_hold_a_range_only() {
+        let range = ListenerPorts {
+            first: 1000,
+            last: 2000,
+        };
+        assert!(range.contains(1000u16.to_be()));
+        assert!(range.contains(2000u16.to_be()));
+        assert!(!range.contains(999u16.to_be()));
+        assert!(!range.contains(2001u16.to_be()));
+        assert!(!ListenerPorts::default().contains(0));
+        assert!(
+            !ListenerPorts {
+                first: 80,
+                last: 80
+            }
+            .contains(80u16.to_be())
+        );
+    }
+
+    #[test]
+    fn the_filter_admits_a_vips_ranges_only_when_it_has_some() {
+        let key = |a: u32, proto, port: u16| ListenerKey {
+            addr_be: [a.to_be(), 0, 0, 0],
+            port_be: port.to_be(),
+            proto,
+            family: FAMILY_V4,
+        };
+        let vip = 0x0a00_0331;
+        let admits =
+            |f: &ListenerFilter, k: ListenerKey| f.admits(k.family, &k.addr_be, k.proto, k.port_be);
+        let mut filter = ListenerFilter::EMPTY;
+        filter.insert(&key(vip, PROTO_TCP, 80));
+        assert!(admits(&filter, key(vip, PROTO_TCP, 80)));
+        assert!(!admits(&filter, key(vip, PROTO_TCP, 5000)));
+        assert_eq!(filter.words[0] & ListenerFilter::RANGES, 0);
+        filter.insert_ranges(&key(vip, PROTO_UDP, 10000));
+        assert_ne!(filter.words[0] & ListenerFilter::RANGES, 0);
+        for port in [1, 5000, 10000, 65535] {
+            assert!(admits(&filter, key(vip, PROTO_UDP, port)));
+        }
+        assert!(!admits(&filter, key(vip, PROTO_TCP, 5000)));
+        assert!(!admits(&filter, key(vip + 1, PROTO_UDP, 5000)));
     }
 
     #[test]

@@ -197,6 +197,7 @@ mod tests {
                 listener_id: id,
                 group_id,
             },
+            ports: Default::default(),
         };
         MapPlan {
             config: Config {

@@ -5,7 +5,7 @@
 //! sticky sessions and active-flow counts, groups in round-robin positions
 //! and sticky-session keys, and listeners in statistics. So an id belongs to
 //! an object, never to a position in the policy file:
-//! - a listener keeps its id while its (VIP, protocol, port) is in the
+//! - a listener keeps its id while its (VIP, protocol, first port) is in the
 //!   policy, a group while its name is, a target (group, address) while it
 //!   is in that group, whatever else is added, removed or reordered;
 //! - a target that leaves the policy is *retired*: its id goes to no other
@@ -247,7 +247,7 @@ impl Ids {
         let keys: Vec<ListenerKey> = policy
             .listeners
             .iter()
-            .map(|l| listener_key(l.vip, l.protocol, l.port))
+            .map(|l| listener_key(l.vip, l.protocol, l.port.first))
             .collect();
         let mut out: HashMap<ListenerKey, u32> = keys
             .iter()

@@ -3,7 +3,7 @@
 //! written by `dataplane::apply`, the only writer of BPF maps.
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
-use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, TargetInfo};
+use lb_common::{Config, GroupInfo, ListenerInfo, ListenerKey, ListenerPorts, TargetInfo};
 use serde::{Deserialize, Serialize};
 
 pub use crate::group_table::GroupTable;
@@ -12,6 +12,7 @@ use crate::{
     failover::{Serving, Side},
     health::HealthState,
     ids::{Ids, TargetKey},
+    policy::Ports,
 };
 
 /// What the loader learned of the host; the compiler's only other input.
@@ -62,8 +63,11 @@ pub struct MapPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedListener {
     pub name: String,
+    /// (VIP, protocol, first port).
     pub key: ListenerKey,
     pub info: ListenerInfo,
+    /// Its ports as `LISTENER_PORTS` holds them (zeros for one port).
+    pub ports: ListenerPorts,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +149,8 @@ pub struct PlannedTarget {
     pub via: Option<String>,
     /// Leaving (draining or unused), or None.
     pub phase: Option<Phase>,
-    pub port: u16,
+    /// The listener's ports (with DSR a target takes them all).
+    pub port: Ports,
     /// Weight as written (0-256).
     pub weight: u16,
     /// SPEC.md: ceil(weight / 256 * 100).

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fmt::Write as _, io, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{dataplane::reader::Reader, flows, status::TargetState, view::View};
+use crate::{dataplane::reader::Reader, flows, policy::Ports, status::TargetState, view::View};
 
 /// The counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ pub struct ListenerCounts {
     pub name: String,
     pub vip: Option<IpAddr>,
     pub protocol: String,
-    pub port: u16,
+    pub port: Ports,
     pub target_group: String,
     pub packets: u64,
     pub bytes: u64,
@@ -37,7 +37,7 @@ pub struct ListenerCounts {
 pub struct TargetCounts {
     pub group: String,
     pub ip: IpAddr,
-    pub port: u16,
+    pub port: Ports,
     pub state: TargetState,
     pub packets: u64,
     pub bytes: u64,
@@ -156,8 +156,8 @@ impl Rate {
     }
 }
 
-fn socket(ip: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(ip, port).to_string()
+fn socket(ip: IpAddr, port: Ports) -> String {
+    port.at(ip)
 }
 
 fn listener_rate(was: Option<&ListenerCounts>, l: &ListenerCounts, seconds: f64) -> Rate {
@@ -306,7 +306,7 @@ mod tests {
                 name: "web".into(),
                 vip: Some("10.0.3.49".parse().unwrap()),
                 protocol: "tcp".into(),
-                port: 80,
+                port: crate::policy::Ports::one(80),
                 target_group: "web".into(),
                 packets,
                 bytes,
@@ -315,7 +315,7 @@ mod tests {
             targets: vec![TargetCounts {
                 group: "web".into(),
                 ip: "10.0.3.11".parse().unwrap(),
-                port: 80,
+                port: crate::policy::Ports::one(80),
                 state: TargetState::Healthy,
                 packets,
                 bytes,

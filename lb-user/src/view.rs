@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::{
     failover::Serving,
     plan::MapPlan,
-    policy::Policy,
+    policy::{Policy, Ports},
     status::{TargetState, target_state},
 };
 
@@ -37,7 +37,7 @@ pub struct ListenerView {
     pub vip: IpAddr,
     /// `tcp` or `udp`.
     pub protocol: &'static str,
-    pub port: u16,
+    pub port: Ports,
     pub group: String,
 }
 
@@ -62,7 +62,7 @@ pub struct TargetView {
     pub id: u32,
     pub group: String,
     pub ip: IpAddr,
-    pub port: u16,
+    pub port: Ports,
     /// The backup group it comes from, for a backup's target.
     pub via: Option<String>,
     pub state: TargetState,

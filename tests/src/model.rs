@@ -323,13 +323,17 @@ impl Model {
             Ok(p) => (p.key, p.flags, p.kind),
             Err(counter) => return passed(frame, counter),
         };
-        let listener = ListenerKey {
+        let to = ListenerKey {
             addr_be: key.dst_be,
             port_be: key.dst_port_be,
             proto: key.proto,
             family: key.family,
         };
-        let Some(group) = self.view.listener(&listener).cloned() else {
+        let Some((listener, group)) = self
+            .view
+            .listener_of_packet(&to)
+            .map(|(l, g)| (l, g.clone()))
+        else {
             return passed(frame, Counter::Passed);
         };
         // Only frames addressed to the interface's own MAC are balanced.

@@ -387,7 +387,7 @@ mod tests {
         .yaml();
         let policy =
             lb_user::policy::parse("lab.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        assert_eq!(policy.listeners[3].port, 81);
+        assert_eq!(policy.listeners[3].port, lb_user::policy::Ports::one(81));
         assert_eq!(policy.target_groups[3].name, "lines");
         assert!(!yaml.contains("health_check") && !yaml.contains("monitor_port"));
     }

@@ -99,7 +99,12 @@ impl LabRun {
     /// Rewrites the policy file and has `lb` reload it (SIGHUP); returns
     /// once the status report shows `applied` true.
     pub fn reload(&self, policy: &LabPolicy, what: &str, applied: impl Fn(&Status) -> bool) {
-        std::fs::write(&self.policy, policy.yaml()).unwrap();
+        self.reload_yaml(&policy.yaml(), what, applied);
+    }
+
+    /// Like [`LabRun::reload`], with the policy `yaml`.
+    pub fn reload_yaml(&self, yaml: &str, what: &str, applied: impl Fn(&Status) -> bool) {
+        std::fs::write(&self.policy, yaml).unwrap();
         let pid = self.lb.pid().expect("lb running") as i32;
         signal::kill(Pid::from_raw(pid), signal::Signal::SIGHUP).unwrap();
         self.lb

@@ -287,16 +287,17 @@ fn group_of(name: &str) -> &'static Group {
     GROUPS.iter().find(|g| g.name == name).expect("a group")
 }
 
-/// (name, VIP, protocol, port, group) of each listener.
-const LISTENERS: [(&str, &str, &str, u16, &str); 8] = [
-    ("new", "10.0.3.49", "tcp", 84, "new"),
-    ("hash", "10.0.3.49", "tcp", 80, "hash"),
-    ("rr", "10.0.3.49", "tcp", 81, "rr"),
-    ("lc", "10.0.3.49", "tcp", 82, "lc"),
-    ("src", "10.0.3.49", "tcp", 83, "src"),
-    ("dns", "10.0.3.49", "udp", 53, "dns"),
-    ("web6", "fd00:3::49", "tcp", 80, "lc6"),
-    ("dns6", "fd00:3::49", "udp", 53, "dns6"),
+/// (name, VIP, protocol, port, group) of each listener. `dns6` has a port
+/// range (its frames go to 53-60: the range and a port past it).
+const LISTENERS: [(&str, &str, &str, &str, &str); 8] = [
+    ("new", "10.0.3.49", "tcp", "84", "new"),
+    ("hash", "10.0.3.49", "tcp", "80", "hash"),
+    ("rr", "10.0.3.49", "tcp", "81", "rr"),
+    ("lc", "10.0.3.49", "tcp", "82", "lc"),
+    ("src", "10.0.3.49", "tcp", "83", "src"),
+    ("dns", "10.0.3.49", "udp", "53", "dns"),
+    ("web6", "fd00:3::49", "tcp", "80", "lc6"),
+    ("dns6", "fd00:3::49", "udp", "53-59", "dns6"),
 ];
 const SRC: usize = 4;
 
@@ -449,9 +450,11 @@ impl World {
                 yaml.push_str("    sticky_session: { duration_s: 150 }\n");
             }
             if let Some(mode) = checked {
+                // A port range has no traffic port to probe: the check names one.
+                let port = if name == "dns6" { ", port: 53" } else { "" };
                 writeln!(
                     yaml,
-                    "    health_check: {{ type: tcp, interval_s: 5, timeout_s: 1 }}\n    \
+                    "    health_check: {{ type: tcp, interval_s: 5, timeout_s: 1{port} }}\n    \
                      target_failover: {{ on_unhealthy: {mode}, on_deregistration: {mode} }}"
                 )
                 .unwrap();

@@ -467,3 +467,112 @@ fn traffic_that_is_not_a_listeners_reaches_the_lb_itself() {
     let name = answer.as_deref().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(name.starts_with('t'), "{what}: answered by {name}");
 }
+
+/// A listener of a port range balances every port of it, with DSR (the
+/// targets answer the port asked); one of all ports balances UDP on any;
+/// a port past the range, and one a reload took out of it, reach the lb
+/// itself.
+#[test]
+fn port_ranges_balance_every_port_of_theirs() {
+    let range = |ports: &str| {
+        LabPolicy::default()
+            .yaml()
+            .replacen(
+                &format!("    port: {TCP_PORT}\n    target_group: web\n"),
+                &format!("    port: {ports}\n    target_group: web\n"),
+                1,
+            )
+            .replacen(
+                &format!("    port: {UDP_PORT}\n    target_group: dns\n"),
+                "    port: all\n    target_group: dns\n",
+                1,
+            )
+    };
+    let yaml = range("8000-8999");
+    assert!(
+        yaml.contains("8000-8999") && yaml.contains("port: all"),
+        "{yaml}"
+    );
+    let tcp = |ports: &[u16]| -> Vec<String> {
+        ports
+            .iter()
+            .flat_map(|p| ["--tcp".to_string(), p.to_string()])
+            .collect()
+    };
+    let served = [8000, 8500, 8999];
+    let mut s = LabRun::start_yaml(&yaml, |_| {});
+    for (i, t) in TARGETS.iter().enumerate() {
+        s.lab
+            .spawn_server(
+                Node::Target(i),
+                &format!("{}-ranges", t.name),
+                &tcp(&served),
+            )
+            .unwrap_or_else(|e| panic!("servers on {}: {e}", t.name));
+    }
+    s.lab
+        .spawn_server(Node::Lb, "lb", &tcp(&[8500, 9000]))
+        .unwrap_or_else(|e| panic!("server on the lb: {e}"));
+
+    // Every target takes flows on every served port of the range: 60 flows
+    // miss a target of weight >= 1/5 with odds below 2e-6.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for port in served {
+        let tally = s.burst(
+            Proto::Tcp,
+            topo::client4(0).into(),
+            None,
+            port,
+            60,
+            deadline,
+        );
+        assert_eq!(tally.ok(), 60, "tcp to {port}: {tally}");
+        for t in TARGETS {
+            let name = format!("{}-ranges", t.name);
+            assert!(
+                tally.count(&name) > 0,
+                "tcp to {port}: {name} got none: {tally}"
+            );
+        }
+    }
+    let tally = s.burst(
+        Proto::Udp,
+        topo::client4(1).into(),
+        None,
+        UDP_PORT,
+        60,
+        deadline,
+    );
+    assert_eq!(tally.ok(), 60, "udp to all ports, {UDP_PORT}: {tally}");
+    assert!(
+        TARGETS.iter().all(|t| tally.count(t.name) > 0),
+        "udp: {tally}"
+    );
+
+    let ask = |port: u16| {
+        let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+        s.lab.run_in(Node::Client, || {
+            client::tcp_ask(any4, (VIP4, port).into(), Duration::from_secs(3))
+        })
+    };
+    assert_eq!(ask(9000).ok().as_deref(), Some("lb"), "past the range");
+
+    // Shrunk by a reload: 8500 is the lb's own again, 8000 still balanced.
+    s.reload_yaml(&range("8000-8499"), "the range shrunk", |st| {
+        st.0["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["name"] == "web" && l["port"] == "8000-8499")
+    });
+    assert_eq!(
+        ask(8500).ok().as_deref(),
+        Some("lb"),
+        "out of the shrunk range"
+    );
+    let name = ask(8000).unwrap_or_else(|e| panic!("8000 after the reload: {e}"));
+    assert!(
+        name.ends_with("-ranges"),
+        "8000 after the reload: answered by {name}"
+    );
+}

@@ -32,8 +32,9 @@ use lb_user::{
 struct Netns(String);
 
 impl Netns {
-    fn new() -> Netns {
-        let name = format!("lbpin{}", std::process::id());
+    /// `tag`: the test's own, so that tests running at once never share one.
+    fn new(tag: &str) -> Netns {
+        let name = format!("lbpin{tag}{}", std::process::id());
         let _ = lab::run(Command::new("ip").args(["netns", "del", &name]));
         lab::run(Command::new("ip").args(["netns", "add", &name])).unwrap();
         let ns = Netns(name);
@@ -120,7 +121,7 @@ fn layout_error(result: Result<Dataplane, DataplaneError>) -> String {
 
 #[test]
 fn a_pinned_data_plane_is_adopted_with_its_ids_and_flows_or_refused() {
-    let ns = Netns::new();
+    let ns = Netns::new("a");
     netns::run(&ns.0, || {
         let instance = Instance::of_interface("dummy0");
         assert_eq!(instance.netns.as_deref(), Some(ns.0.as_str()));
@@ -239,6 +240,90 @@ fn a_pinned_data_plane_is_adopted_with_its_ids_and_flows_or_refused() {
         assert!(!xdp_on_dummy(&ns.0), "detach leaves the program attached");
         assert!(!dir.exists(), "{} is still there", dir.display());
         assert!(!instance.state_dir().exists());
+    })
+    .unwrap();
+}
+
+/// The verdict of the data plane's program on a TCP SYN to the VIP's `port`.
+fn syn_verdict(dp: &mut Dataplane, port: u16) -> u32 {
+    let syn = Frame::tcp(
+        "10.0.4.1",
+        40000,
+        "10.0.3.49",
+        port,
+        lb_tests::packets::tcp_flags::SYN,
+    )
+    .build();
+    let mut out = vec![0u8; syn.len() + 64];
+    dp.program_mut()
+        .test_run(TestRunOptions {
+            data_in: Some(&syn),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .unwrap()
+        .return_value
+}
+
+/// A data plane pinned by a build before the port-range maps
+/// (`names::ADDED`) has the same layout: adopted, the maps made and pinned,
+/// and a listener of a range then forwards every port of it.
+#[test]
+fn a_data_plane_pinned_before_the_port_range_maps_is_adopted_with_them() {
+    let ns = Netns::new("r");
+    netns::run(&ns.0, || {
+        let instance = Instance::of_interface("dummy0");
+        let dir = instance.pin_dir();
+        let mut dp = Dataplane::open_pinned(&instance, &OPTIONS).unwrap();
+        let first = plan(POLICY, dp.ids());
+        dp.apply(&first).unwrap();
+        dp.attach("dummy0", AttachMode::Generic).unwrap();
+        drop(dp);
+        for name in names::ADDED {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+
+        let mut dp = Dataplane::open_pinned(&instance, &OPTIONS).unwrap();
+        assert!(dp.adopted());
+        for name in names::ADDED {
+            assert!(dir.join(name).exists(), "{name} is not pinned again");
+        }
+        assert_eq!(syn_verdict(&mut dp, 85), lb_tests::model::XDP_PASS);
+        let ranges = plan(
+            &POLICY
+                .replace(
+                    "port: 80, target_group: web",
+                    "port: 80-90, target_group: web",
+                )
+                .replace(
+                    "port: 81, target_group: api",
+                    "port: 8081, target_group: api",
+                ),
+            dp.ids(),
+        );
+        let web = |p: &MapPlan| p.listeners.iter().find(|l| l.name == "web").unwrap().info;
+        assert_eq!(
+            web(&ranges),
+            web(&first),
+            "the same listener, its ports grown"
+        );
+        dp.apply(&ranges).unwrap();
+        assert_eq!(
+            dp.attach("dummy0", AttachMode::Generic).unwrap(),
+            Attached::Replaced
+        );
+        for (port, verdict) in [
+            (80, lb_tests::model::XDP_TX),
+            (81, lb_tests::model::XDP_TX),
+            (85, lb_tests::model::XDP_TX),
+            (90, lb_tests::model::XDP_TX),
+            (91, lb_tests::model::XDP_PASS),
+            (8081, lb_tests::model::XDP_TX),
+        ] {
+            assert_eq!(syn_verdict(&mut dp, port), verdict, "a SYN to port {port}");
+        }
+        drop(dp);
+        dataplane::detach(&instance).unwrap();
     })
     .unwrap();
 }

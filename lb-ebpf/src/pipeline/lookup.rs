@@ -1,11 +1,14 @@
 //! Flow -> listener: a filter of the listeners' (VIP, protocol, port) keys
 //! first (traffic that is not ours stops there, whatever its port), then
 //! the listener itself, from the flow-table entry's hint when it still
-//! holds, else by (VIP, protocol, port) hash lookup.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Config, Counter, FlowKey, ListenerInfo, ListenerKey};
+//! holds, else by (VIP, protocol, port) hash lookup, else in the port
+//! ranges.
+use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, programs::XdpContext};
+use lb_common::{Config, Counter, FlowKey, ListenerInfo, ListenerKey, PortRangeKey};
 
-use super::{LISTENER_FILTER, LISTENERS, LISTENERS_BY_ID, counters::count};
+use super::{
+    LISTENER_FILTER, LISTENER_PORTS, LISTENERS, LISTENERS_BY_ID, PORT_RANGES, counters::count,
+};
 
 #[inline(always)]
 fn not_ours() -> u32 {
@@ -49,11 +52,12 @@ pub fn to_us(ctx: &XdpContext, config: &Config) -> Result<(), u32> {
 }
 
 /// XDP_PASS unless the flow's (VIP, protocol, port) may be a listener's
-/// (its bit in the filter is set).
+/// (its bit in the filter is set, or its VIP and protocol's port-range
+/// bit).
 #[inline(always)]
 pub fn listener_filter(flow: &FlowKey) -> Result<(), u32> {
     let filter = LISTENER_FILTER.get(0).ok_or_else(not_ours)?;
-    if filter.contains(flow.family, &flow.dst_be, flow.proto, flow.dst_port_be) {
+    if filter.admits(flow.family, &flow.dst_be, flow.proto, flow.dst_port_be) {
         Ok(())
     } else {
         Err(not_ours())
@@ -65,13 +69,19 @@ pub fn listener_filter(flow: &FlowKey) -> Result<(), u32> {
 pub const ANY_PORT: bool = true;
 
 /// The listener `id` if it still has the flow's (VIP, protocol, port), or
-/// with `any_port` ([`ANY_PORT`]) its VIP and protocol.
+/// with `any_port` ([`ANY_PORT`]) its VIP and protocol. A listener of a
+/// port range holds its first port in its slot, the others in
+/// `LISTENER_PORTS`, read only when the first port is not the flow's.
 #[inline(always)]
 pub fn listener_by_id(flow: &FlowKey, id: u32, any_port: bool) -> Option<ListenerInfo> {
     let slot = LISTENERS_BY_ID.get(id)?;
     let key = &slot.key;
     if key.addr_be == flow.dst_be
-        && (any_port || key.port_be == flow.dst_port_be)
+        && (any_port
+            || key.port_be == flow.dst_port_be
+            || LISTENER_PORTS
+                .get(id)
+                .is_some_and(|ports| ports.contains(flow.dst_port_be)))
         && key.proto == flow.proto
         && key.family == flow.family
     {
@@ -101,8 +111,27 @@ pub fn listener(flow: &FlowKey, hint: Option<u16>) -> Result<ListenerInfo, u32> 
     };
     // SAFETY: the value is copied out at once; the loader never changes an
     // entry in place without a full-value update.
-    match unsafe { LISTENERS.get(key) } {
-        Some(info) => Ok(*info),
-        None => Err(not_ours()),
+    if let Some(info) = unsafe { LISTENERS.get(key) } {
+        return Ok(*info);
     }
+    in_port_ranges(flow).ok_or_else(not_ours)
+}
+
+/// The listener whose port range holds the flow's (VIP, protocol, port).
+/// Reached only past the filter: the VIP and protocol have a range, or the
+/// key's bit was a false positive.
+#[inline(always)]
+fn in_port_ranges(flow: &FlowKey) -> Option<ListenerInfo> {
+    let key = Key::new(
+        PortRangeKey::PACKET_BITS,
+        PortRangeKey {
+            family: flow.family,
+            proto: flow.proto,
+            _pad: [0; 2],
+            addr_be: flow.dst_be,
+            port_be: flow.dst_port_be,
+            _pad2: [0; 2],
+        },
+    );
+    PORT_RANGES.get(&key).copied()
 }

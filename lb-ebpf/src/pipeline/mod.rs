@@ -24,15 +24,16 @@ pub use time::clock;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
     programs::XdpContext,
 };
 use lb_common::{
     BPF_F_MMAPABLE, Config, Counter, DEFAULT_STICKY_TABLE_SIZE, FRAGMENT_TABLE_SIZE, FlowKey,
     FragmentEntry, GROUP_TABLE_FLAGS, GroupInfo, GroupName, GroupTableElement, ListenerFilter,
-    ListenerInfo, ListenerKey, ListenerSlot, MAX_GROUPS, MAX_LISTENERS, MAX_TARGETS, Stats,
-    StickyKey, StickyState, TargetInfo, TargetRecord, flow_table::Bucket,
+    ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, MAX_GROUPS, MAX_LISTENERS,
+    MAX_PORT_PREFIXES, MAX_TARGETS, PortRangeKey, Stats, StickyKey, StickyState, TargetInfo,
+    TargetRecord, flow_table::Bucket,
 };
 
 /// (VIP, protocol, port) -> listener id and group id.
@@ -49,6 +50,18 @@ pub(crate) static LISTENER_FILTER: Array<ListenerFilter, 1> = Array::new();
 /// a flow-table entry names without a hash lookup.
 #[btf_map]
 pub(crate) static LISTENERS_BY_ID: Array<ListenerSlot, { MAX_LISTENERS as usize }> = Array::new();
+
+/// (VIP, protocol, port prefix) -> the listener of a port range: where a
+/// packet whose (VIP, protocol, port) is not in `LISTENERS` is looked up
+/// when the filter lets it through.
+#[btf_map]
+pub(crate) static PORT_RANGES: LpmTrie<PortRangeKey, ListenerInfo, { MAX_PORT_PREFIXES as usize }> =
+    LpmTrie::new();
+
+/// Listener id -> its port range (zeros for one port): confirms the
+/// listener a flow-table entry names for a port other than the first.
+#[btf_map]
+pub(crate) static LISTENER_PORTS: Array<ListenerPorts, { MAX_LISTENERS as usize }> = Array::new();
 
 /// Group id -> hash settings.
 #[btf_map]

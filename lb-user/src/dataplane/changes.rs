@@ -8,8 +8,9 @@
 //!    point knows every id they hold;
 //! 2. targets, then group settings and complete new tables (a table slot
 //!    may only name a written target);
-//! 3. listeners: the port filter widened, slots by id, then the listener
-//!    keys added or changed, removed, the filter narrowed;
+//! 3. listeners: the port filter widened, port ranges by id, slots by id,
+//!    then the listener keys added or changed, removed, the port-range
+//!    prefixes added, removed, the filter narrowed;
 //! 4. what left: targets' entries zeroed (their flows are chosen again),
 //!    groups' tables and settings, listeners' statistics; then ids released
 //!    by the registry (their records freed and statistics zeroed, so the
@@ -17,8 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    GroupInfo, GroupName, ListenerFilter, ListenerInfo, ListenerKey, ListenerSlot, MAX_GROUPS,
-    MAX_TARGETS, TargetInfo, TargetRecord, record_state,
+    GroupInfo, GroupName, ListenerFilter, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot,
+    MAX_GROUPS, MAX_TARGETS, PortRangeKey, TargetInfo, TargetRecord, port_prefixes, record_state,
 };
 
 use crate::{
@@ -33,6 +34,8 @@ pub struct Held {
     /// The records (`TARGET_IDS`, `GROUP_NAMES`) as ids.
     pub ids: Ids,
     pub listeners: HashMap<ListenerKey, ListenerInfo>,
+    /// The port range of each listener of one (`LISTENER_PORTS`), by id.
+    pub ports: HashMap<u32, ListenerPorts>,
     /// Target entries by id; None when unknown (after adopting maps or a
     /// failed apply): every target is written and every other id zeroed.
     pub targets: Option<HashMap<u32, TargetInfo>>,
@@ -56,6 +59,7 @@ impl Held {
         Held {
             ids: (*plan.ids).clone(),
             listeners: plan.listeners.iter().map(|l| (l.key, l.info)).collect(),
+            ports: ranges(plan),
             targets: Some(plan.targets.iter().map(|t| (t.id, t.info)).collect()),
             groups: Some(
                 plan.groups
@@ -78,9 +82,15 @@ pub struct Changes {
     pub tables: Vec<(u32, GroupTable)>,
     /// The listener filter while old and new listeners may both be in the map.
     pub filter_during: Option<ListenerFilter>,
+    /// `LISTENER_PORTS` by id: the ranges of new or changed listeners, and
+    /// zeros where a listener of one port takes an id a range had.
+    pub listener_ports: Vec<(u32, ListenerPorts)>,
     pub listener_slots: Vec<(u32, ListenerSlot)>,
     pub listeners_written: Vec<(ListenerKey, ListenerInfo)>,
     pub listeners_removed: Vec<ListenerKey>,
+    /// Every prefix `PORT_RANGES` is to hold ([`range_prefixes`]), when
+    /// they change (or are unknown): the map is made to hold exactly these.
+    pub port_ranges: Option<Vec<(PortPrefix, ListenerInfo)>>,
     /// The listener filter of the new listeners alone.
     pub filter_after: Option<ListenerFilter>,
     /// Every (VIP, protocol, port 0) key of `FRAGMENT_LISTENERS` and its
@@ -220,15 +230,21 @@ impl Changes {
     fn listeners(&mut self, held: &Held, plan: &MapPlan) {
         let new: HashMap<ListenerKey, ListenerInfo> =
             plan.listeners.iter().map(|l| (l.key, l.info)).collect();
+        let new_ports = ranges(plan);
         let old = &held.listeners;
-        let old_filter = filter(old.keys());
-        let new_filter = filter(new.keys());
-        let both = filter(old.keys().chain(new.keys()));
+        let old_ports = &held.ports;
+        let old_filter = filter(old, old_ports);
+        let new_filter = filter(&new, &new_ports);
+        let mut both = old_filter;
+        for (word, new) in both.words.iter_mut().zip(new_filter.words) {
+            *word |= new;
+        }
         // When the targets are unknown the filter is too: write it.
         let unknown = held.targets.is_none();
         if unknown || both != old_filter {
             self.filter_during = Some(both);
         }
+        self.port_ranges(held, &new, &new_ports, unknown);
         let old_slots = slots(old);
         let new_slots = slots(&new);
         self.listener_slots = sorted(
@@ -258,6 +274,16 @@ impl Changes {
         if unknown || fragment_listeners(old) != fragments {
             self.fragment_listeners = Some(fragments);
         }
+        self.listener_ids(&old_slots, &new_slots, unknown);
+    }
+
+    /// The listener ids gone, and those whose statistics start again.
+    fn listener_ids(
+        &mut self,
+        old_slots: &HashMap<u32, ListenerSlot>,
+        new_slots: &HashMap<u32, ListenerSlot>,
+        unknown: bool,
+    ) {
         let mut gone: BTreeSet<u32> = old_slots
             .keys()
             .filter(|id| !new_slots.contains_key(id))
@@ -282,6 +308,72 @@ fn sorted<T: Ord + Copy, V>(items: impl Iterator<Item = (T, V)>) -> Vec<(T, V)> 
     let mut v: Vec<(T, V)> = items.collect();
     v.sort_unstable_by_key(|(k, _)| *k);
     v
+}
+
+impl Changes {
+    /// `LISTENER_PORTS` and `PORT_RANGES` for `new` listeners with
+    /// `new_ports`.
+    fn port_ranges(
+        &mut self,
+        held: &Held,
+        new: &HashMap<ListenerKey, ListenerInfo>,
+        new_ports: &HashMap<u32, ListenerPorts>,
+        unknown: bool,
+    ) {
+        let old_ports = &held.ports;
+        self.listener_ports = sorted(
+            new.values()
+                .map(|info| info.listener_id)
+                .map(|id| (id, new_ports.get(&id).copied().unwrap_or_default()))
+                .filter(|(id, ports)| {
+                    unknown || old_ports.get(id).copied().unwrap_or_default() != *ports
+                }),
+        );
+        let prefixes = range_prefixes(new, new_ports);
+        if unknown || range_prefixes(&held.listeners, old_ports) != prefixes {
+            self.port_ranges = Some(prefixes);
+        }
+    }
+}
+
+/// Listener id -> port range, for the listeners of `plan` that have one.
+fn ranges(plan: &MapPlan) -> HashMap<u32, ListenerPorts> {
+    plan.listeners
+        .iter()
+        .filter(|l| l.ports != ListenerPorts::default())
+        .map(|l| (l.info.listener_id, l.ports))
+        .collect()
+}
+
+/// A key of `PORT_RANGES`: its data and prefix length.
+pub type PortPrefix = (PortRangeKey, u32);
+
+/// The prefixes of `PORT_RANGES` for `listeners` with `ports` (by id) and
+/// their listeners, sorted.
+pub fn range_prefixes(
+    listeners: &HashMap<ListenerKey, ListenerInfo>,
+    ports: &HashMap<u32, ListenerPorts>,
+) -> Vec<(PortPrefix, ListenerInfo)> {
+    let mut out = Vec::new();
+    for (key, info) in listeners {
+        let Some(range) = ports.get(&info.listener_id) else {
+            continue;
+        };
+        for (port, bits) in port_prefixes(range.first, range.last) {
+            let data = PortRangeKey {
+                family: key.family,
+                proto: key.proto,
+                addr_be: key.addr_be,
+                port_be: port.to_be(),
+                ..PortRangeKey::default()
+            };
+            out.push(((data, PortRangeKey::FIXED_BITS + bits), *info));
+        }
+    }
+    out.sort_unstable_by_key(|((data, bits), info)| {
+        (info.listener_id, u16::from_be(data.port_be), *bits)
+    });
+    out
 }
 
 /// Listener id -> its slot in `LISTENERS_BY_ID`.
@@ -321,11 +413,18 @@ pub fn fragment_listeners(
     out
 }
 
-/// The listener filter that lets the packets of `listeners` through.
-pub fn filter<'a>(listeners: impl Iterator<Item = &'a ListenerKey>) -> ListenerFilter {
+/// The listener filter that lets the packets of `listeners` through, and
+/// of every port of the (VIP, protocol) of those with a range in `ports`.
+pub fn filter(
+    listeners: &HashMap<ListenerKey, ListenerInfo>,
+    ports: &HashMap<u32, ListenerPorts>,
+) -> ListenerFilter {
     let mut filter = ListenerFilter::EMPTY;
-    for key in listeners {
+    for (key, info) in listeners {
         filter.insert(key);
+        if ports.contains_key(&info.listener_id) {
+            filter.insert_ranges(key);
+        }
     }
     filter
 }
@@ -421,6 +520,68 @@ mod tests {
     fn plan(p: &policy::Policy, previous: &Ids, now: Instant) -> MapPlan {
         let ids = std::sync::Arc::new(previous.assign(p, now).unwrap());
         policy::compile::compile_cached(p, &observed(), &ids, &mut Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_port_range_is_written_grown_shrunk_and_taken_back() {
+        let now = Instant::now();
+        let mut p = policy(&[("rtp", 10000, &[11])]);
+        let range = |first, last| policy::Ports { first, last };
+        p.listeners[0].port = range(10000, 20000);
+        let first = plan(&p, &Ids::default(), now);
+        let id = first.listeners[0].info.listener_id;
+        let vip = first.listeners[0].key;
+        let admits = |f: &ListenerFilter, port: u16| {
+            f.admits(vip.family, &vip.addr_be, vip.proto, port.to_be())
+        };
+        let c = Changes::between(&Held::empty(), &first);
+        assert_eq!(c.listeners_written, [(vip, first.listeners[0].info)]);
+        assert_eq!(
+            u16::from_be(vip.port_be),
+            10000,
+            "a range's key holds its first port"
+        );
+        let ports = ListenerPorts {
+            first: 10000,
+            last: 20000,
+        };
+        assert_eq!(c.listener_ports, [(id, ports)]);
+        let prefixes = c.port_ranges.clone().unwrap();
+        assert_eq!(prefixes.len(), port_prefixes(10000, 20000).count());
+        assert!(prefixes.iter().all(|(_, info)| info.listener_id == id));
+        assert!(admits(c.filter_during.as_ref().unwrap(), 15000));
+
+        // Shrunk: the same listener (key and id), other ports and prefixes.
+        let held = Held::of(&first);
+        assert!(Changes::between(&held, &first).is_empty());
+        p.listeners[0].port = range(10000, 15000);
+        let shrunk = plan(&p, &first.ids, now);
+        let c = Changes::between(&held, &shrunk);
+        assert!(c.listeners_written.is_empty() && c.listeners_removed.is_empty());
+        assert_eq!(
+            c.listener_ports,
+            [(
+                id,
+                ListenerPorts {
+                    last: 15000,
+                    ..ports
+                }
+            )]
+        );
+        let kept = c.port_ranges.unwrap();
+        assert_eq!(kept.len(), port_prefixes(10000, 15000).count());
+        assert_ne!(kept, prefixes);
+
+        // One port again: no range, no prefixes, the filter narrowed.
+        let held = Held::of(&shrunk);
+        p.listeners[0].port = policy::Ports::one(10000);
+        let one = plan(&p, &shrunk.ids, now);
+        let c = Changes::between(&held, &one);
+        assert_eq!(c.listener_ports, [(id, ListenerPorts::default())]);
+        assert_eq!(c.port_ranges, Some(vec![]));
+        let after = c.filter_after.unwrap();
+        assert!(admits(&after, 10000));
+        assert!(!admits(&after, 12000));
     }
 
     fn target_id(plan: &MapPlan, group: &str, last: u8) -> u32 {
@@ -564,6 +725,7 @@ mod tests {
         let held = Held {
             ids: (*p.ids).clone(),
             listeners: p.listeners.iter().map(|l| (l.key, l.info)).collect(),
+            ports: HashMap::new(),
             targets: None,
             groups: None,
         };

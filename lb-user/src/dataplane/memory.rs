@@ -8,7 +8,9 @@
 //! plus key and value each rounded up to 8, and 8 bytes per bucket (a
 //! power of two at least its entries; an LRU hash the same); an array of
 //! maps a pointer per slot, its inner maps apart (the group tables: 4
-//! bytes per slot at most).
+//! bytes per slot at most). An LPM trie is the one map not preallocated:
+//! it is counted full, each prefix a node and at most one intermediate
+//! node, each a kmalloc of the node header (40 bytes), data and value.
 use aya_obj::generated::bpf_map_type as t;
 
 use super::DataplaneError;
@@ -18,7 +20,8 @@ use lb_common::map_names as names;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapMemory {
     pub name: String,
-    /// `array`, `per-CPU array`, `hash`, `LRU hash`, `array of maps`.
+    /// `array`, `per-CPU array`, `hash`, `LRU hash`, `array of maps`,
+    /// `LPM trie`.
     pub kind: &'static str,
     pub entries: u64,
     /// Bytes, all CPUs together for a per-CPU map.
@@ -99,7 +102,27 @@ fn size(
         k if k == t::BPF_MAP_TYPE_HASH as u32 => ("hash", hash(entries)),
         k if k == t::BPF_MAP_TYPE_LRU_HASH as u32 => ("LRU hash", hash(entries)),
         k if k == t::BPF_MAP_TYPE_ARRAY_OF_MAPS as u32 => ("array of maps", entries * 8),
+        k if k == t::BPF_MAP_TYPE_LPM_TRIE as u32 => {
+            // The key is a 4-byte prefix length and the data.
+            (
+                "LPM trie",
+                entries * 2 * kmalloc(LPM_NODE + key - 4 + value),
+            )
+        }
         _ => ("other", entries * (round8(key) + round8(value))),
+    }
+}
+
+/// `struct lpm_trie_node` before its data, on 64-bit kernels.
+const LPM_NODE: u64 = 40;
+
+/// The kmalloc size class of `n` bytes (96 and 192 between the powers of
+/// two).
+fn kmalloc(n: u64) -> u64 {
+    match n {
+        65..=96 => 96,
+        129..=192 => 192,
+        _ => n.next_power_of_two().max(8),
     }
 }
 
@@ -148,5 +171,8 @@ mod tests {
             "per-CPU maps double with 2 CPUs"
         );
         assert_eq!(group_table_bytes(65537), 262_160);
+        // 4096 listeners of 30 prefixes, two 96-byte nodes a prefix.
+        assert_eq!(of(names::PORT_RANGES).bytes, 122_880 * 2 * 96);
+        assert_eq!((kmalloc(72), kmalloc(100), kmalloc(130)), (96, 128, 192));
     }
 }

@@ -38,7 +38,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, ArrayOfMaps, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray,
+        lpm_trie::Key as LpmKey,
+    },
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -47,8 +50,8 @@ use aya::{
 };
 use lb_common::{
     Config, GROUP_TABLE_FLAGS, GroupInfo, GroupName, GroupTableElement, LAYOUT_VERSION,
-    ListenerFilter, ListenerInfo, ListenerKey, ListenerSlot, Stats, TargetInfo, TargetRecord,
-    map_names as names, record_state,
+    ListenerFilter, ListenerInfo, ListenerKey, ListenerPorts, ListenerSlot, PortRangeKey, Stats,
+    TargetInfo, TargetRecord, map_names as names, record_state,
 };
 
 use crate::{
@@ -228,6 +231,7 @@ fn read_held(ebpf: &Ebpf) -> Result<Held, DataplaneError> {
         .iter()
         .collect::<Result<_, _>>()
         .map_err(map_err(names::LISTENERS))?;
+    let ports = read_ports(ebpf)?;
     let group_names = maps::data(ebpf, names::GROUP_NAMES)?.fd().as_fd();
     let mut groups: BTreeMap<u32, String> = BTreeMap::new();
     sys::lookup_all::<u32, GroupName>(group_names, 4096, |id, name| {
@@ -271,9 +275,23 @@ fn read_held(ebpf: &Ebpf) -> Result<Held, DataplaneError> {
     Ok(Held {
         ids,
         listeners,
+        ports,
         targets: None,
         groups: None,
     })
+}
+
+/// The port ranges `LISTENER_PORTS` holds, by listener id.
+fn read_ports(ebpf: &Ebpf) -> Result<HashMap<u32, ListenerPorts>, DataplaneError> {
+    let mut ports = HashMap::new();
+    let map = maps::data(ebpf, names::LISTENER_PORTS)?.fd().as_fd();
+    sys::lookup_all::<u32, ListenerPorts>(map, 4096, |id, range| {
+        if *range != ListenerPorts::default() {
+            ports.insert(*id, *range);
+        }
+    })
+    .map_err(io_err(names::LISTENER_PORTS))?;
+    Ok(ports)
 }
 
 fn unzip<K: Copy, V: Copy>(pairs: &[(K, V)]) -> (Vec<K>, Vec<V>) {
@@ -744,14 +762,17 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Listeners: the listener filter widened to the old and new ones, slots
-    /// by id (a slot holds its key before the key is added), keys added or
-    /// changed, keys removed, the filter narrowed, slots of ids no listener
-    /// has cleared and their statistics zeroed.
+    /// Listeners: the listener filter widened to the old and new ones, port
+    /// ranges and slots by id (a slot holds its key before the key is
+    /// added), keys added or changed, keys removed, the port-range prefixes
+    /// made what the plan's are, the filter narrowed, slots and ranges of
+    /// ids no listener has cleared and their statistics zeroed.
     fn write_listeners(&mut self, c: &Changes) -> Result<(), DataplaneError> {
         if let Some(filter) = &c.filter_during {
             self.set_listener_filter(filter)?;
         }
+        let (ids, ports) = unzip(&c.listener_ports);
+        self.update_batch(names::LISTENER_PORTS, &ids, &ports)?;
         let (ids, slots) = unzip(&c.listener_slots);
         self.update_batch(names::LISTENERS_BY_ID, &ids, &slots)?;
         let mut listeners: BpfHashMap<_, ListenerKey, ListenerInfo> =
@@ -764,6 +785,9 @@ impl Dataplane {
         for key in &c.listeners_removed {
             maps::removed(listeners.remove(key)).map_err(map_err(names::LISTENERS))?;
         }
+        if let Some(prefixes) = &c.port_ranges {
+            self.set_port_ranges(prefixes)?;
+        }
         if let Some(filter) = &c.filter_after {
             self.set_listener_filter(filter)?;
         }
@@ -774,6 +798,11 @@ impl Dataplane {
             names::LISTENERS_BY_ID,
             &c.listener_ids_gone,
             &vec![ListenerSlot::default(); c.listener_ids_gone.len()],
+        )?;
+        self.update_batch(
+            names::LISTENER_PORTS,
+            &c.listener_ids_gone,
+            &vec![ListenerPorts::default(); c.listener_ids_gone.len()],
         )?;
         self.zero_stats(names::LISTENER_STATS, &c.listener_stats_reset)
     }
@@ -875,6 +904,31 @@ impl Dataplane {
         for (key, info) in want {
             map.insert(key, info, 0)
                 .map_err(map_err(names::FRAGMENT_LISTENERS))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `PORT_RANGES` hold exactly `want`: the prefixes wanted written
+    /// first (a range that grows never drops a port on the way), then those
+    /// held and not wanted removed.
+    fn set_port_ranges(
+        &mut self,
+        want: &[(changes::PortPrefix, ListenerInfo)],
+    ) -> Result<(), DataplaneError> {
+        let mut map: LpmTrie<_, PortRangeKey, ListenerInfo> = self.open_mut(names::PORT_RANGES)?;
+        for ((data, bits), info) in want {
+            map.insert(&LpmKey::new(*bits, *data), info, 0)
+                .map_err(map_err(names::PORT_RANGES))?;
+        }
+        let held: Vec<LpmKey<PortRangeKey>> = map
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::PORT_RANGES))?;
+        for key in held {
+            let (bits, data) = (key.prefix_len(), key.data());
+            if !want.iter().any(|((d, b), _)| (*d, *b) == (data, bits)) {
+                maps::removed(map.remove(&key)).map_err(map_err(names::PORT_RANGES))?;
+            }
         }
         Ok(())
     }

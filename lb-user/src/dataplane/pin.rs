@@ -15,7 +15,9 @@
 //! A pinned data plane is adopted only when every map it pins has the kind,
 //! key, value and flags of this build's maps (sizes too, but for the flow
 //! table, which keeps the size it was made with) and
-//! its `Config::layout` is this build's [`lb_common::LAYOUT_VERSION`].
+//! its `Config::layout` is this build's [`lb_common::LAYOUT_VERSION`]. A map
+//! this build added to that layout ([`names::ADDED`]) may be missing: the
+//! loader creates and pins it.
 use std::{
     fs, io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
@@ -179,6 +181,9 @@ pub fn check_maps(object: &[u8], dir: &Path, iface: &str) -> Result<(), PinError
     for name in names {
         let want = &obj.maps[name];
         let path = dir.join(name);
+        if names::ADDED.contains(&name.as_str()) && !path.exists() {
+            continue;
+        }
         let have = aya::maps::MapInfo::from_pin(&path)
             .map_err(|e| layout(format!("map {name} is not pinned ({e})")))?;
         let fields = [

@@ -378,7 +378,7 @@ fn policy(groups: Vec<TargetGroup>) -> Policy {
             name: "web".into(),
             vip: "10.0.3.49".parse().unwrap(),
             protocol: ListenerProtocol::Tcp,
-            port: 80,
+            port: crate::policy::Ports::one(80),
             target_group: "web".into(),
         }],
         target_groups: groups,

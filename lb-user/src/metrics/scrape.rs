@@ -519,7 +519,7 @@ mod tests {
             id,
             group: "web".into(),
             ip: ip.parse().unwrap(),
-            port: 80,
+            port: crate::policy::Ports::one(80),
             via: via.map(str::to_string),
             state,
             selectable: true,
@@ -534,7 +534,7 @@ mod tests {
                 name: "web".into(),
                 vip: "10.0.3.49".parse().unwrap(),
                 protocol: "tcp",
-                port: 80,
+                port: crate::policy::Ports::one(80),
                 group: "web".into(),
             }],
             groups: vec![GroupView {

@@ -252,7 +252,9 @@ fn members(targets: &[PlannedTarget]) -> Vec<Member> {
         .map(|t| Member {
             identity: Identity {
                 ip: t.ip,
-                port: t.port,
+                // A range's first port: any fixed port would do, and this
+                // one keeps a listener of one port's table unchanged.
+                port: t.port.first,
             },
             weight: t.converted_weight,
             id: t.id,
@@ -311,7 +313,7 @@ fn plan_listeners(policy: &Policy, ids: &Ids) -> Result<Vec<PlannedListener>, Co
         .listeners
         .iter()
         .map(|l| {
-            let key = listener_key(l.vip, l.protocol, l.port);
+            let key = listener_key(l.vip, l.protocol, l.port.first);
             let listener_id = ids.listener(&key).ok_or_else(|| CompileError::NoId {
                 what: "listener",
                 name: l.name.clone(),
@@ -323,6 +325,7 @@ fn plan_listeners(policy: &Policy, ids: &Ids) -> Result<Vec<PlannedListener>, Co
                     listener_id,
                     group_id: group_id(ids, &l.target_group)?,
                 },
+                ports: l.port.record(),
             })
         })
         .collect()
@@ -348,7 +351,7 @@ mod tests {
                 name: "web".into(),
                 vip: "10.0.3.49".parse().unwrap(),
                 protocol: ListenerProtocol::Tcp,
-                port: 80,
+                port: crate::policy::Ports::one(80),
                 target_group: "web".into(),
             }],
             target_groups: vec![TargetGroup {

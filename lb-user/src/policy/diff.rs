@@ -6,7 +6,7 @@ use std::{fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{HealthCheck, Listener, Policy, Target, TargetGroup};
+use super::{HealthCheck, Listener, Policy, Ports, Target, TargetGroup};
 
 /// One change, for people ([`fmt::Display`]) and scripts (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,14 +16,14 @@ pub enum Change {
         name: String,
         vip: IpAddr,
         protocol: String,
-        port: u16,
+        port: Ports,
         target_group: String,
     },
     ListenerRemoved {
         name: String,
         vip: IpAddr,
         protocol: String,
-        port: u16,
+        port: Ports,
     },
     ListenerChanged {
         name: String,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::Mac;
+use super::{Mac, Ports};
 
 use super::limits::{
     DEFAULT_DEREGISTRATION_DELAY_S, DEFAULT_FIN_TIMEOUT_S, DEFAULT_HEALTHY_THRESHOLD,
@@ -65,7 +65,8 @@ pub struct Listener {
     pub name: String,
     pub vip: IpAddr,
     pub protocol: ListenerProtocol,
-    pub port: u16,
+    /// One port, a range, or all (SPEC.md "Objects").
+    pub port: Ports,
     pub target_group: String,
 }
 
@@ -152,14 +153,15 @@ impl TargetGroup {
 
     /// The port health checks probe on `target`, one of this group's: its
     /// `monitor_port`, else the check's `port`, else the target's `port`,
-    /// else the port of `listener`, the group's ([`Policy::listener_of`]).
-    /// None when no port is written and the group has no listener.
+    /// else the port of `listener`, the group's ([`Policy::listener_of`]),
+    /// if it has one port. None when no port is written and the group has
+    /// no listener, or a listener of a port range.
     pub fn monitor_port(&self, target: &Target, listener: Option<&Listener>) -> Option<u16> {
         target
             .monitor_port
             .or(self.health_check.as_ref().and_then(|h| h.port))
             .or(target.port)
-            .or(listener.map(|l| l.port))
+            .or(listener.and_then(|l| l.port.single()))
     }
 }
 

@@ -438,7 +438,17 @@ mod tests {
         Case {
             name: "port that is not a number",
             yaml: "listeners:\n  - name: web\n    vip: 10.0.3.49\n    protocol: tcp\n    port: http\n",
-            expect: "t.yaml:5:11: listeners[0].port: port must be an integer 1-65535, found string \"http\"",
+            expect: "t.yaml:5:11: listeners[0].port: port `http` is not a port: write an integer 1-65535, a range like 1000-2000, or all",
+        },
+        Case {
+            name: "port range upside down",
+            yaml: "listeners:\n  - name: web\n    vip: 10.0.3.49\n    protocol: udp\n    port: 2000-1000\n",
+            expect: "t.yaml:5:11: listeners[0].port: port range `2000-1000` ends before it starts: write the lower port first",
+        },
+        Case {
+            name: "port range past the last port",
+            yaml: "listeners:\n  - name: web\n    vip: 10.0.3.49\n    protocol: udp\n    port: 60000-70000\n",
+            expect: "t.yaml:5:11: listeners[0].port: port 70000 is out of range 1-65535",
         },
         Case {
             name: "missing field",

@@ -8,7 +8,9 @@
 //! registered targets; the other side keeps its flows and takes no new ones.
 use lb_common::{TargetInfo, target_flags};
 
-use super::{FailoverMode, Listener, Mac, Policy, Target, TargetGroup, compile::converted_weight};
+use super::{
+    FailoverMode, Listener, Mac, Policy, Ports, Target, TargetGroup, compile::converted_weight,
+};
 use crate::{
     drains::Phase,
     failover::{self, Serving, Side},
@@ -105,7 +107,7 @@ pub fn plan(
         via: seat.key.via.clone(),
         phase,
         // With DSR every target listens on the listener's port.
-        port: listener.map_or(0, |l| l.port),
+        port: listener.map_or(Ports::default(), |l| l.port),
         weight,
         converted_weight: converted,
         ratio: 0.0,

@@ -20,6 +20,7 @@ use super::{
         Algorithm, CheckType, GroupProtocol, HealthCheck, Listener, ListenerProtocol, Policy,
         TargetGroup,
     },
+    ports::Ports,
     positions::Positions,
 };
 
@@ -237,7 +238,8 @@ fn group_index<'p>(r: &mut Report, policy: &'p Policy) -> HashMap<&'p str, usize
 #[derive(Default)]
 struct Listeners<'p> {
     names: HashMap<&'p str, usize>,
-    keys: HashMap<(IpAddr, ListenerProtocol, u16), usize>,
+    /// (VIP, protocol) -> the ports of each listener on it.
+    keys: HashMap<(IpAddr, ListenerProtocol), Vec<(Ports, usize)>>,
     /// Group name -> the listener it is attached to.
     attached: HashMap<&'p str, usize>,
 }
@@ -258,12 +260,12 @@ fn listeners(r: &mut Report, policy: &Policy, groups: &HashMap<&str, usize>) {
     }
 }
 
-/// The vip, the port, and (vip, protocol, port) unique among listeners.
+/// The vip, the port, and no port of (vip, protocol) another listener's.
 fn listener_address(
     r: &mut Report,
     policy: &Policy,
     l: usize,
-    keys: &mut HashMap<(IpAddr, ListenerProtocol, u16), usize>,
+    keys: &mut HashMap<(IpAddr, ListenerProtocol), Vec<(Ports, usize)>>,
 ) {
     let listener = &policy.listeners[l];
     let at = |field: &str| format!("listeners[{l}].{field}");
@@ -272,26 +274,45 @@ fn listener_address(
         let message = format!("vip {vip} is {what}; a vip must be a unicast address");
         r.issue(at("vip"), message);
     }
-    if listener.port == 0 {
+    if listener.port.first == 0 {
         r.issue(at("port"), out_of_range("port", "0").unwrap_or_default());
     }
-    let key = (vip, listener.protocol, listener.port);
-    let Some(&first) = keys.get(&key) else {
-        keys.insert(key, l);
+    let on_vip = keys.entry((vip, listener.protocol)).or_default();
+    let clash = on_vip
+        .iter()
+        .find_map(|&(ports, first)| Some((ports.overlap(listener.port)?, first)));
+    on_vip.push((listener.port, l));
+    let Some((shared, first)) = clash else {
         return;
     };
     let line = r.line(&format!("listeners[{first}]"));
-    r.issue(
-        format!("listeners[{l}]"),
+    let other = &policy.listeners[first];
+    let message = if other.port == listener.port && !listener.port.is_range() {
         format!(
             "listener `{}` has the same vip, protocol and port ({vip} {} {}) as listener `{}` \
              (line {line})",
             listener.name,
             listener.protocol.as_str(),
             listener.port,
-            policy.listeners[first].name,
-        ),
-    );
+            other.name,
+        )
+    } else {
+        let ports = if shared.is_range() { "ports" } else { "port" };
+        let shared = if shared == Ports::ALL {
+            "1-65535".to_string()
+        } else {
+            shared.to_string()
+        };
+        format!(
+            "listener `{}` ({vip} {} {}) shares {ports} {shared} with listener `{}` (line {line}): \
+             listeners of one vip and protocol must not share a port",
+            listener.name,
+            listener.protocol.as_str(),
+            listener.port,
+            other.name,
+        )
+    };
+    r.issue(format!("listeners[{l}]"), message);
 }
 
 /// The listener's group: it exists, takes the listener's protocol, and
@@ -403,7 +424,7 @@ fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
     let port = policy
         .listener_of(&backup.name)
         .map(|l| l.port)
-        .or_else(|| backup.targets.iter().find_map(|t| t.port));
+        .or_else(|| backup.targets.iter().find_map(|t| t.port.map(Ports::one)));
     if let Some(port) = port.filter(|&p| p != listener.port) {
         let message = format!(
             "backup `{}` serves port {port} but listener `{}` of target group `{}` is on port {}: with DSR the backup's targets receive the listener's port, so they must listen on it",
@@ -450,6 +471,7 @@ fn target_group(
     algorithm(r, g, group);
     sticky_session(r, g, group);
     health_check(r, g, group);
+    health_check_port(r, g, group, listener);
     target_failover(r, g, group);
     flow_timeouts(r, g, group);
     if let Some(delay) = group.deregistration_delay_s
@@ -559,7 +581,16 @@ fn target_port(r: &mut Report, path: &str, port: Option<u16>, listener: Option<&
                 out_of_range("port", "0").unwrap_or_default(),
             );
         }
-        (Some(port), Some(l)) if port != l.port => r.issue(
+        (Some(port), Some(l)) if l.port.is_range() => r.issue(
+            path.to_string(),
+            format!(
+                "port {port} is set but listener `{}` has ports {}: with DSR a target \
+                 receives every port of the range; remove it (monitor_port sets where \
+                 health checks go)",
+                l.name, l.port
+            ),
+        ),
+        (Some(port), Some(l)) if Some(port) != l.port.single() => r.issue(
             path.to_string(),
             format!(
                 "port {port} differs from listener `{}` port {}: \
@@ -795,6 +826,38 @@ fn http_path(path: &str) -> Result<(), &'static str> {
         return Err("it is not a URL path");
     }
     Ok(())
+}
+
+/// A group whose listener has a port range has no traffic port to probe:
+/// its check needs a `port`, or every target a `monitor_port`.
+fn health_check_port(r: &mut Report, g: usize, group: &TargetGroup, listener: Option<&Listener>) {
+    let Some(l) = listener.filter(|l| l.port.is_range()) else {
+        return;
+    };
+    let Some(hc) = group.health_check.as_ref().filter(|hc| hc.enabled) else {
+        return;
+    };
+    if hc.port.is_some() || hc.kind_for(group.protocol) == CheckType::Ping {
+        return;
+    }
+    let unported = group
+        .targets
+        .iter()
+        .filter(|t| t.monitor_port.is_none())
+        .count();
+    if unported > 0 {
+        r.issue(
+            format!("target_groups[{g}].health_check.port"),
+            format!(
+                "port is required: listener `{}` has ports {}, so there is no one traffic port \
+                 to probe ({unported} of {} targets have no monitor_port); set health_check.port \
+                 or every target's monitor_port",
+                l.name,
+                l.port,
+                group.targets.len()
+            ),
+        );
+    }
 }
 
 /// A target's monitor port: in range, and only where a check uses a port.
@@ -1095,6 +1158,69 @@ mod tests {
                 ],
                 expect_line: 3,
                 expect: "listeners[1]: listener `web2` has the same vip, protocol and port (10.0.3.49 tcp 80) as listener `web` (line 2)",
+            },
+            Case {
+                name: "a port inside another listener's range",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: rtp, vip: 10.0.3.49, protocol: udp, port: 10000-20000, target_group: rtp }",
+                    "  - { name: sip, vip: 10.0.3.49, protocol: udp, port: 15060, target_group: sip }",
+                    "target_groups:",
+                    "  - { name: rtp, protocol: udp }",
+                    "  - { name: sip, protocol: udp }",
+                ],
+                expect_line: 3,
+                expect: "listeners[1]: listener `sip` (10.0.3.49 udp 15060) shares port 15060 with listener `rtp` (line 2): listeners of one vip and protocol must not share a port",
+            },
+            Case {
+                name: "overlapping ranges",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: a, vip: 10.0.3.49, protocol: tcp, port: 1000-2000, target_group: a }",
+                    "  - { name: b, vip: 10.0.3.49, protocol: tcp, port: all, target_group: b }",
+                    "target_groups:",
+                    "  - { name: a, protocol: tcp }",
+                    "  - { name: b, protocol: tcp }",
+                ],
+                expect_line: 3,
+                expect: "listeners[1]: listener `b` (10.0.3.49 tcp all) shares ports 1000-2000 with listener `a` (line 2): listeners of one vip and protocol must not share a port",
+            },
+            Case {
+                name: "a target port under a range",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: rtp, vip: 10.0.3.49, protocol: udp, port: 10000-20000, target_group: rtp }",
+                    "target_groups:",
+                    "  - { name: rtp, protocol: udp, targets: [ { ip: 10.0.3.11, port: 10000 } ] }",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].targets[0].port: port 10000 is set but listener `rtp` has ports 10000-20000: with DSR a target receives every port of the range; remove it (monitor_port sets where health checks go)",
+            },
+            Case {
+                name: "a range's health check without a port",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: ftp, vip: 10.0.3.49, protocol: tcp, port: 21-30000, target_group: ftp }",
+                    "target_groups:",
+                    "  - name: ftp",
+                    "    protocol: tcp",
+                    "    health_check: {}",
+                    "    targets: [ { ip: 10.0.3.11, monitor_port: 21 }, { ip: 10.0.3.12 } ]",
+                ],
+                expect_line: 6,
+                expect: "target_groups[0].health_check.port: port is required: listener `ftp` has ports 21-30000, so there is no one traffic port to probe (1 of 2 targets have no monitor_port); set health_check.port or every target's monitor_port",
+            },
+            Case {
+                name: "a backup on other ports than a range",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: rtp, vip: 10.0.3.49, protocol: udp, port: 10000-20000, target_group: rtp }",
+                    "target_groups:",
+                    "  - { name: rtp, protocol: udp, backup: spare, failover_ratio: 0.5, targets: [ { ip: 10.0.3.11 } ] }",
+                    "  - { name: spare, protocol: udp, targets: [ { ip: 10.0.3.12, port: 10000 } ] }",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].backup: backup `spare` serves port 10000 but listener `rtp` of target group `rtp` is on port 10000-20000: with DSR the backup's targets receive the listener's port, so they must listen on it",
             },
             Case {
                 name: "listener port 0",
@@ -2096,6 +2222,21 @@ mod tests {
                 ],
             ),
             (
+                "port ranges and all ports beside single ports, health checks on a set port",
+                &[
+                    "listeners:",
+                    "  - { name: rtp, vip: 10.0.3.49, protocol: udp, port: 10000-20000, target_group: rtp }",
+                    "  - { name: sip, vip: 10.0.3.49, protocol: udp, port: 5060, target_group: sip }",
+                    "  - { name: any, vip: 10.0.3.49, protocol: tcp, port: all, target_group: any }",
+                    "  - { name: ftp, vip: 10.0.3.50, protocol: tcp, port: \"21-21\", target_group: ftp }",
+                    "target_groups:",
+                    "  - { name: rtp, protocol: udp, health_check: { port: 5060 }, targets: [ { ip: 10.0.3.11 } ] }",
+                    "  - { name: sip, protocol: udp, targets: [ { ip: 10.0.3.11, port: 5060 } ] }",
+                    "  - { name: any, protocol: tcp, health_check: {}, targets: [ { ip: 10.0.3.12, monitor_port: 22 } ] }",
+                    "  - { name: ftp, protocol: tcp, health_check: {}, targets: [ { ip: 10.0.3.12, port: 21 } ] }",
+                ],
+            ),
+            (
                 "group attached to no listener (unused)",
                 &["target_groups:", G_WEB],
             ),
@@ -2379,7 +2520,7 @@ mod tests {
                     name: format!("l{n}"),
                     vip: IpAddr::V4((0x0a01_0000 + n).into()),
                     protocol: ListenerProtocol::Tcp,
-                    port: 80,
+                    port: crate::policy::Ports::one(80),
                     target_group: format!("g{n}"),
                 })
                 .collect(),

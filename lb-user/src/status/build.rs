@@ -117,7 +117,7 @@ fn group(src: &Sources<'_>, g: &policy::TargetGroup) -> GroupStatus {
         health_check: g
             .health_check
             .as_ref()
-            .map(|h| health_check(g, h, attached.map(|l| l.port))),
+            .map(|h| health_check(g, h, attached.and_then(|l| l.port.single()))),
         on_unhealthy: g.target_failover.on_unhealthy,
         on_deregistration: g.target_failover.on_deregistration,
         deregistration_delay_s: g.deregistration_delay_s(),

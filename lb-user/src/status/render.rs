@@ -1,7 +1,7 @@
 //! The human view of a status report (`lb status`): a few lines about the
 //! data plane, then aligned tables of the listeners and of each target
 //! group's targets.
-use std::{fmt::Write as _, net::SocketAddr};
+use std::fmt::Write as _;
 
 use super::report::{
     FlowTableStatus, GroupStatus, HealthStatus, ListenerStatus, StatusReport, Stickiness,
@@ -93,7 +93,7 @@ fn listeners(listeners: &[ListenerStatus]) -> String {
         .map(|l| {
             vec![
                 l.name.clone(),
-                SocketAddr::new(l.vip, l.port).to_string(),
+                l.port.at(l.vip),
                 l.protocol.as_str().to_string(),
                 l.target_group.clone(),
                 l.packets.to_string(),

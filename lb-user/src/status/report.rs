@@ -12,7 +12,7 @@ use crate::{
     plan::Exclusion,
     policy::{
         Affinity, Algorithm, CheckType, FailoverMode, GroupProtocol, HttpMethod, HttpVersion,
-        ListenerProtocol, Mac, StickyType,
+        ListenerProtocol, Mac, Ports, StickyType,
     },
 };
 
@@ -89,7 +89,7 @@ pub struct ListenerStatus {
     pub name: String,
     pub vip: IpAddr,
     pub protocol: ListenerProtocol,
-    pub port: u16,
+    pub port: Ports,
     pub target_group: String,
     pub packets: u64,
     pub bytes: u64,
@@ -186,7 +186,7 @@ pub struct TargetStatus {
     /// when it fails over): that group; `null` for the group's own.
     #[serde(default)]
     pub via: Option<String>,
-    pub port: u16,
+    pub port: Ports,
     pub weight: u16,
     /// SPEC.md weight ratio: converted weight / sum of converted weights.
     pub ratio: f64,
@@ -365,7 +365,7 @@ pub fn example() -> StatusReport {
             name: "web".into(),
             vip: IpAddr::from([10, 0, 0, 1]),
             protocol: ListenerProtocol::Tcp,
-            port: 80,
+            port: crate::policy::Ports::one(80),
             target_group: "web".into(),
             packets: 2,
             bytes: 120,
@@ -424,7 +424,7 @@ fn example_target() -> TargetStatus {
     TargetStatus {
         ip: IpAddr::from([10, 0, 3, 11]),
         via: None,
-        port: 80,
+        port: crate::policy::Ports::one(80),
         weight: 256,
         ratio: 1.0,
         slots: 65537,

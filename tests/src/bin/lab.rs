@@ -232,7 +232,8 @@ fn burst_listener(lab: &Lab, policy: &Policy, listener: &Listener, args: &Args) 
     } else {
         topo::client4(0).into()
     };
-    let dst = SocketAddr::new(listener.vip, listener.port);
+    // A range's first port (the lab server answers on the ports it is told).
+    let dst = SocketAddr::new(listener.vip, listener.port.first);
     let answers = lab.run_in(Node::Client, || {
         client::burst(
             proto,

@@ -68,10 +68,10 @@ impl Model {
             return verdicts.forwarded(t, vec![Counter::Fragment, Counter::Forwarded], false, None);
         }
         // The one listener of the VIP and protocol, if it is the only one.
-        let mut of_vip = self.view.listeners.iter().filter(|(l, _)| {
+        let mut of_vip = self.view.listeners.iter().filter(|(l, _, _)| {
             l.addr_be == key.dst_be && l.proto == key.proto && l.family == key.family
         });
-        let (Some((listener, _)), None) = (of_vip.next(), of_vip.next()) else {
+        let (Some((listener, _, _)), None) = (of_vip.next(), of_vip.next()) else {
             return passed(frame, Counter::Passed);
         };
         let verdicts = Verdicts::of(frame, own_mac, *listener);

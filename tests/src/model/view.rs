@@ -33,8 +33,8 @@ pub struct View {
     /// The interface's MAC: frames to it are balanced, and forwarded ones
     /// come from it.
     pub own_mac: [u8; 6],
-    /// Each listener's key and group.
-    pub listeners: Vec<(ListenerKey, String)>,
+    /// Each listener's key (its first port), last port and group.
+    pub listeners: Vec<(ListenerKey, u16, String)>,
     pub groups: HashMap<String, Group>,
 }
 
@@ -141,7 +141,7 @@ impl View {
                     .listeners
                     .iter()
                     .find(|l| l.target_group == g.name)
-                    .map_or(0, |l| l.port);
+                    .map_or(0, |l| l.port.first);
                 (g.name.clone(), group(g, port, host, tables, &mut used))
             })
             .collect();
@@ -153,7 +153,8 @@ impl View {
                 .iter()
                 .map(|l| {
                     (
-                        listener_key(l.vip, l.protocol, l.port),
+                        listener_key(l.vip, l.protocol, l.port.first),
+                        l.port.last,
                         l.target_group.clone(),
                     )
                 })
@@ -164,8 +165,23 @@ impl View {
 
     /// The group of the listener `key`.
     pub fn listener(&self, key: &ListenerKey) -> Option<&Group> {
-        let (_, name) = self.listeners.iter().find(|(k, _)| k == key)?;
+        let (_, _, name) = self.listeners.iter().find(|(k, _, _)| k == key)?;
         self.groups.get(name)
+    }
+
+    /// The listener (its key) and group a packet to `to` (VIP, protocol,
+    /// port) is for: the listener of that port, or of a range that holds
+    /// it.
+    pub fn listener_of_packet(&self, to: &ListenerKey) -> Option<(ListenerKey, &Group)> {
+        let port = u16::from_be(to.port_be);
+        let (key, _, name) = self.listeners.iter().find(|(k, last, _)| {
+            let first = u16::from_be(k.port_be);
+            k.addr_be == to.addr_be
+                && k.proto == to.proto
+                && k.family == to.family
+                && (first..=*last).contains(&port)
+        })?;
+        Some((*key, self.groups.get(name)?))
     }
 }
 

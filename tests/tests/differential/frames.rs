@@ -357,7 +357,9 @@ impl Traffic {
             Flow::Udp6 => {
                 let client = v6(rng);
                 let sport = 5000 + rng.below(ports[3]) as u16;
-                Frame::udp(&client, sport, "fd00:3::49", 53, b"q6")
+                // The listener's range is 53-59; 60 is past it.
+                let port = 53 + rng.below(8) as u16;
+                Frame::udp(&client, sport, "fd00:3::49", port, b"q6")
             }
         };
         if options && matches!(flow, Flow::Tcp4 | Flow::Udp4) && rng.below(10) == 0 {
