@@ -104,6 +104,9 @@ struct Sequence {
     flow_table_size: u32,
     /// Source ports per client: IPv4 TCP, IPv6 TCP, IPv4 UDP, IPv6 UDP.
     ports: [u64; 4],
+    /// Destination ports of IPv6 UDP, from 53: those of `dns6`'s range
+    /// (53-59) and one past it.
+    udp6_ports: u64,
     /// Per cent of the listener frames that are another packet of one of
     /// the `RECENT` flows last sent (which so become established).
     again: u64,
@@ -123,6 +126,7 @@ struct Sequence {
 const ROOMY: Sequence = Sequence {
     flow_table_size: 4096,
     ports: [8, 6, 6, 4],
+    udp6_ports: 8,
     again: 0,
     time_steps: 25,
     small_steps: false,
@@ -136,6 +140,9 @@ const ROOMY: Sequence = Sequence {
 const CROWDED: Sequence = Sequence {
     flow_table_size: 16,
     ports: [64, 32, 32, 16],
+    // One: more flows would crowd out the established ones, whose
+    // protection the sequence is for (the ranges are ROOMY's to cover).
+    udp6_ports: 1,
     again: 70,
     time_steps: 15,
     small_steps: true,
@@ -288,7 +295,7 @@ fn group_of(name: &str) -> &'static Group {
 }
 
 /// (name, VIP, protocol, port, group) of each listener. `dns6` has a port
-/// range (its frames go to 53-60: the range and a port past it).
+/// range (its frames go to 53-60 in `ROOMY`: the range and a port past it).
 const LISTENERS: [(&str, &str, &str, &str, &str); 8] = [
     ("new", "10.0.3.49", "tcp", "84", "new"),
     ("hash", "10.0.3.49", "tcp", "80", "hash"),

@@ -357,8 +357,12 @@ impl Traffic {
             Flow::Udp6 => {
                 let client = v6(rng);
                 let sport = 5000 + rng.below(ports[3]) as u16;
-                // The listener's range is 53-59; 60 is past it.
-                let port = 53 + rng.below(8) as u16;
+                // The listener's range is 53-59; 60 is past it. (One
+                // port draws nothing: the sequence is as it was without.)
+                let port = match self.sequence.udp6_ports {
+                    1 => 53,
+                    n => 53 + rng.below(n) as u16,
+                };
                 Frame::udp(&client, sport, "fd00:3::49", port, b"q6")
             }
         };
