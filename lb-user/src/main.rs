@@ -60,10 +60,11 @@ struct TargetSetupArgs {
     /// (nftables).
     #[arg(long, value_enum, default_value = "bind")]
     udp: UdpMethod,
-    /// A UDP listener port (repeat for several; needed by iptables and
-    /// nftables).
-    #[arg(long = "udp-port", value_name = "PORT")]
-    udp_ports: Vec<u16>,
+    /// A UDP listener's ports: one (53), a range (10000-20000) or all
+    /// (repeat for several; needed by iptables and nftables; bind takes
+    /// single ports only).
+    #[arg(long = "udp-port", value_name = "PORTS")]
+    udp_ports: Vec<policy::Ports>,
     /// This target's own address that the UDP rules use, one per
     /// family (default: the host's only address of that family).
     #[arg(long = "target-ip", value_name = "IP")]

@@ -4,9 +4,11 @@
 //! IPv6 VIPs and each UDP method whose tool is installed: `--check` first
 //! (exit 1, what is missing named with its fix), `--apply`, `--apply`
 //! again (nothing to change, and the host exactly as after the first),
-//! `--check` (every item ok, exit 0). Then the persisted script sets up a
-//! fresh namespace that checks ok, and its unit verifies; and a VIP on an
-//! external interface is refused with nothing changed.
+//! `--check` (every item ok, exit 0); for the rewrites, with one port and
+//! with a range of ports. Then the persisted script sets up a fresh
+//! namespace that checks ok, and its unit verifies; a VIP on an external
+//! interface is refused with nothing changed, and so are ports that cannot
+//! be set (a range with `bind`, overlapping ranges, port 0).
 //!
 //! Needs root and the `lb` binary (`cargo build -p lb-user --bins`).
 use std::{
@@ -134,11 +136,13 @@ fn has(tool: &str) -> bool {
         .any(|d| std::path::Path::new(d).join(tool).exists())
 }
 
-/// --check, --apply, --apply, --check for `vip` with `udp` on port 53;
-/// `bound`: a UDP socket on the VIP for the final check (`bind`).
-fn check_apply_check(vip: &str, udp: &str, bound: bool) {
-    let Some(t) = Target::new() else { return };
-    let args = ["--vip", vip, "--udp", udp, "--udp-port", "53"];
+/// --check, --apply, --apply, --check for `vip` with `udp` on `ports` (one
+/// port or a range); `bound`: a UDP socket on the VIP for the final check
+/// (`bind`, one port). The host's state after the first --apply, or None
+/// when the test is skipped.
+fn check_apply_check(vip: &str, udp: &str, ports: &str, bound: bool) -> Option<String> {
+    let t = Target::new()?;
+    let args = ["--vip", vip, "--udp", udp, "--udp-port", ports];
     let (code, before) = t.setup(&[&args[..], &["--check"]].concat());
     assert_eq!(code, 1, "--check before: {before}");
     let v6 = vip.contains(':');
@@ -169,7 +173,8 @@ fn check_apply_check(vip: &str, udp: &str, bound: bool) {
     let (code, after) = if bound {
         netns::run(&t.ns, || {
             let ip: IpAddr = vip.parse().unwrap();
-            let _socket = UdpSocket::bind(SocketAddr::new(ip, 53)).expect("bind the VIP");
+            let port = ports.parse().expect("bind takes one port");
+            let _socket = UdpSocket::bind(SocketAddr::new(ip, port)).expect("bind the VIP");
             check()
         })
         .unwrap()
@@ -181,12 +186,13 @@ fn check_apply_check(vip: &str, udp: &str, bound: bool) {
     let (last, items) = lines.split_last().unwrap();
     assert!(items.iter().all(|l| l.starts_with("ok ")), "{after}");
     assert_eq!(*last, format!("{n} of {n} in place", n = items.len()));
+    Some(after_first)
 }
 
 #[test]
 fn bind_ipv4_and_ipv6() {
-    check_apply_check("10.0.3.49", "bind", true);
-    check_apply_check("fd00:3::49", "bind", true);
+    check_apply_check("10.0.3.49", "bind", "53", true);
+    check_apply_check("fd00:3::49", "bind", "53", true);
 }
 
 #[test]
@@ -194,8 +200,30 @@ fn iptables_ipv4_and_ipv6() {
     if !has("iptables") || !has("ip6tables") {
         return lb_tests::skip("iptables is not installed (cargo xtask setup installs it)");
     }
-    check_apply_check("10.0.3.49", "iptables", false);
-    check_apply_check("fd00:3::49", "iptables", false);
+    check_apply_check("10.0.3.49", "iptables", "53", false);
+    check_apply_check("fd00:3::49", "iptables", "53", false);
+}
+
+#[test]
+fn iptables_port_ranges_ipv4_and_ipv6() {
+    if !has("iptables") || !has("ip6tables") {
+        return lb_tests::skip("iptables is not installed (cargo xtask setup installs it)");
+    }
+    for (vip, ports, dport) in [
+        ("10.0.3.49", "10000-20000", "--dport 10000:20000"),
+        ("fd00:3::49", "10000-20000", "--dport 10000:20000"),
+        ("10.0.3.49", "all", "--dport 1:65535"),
+    ] {
+        let Some(host) = check_apply_check(vip, "iptables", ports, false) else {
+            return;
+        };
+        for chain in ["PREROUTING", "POSTROUTING"] {
+            let rule = host
+                .lines()
+                .find(|l| l.starts_with(&format!("-A {chain} ")) && l.contains(dport));
+            assert!(rule.is_some(), "no {chain} rule with {dport}:\n{host}");
+        }
+    }
 }
 
 #[test]
@@ -203,8 +231,89 @@ fn nftables_ipv4_and_ipv6() {
     if !has("nft") {
         return lb_tests::skip("nft is not installed (cargo xtask setup installs nftables)");
     }
-    check_apply_check("10.0.3.49", "nftables", false);
-    check_apply_check("fd00:3::49", "nftables", false);
+    check_apply_check("10.0.3.49", "nftables", "53", false);
+    check_apply_check("fd00:3::49", "nftables", "53", false);
+}
+
+#[test]
+fn nftables_port_ranges_ipv4_and_ipv6() {
+    if !has("nft") {
+        return lb_tests::skip("nft is not installed (cargo xtask setup installs nftables)");
+    }
+    for (vip, ports, rule) in [
+        (
+            "10.0.3.49",
+            "10000-20000",
+            "ip saddr 10.0.3.11 udp sport 10000-20000 ip saddr set 10.0.3.49",
+        ),
+        (
+            "fd00:3::49",
+            "10000-20000",
+            "ip6 saddr fd00:3::11 udp sport 10000-20000 ip6 saddr set fd00:3::49",
+        ),
+        (
+            "10.0.3.49",
+            "all",
+            "ip saddr 10.0.3.11 udp sport 1-65535 ip saddr set 10.0.3.49",
+        ),
+    ] {
+        let Some(host) = check_apply_check(vip, "nftables", ports, false) else {
+            return;
+        };
+        assert!(
+            host.lines().any(|l| l.trim() == rule),
+            "no `{rule}`:\n{host}"
+        );
+    }
+}
+
+#[test]
+fn ports_that_cannot_be_set_are_refused_and_nothing_changes() {
+    let Some(t) = Target::new() else { return };
+    let before = t.snapshot();
+    let refused = [
+        (
+            &[
+                "--udp",
+                "bind",
+                "--udp-port",
+                "53",
+                "--udp-port",
+                "5000-5001",
+            ][..],
+            1,
+            "--udp-port 5000-5001 with --udp bind: bind is checked as a UDP socket bound to VIP:PORT for each port, which a range cannot be; use --udp iptables or nftables",
+        ),
+        (
+            &[
+                "--udp",
+                "iptables",
+                "--udp-port",
+                "5000-6000",
+                "--udp-port",
+                "5353",
+            ],
+            1,
+            "--udp-port 5000-6000 and --udp-port 5353 overlap: give each port once",
+        ),
+        (
+            &["--udp", "nftables", "--udp-port", "0"],
+            2,
+            "invalid value '0' for '--udp-port <PORTS>': port 0 is out of range 1-65535",
+        ),
+        (
+            &["--udp", "nftables", "--udp-port", "6000-5000"],
+            2,
+            "port range `6000-5000` ends before it starts",
+        ),
+    ];
+    for (ports, want_code, want) in refused {
+        let args = [&["--vip", "10.0.3.49"][..], ports, &["--apply"]].concat();
+        let (code, out) = t.setup(&args);
+        assert_eq!(code, want_code, "{args:?}: {out}");
+        assert!(out.contains(want), "{args:?}: {out}");
+    }
+    assert_eq!(t.snapshot(), before);
 }
 
 #[test]
@@ -213,6 +322,8 @@ fn the_persisted_script_sets_up_a_fresh_target_and_its_unit_verifies() {
     let root = std::env::temp_dir().join(format!("lb-ts-root-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let udp = if has("nft") { "nftables" } else { "bind" };
+    // A rewrite takes a range too (bind only single ports).
+    let ports = if udp == "bind" { "54" } else { "10000-20000" };
     let args = [
         "--vip",
         "10.0.3.49",
@@ -222,6 +333,8 @@ fn the_persisted_script_sets_up_a_fresh_target_and_its_unit_verifies() {
         udp,
         "--udp-port",
         "53",
+        "--udp-port",
+        ports,
     ];
     let root_arg = root.display().to_string();
     let (code, out) = t.setup(&[&args[..], &["--persist", "--root", &root_arg]].concat());
@@ -245,7 +358,13 @@ fn the_persisted_script_sets_up_a_fresh_target_and_its_unit_verifies() {
     // At boot: the script alone, in a namespace that has nothing of it.
     let script = root.join("etc/lb/dsr-target-setup.sh");
     run(netns::command(&t.ns, "sh").arg(&script)).unwrap_or_else(|e| panic!("{e}"));
+    let once = t.snapshot();
     run(netns::command(&t.ns, "sh").arg(&script)).unwrap_or_else(|e| panic!("run twice: {e}"));
+    assert_eq!(
+        t.snapshot(),
+        once,
+        "the script's second run changed the host"
+    );
     let (code, check) = t.setup(&[&args[..], &["--check"]].concat());
     let wanted_missing = if udp == "bind" { 1 } else { 0 };
     assert_eq!(code, wanted_missing, "{check}");
@@ -299,9 +418,11 @@ fn a_vip_on_an_external_interface_is_refused_and_nothing_changes() {
 /// The UDP methods work: behind `lb`, targets whose server is bound to the
 /// wildcard address (so it answers from the target's own address, which
 /// the client drops) answer from the VIP once `lb target-setup --udp
-/// METHOD --apply` has set their rules: every query is answered, by every
-/// target.
-fn udp_answers_from_the_vip(method: &str) {
+/// METHOD --udp-port PORTS --apply` has set their rules: every query is
+/// answered, by every target. The listener and `--udp-port` are `ports`
+/// (one port or a range); the servers listen on `served`, ports of it, and
+/// the queries go to each in turn.
+fn udp_answers_from_the_vip(method: &str, ports: &str, served: &[u16]) {
     use lb_tests::{
         Lab, Node, client,
         topo::{TARGETS, VIP4, client4},
@@ -309,13 +430,17 @@ fn udp_answers_from_the_vip(method: &str) {
     let _serial = lb_tests::run::serial();
     let mut lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
     for (i, t) in TARGETS.iter().enumerate() {
-        let args = ["--udp".to_string(), "0.0.0.0:5353".to_string()];
+        let args: Vec<String> = served
+            .iter()
+            .flat_map(|p| ["--udp".to_string(), format!("0.0.0.0:{p}")])
+            .collect();
         lab.spawn_server(Node::Target(i), t.name, &args)
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let mut yaml = String::from(
-        "interface: eth0\nlisteners:\n  - { name: q, vip: 10.0.3.49, protocol: udp, port: 5353, target_group: q }\n",
-    );
+        "interface: eth0\nlisteners:\n  - { name: q, vip: 10.0.3.49, protocol: udp, port: PORTS, target_group: q }\n",
+    )
+    .replace("PORTS", ports);
     yaml += "target_groups:\n  - name: q\n    protocol: udp\n    targets:\n";
     for t in &TARGETS {
         yaml += &format!("      - {{ ip: {} }}\n", t.v4);
@@ -329,7 +454,8 @@ fn udp_answers_from_the_vip(method: &str) {
             (0..12u16)
                 .map(|i| {
                     let src = SocketAddr::new(client4(1).into(), first + i);
-                    let dst = SocketAddr::new(VIP4.into(), 5353);
+                    let port = served[usize::from(i) % served.len()];
+                    let dst = SocketAddr::new(VIP4.into(), port);
                     client::udp_ask(src, dst, Duration::from_millis(300), 2)
                         .map_err(|e| e.to_string())
                 })
@@ -353,7 +479,7 @@ fn udp_answers_from_the_vip(method: &str) {
                     "--udp",
                     method,
                     "--udp-port",
-                    "5353",
+                    ports,
                     "--apply",
                 ],
             )
@@ -384,7 +510,15 @@ fn udp_from_the_wildcard_answers_from_the_vip_with_iptables() {
     if !has("iptables") || !is_root() {
         return lb_tests::skip("needs root and iptables (cargo xtask setup installs it)");
     }
-    udp_answers_from_the_vip("iptables");
+    udp_answers_from_the_vip("iptables", "5353", &[5353]);
+}
+
+#[test]
+fn udp_to_a_port_range_answers_from_the_vip_with_iptables() {
+    if !has("iptables") || !is_root() {
+        return lb_tests::skip("needs root and iptables (cargo xtask setup installs it)");
+    }
+    udp_answers_from_the_vip("iptables", "5300-5399", &[5353, 5399]);
 }
 
 #[test]
@@ -392,5 +526,13 @@ fn udp_from_the_wildcard_answers_from_the_vip_with_nftables() {
     if !has("nft") || !is_root() {
         return lb_tests::skip("needs root and nft (cargo xtask setup installs nftables)");
     }
-    udp_answers_from_the_vip("nftables");
+    udp_answers_from_the_vip("nftables", "5353", &[5353]);
+}
+
+#[test]
+fn udp_to_a_port_range_answers_from_the_vip_with_nftables() {
+    if !has("nft") || !is_root() {
+        return lb_tests::skip("needs root and nft (cargo xtask setup installs nftables)");
+    }
+    udp_answers_from_the_vip("nftables", "5300-5399", &[5353, 5399]);
 }

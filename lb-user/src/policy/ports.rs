@@ -1,6 +1,6 @@
 //! A listener's `port`: one port (`80`), a range (`"1000-2000"`), or every
 //! port (`all`, 1-65535). SPEC.md "Objects".
-use std::fmt;
+use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -68,36 +68,51 @@ impl Ports {
         }
     }
 
-    /// Parses a range as written: `first-last` or `all`; None for anything
-    /// else (a single port is an integer in YAML).
+    /// Parses a range as written: `first-last` or `all` (a single port is
+    /// an integer in YAML).
     fn parse_range(text: &str) -> Result<Ports, String> {
         let text = text.trim();
         if text == "all" {
             return Ok(Ports::ALL);
         }
-        let shape = || {
-            format!(
-                "port `{text}` is not a port: write an integer 1-65535, a range like 1000-2000, or all"
-            )
-        };
-        let (first, last) = text.split_once('-').ok_or_else(shape)?;
-        let number = |s: &str| -> Result<u16, String> {
-            let s = s.trim();
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(shape());
-            }
-            match s.parse::<u32>() {
-                Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
-                _ => Err(out_of_range("port", s).unwrap_or_else(shape)),
-            }
-        };
-        let (first, last) = (number(first)?, number(last)?);
+        let (first, last) = text.split_once('-').ok_or_else(|| not_a_port(text))?;
+        let (first, last) = (port_number(first, text)?, port_number(last, text)?);
         if first > last {
             return Err(format!(
                 "port range `{text}` ends before it starts: write the lower port first"
             ));
         }
         Ok(Ports { first, last })
+    }
+}
+
+fn not_a_port(text: &str) -> String {
+    format!("port `{text}` is not a port: write an integer 1-65535, a range like 1000-2000, or all")
+}
+
+/// One port 1-65535 of `text` (all of it, or one end of a range).
+fn port_number(s: &str, text: &str) -> Result<u16, String> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_a_port(text));
+    }
+    match s.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        _ => Err(out_of_range("port", s).unwrap_or_else(|| not_a_port(text))),
+    }
+}
+
+/// A port as a command line gives it: `80`, `1000-2000` or `all`; port 0
+/// is refused here (a policy's is the validator's to refuse).
+impl FromStr for Ports {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Ports, String> {
+        let text = text.trim();
+        if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() {
+            return port_number(text, text).map(Ports::one);
+        }
+        Ports::parse_range(text)
     }
 }
 
@@ -202,6 +217,34 @@ mod tests {
         assert!(err("1-70000").starts_with("port 70000 is out of range 1-65535"));
         assert!(err("1--2").starts_with("port `1--2` is not a port"));
         assert!(err("true").contains("expected a port 1-65535, a range like 1000-2000, or all"));
+    }
+
+    #[test]
+    fn a_command_line_port_is_a_port_a_range_or_all() {
+        let r = |first, last| Ports { first, last };
+        for (text, want) in [
+            ("53", Ports::one(53)),
+            (" 65535 ", Ports::one(65535)),
+            ("10000-20000", r(10000, 20000)),
+            ("7-7", Ports::one(7)),
+            ("all", Ports::ALL),
+            ("1-65535", Ports::ALL),
+        ] {
+            assert_eq!(text.parse::<Ports>(), Ok(want), "{text}");
+        }
+        let err = |text: &str| text.parse::<Ports>().unwrap_err();
+        assert_eq!(err("0"), "port 0 is out of range 1-65535");
+        assert_eq!(err("0-10"), "port 0 is out of range 1-65535");
+        assert_eq!(err("65536"), "port 65536 is out of range 1-65535");
+        assert_eq!(
+            err("dns"),
+            "port `dns` is not a port: write an integer 1-65535, a range like 1000-2000, or all"
+        );
+        assert!(err("").starts_with("port `` is not a port"));
+        assert!(err("20-10").starts_with("port range `20-10` ends before it starts"));
+        for ports in [Ports::one(80), r(1000, 2000), Ports::ALL] {
+            assert_eq!(ports.to_string().parse::<Ports>(), Ok(ports));
+        }
     }
 
     #[test]

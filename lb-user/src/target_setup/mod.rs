@@ -4,7 +4,8 @@
 //! `observe` reads the host, `apply` changes it, `persist` writes the files
 //! that redo it at boot.
 //!
-//! The items, for VIPs V (IPv4 and IPv6) and UDP ports P:
+//! The items, for VIPs V (IPv4 and IPv6) and UDP ports P (each one port or
+//! a range):
 //!
 //! - `lo` up, and each V on it as a /32 or /128 (the target accepts V's
 //!   packets as its own), on no other interface (the host must not claim V
@@ -29,6 +30,8 @@ use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
+
+use crate::policy::Ports;
 
 pub use apply::apply;
 pub use observe::observe;
@@ -60,17 +63,18 @@ impl UdpMethod {
 pub struct Request {
     pub vips: Vec<IpAddr>,
     pub udp: UdpMethod,
-    pub ports: Vec<u16>,
+    pub ports: Vec<Ports>,
     pub target_ips: Vec<IpAddr>,
 }
 
-/// A checked request: the VIPs (deduplicated, in order), and the target's
-/// own address of each family a rewrite needs.
+/// A checked request: the VIPs (deduplicated, in order), the ports (sorted,
+/// deduplicated, none overlapping another), and the target's own address
+/// of each family a rewrite needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setup {
     pub vips: Vec<IpAddr>,
     pub udp: UdpMethod,
-    pub ports: Vec<u16>,
+    pub ports: Vec<Ports>,
     pub target_v4: Option<Ipv4Addr>,
     pub target_v6: Option<Ipv6Addr>,
 }
@@ -86,6 +90,12 @@ pub enum SetupError {
     NoPorts(&'static str),
     #[error("--udp-port 0: ports are 1-65535")]
     PortZero,
+    #[error("--udp-port {0} and --udp-port {1} overlap: give each port once")]
+    Overlap(Ports, Ports),
+    #[error(
+        "--udp-port {0} with --udp bind: bind is checked as a UDP socket bound to VIP:PORT for each port, which a range cannot be; use --udp iptables or nftables, or give the ports the server binds one by one"
+    )]
+    BindRange(Ports),
     #[error("--target-ip {0}: {1}")]
     BadTargetIp(IpAddr, String),
     #[error(
@@ -97,9 +107,9 @@ pub enum SetupError {
         detail: String,
     },
     #[error(
-        "--udp nftables rewrites a reply's source by its own address and port, so VIPs {0} and {1} on one port cannot be told apart: use --udp iptables or bind the server to each VIP"
+        "--udp nftables rewrites a reply's source by its own address and port, so VIPs {a} and {b}, both on --udp-port {ports}, cannot be told apart: use --udp iptables, or --udp bind with the server bound to each VIP"
     )]
-    Ambiguous(IpAddr, IpAddr),
+    Ambiguous { a: IpAddr, b: IpAddr, ports: Ports },
 }
 
 /// A VIP must be a unicast address another host can send to.
@@ -135,12 +145,7 @@ impl Request {
         if vips.is_empty() {
             return Err(SetupError::NoVip);
         }
-        if self.ports.contains(&0) {
-            return Err(SetupError::PortZero);
-        }
-        let mut ports: Vec<u16> = self.ports.clone();
-        ports.sort_unstable();
-        ports.dedup();
+        let ports = self.ports()?;
         let rewrites = self.udp != UdpMethod::Bind;
         if rewrites && ports.is_empty() {
             return Err(SetupError::NoPorts(self.udp.as_str()));
@@ -154,9 +159,30 @@ impl Request {
         };
         self.target_ips(&mut setup, host)?;
         if self.udp == UdpMethod::Nftables {
-            no_two_vips_of_a_family(&setup.vips)?;
+            no_two_vips_of_a_family(&setup)?;
         }
         Ok(setup)
+    }
+
+    /// The ports sorted and deduplicated; overlapping ones (which would
+    /// make two rules for a port) and, with `bind`, a range are refused.
+    fn ports(&self) -> Result<Vec<Ports>, SetupError> {
+        if self.ports.iter().any(|p| p.first == 0) {
+            return Err(SetupError::PortZero);
+        }
+        let mut ports = self.ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        // Sorted by first port: any overlap shows between neighbours.
+        if let Some(w) = ports.windows(2).find(|w| w[0].overlap(w[1]).is_some()) {
+            return Err(SetupError::Overlap(w[0], w[1]));
+        }
+        if self.udp == UdpMethod::Bind
+            && let Some(&range) = ports.iter().find(|p| p.is_range())
+        {
+            return Err(SetupError::BindRange(range));
+        }
+        Ok(ports)
     }
 
     /// The target's own address of each family the rewrite needs: given,
@@ -245,11 +271,16 @@ fn own_address(
     }
 }
 
-fn no_two_vips_of_a_family(vips: &[IpAddr]) -> Result<(), SetupError> {
+/// Two VIPs of a family sharing a port: every VIP gets every port (ranges
+/// included), so any two of a family share them all.
+fn no_two_vips_of_a_family(setup: &Setup) -> Result<(), SetupError> {
+    let Some(&ports) = setup.ports.first() else {
+        return Ok(());
+    };
     for v6 in [false, true] {
-        let mut of_family = vips.iter().filter(|ip| ip.is_ipv6() == v6);
-        if let (Some(a), Some(b)) = (of_family.next(), of_family.next()) {
-            return Err(SetupError::Ambiguous(*a, *b));
+        let mut of_family = setup.vips.iter().filter(|ip| ip.is_ipv6() == v6);
+        if let (Some(&a), Some(&b)) = (of_family.next(), of_family.next()) {
+            return Err(SetupError::Ambiguous { a, b, ports });
         }
     }
     Ok(())
@@ -313,7 +344,8 @@ pub enum Item {
     NftChain,
     /// A rule of the chain, as `nft list` prints it.
     NftRule(String),
-    /// `--udp bind`: a UDP socket bound to the VIP and port.
+    /// `--udp bind`: a UDP socket bound to the VIP and port (one port:
+    /// `Request::check` refuses a range with bind).
     UdpBound(SocketAddr),
 }
 
@@ -333,7 +365,7 @@ pub fn items(setup: &Setup) -> Vec<Item> {
                     setup
                         .ports
                         .iter()
-                        .map(|&p| Item::UdpBound(SocketAddr::new(vip, p))),
+                        .map(|p| Item::UdpBound(SocketAddr::new(vip, p.first))),
                 );
             }
         }
@@ -358,15 +390,16 @@ fn target_of(setup: &Setup, vip: IpAddr) -> Option<IpAddr> {
 /// address (conntrack gives the replies the VIP back), and a RETURN that
 /// keeps them from any source NAT rule later in POSTROUTING.
 fn iptables_rules(setup: &Setup) -> Vec<IptablesRule> {
-    let mut returns = BTreeSet::new();
+    // One RETURN a target address and port, however many VIPs share them.
+    let mut returns = Vec::new();
     let mut dnats = Vec::new();
     for &vip in &setup.vips {
         let Some(target) = target_of(setup, vip) else {
             continue;
         };
         let (vip, target) = (vip.to_string(), target.to_string());
-        for port in &setup.ports {
-            let port = port.to_string();
+        for &ports in &setup.ports {
+            let port = iptables_ports(ports);
             let dport = ["-p", "udp", "--dport", port.as_str()];
             let mut ret = vec!["-d", target.as_str()];
             ret.extend(dport);
@@ -375,7 +408,10 @@ fn iptables_rules(setup: &Setup) -> Vec<IptablesRule> {
             dnat.extend(dport);
             dnat.extend(["-j", "DNAT", "--to-destination", target.as_str()]);
             let v6 = target.contains(':');
-            returns.insert(IptablesRule::new(v6, "POSTROUTING", &ret));
+            let ret = IptablesRule::new(v6, "POSTROUTING", &ret);
+            if !returns.contains(&ret) {
+                returns.push(ret);
+            }
             dnats.push(IptablesRule::new(v6, "PREROUTING", &dnat));
         }
     }
@@ -391,13 +427,32 @@ fn nft_rules(setup: &Setup) -> Vec<String> {
             continue;
         };
         let ip = if vip.is_ipv6() { "ip6" } else { "ip" };
-        for port in &setup.ports {
+        for &ports in &setup.ports {
+            let port = nft_ports(ports);
             rules.push(format!(
                 "{ip} saddr {target} udp sport {port} {ip} saddr set {vip}"
             ));
         }
     }
     rules
+}
+
+/// Ports as iptables' `--dport` takes and `-S` prints them: `53`,
+/// `10000:20000` (`all` is `1:65535`).
+fn iptables_ports(ports: Ports) -> String {
+    match ports.single() {
+        Some(port) => port.to_string(),
+        None => format!("{}:{}", ports.first, ports.last),
+    }
+}
+
+/// Ports as nft takes and `nft list` prints them: `53`, `10000-20000`
+/// (`all` is `1-65535`), so that a rule is found by its text.
+fn nft_ports(ports: Ports) -> String {
+    match ports.single() {
+        Some(port) => port.to_string(),
+        None => format!("{}-{}", ports.first, ports.last),
+    }
 }
 
 /// What the host has of the items (read by `observe`).

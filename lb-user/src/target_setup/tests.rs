@@ -10,8 +10,16 @@ fn request(vips: &[&str], udp: UdpMethod, ports: &[u16], targets: &[&str]) -> Re
     Request {
         vips: vips.iter().map(|v| ip(v)).collect(),
         udp,
-        ports: ports.to_vec(),
+        ports: ports.iter().map(|&p| Ports::one(p)).collect(),
         target_ips: targets.iter().map(|v| ip(v)).collect(),
+    }
+}
+
+/// `r` with the ports given as on the command line.
+fn with_ports(r: Request, ports: &[&str]) -> Request {
+    Request {
+        ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+        ..r
     }
 }
 
@@ -69,7 +77,7 @@ fn bad_requests_say_what_to_give() {
         ),
         (
             request(&["10.0.3.49", "10.0.3.50"], Nftables, &[53], &[]),
-            "VIPs 10.0.3.49 and 10.0.3.50 on one port cannot be told apart",
+            "VIPs 10.0.3.49 and 10.0.3.50, both on --udp-port 53, cannot be told apart",
         ),
     ];
     for (r, want) in cases {
@@ -98,7 +106,7 @@ fn target_addresses_are_given_or_the_hosts_only_one() {
     .check(&host())
     .unwrap();
     assert_eq!(setup.vips, [ip("10.0.3.49"), ip("fd00:3::49")]);
-    assert_eq!(setup.ports, [53]);
+    assert_eq!(setup.ports, [Ports::one(53)]);
     assert_eq!(setup.target_v4, Some("10.0.3.11".parse().unwrap()));
     assert_eq!(setup.target_v6, Some("fd00:3::11".parse().unwrap()));
     let given = request(&["10.0.3.49"], UdpMethod::Nftables, &[53], &["192.0.2.7"])
@@ -206,7 +214,7 @@ fn complete(setup: &Setup) -> Seen {
         udp_sockets: setup
             .vips
             .iter()
-            .flat_map(|&v| setup.ports.iter().map(move |&p| SocketAddr::new(v, p)))
+            .flat_map(|&v| setup.ports.iter().map(move |p| SocketAddr::new(v, p.first)))
             .collect(),
     }
 }
@@ -363,4 +371,198 @@ fn persisting_writes_the_boot_files_once() {
     let again = persist(&s, "lb target-setup x", &root).unwrap();
     assert!(again.iter().all(|p| !p.changed), "{again:?}");
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+fn range(first: u16, last: u16) -> Ports {
+    Ports { first, last }
+}
+
+#[test]
+fn ports_are_sorted_and_deduplicated_and_overlaps_refused() {
+    let r = request(&["10.0.3.49"], UdpMethod::Iptables, &[], &[]);
+    let ports = |given: &[&str]| with_ports(r.clone(), given).check(&host());
+    assert_eq!(
+        ports(&["all", "53", "10000-20000", "53", "10000-20000"]).map(|s| s.ports),
+        Err(SetupError::Overlap(Ports::ALL, Ports::one(53)))
+    );
+    assert_eq!(
+        ports(&["10000-20000", "53", "20001-20002", "10000-20000"]).map(|s| s.ports),
+        Ok(vec![
+            Ports::one(53),
+            range(10000, 20000),
+            range(20001, 20002)
+        ])
+    );
+    let err = |given: &[&str]| ports(given).unwrap_err().to_string();
+    assert_eq!(
+        err(&["10000-20000", "15000-25000"]),
+        "--udp-port 10000-20000 and --udp-port 15000-25000 overlap: give each port once"
+    );
+    assert_eq!(
+        err(&["10000-20000", "20000"]),
+        "--udp-port 10000-20000 and --udp-port 20000 overlap: give each port once"
+    );
+    // What clap cannot give: a port 0 from a caller of the library.
+    assert_eq!(
+        err(&[]),
+        "--udp iptables rewrites addresses of UDP ports: give them with --udp-port"
+    );
+    let zero = Request {
+        ports: vec![range(0, 10)],
+        ..r
+    };
+    assert_eq!(zero.check(&host()), Err(SetupError::PortZero));
+}
+
+#[test]
+fn bind_takes_single_ports_only() {
+    let bind = request(&["10.0.3.49", "fd00:3::49"], UdpMethod::Bind, &[], &[]);
+    assert_eq!(
+        with_ports(bind.clone(), &["53", "5000-5001"])
+            .check(&host())
+            .unwrap_err()
+            .to_string(),
+        "--udp-port 5000-5001 with --udp bind: bind is checked as a UDP socket bound to VIP:PORT for each port, which a range cannot be; use --udp iptables or nftables, or give the ports the server binds one by one"
+    );
+    assert_eq!(
+        with_ports(bind.clone(), &["all"]).check(&host()),
+        Err(SetupError::BindRange(Ports::ALL))
+    );
+    let single = with_ports(bind, &["5001", "5000"]).check(&host()).unwrap();
+    let bound: Vec<Item> = items(&single)
+        .into_iter()
+        .filter(|i| matches!(i, Item::UdpBound(_)))
+        .collect();
+    let at = |a: &str| Item::UdpBound(a.parse().unwrap());
+    assert_eq!(
+        bound,
+        [
+            at("10.0.3.49:5000"),
+            at("10.0.3.49:5001"),
+            at("[fd00:3::49]:5000"),
+            at("[fd00:3::49]:5001")
+        ]
+    );
+}
+
+#[test]
+fn nftables_refuses_two_vips_of_a_family_on_a_range() {
+    let r = request(
+        &["10.0.3.49", "fd00:3::49", "10.0.3.50"],
+        UdpMethod::Nftables,
+        &[],
+        &[],
+    );
+    assert_eq!(
+        with_ports(r.clone(), &["10000-20000"]).check(&host()),
+        Err(SetupError::Ambiguous {
+            a: ip("10.0.3.49"),
+            b: ip("10.0.3.50"),
+            ports: range(10000, 20000)
+        })
+    );
+    assert!(
+        error(with_ports(r, &["all"]), &host()).contains(
+            "so VIPs 10.0.3.49 and 10.0.3.50, both on --udp-port all, cannot be told apart"
+        )
+    );
+    // One VIP a family is no ambiguity, whatever the ports.
+    let one_each = request(&["10.0.3.49", "fd00:3::49"], UdpMethod::Nftables, &[], &[]);
+    assert!(with_ports(one_each, &["all"]).check(&host()).is_ok());
+}
+
+fn rules_of(setup: &Setup) -> Vec<String> {
+    items(setup)
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::Iptables(rule) => Some(rule.argv("-A").join(" ")),
+            Item::NftRule(rule) => Some(rule),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_range_is_one_rule_in_each_tools_syntax() {
+    let ranged = |udp| {
+        let r = request(&["10.0.3.49", "fd00:3::49"], udp, &[], &[]);
+        with_ports(r, &["10000-20000", "53"])
+            .check(&host())
+            .unwrap()
+    };
+    assert_eq!(
+        rules_of(&ranged(UdpMethod::Iptables)),
+        [
+            "iptables -t nat -A POSTROUTING -d 10.0.3.11 -p udp --dport 53 -j RETURN",
+            "iptables -t nat -A POSTROUTING -d 10.0.3.11 -p udp --dport 10000:20000 -j RETURN",
+            "ip6tables -t nat -A POSTROUTING -d fd00:3::11 -p udp --dport 53 -j RETURN",
+            "ip6tables -t nat -A POSTROUTING -d fd00:3::11 -p udp --dport 10000:20000 -j RETURN",
+            "iptables -t nat -A PREROUTING -d 10.0.3.49 -p udp --dport 53 -j DNAT --to-destination 10.0.3.11",
+            "iptables -t nat -A PREROUTING -d 10.0.3.49 -p udp --dport 10000:20000 -j DNAT --to-destination 10.0.3.11",
+            "ip6tables -t nat -A PREROUTING -d fd00:3::49 -p udp --dport 53 -j DNAT --to-destination fd00:3::11",
+            "ip6tables -t nat -A PREROUTING -d fd00:3::49 -p udp --dport 10000:20000 -j DNAT --to-destination fd00:3::11",
+        ]
+    );
+    let nft = ranged(UdpMethod::Nftables);
+    assert_eq!(
+        rules_of(&nft),
+        [
+            "ip saddr 10.0.3.11 udp sport 53 ip saddr set 10.0.3.49",
+            "ip saddr 10.0.3.11 udp sport 10000-20000 ip saddr set 10.0.3.49",
+            "ip6 saddr fd00:3::11 udp sport 53 ip6 saddr set fd00:3::49",
+            "ip6 saddr fd00:3::11 udp sport 10000-20000 ip6 saddr set fd00:3::49",
+        ]
+    );
+    assert_eq!(
+        nft.invocation(),
+        "lb target-setup --vip 10.0.3.49 --vip fd00:3::49 --udp nftables --udp-port 53 --udp-port 10000-20000 --target-ip 10.0.3.11 --target-ip fd00:3::11"
+    );
+    let script = script(&nft, "x");
+    assert!(script.contains("grep -qxF 'ip saddr 10.0.3.11 udp sport 10000-20000 ip saddr set 10.0.3.49' || nft add rule inet lb_dsr postrouting ip saddr 10.0.3.11 udp sport 10000-20000 ip saddr set 10.0.3.49\n"), "{script}");
+    let all = |udp| {
+        let r = request(&["10.0.3.49"], udp, &[], &[]);
+        rules_of(&with_ports(r, &["all"]).check(&host()).unwrap())
+    };
+    assert!(all(UdpMethod::Iptables)[0].ends_with("--dport 1:65535 -j RETURN"));
+    assert_eq!(
+        all(UdpMethod::Nftables),
+        ["ip saddr 10.0.3.11 udp sport 1-65535 ip saddr set 10.0.3.49"]
+    );
+}
+
+/// The table as nft 1.0.6 lists it after `--apply` of a range, a single
+/// port and all ports: each rule is found by its text.
+#[test]
+fn nfts_listing_of_ranges_checks_ok() {
+    let listing = "table inet lb_dsr {
+\tchain postrouting {
+\t\ttype filter hook postrouting priority 300; policy accept;
+\t\tip saddr 10.0.3.11 udp sport 53 ip saddr set 10.0.3.49
+\t\tip saddr 10.0.3.11 udp sport 10000-20000 ip saddr set 10.0.3.49
+\t\tip saddr 10.0.3.11 udp sport 1-65535 ip saddr set 10.0.3.49
+\t}
+}
+";
+    let seen = Seen {
+        nft_table: Some(listing.into()),
+        ..Seen::default()
+    };
+    for ports in [&["53", "10000-20000"][..], &["all"]] {
+        let r = request(&["10.0.3.49"], UdpMethod::Nftables, &[], &[]);
+        let s = with_ports(r, ports).check(&host()).unwrap();
+        let nft: Vec<Item> = items(&s)
+            .into_iter()
+            .filter(|i| matches!(i, Item::NftTable | Item::NftChain | Item::NftRule(_)))
+            .collect();
+        assert!(nft.len() >= 3, "{nft:?}");
+        for item in nft {
+            assert_eq!(item.state(&seen), State::Ok, "{}", item.what());
+        }
+    }
+    let r = request(&["10.0.3.49"], UdpMethod::Nftables, &[], &[]);
+    let other = with_ports(r, &["10000-20001"]).check(&host()).unwrap();
+    let missing = items(&other)
+        .into_iter()
+        .find(|i| matches!(i, Item::NftRule(_)));
+    assert_eq!(missing.unwrap().state(&seen), State::Missing);
 }
