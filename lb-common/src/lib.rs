@@ -877,14 +877,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_filter_admits_a_vips_ranges_only_when_it_has_some() {
-        let key = |a: u32, proto, port: u16| ListenerKey {
+    /// The listener key of IPv4 address `a` (host order).
+    fn key(a: u32, proto: u8, port: u16) -> ListenerKey {
+        ListenerKey {
             addr_be: [a.to_be(), 0, 0, 0],
             port_be: port.to_be(),
             proto,
             family: FAMILY_V4,
-        };
+        }
+    }
+
+    #[test]
+    fn the_filter_admits_a_vips_ranges_only_when_it_has_some() {
         let vip = 0x0a00_0331;
         let admits =
             |f: &ListenerFilter, k: ListenerKey| f.admits(k.family, &k.addr_be, k.proto, k.port_be);
@@ -904,12 +908,6 @@ mod tests {
 
     #[test]
     fn the_listener_filter_holds_its_keys_and_little_else() {
-        let key = |a: u32, proto, port: u16| ListenerKey {
-            addr_be: [a.to_be(), 0, 0, 0],
-            port_be: port.to_be(),
-            proto,
-            family: FAMILY_V4,
-        };
         let mut filter = ListenerFilter::EMPTY;
         let vip = 0x0a00_0331;
         filter.insert(&key(vip, PROTO_TCP, 80));
