@@ -4,7 +4,8 @@
 //! describes the methods and how to read the figures.
 //!
 //! Data plane (BPF_PROG_TEST_RUN, no network needed): [`packet`] (ns/packet
-//! beside a MAC-swap program), [`flows`] (established flows at scale, in a
+//! beside a MAC-swap program), [`ranges`] (what a listener's port range
+//! costs, `lb` only), [`flows`] (established flows at scale, in a
 //! scrambled order, on one CPU and on two at once), [`flood`] (SYN and
 //! spoofed-ACK floods against established flows); `packet` and `flows`
 //! also time [`memory`] (one read from memory, the unit of issue 18's
@@ -46,6 +47,7 @@ pub mod million;
 pub mod observe;
 pub mod packet;
 pub mod plot;
+pub mod ranges;
 pub mod report;
 pub mod scale;
 // The order and the sources of the scrambled builds, shared with them.

@@ -8,13 +8,14 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::Result;
 use clap::Parser;
 use lb_bench::{
-    Settings, flood, flows, health, live, million, observe, packet,
+    Settings, flood, flows, health, live, million, observe, packet, ranges,
     report::{Figure, Machine, OPTIMIZED, Report, Section},
     scale, table, versus,
 };
 
-const SECTIONS: [&str; 10] = [
-    "packet", "flows", "flood", "live", "table", "scale", "million", "health", "observe", "versus",
+const SECTIONS: [&str; 11] = [
+    "packet", "ranges", "flows", "flood", "live", "table", "scale", "million", "health", "observe",
+    "versus",
 ];
 
 #[derive(Parser, Debug)]
@@ -33,8 +34,8 @@ struct Args {
     /// `perf record`).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
-    /// Only these sections (repeatable): packet, flows, flood, live, table,
-    /// scale, million, health, observe, versus.
+    /// Only these sections (repeatable): packet, ranges, flows, flood, live,
+    /// table, scale, million, health, observe, versus.
     #[arg(long = "section", value_name = "NAME")]
     sections: Vec<String>,
     /// Another XDP program to time beside lb (section `versus`, which runs
@@ -126,6 +127,7 @@ fn sections(args: &Args, settings: &Settings) -> Vec<Section> {
             packet::section(settings, &rows, out)
         },
     );
+    run("ranges", ranges::TITLE, &mut || ranges::section(settings));
     run("flows", flows::TITLE, &mut || flows::section(settings, out));
     run("flood", flood::TITLE, &mut || flood::section(settings));
     run("live", live::TITLE, &mut || live::section(settings));

@@ -50,7 +50,7 @@ pub const NEW_FLOW_GAIN_GOAL: f64 = 3.9;
 /// (1.0 plus the noise of two fixtures measured a few seconds apart).
 pub const HOST_PORT_GOAL: f64 = 1.10;
 /// The flow tables of both designs (the default `max_flows`).
-const FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
+pub(crate) const FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
 
 /// What a fixture measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub fn fixtures() -> Vec<Fixture> {
 
 /// The packet that opens `frame`'s flow: for TCP, the frame with its flags
 /// replaced by a SYN; anything else as it is.
-fn opening(frame: &[u8]) -> Vec<u8> {
+pub(crate) fn opening(frame: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
     let ethertype = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
     let l3 = if ethertype(12) == 0x8100 { 18 } else { 14 };
@@ -251,7 +251,7 @@ impl Row {
     }
 }
 
-fn ns(d: std::time::Duration) -> f64 {
+pub(crate) fn ns(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e9
 }
 
@@ -311,7 +311,7 @@ fn one_run(
 /// Runs each of `frames` `FLOW_TABLE_SIZE` times through the new-flow
 /// build `s` (which changes the source after each repetition); each
 /// repetition must have been a new flow.
-fn fill(s: &mut Subject, frames: &[&[u8]]) -> Result<()> {
+pub(crate) fn fill(s: &mut Subject, frames: &[&[u8]]) -> Result<()> {
     for frame in frames {
         let before = s.new_flows()?;
         test_run(s.program_mut(), frame, FLOW_TABLE_SIZE)?;
@@ -483,7 +483,7 @@ pub fn section(settings: &Settings, rows: &[Row], dir: &std::path::Path) -> Resu
     Ok(s)
 }
 
-fn min_med(v: &[f64]) -> String {
+pub(crate) fn min_med(v: &[f64]) -> String {
     let (min, median) = min_median(v);
     format!("{} / {}", fmt_ns(min), fmt_ns(median))
 }
