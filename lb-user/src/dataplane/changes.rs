@@ -329,9 +329,10 @@ impl Changes {
                     unknown || old_ports.get(id).copied().unwrap_or_default() != *ports
                 }),
         );
-        let prefixes = range_prefixes(new, new_ports);
-        if unknown || range_prefixes(&held.listeners, old_ports) != prefixes {
-            self.port_ranges = Some(prefixes);
+        // The prefixes follow from the listeners of a range: compared as
+        // those, they are derived only when they change.
+        if unknown || ranged(&held.listeners, old_ports) != ranged(new, new_ports) {
+            self.port_ranges = Some(range_prefixes(new, new_ports));
         }
     }
 }
@@ -342,6 +343,21 @@ fn ranges(plan: &MapPlan) -> HashMap<u32, ListenerPorts> {
         .iter()
         .filter(|l| l.ports != ListenerPorts::default())
         .map(|l| (l.info.listener_id, l.ports))
+        .collect()
+}
+
+/// The listeners of `listeners` that have a range in `ports`, with it, by
+/// id.
+fn ranged(
+    listeners: &HashMap<ListenerKey, ListenerInfo>,
+    ports: &HashMap<u32, ListenerPorts>,
+) -> BTreeMap<u32, (ListenerKey, ListenerInfo, ListenerPorts)> {
+    listeners
+        .iter()
+        .filter_map(|(key, info)| {
+            let range = ports.get(&info.listener_id)?;
+            Some((info.listener_id, (*key, *info, *range)))
+        })
         .collect()
 }
 
