@@ -77,7 +77,7 @@ pub struct Fixture {
     pub frame: Rc<dyn Fn(usize) -> Vec<u8>>,
 }
 
-fn fixed(frame: Vec<u8>) -> Rc<dyn Fn(usize) -> Vec<u8>> {
+pub(crate) fn fixed(frame: Vec<u8>) -> Rc<dyn Fn(usize) -> Vec<u8>> {
     Rc::new(move |_| frame.clone())
 }
 

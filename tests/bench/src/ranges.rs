@@ -30,7 +30,7 @@ use lb_tests::packets::{Frame, tcp_flags::*};
 
 use crate::{
     Build, Design, POLICY, Settings, Subject, XDP_PASS, XDP_TX, load_macswap, macswap,
-    packet::{FLOW_TABLE_SIZE, fill, min_med, ns, opening},
+    packet::{self, FLOW_TABLE_SIZE, fill, min_med, ns, opening},
     report::{Figure, Section, fmt_ns},
     stats, test_run,
 };
@@ -113,7 +113,7 @@ struct Fixture {
 fn fixed(name: String, frame: Vec<u8>) -> Fixture {
     Fixture {
         name,
-        frame: Rc::new(move |_| frame.clone()),
+        frame: packet::fixed(frame),
     }
 }
 
