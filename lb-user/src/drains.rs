@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ids::TargetKey,
     policy::{FailoverMode, Mac, Policy},
+    rename::Renames,
 };
 
 /// One leaving target.
@@ -73,6 +74,14 @@ pub struct Flows {
 }
 
 impl Flows {
+    /// The same, the groups renamed (`crate::rename`).
+    pub fn renamed(&self, renames: &Renames) -> Flows {
+        Flows {
+            named: self.named.iter().map(|k| renames.key(k)).collect(),
+            swept_at: self.swept_at,
+        }
+    }
+
     /// Whether flows may be left on `drain`'s target: it is named, or no
     /// sweep since its drain began says otherwise.
     fn left_on(&self, drain: &Drain) -> bool {
@@ -109,6 +118,19 @@ impl Drains {
 
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+
+    /// The same drains, the groups renamed (`crate::rename`): each goes on
+    /// as it was, under its group's new name.
+    pub fn renamed(&self, renames: &Renames) -> Drains {
+        Drains::from_list(self.by_key.values().map(|d| {
+            let key = renames.key(&d.key());
+            Drain {
+                group: key.group,
+                via: key.via,
+                ..d.clone()
+            }
+        }))
     }
 
     pub fn list(&self) -> impl Iterator<Item = &Drain> {
@@ -502,5 +524,39 @@ mod tests {
         assert!(d.get(&via).is_some());
         d.undrain("spare", IpAddr::from([10, 0, 3, 21])).unwrap();
         assert!(d.get(&via).is_none());
+    }
+
+    /// Renamed, a drain goes on as it was under its group's new name (and
+    /// its backup's, for a target taken through one).
+    #[test]
+    fn a_renamed_group_keeps_its_drains() {
+        let ip: IpAddr = [10, 0, 3, 12].into();
+        let mut d = Drains::from_list([
+            drain(&TargetKey::new("web", ip), None, 1000, 300, true),
+            drain(
+                &TargetKey::via_backup("api", "web", ip),
+                None,
+                1000,
+                300,
+                false,
+            ),
+        ]);
+        d = d.renamed(&Renames::parse(&["web=www"]).unwrap());
+        let www = d.get(&TargetKey::new("www", ip)).expect("renamed");
+        assert_eq!(
+            (www.group.as_str(), www.since, www.until, www.by_command),
+            ("www", 1000, 1300, true)
+        );
+        let via = d
+            .get(&TargetKey::via_backup("api", "www", ip))
+            .expect("its backup renamed");
+        assert_eq!(via.via.as_deref(), Some("www"));
+        assert!(d.get(&TargetKey::new("web", ip)).is_none());
+        let flows = Flows {
+            named: [TargetKey::new("web", ip)].into(),
+            swept_at: Some(5),
+        };
+        let flows = flows.renamed(&Renames::parse(&["web=www"]).unwrap());
+        assert_eq!(flows.named, [TargetKey::new("www", ip)].into());
     }
 }

@@ -31,6 +31,7 @@ use crate::policy::{
     compile::listener_key,
     limits::{GROUP_LIMIT, LISTENER_LIMIT, TARGET_LIMIT},
 };
+use crate::rename::Renames;
 
 /// A target's identity: its group and address (every target of a group
 /// shares the group's port); for a target of the group's backup group that
@@ -326,6 +327,24 @@ impl Ids {
                     let retired = retired.then_some(now);
                     (key, Assigned { id, retired })
                 })
+                .collect(),
+        }
+    }
+
+    /// The same ids, the groups renamed (`crate::rename`): each group and
+    /// target keeps its id under its group's new name.
+    pub fn renamed(&self, renames: &Renames) -> Ids {
+        Ids {
+            listeners: self.listeners.clone(),
+            groups: self
+                .groups
+                .iter()
+                .map(|(name, g)| (renames.name(name).to_string(), *g))
+                .collect(),
+            targets: self
+                .targets
+                .iter()
+                .map(|(key, a)| (renames.key(key), *a))
                 .collect(),
         }
     }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod neighbors;
 pub mod plan;
 pub mod policy;
+pub mod rename;
 pub mod round_robin;
 pub mod state;
 pub mod stats;

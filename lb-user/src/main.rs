@@ -154,6 +154,12 @@ enum Command {
         /// Print the plan only.
         #[arg(long)]
         dry_run: bool,
+        /// Target group OLD of the running policy is NEW in FILE: it keeps
+        /// its flows, sticky sessions, health verdicts and drains (without
+        /// it a renamed group is one removed, its flows choosing a target
+        /// again, and one added). Repeat for several; names may be swapped.
+        #[arg(long, value_name = "OLD=NEW", value_parser = rename_arg)]
+        rename: Vec<String>,
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
@@ -304,9 +310,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Apply {
             file,
             dry_run,
+            rename,
             json,
             client,
-        } => Ok(apply(&client, &file, dry_run, json).await),
+        } => Ok(apply(&client, &file, dry_run, rename, json).await),
         Command::Drain {
             target_group,
             target,
@@ -465,8 +472,21 @@ async fn show_status(client: &Client, only_group: Option<&str>, json: bool) -> a
     Ok(())
 }
 
+/// A `--rename` argument: `OLD=NEW`.
+fn rename_arg(arg: &str) -> Result<String, String> {
+    lb_user::rename::Renames::parse(&[arg])
+        .map(|_| arg.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// `lb apply`: sends the policy, prints the plan and what was done.
-async fn apply(client: &Client, file: &Path, dry_run: bool, json: bool) -> ExitCode {
+async fn apply(
+    client: &Client,
+    file: &Path,
+    dry_run: bool,
+    renames: Vec<String>,
+    json: bool,
+) -> ExitCode {
     let text = match policy::read(file) {
         Ok(text) => text,
         Err(err) => {
@@ -478,6 +498,7 @@ async fn apply(client: &Client, file: &Path, dry_run: bool, json: bool) -> ExitC
         source: file.display().to_string(),
         text,
         dry_run,
+        renames,
     });
     let reply = match api::call(&client.socket, &request, client.timeout()).await {
         Ok(api::Reply::Apply(reply)) => reply,

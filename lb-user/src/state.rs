@@ -19,7 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{drains::Drain, health::HealthState, ids::TargetKey};
+use crate::{drains::Drain, health::HealthState, ids::TargetKey, rename::Renames};
 
 /// The state file's name in its data plane's state directory.
 pub const FILE: &str = "state.json";
@@ -126,6 +126,19 @@ impl RuntimeState {
                 Some((key, state))
             })
             .collect()
+    }
+
+    /// The verdicts and drains saved, their groups renamed
+    /// (`crate::rename`).
+    pub fn rename(&mut self, renames: &Renames) {
+        for v in &mut self.health {
+            v.group = renames.name(&v.group).to_string();
+        }
+        self.drains = crate::drains::Drains::from_list(self.drains.drain(..))
+            .renamed(renames)
+            .list()
+            .cloned()
+            .collect();
     }
 
     /// Replaces the verdicts (`initial` ones are not kept).

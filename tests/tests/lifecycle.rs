@@ -799,3 +799,106 @@ fn lb_apply_shows_the_plan_and_refuses_bad_files_without_a_change() {
     let reports = streams.stop();
     assert_none_broken(&reports, &steps);
 }
+
+/// The lifecycle policy as `group`: `web`'s round robin over the three
+/// targets, with a TCP health check on port 80 that takes three failures to
+/// call a target unhealthy (at 2 s intervals: 4 s at the least from
+/// `initial`).
+fn named_yaml(group: &str) -> String {
+    Web::new(&[0, 1, 2], 300, false)
+        .yaml()
+        .replace("target_group: web", &format!("target_group: {group}"))
+        .replace("  - name: web\n", &format!("  - name: {group}\n"))
+        .replace(
+            "    targets:\n",
+            "    health_check: { type: tcp, port: 80, interval_s: 2, timeout_s: 1, healthy_threshold: 1, unhealthy_threshold: 3 }\n    targets:\n",
+        )
+}
+
+/// `lb apply --rename web=www` takes the group `web` as `www` of the new
+/// file: the plan is the rename alone; the group keeps its flows (no
+/// connection breaks, though round robin would choose again for each),
+/// its targets' active flows, health verdicts and drains, and all of it
+/// survives a restart. Without `--rename`, the plan says a group is removed
+/// and one added, and advises the rename; a rename of a group that does not
+/// run is refused.
+#[test]
+fn lb_apply_rename_keeps_a_groups_flows_health_and_drains() {
+    let s = LabRun::start_yaml(&named_yaml("web"), |_| {});
+    let streams = Streams::start(&s.lab, &specs());
+    let steps = streams::Steps::default();
+    streams.wait_answers(3, T);
+    let mut ports = Ports(40700);
+    wait_state(&s.lb, "web", 0, "healthy");
+
+    steps.push("t3's health server stopped, t2 drained");
+    s.lab.stop_port(Node::Target(2), topo::TCP_PORT).unwrap();
+    wait_state(&s.lb, "web", 2, "unhealthy");
+    cli(&s.lb, &["drain", "web", &ip(1).to_string()], 0);
+    let until = target_field(&s.lb.report().unwrap(), "web", 1, "drain").unwrap()["until"].clone();
+    let renamed = s.lab.write_file("renamed.yaml", &named_yaml("www"));
+    let renamed = renamed.to_str().unwrap();
+
+    let plan = cli(&s.lb, &["apply", renamed, "--dry-run"], 0);
+    for line in [
+        "- target group web (3 targets, removed at once)",
+        "+ target group www (3 targets)",
+        "hint: if `www` is `web` renamed, apply with --rename web=www",
+    ] {
+        assert!(
+            plan.stdout.contains(line),
+            "no `{line}` in:\n{}",
+            plan.stdout
+        );
+    }
+    let refused = cli(&s.lb, &["apply", renamed, "--rename", "nope=www"], 1);
+    assert!(
+        refused
+            .stdout
+            .contains("--rename nope=www: no target group `nope` in the running policy"),
+        "{refused:?}"
+    );
+    assert!(s.lb.report().unwrap().group("www").is_none());
+
+    steps.push("lb apply --rename web=www");
+    let applied = cli(&s.lb, &["apply", renamed, "--rename", "web=www"], 0);
+    assert!(
+        applied.stdout.contains(
+            "applied 1 changes:\n  ~ target group web: renamed to www (its flows, health verdicts and drains stay)\n"
+        ),
+        "{}",
+        applied.stdout
+    );
+    let check = |st: &Status, when: &str| {
+        let shown = st.show(Some("www"));
+        assert!(st.group("web").is_none(), "{when}: {shown}");
+        let states = [0, 1, 2].map(|i| st.state("www", ip(i)));
+        assert_eq!(
+            states,
+            [Some("healthy"), Some("draining"), Some("unhealthy")],
+            "{when}: {shown}"
+        );
+        let drain = target_field(st, "www", 1, "drain").unwrap();
+        assert_eq!(drain["by_command"], true, "{when}: {shown}");
+        assert_eq!(drain["until"], until, "{when}: {shown}");
+        let flows = [0, 1, 2].map(|i| target_field(st, "www", i, "active_flows").cloned());
+        let four = Some(Value::from(STREAMS / 3));
+        assert_eq!(flows, [four.clone(), four.clone(), four], "{when}: {shown}");
+    };
+    check(&s.lb.report().unwrap(), "after the rename");
+    let (spread, failed) = new_connections(&s.lab, VIP4.into(), ports.next(12), 12);
+    assert_eq!((spread, failed), ([12, 0, 0], 0), "new connections");
+    streams.wait_answers(3, T);
+
+    steps.push("lb restarted");
+    let (lb, lab, _serial) = s.into_parts();
+    lb.stop().unwrap();
+    let policy = lab.dir().join("policy.yaml");
+    let lb = lab.start_lb(&policy, &["--xdp-mode", "native"]).unwrap();
+    check(&lb.report().unwrap(), "after a restart");
+    streams.wait_answers(3, T);
+    cli(&lb, &["undrain", "www", &ip(1).to_string()], 0);
+    let reports = streams.stop();
+    assert_none_broken(&reports, &steps);
+    drop(lb);
+}

@@ -65,6 +65,9 @@ pub struct Apply {
     pub source: String,
     pub text: String,
     pub dry_run: bool,
+    /// Target groups renamed (`OLD=NEW`, `crate::rename`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renames: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +146,10 @@ pub struct ApplyReply {
     #[serde(default)]
     pub apply_error: Option<String>,
     pub changes: Vec<Change>,
+    /// Advice on the plan: a group removed and one added that look like a
+    /// rename (`policy::diff::rename_hints`).
+    #[serde(default)]
+    pub hints: Vec<String>,
 }
 
 /// What `lb drain` or `lb undrain` did.
@@ -174,6 +181,9 @@ impl ApplyReply {
         };
         for change in &self.changes {
             out += &format!("  {change}\n");
+        }
+        for hint in &self.hints {
+            out += &format!("hint: {hint}\n");
         }
         if let Some(err) = &self.apply_error {
             out += &format!("WARNING: the maps are not written yet (retried): {err}\n");
@@ -248,10 +258,19 @@ mod tests {
                 ip: "10.0.3.14".parse().unwrap(),
                 weight: 256,
             }],
+            hints: Vec::new(),
         };
         assert_eq!(
             reply.render(),
             "new.yaml: valid, 1 changes (dry run: nothing changed):\n  + target 10.0.3.14 in web (weight 256)\n"
+        );
+        reply.hints = vec!["if `www` is `web` renamed, ...".into()];
+        assert!(
+            reply
+                .render()
+                .ends_with("(weight 256)\nhint: if `www` is `web` renamed, ...\n"),
+            "{}",
+            reply.render()
         );
         reply.refused = Some("new.yaml:3:5: target_groups[0].name: empty".into());
         assert_eq!(
@@ -296,8 +315,16 @@ mod tests {
             source: "p.yaml".into(),
             text: "listeners: []\n".into(),
             dry_run: true,
+            renames: Vec::new(),
         });
         assert_eq!(Request::parse(&apply.line()), Ok(apply));
+        let renaming = Request::Apply(Apply {
+            source: "p.yaml".into(),
+            text: "listeners: []\n".into(),
+            dry_run: false,
+            renames: vec!["web=www".into()],
+        });
+        assert_eq!(Request::parse(&renaming.line()), Ok(renaming));
         assert!(
             Request::parse("stat")
                 .unwrap_err()

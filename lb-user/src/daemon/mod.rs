@@ -48,6 +48,7 @@ use crate::{
     neighbors::{self, InterfaceInfo, NeighborWatch},
     plan::{MapPlan, Observed},
     policy::{Mac, Policy, compile::compile_next},
+    rename::Renames,
     state::RuntimeState,
     status::{ErrorStatus, ProbeSources},
     view::{self, View},
@@ -502,11 +503,31 @@ impl Daemon {
     /// The plan of `policy` with `drains` and what is observed now, its ids
     /// following those of the plan wanted so far.
     fn compile(&mut self, policy: &Policy, drains: &Drains) -> anyhow::Result<MapPlan> {
-        let seen = self.observed(drains);
+        self.compile_renamed(policy, drains, &Renames::default())
+    }
+
+    /// [`Daemon::compile`], where `renames` renamed groups: the ids and
+    /// what is observed of their targets are taken under the new names.
+    fn compile_renamed(
+        &mut self,
+        policy: &Policy,
+        drains: &Drains,
+        renames: &Renames,
+    ) -> anyhow::Result<MapPlan> {
+        let mut seen = self.observed(drains);
+        let renamed;
+        let ids = if renames.is_empty() {
+            &*self.plan.ids
+        } else {
+            seen.health = renames.keys(&seen.health);
+            seen.flows = seen.flows.renamed(renames);
+            renamed = self.plan.ids.renamed(renames);
+            &renamed
+        };
         Ok(compile_next(
             policy,
             &seen,
-            &self.plan.ids,
+            ids,
             Instant::now(),
             &mut self.tables,
         )?)

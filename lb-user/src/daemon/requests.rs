@@ -2,6 +2,8 @@
 //! file, `lb apply` sends a text; both take the same path: checked,
 //! compiled, its changes named, then taken whole or not at all), `lb drain`
 //! and `lb undrain`; and the status report.
+use std::collections::BTreeSet;
+
 use tracing::{error, info, warn};
 
 use super::{Daemon, Phases, Services, load, log, unix_now, warn_flow_table_size};
@@ -10,12 +12,13 @@ use crate::{
     dataplane::reader::StatsRead,
     drains::Drains,
     flows,
-    ids::TargetKey,
+    ids::{Ids, TargetKey},
     plan::MapPlan,
     policy::{
         Policy,
         diff::{self, Change},
     },
+    rename::Renames,
     status::{self, DataPlaneStatus},
 };
 
@@ -23,9 +26,12 @@ use crate::{
 struct Proposal {
     text: String,
     policy: Policy,
+    /// Groups renamed on the way (`lb apply --rename`).
+    renames: Renames,
     drains: Drains,
     plan: MapPlan,
     changes: Vec<Change>,
+    hints: Vec<String>,
 }
 
 impl Daemon {
@@ -109,24 +115,31 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// Checks `parsed` against the host and compiles it with the drains it
-    /// starts: nothing changes yet.
-    fn propose(&mut self, parsed: load::Parsed) -> anyhow::Result<Proposal> {
+    /// Checks `parsed` against the host and `renames` against it and the
+    /// policy in effect, and compiles it with the drains it starts, every
+    /// record of a renamed group under its new name: nothing changes yet.
+    fn propose(&mut self, parsed: load::Parsed, renames: Renames) -> anyhow::Result<Proposal> {
         let policy = load::check_for_host(&parsed, &self.iface)?;
-        let mut drains = self.drains.clone();
-        drains.follow(&self.policy, &policy, unix_now());
-        let plan = self.compile(&policy, &drains)?;
-        let mut changes = diff::changes(&self.policy, &policy);
+        let held: BTreeSet<String> = self.plan.ids.groups().map(|(n, _)| n.into()).collect();
+        renames.check(&self.policy, &held, &policy, &parsed.name)?;
+        let before = renames.policy(&self.policy);
+        let mut drains = self.drains.renamed(&renames);
+        drains.follow(&before, &policy, unix_now());
+        let plan = self.compile_renamed(&policy, &drains, &renames)?;
+        let mut changes = diff::changes_renaming(&self.policy, &policy, &renames);
+        let ids = self.plan.ids.renamed(&renames);
         for change in &mut changes {
             if let Change::TargetRemoved { group, ip, removal } = change {
                 let key = TargetKey::new(group.as_str(), *ip);
-                removal.active_flows = Some(self.active_flows(&key));
+                removal.active_flows = Some(self.active_flows_in(&ids, &key));
                 removal.unused_by = drains.get(&key).map(|d| d.until);
             }
         }
         Ok(Proposal {
             text: parsed.text,
+            hints: diff::rename_hints(&before, &policy),
             policy,
+            renames,
             drains,
             plan,
             changes,
@@ -135,10 +148,26 @@ impl Daemon {
 
     /// Flows in progress on `key`'s target now (0 if it has no id).
     fn active_flows(&self, key: &TargetKey) -> u64 {
-        self.plan
-            .ids
-            .target(key)
+        self.active_flows_in(&self.plan.ids, key)
+    }
+
+    /// Flows in progress on `key`'s target now, its id in `ids`.
+    fn active_flows_in(&self, ids: &Ids, key: &TargetKey) -> u64 {
+        ids.target(key)
             .map_or(0, |a| flows::shown(self.dataplane.active_flows(a.id)))
+    }
+
+    /// Takes every record of a renamed group under its new name: what was
+    /// observed of its targets (health verdicts, which flows name), what
+    /// is written, and the state saved.
+    fn rename(&mut self, renames: &Renames) {
+        self.verdicts = renames.keys(&self.verdicts);
+        self.written = renames.keys(&self.written);
+        self.flows = self.flows.renamed(renames);
+        self.state.rename(renames);
+        for (from, to) in renames.pairs() {
+            info!(from, to, "target group renamed");
+        }
     }
 
     /// Takes a proposal: the policy, its drains and its plan, written.
@@ -155,7 +184,12 @@ impl Daemon {
         if let Err(err) = s.watch.set_targets(dynamic).await {
             warn!(%err, "following the new targets' MACs");
         }
-        s.monitor.update(&p.policy);
+        if p.renames.is_empty() {
+            s.monitor.update(&p.policy);
+        } else {
+            self.rename(&p.renames);
+            s.monitor.update_renamed(&p.policy, &p.renames);
+        }
         self.probe_sources.follow(&p.policy);
         self.errors.policy = None;
         self.policy = p.policy;
@@ -185,7 +219,7 @@ impl Daemon {
         let mut timer = Phases::start();
         let proposal = load::parse_file(&self.opts.config).and_then(|parsed| {
             timer.lap("policy");
-            self.propose(parsed)
+            self.propose(parsed, Renames::default())
         });
         match proposal {
             Ok(p) => {
@@ -220,8 +254,14 @@ impl Daemon {
             refused: None,
             apply_error: None,
             changes: Vec::new(),
+            hints: Vec::new(),
         };
-        let proposal = load::parse_text(apply.source, apply.text).and_then(|p| self.propose(p));
+        let proposal = Renames::parse(&apply.renames)
+            .map_err(anyhow::Error::from)
+            .and_then(|renames| {
+                let parsed = load::parse_text(apply.source, apply.text)?;
+                self.propose(parsed, renames)
+            });
         let p = match proposal {
             Ok(p) => p,
             Err(err) => {
@@ -233,6 +273,7 @@ impl Daemon {
             }
         };
         reply.changes = p.changes.clone();
+        reply.hints = p.hints.clone();
         if apply.dry_run {
             return reply;
         }

@@ -538,6 +538,36 @@ mod tests {
         policy::compile::compile_cached(p, &observed(), &ids, &mut Default::default()).unwrap()
     }
 
+    /// A group renamed (`crate::rename`) keeps its id and its targets'
+    /// ids: the maps change only its name record.
+    #[test]
+    fn a_renamed_group_rewrites_only_its_name() {
+        let now = Instant::now();
+        let before = plan(
+            &policy(&[("web", 80, &[11, 12]), ("api", 81, &[21])]),
+            &Ids::default(),
+            now,
+        );
+        let renames = crate::rename::Renames::parse(&["web=www"]).unwrap();
+        let renamed = renames.policy(&policy(&[("web", 80, &[11, 12]), ("api", 81, &[21])]));
+        let after = plan(&renamed, &before.ids.renamed(&renames), now);
+        let id = before.ids.group("web").unwrap();
+        assert_eq!(after.ids.group("www"), Some(id));
+        let c = Changes::between(&Held::of(&before), &after);
+        let expected = Changes {
+            group_names: vec![(id, GroupName::new("www").unwrap())],
+            ..Changes::default()
+        };
+        assert_eq!(c, expected);
+        // Without the rename: another group, its targets new and the old
+        // ones retired, its table and listener written again.
+        let other = plan(&renamed, &before.ids, now);
+        let c = Changes::between(&Held::of(&before), &other);
+        assert_ne!(other.ids.group("www"), Some(id));
+        assert_eq!(c.targets_gone.len(), 2, "{c:?}");
+        assert_eq!(c.listeners_written.len(), 1, "{c:?}");
+    }
+
     #[test]
     fn a_port_range_is_written_grown_shrunk_and_taken_back() {
         let now = Instant::now();

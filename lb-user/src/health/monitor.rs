@@ -35,6 +35,7 @@ use super::{
 use crate::{
     metrics::Instruments,
     policy::{CheckType, Policy},
+    rename::Renames,
 };
 
 /// A checked target is a target: the same IP in two groups is checked twice
@@ -244,6 +245,28 @@ impl HealthMonitor {
             ));
             self.running.insert(key, Running { check, alive, task });
         }
+    }
+
+    /// Follows a new policy whose groups were renamed (`crate::rename`):
+    /// as [`HealthMonitor::update`], but each target of a renamed group
+    /// whose check is unchanged starts under its new name with the verdict
+    /// it had (its probe loop starts again, as after a restart of `lb`).
+    pub fn update_renamed(&mut self, policy: &Policy, renames: &Renames) {
+        let wanted = checks(policy);
+        let snapshots = self.tx.borrow();
+        let carried: BTreeMap<TargetKey, HealthState> = self
+            .running
+            .iter()
+            .filter_map(|(key, r)| {
+                let new = renames.key(key);
+                let same = new != *key && wanted.get(&new) == Some(&r.check);
+                Some((new, snapshots.get(key).filter(|_| same)?.state))
+            })
+            .collect();
+        drop(snapshots);
+        self.restored = carried;
+        self.update(policy);
+        self.restored.clear();
     }
 
     /// Stops every probe loop and waits for them to end. Receivers then see

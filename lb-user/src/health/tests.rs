@@ -600,3 +600,52 @@ async fn monitor_follows_targets_up_and_down() {
         "the channel closes on shutdown"
     );
 }
+
+/// A renamed group's targets go on under the new name with the verdicts
+/// they had; a group renamed without saying so starts from `initial`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_group_keeps_its_verdicts() {
+    let closed = closed_port().await.port();
+    // Unhealthy after one failure; four more would be needed from `initial`.
+    let web = group(
+        "web",
+        Some(check(CheckType::Tcp, 1, 1, (5, 1))),
+        vec![target(LOCAL, Some(closed))],
+    );
+    let (mut monitor, mut rx) = HealthMonitor::start(&policy(vec![web.clone()]));
+    let down = key("web", "127.0.0.1");
+    wait_for(&mut rx, &down, Duration::from_secs(10), "unhealthy", |s| {
+        s.state == HealthState::Unhealthy
+    })
+    .await;
+    let mut www = web.clone();
+    www.name = "www".into();
+    let renames = crate::rename::Renames::parse(&["web=www"]).unwrap();
+    monitor.update_renamed(&policy(vec![www.clone()]), &renames);
+    {
+        let map = rx.borrow();
+        assert!(!map.contains_key(&down), "{map:?}");
+        assert_eq!(map[&key("www", "127.0.0.1")].state, HealthState::Unhealthy);
+    }
+    // Renamed again with another check: it starts over.
+    let mut changed = www.clone();
+    changed.name = "w3".into();
+    changed.health_check.as_mut().unwrap().unhealthy_threshold = 5;
+    let renames = crate::rename::Renames::parse(&["www=w3"]).unwrap();
+    monitor.update_renamed(&policy(vec![changed]), &renames);
+    assert_eq!(
+        rx.borrow()[&key("w3", "127.0.0.1")].state,
+        HealthState::Initial
+    );
+    // Renamed in the policy alone: another group, checked from the start
+    // (five failures from `initial`, four seconds at the least).
+    let mut other = web.clone();
+    other.name = "other".into();
+    other.health_check.as_mut().unwrap().unhealthy_threshold = 5;
+    monitor.update(&policy(vec![other]));
+    assert_eq!(
+        rx.borrow()[&key("other", "127.0.0.1")].state,
+        HealthState::Initial
+    );
+    monitor.shutdown().await;
+}

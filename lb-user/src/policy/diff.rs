@@ -6,7 +6,8 @@ use std::{fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{HealthCheck, Listener, Policy, Ports, Target, TargetGroup};
+use super::{HealthCheck, Listener, ListenerProtocol, Policy, Ports, Target, TargetGroup};
+use crate::rename::Renames;
 
 /// One change, for people ([`fmt::Display`]) and scripts (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,12 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// A listener of the same VIP, protocol and (first) port under another
+    /// name: the same listener (its id, flows and counters stay).
+    ListenerRenamed {
+        from: String,
+        to: String,
+    },
     GroupAdded {
         name: String,
         targets: usize,
@@ -42,6 +49,11 @@ pub enum Change {
     GroupChanged {
         name: String,
         field: String,
+        from: String,
+        to: String,
+    },
+    /// A group renamed by `lb apply --rename` (`crate::rename`).
+    GroupRenamed {
         from: String,
         to: String,
     },
@@ -106,9 +118,75 @@ pub fn changes(old: &Policy, new: &Policy) -> Vec<Change> {
     out
 }
 
+/// The changes from `old` to `new` where `renames` renamed groups: the
+/// renames first, then what else changed, each group under its new name.
+pub fn changes_renaming(old: &Policy, new: &Policy, renames: &Renames) -> Vec<Change> {
+    let mut out: Vec<Change> = renames
+        .pairs()
+        .map(|(from, to)| Change::GroupRenamed {
+            from: from.into(),
+            to: to.into(),
+        })
+        .collect();
+    out.extend(changes(&renames.policy(old), new));
+    out
+}
+
+/// What a renamed group would keep that a removed one and an added one do
+/// not: for each group of `old` that is gone from `new` and each group new
+/// in `new` that looks like it renamed (its listener has the same VIP,
+/// protocol and port, or it has one of its targets), the advice to say so.
+pub fn rename_hints(old: &Policy, new: &Policy) -> Vec<String> {
+    let has = |p: &Policy, name: &str| p.target_groups.iter().any(|g| g.name == name);
+    let gone = old.target_groups.iter().filter(|g| !has(new, &g.name));
+    let mut added: Vec<&TargetGroup> = new
+        .target_groups
+        .iter()
+        .filter(|g| !has(old, &g.name))
+        .collect();
+    let mut out = Vec::new();
+    for o in gone {
+        let like = |n: &&TargetGroup| {
+            let same_listener = match (old.listener_of(&o.name), new.listener_of(&n.name)) {
+                (Some(a), Some(b)) => listener_id(a) == listener_id(b),
+                _ => false,
+            };
+            same_listener
+                || o.targets
+                    .iter()
+                    .any(|t| n.targets.iter().any(|x| x.ip == t.ip))
+        };
+        if let Some(i) = added.iter().position(like) {
+            let n = added.remove(i);
+            out.push(format!(
+                "if `{}` is `{}` renamed, apply with --rename {}={}: it keeps its flows, health verdicts and drains (without it, `{}`'s targets leave at once and their flows choose a target again)",
+                n.name, o.name, o.name, n.name, o.name
+            ));
+        }
+    }
+    out
+}
+
+/// What a listener's id follows (`crate::ids`): VIP, protocol, first port.
+fn listener_id(l: &Listener) -> (IpAddr, ListenerProtocol, u16) {
+    (l.vip, l.protocol, l.port.first)
+}
+
 fn listeners(old: &Policy, new: &Policy, out: &mut Vec<Change>) {
+    let named = |p: &Policy, name: &str| p.listeners.iter().any(|l| l.name == name);
+    // A listener under another name with the same id: renamed.
+    let renamed_from = |n: &Listener| {
+        old.listeners
+            .iter()
+            .find(|o| listener_id(o) == listener_id(n) && !named(new, &o.name))
+            .filter(|_| !named(old, &n.name))
+    };
     for l in &old.listeners {
-        if !new.listeners.iter().any(|n| n.name == l.name) {
+        let renamed = new
+            .listeners
+            .iter()
+            .any(|n| renamed_from(n).is_some_and(|o| o.name == l.name));
+        if !named(new, &l.name) && !renamed {
             out.push(Change::ListenerRemoved {
                 name: l.name.clone(),
                 vip: l.vip,
@@ -118,7 +196,18 @@ fn listeners(old: &Policy, new: &Policy, out: &mut Vec<Change>) {
         }
     }
     for l in &new.listeners {
-        match old.listeners.iter().find(|o| o.name == l.name) {
+        let was = old.listeners.iter().find(|o| o.name == l.name);
+        let was = match (was, renamed_from(l)) {
+            (None, Some(o)) => {
+                out.push(Change::ListenerRenamed {
+                    from: o.name.clone(),
+                    to: l.name.clone(),
+                });
+                Some(o)
+            }
+            (was, _) => was,
+        };
+        match was {
             None => out.push(Change::ListenerAdded {
                 name: l.name.clone(),
                 vip: l.vip,
@@ -309,6 +398,7 @@ impl fmt::Display for Change {
                 from,
                 to,
             } => write!(f, "~ listener {name}: {field} {from} -> {to}"),
+            Change::ListenerRenamed { from, to } => renamed(f, "listener", from, to),
             Change::GroupAdded { name, targets } => {
                 write!(f, "+ target group {name} ({targets} targets)")
             }
@@ -324,6 +414,7 @@ impl fmt::Display for Change {
                 from,
                 to,
             } => write!(f, "~ target group {name}: {field} {from} -> {to}"),
+            Change::GroupRenamed { from, to } => renamed(f, "target group", from, to),
             Change::TargetAdded { group, ip, weight } => {
                 write!(f, "+ target {ip} in {group} (weight {weight})")
             }
@@ -339,6 +430,15 @@ impl fmt::Display for Change {
             } => write!(f, "~ target {ip} in {group}: {field} {from} -> {to}"),
         }
     }
+}
+
+/// A listener's or a group's rename, and what it keeps.
+fn renamed(f: &mut fmt::Formatter<'_>, what: &str, from: &str, to: &str) -> fmt::Result {
+    let kept = match what {
+        "listener" => "same VIP, protocol and port: its flows and counters stay",
+        _ => "its flows, health verdicts and drains stay",
+    };
+    write!(f, "~ {what} {from}: renamed to {to} ({kept})")
 }
 
 impl fmt::Display for Removal {
@@ -426,6 +526,83 @@ target_groups:
         let json = serde_json::to_value(&changes(&old, &new)[6]).unwrap();
         assert_eq!(json["change"], "target_removed");
         assert_eq!(json["deregistration_delay_s"], 60);
+    }
+
+    /// A group renamed with `--rename` is one change, then what else
+    /// changed under its new name; without it, a remove and an add, and
+    /// the advice to say it is a rename.
+    #[test]
+    fn a_renamed_group_is_one_change_and_a_guess_is_advice() {
+        let old = policy::parse("a.yaml", BEFORE).unwrap();
+        let text = BEFORE
+            .replace("target_group: web", "target_group: www")
+            .replace("name: web\n", "name: www\n")
+            .replace("{ ip: 10.0.3.12 }, ", "");
+        let new = policy::parse("b.yaml", &text).unwrap();
+        let renames = Renames::parse(&["web=www"]).unwrap();
+        let lines: Vec<String> = changes_renaming(&old, &new, &renames)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "~ target group web: renamed to www (its flows, health verdicts and drains stay)",
+                "- target 10.0.3.12 in www: draining: unused in 300 s or when its flows end",
+            ]
+        );
+        let json = serde_json::to_value(&changes_renaming(&old, &new, &renames)[0]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"change": "group_renamed", "from": "web", "to": "www"})
+        );
+        let plain: Vec<String> = changes(&old, &new).iter().map(|c| c.to_string()).collect();
+        assert!(plain.contains(&"- target group web (3 targets, removed at once)".to_string()));
+        assert!(plain.contains(&"+ target group www (2 targets)".to_string()));
+        let hints = rename_hints(&old, &new);
+        assert_eq!(hints.len(), 1, "{hints:?}");
+        assert!(hints[0].contains("--rename web=www"), "{}", hints[0]);
+        assert!(rename_hints(&old, &old).is_empty());
+        // A group gone and an unrelated one added: no advice.
+        let unrelated = BEFORE
+            .replace(
+                "name: old, protocol: tcp, targets: [{ ip: 10.0.3.31 }]",
+                "name: new, protocol: tcp, targets: [{ ip: 10.0.3.32 }]",
+            )
+            .replace("target_group: old", "target_group: new")
+            .replace("port: 82", "port: 83");
+        let unrelated = policy::parse("c.yaml", &unrelated).unwrap();
+        assert!(
+            rename_hints(&old, &unrelated).is_empty(),
+            "{:?}",
+            rename_hints(&old, &unrelated)
+        );
+    }
+
+    /// A listener under a new name with the same VIP, protocol and port is
+    /// the same listener renamed.
+    #[test]
+    fn a_listener_of_the_same_key_under_a_new_name_is_renamed() {
+        let old = policy::parse("a.yaml", BEFORE).unwrap();
+        let text = BEFORE.replace("{ name: web, vip", "{ name: front, vip");
+        let new = policy::parse("b.yaml", &text).unwrap();
+        let lines: Vec<String> = changes(&old, &new).iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "~ listener web: renamed to front (same VIP, protocol and port: its flows and counters stay)"
+            ]
+        );
+        // Renamed and moved to another port: another listener.
+        let moved = text.replace("port: 80, target_group: web", "port: 81, target_group: web");
+        let moved = policy::parse("c.yaml", &moved).unwrap();
+        let lines: Vec<String> = changes(&old, &moved)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("- listener web"), "{lines:?}");
+        assert!(lines[1].starts_with("+ listener front"), "{lines:?}");
     }
 
     #[test]
