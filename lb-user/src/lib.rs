@@ -2,6 +2,7 @@
 //! is a thin edge over these modules, which the tests use directly.
 #![deny(unsafe_code)]
 
+pub mod announce;
 pub mod api;
 pub mod daemon;
 pub mod dataplane;

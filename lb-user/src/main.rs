@@ -104,33 +104,57 @@ enum XdpMode {
     Auto,
 }
 
+/// The options of `lb run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The policy (YAML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The NIC (default: the policy's `interface:`).
+    #[arg(long, short)]
+    iface: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpMode,
+    /// The API socket `lb status` talks to.
+    #[arg(long, default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Seconds to wait at start for the targets' MACs before attaching.
+    #[arg(long, default_value_t = 3.0)]
+    resolve_wait_s: f64,
+    /// Serve Prometheus metrics over HTTP at ADDR (/metrics); without a
+    /// value, on the loopback: 127.0.0.1:9650. Off by default.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = lb_user::metrics::DEFAULT_ADDR)]
+    metrics: Option<std::net::SocketAddr>,
+    /// Keep a route for each VIP lb can serve (a listener with healthy
+    /// targets) in routing table TABLE, lb's own, for a BGP daemon to
+    /// learn and announce (BIRD: `protocol kernel { kernel table TABLE;
+    /// learn; }`). Off by default.
+    #[arg(long, value_name = "TABLE")]
+    announce: Option<u32>,
+}
+
+impl From<RunArgs> for daemon::RunOptions {
+    fn from(a: RunArgs) -> daemon::RunOptions {
+        daemon::RunOptions {
+            config: a.config,
+            iface: a.iface,
+            mode: a.xdp_mode.into(),
+            socket: a.socket,
+            resolve_wait: Duration::from_secs_f64(a.resolve_wait_s.max(0.0)),
+            metrics: a.metrics,
+            announce: a.announce,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Attach to a NIC and balance the policy's listeners (SIGHUP reloads the
     /// policy). The data plane is pinned: it keeps forwarding after lb
     /// stops (SIGINT, SIGTERM, a crash), and the next `lb run` adopts it
     /// with every flow; `lb detach` removes it.
-    Run {
-        /// The policy (YAML).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The NIC (default: the policy's `interface:`).
-        #[arg(long, short)]
-        iface: Option<String>,
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: XdpMode,
-        /// The API socket `lb status` talks to.
-        #[arg(long, default_value = api::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Seconds to wait at start for the targets' MACs before attaching.
-        #[arg(long, default_value_t = 3.0)]
-        resolve_wait_s: f64,
-        /// Serve Prometheus metrics over HTTP at ADDR (/metrics); without a
-        /// value, on the loopback: 127.0.0.1:9650. Off by default.
-        #[arg(long, value_name = "ADDR", num_args = 0..=1,
-              default_missing_value = lb_user::metrics::DEFAULT_ADDR)]
-        metrics: Option<std::net::SocketAddr>,
-    },
+    Run(RunArgs),
     /// Remove the data plane `lb run` left on a NIC: detach its XDP program
     /// (traffic to the VIPs falls to the kernel, so connections through it
     /// are reset), unpin its maps and remove its runtime state. Refused
@@ -181,6 +205,20 @@ enum Command {
     Undrain {
         target_group: String,
         target: IpAddr,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Take this lb out of ECMP (maintenance): every VIP leaves the
+    /// announce table (`lb run --announce`), so the BGP daemon withdraws
+    /// it; the data plane goes on forwarding what still comes.
+    /// It stays withdrawn (a restart too) until `lb announce`.
+    Withdraw {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Announce the VIPs again after `lb withdraw` (each while a listener
+    /// of it has healthy targets).
+    Announce {
         #[command(flatten)]
         client: Client,
     },
@@ -324,25 +362,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             target,
             client,
         } => Ok(drain(&client, target_group, target, false).await),
-        Command::Run {
-            config,
-            iface,
-            xdp_mode,
-            socket,
-            resolve_wait_s,
-            metrics,
-        } => done(
-            daemon::run(daemon::RunOptions {
-                config,
-                iface,
-                mode: xdp_mode.into(),
-                socket,
-                resolve_wait: Duration::from_secs_f64(resolve_wait_s.max(0.0)),
-                metrics,
-            })
-            .await,
-        ),
-        Command::Detach { iface } => done(detach(&iface)),
+        Command::Run(args) => done(daemon::run(args.into()).await),
+        Command::Detach { iface } => done(detach(&iface).await),
+        Command::Withdraw { client } => Ok(announce(&client, false).await),
+        Command::Announce { client } => Ok(announce(&client, true).await),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -408,9 +431,17 @@ impl From<XdpMode> for AttachMode {
     }
 }
 
-/// `lb detach`: removes the data plane and says what there was.
-fn detach(iface: &str) -> anyhow::Result<()> {
+/// `lb detach`: empties the announce table (the BGP daemon withdraws the
+/// VIPs first), then removes the data plane, and says what there was.
+async fn detach(iface: &str) -> anyhow::Result<()> {
     let instance = Instance::of_interface(iface);
+    let saved = lb_user::state::RuntimeState::load_any(&instance.state_dir());
+    if let Some(table) = saved.and_then(|s| s.announce) {
+        // Refused while lb runs: then nothing is touched.
+        drop(instance.lock()?);
+        let held = lb_user::announce::remove(table).await?;
+        println!("{iface}: announce table {table} emptied ({held} routes): its VIPs are withdrawn");
+    }
     let done = dataplane::detach(&instance)?;
     let dir = instance.pin_dir();
     if !done.link && done.pins == 0 && !done.state {
@@ -541,6 +572,47 @@ async fn drain(client: &Client, group: String, ip: IpAddr, drain: bool) -> ExitC
     match api::call(&client.socket, &request, client.timeout()).await {
         Ok(api::Reply::Drain(reply)) => {
             println!("{}", reply.render(now_unix()));
+            ExitCode::SUCCESS
+        }
+        Ok(other) => {
+            eprintln!("lb: lb answered {other:?}");
+            ExitCode::from(UNREACHED)
+        }
+        Err(err @ api::ClientError::Remote { .. }) => {
+            eprintln!("lb: {err}");
+            ExitCode::from(REFUSED)
+        }
+        Err(err) => {
+            eprintln!("lb: {err}");
+            ExitCode::from(UNREACHED)
+        }
+    }
+}
+
+/// `lb announce` (`on`) or `lb withdraw`: prints each VIP and why.
+async fn announce(client: &Client, on: bool) -> ExitCode {
+    match api::call(
+        &client.socket,
+        &api::Request::Announce(on),
+        client.timeout(),
+    )
+    .await
+    {
+        Ok(api::Reply::Announce(status)) => {
+            let how = if status.withdrawn {
+                "withdrawn (until lb announce)"
+            } else {
+                "announced while they can be served"
+            };
+            println!("VIPs in table {}: {how}", status.table);
+            for v in &status.vips {
+                let state = if v.announced {
+                    "announced"
+                } else {
+                    "withdrawn"
+                };
+                println!("  {} {state}: {}", v.vip, v.reason);
+            }
             ExitCode::SUCCESS
         }
         Ok(other) => {

@@ -50,6 +50,13 @@ pub struct RuntimeState {
     /// Targets draining, or drained by `lb drain`.
     #[serde(default)]
     pub drains: Vec<Drain>,
+    /// The routing table the VIPs are announced in (`lb run --announce`),
+    /// for `lb detach` to empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<u32>,
+    /// `lb withdraw`: no VIP is announced until `lb announce`.
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +97,13 @@ impl RuntimeState {
             reason: e.to_string(),
         })?;
         Ok((state.instance == RuntimeState::new(instance).instance).then_some(state))
+    }
+
+    /// The state saved in `dir`, whichever data plane it belongs to (`lb
+    /// detach` removes what it names).
+    pub fn load_any(dir: &Path) -> Option<RuntimeState> {
+        let text = fs::read_to_string(dir.join(FILE)).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Saves it in `dir` (created if needed), atomically.

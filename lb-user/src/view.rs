@@ -28,6 +28,9 @@ pub struct View {
     /// The flow table: flows it is sized for, and buckets.
     pub max_flows: u32,
     pub buckets: u32,
+    /// Each VIP and whether it is announced (`lb run --announce`; empty
+    /// without it).
+    pub announced: Vec<(IpAddr, bool)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +141,7 @@ impl View {
             targets,
             max_flows,
             buckets,
+            announced: Vec::new(),
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::cmd::{self, probe};
 /// Debian packages: LLVM 22 for bpf-linker, the lab's tools, what the
 /// tests check the service file and man pages with (`systemd-analyze`,
 /// `man`), the firewall tools `lb target-setup` drives (`iptables`,
-/// `nft`), and what the metrics tests and benchmark scrape with (`curl`).
+/// `nft`), what the metrics tests and benchmark scrape with (`curl`), and
+/// the BGP daemon the announce test runs (`bird2`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "curl",
+    "bird2",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -36,7 +36,9 @@ pub use server::{
     WRITE_TIMEOUT, bind, receive, refuse,
 };
 
-use crate::{policy::diff::Change, stats::StatsSample, status::StatusReport};
+use crate::{
+    announce::AnnounceStatus, policy::diff::Change, stats::StatsSample, status::StatusReport,
+};
 
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
@@ -57,6 +59,9 @@ pub enum Request {
     Drain(TargetRef),
     /// `lb undrain GROUP TARGET`.
     Undrain(TargetRef),
+    /// `lb announce` (true) and `lb withdraw` (false): the VIPs announced
+    /// again, or all withdrawn (`crate::announce`).
+    Announce(bool),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +133,7 @@ pub enum Reply {
     Stats(Box<StatsSample>),
     Apply(ApplyReply),
     Drain(DrainReply),
+    Announce(AnnounceStatus),
     Error(String),
 }
 

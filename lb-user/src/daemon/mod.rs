@@ -35,6 +35,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    announce::{self, Announcer},
     api,
     dataplane::{
         AttachMode, Attached, Dataplane, LoadOptions, pin::Instance, reader::Reader,
@@ -64,6 +65,8 @@ pub struct RunOptions {
     pub resolve_wait: Duration,
     /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The routing table to announce the VIPs in (`--announce`).
+    pub announce: Option<u32>,
 }
 
 /// Wall-clock time of the steps of a start or a reload, for its log line:
@@ -182,6 +185,8 @@ struct Daemon {
     reader: Arc<Reader>,
     /// Where health probes come from, found once per target address.
     probe_sources: ProbeSources,
+    /// Keeps the VIPs it may serve in the announce table (`--announce`).
+    announcer: Option<Announcer>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -200,6 +205,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Before anything changes: a path that is taken stops lb here.
     let api = api::bind(&opts.socket)
         .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
+    let announcer = match &opts.announce {
+        Some(table) => Some(Announcer::start(*table).await?),
+        None => None,
+    };
     timer.lap("policy");
 
     let dataplane = Dataplane::open_pinned(
@@ -225,6 +234,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     daemon.drains = drains;
     daemon.first_apply(&mut timer)?;
     daemon.attach()?;
+    daemon.announcer = announcer;
+    daemon.announce();
     let _metrics = daemon.serve_metrics()?;
     timer.lap("attach");
     daemon.ready(&timer);
@@ -461,6 +472,7 @@ impl Daemon {
             instruments: Instruments::default(),
             reader,
             probe_sources,
+            announcer: None,
         })
     }
 
@@ -606,12 +618,13 @@ impl Daemon {
             .iter()
             .map(|t| (t.key(), t.info))
             .collect();
-        let view = View::of(
+        let mut view = View::of(
             &self.policy,
             &self.plan,
             self.dataplane.flow_table_size(),
             self.dataplane.flow_table_layout().0,
         );
+        self.announce_into(&mut view);
         self.instruments.activations(&self.view.last(), &view);
         self.view.publish(view);
         let rules = Rules::of(&self.plan);
@@ -621,6 +634,35 @@ impl Daemon {
                 sweeper.update(rules);
             }
         }
+    }
+
+    /// Announces the VIPs the plan in the maps can serve (`--announce`),
+    /// and shows them in a new view (metrics).
+    fn announce(&self) {
+        let mut view = (*self.view.last()).clone();
+        self.announce_into(&mut view);
+        self.view.publish(view);
+    }
+
+    /// [`Daemon::announce`], the announcements shown in `view`.
+    fn announce_into(&self, view: &mut View) {
+        let Some(a) = &self.announcer else {
+            return;
+        };
+        let decided = announce::decide_plan(&self.policy, &self.plan, self.state.withdrawn);
+        a.set(&decided);
+        view.announced = decided.iter().map(|v| (v.vip, v.announced)).collect();
+    }
+
+    /// What the status shows of the announcements.
+    fn announce_status(&self) -> Option<announce::AnnounceStatus> {
+        let a = self.announcer.as_ref()?;
+        Some(announce::AnnounceStatus {
+            table: a.table(),
+            withdrawn: self.state.withdrawn,
+            vips: announce::decide_plan(&self.policy, &self.plan, self.state.withdrawn),
+            error: a.error(),
+        })
     }
 
     fn retry(&mut self) {
@@ -731,6 +773,7 @@ impl Daemon {
     /// mode, and the drains as they are now.
     fn save_state(&mut self) {
         self.state.drains = self.drains.list().cloned().collect();
+        self.state.announce = self.opts.announce;
         match self.state.save(&self.instance.state_dir()) {
             Ok(()) => self.errors.state = None,
             Err(err) => {

@@ -44,6 +44,7 @@ impl Daemon {
             Request::Apply(apply) => Reply::Apply(self.on_apply(apply, s).await),
             Request::Drain(target) => self.on_drain(target, true),
             Request::Undrain(target) => self.on_drain(target, false),
+            Request::Announce(on) => self.on_announce(on),
         }
     }
 
@@ -88,6 +89,7 @@ impl Daemon {
             stats: &stats,
             probe_sources: self.probe_sources.list().to_vec(),
             only_group: group,
+            announce: self.announce_status(),
         });
         Reply::Status(Box::new(report))
     }
@@ -287,6 +289,24 @@ impl Daemon {
         reply.applied = true;
         reply.apply_error = self.errors.apply.clone();
         reply
+    }
+
+    /// `lb announce` (`on`) or `lb withdraw`: kept in the runtime state.
+    fn on_announce(&mut self, on: bool) -> Reply {
+        if self.announcer.is_none() {
+            return Reply::Error("lb runs without --announce: it announces no VIP".to_string());
+        }
+        if self.state.withdrawn == on {
+            let what = if on { "announce" } else { "withdraw" };
+            info!("lb {what}");
+        }
+        self.state.withdrawn = !on;
+        self.save_state();
+        self.announce();
+        match self.announce_status() {
+            Some(status) => Reply::Announce(status),
+            None => Reply::Error("no announcer".to_string()),
+        }
     }
 
     /// `lb drain` (`drain`) or `lb undrain`.

@@ -152,6 +152,22 @@ impl Collector for Scrape {
         self.encode_listeners(&mut enc)?;
         self.encode_groups(&mut enc)?;
         self.encode_targets(&mut enc)?;
+        if !self.view.announced.is_empty() {
+            let rows = self
+                .view
+                .announced
+                .iter()
+                .map(|(vip, on)| ([("vip", vip.to_string())], u64::from(*on)));
+            family(
+                &mut enc,
+                (
+                    "lb_vip_announced",
+                    "1 while the VIP's route is in the announce table (lb run --announce)",
+                    GAUGE,
+                ),
+                rows,
+            )?;
+        }
         family(
             &mut enc,
             ("lb_build_info", "The running lb's version", GAUGE),
@@ -553,6 +569,10 @@ mod tests {
             target_ids: 4,
             max_flows: 1024,
             buckets: 512,
+            announced: vec![
+                ("10.0.3.49".parse().unwrap(), true),
+                ("fd00:3::49".parse().unwrap(), false),
+            ],
         };
         let stats = |p: u64| Stats {
             packets: p,
@@ -593,6 +613,8 @@ mod tests {
             "lb_group_backup_active{group=\"web\"} 1",
             "lb_group_last_resort{group=\"web\"} 0",
             "lb_flow_table_slots 2048",
+            "lb_vip_announced{vip=\"10.0.3.49\"} 1",
+            "lb_vip_announced{vip=\"fd00:3::49\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -9,9 +9,9 @@ use std::{
 use lb_common::{Counter, TargetInfo};
 
 use super::report::{
-    BackupStatus, DataPlaneStatus, DrainStatus, ErrorStatus, FlowTableStatus, GroupStatus,
-    HealthCheckStatus, HealthStatus, ListenerStatus, Provisioning, StatusReport, Stickiness,
-    StickyStatus, TargetState, TargetStatus,
+    AnnounceStatus, BackupStatus, DataPlaneStatus, DrainStatus, ErrorStatus, FlowTableStatus,
+    GroupStatus, HealthCheckStatus, HealthStatus, ListenerStatus, Provisioning, StatusReport,
+    Stickiness, StickyStatus, TargetState, TargetStatus,
 };
 use crate::{
     dataplane::{Dataplane, reader::StatsRead, sweep::SweepReport},
@@ -47,6 +47,8 @@ pub struct Sources<'a> {
     pub probe_sources: Vec<String>,
     /// Only this target group (`status GROUP`), if given.
     pub only_group: Option<&'a str>,
+    /// The VIPs announced (`lb run --announce`).
+    pub announce: Option<AnnounceStatus>,
 }
 
 /// The status report (`lb status`).
@@ -67,6 +69,7 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
         },
         data_plane: src.data_plane.clone(),
         errors: src.errors.clone(),
+        announce: src.announce.clone(),
         listeners: listeners.map(|(l, p)| listener(l, p, src.stats)).collect(),
         target_groups: src
             .policy

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use super::report::{
-    FlowTableStatus, GroupStatus, HealthStatus, ListenerStatus, StatusReport, Stickiness,
-    TargetState, TargetStatus,
+    AnnounceStatus, FlowTableStatus, GroupStatus, HealthStatus, ListenerStatus, StatusReport,
+    Stickiness, TargetState, TargetStatus,
 };
 use crate::{
     failover::Serving,
@@ -61,6 +61,9 @@ fn overview(report: &StatusReport) -> String {
             data_plane.pin_dir
         );
     }
+    if let Some(a) = &report.announce {
+        out += &announce(a);
+    }
     if !report.probe_sources.is_empty() {
         let sources = report.probe_sources.join(", ");
         let _ = writeln!(out, "health probes come from {sources}");
@@ -72,6 +75,31 @@ fn overview(report: &StatusReport) -> String {
         .collect();
     let _ = writeln!(out, "counters: {}", counters.join(" "));
     let _ = writeln!(out, "{}\n", flow_table(&report.flow_table));
+    out
+}
+
+/// The VIPs announced in the announce table, one line each.
+fn announce(a: &AnnounceStatus) -> String {
+    let mut out = format!(
+        "VIPs announced in table {}{}:\n",
+        a.table,
+        if a.withdrawn {
+            " (WITHDRAWN by lb withdraw)"
+        } else {
+            ""
+        }
+    );
+    if let Some(err) = &a.error {
+        let _ = writeln!(out, "ERROR: announce table not set: {err}");
+    }
+    for v in &a.vips {
+        let state = if v.announced {
+            "announced"
+        } else {
+            "withdrawn"
+        };
+        let _ = writeln!(out, "  {} {state}: {}", v.vip, v.reason);
+    }
     out
 }
 
@@ -416,6 +444,40 @@ mod tests {
         );
         assert!(rows[2].starts_with("10.0.3.21 (via spare)  "), "{text}");
         assert!(rows[2].contains("  healthy        applied  "), "{text}");
+    }
+
+    #[test]
+    fn announced_vips_are_listed_with_why() {
+        let mut report = example();
+        report.announce = Some(crate::announce::AnnounceStatus {
+            table: 4242,
+            withdrawn: false,
+            vips: vec![
+                crate::announce::VipAnnounce {
+                    vip: "10.0.0.1".parse().unwrap(),
+                    announced: true,
+                    reason: "listener web has healthy targets (web serving primary)".into(),
+                },
+                crate::announce::VipAnnounce {
+                    vip: "fd00::1".parse().unwrap(),
+                    announced: false,
+                    reason: "no listener has a healthy target (web6 nobody)".into(),
+                },
+            ],
+            error: None,
+        });
+        let text = render(&report, None);
+        assert!(
+            text.contains(
+                "VIPs announced in table 4242:\n  10.0.0.1 announced: listener web has healthy targets (web serving primary)\n  fd00::1 withdrawn: no listener has a healthy target (web6 nobody)\n"
+            ),
+            "{text}"
+        );
+        report.announce.as_mut().unwrap().withdrawn = true;
+        assert!(
+            render(&report, None)
+                .contains("VIPs announced in table 4242 (WITHDRAWN by lb withdraw):\n")
+        );
     }
 
     /// The whole view of a report, as `lb status` prints it (README

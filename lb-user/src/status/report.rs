@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::announce::AnnounceStatus;
 use crate::{
     failover::Serving,
     health::HealthState,
@@ -39,6 +40,9 @@ pub struct StatusReport {
     /// saved (`null` each when fine).
     #[serde(default)]
     pub errors: ErrorStatus,
+    /// The VIPs announced for BGP (`lb run --announce`); null without it.
+    #[serde(default)]
+    pub announce: Option<AnnounceStatus>,
     pub listeners: Vec<ListenerStatus>,
     pub target_groups: Vec<GroupStatus>,
 }
@@ -361,6 +365,7 @@ pub fn example() -> StatusReport {
             state_file: "/var/lib/lb/eth0/state.json".into(),
         },
         errors: ErrorStatus::default(),
+        announce: None,
         listeners: vec![ListenerStatus {
             name: "web".into(),
             vip: IpAddr::from([10, 0, 0, 1]),

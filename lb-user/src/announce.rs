@@ -1,0 +1,423 @@
+//! Announcing the VIPs to a BGP daemon (`lb run --announce TABLE`), for
+//! several `lb` instances behind ECMP.
+//!
+//! `lb` speaks no BGP: it keeps a route for each VIP it can serve (a
+//! blackhole /32 or /128, protocol `static`) in a kernel routing table of
+//! its own, which no rule consults (so the routes change nothing on the
+//! host), and a BGP daemon learns the table and announces what it holds
+//! (BIRD: `protocol kernel { kernel table TABLE; learn; ... }`, exported to
+//! the BGP sessions), as anycast health checkers do. A VIP is announced
+//! while
+//! - `lb withdraw` has not taken the instance out (maintenance: kept in the
+//!   runtime state, so a restart stays out until `lb announce`), and
+//! - one of its listeners has a group whose new flows go to healthy
+//!   targets (`serving` primary, primary below ratio, or backup). A group
+//!   in last resort (no target healthy) or with nobody does not announce:
+//!   another site's instances may have healthy targets.
+//!
+//! A stopped `lb` leaves the routes (its pinned data plane goes on
+//! forwarding, so the instance stays in ECMP through a restart); `lb
+//! detach` empties the table, withdrawing every VIP, before it detaches
+//! the program.
+//!
+//! [`decide`] is pure; [`Announcer`] keeps the table as decided on a task
+//! of its own (rtnetlink), and puts it back if someone changes it.
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures::TryStreamExt as _;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{failover::Serving, plan::MapPlan, policy::Policy};
+
+/// How often the interface is read again and put back as decided.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// One VIP: whether it is announced, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipAnnounce {
+    pub vip: IpAddr,
+    pub announced: bool,
+    pub reason: String,
+}
+
+/// Whether a group's new flows go to healthy targets.
+fn healthy(serving: Serving) -> bool {
+    matches!(
+        serving,
+        Serving::Primary | Serving::PrimaryBelowRatio | Serving::Backup
+    )
+}
+
+/// What each VIP of `policy` should be, with `plan` (its groups' serving)
+/// and `withdrawn` (`lb withdraw`).
+pub fn decide_plan(policy: &Policy, plan: &MapPlan, withdrawn: bool) -> Vec<VipAnnounce> {
+    let serving = |group: &str| {
+        plan.groups
+            .iter()
+            .find(|g| g.name == group)
+            .map_or(Serving::Nobody, |g| g.serving)
+    };
+    decide(policy, serving, withdrawn)
+}
+
+/// What each VIP of `policy` should be, with `serving` (who takes each
+/// group's new flows) and `withdrawn` (`lb withdraw`). Pure.
+pub fn decide(
+    policy: &Policy,
+    serving: impl Fn(&str) -> Serving,
+    withdrawn: bool,
+) -> Vec<VipAnnounce> {
+    let vips: BTreeSet<IpAddr> = policy.listeners.iter().map(|l| l.vip).collect();
+    vips.into_iter()
+        .map(|vip| {
+            let listeners: Vec<_> = policy.listeners.iter().filter(|l| l.vip == vip).collect();
+            let up = listeners.iter().find(|l| healthy(serving(&l.target_group)));
+            let (announced, reason) = match (withdrawn, up) {
+                (true, _) => (false, "withdrawn (lb withdraw)".to_string()),
+                (false, Some(l)) => (
+                    true,
+                    format!(
+                        "listener {} has healthy targets ({} serving {})",
+                        l.name,
+                        l.target_group,
+                        serving(&l.target_group).as_str()
+                    ),
+                ),
+                (false, None) => {
+                    let groups: Vec<String> = listeners
+                        .iter()
+                        .map(|l| {
+                            format!("{} {}", l.target_group, serving(&l.target_group).as_str())
+                        })
+                        .collect();
+                    (
+                        false,
+                        format!("no listener has a healthy target ({})", groups.join(", ")),
+                    )
+                }
+            };
+            VipAnnounce {
+                vip,
+                announced,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// Whether `table` may be the announce table: not 0 (unspecified) nor the
+/// kernel's own (253 default, 254 main, 255 local), whose routes the host
+/// uses.
+pub fn check_table(table: u32) -> Result<(), String> {
+    match table {
+        0 | 253..=255 => Err(format!(
+            "--announce {table}: not a table of lb's own (0 is unspecified; 253, 254 and 255 are the kernel's default, main and local tables); use another number, e.g. 4242"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What the status shows: the table, whether the instance is withdrawn,
+/// each VIP, and the last failure to set the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    pub table: u32,
+    pub withdrawn: bool,
+    pub vips: Vec<VipAnnounce>,
+    /// Why the table is not as decided (retried every few seconds); null
+    /// when it is.
+    pub error: Option<String>,
+}
+
+/// Keeps the announce table as decided, on a task of its own.
+pub struct Announcer {
+    wanted: watch::Sender<BTreeSet<IpAddr>>,
+    error: Arc<Mutex<Option<String>>>,
+    task: JoinHandle<()>,
+    table: u32,
+}
+
+impl Announcer {
+    /// Starts keeping the routes of table `table`: none until
+    /// [`Announcer::set`] (the routes there stay until then).
+    pub async fn start(table: u32) -> anyhow::Result<Announcer> {
+        check_table(table).map_err(anyhow::Error::msg)?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().context("cannot open a netlink socket")?;
+        tokio::spawn(conn);
+        // Readable now, or refused at start.
+        routes(&handle, table).await?;
+        let (wanted, rx) = watch::channel(BTreeSet::new());
+        let error = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(keep(handle, table, rx, error.clone()));
+        Ok(Announcer {
+            wanted,
+            error,
+            task,
+            table,
+        })
+    }
+
+    /// Announces exactly the VIPs `decided` says (logged as they change).
+    pub fn set(&self, decided: &[VipAnnounce]) {
+        let want: BTreeSet<IpAddr> = decided
+            .iter()
+            .filter(|v| v.announced)
+            .map(|v| v.vip)
+            .collect();
+        self.wanted.send_if_modified(|now| {
+            if *now == want {
+                return false;
+            }
+            for v in decided {
+                if v.announced != now.contains(&v.vip) {
+                    let verb = if v.announced {
+                        "announced"
+                    } else {
+                        "withdrawn"
+                    };
+                    info!(vip = %v.vip, reason = %v.reason, "VIP {verb}");
+                }
+            }
+            *now = want.clone();
+            true
+        });
+    }
+
+    pub fn table(&self) -> u32 {
+        self.table
+    }
+
+    /// Why the table is not as decided, if it is not.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().expect("announce error lock").clone()
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        // The routes stay: the data plane forwards on without `lb`.
+        self.task.abort();
+    }
+}
+
+/// The announcer's task: sets the table at each decision, and every
+/// [`RECHECK`]; a failure is logged once and shown until it clears.
+async fn keep(
+    handle: Handle,
+    table: u32,
+    mut rx: watch::Receiver<BTreeSet<IpAddr>>,
+    error: Arc<Mutex<Option<String>>>,
+) {
+    let mut recheck = tokio::time::interval(RECHECK);
+    loop {
+        let want = rx.borrow_and_update().clone();
+        let now = sync(&handle, table, &want)
+            .await
+            .err()
+            .map(|e| format!("{e:#}"));
+        {
+            let mut last = error.lock().expect("announce error lock");
+            if now != *last {
+                match &now {
+                    Some(err) => warn!(table, "announcing the VIPs: {err}"),
+                    None => info!(table, "announce table set again"),
+                }
+                *last = now;
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            _ = recheck.tick() => {}
+        }
+    }
+}
+
+/// The routes of `table`, both families.
+async fn routes(handle: &Handle, table: u32) -> anyhow::Result<Vec<RouteMessage>> {
+    let mut out = Vec::new();
+    for family in [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let msgs: Vec<RouteMessage> = handle
+            .route()
+            .get(family)
+            .execute()
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot read routing table {table}"))?;
+        out.extend(msgs.into_iter().filter(|m| table_of(m) == table));
+    }
+    Ok(out)
+}
+
+fn table_of(msg: &RouteMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table))
+}
+
+/// The host route a message is for, if it is one.
+fn host_route(msg: &RouteMessage) -> Option<IpAddr> {
+    let ip = msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })?;
+    (msg.header.destination_prefix_length == host_len(ip)
+        && msg.header.kind == RouteType::BlackHole)
+        .then_some(ip)
+}
+
+/// Table `table` holds exactly a blackhole host route per VIP of `want`
+/// (any other route there is removed: the table is `lb`'s).
+async fn sync(handle: &Handle, table: u32, want: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
+    let mut have = BTreeSet::new();
+    for msg in routes(handle, table).await? {
+        match host_route(&msg) {
+            Some(ip) if want.contains(&ip) => {
+                have.insert(ip);
+            }
+            _ => handle
+                .route()
+                .del(msg)
+                .execute()
+                .await
+                .with_context(|| format!("cannot remove a route from table {table}"))?,
+        }
+    }
+    for &vip in want.difference(&have) {
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(vip, host_len(vip))
+            .context("a host route")?
+            .table_id(table)
+            .protocol(RouteProtocol::Static)
+            .kind(RouteType::BlackHole)
+            .build();
+        handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot add the route of {vip} to table {table}"))?;
+    }
+    Ok(())
+}
+
+fn host_len(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
+/// `lb detach`: empties announce table `table` (the BGP daemon withdraws
+/// its VIPs). Returns how many routes it held.
+pub async fn remove(table: u32) -> anyhow::Result<usize> {
+    check_table(table).map_err(anyhow::Error::msg)?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    tokio::spawn(conn);
+    let held = routes(&handle, table).await?.len();
+    sync(&handle, table, &BTreeSet::new()).await?;
+    Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{failover::Serving, policy};
+
+    const POLICY: &str = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+  - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
+target_groups:
+  - { name: web, protocol: tcp, targets: [{ ip: 10.0.3.11 }] }
+  - { name: dns, protocol: udp, targets: [{ ip: 10.0.3.11 }] }
+  - { name: web6, protocol: tcp, targets: [{ ip: "fd00:3::11" }] }
+"#;
+
+    fn plan(serving: &[(&str, Serving)]) -> impl Fn(&str) -> Serving + use<> {
+        let serving: Vec<(String, Serving)> =
+            serving.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        move |g: &str| {
+            serving
+                .iter()
+                .find(|(n, _)| n == g)
+                .map_or(Serving::Nobody, |(_, s)| *s)
+        }
+    }
+
+    fn announced(v: &[VipAnnounce]) -> Vec<(String, bool)> {
+        v.iter().map(|v| (v.vip.to_string(), v.announced)).collect()
+    }
+
+    #[test]
+    fn a_vip_is_announced_while_a_listener_of_it_has_healthy_targets() {
+        let p = policy::parse("p.yaml", POLICY).unwrap();
+        let all = |s| plan(&[("web", s), ("dns", s), ("web6", s)]);
+        let v4 = "10.0.3.49".to_string();
+        let v6 = "fd00:3::49".to_string();
+        for (serving, up) in [
+            (Serving::Primary, true),
+            (Serving::PrimaryBelowRatio, true),
+            (Serving::Backup, true),
+            (Serving::PrimaryLastResort, false),
+            (Serving::BackupLastResort, false),
+            (Serving::Nobody, false),
+        ] {
+            let d = decide(&p, all(serving), false);
+            assert_eq!(
+                announced(&d),
+                [(v4.clone(), up), (v6.clone(), up)],
+                "{serving:?}"
+            );
+        }
+        // One listener of the VIP serving is enough.
+        let one = plan(&[
+            ("web", Serving::Nobody),
+            ("dns", Serving::Primary),
+            ("web6", Serving::PrimaryLastResort),
+        ]);
+        let d = decide(&p, one, false);
+        assert_eq!(announced(&d), [(v4.clone(), true), (v6.clone(), false)]);
+        assert_eq!(
+            d[0].reason,
+            "listener dns has healthy targets (dns serving primary)"
+        );
+        assert_eq!(
+            d[1].reason,
+            "no listener has a healthy target (web6 primary_last_resort)"
+        );
+        // Withdrawn: none, whatever the groups.
+        let d = decide(&p, all(Serving::Primary), true);
+        assert_eq!(announced(&d), [(v4, false), (v6, false)]);
+        assert_eq!(d[0].reason, "withdrawn (lb withdraw)");
+    }
+
+    #[test]
+    fn the_table_is_not_one_of_the_kernels() {
+        for ok in [1, 252, 256, 4242, u32::MAX] {
+            assert_eq!(check_table(ok), Ok(()), "{ok}");
+        }
+        for bad in [0, 253, 254, 255] {
+            assert!(check_table(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! `lb run --announce TABLE`: the VIPs a BGP daemon would announce, kept
+//! as blackhole host routes in a routing table of lb's own in the lb's
+//! namespace, following the targets' health, `lb withdraw` and `lb
+//! announce`, restarts and `lb detach`.
+//!
+//! Needs root and the `lb` binary (`cargo xtask test` builds it).
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    LabRun, Node,
+    lb::LbProcess,
+    topo::{self, LINES_PORT, TARGETS, VIP4, VIP6},
+};
+use serde_json::Value;
+
+const TABLE: &str = "4242";
+/// Health verdicts here take 1-2 s; the announcer rechecks every 5 s.
+const T: Duration = Duration::from_secs(30);
+
+/// `web` (IPv4) and `web6` (IPv6) on the lines port, each over the three
+/// targets, checked on port 80 every 2 s: one failure and a target is
+/// unhealthy, one success and it is healthy.
+fn yaml() -> String {
+    let check = "    health_check: { type: tcp, port: 80, interval_s: 2, timeout_s: 1, healthy_threshold: 1, unhealthy_threshold: 1 }\n";
+    let targets = |v6: bool| {
+        TARGETS
+            .iter()
+            .map(|t| {
+                let ip = if v6 {
+                    format!("\"{}\"", t.v6)
+                } else {
+                    t.v4.to_string()
+                };
+                format!("      - {{ ip: {ip} }}\n")
+            })
+            .collect::<String>()
+    };
+    format!(
+        "interface: eth0\nlisteners:\n\
+         \x20 - {{ name: web, vip: {VIP4}, protocol: tcp, port: {LINES_PORT}, target_group: web }}\n\
+         \x20 - {{ name: web6, vip: \"{VIP6}\", protocol: tcp, port: {LINES_PORT}, target_group: web6 }}\n\
+         target_groups:\n\
+         \x20 - name: web\n    protocol: tcp\n{check}    targets:\n{}\
+         \x20 - name: web6\n    protocol: tcp\n{check}    targets:\n{}",
+        targets(false),
+        targets(true)
+    )
+}
+
+/// The routes of the announce table, as `VIP/LEN TYPE PROTOCOL`.
+fn announced(s: &lb_tests::Lab) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for family in ["-4", "-6"] {
+        let text = s
+            .exec(
+                Node::Lb,
+                &["ip", family, "-j", "route", "show", "table", TABLE],
+            )
+            .unwrap_or_default();
+        let routes: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for r in routes.as_array().into_iter().flatten() {
+            let len = if family == "-4" { 32 } else { 128 };
+            let dst = r["dst"].as_str().unwrap();
+            let dst = if dst.contains('/') {
+                dst.to_string()
+            } else {
+                format!("{dst}/{len}")
+            };
+            out.insert(format!(
+                "{dst} {} {}",
+                r["type"].as_str().unwrap_or("unicast"),
+                r["protocol"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    out
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Waits until the announce table holds exactly `want`.
+fn wait_announced(s: &lb_tests::Lab, lb: &LbProcess, want: &BTreeSet<String>, what: &str) {
+    let deadline = Instant::now() + T;
+    loop {
+        let seen = announced(s);
+        if seen == *want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: table {TABLE} holds {seen:?}, not {want:?}\n{}",
+            lb.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The status's `announce` section.
+fn status_of(lb: &LbProcess) -> Value {
+    lb.status().unwrap()["announce"].clone()
+}
+
+/// Stops the health servers (port 80) of every target.
+fn stop_health_servers(s: &lb_tests::Lab) {
+    for i in 0..TARGETS.len() {
+        s.stop_port(Node::Target(i), topo::TCP_PORT).unwrap();
+    }
+}
+
+#[test]
+fn vips_are_announced_while_they_can_be_served_and_withdrawn_on_command() {
+    let both = set(&[
+        &format!("{VIP4}/32 blackhole static"),
+        &format!("{VIP6}/128 blackhole static"),
+    ]);
+    let none = BTreeSet::new();
+    let s = LabRun::start_yaml_args(&yaml(), &["--announce", TABLE], |_| {});
+    wait_announced(&s.lab, &s.lb, &both, "at start");
+    let st = status_of(&s.lb);
+    assert_eq!(st["table"], 4242, "{st}");
+    assert_eq!(st["withdrawn"], false, "{st}");
+    assert!(st["error"].is_null(), "{st}");
+    let text = s.lb.status_command(None, false).unwrap();
+    assert!(text.contains("VIPs announced in table 4242:\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "  {VIP4} announced: listener web has healthy targets"
+        )),
+        "{text}"
+    );
+
+    // A route put there by hand goes (the table is lb's); one taken out
+    // comes back.
+    let by_hand = [
+        "ip",
+        "route",
+        "add",
+        "192.0.2.7/32",
+        "dev",
+        "eth0",
+        "table",
+        TABLE,
+    ];
+    s.lab.exec(Node::Lb, &by_hand).unwrap();
+    let v4 = format!("{VIP4}/32");
+    let taken = ["ip", "route", "del", "blackhole", &v4, "table", TABLE];
+    s.lab.exec(Node::Lb, &taken).unwrap();
+    wait_announced(&s.lab, &s.lb, &both, "after routes changed by hand");
+
+    // No target healthy (last resort): withdrawn; one back: announced.
+    stop_health_servers(&s.lab);
+    wait_announced(&s.lab, &s.lb, &none, "every health server down");
+    let st = status_of(&s.lb);
+    let reason = st["vips"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("no listener has a healthy target (web primary_last_resort"),
+        "{st}"
+    );
+    s.lab.start_port(Node::Target(0), topo::TCP_PORT).unwrap();
+    wait_announced(&s.lab, &s.lb, &both, "t1's health server up");
+    for i in 1..TARGETS.len() {
+        s.lab.start_port(Node::Target(i), topo::TCP_PORT).unwrap();
+    }
+
+    // A restart leaves the announcements: the data plane forwards on.
+    let (lb, lab, _serial) = s.into_parts();
+    lb.stop().unwrap();
+    assert_eq!(announced(&lab), both, "lb stopped");
+    let policy = lab.dir().join("policy.yaml");
+    let lb = lab.start_lb(&policy, &["--announce", TABLE]).unwrap();
+    wait_announced(&lab, &lb, &both, "after a restart");
+
+    // Withdrawn on command, through a restart, until `lb announce`.
+    let run = lb.client(&["withdraw"]).unwrap();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("VIPs in table 4242: withdrawn (until lb announce)"),
+        "{run:?}"
+    );
+    wait_announced(&lab, &lb, &none, "lb withdraw");
+    assert_eq!(status_of(&lb)["withdrawn"], true);
+    lb.stop().unwrap();
+    let lb = lab.start_lb(&policy, &["--announce", TABLE]).unwrap();
+    assert_eq!(
+        status_of(&lb)["withdrawn"],
+        true,
+        "withdrawn after a restart"
+    );
+    assert_eq!(announced(&lab), none, "after a restart");
+    let run = lb.client(&["announce"]).unwrap();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    wait_announced(&lab, &lb, &both, "lb announce");
+
+    // `lb detach` empties the table (the BGP daemon withdraws all).
+    let (_, said) = lb.detach_after_stop().unwrap();
+    assert!(
+        said.contains("announce table 4242 emptied (2 routes)"),
+        "{said}"
+    );
+    assert_eq!(announced(&lab), none, "table {TABLE} after lb detach");
+
+    // The kernel's tables are refused before anything changes.
+    let refused = lab.start_lb(&policy, &["--announce", "254"]);
+    let err = format!("{:?}", refused.err().expect("refused"));
+    assert!(err.contains("not a table of lb's own"), "{err}");
+}
+
+/// Without `--announce`, `lb withdraw` and `lb announce` are refused.
+#[test]
+fn without_announce_the_commands_are_refused() {
+    let s = LabRun::start_yaml(&yaml(), |_| {});
+    for cmd in ["withdraw", "announce"] {
+        let run = s.lb.client(&[cmd]).unwrap();
+        assert_eq!(run.code, Some(1), "{run:?}");
+        assert!(run.stderr.contains("without --announce"), "{run:?}");
+    }
+    assert!(s.lb.status().unwrap()["announce"].is_null());
+    assert!(announced(&s.lab).is_empty());
+}
+
+/// A BIRD daemon in a namespace of the lab, in the foreground: killed on
+/// drop.
+struct Bird {
+    child: std::process::Child,
+    ctl: std::path::PathBuf,
+}
+
+impl Bird {
+    fn start(lab: &lb_tests::Lab, node: Node, name: &str, conf: &str) -> Bird {
+        let path = lab.write_file(&format!("{name}.conf"), conf);
+        let ctl = lab.dir().join(format!("{name}.ctl"));
+        let child = lab
+            .command(node, "bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&path)
+            .arg("-s")
+            .arg(&ctl)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start bird");
+        Bird { child, ctl }
+    }
+
+    /// `birdc show protocols` and `show route`, for a failure's message.
+    fn show(&self, lab: &lb_tests::Lab) -> String {
+        let mut out = String::new();
+        for what in [&["show", "protocols"][..], &["show", "route"]] {
+            let mut args = vec!["-s", self.ctl.to_str().unwrap()];
+            args.extend(what);
+            out += &lab
+                .command(Node::Router, "birdc")
+                .args(&args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+        }
+        out
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The router's routes to the VIPs that BIRD installed (`proto bird`), as
+/// `VIP via NEXT-HOP`.
+fn router_routes(lab: &lb_tests::Lab) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (family, vip) in [("-4", VIP4.to_string()), ("-6", VIP6.to_string())] {
+        let text = lab
+            .exec(Node::Router, &["ip", family, "-j", "route", "show", &vip])
+            .unwrap_or_default();
+        let routes: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for r in routes.as_array().into_iter().flatten() {
+            if r["protocol"] == "bird" {
+                out.insert(format!(
+                    "{vip} via {}",
+                    r["gateway"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// End to end with BIRD, as a deployment behind ECMP runs it: BIRD on the
+/// lb's host learns the announce table (`protocol kernel ... learn`) and
+/// exports it over BGP (IPv4 and IPv6 sessions) to BIRD on the lab's
+/// router, which installs the VIPs' routes via the lb. `lb withdraw` takes
+/// them off the router within a few seconds, `lb announce` puts them back,
+/// and so does the targets' health.
+#[test]
+fn bird_announces_the_vips_to_a_router_over_bgp() {
+    if std::process::Command::new("bird")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return lb_tests::skip("bird is not installed (cargo xtask setup installs bird2)");
+    }
+    let options = lb_tests::LabOptions {
+        router: true,
+        ..Default::default()
+    };
+    let s = LabRun::start_in(options, &yaml(), &["--announce", TABLE], |_| {});
+    let (lb4, lb6, r4, r6) = (topo::LB4, topo::LB6, topo::ROUTER4, topo::ROUTER6);
+    let lb_conf = format!(
+        "router id {lb4};\n\
+         protocol device {{ scan time 1; }}\n\
+         protocol kernel vips4 {{ kernel table {TABLE}; learn; scan time 1; ipv4 {{ import all; export none; }}; }}\n\
+         protocol kernel vips6 {{ kernel table {TABLE}; learn; scan time 1; ipv6 {{ import all; export none; }}; }}\n\
+         protocol bgp up4 {{ local {lb4} as 65001; neighbor {r4} as 65000; connect retry time 1; ipv4 {{ import none; export where proto = \"vips4\"; }}; }}\n\
+         protocol bgp up6 {{ local {lb6} as 65001; neighbor {r6} as 65000; connect retry time 1; ipv6 {{ import none; export where proto = \"vips6\"; }}; }}\n"
+    );
+    let router_conf = format!(
+        "router id {r4};\n\
+         protocol device {{ scan time 1; }}\n\
+         protocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
+         protocol kernel {{ ipv6 {{ import none; export all; }}; }}\n\
+         protocol bgp lb4 {{ local {r4} as 65000; neighbor {lb4} as 65001; connect retry time 1; ipv4 {{ import all; export none; }}; }}\n\
+         protocol bgp lb6 {{ local {r6} as 65000; neighbor {lb6} as 65001; connect retry time 1; ipv6 {{ import all; export none; }}; }}\n"
+    );
+    let _lb_bird = Bird::start(&s.lab, Node::Lb, "bird-lb", &lb_conf);
+    let router = Bird::start(&s.lab, Node::Router, "bird-router", &router_conf);
+    let both = set(&[&format!("{VIP4} via {lb4}"), &format!("{VIP6} via {lb6}")]);
+    let none = BTreeSet::new();
+    let wait_router = |want: &BTreeSet<String>, what: &str| {
+        let deadline = Instant::now() + T;
+        loop {
+            let seen = router_routes(&s.lab);
+            if seen == *want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the router has {seen:?}, not {want:?}\nits BIRD:\n{}\nlb:\n{}",
+                router.show(&s.lab),
+                s.lb.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_router(&both, "BGP sessions up");
+    let run = s.lb.client(&["withdraw"]).unwrap();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    wait_router(&none, "lb withdraw");
+    let run = s.lb.client(&["announce"]).unwrap();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    wait_router(&both, "lb announce");
+    stop_health_servers(&s.lab);
+    wait_router(&none, "no healthy target");
+}
