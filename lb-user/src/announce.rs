@@ -143,7 +143,9 @@ pub struct AnnounceStatus {
 
 /// Keeps the announce table as decided, on a task of its own.
 pub struct Announcer {
-    wanted: watch::Sender<BTreeSet<IpAddr>>,
+    /// None until the first decision: the table is left as it is until
+    /// then (a restart must not withdraw what the last `lb` announced).
+    wanted: watch::Sender<Option<BTreeSet<IpAddr>>>,
     error: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
     table: u32,
@@ -159,7 +161,7 @@ impl Announcer {
         tokio::spawn(conn);
         // Readable now, or refused at start.
         routes(&handle, table).await?;
-        let (wanted, rx) = watch::channel(BTreeSet::new());
+        let (wanted, rx) = watch::channel(None);
         let error = Arc::new(Mutex::new(None));
         let task = tokio::spawn(keep(handle, table, rx, error.clone()));
         Ok(Announcer {
@@ -178,11 +180,14 @@ impl Announcer {
             .map(|v| v.vip)
             .collect();
         self.wanted.send_if_modified(|now| {
-            if *now == want {
+            if now.as_ref() == Some(&want) {
                 return false;
             }
             for v in decided {
-                if v.announced != now.contains(&v.vip) {
+                if now
+                    .as_ref()
+                    .is_none_or(|n| v.announced != n.contains(&v.vip))
+                {
                     let verb = if v.announced {
                         "announced"
                     } else {
@@ -191,7 +196,7 @@ impl Announcer {
                     info!(vip = %v.vip, reason = %v.reason, "VIP {verb}");
                 }
             }
-            *now = want.clone();
+            *now = Some(want.clone());
             true
         });
     }
@@ -213,17 +218,23 @@ impl Drop for Announcer {
     }
 }
 
-/// The announcer's task: sets the table at each decision, and every
-/// [`RECHECK`]; a failure is logged once and shown until it clears.
+/// The announcer's task: from the first decision on, sets the table at
+/// each decision and every [`RECHECK`]; a failure is logged once and shown
+/// until it clears.
 async fn keep(
     handle: Handle,
     table: u32,
-    mut rx: watch::Receiver<BTreeSet<IpAddr>>,
+    mut rx: watch::Receiver<Option<BTreeSet<IpAddr>>>,
     error: Arc<Mutex<Option<String>>>,
 ) {
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
-        let want = rx.borrow_and_update().clone();
+        let Some(want) = rx.borrow_and_update().clone() else {
+            if rx.changed().await.is_err() {
+                break;
+            }
+            continue;
+        };
         let now = sync(&handle, table, &want)
             .await
             .err()

@@ -167,13 +167,29 @@ fn vips_are_announced_while_they_can_be_served_and_withdrawn_on_command() {
         s.lab.start_port(Node::Target(i), topo::TCP_PORT).unwrap();
     }
 
-    // A restart leaves the announcements: the data plane forwards on.
+    // A restart leaves the announcements (the data plane forwards on), and
+    // never takes them out meanwhile: `ip monitor` sees no route deleted.
     let (lb, lab, _serial) = s.into_parts();
+    let monitor = lab
+        .command(Node::Lb, "ip")
+        .args(["monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     lb.stop().unwrap();
     assert_eq!(announced(&lab), both, "lb stopped");
     let policy = lab.dir().join("policy.yaml");
     let lb = lab.start_lb(&policy, &["--announce", TABLE]).unwrap();
     wait_announced(&lab, &lb, &both, "after a restart");
+    let mut monitor = monitor;
+    let _ = monitor.kill();
+    let seen = String::from_utf8_lossy(&monitor.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        !seen
+            .lines()
+            .any(|l| l.starts_with("Deleted") && l.contains(&format!("table {TABLE}"))),
+        "a route of the announce table was deleted across the restart:\n{seen}"
+    );
 
     // Withdrawn on command, through a restart, until `lb announce`.
     let run = lb.client(&["withdraw"]).unwrap();
