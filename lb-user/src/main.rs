@@ -569,65 +569,60 @@ async fn drain(client: &Client, group: String, ip: IpAddr, drain: bool) -> ExitC
     } else {
         api::Request::Undrain(target)
     };
-    match api::call(&client.socket, &request, client.timeout()).await {
+    match ask(client, &request).await {
         Ok(api::Reply::Drain(reply)) => {
             println!("{}", reply.render(now_unix()));
             ExitCode::SUCCESS
         }
-        Ok(other) => {
-            eprintln!("lb: lb answered {other:?}");
-            ExitCode::from(UNREACHED)
-        }
-        Err(err @ api::ClientError::Remote { .. }) => {
-            eprintln!("lb: {err}");
-            ExitCode::from(REFUSED)
-        }
-        Err(err) => {
-            eprintln!("lb: {err}");
-            ExitCode::from(UNREACHED)
-        }
+        Ok(other) => unexpected(&other),
+        Err(code) => code,
     }
 }
 
 /// `lb announce` (`on`) or `lb withdraw`: prints each VIP and why.
 async fn announce(client: &Client, on: bool) -> ExitCode {
-    match api::call(
-        &client.socket,
-        &api::Request::Announce(on),
-        client.timeout(),
-    )
-    .await
-    {
-        Ok(api::Reply::Announce(status)) => {
-            let how = if status.withdrawn {
-                "withdrawn (until lb announce)"
-            } else {
-                "announced while they can be served"
-            };
-            println!("VIPs in table {}: {how}", status.table);
-            for v in &status.vips {
-                let state = if v.announced {
-                    "announced"
-                } else {
-                    "withdrawn"
-                };
-                println!("  {} {state}: {}", v.vip, v.reason);
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(other) => {
-            eprintln!("lb: lb answered {other:?}");
-            ExitCode::from(UNREACHED)
-        }
+    let status = match ask(client, &api::Request::Announce(on)).await {
+        Ok(api::Reply::Announce(status)) => status,
+        Ok(other) => return unexpected(&other),
+        Err(code) => return code,
+    };
+    let how = if status.withdrawn {
+        "withdrawn (until lb announce)"
+    } else {
+        "announced while they can be served"
+    };
+    println!("VIPs in table {}: {how}", status.table);
+    for v in &status.vips {
+        let state = if v.announced {
+            "announced"
+        } else {
+            "withdrawn"
+        };
+        println!("  {} {state}: {}", v.vip, v.reason);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `request`'s reply, or the exit code of its failure (said on stderr):
+/// refused by lb, or lb not reached.
+async fn ask(client: &Client, request: &api::Request) -> Result<api::Reply, ExitCode> {
+    match api::call(&client.socket, request, client.timeout()).await {
+        Ok(reply) => Ok(reply),
         Err(err @ api::ClientError::Remote { .. }) => {
             eprintln!("lb: {err}");
-            ExitCode::from(REFUSED)
+            Err(ExitCode::from(REFUSED))
         }
         Err(err) => {
             eprintln!("lb: {err}");
-            ExitCode::from(UNREACHED)
+            Err(ExitCode::from(UNREACHED))
         }
     }
+}
+
+/// A reply of another kind than the request's.
+fn unexpected(reply: &api::Reply) -> ExitCode {
+    eprintln!("lb: lb answered {reply:?}");
+    ExitCode::from(UNREACHED)
 }
 
 /// `lb stats`: two samples `interval` apart, and their rates; with

@@ -92,10 +92,7 @@ impl View {
                 id: p.info.listener_id,
                 name: l.name.clone(),
                 vip: l.vip,
-                protocol: match l.protocol {
-                    crate::policy::ListenerProtocol::Tcp => "tcp",
-                    crate::policy::ListenerProtocol::Udp => "udp",
-                },
+                protocol: l.protocol.as_str(),
                 port: l.port,
                 group: l.target_group.clone(),
             })
@@ -141,7 +138,7 @@ impl View {
             targets,
             max_flows,
             buckets,
-            announced: Vec::new(),
+            ..View::default()
         }
     }
 }
