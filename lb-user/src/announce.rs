@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::{failover::Serving, plan::MapPlan, policy::Policy};
+use crate::{failover::Serving, plan::MapPlan, policy::Policy, target_setup::host_len};
 
 /// How often the interface is read again and put back as decided.
 pub const RECHECK: Duration = Duration::from_secs(5);
@@ -331,10 +331,6 @@ async fn sync(handle: &Handle, table: u32, want: &BTreeSet<IpAddr>) -> anyhow::R
             .with_context(|| format!("cannot add the route of {vip} to table {table}"))?;
     }
     Ok(())
-}
-
-fn host_len(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() { 32 } else { 128 }
 }
 
 /// `lb detach`: empties announce table `table` (the BGP daemon withdraws

@@ -129,11 +129,11 @@ impl Daemon {
         drains.follow(&before, &policy, unix_now());
         let plan = self.compile_renamed(&policy, &drains, &renames)?;
         let mut changes = diff::changes_renaming(&self.policy, &policy, &renames);
-        let ids = self.plan.ids.renamed(&renames);
         for change in &mut changes {
             if let Change::TargetRemoved { group, ip, removal } = change {
+                // A removed target keeps its id in the new plan (retired).
                 let key = TargetKey::new(group.as_str(), *ip);
-                removal.active_flows = Some(self.active_flows_in(&ids, &key));
+                removal.active_flows = Some(self.active_flows_in(&plan.ids, &key));
                 removal.unused_by = drains.get(&key).map(|d| d.until);
             }
         }
