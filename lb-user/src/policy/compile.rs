@@ -620,6 +620,59 @@ mod tests {
         assert_eq!(compile(&p, &o).unwrap(), compile(&p, &o).unwrap());
     }
 
+    /// Two instances behind ECMP with the same policy: one fresh, one whose
+    /// history (targets added and removed, another order) gave the targets
+    /// other ids. Their tables hold other ids, but every slot names the
+    /// same address, so both send every flow to the same target: the hash
+    /// table under `hash`, and the turn order under `round_robin`.
+    #[test]
+    fn instances_with_other_ids_agree_on_every_slot() {
+        let targets = [
+            ("10.0.3.11", 256, None),
+            ("10.0.3.12", 100, None),
+            ("10.0.3.13", 7, None),
+        ];
+        let o = observed(&[
+            ("10.0.3.11", 0x11),
+            ("10.0.3.12", 0x12),
+            ("10.0.3.13", 0x13),
+            ("10.0.3.14", 0x14),
+        ]);
+        let now = std::time::Instant::now();
+        let addresses = |plan: &MapPlan| -> Vec<IpAddr> {
+            let by_id: BTreeMap<u32, IpAddr> = plan.targets.iter().map(|t| (t.id, t.ip)).collect();
+            plan.groups[0].table.iter().map(|id| by_id[&id]).collect()
+        };
+        for algorithm in [Algorithm::Hash, Algorithm::RoundRobin] {
+            let mut p = policy(&targets);
+            p.target_groups[0].algorithm = algorithm;
+            let fresh = compile(&p, &o).unwrap();
+            // The other instance: .14 and .13 first, then .14 removed and
+            // the rest added in reverse order.
+            let mut first = policy(&[("10.0.3.14", 256, None), ("10.0.3.13", 7, None)]);
+            first.target_groups[0].algorithm = algorithm;
+            let ids = Ids::default().assign(&first, now).unwrap();
+            let mut reversed = p.clone();
+            reversed.target_groups[0].targets.reverse();
+            let ids = Arc::new(ids.assign(&reversed, now).unwrap());
+            let other = compile_cached(&reversed, &o, &ids, &mut TableCache::default()).unwrap();
+            let id = |plan: &MapPlan, ip: &str| {
+                let ip: IpAddr = ip.parse().unwrap();
+                plan.targets.iter().find(|t| t.ip == ip).unwrap().id
+            };
+            assert_ne!(
+                id(&fresh, "10.0.3.11"),
+                id(&other, "10.0.3.11"),
+                "other ids"
+            );
+            assert_ne!(
+                fresh.groups[0].table, other.groups[0].table,
+                "{algorithm:?}"
+            );
+            assert_eq!(addresses(&fresh), addresses(&other), "{algorithm:?}");
+        }
+    }
+
     #[test]
     fn algorithms_and_sticky_sessions_reach_the_group() {
         let mut p = policy(&[
