@@ -142,17 +142,12 @@ impl RuntimeState {
             .collect()
     }
 
-    /// The verdicts and drains saved, their groups renamed
-    /// (`crate::rename`).
+    /// The verdicts saved, their groups renamed (`crate::rename`; the
+    /// drains are saved from the daemon's, renamed already).
     pub fn rename(&mut self, renames: &Renames) {
         for v in &mut self.health {
             v.group = renames.name(&v.group).to_string();
         }
-        self.drains = crate::drains::Drains::from_list(self.drains.drain(..))
-            .renamed(renames)
-            .list()
-            .cloned()
-            .collect();
     }
 
     /// Replaces the verdicts (`initial` ones are not kept).

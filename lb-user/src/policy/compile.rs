@@ -605,13 +605,16 @@ mod tests {
         assert!(plan.groups[0].table.iter().all(|id| id == 0));
     }
 
+    /// Three targets of unequal weights.
+    const UNEQUAL: [(&str, u16, Option<&str>); 3] = [
+        ("10.0.3.11", 256, None),
+        ("10.0.3.12", 100, None),
+        ("10.0.3.13", 7, None),
+    ];
+
     #[test]
     fn same_policy_same_plan() {
-        let p = policy(&[
-            ("10.0.3.11", 256, None),
-            ("10.0.3.12", 100, None),
-            ("10.0.3.13", 7, None),
-        ]);
+        let p = policy(&UNEQUAL);
         let o = observed(&[
             ("10.0.3.11", 0x11),
             ("10.0.3.12", 0x12),
@@ -627,11 +630,6 @@ mod tests {
     /// table under `hash`, and the turn order under `round_robin`.
     #[test]
     fn instances_with_other_ids_agree_on_every_slot() {
-        let targets = [
-            ("10.0.3.11", 256, None),
-            ("10.0.3.12", 100, None),
-            ("10.0.3.13", 7, None),
-        ];
         let o = observed(&[
             ("10.0.3.11", 0x11),
             ("10.0.3.12", 0x12),
@@ -644,7 +642,7 @@ mod tests {
             plan.groups[0].table.iter().map(|id| by_id[&id]).collect()
         };
         for algorithm in [Algorithm::Hash, Algorithm::RoundRobin] {
-            let mut p = policy(&targets);
+            let mut p = policy(&UNEQUAL);
             p.target_groups[0].algorithm = algorithm;
             let fresh = compile(&p, &o).unwrap();
             // The other instance: .14 and .13 first, then .14 removed and
