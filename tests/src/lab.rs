@@ -11,7 +11,9 @@
 //! ```
 //! With [`LabOptions::router`], a router on the bridge (`p-rt`) leads to a
 //! remote client's network through a link of a smaller MTU, and the lb and
-//! the targets route that network through it (path MTU tests).
+//! the targets route that network through it (path MTU tests). With
+//! [`LabOptions::second_lb`], a second load balancer (`p-lb2`) joins the
+//! segment (instances behind ECMP).
 //!
 //! See `docs/lab.md` for the addressing plan; [`crate::topo`] has it as
 //! constants. [`Lab`] builds all of it with iproute2 and removes it on drop,
@@ -186,6 +188,10 @@ pub struct LabOptions {
     /// the router's side of that link with MTU [`topo::ROUTER_MTU`]; the lb
     /// and the targets route 10.0.4.0/24 and fd00:4::/64 via the router.
     pub router: bool,
+    /// Add a second load balancer on the bridge (`Node::Lb2`, 10.0.3.3,
+    /// fd00:3::3, no VIP) with its XDP_PASS program on `p-lb2`, for a
+    /// second `lb run` ([`Lab::start_lb_on`]).
+    pub second_lb: bool,
 }
 
 impl Default for LabOptions {
@@ -197,6 +203,7 @@ impl Default for LabOptions {
             attach_pass: true,
             ready_timeout: Duration::from_secs(20),
             router: false,
+            second_lb: false,
         }
     }
 }
@@ -243,8 +250,8 @@ pub struct Lab {
     options: LabOptions,
     processes: Vec<Process>,
     created: Vec<String>,
-    /// Keeps the XDP_PASS program on `p-lb` attached.
-    pass: Option<xdp::Attached>,
+    /// Keeps the XDP_PASS programs on `p-lb` (and `p-lb2`) attached.
+    pass: Vec<(Node, xdp::Attached)>,
 }
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
@@ -275,12 +282,14 @@ impl Lab {
             options,
             processes: Vec::new(),
             created: Vec::new(),
-            pass: None,
+            pass: Vec::new(),
         };
         // From here on, Drop removes whatever was made if a step fails.
         lab.build_topology()?;
         if lab.options.attach_pass {
-            lab.attach_pass()?;
+            for node in lab.lbs() {
+                lab.attach_pass(node)?;
+            }
         }
         if let Some(bin) = lab.options.server_bin.clone() {
             for (i, t) in TARGETS.iter().enumerate() {
@@ -534,9 +543,20 @@ impl Lab {
     /// Starts `lb run --config POLICY --socket <lab dir>/lb.sock EXTRA...` in
     /// the load balancer's namespace and waits for its `lb ready` line.
     pub fn start_lb(&self, policy: &Path, extra: &[&str]) -> Result<LbProcess, LabError> {
-        let socket = self.dir.join("lb.sock");
+        self.start_lb_on(Node::Lb, policy, extra)
+    }
+
+    /// Like [`Lab::start_lb`], on load balancer `node` (`Node::Lb` or
+    /// `Node::Lb2`), its socket `<lab dir>/<suffix>.sock`.
+    pub fn start_lb_on(
+        &self,
+        node: Node,
+        policy: &Path,
+        extra: &[&str],
+    ) -> Result<LbProcess, LabError> {
+        let socket = self.dir.join(format!("{}.sock", node.suffix()));
         LbProcess::start(&crate::lb::Start {
-            ns: &self.ns(Node::Lb),
+            ns: &self.ns(node),
             bin: &self.options.lb_bin,
             config: policy,
             socket: &socket,
@@ -551,10 +571,23 @@ impl Lab {
     /// and with `router` the router and the remote client.
     fn nodes(&self) -> Vec<Node> {
         let mut nodes = Node::hosts().to_vec();
+        if self.options.second_lb {
+            nodes.push(Node::Lb2);
+        }
         if self.options.router {
             nodes.extend(Node::routed());
         }
         nodes
+    }
+
+    /// The load balancers' nodes: `Node::Lb`, and `Node::Lb2` with
+    /// `second_lb`.
+    fn lbs(&self) -> Vec<Node> {
+        let mut lbs = vec![Node::Lb];
+        if self.options.second_lb {
+            lbs.push(Node::Lb2);
+        }
+        lbs
     }
 
     fn build_topology(&mut self) -> Result<(), LabError> {
@@ -588,7 +621,9 @@ impl Lab {
         }
         // Native XDP_TX on the lb's veth hands frames to p-lb with unfinished
         // checksums unless p-lb computes them itself (TOOLCHAIN.md).
-        run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
+        for lb in self.lbs() {
+            run(netns::command(&sw, "ethtool").args(["-K", &lb.port(), "tx", "off"]))?;
+        }
         Ok(())
     }
 
@@ -598,7 +633,7 @@ impl Lab {
     /// `lb`'s NIC.
     pub fn remake_lb_interface(&mut self) -> Result<(), LabError> {
         let (lb, sw) = (self.ns(Node::Lb), self.ns(Node::Switch));
-        drop(self.pass.take());
+        self.pass.retain(|(node, _)| *node != Node::Lb);
         run(Command::new("ip").args(["-n", &lb, "link", "del", "eth0"]))?;
         ip_batch(
             Some(&sw),
@@ -612,7 +647,7 @@ impl Lab {
         ip_batch(Some(&lb), &host_links(Node::Lb))?;
         run(netns::command(&sw, "ethtool").args(["-K", "p-lb", "tx", "off"]))?;
         if self.options.attach_pass {
-            self.attach_pass()?;
+            self.attach_pass(Node::Lb)?;
         }
         Ok(())
     }
@@ -653,16 +688,19 @@ impl Lab {
         ip_batch(Some(sw), &batch)
     }
 
-    fn attach_pass(&mut self) -> Result<(), LabError> {
+    /// Attaches the XDP_PASS program to the bridge port of load balancer
+    /// `node`.
+    fn attach_pass(&mut self, node: Node) -> Result<(), LabError> {
+        let port = node.port();
         let err = |reason: String| LabError::Xdp {
-            port: "p-lb".into(),
+            port: port.clone(),
             reason,
         };
         let sw = self.ns(Node::Switch);
-        let attached = netns::run(&sw, || xdp::attach_native(&xdp::PASS, "p-lb"))
+        let attached = netns::run(&sw, || xdp::attach_native(&xdp::PASS, &port))
             .map_err(|e| err(format!("enter {sw}: {e}")))?
             .map_err(|e| err(e.to_string()))?;
-        self.pass = Some(attached);
+        self.pass.push((node, attached));
         Ok(())
     }
 
@@ -671,7 +709,8 @@ impl Lab {
     /// neighbour table with the targets' MACs, as on any live segment.
     fn wait_reachable(&self) -> Result<(), LabError> {
         let deadline = Instant::now() + self.options.ready_timeout;
-        let mut from = vec![Node::Client, Node::Lb];
+        let mut from = vec![Node::Client];
+        from.extend(self.lbs());
         if self.options.router {
             // Through the router, both ways: its forwarding and the
             // targets' routes back.
@@ -733,6 +772,10 @@ fn host_sysctls(node: Node) -> Vec<(&'static str, &'static str)> {
         sysctls.push(("net/ipv6/conf/eth1/accept_dad", "0"));
         sysctls.push(("net/ipv4/ip_forward", "1"));
         sysctls.push(("net/ipv6/conf/all/forwarding", "1"));
+        // ECMP spreads by the 5-tuple (layer 4), as routers in front of
+        // load balancers do, so one client's flows take every path.
+        sysctls.push(("net/ipv4/fib_multipath_hash_policy", "1"));
+        sysctls.push(("net/ipv6/fib_multipath_hash_policy", "1"));
     }
     sysctls
 }
@@ -768,6 +811,10 @@ fn host_links(node: Node) -> Vec<String> {
             // segment, and the targets' answers would stay on them.
             v4(format!("{VIP4}/32"));
             v4(format!("{VIP6}/128 nodad preferred_lft 0"));
+        }
+        Node::Lb2 => {
+            v4(format!("{}/24", topo::LB2_4));
+            v4(format!("{}/64 nodad", topo::LB2_6));
         }
         Node::Target(i) => {
             v4(format!("{}/24", TARGETS[i].v4));
@@ -808,7 +855,7 @@ fn routed_links(node: Node) -> Vec<String> {
 /// client go there directly, never through the lb).
 fn routes_to_remote(node: Node) -> Vec<String> {
     match node {
-        Node::Lb | Node::Target(_) => vec![
+        Node::Lb | Node::Lb2 | Node::Target(_) => vec![
             format!("route add {} via {}", topo::REMOTE_NET4, topo::ROUTER4),
             format!("route add {} via {}", topo::REMOTE_NET6, topo::ROUTER6),
         ],
@@ -960,17 +1007,19 @@ impl Drop for Lab {
         // An lb's data plane on the lab's interface, if a test left one:
         // detached (its processes are gone above, lb's own were dropped
         // before the lab).
-        let lb_ns = self.ns(Node::Lb);
-        if self.created.contains(&lb_ns)
-            && Path::new(lb_user::dataplane::pin::BPFFS_ROOT)
-                .join(&lb_ns)
-                .exists()
-            && let Err(e) = crate::lb::detach(&lb_ns, &self.options.lb_bin, "eth0")
-        {
-            eprintln!("lab: lb detach in {lb_ns}: {e}");
+        for lb in self.lbs() {
+            let lb_ns = self.ns(lb);
+            if self.created.contains(&lb_ns)
+                && Path::new(lb_user::dataplane::pin::BPFFS_ROOT)
+                    .join(&lb_ns)
+                    .exists()
+                && let Err(e) = crate::lb::detach(&lb_ns, &self.options.lb_bin, "eth0")
+            {
+                eprintln!("lab: lb detach in {lb_ns}: {e}");
+            }
         }
         // Detach before the port goes away with its namespace.
-        drop(self.pass.take());
+        self.pass.clear();
         for ns in self.created.drain(..).rev() {
             remove_namespace(&ns);
         }

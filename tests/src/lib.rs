@@ -7,6 +7,7 @@
 //! attachments, and removes them when dropped.
 #![deny(unsafe_code)]
 
+pub mod bird;
 pub mod capture;
 pub mod client;
 pub mod flood;

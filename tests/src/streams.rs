@@ -92,7 +92,13 @@ impl Streams {
     /// target it is on), then keeps them going. Panics if one cannot be
     /// opened.
     pub fn start(lab: &Lab, specs: &[Spec]) -> Streams {
-        let opened: Vec<(Opened, String)> = lab.run_in(Node::Client, || {
+        Streams::start_from(lab, Node::Client, specs)
+    }
+
+    /// Like [`Streams::start`], from `node` (the remote client behind the
+    /// router, say).
+    pub fn start_from(lab: &Lab, node: Node, specs: &[Spec]) -> Streams {
+        let opened: Vec<(Opened, String)> = lab.run_in(node, || {
             specs
                 .iter()
                 .map(|spec| open(spec).unwrap_or_else(|e| panic!("stream {}: {e}", spec.name)))

@@ -20,6 +20,13 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 0x49);
 pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
 pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 2);
 
+/// The second load balancer of a lab built with `LabOptions::second_lb`
+/// (`Node::Lb2`): its MAC and its own addresses. It holds no VIP: only
+/// routes (ECMP, through the router) bring it the VIPs' traffic.
+pub const LB2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x03];
+pub const LB2_4: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 3);
+pub const LB2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 3);
+
 /// How many addresses of each family the client has: 10.0.3.100-107 and
 /// fd00:3::100-107. The affinity tests need several clients so that "not every
 /// client lands on the same target" holds by design, not by luck.
@@ -143,6 +150,9 @@ pub enum Node {
     Switch,
     Client,
     Lb,
+    /// The second load balancer (`LabOptions::second_lb` only); on the
+    /// bridge as `p-lb2`.
+    Lb2,
     /// Index into [`TARGETS`].
     Target(usize),
     /// The router between the segment and the remote client
@@ -177,6 +187,7 @@ impl Node {
             Node::Switch => "sw",
             Node::Client => "cl",
             Node::Lb => "lb",
+            Node::Lb2 => "lb2",
             Node::Target(0) => "t1",
             Node::Target(1) => "t2",
             Node::Target(2) => "t3",
@@ -198,6 +209,7 @@ impl Node {
             Node::Switch => None,
             Node::Client => Some(CLIENT_MAC),
             Node::Lb => Some(LB_MAC),
+            Node::Lb2 => Some(LB2_MAC),
             Node::Target(i) => Some(TARGETS[i].mac),
             Node::Router => Some(ROUTER_MAC),
             Node::Remote => Some(REMOTE_MAC),
@@ -214,6 +226,8 @@ mod tests {
         assert_eq!(Node::Target(2).port(), "p-t3");
         assert_eq!(Node::Router.port(), "p-rt");
         assert_eq!(Node::Remote.suffix(), "rc");
+        assert_eq!(Node::Lb2.port(), "p-lb2");
+        assert_eq!(fmt_mac(Node::Lb2.mac().unwrap()), "02:00:00:00:00:03");
         assert_eq!(fmt_mac(Node::Remote.mac().unwrap()), "02:00:00:00:01:64");
         assert_eq!(fmt_mac(TARGETS[0].mac), "02:00:00:00:00:11");
         assert_eq!(client4(7), Ipv4Addr::new(10, 0, 3, 107));

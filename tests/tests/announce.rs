@@ -11,6 +11,7 @@ use std::{
 
 use lb_tests::{
     LabRun, Node,
+    bird::{self, Bird},
     lb::LbProcess,
     topo::{self, LINES_PORT, TARGETS, VIP4, VIP6},
 };
@@ -240,76 +241,6 @@ fn without_announce_the_commands_are_refused() {
     assert!(announced(&s.lab).is_empty());
 }
 
-/// A BIRD daemon in a namespace of the lab, in the foreground: killed on
-/// drop.
-struct Bird {
-    child: std::process::Child,
-    ctl: std::path::PathBuf,
-}
-
-impl Bird {
-    fn start(lab: &lb_tests::Lab, node: Node, name: &str, conf: &str) -> Bird {
-        let path = lab.write_file(&format!("{name}.conf"), conf);
-        let ctl = lab.dir().join(format!("{name}.ctl"));
-        let child = lab
-            .command(node, "bird")
-            .arg("-f")
-            .arg("-c")
-            .arg(&path)
-            .arg("-s")
-            .arg(&ctl)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start bird");
-        Bird { child, ctl }
-    }
-
-    /// `birdc show protocols` and `show route`, for a failure's message.
-    fn show(&self, lab: &lb_tests::Lab) -> String {
-        let mut out = String::new();
-        for what in [&["show", "protocols"][..], &["show", "route"]] {
-            let mut args = vec!["-s", self.ctl.to_str().unwrap()];
-            args.extend(what);
-            out += &lab
-                .command(Node::Router, "birdc")
-                .args(&args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-        }
-        out
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The router's routes to the VIPs that BIRD installed (`proto bird`), as
-/// `VIP via NEXT-HOP`.
-fn router_routes(lab: &lb_tests::Lab) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for (family, vip) in [("-4", VIP4.to_string()), ("-6", VIP6.to_string())] {
-        let text = lab
-            .exec(Node::Router, &["ip", family, "-j", "route", "show", &vip])
-            .unwrap_or_default();
-        let routes: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        for r in routes.as_array().into_iter().flatten() {
-            if r["protocol"] == "bird" {
-                out.insert(format!(
-                    "{vip} via {}",
-                    r["gateway"].as_str().unwrap_or("?")
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// End to end with BIRD, as a deployment behind ECMP runs it: BIRD on the
 /// lb's host learns the announce table (`protocol kernel ... learn`) and
 /// exports it over BGP (IPv4 and IPv6 sessions) to BIRD on the lab's
@@ -318,11 +249,7 @@ fn router_routes(lab: &lb_tests::Lab) -> BTreeSet<String> {
 /// and so does the targets' health.
 #[test]
 fn bird_announces_the_vips_to_a_router_over_bgp() {
-    if std::process::Command::new("bird")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !bird::installed() {
         return lb_tests::skip("bird is not installed (cargo xtask setup installs bird2)");
     }
     let options = lb_tests::LabOptions {
@@ -330,42 +257,15 @@ fn bird_announces_the_vips_to_a_router_over_bgp() {
         ..Default::default()
     };
     let s = LabRun::start_in(options, &yaml(), &["--announce", TABLE], |_| {});
-    let (lb4, lb6, r4, r6) = (topo::LB4, topo::LB6, topo::ROUTER4, topo::ROUTER6);
-    let lb_conf = format!(
-        "router id {lb4};\n\
-         protocol device {{ scan time 1; }}\n\
-         protocol kernel vips4 {{ kernel table {TABLE}; learn; scan time 1; ipv4 {{ import all; export none; }}; }}\n\
-         protocol kernel vips6 {{ kernel table {TABLE}; learn; scan time 1; ipv6 {{ import all; export none; }}; }}\n\
-         protocol bgp up4 {{ local {lb4} as 65001; neighbor {r4} as 65000; connect retry time 1; ipv4 {{ import none; export where proto = \"vips4\"; }}; }}\n\
-         protocol bgp up6 {{ local {lb6} as 65001; neighbor {r6} as 65000; connect retry time 1; ipv6 {{ import none; export where proto = \"vips6\"; }}; }}\n"
-    );
-    let router_conf = format!(
-        "router id {r4};\n\
-         protocol device {{ scan time 1; }}\n\
-         protocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
-         protocol kernel {{ ipv6 {{ import none; export all; }}; }}\n\
-         protocol bgp lb4 {{ local {r4} as 65000; neighbor {lb4} as 65001; connect retry time 1; ipv4 {{ import all; export none; }}; }}\n\
-         protocol bgp lb6 {{ local {r6} as 65000; neighbor {lb6} as 65001; connect retry time 1; ipv6 {{ import all; export none; }}; }}\n"
-    );
-    let _lb_bird = Bird::start(&s.lab, Node::Lb, "bird-lb", &lb_conf);
-    let router = Bird::start(&s.lab, Node::Router, "bird-router", &router_conf);
-    let both = set(&[&format!("{VIP4} via {lb4}"), &format!("{VIP6} via {lb6}")]);
+    let lb = (topo::LB4.into(), topo::LB6.into());
+    let _lb_bird = Bird::on_lb(&s.lab, Node::Lb, lb, TABLE);
+    let router = Bird::on_router(&s.lab, &[lb]);
+    let both = bird::via(&[lb]);
     let none = BTreeSet::new();
     let wait_router = |want: &BTreeSet<String>, what: &str| {
-        let deadline = Instant::now() + T;
-        loop {
-            let seen = router_routes(&s.lab);
-            if seen == *want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: the router has {seen:?}, not {want:?}\nits BIRD:\n{}\nlb:\n{}",
-                router.show(&s.lab),
-                s.lb.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        bird::wait_router(&s.lab, &router, want, T, || {
+            format!("{what}\nlb:\n{}", s.lb.log())
+        });
     };
     wait_router(&both, "BGP sessions up");
     let run = s.lb.client(&["withdraw"]).unwrap();
