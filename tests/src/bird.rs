@@ -61,12 +61,13 @@ impl Bird {
         let (v4, v6) = own;
         let (r4, r6) = (topo::ROUTER4, topo::ROUTER6);
         let conf = format!(
-            "router id {v4};\n\
-             protocol device {{ scan time 1; }}\n\
-             protocol kernel vips4 {{ kernel table {table}; learn; scan time 1; ipv4 {{ import all; export none; }}; }}\n\
-             protocol kernel vips6 {{ kernel table {table}; learn; scan time 1; ipv6 {{ import all; export none; }}; }}\n\
-             protocol bgp up4 {{ local {v4} as {LB_AS}; neighbor {r4} as {ROUTER_AS}; connect retry time 1; ipv4 {{ import none; export where proto = \"vips4\"; }}; }}\n\
-             protocol bgp up6 {{ local {v6} as {LB_AS}; neighbor {r6} as {ROUTER_AS}; connect retry time 1; ipv6 {{ import none; export where proto = \"vips6\"; }}; }}\n"
+            r#"router id {v4};
+protocol device {{ scan time 1; }}
+protocol kernel vips4 {{ kernel table {table}; learn; scan time 1; ipv4 {{ import all; export none; }}; }}
+protocol kernel vips6 {{ kernel table {table}; learn; scan time 1; ipv6 {{ import all; export none; }}; }}
+protocol bgp up4 {{ local {v4} as {LB_AS}; neighbor {r4} as {ROUTER_AS}; connect retry time 1; ipv4 {{ import none; export where proto = "vips4"; }}; }}
+protocol bgp up6 {{ local {v6} as {LB_AS}; neighbor {r6} as {ROUTER_AS}; connect retry time 1; ipv6 {{ import none; export where proto = "vips6"; }}; }}
+"#
         );
         Bird::start(lab, node, &format!("bird-{}", node.suffix()), &conf)
     }
