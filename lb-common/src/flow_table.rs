@@ -31,7 +31,9 @@
 //! never evicts an established flow seen within [`PROTECT_UNITS`]: when
 //! both buckets hold only such flows, the new flow goes unremembered
 //! (counted). A flood of one-packet flows thus evicts its own entries and
-//! idle ones, never a flow that is sending.
+//! idle ones, never a flow that is sending. A TCP packet that is not a SYN
+//! and has no entry (a connection under way, or a spoofed ACK) takes an
+//! empty entry only ([`first_empty`]), uncounted until its next packet.
 
 use crate::{FAMILY_V4, FlowKey};
 
@@ -117,7 +119,9 @@ pub mod flags {
     /// The client sent a RST.
     pub const RST: u8 = 1 << 2;
     /// The flow counts in its target's active flows (cleared, with one
-    /// compare-and-exchange, by whoever uncounts it).
+    /// compare-and-exchange, by whoever uncounts it). Set when the flow is
+    /// put, or, for a TCP flow first seen without its SYN, with `AGAIN`
+    /// at its second packet.
     pub const COUNTED: u8 = 1 << 3;
     /// A packet came after the first: the flow is established, not one
     /// packet of a flood.

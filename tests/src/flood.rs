@@ -124,14 +124,29 @@ fn raw_socket(v6: bool) -> io::Result<Socket> {
     }
 }
 
+/// The packets of a flood with `seed`, in order: (destination, spoofed
+/// source, sequence and acknowledgment numbers), each destination one of
+/// `to` drawn at random.
+pub fn draws(
+    to: &[SocketAddr],
+    seed: u64,
+) -> impl Iterator<Item = (SocketAddr, SocketAddr, u64)> + '_ {
+    let mut rng = Rng::new(seed);
+    std::iter::from_fn(move || {
+        let dst = to[(rng.next_u64() % to.len() as u64) as usize];
+        let src = spoofed_source(&mut rng, dst);
+        Some((dst, src, rng.next_u64()))
+    })
+}
+
 /// Sends up to `count` spoofed ACKs, for `limit` at most, each to one of
 /// `to` (a VIP and a listener's port) drawn at random, from a random
 /// spoofed address and port ([`spoofed_source`]) with random sequence and
-/// acknowledgment numbers. Run it inside the client namespace.
+/// acknowledgment numbers ([`draws`]). Run it inside the client namespace.
 pub fn spoofed_acks(to: &[SocketAddr], count: u64, limit: Duration, seed: u64) -> io::Result<Sent> {
     assert!(!to.is_empty(), "somewhere to send to");
     let (v4, v6) = (raw_socket(false)?, raw_socket(true)?);
-    let mut rng = Rng::new(seed);
+    let mut draws = draws(to, seed);
     let started = Instant::now();
     let mut sent = Sent {
         packets: 0,
@@ -140,9 +155,7 @@ pub fn spoofed_acks(to: &[SocketAddr], count: u64, limit: Duration, seed: u64) -
     };
     while sent.packets + sent.refused < count && started.elapsed() < limit {
         for _ in 0..256.min(count - sent.packets - sent.refused) {
-            let dst = to[(rng.next_u64() % to.len() as u64) as usize];
-            let src = spoofed_source(&mut rng, dst);
-            let numbers = rng.next_u64();
+            let (dst, src, numbers) = draws.next().expect("endless");
             let packet = ack_packet(src, dst, numbers as u32, (numbers >> 32) as u32);
             let socket = if dst.is_ipv4() { &v4 } else { &v6 };
             // A raw socket's port must be 0 (IPv6 reads it as a protocol).
@@ -183,6 +196,23 @@ mod tests {
         assert_eq!((p[0], p[5], p[6]), (0x60, 20, 6));
         let tcp = &p[40..];
         assert_eq!(checksum(&[&p[8..40], &[0, 0, 0, 20, 0, 0, 0, 6], tcp]), 0);
+    }
+
+    /// The lab's spoofed-ACK flood (`lab_packets.rs`: seed 0x5eed, 200,000
+    /// packets to three IPv4 and three IPv6 listeners) repeats no flow, so
+    /// each of its packets is a flow's only one: none counts as a
+    /// connection.
+    #[test]
+    fn the_lab_flood_repeats_no_flow() {
+        let to: Vec<SocketAddr> = ["10.0.3.49:81", "10.0.3.49:82", "10.0.3.49:83"]
+            .into_iter()
+            .chain(["[fd00:3::49]:81", "[fd00:3::49]:82", "[fd00:3::49]:83"])
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for (dst, src, _) in draws(&to, 0x5eed).take(200_000) {
+            assert!(seen.insert((dst, src)), "{src} -> {dst} twice");
+        }
     }
 
     #[test]

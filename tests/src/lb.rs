@@ -228,6 +228,17 @@ impl LbProcess {
         Ok(self.flow_table()?.0.entries().count())
     }
 
+    /// How many entries of this lb's flow table have each of these
+    /// [`lb_common::flow_table::flags`] (`AGAIN`: established flows).
+    pub fn flow_entries_with(&self, flags: u8) -> Result<usize, LabError> {
+        Ok(self
+            .flow_table()?
+            .0
+            .entries()
+            .filter(|e| e.word.flags() & flags == flags)
+            .count())
+    }
+
     /// Deletes every entry of this lb's flow table, as a detach of its
     /// data plane would lose them (each flow leaves its target's count, as
     /// `lb` takes out a flow it deletes); returns how many there were.

@@ -378,16 +378,32 @@ impl Model {
         let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
         if key.proto == PROTO_TCP && !syn && !self.flows.contains_key(&key) {
             // A TCP packet, not a SYN, of a flow the table does not hold:
-            // the group's hash target, nothing remembered.
-            return match by_hash(group, &key).and_then(|t| usable(group, &t)) {
-                Some(t) => verdicts.forwarded(
-                    t,
-                    vec![Counter::FlowMissByHash, Counter::Forwarded],
-                    false,
-                    None,
-                ),
-                None => verdicts.dropped(counters, None),
+            // the group's hash target, remembered in an empty entry only
+            // (evicting nobody), not counted until its next packet.
+            let Some(t) = by_hash(group, &key).and_then(|t| usable(group, &t)) else {
+                return verdicts.dropped(counters, None);
             };
+            if let Some(entry) = self.table.first_empty(&key, &self.flows) {
+                self.table.put(entry, key);
+                self.flows.insert(
+                    key,
+                    Flow {
+                        target: t.0.clone(),
+                        ending: flags & (tcp_flags::FIN | tcp_flags::RST) != 0,
+                        counted: false,
+                        seen: time_units(self.now_ns),
+                        again: false,
+                        entry,
+                        stamped: run.clock,
+                    },
+                );
+            }
+            return verdicts.forwarded(
+                t,
+                vec![Counter::FlowMissByHash, Counter::Forwarded],
+                false,
+                None,
+            );
         }
         let choice = self.first_choice(group, &key, flags, run.mac);
         let Some(t) = choice.target.as_ref().and_then(|t| usable(group, t)) else {
@@ -423,7 +439,14 @@ impl Model {
                         flow.seen = time_units(now);
                     }
                     flow.stamped = flow.stamped.after_packet(clock);
+                    // A flow remembered at a TCP miss counts from its
+                    // next packet (unless that ends it).
+                    let count = !flow.again && !flow.counted && !flow.ending && !ending;
                     flow.again = true;
+                    if count {
+                        flow.counted = true;
+                        *self.active.entry(flow.target.clone()).or_default() += 1;
+                    }
                     if ending {
                         flow.ending = true;
                         self.uncount(key);

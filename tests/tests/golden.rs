@@ -832,20 +832,30 @@ fn flows_expire_after_their_idle_or_fin_timeout() {
     );
 }
 
+/// A TCP packet that is not a SYN and has no entry (a connection another
+/// instance behind ECMP started, or a spoofed ACK) goes to the group's hash
+/// target whatever the algorithm, and is remembered in an empty entry,
+/// uncounted: its next packet counts it. Remembered, it keeps its target
+/// when a target joins the group and the hash moves its slot.
 #[test]
 fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
-    for algorithm in ["algorithm: hash", "algorithm: source_ip"] {
+    for algorithm in ["hash", "source_ip", "round_robin", "least_connections"] {
         let yaml = SHORT_TIMEOUTS.replace(
             "    protocol: tcp\n    table_size: 65537",
-            &format!("    protocol: tcp\n    {algorithm}\n    table_size: 65537"),
+            &format!("    protocol: tcp\n    algorithm: {algorithm}\n    table_size: 65537"),
         );
         let mut h = Harness::new(&yaml);
+        // Clients of many addresses, for `source_ip`'s hash.
+        let ack = |i: u16| {
+            let src = format!("10.1.0.{}", i + 1);
+            Frame::tcp(&src, 43000 + i, "10.0.3.49", 80, ACK).build()
+        };
+        let mut first = Vec::new();
         for i in 0..100u16 {
-            let ack = Frame::tcp("10.0.3.100", 43000 + i, "10.0.3.49", 80, ACK).build();
-            let o = h.check("ack without entry", &ack);
+            let o = h.check("ack without entry", &ack(i));
             // The target of the group table's slot for the flow's hash, as
             // the model computes both (its own hash and table).
-            let flow = lb_tests::model::parse(&ack).unwrap().0;
+            let flow = lb_tests::model::parse(&ack(i)).unwrap().0;
             let want = h.model.hash_target("web", &flow);
             assert!(want.is_some());
             assert_eq!(o.target, want, "{algorithm}");
@@ -855,14 +865,56 @@ fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
                 "{algorithm}"
             );
             assert!(!o.new_flow);
+            first.push(o.target.unwrap());
         }
-        // Neither remembered nor counted: a flood of such packets leaves
-        // the table and the counts as they were.
+        // Remembered (the table is nearly empty), not counted: a packet
+        // seen once is no connection yet.
+        assert_eq!(h.dp.flow_entries().expect("entries").len(), 100);
         assert_eq!(total(&h.active()), 0, "{algorithm}");
-        assert!(
-            h.dp.flow_entries().expect("entries").is_empty(),
-            "{algorithm}"
-        );
+        // A target joins: about a quarter of the slots move to it, but each
+        // flow goes on to its first target, and its next packet counts it.
+        h.reapply(&yaml.replace(
+            "      - { ip: 10.0.3.13, weight: 128 }\n",
+            "      - { ip: 10.0.3.13, weight: 128 }\n      - { ip: 10.0.3.15, weight: 256 }\n",
+        ));
+        let mut moved = 0;
+        for (i, target) in first.iter().enumerate() {
+            let flow = lb_tests::model::parse(&ack(i as u16)).unwrap().0;
+            moved += usize::from(h.model.hash_target("web", &flow).as_ref() != Some(target));
+            let o = h.check("ack again", &ack(i as u16));
+            assert_eq!(o.target.as_ref(), Some(target), "{algorithm}: flow {i}");
+            assert_eq!(o.counters, [Counter::FlowHit, Counter::Forwarded]);
+        }
+        assert!(moved > 0, "{algorithm}: the new target takes some slots");
+        assert_eq!(total(&h.active()), 100, "{algorithm}");
+    }
+}
+
+/// Such a packet takes no flow's entry: where its two buckets are full
+/// (of established flows, or of flows seen once), it is forwarded by the
+/// hash and remembered nowhere.
+#[test]
+fn a_tcp_miss_evicts_nobody() {
+    let mut h = Harness::with_options(SHORT_TIMEOUTS, &Default::default());
+    let (listener, target) = web_ids(&h);
+    let (buckets, _) = h.dp.flow_table_layout();
+    let now = now_units(&h);
+    for flags in [flags::COUNTED | flags::AGAIN, flags::COUNTED] {
+        let word = |i: u64| Word::new(tag(i), target, flags);
+        h.dp.put_flow_entries((0..buckets).flat_map(|b| {
+            (0..flow_table::WAYS).map(move |w| {
+                let i = b as u64 * flow_table::WAYS as u64 + w as u64;
+                (b, w, word(i), now, listener)
+            })
+        }))
+        .unwrap();
+        let entries = h.dp.flow_entries().expect("entries");
+        for i in 0..20u16 {
+            let ack = Frame::tcp("10.0.3.100", 46000 + i, "10.0.3.49", 80, ACK).build();
+            let (action, _) = h.run(&ack);
+            assert_eq!(action, XDP_TX);
+        }
+        assert_eq!(h.dp.flow_entries().expect("entries"), entries, "{flags:#x}");
     }
 }
 
@@ -1026,8 +1078,9 @@ fn sweeping_a_full_flow_table_takes_bounded_time() {
 }
 
 /// An entry deleted behind the program's back is a miss: the next packet,
-/// a TCP packet that is not a SYN, goes by hash and is not remembered; the
-/// deletion took the lost flow out of its target's count.
+/// a TCP packet that is not a SYN, goes by hash and is remembered again,
+/// counted from the packet after it; the deletion took the lost flow out
+/// of its target's count.
 #[test]
 fn a_deleted_flow_is_a_miss_and_leaves_the_count() {
     let mut h = Harness::new(SHORT_TIMEOUTS);
@@ -1040,7 +1093,12 @@ fn a_deleted_flow_is_a_miss_and_leaves_the_count() {
     let o = h.check("ack after deletion", &frame(ACK));
     assert_eq!(o.counters, [Counter::FlowMissByHash, Counter::Forwarded]);
     assert_eq!(total(&h.active()), 0);
-    assert!(!h.dp.remove_flow(&key).unwrap(), "not remembered");
+    let o = h.check("the next ack", &frame(ACK));
+    assert_eq!(o.counters, [Counter::FlowHit, Counter::Forwarded]);
+    assert_eq!(total(&h.active()), 1);
+    h.check("fin", &frame(FIN | ACK));
+    assert_eq!(total(&h.active()), 0, "uncounted once");
+    assert!(h.dp.remove_flow(&key).unwrap(), "remembered");
 }
 
 /// An IPv4 TCP flow from `src:port` to the SHORT_TIMEOUTS web listener.

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::flow_table::flags;
 use lb_tests::{
     LabOptions, LabRun, Node,
     client::{self, Held},
@@ -449,11 +450,13 @@ fn spoofed_flood(lab: &Lab, listeners: &[Listener]) -> flood::Sent {
 /// Twelve long-lived connections to each of six listeners (every
 /// algorithm, IPv4 and IPv6); then 200,000 spoofed TCP ACKs from random
 /// addresses and ports at those listeners. `lb` forwards them by the
-/// group's hash without remembering them (`flow_miss_by_hash` grows by
-/// most of them, `new_flow` not at all); the flow table keeps its entries
-/// (read from the map, and in `lb status` after a sweep that came after
-/// the flood), each target's active flows stay as they were, and every
-/// held connection still answers from its own target.
+/// group's hash (`flow_miss_by_hash` grows by most of them, `new_flow` not
+/// at all) and remembers them in empty entries only, uncounted (the flood
+/// repeats no flow: `flood::tests`): the held
+/// connections keep their entries (read from the map: as many established
+/// entries as before, and the others seen once and uncounted), each
+/// target's active flows stay as they were, and every held connection
+/// still answers from its own target.
 #[test]
 fn spoofed_ack_flood_leaves_flows_and_table_alone() {
     let listeners = flood_listeners();
@@ -483,10 +486,20 @@ fn spoofed_ack_flood_leaves_flows_and_table_alone() {
         "{counts:?}"
     );
     assert_eq!(counts["new_flow"], 0, "{counts:?}");
+    let after_flood = s.lb.flow_table_len().unwrap();
     assert_eq!(
-        s.lb.flow_table_len().unwrap(),
+        s.lb.flow_entries_with(flags::AGAIN).unwrap(),
         entries,
-        "the flood made entries"
+        "established entries taken or made by the flood"
+    );
+    assert_eq!(
+        s.lb.flow_entries_with(flags::COUNTED).unwrap(),
+        entries,
+        "the flood's entries are counted"
+    );
+    eprintln!(
+        "flood: {} entries of the flood's (empty ones taken)",
+        after_flood - entries
     );
     assert_eq!(active(&after, &listeners), want, "active flows moved");
 
@@ -500,12 +513,14 @@ fn spoofed_ack_flood_leaves_flows_and_table_alone() {
         }
     }
     // One more connection, then a sweep that saw it: the status's count
-    // is the held connections' and this one's, no more.
+    // is the table's, the flood's entries and this one's included.
     let marker = hold(&s.lab, &listeners[..1], 1, 45000);
+    let len = s.lb.flow_table_len().unwrap();
+    assert!(len > after_flood, "the new connection's entry");
     s.lb.wait_for(
         SETTLE,
         "the status counts the entries after the flood",
-        |st| (st.0["flow_table"]["entries"].as_u64() == Some(entries as u64 + 1)).then_some(()),
+        |st| (st.0["flow_table"]["entries"].as_u64() == Some(len as u64)).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     drop(marker);

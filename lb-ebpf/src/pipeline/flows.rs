@@ -289,6 +289,17 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// The empty candidate a flow that holds no entry may take without
+    /// taking any flow's (the one [`Probe::put`] would choose first), if
+    /// one is: the candidates' words read again for it.
+    #[inline(always)]
+    pub fn first_empty(&mut self) -> Option<usize> {
+        self.reread();
+        flow_table::first_empty(|i| self.words[i])
+    }
+}
+
 /// What [`Probe::put`] did.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Put {
@@ -371,13 +382,27 @@ impl Entry {
         }
     }
 
-    /// Marks the flow established (a packet after its first).
+    /// Marks the flow established (a packet after its first). A flow that
+    /// is neither counted nor ended (remembered from a TCP packet that was
+    /// not a SYN: `select`) counts in its target's active flows
+    /// from now on, once (one attempt: if the word changed, whoever changed
+    /// it decided).
     #[inline(always)]
     pub fn again(&self) {
-        if self.flags() & flags::AGAIN == 0 {
-            // SAFETY: as in `exchange`.
-            unsafe { atomic::fetch_or_u64(self.word_ptr(), Word::new(0, 0, flags::AGAIN).0) };
+        let f = self.flags();
+        if f & flags::AGAIN != 0 {
+            return;
         }
+        if f & (flags::COUNTED | flags::FIN | flags::RST) == 0 {
+            let old = Word(self.word);
+            let new = old.with_flags(f | flags::AGAIN | flags::COUNTED);
+            if self.exchange(new.0).is_some() {
+                active_add(old.target_id(), 1);
+            }
+            return;
+        }
+        // SAFETY: as in `exchange`.
+        unsafe { atomic::fetch_or_u64(self.word_ptr(), Word::new(0, 0, flags::AGAIN).0) };
     }
 
     /// Takes the flow out of its target's count, if it is counted and the

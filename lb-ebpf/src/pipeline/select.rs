@@ -12,14 +12,19 @@
 //! flow.
 //!
 //! A miss: a TCP packet that is not a SYN belongs to a flow that started
-//! before its entry was lost (evicted, lb detached) or to no flow at all
-//! (a spoofed ACK), so it goes to the group's consistent-hash target
-//! (`choose::by_hash`), where `hash` and `source_ip` groups sent it in the
-//! first place, and nothing is written: no entry, no count. A flood of
-//! such packets leaves the table and least connections as they were. A
-//! SYN, or a UDP packet, starts a new flow (`choose::new_flow`, by the
-//! group's algorithm). An entry that ended or whose target left is chosen
-//! again in place (a TCP packet that is not a SYN then by the hash too).
+//! elsewhere (on another instance behind ECMP), or before its entry was
+//! lost (evicted, lb detached), or to no flow at all (a spoofed ACK), so
+//! it goes to the group's consistent-hash target (`choose::by_hash`),
+//! where `hash` and `source_ip` groups sent it in the first place. It is
+//! remembered only in an empty entry, uncounted (`Probe::first_empty`): it
+//! evicts nobody, so a flood of such packets takes no flow's entry, and it
+//! counts in its target's active flows from its next packet on
+//! (`Entry::again`), so a flood of single packets leaves least connections
+//! as it was. Remembered, the flow keeps its target when the group's table
+//! changes (a target added, drained). A SYN, or a UDP packet, starts a new
+//! flow (`choose::new_flow`, by the group's algorithm). An entry that
+//! ended or whose target left is chosen again in place (a TCP packet that
+//! is not a SYN then by the hash too).
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{
     Counter, FlowKey, GroupInfo, ListenerInfo, PROTO_TCP, TargetInfo,
@@ -161,7 +166,7 @@ pub fn target(
             e.word
         }
         None if flow.proto == PROTO_TCP && !is_syn(tcp_flags) => {
-            return miss_by_hash(flow, listener);
+            return miss_by_hash(flow, tcp_flags, listener, probe, now);
         }
         None => 0,
     };
@@ -169,12 +174,37 @@ pub fn target(
 }
 
 /// A TCP packet, not a SYN, of a flow the table does not hold: to the
-/// group's consistent-hash target, remembering nothing.
+/// group's consistent-hash target, remembered in an empty entry if one is
+/// (not counted: [`Entry::again`] counts it at its next packet).
 #[inline(always)]
-fn miss_by_hash(flow: &FlowKey, listener: &ListenerInfo) -> Result<Selected, u32> {
-    let target = by_hash(flow, listener, NO_EXCEPTION)?;
+fn miss_by_hash(
+    flow: &FlowKey,
+    tcp_flags: u8,
+    listener: &ListenerInfo,
+    probe: &mut Probe,
+    now: u64,
+) -> Result<Selected, u32> {
+    // Without a commit: whichever CPU puts the flow, its target is the
+    // hash slot's. (Put before the target's data is looked up: with that
+    // data live across the put, LLVM spills it where the verifier refuses
+    // an unaligned load.)
+    let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
+    let id = choose::by_hash(flow, listener.group_id, group).ok_or_else(no_target)?;
+    if usable(id, listener.group_id).is_none() {
+        return Err(no_target());
+    }
+    if let Some(i) = probe.first_empty() {
+        let entry_flags = new_flags(tcp_flags) & !flags::COUNTED;
+        let word = Word::new(probe.tag(), id, entry_flags).0;
+        probe.put(i, word, listener.listener_id as u16, time_units(now));
+    }
+    let info = usable(id, listener.group_id).ok_or_else(no_target)?;
     count(Counter::FlowMissByHash);
-    Ok(target)
+    Ok(Selected {
+        id,
+        info,
+        new_flow: false,
+    })
 }
 
 /// [`by_hash`] with every hash field of the group: none excepted.

@@ -3,8 +3,8 @@
 //! the flow cache, `floor`): for each design, each algorithm of
 //! [`ALGORITHMS`] and each kind of flood (SYNs, or spoofed ACKs: TCP
 //! packets without SYN from random sources, which a miss sends where the
-//! group's hash puts them; `lb` remembers nothing of them, the floor
-//! remembers them like any flow), 2K flows are
+//! group's hash puts them; `lb` remembers them in empty entries only,
+//! uncounted, the floor remembers them like any flow), 2K flows are
 //! established (their targets recorded from the output frames); then M
 //! flood packets, more than the flow table holds, in rounds, after each of
 //! which the K live flows send one ACK each (the K idle ones stay silent).
@@ -186,7 +186,8 @@ fn replay(s: &mut Subject, flows: &mut [Flow]) -> Result<()> {
 }
 
 /// Packets that found no entry of their flow: new flows, and (`lb`) TCP
-/// packets that are not SYNs, which go by hash and make no entry.
+/// packets that are not SYNs, which go by hash (and take an empty entry,
+/// if one is).
 fn misses(s: &Subject) -> Result<u64> {
     Ok(s.new_flows()? + s.counter(Counter::FlowMissByHash)?.unwrap_or(0))
 }
@@ -275,7 +276,7 @@ pub fn section(settings: &Settings) -> Result<Section> {
     let sizes = Sizes::new(settings);
     let mut s = Section::new(TITLE);
     s.line(format!(
-        "For each design (`lb`: its flow table; the floor: main's kernel LRU flow maps and flow cache), each algorithm and each flood: {k} live and {k} idle established TCP flows (one SYN each) in a data plane with `max_flows` {t} (`lb`: {e} entries; the floor: an LRU map of {t} entries and as many flow-cache slots), then {m} flood packets from random sources (11.0.0.0/8, random ports): SYNs, or spoofed ACKs (TCP without SYN: `lb` sends a miss to the group's hash target and remembers nothing; the floor remembers it like any flow). The flood comes in {r} rounds; after each, every live flow sends one ACK, the idle ones nothing. Then, once the floor's flow cache can no longer answer for a lost entry (FLOW_TOUCH_NS after the last refresh), every flow sends one ACK. kept = none of its packets missed its entry; evicted = one did (a new flow, or in `lb` a miss by hash: its entry had been taken by another flow); moved = one went to another target than its first packet. `lb`'s own counts over the run: entries it took from other flows (FlowEvicted) and new flows it forwarded without remembering them (FlowInsertFailed: both buckets held only established flows in use). The programs are `lb`'s and the floor's as they run (`lb`, `lru`).",
+        "For each design (`lb`: its flow table; the floor: main's kernel LRU flow maps and flow cache), each algorithm and each flood: {k} live and {k} idle established TCP flows (one SYN each) in a data plane with `max_flows` {t} (`lb`: {e} entries; the floor: an LRU map of {t} entries and as many flow-cache slots), then {m} flood packets from random sources (11.0.0.0/8, random ports): SYNs, or spoofed ACKs (TCP without SYN: `lb` sends a miss to the group's hash target and remembers it in an empty entry only, uncounted, taking no flow's entry; the floor remembers it like any flow). The flood comes in {r} rounds; after each, every live flow sends one ACK, the idle ones nothing. Then, once the floor's flow cache can no longer answer for a lost entry (FLOW_TOUCH_NS after the last refresh), every flow sends one ACK. kept = none of its packets missed its entry; evicted = one did (a new flow, or in `lb` a miss by hash: its entry had been taken by another flow); moved = one went to another target than its first packet. `lb`'s own counts over the run: entries it took from other flows (FlowEvicted) and new flows it forwarded without remembering them (FlowInsertFailed: both buckets held only established flows in use). The programs are `lb`'s and the floor's as they run (`lb`, `lru`).",
         k = sizes.flows,
         t = sizes.table,
         e = fmt_count(

@@ -247,6 +247,19 @@ impl Table {
         }
     }
 
+    /// The empty entry a flow `key` (which holds none) takes where it may
+    /// evict nobody (a TCP miss): the first empty candidate, or none.
+    pub fn first_empty(
+        &self,
+        key: &FlowKey,
+        flows: &HashMap<FlowKey, Flow>,
+    ) -> Option<(u32, usize)> {
+        self.candidates(key, flows)
+            .into_iter()
+            .find(|c| c.class == Class::Empty)
+            .map(|c| c.entry)
+    }
+
     /// The flow's eight candidates in order: the emptier bucket's first.
     fn candidates(&self, key: &FlowKey, flows: &HashMap<FlowKey, Flow>) -> Vec<Candidate> {
         let p = place(key, self.seed, self.mask);
