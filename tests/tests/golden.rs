@@ -896,18 +896,8 @@ fn tcp_packets_that_miss_the_flow_table_go_to_the_hash_target() {
 #[test]
 fn a_tcp_miss_evicts_nobody() {
     let mut h = Harness::with_options(SHORT_TIMEOUTS, &Default::default());
-    let (listener, target) = web_ids(&h);
-    let (buckets, _) = h.dp.flow_table_layout();
-    let now = now_units(&h);
     for flags in [flags::COUNTED | flags::AGAIN, flags::COUNTED] {
-        let word = |i: u64| Word::new(tag(i), target, flags);
-        h.dp.put_flow_entries((0..buckets).flat_map(|b| {
-            (0..flow_table::WAYS).map(move |w| {
-                let i = b as u64 * flow_table::WAYS as u64 + w as u64;
-                (b, w, word(i), now, listener)
-            })
-        }))
-        .unwrap();
+        fill_table(&h, flags);
         let entries = h.dp.flow_entries().expect("entries");
         for i in 0..20u16 {
             let ack = Frame::tcp("10.0.3.100", 46000 + i, "10.0.3.49", 80, ACK).build();
@@ -1031,6 +1021,24 @@ fn now_units(h: &Harness) -> u32 {
     flow_table::time_units(clock + h.plan.config.time_offset_ns)
 }
 
+/// Puts a flow of the `web` listener's first target with `flags`, seen
+/// now, in every entry of the table (behind the model's back); returns
+/// that target's id.
+fn fill_table(h: &Harness, flags: u8) -> u32 {
+    let (listener, target) = web_ids(h);
+    let (buckets, _) = h.dp.flow_table_layout();
+    let now = now_units(h);
+    let word = |i: u64| Word::new(tag(i), target, flags);
+    h.dp.put_flow_entries((0..buckets).flat_map(|b| {
+        (0..flow_table::WAYS).map(move |w| {
+            let i = b as u64 * flow_table::WAYS as u64 + w as u64;
+            (b, w, word(i), now, listener)
+        })
+    }))
+    .unwrap();
+    target
+}
+
 /// A tag no real flow of these tests has (they are random 40-bit values).
 fn tag(i: u64) -> u64 {
     (i << 25) | (1 << 24)
@@ -1042,17 +1050,8 @@ fn tag(i: u64) -> u64 {
 #[test]
 fn sweeping_a_full_flow_table_takes_bounded_time() {
     let mut h = Harness::with_options(SHORT_TIMEOUTS, &Default::default());
-    let (listener, target) = web_ids(&h);
+    let target = fill_table(&h, flags::COUNTED | flags::AGAIN);
     let (buckets, _) = h.dp.flow_table_layout();
-    let now = now_units(&h);
-    let word = |i: u64| Word::new(tag(i), target, flags::COUNTED | flags::AGAIN);
-    h.dp.put_flow_entries((0..buckets).flat_map(|b| {
-        (0..flow_table::WAYS).map(move |w| {
-            let i = b as u64 * flow_table::WAYS as u64 + w as u64;
-            (b, w, word(i), now, listener)
-        })
-    }))
-    .unwrap();
     let entries = buckets as u64 * flow_table::WAYS as u64;
     let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
     let live = sweeper.sweep(&lb_user::flows::Rules::of(&h.plan)).unwrap();
