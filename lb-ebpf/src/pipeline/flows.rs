@@ -287,9 +287,7 @@ impl Probe {
         entry.set_listener_hint(listener_id);
         Put::At(i)
     }
-}
 
-impl Probe {
     /// The empty candidate a flow that holds no entry may take without
     /// taking any flow's (the one [`Probe::put`] would choose first), if
     /// one is: the candidates' words read again for it.
@@ -384,9 +382,9 @@ impl Entry {
 
     /// Marks the flow established (a packet after its first). A flow that
     /// is neither counted nor ended (remembered from a TCP packet that was
-    /// not a SYN: `select`) counts in its target's active flows
-    /// from now on, once (one attempt: if the word changed, whoever changed
-    /// it decided).
+    /// not a SYN: `select`) counts in its target's active flows from now
+    /// on, once (one attempt: if the word changed, whoever changed it
+    /// decided).
     #[inline(always)]
     pub fn again(&self) {
         let f = self.flags();
