@@ -1353,35 +1353,7 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
         )
         .build()
     };
-    let program: &aya::programs::Xdp = h.dp.program_mut();
-    // Both threads reach flow i, then both send its SYN (a spin barrier per
-    // flow, bounded by a deadline).
-    let reached = [AtomicU32::new(0), AtomicU32::new(0)];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let macs: Vec<Vec<[u8; 6]>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..2)
-            .map(|t| {
-                let (reached, cpu) = (&reached, cpus[t]);
-                scope.spawn(move || {
-                    pin_to(cpu);
-                    let mut out = Vec::with_capacity(FLOWS);
-                    for i in 0..FLOWS {
-                        reached[t].store(i as u32 + 1, Ordering::SeqCst);
-                        while reached[1 - t].load(Ordering::SeqCst) < i as u32 + 1 {
-                            assert!(
-                                std::time::Instant::now() < deadline,
-                                "the other CPU stalled"
-                            );
-                            std::hint::spin_loop();
-                        }
-                        out.push(transmitted_to(program, &syn(i)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
-    });
+    let macs = both_cpus_send(h.dp.program_mut(), cpus, FLOWS, syn);
     let differ: Vec<usize> = (0..FLOWS).filter(|&i| macs[0][i] != macs[1][i]).collect();
     assert!(
         differ.is_empty(),
@@ -1393,6 +1365,75 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
     assert_eq!(entries.len(), FLOWS, "one entry per flow");
     let counted: i64 = h.plan.targets.iter().map(|t| h.dp.active_flows(t.id)).sum();
     assert_eq!(counted, FLOWS as i64, "each flow counted once");
+}
+
+/// Two CPUs that see an ACK of one flow the table does not hold at once
+/// (a connection ECMP moved here, on two queues) remember it once: the
+/// second finds the first's entry when it looks for an empty one, and
+/// takes none. Both send it to the hash's target, and its next packet
+/// counts it once.
+#[test]
+fn two_cpus_missing_one_flow_remember_it_once() {
+    const FLOWS: usize = 20_000;
+    let Some((mut h, cpus)) = racing(65_536) else {
+        return;
+    };
+    let ack = |i: usize| {
+        Frame::tcp(
+            &format!("10.7.{}.{}", i / 250, i % 250 + 1),
+            3000,
+            "10.0.3.49",
+            80,
+            ACK,
+        )
+        .build()
+    };
+    let macs = both_cpus_send(h.dp.program_mut(), cpus, FLOWS, ack);
+    assert!(macs[0] == macs[1], "a flow went to two targets");
+    let entries = h.dp.flow_entries().unwrap();
+    assert_eq!(entries.len(), FLOWS, "one entry per flow");
+    for i in 0..FLOWS {
+        h.run(&ack(i));
+    }
+    let counted: i64 = h.plan.targets.iter().map(|t| h.dp.active_flows(t.id)).sum();
+    assert_eq!(counted, FLOWS as i64, "each flow counted once");
+}
+
+/// Both CPUs send `frame(i)` for every flow i below `flows`, at the same
+/// moment (a spin barrier per flow, bounded by a deadline): the destination
+/// MACs each CPU's frames went to.
+fn both_cpus_send(
+    program: &aya::programs::Xdp,
+    cpus: [usize; 2],
+    flows: usize,
+    frame: impl Fn(usize) -> Vec<u8> + Sync,
+) -> Vec<Vec<[u8; 6]>> {
+    let reached = [AtomicU32::new(0), AtomicU32::new(0)];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let (reached, cpu, frame) = (&reached, cpus[t], &frame);
+                scope.spawn(move || {
+                    pin_to(cpu);
+                    let mut out = Vec::with_capacity(flows);
+                    for i in 0..flows {
+                        reached[t].store(i as u32 + 1, Ordering::SeqCst);
+                        while reached[1 - t].load(Ordering::SeqCst) < i as u32 + 1 {
+                            assert!(
+                                std::time::Instant::now() < deadline,
+                                "the other CPU stalled"
+                            );
+                            std::hint::spin_loop();
+                        }
+                        out.push(transmitted_to(program, &frame(i)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
 }
 
 /// One CPU sends the packets of established flows while the other floods

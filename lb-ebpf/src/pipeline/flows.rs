@@ -288,12 +288,18 @@ impl Probe {
         Put::At(i)
     }
 
-    /// The empty candidate a flow that holds no entry may take without
-    /// taking any flow's (the one [`Probe::put`] would choose first), if
-    /// one is: the candidates' words read again for it.
+    /// The empty candidate a flow that held no entry when read may take
+    /// without taking any flow's (the one [`Probe::put`] would choose
+    /// first), if one is and the flow still holds none: the candidates'
+    /// words read again for it, so that of two CPUs that miss the flow at
+    /// once, the one that looks second finds the first's entry and takes no
+    /// other.
     #[inline(always)]
     pub fn first_empty(&mut self) -> Option<usize> {
         self.reread();
+        if flow_table::matches(&self.words, self.place.tag) != 0 {
+            return None;
+        }
         flow_table::first_empty(|i| self.words[i])
     }
 }
