@@ -1343,16 +1343,7 @@ fn two_cpus_inserting_one_flow_agree_on_its_target() {
     let Some((mut h, cpus)) = racing(65_536) else {
         return;
     };
-    let syn = |i: usize| {
-        Frame::tcp(
-            &format!("10.7.{}.{}", i / 250, i % 250 + 1),
-            3000,
-            "10.0.3.49",
-            80,
-            SYN,
-        )
-        .build()
-    };
+    let syn = |i: usize| race_frame(i, SYN);
     let macs = both_cpus_send(h.dp.program_mut(), cpus, FLOWS, syn);
     let differ: Vec<usize> = (0..FLOWS).filter(|&i| macs[0][i] != macs[1][i]).collect();
     assert!(
@@ -1378,16 +1369,7 @@ fn two_cpus_missing_one_flow_remember_it_once() {
     let Some((mut h, cpus)) = racing(65_536) else {
         return;
     };
-    let ack = |i: usize| {
-        Frame::tcp(
-            &format!("10.7.{}.{}", i / 250, i % 250 + 1),
-            3000,
-            "10.0.3.49",
-            80,
-            ACK,
-        )
-        .build()
-    };
+    let ack = |i: usize| race_frame(i, ACK);
     let macs = both_cpus_send(h.dp.program_mut(), cpus, FLOWS, ack);
     assert!(macs[0] == macs[1], "a flow went to two targets");
     let entries = h.dp.flow_entries().unwrap();
@@ -1397,6 +1379,19 @@ fn two_cpus_missing_one_flow_remember_it_once() {
     }
     let counted: i64 = h.plan.targets.iter().map(|t| h.dp.active_flows(t.id)).sum();
     assert_eq!(counted, FLOWS as i64, "each flow counted once");
+}
+
+/// A TCP packet with `flags` of flow `i` of the races (a client address
+/// of its own, up to 20,000 flows).
+fn race_frame(i: usize, flags: u8) -> Vec<u8> {
+    Frame::tcp(
+        &format!("10.7.{}.{}", i / 250, i % 250 + 1),
+        3000,
+        "10.0.3.49",
+        80,
+        flags,
+    )
+    .build()
 }
 
 /// Both CPUs send `frame(i)` for every flow i below `flows`, at the same
