@@ -185,9 +185,10 @@ fn miss_by_hash(
     now: u64,
 ) -> Result<Selected, u32> {
     // Without a commit: whichever CPU puts the flow, its target is the
-    // hash slot's. (Put before the target's data is looked up: with that
-    // data live across the put, LLVM spills it where the verifier refuses
-    // an unaligned load.)
+    // hash slot's. The target is checked before the put (a flow is not
+    // remembered on a target that may not take packets) and its data
+    // looked up again after it: with that data live across the put, LLVM
+    // spills it where the verifier refuses an unaligned load.
     let group = GROUPS.get(listener.group_id).ok_or_else(no_target)?;
     let id = choose::by_hash(flow, listener.group_id, group).ok_or_else(no_target)?;
     if usable(id, listener.group_id).is_none() {
