@@ -594,6 +594,86 @@ fn every_row_of_the_failover_table() {
     }
 }
 
+/// A backup attached to no listener (the usual shape: it only stands in)
+/// with a TCP check that names no port: its targets are probed on the
+/// port of the listener they back up, shown with it, and judged, so that
+/// the group falls back on its own targets when the backup's are down too.
+/// (It was once left unprobed: `initial` for ever, counted healthy, and
+/// new flows went to a dead backup.)
+#[test]
+fn a_backup_without_a_listener_is_probed_on_the_port_it_backs_up() {
+    let check =
+        "{ type: tcp, interval_s: 2, timeout_s: 1, healthy_threshold: 1, unhealthy_threshold: 1 }";
+    let yaml = format!(
+        "interface: eth0\nlisteners:\n\
+         \x20 - {{ name: lines, vip: {VIP4}, protocol: tcp, port: {LINES_PORT}, target_group: web }}\n\
+         target_groups:\n\
+         \x20 - name: web\n    protocol: tcp\n    algorithm: round_robin\n    backup: spare\n    \
+         failover_ratio: 0.0\n    health_check: {{ type: tcp, port: {}, interval_s: 2, timeout_s: 1, \
+         healthy_threshold: 1, unhealthy_threshold: 1 }}\n    targets: [ {{ ip: {} }} ]\n\
+         \x20 - name: spare\n    protocol: tcp\n    algorithm: round_robin\n    health_check: {check}\n    \
+         targets: [ {{ ip: {} }}, {{ ip: {} }} ]\n",
+        topo::TCP_PORT,
+        TARGETS[0].v4,
+        TARGETS[1].v4,
+        TARGETS[2].v4,
+    );
+    let s = LabRun::start_yaml(&yaml, |_| {});
+    let mut ports = Ports(40500);
+    // Waits until web serves `serving` with these states of t2 and t3.
+    let wait = |what: &str, states: [&str; 2], serving: &str| {
+        s.lb.wait_for(T, what, |st: &Status| {
+            let judged = (1..3).all(|i| st.state("web", ip(i)) == Some(states[i - 1]));
+            (judged && st.group("web")?["serving"] == serving).then(|| st.clone())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.lb.log()))
+        .value
+    };
+
+    let st = wait(
+        "t2 and t3 probed and healthy",
+        ["healthy", "healthy"],
+        "primary",
+    );
+    for i in 1..3 {
+        let row = st.target("web", ip(i)).unwrap();
+        assert_eq!(row["via"], "spare", "{}", st.show(Some("web")));
+        assert_eq!(row["monitor_port"], LINES_PORT, "{}", st.show(Some("web")));
+    }
+    let check_port = &st.group("spare").unwrap()["health_check"]["port"];
+    assert_eq!(check_port, LINES_PORT, "{}", st.show(Some("spare")));
+
+    // t1's check fails (its lines port still answers): the backup serves.
+    s.lab.stop_port(Node::Target(0), topo::TCP_PORT).unwrap();
+    wait("t1 down: the backup", ["healthy", "healthy"], "backup");
+    let (spread, failed) = new_connections(&s.lab, VIP4.into(), ports.next(12), 12);
+    assert_eq!((spread[0], failed), (0, 0), "backup: {spread:?}");
+
+    // The backup's targets stop listening on the port they back up: every
+    // target is down, and the group's own take new flows (last resort).
+    for i in 1..3 {
+        s.lab.stop_port(Node::Target(i), LINES_PORT).unwrap();
+    }
+    let st = wait(
+        "the backup down too: last resort",
+        ["unhealthy", "unhealthy"],
+        "primary_last_resort",
+    );
+    let (spread, failed) = new_connections(&s.lab, VIP4.into(), ports.next(12), 12);
+    assert_eq!(
+        (spread, failed),
+        ([12, 0, 0], 0),
+        "last resort\n{}",
+        st.show(Some("web"))
+    );
+
+    // t3 answers again: the backup serves, on t3 alone.
+    s.lab.start_port(Node::Target(2), LINES_PORT).unwrap();
+    wait("t3 back: the backup", ["unhealthy", "healthy"], "backup");
+    let (spread, failed) = new_connections(&s.lab, VIP4.into(), ports.next(12), 12);
+    assert_eq!((spread, failed), ([0, 0, 12], 0), "t3 alone");
+}
+
 /// Stops the health servers (port 80) of the targets in `want` and starts
 /// those of the others, as needed.
 fn set_down(s: &LabRun, down: &mut [bool; 3], want: &[usize]) {

@@ -72,9 +72,10 @@ pub struct TargetCheck {
 
 /// The checks a policy asks for: every target of every group whose
 /// `health_check` is present and enabled, on its monitor port
-/// (`TargetGroup::monitor_port`); a tcp or http(s) check whose port cannot
-/// be known (a group attached to no listener, with no port written) is left
-/// out. Pure.
+/// (`TargetGroup::monitor_port`: a backup with no listener of its own is
+/// probed on the port of the listener it backs up); a tcp or http(s) check
+/// whose port cannot be known (a group that serves no listener, with no
+/// port written) is left out. Pure.
 pub fn checks(policy: &Policy) -> BTreeMap<TargetKey, TargetCheck> {
     let mut out = BTreeMap::new();
     for group in &policy.target_groups {
@@ -89,13 +90,13 @@ pub fn checks(policy: &Policy) -> BTreeMap<TargetKey, TargetCheck> {
                 continue;
             }
         };
-        let listener = policy.listener_of(&group.name);
+        let listener = policy.traffic_listener_of(&group.name);
         let is_ping = hc.kind_for(group.protocol) == CheckType::Ping;
         for target in &group.targets {
             let port = group.monitor_port(target, listener);
             if !is_ping && port.is_none() {
                 debug!(group = %group.name, target = %target.ip,
-                    "not checked: no monitor port (the group has no listener)");
+                    "not checked: no monitor port (the group serves no listener)");
                 continue;
             }
             out.insert(
@@ -428,6 +429,38 @@ fn offset(key: &TargetKey, interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backup attached to no listener is probed where its targets take
+    /// traffic: the port of the listener it backs up. Before, it was left
+    /// unprobed, `initial` for ever, and so counted healthy by failover.
+    #[test]
+    fn a_backup_without_a_listener_is_probed_on_the_port_it_backs_up() {
+        let policy = crate::policy::parse(
+            "t.yaml",
+            r"listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 8080, target_group: web }
+target_groups:
+  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [ { ip: 10.0.3.11 } ] }
+  - name: spare
+    protocol: tcp
+    health_check: { type: tcp }
+    targets: [ { ip: 10.0.3.21 }, { ip: 10.0.3.22, monitor_port: 9000 } ]
+  - { name: idle, protocol: tcp, health_check: { type: tcp }, targets: [ { ip: 10.0.3.31 } ] }
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ports: Vec<(String, Option<u16>)> = checks(&policy)
+            .into_iter()
+            .map(|(key, check)| (format!("{} {}", key.group, key.ip), check.port))
+            .collect();
+        // `web` has no check; `idle` serves nothing and has no port written.
+        let want = [("spare 10.0.3.21", 8080), ("spare 10.0.3.22", 9000)];
+        let want: Vec<(String, Option<u16>)> = want
+            .iter()
+            .map(|&(k, p)| (k.to_string(), Some(p)))
+            .collect();
+        assert_eq!(ports, want);
+    }
 
     #[test]
     fn offsets_are_stable_and_spread_over_the_interval() {

@@ -223,7 +223,9 @@ fn plan_targets(
     observed: &Observed,
     ids: &Ids,
 ) -> Result<Vec<PlannedTarget>, CompileError> {
-    let listener = policy.listener_of(&group.name);
+    // A backup attached to no listener shows the port (and monitor port)
+    // its targets take as a backup.
+    let listener = policy.traffic_listener_of(&group.name);
     seats::seats(policy, group, observed)
         .iter()
         .map(|seat| {

@@ -43,6 +43,22 @@ impl Policy {
     pub fn listener_of(&self, group: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.target_group == group)
     }
+
+    /// The listener whose traffic `group`'s targets receive, and so whose
+    /// port and address family they must have: the group's own, else, for a
+    /// group attached to no listener, that of the first group naming it as
+    /// its `backup` that has one (DSR keeps the port, so a backup's targets
+    /// take the port of the listener they back up; the validator refuses a
+    /// backup whose listeners disagree). None for a group that serves no
+    /// listener, even as a backup.
+    pub fn traffic_listener_of(&self, group: &str) -> Option<&Listener> {
+        self.listener_of(group).or_else(|| {
+            self.target_groups
+                .iter()
+                .filter(|g| g.backup.as_deref() == Some(group))
+                .find_map(|g| self.listener_of(&g.name))
+        })
+    }
 }
 
 /// The `flow_table` section: the flow tables' size, set when `lb run`
@@ -153,9 +169,10 @@ impl TargetGroup {
 
     /// The port health checks probe on `target`, one of this group's: its
     /// `monitor_port`, else the check's `port`, else the target's `port`,
-    /// else the port of `listener`, the group's ([`Policy::listener_of`]),
-    /// if it has one port. None when no port is written and the group has
-    /// no listener, or a listener of a port range.
+    /// else the port of `listener`, the one whose traffic the group's
+    /// targets receive ([`Policy::traffic_listener_of`]), if it has one
+    /// port. None when no port is written and the group serves no listener,
+    /// or a listener of a port range.
     pub fn monitor_port(&self, target: &Target, listener: Option<&Listener>) -> Option<u16> {
         target
             .monitor_port
@@ -669,6 +686,32 @@ mod tests {
         let ports: [Vec<Option<u16>>; 2] = [ports(web, listener), ports(lone, None)];
         // A disabled check keeps its port, as status shows it.
         assert_eq!(ports, [vec![Some(9090), Some(8080)], vec![Some(81), None]]);
+    }
+
+    #[test]
+    fn a_backup_without_a_listener_takes_the_traffic_of_the_group_it_backs_up() {
+        let policy = crate::policy::parse(
+            "t.yaml",
+            r"listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: own, vip: 10.0.3.50, protocol: tcp, port: 80, target_group: own }
+target_groups:
+  - { name: lone, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }
+  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }
+  - { name: spare, protocol: tcp, health_check: { type: tcp }, targets: [ { ip: 10.0.3.21 } ] }
+  - { name: own, protocol: tcp, targets: [] }
+  - { name: idle, protocol: tcp, targets: [] }
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let name = |g| policy.traffic_listener_of(g).map(|l| l.name.as_str());
+        // `lone` names spare first but has no listener: web's is taken.
+        assert_eq!(name("spare"), Some("web"));
+        assert_eq!((name("web"), name("own")), (Some("web"), Some("own")));
+        assert_eq!((name("lone"), name("idle")), (None, None));
+        let spare = &policy.target_groups[2];
+        let listener = policy.traffic_listener_of("spare");
+        assert_eq!(spare.monitor_port(&spare.targets[0], listener), Some(80));
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub fn validate(file: &str, policy: &Policy, positions: &Positions) -> Vec<Issue
     listeners(&mut r, policy, &groups);
     let vips = vip_owners(policy);
     for (g, group) in policy.target_groups.iter().enumerate() {
-        let listener = policy.listener_of(&group.name);
+        // A backup with no listener of its own takes the port and family
+        // of the one it backs up.
+        let listener = policy.traffic_listener_of(&group.name);
         target_group(&mut r, g, group, listener, &vips);
         backup(&mut r, policy, g, &groups);
     }
@@ -403,7 +405,11 @@ fn backup(r: &mut Report, policy: &Policy, g: usize, groups: &HashMap<&str, usiz
 }
 
 /// Whether backup group `b` can take the flows of group `g`: the same
-/// transport, and its targets on the port of `g`'s listener.
+/// transport, and the port and address family of `g`'s listener. Those are
+/// what the backup's targets receive, so they must match what the backup
+/// serves already ([`Policy::traffic_listener_of`]: its own listener, or
+/// that of the first group it backs up), against which its targets are
+/// checked.
 fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
     let (group, backup) = (&policy.target_groups[g], &policy.target_groups[b]);
     let at = format!("target_groups[{g}].backup");
@@ -421,14 +427,37 @@ fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
     let Some(listener) = policy.listener_of(&group.name) else {
         return;
     };
-    let port = policy
-        .listener_of(&backup.name)
-        .map(|l| l.port)
-        .or_else(|| backup.targets.iter().find_map(|t| t.port.map(Ports::one)));
-    if let Some(port) = port.filter(|&p| p != listener.port) {
+    let Some(serves) = policy
+        .traffic_listener_of(&backup.name)
+        .filter(|&l| !std::ptr::eq(l, listener))
+    else {
+        return;
+    };
+    let what = if serves.target_group == backup.name {
+        format!("serves listener `{}`", serves.name)
+    } else {
+        format!(
+            "backs up target group `{}` of listener `{}`",
+            serves.target_group, serves.name
+        )
+    };
+    if serves.port != listener.port {
         let message = format!(
-            "backup `{}` serves port {port} but listener `{}` of target group `{}` is on port {}: with DSR the backup's targets receive the listener's port, so they must listen on it",
-            backup.name, listener.name, group.name, listener.port
+            "backup `{}` {what}, on port {}, but listener `{}` of target group `{}` is on port {}: with DSR the backup's targets receive the port of the listener they serve, so every listener it serves must have the same",
+            backup.name, serves.port, listener.name, group.name, listener.port
+        );
+        r.issue(at.clone(), message);
+    }
+    if serves.vip.is_ipv4() != listener.vip.is_ipv4() {
+        let message = format!(
+            "backup `{}` {what}, whose vip {} is {}, but listener `{}` of target group `{}` has the {} vip {}: a backup's targets must have the address family of every vip they serve",
+            backup.name,
+            serves.vip,
+            family(serves.vip),
+            listener.name,
+            group.name,
+            family(listener.vip),
+            listener.vip
         );
         r.issue(at, message);
     }
@@ -493,7 +522,7 @@ fn target_group(
                 out_of_range("weight", &weight).unwrap_or_default(),
             );
         }
-        target_port(r, &at("port"), target.port, listener);
+        target_port(r, &at("port"), target.port, group, listener);
         if let Some(port) = target.monitor_port {
             monitor_port(r, &at("monitor_port"), port, group);
         }
@@ -564,16 +593,23 @@ fn target_ip(
     {
         let (family, vip_family) = (family(ip), family(l.vip));
         let message = format!(
-            "target {ip} is {family} but listener `{}` has the {vip_family} vip {}: \
+            "target {ip} is {family} but {} has the {vip_family} vip {}: \
              a target must have its vip's address family",
-            l.name, l.vip
+            listener_named(l, group),
+            l.vip
         );
         r.issue(at, message);
     }
 }
 
 /// A target's port: in range, and with DSR the listener's.
-fn target_port(r: &mut Report, path: &str, port: Option<u16>, listener: Option<&Listener>) {
+fn target_port(
+    r: &mut Report,
+    path: &str,
+    port: Option<u16>,
+    group: &TargetGroup,
+    listener: Option<&Listener>,
+) {
     match (port, listener) {
         (Some(0), _) => {
             r.issue(
@@ -584,21 +620,37 @@ fn target_port(r: &mut Report, path: &str, port: Option<u16>, listener: Option<&
         (Some(port), Some(l)) if l.port.is_range() => r.issue(
             path.to_string(),
             format!(
-                "port {port} is set but listener `{}` has ports {}: with DSR a target \
+                "port {port} is set but {} has ports {}: with DSR a target \
                  receives every port of the range; remove it (monitor_port sets where \
                  health checks go)",
-                l.name, l.port
+                listener_named(l, group),
+                l.port
             ),
         ),
         (Some(port), Some(l)) if Some(port) != l.port.single() => r.issue(
             path.to_string(),
             format!(
-                "port {port} differs from listener `{}` port {}: \
+                "port {port} differs from {} port {}: \
                  with DSR the target port is the listener port",
-                l.name, l.port
+                listener_named(l, group),
+                l.port
             ),
         ),
         _ => {}
+    }
+}
+
+/// `l`, the listener whose traffic `group`'s targets receive, as a message
+/// names it: for a backup attached to no listener, with the group it backs
+/// up.
+fn listener_named(l: &Listener, group: &TargetGroup) -> String {
+    if l.target_group == group.name {
+        format!("listener `{}`", l.name)
+    } else {
+        format!(
+            "listener `{}` (of target group `{}`, which `{}` backs up)",
+            l.name, l.target_group, group.name
+        )
     }
 }
 
@@ -849,10 +901,10 @@ fn health_check_port(r: &mut Report, g: usize, group: &TargetGroup, listener: Op
         r.issue(
             format!("target_groups[{g}].health_check.port"),
             format!(
-                "port is required: listener `{}` has ports {}, so there is no one traffic port \
+                "port is required: {} has ports {}, so there is no one traffic port \
                  to probe ({unported} of {} targets have no monitor_port); set health_check.port \
                  or every target's monitor_port",
-                l.name,
+                listener_named(l, group),
                 l.port,
                 group.targets.len()
             ),
@@ -1219,8 +1271,8 @@ mod tests {
                     "  - { name: rtp, protocol: udp, backup: spare, failover_ratio: 0.5, targets: [ { ip: 10.0.3.11 } ] }",
                     "  - { name: spare, protocol: udp, targets: [ { ip: 10.0.3.12, port: 10000 } ] }",
                 ],
-                expect_line: 4,
-                expect: "target_groups[0].backup: backup `spare` serves port 10000 but listener `rtp` of target group `rtp` is on port 10000-20000: with DSR the backup's targets receive the listener's port, so they must listen on it",
+                expect_line: 5,
+                expect: "target_groups[1].targets[0].port: port 10000 is set but listener `rtp` (of target group `rtp`, which `spare` backs up) has ports 10000-20000: with DSR a target receives every port of the range",
             },
             Case {
                 name: "listener port 0",
@@ -2005,7 +2057,73 @@ mod tests {
                     "  - { name: spare, protocol: tcp }",
                 ],
                 expect_line: 7,
-                expect: "backup `spare` serves port 8080 but listener `web` of target group `web` is on port 80",
+                expect: "backup `spare` serves listener `alt`, on port 8080, but listener `web` of target group `web` is on port 80",
+            },
+            Case {
+                name: "a backup's second target on another port",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
+                    "  - name: spare",
+                    "    protocol: tcp",
+                    "    targets: [ { ip: 10.0.3.11, port: 80 }, { ip: 10.0.3.12, port: 81 } ]",
+                ],
+                expect_line: 7,
+                expect: "target_groups[1].targets[1].port: port 81 differs from listener `web` (of target group `web`, which `spare` backs up) port 80",
+            },
+            Case {
+                name: "a backup's target of the other family",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
+                    "  - { name: spare, protocol: tcp, targets: [ { ip: \"fd00:3::21\" } ] }",
+                ],
+                expect_line: 5,
+                expect: "target_groups[1].targets[0].ip: target fd00:3::21 is IPv6 but listener `web` (of target group `web`, which `spare` backs up) has the IPv4 vip 10.0.3.49",
+            },
+            Case {
+                name: "one backup for two ports",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }",
+                    "  - { name: tls, vip: 10.0.3.49, protocol: tcp, port: 443, target_group: tls }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
+                    "  - { name: tls, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
+                    "  - { name: spare, protocol: tcp, targets: [ { ip: 10.0.3.21 } ] }",
+                ],
+                expect_line: 6,
+                expect: "target_groups[1].backup: backup `spare` backs up target group `web` of listener `web`, on port 80, but listener `tls` of target group `tls` is on port 443",
+            },
+            Case {
+                name: "one backup for two families",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }",
+                    "  - { name: web6, vip: \"fd00:3::49\", protocol: tcp, port: 80, target_group: web6 }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
+                    "  - { name: web6, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
+                    "  - { name: spare, protocol: tcp, targets: [ { ip: 10.0.3.21 } ] }",
+                ],
+                expect_line: 6,
+                expect: "target_groups[1].backup: backup `spare` backs up target group `web` of listener `web`, whose vip 10.0.3.49 is IPv4, but listener `web6` of target group `web6` has the IPv6 vip fd00:3::49",
+            },
+            Case {
+                name: "a backup's check on a port range without a port",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: rtp, vip: 10.0.3.49, protocol: udp, port: 10000-20000, target_group: rtp }",
+                    "target_groups:",
+                    "  - { name: rtp, protocol: udp, backup: spare, failover_ratio: 0.5, targets: [] }",
+                    "  - { name: spare, protocol: udp, health_check: { type: tcp }, targets: [ { ip: 10.0.3.21 } ] }",
+                ],
+                expect_line: 5,
+                expect: "target_groups[1].health_check.port: port is required: listener `rtp` (of target group `rtp`, which `spare` backs up) has ports 10000-20000",
             },
             Case {
                 name: "affinity with round_robin",

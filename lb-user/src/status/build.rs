@@ -120,7 +120,7 @@ fn group(src: &Sources<'_>, g: &policy::TargetGroup) -> GroupStatus {
         health_check: g
             .health_check
             .as_ref()
-            .map(|h| health_check(g, h, attached.and_then(|l| l.port.single()))),
+            .map(|h| health_check(g, h, src.policy.traffic_listener_of(&g.name))),
         on_unhealthy: g.target_failover.on_unhealthy,
         on_deregistration: g.target_failover.on_deregistration,
         deregistration_delay_s: g.deregistration_delay_s(),
@@ -206,19 +206,23 @@ fn health(h: &HealthSnapshot) -> HealthStatus {
     }
 }
 
-/// A group's health check with its defaults applied; `listener_port`: the
-/// port of the group's listener, if it has one.
+/// A group's health check with its defaults applied; `listener`: the one
+/// whose traffic its targets receive (`Policy::traffic_listener_of`), whose
+/// port it probes when it names none.
 fn health_check(
     g: &policy::TargetGroup,
     h: &policy::HealthCheck,
-    listener_port: Option<u16>,
+    listener: Option<&policy::Listener>,
 ) -> HealthCheckStatus {
     let kind = h.kind_for(g.protocol);
     let http = kind.is_http();
     HealthCheckStatus {
         enabled: h.enabled,
         kind,
-        port: h.port.or(listener_port).unwrap_or(0),
+        port: h
+            .port
+            .or(listener.and_then(|l| l.port.single()))
+            .unwrap_or(0),
         interval_s: h.interval_s,
         timeout_s: h.timeout_s,
         healthy_threshold: h.healthy_threshold,
