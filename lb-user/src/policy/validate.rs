@@ -2371,6 +2371,37 @@ mod tests {
         }
     }
 
+    /// A value brought in by an alias is written (at its anchor), not a
+    /// default: the rules that ask "was this written?" see it.
+    #[test]
+    fn values_written_through_an_alias_are_written() {
+        let yaml = text(&[
+            "target_groups:",
+            "  - { name: w, protocol: tcp, affinity: &aff two_tuple }",
+            "  - { name: x, protocol: tcp, algorithm: round_robin, affinity: *aff }",
+            "  - name: a",
+            "    protocol: tcp",
+            "    health_check: &check { interval_s: 5, timeout_s: 5 }",
+            "    target_failover: &failover { on_deregistration: rebalance, on_unhealthy: no_rebalance }",
+            "  - name: b",
+            "    protocol: tcp",
+            "    health_check: *check",
+            "    target_failover: *failover",
+        ]);
+        let err = parse("t.yaml", &yaml).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(str::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "t.yaml:3:65: target_groups[1].affinity: affinity is only for algorithm hash; round_robin does not hash: remove affinity or use algorithm hash",
+                "t.yaml:6:54: target_groups[2].health_check.timeout_s: timeout_s 5 must be less than interval_s 5",
+                "t.yaml:6:54: target_groups[3].health_check.timeout_s: timeout_s 5 must be less than interval_s 5",
+                "t.yaml:7:53: target_groups[2].target_failover.on_deregistration: on_deregistration rebalance differs from on_unhealthy no_rebalance: both must have the same value",
+                "t.yaml:7:53: target_groups[3].target_failover.on_deregistration: on_deregistration rebalance differs from on_unhealthy no_rebalance: both must have the same value",
+            ]
+        );
+    }
+
     #[test]
     fn lab_example_parses_and_validates() {
         let path =
