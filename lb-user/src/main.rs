@@ -476,7 +476,8 @@ fn man_pages(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `lb check`: what `lb run` and a reload check, short of the host.
+/// `lb check`: what `lb run` and a reload check, short of the host; then
+/// the notices `lb run` would log (settings that do nothing).
 fn check(config: &Path) -> anyhow::Result<()> {
     let name = config.display().to_string();
     let text = policy::read(config)?;
@@ -488,6 +489,9 @@ fn check(config: &Path) -> anyhow::Result<()> {
         policy.listeners.len(),
         policy.target_groups.len()
     );
+    for notice in policy::notices(&name, &text, &policy) {
+        println!("{notice}");
+    }
     Ok(())
 }
 

@@ -145,6 +145,42 @@ fn logs_are_text_or_json_at_the_level_asked() {
     assert!(!ok && out.contains("loud"), "{out}");
 }
 
+/// `lb check` passes a policy with a setting that does nothing, and says
+/// so after its ok line, at the setting's line; a disabled one is not
+/// mentioned.
+#[test]
+fn lb_check_names_a_sticky_session_source_ip_ignores() {
+    let dir = Scratch::new("check");
+    let path = dir.0.join("p.yaml");
+    let policy = "\
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+target_groups:
+  - name: web
+    protocol: tcp
+    algorithm: source_ip
+    sticky_session:
+      duration_s: 60
+    targets: [ { ip: 10.0.3.11 } ]
+";
+    fs::write(&path, policy).unwrap();
+    let (ok, out) = run(Command::new(lb()).arg("check").arg(&path));
+    let name = path.display();
+    assert!(ok, "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "{name}: ok (1 listeners, 1 target groups)\n\
+             {name}:8:7: target_groups[0].sticky_session: ignored: \
+             algorithm source_ip already keeps each client on one target\n"
+        )
+    );
+    fs::write(&path, policy.replace("duration_s: 60", "enabled: false")).unwrap();
+    let (ok, out) = run(Command::new(lb()).arg("check").arg(&path));
+    assert!(ok, "{out}");
+    assert_eq!(out, format!("{name}: ok (1 listeners, 1 target groups)\n"));
+}
+
 /// `lb run --log-format json` in the lab: every line it logs is one JSON
 /// object with a level and a message, the ready line's fields among them;
 /// a reload's line too.

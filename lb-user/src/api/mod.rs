@@ -156,6 +156,10 @@ pub struct ApplyReply {
     /// rename (`policy::diff::rename_hints`).
     #[serde(default)]
     pub hints: Vec<String>,
+    /// What is worth knowing about the valid policy though it changes
+    /// nothing (`policy::notices`), as `FILE:LINE:COL: PATH: message` lines.
+    #[serde(default)]
+    pub notices: Vec<String>,
 }
 
 /// What `lb drain` or `lb undrain` did.
@@ -190,6 +194,9 @@ impl ApplyReply {
         }
         for hint in &self.hints {
             out += &format!("hint: {hint}\n");
+        }
+        for notice in &self.notices {
+            out += &format!("{notice}\n");
         }
         if let Some(err) = &self.apply_error {
             out += &format!("WARNING: the maps are not written yet (retried): {err}\n");
@@ -265,11 +272,22 @@ mod tests {
                 weight: 256,
             }],
             hints: Vec::new(),
+            notices: Vec::new(),
         };
         assert_eq!(
             reply.render(),
             "new.yaml: valid, 1 changes (dry run: nothing changed):\n  + target 10.0.3.14 in web (weight 256)\n"
         );
+        let notice = "new.yaml:9:71: target_groups[3].sticky_session: ignored: \
+                      algorithm source_ip already keeps each client on one target";
+        reply.notices = vec![notice.into()];
+        assert_eq!(
+            reply.render(),
+            format!(
+                "new.yaml: valid, 1 changes (dry run: nothing changed):\n  + target 10.0.3.14 in web (weight 256)\n{notice}\n"
+            )
+        );
+        reply.notices.clear();
         reply.hints = vec!["if `www` is `web` renamed, ...".into()];
         assert!(
             reply

@@ -7,12 +7,13 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
+use tracing::warn;
 
 use super::RunOptions;
 use crate::{
     drains::Drains,
     neighbors::InterfaceInfo,
-    policy::{self, HostFacts, Policy},
+    policy::{self, HostFacts, Issue, Policy},
 };
 
 /// A policy read and parsed (checked on its own, not yet against the host).
@@ -20,6 +21,9 @@ pub struct Parsed {
     pub name: String,
     pub text: String,
     pub policy: Policy,
+    /// What is worth saying about it though it is valid
+    /// ([`policy::notices`]).
+    pub notices: Vec<Issue>,
 }
 
 /// Reads (in bounded time and memory: `policy::limits`) and parses the
@@ -35,7 +39,21 @@ pub fn parse_file(path: &Path) -> anyhow::Result<Parsed> {
 pub fn parse_text(name: String, text: String) -> anyhow::Result<Parsed> {
     let policy = policy::parse(&name, &text)?;
     policy::check_servable(&name, &text, &policy)?;
-    Ok(Parsed { name, text, policy })
+    let notices = policy::notices(&name, &text, &policy);
+    Ok(Parsed {
+        name,
+        text,
+        policy,
+        notices,
+    })
+}
+
+/// Logs the notices of a policy `lb` takes, at warn level: each is a
+/// setting that does nothing.
+pub fn warn_notices(notices: &[Issue]) {
+    for notice in notices {
+        warn!("{notice}");
+    }
 }
 
 /// The policy checked against the host (targets on the interface's subnets).

@@ -199,6 +199,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let iface = neighbors::interface(&load::interface_name(&opts, &parsed)?).await?;
     checks::addresses(&iface);
     let policy = load::check_for_host(&parsed, &iface)?;
+    load::warn_notices(&parsed.notices);
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
     checks::memory(&instance, &policy)?;

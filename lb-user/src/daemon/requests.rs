@@ -15,7 +15,7 @@ use crate::{
     ids::{Ids, TargetKey},
     plan::MapPlan,
     policy::{
-        Policy,
+        self, Policy,
         diff::{self, Change},
     },
     rename::Renames,
@@ -32,6 +32,8 @@ struct Proposal {
     plan: MapPlan,
     changes: Vec<Change>,
     hints: Vec<String>,
+    /// `policy::notices`, logged when taken.
+    notices: Vec<policy::Issue>,
 }
 
 impl Daemon {
@@ -139,6 +141,7 @@ impl Daemon {
         }
         Ok(Proposal {
             text: parsed.text,
+            notices: parsed.notices,
             hints: diff::rename_hints(&before, &policy),
             policy,
             renames,
@@ -182,6 +185,7 @@ impl Daemon {
         for change in &p.changes {
             info!(%change, "policy change");
         }
+        load::warn_notices(&p.notices);
         let dynamic = load::dynamic_targets(&p.policy, &p.drains);
         if let Err(err) = s.watch.set_targets(dynamic).await {
             warn!(%err, "following the new targets' MACs");
@@ -257,6 +261,7 @@ impl Daemon {
             apply_error: None,
             changes: Vec::new(),
             hints: Vec::new(),
+            notices: Vec::new(),
         };
         let proposal = Renames::parse(&apply.renames)
             .map_err(anyhow::Error::from)
@@ -276,6 +281,7 @@ impl Daemon {
         };
         reply.changes = p.changes.clone();
         reply.hints = p.hints.clone();
+        reply.notices = p.notices.iter().map(ToString::to_string).collect();
         if apply.dry_run {
             return reply;
         }

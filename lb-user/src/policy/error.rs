@@ -2,7 +2,9 @@
 //! `FILE:LINE:COL: PATH: MESSAGE`, one issue per line, all issues at once.
 use std::fmt;
 
-/// One thing wrong with a policy.
+/// One thing said about a place in a policy: wrong with it (in a
+/// [`PolicyError`]), or, from `validate::notices`, worth knowing about a
+/// valid one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
     /// The policy's name as given to `parse` (usually its path).

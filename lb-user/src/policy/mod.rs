@@ -20,4 +20,4 @@ pub use model::*;
 pub use parse::{load, parse, read};
 pub use ports::Ports;
 pub use serving::check_servable;
-pub use validate::{HostFacts, validate_for_host};
+pub use validate::{HostFacts, notices, validate_for_host};

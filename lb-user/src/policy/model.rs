@@ -161,6 +161,12 @@ impl TargetGroup {
         self.flow_fin_timeout_s.unwrap_or(DEFAULT_FIN_TIMEOUT_S)
     }
 
+    /// Whether an enabled sticky session changes nothing: `source_ip`
+    /// keeps each client on one target by itself (SPEC.md).
+    pub fn sticky_ignored(&self) -> bool {
+        self.algorithm == Algorithm::SourceIp && self.sticky_session.is_some_and(|s| s.enabled)
+    }
+
     /// The deregistration delay in effect (seconds).
     pub fn deregistration_delay_s(&self) -> u32 {
         self.deregistration_delay_s

@@ -11,6 +11,11 @@
 //! is a loop (no recursion, whatever the nesting), and the index is a tree
 //! (a node is found from its parent by its key or item number, and stores
 //! no path), so both cost time and memory in proportion to the text.
+//!
+//! An alias is not expanded: its node refers to its anchor's node, and a
+//! path that goes through the alias goes on among the anchored node's
+//! children. So `health_check: *check` has an `interval_s` where `&check`
+//! writes one, positioned there.
 use std::{collections::HashMap, fmt::Write as _};
 
 use yaml_rust2::{
@@ -113,6 +118,9 @@ pub struct Positions {
     keys: HashMap<(u32, Box<str>), u32>,
     /// (sequence, item number) -> the item.
     items: HashMap<(u32, u32), u32>,
+    /// Alias -> the node its anchor is on (an alias to an anchor the index
+    /// has no node for, such as a key's, has none).
+    aliases: HashMap<u32, u32>,
     duplicate_keys: Vec<DuplicateKey>,
     unlisted_duplicate_keys: usize,
     limit_exceeded: Option<LimitExceeded>,
@@ -128,6 +136,7 @@ impl Default for Positions {
             nodes: vec![Node::default()],
             keys: HashMap::new(),
             items: HashMap::new(),
+            aliases: HashMap::new(),
             duplicate_keys: Vec::new(),
             unlisted_duplicate_keys: 0,
             limit_exceeded: None,
@@ -195,10 +204,11 @@ impl Positions {
         found.unwrap_or(Pos { line: 1, column: 1 })
     }
 
-    /// The scalar text at exactly `path`, if that value is a scalar.
+    /// The scalar text at exactly `path`, if that value is a scalar or an
+    /// alias to one.
     pub fn scalar(&self, path: &str) -> Option<&str> {
         let id = self.walk(path, |_| {})?;
-        self.nodes[id as usize].scalar.as_deref()
+        self.nodes[self.anchored(id) as usize].scalar.as_deref()
     }
 
     /// Keys repeated within one mapping, in file order (the first
@@ -230,19 +240,22 @@ impl Positions {
 
     /// Follows `path` (`a.b[2].c`) down from the root, calling `visit` on
     /// each node on the way; the node at `path`, or None when the path
-    /// leaves the tree.
+    /// leaves the tree. Through an alias the path goes on among its
+    /// anchored node's children. Each step takes one segment of `path`, so
+    /// an alias inside its own anchor (`&a [*a]`) cannot make it loop.
     fn walk(&self, path: &str, mut visit: impl FnMut(&Node)) -> Option<u32> {
         let mut id = 0;
         let mut rest = path;
         while !rest.is_empty() {
+            let parent = self.anchored(id);
             if let Some(r) = rest.strip_prefix('[') {
                 let (number, r) = r.split_once(']')?;
-                id = *self.items.get(&(id, number.parse().ok()?))?;
+                id = *self.items.get(&(parent, number.parse().ok()?))?;
                 rest = r;
             } else {
                 let r = rest.strip_prefix('.').unwrap_or(rest);
                 let end = r.find(['.', '[']).unwrap_or(r.len());
-                id = *self.keys.get(&(id, r[..end].into()))?;
+                id = *self.keys.get(&(parent, r[..end].into()))?;
                 rest = &r[end..];
             }
             visit(&self.nodes[id as usize]);
@@ -250,17 +263,26 @@ impl Positions {
         Some(id)
     }
 
+    /// The node an alias's anchor is on; any other node itself. One hop
+    /// is enough: an alias cannot carry an anchor.
+    fn anchored(&self, id: u32) -> u32 {
+        self.aliases.get(&id).copied().unwrap_or(id)
+    }
+
     /// Places the node at `mark`, unless placed already (the first
-    /// occurrence of a repeated key wins: it is reported anyway).
-    fn record(&mut self, id: u32, mark: Marker, scalar: Option<String>) {
+    /// occurrence of a repeated key wins: it is reported anyway); true when
+    /// placed now.
+    fn record(&mut self, id: u32, mark: Marker, scalar: Option<String>) -> bool {
         let node = &mut self.nodes[id as usize];
-        if node.line == 0 {
-            let pos = Pos::of(mark);
-            // Saturated: no policy has lines or columns that long.
-            node.line = pos.line.try_into().unwrap_or(u32::MAX);
-            node.column = pos.column.try_into().unwrap_or(u32::MAX);
-            node.scalar = scalar.map(String::into_boxed_str);
+        if node.line != 0 {
+            return false;
         }
+        let pos = Pos::of(mark);
+        // Saturated: no policy has lines or columns that long.
+        node.line = pos.line.try_into().unwrap_or(u32::MAX);
+        node.column = pos.column.try_into().unwrap_or(u32::MAX);
+        node.scalar = scalar.map(String::into_boxed_str);
+        true
     }
 }
 
@@ -319,6 +341,8 @@ struct Builder {
     last_depth: usize,
     /// Documents started so far.
     documents: usize,
+    /// yaml-rust2's anchor id -> the node the anchor is on.
+    anchors: HashMap<usize, u32>,
 }
 
 /// A node's place: a mapping's value for a key, or a sequence's item.
@@ -465,10 +489,15 @@ impl Builder {
         path
     }
 
-    /// A sequence (`seq`) or a mapping starting at `mark`: its frame on
-    /// the stack (a key's frame when it is a mapping's key).
-    fn open(&mut self, mark: Marker, seq: bool) {
-        let frame = match self.place(None, mark) {
+    /// A sequence (`seq`) or a mapping starting at `mark`, with yaml-rust2's
+    /// `anchor` id (0: none): its frame on the stack (a key's frame when it
+    /// is a mapping's key).
+    fn open(&mut self, mark: Marker, seq: bool, anchor: usize) {
+        let placed = self.place(None, mark);
+        if let Some(id) = placed {
+            self.anchor(anchor, id);
+        }
+        let frame = match placed {
             Some(id) if seq => {
                 self.index.record(id, mark, None);
                 Frame::Seq { id, len: 0 }
@@ -485,21 +514,32 @@ impl Builder {
         self.stack.push(frame);
     }
 
+    /// Notes that yaml-rust2's `anchor` id (0: none) is on node `id`.
+    fn anchor(&mut self, anchor: usize, id: u32) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, id);
+        }
+    }
+
     /// Takes one event; true at the start of a second document.
     fn on_event(&mut self, ev: Event, mark: Marker) -> bool {
         match ev {
-            Event::Scalar(text, ..) => {
+            Event::Scalar(text, _, anchor, _) => {
                 if let Some(id) = self.place(Some(&text), mark) {
                     self.index.record(id, mark, Some(text));
+                    self.anchor(anchor, id);
                 }
             }
-            Event::Alias(_) => {
-                if let Some(id) = self.place(None, mark) {
-                    self.index.record(id, mark, None);
+            Event::Alias(anchor) => {
+                if let Some(id) = self.place(None, mark)
+                    && self.index.record(id, mark, None)
+                    && let Some(&anchored) = self.anchors.get(&anchor)
+                {
+                    self.index.aliases.insert(id, anchored);
                 }
             }
-            Event::SequenceStart(..) => self.open(mark, true),
-            Event::MappingStart(..) => self.open(mark, false),
+            Event::SequenceStart(anchor, _) => self.open(mark, true, anchor),
+            Event::MappingStart(anchor, _) => self.open(mark, false, anchor),
             Event::MappingEnd => {
                 // An empty mapping: only its start event says where it is.
                 if let Some(Frame::Map {
@@ -622,6 +662,101 @@ target_groups:
             limit.path
         );
         assert_eq!(p.locate("listeners[0].name").line, 2);
+    }
+
+    #[test]
+    fn a_path_goes_through_an_alias_into_its_anchored_mapping() {
+        let p = Positions::index(
+            "\
+a:
+  check: &check { interval_s: 5, timeout_s: 5 }
+b:
+  check: *check
+",
+        );
+        assert_eq!(p.scalar("b.check.interval_s"), Some("5"));
+        // Written at the anchor, so positioned there.
+        assert_eq!(
+            p.locate("b.check.interval_s"),
+            Pos {
+                line: 2,
+                column: 31
+            }
+        );
+        assert_eq!(p.locate("b.check.timeout_s"), p.locate("a.check.timeout_s"));
+        // The alias itself, and what the anchor lacks, are at the alias.
+        assert_eq!(
+            p.locate("b.check"),
+            Pos {
+                line: 4,
+                column: 10
+            }
+        );
+        assert_eq!(
+            p.locate("b.check.port"),
+            Pos {
+                line: 4,
+                column: 10
+            }
+        );
+        assert_eq!(p.scalar("b.check.port"), None);
+        assert_eq!(p.scalar("b.check"), None);
+    }
+
+    #[test]
+    fn an_alias_to_a_scalar_has_its_text() {
+        let p = Positions::index(
+            "\
+groups:
+  - { name: w, affinity: &aff two_tuple }
+  - { name: x, affinity: *aff }
+  - { name: y, affinity: *nowhere }
+",
+        );
+        assert_eq!(p.scalar("groups[0].affinity"), Some("two_tuple"));
+        assert_eq!(p.scalar("groups[1].affinity"), Some("two_tuple"));
+        assert_eq!(
+            p.locate("groups[1].affinity"),
+            Pos {
+                line: 3,
+                column: 26
+            }
+        );
+        // yaml-rust2 refuses an unknown anchor: the index stops there.
+        assert!(p.syntax_error().is_some());
+        assert_eq!(p.scalar("groups[2].affinity"), None);
+    }
+
+    #[test]
+    fn a_sequence_item_through_an_alias() {
+        let p = Positions::index("a: &list [x, y]\nb: *list\n");
+        assert_eq!(p.scalar("b[1]"), Some("y"));
+        assert_eq!(
+            p.locate("b[1]"),
+            Pos {
+                line: 1,
+                column: 14
+            }
+        );
+        assert_eq!(p.scalar("b[2]"), None);
+    }
+
+    #[test]
+    fn an_alias_inside_its_own_anchor_is_walked_one_segment_a_step() {
+        // The budget refuses the alias (it would expand forever) and the
+        // index stops after it, but what it holds can still be walked.
+        let p = Positions::index("a: &a [z, *a]\n");
+        assert!(p.limit_exceeded().is_some());
+        assert_eq!(p.scalar("a[0]"), Some("z"));
+        assert_eq!(p.scalar("a[1][1][1][0]"), Some("z"));
+        assert_eq!(p.scalar("a[1][1][1]"), None);
+        assert_eq!(
+            p.locate("a[1][1][1]"),
+            Pos {
+                line: 1,
+                column: 11
+            }
+        );
     }
 
     #[test]

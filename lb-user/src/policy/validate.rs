@@ -117,6 +117,32 @@ pub fn validate_for_host(
     PolicyError::check(r.issues)
 }
 
+/// What is worth saying about a valid policy, though it changes nothing:
+/// each enabled sticky session that `algorithm: source_ip` makes moot. In
+/// file order, each at the line of the value it is about.
+pub fn notices(source_name: &str, text: &str, policy: &Policy) -> Vec<Issue> {
+    let ignored: Vec<usize> = policy
+        .target_groups
+        .iter()
+        .enumerate()
+        .filter(|(_, group)| group.sticky_ignored())
+        .map(|(g, _)| g)
+        .collect();
+    if ignored.is_empty() {
+        // As in `validate_for_host`: no second index without something to say.
+        return Vec::new();
+    }
+    let positions = Positions::index(text);
+    let mut r = Report::new(source_name, &positions);
+    for g in ignored {
+        r.issue(
+            format!("target_groups[{g}].sticky_session"),
+            "ignored: algorithm source_ip already keeps each client on one target".into(),
+        );
+    }
+    PolicyError::new(r.issues).issues
+}
+
 struct Report<'a> {
     file: &'a str,
     positions: &'a Positions,
@@ -724,7 +750,7 @@ fn algorithm(r: &mut Report, g: usize, group: &TargetGroup) {
 
 /// SPEC.md "Sticky session": tcp x tcp and udp x udp only, duration
 /// 1-604800 s. (With `source_ip` it is accepted and ignored: that algorithm
-/// is sticky by itself; `lb status` says so.)
+/// is sticky by itself; [`notices`] and `lb status` say so.)
 fn sticky_session(r: &mut Report, g: usize, group: &TargetGroup) {
     let Some(sticky) = &group.sticky_session else {
         return;
@@ -2487,6 +2513,67 @@ mod tests {
                 panic!("{name}: rejected:\n{e}");
             }
         }
+    }
+
+    /// A value brought in by an alias is written (at its anchor), not a
+    /// default: the rules that ask "was this written?" see it.
+    #[test]
+    fn values_written_through_an_alias_are_written() {
+        let yaml = text(&[
+            "target_groups:",
+            "  - { name: w, protocol: tcp, affinity: &aff two_tuple }",
+            "  - { name: x, protocol: tcp, algorithm: round_robin, affinity: *aff }",
+            "  - name: a",
+            "    protocol: tcp",
+            "    health_check: &check { interval_s: 5, timeout_s: 5 }",
+            "    target_failover: &failover { on_deregistration: rebalance, on_unhealthy: no_rebalance }",
+            "  - name: b",
+            "    protocol: tcp",
+            "    health_check: *check",
+            "    target_failover: *failover",
+        ]);
+        let err = parse("t.yaml", &yaml).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(str::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "t.yaml:3:65: target_groups[1].affinity: affinity is only for algorithm hash; round_robin does not hash: remove affinity or use algorithm hash",
+                "t.yaml:6:54: target_groups[2].health_check.timeout_s: timeout_s 5 must be less than interval_s 5",
+                "t.yaml:6:54: target_groups[3].health_check.timeout_s: timeout_s 5 must be less than interval_s 5",
+                "t.yaml:7:53: target_groups[2].target_failover.on_deregistration: on_deregistration rebalance differs from on_unhealthy no_rebalance: both must have the same value",
+                "t.yaml:7:53: target_groups[3].target_failover.on_deregistration: on_deregistration rebalance differs from on_unhealthy no_rebalance: both must have the same value",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sticky_session_source_ip_ignores_is_a_notice() {
+        let yaml = text(&[
+            "target_groups:",
+            "  - { name: off, protocol: tcp, algorithm: source_ip, sticky_session: { enabled: false } }",
+            "  - { name: rr, protocol: tcp, algorithm: round_robin, sticky_session: {} }",
+            "  - name: src",
+            "    protocol: tcp",
+            "    algorithm: source_ip",
+            "    sticky_session:",
+            "      duration_s: 60",
+            "  - { name: udp, protocol: udp, algorithm: source_ip, sticky_session: {} }",
+        ]);
+        let policy = parse("t.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+        let said: Vec<String> = notices("t.yaml", &yaml, &policy)
+            .iter()
+            .map(Issue::to_string)
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "t.yaml:8:7: target_groups[2].sticky_session: ignored: algorithm source_ip already keeps each client on one target",
+                "t.yaml:9:71: target_groups[3].sticky_session: ignored: algorithm source_ip already keeps each client on one target",
+            ]
+        );
+        let lab = include_str!("../../../examples/lab.yaml");
+        let policy = parse("lab.yaml", lab).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(notices("lab.yaml", lab, &policy), []);
     }
 
     #[test]

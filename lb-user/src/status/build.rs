@@ -240,10 +240,12 @@ fn sticky_status(group: &policy::TargetGroup) -> Option<StickyStatus> {
         enabled: s.enabled,
         kind: s.kind,
         duration_s: s.duration_s,
-        state: match (s.enabled, group.algorithm) {
-            (false, _) => Stickiness::Off,
-            (true, policy::Algorithm::SourceIp) => Stickiness::Ignored,
-            (true, _) => Stickiness::On,
+        state: if !s.enabled {
+            Stickiness::Off
+        } else if group.sticky_ignored() {
+            Stickiness::Ignored
+        } else {
+            Stickiness::On
         },
     })
 }
