@@ -271,15 +271,16 @@ impl Ids {
 
     /// Releases the retired targets that nothing names any more: retired
     /// at least [`RELEASE_GRACE`] before `swept_from` (when a sweep of the
-    /// flow tables and sticky sessions started) and not in `named` (the
-    /// target ids that sweep found). Groups that only a released target kept
-    /// go too. Returns the released target ids.
-    pub fn release(&mut self, named: &BTreeSet<u32>, swept_from: Instant) -> Vec<u32> {
+    /// flow tables and sticky sessions started) and not in `held` (the
+    /// target ids that sweep found named by flows or by sessions not yet
+    /// expired). Groups that only a released target kept go too. Returns
+    /// the released target ids.
+    pub fn release(&mut self, held: &BTreeSet<u32>, swept_from: Instant) -> Vec<u32> {
         let mut released = Vec::new();
         self.targets.retain(|_, a| {
             let done = a
                 .retired
-                .is_some_and(|at| at + RELEASE_GRACE <= swept_from && !named.contains(&a.id));
+                .is_some_and(|at| at + RELEASE_GRACE <= swept_from && !held.contains(&a.id));
             if done {
                 released.push(a.id);
             }

@@ -945,6 +945,52 @@ fn sweeper_deletes_ended_flows_and_counts_stay_exact() {
     assert_eq!(sweeper.sweep(&rules(&h)).unwrap().entries, 0);
 }
 
+/// A sweep reports the targets flows name (a drain lasts while its target
+/// is among them) apart from those that sticky sessions hold too (a
+/// retired id is released only once neither names it): a client's session
+/// holds its target's id after the client's flow ended, not after the
+/// session expired, and never holds a drain.
+#[test]
+fn sticky_sessions_hold_ids_while_they_last_but_never_a_drain() {
+    let yaml = r"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+target_groups:
+  - name: web
+    protocol: tcp
+    algorithm: round_robin
+    sticky_session: { duration_s: 20 }
+    flow_fin_timeout_s: 5
+    targets:
+      - { ip: 10.0.3.11 }
+      - { ip: 10.0.3.12 }
+";
+    let mut h = Harness::new(yaml);
+    let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
+    let rules = |h: &Harness| lb_user::flows::Rules::of(&h.plan);
+    let syn = Frame::tcp("10.0.3.100", 47000, "10.0.3.49", 80, SYN).build();
+    let t = h.check("syn", &syn).target.expect("a target");
+    let id = h.target_id(&t).expect("its id");
+    let r = sweeper.sweep(&rules(&h)).unwrap();
+    assert!(r.named.contains(&id) && r.held.contains(&id), "{r:?}");
+
+    // The flow ends (FIN, then its timeout); the session lasts 20 s.
+    h.check(
+        "fin",
+        &Frame::tcp("10.0.3.100", 47000, "10.0.3.49", 80, FIN | ACK).build(),
+    );
+    h.advance(10);
+    let r = sweeper.sweep(&rules(&h)).unwrap();
+    assert_eq!(r.deleted, 1, "{r:?}");
+    assert!(!r.named.contains(&id), "no flow names it: {r:?}");
+    assert!(r.held.contains(&id), "its session holds it: {r:?}");
+
+    // The session expired: nothing holds the id.
+    h.advance(15);
+    let r = sweeper.sweep(&rules(&h)).unwrap();
+    assert!(r.named.is_empty() && r.held.is_empty(), "{r:?}");
+}
+
 /// CPUs read the clock at different moments, so an entry's last-seen time
 /// may be a little later than the `now` of the CPU (or sweep) that reads
 /// it. Such a flow is young, not 52 days old: its next packet hits it, the

@@ -402,6 +402,69 @@ fn with_no_delay_a_target_is_unused_at_once() {
     assert!(others.iter().all(|r| r.broken.is_some()), "{others:?}");
 }
 
+/// A drain lasts while connections are left on its target, not while
+/// sticky sessions name it: a draining target is not selectable, so the
+/// sessions are not followed to it. A client's connections all reach one
+/// target (a session of an hour); one of them stays open, the target is
+/// drained (delay 300 s) and stays `draining`; once the connection closes
+/// the target is `unused` within a few sweeps, and the client's new
+/// connections go elsewhere. (Sessions once held every drain of a sticky
+/// group to its full delay.)
+#[test]
+fn a_drain_ends_with_its_connections_though_sticky_sessions_name_it() {
+    let mut yaml = format!(
+        "interface: eth0\nlisteners:\n  - {{ name: lines, vip: {VIP4}, protocol: tcp, port: {LINES_PORT}, target_group: web }}\n\
+         target_groups:\n  - name: web\n    protocol: tcp\n    algorithm: round_robin\n    \
+         sticky_session: {{ duration_s: 3600 }}\n    deregistration_delay_s: 300\n    \
+         flow_fin_timeout_s: 1\n    targets:\n"
+    );
+    for t in &TARGETS {
+        yaml += &format!("      - {{ ip: {} }}\n", t.v4);
+    }
+    let s = LabRun::start_yaml(&yaml, |_| {});
+    let mut ports = Ports(40600);
+    let (spread, failed) = new_connections(&s.lab, VIP4.into(), ports.next(6), 6);
+    assert_eq!(failed, 0, "{spread:?}");
+    let k = spread.iter().position(|&n| n == 6).unwrap_or_else(|| {
+        panic!("one client's connections reach one target (sticky): {spread:?}")
+    });
+    let spec = Spec {
+        name: "kept".into(),
+        proto: Proto::Tcp,
+        src: SocketAddr::new(topo::client4(7).into(), 32100),
+        dst: SocketAddr::new(VIP4.into(), LINES_PORT),
+    };
+    let stream = Streams::start(&s.lab, &[spec]);
+    stream.wait_answers(2, T);
+    assert_eq!(stream.on(TARGETS[k].name), 1, "the session holds");
+
+    cli(&s.lb, &["drain", "web", &ip(k).to_string()], 0);
+    // Sweeps run every 2 s: two have seen the open connection.
+    let drained = Instant::now();
+    let st = s.lb.wait_for(T, "two sweeps", |st: &Status| {
+        (drained.elapsed() > Duration::from_secs(5)).then(|| st.clone())
+    });
+    let st = st.unwrap_or_else(|e| panic!("{e}")).value;
+    assert_eq!(
+        st.state("web", ip(k)),
+        Some("draining"),
+        "{}",
+        st.show(Some("web"))
+    );
+    stream.wait_answers(2, T);
+
+    let reports = stream.stop();
+    assert!(reports[0].broken.is_none(), "{reports:?}");
+    s.lb.wait_for(T, "unused once its connection ended", |st: &Status| {
+        (st.state("web", ip(k)) == Some("unused")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.lb.log()));
+    // The client's next connections are placed afresh (which replaces its
+    // session: so only now).
+    let (spread, failed) = new_connections(&s.lab, VIP4.into(), ports.next(6), 6);
+    assert_eq!((spread[k], failed), (0, 0), "new connections {spread:?}");
+}
+
 /// A second IPv4 VIP, for the backup group's own listener (a backup's
 /// targets listen on its group's listener port, so its own listener is on
 /// that port of another VIP): on the lb's eth0 and the targets' lo, as the

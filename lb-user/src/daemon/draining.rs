@@ -16,9 +16,9 @@ use crate::{
 const DEADLINE_SLACK: Duration = Duration::from_millis(200);
 
 impl Daemon {
-    /// A sweep found which target ids flow entries and sticky sessions
-    /// still name: drains whose flows ended settle, and retired ids that
-    /// nothing names are released.
+    /// A sweep found which target ids flow entries still name, and which
+    /// sticky sessions hold too: drains whose flows ended settle, and
+    /// retired ids that nothing holds are released.
     pub(super) async fn on_sweep(&mut self, report: &SweepReport, watch: &NeighborWatch) {
         self.flows = self.flows_of(report);
         let released = self.release(report);
@@ -68,7 +68,7 @@ impl Daemon {
             return false;
         }
         let mut ids = (*self.plan.ids).clone();
-        let released = ids.release(&report.named, report.started);
+        let released = ids.release(&report.held, report.started);
         if released.is_empty() {
             return false;
         }

@@ -86,8 +86,13 @@ pub struct SweepReport {
     pub active: BTreeMap<u32, i64>,
     /// Entries and sticky sessions of retired targets deleted.
     pub orphans_deleted: u64,
-    /// Target ids that flow entries or sticky sessions still name.
+    /// Target ids that flow entries still name: a drain lasts while its
+    /// target is among them.
     pub named: BTreeSet<u32>,
+    /// Those and the ids that sticky sessions not yet expired name: a
+    /// retired id is released once it is in neither (a session that has
+    /// expired is never followed, so it holds nothing).
+    pub held: BTreeSet<u32>,
     /// When the walk started.
     pub started: Instant,
     pub took: Duration,
@@ -102,6 +107,7 @@ impl Default for SweepReport {
             active: BTreeMap::new(),
             orphans_deleted: 0,
             named: BTreeSet::new(),
+            held: BTreeSet::new(),
             started: Instant::now(),
             took: Duration::ZERO,
         }
@@ -166,17 +172,26 @@ impl FlowSweeper {
         })
     }
 
-    /// Reads every sticky session: the targets the live ones name go to
-    /// `named`; those of retired targets that are not usable are deleted
-    /// (a client's next flow would be placed afresh anyway). Returns how
-    /// many it deleted.
-    fn sweep_sticky(&mut self, rules: &Rules, named: &mut BTreeSet<u32>) -> std::io::Result<u64> {
+    /// Reads every sticky session at data-plane time `now`: the targets
+    /// those not expired name go to `held`; those of retired targets that
+    /// are not usable are deleted (a client's next flow would be placed
+    /// afresh anyway). Sessions are not flows: a drain does not wait for
+    /// them (a draining target is not selectable, so the data plane does
+    /// not follow them to it). Returns how many it deleted.
+    fn sweep_sticky(
+        &mut self,
+        rules: &Rules,
+        now: u64,
+        held: &mut BTreeSet<u32>,
+    ) -> std::io::Result<u64> {
         let mut stale = Vec::new();
+        // As the data plane's `sticky` reads a session.
+        let live = |s: &StickyState| now < s.expires_ns;
         sys::lookup_all::<StickyKey, StickyState>(self.sticky.0.as_fd(), CHUNK, |key, s| {
             if rules.retired.contains(&s.target_id) {
                 stale.push(*key);
-            } else {
-                named.insert(s.target_id);
+            } else if live(s) {
+                held.insert(s.target_id);
             }
         })?;
         let mut deleted = 0;
@@ -189,8 +204,8 @@ impl FlowSweeper {
                 && self.sticky.1.remove(key).is_ok()
             {
                 deleted += 1;
-            } else {
-                named.insert(s.target_id);
+            } else if live(&s) {
+                held.insert(s.target_id);
             }
         }
         Ok(deleted)
@@ -217,9 +232,10 @@ impl FlowSweeper {
                 }
             }
         }
-        let mut named = std::mem::take(&mut tally.named);
+        let named = std::mem::take(&mut tally.named);
+        let mut held = named.clone();
         let sticky = self
-            .sweep_sticky(rules, &mut named)
+            .sweep_sticky(rules, now, &mut held)
             .map_err(io_err(names::STICKY))?;
         Ok(SweepReport {
             entries: tally.entries,
@@ -228,6 +244,7 @@ impl FlowSweeper {
             active: tally.active,
             orphans_deleted: orphans + sticky,
             named,
+            held,
             started,
             took: started.elapsed(),
         })
