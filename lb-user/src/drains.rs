@@ -180,6 +180,37 @@ impl Drains {
                 d.until = d.since + u64::from(g.deregistration_delay_s());
             }
         }
+        self.drain_views(&after, new);
+    }
+
+    /// A target drained by command stays out in every backup view of it
+    /// (`TargetKey::via_backup`), also in those the policy made after the
+    /// drain (a group that names its group as `backup` since): each drains
+    /// as the target did, from the same moment, with its own group's
+    /// delay, and `lb undrain` ends it with the target's.
+    fn drain_views(&mut self, after: &BTreeMap<TargetKey, Option<Mac>>, new: &Policy) {
+        let mut views = Vec::new();
+        for (key, mac) in after {
+            let Some(via) = key.via.as_deref() else {
+                continue;
+            };
+            let own = TargetKey::new(via, key.ip);
+            let Some(own) = self.by_key.get(&own).filter(|d| d.by_command) else {
+                continue;
+            };
+            if self.by_key.contains_key(key) {
+                continue;
+            }
+            let delay = new
+                .target_groups
+                .iter()
+                .find(|g| g.name == key.group)
+                .map_or(0, |g| u64::from(g.deregistration_delay_s()));
+            views.push(drain(key, *mac, own.since, delay, true));
+        }
+        for view in views {
+            self.by_key.insert(view.key(), view);
+        }
     }
 
     /// `lb drain GROUP IP` at `now`: the target, in the policy, starts
@@ -524,6 +555,42 @@ mod tests {
         assert!(d.get(&via).is_some());
         d.undrain("spare", IpAddr::from([10, 0, 3, 21])).unwrap();
         assert!(d.get(&via).is_none());
+    }
+
+    /// A target drained before a group names its group as `backup` is
+    /// drained in that group's view of it too, from the same moment: the
+    /// order of `lb drain` and the policy change does not matter. Unlinked
+    /// and linked again, the view is drained again; `lb undrain` ends both.
+    #[test]
+    fn a_drain_reaches_backup_views_made_after_it() {
+        let ip = IpAddr::from([10, 0, 3, 21]);
+        let yaml = |backup: &str| {
+            format!(
+                "target_groups:\n  - {{ name: web, protocol: tcp, {backup}targets: [{{ ip: 10.0.3.11 }}] }}\n  \
+                 - {{ name: spare, protocol: tcp, deregistration_delay_s: 60, targets: [{{ ip: 10.0.3.21 }}] }}\n"
+            )
+        };
+        let alone = policy::parse("t.yaml", &yaml("")).unwrap();
+        let linked =
+            policy::parse("t.yaml", &yaml("backup: spare, failover_ratio: 0.5, ")).unwrap();
+        let via = TargetKey::via_backup("web", "spare", ip);
+        let mut d = Drains::default();
+        d.drain(&alone, "spare", ip, 1000).unwrap();
+        assert!(d.get(&via).is_none());
+
+        d.follow(&alone, &linked, 1010);
+        let view = d.get(&via).expect("the new view is drained");
+        // web's delay (the default 300 s), from the drain's start.
+        assert_eq!(
+            (view.since, view.until, view.by_command),
+            (1000, 1300, true)
+        );
+
+        d.follow(&linked, &alone, 1020);
+        d.follow(&alone, &linked, 1030);
+        assert!(d.get(&via).is_some_and(|v| v.by_command), "linked again");
+        d.undrain("spare", ip).unwrap();
+        assert!(d.is_empty(), "{d:?}");
     }
 
     /// Renamed, a drain goes on as it was under its group's new name (and
