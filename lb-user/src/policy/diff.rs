@@ -6,7 +6,9 @@ use std::{fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{HealthCheck, Listener, ListenerProtocol, Policy, Ports, Target, TargetGroup};
+use super::{
+    GroupProtocol, HealthCheck, Listener, ListenerProtocol, Policy, Ports, Target, TargetGroup,
+};
 use crate::rename::Renames;
 
 /// One change, for people ([`fmt::Display`]) and scripts (JSON).
@@ -257,7 +259,7 @@ fn settings(g: &TargetGroup) -> Vec<(&'static str, String)> {
         ("table_size", g.table_size.to_string()),
         (
             "health_check",
-            opt(g.health_check.as_ref().map(health_check)),
+            opt(g.health_check.as_ref().map(|h| health_check(h, g.protocol))),
         ),
         (
             "target_failover",
@@ -286,16 +288,32 @@ fn settings(g: &TargetGroup) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// A health check in one line.
-fn health_check(h: &HealthCheck) -> String {
+/// A health check of a group of `protocol` in one line: everything that
+/// decides a verdict (a changed check starts its targets from `initial`).
+fn health_check(h: &HealthCheck, protocol: GroupProtocol) -> String {
     if !h.enabled {
         return "disabled".into();
     }
-    let kind = h.kind.map_or("default", |k| k.as_str());
+    let kind = h.kind_for(protocol);
     let port = h.port.map(|p| format!(" port {p}")).unwrap_or_default();
+    let request = if kind.is_http() {
+        format!(
+            " {} {} HTTP/{} expecting {},",
+            h.method().as_str(),
+            h.path(),
+            h.version().as_str(),
+            h.status_codes()
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{kind}{port} every {}s, timeout {}s, up after {}, down after {}",
-        h.interval_s, h.timeout_s, h.healthy_threshold, h.unhealthy_threshold
+        "{}{port}{request} every {}s, timeout {}s, up after {}, down after {}",
+        kind.as_str(),
+        h.interval_s,
+        h.timeout_s,
+        h.healthy_threshold,
+        h.unhealthy_threshold
     )
 }
 
@@ -526,6 +544,48 @@ target_groups:
         let json = serde_json::to_value(&changes(&old, &new)[6]).unwrap();
         assert_eq!(json["change"], "target_removed");
         assert_eq!(json["deregistration_delay_s"], 60);
+    }
+
+    /// Every setting of a health check that decides a verdict shows in the
+    /// plan when it changes (such a change starts the targets from
+    /// `initial`): the HTTP request's too; one written as it was in effect
+    /// is no change.
+    #[test]
+    fn a_health_check_change_names_what_the_probe_does() {
+        let with = |check: &str| {
+            let text = BEFORE.replace(
+                "    protocol: tcp\n    targets",
+                &format!("    protocol: http\n    health_check: {check}\n    targets"),
+            );
+            policy::parse("t.yaml", &text).unwrap()
+        };
+        let http = "{ type: http, path: /healthz }";
+        let line = |from: &str, to: &str| {
+            let lines: Vec<String> = changes(&with(from), &with(to))
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            lines.join("\n")
+        };
+        assert_eq!(
+            line(http, "{ type: http, path: /ready }"),
+            "~ target group web: health_check http GET /healthz HTTP/1.1 expecting 200-399, \
+             every 30s, timeout 5s, up after 5, down after 2 -> http GET /ready HTTP/1.1 \
+             expecting 200-399, every 30s, timeout 5s, up after 5, down after 2"
+        );
+        for other in [
+            "{ type: http, path: /healthz, method: HEAD }",
+            "{ type: http, path: /healthz, version: \"1.0\" }",
+            "{ type: http, path: /healthz, status_codes: \"200\" }",
+            "{ type: https, path: /healthz }",
+        ] {
+            assert!(!line(http, other).is_empty(), "{other}");
+        }
+        assert_eq!(
+            line("{ path: /healthz }", "{ type: http, path: /healthz }"),
+            "",
+            "http is the default"
+        );
     }
 
     /// A group renamed with `--rename` is one change, then what else
