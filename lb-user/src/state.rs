@@ -65,6 +65,11 @@ pub struct Verdict {
     pub ip: IpAddr,
     /// `healthy` or `unhealthy`.
     pub state: String,
+    /// The check that gave it (`TargetCheck::describe`): at a start it is
+    /// restored only under the same check, as a reload keeps it. Absent in
+    /// files of an `lb` before it: restored under any check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 impl RuntimeState {
@@ -129,14 +134,22 @@ impl RuntimeState {
             .map_err(io_err(dir))
     }
 
-    /// The verdicts, by target.
-    pub fn verdicts(&self) -> BTreeMap<TargetKey, HealthState> {
+    /// The verdicts, by target, of the targets whose check `describe`
+    /// (the check's description under the policy now, None for a target
+    /// not checked) is the one that gave them: a target whose check changed
+    /// while `lb` was stopped starts from `initial`, as after a reload.
+    pub fn verdicts(
+        &self,
+        describe: impl Fn(&TargetKey) -> Option<String>,
+    ) -> BTreeMap<TargetKey, HealthState> {
         self.health
             .iter()
             .filter_map(|v| {
                 let state =
                     HealthState::from_name(&v.state).filter(|s| *s != HealthState::Initial)?;
                 let key = TargetKey::new(v.group.clone(), v.ip);
+                let now = describe(&key)?;
+                v.check.as_ref().is_none_or(|c| *c == now).then_some(())?;
                 Some((key, state))
             })
             .collect()
@@ -150,10 +163,12 @@ impl RuntimeState {
         }
     }
 
-    /// Replaces the verdicts (`initial` ones are not kept).
+    /// Replaces the verdicts (`initial` ones are not kept), each with the
+    /// description of the check that gave it (`describe`).
     pub fn set_verdicts<'a>(
         &mut self,
         verdicts: impl IntoIterator<Item = (&'a TargetKey, HealthState)>,
+        describe: impl Fn(&TargetKey) -> Option<String>,
     ) {
         self.health = verdicts
             .into_iter()
@@ -162,6 +177,7 @@ impl RuntimeState {
                 group: key.group.clone(),
                 ip: key.ip,
                 state: state.as_str().to_string(),
+                check: describe(key),
             })
             .collect();
     }
@@ -193,18 +209,42 @@ mod tests {
             key([10, 0, 3, 12]),
             key([10, 0, 3, 13]),
         );
-        state.set_verdicts([
-            (&a, HealthState::Healthy),
-            (&b, HealthState::Unhealthy),
-            (&c, HealthState::Initial),
-        ]);
+        let tcp = |_: &TargetKey| Some("tcp port 80".to_string());
+        state.set_verdicts(
+            [
+                (&a, HealthState::Healthy),
+                (&b, HealthState::Unhealthy),
+                (&c, HealthState::Initial),
+            ],
+            tcp,
+        );
         state.save(&dir).unwrap();
         let back = RuntimeState::load(&dir, 7).unwrap().expect("saved");
         assert_eq!(back, state);
         assert_eq!(
-            back.verdicts(),
-            BTreeMap::from([(a, HealthState::Healthy), (b, HealthState::Unhealthy)])
+            back.verdicts(tcp),
+            BTreeMap::from([
+                (a.clone(), HealthState::Healthy),
+                (b.clone(), HealthState::Unhealthy)
+            ])
         );
+        // Under another check (or none), a verdict is not restored: b's
+        // check moved to port 8080 while lb was stopped.
+        let moved = |k: &TargetKey| {
+            let port = if *k == b { 8080 } else { 80 };
+            (*k != c).then(|| format!("tcp port {port}"))
+        };
+        assert_eq!(
+            back.verdicts(moved),
+            BTreeMap::from([(a.clone(), HealthState::Healthy)])
+        );
+        assert_eq!(back.verdicts(|_| None), BTreeMap::new(), "unchecked now");
+        // A file of an lb before checks were saved: restored under any.
+        let mut old = back.clone();
+        old.health.iter_mut().for_each(|v| v.check = None);
+        assert_eq!(old.verdicts(moved).len(), 2);
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("\"check\""), "{json}");
         assert_eq!(
             RuntimeState::load(&dir, 8).unwrap(),
             None,

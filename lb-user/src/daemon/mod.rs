@@ -43,7 +43,7 @@ use crate::{
     },
     drains::{Drains, Flows},
     flows::Rules,
-    health::{HealthMonitor, HealthSnapshot, HealthState, TargetKey},
+    health::{self, HealthMonitor, HealthSnapshot, HealthState, TargetCheck, TargetKey},
     maglev::TableCache,
     metrics::{self, Instruments},
     neighbors::{self, InterfaceInfo, NeighborWatch},
@@ -104,6 +104,13 @@ impl std::fmt::Display for Phases {
 
 type Snapshots = BTreeMap<TargetKey, HealthSnapshot>;
 type Verdicts = BTreeMap<TargetKey, HealthState>;
+
+/// The verdicts saved in `state` that `policy` checks as the saved ones
+/// were given (a check changed while `lb` was stopped starts over).
+fn restored_verdicts(state: &RuntimeState, policy: &Policy) -> Verdicts {
+    let checks = health::checks(policy);
+    state.verdicts(|key| checks.get(key).map(TargetCheck::describe))
+}
 
 /// The verdicts the compiler needs, from the monitor's snapshots.
 fn verdicts(snapshots: &Snapshots) -> Verdicts {
@@ -226,8 +233,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     wait_for_macs(&mut macs, &dynamic, opts.resolve_wait).await;
     timer.lap("macs");
     let instruments = Instruments::default();
-    let (monitor, health) =
-        HealthMonitor::start_observed(&policy, state.verdicts(), Some(instruments.clone()));
+    let (monitor, health) = HealthMonitor::start_observed(
+        &policy,
+        restored_verdicts(&state, &policy),
+        Some(instruments.clone()),
+    );
     let mut daemon = Daemon::new(
         opts, iface, instance, policy, dataplane, macs, state, &health,
     )?;
@@ -764,8 +774,11 @@ impl Daemon {
             return;
         }
         self.verdicts = new;
-        self.state
-            .set_verdicts(snapshots.iter().map(|(key, snap)| (key, snap.state)));
+        let checks = health::checks(&self.policy);
+        self.state.set_verdicts(
+            snapshots.iter().map(|(key, snap)| (key, snap.state)),
+            |key| checks.get(key).map(TargetCheck::describe),
+        );
         self.save_state();
         self.reconcile();
     }

@@ -70,6 +70,39 @@ pub struct TargetCheck {
     pub unhealthy_threshold: u32,
 }
 
+impl TargetCheck {
+    /// Everything that decides a verdict, in one line, saved with the
+    /// verdict (`crate::state`): a verdict is restored at a start only
+    /// under the same check, as a reload keeps it only then. Written out
+    /// field by field, so that another build of `lb` describes the same
+    /// check the same way.
+    pub fn describe(&self) -> String {
+        let probe = match &*self.spec {
+            ProbeSpec::Tcp => "tcp".to_string(),
+            ProbeSpec::Ping => "ping".to_string(),
+            ProbeSpec::Http(h) => format!(
+                "{} {} {} {} expecting {}",
+                if h.tls { "https" } else { "http" },
+                h.method.as_str(),
+                h.path,
+                match h.version {
+                    hyper::Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                },
+                h.codes
+            ),
+        };
+        let port = self.port.map_or("-".to_string(), |p| p.to_string());
+        format!(
+            "{probe} port {port} every {}ms timeout {}ms up {} down {}",
+            self.interval.as_millis(),
+            self.timeout.as_millis(),
+            self.healthy_threshold,
+            self.unhealthy_threshold
+        )
+    }
+}
+
 /// The checks a policy asks for: every target of every group whose
 /// `health_check` is present and enabled, on its monitor port
 /// (`TargetGroup::monitor_port`: a backup with no listener of its own is
@@ -460,6 +493,46 @@ target_groups:
             .map(|&(k, p)| (k.to_string(), Some(p)))
             .collect();
         assert_eq!(ports, want);
+    }
+
+    /// A check's description (saved with its verdicts) names everything
+    /// that decides a verdict, and nothing else.
+    #[test]
+    fn a_check_is_described_by_what_decides_a_verdict() {
+        let describe = |check: &str| {
+            let text = format!(
+                "listeners:\n  - {{ name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }}\n\
+                 target_groups:\n  - {{ name: web, protocol: http, health_check: {check}, targets: [ {{ ip: 10.0.3.11 }} ] }}\n"
+            );
+            let policy = crate::policy::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+            let checks = checks(&policy);
+            assert_eq!(checks.len(), 1);
+            checks.values().next().unwrap().describe()
+        };
+        let base = describe("{ path: /healthz }");
+        assert_eq!(
+            base,
+            "http GET /healthz 1.1 expecting 200-399 port 80 every 30000ms timeout 5000ms up 5 down 2"
+        );
+        assert_eq!(
+            describe("{ type: http, path: /healthz, method: GET }"),
+            base
+        );
+        for other in [
+            "{ path: /ready }",
+            "{ path: /healthz, method: HEAD }",
+            "{ path: /healthz, version: \"1.0\" }",
+            "{ path: /healthz, status_codes: \"200\" }",
+            "{ type: https, path: /healthz }",
+            "{ path: /healthz, port: 8080 }",
+            "{ path: /healthz, interval_s: 10 }",
+            "{ path: /healthz, timeout_s: 2 }",
+            "{ path: /healthz, healthy_threshold: 2 }",
+            "{ path: /healthz, unhealthy_threshold: 3 }",
+            "{ type: ping }",
+        ] {
+            assert_ne!(describe(other), base, "{other}");
+        }
     }
 
     #[test]
