@@ -37,6 +37,10 @@ pub struct ListenerCounts {
 pub struct TargetCounts {
     pub group: String,
     pub ip: IpAddr,
+    /// For a target of `group`'s backup taking `group`'s flows: the backup
+    /// group (its own counters, apart from those of its own group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub port: Ports,
     pub state: TargetState,
     pub packets: u64,
@@ -45,8 +49,9 @@ pub struct TargetCounts {
     pub active_flows: u64,
 }
 
-/// Reads the counters of `view`'s listeners and own targets (of `group`
-/// only, if given: its listener and targets): two batched lookups.
+/// Reads the counters of `view`'s listeners and targets, its backup's
+/// taking its flows included (of `group` only, if given: its listener and
+/// targets): two batched lookups.
 pub fn sample(view: &View, reader: &Reader, group: Option<&str>) -> io::Result<StatsSample> {
     let stats = reader.stats(view.listener_ids, view.target_ids)?;
     let wanted = |g: &str| group.is_none_or(|only| only == g);
@@ -71,12 +76,13 @@ pub fn sample(view: &View, reader: &Reader, group: Option<&str>) -> io::Result<S
     let targets = view
         .targets
         .iter()
-        .filter(|t| t.own() && wanted(&t.group))
+        .filter(|t| wanted(&t.group))
         .map(|t| {
             let s = stats.target(t.id);
             TargetCounts {
                 group: t.group.clone(),
                 ip: t.ip,
+                via: t.via.clone(),
                 port: t.port,
                 state: t.state,
                 packets: s.packets,
@@ -110,6 +116,9 @@ pub struct Rate {
     /// A listener's name, or a target's address.
     pub name: String,
     pub target_group: String,
+    /// A target of the group's backup taking its flows: the backup group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// `tcp 10.0.3.49:80` (listener) or `10.0.3.11:80` (target).
     pub address: String,
     /// A target's state; None for a listener.
@@ -143,6 +152,7 @@ impl Rate {
         Rate {
             name,
             target_group,
+            via: None,
             address,
             state: None,
             packets,
@@ -184,11 +194,9 @@ pub fn rates(before: &StatsSample, after: &StatsSample) -> Rates {
         .iter()
         .map(|l| (l.name.as_str(), l))
         .collect();
-    let old_t: BTreeMap<(&str, IpAddr), &TargetCounts> = before
-        .targets
-        .iter()
-        .map(|t| ((t.group.as_str(), t.ip), t))
-        .collect();
+    let key = |t: &TargetCounts| (t.group.clone(), t.ip, t.via.clone());
+    let old_t: BTreeMap<(String, IpAddr, Option<String>), &TargetCounts> =
+        before.targets.iter().map(|t| (key(t), t)).collect();
     let listeners = after
         .listeners
         .iter()
@@ -198,7 +206,7 @@ pub fn rates(before: &StatsSample, after: &StatsSample) -> Rates {
         .targets
         .iter()
         .map(|t| {
-            let was = old_t.get(&(t.group.as_str(), t.ip));
+            let was = old_t.get(&key(t));
             let w = |f: fn(&TargetCounts) -> u64| was.map_or(0, |w| f(w));
             let id = (t.ip.to_string(), t.group.clone(), socket(t.ip, t.port));
             let counts = [
@@ -207,6 +215,7 @@ pub fn rates(before: &StatsSample, after: &StatsSample) -> Rates {
                 (w(|c| c.new_flows), t.new_flows),
             ];
             Rate {
+                via: t.via.clone(),
                 state: Some(t.state),
                 active_flows: Some(t.active_flows),
                 ..Rate::of(id, counts, seconds)
@@ -268,7 +277,11 @@ pub fn render(r: &Rates) -> String {
             .iter()
             .filter(|t| t.target_group == l.target_group)
         {
-            rows.push(row(format!("  -> {}", t.name), t));
+            let via = t.via.as_ref().map(|v| format!(" (via {v})"));
+            rows.push(row(
+                format!("  -> {}{}", t.name, via.unwrap_or_default()),
+                t,
+            ));
         }
     }
     for t in r
@@ -317,6 +330,7 @@ mod tests {
                 ip: "10.0.3.11".parse().unwrap(),
                 port: crate::policy::Ports::one(80),
                 state: TargetState::Healthy,
+                via: None,
                 packets,
                 bytes,
                 new_flows: flows,
@@ -353,5 +367,48 @@ mod tests {
              web (group web)    tcp 10.0.3.49:80  -        1.50k      1.20M   12.0         -\n\
              \x20 -> 10.0.3.11     10.0.3.11:80      healthy  1.50k      1.20M   12.0         7\n"
         );
+    }
+
+    /// A backup's target taking the group's flows has its own row under the
+    /// group, apart from its row in its own group (the same address), and
+    /// its rate from its own counters.
+    #[test]
+    fn a_backup_target_taking_the_groups_flows_has_its_own_row() {
+        let with_backup = |at_s: f64, packets: u64| {
+            let mut s = sample(at_s, packets, packets * 100, 0);
+            let own = s.targets[0].clone();
+            s.targets.push(TargetCounts {
+                ip: "10.0.3.21".parse().unwrap(),
+                via: Some("spare".into()),
+                packets: 2 * packets,
+                ..own.clone()
+            });
+            s.targets.push(TargetCounts {
+                group: "spare".into(),
+                ip: "10.0.3.21".parse().unwrap(),
+                packets: 7,
+                ..own
+            });
+            s
+        };
+        let r = rates(&with_backup(0.0, 0), &with_backup(1.0, 50));
+        let via = &r.targets[1];
+        assert_eq!((via.via.as_deref(), via.packets), (Some("spare"), 100));
+        assert_eq!(
+            (r.targets[2].via.as_deref(), r.targets[2].packets),
+            (None, 0)
+        );
+        let table = render(&r);
+        let words = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let lines: Vec<String> = table.lines().map(words).collect();
+        let row = "-> 10.0.3.21 (via spare) 10.0.3.21:80 healthy 100 40.0k 0 7";
+        assert!(lines.iter().any(|l| l == row), "{table}");
+        assert!(
+            table.contains("10.0.3.21 (group spare, no listener)"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["targets"][1]["via"], "spare");
+        assert!(json["targets"][0].get("via").is_none(), "{json}");
     }
 }

@@ -42,7 +42,7 @@ pub struct Scrape {
 type Labels = Vec<(&'static str, String)>;
 
 /// A target's place in the view and its labels.
-type TargetRow = (usize, [(&'static str, String); 2]);
+type TargetRow = (usize, Labels);
 
 /// A group's sums: statistics, active flows, targets by state.
 type GroupSums = (Stats, u64, [u64; 6]);
@@ -325,8 +325,8 @@ impl Scrape {
         Ok(())
     }
 
-    /// Per group: sums over its own targets, active flows, and who takes
-    /// its new flows.
+    /// Per group: sums over its targets (its backup's taking its flows
+    /// included), active flows, and who takes its new flows.
     fn encode_groups(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let sums = self.group_sums();
         let groups = &self.view.groups;
@@ -335,17 +335,17 @@ impl Scrape {
         let families: [StatsFamily; 3] = [
             (
                 "lb_group_packets",
-                "Packets forwarded to the group's own targets",
+                "Packets forwarded to the group's targets (its backup's taking its flows included)",
                 |s| s.packets,
             ),
             (
                 "lb_group_bytes",
-                "Bytes forwarded to the group's own targets",
+                "Bytes forwarded to the group's targets (its backup's taking its flows included)",
                 |s| s.bytes,
             ),
             (
                 "lb_group_new_flows",
-                "New flows given to the group's own targets",
+                "New flows given to the group's targets (its backup's taking its flows included)",
                 |s| s.new_flows,
             ),
         ];
@@ -360,7 +360,7 @@ impl Scrape {
             enc,
             (
                 "lb_group_active_flows",
-                "Flows in progress on the group's own targets",
+                "Flows in progress on the group's targets (its backup's taking its flows included)",
                 GAUGE,
             ),
             rows,
@@ -384,21 +384,21 @@ impl Scrape {
         self.encode_serving(enc)
     }
 
-    /// Per group, over its own targets: statistics, active flows, and
-    /// targets by state (`TargetState::ALL`'s order).
+    /// Per group: statistics and active flows over its targets, its
+    /// backup's taking its flows included (what its listener sent), and
+    /// its own targets by state (`TargetState::ALL`'s order).
     fn group_sums(&self) -> BTreeMap<&str, GroupSums> {
         let mut sums: BTreeMap<&str, GroupSums> = BTreeMap::new();
         for (t, active) in self.view.targets.iter().zip(&self.active) {
-            if !t.own() {
-                continue;
-            }
             let s = self.target(t.id);
             let e = sums.entry(t.group.as_str()).or_default();
             e.0.packets += s.packets;
             e.0.bytes += s.bytes;
             e.0.new_flows += s.new_flows;
             e.1 += active;
-            e.2[state_index(t.state)] += 1;
+            if t.own() {
+                e.2[state_index(t.state)] += 1;
+            }
         }
         sums
     }
@@ -444,20 +444,21 @@ impl Scrape {
         )
     }
 
-    /// Per target of each group (its own and those leaving; a backup's
-    /// targets count in their own group).
+    /// Per target of each group: its own, those leaving, and its backup's
+    /// taking its flows (labelled `via` the backup group: their own
+    /// counters, apart from their own group's series).
     fn encode_targets(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let own: Vec<TargetRow> = self
+        let rows: Vec<TargetRow> = self
             .view
             .targets
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.own())
             .map(|(i, t)| {
-                (
-                    i,
-                    [("group", t.group.clone()), ("target", t.ip.to_string())],
-                )
+                let mut labels = vec![("group", t.group.clone()), ("target", t.ip.to_string())];
+                if let Some(via) = &t.via {
+                    labels.push(("via", via.clone()));
+                }
+                (i, labels)
             })
             .collect();
         let families: [StatsFamily; 3] = [
@@ -479,10 +480,10 @@ impl Scrape {
         ];
         let targets = &self.view.targets;
         for (name, help, get) in families {
-            let rows = own
+            let series = rows
                 .iter()
                 .map(|(i, l)| (&l[..], get(&self.target(targets[*i].id))));
-            family(enc, (name, help, COUNTER), rows)?;
+            family(enc, (name, help, COUNTER), series)?;
         }
         family(
             enc,
@@ -491,17 +492,17 @@ impl Scrape {
                 "Flows in progress on the target",
                 GAUGE,
             ),
-            own.iter().map(|(i, l)| (&l[..], self.active[*i])),
+            rows.iter().map(|(i, l)| (&l[..], self.active[*i])),
         )?;
-        self.encode_target_states(enc, &own)
+        self.encode_target_states(enc, &rows)
     }
 
-    fn encode_target_states(&self, enc: &mut DescriptorEncoder, own: &[TargetRow]) -> fmt::Result {
+    fn encode_target_states(&self, enc: &mut DescriptorEncoder, rows: &[TargetRow]) -> fmt::Result {
         let targets = &self.view.targets;
-        let rows = own.iter().map(|(i, l)| {
-            let [group, target] = l.clone();
-            let state = ("state", targets[*i].state.as_str().to_string());
-            ([group, target, state], 1u64)
+        let rows = rows.iter().map(|(i, l)| {
+            let mut labels = l.clone();
+            labels.push(("state", targets[*i].state.as_str().to_string()));
+            (labels, 1u64)
         });
         family(
             enc,
@@ -562,7 +563,7 @@ mod tests {
             targets: vec![
                 target(1, "10.0.3.11", None, TargetState::Healthy),
                 target(2, "10.0.3.12", None, TargetState::Unhealthy),
-                // A backup's target: counted in its own group only.
+                // A backup's target taking web's flows: its own series.
                 target(3, "10.0.3.21", Some("spare"), TargetState::Healthy),
             ],
             listener_ids: 2,
@@ -605,8 +606,11 @@ mod tests {
             "lb_target_packets_total{group=\"web\",target=\"10.0.3.11\"} 20",
             "lb_target_active_flows{group=\"web\",target=\"10.0.3.12\"} 1",
             "lb_target_state{group=\"web\",target=\"10.0.3.12\",state=\"unhealthy\"} 1",
-            "lb_group_packets_total{group=\"web\"} 30",
-            "lb_group_active_flows{group=\"web\"} 5",
+            "lb_target_packets_total{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 7",
+            "lb_target_active_flows{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 9",
+            "lb_target_state{group=\"web\",target=\"10.0.3.21\",via=\"spare\",state=\"healthy\"} 1",
+            "lb_group_packets_total{group=\"web\"} 37",
+            "lb_group_active_flows{group=\"web\"} 14",
             "lb_group_targets{group=\"web\",state=\"healthy\"} 1",
             "lb_group_targets{group=\"web\",state=\"draining\"} 0",
             "lb_group_serving{group=\"web\",serving=\"backup\"} 1",
@@ -621,9 +625,10 @@ mod tests {
                 "no line {line:?} in:\n{text}"
             );
         }
+        // Each series once: the backup's target has no row without `via`.
         assert!(
-            !text.contains("10.0.3.21"),
-            "a backup's target shown:\n{text}"
+            !text.contains("target=\"10.0.3.21\"}"),
+            "a backup's target without via:\n{text}"
         );
     }
 }
