@@ -46,6 +46,8 @@ pub struct ListenerView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupView {
+    /// Its id in the data plane: the same through a rename.
+    pub id: u32,
     pub name: String,
     pub listener: Option<String>,
     pub serving: Serving,
@@ -108,6 +110,7 @@ impl View {
             .groups
             .iter()
             .map(|g| GroupView {
+                id: g.id,
                 name: g.name.clone(),
                 listener: listener_of.get(g.name.as_str()).map(|l| l.to_string()),
                 serving: g.serving,

@@ -23,10 +23,10 @@ pub fn report_exclusions(plan: &MapPlan) {
 /// and groups whose new flows go elsewhere.
 pub fn log_changes(old: &MapPlan, new: &MapPlan) {
     macs(old, new);
-    let old_groups: BTreeMap<&str, &PlannedGroup> =
-        old.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+    // By id: a renamed group keeps it.
+    let old_groups: BTreeMap<u32, &PlannedGroup> = old.groups.iter().map(|g| (g.id, g)).collect();
     for n in &new.groups {
-        if let Some(o) = old_groups.get(n.name.as_str())
+        if let Some(o) = old_groups.get(&n.id)
             && o.serving != n.serving
         {
             switched(o.serving, n);

@@ -101,13 +101,31 @@ impl Instruments {
 
     /// Counts the groups of `new` that went into last resort, or to their
     /// backup, since `old` (a group new in `new` counts if it starts so),
-    /// and forgets the groups `new` no longer has.
+    /// and forgets the groups `new` no longer has. A group is known by its
+    /// id: renamed, it goes on with its counts under its new name.
     pub fn activations(&self, old: &View, new: &View) {
-        let before: BTreeMap<&str, &GroupView> =
-            old.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        let before: BTreeMap<u32, &GroupView> = old.groups.iter().map(|g| (g.id, g)).collect();
+        let families = [&self.last_resort_activations, &self.backup_activations];
+        // Read before any is moved: two groups may swap names.
+        let counts: BTreeMap<&str, [u64; 2]> = old
+            .groups
+            .iter()
+            .map(|g| {
+                let label = [("group", g.name.clone())];
+                let n = families.map(|f| f.get(&label).map_or(0, |c| c.get()));
+                (g.name.as_str(), n)
+            })
+            .collect();
         for g in &new.groups {
-            let was = before.get(g.name.as_str());
+            let was = before.get(&g.id);
             let label = [("group", g.name.clone())];
+            if let Some(w) = was.filter(|w| w.name != g.name) {
+                let moved = counts.get(w.name.as_str()).copied().unwrap_or_default();
+                for (family, n) in families.iter().zip(moved) {
+                    family.remove(&label);
+                    family.get_or_create(&label).inc_by(n);
+                }
+            }
             if g.last_resort && !was.is_some_and(|w| w.last_resort) {
                 self.last_resort_activations.get_or_create(&label).inc();
             }
@@ -116,7 +134,7 @@ impl Instruments {
             }
         }
         let now: BTreeSet<&str> = new.groups.iter().map(|g| g.name.as_str()).collect();
-        for gone in before.keys().filter(|g| !now.contains(*g)) {
+        for gone in counts.keys().filter(|g| !now.contains(*g)) {
             let label = [("group", gone.to_string())];
             self.last_resort_activations.remove(&label);
             self.backup_activations.remove(&label);
@@ -177,7 +195,9 @@ mod tests {
         View {
             groups: groups
                 .iter()
-                .map(|(name, last_resort, serving)| GroupView {
+                .enumerate()
+                .map(|(id, (name, last_resort, serving))| GroupView {
+                    id: id as u32 + 1,
                     name: name.to_string(),
                     listener: None,
                     serving: *serving,
@@ -211,11 +231,32 @@ mod tests {
         assert_eq!(count(&m.last_resort_activations, "web"), 2);
         assert_eq!(count(&m.backup_activations, "dns"), 2);
         assert_eq!(count(&m.backup_activations, "web"), 0);
-        // A group that leaves the policy leaves the metrics.
-        m.activations(&down, &view(&[("dns", false, Serving::Primary)]));
+        // Renamed (the same id), as it was: no activation, its counts go
+        // on under the new name; two groups may swap names.
+        let renamed = view(&[
+            ("www", true, Serving::PrimaryLastResort),
+            ("dns", false, Serving::Backup),
+        ]);
+        m.activations(&down, &renamed);
+        assert_eq!(count(&m.last_resort_activations, "www"), 2);
         assert!(
             m.last_resort_activations
                 .get(&[("group", "web".into())])
+                .is_none()
+        );
+        let swapped = view(&[
+            ("dns", true, Serving::PrimaryLastResort),
+            ("www", false, Serving::Backup),
+        ]);
+        m.activations(&renamed, &swapped);
+        assert_eq!(count(&m.last_resort_activations, "dns"), 2);
+        assert_eq!(count(&m.backup_activations, "www"), 2);
+        assert_eq!(count(&m.last_resort_activations, "www"), 0);
+        // A group that leaves the policy leaves the metrics.
+        m.activations(&swapped, &view(&[("www", false, Serving::Primary)]));
+        assert!(
+            m.last_resort_activations
+                .get(&[("group", "dns".into())])
                 .is_none()
         );
     }

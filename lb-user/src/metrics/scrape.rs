@@ -555,6 +555,7 @@ mod tests {
                 group: "web".into(),
             }],
             groups: vec![GroupView {
+                id: 1,
                 name: "web".into(),
                 listener: Some("web".into()),
                 serving: Serving::Backup,
