@@ -667,21 +667,26 @@ fn every_row_of_the_failover_table() {
 fn a_backup_without_a_listener_is_probed_on_the_port_it_backs_up() {
     let check =
         "{ type: tcp, interval_s: 2, timeout_s: 1, healthy_threshold: 1, unhealthy_threshold: 1 }";
-    let yaml = format!(
-        "interface: eth0\nlisteners:\n\
-         \x20 - {{ name: lines, vip: {VIP4}, protocol: tcp, port: {LINES_PORT}, target_group: web }}\n\
-         target_groups:\n\
-         \x20 - name: web\n    protocol: tcp\n    algorithm: round_robin\n    backup: spare\n    \
-         failover_ratio: 0.0\n    health_check: {{ type: tcp, port: {}, interval_s: 2, timeout_s: 1, \
-         healthy_threshold: 1, unhealthy_threshold: 1 }}\n    targets: [ {{ ip: {} }} ]\n\
-         \x20 - name: spare\n    protocol: tcp\n    algorithm: round_robin\n    health_check: {check}\n    \
-         targets: [ {{ ip: {} }}, {{ ip: {} }} ]\n",
-        topo::TCP_PORT,
-        TARGETS[0].v4,
-        TARGETS[1].v4,
-        TARGETS[2].v4,
-    );
-    let s = LabRun::start_yaml(&yaml, |_| {});
+    let yaml = |spare: &[usize]| {
+        let spare: Vec<String> = spare
+            .iter()
+            .map(|&i| format!("{{ ip: {} }}", TARGETS[i].v4))
+            .collect();
+        format!(
+            "interface: eth0\nlisteners:\n\
+             \x20 - {{ name: lines, vip: {VIP4}, protocol: tcp, port: {LINES_PORT}, target_group: web }}\n\
+             target_groups:\n\
+             \x20 - name: web\n    protocol: tcp\n    algorithm: round_robin\n    backup: spare\n    \
+             failover_ratio: 0.0\n    health_check: {{ type: tcp, port: {}, interval_s: 2, timeout_s: 1, \
+             healthy_threshold: 1, unhealthy_threshold: 1 }}\n    targets: [ {{ ip: {} }} ]\n\
+             \x20 - name: spare\n    protocol: tcp\n    algorithm: round_robin\n    \
+             deregistration_delay_s: 0\n    health_check: {check}\n    targets: [ {} ]\n",
+            topo::TCP_PORT,
+            TARGETS[0].v4,
+            spare.join(", "),
+        )
+    };
+    let s = LabRun::start_yaml(&yaml(&[1, 2]), |_| {});
     let mut ports = Ports(40500);
     // Waits until web serves `serving` with these states of t2 and t3.
     let wait = |what: &str, states: [&str; 2], serving: &str| {
@@ -735,6 +740,21 @@ fn a_backup_without_a_listener_is_probed_on_the_port_it_backs_up() {
     wait("t3 back: the backup", ["unhealthy", "healthy"], "backup");
     let (spread, failed) = new_connections(&s.lab, VIP4.into(), ports.next(12), 12);
     assert_eq!((spread, failed), ([0, 0, 12], 0), "t3 alone");
+
+    // Two connections held on t3 for web: the plan of removing t3 from
+    // spare (no delay) names them, as they drain with web's delay.
+    let streams = Streams::start(&s.lab, &specs()[..2]);
+    streams.wait_answers(2, T);
+    assert_eq!(streams.on(TARGETS[2].name), 2, "streams on t3");
+    let file = s.lab.write_file("without-t3.yaml", &yaml(&[1]));
+    let plan = cli(&s.lb, &["apply", "--dry-run", file.to_str().unwrap()], 0).stdout;
+    let line = format!(
+        "- target {} in spare: 0 active flows, unused at once (deregistration_delay_s 0); \
+         for web (its backup): 2 active flows, unused at ",
+        ip(2)
+    );
+    assert!(plan.contains(&line), "{plan}");
+    streams.stop();
 }
 
 /// Stops the health servers (port 80) of the targets in `want` and starts

@@ -16,7 +16,7 @@ use crate::{
     plan::MapPlan,
     policy::{
         self, Policy,
-        diff::{self, Change},
+        diff::{self, Change, ForGroup},
     },
     rename::Renames,
     status::{self, DataPlaneStatus},
@@ -137,6 +137,18 @@ impl Daemon {
                 let key = TargetKey::new(group.as_str(), *ip);
                 removal.active_flows = Some(self.active_flows_in(&plan.ids, &key));
                 removal.unused_by = drains.get(&key).map(|d| d.until);
+                // Its views in the groups its group backs up drain too,
+                // each with that group's delay.
+                removal.for_groups = drains
+                    .list()
+                    .filter(|d| d.via.as_deref() == Some(group.as_str()) && d.ip == *ip)
+                    .filter(|d| !d.by_command)
+                    .map(|d| ForGroup {
+                        group: d.group.clone(),
+                        active_flows: self.active_flows_in(&plan.ids, &d.key()),
+                        unused_by: d.until,
+                    })
+                    .collect();
             }
         }
         Ok(Proposal {

@@ -90,6 +90,20 @@ pub struct Removal {
     pub deregistration_delay_s: Option<u32>,
     /// When it will be `unused` at the latest (Unix seconds).
     pub unused_by: Option<u64>,
+    /// The flows it holds for the groups its group backs up (its view in
+    /// each, `via` its group), which drain with that group's delay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub for_groups: Vec<ForGroup>,
+}
+
+/// A removed target's view in a group its group backs up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForGroup {
+    pub group: String,
+    /// Its flows of that group in progress now.
+    pub active_flows: u64,
+    /// When that view will be `unused` at the latest (Unix seconds).
+    pub unused_by: u64,
 }
 
 /// The changes from `old` to `new`, in a stable order: listeners, groups,
@@ -475,7 +489,17 @@ impl fmt::Display for Removal {
                     .map(|at| format!(" (at {})", clock(at)))
                     .unwrap_or_default()
             ),
+        }?;
+        for g in &self.for_groups {
+            write!(
+                f,
+                "; for {} (its backup): {} active flows, unused at {} or when they end",
+                g.group,
+                g.active_flows,
+                clock(g.unused_by)
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -671,10 +695,30 @@ target_groups:
             active_flows: Some(5),
             deregistration_delay_s: Some(300),
             unused_by: Some(86_400 + 3600 + 60 + 5),
+            for_groups: Vec::new(),
         };
         assert_eq!(
             r.to_string(),
             "draining: 5 active flows, unused in 300 s (at 01:01:05 UTC) or when its flows end"
         );
+        // A target of a backup group with no delay, holding flows of the
+        // group it backs up, which has one.
+        let r = Removal {
+            active_flows: Some(0),
+            deregistration_delay_s: Some(0),
+            unused_by: None,
+            for_groups: vec![ForGroup {
+                group: "web".into(),
+                active_flows: 4,
+                unused_by: 3600 + 300,
+            }],
+        };
+        assert_eq!(
+            r.to_string(),
+            "0 active flows, unused at once (deregistration_delay_s 0); for web (its backup): \
+             4 active flows, unused at 01:05:00 UTC or when they end"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["for_groups"][0]["group"], "web");
     }
 }
