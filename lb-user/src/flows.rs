@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    GroupInfo,
+    GroupInfo, ListenerKey,
     flow_table::{age_ns, flags},
 };
 
@@ -46,6 +46,33 @@ impl Timeouts {
             self.idle_ns
         }
     }
+
+    /// The longer of each.
+    fn max(self, other: Timeouts) -> Timeouts {
+        Timeouts {
+            idle_ns: self.idle_ns.max(other.idle_ns),
+            fin_ns: self.fin_ns.max(other.fin_ns),
+        }
+    }
+}
+
+/// The listener that holds (or last held) a listener id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    key: ListenerKey,
+    /// Its group's timeouts.
+    own: Timeouts,
+    /// The longest timeouts of the listeners that held the id before it
+    /// (in this run of `lb`), if any did.
+    before: Option<Timeouts>,
+}
+
+impl Holder {
+    /// What an entry naming the id gets: an entry that names it may still
+    /// be an earlier holder's, until its next packet rewrites the hint.
+    fn timeouts(&self) -> Timeouts {
+        self.before.map_or(self.own, |b| b.max(self.own))
+    }
 }
 
 /// What the sweeper needs of a plan: the timeouts of each listener's group
@@ -55,6 +82,10 @@ impl Timeouts {
 /// so that the ids can be released.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
+    /// Every listener id of this plan, and those of earlier plans of this
+    /// run (a reload can free an id and give it to another listener).
+    holders: HashMap<u16, Holder>,
+    /// The timeouts an entry naming each id of this plan gets.
     by_listener: HashMap<u16, Timeouts>,
     /// For entries whose listener is gone or was renumbered: the longest
     /// timeouts of any group, so that no entry ends early (the data plane
@@ -72,25 +103,60 @@ impl Rules {
             .iter()
             .map(|g| (g.id, Timeouts::of(&g.info)))
             .collect();
-        let by_listener = plan
+        let holders: HashMap<u16, Holder> = plan
             .listeners
             .iter()
             .filter_map(|l| {
-                let t = groups.get(&l.info.group_id)?;
-                Some((l.info.listener_id as u16, *t))
+                let own = *groups.get(&l.info.group_id)?;
+                let holder = Holder {
+                    key: l.key,
+                    own,
+                    before: None,
+                };
+                Some((l.info.listener_id as u16, holder))
             })
             .collect();
+        let by_listener = holders.iter().map(|(&id, h)| (id, h.timeouts())).collect();
         let longest = |f: fn(&Timeouts) -> u64| groups.values().map(f).max();
         let fallback = Timeouts {
             idle_ns: longest(|t| t.idle_ns).unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT_S as u64 * NS_PER_S),
             fin_ns: longest(|t| t.fin_ns).unwrap_or(DEFAULT_FIN_TIMEOUT_S as u64 * NS_PER_S),
         };
         Rules {
+            holders,
             by_listener,
             fallback,
             time_offset_ns: plan.config.time_offset_ns,
             retired: plan.ids.retired().map(|(_, a)| a.id).collect(),
         }
+    }
+
+    /// The rules of `plan`, after `self` (those of the plan before it in
+    /// this run): an id that another listener held before keeps, for entries
+    /// naming it, the longest timeouts of its holders, so that a flow of
+    /// the one before, idle since the reload, is not ended by the new one's
+    /// shorter timeout (its entry names the listener it was last seen under
+    /// until its next packet). Ids no listener holds now are remembered for
+    /// when one does.
+    pub fn following(&self, plan: &MapPlan) -> Rules {
+        let mut next = Rules::of(plan);
+        for (id, holder) in &mut next.holders {
+            let Some(was) = self.holders.get(id) else {
+                continue;
+            };
+            holder.before = if was.key == holder.key {
+                was.before
+            } else {
+                Some(was.timeouts())
+            };
+        }
+        for (id, was) in &self.holders {
+            next.holders.entry(*id).or_insert(*was);
+        }
+        for (id, t) in &mut next.by_listener {
+            *t = next.holders[id].timeouts();
+        }
+        next
     }
 
     /// What a sweep does with an entry at data-plane time `now_ns`.
@@ -251,6 +317,61 @@ mod tests {
             let e = entry(1, listener, f, seen);
             assert_eq!(rules.ended(&e, now), want, "{listener} {f:#x} {seen}");
         }
+    }
+
+    /// A reload that frees listener id 1 and gives it to another listener
+    /// (of a shorter idle timeout), at once or a reload later: entries that
+    /// name it keep the longer timeout, as they may be the earlier
+    /// listener's flows, idle since. A listener that keeps its id takes a
+    /// lowered timeout at once.
+    #[test]
+    fn an_id_given_to_another_listener_keeps_the_longer_timeouts() {
+        let key = |port: u16| ListenerKey {
+            port_be: port.to_be(),
+            ..Default::default()
+        };
+        let with = |listeners: &[(u32, u16, u32)], idle: [u32; 2]| {
+            let mut p = plan();
+            p.listeners
+                .retain(|l| listeners.iter().any(|&(id, ..)| id == l.info.listener_id));
+            for l in &mut p.listeners {
+                let &(_, port, group) = listeners
+                    .iter()
+                    .find(|&&(id, ..)| id == l.info.listener_id)
+                    .unwrap();
+                l.key = key(port);
+                l.info.group_id = group;
+            }
+            for (g, idle) in p.groups.iter_mut().zip(idle) {
+                g.info.idle_timeout_s = idle;
+            }
+            p
+        };
+        let now = 10_000 * S;
+        let idle_for =
+            |rules: &Rules, s: u64| rules.ended(&entry(1, 1, flags::COUNTED, 10_000 - s), now);
+        // Listener 1 (port 80, group 1: 3600 s), listener 2 (port 53, group 2: 30 s).
+        let first = Rules::of(&with(&[(1, 80, 1), (2, 53, 2)], [3600, 30]));
+        assert!(!idle_for(&first, 1000));
+        // Port 80 gone; id 1 given to port 54 (group 2).
+        let plan_b = with(&[(1, 54, 2), (2, 53, 2)], [3600, 30]);
+        assert!(
+            idle_for(&Rules::of(&plan_b), 1000),
+            "alone, the new timeout"
+        );
+        let b = first.following(&plan_b);
+        assert!(!idle_for(&b, 1000), "the earlier listener's flows kept");
+        assert!(idle_for(&b, 3700));
+        // And on through reloads that keep it.
+        let c = b.following(&plan_b);
+        assert!(!idle_for(&c, 1000));
+        // Freed, then given a reload later.
+        let none = with(&[(2, 53, 2)], [3600, 30]);
+        let d = first.following(&none).following(&plan_b);
+        assert!(!idle_for(&d, 1000), "given a reload after it was freed");
+        // The same listener, its timeout lowered: at once.
+        let lowered = with(&[(1, 80, 1), (2, 53, 2)], [100, 30]);
+        assert!(idle_for(&first.following(&lowered), 1000));
     }
 
     #[test]

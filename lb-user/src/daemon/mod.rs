@@ -638,7 +638,9 @@ impl Daemon {
         self.announce_into(&mut view);
         self.instruments.activations(&self.view.last(), &view);
         self.view.publish(view);
-        let rules = Rules::of(&self.plan);
+        // Following the rules before: a listener id given to another
+        // listener keeps the longer timeouts for the entries naming it.
+        let rules = self.rules.following(&self.plan);
         if rules != self.rules {
             self.rules = rules.clone();
             if let Some(sweeper) = &self.sweeper {
