@@ -104,6 +104,23 @@ impl RuntimeState {
         Ok((state.instance == RuntimeState::new(instance).instance).then_some(state))
     }
 
+    /// What stays of it for data plane `instance`, a new one where this
+    /// state's was (a reboot: `lb detach` removes the state): the operator's
+    /// `lb withdraw` and drains by command, the announce table (for the
+    /// next run to empty if it announces elsewhere), and the health
+    /// verdicts (keyed by group and address, each under its check). Not the
+    /// XDP mode (a new link) nor the drains of targets that left the
+    /// policy (the new maps hold none of their flows).
+    pub fn carried_over(self, instance: u64) -> RuntimeState {
+        RuntimeState {
+            health: self.health,
+            drains: self.drains.into_iter().filter(|d| d.by_command).collect(),
+            announce: self.announce,
+            withdrawn: self.withdrawn,
+            ..RuntimeState::new(instance)
+        }
+    }
+
     /// The state saved in `dir`, whichever data plane it belongs to (`lb
     /// detach` removes what it names).
     pub fn load_any(dir: &Path) -> Option<RuntimeState> {
@@ -186,6 +203,34 @@ impl RuntimeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new data plane where one was (a reboot) keeps what the operator
+    /// asked for and the verdicts, not what the old maps held.
+    #[test]
+    fn a_new_data_plane_keeps_the_operators_requests() {
+        let drain = |ip: [u8; 4], by_command| Drain {
+            group: "web".into(),
+            ip: ip.into(),
+            via: None,
+            since: 1000,
+            until: 1300,
+            by_command,
+            mac: None,
+        };
+        let mut old = RuntimeState::new(7);
+        old.xdp_mode = Some("native".into());
+        old.drains = vec![drain([10, 0, 3, 11], true), drain([10, 0, 3, 12], false)];
+        old.announce = Some(4242);
+        old.withdrawn = true;
+        let key = TargetKey::new("web", [10, 0, 3, 13].into());
+        old.set_verdicts([(&key, HealthState::Unhealthy)], |_| Some("tcp".into()));
+        let kept = old.clone().carried_over(8);
+        assert_eq!(kept.instance, RuntimeState::new(8).instance);
+        assert_eq!(kept.xdp_mode, None);
+        assert_eq!(kept.drains, vec![drain([10, 0, 3, 11], true)]);
+        assert_eq!((kept.announce, kept.withdrawn), (Some(4242), true));
+        assert_eq!(kept.health, old.health);
+    }
 
     #[test]
     fn state_round_trips_and_belongs_to_one_data_plane() {

@@ -53,12 +53,17 @@ fn yaml() -> String {
 
 /// The routes of the announce table, as `VIP/LEN TYPE PROTOCOL`.
 fn announced(s: &lb_tests::Lab) -> BTreeSet<String> {
+    announced_in(s, TABLE)
+}
+
+/// The routes of routing table `table`, as `VIP/LEN TYPE PROTOCOL`.
+fn announced_in(s: &lb_tests::Lab, table: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for family in ["-4", "-6"] {
         let text = s
             .exec(
                 Node::Lb,
-                &["ip", family, "-j", "route", "show", "table", TABLE],
+                &["ip", family, "-j", "route", "show", "table", table],
             )
             .unwrap_or_default();
         let routes: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -226,6 +231,85 @@ fn vips_are_announced_while_they_can_be_served_and_withdrawn_on_command() {
     let refused = lab.start_lb(&policy, &["--announce", "254"]);
     let err = format!("{:?}", refused.err().expect("refused"));
     assert!(err.contains("not a table of lb's own"), "{err}");
+}
+
+/// What the operator asked for outlives the data plane when it goes without
+/// `lb detach` (a reboot empties bpffs, not /var/lib/lb): `lb withdraw`
+/// and `lb drain` hold on the new data plane. And a run that announces in
+/// another table empties the one of the run before, which nothing would
+/// keep any more.
+#[test]
+fn a_reboot_keeps_the_withdraw_and_drains_and_a_new_table_empties_the_old() {
+    let both = set(&[
+        &format!("{VIP4}/32 blackhole static"),
+        &format!("{VIP6}/128 blackhole static"),
+    ]);
+    let none = BTreeSet::new();
+    let other = "4243";
+    let s = LabRun::start_yaml_args(&yaml(), &["--announce", TABLE], |_| {});
+    wait_announced(&s.lab, &s.lb, &both, "at start");
+    let (lb, lab, _serial) = s.into_parts();
+    let policy = lab.dir().join("policy.yaml");
+
+    // Another table: the old one is emptied at the start.
+    lb.stop().unwrap();
+    assert_eq!(announced(&lab), both, "lb stopped");
+    let lb = lab.start_lb(&policy, &["--announce", other]).unwrap();
+    assert_eq!(
+        announced(&lab),
+        none,
+        "table {TABLE} after a run in {other}"
+    );
+    let deadline = Instant::now() + T;
+    while announced_in(&lab, other) != both {
+        assert!(Instant::now() < deadline, "table {other}\n{}", lb.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Withdrawn and a target drained, then "a reboot": lb stops, its pinned
+    // data plane goes (bpffs), its state stays.
+    assert_eq!(lb.client(&["withdraw"]).unwrap().code, Some(0));
+    let t1 = TARGETS[0].v4.to_string();
+    assert_eq!(lb.client(&["drain", "web", &t1]).unwrap().code, Some(0));
+    let pins = lb.status().unwrap()["data_plane"]["pin_dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lb.stop().unwrap();
+    std::fs::remove_dir_all(&pins).unwrap();
+    let lb = lab.start_lb(&policy, &["--announce", other]).unwrap();
+    let st = lb.status().unwrap();
+    assert_eq!(st["data_plane"]["adopted"], false, "a new data plane");
+    assert_eq!(
+        st["announce"]["withdrawn"], true,
+        "withdrawn after a reboot"
+    );
+    assert_eq!(announced_in(&lab, other), none, "after a reboot");
+    let web = st["target_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "web")
+        .unwrap();
+    let t1_row = web["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["ip"] == t1.as_str())
+        .unwrap();
+    assert_eq!(t1_row["drain"]["by_command"], true, "{t1_row}");
+    assert_eq!(t1_row["selectable"], false, "{t1_row}");
+    assert_eq!(lb.client(&["announce"]).unwrap().code, Some(0));
+    let deadline = Instant::now() + T;
+    while announced_in(&lab, other) != both {
+        assert!(Instant::now() < deadline, "lb announce\n{}", lb.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, said) = lb.detach_after_stop().unwrap();
+    assert!(
+        said.contains(&format!("announce table {other} emptied")),
+        "{said}"
+    );
 }
 
 /// Without `--announce`, `lb withdraw` and `lb announce` are refused.

@@ -213,10 +213,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Before anything changes: a path that is taken stops lb here.
     let api = api::bind(&opts.socket)
         .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
-    let announcer = match &opts.announce {
-        Some(table) => Some(Announcer::start(*table).await?),
-        None => None,
-    };
+    let announcer = start_announcer(opts.announce).await?;
     timer.lap("policy");
 
     let dataplane = Dataplane::open_pinned(
@@ -226,8 +223,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         },
     )?;
     timer.lap("load");
-    let state = saved_state(&instance, &dataplane);
-    let drains = restored_drains(&state, &dataplane, &policy)?;
+    let (state, drains) = restore(&instance, &dataplane, &policy, opts.announce).await?;
     let dynamic = load::dynamic_targets(&policy, &drains);
     let (watch, mut macs) = NeighborWatch::start(iface.index, dynamic.clone()).await?;
     wait_for_macs(&mut macs, &dynamic, opts.resolve_wait).await;
@@ -386,22 +382,80 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The announcer of `--announce TABLE`, if given.
+async fn start_announcer(table: Option<u32>) -> anyhow::Result<Option<Announcer>> {
+    Ok(match table {
+        Some(table) => Some(Announcer::start(table).await?),
+        None => None,
+    })
+}
+
+/// What `lb run` starts from besides the policy: the runtime state saved
+/// and the drains (`saved_state`, `restored_drains`), the announce table
+/// of the run before left if this one announces elsewhere.
+async fn restore(
+    instance: &Instance,
+    dataplane: &Dataplane,
+    policy: &Policy,
+    announce: Option<u32>,
+) -> anyhow::Result<(RuntimeState, Drains)> {
+    let state = saved_state(instance, dataplane);
+    leave_old_announce_table(&state, announce).await;
+    let drains = restored_drains(&state, dataplane, policy)?;
+    Ok((state, drains))
+}
+
 /// The runtime state saved for an adopted data plane (health verdicts,
-/// drains), or a fresh one.
+/// drains, the withdraw, the announce table). For a new data plane where
+/// one was without `lb detach` (which removes the state: a reboot, bpffs
+/// emptied), what does not depend on the old maps
+/// ([`RuntimeState::carried_over`]); else a fresh one.
 fn saved_state(instance: &Instance, dataplane: &Dataplane) -> RuntimeState {
-    if dataplane.adopted() {
-        match RuntimeState::load(&instance.state_dir(), dataplane.instance()) {
-            Ok(Some(state)) => return state,
-            Ok(None) => warn!(
-                dir = %instance.state_dir().display(),
-                "no saved runtime state for the adopted data plane: every checked target starts initial"
-            ),
-            Err(err) => {
-                warn!(%err, "the saved runtime state is unreadable: every checked target starts initial")
-            }
+    if !dataplane.adopted() {
+        let Some(old) = RuntimeState::load_any(&instance.state_dir()) else {
+            return RuntimeState::new(dataplane.instance());
+        };
+        let kept = old.carried_over(dataplane.instance());
+        info!(
+            withdrawn = kept.withdrawn,
+            drains = kept.drains.len(),
+            verdicts = kept.health.len(),
+            "a new data plane: kept the withdraw, drains by command and health verdicts of the one before (not detached)"
+        );
+        return kept;
+    }
+    match RuntimeState::load(&instance.state_dir(), dataplane.instance()) {
+        Ok(Some(state)) => return state,
+        Ok(None) => warn!(
+            dir = %instance.state_dir().display(),
+            "no saved runtime state for the adopted data plane: every checked target starts initial"
+        ),
+        Err(err) => {
+            warn!(%err, "the saved runtime state is unreadable: every checked target starts initial")
         }
     }
     RuntimeState::new(dataplane.instance())
+}
+
+/// Empties the announce table an `lb` before this one announced in, when
+/// this one announces in another or in none: nothing would keep it, and the
+/// BGP daemon would go on announcing its VIPs (`lb detach` empties only
+/// the table the state names, this run's from now on).
+async fn leave_old_announce_table(state: &RuntimeState, announce: Option<u32>) {
+    let Some(old) = state.announce.filter(|&t| Some(t) != announce) else {
+        return;
+    };
+    match announce::remove(old).await {
+        Ok(held) => info!(
+            table = old,
+            routes = held,
+            "emptied the announce table of the lb before (this one announces elsewhere or nowhere): its VIPs are withdrawn"
+        ),
+        Err(err) => warn!(
+            table = old,
+            "cannot empty the announce table of the lb before: {err:#}"
+        ),
+    }
 }
 
 /// The drains saved with the state, and, for an adopted data plane, those
