@@ -7,7 +7,10 @@
 //! group's FIN timeout once the client sent FIN or RST, else the group's idle
 //! timeout. Times are data-plane times: the kernel's tick counter in ns plus
 //! `Config::time_offset_ns`.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
 
 use lb_common::{
     GroupInfo, ListenerKey,
@@ -54,6 +57,20 @@ impl Timeouts {
             fin_ns: self.fin_ns.max(other.fin_ns),
         }
     }
+
+    /// The longest an entry under them can go without a packet.
+    fn longest(&self) -> Duration {
+        Duration::from_nanos(self.idle_ns.max(self.fin_ns))
+    }
+}
+
+/// The timeouts of the listeners that held an id before its holder, kept
+/// until `until`: by then every entry of theirs has had a packet (which
+/// names the listener it reached) or gone past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Before {
+    timeouts: Timeouts,
+    until: Instant,
 }
 
 /// The listener that holds (or last held) a listener id.
@@ -63,15 +80,15 @@ struct Holder {
     /// Its group's timeouts.
     own: Timeouts,
     /// The longest timeouts of the listeners that held the id before it
-    /// (in this run of `lb`), if any did.
-    before: Option<Timeouts>,
+    /// (in this run of `lb`), while entries of theirs may be left.
+    before: Option<Before>,
 }
 
 impl Holder {
     /// What an entry naming the id gets: an entry that names it may still
     /// be an earlier holder's, until its next packet rewrites the hint.
     fn timeouts(&self) -> Timeouts {
-        self.before.map_or(self.own, |b| b.max(self.own))
+        self.before.map_or(self.own, |b| b.timeouts.max(self.own))
     }
 }
 
@@ -136,9 +153,10 @@ impl Rules {
     /// naming it, the longest timeouts of its holders, so that a flow of
     /// the one before, idle since the reload, is not ended by the new one's
     /// shorter timeout (its entry names the listener it was last seen under
-    /// until its next packet). Ids no listener holds now are remembered for
+    /// until its next packet), for as long as such an entry may be left
+    /// ([`Rules::expire`]). Ids no listener holds now are remembered for
     /// when one does.
-    pub fn following(&self, plan: &MapPlan) -> Rules {
+    pub fn following(&self, plan: &MapPlan, now: Instant) -> Rules {
         let mut next = Rules::of(plan);
         for (id, holder) in &mut next.holders {
             let Some(was) = self.holders.get(id) else {
@@ -147,16 +165,34 @@ impl Rules {
             holder.before = if was.key == holder.key {
                 was.before
             } else {
-                Some(was.timeouts())
+                let timeouts = was.timeouts();
+                Some(Before {
+                    timeouts,
+                    until: now + timeouts.longest(),
+                })
             };
         }
         for (id, was) in &self.holders {
             next.holders.entry(*id).or_insert(*was);
         }
-        for (id, t) in &mut next.by_listener {
-            *t = next.holders[id].timeouts();
-        }
+        next.expire(now);
         next
+    }
+
+    /// Forgets the timeouts of earlier holders of ids whose time has
+    /// passed at `now`, and works out what each id's entries get; true if
+    /// that changed.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        for holder in self.holders.values_mut() {
+            holder.before = holder.before.filter(|b| now < b.until);
+        }
+        let mut changed = false;
+        for (id, t) in &mut self.by_listener {
+            let wanted = self.holders[id].timeouts();
+            changed |= *t != wanted;
+            *t = wanted;
+        }
+        changed
     }
 
     /// What a sweep does with an entry at data-plane time `now_ns`.
@@ -350,6 +386,7 @@ mod tests {
         let now = 10_000 * S;
         let idle_for =
             |rules: &Rules, s: u64| rules.ended(&entry(1, 1, flags::COUNTED, 10_000 - s), now);
+        let t0 = Instant::now();
         // Listener 1 (port 80, group 1: 3600 s), listener 2 (port 53, group 2: 30 s).
         let first = Rules::of(&with(&[(1, 80, 1), (2, 53, 2)], [3600, 30]));
         assert!(!idle_for(&first, 1000));
@@ -359,19 +396,24 @@ mod tests {
             idle_for(&Rules::of(&plan_b), 1000),
             "alone, the new timeout"
         );
-        let b = first.following(&plan_b);
+        let mut b = first.following(&plan_b, t0);
         assert!(!idle_for(&b, 1000), "the earlier listener's flows kept");
         assert!(idle_for(&b, 3700));
-        // And on through reloads that keep it.
-        let c = b.following(&plan_b);
+        // And on through reloads that keep it, for as long as the earlier
+        // listener's entries may be left (its idle timeout): then the new
+        // one's own.
+        let c = b.following(&plan_b, t0 + Duration::from_secs(60));
         assert!(!idle_for(&c, 1000));
+        assert!(!b.expire(t0 + Duration::from_secs(3599)));
+        assert!(b.expire(t0 + Duration::from_secs(3601)), "changed");
+        assert!(idle_for(&b, 1000), "its own timeout again");
         // Freed, then given a reload later.
         let none = with(&[(2, 53, 2)], [3600, 30]);
-        let d = first.following(&none).following(&plan_b);
+        let d = first.following(&none, t0).following(&plan_b, t0);
         assert!(!idle_for(&d, 1000), "given a reload after it was freed");
         // The same listener, its timeout lowered: at once.
         let lowered = with(&[(1, 80, 1), (2, 53, 2)], [100, 30]);
-        assert!(idle_for(&first.following(&lowered), 1000));
+        assert!(idle_for(&first.following(&lowered, t0), 1000));
     }
 
     #[test]

@@ -21,6 +21,12 @@ impl Daemon {
     /// retired ids that nothing holds are released.
     pub(super) async fn on_sweep(&mut self, report: &SweepReport, watch: &NeighborWatch) {
         self.flows = self.flows_of(report);
+        // The timeouts of listeners that held a reused id before, past.
+        if self.rules.expire(std::time::Instant::now())
+            && let Some(sweeper) = &self.sweeper
+        {
+            sweeper.update(self.rules.clone());
+        }
         let released = self.release(report);
         if released {
             // The maps must drop the released ids' records.

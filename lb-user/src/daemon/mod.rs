@@ -694,7 +694,7 @@ impl Daemon {
         self.view.publish(view);
         // Following the rules before: a listener id given to another
         // listener keeps the longer timeouts for the entries naming it.
-        let rules = self.rules.following(&self.plan);
+        let rules = self.rules.following(&self.plan, Instant::now());
         if rules != self.rules {
             self.rules = rules.clone();
             if let Some(sweeper) = &self.sweeper {
