@@ -593,6 +593,44 @@ mod tests {
         assert!(d.is_empty(), "{d:?}");
     }
 
+    /// A start on a new data plane (a reboot) follows the drains kept to
+    /// the policy from nothing held: a target drained by command and taken
+    /// out of the file meanwhile is no longer drained by command (it is
+    /// gone once unused, not drained if it comes back), a group gone takes
+    /// its drains, and a backup view made meanwhile is drained.
+    #[test]
+    fn drains_kept_through_a_reboot_follow_the_policy() {
+        let (t11, t21) = (IpAddr::from([10, 0, 3, 11]), IpAddr::from([10, 0, 3, 21]));
+        let before = policy::parse(
+            "t.yaml",
+            "target_groups:\n  - { name: web, protocol: tcp, targets: [{ ip: 10.0.3.11 }, { ip: 10.0.3.12 }] }\n  \
+             - { name: spare, protocol: tcp, targets: [{ ip: 10.0.3.21 }] }\n  \
+             - { name: old, protocol: tcp, targets: [{ ip: 10.0.3.31 }] }\n",
+        )
+        .unwrap();
+        let mut d = Drains::default();
+        d.drain(&before, "web", t11, 1000).unwrap();
+        d.drain(&before, "spare", t21, 1000).unwrap();
+        d.drain(&before, "old", IpAddr::from([10, 0, 3, 31]), 1000)
+            .unwrap();
+        let after = policy::parse(
+            "t.yaml",
+            "target_groups:\n  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [{ ip: 10.0.3.12 }] }\n  \
+             - { name: spare, protocol: tcp, targets: [{ ip: 10.0.3.21 }] }\n",
+        )
+        .unwrap();
+        d.follow_from(Vec::new(), &after, 2000);
+        let web = d.get(&TargetKey::new("web", t11)).expect("drains on");
+        assert!(!web.by_command, "out of the file: no longer by command");
+        assert!(
+            d.get(&TargetKey::new("spare", t21))
+                .is_some_and(|d| d.by_command)
+        );
+        let view = d.get(&TargetKey::via_backup("web", "spare", t21));
+        assert!(view.is_some_and(|v| v.by_command), "the new backup view");
+        assert_eq!(d.list().count(), 3, "old's went with its group");
+    }
+
     /// Renamed, a drain goes on as it was under its group's new name (and
     /// its backup's, for a target taken through one).
     #[test]

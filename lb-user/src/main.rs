@@ -436,9 +436,14 @@ impl From<XdpMode> for AttachMode {
 async fn detach(iface: &str) -> anyhow::Result<()> {
     let instance = Instance::of_interface(iface);
     let saved = lb_user::state::RuntimeState::load_any(&instance.state_dir());
-    if let Some(table) = saved.and_then(|s| s.announce) {
+    let tables: Vec<u32> = saved
+        .map(|s| s.announce.into_iter().chain(s.stale_announce).collect())
+        .unwrap_or_default();
+    if !tables.is_empty() {
         // Refused while lb runs: then nothing is touched.
         drop(instance.lock()?);
+    }
+    for table in tables {
         let held = lb_user::announce::remove(table).await?;
         println!("{iface}: announce table {table} emptied ({held} routes): its VIPs are withdrawn");
     }

@@ -57,6 +57,11 @@ pub struct RuntimeState {
     /// `lb withdraw`: no VIP is announced until `lb announce`.
     #[serde(default)]
     pub withdrawn: bool,
+    /// Announce tables of runs before this one that could not be emptied
+    /// yet (this run announces in another or none): each start tries
+    /// again, and `lb detach` too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_announce: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,14 +114,16 @@ impl RuntimeState {
     /// `lb withdraw` and drains by command, the announce table (for the
     /// next run to empty if it announces elsewhere), and the health
     /// verdicts (keyed by group and address, each under its check). Not the
-    /// XDP mode (a new link) nor the drains of targets that left the
-    /// policy (the new maps hold none of their flows).
+    /// XDP mode (a new link) nor the drains of removed targets (the new maps
+    /// hold none of their flows). The drains kept are then followed to the
+    /// policy, as at every start (`daemon::restored_drains`).
     pub fn carried_over(self, instance: u64) -> RuntimeState {
         RuntimeState {
             health: self.health,
             drains: self.drains.into_iter().filter(|d| d.by_command).collect(),
             announce: self.announce,
             withdrawn: self.withdrawn,
+            stale_announce: self.stale_announce,
             ..RuntimeState::new(instance)
         }
     }
@@ -222,6 +229,7 @@ mod tests {
         old.drains = vec![drain([10, 0, 3, 11], true), drain([10, 0, 3, 12], false)];
         old.announce = Some(4242);
         old.withdrawn = true;
+        old.stale_announce = vec![4100];
         let key = TargetKey::new("web", [10, 0, 3, 13].into());
         old.set_verdicts([(&key, HealthState::Unhealthy)], |_| Some("tcp".into()));
         let kept = old.clone().carried_over(8);
@@ -229,6 +237,7 @@ mod tests {
         assert_eq!(kept.xdp_mode, None);
         assert_eq!(kept.drains, vec![drain([10, 0, 3, 11], true)]);
         assert_eq!((kept.announce, kept.withdrawn), (Some(4242), true));
+        assert_eq!(kept.stale_announce, vec![4100], "still to empty");
         assert_eq!(kept.health, old.health);
     }
 

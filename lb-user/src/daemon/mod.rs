@@ -399,8 +399,8 @@ async fn restore(
     policy: &Policy,
     announce: Option<u32>,
 ) -> anyhow::Result<(RuntimeState, Drains)> {
-    let state = saved_state(instance, dataplane);
-    leave_old_announce_table(&state, announce).await;
+    let mut state = saved_state(instance, dataplane);
+    leave_old_announce_tables(&mut state, announce).await;
     let drains = restored_drains(&state, dataplane, policy)?;
     Ok((state, drains))
 }
@@ -437,44 +437,56 @@ fn saved_state(instance: &Instance, dataplane: &Dataplane) -> RuntimeState {
     RuntimeState::new(dataplane.instance())
 }
 
-/// Empties the announce table an `lb` before this one announced in, when
-/// this one announces in another or in none: nothing would keep it, and the
-/// BGP daemon would go on announcing its VIPs (`lb detach` empties only
-/// the table the state names, this run's from now on).
-async fn leave_old_announce_table(state: &RuntimeState, announce: Option<u32>) {
-    let Some(old) = state.announce.filter(|&t| Some(t) != announce) else {
-        return;
-    };
-    match announce::remove(old).await {
-        Ok(held) => info!(
-            table = old,
-            routes = held,
-            "emptied the announce table of the lb before (this one announces elsewhere or nowhere): its VIPs are withdrawn"
-        ),
-        Err(err) => warn!(
-            table = old,
-            "cannot empty the announce table of the lb before: {err:#}"
-        ),
+/// Empties the announce tables `lb`s before this one announced in, when
+/// this one announces in another or in none: nothing would keep them, and
+/// the BGP daemon would go on announcing their VIPs. One that cannot be
+/// emptied stays in the state (`stale_announce`) for the next start and
+/// `lb detach`.
+async fn leave_old_announce_tables(state: &mut RuntimeState, announce: Option<u32>) {
+    let mut old: Vec<u32> = state.announce.into_iter().collect();
+    old.append(&mut state.stale_announce);
+    old.sort_unstable();
+    old.dedup();
+    for table in old.into_iter().filter(|&t| Some(t) != announce) {
+        match announce::remove(table).await {
+            Ok(held) => info!(
+                table,
+                routes = held,
+                "emptied the announce table of the lb before (this one announces elsewhere or nowhere): its VIPs are withdrawn"
+            ),
+            Err(err) => {
+                warn!(
+                    table,
+                    "cannot empty the announce table of the lb before (tried again at the next start and by lb detach): {err:#}"
+                );
+                state.stale_announce.push(table);
+            }
+        }
     }
 }
 
-/// The drains saved with the state, and, for an adopted data plane, those
-/// of the targets it holds that the policy no longer has (taken out while
-/// `lb` was stopped): they drain from now.
+/// The drains saved with the state, followed to the policy as a reload
+/// follows it (`Drains::follow_from`: those of targets back in it end, of
+/// groups gone go, delays are the groups' now, backup views made since are
+/// drained too), and, for an adopted data plane, those of the targets it
+/// holds that the policy no longer has (taken out while `lb` was stopped):
+/// they drain from now. A new data plane holds none.
 fn restored_drains(
     state: &RuntimeState,
     dataplane: &Dataplane,
     policy: &Policy,
 ) -> anyhow::Result<Drains> {
     let mut drains = Drains::from_list(state.drains.iter().cloned());
-    if dataplane.adopted() {
-        let held = dataplane
+    let held = if dataplane.adopted() {
+        dataplane
             .target_macs()?
             .into_iter()
             .map(|(key, mac)| (key, Some(Mac::new(mac))))
-            .collect();
-        drains.follow_from(held, policy, unix_now());
-    }
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drains.follow_from(held, policy, unix_now());
     for d in drains.list() {
         info!(group = %d.group, target = %d.ip, until = d.until, by_command = d.by_command, "draining");
     }

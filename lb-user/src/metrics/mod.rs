@@ -119,11 +119,15 @@ impl Instruments {
         for g in &new.groups {
             let was = before.get(&g.id);
             let label = [("group", g.name.clone())];
-            if let Some(w) = was.filter(|w| w.name != g.name) {
-                let moved = counts.get(w.name.as_str()).copied().unwrap_or_default();
-                for (family, n) in families.iter().zip(moved) {
+            // Renamed: its counts under the new name; new: from none (the
+            // name may be one a renamed group left).
+            if was.is_none_or(|w| w.name != g.name) {
+                let moved = was.and_then(|w| counts.get(w.name.as_str()).copied());
+                for (family, n) in families.iter().zip(moved.unwrap_or_default()) {
                     family.remove(&label);
-                    family.get_or_create(&label).inc_by(n);
+                    if n > 0 {
+                        family.get_or_create(&label).inc_by(n);
+                    }
                 }
             }
             if g.last_resort && !was.is_some_and(|w| w.last_resort) {
@@ -244,6 +248,21 @@ mod tests {
                 .get(&[("group", "web".into())])
                 .is_none()
         );
+        // Renamed, and a new group takes the name it left, in one step:
+        // the new one starts from none.
+        let m2 = Instruments::default();
+        m2.activations(&normal, &down);
+        let mut reused = renamed.clone();
+        reused.groups.push(GroupView {
+            id: 9,
+            name: "web".into(),
+            listener: None,
+            serving: Serving::Primary,
+            last_resort: false,
+        });
+        m2.activations(&down, &reused);
+        assert_eq!(count(&m2.last_resort_activations, "www"), 1);
+        assert_eq!(count(&m2.last_resort_activations, "web"), 0);
         let swapped = view(&[
             ("dns", true, Serving::PrimaryLastResort),
             ("www", false, Serving::Backup),

@@ -325,8 +325,8 @@ impl Scrape {
         Ok(())
     }
 
-    /// Per group: sums over its targets (its backup's taking its flows
-    /// included), active flows, and who takes its new flows.
+    /// Per group: sums over its own targets, active flows, and who takes
+    /// its new flows.
     fn encode_groups(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let sums = self.group_sums();
         let groups = &self.view.groups;
@@ -335,17 +335,17 @@ impl Scrape {
         let families: [StatsFamily; 3] = [
             (
                 "lb_group_packets",
-                "Packets forwarded to the group's targets (its backup's taking its flows included)",
+                "Packets forwarded to the group's own targets",
                 |s| s.packets,
             ),
             (
                 "lb_group_bytes",
-                "Bytes forwarded to the group's targets (its backup's taking its flows included)",
+                "Bytes forwarded to the group's own targets",
                 |s| s.bytes,
             ),
             (
                 "lb_group_new_flows",
-                "New flows given to the group's targets (its backup's taking its flows included)",
+                "New flows given to the group's own targets",
                 |s| s.new_flows,
             ),
         ];
@@ -360,7 +360,7 @@ impl Scrape {
             enc,
             (
                 "lb_group_active_flows",
-                "Flows in progress on the group's targets (its backup's taking its flows included)",
+                "Flows in progress on the group's own targets",
                 GAUGE,
             ),
             rows,
@@ -384,21 +384,23 @@ impl Scrape {
         self.encode_serving(enc)
     }
 
-    /// Per group: statistics and active flows over its targets, its
-    /// backup's taking its flows included (what its listener sent), and
-    /// its own targets by state (`TargetState::ALL`'s order).
+    /// Per group, over its own targets: statistics, active flows, and
+    /// targets by state (`TargetState::ALL`'s order). Not its backup's
+    /// taking its flows (their `via` series): a via row leaves when the
+    /// backup does, and a sum must not go back (a counter reset).
     fn group_sums(&self) -> BTreeMap<&str, GroupSums> {
         let mut sums: BTreeMap<&str, GroupSums> = BTreeMap::new();
         for (t, active) in self.view.targets.iter().zip(&self.active) {
+            if !t.own() {
+                continue;
+            }
             let s = self.target(t.id);
             let e = sums.entry(t.group.as_str()).or_default();
             e.0.packets += s.packets;
             e.0.bytes += s.bytes;
             e.0.new_flows += s.new_flows;
             e.1 += active;
-            if t.own() {
-                e.2[state_index(t.state)] += 1;
-            }
+            e.2[state_index(t.state)] += 1;
         }
         sums
     }
@@ -610,8 +612,8 @@ mod tests {
             "lb_target_packets_total{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 7",
             "lb_target_active_flows{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 9",
             "lb_target_state{group=\"web\",target=\"10.0.3.21\",via=\"spare\",state=\"healthy\"} 1",
-            "lb_group_packets_total{group=\"web\"} 37",
-            "lb_group_active_flows{group=\"web\"} 14",
+            "lb_group_packets_total{group=\"web\"} 30",
+            "lb_group_active_flows{group=\"web\"} 5",
             "lb_group_targets{group=\"web\",state=\"healthy\"} 1",
             "lb_group_targets{group=\"web\",state=\"draining\"} 0",
             "lb_group_serving{group=\"web\",serving=\"backup\"} 1",

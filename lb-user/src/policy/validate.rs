@@ -439,17 +439,7 @@ fn backup(r: &mut Report, policy: &Policy, g: usize, groups: &HashMap<&str, usiz
 fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
     let (group, backup) = (&policy.target_groups[g], &policy.target_groups[b]);
     let at = format!("target_groups[{g}].backup");
-    let udp = |p: GroupProtocol| p == GroupProtocol::Udp;
-    if udp(group.protocol) != udp(backup.protocol) {
-        let message = format!(
-            "backup `{}` is {} but target group `{}` is {}: a backup must carry the same transport (udp with udp; tcp or http with tcp or http)",
-            backup.name,
-            backup.protocol.as_str(),
-            group.name,
-            group.protocol.as_str()
-        );
-        r.issue(at.clone(), message);
-    }
+    same_transport(r, &at, group, backup);
     let Some(listener) = policy.listener_of(&group.name) else {
         return;
     };
@@ -459,7 +449,8 @@ fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
     else {
         return;
     };
-    let what = if serves.target_group == backup.name {
+    let own = serves.target_group == backup.name;
+    let what = if own {
         format!("serves listener `{}`", serves.name)
     } else {
         format!(
@@ -467,9 +458,17 @@ fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
             serves.target_group, serves.name
         )
     };
-    if serves.port != listener.port {
+    // A backup with no listener of its own may serve several ports, its
+    // targets listening on each, unless its check takes its port from the
+    // first (it would probe that one alone).
+    if serves.port != listener.port && (own || probes_the_traffic_port(backup)) {
+        let why = if own {
+            "with DSR the backup's targets receive the port of the listener they serve, so every listener it serves must have the same"
+        } else {
+            "its health check names no port, so it would probe its targets on the first alone: give health_check.port (or every target a monitor_port), or use a backup per port"
+        };
         let message = format!(
-            "backup `{}` {what}, on port {}, but listener `{}` of target group `{}` is on port {}: with DSR the backup's targets receive the port of the listener they serve, so every listener it serves must have the same",
+            "backup `{}` {what}, on port {}, but listener `{}` of target group `{}` is on port {}: {why}",
             backup.name, serves.port, listener.name, group.name, listener.port
         );
         r.issue(at.clone(), message);
@@ -487,6 +486,37 @@ fn backup_fits(r: &mut Report, policy: &Policy, g: usize, b: usize) {
         );
         r.issue(at, message);
     }
+}
+
+/// A backup carries its group's transport.
+fn same_transport(r: &mut Report, at: &str, group: &TargetGroup, backup: &TargetGroup) {
+    let udp = |p: GroupProtocol| p == GroupProtocol::Udp;
+    if udp(group.protocol) != udp(backup.protocol) {
+        let message = format!(
+            "backup `{}` is {} but target group `{}` is {}: a backup must carry the same transport (udp with udp; tcp or http with tcp or http)",
+            backup.name,
+            backup.protocol.as_str(),
+            group.name,
+            group.protocol.as_str()
+        );
+        r.issue(at.to_string(), message);
+    }
+}
+
+/// Whether `group`'s health check probes its targets on the port of the
+/// listener whose traffic they take (`TargetGroup::monitor_port`): a
+/// check that uses a port, names none, and a target with no
+/// `monitor_port` or `port` of its own.
+fn probes_the_traffic_port(group: &TargetGroup) -> bool {
+    let Some(hc) = group.health_check.as_ref().filter(|hc| hc.enabled) else {
+        return false;
+    };
+    hc.port.is_none()
+        && hc.kind_for(group.protocol) != CheckType::Ping
+        && group
+            .targets
+            .iter()
+            .any(|t| t.monitor_port.is_none() && t.port.is_none())
 }
 
 /// The message for a listener's group that does not exist, naming those
@@ -2120,10 +2150,10 @@ mod tests {
                     "target_groups:",
                     "  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
                     "  - { name: tls, protocol: tcp, backup: spare, failover_ratio: 0.5, targets: [] }",
-                    "  - { name: spare, protocol: tcp, targets: [ { ip: 10.0.3.21 } ] }",
+                    "  - { name: spare, protocol: tcp, health_check: { type: tcp }, targets: [ { ip: 10.0.3.21 } ] }",
                 ],
                 expect_line: 6,
-                expect: "target_groups[1].backup: backup `spare` backs up target group `web` of listener `web`, on port 80, but listener `tls` of target group `tls` is on port 443",
+                expect: "target_groups[1].backup: backup `spare` backs up target group `web` of listener `web`, on port 80, but listener `tls` of target group `tls` is on port 443: its health check names no port",
             },
             Case {
                 name: "one backup for two families",
@@ -2495,6 +2525,18 @@ mod tests {
                     "target_groups:",
                     "  - { name: a, protocol: tcp, health_check: { type: ping } }",
                     "  - { name: b, protocol: http, health_check: { type: ping, interval_s: 2, timeout_s: 1 } }",
+                ],
+            ),
+            (
+                "a backup with no listener for two ports, its check's port named",
+                &[
+                    "listeners:",
+                    "  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }",
+                    "  - { name: tls, vip: 10.0.3.49, protocol: tcp, port: 443, target_group: tls }",
+                    "target_groups:",
+                    "  - { name: web, protocol: tcp, backup: spare, failover_ratio: 0.5 }",
+                    "  - { name: tls, protocol: tcp, backup: spare, failover_ratio: 0.5 }",
+                    "  - { name: spare, protocol: tcp, health_check: { port: 9000 }, targets: [ { ip: 10.0.3.21 } ] }",
                 ],
             ),
             (
