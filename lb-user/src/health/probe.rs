@@ -8,8 +8,9 @@
 //!   no rewriting), `Host:` the target's address; the status code must be
 //!   one of the expected codes. The body is not read. HTTPS does not verify
 //!   the certificate, as load balancers do.
-//! - PING: one ICMP echo (raw socket as root, else an unprivileged ICMP
-//!   socket where `net.ipv4.ping_group_range` allows it).
+//! - PING: one ICMP echo (an unprivileged ICMP socket where
+//!   `net.ipv4.ping_group_range` allows it, else a raw socket as root);
+//!   only an echo reply passes, an ICMP error quoting the echo fails.
 //!
 //! Sockets are closed with a zero linger (RST): a prober that opens
 //! thousands of connections a second would otherwise leave as many in
@@ -244,11 +245,37 @@ impl Prober {
             .ping(surge_ping::PingSequence(n as u16), b"lb-health-check!")
             .await
         {
-            Ok(_) => Ok("echo reply".into()),
+            Ok((packet, _)) => echo_answer(&packet),
             Err(surge_ping::SurgeError::Timeout { .. }) => Err(Failure::Timeout("")),
             Err(e) => Err(Failure::Other(format!("icmp: {}", lower(&e.to_string())))),
         }
     }
+}
+
+/// What an ICMP message matched to a ping says: success only for an echo
+/// reply. On a raw socket surge-ping also matches an ICMP error (from the
+/// target or a router) to the echo it quotes; such an answer is a failure.
+fn echo_answer(packet: &surge_ping::IcmpPacket) -> Outcome {
+    let (v6, kind, code) = match packet {
+        surge_ping::IcmpPacket::V4(p) => (false, p.get_icmp_type().0, p.get_icmp_code().0),
+        surge_ping::IcmpPacket::V6(p) => (true, p.get_icmpv6_type().0, p.get_icmpv6_code().0),
+    };
+    icmp_verdict(v6, kind, code)
+}
+
+/// [`echo_answer`] of an ICMP (`v6`: ICMPv6) message of `kind` and `code`.
+fn icmp_verdict(v6: bool, kind: u8, code: u8) -> Outcome {
+    let what = match (v6, kind) {
+        (false, 0) | (true, 129) => return Ok("echo reply".into()),
+        (false, 3) | (true, 1) => "destination unreachable",
+        (false, 11) | (true, 3) => "time exceeded",
+        (false, 12) | (true, 4) => "parameter problem",
+        (true, 2) => "packet too big",
+        _ => "not an echo reply",
+    };
+    Err(Failure::Other(format!(
+        "icmp: {what} (type {kind}, code {code})"
+    )))
 }
 
 /// Why a probe failed.
@@ -439,5 +466,67 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod icmp_tests {
+    use super::*;
+
+    /// Only an echo reply passes a ping; an error that quotes the echo
+    /// (a target's REJECT, a router's unreachable) fails, saying which.
+    #[test]
+    fn only_an_echo_reply_passes() {
+        let verdict = |v6, kind, code| match icmp_verdict(v6, kind, code) {
+            Ok(s) => s,
+            Err(Failure::Other(s)) => format!("fail: {s}"),
+            Err(Failure::Timeout(_)) => "timeout".into(),
+        };
+        assert_eq!(verdict(false, 0, 0), "echo reply");
+        assert_eq!(verdict(true, 129, 0), "echo reply");
+        assert_eq!(
+            verdict(false, 3, 3),
+            "fail: icmp: destination unreachable (type 3, code 3)"
+        );
+        assert_eq!(
+            verdict(true, 1, 4),
+            "fail: icmp: destination unreachable (type 1, code 4)"
+        );
+        assert_eq!(
+            verdict(false, 11, 0),
+            "fail: icmp: time exceeded (type 11, code 0)"
+        );
+        // An IPv6 type 0 is not an echo reply.
+        assert!(verdict(true, 0, 0).starts_with("fail"));
+    }
+
+    /// surge-ping, on a raw socket, hands over a port unreachable that
+    /// quotes our echo as if it answered it; it is judged a failure.
+    #[test]
+    fn a_quoted_echo_in_an_unreachable_fails() {
+        // IPv4 header, ICMP type 3 code 3, unused, the quoted IPv4 header
+        // and the first 8 bytes of our echo request (id 0x1234, seq 0x42).
+        let ip = |len: u16, src: [u8; 4], dst: [u8; 4]| {
+            let mut h = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+            h[2..4].copy_from_slice(&len.to_be_bytes());
+            h.extend(src);
+            h.extend(dst);
+            h
+        };
+        let mut frame = ip(56, [10, 0, 3, 11], [10, 0, 3, 2]);
+        frame.extend([3, 3, 0, 0, 0, 0, 0, 0]);
+        frame.extend(ip(28, [10, 0, 3, 2], [10, 0, 3, 11]));
+        frame.extend([8, 0, 0, 0, 0x12, 0x34, 0, 0x42]);
+        let packet = surge_ping::IcmpPacket::V4(
+            surge_ping::Icmpv4Packet::decode(
+                &frame,
+                socket2::Type::RAW,
+                [10, 0, 3, 11].into(),
+                [10, 0, 3, 2].into(),
+            )
+            .expect("decoded"),
+        );
+        assert_eq!(packet.get_identifier(), surge_ping::PingIdentifier(0x1234));
+        assert!(echo_answer(&packet).is_err());
     }
 }
