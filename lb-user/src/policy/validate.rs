@@ -628,6 +628,14 @@ fn target_ip(
     if let Some(what) = not_unicast(ip) {
         let message = format!("target {ip} is {what}; a target must be a unicast host address");
         r.issue(at.clone(), message);
+    } else if let IpAddr::V6(v6) = ip
+        && v6.is_unicast_link_local()
+    {
+        let message = format!(
+            "target {ip} is an IPv6 link-local address: health checks cannot reach it without \
+             an interface scope; give its global or unique-local address"
+        );
+        r.issue(at.clone(), message);
     }
     if let Some(owner) = vips.get(&ip) {
         let message =
@@ -2140,6 +2148,17 @@ mod tests {
                 ],
                 expect_line: 5,
                 expect: "target_groups[1].targets[0].ip: target fd00:3::21 is IPv6 but listener `web` (of target group `web`, which `spare` backs up) has the IPv4 vip 10.0.3.49",
+            },
+            Case {
+                name: "an IPv6 link-local target",
+                yaml: &[
+                    "listeners:",
+                    "  - { name: web6, vip: \"fd00:3::49\", protocol: tcp, port: 80, target_group: web6 }",
+                    "target_groups:",
+                    "  - { name: web6, protocol: tcp, targets: [ { ip: \"fe80::11\" } ] }",
+                ],
+                expect_line: 4,
+                expect: "target_groups[0].targets[0].ip: target fe80::11 is an IPv6 link-local address",
             },
             Case {
                 name: "one backup for two ports",
