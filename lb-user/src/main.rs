@@ -118,8 +118,9 @@ struct RunArgs {
     /// The API socket `lb status` talks to.
     #[arg(long, default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Seconds to wait at start for the targets' MACs before attaching.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds to wait at start for the targets' MACs before attaching
+    /// (0-3600).
+    #[arg(long, default_value_t = 3.0, value_parser = seconds_arg::<0, 3600>)]
     resolve_wait_s: f64,
     /// Serve Prometheus metrics over HTTP at ADDR (/metrics); without a
     /// value, on the loopback: 127.0.0.1:9650. Off by default.
@@ -141,7 +142,7 @@ impl From<RunArgs> for daemon::RunOptions {
             iface: a.iface,
             mode: a.xdp_mode.into(),
             socket: a.socket,
-            resolve_wait: Duration::from_secs_f64(a.resolve_wait_s.max(0.0)),
+            resolve_wait: Duration::from_secs_f64(a.resolve_wait_s),
             metrics: a.metrics,
             announce: a.announce,
         }
@@ -240,6 +241,7 @@ enum Command {
     /// Show the listeners, target groups and targets of the running lb.
     Status {
         /// Only this target group (like `gcloud compute target-pools get-health`).
+        #[arg(value_parser = group_arg)]
         target_group: Option<String>,
         /// Print the stable JSON report instead of tables.
         #[arg(long)]
@@ -253,6 +255,7 @@ enum Command {
     /// until Ctrl-C.
     Stats {
         /// Only this target group and its listener.
+        #[arg(value_parser = group_arg)]
         target_group: Option<String>,
         /// Refresh every interval until Ctrl-C.
         #[arg(long, short)]
@@ -275,14 +278,37 @@ struct Client {
     /// The API socket of the running lb.
     #[arg(long, default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Seconds to wait for lb's answer.
-    #[arg(long, default_value_t = api::DEFAULT_TIMEOUT.as_secs_f64())]
+    /// Seconds to wait for lb's answer (0-86400).
+    #[arg(long, default_value_t = api::DEFAULT_TIMEOUT.as_secs_f64(), value_parser = seconds_arg::<0, 86_400>)]
     timeout: f64,
 }
 
 impl Client {
     fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout.clamp(0.001, 86_400.0))
+        // At least 1 ms: `seconds_arg` lets 0 through only for waits.
+        Duration::from_secs_f64(self.timeout.max(0.001))
+    }
+}
+
+/// A number of seconds in MIN..=MAX (a usage error otherwise: NaN, an
+/// infinity or a negative number would not make a `Duration`).
+fn seconds_arg<const MIN: u32, const MAX: u32>(arg: &str) -> Result<f64, String> {
+    let s: f64 = arg
+        .parse()
+        .map_err(|_| format!("{arg:?} is not a number of seconds"))?;
+    if (f64::from(MIN)..=f64::from(MAX)).contains(&s) {
+        Ok(s)
+    } else {
+        Err(format!("{arg} is out of range {MIN}-{MAX} seconds"))
+    }
+}
+
+/// A target group's name as a command takes it: not empty.
+fn group_arg(arg: &str) -> Result<String, String> {
+    if arg.is_empty() {
+        Err("a target group's name is not empty".into())
+    } else {
+        Ok(arg.to_string())
     }
 }
 

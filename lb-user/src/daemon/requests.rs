@@ -10,7 +10,7 @@ use super::{Daemon, Phases, Services, load, log, unix_now, warn_flow_table_size}
 use crate::{
     api::{self, ApplyReply, DrainReply, Reply, Request, TargetRef},
     dataplane::reader::StatsRead,
-    drains::Drains,
+    drains::{DrainError, Drains},
     flows,
     ids::{Ids, TargetKey},
     plan::MapPlan,
@@ -332,6 +332,13 @@ impl Daemon {
         let done = if drain {
             self.drains
                 .drain(&self.policy, &target.group, target.ip, unix_now())
+        } else if !self
+            .policy
+            .target_groups
+            .iter()
+            .any(|g| g.name == target.group)
+        {
+            Err(DrainError::NoGroup(target.group.clone()))
         } else {
             self.drains.undrain(&target.group, target.ip)
         };

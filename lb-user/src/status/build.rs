@@ -70,7 +70,12 @@ pub fn report(src: &Sources<'_>) -> StatusReport {
         data_plane: src.data_plane.clone(),
         errors: src.errors.clone(),
         announce: src.announce.clone(),
-        listeners: listeners.map(|(l, p)| listener(l, p, src.stats)).collect(),
+        // With one group, its listener only: the others' counters are
+        // not read (`stats_of`).
+        listeners: listeners
+            .filter(|(l, _)| src.only_group.is_none_or(|only| only == l.target_group))
+            .map(|(l, p)| listener(l, p, src.stats))
+            .collect(),
         target_groups: src
             .policy
             .target_groups
@@ -170,7 +175,8 @@ fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus 
         port: t.port,
         monitor_port: t.monitor_port,
         selectable: attached && t.excluded.is_none(),
-        excluded: t.excluded,
+        // A group attached to no listener takes no flow of its own.
+        excluded: t.excluded.or((!attached).then_some(Exclusion::Unused)),
         health: snapshot.map(health),
         weight: t.weight,
         ratio: t.ratio,

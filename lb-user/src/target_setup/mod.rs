@@ -114,7 +114,9 @@ pub enum SetupError {
 
 /// A VIP must be a unicast address another host can send to.
 fn vip_problem(ip: IpAddr) -> Option<&'static str> {
-    if ip.is_unspecified() {
+    if matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_some()) {
+        Some("an IPv4-mapped IPv6 address: give the IPv4 address")
+    } else if ip.is_unspecified() {
         Some("the unspecified address is no VIP")
     } else if ip.is_loopback() {
         Some("a loopback address is no VIP")
@@ -535,11 +537,19 @@ impl Item {
             Item::LoUp => vec!["ip link set dev lo up".into()],
             Item::VipOnLo(vip) => {
                 let len = host_len(*vip);
-                vec![if vip.is_ipv6() {
+                // As the fix: first the VIP with another prefix length.
+                let mut out: Vec<String> = seen
+                    .into_iter()
+                    .flat_map(|seen| &seen.addrs)
+                    .filter(|(iface, ip, l)| iface == "lo" && ip == vip && *l != len)
+                    .map(|(_, ip, l)| format!("ip addr del {ip}/{l} dev lo"))
+                    .collect();
+                out.push(if vip.is_ipv6() {
                     format!("ip -6 addr replace {vip}/{len} dev lo nodad")
                 } else {
                     format!("ip addr replace {vip}/{len} dev lo")
-                }]
+                });
+                out
             }
             Item::VipOnlyOnLo(vip) => seen
                 .map(|seen| {
@@ -610,14 +620,16 @@ fn vip_on_lo(seen: &Seen, vip: IpAddr) -> State {
         .filter(|(iface, ip, _)| iface == "lo" && *ip == vip)
         .map(|(_, _, len)| *len)
         .collect();
-    if on_lo.contains(&host_len(vip)) {
-        State::Ok
-    } else if let Some(len) = on_lo.first() {
+    // Another prefix length is wrong even beside the host one: the whole
+    // prefix would be the host's.
+    if let Some(len) = on_lo.iter().find(|&&len| len != host_len(vip)) {
         State::Wrong(format!(
             "{vip}/{len} on lo: the whole prefix would be the host's"
         ))
-    } else {
+    } else if on_lo.is_empty() {
         State::Missing
+    } else {
+        State::Ok
     }
 }
 

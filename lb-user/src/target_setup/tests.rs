@@ -60,6 +60,14 @@ fn bad_requests_say_what_to_give() {
             "a link-local address is no VIP",
         ),
         (
+            request(&["::ffff:10.0.3.49"], Bind, &[], &[]),
+            "--vip ::ffff:10.0.3.49: an IPv4-mapped IPv6 address: give the IPv4 address",
+        ),
+        (
+            request(&["10.0.3.49"], Iptables, &[53], &["::ffff:10.0.3.11"]),
+            "--target-ip ::ffff:10.0.3.11",
+        ),
+        (
             request(&["10.0.3.49"], Iptables, &[], &[]),
             "--udp iptables rewrites addresses of UDP ports: give them with --udp-port",
         ),
@@ -274,6 +282,28 @@ fn a_complete_host_checks_ok_and_each_lack_is_named() {
     assert!(report.contains("missing  fd00:3::49/128 on lo\n         fix: ip -6 addr replace fd00:3::49/128 dev lo nodad\n"), "{report}");
     assert!(report.contains("fix: nft add rule inet lb_dsr postrouting ip6 saddr fd00:3::11 udp sport 53 ip6 saddr set fd00:3::49\n"), "{report}");
     assert!(report.ends_with("3 of 11 in place"), "{report}");
+}
+
+/// The VIP on lo with another prefix length is wrong even beside the host
+/// one (the whole prefix would still be the host's); the fix removes it.
+#[test]
+fn another_prefix_of_the_vip_on_lo_is_wrong_beside_the_host_one() {
+    let s = setup(UdpMethod::Bind);
+    let mut seen = complete(&s);
+    seen.addrs.push(("lo".into(), ip("10.0.3.49"), 24));
+    let got = states(&s, &seen);
+    assert_eq!(
+        got,
+        [(
+            "10.0.3.49/32 on lo".to_string(),
+            State::Wrong("10.0.3.49/24 on lo: the whole prefix would be the host's".into())
+        )]
+    );
+    let report = Report::of(&items(&s), &seen).to_string();
+    assert!(
+        report.contains("fix: ip addr del 10.0.3.49/24 dev lo\n"),
+        "{report}"
+    );
 }
 
 #[test]
