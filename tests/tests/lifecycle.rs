@@ -710,6 +710,28 @@ fn a_backup_without_a_listener_is_probed_on_the_port_it_backs_up() {
     }
     let check_port = &st.group("spare").unwrap()["health_check"]["port"];
     assert_eq!(check_port, LINES_PORT, "{}", st.show(Some("spare")));
+    // `status spare`: no listener of its own, its rows take no flow of
+    // their own (`excluded: unused`); `status web`: web's listener alone.
+    let spare = lb_tests::status::fetch_group(s.lb.socket(), "spare").unwrap();
+    assert_eq!(
+        spare.0["listeners"],
+        serde_json::json!([]),
+        "{}",
+        spare.show(None)
+    );
+    for i in 1..3 {
+        let row = spare.target("spare", ip(i)).unwrap();
+        assert_eq!(row["excluded"], "unused", "{row}");
+        assert_eq!(row["selectable"], false, "{row}");
+    }
+    let web = lb_tests::status::fetch_group(s.lb.socket(), "web").unwrap();
+    let names: Vec<&str> = web.0["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["lines"]);
 
     // t1's check fails (its lines port still answers): the backup serves.
     s.lab.stop_port(Node::Target(0), topo::TCP_PORT).unwrap();
