@@ -19,7 +19,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
@@ -133,11 +133,12 @@ pub async fn probe(kind: &ProbeSpec, target: SocketAddr, timeout: Duration) -> P
 }
 
 /// What probes share: the TLS configuration and one ICMP socket per address
-/// family (opened on first use).
+/// family (opened on first use; one that fails to open is tried again at
+/// the next ping, not given up for good).
 pub struct Prober {
     tls: TlsConnector,
-    ping4: OnceLock<Result<surge_ping::Client, String>>,
-    ping6: OnceLock<Result<surge_ping::Client, String>>,
+    ping4: Mutex<Option<surge_ping::Client>>,
+    ping6: Mutex<Option<surge_ping::Client>>,
     /// ICMP identifier and sequence of the next echo, unique per probe.
     echo: AtomicU32,
 }
@@ -158,8 +159,8 @@ impl Prober {
     pub fn new() -> Self {
         Prober {
             tls: TlsConnector::from(no_verify_tls()),
-            ping4: OnceLock::new(),
-            ping6: OnceLock::new(),
+            ping4: Mutex::new(None),
+            ping6: Mutex::new(None),
             echo: AtomicU32::new(std::process::id().wrapping_mul(0x9e37_79b9)),
         }
     }
@@ -228,14 +229,20 @@ impl Prober {
             IpAddr::V4(_) => (&self.ping4, surge_ping::ICMP::V4),
             IpAddr::V6(_) => (&self.ping6, surge_ping::ICMP::V6),
         };
-        let client = cell
-            .get_or_init(|| {
-                let config = surge_ping::Config::builder().kind(kind).build();
-                surge_ping::Client::new(&config)
-                    .map_err(|e| format!("cannot open an icmp socket: {}", lower(&e.to_string())))
-            })
-            .as_ref()
-            .map_err(|e| Failure::Other(e.clone()))?;
+        let client = {
+            let mut held = cell.lock().unwrap_or_else(|e| e.into_inner());
+            match held.as_ref() {
+                Some(client) => client.clone(),
+                None => {
+                    let config = surge_ping::Config::builder().kind(kind).build();
+                    let client = surge_ping::Client::new(&config).map_err(|e| {
+                        let e = lower(&e.to_string());
+                        Failure::Other(format!("cannot open an icmp socket: {e}"))
+                    })?;
+                    held.insert(client).clone()
+                }
+            }
+        };
         let n = self.echo.fetch_add(1, Ordering::Relaxed);
         let mut pinger = client
             .pinger(ip, surge_ping::PingIdentifier((n >> 16) as u16))
