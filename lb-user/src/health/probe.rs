@@ -137,8 +137,10 @@ pub async fn probe(kind: &ProbeSpec, target: SocketAddr, timeout: Duration) -> P
 /// the next ping, not given up for good).
 pub struct Prober {
     tls: TlsConnector,
-    ping4: Mutex<Option<surge_ping::Client>>,
-    ping6: Mutex<Option<surge_ping::Client>>,
+    /// In an `Arc`: dropping a clone of a surge-ping `Client` marks it
+    /// destroyed for every clone.
+    ping4: Mutex<Option<Arc<surge_ping::Client>>>,
+    ping6: Mutex<Option<Arc<surge_ping::Client>>>,
     /// ICMP identifier and sequence of the next echo, unique per probe.
     echo: AtomicU32,
 }
@@ -239,7 +241,7 @@ impl Prober {
                         let e = lower(&e.to_string());
                         Failure::Other(format!("cannot open an icmp socket: {e}"))
                     })?;
-                    held.insert(client).clone()
+                    held.insert(Arc::new(client)).clone()
                 }
             }
         };
