@@ -133,6 +133,12 @@ impl Drains {
         }))
     }
 
+    /// Keeps the drains made by `lb drain` only: on a new data plane, the
+    /// others (targets that left) have no flow to wait for.
+    pub fn keep_by_command(&mut self) {
+        self.by_key.retain(|_, d| d.by_command);
+    }
+
     pub fn list(&self) -> impl Iterator<Item = &Drain> {
         self.by_key.values()
     }

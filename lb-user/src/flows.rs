@@ -82,6 +82,9 @@ struct Holder {
     /// The longest timeouts of the listeners that held the id before it
     /// (in this run of `lb`), while entries of theirs may be left.
     before: Option<Before>,
+    /// When it left the plan, for an id no listener holds now: its
+    /// entries' time counts from then.
+    left: Option<Instant>,
 }
 
 impl Holder {
@@ -129,6 +132,7 @@ impl Rules {
                     key: l.key,
                     own,
                     before: None,
+                    left: None,
                 };
                 Some((l.info.listener_id as u16, holder))
             })
@@ -165,15 +169,22 @@ impl Rules {
             holder.before = if was.key == holder.key {
                 was.before
             } else {
-                let timeouts = was.timeouts();
+                // Its own entries may be left until its longest timeout
+                // after it left the plan (now, or a reload before); those
+                // of holders before it, until their own time.
+                let own_until = was.left.unwrap_or(now) + was.own.longest();
+                let until = was.before.map_or(own_until, |b| b.until.max(own_until));
                 Some(Before {
-                    timeouts,
-                    until: now + timeouts.longest(),
+                    timeouts: was.timeouts(),
+                    until,
                 })
             };
         }
         for (id, was) in &self.holders {
-            next.holders.entry(*id).or_insert(*was);
+            next.holders.entry(*id).or_insert(Holder {
+                left: was.left.or(Some(now)),
+                ..*was
+            });
         }
         next.expire(now);
         next
@@ -407,10 +418,15 @@ mod tests {
         assert!(!b.expire(t0 + Duration::from_secs(3599)));
         assert!(b.expire(t0 + Duration::from_secs(3601)), "changed");
         assert!(idle_for(&b, 1000), "its own timeout again");
-        // Freed, then given a reload later.
+        // Freed, then given a reload later: kept for the earlier
+        // listener's time counted from when it left, not from the reload
+        // that gives the id.
         let none = with(&[(2, 53, 2)], [3600, 30]);
-        let d = first.following(&none, t0).following(&plan_b, t0);
+        let freed = first.following(&none, t0);
+        let d = freed.following(&plan_b, t0 + Duration::from_secs(60));
         assert!(!idle_for(&d, 1000), "given a reload after it was freed");
+        let late = freed.following(&plan_b, t0 + Duration::from_secs(3601));
+        assert!(idle_for(&late, 1000), "given after its flows were gone");
         // The same listener, its timeout lowered: at once.
         let lowered = with(&[(1, 80, 1), (2, 53, 2)], [100, 30]);
         assert!(idle_for(&first.following(&lowered, t0), 1000));

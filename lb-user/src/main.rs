@@ -469,9 +469,22 @@ async fn detach(iface: &str) -> anyhow::Result<()> {
         // Refused while lb runs: then nothing is touched.
         drop(instance.lock()?);
     }
+    // Every table tried, then the first failure reported (before the data
+    // plane goes: the next detach tries again).
+    let mut failed = None;
     for table in tables {
-        let held = lb_user::announce::remove(table).await?;
-        println!("{iface}: announce table {table} emptied ({held} routes): its VIPs are withdrawn");
+        match lb_user::announce::remove(table).await {
+            Ok(held) => println!(
+                "{iface}: announce table {table} emptied ({held} routes): its VIPs are withdrawn"
+            ),
+            Err(err) => {
+                eprintln!("lb: cannot empty announce table {table}: {err:#}");
+                failed.get_or_insert(err);
+            }
+        }
+    }
+    if let Some(err) = failed {
+        return Err(err);
     }
     let done = dataplane::detach(&instance)?;
     let dir = instance.pin_dir();

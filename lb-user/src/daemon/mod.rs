@@ -487,6 +487,11 @@ fn restored_drains(
         Vec::new()
     };
     drains.follow_from(held, policy, unix_now());
+    if !dataplane.adopted() {
+        // A target drained by command that left the file meanwhile is
+        // drained no more by command: with no flow of it held, it is gone.
+        drains.keep_by_command();
+    }
     for d in drains.list() {
         info!(group = %d.group, target = %d.ip, until = d.until, by_command = d.by_command, "draining");
     }

@@ -317,6 +317,20 @@ async fn one_prober_many_concurrent_pings() {
     }
 }
 
+/// One prober, pings one after the other: its ICMP socket serves them all
+/// (a clone of surge-ping's client, dropped after a ping, once destroyed
+/// it for every later one).
+#[tokio::test]
+async fn one_prober_pings_one_after_the_other() {
+    let prober = super::Prober::new();
+    for ip in [LOCAL, LOCAL, IpAddr::V6(Ipv6Addr::LOCALHOST), LOCAL] {
+        let outcome = prober
+            .probe(&ProbeSpec::Ping, SocketAddr::new(ip, 0), TIMEOUT)
+            .await;
+        assert_ok(&outcome, "echo reply");
+    }
+}
+
 #[test]
 fn probe_source_of_loopback() {
     assert_eq!(probe_source(LOCAL), Some(LOCAL));

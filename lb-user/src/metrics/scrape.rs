@@ -387,7 +387,8 @@ impl Scrape {
     /// Per group, over its own targets: statistics, active flows, and
     /// targets by state (`TargetState::ALL`'s order). Not its backup's
     /// taking its flows (their `via` series): a via row leaves when the
-    /// backup does, and a sum must not go back (a counter reset).
+    /// backup link does, which would make the sum fall (a counter reset
+    /// to Prometheus) more often than a target leaving does already.
     fn group_sums(&self) -> BTreeMap<&str, GroupSums> {
         let mut sums: BTreeMap<&str, GroupSums> = BTreeMap::new();
         for (t, active) in self.view.targets.iter().zip(&self.active) {

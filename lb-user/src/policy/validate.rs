@@ -503,20 +503,17 @@ fn same_transport(r: &mut Report, at: &str, group: &TargetGroup, backup: &Target
     }
 }
 
-/// Whether `group`'s health check probes its targets on the port of the
-/// listener whose traffic they take (`TargetGroup::monitor_port`): a
-/// check that uses a port, names none, and a target with no
-/// `monitor_port` or `port` of its own.
+/// Whether `group`'s health check probes its targets on the port they
+/// take traffic on (`TargetGroup::monitor_port`: a target's `port` is that
+/// port): an enabled check that uses a port, names none, and a target with
+/// no `monitor_port`.
 fn probes_the_traffic_port(group: &TargetGroup) -> bool {
     let Some(hc) = group.health_check.as_ref().filter(|hc| hc.enabled) else {
         return false;
     };
     hc.port.is_none()
         && hc.kind_for(group.protocol) != CheckType::Ping
-        && group
-            .targets
-            .iter()
-            .any(|t| t.monitor_port.is_none() && t.port.is_none())
+        && group.targets.iter().any(|t| t.monitor_port.is_none())
 }
 
 /// The message for a listener's group that does not exist, naming those
@@ -630,6 +627,7 @@ fn target_ip(
         r.issue(at.clone(), message);
     } else if let IpAddr::V6(v6) = ip
         && v6.is_unicast_link_local()
+        && group.health_check.as_ref().is_some_and(|hc| hc.enabled)
     {
         let message = format!(
             "target {ip} is an IPv6 link-local address: health checks cannot reach it without \
@@ -2155,7 +2153,7 @@ mod tests {
                     "listeners:",
                     "  - { name: web6, vip: \"fd00:3::49\", protocol: tcp, port: 80, target_group: web6 }",
                     "target_groups:",
-                    "  - { name: web6, protocol: tcp, targets: [ { ip: \"fe80::11\" } ] }",
+                    "  - { name: web6, protocol: tcp, health_check: { type: tcp }, targets: [ { ip: \"fe80::11\" } ] }",
                 ],
                 expect_line: 4,
                 expect: "target_groups[0].targets[0].ip: target fe80::11 is an IPv6 link-local address",
@@ -2544,6 +2542,15 @@ mod tests {
                     "target_groups:",
                     "  - { name: a, protocol: tcp, health_check: { type: ping } }",
                     "  - { name: b, protocol: http, health_check: { type: ping, interval_s: 2, timeout_s: 1 } }",
+                ],
+            ),
+            (
+                "an IPv6 link-local target of a group with no check",
+                &[
+                    "listeners:",
+                    "  - { name: web6, vip: \"fd00:3::49\", protocol: tcp, port: 80, target_group: web6 }",
+                    "target_groups:",
+                    "  - { name: web6, protocol: tcp, targets: [ { ip: \"fe80::11\" } ] }",
                 ],
             ),
             (
