@@ -675,12 +675,16 @@ fn a_backup_without_a_listener_is_probed_on_the_port_it_backs_up() {
         format!(
             "interface: eth0\nlisteners:\n\
              \x20 - {{ name: lines, vip: {VIP4}, protocol: tcp, port: {LINES_PORT}, target_group: web }}\n\
+             \x20 - {{ name: more, vip: {VIP4}, protocol: tcp, port: {}, target_group: more }}\n\
              target_groups:\n\
+             \x20 - {{ name: more, protocol: tcp, targets: [ {{ ip: {} }} ] }}\n\
              \x20 - name: web\n    protocol: tcp\n    algorithm: round_robin\n    backup: spare\n    \
              failover_ratio: 0.0\n    health_check: {{ type: tcp, port: {}, interval_s: 2, timeout_s: 1, \
              healthy_threshold: 1, unhealthy_threshold: 1 }}\n    targets: [ {{ ip: {} }} ]\n\
              \x20 - name: spare\n    protocol: tcp\n    algorithm: round_robin\n    \
              deregistration_delay_s: 0\n    health_check: {check}\n    targets: [ {} ]\n",
+            topo::MORE_LINES_PORTS[0],
+            TARGETS[0].v4,
             topo::TCP_PORT,
             TARGETS[0].v4,
             spare.join(", "),
@@ -711,7 +715,8 @@ fn a_backup_without_a_listener_is_probed_on_the_port_it_backs_up() {
     let check_port = &st.group("spare").unwrap()["health_check"]["port"];
     assert_eq!(check_port, LINES_PORT, "{}", st.show(Some("spare")));
     // `status spare`: no listener of its own, its rows take no flow of
-    // their own (`excluded: unused`); `status web`: web's listener alone.
+    // their own (`excluded: unused`); `status web`: web's listener alone,
+    // not `more`'s.
     let spare = lb_tests::status::fetch_group(s.lb.socket(), "spare").unwrap();
     assert_eq!(
         spare.0["listeners"],
