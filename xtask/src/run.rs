@@ -2,23 +2,26 @@
 //! (`lb-lab`: lab, lb, a burst, live counters and health states with one
 //! target's service stopped for a while, until Ctrl-C) or, with both
 //! `--iface` and `--config`, `lb run` on a real NIC in the foreground.
-//! Either way this process is replaced by the one it starts (exec), so
-//! Ctrl-C and the exit status are that process's own.
+//! The lab demo replaces this process (exec), so Ctrl-C and the exit status
+//! are its own; `lb run` is a child, followed by `lb detach` when it stops
+//! cleanly.
 use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, ExitStatus},
+    sync::atomic::{AtomicI32, Ordering},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Arg, ArgMatches, value_parser};
+use nix::{sys::signal, unistd::Pid};
 
 use crate::cmd;
 
 pub struct RunArgs {
     iface: Option<String>,
     config: Option<PathBuf>,
-    xdp_mode: String,
+    xdp_mode: Option<String>,
     tcp: usize,
     udp: usize,
     duration: Option<u64>,
@@ -54,9 +57,9 @@ fn where_args() -> [Arg; 3] {
         opt(
             "xdp-mode",
             "MODE",
-            "XDP attach mode: native, generic or auto",
-        )
-        .default_value("native"),
+            "XDP attach mode: native, generic or auto (default: native in the lab, \
+             auto on a NIC, as `lb run`)",
+        ),
     ]
 }
 
@@ -102,7 +105,7 @@ impl From<&ArgMatches> for RunArgs {
         RunArgs {
             iface: m.get_one::<String>("iface").cloned(),
             config: m.get_one::<PathBuf>("config").cloned(),
-            xdp_mode: m.get_one::<String>("xdp-mode").cloned().unwrap_or_default(),
+            xdp_mode: m.get_one::<String>("xdp-mode").cloned(),
             tcp: count("tcp"),
             udp: count("udp"),
             duration: m.get_one::<u64>("duration").copied(),
@@ -113,45 +116,79 @@ impl From<&ArgMatches> for RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     // Check the arguments before spending time on set-up and build.
-    let cmd = match (&args.iface, &args.config) {
-        (Some(iface), Some(config)) => lb_on_nic(&args, iface, config),
+    match (&args.iface, &args.config) {
+        (Some(_), Some(_)) => {}
         (Some(_), None) => {
             bail!("--iface needs --config: `cargo xtask run -- --iface IF --config FILE`")
         }
         (None, config) => {
-            let config = config.clone().unwrap_or_else(|| "examples/lab.yaml".into());
-            if !config.exists() {
+            if let Some(config) = config
+                && !config.exists()
+            {
                 bail!("no policy at {}", config.display());
             }
-            lab_demo(&args, &config)
         }
-    };
+    }
     crate::setup::setup()?;
     cmd::build_bins()?;
-    exec(cmd)
+    match (&args.iface, &args.config) {
+        (Some(iface), Some(config)) => lb_on_nic(&args, iface, config),
+        (_, config) => {
+            let config = config.clone().unwrap_or_else(|| "examples/lab.yaml".into());
+            exec(lab_demo(&args, &config))
+        }
+    }
 }
 
+/// The `lb run` child, for the signal handler (0: none yet).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
 /// `lb run` on a real interface, in the foreground, then `lb detach`: the
-/// pinned data plane `lb run` leaves when it stops (Ctrl-C) goes too, so a
-/// try-out leaves nothing on the NIC. A shell runs both: its trap (a no-op,
-/// not an ignore, which `lb` would inherit) keeps it alive through the
-/// Ctrl-C that stops `lb`.
-fn lb_on_nic(args: &RunArgs, iface: &str, config: &Path) -> Command {
+/// pinned data plane `lb run` leaves when it stops (Ctrl-C, SIGTERM) goes
+/// too, so a try-out leaves nothing on the NIC. Only after a clean stop
+/// (exit 0): an `lb run` that stopped at start (a bad policy, another `lb`
+/// on the interface) changed nothing, and a data plane pinned before it
+/// (one a stopped `lb.service` left forwarding) must stay. The signals
+/// that stop this process are passed on to `lb` as SIGTERM (Ctrl-C at a
+/// terminal reaches both).
+fn lb_on_nic(args: &RunArgs, iface: &str, config: &Path) -> Result<()> {
     let [(_, lb), _] = cmd::bin_env();
-    let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        r#"trap true INT TERM
-"$0" run --config "$1" --iface "$2" --xdp-mode "$3"
-status=$?
-echo "xtask: lb stopped; removing its data plane from $2 (lb detach)" >&2
-"$0" detach --iface "$2"
-exit $status"#,
-    ])
-    .arg(lb)
-    .arg(config)
-    .args([iface, &args.xdp_mode]);
-    cmd
+    let mode = args.xdp_mode.as_deref().unwrap_or("auto");
+    let mut run = Command::new(&lb);
+    run.arg("run")
+        .arg("--config")
+        .arg(config)
+        .args(["--iface", iface, "--xdp-mode", mode]);
+    eprintln!("xtask: $ {}", cmd::show(&run));
+    let mut child = run.spawn().context("spawn lb run")?;
+    CHILD.store(i32::try_from(child.id())?, Ordering::SeqCst);
+    ctrlc::set_handler(|| {
+        let pid = CHILD.load(Ordering::SeqCst);
+        if pid > 0 {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
+        }
+    })
+    .context("install the signal handler")?;
+    let status = child.wait().context("wait for lb run")?;
+    CHILD.store(0, Ordering::SeqCst);
+    if !status.success() {
+        eprintln!(
+            "xtask: lb run failed ({status}); whatever it found on {iface} is left as it was \
+             (`lb detach --iface {iface}` removes a data plane of lb)"
+        );
+        std::process::exit(exit_code(status));
+    }
+    eprintln!("xtask: lb stopped; removing its data plane from {iface} (lb detach)");
+    cmd::run(Command::new(&lb).args(["detach", "--iface", iface]))
+}
+
+/// The exit code a shell would show for `status`.
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
 }
 
 /// `lb-lab`: the namespace lab with `lb` in it.
@@ -160,7 +197,7 @@ fn lab_demo(args: &RunArgs, config: &Path) -> Command {
     let mut cmd = Command::new(cmd::target_dir().join("debug").join("lb-lab"));
     cmd.arg("--config")
         .arg(config)
-        .args(["--xdp-mode", &args.xdp_mode])
+        .args(["--xdp-mode", args.xdp_mode.as_deref().unwrap_or("native")])
         .args([
             "--tcp",
             &args.tcp.to_string(),
