@@ -10,8 +10,9 @@ use crate::cmd::{self, probe};
 /// Debian packages: LLVM 22 for bpf-linker, the lab's tools, what the
 /// tests check the service file and man pages with (`systemd-analyze`,
 /// `man`), the firewall tools `lb target-setup` drives (`iptables`,
-/// `nft`), what the metrics tests and benchmark scrape with (`curl`), and
-/// the BGP daemon the announce test runs (`bird2`).
+/// `nft`), what the metrics tests and benchmark scrape with (`curl`), the
+/// BGP daemon the announce test runs (`bird2`), and `sysctl` (`procps`),
+/// which the target set-up tests read and write.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,7 +28,12 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "curl",
     "bird2",
+    "procps",
 ];
+
+/// How long each apt step waits for a lock another apt holds (say,
+/// unattended-upgrades at boot) before it fails.
+const APT_LOCK_TIMEOUT_S: u32 = 300;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -93,20 +99,41 @@ fn apt_packages() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing apt packages: {}", missing.join(" "));
+    cmd::run(apt_get().args(["update", "-q"]))?;
     cmd::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["update", "-q"]),
-    )?;
-    cmd::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
+        apt_get()
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
     )
 }
 
+/// `apt-get`, non-interactive, waiting for the locks of another apt.
+fn apt_get() -> Command {
+    let mut apt = Command::new("apt-get");
+    apt.env("DEBIAN_FRONTEND", "noninteractive")
+        .arg("-o")
+        .arg(format!("DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}"));
+    apt
+}
+
 fn rust_src() -> Result<()> {
+    let nightly = probe("rustup", &["toolchain", "list"])
+        .is_some_and(|out| out.lines().any(|l| l.starts_with("nightly")));
+    if !nightly {
+        // The eBPF build needs a nightly (`-Z build-std`).
+        eprintln!(
+            "setup: installing the nightly toolchain with rust-src (the eBPF build needs it)"
+        );
+        return cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
     let installed = probe(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
