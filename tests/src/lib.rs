@@ -42,7 +42,13 @@ pub fn skip(reason: &str) {
         .unwrap_or_else(|| format!("unnamed test of process {}", std::process::id()));
     eprintln!("SKIPPED {name}: {reason}");
     if let Some(dir) = std::env::var_os("LB_TEST_SKIPS") {
-        let file = std::path::Path::new(&dir).join(name.replace("::", "."));
+        // The test binary's name too: two binaries may have a test of the
+        // same name.
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let file = std::path::Path::new(&dir).join(format!("{binary}.{}", name.replace("::", ".")));
         if let Err(e) = std::fs::write(&file, reason) {
             eprintln!("cannot record the skip in {}: {e}", file.display());
         }

@@ -12,8 +12,12 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 pub fn test(extra: &[String]) -> Result<()> {
-    crate::setup::setup()?;
-    cmd::build_bins()?;
+    // The summary line is printed whatever happens: a run that could not
+    // start says so there too.
+    if let Err(err) = crate::setup::setup().and_then(|()| cmd::build_bins()) {
+        println!("tests: 0 passed, 0 failed, 0 skipped (not run: set-up or build failed)");
+        return Err(err);
+    }
 
     // Tests that cannot do their work on this machine say so here
     // (`lb_tests::skip`): counted as skipped, not passed.
@@ -47,6 +51,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         totals.add(&line);
     }
     let status = child.wait()?;
+    totals.end();
     for (name, reason) in skipped(&skips)? {
         eprintln!("xtask: skipped {name}: {reason}");
         totals.skip_one();
@@ -86,6 +91,17 @@ struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// The binary that runs now (its `running N tests` line seen, its
+    /// `test result:` line not yet).
+    running: Option<Running>,
+}
+
+/// A test binary's tests so far.
+#[derive(Debug, Default, PartialEq)]
+struct Running {
+    tests: u64,
+    ok: u64,
+    ignored: u64,
 }
 
 impl Totals {
@@ -95,11 +111,46 @@ impl Totals {
         self.ignored += 1;
     }
 
-    /// Adds `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
+    /// A binary that ended without its `test result:` line (it aborted: a
+    /// test overflowed its stack, called `exit`, was killed): the tests
+    /// it had not reported passed or ignored count as failed.
+    fn end(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.binaries += 1;
+            self.passed += r.ok;
+            self.ignored += r.ignored;
+            self.failed += r.tests.saturating_sub(r.ok + r.ignored).max(1);
+        }
+    }
+
+    /// Reads one line of `cargo test`'s output: `running 3 tests`, `test
+    /// NAME ... ok`, and `test result: ok. 3 passed; 0 failed; 1 ignored;
+    /// ...`, which gives the binary's figures.
     fn add(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+        let line = line.trim();
+        if let Some(n) = line
+            .strip_prefix("running ")
+            .and_then(|r| r.strip_suffix(" tests").or_else(|| r.strip_suffix(" test")))
+            .and_then(|n| n.parse().ok())
+        {
+            self.end();
+            self.running = Some(Running {
+                tests: n,
+                ..Running::default()
+            });
+            return;
+        }
+        if let (Some(r), Some(test)) = (&mut self.running, line.strip_prefix("test ")) {
+            if test.ends_with(" ... ok") {
+                r.ok += 1;
+            } else if test.ends_with(" ... ignored") || test.contains(" ... ignored, ") {
+                r.ignored += 1;
+            }
+        }
+        let Some(rest) = line.strip_prefix("test result: ") else {
             return;
         };
+        self.running = None;
         self.binaries += 1;
         for part in rest.split(';') {
             let words: Vec<&str> = part.split_whitespace().collect();
@@ -124,20 +175,43 @@ mod tests {
     #[test]
     fn adds_up_result_lines() {
         let mut t = Totals::default();
+        t.add("running 4 tests");
         t.add("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
-        t.add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
         t.add("running 3 tests");
+        t.add("test a ... ok");
+        t.add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.end();
         assert_eq!(
             t,
             Totals {
                 binaries: 2,
                 passed: 5,
                 failed: 1,
-                ignored: 1
+                ignored: 1,
+                running: None,
             }
         );
         // A test that said it was skipped: passed by libtest, not by us.
         t.skip_one();
         assert_eq!((t.passed, t.ignored), (4, 2));
+    }
+
+    #[test]
+    fn counts_an_aborted_binary_as_failed() {
+        let mut t = Totals::default();
+        t.add("running 5 tests");
+        t.add("test a ... ok");
+        t.add("test b ... ignored, needs two CPUs");
+        t.add("test c ... ok");
+        // The binary aborts here; the next one runs.
+        t.add("running 1 test");
+        t.add("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.end();
+        assert_eq!((t.binaries, t.passed, t.failed, t.ignored), (2, 3, 2, 1));
+        // One that aborts with every test reported still failed.
+        t.add("running 1 test");
+        t.add("test d ... ok");
+        t.end();
+        assert_eq!((t.binaries, t.passed, t.failed), (3, 4, 3));
     }
 }
