@@ -5,12 +5,12 @@ use std::{
     io::{self, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -176,8 +176,10 @@ fn arp(l3: &[u8]) -> Option<Payload> {
 /// A running tap; [`Capture::finish`] stops it and returns the frames.
 pub struct Capture {
     stop: Arc<AtomicBool>,
+    /// The frames seen so far, oldest first.
+    seen: Arc<Mutex<Vec<Frame>>>,
     /// Outer result: entering the namespace; inner: the tap itself.
-    handle: JoinHandle<io::Result<io::Result<Vec<Frame>>>>,
+    handle: JoinHandle<io::Result<io::Result<()>>>,
 }
 
 impl Capture {
@@ -188,7 +190,9 @@ impl Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let flag = stop.clone();
-        let handle = netns::spawn(ns, move || -> io::Result<Vec<Frame>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let frames = seen.clone();
+        let handle = netns::spawn(ns, move || -> io::Result<()> {
             let protocol = Protocol::from(i32::from(ETH_P_ALL.to_be()));
             let socket = match Socket::new(Domain::PACKET, Type::RAW, Some(protocol)) {
                 Ok(s) => s,
@@ -201,11 +205,11 @@ impl Capture {
             socket.set_read_timeout(Some(Duration::from_millis(50)))?;
             let _ = ready_tx.send(Ok(()));
             let mut socket = socket;
-            let mut frames = Vec::new();
+            let keep = |frame: &[u8]| frames.lock().unwrap().extend(decode(frame));
             let mut buf = vec![0u8; 65536];
             while !flag.load(Ordering::Relaxed) {
                 match socket.read(&mut buf) {
-                    Ok(n) => frames.extend(decode(&buf[..n])),
+                    Ok(n) => keep(&buf[..n]),
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -219,9 +223,9 @@ impl Capture {
             // Whatever is still queued.
             socket.set_nonblocking(true)?;
             while let Ok(n) = socket.read(&mut buf) {
-                frames.extend(decode(&buf[..n]));
+                keep(&buf[..n]);
             }
-            Ok(frames)
+            Ok(())
         })?;
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => {}
@@ -232,7 +236,22 @@ impl Capture {
                 )));
             }
         }
-        Ok(Capture { stop, handle })
+        Ok(Capture { stop, seen, handle })
+    }
+
+    /// Waits until the frames seen so far satisfy `done`, or `within` has
+    /// passed; says which.
+    pub fn wait_for(&self, within: Duration, done: impl Fn(&[Frame]) -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if done(&self.seen.lock().unwrap()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the tap and returns every frame it saw, oldest first.
@@ -240,7 +259,8 @@ impl Capture {
         self.stop.store(true, Ordering::Relaxed);
         self.handle
             .join()
-            .map_err(|_| io::Error::other("capture thread panicked"))??
+            .map_err(|_| io::Error::other("capture thread panicked"))???;
+        Ok(std::mem::take(&mut *self.seen.lock().unwrap()))
     }
 }
 

@@ -594,6 +594,12 @@ impl Lab {
         let nodes = self.nodes();
         for &node in [Node::Switch].iter().chain(&nodes) {
             let ns = self.ns(node);
+            // A name of ours can only be taken by the leftover of a dead
+            // process that had our pid (pids are reused): remove it.
+            if Path::new("/run/netns").join(&ns).exists() {
+                eprintln!("lab: removing leftover namespace {ns} (a dead process had our pid)");
+                remove_namespace(&ns);
+            }
             run(Command::new("ip").args(["netns", "add", &ns]))?;
             self.created.push(ns);
         }

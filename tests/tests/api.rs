@@ -199,10 +199,13 @@ fn human_table(s: &LabRun) {
     );
 }
 
-/// Abuse of the API socket, until `stop`: clients that connect and send
-/// nothing, one that sends a byte a second, and floods of connections.
+/// Abuse of the API socket, until `stop` (set by `finish`, or on drop when
+/// the test fails before it) or `ABUSE_AT_MOST` has passed: clients that
+/// connect and send nothing, one that sends a byte a second, and floods of
+/// connections.
 struct Abuse {
     stop: Arc<AtomicBool>,
+    until: Instant,
     threads: Vec<thread::JoinHandle<()>>,
     busy: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
@@ -213,6 +216,7 @@ impl Abuse {
     fn start(socket: &Path) -> Abuse {
         let mut abuse = Abuse {
             stop: Arc::new(AtomicBool::new(false)),
+            until: Instant::now() + ABUSE_AT_MOST,
             threads: Vec::new(),
             busy: Arc::new(AtomicUsize::new(0)),
             answered: Arc::new(AtomicUsize::new(0)),
@@ -231,6 +235,7 @@ impl Abuse {
     fn spawn(&mut self, socket: &Path, f: fn(&Abuse, &Path)) {
         let this = Abuse {
             stop: self.stop.clone(),
+            until: self.until,
             threads: Vec::new(),
             busy: self.busy.clone(),
             answered: self.answered.clone(),
@@ -241,7 +246,7 @@ impl Abuse {
     }
 
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Relaxed) || Instant::now() >= self.until
     }
 
     /// What lb says to a client (read until it closes, 15 s at most).
@@ -300,15 +305,26 @@ impl Abuse {
         }
     }
 
-    fn finish(self) -> (usize, usize, usize) {
+    fn finish(mut self) -> (usize, usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
         let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
         (get(&self.busy), get(&self.answered), get(&self.timed_out))
     }
 }
+
+impl Drop for Abuse {
+    /// A test that fails before `finish` stops the threads too (the lab is
+    /// gone then, so they would spin on failed connects).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The longest the abuse runs, whatever the test does.
+const ABUSE_AT_MOST: Duration = Duration::from_secs(300);
 
 /// The promised time from a service's stop to its target's unhealthy
 /// verdict, as tests/tests/health.rs derives it: `unhealthy_threshold`

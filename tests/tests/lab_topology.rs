@@ -189,15 +189,21 @@ fn native_xdp_tx_from_the_lb_reaches_the_client() {
             socket.send_to(b"reflect me", (LB4, 9)).unwrap();
         }
     });
-    thread::sleep(Duration::from_millis(300));
+    let reflected = |frames: &[Frame]| {
+        frames
+            .iter()
+            .filter(|f| {
+                f.src_mac == LB_MAC
+                    && f.dst_mac == CLIENT_MAC
+                    && matches!(f.payload, Payload::Ip { dst, dport: 9, .. } if dst == IpAddr::from(LB4))
+            })
+            .count()
+    };
+    cap.wait_for(Duration::from_secs(5), |f| reflected(f) >= sent);
     let frames = cap.finish().unwrap();
-    let reflected = frames
-        .iter()
-        .filter(|f| {
-            f.src_mac == LB_MAC
-                && f.dst_mac == CLIENT_MAC
-                && matches!(f.payload, Payload::Ip { dst, dport: 9, .. } if dst == IpAddr::from(LB4))
-        })
-        .count();
-    assert_eq!(reflected, sent, "reflected frames seen by the client");
+    assert_eq!(
+        reflected(&frames),
+        sent,
+        "reflected frames seen by the client"
+    );
 }

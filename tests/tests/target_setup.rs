@@ -46,6 +46,8 @@ impl Target {
         remove_stale();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let ns = format!("{PREFIX}{}x{n}", std::process::id());
+        // The leftover of a dead process that had our pid, if any.
+        let _ = run(Command::new("ip").args(["netns", "del", &ns]));
         run(Command::new("ip").args(["netns", "add", &ns])).expect("ip netns add");
         let target = Target { ns };
         for line in [

@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     let lab = start_lab(&args)?;
     let mut lb = start_lb(&lab, &args)?;
 
-    wait_for_verdicts(&lb);
+    wait_for_verdicts(&lb, &stop);
 
     for listener in &policy.listeners {
         if stop.load(Ordering::SeqCst) {
@@ -312,9 +312,10 @@ fn print_shares(group: &TargetGroup, tally: &Tally) {
 /// examples/lab.yaml); this leaves room for slower policies.
 const VERDICTS_WITHIN: Duration = Duration::from_secs(60);
 
-/// Waits (bounded) until no target is `initial`, so that the burst meets
-/// the targets' verdicts rather than the start-up.
-fn wait_for_verdicts(lb: &LbProcess) {
+/// Waits (bounded, and no longer than Ctrl-C) until no target is
+/// `initial`, so that the burst meets the targets' verdicts rather than the
+/// start-up.
+fn wait_for_verdicts(lb: &LbProcess, stop: &AtomicBool) {
     let initial = |st: &Status| -> Vec<String> {
         st.0["target_groups"]
             .as_array()
@@ -342,7 +343,7 @@ fn wait_for_verdicts(lb: &LbProcess) {
         }
     }
     match lb.wait_for(VERDICTS_WITHIN, "first health verdicts", |st| {
-        initial(st).is_empty().then_some(())
+        (initial(st).is_empty() || stop.load(Ordering::SeqCst)).then_some(())
     }) {
         Ok(w) => {
             for (group, states) in health_states(&w.status) {
