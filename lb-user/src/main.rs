@@ -232,7 +232,7 @@ enum Command {
     /// Write the man pages of `lb` and of each command (lb.1, lb-run.1,
     /// ...) into a directory.
     Man { dir: PathBuf },
-    /// Run on a DSR target: its set-up (SPEC.md) for the load balancer's
+    /// Run on a DSR target: its DSR set-up for the load balancer's
     /// VIPs. Prints it as a shell script by default; --check says what is
     /// in place and what is missing (exit 0 when everything is, 1 if not),
     /// --apply sets what is missing (twice changes nothing), --persist

@@ -1,5 +1,5 @@
-//! `lb target-setup`, run on a DSR target: what SPEC.md's "DSR target host
-//! setup" asks of it, as items that can be printed as commands, checked and
+//! `lb target-setup`, run on a DSR target: what a DSR target host
+//! needs (README, "Setting up the targets"), as items that can be printed as commands, checked and
 //! applied. The items and their states are pure ([`items`], [`Item::state`]);
 //! `observe` reads the host, `apply` changes it, `persist` writes the files
 //! that redo it at boot.
@@ -288,7 +288,7 @@ fn no_two_vips_of_a_family(setup: &Setup) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// The sysctls SPEC.md sets, with the value it wants.
+/// The sysctls the DSR set-up sets, with the value it wants.
 pub const ARP_IGNORE: (&str, &str) = ("net.ipv4.conf.all.arp_ignore", "1");
 pub const ARP_ANNOUNCE: (&str, &str) = ("net.ipv4.conf.all.arp_announce", "2");
 
@@ -678,7 +678,7 @@ fn udp_bound(seen: &Seen, addr: SocketAddr) -> State {
 /// run again (what is printed, and what `--persist` runs at boot).
 pub fn script(setup: &Setup, invocation: &str) -> String {
     let mut out = String::from("#!/bin/sh\n");
-    out += "# DSR target set-up (SPEC.md), made by: ";
+    out += "# DSR target set-up, made by: ";
     out += invocation;
     out += "\nset -eu\n";
     for item in items(setup) {

@@ -151,7 +151,7 @@ fn the_script_is_the_spec_setup_with_the_clouds_rules() {
     assert_eq!(
         nft,
         "#!/bin/sh
-# DSR target set-up (SPEC.md), made by: lb target-setup ...
+# DSR target set-up, made by: lb target-setup ...
 set -eu
 ip link set dev lo up
 ip addr replace 10.0.3.49/32 dev lo
