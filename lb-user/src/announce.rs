@@ -13,7 +13,10 @@
 //! - one of its listeners has a group whose new flows go to healthy
 //!   targets (`serving` primary, primary below ratio, or backup). A group
 //!   in last resort (no target healthy) or with nobody does not announce:
-//!   another site's instances may have healthy targets.
+//!   another site's instances may have healthy targets. Right after a
+//!   start without saved verdicts ([`Hold`]), a group whose new flows go
+//!   only to targets still `initial` does not announce either: an instance
+//!   added to ECMP takes no traffic before it knows its targets answer.
 //!
 //! A stopped `lb` leaves the routes (its pinned data plane goes on
 //! forwarding, so the instance stays in ECMP through a restart); `lb
@@ -39,7 +42,13 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::{failover::Serving, plan::MapPlan, policy::Policy, target_setup::host_len};
+use crate::{
+    failover::Serving,
+    health::HealthState,
+    plan::{MapPlan, PlannedHealth},
+    policy::Policy,
+    target_setup::host_len,
+};
 
 /// How often the interface is read again and put back as decided.
 pub const RECHECK: Duration = Duration::from_secs(5);
@@ -60,30 +69,96 @@ fn healthy(serving: Serving) -> bool {
     )
 }
 
-/// What each VIP of `policy` should be, with `plan` (its groups' serving)
-/// and `withdrawn` (`lb withdraw`).
-pub fn decide_plan(policy: &Policy, plan: &MapPlan, withdrawn: bool) -> Vec<VipAnnounce> {
+/// Whether the announcements wait for first health verdicts: from the
+/// start of `lb run` until no group's new flows go only to targets still
+/// `initial`, or until `until` (checks that never settle, say a target
+/// that answers every other probe, hold nothing for ever). A reload that
+/// resets verdicts (a changed check) comes later: it holds nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub until: tokio::time::Instant,
+}
+
+impl Hold {
+    /// The hold for `policy`, started now: as long as its slowest check
+    /// takes to give a verdict (the larger threshold's probes, an interval
+    /// apart, and a timeout), and 5 s. None when no group is checked.
+    pub fn start(policy: &Policy) -> Option<Hold> {
+        let longest = policy
+            .target_groups
+            .iter()
+            .filter_map(|g| g.health_check.as_ref().filter(|c| c.enabled))
+            .map(|c| {
+                let probes = c.healthy_threshold.max(c.unhealthy_threshold);
+                u64::from(probes) * u64::from(c.interval_s) + u64::from(c.timeout_s)
+            })
+            .max()?;
+        Some(Hold {
+            until: tokio::time::Instant::now() + Duration::from_secs(longest + 5),
+        })
+    }
+}
+
+/// The groups whose new flows go only to targets still waiting for their
+/// first verdict (`initial`): those of `plan` when `hold`, else none.
+pub fn awaiting_verdicts(plan: &MapPlan, hold: bool) -> BTreeSet<&str> {
+    if !hold {
+        return BTreeSet::new();
+    }
+    plan.groups
+        .iter()
+        .map(|g| g.name.as_str())
+        .filter(|&group| {
+            let mut taking = plan
+                .targets
+                .iter()
+                .filter(|t| t.group == group && t.excluded.is_none())
+                .peekable();
+            taking.peek().is_some()
+                && taking.all(|t| t.health == PlannedHealth::Checked(HealthState::Initial))
+        })
+        .collect()
+}
+
+/// What each VIP of `policy` should be, with `plan` (its groups' serving),
+/// `withdrawn` (`lb withdraw`) and `hold` (waiting for first verdicts).
+pub fn decide_plan(
+    policy: &Policy,
+    plan: &MapPlan,
+    withdrawn: bool,
+    hold: bool,
+) -> Vec<VipAnnounce> {
     let serving = |group: &str| {
         plan.groups
             .iter()
             .find(|g| g.name == group)
             .map_or(Serving::Nobody, |g| g.serving)
     };
-    decide(policy, serving, withdrawn)
+    let awaiting = awaiting_verdicts(plan, hold);
+    decide(policy, serving, |g| awaiting.contains(g), withdrawn)
 }
 
 /// What each VIP of `policy` should be, with `serving` (who takes each
-/// group's new flows) and `withdrawn` (`lb withdraw`). Pure.
+/// group's new flows), `awaiting` (whether a group waits for first
+/// verdicts) and `withdrawn` (`lb withdraw`). Pure.
 pub fn decide(
     policy: &Policy,
     serving: impl Fn(&str) -> Serving,
+    awaiting: impl Fn(&str) -> bool,
     withdrawn: bool,
 ) -> Vec<VipAnnounce> {
     let vips: BTreeSet<IpAddr> = policy.listeners.iter().map(|l| l.vip).collect();
     vips.into_iter()
         .map(|vip| {
             let listeners: Vec<_> = policy.listeners.iter().filter(|l| l.vip == vip).collect();
-            let up = listeners.iter().find(|l| healthy(serving(&l.target_group)));
+            let up = listeners
+                .iter()
+                .find(|l| healthy(serving(&l.target_group)) && !awaiting(&l.target_group));
+            let waiting: Vec<&str> = listeners
+                .iter()
+                .map(|l| l.target_group.as_str())
+                .filter(|g| healthy(serving(g)) && awaiting(g))
+                .collect();
             let (announced, reason) = match (withdrawn, up) {
                 (true, _) => (false, "withdrawn (lb withdraw)".to_string()),
                 (false, Some(l)) => (
@@ -93,6 +168,13 @@ pub fn decide(
                         l.name,
                         l.target_group,
                         serving(&l.target_group).as_str()
+                    ),
+                ),
+                (false, None) if !waiting.is_empty() => (
+                    false,
+                    format!(
+                        "waiting for the first health verdicts ({} only initial targets, since the start)",
+                        waiting.join(", ")
                     ),
                 ),
                 (false, None) => {
@@ -389,7 +471,7 @@ target_groups:
             (Serving::BackupLastResort, false),
             (Serving::Nobody, false),
         ] {
-            let d = decide(&p, all(serving), false);
+            let d = decide(&p, all(serving), |_| false, false);
             assert_eq!(
                 announced(&d),
                 [(v4.clone(), up), (v6.clone(), up)],
@@ -402,7 +484,7 @@ target_groups:
             ("dns", Serving::Primary),
             ("web6", Serving::PrimaryLastResort),
         ]);
-        let d = decide(&p, one, false);
+        let d = decide(&p, one, |_| false, false);
         assert_eq!(announced(&d), [(v4.clone(), true), (v6.clone(), false)]);
         assert_eq!(
             d[0].reason,
@@ -413,9 +495,90 @@ target_groups:
             "no listener has a healthy target (web6 primary_last_resort)"
         );
         // Withdrawn: none, whatever the groups.
-        let d = decide(&p, all(Serving::Primary), true);
+        let d = decide(&p, all(Serving::Primary), |_| false, true);
         assert_eq!(announced(&d), [(v4, false), (v6, false)]);
         assert_eq!(d[0].reason, "withdrawn (lb withdraw)");
+    }
+
+    #[test]
+    fn right_after_the_start_a_vip_waits_for_first_verdicts() {
+        let p = policy::parse("p.yaml", POLICY).unwrap();
+        let all = |s| plan(&[("web", s), ("dns", s), ("web6", s)]);
+        let v4 = "10.0.3.49".to_string();
+        let v6 = "fd00:3::49".to_string();
+        // web waits; dns, on the same VIP, has verdicts: the VIP is up.
+        let d = decide(
+            &p,
+            all(Serving::Primary),
+            |g| g == "web" || g == "web6",
+            false,
+        );
+        assert_eq!(announced(&d), [(v4.clone(), true), (v6.clone(), false)]);
+        assert_eq!(
+            d[1].reason,
+            "waiting for the first health verdicts (web6 only initial targets, since the start)"
+        );
+        // Every group waits: nothing is announced.
+        let d = decide(&p, all(Serving::Primary), |_| true, false);
+        assert_eq!(announced(&d), [(v4, false), (v6, false)]);
+        // A group in last resort is down whatever it waits for.
+        let d = decide(&p, all(Serving::PrimaryLastResort), |_| true, false);
+        assert!(
+            d[0].reason.starts_with("no listener has a healthy target"),
+            "{}",
+            d[0].reason
+        );
+    }
+
+    #[test]
+    fn a_group_awaits_verdicts_while_every_target_taking_its_flows_is_initial() {
+        let text = r#"
+listeners:
+  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+target_groups:
+  - name: web
+    protocol: tcp
+    health_check: { interval_s: 2, timeout_s: 1, healthy_threshold: 3, unhealthy_threshold: 2 }
+    targets: [{ ip: 10.0.3.11, mac: "02:00:00:00:00:11" }, { ip: 10.0.3.12, mac: "02:00:00:00:00:12" }]
+  - name: dns
+    protocol: udp
+    targets: [{ ip: 10.0.3.11, mac: "02:00:00:00:00:11" }]
+"#;
+        let p = policy::parse("p.yaml", text).unwrap();
+        let hold = Hold::start(&p).unwrap();
+        let left = hold.until - tokio::time::Instant::now();
+        assert!(
+            left > Duration::from_secs(11) && left <= Duration::from_secs(12),
+            "{left:?}"
+        );
+        let key = |ip: &str| crate::ids::TargetKey::new("web", ip.parse().unwrap());
+        let plan_with = |verdicts: &[(&str, HealthState)]| {
+            let observed = crate::plan::Observed {
+                iface_mac: [2, 0, 0, 0, 0, 2],
+                iface_nets: vec![("10.0.3.0".parse().unwrap(), 24)],
+                health: verdicts.iter().map(|(ip, s)| (key(ip), *s)).collect(),
+                ..Default::default()
+            };
+            crate::policy::compile::compile(&p, &observed).unwrap()
+        };
+        // No verdict yet: web waits, dns (unchecked) does not.
+        let first = plan_with(&[]);
+        assert_eq!(awaiting_verdicts(&first, true), ["web"].into());
+        assert!(awaiting_verdicts(&first, false).is_empty());
+        // One target healthy: web no longer waits.
+        let later = plan_with(&[("10.0.3.11", HealthState::Healthy)]);
+        assert!(awaiting_verdicts(&later, true).is_empty());
+        // One unhealthy (out of the group): the other alone takes the new
+        // flows and has no verdict yet.
+        let later = plan_with(&[("10.0.3.11", HealthState::Unhealthy)]);
+        assert_eq!(awaiting_verdicts(&later, true), ["web"].into());
+        // Both unhealthy (last resort): verdicts, nothing awaited.
+        let later = plan_with(&[
+            ("10.0.3.11", HealthState::Unhealthy),
+            ("10.0.3.12", HealthState::Unhealthy),
+        ]);
+        assert!(awaiting_verdicts(&later, true).is_empty());
     }
 
     #[test]

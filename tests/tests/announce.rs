@@ -313,6 +313,37 @@ fn a_reboot_keeps_the_withdraw_and_drains_and_a_new_table_empties_the_old() {
 }
 
 /// Without `--announce`, `lb withdraw` and `lb announce` are refused.
+/// A start without saved verdicts announces nothing before its first
+/// verdicts: an instance added behind ECMP takes no traffic before it knows
+/// that its targets answer (`initial` targets take new flows, but do not
+/// make a VIP announced). Five successes 2 s apart make the first verdict,
+/// so for 8 s at least after the start every target is `initial`.
+#[test]
+fn a_start_announces_only_after_the_first_verdicts() {
+    let both = set(&[
+        &format!("{VIP4}/32 blackhole static"),
+        &format!("{VIP6}/128 blackhole static"),
+    ]);
+    let slow = yaml().replace("healthy_threshold: 1", "healthy_threshold: 5");
+    let s = LabRun::start_yaml_args(&slow, &["--announce", TABLE], |_| {});
+    let st = status_of(&s.lb);
+    let reason = st["vips"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("waiting for the first health verdicts (web only initial targets"),
+        "{st}"
+    );
+    assert_eq!(st["vips"][0]["announced"], false, "{st}");
+    assert_eq!(announced(&s.lab), BTreeSet::new(), "{st}");
+    wait_announced(&s.lab, &s.lb, &both, "after the first verdicts");
+    let st = status_of(&s.lb);
+    assert!(
+        st["vips"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("listener web has healthy targets")),
+        "{st}"
+    );
+}
+
 #[test]
 fn without_announce_the_commands_are_refused() {
     let s = LabRun::start_yaml(&yaml(), |_| {});

@@ -194,6 +194,9 @@ struct Daemon {
     probe_sources: ProbeSources,
     /// Keeps the VIPs it may serve in the announce table (`--announce`).
     announcer: Option<Announcer>,
+    /// From the start until the first verdicts are in: groups whose new
+    /// flows go only to `initial` targets do not announce their VIPs.
+    announce_hold: Option<announce::Hold>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -523,6 +526,7 @@ impl Daemon {
         let mode = state.xdp_mode.clone().unwrap_or_else(|| "unknown".into());
         let reader = Arc::new(dataplane.reader()?);
         let probe_sources = ProbeSources::of(&policy);
+        let announce_hold = announce::Hold::start(&policy);
         Ok(Daemon {
             opts,
             iface,
@@ -553,6 +557,7 @@ impl Daemon {
             view: view::Publisher::new(),
             instruments: Instruments::default(),
             reader,
+            announce_hold,
             probe_sources,
             announcer: None,
         })
@@ -722,18 +727,30 @@ impl Daemon {
 
     /// Announces the VIPs the plan in the maps can serve (`--announce`),
     /// and shows them in a new view (metrics).
-    fn announce(&self) {
+    fn announce(&mut self) {
         let mut view = (*self.view.last()).clone();
         self.announce_into(&mut view);
         self.view.publish(view);
     }
 
     /// [`Daemon::announce`], the announcements shown in `view`.
-    fn announce_into(&self, view: &mut View) {
+    fn announce_into(&mut self, view: &mut View) {
+        if self
+            .announce_hold
+            .is_some_and(|_| announce::awaiting_verdicts(&self.plan, true).is_empty())
+        {
+            info!("first health verdicts in: VIPs announced as their groups allow");
+            self.announce_hold = None;
+        }
         let Some(a) = &self.announcer else {
             return;
         };
-        let decided = announce::decide_plan(&self.policy, &self.plan, self.state.withdrawn);
+        let decided = announce::decide_plan(
+            &self.policy,
+            &self.plan,
+            self.state.withdrawn,
+            self.announce_hold.is_some(),
+        );
         a.set(&decided);
         view.announced = decided.iter().map(|v| (v.vip, v.announced)).collect();
     }
@@ -744,7 +761,12 @@ impl Daemon {
         Some(announce::AnnounceStatus {
             table: a.table(),
             withdrawn: self.state.withdrawn,
-            vips: announce::decide_plan(&self.policy, &self.plan, self.state.withdrawn),
+            vips: announce::decide_plan(
+                &self.policy,
+                &self.plan,
+                self.state.withdrawn,
+                self.announce_hold.is_some(),
+            ),
             error: a.error(),
         })
     }
@@ -905,6 +927,11 @@ impl Daemon {
                 }
                 _ = sleep_until(self.drain_at), if self.drain_at.is_some() => {
                     self.on_drain_deadline(&s.watch).await;
+                }
+                _ = sleep_until(self.announce_hold.map(|h| h.until)), if self.announce_hold.is_some() => {
+                    info!("no first verdict for some checked group in time: its VIPs announced as it serves");
+                    self.announce_hold = None;
+                    self.announce();
                 }
                 accepted = s.api.listener.accept() => match accepted {
                     Ok((stream, _)) => s.receive(stream),
