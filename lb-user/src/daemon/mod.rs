@@ -210,7 +210,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
     checks::memory(&instance, &policy)?;
-    // Before anything changes: a path that is taken stops lb here.
+    // Before anything changes: an address or a path that is taken stops
+    // lb here.
+    let metrics = bind_metrics(opts.metrics)?;
     let api = api::bind(&opts.socket)
         .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
     let announcer = start_announcer(opts.announce).await?;
@@ -243,7 +245,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     daemon.attach()?;
     daemon.announcer = announcer;
     daemon.announce();
-    let _metrics = daemon.serve_metrics()?;
+    let _metrics = daemon.serve_metrics(metrics)?;
     timer.lap("attach");
     daemon.ready(&timer);
     daemon.check_host().await;
@@ -380,6 +382,12 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The metrics endpoint's address (`--metrics`), bound, if given.
+fn bind_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<metrics::Bound>> {
+    addr.map(|addr| metrics::bind(addr).with_context(|| format!("cannot serve metrics on {addr}")))
+        .transpose()
 }
 
 /// The announcer of `--announce TABLE`, if given.
@@ -558,10 +566,13 @@ impl Daemon {
         })
     }
 
-    /// Starts the metrics endpoint (`--metrics`) on a thread of its own;
-    /// it stops when dropped.
-    fn serve_metrics(&self) -> anyhow::Result<Option<metrics::Server>> {
-        let Some(addr) = self.opts.metrics else {
+    /// Serves the metrics endpoint (`--metrics`, bound at the start) on a
+    /// thread of its own; it stops when dropped.
+    fn serve_metrics(
+        &self,
+        bound: Option<metrics::Bound>,
+    ) -> anyhow::Result<Option<metrics::Server>> {
+        let Some(bound) = bound else {
             return Ok(None);
         };
         let sweeps = match &self.sweeper {
@@ -573,8 +584,9 @@ impl Daemon {
             reader: self.reader.clone(),
             sweeps,
         };
-        let server = metrics::Server::start(addr, sources, &self.instruments)
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let server = bound
+            .serve(sources, &self.instruments)
+            .context("cannot serve metrics")?;
         info!(addr = %server.addr(), "metrics at http://{}/metrics", server.addr());
         Ok(Some(server))
     }

@@ -38,7 +38,7 @@ use prometheus_client::{
 pub use scrape::{Scrape, Sources};
 
 use crate::view::{GroupView, View};
-pub use server::{DEFAULT_ADDR, Server};
+pub use server::{Bound, DEFAULT_ADDR, Server, bind};
 
 /// A group's label set (`group="web"`).
 pub type GroupLabel = [(&'static str, String); 1];

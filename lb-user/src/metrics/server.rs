@@ -42,6 +42,19 @@ struct State {
     scrapes: Semaphore,
 }
 
+/// The endpoint's address, bound and not served yet.
+pub struct Bound {
+    listener: std::net::TcpListener,
+}
+
+/// Binds `addr`: `lb run` does it before anything changes, so that an
+/// address it cannot bind stops it with nothing changed.
+pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(Bound { listener })
+}
+
 /// The running endpoint; dropped, it stops.
 pub struct Server {
     addr: SocketAddr,
@@ -49,16 +62,10 @@ pub struct Server {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl Server {
-    /// Binds `addr` (here, so that a taken address stops `lb run` with a
-    /// clear error) and serves on a thread of its own.
-    pub fn start(
-        addr: SocketAddr,
-        sources: Sources,
-        instruments: &Instruments,
-    ) -> io::Result<Server> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
+impl Bound {
+    /// Serves the bound address on a thread of its own.
+    pub fn serve(self, sources: Sources, instruments: &Instruments) -> io::Result<Server> {
+        let listener = self.listener;
         let addr = listener.local_addr()?;
         let mut registry = Registry::default();
         instruments.register(&mut registry);
@@ -88,7 +95,9 @@ impl Server {
             thread: Some(thread),
         })
     }
+}
 
+impl Server {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
