@@ -248,6 +248,19 @@ fn the_endpoint_answers_only_metrics() {
     );
     let ctype = code(&["-s", "-o", "/dev/null", "-w", "%{content_type}", &url]);
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    // A 405 names the methods answered (RFC 9110); HEAD has a scrape's
+    // status and type, and no body.
+    let refused = code(&["-s", "-D", "-", "-o", "/dev/null", "-X", "DELETE", &url]);
+    assert!(
+        refused.lines().any(|l| l.trim_end() == "allow: GET, HEAD"),
+        "{refused}"
+    );
+    let head = code(&["-s", "-I", &url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
 }
 
 /// A metrics address `lb` cannot bind stops it at start before anything
