@@ -719,7 +719,7 @@ impl Daemon {
             self.dataplane.flow_table_layout().0,
         );
         self.announce_into(&mut view);
-        self.instruments.activations(&self.view.last(), &view);
+        self.instruments.activations(&view);
         self.view.publish(view);
         // Following the rules before: a listener id given to another
         // listener keeps the longer timeouts for the entries naming it.

@@ -182,6 +182,7 @@ impl Daemon {
         self.written = renames.keys(&self.written);
         self.flows = self.flows.renamed(renames);
         self.state.rename(renames);
+        self.instruments.renamed(renames);
         for (from, to) in renames.pairs() {
             info!(from, to, "target group renamed");
         }
