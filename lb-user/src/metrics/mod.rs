@@ -194,7 +194,7 @@ impl Instruments {
         );
         registry.register(
             "lb_group_last_resort_activations",
-            "Times the group went into last resort (no healthy target on the side serving it)",
+            "Times the group went into last resort (no healthy target on the side serving it), whether or not a target could take its new flows then",
             self.last_resort_activations.clone(),
         );
         registry.register(

@@ -414,7 +414,7 @@ impl Scrape {
             enc,
             (
                 "lb_group_last_resort",
-                "1 while no target of the side serving the group is healthy, so every one takes new flows",
+                "1 while no target of the side serving the group is healthy (last resort): those with a weight above 0 and a known MAC take new flows, unhealthy or not; with none (every target of weight 0, say), new flows are dropped",
                 GAUGE,
             ),
             groups.iter().map(|g| (label(&g.name), flag(g.last_resort))),
