@@ -28,9 +28,9 @@ pub struct View {
     /// The flow table: flows it is sized for, and buckets.
     pub max_flows: u32,
     pub buckets: u32,
-    /// Each VIP and whether it is announced (`lb run --announce`; empty
-    /// without it).
-    pub announced: Vec<(IpAddr, bool)>,
+    /// The VIPs of the policy with `lb run --announce` (empty without it):
+    /// the metrics say whether the announce table holds each.
+    pub announce_vips: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -583,6 +583,7 @@ impl Daemon {
             view: self.view.subscribe(),
             reader: self.reader.clone(),
             sweeps,
+            in_table: self.announcer.as_ref().map(Announcer::in_table),
         };
         let server = bound
             .serve(sources, &self.instruments)
@@ -747,7 +748,7 @@ impl Daemon {
         };
         let decided = announce::decide_plan(&self.policy, &self.plan, self.state.withdrawn);
         a.set(&decided);
-        view.announced = decided.iter().map(|v| (v.vip, v.announced)).collect();
+        view.announce_vips = decided.iter().map(|v| v.vip).collect();
     }
 
     /// What the status shows of the announcements.

@@ -1,7 +1,12 @@
 //! One scrape: the data plane's counters and statistics read at once
 //! (batched), named with the daemon's latest view, and encoded through a
 //! `prometheus-client` collector. Runs on the metrics server's threads.
-use std::{collections::BTreeMap, fmt, io, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt, io,
+    net::IpAddr,
+    sync::Arc,
+};
 
 use lb_common::{Counter, Stats};
 use prometheus_client::{
@@ -19,12 +24,14 @@ use crate::{
     view::{Latest, View},
 };
 
-/// What a scrape reads: the latest view, the data plane, the last sweep.
+/// What a scrape reads: the latest view, the data plane, the last sweep,
+/// and with `--announce` the VIPs the announce table holds.
 #[derive(Clone)]
 pub struct Sources {
     pub view: Latest,
     pub reader: Arc<Reader>,
     pub sweeps: watch::Receiver<Option<Arc<SweepReport>>>,
+    pub in_table: Option<watch::Receiver<BTreeSet<IpAddr>>>,
 }
 
 /// The data plane as one scrape read it.
@@ -37,6 +44,8 @@ pub struct Scrape {
     /// Active flows per target of the view (its order).
     active: Vec<u64>,
     sweep: Option<Arc<SweepReport>>,
+    /// The VIPs whose routes the announce table holds (`--announce`).
+    in_table: BTreeSet<IpAddr>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -68,6 +77,11 @@ impl Scrape {
             targets: stats.targets,
             active,
             sweep: sources.sweeps.borrow().clone(),
+            in_table: sources
+                .in_table
+                .as_ref()
+                .map(|t| t.borrow().clone())
+                .unwrap_or_default(),
             view,
         })
     }
@@ -152,17 +166,18 @@ impl Collector for Scrape {
         self.encode_listeners(&mut enc)?;
         self.encode_groups(&mut enc)?;
         self.encode_targets(&mut enc)?;
-        if !self.view.announced.is_empty() {
-            let rows = self
-                .view
-                .announced
-                .iter()
-                .map(|(vip, on)| ([("vip", vip.to_string())], u64::from(*on)));
+        if !self.view.announce_vips.is_empty() {
+            // What the table holds, not what lb decided: a write that
+            // failed leaves the table as it was.
+            let rows = self.view.announce_vips.iter().map(|vip| {
+                let held = self.in_table.contains(vip);
+                ([("vip", vip.to_string())], u64::from(held))
+            });
             family(
                 &mut enc,
                 (
                     "lb_vip_announced",
-                    "1 while the VIP's route is in the announce table (lb run --announce)",
+                    "1 while the VIP's route is in the announce table, as lb last read and wrote it (lb run --announce)",
                     GAUGE,
                 ),
                 rows,
@@ -574,10 +589,7 @@ mod tests {
             target_ids: 4,
             max_flows: 1024,
             buckets: 512,
-            announced: vec![
-                ("10.0.3.49".parse().unwrap(), true),
-                ("fd00:3::49".parse().unwrap(), false),
-            ],
+            announce_vips: vec!["10.0.3.49".parse().unwrap(), "fd00:3::49".parse().unwrap()],
         };
         let stats = |p: u64| Stats {
             packets: p,
@@ -597,6 +609,9 @@ mod tests {
             targets: vec![stats(0), stats(20), stats(10), stats(7)],
             active: vec![4, 1, 9],
             sweep: None,
+            // What the announce table holds, whatever was decided (a
+            // write that failed leaves it as it was).
+            in_table: ["fd00:3::49".parse().unwrap()].into(),
         };
         let text = scrape.render(&Registry::default()).unwrap();
         for line in [
@@ -621,8 +636,8 @@ mod tests {
             "lb_group_backup_active{group=\"web\"} 1",
             "lb_group_last_resort{group=\"web\"} 0",
             "lb_flow_table_slots 2048",
-            "lb_vip_announced{vip=\"10.0.3.49\"} 1",
-            "lb_vip_announced{vip=\"fd00:3::49\"} 0",
+            "lb_vip_announced{vip=\"10.0.3.49\"} 0",
+            "lb_vip_announced{vip=\"fd00:3::49\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
