@@ -186,6 +186,9 @@ struct Daemon {
     /// What readers off the event loop name the maps' ids with (metrics,
     /// `lb stats`), published when the maps hold a new plan.
     view: view::Publisher,
+    /// The counts of the targets whose ids were released, by group (what
+    /// the groups' counters keep of them).
+    released: view::Released,
     /// What `lb` counts as it goes (metrics).
     instruments: Instruments,
     /// Reads the data plane's statistics in batches, on any thread.
@@ -559,6 +562,7 @@ impl Daemon {
             attached_to: None,
             iface_gone: false,
             view: view::Publisher::new(),
+            released: view::Released::default(),
             instruments: Instruments::default(),
             reader,
             probe_sources,
@@ -713,11 +717,15 @@ impl Daemon {
             .iter()
             .map(|t| (t.key(), t.info))
             .collect();
+        self.released.keep_groups_of(&self.plan.ids);
         let mut view = View::of(
             &self.policy,
             &self.plan,
-            self.dataplane.flow_table_size(),
-            self.dataplane.flow_table_layout().0,
+            &self.released,
+            (
+                self.dataplane.flow_table_size(),
+                self.dataplane.flow_table_layout().0,
+            ),
         );
         self.announce_into(&mut view);
         self.instruments.activations(&view);

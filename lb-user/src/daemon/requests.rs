@@ -183,6 +183,7 @@ impl Daemon {
         self.flows = self.flows.renamed(renames);
         self.state.rename(renames);
         self.instruments.renamed(renames);
+        self.released = self.released.renamed(renames);
         for (from, to) in renames.pairs() {
             info!(from, to, "target group renamed");
         }

@@ -226,6 +226,8 @@ mod tests {
                     listener: None,
                     serving: *serving,
                     last_resort: *last_resort,
+                    counted: Vec::new(),
+                    released: Default::default(),
                 })
                 .collect(),
             ..View::default()

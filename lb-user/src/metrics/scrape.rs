@@ -18,7 +18,10 @@ use prometheus_client::{
 use tokio::sync::watch;
 
 use crate::{
-    dataplane::{reader::Reader, sweep::SweepReport},
+    dataplane::{
+        reader::{Reader, StatsRead},
+        sweep::SweepReport,
+    },
     flows,
     status::TargetState,
     view::{Latest, View},
@@ -63,9 +66,8 @@ impl Scrape {
     /// Reads everything a scrape shows: three batched lookups and the
     /// active counts' mapping.
     pub fn read(sources: &Sources) -> io::Result<Scrape> {
-        let view = sources.view.latest();
         let counters = sources.reader.counters()?;
-        let stats = sources.reader.stats(view.listener_ids, view.target_ids)?;
+        let (stats, view) = read_stats(sources)?;
         let active = view
             .targets
             .iter()
@@ -108,6 +110,30 @@ impl Scrape {
     fn target(&self, id: u32) -> Stats {
         self.targets.get(id as usize).copied().unwrap_or_default()
     }
+}
+
+/// How many times a scrape reads the statistics again when the view
+/// published meanwhile names ids past those read.
+const REREADS: usize = 2;
+
+/// The statistics, and the view that names them, taken after them: the
+/// daemon publishes a view that no longer counts a released id before the
+/// data plane zeroes its statistics, so a view taken after the read never
+/// counts an id read zeroed (a group's counters never fall). Read again
+/// if that view names ids past those read (new ones, counting from 0
+/// until then).
+fn read_stats(sources: &Sources) -> io::Result<(StatsRead, Arc<View>)> {
+    let mut sized = sources.view.latest();
+    for _ in 0..REREADS {
+        let stats = sources.reader.stats(sized.listener_ids, sized.target_ids)?;
+        let view = sources.view.latest();
+        if view.listener_ids <= sized.listener_ids && view.target_ids <= sized.target_ids {
+            return Ok((stats, view));
+        }
+        sized = view;
+    }
+    let stats = sources.reader.stats(sized.listener_ids, sized.target_ids)?;
+    Ok((stats, sources.view.latest()))
 }
 
 /// One family of series: its name (without `_total`: the encoder adds it
@@ -400,21 +426,28 @@ impl Scrape {
     }
 
     /// Per group, over its own targets: statistics, active flows, and
-    /// targets by state (`TargetState::ALL`'s order). Not its backup's
-    /// taking its flows (their `via` series): a via row leaves when the
-    /// backup link does, which would make the sum fall (a counter reset
-    /// to Prometheus) more often than a target leaving does already.
+    /// targets by state (`TargetState::ALL`'s order). The statistics are
+    /// a counter's: those of every id its targets' counts are kept under,
+    /// in the plan or retired, and the counts of those released
+    /// (`crate::view::Released`), so that a target leaving never makes the
+    /// sum fall. Not its backup's taking its flows (their `via` series):
+    /// a via row leaves when the backup link does.
     fn group_sums(&self) -> BTreeMap<&str, GroupSums> {
         let mut sums: BTreeMap<&str, GroupSums> = BTreeMap::new();
+        for g in &self.view.groups {
+            let mut total = g.released;
+            for s in g.counted.iter().map(|id| self.target(*id)) {
+                total.packets += s.packets;
+                total.bytes += s.bytes;
+                total.new_flows += s.new_flows;
+            }
+            sums.entry(g.name.as_str()).or_default().0 = total;
+        }
         for (t, active) in self.view.targets.iter().zip(&self.active) {
             if !t.own() {
                 continue;
             }
-            let s = self.target(t.id);
             let e = sums.entry(t.group.as_str()).or_default();
-            e.0.packets += s.packets;
-            e.0.bytes += s.bytes;
-            e.0.new_flows += s.new_flows;
             e.1 += active;
             e.2[state_index(t.state)] += 1;
         }
@@ -578,6 +611,14 @@ mod tests {
                 listener: Some("web".into()),
                 serving: Serving::Backup,
                 last_resort: false,
+                // Its own targets' ids (not the backup's taking its flows),
+                // and what targets released before took.
+                counted: vec![1, 2],
+                released: Stats {
+                    packets: 4,
+                    bytes: 400,
+                    new_flows: 0,
+                },
             }],
             targets: vec![
                 target(1, "10.0.3.11", None, TargetState::Healthy),
@@ -628,7 +669,7 @@ mod tests {
             "lb_target_packets_total{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 7",
             "lb_target_active_flows{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 9",
             "lb_target_state{group=\"web\",target=\"10.0.3.21\",via=\"spare\",state=\"healthy\"} 1",
-            "lb_group_packets_total{group=\"web\"} 30",
+            "lb_group_packets_total{group=\"web\"} 34",
             "lb_group_active_flows{group=\"web\"} 5",
             "lb_group_targets{group=\"web\",state=\"healthy\"} 1",
             "lb_group_targets{group=\"web\",state=\"draining\"} 0",
@@ -648,6 +689,120 @@ mod tests {
         assert!(
             !text.contains("target=\"10.0.3.21\"}"),
             "a backup's target without via:\n{text}"
+        );
+    }
+
+    /// `lb_group_packets_total{group="web"}` of a scrape of `view` with
+    /// target ids' packets `packets` (index = id).
+    fn group_packets(view: &View, packets: &[u64]) -> u64 {
+        let targets = packets
+            .iter()
+            .map(|&p| Stats {
+                packets: p,
+                ..Stats::default()
+            })
+            .collect();
+        let scrape = Scrape {
+            view: Arc::new(view.clone()),
+            counters: [0; Counter::COUNT as usize],
+            listeners: Vec::new(),
+            targets,
+            active: vec![0; view.targets.len()],
+            sweep: None,
+            in_table: BTreeSet::new(),
+        };
+        let text = scrape.render(&Registry::default()).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lb_group_packets_total{group=\"web\"} "))
+            .unwrap_or_else(|| panic!("no web packets in:\n{text}"));
+        line.parse().unwrap()
+    }
+
+    /// A group's counters never fall while lb runs: a removed target is
+    /// counted while its id is retired, its counts are kept when its id is
+    /// released (and zeroed), a new target given that id counts from 0,
+    /// and one back before its id is released is counted once.
+    #[test]
+    fn a_groups_counters_never_fall_as_targets_leave_and_come_back() {
+        use std::time::Instant;
+
+        use crate::{
+            ids::RELEASE_GRACE,
+            maglev::TableCache,
+            plan::{MapPlan, Observed},
+            policy::{self, compile::compile_next},
+            view::Released,
+        };
+        let web = |targets: &[u8]| {
+            let mut y = String::from(
+                "listeners:\n  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n\
+                 target_groups:\n  - name: web\n    protocol: tcp\n    targets:\n",
+            );
+            for t in targets {
+                y += &format!("      - {{ ip: 10.0.3.{t} }}\n");
+            }
+            policy::parse("t.yaml", &y).unwrap()
+        };
+        let t0 = Instant::now();
+        let next = |p: &policy::Policy, ids: &crate::ids::Ids| {
+            let observed = Observed::default();
+            compile_next(p, &observed, ids, t0, &mut TableCache::default()).unwrap()
+        };
+        let view = |p: &policy::Policy, plan: &MapPlan, released: &Released| {
+            View::of(p, plan, released, (1024, 512))
+        };
+        let none = Released::default();
+        let (both, one) = (web(&[11, 12]), web(&[11]));
+        let first = next(&both, &Default::default());
+        assert_eq!(
+            group_packets(&view(&both, &first, &none), &[0, 100, 50]),
+            150
+        );
+        // .12 removed: retired, not in the plan, still counted.
+        let removed = next(&one, &first.ids);
+        assert!(removed.targets.iter().all(|t| t.id != 2));
+        let v = view(&one, &removed, &none);
+        assert_eq!(group_packets(&v, &[0, 100, 50]), 150);
+        // Back before its id is released: the same id, counted once.
+        let back = next(&both, &removed.ids);
+        assert_eq!(
+            group_packets(&view(&both, &back, &none), &[0, 100, 60]),
+            160
+        );
+        // Released: its counts are kept (the view published before the
+        // data plane zeroes it), and a new target given its id counts
+        // from 0.
+        let mut ids = (*removed.ids).clone();
+        let released = ids.release(&Default::default(), t0 + RELEASE_GRACE);
+        assert_eq!(released, [2]);
+        let read = StatsRead {
+            targets: vec![
+                Stats::default(),
+                Stats::default(),
+                Stats {
+                    packets: 60,
+                    ..Stats::default()
+                },
+            ],
+            ..StatsRead::default()
+        };
+        let mut totals = Released::default();
+        totals.add(&removed.ids, &released, &read);
+        let v = v.released(&released, &totals);
+        assert_eq!(group_packets(&v, &[0, 100, 60]), 160);
+        assert_eq!(group_packets(&v, &[0, 100, 0]), 160, "zeroed");
+        let other = web(&[11, 13]);
+        let reused = next(&other, &ids);
+        assert!(
+            reused
+                .targets
+                .iter()
+                .any(|t| t.id == 2 && t.ip.to_string() == "10.0.3.13")
+        );
+        assert_eq!(
+            group_packets(&view(&other, &reused, &totals), &[0, 100, 5]),
+            165
         );
     }
 }
