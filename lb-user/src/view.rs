@@ -133,20 +133,7 @@ impl View {
             .iter()
             .map(|l| (l.target_group.as_str(), l.name.as_str()))
             .collect();
-        let mut counted = counted_ids(&plan.ids);
-        let groups: Vec<GroupView> = plan
-            .groups
-            .iter()
-            .map(|g| GroupView {
-                id: g.id,
-                name: g.name.clone(),
-                listener: listener_of.get(g.name.as_str()).map(|l| l.to_string()),
-                serving: g.serving,
-                last_resort: g.last_resort,
-                counted: counted.remove(g.name.as_str()).unwrap_or_default(),
-                released: released.of(&g.name),
-            })
-            .collect();
+        let groups = group_views(plan, &listener_of, released);
         let targets: Vec<TargetView> = plan
             .targets
             .iter()
@@ -180,6 +167,28 @@ impl View {
             ..View::default()
         }
     }
+}
+
+/// The groups of `plan`, with their listeners (`listener_of`) and the
+/// counts of their targets released.
+fn group_views(
+    plan: &MapPlan,
+    listener_of: &HashMap<&str, &str>,
+    released: &Released,
+) -> Vec<GroupView> {
+    let mut counted = counted_ids(&plan.ids);
+    plan.groups
+        .iter()
+        .map(|g| GroupView {
+            id: g.id,
+            name: g.name.clone(),
+            listener: listener_of.get(g.name.as_str()).map(|l| l.to_string()),
+            serving: g.serving,
+            last_resort: g.last_resort,
+            counted: counted.remove(g.name.as_str()).unwrap_or_default(),
+            released: released.of(&g.name),
+        })
+        .collect()
 }
 
 /// By group, the ids of its own targets (active or retired) in `ids`.

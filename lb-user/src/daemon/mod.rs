@@ -213,8 +213,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
     checks::memory(&instance, &policy)?;
-    // Before anything changes: an address or a path that is taken stops
-    // lb here.
+    // Before anything changes: a taken address or path stops lb here.
     let metrics = bind_metrics(opts.metrics)?;
     let api = api::bind(&opts.socket)
         .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;

@@ -695,18 +695,15 @@ mod tests {
     /// `lb_group_packets_total{group="web"}` of a scrape of `view` with
     /// target ids' packets `packets` (index = id).
     fn group_packets(view: &View, packets: &[u64]) -> u64 {
-        let targets = packets
-            .iter()
-            .map(|&p| Stats {
-                packets: p,
-                ..Stats::default()
-            })
-            .collect();
+        let stats = |p: u64| Stats {
+            packets: p,
+            ..Stats::default()
+        };
         let scrape = Scrape {
             view: Arc::new(view.clone()),
             counters: [0; Counter::COUNT as usize],
             listeners: Vec::new(),
-            targets,
+            targets: packets.iter().map(|&p| stats(p)).collect(),
             active: vec![0; view.targets.len()],
             sweep: None,
             in_table: BTreeSet::new(),
@@ -719,90 +716,74 @@ mod tests {
         line.parse().unwrap()
     }
 
+    /// A policy whose group `web` has targets 10.0.3.N for each N.
+    fn web(targets: &[u8]) -> crate::policy::Policy {
+        let mut y = String::from(
+            "listeners:\n  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n\
+             target_groups:\n  - name: web\n    protocol: tcp\n    targets:\n",
+        );
+        for t in targets {
+            y += &format!("      - {{ ip: 10.0.3.{t} }}\n");
+        }
+        crate::policy::parse("t.yaml", &y).unwrap()
+    }
+
+    /// The plan of `p` following `ids`, at `now`, and its view.
+    fn next(
+        p: &crate::policy::Policy,
+        ids: &crate::ids::Ids,
+        now: std::time::Instant,
+        released: &crate::view::Released,
+    ) -> (crate::plan::MapPlan, View) {
+        let observed = crate::plan::Observed::default();
+        let cache = &mut crate::maglev::TableCache::default();
+        let plan = crate::policy::compile::compile_next(p, &observed, ids, now, cache).unwrap();
+        let view = View::of(p, &plan, released, (1024, 512));
+        (plan, view)
+    }
+
     /// A group's counters never fall while lb runs: a removed target is
     /// counted while its id is retired, its counts are kept when its id is
     /// released (and zeroed), a new target given that id counts from 0,
     /// and one back before its id is released is counted once.
     #[test]
     fn a_groups_counters_never_fall_as_targets_leave_and_come_back() {
-        use std::time::Instant;
-
-        use crate::{
-            ids::RELEASE_GRACE,
-            maglev::TableCache,
-            plan::{MapPlan, Observed},
-            policy::{self, compile::compile_next},
-            view::Released,
-        };
-        let web = |targets: &[u8]| {
-            let mut y = String::from(
-                "listeners:\n  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n\
-                 target_groups:\n  - name: web\n    protocol: tcp\n    targets:\n",
-            );
-            for t in targets {
-                y += &format!("      - {{ ip: 10.0.3.{t} }}\n");
-            }
-            policy::parse("t.yaml", &y).unwrap()
-        };
-        let t0 = Instant::now();
-        let next = |p: &policy::Policy, ids: &crate::ids::Ids| {
-            let observed = Observed::default();
-            compile_next(p, &observed, ids, t0, &mut TableCache::default()).unwrap()
-        };
-        let view = |p: &policy::Policy, plan: &MapPlan, released: &Released| {
-            View::of(p, plan, released, (1024, 512))
-        };
-        let none = Released::default();
-        let (both, one) = (web(&[11, 12]), web(&[11]));
-        let first = next(&both, &Default::default());
-        assert_eq!(
-            group_packets(&view(&both, &first, &none), &[0, 100, 50]),
-            150
-        );
+        let (t0, none) = (std::time::Instant::now(), Default::default());
+        let (first, v) = next(&web(&[11, 12]), &Default::default(), t0, &none);
+        assert_eq!(group_packets(&v, &[0, 100, 50]), 150);
         // .12 removed: retired, not in the plan, still counted.
-        let removed = next(&one, &first.ids);
+        let (removed, v) = next(&web(&[11]), &first.ids, t0, &none);
         assert!(removed.targets.iter().all(|t| t.id != 2));
-        let v = view(&one, &removed, &none);
         assert_eq!(group_packets(&v, &[0, 100, 50]), 150);
         // Back before its id is released: the same id, counted once.
-        let back = next(&both, &removed.ids);
-        assert_eq!(
-            group_packets(&view(&both, &back, &none), &[0, 100, 60]),
-            160
-        );
-        // Released: its counts are kept (the view published before the
+        let (_, back) = next(&web(&[11, 12]), &removed.ids, t0, &none);
+        assert_eq!(group_packets(&back, &[0, 100, 60]), 160);
+        // Released: its counts are kept (in the view published before the
         // data plane zeroes it), and a new target given its id counts
         // from 0.
         let mut ids = (*removed.ids).clone();
-        let released = ids.release(&Default::default(), t0 + RELEASE_GRACE);
+        let released = ids.release(&Default::default(), t0 + crate::ids::RELEASE_GRACE);
         assert_eq!(released, [2]);
         let read = StatsRead {
-            targets: vec![
-                Stats::default(),
-                Stats::default(),
-                Stats {
-                    packets: 60,
+            targets: [0, 0, 60]
+                .map(|p| Stats {
+                    packets: p,
                     ..Stats::default()
-                },
-            ],
+                })
+                .to_vec(),
             ..StatsRead::default()
         };
-        let mut totals = Released::default();
+        let mut totals = crate::view::Released::default();
         totals.add(&removed.ids, &released, &read);
         let v = v.released(&released, &totals);
         assert_eq!(group_packets(&v, &[0, 100, 60]), 160);
         assert_eq!(group_packets(&v, &[0, 100, 0]), 160, "zeroed");
-        let other = web(&[11, 13]);
-        let reused = next(&other, &ids);
-        assert!(
-            reused
-                .targets
-                .iter()
-                .any(|t| t.id == 2 && t.ip.to_string() == "10.0.3.13")
-        );
-        assert_eq!(
-            group_packets(&view(&other, &reused, &totals), &[0, 100, 5]),
-            165
-        );
+        let (reused, v) = next(&web(&[11, 13]), &ids, t0, &totals);
+        let new = reused
+            .targets
+            .iter()
+            .find(|t| t.ip.to_string() == "10.0.3.13");
+        assert_eq!(new.map(|t| t.id), Some(2));
+        assert_eq!(group_packets(&v, &[0, 100, 5]), 165);
     }
 }
