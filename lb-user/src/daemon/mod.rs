@@ -673,7 +673,7 @@ impl Daemon {
         match self.compile(&policy, &drains) {
             Ok(plan) => {
                 if plan != self.plan || !self.in_sync {
-                    log::log_changes(&self.plan, &plan);
+                    log::log_changes(&self.plan, &plan, &Renames::default());
                     self.plan = plan;
                     self.apply();
                 }

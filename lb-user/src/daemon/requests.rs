@@ -215,7 +215,7 @@ impl Daemon {
         self.policy = p.policy;
         self.drains = p.drains;
         self.save_state();
-        log::log_changes(&self.plan, &p.plan);
+        log::log_changes(&self.plan, &p.plan, &p.renames);
         self.plan = p.plan;
         self.apply();
         self.schedule_drains();
