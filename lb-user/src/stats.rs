@@ -197,18 +197,18 @@ fn listener_rate(was: Option<&ListenerCounts>, l: &ListenerCounts, seconds: f64)
 }
 
 /// Who a row is in both samples: its id and what the id stands for (a
-/// listener's address, a target's), or, from an `lb` that sends no ids,
-/// its names.
+/// listener's VIP, protocol and first port, as `crate::ids` keys it; a
+/// target's address), or, from an `lb` that sends no ids, its names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum RowKey {
-    Listener(u32, Option<IpAddr>, String, Ports),
+    Listener(u32, Option<IpAddr>, String, u16),
     Target(u32, IpAddr),
     Named(String, IpAddr, Option<String>),
 }
 
 fn listener_key(l: &ListenerCounts) -> RowKey {
     match l.id {
-        Some(id) => RowKey::Listener(id, l.vip, l.protocol.clone(), l.port),
+        Some(id) => RowKey::Listener(id, l.vip, l.protocol.clone(), l.port.first),
         None => RowKey::Named(l.name.clone(), IpAddr::from([0u8; 4]), None),
     }
 }
