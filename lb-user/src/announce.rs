@@ -24,7 +24,10 @@
 //! the program.
 //!
 //! [`decide`] is pure; [`Announcer`] keeps the table as decided on a task
-//! of its own (rtnetlink), and puts it back if someone changes it.
+//! of its own (rtnetlink), and puts it back if someone changes it. The
+//! task publishes which VIPs' routes the table holds as it last read and
+//! wrote it ([`Announcer::in_table`]): what the metrics show, which a
+//! failed write makes differ from what was decided.
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -229,6 +232,9 @@ pub struct Announcer {
     /// then (a restart must not withdraw what the last `lb` announced).
     wanted: watch::Sender<Option<BTreeSet<IpAddr>>>,
     error: Arc<Mutex<Option<String>>>,
+    /// The VIPs whose routes the table holds, as the task last found and
+    /// left it.
+    in_table: watch::Receiver<BTreeSet<IpAddr>>,
     task: JoinHandle<()>,
     table: u32,
 }
@@ -241,14 +247,21 @@ impl Announcer {
         let (conn, handle, _) =
             rtnetlink::new_connection().context("cannot open a netlink socket")?;
         tokio::spawn(conn);
+        let kernel = Netlink { handle, table };
         // Readable now, or refused at start.
-        routes(&handle, table).await?;
+        let held = kernel
+            .routes()
+            .await?
+            .into_iter()
+            .filter_map(|(vip, _)| vip);
+        let (in_table_tx, in_table) = watch::channel(held.collect());
         let (wanted, rx) = watch::channel(None);
         let error = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(keep(handle, table, rx, error.clone()));
+        let task = tokio::spawn(keep(kernel, rx, in_table_tx, error.clone()));
         Ok(Announcer {
             wanted,
             error,
+            in_table,
             task,
             table,
         })
@@ -291,6 +304,12 @@ impl Announcer {
     pub fn error(&self) -> Option<String> {
         self.error.lock().expect("announce error lock").clone()
     }
+
+    /// The VIPs whose routes the table holds (as last read and written),
+    /// for readers on any thread.
+    pub fn in_table(&self) -> watch::Receiver<BTreeSet<IpAddr>> {
+        self.in_table.clone()
+    }
 }
 
 impl Drop for Announcer {
@@ -302,14 +321,15 @@ impl Drop for Announcer {
 
 /// The announcer's task: from the first decision on, sets the table at
 /// each decision and every [`RECHECK`]; a failure is logged once and shown
-/// until it clears.
+/// until it clears. Publishes what the table holds after each attempt.
 async fn keep(
-    handle: Handle,
-    table: u32,
+    kernel: Netlink,
     mut rx: watch::Receiver<Option<BTreeSet<IpAddr>>>,
+    in_table: watch::Sender<BTreeSet<IpAddr>>,
     error: Arc<Mutex<Option<String>>>,
 ) {
     let mut recheck = tokio::time::interval(RECHECK);
+    let mut held = in_table.borrow().clone();
     loop {
         let Some(want) = rx.borrow_and_update().clone() else {
             if rx.changed().await.is_err() {
@@ -317,16 +337,21 @@ async fn keep(
             }
             continue;
         };
-        let now = sync(&handle, table, &want)
+        let now = sync(&kernel, &want, &mut held)
             .await
             .err()
             .map(|e| format!("{e:#}"));
+        in_table.send_if_modified(|last| {
+            let changed = *last != held;
+            last.clone_from(&held);
+            changed
+        });
         {
             let mut last = error.lock().expect("announce error lock");
             if now != *last {
                 match &now {
-                    Some(err) => warn!(table, "announcing the VIPs: {err}"),
-                    None => info!(table, "announce table set again"),
+                    Some(err) => warn!(table = kernel.table, "announcing the VIPs: {err}"),
+                    None => info!(table = kernel.table, "announce table set again"),
                 }
                 *last = now;
             }
@@ -335,6 +360,60 @@ async fn keep(
             changed = rx.changed() => if changed.is_err() { break },
             _ = recheck.tick() => {}
         }
+    }
+}
+
+/// What [`sync`] does to an announce table: read its routes, remove one,
+/// add a VIP's. The kernel's is [`Netlink`]; tests give another.
+trait RouteTable {
+    type Route;
+    /// Every route of the table, with the VIP it announces if it is a
+    /// blackhole host route.
+    async fn routes(&self) -> anyhow::Result<Vec<(Option<IpAddr>, Self::Route)>>;
+    async fn remove(&self, route: Self::Route) -> anyhow::Result<()>;
+    async fn add(&self, vip: IpAddr) -> anyhow::Result<()>;
+}
+
+/// Routing table `table` of the kernel, over rtnetlink.
+struct Netlink {
+    handle: Handle,
+    table: u32,
+}
+
+impl RouteTable for Netlink {
+    type Route = RouteMessage;
+
+    async fn routes(&self) -> anyhow::Result<Vec<(Option<IpAddr>, RouteMessage)>> {
+        let msgs = routes(&self.handle, self.table).await?;
+        Ok(msgs.into_iter().map(|m| (host_route(&m), m)).collect())
+    }
+
+    async fn remove(&self, route: RouteMessage) -> anyhow::Result<()> {
+        let table = self.table;
+        self.handle
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .with_context(|| format!("cannot remove a route from table {table}"))
+    }
+
+    async fn add(&self, vip: IpAddr) -> anyhow::Result<()> {
+        let table = self.table;
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(vip, host_len(vip))
+            .context("a host route")?
+            .table_id(table)
+            .protocol(RouteProtocol::Static)
+            .kind(RouteType::BlackHole)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot add the route of {vip} to table {table}"))
     }
 }
 
@@ -379,38 +458,32 @@ fn host_route(msg: &RouteMessage) -> Option<IpAddr> {
         .then_some(ip)
 }
 
-/// Table `table` holds exactly a blackhole host route per VIP of `want`
-/// (any other route there is removed: the table is `lb`'s).
-async fn sync(handle: &Handle, table: u32, want: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
-    let mut have = BTreeSet::new();
-    for msg in routes(handle, table).await? {
-        match host_route(&msg) {
-            Some(ip) if want.contains(&ip) => {
-                have.insert(ip);
+/// Makes `table` hold exactly a blackhole host route per VIP of `want`
+/// (any other route there is removed: the table is `lb`'s). `held` follows
+/// what the table holds as far as the steps that worked show: what was
+/// read, less what was removed, plus what was added; a failed read leaves
+/// it as it was.
+async fn sync<T: RouteTable>(
+    table: &T,
+    want: &BTreeSet<IpAddr>,
+    held: &mut BTreeSet<IpAddr>,
+) -> anyhow::Result<()> {
+    let routes = table.routes().await?;
+    *held = routes.iter().filter_map(|(vip, _)| *vip).collect();
+    for (vip, route) in routes {
+        match vip {
+            Some(ip) if want.contains(&ip) => {}
+            _ => {
+                table.remove(route).await?;
+                if let Some(ip) = vip {
+                    held.remove(&ip);
+                }
             }
-            _ => handle
-                .route()
-                .del(msg)
-                .execute()
-                .await
-                .with_context(|| format!("cannot remove a route from table {table}"))?,
         }
     }
-    for &vip in want.difference(&have) {
-        let route = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(vip, host_len(vip))
-            .context("a host route")?
-            .table_id(table)
-            .protocol(RouteProtocol::Static)
-            .kind(RouteType::BlackHole)
-            .build();
-        handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("cannot add the route of {vip} to table {table}"))?;
+    for &vip in want.difference(&held.clone()) {
+        table.add(vip).await?;
+        held.insert(vip);
     }
     Ok(())
 }
@@ -421,8 +494,9 @@ pub async fn remove(table: u32) -> anyhow::Result<usize> {
     check_table(table).map_err(anyhow::Error::msg)?;
     let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
     tokio::spawn(conn);
-    let held = routes(&handle, table).await?.len();
-    sync(&handle, table, &BTreeSet::new()).await?;
+    let kernel = Netlink { handle, table };
+    let held = kernel.routes().await?.len();
+    sync(&kernel, &BTreeSet::new(), &mut BTreeSet::new()).await?;
     Ok(held)
 }
 
@@ -589,5 +663,75 @@ target_groups:
         for bad in [0, 253, 254, 255] {
             assert!(check_table(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A table in memory (routes: the VIP of a blackhole host route, or
+    /// None for another route) whose additions or removals fail when told.
+    #[derive(Default)]
+    struct Fake {
+        routes: std::cell::RefCell<Vec<Option<IpAddr>>>,
+        fail_add: bool,
+        fail_remove: bool,
+    }
+
+    impl RouteTable for Fake {
+        type Route = Option<IpAddr>;
+
+        async fn routes(&self) -> anyhow::Result<Vec<(Option<IpAddr>, Option<IpAddr>)>> {
+            Ok(self.routes.borrow().iter().map(|r| (*r, *r)).collect())
+        }
+
+        async fn remove(&self, route: Option<IpAddr>) -> anyhow::Result<()> {
+            anyhow::ensure!(!self.fail_remove, "EPERM");
+            let mut routes = self.routes.borrow_mut();
+            let at = routes.iter().position(|r| *r == route).expect("a route");
+            routes.remove(at);
+            Ok(())
+        }
+
+        async fn add(&self, vip: IpAddr) -> anyhow::Result<()> {
+            anyhow::ensure!(!self.fail_add, "ENOBUFS");
+            self.routes.borrow_mut().push(Some(vip));
+            Ok(())
+        }
+    }
+
+    /// What the announcer publishes is what the table holds after its
+    /// writes, not what was decided: a failed addition leaves the VIP out,
+    /// a failed removal leaves it in.
+    #[tokio::test]
+    async fn what_is_published_is_what_the_table_holds() {
+        let v4: IpAddr = "10.0.3.49".parse().unwrap();
+        let v6: IpAddr = "fd00:3::49".parse().unwrap();
+        let want: BTreeSet<IpAddr> = [v4].into();
+        // Set as decided: the other VIP's route and a route not lb's go.
+        let table = Fake {
+            routes: vec![Some(v6), None].into(),
+            ..Fake::default()
+        };
+        let mut held = BTreeSet::new();
+        sync(&table, &want, &mut held).await.unwrap();
+        assert_eq!(
+            (held.clone(), table.routes.take()),
+            (want.clone(), vec![Some(v4)])
+        );
+        // The addition fails: v4 is decided, not held.
+        let table = Fake {
+            routes: vec![Some(v6)].into(),
+            fail_add: true,
+            ..Fake::default()
+        };
+        let mut held = [v4, v6].into();
+        assert!(sync(&table, &want, &mut held).await.is_err());
+        assert_eq!(held, BTreeSet::new());
+        // The removal fails: v6 is withdrawn as decided, still held.
+        let table = Fake {
+            routes: vec![Some(v6)].into(),
+            fail_remove: true,
+            ..Fake::default()
+        };
+        let mut held = BTreeSet::new();
+        assert!(sync(&table, &BTreeSet::new(), &mut held).await.is_err());
+        assert_eq!(held, [v6].into());
     }
 }

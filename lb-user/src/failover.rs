@@ -5,15 +5,20 @@
 //! "Healthy" here is "could take new flows": healthy (or `initial`, or
 //! unchecked), weight above 0, MAC known, not draining. A group's share is
 //! its healthy targets over all its registered ones (draining ones are not
-//! registered).
+//! registered). Last resort gives new flows back to the unhealthy ones
+//! only: a target of weight 0 or whose MAC is unknown never takes one, so
+//! a side in last resort with none but those drops its new flows.
 
 use serde::{Deserialize, Serialize};
 
-/// How many targets one side has, and how many of them are healthy.
+/// How many targets one side has, how many of them are healthy, and how
+/// many would take new flows in last resort (weight above 0, MAC known,
+/// healthy or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Side {
     pub total: usize,
     pub healthy: usize,
+    pub usable: usize,
 }
 
 impl Side {
@@ -39,11 +44,12 @@ pub enum Serving {
     PrimaryBelowRatio,
     /// The backup group's healthy targets.
     Backup,
-    /// Every own target (with a MAC and a weight): none of either side is
-    /// healthy.
+    /// Every own target with a MAC and a weight above 0, healthy or not:
+    /// none of either side is healthy (none may have both: then new flows
+    /// are dropped).
     PrimaryLastResort,
-    /// Every backup target: the group has no target and none of the
-    /// backup's is healthy.
+    /// Every backup target with a MAC and a weight above 0: the group has
+    /// no target and none of the backup's is healthy.
     BackupLastResort,
     /// Nobody: both sides are empty (new flows are dropped).
     Nobody,
@@ -96,12 +102,39 @@ impl Serving {
                 share(primary),
                 share(backup.map(|(b, _)| b).unwrap_or_default())
             ),
-            Serving::PrimaryLastResort => "no healthy target on either side: last resort".into(),
-            Serving::BackupLastResort => {
-                "no target here and no healthy one in the backup: last resort".into()
+            Serving::PrimaryLastResort => {
+                let sides = if backup.is_some() {
+                    " on either side"
+                } else {
+                    ""
+                };
+                format!(
+                    "no healthy target{sides}: {}",
+                    takers(primary, "the group's")
+                )
             }
+            Serving::BackupLastResort => format!(
+                "no target here and no healthy one in the backup: {}",
+                takers(backup.map(|(b, _)| b).unwrap_or_default(), "the backup's")
+            ),
             Serving::Nobody => "no target here nor in the backup".into(),
         }
+    }
+}
+
+/// Who takes new flows in last resort: `whose` targets of `side` with a
+/// weight above 0 and a known MAC, or nobody.
+fn takers(side: Side, whose: &str) -> String {
+    if side.usable == 0 {
+        format!(
+            "last resort, but none of {whose} {} targets has a weight above 0 and a known MAC: new flows are dropped",
+            side.total
+        )
+    } else {
+        format!(
+            "last resort, {whose} {} of {} targets with a weight above 0 and a known MAC take new flows, unhealthy or not",
+            side.usable, side.total
+        )
     }
 }
 
@@ -148,7 +181,11 @@ mod tests {
     use super::*;
 
     fn side(healthy: usize, total: usize) -> Side {
-        Side { total, healthy }
+        Side {
+            total,
+            healthy,
+            usable: total,
+        }
     }
 
     /// Every row of SPEC.md's failover table.
@@ -260,5 +297,37 @@ mod tests {
             "1 of 4 targets healthy, failover ratio 0.5; backup: 2 of 3 targets healthy"
         );
         assert_eq!(Serving::Primary.reason(p, None), "1 of 4 targets healthy");
+    }
+
+    /// Last resort names who takes new flows: the unhealthy targets with a
+    /// weight and a MAC, or nobody when every target has weight 0 (or no
+    /// MAC).
+    #[test]
+    fn last_resort_says_who_takes_new_flows_or_that_they_are_dropped() {
+        let weightless = Side {
+            total: 3,
+            healthy: 0,
+            usable: 0,
+        };
+        let two = Side {
+            usable: 2,
+            ..weightless
+        };
+        assert_eq!(serving(weightless, None), Serving::PrimaryLastResort);
+        assert_eq!(
+            Serving::PrimaryLastResort.reason(weightless, None),
+            "no healthy target: last resort, but none of the group's 3 targets has a weight above 0 \
+             and a known MAC: new flows are dropped"
+        );
+        assert_eq!(
+            Serving::PrimaryLastResort.reason(two, Some((weightless, 0.5))),
+            "no healthy target on either side: last resort, the group's 2 of 3 targets with a \
+             weight above 0 and a known MAC take new flows, unhealthy or not"
+        );
+        assert_eq!(
+            Serving::BackupLastResort.reason(Side::default(), Some((weightless, 0.5))),
+            "no target here and no healthy one in the backup: last resort, but none of the \
+             backup's 3 targets has a weight above 0 and a known MAC: new flows are dropped"
+        );
     }
 }

@@ -86,7 +86,8 @@ pub struct PlannedGroup {
     pub last_resort: bool,
     /// Who takes its new flows (SPEC.md "Backup group and failover ratio").
     pub serving: Serving,
-    /// Its own registered targets, and how many are healthy.
+    /// Its own registered targets, how many are healthy, and how many
+    /// would take new flows in last resort.
     pub primary: Side,
     /// Its backup group: name, its targets as above, the failover ratio.
     pub backup: Option<(String, Side, f64)>,

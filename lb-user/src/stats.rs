@@ -4,7 +4,9 @@
 //! CLOCK_MONOTONIC time they were read), read off its event loop
 //! (`dataplane::reader`, named with the latest `view`); the client takes
 //! two samples an interval apart and divides their differences by the
-//! time between the reads ([`rates`]).
+//! time between the reads ([`rates`]). A row of one sample is matched to
+//! the other's by the ids the data plane counts it under, never by name:
+//! a group or listener renamed between the two reads carries on.
 use std::{collections::BTreeMap, fmt::Write as _, io, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,10 @@ pub struct StatsSample {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerCounts {
+    /// The id its counters are kept under (kept through a rename); absent
+    /// from an `lb` before it, whose rows are matched by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
     pub name: String,
     pub vip: Option<IpAddr>,
     pub protocol: String,
@@ -35,6 +41,9 @@ pub struct ListenerCounts {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetCounts {
+    /// As [`ListenerCounts::id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
     pub group: String,
     pub ip: IpAddr,
     /// For a target of `group`'s backup taking `group`'s flows: the backup
@@ -62,6 +71,7 @@ pub fn sample(view: &View, reader: &Reader, group: Option<&str>) -> io::Result<S
         .map(|l| {
             let s = stats.listener(l.id);
             ListenerCounts {
+                id: Some(l.id),
                 name: l.name.clone(),
                 vip: Some(l.vip),
                 protocol: l.protocol.to_string(),
@@ -80,6 +90,7 @@ pub fn sample(view: &View, reader: &Reader, group: Option<&str>) -> io::Result<S
         .map(|t| {
             let s = stats.target(t.id);
             TargetCounts {
+                id: Some(t.id),
                 group: t.group.clone(),
                 ip: t.ip,
                 via: t.via.clone(),
@@ -185,28 +196,53 @@ fn listener_rate(was: Option<&ListenerCounts>, l: &ListenerCounts, seconds: f64)
     Rate::of(id, counts, seconds)
 }
 
+/// Who a row is in both samples: its id and what the id stands for (a
+/// listener's VIP, protocol and first port, as `crate::ids` keys it; a
+/// target's address), or, from an `lb` that sends no ids, its names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum RowKey {
+    Listener(u32, Option<IpAddr>, String, u16),
+    Target(u32, IpAddr),
+    Named(String, IpAddr, Option<String>),
+}
+
+fn listener_key(l: &ListenerCounts) -> RowKey {
+    match l.id {
+        Some(id) => RowKey::Listener(id, l.vip, l.protocol.clone(), l.port.first),
+        None => RowKey::Named(l.name.clone(), IpAddr::from([0u8; 4]), None),
+    }
+}
+
+fn target_key(t: &TargetCounts) -> RowKey {
+    match t.id {
+        Some(id) => RowKey::Target(id, t.ip),
+        None => RowKey::Named(t.group.clone(), t.ip, t.via.clone()),
+    }
+}
+
 /// The rates between two samples (listeners and targets of `after`; one
-/// missing from `before` counts from 0).
+/// missing from `before` counts from 0). Rows are matched by id
+/// ([`RowKey`]): renamed between the reads, a listener's or a group's
+/// counters are still the same counters.
 pub fn rates(before: &StatsSample, after: &StatsSample) -> Rates {
     let seconds = after.at_ns.saturating_sub(before.at_ns) as f64 / 1e9;
-    let old_l: BTreeMap<&str, &ListenerCounts> = before
+    let old_l: BTreeMap<RowKey, &ListenerCounts> = before
         .listeners
         .iter()
-        .map(|l| (l.name.as_str(), l))
+        .map(|l| (listener_key(l), l))
         .collect();
-    let key = |t: &TargetCounts| (t.group.clone(), t.ip, t.via.clone());
-    let old_t: BTreeMap<(String, IpAddr, Option<String>), &TargetCounts> =
-        before.targets.iter().map(|t| (key(t), t)).collect();
+    let old_t: BTreeMap<RowKey, &TargetCounts> =
+        before.targets.iter().map(|t| (target_key(t), t)).collect();
     let listeners = after
         .listeners
         .iter()
-        .map(|l| listener_rate(old_l.get(l.name.as_str()).copied(), l, seconds))
+        .map(|l| listener_rate(old_l.get(&listener_key(l)).copied(), l, seconds))
         .collect();
     let targets = after
         .targets
         .iter()
         .map(|t| {
-            let was = old_t.get(&key(t));
+            let was = old_t.get(&target_key(t));
             let w = |f: fn(&TargetCounts) -> u64| was.map_or(0, |w| f(w));
             let id = (t.ip.to_string(), t.group.clone(), socket(t.ip, t.port));
             let counts = [
@@ -316,6 +352,7 @@ mod tests {
         StatsSample {
             at_ns: (at_s * 1e9) as u64,
             listeners: vec![ListenerCounts {
+                id: Some(1),
                 name: "web".into(),
                 vip: Some("10.0.3.49".parse().unwrap()),
                 protocol: "tcp".into(),
@@ -326,6 +363,7 @@ mod tests {
                 new_flows: flows,
             }],
             targets: vec![TargetCounts {
+                id: Some(1),
                 group: "web".into(),
                 ip: "10.0.3.11".parse().unwrap(),
                 port: crate::policy::Ports::one(80),
@@ -378,12 +416,14 @@ mod tests {
             let mut s = sample(at_s, packets, packets * 100, 0);
             let own = s.targets[0].clone();
             s.targets.push(TargetCounts {
+                id: Some(2),
                 ip: "10.0.3.21".parse().unwrap(),
                 via: Some("spare".into()),
                 packets: 2 * packets,
                 ..own.clone()
             });
             s.targets.push(TargetCounts {
+                id: Some(3),
                 group: "spare".into(),
                 ip: "10.0.3.21".parse().unwrap(),
                 packets: 7,
@@ -410,5 +450,35 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["targets"][1]["via"], "spare");
         assert!(json["targets"][0].get("via").is_none(), "{json}");
+    }
+
+    /// `lb apply --rename web=www` between two reads: the listener and the
+    /// target keep their ids and counters, and their rates are what they
+    /// took in the interval, not their whole count.
+    #[test]
+    fn a_renamed_group_carries_on_with_its_rates() {
+        let before = sample(10.0, 1000, 100_000, 50);
+        let mut after = sample(11.0, 1100, 110_000, 55);
+        after.listeners[0].name = "www".into();
+        after.listeners[0].target_group = "www".into();
+        after.targets[0].group = "www".into();
+        let r = rates(&before, &after);
+        let l = &r.listeners[0];
+        assert_eq!((l.name.as_str(), l.packets, l.new_flows), ("www", 100, 5));
+        let t = &r.targets[0];
+        assert_eq!((t.target_group.as_str(), t.packets), ("www", 100));
+        assert_eq!(t.bytes, 10_000);
+        // Another target given the same address in another group (another
+        // id) counts from 0.
+        let mut other = after.clone();
+        other.targets[0].id = Some(7);
+        assert_eq!(rates(&before, &other).targets[0].packets, 1100);
+        // From an lb that sends no ids: by name, as before.
+        let (mut old, mut new) = (before.clone(), sample(11.0, 1100, 110_000, 55));
+        for s in [&mut old, &mut new] {
+            s.listeners[0].id = None;
+            s.targets[0].id = None;
+        }
+        assert_eq!(rates(&old, &new).targets[0].packets, 100);
     }
 }

@@ -4,14 +4,28 @@
 //! per-CPU counters themselves (`dataplane::reader`) and name them with
 //! the view they hold. A view is immutable and shared (`Arc`): publishing
 //! one costs the event loop a walk of the plan, a read costs it nothing.
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+//!
+//! A group's counters (`lb_group_packets_total`...) are counters: they
+//! never fall while `lb` runs. So a group's view names every id its own
+//! targets' counts are kept under (in the plan, or retired while flows may
+//! name them: [`GroupView::counted`]), and the counts of those whose ids
+//! were released, which the data plane zeroes for reuse ([`Released`]).
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
 
+use lb_common::Stats;
 use tokio::sync::watch;
 
 use crate::{
+    dataplane::reader::StatsRead,
     failover::Serving,
+    ids::Ids,
     plan::MapPlan,
     policy::{Policy, Ports},
+    rename::Renames,
     status::{TargetState, target_state},
 };
 
@@ -28,9 +42,9 @@ pub struct View {
     /// The flow table: flows it is sized for, and buckets.
     pub max_flows: u32,
     pub buckets: u32,
-    /// Each VIP and whether it is announced (`lb run --announce`; empty
-    /// without it).
-    pub announced: Vec<(IpAddr, bool)>,
+    /// The VIPs of the policy with `lb run --announce` (empty without it):
+    /// the metrics say whether the announce table holds each.
+    pub announce_vips: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +65,15 @@ pub struct GroupView {
     pub name: String,
     pub listener: Option<String>,
     pub serving: Serving,
-    /// Every target takes new flows: none is healthy.
+    /// No target of the side serving it is healthy.
     pub last_resort: bool,
+    /// The ids its own targets' counts are kept under: those of the plan
+    /// and those retired while flows may name them (a target that comes
+    /// back before its id is released has it again, with its counts).
+    pub counted: Vec<u32>,
+    /// The counts of its own targets whose ids were released (zeroed for
+    /// reuse) since `lb` started.
+    pub released: Stats,
 }
 
 impl GroupView {
@@ -84,8 +105,14 @@ impl TargetView {
 }
 
 impl View {
-    /// The view of `plan`, compiled from `policy`.
-    pub fn of(policy: &Policy, plan: &MapPlan, max_flows: u32, buckets: u32) -> View {
+    /// The view of `plan`, compiled from `policy`; `released`: the counts
+    /// of the targets whose ids were released, by group.
+    pub fn of(
+        policy: &Policy,
+        plan: &MapPlan,
+        released: &Released,
+        (max_flows, buckets): (u32, u32),
+    ) -> View {
         let listeners: Vec<ListenerView> = policy
             .listeners
             .iter()
@@ -106,17 +133,7 @@ impl View {
             .iter()
             .map(|l| (l.target_group.as_str(), l.name.as_str()))
             .collect();
-        let groups = plan
-            .groups
-            .iter()
-            .map(|g| GroupView {
-                id: g.id,
-                name: g.name.clone(),
-                listener: listener_of.get(g.name.as_str()).map(|l| l.to_string()),
-                serving: g.serving,
-                last_resort: g.last_resort,
-            })
-            .collect();
+        let groups = group_views(plan, &listener_of, released);
         let targets: Vec<TargetView> = plan
             .targets
             .iter()
@@ -133,9 +150,15 @@ impl View {
                 }
             })
             .collect();
+        let counted_end = groups.iter().flat_map(|g| &g.counted).map(|id| id + 1);
         View {
             listener_ids: listeners.iter().map(|l| l.id + 1).max().unwrap_or(0),
-            target_ids: targets.iter().map(|t| t.id + 1).max().unwrap_or(0),
+            target_ids: targets
+                .iter()
+                .map(|t| t.id + 1)
+                .chain(counted_end)
+                .max()
+                .unwrap_or(0),
             listeners,
             groups,
             targets,
@@ -143,6 +166,97 @@ impl View {
             buckets,
             ..View::default()
         }
+    }
+}
+
+/// The groups of `plan`, with their listeners (`listener_of`) and the
+/// counts of their targets released.
+fn group_views(
+    plan: &MapPlan,
+    listener_of: &HashMap<&str, &str>,
+    released: &Released,
+) -> Vec<GroupView> {
+    let mut counted = counted_ids(&plan.ids);
+    plan.groups
+        .iter()
+        .map(|g| GroupView {
+            id: g.id,
+            name: g.name.clone(),
+            listener: listener_of.get(g.name.as_str()).map(|l| l.to_string()),
+            serving: g.serving,
+            last_resort: g.last_resort,
+            counted: counted.remove(g.name.as_str()).unwrap_or_default(),
+            released: released.of(&g.name),
+        })
+        .collect()
+}
+
+/// By group, the ids of its own targets (active or retired) in `ids`.
+fn counted_ids(ids: &Ids) -> HashMap<&str, Vec<u32>> {
+    let mut out: HashMap<&str, Vec<u32>> = HashMap::new();
+    for (key, a) in ids.targets().filter(|(k, _)| k.via.is_none()) {
+        out.entry(key.group.as_str()).or_default().push(a.id);
+    }
+    out
+}
+
+impl View {
+    /// This view, the target ids `released` (sorted) counted no more by their
+    /// groups, whose counts `totals` holds now: what the daemon publishes
+    /// after a release and before the data plane zeroes the ids'
+    /// statistics, so that no view counts a zeroed id.
+    pub fn released(&self, released: &[u32], totals: &Released) -> View {
+        let mut view = self.clone();
+        for g in &mut view.groups {
+            g.counted.retain(|id| released.binary_search(id).is_err());
+            g.released = totals.of(&g.name);
+        }
+        view
+    }
+}
+
+/// By group, the counts of its own targets whose ids were released (their
+/// statistics zeroed for reuse), since `lb` started: what its counters
+/// keep of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Released(BTreeMap<String, Stats>);
+
+impl Released {
+    /// Adds the counts `read` holds of the target ids `released` (sorted),
+    /// named in `ids` (the ids before the release), to their groups'.
+    pub fn add(&mut self, ids: &Ids, released: &[u32], read: &StatsRead) {
+        for (key, a) in ids.targets() {
+            if key.via.is_some() || released.binary_search(&a.id).is_err() {
+                continue;
+            }
+            let s = read.target(a.id);
+            let total = self.0.entry(key.group.clone()).or_default();
+            total.packets += s.packets;
+            total.bytes += s.bytes;
+            total.new_flows += s.new_flows;
+        }
+    }
+
+    /// Group `group`'s.
+    pub fn of(&self, group: &str) -> Stats {
+        self.0.get(group).copied().unwrap_or_default()
+    }
+
+    /// The same counts, the groups renamed.
+    pub fn renamed(&self, renames: &Renames) -> Released {
+        Released(
+            self.0
+                .iter()
+                .map(|(name, s)| (renames.name(name).to_string(), *s))
+                .collect(),
+        )
+    }
+
+    /// Forgets the groups that have no id in `ids` any more (gone from
+    /// the policy, no target of theirs held).
+    pub fn keep_groups_of(&mut self, ids: &Ids) {
+        let held: BTreeSet<&str> = ids.groups().map(|(name, _)| name).collect();
+        self.0.retain(|name, _| held.contains(name.as_str()));
     }
 }
 

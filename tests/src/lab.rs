@@ -36,7 +36,7 @@ use std::{
 
 use crate::{
     client,
-    lb::LbProcess,
+    lb::{ClientRun, LbProcess},
     netns,
     topo::{self, LB4, LB6, Node, TARGETS, VIP4, VIP6, fmt_mac},
     xdp,
@@ -565,6 +565,24 @@ impl Lab {
             timeout: Duration::from_secs(60),
             echo: false,
         })
+    }
+
+    /// Runs `lb run` like [`Lab::start_lb`] for a start that must fail,
+    /// to its end (`crate::lb::run_to_exit`): nothing is detached after it.
+    pub fn run_lb_to_exit(&self, policy: &Path, extra: &[&str]) -> Result<ClientRun, LabError> {
+        crate::lb::run_to_exit(
+            &crate::lb::Start {
+                ns: &self.ns(Node::Lb),
+                bin: &self.options.lb_bin,
+                config: policy,
+                socket: &self.dir.join("lb.sock"),
+                iface: "eth0",
+                extra,
+                timeout: Duration::from_secs(60),
+                echo: false,
+            },
+            &self.dir.join("lb-exit.log"),
+        )
     }
 
     /// Every namespace but the switch's, in creation order: the hosts,

@@ -382,6 +382,44 @@ pub fn detach(ns: &str, bin: &Path, iface: &str) -> Result<String, LabError> {
 /// `BIN run --config CONFIG --socket SOCKET --iface IFACE EXTRA...` in
 /// namespace `ns`, logging plain lines at info unless `RUST_LOG` says
 /// otherwise.
+/// Runs `lb run` for a start that must fail: waits up to `start.timeout`
+/// for it to exit (killed past it) and, unlike a dropped [`LbProcess`],
+/// detaches nothing after it, so that a test sees what it left. Its log
+/// goes to `log` (a file: a pipe nobody reads could hold it up).
+pub fn run_to_exit(start: &Start<'_>, log: &Path) -> Result<ClientRun, LabError> {
+    let file = std::fs::File::create(log).map_err(LabError::io(format!("create {log:?}")))?;
+    let mut cmd = run_command(start);
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .map_err(LabError::io(format!("spawn {shown}")))?;
+    let deadline = Instant::now() + start.timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(LabError::io("wait for lb"))? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LabError::Timeout {
+                what: format!("{shown} to stop"),
+                secs: start.timeout.as_secs(),
+                detail: String::new(),
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    Ok(ClientRun {
+        code: status.code(),
+        stdout: String::new(),
+        stderr: std::fs::read_to_string(log).unwrap_or_default(),
+    })
+}
+
 fn run_command(start: &Start<'_>) -> Command {
     let mut cmd = netns::command(start.ns, start.bin);
     cmd.arg("run")

@@ -13,9 +13,10 @@ use std::{
 };
 
 use lb_tests::{
-    LabRun, Node, client,
+    Lab, LabRun, Node, client,
     metrics::{self, ADDR, Scraped},
     policy::LabPolicy,
+    run::serial,
     topo::{self, TARGETS, UDP_PORT, VIP4},
 };
 
@@ -247,4 +248,50 @@ fn the_endpoint_answers_only_metrics() {
     );
     let ctype = code(&["-s", "-o", "/dev/null", "-w", "%{content_type}", &url]);
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    // A 405 names the methods answered (RFC 9110); HEAD has a scrape's
+    // status and type, and no body.
+    let refused = code(&["-s", "-D", "-", "-o", "/dev/null", "-X", "DELETE", &url]);
+    assert!(
+        refused.lines().any(|l| l.trim_end() == "allow: GET, HEAD"),
+        "{refused}"
+    );
+    let head = code(&["-s", "-I", &url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+}
+
+/// A metrics address `lb` cannot bind stops it at start before anything
+/// changes: no XDP program on the interface, nothing pinned, no API
+/// socket (README: "An address `lb` cannot bind stops it at start").
+#[test]
+fn a_taken_metrics_address_stops_lb_before_anything_changes() {
+    let _serial = serial();
+    let lab = Lab::new().unwrap_or_else(|e| panic!("lab: {e}"));
+    let _taken = lab.run_in(Node::Lb, || {
+        std::net::TcpListener::bind(ADDR).expect("the metrics address, taken")
+    });
+    let policy = lab.write_file("policy.yaml", &LabPolicy::default().yaml());
+    let run = lab
+        .run_lb_to_exit(&policy, &["--metrics", ADDR])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot serve metrics on {ADDR}: Address already in use"
+        )),
+        "{run:?}"
+    );
+    let link = lab
+        .exec(Node::Lb, &["ip", "-d", "link", "show", "eth0"])
+        .unwrap();
+    assert!(!link.contains("prog/xdp"), "XDP left attached:\n{link}");
+    let pinned = std::path::Path::new("/sys/fs/bpf/lb")
+        .join(lab.ns(Node::Lb))
+        .join("eth0");
+    assert!(!pinned.exists(), "{} pinned", pinned.display());
+    let socket = lab.dir().join("lb.sock");
+    assert!(!socket.exists(), "{} left", socket.display());
 }

@@ -9,7 +9,8 @@
 //!
 //! Requests: `status [GROUP]` (the [`StatusReport`], whole or of one
 //! group, whose JSON is stable and documented in the README), `stats
-//! [GROUP]` (the counters `lb stats` makes rates of: [`StatsSample`]), and,
+//! [GROUP]` (the counters `lb stats` makes rates of, each row with the id
+//! they are kept under: [`StatsSample`]), and,
 //! as one JSON object on the line, the
 //! requests that change something: `{"apply": {...}}` (a new policy, or its
 //! plan with `dry_run`), `{"drain": {...}}` and `{"undrain": {...}}` (a

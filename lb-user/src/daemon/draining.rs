@@ -68,7 +68,10 @@ impl Daemon {
     }
 
     /// Releases the retired target ids nothing names any more; true if
-    /// some were.
+    /// some were. Their counts are kept first for their groups' counters
+    /// (the next write of the maps zeroes them for reuse), and a view that
+    /// counts them so is published before that write; one whose counts
+    /// cannot be read is released at a later sweep.
     fn release(&mut self, report: &SweepReport) -> bool {
         if self.plan.ids.retired().next().is_none() {
             return false;
@@ -78,7 +81,17 @@ impl Daemon {
         if released.is_empty() {
             return false;
         }
+        let read = match self.reader.stats_of(&[], &released) {
+            Ok(read) => read,
+            Err(err) => {
+                warn!(%err, "cannot read the counts of the target ids to release: released later");
+                return false;
+            }
+        };
         debug!(?released, "target ids released");
+        self.released.add(&self.plan.ids, &released, &read);
+        self.view
+            .publish(self.view.last().released(&released, &self.released));
         self.plan = MapPlan {
             ids: Arc::new(ids),
             ..self.plan.clone()

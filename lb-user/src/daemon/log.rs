@@ -9,6 +9,7 @@ use crate::{
     failover::Serving,
     neighbors,
     plan::{Exclusion, MapPlan, PlannedGroup},
+    rename::Renames,
 };
 
 pub fn report_exclusions(plan: &MapPlan) {
@@ -20,18 +21,35 @@ pub fn report_exclusions(plan: &MapPlan) {
 }
 
 /// Logs what changed between two plans: MACs resolved, lost or changed,
-/// and groups whose new flows go elsewhere.
-pub fn log_changes(old: &MapPlan, new: &MapPlan) {
+/// and groups whose new flows go elsewhere; `renames`: the groups renamed
+/// on the way (`lb apply --rename`).
+pub fn log_changes(old: &MapPlan, new: &MapPlan, renames: &Renames) {
     macs(old, new);
-    // By id: a renamed group keeps it.
-    let old_groups: BTreeMap<u32, &PlannedGroup> = old.groups.iter().map(|g| (g.id, g)).collect();
-    for n in &new.groups {
-        if let Some(o) = old_groups.get(&n.id)
-            && o.serving != n.serving
-        {
-            switched(o.serving, n);
-        }
+    for (from, g) in switches(old, new, renames) {
+        switched(from, g);
     }
+}
+
+/// The groups of `new` whose new flows go elsewhere than in `old`, and
+/// where they went before. A group is known by its name (renamed, by its
+/// new one), never by its id: a new group may take a removed one's.
+fn switches<'a>(
+    old: &MapPlan,
+    new: &'a MapPlan,
+    renames: &Renames,
+) -> Vec<(Serving, &'a PlannedGroup)> {
+    let before: BTreeMap<&str, Serving> = old
+        .groups
+        .iter()
+        .map(|g| (renames.name(&g.name), g.serving))
+        .collect();
+    new.groups
+        .iter()
+        .filter_map(|n| {
+            let was = *before.get(n.name.as_str())?;
+            (was != n.serving).then_some((was, n))
+        })
+        .collect()
 }
 
 fn macs(old: &MapPlan, new: &MapPlan) {
@@ -75,5 +93,55 @@ fn switched(from: Serving, g: &PlannedGroup) {
         _ => {
             warn!(group = %g.name, from = from.as_str(), serving, "{why}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(groups: &[(u32, &str, Serving)]) -> MapPlan {
+        MapPlan {
+            ids: Default::default(),
+            config: Default::default(),
+            listeners: Vec::new(),
+            groups: groups
+                .iter()
+                .map(|(id, name, serving)| PlannedGroup {
+                    id: *id,
+                    name: name.to_string(),
+                    info: Default::default(),
+                    table: Default::default(),
+                    last_resort: serving.last_resort(),
+                    serving: *serving,
+                    primary: Default::default(),
+                    backup: None,
+                })
+                .collect(),
+            targets: Vec::new(),
+        }
+    }
+
+    /// A switch is logged for the same group only: renamed by `lb apply
+    /// --rename`, or not; never for a new group given a removed one's id.
+    #[test]
+    fn switches_follow_renames_not_reused_ids() {
+        let old = plan(&[(1, "web", Serving::PrimaryLastResort)]);
+        let named = |s: Vec<(Serving, &PlannedGroup)>| -> Vec<(Serving, String)> {
+            s.into_iter().map(|(f, g)| (f, g.name.clone())).collect()
+        };
+        let reused = plan(&[(1, "new", Serving::Primary)]);
+        assert_eq!(named(switches(&old, &reused, &Renames::default())), []);
+        let renamed = plan(&[(1, "www", Serving::Primary)]);
+        let renames = Renames::parse(&["web=www"]).unwrap();
+        assert_eq!(
+            named(switches(&old, &renamed, &renames)),
+            [(Serving::PrimaryLastResort, "www".to_string())]
+        );
+        let same = plan(&[(1, "web", Serving::Primary)]);
+        assert_eq!(
+            named(switches(&old, &same, &Renames::default())),
+            [(Serving::PrimaryLastResort, "web".to_string())]
+        );
     }
 }

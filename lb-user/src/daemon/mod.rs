@@ -186,6 +186,9 @@ struct Daemon {
     /// What readers off the event loop name the maps' ids with (metrics,
     /// `lb stats`), published when the maps hold a new plan.
     view: view::Publisher,
+    /// The counts of the targets whose ids were released, by group (what
+    /// the groups' counters keep of them).
+    released: view::Released,
     /// What `lb` counts as it goes (metrics).
     instruments: Instruments,
     /// Reads the data plane's statistics in batches, on any thread.
@@ -213,7 +216,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let instance = Instance::of_interface(&iface.name);
     let _lock = instance.lock()?;
     checks::memory(&instance, &policy)?;
-    // Before anything changes: a path that is taken stops lb here.
+    // Before anything changes: a taken address or path stops lb here.
+    let metrics = bind_metrics(opts.metrics)?;
     let api = api::bind(&opts.socket)
         .with_context(|| format!("cannot serve the API on {}", opts.socket.display()))?;
     let announcer = start_announcer(opts.announce).await?;
@@ -246,7 +250,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     daemon.attach()?;
     daemon.announcer = announcer;
     daemon.announce();
-    let _metrics = daemon.serve_metrics()?;
+    let _metrics = daemon.serve_metrics(metrics)?;
     timer.lap("attach");
     daemon.ready(&timer);
     daemon.check_host().await;
@@ -383,6 +387,12 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The metrics endpoint's address (`--metrics`), bound, if given.
+fn bind_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<metrics::Bound>> {
+    addr.map(|addr| metrics::bind(addr).with_context(|| format!("cannot serve metrics on {addr}")))
+        .transpose()
 }
 
 /// The announcer of `--announce TABLE`, if given.
@@ -555,6 +565,7 @@ impl Daemon {
             attached_to: None,
             iface_gone: false,
             view: view::Publisher::new(),
+            released: view::Released::default(),
             instruments: Instruments::default(),
             reader,
             announce_hold,
@@ -563,10 +574,13 @@ impl Daemon {
         })
     }
 
-    /// Starts the metrics endpoint (`--metrics`) on a thread of its own;
-    /// it stops when dropped.
-    fn serve_metrics(&self) -> anyhow::Result<Option<metrics::Server>> {
-        let Some(addr) = self.opts.metrics else {
+    /// Serves the metrics endpoint (`--metrics`, bound at the start) on a
+    /// thread of its own; it stops when dropped.
+    fn serve_metrics(
+        &self,
+        bound: Option<metrics::Bound>,
+    ) -> anyhow::Result<Option<metrics::Server>> {
+        let Some(bound) = bound else {
             return Ok(None);
         };
         let sweeps = match &self.sweeper {
@@ -577,9 +591,11 @@ impl Daemon {
             view: self.view.subscribe(),
             reader: self.reader.clone(),
             sweeps,
+            in_table: self.announcer.as_ref().map(Announcer::in_table),
         };
-        let server = metrics::Server::start(addr, sources, &self.instruments)
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let server = bound
+            .serve(sources, &self.instruments)
+            .context("cannot serve metrics")?;
         info!(addr = %server.addr(), "metrics at http://{}/metrics", server.addr());
         Ok(Some(server))
     }
@@ -662,7 +678,7 @@ impl Daemon {
         match self.compile(&policy, &drains) {
             Ok(plan) => {
                 if plan != self.plan || !self.in_sync {
-                    log::log_changes(&self.plan, &plan);
+                    log::log_changes(&self.plan, &plan, &Renames::default());
                     self.plan = plan;
                     self.apply();
                 }
@@ -705,14 +721,18 @@ impl Daemon {
             .iter()
             .map(|t| (t.key(), t.info))
             .collect();
+        self.released.keep_groups_of(&self.plan.ids);
         let mut view = View::of(
             &self.policy,
             &self.plan,
-            self.dataplane.flow_table_size(),
-            self.dataplane.flow_table_layout().0,
+            &self.released,
+            (
+                self.dataplane.flow_table_size(),
+                self.dataplane.flow_table_layout().0,
+            ),
         );
         self.announce_into(&mut view);
-        self.instruments.activations(&self.view.last(), &view);
+        self.instruments.activations(&view);
         self.view.publish(view);
         // Following the rules before: a listener id given to another
         // listener keeps the longer timeouts for the entries naming it.
@@ -752,7 +772,7 @@ impl Daemon {
             self.announce_hold.is_some(),
         );
         a.set(&decided);
-        view.announced = decided.iter().map(|v| (v.vip, v.announced)).collect();
+        view.announce_vips = decided.iter().map(|v| v.vip).collect();
     }
 
     /// What the status shows of the announcements.

@@ -182,6 +182,8 @@ impl Daemon {
         self.written = renames.keys(&self.written);
         self.flows = self.flows.renamed(renames);
         self.state.rename(renames);
+        self.instruments.renamed(renames);
+        self.released = self.released.renamed(renames);
         for (from, to) in renames.pairs() {
             info!(from, to, "target group renamed");
         }
@@ -213,7 +215,7 @@ impl Daemon {
         self.policy = p.policy;
         self.drains = p.drains;
         self.save_state();
-        log::log_changes(&self.plan, &p.plan);
+        log::log_changes(&self.plan, &p.plan, &p.renames);
         self.plan = p.plan;
         self.apply();
         self.schedule_drains();

@@ -22,7 +22,8 @@ mod scrape;
 mod server;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -37,8 +38,8 @@ use prometheus_client::{
 
 pub use scrape::{Scrape, Sources};
 
-use crate::view::{GroupView, View};
-pub use server::{DEFAULT_ADDR, Server};
+use crate::{rename::Renames, view::View};
+pub use server::{Bound, DEFAULT_ADDR, Server, bind};
 
 /// A group's label set (`group="web"`).
 pub type GroupLabel = [(&'static str, String); 1];
@@ -64,6 +65,9 @@ pub struct Instruments {
     /// Times each group went into last resort, and to its backup.
     pub last_resort_activations: Family<GroupLabel, Counter>,
     pub backup_activations: Family<GroupLabel, Counter>,
+    /// Each group's state (last resort, backup) as the last activations
+    /// counted it.
+    seen: Arc<Mutex<BTreeMap<String, [bool; 2]>>>,
 }
 
 impl Default for Instruments {
@@ -78,6 +82,7 @@ impl Default for Instruments {
             probe_durations: Family::new_with_constructor(probe_histogram),
             last_resort_activations: Family::default(),
             backup_activations: Family::default(),
+            seen: Arc::default(),
         }
     }
 }
@@ -100,49 +105,64 @@ impl Instruments {
     }
 
     /// Counts the groups of `new` that went into last resort, or to their
-    /// backup, since `old` (a group new in `new` counts if it starts so),
-    /// and forgets the groups `new` no longer has. A group is known by its
-    /// id: renamed, it goes on with its counts under its new name.
-    pub fn activations(&self, old: &View, new: &View) {
-        let before: BTreeMap<u32, &GroupView> = old.groups.iter().map(|g| (g.id, g)).collect();
+    /// backup, since the view counted before (a group new in `new` counts
+    /// if it starts so), and forgets the groups `new` no longer has. A
+    /// group is known by its name: one renamed (`lb apply --rename`) goes
+    /// on under its new name through [`Instruments::renamed`], never by a
+    /// guess from its id (a removed group's id may go to a new group).
+    pub fn activations(&self, new: &View) {
+        let mut seen = self.seen.lock().expect("activations lock");
         let families = [&self.last_resort_activations, &self.backup_activations];
-        // Read before any is moved: two groups may swap names.
-        let counts: BTreeMap<&str, [u64; 2]> = old
+        let now: BTreeMap<String, [bool; 2]> = new
             .groups
             .iter()
-            .map(|g| {
-                let label = [("group", g.name.clone())];
-                let n = families.map(|f| f.get(&label).map_or(0, |c| c.get()));
-                (g.name.as_str(), n)
-            })
+            .map(|g| (g.name.clone(), [g.last_resort, g.backup_active()]))
             .collect();
-        for g in &new.groups {
-            let was = before.get(&g.id);
-            let label = [("group", g.name.clone())];
-            // Renamed: its counts under the new name; new: from none (the
-            // name may be one a renamed group left).
-            if was.is_none_or(|w| w.name != g.name) {
-                let moved = was.and_then(|w| counts.get(w.name.as_str()).copied());
-                for (family, n) in families.iter().zip(moved.unwrap_or_default()) {
-                    family.remove(&label);
-                    if n > 0 {
-                        family.get_or_create(&label).inc_by(n);
-                    }
+        for (name, state) in &now {
+            let was = seen.get(name).copied().unwrap_or_default();
+            let label = [("group", name.clone())];
+            for ((family, on), was_on) in families.iter().zip(state).zip(was) {
+                if *on && !was_on {
+                    family.get_or_create(&label).inc();
                 }
             }
-            if g.last_resort && !was.is_some_and(|w| w.last_resort) {
-                self.last_resort_activations.get_or_create(&label).inc();
-            }
-            if g.backup_active() && !was.is_some_and(|w| w.backup_active()) {
-                self.backup_activations.get_or_create(&label).inc();
+        }
+        for gone in seen.keys().filter(|g| !now.contains_key(*g)) {
+            let label = [("group", gone.clone())];
+            for family in families {
+                family.remove(&label);
             }
         }
-        let now: BTreeSet<&str> = new.groups.iter().map(|g| g.name.as_str()).collect();
-        for gone in counts.keys().filter(|g| !now.contains(*g)) {
-            let label = [("group", gone.to_string())];
-            self.last_resort_activations.remove(&label);
-            self.backup_activations.remove(&label);
+        *seen = now;
+    }
+
+    /// Groups renamed (`lb apply --rename`): their counts and the state
+    /// they were counted in go on under their new names. All at once: two
+    /// groups may swap names.
+    pub fn renamed(&self, renames: &Renames) {
+        let mut seen = self.seen.lock().expect("activations lock");
+        let families = [&self.last_resort_activations, &self.backup_activations];
+        let label = |name: &str| [("group", name.to_string())];
+        let moved: Vec<(&str, [Option<u64>; 2])> = renames
+            .pairs()
+            .map(|(old, new)| (new, families.map(|f| f.get(&label(old)).map(|c| c.get()))))
+            .collect();
+        for (old, _) in renames.pairs() {
+            for family in families {
+                family.remove(&label(old));
+            }
         }
+        for (new, counts) in moved {
+            for (family, n) in families.iter().zip(counts) {
+                if let Some(n) = n {
+                    family.get_or_create(&label(new)).inc_by(n);
+                }
+            }
+        }
+        *seen = seen
+            .iter()
+            .map(|(name, state)| (renames.name(name).to_string(), *state))
+            .collect();
     }
 
     /// Forgets group `group`'s probe durations (its checks stopped).
@@ -174,7 +194,7 @@ impl Instruments {
         );
         registry.register(
             "lb_group_last_resort_activations",
-            "Times the group went into last resort (no healthy target on the side serving it)",
+            "Times the group went into last resort (no healthy target on the side serving it), whether or not a target could take its new flows then",
             self.last_resort_activations.clone(),
         );
         registry.register(
@@ -193,90 +213,100 @@ impl Instruments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failover::Serving;
+    use crate::{failover::Serving, view::GroupView};
 
-    fn view(groups: &[(&str, bool, Serving)]) -> View {
+    /// Groups (id, name, last resort, serving).
+    fn view(groups: &[(u32, &str, bool, Serving)]) -> View {
         View {
             groups: groups
                 .iter()
-                .enumerate()
-                .map(|(id, (name, last_resort, serving))| GroupView {
-                    id: id as u32 + 1,
+                .map(|(id, name, last_resort, serving)| GroupView {
+                    id: *id,
                     name: name.to_string(),
                     listener: None,
                     serving: *serving,
                     last_resort: *last_resort,
+                    counted: Vec::new(),
+                    released: Default::default(),
                 })
                 .collect(),
             ..View::default()
         }
     }
 
+    fn count(f: &Family<GroupLabel, Counter>, g: &str) -> Option<u64> {
+        f.get(&[("group", g.to_string())]).map(|c| c.get())
+    }
+
     #[test]
     fn activations_count_each_change_into_last_resort_and_backup() {
         let m = Instruments::default();
-        let count = |f: &Family<GroupLabel, Counter>, g: &str| {
-            f.get(&[("group", g.to_string())]).map_or(0, |c| c.get())
-        };
         let normal = view(&[
-            ("web", false, Serving::Primary),
-            ("dns", false, Serving::Primary),
+            (1, "web", false, Serving::Primary),
+            (2, "dns", false, Serving::Primary),
         ]);
         let down = view(&[
-            ("web", true, Serving::PrimaryLastResort),
-            ("dns", false, Serving::Backup),
+            (1, "web", true, Serving::PrimaryLastResort),
+            (2, "dns", false, Serving::Backup),
         ]);
-        m.activations(&View::default(), &normal);
-        m.activations(&normal, &down);
+        m.activations(&normal);
+        m.activations(&down);
         // Staying there is no new activation.
-        m.activations(&down, &down);
-        m.activations(&down, &normal);
-        m.activations(&normal, &down);
-        assert_eq!(count(&m.last_resort_activations, "web"), 2);
-        assert_eq!(count(&m.backup_activations, "dns"), 2);
-        assert_eq!(count(&m.backup_activations, "web"), 0);
-        // Renamed (the same id), as it was: no activation, its counts go
-        // on under the new name; two groups may swap names.
+        m.activations(&down);
+        m.activations(&normal);
+        m.activations(&down);
+        assert_eq!(count(&m.last_resort_activations, "web"), Some(2));
+        assert_eq!(count(&m.backup_activations, "dns"), Some(2));
+        assert_eq!(count(&m.backup_activations, "web"), None);
+        // Renamed, as it was: no activation, its counts go on under the
+        // new name.
+        m.renamed(&Renames::parse(&["web=www"]).unwrap());
         let renamed = view(&[
-            ("www", true, Serving::PrimaryLastResort),
-            ("dns", false, Serving::Backup),
+            (1, "www", true, Serving::PrimaryLastResort),
+            (2, "dns", false, Serving::Backup),
         ]);
-        m.activations(&down, &renamed);
-        assert_eq!(count(&m.last_resort_activations, "www"), 2);
-        assert!(
-            m.last_resort_activations
-                .get(&[("group", "web".into())])
-                .is_none()
-        );
-        // Renamed, and a new group takes the name it left, in one step:
-        // the new one starts from none.
-        let m2 = Instruments::default();
-        m2.activations(&normal, &down);
-        let mut reused = renamed.clone();
-        reused.groups.push(GroupView {
-            id: 9,
-            name: "web".into(),
-            listener: None,
-            serving: Serving::Primary,
-            last_resort: false,
-        });
-        m2.activations(&down, &reused);
-        assert_eq!(count(&m2.last_resort_activations, "www"), 1);
-        assert_eq!(count(&m2.last_resort_activations, "web"), 0);
+        m.activations(&renamed);
+        assert_eq!(count(&m.last_resort_activations, "www"), Some(2));
+        assert_eq!(count(&m.last_resort_activations, "web"), None);
+        // Two groups swap names: each keeps its counts.
+        m.renamed(&Renames::parse(&["www=dns", "dns=www"]).unwrap());
         let swapped = view(&[
-            ("dns", true, Serving::PrimaryLastResort),
-            ("www", false, Serving::Backup),
+            (1, "dns", true, Serving::PrimaryLastResort),
+            (2, "www", false, Serving::Backup),
         ]);
-        m.activations(&renamed, &swapped);
-        assert_eq!(count(&m.last_resort_activations, "dns"), 2);
-        assert_eq!(count(&m.backup_activations, "www"), 2);
-        assert_eq!(count(&m.last_resort_activations, "www"), 0);
+        m.activations(&swapped);
+        assert_eq!(count(&m.last_resort_activations, "dns"), Some(2));
+        assert_eq!(count(&m.backup_activations, "www"), Some(2));
+        assert_eq!(count(&m.last_resort_activations, "www"), None);
         // A group that leaves the policy leaves the metrics.
-        m.activations(&swapped, &view(&[("www", false, Serving::Primary)]));
-        assert!(
-            m.last_resort_activations
-                .get(&[("group", "dns".into())])
-                .is_none()
-        );
+        m.activations(&view(&[(2, "www", false, Serving::Primary)]));
+        assert_eq!(count(&m.last_resort_activations, "dns"), None);
+    }
+
+    /// A group removed, and a new one given its freed id in the same
+    /// apply: the new one starts from none, and the removed one's counts
+    /// go with it. A group is renamed only by `lb apply --rename`.
+    #[test]
+    fn a_new_group_given_a_removed_groups_id_starts_from_none() {
+        let m = Instruments::default();
+        m.activations(&view(&[(1, "old", true, Serving::PrimaryLastResort)]));
+        assert_eq!(count(&m.last_resort_activations, "old"), Some(1));
+        m.activations(&view(&[(1, "new", false, Serving::Primary)]));
+        assert_eq!(count(&m.last_resort_activations, "new"), None);
+        assert_eq!(count(&m.last_resort_activations, "old"), None);
+        // The new group in last resort: its first activation.
+        m.activations(&view(&[(1, "new", true, Serving::PrimaryLastResort)]));
+        assert_eq!(count(&m.last_resort_activations, "new"), Some(1));
+        // Renamed and a new group taking the name it left, in one step:
+        // the new one starts from none.
+        let m = Instruments::default();
+        m.activations(&view(&[(1, "web", true, Serving::PrimaryLastResort)]));
+        m.renamed(&Renames::parse(&["web=www"]).unwrap());
+        m.activations(&view(&[
+            (1, "www", true, Serving::PrimaryLastResort),
+            (2, "web", false, Serving::Primary),
+        ]));
+        assert_eq!(count(&m.last_resort_activations, "www"), Some(1));
+        assert_eq!(count(&m.last_resort_activations, "web"), None);
     }
 }

@@ -1,7 +1,12 @@
 //! One scrape: the data plane's counters and statistics read at once
 //! (batched), named with the daemon's latest view, and encoded through a
 //! `prometheus-client` collector. Runs on the metrics server's threads.
-use std::{collections::BTreeMap, fmt, io, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt, io,
+    net::IpAddr,
+    sync::Arc,
+};
 
 use lb_common::{Counter, Stats};
 use prometheus_client::{
@@ -13,18 +18,23 @@ use prometheus_client::{
 use tokio::sync::watch;
 
 use crate::{
-    dataplane::{reader::Reader, sweep::SweepReport},
+    dataplane::{
+        reader::{Reader, StatsRead},
+        sweep::SweepReport,
+    },
     flows,
     status::TargetState,
     view::{Latest, View},
 };
 
-/// What a scrape reads: the latest view, the data plane, the last sweep.
+/// What a scrape reads: the latest view, the data plane, the last sweep,
+/// and with `--announce` the VIPs the announce table holds.
 #[derive(Clone)]
 pub struct Sources {
     pub view: Latest,
     pub reader: Arc<Reader>,
     pub sweeps: watch::Receiver<Option<Arc<SweepReport>>>,
+    pub in_table: Option<watch::Receiver<BTreeSet<IpAddr>>>,
 }
 
 /// The data plane as one scrape read it.
@@ -37,6 +47,8 @@ pub struct Scrape {
     /// Active flows per target of the view (its order).
     active: Vec<u64>,
     sweep: Option<Arc<SweepReport>>,
+    /// The VIPs whose routes the announce table holds (`--announce`).
+    in_table: BTreeSet<IpAddr>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -54,9 +66,8 @@ impl Scrape {
     /// Reads everything a scrape shows: three batched lookups and the
     /// active counts' mapping.
     pub fn read(sources: &Sources) -> io::Result<Scrape> {
-        let view = sources.view.latest();
         let counters = sources.reader.counters()?;
-        let stats = sources.reader.stats(view.listener_ids, view.target_ids)?;
+        let (stats, view) = read_stats(sources)?;
         let active = view
             .targets
             .iter()
@@ -68,6 +79,11 @@ impl Scrape {
             targets: stats.targets,
             active,
             sweep: sources.sweeps.borrow().clone(),
+            in_table: sources
+                .in_table
+                .as_ref()
+                .map(|t| t.borrow().clone())
+                .unwrap_or_default(),
             view,
         })
     }
@@ -94,6 +110,30 @@ impl Scrape {
     fn target(&self, id: u32) -> Stats {
         self.targets.get(id as usize).copied().unwrap_or_default()
     }
+}
+
+/// How many times a scrape reads the statistics again when the view
+/// published meanwhile names ids past those read.
+const REREADS: usize = 2;
+
+/// The statistics, and the view that names them, taken after them: the
+/// daemon publishes a view that no longer counts a released id before the
+/// data plane zeroes its statistics, so a view taken after the read never
+/// counts an id read zeroed (a group's counters never fall). Read again
+/// if that view names ids past those read (new ones, counting from 0
+/// until then).
+fn read_stats(sources: &Sources) -> io::Result<(StatsRead, Arc<View>)> {
+    let mut sized = sources.view.latest();
+    for _ in 0..REREADS {
+        let stats = sources.reader.stats(sized.listener_ids, sized.target_ids)?;
+        let view = sources.view.latest();
+        if view.listener_ids <= sized.listener_ids && view.target_ids <= sized.target_ids {
+            return Ok((stats, view));
+        }
+        sized = view;
+    }
+    let stats = sources.reader.stats(sized.listener_ids, sized.target_ids)?;
+    Ok((stats, sources.view.latest()))
 }
 
 /// One family of series: its name (without `_total`: the encoder adds it
@@ -152,17 +192,18 @@ impl Collector for Scrape {
         self.encode_listeners(&mut enc)?;
         self.encode_groups(&mut enc)?;
         self.encode_targets(&mut enc)?;
-        if !self.view.announced.is_empty() {
-            let rows = self
-                .view
-                .announced
-                .iter()
-                .map(|(vip, on)| ([("vip", vip.to_string())], u64::from(*on)));
+        if !self.view.announce_vips.is_empty() {
+            // What the table holds, not what lb decided: a write that
+            // failed leaves the table as it was.
+            let rows = self.view.announce_vips.iter().map(|vip| {
+                let held = self.in_table.contains(vip);
+                ([("vip", vip.to_string())], u64::from(held))
+            });
             family(
                 &mut enc,
                 (
                     "lb_vip_announced",
-                    "1 while the VIP's route is in the announce table (lb run --announce)",
+                    "1 while the VIP's route is in the announce table, as lb last read and wrote it (lb run --announce)",
                     GAUGE,
                 ),
                 rows,
@@ -385,21 +426,28 @@ impl Scrape {
     }
 
     /// Per group, over its own targets: statistics, active flows, and
-    /// targets by state (`TargetState::ALL`'s order). Not its backup's
-    /// taking its flows (their `via` series): a via row leaves when the
-    /// backup link does, which would make the sum fall (a counter reset
-    /// to Prometheus) more often than a target leaving does already.
+    /// targets by state (`TargetState::ALL`'s order). The statistics are
+    /// a counter's: those of every id its targets' counts are kept under,
+    /// in the plan or retired, and the counts of those released
+    /// (`crate::view::Released`), so that a target leaving never makes the
+    /// sum fall. Not its backup's taking its flows (their `via` series):
+    /// a via row leaves when the backup link does.
     fn group_sums(&self) -> BTreeMap<&str, GroupSums> {
         let mut sums: BTreeMap<&str, GroupSums> = BTreeMap::new();
+        for g in &self.view.groups {
+            let mut total = g.released;
+            for s in g.counted.iter().map(|id| self.target(*id)) {
+                total.packets += s.packets;
+                total.bytes += s.bytes;
+                total.new_flows += s.new_flows;
+            }
+            sums.entry(g.name.as_str()).or_default().0 = total;
+        }
         for (t, active) in self.view.targets.iter().zip(&self.active) {
             if !t.own() {
                 continue;
             }
-            let s = self.target(t.id);
             let e = sums.entry(t.group.as_str()).or_default();
-            e.0.packets += s.packets;
-            e.0.bytes += s.bytes;
-            e.0.new_flows += s.new_flows;
             e.1 += active;
             e.2[state_index(t.state)] += 1;
         }
@@ -414,7 +462,7 @@ impl Scrape {
             enc,
             (
                 "lb_group_last_resort",
-                "1 while no target of the side serving the group is healthy, so every one takes new flows",
+                "1 while no target of the side serving the group is healthy (last resort): those with a weight above 0 and a known MAC take new flows, unhealthy or not; with none (every target of weight 0, say), new flows are dropped",
                 GAUGE,
             ),
             groups.iter().map(|g| (label(&g.name), flag(g.last_resort))),
@@ -563,6 +611,14 @@ mod tests {
                 listener: Some("web".into()),
                 serving: Serving::Backup,
                 last_resort: false,
+                // Its own targets' ids (not the backup's taking its flows),
+                // and what targets released before took.
+                counted: vec![1, 2],
+                released: Stats {
+                    packets: 4,
+                    bytes: 400,
+                    new_flows: 0,
+                },
             }],
             targets: vec![
                 target(1, "10.0.3.11", None, TargetState::Healthy),
@@ -574,10 +630,7 @@ mod tests {
             target_ids: 4,
             max_flows: 1024,
             buckets: 512,
-            announced: vec![
-                ("10.0.3.49".parse().unwrap(), true),
-                ("fd00:3::49".parse().unwrap(), false),
-            ],
+            announce_vips: vec!["10.0.3.49".parse().unwrap(), "fd00:3::49".parse().unwrap()],
         };
         let stats = |p: u64| Stats {
             packets: p,
@@ -597,6 +650,9 @@ mod tests {
             targets: vec![stats(0), stats(20), stats(10), stats(7)],
             active: vec![4, 1, 9],
             sweep: None,
+            // What the announce table holds, whatever was decided (a
+            // write that failed leaves it as it was).
+            in_table: ["fd00:3::49".parse().unwrap()].into(),
         };
         let text = scrape.render(&Registry::default()).unwrap();
         for line in [
@@ -613,7 +669,7 @@ mod tests {
             "lb_target_packets_total{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 7",
             "lb_target_active_flows{group=\"web\",target=\"10.0.3.21\",via=\"spare\"} 9",
             "lb_target_state{group=\"web\",target=\"10.0.3.21\",via=\"spare\",state=\"healthy\"} 1",
-            "lb_group_packets_total{group=\"web\"} 30",
+            "lb_group_packets_total{group=\"web\"} 34",
             "lb_group_active_flows{group=\"web\"} 5",
             "lb_group_targets{group=\"web\",state=\"healthy\"} 1",
             "lb_group_targets{group=\"web\",state=\"draining\"} 0",
@@ -621,8 +677,8 @@ mod tests {
             "lb_group_backup_active{group=\"web\"} 1",
             "lb_group_last_resort{group=\"web\"} 0",
             "lb_flow_table_slots 2048",
-            "lb_vip_announced{vip=\"10.0.3.49\"} 1",
-            "lb_vip_announced{vip=\"fd00:3::49\"} 0",
+            "lb_vip_announced{vip=\"10.0.3.49\"} 0",
+            "lb_vip_announced{vip=\"fd00:3::49\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -634,5 +690,100 @@ mod tests {
             !text.contains("target=\"10.0.3.21\"}"),
             "a backup's target without via:\n{text}"
         );
+    }
+
+    /// `lb_group_packets_total{group="web"}` of a scrape of `view` with
+    /// target ids' packets `packets` (index = id).
+    fn group_packets(view: &View, packets: &[u64]) -> u64 {
+        let stats = |p: u64| Stats {
+            packets: p,
+            ..Stats::default()
+        };
+        let scrape = Scrape {
+            view: Arc::new(view.clone()),
+            counters: [0; Counter::COUNT as usize],
+            listeners: Vec::new(),
+            targets: packets.iter().map(|&p| stats(p)).collect(),
+            active: vec![0; view.targets.len()],
+            sweep: None,
+            in_table: BTreeSet::new(),
+        };
+        let text = scrape.render(&Registry::default()).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lb_group_packets_total{group=\"web\"} "))
+            .unwrap_or_else(|| panic!("no web packets in:\n{text}"));
+        line.parse().unwrap()
+    }
+
+    /// A policy whose group `web` has targets 10.0.3.N for each N.
+    fn web(targets: &[u8]) -> crate::policy::Policy {
+        let mut y = String::from(
+            "listeners:\n  - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n\
+             target_groups:\n  - name: web\n    protocol: tcp\n    targets:\n",
+        );
+        for t in targets {
+            y += &format!("      - {{ ip: 10.0.3.{t} }}\n");
+        }
+        crate::policy::parse("t.yaml", &y).unwrap()
+    }
+
+    /// The plan of `p` following `ids`, at `now`, and its view.
+    fn next(
+        p: &crate::policy::Policy,
+        ids: &crate::ids::Ids,
+        now: std::time::Instant,
+        released: &crate::view::Released,
+    ) -> (crate::plan::MapPlan, View) {
+        let observed = crate::plan::Observed::default();
+        let cache = &mut crate::maglev::TableCache::default();
+        let plan = crate::policy::compile::compile_next(p, &observed, ids, now, cache).unwrap();
+        let view = View::of(p, &plan, released, (1024, 512));
+        (plan, view)
+    }
+
+    /// A group's counters never fall while lb runs: a removed target is
+    /// counted while its id is retired, its counts are kept when its id is
+    /// released (and zeroed), a new target given that id counts from 0,
+    /// and one back before its id is released is counted once.
+    #[test]
+    fn a_groups_counters_never_fall_as_targets_leave_and_come_back() {
+        let (t0, none) = (std::time::Instant::now(), Default::default());
+        let (first, v) = next(&web(&[11, 12]), &Default::default(), t0, &none);
+        assert_eq!(group_packets(&v, &[0, 100, 50]), 150);
+        // .12 removed: retired, not in the plan, still counted.
+        let (removed, v) = next(&web(&[11]), &first.ids, t0, &none);
+        assert!(removed.targets.iter().all(|t| t.id != 2));
+        assert_eq!(group_packets(&v, &[0, 100, 50]), 150);
+        // Back before its id is released: the same id, counted once.
+        let (_, back) = next(&web(&[11, 12]), &removed.ids, t0, &none);
+        assert_eq!(group_packets(&back, &[0, 100, 60]), 160);
+        // Released: its counts are kept (in the view published before the
+        // data plane zeroes it), and a new target given its id counts
+        // from 0.
+        let mut ids = (*removed.ids).clone();
+        let released = ids.release(&Default::default(), t0 + crate::ids::RELEASE_GRACE);
+        assert_eq!(released, [2]);
+        let read = StatsRead {
+            targets: [0, 0, 60]
+                .map(|p| Stats {
+                    packets: p,
+                    ..Stats::default()
+                })
+                .to_vec(),
+            ..StatsRead::default()
+        };
+        let mut totals = crate::view::Released::default();
+        totals.add(&removed.ids, &released, &read);
+        let v = v.released(&released, &totals);
+        assert_eq!(group_packets(&v, &[0, 100, 60]), 160);
+        assert_eq!(group_packets(&v, &[0, 100, 0]), 160, "zeroed");
+        let (reused, v) = next(&web(&[11, 13]), &ids, t0, &totals);
+        let new = reused
+            .targets
+            .iter()
+            .find(|t| t.ip.to_string() == "10.0.3.13");
+        assert_eq!(new.map(|t| t.id), Some(2));
+        assert_eq!(group_packets(&v, &[0, 100, 5]), 165);
     }
 }

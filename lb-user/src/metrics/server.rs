@@ -42,6 +42,19 @@ struct State {
     scrapes: Semaphore,
 }
 
+/// The endpoint's address, bound and not served yet.
+pub struct Bound {
+    listener: std::net::TcpListener,
+}
+
+/// Binds `addr`: `lb run` does it before anything changes, so that an
+/// address it cannot bind stops it with nothing changed.
+pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(Bound { listener })
+}
+
 /// The running endpoint; dropped, it stops.
 pub struct Server {
     addr: SocketAddr,
@@ -49,16 +62,10 @@ pub struct Server {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl Server {
-    /// Binds `addr` (here, so that a taken address stops `lb run` with a
-    /// clear error) and serves on a thread of its own.
-    pub fn start(
-        addr: SocketAddr,
-        sources: Sources,
-        instruments: &Instruments,
-    ) -> io::Result<Server> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
+impl Bound {
+    /// Serves the bound address on a thread of its own.
+    pub fn serve(self, sources: Sources, instruments: &Instruments) -> io::Result<Server> {
+        let listener = self.listener;
         let addr = listener.local_addr()?;
         let mut registry = Registry::default();
         instruments.register(&mut registry);
@@ -88,7 +95,9 @@ impl Server {
             thread: Some(thread),
         })
     }
+}
 
+impl Server {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -168,31 +177,71 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
         .expect("a valid response")
 }
 
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `GET /metrics`: a scrape.
+    Scrape,
+    /// `HEAD /metrics`: the headers of a scrape, without one (a scrape
+    /// reads every map; a HEAD has no use for what it reads).
+    ScrapeHead,
+    /// `/`: where the metrics are.
+    Index,
+    NotFound,
+    /// Another method than GET and HEAD.
+    NotAllowed,
+}
+
+fn route(method: &Method, path: &str) -> Route {
+    let head = *method == Method::HEAD;
+    if *method != Method::GET && !head {
+        return Route::NotAllowed;
+    }
+    match path {
+        "/metrics" if head => Route::ScrapeHead,
+        "/metrics" => Route::Scrape,
+        "/" => Route::Index,
+        _ => Route::NotFound,
+    }
+}
+
+/// The methods the endpoint answers (`Allow` of a 405: RFC 9110 15.5.6).
+const ALLOWED: &str = "GET, HEAD";
+
+/// The answer to `route`, but a scrape's (hyper sends no body to a HEAD).
+fn fixed(route: Route) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    match route {
+        Route::Scrape | Route::ScrapeHead => reply(StatusCode::OK, CONTENT_TYPE, String::new()),
+        Route::Index => reply(StatusCode::OK, text, "lb: metrics at /metrics\n".into()),
+        Route::NotFound => reply(
+            StatusCode::NOT_FOUND,
+            text,
+            "not found: metrics are at /metrics\n".into(),
+        ),
+        Route::NotAllowed => {
+            let mut r = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                "GET /metrics\n".into(),
+            );
+            r.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static(ALLOWED),
+            );
+            r
+        }
+    }
+}
+
 async fn answer(
     req: Request<hyper::body::Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let text = "text/plain; charset=utf-8";
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            text,
-            "GET /metrics\n".into(),
-        ));
-    }
-    match req.uri().path() {
-        "/metrics" => Ok(scrape(state).await),
-        "/" => Ok(reply(
-            StatusCode::OK,
-            text,
-            "lb: metrics at /metrics\n".into(),
-        )),
-        _ => Ok(reply(
-            StatusCode::NOT_FOUND,
-            text,
-            "not found: metrics are at /metrics\n".into(),
-        )),
-    }
+    Ok(match route(req.method(), req.uri().path()) {
+        Route::Scrape => scrape(state).await,
+        other => fixed(other),
+    })
 }
 
 async fn scrape(state: Arc<State>) -> Response<Full<Bytes>> {
@@ -227,5 +276,28 @@ async fn scrape(state: Arc<State>) -> Response<Full<Bytes>> {
             "text/plain",
             format!("scrape failed: {err}\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_answers_without_a_scrape_and_405_names_the_methods() {
+        assert_eq!(route(&Method::GET, "/metrics"), Route::Scrape);
+        assert_eq!(route(&Method::HEAD, "/metrics"), Route::ScrapeHead);
+        assert_eq!(route(&Method::HEAD, "/"), Route::Index);
+        assert_eq!(route(&Method::GET, "/nothing"), Route::NotFound);
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
+            assert_eq!(route(&method, "/metrics"), Route::NotAllowed, "{method}");
+        }
+        // HEAD /metrics: a scrape's status and type, no scrape.
+        let head = fixed(Route::ScrapeHead);
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(head.headers()[hyper::header::CONTENT_TYPE], CONTENT_TYPE);
+        let refused = fixed(Route::NotAllowed);
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.headers()[hyper::header::ALLOW], "GET, HEAD");
     }
 }

@@ -184,10 +184,14 @@ pub fn sides(targets: &[PlannedTarget]) -> (Side, Side) {
         let registered = targets
             .iter()
             .filter(|t| t.via.is_some() == backup && t.phase.is_none());
-        let (total, healthy) = registered.fold((0, 0), |(n, h), t| {
-            (n + 1, h + usize::from(t.excluded.is_none()))
-        });
-        Side { total, healthy }
+        let mut side = Side::default();
+        for t in registered {
+            side.total += 1;
+            side.healthy += usize::from(t.excluded.is_none());
+            // What last resort gives new flows to again (`serve`).
+            side.usable += usize::from(matches!(t.excluded, None | Some(Exclusion::Unhealthy)));
+        }
+        side
     };
     (count(false), count(true))
 }

@@ -19,7 +19,7 @@ use crate::{
     flows,
     health::{self, HealthSnapshot, TargetKey},
     plan::{Exclusion, MapPlan, PlannedGroup, PlannedHealth, PlannedListener, PlannedTarget},
-    policy::{self, Policy},
+    policy::{self, Mac, Policy},
 };
 
 /// Everything a status report is built from.
@@ -181,13 +181,20 @@ fn target(src: &Sources<'_>, t: &PlannedTarget, attached: bool) -> TargetStatus 
         weight: t.weight,
         ratio: t.ratio,
         slots: t.slots,
-        mac: (t.excluded != Some(Exclusion::MacUnresolved)).then(|| t.info.mac.into()),
+        mac: known_mac(t),
         state: target_state(t, attached),
         packets: stats.packets,
         bytes: stats.bytes,
         new_flows: stats.new_flows,
         active_flows: flows::shown(src.dataplane.active_flows(t.id)),
     }
+}
+
+/// A target's MAC, if known. Its entry holds zeros for one whose MAC is
+/// not, whatever else excludes it (draining, unused): the policy refuses a
+/// zero `mac:` and the neighbour watch never reports one.
+fn known_mac(t: &PlannedTarget) -> Option<Mac> {
+    Some(Mac::new(t.info.mac)).filter(|m| !m.is_zero())
 }
 
 /// A planned target's operating state; `attached`: its group has a
@@ -306,6 +313,48 @@ impl ProbeSources {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{plan::Observed, policy::compile::compile};
+
+    /// A target leaving whose MAC is unknown shows no MAC (its exclusion is
+    /// `draining`, not `mac_unresolved`), one with its MAC shows it.
+    #[test]
+    fn a_target_whose_mac_is_unknown_shows_none_whatever_excludes_it() {
+        let policy = policy::parse(
+            "t.yaml",
+            "listeners:\n\
+             - { name: web, vip: 10.0.3.49, protocol: tcp, port: 80, target_group: web }\n\
+             target_groups:\n\
+             - { name: web, protocol: tcp, targets: [{ ip: 10.0.3.11 }, { ip: 10.0.3.12 }] }\n",
+        )
+        .unwrap();
+        let mut drains = Drains::default();
+        for t in ["10.0.3.11", "10.0.3.12"] {
+            drains
+                .drain(&policy, "web", t.parse().unwrap(), 1000)
+                .unwrap();
+        }
+        let observed = Observed {
+            iface_mac: [2, 0, 0, 0, 0, 2],
+            iface_nets: vec![("10.0.3.0".parse().unwrap(), 24)],
+            neighbors: [("10.0.3.12".parse().unwrap(), [2, 0, 0, 0, 0, 0x12])].into(),
+            drains,
+            now_unix: 1001,
+            ..Observed::default()
+        };
+        let plan = compile(&policy, &observed).unwrap();
+        let shown: Vec<(Option<Exclusion>, Option<String>)> = plan
+            .targets
+            .iter()
+            .map(|t| (t.excluded, known_mac(t).map(|m| m.to_string())))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (Some(Exclusion::Draining), None),
+                (Some(Exclusion::Draining), Some("02:00:00:00:00:12".into())),
+            ]
+        );
+    }
 
     #[test]
     fn sticky_sessions_are_ignored_with_source_ip() {

@@ -147,6 +147,11 @@ fn listeners(listeners: &[ListenerStatus]) -> String {
 /// A group: its settings, a line each, then its targets.
 fn group(g: &GroupStatus) -> String {
     let mut out = heading(g);
+    if g.last_resort {
+        // Who takes new flows then, or that nobody does (every target of
+        // weight 0 or with no MAC).
+        let _ = writeln!(out, "LAST RESORT: {}", g.serving_reason);
+    }
     let _ = match g.protocol {
         GroupProtocol::Udp => writeln!(out, "flows end after {}s idle", g.flow_idle_timeout_s),
         GroupProtocol::Tcp | GroupProtocol::Http => writeln!(
@@ -169,17 +174,12 @@ fn group(g: &GroupStatus) -> String {
     if let Some(h) = g.health_check.as_ref().filter(|h| h.enabled) {
         let _ = writeln!(
             out,
-            "health check {} every {}s, timeout {}s, up after {} successes, down after {} failures{}",
+            "health check {} every {}s, timeout {}s, up after {} successes, down after {} failures",
             h.kind.as_str(),
             h.interval_s,
             h.timeout_s,
             h.healthy_threshold,
             h.unhealthy_threshold,
-            if g.last_resort {
-                "; LAST RESORT: no healthy target, all targets take flows"
-            } else {
-                ""
-            }
         );
     }
     out += &lifecycle(g);
@@ -207,8 +207,10 @@ fn lifecycle(g: &GroupStatus) -> String {
             match g.serving {
                 Serving::Primary | Serving::PrimaryBelowRatio => "its own targets",
                 Serving::Backup => "the BACKUP's targets",
-                Serving::PrimaryLastResort => "all its own targets (LAST RESORT)",
-                Serving::BackupLastResort => "all the backup's targets (LAST RESORT)",
+                Serving::PrimaryLastResort =>
+                    "its own targets with a weight and a MAC, unhealthy or not (LAST RESORT)",
+                Serving::BackupLastResort =>
+                    "the backup's targets with a weight and a MAC, unhealthy or not (LAST RESORT)",
                 Serving::Nobody => "nobody (dropped)",
             },
             g.serving_reason
@@ -444,6 +446,41 @@ mod tests {
         );
         assert!(rows[2].starts_with("10.0.3.21 (via spare)  "), "{text}");
         assert!(rows[2].contains("  healthy        applied  "), "{text}");
+    }
+
+    /// A group in last resort whose targets all have weight 0 takes no
+    /// new flow: the status says they are dropped, never that every
+    /// target takes them.
+    #[test]
+    fn last_resort_with_only_weight_0_targets_says_new_flows_are_dropped() {
+        use crate::failover::{Side, serving};
+        let mut report = example();
+        let group = &mut report.target_groups[0];
+        group.backup = None;
+        let side = Side {
+            total: 1,
+            healthy: 0,
+            usable: 0,
+        };
+        group.serving = serving(side, None);
+        group.serving_reason = group.serving.reason(side, None);
+        group.last_resort = group.serving.last_resort();
+        let target = &mut group.targets[0];
+        target.weight = 0;
+        target.selectable = false;
+        target.excluded = Some(crate::plan::Exclusion::ZeroWeight);
+        let text = render(&report, Some("web"));
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("target group web"))
+            .collect();
+        assert_eq!(
+            lines[1],
+            "LAST RESORT: no healthy target: last resort, but none of the group's 1 targets has \
+             a weight above 0 and a known MAC: new flows are dropped",
+            "{text}"
+        );
+        assert!(!text.contains("all targets take"), "{text}");
     }
 
     #[test]

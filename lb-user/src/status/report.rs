@@ -128,7 +128,9 @@ pub struct GroupStatus {
     pub serving: Serving,
     #[serde(default)]
     pub serving_reason: String,
-    /// No target is healthy: every target takes new flows (last resort).
+    /// No target of the side serving it is healthy (last resort): those
+    /// with a weight above 0 and a known MAC take new flows, unhealthy or
+    /// not; none may (`serving_reason` says so): new flows are dropped.
     pub last_resort: bool,
     /// A flow without packets for this long has ended (seconds).
     #[serde(default)]
