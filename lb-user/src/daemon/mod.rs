@@ -759,7 +759,9 @@ impl Daemon {
             .announce_hold
             .is_some_and(|_| announce::awaiting_verdicts(&self.plan, true).is_empty())
         {
-            info!("first health verdicts in: VIPs announced as their groups allow");
+            if self.announcer.is_some() {
+                info!("first health verdicts in: VIPs announced as their groups allow");
+            }
             self.announce_hold = None;
         }
         let Some(a) = &self.announcer else {
