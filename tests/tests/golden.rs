@@ -266,6 +266,73 @@ fn inconsistent_headers_pass_and_are_counted() {
     }
 }
 
+/// A frame is at least 60 bytes: a short IP packet is followed by the
+/// link's padding, which its length field (IPv4 total length, IPv6
+/// payload length) leaves out. Ports, TCP flags, extension headers and an
+/// ICMP error's quote are read from the packet only: a packet too short
+/// for them is malformed, whatever the padding holds (here, the headers
+/// of a listener's packet).
+#[test]
+fn headers_past_the_ip_length_are_padding_not_ports() {
+    let mut h = Harness::new(ONE_TARGET);
+    // `frame` padded to 60 bytes, its IP length field (at `at`) set to
+    // `len`.
+    let padded = |frame: Frame, at: usize, len: u16| {
+        let mut b = frame.build();
+        b.resize(b.len().max(60), 0);
+        b[at..at + 2].copy_from_slice(&len.to_be_bytes());
+        b
+    };
+    let udp = || Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, b"");
+    let syn = || Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN);
+    let syn6 = || Frame::tcp("fd00:3::100", 40000, "fd00:3::49", 80, SYN);
+    let quoted = Frame::tcp("10.0.3.49", 80, "10.0.3.100", 40000, ACK).build()[14..].to_vec();
+    let error = || Frame::icmp_error("10.0.9.1", "10.0.3.49", 3, 4, 1400, &quoted);
+    // The IPv4 total length is at 16, the IPv6 payload length at 18.
+    let malformed = [
+        // The 60-byte frame of an IP header alone, a UDP header to a
+        // listener's port in its padding.
+        ("udp in the padding", padded(udp(), 16, 20)),
+        ("udp header cut by the total length", padded(udp(), 16, 27)),
+        ("tcp up to its flags", padded(syn(), 16, 20 + 14)),
+        ("tcp a byte short", padded(syn(), 16, 20 + 19)),
+        ("ipv6 payload length 0", padded(syn6(), 18, 0)),
+        ("ipv6 tcp a byte short", padded(syn6(), 18, 19)),
+        (
+            "ipv6 payload length short of an extension header",
+            padded(
+                syn6().with_ext_header(ExtHeader::options(ExtHeader::HOP_BY_HOP, 1)),
+                18,
+                4,
+            ),
+        ),
+        ("icmp error quoting padding", padded(error(), 16, 20 + 8)),
+        (
+            "icmp error, its quote's ports cut",
+            padded(error(), 16, 20 + 8 + 20 + 3),
+        ),
+    ];
+    for (name, frame) in malformed {
+        assert_eq!(frame.len(), frame.len().max(60));
+        let o = h.check(name, &frame);
+        assert_eq!((o.action, &o.output), (XDP_PASS, &frame), "{name}");
+        assert_eq!(o.counters, [Counter::Malformed], "{name}");
+    }
+    // Lengths that cover the headers, the padding after them: forwarded.
+    for (name, frame, mac) in [
+        ("udp header exactly", padded(udp(), 16, 28), T12),
+        ("tcp header exactly", padded(syn(), 16, 40), T11),
+        ("ipv6 tcp header exactly", padded(syn6(), 18, 20), T13),
+    ] {
+        let o = h.check(name, &frame);
+        assert_eq!(
+            (o.action, o.output),
+            (XDP_TX, rewritten(&frame, mac)),
+            "{name}"
+        );
+    }
+}
+
 /// Listeners keep their ids whatever else changes (`lb_user::ids`). A
 /// listener that leaves frees its id, which the next new listener takes
 /// (the lowest free id), with statistics that start from zero; the flows of

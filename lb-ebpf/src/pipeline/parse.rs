@@ -29,9 +29,13 @@
 //!   `extension_header`;
 //! - truncated or inconsistent headers (frame shorter than a header, IP version
 //!   field not matching the EtherType, IHL < 5, IPv4 total length shorter than
-//!   its header, a quoted header cut short): XDP_PASS untouched, counted
+//!   its header, a quoted header cut short, an IP length field short of a
+//!   header read after the IP header): XDP_PASS untouched, counted
 //!   `malformed`; the kernel's own checks then drop it. Nothing is read past
-//!   `data_end`.
+//!   `data_end`, and nothing after the IP header past the datagram's end by
+//!   its length field (IPv4 total length, IPv6 payload length): the bytes
+//!   after it are the link's padding (a frame is at least 60 bytes), never
+//!   ports or flags.
 //!
 //! Every header is read through a pointer that `header` checked against
 //! `data_end`; the structs hold wire bytes (byte arrays, or a `u16` read
@@ -108,10 +112,22 @@ fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// The `N` bytes at `offset` (copied), or `None` if the frame is shorter.
+/// A `T` header at `offset` past the IP header, or `None` if the frame
+/// is shorter or the IP datagram ends before it (at `end`, by its length
+/// field: what lies beyond is the link's padding, not the packet's).
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let at: *const [u8; N] = header(ctx, offset)?;
+fn inside<T>(ctx: &XdpContext, offset: usize, end: usize) -> Option<*const T> {
+    if offset + size_of::<T>() > end {
+        return None;
+    }
+    header(ctx, offset)
+}
+
+/// The `N` bytes at `offset` past the IP header (copied), or `None` as
+/// [`inside`] says.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, offset: usize, end: usize) -> Option<[u8; N]> {
+    let at: *const [u8; N] = inside(ctx, offset, end)?;
     // SAFETY: `header` checked the N bytes are inside the frame (a byte
     // array: no alignment).
     Some(unsafe { *at })
@@ -147,6 +163,9 @@ pub mod tcp {
 #[derive(Clone, Copy)]
 struct Transport {
     offset: usize,
+    /// Where the IP datagram ends by its length field (IPv4 total length,
+    /// IPv6 payload length): nothing at or past it is read.
+    end: usize,
     kind: u8,
     /// 1 for a datagram's first fragment, else 0: from the header's bits,
     /// never by a branch (a constant per path here would make the verifier
@@ -184,14 +203,14 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, u32> {
         });
     }
     if key.proto == ip_proto::ICMP || key.proto == ip_proto::ICMPV6 {
-        icmp_error(ctx, l4.offset, key)?;
+        icmp_error(ctx, l4.offset, l4.end, key)?;
         return Ok(Parsed {
             tcp_flags: 0,
             kind: kind::ICMP_ERROR,
             datagram: 0,
         });
     }
-    let tcp_flags = ports(ctx, l4.offset, key)?;
+    let tcp_flags = ports(ctx, l4.offset, l4.end, key)?;
     key.mark_first_fragment(l4.first_fragment);
     Ok(Parsed {
         tcp_flags,
@@ -226,7 +245,8 @@ fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32
         return Err(malformed());
     }
     let hlen = ip.ihl() as usize;
-    if hlen < Ipv4Hdr::LEN || (u16::from_be_bytes(ip.tot_len) as usize) < hlen {
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if hlen < Ipv4Hdr::LEN || tot_len < hlen {
         return Err(malformed());
     }
     // The options (if any) must be in the frame.
@@ -243,6 +263,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32
     };
     Ok(Transport {
         offset: l3 + hlen,
+        end: l3 + tot_len,
         kind,
         // At offset 0, the MF bit.
         first_fragment: ((frags & IPV4_MORE) >> 13) as u8,
@@ -265,26 +286,30 @@ fn ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32
     set_v6(&mut key.dst_be, &ip.dst_addr);
     let next = ip.next_hdr;
     let offset = l3 + Ipv6Hdr::LEN;
+    let end = offset + u16::from_be_bytes(ip.payload_len) as usize;
     if next == PROTO_TCP || next == PROTO_UDP {
         // The common case: no extension header.
         key.proto = next;
         return Ok(Transport {
             offset,
+            end,
             kind: kind::WHOLE,
             first_fragment: 0,
             datagram: 0,
         });
     }
-    extension_headers(ctx, next, offset, key)
+    extension_headers(ctx, next, offset, end, key)
 }
 
 /// Walks the extension headers starting with `next` at `offset` (at most
-/// [`EXTENSION_HEADERS`]) to the transport header, into `key.proto`.
+/// [`EXTENSION_HEADERS`], inside the payload, which ends at `end`) to the
+/// transport header, into `key.proto`.
 #[inline(always)]
 fn extension_headers(
     ctx: &XdpContext,
     mut next: u8,
     mut offset: usize,
+    end: usize,
     key: &mut FlowKey,
 ) -> Result<Transport, u32> {
     let mut first_fragment = 0;
@@ -295,7 +320,7 @@ fn extension_headers(
             ip_proto::HOP_BY_HOP | ip_proto::DESTINATION_OPTIONS | ip_proto::ROUTING => {
                 // Next header, length in 8-byte units beyond the first 8,
                 // then (routing) type and segments left.
-                let h: [u8; 4] = bytes(ctx, offset).ok_or_else(malformed)?;
+                let h: [u8; 4] = bytes(ctx, offset, end).ok_or_else(malformed)?;
                 if next == ip_proto::ROUTING && h[3] != 0 {
                     // Not the final destination yet.
                     return Err(extension_header());
@@ -305,7 +330,7 @@ fn extension_headers(
             }
             ip_proto::FRAGMENT => {
                 // Next header, reserved, offset and flags, identification.
-                let h: [u8; 8] = bytes(ctx, offset).ok_or_else(malformed)?;
+                let h: [u8; 8] = bytes(ctx, offset, end).ok_or_else(malformed)?;
                 let word = u16::from_be_bytes([h[2], h[3]]);
                 datagram = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 next = h[0];
@@ -314,6 +339,7 @@ fn extension_headers(
                     key.proto = next;
                     return Ok(Transport {
                         offset,
+                        end,
                         kind: kind::LATER_FRAGMENT,
                         first_fragment: 0,
                         datagram,
@@ -332,6 +358,7 @@ fn extension_headers(
     key.proto = next;
     Ok(Transport {
         offset,
+        end,
         kind: kind::WHOLE,
         first_fragment,
         datagram,
@@ -405,13 +432,13 @@ fn set_ports(key: &mut FlowKey, src: [u8; 2], dst: [u8; 2]) {
     unsafe { (addr_of_mut!(key.src_port_be) as *mut u32).write(ports) };
 }
 
-/// The ports of the TCP or UDP header at `l4` into `key`; the TCP flags
-/// (0 for UDP).
+/// The ports of the TCP or UDP header at `l4` (all of it before `end`)
+/// into `key`; the TCP flags (0 for UDP).
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, u32> {
+fn ports(ctx: &XdpContext, l4: usize, end: usize, key: &mut FlowKey) -> Result<u8, u32> {
     match key.proto {
         PROTO_TCP => {
-            let tcp: *const TcpHdr = header(ctx, l4).ok_or_else(malformed)?;
+            let tcp: *const TcpHdr = inside(ctx, l4, end).ok_or_else(malformed)?;
             // SAFETY: `tcp` covers a TcpHdr (byte fields only).
             let tcp = unsafe { &*tcp };
             set_ports(key, tcp.source, tcp.dest);
@@ -422,7 +449,7 @@ fn ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, u32> {
             Ok(doff_flags[1])
         }
         PROTO_UDP => {
-            let udp: *const UdpHdr = header(ctx, l4).ok_or_else(malformed)?;
+            let udp: *const UdpHdr = inside(ctx, l4, end).ok_or_else(malformed)?;
             // SAFETY: `udp` covers a UdpHdr (byte fields only).
             let udp = unsafe { &*udp };
             set_ports(key, udp.src, udp.dst);
@@ -432,16 +459,17 @@ fn ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, u32> {
     }
 }
 
-/// An ICMP error at `l4` (ICMP after IPv4, ICMPv6 after IPv6) about a TCP
-/// or UDP packet the VIP sent: `key` becomes that packet's flow (the
-/// client's side first). Anything else ICMP is the host's.
+/// An ICMP error at `l4` (ICMP after IPv4, ICMPv6 after IPv6; all of it
+/// that is read before `end`) about a TCP or UDP packet the VIP sent:
+/// `key` becomes that packet's flow (the client's side first). Anything
+/// else ICMP is the host's.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<(), u32> {
+fn icmp_error(ctx: &XdpContext, l4: usize, end: usize, key: &mut FlowKey) -> Result<(), u32> {
     // Type, code, checksum, then 4 bytes (unused, next-hop MTU or the
     // packet-too-big MTU) before the quoted packet.
     // (Read as a whole: a 1-byte read's bounds check compiles to one the
     // verifier does not take.)
-    let h: [u8; 8] = bytes(ctx, l4).ok_or_else(malformed)?;
+    let h: [u8; 8] = bytes(ctx, l4, end).ok_or_else(malformed)?;
     let quoted = l4 + 8;
     if key.family == FAMILY_V4 {
         // Destination unreachable (fragmentation needed included), time
@@ -449,21 +477,21 @@ fn icmp_error(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<(), u32>
         if key.proto != ip_proto::ICMP || (h[0] != 3 && h[0] != 11) {
             return Err(not_ours());
         }
-        quoted_ipv4(ctx, quoted, key)
+        quoted_ipv4(ctx, quoted, end, key)
     } else {
         // Destination unreachable, packet too big, time exceeded.
         if key.proto != ip_proto::ICMPV6 || h[0] == 0 || h[0] > 3 {
             return Err(not_ours());
         }
-        quoted_ipv6(ctx, quoted, key)
+        quoted_ipv6(ctx, quoted, end, key)
     }
 }
 
 /// The IPv4 packet quoted at `l3` by an ICMP error sent to `key.dst_be`:
 /// its flow, swapped, into `key`.
 #[inline(always)]
-fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32> {
-    let ip: *const Ipv4Hdr = header(ctx, l3).ok_or_else(malformed)?;
+fn quoted_ipv4(ctx: &XdpContext, l3: usize, end: usize, key: &mut FlowKey) -> Result<(), u32> {
+    let ip: *const Ipv4Hdr = inside(ctx, l3, end).ok_or_else(malformed)?;
     // SAFETY: `ip` covers an Ipv4Hdr (byte fields only).
     let ip = unsafe { &*ip };
     let hlen = ip.ihl() as usize;
@@ -477,7 +505,7 @@ fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32
     {
         return Err(not_ours());
     }
-    let ports: [u8; 4] = bytes(ctx, l3 + hlen).ok_or_else(malformed)?;
+    let ports: [u8; 4] = bytes(ctx, l3 + hlen, end).ok_or_else(malformed)?;
     key.proto = ip.proto;
     set_v4(&mut key.src_be, ip.dst_addr);
     set_v4(&mut key.dst_be, ip.src_addr);
@@ -489,8 +517,8 @@ fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32
 /// (no extension headers: a target's TCP or UDP reply has none): its flow,
 /// swapped, into `key`.
 #[inline(always)]
-fn quoted_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32> {
-    let ip: *const Ipv6Hdr = header(ctx, l3).ok_or_else(malformed)?;
+fn quoted_ipv6(ctx: &XdpContext, l3: usize, end: usize, key: &mut FlowKey) -> Result<(), u32> {
+    let ip: *const Ipv6Hdr = inside(ctx, l3, end).ok_or_else(malformed)?;
     // SAFETY: `ip` covers an Ipv6Hdr (byte fields only).
     let ip = unsafe { &*ip };
     if ip.version() != 6 {
@@ -500,7 +528,7 @@ fn quoted_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32
     if from != key.dst_be || (ip.next_hdr != PROTO_TCP && ip.next_hdr != PROTO_UDP) {
         return Err(not_ours());
     }
-    let ports: [u8; 4] = bytes(ctx, l3 + Ipv6Hdr::LEN).ok_or_else(malformed)?;
+    let ports: [u8; 4] = bytes(ctx, l3 + Ipv6Hdr::LEN, end).ok_or_else(malformed)?;
     key.proto = ip.next_hdr;
     set_v6(&mut key.src_be, &ip.dst_addr);
     set_v6(&mut key.dst_be, &ip.src_addr);
