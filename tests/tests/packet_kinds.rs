@@ -276,6 +276,59 @@ fn icmp_errors_about_a_flow_go_to_its_target() {
     }
 }
 
+/// A target's UDP answer larger than its route's MTU leaves it in IPv6
+/// fragments; a router on a smaller link answers the first with "packet
+/// too big", quoting its IPv6 header, Fragment header and UDP header. The
+/// error goes to the flow's target, which learns the path MTU; an error
+/// quoting a later fragment (no ports) is the host's, as over IPv4.
+#[test]
+fn icmpv6_errors_quoting_a_first_fragment_go_to_the_flows_target() {
+    let mut h = Harness::new(POLICY);
+    let (router, client, vip) = ("fd00:9::1", "fd00:3::100", "fd00:3::49");
+    let mut owners = BTreeSet::new();
+    for i in 0..12u16 {
+        let port = 21000 + i;
+        let query = datagram(client, port, vip, 53, 40).build();
+        let owner = h.check("query", &query).target.expect("forwarded");
+        // The answer, cut by the target into fragments of 1232 bytes; an
+        // ICMPv6 error quotes as much as fits in 1280 bytes.
+        let answer = datagram(vip, 53, client, port, 3000).fragments(1232, 500 + i as u32);
+        let quote = |fragment: &[u8]| fragment[14..].iter().take(1232).copied().collect();
+        let first: Vec<u8> = quote(&answer[0]);
+        assert_eq!(first[6], ExtHeader::FRAGMENT);
+        for (t, code) in [(2, 0), (1, 4), (3, 0)] {
+            let error = Frame::icmp_error(router, vip, t, code, 1280, &first).build();
+            let o = h.check("about the first fragment", &error);
+            assert_eq!((o.action, &o.target), (XDP_TX, &Some(owner.clone())));
+            assert_eq!(o.counters, [Counter::IcmpError, Counter::Forwarded]);
+            assert_eq!(&o.output[12..], &error[12..]);
+        }
+        let later: Vec<u8> = quote(&answer[1]);
+        let error = Frame::icmp_error(router, vip, 2, 0, 1280, &later).build();
+        let o = h.check("about a later fragment", &error);
+        assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+        owners.insert(owner);
+    }
+    assert!(owners.len() >= 2, "{owners:?}");
+    // A flow the table does not hold: the group's hash target.
+    let answer = datagram(vip, 53, client, 1, 3000).fragments(1232, 9);
+    let error = Frame::icmp_error(router, vip, 2, 0, 1280, &answer[0][14..]).build();
+    assert_eq!(
+        h.check("unknown flow", &error).counters,
+        [Counter::IcmpErrorUnmatched, Counter::Forwarded]
+    );
+    // A quote cut in its Fragment header or before its ports: malformed.
+    for len in 40..40 + 8 + 4 {
+        let error = Frame::icmp_error(router, vip, 2, 0, 1280, &answer[0][14..14 + len]).build();
+        let o = h.check(&format!("quote cut at {len}"), &error);
+        assert_eq!(
+            (o.action, o.counters),
+            (XDP_PASS, vec![Counter::Malformed]),
+            "cut at {len}"
+        );
+    }
+}
+
 #[test]
 fn icmp_that_is_no_error_about_a_vip_flow_passes() {
     let mut h = Harness::new(POLICY);

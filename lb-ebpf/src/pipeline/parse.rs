@@ -15,8 +15,9 @@
 //! - [`kind::ICMP_ERROR`]: an ICMP destination unreachable (fragmentation
 //!   needed included) or time exceeded, or an ICMPv6 destination
 //!   unreachable, packet too big or time exceeded, quoting a TCP or UDP
-//!   packet the VIP sent (a target's reply): the key is the flow it belongs
-//!   to, the quoted packet's addresses and ports swapped.
+//!   packet the VIP sent (a target's reply, or its first fragment: an IPv6
+//!   quote may have a Fragment header): the key is the flow it belongs to,
+//!   the quoted packet's addresses and ports swapped.
 //!
 //! The rule for what does not parse (documented in the README):
 //! - not IPv4/IPv6, not TCP/UDP/ICMP; ICMP that is no error (echo
@@ -513,9 +514,12 @@ fn quoted_ipv4(ctx: &XdpContext, l3: usize, end: usize, key: &mut FlowKey) -> Re
     Ok(())
 }
 
-/// The IPv6 packet quoted at `l3` by an ICMPv6 error sent to `key.dst_be`
-/// (no extension headers: a target's TCP or UDP reply has none): its flow,
-/// swapped, into `key`.
+/// The IPv6 packet quoted at `l3` by an ICMPv6 error sent to `key.dst_be`:
+/// its flow, swapped, into `key`. A target's TCP or UDP reply has no
+/// extension header but one: a Fragment header, when the target's kernel
+/// cut a reply larger than its route's MTU (a UDP answer over a tunnel).
+/// The quote of its first fragment (offset 0) has the ports after it; a
+/// later fragment has none, and its error is passed, as IPv4's is.
 #[inline(always)]
 fn quoted_ipv6(ctx: &XdpContext, l3: usize, end: usize, key: &mut FlowKey) -> Result<(), u32> {
     let ip: *const Ipv6Hdr = inside(ctx, l3, end).ok_or_else(malformed)?;
@@ -524,12 +528,25 @@ fn quoted_ipv6(ctx: &XdpContext, l3: usize, end: usize, key: &mut FlowKey) -> Re
     if ip.version() != 6 {
         return Err(malformed());
     }
-    let from = words(&ip.src_addr);
-    if from != key.dst_be || (ip.next_hdr != PROTO_TCP && ip.next_hdr != PROTO_UDP) {
+    if words(&ip.src_addr) != key.dst_be {
         return Err(not_ours());
     }
-    let ports: [u8; 4] = bytes(ctx, l3 + Ipv6Hdr::LEN, end).ok_or_else(malformed)?;
-    key.proto = ip.next_hdr;
+    let mut next = ip.next_hdr;
+    let mut l4 = l3 + Ipv6Hdr::LEN;
+    if next == ip_proto::FRAGMENT {
+        // Next header, reserved, offset and flags, identification.
+        let h: [u8; 8] = bytes(ctx, l4, end).ok_or_else(malformed)?;
+        if u16::from_be_bytes([h[2], h[3]]) & IPV6_OFFSET_MASK != 0 {
+            return Err(not_ours());
+        }
+        next = h[0];
+        l4 += 8;
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return Err(not_ours());
+    }
+    let ports: [u8; 4] = bytes(ctx, l4, end).ok_or_else(malformed)?;
+    key.proto = next;
     set_v6(&mut key.src_be, &ip.dst_addr);
     set_v6(&mut key.dst_be, &ip.src_addr);
     swap_ports(key, ports);

@@ -205,7 +205,8 @@ fn ports(frame: &[u8], l4: usize, end: usize, key: &mut FlowKey) -> Result<u8, C
 /// destination (the VIP): `key` becomes that packet's flow, its addresses
 /// and ports swapped. ICMP: destination unreachable (3) and time exceeded
 /// (11); ICMPv6: destination unreachable (1), packet too big (2), time
-/// exceeded (3). Anything else ICMP is passed. Every byte read is before
+/// exceeded (3), whose quote may be a first fragment (a Fragment header of
+/// offset 0 before its transport header). Anything else ICMP is passed. Every byte read is before
 /// `end`.
 fn icmp_error(frame: &[u8], l4: usize, end: usize, key: &mut FlowKey) -> Result<(), Counter> {
     let icmp = inside(frame, l4, 8, end)?;
@@ -234,11 +235,24 @@ fn icmp_error(frame: &[u8], l4: usize, end: usize, key: &mut FlowKey) -> Result<
             return Err(Counter::Malformed);
         }
         let src: [u32; 4] = std::array::from_fn(|i| word(ip, 8 + 4 * i));
-        if src != key.dst_be || (ip[6] != PROTO_TCP && ip[6] != PROTO_UDP) {
+        if src != key.dst_be {
+            return Err(Counter::Passed);
+        }
+        // A quoted Fragment header (44): the first fragment has the ports
+        // after it; a later one (offset > 0) has none.
+        let (mut next, mut at) = (ip[6], quoted + 40);
+        if next == 44 {
+            let fragment = inside(frame, at, 8, end)?;
+            if u16::from_be_bytes([fragment[2], fragment[3]]) & 0xfff8 != 0 {
+                return Err(Counter::Passed);
+            }
+            (next, at) = (fragment[0], at + 8);
+        }
+        if next != PROTO_TCP && next != PROTO_UDP {
             return Err(Counter::Passed);
         }
         let dst = std::array::from_fn(|i| word(ip, 24 + 4 * i));
-        (ip[6], src, dst, quoted + 40)
+        (next, src, dst, at)
     };
     let ports = inside(frame, ports_at, 4, end)?;
     key.proto = proto;
