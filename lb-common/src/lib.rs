@@ -299,6 +299,26 @@ impl ListenerFilter {
             || (self.words[0] & Self::RANGES != 0 && self.contains(family, addr_be, proto, 0))
     }
 
+    /// Marks `key`'s address as a VIP ([`ListenerFilter::may_be_vip`]):
+    /// sets the bit of (family, address, protocol 0, port 0), a key no
+    /// packet's is (only TCP and UDP keys are looked up otherwise).
+    pub fn insert_vip(&mut self, key: &ListenerKey) {
+        self.insert(&ListenerKey {
+            port_be: 0,
+            proto: 0,
+            ..*key
+        });
+    }
+
+    /// Whether `addr_be` may be a VIP (some listener's address, whatever
+    /// its protocol and port): a fragment after the first has no port for
+    /// [`ListenerFilter::admits`], and is the host's unless its
+    /// destination is a VIP.
+    #[inline(always)]
+    pub const fn may_be_vip(&self, family: u8, addr_be: &[u32; 4]) -> bool {
+        self.contains(family, addr_be, 0, 0)
+    }
+
     /// Whether `key`'s bit is set.
     pub fn has(&self, key: &ListenerKey) -> bool {
         self.contains(key.family, &key.addr_be, key.proto, key.port_be)
@@ -904,6 +924,25 @@ mod tests {
         }
         assert!(!admits(&filter, key(vip, PROTO_TCP, 5000)));
         assert!(!admits(&filter, key(vip + 1, PROTO_UDP, 5000)));
+    }
+
+    #[test]
+    fn the_filter_knows_its_vips_apart_from_their_ports() {
+        let vip = 0x0a00_0331;
+        let mut filter = ListenerFilter::EMPTY;
+        let web = key(vip, PROTO_TCP, 80);
+        filter.insert(&web);
+        assert!(!filter.may_be_vip(FAMILY_V4, &web.addr_be));
+        filter.insert_vip(&web);
+        assert!(filter.may_be_vip(FAMILY_V4, &web.addr_be));
+        // The VIP's bit lets no other port through, nor its ranges' bit.
+        assert!(!filter.admits(web.family, &web.addr_be, PROTO_TCP, 5000u16.to_be()));
+        assert!(!filter.admits(web.family, &web.addr_be, PROTO_TCP, 0));
+        assert!(!filter.may_be_vip(FAMILY_V6, &web.addr_be));
+        let others = (1..=50_000u32)
+            .filter(|i| filter.may_be_vip(FAMILY_V4, &[(vip + i).to_be(), 0, 0, 0]))
+            .count();
+        assert!(others < 5, "{others} false positives");
     }
 
     #[test]

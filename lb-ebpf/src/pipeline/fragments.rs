@@ -6,6 +6,8 @@
 //! address, VIP and protocol puts it in the group's table of the one
 //! listener of its VIP and protocol (`FRAGMENT_LISTENERS`): exactly where
 //! its flow goes for `three_tuple`, `two_tuple` and `source_ip` groups.
+//! A later fragment to an address that is no VIP (the listener filter's
+//! bit of its address) is the host's, and passes before either lookup.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     Config, Counter, FRAGMENT_TIMEOUT_NS, FlowKey, FragmentEntry, ListenerInfo, ListenerKey,
@@ -49,6 +51,11 @@ pub fn record(
 /// (`flow`'s ports, 0, become the datagram's).
 #[inline(always)]
 pub fn later(ctx: &XdpContext, flow: &mut FlowKey, datagram: u32) -> Result<u32, u32> {
+    // Fragments of the host's own traffic pass here, before any lookup.
+    if !lookup::to_vip(flow) {
+        count(Counter::Passed);
+        return Err(xdp_action::XDP_PASS);
+    }
     let Some(config) = CONFIG.get(0) else {
         count(Counter::Dropped);
         return Err(xdp_action::XDP_DROP);

@@ -64,6 +64,15 @@ pub fn listener_filter(flow: &FlowKey) -> Result<(), u32> {
     }
 }
 
+/// Whether the flow's destination may be a VIP (`ListenerFilter::may_be_vip`):
+/// else a fragment of its datagram is the host's, and costs no lookup.
+#[inline(always)]
+pub fn to_vip(flow: &FlowKey) -> bool {
+    LISTENER_FILTER
+        .get(0)
+        .is_some_and(|filter| filter.may_be_vip(flow.family, &flow.dst_be))
+}
+
 /// Whether a datagram's fragment after its first, which has no ports, may
 /// be the listener's: its VIP and protocol suffice ([`listener_by_id`]).
 pub const ANY_PORT: bool = true;
