@@ -176,14 +176,30 @@ pub struct ListenerInfo {
 impl FlowKey {
     /// Makes this key (a fragment's flow) the key of its datagram `id`
     /// (the IPv4 identification, or the IPv6 fragment identification) in
-    /// the fragment table (`FRAGMENTS`): addresses, protocol and the id in
-    /// place of the ports, which only a datagram's first fragment has. In
-    /// place, not a new key: the data plane's stack is small.
+    /// the fragment table (`FRAGMENTS`): addresses, the datagram's
+    /// protocol ([`FlowKey::set_datagram_proto`]) and the id in place of
+    /// the ports, which only a datagram's first fragment has. In place, not
+    /// a new key: the data plane's stack is small.
     #[inline(always)]
     pub fn to_datagram(&mut self, id: u32) {
+        self.proto ^= self._pad[1];
         self.src_port_be = (id >> 16) as u16;
         self.dst_port_be = id as u16;
         self._pad = [0; 2];
+    }
+
+    /// Sets the protocol of the datagram a first fragment's key
+    /// ([`FlowKey::to_datagram`]) has when it is not the flow's: every
+    /// fragment of an IPv6 datagram has its Fragment header, whose next
+    /// header is the only protocol its later fragments show (Destination
+    /// Options, which RFC 8200 puts in the fragmentable part, before the
+    /// transport header, make it 60). Held in the key's second padding
+    /// byte as the difference from `proto` (set before), so that an unset
+    /// byte (0) means the flow's own: no branch, and only the IPv6
+    /// extension-header walk writes it.
+    #[inline(always)]
+    pub fn set_datagram_proto(&mut self, proto: u8) {
+        self._pad[1] = self.proto ^ proto;
     }
 
     /// Marks the key's packet as the first fragment of a datagram, or not

@@ -353,8 +353,8 @@ impl Model {
             return self.icmp_error(&verdicts, &group, &key);
         }
         let outcome = self.flow_packet(&verdicts, &group, &key, flags, run);
-        if let (Kind::First(datagram), Some(target)) = (kind, &outcome.target) {
-            self.record_fragment(&key, datagram, listener, target, run.clock);
+        if let (Kind::First(datagram, proto), Some(target)) = (kind, &outcome.target) {
+            self.record_fragment(&key, (datagram, proto), listener, target, run.clock);
         }
         outcome
     }

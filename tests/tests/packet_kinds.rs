@@ -122,6 +122,55 @@ fn later_fragments_follow_their_first_over_ipv4_and_ipv6() {
     }
 }
 
+/// RFC 8200 puts Destination Options that come before the transport
+/// header in the fragmentable part: the first fragment has them and the
+/// UDP header after them, the later ones only a Fragment header whose
+/// next header is 60. They follow their first all the same.
+#[test]
+fn ipv6_later_fragments_follow_a_first_with_destination_options() {
+    let mut h = Harness::new(POLICY);
+    let options = || ExtHeader::options(ExtHeader::DESTINATION_OPTIONS, 1);
+    let fragments = |port: u16, id: u32| {
+        datagram("fd00:3::100", port, "fd00:3::49", 53, 3000)
+            .with_ext_header(options())
+            .fragments_keeping(1232, id, 0)
+    };
+    let mut targets = BTreeSet::new();
+    for i in 0..16u16 {
+        let frames = fragments(22000 + i, 800 + i as u32);
+        assert_eq!(frames.len(), 3);
+        // IPv6 header, then the Fragment header: next header 60.
+        assert_eq!(
+            (frames[0][14 + 40], frames[1][14 + 40]),
+            (
+                ExtHeader::DESTINATION_OPTIONS,
+                ExtHeader::DESTINATION_OPTIONS
+            )
+        );
+        let got = run_all(&mut h, "dns6", &frames);
+        let first = got[0].0.clone().expect("the first fragment is forwarded");
+        for (t, counters) in &got[1..] {
+            assert_eq!(t.as_ref(), Some(&first), "a later fragment strays");
+            assert_eq!(counters, &[Counter::Fragment, Counter::Forwarded]);
+        }
+        targets.insert(first);
+    }
+    assert!(targets.len() >= 2, "datagrams spread: {targets:?}");
+    // Without their first, such fragments show no transport protocol to
+    // find a listener by: the host's.
+    let frames = fragments(23000, 99);
+    let o = h.check("a later fragment alone", &frames[1]);
+    assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+    // Destination Options before the Fragment header are in every
+    // fragment: the later ones show UDP.
+    let frames = datagram("fd00:3::100", 23001, "fd00:3::49", 53, 3000)
+        .with_ext_header(options())
+        .fragments(1232, 100);
+    let got = run_all(&mut h, "dns6", &frames);
+    assert_eq!(got[1].0, got[0].0);
+    assert_eq!(got[2].1, [Counter::Fragment, Counter::Forwarded]);
+}
+
 #[test]
 fn fragments_in_every_order_and_without_their_first() {
     let mut h = Harness::new(POLICY);

@@ -8,6 +8,7 @@ use lb_common::{Config, Counter, FlowKey, ListenerInfo, ListenerKey, PortRangeKe
 
 use super::{
     LISTENER_FILTER, LISTENER_PORTS, LISTENERS, LISTENERS_BY_ID, PORT_RANGES, counters::count,
+    parse::ip_proto,
 };
 
 #[inline(always)]
@@ -78,9 +79,12 @@ pub fn to_vip(flow: &FlowKey) -> bool {
 pub const ANY_PORT: bool = true;
 
 /// The listener `id` if it still has the flow's (VIP, protocol, port), or
-/// with `any_port` ([`ANY_PORT`]) its VIP and protocol. A listener of a
-/// port range holds its first port in its slot, the others in
-/// `LISTENER_PORTS`, read only when the first port is not the flow's.
+/// with `any_port` ([`ANY_PORT`], `flow` a datagram's key) its VIP and
+/// protocol: any protocol for an IPv6 datagram whose fragments show
+/// Destination Options (only its first fragment has the transport
+/// header). A listener of a port range holds its first port in its slot,
+/// the others in `LISTENER_PORTS`, read only when the first port is not
+/// the flow's.
 #[inline(always)]
 pub fn listener_by_id(flow: &FlowKey, id: u32, any_port: bool) -> Option<ListenerInfo> {
     let slot = LISTENERS_BY_ID.get(id)?;
@@ -91,7 +95,7 @@ pub fn listener_by_id(flow: &FlowKey, id: u32, any_port: bool) -> Option<Listene
             || LISTENER_PORTS
                 .get(id)
                 .is_some_and(|ports| ports.contains(flow.dst_port_be)))
-        && key.proto == flow.proto
+        && (key.proto == flow.proto || (any_port && flow.proto == ip_proto::DESTINATION_OPTIONS))
         && key.family == flow.family
     {
         Some(ListenerInfo {

@@ -11,7 +11,10 @@
 //!   `FlowKey::is_first_fragment`), which has its ports: it goes as a
 //!   whole packet would, and its datagram's later fragments follow it;
 //! - [`kind::LATER_FRAGMENT`]: a TCP or UDP fragment at a nonzero offset:
-//!   no ports (the key's are 0), only addresses, protocol and datagram id;
+//!   no ports (the key's are 0), only addresses, protocol and datagram id
+//!   (over IPv6 the protocol is its Fragment header's next header, which
+//!   is 60 when Destination Options come before the transport header, and
+//!   a first fragment's datagram is keyed by it too);
 //! - [`kind::ICMP_ERROR`]: an ICMP destination unreachable (fragmentation
 //!   needed included) or time exceeded, or an ICMPv6 destination
 //!   unreachable, packet too big or time exceeded, quoting a TCP or UDP
@@ -69,7 +72,7 @@ const IPV6_MORE: u16 = 0x0001;
 pub const EXTENSION_HEADERS: usize = 6;
 
 /// IP protocol numbers (IPv6 next-header values) the parser tells apart.
-mod ip_proto {
+pub mod ip_proto {
     pub const ICMP: u8 = 1;
     pub const HOP_BY_HOP: u8 = 0;
     pub const ROUTING: u8 = 43;
@@ -193,8 +196,14 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, u32> {
     };
     let (kind, datagram) = (l4.kind, l4.datagram);
     if kind == kind::LATER_FRAGMENT {
-        // No transport header: addresses, protocol and datagram only.
-        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        // No transport header: addresses, protocol and datagram only. The
+        // protocol is what the IPv6 Fragment header's next header says:
+        // Destination Options (60) before the transport header are in the
+        // fragmentable part, so their datagram's later fragments show 60.
+        if key.proto != PROTO_TCP
+            && key.proto != PROTO_UDP
+            && (key.proto != ip_proto::DESTINATION_OPTIONS || key.family != FAMILY_V6)
+        {
             return Err(not_ours());
         }
         return Ok(Parsed {
@@ -315,6 +324,9 @@ fn extension_headers(
 ) -> Result<Transport, u32> {
     let mut first_fragment = 0;
     let mut datagram = 0;
+    // The Fragment header's next header: the protocol of the datagram's
+    // key (`FlowKey::set_datagram_proto`; read only for a first fragment).
+    let mut datagram_proto = 0;
     for _ in 0..EXTENSION_HEADERS {
         match next {
             PROTO_TCP | PROTO_UDP | ip_proto::ICMPV6 => break,
@@ -335,6 +347,7 @@ fn extension_headers(
                 let word = u16::from_be_bytes([h[2], h[3]]);
                 datagram = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 next = h[0];
+                datagram_proto = next;
                 offset += 8;
                 if word & IPV6_OFFSET_MASK != 0 {
                     key.proto = next;
@@ -357,6 +370,7 @@ fn extension_headers(
         return Err(extension_header());
     }
     key.proto = next;
+    key.set_datagram_proto(datagram_proto);
     Ok(Transport {
         offset,
         end,

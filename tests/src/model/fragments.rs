@@ -24,17 +24,19 @@ pub struct Datagram {
 }
 
 impl Model {
-    /// Remembers where the first fragment of `key`'s datagram went.
+    /// Remembers where the first fragment of `key`'s datagram (its id, and
+    /// the protocol its later fragments show) went.
     pub(super) fn record_fragment(
         &mut self,
         key: &FlowKey,
-        datagram: u32,
+        (datagram, proto): (u32, u8),
         listener: ListenerKey,
         target: &TargetKey,
         clock: Span,
     ) {
         let mut at = *key;
         at.to_datagram(datagram);
+        at.proto = proto;
         self.fragments.insert(
             at,
             Datagram {

@@ -11,8 +11,11 @@ pub const EXTENSION_HEADERS: usize = 6;
 pub enum Kind {
     /// A TCP or UDP packet (an atomic fragment included).
     Whole,
-    /// The first fragment of datagram `id` (it has the ports).
-    First(u32),
+    /// The first fragment of datagram `id` (it has the ports), whose
+    /// later fragments show protocol `proto` (IPv6: its Fragment header's
+    /// next header, 60 when Destination Options come before the transport
+    /// header): its datagram's key has it.
+    First(u32, u8),
     /// A later fragment of datagram `id`: the key has no ports.
     Later(u32),
     /// An ICMP error quoting a packet the VIP sent: the key is that
@@ -51,7 +54,11 @@ pub fn packet(frame: &[u8]) -> Result<Packet, Counter> {
         _ => return Err(Counter::Passed),
     };
     if let Kind::Later(_) = kind {
-        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        // Over IPv6, the Fragment header's next header: Destination
+        // Options (60) are in the fragmentable part, before the transport
+        // header.
+        let options = key.family == FAMILY_V6 && key.proto == 60;
+        if key.proto != PROTO_TCP && key.proto != PROTO_UDP && !options {
             return Err(Counter::Passed);
         }
         return Ok(Packet {
@@ -123,7 +130,7 @@ fn ipv4(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, usize, Kin
     let kind = if frags & 0x1fff != 0 {
         Kind::Later(id)
     } else if frags & 0x2000 != 0 {
-        Kind::First(id)
+        Kind::First(id, ip[9])
     } else {
         Kind::Whole
     };
@@ -175,7 +182,7 @@ fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, usize, Kin
                     return Ok((at, end, Kind::Later(id)));
                 }
                 kind = if offset_flags & 1 != 0 {
-                    Kind::First(id)
+                    Kind::First(id, next)
                 } else {
                     Kind::Whole
                 };

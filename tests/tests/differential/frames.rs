@@ -24,7 +24,8 @@
 //!   short of it, version not 4; IPv6 payload length 0, beyond the frame or
 //!   short of it, version not 6;
 //! - IPv4 fragments (more fragments set);
-//! - datagrams cut into fragments (IPv4 and IPv6, TCP and UDP), their
+//! - datagrams cut into fragments (IPv4 and IPv6, TCP and UDP; over IPv6
+//!   some with Destination Options in the fragmentable part), their
 //!   fragments sent in every order ([`Order`]) between other frames;
 //! - ICMP and ICMPv6 errors quoting recent flows and unknown ones, errors
 //!   that are not about a VIP flow, echo requests, quotes cut short,
@@ -651,7 +652,13 @@ fn fragmented(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
     }
     traffic.datagram += 1;
     let id = traffic.datagram;
-    let parts = f.fragments(64, id);
+    // Over IPv6, every third datagram has Destination Options before its
+    // transport header, in the fragmentable part: its later fragments'
+    // Fragment header says 60.
+    if f.src.is_ipv6() && id.is_multiple_of(3) {
+        f = f.with_ext_header(ExtHeader::options(ExtHeader::DESTINATION_OPTIONS, 1));
+    }
+    let parts = f.fragments_keeping(64, id, 0);
     let order = ORDERS[traffic.turn(Turn::Order, ORDERS.len())];
     traffic.covered.insert(Covers::Order(order));
     let mut queued: Vec<usize> = (0..parts.len()).collect();
