@@ -220,7 +220,10 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, u32> {
             datagram: 0,
         });
     }
-    let tcp_flags = ports(ctx, l4.offset, l4.end, key)?;
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(not_ours());
+    }
+    let tcp_flags = ports(ctx, l4.offset, l4.end, key).ok_or_else(malformed)?;
     key.mark_first_fragment(l4.first_fragment);
     Ok(Parsed {
         tcp_flags,
@@ -447,30 +450,27 @@ fn set_ports(key: &mut FlowKey, src: [u8; 2], dst: [u8; 2]) {
     unsafe { (addr_of_mut!(key.src_port_be) as *mut u32).write(ports) };
 }
 
-/// The ports of the TCP or UDP header at `l4` (all of it before `end`)
-/// into `key`; the TCP flags (0 for UDP).
+/// The ports of the TCP or UDP header (`key.proto`) at `l4` into `key`;
+/// the TCP flags (0 for UDP). `None` if the header is not all in the frame
+/// and before `end`.
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize, end: usize, key: &mut FlowKey) -> Result<u8, u32> {
-    match key.proto {
-        PROTO_TCP => {
-            let tcp: *const TcpHdr = inside(ctx, l4, end).ok_or_else(malformed)?;
-            // SAFETY: `tcp` covers a TcpHdr (byte fields only).
-            let tcp = unsafe { &*tcp };
-            set_ports(key, tcp.source, tcp.dest);
-            // The bitfield is data offset and reserved bits, then the flags
-            // byte: one load instead of a bit read per flag.
-            // SAFETY: a repr(C) wrapper of the header's two bytes.
-            let doff_flags: [u8; 2] = unsafe { core::mem::transmute(tcp._bitfield_1) };
-            Ok(doff_flags[1])
-        }
-        PROTO_UDP => {
-            let udp: *const UdpHdr = inside(ctx, l4, end).ok_or_else(malformed)?;
-            // SAFETY: `udp` covers a UdpHdr (byte fields only).
-            let udp = unsafe { &*udp };
-            set_ports(key, udp.src, udp.dst);
-            Ok(0)
-        }
-        _ => Err(not_ours()),
+fn ports(ctx: &XdpContext, l4: usize, end: usize, key: &mut FlowKey) -> Option<u8> {
+    if key.proto == PROTO_TCP {
+        let tcp: *const TcpHdr = inside(ctx, l4, end)?;
+        // SAFETY: `tcp` covers a TcpHdr (byte fields only).
+        let tcp = unsafe { &*tcp };
+        set_ports(key, tcp.source, tcp.dest);
+        // The bitfield is data offset and reserved bits, then the flags
+        // byte: one load instead of a bit read per flag.
+        // SAFETY: a repr(C) wrapper of the header's two bytes.
+        let doff_flags: [u8; 2] = unsafe { core::mem::transmute(tcp._bitfield_1) };
+        Some(doff_flags[1])
+    } else {
+        let udp: *const UdpHdr = inside(ctx, l4, end)?;
+        // SAFETY: `udp` covers a UdpHdr (byte fields only).
+        let udp = unsafe { &*udp };
+        set_ports(key, udp.src, udp.dst);
+        Some(0)
     }
 }
 
