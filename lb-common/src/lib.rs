@@ -225,10 +225,19 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragmentEntry {
+    /// The target, or [`FragmentEntry::HOST`].
     pub target_id: u32,
+    /// The listener it went under (0 for the host).
     pub listener_id: u32,
     /// Data-plane time of the first fragment (ns).
     pub seen_ns: u64,
+}
+
+impl FragmentEntry {
+    /// The `target_id` of a datagram whose first fragment passed to the
+    /// host (a VIP's, for no listener's port, or malformed): no target has
+    /// id 0.
+    pub const HOST: u32 = 0;
 }
 
 /// Capacity of the fragment table (an LRU map shared by all CPUs): the

@@ -28,6 +28,7 @@ listeners:
   - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
   - { name: two-a, vip: 10.0.3.52, protocol: udp, port: 53, target_group: two-a }
   - { name: two-b, vip: 10.0.3.52, protocol: udp, port: 54, target_group: two-b }
+  - { name: rtp, vip: 10.0.3.53, protocol: udp, port: 10000-10099, target_group: rtp }
 target_groups:
   - name: dns
     protocol: udp
@@ -59,6 +60,7 @@ target_groups:
     targets: [ { ip: "fd00:3::41" }, { ip: "fd00:3::42" }, { ip: "fd00:3::43" }, { ip: "fd00:3::44" } ]
   - { name: two-a, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.61 } ] }
   - { name: two-b, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.62 } ] }
+  - { name: rtp, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.63 } ] }
 "#;
 
 /// A UDP datagram of `len` payload bytes from `client:port` to `vip:vport`.
@@ -248,6 +250,80 @@ fn unmatched_fragments_of_a_vip_with_several_listeners_pass_to_the_host() {
     let mut icmp = frames[1].clone();
     icmp[14 + 9] = 1;
     assert_eq!(h.check("icmp fragment", &icmp).counters, [Counter::Passed]);
+}
+
+/// A first fragment to a VIP on a port no listener has passes to the
+/// host; its later fragments, which have no port, must follow it there,
+/// and not go to the VIP's one listener of their protocol. The same for a
+/// first fragment too short for its UDP header (malformed).
+#[test]
+fn later_fragments_follow_a_first_that_passed_to_the_host() {
+    let mut h = Harness::new(POLICY);
+    let cases = [
+        // 10.0.3.49 has one UDP listener, on 53.
+        ("10.0.3.100", "10.0.3.49", 5353),
+        ("fd00:3::100", "fd00:3::49", 5353),
+        // 10.0.3.53 has one, of a range of ports: passed at the lookup.
+        ("10.0.3.100", "10.0.3.53", 10100),
+    ];
+    for (i, (client, vip, port)) in cases.into_iter().enumerate() {
+        let frames = datagram(client, 30000, vip, port, 3000).fragments(1232, 40 + i as u32);
+        assert_eq!(frames.len(), 3);
+        for (n, frame) in frames.iter().enumerate() {
+            let o = h.check(&format!("{vip}:{port}, fragment {n}"), frame);
+            assert_eq!(
+                (o.action, &o.output, o.counters),
+                (XDP_PASS, frame, vec![Counter::Passed]),
+                "{vip}:{port}, fragment {n}"
+            );
+        }
+    }
+    // Malformed: a first fragment whose total length ends in its UDP
+    // header.
+    let frames = datagram("10.0.3.100", 30001, "10.0.3.49", 53, 3000).fragments(1232, 50);
+    let mut first = frames[0].clone();
+    first[16..18].copy_from_slice(&(20u16 + 4).to_be_bytes());
+    let o = h.check("malformed first", &first);
+    assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Malformed]));
+    for frame in &frames[1..] {
+        let o = h.check("after a malformed first", frame);
+        assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+    }
+    // Only frames to the load balancer's MAC are remembered: a first
+    // fragment for another host leaves its later ones (to this one) to
+    // the hash, as if it had not been seen.
+    let frames = datagram("10.0.3.100", 30002, "10.0.3.49", 5353, 3000).fragments(1232, 51);
+    let mut elsewhere = frames[0].clone();
+    elsewhere[5] ^= 0x40;
+    assert_eq!(
+        h.check("first, other mac", &elsewhere).counters,
+        [Counter::Passed]
+    );
+    assert_eq!(
+        h.check("later", &frames[1]).counters,
+        [Counter::FragmentUnmatched, Counter::Forwarded]
+    );
+    // Remembered for 30 s, like a forwarded first.
+    let frames = datagram("10.0.3.100", 30003, "10.0.3.49", 5353, 3000).fragments(1232, 52);
+    assert_eq!(h.check("first", &frames[0]).counters, [Counter::Passed]);
+    h.advance(29);
+    assert_eq!(h.check("within", &frames[1]).counters, [Counter::Passed]);
+    h.advance(2);
+    assert_eq!(
+        h.check("after", &frames[2]).counters,
+        [Counter::FragmentUnmatched, Counter::Forwarded]
+    );
+    // The listener's own datagrams still go to its group.
+    let frames = datagram("10.0.3.100", 30004, "10.0.3.49", 53, 3000).fragments(1232, 53);
+    let got = run_all(&mut h, "dns", &frames);
+    assert_eq!(got[0].0.as_ref().map(|t| t.group.as_str()), Some("dns"));
+    assert_eq!(
+        got[2],
+        (
+            got[0].0.clone(),
+            vec![Counter::Fragment, Counter::Forwarded]
+        )
+    );
 }
 
 #[test]

@@ -25,9 +25,20 @@ fn not_ours() -> u32 {
 /// whatever its IP destination.
 #[inline(always)]
 pub fn to_us(ctx: &XdpContext, config: &Config) -> Result<(), u32> {
+    if is_to_us(ctx, config) {
+        Ok(())
+    } else {
+        Err(not_ours())
+    }
+}
+
+/// Whether the frame is addressed to the interface's own MAC ([`to_us`]),
+/// uncounted.
+#[inline(always)]
+pub fn is_to_us(ctx: &XdpContext, config: &Config) -> bool {
     let start = ctx.data();
     if start + 6 > ctx.data_end() {
-        return Err(not_ours());
+        return false;
     }
     // SAFETY: the 6 bytes are inside the frame (checked above) and in the
     // map value; unaligned 4- and 2-byte loads.
@@ -45,11 +56,7 @@ pub fn to_us(ctx: &XdpContext, config: &Config) -> Result<(), u32> {
             ),
         )
     };
-    if frame == ours {
-        Ok(())
-    } else {
-        Err(not_ours())
-    }
+    frame == ours
 }
 
 /// XDP_PASS unless the flow's (VIP, protocol, port) may be a listener's

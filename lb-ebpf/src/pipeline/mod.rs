@@ -155,8 +155,9 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     }
     // Traffic for no listener stops here, before the flow table: the
     // host's own packets never pay a read of its buckets, whatever their
-    // port.
-    lookup::listener_filter(&flow)?;
+    // port. (A first fragment's datagram is remembered as the host's.)
+    lookup::listener_filter(&flow)
+        .map_err(|action| fragments::passed(ctx, &mut flow, packet.datagram, action))?;
     // Element 0 of an array map always exists; read once per packet (the
     // flow table's settings, the clock offset, the source MAC).
     let Some(config) = CONFIG.get(0) else {
@@ -172,7 +173,8 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(xdp_action::XDP_PASS);
     };
     let entry = probe.entry();
-    let listener = lookup::listener(&flow, entry.as_ref().map(flows::Entry::listener_hint))?;
+    let listener = lookup::listener(&flow, entry.as_ref().map(flows::Entry::listener_hint))
+        .map_err(|action| fragments::passed(ctx, &mut flow, packet.datagram, action))?;
     if packet.kind == parse::kind::ICMP_ERROR {
         return icmp::error(ctx, &flow, &listener, entry, config);
     }

@@ -57,7 +57,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use super::counters::count;
+use super::{counters::count, fragments};
 
 /// The IPv4 "more fragments" bit (`Ipv4Hdr::frags`; DF does not matter).
 const IPV4_MORE: u16 = 0x2000;
@@ -223,7 +223,9 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, u32> {
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
         return Err(not_ours());
     }
-    let tcp_flags = ports(ctx, l4.offset, l4.end, key).ok_or_else(malformed)?;
+    let Some(tcp_flags) = ports(ctx, l4.offset, l4.end, key) else {
+        return Err(malformed_first(ctx, key, &l4));
+    };
     key.mark_first_fragment(l4.first_fragment);
     Ok(Parsed {
         tcp_flags,
@@ -472,6 +474,18 @@ fn ports(ctx: &XdpContext, l4: usize, end: usize, key: &mut FlowKey) -> Option<u
         set_ports(key, udp.src, udp.dst);
         Some(0)
     }
+}
+
+/// A TCP or UDP packet too short for its transport header: malformed.
+/// A first fragment's datagram is remembered as the host's
+/// (`fragments::to_host`), so that its later fragments, which have no
+/// header to find wrong, follow it there.
+#[inline(always)]
+fn malformed_first(ctx: &XdpContext, key: &mut FlowKey, l4: &Transport) -> u32 {
+    if l4.first_fragment != 0 {
+        fragments::to_host(ctx, key, l4.datagram);
+    }
+    malformed()
 }
 
 /// An ICMP error at `l4` (ICMP after IPv4, ICMPv6 after IPv6; all of it

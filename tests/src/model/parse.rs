@@ -46,12 +46,36 @@ pub fn parse(frame: &[u8]) -> Result<(FlowKey, u8), Counter> {
 /// What `frame` is, or the counter of a frame the program passes for
 /// what it is (not for where it goes).
 pub fn packet(frame: &[u8]) -> Result<Packet, Counter> {
+    read(frame).map_err(|refused| refused.counter)
+}
+
+/// A frame the program passes for what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub counter: Counter,
+    /// A first fragment too short for its TCP or UDP header: its key so
+    /// far (addresses, transport protocol) and its datagram (as
+    /// [`Kind::First`]), which the program remembers as the host's.
+    pub first: Option<(FlowKey, u32, u8)>,
+}
+
+impl From<Counter> for Refused {
+    fn from(counter: Counter) -> Refused {
+        Refused {
+            counter,
+            first: None,
+        }
+    }
+}
+
+/// What `frame` is, or why the program passes it ([`Refused`]).
+pub fn read(frame: &[u8]) -> Result<Packet, Refused> {
     let (ethertype, l3) = ethernet(frame)?;
     let mut key = FlowKey::default();
     let (l4, end, kind) = match ethertype {
         0x0800 => ipv4(frame, l3, &mut key)?,
         0x86dd => ipv6(frame, l3, &mut key)?,
-        _ => return Err(Counter::Passed),
+        _ => return Err(Counter::Passed.into()),
     };
     if let Kind::Later(_) = kind {
         // Over IPv6, the Fragment header's next header: Destination
@@ -59,7 +83,7 @@ pub fn packet(frame: &[u8]) -> Result<Packet, Counter> {
         // header.
         let options = key.family == FAMILY_V6 && key.proto == 60;
         if key.proto != PROTO_TCP && key.proto != PROTO_UDP && !options {
-            return Err(Counter::Passed);
+            return Err(Counter::Passed.into());
         }
         return Ok(Packet {
             key,
@@ -75,7 +99,19 @@ pub fn packet(frame: &[u8]) -> Result<Packet, Counter> {
             kind: Kind::IcmpError,
         });
     }
-    let flags = ports(frame, l4, end, &mut key)?;
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(Counter::Passed.into());
+    }
+    let Some(flags) = ports(frame, l4, end, &mut key) else {
+        let first = match kind {
+            Kind::First(id, proto) => Some((key, id, proto)),
+            _ => None,
+        };
+        return Err(Refused {
+            counter: Counter::Malformed,
+            first,
+        });
+    };
     Ok(Packet { key, flags, kind })
 }
 
@@ -194,18 +230,14 @@ fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, usize, Kin
     unreachable!("the walk returns at its last step")
 }
 
-/// Fills the ports of `key` (the header all before `end`): the TCP flags
-/// (0 for UDP).
-fn ports(frame: &[u8], l4: usize, end: usize, key: &mut FlowKey) -> Result<u8, Counter> {
-    let need = match key.proto {
-        PROTO_TCP => 20,
-        PROTO_UDP => 8,
-        _ => return Err(Counter::Passed),
-    };
-    let ports = inside(frame, l4, need, end)?;
+/// Fills the ports of `key` (TCP or UDP, the header all before `end`):
+/// the TCP flags (0 for UDP); `None` if the packet is too short for it.
+fn ports(frame: &[u8], l4: usize, end: usize, key: &mut FlowKey) -> Option<u8> {
+    let need = if key.proto == PROTO_TCP { 20 } else { 8 };
+    let ports = inside(frame, l4, need, end).ok()?;
     key.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
     key.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    Ok(if key.proto == PROTO_TCP { ports[13] } else { 0 })
+    Some(if key.proto == PROTO_TCP { ports[13] } else { 0 })
 }
 
 /// An ICMP error at `l4` about a TCP or UDP packet sent from `key`'s
