@@ -467,7 +467,7 @@ fn icmp_that_is_no_error_about_a_vip_flow_passes() {
             Counter::Passed,
         ),
         (
-            "error about a packet to no listener",
+            "error about a reply from no listener's port",
             Frame::icmp_error(
                 "10.0.9.1",
                 "10.0.3.49",

@@ -188,7 +188,7 @@ pub enum Icmp {
     UnknownFlow,
     /// An error sent to another address than the quoted packet's source.
     NotFromTheVip,
-    /// An error quoting a packet to no listener's port.
+    /// An error quoting a reply from no listener's port (its source).
     NoListener,
     /// An echo request to the VIP.
     Echo,
