@@ -266,6 +266,48 @@ fn inconsistent_headers_pass_and_are_counted() {
     }
 }
 
+/// Before the loader's first write of the maps (zeros: an empty listener
+/// filter, configuration and flow table), every frame passes to the
+/// kernel, counted as the parser and the empty filter see it: nothing is
+/// dropped (README, `lb_dropped_packets_total`).
+#[test]
+fn before_the_first_write_of_the_maps_every_frame_passes() {
+    let mut dp = lb_user::dataplane::Dataplane::load(&lb_user::dataplane::LoadOptions {
+        flow_table_size: 4096,
+    })
+    .expect("load lb (are you root?)");
+    let quoted = Frame::tcp("10.0.3.49", 80, "10.0.3.100", 40000, ACK).build()[14..].to_vec();
+    let udp = Frame::udp("10.0.3.100", 40000, "10.0.3.49", 53, &[7; 3000]);
+    let frames = [
+        Frame::tcp("10.0.3.100", 40000, "10.0.3.49", 80, SYN).build(),
+        Frame::tcp("fd00:3::100", 40000, "fd00:3::49", 80, SYN).build(),
+        Frame::icmp_error("10.0.9.1", "10.0.3.49", 3, 4, 1400, &quoted).build(),
+        udp.fragments(1232, 7)[0].clone(),
+        udp.fragments(1232, 7)[1].clone(),
+    ];
+    for frame in &frames {
+        let mut out = vec![0u8; frame.len() + 256];
+        let run = dp
+            .program_mut()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(run.return_value, XDP_PASS);
+        assert_eq!(&out[..run.data_size_out as usize], frame.as_slice());
+    }
+    let counters: BTreeMap<_, _> = dp
+        .counters()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(c, n)| (c.name(), n))
+        .collect();
+    assert_eq!(counters, BTreeMap::from([("passed", frames.len() as u64)]));
+}
+
 /// A frame is at least 60 bytes: a short IP packet is followed by the
 /// link's padding, which its length field (IPv4 total length, IPv6
 /// payload length) leaves out. Ports, TCP flags, extension headers and an

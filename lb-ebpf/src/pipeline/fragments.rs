@@ -96,9 +96,10 @@ pub fn later(ctx: &XdpContext, flow: &mut FlowKey, datagram: u32) -> Result<u32,
         count(Counter::Passed);
         return Err(xdp_action::XDP_PASS);
     }
+    // Element 0 always exists (`pipeline::run`).
     let Some(config) = CONFIG.get(0) else {
-        count(Counter::Dropped);
-        return Err(xdp_action::XDP_DROP);
+        count(Counter::Passed);
+        return Err(xdp_action::XDP_PASS);
     };
     lookup::to_us(ctx, config)?;
     flow.to_datagram(datagram);
