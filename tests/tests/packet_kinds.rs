@@ -564,3 +564,92 @@ fn ipv6_extension_headers_are_walked() {
         );
     }
 }
+
+/// The IPv6 extension headers the walk does not take (mobility, HIP,
+/// shim6, the experimental 253 and 254) are counted `extension_header`,
+/// right after the IPv6 header or after a walked one; ESP (50) and No Next
+/// Header (59) are other protocols, not ours: `passed`.
+#[test]
+fn ipv6_headers_the_walk_does_not_take_pass() {
+    let mut h = Harness::new(POLICY);
+    let cases = [
+        ("mobility", 135, Counter::ExtensionHeader),
+        ("HIP", 139, Counter::ExtensionHeader),
+        ("shim6", 140, Counter::ExtensionHeader),
+        ("experimental 253", 253, Counter::ExtensionHeader),
+        ("experimental 254", 254, Counter::ExtensionHeader),
+        ("ESP", 50, Counter::Passed),
+        ("no next header", 59, Counter::Passed),
+    ];
+    for (i, (name, kind, counter)) in cases.into_iter().enumerate() {
+        for after_hop_by_hop in [false, true] {
+            let mut f = Frame::tcp("fd00:3::100", 100 + i as u16, "fd00:3::49", 80, SYN);
+            if after_hop_by_hop {
+                f = f.with_ext_header(ExtHeader::options(ExtHeader::HOP_BY_HOP, 1));
+            }
+            let bytes = f
+                .with_ext_header(ExtHeader {
+                    kind,
+                    body: vec![0; 6],
+                })
+                .build();
+            let what = format!("{name}, after hop-by-hop: {after_hop_by_hop}");
+            let o = h.check(&what, &bytes);
+            assert_eq!(
+                (o.action, &o.output, o.counters),
+                (XDP_PASS, &bytes, vec![counter]),
+                "{what}"
+            );
+        }
+    }
+}
+
+/// An ICMP error passes when it quotes a later IPv4 fragment (no ports to
+/// find the flow by), or comes in a frame not addressed to the load
+/// balancer's MAC; the same error whole and to it goes to the flow's
+/// target.
+#[test]
+fn icmp_errors_without_a_flow_to_follow_pass() {
+    let mut h = Harness::new(POLICY);
+    let (router, client, vip) = ("10.0.9.1", "10.0.3.100", "10.0.3.49");
+    let syn = Frame::tcp(client, 50000, vip, 80, SYN).build();
+    let owner = h.check("syn", &syn).target.expect("forwarded");
+    let reply = |frag: u16| {
+        Frame::tcp(vip, 80, client, 50000, ACK | PSH)
+            .with_frag(frag)
+            .build()[14..]
+            .to_vec()
+    };
+    let error = |quoted: &[u8]| Frame::icmp_error(router, vip, 3, 4, 1400, quoted);
+    // The reply's first fragment (more fragments, offset 0), then a later
+    // one (offset 185 units of 8 bytes, more fragments or not).
+    let first = error(&reply(0x2000)).build();
+    let o = h.check("quoting the first fragment", &first);
+    assert_eq!((o.action, &o.target), (XDP_TX, &Some(owner.clone())));
+    assert_eq!(o.counters, [Counter::IcmpError, Counter::Forwarded]);
+    for frag in [185, 0x2000 | 185] {
+        let later = error(&reply(frag)).build();
+        let o = h.check("quoting a later fragment", &later);
+        assert_eq!(
+            (o.action, &o.output, o.counters),
+            (XDP_PASS, &later, vec![Counter::Passed]),
+            "flags and offset {frag:#06x}"
+        );
+    }
+    // Not to the load balancer's MAC: another host's, broadcast.
+    for mac in [[0x02, 0, 0, 0, 0, 0x99], [0xff; 6]] {
+        let frame = Frame {
+            dst_mac: mac,
+            ..error(&reply(0))
+        }
+        .build();
+        let o = h.check("to another MAC", &frame);
+        assert_eq!(
+            (o.action, &o.output, o.counters),
+            (XDP_PASS, &frame, vec![Counter::Passed]),
+            "{mac:02x?}"
+        );
+    }
+    let o = h.check("whole, to the MAC", &error(&reply(0)).build());
+    assert_eq!(o.target, Some(owner));
+}
