@@ -1814,7 +1814,7 @@ fn the_data_plane_program_is_one_bpf_function() {
 /// refuses it beyond: a change that multiplies the paths (a branch inside
 /// a scan over the flow's candidates, which LLVM makes of innocent
 /// arithmetic: `flow_table::opaque`) can take it there at once. The count
-/// is about 225,000; this fails well before the limit, with the figure.
+/// is about 204,000; this fails well before the limit, with the figure.
 #[test]
 fn the_verifier_follows_the_program_well_within_its_limit() {
     const BUDGET: u32 = 500_000;
