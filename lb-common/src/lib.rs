@@ -176,14 +176,30 @@ pub struct ListenerInfo {
 impl FlowKey {
     /// Makes this key (a fragment's flow) the key of its datagram `id`
     /// (the IPv4 identification, or the IPv6 fragment identification) in
-    /// the fragment table (`FRAGMENTS`): addresses, protocol and the id in
-    /// place of the ports, which only a datagram's first fragment has. In
-    /// place, not a new key: the data plane's stack is small.
+    /// the fragment table (`FRAGMENTS`): addresses, the datagram's
+    /// protocol ([`FlowKey::set_datagram_proto`]) and the id in place of
+    /// the ports, which only a datagram's first fragment has. In place, not
+    /// a new key: the data plane's stack is small.
     #[inline(always)]
     pub fn to_datagram(&mut self, id: u32) {
+        self.proto ^= self._pad[1];
         self.src_port_be = (id >> 16) as u16;
         self.dst_port_be = id as u16;
         self._pad = [0; 2];
+    }
+
+    /// Sets the protocol of the datagram a first fragment's key
+    /// ([`FlowKey::to_datagram`]) has when it is not the flow's: every
+    /// fragment of an IPv6 datagram has its Fragment header, whose next
+    /// header is the only protocol its later fragments show (Destination
+    /// Options, which RFC 8200 puts in the fragmentable part, before the
+    /// transport header, make it 60). Held in the key's second padding
+    /// byte as the difference from `proto` (set before), so that an unset
+    /// byte (0) means the flow's own: no branch, and only the IPv6
+    /// extension-header walk writes it.
+    #[inline(always)]
+    pub fn set_datagram_proto(&mut self, proto: u8) {
+        self._pad[1] = self.proto ^ proto;
     }
 
     /// Marks the key's packet as the first fragment of a datagram, or not
@@ -209,10 +225,19 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragmentEntry {
+    /// The target, or [`FragmentEntry::HOST`].
     pub target_id: u32,
+    /// The listener it went under (0 for the host).
     pub listener_id: u32,
     /// Data-plane time of the first fragment (ns).
     pub seen_ns: u64,
+}
+
+impl FragmentEntry {
+    /// The `target_id` of a datagram whose first fragment passed to the
+    /// host (a VIP's, for no listener's port, or malformed): no target has
+    /// id 0.
+    pub const HOST: u32 = 0;
 }
 
 /// Capacity of the fragment table (an LRU map shared by all CPUs): the
@@ -297,6 +322,26 @@ impl ListenerFilter {
     pub const fn admits(&self, family: u8, addr_be: &[u32; 4], proto: u8, port_be: u16) -> bool {
         self.contains(family, addr_be, proto, port_be)
             || (self.words[0] & Self::RANGES != 0 && self.contains(family, addr_be, proto, 0))
+    }
+
+    /// Marks `key`'s address as a VIP ([`ListenerFilter::may_be_vip`]):
+    /// sets the bit of (family, address, protocol 0, port 0), a key no
+    /// packet's is (only TCP and UDP keys are looked up otherwise).
+    pub fn insert_vip(&mut self, key: &ListenerKey) {
+        self.insert(&ListenerKey {
+            port_be: 0,
+            proto: 0,
+            ..*key
+        });
+    }
+
+    /// Whether `addr_be` may be a VIP (some listener's address, whatever
+    /// its protocol and port): a fragment after the first has no port for
+    /// [`ListenerFilter::admits`], and is the host's unless its
+    /// destination is a VIP.
+    #[inline(always)]
+    pub const fn may_be_vip(&self, family: u8, addr_be: &[u32; 4]) -> bool {
+        self.contains(family, addr_be, 0, 0)
     }
 
     /// Whether `key`'s bit is set.
@@ -904,6 +949,25 @@ mod tests {
         }
         assert!(!admits(&filter, key(vip, PROTO_TCP, 5000)));
         assert!(!admits(&filter, key(vip + 1, PROTO_UDP, 5000)));
+    }
+
+    #[test]
+    fn the_filter_knows_its_vips_apart_from_their_ports() {
+        let vip = 0x0a00_0331;
+        let mut filter = ListenerFilter::EMPTY;
+        let web = key(vip, PROTO_TCP, 80);
+        filter.insert(&web);
+        assert!(!filter.may_be_vip(FAMILY_V4, &web.addr_be));
+        filter.insert_vip(&web);
+        assert!(filter.may_be_vip(FAMILY_V4, &web.addr_be));
+        // The VIP's bit lets no other port through, nor its ranges' bit.
+        assert!(!filter.admits(web.family, &web.addr_be, PROTO_TCP, 5000u16.to_be()));
+        assert!(!filter.admits(web.family, &web.addr_be, PROTO_TCP, 0));
+        assert!(!filter.may_be_vip(FAMILY_V6, &web.addr_be));
+        let others = (1..=50_000u32)
+            .filter(|i| filter.may_be_vip(FAMILY_V4, &[(vip + i).to_be(), 0, 0, 0]))
+            .count();
+        assert!(others < 5, "{others} false positives");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use lb_user::{
     plan::Observed,
     policy::{Algorithm, Policy},
 };
-pub use parse::{Kind, Packet, packet, parse};
+pub use parse::{Kind, Packet, Refused, packet, parse, read};
 pub use table::{Candidate, Class, Insert, Span, Table};
 pub use view::{Group, Tables, Timeouts, View};
 
@@ -314,14 +314,19 @@ impl Model {
     /// new flow took (or its going unremembered), the model takes that;
     /// otherwise it takes its own first and the outcomes differ.
     pub fn process_observed(&mut self, frame: &[u8], run: &ProgramRun) -> Outcome {
-        let (key, flags, kind) = match packet(frame) {
+        let (key, flags, kind) = match read(frame) {
             Ok(Packet {
                 key,
                 kind: Kind::Later(datagram),
                 ..
             }) => return self.later_fragment(frame, key, datagram, run.clock),
             Ok(p) => (p.key, p.flags, p.kind),
-            Err(counter) => return passed(frame, counter),
+            Err(Refused { counter, first }) => {
+                if let Some((key, id, proto)) = first {
+                    self.first_to_host(frame, &key, (id, proto), run.clock);
+                }
+                return passed(frame, counter);
+            }
         };
         let to = ListenerKey {
             addr_be: key.dst_be,
@@ -334,6 +339,9 @@ impl Model {
             .listener_of_packet(&to)
             .map(|(l, g)| (l, g.clone()))
         else {
+            if let Kind::First(id, proto) = kind {
+                self.first_to_host(frame, &key, (id, proto), run.clock);
+            }
             return passed(frame, Counter::Passed);
         };
         // Only frames addressed to the interface's own MAC are balanced.
@@ -353,8 +361,9 @@ impl Model {
             return self.icmp_error(&verdicts, &group, &key);
         }
         let outcome = self.flow_packet(&verdicts, &group, &key, flags, run);
-        if let (Kind::First(datagram), Some(target)) = (kind, &outcome.target) {
-            self.record_fragment(&key, datagram, listener, target, run.clock);
+        if let (Kind::First(datagram, proto), Some(target)) = (kind, &outcome.target) {
+            let went = Some((target.clone(), listener));
+            self.record_fragment(&key, (datagram, proto), went, run.clock);
         }
         outcome
     }

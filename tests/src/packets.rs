@@ -181,8 +181,28 @@ impl Frame {
     /// frame's other extension headers. In order; the first has the
     /// transport header.
     pub fn fragments(&self, size: usize, id: u32) -> Vec<Vec<u8>> {
+        self.fragments_keeping(size, id, self.ext_headers.len())
+    }
+
+    /// As [`Frame::fragments`], but over IPv6 only the frame's first
+    /// `per_fragment` extension headers go before the Fragment header (in
+    /// every fragment); the others (Destination Options, say) are the
+    /// start of the fragmentable part, in the first fragment only.
+    pub fn fragments_keeping(&self, size: usize, id: u32, per_fragment: usize) -> Vec<Vec<u8>> {
         assert!(size.is_multiple_of(8) && size > 0);
-        let (proto, l4) = self.l4_bytes();
+        let (mut proto, mut l4) = self.l4_bytes();
+        let mut frame = self.clone();
+        if self.src.is_ipv6() {
+            let fragmentable = frame.ext_headers.split_off(per_fragment);
+            let inner = Frame {
+                ext_headers: fragmentable,
+                ..self.clone()
+            };
+            let mut part = inner.ext_header_bytes(proto);
+            part.extend(l4);
+            proto = inner.ext_headers.first().map_or(proto, |h| h.kind);
+            l4 = part;
+        }
         let chunks: Vec<&[u8]> = l4.chunks(size).collect();
         let last = chunks.len() - 1;
         chunks
@@ -191,7 +211,7 @@ impl Frame {
             .map(|(i, chunk)| {
                 let offset = (i * size / 8) as u16;
                 let more = i < last;
-                let mut f = self.clone();
+                let mut f = frame.clone();
                 if self.src.is_ipv4() {
                     f.ip_id = id as u16;
                     f.frag = offset | if more { 0x2000 } else { 0 };

@@ -28,6 +28,7 @@ listeners:
   - { name: web6, vip: "fd00:3::49", protocol: tcp, port: 80, target_group: web6 }
   - { name: two-a, vip: 10.0.3.52, protocol: udp, port: 53, target_group: two-a }
   - { name: two-b, vip: 10.0.3.52, protocol: udp, port: 54, target_group: two-b }
+  - { name: rtp, vip: 10.0.3.53, protocol: udp, port: 10000-10099, target_group: rtp }
 target_groups:
   - name: dns
     protocol: udp
@@ -59,6 +60,7 @@ target_groups:
     targets: [ { ip: "fd00:3::41" }, { ip: "fd00:3::42" }, { ip: "fd00:3::43" }, { ip: "fd00:3::44" } ]
   - { name: two-a, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.61 } ] }
   - { name: two-b, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.62 } ] }
+  - { name: rtp, protocol: udp, table_size: 1021, targets: [ { ip: 10.0.3.63 } ] }
 "#;
 
 /// A UDP datagram of `len` payload bytes from `client:port` to `vip:vport`.
@@ -120,6 +122,55 @@ fn later_fragments_follow_their_first_over_ipv4_and_ipv6() {
         }
         assert!(targets.len() >= 2, "{group}: datagrams spread: {targets:?}");
     }
+}
+
+/// RFC 8200 puts Destination Options that come before the transport
+/// header in the fragmentable part: the first fragment has them and the
+/// UDP header after them, the later ones only a Fragment header whose
+/// next header is 60. They follow their first all the same.
+#[test]
+fn ipv6_later_fragments_follow_a_first_with_destination_options() {
+    let mut h = Harness::new(POLICY);
+    let options = || ExtHeader::options(ExtHeader::DESTINATION_OPTIONS, 1);
+    let fragments = |port: u16, id: u32| {
+        datagram("fd00:3::100", port, "fd00:3::49", 53, 3000)
+            .with_ext_header(options())
+            .fragments_keeping(1232, id, 0)
+    };
+    let mut targets = BTreeSet::new();
+    for i in 0..16u16 {
+        let frames = fragments(22000 + i, 800 + i as u32);
+        assert_eq!(frames.len(), 3);
+        // IPv6 header, then the Fragment header: next header 60.
+        assert_eq!(
+            (frames[0][14 + 40], frames[1][14 + 40]),
+            (
+                ExtHeader::DESTINATION_OPTIONS,
+                ExtHeader::DESTINATION_OPTIONS
+            )
+        );
+        let got = run_all(&mut h, "dns6", &frames);
+        let first = got[0].0.clone().expect("the first fragment is forwarded");
+        for (t, counters) in &got[1..] {
+            assert_eq!(t.as_ref(), Some(&first), "a later fragment strays");
+            assert_eq!(counters, &[Counter::Fragment, Counter::Forwarded]);
+        }
+        targets.insert(first);
+    }
+    assert!(targets.len() >= 2, "datagrams spread: {targets:?}");
+    // Without their first, such fragments show no transport protocol to
+    // find a listener by: the host's.
+    let frames = fragments(23000, 99);
+    let o = h.check("a later fragment alone", &frames[1]);
+    assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+    // Destination Options before the Fragment header are in every
+    // fragment: the later ones show UDP.
+    let frames = datagram("fd00:3::100", 23001, "fd00:3::49", 53, 3000)
+        .with_ext_header(options())
+        .fragments(1232, 100);
+    let got = run_all(&mut h, "dns6", &frames);
+    assert_eq!(got[1].0, got[0].0);
+    assert_eq!(got[2].1, [Counter::Fragment, Counter::Forwarded]);
 }
 
 #[test]
@@ -201,6 +252,80 @@ fn unmatched_fragments_of_a_vip_with_several_listeners_pass_to_the_host() {
     assert_eq!(h.check("icmp fragment", &icmp).counters, [Counter::Passed]);
 }
 
+/// A first fragment to a VIP on a port no listener has passes to the
+/// host; its later fragments, which have no port, must follow it there,
+/// and not go to the VIP's one listener of their protocol. The same for a
+/// first fragment too short for its UDP header (malformed).
+#[test]
+fn later_fragments_follow_a_first_that_passed_to_the_host() {
+    let mut h = Harness::new(POLICY);
+    let cases = [
+        // 10.0.3.49 has one UDP listener, on 53.
+        ("10.0.3.100", "10.0.3.49", 5353),
+        ("fd00:3::100", "fd00:3::49", 5353),
+        // 10.0.3.53 has one, of a range of ports: passed at the lookup.
+        ("10.0.3.100", "10.0.3.53", 10100),
+    ];
+    for (i, (client, vip, port)) in cases.into_iter().enumerate() {
+        let frames = datagram(client, 30000, vip, port, 3000).fragments(1232, 40 + i as u32);
+        assert_eq!(frames.len(), 3);
+        for (n, frame) in frames.iter().enumerate() {
+            let o = h.check(&format!("{vip}:{port}, fragment {n}"), frame);
+            assert_eq!(
+                (o.action, &o.output, o.counters),
+                (XDP_PASS, frame, vec![Counter::Passed]),
+                "{vip}:{port}, fragment {n}"
+            );
+        }
+    }
+    // Malformed: a first fragment whose total length ends in its UDP
+    // header.
+    let frames = datagram("10.0.3.100", 30001, "10.0.3.49", 53, 3000).fragments(1232, 50);
+    let mut first = frames[0].clone();
+    first[16..18].copy_from_slice(&(20u16 + 4).to_be_bytes());
+    let o = h.check("malformed first", &first);
+    assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Malformed]));
+    for frame in &frames[1..] {
+        let o = h.check("after a malformed first", frame);
+        assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+    }
+    // Only frames to the load balancer's MAC are remembered: a first
+    // fragment for another host leaves its later ones (to this one) to
+    // the hash, as if it had not been seen.
+    let frames = datagram("10.0.3.100", 30002, "10.0.3.49", 5353, 3000).fragments(1232, 51);
+    let mut elsewhere = frames[0].clone();
+    elsewhere[5] ^= 0x40;
+    assert_eq!(
+        h.check("first, other mac", &elsewhere).counters,
+        [Counter::Passed]
+    );
+    assert_eq!(
+        h.check("later", &frames[1]).counters,
+        [Counter::FragmentUnmatched, Counter::Forwarded]
+    );
+    // Remembered for 30 s, like a forwarded first.
+    let frames = datagram("10.0.3.100", 30003, "10.0.3.49", 5353, 3000).fragments(1232, 52);
+    assert_eq!(h.check("first", &frames[0]).counters, [Counter::Passed]);
+    h.advance(29);
+    assert_eq!(h.check("within", &frames[1]).counters, [Counter::Passed]);
+    h.advance(2);
+    assert_eq!(
+        h.check("after", &frames[2]).counters,
+        [Counter::FragmentUnmatched, Counter::Forwarded]
+    );
+    // The listener's own datagrams still go to its group.
+    let frames = datagram("10.0.3.100", 30004, "10.0.3.49", 53, 3000).fragments(1232, 53);
+    let got = run_all(&mut h, "dns", &frames);
+    assert_eq!(got[0].0.as_ref().map(|t| t.group.as_str()), Some("dns"));
+    assert_eq!(
+        got[2],
+        (
+            got[0].0.clone(),
+            vec![Counter::Fragment, Counter::Forwarded]
+        )
+    );
+}
+
 #[test]
 fn a_first_fragment_is_followed_for_30_seconds() {
     let mut h = Harness::new(POLICY);
@@ -276,6 +401,59 @@ fn icmp_errors_about_a_flow_go_to_its_target() {
     }
 }
 
+/// A target's UDP answer larger than its route's MTU leaves it in IPv6
+/// fragments; a router on a smaller link answers the first with "packet
+/// too big", quoting its IPv6 header, Fragment header and UDP header. The
+/// error goes to the flow's target, which learns the path MTU; an error
+/// quoting a later fragment (no ports) is the host's, as over IPv4.
+#[test]
+fn icmpv6_errors_quoting_a_first_fragment_go_to_the_flows_target() {
+    let mut h = Harness::new(POLICY);
+    let (router, client, vip) = ("fd00:9::1", "fd00:3::100", "fd00:3::49");
+    let mut owners = BTreeSet::new();
+    for i in 0..12u16 {
+        let port = 21000 + i;
+        let query = datagram(client, port, vip, 53, 40).build();
+        let owner = h.check("query", &query).target.expect("forwarded");
+        // The answer, cut by the target into fragments of 1232 bytes; an
+        // ICMPv6 error quotes as much as fits in 1280 bytes.
+        let answer = datagram(vip, 53, client, port, 3000).fragments(1232, 500 + i as u32);
+        let quote = |fragment: &[u8]| fragment[14..].iter().take(1232).copied().collect();
+        let first: Vec<u8> = quote(&answer[0]);
+        assert_eq!(first[6], ExtHeader::FRAGMENT);
+        for (t, code) in [(2, 0), (1, 4), (3, 0)] {
+            let error = Frame::icmp_error(router, vip, t, code, 1280, &first).build();
+            let o = h.check("about the first fragment", &error);
+            assert_eq!((o.action, &o.target), (XDP_TX, &Some(owner.clone())));
+            assert_eq!(o.counters, [Counter::IcmpError, Counter::Forwarded]);
+            assert_eq!(&o.output[12..], &error[12..]);
+        }
+        let later: Vec<u8> = quote(&answer[1]);
+        let error = Frame::icmp_error(router, vip, 2, 0, 1280, &later).build();
+        let o = h.check("about a later fragment", &error);
+        assert_eq!((o.action, o.counters), (XDP_PASS, vec![Counter::Passed]));
+        owners.insert(owner);
+    }
+    assert!(owners.len() >= 2, "{owners:?}");
+    // A flow the table does not hold: the group's hash target.
+    let answer = datagram(vip, 53, client, 1, 3000).fragments(1232, 9);
+    let error = Frame::icmp_error(router, vip, 2, 0, 1280, &answer[0][14..]).build();
+    assert_eq!(
+        h.check("unknown flow", &error).counters,
+        [Counter::IcmpErrorUnmatched, Counter::Forwarded]
+    );
+    // A quote cut in its Fragment header or before its ports: malformed.
+    for len in 40..40 + 8 + 4 {
+        let error = Frame::icmp_error(router, vip, 2, 0, 1280, &answer[0][14..14 + len]).build();
+        let o = h.check(&format!("quote cut at {len}"), &error);
+        assert_eq!(
+            (o.action, o.counters),
+            (XDP_PASS, vec![Counter::Malformed]),
+            "cut at {len}"
+        );
+    }
+}
+
 #[test]
 fn icmp_that_is_no_error_about_a_vip_flow_passes() {
     let mut h = Harness::new(POLICY);
@@ -289,7 +467,7 @@ fn icmp_that_is_no_error_about_a_vip_flow_passes() {
             Counter::Passed,
         ),
         (
-            "error about a packet to no listener",
+            "error about a reply from no listener's port",
             Frame::icmp_error(
                 "10.0.9.1",
                 "10.0.3.49",
@@ -385,4 +563,93 @@ fn ipv6_extension_headers_are_walked() {
             "cut at {len}"
         );
     }
+}
+
+/// The IPv6 extension headers the walk does not take (mobility, HIP,
+/// shim6, the experimental 253 and 254) are counted `extension_header`,
+/// right after the IPv6 header or after a walked one; ESP (50) and No Next
+/// Header (59) are other protocols, not ours: `passed`.
+#[test]
+fn ipv6_headers_the_walk_does_not_take_pass() {
+    let mut h = Harness::new(POLICY);
+    let cases = [
+        ("mobility", 135, Counter::ExtensionHeader),
+        ("HIP", 139, Counter::ExtensionHeader),
+        ("shim6", 140, Counter::ExtensionHeader),
+        ("experimental 253", 253, Counter::ExtensionHeader),
+        ("experimental 254", 254, Counter::ExtensionHeader),
+        ("ESP", 50, Counter::Passed),
+        ("no next header", 59, Counter::Passed),
+    ];
+    for (i, (name, kind, counter)) in cases.into_iter().enumerate() {
+        for after_hop_by_hop in [false, true] {
+            let mut f = Frame::tcp("fd00:3::100", 100 + i as u16, "fd00:3::49", 80, SYN);
+            if after_hop_by_hop {
+                f = f.with_ext_header(ExtHeader::options(ExtHeader::HOP_BY_HOP, 1));
+            }
+            let bytes = f
+                .with_ext_header(ExtHeader {
+                    kind,
+                    body: vec![0; 6],
+                })
+                .build();
+            let what = format!("{name}, after hop-by-hop: {after_hop_by_hop}");
+            let o = h.check(&what, &bytes);
+            assert_eq!(
+                (o.action, &o.output, o.counters),
+                (XDP_PASS, &bytes, vec![counter]),
+                "{what}"
+            );
+        }
+    }
+}
+
+/// An ICMP error passes when it quotes a later IPv4 fragment (no ports to
+/// find the flow by), or comes in a frame not addressed to the load
+/// balancer's MAC; the same error whole and to it goes to the flow's
+/// target.
+#[test]
+fn icmp_errors_without_a_flow_to_follow_pass() {
+    let mut h = Harness::new(POLICY);
+    let (router, client, vip) = ("10.0.9.1", "10.0.3.100", "10.0.3.49");
+    let syn = Frame::tcp(client, 50000, vip, 80, SYN).build();
+    let owner = h.check("syn", &syn).target.expect("forwarded");
+    let reply = |frag: u16| {
+        Frame::tcp(vip, 80, client, 50000, ACK | PSH)
+            .with_frag(frag)
+            .build()[14..]
+            .to_vec()
+    };
+    let error = |quoted: &[u8]| Frame::icmp_error(router, vip, 3, 4, 1400, quoted);
+    // The reply's first fragment (more fragments, offset 0), then a later
+    // one (offset 185 units of 8 bytes, more fragments or not).
+    let first = error(&reply(0x2000)).build();
+    let o = h.check("quoting the first fragment", &first);
+    assert_eq!((o.action, &o.target), (XDP_TX, &Some(owner.clone())));
+    assert_eq!(o.counters, [Counter::IcmpError, Counter::Forwarded]);
+    for frag in [185, 0x2000 | 185] {
+        let later = error(&reply(frag)).build();
+        let o = h.check("quoting a later fragment", &later);
+        assert_eq!(
+            (o.action, &o.output, o.counters),
+            (XDP_PASS, &later, vec![Counter::Passed]),
+            "flags and offset {frag:#06x}"
+        );
+    }
+    // Not to the load balancer's MAC: another host's, broadcast.
+    for mac in [[0x02, 0, 0, 0, 0, 0x99], [0xff; 6]] {
+        let frame = Frame {
+            dst_mac: mac,
+            ..error(&reply(0))
+        }
+        .build();
+        let o = h.check("to another MAC", &frame);
+        assert_eq!(
+            (o.action, &o.output, o.counters),
+            (XDP_PASS, &frame, vec![Counter::Passed]),
+            "{mac:02x?}"
+        );
+    }
+    let o = h.check("whole, to the MAC", &error(&reply(0)).build());
+    assert_eq!(o.target, Some(owner));
 }

@@ -8,6 +8,7 @@ use lb_common::{Config, Counter, FlowKey, ListenerInfo, ListenerKey, PortRangeKe
 
 use super::{
     LISTENER_FILTER, LISTENER_PORTS, LISTENERS, LISTENERS_BY_ID, PORT_RANGES, counters::count,
+    parse::ip_proto,
 };
 
 #[inline(always)]
@@ -24,9 +25,20 @@ fn not_ours() -> u32 {
 /// whatever its IP destination.
 #[inline(always)]
 pub fn to_us(ctx: &XdpContext, config: &Config) -> Result<(), u32> {
+    if is_to_us(ctx, config) {
+        Ok(())
+    } else {
+        Err(not_ours())
+    }
+}
+
+/// Whether the frame is addressed to the interface's own MAC ([`to_us`]),
+/// uncounted.
+#[inline(always)]
+pub fn is_to_us(ctx: &XdpContext, config: &Config) -> bool {
     let start = ctx.data();
     if start + 6 > ctx.data_end() {
-        return Err(not_ours());
+        return false;
     }
     // SAFETY: the 6 bytes are inside the frame (checked above) and in the
     // map value; unaligned 4- and 2-byte loads.
@@ -44,11 +56,7 @@ pub fn to_us(ctx: &XdpContext, config: &Config) -> Result<(), u32> {
             ),
         )
     };
-    if frame == ours {
-        Ok(())
-    } else {
-        Err(not_ours())
-    }
+    frame == ours
 }
 
 /// XDP_PASS unless the flow's (VIP, protocol, port) may be a listener's
@@ -64,14 +72,26 @@ pub fn listener_filter(flow: &FlowKey) -> Result<(), u32> {
     }
 }
 
+/// Whether the flow's destination may be a VIP (`ListenerFilter::may_be_vip`):
+/// else a fragment of its datagram is the host's, and costs no lookup.
+#[inline(always)]
+pub fn to_vip(flow: &FlowKey) -> bool {
+    LISTENER_FILTER
+        .get(0)
+        .is_some_and(|filter| filter.may_be_vip(flow.family, &flow.dst_be))
+}
+
 /// Whether a datagram's fragment after its first, which has no ports, may
 /// be the listener's: its VIP and protocol suffice ([`listener_by_id`]).
 pub const ANY_PORT: bool = true;
 
 /// The listener `id` if it still has the flow's (VIP, protocol, port), or
-/// with `any_port` ([`ANY_PORT`]) its VIP and protocol. A listener of a
-/// port range holds its first port in its slot, the others in
-/// `LISTENER_PORTS`, read only when the first port is not the flow's.
+/// with `any_port` ([`ANY_PORT`], `flow` a datagram's key) its VIP and
+/// protocol: any protocol for an IPv6 datagram whose fragments show
+/// Destination Options (only its first fragment has the transport
+/// header). A listener of a port range holds its first port in its slot,
+/// the others in `LISTENER_PORTS`, read only when the first port is not
+/// the flow's.
 #[inline(always)]
 pub fn listener_by_id(flow: &FlowKey, id: u32, any_port: bool) -> Option<ListenerInfo> {
     let slot = LISTENERS_BY_ID.get(id)?;
@@ -82,7 +102,7 @@ pub fn listener_by_id(flow: &FlowKey, id: u32, any_port: bool) -> Option<Listene
             || LISTENER_PORTS
                 .get(id)
                 .is_some_and(|ports| ports.contains(flow.dst_port_be)))
-        && key.proto == flow.proto
+        && (key.proto == flow.proto || (any_port && flow.proto == ip_proto::DESTINATION_OPTIONS))
         && key.family == flow.family
     {
         Some(ListenerInfo {

@@ -155,13 +155,17 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
     }
     // Traffic for no listener stops here, before the flow table: the
     // host's own packets never pay a read of its buckets, whatever their
-    // port.
-    lookup::listener_filter(&flow)?;
-    // Element 0 of an array map always exists; read once per packet (the
-    // flow table's settings, the clock offset, the source MAC).
+    // port. (A first fragment's datagram is remembered as the host's.)
+    lookup::listener_filter(&flow)
+        .map_err(|action| fragments::passed(ctx, &mut flow, packet.datagram, action))?;
+    // Element 0 of an array map always exists (zeros before the loader's
+    // first write, when the empty filter has passed everything above);
+    // read once per packet (the flow table's settings, the clock offset,
+    // the source MAC). The `None` arm, which the verifier wants, never
+    // runs; it would pass, as if `lb` were not there.
     let Some(config) = CONFIG.get(0) else {
-        counters::count(Counter::Dropped);
-        return Err(xdp_action::XDP_DROP);
+        counters::count(Counter::Passed);
+        return Err(xdp_action::XDP_PASS);
     };
     lookup::to_us(ctx, config)?;
     let now = time::now_ns(config);
@@ -172,7 +176,8 @@ pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(xdp_action::XDP_PASS);
     };
     let entry = probe.entry();
-    let listener = lookup::listener(&flow, entry.as_ref().map(flows::Entry::listener_hint))?;
+    let listener = lookup::listener(&flow, entry.as_ref().map(flows::Entry::listener_hint))
+        .map_err(|action| fragments::passed(ctx, &mut flow, packet.datagram, action))?;
     if packet.kind == parse::kind::ICMP_ERROR {
         return icmp::error(ctx, &flow, &listener, entry, config);
     }

@@ -11,12 +11,16 @@
 //!   `FlowKey::is_first_fragment`), which has its ports: it goes as a
 //!   whole packet would, and its datagram's later fragments follow it;
 //! - [`kind::LATER_FRAGMENT`]: a TCP or UDP fragment at a nonzero offset:
-//!   no ports (the key's are 0), only addresses, protocol and datagram id;
+//!   no ports (the key's are 0), only addresses, protocol and datagram id
+//!   (over IPv6 the protocol is its Fragment header's next header, which
+//!   is 60 when Destination Options come before the transport header, and
+//!   a first fragment's datagram is keyed by it too);
 //! - [`kind::ICMP_ERROR`]: an ICMP destination unreachable (fragmentation
 //!   needed included) or time exceeded, or an ICMPv6 destination
 //!   unreachable, packet too big or time exceeded, quoting a TCP or UDP
-//!   packet the VIP sent (a target's reply): the key is the flow it belongs
-//!   to, the quoted packet's addresses and ports swapped.
+//!   packet the VIP sent (a target's reply, or its first fragment: an IPv6
+//!   quote may have a Fragment header): the key is the flow it belongs to,
+//!   the quoted packet's addresses and ports swapped.
 //!
 //! The rule for what does not parse (documented in the README):
 //! - not IPv4/IPv6, not TCP/UDP/ICMP; ICMP that is no error (echo
@@ -29,9 +33,13 @@
 //!   `extension_header`;
 //! - truncated or inconsistent headers (frame shorter than a header, IP version
 //!   field not matching the EtherType, IHL < 5, IPv4 total length shorter than
-//!   its header, a quoted header cut short): XDP_PASS untouched, counted
+//!   its header, a quoted header cut short, an IP length field short of a
+//!   header read after the IP header): XDP_PASS untouched, counted
 //!   `malformed`; the kernel's own checks then drop it. Nothing is read past
-//!   `data_end`.
+//!   `data_end`, and nothing after the IP header past the datagram's end by
+//!   its length field (IPv4 total length, IPv6 payload length): the bytes
+//!   after it are the link's padding (a frame is at least 60 bytes), never
+//!   ports or flags.
 //!
 //! Every header is read through a pointer that `header` checked against
 //! `data_end`; the structs hold wire bytes (byte arrays, or a `u16` read
@@ -49,7 +57,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use super::counters::count;
+use super::{counters::count, fragments};
 
 /// The IPv4 "more fragments" bit (`Ipv4Hdr::frags`; DF does not matter).
 const IPV4_MORE: u16 = 0x2000;
@@ -64,7 +72,7 @@ const IPV6_MORE: u16 = 0x0001;
 pub const EXTENSION_HEADERS: usize = 6;
 
 /// IP protocol numbers (IPv6 next-header values) the parser tells apart.
-mod ip_proto {
+pub mod ip_proto {
     pub const ICMP: u8 = 1;
     pub const HOP_BY_HOP: u8 = 0;
     pub const ROUTING: u8 = 43;
@@ -108,10 +116,22 @@ fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// The `N` bytes at `offset` (copied), or `None` if the frame is shorter.
+/// A `T` header at `offset` past the IP header, or `None` if the frame
+/// is shorter or the IP datagram ends before it (at `end`, by its length
+/// field: what lies beyond is the link's padding, not the packet's).
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let at: *const [u8; N] = header(ctx, offset)?;
+fn inside<T>(ctx: &XdpContext, offset: usize, end: usize) -> Option<*const T> {
+    if offset + size_of::<T>() > end {
+        return None;
+    }
+    header(ctx, offset)
+}
+
+/// The `N` bytes at `offset` past the IP header (copied), or `None` as
+/// [`inside`] says.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, offset: usize, end: usize) -> Option<[u8; N]> {
+    let at: *const [u8; N] = inside(ctx, offset, end)?;
     // SAFETY: `header` checked the N bytes are inside the frame (a byte
     // array: no alignment).
     Some(unsafe { *at })
@@ -147,6 +167,9 @@ pub mod tcp {
 #[derive(Clone, Copy)]
 struct Transport {
     offset: usize,
+    /// Where the IP datagram ends by its length field (IPv4 total length,
+    /// IPv6 payload length): nothing at or past it is read.
+    end: usize,
     kind: u8,
     /// 1 for a datagram's first fragment, else 0: from the header's bits,
     /// never by a branch (a constant per path here would make the verifier
@@ -173,8 +196,14 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, u32> {
     };
     let (kind, datagram) = (l4.kind, l4.datagram);
     if kind == kind::LATER_FRAGMENT {
-        // No transport header: addresses, protocol and datagram only.
-        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        // No transport header: addresses, protocol and datagram only. The
+        // protocol is what the IPv6 Fragment header's next header says:
+        // Destination Options (60) before the transport header are in the
+        // fragmentable part, so their datagram's later fragments show 60.
+        if key.proto != PROTO_TCP
+            && key.proto != PROTO_UDP
+            && (key.proto != ip_proto::DESTINATION_OPTIONS || key.family != FAMILY_V6)
+        {
             return Err(not_ours());
         }
         return Ok(Parsed {
@@ -184,14 +213,19 @@ pub fn flow(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, u32> {
         });
     }
     if key.proto == ip_proto::ICMP || key.proto == ip_proto::ICMPV6 {
-        icmp_error(ctx, l4.offset, key)?;
+        icmp_error(ctx, l4.offset, l4.end, key)?;
         return Ok(Parsed {
             tcp_flags: 0,
             kind: kind::ICMP_ERROR,
             datagram: 0,
         });
     }
-    let tcp_flags = ports(ctx, l4.offset, key)?;
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(not_ours());
+    }
+    let Some(tcp_flags) = ports(ctx, l4.offset, l4.end, key) else {
+        return Err(malformed_first(ctx, key, &l4));
+    };
     key.mark_first_fragment(l4.first_fragment);
     Ok(Parsed {
         tcp_flags,
@@ -226,7 +260,8 @@ fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32
         return Err(malformed());
     }
     let hlen = ip.ihl() as usize;
-    if hlen < Ipv4Hdr::LEN || (u16::from_be_bytes(ip.tot_len) as usize) < hlen {
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if hlen < Ipv4Hdr::LEN || tot_len < hlen {
         return Err(malformed());
     }
     // The options (if any) must be in the frame.
@@ -243,6 +278,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32
     };
     Ok(Transport {
         offset: l3 + hlen,
+        end: l3 + tot_len,
         kind,
         // At offset 0, the MF bit.
         first_fragment: ((frags & IPV4_MORE) >> 13) as u8,
@@ -265,37 +301,44 @@ fn ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Transport, u32
     set_v6(&mut key.dst_be, &ip.dst_addr);
     let next = ip.next_hdr;
     let offset = l3 + Ipv6Hdr::LEN;
+    let end = offset + u16::from_be_bytes(ip.payload_len) as usize;
     if next == PROTO_TCP || next == PROTO_UDP {
         // The common case: no extension header.
         key.proto = next;
         return Ok(Transport {
             offset,
+            end,
             kind: kind::WHOLE,
             first_fragment: 0,
             datagram: 0,
         });
     }
-    extension_headers(ctx, next, offset, key)
+    extension_headers(ctx, next, offset, end, key)
 }
 
 /// Walks the extension headers starting with `next` at `offset` (at most
-/// [`EXTENSION_HEADERS`]) to the transport header, into `key.proto`.
+/// [`EXTENSION_HEADERS`], inside the payload, which ends at `end`) to the
+/// transport header, into `key.proto`.
 #[inline(always)]
 fn extension_headers(
     ctx: &XdpContext,
     mut next: u8,
     mut offset: usize,
+    end: usize,
     key: &mut FlowKey,
 ) -> Result<Transport, u32> {
     let mut first_fragment = 0;
     let mut datagram = 0;
+    // The Fragment header's next header: the protocol of the datagram's
+    // key (`FlowKey::set_datagram_proto`; read only for a first fragment).
+    let mut datagram_proto = 0;
     for _ in 0..EXTENSION_HEADERS {
         match next {
             PROTO_TCP | PROTO_UDP | ip_proto::ICMPV6 => break,
             ip_proto::HOP_BY_HOP | ip_proto::DESTINATION_OPTIONS | ip_proto::ROUTING => {
                 // Next header, length in 8-byte units beyond the first 8,
                 // then (routing) type and segments left.
-                let h: [u8; 4] = bytes(ctx, offset).ok_or_else(malformed)?;
+                let h: [u8; 4] = bytes(ctx, offset, end).ok_or_else(malformed)?;
                 if next == ip_proto::ROUTING && h[3] != 0 {
                     // Not the final destination yet.
                     return Err(extension_header());
@@ -305,15 +348,17 @@ fn extension_headers(
             }
             ip_proto::FRAGMENT => {
                 // Next header, reserved, offset and flags, identification.
-                let h: [u8; 8] = bytes(ctx, offset).ok_or_else(malformed)?;
+                let h: [u8; 8] = bytes(ctx, offset, end).ok_or_else(malformed)?;
                 let word = u16::from_be_bytes([h[2], h[3]]);
                 datagram = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 next = h[0];
+                datagram_proto = next;
                 offset += 8;
                 if word & IPV6_OFFSET_MASK != 0 {
                     key.proto = next;
                     return Ok(Transport {
                         offset,
+                        end,
                         kind: kind::LATER_FRAGMENT,
                         first_fragment: 0,
                         datagram,
@@ -330,8 +375,10 @@ fn extension_headers(
         return Err(extension_header());
     }
     key.proto = next;
+    key.set_datagram_proto(datagram_proto);
     Ok(Transport {
         offset,
+        end,
         kind: kind::WHOLE,
         first_fragment,
         datagram,
@@ -405,43 +452,53 @@ fn set_ports(key: &mut FlowKey, src: [u8; 2], dst: [u8; 2]) {
     unsafe { (addr_of_mut!(key.src_port_be) as *mut u32).write(ports) };
 }
 
-/// The ports of the TCP or UDP header at `l4` into `key`; the TCP flags
-/// (0 for UDP).
+/// The ports of the TCP or UDP header (`key.proto`) at `l4` into `key`;
+/// the TCP flags (0 for UDP). `None` if the header is not all in the frame
+/// and before `end`.
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, u32> {
-    match key.proto {
-        PROTO_TCP => {
-            let tcp: *const TcpHdr = header(ctx, l4).ok_or_else(malformed)?;
-            // SAFETY: `tcp` covers a TcpHdr (byte fields only).
-            let tcp = unsafe { &*tcp };
-            set_ports(key, tcp.source, tcp.dest);
-            // The bitfield is data offset and reserved bits, then the flags
-            // byte: one load instead of a bit read per flag.
-            // SAFETY: a repr(C) wrapper of the header's two bytes.
-            let doff_flags: [u8; 2] = unsafe { core::mem::transmute(tcp._bitfield_1) };
-            Ok(doff_flags[1])
-        }
-        PROTO_UDP => {
-            let udp: *const UdpHdr = header(ctx, l4).ok_or_else(malformed)?;
-            // SAFETY: `udp` covers a UdpHdr (byte fields only).
-            let udp = unsafe { &*udp };
-            set_ports(key, udp.src, udp.dst);
-            Ok(0)
-        }
-        _ => Err(not_ours()),
+fn ports(ctx: &XdpContext, l4: usize, end: usize, key: &mut FlowKey) -> Option<u8> {
+    if key.proto == PROTO_TCP {
+        let tcp: *const TcpHdr = inside(ctx, l4, end)?;
+        // SAFETY: `tcp` covers a TcpHdr (byte fields only).
+        let tcp = unsafe { &*tcp };
+        set_ports(key, tcp.source, tcp.dest);
+        // The bitfield is data offset and reserved bits, then the flags
+        // byte: one load instead of a bit read per flag.
+        // SAFETY: a repr(C) wrapper of the header's two bytes.
+        let doff_flags: [u8; 2] = unsafe { core::mem::transmute(tcp._bitfield_1) };
+        Some(doff_flags[1])
+    } else {
+        let udp: *const UdpHdr = inside(ctx, l4, end)?;
+        // SAFETY: `udp` covers a UdpHdr (byte fields only).
+        let udp = unsafe { &*udp };
+        set_ports(key, udp.src, udp.dst);
+        Some(0)
     }
 }
 
-/// An ICMP error at `l4` (ICMP after IPv4, ICMPv6 after IPv6) about a TCP
-/// or UDP packet the VIP sent: `key` becomes that packet's flow (the
-/// client's side first). Anything else ICMP is the host's.
+/// A TCP or UDP packet too short for its transport header: malformed.
+/// A first fragment's datagram is remembered as the host's
+/// (`fragments::to_host`), so that its later fragments, which have no
+/// header to find wrong, follow it there.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<(), u32> {
+fn malformed_first(ctx: &XdpContext, key: &mut FlowKey, l4: &Transport) -> u32 {
+    if l4.first_fragment != 0 {
+        fragments::to_host(ctx, key, l4.datagram);
+    }
+    malformed()
+}
+
+/// An ICMP error at `l4` (ICMP after IPv4, ICMPv6 after IPv6; all of it
+/// that is read before `end`) about a TCP or UDP packet the VIP sent:
+/// `key` becomes that packet's flow (the client's side first). Anything
+/// else ICMP is the host's.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, l4: usize, end: usize, key: &mut FlowKey) -> Result<(), u32> {
     // Type, code, checksum, then 4 bytes (unused, next-hop MTU or the
     // packet-too-big MTU) before the quoted packet.
     // (Read as a whole: a 1-byte read's bounds check compiles to one the
     // verifier does not take.)
-    let h: [u8; 8] = bytes(ctx, l4).ok_or_else(malformed)?;
+    let h: [u8; 8] = bytes(ctx, l4, end).ok_or_else(malformed)?;
     let quoted = l4 + 8;
     if key.family == FAMILY_V4 {
         // Destination unreachable (fragmentation needed included), time
@@ -449,21 +506,21 @@ fn icmp_error(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<(), u32>
         if key.proto != ip_proto::ICMP || (h[0] != 3 && h[0] != 11) {
             return Err(not_ours());
         }
-        quoted_ipv4(ctx, quoted, key)
+        quoted_ipv4(ctx, quoted, end, key)
     } else {
         // Destination unreachable, packet too big, time exceeded.
         if key.proto != ip_proto::ICMPV6 || h[0] == 0 || h[0] > 3 {
             return Err(not_ours());
         }
-        quoted_ipv6(ctx, quoted, key)
+        quoted_ipv6(ctx, quoted, end, key)
     }
 }
 
 /// The IPv4 packet quoted at `l3` by an ICMP error sent to `key.dst_be`:
 /// its flow, swapped, into `key`.
 #[inline(always)]
-fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32> {
-    let ip: *const Ipv4Hdr = header(ctx, l3).ok_or_else(malformed)?;
+fn quoted_ipv4(ctx: &XdpContext, l3: usize, end: usize, key: &mut FlowKey) -> Result<(), u32> {
+    let ip: *const Ipv4Hdr = inside(ctx, l3, end).ok_or_else(malformed)?;
     // SAFETY: `ip` covers an Ipv4Hdr (byte fields only).
     let ip = unsafe { &*ip };
     let hlen = ip.ihl() as usize;
@@ -477,7 +534,7 @@ fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32
     {
         return Err(not_ours());
     }
-    let ports: [u8; 4] = bytes(ctx, l3 + hlen).ok_or_else(malformed)?;
+    let ports: [u8; 4] = bytes(ctx, l3 + hlen, end).ok_or_else(malformed)?;
     key.proto = ip.proto;
     set_v4(&mut key.src_be, ip.dst_addr);
     set_v4(&mut key.dst_be, ip.src_addr);
@@ -485,23 +542,39 @@ fn quoted_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32
     Ok(())
 }
 
-/// The IPv6 packet quoted at `l3` by an ICMPv6 error sent to `key.dst_be`
-/// (no extension headers: a target's TCP or UDP reply has none): its flow,
-/// swapped, into `key`.
+/// The IPv6 packet quoted at `l3` by an ICMPv6 error sent to `key.dst_be`:
+/// its flow, swapped, into `key`. A target's TCP or UDP reply has no
+/// extension header but one: a Fragment header, when the target's kernel
+/// cut a reply larger than its route's MTU (a UDP answer over a tunnel).
+/// The quote of its first fragment (offset 0) has the ports after it; a
+/// later fragment has none, and its error is passed, as IPv4's is.
 #[inline(always)]
-fn quoted_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), u32> {
-    let ip: *const Ipv6Hdr = header(ctx, l3).ok_or_else(malformed)?;
+fn quoted_ipv6(ctx: &XdpContext, l3: usize, end: usize, key: &mut FlowKey) -> Result<(), u32> {
+    let ip: *const Ipv6Hdr = inside(ctx, l3, end).ok_or_else(malformed)?;
     // SAFETY: `ip` covers an Ipv6Hdr (byte fields only).
     let ip = unsafe { &*ip };
     if ip.version() != 6 {
         return Err(malformed());
     }
-    let from = words(&ip.src_addr);
-    if from != key.dst_be || (ip.next_hdr != PROTO_TCP && ip.next_hdr != PROTO_UDP) {
+    if words(&ip.src_addr) != key.dst_be {
         return Err(not_ours());
     }
-    let ports: [u8; 4] = bytes(ctx, l3 + Ipv6Hdr::LEN).ok_or_else(malformed)?;
-    key.proto = ip.next_hdr;
+    let mut next = ip.next_hdr;
+    let mut l4 = l3 + Ipv6Hdr::LEN;
+    if next == ip_proto::FRAGMENT {
+        // Next header, reserved, offset and flags, identification.
+        let h: [u8; 8] = bytes(ctx, l4, end).ok_or_else(malformed)?;
+        if u16::from_be_bytes([h[2], h[3]]) & IPV6_OFFSET_MASK != 0 {
+            return Err(not_ours());
+        }
+        next = h[0];
+        l4 += 8;
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return Err(not_ours());
+    }
+    let ports: [u8; 4] = bytes(ctx, l4, end).ok_or_else(malformed)?;
+    key.proto = next;
     set_v6(&mut key.src_be, &ip.dst_addr);
     set_v6(&mut key.dst_be, &ip.src_addr);
     swap_ports(key, ports);

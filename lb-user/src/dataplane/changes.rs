@@ -430,7 +430,8 @@ pub fn fragment_listeners(
 }
 
 /// The listener filter that lets the packets of `listeners` through, and
-/// of every port of the (VIP, protocol) of those with a range in `ports`.
+/// of every port of the (VIP, protocol) of those with a range in `ports`,
+/// and knows their VIPs (the fragments the data plane looks up).
 pub fn filter(
     listeners: &HashMap<ListenerKey, ListenerInfo>,
     ports: &HashMap<u32, ListenerPorts>,
@@ -438,6 +439,7 @@ pub fn filter(
     let mut filter = ListenerFilter::EMPTY;
     for (key, info) in listeners {
         filter.insert(key);
+        filter.insert_vip(key);
         if ports.contains_key(&info.listener_id) {
             filter.insert_ranges(key);
         }
@@ -653,6 +655,12 @@ mod tests {
         assert_eq!(c.listeners_written.len(), 2);
         assert_eq!(c.listener_slots.len(), 2);
         assert!(c.filter_during.is_some() && c.filter_after.is_none());
+        // The filter knows the VIP (its fragments are looked up), and no
+        // other address.
+        let filter = c.filter_during.as_ref().unwrap();
+        let vip = p.listeners[0].key;
+        assert!(filter.may_be_vip(vip.family, &vip.addr_be));
+        assert!(!filter.may_be_vip(vip.family, &addr_words([10, 0, 3, 2].into())));
         assert!(c.targets_gone.is_empty() && c.groups_gone.is_empty());
         assert!(c.listeners_removed.is_empty() && c.listener_ids_gone.is_empty());
         assert_eq!(c.listener_stats_reset, [1, 2], "fresh ids");

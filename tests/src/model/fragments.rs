@@ -1,5 +1,7 @@
 //! Fragments and ICMP errors (README "Fragments and ICMP errors"): a
-//! datagram's later fragments follow its first; without it (or more than
+//! datagram's later fragments follow its first, to its target or, when it
+//! was a VIP's and passed to the host (for no listener's port, or too
+//! short for its transport header), to the host; without it (or more than
 //! `FRAGMENT_TIMEOUT_NS` after it) they go by the hash of the client
 //! address, VIP and protocol in the group of the one listener of that VIP
 //! and protocol. An ICMP error about a flow goes to the target of the
@@ -12,37 +14,58 @@ use super::{
 };
 
 /// What the model remembers of a datagram whose first fragment was
-/// forwarded.
+/// forwarded, or passed to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
-    pub target: TargetKey,
-    /// The listener it was forwarded under: later fragments follow it
-    /// while that listener is there.
-    pub listener: ListenerKey,
+    /// The target and the listener it was forwarded under (later
+    /// fragments follow it while that listener is there); `None`: the
+    /// host.
+    pub went: Option<(TargetKey, ListenerKey)>,
     /// When, on the program's clock (its earliest reading).
     pub seen_ns: u64,
 }
 
 impl Model {
-    /// Remembers where the first fragment of `key`'s datagram went.
+    /// Remembers where the first fragment of `key`'s datagram (its id, and
+    /// the protocol its later fragments show) went.
     pub(super) fn record_fragment(
         &mut self,
         key: &FlowKey,
-        datagram: u32,
-        listener: ListenerKey,
-        target: &TargetKey,
+        (datagram, proto): (u32, u8),
+        went: Option<(TargetKey, ListenerKey)>,
         clock: Span,
     ) {
         let mut at = *key;
         at.to_datagram(datagram);
+        at.proto = proto;
         self.fragments.insert(
             at,
             Datagram {
-                target: target.clone(),
-                listener,
+                went,
                 seen_ns: clock.from,
             },
         );
+    }
+
+    /// A first fragment (`key`, of datagram `datagram`) that passes to the
+    /// host: remembered as the host's if it is addressed to a VIP (an
+    /// address with a listener, of any protocol) and to the load
+    /// balancer's MAC.
+    pub(super) fn first_to_host(
+        &mut self,
+        frame: &[u8],
+        key: &FlowKey,
+        datagram: (u32, u8),
+        clock: Span,
+    ) {
+        let vip = self
+            .view
+            .listeners
+            .iter()
+            .any(|(l, _, _)| l.addr_be == key.dst_be && l.family == key.family);
+        if vip && frame[..6] == self.view.own_mac {
+            self.record_fragment(key, datagram, None, clock);
+        }
     }
 
     /// A later fragment (`key`: its addresses and protocol, no ports).
@@ -61,11 +84,21 @@ impl Model {
         at.to_datagram(datagram);
         if let Some(d) = self.fragments.get(&at)
             && clock.to.wrapping_sub(d.seen_ns) as i64 <= FRAGMENT_TIMEOUT_NS as i64
-            && let Some(group) = self.view.listener(&d.listener)
-            && let Some(t) = usable(group, &d.target)
         {
-            let verdicts = Verdicts::of(frame, own_mac, d.listener);
-            return verdicts.forwarded(t, vec![Counter::Fragment, Counter::Forwarded], false, None);
+            let Some((target, listener)) = &d.went else {
+                return passed(frame, Counter::Passed);
+            };
+            if let Some(group) = self.view.listener(listener)
+                && let Some(t) = usable(group, target)
+            {
+                let verdicts = Verdicts::of(frame, own_mac, *listener);
+                return verdicts.forwarded(
+                    t,
+                    vec![Counter::Fragment, Counter::Forwarded],
+                    false,
+                    None,
+                );
+            }
         }
         // The one listener of the VIP and protocol, if it is the only one.
         let mut of_vip = self.view.listeners.iter().filter(|(l, _, _)| {

@@ -11,8 +11,11 @@ pub const EXTENSION_HEADERS: usize = 6;
 pub enum Kind {
     /// A TCP or UDP packet (an atomic fragment included).
     Whole,
-    /// The first fragment of datagram `id` (it has the ports).
-    First(u32),
+    /// The first fragment of datagram `id` (it has the ports), whose
+    /// later fragments show protocol `proto` (IPv6: its Fragment header's
+    /// next header, 60 when Destination Options come before the transport
+    /// header): its datagram's key has it.
+    First(u32, u8),
     /// A later fragment of datagram `id`: the key has no ports.
     Later(u32),
     /// An ICMP error quoting a packet the VIP sent: the key is that
@@ -43,16 +46,44 @@ pub fn parse(frame: &[u8]) -> Result<(FlowKey, u8), Counter> {
 /// What `frame` is, or the counter of a frame the program passes for
 /// what it is (not for where it goes).
 pub fn packet(frame: &[u8]) -> Result<Packet, Counter> {
+    read(frame).map_err(|refused| refused.counter)
+}
+
+/// A frame the program passes for what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub counter: Counter,
+    /// A first fragment too short for its TCP or UDP header: its key so
+    /// far (addresses, transport protocol) and its datagram (as
+    /// [`Kind::First`]), which the program remembers as the host's.
+    pub first: Option<(FlowKey, u32, u8)>,
+}
+
+impl From<Counter> for Refused {
+    fn from(counter: Counter) -> Refused {
+        Refused {
+            counter,
+            first: None,
+        }
+    }
+}
+
+/// What `frame` is, or why the program passes it ([`Refused`]).
+pub fn read(frame: &[u8]) -> Result<Packet, Refused> {
     let (ethertype, l3) = ethernet(frame)?;
     let mut key = FlowKey::default();
-    let (l4, kind) = match ethertype {
+    let (l4, end, kind) = match ethertype {
         0x0800 => ipv4(frame, l3, &mut key)?,
         0x86dd => ipv6(frame, l3, &mut key)?,
-        _ => return Err(Counter::Passed),
+        _ => return Err(Counter::Passed.into()),
     };
     if let Kind::Later(_) = kind {
-        if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
-            return Err(Counter::Passed);
+        // Over IPv6, the Fragment header's next header: Destination
+        // Options (60) are in the fragmentable part, before the transport
+        // header.
+        let options = key.family == FAMILY_V6 && key.proto == 60;
+        if key.proto != PROTO_TCP && key.proto != PROTO_UDP && !options {
+            return Err(Counter::Passed.into());
         }
         return Ok(Packet {
             key,
@@ -61,20 +92,42 @@ pub fn packet(frame: &[u8]) -> Result<Packet, Counter> {
         });
     }
     if key.proto == 1 || key.proto == 58 {
-        icmp_error(frame, l4, &mut key)?;
+        icmp_error(frame, l4, end, &mut key)?;
         return Ok(Packet {
             key,
             flags: 0,
             kind: Kind::IcmpError,
         });
     }
-    let flags = ports(frame, l4, &mut key)?;
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(Counter::Passed.into());
+    }
+    let Some(flags) = ports(frame, l4, end, &mut key) else {
+        let first = match kind {
+            Kind::First(id, proto) => Some((key, id, proto)),
+            _ => None,
+        };
+        return Err(Refused {
+            counter: Counter::Malformed,
+            first,
+        });
+    };
     Ok(Packet { key, flags, kind })
 }
 
 /// `len` bytes of `frame` from `at`; a frame too short is malformed.
 fn bytes(frame: &[u8], at: usize, len: usize) -> Result<&[u8], Counter> {
     frame.get(at..at + len).ok_or(Counter::Malformed)
+}
+
+/// `len` bytes of `frame` from `at`, past the IP header: a frame too
+/// short, or an IP datagram that ends (by its length field) at `end`
+/// before them, is malformed.
+fn inside(frame: &[u8], at: usize, len: usize, end: usize) -> Result<&[u8], Counter> {
+    if at + len > end {
+        return Err(Counter::Malformed);
+    }
+    bytes(frame, at, len)
 }
 
 /// The 4 bytes of `b` from `at`, as the program reads them (host order).
@@ -94,11 +147,13 @@ fn ethernet(frame: &[u8]) -> Result<(u16, usize), Counter> {
 }
 
 /// Fills the IPv4 part of `key`: where the L4 header starts (after the
-/// options the IHL counts), and whether the packet is a fragment.
-fn ipv4(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, Kind), Counter> {
+/// options the IHL counts), where the datagram ends by its total length,
+/// and whether the packet is a fragment.
+fn ipv4(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, usize, Kind), Counter> {
     let ip = bytes(frame, l3, 20)?;
     let hlen = (ip[0] & 0x0f) as usize * 4;
-    if ip[0] >> 4 != 4 || hlen < 20 || (u16::from_be_bytes([ip[2], ip[3]]) as usize) < hlen {
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if ip[0] >> 4 != 4 || hlen < 20 || total < hlen {
         return Err(Counter::Malformed);
     }
     bytes(frame, l3, hlen)?;
@@ -111,20 +166,22 @@ fn ipv4(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, Kind), Cou
     let kind = if frags & 0x1fff != 0 {
         Kind::Later(id)
     } else if frags & 0x2000 != 0 {
-        Kind::First(id)
+        Kind::First(id, ip[9])
     } else {
         Kind::Whole
     };
-    Ok((l3 + hlen, kind))
+    Ok((l3 + hlen, l3 + total, kind))
 }
 
 /// Fills the IPv6 part of `key`, walking its extension headers: where the
-/// L4 header starts, and whether the packet is a fragment.
-fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, Kind), Counter> {
+/// L4 header starts, where the datagram ends by its payload length, and
+/// whether the packet is a fragment.
+fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, usize, Kind), Counter> {
     let ip = bytes(frame, l3, 40)?;
     if ip[0] >> 4 != 6 {
         return Err(Counter::Malformed);
     }
+    let end = l3 + 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
     key.family = FAMILY_V6;
     key.src_be = std::array::from_fn(|i| word(ip, 8 + 4 * i));
     key.dst_be = std::array::from_fn(|i| word(ip, 24 + 4 * i));
@@ -135,7 +192,7 @@ fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, Kind), Cou
         match next {
             PROTO_TCP | PROTO_UDP | 58 => {
                 key.proto = next;
-                return Ok((at, kind));
+                return Ok((at, end, kind));
             }
             // More extension headers than the walk takes.
             _ if walked == EXTENSION_HEADERS => return Err(Counter::ExtensionHeader),
@@ -143,7 +200,7 @@ fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, Kind), Cou
             // length in 8-byte units beyond the first 8; a routing header
             // with segments left is not for the final destination yet.
             0 | 43 | 60 => {
-                let h = bytes(frame, at, 4)?;
+                let h = inside(frame, at, 4, end)?;
                 if next == 43 && h[3] != 0 {
                     return Err(Counter::ExtensionHeader);
                 }
@@ -151,17 +208,17 @@ fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, Kind), Cou
                 at += (h[1] as usize + 1) * 8;
             }
             44 => {
-                let h = bytes(frame, at, 8)?;
+                let h = inside(frame, at, 8, end)?;
                 let offset_flags = u16::from_be_bytes([h[2], h[3]]);
                 let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 next = h[0];
                 at += 8;
                 if offset_flags & 0xfff8 != 0 {
                     key.proto = next;
-                    return Ok((at, Kind::Later(id)));
+                    return Ok((at, end, Kind::Later(id)));
                 }
                 kind = if offset_flags & 1 != 0 {
-                    Kind::First(id)
+                    Kind::First(id, next)
                 } else {
                     Kind::Whole
                 };
@@ -173,32 +230,31 @@ fn ipv6(frame: &[u8], l3: usize, key: &mut FlowKey) -> Result<(usize, Kind), Cou
     unreachable!("the walk returns at its last step")
 }
 
-/// Fills the ports of `key`: the TCP flags (0 for UDP).
-fn ports(frame: &[u8], l4: usize, key: &mut FlowKey) -> Result<u8, Counter> {
-    let need = match key.proto {
-        PROTO_TCP => 20,
-        PROTO_UDP => 8,
-        _ => return Err(Counter::Passed),
-    };
-    let ports = bytes(frame, l4, need)?;
+/// Fills the ports of `key` (TCP or UDP, the header all before `end`):
+/// the TCP flags (0 for UDP); `None` if the packet is too short for it.
+fn ports(frame: &[u8], l4: usize, end: usize, key: &mut FlowKey) -> Option<u8> {
+    let need = if key.proto == PROTO_TCP { 20 } else { 8 };
+    let ports = inside(frame, l4, need, end).ok()?;
     key.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
     key.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    Ok(if key.proto == PROTO_TCP { ports[13] } else { 0 })
+    Some(if key.proto == PROTO_TCP { ports[13] } else { 0 })
 }
 
 /// An ICMP error at `l4` about a TCP or UDP packet sent from `key`'s
 /// destination (the VIP): `key` becomes that packet's flow, its addresses
 /// and ports swapped. ICMP: destination unreachable (3) and time exceeded
 /// (11); ICMPv6: destination unreachable (1), packet too big (2), time
-/// exceeded (3). Anything else ICMP is passed.
-fn icmp_error(frame: &[u8], l4: usize, key: &mut FlowKey) -> Result<(), Counter> {
-    let icmp = bytes(frame, l4, 8)?;
+/// exceeded (3), whose quote may be a first fragment (a Fragment header of
+/// offset 0 before its transport header). Anything else ICMP is passed. Every byte read is before
+/// `end`.
+fn icmp_error(frame: &[u8], l4: usize, end: usize, key: &mut FlowKey) -> Result<(), Counter> {
+    let icmp = inside(frame, l4, 8, end)?;
     let quoted = l4 + 8;
     let (proto, src, dst, ports_at) = if key.family == FAMILY_V4 {
         if key.proto != 1 || (icmp[0] != 3 && icmp[0] != 11) {
             return Err(Counter::Passed);
         }
-        let ip = bytes(frame, quoted, 20)?;
+        let ip = inside(frame, quoted, 20, end)?;
         let hlen = (ip[0] & 0x0f) as usize * 4;
         if ip[0] >> 4 != 4 || hlen < 20 {
             return Err(Counter::Malformed);
@@ -213,18 +269,31 @@ fn icmp_error(frame: &[u8], l4: usize, key: &mut FlowKey) -> Result<(), Counter>
         if key.proto != 58 || !(1..=3).contains(&icmp[0]) {
             return Err(Counter::Passed);
         }
-        let ip = bytes(frame, quoted, 40)?;
+        let ip = inside(frame, quoted, 40, end)?;
         if ip[0] >> 4 != 6 {
             return Err(Counter::Malformed);
         }
         let src: [u32; 4] = std::array::from_fn(|i| word(ip, 8 + 4 * i));
-        if src != key.dst_be || (ip[6] != PROTO_TCP && ip[6] != PROTO_UDP) {
+        if src != key.dst_be {
+            return Err(Counter::Passed);
+        }
+        // A quoted Fragment header (44): the first fragment has the ports
+        // after it; a later one (offset > 0) has none.
+        let (mut next, mut at) = (ip[6], quoted + 40);
+        if next == 44 {
+            let fragment = inside(frame, at, 8, end)?;
+            if u16::from_be_bytes([fragment[2], fragment[3]]) & 0xfff8 != 0 {
+                return Err(Counter::Passed);
+            }
+            (next, at) = (fragment[0], at + 8);
+        }
+        if next != PROTO_TCP && next != PROTO_UDP {
             return Err(Counter::Passed);
         }
         let dst = std::array::from_fn(|i| word(ip, 24 + 4 * i));
-        (ip[6], src, dst, quoted + 40)
+        (next, src, dst, at)
     };
-    let ports = bytes(frame, ports_at, 4)?;
+    let ports = inside(frame, ports_at, 4, end)?;
     key.proto = proto;
     key.src_be = dst;
     key.dst_be = src;

@@ -24,11 +24,12 @@
 //!   short of it, version not 4; IPv6 payload length 0, beyond the frame or
 //!   short of it, version not 6;
 //! - IPv4 fragments (more fragments set);
-//! - datagrams cut into fragments (IPv4 and IPv6, TCP and UDP), their
+//! - datagrams cut into fragments (IPv4 and IPv6, TCP and UDP; over IPv6
+//!   some with Destination Options in the fragmentable part), their
 //!   fragments sent in every order ([`Order`]) between other frames;
 //! - ICMP and ICMPv6 errors quoting recent flows and unknown ones, errors
-//!   that are not about a VIP flow, echo requests, quotes cut short
-//!   ([`Icmp`]);
+//!   that are not about a VIP flow, echo requests, quotes cut short,
+//!   quotes of a fragment of a reply, first or later ([`Icmp`]);
 //! - IPv6 extension header chains: walked, not walked, too long, cut
 //!   ([`Chain`]).
 use std::collections::{BTreeSet, VecDeque};
@@ -187,21 +188,25 @@ pub enum Icmp {
     UnknownFlow,
     /// An error sent to another address than the quoted packet's source.
     NotFromTheVip,
-    /// An error quoting a packet to no listener's port.
+    /// An error quoting a reply from no listener's port (its source).
     NoListener,
     /// An echo request to the VIP.
     Echo,
     /// An error whose quoted headers are cut short.
     QuoteCut,
+    /// An error quoting a fragment of a recent flow's reply (the first or
+    /// a later one; over IPv6, after a Fragment header).
+    QuotedFragment,
 }
 
-const ICMPS: [Icmp; 6] = [
+const ICMPS: [Icmp; 7] = [
     Icmp::RecentFlow,
     Icmp::UnknownFlow,
     Icmp::NotFromTheVip,
     Icmp::NoListener,
     Icmp::Echo,
     Icmp::QuoteCut,
+    Icmp::QuotedFragment,
 ];
 
 /// An IPv6 extension header chain.
@@ -641,26 +646,19 @@ fn fragmented(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
     // A payload that makes 2-4 fragments of 64 bytes (with its 8- or
     // 20-byte transport header).
     let len = 72 + rng.below(160) as usize;
-    if let L4::Udp { payload, .. } = &mut f.l4 {
-        *payload = (0..len).map(|i| i as u8).collect();
-    }
-    if matches!(f.l4, L4::Tcp { .. }) {
-        // A TCP segment's data, as raw bytes after its header.
-        let header = f.build();
-        let (_, l4) = offsets(&header);
-        let mut segment = header[l4..].to_vec();
-        segment.extend((0..len).map(|i| i as u8));
-        f.l4 = L4::Raw {
-            proto: lb_common::PROTO_TCP,
-            payload: segment,
-        };
-    }
+    f = with_data(f, len);
     if rng.below(4) == 0 {
         f = f.with_vlan(1 + rng.below(4000) as u16);
     }
     traffic.datagram += 1;
     let id = traffic.datagram;
-    let parts = f.fragments(64, id);
+    // Over IPv6, every third datagram has Destination Options before its
+    // transport header, in the fragmentable part: its later fragments'
+    // Fragment header says 60.
+    if f.src.is_ipv6() && id.is_multiple_of(3) {
+        f = f.with_ext_header(ExtHeader::options(ExtHeader::DESTINATION_OPTIONS, 1));
+    }
+    let parts = f.fragments_keeping(64, id, 0);
     let order = ORDERS[traffic.turn(Turn::Order, ORDERS.len())];
     traffic.covered.insert(Covers::Order(order));
     let mut queued: Vec<usize> = (0..parts.len()).collect();
@@ -689,6 +687,25 @@ fn fragmented(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
         .expect("a datagram has fragments")
 }
 
+/// `f` with `len` bytes of data after its TCP or UDP header (a TCP
+/// segment's, as raw bytes after its header).
+fn with_data(mut f: Frame, len: usize) -> Frame {
+    if let L4::Udp { payload, .. } = &mut f.l4 {
+        *payload = (0..len).map(|i| i as u8).collect();
+    }
+    if matches!(f.l4, L4::Tcp { .. }) {
+        let header = f.build();
+        let (_, l4) = offsets(&header);
+        let mut segment = header[l4..].to_vec();
+        segment.extend((0..len).map(|i| i as u8));
+        f.l4 = L4::Raw {
+            proto: lb_common::PROTO_TCP,
+            payload: segment,
+        };
+    }
+    f
+}
+
 /// An ICMP frame, each kind in turn ([`ICMPS`]).
 fn icmp_error(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
     let icmp = ICMPS[traffic.turn(Turn::Icmp, ICMPS.len())];
@@ -696,7 +713,9 @@ fn icmp_error(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
     let recent = (!traffic.recent.is_empty())
         .then(|| traffic.recent[rng.below(traffic.recent.len() as u64) as usize]);
     let flow = match (icmp, recent) {
-        (Icmp::RecentFlow | Icmp::QuoteCut, Some(key)) => super::packet_of(&key, ACK),
+        (Icmp::RecentFlow | Icmp::QuoteCut | Icmp::QuotedFragment, Some(key)) => {
+            super::packet_of(&key, ACK)
+        }
         _ => {
             let flow = *rng.pick(&[Flow::Tcp4, Flow::Udp4, Flow::Tcp6, Flow::Udp6]);
             traffic.flow_frame(rng, flow, false)
@@ -732,7 +751,13 @@ fn icmp_error(rng: &mut Rng, traffic: &mut Traffic) -> (String, Vec<u8>) {
         },
         raw => raw,
     };
-    let mut quoted = reply.build()[14..].to_vec();
+    let mut quoted = if icmp == Icmp::QuotedFragment {
+        // The reply in fragments of 64 bytes (two or three): one of them.
+        let parts = with_data(reply.clone(), 100).fragments(64, rng.below(1 << 16) as u32);
+        parts[rng.below(parts.len() as u64) as usize][14..].to_vec()
+    } else {
+        reply.build()[14..].to_vec()
+    };
     let (kind, code) = match (v4, rng.below(2)) {
         (true, 0) => (3, 4),
         (true, _) => (11, 0),
