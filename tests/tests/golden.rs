@@ -1248,7 +1248,7 @@ fn a_new_flow_takes_the_entry_least_worth_keeping() {
         (
             "an established flow idle past the protection",
             [established; 8],
-            [1, 2, 3, 9, 4, 0, 0, 0],
+            [1, 2, 3, 10, 4, 0, 0, 0],
             Some(3),
         ),
         (
@@ -1722,3 +1722,92 @@ fn the_verifier_follows_the_program_well_within_its_limit() {
         "the verifier processed {count} instructions (budget {BUDGET}, limit 1,000,000)"
     );
 }
+
+/// The shortest idle timeout (1 s) of a flow with a packet every half
+/// second: its entry's last-seen time is refreshed only once it is older
+/// than the touch interval (about a second), so it lags the last packet by
+/// up to that; neither the data plane nor the sweeper ends the flow, which
+/// keeps its target and is never counted as new again. Silent past the
+/// timeout and the lag, it has ended.
+#[test]
+fn a_flow_with_packets_within_a_one_second_timeout_goes_on() {
+    let yaml = r#"
+listeners:
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+target_groups:
+  - name: dns
+    protocol: udp
+    algorithm: round_robin
+    flow_idle_timeout_s: 1
+    targets:
+      - { ip: 10.0.3.11 }
+      - { ip: 10.0.3.12 }
+"#;
+    let mut h = Harness::new(yaml);
+    let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
+    let dns = Frame::udp("10.0.3.100", 5353, "10.0.3.49", 53, b"q").build();
+    let first = h.check("first", &dns);
+    assert!(first.new_flow);
+    for i in 1..=12 {
+        h.advance_ns(500_000_000);
+        let r = sweeper.sweep(&lb_user::flows::Rules::of(&h.plan)).unwrap();
+        assert_eq!((r.entries, r.deleted), (1, 0), "sweep {i}: {r:?}");
+        let o = h.check("every half second", &dns);
+        assert!(
+            o.counters.contains(&Counter::FlowHit),
+            "packet {i}: {:?}",
+            o.counters
+        );
+        assert!(!o.new_flow, "packet {i}");
+        assert_eq!(o.target, first.target, "packet {i} moved");
+    }
+    h.advance_ns(2_100_000_000);
+    let o = h.check("silent for 2.1 s", &dns);
+    assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
+    assert_eq!(total(&h.active()), 1);
+}
+
+/// An entry idle for longer than half the range of its time (26 days: `lb`
+/// stopped, the data plane forwarding on, no sweeper), or stamped by a
+/// clock that has jumped back since, reads as having a last-seen time
+/// ahead of now, further than clock reads differ. Its flow has ended: its
+/// next packet is a new flow, and the sweeper deletes it (uncounted).
+#[test]
+fn an_entry_idle_across_the_clock_wrap_has_ended() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
+    let (listener, target) = web_ids(&h);
+    let day = (86_400_000_000_000u64 >> flow_table::TIME_SHIFT) as u32;
+    let now = now_units(&h);
+    let established = flags::COUNTED | flags::AGAIN;
+    let (old, ahead) = (
+        web_key([10, 0, 3, 100], 45900),
+        web_key([10, 0, 3, 100], 45901),
+    );
+    let put = |key, seen| {
+        let place = h.dp.flow_place(key);
+        (
+            place.first,
+            0,
+            Word::new(place.tag, target, established),
+            seen,
+            listener,
+        )
+    };
+    h.dp.put_flow_entries([
+        put(&old, now.wrapping_sub(30 * day)),
+        put(&ahead, now.wrapping_add(flow_table::AHEAD_UNITS + 1000)),
+    ])
+    .unwrap();
+    assert_eq!(total(&h.active()), 2);
+    let seen = run_raw(
+        &mut h,
+        &Frame::tcp("10.0.3.100", 45900, "10.0.3.49", 80, ACK).build(),
+    );
+    assert!(seen.rose.contains(&Counter::NewFlow), "{:?}", seen.rose);
+    let r = sweeper.sweep(&lb_user::flows::Rules::of(&h.plan)).unwrap();
+    assert_eq!((r.entries, r.deleted), (2, 1), "{r:?}");
+    assert!(h.dp.flow_entry(&ahead).unwrap().is_none());
+    assert_eq!(total(&h.active()), 1, "the new flow alone");
+}
+
