@@ -1767,6 +1767,146 @@ target_groups:
     assert_eq!(total(&h.active()), 1);
 }
 
+/// A new flow's entry is stamped (last-seen time, listener hint) before its
+/// word is published: a sweep that meets the new word never pairs it with
+/// the time of the entry's last flow, long ended, and deletes the new flow.
+/// One CPU puts new flows into entries whose last flows have ended (each
+/// round moves time past their timeout) while the other sweeps the same
+/// small table without a pause (the sweeper's own reads and judgment:
+/// `FlowTable::entries`, `Rules::ended`, a compare-and-exchange against the
+/// word read; without its sticky sessions' half, so that it passes each
+/// entry every few hundred nanoseconds): every new flow keeps its entry,
+/// unless its insert lost a race and it went unremembered (counted).
+#[test]
+fn a_sweep_never_deletes_a_flow_just_put() {
+    const ROUNDS: usize = 8000;
+    const PER_ROUND: usize = 8;
+    let Some(cpus) = two_cpus() else {
+        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+        return;
+    };
+    // 4 buckets, 16 entries.
+    let options = lb_user::dataplane::LoadOptions { flow_table_size: 8 };
+    let mut h = Harness::with_options(ROUND_ROBIN, &options);
+    let table = h.dp.flow_table().unwrap();
+    let judged = std::sync::Mutex::new((lb_user::flows::Rules::of(&h.plan), 0));
+    let sweeping = std::sync::atomic::AtomicBool::new(false);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let barrier = std::sync::Barrier::new(2);
+    let failed = |h: &Harness| h.counters().get("flow_insert_failed").copied().unwrap_or(0);
+    let failed_before = failed(&h);
+    let mut vanished = 0;
+    std::thread::scope(|scope| {
+        let sweep = scope.spawn(|| {
+            pin_to(cpus[1]);
+            loop {
+                barrier.wait();
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (rules, now) = judged.lock().unwrap().clone();
+                while sweeping.load(Ordering::SeqCst) {
+                    for entry in table.entries() {
+                        if rules.ended(&entry, now) {
+                            table.clear(&entry);
+                        }
+                    }
+                }
+                barrier.wait();
+            }
+        });
+        pin_to(cpus[0]);
+        for round in 0..ROUNDS {
+            // Every entry's flow has ended (idle timeout 350 s).
+            h.advance(400);
+            let now = h.dp.clock().now_ns().unwrap() + h.plan.config.time_offset_ns;
+            *judged.lock().unwrap() = (lb_user::flows::Rules::of(&h.plan), now);
+            sweeping.store(true, Ordering::SeqCst);
+            barrier.wait();
+            let syns: Vec<Vec<u8>> = (0..PER_ROUND)
+                .map(|k| race_frame(round * PER_ROUND + k, SYN))
+                .collect();
+            for syn in &syns {
+                transmitted_to(h.dp.program_mut(), syn);
+            }
+            sweeping.store(false, Ordering::SeqCst);
+            barrier.wait();
+            for syn in &syns {
+                let key = lb_tests::model::parse(syn).unwrap().0;
+                vanished += usize::from(h.dp.flow_entry(&key).unwrap().is_none());
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        barrier.wait();
+        sweep.join().unwrap();
+    });
+    let unremembered = failed(&h) - failed_before;
+    eprintln!(
+        "{} new flows: {vanished} without an entry, {unremembered} unremembered",
+        ROUNDS * PER_ROUND
+    );
+    assert_eq!(
+        vanished as u64, unremembered,
+        "new flows deleted by the sweeper as if ended"
+    );
+}
+
+/// A packet that marks a flow established changes its entry's word by
+/// compare-and-exchange from the word it read: when the sweeper (here a
+/// stand-in that empties and refills the flow's entry without a pause)
+/// empties the entry meanwhile, the mark is dropped, never left alone in
+/// the empty word (an entry of no flow, with no tag).
+#[test]
+fn marking_a_flow_established_never_revives_an_emptied_entry() {
+    let Some(cpus) = two_cpus() else {
+        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+        return;
+    };
+    let mut h = Harness::new(ROUND_ROBIN);
+    let listener = h.plan.listeners[0].info.listener_id as u16;
+    let target = h.plan.targets[0].id;
+    let key = web_key([10, 0, 3, 100], 45800);
+    let place = h.dp.flow_place(&key);
+    // The flow's first empty candidate, where a packet that misses puts it.
+    let (bucket, way) = (place.first, 0);
+    let table = h.dp.flow_table().unwrap();
+    let now = now_units(&h);
+    let counted = Word::new(place.tag, target, flags::COUNTED);
+    let ack = Frame::tcp("10.0.3.100", 45800, "10.0.3.49", 80, ACK).build();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let phantom = std::thread::scope(|scope| {
+        let refill = scope.spawn(|| {
+            pin_to(cpus[1]);
+            while !stop.load(Ordering::SeqCst) {
+                match table.entry(bucket, way) {
+                    None => table.put(bucket, way, counted, now, listener),
+                    Some(e) if e.word.tag() == 0 => return Some(e.word),
+                    Some(e) => {
+                        table.clear(&e);
+                    }
+                }
+            }
+            None
+        });
+        pin_to(cpus[0]);
+        let mut out = vec![0u8; ack.len() + 256];
+        while std::time::Instant::now() < deadline && !refill.is_finished() {
+            h.dp.program_mut()
+                .test_run(TestRunOptions {
+                    data_in: Some(&ack),
+                    data_out: Some(&mut out),
+                    repeat: 1000,
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+        }
+        stop.store(true, Ordering::SeqCst);
+        refill.join().unwrap()
+    });
+    assert_eq!(phantom, None, "an entry with no flow's tag");
+}
+
 /// An entry idle for longer than half the range of its time (26 days: `lb`
 /// stopped, the data plane forwarding on, no sweeper), or stamped by a
 /// clock that has jumped back since, reads as having a last-seen time
