@@ -1,8 +1,13 @@
 //! The daemon's side of drains (`crate::drains`): which targets the flows
 //! still name, from each sweep; drains settled when their delay ends or
 //! their flows do; and the timer of the next delay's end.
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use lb_common::target_flags;
 use tracing::{debug, info, warn};
 
 use super::{Daemon, load, unix_now};
@@ -49,7 +54,9 @@ impl Daemon {
         self.schedule_drains();
     }
 
-    /// The keys of the targets `report` found named, and when it started.
+    /// The keys of the targets `report` found named, and the drains it can
+    /// tell about: those whose target took no new flow in the maps since
+    /// before it started (`drains::Closed`).
     fn flows_of(&self, report: &SweepReport) -> Flows {
         let by_id: BTreeMap<u32, &TargetKey> = self
             .plan
@@ -63,8 +70,22 @@ impl Daemon {
                 .iter()
                 .filter_map(|id| by_id.get(id).map(|k| (*k).clone()))
                 .collect(),
-            swept_at: Some(unix_now().saturating_sub(report.started.elapsed().as_secs())),
+            covered: self.closed.covered(report.started),
         }
+    }
+
+    /// The maps hold the plan wanted since `now` (a write succeeded then):
+    /// drains whose target takes no new flow in them are closed from then
+    /// (if not before).
+    pub(super) fn mark_written(&mut self, now: Instant) {
+        let open: BTreeSet<TargetKey> = self
+            .plan
+            .targets
+            .iter()
+            .filter(|t| t.info.flags & target_flags::SELECTABLE != 0)
+            .map(|t| t.key())
+            .collect();
+        self.closed.written(&self.drains, |k| open.contains(k), now);
     }
 
     /// Releases the retired target ids nothing names any more; true if
