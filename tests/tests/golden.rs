@@ -1951,3 +1951,34 @@ fn an_entry_idle_across_the_clock_wrap_has_ended() {
     assert_eq!(total(&h.active()), 1, "the new flow alone");
 }
 
+/// A released target id starts from no active flows: a count left on it
+/// (a flow lost without being uncounted) would weigh on least connections
+/// for the next target to take the id, and show in its status.
+#[test]
+fn a_released_id_starts_from_no_active_flows() {
+    let mut h = Harness::new(THREE_TARGETS);
+    let t13 = target("web", "10.0.3.13");
+    let id = h.target_id(&t13).unwrap();
+    let listener = h.plan.listeners[0].info.listener_id as u16;
+    let place = h.dp.flow_place(&web_key([10, 0, 3, 100], 46100));
+    let word = Word::new(place.tag, id, flags::COUNTED | flags::AGAIN);
+    h.dp.put_flow_entries([(place.first, 0, word, now_units(&h), listener)])
+        .unwrap();
+    let table = h.dp.flow_table().unwrap();
+    assert!(table.clear(&table.entry(place.first, 0).unwrap()));
+    assert_eq!(h.dp.active_flows(id), 1, "a count with no entry");
+
+    let without_13 = THREE_TARGETS.replace("      - { ip: 10.0.3.13, weight: 128 }\n", "");
+    h.reapply(&without_13);
+    let mut ids = (*h.plan.ids).clone();
+    let swept_from = std::time::Instant::now() + lb_user::ids::RELEASE_GRACE;
+    assert_eq!(ids.release(&Default::default(), swept_from), vec![id]);
+    h.apply_plan(lb_user::plan::MapPlan {
+        ids: std::sync::Arc::new(ids),
+        ..h.plan.clone()
+    });
+    assert_eq!(h.dp.active_flows(id), 0, "zeroed with the release");
+    h.reapply(&without_13.replace("10.0.3.12, weight: 256", "10.0.3.15, weight: 256"));
+    assert_eq!(h.target_id(&target("web", "10.0.3.15")), Some(id));
+    assert_eq!(h.dp.active_flows(id), 0);
+}

@@ -1,6 +1,7 @@
 //! The daemon's side of drains (`crate::drains`): which targets the flows
 //! still name, from each sweep; drains settled when their delay ends or
-//! their flows do; and the timer of the next delay's end.
+//! their flows do; retired target ids released; and the timer of the next
+//! delay's end.
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -76,7 +77,9 @@ impl Daemon {
 
     /// The maps hold the plan wanted since `now` (a write succeeded then):
     /// drains whose target takes no new flow in them are closed from then
-    /// (if not before).
+    /// (if not before), and targets retired since the last such write
+    /// count as retired from now (`Ids::written`): until now the maps may
+    /// have let them take new flows.
     pub(super) fn mark_written(&mut self, now: Instant) {
         let open: BTreeSet<TargetKey> = self
             .plan
@@ -86,12 +89,23 @@ impl Daemon {
             .map(|t| t.key())
             .collect();
         self.closed.written(&self.drains, |k| open.contains(k), now);
+        let mut ids = (*self.plan.ids).clone();
+        ids.written(self.last_written, now);
+        if ids != *self.plan.ids {
+            self.plan = MapPlan {
+                ids: Arc::new(ids),
+                ..self.plan.clone()
+            };
+        }
+        self.last_written = Some(now);
     }
 
     /// Releases the retired target ids nothing names any more; true if
-    /// some were.
+    /// some were. Only while the maps hold the plan wanted: a plan not
+    /// written (its write failed, or is to be retried) may retire a target
+    /// the maps still choose.
     fn release(&mut self, report: &SweepReport) -> bool {
-        if self.plan.ids.retired().next().is_none() {
+        if !self.in_sync || self.plan.ids.retired().next().is_none() {
             return false;
         }
         let mut ids = (*self.plan.ids).clone();

@@ -164,6 +164,8 @@ struct Daemon {
     drain_at: Option<tokio::time::Instant>,
     /// When each drain's target stopped taking new flows in the maps.
     closed: Closed,
+    /// When a write of the plan wanted last succeeded.
+    last_written: Option<Instant>,
     dataplane: Dataplane,
     /// The plan wanted: compiled from `policy` with what is observed.
     plan: MapPlan,
@@ -540,6 +542,7 @@ impl Daemon {
             flows: Flows::default(),
             drain_at: None,
             closed: Closed::default(),
+            last_written: None,
             dataplane,
             plan,
             in_sync: false,

@@ -831,9 +831,14 @@ impl Dataplane {
         self.update_batch(names::GROUPS, gone, &vec![GroupInfo::default(); gone.len()])
     }
 
-    /// Ids the registry released: records freed and statistics zeroed, so
-    /// the next object to take an id starts from nothing.
+    /// Ids the registry released: records freed, statistics and active
+    /// flows zeroed, so the next object to take an id starts from nothing
+    /// (no entry names a released id: a count left is a flow lost
+    /// uncounted, which would weigh on least connections).
     fn release(&mut self, c: &Changes) -> Result<(), DataplaneError> {
+        for &id in &c.targets_released {
+            self.active.reset(id);
+        }
         let free = TargetRecord {
             state: record_state::FREE,
             ..TargetRecord::default()

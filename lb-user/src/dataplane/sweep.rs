@@ -71,6 +71,13 @@ impl ActiveCounts {
             a.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         }
     }
+
+    /// Sets the count of a released id (nothing names it) to 0.
+    pub(crate) fn reset(&self, id: u32) {
+        if let Some(a) = self.mapping.atomic_i64(id as usize) {
+            a.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// What one sweep did.
