@@ -79,9 +79,33 @@ pub mod header {
 pub const TIME_SHIFT: u32 = 20;
 pub const TIME_UNIT_NS: u64 = 1 << TIME_SHIFT;
 /// An entry's `seen` is refreshed when older than this (just under a
-/// second): no timeout is shorter than a second, so a flow seen within it
-/// has not ended and its packets write nothing.
+/// second): the packets of a flow seen within it write nothing.
 pub const TOUCH_UNITS: u32 = (1_000_000_000 >> TIME_SHIFT) as u32;
+
+/// How much later than its entry's `seen` a flow's last packet may have
+/// come: `seen` is refreshed only once it is older than [`TOUCH_UNITS`],
+/// and times are rounded down to a unit. So a flow has surely ended only
+/// when `seen` is older than its timeout and this ([`outlived`]): an entry
+/// outlives its timeout by up to about a second.
+pub const LAG_UNITS: u32 = TOUCH_UNITS + 1;
+pub const LAG_NS: u64 = (LAG_UNITS as u64) << TIME_SHIFT;
+
+/// Whether a flow whose entry's `seen` is `age_ns` old has gone without
+/// packets for longer than `timeout_ns`, whenever within the lag
+/// ([`LAG_NS`]) its last packet came.
+#[inline(always)]
+pub const fn outlived(age_ns: u64, timeout_ns: u64) -> bool {
+    age_ns > timeout_ns + LAG_NS
+}
+
+/// How far a `seen` may be ahead of a reader's clock and still read as
+/// now ([`elapsed`]), about 8.6 s: CPUs read the clock at different
+/// moments, and the sweeper once per walk (it reads the clock again for
+/// an entry further ahead). A `seen` further ahead is no time a CPU just
+/// stamped: an entry left idle across the wrap (more than 26 days), or
+/// stamped by a clock that has since jumped back. It reads as that much
+/// older than `now` (more than 26 days): ended, and the first to go.
+pub const AHEAD_UNITS: u32 = 1 << (33 - TIME_SHIFT);
 
 /// Data-plane time in [`TIME_UNIT_NS`] units, as [`Bucket::seen`] holds it.
 #[inline(always)]
@@ -89,18 +113,29 @@ pub const fn time_units(now_ns: u64) -> u32 {
     (now_ns >> TIME_SHIFT) as u32
 }
 
-/// How long ago `seen` was at `now`, in time units; 0 if `seen` is later.
-/// CPUs read the clock at different moments: another CPU may store a
-/// `seen` a little later than this CPU's `now`, and the sweeper reads the
-/// clock once per walk. Read as unsigned, such a difference would be an
-/// age of 52 days: the flow would look ended, or be evicted. Half the
-/// range (26 days) reads as the past, far beyond any timeout.
+/// How long ago `seen` was at `now`, in time units, wrapping; 0 if `seen`
+/// is later by at most [`AHEAD_UNITS`]. CPUs read the clock at different
+/// moments: another CPU may store a `seen` a little later than this CPU's
+/// `now`. Read as unsigned, such a difference would be an age of 52 days:
+/// the flow would look ended, or be evicted. A `seen` further ahead reads
+/// as the unsigned difference: an entry idle for more than 26 days, whose
+/// `seen` has wrapped past half the range, has ended (one idle for more
+/// than 52 days reads as young again: the sweeper deletes entries long
+/// before, while `lb` runs).
 #[inline(always)]
 pub fn elapsed(seen: u32, now: u32) -> u32 {
     let d = now.wrapping_sub(seen);
-    // All ones if `d` is below 2^31, else 0 (without a branch).
-    let keep = (opaque(u64::from(d >> 31)) as u32).wrapping_sub(1);
-    d & keep
+    // 1 if `seen` is `now` or at most AHEAD_UNITS later (without a branch).
+    let near = less(u64::from(d.wrapping_neg()), AHEAD_UNITS as u64 + 1);
+    d & (near as u32).wrapping_sub(1)
+}
+
+/// Whether `seen` is further ahead of `now` than [`elapsed`] reads as now
+/// (and less than half the range: not simply in the past).
+#[inline(always)]
+pub fn far_ahead(seen: u32, now: u32) -> bool {
+    let ahead = seen.wrapping_sub(now);
+    ahead > AHEAD_UNITS && ahead < 1 << 31
 }
 
 /// How long ago `seen` was, in ns, at `now_ns` ([`elapsed`]).
@@ -338,11 +373,12 @@ fn rank(word: u64, seen: u32, now: u32, order: u64) -> u64 {
 
 const ESTABLISHED: u64 = 3;
 
-/// A new flow does not evict an established flow seen within this long
-/// (about 8.6 s): when both its buckets hold only such flows, it goes
-/// unremembered (counted) rather than break one of them. A flood of
+/// A new flow does not evict an established flow seen within this long:
+/// one whose last packet came within about 8.6 s (`seen` within that and
+/// the lag, [`LAG_UNITS`]). When both its buckets hold only such flows, it
+/// goes unremembered (counted) rather than break one of them. A flood of
 /// one-packet flows thus never evicts a flow that is sending.
-pub const PROTECT_UNITS: u32 = 1 << (33 - TIME_SHIFT);
+pub const PROTECT_UNITS: u32 = (1 << (33 - TIME_SHIFT)) + LAG_UNITS;
 
 /// The entry a new flow takes among its eight candidates (`word(i)` and
 /// `seen(i)` in [`find`]'s order) at time `now` ([`time_units`]): the one
@@ -463,9 +499,51 @@ mod tests {
         assert_eq!(elapsed(100, 250), 150);
         assert_eq!(elapsed(u32::MAX - 9, 5), 15, "across the wrap");
         assert_eq!(elapsed(101, 100), 0, "another CPU's later clock read");
+        assert_eq!(elapsed(100 + AHEAD_UNITS, 100), 0);
+        assert!(!far_ahead(100 + AHEAD_UNITS, 100));
         assert_eq!(elapsed(100, 100 + (1 << 31) - 1), (1 << 31) - 1);
         assert_eq!(age_ns(time_units(2_000_000_000), 1_000_000_000), 0);
         assert!(age_ns(0, 3_000_000_000) > 2_900_000_000);
+    }
+
+    /// An entry left idle for more than half the range (26 days: `lb`
+    /// stopped, no sweeper) is not young: its `seen` reads as ahead of now,
+    /// further than clock reads differ.
+    #[test]
+    fn a_seen_time_far_ahead_of_now_is_old() {
+        const DAY: u32 = (86_400_000_000_000u64 >> TIME_SHIFT) as u32;
+        let now: u32 = 7_000;
+        let seen = now.wrapping_sub(30 * DAY);
+        assert!(far_ahead(seen, now));
+        assert_eq!(elapsed(seen, now), 30 * DAY);
+        let now_ns = u64::from(now) << TIME_SHIFT;
+        assert!(outlived(age_ns(seen, now_ns), 86_400_000_000_000));
+        let ahead = now + AHEAD_UNITS + 1;
+        assert!(far_ahead(ahead, now));
+        assert_eq!(elapsed(ahead, now), (AHEAD_UNITS + 1).wrapping_neg());
+        // Evicted before any flow seen in the last 26 days.
+        let words = [Word::new(1 << TAG_SHIFT, 5, flags::COUNTED | flags::AGAIN).0; 8];
+        let seen_at = |i: usize| {
+            if i == 5 {
+                ahead
+            } else {
+                now.wrapping_sub(100_000)
+            }
+        };
+        assert_eq!(victim(|i| words[i], seen_at, now), Some(5));
+    }
+
+    /// A flow's last packet may come up to the lag after its entry's
+    /// `seen`: only an age past the timeout and the lag is surely idle.
+    #[test]
+    fn a_flow_outlives_its_timeout_by_the_lag() {
+        let t = 1_000_000_000;
+        // A flow seen 1.5 s ago with packets every half second: its last
+        // came at most the touch interval after `seen`.
+        assert!(!outlived(1_500_000_000, t));
+        assert!(!outlived(t + LAG_NS, t));
+        assert!(outlived(t + LAG_NS + 1, t));
+        assert!(LAG_NS > u64::from(TOUCH_UNITS) << TIME_SHIFT);
     }
 
     #[test]

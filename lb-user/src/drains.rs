@@ -12,17 +12,20 @@
 //! policy (or undrained) before then, it is active again with its flows.
 //!
 //! Pure: times are Unix seconds, passed in; whether flows are left on a
-//! target comes from the flow sweeper ([`Flows`]). The daemon saves the
-//! drains with its runtime state, so they survive a restart.
+//! target comes from the flow sweeper ([`Flows`]), for the drains whose
+//! target took no new flow in the maps since before the sweep began
+//! ([`Closed`], monotonic time). The daemon saves the drains with its
+//! runtime state, so they survive a restart.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    time::Instant,
 };
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ids::TargetKey,
+    ids::{RELEASE_GRACE, TargetKey},
     policy::{FailoverMode, Mac, Policy},
     rename::Renames,
 };
@@ -65,27 +68,71 @@ pub enum Phase {
     Unused { lingering: bool },
 }
 
-/// Which targets flow entries or sticky sessions still name, as the flow
-/// sweeper last saw them, and when that sweep started (Unix seconds).
+/// Which targets flow entries still name, as the flow sweeper last saw
+/// them, and the drains that sweep can tell about ([`Closed::covered`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flows {
     pub named: BTreeSet<TargetKey>,
-    pub swept_at: Option<u64>,
+    pub covered: BTreeSet<TargetKey>,
 }
 
 impl Flows {
     /// The same, the groups renamed (`crate::rename`).
     pub fn renamed(&self, renames: &Renames) -> Flows {
+        let keys = |set: &BTreeSet<TargetKey>| set.iter().map(|k| renames.key(k)).collect();
         Flows {
-            named: self.named.iter().map(|k| renames.key(k)).collect(),
-            swept_at: self.swept_at,
+            named: keys(&self.named),
+            covered: keys(&self.covered),
         }
     }
 
     /// Whether flows may be left on `drain`'s target: it is named, or no
-    /// sweep since its drain began says otherwise.
+    /// sweep that can tell says otherwise.
     fn left_on(&self, drain: &Drain) -> bool {
-        self.swept_at.is_none_or(|at| at <= drain.since) || self.named.contains(&drain.key())
+        let key = drain.key();
+        !self.covered.contains(&key) || self.named.contains(&key)
+    }
+}
+
+/// When each drain's target stopped taking new flows in the maps: when
+/// the first write of the maps that made it so succeeded (in this run of
+/// `lb`; monotonic time). A sweep tells whether flows are left on it only
+/// if it started [`RELEASE_GRACE`] or more after that: an earlier one may
+/// have passed the buckets of a flow made after it, while the target took
+/// new flows (the drain began, but its write had not, or had failed), or
+/// just after (a packet that found the target selectable just before the
+/// write).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Closed(BTreeMap<TargetKey, Instant>);
+
+impl Closed {
+    /// The maps were written at `now`; `takes_new`: whether a target takes
+    /// new flows in them (one not in them takes none).
+    pub fn written(
+        &mut self,
+        drains: &Drains,
+        takes_new: impl Fn(&TargetKey) -> bool,
+        now: Instant,
+    ) {
+        self.0
+            .retain(|key, _| drains.get(key).is_some() && !takes_new(key));
+        for key in drains.by_key.keys().filter(|k| !takes_new(k)) {
+            self.0.entry(key.clone()).or_insert(now);
+        }
+    }
+
+    /// The same, the groups renamed (`crate::rename`).
+    pub fn renamed(&self, renames: &Renames) -> Closed {
+        Closed(self.0.iter().map(|(k, &at)| (renames.key(k), at)).collect())
+    }
+
+    /// The drains a sweep that started at `started` tells about.
+    pub fn covered(&self, started: Instant) -> BTreeSet<TargetKey> {
+        self.0
+            .iter()
+            .filter(|&(_, &at)| at + RELEASE_GRACE <= started)
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 }
 
@@ -414,10 +461,16 @@ mod tests {
         TargetKey::new("web", IpAddr::from([10, 0, 3, t]))
     }
 
-    fn flows(named: &[u8], swept_at: u64) -> Flows {
+    /// A sweep that named the targets `named` and, `covered`, started
+    /// long enough after target 12 took no new flow.
+    fn flows(named: &[u8], covered: bool) -> Flows {
         Flows {
             named: named.iter().map(|&t| key(t)).collect(),
-            swept_at: Some(swept_at),
+            covered: if covered {
+                [key(12)].into()
+            } else {
+                BTreeSet::new()
+            },
         }
     }
 
@@ -435,33 +488,79 @@ mod tests {
         assert_eq!(d.phase(&key(11), 1000, &unknown, nr), None, "it stayed");
         // Flows on it: draining until the delay ends.
         assert_eq!(
-            d.phase(&key(12), 1299, &flows(&[12], 1200), nr),
+            d.phase(&key(12), 1299, &flows(&[12], true), nr),
             Some(Phase::Draining { until: 1300 })
         );
         // Then unused; its flows linger with no_rebalance, not with rebalance.
         assert_eq!(
-            d.phase(&key(12), 1300, &flows(&[12], 1299), nr),
+            d.phase(&key(12), 1300, &flows(&[12], true), nr),
             Some(Phase::Unused { lingering: true })
         );
         let rb = FailoverMode::Rebalance;
         assert_eq!(
-            d.phase(&key(12), 1300, &flows(&[12], 1299), rb),
+            d.phase(&key(12), 1300, &flows(&[12], true), rb),
             Some(Phase::Unused { lingering: false })
         );
         // Its flows ended before the delay: unused at once.
         assert_eq!(
-            d.phase(&key(12), 1100, &flows(&[], 1050), nr),
+            d.phase(&key(12), 1100, &flows(&[], true), nr),
             Some(Phase::Unused { lingering: false })
         );
-        // A sweep from before the drain knows nothing of its flows.
+        // A sweep from before the target took no new flows knows nothing
+        // of its flows.
         assert_eq!(
-            d.phase(&key(12), 1100, &flows(&[], 900), nr),
+            d.phase(&key(12), 1100, &flows(&[], false), nr),
             Some(Phase::Draining { until: 1300 })
         );
         // Lingering keeps it in the plan; done, it leaves.
-        assert!(d.settle(1300, &flows(&[12], 1299), &new).is_empty());
-        assert_eq!(d.settle(1400, &flows(&[], 1399), &new), vec![key(12)]);
+        assert!(d.settle(1300, &flows(&[12], true), &new).is_empty());
+        assert_eq!(d.settle(1400, &flows(&[], true), &new), vec![key(12)]);
         assert!(d.get(&key(12)).is_none());
+    }
+
+    /// A sweep ends a drain only if it started long enough after the write
+    /// that made its target take no new flow: not one that began before
+    /// the drain, nor before that write succeeded (one failed first), nor
+    /// within the grace after it. Monotonic time, to the nanosecond.
+    #[test]
+    fn only_a_sweep_after_the_target_closed_ends_its_drain() {
+        let (old, new) = (policy(&[11, 12], 300, false), policy(&[11], 300, false));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let mut d = Drains::default();
+        let mut closed = Closed::default();
+        let takes_new = |open: bool| move |k: &TargetKey| open || *k != key(12);
+        // A write before the drain: 12 takes new flows.
+        closed.written(&d, takes_new(true), at(0));
+        d.follow(&old, &new, 1000);
+        // The drain's first write failed; the next succeeded at 3 s.
+        closed.written(&d, takes_new(false), at(3000));
+        closed.written(&d, takes_new(false), at(5000));
+        let sweep = |closed: &Closed, started: u64| Flows {
+            named: BTreeSet::new(),
+            covered: closed.covered(at(started)),
+        };
+        let nr = FailoverMode::NoRebalance;
+        let draining = Some(Phase::Draining { until: 1300 });
+        for started in [0, 2900, 3000, 3000 + 999] {
+            let flows = sweep(&closed, started);
+            assert_eq!(d.phase(&key(12), 1010, &flows, nr), draining, "{started}");
+            assert!(d.settle(1010, &flows, &new).is_empty());
+        }
+        let after = sweep(&closed, 3000 + RELEASE_GRACE.as_millis() as u64);
+        assert_eq!(
+            d.phase(&key(12), 1010, &after, nr),
+            Some(Phase::Unused { lingering: false })
+        );
+        // Undrained (back in the policy), it is forgotten: drained again,
+        // it counts from the next write.
+        d.follow(&new, &old, 1020);
+        closed.written(&d, takes_new(true), at(6000));
+        d.follow(&old, &new, 1030);
+        closed.written(&d, takes_new(false), at(7000));
+        assert!(closed.covered(at(7999)).is_empty());
+        assert_eq!(closed.covered(at(8000)), [key(12)].into());
+        assert_eq!(d.settle(1040, &sweep(&closed, 8000), &new), vec![key(12)]);
     }
 
     #[test]
@@ -518,7 +617,7 @@ mod tests {
             Err(DrainError::NoTarget { .. })
         ));
         // Unused after its delay, but kept (it is in the policy) until undrained.
-        assert!(d.settle(2000, &flows(&[], 1999), &p).is_empty());
+        assert!(d.settle(2000, &flows(&[], true), &p).is_empty());
         d.undrain("web", ip).unwrap();
         assert!(d.get(&key(12)).is_none());
         assert_eq!(
@@ -665,9 +764,10 @@ mod tests {
         assert!(d.get(&TargetKey::new("web", ip)).is_none());
         let flows = Flows {
             named: [TargetKey::new("web", ip)].into(),
-            swept_at: Some(5),
+            covered: [TargetKey::new("web", ip)].into(),
         };
         let flows = flows.renamed(&Renames::parse(&["web=www"]).unwrap());
         assert_eq!(flows.named, [TargetKey::new("www", ip)].into());
+        assert_eq!(flows.covered, flows.named);
     }
 }

@@ -5,8 +5,11 @@
 //!
 //! A flow has ended when its last packet is older than its timeout: the
 //! group's FIN timeout once the client sent FIN or RST, else the group's idle
-//! timeout. Times are data-plane times: the kernel's tick counter in ns plus
-//! `Config::time_offset_ns`.
+//! timeout. Its entry's last-seen time may be up to the touch interval
+//! (about a second) earlier than its last packet, so an entry ends only once
+//! that time is older than the timeout and the interval
+//! (`flow_table::outlived`, the data plane's rule too). Times are data-plane
+//! times: the kernel's tick counter in ns plus `Config::time_offset_ns`.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
@@ -14,7 +17,7 @@ use std::{
 
 use lb_common::{
     GroupInfo, ListenerKey,
-    flow_table::{age_ns, flags},
+    flow_table::{age_ns, flags, outlived},
 };
 
 use crate::dataplane::table::EntryView;
@@ -223,7 +226,10 @@ impl Rules {
             .by_listener
             .get(&entry.listener_id)
             .unwrap_or(&self.fallback);
-        age_ns(entry.seen, now_ns) > timeouts.for_flags(entry.word.flags())
+        outlived(
+            age_ns(entry.seen, now_ns),
+            timeouts.for_flags(entry.word.flags()),
+        )
     }
 }
 
@@ -343,27 +349,32 @@ mod tests {
         let rules = Rules::of(&plan());
         assert_eq!(rules.time_offset_ns, 7);
         let now = 1000 * S;
-        // Entry times are in units of about a millisecond: a second more
-        // than the timeout is over it, a second less is not.
+        // A flow's last packet may be up to the touch interval (about a
+        // second) later than its entry's time: an entry two seconds past
+        // the timeout is over it, a second short is not.
         let cases = [
             // (listener, flags, last seen, ended)
             (1, flags::COUNTED, 1000 - 349, false),
-            (1, flags::COUNTED, 1000 - 351, true),
+            (1, flags::COUNTED, 1000 - 352, true),
             (1, flags::FIN, 1000 - 9, false),
-            (1, flags::FIN, 1000 - 11, true),
-            (1, flags::RST, 1000 - 11, true),
-            (2, flags::COUNTED, 1000 - 121, true),
+            (1, flags::FIN, 1000 - 12, true),
+            (1, flags::RST, 1000 - 12, true),
+            (2, flags::COUNTED, 1000 - 122, true),
             (2, flags::FIN, 1000 - 2, false),
-            (2, flags::FIN | flags::SYN, 1000 - 4, true),
+            (2, flags::FIN | flags::SYN, 1000 - 5, true),
             // Unknown listener: the longest timeouts of any group.
             (9, flags::COUNTED, 1000 - 300, false),
             (9, flags::FIN, 1000 - 9, false),
-            (9, flags::FIN, 1000 - 11, true),
+            (9, flags::FIN, 1000 - 12, true),
         ];
         for (listener, f, seen, want) in cases {
             let e = entry(1, listener, f, seen);
             assert_eq!(rules.ended(&e, now), want, "{listener} {f:#x} {seen}");
         }
+        // Half a second past the timeout: within the touch interval.
+        let mut e = entry(1, 1, flags::COUNTED, 0);
+        e.seen = time_units(now - 350 * S - S / 2);
+        assert!(!rules.ended(&e, now));
     }
 
     /// A reload that frees listener id 1 and gives it to another listener

@@ -300,6 +300,21 @@ impl Ids {
         released
     }
 
+    /// The maps took these ids at `now`, in a write that succeeded; the
+    /// one before it that succeeded was at `last` (None: none yet). A
+    /// target retired since then counts as retired from `now`: until its
+    /// retirement reached the maps (a write that failed, or a slow one),
+    /// they may have given it new flows.
+    pub fn written(&mut self, last: Option<Instant>, now: Instant) {
+        for a in self.targets.values_mut() {
+            if let Some(at) = a.retired
+                && last.is_none_or(|last| at > last)
+            {
+                a.retired = Some(now.max(at));
+            }
+        }
+    }
+
     /// The ids a loader found recorded in a data plane it adopts: listeners
     /// by key, group names by id, and targets (active or retired) by id.
     /// Retired targets count as retired since `now`; every group counts as
@@ -551,6 +566,28 @@ mod tests {
         assert_eq!(id(&ids2, "web", 14), t41);
         assert_eq!(ids2.target(&key("web", 12)).unwrap().id, t12);
         assert_eq!(ids.release(&BTreeSet::new(), later), vec![t12]);
+    }
+
+    /// A target retired by a plan whose write failed is released only
+    /// from the grace after the write that succeeded: a sweep before then
+    /// may have missed flows the maps still gave it.
+    #[test]
+    fn a_retirement_counts_from_the_write_that_took_it() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let with = policy(&[("web", 80, "web")], &[("web", &[11, 12])]);
+        let without = policy(&[("web", 80, "web")], &[("web", &[11])]);
+        let mut ids = Ids::default().assign(&with, t0).unwrap();
+        ids.written(None, at(0));
+        // Retired at 1 s; that write failed, the retry took it at 30 s.
+        let mut ids = ids.assign(&without, at(1)).unwrap();
+        let t12 = id(&ids, "web", 12);
+        ids.written(Some(at(0)), at(30));
+        assert!(ids.release(&BTreeSet::new(), at(10)).is_empty());
+        assert!(ids.release(&BTreeSet::new(), at(30)).is_empty());
+        // Later writes keep the time it was first written at.
+        ids.written(Some(at(30)), at(40));
+        assert_eq!(ids.release(&BTreeSet::new(), at(31)), vec![t12]);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::collections::HashMap;
 pub use fragments::Datagram;
 use lb_common::{
     Counter, FlowKey, ListenerKey, PROTO_TCP,
-    flow_table::{TIME_SHIFT, TOUCH_UNITS, age_ns, time_units},
+    flow_table::{TIME_SHIFT, TOUCH_UNITS, age_ns, outlived, time_units},
 };
 pub use lb_user::ids::TargetKey;
 use lb_user::{
@@ -179,7 +179,7 @@ pub fn step(entry: Option<&Flow>, flags: u8, now_ns: u64, timeouts: Timeouts) ->
         timeouts.idle_s
     };
     let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    if age > timeout_s as u64 * 1_000_000_000 || (syn && e.ending) {
+    if outlived(age, timeout_s as u64 * 1_000_000_000) || (syn && e.ending) {
         return Step::Ended;
     }
     Step::Hit {
@@ -746,8 +746,9 @@ mod tests {
                     touch: false,
                 },
             ),
-            // Idle timeout: under 350 s goes on, past it ends (entry times
-            // are in units of about a millisecond).
+            // Idle timeout: under 350 s goes on, past it and the touch
+            // interval (entry times lag the last packet by up to a second)
+            // ends.
             (
                 Some(flow(false, 651)),
                 ACK,
@@ -756,7 +757,15 @@ mod tests {
                     touch: true,
                 },
             ),
-            (Some(flow(false, 649)), ACK, Step::Ended),
+            (
+                Some(flow(false, 649)),
+                ACK,
+                Step::Hit {
+                    ending: false,
+                    touch: true,
+                },
+            ),
+            (Some(flow(false, 648)), ACK, Step::Ended),
             // After FIN: the FIN timeout.
             (
                 Some(flow(true, 991)),
@@ -766,7 +775,7 @@ mod tests {
                     touch: true,
                 },
             ),
-            (Some(flow(true, 989)), ACK, Step::Ended),
+            (Some(flow(true, 988)), ACK, Step::Ended),
             // A SYN after FIN/RST is a new flow (port reuse); a repeated SYN
             // of a live flow is not.
             (Some(flow(true, 1000)), SYN, Step::Ended),

@@ -164,8 +164,8 @@ const CROWDED: Sequence = Sequence {
 /// Small time steps (`Sequence::small_steps`): steps of `SMALL` from the
 /// start of a `Q` up to `SMALLS` into it, or one of `SMALLS`, then the rest
 /// of the Q. An established flow's protection (`flow_table::PROTECT_UNITS`,
-/// about 8.6 s) outlasts 4 and 8 s, not 12; no age comes within 38 s of a
-/// timeout (an odd multiple of Q / 2).
+/// about 9.6 s with the touch lag) outlasts 4 and 8 s, not 12; no age comes
+/// within 37 s of a timeout and its lag (an odd multiple of Q / 2).
 const SMALL: u64 = 4 * harness::S;
 const SMALLS: u64 = 12 * harness::S;
 

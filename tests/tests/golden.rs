@@ -1357,7 +1357,7 @@ fn a_new_flow_takes_the_entry_least_worth_keeping() {
         (
             "an established flow idle past the protection",
             [established; 8],
-            [1, 2, 3, 9, 4, 0, 0, 0],
+            [1, 2, 3, 10, 4, 0, 0, 0],
             Some(3),
         ),
         (
@@ -1830,4 +1830,264 @@ fn the_verifier_follows_the_program_well_within_its_limit() {
         count < BUDGET,
         "the verifier processed {count} instructions (budget {BUDGET}, limit 1,000,000)"
     );
+}
+
+/// The shortest idle timeout (1 s) of a flow with a packet every half
+/// second: its entry's last-seen time is refreshed only once it is older
+/// than the touch interval (about a second), so it lags the last packet by
+/// up to that; neither the data plane nor the sweeper ends the flow, which
+/// keeps its target and is never counted as new again. Silent past the
+/// timeout and the lag, it has ended.
+#[test]
+fn a_flow_with_packets_within_a_one_second_timeout_goes_on() {
+    let yaml = r#"
+listeners:
+  - { name: dns, vip: 10.0.3.49, protocol: udp, port: 53, target_group: dns }
+target_groups:
+  - name: dns
+    protocol: udp
+    algorithm: round_robin
+    flow_idle_timeout_s: 1
+    targets:
+      - { ip: 10.0.3.11 }
+      - { ip: 10.0.3.12 }
+"#;
+    let mut h = Harness::new(yaml);
+    let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
+    let dns = Frame::udp("10.0.3.100", 5353, "10.0.3.49", 53, b"q").build();
+    let first = h.check("first", &dns);
+    assert!(first.new_flow);
+    for i in 1..=12 {
+        h.advance_ns(500_000_000);
+        let r = sweeper.sweep(&lb_user::flows::Rules::of(&h.plan)).unwrap();
+        assert_eq!((r.entries, r.deleted), (1, 0), "sweep {i}: {r:?}");
+        let o = h.check("every half second", &dns);
+        assert!(
+            o.counters.contains(&Counter::FlowHit),
+            "packet {i}: {:?}",
+            o.counters
+        );
+        assert!(!o.new_flow, "packet {i}");
+        assert_eq!(o.target, first.target, "packet {i} moved");
+    }
+    h.advance_ns(2_100_000_000);
+    let o = h.check("silent for 2.1 s", &dns);
+    assert!(o.counters.contains(&Counter::NewFlow), "{:?}", o.counters);
+    assert_eq!(total(&h.active()), 1);
+}
+
+/// A new flow's entry is stamped (last-seen time, listener hint) before its
+/// word is published: a sweep that meets the new word never pairs it with
+/// the time of the entry's last flow, long ended, and deletes the new flow.
+/// One CPU puts new flows into entries whose last flows have ended (each
+/// round moves time past their timeout) while the other sweeps the same
+/// small table without a pause (the sweeper's own reads and judgment:
+/// `FlowTable::entries`, `Rules::ended`, a compare-and-exchange against the
+/// word read; without its sticky sessions' half, so that it passes each
+/// entry every few hundred nanoseconds): every new flow keeps its entry,
+/// unless its insert lost a race and it went unremembered (counted).
+#[test]
+fn a_sweep_never_deletes_a_flow_just_put() {
+    const ROUNDS: usize = 8000;
+    const PER_ROUND: usize = 8;
+    let Some(cpus) = two_cpus() else {
+        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+        return;
+    };
+    // 4 buckets, 16 entries.
+    let options = lb_user::dataplane::LoadOptions { flow_table_size: 8 };
+    let mut h = Harness::with_options(ROUND_ROBIN, &options);
+    let table = h.dp.flow_table().unwrap();
+    let judged = std::sync::Mutex::new((lb_user::flows::Rules::of(&h.plan), 0));
+    let sweeping = std::sync::atomic::AtomicBool::new(false);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let barrier = std::sync::Barrier::new(2);
+    let failed = |h: &Harness| h.counters().get("flow_insert_failed").copied().unwrap_or(0);
+    let failed_before = failed(&h);
+    let mut vanished = 0;
+    std::thread::scope(|scope| {
+        let sweep = scope.spawn(|| {
+            pin_to(cpus[1]);
+            loop {
+                barrier.wait();
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (rules, now) = judged.lock().unwrap().clone();
+                while sweeping.load(Ordering::SeqCst) {
+                    for entry in table.entries() {
+                        if rules.ended(&entry, now) {
+                            table.clear(&entry);
+                        }
+                    }
+                }
+                barrier.wait();
+            }
+        });
+        pin_to(cpus[0]);
+        for round in 0..ROUNDS {
+            // Every entry's flow has ended (idle timeout 350 s).
+            h.advance(400);
+            let now = h.dp.clock().now_ns().unwrap() + h.plan.config.time_offset_ns;
+            *judged.lock().unwrap() = (lb_user::flows::Rules::of(&h.plan), now);
+            sweeping.store(true, Ordering::SeqCst);
+            barrier.wait();
+            let syns: Vec<Vec<u8>> = (0..PER_ROUND)
+                .map(|k| race_frame(round * PER_ROUND + k, SYN))
+                .collect();
+            for syn in &syns {
+                transmitted_to(h.dp.program_mut(), syn);
+            }
+            sweeping.store(false, Ordering::SeqCst);
+            barrier.wait();
+            for syn in &syns {
+                let key = lb_tests::model::parse(syn).unwrap().0;
+                vanished += usize::from(h.dp.flow_entry(&key).unwrap().is_none());
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        barrier.wait();
+        sweep.join().unwrap();
+    });
+    let unremembered = failed(&h) - failed_before;
+    eprintln!(
+        "{} new flows: {vanished} without an entry, {unremembered} unremembered",
+        ROUNDS * PER_ROUND
+    );
+    assert_eq!(
+        vanished as u64, unremembered,
+        "new flows deleted by the sweeper as if ended"
+    );
+}
+
+/// A packet that marks a flow established changes its entry's word by
+/// compare-and-exchange from the word it read: when the sweeper (here a
+/// stand-in that empties and refills the flow's entry without a pause)
+/// empties the entry meanwhile, the mark is dropped, never left alone in
+/// the empty word (an entry of no flow, with no tag).
+#[test]
+fn marking_a_flow_established_never_revives_an_emptied_entry() {
+    let Some(cpus) = two_cpus() else {
+        lb_tests::skip("the process may run on one CPU only: no two CPUs to race");
+        return;
+    };
+    let mut h = Harness::new(ROUND_ROBIN);
+    let listener = h.plan.listeners[0].info.listener_id as u16;
+    let target = h.plan.targets[0].id;
+    let key = web_key([10, 0, 3, 100], 45800);
+    let place = h.dp.flow_place(&key);
+    // The flow's first empty candidate, where a packet that misses puts it.
+    let (bucket, way) = (place.first, 0);
+    let table = h.dp.flow_table().unwrap();
+    let now = now_units(&h);
+    let counted = Word::new(place.tag, target, flags::COUNTED);
+    let ack = Frame::tcp("10.0.3.100", 45800, "10.0.3.49", 80, ACK).build();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let phantom = std::thread::scope(|scope| {
+        let refill = scope.spawn(|| {
+            pin_to(cpus[1]);
+            while !stop.load(Ordering::SeqCst) {
+                match table.entry(bucket, way) {
+                    None => table.put(bucket, way, counted, now, listener),
+                    Some(e) if e.word.tag() == 0 => return Some(e.word),
+                    Some(e) => {
+                        table.clear(&e);
+                    }
+                }
+            }
+            None
+        });
+        pin_to(cpus[0]);
+        let mut out = vec![0u8; ack.len() + 256];
+        while std::time::Instant::now() < deadline && !refill.is_finished() {
+            h.dp.program_mut()
+                .test_run(TestRunOptions {
+                    data_in: Some(&ack),
+                    data_out: Some(&mut out),
+                    repeat: 1000,
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+        }
+        stop.store(true, Ordering::SeqCst);
+        refill.join().unwrap()
+    });
+    assert_eq!(phantom, None, "an entry with no flow's tag");
+}
+
+/// An entry idle for longer than half the range of its time (26 days: `lb`
+/// stopped, the data plane forwarding on, no sweeper), or stamped by a
+/// clock that has jumped back since, reads as having a last-seen time
+/// ahead of now, further than clock reads differ. Its flow has ended: its
+/// next packet is a new flow, and the sweeper deletes it (uncounted).
+#[test]
+fn an_entry_idle_across_the_clock_wrap_has_ended() {
+    let mut h = Harness::new(SHORT_TIMEOUTS);
+    let mut sweeper = h.dp.flow_sweeper().expect("sweeper");
+    let (listener, target) = web_ids(&h);
+    let day = (86_400_000_000_000u64 >> flow_table::TIME_SHIFT) as u32;
+    let now = now_units(&h);
+    let established = flags::COUNTED | flags::AGAIN;
+    let (old, ahead) = (
+        web_key([10, 0, 3, 100], 45900),
+        web_key([10, 0, 3, 100], 45901),
+    );
+    let put = |key, seen| {
+        let place = h.dp.flow_place(key);
+        (
+            place.first,
+            0,
+            Word::new(place.tag, target, established),
+            seen,
+            listener,
+        )
+    };
+    h.dp.put_flow_entries([
+        put(&old, now.wrapping_sub(30 * day)),
+        put(&ahead, now.wrapping_add(flow_table::AHEAD_UNITS + 1000)),
+    ])
+    .unwrap();
+    assert_eq!(total(&h.active()), 2);
+    let seen = run_raw(
+        &mut h,
+        &Frame::tcp("10.0.3.100", 45900, "10.0.3.49", 80, ACK).build(),
+    );
+    assert!(seen.rose.contains(&Counter::NewFlow), "{:?}", seen.rose);
+    let r = sweeper.sweep(&lb_user::flows::Rules::of(&h.plan)).unwrap();
+    assert_eq!((r.entries, r.deleted), (2, 1), "{r:?}");
+    assert!(h.dp.flow_entry(&ahead).unwrap().is_none());
+    assert_eq!(total(&h.active()), 1, "the new flow alone");
+}
+
+/// A released target id starts from no active flows: a count left on it
+/// (a flow lost without being uncounted) would weigh on least connections
+/// for the next target to take the id, and show in its status.
+#[test]
+fn a_released_id_starts_from_no_active_flows() {
+    let mut h = Harness::new(THREE_TARGETS);
+    let t13 = target("web", "10.0.3.13");
+    let id = h.target_id(&t13).unwrap();
+    let listener = h.plan.listeners[0].info.listener_id as u16;
+    let place = h.dp.flow_place(&web_key([10, 0, 3, 100], 46100));
+    let word = Word::new(place.tag, id, flags::COUNTED | flags::AGAIN);
+    h.dp.put_flow_entries([(place.first, 0, word, now_units(&h), listener)])
+        .unwrap();
+    let table = h.dp.flow_table().unwrap();
+    assert!(table.clear(&table.entry(place.first, 0).unwrap()));
+    assert_eq!(h.dp.active_flows(id), 1, "a count with no entry");
+
+    let without_13 = THREE_TARGETS.replace("      - { ip: 10.0.3.13, weight: 128 }\n", "");
+    h.reapply(&without_13);
+    let mut ids = (*h.plan.ids).clone();
+    let swept_from = std::time::Instant::now() + lb_user::ids::RELEASE_GRACE;
+    assert_eq!(ids.release(&Default::default(), swept_from), vec![id]);
+    h.apply_plan(lb_user::plan::MapPlan {
+        ids: std::sync::Arc::new(ids),
+        ..h.plan.clone()
+    });
+    assert_eq!(h.dp.active_flows(id), 0, "zeroed with the release");
+    h.reapply(&without_13.replace("10.0.3.12, weight: 256", "10.0.3.15, weight: 256"));
+    assert_eq!(h.target_id(&target("web", "10.0.3.15")), Some(id));
+    assert_eq!(h.dp.active_flows(id), 0);
 }

@@ -57,8 +57,15 @@ pub fn test(extra: &[String]) -> Result<()> {
         totals.skip_one();
     }
     eprintln!("xtask: {} test binaries ran", totals.binaries);
+    // A failure outside any test (a doc test or test binary that does not
+    // compile) fails the run too: the line says so.
+    let outside = if !status.success() && totals.failed == 0 {
+        " (cargo test failed outside the tests: see above)"
+    } else {
+        ""
+    };
     println!(
-        "tests: {} passed, {} failed, {} skipped",
+        "tests: {} passed, {} failed, {} skipped{outside}",
         totals.passed, totals.failed, totals.ignored
     );
     if !status.success() || totals.failed > 0 {

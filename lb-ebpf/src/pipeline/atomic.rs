@@ -36,10 +36,6 @@ fetch_op!(
     /// Adds `operand` to `*slot` and returns the old value.
     fetch_add_u64, "atomic_fetch_add", |v: u64| v
 );
-fetch_op!(
-    /// Sets the bits of `operand` in `*slot` and returns the old value.
-    fetch_or_u64, "atomic_fetch_or", |v: u64| v
-);
 
 /// Adds `delta` to `*slot` and returns the old value.
 ///

@@ -4,16 +4,21 @@
 //!
 //! Concurrency, on every CPU kind (no ordering is assumed of plain loads
 //! and stores; atomic operations are fully ordered):
-//! - An entry's word (tag, target, flags) changes only by atomic operations:
+//! - An entry's word (tag, target, flags) changes only by
 //!   compare-and-exchange against the word read, so a change meant for one
-//!   flow never lands on another that took its entry meanwhile; the
-//!   `AGAIN` bit alone is set with an atomic or (on another flow it only
-//!   protects that flow a little longer). Whoever clears `COUNTED` (the
-//!   client's FIN or RST, a re-selection, an eviction, the sweeper) takes
-//!   the flow out of its target's count, exactly once.
-//! - `seen` and the listener hint are hints, stored plainly after the word:
-//!   a reader may pair a word with another flow's, which costs at most a
-//!   listener hash lookup or a refresh.
+//!   flow never lands on another that took its entry meanwhile, nor on an
+//!   entry the sweeper emptied. Whoever clears `COUNTED` (the client's FIN
+//!   or RST, a re-selection, an eviction, the sweeper) takes the flow out
+//!   of its target's count, exactly once.
+//! - `seen` and the listener hint are hints, stored plainly. A new entry's
+//!   are stored before its word: the exchange that publishes the word is
+//!   fully ordered, so a reader that reads the word, then them (the
+//!   sweeper), never pairs a new flow's word with the time of the entry's
+//!   last flow and deletes it as ended. A CPU whose exchange then fails has
+//!   left a recent time and its listener in another flow's entry: that
+//!   flow looks fresh a while longer, and its next packet rewrites the
+//!   hint. Otherwise a reader may pair a word with another flow's hints,
+//!   which costs at most a listener hash lookup or a refresh.
 //! - A new flow is committed in its first bucket's header
 //!   (`lb_common::flow_table::header`): two CPUs that miss the same flow
 //!   at once (a flow on two queues) agree on its target without waiting
@@ -276,6 +281,9 @@ impl Probe {
             }
         };
         let entry = self.entry_at(i);
+        // The hints first: the exchange publishes them with the word.
+        entry.touch(now);
+        entry.set_listener_hint(listener_id);
         let Some(was) = entry.exchange(word) else {
             return Put::Changed;
         };
@@ -283,8 +291,6 @@ impl Probe {
             count(Counter::FlowEvicted);
         }
         uncount_word(was);
-        entry.touch(now);
-        entry.set_listener_hint(listener_id);
         Put::At(i)
     }
 
@@ -389,24 +395,21 @@ impl Entry {
     /// Marks the flow established (a packet after its first). A flow that
     /// is neither counted nor ended (remembered from a TCP packet that was
     /// not a SYN: `select`) counts in its target's active flows from now
-    /// on, once (one attempt: if the word changed, whoever changed it
-    /// decided).
+    /// on, once. One attempt, from the word read: if it changed, whoever
+    /// changed it decided (an atomic or would leave the flag alone in a
+    /// word the sweeper just emptied: an entry of no flow).
     #[inline(always)]
     pub fn again(&self) {
         let f = self.flags();
         if f & flags::AGAIN != 0 {
             return;
         }
-        if f & (flags::COUNTED | flags::FIN | flags::RST) == 0 {
-            let old = Word(self.word);
-            let new = old.with_flags(f | flags::AGAIN | flags::COUNTED);
-            if self.exchange(new.0).is_some() {
-                active_add(old.target_id(), 1);
-            }
-            return;
+        let counts = f & (flags::COUNTED | flags::FIN | flags::RST) == 0;
+        let old = Word(self.word);
+        let new = old.with_flags(f | flags::AGAIN | if counts { flags::COUNTED } else { 0 });
+        if self.exchange(new.0).is_some() && counts {
+            active_add(old.target_id(), 1);
         }
-        // SAFETY: as in `exchange`.
-        unsafe { atomic::fetch_or_u64(self.word_ptr(), Word::new(0, 0, flags::AGAIN).0) };
     }
 
     /// Takes the flow out of its target's count, if it is counted and the

@@ -4,7 +4,10 @@
 //! A hit costs the two bucket reads of the lookup and, at most once per
 //! touch interval (about a second), one store of the entry's last-seen time
 //! (and then one `GROUPS` lookup to check the idle timeout: a flow seen
-//! within the interval cannot have expired, since no timeout is shorter).
+//! within the interval cannot have expired). The flow's last packet may
+//! thus be up to the interval later than its entry's time: it has ended
+//! only once that time is older than its timeout and the interval
+//! (`flow_table::outlived`), as the sweeper judges it too.
 //! Client FIN and RST set their flag and take the flow out of
 //! `TARGET_ACTIVE` once (compare-and-exchange of the entry's word: whoever
 //! clears `COUNTED` uncounts). An entry past its timeout, or a client SYN
@@ -28,7 +31,7 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{
     Counter, FlowKey, GroupInfo, ListenerInfo, PROTO_TCP, TargetInfo,
-    flow_table::{TOUCH_UNITS, Word, age_ns, flags, time_units},
+    flow_table::{TOUCH_UNITS, Word, age_ns, flags, outlived, time_units},
     target_flags,
 };
 
@@ -122,8 +125,8 @@ pub(super) fn timeout_ns(group: &GroupInfo, entry_flags: u8) -> u64 {
 }
 
 /// Whether the entry's flow has ended before this packet: past its timeout
-/// (`age`: since its last packet, ns), or a client SYN after its FIN or RST
-/// (the client reused the port).
+/// (`age`: since its entry's last-seen time, ns; `outlived`), or a client
+/// SYN after its FIN or RST (the client reused the port).
 #[inline(always)]
 fn has_ended(entry: &Entry, tcp_flags: u8, age: u64, group_id: u32) -> bool {
     let entry_flags = entry.flags();
@@ -133,7 +136,7 @@ fn has_ended(entry: &Entry, tcp_flags: u8, age: u64, group_id: u32) -> bool {
     age > touch_ns()
         && GROUPS
             .get(group_id)
-            .is_none_or(|group| age > timeout_ns(group, entry_flags))
+            .is_none_or(|group| outlived(age, timeout_ns(group, entry_flags)))
 }
 
 #[inline(always)]
@@ -241,9 +244,8 @@ fn existing(
 ) -> Option<Selected> {
     let seen = entry.seen();
     let age = age_ns(seen, now);
-    // A packet of a flow seen within the touch interval (no timeout is
-    // shorter, so it goes on) that is no SYN, FIN or RST: nothing to check
-    // but its target.
+    // A packet of a flow seen within the touch interval (so it goes on)
+    // that is no SYN, FIN or RST: nothing to check but its target.
     let quiet = age <= touch_ns() && plain(tcp_flags);
     // The common case: such a packet of an established flow whose entry
     // names the listener it was found under: nothing to write either.

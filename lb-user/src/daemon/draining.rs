@@ -1,8 +1,14 @@
 //! The daemon's side of drains (`crate::drains`): which targets the flows
 //! still name, from each sweep; drains settled when their delay ends or
-//! their flows do; and the timer of the next delay's end.
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+//! their flows do; retired target ids released; and the timer of the next
+//! delay's end.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use lb_common::target_flags;
 use tracing::{debug, info, warn};
 
 use super::{Daemon, load, unix_now};
@@ -49,7 +55,9 @@ impl Daemon {
         self.schedule_drains();
     }
 
-    /// The keys of the targets `report` found named, and when it started.
+    /// The keys of the targets `report` found named, and the drains it can
+    /// tell about: those whose target took no new flow in the maps since
+    /// before it started (`drains::Closed`).
     fn flows_of(&self, report: &SweepReport) -> Flows {
         let by_id: BTreeMap<u32, &TargetKey> = self
             .plan
@@ -63,17 +71,44 @@ impl Daemon {
                 .iter()
                 .filter_map(|id| by_id.get(id).map(|k| (*k).clone()))
                 .collect(),
-            swept_at: Some(unix_now().saturating_sub(report.started.elapsed().as_secs())),
+            covered: self.closed.covered(report.started),
         }
     }
 
+    /// The maps hold the plan wanted since `now` (a write succeeded then):
+    /// drains whose target takes no new flow in them are closed from then
+    /// (if not before), and targets retired since the last such write
+    /// count as retired from now (`Ids::written`): until now the maps may
+    /// have let them take new flows.
+    pub(super) fn mark_written(&mut self, now: Instant) {
+        let open: BTreeSet<TargetKey> = self
+            .plan
+            .targets
+            .iter()
+            .filter(|t| t.info.flags & target_flags::SELECTABLE != 0)
+            .map(|t| t.key())
+            .collect();
+        self.closed.written(&self.drains, |k| open.contains(k), now);
+        let mut ids = (*self.plan.ids).clone();
+        ids.written(self.last_written, now);
+        if ids != *self.plan.ids {
+            self.plan = MapPlan {
+                ids: Arc::new(ids),
+                ..self.plan.clone()
+            };
+        }
+        self.last_written = Some(now);
+    }
+
     /// Releases the retired target ids nothing names any more; true if
-    /// some were. Their counts are kept first for their groups' counters
-    /// (the next write of the maps zeroes them for reuse), and a view that
-    /// counts them so is published before that write; one whose counts
-    /// cannot be read is released at a later sweep.
+    /// some were. Only while the maps hold the plan wanted: a plan not
+    /// written (its write failed, or is to be retried) may retire a target
+    /// the maps still choose. Their counts are kept first for their
+    /// groups' counters (the next write of the maps zeroes them for
+    /// reuse), and a view that counts them so is published before that
+    /// write; one whose counts cannot be read is released at a later sweep.
     fn release(&mut self, report: &SweepReport) -> bool {
-        if self.plan.ids.retired().next().is_none() {
+        if !self.in_sync || self.plan.ids.retired().next().is_none() {
             return false;
         }
         let mut ids = (*self.plan.ids).clone();

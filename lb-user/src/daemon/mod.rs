@@ -41,7 +41,7 @@ use crate::{
         AttachMode, Attached, Dataplane, LoadOptions, pin::Instance, reader::Reader,
         sweep::SweeperHandle,
     },
-    drains::{Drains, Flows},
+    drains::{Closed, Drains, Flows},
     flows::Rules,
     health::{self, HealthMonitor, HealthSnapshot, HealthState, TargetCheck, TargetKey},
     maglev::TableCache,
@@ -162,6 +162,10 @@ struct Daemon {
     drains: Drains,
     flows: Flows,
     drain_at: Option<tokio::time::Instant>,
+    /// When each drain's target stopped taking new flows in the maps.
+    closed: Closed,
+    /// When a write of the plan wanted last succeeded.
+    last_written: Option<Instant>,
     dataplane: Dataplane,
     /// The plan wanted: compiled from `policy` with what is observed.
     plan: MapPlan,
@@ -551,6 +555,8 @@ impl Daemon {
             drains: Drains::default(),
             flows: Flows::default(),
             drain_at: None,
+            closed: Closed::default(),
+            last_written: None,
             dataplane,
             plan,
             in_sync: false,
@@ -711,6 +717,7 @@ impl Daemon {
 
     /// The maps hold the plan wanted.
     fn applied(&mut self) {
+        self.mark_written(Instant::now());
         self.in_sync = true;
         self.errors.apply = None;
         self.retry_at = None;

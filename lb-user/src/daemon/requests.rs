@@ -181,6 +181,7 @@ impl Daemon {
         self.verdicts = renames.keys(&self.verdicts);
         self.written = renames.keys(&self.written);
         self.flows = self.flows.renamed(renames);
+        self.closed = self.closed.renamed(renames);
         self.state.rename(renames);
         self.instruments.renamed(renames);
         self.released = self.released.renamed(renames);

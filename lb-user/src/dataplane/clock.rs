@@ -10,9 +10,14 @@
 //! length into `Config`.
 //!
 //! The tick length (1/HZ, a kernel build option: 100, 250, 300 or 1000 Hz)
-//! is measured once per process: the jiffies that pass between two tick
-//! edges about 100 ms apart, against `CLOCK_MONOTONIC`, rounded to the
-//! nearest of those rates.
+//! of an adopted data plane is the one it counts in already
+//! (`Config::ns_per_tick`): its entries are stamped in it, and another
+//! would move its time by days ([`tick_length`]). A new data plane's is the
+//! kernel's, found once per process: `CONFIG_HZ` in the kernel's build
+//! configuration (`/boot/config-RELEASE`) if it is there, else measured:
+//! the jiffies that pass between two tick edges at least 200 ms apart,
+//! against `CLOCK_MONOTONIC`, measured again over longer stretches until
+//! the rate is within 3 % of one of those rates.
 use std::{
     io,
     os::fd::{AsFd as _, OwnedFd},
@@ -26,8 +31,16 @@ use super::sys;
 /// The kernel's configurable tick rates (`CONFIG_HZ`).
 const RATES: [u64; 4] = [100, 250, 300, 1000];
 
-/// How long the tick rate is measured for (at least 10 ticks at 100 Hz).
-const MEASURE: Duration = Duration::from_millis(100);
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// How long the tick rate is measured for at first (20 ticks at 100 Hz),
+/// and at most (each try four times longer than the last).
+const MEASURE: Duration = Duration::from_millis(200);
+const MEASURE_MAX: Duration = Duration::from_millis(3200);
+
+/// How far a measured rate may be from a configurable one (250 and 300 Hz
+/// are 18 % apart).
+const TOLERANCE: f64 = 0.03;
 
 /// A tick edge is at most 10 ms away (100 Hz); a clock that does not move
 /// within this long is broken.
@@ -40,17 +53,11 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// A clock reading through the `lb_clock` program `program`. The first
-    /// clock of a process measures the tick length (about 100 ms).
-    pub fn new(program: OwnedFd) -> io::Result<Clock> {
-        static NS_PER_TICK: OnceLock<u64> = OnceLock::new();
-        let ns_per_tick = match NS_PER_TICK.get() {
-            Some(&ns) => ns,
-            None => {
-                let hz = measure_hz(|| ticks(&program))?;
-                *NS_PER_TICK.get_or_init(|| 1_000_000_000 / hz)
-            }
-        };
+    /// A clock reading through the `lb_clock` program `program`, of a data
+    /// plane that counts in `adopted` ns a tick (`Config::ns_per_tick`; 0:
+    /// a new one, which counts in the kernel's: [`tick_length`]).
+    pub fn new(program: OwnedFd, adopted: u64) -> io::Result<Clock> {
+        let ns_per_tick = tick_length(adopted, || kernel_ns_per_tick(&program))?;
         Ok(Clock {
             program,
             ns_per_tick,
@@ -85,6 +92,54 @@ impl Clock {
     }
 }
 
+/// The tick length a data plane counts in: an adopted one's own (its
+/// entries and sessions are stamped in it: a length measured again, and
+/// wrong, would move its time by days, and a tick length that differs
+/// from the kernel's only makes its timeouts that much longer or shorter),
+/// else the kernel's (`kernel`).
+fn tick_length(adopted: u64, kernel: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
+    if adopted == 0 {
+        return kernel();
+    }
+    if !RATES.iter().any(|hz| NS_PER_S / hz == adopted) {
+        tracing::warn!(
+            ns_per_tick = adopted,
+            "the data plane's tick length is no kernel rate's; keeping it"
+        );
+    }
+    Ok(adopted)
+}
+
+/// The kernel's tick length in ns: its configured rate, else measured
+/// through `program`; found once per process.
+fn kernel_ns_per_tick(program: &OwnedFd) -> io::Result<u64> {
+    static NS_PER_TICK: OnceLock<u64> = OnceLock::new();
+    if let Some(&ns) = NS_PER_TICK.get() {
+        return Ok(ns);
+    }
+    let hz = match configured_hz() {
+        Some(hz) => hz,
+        None => measure_hz(|| ticks(program))?,
+    };
+    Ok(*NS_PER_TICK.get_or_init(|| NS_PER_S / hz))
+}
+
+/// `CONFIG_HZ` of the running kernel's build configuration, where
+/// distributions install it, if it is one of [`RATES`].
+fn configured_hz() -> Option<u64> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
+    config_hz(&config)
+}
+
+/// `CONFIG_HZ` of a kernel build configuration, if it is one of [`RATES`].
+fn config_hz(config: &str) -> Option<u64> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+        .filter(|hz| RATES.contains(hz))
+}
+
 /// The kernel's jiffies, read by running `lb_clock` once.
 fn ticks(program: &OwnedFd) -> io::Result<u64> {
     // The smallest frame an XDP test run takes is an Ethernet header.
@@ -117,13 +172,23 @@ fn next_edge(ticks: &impl Fn() -> io::Result<u64>) -> io::Result<(u64, Instant)>
 }
 
 /// The kernel's tick rate, from the ticks between two edges [`MEASURE`]
-/// apart.
+/// apart; measured again, over four times as long each time, while the
+/// rate is not within [`TOLERANCE`] of a configurable one (a thread
+/// preempted at an edge), up to [`MEASURE_MAX`]: then the nearest.
 fn measure_hz(ticks: impl Fn() -> io::Result<u64>) -> io::Result<u64> {
-    let (t0, at0) = next_edge(&ticks)?;
-    thread::sleep(MEASURE);
-    let (t1, at1) = next_edge(&ticks)?;
-    let rate = t1.wrapping_sub(t0) as f64 / (at1 - at0).as_secs_f64();
-    Ok(nearest_rate(rate))
+    let mut window = MEASURE;
+    loop {
+        let (t0, at0) = next_edge(&ticks)?;
+        thread::sleep(window);
+        let (t1, at1) = next_edge(&ticks)?;
+        let rate = t1.wrapping_sub(t0) as f64 / (at1 - at0).as_secs_f64();
+        let hz = nearest_rate(rate);
+        if (rate - hz as f64).abs() <= hz as f64 * TOLERANCE || window >= MEASURE_MAX {
+            return Ok(hz);
+        }
+        tracing::debug!(rate, "the kernel's tick rate is unclear: measuring longer");
+        window *= 4;
+    }
 }
 
 /// The configurable rate nearest to a measured one.
@@ -165,6 +230,29 @@ mod tests {
         for hz in [100, 250, 1000] {
             assert_eq!(measure_hz(fake(hz)).unwrap(), hz);
         }
+    }
+
+    /// An adopted data plane keeps the tick length it counts in, whatever
+    /// the kernel's would be found to be (a measurement of 300 Hz on a
+    /// 250 Hz kernel would move its time by a sixth of the uptime); a new
+    /// one takes the kernel's.
+    #[test]
+    fn an_adopted_tick_length_is_kept() {
+        let never = || -> io::Result<u64> { panic!("no measurement for an adopted data plane") };
+        assert_eq!(tick_length(4_000_000, never).unwrap(), 4_000_000);
+        assert_eq!(tick_length(3_000_000, never).unwrap(), 3_000_000);
+        assert_eq!(tick_length(0, || Ok(3_333_333)).unwrap(), 3_333_333);
+        assert!(tick_length(0, || Err(io::Error::other("no clock"))).is_err());
+    }
+
+    #[test]
+    fn the_configured_rate_is_read_from_the_kernel_config() {
+        let config =
+            "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
+        assert_eq!(config_hz(config), Some(250));
+        assert_eq!(config_hz("CONFIG_HZ=1000\n"), Some(1000));
+        assert_eq!(config_hz("CONFIG_HZ=123\n"), None, "no kernel rate");
+        assert_eq!(config_hz("CONFIG_HZ_300=y\n"), None);
     }
 
     #[test]

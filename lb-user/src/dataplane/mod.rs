@@ -166,6 +166,16 @@ struct Pins {
     link: Option<PinnedLink>,
 }
 
+/// What a data plane starts from: its maps' ids, its flow table, its
+/// identity and the tick length its clock counts in (0: the kernel's),
+/// an adopted one's as it was.
+struct Basis {
+    held: Held,
+    table: TableSettings,
+    instance: u64,
+    ns_per_tick: u64,
+}
+
 /// The flow table's size and hash seed, which the loader owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TableSettings {
@@ -420,14 +430,13 @@ impl Dataplane {
             link: None,
         };
         if !adopt {
-            return Self::start(
-                ebpf,
-                PROGRAM,
-                Held::empty(),
+            let basis = Basis {
+                held: Held::empty(),
                 table,
-                random_u64(),
-                Some(pins),
-            );
+                instance: random_u64(),
+                ns_per_tick: 0,
+            };
+            return Self::start(ebpf, PROGRAM, basis, Some(pins));
         }
         let config = read_config(&ebpf)?;
         if config.layout != LAYOUT_VERSION {
@@ -445,18 +454,27 @@ impl Dataplane {
             buckets: config.flow_table_mask + 1,
             seed: config.flow_table_seed,
         };
-        let held = read_held(&ebpf)?;
-        Self::start(ebpf, PROGRAM, held, table, config.instance, Some(pins))
+        let adopted = Basis {
+            held: read_held(&ebpf)?,
+            table,
+            instance: config.instance,
+            ns_per_tick: config.ns_per_tick,
+        };
+        Self::start(ebpf, PROGRAM, adopted, Some(pins))
     }
 
     fn start(
         mut ebpf: Ebpf,
         program: &'static str,
-        held: Held,
-        table: TableSettings,
-        instance: u64,
+        state: Basis,
         pins: Option<Pins>,
     ) -> Result<Self, DataplaneError> {
+        let Basis {
+            held,
+            table,
+            instance,
+            ns_per_tick,
+        } = state;
         load_xdp(&mut ebpf, program)?;
         let clock_fd = load_xdp(&mut ebpf, CLOCK_PROGRAM)?
             .fd()
@@ -464,7 +482,7 @@ impl Dataplane {
             .as_fd()
             .try_clone_to_owned()
             .map_err(DataplaneError::Clock)?;
-        let clock = Clock::new(clock_fd).map_err(DataplaneError::Clock)?;
+        let clock = Clock::new(clock_fd, ns_per_tick).map_err(DataplaneError::Clock)?;
         let active = ActiveCounts::new(maps::data(&ebpf, names::TARGET_ACTIVE)?)?;
         // The map's own size (an adopted table keeps the one it was made
         // with).
@@ -831,9 +849,14 @@ impl Dataplane {
         self.update_batch(names::GROUPS, gone, &vec![GroupInfo::default(); gone.len()])
     }
 
-    /// Ids the registry released: records freed and statistics zeroed, so
-    /// the next object to take an id starts from nothing.
+    /// Ids the registry released: records freed, statistics and active
+    /// flows zeroed, so the next object to take an id starts from nothing
+    /// (no entry names a released id: a count left is a flow lost
+    /// uncounted, which would weigh on least connections).
     fn release(&mut self, c: &Changes) -> Result<(), DataplaneError> {
+        for &id in &c.targets_released {
+            self.active.reset(id);
+        }
         let free = TargetRecord {
             state: record_state::FREE,
             ..TargetRecord::default()

@@ -28,7 +28,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
-    MAX_TARGETS, StickyKey, StickyState, TargetInfo, map_names as names, target_flags,
+    MAX_TARGETS, StickyKey, StickyState, TargetInfo, flow_table, map_names as names, target_flags,
 };
 
 use super::{
@@ -69,6 +69,13 @@ impl ActiveCounts {
     pub(crate) fn add(&self, id: u32, delta: i64) {
         if let Some(a) = self.mapping.atomic_i64(id as usize) {
             a.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the count of a released id (nothing names it) to 0.
+    pub(crate) fn reset(&self, id: u32) {
+        if let Some(a) = self.mapping.atomic_i64(id as usize) {
+            a.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -223,7 +230,8 @@ impl FlowSweeper {
         let (mut deleted, mut orphans) = (0, 0);
         for entry in self.table.entries() {
             let id = entry.word.target_id();
-            match tally.add(rules, &entry, now) {
+            let at = self.judged_at(rules, &entry, now);
+            match tally.add(rules, &entry, at) {
                 Fate::Live => {}
                 Fate::Ended if self.delete(&entry) => deleted += 1,
                 Fate::Orphaned if !self.targets.usable(id) && self.delete(&entry) => orphans += 1,
@@ -248,6 +256,20 @@ impl FlowSweeper {
             started,
             took: started.elapsed(),
         })
+    }
+
+    /// The data-plane time to judge `entry` at: the walk's start (`now`),
+    /// read before any entry, so that an entry that had a packet since
+    /// is judged as of before it; for one stamped further ahead of that
+    /// than `flow_table::elapsed` reads as now (a long walk), the clock
+    /// read again: only a stamp that is ahead of it too is no recent one.
+    /// A failed read judges the entry as just seen.
+    fn judged_at(&self, rules: &Rules, entry: &EntryView, now: u64) -> u64 {
+        if !flow_table::far_ahead(entry.seen, flow_table::time_units(now)) {
+            return now;
+        }
+        data_plane_time(rules, self.clock.now_ns())
+            .unwrap_or(u64::from(entry.seen) << flow_table::TIME_SHIFT)
     }
 
     /// Runs `sweep` every `interval` on a thread of its own until the handle

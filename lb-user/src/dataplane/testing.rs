@@ -12,7 +12,7 @@ use aya::{
 use lb_common::{FlowKey, StickyKey, StickyState, map_names as names};
 
 use super::{
-    Dataplane, DataplaneError, Held, LoadOptions, PROGRAM, TableSettings,
+    Basis, Dataplane, DataplaneError, Held, LoadOptions, PROGRAM, TableSettings,
     clock::Clock,
     loader,
     maps::{as_data, map_err},
@@ -36,7 +36,7 @@ impl Dataplane {
             ..TableSettings::for_flows(options.flow_table_size)
         };
         let ebpf = loader(table).load(crate::EBPF_LB)?;
-        Self::start(ebpf, PROGRAM, Held::empty(), table, random_u64(), None)
+        Self::start(ebpf, PROGRAM, Basis::new(table), None)
     }
 
     /// Loads another build of the pipeline (the benchmark variant), not
@@ -48,7 +48,7 @@ impl Dataplane {
     ) -> Result<Self, DataplaneError> {
         let table = TableSettings::for_flows(options.flow_table_size);
         let ebpf = loader(table).load(object)?;
-        Self::start(ebpf, program, Held::empty(), table, random_u64(), None)
+        Self::start(ebpf, program, Basis::new(table), None)
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
@@ -150,6 +150,18 @@ impl Dataplane {
             }
         }
         Ok(total)
+    }
+}
+
+impl Basis {
+    /// A new data plane's, with `table`.
+    fn new(table: TableSettings) -> Basis {
+        Basis {
+            held: Held::empty(),
+            table,
+            instance: random_u64(),
+            ns_per_tick: 0,
+        }
     }
 }
 

@@ -56,8 +56,9 @@ pub const TIMEOUT_S: Range = Range::new(1, 900);
 pub const THRESHOLD: Range = Range::new(1, 10);
 /// The status codes a check may expect.
 pub const STATUS_CODE: Range = Range::new(100, 599);
-/// Flow timeouts. Neither may be below 1 s: the data plane checks an
-/// entry's timeout only once it is `flow_table::TOUCH_UNITS` stale.
+/// Flow timeouts. Neither may be below 1 s: an entry's last-seen time is
+/// refreshed only once it is `flow_table::TOUCH_UNITS` stale, so an entry
+/// outlives its timeout by up to that (`flow_table::outlived`).
 pub const FLOW_IDLE_TIMEOUT_S: Range = Range::new(1, 86_400);
 pub const FLOW_FIN_TIMEOUT_S: Range = Range::new(1, 3600);
 const _: () = assert!(

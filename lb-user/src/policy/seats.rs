@@ -311,16 +311,16 @@ mod tests {
             let mut drains = Drains::default();
             drains.follow(&before, &after, 1000);
             let key = TargetKey::new("web", ip(12));
-            let flows = |named: bool, at: u64| Flows {
+            let flows = |named: bool| Flows {
                 named: if named {
                     [key.clone()].into()
                 } else {
                     Default::default()
                 },
-                swept_at: Some(at),
+                covered: [key.clone()].into(),
             };
             let plan = |now, f| compile(&after, &observed(drains.clone(), f, now)).unwrap();
-            let draining = plan(1050, flows(true, 1040));
+            let draining = plan(1050, flows(true));
             let t = target(&draining, &key);
             assert_eq!(t.phase, Some(Phase::Draining { until: 1100 }));
             assert_eq!(
@@ -328,7 +328,7 @@ mod tests {
                 (Some(Exclusion::Draining), target_flags::USABLE)
             );
             assert!(!in_table(&draining, t.id), "no new flows");
-            let ended = plan(1100, flows(true, 1099));
+            let ended = plan(1100, flows(true));
             let t = target(&ended, &key);
             assert_eq!(t.excluded, Some(Exclusion::Unused));
             let lingering = if rebalance { 0 } else { target_flags::USABLE };
@@ -337,10 +337,10 @@ mod tests {
             // No flow left: it leaves.
             let mut settled = drains.clone();
             assert_eq!(
-                settled.settle(1101, &flows(false, 1101), &after),
+                settled.settle(1101, &flows(false), &after),
                 vec![key.clone()]
             );
-            let gone = compile(&after, &observed(settled, flows(false, 1101), 1101)).unwrap();
+            let gone = compile(&after, &observed(settled, flows(false), 1101)).unwrap();
             assert!(gone.targets.iter().all(|t| t.ip != ip(12)));
         }
     }
