@@ -109,9 +109,20 @@ pub struct Changes {
     /// Target ids released by the registry: records freed, statistics
     /// zeroed.
     pub targets_released: Vec<u32>,
+    /// Target ids the maps hold for one target and the plan gives to
+    /// another: released and taken again before a write carried the
+    /// release (it failed). Statistics and active flows zeroed before the
+    /// new record is written, as a release would have.
+    pub targets_reassigned: Vec<u32>,
     /// Group ids released by the registry: names freed, round-robin
     /// positions zeroed.
     pub groups_released: Vec<u32>,
+}
+
+/// Whether two records name the same target (whatever its state: active or
+/// retired).
+fn same_target(a: &TargetRecord, b: &TargetRecord) -> bool {
+    (a.addr_be, a.group_id, a.family, a.via_group) == (b.addr_be, b.group_id, b.family, b.via_group)
 }
 
 impl Changes {
@@ -161,8 +172,12 @@ impl Changes {
         };
         let (old_records, new_records) = (record_of(old), record_of(new));
         for (&id, record) in &new_records {
-            if old_records.get(&id) != Some(record) {
+            let held = old_records.get(&id);
+            if held != Some(record) {
                 self.target_records.push((id, *record));
+            }
+            if held.is_some_and(|h| !same_target(h, record)) {
+                self.targets_reassigned.push(id);
             }
         }
         self.targets_released = old_records
@@ -726,6 +741,26 @@ mod tests {
         let c = Changes::between(&Held::of(&after), &released);
         assert_eq!(c.targets_released, [gone]);
         assert!(c.targets_gone.is_empty() && c.target_records.is_empty() && c.tables.is_empty());
+        assert!(c.targets_reassigned.is_empty());
+
+        // The write of the release failed, and a new target takes the
+        // id: its statistics start from nothing all the same.
+        let again = plan(
+            &policy(&[("api", 81, &[22, 21]), ("web", 80, &[11, 13, 14])]),
+            &released.ids,
+            now,
+        );
+        assert_eq!(
+            target_id(&again, "web", 14),
+            gone,
+            "the freed id, taken again"
+        );
+        let c = Changes::between(&Held::of(&after), &again);
+        assert_eq!(c.targets_reassigned, [gone]);
+        assert!(c.targets_released.is_empty());
+        // Written, the same target retiring is no reassignment.
+        let c = Changes::between(&Held::of(&before), &after);
+        assert!(c.targets_reassigned.is_empty());
     }
 
     #[test]

@@ -696,6 +696,12 @@ impl Dataplane {
         self.write_config(&plan.config)?;
         let (ids, values) = unzip(&c.group_names);
         self.update_batch(names::GROUP_NAMES, &ids, &values)?;
+        // An id taken by another target since the maps' last write starts
+        // from nothing, before its new record names it.
+        for &id in &c.targets_reassigned {
+            self.active.reset(id);
+        }
+        self.zero_stats(names::TARGET_STATS, &c.targets_reassigned)?;
         let (ids, values) = unzip(&c.target_records);
         self.update_batch(names::TARGET_IDS, &ids, &values)?;
         let (ids, values) = unzip(&c.targets);
