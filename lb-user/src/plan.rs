@@ -60,6 +60,20 @@ pub struct MapPlan {
     pub targets: Vec<PlannedTarget>,
 }
 
+impl MapPlan {
+    /// A plan of nothing, with `ids`: what a daemon holds before its first
+    /// plan is compiled.
+    pub fn nothing_but(ids: Ids) -> MapPlan {
+        MapPlan {
+            ids: Arc::new(ids),
+            config: Default::default(),
+            listeners: Vec::new(),
+            groups: Vec::new(),
+            targets: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedListener {
     pub name: String,

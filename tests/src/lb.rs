@@ -379,9 +379,6 @@ pub fn detach(ns: &str, bin: &Path, iface: &str) -> Result<String, LabError> {
     crate::lab::run(netns::command(ns, bin).args(["detach", "--iface", iface]))
 }
 
-/// `BIN run --config CONFIG --socket SOCKET --iface IFACE EXTRA...` in
-/// namespace `ns`, logging plain lines at info unless `RUST_LOG` says
-/// otherwise.
 /// Runs `lb run` for a start that must fail: waits up to `start.timeout`
 /// for it to exit (killed past it) and, unlike a dropped [`LbProcess`],
 /// detaches nothing after it, so that a test sees what it left. Its log
@@ -420,6 +417,9 @@ pub fn run_to_exit(start: &Start<'_>, log: &Path) -> Result<ClientRun, LabError>
     })
 }
 
+/// `BIN run --config CONFIG --socket SOCKET --iface IFACE EXTRA...` in
+/// namespace `ns`, logging plain lines at info unless `RUST_LOG` says
+/// otherwise.
 fn run_command(start: &Start<'_>) -> Command {
     let mut cmd = netns::command(start.ns, start.bin);
     cmd.arg("run")

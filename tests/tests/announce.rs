@@ -312,7 +312,6 @@ fn a_reboot_keeps_the_withdraw_and_drains_and_a_new_table_empties_the_old() {
     );
 }
 
-/// Without `--announce`, `lb withdraw` and `lb announce` are refused.
 /// A start without saved verdicts announces nothing before its first
 /// verdicts: an instance added behind ECMP takes no traffic before it knows
 /// that its targets answer (`initial` targets take new flows, but do not
@@ -344,6 +343,7 @@ fn a_start_announces_only_after_the_first_verdicts() {
     );
 }
 
+/// Without `--announce`, `lb withdraw` and `lb announce` are refused.
 #[test]
 fn without_announce_the_commands_are_refused() {
     let s = LabRun::start_yaml(&yaml(), |_| {});

@@ -9,7 +9,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
-    sync::atomic::{AtomicI32, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -142,6 +142,15 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 /// The `lb run` child, for the signal handler (0: none yet).
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// A signal came: `lb run` is to stop.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// SIGTERM to `pid`, if it is one.
+fn stop(pid: i32) {
+    if pid > 0 {
+        let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
+    }
+}
 
 /// `lb run` on a real interface, in the foreground, then `lb detach`: the
 /// pinned data plane `lb run` leaves when it stops (Ctrl-C, SIGTERM) goes
@@ -159,16 +168,21 @@ fn lb_on_nic(args: &RunArgs, iface: &str, config: &Path) -> Result<()> {
         .arg("--config")
         .arg(config)
         .args(["--iface", iface, "--xdp-mode", mode]);
-    eprintln!("xtask: $ {}", cmd::show(&run));
-    let mut child = run.spawn().context("spawn lb run")?;
-    CHILD.store(i32::try_from(child.id())?, Ordering::SeqCst);
+    // Installed first, so that no signal finds xtask with its default
+    // action while lb runs; one that comes before lb is known is passed on
+    // once it is.
     ctrlc::set_handler(|| {
-        let pid = CHILD.load(Ordering::SeqCst);
-        if pid > 0 {
-            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
-        }
+        STOPPING.store(true, Ordering::SeqCst);
+        stop(CHILD.load(Ordering::SeqCst));
     })
     .context("install the signal handler")?;
+    eprintln!("xtask: $ {}", cmd::show(&run));
+    let mut child = run.spawn().context("spawn lb run")?;
+    let pid = i32::try_from(child.id())?;
+    CHILD.store(pid, Ordering::SeqCst);
+    if STOPPING.load(Ordering::SeqCst) {
+        stop(pid);
+    }
     let status = child.wait().context("wait for lb run")?;
     CHILD.store(0, Ordering::SeqCst);
     if !status.success() {

@@ -117,8 +117,8 @@ fn apt_get() -> Command {
 }
 
 fn rust_src() -> Result<()> {
-    let nightly = probe("rustup", &["toolchain", "list"])
-        .is_some_and(|out| out.lines().any(|l| l.starts_with("nightly")));
+    // The `nightly` channel itself (a dated nightly is not it).
+    let nightly = probe("rustup", &["run", "nightly", "rustc", "-V"]).is_some();
     if !nightly {
         // The eBPF build needs a nightly (`-Z build-std`).
         eprintln!(

@@ -57,17 +57,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         totals.skip_one();
     }
     eprintln!("xtask: {} test binaries ran", totals.binaries);
-    // A failure outside any test (a doc test or test binary that does not
-    // compile) fails the run too: the line says so.
-    let outside = if !status.success() && totals.failed == 0 {
-        " (cargo test failed outside the tests: see above)"
-    } else {
-        ""
-    };
-    println!(
-        "tests: {} passed, {} failed, {} skipped{outside}",
-        totals.passed, totals.failed, totals.ignored
-    );
+    println!("{}", totals.summary(status.success()));
     if !status.success() || totals.failed > 0 {
         bail!("cargo test failed ({status})");
     }
@@ -112,6 +102,20 @@ struct Running {
 }
 
 impl Totals {
+    /// The summary line. A failure outside any test (a doc test or a test
+    /// binary that does not compile) fails the run too: the line says so.
+    fn summary(&self, cargo_ok: bool) -> String {
+        let outside = if !cargo_ok && self.failed == 0 {
+            " (cargo test failed outside the tests: see above)"
+        } else {
+            ""
+        };
+        format!(
+            "tests: {} passed, {} failed, {} skipped{outside}",
+            self.passed, self.failed, self.ignored
+        )
+    }
+
     /// A test that libtest counted as passed but reported itself skipped.
     fn skip_one(&mut self) {
         self.passed = self.passed.saturating_sub(1);

@@ -528,13 +528,8 @@ impl Daemon {
         health: &watch::Receiver<Snapshots>,
     ) -> anyhow::Result<Daemon> {
         let inherited_macs = inherited_macs(&dataplane)?;
-        let plan = MapPlan {
-            ids: Arc::new(dataplane.ids().clone()),
-            config: Default::default(),
-            listeners: Vec::new(),
-            groups: Vec::new(),
-            targets: Vec::new(),
-        };
+        // Nothing written yet but the ids the maps hold.
+        let plan = MapPlan::nothing_but(dataplane.ids().clone());
         let rules = Rules::of(&plan);
         let verdicts = verdicts(&health.borrow());
         let mode = state.xdp_mode.clone().unwrap_or_else(|| "unknown".into());

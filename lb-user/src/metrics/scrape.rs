@@ -112,22 +112,24 @@ impl Scrape {
     }
 }
 
-/// How many times a scrape reads the statistics again when the view
-/// published meanwhile names ids past those read.
+/// How many times a scrape reads the statistics again when a view was
+/// published meanwhile.
 const REREADS: usize = 2;
 
 /// The statistics, and the view that names them, taken after them: the
 /// daemon publishes a view that no longer counts a released id before the
 /// data plane zeroes its statistics, so a view taken after the read never
 /// counts an id read zeroed (a group's counters never fall). Read again
-/// if that view names ids past those read (new ones, counting from 0
-/// until then).
+/// if a view was published meanwhile: it may name ids past those read, or
+/// an id the data plane zeroed for a new target after the read (an id
+/// released, its write failed, then taken again), whose old counts the
+/// group keeps apart already.
 fn read_stats(sources: &Sources) -> io::Result<(StatsRead, Arc<View>)> {
     let mut sized = sources.view.latest();
     for _ in 0..REREADS {
         let stats = sources.reader.stats(sized.listener_ids, sized.target_ids)?;
         let view = sources.view.latest();
-        if view.listener_ids <= sized.listener_ids && view.target_ids <= sized.target_ids {
+        if Arc::ptr_eq(&view, &sized) {
             return Ok((stats, view));
         }
         sized = view;
