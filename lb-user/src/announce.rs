@@ -29,7 +29,7 @@
 //! wrote it ([`Announcer::in_table`]): what the metrics show, which a
 //! failed write makes differ from what was decided.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -103,23 +103,21 @@ impl Hold {
 }
 
 /// The groups whose new flows go only to targets still waiting for their
-/// first verdict (`initial`): those of `plan` when `hold`, else none.
+/// first verdict (`initial`): those of `plan` when `hold`, else none. One
+/// walk of the targets (a plan may hold 100,000 of them).
 pub fn awaiting_verdicts(plan: &MapPlan, hold: bool) -> BTreeSet<&str> {
     if !hold {
         return BTreeSet::new();
     }
-    plan.groups
-        .iter()
-        .map(|g| g.name.as_str())
-        .filter(|&group| {
-            let mut taking = plan
-                .targets
-                .iter()
-                .filter(|t| t.group == group && t.excluded.is_none())
-                .peekable();
-            taking.peek().is_some()
-                && taking.all(|t| t.health == PlannedHealth::Checked(HealthState::Initial))
-        })
+    // By group: whether every target taking its new flows is `initial`.
+    let mut only_initial: HashMap<&str, bool> = HashMap::new();
+    for t in plan.targets.iter().filter(|t| t.excluded.is_none()) {
+        let initial = t.health == PlannedHealth::Checked(HealthState::Initial);
+        *only_initial.entry(t.group.as_str()).or_insert(true) &= initial;
+    }
+    only_initial
+        .into_iter()
+        .filter_map(|(group, only)| only.then_some(group))
         .collect()
 }
 
@@ -131,12 +129,12 @@ pub fn decide_plan(
     withdrawn: bool,
     hold: bool,
 ) -> Vec<VipAnnounce> {
-    let serving = |group: &str| {
-        plan.groups
-            .iter()
-            .find(|g| g.name == group)
-            .map_or(Serving::Nobody, |g| g.serving)
-    };
+    let by_name: HashMap<&str, Serving> = plan
+        .groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.serving))
+        .collect();
+    let serving = |group: &str| by_name.get(group).copied().unwrap_or(Serving::Nobody);
     let awaiting = awaiting_verdicts(plan, hold);
     decide(policy, serving, |g| awaiting.contains(g), withdrawn)
 }

@@ -2,7 +2,11 @@
 //! apply` prints before anything changes (and `lb run` logs on a reload).
 //! Pure: the daemon adds what only it knows (active flows, when a removed
 //! target will be gone) through [`Removal`].
-use std::{fmt, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -189,20 +193,38 @@ fn listener_id(l: &Listener) -> (IpAddr, ListenerProtocol, u16) {
 }
 
 fn listeners(old: &Policy, new: &Policy, out: &mut Vec<Change>) {
-    let named = |p: &Policy, name: &str| p.listeners.iter().any(|l| l.name == name);
+    // In a few lookups each (a policy may have a thousand listeners).
+    let names = |p: &Policy| {
+        p.listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect::<HashSet<String>>()
+    };
+    let (old_names, new_names) = (names(old), names(new));
+    // By id, in file order, the old listeners whose name the new policy
+    // does not have.
+    let mut left: HashMap<(IpAddr, ListenerProtocol, u16), Vec<&Listener>> = HashMap::new();
+    for o in old
+        .listeners
+        .iter()
+        .filter(|o| !new_names.contains(&o.name))
+    {
+        left.entry(listener_id(o)).or_default().push(o);
+    }
     // A listener under another name with the same id: renamed.
     let renamed_from = |n: &Listener| {
-        old.listeners
-            .iter()
-            .find(|o| listener_id(o) == listener_id(n) && !named(new, &o.name))
-            .filter(|_| !named(old, &n.name))
+        if old_names.contains(&n.name) {
+            return None;
+        }
+        left.get(&listener_id(n)).and_then(|os| os.first().copied())
     };
+    let renamed: HashSet<&str> = new
+        .listeners
+        .iter()
+        .filter_map(|n| renamed_from(n).map(|o| o.name.as_str()))
+        .collect();
     for l in &old.listeners {
-        let renamed = new
-            .listeners
-            .iter()
-            .any(|n| renamed_from(n).is_some_and(|o| o.name == l.name));
-        if !named(new, &l.name) && !renamed {
+        if !new_names.contains(&l.name) && !renamed.contains(l.name.as_str()) {
             out.push(Change::ListenerRemoved {
                 name: l.name.clone(),
                 vip: l.vip,
