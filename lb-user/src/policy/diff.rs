@@ -192,39 +192,53 @@ fn listener_id(l: &Listener) -> (IpAddr, ListenerProtocol, u16) {
     (l.vip, l.protocol, l.port.first)
 }
 
-fn listeners(old: &Policy, new: &Policy, out: &mut Vec<Change>) {
-    // In a few lookups each (a policy may have a thousand listeners).
-    let names = |p: &Policy| {
-        p.listeners
+/// What tells a renamed listener from a removed and an added one: the names
+/// of `new`, and for each listener of `new` under a name `old` does not
+/// have, the first listener of `old` with its id whose name `new` does not
+/// have (it was renamed). Found in a few lookups each (a policy may have a
+/// thousand listeners).
+struct ListenerNames<'a> {
+    new: HashSet<&'a str>,
+    renamed_from: HashMap<&'a str, &'a Listener>,
+}
+
+impl<'a> ListenerNames<'a> {
+    fn of(old: &'a Policy, new: &'a Policy) -> ListenerNames<'a> {
+        let names = |p: &'a Policy| -> HashSet<&'a str> {
+            p.listeners.iter().map(|l| l.name.as_str()).collect()
+        };
+        let (old_names, new_names) = (names(old), names(new));
+        let mut left: HashMap<(IpAddr, ListenerProtocol, u16), &Listener> = HashMap::new();
+        for o in old
+            .listeners
             .iter()
-            .map(|l| l.name.clone())
-            .collect::<HashSet<String>>()
-    };
-    let (old_names, new_names) = (names(old), names(new));
-    // By id, in file order, the old listeners whose name the new policy
-    // does not have.
-    let mut left: HashMap<(IpAddr, ListenerProtocol, u16), Vec<&Listener>> = HashMap::new();
-    for o in old
-        .listeners
-        .iter()
-        .filter(|o| !new_names.contains(&o.name))
-    {
-        left.entry(listener_id(o)).or_default().push(o);
-    }
-    // A listener under another name with the same id: renamed.
-    let renamed_from = |n: &Listener| {
-        if old_names.contains(&n.name) {
-            return None;
+            .filter(|o| !new_names.contains(o.name.as_str()))
+        {
+            left.entry(listener_id(o)).or_insert(o);
         }
-        left.get(&listener_id(n)).and_then(|os| os.first().copied())
-    };
-    let renamed: HashSet<&str> = new
-        .listeners
-        .iter()
-        .filter_map(|n| renamed_from(n).map(|o| o.name.as_str()))
+        let renamed_from = new
+            .listeners
+            .iter()
+            .filter(|n| !old_names.contains(n.name.as_str()))
+            .filter_map(|n| Some((n.name.as_str(), *left.get(&listener_id(n))?)))
+            .collect();
+        ListenerNames {
+            new: new_names,
+            renamed_from,
+        }
+    }
+}
+
+fn listeners(old: &Policy, new: &Policy, out: &mut Vec<Change>) {
+    let names = ListenerNames::of(old, new);
+    let renamed: HashSet<&str> = names
+        .renamed_from
+        .values()
+        .map(|o| o.name.as_str())
         .collect();
+    let renamed_from = |n: &Listener| names.renamed_from.get(n.name.as_str()).copied();
     for l in &old.listeners {
-        if !new_names.contains(&l.name) && !renamed.contains(l.name.as_str()) {
+        if !names.new.contains(l.name.as_str()) && !renamed.contains(l.name.as_str()) {
             out.push(Change::ListenerRemoved {
                 name: l.name.clone(),
                 vip: l.vip,
